@@ -1,0 +1,7 @@
+//! flowd: a single-binary, shared-nothing stream and job processing engine.
+//!
+//! Today the crate holds the storage core (`storage`) and the command line (`cli`);
+//! see ARCHITECTURE.md for the codemap and the invariants.
+
+pub mod cli;
+pub mod storage;

@@ -1,0 +1,85 @@
+//! `StorageError`: every way the storage layer fails, each with what to do about it.
+
+use std::io;
+use std::path::PathBuf;
+
+#[derive(Debug, thiserror::Error)]
+pub enum StorageError {
+    #[error("cannot {action} {}: {source}", path.display())]
+    Io {
+        action: &'static str,
+        path: PathBuf,
+        #[source]
+        source: io::Error,
+    },
+
+    #[error(
+        "corrupt segment {}: record {offset} at byte {position}: {reason}; \
+         this data was synced before, so it is damaged on disk, not torn by a crash. \
+         Restore the partition from a backup or replica; or, accepting the loss of this \
+         segment's records and all later ones, move those segment files out of the directory",
+        path.display()
+    )]
+    CorruptFrame {
+        path: PathBuf,
+        offset: u64,
+        position: u64,
+        reason: String,
+    },
+
+    #[error(
+        "corrupt segment {}: {reason}. Restore the partition from a backup or replica, or \
+         move this segment away if the records it held may be lost",
+        path.display()
+    )]
+    CorruptSegment { path: PathBuf, reason: String },
+
+    #[error(
+        "partition {} is poisoned: an fsync failed ({cause}), so what reached the disk is \
+         unknown and nothing more is acknowledged. Check the disk (dmesg, free space), then \
+         restart flowd: recovery keeps every record that did reach it",
+        dir.display()
+    )]
+    Poisoned { dir: PathBuf, cause: String },
+
+    #[error(
+        "a record of about {bytes} bytes is over this partition's limit of {max} bytes; \
+         send a smaller record or raise max_record_bytes (at most segment_bytes - 8 KiB)"
+    )]
+    RecordTooLarge { bytes: u64, max: u64 },
+
+    #[error(
+        "a batch of about {bytes} bytes does not fit in one segment of {capacity} bytes, and a \
+         batch is only atomic within a segment; send smaller batches or raise segment_bytes"
+    )]
+    BatchTooLarge { bytes: u64, capacity: u64 },
+
+    #[error("a record has {count} headers; at most {max} are allowed")]
+    TooManyHeaders { count: usize, max: usize },
+
+    #[error("a header name of {len} bytes is over the limit of {max} bytes")]
+    HeaderNameTooLong { len: usize, max: usize },
+
+    #[error("invalid storage option: {0}")]
+    InvalidOptions(String),
+}
+
+impl StorageError {
+    pub(crate) fn io(
+        action: &'static str,
+        path: impl Into<PathBuf>,
+    ) -> impl FnOnce(io::Error) -> StorageError {
+        let path = path.into();
+        move |source| StorageError::Io { action, path, source }
+    }
+
+    /// True when the data on disk is damaged (as opposed to an I/O or usage failure).
+    pub fn is_corruption(&self) -> bool {
+        matches!(
+            self,
+            StorageError::CorruptFrame { .. } | StorageError::CorruptSegment { .. }
+        )
+    }
+}
+
+pub type Result<T, E = StorageError> = std::result::Result<T, E>;

@@ -1,0 +1,175 @@
+//! Where things live in a data directory, and the small file-system chores around it.
+//!
+//! ```text
+//! DATA_DIR/topics/<topic>/<partition>/00000000000000000000.seg   (base offset, 20 digits)
+//!                                    /.lock                       (flock: one owner)
+//! ```
+
+use std::fs::{self, File};
+use std::os::unix::io::AsRawFd;
+use std::path::{Path, PathBuf};
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use crate::storage::error::{Result, StorageError};
+
+const SEGMENT_SUFFIX: &str = ".seg";
+const LOCK_FILE: &str = ".lock";
+const TOPICS_DIR: &str = "topics";
+
+pub fn segment_file_name(base_offset: u64) -> String {
+    format!("{base_offset:020}{SEGMENT_SUFFIX}")
+}
+
+/// The base offset a segment file name stands for, or `None` for any other file.
+pub fn parse_segment_file_name(name: &str) -> Option<u64> {
+    let digits = name.strip_suffix(SEGMENT_SUFFIX)?;
+    if digits.len() != 20 || !digits.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    digits.parse().ok()
+}
+
+pub fn partition_dir(data_dir: &Path, topic: &str, partition: u32) -> PathBuf {
+    data_dir.join(TOPICS_DIR).join(topic).join(partition.to_string())
+}
+
+/// Segment files of a partition directory, sorted by base offset.
+pub fn list_segments(dir: &Path) -> Result<Vec<(u64, PathBuf)>> {
+    let mut segments = Vec::new();
+    for entry in fs::read_dir(dir).map_err(StorageError::io("list partition directory", dir))? {
+        let entry = entry.map_err(StorageError::io("list partition directory", dir))?;
+        if let Some(base) = entry.file_name().to_str().and_then(parse_segment_file_name) {
+            segments.push((base, entry.path()));
+        }
+    }
+    segments.sort_unstable_by_key(|(base, _)| *base);
+    Ok(segments)
+}
+
+/// One partition found in a data directory.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PartitionLocation {
+    pub topic: String,
+    pub partition: u32,
+    pub dir: PathBuf,
+}
+
+/// Every partition directory under `data_dir`, sorted by topic and partition.
+pub fn list_partitions(data_dir: &Path) -> Result<Vec<PartitionLocation>> {
+    let topics_dir = data_dir.join(TOPICS_DIR);
+    if !data_dir.is_dir() {
+        return Err(StorageError::Io {
+            action: "open data directory",
+            path: data_dir.to_path_buf(),
+            source: std::io::Error::from(std::io::ErrorKind::NotFound),
+        });
+    }
+    let mut found = Vec::new();
+    if !topics_dir.is_dir() {
+        return Ok(found);
+    }
+    for topic in sorted_dirs(&topics_dir)? {
+        let Some(topic_name) = topic.file_name().and_then(|n| n.to_str()).map(str::to_owned) else {
+            continue;
+        };
+        for partition in sorted_dirs(&topic)? {
+            if let Some(number) = partition
+                .file_name()
+                .and_then(|n| n.to_str())
+                .and_then(|n| n.parse::<u32>().ok())
+            {
+                found.push(PartitionLocation {
+                    topic: topic_name.clone(),
+                    partition: number,
+                    dir: partition,
+                });
+            }
+        }
+    }
+    found.sort_by(|a, b| (&a.topic, a.partition).cmp(&(&b.topic, b.partition)));
+    Ok(found)
+}
+
+fn sorted_dirs(dir: &Path) -> Result<Vec<PathBuf>> {
+    let mut dirs = Vec::new();
+    for entry in fs::read_dir(dir).map_err(StorageError::io("list directory", dir))? {
+        let entry = entry.map_err(StorageError::io("list directory", dir))?;
+        if entry.file_type().map(|t| t.is_dir()).unwrap_or(false) {
+            dirs.push(entry.path());
+        }
+    }
+    dirs.sort();
+    Ok(dirs)
+}
+
+/// fsync a directory, making the names created or removed in it durable.
+pub fn sync_dir(dir: &Path) -> Result<()> {
+    File::open(dir)
+        .and_then(|d| d.sync_all())
+        .map_err(StorageError::io("sync directory", dir))
+}
+
+/// An exclusive lock on a partition directory, held while a log is open: two processes
+/// appending to one partition would destroy it.
+#[derive(Debug)]
+pub struct DirLock {
+    _file: File,
+}
+
+impl DirLock {
+    pub fn acquire(dir: &Path) -> Result<DirLock> {
+        let path = dir.join(LOCK_FILE);
+        let file = File::options()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(&path)
+            .map_err(StorageError::io("create lock file", &path))?;
+        // SAFETY: plain syscall on a valid descriptor.
+        let rc = unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) };
+        if rc != 0 {
+            return Err(StorageError::Io {
+                action: "lock partition (is another flowd using this data directory?)",
+                path: dir.to_path_buf(),
+                source: std::io::Error::last_os_error(),
+            });
+        }
+        Ok(DirLock { _file: file })
+    }
+}
+
+/// Wall-clock milliseconds since the Unix epoch.
+pub fn now_ms() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as i64)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn segment_names_round_trip_and_others_are_ignored() {
+        for base in [0, 1, 42, u64::MAX] {
+            assert_eq!(parse_segment_file_name(&segment_file_name(base)), Some(base));
+        }
+        for other in [
+            "",
+            ".lock",
+            "0.seg",
+            "0000000000000000000a.seg",
+            "00000000000000000000.idx",
+        ] {
+            assert_eq!(parse_segment_file_name(other), None, "{other}");
+        }
+    }
+
+    #[test]
+    fn a_second_lock_on_a_partition_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let _first = DirLock::acquire(dir.path()).unwrap();
+        let second = DirLock::acquire(dir.path()).unwrap_err();
+        assert!(second.to_string().contains("another flowd"), "{second}");
+    }
+}

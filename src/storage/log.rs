@@ -1,0 +1,577 @@
+//! The partition log: an append-only run of segments with dense offsets from its start.
+//!
+//! One owner appends (`&mut self`); readers borrow (`&self`) and get zero-copy views.
+//! Appends take a batch, which is atomic: after a crash either all of it or none of it
+//! is there. An append returns once the batch is in the page cache; it is acknowledged
+//! (durable in the configured mode) once `durable_offset()` passes it.
+
+use std::fs::OpenOptions;
+use std::path::{Path, PathBuf};
+
+use rkyv::ser::allocator::Arena;
+
+use crate::storage::error::{Result, StorageError};
+use crate::storage::format::{self, FRAME_FLAG_BATCH_END, SEGMENT_HEADER_BYTES};
+use crate::storage::layout::{self, DirLock};
+use crate::storage::reader::Records;
+use crate::storage::record::{HEADER_NAME_BYTES_MAX, RECORD_HEADERS_MAX, Record, RecordView};
+use crate::storage::recovery::{self, Role, ScanStop, Verdict};
+use crate::storage::retention::{self, RetentionPolicy, SegmentFacts};
+use crate::storage::segment::{Access, Segment};
+use crate::storage::sync::{Durability, SyncFaults, SyncTracker, Written};
+
+/// Smallest segment size accepted; below it the header would dominate.
+pub const SEGMENT_BYTES_MIN: u64 = 64 * 1024;
+/// Largest segment size: positions inside a segment are `u32`.
+pub const SEGMENT_BYTES_MAX: u64 = 1 << 31;
+
+/// How a partition log behaves.
+#[derive(Debug, Clone)]
+pub struct LogOptions {
+    /// Preallocated size of each segment file; the log rolls when the next batch would
+    /// not fit. A multiple of 4096 between 64 KiB and 2 GiB.
+    pub segment_bytes: u64,
+    pub durability: Durability,
+    /// One sparse-index entry per this many bytes of frames.
+    pub index_interval_bytes: u32,
+    /// Largest frame (record plus framing) accepted.
+    pub max_record_bytes: u64,
+    /// `group` mode: an appender waits while this many bytes await an fsync.
+    pub unsynced_bytes_max: u64,
+    pub retention: RetentionPolicy,
+    /// Test seam: make fsync fail.
+    pub sync_faults: SyncFaults,
+}
+
+impl Default for LogOptions {
+    fn default() -> LogOptions {
+        LogOptions {
+            segment_bytes: 64 << 20,
+            durability: Durability::Group,
+            index_interval_bytes: 4096,
+            max_record_bytes: 1 << 20,
+            unsynced_bytes_max: 32 << 20,
+            retention: RetentionPolicy::default(),
+            sync_faults: SyncFaults::default(),
+        }
+    }
+}
+
+impl LogOptions {
+    fn validate(&self) -> Result<()> {
+        let invalid = |msg: String| Err(StorageError::InvalidOptions(msg));
+        if !(SEGMENT_BYTES_MIN..=SEGMENT_BYTES_MAX).contains(&self.segment_bytes)
+            || !self.segment_bytes.is_multiple_of(4096)
+        {
+            return invalid(format!(
+                "segment_bytes is {} but must be a multiple of 4096 from {SEGMENT_BYTES_MIN} to {SEGMENT_BYTES_MAX}",
+                self.segment_bytes
+            ));
+        }
+        let record_max = self.segment_bytes - 2 * SEGMENT_HEADER_BYTES;
+        if self.max_record_bytes == 0 || self.max_record_bytes > record_max {
+            return invalid(format!(
+                "max_record_bytes is {} but must be from 1 to {record_max} (segment_bytes - 8 KiB)",
+                self.max_record_bytes
+            ));
+        }
+        if self.index_interval_bytes == 0 {
+            return invalid("index_interval_bytes must be positive".into());
+        }
+        if self.unsynced_bytes_max < self.max_record_bytes {
+            return invalid(format!(
+                "unsynced_bytes_max ({}) must be at least max_record_bytes ({})",
+                self.unsynced_bytes_max, self.max_record_bytes
+            ));
+        }
+        Ok(())
+    }
+}
+
+/// Offsets given to an appended batch: `first_offset..next_offset`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct AppendReceipt {
+    pub first_offset: u64,
+    pub next_offset: u64,
+}
+
+/// What recovery found and did when the log was opened.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct RecoveryReport {
+    pub segments: usize,
+    pub records: u64,
+    /// The last segment's torn tail that was cut, if any.
+    pub torn_tail: Option<TornTail>,
+    /// A last segment whose creation never completed, removed.
+    pub abandoned_segment: Option<PathBuf>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TornTail {
+    pub segment: PathBuf,
+    /// Everything from this byte on was cut.
+    pub data_end: u64,
+    pub stop: Option<ScanStop>,
+    /// Valid frames of an atomic batch cut short, dropped with it.
+    pub incomplete_batch_frames: u64,
+}
+
+/// What one segment of an open log holds.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SegmentInfo {
+    pub path: PathBuf,
+    pub base_offset: u64,
+    pub next_offset: u64,
+    pub data_bytes: u64,
+    pub min_timestamp_ms: Option<i64>,
+    pub max_timestamp_ms: Option<i64>,
+    pub sealed: bool,
+}
+
+/// What one retention pass deleted.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct RetentionReport {
+    pub deleted_segments: usize,
+    pub deleted_records: u64,
+    pub deleted_bytes: u64,
+    /// The first offset still in the log.
+    pub start_offset: u64,
+}
+
+pub struct PartitionLog {
+    dir: PathBuf,
+    options: LogOptions,
+    /// Oldest first; the last is the one appended to. Never empty.
+    segments: Vec<Segment>,
+    tracker: SyncTracker,
+    scratch: Arena,
+    /// Bytes appended since open, for the group-commit backpressure bound.
+    bytes_total: u64,
+    recovery: RecoveryReport,
+    _lock: DirLock,
+}
+
+impl PartitionLog {
+    /// Opens (creating if needed) the partition log in `dir`, recovering it: every
+    /// valid record is kept, a torn tail is cut, and corruption below the last synced
+    /// point is refused with an error naming the file and offset.
+    pub fn open(dir: &Path, options: LogOptions) -> Result<PartitionLog> {
+        options.validate()?;
+        std::fs::create_dir_all(dir).map_err(StorageError::io("create partition directory", dir))?;
+        let lock = DirLock::acquire(dir)?;
+        let (mut segments, recovery) = recover_segments(dir, &options)?;
+        let needs_new = !segments.last().is_some_and(Segment::is_appendable);
+        if needs_new {
+            let base = segments.last().map_or(0, Segment::next_offset);
+            segments.push(Segment::create(
+                dir,
+                base,
+                options.segment_bytes,
+                options.index_interval_bytes,
+            )?);
+        }
+        let next_offset = segments.last().expect("just ensured").next_offset();
+        // Recovery synced what it kept, so all of it is durable.
+        let tracker = SyncTracker::new(
+            options.durability,
+            next_offset,
+            options.sync_faults.clone(),
+            &dir.display().to_string(),
+        );
+        Ok(PartitionLog {
+            dir: dir.to_path_buf(),
+            options,
+            segments,
+            tracker,
+            scratch: Arena::new(),
+            bytes_total: 0,
+            recovery,
+            _lock: lock,
+        })
+    }
+
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    pub fn options(&self) -> &LogOptions {
+        &self.options
+    }
+
+    pub fn recovery(&self) -> &RecoveryReport {
+        &self.recovery
+    }
+
+    /// The first offset still in the log (retention moves it forward).
+    pub fn start_offset(&self) -> u64 {
+        self.segments[0].base_offset()
+    }
+
+    /// The offset the next appended record gets.
+    pub fn next_offset(&self) -> u64 {
+        self.active().next_offset()
+    }
+
+    /// Offsets below this are durable in the configured mode: they may be acked.
+    pub fn durable_offset(&self) -> u64 {
+        self.tracker.durable_offset()
+    }
+
+    fn active(&self) -> &Segment {
+        self.segments.last().expect("a log always has an active segment")
+    }
+
+    fn poisoned_error(&self, cause: String) -> StorageError {
+        StorageError::Poisoned {
+            dir: self.dir.clone(),
+            cause,
+        }
+    }
+
+    /// Appends a batch atomically and returns its offsets once it is written (visible to
+    /// readers). In `every` mode it is also durable then; in `group` mode wait with
+    /// `wait_durable(receipt.next_offset)` before acking; in `none` mode written is acked.
+    pub fn append(&mut self, records: &[Record<'_>]) -> Result<AppendReceipt> {
+        if let Some(cause) = self.tracker.poisoned() {
+            return Err(self.poisoned_error(cause));
+        }
+        let first_offset = self.next_offset();
+        let Some((last, rest)) = records.split_last() else {
+            return Ok(AppendReceipt {
+                first_offset,
+                next_offset: first_offset,
+            });
+        };
+        let batch_bytes = self.batch_bytes_bound(records)?;
+        if batch_bytes > self.active().room() {
+            self.roll(batch_bytes)?;
+        }
+        let data_end_before = self.active().data_end();
+        let scratch = &mut self.scratch;
+        let active = self
+            .segments
+            .last_mut()
+            .expect("a log always has an active segment");
+        for record in rest {
+            active.append(record, 0, frame_bytes_bound(record), scratch);
+        }
+        active.append(last, FRAME_FLAG_BATCH_END, frame_bytes_bound(last), scratch);
+        self.bytes_total += active.data_end() - data_end_before;
+        self.make_durable()?;
+        Ok(AppendReceipt {
+            first_offset,
+            next_offset: self.next_offset(),
+        })
+    }
+
+    /// Checks every record and returns the most bytes the batch can take in a segment.
+    fn batch_bytes_bound(&self, records: &[Record<'_>]) -> Result<u64> {
+        let mut total = 0u64;
+        for record in records {
+            if record.headers.len() > RECORD_HEADERS_MAX {
+                return Err(StorageError::TooManyHeaders {
+                    count: record.headers.len(),
+                    max: RECORD_HEADERS_MAX,
+                });
+            }
+            if let Some(h) = record
+                .headers
+                .iter()
+                .find(|h| h.name.len() > HEADER_NAME_BYTES_MAX)
+            {
+                return Err(StorageError::HeaderNameTooLong {
+                    len: h.name.len(),
+                    max: HEADER_NAME_BYTES_MAX,
+                });
+            }
+            let bytes = frame_bytes_bound(record) as u64;
+            if bytes > self.options.max_record_bytes {
+                return Err(StorageError::RecordTooLarge {
+                    bytes,
+                    max: self.options.max_record_bytes,
+                });
+            }
+            total += bytes;
+        }
+        let capacity = self.options.segment_bytes - SEGMENT_HEADER_BYTES;
+        if total > capacity {
+            return Err(StorageError::BatchTooLarge {
+                bytes: total,
+                capacity,
+            });
+        }
+        Ok(total)
+    }
+
+    /// Seals the active segment and starts a new one with room for `batch_bytes`.
+    fn roll(&mut self, batch_bytes: u64) -> Result<()> {
+        self.tracker.forget_written();
+        let active = self
+            .segments
+            .last_mut()
+            .expect("a log always has an active segment");
+        let base = active.next_offset();
+        if active.is_empty() {
+            // An empty segment too small for the batch (made with a smaller
+            // segment_bytes): replace it rather than seal it, as its name is taken.
+            let path = active.path().to_path_buf();
+            self.segments.pop();
+            std::fs::remove_file(&path).map_err(StorageError::io("remove empty segment", &path))?;
+        } else {
+            if let Err(error) = active.seal(self.tracker.faults()) {
+                let cause = format!("sealing {} failed: {error}", active.path().display());
+                self.tracker.poison(cause.clone());
+                return Err(self.poisoned_error(cause));
+            }
+            self.tracker.mark_durable(base, self.bytes_total);
+        }
+        let segment = Segment::create(
+            &self.dir,
+            base,
+            self.options.segment_bytes,
+            self.options.index_interval_bytes,
+        )?;
+        debug_assert!(batch_bytes <= segment.room());
+        self.segments.push(segment);
+        Ok(())
+    }
+
+    /// Acknowledgement work after a write, by durability mode.
+    fn make_durable(&mut self) -> Result<()> {
+        let active = self.active();
+        let next_offset = active.next_offset();
+        match self.options.durability {
+            Durability::None => {
+                self.tracker.mark_written_durable(next_offset);
+                Ok(())
+            }
+            Durability::Every => match active.sync(self.tracker.faults()) {
+                Ok(()) => {
+                    self.tracker.mark_durable(next_offset, self.bytes_total);
+                    Ok(())
+                }
+                Err(error) => {
+                    let cause = format!("fdatasync of {} failed: {error}", active.path().display());
+                    self.tracker.poison(cause.clone());
+                    Err(self.poisoned_error(cause))
+                }
+            },
+            Durability::Group => {
+                let written = Written {
+                    file: active.file().clone(),
+                    point: active.sync_point(),
+                    bytes_total: self.bytes_total,
+                };
+                self.tracker
+                    .publish(written, self.options.unsynced_bytes_max)
+                    .map_err(|cause| self.poisoned_error(cause))
+            }
+        }
+    }
+
+    /// Blocks until every offset below `next_offset` is durable. Fails when the
+    /// partition is poisoned: those records must not be acked.
+    pub fn wait_durable(&self, next_offset: u64) -> Result<()> {
+        self.tracker
+            .wait_durable(next_offset)
+            .map_err(|cause| self.poisoned_error(cause))
+    }
+
+    /// Makes everything appended so far durable now, whatever the mode.
+    pub fn sync(&mut self) -> Result<()> {
+        if let Some(cause) = self.tracker.poisoned() {
+            return Err(self.poisoned_error(cause));
+        }
+        match self.options.durability {
+            Durability::Group => self.wait_durable(self.next_offset()),
+            Durability::Every | Durability::None => {
+                let active = self.active();
+                active.sync(self.tracker.faults()).map_err(|error| {
+                    let cause = format!("fdatasync of {} failed: {error}", active.path().display());
+                    self.tracker.poison(cause.clone());
+                    self.poisoned_error(cause)
+                })?;
+                self.tracker.mark_durable(active.next_offset(), self.bytes_total);
+                Ok(())
+            }
+        }
+    }
+
+    /// Syncs and closes the log. Dropping it instead leaves unsynced `none`-mode writes
+    /// to the kernel, which still survive a process exit.
+    pub fn close(mut self) -> Result<()> {
+        let synced = self.sync();
+        self.tracker.shutdown();
+        synced
+    }
+
+    /// Records from `from_offset` (or the start, if it was deleted) to the end.
+    pub fn read(&self, from_offset: u64) -> Records<'_> {
+        self.read_range(from_offset, u64::MAX)
+    }
+
+    /// Records from `from_offset` (or the start) up to, not including, `until_offset`.
+    pub fn read_range(&self, from_offset: u64, until_offset: u64) -> Records<'_> {
+        let from = from_offset.max(self.start_offset());
+        if from >= self.next_offset() {
+            return Records::empty();
+        }
+        let segment = self.segment_index_of(from);
+        let position = self.segments[segment].position_of(from);
+        Records::new(&self.segments, segment, position, until_offset)
+    }
+
+    /// The record at `offset`, if the log holds it.
+    pub fn get(&self, offset: u64) -> Option<RecordView<'_>> {
+        if offset < self.start_offset() {
+            return None;
+        }
+        self.read_range(offset, offset + 1).next()
+    }
+
+    /// The offset of the first record whose timestamp is at or after `timestamp_ms`.
+    pub fn offset_at_time(&self, timestamp_ms: i64) -> Option<u64> {
+        // A linear pass over segments (retention keeps them to hundreds), then an
+        // index search and a walk of at most one index interval.
+        self.segments
+            .iter()
+            .find_map(|s| s.position_at_time(timestamp_ms))
+            .map(|(_, offset)| offset)
+    }
+
+    /// Records from the first one with a timestamp at or after `timestamp_ms`.
+    pub fn read_from_time(&self, timestamp_ms: i64) -> Records<'_> {
+        for (i, segment) in self.segments.iter().enumerate() {
+            if let Some((position, _)) = segment.position_at_time(timestamp_ms) {
+                return Records::new(&self.segments, i, position, u64::MAX);
+            }
+        }
+        Records::empty()
+    }
+
+    /// Index of the segment holding `offset`, which must be in the log.
+    fn segment_index_of(&self, offset: u64) -> usize {
+        self.segments.partition_point(|s| s.base_offset() <= offset) - 1
+    }
+
+    pub fn segments(&self) -> Vec<SegmentInfo> {
+        self.segments
+            .iter()
+            .map(|s| SegmentInfo {
+                path: s.path().to_path_buf(),
+                base_offset: s.base_offset(),
+                next_offset: s.next_offset(),
+                data_bytes: s.data_bytes(),
+                min_timestamp_ms: (!s.is_empty()).then(|| s.min_timestamp_ms()),
+                max_timestamp_ms: (!s.is_empty()).then(|| s.max_timestamp_ms()),
+                sealed: s.is_sealed(),
+            })
+            .collect()
+    }
+
+    /// Deletes the oldest closed segments that the retention policy no longer keeps.
+    pub fn apply_retention(&mut self, now_ms: i64) -> Result<RetentionReport> {
+        let facts: Vec<SegmentFacts> = self
+            .segments
+            .iter()
+            .map(|s| SegmentFacts {
+                max_timestamp_ms: s.max_timestamp_ms(),
+                data_bytes: s.data_bytes(),
+            })
+            .collect();
+        let count = retention::segments_to_delete(&facts, self.options.retention, now_ms);
+        let mut report = RetentionReport::default();
+        for segment in self.segments.drain(..count) {
+            report.deleted_segments += 1;
+            report.deleted_records += segment.next_offset() - segment.base_offset();
+            report.deleted_bytes += segment.data_bytes();
+            std::fs::remove_file(segment.path())
+                .map_err(StorageError::io("delete expired segment", segment.path()))?;
+        }
+        if count > 0 {
+            layout::sync_dir(&self.dir)?;
+        }
+        report.start_offset = self.start_offset();
+        Ok(report)
+    }
+}
+
+/// The most bytes `record`'s frame can take.
+fn frame_bytes_bound(record: &Record<'_>) -> usize {
+    format::frame_bytes(record.archived_len_bound())
+}
+
+/// Opens every segment file of `dir` in order, judging and mending as recovery says.
+fn recover_segments(dir: &Path, options: &LogOptions) -> Result<(Vec<Segment>, RecoveryReport)> {
+    let files = layout::list_segments(dir)?;
+    let mut segments: Vec<Segment> = Vec::with_capacity(files.len());
+    let mut report = RecoveryReport::default();
+    for (i, (base, path)) in files.iter().enumerate() {
+        let role = match files.get(i + 1) {
+            Some((next_base_offset, _)) => Role::Closed {
+                next_base_offset: *next_base_offset,
+            },
+            None => Role::Last,
+        };
+        if let Some(previous) = segments.last()
+            && previous.next_offset() != *base
+        {
+            return Err(StorageError::CorruptSegment {
+                path: path.clone(),
+                reason: format!(
+                    "it starts at offset {base} but the segment before ends at {}: a segment is missing",
+                    previous.next_offset()
+                ),
+            });
+        }
+        let file = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .open(path)
+            .map_err(StorageError::io("open segment", path))?;
+        let check = recovery::check_segment(path, &file, options.index_interval_bytes)?;
+        let verdict = recovery::judge(&check, *base, role)?;
+        let header = match (verdict, check.header) {
+            (Verdict::Abandoned, _) => {
+                recovery::remove_abandoned(path)?;
+                report.abandoned_segment = Some(path.clone());
+                continue;
+            }
+            (_, Ok(header)) => header,
+            (_, Err(_)) => unreachable!("judge passes only segments with a valid header"),
+        };
+        if let Verdict::TornTail {
+            data_end,
+            stop,
+            incomplete_batch_frames,
+        } = verdict
+        {
+            report.torn_tail = Some(TornTail {
+                segment: path.clone(),
+                data_end,
+                stop,
+                incomplete_batch_frames,
+            });
+        }
+        let sealed = check.marker.is_some_and(|m| m.sealed);
+        let access = if role == Role::Last && !sealed {
+            // Reset everything past the kept data to zeros: stale bytes past the tail
+            // must never line up with frames appended later.
+            let data_end = check
+                .scan
+                .as_ref()
+                .expect("sound segments are scanned")
+                .end
+                .data_end;
+            recovery::repair_tail(path, &file, data_end, header.capacity)?;
+            Access::Append
+        } else {
+            Access::Read
+        };
+        let recovered = recovery::recovered(check);
+        report.records += recovered.point.next_offset - header.base_offset;
+        segments.push(Segment::map(path.clone(), file, header, recovered, access)?);
+    }
+    report.segments = segments.len();
+    Ok((segments, report))
+}

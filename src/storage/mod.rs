@@ -1,0 +1,28 @@
+//! The storage core: durable, zero-copy, recoverable partition logs.
+//!
+//! Codemap: `format` (bytes on disk) → `record` (what is archived) → `segment` (one
+//! mapped file) → `recovery` (scan, judge, mend) → `log` (a partition: segments, appends,
+//! reads, retention) with `sync` (durability modes, group commit) and `index` (seeks).
+//! `layout` names files and directories; `inspect` reports on a data dir offline.
+
+pub mod error;
+pub mod format;
+pub mod index;
+pub mod inspect;
+pub mod layout;
+pub mod log;
+pub mod reader;
+pub mod record;
+pub mod recovery;
+pub mod retention;
+pub(crate) mod segment;
+pub mod sync;
+
+pub use error::StorageError;
+pub use log::{
+    AppendReceipt, LogOptions, PartitionLog, RecoveryReport, RetentionReport, SegmentInfo, TornTail,
+};
+pub use reader::Records;
+pub use record::{Header, Record, RecordView};
+pub use retention::RetentionPolicy;
+pub use sync::{Durability, SyncFaults};

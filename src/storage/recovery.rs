@@ -1,0 +1,301 @@
+//! Recovery: what a segment file holds, whether that is sound, and mending a torn tail.
+//!
+//! The rules, applied to every segment when a partition is opened:
+//! - Every frame below the newest marker's `data_end` was synced: if one is missing or
+//!   damaged, that is corruption and the partition refuses to open, naming file and offset.
+//! - Every segment but the last was sealed after a full sync: it must be whole, and end
+//!   exactly where the next segment begins.
+//! - In the last segment, frames past the synced point may be torn by a crash: recovery
+//!   keeps every valid frame up to the end of the last complete atomic batch and cuts the
+//!   rest, zeroing it so that no stale frame can ever line up with a later append.
+//! - A last segment whose header never reached the disk held no acked record (the header
+//!   is synced before the first append): it is removed.
+//!
+//! Scanning and judging are pure; only `repair_tail` and `remove_abandoned` write.
+
+use std::fs::File;
+use std::os::unix::fs::FileExt;
+use std::path::{Path, PathBuf};
+
+use memmap2::MmapOptions;
+
+use crate::storage::error::{Result, StorageError};
+use crate::storage::format::{
+    self, FRAME_HEADER_BYTES, FrameDefect, HeaderDefect, MarkerSlot, SEGMENT_HEADER_BYTES, SegmentHeader,
+};
+use crate::storage::index::SparseIndex;
+use crate::storage::layout;
+use crate::storage::record;
+use crate::storage::segment::{self, Recovered, SyncPoint};
+
+/// Where and why a scan stopped before the end of the bytes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ScanStop {
+    pub position: u64,
+    pub expected_offset: u64,
+    pub defect: FrameDefect,
+}
+
+/// The valid frames at the front of a segment.
+#[derive(Debug, Clone)]
+pub(crate) struct FrameScan {
+    /// State at the end of the last complete atomic batch.
+    pub end: SyncPoint,
+    pub min_timestamp_ms: i64,
+    pub index: SparseIndex,
+    /// Valid frames after `end` that belong to a batch cut short.
+    pub incomplete_batch_frames: u64,
+    /// Why scanning stopped, unless it ran to the end of the bytes.
+    pub stop: Option<ScanStop>,
+}
+
+/// Validates the frames of a segment, from the header on, until the first one that is
+/// not the next record. Checks length, CRC, offset and the payload archive of each.
+pub(crate) fn scan_frames(bytes: &[u8], base_offset: u64, index_interval_bytes: u32) -> FrameScan {
+    let mut index = SparseIndex::new(index_interval_bytes);
+    let mut position = SEGMENT_HEADER_BYTES as usize;
+    let mut next_offset = base_offset;
+    let (mut max_ts, mut min_ts) = (i64::MIN, i64::MAX);
+    let mut committed = (position, next_offset, max_ts, min_ts);
+    let mut stop = None;
+    while position < bytes.len() {
+        let checked = format::check_frame(&bytes[position..], next_offset).and_then(|header| {
+            let payload = &bytes[position + FRAME_HEADER_BYTES..][..header.payload_len as usize];
+            if record::validate_body(payload) {
+                Ok(header)
+            } else {
+                Err(FrameDefect::BadPayload)
+            }
+        });
+        let header = match checked {
+            Ok(header) => header,
+            Err(defect) => {
+                stop = Some(ScanStop {
+                    position: position as u64,
+                    expected_offset: next_offset,
+                    defect,
+                });
+                break;
+            }
+        };
+        index.observe(next_offset, position as u32, max_ts);
+        position += header.frame_bytes();
+        next_offset += 1;
+        max_ts = max_ts.max(header.timestamp_ms);
+        min_ts = min_ts.min(header.timestamp_ms);
+        if header.is_batch_end() {
+            committed = (position, next_offset, max_ts, min_ts);
+        }
+    }
+    let (data_end, committed_next, max_timestamp_ms, min_timestamp_ms) = committed;
+    index.truncate_at(data_end as u32);
+    FrameScan {
+        end: SyncPoint {
+            data_end: data_end as u64,
+            next_offset: committed_next,
+            max_timestamp_ms,
+        },
+        min_timestamp_ms,
+        index,
+        incomplete_batch_frames: next_offset - committed_next,
+        stop,
+    }
+}
+
+/// What a segment file holds, read without changing it.
+#[derive(Debug)]
+pub(crate) struct SegmentCheck {
+    pub path: PathBuf,
+    pub file_len: u64,
+    pub header: Result<SegmentHeader, HeaderDefect>,
+    pub marker: Option<MarkerSlot>,
+    /// Present when the header is valid.
+    pub scan: Option<FrameScan>,
+}
+
+/// Reads a segment's header and scans its frames through a read-only mapping of the
+/// bytes the file really has (never past EOF, which would fault).
+pub(crate) fn check_segment(path: &Path, file: &File, index_interval_bytes: u32) -> Result<SegmentCheck> {
+    let file_len = file
+        .metadata()
+        .map_err(StorageError::io("stat segment", path))?
+        .len();
+    let mut page = vec![0u8; SEGMENT_HEADER_BYTES.min(file_len) as usize];
+    file.read_exact_at(&mut page, 0)
+        .map_err(StorageError::io("read segment header", path))?;
+    let header = SegmentHeader::decode(&page);
+    let mut check = SegmentCheck {
+        path: path.to_path_buf(),
+        file_len,
+        header,
+        marker: None,
+        scan: None,
+    };
+    let Ok(header) = header else {
+        return Ok(check);
+    };
+    check.marker = MarkerSlot::newest(&page);
+    let readable = file_len.min(header.capacity);
+    // SAFETY: read-only mapping of bytes below EOF. Nothing truncates a segment while
+    // it is open: the partition lock keeps other flowd processes out.
+    let map = unsafe { MmapOptions::new().len(readable as usize).map(file) }
+        .map_err(StorageError::io("map segment", path))?;
+    check.scan = Some(scan_frames(&map, header.base_offset, index_interval_bytes));
+    Ok(check)
+}
+
+/// The place of a segment in its partition.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Role {
+    /// The newest segment: its tail may be torn by a crash.
+    Last,
+    /// An older segment: sealed, whole, ending where the next one begins.
+    Closed { next_base_offset: u64 },
+}
+
+/// What a sound segment needs on open.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Verdict {
+    /// Nothing to mend.
+    Clean,
+    /// The last segment's tail past `data_end` is torn (not synced; never acked in a
+    /// durable mode) and is cut on open.
+    TornTail {
+        data_end: u64,
+        stop: Option<ScanStop>,
+        incomplete_batch_frames: u64,
+    },
+    /// A last segment whose header never reached the disk: it held nothing, and goes.
+    Abandoned,
+}
+
+/// Decides whether a checked segment is sound, torn at the tail, or corrupt.
+pub(crate) fn judge(check: &SegmentCheck, name_base_offset: u64, role: Role) -> Result<Verdict> {
+    let path = &check.path;
+    let corrupt = |reason: String| StorageError::CorruptSegment {
+        path: path.clone(),
+        reason,
+    };
+    let header = match check.header {
+        Ok(header) => header,
+        Err(HeaderDefect::Zeroed) if role == Role::Last && !holds_frames(check) => {
+            return Ok(Verdict::Abandoned);
+        }
+        Err(_) if role == Role::Last && check.file_len == 0 => return Ok(Verdict::Abandoned),
+        Err(defect) => return Err(corrupt(defect.to_string())),
+    };
+    if header.base_offset != name_base_offset {
+        return Err(corrupt(format!(
+            "the header says base offset {} but the file name says {name_base_offset}",
+            header.base_offset
+        )));
+    }
+    let scan = check.scan.as_ref().expect("a valid header is always scanned");
+    let frame_error = |position: u64, offset: u64, reason: String| StorageError::CorruptFrame {
+        path: path.clone(),
+        offset,
+        position,
+        reason,
+    };
+    // The first place the valid prefix ends: a damaged frame, or a batch cut short.
+    let break_at = |scan: &FrameScan| match scan.stop {
+        Some(stop) => (stop.position, stop.expected_offset, stop.defect.to_string()),
+        _ => (
+            scan.end.data_end,
+            scan.end.next_offset,
+            "an atomic batch is cut short".to_string(),
+        ),
+    };
+    let synced_end = check.marker.map_or(SEGMENT_HEADER_BYTES, |m| m.data_end);
+    if scan.end.data_end < synced_end {
+        let (position, offset, reason) = break_at(scan);
+        return Err(frame_error(
+            position,
+            offset,
+            format!("{reason}, below the synced point (byte {synced_end})"),
+        ));
+    }
+    let sealed = check.marker.is_some_and(|m| m.sealed);
+    if sealed && scan.end.data_end != synced_end {
+        return Err(corrupt(format!(
+            "valid records continue past its seal at byte {synced_end}"
+        )));
+    }
+    match role {
+        Role::Closed { next_base_offset } => {
+            if scan.end.next_offset < next_base_offset {
+                let (position, offset, reason) = break_at(scan);
+                return Err(frame_error(
+                    position,
+                    offset,
+                    format!("{reason}, in a closed segment"),
+                ));
+            }
+            if scan.end.next_offset > next_base_offset || scan.incomplete_batch_frames > 0 {
+                return Err(corrupt(format!(
+                    "it holds records up to offset {} but the next segment starts at {next_base_offset}",
+                    scan.end.next_offset + scan.incomplete_batch_frames
+                )));
+            }
+            Ok(Verdict::Clean)
+        }
+        Role::Last => {
+            let torn =
+                scan.incomplete_batch_frames > 0 || scan.stop.is_some_and(|s| s.defect != FrameDefect::Empty);
+            Ok(if torn {
+                Verdict::TornTail {
+                    data_end: scan.end.data_end,
+                    stop: scan.stop,
+                    incomplete_batch_frames: scan.incomplete_batch_frames,
+                }
+            } else {
+                Verdict::Clean
+            })
+        }
+    }
+}
+
+/// Whether a segment whose header is zero nevertheless has a frame where the first one
+/// would be (then the header was destroyed, not never written).
+fn holds_frames(check: &SegmentCheck) -> bool {
+    let Ok(file) = File::open(&check.path) else {
+        return true;
+    };
+    let mut first = [0u8; FRAME_HEADER_BYTES];
+    match file.read_exact_at(&mut first, SEGMENT_HEADER_BYTES) {
+        Ok(()) => first.iter().any(|b| *b != 0),
+        Err(_) => false,
+    }
+}
+
+/// Turns a sound check into the segment's recovered state.
+pub(crate) fn recovered(check: SegmentCheck) -> Recovered {
+    let scan = check.scan.expect("a sound segment was scanned");
+    Recovered {
+        point: scan.end,
+        min_timestamp_ms: scan.min_timestamp_ms,
+        index: scan.index,
+        marker: check.marker,
+    }
+}
+
+/// Resets the last segment past `data_end` to preallocated zeros, durably: cuts the file
+/// there and preallocates it again. Afterwards the bytes past the data are zero, as the
+/// writer and the next recovery assume.
+pub(crate) fn repair_tail(path: &Path, file: &File, data_end: u64, capacity: u64) -> Result<()> {
+    file.set_len(data_end)
+        .map_err(StorageError::io("truncate torn tail of", path))?;
+    segment::preallocate(file, data_end, capacity - data_end)
+        .map_err(StorageError::io("preallocate segment", path))?;
+    file.sync_all()
+        .map_err(StorageError::io("sync repaired segment", path))
+}
+
+/// Removes a last segment whose creation never completed.
+pub(crate) fn remove_abandoned(path: &Path) -> Result<()> {
+    std::fs::remove_file(path).map_err(StorageError::io("remove abandoned segment", path))?;
+    layout::sync_dir(
+        path.parent()
+            .expect("segment files live in a partition directory"),
+    )
+}

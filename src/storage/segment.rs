@@ -1,0 +1,403 @@
+//! One segment: a preallocated file, mapped once, appended to in place and read zero-copy.
+//!
+//! The writer serializes records straight into the shared writable mapping, so an
+//! append is a memcpy into the page cache (which outlives a killed process) and never a
+//! syscall. Readers borrow slices of the same mapping below `data_end`; the writer only
+//! ever touches bytes at or after `data_end`, and needs `&mut self` to do so, so no
+//! reader can see a frame being written.
+
+use std::fs::{File, OpenOptions};
+use std::os::unix::fs::FileExt;
+use std::os::unix::io::AsRawFd;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::{io, slice};
+
+use memmap2::{MmapOptions, MmapRaw};
+use rkyv::ser::allocator::Arena;
+
+use crate::storage::error::{Result, StorageError};
+use crate::storage::format::{
+    self, FRAME_HEADER_BYTES, FrameHeader, MarkerSlot, SEGMENT_HEADER_BYTES, SegmentHeader,
+};
+use crate::storage::index::SparseIndex;
+use crate::storage::layout;
+use crate::storage::record::{self, Record, RecordView};
+
+/// How far a segment is written or synced: the state a marker slot records.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct SyncPoint {
+    pub data_end: u64,
+    pub next_offset: u64,
+    pub max_timestamp_ms: i64,
+}
+
+#[derive(Debug)]
+struct Markers {
+    seq: u64,
+    data_end: u64,
+    sealed: bool,
+}
+
+/// The file of a segment, shared by its writer and the syncer thread.
+#[derive(Debug)]
+pub(crate) struct SegmentFile {
+    path: PathBuf,
+    file: File,
+    markers: Mutex<Markers>,
+}
+
+impl SegmentFile {
+    pub fn file(&self) -> &File {
+        &self.file
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// Records that the segment is synced up to `point` (or sealed there). Markers only
+    /// move forward, and none follows the seal: a syncer that finishes late can never
+    /// overwrite a seal with an older point.
+    pub fn write_marker(&self, point: SyncPoint, sealed: bool) -> io::Result<()> {
+        let mut markers = self.markers.lock().expect("marker lock poisoned");
+        let newer = point.data_end > markers.data_end || (sealed && point.data_end == markers.data_end);
+        if markers.sealed || !newer {
+            return Ok(());
+        }
+        let seq = markers.seq + 1;
+        let slot = MarkerSlot {
+            seq,
+            data_end: point.data_end,
+            next_offset: point.next_offset,
+            max_timestamp_ms: point.max_timestamp_ms,
+            sealed,
+        };
+        self.file
+            .write_all_at(&slot.encode(), MarkerSlot::position(seq) as u64)?;
+        *markers = Markers {
+            seq,
+            data_end: point.data_end,
+            sealed,
+        };
+        Ok(())
+    }
+}
+
+/// A segment of a partition log.
+pub(crate) struct Segment {
+    file: Arc<SegmentFile>,
+    map: MmapRaw,
+    /// Bytes of the file that may be touched through `map`; beyond it lies EOF.
+    mapped_len: u64,
+    writable: bool,
+    header: SegmentHeader,
+    data_end: u64,
+    next_offset: u64,
+    min_timestamp_ms: i64,
+    max_timestamp_ms: i64,
+    index: SparseIndex,
+    sealed: bool,
+}
+
+/// The recovered state of a segment's frames, from `recovery::scan`.
+pub(crate) struct Recovered {
+    pub point: SyncPoint,
+    pub min_timestamp_ms: i64,
+    pub index: SparseIndex,
+    pub marker: Option<MarkerSlot>,
+}
+
+impl Segment {
+    /// Creates the segment file for `base_offset` in `dir`, durably: header and
+    /// preallocation are on disk and the directory knows the name before it returns.
+    pub fn create(dir: &Path, base_offset: u64, capacity: u64, index_interval_bytes: u32) -> Result<Segment> {
+        let path = dir.join(layout::segment_file_name(base_offset));
+        let file = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create_new(true)
+            .open(&path)
+            .map_err(StorageError::io("create segment", &path))?;
+        preallocate(&file, 0, capacity).map_err(StorageError::io("preallocate segment", &path))?;
+        let header = SegmentHeader {
+            base_offset,
+            capacity,
+            created_ms: layout::now_ms(),
+        };
+        let mut page = vec![0u8; SEGMENT_HEADER_BYTES as usize];
+        header.encode(&mut page);
+        file.write_all_at(&page, 0)
+            .map_err(StorageError::io("write segment header", &path))?;
+        // fsync the file and then the directory: a new segment's name is not durable until
+        // its directory is, and no record may be acked in a segment that could vanish.
+        file.sync_all()
+            .map_err(StorageError::io("sync new segment", &path))?;
+        layout::sync_dir(dir)?;
+        let recovered = Recovered {
+            point: SyncPoint {
+                data_end: SEGMENT_HEADER_BYTES,
+                next_offset: base_offset,
+                max_timestamp_ms: i64::MIN,
+            },
+            min_timestamp_ms: i64::MAX,
+            index: SparseIndex::new(index_interval_bytes),
+            marker: None,
+        };
+        Segment::map(path, file, header, recovered, Access::Append)
+    }
+
+    /// Maps an existing segment whose frames `recovered` describes.
+    pub fn map(
+        path: PathBuf,
+        file: File,
+        header: SegmentHeader,
+        recovered: Recovered,
+        access: Access,
+    ) -> Result<Segment> {
+        let file_len = file
+            .metadata()
+            .map_err(StorageError::io("stat segment", &path))?
+            .len();
+        let mapped_len = match access {
+            Access::Append => header.capacity,
+            Access::Read => file_len.min(header.capacity),
+        };
+        assert!(
+            mapped_len <= file_len && recovered.point.data_end <= mapped_len,
+            "mapping past the end of {} would fault",
+            path.display()
+        );
+        let mut options = MmapOptions::new();
+        options.len(mapped_len as usize);
+        let map = match access {
+            Access::Append => options.map_raw(&file),
+            Access::Read => options.map_raw_read_only(&file),
+        }
+        .map_err(StorageError::io("map segment", &path))?;
+        let marker = recovered.marker;
+        let sealed = marker.is_some_and(|m| m.sealed);
+        let markers = Markers {
+            seq: marker.map_or(0, |m| m.seq),
+            data_end: marker.map_or(SEGMENT_HEADER_BYTES, |m| m.data_end),
+            sealed: marker.is_some_and(|m| m.sealed),
+        };
+        Ok(Segment {
+            file: Arc::new(SegmentFile {
+                path,
+                file,
+                markers: Mutex::new(markers),
+            }),
+            map,
+            mapped_len,
+            writable: access == Access::Append,
+            header,
+            data_end: recovered.point.data_end,
+            next_offset: recovered.point.next_offset,
+            min_timestamp_ms: recovered.min_timestamp_ms,
+            max_timestamp_ms: recovered.point.max_timestamp_ms,
+            index: recovered.index,
+            sealed,
+        })
+    }
+
+    pub fn file(&self) -> &Arc<SegmentFile> {
+        &self.file
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.file.path
+    }
+
+    pub fn base_offset(&self) -> u64 {
+        self.header.base_offset
+    }
+
+    pub fn next_offset(&self) -> u64 {
+        self.next_offset
+    }
+
+    pub fn data_end(&self) -> u64 {
+        self.data_end
+    }
+
+    /// Bytes of frames in the segment, header excluded.
+    pub fn data_bytes(&self) -> u64 {
+        self.data_end - SEGMENT_HEADER_BYTES
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.next_offset == self.header.base_offset
+    }
+
+    /// Largest record timestamp, `i64::MIN` when empty.
+    pub fn max_timestamp_ms(&self) -> i64 {
+        self.max_timestamp_ms
+    }
+
+    /// Smallest record timestamp, `i64::MAX` when empty.
+    pub fn min_timestamp_ms(&self) -> i64 {
+        self.min_timestamp_ms
+    }
+
+    pub fn is_sealed(&self) -> bool {
+        self.sealed
+    }
+
+    /// Whether this segment takes appends: mapped writable and not sealed.
+    pub fn is_appendable(&self) -> bool {
+        self.writable && !self.sealed
+    }
+
+    pub fn sync_point(&self) -> SyncPoint {
+        SyncPoint {
+            data_end: self.data_end,
+            next_offset: self.next_offset,
+            max_timestamp_ms: self.max_timestamp_ms,
+        }
+    }
+
+    /// Bytes left for frames.
+    pub fn room(&self) -> u64 {
+        if self.is_appendable() {
+            self.header.capacity - self.data_end
+        } else {
+            0
+        }
+    }
+
+    /// The written frames, `[0, data_end)` of the file, borrowed from the mapping.
+    #[inline]
+    pub fn bytes(&self) -> &[u8] {
+        // SAFETY: `data_end <= mapped_len`, the mapping lives as long as `self`, and
+        // nothing writes below `data_end` (appends need `&mut self` and write above it).
+        unsafe { slice::from_raw_parts(self.map.as_ptr(), self.data_end as usize) }
+    }
+
+    /// Appends one record as a frame. The caller has checked that `frame_bytes_max`
+    /// (from the record's archive bound) fits in `room()`.
+    pub fn append(&mut self, record: &Record<'_>, flags: u32, frame_bytes_max: usize, scratch: &mut Arena) {
+        debug_assert!(frame_bytes_max as u64 <= self.room());
+        let start = self.data_end as usize;
+        let end_max = start + frame_bytes_max;
+        assert!(
+            end_max as u64 <= self.mapped_len,
+            "frame would overrun its segment"
+        );
+        // SAFETY: `[start, end_max)` lies inside the writable mapping and at or above
+        // `data_end`, where no reader looks and no other reference exists.
+        let frame_room =
+            unsafe { slice::from_raw_parts_mut(self.map.as_mut_ptr().add(start), end_max - start) };
+        let payload_len = record::write_body(&record.body(), &mut frame_room[FRAME_HEADER_BYTES..], scratch)
+            .expect("a record archive outgrew its computed bound");
+        let header = FrameHeader {
+            payload_len: payload_len as u32,
+            offset: self.next_offset,
+            timestamp_ms: record.timestamp_ms,
+            flags,
+        };
+        let frame_len = header.frame_bytes();
+        format::seal_frame(&mut frame_room[..frame_len], &header);
+        self.index
+            .observe(self.next_offset, start as u32, self.max_timestamp_ms);
+        self.data_end += frame_len as u64;
+        self.next_offset += 1;
+        self.max_timestamp_ms = self.max_timestamp_ms.max(record.timestamp_ms);
+        self.min_timestamp_ms = self.min_timestamp_ms.min(record.timestamp_ms);
+    }
+
+    /// The view of the frame at `position`, which must be a frame boundary below
+    /// `data_end`, and the position of the next frame.
+    #[inline]
+    pub fn view_at(&self, position: usize) -> (RecordView<'_>, usize) {
+        let bytes = self.bytes();
+        let header = FrameHeader::read_trusted(&bytes[position..]);
+        let payload_start = position + FRAME_HEADER_BYTES;
+        let payload = &bytes[payload_start..payload_start + header.payload_len as usize];
+        // SAFETY: every frame below `data_end` was validated when the segment was
+        // recovered or was written by this process, and frames never change.
+        let view = unsafe { RecordView::new(header.offset, header.timestamp_ms, payload) };
+        (view, position + header.frame_bytes())
+    }
+
+    /// Position of the frame holding `offset`, which must be in this segment.
+    pub fn position_of(&self, offset: u64) -> usize {
+        debug_assert!(offset >= self.base_offset() && offset < self.next_offset);
+        let entry = self
+            .index
+            .floor_offset(offset)
+            .expect("a non-empty segment has an index entry for its first record");
+        let bytes = self.bytes();
+        let mut position = entry.position as usize;
+        let mut at = entry.offset;
+        while at < offset {
+            position += FrameHeader::read_trusted(&bytes[position..]).frame_bytes();
+            at += 1;
+        }
+        position
+    }
+
+    /// Position and offset of the first frame with a timestamp at or after
+    /// `timestamp_ms`, if this segment has one.
+    pub fn position_at_time(&self, timestamp_ms: i64) -> Option<(usize, u64)> {
+        if self.max_timestamp_ms < timestamp_ms {
+            return None;
+        }
+        let entry = self.index.floor_time(timestamp_ms)?;
+        let bytes = self.bytes();
+        let mut position = entry.position as usize;
+        while position < bytes.len() {
+            let header = FrameHeader::read_trusted(&bytes[position..]);
+            if header.timestamp_ms >= timestamp_ms {
+                return Some((position, header.offset));
+            }
+            position += header.frame_bytes();
+        }
+        unreachable!(
+            "max timestamp {} of {} not found",
+            self.max_timestamp_ms,
+            self.path().display()
+        )
+    }
+
+    /// Makes everything written durable (fdatasync) and records it in a marker slot.
+    pub fn sync(&self, faults: &crate::storage::sync::SyncFaults) -> io::Result<()> {
+        faults.sync_data(&self.file.file)?;
+        self.file.write_marker(self.sync_point(), false)
+    }
+
+    /// Closes the segment for appends: syncs it, writes the seal marker and syncs
+    /// again, so that "every segment but the last is sealed" holds across a crash.
+    pub fn seal(&mut self, faults: &crate::storage::sync::SyncFaults) -> io::Result<()> {
+        faults.sync_data(&self.file.file)?;
+        self.file.write_marker(self.sync_point(), true)?;
+        faults.sync_data(&self.file.file)?;
+        self.sealed = true;
+        Ok(())
+    }
+}
+
+/// How a segment is mapped.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Access {
+    /// The active segment: the whole capacity, writable.
+    Append,
+    /// A closed segment, or inspection: the file as it is, read-only.
+    Read,
+}
+
+/// Allocates `[offset, offset + len)` of `file` so that writes through the mapping can
+/// never hit ENOSPC (which a mapping can only report as SIGBUS).
+pub(crate) fn preallocate(file: &File, offset: u64, len: u64) -> io::Result<()> {
+    // SAFETY: plain syscall on a valid descriptor.
+    let rc = unsafe { libc::fallocate(file.as_raw_fd(), 0, offset as libc::off_t, len as libc::off_t) };
+    if rc == 0 {
+        return Ok(());
+    }
+    let error = io::Error::last_os_error();
+    if error.raw_os_error() == Some(libc::EOPNOTSUPP) {
+        // tmpfs and some others lack fallocate; set_len at least sizes the file.
+        return file.set_len(offset + len);
+    }
+    Err(error)
+}

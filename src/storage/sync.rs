@@ -1,0 +1,297 @@
+//! Durability: the three modes, the group-commit syncer, and poisoning after a failed fsync.
+//!
+//! The tracker knows two points of a partition: how far it is written (in the page cache,
+//! visible to readers) and how far it is durable (an fdatasync covering it returned Ok).
+//! An ack is given for an offset once it is below the durable point:
+//! - `every`: the writer itself fdatasyncs after each append, before returning.
+//! - `group`: a syncer thread fdatasyncs whatever has been written while its previous
+//!   fdatasync ran (group commit), then moves the durable point and wakes the waiters.
+//!   Under load every fsync covers many appends; idle, an append waits for one fsync.
+//! - `none`: written is durable (it survives the process being killed, since the page
+//!   cache belongs to the kernel, but not a machine crash).
+//!
+//! After one failed fdatasync the partition is poisoned: Linux may already have dropped
+//! the dirty pages that failed to write, so a retry could "succeed" without the data.
+//! Nothing more is acked and every later append fails; a restart recovers from the disk.
+
+use std::str::FromStr;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard};
+use std::thread::JoinHandle;
+use std::{fmt, io};
+
+use crate::storage::segment::{SegmentFile, SyncPoint};
+
+/// When an append is acknowledged.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
+pub enum Durability {
+    /// fdatasync before each ack.
+    Every,
+    /// Group commit: acks after the next batched fdatasync.
+    #[default]
+    Group,
+    /// Ack on write to the page cache: survives a process crash, not a power loss.
+    None,
+}
+
+impl FromStr for Durability {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Durability, String> {
+        match s {
+            "every" => Ok(Durability::Every),
+            "group" => Ok(Durability::Group),
+            "none" => Ok(Durability::None),
+            other => Err(format!(
+                "unknown durability \"{other}\"; expected \"every\", \"group\" or \"none\""
+            )),
+        }
+    }
+}
+
+impl fmt::Display for Durability {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Durability::Every => "every",
+            Durability::Group => "group",
+            Durability::None => "none",
+        })
+    }
+}
+
+/// A seam for tests: makes fdatasync fail as a failing disk would, after `n` successes.
+#[derive(Debug, Clone, Default)]
+pub struct SyncFaults {
+    successes_left: Option<Arc<AtomicU64>>,
+}
+
+impl SyncFaults {
+    /// Every fdatasync after the first `successes` fails with EIO.
+    pub fn fail_after(successes: u64) -> SyncFaults {
+        SyncFaults {
+            successes_left: Some(Arc::new(AtomicU64::new(successes))),
+        }
+    }
+
+    /// fdatasync `file`, unless a fault is due.
+    pub(crate) fn sync_data(&self, file: &std::fs::File) -> io::Result<()> {
+        if let Some(left) = &self.successes_left {
+            let allowed = left
+                .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1))
+                .is_ok();
+            if !allowed {
+                return Err(io::Error::from_raw_os_error(libc::EIO));
+            }
+        }
+        file.sync_data()
+    }
+}
+
+/// What the writer has put in the page cache and wants made durable.
+#[derive(Clone)]
+pub(crate) struct Written {
+    pub file: Arc<SegmentFile>,
+    pub point: SyncPoint,
+    /// Bytes appended to the partition since it was opened: for the unsynced bound.
+    pub bytes_total: u64,
+}
+
+struct State {
+    written: Option<Written>,
+    durable_bytes_total: u64,
+    poisoned: Option<String>,
+    syncer_idle: bool,
+    shutdown: bool,
+}
+
+struct Shared {
+    state: Mutex<State>,
+    /// Wakes the syncer when there is something to sync (or it must stop).
+    work: Condvar,
+    /// Wakes appenders and ack waiters when the durable point moves or poison sets in.
+    done: Condvar,
+    durable_offset: AtomicU64,
+    poisoned: AtomicBool,
+    faults: SyncFaults,
+}
+
+/// Tracks the durable point of one partition and, in `group` mode, runs its syncer.
+pub(crate) struct SyncTracker {
+    shared: Arc<Shared>,
+    syncer: Option<JoinHandle<()>>,
+}
+
+impl SyncTracker {
+    pub fn new(durability: Durability, durable_offset: u64, faults: SyncFaults, name: &str) -> SyncTracker {
+        let shared = Arc::new(Shared {
+            state: Mutex::new(State {
+                written: None,
+                durable_bytes_total: 0,
+                poisoned: None,
+                syncer_idle: false,
+                shutdown: false,
+            }),
+            work: Condvar::new(),
+            done: Condvar::new(),
+            durable_offset: AtomicU64::new(durable_offset),
+            poisoned: AtomicBool::new(false),
+            faults,
+        });
+        let syncer = (durability == Durability::Group).then(|| {
+            let shared = Arc::clone(&shared);
+            std::thread::Builder::new()
+                .name(format!("flowd-sync {name}"))
+                .spawn(move || run_syncer(&shared))
+                .expect("the OS refused to start a syncer thread")
+        });
+        SyncTracker { shared, syncer }
+    }
+
+    fn lock(&self) -> MutexGuard<'_, State> {
+        lock(&self.shared)
+    }
+
+    pub fn faults(&self) -> &SyncFaults {
+        &self.shared.faults
+    }
+
+    /// Offsets below this are durable.
+    pub fn durable_offset(&self) -> u64 {
+        self.shared.durable_offset.load(Ordering::Acquire)
+    }
+
+    pub fn poisoned(&self) -> Option<String> {
+        if !self.shared.poisoned.load(Ordering::Acquire) {
+            return None;
+        }
+        self.lock().poisoned.clone()
+    }
+
+    pub fn poison(&self, cause: String) {
+        poison(&self.shared, &mut self.lock(), cause);
+    }
+
+    /// Moves the durable point forward (never back) after a sync that covered
+    /// `offset_end` and `bytes_total`, and wakes whoever waits for it.
+    pub fn mark_durable(&self, offset_end: u64, bytes_total: u64) {
+        let mut state = self.lock();
+        mark_durable(&self.shared, &mut state, offset_end, bytes_total);
+    }
+
+    /// In `none` mode: written is durable; no lock, no wake-ups (nobody waits).
+    pub fn mark_written_durable(&self, offset_end: u64) {
+        self.shared.durable_offset.fetch_max(offset_end, Ordering::AcqRel);
+    }
+
+    /// `group` mode: hands the written point to the syncer, then holds the writer back
+    /// while more than `unsynced_bytes_max` bytes wait for an fsync (backpressure).
+    pub fn publish(&self, written: Written, unsynced_bytes_max: u64) -> Result<(), String> {
+        let mut state = self.lock();
+        let bytes_total = written.bytes_total;
+        state.written = Some(written);
+        if state.syncer_idle {
+            self.shared.work.notify_one();
+        }
+        while state.poisoned.is_none() && bytes_total - state.durable_bytes_total > unsynced_bytes_max {
+            state = self.shared.done.wait(state).expect("sync state lock poisoned");
+        }
+        state.poisoned.clone().map_or(Ok(()), Err)
+    }
+
+    /// Blocks until every offset below `offset_end` is durable, or the partition is
+    /// poisoned.
+    pub fn wait_durable(&self, offset_end: u64) -> Result<(), String> {
+        if self.durable_offset() >= offset_end {
+            return Ok(());
+        }
+        let mut state = self.lock();
+        loop {
+            if let Some(cause) = &state.poisoned {
+                return Err(cause.clone());
+            }
+            if self.durable_offset() >= offset_end {
+                return Ok(());
+            }
+            state = self.shared.done.wait(state).expect("sync state lock poisoned");
+        }
+    }
+
+    /// Drops the syncer's reference to a segment file before the writer rolls, so
+    /// that the syncer never marks a segment that has been sealed.
+    pub fn forget_written(&self) {
+        self.lock().written = None;
+    }
+
+    /// Stops the syncer after it has synced what was published.
+    pub fn shutdown(&mut self) {
+        if let Some(syncer) = self.syncer.take() {
+            self.lock().shutdown = true;
+            self.shared.work.notify_one();
+            // A panic in the syncer is a bug; surface it rather than hide it.
+            syncer.join().expect("syncer thread panicked");
+        }
+    }
+}
+
+impl Drop for SyncTracker {
+    fn drop(&mut self) {
+        if let Some(syncer) = self.syncer.take() {
+            self.lock().shutdown = true;
+            self.shared.work.notify_one();
+            // Never panic in drop; a syncer panic was already reported on its thread.
+            let _ = syncer.join();
+        }
+    }
+}
+
+fn lock(shared: &Shared) -> MutexGuard<'_, State> {
+    shared.state.lock().expect("sync state lock poisoned")
+}
+
+fn poison(shared: &Shared, state: &mut State, cause: String) {
+    if state.poisoned.is_none() {
+        state.poisoned = Some(cause);
+        shared.poisoned.store(true, Ordering::Release);
+    }
+    shared.done.notify_all();
+}
+
+fn mark_durable(shared: &Shared, state: &mut State, offset_end: u64, bytes_total: u64) {
+    state.durable_bytes_total = state.durable_bytes_total.max(bytes_total);
+    shared.durable_offset.fetch_max(offset_end, Ordering::AcqRel);
+    shared.done.notify_all();
+}
+
+/// The group-commit loop: fdatasync what was written meanwhile, publish, repeat.
+fn run_syncer(shared: &Shared) {
+    let mut state = lock(shared);
+    loop {
+        let pending = state
+            .written
+            .as_ref()
+            .filter(|w| w.point.next_offset > shared.durable_offset.load(Ordering::Acquire));
+        let Some(target) = pending.cloned() else {
+            if state.shutdown || state.poisoned.is_some() {
+                return;
+            }
+            state.syncer_idle = true;
+            state = shared.work.wait(state).expect("sync state lock poisoned");
+            state.syncer_idle = false;
+            continue;
+        };
+        drop(state);
+        // The writer published `target` after its bytes were in the page cache, so this
+        // fdatasync covers them (and perhaps more, which is harmless).
+        let synced = shared.faults.sync_data(target.file.file());
+        let marked = synced.and_then(|()| target.file.write_marker(target.point, false));
+        state = lock(shared);
+        match marked {
+            Ok(()) => mark_durable(shared, &mut state, target.point.next_offset, target.bytes_total),
+            Err(error) => {
+                let cause = format!("fdatasync of {} failed: {error}", target.file.path().display());
+                poison(shared, &mut state, cause);
+                return;
+            }
+        }
+    }
+}

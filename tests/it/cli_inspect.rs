@@ -1,0 +1,133 @@
+//! `flowd inspect` run as a process: clean data dirs exit 0; a corrupted byte is named
+//! by partition, segment and offset, and exits 1.
+
+use std::fs::OpenOptions;
+use std::os::unix::fs::FileExt;
+use std::path::Path;
+use std::process::{Command, Output};
+
+use flowd::storage::layout::partition_dir;
+use flowd::storage::{Durability, PartitionLog};
+
+use crate::support::{append_expected, fast_tempdir, small_options};
+
+fn inspect(data_dir: &Path, json: bool) -> Output {
+    let mut command = Command::new(env!("CARGO_BIN_EXE_flowd"));
+    command.arg("inspect").arg(data_dir);
+    if json {
+        command.arg("--json");
+    }
+    command.output().expect("run flowd inspect")
+}
+
+/// Two topics; `orders/1` is written with one synced batch per 10 records.
+fn make_data_dir(data_dir: &Path) {
+    for (topic, partition, count) in [("orders", 0u32, 50u64), ("orders", 1, 700), ("clicks", 0, 5)] {
+        let dir = partition_dir(data_dir, topic, partition);
+        let mut log = PartitionLog::open(&dir, small_options(Durability::Every)).unwrap();
+        for start in (0..count).step_by(10) {
+            append_expected(&mut log, start..(start + 10).min(count));
+        }
+        log.close().unwrap();
+    }
+}
+
+#[test]
+fn inspect_reports_a_clean_data_dir() {
+    let data = fast_tempdir();
+    make_data_dir(data.path());
+    let output = inspect(data.path(), false);
+    let stdout = String::from_utf8(output.stdout).unwrap();
+    assert!(output.status.success(), "{stdout}");
+    assert!(
+        stdout.contains("topic clicks partition 0: offsets 0..5, 5 records"),
+        "{stdout}"
+    );
+    assert!(
+        stdout.contains("topic orders partition 1: offsets 0..700, 700 records"),
+        "{stdout}"
+    );
+    assert!(stdout.contains("ok, sealed"), "{stdout}");
+    assert!(!stdout.contains("CORRUPT"), "{stdout}");
+
+    let output = inspect(data.path(), true);
+    assert!(output.status.success());
+    let report: serde_json::Value = serde_json::from_slice(&output.stdout).unwrap();
+    assert_eq!(report["corrupt"], false);
+    assert_eq!(report["partitions"].as_array().unwrap().len(), 3);
+    assert_eq!(report["partitions"][2]["records"], 700);
+}
+
+#[test]
+fn inspect_names_the_partition_segment_and_offset_of_a_corrupt_byte() {
+    let data = fast_tempdir();
+    make_data_dir(data.path());
+    // Damage record 3 of orders/1's first (sealed, synced) segment: its value bytes.
+    let dir = partition_dir(data.path(), "orders", 1);
+    let segment = dir.join("00000000000000000000.seg");
+    let position = {
+        let log = PartitionLog::open(&dir, small_options(Durability::Every)).unwrap();
+        let bytes = std::fs::read(&segment).unwrap();
+        let value = log.get(3).unwrap().value().to_vec();
+        let from = flowd::storage::format::SEGMENT_HEADER_BYTES as usize;
+        from + bytes[from..]
+            .windows(value.len())
+            .position(|w| w == value)
+            .unwrap()
+    };
+    let file = OpenOptions::new().write(true).open(&segment).unwrap();
+    file.write_all_at(
+        &[0xff ^ std::fs::read(&segment).unwrap()[position]],
+        position as u64,
+    )
+    .unwrap();
+
+    let output = inspect(data.path(), false);
+    let stdout = String::from_utf8(output.stdout).unwrap();
+    assert_eq!(output.status.code(), Some(1), "{stdout}");
+    let line = stdout
+        .lines()
+        .find(|l| l.contains("CORRUPT topic"))
+        .expect(&stdout);
+    assert!(
+        line.contains("topic orders partition 1 segment 00000000000000000000.seg offset 3"),
+        "{line}"
+    );
+    assert!(line.contains("CRC"), "{line}");
+    // The other partitions are still reported as sound.
+    assert!(
+        stdout.contains("topic orders partition 0: offsets 0..50"),
+        "{stdout}"
+    );
+
+    let output = inspect(data.path(), true);
+    assert_eq!(output.status.code(), Some(1));
+    let report: serde_json::Value = serde_json::from_slice(&output.stdout).unwrap();
+    assert_eq!(report["corrupt"], true);
+    let status = &report["partitions"][2]["segments"][0]["status"];
+    assert_eq!(status["state"], "corrupt");
+    assert_eq!(status["offset"], 3);
+
+    // And opening the partition refuses, with the same place named.
+    let error = PartitionLog::open(&dir, small_options(Durability::Every))
+        .err()
+        .unwrap();
+    assert!(error.to_string().contains("record 3"), "{error}");
+}
+
+#[test]
+fn inspect_of_a_missing_dir_is_a_clear_error() {
+    let output = inspect(Path::new("/nonexistent/flowd-data"), false);
+    assert_eq!(output.status.code(), Some(1));
+    let stderr = String::from_utf8(output.stderr).unwrap();
+    assert!(stderr.contains("/nonexistent/flowd-data"), "{stderr}");
+}
+
+#[test]
+fn bad_usage_exits_2() {
+    let output = Command::new(env!("CARGO_BIN_EXE_flowd"))
+        .arg("inspect")
+        .output()
+        .unwrap();
+    assert_eq!(output.status.code(), Some(2));
+}

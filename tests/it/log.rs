@@ -1,0 +1,336 @@
+//! The partition log as a user sees it: append, read, seek, roll, reopen, retention,
+//! durability modes, poisoning and bad input.
+
+use flowd::storage::{
+    Durability, Header, LogOptions, PartitionLog, Record, RetentionPolicy, StorageError, SyncFaults,
+};
+
+use crate::support::{
+    append_expected, assert_expected, assert_log_is_expected_prefix, expected, fast_tempdir, fill,
+    small_options,
+};
+
+#[test]
+fn appended_records_read_back_identical_across_segments_and_reopen() {
+    let dir = fast_tempdir();
+    for durability in [Durability::None, Durability::Group, Durability::Every] {
+        let path = dir.path().join(durability.to_string());
+        let mut log = PartitionLog::open(&path, small_options(durability)).unwrap();
+        let mut next = 0;
+        for batch in [1u64, 5, 17, 1, 64, 3, 200, 2, 90].repeat(4) {
+            let receipt = append_expected(&mut log, next..next + batch);
+            assert_eq!((receipt.first_offset, receipt.next_offset), (next, next + batch));
+            log.wait_durable(receipt.next_offset).unwrap();
+            assert!(log.durable_offset() >= receipt.next_offset);
+            next += batch;
+        }
+        assert!(
+            log.segments().len() > 3,
+            "{durability}: the test must cross segments"
+        );
+        assert_eq!(assert_log_is_expected_prefix(&log), next);
+        log.close().unwrap();
+
+        let log = PartitionLog::open(&path, small_options(durability)).unwrap();
+        assert_eq!(log.recovery().records, next);
+        assert_eq!(log.recovery().torn_tail, None);
+        assert_eq!(assert_log_is_expected_prefix(&log), next);
+    }
+}
+
+#[test]
+fn reads_start_at_any_offset_and_stop_at_the_range_end() {
+    let dir = fast_tempdir();
+    let mut log = PartitionLog::open(dir.path(), small_options(Durability::None)).unwrap();
+    fill(&mut log, 0..1000);
+    for from in [0u64, 1, 2, 99, 100, 101, 511, 998, 999] {
+        let offsets: Vec<u64> = log.read(from).map(|v| v.offset()).collect();
+        assert_eq!(offsets, (from..1000).collect::<Vec<_>>(), "read from {from}");
+        let ranged: Vec<u64> = log.read_range(from, from + 3).map(|v| v.offset()).collect();
+        assert_eq!(ranged, (from..(from + 3).min(1000)).collect::<Vec<_>>());
+        assert_expected(&log.get(from).unwrap());
+    }
+    assert!(log.get(1000).is_none());
+    assert_eq!(log.read(1000).count(), 0);
+    assert_eq!(log.read(5000).count(), 0);
+}
+
+#[test]
+fn seek_by_time_finds_the_first_record_at_or_after_it() {
+    let dir = fast_tempdir();
+    let mut log = PartitionLog::open(dir.path(), small_options(Durability::None)).unwrap();
+    fill(&mut log, 0..2000);
+    // Expected timestamps are not in offset order; compare with a plain search.
+    let timestamps: Vec<i64> = (0..2000).map(|o| expected(o).timestamp_ms).collect();
+    let lowest = *timestamps.iter().min().unwrap();
+    let highest = *timestamps.iter().max().unwrap();
+    for t in [
+        lowest - 1,
+        lowest,
+        lowest + 1,
+        1_700_000_050_000,
+        highest - 1,
+        highest,
+        highest + 1,
+    ] {
+        let want = timestamps.iter().position(|ts| *ts >= t).map(|i| i as u64);
+        assert_eq!(log.offset_at_time(t), want, "t = {t}");
+        let first = log.read_from_time(t).next().map(|v| v.offset());
+        assert_eq!(first, want, "read_from_time({t})");
+    }
+}
+
+#[test]
+fn keys_headers_and_empty_values_round_trip() {
+    let dir = fast_tempdir();
+    let mut log = PartitionLog::open(dir.path(), small_options(Durability::Every)).unwrap();
+    let headers = [
+        Header {
+            name: "a",
+            value: b"1",
+        },
+        Header { name: "", value: b"" },
+    ];
+    let records = [
+        Record::new(-5, b""),
+        Record::new(0, b"v").with_key(b""),
+        Record::new(i64::MAX, b"value")
+            .with_key(b"k")
+            .with_headers(&headers),
+    ];
+    log.append(&records).unwrap();
+    let got: Vec<_> = log
+        .read(0)
+        .map(|v| {
+            let headers: Vec<(String, Vec<u8>)> = v.headers().map(|(n, v)| (n.into(), v.into())).collect();
+            (
+                v.timestamp_ms(),
+                v.key().map(<[u8]>::to_vec),
+                v.value().to_vec(),
+                headers,
+            )
+        })
+        .collect();
+    assert_eq!(got[0], (-5, None, vec![], vec![]));
+    assert_eq!(got[1], (0, Some(vec![]), b"v".to_vec(), vec![]));
+    assert_eq!(
+        got[2],
+        (
+            i64::MAX,
+            Some(b"k".to_vec()),
+            b"value".to_vec(),
+            vec![("a".into(), b"1".to_vec()), ("".into(), vec![])]
+        )
+    );
+}
+
+#[test]
+fn bad_records_are_refused_and_the_log_stays_usable() {
+    let dir = fast_tempdir();
+    let mut log = PartitionLog::open(dir.path(), small_options(Durability::None)).unwrap();
+    let big = vec![0u8; 20 * 1024];
+    let error = log.append(&[Record::new(0, &big)]).unwrap_err();
+    assert!(matches!(error, StorageError::RecordTooLarge { .. }), "{error}");
+    assert!(error.to_string().contains("max_record_bytes"), "{error}");
+
+    let many: Vec<Header<'_>> = (0..65)
+        .map(|_| Header {
+            name: "h",
+            value: b"",
+        })
+        .collect();
+    let error = log
+        .append(&[Record::new(0, b"x").with_headers(&many)])
+        .unwrap_err();
+    assert!(
+        matches!(error, StorageError::TooManyHeaders { count: 65, .. }),
+        "{error}"
+    );
+
+    let long_name = "n".repeat(300);
+    let header = [Header {
+        name: &long_name,
+        value: b"",
+    }];
+    let error = log
+        .append(&[Record::new(0, b"x").with_headers(&header)])
+        .unwrap_err();
+    assert!(matches!(error, StorageError::HeaderNameTooLong { .. }), "{error}");
+
+    let chunk = vec![0u8; 8 * 1024];
+    let batch: Vec<Record<'_>> = (0..10).map(|_| Record::new(0, &chunk)).collect();
+    let error = log.append(&batch).unwrap_err();
+    assert!(matches!(error, StorageError::BatchTooLarge { .. }), "{error}");
+
+    assert_eq!(log.next_offset(), 0, "refused batches take no offsets");
+    assert_eq!(log.append(&[]).unwrap().next_offset, 0);
+    append_expected(&mut log, 0..10);
+    assert_log_is_expected_prefix(&log);
+}
+
+#[test]
+fn invalid_options_are_refused_with_the_reason() {
+    let dir = fast_tempdir();
+    let cases = [
+        LogOptions {
+            segment_bytes: 1000,
+            ..LogOptions::default()
+        },
+        LogOptions {
+            segment_bytes: 64 * 1024 + 1,
+            ..LogOptions::default()
+        },
+        LogOptions {
+            max_record_bytes: 0,
+            ..LogOptions::default()
+        },
+        LogOptions {
+            index_interval_bytes: 0,
+            ..LogOptions::default()
+        },
+        LogOptions {
+            unsynced_bytes_max: 1,
+            ..LogOptions::default()
+        },
+    ];
+    for options in cases {
+        let error = PartitionLog::open(dir.path(), options.clone())
+            .err()
+            .expect("refused");
+        assert!(
+            matches!(error, StorageError::InvalidOptions(_)),
+            "{options:?}: {error}"
+        );
+    }
+}
+
+#[test]
+fn a_partition_has_one_owner_at_a_time() {
+    let dir = fast_tempdir();
+    let _log = PartitionLog::open(dir.path(), small_options(Durability::None)).unwrap();
+    let error = PartitionLog::open(dir.path(), small_options(Durability::None))
+        .err()
+        .expect("refused");
+    assert!(error.to_string().contains("another flowd"), "{error}");
+}
+
+#[test]
+fn a_failed_fsync_poisons_the_partition_in_every_mode() {
+    let dir = fast_tempdir();
+    let options = LogOptions {
+        sync_faults: SyncFaults::fail_after(3),
+        ..small_options(Durability::Every)
+    };
+    let mut log = PartitionLog::open(dir.path(), options).unwrap();
+    append_expected(&mut log, 0..3);
+    append_expected(&mut log, 3..4);
+    append_expected(&mut log, 4..5);
+    assert_eq!(log.durable_offset(), 5);
+    let error = log.append(&[Record::new(0, b"lost")]).unwrap_err();
+    assert!(matches!(error, StorageError::Poisoned { .. }), "{error}");
+    assert!(error.to_string().contains("fsync failed"), "{error}");
+    assert_eq!(log.durable_offset(), 5, "the failed append is never acked");
+    let again = log.append(&[Record::new(0, b"after")]).unwrap_err();
+    assert!(matches!(again, StorageError::Poisoned { .. }), "{again}");
+    assert!(log.wait_durable(6).is_err());
+    assert!(log.sync().is_err());
+}
+
+#[test]
+fn a_failed_fsync_poisons_the_partition_in_group_mode() {
+    let dir = fast_tempdir();
+    let options = LogOptions {
+        sync_faults: SyncFaults::fail_after(0),
+        ..small_options(Durability::Group)
+    };
+    let mut log = PartitionLog::open(dir.path(), options).unwrap();
+    let receipt = append_expected(&mut log, 0..10);
+    let error = log.wait_durable(receipt.next_offset).unwrap_err();
+    assert!(matches!(error, StorageError::Poisoned { .. }), "{error}");
+    assert_eq!(log.durable_offset(), 0, "nothing is acked after a failed fsync");
+    let error = log.append(&[Record::new(0, b"x")]).unwrap_err();
+    assert!(matches!(error, StorageError::Poisoned { .. }), "{error}");
+    drop(log);
+    // A restart recovers what reached the page cache and takes writes again.
+    let mut log = PartitionLog::open(dir.path(), small_options(Durability::Group)).unwrap();
+    assert_log_is_expected_prefix(&log);
+    let next = log.next_offset();
+    let receipt = append_expected(&mut log, next..next + 1);
+    log.wait_durable(receipt.next_offset).unwrap();
+}
+
+#[test]
+fn group_commit_acks_everything_it_was_given() {
+    let dir = fast_tempdir();
+    let mut log = PartitionLog::open(dir.path(), small_options(Durability::Group)).unwrap();
+    let mut next = 0;
+    for _ in 0..200 {
+        next = append_expected(&mut log, next..next + 7).next_offset;
+    }
+    log.wait_durable(next).unwrap();
+    assert_eq!(log.durable_offset(), next);
+    log.close().unwrap();
+    let log = PartitionLog::open(dir.path(), small_options(Durability::Group)).unwrap();
+    assert_eq!(assert_log_is_expected_prefix(&log), next);
+}
+
+#[test]
+fn retention_deletes_whole_old_segments_by_size_and_by_age() {
+    let dir = fast_tempdir();
+    let options = LogOptions {
+        retention: RetentionPolicy {
+            max_age_ms: None,
+            max_bytes: Some(200 * 1024),
+        },
+        ..small_options(Durability::None)
+    };
+    let mut log = PartitionLog::open(dir.path(), options.clone()).unwrap();
+    fill(&mut log, 0..5000);
+    let before = log.segments();
+    let report = log.apply_retention(0).unwrap();
+    let after = log.segments();
+    assert!(report.deleted_segments > 0);
+    assert_eq!(after.len(), before.len() - report.deleted_segments);
+    assert_eq!(report.start_offset, after[0].base_offset);
+    assert_eq!(log.start_offset(), report.start_offset);
+    let kept: u64 = after.iter().map(|s| s.data_bytes).sum();
+    assert!(kept <= 200 * 1024, "kept {kept} bytes");
+    for deleted in &before[..report.deleted_segments] {
+        assert!(!deleted.path.exists(), "{} still exists", deleted.path.display());
+    }
+    // What is left reads back, from the new start, and survives a reopen.
+    let offsets: Vec<u64> = log.read(0).map(|v| v.offset()).collect();
+    assert_eq!(offsets, (report.start_offset..5000).collect::<Vec<_>>());
+    drop(log);
+    let log = PartitionLog::open(dir.path(), options).unwrap();
+    assert_eq!(log.start_offset(), report.start_offset);
+    for view in log.read(0) {
+        assert_expected(&view);
+    }
+
+    // By age: everything closed is older than a day in the future.
+    let mut by_age = log.options().clone();
+    by_age.retention = RetentionPolicy {
+        max_age_ms: Some(1),
+        max_bytes: None,
+    };
+    drop(log);
+    let mut log = PartitionLog::open(dir.path(), by_age).unwrap();
+    let report = log.apply_retention(1_800_000_000_000).unwrap();
+    assert_eq!(log.segments().len(), 1, "only the active segment is left");
+    assert_eq!(report.start_offset, log.segments()[0].base_offset);
+}
+
+#[test]
+fn segments_report_their_ranges() {
+    let dir = fast_tempdir();
+    let mut log = PartitionLog::open(dir.path(), small_options(Durability::None)).unwrap();
+    fill(&mut log, 0..2000);
+    let segments = log.segments();
+    for pair in segments.windows(2) {
+        assert_eq!(pair[0].next_offset, pair[1].base_offset, "dense across segments");
+        assert!(pair[0].sealed);
+    }
+    assert!(!segments.last().unwrap().sealed);
+    assert_eq!(segments.last().unwrap().next_offset, 2000);
+}

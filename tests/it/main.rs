@@ -1,0 +1,9 @@
+//! The one integration-test binary: storage behaviour, recovery properties, crash kills
+//! and the command line, each in its own module.
+
+mod cli_inspect;
+mod crash;
+mod fixture;
+mod log;
+mod recovery_props;
+mod support;

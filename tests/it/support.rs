@@ -1,0 +1,125 @@
+//! Shared helpers: deterministic record contents, small-segment options, temp dirs.
+
+use std::path::Path;
+
+use flowd::storage::{Durability, Header, LogOptions, PartitionLog, Record, RecordView};
+
+/// Small segments so that tests cross segment boundaries quickly.
+pub fn small_options(durability: Durability) -> LogOptions {
+    LogOptions {
+        segment_bytes: 64 * 1024,
+        durability,
+        index_interval_bytes: 512,
+        max_record_bytes: 16 * 1024,
+        unsynced_bytes_max: 256 * 1024,
+        ..LogOptions::default()
+    }
+}
+
+/// A temp dir on tmpfs when there is one: tests that do not measure the disk need not
+/// wait for it.
+pub fn fast_tempdir() -> tempfile::TempDir {
+    let shm = Path::new("/dev/shm");
+    if shm.is_dir() {
+        tempfile::tempdir_in(shm).expect("temp dir in /dev/shm")
+    } else {
+        tempfile::tempdir().expect("temp dir")
+    }
+}
+
+/// The owned content of the record expected at an offset: a pure function of it, so a
+/// checker needs no record of what a killed writer sent.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Expected {
+    pub timestamp_ms: i64,
+    pub key: Option<Vec<u8>>,
+    pub value: Vec<u8>,
+    pub headers: Vec<(String, Vec<u8>)>,
+}
+
+pub fn expected(offset: u64) -> Expected {
+    let len = (offset.wrapping_mul(2_654_435_761) % 300) as usize;
+    let value: Vec<u8> = (0..len)
+        .map(|i| (offset as usize).wrapping_mul(31).wrapping_add(i) as u8)
+        .collect();
+    Expected {
+        timestamp_ms: 1_700_000_000_000 + (offset as i64 * 7919) % 100_000,
+        key: (offset % 2 == 1).then(|| format!("key-{offset}").into_bytes()),
+        value,
+        headers: if offset.is_multiple_of(7) {
+            vec![("trace".to_string(), offset.to_le_bytes().to_vec())]
+        } else {
+            Vec::new()
+        },
+    }
+}
+
+/// Appends the expected records for `offsets` as one atomic batch.
+pub fn append_expected(
+    log: &mut PartitionLog,
+    offsets: std::ops::Range<u64>,
+) -> flowd::storage::AppendReceipt {
+    assert_eq!(log.next_offset(), offsets.start, "appending out of order");
+    let owned: Vec<Expected> = offsets.map(expected).collect();
+    let headers: Vec<Vec<Header<'_>>> = owned
+        .iter()
+        .map(|e| {
+            e.headers
+                .iter()
+                .map(|(n, v)| Header { name: n, value: v })
+                .collect()
+        })
+        .collect();
+    let records: Vec<Record<'_>> = owned
+        .iter()
+        .zip(&headers)
+        .map(|(e, h)| Record {
+            timestamp_ms: e.timestamp_ms,
+            key: e.key.as_deref(),
+            value: &e.value,
+            headers: h,
+        })
+        .collect();
+    log.append(&records).expect("append")
+}
+
+/// Appends the expected records for `offsets` in atomic batches of at most 50, small
+/// enough for the tests' 64 KiB segments.
+pub fn fill(log: &mut PartitionLog, offsets: std::ops::Range<u64>) -> flowd::storage::AppendReceipt {
+    let mut receipt = None;
+    let mut start = offsets.start;
+    while start < offsets.end {
+        let end = (start + 50).min(offsets.end);
+        receipt = Some(append_expected(log, start..end));
+        start = end;
+    }
+    receipt.expect("a non-empty range")
+}
+
+/// Panics unless `view` is exactly the expected record for its offset.
+pub fn assert_expected(view: &RecordView<'_>) {
+    let want = expected(view.offset());
+    assert_eq!(
+        view.timestamp_ms(),
+        want.timestamp_ms,
+        "timestamp of {}",
+        view.offset()
+    );
+    assert_eq!(view.key(), want.key.as_deref(), "key of {}", view.offset());
+    assert_eq!(view.value(), &want.value[..], "value of {}", view.offset());
+    let headers: Vec<(String, Vec<u8>)> = view.headers().map(|(n, v)| (n.to_string(), v.to_vec())).collect();
+    assert_eq!(headers, want.headers, "headers of {}", view.offset());
+}
+
+/// Checks that the log holds exactly the expected records `0..next_offset`, densely.
+pub fn assert_log_is_expected_prefix(log: &PartitionLog) -> u64 {
+    assert_eq!(log.start_offset(), 0);
+    let mut count = 0;
+    for view in log.read(0) {
+        assert_eq!(view.offset(), count, "offsets must be dense");
+        assert_expected(&view);
+        count += 1;
+    }
+    assert_eq!(count, log.next_offset());
+    count
+}
