@@ -49,8 +49,8 @@
 //! # Record frame (8-byte aligned, occupies `align8(32 + len)` bytes)
 //! ```text
 //! off  size  field
-//!   0     4  len              u32, payload length in bytes, >= MIN_PAYLOAD_BYTES
-//!   4     4  crc32c           over bytes 0..4 then 8..32+len (everything but itself)
+//!   0     4  crc32c           over bytes 4..32+len: everything after itself
+//!   4     4  len              u32, payload length in bytes, >= MIN_PAYLOAD_BYTES
 //!   8     8  offset           u64, the record's offset in its partition
 //!  16     8  timestamp_ms     i64
 //!  24     4  flags            u32, bit 0 = last frame of an atomic batch
@@ -267,7 +267,7 @@ impl FrameHeader {
     #[inline]
     pub fn read_trusted(frame: &[u8]) -> FrameHeader {
         FrameHeader {
-            payload_len: u32_at(frame, 0),
+            payload_len: u32_at(frame, 4),
             offset: u64_at(frame, 8),
             timestamp_ms: i64_at(frame, 16),
             flags: u32_at(frame, 24),
@@ -280,19 +280,14 @@ impl FrameHeader {
 pub fn seal_frame(frame: &mut [u8], header: &FrameHeader) {
     let payload_end = FRAME_HEADER_BYTES + header.payload_len as usize;
     debug_assert_eq!(frame.len(), header.frame_bytes());
-    frame[0..4].copy_from_slice(&header.payload_len.to_le_bytes());
+    frame[4..8].copy_from_slice(&header.payload_len.to_le_bytes());
     frame[8..16].copy_from_slice(&header.offset.to_le_bytes());
     frame[16..24].copy_from_slice(&header.timestamp_ms.to_le_bytes());
     frame[24..28].copy_from_slice(&header.flags.to_le_bytes());
     frame[28..32].fill(0);
     frame[payload_end..].fill(0);
-    let crc = frame_crc(&frame[..payload_end]);
-    frame[4..8].copy_from_slice(&crc.to_le_bytes());
-}
-
-/// CRC32C of a frame's bytes except the CRC field itself.
-fn frame_crc(frame: &[u8]) -> u32 {
-    crc32c::crc32c_append(crc32c::crc32c(&frame[0..4]), &frame[8..])
+    let crc = crc32c::crc32c(&frame[4..payload_end]);
+    frame[0..4].copy_from_slice(&crc.to_le_bytes());
 }
 
 /// Why the bytes at a position are not the frame expected there.
@@ -354,7 +349,7 @@ pub fn check_frame(bytes: &[u8], expected_offset: u64) -> Result<FrameHeader, Fr
         return Err(FrameDefect::Truncated);
     }
     let payload_end = FRAME_HEADER_BYTES + header.payload_len as usize;
-    if frame_crc(&bytes[..payload_end]) != u32_at(bytes, 4) {
+    if crc32c::crc32c(&bytes[4..payload_end]) != u32_at(bytes, 0) {
         return Err(FrameDefect::BadCrc);
     }
     if header.offset != expected_offset {

@@ -8,17 +8,18 @@
 use std::fs::OpenOptions;
 use std::path::{Path, PathBuf};
 
-use rkyv::ser::allocator::Arena;
+use std::sync::Arc;
 
 use crate::storage::error::{Result, StorageError};
-use crate::storage::format::{self, FRAME_FLAG_BATCH_END, SEGMENT_HEADER_BYTES};
+use crate::storage::format::SEGMENT_HEADER_BYTES;
 use crate::storage::layout::{self, DirLock};
 use crate::storage::reader::Records;
 use crate::storage::record::{HEADER_NAME_BYTES_MAX, RECORD_HEADERS_MAX, Record, RecordView};
 use crate::storage::recovery::{self, Role, ScanStop, Verdict};
 use crate::storage::retention::{self, RetentionPolicy, SegmentFacts};
 use crate::storage::segment::{Access, Segment};
-use crate::storage::sync::{Durability, SyncFaults, SyncTracker, Written};
+use crate::storage::sync::{Durability, Seal, SyncFaults, SyncTracker, Written};
+use crate::storage::writer::{FrameWriter, frame_bytes_bound};
 
 /// Smallest segment size accepted; below it the header would dominate.
 pub const SEGMENT_BYTES_MIN: u64 = 64 * 1024;
@@ -144,7 +145,7 @@ pub struct PartitionLog {
     /// Oldest first; the last is the one appended to. Never empty.
     segments: Vec<Segment>,
     tracker: SyncTracker,
-    scratch: Arena,
+    writer: FrameWriter,
     /// Bytes appended since open, for the group-commit backpressure bound.
     bytes_total: u64,
     recovery: RecoveryReport,
@@ -183,7 +184,7 @@ impl PartitionLog {
             options,
             segments,
             tracker,
-            scratch: Arena::new(),
+            writer: FrameWriter::new(),
             bytes_total: 0,
             recovery,
             _lock: lock,
@@ -236,27 +237,28 @@ impl PartitionLog {
             return Err(self.poisoned_error(cause));
         }
         let first_offset = self.next_offset();
-        let Some((last, rest)) = records.split_last() else {
+        if records.is_empty() {
             return Ok(AppendReceipt {
                 first_offset,
                 next_offset: first_offset,
             });
-        };
+        }
         let batch_bytes = self.batch_bytes_bound(records)?;
         if batch_bytes > self.active().room() {
             self.roll(batch_bytes)?;
         }
-        let data_end_before = self.active().data_end();
-        let scratch = &mut self.scratch;
         let active = self
             .segments
             .last_mut()
             .expect("a log always has an active segment");
-        for record in rest {
-            active.append(record, 0, frame_bytes_bound(record), scratch);
+        let data_end_before = active.data_end();
+        if let Err(error) = self.writer.append_batch(active, records) {
+            // What reached the file is unknown; nothing of this batch was made visible.
+            let cause = format!("writing to {} failed: {error}", active.path().display());
+            self.tracker.poison(cause.clone());
+            return Err(self.poisoned_error(cause));
         }
-        active.append(last, FRAME_FLAG_BATCH_END, frame_bytes_bound(last), scratch);
-        self.bytes_total += active.data_end() - data_end_before;
+        self.bytes_total += self.active().data_end() - data_end_before;
         self.make_durable()?;
         Ok(AppendReceipt {
             first_offset,
@@ -305,7 +307,6 @@ impl PartitionLog {
 
     /// Seals the active segment and starts a new one with room for `batch_bytes`.
     fn roll(&mut self, batch_bytes: u64) -> Result<()> {
-        self.tracker.forget_written();
         let active = self
             .segments
             .last_mut()
@@ -318,12 +319,13 @@ impl PartitionLog {
             self.segments.pop();
             std::fs::remove_file(&path).map_err(StorageError::io("remove empty segment", &path))?;
         } else {
-            if let Err(error) = active.seal(self.tracker.faults()) {
-                let cause = format!("sealing {} failed: {error}", active.path().display());
-                self.tracker.poison(cause.clone());
-                return Err(self.poisoned_error(cause));
-            }
-            self.tracker.mark_durable(base, self.bytes_total);
+            active.close_for_appends();
+            let seal = Seal {
+                file: Arc::clone(active.file()),
+                point: active.sync_point(),
+                bytes_total: self.bytes_total,
+            };
+            self.seal(seal)?;
         }
         let segment = Segment::create(
             &self.dir,
@@ -333,6 +335,25 @@ impl PartitionLog {
         )?;
         debug_assert!(batch_bytes <= segment.room());
         self.segments.push(segment);
+        Ok(())
+    }
+
+    /// Seals a segment rolled away from: at once in `every` mode, where each ack waits
+    /// for the disk anyway, otherwise on the syncer, off the append path.
+    fn seal(&self, seal: Seal) -> Result<()> {
+        if self.options.durability != Durability::Every {
+            return self
+                .tracker
+                .seal_in_background(seal)
+                .map_err(|cause| self.poisoned_error(cause));
+        }
+        if let Err(error) = seal.file.seal(seal.point, self.tracker.faults()) {
+            let cause = format!("sealing {} failed: {error}", seal.file.path().display());
+            self.tracker.poison(cause.clone());
+            return Err(self.poisoned_error(cause));
+        }
+        self.tracker
+            .mark_durable(seal.point.next_offset, seal.bytes_total);
         Ok(())
     }
 
@@ -494,11 +515,6 @@ impl PartitionLog {
         report.start_offset = self.start_offset();
         Ok(report)
     }
-}
-
-/// The most bytes `record`'s frame can take.
-fn frame_bytes_bound(record: &Record<'_>) -> usize {
-    format::frame_bytes(record.archived_len_bound())
 }
 
 /// Opens every segment file of `dir` in order, judging and mending as recovery says.

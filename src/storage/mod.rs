@@ -2,7 +2,8 @@
 //!
 //! Codemap: `format` (bytes on disk) → `record` (what is archived) → `segment` (one
 //! mapped file) → `recovery` (scan, judge, mend) → `log` (a partition: segments, appends,
-//! reads, retention) with `sync` (durability modes, group commit) and `index` (seeks).
+//! reads, retention) with `writer` (batches to frames, pwrite), `sync` (durability
+//! modes, group commit, sealing) and `index` (seeks).
 //! `layout` names files and directories; `inspect` reports on a data dir offline.
 
 pub mod error;
@@ -17,6 +18,7 @@ pub mod recovery;
 pub mod retention;
 pub(crate) mod segment;
 pub mod sync;
+pub(crate) mod writer;
 
 pub use error::StorageError;
 pub use log::{

@@ -1,10 +1,10 @@
-//! One segment: a preallocated file, mapped once, appended to in place and read zero-copy.
+//! One segment: a preallocated file, mapped read-only once and read zero-copy.
 //!
-//! The writer serializes records straight into the shared writable mapping, so an
-//! append is a memcpy into the page cache (which outlives a killed process) and never a
-//! syscall. Readers borrow slices of the same mapping below `data_end`; the writer only
-//! ever touches bytes at or after `data_end`, and needs `&mut self` to do so, so no
-//! reader can see a frame being written.
+//! Frames are written with pwrite (see `writer`) at or after `data_end`, and `data_end`
+//! moves past them only once a whole batch is in the page cache. Readers borrow slices
+//! of the mapping below `data_end` only, so no reader can see a frame being written, and
+//! the mapping is never written through: an I/O error comes back from pwrite as an
+//! error, never as a SIGBUS.
 
 use std::fs::{File, OpenOptions};
 use std::os::unix::fs::FileExt;
@@ -14,15 +14,14 @@ use std::sync::{Arc, Mutex};
 use std::{io, slice};
 
 use memmap2::{MmapOptions, MmapRaw};
-use rkyv::ser::allocator::Arena;
 
 use crate::storage::error::{Result, StorageError};
 use crate::storage::format::{
-    self, FRAME_HEADER_BYTES, FrameHeader, MarkerSlot, SEGMENT_HEADER_BYTES, SegmentHeader,
+    FRAME_HEADER_BYTES, FrameHeader, MarkerSlot, SEGMENT_HEADER_BYTES, SegmentHeader,
 };
 use crate::storage::index::SparseIndex;
 use crate::storage::layout;
-use crate::storage::record::{self, Record, RecordView};
+use crate::storage::record::RecordView;
 
 /// How far a segment is written or synced: the state a marker slot records.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -37,6 +36,24 @@ struct Markers {
     seq: u64,
     data_end: u64,
     sealed: bool,
+}
+
+/// Where a batch being written has got to; committed to the segment when complete.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct PendingAppend {
+    pub position: u64,
+    pub next_offset: u64,
+    pub max_timestamp_ms: i64,
+    pub min_timestamp_ms: i64,
+}
+
+impl PendingAppend {
+    pub fn advance(&mut self, frame_bytes: usize, timestamp_ms: i64) {
+        self.position += frame_bytes as u64;
+        self.next_offset += 1;
+        self.max_timestamp_ms = self.max_timestamp_ms.max(timestamp_ms);
+        self.min_timestamp_ms = self.min_timestamp_ms.min(timestamp_ms);
+    }
 }
 
 /// The file of a segment, shared by its writer and the syncer thread.
@@ -54,6 +71,14 @@ impl SegmentFile {
 
     pub fn path(&self) -> &Path {
         &self.path
+    }
+
+    /// Closes the segment durably: syncs its frames, writes the seal marker, and syncs
+    /// again, so that "every segment but the last is sealed" holds across a crash.
+    pub fn seal(&self, point: SyncPoint, faults: &crate::storage::sync::SyncFaults) -> io::Result<()> {
+        faults.sync_data(&self.file)?;
+        self.write_marker(point, true)?;
+        faults.sync_data(&self.file)
     }
 
     /// Records that the segment is synced up to `point` (or sealed there). Markers only
@@ -147,6 +172,41 @@ impl Segment {
         Segment::map(path, file, header, recovered, Access::Append)
     }
 
+    /// Where the next frame goes and what the segment holds up to there: the starting
+    /// point of a batch being written.
+    pub fn pending(&self) -> PendingAppend {
+        PendingAppend {
+            position: self.data_end,
+            next_offset: self.next_offset,
+            max_timestamp_ms: self.max_timestamp_ms,
+            min_timestamp_ms: self.min_timestamp_ms,
+        }
+    }
+
+    /// Offers a frame about to be written to the sparse index.
+    pub fn index_frame(&mut self, pending: &PendingAppend) {
+        self.index.observe(
+            pending.next_offset,
+            pending.position as u32,
+            pending.max_timestamp_ms,
+        );
+    }
+
+    /// Makes a written batch visible: every frame up to `pending.position` is in the
+    /// page cache.
+    pub fn commit(&mut self, pending: PendingAppend) {
+        debug_assert!(pending.position >= self.data_end && pending.position <= self.mapped_len);
+        self.data_end = pending.position;
+        self.next_offset = pending.next_offset;
+        self.max_timestamp_ms = pending.max_timestamp_ms;
+        self.min_timestamp_ms = pending.min_timestamp_ms;
+    }
+
+    /// Forgets index entries of frames that were never committed (a failed write).
+    pub fn abandon_pending(&mut self) {
+        self.index.truncate_at(self.data_end as u32);
+    }
+
     /// Maps an existing segment whose frames `recovered` describes.
     pub fn map(
         path: PathBuf,
@@ -170,11 +230,9 @@ impl Segment {
         );
         let mut options = MmapOptions::new();
         options.len(mapped_len as usize);
-        let map = match access {
-            Access::Append => options.map_raw(&file),
-            Access::Read => options.map_raw_read_only(&file),
-        }
-        .map_err(StorageError::io("map segment", &path))?;
+        let map = options
+            .map_raw_read_only(&file)
+            .map_err(StorageError::io("map segment", &path))?;
         let marker = recovered.marker;
         let sealed = marker.is_some_and(|m| m.sealed);
         let markers = Markers {
@@ -219,6 +277,11 @@ impl Segment {
 
     pub fn data_end(&self) -> u64 {
         self.data_end
+    }
+
+    /// Bytes of the file mapped (and, for the active segment, writable by pwrite).
+    pub fn mapped_len(&self) -> u64 {
+        self.mapped_len
     }
 
     /// Bytes of frames in the segment, header excluded.
@@ -272,38 +335,6 @@ impl Segment {
         // SAFETY: `data_end <= mapped_len`, the mapping lives as long as `self`, and
         // nothing writes below `data_end` (appends need `&mut self` and write above it).
         unsafe { slice::from_raw_parts(self.map.as_ptr(), self.data_end as usize) }
-    }
-
-    /// Appends one record as a frame. The caller has checked that `frame_bytes_max`
-    /// (from the record's archive bound) fits in `room()`.
-    pub fn append(&mut self, record: &Record<'_>, flags: u32, frame_bytes_max: usize, scratch: &mut Arena) {
-        debug_assert!(frame_bytes_max as u64 <= self.room());
-        let start = self.data_end as usize;
-        let end_max = start + frame_bytes_max;
-        assert!(
-            end_max as u64 <= self.mapped_len,
-            "frame would overrun its segment"
-        );
-        // SAFETY: `[start, end_max)` lies inside the writable mapping and at or above
-        // `data_end`, where no reader looks and no other reference exists.
-        let frame_room =
-            unsafe { slice::from_raw_parts_mut(self.map.as_mut_ptr().add(start), end_max - start) };
-        let payload_len = record::write_body(&record.body(), &mut frame_room[FRAME_HEADER_BYTES..], scratch)
-            .expect("a record archive outgrew its computed bound");
-        let header = FrameHeader {
-            payload_len: payload_len as u32,
-            offset: self.next_offset,
-            timestamp_ms: record.timestamp_ms,
-            flags,
-        };
-        let frame_len = header.frame_bytes();
-        format::seal_frame(&mut frame_room[..frame_len], &header);
-        self.index
-            .observe(self.next_offset, start as u32, self.max_timestamp_ms);
-        self.data_end += frame_len as u64;
-        self.next_offset += 1;
-        self.max_timestamp_ms = self.max_timestamp_ms.max(record.timestamp_ms);
-        self.min_timestamp_ms = self.min_timestamp_ms.min(record.timestamp_ms);
     }
 
     /// The view of the frame at `position`, which must be a frame boundary below
@@ -366,28 +397,24 @@ impl Segment {
         self.file.write_marker(self.sync_point(), false)
     }
 
-    /// Closes the segment for appends: syncs it, writes the seal marker and syncs
-    /// again, so that "every segment but the last is sealed" holds across a crash.
-    pub fn seal(&mut self, faults: &crate::storage::sync::SyncFaults) -> io::Result<()> {
-        faults.sync_data(&self.file.file)?;
-        self.file.write_marker(self.sync_point(), true)?;
-        faults.sync_data(&self.file.file)?;
+    /// Takes the segment out of appending. Its seal is written by `SegmentFile::seal`,
+    /// at once (`every`) or by the syncer (`group`, `none`).
+    pub fn close_for_appends(&mut self) {
         self.sealed = true;
-        Ok(())
     }
 }
 
-/// How a segment is mapped.
+/// What a segment is opened for.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum Access {
-    /// The active segment: the whole capacity, writable.
+    /// The active segment: mapped to its whole capacity, appended to.
     Append,
-    /// A closed segment, or inspection: the file as it is, read-only.
+    /// A closed segment: the file as it is, read only.
     Read,
 }
 
-/// Allocates `[offset, offset + len)` of `file` so that writes through the mapping can
-/// never hit ENOSPC (which a mapping can only report as SIGBUS).
+/// Allocates `[offset, offset + len)` of `file`: appends never run out of space midway,
+/// and the file's blocks stay contiguous.
 pub(crate) fn preallocate(file: &File, offset: u64, len: u64) -> io::Result<()> {
     // SAFETY: plain syscall on a valid descriptor.
     let rc = unsafe { libc::fallocate(file.as_raw_fd(), 0, offset as libc::off_t, len as libc::off_t) };

@@ -10,10 +10,16 @@
 //! - `none`: written is durable (it survives the process being killed, since the page
 //!   cache belongs to the kernel, but not a machine crash).
 //!
+//! Sealing a full segment (fdatasync, seal marker, fdatasync) is the syncer's job too in
+//! `group` and `none` mode, off the writer's path. Seals are queued (at most
+//! `SEALS_PENDING_MAX`) and always run before any later sync, so the durable point never
+//! passes a segment whose seal is not on disk.
+//!
 //! After one failed fdatasync the partition is poisoned: Linux may already have dropped
 //! the dirty pages that failed to write, so a retry could "succeed" without the data.
 //! Nothing more is acked and every later append fails; a restart recovers from the disk.
 
+use std::collections::VecDeque;
 use std::str::FromStr;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
@@ -96,8 +102,20 @@ pub(crate) struct Written {
     pub bytes_total: u64,
 }
 
+/// Segments rolled away from, waiting for the syncer to seal them. A writer that rolls
+/// faster than the disk seals waits.
+pub const SEALS_PENDING_MAX: usize = 2;
+
+/// A closed segment to seal.
+pub(crate) struct Seal {
+    pub file: Arc<SegmentFile>,
+    pub point: SyncPoint,
+    pub bytes_total: u64,
+}
+
 struct State {
     written: Option<Written>,
+    seals: VecDeque<Seal>,
     durable_bytes_total: u64,
     poisoned: Option<String>,
     syncer_idle: bool,
@@ -126,6 +144,7 @@ impl SyncTracker {
         let shared = Arc::new(Shared {
             state: Mutex::new(State {
                 written: None,
+                seals: VecDeque::with_capacity(SEALS_PENDING_MAX),
                 durable_bytes_total: 0,
                 poisoned: None,
                 syncer_idle: false,
@@ -137,7 +156,8 @@ impl SyncTracker {
             poisoned: AtomicBool::new(false),
             faults,
         });
-        let syncer = (durability == Durability::Group).then(|| {
+        // `every` syncs and seals on the writer's thread; the others need a syncer.
+        let syncer = (durability != Durability::Every).then(|| {
             let shared = Arc::clone(&shared);
             std::thread::Builder::new()
                 .name(format!("flowd-sync {name}"))
@@ -216,10 +236,23 @@ impl SyncTracker {
         }
     }
 
-    /// Drops the syncer's reference to a segment file before the writer rolls, so
-    /// that the syncer never marks a segment that has been sealed.
-    pub fn forget_written(&self) {
-        self.lock().written = None;
+    /// Hands a segment the writer has rolled away from to the syncer to seal, waiting
+    /// while `SEALS_PENDING_MAX` seals are already queued. The syncer stops syncing the
+    /// segment as a written point: its seal covers the rest.
+    pub fn seal_in_background(&self, seal: Seal) -> Result<(), String> {
+        let mut state = self.lock();
+        state.written = None;
+        while state.poisoned.is_none() && state.seals.len() >= SEALS_PENDING_MAX {
+            state = self.shared.done.wait(state).expect("sync state lock poisoned");
+        }
+        if let Some(cause) = &state.poisoned {
+            return Err(cause.clone());
+        }
+        state.seals.push_back(seal);
+        if state.syncer_idle {
+            self.shared.work.notify_one();
+        }
+        Ok(())
     }
 
     /// Stops the syncer after it has synced what was published.
@@ -262,10 +295,27 @@ fn mark_durable(shared: &Shared, state: &mut State, offset_end: u64, bytes_total
     shared.done.notify_all();
 }
 
-/// The group-commit loop: fdatasync what was written meanwhile, publish, repeat.
+/// The syncer's loop: seal what was rolled away from, then fdatasync what was written
+/// meanwhile (group commit) and publish it; sleep when there is neither.
 fn run_syncer(shared: &Shared) {
     let mut state = lock(shared);
     loop {
+        if let Some(seal) = state.seals.front() {
+            let (file, point, bytes_total) = (Arc::clone(&seal.file), seal.point, seal.bytes_total);
+            drop(state);
+            let sealed = file.seal(point, &shared.faults);
+            state = lock(shared);
+            state.seals.pop_front();
+            match sealed {
+                Ok(()) => mark_durable(shared, &mut state, point.next_offset, bytes_total),
+                Err(error) => {
+                    let cause = format!("sealing {} failed: {error}", file.path().display());
+                    poison(shared, &mut state, cause);
+                    return;
+                }
+            }
+            continue;
+        }
         let pending = state
             .written
             .as_ref()
