@@ -4,7 +4,10 @@
 //! - Every frame below the newest marker's `data_end` was synced: if one is missing or
 //!   damaged, that is corruption and the partition refuses to open, naming file and offset.
 //! - Every segment but the last was sealed after a full sync: it must be whole, and end
-//!   exactly where the next segment begins.
+//!   exactly where the next segment begins. One whose seal never reached the disk (power
+//!   lost while the syncer sealed it) may be torn like a last segment: nothing after it
+//!   was acked durably, so it is cut and the segments after it are dropped, unless one
+//!   of them records synced data, which would be corruption.
 //! - In the last segment, frames past the synced point may be torn by a crash: recovery
 //!   keeps every valid frame up to the end of the last complete atomic batch and cuts the
 //!   rest, zeroing it so that no stale frame can ever line up with a later append.
@@ -158,8 +161,8 @@ pub(crate) enum Role {
 pub enum Verdict {
     /// Nothing to mend.
     Clean,
-    /// The last segment's tail past `data_end` is torn (not synced; never acked in a
-    /// durable mode) and is cut on open.
+    /// The tail past `data_end` is torn (not synced; never acked in a durable mode) and
+    /// is cut on open; for an unsealed older segment, with every segment after it.
     TornTail {
         data_end: u64,
         stop: Option<ScanStop>,
@@ -223,6 +226,16 @@ pub(crate) fn judge(check: &SegmentCheck, name_base_offset: u64, role: Role) -> 
     }
     match role {
         Role::Closed { next_base_offset } => {
+            if scan.end.next_offset < next_base_offset && !sealed {
+                // Its seal never reached the disk, so nothing after it was acked durably
+                // (the syncer seals before it syncs anything later): a power loss tore
+                // the log here, and everything from here on is its torn tail.
+                return Ok(Verdict::TornTail {
+                    data_end: scan.end.data_end,
+                    stop: scan.stop,
+                    incomplete_batch_frames: scan.incomplete_batch_frames,
+                });
+            }
             if scan.end.next_offset < next_base_offset {
                 let (position, offset, reason) = break_at(scan);
                 return Err(frame_error(

@@ -5,5 +5,6 @@ mod cli_inspect;
 mod crash;
 mod fixture;
 mod log;
+mod recovery_cases;
 mod recovery_props;
 mod support;

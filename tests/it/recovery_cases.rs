@@ -1,0 +1,133 @@
+//! Recovery scenarios a crash (or a power loss) leaves behind, each written as the state
+//! on disk and what opening must make of it.
+
+use std::fs::OpenOptions;
+use std::os::unix::fs::FileExt;
+use std::path::{Path, PathBuf};
+
+use flowd::storage::format::{MARKER_SLOT_BYTES, MARKER_SLOT_POSITIONS, SEGMENT_HEADER_BYTES};
+use flowd::storage::{Durability, PartitionLog};
+
+use crate::support::{assert_log_is_expected_prefix, fast_tempdir, fill, small_options};
+
+fn segment_files(dir: &Path) -> Vec<PathBuf> {
+    flowd::storage::layout::list_segments(dir)
+        .unwrap()
+        .into_iter()
+        .map(|(_, p)| p)
+        .collect()
+}
+
+/// Erases both marker slots: the segment looks never synced and never sealed.
+fn erase_markers(path: &Path) {
+    let file = OpenOptions::new().write(true).open(path).unwrap();
+    for at in MARKER_SLOT_POSITIONS {
+        file.write_all_at(&[0u8; MARKER_SLOT_BYTES], at as u64).unwrap();
+    }
+}
+
+/// Overwrites the last `bytes` bytes of a segment's data with garbage.
+fn tear_end(dir: &Path, path: &Path, bytes: u64) {
+    let log = PartitionLog::open(dir, small_options(Durability::None)).unwrap();
+    let info = log.segments().into_iter().find(|s| s.path == path).unwrap();
+    drop(log);
+    let end = SEGMENT_HEADER_BYTES + info.data_bytes;
+    let file = OpenOptions::new().write(true).open(path).unwrap();
+    file.write_all_at(&vec![0xa5; bytes as usize], end - bytes)
+        .unwrap();
+}
+
+fn three_segments() -> tempfile::TempDir {
+    let dir = fast_tempdir();
+    let mut log = PartitionLog::open(dir.path(), small_options(Durability::Group)).unwrap();
+    fill(&mut log, 0..800);
+    log.close().unwrap();
+    assert!(segment_files(dir.path()).len() >= 3);
+    dir
+}
+
+#[test]
+fn an_unsealed_torn_older_segment_is_the_logs_torn_tail() {
+    // Power lost while the syncer sealed segment 1: its tail never reached the disk,
+    // and nothing after it was synced.
+    let dir = three_segments();
+    let files = segment_files(dir.path());
+    tear_end(dir.path(), &files[1], 100);
+    erase_markers(&files[1]);
+    for later in &files[2..] {
+        erase_markers(later);
+    }
+    let log = PartitionLog::open(dir.path(), small_options(Durability::Group)).unwrap();
+    let kept = assert_log_is_expected_prefix(&log);
+    assert!(kept < 800 && kept > 0, "kept {kept}");
+    assert_eq!(
+        log.segments().len(),
+        2,
+        "the segments after the torn one are gone"
+    );
+    for later in &files[2..] {
+        assert!(!later.exists(), "{} should be removed", later.display());
+    }
+    assert!(log.recovery().torn_tail.is_some());
+}
+
+#[test]
+fn a_torn_older_segment_followed_by_synced_data_is_corruption() {
+    let dir = three_segments();
+    let files = segment_files(dir.path());
+    tear_end(dir.path(), &files[1], 100);
+    erase_markers(&files[1]);
+    // The last segment still records synced data: the damage cannot be a crash's.
+    let error = PartitionLog::open(dir.path(), small_options(Durability::Group))
+        .err()
+        .unwrap();
+    assert!(error.is_corruption(), "{error}");
+    assert!(error.to_string().contains("holds synced records"), "{error}");
+    assert!(
+        files.iter().all(|f| f.exists()),
+        "nothing is deleted on a refusal"
+    );
+}
+
+#[test]
+fn a_torn_sealed_segment_is_corruption() {
+    let dir = three_segments();
+    let files = segment_files(dir.path());
+    tear_end(dir.path(), &files[0], 100);
+    let error = PartitionLog::open(dir.path(), small_options(Durability::Group))
+        .err()
+        .unwrap();
+    assert!(error.is_corruption(), "{error}");
+    assert!(error.to_string().contains("00000000000000000000.seg"), "{error}");
+}
+
+#[test]
+fn a_missing_middle_segment_is_corruption() {
+    let dir = three_segments();
+    let files = segment_files(dir.path());
+    std::fs::remove_file(&files[1]).unwrap();
+    let error = PartitionLog::open(dir.path(), small_options(Durability::Group))
+        .err()
+        .unwrap();
+    assert!(error.is_corruption(), "{error}");
+}
+
+#[test]
+fn a_last_segment_whose_creation_never_finished_is_removed() {
+    // A crash between creating the next segment and syncing its header leaves a file of
+    // zeros where the next segment starts.
+    let dir = three_segments();
+    let next = PartitionLog::open(dir.path(), small_options(Durability::Group))
+        .unwrap()
+        .next_offset();
+    let blank = dir.path().join(format!("{next:020}.seg"));
+    std::fs::write(&blank, vec![0u8; 64 * 1024]).unwrap();
+    let mut log = PartitionLog::open(dir.path(), small_options(Durability::Group)).unwrap();
+    assert_eq!(log.recovery().abandoned_segment.as_deref(), Some(blank.as_path()));
+    assert_eq!(log.next_offset(), next);
+    assert_log_is_expected_prefix(&log);
+    fill(&mut log, next..next + 10);
+    log.close().unwrap();
+    let log = PartitionLog::open(dir.path(), small_options(Durability::Group)).unwrap();
+    assert_eq!(assert_log_is_expected_prefix(&log), next + 10);
+}
