@@ -34,13 +34,14 @@ fn write_table(out: &mut impl Write, report: &InspectReport) -> std::io::Result<
     for p in &report.partitions {
         writeln!(
             out,
-            "\ntopic {} partition {}: offsets {}..{}, {} records, {}",
+            "\ntopic {} partition {}: offsets {}..{}, {} records, {}{}",
             p.topic,
             p.partition,
             p.start_offset.map_or("-".into(), |o| o.to_string()),
-            p.next_offset.map_or("-".into(), |o| o.to_string()),
+            p.next_offset.map_or("?".into(), |o| o.to_string()),
             p.records,
-            bytes(p.data_bytes)
+            bytes(p.data_bytes),
+            if p.corrupt { ", CORRUPT" } else { "" }
         )?;
         writeln!(
             out,

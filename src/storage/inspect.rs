@@ -25,7 +25,10 @@ pub struct PartitionReport {
     pub partition: u32,
     pub dir: String,
     pub start_offset: Option<u64>,
+    /// Unknown (`None`) when a segment is corrupt.
     pub next_offset: Option<u64>,
+    pub corrupt: bool,
+    /// Valid records (in whole batches) found in the segments.
     pub records: u64,
     pub data_bytes: u64,
     pub segments: Vec<SegmentReport>,
@@ -74,10 +77,7 @@ pub fn inspect(data_dir: &Path, index_interval_bytes: u32) -> Result<InspectRepo
     for location in layout::list_partitions(data_dir)? {
         partitions.push(inspect_partition(&location, index_interval_bytes)?);
     }
-    let corrupt = partitions
-        .iter()
-        .flat_map(|p| &p.segments)
-        .any(|s| matches!(s.status, SegmentStatus::Corrupt { .. }));
+    let corrupt = partitions.iter().any(|p| p.corrupt);
     Ok(InspectReport {
         data_dir: data_dir.display().to_string(),
         partitions,
@@ -114,13 +114,21 @@ fn inspect_partition(
         }
         segments.push(report);
     }
-    let sound: Vec<&SegmentReport> = segments.iter().filter(|s| s.next_offset.is_some()).collect();
+    let corrupt = segments
+        .iter()
+        .any(|s| matches!(s.status, SegmentStatus::Corrupt { .. }));
     Ok(PartitionReport {
         topic: location.topic.clone(),
         partition: location.partition,
         dir: location.dir.display().to_string(),
-        start_offset: sound.first().map(|s| s.base_offset),
-        next_offset: sound.last().and_then(|s| s.next_offset),
+        start_offset: segments.first().map(|s| s.base_offset),
+        // Past a corrupt segment the end is unknown: what a reopen keeps is not decided.
+        next_offset: if corrupt {
+            None
+        } else {
+            segments.iter().rev().find_map(|s| s.next_offset)
+        },
+        corrupt,
         records: segments.iter().map(|s| s.records).sum(),
         data_bytes: segments.iter().map(|s| s.data_bytes).sum(),
         segments,

@@ -94,6 +94,14 @@ fn inspect_names_the_partition_segment_and_offset_of_a_corrupt_byte() {
         "{line}"
     );
     assert!(line.contains("CRC"), "{line}");
+    assert!(
+        stdout.contains("topic orders partition 1: offsets 0..?"),
+        "{stdout}"
+    );
+    assert!(
+        stdout.contains("CORRUPT\n"),
+        "the partition line says so: {stdout}"
+    );
     // The other partitions are still reported as sound.
     assert!(
         stdout.contains("topic orders partition 0: offsets 0..50"),
