@@ -426,7 +426,10 @@ impl PartitionLog {
         synced
     }
 
-    /// Records from `from_offset` (or the start, if it was deleted) to the end.
+    /// Records from `from_offset` (or the start, if it was deleted) to the end of what
+    /// is written. In `group` mode that includes records not yet durable; a reader that
+    /// must only see acknowledged records reads up to `durable_offset()` with
+    /// `read_range`.
     pub fn read(&self, from_offset: u64) -> Records<'_> {
         self.read_range(from_offset, u64::MAX)
     }

@@ -334,3 +334,45 @@ fn segments_report_their_ranges() {
     assert!(!segments.last().unwrap().sealed);
     assert_eq!(segments.last().unwrap().next_offset, 2000);
 }
+
+mod seek_props {
+    use flowd::storage::{Durability, LogOptions, PartitionLog, Record};
+    use proptest::prelude::*;
+
+    use crate::support::{fast_tempdir, small_options};
+
+    proptest! {
+        #![proptest_config(ProptestConfig { cases: 48, ..ProptestConfig::default() })]
+
+        /// Seeks by offset and by time agree with a plain search over what was written,
+        /// whatever the timestamps, batch sizes and index spacing.
+        #[test]
+        fn seeks_agree_with_a_plain_search(
+            timestamps in prop::collection::vec(-1000i64..1000, 1..1500),
+            batch in 1usize..60,
+            interval in 32u32..2048,
+            probes in prop::collection::vec(-1100i64..1100, 1..20),
+        ) {
+            let dir = fast_tempdir();
+            let options = LogOptions { index_interval_bytes: interval, ..small_options(Durability::None) };
+            let mut log = PartitionLog::open(dir.path(), options).unwrap();
+            let values: Vec<[u8; 8]> = (0..timestamps.len() as u64).map(u64::to_le_bytes).collect();
+            for chunk in timestamps.iter().zip(&values).collect::<Vec<_>>().chunks(batch) {
+                let records: Vec<Record<'_>> = chunk.iter().map(|(ts, v)| Record::new(**ts, &v[..])).collect();
+                log.append(&records).unwrap();
+            }
+            for t in probes {
+                let want = timestamps.iter().position(|ts| *ts >= t).map(|i| i as u64);
+                prop_assert_eq!(log.offset_at_time(t), want, "time {}", t);
+            }
+            let len = timestamps.len() as u64;
+            for from in [0, len / 3, len / 2, len - 1] {
+                let view = log.get(from).unwrap();
+                prop_assert_eq!(view.offset(), from);
+                prop_assert_eq!(view.value(), &from.to_le_bytes()[..]);
+                prop_assert_eq!(view.timestamp_ms(), timestamps[from as usize]);
+                prop_assert_eq!(log.read(from).count() as u64, len - from);
+            }
+        }
+    }
+}
