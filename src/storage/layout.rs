@@ -109,6 +109,15 @@ pub fn sync_dir(dir: &Path) -> Result<()> {
         .map_err(StorageError::io("sync directory", dir))
 }
 
+/// How long opening a partition waits for its lock before it gives up.
+///
+/// A lock can outlive its owner's close by a moment: a child process forked (to run a
+/// worker, say) holds a copy of every descriptor until its exec closes them, and a flock
+/// lives until the last copy is closed. So a partition closed and at once reopened in a
+/// process that also spawns children can find its own old lock still held.
+pub const LOCK_WAIT_MAX: std::time::Duration = std::time::Duration::from_secs(1);
+const LOCK_RETRY_INTERVAL: std::time::Duration = std::time::Duration::from_millis(10);
+
 /// An exclusive lock on a partition directory, held while a log is open: two processes
 /// appending to one partition would destroy it.
 #[derive(Debug)]
@@ -117,6 +126,7 @@ pub struct DirLock {
 }
 
 impl DirLock {
+    /// Takes the lock, waiting up to `LOCK_WAIT_MAX` for a holder to let go.
     pub fn acquire(dir: &Path) -> Result<DirLock> {
         let path = dir.join(LOCK_FILE);
         let file = File::options()
@@ -125,16 +135,24 @@ impl DirLock {
             .write(true)
             .open(&path)
             .map_err(StorageError::io("create lock file", &path))?;
-        // SAFETY: plain syscall on a valid descriptor.
-        let rc = unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) };
-        if rc != 0 {
-            return Err(StorageError::Io {
-                action: "lock partition (is another flowd using this data directory?)",
-                path: dir.to_path_buf(),
-                source: std::io::Error::last_os_error(),
-            });
+        let attempts = LOCK_WAIT_MAX.as_millis() / LOCK_RETRY_INTERVAL.as_millis();
+        for attempt in 0..=attempts {
+            // SAFETY: plain syscall on a valid descriptor.
+            let rc = unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) };
+            if rc == 0 {
+                return Ok(DirLock { _file: file });
+            }
+            let error = std::io::Error::last_os_error();
+            if error.kind() != std::io::ErrorKind::WouldBlock || attempt == attempts {
+                return Err(StorageError::Io {
+                    action: "lock partition (is another flowd using this data directory?)",
+                    path: dir.to_path_buf(),
+                    source: error,
+                });
+            }
+            std::thread::sleep(LOCK_RETRY_INTERVAL);
         }
-        Ok(DirLock { _file: file })
+        unreachable!("the last attempt returns")
     }
 }
 
