@@ -83,11 +83,6 @@ impl SparseIndex {
     pub fn is_empty(&self) -> bool {
         self.entries.is_empty()
     }
-
-    /// Heap bytes held by the index: for the memory accounting of many partitions.
-    pub fn heap_bytes(&self) -> usize {
-        self.entries.capacity() * size_of::<IndexEntry>()
-    }
 }
 
 #[cfg(test)]

@@ -222,6 +222,14 @@ impl PartitionLog {
         self.segments.last().expect("a log always has an active segment")
     }
 
+    /// Poisons the partition after a failed write or sync of `path`, and returns the
+    /// error to give the caller.
+    fn fail(&self, what: &str, path: &Path, error: std::io::Error) -> StorageError {
+        let cause = format!("{what} {} failed: {error}", path.display());
+        self.tracker.poison(cause.clone());
+        self.poisoned_error(cause)
+    }
+
     fn poisoned_error(&self, cause: String) -> StorageError {
         StorageError::Poisoned {
             dir: self.dir.clone(),
@@ -254,9 +262,8 @@ impl PartitionLog {
         let data_end_before = active.data_end();
         if let Err(error) = self.writer.append_batch(active, records) {
             // What reached the file is unknown; nothing of this batch was made visible.
-            let cause = format!("writing to {} failed: {error}", active.path().display());
-            self.tracker.poison(cause.clone());
-            return Err(self.poisoned_error(cause));
+            let path = active.path().to_path_buf();
+            return Err(self.fail("writing to", &path, error));
         }
         self.bytes_total += self.active().data_end() - data_end_before;
         self.make_durable()?;
@@ -348,9 +355,7 @@ impl PartitionLog {
                 .map_err(|cause| self.poisoned_error(cause));
         }
         if let Err(error) = seal.file.seal(seal.point, self.tracker.faults()) {
-            let cause = format!("sealing {} failed: {error}", seal.file.path().display());
-            self.tracker.poison(cause.clone());
-            return Err(self.poisoned_error(cause));
+            return Err(self.fail("sealing", seal.file.path(), error));
         }
         self.tracker
             .mark_durable(seal.point.next_offset, seal.bytes_total);
@@ -371,11 +376,7 @@ impl PartitionLog {
                     self.tracker.mark_durable(next_offset, self.bytes_total);
                     Ok(())
                 }
-                Err(error) => {
-                    let cause = format!("fdatasync of {} failed: {error}", active.path().display());
-                    self.tracker.poison(cause.clone());
-                    Err(self.poisoned_error(cause))
-                }
+                Err(error) => Err(self.fail("fdatasync of", active.path(), error)),
             },
             Durability::Group => {
                 let written = Written {
@@ -407,11 +408,9 @@ impl PartitionLog {
             Durability::Group => self.wait_durable(self.next_offset()),
             Durability::Every | Durability::None => {
                 let active = self.active();
-                active.sync(self.tracker.faults()).map_err(|error| {
-                    let cause = format!("fdatasync of {} failed: {error}", active.path().display());
-                    self.tracker.poison(cause.clone());
-                    self.poisoned_error(cause)
-                })?;
+                active
+                    .sync(self.tracker.faults())
+                    .map_err(|error| self.fail("fdatasync of", active.path(), error))?;
                 self.tracker.mark_durable(active.next_offset(), self.bytes_total);
                 Ok(())
             }

@@ -73,6 +73,12 @@ impl SegmentFile {
         &self.path
     }
 
+    /// Makes the frames up to `point` durable (fdatasync) and records it in a marker slot.
+    pub fn sync(&self, point: SyncPoint, faults: &crate::storage::sync::SyncFaults) -> io::Result<()> {
+        faults.sync_data(&self.file)?;
+        self.write_marker(point, false)
+    }
+
     /// Closes the segment durably: syncs its frames, writes the seal marker, and syncs
     /// again, so that "every segment but the last is sealed" holds across a crash.
     pub fn seal(&self, point: SyncPoint, faults: &crate::storage::sync::SyncFaults) -> io::Result<()> {
@@ -393,8 +399,7 @@ impl Segment {
 
     /// Makes everything written durable (fdatasync) and records it in a marker slot.
     pub fn sync(&self, faults: &crate::storage::sync::SyncFaults) -> io::Result<()> {
-        faults.sync_data(&self.file.file)?;
-        self.file.write_marker(self.sync_point(), false)
+        self.file.sync(self.sync_point(), faults)
     }
 
     /// Takes the segment out of appending. Its seal is written by `SegmentFile::seal`,

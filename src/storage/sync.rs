@@ -257,23 +257,24 @@ impl SyncTracker {
 
     /// Stops the syncer after it has synced what was published.
     pub fn shutdown(&mut self) {
-        if let Some(syncer) = self.syncer.take() {
-            self.lock().shutdown = true;
-            self.shared.work.notify_one();
-            // A panic in the syncer is a bug; surface it rather than hide it.
-            syncer.join().expect("syncer thread panicked");
-        }
+        // A panic in the syncer is a bug; surface it rather than hide it.
+        self.stop_syncer().expect("syncer thread panicked");
+    }
+
+    fn stop_syncer(&mut self) -> std::thread::Result<()> {
+        let Some(syncer) = self.syncer.take() else {
+            return Ok(());
+        };
+        self.lock().shutdown = true;
+        self.shared.work.notify_one();
+        syncer.join()
     }
 }
 
 impl Drop for SyncTracker {
     fn drop(&mut self) {
-        if let Some(syncer) = self.syncer.take() {
-            self.lock().shutdown = true;
-            self.shared.work.notify_one();
-            // Never panic in drop; a syncer panic was already reported on its thread.
-            let _ = syncer.join();
-        }
+        // Never panic in drop; a syncer panic was already reported on its thread.
+        let _ = self.stop_syncer();
     }
 }
 
@@ -332,10 +333,9 @@ fn run_syncer(shared: &Shared) {
         drop(state);
         // The writer published `target` after its bytes were in the page cache, so this
         // fdatasync covers them (and perhaps more, which is harmless).
-        let synced = shared.faults.sync_data(target.file.file());
-        let marked = synced.and_then(|()| target.file.write_marker(target.point, false));
+        let synced = target.file.sync(target.point, &shared.faults);
         state = lock(shared);
-        match marked {
+        match synced {
             Ok(()) => mark_durable(shared, &mut state, target.point.next_offset, target.bytes_total),
             Err(error) => {
                 let cause = format!("fdatasync of {} failed: {error}", target.file.path().display());
