@@ -138,5 +138,23 @@ fn bench_read_and_seek(c: &mut Criterion) {
     group.finish();
 }
 
-criterion_group!(benches, bench_append, bench_read_and_seek);
+/// Opening a log recovers it: every frame of every segment is validated (CRC32C and
+/// bytecheck) and the sparse index rebuilt. This is the start-up cost per partition.
+fn bench_open(c: &mut Criterion) {
+    let (dir, log) = read_log();
+    let records = log.next_offset();
+    log.close().unwrap();
+    let mut group = c.benchmark_group("open");
+    group.sample_size(10).measurement_time(Duration::from_secs(5));
+    group.throughput(Throughput::Elements(records));
+    group.bench_function("recover/100B", |b| {
+        b.iter(|| {
+            let log = PartitionLog::open(dir.path(), options(Durability::None)).expect("open");
+            black_box(log.next_offset())
+        })
+    });
+    group.finish();
+}
+
+criterion_group!(benches, bench_append, bench_read_and_seek, bench_open);
 criterion_main!(benches);

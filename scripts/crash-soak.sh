@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
-# The SIGKILL crash tests at length: ROUNDS kill rounds per durability mode (default 500).
-# The normal test run does 12 per mode.
+# The SIGKILL crash tests at length: ROUNDS kill rounds in each durability mode (every,
+# group, none; default 500). The normal test run does 12 per mode.
 # Usage: scripts/crash-soak.sh [ROUNDS]
 set -euo pipefail
 cd "$(dirname "$0")/.."

@@ -1,4 +1,4 @@
-//! Crash test that really kills: a child process appends in `every` or `group` mode and
+//! Crash test that really kills: a child process appends in `every`, `group` or `none` mode and
 //! prints each acked offset; the parent SIGKILLs it at a random moment, reopens the log,
 //! and checks that every acked record is there, byte-identical, with dense offsets.
 //!
@@ -139,4 +139,10 @@ fn sigkill_never_loses_an_acked_record_in_every_mode() {
 #[test]
 fn sigkill_never_loses_an_acked_record_in_group_mode() {
     kill_rounds(Durability::Group);
+}
+
+#[test]
+fn sigkill_never_loses_an_acked_record_in_none_mode() {
+    // `none` acks once the batch is in the page cache, which a killed process cannot lose.
+    kill_rounds(Durability::None);
 }
