@@ -573,7 +573,7 @@ fn recover_segments(dir: &Path, options: &LogOptions) -> Result<(Vec<Segment>, R
         }
         let cut_later = role != Role::Last && matches!(verdict, Verdict::TornTail { .. });
         if cut_later {
-            drop_segments_after_torn_one(path, &files[i + 1..])?;
+            recovery::remove_after_torn(path, &files[i + 1..])?;
         }
         let sealed = check.marker.is_some_and(|m| m.sealed);
         let access = if (role == Role::Last || cut_later) && !sealed {
@@ -599,35 +599,4 @@ fn recover_segments(dir: &Path, options: &LogOptions) -> Result<(Vec<Segment>, R
     }
     report.segments = segments.len();
     Ok((segments, report))
-}
-
-/// Removes the segments after an unsealed, torn older segment, after checking that none
-/// of them ever recorded synced data (which a torn predecessor makes impossible, unless
-/// the disk is damaged).
-fn drop_segments_after_torn_one(torn: &Path, later: &[(u64, PathBuf)]) -> Result<()> {
-    for (_, path) in later {
-        let file = std::fs::File::open(path).map_err(StorageError::io("open segment", path))?;
-        let mut page = vec![0u8; SEGMENT_HEADER_BYTES as usize];
-        // A header too short to read holds no marker, so no synced data.
-        let whole = std::os::unix::fs::FileExt::read_exact_at(&file, &mut page, 0).is_ok();
-        let synced = whole
-            && crate::storage::format::MarkerSlot::newest(&page)
-                .is_some_and(|m| m.data_end > SEGMENT_HEADER_BYTES);
-        if synced {
-            return Err(StorageError::CorruptSegment {
-                path: torn.to_path_buf(),
-                reason: format!(
-                    "it is torn and unsealed, but the later segment {} holds synced records",
-                    path.display()
-                ),
-            });
-        }
-    }
-    for (_, path) in later {
-        std::fs::remove_file(path).map_err(StorageError::io("remove segment after a torn one", path))?;
-    }
-    if let Some(dir) = torn.parent() {
-        layout::sync_dir(dir)?;
-    }
-    Ok(())
 }

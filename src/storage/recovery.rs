@@ -14,7 +14,8 @@
 //! - A last segment whose header never reached the disk held no acked record (the header
 //!   is synced before the first append): it is removed.
 //!
-//! Scanning and judging are pure; only `repair_tail` and `remove_abandoned` write.
+//! Scanning and judging are pure; only `repair_tail`, `remove_abandoned` and
+//! `remove_after_torn` write.
 
 use std::fs::File;
 use std::os::unix::fs::FileExt;
@@ -311,4 +312,33 @@ pub(crate) fn remove_abandoned(path: &Path) -> Result<()> {
         path.parent()
             .expect("segment files live in a partition directory"),
     )
+}
+
+/// Removes the segments after an unsealed, torn older segment, after checking that none
+/// of them ever recorded synced data (which a torn predecessor makes impossible, unless
+/// the disk is damaged).
+pub(crate) fn remove_after_torn(torn: &Path, later: &[(u64, PathBuf)]) -> Result<()> {
+    for (_, path) in later {
+        let file = File::open(path).map_err(StorageError::io("open segment", path))?;
+        let mut page = vec![0u8; SEGMENT_HEADER_BYTES as usize];
+        // A header too short to read holds no marker, so no synced data.
+        let whole = file.read_exact_at(&mut page, 0).is_ok();
+        let synced = whole && MarkerSlot::newest(&page).is_some_and(|m| m.data_end > SEGMENT_HEADER_BYTES);
+        if synced {
+            return Err(StorageError::CorruptSegment {
+                path: torn.to_path_buf(),
+                reason: format!(
+                    "it is torn and unsealed, but the later segment {} holds synced records",
+                    path.display()
+                ),
+            });
+        }
+    }
+    for (_, path) in later {
+        std::fs::remove_file(path).map_err(StorageError::io("remove segment after a torn one", path))?;
+    }
+    if let Some(dir) = torn.parent() {
+        layout::sync_dir(dir)?;
+    }
+    Ok(())
 }

@@ -46,14 +46,20 @@ fn three_segments() -> tempfile::TempDir {
     dir
 }
 
-#[test]
-fn an_unsealed_torn_older_segment_is_the_logs_torn_tail() {
-    // Power lost while the syncer sealed segment 1: its tail never reached the disk,
-    // and nothing after it was synced.
+/// Power lost while the syncer sealed segment 1: its tail never reached the disk and
+/// its seal is missing.
+fn torn_unsealed_middle_segment() -> (tempfile::TempDir, Vec<PathBuf>) {
     let dir = three_segments();
     let files = segment_files(dir.path());
     tear_end(dir.path(), &files[1], 100);
     erase_markers(&files[1]);
+    (dir, files)
+}
+
+#[test]
+fn an_unsealed_torn_older_segment_is_the_logs_torn_tail() {
+    // And nothing after segment 1 was synced.
+    let (dir, files) = torn_unsealed_middle_segment();
     for later in &files[2..] {
         erase_markers(later);
     }
@@ -73,10 +79,7 @@ fn an_unsealed_torn_older_segment_is_the_logs_torn_tail() {
 
 #[test]
 fn a_torn_older_segment_followed_by_synced_data_is_corruption() {
-    let dir = three_segments();
-    let files = segment_files(dir.path());
-    tear_end(dir.path(), &files[1], 100);
-    erase_markers(&files[1]);
+    let (dir, files) = torn_unsealed_middle_segment();
     // The last segment still records synced data: the damage cannot be a crash's.
     let error = PartitionLog::open(dir.path(), small_options(Durability::Group))
         .err()
