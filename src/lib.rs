@@ -4,4 +4,7 @@
 //! see ARCHITECTURE.md for the codemap and the invariants.
 
 pub mod cli;
+pub mod config;
+pub mod ops;
+pub mod runtime;
 pub mod storage;

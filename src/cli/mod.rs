@@ -8,7 +8,9 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 
+mod check;
 mod inspect;
+mod run;
 
 #[derive(Debug, Parser)]
 #[command(
@@ -23,6 +25,25 @@ pub struct Cli {
 
 #[derive(Debug, Subcommand)]
 enum Command {
+    /// Run a dataflow on every core until its input ends, or until SIGINT/SIGTERM.
+    Run {
+        /// The dataflow file.
+        dataflow: PathBuf,
+        /// Where topics and progress live (overrides engine.data_dir).
+        #[arg(long)]
+        data_dir: Option<PathBuf>,
+        /// How many cores to run on: a number, or "all" (overrides engine.cores).
+        #[arg(long, value_parser = run::parse_cores)]
+        cores: Option<crate::config::Cores>,
+        /// Keep all data in memory (tmpfs), durability none; nothing survives the run.
+        #[arg(long)]
+        memory: bool,
+    },
+    /// Validate a dataflow file: every error as FILE:LINE:COL with a hint; exit 2 if any.
+    Check {
+        /// The dataflow file.
+        dataflow: PathBuf,
+    },
     /// Offline check of a data directory: topics, partitions, segments, a full CRC check.
     /// Exits 1 when anything is corrupt.
     Inspect {
@@ -38,6 +59,8 @@ enum Command {
 #[derive(Debug, thiserror::Error)]
 pub enum CliError {
     #[error(transparent)]
+    Runtime(#[from] crate::runtime::RuntimeError),
+    #[error(transparent)]
     Storage(#[from] crate::storage::StorageError),
     #[error("cannot write the output: {0}")]
     Output(#[from] std::io::Error),
@@ -50,6 +73,13 @@ impl Cli {
     pub fn run(self) -> Result<ExitCode, CliError> {
         match self.command {
             Command::Inspect { data_dir, json } => inspect::run(&data_dir, json),
+            Command::Check { dataflow } => check::run(&dataflow),
+            Command::Run { dataflow, data_dir, cores, memory } => run::run(run::RunArgs {
+                file: dataflow,
+                data_dir,
+                cores,
+                memory,
+            }),
         }
     }
 }

@@ -218,6 +218,15 @@ impl PartitionLog {
         self.tracker.durable_offset()
     }
 
+    /// Fails once the partition is poisoned (a write or fsync failed): nothing more
+    /// may be acked from it.
+    pub fn health(&self) -> Result<()> {
+        match self.tracker.poisoned() {
+            Some(cause) => Err(self.poisoned_error(cause)),
+            None => Ok(()),
+        }
+    }
+
     fn active(&self) -> &Segment {
         self.segments.last().expect("a log always has an active segment")
     }

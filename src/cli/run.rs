@@ -1,0 +1,80 @@
+//! `flowd run DATAFLOW.toml`: validate, then run the dataflow on every core until its
+//! input ends or SIGINT/SIGTERM; flags override the file.
+
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+
+use crate::cli::CliError;
+use crate::cli::check::report;
+use crate::config::{self, Cores};
+use crate::runtime::{self, RunOptions};
+use crate::storage::Durability;
+
+pub struct RunArgs {
+    pub file: PathBuf,
+    pub data_dir: Option<PathBuf>,
+    pub cores: Option<Cores>,
+    pub memory: bool,
+}
+
+pub fn run(args: RunArgs) -> Result<ExitCode, CliError> {
+    let mut spec = match config::load(&args.file) {
+        Ok(spec) => spec,
+        Err(error) => return Ok(report(&error)),
+    };
+    if let Some(cores) = args.cores {
+        spec.engine.cores = cores;
+    }
+    if let Some(dir) = args.data_dir {
+        spec.engine.data_dir = dir;
+    }
+    // --memory: the data lives in a fresh directory on tmpfs, gone when flowd exits.
+    let _memory_dir = if args.memory {
+        let dir = tempfile::Builder::new()
+            .prefix("flowd-memory-")
+            .tempdir_in(memory_root())
+            .map_err(CliError::Output)?;
+        spec.engine.data_dir = dir.path().to_path_buf();
+        spec.engine.durability = Durability::None;
+        Some(dir)
+    } else {
+        None
+    };
+    eprintln!(
+        "flowd: running {} (data in {}, durability {:?})",
+        args.file.display(),
+        spec.engine.data_dir.display(),
+        spec.engine.durability
+    );
+    let summary = runtime::run(spec, RunOptions::default())?;
+    eprintln!(
+        "flowd: {} after {:.2}s on {} cores: {} records in, {} records out{}",
+        if summary.finished { "finished" } else { "stopped" },
+        summary.elapsed.as_secs_f64(),
+        summary.shards,
+        summary.records_in,
+        summary.records_out,
+        if summary.records_failed > 0 {
+            format!(", {} records skipped by operators (see above)", summary.records_failed)
+        } else {
+            String::new()
+        }
+    );
+    Ok(ExitCode::SUCCESS)
+}
+
+fn memory_root() -> &'static Path {
+    let shm = Path::new("/dev/shm");
+    if shm.is_dir() { shm } else { Path::new("/tmp") }
+}
+
+/// `--cores N|all`.
+pub fn parse_cores(text: &str) -> Result<Cores, String> {
+    if text == "all" {
+        return Ok(Cores::All);
+    }
+    match text.parse::<usize>() {
+        Ok(n) if n >= 1 => Ok(Cores::Count(n)),
+        _ => Err(format!("\"{text}\" is not a core count; use a number from 1, or \"all\"")),
+    }
+}

@@ -1,0 +1,97 @@
+//! The dataflow file as written: serde structs that mirror dataflow.toml, with spans.
+//!
+//! Nothing here is checked beyond TOML types; `validate` turns these into a typed
+//! `DataflowSpec`. Operator and route values stay as TOML values here because their
+//! shape depends on the operator named inside them.
+
+use serde::Deserialize;
+use toml::Spanned;
+
+#[derive(Debug, Default, Deserialize)]
+pub struct RawDataflow {
+    #[serde(default)]
+    pub engine: Option<Spanned<RawEngine>>,
+    #[serde(default, rename = "topic")]
+    pub topics: Vec<Spanned<RawTopic>>,
+    #[serde(default, rename = "source")]
+    pub sources: Vec<Spanned<RawSource>>,
+    #[serde(default, rename = "stage")]
+    pub stages: Vec<Spanned<RawStage>>,
+    #[serde(default, rename = "sink")]
+    pub sinks: Vec<Spanned<RawSink>>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+pub struct RawEngine {
+    /// `"all"` or a number of cores.
+    pub cores: Option<Spanned<toml::Value>>,
+    pub data_dir: Option<Spanned<String>>,
+    pub durability: Option<Spanned<String>>,
+    pub commit_interval: Option<Spanned<String>>,
+}
+
+#[derive(Debug, Deserialize)]
+pub struct RawTopic {
+    pub name: Spanned<String>,
+    pub partitions: Option<Spanned<i64>>,
+    /// A size: `"64MiB"` or a number of bytes.
+    pub segment_bytes: Option<Spanned<toml::Value>>,
+    pub retention: Option<Spanned<RawRetention>>,
+    /// Records a partition may hold beyond its slowest consumer before writers wait.
+    pub max_lag: Option<Spanned<i64>>,
+}
+
+#[derive(Debug, Deserialize)]
+pub struct RawRetention {
+    pub max_age: Option<Spanned<String>>,
+    pub max_bytes: Option<Spanned<toml::Value>>,
+}
+
+#[derive(Debug, Deserialize)]
+pub struct RawSource {
+    pub name: Spanned<String>,
+    #[serde(rename = "type")]
+    pub kind: Spanned<String>,
+    pub path: Spanned<String>,
+    pub follow: Option<Spanned<bool>>,
+    /// A jq expression giving each line's timestamp (ms since the epoch) from its JSON.
+    pub timestamp: Option<Spanned<String>>,
+    pub to: Spanned<String>,
+    pub route: Option<Spanned<toml::Value>>,
+}
+
+#[derive(Debug, Deserialize)]
+pub struct RawStage {
+    pub name: Spanned<String>,
+    pub from: Spanned<OneOrMany>,
+    pub op: Spanned<toml::Value>,
+    pub to: Option<Spanned<String>>,
+    pub route: Option<Spanned<toml::Value>>,
+}
+
+#[derive(Debug, Deserialize)]
+pub struct RawSink {
+    pub name: Spanned<String>,
+    pub from: Spanned<String>,
+    #[serde(rename = "type")]
+    pub kind: Spanned<String>,
+    pub path: Option<Spanned<String>>,
+    pub format: Option<Spanned<String>>,
+}
+
+/// `from = "a"` or `from = ["a", "b"]`.
+#[derive(Debug, Deserialize)]
+#[serde(untagged)]
+pub enum OneOrMany {
+    One(String),
+    Many(Vec<String>),
+}
+
+impl OneOrMany {
+    pub fn names(&self) -> Vec<&str> {
+        match self {
+            OneOrMany::One(name) => vec![name.as_str()],
+            OneOrMany::Many(names) => names.iter().map(String::as_str).collect(),
+        }
+    }
+}

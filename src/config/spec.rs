@@ -1,0 +1,178 @@
+//! The validated dataflow: what the runtime is given. Every reference is resolved to an
+//! index, every expression has compiled once, every number is in range.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use crate::storage::{Durability, RetentionPolicy};
+
+#[derive(Debug, Clone)]
+pub struct DataflowSpec {
+    /// The file it came from; relative source paths resolve against its directory.
+    pub file: PathBuf,
+    pub engine: EngineSpec,
+    pub topics: Vec<TopicSpec>,
+    pub sources: Vec<SourceSpec>,
+    pub stages: Vec<StageSpec>,
+    pub sinks: Vec<SinkSpec>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Cores {
+    All,
+    Count(usize),
+}
+
+#[derive(Debug, Clone)]
+pub struct EngineSpec {
+    pub cores: Cores,
+    pub data_dir: PathBuf,
+    pub durability: Durability,
+    /// How often stages store their progress.
+    pub commit_interval: Duration,
+}
+
+#[derive(Debug, Clone)]
+pub struct TopicSpec {
+    pub name: String,
+    pub partitions: u32,
+    pub segment_bytes: u64,
+    pub retention: RetentionPolicy,
+    /// Records a partition may hold beyond its slowest consumer before writers wait.
+    pub max_lag: u64,
+}
+
+#[derive(Debug, Clone)]
+pub struct SourceSpec {
+    pub name: String,
+    pub kind: SourceKind,
+    /// jq over each line's JSON giving its timestamp in ms; `None`: the time it was read.
+    pub timestamp: Option<String>,
+    /// Index into `DataflowSpec::topics`.
+    pub to: usize,
+    pub route: Route,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum SourceKind {
+    /// The lines of one file; with `follow`, lines appended later too.
+    File { path: PathBuf, follow: bool },
+    /// Every file of a directory in name order, then new files as they appear.
+    Directory { path: PathBuf },
+}
+
+impl SourceKind {
+    /// A bounded source ends; its dataflow can finish.
+    pub fn is_bounded(&self) -> bool {
+        matches!(self, SourceKind::File { follow: false, .. })
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct StageSpec {
+    pub name: String,
+    /// Indexes into `DataflowSpec::topics`.
+    pub from: Vec<usize>,
+    pub op: OpSpec,
+    pub to: Option<usize>,
+    pub route: Route,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub enum OpSpec {
+    Map(String),
+    Filter(String),
+    SplitWords,
+    KeyBy(Selector),
+    Window(WindowSpec),
+    Dedupe { by: Part, capacity: usize },
+}
+
+impl OpSpec {
+    /// Whether replaying the same input gives the same output, which exactly-once
+    /// recovery relies on. Processing-time windows depend on the clock.
+    pub fn is_deterministic(&self) -> bool {
+        !matches!(self, OpSpec::Window(WindowSpec { time: TimeKind::Processing, .. }))
+    }
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct WindowSpec {
+    pub aggregate: Aggregate,
+    /// The number aggregated (`sum`/`min`/`max`): a jq expression over the value.
+    pub of: Option<String>,
+    /// Tumbling window length; `None` is one window over the whole input.
+    pub window: Option<Duration>,
+    pub time: TimeKind,
+    /// Record time: how far behind the newest timestamp a window stays open.
+    pub lateness: Duration,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Aggregate {
+    Count,
+    Sum,
+    Min,
+    Max,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TimeKind {
+    Record,
+    Processing,
+}
+
+/// Which part of a record a stage looks at.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Part {
+    Key,
+    Value,
+}
+
+/// A part of a record, or a jq expression over its JSON value.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Selector {
+    Part(Part),
+    Jq(String),
+}
+
+/// How a producer picks the partition of each record it writes.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Route {
+    /// Round robin.
+    Spread,
+    /// By a hash of the selected bytes, so equal selections meet in one partition.
+    ShardBy(Selector),
+    /// Every partition gets a copy.
+    Broadcast,
+}
+
+#[derive(Debug, Clone)]
+pub struct SinkSpec {
+    pub name: String,
+    pub from: usize,
+    pub kind: SinkKind,
+    pub format: SinkFormat,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum SinkKind {
+    Stdout,
+    File(PathBuf),
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SinkFormat {
+    /// The value, one per line.
+    Value,
+    /// `KEY<TAB>VALUE`.
+    KeyValue,
+    /// The `flowd tail --json` shape.
+    Json,
+}
+
+impl DataflowSpec {
+    pub fn topic_index(&self, name: &str) -> Option<usize> {
+        self.topics.iter().position(|t| t.name == name)
+    }
+}

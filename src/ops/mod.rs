@@ -1,0 +1,93 @@
+//! Built-in operators: sans-io transformations from input records to output records.
+//!
+//! An operator never touches files, sockets or clocks: the stage hands it records (with
+//! the processing time) and collects what it emits. That keeps each one a pure state
+//! machine, tested with tables, and lets exactly-once recovery replay it.
+
+pub mod dedupe;
+pub mod jq;
+pub mod key_by;
+pub mod map;
+pub mod split_words;
+pub mod window;
+
+use crate::config::{OpSpec, WindowSpec};
+
+/// Every operator name dataflow.toml accepts.
+pub const OPERATOR_NAMES: &[&str] =
+    &["map", "filter", "split_words", "key_by", "count", "sum", "min", "max", "dedupe"];
+
+/// One input record, borrowed from the log.
+#[derive(Debug, Clone, Copy)]
+pub struct Input<'a> {
+    /// Its offset in the input partition.
+    pub offset: u64,
+    pub timestamp_ms: i64,
+    /// Processing time when the stage read it.
+    pub now_ms: i64,
+    pub key: Option<&'a [u8]>,
+    pub value: &'a [u8],
+}
+
+/// One output record.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Output {
+    pub timestamp_ms: i64,
+    pub key: Option<Vec<u8>>,
+    pub value: Vec<u8>,
+}
+
+/// What an operator must get back after a restart to replay its input exactly.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Checkpoint {
+    /// The oldest input offset its state still depends on; `None` when it holds none.
+    pub state_start: Option<u64>,
+    /// Record-time watermark: windows ending at or before it are closed and emitted.
+    pub watermark_ms: i64,
+}
+
+/// A record an operator could not handle. The stage skips it and counts it.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{0}")]
+pub struct OpError(pub String);
+
+pub trait Operator {
+    /// Handles one record, appending what it emits to `out`.
+    fn on_record(&mut self, input: &Input<'_>, out: &mut Vec<Output>) -> Result<(), OpError>;
+
+    /// Processing time moved to `now_ms` (called when the stage is idle too).
+    fn on_clock(&mut self, _now_ms: i64, _out: &mut Vec<Output>) {}
+
+    /// The input ended: emit everything still held.
+    fn on_end(&mut self, _out: &mut Vec<Output>) {}
+
+    fn checkpoint(&self) -> Checkpoint {
+        Checkpoint::default()
+    }
+
+    /// Called once before any record, with the checkpoint the stage stored last.
+    fn restore(&mut self, _checkpoint: &Checkpoint) {}
+}
+
+/// Builds the operator a stage runs. The spec was validated, so jq compiles.
+pub fn build(spec: &OpSpec) -> Result<Box<dyn Operator>, OpError> {
+    let compile = |code: &str| jq::JqProgram::compile(code).map_err(OpError);
+    Ok(match spec {
+        OpSpec::Map(code) => Box::new(map::Map::new(compile(code)?)),
+        OpSpec::Filter(code) => Box::new(map::Filter::new(compile(code)?)),
+        OpSpec::SplitWords => Box::new(split_words::SplitWords),
+        OpSpec::KeyBy(selector) => Box::new(key_by::KeyBy::new(selector)?),
+        OpSpec::Window(window) => Box::new(window::Window::new(window_of(window)?)),
+        OpSpec::Dedupe { by, capacity } => Box::new(dedupe::Dedupe::new(*by, *capacity)),
+    })
+}
+
+fn window_of(spec: &WindowSpec) -> Result<window::WindowOptions, OpError> {
+    Ok(window::WindowOptions {
+        aggregate: spec.aggregate,
+        of: spec.of.as_deref().map(jq::JqProgram::compile).transpose().map_err(OpError)?,
+        length_ms: spec.window.map(|w| w.as_millis() as i64),
+        time: spec.time,
+        lateness_ms: spec.lateness.as_millis() as i64,
+    })
+}

@@ -1,0 +1,37 @@
+//! Errors of the runtime layer.
+
+use std::path::PathBuf;
+
+#[derive(Debug, thiserror::Error)]
+pub enum RuntimeError {
+    #[error(transparent)]
+    Storage(#[from] crate::storage::StorageError),
+    #[error("cannot {what} {path}: {source}")]
+    Io {
+        what: &'static str,
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("the progress file {path} is damaged ({reason}); remove it to replay that input from the start")]
+    Progress { path: PathBuf, reason: String },
+    #[error("engine.cores asks for {requested} cores but this machine has {available}")]
+    Cores { requested: usize, available: usize },
+    #[error("cannot start shard {shard}: {reason}")]
+    Shard { shard: usize, reason: String },
+    #[error("operator of stage \"{stage}\" cannot be built: {reason}")]
+    Operator { stage: String, reason: String },
+    #[error("standard output was closed")]
+    OutputClosed,
+    #[error("cannot write to standard output: {0}")]
+    Stdout(std::io::Error),
+}
+
+impl RuntimeError {
+    pub fn io(what: &'static str, path: impl Into<PathBuf>) -> impl FnOnce(std::io::Error) -> RuntimeError {
+        let path = path.into();
+        move |source| RuntimeError::Io { what, path, source }
+    }
+}
+
+pub type Result<T, E = RuntimeError> = std::result::Result<T, E>;

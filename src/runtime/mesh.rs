@@ -1,0 +1,117 @@
+//! The cross-core mesh: bounded channels carrying batches of records to the shard that
+//! owns their partition, and the acknowledgements that come back.
+//!
+//! One bounded flume channel per (topic, destination shard), shared by every sender, so
+//! that a full channel slows exactly the producers writing into that topic (a slow stage
+//! never blocks an unrelated one) and the waits follow the dataflow's acyclic graph,
+//! which cannot deadlock. Each sender's batches arrive in the order sent.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+
+use crate::storage::{Header, Record};
+
+/// Batches a channel holds before its senders wait.
+pub const CHANNEL_BATCHES_MAX: usize = 16;
+
+/// A record on its way to its partition.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct OwnedRecord {
+    pub timestamp_ms: i64,
+    pub key: Option<Vec<u8>>,
+    pub value: Vec<u8>,
+    pub headers: Vec<(&'static str, Vec<u8>)>,
+}
+
+impl OwnedRecord {
+    pub fn byte_len(&self) -> usize {
+        self.key.as_ref().map_or(0, Vec::len)
+            + self.value.len()
+            + self.headers.iter().map(|(n, v)| n.len() + v.len()).sum::<usize>()
+    }
+}
+
+/// Records for one partition, appended as one atomic batch.
+#[derive(Debug)]
+pub struct Batch {
+    pub partition: u32,
+    pub records: Vec<OwnedRecord>,
+    /// Told when the batch is durable.
+    pub ack: Arc<Generation>,
+}
+
+/// The batches one producer sent between two progress snapshots. When `pending` is
+/// zero they are all durable, and `ends` says where each partition's last one ended.
+#[derive(Debug)]
+pub struct Generation {
+    pending: AtomicUsize,
+    ends: Vec<AtomicU64>,
+}
+
+impl Generation {
+    pub fn new(partitions: u32) -> Arc<Generation> {
+        Arc::new(Generation {
+            pending: AtomicUsize::new(0),
+            ends: (0..partitions).map(|_| AtomicU64::new(0)).collect(),
+        })
+    }
+
+    pub fn sent(&self) {
+        self.pending.fetch_add(1, Ordering::AcqRel);
+    }
+
+    /// The batch for `partition` ending before `end` is durable.
+    pub fn acked(&self, partition: u32, end: u64) {
+        self.ends[partition as usize].fetch_max(end, Ordering::AcqRel);
+        self.pending.fetch_sub(1, Ordering::AcqRel);
+    }
+
+    pub fn is_durable(&self) -> bool {
+        self.pending.load(Ordering::Acquire) == 0
+    }
+
+    /// Where the last durable batch to `partition` ended; 0 if none was sent.
+    pub fn end(&self, partition: u32) -> u64 {
+        self.ends[partition as usize].load(Ordering::Acquire)
+    }
+}
+
+/// The senders of every (topic, shard) channel; cloned into every shard.
+#[derive(Clone)]
+pub struct Mesh {
+    /// `inboxes[topic][shard]`.
+    pub inboxes: Vec<Vec<flume::Sender<Batch>>>,
+}
+
+/// A fresh mesh, and per shard the receivers it serves: `(topic, receiver)`.
+pub fn build(topics: usize, shards: usize) -> (Mesh, Vec<Vec<(usize, flume::Receiver<Batch>)>>) {
+    let mut inboxes = vec![Vec::with_capacity(shards); topics];
+    let mut receivers: Vec<Vec<_>> = (0..shards).map(|_| Vec::new()).collect();
+    for (topic, senders) in inboxes.iter_mut().enumerate() {
+        for shard_receivers in receivers.iter_mut() {
+            let (tx, rx) = flume::bounded(CHANNEL_BATCHES_MAX);
+            senders.push(tx);
+            shard_receivers.push((topic, rx));
+        }
+    }
+    (Mesh { inboxes }, receivers)
+}
+
+/// Borrowed `Record`s (what the log appends) over owned ones.
+pub fn with_records<R>(records: &[OwnedRecord], f: impl FnOnce(&[Record<'_>]) -> R) -> R {
+    let headers: Vec<Vec<Header<'_>>> = records
+        .iter()
+        .map(|r| r.headers.iter().map(|(name, value)| Header { name, value }).collect())
+        .collect();
+    let borrowed: Vec<Record<'_>> = records
+        .iter()
+        .zip(&headers)
+        .map(|(r, h)| Record {
+            timestamp_ms: r.timestamp_ms,
+            key: r.key.as_deref(),
+            value: &r.value,
+            headers: h,
+        })
+        .collect();
+    f(&borrowed)
+}

@@ -1,0 +1,313 @@
+//! Turning a `DataflowSpec` into running shards: open every partition, load progress,
+//! scan outputs for what a crashed run already wrote, place every task on the core that
+//! owns its data, and start one pinned executor per core.
+
+use std::collections::{HashMap, HashSet};
+use std::rc::Rc;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+
+use glommio::{LocalExecutorBuilder, Placement};
+
+use crate::config::{Cores, DataflowSpec};
+use crate::runtime::error::{Result, RuntimeError};
+use crate::runtime::mesh::{self, Batch};
+use crate::runtime::progress::{self, Progress};
+use crate::runtime::provenance::{self, source_producer, stage_producer};
+use crate::runtime::shard::{Control, LocalPartition, Shard, Shared};
+use crate::runtime::sink::{ForwarderTask, SINK_CHANNEL_CHUNKS_MAX, SinkChunk, WriterTask};
+use crate::runtime::source::SourceTask;
+use crate::runtime::stage::StageTask;
+use crate::runtime::{placement, sink, source, stage};
+use crate::storage::{LogOptions, PartitionLog, layout};
+
+/// Everything one shard is given.
+#[derive(Default)]
+pub struct ShardPlan {
+    /// (topic, partition, log, max_lag) of every partition the shard owns.
+    partitions: Vec<(usize, u32, PartitionLog, u64)>,
+    inboxes: Vec<(usize, flume::Receiver<Batch>)>,
+    stages: Vec<StageTask>,
+    sources: Vec<SourceTask>,
+    forwarders: Vec<ForwarderTask>,
+    writers: Vec<(WriterTask, flume::Receiver<SinkChunk>)>,
+}
+
+pub struct Plan {
+    pub shared: Arc<Shared>,
+    pub shards: Vec<ShardPlan>,
+    /// Tasks that end when the input does, if every input is bounded.
+    pub finishable: Option<usize>,
+}
+
+// A plan crosses to its shard's thread: every field is plain data, a channel, or a
+// PartitionLog, which owns its files and syncer outright.
+fn assert_send<T: Send>() {}
+const _: fn() = assert_send::<ShardPlan>;
+
+pub fn plan(spec: DataflowSpec) -> Result<Plan> {
+    let shards = core_count(spec.engine.cores)?;
+    let data_dir = spec.engine.data_dir.clone();
+    std::fs::create_dir_all(&data_dir).map_err(RuntimeError::io("create the data directory", &data_dir))?;
+    let producers = producers_by_topic(&spec);
+    let bounded = bounded_topics(&spec);
+    let mut plans: Vec<ShardPlan> = (0..shards).map(|_| ShardPlan::default()).collect();
+
+    // Open every partition, and find per output partition what each producer wrote.
+    let mut logs: Vec<Vec<PartitionLog>> = Vec::new();
+    for topic in &spec.topics {
+        let options = LogOptions {
+            segment_bytes: topic.segment_bytes,
+            durability: spec.engine.durability,
+            retention: topic.retention.clone(),
+            // Small segments hold smaller records: the header takes 8 KiB of each.
+            max_record_bytes: LogOptions::default().max_record_bytes.min(topic.segment_bytes - 8192),
+            ..LogOptions::default()
+        };
+        let mut partitions = Vec::new();
+        for p in 0..topic.partitions {
+            partitions.push(PartitionLog::open(&layout::partition_dir(&data_dir, &topic.name, p), options.clone())?);
+        }
+        logs.push(partitions);
+    }
+    let stage_progress = load_stage_progress(&spec)?;
+    let source_progress: Vec<Progress> = spec
+        .sources
+        .iter()
+        .map(|s| progress::load(&progress::path(&data_dir, &s.name, "source")).map(Option::unwrap_or_default))
+        .collect::<Result<_>>()?;
+    let scanned = scan_outputs(&spec, &logs, &stage_progress, &source_progress);
+
+    for (i, stage_spec) in spec.stages.iter().enumerate() {
+        let to = stage_spec.to.expect("validated");
+        for &topic in &stage_spec.from {
+            for p in 0..spec.topics[topic].partitions {
+                let progress = stage_progress[&(i, topic, p)].clone();
+                let producer = stage_producer(&stage_spec.name, &spec.topics[topic].name, p);
+                // A clock-driven operator cannot be replayed exactly: it gets at-least-once.
+                let skip = if stage_spec.op.is_deterministic() {
+                    skip_points(&scanned[to], &producer, progress.next)
+                } else {
+                    vec![0; spec.topics[to].partitions as usize]
+                };
+                plans[placement::owner(p, shards)].stages.push(StageTask {
+                    stage: i,
+                    topic,
+                    partition: p,
+                    progress,
+                    skip,
+                    expected_ends: producers[topic].clone(),
+                });
+            }
+        }
+    }
+    for (i, (source_spec, progress)) in spec.sources.iter().zip(source_progress).enumerate() {
+        plans[i % shards].sources.push(SourceTask {
+            source: i,
+            progress,
+            scanned: scanned[source_spec.to].clone(),
+        });
+    }
+    let mut sink_senders = Vec::new();
+    for (i, sink_spec) in spec.sinks.iter().enumerate() {
+        let progress = progress::load(&progress::path(&data_dir, &sink_spec.name, "sink"))?.unwrap_or_default();
+        for p in 0..spec.topics[sink_spec.from].partitions {
+            let start = progress.partitions.get(&p).copied().unwrap_or(0);
+            plans[placement::owner(p, shards)].forwarders.push(ForwarderTask { sink: i, partition: p, start });
+        }
+        let (tx, rx) = flume::bounded(SINK_CHANNEL_CHUNKS_MAX);
+        sink_senders.push(tx);
+        let task = WriterTask { sink: i, progress, expected_ends: producers[sink_spec.from].clone() };
+        plans[i % shards].writers.push((task, rx));
+    }
+    for (topic, partitions) in logs.into_iter().enumerate() {
+        for (p, log) in partitions.into_iter().enumerate() {
+            let max_lag = spec.topics[topic].max_lag;
+            plans[placement::owner(p as u32, shards)].partitions.push((topic, p as u32, log, max_lag));
+        }
+    }
+    let (mesh, receivers) = mesh::build(spec.topics.len(), shards);
+    for (plan, inboxes) in plans.iter_mut().zip(receivers) {
+        plan.inboxes = inboxes;
+    }
+    let all_bounded = spec.stages.iter().all(|s| s.from.iter().all(|t| bounded[*t]))
+        && spec.sinks.iter().all(|s| bounded[s.from]);
+    let task_count = plans.iter().map(|p| p.stages.len() + p.writers.len()).sum();
+    let finishable = (all_bounded && task_count > 0).then_some(task_count);
+    let control = Control::default();
+    let live: usize = plans.iter().map(|p| p.stages.len() + p.sources.len() + p.writers.len()).sum();
+    control.producers_live.store(live, Ordering::Release);
+    let shared = Arc::new(Shared { spec: Arc::new(spec), shards, data_dir, mesh, sinks: sink_senders, control });
+    Ok(Plan { shared, shards: plans, finishable })
+}
+
+fn core_count(cores: Cores) -> Result<usize> {
+    let available = std::thread::available_parallelism().map_or(1, |n| n.get());
+    match cores {
+        Cores::All => Ok(available),
+        Cores::Count(n) if n <= available => Ok(n),
+        Cores::Count(requested) => Err(RuntimeError::Cores { requested, available }),
+    }
+}
+
+/// Per topic, the producers whose end markers end it; empty when nothing bounded feeds it.
+fn producers_by_topic(spec: &DataflowSpec) -> Vec<HashSet<String>> {
+    let mut producers = vec![HashSet::new(); spec.topics.len()];
+    for source in &spec.sources {
+        producers[source.to].insert(source_producer(&source.name, None));
+    }
+    for stage in &spec.stages {
+        let to = stage.to.expect("validated");
+        for &topic in &stage.from {
+            for p in 0..spec.topics[topic].partitions {
+                producers[to].insert(stage_producer(&stage.name, &spec.topics[topic].name, p));
+            }
+        }
+    }
+    producers
+}
+
+/// A topic ends when every producer feeding it ends, and it has at least one.
+fn bounded_topics(spec: &DataflowSpec) -> Vec<bool> {
+    let mut bounded: Vec<Option<bool>> = vec![None; spec.topics.len()];
+    // Topics in dependency order: the graph is acyclic (validated), so this settles in
+    // at most one round per topic.
+    for _ in 0..=spec.topics.len() {
+        for (t, slot) in bounded.clone().iter().enumerate() {
+            if slot.is_some() {
+                continue;
+            }
+            let sources = spec.sources.iter().filter(|s| s.to == t);
+            let stages: Vec<_> = spec.stages.iter().filter(|s| s.to == Some(t)).collect();
+            if sources.clone().count() + stages.len() == 0 {
+                bounded[t] = Some(false);
+                continue;
+            }
+            let inputs: Option<Vec<bool>> =
+                stages.iter().flat_map(|s| s.from.iter().map(|f| bounded[*f])).collect();
+            if let Some(inputs) = inputs {
+                bounded[t] = Some(sources.clone().all(|s| s.kind.is_bounded()) && inputs.iter().all(|b| *b));
+            }
+        }
+    }
+    bounded.into_iter().map(|b| b.unwrap_or(false)).collect()
+}
+
+type StageProgress = HashMap<(usize, usize, u32), Progress>;
+
+fn load_stage_progress(spec: &DataflowSpec) -> Result<StageProgress> {
+    let mut all = HashMap::new();
+    for (i, stage) in spec.stages.iter().enumerate() {
+        for &topic in &stage.from {
+            for p in 0..spec.topics[topic].partitions {
+                let part = format!("{}-{p}", spec.topics[topic].name);
+                let path = progress::path(&spec.engine.data_dir, &stage.name, &part);
+                all.insert((i, topic, p), progress::load(&path)?.unwrap_or_default());
+            }
+        }
+    }
+    Ok(all)
+}
+
+/// Per topic and partition, the provenance found after the point where the producers
+/// writing into it last committed.
+fn scan_outputs(
+    spec: &DataflowSpec,
+    logs: &[Vec<PartitionLog>],
+    stages: &StageProgress,
+    sources: &[Progress],
+) -> Vec<Vec<HashMap<String, u64>>> {
+    let mut from: Vec<Vec<u64>> = spec.topics.iter().map(|t| vec![u64::MAX; t.partitions as usize]).collect();
+    let mut lower = |topic: usize, progress: &Progress| {
+        for (q, slot) in from[topic].iter_mut().enumerate() {
+            *slot = (*slot).min(progress.output_ends.get(&(q as u32)).copied().unwrap_or(0));
+        }
+    };
+    for ((stage, _, _), progress) in stages {
+        lower(spec.stages[*stage].to.expect("validated"), progress);
+    }
+    for (source, progress) in spec.sources.iter().zip(sources) {
+        lower(source.to, progress);
+    }
+    logs.iter()
+        .zip(&from)
+        .map(|(partitions, from)| {
+            partitions
+                .iter()
+                .zip(from)
+                .map(|(log, &from)| if from == u64::MAX { HashMap::new() } else { provenance::scan(log, from) })
+                .collect()
+        })
+        .collect()
+}
+
+fn skip_points(scanned: &[HashMap<String, u64>], producer: &str, next: u64) -> Vec<u64> {
+    scanned.iter().map(|found| found.get(producer).copied().unwrap_or(0).max(next)).collect()
+}
+
+pub type ShardHandle = glommio::ExecutorJoinHandle<Result<()>>;
+
+/// Starts one executor per planned shard, pinned to its core.
+pub fn spawn(plan: Plan) -> Result<Vec<ShardHandle>> {
+    let mut handles = Vec::new();
+    for (index, shard_plan) in plan.shards.into_iter().enumerate() {
+        let shared = Arc::clone(&plan.shared);
+        let handle = LocalExecutorBuilder::new(Placement::Fixed(index))
+            .name(&format!("flowd-shard-{index}"))
+            .spawn(move || async move { run_shard(index, shared, shard_plan).await })
+            .map_err(|e| RuntimeError::Shard { shard: index, reason: e.to_string() })?;
+        handles.push(handle);
+    }
+    Ok(handles)
+}
+
+async fn run_shard(index: usize, shared: Arc<Shared>, plan: ShardPlan) -> Result<()> {
+    let partitions = plan.partitions.into_iter().map(|(t, p, log, max_lag)| LocalPartition::new(t, p, log, max_lag));
+    let shard = Rc::new(Shard::new(index, Arc::clone(&shared), partitions.collect()));
+    for (topic, receiver) in plan.inboxes {
+        glommio::spawn_local(Rc::clone(&shard).run_inbox(topic, receiver)).detach();
+    }
+    glommio::spawn_local(Rc::clone(&shard).run_acker()).detach();
+    for task in plan.stages {
+        spawn_counted(&shard, stage::run(Rc::clone(&shard), task));
+    }
+    for task in plan.sources {
+        spawn_counted(&shard, source::run(Rc::clone(&shard), task));
+    }
+    for (task, receiver) in plan.writers {
+        spawn_counted(&shard, sink::write(Rc::clone(&shard), task, receiver));
+    }
+    for task in plan.forwarders {
+        let s = Rc::clone(&shard);
+        glommio::spawn_local(async move {
+            if let Err(error) = sink::forward(Rc::clone(&s), task).await {
+                s.shared.control.fail(error);
+            }
+        })
+        .detach();
+    }
+    let control = &shared.control;
+    while !control.is_stopping() {
+        glommio::timer::sleep(Duration::from_millis(5)).await;
+    }
+    // Let every producer and writer on every shard store its last progress; inboxes and
+    // ackers keep serving meanwhile. Bounded: a stuck peer shard must not hang the exit.
+    let deadline = std::time::Instant::now() + crate::runtime::commit::FINAL_COMMIT_WAIT + Duration::from_secs(1);
+    while control.producers_live.load(Ordering::Acquire) > 0 && std::time::Instant::now() < deadline {
+        glommio::timer::sleep(Duration::from_millis(1)).await;
+    }
+    shard.close()
+}
+
+/// Spawns a task counted in `producers_live`; its error stops the engine.
+fn spawn_counted(shard: &Rc<Shard>, task: impl std::future::Future<Output = Result<()>> + 'static) {
+    let s = Rc::clone(shard);
+    glommio::spawn_local(async move {
+        if let Err(error) = task.await {
+            s.shared.control.fail(error);
+        }
+        s.shared.control.producers_live.fetch_sub(1, Ordering::AcqRel);
+    })
+    .detach();
+}

@@ -1,0 +1,231 @@
+//! One shard: the partitions a core owns, the inbox tasks that append batches sent to
+//! them, and the acker that reports batches durable. Shard state is `Rc`/`RefCell`:
+//! only this core's executor ever touches it.
+
+use std::cell::{Cell, RefCell};
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::rc::Rc;
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use crate::config::DataflowSpec;
+use crate::runtime::error::{Result, RuntimeError};
+use crate::runtime::mesh::{Batch, Generation, Mesh, with_records};
+use crate::runtime::sink::SinkChunk;
+use crate::storage::{Durability, PartitionLog};
+
+/// What every shard shares: the spec, the mesh, and the control flags.
+pub struct Shared {
+    pub spec: Arc<DataflowSpec>,
+    pub shards: usize,
+    pub data_dir: PathBuf,
+    pub mesh: Mesh,
+    /// Per sink, the channel to its writer.
+    pub sinks: Vec<flume::Sender<SinkChunk>>,
+    pub control: Control,
+}
+
+impl Shared {
+    /// Whether progress files must be fsynced (every mode but `none`).
+    pub fn durable(&self) -> bool {
+        self.spec.engine.durability != Durability::None
+    }
+}
+
+/// Stop flags, the first fatal error, and counters the main thread reads.
+#[derive(Default)]
+pub struct Control {
+    stopping: AtomicBool,
+    failure: Mutex<Option<RuntimeError>>,
+    /// Stage tasks and sink writers that finished their whole (bounded) input.
+    pub finished: AtomicUsize,
+    /// Sources and stage tasks still running; shards sync and exit when it is zero.
+    pub producers_live: AtomicUsize,
+    pub records_in: AtomicU64,
+    pub records_out: AtomicU64,
+    pub records_failed: AtomicU64,
+}
+
+impl Control {
+    pub fn stop(&self) {
+        self.stopping.store(true, Ordering::Release);
+    }
+
+    pub fn is_stopping(&self) -> bool {
+        self.stopping.load(Ordering::Acquire)
+    }
+
+    /// Records the first fatal error and stops the engine.
+    pub fn fail(&self, error: RuntimeError) {
+        let mut slot = self.failure.lock().expect("failure lock");
+        if slot.is_none() {
+            *slot = Some(error);
+        }
+        drop(slot);
+        self.stop();
+    }
+
+    pub fn take_failure(&self) -> Option<RuntimeError> {
+        self.failure.lock().expect("failure lock").take()
+    }
+}
+
+/// A partition this shard owns.
+pub struct LocalPartition {
+    pub topic: usize,
+    pub partition: u32,
+    pub log: RefCell<PartitionLog>,
+    /// Read positions of the stages and sinks consuming it, for the lag bound.
+    readers: RefCell<Vec<Rc<Cell<u64>>>>,
+    max_lag: u64,
+}
+
+impl LocalPartition {
+    pub fn new(topic: usize, partition: u32, log: PartitionLog, max_lag: u64) -> LocalPartition {
+        LocalPartition {
+            topic,
+            partition,
+            log: RefCell::new(log),
+            readers: RefCell::new(Vec::new()),
+            max_lag,
+        }
+    }
+
+    /// Registers a consumer starting at `position`; it moves the returned cell on.
+    pub fn reader(&self, position: u64) -> Rc<Cell<u64>> {
+        let cell = Rc::new(Cell::new(position));
+        self.readers.borrow_mut().push(Rc::clone(&cell));
+        cell
+    }
+
+    /// Whether a writer may append: the slowest reader is within `max_lag` records.
+    fn has_room(&self) -> bool {
+        let slowest = self.readers.borrow().iter().map(|c| c.get()).min();
+        slowest.is_none_or(|slowest| self.log.borrow().next_offset().saturating_sub(slowest) < self.max_lag)
+    }
+}
+
+struct PendingAck {
+    partition: Rc<LocalPartition>,
+    end: u64,
+    generation: Arc<Generation>,
+}
+
+pub struct Shard {
+    pub index: usize,
+    pub shared: Arc<Shared>,
+    pub partitions: HashMap<(usize, u32), Rc<LocalPartition>>,
+    acks: RefCell<Vec<PendingAck>>,
+}
+
+impl Shard {
+    pub fn new(index: usize, shared: Arc<Shared>, partitions: Vec<LocalPartition>) -> Shard {
+        Shard {
+            index,
+            shared,
+            partitions: partitions.into_iter().map(|p| ((p.topic, p.partition), Rc::new(p))).collect(),
+            acks: RefCell::new(Vec::new()),
+        }
+    }
+
+    pub fn partition(&self, topic: usize, partition: u32) -> &Rc<LocalPartition> {
+        self.partitions.get(&(topic, partition)).expect("placement sends a partition only to its owner")
+    }
+
+    /// Appends every batch sent to this shard for `topic`, in arrival order.
+    pub async fn run_inbox(self: Rc<Self>, topic: usize, receiver: flume::Receiver<Batch>) {
+        while let Ok(batch) = receiver.recv_async().await {
+            let partition = Rc::clone(self.partition(topic, batch.partition));
+            let mut idle = Backoff::default();
+            // Backpressure: hold the batch (and so the channel, and so its senders) while
+            // the slowest reader of this partition is too far behind.
+            while !partition.has_room() && !self.shared.control.is_stopping() {
+                idle.sleep().await;
+            }
+            let appended = {
+                let mut log = partition.log.borrow_mut();
+                with_records(&batch.records, |records| log.append(records))
+            };
+            match appended {
+                Ok(receipt) => match self.shared.spec.engine.durability {
+                    Durability::Group => self.acks.borrow_mut().push(PendingAck {
+                        partition,
+                        end: receipt.next_offset,
+                        generation: batch.ack,
+                    }),
+                    Durability::Every | Durability::None => batch.ack.acked(batch.partition, receipt.next_offset),
+                },
+                Err(error) => {
+                    self.shared.control.fail(error.into());
+                    return;
+                }
+            }
+        }
+    }
+
+    /// Acks batches once the group-commit syncer has made them durable.
+    pub async fn run_acker(self: Rc<Self>) {
+        loop {
+            let mut failed = None;
+            self.acks.borrow_mut().retain(|pending| {
+                let log = pending.partition.log.borrow();
+                if let Err(error) = log.health() {
+                    failed = Some(error);
+                    return true;
+                }
+                if log.durable_offset() >= pending.end {
+                    pending.generation.acked(pending.partition.partition, pending.end);
+                    return false;
+                }
+                true
+            });
+            if let Some(error) = failed {
+                self.shared.control.fail(error.into());
+                return;
+            }
+            let idle = self.acks.borrow().is_empty();
+            glommio::timer::sleep(if idle { Duration::from_millis(2) } else { Duration::from_micros(200) }).await;
+        }
+    }
+
+    /// Syncs and closes every partition log this shard owns.
+    pub fn close(&self) -> Result<()> {
+        let mut first = Ok(());
+        for partition in self.partitions.values() {
+            let synced = partition.log.borrow_mut().sync();
+            if first.is_ok() {
+                first = synced.map_err(RuntimeError::from);
+            }
+        }
+        first
+    }
+}
+
+/// Sleeps that grow while there is nothing to do: fast pickup after a lull, little CPU
+/// when idle for long.
+#[derive(Debug)]
+pub struct Backoff {
+    next: Duration,
+}
+
+const BACKOFF_MIN: Duration = Duration::from_micros(50);
+const BACKOFF_MAX: Duration = Duration::from_millis(5);
+
+impl Default for Backoff {
+    fn default() -> Backoff {
+        Backoff { next: BACKOFF_MIN }
+    }
+}
+
+impl Backoff {
+    pub async fn sleep(&mut self) {
+        glommio::timer::sleep(self.next).await;
+        self.next = (self.next * 2).min(BACKOFF_MAX);
+    }
+
+    pub fn reset(&mut self) {
+        self.next = BACKOFF_MIN;
+    }
+}

@@ -1,0 +1,264 @@
+//! The `file` source: the lines of a file (optionally followed as it grows), or of every
+//! file of a directory in name order, written into a topic exactly once.
+//!
+//! A line's input position is its byte offset, so progress is a byte offset and a
+//! replay after a crash starts at a line boundary. Line endings (`\n` or `\r\n`) are
+//! stripped; each line's timestamp is the time it was read.
+
+use std::collections::HashMap;
+use std::fs::File;
+use std::io::{Read, Seek, SeekFrom};
+use std::path::{Path, PathBuf};
+use std::rc::Rc;
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+
+use crate::config::SourceKind;
+use crate::ops::Output;
+use crate::ops::jq::{JqProgram, to_f64};
+use crate::runtime::commit::Committer;
+use crate::runtime::emitter::Emitter;
+use crate::runtime::error::{Result, RuntimeError};
+use crate::runtime::progress::{self, Progress};
+use crate::runtime::provenance::source_producer;
+use crate::runtime::shard::Shard;
+use crate::storage::layout::now_ms;
+
+/// Bytes read from the file per round.
+const READ_CHUNK_BYTES: usize = 256 * 1024;
+/// Longest line accepted; a longer one is cut into pieces of this size.
+pub const LINE_BYTES_MAX: usize = 1 << 20;
+/// How often a followed file or directory is checked for more.
+const FOLLOW_POLL: Duration = Duration::from_millis(100);
+
+pub struct SourceTask {
+    pub source: usize,
+    pub progress: Progress,
+    /// Per output partition: the provenance found there, by producer.
+    pub scanned: Vec<HashMap<String, u64>>,
+}
+
+struct Reading {
+    emitter: Emitter,
+    /// Gives each line's timestamp from its JSON, if the source says how.
+    timestamp: Option<JqProgram>,
+    committer: Committer,
+    scanned: Vec<HashMap<String, u64>>,
+}
+
+pub async fn run(shard: Rc<Shard>, task: SourceTask) -> Result<()> {
+    let spec = &shard.shared.spec;
+    let source = &spec.sources[task.source];
+    let partitions = spec.topics[source.to].partitions;
+    let emitter = Emitter::new(String::new(), source.to, partitions, &source.route, &shard.shared.mesh)
+        .map_err(|e| RuntimeError::Operator { stage: source.name.clone(), reason: e.0 })?;
+    let path = progress::path(&shard.shared.data_dir, &source.name, "source");
+    let done = task.progress.done;
+    let committer = Committer::new(path, task.progress, shard.shared.durable(), spec.engine.commit_interval);
+    let timestamp = match &source.timestamp {
+        Some(code) => Some(
+            JqProgram::compile(code).map_err(|reason| RuntimeError::Operator { stage: source.name.clone(), reason })?,
+        ),
+        None => None,
+    };
+    let mut reading = Reading { emitter, timestamp, committer, scanned: task.scanned };
+    if !done {
+        match &source.kind {
+            SourceKind::File { path, follow } => read_file(&shard, &mut reading, &source.name, path, *follow).await?,
+            SourceKind::Directory { path } => read_directory(&shard, &mut reading, &source.name, path).await?,
+        }
+    }
+    reading.committer.settle(partitions).await
+}
+
+impl Reading {
+    /// Points the emitter at `producer`, skipping what a previous run already wrote.
+    fn start(&mut self, producer: String, floor: u64) {
+        let skip = self
+            .scanned
+            .iter()
+            .map(|found| found.get(&producer).copied().unwrap_or(0).max(floor))
+            .collect();
+        self.emitter.set_producer(producer, skip);
+    }
+
+    fn candidate(&self, next: u64, file: Option<String>, done: bool) -> Progress {
+        Progress { resume: next, next, file, done, ..Progress::default() }
+    }
+}
+
+async fn read_file(shard: &Shard, reading: &mut Reading, name: &str, path: &Path, follow: bool) -> Result<()> {
+    let start = reading.committer.stored().next;
+    reading.start(source_producer(name, None), start);
+    let end = read_lines(shard, reading, path, start, None, follow).await?;
+    if let Some(end) = end {
+        reading.emitter.emit_end(end, now_ms());
+        if reading.emitter.flush().await.is_ok() {
+            let candidate = reading.candidate(end, None, true);
+            reading.committer.snapshot(&mut reading.emitter, candidate);
+        }
+    }
+    Ok(())
+}
+
+async fn read_directory(shard: &Shard, reading: &mut Reading, name: &str, dir: &Path) -> Result<()> {
+    let control = &shard.shared.control;
+    let mut current = reading.committer.stored().file.clone();
+    let mut start = reading.committer.stored().next;
+    while !control.is_stopping() {
+        let files = list_files(dir)?;
+        let next = match &current {
+            None => files.first().cloned(),
+            Some(c) => files.iter().find(|f| *f > c).cloned(),
+        };
+        let Some(file) = current.clone().or(next.clone()) else {
+            glommio::timer::sleep(FOLLOW_POLL).await;
+            continue;
+        };
+        current = Some(file.clone());
+        reading.start(source_producer(name, Some(&file)), start);
+        // The newest file is followed; an older one is read to its end and left.
+        let is_last = next.is_none() || next.as_deref() == Some(file.as_str());
+        let read = read_lines(shard, reading, &dir.join(&file), start, Some(&file), is_last).await?;
+        if read.is_some() {
+            // A newer file exists: move to it.
+            if let Some(newer) = list_files(dir)?.into_iter().find(|f| *f > file) {
+                current = Some(newer.clone());
+                start = 0;
+                let candidate = reading.candidate(0, Some(newer), false);
+                reading.committer.snapshot(&mut reading.emitter, candidate);
+            }
+        }
+    }
+    Ok(())
+}
+
+fn list_files(dir: &Path) -> Result<Vec<String>> {
+    let mut files = Vec::new();
+    for entry in std::fs::read_dir(dir).map_err(RuntimeError::io("list source directory", dir))? {
+        let entry = entry.map_err(RuntimeError::io("list source directory", dir))?;
+        let is_file = entry.file_type().is_ok_and(|t| t.is_file());
+        let name = entry.file_name().into_string().ok();
+        if let (true, Some(name)) = (is_file, name) {
+            if !name.starts_with('.') {
+                files.push(name);
+            }
+        }
+    }
+    files.sort();
+    Ok(files)
+}
+
+/// Reads lines from `start` on. Returns the end position once the file is done: at its
+/// end when not following, or, when following a directory's file, once a newer file
+/// exists and this one is read to its end. Returns `None` when stopped.
+async fn read_lines(
+    shard: &Shard,
+    reading: &mut Reading,
+    path: &Path,
+    start: u64,
+    dir_file: Option<&str>,
+    follow: bool,
+) -> Result<Option<u64>> {
+    let control = &shard.shared.control;
+    let partitions = reading.emitter.partitions();
+    let mut file = File::open(path).map_err(RuntimeError::io("open source file", path))?;
+    file.seek(SeekFrom::Start(start)).map_err(RuntimeError::io("seek in source file", path))?;
+    let mut chunk = vec![0u8; READ_CHUNK_BYTES];
+    let mut line = Vec::new();
+    let mut line_start = start;
+    let mut position = start;
+    let parent_dir = path.parent().map(PathBuf::from);
+    while !control.is_stopping() {
+        let n = file.read(&mut chunk).map_err(RuntimeError::io("read source file", path))?;
+        if n == 0 {
+            let newer_exists = match (dir_file, &parent_dir) {
+                (Some(current), Some(dir)) => list_files(dir)?.iter().any(|f| f.as_str() > current),
+                _ => false,
+            };
+            if follow && !newer_exists {
+                if reading.emitter.flush().await.is_err() {
+                    return Ok(None);
+                }
+                commit_if_due(reading, line_start, dir_file)?;
+                reading.committer.complete(partitions)?;
+                glommio::timer::sleep(FOLLOW_POLL).await;
+                continue;
+            }
+            if !line.is_empty() {
+                emit_line(reading, line_start, &line, control);
+                line.clear();
+            }
+            if reading.emitter.flush().await.is_err() {
+                return Ok(None);
+            }
+            return Ok(Some(position));
+        }
+        for &byte in &chunk[..n] {
+            position += 1;
+            if byte == b'\n' || line.len() >= LINE_BYTES_MAX {
+                emit_line(reading, line_start, &line, control);
+                line.clear();
+                line_start = if byte == b'\n' { position } else { position - 1 };
+                if byte != b'\n' {
+                    line.push(byte);
+                }
+            } else {
+                line.push(byte);
+            }
+        }
+        if reading.emitter.flush().await.is_err() {
+            return Ok(None);
+        }
+        commit_if_due(reading, line_start, dir_file)?;
+        reading.committer.complete(partitions)?;
+    }
+    if reading.emitter.flush().await.is_ok() {
+        let candidate = reading.candidate(line_start, dir_file.map(str::to_owned), false);
+        reading.committer.snapshot(&mut reading.emitter, candidate);
+    }
+    Ok(None)
+}
+
+fn commit_if_due(reading: &mut Reading, next: u64, dir_file: Option<&str>) -> Result<()> {
+    if reading.committer.is_due() {
+        let candidate = reading.candidate(next, dir_file.map(str::to_owned), false);
+        reading.committer.snapshot(&mut reading.emitter, candidate);
+    }
+    Ok(())
+}
+
+fn emit_line(reading: &mut Reading, start: u64, line: &[u8], control: &crate::runtime::shard::Control) {
+    let line = line.strip_suffix(b"\r").unwrap_or(line);
+    let timestamp_ms = match &reading.timestamp {
+        None => now_ms(),
+        Some(program) => match line_timestamp(program, line) {
+            Ok(ms) => ms,
+            Err(reason) => {
+                eprintln!("flowd: source line at byte {start} has no usable timestamp ({reason}); dropped");
+                return;
+            }
+        },
+    };
+    let output = Output { timestamp_ms, key: None, value: line.to_vec() };
+    // Routing a line fails only for a jq selector; such a line is dropped and reported.
+    if let Err(error) = reading.emitter.emit(start, 0, output) {
+        eprintln!("flowd: source line at byte {start} not routed: {}", error.0);
+        return;
+    }
+    control.records_in.fetch_add(1, Ordering::Relaxed);
+}
+
+/// A line's timestamp from its JSON: a number of milliseconds since the epoch.
+fn line_timestamp(program: &JqProgram, line: &[u8]) -> Result<i64, String> {
+    let mut found = None;
+    program.run(line, |v| {
+        if found.is_none() {
+            found = Some(to_f64(v));
+        }
+    })?;
+    match found {
+        Some(Some(ms)) if ms.is_finite() => Ok(ms as i64),
+        _ => Err("the timestamp expression did not give a number of milliseconds".into()),
+    }
+}

@@ -1,0 +1,165 @@
+//! A stage task: one operator instance reading one input partition on the shard that
+//! owns it, writing through an `Emitter`, committing its progress.
+
+use std::collections::{HashMap, HashSet};
+use std::rc::Rc;
+
+use crate::ops::{self, Checkpoint, Input, Output};
+use crate::runtime::commit::Committer;
+use crate::runtime::emitter::Emitter;
+use crate::runtime::error::{Result, RuntimeError};
+use crate::runtime::progress::{self, Progress};
+use crate::runtime::provenance::{end_marker, stage_producer};
+use crate::runtime::shard::{Backoff, Shard};
+use crate::storage::layout::now_ms;
+
+/// Records read from the input per round.
+pub const READ_BATCH_RECORDS: usize = 1024;
+
+/// One stage on one input partition, as planned at start.
+pub struct StageTask {
+    pub stage: usize,
+    pub topic: usize,
+    pub partition: u32,
+    pub progress: Progress,
+    /// Per output partition: outputs of inputs below this were written before a restart.
+    pub skip: Vec<u64>,
+    /// Producers whose end markers end this input; empty for an endless input.
+    pub expected_ends: HashSet<String>,
+}
+
+pub async fn run(shard: Rc<Shard>, task: StageTask) -> Result<()> {
+    let spec = &shard.shared.spec;
+    let stage = &spec.stages[task.stage];
+    let control = &shard.shared.control;
+    let topic_name = &spec.topics[task.topic].name;
+    let producer = stage_producer(&stage.name, topic_name, task.partition);
+    let op_error = |e: ops::OpError| RuntimeError::Operator { stage: stage.name.clone(), reason: e.0 };
+    let mut op = ops::build(&stage.op).map_err(op_error)?;
+    op.restore(&Checkpoint { state_start: None, watermark_ms: task.progress.watermark_ms });
+    let to = stage.to.expect("validation requires `to`");
+    let mut emitter = Emitter::new(producer, to, spec.topics[to].partitions, &stage.route, &shard.shared.mesh)
+        .map_err(op_error)?;
+    emitter.set_skip(task.skip);
+    let input = Rc::clone(shard.partition(task.topic, task.partition));
+    let mut position = task.progress.resume;
+    let reader = input.reader(position);
+    let mut ends_seen: HashMap<String, u64> = task.progress.ends_seen.iter().cloned().collect();
+    let mut finished = task.progress.done;
+    let path = progress::path(&shard.shared.data_dir, &stage.name, &format!("{topic_name}-{}", task.partition));
+    let mut committer = Committer::new(path, task.progress, shard.shared.durable(), spec.engine.commit_interval);
+    let mut out: Vec<Output> = Vec::new();
+    let mut idle = Backoff::default();
+    let mut failures = FailureLog::new(&stage.name, topic_name, task.partition);
+    while !finished && !control.is_stopping() {
+        let now = now_ms();
+        let mut read = 0;
+        {
+            let log = input.log.borrow();
+            for view in log.read(position) {
+                let offset = view.offset();
+                read += 1;
+                position = offset + 1;
+                if let Some(ended) = end_marker(&view) {
+                    ends_seen.insert(ended.to_owned(), offset);
+                    if task.expected_ends.iter().all(|p| ends_seen.contains_key(p)) {
+                        op.on_end(&mut out);
+                        emit_all(&mut emitter, offset, &mut out, &mut failures);
+                        emitter.emit_end(offset, view.timestamp_ms());
+                        finished = true;
+                        break;
+                    }
+                    continue;
+                }
+                let record = Input {
+                    offset,
+                    timestamp_ms: view.timestamp_ms(),
+                    now_ms: now,
+                    key: view.key(),
+                    value: view.value(),
+                };
+                if let Err(error) = op.on_record(&record, &mut out) {
+                    failures.record(offset, &error.0);
+                }
+                emit_all(&mut emitter, offset, &mut out, &mut failures);
+                if read >= READ_BATCH_RECORDS || emitter.is_full() {
+                    break;
+                }
+            }
+        }
+        reader.set(position);
+        op.on_clock(now, &mut out);
+        emit_all(&mut emitter, position.saturating_sub(1), &mut out, &mut failures);
+        if emitter.flush().await.is_err() {
+            break;
+        }
+        if committer.is_due() || finished {
+            let candidate = snapshot(&*op, position, &ends_seen, finished);
+            committer.snapshot(&mut emitter, candidate);
+        }
+        committer.complete(emitter.partitions())?;
+        if read == 0 {
+            idle.sleep().await;
+        } else {
+            idle.reset();
+        }
+    }
+    if !committer.stored().done {
+        if emitter.flush().await.is_ok() {
+            let candidate = snapshot(&*op, position, &ends_seen, finished);
+            committer.snapshot(&mut emitter, candidate);
+        }
+        committer.settle(emitter.partitions()).await?;
+    }
+    control.records_failed.fetch_add(failures.count, std::sync::atomic::Ordering::Relaxed);
+    if committer.stored().done {
+        control.finished.fetch_add(1, std::sync::atomic::Ordering::AcqRel);
+    }
+    Ok(())
+}
+
+fn emit_all(emitter: &mut Emitter, produced_by: u64, out: &mut Vec<Output>, failures: &mut FailureLog) {
+    for (index, output) in out.drain(..).enumerate() {
+        if let Err(error) = emitter.emit(produced_by, index, output) {
+            failures.record(produced_by, &format!("cannot route it: {}", error.0));
+        }
+    }
+}
+
+fn snapshot(op: &dyn ops::Operator, next: u64, ends_seen: &HashMap<String, u64>, done: bool) -> Progress {
+    let checkpoint = op.checkpoint();
+    let resume = checkpoint.state_start.map_or(next, |start| start.min(next));
+    let mut ends: Vec<(String, u64)> =
+        ends_seen.iter().filter(|(_, o)| **o < resume).map(|(p, o)| (p.clone(), *o)).collect();
+    ends.sort();
+    Progress {
+        resume,
+        next,
+        watermark_ms: checkpoint.watermark_ms,
+        ends_seen: ends,
+        done,
+        ..Progress::default()
+    }
+}
+
+/// Records an operator could not handle: counted, and the first few reported.
+pub struct FailureLog {
+    place: String,
+    pub count: u64,
+}
+
+/// Failures reported one by one before the reports thin out.
+const FAILURES_REPORTED_MAX: u64 = 10;
+
+impl FailureLog {
+    pub fn new(stage: &str, topic: &str, partition: u32) -> FailureLog {
+        FailureLog { place: format!("stage \"{stage}\" on {topic}/{partition}"), count: 0 }
+    }
+
+    pub fn record(&mut self, offset: u64, reason: &str) {
+        self.count += 1;
+        if self.count <= FAILURES_REPORTED_MAX || self.count.is_power_of_two() {
+            eprintln!("flowd: {} skipped record {offset} ({} so far): {reason}", self.place, self.count);
+        }
+    }
+}
