@@ -60,10 +60,11 @@ pub fn parse(path: &Path, text: &str) -> Result<DataflowSpec, ConfigError> {
             return Err(invalid(diags));
         }
     };
-    let base_dir = path.parent().map(Path::to_path_buf).unwrap_or_default();
+    let base_dir = path.parent().filter(|d| !d.as_os_str().is_empty()).unwrap_or(Path::new(".")).to_path_buf();
     let spec = Validator {
         diags: &mut diags,
         base_dir,
+        unresolved: false,
     }
     .dataflow(path, raw);
     if diags.is_empty() { Ok(spec) } else { Err(invalid(diags)) }
@@ -72,6 +73,8 @@ pub fn parse(path: &Path, text: &str) -> Result<DataflowSpec, ConfigError> {
 struct Validator<'d, 't> {
     diags: &'d mut Diagnostics<'t>,
     base_dir: PathBuf,
+    /// A topic reference did not resolve; the graph is not checked for cycles then.
+    unresolved: bool,
 }
 
 impl Validator<'_, '_> {
@@ -86,7 +89,9 @@ impl Validator<'_, '_> {
         let sources = raw.sources.iter().map(|s| self.source(s.get_ref(), &names)).collect();
         let stages: Vec<StageSpec> = raw.stages.iter().map(|s| self.stage(s.get_ref(), &names)).collect();
         let sinks = raw.sinks.iter().map(|s| self.sink(s.get_ref(), &names)).collect();
-        self.cycles(&raw.stages, &stages, &names);
+        if !self.unresolved {
+            self.cycles(&raw.stages, &stages, &names);
+        }
         DataflowSpec {
             file: path.to_path_buf(),
             engine,
@@ -446,6 +451,7 @@ impl Validator<'_, '_> {
         match topics.iter().position(|t| *t == name) {
             Some(i) => i,
             None => {
+                self.unresolved = true;
                 let hint = did_you_mean(name, topics.iter().copied())
                     .unwrap_or_else(|| format!("declare it with [[topic]] name = \"{name}\""));
                 self.error(span, key, format!("there is no topic \"{name}\""), hint);

@@ -2,6 +2,7 @@
 //! and the command line, each in its own module.
 
 mod cli_inspect;
+mod config_check;
 mod crash;
 mod fixture;
 mod log;

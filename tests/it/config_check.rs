@@ -1,0 +1,193 @@
+//! `flowd check` and the validation behind it: each broken file gets a precise,
+//! positioned error with a hint, all errors of a file are reported, and nothing panics.
+
+use std::path::Path;
+use std::process::Command;
+
+use flowd::config::{self, ConfigError};
+use proptest::prelude::*;
+
+/// A valid dataflow the broken cases are made from.
+const BASE: &str = r#"[engine]
+cores = 1
+
+[[topic]]
+name = "lines"
+
+[[topic]]
+name = "words"
+
+[[stage]]
+name = "split"
+from = "lines"
+op = "split_words"
+to = "words"
+"#;
+
+fn errors(text: &str) -> Vec<String> {
+    match config::parse(Path::new("flow.toml"), text) {
+        Ok(_) => Vec::new(),
+        Err(ConfigError::Invalid { diagnostics, .. }) => diagnostics
+            .iter()
+            .map(|d| format!("{}:{}: {}: {} | {}", d.line, d.column, d.key, d.message, d.hint.as_deref().unwrap_or("")))
+            .collect(),
+        Err(other) => vec![other.to_string()],
+    }
+}
+
+#[test]
+fn the_base_file_is_valid() {
+    assert_eq!(errors(BASE), Vec::<String>::new());
+}
+
+#[test]
+fn broken_files_get_precise_errors() {
+    // (what is broken, the file, the expected error lines: position, key, message, hint)
+    let cases: &[(&str, String, &[&str])] = &[
+        ("bad TOML", "[[topic]\nname = \"a\"\n".into(), &["1:9: (syntax): unclosed array table, expected `]`"]),
+        (
+            "unknown key",
+            BASE.replace("name = \"words\"", "name = \"words\"\npartitons = 3"),
+            &["9:1: topic \"words\".partitons: unknown key | did you mean \"partitions\"?"],
+        ),
+        (
+            "unknown section",
+            format!("{BASE}\n[engin]\ncores = 2\n"),
+            &["16:2: engin: unknown key | did you mean \"engine\"?"],
+        ),
+        (
+            "unknown operator",
+            BASE.replace("op = \"split_words\"", "op = \"split_wrds\""),
+            &["13:6: stage \"split\".op: unknown operator \"split_wrds\" | did you mean \"split_words\"?"],
+        ),
+        (
+            "unknown operator in a table",
+            BASE.replace("op = \"split_words\"", "op = { windw = { window = \"1s\" } }"),
+            &["13:6: stage \"split\".op: unknown operator \"windw\" | expected one of: map, filter, split_words"],
+        ),
+        (
+            "unknown operator parameter",
+            BASE.replace("op = \"split_words\"", "op = { count = { windw = \"1s\" } }"),
+            &["13:18: stage \"split\".op.count.windw: unknown key | did you mean \"window\"?"],
+        ),
+        (
+            "bad jq expression",
+            BASE.replace("op = \"split_words\"", "op = { map = \".a | \" }"),
+            &["13:6: stage \"split\".op.map: bad jq expression `.a | `: expected term but found the end"],
+        ),
+        (
+            "jq with an undefined function",
+            BASE.replace("op = \"split_words\"", "op = { filter = \"nosuch(1)\" }"),
+            &["13:6: stage \"split\".op.filter: bad jq expression `nosuch(1)`: undefined filter `nosuch`"],
+        ),
+        (
+            "a stage reading a topic that does not exist",
+            BASE.replace("from = \"lines\"", "from = \"lnes\""),
+            &["12:8: stage \"split\".from: there is no topic \"lnes\" | did you mean \"lines\"?"],
+        ),
+        (
+            "a stage writing a topic that does not exist",
+            BASE.replace("to = \"words\"", "to = \"counts\""),
+            &["14:6: stage \"split\".to: there is no topic \"counts\" | declare it with [[topic]] name = \"counts\""],
+        ),
+        (
+            "a cycle",
+            format!("{BASE}\n[[stage]]\nname = \"back\"\nfrom = \"words\"\nop = \"split_words\"\nto = \"lines\"\n"),
+            &["17:8: stage \"back\".to: the stages make a cycle: lines -> words -> lines"],
+        ),
+        (
+            "a wrong type",
+            BASE.replace("name = \"lines\"", "name = \"lines\"\npartitions = \"eight\""),
+            &["6:14: (type): invalid type: string \"eight\", expected i64"],
+        ),
+        (
+            "bad values",
+            BASE.replace("cores = 1", "cores = 0\ndurability = \"evry\"\ncommit_interval = \"soon\""),
+            &[
+                "2:9: engine.cores: 0 is not a core count",
+                "3:14: engine.durability: unknown durability \"evry\" | did you mean \"every\"?",
+                "4:19: engine.commit_interval: \"soon\" is not a duration",
+            ],
+        ),
+        (
+            "a missing source file",
+            format!("{BASE}\n[[source]]\nname = \"in\"\ntype = \"file\"\npath = \"nope.txt\"\nto = \"lines\"\n"),
+            &["19:8: source \"in\".path: ./nope.txt does not exist | source paths are relative"],
+        ),
+        (
+            "sink problems",
+            format!("{BASE}\n[[sink]]\nname = \"out\"\nfrom = \"words\"\ntype = \"fil\"\nformat = \"csv\"\n"),
+            &[
+                "19:8: sink \"out\".type: unknown sink type \"fil\" | did you mean \"file\"?",
+                "20:10: sink \"out\".format: unknown format \"csv\" | expected one of: value, key_value, json",
+            ],
+        ),
+        (
+            "a duplicate name",
+            BASE.replace("name = \"words\"", "name = \"lines\""),
+            &[
+                "8:8: name: the topic name \"lines\" is used twice",
+                "14:6: stage \"split\".to: there is no topic \"words\"",
+            ],
+        ),
+    ];
+    for (what, text, expected) in cases {
+        let got = errors(text);
+        assert_eq!(got.len(), expected.len(), "{what}: got {got:#?}");
+        for (line, fragment) in got.iter().zip(expected.iter()) {
+            assert!(line.starts_with(fragment) || line.contains(fragment), "{what}:\n  got  {line}\n  want {fragment}");
+        }
+    }
+}
+
+#[test]
+fn check_prints_every_error_with_the_file_and_exits_2() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("broken.toml");
+    let text = BASE.replace("op = \"split_words\"", "op = \"splitwords\"").replace("from = \"lines\"", "from = \"line\"");
+    std::fs::write(&file, text).unwrap();
+    let output = Command::new(env!("CARGO_BIN_EXE_flowd")).arg("check").arg(&file).output().unwrap();
+    assert_eq!(output.status.code(), Some(2));
+    let stderr = String::from_utf8(output.stderr).unwrap();
+    let prefix = format!("{}:12:8: stage \"split\".from: there is no topic \"line\"", file.display());
+    assert!(stderr.contains(&prefix), "{stderr}");
+    assert!(stderr.contains(":13:6: stage \"split\".op: unknown operator \"splitwords\""), "{stderr}");
+    assert!(stderr.contains("hint: did you mean \"split_words\"?"), "{stderr}");
+    assert!(stderr.contains("2 errors in"), "{stderr}");
+    // `flowd run` uses the same validation and the same exit code.
+    let output = Command::new(env!("CARGO_BIN_EXE_flowd")).arg("run").arg(&file).output().unwrap();
+    assert_eq!(output.status.code(), Some(2));
+    assert!(String::from_utf8(output.stderr).unwrap().contains(&prefix));
+}
+
+#[test]
+fn every_example_dataflow_checks() {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("dataflows");
+    let mut checked = 0;
+    for entry in std::fs::read_dir(&dir).unwrap() {
+        let path = entry.unwrap().path();
+        if path.extension().is_some_and(|e| e == "toml") {
+            let output = Command::new(env!("CARGO_BIN_EXE_flowd")).arg("check").arg(&path).output().unwrap();
+            let stderr = String::from_utf8_lossy(&output.stderr);
+            assert!(output.status.success(), "{}: {stderr}", path.display());
+            checked += 1;
+        }
+    }
+    assert!(checked >= 3, "the examples are there");
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 256, ..ProptestConfig::default() })]
+
+    /// Any edit of a valid file gives a spec or positioned errors, never a panic.
+    #[test]
+    fn edits_never_panic(position in 0usize..BASE.len(), byte in any::<u8>(), delete in any::<bool>()) {
+        let mut bytes = BASE.as_bytes().to_vec();
+        if delete { bytes.remove(position); } else { bytes.insert(position, byte); }
+        let text = String::from_utf8_lossy(&bytes);
+        if let Err(ConfigError::Invalid { diagnostics, .. }) = config::parse(Path::new("f.toml"), &text) {
+            prop_assert!(!diagnostics.is_empty());
+            prop_assert!(diagnostics.iter().all(|d| d.line >= 1 && d.column >= 1));
+        }
+    }
+}
