@@ -74,7 +74,12 @@ impl Cli {
         match self.command {
             Command::Inspect { data_dir, json } => inspect::run(&data_dir, json),
             Command::Check { dataflow } => check::run(&dataflow),
-            Command::Run { dataflow, data_dir, cores, memory } => run::run(run::RunArgs {
+            Command::Run {
+                dataflow,
+                data_dir,
+                cores,
+                memory,
+            } => run::run(run::RunArgs {
                 file: dataflow,
                 data_dir,
                 cores,

@@ -55,7 +55,10 @@ pub fn run(args: RunArgs) -> Result<ExitCode, CliError> {
         summary.records_in,
         summary.records_out,
         if summary.records_failed > 0 {
-            format!(", {} records skipped by operators (see above)", summary.records_failed)
+            format!(
+                ", {} records skipped by operators (see above)",
+                summary.records_failed
+            )
         } else {
             String::new()
         }
@@ -75,6 +78,8 @@ pub fn parse_cores(text: &str) -> Result<Cores, String> {
     }
     match text.parse::<usize>() {
         Ok(n) if n >= 1 => Ok(Cores::Count(n)),
-        _ => Err(format!("\"{text}\" is not a core count; use a number from 1, or \"all\"")),
+        _ => Err(format!(
+            "\"{text}\" is not a core count; use a number from 1, or \"all\""
+        )),
     }
 }

@@ -47,13 +47,24 @@ fn render(path: &std::path::Path, diagnostics: &[Diagnostic]) -> String {
         if i > 0 {
             out.push('\n');
         }
-        out.push_str(&format!("{}:{}:{}: {}: {}", path.display(), d.line, d.column, d.key, d.message));
+        out.push_str(&format!(
+            "{}:{}:{}: {}: {}",
+            path.display(),
+            d.line,
+            d.column,
+            d.key,
+            d.message
+        ));
         if let Some(hint) = &d.hint {
             out.push_str(&format!("\n  hint: {hint}"));
         }
     }
     let n = diagnostics.len();
-    out.push_str(&format!("\n{n} error{} in {}", if n == 1 { "" } else { "s" }, path.display()));
+    out.push_str(&format!(
+        "\n{n} error{} in {}",
+        if n == 1 { "" } else { "s" },
+        path.display()
+    ));
     out
 }
 
@@ -129,7 +140,7 @@ pub fn did_you_mean<'c>(given: &str, candidates: impl IntoIterator<Item = &'c st
 }
 
 /// A hint listing what is allowed, or the closest of it.
-pub fn suggest<'c>(given: &str, candidates: &[&'c str]) -> String {
+pub fn suggest(given: &str, candidates: &[&str]) -> String {
     did_you_mean(given, candidates.iter().copied())
         .unwrap_or_else(|| format!("expected one of: {}", candidates.join(", ")))
 }

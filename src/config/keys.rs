@@ -59,7 +59,9 @@ fn check_item(section: &str, table: &DeTable<'_>, diags: &mut Diagnostics<'_>) {
     check_table(table, known, &prefix, diags);
     for (key, value) in table {
         match (key.get_ref().as_ref(), value.get_ref()) {
-            ("retention", DeValue::Table(t)) => check_table(t, RETENTION, &format!("{prefix}retention."), diags),
+            ("retention", DeValue::Table(t)) => {
+                check_table(t, RETENTION, &format!("{prefix}retention."), diags)
+            }
             ("route", DeValue::Table(t)) => check_table(t, ROUTE, &format!("{prefix}route."), diags),
             ("op", DeValue::Table(t)) => check_operator_table(t, &format!("{prefix}op."), diags),
             _ => {}
@@ -75,7 +77,12 @@ fn check_operator_table(table: &DeTable<'_>, prefix: &str, diags: &mut Diagnosti
             continue;
         }
         if let DeValue::Table(params) = value.get_ref() {
-            check_table(params, operator_params(operator), &format!("{prefix}{operator}."), diags);
+            check_table(
+                params,
+                operator_params(operator),
+                &format!("{prefix}{operator}."),
+                diags,
+            );
         }
     }
 }

@@ -92,7 +92,13 @@ impl OpSpec {
     /// Whether replaying the same input gives the same output, which exactly-once
     /// recovery relies on. Processing-time windows depend on the clock.
     pub fn is_deterministic(&self) -> bool {
-        !matches!(self, OpSpec::Window(WindowSpec { time: TimeKind::Processing, .. }))
+        !matches!(
+            self,
+            OpSpec::Window(WindowSpec {
+                time: TimeKind::Processing,
+                ..
+            })
+        )
     }
 }
 

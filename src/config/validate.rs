@@ -42,7 +42,12 @@ pub fn parse(path: &Path, text: &str) -> Result<DataflowSpec, ConfigError> {
     let (tree, syntax_errors) = DeTable::parse_recoverable(text);
     for error in &syntax_errors {
         let span = error.span().unwrap_or(0..0);
-        diags.push_hinted(span, "(syntax)", error.message().trim(), Some("this is not valid TOML".into()));
+        diags.push_hinted(
+            span,
+            "(syntax)",
+            error.message().trim(),
+            Some("this is not valid TOML".into()),
+        );
     }
     if !diags.is_empty() {
         return Err(invalid(diags));
@@ -60,14 +65,22 @@ pub fn parse(path: &Path, text: &str) -> Result<DataflowSpec, ConfigError> {
             return Err(invalid(diags));
         }
     };
-    let base_dir = path.parent().filter(|d| !d.as_os_str().is_empty()).unwrap_or(Path::new(".")).to_path_buf();
+    let base_dir = path
+        .parent()
+        .filter(|d| !d.as_os_str().is_empty())
+        .unwrap_or(Path::new("."))
+        .to_path_buf();
     let spec = Validator {
         diags: &mut diags,
         base_dir,
         unresolved: false,
     }
     .dataflow(path, raw);
-    if diags.is_empty() { Ok(spec) } else { Err(invalid(diags)) }
+    if diags.is_empty() {
+        Ok(spec)
+    } else {
+        Err(invalid(diags))
+    }
 }
 
 struct Validator<'d, 't> {
@@ -84,10 +97,21 @@ impl Validator<'_, '_> {
         self.unique_names(raw.topics.iter().map(|t| &t.get_ref().name), "topic");
         let producers = raw.sources.iter().map(|s| &s.get_ref().name);
         let producers = producers.chain(raw.stages.iter().map(|s| &s.get_ref().name));
-        self.unique_names(producers.chain(raw.sinks.iter().map(|s| &s.get_ref().name)), "source, stage or sink");
+        self.unique_names(
+            producers.chain(raw.sinks.iter().map(|s| &s.get_ref().name)),
+            "source, stage or sink",
+        );
         let names: Vec<&str> = topics.iter().map(|t| t.name.as_str()).collect();
-        let sources = raw.sources.iter().map(|s| self.source(s.get_ref(), &names)).collect();
-        let stages: Vec<StageSpec> = raw.stages.iter().map(|s| self.stage(s.get_ref(), &names)).collect();
+        let sources = raw
+            .sources
+            .iter()
+            .map(|s| self.source(s.get_ref(), &names))
+            .collect();
+        let stages: Vec<StageSpec> = raw
+            .stages
+            .iter()
+            .map(|s| self.stage(s.get_ref(), &names))
+            .collect();
         let sinks = raw.sinks.iter().map(|s| self.sink(s.get_ref(), &names)).collect();
         if !self.unresolved {
             self.cycles(&raw.stages, &stages, &names);
@@ -111,8 +135,12 @@ impl Validator<'_, '_> {
                 toml::Value::String(s) if s == "all" => Cores::All,
                 toml::Value::Integer(n) if (1..=CORES_MAX).contains(n) => Cores::Count(*n as usize),
                 other => {
-                    self.error(v.span(), "engine.cores", format!("{other} is not a core count"),
-                        format!("use \"all\" or a number from 1 to {CORES_MAX}"));
+                    self.error(
+                        v.span(),
+                        "engine.cores",
+                        format!("{other} is not a core count"),
+                        format!("use \"all\" or a number from 1 to {CORES_MAX}"),
+                    );
                     Cores::All
                 }
             },
@@ -123,11 +151,19 @@ impl Validator<'_, '_> {
         };
         let commit_interval = match &raw.commit_interval {
             None => Duration::from_secs(1),
-            Some(s) => self.duration_within(s, "engine.commit_interval", Duration::from_millis(10), Duration::from_secs(3600)),
+            Some(s) => self.duration_within(
+                s,
+                "engine.commit_interval",
+                Duration::from_millis(10),
+                Duration::from_secs(3600),
+            ),
         };
         EngineSpec {
             cores,
-            data_dir: raw.data_dir.as_ref().map_or_else(|| PathBuf::from("flowd-data"), |d| PathBuf::from(d.get_ref())),
+            data_dir: raw
+                .data_dir
+                .as_ref()
+                .map_or_else(|| PathBuf::from("flowd-data"), |d| PathBuf::from(d.get_ref())),
             durability,
             commit_interval,
         }
@@ -140,7 +176,12 @@ impl Validator<'_, '_> {
             "none" => Durability::None,
             other => {
                 let hint = suggest(other, &["every", "group", "none"]);
-                self.error(d.span(), "engine.durability", format!("unknown durability \"{other}\""), hint);
+                self.error(
+                    d.span(),
+                    "engine.durability",
+                    format!("unknown durability \"{other}\""),
+                    hint,
+                );
                 Durability::Group
             }
         }
@@ -153,18 +194,28 @@ impl Validator<'_, '_> {
             None => 8,
             Some(p) if (1..=PARTITIONS_MAX).contains(p.get_ref()) => *p.get_ref() as u32,
             Some(p) => {
-                self.error(p.span(), key("partitions"), format!("{} partitions is out of range", p.get_ref()),
-                    format!("use 1 to {PARTITIONS_MAX}"));
+                self.error(
+                    p.span(),
+                    key("partitions"),
+                    format!("{} partitions is out of range", p.get_ref()),
+                    format!("use 1 to {PARTITIONS_MAX}"),
+                );
                 1
             }
         };
         let segment_bytes = match &raw.segment_bytes {
             None => 64 << 20,
             Some(v) => match self.size(v, &key("segment_bytes")) {
-                Some(n) if (SEGMENT_BYTES_MIN..=SEGMENT_BYTES_MAX).contains(&n) && n.is_multiple_of(4096) => n,
+                Some(n) if (SEGMENT_BYTES_MIN..=SEGMENT_BYTES_MAX).contains(&n) && n.is_multiple_of(4096) => {
+                    n
+                }
                 Some(n) => {
-                    self.error(v.span(), key("segment_bytes"), format!("{n} bytes is not a usable segment size"),
-                        "use a multiple of 4 KiB from \"64KiB\" to \"2GiB\"".into());
+                    self.error(
+                        v.span(),
+                        key("segment_bytes"),
+                        format!("{n} bytes is not a usable segment size"),
+                        "use a multiple of 4 KiB from \"64KiB\" to \"2GiB\"".into(),
+                    );
                     64 << 20
                 }
                 None => 64 << 20,
@@ -183,8 +234,12 @@ impl Validator<'_, '_> {
             None => 100_000,
             Some(n) if *n.get_ref() >= 1 => *n.get_ref() as u64,
             Some(n) => {
-                self.error(n.span(), key("max_lag"), "max_lag must be at least 1".into(),
-                    "it bounds how far a writer may run ahead of the slowest reader, in records".into());
+                self.error(
+                    n.span(),
+                    key("max_lag"),
+                    "max_lag must be at least 1".into(),
+                    "it bounds how far a writer may run ahead of the slowest reader, in records".into(),
+                );
                 1
             }
         };
@@ -202,7 +257,12 @@ impl Validator<'_, '_> {
         let key = |k: &str| format!("source \"{}\".{k}", raw.name.get_ref());
         if raw.kind.get_ref() != "file" {
             let hint = suggest(raw.kind.get_ref(), &["file"]);
-            self.error(raw.kind.span(), key("type"), format!("unknown source type \"{}\"", raw.kind.get_ref()), hint);
+            self.error(
+                raw.kind.span(),
+                key("type"),
+                format!("unknown source type \"{}\"", raw.kind.get_ref()),
+                hint,
+            );
         }
         let path = self.base_dir.join(raw.path.get_ref());
         let follow = raw.follow.as_ref().is_some_and(|f| *f.get_ref());
@@ -210,8 +270,15 @@ impl Validator<'_, '_> {
             SourceKind::Directory { path }
         } else {
             if !path.is_file() {
-                self.error(raw.path.span(), key("path"), format!("{} does not exist", path.display()),
-                    format!("source paths are relative to the dataflow file's directory ({})", self.base_dir.display()));
+                self.error(
+                    raw.path.span(),
+                    key("path"),
+                    format!("{} does not exist", path.display()),
+                    format!(
+                        "source paths are relative to the dataflow file's directory ({})",
+                        self.base_dir.display()
+                    ),
+                );
             }
             SourceKind::File { path, follow }
         };
@@ -232,7 +299,12 @@ impl Validator<'_, '_> {
         let key = |k: &str| format!("stage \"{}\".{k}", raw.name.get_ref());
         let from_names = raw.from.get_ref().names();
         if from_names.is_empty() {
-            self.error(raw.from.span(), key("from"), "a stage reads at least one topic".into(), "from = \"topic\"".into());
+            self.error(
+                raw.from.span(),
+                key("from"),
+                "a stage reads at least one topic".into(),
+                "from = \"topic\"".into(),
+            );
         }
         let from = from_names
             .iter()
@@ -241,8 +313,12 @@ impl Validator<'_, '_> {
         let to = match &raw.to {
             Some(to) => Some(self.topic_ref(to, &key("to"), topics)),
             None => {
-                self.error(raw.name.span(), key("to"), "the stage has no `to` topic".into(),
-                    "add to = \"TOPIC\"; a sink reads a topic to print or write it".into());
+                self.error(
+                    raw.name.span(),
+                    key("to"),
+                    "the stage has no `to` topic".into(),
+                    "add to = \"TOPIC\"; a sink reads a topic to print or write it".into(),
+                );
                 None
             }
         };
@@ -262,13 +338,22 @@ impl Validator<'_, '_> {
             ("stdout", _) => SinkKind::Stdout,
             ("file", Some(path)) => SinkKind::File(PathBuf::from(path.get_ref())),
             ("file", None) => {
-                self.error(raw.kind.span(), key("path"), "a file sink needs a path".into(),
-                    "path = \"out.txt\" (relative to the directory flowd runs in)".into());
+                self.error(
+                    raw.kind.span(),
+                    key("path"),
+                    "a file sink needs a path".into(),
+                    "path = \"out.txt\" (relative to the directory flowd runs in)".into(),
+                );
                 SinkKind::Stdout
             }
             (other, _) => {
                 let hint = suggest(other, &["stdout", "file"]);
-                self.error(raw.kind.span(), key("type"), format!("unknown sink type \"{other}\""), hint);
+                self.error(
+                    raw.kind.span(),
+                    key("type"),
+                    format!("unknown sink type \"{other}\""),
+                    hint,
+                );
                 SinkKind::Stdout
             }
         };
@@ -280,7 +365,12 @@ impl Validator<'_, '_> {
                 "json" => SinkFormat::Json,
                 other => {
                     let hint = suggest(other, &["value", "key_value", "json"]);
-                    self.error(f.span(), key("format"), format!("unknown format \"{other}\""), hint);
+                    self.error(
+                        f.span(),
+                        key("format"),
+                        format!("unknown format \"{other}\""),
+                        hint,
+                    );
                     SinkFormat::Value
                 }
             },
@@ -302,8 +392,12 @@ impl Validator<'_, '_> {
                 (name.as_str(), Some(params))
             }
             _ => {
-                self.error(span, key, "an operator is a name or a table with one operator in it".into(),
-                    "op = \"split_words\" or op = { count = { window = \"10s\" } }".into());
+                self.error(
+                    span,
+                    key,
+                    "an operator is a name or a table with one operator in it".into(),
+                    "op = \"split_words\" or op = { count = { window = \"10s\" } }".into(),
+                );
                 return OpSpec::SplitWords;
             }
         };
@@ -317,7 +411,11 @@ impl Validator<'_, '_> {
             ("split_words", None) => OpSpec::SplitWords,
             ("map" | "filter", Some(toml::Value::String(expr))) => {
                 self.jq(expr, span.clone(), &key);
-                if name == "map" { OpSpec::Map(expr.clone()) } else { OpSpec::Filter(expr.clone()) }
+                if name == "map" {
+                    OpSpec::Map(expr.clone())
+                } else {
+                    OpSpec::Filter(expr.clone())
+                }
             }
             ("key_by", Some(toml::Value::String(expr))) => OpSpec::KeyBy(self.selector(expr, span, &key)),
             ("count" | "sum" | "min" | "max", None) if name == "count" => OpSpec::Window(WindowSpec {
@@ -327,8 +425,13 @@ impl Validator<'_, '_> {
                 time: TimeKind::Record,
                 lateness: Duration::ZERO,
             }),
-            ("count" | "sum" | "min" | "max", Some(toml::Value::Table(p))) => self.window(name, p, span, &key),
-            ("dedupe", None) => OpSpec::Dedupe { by: Part::Key, capacity: 1 << 20 },
+            ("count" | "sum" | "min" | "max", Some(toml::Value::Table(p))) => {
+                self.window(name, p, span, &key)
+            }
+            ("dedupe", None) => OpSpec::Dedupe {
+                by: Part::Key,
+                capacity: 1 << 20,
+            },
             ("dedupe", Some(toml::Value::Table(p))) => self.dedupe(p, span, &key),
             _ => {
                 let shape = match name {
@@ -340,7 +443,12 @@ impl Validator<'_, '_> {
                     "dedupe" => "op = { dedupe = { by = \"key\", capacity = 100000 } }",
                     _ => "op = { sum = { of = \".amount\", window = \"1m\" } }",
                 };
-                self.error(span, key, format!("{name} is not given the right parameters"), format!("write {shape}"));
+                self.error(
+                    span,
+                    key,
+                    format!("{name} is not given the right parameters"),
+                    format!("write {shape}"),
+                );
                 OpSpec::SplitWords
             }
         }
@@ -356,27 +464,48 @@ impl Validator<'_, '_> {
         let text = |k: &str| p.get(k).and_then(toml::Value::as_str).map(str::to_owned);
         let of = text("of");
         match (&of, aggregate) {
-            (None, Aggregate::Sum | Aggregate::Min | Aggregate::Max) => self.error(span.clone(), format!("{key}.of"),
-                format!("{name} needs the number to aggregate"), "of = \".amount\" (a jq expression over the value)".into()),
+            (None, Aggregate::Sum | Aggregate::Min | Aggregate::Max) => self.error(
+                span.clone(),
+                format!("{key}.of"),
+                format!("{name} needs the number to aggregate"),
+                "of = \".amount\" (a jq expression over the value)".into(),
+            ),
             (Some(expr), _) => self.jq(expr, span.clone(), &format!("{key}.of")),
             _ => {}
         }
         let window = text("window").map(|w| self.duration_text(&w, span.clone(), &format!("{key}.window")));
-        let lateness = text("lateness").map_or(Duration::ZERO, |w| self.duration_text(&w, span.clone(), &format!("{key}.lateness")));
+        let lateness = text("lateness").map_or(Duration::ZERO, |w| {
+            self.duration_text(&w, span.clone(), &format!("{key}.lateness"))
+        });
         let time = match text("time").as_deref() {
             None | Some("record") => TimeKind::Record,
             Some("processing") => TimeKind::Processing,
             Some(other) => {
                 let hint = suggest(other, &["record", "processing"]);
-                self.error(span.clone(), format!("{key}.time"), format!("unknown time \"{other}\""), hint);
+                self.error(
+                    span.clone(),
+                    format!("{key}.time"),
+                    format!("unknown time \"{other}\""),
+                    hint,
+                );
                 TimeKind::Record
             }
         };
         if time == TimeKind::Processing && window.is_none() {
-            self.error(span, format!("{key}.window"), "a processing-time aggregate needs a window".into(),
-                "window = \"10s\"".into());
+            self.error(
+                span,
+                format!("{key}.window"),
+                "a processing-time aggregate needs a window".into(),
+                "window = \"10s\"".into(),
+            );
         }
-        OpSpec::Window(WindowSpec { aggregate, of, window, time, lateness })
+        OpSpec::Window(WindowSpec {
+            aggregate,
+            of,
+            window,
+            time,
+            lateness,
+        })
     }
 
     fn dedupe(&mut self, p: &toml::Table, span: Range<usize>, key: &str) -> OpSpec {
@@ -385,7 +514,12 @@ impl Validator<'_, '_> {
             Some("value") => Part::Value,
             Some(other) => {
                 let hint = suggest(other, &["key", "value"]);
-                self.error(span.clone(), format!("{key}.by"), format!("cannot dedupe by \"{other}\""), hint);
+                self.error(
+                    span.clone(),
+                    format!("{key}.by"),
+                    format!("cannot dedupe by \"{other}\""),
+                    hint,
+                );
                 Part::Key
             }
         };
@@ -393,8 +527,12 @@ impl Validator<'_, '_> {
             None => 1 << 20,
             Some(toml::Value::Integer(n)) if (1..=1 << 28).contains(n) => *n as usize,
             Some(_) => {
-                self.error(span, format!("{key}.capacity"), "capacity must be a number from 1 to 268435456".into(),
-                    "it is how many recent distinct entries are remembered".into());
+                self.error(
+                    span,
+                    format!("{key}.capacity"),
+                    "capacity must be a number from 1 to 268435456".into(),
+                    "it is how many recent distinct entries are remembered".into(),
+                );
                 1
             }
         };
@@ -417,14 +555,18 @@ impl Validator<'_, '_> {
         match raw.get_ref() {
             toml::Value::String(s) if s == "spread" => Route::Spread,
             toml::Value::String(s) if s == "broadcast" => Route::Broadcast,
-            toml::Value::Table(t) => match t.get("shard_by") {
-                Some(toml::Value::String(sel)) => Route::ShardBy(self.selector(sel, raw.span(), &format!("{key}.shard_by"))),
-                _ => {
-                    self.error(raw.span(), key, "a route table needs shard_by".into(),
+            toml::Value::Table(t) => {
+                match t.get("shard_by") {
+                    Some(toml::Value::String(sel)) => {
+                        Route::ShardBy(self.selector(sel, raw.span(), &format!("{key}.shard_by")))
+                    }
+                    _ => {
+                        self.error(raw.span(), key, "a route table needs shard_by".into(),
                         "route = { shard_by = \"key\" } (or \"value\", or a jq expression such as \".user\")".into());
-                    Route::Spread
+                        Route::Spread
+                    }
                 }
-            },
+            }
             other => {
                 let hint = match other.as_str() {
                     Some(s) => suggest(s, &["spread", "broadcast"]),
@@ -438,8 +580,12 @@ impl Validator<'_, '_> {
 
     fn jq(&mut self, expr: &str, span: Range<usize>, key: &str) {
         if let Err(message) = crate::ops::jq::JqProgram::compile(expr) {
-            self.error(span, key, format!("bad jq expression `{expr}`: {message}"),
-                "see the jq manual; flowd runs jq through jaq".into());
+            self.error(
+                span,
+                key,
+                format!("bad jq expression `{expr}`: {message}"),
+                "see the jq manual; flowd runs jq through jaq".into(),
+            );
         }
     }
 
@@ -479,9 +625,12 @@ impl Validator<'_, '_> {
             if let Some((cycle, stage)) = find_cycle(start, &edges, &mut state, &mut path) {
                 let names: Vec<&str> = cycle.iter().map(|&t| topics[t]).collect();
                 let closing = &raw[stage].get_ref().name;
-                self.error(closing.span(), format!("stage \"{}\".to", closing.get_ref()),
+                self.error(
+                    closing.span(),
+                    format!("stage \"{}\".to", closing.get_ref()),
                     format!("the stages make a cycle: {}", names.join(" -> ")),
-                    "a stage may not (through other stages) read its own output".into());
+                    "a stage may not (through other stages) read its own output".into(),
+                );
                 return;
             }
         }
@@ -491,8 +640,12 @@ impl Validator<'_, '_> {
         let mut seen: HashMap<&str, ()> = HashMap::new();
         for name in names {
             if seen.insert(name.get_ref(), ()).is_some() {
-                self.error(name.span(), "name", format!("the {what} name \"{}\" is used twice", name.get_ref()),
-                    "names must be unique: they name directories in the data dir".into());
+                self.error(
+                    name.span(),
+                    "name",
+                    format!("the {what} name \"{}\" is used twice", name.get_ref()),
+                    "names must be unique: they name directories in the data dir".into(),
+                );
             }
         }
     }
@@ -502,10 +655,15 @@ impl Validator<'_, '_> {
         let ok = !n.is_empty()
             && n.len() <= NAME_BYTES_MAX
             && !n.starts_with('.')
-            && n.bytes().all(|b| b.is_ascii_alphanumeric() || b"_-.".contains(&b));
+            && n.bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b"_-.".contains(&b));
         if !ok {
-            self.error(name.span(), format!("{what}.name"), format!("\"{n}\" is not a usable {what} name"),
-                format!("use 1 to {NAME_BYTES_MAX} letters, digits, '_', '-' or '.', not starting with '.'"));
+            self.error(
+                name.span(),
+                format!("{what}.name"),
+                format!("\"{n}\" is not a usable {what} name"),
+                format!("use 1 to {NAME_BYTES_MAX} letters, digits, '_', '-' or '.', not starting with '.'"),
+            );
         }
     }
 
@@ -515,12 +673,22 @@ impl Validator<'_, '_> {
             toml::Value::String(s) => match s.parse::<bytesize::ByteSize>() {
                 Ok(size) => Some(size.as_u64()),
                 Err(e) => {
-                    self.error(v.span(), key, format!("\"{s}\" is not a size: {e}"), "write e.g. \"64MiB\" or \"8GiB\"".into());
+                    self.error(
+                        v.span(),
+                        key,
+                        format!("\"{s}\" is not a size: {e}"),
+                        "write e.g. \"64MiB\" or \"8GiB\"".into(),
+                    );
                     None
                 }
             },
             other => {
-                self.error(v.span(), key, format!("{other} is not a size"), "write e.g. \"64MiB\" or a number of bytes".into());
+                self.error(
+                    v.span(),
+                    key,
+                    format!("{other} is not a size"),
+                    "write e.g. \"64MiB\" or a number of bytes".into(),
+                );
                 None
             }
         }
@@ -534,11 +702,21 @@ impl Validator<'_, '_> {
         match humantime::parse_duration(s) {
             Ok(d) if !d.is_zero() => d,
             Ok(_) => {
-                self.error(span, key, "a duration of zero is not allowed here".into(), "write e.g. \"10s\"".into());
+                self.error(
+                    span,
+                    key,
+                    "a duration of zero is not allowed here".into(),
+                    "write e.g. \"10s\"".into(),
+                );
                 Duration::from_secs(1)
             }
             Err(e) => {
-                self.error(span, key, format!("\"{s}\" is not a duration: {e}"), "write e.g. \"500ms\", \"10s\" or \"24h\"".into());
+                self.error(
+                    span,
+                    key,
+                    format!("\"{s}\" is not a duration: {e}"),
+                    "write e.g. \"500ms\", \"10s\" or \"24h\"".into(),
+                );
                 Duration::from_secs(1)
             }
         }
@@ -547,8 +725,16 @@ impl Validator<'_, '_> {
     fn duration_within(&mut self, s: &Spanned<String>, key: &str, min: Duration, max: Duration) -> Duration {
         let d = self.duration(s, key);
         if d < min || d > max {
-            self.error(s.span(), key, format!("{} is out of range", s.get_ref()),
-                format!("use from {} to {}", humantime::format_duration(min), humantime::format_duration(max)));
+            self.error(
+                s.span(),
+                key,
+                format!("{} is out of range", s.get_ref()),
+                format!(
+                    "use from {} to {}",
+                    humantime::format_duration(min),
+                    humantime::format_duration(max)
+                ),
+            );
             return min.max(d.min(max));
         }
         d

@@ -65,21 +65,46 @@ mod tests {
     #[test]
     fn dedupe_cases() {
         // (by, capacity, [(key, value)], kept values)
-        let cases: &[(Part, usize, &[(Option<&str>, &str)], &[&str])] = &[
-            (Part::Value, 10, &[(None, "a"), (None, "b"), (None, "a")], &["a", "b"]),
-            (Part::Key, 10, &[(Some("k"), "1"), (Some("k"), "2"), (Some("j"), "3")], &["1", "3"]),
+        type Case<'a> = (Part, usize, &'a [(Option<&'a str>, &'a str)], &'a [&'a str]);
+        let cases: &[Case<'_>] = &[
+            (
+                Part::Value,
+                10,
+                &[(None, "a"), (None, "b"), (None, "a")],
+                &["a", "b"],
+            ),
+            (
+                Part::Key,
+                10,
+                &[(Some("k"), "1"), (Some("k"), "2"), (Some("j"), "3")],
+                &["1", "3"],
+            ),
             (Part::Key, 10, &[(None, "1"), (None, "1")], &["1", "1"]),
             // Capacity 2: "a" is forgotten when "c" arrives, so it passes again.
-            (Part::Value, 2, &[(None, "a"), (None, "b"), (None, "c"), (None, "a"), (None, "c")], &["a", "b", "c", "a"]),
+            (
+                Part::Value,
+                2,
+                &[(None, "a"), (None, "b"), (None, "c"), (None, "a"), (None, "c")],
+                &["a", "b", "c", "a"],
+            ),
         ];
         for (by, capacity, records, kept) in cases {
             let mut op = Dedupe::new(*by, *capacity);
             let mut out = Vec::new();
             for (offset, (key, value)) in records.iter().enumerate() {
-                let input = Input { offset: offset as u64, timestamp_ms: 0, now_ms: 0, key: key.map(str::as_bytes), value: value.as_bytes() };
+                let input = Input {
+                    offset: offset as u64,
+                    timestamp_ms: 0,
+                    now_ms: 0,
+                    key: key.map(str::as_bytes),
+                    value: value.as_bytes(),
+                };
                 op.on_record(&input, &mut out).unwrap();
             }
-            let got: Vec<&str> = out.iter().map(|o| std::str::from_utf8(&o.value).unwrap()).collect();
+            let got: Vec<&str> = out
+                .iter()
+                .map(|o| std::str::from_utf8(&o.value).unwrap())
+                .collect();
             assert_eq!(got, *kept, "{by:?} cap {capacity} {records:?}");
         }
     }
@@ -89,7 +114,13 @@ mod tests {
         let mut op = Dedupe::new(Part::Value, 2);
         let mut out = Vec::new();
         for (offset, v) in ["a", "b", "c"].iter().enumerate() {
-            let input = Input { offset: offset as u64 + 10, timestamp_ms: 0, now_ms: 0, key: None, value: v.as_bytes() };
+            let input = Input {
+                offset: offset as u64 + 10,
+                timestamp_ms: 0,
+                now_ms: 0,
+                key: None,
+                value: v.as_bytes(),
+            };
             op.on_record(&input, &mut out).unwrap();
         }
         assert_eq!(op.checkpoint().state_start, Some(11));

@@ -29,15 +29,18 @@ impl JqProgram {
         let modules = Loader::new(defs)
             .load(&arena, File { code, path: () })
             .map_err(|errors| describe_load_errors(code, errors))?;
-        let filter = Compiler::default().with_funs(funs).compile(modules).map_err(|errors| {
-            let mut out = Vec::new();
-            for (_file, errs) in errors {
-                for (name, undefined) in errs {
-                    out.push(format!("undefined {} `{name}`", undefined.as_str()));
+        let filter = Compiler::default()
+            .with_funs(funs)
+            .compile(modules)
+            .map_err(|errors| {
+                let mut out = Vec::new();
+                for (_file, errs) in errors {
+                    for (name, undefined) in errs {
+                        out.push(format!("undefined {} `{name}`", undefined.as_str()));
+                    }
                 }
-            }
-            out.join("; ")
-        })?;
+                out.join("; ")
+            })?;
         Ok(JqProgram { filter })
     }
 
@@ -103,13 +106,26 @@ fn describe_load_errors(code: &str, errors: jaq_core::load::Errors<&str, ()>) ->
     let mut out = Vec::new();
     for (_file, error) in errors {
         match error {
-            Error::Io(errs) => out.extend(errs.into_iter().map(|(path, e)| format!("cannot load {path}: {e}"))),
-            Error::Lex(errs) => out.extend(errs.into_iter().map(|(expect, at)| {
-                format!("expected {} at column {}", expect.as_str(), column(code, at))
-            })),
+            Error::Io(errs) => out.extend(
+                errs.into_iter()
+                    .map(|(path, e)| format!("cannot load {path}: {e}")),
+            ),
+            Error::Lex(errs) => {
+                out.extend(errs.into_iter().map(|(expect, at)| {
+                    format!("expected {} at column {}", expect.as_str(), column(code, at))
+                }))
+            }
             Error::Parse(errs) => out.extend(errs.into_iter().map(|(expect, at)| {
-                let found = if at.is_empty() { "the end".to_owned() } else { format!("`{}`", first_token(at)) };
-                format!("expected {} but found {found} at column {}", expect.as_str(), column(code, at))
+                let found = if at.is_empty() {
+                    "the end".to_owned()
+                } else {
+                    format!("`{}`", first_token(at))
+                };
+                format!(
+                    "expected {} but found {found} at column {}",
+                    expect.as_str(),
+                    column(code, at)
+                )
             })),
         }
     }

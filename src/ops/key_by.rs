@@ -63,23 +63,44 @@ mod tests {
 
     #[test]
     fn key_by_cases() {
-        let cases: &[(Selector, Option<&str>, &str, Result<Option<&str>, ()>)] = &[
+        type Case<'a> = (Selector, Option<&'a str>, &'a str, Result<Option<&'a str>, ()>);
+        let cases: &[Case<'_>] = &[
             (Selector::Part(Part::Value), None, "v", Ok(Some("v"))),
             (Selector::Part(Part::Key), Some("k"), "v", Ok(Some("k"))),
             (Selector::Part(Part::Key), None, "v", Ok(None)),
-            (Selector::Jq(".user".into()), None, r#"{"user":"ann"}"#, Ok(Some("ann"))),
+            (
+                Selector::Jq(".user".into()),
+                None,
+                r#"{"user":"ann"}"#,
+                Ok(Some("ann")),
+            ),
             (Selector::Jq(".id".into()), None, r#"{"id":42}"#, Ok(Some("42"))),
-            (Selector::Jq(".a".into()), None, r#"{"a":{"b":1}}"#, Ok(Some(r#"{"b":1}"#))),
+            (
+                Selector::Jq(".a".into()),
+                None,
+                r#"{"a":{"b":1}}"#,
+                Ok(Some(r#"{"b":1}"#)),
+            ),
             (Selector::Jq("empty".into()), None, "{}", Err(())),
             (Selector::Jq(".user".into()), None, "nope", Err(())),
         ];
         for (selector, key, value, expected) in cases {
             let mut op = KeyBy::new(selector).unwrap();
             let mut out = Vec::new();
-            let input = Input { offset: 3, timestamp_ms: 1, now_ms: 0, key: key.map(str::as_bytes), value: value.as_bytes() };
+            let input = Input {
+                offset: 3,
+                timestamp_ms: 1,
+                now_ms: 0,
+                key: key.map(str::as_bytes),
+                value: value.as_bytes(),
+            };
             let got = op.on_record(&input, &mut out).map_err(|_| ());
             let got = got.map(|()| out[0].key.clone().map(|k| String::from_utf8(k).unwrap()));
-            assert_eq!(got, expected.map(|k| k.map(str::to_owned)), "{selector:?} on {value}");
+            assert_eq!(
+                got,
+                expected.map(|k| k.map(str::to_owned)),
+                "{selector:?} on {value}"
+            );
             if let Some(o) = out.first() {
                 assert_eq!(o.value, value.as_bytes());
             }

@@ -72,19 +72,32 @@ mod tests {
     use super::*;
 
     fn input(value: &str) -> Input<'_> {
-        Input { offset: 0, timestamp_ms: 5, now_ms: 0, key: Some(b"k"), value: value.as_bytes() }
+        Input {
+            offset: 0,
+            timestamp_ms: 5,
+            now_ms: 0,
+            key: Some(b"k"),
+            value: value.as_bytes(),
+        }
     }
 
     fn values(out: &[Output]) -> Vec<String> {
-        out.iter().map(|o| String::from_utf8(o.value.clone()).unwrap()).collect()
+        out.iter()
+            .map(|o| String::from_utf8(o.value.clone()).unwrap())
+            .collect()
     }
 
     #[test]
     fn map_cases() {
-        let cases: &[(&str, &str, Result<&[&str], &str>)] = &[
+        type Case<'a> = (&'a str, &'a str, Result<&'a [&'a str], &'a str>);
+        let cases: &[Case<'_>] = &[
             (".a", r#"{"a":1}"#, Ok(&["1"])),
             (".a", r#"{"b":1}"#, Ok(&["null"])),
-            ("{x: .a, y: (.b + 1)}", r#"{"a":"s","b":2}"#, Ok(&[r#"{"x":"s","y":3}"#])),
+            (
+                "{x: .a, y: (.b + 1)}",
+                r#"{"a":"s","b":2}"#,
+                Ok(&[r#"{"x":"s","y":3}"#]),
+            ),
             (".[]", "[1,2,3]", Ok(&["1", "2", "3"])),
             ("empty", "1", Ok(&[])),
             (".name | ascii_upcase", r#"{"name":"ann"}"#, Ok(&["\"ANN\""])),
@@ -100,7 +113,10 @@ mod tests {
                 Ok(want) => {
                     assert_eq!(got, Ok(()), "{code} on {value}");
                     assert_eq!(values(&out), *want, "{code} on {value}");
-                    assert!(out.iter().all(|o| o.key.as_deref() == Some(b"k") && o.timestamp_ms == 5));
+                    assert!(
+                        out.iter()
+                            .all(|o| o.key.as_deref() == Some(b"k") && o.timestamp_ms == 5)
+                    );
                 }
                 Err(fragment) => {
                     let error = got.expect_err(code).0;
@@ -128,7 +144,11 @@ mod tests {
             let got = op.on_record(&input(value), &mut out).map_err(|_| ());
             assert_eq!(got.map(|()| !out.is_empty()), *expected, "{code} on {value}");
             if let Some(o) = out.first() {
-                assert_eq!(o.value, value.as_bytes(), "filter passes the value through unchanged");
+                assert_eq!(
+                    o.value,
+                    value.as_bytes(),
+                    "filter passes the value through unchanged"
+                );
             }
         }
     }

@@ -14,8 +14,17 @@ pub mod window;
 use crate::config::{OpSpec, WindowSpec};
 
 /// Every operator name dataflow.toml accepts.
-pub const OPERATOR_NAMES: &[&str] =
-    &["map", "filter", "split_words", "key_by", "count", "sum", "min", "max", "dedupe"];
+pub const OPERATOR_NAMES: &[&str] = &[
+    "map",
+    "filter",
+    "split_words",
+    "key_by",
+    "count",
+    "sum",
+    "min",
+    "max",
+    "dedupe",
+];
 
 /// One input record, borrowed from the log.
 #[derive(Debug, Clone, Copy)]
@@ -85,7 +94,12 @@ pub fn build(spec: &OpSpec) -> Result<Box<dyn Operator>, OpError> {
 fn window_of(spec: &WindowSpec) -> Result<window::WindowOptions, OpError> {
     Ok(window::WindowOptions {
         aggregate: spec.aggregate,
-        of: spec.of.as_deref().map(jq::JqProgram::compile).transpose().map_err(OpError)?,
+        of: spec
+            .of
+            .as_deref()
+            .map(jq::JqProgram::compile)
+            .transpose()
+            .map_err(OpError)?,
         length_ms: spec.window.map(|w| w.as_millis() as i64),
         time: spec.time,
         lateness_ms: spec.lateness.as_millis() as i64,

@@ -36,10 +36,21 @@ mod tests {
 
     fn run(text: &str) -> Vec<String> {
         let mut out = Vec::new();
-        let input = Input { offset: 0, timestamp_ms: 7, now_ms: 0, key: None, value: text.as_bytes() };
+        let input = Input {
+            offset: 0,
+            timestamp_ms: 7,
+            now_ms: 0,
+            key: None,
+            value: text.as_bytes(),
+        };
         SplitWords.on_record(&input, &mut out).unwrap();
-        assert!(out.iter().all(|o| o.key.as_deref() == Some(&o.value[..]) && o.timestamp_ms == 7));
-        out.into_iter().map(|o| String::from_utf8(o.value).unwrap()).collect()
+        assert!(
+            out.iter()
+                .all(|o| o.key.as_deref() == Some(&o.value[..]) && o.timestamp_ms == 7)
+        );
+        out.into_iter()
+            .map(|o| String::from_utf8(o.value).unwrap())
+            .collect()
     }
 
     #[test]

@@ -69,7 +69,9 @@ impl Window {
     }
 
     fn amount(&self, value: &[u8]) -> Result<f64, OpError> {
-        let Some(program) = &self.options.of else { return Ok(1.0) };
+        let Some(program) = &self.options.of else {
+            return Ok(1.0);
+        };
         let mut number = None;
         let mut non_number = false;
         program
@@ -95,7 +97,11 @@ impl Window {
     }
 
     fn emit(&self, start: i64, pane: Pane, out: &mut Vec<Output>) {
-        let timestamp_ms = if self.options.length_ms.is_some() { start } else { pane.max_timestamp_ms };
+        let timestamp_ms = if self.options.length_ms.is_some() {
+            start
+        } else {
+            pane.max_timestamp_ms
+        };
         let mut groups: Vec<_> = pane.groups.into_iter().collect();
         groups.sort_by(|a, b| a.0.cmp(&b.0));
         for (key, amount) in groups {
@@ -133,7 +139,9 @@ impl Operator for Window {
             .and_modify(|acc| *acc = combine(aggregate, *acc, amount))
             .or_insert(amount);
         if self.options.time == TimeKind::Record {
-            self.watermark_ms = self.watermark_ms.max(input.timestamp_ms.saturating_sub(self.options.lateness_ms));
+            self.watermark_ms = self
+                .watermark_ms
+                .max(input.timestamp_ms.saturating_sub(self.options.lateness_ms));
             self.close_until(self.watermark_ms, out);
         }
         Ok(())
@@ -185,7 +193,12 @@ pub fn format_number(x: f64) -> String {
 mod tests {
     use super::*;
 
-    fn options(aggregate: Aggregate, of: Option<&str>, length_ms: Option<i64>, time: TimeKind) -> WindowOptions {
+    fn options(
+        aggregate: Aggregate,
+        of: Option<&str>,
+        length_ms: Option<i64>,
+        time: TimeKind,
+    ) -> WindowOptions {
         WindowOptions {
             aggregate,
             of: of.map(|c| JqProgram::compile(c).unwrap()),
@@ -221,7 +234,11 @@ mod tests {
 
     #[test]
     fn aggregates() {
-        let records = [(1, "a", r#"{"n":2}"#), (2, "b", r#"{"n":5}"#), (3, "a", r#"{"n":-1.5}"#)];
+        let records = [
+            (1, "a", r#"{"n":2}"#),
+            (2, "b", r#"{"n":5}"#),
+            (3, "a", r#"{"n":-1.5}"#),
+        ];
         let cases: &[(Aggregate, Option<&str>, &[&str])] = &[
             (Aggregate::Count, None, &["a=2@3", "b=1@2"]),
             (Aggregate::Sum, Some(".n"), &["a=0.5@3", "b=5@2"]),
@@ -238,10 +255,23 @@ mod tests {
     fn tumbling_record_time() {
         let mut w = Window::new(options(Aggregate::Count, None, Some(10), TimeKind::Record));
         // [0,10): a a b; the record at 12 closes it; 5 is then late; [10,20) closes at end.
-        let records = [(1, "a", ""), (9, "b", ""), (3, "a", ""), (12, "a", ""), (5, "a", ""), (19, "a", "")];
+        let records = [
+            (1, "a", ""),
+            (9, "b", ""),
+            (3, "a", ""),
+            (12, "a", ""),
+            (5, "a", ""),
+            (19, "a", ""),
+        ];
         assert_eq!(feed(&mut w, &records, false), ["a=2@0", "b=1@0"]);
         assert_eq!(w.late_dropped(), 1);
-        assert_eq!(w.checkpoint(), Checkpoint { state_start: Some(3), watermark_ms: 19 });
+        assert_eq!(
+            w.checkpoint(),
+            Checkpoint {
+                state_start: Some(3),
+                watermark_ms: 19
+            }
+        );
         let mut out = Vec::new();
         w.on_end(&mut out);
         assert_eq!(out.len(), 1);
@@ -261,7 +291,10 @@ mod tests {
     #[test]
     fn restore_drops_what_was_emitted_before() {
         let mut w = Window::new(options(Aggregate::Count, None, Some(10), TimeKind::Record));
-        w.restore(&Checkpoint { state_start: Some(0), watermark_ms: 10 });
+        w.restore(&Checkpoint {
+            state_start: Some(0),
+            watermark_ms: 10,
+        });
         // The window [0,10) was emitted before the restart: its records are not counted again.
         assert_eq!(feed(&mut w, &[(5, "a", ""), (15, "a", "")], true), ["a=1@10"]);
     }
@@ -280,15 +313,30 @@ mod tests {
     #[test]
     fn bad_amounts_are_errors() {
         let mut w = Window::new(options(Aggregate::Sum, Some(".n"), None, TimeKind::Record));
-        let input = |v: &'static str| Input { offset: 0, timestamp_ms: 0, now_ms: 0, key: None, value: v.as_bytes() };
+        let input = |v: &'static str| Input {
+            offset: 0,
+            timestamp_ms: 0,
+            now_ms: 0,
+            key: None,
+            value: v.as_bytes(),
+        };
         assert!(w.on_record(&input(r#"{"n":"x"}"#), &mut Vec::new()).is_err());
         assert!(w.on_record(&input("garbage"), &mut Vec::new()).is_err());
-        assert_eq!(w.checkpoint().state_start, None, "a failed record leaves no state");
+        assert_eq!(
+            w.checkpoint().state_start,
+            None,
+            "a failed record leaves no state"
+        );
     }
 
     #[test]
     fn numbers_print_plainly() {
-        for (x, s) in [(3.0, "3"), (-2.0, "-2"), (0.5, "0.5"), (1e20, "100000000000000000000")] {
+        for (x, s) in [
+            (3.0, "3"),
+            (-2.0, "-2"),
+            (0.5, "0.5"),
+            (1e20, "100000000000000000000"),
+        ] {
             assert_eq!(format_number(x), s);
         }
     }

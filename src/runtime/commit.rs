@@ -58,7 +58,10 @@ impl Committer {
             return;
         }
         let generation = emitter.rotate();
-        self.pending.push_back(Snapshot { candidate, generation });
+        self.pending.push_back(Snapshot {
+            candidate,
+            generation,
+        });
     }
 
     /// Stores the newest snapshot whose batches are all durable.

@@ -42,7 +42,13 @@ pub struct Emitter {
 }
 
 impl Emitter {
-    pub fn new(producer: String, topic: usize, partitions: u32, route: &Route, mesh: &Mesh) -> Result<Emitter, OpError> {
+    pub fn new(
+        producer: String,
+        topic: usize,
+        partitions: u32,
+        route: &Route,
+        mesh: &Mesh,
+    ) -> Result<Emitter, OpError> {
         let router = match route {
             Route::Spread => Router::Spread,
             Route::Broadcast => Router::Broadcast,
@@ -71,13 +77,20 @@ impl Emitter {
 
     /// Outputs of inputs below `skip[partition]` are dropped: a replay already wrote them.
     pub fn set_skip(&mut self, skip: Vec<u64>) {
-        assert_eq!(skip.len(), self.partitions as usize, "one skip point per partition");
+        assert_eq!(
+            skip.len(),
+            self.partitions as usize,
+            "one skip point per partition"
+        );
         self.skip = skip;
     }
 
     /// Switches to another producer id (a directory source moving to its next file).
     pub fn set_producer(&mut self, producer: String, skip: Vec<u64>) {
-        assert!(self.buffers.iter().all(Vec::is_empty), "flush before switching producers");
+        assert!(
+            self.buffers.iter().all(Vec::is_empty),
+            "flush before switching producers"
+        );
         self.producer = producer;
         self.set_skip(skip);
     }
@@ -165,7 +178,11 @@ impl Emitter {
             let mut records = std::mem::take(&mut self.buffers[q]);
             self.buffered_bytes[q] = 0;
             let stamp = provenance::encode(&self.producer, self.buffered_end[q]);
-            records.last_mut().expect("not empty").headers.push((SOURCE_HEADER, stamp));
+            records
+                .last_mut()
+                .expect("not empty")
+                .headers
+                .push((SOURCE_HEADER, stamp));
             self.records_out += records.len() as u64;
             self.generation.sent();
             let batch = Batch {

@@ -84,7 +84,10 @@ pub struct Mesh {
 }
 
 /// A fresh mesh, and per shard the receivers it serves: `(topic, receiver)`.
-pub fn build(topics: usize, shards: usize) -> (Mesh, Vec<Vec<(usize, flume::Receiver<Batch>)>>) {
+/// The channels one shard receives on: `(topic, receiver)`.
+pub type Inboxes = Vec<(usize, flume::Receiver<Batch>)>;
+
+pub fn build(topics: usize, shards: usize) -> (Mesh, Vec<Inboxes>) {
     let mut inboxes = vec![Vec::with_capacity(shards); topics];
     let mut receivers: Vec<Vec<_>> = (0..shards).map(|_| Vec::new()).collect();
     for (topic, senders) in inboxes.iter_mut().enumerate() {
@@ -101,7 +104,12 @@ pub fn build(topics: usize, shards: usize) -> (Mesh, Vec<Vec<(usize, flume::Rece
 pub fn with_records<R>(records: &[OwnedRecord], f: impl FnOnce(&[Record<'_>]) -> R) -> R {
     let headers: Vec<Vec<Header<'_>>> = records
         .iter()
-        .map(|r| r.headers.iter().map(|(name, value)| Header { name, value }).collect())
+        .map(|r| {
+            r.headers
+                .iter()
+                .map(|(name, value)| Header { name, value })
+                .collect()
+        })
         .collect();
     let borrowed: Vec<Record<'_>> = records
         .iter()

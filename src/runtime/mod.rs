@@ -12,21 +12,21 @@ pub mod emitter;
 pub mod error;
 pub mod mesh;
 pub mod placement;
+mod plan;
 pub mod progress;
 pub mod provenance;
 pub mod shard;
 pub mod sink;
 pub mod source;
 pub mod stage;
-mod plan;
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use crate::config::DataflowSpec;
-pub use error::RuntimeError;
 use error::Result;
+pub use error::RuntimeError;
 
 /// How `flowd run` is asked to run, beyond the dataflow file.
 #[derive(Debug, Clone, Default)]
@@ -51,15 +51,18 @@ pub struct RunSummary {
 /// or a fatal error occurs. On the way out every log is synced.
 pub fn run(spec: DataflowSpec, options: RunOptions) -> Result<RunSummary> {
     let started = Instant::now();
+    // Before anything slow: a signal during start-up must stop the run cleanly too.
+    let signalled = Arc::new(AtomicBool::new(false));
+    for signal in [signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM] {
+        signal_hook::flag::register(signal, Arc::clone(&signalled)).map_err(|e| RuntimeError::Shard {
+            shard: 0,
+            reason: format!("cannot handle signals: {e}"),
+        })?;
+    }
     let plan = plan::plan(spec)?;
     let shared = Arc::clone(&plan.shared);
     let finishable = plan.finishable;
     let shards = plan.shards.len();
-    let signalled = Arc::new(AtomicBool::new(false));
-    for signal in [signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM] {
-        signal_hook::flag::register(signal, Arc::clone(&signalled))
-            .map_err(|e| RuntimeError::Shard { shard: 0, reason: format!("cannot handle signals: {e}") })?;
-    }
     let handles = plan::spawn(plan)?;
     let control = &shared.control;
     let mut finished = false;
@@ -83,7 +86,10 @@ pub fn run(spec: DataflowSpec, options: RunOptions) -> Result<RunSummary> {
     control.stop();
     let mut first_error = None;
     for (shard, handle) in handles.into_iter().enumerate() {
-        let joined = handle.join().map_err(|e| RuntimeError::Shard { shard, reason: e.to_string() });
+        let joined = handle.join().map_err(|e| RuntimeError::Shard {
+            shard,
+            reason: e.to_string(),
+        });
         if let Err(error) = joined.and_then(|r| r) {
             first_error.get_or_insert(error);
         }

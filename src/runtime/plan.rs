@@ -60,14 +60,19 @@ pub fn plan(spec: DataflowSpec) -> Result<Plan> {
         let options = LogOptions {
             segment_bytes: topic.segment_bytes,
             durability: spec.engine.durability,
-            retention: topic.retention.clone(),
+            retention: topic.retention,
             // Small segments hold smaller records: the header takes 8 KiB of each.
-            max_record_bytes: LogOptions::default().max_record_bytes.min(topic.segment_bytes - 8192),
+            max_record_bytes: LogOptions::default()
+                .max_record_bytes
+                .min(topic.segment_bytes - 8192),
             ..LogOptions::default()
         };
         let mut partitions = Vec::new();
         for p in 0..topic.partitions {
-            partitions.push(PartitionLog::open(&layout::partition_dir(&data_dir, &topic.name, p), options.clone())?);
+            partitions.push(PartitionLog::open(
+                &layout::partition_dir(&data_dir, &topic.name, p),
+                options.clone(),
+            )?);
         }
         logs.push(partitions);
     }
@@ -111,20 +116,31 @@ pub fn plan(spec: DataflowSpec) -> Result<Plan> {
     }
     let mut sink_senders = Vec::new();
     for (i, sink_spec) in spec.sinks.iter().enumerate() {
-        let progress = progress::load(&progress::path(&data_dir, &sink_spec.name, "sink"))?.unwrap_or_default();
+        let progress =
+            progress::load(&progress::path(&data_dir, &sink_spec.name, "sink"))?.unwrap_or_default();
         for p in 0..spec.topics[sink_spec.from].partitions {
             let start = progress.partitions.get(&p).copied().unwrap_or(0);
-            plans[placement::owner(p, shards)].forwarders.push(ForwarderTask { sink: i, partition: p, start });
+            plans[placement::owner(p, shards)].forwarders.push(ForwarderTask {
+                sink: i,
+                partition: p,
+                start,
+            });
         }
         let (tx, rx) = flume::bounded(SINK_CHANNEL_CHUNKS_MAX);
         sink_senders.push(tx);
-        let task = WriterTask { sink: i, progress, expected_ends: producers[sink_spec.from].clone() };
+        let task = WriterTask {
+            sink: i,
+            progress,
+            expected_ends: producers[sink_spec.from].clone(),
+        };
         plans[i % shards].writers.push((task, rx));
     }
     for (topic, partitions) in logs.into_iter().enumerate() {
         for (p, log) in partitions.into_iter().enumerate() {
             let max_lag = spec.topics[topic].max_lag;
-            plans[placement::owner(p as u32, shards)].partitions.push((topic, p as u32, log, max_lag));
+            plans[placement::owner(p as u32, shards)]
+                .partitions
+                .push((topic, p as u32, log, max_lag));
         }
     }
     let (mesh, receivers) = mesh::build(spec.topics.len(), shards);
@@ -136,10 +152,24 @@ pub fn plan(spec: DataflowSpec) -> Result<Plan> {
     let task_count = plans.iter().map(|p| p.stages.len() + p.writers.len()).sum();
     let finishable = (all_bounded && task_count > 0).then_some(task_count);
     let control = Control::default();
-    let live: usize = plans.iter().map(|p| p.stages.len() + p.sources.len() + p.writers.len()).sum();
+    let live: usize = plans
+        .iter()
+        .map(|p| p.stages.len() + p.sources.len() + p.writers.len())
+        .sum();
     control.producers_live.store(live, Ordering::Release);
-    let shared = Arc::new(Shared { spec: Arc::new(spec), shards, data_dir, mesh, sinks: sink_senders, control });
-    Ok(Plan { shared, shards: plans, finishable })
+    let shared = Arc::new(Shared {
+        spec: Arc::new(spec),
+        shards,
+        data_dir,
+        mesh,
+        sinks: sink_senders,
+        control,
+    });
+    Ok(Plan {
+        shared,
+        shards: plans,
+        finishable,
+    })
 }
 
 fn core_count(cores: Cores) -> Result<usize> {
@@ -184,8 +214,10 @@ fn bounded_topics(spec: &DataflowSpec) -> Vec<bool> {
                 bounded[t] = Some(false);
                 continue;
             }
-            let inputs: Option<Vec<bool>> =
-                stages.iter().flat_map(|s| s.from.iter().map(|f| bounded[*f])).collect();
+            let inputs: Option<Vec<bool>> = stages
+                .iter()
+                .flat_map(|s| s.from.iter().map(|f| bounded[*f]))
+                .collect();
             if let Some(inputs) = inputs {
                 bounded[t] = Some(sources.clone().all(|s| s.kind.is_bounded()) && inputs.iter().all(|b| *b));
             }
@@ -218,7 +250,11 @@ fn scan_outputs(
     stages: &StageProgress,
     sources: &[Progress],
 ) -> Vec<Vec<HashMap<String, u64>>> {
-    let mut from: Vec<Vec<u64>> = spec.topics.iter().map(|t| vec![u64::MAX; t.partitions as usize]).collect();
+    let mut from: Vec<Vec<u64>> = spec
+        .topics
+        .iter()
+        .map(|t| vec![u64::MAX; t.partitions as usize])
+        .collect();
     let mut lower = |topic: usize, progress: &Progress| {
         for (q, slot) in from[topic].iter_mut().enumerate() {
             *slot = (*slot).min(progress.output_ends.get(&(q as u32)).copied().unwrap_or(0));
@@ -236,14 +272,23 @@ fn scan_outputs(
             partitions
                 .iter()
                 .zip(from)
-                .map(|(log, &from)| if from == u64::MAX { HashMap::new() } else { provenance::scan(log, from) })
+                .map(|(log, &from)| {
+                    if from == u64::MAX {
+                        HashMap::new()
+                    } else {
+                        provenance::scan(log, from)
+                    }
+                })
                 .collect()
         })
         .collect()
 }
 
 fn skip_points(scanned: &[HashMap<String, u64>], producer: &str, next: u64) -> Vec<u64> {
-    scanned.iter().map(|found| found.get(producer).copied().unwrap_or(0).max(next)).collect()
+    scanned
+        .iter()
+        .map(|found| found.get(producer).copied().unwrap_or(0).max(next))
+        .collect()
 }
 
 pub type ShardHandle = glommio::ExecutorJoinHandle<Result<()>>;
@@ -256,14 +301,20 @@ pub fn spawn(plan: Plan) -> Result<Vec<ShardHandle>> {
         let handle = LocalExecutorBuilder::new(Placement::Fixed(index))
             .name(&format!("flowd-shard-{index}"))
             .spawn(move || async move { run_shard(index, shared, shard_plan).await })
-            .map_err(|e| RuntimeError::Shard { shard: index, reason: e.to_string() })?;
+            .map_err(|e| RuntimeError::Shard {
+                shard: index,
+                reason: e.to_string(),
+            })?;
         handles.push(handle);
     }
     Ok(handles)
 }
 
 async fn run_shard(index: usize, shared: Arc<Shared>, plan: ShardPlan) -> Result<()> {
-    let partitions = plan.partitions.into_iter().map(|(t, p, log, max_lag)| LocalPartition::new(t, p, log, max_lag));
+    let partitions = plan
+        .partitions
+        .into_iter()
+        .map(|(t, p, log, max_lag)| LocalPartition::new(t, p, log, max_lag));
     let shard = Rc::new(Shard::new(index, Arc::clone(&shared), partitions.collect()));
     for (topic, receiver) in plan.inboxes {
         glommio::spawn_local(Rc::clone(&shard).run_inbox(topic, receiver)).detach();
@@ -293,7 +344,8 @@ async fn run_shard(index: usize, shared: Arc<Shared>, plan: ShardPlan) -> Result
     }
     // Let every producer and writer on every shard store its last progress; inboxes and
     // ackers keep serving meanwhile. Bounded: a stuck peer shard must not hang the exit.
-    let deadline = std::time::Instant::now() + crate::runtime::commit::FINAL_COMMIT_WAIT + Duration::from_secs(1);
+    let deadline =
+        std::time::Instant::now() + crate::runtime::commit::FINAL_COMMIT_WAIT + Duration::from_secs(1);
     while control.producers_live.load(Ordering::Acquire) > 0 && std::time::Instant::now() < deadline {
         glommio::timer::sleep(Duration::from_millis(1)).await;
     }

@@ -51,10 +51,12 @@ pub fn path(data_dir: &Path, name: &str, part: &str) -> PathBuf {
 
 pub fn load(path: &Path) -> Result<Option<Progress>> {
     match std::fs::read(path) {
-        Ok(bytes) => serde_json::from_slice(&bytes).map(Some).map_err(|e| RuntimeError::Progress {
-            path: path.to_path_buf(),
-            reason: e.to_string(),
-        }),
+        Ok(bytes) => serde_json::from_slice(&bytes)
+            .map(Some)
+            .map_err(|e| RuntimeError::Progress {
+                path: path.to_path_buf(),
+                reason: e.to_string(),
+            }),
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
         Err(e) => Err(RuntimeError::io("read", path)(e)),
     }
@@ -92,7 +94,11 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let p = path(dir.path(), "count", "words-3");
         assert_eq!(load(&p).unwrap(), None);
-        let mut progress = Progress { resume: 5, next: 9, ..Progress::default() };
+        let mut progress = Progress {
+            resume: 5,
+            next: 9,
+            ..Progress::default()
+        };
         progress.output_ends.insert(2, 77);
         progress.ends_seen.push(("stage:a:b:0".into(), 4));
         store(&p, &progress, true).unwrap();

@@ -125,13 +125,18 @@ impl Shard {
         Shard {
             index,
             shared,
-            partitions: partitions.into_iter().map(|p| ((p.topic, p.partition), Rc::new(p))).collect(),
+            partitions: partitions
+                .into_iter()
+                .map(|p| ((p.topic, p.partition), Rc::new(p)))
+                .collect(),
             acks: RefCell::new(Vec::new()),
         }
     }
 
     pub fn partition(&self, topic: usize, partition: u32) -> &Rc<LocalPartition> {
-        self.partitions.get(&(topic, partition)).expect("placement sends a partition only to its owner")
+        self.partitions
+            .get(&(topic, partition))
+            .expect("placement sends a partition only to its owner")
     }
 
     /// Appends every batch sent to this shard for `topic`, in arrival order.
@@ -155,7 +160,9 @@ impl Shard {
                         end: receipt.next_offset,
                         generation: batch.ack,
                     }),
-                    Durability::Every | Durability::None => batch.ack.acked(batch.partition, receipt.next_offset),
+                    Durability::Every | Durability::None => {
+                        batch.ack.acked(batch.partition, receipt.next_offset)
+                    }
                 },
                 Err(error) => {
                     self.shared.control.fail(error.into());
@@ -186,7 +193,12 @@ impl Shard {
                 return;
             }
             let idle = self.acks.borrow().is_empty();
-            glommio::timer::sleep(if idle { Duration::from_millis(2) } else { Duration::from_micros(200) }).await;
+            glommio::timer::sleep(if idle {
+                Duration::from_millis(2)
+            } else {
+                Duration::from_micros(200)
+            })
+            .await;
         }
     }
 

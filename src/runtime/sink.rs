@@ -55,7 +55,13 @@ pub async fn forward(shard: Rc<Shard>, task: ForwarderTask) -> Result<()> {
     let mut idle = Backoff::default();
     let sender = shared.sinks[task.sink].clone();
     while !shared.control.is_stopping() {
-        let mut chunk = SinkChunk { partition: task.partition, bytes: Vec::new(), records: 0, next: position, ends: Vec::new() };
+        let mut chunk = SinkChunk {
+            partition: task.partition,
+            bytes: Vec::new(),
+            records: 0,
+            next: position,
+            ends: Vec::new(),
+        };
         let mut read = 0;
         {
             let log = input.log.borrow();
@@ -86,7 +92,13 @@ pub async fn forward(shard: Rc<Shard>, task: ForwarderTask) -> Result<()> {
 }
 
 /// One line per record, as the sink's format says.
-pub fn format_record(format: SinkFormat, topic: &str, partition: u32, view: &RecordView<'_>, out: &mut Vec<u8>) {
+pub fn format_record(
+    format: SinkFormat,
+    topic: &str,
+    partition: u32,
+    view: &RecordView<'_>,
+    out: &mut Vec<u8>,
+) {
     match format {
         SinkFormat::Value => out.extend_from_slice(view.value()),
         SinkFormat::KeyValue => {
@@ -117,7 +129,9 @@ fn put_bytes(object: &mut serde_json::Map<String, serde_json::Value>, name: &str
         Some(Ok(text)) => text.into(),
         Some(Err(_)) => {
             object.insert(format!("{name}_base64"), true.into());
-            base64::engine::general_purpose::STANDARD.encode(bytes.unwrap_or_default()).into()
+            base64::engine::general_purpose::STANDARD
+                .encode(bytes.unwrap_or_default())
+                .into()
         }
     };
     object.insert(name.into(), value);
@@ -145,11 +159,16 @@ pub async fn write(shard: Rc<Shard>, task: WriterTask, receiver: flume::Receiver
     let mut output = open(&sink.kind, progress.file_len)?;
     let mut ends: BTreeMap<u32, HashSet<String>> = BTreeMap::new();
     for (producer, partition) in &progress.ends_seen {
-        ends.entry(*partition as u32).or_default().insert(producer.clone());
+        ends.entry(*partition as u32)
+            .or_default()
+            .insert(producer.clone());
     }
     let all_ended = |ends: &BTreeMap<u32, HashSet<String>>| {
         !task.expected_ends.is_empty()
-            && (0..partitions).all(|p| ends.get(&p).is_some_and(|seen| task.expected_ends.is_subset(seen)))
+            && (0..partitions).all(|p| {
+                ends.get(&p)
+                    .is_some_and(|seen| task.expected_ends.is_subset(seen))
+            })
     };
     let mut last_commit = std::time::Instant::now();
     let mut idle = Backoff::default();
@@ -166,7 +185,10 @@ pub async fn write(shard: Rc<Shard>, task: WriterTask, receiver: flume::Receiver
                     }
                     other => other?,
                 }
-                shared.control.records_out.fetch_add(chunk.records, Ordering::Relaxed);
+                shared
+                    .control
+                    .records_out
+                    .fetch_add(chunk.records, Ordering::Relaxed);
                 progress.partitions.insert(chunk.partition, chunk.next);
                 for producer in chunk.ends {
                     ends.entry(chunk.partition).or_default().insert(producer);
@@ -209,9 +231,14 @@ fn open(kind: &SinkKind, file_len: u64) -> Result<Output> {
                 .open(path)
                 .map_err(RuntimeError::io("open sink file", path))?;
             // Cut what was written after the last commit: it is written again.
-            file.set_len(file_len).map_err(RuntimeError::io("truncate sink file", path))?;
-            file.seek(SeekFrom::Start(file_len)).map_err(RuntimeError::io("seek in sink file", path))?;
-            Ok(Output::File { file, path: path.clone() })
+            file.set_len(file_len)
+                .map_err(RuntimeError::io("truncate sink file", path))?;
+            file.seek(SeekFrom::Start(file_len))
+                .map_err(RuntimeError::io("seek in sink file", path))?;
+            Ok(Output::File {
+                file,
+                path: path.clone(),
+            })
         }
     }
 }
@@ -223,7 +250,9 @@ fn write_chunk(output: &mut Output, bytes: &[u8]) -> Result<()> {
             Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => Err(RuntimeError::OutputClosed),
             other => other.map_err(RuntimeError::Stdout),
         },
-        Output::File { file, path } => file.write_all(bytes).map_err(RuntimeError::io("write sink file", path.as_path())),
+        Output::File { file, path } => file
+            .write_all(bytes)
+            .map_err(RuntimeError::io("write sink file", path.as_path())),
     }
 }
 
@@ -238,9 +267,12 @@ fn commit(
         Output::Stdout => std::io::stdout().lock().flush().map_err(RuntimeError::Stdout)?,
         Output::File { file, path } => {
             if durable {
-                file.sync_data().map_err(RuntimeError::io("sync sink file", path.as_path()))?;
+                file.sync_data()
+                    .map_err(RuntimeError::io("sync sink file", path.as_path()))?;
             }
-            progress.file_len = file.stream_position().map_err(RuntimeError::io("query sink file", path.as_path()))?;
+            progress.file_len = file
+                .stream_position()
+                .map_err(RuntimeError::io("query sink file", path.as_path()))?;
         }
     }
     progress.ends_seen = ends

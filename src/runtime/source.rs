@@ -50,22 +50,46 @@ pub async fn run(shard: Rc<Shard>, task: SourceTask) -> Result<()> {
     let spec = &shard.shared.spec;
     let source = &spec.sources[task.source];
     let partitions = spec.topics[source.to].partitions;
-    let emitter = Emitter::new(String::new(), source.to, partitions, &source.route, &shard.shared.mesh)
-        .map_err(|e| RuntimeError::Operator { stage: source.name.clone(), reason: e.0 })?;
+    let emitter = Emitter::new(
+        String::new(),
+        source.to,
+        partitions,
+        &source.route,
+        &shard.shared.mesh,
+    )
+    .map_err(|e| RuntimeError::Operator {
+        stage: source.name.clone(),
+        reason: e.0,
+    })?;
     let path = progress::path(&shard.shared.data_dir, &source.name, "source");
     let done = task.progress.done;
-    let committer = Committer::new(path, task.progress, shard.shared.durable(), spec.engine.commit_interval);
+    let committer = Committer::new(
+        path,
+        task.progress,
+        shard.shared.durable(),
+        spec.engine.commit_interval,
+    );
     let timestamp = match &source.timestamp {
-        Some(code) => Some(
-            JqProgram::compile(code).map_err(|reason| RuntimeError::Operator { stage: source.name.clone(), reason })?,
-        ),
+        Some(code) => Some(JqProgram::compile(code).map_err(|reason| RuntimeError::Operator {
+            stage: source.name.clone(),
+            reason,
+        })?),
         None => None,
     };
-    let mut reading = Reading { emitter, timestamp, committer, scanned: task.scanned };
+    let mut reading = Reading {
+        emitter,
+        timestamp,
+        committer,
+        scanned: task.scanned,
+    };
     if !done {
         match &source.kind {
-            SourceKind::File { path, follow } => read_file(&shard, &mut reading, &source.name, path, *follow).await?,
-            SourceKind::Directory { path } => read_directory(&shard, &mut reading, &source.name, path).await?,
+            SourceKind::File { path, follow } => {
+                read_file(&shard, &mut reading, &source.name, path, *follow).await?
+            }
+            SourceKind::Directory { path } => {
+                read_directory(&shard, &mut reading, &source.name, path).await?
+            }
         }
     }
     reading.committer.settle(partitions).await
@@ -83,11 +107,23 @@ impl Reading {
     }
 
     fn candidate(&self, next: u64, file: Option<String>, done: bool) -> Progress {
-        Progress { resume: next, next, file, done, ..Progress::default() }
+        Progress {
+            resume: next,
+            next,
+            file,
+            done,
+            ..Progress::default()
+        }
     }
 }
 
-async fn read_file(shard: &Shard, reading: &mut Reading, name: &str, path: &Path, follow: bool) -> Result<()> {
+async fn read_file(
+    shard: &Shard,
+    reading: &mut Reading,
+    name: &str,
+    path: &Path,
+    follow: bool,
+) -> Result<()> {
     let start = reading.committer.stored().next;
     reading.start(source_producer(name, None), start);
     let end = read_lines(shard, reading, path, start, None, follow).await?;
@@ -139,10 +175,10 @@ fn list_files(dir: &Path) -> Result<Vec<String>> {
         let entry = entry.map_err(RuntimeError::io("list source directory", dir))?;
         let is_file = entry.file_type().is_ok_and(|t| t.is_file());
         let name = entry.file_name().into_string().ok();
-        if let (true, Some(name)) = (is_file, name) {
-            if !name.starts_with('.') {
-                files.push(name);
-            }
+        if let (true, Some(name)) = (is_file, name)
+            && !name.starts_with('.')
+        {
+            files.push(name);
         }
     }
     files.sort();
@@ -163,14 +199,17 @@ async fn read_lines(
     let control = &shard.shared.control;
     let partitions = reading.emitter.partitions();
     let mut file = File::open(path).map_err(RuntimeError::io("open source file", path))?;
-    file.seek(SeekFrom::Start(start)).map_err(RuntimeError::io("seek in source file", path))?;
+    file.seek(SeekFrom::Start(start))
+        .map_err(RuntimeError::io("seek in source file", path))?;
     let mut chunk = vec![0u8; READ_CHUNK_BYTES];
     let mut line = Vec::new();
     let mut line_start = start;
     let mut position = start;
     let parent_dir = path.parent().map(PathBuf::from);
     while !control.is_stopping() {
-        let n = file.read(&mut chunk).map_err(RuntimeError::io("read source file", path))?;
+        let n = file
+            .read(&mut chunk)
+            .map_err(RuntimeError::io("read source file", path))?;
         if n == 0 {
             let newer_exists = match (dir_file, &parent_dir) {
                 (Some(current), Some(dir)) => list_files(dir)?.iter().any(|f| f.as_str() > current),
@@ -240,7 +279,11 @@ fn emit_line(reading: &mut Reading, start: u64, line: &[u8], control: &crate::ru
             }
         },
     };
-    let output = Output { timestamp_ms, key: None, value: line.to_vec() };
+    let output = Output {
+        timestamp_ms,
+        key: None,
+        value: line.to_vec(),
+    };
     // Routing a line fails only for a jq selector; such a line is dropped and reported.
     if let Err(error) = reading.emitter.emit(start, 0, output) {
         eprintln!("flowd: source line at byte {start} not routed: {}", error.0);

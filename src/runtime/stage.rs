@@ -34,20 +34,41 @@ pub async fn run(shard: Rc<Shard>, task: StageTask) -> Result<()> {
     let control = &shard.shared.control;
     let topic_name = &spec.topics[task.topic].name;
     let producer = stage_producer(&stage.name, topic_name, task.partition);
-    let op_error = |e: ops::OpError| RuntimeError::Operator { stage: stage.name.clone(), reason: e.0 };
+    let op_error = |e: ops::OpError| RuntimeError::Operator {
+        stage: stage.name.clone(),
+        reason: e.0,
+    };
     let mut op = ops::build(&stage.op).map_err(op_error)?;
-    op.restore(&Checkpoint { state_start: None, watermark_ms: task.progress.watermark_ms });
+    op.restore(&Checkpoint {
+        state_start: None,
+        watermark_ms: task.progress.watermark_ms,
+    });
     let to = stage.to.expect("validation requires `to`");
-    let mut emitter = Emitter::new(producer, to, spec.topics[to].partitions, &stage.route, &shard.shared.mesh)
-        .map_err(op_error)?;
+    let mut emitter = Emitter::new(
+        producer,
+        to,
+        spec.topics[to].partitions,
+        &stage.route,
+        &shard.shared.mesh,
+    )
+    .map_err(op_error)?;
     emitter.set_skip(task.skip);
     let input = Rc::clone(shard.partition(task.topic, task.partition));
     let mut position = task.progress.resume;
     let reader = input.reader(position);
     let mut ends_seen: HashMap<String, u64> = task.progress.ends_seen.iter().cloned().collect();
     let mut finished = task.progress.done;
-    let path = progress::path(&shard.shared.data_dir, &stage.name, &format!("{topic_name}-{}", task.partition));
-    let mut committer = Committer::new(path, task.progress, shard.shared.durable(), spec.engine.commit_interval);
+    let path = progress::path(
+        &shard.shared.data_dir,
+        &stage.name,
+        &format!("{topic_name}-{}", task.partition),
+    );
+    let mut committer = Committer::new(
+        path,
+        task.progress,
+        shard.shared.durable(),
+        spec.engine.commit_interval,
+    );
     let mut out: Vec<Output> = Vec::new();
     let mut idle = Backoff::default();
     let mut failures = FailureLog::new(&stage.name, topic_name, task.partition);
@@ -111,7 +132,9 @@ pub async fn run(shard: Rc<Shard>, task: StageTask) -> Result<()> {
         }
         committer.settle(emitter.partitions()).await?;
     }
-    control.records_failed.fetch_add(failures.count, std::sync::atomic::Ordering::Relaxed);
+    control
+        .records_failed
+        .fetch_add(failures.count, std::sync::atomic::Ordering::Relaxed);
     if committer.stored().done {
         control.finished.fetch_add(1, std::sync::atomic::Ordering::AcqRel);
     }
@@ -129,8 +152,11 @@ fn emit_all(emitter: &mut Emitter, produced_by: u64, out: &mut Vec<Output>, fail
 fn snapshot(op: &dyn ops::Operator, next: u64, ends_seen: &HashMap<String, u64>, done: bool) -> Progress {
     let checkpoint = op.checkpoint();
     let resume = checkpoint.state_start.map_or(next, |start| start.min(next));
-    let mut ends: Vec<(String, u64)> =
-        ends_seen.iter().filter(|(_, o)| **o < resume).map(|(p, o)| (p.clone(), *o)).collect();
+    let mut ends: Vec<(String, u64)> = ends_seen
+        .iter()
+        .filter(|(_, o)| **o < resume)
+        .map(|(p, o)| (p.clone(), *o))
+        .collect();
     ends.sort();
     Progress {
         resume,
@@ -153,13 +179,19 @@ const FAILURES_REPORTED_MAX: u64 = 10;
 
 impl FailureLog {
     pub fn new(stage: &str, topic: &str, partition: u32) -> FailureLog {
-        FailureLog { place: format!("stage \"{stage}\" on {topic}/{partition}"), count: 0 }
+        FailureLog {
+            place: format!("stage \"{stage}\" on {topic}/{partition}"),
+            count: 0,
+        }
     }
 
     pub fn record(&mut self, offset: u64, reason: &str) {
         self.count += 1;
         if self.count <= FAILURES_REPORTED_MAX || self.count.is_power_of_two() {
-            eprintln!("flowd: {} skipped record {offset} ({} so far): {reason}", self.place, self.count);
+            eprintln!(
+                "flowd: {} skipped record {offset} ({} so far): {reason}",
+                self.place, self.count
+            );
         }
     }
 }

@@ -29,7 +29,16 @@ fn errors(text: &str) -> Vec<String> {
         Ok(_) => Vec::new(),
         Err(ConfigError::Invalid { diagnostics, .. }) => diagnostics
             .iter()
-            .map(|d| format!("{}:{}: {}: {} | {}", d.line, d.column, d.key, d.message, d.hint.as_deref().unwrap_or("")))
+            .map(|d| {
+                format!(
+                    "{}:{}: {}: {} | {}",
+                    d.line,
+                    d.column,
+                    d.key,
+                    d.message,
+                    d.hint.as_deref().unwrap_or("")
+                )
+            })
             .collect(),
         Err(other) => vec![other.to_string()],
     }
@@ -44,7 +53,11 @@ fn the_base_file_is_valid() {
 fn broken_files_get_precise_errors() {
     // (what is broken, the file, the expected error lines: position, key, message, hint)
     let cases: &[(&str, String, &[&str])] = &[
-        ("bad TOML", "[[topic]\nname = \"a\"\n".into(), &["1:9: (syntax): unclosed array table, expected `]`"]),
+        (
+            "bad TOML",
+            "[[topic]\nname = \"a\"\n".into(),
+            &["1:9: (syntax): unclosed array table, expected `]`"],
+        ),
         (
             "unknown key",
             BASE.replace("name = \"words\"", "name = \"words\"\npartitons = 3"),
@@ -63,7 +76,9 @@ fn broken_files_get_precise_errors() {
         (
             "unknown operator in a table",
             BASE.replace("op = \"split_words\"", "op = { windw = { window = \"1s\" } }"),
-            &["13:6: stage \"split\".op: unknown operator \"windw\" | expected one of: map, filter, split_words"],
+            &[
+                "13:6: stage \"split\".op: unknown operator \"windw\" | expected one of: map, filter, split_words",
+            ],
         ),
         (
             "unknown operator parameter",
@@ -88,11 +103,15 @@ fn broken_files_get_precise_errors() {
         (
             "a stage writing a topic that does not exist",
             BASE.replace("to = \"words\"", "to = \"counts\""),
-            &["14:6: stage \"split\".to: there is no topic \"counts\" | declare it with [[topic]] name = \"counts\""],
+            &[
+                "14:6: stage \"split\".to: there is no topic \"counts\" | declare it with [[topic]] name = \"counts\"",
+            ],
         ),
         (
             "a cycle",
-            format!("{BASE}\n[[stage]]\nname = \"back\"\nfrom = \"words\"\nop = \"split_words\"\nto = \"lines\"\n"),
+            format!(
+                "{BASE}\n[[stage]]\nname = \"back\"\nfrom = \"words\"\nop = \"split_words\"\nto = \"lines\"\n"
+            ),
             &["17:8: stage \"back\".to: the stages make a cycle: lines -> words -> lines"],
         ),
         (
@@ -102,7 +121,10 @@ fn broken_files_get_precise_errors() {
         ),
         (
             "bad values",
-            BASE.replace("cores = 1", "cores = 0\ndurability = \"evry\"\ncommit_interval = \"soon\""),
+            BASE.replace(
+                "cores = 1",
+                "cores = 0\ndurability = \"evry\"\ncommit_interval = \"soon\"",
+            ),
             &[
                 "2:9: engine.cores: 0 is not a core count",
                 "3:14: engine.durability: unknown durability \"evry\" | did you mean \"every\"?",
@@ -111,7 +133,9 @@ fn broken_files_get_precise_errors() {
         ),
         (
             "a missing source file",
-            format!("{BASE}\n[[source]]\nname = \"in\"\ntype = \"file\"\npath = \"nope.txt\"\nto = \"lines\"\n"),
+            format!(
+                "{BASE}\n[[source]]\nname = \"in\"\ntype = \"file\"\npath = \"nope.txt\"\nto = \"lines\"\n"
+            ),
             &["19:8: source \"in\".path: ./nope.txt does not exist | source paths are relative"],
         ),
         (
@@ -135,7 +159,10 @@ fn broken_files_get_precise_errors() {
         let got = errors(text);
         assert_eq!(got.len(), expected.len(), "{what}: got {got:#?}");
         for (line, fragment) in got.iter().zip(expected.iter()) {
-            assert!(line.starts_with(fragment) || line.contains(fragment), "{what}:\n  got  {line}\n  want {fragment}");
+            assert!(
+                line.starts_with(fragment) || line.contains(fragment),
+                "{what}:\n  got  {line}\n  want {fragment}"
+            );
         }
     }
 }
@@ -144,18 +171,34 @@ fn broken_files_get_precise_errors() {
 fn check_prints_every_error_with_the_file_and_exits_2() {
     let dir = tempfile::tempdir().unwrap();
     let file = dir.path().join("broken.toml");
-    let text = BASE.replace("op = \"split_words\"", "op = \"splitwords\"").replace("from = \"lines\"", "from = \"line\"");
+    let text = BASE
+        .replace("op = \"split_words\"", "op = \"splitwords\"")
+        .replace("from = \"lines\"", "from = \"line\"");
     std::fs::write(&file, text).unwrap();
-    let output = Command::new(env!("CARGO_BIN_EXE_flowd")).arg("check").arg(&file).output().unwrap();
+    let output = Command::new(env!("CARGO_BIN_EXE_flowd"))
+        .arg("check")
+        .arg(&file)
+        .output()
+        .unwrap();
     assert_eq!(output.status.code(), Some(2));
     let stderr = String::from_utf8(output.stderr).unwrap();
-    let prefix = format!("{}:12:8: stage \"split\".from: there is no topic \"line\"", file.display());
+    let prefix = format!(
+        "{}:12:8: stage \"split\".from: there is no topic \"line\"",
+        file.display()
+    );
     assert!(stderr.contains(&prefix), "{stderr}");
-    assert!(stderr.contains(":13:6: stage \"split\".op: unknown operator \"splitwords\""), "{stderr}");
+    assert!(
+        stderr.contains(":13:6: stage \"split\".op: unknown operator \"splitwords\""),
+        "{stderr}"
+    );
     assert!(stderr.contains("hint: did you mean \"split_words\"?"), "{stderr}");
     assert!(stderr.contains("2 errors in"), "{stderr}");
     // `flowd run` uses the same validation and the same exit code.
-    let output = Command::new(env!("CARGO_BIN_EXE_flowd")).arg("run").arg(&file).output().unwrap();
+    let output = Command::new(env!("CARGO_BIN_EXE_flowd"))
+        .arg("run")
+        .arg(&file)
+        .output()
+        .unwrap();
     assert_eq!(output.status.code(), Some(2));
     assert!(String::from_utf8(output.stderr).unwrap().contains(&prefix));
 }
@@ -167,7 +210,11 @@ fn every_example_dataflow_checks() {
     for entry in std::fs::read_dir(&dir).unwrap() {
         let path = entry.unwrap().path();
         if path.extension().is_some_and(|e| e == "toml") {
-            let output = Command::new(env!("CARGO_BIN_EXE_flowd")).arg("check").arg(&path).output().unwrap();
+            let output = Command::new(env!("CARGO_BIN_EXE_flowd"))
+                .arg("check")
+                .arg(&path)
+                .output()
+                .unwrap();
             let stderr = String::from_utf8_lossy(&output.stderr);
             assert!(output.status.success(), "{}: {stderr}", path.display());
             checked += 1;

@@ -4,6 +4,7 @@
 mod cli_inspect;
 mod config_check;
 mod crash;
+mod dataflow_run;
 mod fixture;
 mod log;
 mod recovery_cases;

@@ -1,0 +1,361 @@
+//! `flowd run` as a process: word count equals a reference count, a run killed with
+//! SIGKILL and restarted ends with exactly the output of an uninterrupted run, SIGTERM
+//! exits 0, and a slow stage holds memory and input back.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+/// Longest any single `flowd run` in these tests may take.
+const RUN_TIMEOUT: Duration = Duration::from_secs(120);
+
+fn flowd() -> Command {
+    Command::new(env!("CARGO_BIN_EXE_flowd"))
+}
+
+/// Waits for `child` (bounded); kills it and fails the test on timeout.
+fn wait(child: &mut Child, timeout: Duration) -> std::process::ExitStatus {
+    let deadline = Instant::now() + timeout;
+    loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            return status;
+        }
+        if Instant::now() >= deadline {
+            let _ = child.kill();
+            panic!("flowd run did not finish within {timeout:?}");
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
+fn signal(child: &Child, signal: i32) {
+    // SAFETY: plain kill(2) on our own child's pid.
+    assert_eq!(unsafe { libc::kill(child.id() as i32, signal) }, 0);
+}
+
+/// A deterministic text with repeated words, mixed case and punctuation.
+fn write_text(path: &Path, lines: usize, seed: u64) {
+    let vocabulary: Vec<String> = (0..500).map(|i| format!("w{i}")).collect();
+    let mut rng = fastrand::Rng::with_seed(seed);
+    let mut text = String::new();
+    for _ in 0..lines {
+        let words = rng.usize(0..12);
+        for j in 0..words {
+            // Skewed: low-numbered words are common.
+            let upper = rng.usize(1..=vocabulary.len());
+            let word = &vocabulary[rng.usize(0..upper)];
+            let word = if rng.u8(..) < 30 {
+                word.to_uppercase()
+            } else {
+                word.clone()
+            };
+            text.push_str(&word);
+            text.push_str(if j + 1 == words {
+                ""
+            } else {
+                [" ", ", ", ". ", " -- "][rng.usize(0..4)]
+            });
+        }
+        text.push('\n');
+    }
+    std::fs::write(path, text).unwrap();
+}
+
+/// The reference: the same word rule as `split_words`, counted in a map.
+fn reference_counts(text: &str) -> BTreeMap<String, u64> {
+    let mut counts = BTreeMap::new();
+    for word in text
+        .split(|c: char| c.is_ascii() && !c.is_ascii_alphanumeric())
+        .filter(|w| !w.is_empty())
+    {
+        *counts.entry(word.to_ascii_lowercase()).or_default() += 1;
+    }
+    counts
+}
+
+/// `WORD<TAB>COUNT` lines; a word printed twice is an error (the sink is exactly-once).
+fn parse_counts(output: &str) -> BTreeMap<String, u64> {
+    let mut counts = BTreeMap::new();
+    for line in output.lines() {
+        let (word, count) = line
+            .split_once('\t')
+            .unwrap_or_else(|| panic!("bad line {line:?}"));
+        let previous = counts.insert(word.to_owned(), count.parse().unwrap());
+        assert!(previous.is_none(), "{word} printed twice");
+    }
+    counts
+}
+
+/// A word count dataflow over `input`, writing the counts to `out` and every word, as
+/// it passes, to `out.words`, both through file sinks.
+fn wordcount_dataflow(dir: &Path, input: &Path, out: &Path, durability: &str) -> PathBuf {
+    let file = dir.join("wordcount.toml");
+    let text = format!(
+        r#"[engine]
+data_dir = "{data}"
+durability = "{durability}"
+commit_interval = "50ms"
+
+[[topic]]
+name = "lines"
+partitions = 3
+segment_bytes = "1MiB"
+
+[[topic]]
+name = "words"
+partitions = 4
+segment_bytes = "4MiB"
+
+[[topic]]
+name = "counts"
+partitions = 2
+segment_bytes = "1MiB"
+
+[[source]]
+name = "text"
+type = "file"
+path = "{input}"
+to = "lines"
+
+[[stage]]
+name = "split"
+from = "lines"
+op = "split_words"
+to = "words"
+route = {{ shard_by = "key" }}
+
+[[stage]]
+name = "count"
+from = "words"
+op = "count"
+to = "counts"
+route = {{ shard_by = "key" }}
+
+[[sink]]
+name = "out"
+from = "counts"
+type = "file"
+path = "{out}"
+format = "key_value"
+
+[[sink]]
+name = "all-words"
+from = "words"
+type = "file"
+path = "{out}.words"
+"#,
+        data = dir.join("data").display(),
+        input = input.display(),
+        out = out.display(),
+    );
+    std::fs::write(&file, text).unwrap();
+    file
+}
+
+#[test]
+fn word_count_equals_the_reference_count() {
+    let dir = tempfile::tempdir().unwrap();
+    let input = dir.path().join("text.txt");
+    write_text(&input, 20_000, 1);
+    let out = dir.path().join("counts.tsv");
+    let dataflow = wordcount_dataflow(dir.path(), &input, &out, "group");
+    let mut child = flowd()
+        .arg("run")
+        .arg(&dataflow)
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    assert!(wait(&mut child, RUN_TIMEOUT).success());
+    let expected = reference_counts(&std::fs::read_to_string(&input).unwrap());
+    assert_eq!(parse_counts(&std::fs::read_to_string(&out).unwrap()), expected);
+    // A second run finds everything done and changes nothing.
+    let status = flowd()
+        .arg("run")
+        .arg(&dataflow)
+        .stderr(Stdio::null())
+        .status()
+        .unwrap();
+    assert!(status.success());
+    assert_eq!(parse_counts(&std::fs::read_to_string(&out).unwrap()), expected);
+}
+
+/// SIGKILL rounds in the middle of the dataflow; `FLOWD_RUN_CRASH_ROUNDS` sets how many.
+#[test]
+fn killed_and_restarted_runs_end_with_the_uninterrupted_output() {
+    let rounds: usize = std::env::var("FLOWD_RUN_CRASH_ROUNDS")
+        .ok()
+        .and_then(|r| r.parse().ok())
+        .unwrap_or(5);
+    let dir = tempfile::tempdir().unwrap();
+    let input = dir.path().join("text.txt");
+    write_text(&input, 150_000, 2);
+    let out = dir.path().join("counts.tsv");
+    let dataflow = wordcount_dataflow(dir.path(), &input, &out, "group");
+    let mut rng = fastrand::Rng::with_seed(3);
+    let mut finished_early = 0;
+    for round in 0..rounds {
+        let mut child = flowd()
+            .arg("run")
+            .arg(&dataflow)
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        std::thread::sleep(Duration::from_millis(rng.u64(20..400)));
+        if round % 3 == 2 {
+            // Now and then a polite stop: flush, sync, exit 0.
+            signal(&child, libc::SIGTERM);
+            assert!(wait(&mut child, RUN_TIMEOUT).success(), "SIGTERM exits 0");
+        } else {
+            signal(&child, libc::SIGKILL);
+            let status = wait(&mut child, RUN_TIMEOUT);
+            finished_early += usize::from(status.success());
+        }
+    }
+    let mut child = flowd()
+        .arg("run")
+        .arg(&dataflow)
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    assert!(wait(&mut child, RUN_TIMEOUT).success());
+    assert!(
+        finished_early < rounds,
+        "the kills must land mid-run to prove anything"
+    );
+    eprintln!("{rounds} rounds, {finished_early} of them finished before the kill");
+    let expected = reference_counts(&std::fs::read_to_string(&input).unwrap());
+    assert_eq!(parse_counts(&std::fs::read_to_string(&out).unwrap()), expected);
+    // The stream of words itself: every word exactly once, though the sink was cut off
+    // mid-write again and again.
+    let mut words: BTreeMap<String, u64> = BTreeMap::new();
+    for word in std::fs::read_to_string(out.with_extension("tsv.words"))
+        .unwrap()
+        .lines()
+    {
+        *words.entry(word.to_owned()).or_default() += 1;
+    }
+    assert_eq!(words, expected);
+}
+
+#[test]
+fn filter_and_map_example_gives_the_purchases() {
+    let dir = tempfile::tempdir().unwrap();
+    let repo = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let status = flowd()
+        .current_dir(dir.path())
+        .arg("run")
+        .arg(repo.join("dataflows/purchases.toml"))
+        .stderr(Stdio::null())
+        .status()
+        .unwrap();
+    assert!(status.success());
+    let got: Vec<serde_json::Value> = std::fs::read_to_string(dir.path().join("flowd-out/purchases.jsonl"))
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    let expected: Vec<serde_json::Value> = std::fs::read_to_string(repo.join("dataflows/events.jsonl"))
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap())
+        .filter(|e| e["kind"] == "purchase")
+        .map(|e| {
+            let total = e["price"].as_f64().unwrap() * e["qty"].as_f64().unwrap();
+            serde_json::json!({"user": e["user"], "item": e["item"], "total": total})
+        })
+        .collect();
+    let mut got_sorted: Vec<String> = got.iter().map(normalize).collect();
+    got_sorted.sort();
+    let mut expected_sorted: Vec<String> = expected.iter().map(normalize).collect();
+    expected_sorted.sort();
+    assert_eq!(got_sorted, expected_sorted);
+}
+
+/// Numbers compared as numbers (`240` and `240.0` are the same total).
+fn normalize(v: &serde_json::Value) -> String {
+    format!("{}|{}|{}", v["user"], v["item"], v["total"].as_f64().unwrap())
+}
+
+/// Resident memory of a process, in KiB.
+fn rss_kib(pid: u32) -> Option<u64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    let line = status.lines().find(|l| l.starts_with("VmRSS:"))?;
+    line.split_whitespace().nth(1)?.parse().ok()
+}
+
+/// The bound this test holds `flowd run` to while its input is far faster than its
+/// slowest stage.
+const SLOW_STAGE_RSS_KIB_MAX: u64 = 256 * 1024;
+
+#[test]
+fn a_slow_stage_bounds_memory_and_holds_the_input_back() {
+    let dir = tempfile::tempdir().unwrap();
+    let input = dir.path().join("big.txt");
+    // 400k lines of 100 bytes: 40 MB offered at once.
+    let line = format!("{{\"n\": 1, \"pad\": \"{}\"}}\n", "x".repeat(77));
+    std::fs::write(&input, line.repeat(400_000)).unwrap();
+    let dataflow = dir.path().join("slow.toml");
+    // The map burns CPU on every record: a stage far slower than the file source.
+    let text = format!(
+        r#"[engine]
+data_dir = "{data}"
+durability = "none"
+
+[[topic]]
+name = "in"
+partitions = 2
+max_lag = 5000
+
+[[topic]]
+name = "out"
+partitions = 2
+
+[[source]]
+name = "big"
+type = "file"
+path = "{input}"
+to = "in"
+
+[[stage]]
+name = "slow"
+from = "in"
+op = {{ map = "reduce range(0; 3000) as $i (.n; . + $i)" }}
+to = "out"
+"#,
+        data = dir.path().join("data").display(),
+        input = input.display(),
+    );
+    std::fs::write(&dataflow, text).unwrap();
+    let mut child = flowd()
+        .arg("run")
+        .arg(&dataflow)
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut rss_max = 0;
+    for _ in 0..30 {
+        std::thread::sleep(Duration::from_millis(100));
+        rss_max = rss_max.max(rss_kib(child.id()).unwrap_or(0));
+    }
+    signal(&child, libc::SIGTERM);
+    assert!(wait(&mut child, RUN_TIMEOUT).success(), "SIGTERM exits 0");
+    assert!(
+        rss_max > 0 && rss_max < SLOW_STAGE_RSS_KIB_MAX,
+        "peak RSS {rss_max} KiB"
+    );
+    // The source read only what the stage let through: the lag bound held it back.
+    let progress: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(dir.path().join("data/progress/big/source.json")).unwrap())
+            .unwrap();
+    let read_bytes = progress["next"].as_u64().unwrap();
+    let total = std::fs::metadata(&input).unwrap().len();
+    assert!(
+        read_bytes < total / 2,
+        "the source read {read_bytes} of {total} bytes: it was not held back"
+    );
+    eprintln!(
+        "slow stage: peak RSS {} MiB; source read {read_bytes} of {total} bytes in 3 s",
+        rss_max / 1024
+    );
+}
