@@ -3,7 +3,7 @@
 # without hardware counters) and prints the hottest symbols, self and with children.
 # Installs linux-perf if missing. Writes target/profile/<name>.perf.data; with
 # inferno-flamegraph on PATH (cargo install inferno) also an SVG flamegraph.
-# Usage: scripts/profile-bench.sh 'append/none/100B/batch1000' [seconds]
+# Usage: [BENCH=log|ops] scripts/profile-bench.sh 'append/none/100B/batch1000' [seconds]
 set -euo pipefail
 cd "$(dirname "$0")/.."
 filter="${1:?usage: $0 BENCH_FILTER [seconds]}"
@@ -14,8 +14,9 @@ if ! command -v perf >/dev/null 2>&1; then
     || { echo "could not install perf (apt-get install linux-perf)" >&2; exit 1; }
 fi
 
-cargo bench --bench log --no-run >&2
-bench=$(ls -t target/release/deps/log-* | grep -v '\.d$' | head -1)
+target="${BENCH:-log}"
+cargo bench --bench "$target" --no-run >&2
+bench=$(ls -t target/release/deps/"$target"-* | grep -v '\.d$' | head -1)
 mkdir -p target/profile
 name=$(echo "$filter" | tr '/' '_')
 data="target/profile/$name.perf.data"

@@ -46,6 +46,7 @@ pub fn run(args: RunArgs) -> Result<ExitCode, CliError> {
         spec.engine.data_dir.display(),
         spec.engine.durability
     );
+    let data_dir = spec.engine.data_dir.clone();
     let summary = runtime::run(spec, RunOptions::default())?;
     eprintln!(
         "flowd: {} after {:.2}s on {} cores: {} records in, {} records out{}",
@@ -63,6 +64,12 @@ pub fn run(args: RunArgs) -> Result<ExitCode, CliError> {
             String::new()
         }
     );
+    if summary.finished && summary.records_in == 0 && summary.records_out == 0 {
+        eprintln!(
+            "flowd: its input was already processed in an earlier run; remove {} to run it again from the start",
+            data_dir.display()
+        );
+    }
     Ok(ExitCode::SUCCESS)
 }
 
