@@ -22,14 +22,21 @@ static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 const BATCH: usize = 1024;
 
 fn input<'a>(offset: u64, key: Option<&'a [u8]>, value: &'a [u8]) -> Input<'a> {
-    Input { offset, timestamp_ms: offset as i64, now_ms: 0, key, value }
+    Input {
+        offset,
+        timestamp_ms: offset as i64,
+        now_ms: 0,
+        key,
+        value,
+    }
 }
 
 /// Runs `op` over `values` (one batch) and reports per input record.
 fn run_batch(op: &mut dyn Operator, keys: &[Vec<u8>], values: &[Vec<u8>], out: &mut Vec<Output>) {
     for (i, value) in values.iter().enumerate() {
         let key = keys.get(i).map(Vec::as_slice);
-        op.on_record(&input(i as u64, key, value), out).expect("valid input");
+        op.on_record(&input(i as u64, key, value), out)
+            .expect("valid input");
         black_box(&out);
         out.clear();
     }
@@ -40,8 +47,9 @@ fn operators(c: &mut Criterion) {
     group.measurement_time(Duration::from_secs(3));
 
     // split_words: counted in output words (10 per line).
-    let lines: Vec<Vec<u8>> =
-        (0..BATCH).map(|i| format!("the quick brown fox {i} jumps over the lazy dog").into_bytes()).collect();
+    let lines: Vec<Vec<u8>> = (0..BATCH)
+        .map(|i| format!("the quick brown fox {i} jumps over the lazy dog").into_bytes())
+        .collect();
     group.throughput(Throughput::Elements((BATCH * 10) as u64));
     let mut out = Vec::new();
     group.bench_function("split_words/words", |b| {
@@ -49,7 +57,9 @@ fn operators(c: &mut Criterion) {
         b.iter(|| run_batch(&mut op, &[], &lines, &mut out))
     });
 
-    let words: Vec<Vec<u8>> = (0..BATCH).map(|i| format!("word{}", i % 97).into_bytes()).collect();
+    let words: Vec<Vec<u8>> = (0..BATCH)
+        .map(|i| format!("word{}", i % 97).into_bytes())
+        .collect();
     group.throughput(Throughput::Elements(BATCH as u64));
     group.bench_function("key_by/value", |b| {
         let mut op = flowd::ops::key_by::KeyBy::new(&Selector::Part(Part::Value)).unwrap();
@@ -64,14 +74,21 @@ fn operators(c: &mut Criterion) {
             .into_bytes()
         })
         .collect();
-    assert!(events[0].len() >= 80 && events[0].len() <= 110, "about 100 bytes: {}", events[0].len());
+    assert!(
+        events[0].len() >= 80 && events[0].len() <= 110,
+        "about 100 bytes: {}",
+        events[0].len()
+    );
     group.bench_function("jq/map+filter/100B", |b| {
         let mut filter = flowd::ops::map::Filter::new(JqProgram::compile(".kind == \"buy\"").unwrap());
-        let mut map = flowd::ops::map::Map::new(JqProgram::compile("{user, total: (.price * .qty)}").unwrap());
+        let mut map =
+            flowd::ops::map::Map::new(JqProgram::compile("{user, total: (.price * .qty)}").unwrap());
         let mut kept = Vec::new();
         b.iter(|| {
             for (i, value) in events.iter().enumerate() {
-                filter.on_record(&input(i as u64, None, value), &mut kept).unwrap();
+                filter
+                    .on_record(&input(i as u64, None, value), &mut kept)
+                    .unwrap();
                 map.on_record(&input(i as u64, None, value), &mut out).unwrap();
                 black_box((&kept, &out));
                 kept.clear();
@@ -109,7 +126,13 @@ fn operators(c: &mut Criterion) {
             for _ in 0..BATCH {
                 let key = &keys[(offset.wrapping_mul(7919) % 10_000) as usize];
                 // 100,000 records per window of record time.
-                let record = Input { offset, timestamp_ms: (offset / 100) as i64, now_ms: 0, key: Some(key), value: b"" };
+                let record = Input {
+                    offset,
+                    timestamp_ms: (offset / 100) as i64,
+                    now_ms: 0,
+                    key: Some(key),
+                    value: b"",
+                };
                 op.on_record(&record, &mut out).unwrap();
                 out.clear();
                 offset += 1;
@@ -123,7 +146,12 @@ fn operators(c: &mut Criterion) {
 /// what the hop costs the sender (the receiver drops it).
 fn batch() -> Vec<OwnedRecord> {
     (0..BATCH)
-        .map(|i| OwnedRecord { timestamp_ms: i as i64, key: None, value: vec![b'x'; 100], headers: Vec::new() })
+        .map(|i| OwnedRecord {
+            timestamp_ms: i as i64,
+            key: None,
+            value: vec![b'x'; 100],
+            headers: Vec::new(),
+        })
         .collect()
 }
 

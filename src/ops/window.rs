@@ -240,10 +240,10 @@ mod tests {
             (3, "a", r#"{"n":-1.5}"#),
         ];
         let cases: &[(Aggregate, Option<&str>, &[&str])] = &[
-            (Aggregate::Count, None, &["a=2@3", "b=1@2"]),
-            (Aggregate::Sum, Some(".n"), &["a=0.5@3", "b=5@2"]),
-            (Aggregate::Min, Some(".n"), &["a=-1.5@3", "b=5@2"]),
-            (Aggregate::Max, Some(".n"), &["a=2@3", "b=5@2"]),
+            (Aggregate::Count, None, &["a=2@3", "b=1@3"]),
+            (Aggregate::Sum, Some(".n"), &["a=0.5@3", "b=5@3"]),
+            (Aggregate::Min, Some(".n"), &["a=-1.5@3", "b=5@3"]),
+            (Aggregate::Max, Some(".n"), &["a=2@3", "b=5@3"]),
         ];
         for (aggregate, of, expected) in cases {
             let mut w = Window::new(options(*aggregate, *of, None, TimeKind::Record));
