@@ -143,19 +143,14 @@ async fn read_directory(shard: &Shard, reading: &mut Reading, name: &str, dir: &
     let mut start = reading.committer.stored().next;
     while !control.is_stopping() {
         let files = list_files(dir)?;
-        let next = match &current {
-            None => files.first().cloned(),
-            Some(c) => files.iter().find(|f| *f > c).cloned(),
-        };
-        let Some(file) = current.clone().or(next.clone()) else {
+        let Some(file) = current.clone().or_else(|| files.first().cloned()) else {
             glommio::timer::sleep(FOLLOW_POLL).await;
             continue;
         };
         current = Some(file.clone());
         reading.start(source_producer(name, Some(&file)), start);
-        // The newest file is followed; an older one is read to its end and left.
-        let is_last = next.is_none() || next.as_deref() == Some(file.as_str());
-        let read = read_lines(shard, reading, &dir.join(&file), start, Some(&file), is_last).await?;
+        // Followed until a newer file appears, then read to its end and left.
+        let read = read_lines(shard, reading, &dir.join(&file), start, Some(&file), true).await?;
         if read.is_some() {
             // A newer file exists: move to it.
             if let Some(newer) = list_files(dir)?.into_iter().find(|f| *f > file) {

@@ -359,3 +359,86 @@ to = "out"
         rss_max / 1024
     );
 }
+
+/// Polls `path` until it holds `lines` lines (bounded); returns them.
+fn wait_for_lines(path: &Path, lines: usize) -> Vec<String> {
+    let deadline = Instant::now() + RUN_TIMEOUT;
+    loop {
+        let text = std::fs::read_to_string(path).unwrap_or_default();
+        let got: Vec<String> = text.lines().map(str::to_owned).collect();
+        if got.len() >= lines || Instant::now() >= deadline {
+            return got;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+#[test]
+fn a_directory_source_follows_new_files_across_restarts() {
+    let dir = tempfile::tempdir().unwrap();
+    let input = dir.path().join("incoming");
+    std::fs::create_dir(&input).unwrap();
+    let write = |name: &str, range: std::ops::Range<u32>| {
+        let text: String = range.map(|i| format!("line {i}\n")).collect();
+        std::fs::write(input.join(name), text).unwrap();
+    };
+    write("a.log", 0..300);
+    write("b.log", 300..500);
+    let out = dir.path().join("out.txt");
+    let dataflow = dir.path().join("tail.toml");
+    let text = format!(
+        r#"[engine]
+data_dir = "{data}"
+commit_interval = "20ms"
+
+[[topic]]
+name = "lines"
+partitions = 2
+segment_bytes = "1MiB"
+
+[[source]]
+name = "incoming"
+type = "file"
+path = "{input}"
+to = "lines"
+
+[[sink]]
+name = "out"
+from = "lines"
+type = "file"
+path = "{out}"
+"#,
+        data = dir.path().join("data").display(),
+        input = input.display(),
+        out = out.display(),
+    );
+    std::fs::write(&dataflow, text).unwrap();
+    let mut child = flowd()
+        .arg("run")
+        .arg(&dataflow)
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    assert_eq!(wait_for_lines(&out, 500).len(), 500, "both files are read");
+    // A new file while running, then a restart with another one waiting.
+    write("c.log", 500..600);
+    assert_eq!(wait_for_lines(&out, 600).len(), 600, "a new file is picked up");
+    signal(&child, libc::SIGTERM);
+    assert!(wait(&mut child, RUN_TIMEOUT).success());
+    write("d.log", 600..700);
+    let mut child = flowd()
+        .arg("run")
+        .arg(&dataflow)
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let got = wait_for_lines(&out, 700);
+    signal(&child, libc::SIGKILL);
+    wait(&mut child, RUN_TIMEOUT);
+    let mut got: Vec<u32> = got
+        .iter()
+        .map(|l| l.trim_start_matches("line ").parse().unwrap())
+        .collect();
+    got.sort_unstable();
+    assert_eq!(got, (0..700).collect::<Vec<_>>(), "every line exactly once");
+}
