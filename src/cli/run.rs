@@ -7,7 +7,7 @@ use std::process::ExitCode;
 use crate::cli::CliError;
 use crate::cli::check::report;
 use crate::config::{self, Cores};
-use crate::runtime::{self, RunOptions};
+use crate::runtime;
 use crate::storage::Durability;
 
 pub struct RunArgs {
@@ -47,7 +47,7 @@ pub fn run(args: RunArgs) -> Result<ExitCode, CliError> {
         spec.engine.durability
     );
     let data_dir = spec.engine.data_dir.clone();
-    let summary = runtime::run(spec, RunOptions::default())?;
+    let summary = runtime::run(spec)?;
     eprintln!(
         "flowd: {} after {:.2}s on {} cores: {} records in, {} records out{}",
         if summary.finished { "finished" } else { "stopped" },

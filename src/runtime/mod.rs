@@ -28,13 +28,6 @@ use crate::config::DataflowSpec;
 use error::Result;
 pub use error::RuntimeError;
 
-/// How `flowd run` is asked to run, beyond the dataflow file.
-#[derive(Debug, Clone, Default)]
-pub struct RunOptions {
-    /// Stop after this long even if the input is endless (tests, demos).
-    pub run_for: Option<Duration>,
-}
-
 /// What a run did.
 #[derive(Debug, Clone)]
 pub struct RunSummary {
@@ -49,7 +42,7 @@ pub struct RunSummary {
 
 /// Runs a dataflow until its (bounded) input is done, a signal (SIGINT/SIGTERM) arrives,
 /// or a fatal error occurs. On the way out every log is synced.
-pub fn run(spec: DataflowSpec, options: RunOptions) -> Result<RunSummary> {
+pub fn run(spec: DataflowSpec) -> Result<RunSummary> {
     let started = Instant::now();
     // Before anything slow: a signal during start-up must stop the run cleanly too.
     let signalled = Arc::new(AtomicBool::new(false));
@@ -68,11 +61,6 @@ pub fn run(spec: DataflowSpec, options: RunOptions) -> Result<RunSummary> {
     let mut finished = false;
     loop {
         if signalled.load(Ordering::Acquire) || control.is_stopping() {
-            break;
-        }
-        if let Some(limit) = options.run_for
-            && started.elapsed() >= limit
-        {
             break;
         }
         if let Some(n) = finishable
