@@ -1,6 +1,5 @@
 //! Configuration errors: each names FILE:LINE:COL, the key, what is wrong and a hint.
 
-use std::fmt;
 use std::ops::Range;
 use std::path::PathBuf;
 
@@ -30,15 +29,6 @@ pub enum ConfigError {
         path: PathBuf,
         diagnostics: Vec<Diagnostic>,
     },
-}
-
-impl ConfigError {
-    pub fn diagnostics(&self) -> &[Diagnostic] {
-        match self {
-            ConfigError::Read { .. } => &[],
-            ConfigError::Invalid { diagnostics, .. } => diagnostics,
-        }
-    }
 }
 
 fn render(path: &std::path::Path, diagnostics: &[Diagnostic]) -> String {
@@ -80,10 +70,6 @@ impl<'a> Diagnostics<'a> {
             text,
             found: Vec::new(),
         }
-    }
-
-    pub fn push(&mut self, span: Range<usize>, key: impl Into<String>, message: impl Into<String>) {
-        self.push_hinted(span, key, message, None);
     }
 
     pub fn push_hinted(
@@ -143,10 +129,4 @@ pub fn did_you_mean<'c>(given: &str, candidates: impl IntoIterator<Item = &'c st
 pub fn suggest(given: &str, candidates: &[&str]) -> String {
     did_you_mean(given, candidates.iter().copied())
         .unwrap_or_else(|| format!("expected one of: {}", candidates.join(", ")))
-}
-
-impl fmt::Display for Diagnostic {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{}:{}: {}: {}", self.line, self.column, self.key, self.message)
-    }
 }

@@ -45,11 +45,9 @@ impl JqProgram {
     }
 
     /// Runs the program on a JSON document, calling `each` with every output in order.
-    pub fn run(&self, json: &[u8], mut each: impl FnMut(&Val)) -> Result<(), String> {
+    pub fn run(&self, json: &[u8], each: impl FnMut(&Val)) -> Result<(), String> {
         let input = jaq_json::read::parse_single(json).map_err(|e| format!("the value is not JSON: {e}"))?;
-        self.run_val(input, |v| {
-            each(v);
-        })
+        self.run_val(input, each)
     }
 
     /// Runs the program on a parsed value.

@@ -71,10 +71,6 @@ impl Emitter {
         })
     }
 
-    pub fn producer(&self) -> &str {
-        &self.producer
-    }
-
     /// Outputs of inputs below `skip[partition]` are dropped: a replay already wrote them.
     pub fn set_skip(&mut self, skip: Vec<u64>) {
         assert_eq!(
