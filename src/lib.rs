@@ -6,5 +6,6 @@
 pub mod cli;
 pub mod config;
 pub mod ops;
+pub mod protocol;
 pub mod runtime;
 pub mod storage;

@@ -1,0 +1,568 @@
+//! The bodies of every frame kind: requests (decoded by the server, borrowed from the
+//! frame) and responses (decoded by clients into owned values), and their encoders.
+
+use crate::protocol::error::{ErrorCode, ProtocolError};
+use crate::protocol::frame::{FrameHeader, Kind, begin_frame, finish_frame};
+use crate::protocol::wire::{
+    Cursor, OwnedWireRecord, WireRecord, encode_record, put_bytes, put_str, put_u16, put_u32, put_u64,
+};
+
+/// Partition value meaning "the server picks".
+pub const ANY_PARTITION: u32 = u32::MAX;
+
+/// Records for one topic in a produce request.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ProduceGroup<'a> {
+    pub topic: &'a str,
+    /// `None`: by key hash, or one partition for the group's keyless records.
+    pub partition: Option<u32>,
+    pub records: Vec<WireRecord<'a>>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FetchFrom {
+    Offset(u64),
+    Earliest,
+    Latest,
+    /// The first record at or after this time (ms since the epoch).
+    Time(i64),
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FetchRequest<'a> {
+    pub topic: &'a str,
+    pub partition: u32,
+    pub from: FetchFrom,
+    pub max_records: u32,
+    pub max_bytes: u32,
+    /// How long to wait for a record when there is none yet.
+    pub wait_ms: u32,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct JobRequest<'a> {
+    pub job: &'a str,
+    /// 0: the job's configured timeout.
+    pub timeout_ms: u32,
+    pub record: WireRecord<'a>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Request<'a> {
+    Produce(Vec<ProduceGroup<'a>>),
+    Fetch(FetchRequest<'a>),
+    Metadata,
+    Job(JobRequest<'a>),
+    Status,
+}
+
+impl<'a> Request<'a> {
+    /// Decodes a request body. An unknown or response kind is an `UnknownKind` error.
+    pub fn decode(header: &FrameHeader, body: &'a [u8]) -> Result<Request<'a>, ProtocolError> {
+        let mut c = Cursor::new(body);
+        let request = match Kind::from_u8(header.kind) {
+            Some(Kind::Produce) => {
+                let count = c.u16("the group count")?;
+                if count == 0 {
+                    return Err(ProtocolError::malformed(
+                        "a produce request needs at least one group",
+                    ));
+                }
+                let mut groups = Vec::with_capacity(count.min(64) as usize);
+                for _ in 0..count {
+                    let topic = c.str("a topic name")?;
+                    let partition = c.u32("a partition")?;
+                    let n = c.u32("a record count")? as usize;
+                    // A record takes at least 9 bytes: a lying count fails before it allocates.
+                    if n.saturating_mul(9) > c.remaining() {
+                        return Err(ProtocolError::malformed(format!(
+                            "a group claims {n} records but only {} bytes are left",
+                            c.remaining()
+                        )));
+                    }
+                    let mut records = Vec::with_capacity(n);
+                    for _ in 0..n {
+                        records.push(c.record()?);
+                    }
+                    groups.push(ProduceGroup {
+                        topic,
+                        partition: (partition != ANY_PARTITION).then_some(partition),
+                        records,
+                    });
+                }
+                Request::Produce(groups)
+            }
+            Some(Kind::Fetch) => {
+                let topic = c.str("a topic name")?;
+                let partition = c.u32("a partition")?;
+                let from_kind = c.u8("the fetch position kind")?;
+                let position = c.i64("the fetch position")?;
+                let from = match from_kind {
+                    0 if position >= 0 => FetchFrom::Offset(position as u64),
+                    0 => return Err(ProtocolError::malformed("a fetch offset cannot be negative")),
+                    1 => FetchFrom::Earliest,
+                    2 => FetchFrom::Latest,
+                    3 => FetchFrom::Time(position),
+                    other => {
+                        return Err(ProtocolError::malformed(format!(
+                            "unknown fetch position kind {other}"
+                        )));
+                    }
+                };
+                Request::Fetch(FetchRequest {
+                    topic,
+                    partition,
+                    from,
+                    max_records: c.u32("max records")?,
+                    max_bytes: c.u32("max bytes")?,
+                    wait_ms: c.u32("the wait")?,
+                })
+            }
+            Some(Kind::Metadata) => Request::Metadata,
+            Some(Kind::Status) => Request::Status,
+            Some(Kind::Job) => Request::Job(JobRequest {
+                job: c.str("a job name")?,
+                timeout_ms: c.u32("a timeout")?,
+                record: c.record()?,
+            }),
+            _ if Kind::is_reserved(header.kind) => {
+                return Err(ProtocolError::new(
+                    ErrorCode::Unsupported,
+                    format!(
+                        "kind {:#04x} is reserved for consumer requests, not served by this version",
+                        header.kind
+                    ),
+                ));
+            }
+            _ => {
+                return Err(ProtocolError::new(
+                    ErrorCode::UnknownKind,
+                    format!("unknown request kind {:#04x}", header.kind),
+                ));
+            }
+        };
+        c.finish("request")?;
+        Ok(request)
+    }
+
+    /// Appends this request as one frame.
+    pub fn encode(&self, request_id: u64, out: &mut Vec<u8>) {
+        let kind = match self {
+            Request::Produce(_) => Kind::Produce,
+            Request::Fetch(_) => Kind::Fetch,
+            Request::Metadata => Kind::Metadata,
+            Request::Job(_) => Kind::Job,
+            Request::Status => Kind::Status,
+        };
+        let start = begin_frame(out, kind, request_id);
+        match self {
+            Request::Produce(groups) => {
+                put_u16(out, groups.len() as u16);
+                for g in groups {
+                    put_str(out, g.topic);
+                    put_u32(out, g.partition.unwrap_or(ANY_PARTITION));
+                    put_u32(out, g.records.len() as u32);
+                    for r in &g.records {
+                        encode_record(out, r.timestamp_ms, r.key, r.value, &r.headers);
+                    }
+                }
+            }
+            Request::Fetch(f) => {
+                put_str(out, f.topic);
+                put_u32(out, f.partition);
+                let (kind, position) = match f.from {
+                    FetchFrom::Offset(o) => (0u8, o as i64),
+                    FetchFrom::Earliest => (1, 0),
+                    FetchFrom::Latest => (2, 0),
+                    FetchFrom::Time(t) => (3, t),
+                };
+                out.push(kind);
+                put_u64(out, position as u64);
+                put_u32(out, f.max_records);
+                put_u32(out, f.max_bytes);
+                put_u32(out, f.wait_ms);
+            }
+            Request::Metadata | Request::Status => {}
+            Request::Job(j) => {
+                put_str(out, j.job);
+                put_u32(out, j.timeout_ms);
+                let r = &j.record;
+                encode_record(out, r.timestamp_ms, r.key, r.value, &r.headers);
+            }
+        }
+        finish_frame(out, start);
+    }
+}
+
+/// Produce requests of one topic's records, built and encoded in one go by clients.
+pub fn encode_produce(
+    out: &mut Vec<u8>,
+    request_id: u64,
+    topic: &str,
+    partition: Option<u32>,
+    records: &[OwnedWireRecord],
+) {
+    let start = begin_frame(out, Kind::Produce, request_id);
+    put_u16(out, 1);
+    put_str(out, topic);
+    put_u32(out, partition.unwrap_or(ANY_PARTITION));
+    put_u32(out, records.len() as u32);
+    for r in records {
+        r.encode(out);
+    }
+    finish_frame(out, start);
+}
+
+/// Consecutive records of a group that went to one partition, with dense offsets.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Run {
+    pub partition: u32,
+    pub first_offset: u64,
+    pub count: u32,
+}
+
+pub fn encode_produced(out: &mut Vec<u8>, request_id: u64, groups: &[Vec<Run>]) {
+    let start = begin_frame(out, Kind::Produced, request_id);
+    put_u16(out, groups.len() as u16);
+    for runs in groups {
+        put_u32(out, runs.len() as u32);
+        for run in runs {
+            put_u32(out, run.partition);
+            put_u64(out, run.first_offset);
+            put_u32(out, run.count);
+        }
+    }
+    finish_frame(out, start);
+}
+
+/// Fetched records as a client holds them.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Fetched {
+    pub start_offset: u64,
+    pub next_offset: u64,
+    /// `(offset, record)`; the record's timestamp is always set.
+    pub records: Vec<(u64, OwnedWireRecord)>,
+}
+
+/// Writes a FETCHED frame record by record, straight from the log.
+pub struct FetchedWriter {
+    start: usize,
+    count_at: usize,
+    count: u32,
+}
+
+impl FetchedWriter {
+    pub fn begin(out: &mut Vec<u8>, request_id: u64, start_offset: u64, next_offset: u64) -> FetchedWriter {
+        let start = begin_frame(out, Kind::Fetched, request_id);
+        put_u64(out, start_offset);
+        put_u64(out, next_offset);
+        let count_at = out.len();
+        put_u32(out, 0);
+        FetchedWriter {
+            start,
+            count_at,
+            count: 0,
+        }
+    }
+
+    pub fn push(
+        &mut self,
+        out: &mut Vec<u8>,
+        offset: u64,
+        timestamp_ms: i64,
+        key: Option<&[u8]>,
+        value: &[u8],
+        headers: &[(&str, &[u8])],
+    ) {
+        put_u64(out, offset);
+        encode_record(out, Some(timestamp_ms), key, value, headers);
+        self.count += 1;
+    }
+
+    pub fn finish(self, out: &mut [u8]) {
+        out[self.count_at..self.count_at + 4].copy_from_slice(&self.count.to_le_bytes());
+        finish_frame(out, self.start);
+    }
+}
+
+/// What a server serves: its frame limit, topics and jobs.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct Metadata {
+    pub max_frame_bytes: u32,
+    /// `(name, partitions)`.
+    pub topics: Vec<(String, u32)>,
+    /// `(job name, the topic it enters)`.
+    pub jobs: Vec<(String, String)>,
+}
+
+pub fn encode_metadata(out: &mut Vec<u8>, request_id: u64, metadata: &Metadata) {
+    let start = begin_frame(out, Kind::MetadataReply, request_id);
+    put_u32(out, metadata.max_frame_bytes);
+    put_u16(out, metadata.topics.len() as u16);
+    for (name, partitions) in &metadata.topics {
+        put_str(out, name);
+        put_u32(out, *partitions);
+    }
+    put_u16(out, metadata.jobs.len() as u16);
+    for (name, topic) in &metadata.jobs {
+        put_str(out, name);
+        put_str(out, topic);
+    }
+    finish_frame(out, start);
+}
+
+pub fn encode_answer(out: &mut Vec<u8>, request_id: u64, key: Option<&[u8]>, value: &[u8]) {
+    let start = begin_frame(out, Kind::Answer, request_id);
+    encode_record(out, None, key, value, &[]);
+    finish_frame(out, start);
+}
+
+pub fn encode_status(out: &mut Vec<u8>, request_id: u64, json: &[u8]) {
+    let start = begin_frame(out, Kind::StatusReply, request_id);
+    put_bytes(out, json);
+    finish_frame(out, start);
+}
+
+pub fn encode_error(out: &mut Vec<u8>, request_id: u64, code: ErrorCode, message: &str) {
+    let start = begin_frame(out, Kind::Error, request_id);
+    put_u16(out, code as u16);
+    put_bytes(out, message.as_bytes());
+    finish_frame(out, start);
+}
+
+/// A response as a client sees it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Response {
+    Produced(Vec<Vec<Run>>),
+    Fetched(Fetched),
+    Metadata(Metadata),
+    Answer(OwnedWireRecord),
+    Status(Vec<u8>),
+    /// An error code this client does not know is kept as `Internal` with its number.
+    Error {
+        code: ErrorCode,
+        raw_code: u16,
+        message: String,
+    },
+}
+
+impl Response {
+    pub fn decode(header: &FrameHeader, body: &[u8]) -> Result<Response, ProtocolError> {
+        let mut c = Cursor::new(body);
+        let response = match Kind::from_u8(header.kind) {
+            Some(Kind::Produced) => {
+                let groups = c.u16("the group count")?;
+                let mut all = Vec::with_capacity(groups as usize);
+                for _ in 0..groups {
+                    let n = c.u32("the run count")? as usize;
+                    if n.saturating_mul(16) > c.remaining() {
+                        return Err(ProtocolError::malformed("a run count over the body"));
+                    }
+                    let mut runs = Vec::with_capacity(n);
+                    for _ in 0..n {
+                        runs.push(Run {
+                            partition: c.u32("a partition")?,
+                            first_offset: c.u64("an offset")?,
+                            count: c.u32("a count")?,
+                        });
+                    }
+                    all.push(runs);
+                }
+                Response::Produced(all)
+            }
+            Some(Kind::Fetched) => {
+                let start_offset = c.u64("the start offset")?;
+                let next_offset = c.u64("the next offset")?;
+                let n = c.u32("the record count")? as usize;
+                if n.saturating_mul(17) > c.remaining() {
+                    return Err(ProtocolError::malformed("a record count over the body"));
+                }
+                let mut records = Vec::with_capacity(n);
+                for _ in 0..n {
+                    let offset = c.u64("an offset")?;
+                    records.push((offset, c.record()?.to_owned()));
+                }
+                Response::Fetched(Fetched {
+                    start_offset,
+                    next_offset,
+                    records,
+                })
+            }
+            Some(Kind::MetadataReply) => {
+                let max_frame_bytes = c.u32("the frame limit")?;
+                let mut metadata = Metadata {
+                    max_frame_bytes,
+                    ..Metadata::default()
+                };
+                for _ in 0..c.u16("the topic count")? {
+                    let name = c.str("a topic name")?.to_owned();
+                    metadata.topics.push((name, c.u32("a partition count")?));
+                }
+                for _ in 0..c.u16("the job count")? {
+                    let name = c.str("a job name")?.to_owned();
+                    metadata.jobs.push((name, c.str("a topic name")?.to_owned()));
+                }
+                Response::Metadata(metadata)
+            }
+            Some(Kind::Answer) => Response::Answer(c.record()?.to_owned()),
+            Some(Kind::StatusReply) => Response::Status(c.bytes("the status document")?.to_vec()),
+            Some(Kind::Error) => {
+                let raw_code = c.u16("the error code")?;
+                let message = String::from_utf8_lossy(c.bytes("the error message")?).into_owned();
+                Response::Error {
+                    code: ErrorCode::from_u16(raw_code).unwrap_or(ErrorCode::Internal),
+                    raw_code,
+                    message,
+                }
+            }
+            _ => {
+                return Err(ProtocolError::new(
+                    ErrorCode::UnknownKind,
+                    format!("unknown response kind {:#04x}", header.kind),
+                ));
+            }
+        };
+        c.finish("response")?;
+        Ok(response)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::protocol::frame::parse_frame;
+
+    fn decode_request(bytes: &[u8]) -> Result<Request<'_>, ProtocolError> {
+        let frame = parse_frame(bytes, 1 << 20)?.expect("whole frame");
+        Request::decode(&frame.header, frame.body)
+    }
+
+    fn decode_response(bytes: &[u8]) -> Response {
+        let frame = parse_frame(bytes, 1 << 20).unwrap().expect("whole frame");
+        Response::decode(&frame.header, frame.body).unwrap()
+    }
+
+    #[test]
+    fn requests_round_trip() {
+        let value = WireRecord {
+            timestamp_ms: None,
+            key: Some(b"k"),
+            value: b"v",
+            headers: vec![("h", b"x")],
+            raw: &[],
+        };
+        let requests = [
+            Request::Produce(vec![ProduceGroup {
+                topic: "events",
+                partition: None,
+                records: vec![value.clone(), value.clone()],
+            }]),
+            Request::Fetch(FetchRequest {
+                topic: "t",
+                partition: 3,
+                from: FetchFrom::Time(-1),
+                max_records: 10,
+                max_bytes: 100,
+                wait_ms: 5,
+            }),
+            Request::Metadata,
+            Request::Status,
+            Request::Job(JobRequest {
+                job: "j",
+                timeout_ms: 0,
+                record: value,
+            }),
+        ];
+        for request in requests {
+            let mut out = Vec::new();
+            request.encode(7, &mut out);
+            let mut decoded = decode_request(&out).unwrap();
+            // `raw` points into the frame; compare everything else.
+            let clear = |r: &mut WireRecord<'_>| r.raw = &[];
+            match &mut decoded {
+                Request::Produce(groups) => groups.iter_mut().flat_map(|g| &mut g.records).for_each(clear),
+                Request::Job(j) => clear(&mut j.record),
+                _ => {}
+            }
+            assert_eq!(decoded, request);
+        }
+    }
+
+    #[test]
+    fn responses_round_trip() {
+        let mut out = Vec::new();
+        let runs = vec![vec![Run {
+            partition: 1,
+            first_offset: 9,
+            count: 3,
+        }]];
+        encode_produced(&mut out, 1, &runs);
+        assert_eq!(decode_response(&out), Response::Produced(runs));
+
+        let mut out = Vec::new();
+        let mut w = FetchedWriter::begin(&mut out, 2, 0, 5);
+        w.push(&mut out, 4, 99, None, b"x", &[]);
+        w.finish(&mut out);
+        let mut record = OwnedWireRecord::value("x");
+        record.timestamp_ms = Some(99);
+        assert_eq!(
+            decode_response(&out),
+            Response::Fetched(Fetched {
+                start_offset: 0,
+                next_offset: 5,
+                records: vec![(4, record)]
+            })
+        );
+
+        let mut out = Vec::new();
+        let metadata = Metadata {
+            max_frame_bytes: 5,
+            topics: vec![("a".into(), 2)],
+            jobs: vec![("j".into(), "a".into())],
+        };
+        encode_metadata(&mut out, 3, &metadata);
+        assert_eq!(decode_response(&out), Response::Metadata(metadata));
+
+        let mut out = Vec::new();
+        encode_error(&mut out, 4, ErrorCode::UnknownTopic, "no such topic");
+        assert_eq!(
+            decode_response(&out),
+            Response::Error {
+                code: ErrorCode::UnknownTopic,
+                raw_code: 5,
+                message: "no such topic".into()
+            }
+        );
+    }
+
+    #[test]
+    fn bad_bodies_are_errors_not_panics() {
+        let cases: &[(u8, &[u8], ErrorCode)] = &[
+            (0x01, &[], ErrorCode::Malformed),
+            (0x01, &[0, 0], ErrorCode::Malformed),
+            (
+                0x01,
+                &[1, 0, 1, 0, b't', 0, 0, 0, 0, 0xFF, 0xFF, 0xFF, 0xFF],
+                ErrorCode::Malformed,
+            ),
+            (0x02, &[1, 0, b't'], ErrorCode::Malformed),
+            (0x03, &[1], ErrorCode::Malformed),
+            (0x10, &[], ErrorCode::Unsupported),
+            (0x81, &[], ErrorCode::UnknownKind),
+            (0x77, &[], ErrorCode::UnknownKind),
+        ];
+        for (kind, body, code) in cases {
+            let header = FrameHeader {
+                version: 1,
+                kind: *kind,
+                flags: 0,
+                request_id: 0,
+            };
+            assert_eq!(
+                Request::decode(&header, body).unwrap_err().code,
+                *code,
+                "kind {kind:#x} body {body:?}"
+            );
+        }
+    }
+}

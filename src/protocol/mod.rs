@@ -1,0 +1,72 @@
+//! The binary client protocol: length-prefixed frames, their bodies, and the errors a
+//! peer can cause. Sans-io: bytes in, typed messages out, and back; no sockets here.
+//!
+//! # Byte by byte
+//!
+//! All integers are little endian. A *string* is `u16 length` + UTF-8 bytes; *bytes* are
+//! `u32 length` + bytes; *optional bytes* use the length `0xFFFF_FFFF` for "absent".
+//!
+//! ## Frame
+//! ```text
+//! offset size  field
+//! 0      4     length: bytes after this field (12 + body), at most the server's
+//!              max_frame_bytes (default 16 MiB)
+//! 4      1     version: 1
+//! 5      1     kind (below)
+//! 6      2     flags: 0 (reserved; a receiver ignores them)
+//! 8      8     request id: chosen by the client, echoed in the response
+//! 16     ...   body
+//! ```
+//! Requests may be pipelined: a client sends many before reading; responses carry the
+//! request id and may come back in any order.
+//!
+//! ## Kinds and bodies
+//! ```text
+//! 0x01 PRODUCE   u16 groups; per group: string topic, u32 partition (0xFFFF_FFFF: the
+//!                server picks: by key hash, or one partition for the group's keyless
+//!                records), u32 count, count x record
+//! 0x81 PRODUCED  u16 groups; per group: u32 runs; per run: u32 partition,
+//!                u64 first offset, u32 count. Runs follow the input order, so the n-th
+//!                record of a group is found by walking its runs.
+//! 0x02 FETCH     string topic, u32 partition, u8 from (0 offset, 1 earliest, 2 latest,
+//!                3 timestamp), i64 position (the offset or ms; ignored for 1 and 2),
+//!                u32 max records, u32 max bytes, u32 wait ms (long poll when nothing new)
+//! 0x82 FETCHED   u64 start offset, u64 next offset (the partition's ends), u32 count,
+//!                count x (u64 offset, record with its timestamp)
+//! 0x03 METADATA  (empty)
+//! 0x83 METADATA  u32 max frame bytes, u16 topics; per topic: string name,
+//!                u32 partitions; u16 jobs; per job: string name, string topic
+//! 0x04 JOB       string job, u32 timeout ms (0: the job's configured timeout), record
+//! 0x84 ANSWER    record: the first output the dataflow's reply stage saw for the job
+//! 0x05 STATUS    (empty)
+//! 0x85 STATUS    bytes: the JSON document of GET /status
+//! 0xFF ERROR     u16 code, u32 length + UTF-8 message
+//! ```
+//! Kinds 0x10 to 0x2F are reserved for consumers (claim, ack, reclaim, admin).
+//!
+//! ## Record
+//! ```text
+//! u8 flags      bit 0: a key follows; bit 1: a timestamp follows (else the server
+//!               stamps the time it took the record)
+//! [i64 timestamp ms]
+//! [bytes key]
+//! bytes value
+//! u16 headers; per header: string name, bytes value. Names starting "flowd-" are the
+//!               engine's own and are refused in produced records.
+//! ```
+//!
+//! ## Errors
+//! A body that does not parse, an unknown kind, an unknown topic or job get an ERROR
+//! frame and the connection stays open: the length prefix still delimits frames. A bad
+//! version, or a length over the limit or under 12, gets an ERROR frame and the
+//! connection is closed, because the framing itself cannot be trusted.
+
+pub mod error;
+pub mod frame;
+pub mod message;
+pub mod wire;
+
+pub use error::{ErrorCode, ProtocolError};
+pub use frame::{FRAME_HEADER_BYTES, FrameHeader, Kind, PROTOCOL_VERSION, RawFrame, parse_frame};
+pub use message::{FetchFrom, FetchRequest, Fetched, JobRequest, Metadata, ProduceGroup, Request, Run};
+pub use wire::{OwnedWireRecord, WireRecord};
