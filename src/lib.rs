@@ -4,8 +4,10 @@
 //! see ARCHITECTURE.md for the codemap and the invariants.
 
 pub mod cli;
+pub mod client;
 pub mod config;
 pub mod ops;
 pub mod protocol;
 pub mod runtime;
+pub mod server;
 pub mod storage;

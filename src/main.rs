@@ -11,8 +11,20 @@ static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 fn main() -> ExitCode {
     let cli = flowd::cli::Cli::parse();
+    // Logs go to stderr; FLOWD_LOG sets the level (error, warn, info, debug, trace) or a
+    // tracing filter such as "flowd::server=debug".
+    let filter = tracing_subscriber::EnvFilter::try_from_env("FLOWD_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(cli.log_level()));
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .init();
     match cli.run() {
         Ok(code) => code,
+        Err(flowd::cli::CliError::Usage(message)) => {
+            eprintln!("error: {message}");
+            ExitCode::from(2)
+        }
         Err(error) => {
             let mut message = format!("error: {error}");
             let mut source = std::error::Error::source(&error);

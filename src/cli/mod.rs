@@ -11,6 +11,9 @@ use clap::{Parser, Subcommand};
 mod check;
 mod inspect;
 mod run;
+mod send;
+mod status;
+mod tail;
 
 #[derive(Debug, Parser)]
 #[command(
@@ -19,6 +22,9 @@ mod run;
     about = "A single-binary stream and job processing engine"
 )]
 pub struct Cli {
+    /// Log level: error, warn, info, debug or trace (FLOWD_LOG overrides).
+    #[arg(long, global = true, default_value = "info", value_name = "LEVEL")]
+    log_level: String,
     #[command(subcommand)]
     command: Command,
 }
@@ -38,6 +44,54 @@ enum Command {
         /// Keep all data in memory (tmpfs), durability none; nothing survives the run.
         #[arg(long)]
         memory: bool,
+        /// Serve the binary protocol on ADDR (overrides ingest.tcp).
+        #[arg(long, value_name = "ADDR")]
+        listen: Option<std::net::SocketAddr>,
+        /// Serve HTTP/JSON, the status page and /metrics on ADDR (overrides ingest.http).
+        #[arg(long, value_name = "ADDR")]
+        http: Option<std::net::SocketAddr>,
+    },
+    /// Send one record per input line to TOPIC; print PARTITION:OFFSET per record once
+    /// durable (with --reply: send each line as a job and print its answer).
+    Send {
+        /// Where `flowd run` listens (the binary protocol).
+        #[arg(long, default_value = DEFAULT_TCP, value_name = "ADDR")]
+        to: String,
+        /// The topic (with --reply: the job, by name or by its topic).
+        topic: String,
+        /// The key of every record; otherwise a `KEY<TAB>VALUE` line sets it.
+        #[arg(long)]
+        key: Option<String>,
+        /// Send each line as a request/reply job and print its answer.
+        #[arg(long)]
+        reply: bool,
+        /// The input file; `-` or nothing reads standard input.
+        input: Option<PathBuf>,
+    },
+    /// Print a topic's records; without --follow, up to the end and exit.
+    Tail {
+        #[arg(long, default_value = DEFAULT_TCP, value_name = "ADDR")]
+        from: String,
+        topic: String,
+        /// Read as the named consumer (consumers come with a later version).
+        #[arg(long)]
+        group: Option<String>,
+        /// earliest, latest or an offset (default: earliest; latest with --follow).
+        #[arg(long, value_parser = parse_offset)]
+        offset: Option<crate::protocol::FetchFrom>,
+        /// Keep printing records as they arrive.
+        #[arg(long)]
+        follow: bool,
+        /// One JSON object per record: topic, partition, offset, timestamp, key, value.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Show a running engine: cores, topics, partitions, offsets, consumers and lag, rates.
+    Status {
+        #[arg(long, default_value = DEFAULT_TCP, value_name = "ADDR")]
+        from: String,
+        #[arg(long)]
+        json: bool,
     },
     /// Validate a dataflow file: every error as FILE:LINE:COL with a hint; exit 2 if any.
     Check {
@@ -66,24 +120,75 @@ pub enum CliError {
     Output(#[from] std::io::Error),
     #[error("cannot render JSON: {0}")]
     Json(#[from] serde_json::Error),
+    #[error(transparent)]
+    Client(#[from] crate::client::ClientError),
+    #[error("cannot read {}: {source}", path.display())]
+    Input { path: PathBuf, source: std::io::Error },
+    /// Bad usage found after parsing (an unknown topic or job): exit 2.
+    #[error("{0}")]
+    Usage(String),
+}
+
+const DEFAULT_TCP: &str = crate::config::DEFAULT_TCP;
+
+fn parse_offset(text: &str) -> Result<crate::protocol::FetchFrom, String> {
+    crate::server::api::parse_from(text)
+        .ok_or_else(|| format!("\"{text}\" is not earliest, latest or an offset"))
 }
 
 impl Cli {
+    pub fn log_level(&self) -> &str {
+        &self.log_level
+    }
+
     /// Runs the parsed command and returns the process exit code.
     pub fn run(self) -> Result<ExitCode, CliError> {
         match self.command {
             Command::Inspect { data_dir, json } => inspect::run(&data_dir, json),
             Command::Check { dataflow } => check::run(&dataflow),
+            Command::Send {
+                to,
+                topic,
+                key,
+                reply,
+                input,
+            } => send::run(send::SendArgs {
+                to,
+                topic,
+                key,
+                reply,
+                input,
+            }),
+            Command::Tail {
+                from,
+                topic,
+                group,
+                offset,
+                follow,
+                json,
+            } => tail::run(tail::TailArgs {
+                from,
+                topic,
+                group,
+                offset,
+                follow,
+                json,
+            }),
+            Command::Status { from, json } => status::run(&from, json),
             Command::Run {
                 dataflow,
                 data_dir,
                 cores,
                 memory,
+                listen,
+                http,
             } => run::run(run::RunArgs {
                 file: dataflow,
                 data_dir,
                 cores,
                 memory,
+                listen,
+                http,
             }),
         }
     }

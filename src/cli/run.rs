@@ -1,6 +1,7 @@
 //! `flowd run DATAFLOW.toml`: validate, then run the dataflow on every core until its
 //! input ends or SIGINT/SIGTERM; flags override the file.
 
+use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
@@ -15,6 +16,8 @@ pub struct RunArgs {
     pub data_dir: Option<PathBuf>,
     pub cores: Option<Cores>,
     pub memory: bool,
+    pub listen: Option<SocketAddr>,
+    pub http: Option<SocketAddr>,
 }
 
 pub fn run(args: RunArgs) -> Result<ExitCode, CliError> {
@@ -27,6 +30,16 @@ pub fn run(args: RunArgs) -> Result<ExitCode, CliError> {
     }
     if let Some(dir) = args.data_dir {
         spec.engine.data_dir = dir;
+    }
+    // A listener flag opens the front doors of a dataflow that declares none.
+    if args.listen.is_some() || args.http.is_some() {
+        let ingest = spec.ingest.get_or_insert_with(Default::default);
+        if args.listen.is_some() {
+            ingest.tcp = args.listen;
+        }
+        if args.http.is_some() {
+            ingest.http = args.http;
+        }
     }
     // --memory: the data lives in a fresh directory on tmpfs, gone when flowd exits.
     let _memory_dir = if args.memory {
@@ -47,7 +60,17 @@ pub fn run(args: RunArgs) -> Result<ExitCode, CliError> {
         spec.engine.durability
     );
     let data_dir = spec.engine.data_dir.clone();
-    let summary = runtime::run(spec)?;
+    let summary = runtime::run(spec, |bound| {
+        // A contract: scripts wait for these lines before they connect.
+        if let Some(addr) = bound.tcp {
+            println!("listening tcp {addr}");
+        }
+        if let Some(addr) = bound.http {
+            println!("listening http {addr}");
+        }
+        use std::io::Write;
+        let _ = std::io::stdout().flush();
+    })?;
     eprintln!(
         "flowd: {} after {:.2}s on {} cores: {} records in, {} records out{}",
         if summary.finished { "finished" } else { "stopped" },

@@ -7,7 +7,9 @@ use toml::de::{DeTable, DeValue};
 use crate::config::error::{Diagnostics, did_you_mean};
 use crate::ops::OPERATOR_NAMES;
 
-const ROOT: &[&str] = &["engine", "topic", "source", "stage", "sink"];
+const ROOT: &[&str] = &["engine", "ingest", "topic", "source", "stage", "sink", "job"];
+const INGEST: &[&str] = &["tcp", "http", "max_frame_bytes", "max_connections", "io_timeout"];
+const JOB: &[&str] = &["name", "topic", "timeout"];
 const ENGINE: &[&str] = &["cores", "data_dir", "durability", "commit_interval"];
 const TOPIC: &[&str] = &["name", "partitions", "segment_bytes", "retention", "max_lag"];
 const RETENTION: &[&str] = &["max_age", "max_bytes"];
@@ -33,7 +35,8 @@ pub fn check_known_keys(root: &DeTable<'_>, diags: &mut Diagnostics<'_>) {
         let section = key.get_ref().as_ref();
         match (section, value.get_ref()) {
             ("engine", DeValue::Table(table)) => check_table(table, ENGINE, "engine.", diags),
-            ("topic" | "source" | "stage" | "sink", DeValue::Array(items)) => {
+            ("ingest", DeValue::Table(table)) => check_table(table, INGEST, "ingest.", diags),
+            ("topic" | "source" | "stage" | "sink" | "job", DeValue::Array(items)) => {
                 for item in items.iter() {
                     if let DeValue::Table(table) = item.get_ref() {
                         check_item(section, table, diags);
@@ -54,6 +57,7 @@ fn check_item(section: &str, table: &DeTable<'_>, diags: &mut Diagnostics<'_>) {
         "topic" => TOPIC,
         "source" => SOURCE,
         "stage" => STAGE,
+        "job" => JOB,
         _ => SINK,
     };
     check_table(table, known, &prefix, diags);

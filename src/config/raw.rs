@@ -19,6 +19,26 @@ pub struct RawDataflow {
     pub stages: Vec<Spanned<RawStage>>,
     #[serde(default, rename = "sink")]
     pub sinks: Vec<Spanned<RawSink>>,
+    #[serde(default)]
+    pub ingest: Option<Spanned<RawIngest>>,
+    #[serde(default, rename = "job")]
+    pub jobs: Vec<Spanned<RawJob>>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+pub struct RawIngest {
+    pub tcp: Option<Spanned<String>>,
+    pub http: Option<Spanned<String>>,
+    pub max_frame_bytes: Option<Spanned<toml::Value>>,
+    pub max_connections: Option<Spanned<i64>>,
+    pub io_timeout: Option<Spanned<String>>,
+}
+
+#[derive(Debug, Deserialize)]
+pub struct RawJob {
+    pub name: Spanned<String>,
+    pub topic: Spanned<String>,
+    pub timeout: Option<Spanned<String>>,
 }
 
 #[derive(Debug, Default, Deserialize)]

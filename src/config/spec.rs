@@ -1,6 +1,7 @@
 //! The validated dataflow: what the runtime is given. Every reference is resolved to an
 //! index, every expression has compiled once, every number is in range.
 
+use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 
@@ -15,6 +16,44 @@ pub struct DataflowSpec {
     pub sources: Vec<SourceSpec>,
     pub stages: Vec<StageSpec>,
     pub sinks: Vec<SinkSpec>,
+    /// The TCP and HTTP front doors; `None`: a batch dataflow with no listeners.
+    pub ingest: Option<IngestSpec>,
+    pub jobs: Vec<JobSpec>,
+}
+
+/// Where clients reach the engine, and the limits each connection lives within.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct IngestSpec {
+    pub tcp: Option<SocketAddr>,
+    pub http: Option<SocketAddr>,
+    pub max_frame_bytes: u32,
+    pub max_connections: usize,
+    /// A frame begun but not finished, or a response not taken by the client, for this
+    /// long closes the connection.
+    pub io_timeout: Duration,
+}
+
+pub const DEFAULT_TCP: &str = "127.0.0.1:7070";
+pub const DEFAULT_HTTP: &str = "127.0.0.1:7080";
+
+impl Default for IngestSpec {
+    fn default() -> IngestSpec {
+        IngestSpec {
+            tcp: None,
+            http: None,
+            max_frame_bytes: 16 << 20,
+            max_connections: 4096,
+            io_timeout: Duration::from_secs(30),
+        }
+    }
+}
+
+/// A request/reply job: a record sent to `topic`, answered by a `reply` stage downstream.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct JobSpec {
+    pub name: String,
+    pub topic: usize,
+    pub timeout: Duration,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -85,7 +124,12 @@ pub enum OpSpec {
     SplitWords,
     KeyBy(Selector),
     Window(WindowSpec),
-    Dedupe { by: Part, capacity: usize },
+    Dedupe {
+        by: Part,
+        capacity: usize,
+    },
+    /// Answers the request/reply job each record came from; writes no topic.
+    Reply,
 }
 
 impl OpSpec {
@@ -180,5 +224,9 @@ pub enum SinkFormat {
 impl DataflowSpec {
     pub fn topic_index(&self, name: &str) -> Option<usize> {
         self.topics.iter().position(|t| t.name == name)
+    }
+
+    pub fn job(&self, name: &str) -> Option<&JobSpec> {
+        self.jobs.iter().find(|j| j.name == name)
     }
 }

@@ -11,7 +11,7 @@ use toml::de::DeTable;
 
 use crate::config::error::{ConfigError, Diagnostics, did_you_mean, suggest};
 use crate::config::keys::check_known_keys;
-use crate::config::raw::{RawDataflow, RawEngine, RawSink, RawSource, RawStage, RawTopic};
+use crate::config::raw::{RawDataflow, RawEngine, RawIngest, RawJob, RawSink, RawSource, RawStage, RawTopic};
 use crate::config::spec::*;
 use crate::ops::OPERATOR_NAMES;
 use crate::storage::log::{SEGMENT_BYTES_MAX, SEGMENT_BYTES_MIN};
@@ -22,6 +22,28 @@ pub const PARTITIONS_MAX: i64 = 4096;
 /// Most cores a dataflow may ask for.
 pub const CORES_MAX: i64 = 1024;
 const NAME_BYTES_MAX: usize = 128;
+const FRAME_BYTES_MIN: u64 = 64 << 10;
+const FRAME_BYTES_MAX: u64 = 1 << 30;
+
+/// Whether a `reply` stage reads `topic` or a topic downstream of it.
+fn reaches_reply(topic: usize, stages: &[StageSpec]) -> bool {
+    let mut seen = vec![topic];
+    let mut next = vec![topic];
+    while let Some(t) = next.pop() {
+        for stage in stages.iter().filter(|s| s.from.contains(&t)) {
+            if stage.op == OpSpec::Reply {
+                return true;
+            }
+            if let Some(to) = stage.to
+                && !seen.contains(&to)
+            {
+                seen.push(to);
+                next.push(to);
+            }
+        }
+    }
+    false
+}
 
 /// Reads and validates a dataflow file.
 pub fn load(path: &Path) -> Result<DataflowSpec, ConfigError> {
@@ -116,6 +138,13 @@ impl Validator<'_, '_> {
         if !self.unresolved {
             self.cycles(&raw.stages, &stages, &names);
         }
+        let ingest = raw.ingest.as_ref().map(|i| self.ingest(i.get_ref()));
+        self.unique_names(raw.jobs.iter().map(|j| &j.get_ref().name), "job");
+        let jobs = raw
+            .jobs
+            .iter()
+            .map(|j| self.job(j.get_ref(), &names, &stages))
+            .collect();
         DataflowSpec {
             file: path.to_path_buf(),
             engine,
@@ -123,6 +152,95 @@ impl Validator<'_, '_> {
             sources,
             stages,
             sinks,
+            ingest,
+            jobs,
+        }
+    }
+
+    fn ingest(&mut self, raw: &RawIngest) -> IngestSpec {
+        let mut spec = IngestSpec::default();
+        let mut address = |v: &Option<Spanned<String>>, key: &str, default: &str| match v {
+            None => Some(default.parse().expect("a valid default")),
+            Some(text) => match text.get_ref().parse() {
+                Ok(addr) => Some(addr),
+                Err(e) => {
+                    self.error(
+                        text.span(),
+                        key,
+                        format!("\"{}\" is not an address: {e}", text.get_ref()),
+                        "write IP:PORT, e.g. \"127.0.0.1:7070\"".into(),
+                    );
+                    None
+                }
+            },
+        };
+        spec.tcp = address(&raw.tcp, "ingest.tcp", DEFAULT_TCP);
+        spec.http = address(&raw.http, "ingest.http", DEFAULT_HTTP);
+        if let Some(v) = &raw.max_frame_bytes
+            && let Some(n) = self.size(v, "ingest.max_frame_bytes")
+        {
+            if (FRAME_BYTES_MIN..=FRAME_BYTES_MAX).contains(&n) {
+                spec.max_frame_bytes = n as u32;
+            } else {
+                self.error(
+                    v.span(),
+                    "ingest.max_frame_bytes",
+                    format!("{n} bytes is out of range"),
+                    "use from \"64KiB\" to \"1GiB\"".into(),
+                );
+            }
+        }
+        if let Some(n) = &raw.max_connections {
+            if (1..=1_000_000).contains(n.get_ref()) {
+                spec.max_connections = *n.get_ref() as usize;
+            } else {
+                self.error(
+                    n.span(),
+                    "ingest.max_connections",
+                    format!("{} is out of range", n.get_ref()),
+                    "use 1 to 1000000".into(),
+                );
+            }
+        }
+        if let Some(t) = &raw.io_timeout {
+            spec.io_timeout = self.duration_within(
+                t,
+                "ingest.io_timeout",
+                Duration::from_millis(100),
+                Duration::from_secs(3600),
+            );
+        }
+        spec
+    }
+
+    fn job(&mut self, raw: &RawJob, topics: &[&str], stages: &[StageSpec]) -> JobSpec {
+        self.name(&raw.name, "job");
+        let key = |k: &str| format!("job \"{}\".{k}", raw.name.get_ref());
+        let topic = self.topic_ref(&raw.topic, &key("topic"), topics);
+        let timeout = match &raw.timeout {
+            Some(t) => self.duration_within(
+                t,
+                &key("timeout"),
+                Duration::from_millis(1),
+                Duration::from_secs(3600),
+            ),
+            None => Duration::from_secs(10),
+        };
+        if !self.unresolved && !reaches_reply(topic, stages) {
+            self.error(
+                raw.topic.span(),
+                key("topic"),
+                format!(
+                    "no reply stage is reachable from topic \"{}\", so no job would ever be answered",
+                    raw.topic.get_ref()
+                ),
+                "add a stage with op = \"reply\" that reads the topic (or a topic downstream of it)".into(),
+            );
+        }
+        JobSpec {
+            name: raw.name.get_ref().clone(),
+            topic,
+            timeout,
         }
     }
 
@@ -310,8 +428,19 @@ impl Validator<'_, '_> {
             .iter()
             .map(|name| self.topic_name_ref(name, raw.from.span(), &key("from"), topics))
             .collect();
+        let op = self.op(&raw.op, &key("op"));
         let to = match &raw.to {
+            Some(to) if op == OpSpec::Reply => {
+                self.error(
+                    to.span(),
+                    key("to"),
+                    "a reply stage answers jobs and writes no topic".into(),
+                    "remove `to`".into(),
+                );
+                None
+            }
             Some(to) => Some(self.topic_ref(to, &key("to"), topics)),
+            None if op == OpSpec::Reply => None,
             None => {
                 self.error(
                     raw.name.span(),
@@ -325,7 +454,7 @@ impl Validator<'_, '_> {
         StageSpec {
             name: raw.name.get_ref().clone(),
             from,
-            op: self.op(&raw.op, &key("op")),
+            op,
             to,
             route: self.route(raw.route.as_ref(), &key("route")),
         }
@@ -409,6 +538,7 @@ impl Validator<'_, '_> {
         let key = format!("{key}.{name}");
         match (name, params) {
             ("split_words", None) => OpSpec::SplitWords,
+            ("reply", None) => OpSpec::Reply,
             ("map" | "filter", Some(toml::Value::String(expr))) => {
                 self.jq(expr, span.clone(), &key);
                 if name == "map" {
@@ -436,6 +566,7 @@ impl Validator<'_, '_> {
             _ => {
                 let shape = match name {
                     "split_words" => "op = \"split_words\"",
+                    "reply" => "op = \"reply\"",
                     "map" => "op = { map = \".field\" }",
                     "filter" => "op = { filter = \".n > 3\" }",
                     "key_by" => "op = { key_by = \".user\" } (or \"key\" / \"value\")",

@@ -24,6 +24,7 @@ pub const OPERATOR_NAMES: &[&str] = &[
     "min",
     "max",
     "dedupe",
+    "reply",
 ];
 
 /// One input record, borrowed from the log.
@@ -88,6 +89,11 @@ pub fn build(spec: &OpSpec) -> Result<Box<dyn Operator>, OpError> {
         OpSpec::KeyBy(selector) => Box::new(key_by::KeyBy::new(selector)?),
         OpSpec::Window(window) => Box::new(window::Window::new(window_of(window)?)),
         OpSpec::Dedupe { by, capacity } => Box::new(dedupe::Dedupe::new(*by, *capacity)),
+        OpSpec::Reply => {
+            return Err(OpError(
+                "reply answers jobs; it is run by the runtime, not as an operator".into(),
+            ));
+        }
     })
 }
 

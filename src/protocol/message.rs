@@ -73,8 +73,8 @@ impl<'a> Request<'a> {
                     let topic = c.str("a topic name")?;
                     let partition = c.u32("a partition")?;
                     let n = c.u32("a record count")? as usize;
-                    // A record takes at least 9 bytes: a lying count fails before it allocates.
-                    if n.saturating_mul(9) > c.remaining() {
+                    // A record takes at least 7 bytes: a lying count fails before it allocates.
+                    if n.saturating_mul(7) > c.remaining() {
                         return Err(ProtocolError::malformed(format!(
                             "a group claims {n} records but only {} bytes are left",
                             c.remaining()
@@ -374,7 +374,7 @@ impl Response {
                 let start_offset = c.u64("the start offset")?;
                 let next_offset = c.u64("the next offset")?;
                 let n = c.u32("the record count")? as usize;
-                if n.saturating_mul(17) > c.remaining() {
+                if n.saturating_mul(15) > c.remaining() {
                     return Err(ProtocolError::malformed("a record count over the body"));
                 }
                 let mut records = Vec::with_capacity(n);

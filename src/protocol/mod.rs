@@ -63,6 +63,7 @@
 
 pub mod error;
 pub mod frame;
+pub mod json;
 pub mod message;
 pub mod wire;
 

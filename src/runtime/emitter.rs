@@ -8,9 +8,10 @@ use crate::ops::jq::JqProgram;
 use crate::ops::key_by::select;
 use crate::ops::{OpError, Output};
 use crate::runtime::error::Result;
-use crate::runtime::mesh::{Batch, Generation, Mesh, OwnedRecord};
+use crate::runtime::mesh::{Ack, Batch, Generation, Mesh, OwnedRecord, Payload};
 use crate::runtime::placement::{owner, partition_of_bytes, spread_partition};
 use crate::runtime::provenance::{self, END_HEADER, SOURCE_HEADER};
+use crate::runtime::reply::REPLY_HEADER;
 
 /// Records buffered for one partition before a flush is due.
 pub const BATCH_RECORDS_MAX: usize = 4096;
@@ -37,6 +38,9 @@ pub struct Emitter {
     buffered_end: Vec<u64>,
     senders: Vec<flume::Sender<Batch>>,
     generation: Arc<Generation>,
+    /// The reply address of the job the current input belongs to, copied onto every
+    /// output so that a `reply` stage downstream can answer it.
+    reply: Option<Vec<u8>>,
     /// Records this producer wrote (not counting replayed ones it dropped).
     pub records_out: u64,
 }
@@ -67,6 +71,7 @@ impl Emitter {
             buffered_end: vec![0; n],
             senders: mesh.inboxes[topic].clone(),
             generation: Generation::new(partitions),
+            reply: None,
             records_out: 0,
         })
     }
@@ -79,6 +84,15 @@ impl Emitter {
             "one skip point per partition"
         );
         self.skip = skip;
+    }
+
+    /// Sets the reply address of the input whose outputs come next (`None`: not a job).
+    pub fn set_reply(&mut self, reply: Option<&[u8]>) {
+        match (reply, &mut self.reply) {
+            (None, slot) => *slot = None,
+            (Some(new), Some(old)) if old.as_slice() == new => {}
+            (Some(new), slot) => *slot = Some(new.to_vec()),
+        }
     }
 
     /// Switches to another producer id (a directory source moving to its next file).
@@ -139,13 +153,15 @@ impl Emitter {
 
     fn push(&mut self, q: u32, produced_by: u64, output: &Output) {
         if produced_by >= self.skip[q as usize] {
-            self.buffer(q, produced_by, to_record(output.clone()));
+            let record = to_record(output.clone(), self.reply.as_deref());
+            self.buffer(q, produced_by, record);
         }
     }
 
     fn push_owned(&mut self, q: u32, produced_by: u64, output: Output) {
         if produced_by >= self.skip[q as usize] {
-            self.buffer(q, produced_by, to_record(output));
+            let record = to_record(output, self.reply.as_deref());
+            self.buffer(q, produced_by, record);
         }
     }
 
@@ -183,8 +199,8 @@ impl Emitter {
             self.generation.sent();
             let batch = Batch {
                 partition: q as u32,
-                records,
-                ack: Arc::clone(&self.generation),
+                records: Payload::Owned(records),
+                ack: Ack::Generation(Arc::clone(&self.generation)),
             };
             let shard = owner(q as u32, self.shards);
             self.senders[shard].send_async(batch).await.map_err(|_| Closed)?;
@@ -207,11 +223,13 @@ impl Emitter {
 #[derive(Debug, Clone, Copy)]
 pub struct Closed;
 
-fn to_record(output: Output) -> OwnedRecord {
+fn to_record(output: Output, reply: Option<&[u8]>) -> OwnedRecord {
     OwnedRecord {
         timestamp_ms: output.timestamp_ms,
         key: output.key,
         value: output.value,
-        headers: Vec::new(),
+        headers: reply
+            .map(|r| vec![(REPLY_HEADER, r.to_vec())])
+            .unwrap_or_default(),
     }
 }

@@ -21,6 +21,16 @@ pub enum RuntimeError {
     Shard { shard: usize, reason: String },
     #[error("operator of stage \"{stage}\" cannot be built: {reason}")]
     Operator { stage: String, reason: String },
+    #[error(
+        "cannot listen for {what} on {addr}: {source}; is another flowd (or another program) \
+         using it? Pick another address with --listen/--http or [ingest] in the dataflow file"
+    )]
+    Listen {
+        what: String,
+        addr: std::net::SocketAddr,
+        #[source]
+        source: std::io::Error,
+    },
     #[error("standard output was closed")]
     OutputClosed,
     #[error("cannot write to standard output: {0}")]

@@ -35,9 +35,54 @@ impl OwnedRecord {
 #[derive(Debug)]
 pub struct Batch {
     pub partition: u32,
-    pub records: Vec<OwnedRecord>,
+    pub records: Payload,
     /// Told when the batch is durable.
-    pub ack: Arc<Generation>,
+    pub ack: Ack,
+}
+
+/// The records of a batch: built by a producer inside the engine, or copied from a
+/// client's frame in their wire encoding (validated when the frame was decoded).
+#[derive(Debug)]
+pub enum Payload {
+    Owned(Vec<OwnedRecord>),
+    Wire {
+        /// Records back to back, each in the protocol's record encoding.
+        bytes: Vec<u8>,
+        count: usize,
+        /// The timestamp of records sent without one: when the server took them.
+        stamp_ms: i64,
+    },
+}
+
+/// Who waits for a batch to be durable.
+#[derive(Debug)]
+pub enum Ack {
+    /// A producer inside the engine, counting its generation's batches.
+    Generation(Arc<Generation>),
+    /// A client request: told the offsets, or why the batch was refused.
+    Client(flume::Sender<ClientAck>),
+}
+
+/// `Ok((partition, first offset, next offset))` once durable.
+pub type ClientAck = Result<(u32, u64, u64), crate::protocol::ProtocolError>;
+
+impl Ack {
+    pub fn durable(&self, partition: u32, first: u64, next: u64) {
+        match self {
+            Ack::Generation(generation) => generation.acked(partition, next),
+            // The client may have gone away; nobody is left to tell.
+            Ack::Client(tx) => drop(tx.try_send(Ok((partition, first, next)))),
+        }
+    }
+
+    /// The batch was refused or cannot be made durable.
+    pub fn failed(&self, error: crate::protocol::ProtocolError) {
+        match self {
+            // An engine producer's batch failing is fatal; the caller stops the engine.
+            Ack::Generation(_) => {}
+            Ack::Client(tx) => drop(tx.try_send(Err(error))),
+        }
+    }
 }
 
 /// The batches one producer sent between two progress snapshots. When `pending` is
@@ -98,6 +143,45 @@ pub fn build(topics: usize, shards: usize) -> (Mesh, Vec<Inboxes>) {
         }
     }
     (Mesh { inboxes }, receivers)
+}
+
+/// Borrowed `Record`s (what the log appends) over a batch's payload. Wire payloads were
+/// validated when their frame was decoded; a failure here is a bug, reported as `None`.
+pub fn with_payload<R>(payload: &Payload, f: impl FnOnce(&[Record<'_>]) -> R) -> Option<R> {
+    match payload {
+        Payload::Owned(records) => Some(with_records(records, f)),
+        Payload::Wire {
+            bytes,
+            count,
+            stamp_ms,
+        } => {
+            let mut cursor = crate::protocol::wire::Cursor::new(bytes);
+            let mut wire = Vec::with_capacity(*count);
+            for _ in 0..*count {
+                wire.push(cursor.record().ok()?);
+            }
+            let headers: Vec<Vec<Header<'_>>> = wire
+                .iter()
+                .map(|r| {
+                    r.headers
+                        .iter()
+                        .map(|(name, value)| Header { name, value })
+                        .collect()
+                })
+                .collect();
+            let records: Vec<Record<'_>> = wire
+                .iter()
+                .zip(&headers)
+                .map(|(r, h)| Record {
+                    timestamp_ms: r.timestamp_ms.unwrap_or(*stamp_ms),
+                    key: r.key,
+                    value: r.value,
+                    headers: h,
+                })
+                .collect();
+            Some(f(&records))
+        }
+    }
 }
 
 /// Borrowed `Record`s (what the log appends) over owned ones.

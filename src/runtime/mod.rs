@@ -15,6 +15,8 @@ pub mod placement;
 mod plan;
 pub mod progress;
 pub mod provenance;
+pub mod reply;
+pub mod service;
 pub mod shard;
 pub mod sink;
 pub mod source;
@@ -25,6 +27,8 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use crate::config::DataflowSpec;
+use crate::runtime::shard::Shared;
+use crate::server::Bound;
 use error::Result;
 pub use error::RuntimeError;
 
@@ -40,10 +44,86 @@ pub struct RunSummary {
     pub elapsed: Duration,
 }
 
-/// Runs a dataflow until its (bounded) input is done, a signal (SIGINT/SIGTERM) arrives,
-/// or a fatal error occurs. On the way out every log is synced.
-pub fn run(spec: DataflowSpec) -> Result<RunSummary> {
+/// A started engine: its shards run until `wait` sees a stop.
+pub struct Engine {
+    shared: Arc<Shared>,
+    handles: Vec<plan::ShardHandle>,
+    finishable: Option<usize>,
+    started: Instant,
+    /// The addresses the listeners were bound to (ports resolved).
+    pub bound: Bound,
+}
+
+/// Plans a dataflow and starts its shards. Listeners are bound before this returns, so
+/// clients may connect as soon as it does.
+pub fn start(spec: DataflowSpec) -> Result<Engine> {
     let started = Instant::now();
+    let plan = plan::plan(spec)?;
+    let shared = Arc::clone(&plan.shared);
+    let finishable = plan.finishable;
+    let bound = plan.bound;
+    let handles = plan::spawn(plan)?;
+    Ok(Engine {
+        shared,
+        handles,
+        finishable,
+        started,
+        bound,
+    })
+}
+
+impl Engine {
+    /// Asks every shard to flush, sync and stop; `wait` then returns.
+    pub fn stop(&self) {
+        self.shared.control.stop();
+    }
+
+    /// Waits until every bounded input is done, `stop` is set, `Engine::stop` is called
+    /// or a fatal error occurs; then stops and joins every shard.
+    pub fn wait(self, stop: &AtomicBool) -> Result<RunSummary> {
+        let control = &self.shared.control;
+        let mut finished = false;
+        loop {
+            if stop.load(Ordering::Acquire) || control.is_stopping() {
+                break;
+            }
+            if let Some(n) = self.finishable
+                && control.finished.load(Ordering::Acquire) >= n
+            {
+                finished = true;
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        control.stop();
+        let mut first_error = None;
+        for (shard, handle) in self.handles.into_iter().enumerate() {
+            let joined = handle.join().map_err(|e| RuntimeError::Shard {
+                shard,
+                reason: e.to_string(),
+            });
+            if let Err(error) = joined.and_then(|r| r) {
+                first_error.get_or_insert(error);
+            }
+        }
+        if let Some(error) = control.take_failure().or(first_error) {
+            return Err(error);
+        }
+        Ok(RunSummary {
+            shards: self.shared.shards,
+            finished,
+            records_in: control.records_in.load(Ordering::Relaxed),
+            records_out: control.records_out.load(Ordering::Relaxed),
+            records_failed: control.records_failed.load(Ordering::Relaxed),
+            elapsed: self.started.elapsed(),
+        })
+    }
+}
+
+/// Runs a dataflow until its (bounded) input is done, a signal (SIGINT/SIGTERM) arrives,
+/// or a fatal error occurs. On the way out every log is synced. `ready` is called once
+/// the engine runs and its listeners take connections.
+pub fn run(spec: DataflowSpec, ready: impl FnOnce(&Bound)) -> Result<RunSummary> {
     // Before anything slow: a signal during start-up must stop the run cleanly too.
     let signalled = Arc::new(AtomicBool::new(false));
     for signal in [signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM] {
@@ -52,45 +132,7 @@ pub fn run(spec: DataflowSpec) -> Result<RunSummary> {
             reason: format!("cannot handle signals: {e}"),
         })?;
     }
-    let plan = plan::plan(spec)?;
-    let shared = Arc::clone(&plan.shared);
-    let finishable = plan.finishable;
-    let shards = plan.shards.len();
-    let handles = plan::spawn(plan)?;
-    let control = &shared.control;
-    let mut finished = false;
-    loop {
-        if signalled.load(Ordering::Acquire) || control.is_stopping() {
-            break;
-        }
-        if let Some(n) = finishable
-            && control.finished.load(Ordering::Acquire) >= n
-        {
-            finished = true;
-            break;
-        }
-        std::thread::sleep(Duration::from_millis(5));
-    }
-    control.stop();
-    let mut first_error = None;
-    for (shard, handle) in handles.into_iter().enumerate() {
-        let joined = handle.join().map_err(|e| RuntimeError::Shard {
-            shard,
-            reason: e.to_string(),
-        });
-        if let Err(error) = joined.and_then(|r| r) {
-            first_error.get_or_insert(error);
-        }
-    }
-    if let Some(error) = control.take_failure().or(first_error) {
-        return Err(error);
-    }
-    Ok(RunSummary {
-        shards,
-        finished,
-        records_in: control.records_in.load(Ordering::Relaxed),
-        records_out: control.records_out.load(Ordering::Relaxed),
-        records_failed: control.records_failed.load(Ordering::Relaxed),
-        elapsed: started.elapsed(),
-    })
+    let engine = start(spec)?;
+    ready(&engine.bound);
+    engine.wait(&signalled)
 }

@@ -10,16 +10,20 @@ use std::time::Duration;
 
 use glommio::{LocalExecutorBuilder, Placement};
 
-use crate::config::{Cores, DataflowSpec};
+use crate::config::{Cores, DataflowSpec, OpSpec};
 use crate::runtime::error::{Result, RuntimeError};
 use crate::runtime::mesh::{self, Batch};
 use crate::runtime::progress::{self, Progress};
 use crate::runtime::provenance::{self, source_producer, stage_producer};
+use crate::runtime::reply::{self, ReplyTask};
+use crate::runtime::service::{self, SERVICE_CHANNEL_MAX, ShardRequest};
 use crate::runtime::shard::{Control, LocalPartition, Shard, Shared};
 use crate::runtime::sink::{ForwarderTask, SINK_CHANNEL_CHUNKS_MAX, SinkChunk, WriterTask};
 use crate::runtime::source::SourceTask;
 use crate::runtime::stage::StageTask;
 use crate::runtime::{placement, sink, source, stage};
+use crate::server::metrics::Metrics;
+use crate::server::{self, Bound, ShardSockets};
 use crate::storage::{LogOptions, PartitionLog, layout};
 
 /// Everything one shard is given.
@@ -32,9 +36,14 @@ pub struct ShardPlan {
     sources: Vec<SourceTask>,
     forwarders: Vec<ForwarderTask>,
     writers: Vec<(WriterTask, flume::Receiver<SinkChunk>)>,
+    replies: Vec<ReplyTask>,
+    service: Option<flume::Receiver<ShardRequest>>,
+    /// This shard's TCP and HTTP listening sockets.
+    pub sockets: ShardSockets,
 }
 
 pub struct Plan {
+    pub bound: Bound,
     pub shared: Arc<Shared>,
     pub shards: Vec<ShardPlan>,
     /// Tasks that end when the input does, if every input is bounded.
@@ -85,6 +94,18 @@ pub fn plan(spec: DataflowSpec) -> Result<Plan> {
     let scanned = scan_outputs(&spec, &logs, &stage_progress, &source_progress);
 
     for (i, stage_spec) in spec.stages.iter().enumerate() {
+        if stage_spec.op == OpSpec::Reply {
+            for &topic in &stage_spec.from {
+                for p in 0..spec.topics[topic].partitions {
+                    plans[placement::owner(p, shards)].replies.push(ReplyTask {
+                        stage: i,
+                        topic,
+                        partition: p,
+                    });
+                }
+            }
+            continue;
+        }
         let to = stage_spec.to.expect("validated");
         for &topic in &stage_spec.from {
             for p in 0..spec.topics[topic].partitions {
@@ -150,7 +171,14 @@ pub fn plan(spec: DataflowSpec) -> Result<Plan> {
     let all_bounded = spec.stages.iter().all(|s| s.from.iter().all(|t| bounded[*t]))
         && spec.sinks.iter().all(|s| bounded[s.from]);
     let task_count = plans.iter().map(|p| p.stages.len() + p.writers.len()).sum();
-    let finishable = (all_bounded && task_count > 0).then_some(task_count);
+    // With listeners open, clients may always send more: the run ends on a signal only.
+    let finishable = (all_bounded && task_count > 0 && spec.ingest.is_none()).then_some(task_count);
+    let mut services = Vec::new();
+    for plan in plans.iter_mut() {
+        let (tx, rx) = flume::bounded(SERVICE_CHANNEL_MAX);
+        services.push(tx);
+        plan.service = Some(rx);
+    }
     let control = Control::default();
     let live: usize = plans
         .iter()
@@ -164,12 +192,31 @@ pub fn plan(spec: DataflowSpec) -> Result<Plan> {
         mesh,
         sinks: sink_senders,
         control,
+        epoch: epoch(),
+        services,
+        metrics: Arc::new(Metrics::new(shards)),
     });
+    let (bound, sockets) = match &shared.spec.ingest {
+        Some(ingest) => server::bind(ingest, shards)?,
+        None => Default::default(),
+    };
+    for (plan, sockets) in plans.iter_mut().zip(sockets) {
+        plan.sockets = sockets;
+    }
     Ok(Plan {
+        bound,
         shared,
         shards: plans,
         finishable,
     })
+}
+
+/// A number telling this run from every other: time and process id mixed.
+fn epoch() -> u64 {
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_nanos() as u64);
+    nanos ^ (u64::from(std::process::id()) << 48)
 }
 
 fn core_count(cores: Cores) -> Result<usize> {
@@ -188,7 +235,9 @@ fn producers_by_topic(spec: &DataflowSpec) -> Vec<HashSet<String>> {
         producers[source.to].insert(source_producer(&source.name, None));
     }
     for stage in &spec.stages {
-        let to = stage.to.expect("validated");
+        let Some(to) = stage.to else {
+            continue;
+        };
         for &topic in &stage.from {
             for p in 0..spec.topics[topic].partitions {
                 producers[to].insert(stage_producer(&stage.name, &spec.topics[topic].name, p));
@@ -230,7 +279,12 @@ type StageProgress = HashMap<(usize, usize, u32), Progress>;
 
 fn load_stage_progress(spec: &DataflowSpec) -> Result<StageProgress> {
     let mut all = HashMap::new();
-    for (i, stage) in spec.stages.iter().enumerate() {
+    for (i, stage) in spec
+        .stages
+        .iter()
+        .enumerate()
+        .filter(|(_, s)| s.op != OpSpec::Reply)
+    {
         for &topic in &stage.from {
             for p in 0..spec.topics[topic].partitions {
                 let part = format!("{}-{p}", spec.topics[topic].name);
@@ -261,7 +315,9 @@ fn scan_outputs(
         }
     };
     for ((stage, _, _), progress) in stages {
-        lower(spec.stages[*stage].to.expect("validated"), progress);
+        if let Some(to) = spec.stages[*stage].to {
+            lower(to, progress);
+        }
     }
     for (source, progress) in spec.sources.iter().zip(sources) {
         lower(source.to, progress);
@@ -319,6 +375,19 @@ async fn run_shard(index: usize, shared: Arc<Shared>, plan: ShardPlan) -> Result
     for (topic, receiver) in plan.inboxes {
         glommio::spawn_local(Rc::clone(&shard).run_inbox(topic, receiver)).detach();
     }
+    if let Some(requests) = plan.service {
+        glommio::spawn_local(service::run(Rc::clone(&shard), requests)).detach();
+    }
+    for task in plan.replies {
+        let s = Rc::clone(&shard);
+        glommio::spawn_local(async move {
+            if let Err(error) = reply::run(Rc::clone(&s), task).await {
+                s.shared.control.fail(error);
+            }
+        })
+        .detach();
+    }
+    crate::server::serve(&shard, plan.sockets);
     glommio::spawn_local(Rc::clone(&shard).run_acker()).detach();
     for task in plan.stages {
         spawn_counted(&shard, stage::run(Rc::clone(&shard), task));

@@ -11,10 +11,13 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use crate::config::DataflowSpec;
+use crate::protocol::{ErrorCode, ProtocolError};
 use crate::runtime::error::{Result, RuntimeError};
-use crate::runtime::mesh::{Batch, Generation, Mesh, with_records};
+use crate::runtime::mesh::{Ack, Batch, Mesh, with_payload};
+use crate::runtime::service::{Answer, ShardRequest};
 use crate::runtime::sink::SinkChunk;
-use crate::storage::{Durability, PartitionLog};
+use crate::server::metrics::Metrics;
+use crate::storage::{Durability, PartitionLog, StorageError};
 
 /// What every shard shares: the spec, the mesh, and the control flags.
 pub struct Shared {
@@ -25,6 +28,11 @@ pub struct Shared {
     /// Per sink, the channel to its writer.
     pub sinks: Vec<flume::Sender<SinkChunk>>,
     pub control: Control,
+    /// Tells this run's job reply addresses from those of runs before a restart.
+    pub epoch: u64,
+    /// Per shard, the channel of its service task (fetches, status, job answers).
+    pub services: Vec<flume::Sender<ShardRequest>>,
+    pub metrics: Arc<Metrics>,
 }
 
 impl Shared {
@@ -77,8 +85,9 @@ pub struct LocalPartition {
     pub topic: usize,
     pub partition: u32,
     pub log: RefCell<PartitionLog>,
-    /// Read positions of the stages and sinks consuming it, for the lag bound.
-    readers: RefCell<Vec<Rc<Cell<u64>>>>,
+    /// Read positions of the stages and sinks consuming it, by name, for the lag bound
+    /// and the status page.
+    readers: RefCell<Vec<(String, Rc<Cell<u64>>)>>,
     max_lag: u64,
 }
 
@@ -94,23 +103,46 @@ impl LocalPartition {
     }
 
     /// Registers a consumer starting at `position`; it moves the returned cell on.
-    pub fn reader(&self, position: u64) -> Rc<Cell<u64>> {
+    pub fn reader(&self, name: &str, position: u64) -> Rc<Cell<u64>> {
         let cell = Rc::new(Cell::new(position));
-        self.readers.borrow_mut().push(Rc::clone(&cell));
+        self.readers
+            .borrow_mut()
+            .push((name.to_owned(), Rc::clone(&cell)));
         cell
+    }
+
+    /// `(name, position)` of every consumer.
+    pub fn readers(&self) -> Vec<(String, u64)> {
+        self.readers
+            .borrow()
+            .iter()
+            .map(|(n, c)| (n.clone(), c.get()))
+            .collect()
     }
 
     /// Whether a writer may append: the slowest reader is within `max_lag` records.
     fn has_room(&self) -> bool {
-        let slowest = self.readers.borrow().iter().map(|c| c.get()).min();
+        let slowest = self.readers.borrow().iter().map(|(_, c)| c.get()).min();
         slowest.is_none_or(|slowest| self.log.borrow().next_offset().saturating_sub(slowest) < self.max_lag)
     }
 }
 
 struct PendingAck {
     partition: Rc<LocalPartition>,
+    first: u64,
     end: u64,
-    generation: Arc<Generation>,
+    ack: Ack,
+}
+
+/// Storage errors a client's batch causes (too big), as opposed to the disk failing.
+fn is_client_error(error: &StorageError) -> bool {
+    matches!(
+        error,
+        StorageError::RecordTooLarge { .. }
+            | StorageError::BatchTooLarge { .. }
+            | StorageError::TooManyHeaders { .. }
+            | StorageError::HeaderNameTooLong { .. }
+    )
 }
 
 pub struct Shard {
@@ -118,6 +150,11 @@ pub struct Shard {
     pub shared: Arc<Shared>,
     pub partitions: HashMap<(usize, u32), Rc<LocalPartition>>,
     acks: RefCell<Vec<PendingAck>>,
+    /// Jobs taken on this shard, waiting for their answer.
+    pub jobs: RefCell<HashMap<u64, flume::Sender<Answer>>>,
+    next_job: Cell<u64>,
+    /// Round robin for records sent without a key or partition.
+    spread: Cell<u64>,
 }
 
 impl Shard {
@@ -130,7 +167,23 @@ impl Shard {
                 .map(|p| ((p.topic, p.partition), Rc::new(p)))
                 .collect(),
             acks: RefCell::new(Vec::new()),
+            jobs: RefCell::new(HashMap::new()),
+            next_job: Cell::new(0),
+            spread: Cell::new(index as u64),
         }
+    }
+
+    pub fn next_job_id(&self) -> u64 {
+        let id = self.next_job.get();
+        self.next_job.set(id + 1);
+        id
+    }
+
+    /// The next partition of `partitions` for keyless records.
+    pub fn next_spread(&self, partitions: u32) -> u32 {
+        let n = self.spread.get();
+        self.spread.set(n.wrapping_add(1));
+        (n % u64::from(partitions)) as u32
     }
 
     pub fn partition(&self, topic: usize, partition: u32) -> &Rc<LocalPartition> {
@@ -149,25 +202,46 @@ impl Shard {
             while !partition.has_room() && !self.shared.control.is_stopping() {
                 idle.sleep().await;
             }
+            if self.shared.control.is_stopping() {
+                batch.ack.failed(ProtocolError::new(
+                    ErrorCode::Unavailable,
+                    "the engine is stopping",
+                ));
+                continue;
+            }
             let appended = {
                 let mut log = partition.log.borrow_mut();
-                with_records(&batch.records, |records| log.append(records))
+                with_payload(&batch.records, |records| log.append(records))
             };
             match appended {
-                Ok(receipt) => match self.shared.spec.engine.durability {
+                Some(Ok(receipt)) => match self.shared.spec.engine.durability {
                     Durability::Group => self.acks.borrow_mut().push(PendingAck {
                         partition,
+                        first: receipt.first_offset,
                         end: receipt.next_offset,
-                        generation: batch.ack,
+                        ack: batch.ack,
                     }),
                     Durability::Every | Durability::None => {
-                        batch.ack.acked(batch.partition, receipt.next_offset)
+                        batch
+                            .ack
+                            .durable(batch.partition, receipt.first_offset, receipt.next_offset)
                     }
                 },
-                Err(error) => {
+                // A client's batch over a storage limit: its sender is told, nothing else.
+                Some(Err(error)) if is_client_error(&error) => batch
+                    .ack
+                    .failed(ProtocolError::new(ErrorCode::TooLarge, error.to_string())),
+                Some(Err(error)) => {
+                    batch
+                        .ack
+                        .failed(ProtocolError::new(ErrorCode::Unavailable, error.to_string()));
                     self.shared.control.fail(error.into());
                     return;
                 }
+                None => batch.ack.failed(ProtocolError::new(
+                    ErrorCode::Internal,
+                    "a validated batch no longer decodes (a bug); it was not written",
+                )),
             }
         }
     }
@@ -179,11 +253,16 @@ impl Shard {
             self.acks.borrow_mut().retain(|pending| {
                 let log = pending.partition.log.borrow();
                 if let Err(error) = log.health() {
+                    pending
+                        .ack
+                        .failed(ProtocolError::new(ErrorCode::Unavailable, error.to_string()));
                     failed = Some(error);
-                    return true;
+                    return false;
                 }
                 if log.durable_offset() >= pending.end {
-                    pending.generation.acked(pending.partition.partition, pending.end);
+                    pending
+                        .ack
+                        .durable(pending.partition.partition, pending.first, pending.end);
                     return false;
                 }
                 true

@@ -13,7 +13,7 @@ use std::path::PathBuf;
 use std::rc::Rc;
 use std::sync::atomic::Ordering;
 
-use base64::Engine;
+use crate::protocol::json::record_json;
 
 use crate::config::{SinkFormat, SinkKind};
 use crate::runtime::error::{Result, RuntimeError};
@@ -50,7 +50,7 @@ pub async fn forward(shard: Rc<Shard>, task: ForwarderTask) -> Result<()> {
     let sink = &shared.spec.sinks[task.sink];
     let topic = &shared.spec.topics[sink.from].name;
     let input = Rc::clone(shard.partition(sink.from, task.partition));
-    let reader = input.reader(task.start);
+    let reader = input.reader(&format!("{} (sink)", sink.name), task.start);
     let mut position = task.start;
     let mut idle = Backoff::default();
     let sender = shared.sinks[task.sink].clone();
@@ -107,34 +107,18 @@ pub fn format_record(
             out.extend_from_slice(view.value());
         }
         SinkFormat::Json => {
-            let mut object = serde_json::Map::new();
-            // serde_json keeps insertion order only with a feature; the fields print
-            // sorted, which is as valid JSON and as easy to read.
-            object.insert("topic".into(), topic.into());
-            object.insert("partition".into(), partition.into());
-            object.insert("offset".into(), view.offset().into());
-            object.insert("timestamp".into(), view.timestamp_ms().into());
-            put_bytes(&mut object, "key", view.key());
-            put_bytes(&mut object, "value", Some(view.value()));
+            let object = record_json(
+                topic,
+                partition,
+                view.offset(),
+                view.timestamp_ms(),
+                view.key(),
+                view.value(),
+            );
             serde_json::to_writer(&mut *out, &object).expect("writing JSON to a Vec cannot fail");
         }
     }
     out.push(b'\n');
-}
-
-/// UTF-8 bytes as a string; anything else as base64 with `<name>_base64: true`.
-fn put_bytes(object: &mut serde_json::Map<String, serde_json::Value>, name: &str, bytes: Option<&[u8]>) {
-    let value = match bytes.map(std::str::from_utf8) {
-        None => serde_json::Value::Null,
-        Some(Ok(text)) => text.into(),
-        Some(Err(_)) => {
-            object.insert(format!("{name}_base64"), true.into());
-            base64::engine::general_purpose::STANDARD
-                .encode(bytes.unwrap_or_default())
-                .into()
-        }
-    };
-    object.insert(name.into(), value);
 }
 
 pub struct WriterTask {

@@ -10,6 +10,7 @@ use crate::runtime::emitter::Emitter;
 use crate::runtime::error::{Result, RuntimeError};
 use crate::runtime::progress::{self, Progress};
 use crate::runtime::provenance::{end_marker, stage_producer};
+use crate::runtime::reply::REPLY_HEADER;
 use crate::runtime::shard::{Backoff, Shard};
 use crate::storage::layout::now_ms;
 
@@ -55,7 +56,7 @@ pub async fn run(shard: Rc<Shard>, task: StageTask) -> Result<()> {
     emitter.set_skip(task.skip);
     let input = Rc::clone(shard.partition(task.topic, task.partition));
     let mut position = task.progress.resume;
-    let reader = input.reader(position);
+    let reader = input.reader(&stage.name, position);
     let mut ends_seen: HashMap<String, u64> = task.progress.ends_seen.iter().cloned().collect();
     let mut finished = task.progress.done;
     let path = progress::path(
@@ -84,6 +85,7 @@ pub async fn run(shard: Rc<Shard>, task: StageTask) -> Result<()> {
                 if let Some(ended) = end_marker(&view) {
                     ends_seen.insert(ended.to_owned(), offset);
                     if task.expected_ends.iter().all(|p| ends_seen.contains_key(p)) {
+                        emitter.set_reply(None);
                         op.on_end(&mut out);
                         emit_all(&mut emitter, offset, &mut out, &mut failures);
                         emitter.emit_end(offset, view.timestamp_ms());
@@ -92,6 +94,11 @@ pub async fn run(shard: Rc<Shard>, task: StageTask) -> Result<()> {
                     }
                     continue;
                 }
+                emitter.set_reply(
+                    view.headers()
+                        .find(|(name, _)| *name == REPLY_HEADER)
+                        .map(|(_, value)| value),
+                );
                 let record = Input {
                     offset,
                     timestamp_ms: view.timestamp_ms(),
@@ -109,6 +116,7 @@ pub async fn run(shard: Rc<Shard>, task: StageTask) -> Result<()> {
             }
         }
         reader.set(position);
+        emitter.set_reply(None);
         op.on_clock(now, &mut out);
         emit_all(&mut emitter, position.saturating_sub(1), &mut out, &mut failures);
         if emitter.flush().await.is_err() {

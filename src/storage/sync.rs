@@ -89,9 +89,13 @@ impl SyncFaults {
                 return Err(io::Error::from_raw_os_error(libc::EIO));
             }
         }
+        FSYNCS.fetch_add(1, Ordering::Relaxed);
         file.sync_data()
     }
 }
+
+/// fdatasyncs of segment files by this process, for `/metrics`.
+pub static FSYNCS: AtomicU64 = AtomicU64::new(0);
 
 /// What the writer has put in the page cache and wants made durable.
 #[derive(Clone)]

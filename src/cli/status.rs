@@ -1,0 +1,65 @@
+//! `flowd status [--from ADDR] [--json]`: the running engine's cores, listeners, topics,
+//! partitions, offsets, consumers with their lag, and rates.
+
+use std::io::Write;
+use std::process::ExitCode;
+
+use crate::cli::CliError;
+use crate::client::Client;
+use crate::server::api::Status;
+
+pub fn run(from: &str, json: bool) -> Result<ExitCode, CliError> {
+    let mut client = Client::connect(from)?;
+    let value = client.status()?;
+    let mut out = std::io::stdout().lock();
+    if json {
+        writeln!(out, "{}", serde_json::to_string_pretty(&value)?)?;
+        return Ok(ExitCode::SUCCESS);
+    }
+    let status: Status = serde_json::from_value(value)?;
+    writeln!(
+        out,
+        "flowd {} up {:.0}s, {} cores, durability {}, {}",
+        status.version,
+        status.uptime_secs,
+        status.cores,
+        status.durability,
+        status.listeners.join(", ")
+    )?;
+    writeln!(
+        out,
+        "records in {} ({:.0}/s), connections {}, jobs waiting {}, produce-to-ack p50 {}us p99 {}us\n",
+        status.records_in,
+        status.records_in_per_sec,
+        status.connections_open,
+        status.jobs_waiting,
+        status.produce_latency_us.p50,
+        status.produce_latency_us.p99
+    )?;
+    writeln!(
+        out,
+        "{:<20} {:>5} {:>5} {:>12} {:>12} {:>12}  consumers (lag)",
+        "TOPIC", "PART", "SHARD", "START", "NEXT", "DURABLE"
+    )?;
+    for topic in &status.topics {
+        for p in &topic.partitions {
+            let consumers: Vec<String> = p
+                .consumers
+                .iter()
+                .map(|c| format!("{} ({})", c.name, c.lag))
+                .collect();
+            writeln!(
+                out,
+                "{:<20} {:>5} {:>5} {:>12} {:>12} {:>12}  {}",
+                topic.name,
+                p.partition,
+                p.shard,
+                p.start_offset,
+                p.next_offset,
+                p.durable_offset,
+                consumers.join(", ")
+            )?;
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}

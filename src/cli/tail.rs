@@ -1,0 +1,131 @@
+//! `flowd tail [--from ADDR] TOPIC [--offset earliest|latest|N] [--follow] [--json]`:
+//! prints a topic's records, partition by partition; without `--follow` it stops at the
+//! end each partition had when tail started, and exits 0.
+
+use std::io::Write;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use crate::cli::CliError;
+use crate::client::Client;
+use crate::protocol::FetchFrom;
+use crate::protocol::json::record_json;
+use crate::protocol::message::Fetched;
+
+/// Records per fetch.
+const FETCH_RECORDS: u32 = 1000;
+/// How long a follower waits between rounds that found nothing.
+const FOLLOW_IDLE: Duration = Duration::from_millis(50);
+
+pub struct TailArgs {
+    pub from: String,
+    pub topic: String,
+    pub group: Option<String>,
+    pub offset: Option<FetchFrom>,
+    pub follow: bool,
+    pub json: bool,
+}
+
+pub fn run(args: TailArgs) -> Result<ExitCode, CliError> {
+    if let Some(group) = &args.group {
+        return Err(CliError::Usage(format!(
+            "--group {group}: named consumers are not served by this version yet; tail without --group reads the topic directly"
+        )));
+    }
+    let mut client = Client::connect(&args.from)?;
+    let metadata = client.metadata()?;
+    let Some(&(_, partitions)) = metadata.topics.iter().find(|(name, _)| *name == args.topic) else {
+        let names: Vec<&str> = metadata.topics.iter().map(|(n, _)| n.as_str()).collect();
+        return Err(CliError::Usage(format!(
+            "no topic \"{}\" on {}; topics there: {}",
+            args.topic,
+            args.from,
+            names.join(", ")
+        )));
+    };
+    let start = args.offset.unwrap_or(if args.follow {
+        FetchFrom::Latest
+    } else {
+        FetchFrom::Earliest
+    });
+    let mut out = std::io::BufWriter::new(std::io::stdout().lock());
+    // Per partition: the next offset to fetch, and (without --follow) where to stop.
+    let mut positions: Vec<(u64, Option<u64>)> = Vec::new();
+    for p in 0..partitions {
+        let first = client.fetch(&args.topic, p, start, FETCH_RECORDS, 0)?;
+        let next = print(&mut out, &args, p, &first, first_position(&first, start))?;
+        positions.push((next, (!args.follow).then_some(first.next_offset)));
+    }
+    loop {
+        let mut got_any = false;
+        let mut all_done = true;
+        for (p, (next, end)) in positions.iter_mut().enumerate() {
+            if end.is_some_and(|end| *next >= end) {
+                continue;
+            }
+            all_done = false;
+            let fetched = client.fetch(&args.topic, p as u32, FetchFrom::Offset(*next), FETCH_RECORDS, 0)?;
+            got_any |= !fetched.records.is_empty();
+            *next = print(&mut out, &args, p as u32, &fetched, *next)?;
+            if fetched.records.is_empty() && end.is_some() {
+                // Only end markers (skipped by the server) were left before the end.
+                *next = (*next).max(end.unwrap_or(0));
+            }
+        }
+        if !args.follow && all_done {
+            break;
+        }
+        if !got_any {
+            out.flush().map_err(CliError::Output)?;
+            std::thread::sleep(FOLLOW_IDLE);
+        }
+    }
+    out.flush().map_err(CliError::Output)?;
+    Ok(ExitCode::SUCCESS)
+}
+
+fn first_position(fetched: &Fetched, start: FetchFrom) -> u64 {
+    match start {
+        FetchFrom::Offset(o) => o.max(fetched.start_offset),
+        FetchFrom::Latest => fetched.next_offset,
+        _ => fetched.start_offset,
+    }
+}
+
+/// Prints the records; returns the offset after the last one (or `next` if none).
+fn print(
+    out: &mut impl Write,
+    args: &TailArgs,
+    partition: u32,
+    fetched: &Fetched,
+    next: u64,
+) -> Result<u64, CliError> {
+    let mut position = next;
+    for (offset, record) in &fetched.records {
+        if args.json {
+            let value = record_json(
+                &args.topic,
+                partition,
+                *offset,
+                record.timestamp_ms.unwrap_or_default(),
+                record.key.as_deref(),
+                &record.value,
+            );
+            writeln!(out, "{value}").map_err(CliError::Output)?;
+        } else {
+            let key = record
+                .key
+                .as_deref()
+                .map(String::from_utf8_lossy)
+                .unwrap_or_default();
+            writeln!(
+                out,
+                "{partition}:{offset}\t{key}\t{}",
+                String::from_utf8_lossy(&record.value)
+            )
+            .map_err(CliError::Output)?;
+        }
+        position = offset + 1;
+    }
+    Ok(position)
+}

@@ -1,0 +1,264 @@
+//! A blocking Rust client of the binary protocol, used by `flowd send/tail/status` and
+//! the benchmarks: one TCP connection, requests pipelined by id.
+
+use std::io::{BufReader, BufWriter, Read, Write};
+use std::net::{SocketAddr, TcpStream, ToSocketAddrs};
+use std::time::Duration;
+
+use crate::protocol::message::{Fetched, Metadata, Response, encode_produce};
+use crate::protocol::{
+    ErrorCode, FetchFrom, FetchRequest, JobRequest, OwnedWireRecord, Request, WireRecord, parse_frame,
+};
+
+/// The largest response a client accepts.
+const RESPONSE_BYTES_MAX: usize = 1 << 30;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ClientError {
+    #[error("cannot connect to {addr}: {source}; is `flowd run` listening there (--listen, [ingest] tcp)?")]
+    Connect {
+        addr: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("the connection to {addr} failed: {source}")]
+    Io {
+        addr: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("the server at {addr} closed the connection")]
+    Closed { addr: String },
+    #[error("{message}")]
+    Server { code: ErrorCode, message: String },
+    #[error("the server sent a response this client cannot read: {0}")]
+    Protocol(String),
+}
+
+pub type Result<T, E = ClientError> = std::result::Result<T, E>;
+
+pub struct Client {
+    addr: String,
+    reader: BufReader<TcpStream>,
+    writer: BufWriter<TcpStream>,
+    next_id: u64,
+    frame: Vec<u8>,
+}
+
+impl Client {
+    pub fn connect(addr: &str) -> Result<Client> {
+        let connect_error = |source| ClientError::Connect {
+            addr: addr.to_owned(),
+            source,
+        };
+        let resolved: Vec<SocketAddr> = addr.to_socket_addrs().map_err(connect_error)?.collect();
+        let mut last = std::io::Error::new(std::io::ErrorKind::NotFound, "the address resolves to nothing");
+        for candidate in resolved {
+            match TcpStream::connect_timeout(&candidate, Duration::from_secs(5)) {
+                Ok(stream) => {
+                    let _ = stream.set_nodelay(true);
+                    let reader =
+                        BufReader::with_capacity(256 << 10, stream.try_clone().map_err(connect_error)?);
+                    return Ok(Client {
+                        addr: addr.to_owned(),
+                        reader,
+                        writer: BufWriter::with_capacity(256 << 10, stream),
+                        next_id: 1,
+                        frame: Vec::new(),
+                    });
+                }
+                Err(e) => last = e,
+            }
+        }
+        Err(connect_error(last))
+    }
+
+    pub fn addr(&self) -> &str {
+        &self.addr
+    }
+
+    fn io(&self) -> impl Fn(std::io::Error) -> ClientError + '_ {
+        |source| ClientError::Io {
+            addr: self.addr.clone(),
+            source,
+        }
+    }
+
+    fn take_id(&mut self) -> u64 {
+        let id = self.next_id;
+        self.next_id += 1;
+        id
+    }
+
+    /// Queues a request (sent at the next `flush` or read); returns its id.
+    pub fn send(&mut self, request: &Request<'_>) -> Result<u64> {
+        let id = self.take_id();
+        self.frame.clear();
+        request.encode(id, &mut self.frame);
+        self.writer.write_all(&self.frame).map_err(self.io())?;
+        Ok(id)
+    }
+
+    /// Queues a produce of `records` to one topic; returns its id.
+    pub fn send_produce(
+        &mut self,
+        topic: &str,
+        partition: Option<u32>,
+        records: &[OwnedWireRecord],
+    ) -> Result<u64> {
+        let id = self.take_id();
+        self.frame.clear();
+        encode_produce(&mut self.frame, id, topic, partition, records);
+        self.writer.write_all(&self.frame).map_err(self.io())?;
+        Ok(id)
+    }
+
+    /// Sends already-encoded frame bytes as they are (tests of bad input, benchmarks).
+    pub fn send_raw(&mut self, bytes: &[u8]) -> Result<()> {
+        self.writer.write_all(bytes).map_err(self.io())
+    }
+
+    pub fn flush(&mut self) -> Result<()> {
+        self.writer.flush().map_err(self.io())
+    }
+
+    /// The next response: `(request id, response)`.
+    pub fn recv(&mut self) -> Result<(u64, Response)> {
+        self.flush()?;
+        let mut prefix = [0u8; 4];
+        if let Err(e) = self.reader.read_exact(&mut prefix) {
+            return Err(if e.kind() == std::io::ErrorKind::UnexpectedEof {
+                ClientError::Closed {
+                    addr: self.addr.clone(),
+                }
+            } else {
+                self.io()(e)
+            });
+        }
+        let length = u32::from_le_bytes(prefix) as usize;
+        if length > RESPONSE_BYTES_MAX {
+            return Err(ClientError::Protocol(format!("a response of {length} bytes")));
+        }
+        let mut frame = vec![0u8; 4 + length];
+        frame[..4].copy_from_slice(&prefix);
+        self.reader.read_exact(&mut frame[4..]).map_err(self.io())?;
+        let parsed = parse_frame(&frame, RESPONSE_BYTES_MAX)
+            .map_err(|e| ClientError::Protocol(e.message))?
+            .ok_or_else(|| ClientError::Protocol("a short frame".into()))?;
+        let response =
+            Response::decode(&parsed.header, parsed.body).map_err(|e| ClientError::Protocol(e.message))?;
+        Ok((parsed.header.request_id, response))
+    }
+
+    /// One request, one response (nothing else in flight).
+    pub fn call(&mut self, request: &Request<'_>) -> Result<Response> {
+        let id = self.send(request)?;
+        let (got, response) = self.recv()?;
+        if got != id {
+            return Err(ClientError::Protocol(format!(
+                "a response to request {got}, expected {id}"
+            )));
+        }
+        server_error(response)
+    }
+
+    pub fn metadata(&mut self) -> Result<Metadata> {
+        match self.call(&Request::Metadata)? {
+            Response::Metadata(m) => Ok(m),
+            other => Err(unexpected(&other)),
+        }
+    }
+
+    /// The status document (`GET /status`) as JSON.
+    pub fn status(&mut self) -> Result<serde_json::Value> {
+        match self.call(&Request::Status)? {
+            Response::Status(json) => serde_json::from_slice(&json)
+                .map_err(|e| ClientError::Protocol(format!("status is not JSON: {e}"))),
+            other => Err(unexpected(&other)),
+        }
+    }
+
+    pub fn fetch(
+        &mut self,
+        topic: &str,
+        partition: u32,
+        from: FetchFrom,
+        max_records: u32,
+        wait_ms: u32,
+    ) -> Result<Fetched> {
+        let request = Request::Fetch(FetchRequest {
+            topic,
+            partition,
+            from,
+            max_records,
+            max_bytes: 1 << 20,
+            wait_ms,
+        });
+        match self.call(&request)? {
+            Response::Fetched(f) => Ok(f),
+            other => Err(unexpected(&other)),
+        }
+    }
+
+    /// Produces records to one topic and waits for the durable ack: `(partition, offset)`
+    /// per record, in order.
+    pub fn produce(&mut self, topic: &str, records: &[OwnedWireRecord]) -> Result<Vec<(u32, u64)>> {
+        let id = self.send_produce(topic, None, records)?;
+        let (got, response) = self.recv()?;
+        if got != id {
+            return Err(ClientError::Protocol(format!(
+                "a response to request {got}, expected {id}"
+            )));
+        }
+        offsets(server_error(response)?)
+    }
+
+    /// Sends a job and waits for its answer.
+    pub fn job(
+        &mut self,
+        name: &str,
+        key: Option<&[u8]>,
+        value: &[u8],
+        timeout: Option<Duration>,
+    ) -> Result<OwnedWireRecord> {
+        let request = Request::Job(JobRequest {
+            job: name,
+            timeout_ms: timeout.map_or(0, |t| t.as_millis().clamp(1, u128::from(u32::MAX)) as u32),
+            record: WireRecord {
+                timestamp_ms: None,
+                key,
+                value,
+                headers: Vec::new(),
+                raw: &[],
+            },
+        });
+        match self.call(&request)? {
+            Response::Answer(answer) => Ok(answer),
+            other => Err(unexpected(&other)),
+        }
+    }
+}
+
+/// An ERROR response as `ClientError::Server`; anything else as it is.
+pub fn server_error(response: Response) -> Result<Response> {
+    match response {
+        Response::Error { code, message, .. } => Err(ClientError::Server { code, message }),
+        other => Ok(other),
+    }
+}
+
+/// The `(partition, offset)` of every record of a PRODUCED response, in input order.
+pub fn offsets(response: Response) -> Result<Vec<(u32, u64)>> {
+    match response {
+        Response::Produced(groups) => Ok(groups
+            .iter()
+            .flatten()
+            .flat_map(|run| (0..u64::from(run.count)).map(move |i| (run.partition, run.first_offset + i)))
+            .collect()),
+        other => Err(unexpected(&other)),
+    }
+}
+
+fn unexpected(response: &Response) -> ClientError {
+    ClientError::Protocol(format!("an unexpected response: {response:?}"))
+}

@@ -1,0 +1,118 @@
+//! Request/reply jobs inside the engine: the reply address a job carries (`flowd-reply`
+//! header), and the task that runs a `reply` stage: it reads its input partition and
+//! sends each job's first answer to the shard holding the caller's connection.
+
+use std::rc::Rc;
+
+use crate::runtime::error::Result;
+use crate::runtime::service::ShardRequest;
+use crate::runtime::shard::{Backoff, Shard};
+
+/// The header holding a job's reply address; stages copy it from input to outputs.
+pub const REPLY_HEADER: &str = "flowd-reply";
+
+/// Where an answer goes: the engine run (`epoch`: a job taken before a restart has no
+/// caller left), the shard holding the caller's connection, and the job there.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ReplyAddress {
+    pub epoch: u64,
+    pub shard: u32,
+    pub job: u64,
+}
+
+impl ReplyAddress {
+    pub fn encode(&self) -> [u8; 20] {
+        let mut out = [0; 20];
+        out[..8].copy_from_slice(&self.epoch.to_le_bytes());
+        out[8..12].copy_from_slice(&self.shard.to_le_bytes());
+        out[12..].copy_from_slice(&self.job.to_le_bytes());
+        out
+    }
+
+    pub fn decode(bytes: &[u8]) -> Option<ReplyAddress> {
+        let bytes: &[u8; 20] = bytes.try_into().ok()?;
+        Some(ReplyAddress {
+            epoch: u64::from_le_bytes(bytes[..8].try_into().ok()?),
+            shard: u32::from_le_bytes(bytes[8..12].try_into().ok()?),
+            job: u64::from_le_bytes(bytes[12..].try_into().ok()?),
+        })
+    }
+}
+
+/// One `reply` stage on one input partition.
+pub struct ReplyTask {
+    pub stage: usize,
+    pub topic: usize,
+    pub partition: u32,
+}
+
+/// Answers come only to callers of this run, so the task starts at the partition's end
+/// and keeps no progress: a job written before a restart has nobody waiting for it.
+pub async fn run(shard: Rc<Shard>, task: ReplyTask) -> Result<()> {
+    let shared = Rc::clone(&shard);
+    let control = &shared.shared.control;
+    let input = Rc::clone(shard.partition(task.topic, task.partition));
+    let mut position = input.log.borrow().next_offset();
+    let name = format!("{} (reply)", shard.shared.spec.stages[task.stage].name);
+    let reader = input.reader(&name, position);
+    let mut idle = Backoff::default();
+    let mut answers = Vec::new();
+    while !control.is_stopping() {
+        {
+            let log = input.log.borrow();
+            for view in log.read(position).take(1024) {
+                position = view.offset() + 1;
+                let address = view
+                    .headers()
+                    .find(|(name, _)| *name == REPLY_HEADER)
+                    .and_then(|(_, value)| ReplyAddress::decode(value));
+                if let Some(address) = address
+                    && address.epoch == shard.shared.epoch
+                    && (address.shard as usize) < shard.shared.shards
+                {
+                    answers.push((
+                        address,
+                        ShardRequest::Answer {
+                            job: address.job,
+                            key: view.key().map(<[u8]>::to_vec),
+                            value: view.value().to_vec(),
+                        },
+                    ));
+                }
+            }
+        }
+        reader.set(position);
+        if answers.is_empty() {
+            idle.sleep().await;
+            continue;
+        }
+        idle.reset();
+        for (address, answer) in answers.drain(..) {
+            // The target shard only goes away when the engine stops.
+            if shard.shared.services[address.shard as usize]
+                .send_async(answer)
+                .await
+                .is_err()
+            {
+                return Ok(());
+            }
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn addresses_round_trip_and_reject_other_lengths() {
+        let a = ReplyAddress {
+            epoch: 7,
+            shard: 1,
+            job: u64::MAX,
+        };
+        assert_eq!(ReplyAddress::decode(&a.encode()), Some(a));
+        assert_eq!(ReplyAddress::decode(&a.encode()[..19]), None);
+    }
+}

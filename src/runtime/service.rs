@@ -1,0 +1,213 @@
+//! What one shard does for others: serve fetches of the partitions it owns, report their
+//! status, and hand job answers to the connections waiting on it. Requests arrive on a
+//! bounded channel per shard; fetches that wait for new records run as their own tasks.
+
+use std::rc::Rc;
+use std::time::{Duration, Instant};
+
+use serde::Serialize;
+
+use crate::protocol::message::FetchedWriter;
+use crate::protocol::{ErrorCode, FetchFrom, ProtocolError};
+use crate::runtime::provenance::END_HEADER;
+use crate::runtime::shard::{Backoff, Shard};
+
+/// Requests a shard's service channel holds before senders wait.
+pub const SERVICE_CHANNEL_MAX: usize = 1024;
+/// Most bytes of records one fetch returns, whatever the client asks.
+pub const FETCH_BYTES_MAX: u32 = 1 << 20;
+/// Most records one fetch returns.
+pub const FETCH_RECORDS_MAX: u32 = 10_000;
+/// The longest a fetch waits for new records.
+pub const FETCH_WAIT_MAX: Duration = Duration::from_secs(30);
+
+/// A fetch, owned so that it can cross to the owner shard.
+#[derive(Debug, Clone)]
+pub struct FetchOrder {
+    pub topic: usize,
+    pub partition: u32,
+    pub from: FetchFrom,
+    pub max_records: u32,
+    pub max_bytes: u32,
+    pub wait_ms: u32,
+    pub request_id: u64,
+}
+
+pub enum ShardRequest {
+    /// Answered with a whole FETCHED (or ERROR) frame.
+    Fetch {
+        order: FetchOrder,
+        reply: flume::Sender<Vec<u8>>,
+    },
+    Status {
+        reply: flume::Sender<ShardStatus>,
+    },
+    /// A reply stage's answer to a job taken on this shard.
+    Answer {
+        job: u64,
+        key: Option<Vec<u8>>,
+        value: Vec<u8>,
+    },
+}
+
+/// An answer handed to the task waiting on a job.
+#[derive(Debug, Clone)]
+pub struct Answer {
+    pub key: Option<Vec<u8>>,
+    pub value: Vec<u8>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct ShardStatus {
+    pub shard: usize,
+    pub partitions: Vec<PartitionStatus>,
+    /// Jobs taken here and still waiting for their answer.
+    pub jobs_waiting: usize,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct PartitionStatus {
+    pub topic: String,
+    pub partition: u32,
+    pub shard: usize,
+    pub start_offset: u64,
+    pub next_offset: u64,
+    pub durable_offset: u64,
+    pub segments: usize,
+    pub bytes: u64,
+    pub consumers: Vec<ConsumerStatus>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct ConsumerStatus {
+    pub name: String,
+    pub position: u64,
+    pub lag: u64,
+}
+
+/// Serves this shard's requests until the engine stops.
+pub async fn run(shard: Rc<Shard>, requests: flume::Receiver<ShardRequest>) {
+    while let Ok(request) = requests.recv_async().await {
+        match request {
+            ShardRequest::Fetch { order, reply } => {
+                let shard = Rc::clone(&shard);
+                glommio::spawn_local(async move {
+                    let frame = fetch_local(&shard, &order).await;
+                    let _ = reply.send_async(frame).await;
+                })
+                .detach();
+            }
+            ShardRequest::Status { reply } => {
+                let _ = reply.send_async(status(&shard)).await;
+            }
+            ShardRequest::Answer { job, key, value } => {
+                if let Some(waiter) = shard.jobs.borrow_mut().remove(&job) {
+                    // The caller may have timed out and gone; the answer is dropped then.
+                    let _ = waiter.try_send(Answer { key, value });
+                }
+            }
+        }
+    }
+}
+
+pub fn status(shard: &Shard) -> ShardStatus {
+    let spec = &shard.shared.spec;
+    let mut partitions: Vec<PartitionStatus> = shard
+        .partitions
+        .values()
+        .map(|p| {
+            let log = p.log.borrow();
+            let next = log.next_offset();
+            let segments = log.segments();
+            PartitionStatus {
+                topic: spec.topics[p.topic].name.clone(),
+                partition: p.partition,
+                shard: shard.index,
+                start_offset: log.start_offset(),
+                next_offset: next,
+                durable_offset: log.durable_offset(),
+                segments: segments.len(),
+                bytes: segments.iter().map(|s| s.data_bytes).sum(),
+                consumers: p
+                    .readers()
+                    .into_iter()
+                    .map(|(name, position)| ConsumerStatus {
+                        name,
+                        position,
+                        lag: next.saturating_sub(position),
+                    })
+                    .collect(),
+            }
+        })
+        .collect();
+    partitions.sort_by(|a, b| (&a.topic, a.partition).cmp(&(&b.topic, b.partition)));
+    ShardStatus {
+        shard: shard.index,
+        partitions,
+        jobs_waiting: shard.jobs.borrow().len(),
+    }
+}
+
+/// Reads a partition this shard owns into a FETCHED frame, waiting up to the order's
+/// wait for a first record. End-of-input markers are engine bookkeeping and skipped.
+pub async fn fetch_local(shard: &Shard, order: &FetchOrder) -> Vec<u8> {
+    let Some(partition) = shard.partitions.get(&(order.topic, order.partition)) else {
+        return error_frame(
+            order.request_id,
+            &ProtocolError::new(
+                ErrorCode::Internal,
+                "fetch sent to a shard that does not own the partition",
+            ),
+        );
+    };
+    let deadline = Instant::now() + Duration::from_millis(order.wait_ms.into()).min(FETCH_WAIT_MAX);
+    let position = {
+        let log = partition.log.borrow();
+        match order.from {
+            FetchFrom::Offset(o) => o.max(log.start_offset()),
+            FetchFrom::Earliest => log.start_offset(),
+            FetchFrom::Latest => log.next_offset(),
+            FetchFrom::Time(t) => log.offset_at_time(t).unwrap_or(log.next_offset()),
+        }
+    };
+    let mut idle = Backoff::default();
+    while partition.log.borrow().next_offset() <= position
+        && Instant::now() < deadline
+        && !shard.shared.control.is_stopping()
+    {
+        idle.sleep().await;
+    }
+    let log = partition.log.borrow();
+    let mut out = Vec::new();
+    let mut writer = FetchedWriter::begin(&mut out, order.request_id, log.start_offset(), log.next_offset());
+    let max_bytes = order.max_bytes.clamp(1, FETCH_BYTES_MAX) as usize;
+    let max_records = order.max_records.clamp(1, FETCH_RECORDS_MAX);
+    let mut taken = 0;
+    let body_start = out.len();
+    for view in log.read(position) {
+        if taken >= max_records || (taken > 0 && out.len() - body_start >= max_bytes) {
+            break;
+        }
+        let headers: Vec<(&str, &[u8])> = view.headers().collect();
+        if headers.iter().any(|(name, _)| *name == END_HEADER) {
+            continue;
+        }
+        writer.push(
+            &mut out,
+            view.offset(),
+            view.timestamp_ms(),
+            view.key(),
+            view.value(),
+            &headers,
+        );
+        taken += 1;
+    }
+    writer.finish(&mut out);
+    out
+}
+
+pub fn error_frame(request_id: u64, error: &ProtocolError) -> Vec<u8> {
+    let mut out = Vec::new();
+    crate::protocol::message::encode_error(&mut out, request_id, error.code, &error.message);
+    out
+}

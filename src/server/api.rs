@@ -1,0 +1,517 @@
+//! The engine operations both front doors (TCP frames and HTTP) offer: produce, fetch,
+//! jobs, metadata and status. Each checks its input, routes work to the shard that owns
+//! the partition, and waits for the outcome the protocol promises (a durable ack, an
+//! answer, a timeout).
+
+use std::rc::Rc;
+use std::time::{Duration, Instant};
+
+use serde::Serialize;
+
+use crate::protocol::message::Metadata;
+use crate::protocol::wire::{RESERVED_HEADER_PREFIX, encode_record};
+use crate::protocol::{ErrorCode, FetchFrom, ProduceGroup, ProtocolError, Run, WireRecord};
+use crate::runtime::mesh::{Ack, Batch, ClientAck, Payload};
+use crate::runtime::placement::{owner, partition_of_bytes};
+use crate::runtime::reply::{REPLY_HEADER, ReplyAddress};
+use crate::runtime::service::{self, Answer, FetchOrder, ShardRequest, ShardStatus};
+use crate::runtime::shard::Shard;
+use crate::storage::layout::now_ms;
+
+/// One partition's records of a produce request, becoming one atomic batch.
+struct Part {
+    topic: usize,
+    partition: u32,
+    bytes: Vec<u8>,
+    count: usize,
+}
+
+/// Where each record of a group went: `(part index, index in the part, count)`.
+type Layout = Vec<Vec<(usize, usize, u32)>>;
+
+/// A produce request whose batches are on their way; `wait` resolves when all are durable.
+pub struct PendingProduce {
+    acks: flume::Receiver<ClientAck>,
+    parts: Vec<(usize, u32)>,
+    layout: Layout,
+    started: Instant,
+}
+
+fn unknown_topic(name: &str) -> ProtocolError {
+    ProtocolError::new(
+        ErrorCode::UnknownTopic,
+        format!("no topic \"{name}\" here; `flowd status` lists the topics of the running dataflow"),
+    )
+}
+
+/// Checks the records against the dataflow and the engine's rules, then sends them to
+/// their partitions' shards (waiting while those are full).
+pub async fn produce(
+    shard: &Rc<Shard>,
+    groups: &[ProduceGroup<'_>],
+) -> Result<PendingProduce, ProtocolError> {
+    let started = Instant::now();
+    let spec = &shard.shared.spec;
+    let mut parts: Vec<Part> = Vec::new();
+    let mut layout: Layout = Vec::with_capacity(groups.len());
+    let mut bytes_in = 0;
+    let mut records_in = 0;
+    for group in groups {
+        let topic = spec
+            .topic_index(group.topic)
+            .ok_or_else(|| unknown_topic(group.topic))?;
+        let partitions = spec.topics[topic].partitions;
+        if let Some(p) = group.partition
+            && p >= partitions
+        {
+            return Err(ProtocolError::new(
+                ErrorCode::UnknownPartition,
+                format!(
+                    "topic \"{}\" has partitions 0 to {}, not {p}",
+                    group.topic,
+                    partitions - 1
+                ),
+            ));
+        }
+        // Keyless records of a group stay together in one partition, one atomic batch.
+        let spread = shard.next_spread(partitions);
+        let mut runs: Vec<(usize, usize, u32)> = Vec::new();
+        for record in &group.records {
+            check_headers(record)?;
+            let partition = match (group.partition, record.key) {
+                (Some(p), _) => p,
+                (None, Some(key)) => partition_of_bytes(key, partitions),
+                (None, None) => spread,
+            };
+            let index = match parts
+                .iter()
+                .position(|p| p.topic == topic && p.partition == partition)
+            {
+                Some(i) => i,
+                None => {
+                    parts.push(Part {
+                        topic,
+                        partition,
+                        bytes: Vec::new(),
+                        count: 0,
+                    });
+                    parts.len() - 1
+                }
+            };
+            let part = &mut parts[index];
+            part.bytes.extend_from_slice(record.raw);
+            match runs.last_mut() {
+                Some((i, start, count)) if *i == index && *start + *count as usize == part.count => {
+                    *count += 1
+                }
+                _ => runs.push((index, part.count, 1)),
+            }
+            part.count += 1;
+            bytes_in += record.value.len() + record.key.map_or(0, <[u8]>::len);
+            records_in += 1;
+        }
+        layout.push(runs);
+    }
+    let (tx, rx) = flume::bounded(parts.len());
+    let shared = &shard.shared;
+    let part_ids: Vec<(usize, u32)> = parts.iter().map(|p| (p.topic, p.partition)).collect();
+    let stamp_ms = now_ms();
+    for part in parts {
+        let batch = Batch {
+            partition: part.partition,
+            records: Payload::Wire {
+                bytes: part.bytes,
+                count: part.count,
+                stamp_ms,
+            },
+            ack: Ack::Client(tx.clone()),
+        };
+        let to = owner(part.partition, shared.shards);
+        shared.mesh.inboxes[part.topic][to]
+            .send_async(batch)
+            .await
+            .map_err(|_| stopping())?;
+    }
+    shared.metrics.produce_requests.add(1);
+    shared.metrics.records_in.add(records_in);
+    shared.metrics.bytes_in.add(bytes_in as u64);
+    Ok(PendingProduce {
+        acks: rx,
+        parts: part_ids,
+        layout,
+        started,
+    })
+}
+
+fn stopping() -> ProtocolError {
+    ProtocolError::new(
+        ErrorCode::Unavailable,
+        "the engine is stopping; retry against the restarted engine",
+    )
+}
+
+fn check_headers(record: &WireRecord<'_>) -> Result<(), ProtocolError> {
+    match record
+        .headers
+        .iter()
+        .find(|(name, _)| name.starts_with(RESERVED_HEADER_PREFIX))
+    {
+        Some((name, _)) => Err(ProtocolError::new(
+            ErrorCode::Invalid,
+            format!(
+                "header \"{name}\" is reserved for the engine (names starting \"{RESERVED_HEADER_PREFIX}\"); rename it"
+            ),
+        )),
+        None => Ok(()),
+    }
+}
+
+impl PendingProduce {
+    /// Waits for every batch to be durable; the offsets come back per group, in runs.
+    pub async fn wait(self, shard: &Shard) -> Result<Vec<Vec<Run>>, ProtocolError> {
+        let mut firsts = vec![None; self.parts.len()];
+        for _ in 0..self.parts.len() {
+            let (partition, first, _) = self.acks.recv_async().await.map_err(|_| stopping())??;
+            // Two parts of one request never share a partition of one topic, but may
+            // share a partition number across topics: match the first still open.
+            let slot = self
+                .parts
+                .iter()
+                .zip(&firsts)
+                .position(|((_, p), f)| *p == partition && f.is_none())
+                .ok_or_else(|| {
+                    ProtocolError::new(ErrorCode::Internal, "an ack for no batch of this request")
+                })?;
+            firsts[slot] = Some(first);
+        }
+        // Acks of different topics on the same partition number may arrive in either
+        // order; the offsets of a topic's part matter only within that part.
+        let runs = self
+            .layout
+            .iter()
+            .map(|runs| {
+                runs.iter()
+                    .map(|&(part, start, count)| Run {
+                        partition: self.parts[part].1,
+                        first_offset: firsts[part].expect("every part acked") + start as u64,
+                        count,
+                    })
+                    .collect()
+            })
+            .collect();
+        shard
+            .shared
+            .metrics
+            .produce_latency
+            .record(shard.index, self.started.elapsed());
+        Ok(runs)
+    }
+}
+
+/// A whole FETCHED (or ERROR) frame for `order`, served by the owner shard.
+pub async fn fetch(shard: &Rc<Shard>, topic: &str, order: FetchOrder) -> Vec<u8> {
+    let spec = &shard.shared.spec;
+    let request_id = order.request_id;
+    let Some(t) = spec.topic_index(topic) else {
+        return service::error_frame(request_id, &unknown_topic(topic));
+    };
+    let partitions = spec.topics[t].partitions;
+    if order.partition >= partitions {
+        let error = ProtocolError::new(
+            ErrorCode::UnknownPartition,
+            format!(
+                "topic \"{topic}\" has partitions 0 to {}, not {}",
+                partitions - 1,
+                order.partition
+            ),
+        );
+        return service::error_frame(request_id, &error);
+    }
+    shard.shared.metrics.fetch_requests.add(1);
+    let order = FetchOrder { topic: t, ..order };
+    let to = owner(order.partition, shard.shared.shards);
+    if to == shard.index {
+        return service::fetch_local(shard, &order).await;
+    }
+    let (tx, rx) = flume::bounded(1);
+    let request = ShardRequest::Fetch { order, reply: tx };
+    if shard.shared.services[to].send_async(request).await.is_err() {
+        return service::error_frame(request_id, &stopping());
+    }
+    rx.recv_async()
+        .await
+        .unwrap_or_else(|_| service::error_frame(request_id, &stopping()))
+}
+
+/// Takes a job: writes it to its topic with this shard's reply address, then waits for
+/// the reply stage's answer, or the timeout.
+pub async fn job(
+    shard: &Rc<Shard>,
+    name: &str,
+    timeout: Option<Duration>,
+    key: Option<&[u8]>,
+    value: &[u8],
+    headers: &[(&str, &[u8])],
+) -> Result<Answer, ProtocolError> {
+    let started = Instant::now();
+    let shared = &shard.shared;
+    let spec = shared.spec.job(name).ok_or_else(|| {
+        let known: Vec<&str> = shared.spec.jobs.iter().map(|j| j.name.as_str()).collect();
+        ProtocolError::new(
+            ErrorCode::UnknownJob,
+            format!(
+                "no job \"{name}\" here; this dataflow has: {}",
+                if known.is_empty() {
+                    "none".into()
+                } else {
+                    known.join(", ")
+                }
+            ),
+        )
+    })?;
+    if let Some((name, _)) = headers
+        .iter()
+        .find(|(n, _)| n.starts_with(RESERVED_HEADER_PREFIX))
+    {
+        return Err(ProtocolError::new(
+            ErrorCode::Invalid,
+            format!("header \"{name}\" is reserved for the engine"),
+        ));
+    }
+    let timeout = timeout.unwrap_or(spec.timeout);
+    let partitions = shared.spec.topics[spec.topic].partitions;
+    let partition = match key {
+        Some(key) => partition_of_bytes(key, partitions),
+        None => shard.next_spread(partitions),
+    };
+    let id = shard.next_job_id();
+    let address = ReplyAddress {
+        epoch: shared.epoch,
+        shard: shard.index as u32,
+        job: id,
+    }
+    .encode();
+    let mut all_headers: Vec<(&str, &[u8])> = headers.to_vec();
+    all_headers.push((REPLY_HEADER, &address));
+    let mut bytes = Vec::new();
+    encode_record(&mut bytes, None, key, value, &all_headers);
+    let (answer_tx, answer_rx) = flume::bounded(1);
+    shard.jobs.borrow_mut().insert(id, answer_tx);
+    // Whatever happens next, the waiter must not outlive this call.
+    let _guard = JobGuard { shard, id };
+    let (ack_tx, ack_rx) = flume::bounded(1);
+    let batch = Batch {
+        partition,
+        records: Payload::Wire {
+            bytes,
+            count: 1,
+            stamp_ms: now_ms(),
+        },
+        ack: Ack::Client(ack_tx),
+    };
+    shared.metrics.jobs.add(1);
+    let to = owner(partition, shared.shards);
+    shared.mesh.inboxes[spec.topic][to]
+        .send_async(batch)
+        .await
+        .map_err(|_| stopping())?;
+    let outcome = within(timeout, async {
+        ack_rx.recv_async().await.map_err(|_| stopping())??;
+        answer_rx.recv_async().await.map_err(|_| stopping())
+    })
+    .await;
+    match outcome {
+        Some(Ok(answer)) => {
+            shared.metrics.job_answers.add(1);
+            shared.metrics.job_latency.record(shard.index, started.elapsed());
+            Ok(answer)
+        }
+        Some(Err(error)) => Err(error),
+        None => {
+            shared.metrics.job_timeouts.add(1);
+            Err(ProtocolError::new(
+                ErrorCode::Timeout,
+                format!(
+                    "job \"{name}\" got no answer within {}",
+                    humantime::format_duration(timeout)
+                ),
+            ))
+        }
+    }
+}
+
+/// `f`'s output, or `None` if it takes longer than `limit` (then `f` is dropped).
+pub async fn within<T>(limit: Duration, f: impl std::future::Future<Output = T>) -> Option<T> {
+    futures_lite::future::or(async { Some(f.await) }, async {
+        glommio::timer::sleep(limit).await;
+        None
+    })
+    .await
+}
+
+struct JobGuard<'a> {
+    shard: &'a Shard,
+    id: u64,
+}
+
+impl Drop for JobGuard<'_> {
+    fn drop(&mut self) {
+        self.shard.jobs.borrow_mut().remove(&self.id);
+    }
+}
+
+pub fn metadata(shard: &Shard, max_frame_bytes: u32) -> Metadata {
+    let spec = &shard.shared.spec;
+    Metadata {
+        max_frame_bytes,
+        topics: spec
+            .topics
+            .iter()
+            .map(|t| (t.name.clone(), t.partitions))
+            .collect(),
+        jobs: spec
+            .jobs
+            .iter()
+            .map(|j| (j.name.clone(), spec.topics[j.topic].name.clone()))
+            .collect(),
+    }
+}
+
+/// The whole engine's state, as `GET /status` and `flowd status --json` show it.
+#[derive(Debug, Clone, Serialize, serde::Deserialize)]
+pub struct Status {
+    pub version: String,
+    pub uptime_secs: f64,
+    pub cores: usize,
+    pub durability: String,
+    pub listeners: Vec<String>,
+    pub topics: Vec<TopicStatus>,
+    pub jobs: Vec<String>,
+    pub records_in: u64,
+    pub records_in_per_sec: f64,
+    pub bytes_in: u64,
+    pub connections_open: u64,
+    pub jobs_waiting: usize,
+    pub produce_latency_us: Quantiles,
+}
+
+#[derive(Debug, Clone, Serialize, serde::Deserialize)]
+pub struct TopicStatus {
+    pub name: String,
+    pub partitions: Vec<PartitionView>,
+}
+
+#[derive(Debug, Clone, Serialize, serde::Deserialize)]
+pub struct PartitionView {
+    pub partition: u32,
+    pub shard: usize,
+    pub start_offset: u64,
+    pub next_offset: u64,
+    pub durable_offset: u64,
+    pub segments: usize,
+    pub bytes: u64,
+    pub consumers: Vec<ConsumerView>,
+}
+
+#[derive(Debug, Clone, Serialize, serde::Deserialize)]
+pub struct ConsumerView {
+    pub name: String,
+    pub position: u64,
+    pub lag: u64,
+}
+
+#[derive(Debug, Clone, Default, Serialize, serde::Deserialize)]
+pub struct Quantiles {
+    pub p50: u64,
+    pub p99: u64,
+    pub p999: u64,
+    pub max: u64,
+}
+
+/// Asks every shard for its partitions and puts the answers together.
+pub async fn status(shard: &Rc<Shard>, started: Instant, listeners: &[String], rate: f64) -> Status {
+    let shared = &shard.shared;
+    let mut shards: Vec<ShardStatus> = Vec::new();
+    for (i, service) in shared.services.iter().enumerate() {
+        if i == shard.index {
+            shards.push(service::status(shard));
+            continue;
+        }
+        let (tx, rx) = flume::bounded(1);
+        if service
+            .send_async(ShardRequest::Status { reply: tx })
+            .await
+            .is_ok()
+            && let Some(Ok(s)) = within(Duration::from_secs(5), rx.recv_async()).await
+        {
+            shards.push(s);
+        }
+    }
+    let spec = &shared.spec;
+    let mut topics: Vec<TopicStatus> = spec
+        .topics
+        .iter()
+        .map(|t| TopicStatus {
+            name: t.name.clone(),
+            partitions: Vec::new(),
+        })
+        .collect();
+    for p in shards.iter().flat_map(|s| &s.partitions) {
+        if let Some(t) = spec.topic_index(&p.topic) {
+            topics[t].partitions.push(PartitionView {
+                partition: p.partition,
+                shard: p.shard,
+                start_offset: p.start_offset,
+                next_offset: p.next_offset,
+                durable_offset: p.durable_offset,
+                segments: p.segments,
+                bytes: p.bytes,
+                consumers: p
+                    .consumers
+                    .iter()
+                    .map(|c| ConsumerView {
+                        name: c.name.clone(),
+                        position: c.position,
+                        lag: c.lag,
+                    })
+                    .collect(),
+            });
+        }
+    }
+    for t in &mut topics {
+        t.partitions.sort_by_key(|p| p.partition);
+    }
+    let h = shared.metrics.produce_latency.merged();
+    Status {
+        version: env!("CARGO_PKG_VERSION").into(),
+        uptime_secs: started.elapsed().as_secs_f64(),
+        cores: shared.shards,
+        durability: format!("{:?}", spec.engine.durability).to_lowercase(),
+        listeners: listeners.to_vec(),
+        topics,
+        jobs: spec.jobs.iter().map(|j| j.name.clone()).collect(),
+        records_in: shared.metrics.records_in.get(),
+        records_in_per_sec: rate,
+        bytes_in: shared.metrics.bytes_in.get(),
+        connections_open: shared
+            .metrics
+            .connections_open
+            .load(std::sync::atomic::Ordering::Relaxed),
+        jobs_waiting: shards.iter().map(|s| s.jobs_waiting).sum(),
+        produce_latency_us: Quantiles {
+            p50: h.value_at_quantile(0.5),
+            p99: h.value_at_quantile(0.99),
+            p999: h.value_at_quantile(0.999),
+            max: h.max(),
+        },
+    }
+}
+
+/// Converts a fetch position given as text: `earliest`, `latest` or an offset.
+pub fn parse_from(text: &str) -> Option<FetchFrom> {
+    match text {
+        "earliest" => Some(FetchFrom::Earliest),
+        "latest" => Some(FetchFrom::Latest),
+        n => n.parse().ok().map(FetchFrom::Offset),
+    }
+}

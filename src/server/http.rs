@@ -1,0 +1,459 @@
+//! JSON over HTTP/1.1 with hyper, on the same shards and the same operations as the
+//! binary protocol: `POST/GET /topics/T`, `POST /jobs/NAME`, `GET /status`, `GET /`
+//! (the status page) and `GET /metrics` (Prometheus text). A contract (DESIGN.md 5).
+
+use std::os::fd::{FromRawFd, RawFd};
+use std::rc::Rc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use glommio::net::TcpListener;
+use http_body_util::{BodyExt, Full, Limited};
+use hyper::body::Incoming;
+use hyper::{Method, Request, Response, StatusCode};
+
+use crate::protocol::message::Response as FrameResponse;
+use crate::protocol::wire::{Cursor, OwnedWireRecord};
+use crate::protocol::{ErrorCode, FetchFrom, ProduceGroup, ProtocolError, parse_frame};
+use crate::runtime::service::{FETCH_RECORDS_MAX, FetchOrder};
+use crate::runtime::shard::Shard;
+use crate::server::hyper_io::HyperIo;
+use crate::server::{Front, api, page};
+
+type Reply = Response<Full<Bytes>>;
+
+/// Records one `GET /topics/T` returns unless `limit` says otherwise.
+const DEFAULT_LIMIT: u32 = 100;
+
+pub async fn accept_loop(shard: Rc<Shard>, front: Rc<Front>, fd: RawFd) {
+    // Safety: `fd` is a listening socket bound for this shard and owned by nothing else.
+    let listener = unsafe { TcpListener::from_raw_fd(fd) };
+    let metrics = std::sync::Arc::clone(&shard.shared.metrics);
+    while !shard.shared.control.is_stopping() {
+        let stream = match listener.accept().await {
+            Ok(stream) => stream,
+            Err(error) => {
+                tracing::warn!(%error, "cannot accept an HTTP connection");
+                glommio::timer::sleep(Duration::from_millis(50)).await;
+                continue;
+            }
+        };
+        let open = metrics
+            .connections_open
+            .fetch_add(1, std::sync::atomic::Ordering::AcqRel)
+            + 1;
+        if open as usize > front.max_connections {
+            metrics
+                .connections_open
+                .fetch_sub(1, std::sync::atomic::Ordering::AcqRel);
+            metrics.connections_refused.add(1);
+            tracing::warn!(
+                limit = front.max_connections,
+                "HTTP connection refused: too many connections"
+            );
+            drop(stream);
+            continue;
+        }
+        let (shard, front, metrics) = (
+            Rc::clone(&shard),
+            Rc::clone(&front),
+            std::sync::Arc::clone(&metrics),
+        );
+        glommio::spawn_local(async move {
+            let service = {
+                let (shard, front) = (Rc::clone(&shard), Rc::clone(&front));
+                hyper::service::service_fn(move |request| {
+                    let (shard, front) = (Rc::clone(&shard), Rc::clone(&front));
+                    async move { Ok::<_, std::convert::Infallible>(route(&shard, &front, request).await) }
+                })
+            };
+            let connection = hyper::server::conn::http1::Builder::new()
+                .keep_alive(true)
+                .serve_connection(HyperIo(stream), service);
+            if let Err(error) = connection.await {
+                tracing::debug!(%error, "HTTP connection ended with an error");
+            }
+            metrics
+                .connections_open
+                .fetch_sub(1, std::sync::atomic::Ordering::AcqRel);
+        })
+        .detach();
+    }
+}
+
+fn json(status: StatusCode, value: &serde_json::Value) -> Reply {
+    Response::builder()
+        .status(status)
+        .header("content-type", "application/json")
+        .body(Full::new(Bytes::from(value.to_string())))
+        .expect("a valid response")
+}
+
+fn text(status: StatusCode, content_type: &str, body: impl Into<Bytes>) -> Reply {
+    Response::builder()
+        .status(status)
+        .header("content-type", content_type)
+        .body(Full::new(body.into()))
+        .expect("a valid response")
+}
+
+fn error(status: StatusCode, message: &str) -> Reply {
+    json(status, &serde_json::json!({ "error": message }))
+}
+
+fn protocol_error(shard: &Shard, e: &ProtocolError) -> Reply {
+    shard.shared.metrics.error(e.code);
+    let status = match e.code {
+        ErrorCode::Malformed | ErrorCode::Invalid | ErrorCode::UnknownKind | ErrorCode::BadVersion => {
+            StatusCode::BAD_REQUEST
+        }
+        ErrorCode::UnknownTopic | ErrorCode::UnknownPartition | ErrorCode::UnknownJob => {
+            StatusCode::NOT_FOUND
+        }
+        ErrorCode::TooLarge | ErrorCode::FrameTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
+        ErrorCode::Timeout => StatusCode::GATEWAY_TIMEOUT,
+        ErrorCode::Unavailable | ErrorCode::Overloaded => StatusCode::SERVICE_UNAVAILABLE,
+        ErrorCode::Unsupported => StatusCode::NOT_IMPLEMENTED,
+        ErrorCode::Internal => StatusCode::INTERNAL_SERVER_ERROR,
+    };
+    error(status, &e.message)
+}
+
+async fn route(shard: &Rc<Shard>, front: &Rc<Front>, request: Request<Incoming>) -> Reply {
+    shard.shared.metrics.http_requests.add(1);
+    let path = request.uri().path().to_owned();
+    let query = request.uri().query().unwrap_or_default().to_owned();
+    let segments: Vec<&str> = path.trim_matches('/').split('/').collect();
+    let method = request.method().clone();
+    match (&method, segments.as_slice()) {
+        (&Method::GET, [""]) => {
+            let status = status(shard, front).await;
+            text(StatusCode::OK, "text/html; charset=utf-8", page::render(&status))
+        }
+        (&Method::GET, ["status"]) => {
+            let status = status(shard, front).await;
+            json(
+                StatusCode::OK,
+                &serde_json::to_value(&status).expect("status serializes"),
+            )
+        }
+        (&Method::GET, ["metrics"]) => {
+            let status = status(shard, front).await;
+            let lag: u64 = status
+                .topics
+                .iter()
+                .flat_map(|t| &t.partitions)
+                .flat_map(|p| &p.consumers)
+                .map(|c| c.lag)
+                .sum();
+            let extra = [(
+                "flowd_consumer_lag_records",
+                "Records not yet read by the dataflow's stages and sinks, summed",
+                lag,
+            )];
+            text(
+                StatusCode::OK,
+                "text/plain; version=0.0.4",
+                shard.shared.metrics.render(&extra),
+            )
+        }
+        (&Method::POST, ["topics", topic]) => {
+            let topic = (*topic).to_owned();
+            match body(front, request).await {
+                Ok(bytes) => post_records(shard, &topic, &bytes).await,
+                Err(reply) => reply,
+            }
+        }
+        (&Method::GET, ["topics", topic]) => get_records(shard, topic, &query).await,
+        (&Method::POST, ["jobs", name]) => {
+            let name = (*name).to_owned();
+            let key = query_param(&query, "key").map(String::into_bytes);
+            match body(front, request).await {
+                Ok(bytes) => match api::job(shard, &name, None, key.as_deref(), &bytes, &[]).await {
+                    Ok(answer) => {
+                        let kind = if serde_json::from_slice::<serde::de::IgnoredAny>(&answer.value).is_ok() {
+                            "application/json"
+                        } else {
+                            "text/plain; charset=utf-8"
+                        };
+                        text(StatusCode::OK, kind, answer.value)
+                    }
+                    Err(e) => protocol_error(shard, &e),
+                },
+                Err(reply) => reply,
+            }
+        }
+        (_, ["" | "status" | "metrics"]) | (_, ["topics" | "jobs", _]) => error(
+            StatusCode::METHOD_NOT_ALLOWED,
+            &format!("{method} is not served on {path}"),
+        ),
+        _ => error(
+            StatusCode::NOT_FOUND,
+            &format!("nothing at {path}; see /, /status, /metrics, /topics/NAME, /jobs/NAME"),
+        ),
+    }
+}
+
+async fn status(shard: &Rc<Shard>, front: &Rc<Front>) -> api::Status {
+    let rate = front.rate(shard.shared.metrics.records_in.get());
+    api::status(shard, front.started, &front.listeners, rate).await
+}
+
+/// The request body, at most `max_frame_bytes`.
+async fn body(front: &Front, request: Request<Incoming>) -> Result<Bytes, Reply> {
+    let limit = front.max_frame_bytes;
+    match api::within(
+        front.io_timeout,
+        Limited::new(request.into_body(), limit).collect(),
+    )
+    .await
+    {
+        Some(Ok(collected)) => Ok(collected.to_bytes()),
+        Some(Err(e)) if e.is::<http_body_util::LengthLimitError>() => Err(error(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            &format!("the body is over the limit of {limit} bytes; send fewer records per request"),
+        )),
+        Some(Err(e)) => Err(error(
+            StatusCode::BAD_REQUEST,
+            &format!("cannot read the body: {e}"),
+        )),
+        None => Err(error(
+            StatusCode::REQUEST_TIMEOUT,
+            "the body did not arrive in time",
+        )),
+    }
+}
+
+/// Items of a JSON array, or NDJSON lines: each a value, or `{"key", "value"}`.
+pub fn parse_records(body: &[u8]) -> Result<Vec<OwnedWireRecord>, String> {
+    let trimmed = body.trim_ascii_start();
+    let items: Vec<serde_json::Value> = if trimmed.first() == Some(&b'[') {
+        serde_json::from_slice(trimmed).map_err(|e| format!("the body is not a JSON array: {e}"))?
+    } else {
+        let mut items = Vec::new();
+        for (n, line) in body.split(|b| *b == b'\n').enumerate() {
+            if line.trim_ascii().is_empty() {
+                continue;
+            }
+            items.push(serde_json::from_slice(line).map_err(|e| format!("line {} is not JSON: {e}", n + 1))?);
+        }
+        items
+    };
+    if items.is_empty() {
+        return Err("no records in the body; send a JSON array or NDJSON lines".into());
+    }
+    Ok(items.into_iter().map(item_record).collect())
+}
+
+fn item_record(item: serde_json::Value) -> OwnedWireRecord {
+    let bytes = |v: &serde_json::Value| match v {
+        serde_json::Value::String(s) => s.clone().into_bytes(),
+        other => other.to_string().into_bytes(),
+    };
+    match &item {
+        serde_json::Value::Object(o)
+            if o.contains_key("value") && o.keys().all(|k| k == "key" || k == "value") =>
+        {
+            OwnedWireRecord {
+                key: o.get("key").filter(|k| !k.is_null()).map(bytes),
+                value: bytes(&o["value"]),
+                ..OwnedWireRecord::default()
+            }
+        }
+        other => OwnedWireRecord::value(bytes(other)),
+    }
+}
+
+async fn post_records(shard: &Rc<Shard>, topic: &str, body: &[u8]) -> Reply {
+    let records = match parse_records(body) {
+        Ok(records) => records,
+        Err(message) => return protocol_error(shard, &ProtocolError::malformed(message)),
+    };
+    let mut encoded = Vec::new();
+    for r in &records {
+        r.encode(&mut encoded);
+    }
+    let mut cursor = Cursor::new(&encoded);
+    let wire: Result<Vec<_>, _> = records.iter().map(|_| cursor.record()).collect();
+    let group = ProduceGroup {
+        topic,
+        partition: None,
+        records: wire.expect("records just encoded decode"),
+    };
+    let outcome = match api::produce(shard, std::slice::from_ref(&group)).await {
+        Ok(pending) => pending.wait(shard).await,
+        Err(e) => Err(e),
+    };
+    match outcome {
+        Ok(runs) => {
+            let offsets: Vec<String> = runs
+                .iter()
+                .flatten()
+                .flat_map(|run| {
+                    (0..u64::from(run.count))
+                        .map(move |i| format!("{}:{}", run.partition, run.first_offset + i))
+                })
+                .collect();
+            json(StatusCode::OK, &serde_json::json!({ "offsets": offsets }))
+        }
+        Err(e) => protocol_error(shard, &e),
+    }
+}
+
+fn query_param(query: &str, name: &str) -> Option<String> {
+    query.split('&').find_map(|pair| {
+        let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
+        (k == name).then(|| percent_decode(v))
+    })
+}
+
+/// `%XX` and `+` decoding of a query value; invalid escapes stay as they are.
+fn percent_decode(s: &str) -> String {
+    let bytes = s.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        match bytes[i] {
+            b'+' => out.push(b' '),
+            b'%' if i + 2 < bytes.len() => {
+                let hex = |b: u8| (b as char).to_digit(16);
+                match (hex(bytes[i + 1]), hex(bytes[i + 2])) {
+                    (Some(hi), Some(lo)) => {
+                        out.push((hi * 16 + lo) as u8);
+                        i += 2;
+                    }
+                    _ => out.push(b'%'),
+                }
+            }
+            b => out.push(b),
+        }
+        i += 1;
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+async fn get_records(shard: &Rc<Shard>, topic: &str, query: &str) -> Reply {
+    let number = |name: &str, default: u64| -> Result<u64, Box<Reply>> {
+        match query_param(query, name) {
+            None => Ok(default),
+            Some(v) => v
+                .parse()
+                .map_err(|_| Box::new(error(StatusCode::BAD_REQUEST, &format!("{name}={v} is not a number")))),
+        }
+    };
+    let partition = match number("partition", 0) {
+        Ok(p) => p.min(u64::from(u32::MAX)) as u32,
+        Err(reply) => return *reply,
+    };
+    let from = match query_param(query, "offset") {
+        None => FetchFrom::Earliest,
+        Some(v) => match api::parse_from(&v) {
+            Some(from) => from,
+            None => {
+                return error(
+                    StatusCode::BAD_REQUEST,
+                    &format!("offset={v} is not earliest, latest or a number"),
+                );
+            }
+        },
+    };
+    let limit = match number("limit", u64::from(DEFAULT_LIMIT)) {
+        Ok(l) => l.clamp(1, u64::from(FETCH_RECORDS_MAX)) as u32,
+        Err(reply) => return *reply,
+    };
+    let order = FetchOrder {
+        topic: 0,
+        partition,
+        from,
+        max_records: limit,
+        max_bytes: u32::MAX,
+        wait_ms: 0,
+        request_id: 0,
+    };
+    let frame = api::fetch(shard, topic, order).await;
+    let decoded = parse_frame(&frame, usize::MAX)
+        .ok()
+        .flatten()
+        .and_then(|f| FrameResponse::decode(&f.header, f.body).ok());
+    match decoded {
+        Some(FrameResponse::Fetched(fetched)) => {
+            let items: Vec<serde_json::Value> = fetched
+                .records
+                .iter()
+                .map(|(offset, r)| {
+                    crate::protocol::json::record_json(
+                        topic,
+                        partition,
+                        *offset,
+                        r.timestamp_ms.unwrap_or_default(),
+                        r.key.as_deref(),
+                        &r.value,
+                    )
+                })
+                .collect();
+            json(StatusCode::OK, &serde_json::Value::Array(items))
+        }
+        Some(FrameResponse::Error { code, message, .. }) => {
+            protocol_error(shard, &ProtocolError::new(code, message))
+        }
+        _ => error(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "the fetch came back unreadable (a bug)",
+        ),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn bodies_become_records() {
+        type Case<'a> = (&'a str, Vec<(Option<&'a str>, &'a str)>);
+        let cases: &[Case<'_>] = &[
+            (
+                r#"["a", 1, {"x":2}]"#,
+                vec![(None, "a"), (None, "1"), (None, r#"{"x":2}"#)],
+            ),
+            (
+                r#"[{"key":"k","value":"v"}, {"value":{"n":1}}]"#,
+                vec![(Some("k"), "v"), (None, r#"{"n":1}"#)],
+            ),
+            (
+                "\"a\"\n{\"key\":\"k\",\"value\":\"b\"}\n\n",
+                vec![(None, "a"), (Some("k"), "b")],
+            ),
+            (
+                r#"[{"key":"k","value":"v","other":1}]"#,
+                vec![(None, r#"{"key":"k","other":1,"value":"v"}"#)],
+            ),
+        ];
+        for (body, expected) in cases {
+            let got: Vec<(Option<String>, String)> = parse_records(body.as_bytes())
+                .unwrap()
+                .into_iter()
+                .map(|r| {
+                    (
+                        r.key.map(|k| String::from_utf8(k).unwrap()),
+                        String::from_utf8(r.value).unwrap(),
+                    )
+                })
+                .collect();
+            let expected: Vec<(Option<String>, String)> = expected
+                .iter()
+                .map(|(k, v)| (k.map(str::to_owned), (*v).to_owned()))
+                .collect();
+            assert_eq!(got, expected, "{body}");
+        }
+        for bad in ["", "[]", "[1,", "{\"a\":", "\n\n"] {
+            assert!(parse_records(bad.as_bytes()).is_err(), "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn query_values_decode() {
+        assert_eq!(query_param("a=1&key=x%20y+z", "key").as_deref(), Some("x y z"));
+        assert_eq!(query_param("a=1", "key"), None);
+        assert_eq!(percent_decode("%zz%4"), "%zz%4");
+    }
+}

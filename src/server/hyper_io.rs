@@ -1,0 +1,51 @@
+//! Lets hyper drive a glommio TCP stream: hyper's own I/O traits over the futures ones
+//! glommio implements.
+
+use std::io;
+use std::mem::MaybeUninit;
+use std::pin::Pin;
+use std::task::{Context, Poll};
+
+use futures_lite::{AsyncRead, AsyncWrite};
+
+pub struct HyperIo<T>(pub T);
+
+impl<T: AsyncRead + Unpin> hyper::rt::Read for HyperIo<T> {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        mut buf: hyper::rt::ReadBufCursor<'_>,
+    ) -> Poll<io::Result<()>> {
+        // Safety: the bytes are initialised (zeroed) before they are handed out as
+        // `&mut [u8]`, and the cursor advances only over the `n` bytes the read filled.
+        let read = unsafe {
+            let uninit: &mut [MaybeUninit<u8>] = buf.as_mut();
+            for b in uninit.iter_mut() {
+                b.write(0);
+            }
+            let init = &mut *(uninit as *mut [MaybeUninit<u8>] as *mut [u8]);
+            match Pin::new(&mut self.0).poll_read(cx, init) {
+                Poll::Ready(Ok(n)) => n,
+                Poll::Ready(Err(e)) => return Poll::Ready(Err(e)),
+                Poll::Pending => return Poll::Pending,
+            }
+        };
+        // Safety: `read` bytes were just written by the read above.
+        unsafe { buf.advance(read) };
+        Poll::Ready(Ok(()))
+    }
+}
+
+impl<T: AsyncWrite + Unpin> hyper::rt::Write for HyperIo<T> {
+    fn poll_write(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.0).poll_write(cx, buf)
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.0).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.0).poll_close(cx)
+    }
+}

@@ -1,0 +1,87 @@
+//! Listening sockets, bound on the main thread before any shard starts: one per shard
+//! and protocol, all on one address with SO_REUSEPORT, so that the kernel spreads
+//! connections over the shards and a port given as 0 resolves once for all of them.
+
+use std::net::SocketAddr;
+use std::os::fd::{IntoRawFd, RawFd};
+
+use socket2::{Domain, Socket, Type};
+
+use crate::config::IngestSpec;
+use crate::runtime::error::RuntimeError;
+
+/// Connections the kernel queues per socket before the shard accepts them.
+const BACKLOG: i32 = 1024;
+
+/// One shard's listening sockets (raw fds, handed to its executor).
+#[derive(Debug, Default)]
+pub struct ShardSockets {
+    pub tcp: Option<RawFd>,
+    pub http: Option<RawFd>,
+    /// `tcp ADDR` and `http ADDR`, as printed once listening.
+    pub names: Vec<String>,
+}
+
+/// The addresses actually bound (ports resolved).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Bound {
+    pub tcp: Option<SocketAddr>,
+    pub http: Option<SocketAddr>,
+}
+
+pub fn bind(ingest: &IngestSpec, shards: usize) -> Result<(Bound, Vec<ShardSockets>), RuntimeError> {
+    let mut sockets: Vec<ShardSockets> = (0..shards).map(|_| ShardSockets::default()).collect();
+    let mut bound = Bound::default();
+    if let Some(addr) = ingest.tcp {
+        let (resolved, fds) = bind_all(addr, shards, "tcp")?;
+        bound.tcp = Some(resolved);
+        for (s, fd) in sockets.iter_mut().zip(fds) {
+            s.tcp = Some(fd);
+        }
+    }
+    if let Some(addr) = ingest.http {
+        let (resolved, fds) = bind_all(addr, shards, "http")?;
+        bound.http = Some(resolved);
+        for (s, fd) in sockets.iter_mut().zip(fds) {
+            s.http = Some(fd);
+        }
+    }
+    let mut names = Vec::new();
+    if let Some(a) = bound.tcp {
+        names.push(format!("tcp {a}"));
+    }
+    if let Some(a) = bound.http {
+        names.push(format!("http {a}"));
+    }
+    for s in &mut sockets {
+        s.names = names.clone();
+    }
+    Ok((bound, sockets))
+}
+
+fn bind_all(addr: SocketAddr, shards: usize, what: &str) -> Result<(SocketAddr, Vec<RawFd>), RuntimeError> {
+    let fail = |e: std::io::Error| RuntimeError::Listen {
+        what: what.to_owned(),
+        addr,
+        source: e,
+    };
+    // SO_REUSEPORT would let a second flowd (same user) share the port silently and
+    // take half its connections. A plain bind first fails if anyone holds the port.
+    if addr.port() != 0 {
+        drop(std::net::TcpListener::bind(addr).map_err(fail)?);
+    }
+    let mut resolved = addr;
+    let mut fds = Vec::with_capacity(shards);
+    for _ in 0..shards {
+        let socket = Socket::new(Domain::for_address(resolved), Type::STREAM, None).map_err(fail)?;
+        socket.set_reuse_address(true).map_err(fail)?;
+        socket.set_reuse_port(true).map_err(fail)?;
+        socket.bind(&resolved.into()).map_err(fail)?;
+        socket.listen(BACKLOG).map_err(fail)?;
+        if let Some(local) = socket.local_addr().map_err(fail)?.as_socket() {
+            resolved = local;
+        }
+        fds.push(socket.into_raw_fd());
+    }
+    Ok((resolved, fds))
+}

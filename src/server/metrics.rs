@@ -1,0 +1,247 @@
+//! Counters and latency histograms of the front doors, shared by every shard, rendered
+//! as Prometheus text for `/metrics` and summed into `/status`.
+
+use std::fmt::Write;
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use hdrhistogram::Histogram;
+
+use crate::protocol::ErrorCode;
+
+/// Latencies kept, in microseconds, with 3 significant digits, up to an hour.
+fn histogram() -> Histogram<u64> {
+    Histogram::new_with_bounds(1, 3_600_000_000, 3).expect("valid bounds")
+}
+
+/// One histogram per shard, so that recording never contends across cores.
+pub struct Latency {
+    shards: Vec<Mutex<Histogram<u64>>>,
+}
+
+impl Latency {
+    fn new(shards: usize) -> Latency {
+        Latency {
+            shards: (0..shards).map(|_| Mutex::new(histogram())).collect(),
+        }
+    }
+
+    pub fn record(&self, shard: usize, elapsed: Duration) {
+        let us = (elapsed.as_micros() as u64).clamp(1, 3_600_000_000);
+        self.shards[shard]
+            .lock()
+            .expect("histogram lock")
+            .saturating_record(us);
+    }
+
+    /// Every shard's samples together.
+    pub fn merged(&self) -> Histogram<u64> {
+        let mut all = histogram();
+        for shard in &self.shards {
+            // Same bounds on both sides: adding cannot fail.
+            let _ = all.add(&*shard.lock().expect("histogram lock"));
+        }
+        all
+    }
+}
+
+#[derive(Default)]
+pub struct Counter(AtomicU64);
+
+impl Counter {
+    pub fn add(&self, n: u64) {
+        self.0.fetch_add(n, Ordering::Relaxed);
+    }
+
+    pub fn get(&self) -> u64 {
+        self.0.load(Ordering::Relaxed)
+    }
+}
+
+/// Error codes counted one by one.
+const ERROR_CODES: usize = 16;
+
+pub struct Metrics {
+    pub produce_requests: Counter,
+    pub records_in: Counter,
+    pub bytes_in: Counter,
+    pub fetch_requests: Counter,
+    pub records_fetched: Counter,
+    pub jobs: Counter,
+    pub job_answers: Counter,
+    pub job_timeouts: Counter,
+    pub connections_total: Counter,
+    pub connections_open: AtomicU64,
+    pub connections_refused: Counter,
+    pub http_requests: Counter,
+    errors: [Counter; ERROR_CODES],
+    /// Produce request taken to durable ack.
+    pub produce_latency: Latency,
+    /// Job taken to its answer.
+    pub job_latency: Latency,
+}
+
+impl Metrics {
+    pub fn new(shards: usize) -> Metrics {
+        Metrics {
+            produce_requests: Counter::default(),
+            records_in: Counter::default(),
+            bytes_in: Counter::default(),
+            fetch_requests: Counter::default(),
+            records_fetched: Counter::default(),
+            jobs: Counter::default(),
+            job_answers: Counter::default(),
+            job_timeouts: Counter::default(),
+            connections_total: Counter::default(),
+            connections_open: AtomicU64::new(0),
+            connections_refused: Counter::default(),
+            http_requests: Counter::default(),
+            errors: Default::default(),
+            produce_latency: Latency::new(shards),
+            job_latency: Latency::new(shards),
+        }
+    }
+
+    pub fn error(&self, code: ErrorCode) {
+        self.errors[(code as usize).min(ERROR_CODES - 1)].add(1);
+    }
+
+    pub fn errors_total(&self) -> u64 {
+        self.errors.iter().map(Counter::get).sum()
+    }
+
+    /// The Prometheus text exposition format (version 0.0.4).
+    pub fn render(&self, extra: &[(&str, &str, u64)]) -> String {
+        let mut out = String::new();
+        let counters = [
+            (
+                "flowd_produce_requests_total",
+                "Produce requests taken",
+                self.produce_requests.get(),
+            ),
+            (
+                "flowd_records_in_total",
+                "Records taken from clients",
+                self.records_in.get(),
+            ),
+            (
+                "flowd_bytes_in_total",
+                "Record bytes taken from clients",
+                self.bytes_in.get(),
+            ),
+            (
+                "flowd_fetch_requests_total",
+                "Fetch requests served",
+                self.fetch_requests.get(),
+            ),
+            (
+                "flowd_records_fetched_total",
+                "Records sent to fetching clients",
+                self.records_fetched.get(),
+            ),
+            ("flowd_jobs_total", "Request/reply jobs taken", self.jobs.get()),
+            ("flowd_job_answers_total", "Jobs answered", self.job_answers.get()),
+            (
+                "flowd_job_timeouts_total",
+                "Jobs not answered within their timeout",
+                self.job_timeouts.get(),
+            ),
+            (
+                "flowd_connections_total",
+                "Client connections accepted",
+                self.connections_total.get(),
+            ),
+            (
+                "flowd_connections_refused_total",
+                "Connections refused over max_connections",
+                self.connections_refused.get(),
+            ),
+            (
+                "flowd_http_requests_total",
+                "HTTP requests served",
+                self.http_requests.get(),
+            ),
+            (
+                "flowd_fsyncs_total",
+                "fdatasync calls on segment files",
+                crate::storage::sync::FSYNCS.load(Ordering::Relaxed),
+            ),
+        ];
+        for (name, help, value) in counters {
+            let _ = writeln!(
+                out,
+                "# HELP {name} {help}.\n# TYPE {name} counter\n{name} {value}"
+            );
+        }
+        let _ = writeln!(
+            out,
+            "# HELP flowd_connections_open Client connections open now.\n# TYPE flowd_connections_open gauge\nflowd_connections_open {}",
+            self.connections_open.load(Ordering::Relaxed)
+        );
+        let _ = writeln!(
+            out,
+            "# HELP flowd_errors_total Error responses by code.\n# TYPE flowd_errors_total counter"
+        );
+        for code in 1..ERROR_CODES as u16 {
+            if let Some(code) = ErrorCode::from_u16(code) {
+                let _ = writeln!(
+                    out,
+                    "flowd_errors_total{{code=\"{}\"}} {}",
+                    code.name(),
+                    self.errors[code as usize].get()
+                );
+            }
+        }
+        for (name, help, value) in extra {
+            let _ = writeln!(out, "# HELP {name} {help}.\n# TYPE {name} gauge\n{name} {value}");
+        }
+        for (name, help, latency) in [
+            (
+                "flowd_produce_latency_seconds",
+                "Produce request to durable ack",
+                &self.produce_latency,
+            ),
+            (
+                "flowd_job_latency_seconds",
+                "Job request to its answer",
+                &self.job_latency,
+            ),
+        ] {
+            let h = latency.merged();
+            let _ = writeln!(out, "# HELP {name} {help}.\n# TYPE {name} summary");
+            for q in [0.5, 0.9, 0.99, 0.999] {
+                let v = h.value_at_quantile(q) as f64 / 1e6;
+                let _ = writeln!(out, "{name}{{quantile=\"{q}\"}} {v}");
+            }
+            let sum = h.mean() * h.len() as f64 / 1e6;
+            let _ = writeln!(out, "{name}_sum {sum}\n{name}_count {}", h.len());
+        }
+        out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn renders_counters_and_quantiles() {
+        let m = Metrics::new(2);
+        m.records_in.add(3);
+        m.error(ErrorCode::UnknownTopic);
+        m.produce_latency.record(0, Duration::from_micros(100));
+        m.produce_latency.record(1, Duration::from_micros(300));
+        let text = m.render(&[]);
+        assert!(text.contains("flowd_records_in_total 3\n"), "{text}");
+        assert!(
+            text.contains("flowd_errors_total{code=\"unknown_topic\"} 1\n"),
+            "{text}"
+        );
+        assert!(text.contains("flowd_produce_latency_seconds_count 2\n"), "{text}");
+        assert!(
+            text.contains("flowd_produce_latency_seconds{quantile=\"0.99\"} 0.0003"),
+            "{text}"
+        );
+    }
+}

@@ -1,0 +1,74 @@
+//! The status page at `GET /`: one self-contained HTML document a person reads in a
+//! browser (cores, listeners, topics, partitions, offsets, consumers and lag, rates).
+//! It reloads itself every few seconds; no scripts, no external assets.
+
+use std::fmt::Write;
+
+use crate::server::api::Status;
+
+fn escape(s: &str) -> String {
+    s.replace('&', "&amp;")
+        .replace('<', "&lt;")
+        .replace('>', "&gt;")
+        .replace('"', "&quot;")
+}
+
+pub fn render(status: &Status) -> String {
+    let mut html = String::new();
+    let _ = write!(
+        html,
+        "<!doctype html><html><head><meta charset=\"utf-8\"><meta http-equiv=\"refresh\" content=\"5\">\
+         <title>flowd status</title><style>body{{font-family:sans-serif;margin:2em}}\
+         table{{border-collapse:collapse;margin-bottom:1.5em}}td,th{{border:1px solid #ccc;padding:4px 8px;text-align:right}}\
+         th{{background:#f4f4f4}}td.l,th.l{{text-align:left}}</style></head><body>\
+         <h1>flowd {}</h1><p>up {:.0} s &middot; {} cores &middot; durability {} &middot; {}</p>\
+         <p>records in: {} ({:.0}/s) &middot; bytes in: {} &middot; connections: {} &middot; jobs waiting: {} \
+         &middot; produce-to-ack p50 {} &micro;s, p99 {} &micro;s</p>",
+        escape(&status.version),
+        status.uptime_secs,
+        status.cores,
+        escape(&status.durability),
+        escape(&status.listeners.join(", ")),
+        status.records_in,
+        status.records_in_per_sec,
+        status.bytes_in,
+        status.connections_open,
+        status.jobs_waiting,
+        status.produce_latency_us.p50,
+        status.produce_latency_us.p99,
+    );
+    for topic in &status.topics {
+        let _ = write!(
+            html,
+            "<h2>topic {}</h2><table><tr><th>partition</th><th>shard</th><th>start</th><th>next</th>\
+             <th>durable</th><th>segments</th><th>bytes</th><th class=\"l\">consumers (lag)</th></tr>",
+            escape(&topic.name)
+        );
+        for p in &topic.partitions {
+            let consumers: Vec<String> = p
+                .consumers
+                .iter()
+                .map(|c| format!("{} ({})", escape(&c.name), c.lag))
+                .collect();
+            let _ = write!(
+                html,
+                "<tr><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td class=\"l\">{}</td></tr>",
+                p.partition,
+                p.shard,
+                p.start_offset,
+                p.next_offset,
+                p.durable_offset,
+                p.segments,
+                p.bytes,
+                consumers.join(", ")
+            );
+        }
+        html.push_str("</table>");
+    }
+    if !status.jobs.is_empty() {
+        let jobs: Vec<String> = status.jobs.iter().map(|j| escape(j)).collect();
+        let _ = write!(html, "<p>jobs: {}</p>", jobs.join(", "));
+    }
+    html.push_str("<p><a href=\"/status\">/status</a> (JSON) &middot; <a href=\"/metrics\">/metrics</a></p></body></html>");
+    html
+}
