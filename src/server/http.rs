@@ -336,9 +336,12 @@ async fn get_records(shard: &Rc<Shard>, topic: &str, query: &str) -> Reply {
     let number = |name: &str, default: u64| -> Result<u64, Box<Reply>> {
         match query_param(query, name) {
             None => Ok(default),
-            Some(v) => v
-                .parse()
-                .map_err(|_| Box::new(error(StatusCode::BAD_REQUEST, &format!("{name}={v} is not a number")))),
+            Some(v) => v.parse().map_err(|_| {
+                Box::new(error(
+                    StatusCode::BAD_REQUEST,
+                    &format!("{name}={v} is not a number"),
+                ))
+            }),
         }
     };
     let partition = match number("partition", 0) {

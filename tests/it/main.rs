@@ -6,6 +6,7 @@ mod config_check;
 mod crash;
 mod dataflow_run;
 mod fixture;
+mod ingest;
 mod log;
 mod recovery_cases;
 mod recovery_props;

@@ -1,0 +1,550 @@
+//! The front doors as a client sees them: `flowd send`/`tail` through the binary
+//! protocol, HTTP/JSON with jobs, the status page and /metrics, every kind of bad input
+//! while a well-behaved client keeps getting acks, and acked records surviving SIGKILL.
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::TcpStream;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use flowd::client::{Client, ClientError, offsets};
+use flowd::protocol::message::{Response, encode_produce};
+use flowd::protocol::{ErrorCode, FetchFrom, OwnedWireRecord};
+
+fn flowd() -> Command {
+    Command::new(env!("CARGO_BIN_EXE_flowd"))
+}
+
+fn dataflow(dir: &Path, durability: &str) -> PathBuf {
+    let path = dir.join("ingest.toml");
+    let text = format!(
+        r#"
+[engine]
+data_dir = "{data}"
+durability = "{durability}"
+cores = 2
+
+[ingest]
+tcp = "127.0.0.1:0"
+http = "127.0.0.1:0"
+max_frame_bytes = "64KiB"
+io_timeout = "500ms"
+
+[[topic]]
+name = "events"
+partitions = 4
+
+[[topic]]
+name = "requests"
+partitions = 2
+
+[[topic]]
+name = "answers"
+partitions = 2
+
+[[job]]
+name = "greet"
+topic = "requests"
+
+[[job]]
+name = "never"
+topic = "requests"
+timeout = "300ms"
+
+[[stage]]
+name = "greeter"
+from = "requests"
+op = {{ map = '{{greeting: ("hello " + .name)}}' }}
+to = "answers"
+
+[[stage]]
+name = "answer"
+from = "answers"
+op = "reply"
+"#,
+        data = dir.join("data").display()
+    );
+    std::fs::write(&path, text).unwrap();
+    path
+}
+
+/// A running `flowd run`, killed when dropped.
+struct Server {
+    child: Child,
+    tcp: String,
+    http: String,
+}
+
+impl Server {
+    fn start(file: &Path) -> Server {
+        let mut child = flowd()
+            .arg("run")
+            .arg(file)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        let stdout = child.stdout.take().unwrap();
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+                let _ = tx.send(line);
+            }
+        });
+        let mut tcp = None;
+        let mut http = None;
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while tcp.is_none() || http.is_none() {
+            let left = deadline.saturating_duration_since(Instant::now());
+            let line = rx.recv_timeout(left).expect("flowd run prints its listeners");
+            if let Some(a) = line.strip_prefix("listening tcp ") {
+                tcp = Some(a.to_owned());
+            }
+            if let Some(a) = line.strip_prefix("listening http ") {
+                http = Some(a.to_owned());
+            }
+        }
+        Server {
+            child,
+            tcp: tcp.unwrap(),
+            http: http.unwrap(),
+        }
+    }
+
+    fn kill9(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
+    fn rss_kib(&self) -> u64 {
+        let status = std::fs::read_to_string(format!("/proc/{}/status", self.child.id())).unwrap();
+        let line = status.lines().find(|l| l.starts_with("VmRSS:")).unwrap();
+        line.split_whitespace().nth(1).unwrap().parse().unwrap()
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        self.kill9();
+    }
+}
+
+fn run_cli(args: &[&str], stdin: &str) -> (i32, String, String) {
+    let mut child = flowd()
+        .args(args)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    child.stdin.take().unwrap().write_all(stdin.as_bytes()).unwrap();
+    let output = child.wait_with_output().unwrap();
+    (
+        output.status.code().unwrap_or(-1),
+        String::from_utf8(output.stdout).unwrap(),
+        String::from_utf8(output.stderr).unwrap(),
+    )
+}
+
+#[test]
+fn send_prints_offsets_and_tail_prints_the_records() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = Server::start(&dataflow(dir.path(), "group"));
+    let (code, out, err) = run_cli(&["send", "--to", &server.tcp, "events"], "a\nb\nc\n");
+    assert_eq!(code, 0, "{err}");
+    let ids: Vec<(u32, u64)> = out
+        .lines()
+        .map(|l| {
+            let (p, o) = l.split_once(':').expect("P:O");
+            (p.parse().unwrap(), o.parse().unwrap())
+        })
+        .collect();
+    assert_eq!(ids.len(), 3, "{out}");
+    let (code, out, err) = run_cli(
+        &[
+            "tail",
+            "--from",
+            &server.tcp,
+            "events",
+            "--offset",
+            "earliest",
+            "--json",
+        ],
+        "",
+    );
+    assert_eq!(code, 0, "{err}");
+    let records: Vec<serde_json::Value> = out.lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+    let values: Vec<&str> = records.iter().map(|r| r["value"].as_str().unwrap()).collect();
+    assert_eq!(values, ["a", "b", "c"]);
+    for (record, (p, o)) in records.iter().zip(&ids) {
+        assert_eq!(
+            (
+                record["partition"].as_u64().unwrap() as u32,
+                record["offset"].as_u64().unwrap()
+            ),
+            (*p, *o)
+        );
+        assert_eq!(record["topic"], "events");
+    }
+    // Keys: by flag and by KEY<TAB>VALUE; jobs with --reply; errors exit non-zero.
+    let (code, out, _) = run_cli(&["send", "--to", &server.tcp, "events"], "k1\tv1\n");
+    assert_eq!((code, out.lines().count()), (0, 1));
+    let (code, out, err) = run_cli(
+        &["send", "--to", &server.tcp, "greet", "--reply"],
+        "{\"name\":\"ada\"}\n",
+    );
+    assert_eq!(code, 0, "{err}");
+    assert_eq!(out.trim(), r#"{"greeting":"hello ada"}"#);
+    let (code, _, err) = run_cli(&["send", "--to", &server.tcp, "nosuch"], "x\n");
+    assert_eq!(code, 1, "{err}");
+    assert!(err.contains("no topic \"nosuch\""), "{err}");
+    let (code, _, err) = run_cli(&["tail", "--from", &server.tcp, "nosuch"], "");
+    assert_eq!(code, 2, "{err}");
+}
+
+/// One HTTP/1.1 exchange on a fresh connection: `(status, body)`.
+fn http(addr: &str, method: &str, path: &str, body: &str) -> (u16, String) {
+    let mut stream = TcpStream::connect(addr).unwrap();
+    stream.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
+    write!(
+        stream,
+        "{method} {path} HTTP/1.1\r\nHost: test\r\nConnection: close\r\nContent-Length: {}\r\n\r\n{body}",
+        body.len()
+    )
+    .unwrap();
+    let mut response = String::new();
+    stream.read_to_string(&mut response).unwrap();
+    let (head, body) = response.split_once("\r\n\r\n").expect("a whole response");
+    let status = head.split_whitespace().nth(1).unwrap().parse().unwrap();
+    (status, body.to_owned())
+}
+
+#[test]
+fn http_records_jobs_status_and_metrics() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = Server::start(&dataflow(dir.path(), "every"));
+    let sent = r#"["one", {"key":"k","value":{"n":2}}, 3]"#;
+    let (status, body) = http(&server.http, "POST", "/topics/events", sent);
+    assert_eq!(status, 200, "{body}");
+    let offsets: Vec<String> = serde_json::from_str::<serde_json::Value>(&body).unwrap()["offsets"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| v.as_str().unwrap().to_owned())
+        .collect();
+    assert_eq!(offsets.len(), 3);
+    let expected = [(None, "one"), (Some("k"), r#"{"n":2}"#), (None, "3")];
+    for (id, (key, value)) in offsets.iter().zip(expected) {
+        let (p, o) = id.split_once(':').unwrap();
+        let (status, body) = http(
+            &server.http,
+            "GET",
+            &format!("/topics/events?partition={p}&offset={o}&limit=1"),
+            "",
+        );
+        assert_eq!(status, 200, "{body}");
+        let records: serde_json::Value = serde_json::from_str(&body).unwrap();
+        assert_eq!(records[0]["value"], value, "{body}");
+        assert_eq!(records[0]["key"].as_str(), key, "{body}");
+        assert_eq!(records[0]["offset"].as_u64().unwrap().to_string(), o);
+    }
+    // NDJSON too.
+    let (status, body) = http(&server.http, "POST", "/topics/events", "\"x\"\n\"y\"\n");
+    assert_eq!(status, 200, "{body}");
+
+    let (status, body) = http(&server.http, "POST", "/jobs/greet", r#"{"name":"bob"}"#);
+    assert_eq!((status, body.as_str()), (200, r#"{"greeting":"hello bob"}"#));
+    // The map stage fails on a non-object: no answer comes, the job times out.
+    let (status, body) = http(&server.http, "POST", "/jobs/never", "42");
+    assert_eq!(status, 504, "{body}");
+    assert!(body.contains("no answer within"), "{body}");
+    for (method, path, body, want) in [
+        ("POST", "/jobs/nosuch", "1", 404),
+        ("POST", "/topics/nosuch", "[1]", 404),
+        ("POST", "/topics/events", "[1,", 400),
+        ("POST", "/topics/events", "[]", 400),
+        ("GET", "/topics/events?partition=9", "", 404),
+        ("GET", "/topics/events?limit=x", "", 400),
+        ("DELETE", "/topics/events", "", 405),
+        ("GET", "/nothing", "", 404),
+    ] {
+        let (status, reply) = http(&server.http, method, path, body);
+        assert_eq!(status, want, "{method} {path}: {reply}");
+        let error: serde_json::Value = serde_json::from_str(&reply).unwrap();
+        assert!(error["error"].as_str().is_some_and(|e| !e.is_empty()), "{reply}");
+    }
+    let big = format!("[\"{}\"]", "x".repeat(70 << 10));
+    assert_eq!(http(&server.http, "POST", "/topics/events", &big).0, 413);
+
+    let (status, body) = http(&server.http, "GET", "/status", "");
+    assert_eq!(status, 200);
+    let doc: serde_json::Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(doc["cores"], 2);
+    let events = doc["topics"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|t| t["name"] == "events")
+        .unwrap();
+    let total: u64 = events["partitions"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| p["next_offset"].as_u64().unwrap())
+        .sum();
+    assert_eq!(total, 5);
+    let (status, page) = http(&server.http, "GET", "/", "");
+    assert_eq!(status, 200);
+    assert!(
+        page.starts_with("<!doctype html>") && page.contains("topic events") && page.contains("greeter"),
+        "{page}"
+    );
+    let (status, metrics) = http(&server.http, "GET", "/metrics", "");
+    assert_eq!(status, 200);
+    let mut samples = std::collections::HashMap::new();
+    for line in metrics.lines().filter(|l| !l.starts_with('#')) {
+        let (name, value) = line.rsplit_once(' ').expect("NAME VALUE");
+        let value: f64 = value.parse().unwrap_or_else(|_| panic!("not a number: {line}"));
+        samples.insert(name.to_owned(), value);
+    }
+    assert_eq!(samples["flowd_records_in_total"], 5.0, "{metrics}");
+    assert!(samples["flowd_fsyncs_total"] >= 1.0, "{metrics}");
+    assert_eq!(samples["flowd_job_timeouts_total"], 1.0, "{metrics}");
+    assert!(
+        samples["flowd_produce_latency_seconds{quantile=\"0.99\"}"] > 0.0,
+        "{metrics}"
+    );
+}
+
+fn frame(version: u8, kind: u8, id: u64, body: &[u8]) -> Vec<u8> {
+    let mut out = Vec::new();
+    out.extend_from_slice(&((12 + body.len()) as u32).to_le_bytes());
+    out.extend_from_slice(&[version, kind, 0, 0]);
+    out.extend_from_slice(&id.to_le_bytes());
+    out.extend_from_slice(body);
+    out
+}
+
+fn expect_error(client: &mut Client, code: ErrorCode) {
+    match client.recv() {
+        Ok((
+            _,
+            Response::Error {
+                code: got, message, ..
+            },
+        )) => {
+            assert_eq!(got, code, "{message}");
+            assert!(!message.is_empty());
+        }
+        other => panic!("expected a {code:?} error, got {other:?}"),
+    }
+}
+
+fn expect_closed(client: &mut Client) {
+    match client.recv() {
+        Err(ClientError::Closed { .. } | ClientError::Io { .. }) => {}
+        other => panic!("expected the server to close the connection, got {other:?}"),
+    }
+}
+
+/// A well-behaved client's produce gets its acks.
+fn healthy(addr: &str, n: usize) {
+    let mut client = Client::connect(addr).unwrap();
+    let records: Vec<OwnedWireRecord> = (0..n)
+        .map(|i| OwnedWireRecord::value(format!("ok-{i}")))
+        .collect();
+    let acked = client.produce("events", &records).unwrap();
+    assert_eq!(acked.len(), n);
+    let (p, o) = acked[0];
+    let fetched = client.fetch("events", p, FetchFrom::Offset(o), 1, 0).unwrap();
+    assert_eq!(fetched.records[0].1.value, b"ok-0");
+}
+
+#[test]
+fn bad_input_gets_clear_errors_and_never_hurts_other_clients() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = Server::start(&dataflow(dir.path(), "group"));
+    let addr = server.tcp.as_str();
+    let rss_before = server.rss_kib();
+
+    // Over the frame limit: an error, then the connection closes.
+    let mut c = Client::connect(addr).unwrap();
+    c.send_raw(&(1u32 << 20).to_le_bytes()).unwrap();
+    expect_error(&mut c, ErrorCode::FrameTooLarge);
+    expect_closed(&mut c);
+    // A bad version: an error, then closed.
+    let mut c = Client::connect(addr).unwrap();
+    c.send_raw(&frame(9, 0x03, 1, &[])).unwrap();
+    expect_error(&mut c, ErrorCode::BadVersion);
+    expect_closed(&mut c);
+    // Unknown kind, malformed body, unknown topic, a reserved header, a consumer kind:
+    // each an error, and the same connection keeps working.
+    let mut c = Client::connect(addr).unwrap();
+    c.send_raw(&frame(1, 0x77, 1, &[])).unwrap();
+    expect_error(&mut c, ErrorCode::UnknownKind);
+    c.send_raw(&frame(1, 0x01, 2, &[1, 0, 6, 0, b'e'])).unwrap();
+    expect_error(&mut c, ErrorCode::Malformed);
+    c.send_raw(&frame(1, 0x10, 3, &[])).unwrap();
+    expect_error(&mut c, ErrorCode::Unsupported);
+    let mut bytes = Vec::new();
+    encode_produce(&mut bytes, 4, "nosuch", None, &[OwnedWireRecord::value("x")]);
+    c.send_raw(&bytes).unwrap();
+    expect_error(&mut c, ErrorCode::UnknownTopic);
+    let forged = OwnedWireRecord {
+        headers: vec![("flowd-src".into(), b"x".to_vec())],
+        ..OwnedWireRecord::value("x")
+    };
+    let mut bytes = Vec::new();
+    encode_produce(&mut bytes, 5, "events", None, &[forged]);
+    c.send_raw(&bytes).unwrap();
+    expect_error(&mut c, ErrorCode::Invalid);
+    let mut bytes = Vec::new();
+    encode_produce(&mut bytes, 6, "events", Some(99), &[OwnedWireRecord::value("x")]);
+    c.send_raw(&bytes).unwrap();
+    expect_error(&mut c, ErrorCode::UnknownPartition);
+    assert_eq!(c.metadata().unwrap().topics.len(), 3);
+    // A truncated frame: half of it, then silence; the server gives up after io_timeout.
+    let mut c = Client::connect(addr).unwrap();
+    let mut bytes = Vec::new();
+    encode_produce(&mut bytes, 1, "events", None, &[OwnedWireRecord::value("half")]);
+    c.send_raw(&bytes[..bytes.len() / 2]).unwrap();
+    c.flush().unwrap();
+    expect_closed(&mut c);
+    // ...or half, then the client closes: nothing of it is written.
+    let mut raw = TcpStream::connect(addr).unwrap();
+    raw.write_all(&bytes[..bytes.len() / 2]).unwrap();
+    drop(raw);
+    // Garbage bytes.
+    let mut raw = TcpStream::connect(addr).unwrap();
+    let mut rng = fastrand::Rng::with_seed(7);
+    let garbage: Vec<u8> = (0..4096).map(|_| rng.u8(..)).collect();
+    let _ = raw.write_all(&garbage);
+    drop(raw);
+
+    // A slow client: pipelines fetches of 64 KiB and never reads a response.
+    let mut slow = Client::connect(addr).unwrap();
+    for i in 0..2000u64 {
+        let request = flowd::protocol::Request::Fetch(flowd::protocol::FetchRequest {
+            topic: "events",
+            partition: 0,
+            from: FetchFrom::Earliest,
+            max_records: 1000,
+            max_bytes: 64 << 10,
+            wait_ms: 0,
+        });
+        if slow.send(&request).is_err() || (i % 100 == 0 && slow.flush().is_err()) {
+            break;
+        }
+    }
+    // Thousands of idle connections.
+    let limit = open_files_limit().saturating_sub(200).min(2000) as usize;
+    let idle: Vec<TcpStream> = (0..limit).filter_map(|_| TcpStream::connect(addr).ok()).collect();
+    assert!(
+        idle.len() >= limit.min(500),
+        "opened {} idle connections",
+        idle.len()
+    );
+
+    // Through all of it, a well-behaved client is served.
+    healthy(addr, 100);
+    let mut c = Client::connect(addr).unwrap();
+    let records: Vec<OwnedWireRecord> = (0..200)
+        .map(|i| OwnedWireRecord::value(vec![b'v'; 100 + i]))
+        .collect();
+    for _ in 0..50 {
+        let acked = offsets(flowd::client::server_error(produce_once(&mut c, &records)).unwrap()).unwrap();
+        assert_eq!(acked.len(), 200);
+    }
+    let rss_after = server.rss_kib();
+    drop(idle);
+    drop(slow);
+    healthy(addr, 10);
+    assert!(
+        rss_after < rss_before + 256 * 1024,
+        "RSS grew from {rss_before} KiB to {rss_after} KiB under bad input and idle connections"
+    );
+}
+
+fn produce_once(client: &mut Client, records: &[OwnedWireRecord]) -> Response {
+    let id = client.send_produce("events", None, records).unwrap();
+    let (got, response) = client.recv().unwrap();
+    assert_eq!(got, id);
+    response
+}
+
+fn open_files_limit() -> u64 {
+    let mut limit = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit fills the struct we own.
+    unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) };
+    limit.rlim_cur
+}
+
+/// Records acked over TCP survive a SIGKILL of the server; `FLOWD_INGEST_CRASH_ROUNDS`
+/// sets how many kills (default 3).
+#[test]
+fn records_acked_over_tcp_survive_sigkill() {
+    let rounds: u64 = std::env::var("FLOWD_INGEST_CRASH_ROUNDS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(3);
+    for durability in ["group", "every"] {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dataflow(dir.path(), durability);
+        let mut acked: Vec<((u32, u64), String)> = Vec::new();
+        let mut next = 0u64;
+        for round in 0..rounds {
+            let mut server = Server::start(&file);
+            let addr = server.tcp.clone();
+            let (tx, rx) = std::sync::mpsc::channel();
+            let start = next;
+            let producer = std::thread::spawn(move || {
+                let Ok(mut client) = Client::connect(&addr) else {
+                    return;
+                };
+                let mut n = start;
+                // Bounded: the kill ends it long before.
+                for _ in 0..100_000 {
+                    let values: Vec<String> = (n..n + 50).map(|i| format!("r{i}")).collect();
+                    let records: Vec<OwnedWireRecord> = values
+                        .iter()
+                        .map(|v| OwnedWireRecord::value(v.as_str()))
+                        .collect();
+                    match client.produce("events", &records) {
+                        Ok(ids) => {
+                            for (id, v) in ids.into_iter().zip(values) {
+                                let _ = tx.send((id, v));
+                            }
+                        }
+                        Err(_) => return,
+                    }
+                    n += 50;
+                }
+            });
+            std::thread::sleep(Duration::from_millis(150 + 100 * round));
+            server.kill9();
+            producer.join().unwrap();
+            acked.extend(rx.try_iter());
+            next = acked.len() as u64 + 1_000_000 * (round + 1);
+        }
+        assert!(
+            acked.len() > 100,
+            "{durability}: only {} records were acked",
+            acked.len()
+        );
+        let server = Server::start(&file);
+        let mut client = Client::connect(&server.tcp).unwrap();
+        for ((p, o), value) in &acked {
+            let fetched = client.fetch("events", *p, FetchFrom::Offset(*o), 1, 0).unwrap();
+            let got = fetched.records.first().filter(|(offset, _)| offset == o);
+            assert_eq!(
+                got.map(|(_, r)| r.value.as_slice()),
+                Some(value.as_bytes()),
+                "{durability}: acked record {p}:{o} ({value}) is missing after SIGKILL"
+            );
+        }
+    }
+}
