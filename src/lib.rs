@@ -3,6 +3,7 @@
 //! Today the crate holds the storage core (`storage`) and the command line (`cli`);
 //! see ARCHITECTURE.md for the codemap and the invariants.
 
+pub mod bench;
 pub mod cli;
 pub mod client;
 pub mod config;

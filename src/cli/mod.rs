@@ -8,6 +8,7 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 
+mod bench;
 mod check;
 mod inspect;
 mod run;
@@ -93,6 +94,11 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Load generator and report: throughput and latency percentiles.
+    Bench {
+        #[command(subcommand)]
+        scenario: bench::Scenario,
+    },
     /// Validate a dataflow file: every error as FILE:LINE:COL with a hint; exit 2 if any.
     Check {
         /// The dataflow file.
@@ -122,6 +128,8 @@ pub enum CliError {
     Json(#[from] serde_json::Error),
     #[error(transparent)]
     Client(#[from] crate::client::ClientError),
+    #[error(transparent)]
+    Bench(#[from] crate::bench::BenchError),
     #[error("cannot read {}: {source}", path.display())]
     Input { path: PathBuf, source: std::io::Error },
     /// Bad usage found after parsing (an unknown topic or job): exit 2.
@@ -175,6 +183,7 @@ impl Cli {
                 json,
             }),
             Command::Status { from, json } => status::run(&from, json),
+            Command::Bench { scenario } => bench::run(scenario),
             Command::Run {
                 dataflow,
                 data_dir,

@@ -566,3 +566,55 @@ mod tests {
         }
     }
 }
+
+#[cfg(test)]
+mod props {
+    use proptest::prelude::*;
+
+    use super::*;
+    use crate::protocol::frame::parse_frame;
+
+    fn valid_frames() -> Vec<u8> {
+        let record = OwnedWireRecord {
+            timestamp_ms: Some(1),
+            key: Some(b"k".to_vec()),
+            value: b"value".to_vec(),
+            headers: vec![("h".into(), b"x".to_vec())],
+        };
+        let mut out = Vec::new();
+        encode_produce(&mut out, 1, "events", None, &[record.clone(), record]);
+        Request::Metadata.encode(2, &mut out);
+        encode_produced(
+            &mut out,
+            3,
+            &[vec![Run {
+                partition: 0,
+                first_offset: 1,
+                count: 2,
+            }]],
+        );
+        let mut w = FetchedWriter::begin(&mut out, 4, 0, 1);
+        w.push(&mut out, 0, 5, Some(b"k"), b"v", &[("h", b"1")]);
+        w.finish(&mut out);
+        out
+    }
+
+    proptest! {
+        // Mutated valid frames reach deep into every decoder; none may panic.
+        #[test]
+        fn decoders_survive_mutations(flips in proptest::collection::vec((any::<prop::sample::Index>(), any::<u8>()), 0..8), cut in any::<prop::sample::Index>()) {
+            let mut bytes = valid_frames();
+            for (at, byte) in flips {
+                let i = at.index(bytes.len());
+                bytes[i] = byte;
+            }
+            let end = cut.index(bytes.len() + 1);
+            let mut rest = &bytes[..end];
+            while let Ok(Some(frame)) = parse_frame(rest, 1 << 20) {
+                let _ = Request::decode(&frame.header, frame.body);
+                let _ = Response::decode(&frame.header, frame.body);
+                rest = &rest[frame.len..];
+            }
+        }
+    }
+}

@@ -202,13 +202,6 @@ impl Shard {
             while !partition.has_room() && !self.shared.control.is_stopping() {
                 idle.sleep().await;
             }
-            if self.shared.control.is_stopping() {
-                batch.ack.failed(ProtocolError::new(
-                    ErrorCode::Unavailable,
-                    "the engine is stopping",
-                ));
-                continue;
-            }
             let appended = {
                 let mut log = partition.log.borrow_mut();
                 with_payload(&batch.records, |records| log.append(records))

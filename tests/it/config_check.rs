@@ -154,6 +154,26 @@ fn broken_files_get_precise_errors() {
                 "14:6: stage \"split\".to: there is no topic \"words\"",
             ],
         ),
+        (
+            "a job nothing answers",
+            format!("{BASE}\n[[job]]\nname = \"j\"\ntopic = \"words\"\n"),
+            &[
+                "18:9: job \"j\".topic: no reply stage is reachable from topic \"words\", so no job would ever be answered | add a stage with op = \"reply\" that reads the topic (or a topic downstream of it)",
+            ],
+        ),
+        (
+            "a reply stage with a to",
+            BASE.replace("op = \"split_words\"", "op = \"reply\""),
+            &["14:6: stage \"split\".to: a reply stage answers jobs and writes no topic | remove `to`"],
+        ),
+        (
+            "bad ingest values",
+            format!("{BASE}\n[ingest]\ntcp = \"localhost\"\nmax_conections = 3\n"),
+            &[
+                "17:7: ingest.tcp: \"localhost\" is not an address: invalid socket address syntax | write IP:PORT, e.g. \"127.0.0.1:7070\"",
+                "18:1: ingest.max_conections: unknown key | did you mean \"max_connections\"?",
+            ],
+        ),
     ];
     for (what, text, expected) in cases {
         let got = errors(text);
