@@ -59,19 +59,20 @@ pub enum Payload {
 pub enum Ack {
     /// A producer inside the engine, counting its generation's batches.
     Generation(Arc<Generation>),
-    /// A client request: told the offsets, or why the batch was refused.
-    Client(flume::Sender<ClientAck>),
+    /// A client request: told the offsets, or why the batch was refused. The number
+    /// tells the request's batches apart (two topics may share a partition number).
+    Client(flume::Sender<ClientAck>, usize),
 }
 
-/// `Ok((partition, first offset, next offset))` once durable.
-pub type ClientAck = Result<(u32, u64, u64), crate::protocol::ProtocolError>;
+/// `Ok((batch number, first offset, next offset))` once durable.
+pub type ClientAck = Result<(usize, u64, u64), crate::protocol::ProtocolError>;
 
 impl Ack {
     pub fn durable(&self, partition: u32, first: u64, next: u64) {
         match self {
             Ack::Generation(generation) => generation.acked(partition, next),
             // The client may have gone away; nobody is left to tell.
-            Ack::Client(tx) => drop(tx.try_send(Ok((partition, first, next)))),
+            Ack::Client(tx, part) => drop(tx.try_send(Ok((*part, first, next)))),
         }
     }
 
@@ -80,7 +81,7 @@ impl Ack {
         match self {
             // An engine producer's batch failing is fatal; the caller stops the engine.
             Ack::Generation(_) => {}
-            Ack::Client(tx) => drop(tx.try_send(Err(error))),
+            Ack::Client(tx, _) => drop(tx.try_send(Err(error))),
         }
     }
 }

@@ -116,7 +116,7 @@ pub async fn produce(
     let shared = &shard.shared;
     let part_ids: Vec<(usize, u32)> = parts.iter().map(|p| (p.topic, p.partition)).collect();
     let stamp_ms = now_ms();
-    for part in parts {
+    for (number, part) in parts.into_iter().enumerate() {
         let batch = Batch {
             partition: part.partition,
             records: Payload::Wire {
@@ -124,7 +124,7 @@ pub async fn produce(
                 count: part.count,
                 stamp_ms,
             },
-            ack: Ack::Client(tx.clone()),
+            ack: Ack::Client(tx.clone(), number),
         };
         let to = owner(part.partition, shared.shards);
         shared.mesh.inboxes[part.topic][to]
@@ -171,21 +171,9 @@ impl PendingProduce {
     pub async fn wait(self, shard: &Shard) -> Result<Vec<Vec<Run>>, ProtocolError> {
         let mut firsts = vec![None; self.parts.len()];
         for _ in 0..self.parts.len() {
-            let (partition, first, _) = self.acks.recv_async().await.map_err(|_| stopping())??;
-            // Two parts of one request never share a partition of one topic, but may
-            // share a partition number across topics: match the first still open.
-            let slot = self
-                .parts
-                .iter()
-                .zip(&firsts)
-                .position(|((_, p), f)| *p == partition && f.is_none())
-                .ok_or_else(|| {
-                    ProtocolError::new(ErrorCode::Internal, "an ack for no batch of this request")
-                })?;
-            firsts[slot] = Some(first);
+            let (part, first, _) = self.acks.recv_async().await.map_err(|_| stopping())??;
+            firsts[part] = Some(first);
         }
-        // Acks of different topics on the same partition number may arrive in either
-        // order; the offsets of a topic's part matter only within that part.
         let runs = self
             .layout
             .iter()
@@ -307,7 +295,7 @@ pub async fn job(
             count: 1,
             stamp_ms: now_ms(),
         },
-        ack: Ack::Client(ack_tx),
+        ack: Ack::Client(ack_tx, 0),
     };
     shared.metrics.jobs.add(1);
     let to = owner(partition, shared.shards);

@@ -201,6 +201,39 @@ fn send_prints_offsets_and_tail_prints_the_records() {
     assert!(err.contains("no topic \"nosuch\""), "{err}");
     let (code, _, err) = run_cli(&["tail", "--from", &server.tcp, "nosuch"], "");
     assert_eq!(code, 2, "{err}");
+
+    // One request, two topics, the same partition number: each record's offset is its own.
+    let mut client = Client::connect(&server.tcp).unwrap();
+    let record = |v: &'static [u8]| flowd::protocol::WireRecord {
+        timestamp_ms: None,
+        key: None,
+        value: v,
+        headers: Vec::new(),
+        raw: &[],
+    };
+    let groups = vec![
+        flowd::protocol::ProduceGroup {
+            topic: "answers",
+            partition: Some(1),
+            records: vec![record(b"x1"), record(b"x2"), record(b"x3")],
+        },
+        flowd::protocol::ProduceGroup {
+            topic: "events",
+            partition: Some(1),
+            records: vec![record(b"e1")],
+        },
+    ];
+    let response = client.call(&flowd::protocol::Request::Produce(groups)).unwrap();
+    let Response::Produced(runs) = response else {
+        panic!("{response:?}")
+    };
+    for (topic, run, value) in [("answers", runs[0][0], "x1"), ("events", runs[1][0], "e1")] {
+        let fetched = client
+            .fetch(topic, 1, FetchFrom::Offset(run.first_offset), 1, 0)
+            .unwrap();
+        assert_eq!(fetched.records[0].0, run.first_offset);
+        assert_eq!(fetched.records[0].1.value, value.as_bytes(), "{topic}");
+    }
 }
 
 /// One HTTP/1.1 exchange on a fresh connection: `(status, body)`.
