@@ -161,50 +161,50 @@ pub fn with_payload<R>(payload: &Payload, f: impl FnOnce(&[Record<'_>]) -> R) ->
             for _ in 0..*count {
                 wire.push(cursor.record().ok()?);
             }
-            let headers: Vec<Vec<Header<'_>>> = wire
+            let parts = wire
                 .iter()
                 .map(|r| {
-                    r.headers
+                    let headers = r
+                        .headers
                         .iter()
-                        .map(|(name, value)| Header { name, value })
-                        .collect()
+                        .map(|&(name, value)| Header { name, value })
+                        .collect();
+                    (r.timestamp_ms.unwrap_or(*stamp_ms), r.key, r.value, headers)
                 })
                 .collect();
-            let records: Vec<Record<'_>> = wire
-                .iter()
-                .zip(&headers)
-                .map(|(r, h)| Record {
-                    timestamp_ms: r.timestamp_ms.unwrap_or(*stamp_ms),
-                    key: r.key,
-                    value: r.value,
-                    headers: h,
-                })
-                .collect();
-            Some(f(&records))
+            Some(with_parts(parts, f))
         }
     }
 }
 
 /// Borrowed `Record`s (what the log appends) over owned ones.
 pub fn with_records<R>(records: &[OwnedRecord], f: impl FnOnce(&[Record<'_>]) -> R) -> R {
-    let headers: Vec<Vec<Header<'_>>> = records
+    let parts = records
         .iter()
         .map(|r| {
-            r.headers
+            let headers = r
+                .headers
                 .iter()
                 .map(|(name, value)| Header { name, value })
-                .collect()
+                .collect();
+            (r.timestamp_ms, r.key.as_deref(), r.value.as_slice(), headers)
         })
         .collect();
-    let borrowed: Vec<Record<'_>> = records
+    with_parts(parts, f)
+}
+
+/// `(timestamp, key, value, headers)` of each record, as the `Record`s the log appends.
+type Parts<'a> = Vec<(i64, Option<&'a [u8]>, &'a [u8], Vec<Header<'a>>)>;
+
+fn with_parts<R>(parts: Parts<'_>, f: impl FnOnce(&[Record<'_>]) -> R) -> R {
+    let records: Vec<Record<'_>> = parts
         .iter()
-        .zip(&headers)
-        .map(|(r, h)| Record {
-            timestamp_ms: r.timestamp_ms,
-            key: r.key.as_deref(),
-            value: &r.value,
-            headers: h,
+        .map(|(timestamp_ms, key, value, headers)| Record {
+            timestamp_ms: *timestamp_ms,
+            key: *key,
+            value,
+            headers,
         })
         .collect();
-    f(&borrowed)
+    f(&records)
 }

@@ -65,7 +65,7 @@ pub struct ShardStatus {
     pub jobs_waiting: usize,
 }
 
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, serde::Deserialize)]
 pub struct PartitionStatus {
     pub topic: String,
     pub partition: u32,
@@ -78,7 +78,7 @@ pub struct PartitionStatus {
     pub consumers: Vec<ConsumerStatus>,
 }
 
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, serde::Deserialize)]
 pub struct ConsumerStatus {
     pub name: String,
     pub position: u64,

@@ -14,7 +14,7 @@ use crate::protocol::{ErrorCode, FetchFrom, ProduceGroup, ProtocolError, Run, Wi
 use crate::runtime::mesh::{Ack, Batch, ClientAck, Payload};
 use crate::runtime::placement::{owner, partition_of_bytes};
 use crate::runtime::reply::{REPLY_HEADER, ReplyAddress};
-use crate::runtime::service::{self, Answer, FetchOrder, ShardRequest, ShardStatus};
+use crate::runtime::service::{self, Answer, FetchOrder, PartitionStatus, ShardRequest, ShardStatus};
 use crate::runtime::shard::Shard;
 use crate::storage::layout::now_ms;
 
@@ -386,26 +386,7 @@ pub struct Status {
 #[derive(Debug, Clone, Serialize, serde::Deserialize)]
 pub struct TopicStatus {
     pub name: String,
-    pub partitions: Vec<PartitionView>,
-}
-
-#[derive(Debug, Clone, Serialize, serde::Deserialize)]
-pub struct PartitionView {
-    pub partition: u32,
-    pub shard: usize,
-    pub start_offset: u64,
-    pub next_offset: u64,
-    pub durable_offset: u64,
-    pub segments: usize,
-    pub bytes: u64,
-    pub consumers: Vec<ConsumerView>,
-}
-
-#[derive(Debug, Clone, Serialize, serde::Deserialize)]
-pub struct ConsumerView {
-    pub name: String,
-    pub position: u64,
-    pub lag: u64,
+    pub partitions: Vec<PartitionStatus>,
 }
 
 #[derive(Debug, Clone, Default, Serialize, serde::Deserialize)]
@@ -444,26 +425,10 @@ pub async fn status(shard: &Rc<Shard>, started: Instant, listeners: &[String], r
             partitions: Vec::new(),
         })
         .collect();
-    for p in shards.iter().flat_map(|s| &s.partitions) {
+    let jobs_waiting = shards.iter().map(|s| s.jobs_waiting).sum();
+    for p in shards.into_iter().flat_map(|s| s.partitions) {
         if let Some(t) = spec.topic_index(&p.topic) {
-            topics[t].partitions.push(PartitionView {
-                partition: p.partition,
-                shard: p.shard,
-                start_offset: p.start_offset,
-                next_offset: p.next_offset,
-                durable_offset: p.durable_offset,
-                segments: p.segments,
-                bytes: p.bytes,
-                consumers: p
-                    .consumers
-                    .iter()
-                    .map(|c| ConsumerView {
-                        name: c.name.clone(),
-                        position: c.position,
-                        lag: c.lag,
-                    })
-                    .collect(),
-            });
+            topics[t].partitions.push(p);
         }
     }
     for t in &mut topics {
@@ -485,7 +450,7 @@ pub async fn status(shard: &Rc<Shard>, started: Instant, listeners: &[String], r
             .metrics
             .connections_open
             .load(std::sync::atomic::Ordering::Relaxed),
-        jobs_waiting: shards.iter().map(|s| s.jobs_waiting).sum(),
+        jobs_waiting,
         produce_latency_us: Quantiles {
             p50: h.value_at_quantile(0.5),
             p99: h.value_at_quantile(0.99),

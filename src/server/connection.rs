@@ -9,7 +9,6 @@
 
 use std::os::fd::{FromRawFd, RawFd};
 use std::rc::Rc;
-use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use futures_lite::{AsyncReadExt, AsyncWriteExt};
@@ -22,8 +21,8 @@ use crate::protocol::message::{
 use crate::protocol::{ErrorCode, ProtocolError, RawFrame, Request, parse_frame};
 use crate::runtime::service::{FETCH_BYTES_MAX, FetchOrder};
 use crate::runtime::shard::Shard;
-use crate::server::Front;
 use crate::server::api;
+use crate::server::{self, Front};
 
 /// Bytes of responses one connection may owe at once.
 const RESPONSE_BUDGET: u64 = 8 << 20;
@@ -45,31 +44,15 @@ pub async fn accept_loop(shard: Rc<Shard>, front: Rc<Front>, fd: RawFd) {
     let listener = unsafe { TcpListener::from_raw_fd(fd) };
     let metrics = std::sync::Arc::clone(&shard.shared.metrics);
     while !shard.shared.control.is_stopping() {
-        let stream = match listener.accept().await {
-            Ok(stream) => stream,
-            Err(error) => {
-                // Out of file descriptors, most likely: back off instead of spinning.
-                tracing::warn!(%error, "cannot accept a TCP connection");
-                glommio::timer::sleep(Duration::from_millis(50)).await;
-                continue;
-            }
-        };
-        let open = metrics.connections_open.fetch_add(1, Ordering::AcqRel) + 1;
-        if open as usize > front.max_connections {
-            metrics.connections_open.fetch_sub(1, Ordering::AcqRel);
-            metrics.connections_refused.add(1);
-            metrics.error(ErrorCode::Overloaded);
-            tracing::warn!(peer = ?stream.peer_addr().ok(), limit = front.max_connections, "connection refused: too many connections");
+        let stream = server::accept(&listener, "TCP").await;
+        let Some(open) = server::admit(&metrics, &front, "TCP") else {
             glommio::spawn_local(refuse(stream, front.max_connections)).detach();
             continue;
-        }
-        metrics.connections_total.add(1);
-        let shard = Rc::clone(&shard);
-        let front = Rc::clone(&front);
-        let metrics = std::sync::Arc::clone(&metrics);
+        };
+        let (shard, front) = (Rc::clone(&shard), Rc::clone(&front));
         glommio::spawn_local(async move {
             serve(shard, front, stream).await;
-            metrics.connections_open.fetch_sub(1, Ordering::AcqRel);
+            drop(open);
         })
         .detach();
     }

@@ -4,7 +4,6 @@
 
 use std::os::fd::{FromRawFd, RawFd};
 use std::rc::Rc;
-use std::time::Duration;
 
 use bytes::Bytes;
 use glommio::net::TcpListener;
@@ -18,7 +17,7 @@ use crate::protocol::{ErrorCode, FetchFrom, ProduceGroup, ProtocolError, parse_f
 use crate::runtime::service::{FETCH_RECORDS_MAX, FetchOrder};
 use crate::runtime::shard::Shard;
 use crate::server::hyper_io::HyperIo;
-use crate::server::{Front, api, page};
+use crate::server::{self, Front, api, page};
 
 type Reply = Response<Full<Bytes>>;
 
@@ -30,35 +29,12 @@ pub async fn accept_loop(shard: Rc<Shard>, front: Rc<Front>, fd: RawFd) {
     let listener = unsafe { TcpListener::from_raw_fd(fd) };
     let metrics = std::sync::Arc::clone(&shard.shared.metrics);
     while !shard.shared.control.is_stopping() {
-        let stream = match listener.accept().await {
-            Ok(stream) => stream,
-            Err(error) => {
-                tracing::warn!(%error, "cannot accept an HTTP connection");
-                glommio::timer::sleep(Duration::from_millis(50)).await;
-                continue;
-            }
-        };
-        let open = metrics
-            .connections_open
-            .fetch_add(1, std::sync::atomic::Ordering::AcqRel)
-            + 1;
-        if open as usize > front.max_connections {
-            metrics
-                .connections_open
-                .fetch_sub(1, std::sync::atomic::Ordering::AcqRel);
-            metrics.connections_refused.add(1);
-            tracing::warn!(
-                limit = front.max_connections,
-                "HTTP connection refused: too many connections"
-            );
+        let stream = server::accept(&listener, "HTTP").await;
+        let Some(open) = server::admit(&metrics, &front, "HTTP") else {
             drop(stream);
             continue;
-        }
-        let (shard, front, metrics) = (
-            Rc::clone(&shard),
-            Rc::clone(&front),
-            std::sync::Arc::clone(&metrics),
-        );
+        };
+        let (shard, front) = (Rc::clone(&shard), Rc::clone(&front));
         glommio::spawn_local(async move {
             let service = {
                 let (shard, front) = (Rc::clone(&shard), Rc::clone(&front));
@@ -73,9 +49,7 @@ pub async fn accept_loop(shard: Rc<Shard>, front: Rc<Front>, fd: RawFd) {
             if let Err(error) = connection.await {
                 tracing::debug!(%error, "HTTP connection ended with an error");
             }
-            metrics
-                .connections_open
-                .fetch_sub(1, std::sync::atomic::Ordering::AcqRel);
+            drop(open);
         })
         .detach();
     }

@@ -17,10 +17,13 @@ pub mod page;
 
 use std::cell::RefCell;
 use std::rc::Rc;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
 use crate::runtime::shard::Shard;
 pub use listeners::{Bound, ShardSockets, bind};
+use metrics::Metrics;
 
 /// What every connection on one shard shares.
 pub struct Front {
@@ -50,6 +53,47 @@ impl Front {
         }
         rate
     }
+}
+
+/// The next connection `listener` takes. Accept errors (out of file descriptors, most
+/// likely) are logged and retried after a pause instead of spinning.
+pub(crate) async fn accept(listener: &glommio::net::TcpListener, what: &str) -> glommio::net::TcpStream {
+    loop {
+        match listener.accept().await {
+            Ok(stream) => return stream,
+            Err(error) => {
+                tracing::warn!(%error, "cannot accept a {what} connection");
+                glommio::timer::sleep(Duration::from_millis(50)).await;
+            }
+        }
+    }
+}
+
+/// A connection counted among the open ones until dropped.
+pub(crate) struct OpenConnection(Arc<Metrics>);
+
+impl Drop for OpenConnection {
+    fn drop(&mut self) {
+        self.0.connections_open.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
+/// Counts a new connection in, or, over `max_connections`, counts it refused and logs it.
+pub(crate) fn admit(metrics: &Arc<Metrics>, front: &Front, what: &str) -> Option<OpenConnection> {
+    let open = metrics.connections_open.fetch_add(1, Ordering::AcqRel) + 1;
+    let admitted = OpenConnection(Arc::clone(metrics));
+    if open as usize > front.max_connections {
+        drop(admitted);
+        metrics.connections_refused.add(1);
+        metrics.error(crate::protocol::ErrorCode::Overloaded);
+        tracing::warn!(
+            limit = front.max_connections,
+            "{what} connection refused: too many connections"
+        );
+        return None;
+    }
+    metrics.connections_total.add(1);
+    Some(admitted)
 }
 
 /// Starts this shard's accept loops, if the dataflow has listeners.
