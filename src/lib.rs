@@ -7,6 +7,7 @@ pub mod bench;
 pub mod cli;
 pub mod client;
 pub mod config;
+pub mod consumer;
 pub mod ops;
 pub mod protocol;
 pub mod runtime;

@@ -10,6 +10,7 @@ use clap::{Parser, Subcommand};
 
 mod bench;
 mod check;
+mod drain;
 mod inspect;
 mod run;
 mod send;
@@ -74,7 +75,8 @@ enum Command {
         #[arg(long, default_value = DEFAULT_TCP, value_name = "ADDR")]
         from: String,
         topic: String,
-        /// Read as the named consumer (consumers come with a later version).
+        /// Read as the named consumer: claim, print, ack; created (at --offset) if new,
+        /// and resumed where it left off otherwise.
         #[arg(long)]
         group: Option<String>,
         /// earliest, latest or an offset (default: earliest; latest with --follow).
@@ -86,6 +88,17 @@ enum Command {
         /// One JSON object per record: topic, partition, offset, timestamp, key, value.
         #[arg(long)]
         json: bool,
+    },
+    /// Wait until the named consumers (or all) have acked everything; exit 1 on timeout.
+    Drain {
+        #[arg(long, default_value = DEFAULT_TCP, value_name = "ADDR")]
+        from: String,
+        /// Only this consumer (on every topic it reads).
+        #[arg(long)]
+        group: Option<String>,
+        /// Give up after this many seconds.
+        #[arg(long, default_value_t = 60)]
+        timeout: u64,
     },
     /// Show a running engine: cores, topics, partitions, offsets, consumers and lag, rates.
     Status {
@@ -183,6 +196,9 @@ impl Cli {
                 json,
             }),
             Command::Status { from, json } => status::run(&from, json),
+            Command::Drain { from, group, timeout } => {
+                drain::run(&from, group.as_deref(), std::time::Duration::from_secs(timeout))
+            }
             Command::Bench { scenario } => bench::run(scenario),
             Command::Run {
                 dataflow,

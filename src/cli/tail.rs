@@ -1,16 +1,19 @@
-//! `flowd tail [--from ADDR] TOPIC [--offset earliest|latest|N] [--follow] [--json]`:
+//! `flowd tail [--from ADDR] TOPIC [--group G] [--offset earliest|latest|N] [--follow] [--json]`:
 //! prints a topic's records, partition by partition; without `--follow` it stops at the
-//! end each partition had when tail started, and exits 0.
+//! end each partition had when tail started, and exits 0. With `--group` it reads as a
+//! named consumer: each batch is claimed, printed, then acked, so a second run goes on
+//! where the first stopped.
 
 use std::io::Write;
 use std::process::ExitCode;
 use std::time::Duration;
 
 use crate::cli::CliError;
-use crate::client::Client;
-use crate::protocol::FetchFrom;
+use crate::client::{Client, ClientError};
+use crate::consumer::cursor::{Options, Start};
 use crate::protocol::json::record_json;
 use crate::protocol::message::Fetched;
+use crate::protocol::{ErrorCode, FetchFrom, OwnedWireRecord};
 
 /// Records per fetch.
 const FETCH_RECORDS: u32 = 1000;
@@ -27,12 +30,10 @@ pub struct TailArgs {
 }
 
 pub fn run(args: TailArgs) -> Result<ExitCode, CliError> {
-    if let Some(group) = &args.group {
-        return Err(CliError::Usage(format!(
-            "--group {group}: named consumers are not served by this version yet; tail without --group reads the topic directly"
-        )));
-    }
     let mut client = Client::connect(&args.from)?;
+    if let Some(group) = &args.group {
+        return as_consumer(&mut client, &args, group);
+    }
     let metadata = client.metadata()?;
     let Some(&(_, partitions)) = metadata.topics.iter().find(|(name, _)| *name == args.topic) else {
         let names: Vec<&str> = metadata.topics.iter().map(|(n, _)| n.as_str()).collect();
@@ -53,7 +54,7 @@ pub fn run(args: TailArgs) -> Result<ExitCode, CliError> {
     let mut positions: Vec<(u64, Option<u64>)> = Vec::new();
     for p in 0..partitions {
         let first = client.fetch(&args.topic, p, start, FETCH_RECORDS, 0)?;
-        let next = print(&mut out, &args, p, &first, first_position(&first, start))?;
+        let next = print(&mut out, &args, p, &first.records, first_position(&first, start))?;
         positions.push((next, (!args.follow).then_some(first.next_offset)));
     }
     loop {
@@ -66,7 +67,7 @@ pub fn run(args: TailArgs) -> Result<ExitCode, CliError> {
             all_done = false;
             let fetched = client.fetch(&args.topic, p as u32, FetchFrom::Offset(*next), FETCH_RECORDS, 0)?;
             got_any |= !fetched.records.is_empty();
-            *next = print(&mut out, &args, p as u32, &fetched, *next)?;
+            *next = print(&mut out, &args, p as u32, &fetched.records, *next)?;
             if fetched.records.is_empty() && end.is_some() {
                 // Only end markers (skipped by the server) were left before the end.
                 *next = (*next).max(end.unwrap_or(0));
@@ -79,6 +80,48 @@ pub fn run(args: TailArgs) -> Result<ExitCode, CliError> {
             out.flush().map_err(CliError::Output)?;
             std::thread::sleep(FOLLOW_IDLE);
         }
+    }
+    out.flush().map_err(CliError::Output)?;
+    Ok(ExitCode::SUCCESS)
+}
+
+/// Claims from any partition, prints, acks; without --follow, until a claim finds
+/// nothing. The consumer is created at --offset if it is new.
+fn as_consumer(client: &mut Client, args: &TailArgs, group: &str) -> Result<ExitCode, CliError> {
+    let start = match args.offset {
+        None | Some(FetchFrom::Earliest) => Start::Earliest,
+        Some(FetchFrom::Latest) => Start::New,
+        Some(FetchFrom::Offset(0)) => Start::Earliest,
+        Some(FetchFrom::Offset(n)) => Start::After(n - 1),
+        Some(FetchFrom::Time(t)) => Start::Time(t),
+    };
+    let create = Options {
+        start,
+        ..Options::default()
+    };
+    let mut out = std::io::BufWriter::new(std::io::stdout().lock());
+    loop {
+        let claimed = client
+            .claim(&args.topic, group, None, FETCH_RECORDS, Some(create.clone()))
+            .map_err(|e| match e {
+                ClientError::Server {
+                    code: ErrorCode::UnknownTopic,
+                    message,
+                } => CliError::Usage(message),
+                other => other.into(),
+            })?;
+        let Some(partition) = claimed.partition else {
+            if !args.follow {
+                break;
+            }
+            out.flush().map_err(CliError::Output)?;
+            std::thread::sleep(FOLLOW_IDLE);
+            continue;
+        };
+        print(&mut out, args, partition, &claimed.records, 0)?;
+        // Printed (and flushed) before acked: a crash re-prints, never skips.
+        out.flush().map_err(CliError::Output)?;
+        client.ack(&args.topic, group, partition)?;
     }
     out.flush().map_err(CliError::Output)?;
     Ok(ExitCode::SUCCESS)
@@ -97,11 +140,11 @@ fn print(
     out: &mut impl Write,
     args: &TailArgs,
     partition: u32,
-    fetched: &Fetched,
+    records: &[(u64, OwnedWireRecord)],
     next: u64,
 ) -> Result<u64, CliError> {
     let mut position = next;
-    for (offset, record) in &fetched.records {
+    for (offset, record) in records {
         if args.json {
             let value = record_json(
                 &args.topic,

@@ -1,6 +1,8 @@
 //! A blocking Rust client of the binary protocol, used by `flowd send/tail/status` and
 //! the benchmarks: one TCP connection, requests pipelined by id.
 
+mod consumer;
+
 use std::io::{BufReader, BufWriter, Read, Write};
 use std::net::{SocketAddr, TcpStream, ToSocketAddrs};
 use std::time::Duration;
@@ -259,6 +261,6 @@ pub fn offsets(response: Response) -> Result<Vec<(u32, u64)>> {
     }
 }
 
-fn unexpected(response: &Response) -> ClientError {
+pub(crate) fn unexpected(response: &Response) -> ClientError {
     ClientError::Protocol(format!("an unexpected response: {response:?}"))
 }

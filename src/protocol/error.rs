@@ -26,6 +26,14 @@ pub enum ErrorCode {
     Overloaded = 13,
     /// A kind this server knows of but does not serve yet.
     Unsupported = 14,
+    /// No consumer of that name on that topic.
+    UnknownConsumer = 15,
+    /// The consumer is disabled (by a request or by `max_reclaims`).
+    ConsumerDisabled = 16,
+    /// An ack or reclaim with no claim pending.
+    NothingClaimed = 17,
+    /// A resume of a consumer that is not disabled.
+    ConsumerActive = 18,
 }
 
 impl ErrorCode {
@@ -46,6 +54,10 @@ impl ErrorCode {
             12 => Invalid,
             13 => Overloaded,
             14 => Unsupported,
+            15 => UnknownConsumer,
+            16 => ConsumerDisabled,
+            17 => NothingClaimed,
+            18 => ConsumerActive,
             _ => return None,
         })
     }
@@ -68,6 +80,10 @@ impl ErrorCode {
             Invalid => "invalid",
             Overloaded => "overloaded",
             Unsupported => "unsupported",
+            UnknownConsumer => "unknown_consumer",
+            ConsumerDisabled => "consumer_disabled",
+            NothingClaimed => "nothing_claimed",
+            ConsumerActive => "consumer_active",
         }
     }
 

@@ -19,11 +19,24 @@ pub enum Kind {
     Metadata = 0x03,
     Job = 0x04,
     Status = 0x05,
+    Claim = 0x10,
+    Ack = 0x11,
+    Reclaim = 0x12,
+    AckCommit = 0x13,
+    ConsumerAdmin = 0x14,
+    Range = 0x15,
+    Length = 0x16,
     Produced = 0x81,
     Fetched = 0x82,
     MetadataReply = 0x83,
     Answer = 0x84,
     StatusReply = 0x85,
+    Claimed = 0x90,
+    Acked = 0x91,
+    Reclaimed = 0x92,
+    Committed = 0x93,
+    Consumers = 0x94,
+    LengthReply = 0x96,
     Error = 0xFF,
 }
 
@@ -36,19 +49,32 @@ impl Kind {
             0x03 => Metadata,
             0x04 => Job,
             0x05 => Status,
+            0x10 => Claim,
+            0x11 => Ack,
+            0x12 => Reclaim,
+            0x13 => AckCommit,
+            0x14 => ConsumerAdmin,
+            0x15 => Range,
+            0x16 => Length,
             0x81 => Produced,
             0x82 => Fetched,
             0x83 => MetadataReply,
             0x84 => Answer,
             0x85 => StatusReply,
+            0x90 => Claimed,
+            0x91 => Acked,
+            0x92 => Reclaimed,
+            0x93 => Committed,
+            0x94 => Consumers,
+            0x96 => LengthReply,
             0xFF => Error,
             _ => return None,
         })
     }
 
-    /// Kinds reserved for the consumer requests (claim, ack, reclaim, admin).
+    /// Kinds reserved for more consumer and read requests, not served by this version.
     pub fn is_reserved(byte: u8) -> bool {
-        (0x10..=0x2F).contains(&byte)
+        (0x17..=0x2F).contains(&byte)
     }
 }
 

@@ -1,6 +1,9 @@
 //! The bodies of every frame kind: requests (decoded by the server, borrowed from the
 //! frame) and responses (decoded by clients into owned values), and their encoders.
 
+use crate::protocol::consumer::{
+    self, AdminRequest, ClaimRequest, Claimed, ConsumerRef, RangeRequest, ReclaimedReply,
+};
 use crate::protocol::error::{ErrorCode, ProtocolError};
 use crate::protocol::frame::{FrameHeader, Kind, begin_frame, finish_frame};
 use crate::protocol::wire::{
@@ -54,6 +57,62 @@ pub enum Request<'a> {
     Metadata,
     Job(JobRequest<'a>),
     Status,
+    Claim(ClaimRequest<'a>),
+    Ack(ConsumerRef<'a>),
+    Reclaim(ConsumerRef<'a>),
+    /// An ack and a produce, committed as one.
+    AckCommit(ConsumerRef<'a>, Vec<ProduceGroup<'a>>),
+    ConsumerAdmin(AdminRequest<'a>),
+    Range(RangeRequest<'a>),
+    /// Records in a partition (`None`: in the whole topic).
+    Length {
+        topic: &'a str,
+        partition: Option<u32>,
+    },
+}
+
+fn decode_groups<'a>(c: &mut Cursor<'a>) -> Result<Vec<ProduceGroup<'a>>, ProtocolError> {
+    let count = c.u16("the group count")?;
+    if count == 0 {
+        return Err(ProtocolError::malformed(
+            "a produce request needs at least one group",
+        ));
+    }
+    let mut groups = Vec::with_capacity(count.min(64) as usize);
+    for _ in 0..count {
+        let topic = c.str("a topic name")?;
+        let partition = c.u32("a partition")?;
+        let n = c.u32("a record count")? as usize;
+        // A record takes at least 7 bytes: a lying count fails before it allocates.
+        if n.saturating_mul(7) > c.remaining() {
+            return Err(ProtocolError::malformed(format!(
+                "a group claims {n} records but only {} bytes are left",
+                c.remaining()
+            )));
+        }
+        let mut records = Vec::with_capacity(n);
+        for _ in 0..n {
+            records.push(c.record()?);
+        }
+        groups.push(ProduceGroup {
+            topic,
+            partition: (partition != ANY_PARTITION).then_some(partition),
+            records,
+        });
+    }
+    Ok(groups)
+}
+
+fn put_groups(out: &mut Vec<u8>, groups: &[ProduceGroup<'_>]) {
+    put_u16(out, groups.len() as u16);
+    for g in groups {
+        put_str(out, g.topic);
+        put_u32(out, g.partition.unwrap_or(ANY_PARTITION));
+        put_u32(out, g.records.len() as u32);
+        for r in &g.records {
+            encode_record(out, r.timestamp_ms, r.key, r.value, &r.headers);
+        }
+    }
 }
 
 impl<'a> Request<'a> {
@@ -61,37 +120,7 @@ impl<'a> Request<'a> {
     pub fn decode(header: &FrameHeader, body: &'a [u8]) -> Result<Request<'a>, ProtocolError> {
         let mut c = Cursor::new(body);
         let request = match Kind::from_u8(header.kind) {
-            Some(Kind::Produce) => {
-                let count = c.u16("the group count")?;
-                if count == 0 {
-                    return Err(ProtocolError::malformed(
-                        "a produce request needs at least one group",
-                    ));
-                }
-                let mut groups = Vec::with_capacity(count.min(64) as usize);
-                for _ in 0..count {
-                    let topic = c.str("a topic name")?;
-                    let partition = c.u32("a partition")?;
-                    let n = c.u32("a record count")? as usize;
-                    // A record takes at least 7 bytes: a lying count fails before it allocates.
-                    if n.saturating_mul(7) > c.remaining() {
-                        return Err(ProtocolError::malformed(format!(
-                            "a group claims {n} records but only {} bytes are left",
-                            c.remaining()
-                        )));
-                    }
-                    let mut records = Vec::with_capacity(n);
-                    for _ in 0..n {
-                        records.push(c.record()?);
-                    }
-                    groups.push(ProduceGroup {
-                        topic,
-                        partition: (partition != ANY_PARTITION).then_some(partition),
-                        records,
-                    });
-                }
-                Request::Produce(groups)
-            }
+            Some(Kind::Produce) => Request::Produce(decode_groups(&mut c)?),
             Some(Kind::Fetch) => {
                 let topic = c.str("a topic name")?;
                 let partition = c.u32("a partition")?;
@@ -125,11 +154,28 @@ impl<'a> Request<'a> {
                 timeout_ms: c.u32("a timeout")?,
                 record: c.record()?,
             }),
+            Some(Kind::Claim) => Request::Claim(consumer::decode_claim(&mut c)?),
+            Some(Kind::Ack) => Request::Ack(consumer::decode_ref(&mut c)?),
+            Some(Kind::Reclaim) => Request::Reclaim(consumer::decode_ref(&mut c)?),
+            Some(Kind::AckCommit) => {
+                let r = consumer::decode_ref(&mut c)?;
+                Request::AckCommit(r, decode_groups(&mut c)?)
+            }
+            Some(Kind::ConsumerAdmin) => Request::ConsumerAdmin(consumer::decode_admin(&mut c)?),
+            Some(Kind::Range) => Request::Range(consumer::decode_range(&mut c)?),
+            Some(Kind::Length) => {
+                let topic = c.str("a topic name")?;
+                let partition = c.u32("a partition")?;
+                Request::Length {
+                    topic,
+                    partition: (partition != ANY_PARTITION).then_some(partition),
+                }
+            }
             _ if Kind::is_reserved(header.kind) => {
                 return Err(ProtocolError::new(
                     ErrorCode::Unsupported,
                     format!(
-                        "kind {:#04x} is reserved for consumer requests, not served by this version",
+                        "kind {:#04x} is reserved for requests this version does not serve",
                         header.kind
                     ),
                 ));
@@ -153,20 +199,17 @@ impl<'a> Request<'a> {
             Request::Metadata => Kind::Metadata,
             Request::Job(_) => Kind::Job,
             Request::Status => Kind::Status,
+            Request::Claim(_) => Kind::Claim,
+            Request::Ack(_) => Kind::Ack,
+            Request::Reclaim(_) => Kind::Reclaim,
+            Request::AckCommit(..) => Kind::AckCommit,
+            Request::ConsumerAdmin(_) => Kind::ConsumerAdmin,
+            Request::Range(_) => Kind::Range,
+            Request::Length { .. } => Kind::Length,
         };
         let start = begin_frame(out, kind, request_id);
         match self {
-            Request::Produce(groups) => {
-                put_u16(out, groups.len() as u16);
-                for g in groups {
-                    put_str(out, g.topic);
-                    put_u32(out, g.partition.unwrap_or(ANY_PARTITION));
-                    put_u32(out, g.records.len() as u32);
-                    for r in &g.records {
-                        encode_record(out, r.timestamp_ms, r.key, r.value, &r.headers);
-                    }
-                }
-            }
+            Request::Produce(groups) => put_groups(out, groups),
             Request::Fetch(f) => {
                 put_str(out, f.topic);
                 put_u32(out, f.partition);
@@ -188,6 +231,18 @@ impl<'a> Request<'a> {
                 put_u32(out, j.timeout_ms);
                 let r = &j.record;
                 encode_record(out, r.timestamp_ms, r.key, r.value, &r.headers);
+            }
+            Request::Claim(r) => consumer::put_claim(out, r),
+            Request::Ack(r) | Request::Reclaim(r) => consumer::put_ref(out, r),
+            Request::AckCommit(r, groups) => {
+                consumer::put_ref(out, r);
+                put_groups(out, groups);
+            }
+            Request::ConsumerAdmin(r) => consumer::put_admin(out, r),
+            Request::Range(r) => consumer::put_range(out, r),
+            Request::Length { topic, partition } => {
+                put_str(out, topic);
+                put_u32(out, partition.unwrap_or(ANY_PARTITION));
             }
         }
         finish_frame(out, start);
@@ -223,6 +278,12 @@ pub struct Run {
 
 pub fn encode_produced(out: &mut Vec<u8>, request_id: u64, groups: &[Vec<Run>]) {
     let start = begin_frame(out, Kind::Produced, request_id);
+    encode_runs(out, groups);
+    finish_frame(out, start);
+}
+
+/// Per group, its runs: the body of PRODUCED, and the tail of COMMITTED.
+pub fn encode_runs(out: &mut Vec<u8>, groups: &[Vec<Run>]) {
     put_u16(out, groups.len() as u16);
     for runs in groups {
         put_u32(out, runs.len() as u32);
@@ -232,7 +293,27 @@ pub fn encode_produced(out: &mut Vec<u8>, request_id: u64, groups: &[Vec<Run>]) 
             put_u32(out, run.count);
         }
     }
-    finish_frame(out, start);
+}
+
+fn decode_runs(c: &mut Cursor<'_>) -> Result<Vec<Vec<Run>>, ProtocolError> {
+    let groups = c.u16("the group count")?;
+    let mut all = Vec::with_capacity(groups as usize);
+    for _ in 0..groups {
+        let n = c.u32("the run count")? as usize;
+        if n.saturating_mul(16) > c.remaining() {
+            return Err(ProtocolError::malformed("a run count over the body"));
+        }
+        let mut runs = Vec::with_capacity(n);
+        for _ in 0..n {
+            runs.push(Run {
+                partition: c.u32("a partition")?,
+                first_offset: c.u64("an offset")?,
+                count: c.u32("a count")?,
+            });
+        }
+        all.push(runs);
+    }
+    Ok(all)
 }
 
 /// Fetched records as a client holds them.
@@ -338,6 +419,22 @@ pub enum Response {
     Metadata(Metadata),
     Answer(OwnedWireRecord),
     Status(Vec<u8>),
+    Claimed(Claimed),
+    Acked {
+        partition: u32,
+        from: u64,
+        to: u64,
+    },
+    Reclaimed(ReclaimedReply),
+    Committed {
+        partition: u32,
+        from: u64,
+        to: u64,
+        runs: Vec<Vec<Run>>,
+    },
+    /// The JSON array of consumer cursors an admin request touched.
+    Consumers(Vec<u8>),
+    Length(u64),
     /// An error code this client does not know is kept as `Internal` with its number.
     Error {
         code: ErrorCode,
@@ -350,26 +447,7 @@ impl Response {
     pub fn decode(header: &FrameHeader, body: &[u8]) -> Result<Response, ProtocolError> {
         let mut c = Cursor::new(body);
         let response = match Kind::from_u8(header.kind) {
-            Some(Kind::Produced) => {
-                let groups = c.u16("the group count")?;
-                let mut all = Vec::with_capacity(groups as usize);
-                for _ in 0..groups {
-                    let n = c.u32("the run count")? as usize;
-                    if n.saturating_mul(16) > c.remaining() {
-                        return Err(ProtocolError::malformed("a run count over the body"));
-                    }
-                    let mut runs = Vec::with_capacity(n);
-                    for _ in 0..n {
-                        runs.push(Run {
-                            partition: c.u32("a partition")?,
-                            first_offset: c.u64("an offset")?,
-                            count: c.u32("a count")?,
-                        });
-                    }
-                    all.push(runs);
-                }
-                Response::Produced(all)
-            }
+            Some(Kind::Produced) => Response::Produced(decode_runs(&mut c)?),
             Some(Kind::Fetched) => {
                 let start_offset = c.u64("the start offset")?;
                 let next_offset = c.u64("the next offset")?;
@@ -406,6 +484,21 @@ impl Response {
             }
             Some(Kind::Answer) => Response::Answer(c.record()?.to_owned()),
             Some(Kind::StatusReply) => Response::Status(c.bytes("the status document")?.to_vec()),
+            Some(Kind::Claimed) => Response::Claimed(consumer::decode_claimed(&mut c)?),
+            Some(Kind::Acked) => Response::Acked {
+                partition: c.u32("a partition")?,
+                from: c.u64("the range start")?,
+                to: c.u64("the range end")?,
+            },
+            Some(Kind::Reclaimed) => Response::Reclaimed(consumer::decode_reclaimed(&mut c)?),
+            Some(Kind::Committed) => Response::Committed {
+                partition: c.u32("a partition")?,
+                from: c.u64("the range start")?,
+                to: c.u64("the range end")?,
+                runs: decode_runs(&mut c)?,
+            },
+            Some(Kind::Consumers) => Response::Consumers(c.bytes("the consumer list")?.to_vec()),
+            Some(Kind::LengthReply) => Response::Length(c.u64("the length")?),
             Some(Kind::Error) => {
                 let raw_code = c.u16("the error code")?;
                 let message = String::from_utf8_lossy(c.bytes("the error message")?).into_owned();
@@ -547,7 +640,10 @@ mod tests {
             ),
             (0x02, &[1, 0, b't'], ErrorCode::Malformed),
             (0x03, &[1], ErrorCode::Malformed),
-            (0x10, &[], ErrorCode::Unsupported),
+            (0x10, &[], ErrorCode::Malformed),
+            (0x11, &[1, 0, b't'], ErrorCode::Malformed),
+            (0x15, &[1, 0, b't', 0, 0, 0, 0, 0x80], ErrorCode::Malformed),
+            (0x20, &[], ErrorCode::Unsupported),
             (0x81, &[], ErrorCode::UnknownKind),
             (0x77, &[], ErrorCode::UnknownKind),
         ];

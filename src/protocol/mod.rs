@@ -61,6 +61,7 @@
 //! version, or a length over the limit or under 12, gets an ERROR frame and the
 //! connection is closed, because the framing itself cannot be trusted.
 
+pub mod consumer;
 pub mod error;
 pub mod frame;
 pub mod json;

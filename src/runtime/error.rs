@@ -15,6 +15,10 @@ pub enum RuntimeError {
     },
     #[error("the progress file {path} is damaged ({reason}); remove it to replay that input from the start")]
     Progress { path: PathBuf, reason: String },
+    #[error(
+        "the consumer journal {path} cannot be read ({reason}); move it away to start without consumer state"
+    )]
+    Journal { path: PathBuf, reason: String },
     #[error("engine.cores asks for {requested} cores but this machine has {available}")]
     Cores { requested: usize, available: usize },
     #[error("cannot start shard {shard}: {reason}")]

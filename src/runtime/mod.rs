@@ -8,8 +8,10 @@
 //! restarts).
 
 pub mod commit;
+pub mod consumers;
 pub mod emitter;
 pub mod error;
+pub mod journal_recovery;
 pub mod mesh;
 pub mod placement;
 mod plan;

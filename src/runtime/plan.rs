@@ -5,13 +5,14 @@
 use std::collections::{HashMap, HashSet};
 use std::rc::Rc;
 use std::sync::Arc;
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use glommio::{LocalExecutorBuilder, Placement};
 
 use crate::config::{Cores, DataflowSpec, OpSpec};
 use crate::runtime::error::{Result, RuntimeError};
+use crate::runtime::journal_recovery::{self, ShardJournal};
 use crate::runtime::mesh::{self, Batch};
 use crate::runtime::progress::{self, Progress};
 use crate::runtime::provenance::{self, source_producer, stage_producer};
@@ -21,7 +22,7 @@ use crate::runtime::shard::{Control, LocalPartition, Shard, Shared};
 use crate::runtime::sink::{ForwarderTask, SINK_CHANNEL_CHUNKS_MAX, SinkChunk, WriterTask};
 use crate::runtime::source::SourceTask;
 use crate::runtime::stage::StageTask;
-use crate::runtime::{placement, sink, source, stage};
+use crate::runtime::{consumers, placement, sink, source, stage};
 use crate::server::metrics::Metrics;
 use crate::server::{self, Bound, ShardSockets};
 use crate::storage::{LogOptions, PartitionLog, layout};
@@ -40,6 +41,7 @@ pub struct ShardPlan {
     service: Option<flume::Receiver<ShardRequest>>,
     /// This shard's TCP and HTTP listening sockets.
     pub sockets: ShardSockets,
+    journal: Option<ShardJournal>,
 }
 
 pub struct Plan {
@@ -85,6 +87,20 @@ pub fn plan(spec: DataflowSpec) -> Result<Plan> {
         }
         logs.push(partitions);
     }
+    // Consumers first: finishing interrupted transactions appends to the logs.
+    let journals = journal_recovery::recover(&spec, &mut logs, shards)?;
+    for (plan, journal) in plans.iter_mut().zip(journals) {
+        plan.journal = Some(journal);
+    }
+    let ends: Vec<Vec<AtomicU64>> = logs
+        .iter()
+        .map(|partitions| {
+            partitions
+                .iter()
+                .map(|l| AtomicU64::new(l.next_offset()))
+                .collect()
+        })
+        .collect();
     let stage_progress = load_stage_progress(&spec)?;
     let source_progress: Vec<Progress> = spec
         .sources
@@ -195,6 +211,7 @@ pub fn plan(spec: DataflowSpec) -> Result<Plan> {
         epoch: epoch(),
         services,
         metrics: Arc::new(Metrics::new(shards)),
+        ends,
     });
     let (bound, sockets) = match &shared.spec.ingest {
         Some(ingest) => server::bind(ingest, shards)?,
@@ -376,7 +393,14 @@ async fn run_shard(index: usize, shared: Arc<Shared>, plan: ShardPlan) -> Result
         .partitions
         .into_iter()
         .map(|(t, p, log, max_lag)| LocalPartition::new(t, p, log, max_lag));
-    let shard = Rc::new(Shard::new(index, Arc::clone(&shared), partitions.collect()));
+    let journal = plan.journal.expect("every shard plan gets its journal");
+    let shard = Rc::new(Shard::new(
+        index,
+        Arc::clone(&shared),
+        partitions.collect(),
+        journal,
+    ));
+    glommio::spawn_local(consumers::run_sweeper(Rc::clone(&shard))).detach();
     for (topic, receiver) in plan.inboxes {
         glommio::spawn_local(Rc::clone(&shard).run_inbox(topic, receiver)).detach();
     }

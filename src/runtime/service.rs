@@ -9,6 +9,7 @@ use serde::Serialize;
 
 use crate::protocol::message::FetchedWriter;
 use crate::protocol::{ErrorCode, FetchFrom, ProtocolError};
+use crate::runtime::consumers::{self, OpResult, PartitionOp};
 use crate::runtime::provenance::END_HEADER;
 use crate::runtime::shard::{Backoff, Shard};
 
@@ -41,6 +42,11 @@ pub enum ShardRequest {
     },
     Status {
         reply: flume::Sender<ShardStatus>,
+    },
+    /// A consumer request or a read for a partition this shard owns.
+    Partition {
+        op: PartitionOp,
+        reply: flume::Sender<OpResult>,
     },
     /// A reply stage's answer to a job taken on this shard.
     Answer {
@@ -94,6 +100,14 @@ pub async fn run(shard: Rc<Shard>, requests: flume::Receiver<ShardRequest>) {
                 glommio::spawn_local(async move {
                     let frame = fetch_local(&shard, &order).await;
                     let _ = reply.send_async(frame).await;
+                })
+                .detach();
+            }
+            ShardRequest::Partition { op, reply } => {
+                let shard = Rc::clone(&shard);
+                glommio::spawn_local(async move {
+                    let outcome = consumers::run(&shard, op).await;
+                    let _ = reply.send_async(outcome).await;
                 })
                 .detach();
             }

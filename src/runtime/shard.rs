@@ -12,7 +12,9 @@ use std::time::Duration;
 
 use crate::config::DataflowSpec;
 use crate::protocol::{ErrorCode, ProtocolError};
+use crate::runtime::consumers::Consumers;
 use crate::runtime::error::{Result, RuntimeError};
+use crate::runtime::journal_recovery::ShardJournal;
 use crate::runtime::mesh::{Ack, Batch, Mesh, with_payload};
 use crate::runtime::service::{Answer, ShardRequest};
 use crate::runtime::sink::SinkChunk;
@@ -33,6 +35,9 @@ pub struct Shared {
     /// Per shard, the channel of its service task (fetches, status, job answers).
     pub services: Vec<flume::Sender<ShardRequest>>,
     pub metrics: Arc<Metrics>,
+    /// `ends[topic][partition]`: the partition's next offset, published by its owner
+    /// after each append, so that any shard can tell where a batch will land at least.
+    pub ends: Vec<Vec<AtomicU64>>,
 }
 
 impl Shared {
@@ -153,12 +158,18 @@ pub struct Shard {
     /// Jobs taken on this shard, waiting for their answer.
     pub jobs: RefCell<HashMap<u64, flume::Sender<Answer>>>,
     next_job: Cell<u64>,
+    pub consumers: Consumers,
     /// Round robin for records sent without a key or partition.
     spread: Cell<u64>,
 }
 
 impl Shard {
-    pub fn new(index: usize, shared: Arc<Shared>, partitions: Vec<LocalPartition>) -> Shard {
+    pub fn new(
+        index: usize,
+        shared: Arc<Shared>,
+        partitions: Vec<LocalPartition>,
+        journal: ShardJournal,
+    ) -> Shard {
         Shard {
             index,
             shared,
@@ -169,6 +180,7 @@ impl Shard {
             acks: RefCell::new(Vec::new()),
             jobs: RefCell::new(HashMap::new()),
             next_job: Cell::new(0),
+            consumers: Consumers::new(journal),
             spread: Cell::new(index as u64),
         }
     }
@@ -207,19 +219,23 @@ impl Shard {
                 with_payload(&batch.records, |records| log.append(records))
             };
             match appended {
-                Some(Ok(receipt)) => match self.shared.spec.engine.durability {
-                    Durability::Group => self.acks.borrow_mut().push(PendingAck {
-                        partition,
-                        first: receipt.first_offset,
-                        end: receipt.next_offset,
-                        ack: batch.ack,
-                    }),
-                    Durability::Every | Durability::None => {
-                        batch
-                            .ack
-                            .durable(batch.partition, receipt.first_offset, receipt.next_offset)
+                Some(Ok(receipt)) => {
+                    self.shared.ends[topic][batch.partition as usize]
+                        .store(receipt.next_offset, Ordering::Release);
+                    match self.shared.spec.engine.durability {
+                        Durability::Group => self.acks.borrow_mut().push(PendingAck {
+                            partition,
+                            first: receipt.first_offset,
+                            end: receipt.next_offset,
+                            ack: batch.ack,
+                        }),
+                        Durability::Every | Durability::None => {
+                            batch
+                                .ack
+                                .durable(batch.partition, receipt.first_offset, receipt.next_offset)
+                        }
                     }
-                },
+                }
                 // A client's batch over a storage limit: its sender is told, nothing else.
                 Some(Err(error)) if is_client_error(&error) => batch
                     .ack
@@ -274,9 +290,14 @@ impl Shard {
         }
     }
 
-    /// Syncs and closes every partition log this shard owns.
+    /// Syncs and closes every partition log this shard owns, and its consumer journal.
     pub fn close(&self) -> Result<()> {
-        let mut first = Ok(());
+        let mut first = self
+            .consumers
+            .journal()
+            .borrow_mut()
+            .sync()
+            .map_err(RuntimeError::from);
         for partition in self.partitions.values() {
             let synced = partition.log.borrow_mut().sync();
             if first.is_ok() {

@@ -19,15 +19,15 @@ use crate::runtime::shard::Shard;
 use crate::storage::layout::now_ms;
 
 /// One partition's records of a produce request, becoming one atomic batch.
-struct Part {
-    topic: usize,
-    partition: u32,
-    bytes: Vec<u8>,
-    count: usize,
+pub struct Part {
+    pub topic: usize,
+    pub partition: u32,
+    pub bytes: Vec<u8>,
+    pub count: usize,
 }
 
 /// Where each record of a group went: `(part index, index in the part, count)`.
-type Layout = Vec<Vec<(usize, usize, u32)>>;
+pub type Layout = Vec<Vec<(usize, usize, u32)>>;
 
 /// A produce request whose batches are on their way; `wait` resolves when all are durable.
 pub struct PendingProduce {
@@ -37,20 +37,24 @@ pub struct PendingProduce {
     started: Instant,
 }
 
-fn unknown_topic(name: &str) -> ProtocolError {
+pub fn unknown_topic(name: &str) -> ProtocolError {
     ProtocolError::new(
         ErrorCode::UnknownTopic,
         format!("no topic \"{name}\" here; `flowd status` lists the topics of the running dataflow"),
     )
 }
 
-/// Checks the records against the dataflow and the engine's rules, then sends them to
-/// their partitions' shards (waiting while those are full).
-pub async fn produce(
-    shard: &Rc<Shard>,
-    groups: &[ProduceGroup<'_>],
-) -> Result<PendingProduce, ProtocolError> {
-    let started = Instant::now();
+/// A produce request's records, sorted into one part per partition.
+pub struct Split {
+    pub parts: Vec<Part>,
+    pub layout: Layout,
+    records_in: u64,
+    bytes_in: u64,
+}
+
+/// Checks the records against the dataflow and the engine's rules and sorts them into
+/// one part per partition, keeping where each record went.
+pub fn split(shard: &Shard, groups: &[ProduceGroup<'_>]) -> Result<Split, ProtocolError> {
     let spec = &shard.shared.spec;
     let mut parts: Vec<Part> = Vec::new();
     let mut layout: Layout = Vec::with_capacity(groups.len());
@@ -61,17 +65,8 @@ pub async fn produce(
             .topic_index(group.topic)
             .ok_or_else(|| unknown_topic(group.topic))?;
         let partitions = spec.topics[topic].partitions;
-        if let Some(p) = group.partition
-            && p >= partitions
-        {
-            return Err(ProtocolError::new(
-                ErrorCode::UnknownPartition,
-                format!(
-                    "topic \"{}\" has partitions 0 to {}, not {p}",
-                    group.topic,
-                    partitions - 1
-                ),
-            ));
+        if let Some(p) = group.partition {
+            check_partition(group.topic, partitions, p)?;
         }
         // Keyless records of a group stay together in one partition, one atomic batch.
         let spread = shard.next_spread(partitions);
@@ -107,11 +102,62 @@ pub async fn produce(
                 _ => runs.push((index, part.count, 1)),
             }
             part.count += 1;
-            bytes_in += record.value.len() + record.key.map_or(0, <[u8]>::len);
+            bytes_in += (record.value.len() + record.key.map_or(0, <[u8]>::len)) as u64;
             records_in += 1;
         }
         layout.push(runs);
     }
+    Ok(Split {
+        parts,
+        layout,
+        records_in,
+        bytes_in,
+    })
+}
+
+/// An error unless `partition` is one of the topic's.
+pub fn check_partition(topic: &str, partitions: u32, partition: u32) -> Result<(), ProtocolError> {
+    if partition < partitions {
+        return Ok(());
+    }
+    Err(ProtocolError::new(
+        ErrorCode::UnknownPartition,
+        format!(
+            "topic \"{topic}\" has partitions 0 to {}, not {partition}",
+            partitions - 1
+        ),
+    ))
+}
+
+/// Per group, its runs of offsets, given where each part's records begin.
+pub fn runs(layout: &Layout, partitions: &[u32], firsts: &[u64]) -> Vec<Vec<Run>> {
+    layout
+        .iter()
+        .map(|runs| {
+            runs.iter()
+                .map(|&(part, start, count)| Run {
+                    partition: partitions[part],
+                    first_offset: firsts[part] + start as u64,
+                    count,
+                })
+                .collect()
+        })
+        .collect()
+}
+
+/// Checks the records against the dataflow and the engine's rules, then sends them to
+/// their partitions' shards (waiting while those are full).
+pub async fn produce(
+    shard: &Rc<Shard>,
+    groups: &[ProduceGroup<'_>],
+) -> Result<PendingProduce, ProtocolError> {
+    let started = Instant::now();
+    let Split {
+        parts,
+        layout,
+        records_in,
+        bytes_in,
+    } = split(shard, groups)?;
     let (tx, rx) = flume::bounded(parts.len());
     let shared = &shard.shared;
     let part_ids: Vec<(usize, u32)> = parts.iter().map(|p| (p.topic, p.partition)).collect();
@@ -134,7 +180,7 @@ pub async fn produce(
     }
     shared.metrics.produce_requests.add(1);
     shared.metrics.records_in.add(records_in);
-    shared.metrics.bytes_in.add(bytes_in as u64);
+    shared.metrics.bytes_in.add(bytes_in);
     Ok(PendingProduce {
         acks: rx,
         parts: part_ids,
@@ -143,7 +189,7 @@ pub async fn produce(
     })
 }
 
-fn stopping() -> ProtocolError {
+pub fn stopping() -> ProtocolError {
     ProtocolError::new(
         ErrorCode::Unavailable,
         "the engine is stopping; retry against the restarted engine",
@@ -169,24 +215,13 @@ fn check_headers(record: &WireRecord<'_>) -> Result<(), ProtocolError> {
 impl PendingProduce {
     /// Waits for every batch to be durable; the offsets come back per group, in runs.
     pub async fn wait(self, shard: &Shard) -> Result<Vec<Vec<Run>>, ProtocolError> {
-        let mut firsts = vec![None; self.parts.len()];
+        let mut firsts = vec![0; self.parts.len()];
         for _ in 0..self.parts.len() {
             let (part, first, _) = self.acks.recv_async().await.map_err(|_| stopping())??;
-            firsts[part] = Some(first);
+            firsts[part] = first;
         }
-        let runs = self
-            .layout
-            .iter()
-            .map(|runs| {
-                runs.iter()
-                    .map(|&(part, start, count)| Run {
-                        partition: self.parts[part].1,
-                        first_offset: firsts[part].expect("every part acked") + start as u64,
-                        count,
-                    })
-                    .collect()
-            })
-            .collect();
+        let partitions: Vec<u32> = self.parts.iter().map(|p| p.1).collect();
+        let runs = runs(&self.layout, &partitions, &firsts);
         shard
             .shared
             .metrics

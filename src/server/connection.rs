@@ -15,14 +15,17 @@ use futures_lite::{AsyncReadExt, AsyncWriteExt};
 use glommio::net::{TcpListener, TcpStream};
 use glommio::sync::{Semaphore, StaticPermit};
 
+use crate::protocol::consumer::{
+    ReclaimedReply, encode_acked, encode_committed, encode_consumers, encode_length, encode_reclaimed,
+};
 use crate::protocol::message::{
     encode_answer, encode_error, encode_metadata, encode_produced, encode_status,
 };
 use crate::protocol::{ErrorCode, ProtocolError, RawFrame, Request, parse_frame};
 use crate::runtime::service::{FETCH_BYTES_MAX, FetchOrder};
 use crate::runtime::shard::Shard;
-use crate::server::api;
 use crate::server::{self, Front};
+use crate::server::{api, consumer_api};
 
 /// Bytes of responses one connection may owe at once.
 const RESPONSE_BUDGET: u64 = 8 << 20;
@@ -219,7 +222,12 @@ async fn dispatch(
     let cost = match &request {
         Request::Produce(_) | Request::Metadata => SMALL_RESPONSE,
         Request::Fetch(f) => u64::from(f.max_bytes.min(FETCH_BYTES_MAX)) + SMALL_RESPONSE,
-        Request::Job(_) | Request::Status => LARGE_RESPONSE,
+        Request::Job(_) | Request::Status | Request::ConsumerAdmin(_) => LARGE_RESPONSE,
+        Request::Claim(c) => u64::from(c.max_bytes.min(FETCH_BYTES_MAX)) + SMALL_RESPONSE,
+        Request::Range(r) => u64::from(r.max_bytes.min(FETCH_BYTES_MAX)) + SMALL_RESPONSE,
+        Request::Ack(_) | Request::Reclaim(_) | Request::AckCommit(..) | Request::Length { .. } => {
+            SMALL_RESPONSE
+        }
     };
     // While the budget is spent (a client not reading), this connection reads no more.
     let Ok(permit) = budget.acquire_static_permit(cost).await else {
@@ -310,6 +318,80 @@ async fn dispatch(
             })
             .detach();
         }
+        Request::Claim(_)
+        | Request::Ack(_)
+        | Request::Reclaim(_)
+        | Request::AckCommit(..)
+        | Request::ConsumerAdmin(_)
+        | Request::Range(_)
+        | Request::Length { .. } => {
+            // The task owns a copy of the body. Tasks start in the order spawned and run
+            // until they first wait, so a pipelined ack settles before the next claim.
+            let (header, body) = (frame.header, frame.body.to_vec());
+            let (shard, out) = (Rc::clone(shard), out.clone());
+            glommio::spawn_local(async move {
+                let bytes = match Request::decode(&header, &body) {
+                    Ok(request) => consumer_request(&shard, request, id).await,
+                    Err(error) => Err(error),
+                };
+                let bytes = bytes.unwrap_or_else(|error| {
+                    shard.shared.metrics.error(error.code);
+                    let mut bytes = Vec::new();
+                    encode_error(&mut bytes, id, error.code, &error.message);
+                    bytes
+                });
+                let _ = out.send_async((bytes, Some(permit))).await;
+            })
+            .detach();
+        }
     }
     true
+}
+
+/// The response frame to a consumer request or a range/length read.
+async fn consumer_request(
+    shard: &Rc<Shard>,
+    request: Request<'_>,
+    id: u64,
+) -> Result<Vec<u8>, ProtocolError> {
+    let mut out = Vec::new();
+    match request {
+        Request::Claim(r) => return consumer_api::claim(shard, &r, id).await,
+        Request::Range(r) => return consumer_api::range(shard, &r, id).await,
+        Request::Ack(r) => {
+            let (from, to) = consumer_api::ack(shard, &r).await?;
+            encode_acked(&mut out, id, r.partition, from, to);
+        }
+        Request::Reclaim(r) => {
+            let (from, to, reclaims, outcome) = consumer_api::reclaim(shard, &r).await?;
+            let reply = ReclaimedReply {
+                partition: r.partition,
+                from,
+                to,
+                reclaims,
+                outcome,
+            };
+            encode_reclaimed(&mut out, id, &reply);
+        }
+        Request::AckCommit(r, groups) => {
+            let ((from, to), runs) = consumer_api::ack_commit(shard, &r, &groups).await?;
+            encode_committed(&mut out, id, r.partition, from, to, &runs);
+        }
+        Request::ConsumerAdmin(r) => {
+            let cursors = consumer_api::admin(shard, &r).await?;
+            let json = serde_json::to_vec(&cursors).expect("cursors serialize");
+            encode_consumers(&mut out, id, &json);
+        }
+        Request::Length { topic, partition } => {
+            let n = consumer_api::length(shard, topic, partition).await?;
+            encode_length(&mut out, id, n);
+        }
+        _ => {
+            return Err(ProtocolError::new(
+                ErrorCode::Internal,
+                "not a consumer request (a bug)",
+            ));
+        }
+    }
+    Ok(out)
 }

@@ -1,6 +1,7 @@
 //! JSON over HTTP/1.1 with hyper, on the same shards and the same operations as the
 //! binary protocol: `POST/GET /topics/T`, `POST /jobs/NAME`, `GET /status`, `GET /`
 //! (the status page) and `GET /metrics` (Prometheus text). A contract (DESIGN.md 5).
+//! Consumers and range reads are in `http_consumers`.
 
 use std::os::fd::{FromRawFd, RawFd};
 use std::rc::Rc;
@@ -11,15 +12,16 @@ use http_body_util::{BodyExt, Full, Limited};
 use hyper::body::Incoming;
 use hyper::{Method, Request, Response, StatusCode};
 
+use crate::protocol::consumer::AdminAction;
 use crate::protocol::message::Response as FrameResponse;
 use crate::protocol::wire::{Cursor, OwnedWireRecord};
 use crate::protocol::{ErrorCode, FetchFrom, ProduceGroup, ProtocolError, parse_frame};
 use crate::runtime::service::{FETCH_RECORDS_MAX, FetchOrder};
 use crate::runtime::shard::Shard;
 use crate::server::hyper_io::HyperIo;
-use crate::server::{self, Front, api, page};
+use crate::server::{self, Front, api, http_consumers, page};
 
-type Reply = Response<Full<Bytes>>;
+pub type Reply = Response<Full<Bytes>>;
 
 /// Records one `GET /topics/T` returns unless `limit` says otherwise.
 const DEFAULT_LIMIT: u32 = 100;
@@ -55,7 +57,7 @@ pub async fn accept_loop(shard: Rc<Shard>, front: Rc<Front>, fd: RawFd) {
     }
 }
 
-fn json(status: StatusCode, value: &serde_json::Value) -> Reply {
+pub fn json(status: StatusCode, value: &serde_json::Value) -> Reply {
     Response::builder()
         .status(status)
         .header("content-type", "application/json")
@@ -71,18 +73,22 @@ fn text(status: StatusCode, content_type: &str, body: impl Into<Bytes>) -> Reply
         .expect("a valid response")
 }
 
-fn error(status: StatusCode, message: &str) -> Reply {
+pub fn error(status: StatusCode, message: &str) -> Reply {
     json(status, &serde_json::json!({ "error": message }))
 }
 
-fn protocol_error(shard: &Shard, e: &ProtocolError) -> Reply {
+pub fn protocol_error(shard: &Shard, e: &ProtocolError) -> Reply {
     shard.shared.metrics.error(e.code);
     let status = match e.code {
         ErrorCode::Malformed | ErrorCode::Invalid | ErrorCode::UnknownKind | ErrorCode::BadVersion => {
             StatusCode::BAD_REQUEST
         }
-        ErrorCode::UnknownTopic | ErrorCode::UnknownPartition | ErrorCode::UnknownJob => {
-            StatusCode::NOT_FOUND
+        ErrorCode::UnknownTopic
+        | ErrorCode::UnknownPartition
+        | ErrorCode::UnknownJob
+        | ErrorCode::UnknownConsumer => StatusCode::NOT_FOUND,
+        ErrorCode::ConsumerDisabled | ErrorCode::NothingClaimed | ErrorCode::ConsumerActive => {
+            StatusCode::CONFLICT
         }
         ErrorCode::TooLarge | ErrorCode::FrameTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
         ErrorCode::Timeout => StatusCode::GATEWAY_TIMEOUT,
@@ -139,6 +145,28 @@ async fn route(shard: &Rc<Shard>, front: &Rc<Front>, request: Request<Incoming>)
             }
         }
         (&Method::GET, ["topics", topic]) => get_records(shard, topic, &query).await,
+        (&Method::GET, ["topics", topic, what]) => {
+            http_consumers::topic_read(shard, topic, what, &query).await
+        }
+        (&Method::GET, ["consumers"]) => {
+            let topic = query_param(&query, "topic").unwrap_or_default();
+            http_consumers::consumer_admin(shard, AdminAction::List, &topic, "").await
+        }
+        (&Method::GET, ["consumers", topic, group]) => {
+            http_consumers::consumer_admin(shard, AdminAction::List, topic, group).await
+        }
+        (&Method::DELETE, ["consumers", topic, group]) => {
+            http_consumers::consumer_admin(shard, AdminAction::Destroy, topic, group).await
+        }
+        (&Method::POST, ["consumers", topic, group, action]) => {
+            let (topic, group, action) = ((*topic).to_owned(), (*group).to_owned(), (*action).to_owned());
+            match body(front, request).await {
+                Ok(bytes) => {
+                    http_consumers::consumer_post(shard, &topic, &group, &action, &query, &bytes).await
+                }
+                Err(reply) => reply,
+            }
+        }
         (&Method::POST, ["jobs", name]) => {
             let name = (*name).to_owned();
             let key = query_param(&query, "key").map(String::into_bytes);
@@ -157,13 +185,16 @@ async fn route(shard: &Rc<Shard>, front: &Rc<Front>, request: Request<Incoming>)
                 Err(reply) => reply,
             }
         }
-        (_, ["" | "status" | "metrics"]) | (_, ["topics" | "jobs", _]) => error(
+        (_, ["" | "status" | "metrics" | "consumers"])
+        | (_, ["topics" | "jobs", _])
+        | (_, ["topics" | "consumers", _, _])
+        | (_, ["consumers", _, _, _]) => error(
             StatusCode::METHOD_NOT_ALLOWED,
             &format!("{method} is not served on {path}"),
         ),
         _ => error(
             StatusCode::NOT_FOUND,
-            &format!("nothing at {path}; see /, /status, /metrics, /topics/NAME, /jobs/NAME"),
+            &format!("nothing at {path}; see /, /status, /metrics, /topics/NAME, /jobs/NAME, /consumers"),
         ),
     }
 }
@@ -274,7 +305,7 @@ async fn post_records(shard: &Rc<Shard>, topic: &str, body: &[u8]) -> Reply {
     }
 }
 
-fn query_param(query: &str, name: &str) -> Option<String> {
+pub fn query_param(query: &str, name: &str) -> Option<String> {
     query.split('&').find_map(|pair| {
         let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
         (k == name).then(|| percent_decode(v))

@@ -60,7 +60,7 @@ impl Counter {
 }
 
 /// Error codes counted one by one.
-const ERROR_CODES: usize = 16;
+const ERROR_CODES: usize = 19;
 
 pub struct Metrics {
     pub produce_requests: Counter,
@@ -75,6 +75,8 @@ pub struct Metrics {
     pub connections_open: AtomicU64,
     pub connections_refused: Counter,
     pub http_requests: Counter,
+    pub records_claimed: Counter,
+    pub acks: Counter,
     errors: [Counter; ERROR_CODES],
     /// Produce request taken to durable ack.
     pub produce_latency: Latency,
@@ -97,6 +99,8 @@ impl Metrics {
             connections_open: AtomicU64::new(0),
             connections_refused: Counter::default(),
             http_requests: Counter::default(),
+            records_claimed: Counter::default(),
+            acks: Counter::default(),
             errors: Default::default(),
             produce_latency: Latency::new(shards),
             job_latency: Latency::new(shards),
@@ -162,6 +166,12 @@ impl Metrics {
                 "HTTP requests served",
                 self.http_requests.get(),
             ),
+            (
+                "flowd_records_claimed_total",
+                "Records handed to consumers by claims",
+                self.records_claimed.get(),
+            ),
+            ("flowd_acks_total", "Consumer claims acked", self.acks.get()),
             (
                 "flowd_fsyncs_total",
                 "fdatasync calls on segment files",

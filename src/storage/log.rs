@@ -512,6 +512,21 @@ impl PartitionLog {
             })
             .collect();
         let count = retention::segments_to_delete(&facts, self.options.retention, now_ms);
+        self.delete_oldest(count)
+    }
+
+    /// Deletes the closed segments that hold only offsets below `offset`: for logs that
+    /// keep their own snapshots, once a snapshot at `offset` makes the rest obsolete.
+    pub fn delete_below(&mut self, offset: u64) -> Result<RetentionReport> {
+        let last = self.segments.len().saturating_sub(1);
+        let count = self.segments[..last]
+            .iter()
+            .take_while(|s| s.next_offset() <= offset)
+            .count();
+        self.delete_oldest(count)
+    }
+
+    fn delete_oldest(&mut self, count: usize) -> Result<RetentionReport> {
         let mut report = RetentionReport::default();
         for segment in self.segments.drain(..count) {
             report.deleted_segments += 1;

@@ -12,7 +12,7 @@ use flowd::client::{Client, ClientError, offsets};
 use flowd::protocol::message::{Response, encode_produce};
 use flowd::protocol::{ErrorCode, FetchFrom, OwnedWireRecord};
 
-fn flowd() -> Command {
+pub(crate) fn flowd() -> Command {
     Command::new(env!("CARGO_BIN_EXE_flowd"))
 }
 
@@ -70,14 +70,14 @@ op = "reply"
 }
 
 /// A running `flowd run`, killed when dropped.
-struct Server {
+pub(crate) struct Server {
     child: Child,
-    tcp: String,
-    http: String,
+    pub(crate) tcp: String,
+    pub(crate) http: String,
 }
 
 impl Server {
-    fn start(file: &Path) -> Server {
+    pub(crate) fn start(file: &Path) -> Server {
         let mut child = flowd()
             .arg("run")
             .arg(file)
@@ -112,7 +112,7 @@ impl Server {
         }
     }
 
-    fn kill9(&mut self) {
+    pub(crate) fn kill9(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
@@ -130,7 +130,7 @@ impl Drop for Server {
     }
 }
 
-fn run_cli(args: &[&str], stdin: &str) -> (i32, String, String) {
+pub(crate) fn run_cli(args: &[&str], stdin: &str) -> (i32, String, String) {
     let mut child = flowd()
         .args(args)
         .stdin(Stdio::piped())
@@ -237,7 +237,7 @@ fn send_prints_offsets_and_tail_prints_the_records() {
 }
 
 /// One HTTP/1.1 exchange on a fresh connection: `(status, body)`.
-fn http(addr: &str, method: &str, path: &str, body: &str) -> (u16, String) {
+pub(crate) fn http(addr: &str, method: &str, path: &str, body: &str) -> (u16, String) {
     let mut stream = TcpStream::connect(addr).unwrap();
     stream.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
     write!(

@@ -3,6 +3,7 @@
 
 mod cli_inspect;
 mod config_check;
+mod consumers;
 mod crash;
 mod dataflow_run;
 mod fixture;

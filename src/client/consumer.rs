@@ -1,0 +1,152 @@
+//! The client side of consumers and range reads: claim, ack, reclaim, ack-and-commit,
+//! admin, range, length; blocking, one request at a time (pipeline with `send`/`recv`).
+
+use crate::client::{Client, ClientError, Result, unexpected};
+use crate::consumer::cursor::Options;
+use crate::protocol::consumer::{
+    AdminAction, AdminRequest, Bound, ClaimRequest, Claimed, ConsumerRef, RangeRequest, ReclaimedReply,
+};
+use crate::protocol::message::{Fetched, Response, Run};
+use crate::protocol::{OwnedWireRecord, ProduceGroup, Request};
+use crate::runtime::consumers::CursorInfo;
+
+impl Client {
+    /// Claims up to `count` records for `group` (from `partition`, or any partition),
+    /// creating the consumer with `create` if it does not exist.
+    pub fn claim(
+        &mut self,
+        topic: &str,
+        group: &str,
+        partition: Option<u32>,
+        count: u32,
+        create: Option<Options>,
+    ) -> Result<Claimed> {
+        let request = Request::Claim(ClaimRequest {
+            topic,
+            group,
+            partition,
+            count,
+            max_bytes: 1 << 20,
+            create,
+        });
+        match self.call(&request)? {
+            Response::Claimed(c) => Ok(c),
+            other => Err(unexpected(&other)),
+        }
+    }
+
+    /// Acks the claim on `partition`; the acked range.
+    pub fn ack(&mut self, topic: &str, group: &str, partition: u32) -> Result<(u64, u64)> {
+        match self.call(&Request::Ack(ConsumerRef {
+            topic,
+            group,
+            partition,
+        }))? {
+            Response::Acked { from, to, .. } => Ok((from, to)),
+            other => Err(unexpected(&other)),
+        }
+    }
+
+    pub fn reclaim(&mut self, topic: &str, group: &str, partition: u32) -> Result<ReclaimedReply> {
+        match self.call(&Request::Reclaim(ConsumerRef {
+            topic,
+            group,
+            partition,
+        }))? {
+            Response::Reclaimed(r) => Ok(r),
+            other => Err(unexpected(&other)),
+        }
+    }
+
+    /// Acks the claim on `partition` and produces `records` to `to_topic`, as one.
+    pub fn ack_commit(
+        &mut self,
+        topic: &str,
+        group: &str,
+        partition: u32,
+        to_topic: &str,
+        records: &[OwnedWireRecord],
+    ) -> Result<((u64, u64), Vec<Vec<Run>>)> {
+        let headers: Vec<Vec<(&str, &[u8])>> = records
+            .iter()
+            .map(|r| {
+                r.headers
+                    .iter()
+                    .map(|(n, v)| (n.as_str(), v.as_slice()))
+                    .collect()
+            })
+            .collect();
+        let wire = records
+            .iter()
+            .zip(&headers)
+            .map(|(r, headers)| crate::protocol::WireRecord {
+                timestamp_ms: r.timestamp_ms,
+                key: r.key.as_deref(),
+                value: &r.value,
+                headers: headers.clone(),
+                raw: &[],
+            })
+            .collect();
+        let request = Request::AckCommit(
+            ConsumerRef {
+                topic,
+                group,
+                partition,
+            },
+            vec![ProduceGroup {
+                topic: to_topic,
+                partition: None,
+                records: wire,
+            }],
+        );
+        match self.call(&request)? {
+            Response::Committed { from, to, runs, .. } => Ok(((from, to), runs)),
+            other => Err(unexpected(&other)),
+        }
+    }
+
+    /// Lists (or disables, resumes, destroys) consumers; empty names mean all.
+    pub fn consumers(&mut self, action: AdminAction, topic: &str, group: &str) -> Result<Vec<CursorInfo>> {
+        match self.call(&Request::ConsumerAdmin(AdminRequest { action, topic, group }))? {
+            Response::Consumers(json) => serde_json::from_slice(&json)
+                .map_err(|e| ClientError::Protocol(format!("the consumer list is not JSON: {e}"))),
+            other => Err(unexpected(&other)),
+        }
+    }
+
+    /// Records of a partition between two offsets (or times), oldest or newest first.
+    #[allow(clippy::too_many_arguments)]
+    pub fn range(
+        &mut self,
+        topic: &str,
+        partition: u32,
+        by_time: bool,
+        reverse: bool,
+        from: Bound,
+        to: Bound,
+        limit: u32,
+    ) -> Result<Fetched> {
+        let request = Request::Range(RangeRequest {
+            topic,
+            partition,
+            by_time,
+            reverse,
+            from,
+            to,
+            limit,
+            max_bytes: 1 << 20,
+        });
+        match self.call(&request)? {
+            Response::Fetched(f) => Ok(f),
+            other => Err(unexpected(&other)),
+        }
+    }
+
+    /// Records held by a partition, or by the whole topic.
+    pub fn length(&mut self, topic: &str, partition: Option<u32>) -> Result<u64> {
+        match self.call(&Request::Length { topic, partition })? {
+            Response::Length(n) => Ok(n),
+            other => Err(unexpected(&other)),
+        }
+    }
+}

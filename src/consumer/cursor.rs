@@ -1,0 +1,480 @@
+//! One named consumer's place in one partition, as a pure state machine: the committed
+//! offset, the claimed-but-unacked range, the reclaim count and the state. No clock, no
+//! disk: the caller passes the time and the log's bounds, and persists what changed.
+
+use serde::{Deserialize, Serialize};
+
+use crate::consumer::error::ConsumerError;
+
+/// Where a new consumer starts in each partition.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Start {
+    /// `>`: from the oldest record the log holds.
+    Earliest,
+    /// `$>`: only records that arrive after the consumer is created.
+    New,
+    /// The record after this offset.
+    After(u64),
+    /// The first record at or after this time (ms since the epoch).
+    Time(i64),
+}
+
+/// What happens to a claim reclaimed more than `max_reclaims` times.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum OnMax {
+    /// The consumer stops; the records stay unacked until it is resumed.
+    Disable,
+    /// The records are skipped (acked unprocessed).
+    Continue,
+    /// The records are copied to this topic with the reason in a header, then acked.
+    DeadLetter(String),
+}
+
+/// How a consumer behaves; given when it is created.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Options {
+    pub start: Start,
+    /// A claim not acked within this many ms is reclaimed by the engine.
+    pub reclaim_timeout_ms: Option<u64>,
+    /// Reclaims of one claim allowed before `on_max` applies; `None`: unlimited.
+    pub max_reclaims: Option<u32>,
+    pub on_max: OnMax,
+}
+
+impl Default for Options {
+    fn default() -> Options {
+        Options {
+            start: Start::Earliest,
+            reclaim_timeout_ms: None,
+            max_reclaims: None,
+            on_max: OnMax::Disable,
+        }
+    }
+}
+
+/// Offsets `from..to` (end exclusive).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Range {
+    pub from: u64,
+    pub to: u64,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Claim {
+    pub range: Range,
+    /// When it was claimed (ms), for `reclaim_timeout`.
+    pub at_ms: i64,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "state", content = "reason", rename_all = "snake_case")]
+pub enum State {
+    Active,
+    Disabled(String),
+}
+
+/// Why a claim went back.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Why {
+    /// A client asked.
+    Asked,
+    /// Not acked within `reclaim_timeout`.
+    Timeout,
+}
+
+/// What a reclaim did with the claimed records.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Outcome {
+    /// They will be delivered again by the next claim.
+    Redeliver,
+    /// `max_reclaims` was passed: the consumer is disabled, the records stay unacked.
+    Disabled,
+    /// `max_reclaims` was passed: the records were skipped.
+    Skipped,
+    /// `max_reclaims` was passed: the records go to this dead-letter topic, with `reason`.
+    DeadLetter { topic: String, reason: String },
+}
+
+impl Outcome {
+    pub fn code(&self) -> u8 {
+        match self {
+            Outcome::Redeliver => 0,
+            Outcome::Disabled => 1,
+            Outcome::Skipped => 2,
+            Outcome::DeadLetter { .. } => 3,
+        }
+    }
+
+    pub fn name(&self) -> &'static str {
+        ["redeliver", "disabled", "skipped", "dead_letter"][self.code() as usize]
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Reclaimed {
+    pub range: Range,
+    /// Reclaims of this range so far (0 after a disable, skip or dead letter).
+    pub reclaims: u32,
+    pub outcome: Outcome,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Cursor {
+    pub options: Options,
+    /// Everything below is acked; the next claim starts here.
+    pub committed: u64,
+    pub claim: Option<Claim>,
+    /// Reclaims since the last ack.
+    pub reclaims: u32,
+    pub state: State,
+    /// Records that retention deleted before they were acked.
+    pub skipped: u64,
+}
+
+impl Cursor {
+    /// A consumer created now on a partition holding `start..end`; `at_time` finds the
+    /// first offset at or after a time.
+    pub fn new(options: Options, start: u64, end: u64, at_time: impl Fn(i64) -> Option<u64>) -> Cursor {
+        let committed = match options.start {
+            Start::Earliest => start,
+            Start::New => end,
+            Start::After(offset) => offset.saturating_add(1).clamp(start, end),
+            Start::Time(t) => at_time(t).unwrap_or(end),
+        };
+        Cursor {
+            options,
+            committed,
+            claim: None,
+            reclaims: 0,
+            state: State::Active,
+            skipped: 0,
+        }
+    }
+
+    /// Whether a claim is pending past `reclaim_timeout` at `now_ms`.
+    pub fn expired(&self, now_ms: i64) -> bool {
+        match (self.claim, self.options.reclaim_timeout_ms) {
+            (Some(claim), Some(timeout)) => now_ms.saturating_sub(claim.at_ms) >= timeout as i64,
+            _ => false,
+        }
+    }
+
+    /// Where a claim would start, given that the log now begins at `start`: `None` when
+    /// a claim is pending (nothing new until it is acked or reclaimed).
+    pub fn claimable(&mut self, start: u64) -> Result<Option<u64>, ConsumerError> {
+        if let State::Disabled(reason) = &self.state {
+            return Err(ConsumerError::Disabled(reason.clone()));
+        }
+        if self.claim.is_some() {
+            return Ok(None);
+        }
+        if self.committed < start {
+            // Retention deleted records this consumer never acked: say so, go on.
+            self.skipped += start - self.committed;
+            self.committed = start;
+        }
+        Ok(Some(self.committed))
+    }
+
+    /// Records `committed..to` are now claimed; `to` comes from what was read.
+    pub fn claim(&mut self, to: u64, now_ms: i64) -> Option<Range> {
+        (to > self.committed).then(|| {
+            let range = Range {
+                from: self.committed,
+                to,
+            };
+            self.claim = Some(Claim { range, at_ms: now_ms });
+            range
+        })
+    }
+
+    /// Acks the pending claim: the committed offset moves past it; reclaims reset.
+    pub fn ack(&mut self) -> Result<Range, ConsumerError> {
+        let claim = self.claim.take().ok_or(ConsumerError::NothingClaimed)?;
+        self.committed = claim.range.to;
+        self.reclaims = 0;
+        Ok(claim.range)
+    }
+
+    /// Gives the pending claim back; past `max_reclaims` the `on_max` rule applies.
+    pub fn reclaim(&mut self, why: Why) -> Result<Reclaimed, ConsumerError> {
+        let claim = self.claim.take().ok_or(ConsumerError::NothingClaimed)?;
+        let range = claim.range;
+        self.reclaims += 1;
+        let over = self.options.max_reclaims.is_some_and(|max| self.reclaims > max);
+        if !over {
+            return Ok(Reclaimed {
+                range,
+                reclaims: self.reclaims,
+                outcome: Outcome::Redeliver,
+            });
+        }
+        let reason = format!(
+            "offsets {}..{} were reclaimed {} times (max_reclaims {}), the last by {}",
+            range.from,
+            range.to,
+            self.reclaims,
+            self.options.max_reclaims.unwrap_or(0),
+            match why {
+                Why::Asked => "request",
+                Why::Timeout => "reclaim_timeout",
+            }
+        );
+        self.reclaims = 0;
+        let outcome = match &self.options.on_max {
+            OnMax::Disable => {
+                self.state = State::Disabled(reason);
+                Outcome::Disabled
+            }
+            OnMax::Continue => {
+                self.committed = range.to;
+                Outcome::Skipped
+            }
+            OnMax::DeadLetter(topic) => {
+                self.committed = range.to;
+                Outcome::DeadLetter {
+                    topic: topic.clone(),
+                    reason,
+                }
+            }
+        };
+        Ok(Reclaimed {
+            range,
+            reclaims: 0,
+            outcome,
+        })
+    }
+
+    /// Stops the consumer; a pending claim goes back unacked (not counted as a reclaim).
+    pub fn disable(&mut self, reason: &str) -> Result<(), ConsumerError> {
+        if let State::Disabled(_) = self.state {
+            return Err(ConsumerError::AlreadyDisabled);
+        }
+        self.claim = None;
+        self.state = State::Disabled(reason.to_owned());
+        Ok(())
+    }
+
+    /// Starts a disabled consumer again, from its committed offset, reclaims reset.
+    pub fn resume(&mut self) -> Result<(), ConsumerError> {
+        if self.state == State::Active {
+            return Err(ConsumerError::AlreadyActive);
+        }
+        self.state = State::Active;
+        self.reclaims = 0;
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// One step of a specification and what it must give.
+    #[derive(Debug)]
+    enum Step {
+        /// Claim up to `n` records from a log holding `0..end`: expect this range.
+        Claim(u64, u64, Result<Option<(u64, u64)>, ConsumerError>),
+        Ack(Result<(u64, u64), ConsumerError>),
+        Reclaim(Why, Result<(u32, &'static str), ConsumerError>),
+        Expired(i64, bool),
+        Disable(Result<(), ConsumerError>),
+        Resume(Result<(), ConsumerError>),
+        /// Committed offset, reclaim count, active.
+        Is(u64, u32, bool),
+    }
+
+    fn run(options: Options, start: (u64, u64), steps: &[Step]) {
+        let mut cursor = Cursor::new(options, start.0, start.1, |t| Some(t as u64 / 10));
+        for (i, step) in steps.iter().enumerate() {
+            let at = format!("step {i}: {step:?}");
+            match step {
+                Step::Claim(n, end, want) => {
+                    let got = cursor.claimable(0).map(|from| {
+                        from.and_then(|from| cursor.claim((from + n).min(*end), 100))
+                            .map(|r| (r.from, r.to))
+                    });
+                    assert_eq!(&got, want, "{at}");
+                }
+                Step::Ack(want) => assert_eq!(&cursor.ack().map(|r| (r.from, r.to)), want, "{at}"),
+                Step::Reclaim(why, want) => {
+                    let got = cursor.reclaim(*why).map(|r| (r.reclaims, r.outcome.name()));
+                    assert_eq!(&got, want, "{at}");
+                }
+                Step::Expired(now, want) => assert_eq!(cursor.expired(*now), *want, "{at}"),
+                Step::Disable(want) => assert_eq!(&cursor.disable("asked"), want, "{at}"),
+                Step::Resume(want) => assert_eq!(&cursor.resume(), want, "{at}"),
+                Step::Is(committed, reclaims, active) => assert_eq!(
+                    (cursor.committed, cursor.reclaims, cursor.state == State::Active),
+                    (*committed, *reclaims, *active),
+                    "{at}"
+                ),
+            }
+        }
+    }
+
+    fn max(n: u32, on_max: OnMax) -> Options {
+        Options {
+            max_reclaims: Some(n),
+            on_max,
+            reclaim_timeout_ms: Some(50),
+            ..Options::default()
+        }
+    }
+
+    #[test]
+    fn start_positions() {
+        let at = |start| {
+            Cursor::new(
+                Options {
+                    start,
+                    ..Options::default()
+                },
+                5,
+                20,
+                |t| Some(t as u64),
+            )
+        };
+        assert_eq!(at(Start::Earliest).committed, 5, "> starts at what the log holds");
+        assert_eq!(at(Start::New).committed, 20, "$> starts at the end");
+        assert_eq!(
+            at(Start::After(9)).committed,
+            10,
+            "an offset means the record after it"
+        );
+        assert_eq!(
+            at(Start::After(2)).committed,
+            5,
+            "an offset below the log start clamps"
+        );
+        assert_eq!(
+            at(Start::After(99)).committed,
+            20,
+            "an offset past the end clamps"
+        );
+        assert_eq!(at(Start::Time(12)).committed, 12, "a time finds its first record");
+        let none = Cursor::new(
+            Options {
+                start: Start::Time(1),
+                ..Options::default()
+            },
+            0,
+            7,
+            |_| None,
+        );
+        assert_eq!(none.committed, 7, "a time after every record starts at the end");
+    }
+
+    #[test]
+    fn claim_ack_reclaim_specifications() {
+        use Step::*;
+        let specs: Vec<(&str, Options, Vec<Step>)> = vec![
+            (
+                "claim, a second claim gives nothing new, ack returns the range",
+                Options::default(),
+                vec![
+                    Claim(3, 10, Ok(Some((0, 3)))),
+                    Claim(3, 10, Ok(None)),
+                    Ack(Ok((0, 3))),
+                    Claim(3, 10, Ok(Some((3, 6)))),
+                    Ack(Ok((3, 6))),
+                    Is(6, 0, true),
+                ],
+            ),
+            (
+                "a claim at the end is empty, an ack without a claim is an error",
+                Options::default(),
+                vec![
+                    Claim(5, 0, Ok(None)),
+                    Ack(Err(ConsumerError::NothingClaimed)),
+                    Reclaim(Why::Asked, Err(ConsumerError::NothingClaimed)),
+                ],
+            ),
+            (
+                "reclaim re-delivers the same records, counts, and an ack resets the count",
+                Options::default(),
+                vec![
+                    Claim(4, 10, Ok(Some((0, 4)))),
+                    Reclaim(Why::Asked, Ok((1, "redeliver"))),
+                    Claim(2, 10, Ok(Some((0, 2)))),
+                    Reclaim(Why::Asked, Ok((2, "redeliver"))),
+                    Is(0, 2, true),
+                    Claim(4, 10, Ok(Some((0, 4)))),
+                    Ack(Ok((0, 4))),
+                    Is(4, 0, true),
+                ],
+            ),
+            (
+                "reclaim_timeout: a claim expires only after the timeout",
+                max(5, OnMax::Disable),
+                vec![
+                    Expired(100, false),
+                    Claim(1, 10, Ok(Some((0, 1)))),
+                    Expired(149, false),
+                    Expired(150, true),
+                ],
+            ),
+            (
+                "max_reclaims then disable: records stay unacked, resume re-delivers them",
+                max(1, OnMax::Disable),
+                vec![
+                    Claim(2, 10, Ok(Some((0, 2)))),
+                    Reclaim(Why::Timeout, Ok((1, "redeliver"))),
+                    Claim(2, 10, Ok(Some((0, 2)))),
+                    Reclaim(Why::Timeout, Ok((0, "disabled"))),
+                    Is(0, 0, false),
+                    Claim(2, 10, Err(ConsumerError::Disabled(String::new()))),
+                    Resume(Ok(())),
+                    Resume(Err(ConsumerError::AlreadyActive)),
+                    Claim(2, 10, Ok(Some((0, 2)))),
+                ],
+            ),
+            (
+                "max_reclaims then continue: the records are skipped",
+                max(0, OnMax::Continue),
+                vec![
+                    Claim(2, 10, Ok(Some((0, 2)))),
+                    Reclaim(Why::Asked, Ok((0, "skipped"))),
+                    Is(2, 0, true),
+                    Claim(2, 10, Ok(Some((2, 4)))),
+                ],
+            ),
+            (
+                "max_reclaims then dead_letter: the records move on",
+                max(1, OnMax::DeadLetter("dead".into())),
+                vec![
+                    Claim(3, 10, Ok(Some((0, 3)))),
+                    Reclaim(Why::Asked, Ok((1, "redeliver"))),
+                    Claim(3, 10, Ok(Some((0, 3)))),
+                    Reclaim(Why::Asked, Ok((0, "dead_letter"))),
+                    Is(3, 0, true),
+                ],
+            ),
+            (
+                "disable drops the claim, twice is an error",
+                Options::default(),
+                vec![
+                    Claim(3, 10, Ok(Some((0, 3)))),
+                    Disable(Ok(())),
+                    Disable(Err(ConsumerError::AlreadyDisabled)),
+                    Ack(Err(ConsumerError::NothingClaimed)),
+                    Resume(Ok(())),
+                    Claim(3, 10, Ok(Some((0, 3)))),
+                ],
+            ),
+        ];
+        for (name, options, steps) in specs {
+            eprintln!("spec: {name}");
+            run(options, (0, 0), &steps);
+        }
+    }
+
+    #[test]
+    fn retention_past_the_committed_offset_is_counted_as_skipped() {
+        let mut cursor = Cursor::new(Options::default(), 0, 10, |_| None);
+        assert_eq!(cursor.claimable(4), Ok(Some(4)));
+        assert_eq!(cursor.skipped, 4);
+    }
+}

@@ -1,0 +1,935 @@
+//! A shard's consumers at work: the cursors of the partitions it owns, their journal,
+//! and the requests run where the data is: claim, ack, reclaim, ack-and-commit,
+//! admin, and the reads outside consumers (range, length). A sweeper reclaims claims
+//! whose `reclaim_timeout` passed and keeps the journal compact.
+//!
+//! Every change is journaled before it is answered. An ack (and every admin change)
+//! is answered only once its journal record is durable in the configured mode; a claim
+//! is journaled but not waited for (losing it in a crash only re-delivers records).
+//! An ack-and-commit (and a dead letter) is one transaction: the cursor and the records
+//! to produce are one atomic journal batch, the commit point; the records are then
+//! appended to their partitions, each part marked with the transaction id, and a
+//! restart appends the parts a crash kept from landing (`journal_recovery`).
+
+use std::cell::{Cell, RefCell};
+use std::collections::HashSet;
+use std::rc::Rc;
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+
+use crate::consumer::cursor::{Cursor, Options, Outcome, Range, Reclaimed, State, Why};
+use crate::consumer::error::ConsumerError;
+use crate::consumer::journal::{Entry, PartRef, TXN_HEADER};
+use crate::protocol::consumer::{AdminAction, Bound, ClaimedWriter, RangeRequest};
+use crate::protocol::message::FetchedWriter;
+use crate::protocol::wire::{RESERVED_HEADER_PREFIX, encode_record};
+use crate::protocol::{ErrorCode, ProtocolError};
+use crate::runtime::journal_recovery::{Cursors, ShardJournal};
+use crate::runtime::mesh::{Ack, Batch, Payload};
+use crate::runtime::placement::{owner, partition_of_bytes};
+use crate::runtime::provenance::END_HEADER;
+use crate::runtime::service::{FETCH_BYTES_MAX, FETCH_RECORDS_MAX};
+use crate::runtime::shard::{Backoff, LocalPartition, Shard};
+use crate::storage::layout::now_ms;
+use crate::storage::{AppendReceipt, PartitionLog, Record};
+
+/// Journal bytes written between two snapshots; older segments are then deleted.
+const SNAPSHOT_BYTES: u64 = 16 << 20;
+/// How often the sweeper looks for claims past their `reclaim_timeout`.
+const SWEEP_EVERY: Duration = Duration::from_millis(10);
+/// The dead-letter headers: why, and where the record came from (`topic/partition/offset`).
+pub const DEAD_REASON_HEADER: &str = "flowd-dead-reason";
+pub const DEAD_FROM_HEADER: &str = "flowd-dead-from";
+
+/// The consumer state of one shard.
+pub struct Consumers {
+    pub generation: u64,
+    journal: RefCell<PartitionLog>,
+    cursors: RefCell<Cursors>,
+    since_snapshot: Cell<u64>,
+    open_txns: Cell<usize>,
+    /// `(topic, consumer)` pairs this shard's connections made sure exist on every shard.
+    pub ensured: RefCell<HashSet<(usize, String)>>,
+}
+
+impl Consumers {
+    pub fn new(journal: ShardJournal) -> Consumers {
+        Consumers {
+            generation: journal.generation,
+            journal: RefCell::new(journal.log),
+            cursors: RefCell::new(journal.cursors),
+            since_snapshot: Cell::new(0),
+            open_txns: Cell::new(0),
+            ensured: RefCell::new(HashSet::new()),
+        }
+    }
+
+    pub fn journal(&self) -> &RefCell<PartitionLog> {
+        &self.journal
+    }
+
+    /// The cursor of `group` on a partition, if it exists.
+    fn get(&self, topic: usize, partition: u32, group: &str) -> Option<Cursor> {
+        self.cursors
+            .borrow()
+            .get(&(topic, partition))
+            .and_then(|groups| groups.get(group))
+            .cloned()
+    }
+
+    fn put(&self, topic: usize, partition: u32, group: &str, cursor: Cursor) {
+        self.cursors
+            .borrow_mut()
+            .entry((topic, partition))
+            .or_default()
+            .insert(group.to_owned(), cursor);
+    }
+
+    /// Appends entries (and, for a transaction, its part bodies) as one atomic batch.
+    fn write(
+        &self,
+        shard: &Shard,
+        entries: &[Entry],
+        bodies: &[&[u8]],
+    ) -> Result<AppendReceipt, ProtocolError> {
+        let values: Vec<Vec<u8>> = entries.iter().map(Entry::encode).collect();
+        let now = now_ms();
+        let mut records: Vec<Record<'_>> = values.iter().map(|v| Record::new(now, v)).collect();
+        records.extend(bodies.iter().map(|b| Record::new(now, b)));
+        let bytes: usize = values
+            .iter()
+            .map(Vec::len)
+            .chain(bodies.iter().map(|b| b.len()))
+            .sum();
+        let appended = self.journal.borrow_mut().append(&records);
+        match appended {
+            Ok(receipt) => {
+                self.since_snapshot.set(self.since_snapshot.get() + bytes as u64);
+                Ok(receipt)
+            }
+            Err(error) => {
+                let message = format!("the consumer journal cannot be written: {error}");
+                shard.shared.control.fail(error.into());
+                Err(ProtocolError::new(ErrorCode::Unavailable, message))
+            }
+        }
+    }
+
+    fn write_set(
+        &self,
+        shard: &Shard,
+        topic: usize,
+        partition: u32,
+        group: &str,
+        cursor: &Cursor,
+    ) -> Result<AppendReceipt, ProtocolError> {
+        let entry = Entry::Set {
+            topic: shard.shared.spec.topics[topic].name.clone(),
+            partition,
+            group: group.to_owned(),
+            cursor: cursor.clone(),
+        };
+        self.write(shard, &[entry], &[])
+    }
+
+    /// Waits until the journal is durable past `receipt`.
+    async fn durable(&self, receipt: AppendReceipt) -> Result<(), ProtocolError> {
+        let mut idle = Backoff::default();
+        loop {
+            {
+                let journal = self.journal.borrow();
+                if let Err(error) = journal.health() {
+                    return Err(ProtocolError::new(
+                        ErrorCode::Unavailable,
+                        format!("the consumer journal cannot be synced: {error}"),
+                    ));
+                }
+                if journal.durable_offset() >= receipt.next_offset {
+                    return Ok(());
+                }
+            }
+            idle.sleep().await;
+        }
+    }
+
+    /// Writes every cursor as one snapshot batch and deletes the journal before it,
+    /// once enough was written since the last one and no transaction is open.
+    fn maybe_snapshot(&self, shard: &Shard) -> Result<(), ProtocolError> {
+        if self.since_snapshot.get() < SNAPSHOT_BYTES || self.open_txns.get() > 0 {
+            return Ok(());
+        }
+        let topics = &shard.shared.spec.topics;
+        let mut entries = vec![Entry::Reset];
+        for ((topic, partition), groups) in self.cursors.borrow().iter() {
+            for (group, cursor) in groups {
+                entries.push(Entry::Set {
+                    topic: topics[*topic].name.clone(),
+                    partition: *partition,
+                    group: group.clone(),
+                    cursor: cursor.clone(),
+                });
+            }
+        }
+        let receipt = self.write(shard, &entries, &[])?;
+        self.since_snapshot.set(0);
+        if let Err(error) = self.journal.borrow_mut().delete_below(receipt.first_offset) {
+            tracing::warn!(%error, "old consumer journal segments could not be deleted");
+        }
+        Ok(())
+    }
+}
+
+fn stopping() -> ProtocolError {
+    ProtocolError::new(
+        ErrorCode::Unavailable,
+        "the engine is stopping; retry against the restarted engine",
+    )
+}
+
+/// Records produced with an ack, for one partition, in wire encoding; the last carries
+/// the transaction's `flowd-txn` header.
+#[derive(Debug)]
+pub struct TxnPart {
+    pub topic: usize,
+    pub partition: u32,
+    pub bytes: Vec<u8>,
+    pub count: usize,
+    pub stamp_ms: i64,
+}
+
+/// What a partition's owner is asked to do.
+#[derive(Debug)]
+pub enum PartitionOp {
+    Claim {
+        topic: usize,
+        partition: u32,
+        group: String,
+        count: u32,
+        max_bytes: u32,
+        create: Option<Options>,
+        request_id: u64,
+    },
+    Ack {
+        topic: usize,
+        partition: u32,
+        group: String,
+    },
+    Reclaim {
+        topic: usize,
+        partition: u32,
+        group: String,
+    },
+    AckCommit {
+        topic: usize,
+        partition: u32,
+        group: String,
+        id: String,
+        parts: Vec<TxnPart>,
+    },
+    /// Create `group` with `options` on this shard's partitions of `topic` that lack it.
+    Ensure {
+        topic: usize,
+        group: String,
+        options: Options,
+    },
+    Admin {
+        topic: Option<usize>,
+        group: Option<String>,
+        action: AdminAction,
+    },
+    Range {
+        topic: usize,
+        partition: u32,
+        by_time: bool,
+        reverse: bool,
+        from: Bound,
+        to: Bound,
+        limit: u32,
+        max_bytes: u32,
+        request_id: u64,
+    },
+    Length {
+        topic: usize,
+        partition: u32,
+    },
+}
+
+impl PartitionOp {
+    pub fn range(topic: usize, r: &RangeRequest<'_>, request_id: u64) -> PartitionOp {
+        PartitionOp::Range {
+            topic,
+            partition: r.partition,
+            by_time: r.by_time,
+            reverse: r.reverse,
+            from: r.from,
+            to: r.to,
+            limit: r.limit,
+            max_bytes: r.max_bytes,
+            request_id,
+        }
+    }
+}
+
+#[derive(Debug)]
+pub enum OpReply {
+    /// A CLAIMED or FETCHED frame, and how many records it holds.
+    Frame {
+        frame: Vec<u8>,
+        records: u32,
+    },
+    Acked(Range),
+    Reclaimed(Reclaimed),
+    /// The range acked and, per part, the offsets its records got.
+    Committed(Range, Vec<(u64, u64)>),
+    Done,
+    Admin {
+        cursors: Vec<CursorInfo>,
+        changed: usize,
+        refused: Vec<ConsumerError>,
+    },
+    Length(u64),
+}
+
+pub type OpResult = Result<OpReply, ProtocolError>;
+
+/// One cursor as inspected: `flowd` admin answers, `GET /consumers`, `flowd drain`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CursorInfo {
+    pub topic: String,
+    pub partition: u32,
+    pub group: String,
+    /// Everything below is acked.
+    pub committed: u64,
+    pub claimed: Option<Range>,
+    pub claimed_at_ms: Option<i64>,
+    pub reclaims: u32,
+    /// `active` or `disabled`.
+    pub state: String,
+    pub disabled_reason: Option<String>,
+    /// Records not yet acked: `next_offset - committed`.
+    pub lag: u64,
+    pub next_offset: u64,
+    /// Records retention deleted before they were acked.
+    pub skipped: u64,
+    pub options: Options,
+}
+
+fn info(topic: &str, partition: u32, group: &str, cursor: &Cursor, next_offset: u64) -> CursorInfo {
+    CursorInfo {
+        topic: topic.to_owned(),
+        partition,
+        group: group.to_owned(),
+        committed: cursor.committed,
+        claimed: cursor.claim.map(|c| c.range),
+        claimed_at_ms: cursor.claim.map(|c| c.at_ms),
+        reclaims: cursor.reclaims,
+        state: match cursor.state {
+            State::Active => "active".into(),
+            State::Disabled(_) => "disabled".into(),
+        },
+        disabled_reason: match &cursor.state {
+            State::Active => None,
+            State::Disabled(reason) => Some(reason.clone()),
+        },
+        lag: next_offset.saturating_sub(cursor.committed),
+        next_offset,
+        skipped: cursor.skipped,
+        options: cursor.options.clone(),
+    }
+}
+
+fn unknown(shard: &Shard, topic: usize, group: &str) -> ProtocolError {
+    ConsumerError::Unknown {
+        topic: shard.shared.spec.topics[topic].name.clone(),
+        group: group.to_owned(),
+    }
+    .into()
+}
+
+fn local<'a>(
+    shard: &'a Shard,
+    topic: usize,
+    partition: u32,
+) -> Result<&'a Rc<LocalPartition>, ProtocolError> {
+    shard.partitions.get(&(topic, partition)).ok_or_else(|| {
+        ProtocolError::new(
+            ErrorCode::Internal,
+            "a partition request reached a shard that does not own the partition",
+        )
+    })
+}
+
+/// Runs `op` on this shard, which owns the partitions it names.
+pub async fn run(shard: &Rc<Shard>, op: PartitionOp) -> OpResult {
+    let consumers = &shard.consumers;
+    let outcome = match op {
+        PartitionOp::Claim {
+            topic,
+            partition,
+            group,
+            count,
+            max_bytes,
+            create,
+            request_id,
+        } => {
+            claim(
+                shard, topic, partition, &group, count, max_bytes, create, request_id,
+            )
+            .await
+        }
+        PartitionOp::Ack {
+            topic,
+            partition,
+            group,
+        } => {
+            let mut cursor = consumers
+                .get(topic, partition, &group)
+                .ok_or_else(|| unknown(shard, topic, &group))?;
+            let range = cursor.ack()?;
+            let receipt = consumers.write_set(shard, topic, partition, &group, &cursor)?;
+            consumers.put(topic, partition, &group, cursor);
+            consumers.durable(receipt).await?;
+            Ok(OpReply::Acked(range))
+        }
+        PartitionOp::Reclaim {
+            topic,
+            partition,
+            group,
+        } => reclaim(shard, topic, partition, &group, Why::Asked)
+            .await
+            .map(OpReply::Reclaimed),
+        PartitionOp::AckCommit {
+            topic,
+            partition,
+            group,
+            id,
+            parts,
+        } => {
+            let mut cursor = consumers
+                .get(topic, partition, &group)
+                .ok_or_else(|| unknown(shard, topic, &group))?;
+            if let State::Disabled(reason) = &cursor.state {
+                return Err(ConsumerError::Disabled(reason.clone()).into());
+            }
+            let range = cursor.ack()?;
+            let ends = commit(shard, topic, partition, &group, cursor, id, parts).await?;
+            Ok(OpReply::Committed(range, ends))
+        }
+        PartitionOp::Ensure {
+            topic,
+            group,
+            options,
+        } => {
+            let mut last = None;
+            for p in (0..shard.shared.spec.topics[topic].partitions)
+                .filter(|p| owner(*p, shard.shared.shards) == shard.index)
+            {
+                if consumers.get(topic, p, &group).is_some() {
+                    continue;
+                }
+                let cursor = new_cursor(shard, topic, p, &options)?;
+                last = Some(consumers.write_set(shard, topic, p, &group, &cursor)?);
+                consumers.put(topic, p, &group, cursor);
+            }
+            if let Some(receipt) = last {
+                consumers.durable(receipt).await?;
+            }
+            Ok(OpReply::Done)
+        }
+        PartitionOp::Admin { topic, group, action } => admin(shard, topic, group.as_deref(), action).await,
+        PartitionOp::Range {
+            topic,
+            partition,
+            by_time,
+            reverse,
+            from,
+            to,
+            limit,
+            max_bytes,
+            request_id,
+        } => {
+            let local = local(shard, topic, partition)?;
+            let log = local.log.borrow();
+            let (frame, records) = read_range(&log, by_time, reverse, from, to, limit, max_bytes, request_id);
+            Ok(OpReply::Frame { frame, records })
+        }
+        PartitionOp::Length { topic, partition } => {
+            let local = local(shard, topic, partition)?;
+            let log = local.log.borrow();
+            Ok(OpReply::Length(log.next_offset() - log.start_offset()))
+        }
+    };
+    consumers.maybe_snapshot(shard)?;
+    outcome
+}
+
+fn new_cursor(
+    shard: &Shard,
+    topic: usize,
+    partition: u32,
+    options: &Options,
+) -> Result<Cursor, ProtocolError> {
+    let local = local(shard, topic, partition)?;
+    let log = local.log.borrow();
+    Ok(Cursor::new(
+        options.clone(),
+        log.start_offset(),
+        log.next_offset(),
+        |t| log.offset_at_time(t),
+    ))
+}
+
+#[allow(clippy::too_many_arguments)]
+async fn claim(
+    shard: &Rc<Shard>,
+    topic: usize,
+    partition: u32,
+    group: &str,
+    count: u32,
+    max_bytes: u32,
+    create: Option<Options>,
+    request_id: u64,
+) -> OpResult {
+    let consumers = &shard.consumers;
+    let now = now_ms();
+    if consumers
+        .get(topic, partition, group)
+        .is_some_and(|c| c.expired(now))
+    {
+        reclaim(shard, topic, partition, group, Why::Timeout).await?;
+    }
+    let (mut cursor, created) = match (consumers.get(topic, partition, group), &create) {
+        (Some(cursor), _) => (cursor, false),
+        (None, Some(options)) => (new_cursor(shard, topic, partition, options)?, true),
+        (None, None) => return Err(unknown(shard, topic, group)),
+    };
+    let before = cursor.clone();
+    let local = local(shard, topic, partition)?;
+    let log = local.log.borrow();
+    let from = cursor.claimable(log.start_offset())?;
+    let mut out = Vec::new();
+    let mut writer = ClaimedWriter::begin(&mut out, request_id);
+    let max_bytes = max_bytes.clamp(1, FETCH_BYTES_MAX) as usize;
+    let max_records = count.clamp(1, FETCH_RECORDS_MAX);
+    let mut taken = 0;
+    let mut range = None;
+    if let Some(from) = from {
+        let body_start = out.len();
+        let mut to = from;
+        for view in log.read(from) {
+            if taken >= max_records || (taken > 0 && out.len() - body_start >= max_bytes) {
+                break;
+            }
+            to = view.offset() + 1;
+            let headers: Vec<(&str, &[u8])> = view.headers().collect();
+            if headers.iter().any(|(name, _)| *name == END_HEADER) {
+                continue;
+            }
+            writer.push(
+                &mut out,
+                view.offset(),
+                view.timestamp_ms(),
+                view.key(),
+                view.value(),
+                &headers,
+            );
+            taken += 1;
+        }
+        if taken == 0 {
+            // Only engine markers: nothing for the client, and nothing to hold back.
+            cursor.committed = to;
+        } else {
+            range = cursor.claim(to, now);
+        }
+    }
+    let (from, to) = range.map_or((0, 0), |r| (r.from, r.to));
+    writer.finish(&mut out, range.map(|_| partition), from, to, log.next_offset());
+    drop(log);
+    if created || cursor != before {
+        consumers.write_set(shard, topic, partition, group, &cursor)?;
+        consumers.put(topic, partition, group, cursor);
+    }
+    shard.shared.metrics.records_claimed.add(u64::from(taken));
+    Ok(OpReply::Frame {
+        frame: out,
+        records: taken,
+    })
+}
+
+/// Gives a claim back; past `max_reclaims` disables, skips or dead-letters its records.
+async fn reclaim(
+    shard: &Rc<Shard>,
+    topic: usize,
+    partition: u32,
+    group: &str,
+    why: Why,
+) -> Result<Reclaimed, ProtocolError> {
+    let consumers = &shard.consumers;
+    let mut cursor = consumers
+        .get(topic, partition, group)
+        .ok_or_else(|| unknown(shard, topic, group))?;
+    let reclaimed = cursor.reclaim(why)?;
+    let name = &shard.shared.spec.topics[topic].name;
+    match &reclaimed.outcome {
+        Outcome::DeadLetter { topic: dead, reason } => {
+            let parts = dead_letters(shard, topic, partition, reclaimed.range, dead, reason)?;
+            let id = txn_id(shard);
+            commit(shard, topic, partition, group, cursor, id, parts).await?;
+            tracing::warn!(topic = %name, partition, %group, from = reclaimed.range.from, to = reclaimed.range.to, dead_letter = %dead, "records dead-lettered: {reason}");
+        }
+        outcome => {
+            let receipt = consumers.write_set(shard, topic, partition, group, &cursor)?;
+            consumers.put(topic, partition, group, cursor);
+            if *outcome != Outcome::Redeliver {
+                tracing::warn!(topic = %name, partition, %group, outcome = outcome.name(), "max_reclaims passed");
+            }
+            consumers.durable(receipt).await?;
+        }
+    }
+    Ok(reclaimed)
+}
+
+/// A transaction id unique across runs and shards.
+pub fn txn_id(shard: &Shard) -> String {
+    let n = shard.next_job_id();
+    format!("{:x}.{}.{n}", shard.shared.epoch, shard.index)
+}
+
+/// The reclaimed records, copied for the dead-letter topic with why and whence.
+fn dead_letters(
+    shard: &Shard,
+    topic: usize,
+    partition: u32,
+    range: Range,
+    dead: &str,
+    reason: &str,
+) -> Result<Vec<TxnPart>, ProtocolError> {
+    let spec = &shard.shared.spec;
+    let dead_topic = spec.topic_index(dead).ok_or_else(|| {
+        ProtocolError::new(
+            ErrorCode::UnknownTopic,
+            format!("the dead-letter topic \"{dead}\" is not in the dataflow"),
+        )
+    })?;
+    let partitions = spec.topics[dead_topic].partitions;
+    let local = local(shard, topic, partition)?;
+    let log = local.log.borrow();
+    let mut parts: Vec<TxnPart> = Vec::new();
+    let name = &spec.topics[topic].name;
+    for view in log.read_range(range.from, range.to) {
+        let original: Vec<(&str, &[u8])> = view.headers().collect();
+        if original.iter().any(|(n, _)| *n == END_HEADER) {
+            continue;
+        }
+        let whence = format!("{name}/{partition}/{}", view.offset());
+        let mut headers: Vec<(&str, &[u8])> = original
+            .into_iter()
+            .filter(|(n, _)| !n.starts_with(RESERVED_HEADER_PREFIX))
+            .collect();
+        headers.push((DEAD_REASON_HEADER, reason.as_bytes()));
+        headers.push((DEAD_FROM_HEADER, whence.as_bytes()));
+        let to = match view.key() {
+            Some(key) => partition_of_bytes(key, partitions),
+            None => partition % partitions,
+        };
+        let index = match parts.iter().position(|p| p.partition == to) {
+            Some(i) => i,
+            None => {
+                parts.push(TxnPart {
+                    topic: dead_topic,
+                    partition: to,
+                    bytes: Vec::new(),
+                    count: 0,
+                    stamp_ms: now_ms(),
+                });
+                parts.len() - 1
+            }
+        };
+        let part = &mut parts[index];
+        encode_record(
+            &mut part.bytes,
+            Some(view.timestamp_ms()),
+            view.key(),
+            view.value(),
+            &headers,
+        );
+        part.count += 1;
+    }
+    Ok(parts)
+}
+
+/// Commits `cursor` with `parts` as one transaction, then appends the parts.
+async fn commit(
+    shard: &Rc<Shard>,
+    topic: usize,
+    partition: u32,
+    group: &str,
+    cursor: Cursor,
+    id: String,
+    mut parts: Vec<TxnPart>,
+) -> Result<Vec<(u64, u64)>, ProtocolError> {
+    let consumers = &shard.consumers;
+    let shared = &shard.shared;
+    for part in &mut parts {
+        mark_last(part, &id)?;
+    }
+    let refs: Vec<PartRef> = parts
+        .iter()
+        .map(|p| PartRef {
+            topic: shared.spec.topics[p.topic].name.clone(),
+            partition: p.partition,
+            count: p.count,
+            stamp_ms: p.stamp_ms,
+            from: shared.ends[p.topic][p.partition as usize].load(Ordering::Acquire),
+        })
+        .collect();
+    let entry = Entry::Txn {
+        id: id.clone(),
+        topic: shared.spec.topics[topic].name.clone(),
+        partition,
+        group: group.to_owned(),
+        cursor: cursor.clone(),
+        parts: refs,
+    };
+    let bodies: Vec<&[u8]> = parts.iter().map(|p| p.bytes.as_slice()).collect();
+    let receipt = consumers.write(shard, &[entry], &bodies)?;
+    consumers.put(topic, partition, group, cursor);
+    consumers.open_txns.set(consumers.open_txns.get() + 1);
+    let _open = OpenTxn(consumers);
+    consumers.durable(receipt).await?;
+    let (tx, rx) = flume::bounded(parts.len().max(1));
+    let count = parts.len();
+    for (i, part) in parts.into_iter().enumerate() {
+        let batch = Batch {
+            partition: part.partition,
+            records: Payload::Wire {
+                bytes: part.bytes,
+                count: part.count,
+                stamp_ms: part.stamp_ms,
+            },
+            ack: Ack::Client(tx.clone(), i),
+        };
+        shared.mesh.inboxes[part.topic][owner(part.partition, shared.shards)]
+            .send_async(batch)
+            .await
+            .map_err(|_| stopping())?;
+    }
+    let mut ends = vec![(0, 0); count];
+    for _ in 0..count {
+        let (i, first, next) = rx.recv_async().await.map_err(|_| stopping())??;
+        ends[i] = (first, next);
+    }
+    consumers.write(shard, &[Entry::Applied { id }], &[])?;
+    Ok(ends)
+}
+
+struct OpenTxn<'a>(&'a Consumers);
+
+impl Drop for OpenTxn<'_> {
+    fn drop(&mut self) {
+        self.0.open_txns.set(self.0.open_txns.get() - 1);
+    }
+}
+
+/// Re-encodes a part's last record with the transaction header added.
+fn mark_last(part: &mut TxnPart, id: &str) -> Result<(), ProtocolError> {
+    let mut cursor = crate::protocol::wire::Cursor::new(&part.bytes);
+    let mut last_start = 0;
+    for _ in 0..part.count {
+        last_start = part.bytes.len() - cursor.remaining();
+        cursor.record()?;
+    }
+    let last = crate::protocol::wire::Cursor::new(&part.bytes[last_start..]).record()?;
+    let mut headers = last.headers.clone();
+    headers.push((TXN_HEADER, id.as_bytes()));
+    let mut encoded = Vec::with_capacity(last.raw.len() + 64);
+    encode_record(&mut encoded, last.timestamp_ms, last.key, last.value, &headers);
+    part.bytes.truncate(last_start);
+    part.bytes.extend_from_slice(&encoded);
+    Ok(())
+}
+
+async fn admin(
+    shard: &Rc<Shard>,
+    topic: Option<usize>,
+    group: Option<&str>,
+    action: AdminAction,
+) -> OpResult {
+    let consumers = &shard.consumers;
+    let spec = &shard.shared.spec;
+    let mut keys: Vec<(usize, u32, String)> = consumers
+        .cursors
+        .borrow()
+        .iter()
+        .filter(|((t, _), _)| topic.is_none_or(|topic| topic == *t))
+        .flat_map(|((t, p), groups)| {
+            groups
+                .keys()
+                .filter(|g| group.is_none_or(|group| group == g.as_str()))
+                .map(move |g| (*t, *p, g.clone()))
+        })
+        .collect();
+    keys.sort();
+    let mut cursors = Vec::new();
+    let mut changed = 0;
+    let mut refused = Vec::new();
+    let mut last = None;
+    for (t, p, g) in keys {
+        let Some(mut cursor) = consumers.get(t, p, &g) else {
+            continue;
+        };
+        let next = local(shard, t, p)?.log.borrow().next_offset();
+        let outcome = match action {
+            AdminAction::List => Ok(false),
+            AdminAction::Disable => cursor.disable("disabled by request").map(|()| true),
+            AdminAction::Resume => cursor.resume().map(|()| true),
+            AdminAction::Destroy => {
+                let entry = Entry::Drop {
+                    topic: spec.topics[t].name.clone(),
+                    partition: p,
+                    group: g.clone(),
+                };
+                last = Some(consumers.write(shard, &[entry], &[])?);
+                if let Some(groups) = consumers.cursors.borrow_mut().get_mut(&(t, p)) {
+                    groups.remove(&g);
+                }
+                changed += 1;
+                cursors.push(info(&spec.topics[t].name, p, &g, &cursor, next));
+                continue;
+            }
+        };
+        match outcome {
+            Ok(true) => {
+                last = Some(consumers.write_set(shard, t, p, &g, &cursor)?);
+                consumers.put(t, p, &g, cursor.clone());
+                changed += 1;
+            }
+            Ok(false) => {}
+            Err(error) => refused.push(error),
+        }
+        cursors.push(info(&spec.topics[t].name, p, &g, &cursor, next));
+    }
+    if action == AdminAction::Destroy
+        && let (Some(t), Some(g)) = (topic, group)
+    {
+        consumers.ensured.borrow_mut().remove(&(t, g.to_owned()));
+    }
+    if let Some(receipt) = last {
+        consumers.durable(receipt).await?;
+    }
+    Ok(OpReply::Admin {
+        cursors,
+        changed,
+        refused,
+    })
+}
+
+/// Offsets `lo..hi` of a range read: offsets as given, or times turned into offsets.
+fn offsets(log: &PartitionLog, by_time: bool, from: Bound, to: Bound) -> (u64, u64) {
+    let (start, next) = (log.start_offset(), log.next_offset());
+    // The first offset at or after a time; past every record: the end.
+    let at = |t: i64| log.offset_at_time(t).unwrap_or(next);
+    let off = |v: i64| v.max(0) as u64;
+    let lo = match (from, by_time) {
+        (Bound::Unbounded, _) => start,
+        (Bound::Included(v), false) => off(v),
+        (Bound::Excluded(v), false) => off(v).saturating_add(1),
+        (Bound::Included(t), true) => at(t),
+        (Bound::Excluded(t), true) => at(t.saturating_add(1)),
+    };
+    let hi = match (to, by_time) {
+        (Bound::Unbounded, _) => next,
+        (Bound::Included(v), false) => off(v).saturating_add(1),
+        (Bound::Excluded(v), false) => off(v),
+        (Bound::Included(t), true) => at(t.saturating_add(1)),
+        (Bound::Excluded(t), true) => at(t),
+    };
+    (lo.max(start), hi.min(next))
+}
+
+/// A FETCHED frame of the records in a range, oldest first, or newest first when
+/// `reverse` (then the newest `limit` of them).
+#[allow(clippy::too_many_arguments)]
+fn read_range(
+    log: &PartitionLog,
+    by_time: bool,
+    reverse: bool,
+    from: Bound,
+    to: Bound,
+    limit: u32,
+    max_bytes: u32,
+    request_id: u64,
+) -> (Vec<u8>, u32) {
+    let (lo, hi) = offsets(log, by_time, from, to);
+    let limit = limit.clamp(1, FETCH_RECORDS_MAX) as u64;
+    let max_bytes = max_bytes.clamp(1, FETCH_BYTES_MAX) as usize;
+    let mut out = Vec::new();
+    let mut writer = FetchedWriter::begin(&mut out, request_id, log.start_offset(), log.next_offset());
+    let body_start = out.len();
+    let mut taken = 0u32;
+    if lo < hi {
+        // Offsets are dense: the newest `limit` records start at `hi - limit` (end
+        // markers, skipped, may make it fewer).
+        let first = if reverse {
+            hi.saturating_sub(limit).max(lo)
+        } else {
+            lo
+        };
+        let mut views: Vec<_> = log
+            .read_range(first, hi)
+            .filter(|v| !v.headers().any(|(n, _)| n == END_HEADER))
+            .take(limit as usize)
+            .collect();
+        if reverse {
+            views.reverse();
+        }
+        for view in views {
+            if taken > 0 && out.len() - body_start >= max_bytes {
+                break;
+            }
+            let headers: Vec<(&str, &[u8])> = view.headers().collect();
+            writer.push(
+                &mut out,
+                view.offset(),
+                view.timestamp_ms(),
+                view.key(),
+                view.value(),
+                &headers,
+            );
+            taken += 1;
+        }
+    }
+    writer.finish(&mut out);
+    (out, taken)
+}
+
+/// Reclaims claims past their `reclaim_timeout` and compacts the journal, until the
+/// engine stops.
+pub async fn run_sweeper(shard: Rc<Shard>) {
+    while !shard.shared.control.is_stopping() {
+        glommio::timer::sleep(SWEEP_EVERY).await;
+        let now = now_ms();
+        let expired: Vec<(usize, u32, String)> = shard
+            .consumers
+            .cursors
+            .borrow()
+            .iter()
+            .flat_map(|((t, p), groups)| {
+                groups
+                    .iter()
+                    .filter(|(_, c)| c.expired(now))
+                    .map(move |(g, _)| (*t, *p, g.clone()))
+            })
+            .collect();
+        for (t, p, g) in expired {
+            if let Err(error) = reclaim(&shard, t, p, &g, Why::Timeout).await {
+                tracing::warn!(%error, group = %g, "a timed-out claim could not be reclaimed");
+            }
+        }
+        if let Err(error) = shard.consumers.maybe_snapshot(&shard) {
+            tracing::warn!(%error, "consumer journal snapshot failed");
+        }
+    }
+}

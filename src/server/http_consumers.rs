@@ -1,0 +1,332 @@
+//! Consumers and range reads over HTTP (a contract, like the rest of the HTTP API):
+//!
+//! - `POST /consumers/T/G/claim?count=N[&partition=P][&create=START]` with, on create,
+//!   `reclaim_timeout=DURATION`, `max_reclaims=N`, `then=disable|continue|dead_letter`
+//!   and `dead_letter=TOPIC`; START is `earliest` (`>`), `new` (`$>`), an offset (start
+//!   after it), or `@MS` (a time);
+//!   answers `{"partition","from","to","next_offset","records":[...]}`.
+//! - `POST /consumers/T/G/ack?partition=P`, `.../reclaim?partition=P`,
+//!   `.../commit?partition=P&to=TOPIC` (body as `POST /topics/T`: an ack and a produce as one),
+//!   `.../disable`, `.../resume`; `DELETE /consumers/T/G`; `GET /consumers[?topic=T]`,
+//!   `GET /consumers/T/G`: the cursors as JSON.
+//! - `GET /topics/T/range?partition=P` with `from`/`after` (inclusive/exclusive start),
+//!   `to`/`before` (inclusive/exclusive end), `by=time`, `reverse=true`, `limit=N`;
+//!   `GET /topics/T/length[?partition=P]`.
+
+use std::rc::Rc;
+
+use hyper::StatusCode;
+
+use crate::consumer::cursor::{OnMax, Options, Start};
+use crate::protocol::consumer::{AdminAction, AdminRequest, Bound, ClaimRequest, ConsumerRef, RangeRequest};
+use crate::protocol::message::Response as FrameResponse;
+use crate::protocol::wire::Cursor;
+use crate::protocol::{ProduceGroup, ProtocolError, parse_frame};
+use crate::runtime::shard::Shard;
+use crate::server::consumer_api;
+use crate::server::http::{Reply, error, json, parse_records, protocol_error, query_param};
+
+fn bad(message: String) -> Reply {
+    error(StatusCode::BAD_REQUEST, &message)
+}
+
+fn number<T: std::str::FromStr>(query: &str, name: &str) -> Result<Option<T>, Reply> {
+    match query_param(query, name) {
+        None => Ok(None),
+        Some(v) => v
+            .parse()
+            .map(Some)
+            .map_err(|_| bad(format!("{name}={v} is not a number"))),
+    }
+}
+
+fn partition(query: &str) -> Result<u32, Reply> {
+    number(query, "partition")?.ok_or_else(|| bad("name the claim's partition: ?partition=P".into()))
+}
+
+/// A response frame decoded, or the error it carries as an HTTP error.
+fn decode(shard: &Shard, frame: &[u8]) -> Result<FrameResponse, Reply> {
+    let decoded = parse_frame(frame, usize::MAX)
+        .ok()
+        .flatten()
+        .and_then(|f| FrameResponse::decode(&f.header, f.body).ok());
+    match decoded {
+        Some(FrameResponse::Error { code, message, .. }) => {
+            Err(protocol_error(shard, &ProtocolError::new(code, message)))
+        }
+        Some(response) => Ok(response),
+        None => Err(error(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "an unreadable response (a bug)",
+        )),
+    }
+}
+
+fn records_json(
+    topic: &str,
+    partition: u32,
+    records: &[(u64, crate::protocol::OwnedWireRecord)],
+) -> serde_json::Value {
+    records
+        .iter()
+        .map(|(offset, r)| {
+            crate::protocol::json::record_json(
+                topic,
+                partition,
+                *offset,
+                r.timestamp_ms.unwrap_or_default(),
+                r.key.as_deref(),
+                &r.value,
+            )
+        })
+        .collect()
+}
+
+fn create_options(query: &str) -> Result<Option<Options>, Reply> {
+    let Some(start) = query_param(query, "create") else {
+        return Ok(None);
+    };
+    let start = match start.as_str() {
+        ">" | "" | "earliest" => Start::Earliest,
+        "$>" | "new" => Start::New,
+        other => match other.strip_prefix('@') {
+            Some(ms) => Start::Time(
+                ms.parse()
+                    .map_err(|_| bad(format!("create=@{ms} is not a time in ms")))?,
+            ),
+            None => Start::After(
+                other
+                    .parse()
+                    .map_err(|_| bad(format!("create={other} is not >, $>, an offset or @MS")))?,
+            ),
+        },
+    };
+    let reclaim_timeout_ms = match query_param(query, "reclaim_timeout") {
+        None => None,
+        Some(v) => Some(
+            humantime::parse_duration(&v)
+                .map_err(|e| bad(format!("reclaim_timeout={v}: {e}")))?
+                .as_millis() as u64,
+        ),
+    };
+    let on_max = match query_param(query, "then").as_deref() {
+        None | Some("disable") => OnMax::Disable,
+        Some("continue") => OnMax::Continue,
+        Some("dead_letter") => OnMax::DeadLetter(
+            query_param(query, "dead_letter")
+                .ok_or_else(|| bad("then=dead_letter needs dead_letter=TOPIC".into()))?,
+        ),
+        Some(other) => return Err(bad(format!("then={other}: use disable, continue or dead_letter"))),
+    };
+    Ok(Some(Options {
+        start,
+        reclaim_timeout_ms,
+        max_reclaims: number(query, "max_reclaims")?,
+        on_max,
+    }))
+}
+
+fn admin_action(action: &str) -> Option<AdminAction> {
+    match action {
+        "disable" => Some(AdminAction::Disable),
+        "resume" => Some(AdminAction::Resume),
+        _ => None,
+    }
+}
+
+pub async fn consumer_admin(shard: &Rc<Shard>, action: AdminAction, topic: &str, group: &str) -> Reply {
+    match consumer_api::admin(shard, &AdminRequest { action, topic, group }).await {
+        Ok(cursors) => json(
+            StatusCode::OK,
+            &serde_json::to_value(&cursors).expect("cursors serialize"),
+        ),
+        Err(e) => protocol_error(shard, &e),
+    }
+}
+
+/// `POST /consumers/T/G/ACTION`.
+pub async fn consumer_post(
+    shard: &Rc<Shard>,
+    topic: &str,
+    group: &str,
+    action: &str,
+    query: &str,
+    body: &[u8],
+) -> Reply {
+    match consumer_post_inner(shard, topic, group, action, query, body).await {
+        Ok(reply) | Err(reply) => reply,
+    }
+}
+
+async fn consumer_post_inner(
+    shard: &Rc<Shard>,
+    topic: &str,
+    group: &str,
+    action: &str,
+    query: &str,
+    body: &[u8],
+) -> Result<Reply, Reply> {
+    let fail = |e: ProtocolError| protocol_error(shard, &e);
+    match action {
+        "claim" => {
+            let request = ClaimRequest {
+                topic,
+                group,
+                partition: number(query, "partition")?,
+                count: number(query, "count")?.unwrap_or(100),
+                max_bytes: 1 << 20,
+                create: create_options(query)?,
+            };
+            let frame = consumer_api::claim(shard, &request, 0).await.map_err(fail)?;
+            match decode(shard, &frame)? {
+                FrameResponse::Claimed(c) => Ok(json(
+                    StatusCode::OK,
+                    &serde_json::json!({
+                        "partition": c.partition,
+                        "from": c.from,
+                        "to": c.to,
+                        "next_offset": c.next_offset,
+                        "records": records_json(topic, c.partition.unwrap_or(0), &c.records),
+                    }),
+                )),
+                _ => Err(error(
+                    StatusCode::INTERNAL_SERVER_ERROR,
+                    "a claim got another answer (a bug)",
+                )),
+            }
+        }
+        "ack" => {
+            let p = partition(query)?;
+            let r = ConsumerRef {
+                topic,
+                group,
+                partition: p,
+            };
+            let (from, to) = consumer_api::ack(shard, &r).await.map_err(fail)?;
+            Ok(json(
+                StatusCode::OK,
+                &serde_json::json!({"partition": p, "from": from, "to": to}),
+            ))
+        }
+        "reclaim" => {
+            let p = partition(query)?;
+            let r = ConsumerRef {
+                topic,
+                group,
+                partition: p,
+            };
+            let (from, to, reclaims, outcome) = consumer_api::reclaim(shard, &r).await.map_err(fail)?;
+            let outcome = ["redeliver", "disabled", "skipped", "dead_letter"][outcome as usize];
+            Ok(json(
+                StatusCode::OK,
+                &serde_json::json!({"partition": p, "from": from, "to": to, "reclaims": reclaims, "outcome": outcome}),
+            ))
+        }
+        "commit" => {
+            let p = partition(query)?;
+            let to_topic =
+                query_param(query, "to").ok_or_else(|| bad("name the output topic: ?to=TOPIC".into()))?;
+            let records = parse_records(body).map_err(|m| fail(ProtocolError::malformed(m)))?;
+            let mut encoded = Vec::new();
+            for r in &records {
+                r.encode(&mut encoded);
+            }
+            let mut cursor = Cursor::new(&encoded);
+            let wire: Result<Vec<_>, _> = records.iter().map(|_| cursor.record()).collect();
+            let group_records = ProduceGroup {
+                topic: &to_topic,
+                partition: None,
+                records: wire.expect("records just encoded decode"),
+            };
+            let r = ConsumerRef {
+                topic,
+                group,
+                partition: p,
+            };
+            let ((from, to), runs) =
+                consumer_api::ack_commit(shard, &r, std::slice::from_ref(&group_records))
+                    .await
+                    .map_err(fail)?;
+            let offsets: Vec<String> = runs
+                .iter()
+                .flatten()
+                .flat_map(|run| {
+                    (0..u64::from(run.count))
+                        .map(move |i| format!("{}:{}", run.partition, run.first_offset + i))
+                })
+                .collect();
+            Ok(json(
+                StatusCode::OK,
+                &serde_json::json!({"partition": p, "from": from, "to": to, "offsets": offsets}),
+            ))
+        }
+        other => match admin_action(other) {
+            Some(action) => Ok(consumer_admin(shard, action, topic, group).await),
+            None => Err(error(
+                StatusCode::NOT_FOUND,
+                &format!(
+                    "no consumer action \"{other}\"; use claim, ack, reclaim, commit, disable or resume"
+                ),
+            )),
+        },
+    }
+}
+
+fn bound(query: &str, inclusive: &str, exclusive: &str) -> Result<Bound, Reply> {
+    match (number::<i64>(query, inclusive)?, number::<i64>(query, exclusive)?) {
+        (Some(_), Some(_)) => Err(bad(format!("give {inclusive} or {exclusive}, not both"))),
+        (Some(v), None) => Ok(Bound::Included(v)),
+        (None, Some(v)) => Ok(Bound::Excluded(v)),
+        (None, None) => Ok(Bound::Unbounded),
+    }
+}
+
+/// `GET /topics/T/range` and `GET /topics/T/length`.
+pub async fn topic_read(shard: &Rc<Shard>, topic: &str, what: &str, query: &str) -> Reply {
+    let inner = async {
+        let fail = |e: ProtocolError| protocol_error(shard, &e);
+        match what {
+            "length" => {
+                let n = consumer_api::length(shard, topic, number(query, "partition")?)
+                    .await
+                    .map_err(fail)?;
+                Ok(json(StatusCode::OK, &serde_json::json!({ "length": n })))
+            }
+            "range" => {
+                let p: u32 = number(query, "partition")?.unwrap_or(0);
+                let by_time = match query_param(query, "by").as_deref() {
+                    None | Some("offset") => false,
+                    Some("time") => true,
+                    Some(other) => return Err(bad(format!("by={other}: use offset or time"))),
+                };
+                let request = RangeRequest {
+                    topic,
+                    partition: p,
+                    by_time,
+                    reverse: matches!(query_param(query, "reverse").as_deref(), Some("true" | "1")),
+                    from: bound(query, "from", "after")?,
+                    to: bound(query, "to", "before")?,
+                    limit: number(query, "limit")?.unwrap_or(100),
+                    max_bytes: 1 << 20,
+                };
+                let frame = consumer_api::range(shard, &request, 0).await.map_err(fail)?;
+                match decode(shard, &frame)? {
+                    FrameResponse::Fetched(f) => {
+                        Ok(json(StatusCode::OK, &records_json(topic, p, &f.records)))
+                    }
+                    _ => Err(error(
+                        StatusCode::INTERNAL_SERVER_ERROR,
+                        "a range read got another answer (a bug)",
+                    )),
+                }
+            }
+            other => Err(error(
+                StatusCode::NOT_FOUND,
+                &format!("nothing at /topics/{topic}/{other}; use range or length"),
+            )),
+        }
+    };
+    match inner.await {
+        Ok(reply) | Err(reply) => reply,
+    }
+}
