@@ -284,3 +284,95 @@ pub fn report(
         config,
     }
 }
+
+/// Fills the target's topic with `records` records, then claims and acks them all in
+/// batches of `batch` over one connection, as a new consumer: per partition one claim in
+/// flight, and each ack sent with the next claim. Latency: claim sent to its ack back.
+pub fn consume(
+    target: &Target,
+    records: u64,
+    size: usize,
+    batch: u32,
+) -> Result<(f64, Histogram<u64>, u64), BenchError> {
+    use crate::consumer::Options;
+    use crate::protocol::consumer::{ClaimRequest, ConsumerRef};
+    use crate::protocol::{Request, message::Response};
+
+    let fill = IngestOptions {
+        records,
+        size,
+        batch: 1000,
+        connections: 1,
+        inflight: 32,
+    };
+    ingest(target, &fill)?;
+    let mut client = Client::connect(&target.addr)?;
+    let partitions = client
+        .metadata()?
+        .topics
+        .iter()
+        .find(|(n, _)| *n == target.topic)
+        .map(|(_, p)| *p)
+        .ok_or_else(|| BenchError::Setup(format!("no topic \"{}\"", target.topic)))?;
+    let group = format!(
+        "bench-{}-{}",
+        std::process::id(),
+        crate::storage::layout::now_ms()
+    );
+    let claim = |client: &mut Client, p: u32| {
+        client.send(&Request::Claim(ClaimRequest {
+            topic: &target.topic,
+            group: &group,
+            partition: Some(p),
+            count: batch,
+            max_bytes: 1 << 20,
+            create: Some(Options::default()),
+        }))
+    };
+    let mut h = histogram();
+    // Per request id: (partition, claim sent at).
+    let mut claims: std::collections::HashMap<u64, (u32, Instant)> = std::collections::HashMap::new();
+    let mut acks: std::collections::HashMap<u64, Instant> = std::collections::HashMap::new();
+    let started = Instant::now();
+    for p in 0..partitions {
+        let id = claim(&mut client, p)?;
+        claims.insert(id, (p, Instant::now()));
+    }
+    client.flush()?;
+    let mut consumed = 0u64;
+    let mut empty = vec![false; partitions as usize];
+    while !(claims.is_empty() && acks.is_empty()) {
+        let (id, response) = client.recv()?;
+        match server_error(response)? {
+            Response::Claimed(c) => {
+                let (p, t0) = claims
+                    .remove(&id)
+                    .ok_or_else(|| BenchError::Setup(format!("unknown claim {id}")))?;
+                if c.partition.is_none() {
+                    empty[p as usize] = true;
+                    continue;
+                }
+                consumed += c.records.len() as u64;
+                let ack = client.send(&Request::Ack(ConsumerRef {
+                    topic: &target.topic,
+                    group: &group,
+                    partition: p,
+                }))?;
+                acks.insert(ack, t0);
+                if consumed < records {
+                    let id = claim(&mut client, p)?;
+                    claims.insert(id, (p, Instant::now()));
+                }
+                client.flush()?;
+            }
+            Response::Acked { .. } => {
+                let t0 = acks
+                    .remove(&id)
+                    .ok_or_else(|| BenchError::Setup(format!("unknown ack {id}")))?;
+                h.saturating_record((t0.elapsed().as_micros() as u64).max(1));
+            }
+            other => return Err(BenchError::Setup(format!("an unexpected answer: {other:?}"))),
+        }
+    }
+    Ok((started.elapsed().as_secs_f64(), h, consumed))
+}

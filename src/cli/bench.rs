@@ -1,4 +1,4 @@
-//! `flowd bench ingest|reqreply [...] [--json]`: drive an engine (in-process by default,
+//! `flowd bench ingest|consume|reqreply [...] [--json]`: drive an engine (in-process by default,
 //! `--to ADDR` for a running one) and report throughput and latency (DESIGN.md 8).
 
 use std::process::ExitCode;
@@ -26,6 +26,20 @@ pub enum Scenario {
         /// Requests in flight per connection (default: 1 with --batch 1, else 32).
         #[arg(long)]
         inflight: Option<usize>,
+        #[command(flatten)]
+        common: Common,
+    },
+    /// Fill a topic, then claim and ack every record as a new consumer over one connection.
+    Consume {
+        #[arg(long, default_value_t = 1_000_000)]
+        records: u64,
+        #[arg(long, default_value_t = 100)]
+        size: usize,
+        /// Records per claim.
+        #[arg(long, default_value_t = 1000)]
+        batch: u32,
+        #[arg(long, default_value = "group", value_parser = parse_durability)]
+        durability: Durability,
         #[command(flatten)]
         common: Common,
     },
@@ -107,6 +121,25 @@ pub fn run(scenario: Scenario) -> Result<ExitCode, CliError> {
             });
             (
                 bench::report("ingest", sent, sent * size as u64, seconds, &h, config),
+                common.json,
+            )
+        }
+        Scenario::Consume {
+            records,
+            size,
+            batch,
+            durability,
+            common,
+        } => {
+            let target = target(&common, durability)?;
+            let (seconds, h, consumed) = bench::consume(&target, records, size, batch.max(1))?;
+            let config = serde_json::json!({
+                "size": size, "batch": batch, "durability": format!("{durability:?}").to_lowercase(),
+                "connections": 1, "to": common.to,
+                "latency": "per batch, claim sent to its ack back (acks durable)",
+            });
+            (
+                bench::report("consume", consumed, consumed * size as u64, seconds, &h, config),
                 common.json,
             )
         }

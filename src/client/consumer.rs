@@ -10,6 +10,9 @@ use crate::protocol::message::{Fetched, Response, Run};
 use crate::protocol::{OwnedWireRecord, ProduceGroup, Request};
 use crate::runtime::consumers::CursorInfo;
 
+/// The range an ack-and-commit acked, and the offsets of the records it produced.
+pub type Committed = ((u64, u64), Vec<Vec<Run>>);
+
 impl Client {
     /// Claims up to `count` records for `group` (from `partition`, or any partition),
     /// creating the consumer with `create` if it does not exist.
@@ -66,7 +69,7 @@ impl Client {
         partition: u32,
         to_topic: &str,
         records: &[OwnedWireRecord],
-    ) -> Result<((u64, u64), Vec<Vec<Run>>)> {
+    ) -> Result<Committed> {
         let headers: Vec<Vec<(&str, &[u8])>> = records
             .iter()
             .map(|r| {

@@ -1,7 +1,7 @@
 //! A blocking Rust client of the binary protocol, used by `flowd send/tail/status` and
 //! the benchmarks: one TCP connection, requests pipelined by id.
 
-mod consumer;
+pub mod consumer;
 
 use std::io::{BufReader, BufWriter, Read, Write};
 use std::net::{SocketAddr, TcpStream, ToSocketAddrs};

@@ -14,7 +14,7 @@ const ENGINE: &[&str] = &["cores", "data_dir", "durability", "commit_interval"];
 const TOPIC: &[&str] = &["name", "partitions", "segment_bytes", "retention", "max_lag"];
 const RETENTION: &[&str] = &["max_age", "max_bytes"];
 const SOURCE: &[&str] = &["name", "type", "path", "follow", "timestamp", "to", "route"];
-const STAGE: &[&str] = &["name", "from", "op", "to", "route"];
+const STAGE: &[&str] = &["name", "from", "op", "to", "route", "guarantee"];
 const SINK: &[&str] = &["name", "from", "type", "path", "format"];
 const ROUTE: &[&str] = &["shard_by"];
 

@@ -87,6 +87,7 @@ pub struct RawStage {
     pub op: Spanned<toml::Value>,
     pub to: Option<Spanned<String>>,
     pub route: Option<Spanned<toml::Value>>,
+    pub guarantee: Option<Spanned<String>>,
 }
 
 #[derive(Debug, Deserialize)]

@@ -115,6 +115,17 @@ pub struct StageSpec {
     pub op: OpSpec,
     pub to: Option<usize>,
     pub route: Route,
+    pub guarantee: Guarantee,
+}
+
+/// What a restart promises about a stage's outputs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Guarantee {
+    /// Each input's outputs are in the output topic exactly once (replayed outputs that
+    /// already landed are dropped); needs a deterministic operator.
+    ExactlyOnce,
+    /// Nothing is lost; outputs of inputs replayed after a crash may appear again.
+    AtLeastOnce,
 }
 
 #[derive(Debug, Clone, PartialEq)]

@@ -457,6 +457,23 @@ impl Validator<'_, '_> {
             op,
             to,
             route: self.route(raw.route.as_ref(), &key("route")),
+            guarantee: match &raw.guarantee {
+                None => Guarantee::ExactlyOnce,
+                Some(g) => match g.get_ref().as_str() {
+                    "exactly_once" => Guarantee::ExactlyOnce,
+                    "at_least_once" => Guarantee::AtLeastOnce,
+                    other => {
+                        let hint = suggest(other, &["exactly_once", "at_least_once"]);
+                        self.error(
+                            g.span(),
+                            key("guarantee"),
+                            format!("unknown guarantee \"{other}\""),
+                            hint,
+                        );
+                        Guarantee::ExactlyOnce
+                    }
+                },
+            },
         }
     }
 

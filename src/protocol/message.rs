@@ -563,8 +563,62 @@ mod tests {
             Request::Job(JobRequest {
                 job: "j",
                 timeout_ms: 0,
-                record: value,
+                record: value.clone(),
             }),
+            Request::Claim(ClaimRequest {
+                topic: "t",
+                group: "g",
+                partition: None,
+                count: 10,
+                max_bytes: 99,
+                create: Some(crate::consumer::Options {
+                    start: crate::consumer::Start::After(4),
+                    reclaim_timeout_ms: Some(5),
+                    max_reclaims: Some(2),
+                    on_max: crate::consumer::OnMax::DeadLetter("dead".into()),
+                }),
+            }),
+            Request::Ack(ConsumerRef {
+                topic: "t",
+                group: "g",
+                partition: 1,
+            }),
+            Request::Reclaim(ConsumerRef {
+                topic: "t",
+                group: "g",
+                partition: 2,
+            }),
+            Request::AckCommit(
+                ConsumerRef {
+                    topic: "t",
+                    group: "g",
+                    partition: 0,
+                },
+                vec![ProduceGroup {
+                    topic: "out",
+                    partition: Some(1),
+                    records: vec![value],
+                }],
+            ),
+            Request::ConsumerAdmin(AdminRequest {
+                action: crate::protocol::consumer::AdminAction::Resume,
+                topic: "t",
+                group: "g",
+            }),
+            Request::Range(RangeRequest {
+                topic: "t",
+                partition: 0,
+                by_time: true,
+                reverse: true,
+                from: crate::protocol::consumer::Bound::Excluded(3),
+                to: crate::protocol::consumer::Bound::Unbounded,
+                limit: 7,
+                max_bytes: 8,
+            }),
+            Request::Length {
+                topic: "t",
+                partition: None,
+            },
         ];
         for request in requests {
             let mut out = Vec::new();
@@ -573,7 +627,9 @@ mod tests {
             // `raw` points into the frame; compare everything else.
             let clear = |r: &mut WireRecord<'_>| r.raw = &[];
             match &mut decoded {
-                Request::Produce(groups) => groups.iter_mut().flat_map(|g| &mut g.records).for_each(clear),
+                Request::Produce(groups) | Request::AckCommit(_, groups) => {
+                    groups.iter_mut().flat_map(|g| &mut g.records).for_each(clear)
+                }
                 Request::Job(j) => clear(&mut j.record),
                 _ => {}
             }
@@ -692,6 +748,21 @@ mod props {
         let mut w = FetchedWriter::begin(&mut out, 4, 0, 1);
         w.push(&mut out, 0, 5, Some(b"k"), b"v", &[("h", b"1")]);
         w.finish(&mut out);
+        let mut w = crate::protocol::consumer::ClaimedWriter::begin(&mut out, 5);
+        w.push(&mut out, 3, 5, None, b"v", &[]);
+        w.finish(&mut out, Some(1), 3, 4, 9);
+        crate::protocol::consumer::encode_acked(&mut out, 6, 1, 3, 4);
+        Request::Range(RangeRequest {
+            topic: "t",
+            partition: 0,
+            by_time: false,
+            reverse: true,
+            from: crate::protocol::consumer::Bound::Included(1),
+            to: crate::protocol::consumer::Bound::Excluded(9),
+            limit: 3,
+            max_bytes: 100,
+        })
+        .encode(7, &mut out);
         out
     }
 

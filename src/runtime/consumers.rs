@@ -348,11 +348,11 @@ fn unknown(shard: &Shard, topic: usize, group: &str) -> ProtocolError {
     .into()
 }
 
-fn local<'a>(
-    shard: &'a Shard,
+fn local(
+    shard: &Shard,
     topic: usize,
     partition: u32,
-) -> Result<&'a Rc<LocalPartition>, ProtocolError> {
+) -> Result<&Rc<LocalPartition>, ProtocolError> {
     shard.partitions.get(&(topic, partition)).ok_or_else(|| {
         ProtocolError::new(
             ErrorCode::Internal,

@@ -85,7 +85,7 @@ pub fn recover(
     std::fs::create_dir_all(&root).map_err(RuntimeError::io("create", &root))?;
     let options = journal_options(spec.engine.durability);
     let all = generations(&root)?;
-    let latest = all.iter().filter(|(_, _, complete)| *complete).next_back();
+    let latest = all.iter().rfind(|(_, _, complete)| *complete);
     let mut state = Replayed::default();
     if let Some((_, dir, _)) = latest {
         let entries = std::fs::read_dir(dir).map_err(RuntimeError::io("list", dir))?;

@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use glommio::{LocalExecutorBuilder, Placement};
 
-use crate::config::{Cores, DataflowSpec, OpSpec};
+use crate::config::{Cores, DataflowSpec, Guarantee, OpSpec};
 use crate::runtime::error::{Result, RuntimeError};
 use crate::runtime::journal_recovery::{self, ShardJournal};
 use crate::runtime::mesh::{self, Batch};
@@ -128,11 +128,12 @@ pub fn plan(spec: DataflowSpec) -> Result<Plan> {
                 let progress = stage_progress[&(i, topic, p)].clone();
                 let producer = stage_producer(&stage_spec.name, &spec.topics[topic].name, p);
                 // A clock-driven operator cannot be replayed exactly: it gets at-least-once.
-                let skip = if stage_spec.op.is_deterministic() {
-                    skip_points(&scanned[to], &producer, progress.next)
-                } else {
-                    vec![0; spec.topics[to].partitions as usize]
-                };
+                let skip =
+                    if stage_spec.op.is_deterministic() && stage_spec.guarantee == Guarantee::ExactlyOnce {
+                        skip_points(&scanned[to], &producer, progress.next)
+                    } else {
+                        vec![0; spec.topics[to].partitions as usize]
+                    };
                 plans[placement::owner(p, shards)].stages.push(StageTask {
                     stage: i,
                     topic,

@@ -6,6 +6,7 @@ mod config_check;
 mod consumers;
 mod crash;
 mod dataflow_run;
+mod exactly_once;
 mod fixture;
 mod ingest;
 mod log;
