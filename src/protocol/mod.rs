@@ -42,7 +42,36 @@
 //! 0x85 STATUS    bytes: the JSON document of GET /status
 //! 0xFF ERROR     u16 code, u32 length + UTF-8 message
 //! ```
-//! Kinds 0x10 to 0x2F are reserved for consumers (claim, ack, reclaim, admin).
+//! Consumers and range reads:
+//! ```text
+//! 0x10 CLAIM     string topic, string consumer, u32 partition (0xFFFF_FFFF: the first
+//!                partition, in turn, with records), u32 count, u32 max bytes,
+//!                u8 create (0, or 1 followed by the options below)
+//!                options: u8 start (0 `>` earliest, 1 `$>` new, 2 after an offset,
+//!                3 a time), i64 position, u64 reclaim timeout ms (0: none),
+//!                u32 max reclaims (0xFFFF_FFFF: none), u8 then (0 disable, 1 continue,
+//!                2 dead letter), string dead-letter topic
+//! 0x90 CLAIMED   u32 partition (0xFFFF_FFFF: nothing claimed), u64 from, u64 to (the
+//!                claimed range, end exclusive), u64 the partition's next offset,
+//!                u32 count, count x (u64 offset, record with its timestamp)
+//! 0x11 ACK       string topic, string consumer, u32 partition
+//! 0x91 ACKED     u32 partition, u64 from, u64 to: the range acked, once durable
+//! 0x12 RECLAIM   as ACK
+//! 0x92 RECLAIMED u32 partition, u64 from, u64 to, u32 reclaims so far, u8 outcome
+//!                (0 re-delivered next, 1 consumer disabled, 2 skipped, 3 dead-lettered)
+//! 0x13 ACK_COMMIT  as ACK, then a PRODUCE body: the ack and the records as one
+//! 0x93 COMMITTED u32 partition, u64 from, u64 to (acked), then a PRODUCED body
+//! 0x14 CONSUMERS u8 action (0 list, 1 disable, 2 resume, 3 destroy), string topic,
+//!                string consumer (empty: all, for list only)
+//! 0x94 CONSUMERS bytes: a JSON array of the cursors touched (topic, partition, group,
+//!                committed, claimed, reclaims, state, lag, next_offset, skipped, options)
+//! 0x15 RANGE     string topic, u32 partition, u8 flags (1 newest first, 2 bounds are
+//!                times), from and to each as u8 kind (0 none, 1 inclusive, 2 exclusive)
+//!                + i64 value, u32 limit, u32 max bytes; answered with FETCHED
+//! 0x16 LENGTH    string topic, u32 partition (0xFFFF_FFFF: the whole topic)
+//! 0x96 LENGTH    u64 records held
+//! ```
+//! Kinds 0x17 to 0x2F are reserved and answered "unsupported".
 //!
 //! ## Record
 //! ```text

@@ -348,11 +348,7 @@ fn unknown(shard: &Shard, topic: usize, group: &str) -> ProtocolError {
     .into()
 }
 
-fn local(
-    shard: &Shard,
-    topic: usize,
-    partition: u32,
-) -> Result<&Rc<LocalPartition>, ProtocolError> {
+fn local(shard: &Shard, topic: usize, partition: u32) -> Result<&Rc<LocalPartition>, ProtocolError> {
     shard.partitions.get(&(topic, partition)).ok_or_else(|| {
         ProtocolError::new(
             ErrorCode::Internal,

@@ -419,6 +419,8 @@ fn bad_input_gets_clear_errors_and_never_hurts_other_clients() {
     c.send_raw(&frame(1, 0x01, 2, &[1, 0, 6, 0, b'e'])).unwrap();
     expect_error(&mut c, ErrorCode::Malformed);
     c.send_raw(&frame(1, 0x10, 3, &[])).unwrap();
+    expect_error(&mut c, ErrorCode::Malformed);
+    c.send_raw(&frame(1, 0x20, 3, &[])).unwrap();
     expect_error(&mut c, ErrorCode::Unsupported);
     let mut bytes = Vec::new();
     encode_produce(&mut bytes, 4, "nosuch", None, &[OwnedWireRecord::value("x")]);
