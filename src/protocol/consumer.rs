@@ -5,8 +5,8 @@
 use crate::consumer::cursor::{OnMax, Options, Start};
 use crate::protocol::error::ProtocolError;
 use crate::protocol::frame::{Kind, begin_frame, finish_frame};
-use crate::protocol::message::{ANY_PARTITION, Run, encode_runs};
-use crate::protocol::wire::{Cursor, OwnedWireRecord, encode_record, put_bytes, put_str, put_u32, put_u64};
+use crate::protocol::message::{ANY_PARTITION, Run, encode_runs, push_record};
+use crate::protocol::wire::{Cursor, OwnedWireRecord, put_bytes, put_str, put_u32, put_u64};
 
 /// Names one consumer's place in one partition.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -297,8 +297,7 @@ impl ClaimedWriter {
         value: &[u8],
         headers: &[(&str, &[u8])],
     ) {
-        put_u64(out, offset);
-        encode_record(out, Some(timestamp_ms), key, value, headers);
+        push_record(out, offset, timestamp_ms, key, value, headers);
         self.count += 1;
     }
 

@@ -325,6 +325,19 @@ pub struct Fetched {
     pub records: Vec<(u64, OwnedWireRecord)>,
 }
 
+/// One `(u64 offset, record)` item of a FETCHED or CLAIMED body.
+pub fn push_record(
+    out: &mut Vec<u8>,
+    offset: u64,
+    timestamp_ms: i64,
+    key: Option<&[u8]>,
+    value: &[u8],
+    headers: &[(&str, &[u8])],
+) {
+    put_u64(out, offset);
+    encode_record(out, Some(timestamp_ms), key, value, headers);
+}
+
 /// Writes a FETCHED frame record by record, straight from the log.
 pub struct FetchedWriter {
     start: usize,
@@ -355,8 +368,7 @@ impl FetchedWriter {
         value: &[u8],
         headers: &[(&str, &[u8])],
     ) {
-        put_u64(out, offset);
-        encode_record(out, Some(timestamp_ms), key, value, headers);
+        push_record(out, offset, timestamp_ms, key, value, headers);
         self.count += 1;
     }
 

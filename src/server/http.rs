@@ -384,23 +384,10 @@ async fn get_records(shard: &Rc<Shard>, topic: &str, query: &str) -> Reply {
         .flatten()
         .and_then(|f| FrameResponse::decode(&f.header, f.body).ok());
     match decoded {
-        Some(FrameResponse::Fetched(fetched)) => {
-            let items: Vec<serde_json::Value> = fetched
-                .records
-                .iter()
-                .map(|(offset, r)| {
-                    crate::protocol::json::record_json(
-                        topic,
-                        partition,
-                        *offset,
-                        r.timestamp_ms.unwrap_or_default(),
-                        r.key.as_deref(),
-                        &r.value,
-                    )
-                })
-                .collect();
-            json(StatusCode::OK, &serde_json::Value::Array(items))
-        }
+        Some(FrameResponse::Fetched(fetched)) => json(
+            StatusCode::OK,
+            &http_consumers::records_json(topic, partition, &fetched.records),
+        ),
         Some(FrameResponse::Error { code, message, .. }) => {
             protocol_error(shard, &ProtocolError::new(code, message))
         }

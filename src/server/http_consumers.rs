@@ -66,7 +66,8 @@ fn decode(shard: &Shard, frame: &[u8]) -> Result<FrameResponse, Reply> {
     }
 }
 
-fn records_json(
+/// Records as `flowd tail --json` prints them, in one JSON array.
+pub fn records_json(
     topic: &str,
     partition: u32,
     records: &[(u64, crate::protocol::OwnedWireRecord)],
