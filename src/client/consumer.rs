@@ -4,7 +4,7 @@
 use crate::client::{Client, ClientError, Result, unexpected};
 use crate::consumer::cursor::Options;
 use crate::protocol::consumer::{
-    AdminAction, AdminRequest, Bound, ClaimRequest, Claimed, ConsumerRef, RangeRequest, ReclaimedReply,
+    AdminAction, AdminRequest, ClaimRequest, Claimed, ConsumerRef, RangeRequest, RangeSpec, ReclaimedReply,
 };
 use crate::protocol::message::{Fetched, Response, Run};
 use crate::protocol::{OwnedWireRecord, ProduceGroup, Request};
@@ -118,27 +118,8 @@ impl Client {
     }
 
     /// Records of a partition between two offsets (or times), oldest or newest first.
-    #[allow(clippy::too_many_arguments)]
-    pub fn range(
-        &mut self,
-        topic: &str,
-        partition: u32,
-        by_time: bool,
-        reverse: bool,
-        from: Bound,
-        to: Bound,
-        limit: u32,
-    ) -> Result<Fetched> {
-        let request = Request::Range(RangeRequest {
-            topic,
-            partition,
-            by_time,
-            reverse,
-            from,
-            to,
-            limit,
-            max_bytes: 1 << 20,
-        });
+    pub fn range(&mut self, topic: &str, spec: RangeSpec) -> Result<Fetched> {
+        let request = Request::Range(RangeRequest { topic, spec });
         match self.call(&request)? {
             Response::Fetched(f) => Ok(f),
             other => Err(unexpected(&other)),

@@ -5,7 +5,7 @@
 use crate::consumer::cursor::{OnMax, Options, Start};
 use crate::protocol::error::ProtocolError;
 use crate::protocol::frame::{Kind, begin_frame, finish_frame};
-use crate::protocol::message::{ANY_PARTITION, Run, encode_runs, push_record};
+use crate::protocol::message::{ANY_PARTITION, RecordsWriter, Run, encode_runs};
 use crate::protocol::wire::{Cursor, OwnedWireRecord, put_bytes, put_str, put_u32, put_u64};
 
 /// Names one consumer's place in one partition.
@@ -62,6 +62,12 @@ pub enum Bound {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct RangeRequest<'a> {
     pub topic: &'a str,
+    pub spec: RangeSpec,
+}
+
+/// What a range read asks of one partition: its bounds, order and limits.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RangeSpec {
     pub partition: u32,
     /// The bounds are timestamps (ms), not offsets.
     pub by_time: bool,
@@ -235,18 +241,21 @@ pub fn decode_range<'a>(c: &mut Cursor<'a>) -> Result<RangeRequest<'a>, Protocol
     }
     Ok(RangeRequest {
         topic,
-        partition,
-        reverse: flags & RANGE_REVERSE != 0,
-        by_time: flags & RANGE_BY_TIME != 0,
-        from: decode_bound(c, "the range start")?,
-        to: decode_bound(c, "the range end")?,
-        limit: c.u32("the limit")?,
-        max_bytes: c.u32("max bytes")?,
+        spec: RangeSpec {
+            partition,
+            reverse: flags & RANGE_REVERSE != 0,
+            by_time: flags & RANGE_BY_TIME != 0,
+            from: decode_bound(c, "the range start")?,
+            to: decode_bound(c, "the range end")?,
+            limit: c.u32("the limit")?,
+            max_bytes: c.u32("max bytes")?,
+        },
     })
 }
 
-pub fn put_range(out: &mut Vec<u8>, r: &RangeRequest<'_>) {
-    put_str(out, r.topic);
+pub fn put_range(out: &mut Vec<u8>, request: &RangeRequest<'_>) {
+    put_str(out, request.topic);
+    let r = &request.spec;
     put_u32(out, r.partition);
     let flags = if r.reverse { RANGE_REVERSE } else { 0 } | if r.by_time { RANGE_BY_TIME } else { 0 };
     out.push(flags);
@@ -268,54 +277,35 @@ pub struct Claimed {
     pub records: Vec<(u64, OwnedWireRecord)>,
 }
 
-/// Writes a CLAIMED frame record by record, straight from the log; the claimed range is
-/// filled in at the end.
-pub struct ClaimedWriter {
-    start: usize,
-    fields_at: usize,
-    count: u32,
+/// u32 partition, u64 from, u64 to, u64 next offset: the fields before the count.
+const CLAIMED_FIELDS: usize = 4 + 8 + 8 + 8;
+
+/// Starts a CLAIMED frame; the claimed range is filled in by `finish_claimed`, once the
+/// records that fit are pushed.
+pub fn begin_claimed(out: &mut Vec<u8>, request_id: u64) -> RecordsWriter {
+    RecordsWriter::begin(out, Kind::Claimed, request_id, &[0; CLAIMED_FIELDS])
 }
 
-impl ClaimedWriter {
-    pub fn begin(out: &mut Vec<u8>, request_id: u64) -> ClaimedWriter {
-        let start = begin_frame(out, Kind::Claimed, request_id);
-        let fields_at = out.len();
-        out.extend_from_slice(&[0; 4 + 8 + 8 + 8 + 4]);
-        ClaimedWriter {
-            start,
-            fields_at,
-            count: 0,
-        }
-    }
-
-    pub fn push(
-        &mut self,
-        out: &mut Vec<u8>,
-        offset: u64,
-        timestamp_ms: i64,
-        key: Option<&[u8]>,
-        value: &[u8],
-        headers: &[(&str, &[u8])],
-    ) {
-        push_record(out, offset, timestamp_ms, key, value, headers);
-        self.count += 1;
-    }
-
-    pub fn finish(self, out: &mut [u8], partition: Option<u32>, from: u64, to: u64, next_offset: u64) {
-        let mut fields = Vec::with_capacity(32);
-        put_u32(&mut fields, partition.unwrap_or(ANY_PARTITION));
-        put_u64(&mut fields, from);
-        put_u64(&mut fields, to);
-        put_u64(&mut fields, next_offset);
-        put_u32(&mut fields, self.count);
-        out[self.fields_at..self.fields_at + fields.len()].copy_from_slice(&fields);
-        finish_frame(out, self.start);
-    }
+pub fn finish_claimed(
+    writer: RecordsWriter,
+    out: &mut [u8],
+    partition: Option<u32>,
+    from: u64,
+    to: u64,
+    next_offset: u64,
+) {
+    let mut fields = Vec::with_capacity(CLAIMED_FIELDS);
+    put_u32(&mut fields, partition.unwrap_or(ANY_PARTITION));
+    put_u64(&mut fields, from);
+    put_u64(&mut fields, to);
+    put_u64(&mut fields, next_offset);
+    writer.finish_with(out, &fields);
 }
 
 /// An empty CLAIMED frame: nothing to claim.
 pub fn encode_nothing_claimed(out: &mut Vec<u8>, request_id: u64, next_offset: u64) {
-    ClaimedWriter::begin(out, request_id).finish(out, None, 0, 0, next_offset);
+    let writer = begin_claimed(out, request_id);
+    finish_claimed(writer, out, None, 0, 0, next_offset);
 }
 
 pub fn decode_claimed(c: &mut Cursor<'_>) -> Result<Claimed, ProtocolError> {

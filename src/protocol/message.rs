@@ -325,38 +325,37 @@ pub struct Fetched {
     pub records: Vec<(u64, OwnedWireRecord)>,
 }
 
-/// One `(u64 offset, record)` item of a FETCHED or CLAIMED body.
-pub fn push_record(
-    out: &mut Vec<u8>,
-    offset: u64,
-    timestamp_ms: i64,
-    key: Option<&[u8]>,
-    value: &[u8],
-    headers: &[(&str, &[u8])],
-) {
-    put_u64(out, offset);
-    encode_record(out, Some(timestamp_ms), key, value, headers);
-}
-
-/// Writes a FETCHED frame record by record, straight from the log.
-pub struct FetchedWriter {
+/// Writes a frame whose body is some fields, a u32 record count, then `(u64 offset,
+/// record)` items, record by record straight from the log: FETCHED and CLAIMED.
+pub struct RecordsWriter {
     start: usize,
+    fields_at: usize,
     count_at: usize,
     count: u32,
 }
 
-impl FetchedWriter {
-    pub fn begin(out: &mut Vec<u8>, request_id: u64, start_offset: u64, next_offset: u64) -> FetchedWriter {
-        let start = begin_frame(out, Kind::Fetched, request_id);
-        put_u64(out, start_offset);
-        put_u64(out, next_offset);
+impl RecordsWriter {
+    /// Starts the frame with `fields`; placeholders may be overwritten by `finish_with`.
+    pub fn begin(out: &mut Vec<u8>, kind: Kind, request_id: u64, fields: &[u8]) -> RecordsWriter {
+        let start = begin_frame(out, kind, request_id);
+        let fields_at = out.len();
+        out.extend_from_slice(fields);
         let count_at = out.len();
         put_u32(out, 0);
-        FetchedWriter {
+        RecordsWriter {
             start,
+            fields_at,
             count_at,
             count: 0,
         }
+    }
+
+    /// A FETCHED frame: the partition's ends, then the records.
+    pub fn fetched(out: &mut Vec<u8>, request_id: u64, start_offset: u64, next_offset: u64) -> RecordsWriter {
+        let mut fields = Vec::with_capacity(16);
+        put_u64(&mut fields, start_offset);
+        put_u64(&mut fields, next_offset);
+        RecordsWriter::begin(out, Kind::Fetched, request_id, &fields)
     }
 
     pub fn push(
@@ -368,13 +367,30 @@ impl FetchedWriter {
         value: &[u8],
         headers: &[(&str, &[u8])],
     ) {
-        push_record(out, offset, timestamp_ms, key, value, headers);
+        put_u64(out, offset);
+        encode_record(out, Some(timestamp_ms), key, value, headers);
         self.count += 1;
+    }
+
+    /// Records pushed so far.
+    pub fn count(&self) -> u32 {
+        self.count
     }
 
     pub fn finish(self, out: &mut [u8]) {
         out[self.count_at..self.count_at + 4].copy_from_slice(&self.count.to_le_bytes());
         finish_frame(out, self.start);
+    }
+
+    /// Overwrites the fields given to `begin` (same length), then finishes.
+    pub fn finish_with(self, out: &mut [u8], fields: &[u8]) {
+        assert_eq!(
+            fields.len(),
+            self.count_at - self.fields_at,
+            "fields keep their length"
+        );
+        out[self.fields_at..self.count_at].copy_from_slice(fields);
+        self.finish(out);
     }
 }
 
@@ -619,13 +635,15 @@ mod tests {
             }),
             Request::Range(RangeRequest {
                 topic: "t",
-                partition: 0,
-                by_time: true,
-                reverse: true,
-                from: crate::protocol::consumer::Bound::Excluded(3),
-                to: crate::protocol::consumer::Bound::Unbounded,
-                limit: 7,
-                max_bytes: 8,
+                spec: crate::protocol::consumer::RangeSpec {
+                    partition: 0,
+                    by_time: true,
+                    reverse: true,
+                    from: crate::protocol::consumer::Bound::Excluded(3),
+                    to: crate::protocol::consumer::Bound::Unbounded,
+                    limit: 7,
+                    max_bytes: 8,
+                },
             }),
             Request::Length {
                 topic: "t",
@@ -661,7 +679,7 @@ mod tests {
         assert_eq!(decode_response(&out), Response::Produced(runs));
 
         let mut out = Vec::new();
-        let mut w = FetchedWriter::begin(&mut out, 2, 0, 5);
+        let mut w = RecordsWriter::fetched(&mut out, 2, 0, 5);
         w.push(&mut out, 4, 99, None, b"x", &[]);
         w.finish(&mut out);
         let mut record = OwnedWireRecord::value("x");
@@ -757,22 +775,24 @@ mod props {
                 count: 2,
             }]],
         );
-        let mut w = FetchedWriter::begin(&mut out, 4, 0, 1);
+        let mut w = RecordsWriter::fetched(&mut out, 4, 0, 1);
         w.push(&mut out, 0, 5, Some(b"k"), b"v", &[("h", b"1")]);
         w.finish(&mut out);
-        let mut w = crate::protocol::consumer::ClaimedWriter::begin(&mut out, 5);
+        let mut w = crate::protocol::consumer::begin_claimed(&mut out, 5);
         w.push(&mut out, 3, 5, None, b"v", &[]);
-        w.finish(&mut out, Some(1), 3, 4, 9);
+        crate::protocol::consumer::finish_claimed(w, &mut out, Some(1), 3, 4, 9);
         crate::protocol::consumer::encode_acked(&mut out, 6, 1, 3, 4);
         Request::Range(RangeRequest {
             topic: "t",
-            partition: 0,
-            by_time: false,
-            reverse: true,
-            from: crate::protocol::consumer::Bound::Included(1),
-            to: crate::protocol::consumer::Bound::Excluded(9),
-            limit: 3,
-            max_bytes: 100,
+            spec: crate::protocol::consumer::RangeSpec {
+                partition: 0,
+                by_time: false,
+                reverse: true,
+                from: crate::protocol::consumer::Bound::Included(1),
+                to: crate::protocol::consumer::Bound::Excluded(9),
+                limit: 3,
+                max_bytes: 100,
+            },
         })
         .encode(7, &mut out);
         out

@@ -22,15 +22,15 @@ use serde::{Deserialize, Serialize};
 use crate::consumer::cursor::{Cursor, Options, Outcome, Range, Reclaimed, State, Why};
 use crate::consumer::error::ConsumerError;
 use crate::consumer::journal::{Entry, PartRef, TXN_HEADER};
-use crate::protocol::consumer::{AdminAction, Bound, ClaimedWriter, RangeRequest};
-use crate::protocol::message::FetchedWriter;
+use crate::protocol::consumer::{AdminAction, Bound, RangeSpec, begin_claimed, finish_claimed};
+use crate::protocol::message::RecordsWriter;
 use crate::protocol::wire::{RESERVED_HEADER_PREFIX, encode_record};
 use crate::protocol::{ErrorCode, ProtocolError};
 use crate::runtime::journal_recovery::{Cursors, ShardJournal};
 use crate::runtime::mesh::{Ack, Batch, Payload};
 use crate::runtime::placement::{owner, partition_of_bytes};
 use crate::runtime::provenance::END_HEADER;
-use crate::runtime::service::{FETCH_BYTES_MAX, FETCH_RECORDS_MAX};
+use crate::runtime::service::{FETCH_RECORDS_MAX, copy_records};
 use crate::runtime::shard::{Backoff, LocalPartition, Shard};
 use crate::storage::layout::now_ms;
 use crate::storage::{AppendReceipt, PartitionLog, Record};
@@ -241,35 +241,13 @@ pub enum PartitionOp {
     },
     Range {
         topic: usize,
-        partition: u32,
-        by_time: bool,
-        reverse: bool,
-        from: Bound,
-        to: Bound,
-        limit: u32,
-        max_bytes: u32,
+        spec: RangeSpec,
         request_id: u64,
     },
     Length {
         topic: usize,
         partition: u32,
     },
-}
-
-impl PartitionOp {
-    pub fn range(topic: usize, r: &RangeRequest<'_>, request_id: u64) -> PartitionOp {
-        PartitionOp::Range {
-            topic,
-            partition: r.partition,
-            by_time: r.by_time,
-            reverse: r.reverse,
-            from: r.from,
-            to: r.to,
-            limit: r.limit,
-            max_bytes: r.max_bytes,
-            request_id,
-        }
-    }
 }
 
 #[derive(Debug)]
@@ -437,18 +415,12 @@ pub async fn run(shard: &Rc<Shard>, op: PartitionOp) -> OpResult {
         PartitionOp::Admin { topic, group, action } => admin(shard, topic, group.as_deref(), action).await,
         PartitionOp::Range {
             topic,
-            partition,
-            by_time,
-            reverse,
-            from,
-            to,
-            limit,
-            max_bytes,
+            spec,
             request_id,
         } => {
-            let local = local(shard, topic, partition)?;
+            let local = local(shard, topic, spec.partition)?;
             let log = local.log.borrow();
-            let (frame, records) = read_range(&log, by_time, reverse, from, to, limit, max_bytes, request_id);
+            let (frame, records) = read_range(&log, &spec, request_id);
             Ok(OpReply::Frame { frame, records })
         }
         PartitionOp::Length { topic, partition } => {
@@ -506,42 +478,28 @@ async fn claim(
     let log = local.log.borrow();
     let from = cursor.claimable(log.start_offset())?;
     let mut out = Vec::new();
-    let mut writer = ClaimedWriter::begin(&mut out, request_id);
-    let max_bytes = max_bytes.clamp(1, FETCH_BYTES_MAX) as usize;
-    let max_records = count.clamp(1, FETCH_RECORDS_MAX);
-    let mut taken = 0;
+    let mut writer = begin_claimed(&mut out, request_id);
     let mut range = None;
-    if let Some(from) = from {
-        let body_start = out.len();
-        let mut to = from;
-        for view in log.read(from) {
-            if taken >= max_records || (taken > 0 && out.len() - body_start >= max_bytes) {
-                break;
-            }
-            to = view.offset() + 1;
-            let headers: Vec<(&str, &[u8])> = view.headers().collect();
-            if headers.iter().any(|(name, _)| *name == END_HEADER) {
-                continue;
-            }
-            writer.push(
-                &mut out,
-                view.offset(),
-                view.timestamp_ms(),
-                view.key(),
-                view.value(),
-                &headers,
-            );
-            taken += 1;
-        }
-        if taken == 0 {
+    if let Some(from) = from
+        && let Some(to) = copy_records(&mut writer, &mut out, log.read(from), count, max_bytes)
+    {
+        if writer.count() == 0 {
             // Only engine markers: nothing for the client, and nothing to hold back.
             cursor.committed = to;
         } else {
             range = cursor.claim(to, now);
         }
     }
+    let taken = writer.count();
     let (from, to) = range.map_or((0, 0), |r| (r.from, r.to));
-    writer.finish(&mut out, range.map(|_| partition), from, to, log.next_offset());
+    finish_claimed(
+        writer,
+        &mut out,
+        range.map(|_| partition),
+        from,
+        to,
+        log.next_offset(),
+    );
     drop(log);
     if created || cursor != before {
         consumers.write_set(shard, topic, partition, group, &cursor)?;
@@ -847,56 +805,31 @@ fn offsets(log: &PartitionLog, by_time: bool, from: Bound, to: Bound) -> (u64, u
 
 /// A FETCHED frame of the records in a range, oldest first, or newest first when
 /// `reverse` (then the newest `limit` of them).
-#[allow(clippy::too_many_arguments)]
-fn read_range(
-    log: &PartitionLog,
-    by_time: bool,
-    reverse: bool,
-    from: Bound,
-    to: Bound,
-    limit: u32,
-    max_bytes: u32,
-    request_id: u64,
-) -> (Vec<u8>, u32) {
-    let (lo, hi) = offsets(log, by_time, from, to);
-    let limit = limit.clamp(1, FETCH_RECORDS_MAX) as u64;
-    let max_bytes = max_bytes.clamp(1, FETCH_BYTES_MAX) as usize;
+fn read_range(log: &PartitionLog, spec: &RangeSpec, request_id: u64) -> (Vec<u8>, u32) {
+    let (lo, hi) = offsets(log, spec.by_time, spec.from, spec.to);
     let mut out = Vec::new();
-    let mut writer = FetchedWriter::begin(&mut out, request_id, log.start_offset(), log.next_offset());
-    let body_start = out.len();
-    let mut taken = 0u32;
-    if lo < hi {
+    let mut writer = RecordsWriter::fetched(&mut out, request_id, log.start_offset(), log.next_offset());
+    if lo < hi && !spec.reverse {
+        copy_records(
+            &mut writer,
+            &mut out,
+            log.read_range(lo, hi),
+            spec.limit,
+            spec.max_bytes,
+        );
+    } else if lo < hi {
         // Offsets are dense: the newest `limit` records start at `hi - limit` (end
         // markers, skipped, may make it fewer).
-        let first = if reverse {
-            hi.saturating_sub(limit).max(lo)
-        } else {
-            lo
-        };
+        let limit = spec.limit.clamp(1, FETCH_RECORDS_MAX);
         let mut views: Vec<_> = log
-            .read_range(first, hi)
+            .read_range(hi.saturating_sub(limit.into()).max(lo), hi)
             .filter(|v| !v.headers().any(|(n, _)| n == END_HEADER))
             .take(limit as usize)
             .collect();
-        if reverse {
-            views.reverse();
-        }
-        for view in views {
-            if taken > 0 && out.len() - body_start >= max_bytes {
-                break;
-            }
-            let headers: Vec<(&str, &[u8])> = view.headers().collect();
-            writer.push(
-                &mut out,
-                view.offset(),
-                view.timestamp_ms(),
-                view.key(),
-                view.value(),
-                &headers,
-            );
-            taken += 1;
-        }
+        views.reverse();
+        copy_records(&mut writer, &mut out, views, limit, spec.max_bytes);
     }
+    let taken = writer.count();
     writer.finish(&mut out);
     (out, taken)
 }

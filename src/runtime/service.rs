@@ -7,11 +7,12 @@ use std::time::{Duration, Instant};
 
 use serde::Serialize;
 
-use crate::protocol::message::FetchedWriter;
+use crate::protocol::message::RecordsWriter;
 use crate::protocol::{ErrorCode, FetchFrom, ProtocolError};
 use crate::runtime::consumers::{self, OpResult, PartitionOp};
 use crate::runtime::provenance::END_HEADER;
 use crate::runtime::shard::{Backoff, Shard};
+use crate::storage::RecordView;
 
 /// Requests a shard's service channel holds before senders wait.
 pub const SERVICE_CHANNEL_MAX: usize = 1024;
@@ -193,31 +194,53 @@ pub async fn fetch_local(shard: &Shard, order: &FetchOrder) -> Vec<u8> {
     }
     let log = partition.log.borrow();
     let mut out = Vec::new();
-    let mut writer = FetchedWriter::begin(&mut out, order.request_id, log.start_offset(), log.next_offset());
-    let max_bytes = order.max_bytes.clamp(1, FETCH_BYTES_MAX) as usize;
-    let max_records = order.max_records.clamp(1, FETCH_RECORDS_MAX);
-    let mut taken = 0;
+    let mut writer =
+        RecordsWriter::fetched(&mut out, order.request_id, log.start_offset(), log.next_offset());
+    copy_records(
+        &mut writer,
+        &mut out,
+        log.read(position),
+        order.max_records,
+        order.max_bytes,
+    );
+    writer.finish(&mut out);
+    out
+}
+
+/// Pushes `views` into `writer`, skipping end-of-input markers (engine bookkeeping),
+/// until `max_records` are written or they take `max_bytes` (each clamped to the fetch
+/// limits; at least one record goes). Returns the offset after the last record read,
+/// markers included.
+pub fn copy_records<'a>(
+    writer: &mut RecordsWriter,
+    out: &mut Vec<u8>,
+    views: impl IntoIterator<Item = RecordView<'a>>,
+    max_records: u32,
+    max_bytes: u32,
+) -> Option<u64> {
+    let max_records = max_records.clamp(1, FETCH_RECORDS_MAX);
+    let max_bytes = max_bytes.clamp(1, FETCH_BYTES_MAX) as usize;
     let body_start = out.len();
-    for view in log.read(position) {
-        if taken >= max_records || (taken > 0 && out.len() - body_start >= max_bytes) {
+    let mut read_to = None;
+    for view in views {
+        if writer.count() >= max_records || (writer.count() > 0 && out.len() - body_start >= max_bytes) {
             break;
         }
+        read_to = Some(view.offset() + 1);
         let headers: Vec<(&str, &[u8])> = view.headers().collect();
         if headers.iter().any(|(name, _)| *name == END_HEADER) {
             continue;
         }
         writer.push(
-            &mut out,
+            out,
             view.offset(),
             view.timestamp_ms(),
             view.key(),
             view.value(),
             &headers,
         );
-        taken += 1;
     }
-    writer.finish(&mut out);
-    out
+    read_to
 }
 
 pub fn error_frame(request_id: u64, error: &ProtocolError) -> Vec<u8> {

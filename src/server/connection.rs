@@ -224,7 +224,7 @@ async fn dispatch(
         Request::Fetch(f) => u64::from(f.max_bytes.min(FETCH_BYTES_MAX)) + SMALL_RESPONSE,
         Request::Job(_) | Request::Status | Request::ConsumerAdmin(_) => LARGE_RESPONSE,
         Request::Claim(c) => u64::from(c.max_bytes.min(FETCH_BYTES_MAX)) + SMALL_RESPONSE,
-        Request::Range(r) => u64::from(r.max_bytes.min(FETCH_BYTES_MAX)) + SMALL_RESPONSE,
+        Request::Range(r) => u64::from(r.spec.max_bytes.min(FETCH_BYTES_MAX)) + SMALL_RESPONSE,
         Request::Ack(_) | Request::Reclaim(_) | Request::AckCommit(..) | Request::Length { .. } => {
             SMALL_RESPONSE
         }

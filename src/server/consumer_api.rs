@@ -301,8 +301,13 @@ pub async fn range(
     r: &RangeRequest<'_>,
     request_id: u64,
 ) -> Result<Vec<u8>, ProtocolError> {
-    let topic = topic_of(shard, r.topic, Some(r.partition))?;
-    match on_owner(shard, r.partition, PartitionOp::range(topic, r, request_id)).await? {
+    let topic = topic_of(shard, r.topic, Some(r.spec.partition))?;
+    let op = PartitionOp::Range {
+        topic,
+        spec: r.spec,
+        request_id,
+    };
+    match on_owner(shard, r.spec.partition, op).await? {
         OpReply::Frame { frame, .. } => Ok(frame),
         _ => Err(unexpected()),
     }

@@ -22,7 +22,9 @@ use std::rc::Rc;
 use hyper::StatusCode;
 
 use crate::consumer::cursor::{OnMax, Options, Start};
-use crate::protocol::consumer::{AdminAction, AdminRequest, Bound, ClaimRequest, ConsumerRef, RangeRequest};
+use crate::protocol::consumer::{
+    AdminAction, AdminRequest, Bound, ClaimRequest, ConsumerRef, RangeRequest, RangeSpec,
+};
 use crate::protocol::message::Response as FrameResponse;
 use crate::protocol::wire::Cursor;
 use crate::protocol::{ProduceGroup, ProtocolError, parse_frame};
@@ -306,13 +308,15 @@ pub async fn topic_read(shard: &Rc<Shard>, topic: &str, what: &str, query: &str)
                 };
                 let request = RangeRequest {
                     topic,
-                    partition: p,
-                    by_time,
-                    reverse: matches!(query_param(query, "reverse").as_deref(), Some("true" | "1")),
-                    from: bound(query, "from", "after")?,
-                    to: bound(query, "to", "before")?,
-                    limit: number(query, "limit")?.unwrap_or(100),
-                    max_bytes: 1 << 20,
+                    spec: RangeSpec {
+                        partition: p,
+                        by_time,
+                        reverse: matches!(query_param(query, "reverse").as_deref(), Some("true" | "1")),
+                        from: bound(query, "from", "after")?,
+                        to: bound(query, "to", "before")?,
+                        limit: number(query, "limit")?.unwrap_or(100),
+                        max_bytes: 1 << 20,
+                    },
                 };
                 let frame = consumer_api::range(shard, &request, 0).await.map_err(fail)?;
                 match decode(shard, &frame)? {

@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use flowd::client::{Client, ClientError};
 use flowd::consumer::{OnMax, Options, Start};
-use flowd::protocol::consumer::{AdminAction, Bound};
+use flowd::protocol::consumer::{AdminAction, Bound, RangeSpec};
 use flowd::protocol::{ErrorCode, OwnedWireRecord};
 
 use crate::ingest::{Server, http, run_cli};
@@ -346,6 +346,19 @@ fn consumer_specifications() {
     }
 }
 
+/// A range read of partition P.
+fn span(by_time: bool, reverse: bool, from: Bound, to: Bound, limit: u32) -> RangeSpec {
+    RangeSpec {
+        partition: P,
+        by_time,
+        reverse,
+        from,
+        to,
+        limit,
+        max_bytes: 1 << 20,
+    }
+}
+
 #[test]
 fn start_positions_any_partition_ranges_and_bad_requests() {
     let dir = fast_tempdir();
@@ -394,19 +407,25 @@ fn start_positions_any_partition_ranges_and_bad_requests() {
     let offsets =
         |f: flowd::protocol::message::Fetched| f.records.iter().map(|(o, _)| *o).collect::<Vec<_>>();
     let r = c
-        .range("s0", P, false, false, Bound::Excluded(1), Bound::Included(4), 100)
+        .range(
+            "s0",
+            span(false, false, Bound::Excluded(1), Bound::Included(4), 100),
+        )
         .unwrap();
     assert_eq!(offsets(r), vec![2, 3, 4]);
     let r = c
-        .range("s0", P, false, true, Bound::Unbounded, Bound::Unbounded, 3)
+        .range("s0", span(false, true, Bound::Unbounded, Bound::Unbounded, 3))
         .unwrap();
     assert_eq!(offsets(r), vec![6, 5, 4]);
     let r = c
-        .range("s0", P, false, false, Bound::Included(2), Bound::Excluded(2), 10)
+        .range(
+            "s0",
+            span(false, false, Bound::Included(2), Bound::Excluded(2), 10),
+        )
         .unwrap();
     assert!(r.records.is_empty());
     let r = c
-        .range("s0", P, true, false, Bound::Included(0), Bound::Unbounded, 2)
+        .range("s0", span(true, false, Bound::Included(0), Bound::Unbounded, 2))
         .unwrap();
     assert_eq!(offsets(r), vec![0, 1], "by time from the epoch");
     assert_eq!(c.length("s0", Some(P)).unwrap(), 7);
