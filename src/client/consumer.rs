@@ -6,8 +6,8 @@ use crate::consumer::cursor::Options;
 use crate::protocol::consumer::{
     AdminAction, AdminRequest, ClaimRequest, Claimed, ConsumerRef, RangeRequest, RangeSpec, ReclaimedReply,
 };
-use crate::protocol::message::{Fetched, Response, Run};
-use crate::protocol::{OwnedWireRecord, ProduceGroup, Request};
+use crate::protocol::message::{Fetched, Response, Run, encode_ack_commit};
+use crate::protocol::{OwnedWireRecord, Request};
 use crate::runtime::consumers::CursorInfo;
 
 /// The range an ack-and-commit acked, and the offsets of the records it produced.
@@ -70,39 +70,13 @@ impl Client {
         to_topic: &str,
         records: &[OwnedWireRecord],
     ) -> Result<Committed> {
-        let headers: Vec<Vec<(&str, &[u8])>> = records
-            .iter()
-            .map(|r| {
-                r.headers
-                    .iter()
-                    .map(|(n, v)| (n.as_str(), v.as_slice()))
-                    .collect()
-            })
-            .collect();
-        let wire = records
-            .iter()
-            .zip(&headers)
-            .map(|(r, headers)| crate::protocol::WireRecord {
-                timestamp_ms: r.timestamp_ms,
-                key: r.key.as_deref(),
-                value: &r.value,
-                headers: headers.clone(),
-                raw: &[],
-            })
-            .collect();
-        let request = Request::AckCommit(
-            ConsumerRef {
-                topic,
-                group,
-                partition,
-            },
-            vec![ProduceGroup {
-                topic: to_topic,
-                partition: None,
-                records: wire,
-            }],
-        );
-        match self.call(&request)? {
+        let claim = ConsumerRef {
+            topic,
+            group,
+            partition,
+        };
+        let id = self.send_encoded(|out, id| encode_ack_commit(out, id, &claim, to_topic, records))?;
+        match self.answer(id)? {
             Response::Committed { from, to, runs, .. } => Ok(((from, to), runs)),
             other => Err(unexpected(&other)),
         }

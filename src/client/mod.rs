@@ -94,11 +94,7 @@ impl Client {
 
     /// Queues a request (sent at the next `flush` or read); returns its id.
     pub fn send(&mut self, request: &Request<'_>) -> Result<u64> {
-        let id = self.take_id();
-        self.frame.clear();
-        request.encode(id, &mut self.frame);
-        self.writer.write_all(&self.frame).map_err(self.io())?;
-        Ok(id)
+        self.send_encoded(|out, id| request.encode(id, out))
     }
 
     /// Queues a produce of `records` to one topic; returns its id.
@@ -108,9 +104,14 @@ impl Client {
         partition: Option<u32>,
         records: &[OwnedWireRecord],
     ) -> Result<u64> {
+        self.send_encoded(|out, id| encode_produce(out, id, topic, partition, records))
+    }
+
+    /// Queues the frame `encode` writes for a fresh request id; returns the id.
+    pub(crate) fn send_encoded(&mut self, encode: impl FnOnce(&mut Vec<u8>, u64)) -> Result<u64> {
         let id = self.take_id();
         self.frame.clear();
-        encode_produce(&mut self.frame, id, topic, partition, records);
+        encode(&mut self.frame, id);
         self.writer.write_all(&self.frame).map_err(self.io())?;
         Ok(id)
     }
@@ -155,6 +156,11 @@ impl Client {
     /// One request, one response (nothing else in flight).
     pub fn call(&mut self, request: &Request<'_>) -> Result<Response> {
         let id = self.send(request)?;
+        self.answer(id)
+    }
+
+    /// The response to request `id`, the only one in flight; an ERROR as an error.
+    pub(crate) fn answer(&mut self, id: u64) -> Result<Response> {
         let (got, response) = self.recv()?;
         if got != id {
             return Err(ClientError::Protocol(format!(
@@ -206,13 +212,7 @@ impl Client {
     /// per record, in order.
     pub fn produce(&mut self, topic: &str, records: &[OwnedWireRecord]) -> Result<Vec<(u32, u64)>> {
         let id = self.send_produce(topic, None, records)?;
-        let (got, response) = self.recv()?;
-        if got != id {
-            return Err(ClientError::Protocol(format!(
-                "a response to request {got}, expected {id}"
-            )));
-        }
-        offsets(server_error(response)?)
+        offsets(self.answer(id)?)
     }
 
     /// Sends a job and waits for its answer.

@@ -258,6 +258,26 @@ pub fn encode_produce(
     records: &[OwnedWireRecord],
 ) {
     let start = begin_frame(out, Kind::Produce, request_id);
+    put_owned_group(out, topic, partition, records);
+    finish_frame(out, start);
+}
+
+/// An ACK_COMMIT of a claim with client-built records for one topic.
+pub fn encode_ack_commit(
+    out: &mut Vec<u8>,
+    request_id: u64,
+    claim: &ConsumerRef<'_>,
+    topic: &str,
+    records: &[OwnedWireRecord],
+) {
+    let start = begin_frame(out, Kind::AckCommit, request_id);
+    consumer::put_ref(out, claim);
+    put_owned_group(out, topic, None, records);
+    finish_frame(out, start);
+}
+
+/// A produce body of one group of client-built records.
+fn put_owned_group(out: &mut Vec<u8>, topic: &str, partition: Option<u32>, records: &[OwnedWireRecord]) {
     put_u16(out, 1);
     put_str(out, topic);
     put_u32(out, partition.unwrap_or(ANY_PARTITION));
@@ -265,7 +285,6 @@ pub fn encode_produce(
     for r in records {
         r.encode(out);
     }
-    finish_frame(out, start);
 }
 
 /// Consecutive records of a group that went to one partition, with dense offsets.

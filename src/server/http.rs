@@ -250,6 +250,25 @@ pub fn parse_records(body: &[u8]) -> Result<Vec<OwnedWireRecord>, String> {
     Ok(items.into_iter().map(item_record).collect())
 }
 
+/// A produce group of records parsed from a body, encoded into `encoded` and borrowed
+/// from it as the binary protocol's decoder would give them.
+pub fn produce_group<'a>(
+    topic: &'a str,
+    records: &[OwnedWireRecord],
+    encoded: &'a mut Vec<u8>,
+) -> ProduceGroup<'a> {
+    for r in records {
+        r.encode(encoded);
+    }
+    let mut cursor = Cursor::new(encoded);
+    let wire: Result<Vec<_>, _> = records.iter().map(|_| cursor.record()).collect();
+    ProduceGroup {
+        topic,
+        partition: None,
+        records: wire.expect("records just encoded decode"),
+    }
+}
+
 fn item_record(item: serde_json::Value) -> OwnedWireRecord {
     let bytes = |v: &serde_json::Value| match v {
         serde_json::Value::String(s) => s.clone().into_bytes(),
@@ -275,16 +294,7 @@ async fn post_records(shard: &Rc<Shard>, topic: &str, body: &[u8]) -> Reply {
         Err(message) => return protocol_error(shard, &ProtocolError::malformed(message)),
     };
     let mut encoded = Vec::new();
-    for r in &records {
-        r.encode(&mut encoded);
-    }
-    let mut cursor = Cursor::new(&encoded);
-    let wire: Result<Vec<_>, _> = records.iter().map(|_| cursor.record()).collect();
-    let group = ProduceGroup {
-        topic,
-        partition: None,
-        records: wire.expect("records just encoded decode"),
-    };
+    let group = produce_group(topic, &records, &mut encoded);
     let outcome = match api::produce(shard, std::slice::from_ref(&group)).await {
         Ok(pending) => pending.wait(shard).await,
         Err(e) => Err(e),

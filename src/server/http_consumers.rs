@@ -26,11 +26,10 @@ use crate::protocol::consumer::{
     AdminAction, AdminRequest, Bound, ClaimRequest, ConsumerRef, RangeRequest, RangeSpec,
 };
 use crate::protocol::message::Response as FrameResponse;
-use crate::protocol::wire::Cursor;
-use crate::protocol::{ProduceGroup, ProtocolError, parse_frame};
+use crate::protocol::{ProtocolError, parse_frame};
 use crate::runtime::shard::Shard;
 use crate::server::consumer_api;
-use crate::server::http::{Reply, error, json, parse_records, protocol_error, query_param};
+use crate::server::http::{Reply, error, json, parse_records, produce_group, protocol_error, query_param};
 
 fn bad(message: String) -> Reply {
     error(StatusCode::BAD_REQUEST, &message)
@@ -235,16 +234,7 @@ async fn consumer_post_inner(
                 query_param(query, "to").ok_or_else(|| bad("name the output topic: ?to=TOPIC".into()))?;
             let records = parse_records(body).map_err(|m| fail(ProtocolError::malformed(m)))?;
             let mut encoded = Vec::new();
-            for r in &records {
-                r.encode(&mut encoded);
-            }
-            let mut cursor = Cursor::new(&encoded);
-            let wire: Result<Vec<_>, _> = records.iter().map(|_| cursor.record()).collect();
-            let group_records = ProduceGroup {
-                topic: &to_topic,
-                partition: None,
-                records: wire.expect("records just encoded decode"),
-            };
+            let group_records = produce_group(&to_topic, &records, &mut encoded);
             let r = ConsumerRef {
                 topic,
                 group,
