@@ -7,7 +7,7 @@ use std::io::{BufReader, BufWriter, Read, Write};
 use std::net::{SocketAddr, TcpStream, ToSocketAddrs};
 use std::time::Duration;
 
-use crate::protocol::message::{Fetched, Metadata, Response, encode_produce};
+use crate::protocol::message::{Fetched, Metadata, Response, encode_produce, record_offsets};
 use crate::protocol::{
     ErrorCode, FetchFrom, FetchRequest, JobRequest, OwnedWireRecord, Request, WireRecord, parse_frame,
 };
@@ -252,11 +252,7 @@ pub fn server_error(response: Response) -> Result<Response> {
 /// The `(partition, offset)` of every record of a PRODUCED response, in input order.
 pub fn offsets(response: Response) -> Result<Vec<(u32, u64)>> {
     match response {
-        Response::Produced(groups) => Ok(groups
-            .iter()
-            .flatten()
-            .flat_map(|run| (0..u64::from(run.count)).map(move |i| (run.partition, run.first_offset + i)))
-            .collect()),
+        Response::Produced(groups) => Ok(record_offsets(&groups).collect()),
         other => Err(unexpected(&other)),
     }
 }

@@ -5,7 +5,7 @@
 use crate::consumer::cursor::{OnMax, Options, Start};
 use crate::protocol::error::ProtocolError;
 use crate::protocol::frame::{Kind, begin_frame, finish_frame};
-use crate::protocol::message::{ANY_PARTITION, RecordsWriter, Run, encode_runs};
+use crate::protocol::message::{ANY_PARTITION, RecordsWriter, Run, decode_items, encode_runs};
 use crate::protocol::wire::{Cursor, OwnedWireRecord, put_bytes, put_str, put_u32, put_u64};
 
 /// Names one consumer's place in one partition.
@@ -313,15 +313,7 @@ pub fn decode_claimed(c: &mut Cursor<'_>) -> Result<Claimed, ProtocolError> {
     let from = c.u64("the claim start")?;
     let to = c.u64("the claim end")?;
     let next_offset = c.u64("the next offset")?;
-    let n = c.u32("the record count")? as usize;
-    if n.saturating_mul(15) > c.remaining() {
-        return Err(ProtocolError::malformed("a record count over the body"));
-    }
-    let mut records = Vec::with_capacity(n);
-    for _ in 0..n {
-        let offset = c.u64("an offset")?;
-        records.push((offset, c.record()?.to_owned()));
-    }
+    let records = decode_items(c)?;
     Ok(Claimed {
         partition: (partition != ANY_PARTITION).then_some(partition),
         from,

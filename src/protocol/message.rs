@@ -344,6 +344,29 @@ pub struct Fetched {
     pub records: Vec<(u64, OwnedWireRecord)>,
 }
 
+/// The `(offset, record)` items `RecordsWriter` writes, after their count.
+pub fn decode_items(c: &mut Cursor<'_>) -> Result<Vec<(u64, OwnedWireRecord)>, ProtocolError> {
+    let n = c.u32("the record count")? as usize;
+    // An item takes at least 15 bytes: a lying count fails before it allocates.
+    if n.saturating_mul(15) > c.remaining() {
+        return Err(ProtocolError::malformed("a record count over the body"));
+    }
+    let mut records = Vec::with_capacity(n);
+    for _ in 0..n {
+        let offset = c.u64("an offset")?;
+        records.push((offset, c.record()?.to_owned()));
+    }
+    Ok(records)
+}
+
+/// `(partition, offset)` of every record, in input order, from a produce's runs.
+pub fn record_offsets(groups: &[Vec<Run>]) -> impl Iterator<Item = (u32, u64)> + '_ {
+    groups
+        .iter()
+        .flatten()
+        .flat_map(|run| (0..u64::from(run.count)).map(move |i| (run.partition, run.first_offset + i)))
+}
+
 /// Writes a frame whose body is some fields, a u32 record count, then `(u64 offset,
 /// record)` items, record by record straight from the log: FETCHED and CLAIMED.
 pub struct RecordsWriter {
@@ -498,15 +521,7 @@ impl Response {
             Some(Kind::Fetched) => {
                 let start_offset = c.u64("the start offset")?;
                 let next_offset = c.u64("the next offset")?;
-                let n = c.u32("the record count")? as usize;
-                if n.saturating_mul(15) > c.remaining() {
-                    return Err(ProtocolError::malformed("a record count over the body"));
-                }
-                let mut records = Vec::with_capacity(n);
-                for _ in 0..n {
-                    let offset = c.u64("an offset")?;
-                    records.push((offset, c.record()?.to_owned()));
-                }
+                let records = decode_items(&mut c)?;
                 Response::Fetched(Fetched {
                     start_offset,
                     next_offset,

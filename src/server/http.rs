@@ -250,6 +250,13 @@ pub fn parse_records(body: &[u8]) -> Result<Vec<OwnedWireRecord>, String> {
     Ok(items.into_iter().map(item_record).collect())
 }
 
+/// `"P:O"` of every record a produce (or commit) wrote, in input order.
+pub fn offset_strings(runs: &[Vec<crate::protocol::Run>]) -> Vec<String> {
+    crate::protocol::message::record_offsets(runs)
+        .map(|(p, o)| format!("{p}:{o}"))
+        .collect()
+}
+
 /// A produce group of records parsed from a body, encoded into `encoded` and borrowed
 /// from it as the binary protocol's decoder would give them.
 pub fn produce_group<'a>(
@@ -301,14 +308,7 @@ async fn post_records(shard: &Rc<Shard>, topic: &str, body: &[u8]) -> Reply {
     };
     match outcome {
         Ok(runs) => {
-            let offsets: Vec<String> = runs
-                .iter()
-                .flatten()
-                .flat_map(|run| {
-                    (0..u64::from(run.count))
-                        .map(move |i| format!("{}:{}", run.partition, run.first_offset + i))
-                })
-                .collect();
+            let offsets = offset_strings(&runs);
             json(StatusCode::OK, &serde_json::json!({ "offsets": offsets }))
         }
         Err(e) => protocol_error(shard, &e),

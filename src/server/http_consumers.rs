@@ -29,7 +29,9 @@ use crate::protocol::message::Response as FrameResponse;
 use crate::protocol::{ProtocolError, parse_frame};
 use crate::runtime::shard::Shard;
 use crate::server::consumer_api;
-use crate::server::http::{Reply, error, json, parse_records, produce_group, protocol_error, query_param};
+use crate::server::http::{
+    Reply, error, json, offset_strings, parse_records, produce_group, protocol_error, query_param,
+};
 
 fn bad(message: String) -> Reply {
     error(StatusCode::BAD_REQUEST, &message)
@@ -244,14 +246,7 @@ async fn consumer_post_inner(
                 consumer_api::ack_commit(shard, &r, std::slice::from_ref(&group_records))
                     .await
                     .map_err(fail)?;
-            let offsets: Vec<String> = runs
-                .iter()
-                .flatten()
-                .flat_map(|run| {
-                    (0..u64::from(run.count))
-                        .map(move |i| format!("{}:{}", run.partition, run.first_offset + i))
-                })
-                .collect();
+            let offsets = offset_strings(&runs);
             Ok(json(
                 StatusCode::OK,
                 &serde_json::json!({"partition": p, "from": from, "to": to, "offsets": offsets}),
