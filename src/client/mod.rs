@@ -80,10 +80,7 @@ impl Client {
     }
 
     fn io(&self) -> impl Fn(std::io::Error) -> ClientError + '_ {
-        |source| ClientError::Io {
-            addr: self.addr.clone(),
-            source,
-        }
+        |source| io_error(&self.addr, source)
     }
 
     fn take_id(&mut self) -> u64 {
@@ -128,29 +125,25 @@ impl Client {
     /// The next response: `(request id, response)`.
     pub fn recv(&mut self) -> Result<(u64, Response)> {
         self.flush()?;
-        let mut prefix = [0u8; 4];
-        if let Err(e) = self.reader.read_exact(&mut prefix) {
-            return Err(if e.kind() == std::io::ErrorKind::UnexpectedEof {
-                ClientError::Closed {
-                    addr: self.addr.clone(),
-                }
-            } else {
-                self.io()(e)
-            });
-        }
-        let length = u32::from_le_bytes(prefix) as usize;
-        if length > RESPONSE_BYTES_MAX {
-            return Err(ClientError::Protocol(format!("a response of {length} bytes")));
-        }
-        let mut frame = vec![0u8; 4 + length];
-        frame[..4].copy_from_slice(&prefix);
-        self.reader.read_exact(&mut frame[4..]).map_err(self.io())?;
-        let parsed = parse_frame(&frame, RESPONSE_BYTES_MAX)
-            .map_err(|e| ClientError::Protocol(e.message))?
-            .ok_or_else(|| ClientError::Protocol("a short frame".into()))?;
-        let response =
-            Response::decode(&parsed.header, parsed.body).map_err(|e| ClientError::Protocol(e.message))?;
-        Ok((parsed.header.request_id, response))
+        read_response(&mut self.reader, &self.addr)
+    }
+
+    /// The connection as two halves, for a writer and a reader on different threads
+    /// (open-loop load in `flowd bench`). Queued requests are flushed first.
+    pub fn split(mut self) -> Result<(ClientWriter, ClientReader)> {
+        self.flush()?;
+        let stream = self.reader.get_ref().try_clone().map_err(self.io())?;
+        Ok((
+            ClientWriter {
+                addr: self.addr.clone(),
+                writer: self.writer,
+                stream,
+            },
+            ClientReader {
+                addr: self.addr,
+                reader: self.reader,
+            },
+        ))
     }
 
     /// One request, one response (nothing else in flight).
@@ -239,6 +232,79 @@ impl Client {
             other => Err(unexpected(&other)),
         }
     }
+}
+
+/// The sending half of a split `Client`: raw frames, flushed on demand.
+pub struct ClientWriter {
+    addr: String,
+    writer: BufWriter<TcpStream>,
+    stream: TcpStream,
+}
+
+impl ClientWriter {
+    pub fn send_raw(&mut self, bytes: &[u8]) -> Result<()> {
+        self.writer
+            .write_all(bytes)
+            .map_err(|source| io_error(&self.addr, source))
+    }
+
+    pub fn flush(&mut self) -> Result<()> {
+        self.writer.flush().map_err(|source| io_error(&self.addr, source))
+    }
+
+    /// Ends the connection both ways, so that a reader blocked on it returns.
+    pub fn shutdown(&self) {
+        let _ = self.stream.shutdown(std::net::Shutdown::Both);
+    }
+}
+
+/// The receiving half of a split `Client`.
+pub struct ClientReader {
+    addr: String,
+    reader: BufReader<TcpStream>,
+}
+
+impl ClientReader {
+    /// The next response: `(request id, response)`.
+    pub fn recv(&mut self) -> Result<(u64, Response)> {
+        read_response(&mut self.reader, &self.addr)
+    }
+}
+
+fn io_error(addr: &str, source: std::io::Error) -> ClientError {
+    ClientError::Io {
+        addr: addr.to_owned(),
+        source,
+    }
+}
+
+/// Reads and decodes one response frame.
+fn read_response(reader: &mut BufReader<TcpStream>, addr: &str) -> Result<(u64, Response)> {
+    let mut prefix = [0u8; 4];
+    if let Err(e) = reader.read_exact(&mut prefix) {
+        return Err(if e.kind() == std::io::ErrorKind::UnexpectedEof {
+            ClientError::Closed {
+                addr: addr.to_owned(),
+            }
+        } else {
+            io_error(addr, e)
+        });
+    }
+    let length = u32::from_le_bytes(prefix) as usize;
+    if length > RESPONSE_BYTES_MAX {
+        return Err(ClientError::Protocol(format!("a response of {length} bytes")));
+    }
+    let mut frame = vec![0u8; 4 + length];
+    frame[..4].copy_from_slice(&prefix);
+    reader
+        .read_exact(&mut frame[4..])
+        .map_err(|source| io_error(addr, source))?;
+    let parsed = parse_frame(&frame, RESPONSE_BYTES_MAX)
+        .map_err(|e| ClientError::Protocol(e.message))?
+        .ok_or_else(|| ClientError::Protocol("a short frame".into()))?;
+    let response =
+        Response::decode(&parsed.header, parsed.body).map_err(|e| ClientError::Protocol(e.message))?;
+    Ok((parsed.header.request_id, response))
 }
 
 /// An ERROR response as `ClientError::Server`; anything else as it is.
