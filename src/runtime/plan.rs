@@ -401,6 +401,12 @@ async fn run_shard(index: usize, shared: Arc<Shared>, plan: ShardPlan) -> Result
         partitions.collect(),
         journal,
     ));
+    // Reply tasks take their start now, before the inboxes can write a job (reply::run).
+    let replies: Vec<_> = plan
+        .replies
+        .into_iter()
+        .map(|task| reply::run(Rc::clone(&shard), task))
+        .collect();
     glommio::spawn_local(consumers::run_sweeper(Rc::clone(&shard))).detach();
     for (topic, receiver) in plan.inboxes {
         glommio::spawn_local(Rc::clone(&shard).run_inbox(topic, receiver)).detach();
@@ -408,10 +414,10 @@ async fn run_shard(index: usize, shared: Arc<Shared>, plan: ShardPlan) -> Result
     if let Some(requests) = plan.service {
         glommio::spawn_local(service::run(Rc::clone(&shard), requests)).detach();
     }
-    for task in plan.replies {
+    for reply in replies {
         let s = Rc::clone(&shard);
         glommio::spawn_local(async move {
-            if let Err(error) = reply::run(Rc::clone(&s), task).await {
+            if let Err(error) = reply.await {
                 s.shared.control.fail(error);
             }
         })

@@ -48,11 +48,23 @@ pub struct ReplyTask {
 
 /// Answers come only to callers of this run, so the task starts at the partition's end
 /// and keeps no progress: a job written before a restart has nobody waiting for it.
-pub async fn run(shard: Rc<Shard>, task: ReplyTask) -> Result<()> {
+/// That end is read now, when the task is made, not when it first runs: the shard must
+/// make its reply tasks before anything can write the partition (its inboxes take jobs
+/// from other shards' connections as soon as they are spawned), or the first jobs of a
+/// run would fall before the start and never be answered.
+pub fn run(shard: Rc<Shard>, task: ReplyTask) -> impl std::future::Future<Output = Result<()>> {
+    let position = shard
+        .partition(task.topic, task.partition)
+        .log
+        .borrow()
+        .next_offset();
+    answer_from(shard, task, position)
+}
+
+async fn answer_from(shard: Rc<Shard>, task: ReplyTask, mut position: u64) -> Result<()> {
     let shared = Rc::clone(&shard);
     let control = &shared.shared.control;
     let input = Rc::clone(shard.partition(task.topic, task.partition));
-    let mut position = input.log.borrow().next_offset();
     let name = format!("{} (reply)", shard.shared.spec.stages[task.stage].name);
     let reader = input.reader(&name, position);
     let mut idle = Backoff::default();
