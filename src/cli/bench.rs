@@ -1,9 +1,11 @@
-//! `flowd bench ingest|consume|reqreply [...] [--json]`: drive an engine (in-process by default,
+//! `flowd bench ingest|consume|pipeline|reqreply [...] [--json]`: drive an engine (in-process by default,
 //! `--to ADDR` for a running one) and report throughput and latency (DESIGN.md 8).
 
 use std::process::ExitCode;
 
-use crate::bench::{self, IngestOptions, Report, Target};
+use std::path::PathBuf;
+
+use crate::bench::{self, IngestOptions, PipelineOptions, Report, ReqreplyOptions, Stages, Target};
 use crate::cli::CliError;
 use crate::storage::Durability;
 
@@ -23,9 +25,13 @@ pub enum Scenario {
         durability: Durability,
         #[arg(long, default_value_t = 1)]
         connections: usize,
-        /// Requests in flight per connection (default: 1 with --batch 1, else 32).
+        /// Requests in flight per connection, at most (default: 1 with --batch 1, else 32).
         #[arg(long)]
         inflight: Option<usize>,
+        /// A fixed rate in records per second over all connections (open loop; latency
+        /// from when each request was due). Default: as fast as acks come back.
+        #[arg(long, value_parser = parse_rate)]
+        rate: Option<f64>,
         #[command(flatten)]
         common: Common,
     },
@@ -43,12 +49,46 @@ pub enum Scenario {
         #[command(flatten)]
         common: Common,
     },
-    /// Request/reply jobs to an echo stage, one in flight per connection.
+    /// Produce into a dataflow's input topic and read its output topic: end-to-end
+    /// throughput and latency through the stages.
+    Pipeline {
+        #[arg(long, default_value_t = 1_000_000)]
+        records: u64,
+        /// Bytes per record value (a JSON object padded to this size).
+        #[arg(long, default_value_t = 100)]
+        size: usize,
+        /// Records per produce request.
+        #[arg(long, default_value_t = 1000)]
+        batch: usize,
+        #[arg(long, default_value = "group", value_parser = parse_durability)]
+        durability: Durability,
+        /// Run this dataflow instead of the built-in one (bench -> key_by -> dedupe ->
+        /// bench-out); its data dir is replaced by a temporary one.
+        #[arg(long, value_name = "FILE", conflicts_with = "to")]
+        dataflow: Option<PathBuf>,
+        /// The topic the last stage writes.
+        #[arg(long, default_value = "bench-out")]
+        output: String,
+        /// Outputs to wait for (default: one per input record).
+        #[arg(long)]
+        expect: Option<u64>,
+        #[command(flatten)]
+        common: Common,
+    },
+    /// Request/reply jobs to an echo job: one in flight per connection, or at a fixed rate.
     Reqreply {
         #[arg(long, default_value_t = 100_000)]
         requests: u64,
+        /// Connections.
         #[arg(long, default_value_t = 1)]
         concurrency: usize,
+        /// A fixed rate in jobs per second over all connections (open loop; latency from
+        /// when each job was due).
+        #[arg(long, value_parser = parse_rate)]
+        rate: Option<f64>,
+        /// The job to call; it must answer with its input.
+        #[arg(long, default_value = "echo")]
+        job: String,
         #[arg(long, default_value_t = 100)]
         size: usize,
         #[arg(long, default_value = "none", value_parser = parse_durability)]
@@ -80,11 +120,29 @@ fn parse_durability(text: &str) -> Result<Durability, String> {
     }
 }
 
-fn target(common: &Common, durability: Durability) -> Result<Target, bench::BenchError> {
+fn target(common: &Common, durability: Durability, stages: Stages) -> Result<Target, bench::BenchError> {
     match &common.to {
         Some(addr) => Ok(Target::remote(addr.clone(), common.topic.clone())),
-        None => Target::start(durability),
+        None => {
+            let mut target = Target::start(durability, stages, None)?;
+            target.topic = common.topic.clone();
+            Ok(target)
+        }
     }
+}
+
+fn parse_rate(text: &str) -> Result<f64, String> {
+    let number = text.strip_suffix("/s").unwrap_or(text);
+    match number.parse::<f64>() {
+        Ok(r) if r.is_finite() && r > 0.0 => Ok(r),
+        _ => Err(format!(
+            "\"{text}\" is not a rate: give a positive number per second, like 50000 or 50000/s"
+        )),
+    }
+}
+
+fn durability_name(d: Durability) -> String {
+    format!("{d:?}").to_lowercase()
 }
 
 pub fn run(scenario: Scenario) -> Result<ExitCode, CliError> {
@@ -96,33 +154,26 @@ pub fn run(scenario: Scenario) -> Result<ExitCode, CliError> {
             durability,
             connections,
             inflight,
+            rate,
             common,
         } => {
-            let target = target(&common, durability)?;
-            let inflight = inflight.unwrap_or(if batch <= 1 { 1 } else { 32 });
+            let target = target(&common, durability, Stages::None)?;
             let options = IngestOptions {
                 records,
                 size,
-                batch,
+                batch: batch.max(1),
                 connections: connections.max(1),
-                inflight,
+                inflight: inflight.unwrap_or(if batch <= 1 { 1 } else { 32 }).max(1),
+                rate,
             };
-            let (seconds, h) = bench::ingest(&target, &options)?;
-            let sent = options
-                .records
-                .div_ceil(options.connections as u64)
-                .div_ceil(batch.max(1) as u64)
-                * batch.max(1) as u64
-                * options.connections as u64;
+            let measured = bench::ingest(&target, &options, true)?;
             let config = serde_json::json!({
-                "size": size, "batch": batch, "durability": format!("{durability:?}").to_lowercase(),
-                "connections": options.connections, "inflight": inflight, "to": common.to,
-                "latency": "per request, sent to durable ack",
+                "size": size, "batch": options.batch, "durability": common.to.is_none().then(|| durability_name(durability)),
+                "connections": options.connections, "inflight": options.inflight, "rate": rate,
+                "to": common.to, "topic": target.topic,
+                "latency": latency_basis("per request, sent to durable ack", rate),
             });
-            (
-                bench::report("ingest", sent, sent * size as u64, seconds, &h, config),
-                common.json,
-            )
+            (bench::report("ingest", &measured, size, config), common.json)
         }
         Scenario::Consume {
             records,
@@ -131,42 +182,89 @@ pub fn run(scenario: Scenario) -> Result<ExitCode, CliError> {
             durability,
             common,
         } => {
-            let target = target(&common, durability)?;
-            let (seconds, h, consumed) = bench::consume(&target, records, size, batch.max(1))?;
+            let target = target(&common, durability, Stages::None)?;
+            let measured = bench::consume(&target, records, size, batch.max(1), true)?;
             let config = serde_json::json!({
-                "size": size, "batch": batch, "durability": format!("{durability:?}").to_lowercase(),
-                "connections": 1, "to": common.to,
+                "size": size, "batch": batch, "durability": common.to.is_none().then(|| durability_name(durability)),
+                "connections": 1, "to": common.to, "topic": target.topic,
                 "latency": "per batch, claim sent to its ack back (acks durable)",
             });
-            (
-                bench::report("consume", consumed, consumed * size as u64, seconds, &h, config),
-                common.json,
-            )
+            (bench::report("consume", &measured, size, config), common.json)
+        }
+        Scenario::Pipeline {
+            records,
+            size,
+            batch,
+            durability,
+            dataflow,
+            output,
+            expect,
+            common,
+        } => {
+            let target = match &common.to {
+                Some(addr) => Target::remote(addr.clone(), common.topic.clone()),
+                None => {
+                    let mut t = Target::start(durability, Stages::Pipeline, dataflow.as_deref())?;
+                    t.topic = common.topic.clone();
+                    t
+                }
+            };
+            let options = PipelineOptions {
+                records,
+                size,
+                batch: batch.max(1),
+                output: output.clone(),
+                expect,
+            };
+            let measured = bench::pipeline(&target, &options, true)?;
+            let config = serde_json::json!({
+                "size": size, "batch": options.batch, "durability": common.to.is_none().then(|| durability_name(durability)),
+                "dataflow": dataflow.as_ref().map(|d| d.display().to_string()),
+                "input": target.topic, "output": output, "expect": expect, "to": common.to,
+                "records": "outputs read from the output topic",
+                "latency": "per record, produce sent to the output readable (end to end)",
+            });
+            (bench::report("pipeline", &measured, size, config), common.json)
         }
         Scenario::Reqreply {
             requests,
             concurrency,
+            rate,
             size,
             durability,
+            job,
             common,
         } => {
-            let target = target(&common, durability)?;
-            let concurrency = concurrency.max(1);
-            let (seconds, h) = bench::reqreply(&target, requests, concurrency, size)?;
-            let done = requests.div_ceil(concurrency as u64) * concurrency as u64;
+            let target = target(&common, durability, Stages::None)?;
+            let options = ReqreplyOptions {
+                requests,
+                size,
+                concurrency: concurrency.max(1),
+                rate,
+                job: job.clone(),
+            };
+            let measured = bench::reqreply(&target, &options, true)?;
             let config = serde_json::json!({
-                "size": size, "concurrency": concurrency,
-                "durability": format!("{durability:?}").to_lowercase(), "to": common.to,
-                "latency": "per job, sent to answer",
+                "size": size, "concurrency": options.concurrency, "rate": rate, "job": job,
+                "durability": common.to.is_none().then(|| durability_name(durability)), "to": common.to,
+                "latency": latency_basis("per job, sent to answer", rate),
             });
-            (
-                bench::report("reqreply", done, done * size as u64, seconds, &h, config),
-                common.json,
-            )
+            (bench::report("reqreply", &measured, size, config), common.json)
         }
     };
     print(&report, json)?;
     Ok(ExitCode::SUCCESS)
+}
+
+/// How latency was measured: from the send, or at a fixed rate from when each request
+/// was due (coordinated-omission corrected).
+fn latency_basis(closed: &str, rate: Option<f64>) -> String {
+    match rate {
+        None => closed.to_owned(),
+        Some(_) => format!(
+            "{closed}; at a fixed rate, from when each request was due (coordinated omission corrected)"
+        ),
+    }
 }
 
 fn print(r: &Report, json: bool) -> Result<(), CliError> {

@@ -1,0 +1,115 @@
+//! `flowd bench ingest`: produce batches of records to the durable ack.
+
+use std::sync::Arc;
+
+use crate::bench::load::{self, Measured, Plan, Workload};
+use crate::bench::progress::Progress;
+use crate::bench::{BenchError, Target, warmup_requests};
+use crate::client::{Client, offsets, server_error};
+use crate::protocol::OwnedWireRecord;
+use crate::protocol::message::{Response, encode_produce};
+
+pub struct IngestOptions {
+    pub records: u64,
+    pub size: usize,
+    pub batch: usize,
+    pub connections: usize,
+    /// Requests in flight per connection.
+    pub inflight: usize,
+    /// Records per second over all connections; `None`: as fast as acks come back.
+    pub rate: Option<f64>,
+}
+
+impl IngestOptions {
+    /// Requests per connection: the records spread over the connections, in whole batches.
+    pub fn requests(&self) -> u64 {
+        self.records
+            .div_ceil(self.connections.max(1) as u64)
+            .div_ceil(self.batch.max(1) as u64)
+    }
+
+    /// The records a run sends: whole batches on every connection.
+    pub fn sent(&self) -> u64 {
+        self.requests() * self.batch.max(1) as u64 * self.connections.max(1) as u64
+    }
+}
+
+/// One produce frame of `batch` records, sent again and again with its id patched.
+pub struct Produce {
+    frame: Vec<u8>,
+    batch: u64,
+}
+
+impl Produce {
+    /// A frame of `batch` records of `size` bytes each to `topic`, checked against the
+    /// engine's frame limit.
+    pub fn new(addr: &str, topic: &str, batch: usize, size: usize) -> Result<Produce, BenchError> {
+        let records: Vec<OwnedWireRecord> = (0..batch.max(1))
+            .map(|i| OwnedWireRecord::value(vec![b'a' + (i % 26) as u8; size]))
+            .collect();
+        Produce::of(addr, topic, &records)
+    }
+
+    pub fn of(addr: &str, topic: &str, records: &[OwnedWireRecord]) -> Result<Produce, BenchError> {
+        let mut frame = Vec::new();
+        encode_produce(&mut frame, 0, topic, None, records);
+        let limit = Client::connect(addr)?.metadata()?.max_frame_bytes as usize;
+        if frame.len() > limit {
+            return Err(BenchError::Setup(format!(
+                "a batch of {} records makes a {} byte frame, over the engine's limit of {limit}; \
+                 send smaller batches (--batch) or records (--size)",
+                records.len(),
+                frame.len(),
+            )));
+        }
+        Ok(Produce {
+            frame,
+            batch: records.len() as u64,
+        })
+    }
+}
+
+impl Workload for Produce {
+    fn encode(&self, id: u64, out: &mut Vec<u8>) {
+        out.extend_from_slice(&self.frame);
+        out[8..16].copy_from_slice(&id.to_le_bytes());
+    }
+
+    fn check(&self, response: Response) -> Result<u64, BenchError> {
+        let acked = offsets(server_error(response)?)?.len() as u64;
+        if acked != self.batch {
+            return Err(BenchError::Run(format!(
+                "a produce of {} records was acked with {acked} offsets",
+                self.batch
+            )));
+        }
+        Ok(acked)
+    }
+}
+
+/// Warms up, then produces `records` records of `size` bytes in batches; latency is
+/// per request, sent (or due, at a fixed rate) to durable ack.
+pub fn ingest(target: &Target, o: &IngestOptions, progress: bool) -> Result<Measured, BenchError> {
+    target.partitions(&target.topic)?;
+    let workload: Arc<dyn Workload> = Arc::new(Produce::new(&target.addr, &target.topic, o.batch, o.size)?);
+    let plan = Plan {
+        connections: o.connections.max(1),
+        requests: o.requests(),
+        inflight: o.inflight.max(1),
+        rate: o.rate.map(|r| r / o.batch.max(1) as f64),
+    };
+    let warmup = Plan {
+        requests: warmup_requests(plan.requests, o.batch),
+        rate: None,
+        ..plan
+    };
+    load::drive(&target.addr, warmup, workload.clone(), &Progress::hidden())?;
+    let bar = if progress {
+        Progress::new(o.sent(), "ingest")
+    } else {
+        Progress::hidden()
+    };
+    let measured = load::drive(&target.addr, plan, workload, &bar);
+    bar.finish();
+    measured
+}

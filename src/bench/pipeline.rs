@@ -1,0 +1,287 @@
+//! `flowd bench pipeline`: records produced into a dataflow's input topic, followed out
+//! of its output topic; throughput is outputs per second and latency is end to end, from
+//! a record's produce to its output being readable.
+//!
+//! Values are JSON, `{"t":MICROS,"n":SEQ,"p":"aaa…"}` padded to `--size`, so that jq
+//! stages of a user's dataflow can read them; `t` is the send time in µs since the run
+//! began, and every output whose value still starts with `{"t":` gives one latency.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use hdrhistogram::Histogram;
+
+use crate::bench::ingest::Produce;
+use crate::bench::load::{self, Measured, Plan, Workload};
+use crate::bench::progress::Progress;
+use crate::bench::{BenchError, Target, histogram, warmup_requests};
+use crate::client::Client;
+use crate::protocol::message::{Response, encode_produce};
+use crate::protocol::{FetchFrom, OwnedWireRecord};
+
+/// An output topic that stays this long without a new record ends the run with an error.
+const STALL: Duration = Duration::from_secs(30);
+
+pub struct PipelineOptions {
+    pub records: u64,
+    pub size: usize,
+    pub batch: usize,
+    /// The topic the dataflow's last stage writes.
+    pub output: String,
+    /// Outputs the run waits for (default: one per input record).
+    pub expect: Option<u64>,
+}
+
+/// Produce requests whose values carry their send time.
+struct Timed {
+    epoch: Instant,
+    topic: String,
+    batch: usize,
+    size: usize,
+}
+
+impl Timed {
+    fn records(&self, id: u64) -> Vec<OwnedWireRecord> {
+        let t = self.epoch.elapsed().as_micros();
+        (0..self.batch)
+            .map(|j| {
+                let mut value = format!("{{\"t\":{t},\"n\":{},\"p\":\"", id * self.batch as u64 + j as u64);
+                let pad = self.size.saturating_sub(value.len() + 2);
+                value.extend(std::iter::repeat_n('a', pad));
+                value.push_str("\"}");
+                OwnedWireRecord::value(value.into_bytes())
+            })
+            .collect()
+    }
+}
+
+impl Workload for Timed {
+    fn encode(&self, id: u64, out: &mut Vec<u8>) {
+        encode_produce(out, id, &self.topic, None, &self.records(id));
+    }
+
+    fn check(&self, response: Response) -> Result<u64, BenchError> {
+        Ok(crate::client::offsets(crate::client::server_error(response)?)?.len() as u64)
+    }
+}
+
+/// The send time a value carries, in µs since the epoch of the run.
+fn sent_micros(value: &[u8]) -> Option<u64> {
+    let digits = value.strip_prefix(b"{\"t\":")?;
+    let end = digits.iter().position(|b| !b.is_ascii_digit())?;
+    std::str::from_utf8(&digits[..end]).ok()?.parse().ok()
+}
+
+pub fn pipeline(target: &Target, o: &PipelineOptions, progress: bool) -> Result<Measured, BenchError> {
+    target.partitions(&target.topic)?;
+    let outputs = target.partitions(&o.output)?;
+    let epoch = Instant::now();
+    let timed = Timed {
+        epoch,
+        topic: target.topic.clone(),
+        batch: o.batch.max(1),
+        size: o.size,
+    };
+    // The frame limit is checked once, on the largest frame a request can make.
+    Produce::of(
+        &target.addr,
+        &target.topic,
+        &timed.records(u64::MAX / 2 / o.batch.max(1) as u64),
+    )?;
+    let workload: Arc<dyn Workload> = Arc::new(timed);
+    let requests = o.records.div_ceil(o.batch.max(1) as u64);
+    let sent = requests * o.batch.max(1) as u64;
+    let plan = Plan {
+        connections: 1,
+        requests,
+        inflight: 32,
+        rate: None,
+    };
+
+    // Warm-up: a first part of the run goes all the way through, not measured.
+    let warm = Plan {
+        requests: warmup_requests(requests, o.batch),
+        ..plan
+    };
+    let mut from = ends(&target.addr, &o.output, outputs)?;
+    let warm_sent = warm.requests * o.batch.max(1) as u64;
+    let expect_warm = o.expect.map_or(warm_sent, |e| e * warm_sent / sent.max(1));
+    let follow = Follow::start(
+        &target.addr,
+        &o.output,
+        &from,
+        expect_warm,
+        epoch,
+        Progress::hidden(),
+    );
+    load::drive(&target.addr, warm, workload.clone(), &Progress::hidden())?;
+    follow.wait()?;
+    from = ends(&target.addr, &o.output, outputs)?;
+
+    let expect = o.expect.unwrap_or(sent);
+    let bar = if progress {
+        Progress::new(expect, "pipeline")
+    } else {
+        Progress::hidden()
+    };
+    let started = Instant::now();
+    let follow = Follow::start(&target.addr, &o.output, &from, expect, epoch, bar.clone());
+    let produced = load::drive(&target.addr, plan, workload, &Progress::hidden());
+    let followed = follow.wait();
+    bar.finish();
+    produced?;
+    let (latency, records, last) = followed?;
+    Ok(Measured {
+        seconds: last.duration_since(started).as_secs_f64(),
+        records,
+        latency,
+    })
+}
+
+/// The next offset of every partition of `topic`.
+fn ends(addr: &str, topic: &str, partitions: u32) -> Result<Vec<u64>, BenchError> {
+    let mut client = Client::connect(addr)?;
+    (0..partitions)
+        .map(|p| Ok(client.fetch(topic, p, FetchFrom::Latest, 1, 0)?.next_offset))
+        .collect()
+}
+
+/// What one partition's reader measured: latencies, and when it saw its last record.
+type PartitionRead = (Histogram<u64>, Instant);
+
+/// Readers of every partition of the output topic, until `expect` records came out.
+struct Follow {
+    threads: Vec<std::thread::JoinHandle<Result<PartitionRead, BenchError>>>,
+    seen: Arc<AtomicU64>,
+    stop: Arc<AtomicBool>,
+}
+
+impl Follow {
+    fn start(addr: &str, topic: &str, from: &[u64], expect: u64, epoch: Instant, bar: Progress) -> Follow {
+        let seen = Arc::new(AtomicU64::new(0));
+        let stop = Arc::new(AtomicBool::new(false));
+        let threads = from
+            .iter()
+            .enumerate()
+            .map(|(p, &offset)| {
+                let (addr, topic, seen, stop, bar) = (
+                    addr.to_owned(),
+                    topic.to_owned(),
+                    seen.clone(),
+                    stop.clone(),
+                    bar.clone(),
+                );
+                std::thread::spawn(move || {
+                    let result =
+                        read_partition(&addr, &topic, p as u32, offset, expect, epoch, &seen, &stop, &bar);
+                    if result.is_err() {
+                        stop.store(true, Ordering::Relaxed);
+                    }
+                    result
+                })
+            })
+            .collect();
+        Follow { threads, seen, stop }
+    }
+
+    /// `(latencies, outputs seen, when the last one was seen)`.
+    fn wait(self) -> Result<(Histogram<u64>, u64, Instant), BenchError> {
+        let mut latency = histogram();
+        let mut last = None::<Instant>;
+        let mut error = None;
+        for t in self.threads {
+            match t.join() {
+                Ok(Ok((h, at))) => {
+                    latency.add(&h).expect("same bounds");
+                    last = Some(last.map_or(at, |l| l.max(at)));
+                }
+                Ok(Err(e)) => {
+                    error.get_or_insert(e);
+                }
+                Err(_) => {
+                    error.get_or_insert(BenchError::Run("a reader thread panicked".into()));
+                }
+            }
+        }
+        self.stop.store(true, Ordering::Relaxed);
+        if let Some(e) = error {
+            return Err(e);
+        }
+        Ok((
+            latency,
+            self.seen.load(Ordering::Relaxed),
+            last.unwrap_or_else(Instant::now),
+        ))
+    }
+}
+
+#[allow(clippy::too_many_arguments)]
+fn read_partition(
+    addr: &str,
+    topic: &str,
+    partition: u32,
+    mut offset: u64,
+    expect: u64,
+    epoch: Instant,
+    seen: &AtomicU64,
+    stop: &AtomicBool,
+    bar: &Progress,
+) -> Result<PartitionRead, BenchError> {
+    let mut client = Client::connect(addr)?;
+    let mut h = histogram();
+    let mut last = Instant::now();
+    while seen.load(Ordering::Relaxed) < expect && !stop.load(Ordering::Relaxed) {
+        let fetched = client.fetch(topic, partition, FetchFrom::Offset(offset), 10_000, 50)?;
+        if fetched.records.is_empty() {
+            if last.elapsed() > STALL && seen.load(Ordering::Relaxed) < expect {
+                return Err(BenchError::Run(format!(
+                    "the output topic \"{topic}\" got {} of the {expect} records expected and then \
+                     nothing for {}s; does every input reach it (pass --expect for a dataflow that \
+                     filters or fans out)?",
+                    seen.load(Ordering::Relaxed),
+                    STALL.as_secs()
+                )));
+            }
+            continue;
+        }
+        let now = Instant::now();
+        let now_us = now.duration_since(epoch).as_micros() as u64;
+        for (_, record) in &fetched.records {
+            if let Some(t) = sent_micros(&record.value) {
+                h.saturating_record(now_us.saturating_sub(t).max(1));
+            }
+        }
+        // (`next_offset` is the partition's end, not where this read stopped.)
+        offset = fetched.records.last().map_or(offset, |(o, _)| o + 1);
+        last = now;
+        let n = fetched.records.len() as u64;
+        bar.set(seen.fetch_add(n, Ordering::Relaxed) + n);
+    }
+    Ok((h, last))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn values_carry_their_send_time_and_size() {
+        let timed = Timed {
+            epoch: Instant::now(),
+            topic: "t".into(),
+            batch: 3,
+            size: 100,
+        };
+        let records = timed.records(7);
+        assert_eq!(records.len(), 3);
+        for (j, r) in records.iter().enumerate() {
+            assert_eq!(r.value.len(), 100);
+            let json: serde_json::Value = serde_json::from_slice(&r.value).expect("JSON");
+            assert_eq!(json["n"], 21 + j as u64);
+            assert_eq!(sent_micros(&r.value), json["t"].as_u64());
+        }
+        assert_eq!(sent_micros(b"{\"x\":1}"), None);
+        assert_eq!(sent_micros(b"{\"t\":12,\"n\":1}"), Some(12));
+    }
+}

@@ -1,0 +1,152 @@
+//! The engine a benchmark drives: one started in this process on a fresh temporary data
+//! dir (the built-in bench dataflow, or the user's `--dataflow`), or a running one
+//! (`--to ADDR`).
+
+use std::path::Path;
+use std::sync::atomic::AtomicBool;
+
+use crate::bench::BenchError;
+use crate::client::Client;
+use crate::config;
+use crate::runtime::{self, Engine};
+use crate::storage::Durability;
+
+/// The built-in dataflow: `bench` for ingest and consume, the job `echo` for reqreply,
+/// and `bench` -> `key` (key_by value, re-sharded by key) -> `bench-keyed` -> `dedupe`
+/// -> `bench-out` for the pipeline scenario. {dir}, {mode} and {cores} are filled in.
+const BENCH_DATAFLOW: &str = r#"
+[engine]
+data_dir = "{dir}"
+durability = "{mode}"
+[ingest]
+tcp = "127.0.0.1:0"
+http = "127.0.0.1:0"
+[[topic]]
+name = "bench"
+partitions = {cores}
+[[topic]]
+name = "bench-keyed"
+partitions = {cores}
+[[topic]]
+name = "bench-out"
+partitions = {cores}
+[[topic]]
+name = "bench-jobs"
+partitions = {cores}
+[[job]]
+name = "echo"
+topic = "bench-jobs"
+[[stage]]
+name = "echo"
+from = "bench-jobs"
+op = "reply"
+[[stage]]
+name = "key"
+from = "bench"
+op = { key_by = "value" }
+to = "bench-keyed"
+route = { shard_by = "key" }
+[[stage]]
+name = "dedupe"
+from = "bench-keyed"
+op = { dedupe = { by = "key", capacity = 100000 } }
+to = "bench-out"
+"#;
+
+/// An engine for one benchmark, stopped when dropped.
+pub struct Target {
+    pub addr: String,
+    pub topic: String,
+    engine: Option<(Engine, tempfile::TempDir)>,
+}
+
+/// Where the stages of a `Target` start from: the built-in dataflow with pipeline
+/// stages or without (their work would share the cores with the scenario measured).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Stages {
+    None,
+    Pipeline,
+}
+
+impl Target {
+    /// A fresh engine on a temporary data dir running the built-in dataflow, or
+    /// `dataflow` (its data dir replaced, its TCP front door on a free loopback port).
+    pub fn start(
+        durability: Durability,
+        stages: Stages,
+        dataflow: Option<&Path>,
+    ) -> Result<Target, BenchError> {
+        let dir = tempfile::Builder::new()
+            .prefix("flowd-bench-")
+            .tempdir()
+            .map_err(|e| BenchError::Setup(format!("cannot make a temporary data dir: {e}")))?;
+        let data = dir.path().join("data");
+        let mut spec = match dataflow {
+            Some(path) => config::load(path).map_err(|e| BenchError::Setup(e.to_string()))?,
+            None => {
+                let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+                let mode = match durability {
+                    Durability::Every => "every",
+                    Durability::Group => "group",
+                    Durability::None => "none",
+                };
+                let mut text = BENCH_DATAFLOW
+                    .replace("{dir}", &data.display().to_string())
+                    .replace("{mode}", mode)
+                    .replace("{cores}", &cores.to_string());
+                if stages == Stages::None {
+                    text.truncate(
+                        text.find("[[stage]]\nname = \"key\"")
+                            .expect("the pipeline stages"),
+                    );
+                }
+                let path = dir.path().join("bench.toml");
+                config::parse(&path, &text).map_err(|e| BenchError::Setup(e.to_string()))?
+            }
+        };
+        spec.engine.data_dir = data;
+        spec.engine.durability = durability;
+        let ingest = spec.ingest.get_or_insert_with(Default::default);
+        ingest.tcp = Some(([127, 0, 0, 1], 0).into());
+        let engine = runtime::start(spec)?;
+        let addr = engine.bound.tcp.expect("a bench engine listens").to_string();
+        Ok(Target {
+            addr,
+            topic: "bench".into(),
+            engine: Some((engine, dir)),
+        })
+    }
+
+    pub fn remote(addr: String, topic: String) -> Target {
+        Target {
+            addr,
+            topic,
+            engine: None,
+        }
+    }
+
+    /// The partitions of `topic`, or a clear error when the engine has no such topic.
+    pub fn partitions(&self, topic: &str) -> Result<u32, BenchError> {
+        let metadata = Client::connect(&self.addr)?.metadata()?;
+        metadata
+            .topics
+            .iter()
+            .find(|(name, _)| name == topic)
+            .map(|(_, partitions)| *partitions)
+            .ok_or_else(|| {
+                BenchError::Setup(format!(
+                    "the engine at {} has no topic \"{topic}\"; add it to its dataflow or pass --topic",
+                    self.addr
+                ))
+            })
+    }
+}
+
+impl Drop for Target {
+    fn drop(&mut self) {
+        if let Some((engine, _dir)) = self.engine.take() {
+            engine.stop();
+            let _ = engine.wait(&AtomicBool::new(true));
+        }
+    }
+}
