@@ -70,6 +70,7 @@ async fn answer_from(shard: Rc<Shard>, task: ReplyTask, mut position: u64) -> Re
     let mut idle = Backoff::default();
     let mut answers = Vec::new();
     while !control.is_stopping() {
+        let seen = input.appends();
         {
             let log = input.log.borrow();
             for view in log.read(position).take(1024) {
@@ -95,7 +96,7 @@ async fn answer_from(shard: Rc<Shard>, task: ReplyTask, mut position: u64) -> Re
         }
         reader.set(position);
         if answers.is_empty() {
-            idle.sleep().await;
+            idle.wait_for_append(&input, seen).await;
             continue;
         }
         idle.reset();

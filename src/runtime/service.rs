@@ -186,11 +186,15 @@ pub async fn fetch_local(shard: &Shard, order: &FetchOrder) -> Vec<u8> {
         }
     };
     let mut idle = Backoff::default();
-    while partition.log.borrow().next_offset() <= position
-        && Instant::now() < deadline
-        && !shard.shared.control.is_stopping()
-    {
-        idle.sleep().await;
+    loop {
+        let seen = partition.appends();
+        if partition.log.borrow().next_offset() > position
+            || Instant::now() >= deadline
+            || shard.shared.control.is_stopping()
+        {
+            break;
+        }
+        idle.wait_for_append(partition, seen).await;
     }
     let log = partition.log.borrow();
     let mut out = Vec::new();

@@ -94,6 +94,10 @@ pub struct LocalPartition {
     /// and the status page.
     readers: RefCell<Vec<(String, Rc<Cell<u64>>)>>,
     max_lag: u64,
+    /// Appends so far, and the event each one fires: readers that caught up wait on it
+    /// instead of polling, so a record reaches them as soon as it is written.
+    appends: Cell<u64>,
+    appended: event_listener::Event,
 }
 
 impl LocalPartition {
@@ -104,7 +108,20 @@ impl LocalPartition {
             log: RefCell::new(log),
             readers: RefCell::new(Vec::new()),
             max_lag,
+            appends: Cell::new(0),
+            appended: event_listener::Event::new(),
         }
+    }
+
+    /// A count that changes with every append: take it before reading, and hand it to
+    /// [`Backoff::wait_for_append`] when the read found nothing.
+    pub fn appends(&self) -> u64 {
+        self.appends.get()
+    }
+
+    fn note_append(&self) {
+        self.appends.set(self.appends.get().wrapping_add(1));
+        self.appended.notify(usize::MAX);
     }
 
     /// Registers a consumer starting at `position`; it moves the returned cell on.
@@ -220,6 +237,7 @@ impl Shard {
             };
             match appended {
                 Some(Ok(receipt)) => {
+                    partition.note_append();
                     self.shared.ends[topic][batch.partition as usize]
                         .store(receipt.next_offset, Ordering::Release);
                     match self.shared.spec.engine.durability {
@@ -327,6 +345,18 @@ impl Default for Backoff {
 impl Backoff {
     pub async fn sleep(&mut self) {
         glommio::timer::sleep(self.next).await;
+        self.next = (self.next * 2).min(BACKOFF_MAX);
+    }
+
+    /// Waits until `partition` is appended to after `seen` (its [`LocalPartition::appends`]
+    /// before the read that found nothing), or the backoff's next pause passes, whichever
+    /// comes first: the pause still bounds how long a reader goes without looking at its
+    /// clock and the stop flag.
+    pub async fn wait_for_append(&mut self, partition: &LocalPartition, seen: u64) {
+        if partition.appends() == seen {
+            let appended = partition.appended.listen();
+            futures_lite::future::or(appended, glommio::timer::sleep(self.next)).await;
+        }
         self.next = (self.next * 2).min(BACKOFF_MAX);
     }
 

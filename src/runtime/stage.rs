@@ -76,6 +76,7 @@ pub async fn run(shard: Rc<Shard>, task: StageTask) -> Result<()> {
     while !finished && !control.is_stopping() {
         let now = now_ms();
         let mut read = 0;
+        let seen = input.appends();
         {
             let log = input.log.borrow();
             for view in log.read(position) {
@@ -128,7 +129,7 @@ pub async fn run(shard: Rc<Shard>, task: StageTask) -> Result<()> {
         }
         committer.complete(emitter.partitions())?;
         if read == 0 {
-            idle.sleep().await;
+            idle.wait_for_append(&input, seen).await;
         } else {
             idle.reset();
         }
