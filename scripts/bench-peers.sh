@@ -186,6 +186,8 @@ for r in rows:
         order.append(w)
 def kind(w):
     return w.split(",")[0]
+kinds = ["ingest", "consume + ack", "request/reply"]
+order.sort(key=lambda w: (kinds.index(kind(w)), w))
 print("| workload | system | persistence | records/s | MB/s | p50 µs | p99 µs | flowd vs best other |")
 print("|---|---|---|--:|--:|--:|--:|---|")
 for w in order:
