@@ -12,11 +12,7 @@ cd "$(dirname "$0")/.."
 scenario="${1:?usage: $0 ingest|consume|pipeline|reqreply [flowd bench args...]}"
 shift
 
-if ! command -v perf >/dev/null 2>&1; then
-  echo "installing perf..." >&2
-  (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq linux-perf) >/dev/null 2>&1 \
-    || { echo "could not install perf (apt-get install linux-perf)" >&2; exit 1; }
-fi
+source scripts/ensure-perf.sh
 if ! command -v inferno-flamegraph >/dev/null 2>&1; then
   echo "installing inferno..." >&2
   cargo install inferno --locked --quiet || { echo "could not install inferno (cargo install inferno)" >&2; exit 1; }

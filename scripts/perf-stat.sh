@@ -10,11 +10,7 @@ cd "$(dirname "$0")/.."
 scenario="${1:?usage: $0 ingest|consume|pipeline|reqreply [flowd bench args...]}"
 shift
 
-if ! command -v perf >/dev/null 2>&1; then
-  echo "installing perf..." >&2
-  (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq linux-perf) >/dev/null 2>&1 \
-    || { echo "could not install perf (apt-get install linux-perf)" >&2; exit 1; }
-fi
+source scripts/ensure-perf.sh
 
 events=task-clock,context-switches,cpu-migrations,page-faults
 if perf stat -e cycles true 2>&1 | grep -q 'not supported'; then

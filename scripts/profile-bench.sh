@@ -9,10 +9,7 @@ cd "$(dirname "$0")/.."
 filter="${1:?usage: $0 BENCH_FILTER [seconds]}"
 seconds="${2:-6}"
 
-if ! command -v perf >/dev/null 2>&1; then
-  (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq linux-perf) >/dev/null 2>&1 \
-    || { echo "could not install perf (apt-get install linux-perf)" >&2; exit 1; }
-fi
+source scripts/ensure-perf.sh
 
 target="${BENCH:-log}"
 cargo bench --bench "$target" --no-run >&2

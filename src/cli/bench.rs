@@ -13,16 +13,8 @@ use crate::storage::Durability;
 pub enum Scenario {
     /// Produce records to durable ack over loopback TCP.
     Ingest {
-        #[arg(long, default_value_t = 1_000_000)]
-        records: u64,
-        /// Bytes per record value.
-        #[arg(long, default_value_t = 100)]
-        size: usize,
-        /// Records per produce request.
-        #[arg(long, default_value_t = 1000)]
-        batch: usize,
-        #[arg(long, default_value = "group", value_parser = parse_durability)]
-        durability: Durability,
+        #[command(flatten)]
+        load: Load,
         #[arg(long, default_value_t = 1)]
         connections: usize,
         /// Requests in flight per connection, at most (default: 1 with --batch 1, else 32).
@@ -37,31 +29,17 @@ pub enum Scenario {
     },
     /// Fill a topic, then claim and ack every record as a new consumer over one connection.
     Consume {
-        #[arg(long, default_value_t = 1_000_000)]
-        records: u64,
-        #[arg(long, default_value_t = 100)]
-        size: usize,
-        /// Records per claim.
-        #[arg(long, default_value_t = 1000)]
-        batch: u32,
-        #[arg(long, default_value = "group", value_parser = parse_durability)]
-        durability: Durability,
+        #[command(flatten)]
+        load: Load,
         #[command(flatten)]
         common: Common,
     },
     /// Produce into a dataflow's input topic and read its output topic: end-to-end
     /// throughput and latency through the stages.
     Pipeline {
-        #[arg(long, default_value_t = 1_000_000)]
-        records: u64,
-        /// Bytes per record value (a JSON object padded to this size).
-        #[arg(long, default_value_t = 100)]
-        size: usize,
-        /// Records per produce request.
-        #[arg(long, default_value_t = 1000)]
-        batch: usize,
-        #[arg(long, default_value = "group", value_parser = parse_durability)]
-        durability: Durability,
+        // Its values are JSON objects padded to `--size` bytes.
+        #[command(flatten)]
+        load: Load,
         /// Run this dataflow instead of the built-in one (bench -> key_by -> dedupe ->
         /// bench-out); its data dir is replaced by a temporary one.
         #[arg(long, value_name = "FILE", conflicts_with = "to")]
@@ -96,6 +74,21 @@ pub enum Scenario {
         #[command(flatten)]
         common: Common,
     },
+}
+
+/// The load of ingest, consume and pipeline.
+#[derive(Debug, clap::Args)]
+pub struct Load {
+    #[arg(long, default_value_t = 1_000_000)]
+    records: u64,
+    /// Bytes per record value.
+    #[arg(long, default_value_t = 100)]
+    size: usize,
+    /// Records per request: per produce, or per claim for consume.
+    #[arg(long, default_value_t = 1000)]
+    batch: usize,
+    #[arg(long, default_value = "group", value_parser = parse_durability)]
+    durability: Durability,
 }
 
 #[derive(Debug, clap::Args)]
@@ -148,54 +141,46 @@ fn durability_name(d: Durability) -> String {
 pub fn run(scenario: Scenario) -> Result<ExitCode, CliError> {
     let (report, json) = match scenario {
         Scenario::Ingest {
-            records,
-            size,
-            batch,
-            durability,
+            load,
             connections,
             inflight,
             rate,
             common,
         } => {
-            let target = target(&common, durability, Stages::None)?;
+            let target = target(&common, load.durability, Stages::None)?;
             let options = IngestOptions {
-                records,
-                size,
-                batch: batch.max(1),
+                records: load.records,
+                size: load.size,
+                batch: load.batch.max(1),
                 connections: connections.max(1),
-                inflight: inflight.unwrap_or(if batch <= 1 { 1 } else { 32 }).max(1),
+                inflight: inflight.unwrap_or(if load.batch <= 1 { 1 } else { 32 }).max(1),
                 rate,
             };
             let measured = bench::ingest(&target, &options, true)?;
             let config = serde_json::json!({
-                "size": size, "batch": options.batch, "durability": common.to.is_none().then(|| durability_name(durability)),
+                "size": load.size, "batch": options.batch, "durability": common.to.is_none().then(|| durability_name(load.durability)),
                 "connections": options.connections, "inflight": options.inflight, "rate": rate,
                 "to": common.to, "topic": target.topic,
                 "latency": latency_basis("per request, sent to durable ack", rate),
             });
-            (bench::report("ingest", &measured, size, config), common.json)
+            (bench::report("ingest", &measured, load.size, config), common.json)
         }
-        Scenario::Consume {
-            records,
-            size,
-            batch,
-            durability,
-            common,
-        } => {
-            let target = target(&common, durability, Stages::None)?;
-            let measured = bench::consume(&target, records, size, batch.max(1), true)?;
+        Scenario::Consume { load, common } => {
+            let target = target(&common, load.durability, Stages::None)?;
+            let batch = u32::try_from(load.batch).unwrap_or(u32::MAX).max(1);
+            let measured = bench::consume(&target, load.records, load.size, batch, true)?;
             let config = serde_json::json!({
-                "size": size, "batch": batch, "durability": common.to.is_none().then(|| durability_name(durability)),
+                "size": load.size, "batch": batch, "durability": common.to.is_none().then(|| durability_name(load.durability)),
                 "connections": 1, "to": common.to, "topic": target.topic,
                 "latency": "per batch, claim sent to its ack back (acks durable)",
             });
-            (bench::report("consume", &measured, size, config), common.json)
+            (
+                bench::report("consume", &measured, load.size, config),
+                common.json,
+            )
         }
         Scenario::Pipeline {
-            records,
-            size,
-            batch,
-            durability,
+            load,
             dataflow,
             output,
             expect,
@@ -204,27 +189,30 @@ pub fn run(scenario: Scenario) -> Result<ExitCode, CliError> {
             let target = match &common.to {
                 Some(addr) => Target::remote(addr.clone(), common.topic.clone()),
                 None => {
-                    let mut t = Target::start(durability, Stages::Pipeline, dataflow.as_deref())?;
+                    let mut t = Target::start(load.durability, Stages::Pipeline, dataflow.as_deref())?;
                     t.topic = common.topic.clone();
                     t
                 }
             };
             let options = PipelineOptions {
-                records,
-                size,
-                batch: batch.max(1),
+                records: load.records,
+                size: load.size,
+                batch: load.batch.max(1),
                 output: output.clone(),
                 expect,
             };
             let measured = bench::pipeline(&target, &options, true)?;
             let config = serde_json::json!({
-                "size": size, "batch": options.batch, "durability": common.to.is_none().then(|| durability_name(durability)),
+                "size": load.size, "batch": options.batch, "durability": common.to.is_none().then(|| durability_name(load.durability)),
                 "dataflow": dataflow.as_ref().map(|d| d.display().to_string()),
                 "input": target.topic, "output": output, "expect": expect, "to": common.to,
                 "records": "outputs read from the output topic",
                 "latency": "per record, produce sent to the output readable (end to end)",
             });
-            (bench::report("pipeline", &measured, size, config), common.json)
+            (
+                bench::report("pipeline", &measured, load.size, config),
+                common.json,
+            )
         }
         Scenario::Reqreply {
             requests,
