@@ -76,15 +76,19 @@ impl Workload for Produce {
     }
 
     fn check(&self, response: Response) -> Result<u64, BenchError> {
-        let acked = offsets(server_error(response)?)?.len() as u64;
-        if acked != self.batch {
-            return Err(BenchError::Run(format!(
-                "a produce of {} records was acked with {acked} offsets",
-                self.batch
-            )));
-        }
-        Ok(acked)
+        acked(response, self.batch)
     }
+}
+
+/// The records a produce of `batch` records was acked with: all of them, or an error.
+pub fn acked(response: Response, batch: u64) -> Result<u64, BenchError> {
+    let acked = offsets(server_error(response)?)?.len() as u64;
+    if acked != batch {
+        return Err(BenchError::Run(format!(
+            "a produce of {batch} records was acked with {acked} offsets"
+        )));
+    }
+    Ok(acked)
 }
 
 /// Warms up, then produces `records` records of `size` bytes in batches; latency is

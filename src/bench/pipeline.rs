@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 
 use hdrhistogram::Histogram;
 
-use crate::bench::ingest::Produce;
+use crate::bench::ingest::{Produce, acked};
 use crate::bench::load::{self, Measured, Plan, Workload};
 use crate::bench::progress::Progress;
 use crate::bench::{BenchError, Target, histogram, warmup_requests};
@@ -62,7 +62,7 @@ impl Workload for Timed {
     }
 
     fn check(&self, response: Response) -> Result<u64, BenchError> {
-        Ok(crate::client::offsets(crate::client::server_error(response)?)?.len() as u64)
+        acked(response, self.batch as u64)
     }
 }
 

@@ -85,14 +85,9 @@ impl Target {
             Some(path) => config::load(path).map_err(|e| BenchError::Setup(e.to_string()))?,
             None => {
                 let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
-                let mode = match durability {
-                    Durability::Every => "every",
-                    Durability::Group => "group",
-                    Durability::None => "none",
-                };
                 let mut text = BENCH_DATAFLOW
                     .replace("{dir}", &data.display().to_string())
-                    .replace("{mode}", mode)
+                    .replace("{mode}", &durability.to_string())
                     .replace("{cores}", &cores.to_string());
                 if stages == Stages::None {
                     text.truncate(

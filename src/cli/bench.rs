@@ -69,7 +69,7 @@ pub enum Scenario {
         job: String,
         #[arg(long, default_value_t = 100)]
         size: usize,
-        #[arg(long, default_value = "none", value_parser = parse_durability)]
+        #[arg(long, default_value = "none")]
         durability: Durability,
         #[command(flatten)]
         common: Common,
@@ -87,7 +87,7 @@ pub struct Load {
     /// Records per request: per produce, or per claim for consume.
     #[arg(long, default_value_t = 1000)]
     batch: usize,
-    #[arg(long, default_value = "group", value_parser = parse_durability)]
+    #[arg(long, default_value = "group")]
     durability: Durability,
 }
 
@@ -102,15 +102,6 @@ pub struct Common {
     /// One JSON object instead of text.
     #[arg(long)]
     json: bool,
-}
-
-fn parse_durability(text: &str) -> Result<Durability, String> {
-    match text {
-        "every" => Ok(Durability::Every),
-        "group" => Ok(Durability::Group),
-        "none" => Ok(Durability::None),
-        _ => Err(format!("\"{text}\" is not every, group or none")),
-    }
 }
 
 fn target(common: &Common, durability: Durability, stages: Stages) -> Result<Target, bench::BenchError> {
@@ -134,10 +125,6 @@ fn parse_rate(text: &str) -> Result<f64, String> {
     }
 }
 
-fn durability_name(d: Durability) -> String {
-    format!("{d:?}").to_lowercase()
-}
-
 pub fn run(scenario: Scenario) -> Result<ExitCode, CliError> {
     let (report, json) = match scenario {
         Scenario::Ingest {
@@ -158,7 +145,7 @@ pub fn run(scenario: Scenario) -> Result<ExitCode, CliError> {
             };
             let measured = bench::ingest(&target, &options, true)?;
             let config = serde_json::json!({
-                "size": load.size, "batch": options.batch, "durability": common.to.is_none().then(|| durability_name(load.durability)),
+                "size": load.size, "batch": options.batch, "durability": common.to.is_none().then(|| load.durability.to_string()),
                 "connections": options.connections, "inflight": options.inflight, "rate": rate,
                 "to": common.to, "topic": target.topic,
                 "latency": latency_basis("per request, sent to durable ack", rate),
@@ -170,7 +157,7 @@ pub fn run(scenario: Scenario) -> Result<ExitCode, CliError> {
             let batch = u32::try_from(load.batch).unwrap_or(u32::MAX).max(1);
             let measured = bench::consume(&target, load.records, load.size, batch, true)?;
             let config = serde_json::json!({
-                "size": load.size, "batch": batch, "durability": common.to.is_none().then(|| durability_name(load.durability)),
+                "size": load.size, "batch": batch, "durability": common.to.is_none().then(|| load.durability.to_string()),
                 "connections": 1, "to": common.to, "topic": target.topic,
                 "latency": "per batch, claim sent to its ack back (acks durable)",
             });
@@ -203,7 +190,7 @@ pub fn run(scenario: Scenario) -> Result<ExitCode, CliError> {
             };
             let measured = bench::pipeline(&target, &options, true)?;
             let config = serde_json::json!({
-                "size": load.size, "batch": options.batch, "durability": common.to.is_none().then(|| durability_name(load.durability)),
+                "size": load.size, "batch": options.batch, "durability": common.to.is_none().then(|| load.durability.to_string()),
                 "dataflow": dataflow.as_ref().map(|d| d.display().to_string()),
                 "input": target.topic, "output": output, "expect": expect, "to": common.to,
                 "records": "outputs read from the output topic",
@@ -234,7 +221,7 @@ pub fn run(scenario: Scenario) -> Result<ExitCode, CliError> {
             let measured = bench::reqreply(&target, &options, true)?;
             let config = serde_json::json!({
                 "size": size, "concurrency": options.concurrency, "rate": rate, "job": job,
-                "durability": common.to.is_none().then(|| durability_name(durability)), "to": common.to,
+                "durability": common.to.is_none().then(|| durability.to_string()), "to": common.to,
                 "latency": latency_basis("per job, sent to answer", rate),
             });
             (bench::report("reqreply", &measured, size, config), common.json)
