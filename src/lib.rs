@@ -8,6 +8,7 @@ pub mod cli;
 pub mod client;
 pub mod config;
 pub mod consumer;
+pub mod exec;
 pub mod ops;
 pub mod protocol;
 pub mod runtime;

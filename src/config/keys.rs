@@ -14,7 +14,8 @@ const ENGINE: &[&str] = &["cores", "data_dir", "durability", "commit_interval"];
 const TOPIC: &[&str] = &["name", "partitions", "segment_bytes", "retention", "max_lag"];
 const RETENTION: &[&str] = &["max_age", "max_bytes"];
 const SOURCE: &[&str] = &["name", "type", "path", "follow", "timestamp", "to", "route"];
-const STAGE: &[&str] = &["name", "from", "op", "to", "route", "guarantee"];
+const STAGE: &[&str] = &["name", "from", "op", "to", "route", "guarantee", "on_error"];
+const ON_ERROR: &[&str] = &["max_reclaims", "then", "dead_letter"];
 const SINK: &[&str] = &["name", "from", "type", "path", "format"];
 const ROUTE: &[&str] = &["shard_by"];
 
@@ -24,6 +25,17 @@ pub fn operator_params(operator: &str) -> &'static [&'static str] {
         "count" => &["window", "time", "lateness"],
         "sum" | "min" | "max" => &["of", "window", "time", "lateness"],
         "dedupe" => &["by", "capacity"],
+        "exec" => &[
+            "command",
+            "workers",
+            "concurrency",
+            "restart_after",
+            "timeout",
+            "env",
+            "dir",
+            "protocol",
+            "max_answer_bytes",
+        ],
         _ => &[],
     }
 }
@@ -67,6 +79,7 @@ fn check_item(section: &str, table: &DeTable<'_>, diags: &mut Diagnostics<'_>) {
                 check_table(t, RETENTION, &format!("{prefix}retention."), diags)
             }
             ("route", DeValue::Table(t)) => check_table(t, ROUTE, &format!("{prefix}route."), diags),
+            ("on_error", DeValue::Table(t)) => check_table(t, ON_ERROR, &format!("{prefix}on_error."), diags),
             ("op", DeValue::Table(t)) => check_operator_table(t, &format!("{prefix}op."), diags),
             _ => {}
         }

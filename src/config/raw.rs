@@ -88,6 +88,8 @@ pub struct RawStage {
     pub to: Option<Spanned<String>>,
     pub route: Option<Spanned<toml::Value>>,
     pub guarantee: Option<Spanned<String>>,
+    /// `{ max_reclaims = N, then = "disable" | "continue" | "dead_letter", dead_letter = "TOPIC" }`
+    pub on_error: Option<Spanned<toml::Value>>,
 }
 
 #[derive(Debug, Deserialize)]

@@ -116,6 +116,37 @@ pub struct StageSpec {
     pub to: Option<usize>,
     pub route: Route,
     pub guarantee: Guarantee,
+    /// What happens to a record the stage fails on again and again (`exec` stages).
+    pub on_error: ErrorPolicy,
+}
+
+/// A stage's answer to a record that failed `max_reclaims + 1` times: a worker crashed,
+/// hung or refused it each time.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ErrorPolicy {
+    pub max_reclaims: u32,
+    pub then: OnFailure,
+}
+
+impl Default for ErrorPolicy {
+    fn default() -> ErrorPolicy {
+        ErrorPolicy {
+            max_reclaims: 5,
+            then: OnFailure::Disable,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum OnFailure {
+    /// The stage stops on that input partition (nothing after the record is written)
+    /// until flowd is restarted.
+    Disable,
+    /// The record is skipped: no output, counted as failed.
+    Continue,
+    /// The record is copied to this topic (index into `DataflowSpec::topics`) with the
+    /// reason in a header, and the stage goes on.
+    DeadLetter(usize),
 }
 
 /// What a restart promises about a stage's outputs.
@@ -141,6 +172,42 @@ pub enum OpSpec {
     },
     /// Answers the request/reply job each record came from; writes no topic.
     Reply,
+    /// Records handled by a pool of external worker processes.
+    Exec(Box<ExecSpec>),
+}
+
+/// An `exec` stage's worker pool: what to start and how to drive it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ExecSpec {
+    /// The program and its arguments. A program named by a relative path with a `/` in
+    /// it is found from `dir`; a bare name is looked up on `PATH`.
+    pub command: Vec<String>,
+    /// Worker processes for the whole stage, shared out among the cores that read its
+    /// input (each gets at least one); `None`: one per such core.
+    pub workers: Option<usize>,
+    /// Records in flight per worker (written to it, not yet answered).
+    pub concurrency: usize,
+    /// A worker is replaced after answering this many records.
+    pub restart_after: Option<u64>,
+    /// A record not answered this long after it was written to a worker is reclaimed,
+    /// and the worker, taken to be hung, is killed and restarted.
+    pub timeout: Duration,
+    /// Added to the environment flowd runs in.
+    pub env: Vec<(String, String)>,
+    /// The workers' working directory (default: the dataflow file's directory).
+    pub dir: PathBuf,
+    pub protocol: ExecProtocol,
+    /// The longest answer (a JSON line, or a batched frame) a worker may write.
+    pub max_answer_bytes: usize,
+}
+
+/// How records and answers travel on a worker's stdin and stdout.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ExecProtocol {
+    /// One JSON object per line each way.
+    JsonLines,
+    /// Length-prefixed binary frames holding many records each.
+    Batched,
 }
 
 impl OpSpec {

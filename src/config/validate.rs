@@ -17,6 +17,8 @@ use crate::ops::OPERATOR_NAMES;
 use crate::storage::log::{SEGMENT_BYTES_MAX, SEGMENT_BYTES_MIN};
 use crate::storage::{Durability, RetentionPolicy};
 
+mod exec;
+
 /// Most partitions a topic may have.
 pub const PARTITIONS_MAX: i64 = 4096;
 /// Most cores a dataflow may ask for.
@@ -451,11 +453,25 @@ impl Validator<'_, '_> {
                 None
             }
         };
+        let on_error = match &raw.on_error {
+            None => ErrorPolicy::default(),
+            Some(policy) if !matches!(op, OpSpec::Exec(_)) => {
+                self.error(
+                    policy.span(),
+                    key("on_error"),
+                    "on_error applies to exec stages only".into(),
+                    "built-in operators skip and count the records they cannot handle".into(),
+                );
+                ErrorPolicy::default()
+            }
+            Some(policy) => self.on_error(policy, &key("on_error"), topics),
+        };
         StageSpec {
             name: raw.name.get_ref().clone(),
             from,
             op,
             to,
+            on_error,
             route: self.route(raw.route.as_ref(), &key("route")),
             guarantee: match &raw.guarantee {
                 None => Guarantee::ExactlyOnce,
@@ -580,6 +596,7 @@ impl Validator<'_, '_> {
                 capacity: 1 << 20,
             },
             ("dedupe", Some(toml::Value::Table(p))) => self.dedupe(p, span, &key),
+            ("exec", Some(toml::Value::Table(p))) => self.exec(p, span, &key),
             _ => {
                 let shape = match name {
                     "split_words" => "op = \"split_words\"",
@@ -589,6 +606,7 @@ impl Validator<'_, '_> {
                     "key_by" => "op = { key_by = \".user\" } (or \"key\" / \"value\")",
                     "count" => "op = { count = { window = \"10s\" } } or op = \"count\"",
                     "dedupe" => "op = { dedupe = { by = \"key\", capacity = 100000 } }",
+                    "exec" => "op = { exec = { command = [\"python3\", \"worker.py\"] } }",
                     _ => "op = { sum = { of = \".amount\", window = \"1m\" } }",
                 };
                 self.error(

@@ -25,6 +25,7 @@ pub const OPERATOR_NAMES: &[&str] = &[
     "max",
     "dedupe",
     "reply",
+    "exec",
 ];
 
 /// One input record, borrowed from the log.
@@ -92,6 +93,11 @@ pub fn build(spec: &OpSpec) -> Result<Box<dyn Operator>, OpError> {
         OpSpec::Reply => {
             return Err(OpError(
                 "reply answers jobs; it is run by the runtime, not as an operator".into(),
+            ));
+        }
+        OpSpec::Exec(_) => {
+            return Err(OpError(
+                "exec runs worker processes; it is run by the runtime, not as an operator".into(),
             ));
         }
     })

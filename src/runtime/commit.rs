@@ -19,6 +19,8 @@ pub const FINAL_COMMIT_WAIT: Duration = Duration::from_secs(10);
 struct Snapshot {
     candidate: Progress,
     generation: Arc<Generation>,
+    /// Batches of a second output (an exec stage's dead letters) it waits for too.
+    side: Option<Arc<Generation>>,
 }
 
 pub struct Committer {
@@ -53,6 +55,12 @@ impl Committer {
     /// Takes a snapshot: `candidate` is stored once what `emitter` sent so far is
     /// durable. Call right after a flush.
     pub fn snapshot(&mut self, emitter: &mut Emitter, candidate: Progress) {
+        self.snapshot_with(emitter, None, candidate);
+    }
+
+    /// A snapshot that also waits for what `side` sent so far. The side output's
+    /// positions are not recorded: its records are not deduplicated on replay.
+    pub fn snapshot_with(&mut self, emitter: &mut Emitter, side: Option<&mut Emitter>, candidate: Progress) {
         self.last = Instant::now();
         if self.pending.len() >= SNAPSHOTS_PENDING_MAX && !candidate.done {
             return;
@@ -61,13 +69,18 @@ impl Committer {
         self.pending.push_back(Snapshot {
             candidate,
             generation,
+            side: side.map(Emitter::rotate),
         });
     }
 
     /// Stores the newest snapshot whose batches are all durable.
     pub fn complete(&mut self, partitions: u32) -> Result<()> {
         let mut newest = None;
-        while self.pending.front().is_some_and(|s| s.generation.is_durable()) {
+        while self
+            .pending
+            .front()
+            .is_some_and(|s| s.generation.is_durable() && s.side.as_ref().is_none_or(|g| g.is_durable()))
+        {
             let snapshot = self.pending.pop_front().expect("just checked");
             let mut candidate = snapshot.candidate;
             candidate.output_ends = self.stored.output_ends.clone();

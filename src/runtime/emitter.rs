@@ -41,6 +41,8 @@ pub struct Emitter {
     /// The reply address of the job the current input belongs to, copied onto every
     /// output so that a `reply` stage downstream can answer it.
     reply: Option<Vec<u8>>,
+    /// Headers copied onto every output from here on (a dead letter's reason and origin).
+    headers: Vec<(&'static str, Vec<u8>)>,
     /// Records this producer wrote (not counting replayed ones it dropped).
     pub records_out: u64,
 }
@@ -72,6 +74,7 @@ impl Emitter {
             senders: mesh.inboxes[topic].clone(),
             generation: Generation::new(partitions),
             reply: None,
+            headers: Vec::new(),
             records_out: 0,
         })
     }
@@ -93,6 +96,11 @@ impl Emitter {
             (Some(new), Some(old)) if old.as_slice() == new => {}
             (Some(new), slot) => *slot = Some(new.to_vec()),
         }
+    }
+
+    /// Sets headers copied onto the outputs that come next (empty: none).
+    pub fn set_headers(&mut self, headers: Vec<(&'static str, Vec<u8>)>) {
+        self.headers = headers;
     }
 
     /// Switches to another producer id (a directory source moving to its next file).
@@ -153,14 +161,14 @@ impl Emitter {
 
     fn push(&mut self, q: u32, produced_by: u64, output: &Output) {
         if produced_by >= self.skip[q as usize] {
-            let record = to_record(output.clone(), self.reply.as_deref());
+            let record = to_record(output.clone(), self.reply.as_deref(), &self.headers);
             self.buffer(q, produced_by, record);
         }
     }
 
     fn push_owned(&mut self, q: u32, produced_by: u64, output: Output) {
         if produced_by >= self.skip[q as usize] {
-            let record = to_record(output, self.reply.as_deref());
+            let record = to_record(output, self.reply.as_deref(), &self.headers);
             self.buffer(q, produced_by, record);
         }
     }
@@ -223,13 +231,15 @@ impl Emitter {
 #[derive(Debug, Clone, Copy)]
 pub struct Closed;
 
-fn to_record(output: Output, reply: Option<&[u8]>) -> OwnedRecord {
+fn to_record(output: Output, reply: Option<&[u8]>, extra: &[(&'static str, Vec<u8>)]) -> OwnedRecord {
+    let mut headers: Vec<(&'static str, Vec<u8>)> = reply
+        .map(|r| vec![(REPLY_HEADER, r.to_vec())])
+        .unwrap_or_default();
+    headers.extend(extra.iter().cloned());
     OwnedRecord {
         timestamp_ms: output.timestamp_ms,
         key: output.key,
         value: output.value,
-        headers: reply
-            .map(|r| vec![(REPLY_HEADER, r.to_vec())])
-            .unwrap_or_default(),
+        headers,
     }
 }

@@ -11,6 +11,7 @@ pub mod commit;
 pub mod consumers;
 pub mod emitter;
 pub mod error;
+pub mod exec_stage;
 pub mod journal_recovery;
 pub mod mesh;
 pub mod placement;

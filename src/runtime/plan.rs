@@ -12,6 +12,7 @@ use glommio::{LocalExecutorBuilder, Placement};
 
 use crate::config::{Cores, DataflowSpec, Guarantee, OpSpec};
 use crate::runtime::error::{Result, RuntimeError};
+use crate::runtime::exec_stage::ExecTask;
 use crate::runtime::journal_recovery::{self, ShardJournal};
 use crate::runtime::mesh::{self, Batch};
 use crate::runtime::progress::{self, Progress};
@@ -22,7 +23,7 @@ use crate::runtime::shard::{Control, LocalPartition, Shard, Shared};
 use crate::runtime::sink::{ForwarderTask, SINK_CHANNEL_CHUNKS_MAX, SinkChunk, WriterTask};
 use crate::runtime::source::SourceTask;
 use crate::runtime::stage::StageTask;
-use crate::runtime::{consumers, placement, sink, source, stage};
+use crate::runtime::{consumers, exec_stage, placement, sink, source, stage};
 use crate::server::metrics::Metrics;
 use crate::server::{self, Bound, ShardSockets};
 use crate::storage::{LogOptions, PartitionLog, layout};
@@ -425,14 +426,31 @@ async fn run_shard(index: usize, shared: Arc<Shared>, plan: ShardPlan) -> Result
     }
     crate::server::serve(&shard, plan.sockets);
     glommio::spawn_local(Rc::clone(&shard).run_acker()).detach();
+    // An exec stage runs one task per core over all its partitions there: one worker
+    // pool per core, and one task to drive it.
+    let mut execs: Vec<ExecTask> = Vec::new();
     for task in plan.stages {
-        spawn_counted(&shard, stage::run(Rc::clone(&shard), task));
+        if matches!(shared.spec.stages[task.stage].op, OpSpec::Exec(_)) {
+            match execs.iter_mut().find(|e| e.stage == task.stage) {
+                Some(exec) => exec.parts.push(task),
+                None => execs.push(ExecTask {
+                    stage: task.stage,
+                    parts: vec![task],
+                }),
+            }
+        } else {
+            spawn_counted(&shard, 1, stage::run(Rc::clone(&shard), task));
+        }
+    }
+    for task in execs {
+        let parts = task.parts.len();
+        spawn_counted(&shard, parts, exec_stage::run(Rc::clone(&shard), task));
     }
     for task in plan.sources {
-        spawn_counted(&shard, source::run(Rc::clone(&shard), task));
+        spawn_counted(&shard, 1, source::run(Rc::clone(&shard), task));
     }
     for (task, receiver) in plan.writers {
-        spawn_counted(&shard, sink::write(Rc::clone(&shard), task, receiver));
+        spawn_counted(&shard, 1, sink::write(Rc::clone(&shard), task, receiver));
     }
     for task in plan.forwarders {
         let s = Rc::clone(&shard);
@@ -457,14 +475,19 @@ async fn run_shard(index: usize, shared: Arc<Shared>, plan: ShardPlan) -> Result
     shard.close()
 }
 
-/// Spawns a task counted in `producers_live`; its error stops the engine.
-fn spawn_counted(shard: &Rc<Shard>, task: impl std::future::Future<Output = Result<()>> + 'static) {
+/// Spawns a task counted `count` times in `producers_live` (once per planned producer it
+/// runs); its error stops the engine.
+fn spawn_counted(
+    shard: &Rc<Shard>,
+    count: usize,
+    task: impl std::future::Future<Output = Result<()>> + 'static,
+) {
     let s = Rc::clone(shard);
     glommio::spawn_local(async move {
         if let Err(error) = task.await {
             s.shared.control.fail(error);
         }
-        s.shared.control.producers_live.fetch_sub(1, Ordering::AcqRel);
+        s.shared.control.producers_live.fetch_sub(count, Ordering::AcqRel);
     })
     .detach();
 }

@@ -119,6 +119,11 @@ impl LocalPartition {
         self.appends.get()
     }
 
+    /// The event of the next append; check [`LocalPartition::appends`] before listening.
+    pub fn on_append(&self) -> event_listener::EventListener {
+        self.appended.listen()
+    }
+
     fn note_append(&self) {
         self.appends.set(self.appends.get().wrapping_add(1));
         self.appended.notify(usize::MAX);

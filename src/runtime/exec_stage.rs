@@ -1,0 +1,574 @@
+//! An `exec` stage on one core: reads every input partition of the stage this shard
+//! owns, hands the records to the core's worker pool, and writes each input's answer in
+//! input order, so that provenance and progress work as for any other stage.
+//!
+//! Answers come back in any order; each partition keeps a window of the records read
+//! but not yet written (bounded by the pool's capacity), and writes from its front as
+//! far as it is answered. A record whose worker crashed, hung or refused it is retried
+//! on any worker; after `on_error.max_reclaims` retries the stage's policy decides:
+//! skip it, dead-letter it, or stop the partition there (disable).
+
+use std::cell::Cell;
+use std::collections::{HashMap, HashSet, VecDeque};
+use std::pin::Pin;
+use std::rc::Rc;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::task::Poll;
+use std::time::{Duration, Instant};
+
+use crate::config::{DataflowSpec, ErrorPolicy, ExecSpec, OnFailure, OpSpec, Route};
+use crate::exec::pool::{Outcome, Pool};
+use crate::exec::{AnswerRecord, OutKey};
+use crate::ops::Output;
+use crate::runtime::commit::Committer;
+use crate::runtime::consumers::{DEAD_FROM_HEADER, DEAD_REASON_HEADER};
+use crate::runtime::emitter::Emitter;
+use crate::runtime::error::{Result, RuntimeError};
+use crate::runtime::placement::owner;
+use crate::runtime::progress::{self, Progress};
+use crate::runtime::provenance::{end_marker, stage_producer};
+use crate::runtime::reply::REPLY_HEADER;
+use crate::runtime::shard::{LocalPartition, Shard};
+use crate::runtime::stage::{FailureLog, READ_BATCH_RECORDS, StageTask};
+
+/// Records one partition may hold read but not yet written, at most.
+const WINDOW_MAX: usize = 1 << 16;
+const IDLE_PAUSE_MIN: Duration = Duration::from_micros(50);
+const IDLE_PAUSE_MAX: Duration = Duration::from_millis(5);
+
+/// Every input partition of one exec stage that one shard owns.
+pub struct ExecTask {
+    pub stage: usize,
+    pub parts: Vec<StageTask>,
+}
+
+/// `(part index, input offset)`: what the pool hands back with each outcome.
+type Ticket = (usize, u64);
+
+enum State {
+    /// With a worker, or waiting to be retried; `attempts` failed so far.
+    Pending {
+        attempts: u32,
+    },
+    Answered(Vec<AnswerRecord>),
+    /// Nothing to write: an end marker of another producer, or a record given up on.
+    Empty,
+    /// An end-of-input marker of this producer.
+    End(String),
+    /// Given up on; copied to the dead-letter topic with why.
+    Dead(String),
+}
+
+struct Slot {
+    timestamp_ms: i64,
+    key: Option<Box<[u8]>>,
+    reply: Option<Box<[u8]>>,
+    state: State,
+}
+
+struct Part {
+    place: String,
+    input: Rc<LocalPartition>,
+    /// Where the stage stands in the input (the window's front), for lag and status.
+    reader: Rc<Cell<u64>>,
+    next_read: u64,
+    /// The offset of `window[0]`.
+    base: u64,
+    window: VecDeque<Slot>,
+    emitter: Emitter,
+    dead: Option<Emitter>,
+    committer: Committer,
+    ends_seen: HashMap<String, u64>,
+    ends_read: HashSet<String>,
+    expected_ends: HashSet<String>,
+    /// Every end marker was read: nothing after them is read.
+    input_ended: bool,
+    finished: bool,
+    disabled: bool,
+    failures: FailureLog,
+}
+
+/// The worker processes this shard runs for a stage: `workers` shared out over the
+/// cores that own its input partitions, at least one each.
+pub fn workers_here(spec: &DataflowSpec, stage: usize, shard: usize, shards: usize) -> usize {
+    let stage = &spec.stages[stage];
+    let OpSpec::Exec(exec) = &stage.op else {
+        return 0;
+    };
+    let mut cores: Vec<usize> = stage
+        .from
+        .iter()
+        .flat_map(|&t| (0..spec.topics[t].partitions).map(move |p| owner(p, shards)))
+        .collect();
+    cores.sort_unstable();
+    cores.dedup();
+    let Some(rank) = cores.iter().position(|&c| c == shard) else {
+        return 0;
+    };
+    match exec.workers {
+        None => 1,
+        Some(total) => (total / cores.len() + usize::from(rank < total % cores.len())).max(1),
+    }
+}
+
+pub async fn run(shard: Rc<Shard>, task: ExecTask) -> Result<()> {
+    let spec = Arc::clone(&shard.shared.spec);
+    let stage = &spec.stages[task.stage];
+    let OpSpec::Exec(exec) = &stage.op else {
+        unreachable!("an exec task runs an exec stage");
+    };
+    let exec: &ExecSpec = exec;
+    let control = &shard.shared.control;
+    let workers = workers_here(&spec, task.stage, shard.index, shard.shared.shards);
+    let window_max = (workers * exec.concurrency).clamp(1, WINDOW_MAX);
+    let mut parts = Vec::new();
+    for t in task.parts {
+        parts.push(open_part(&shard, &spec, task.stage, t)?);
+    }
+    let mut pool: Pool<Ticket> = Pool::start(&stage.name, shard.index, workers, exec);
+    let mut outcomes = Vec::new();
+    let mut retry: VecDeque<Ticket> = VecDeque::new();
+    let mut pause = IDLE_PAUSE_MIN;
+    let mut first = 0;
+    while !control.is_stopping() && parts.iter().any(|p| !p.finished) {
+        let now = Instant::now();
+        pool.maintain(now, &mut outcomes);
+        while let Ok(event) = pool.events().try_recv() {
+            pool.handle(event, now, &mut outcomes);
+        }
+        let mut progressed = !outcomes.is_empty();
+        for outcome in outcomes.drain(..) {
+            settle(&mut parts, outcome, &mut retry, stage.on_error, &stage.name);
+        }
+        progressed |= assign_retries(&mut parts, &mut pool, &mut retry, now);
+        let mut caught_up = Vec::new();
+        for k in 0..parts.len() {
+            let i = (first + k) % parts.len();
+            let seen = parts[i].input.appends();
+            match read(&mut parts[i], i, &mut pool, window_max, now) {
+                0 if parts[i].input.appends() == seen && readable(&parts[i], window_max) => caught_up.push(i),
+                0 => {}
+                _ => progressed = true,
+            }
+        }
+        first = (first + 1) % parts.len();
+        pool.flush();
+        for part in &mut parts {
+            progressed |= write_answered(part);
+            part.reader.set(part.base);
+            if part.emitter.flush().await.is_err() {
+                return Ok(());
+            }
+            if let Some(dead) = &mut part.dead
+                && dead.flush().await.is_err()
+            {
+                return Ok(());
+            }
+            if part.committer.is_due() || (part.finished && !part.committer.stored().done) {
+                let candidate = snapshot(part);
+                part.committer
+                    .snapshot_with(&mut part.emitter, part.dead.as_mut(), candidate);
+            }
+            part.committer.complete(part.emitter.partitions())?;
+        }
+        if progressed {
+            pause = IDLE_PAUSE_MIN;
+            continue;
+        }
+        // Nothing to do: wait for an answer, an append to a partition that was read to
+        // its end, or the pool's next deadline, at most `pause`.
+        let mut listeners: Vec<_> = caught_up.iter().map(|&i| parts[i].input.on_append()).collect();
+        let until_due = pool
+            .next_due()
+            .map_or(pause, |due| due.saturating_duration_since(Instant::now()));
+        let event = futures_lite::future::or(
+            async { pool.events().recv_async().await.ok() },
+            futures_lite::future::or(
+                async {
+                    futures_lite::future::poll_fn(|cx| {
+                        for listener in listeners.iter_mut() {
+                            if Pin::new(listener).poll(cx).is_ready() {
+                                return Poll::Ready(None);
+                            }
+                        }
+                        Poll::Pending
+                    })
+                    .await
+                },
+                async {
+                    glommio::timer::sleep(pause.min(until_due)).await;
+                    None
+                },
+            ),
+        )
+        .await;
+        if let Some(event) = event {
+            pool.handle(event, Instant::now(), &mut outcomes);
+        }
+        pause = (pause * 2).min(IDLE_PAUSE_MAX);
+    }
+    pool.stop().await;
+    for part in &mut parts {
+        if !part.committer.stored().done {
+            let flushed = part.emitter.flush().await.is_ok();
+            let dead_flushed = match &mut part.dead {
+                Some(dead) => dead.flush().await.is_ok(),
+                None => true,
+            };
+            if flushed && dead_flushed {
+                let candidate = snapshot(part);
+                part.committer
+                    .snapshot_with(&mut part.emitter, part.dead.as_mut(), candidate);
+            }
+            part.committer.settle(part.emitter.partitions()).await?;
+        }
+        control
+            .records_failed
+            .fetch_add(part.failures.count, Ordering::Relaxed);
+        if part.committer.stored().done {
+            control.finished.fetch_add(1, Ordering::AcqRel);
+        }
+    }
+    Ok(())
+}
+
+fn open_part(shard: &Rc<Shard>, spec: &DataflowSpec, stage_index: usize, task: StageTask) -> Result<Part> {
+    let stage = &spec.stages[stage_index];
+    let topic_name = &spec.topics[task.topic].name;
+    let producer = stage_producer(&stage.name, topic_name, task.partition);
+    let op_error = |e: crate::ops::OpError| RuntimeError::Operator {
+        stage: stage.name.clone(),
+        reason: e.0,
+    };
+    let to = stage.to.expect("validation requires `to`");
+    let mut emitter = Emitter::new(
+        producer.clone(),
+        to,
+        spec.topics[to].partitions,
+        &stage.route,
+        &shard.shared.mesh,
+    )
+    .map_err(op_error)?;
+    emitter.set_skip(task.skip);
+    let dead = match stage.on_error.then {
+        OnFailure::DeadLetter(topic) => Some(
+            Emitter::new(
+                format!("{producer}:dead"),
+                topic,
+                spec.topics[topic].partitions,
+                &Route::Spread,
+                &shard.shared.mesh,
+            )
+            .map_err(op_error)?,
+        ),
+        _ => None,
+    };
+    let input = Rc::clone(shard.partition(task.topic, task.partition));
+    let resume = task.progress.resume;
+    let reader = input.reader(&stage.name, resume);
+    let path = progress::path(
+        &shard.shared.data_dir,
+        &stage.name,
+        &format!("{topic_name}-{}", task.partition),
+    );
+    let ends_seen: HashMap<String, u64> = task.progress.ends_seen.iter().cloned().collect();
+    let finished = task.progress.done;
+    Ok(Part {
+        place: format!("{topic_name}/{}", task.partition),
+        input,
+        reader,
+        next_read: resume,
+        base: resume,
+        window: VecDeque::new(),
+        emitter,
+        dead,
+        committer: Committer::new(
+            path,
+            task.progress,
+            shard.shared.durable(),
+            spec.engine.commit_interval,
+        ),
+        ends_read: ends_seen.keys().cloned().collect(),
+        ends_seen,
+        expected_ends: task.expected_ends,
+        input_ended: finished,
+        finished,
+        disabled: false,
+        failures: FailureLog::new(&stage.name, topic_name, task.partition),
+    })
+}
+
+fn readable(part: &Part, window_max: usize) -> bool {
+    !part.finished && !part.disabled && !part.input_ended && part.window.len() < window_max
+}
+
+/// Reads new records of `part` into its window and the pool; returns how many.
+fn read(part: &mut Part, index: usize, pool: &mut Pool<Ticket>, window_max: usize, now: Instant) -> usize {
+    if !readable(part, window_max) {
+        return 0;
+    }
+    let input = Rc::clone(&part.input);
+    let log = input.log.borrow();
+    let mut read = 0;
+    for view in log.read(part.next_read) {
+        if part.window.len() >= window_max || read >= READ_BATCH_RECORDS {
+            break;
+        }
+        let offset = view.offset();
+        let state = if let Some(ended) = end_marker(&view) {
+            part.ends_read.insert(ended.to_owned());
+            State::End(ended.to_owned())
+        } else if pool.assign((index, offset), view.key(), view.value(), now) {
+            State::Pending { attempts: 0 }
+        } else {
+            break;
+        };
+        let is_end = matches!(state, State::End(_));
+        part.window.push_back(Slot {
+            timestamp_ms: view.timestamp_ms(),
+            key: view.key().map(Box::from),
+            reply: view
+                .headers()
+                .find(|(name, _)| *name == REPLY_HEADER)
+                .map(|(_, value)| Box::from(value)),
+            state,
+        });
+        part.next_read = offset + 1;
+        read += 1;
+        if is_end
+            && !part.expected_ends.is_empty()
+            && part.expected_ends.iter().all(|p| part.ends_read.contains(p))
+        {
+            part.input_ended = true;
+            break;
+        }
+    }
+    read
+}
+
+/// Gives records waiting for a retry to workers; returns whether any went.
+fn assign_retries(
+    parts: &mut [Part],
+    pool: &mut Pool<Ticket>,
+    retry: &mut VecDeque<Ticket>,
+    now: Instant,
+) -> bool {
+    let mut any = false;
+    while let Some(&(i, offset)) = retry.front() {
+        let part = &mut parts[i];
+        if part.disabled {
+            retry.pop_front();
+            continue;
+        }
+        let input = Rc::clone(&part.input);
+        let log = input.log.borrow();
+        let view = log.read(offset).next().filter(|v| v.offset() == offset);
+        let Some(view) = view else {
+            // Retention deleted it while it waited: nothing is left to retry.
+            retry.pop_front();
+            part.failures
+                .record(offset, "deleted by retention before it could be retried");
+            part.window[(offset - part.base) as usize].state = State::Empty;
+            any = true;
+            continue;
+        };
+        if !pool.assign((i, offset), view.key(), view.value(), now) {
+            break;
+        }
+        retry.pop_front();
+        any = true;
+    }
+    any
+}
+
+/// Files an outcome into its slot: an answer, or a failed attempt to retry or give up on.
+fn settle(
+    parts: &mut [Part],
+    outcome: Outcome<Ticket>,
+    retry: &mut VecDeque<Ticket>,
+    policy: ErrorPolicy,
+    stage: &str,
+) {
+    let ((i, offset), failure) = match outcome {
+        Outcome::Answered(ticket, records) => {
+            let part = &mut parts[ticket.0];
+            part.window[(ticket.1 - part.base) as usize].state = State::Answered(records);
+            return;
+        }
+        Outcome::Refused(ticket, reason) => (ticket, format!("the worker refused it: {reason}")),
+        Outcome::Lost(ticket, reason) => (ticket, reason),
+    };
+    let part = &mut parts[i];
+    let slot = &mut part.window[(offset - part.base) as usize];
+    let State::Pending { attempts } = &mut slot.state else {
+        return;
+    };
+    *attempts += 1;
+    if *attempts <= policy.max_reclaims {
+        tracing::debug!(stage, place = %part.place, offset, attempt = *attempts, "retrying: {failure}");
+        retry.push_back((i, offset));
+        return;
+    }
+    let attempts = *attempts;
+    let why = format!(
+        "{failure} (attempt {attempts} of {attempts}, max_reclaims {})",
+        policy.max_reclaims
+    );
+    match policy.then {
+        OnFailure::Continue => {
+            part.failures.record(offset, &why);
+            slot.state = State::Empty;
+        }
+        OnFailure::DeadLetter(_) => {
+            tracing::warn!(
+                "stage \"{stage}\" on {} dead-letters record {offset}: {why}",
+                part.place
+            );
+            slot.state = State::Dead(why);
+        }
+        OnFailure::Disable => {
+            if !part.disabled {
+                tracing::error!(
+                    "stage \"{stage}\" on {} is disabled at record {offset}: {why}; nothing after it \
+                     is written until flowd restarts (fix the worker, or set on_error.then to \
+                     \"continue\" or \"dead_letter\")",
+                    part.place
+                );
+            }
+            part.disabled = true;
+        }
+    }
+}
+
+/// Writes the front of the window as far as it is settled; returns whether any was.
+fn write_answered(part: &mut Part) -> bool {
+    let mut any = false;
+    while let Some(front) = part.window.front() {
+        if matches!(front.state, State::Pending { .. }) || part.finished || part.emitter.is_full() {
+            break;
+        }
+        let slot = part.window.pop_front().expect("just looked");
+        let offset = part.base;
+        part.base += 1;
+        any = true;
+        match slot.state {
+            State::Pending { .. } => unreachable!("checked above"),
+            State::Empty => {}
+            State::Answered(records) => {
+                part.emitter.set_reply(slot.reply.as_deref());
+                for (index, record) in records.into_iter().enumerate() {
+                    let key = match record.key {
+                        OutKey::Input => slot.key.as_deref().map(<[u8]>::to_vec),
+                        OutKey::Set(key) => key,
+                    };
+                    let output = Output {
+                        timestamp_ms: slot.timestamp_ms,
+                        key,
+                        value: record.value,
+                    };
+                    if let Err(error) = part.emitter.emit(offset, index, output) {
+                        part.failures
+                            .record(offset, &format!("cannot route it: {}", error.0));
+                    }
+                }
+            }
+            State::End(producer) => {
+                part.ends_seen.insert(producer, offset);
+                if part.expected_ends.iter().all(|p| part.ends_seen.contains_key(p)) {
+                    part.emitter.set_reply(None);
+                    part.emitter.emit_end(offset, slot.timestamp_ms);
+                    part.finished = true;
+                }
+            }
+            State::Dead(why) => dead_letter(part, offset, slot.timestamp_ms, why),
+        }
+    }
+    any
+}
+
+/// Copies the input record at `offset` to the dead-letter topic, with why and whence.
+fn dead_letter(part: &mut Part, offset: u64, timestamp_ms: i64, why: String) {
+    let Some(dead) = &mut part.dead else {
+        return;
+    };
+    let log = part.input.log.borrow();
+    let Some(view) = log.read(offset).next().filter(|v| v.offset() == offset) else {
+        part.failures
+            .record(offset, "deleted by retention before it could be dead-lettered");
+        return;
+    };
+    dead.set_reply(None);
+    dead.set_headers(vec![
+        (DEAD_REASON_HEADER, why.into_bytes()),
+        (DEAD_FROM_HEADER, format!("{}/{offset}", part.place).into_bytes()),
+    ]);
+    let output = Output {
+        timestamp_ms,
+        key: view.key().map(<[u8]>::to_vec),
+        value: view.value().to_vec(),
+    };
+    if let Err(error) = dead.emit(offset, 0, output) {
+        part.failures
+            .record(offset, &format!("cannot dead-letter it: {}", error.0));
+    }
+    dead.set_headers(Vec::new());
+}
+
+fn snapshot(part: &Part) -> Progress {
+    let mut ends: Vec<(String, u64)> = part
+        .ends_seen
+        .iter()
+        .filter(|(_, o)| **o < part.base)
+        .map(|(p, o)| (p.clone(), *o))
+        .collect();
+    ends.sort();
+    Progress {
+        resume: part.base,
+        next: part.base,
+        ends_seen: ends,
+        done: part.finished,
+        ..Progress::default()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn workers_are_shared_out_over_the_cores_that_read_the_stage() {
+        let text = r#"
+[engine]
+data_dir = "/tmp/x"
+[[topic]]
+name = "in"
+partitions = 3
+[[topic]]
+name = "out"
+[[stage]]
+name = "w"
+from = "in"
+op = { exec = { command = ["cat"], workers = 5 } }
+to = "out"
+[[stage]]
+name = "one"
+from = "out"
+op = { exec = { command = ["cat"] } }
+to = "in2"
+[[topic]]
+name = "in2"
+"#;
+        let spec = crate::config::parse(std::path::Path::new("t.toml"), text).expect("valid");
+        // Partitions 0, 1, 2 on 2 cores: cores 0 and 1 read the stage.
+        assert_eq!(workers_here(&spec, 0, 0, 2), 3);
+        assert_eq!(workers_here(&spec, 0, 1, 2), 2);
+        // One partition: only core 0 runs workers, one by default.
+        assert_eq!(workers_here(&spec, 1, 0, 2), 1);
+        assert_eq!(workers_here(&spec, 1, 1, 2), 0);
+        // Three cores read it: 5 workers are 2, 2 and 1.
+        assert_eq!(workers_here(&spec, 0, 0, 8), 2);
+        assert_eq!(workers_here(&spec, 0, 2, 8), 1);
+        assert_eq!(workers_here(&spec, 0, 3, 8), 0);
+    }
+}
