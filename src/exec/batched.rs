@@ -379,7 +379,8 @@ mod tests {
     #[test]
     fn bad_frames_are_explained_not_trusted() {
         let cases: Vec<(Vec<u8>, &str)> = vec![
-            (vec![1, 0, 0, 0], "ends early"),
+            (vec![1, 0, 0, 0], "claiming 1 answers"),
+            (vec![0, 0], "ends early"),
             (vec![0xff, 0xff, 0xff, 0x0f], "claiming"),
             (
                 [&1u32.to_le_bytes()[..], &7u64.to_le_bytes(), &[9u8]].concat(),

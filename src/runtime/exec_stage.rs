@@ -546,6 +546,7 @@ name = "in"
 partitions = 3
 [[topic]]
 name = "out"
+partitions = 1
 [[stage]]
 name = "w"
 from = "in"
