@@ -393,6 +393,7 @@ mod tests {
                     &7u64.to_le_bytes(),
                     &[0u8],
                     &1u32.to_le_bytes(),
+                    &NO_KEY.to_le_bytes(),
                     &100u32.to_le_bytes(),
                 ]
                 .concat(),
