@@ -174,6 +174,48 @@ fn broken_files_get_precise_errors() {
                 "18:1: ingest.max_conections: unknown key | did you mean \"max_connections\"?",
             ],
         ),
+        (
+            "exec without a command",
+            BASE.replace("op = \"split_words\"", "op = { exec = { workers = 2 } }"),
+            &["13:6: stage \"split\".op.exec.command: exec needs the command that starts a worker"],
+        ),
+        (
+            "exec with the command as one string",
+            BASE.replace("op = \"split_words\"", "op = { exec = { command = \"python3 w.py\" } }"),
+            &["not one string \"python3 w.py\" | write command = [\"python3\", \"w.py\"]"],
+        ),
+        (
+            "exec with bad pool options",
+            BASE.replace(
+                "op = \"split_words\"",
+                "op = { exec = { command = [\"w\"], protocl = \"json\", protocol = \"jsonl\", workers = 0, timeout = \"1ms\" } }",
+            ),
+            &[
+                "stage \"split\".op.exec.protocol: unknown worker protocol \"jsonl\" | did you mean \"json\"?",
+                "stage \"split\".op.exec.workers: workers must be a whole number from 1 to 1024",
+                "stage \"split\".op.exec.timeout: timeout 1ms is out of range | use from 10ms to 24h",
+                "stage \"split\".op.exec.protocl: unknown key | did you mean \"protocol\"?",
+            ],
+        ),
+        (
+            "on_error on a built-in operator",
+            BASE.replace("to = \"words\"", "to = \"words\"\non_error = { then = \"continue\" }"),
+            &["stage \"split\".on_error: on_error applies to exec stages only"],
+        ),
+        (
+            "dead_letter without its topic",
+            BASE.replace("op = \"split_words\"", "op = { exec = { command = [\"w\"] } }")
+                .replace("to = \"words\"", "to = \"words\"\non_error = { then = \"dead_letter\" }"),
+            &["stage \"split\".on_error.dead_letter: then = \"dead_letter\" needs the topic the failed records go to"],
+        ),
+        (
+            "dead_letter to a topic that does not exist",
+            BASE.replace("op = \"split_words\"", "op = { exec = { command = [\"w\"] } }").replace(
+                "to = \"words\"",
+                "to = \"words\"\non_error = { max_reclaims = 3, then = \"dead_letter\", dead_letter = \"dead\" }",
+            ),
+            &["stage \"split\".on_error.dead_letter: there is no topic \"dead\""],
+        ),
     ];
     for (what, text, expected) in cases {
         let got = errors(text);

@@ -10,12 +10,12 @@ use std::time::{Duration, Instant};
 /// Longest any single `flowd run` in these tests may take.
 const RUN_TIMEOUT: Duration = Duration::from_secs(120);
 
-fn flowd() -> Command {
+pub(crate) fn flowd() -> Command {
     Command::new(env!("CARGO_BIN_EXE_flowd"))
 }
 
 /// Waits for `child` (bounded); kills it and fails the test on timeout.
-fn wait(child: &mut Child, timeout: Duration) -> std::process::ExitStatus {
+pub(crate) fn wait(child: &mut Child, timeout: Duration) -> std::process::ExitStatus {
     let deadline = Instant::now() + timeout;
     loop {
         if let Some(status) = child.try_wait().unwrap() {
@@ -29,7 +29,7 @@ fn wait(child: &mut Child, timeout: Duration) -> std::process::ExitStatus {
     }
 }
 
-fn signal(child: &Child, signal: i32) {
+pub(crate) fn signal(child: &Child, signal: i32) {
     // SAFETY: plain kill(2) on our own child's pid.
     assert_eq!(unsafe { libc::kill(child.id() as i32, signal) }, 0);
 }

@@ -8,6 +8,7 @@ mod consumers;
 mod crash;
 mod dataflow_run;
 mod exactly_once;
+mod exec;
 mod fixture;
 mod ingest;
 mod log;
