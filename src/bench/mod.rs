@@ -1,10 +1,12 @@
 //! `flowd bench`: load through the real client protocol against an engine started in
 //! this process on a fresh temporary data dir (or a running one, `--to`), with
 //! hdrhistogram latencies (DESIGN.md section 8). Scenarios: `ingest` (produce to durable
-//! ack), `consume` (claim and ack), `pipeline` (through a dataflow's stages) and
-//! `reqreply` (a job to its answer).
+//! ack), `consume` (claim and ack), `pipeline` (through a dataflow's stages), `exec`
+//! (through worker processes; the pipeline scenario with an exec stage) and `reqreply`
+//! (a job to its answer).
 
 pub mod consume;
+pub mod echo_worker;
 pub mod ingest;
 pub mod load;
 pub mod pipeline;
@@ -23,7 +25,7 @@ pub use ingest::{IngestOptions, ingest};
 pub use load::Measured;
 pub use pipeline::{PipelineOptions, pipeline};
 pub use reqreply::{ReqreplyOptions, reqreply};
-pub use target::{Stages, Target};
+pub use target::{ExecStage, Stages, Target};
 
 #[derive(Debug, thiserror::Error)]
 pub enum BenchError {

@@ -7,7 +7,7 @@ use std::sync::atomic::AtomicBool;
 
 use crate::bench::BenchError;
 use crate::client::Client;
-use crate::config;
+use crate::config::{self, ExecProtocol};
 use crate::runtime::{self, Engine};
 use crate::storage::Durability;
 
@@ -61,11 +61,55 @@ pub struct Target {
 }
 
 /// Where the stages of a `Target` start from: the built-in dataflow with pipeline
-/// stages or without (their work would share the cores with the scenario measured).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+/// stages, with an exec stage, or without (their work would share the cores with the
+/// scenario measured).
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Stages {
     None,
     Pipeline,
+    /// `bench` -> an exec stage -> `bench-out`.
+    Exec(ExecStage),
+}
+
+/// The exec stage of `flowd bench exec`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ExecStage {
+    pub command: Vec<String>,
+    pub protocol: ExecProtocol,
+    pub workers: Option<usize>,
+    pub concurrency: Option<usize>,
+    /// The workers' working directory: where `flowd bench` runs, so that a worker
+    /// named by a relative path is found.
+    pub dir: std::path::PathBuf,
+}
+
+impl ExecStage {
+    /// The `[[stage]]` block, its values written as TOML.
+    fn toml(&self) -> String {
+        let command = toml::Value::Array(
+            self.command
+                .iter()
+                .map(|c| toml::Value::String(c.clone()))
+                .collect(),
+        );
+        let dir = toml::Value::String(self.dir.display().to_string());
+        let mut options = format!(
+            "command = {command}, dir = {dir}, protocol = \"{}\"",
+            match self.protocol {
+                ExecProtocol::JsonLines => "json",
+                ExecProtocol::Batched => "batched",
+            }
+        );
+        if let Some(w) = self.workers {
+            options.push_str(&format!(", workers = {w}"));
+        }
+        if let Some(c) = self.concurrency {
+            options.push_str(&format!(", concurrency = {c}"));
+        }
+        format!(
+            "[[stage]]\nname = \"exec\"\nfrom = \"bench\"\nop = {{ exec = {{ {options} }} }}\nto = \"bench-out\"\n"
+        )
+    }
 }
 
 impl Target {
@@ -89,11 +133,14 @@ impl Target {
                     .replace("{dir}", &data.display().to_string())
                     .replace("{mode}", &durability.to_string())
                     .replace("{cores}", &cores.to_string());
-                if stages == Stages::None {
+                if stages != Stages::Pipeline {
                     text.truncate(
                         text.find("[[stage]]\nname = \"key\"")
                             .expect("the pipeline stages"),
                     );
+                }
+                if let Stages::Exec(exec) = &stages {
+                    text.push_str(&exec.toml());
                 }
                 let path = dir.path().join("bench.toml");
                 config::parse(&path, &text).map_err(|e| BenchError::Setup(e.to_string()))?

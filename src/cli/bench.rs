@@ -1,12 +1,15 @@
-//! `flowd bench ingest|consume|pipeline|reqreply [...] [--json]`: drive an engine (in-process by default,
+//! `flowd bench ingest|consume|pipeline|exec|reqreply [...] [--json]`: drive an engine (in-process by default,
 //! `--to ADDR` for a running one) and report throughput and latency (DESIGN.md 8).
 
 use std::process::ExitCode;
 
 use std::path::PathBuf;
 
-use crate::bench::{self, IngestOptions, PipelineOptions, Report, ReqreplyOptions, Stages, Target};
+use crate::bench::{
+    self, ExecStage, IngestOptions, PipelineOptions, Report, ReqreplyOptions, Stages, Target,
+};
 use crate::cli::CliError;
+use crate::config::ExecProtocol;
 use crate::storage::Durability;
 
 #[derive(Debug, clap::Subcommand)]
@@ -52,6 +55,34 @@ pub enum Scenario {
         expect: Option<u64>,
         #[command(flatten)]
         common: Common,
+    },
+    /// Produce into `bench`, through an exec stage of worker processes, and read
+    /// `bench-out`: end-to-end throughput and latency through the workers.
+    Exec {
+        #[command(flatten)]
+        load: Load,
+        /// The worker protocol: batched (binary frames) or json (JSON lines).
+        #[arg(long, default_value = "batched", value_parser = parse_protocol)]
+        protocol: ExecProtocol,
+        /// The worker's command line, split on spaces (default: `flowd bench echo-worker`,
+        /// which answers each record with itself).
+        #[arg(long, value_name = "COMMAND")]
+        worker: Option<String>,
+        /// Worker processes (default: one per core).
+        #[arg(long)]
+        workers: Option<usize>,
+        /// Records in flight per worker (default: the exec operator's).
+        #[arg(long)]
+        concurrency: Option<usize>,
+        /// One JSON object instead of text.
+        #[arg(long)]
+        json: bool,
+    },
+    /// The worker `flowd bench exec` runs by default: answers every record with itself.
+    #[command(name = "echo-worker")]
+    EchoWorker {
+        #[arg(long, default_value = "batched", value_parser = parse_protocol)]
+        protocol: ExecProtocol,
     },
     /// Request/reply jobs to an echo job: one in flight per connection, or at a fixed rate.
     Reqreply {
@@ -115,6 +146,16 @@ fn target(common: &Common, durability: Durability, stages: Stages) -> Result<Tar
     }
 }
 
+fn parse_protocol(text: &str) -> Result<ExecProtocol, String> {
+    match text {
+        "batched" => Ok(ExecProtocol::Batched),
+        "json" => Ok(ExecProtocol::JsonLines),
+        other => Err(format!(
+            "\"{other}\" is not a worker protocol: use batched or json"
+        )),
+    }
+}
+
 fn parse_rate(text: &str) -> Result<f64, String> {
     let number = text.strip_suffix("/s").unwrap_or(text);
     match number.parse::<f64>() {
@@ -127,6 +168,64 @@ fn parse_rate(text: &str) -> Result<f64, String> {
 
 pub fn run(scenario: Scenario) -> Result<ExitCode, CliError> {
     let (report, json) = match scenario {
+        Scenario::EchoWorker { protocol } => {
+            bench::echo_worker::run(protocol)?;
+            return Ok(ExitCode::SUCCESS);
+        }
+        Scenario::Exec {
+            load,
+            protocol,
+            worker,
+            workers,
+            concurrency,
+            json,
+        } => {
+            let command = match &worker {
+                Some(line) => line.split_whitespace().map(str::to_owned).collect(),
+                None => {
+                    let me = std::env::current_exe()?.display().to_string();
+                    let protocol = if protocol == ExecProtocol::Batched {
+                        "batched"
+                    } else {
+                        "json"
+                    };
+                    vec![
+                        me,
+                        "bench".into(),
+                        "echo-worker".into(),
+                        "--protocol".into(),
+                        protocol.into(),
+                    ]
+                }
+            };
+            if command.is_empty() {
+                return Err(CliError::Usage("--worker needs a command".into()));
+            }
+            let stage = ExecStage {
+                command: command.clone(),
+                protocol,
+                workers,
+                concurrency,
+                dir: std::env::current_dir()?,
+            };
+            let target = Target::start(load.durability, Stages::Exec(stage), None)?;
+            let options = PipelineOptions {
+                records: load.records,
+                size: load.size,
+                batch: load.batch.max(1),
+                output: "bench-out".into(),
+                expect: None,
+            };
+            let measured = bench::pipeline(&target, &options, true)?;
+            let config = serde_json::json!({
+                "size": load.size, "batch": options.batch, "durability": load.durability.to_string(),
+                "worker": command, "protocol": if protocol == ExecProtocol::Batched { "batched" } else { "json" },
+                "workers": workers, "concurrency": concurrency,
+                "records": "outputs read from bench-out",
+                "latency": "per record, produce sent to the worker's answer readable in bench-out (end to end)",
+            });
+            (bench::report("exec", &measured, load.size, config), json)
+        }
         Scenario::Ingest {
             load,
             connections,

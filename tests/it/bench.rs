@@ -182,3 +182,47 @@ fn text_report_and_clear_errors() {
     assert_ne!(code, 0);
     assert!(stderr.contains("over the engine's limit"), "{stderr}");
 }
+
+#[test]
+fn exec_runs_records_through_worker_processes_in_both_protocols() {
+    let r = report(
+        &["exec", "--records", "20000", "--batch", "500", "--json"],
+        "exec",
+    );
+    assert_eq!(r["records"], 20000, "every record answered once");
+    assert_eq!(r["config"]["protocol"], "batched");
+    assert_eq!(r["config"]["worker"][2], "echo-worker");
+    let python = format!(
+        "python3 {}/tests/it/workers/echo_batched.py",
+        env!("CARGO_MANIFEST_DIR")
+    );
+    let r = report(
+        &[
+            "exec",
+            "--records",
+            "5000",
+            "--batch",
+            "100",
+            "--worker",
+            &python,
+            "--json",
+        ],
+        "exec",
+    );
+    assert_eq!(r["records"], 5000);
+    let r = report(
+        &[
+            "exec",
+            "--records",
+            "5000",
+            "--protocol",
+            "json",
+            "--workers",
+            "3",
+            "--json",
+        ],
+        "exec",
+    );
+    assert_eq!(r["records"], 5000);
+    assert_eq!(r["config"]["workers"], 3);
+}
