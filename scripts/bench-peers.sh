@@ -4,13 +4,15 @@
 # packages, the pipeproc npm package, tools/peerload), starts each server on a loopback
 # port, stops it by its pid, and prints a markdown table with each row's persistence and
 # flowd's ratio to the best other system. All data dirs live under one work dir on disk.
-# Usage: [RECORDS=1000000] [REQUESTS=20000] [SIZE=100] scripts/bench-peers.sh [--keep DIR]
+# Usage: [RECORDS=1000000] [REQUESTS=20000] [EXEC_RECORDS=1000] [SIZE=100] scripts/bench-peers.sh [--keep DIR]
+#   EXEC_RECORDS  records for pipeproc's systemProc run (tens per second: keep it small)
 #   --keep DIR   also write every run's JSON report (results.jsonl) and the table there
 set -euo pipefail
 cd "$(dirname "$0")/.."
 root=$(pwd)
 records="${RECORDS:-1000000}"
 requests="${REQUESTS:-20000}"
+exec_records="${EXEC_RECORDS:-1000}"
 size="${SIZE:-100}"
 batch=1000
 keep=""
@@ -161,6 +163,9 @@ run "ingest, synced" pipeproc "LevelDB, sync on every commit" -- \
   node "$pp/pipeproc-bench.js" ingest "$pp/data-ingest" "$records" "$size" "$batch" 32
 run "consume + ack, synced" pipeproc "LevelDB, sync on every ack" -- \
   node "$pp/pipeproc-bench.js" consume "$pp/data-consume" "$records" "$size" "$batch" 1
+# A systemProc does tens of records per second: a small run says enough.
+run "worker processes" pipeproc "systemProc, echo processor on $(nproc) worker processes" -- \
+  node "$pp/pipeproc-bench.js" exec "$pp/data-exec" "$exec_records" "$size" 100 1
 failed "request/reply" pipeproc "no request/reply: pipeproc has no way to answer a caller"
 
 # --- flowd ----------------------------------------------------------------------------
@@ -172,6 +177,14 @@ run "ingest, not synced" flowd "none: page cache, no sync" -- \
   "$flowd" bench ingest --records "$records" --size "$size" --batch "$batch" --durability none --json
 run "consume + ack, synced" flowd "group: acks fdatasynced before answer" -- \
   "$flowd" bench consume --records "$records" --size "$size" --batch "$batch" --durability group --json
+run "worker processes" flowd "exec stage, batched protocol, flowd's echo worker, group" -- \
+  "$flowd" bench exec --records "$records" --size "$size" --batch "$batch" --durability group --json
+run "worker processes" flowd "exec stage, batched protocol, Python echo worker, group" -- \
+  "$flowd" bench exec --records "$records" --size "$size" --batch "$batch" --durability group \
+  --worker "python3 $root/dataflows/workers/echo_batched.py" --json
+run "worker processes" flowd "exec stage, JSON lines, flowd's echo worker, group" -- \
+  "$flowd" bench exec --records "$records" --size "$size" --batch "$batch" --durability group \
+  --protocol json --json
 run "request/reply" flowd "job through the echo dataflow, durability none" -- \
   "$flowd" bench reqreply --requests "$requests" --size "$size" --durability none --json
 
@@ -186,7 +199,7 @@ for r in rows:
         order.append(w)
 def kind(w):
     return w.split(",")[0]
-kinds = ["ingest", "consume + ack", "request/reply"]
+kinds = ["ingest", "consume + ack", "worker processes", "request/reply"]
 order.sort(key=lambda w: (kinds.index(kind(w)), w))
 print("| workload | system | persistence | records/s | MB/s | p50 µs | p99 µs | flowd vs best other |")
 print("|---|---|---|--:|--:|--:|--:|---|")
@@ -214,7 +227,7 @@ for w in order:
         print(f"| {w} | {row['system']} | {row['persistence']} | {r['records_per_sec']:,.0f} | "
               f"{r['mb_per_sec']:.1f} | {l['p50']:,} | {l['p99']:,} | {ratio} |")
 
-# The goals of issue 6, each a ratio from this run.
+# The goals of issues 6 and 7, each a ratio from this run.
 def find(system, text):
     for r in rows:
         if r["row"]["system"] == system and text in r["row"]["persistence"] and not r.get("failed"):
@@ -232,6 +245,10 @@ goals = [
      pick("flowd", "consume"), pick("nats", "consume")),
     ("flowd request/reply p99 / unpipelined Redis XADD p99", "p99", 2,
      pick("flowd", "request/reply"), find("redis", "single unpipelined XADD")),
+    ("flowd exec (batched, echo) / pipeproc proc+ack", "x", 14,
+     find("flowd", "batched protocol, flowd's echo"), pick("pipeproc", "consume")),
+    ("flowd exec (batched, echo) / pipeproc systemProc on workers", "x", 10000,
+     find("flowd", "batched protocol, flowd's echo"), pick("pipeproc", "worker processes")),
 ]
 print()
 print("| goal | target | this run | met |")
@@ -241,7 +258,7 @@ for name, how, target, a, b in goals:
         print(f"| {name} | | a row is missing | no |")
     elif how == "x":
         ratio = a["records_per_sec"] / b["records_per_sec"]
-        print(f"| {name} | >= {target}x | {ratio:.1f}x | {'yes' if ratio >= target else 'no'} |")
+        print(f"| {name} | >= {target:,}x | {ratio:,.1f}x | {'yes' if ratio >= target else 'no'} |")
     else:
         ratio = a["latency_us"]["p99"] / b["latency_us"]["p99"]
         print(f"| {name} | <= {target}x | {ratio:.2f}x | {'yes' if ratio <= target else 'no'} |")

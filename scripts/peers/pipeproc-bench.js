@@ -1,13 +1,18 @@
-// pipeproc-bench.js: the ingest and consume workloads of `flowd bench` against pipeproc
-// (an embedded LevelDB commit log run in a child process), one JSON report in flowd's shape.
-// usage: node pipeproc-bench.js ingest|consume DIR RECORDS SIZE BATCH INFLIGHT
+// pipeproc-bench.js: the ingest, consume and exec workloads of `flowd bench` against
+// pipeproc (an embedded LevelDB commit log run in a child process), one JSON report in
+// flowd's shape. exec: a systemProc whose processor (an echo module) runs on pipeproc's
+// worker processes, one per core; INFLIGHT is unused there.
+// usage: node pipeproc-bench.js ingest|consume|exec DIR RECORDS SIZE BATCH INFLIGHT
 "use strict";
+const fs = require("fs");
+const os = require("os");
+const path = require("path");
 const {PipeProc} = require("pipeproc");
 
 const [workload, dir, records, size, batch, inflight] = process.argv.slice(2);
 const RECORDS = Number(records), SIZE = Number(size), BATCH = Number(batch), INFLIGHT = Number(inflight);
-if (!["ingest", "consume"].includes(workload) || !dir || !(RECORDS > 0) || !(SIZE > 0) || !(BATCH > 0) || !(INFLIGHT > 0)) {
-  console.error("usage: node pipeproc-bench.js ingest|consume DIR RECORDS SIZE BATCH INFLIGHT");
+if (!["ingest", "consume", "exec"].includes(workload) || !dir || !(RECORDS > 0) || !(SIZE > 0) || !(BATCH > 0) || !(INFLIGHT > 0)) {
+  console.error("usage: node pipeproc-bench.js ingest|consume|exec DIR RECORDS SIZE BATCH INFLIGHT");
   process.exit(2);
 }
 
@@ -21,7 +26,8 @@ function report(scenario, n, seconds, latencies) {
     scenario, records: n, seconds,
     records_per_sec: n / seconds, mb_per_sec: n * SIZE / seconds / 1e6,
     latency_us: {p50: at(0.5), p99: at(0.99), p999: at(0.999), max: latencies[latencies.length - 1] || 0},
-    config: {system: "pipeproc", workload: workload === "ingest" ? "commit batches" : "proc + ack", size: SIZE, batch: BATCH, inflight: workload === "ingest" ? INFLIGHT : 1},
+    config: {system: "pipeproc", workload: {ingest: "commit batches", consume: "proc + ack", exec: "systemProc on worker processes"}[workload],
+             size: SIZE, batch: BATCH, inflight: workload === "ingest" ? INFLIGHT : 1, workers: workload === "exec" ? os.cpus().length : 0},
   });
 }
 
@@ -63,19 +69,38 @@ async function consume(client, name, records) {
   return {n, seconds: Number(process.hrtime.bigint() - t0) / 1e9, latencies};
 }
 
+// A systemProc copies every record of "bench" to "bench-out" through an echo processor
+// on the worker processes; latency is not measured per record (0s).
+async function exec(client, records) {
+  const processor = path.join(dir, "..", "echo-processor.js");
+  fs.writeFileSync(processor, "module.exports = function (log, done) { done(null, log.body); };\n");
+  const t0 = process.hrtime.bigint();
+  await client.systemProc({name: "echo", offset: ">", from: "bench", to: "bench-out", processor});
+  let n = 0;
+  while (n < records) {
+    await new Promise(resolve => setTimeout(resolve, 20));
+    // The topic exists once the processor wrote to it.
+    n = await client.length("bench-out").catch(() => 0);
+  }
+  return {n, seconds: Number(process.hrtime.bigint() - t0) / 1e9, latencies: []};
+}
+
 (async () => {
   const client = PipeProc();
-  await client.spawn({location: dir, workers: 0});
+  await client.spawn({location: dir, workers: workload === "exec" ? os.cpus().length : 0});
   const batches = Math.ceil(RECORDS / BATCH);
   const warm = Math.min(Math.max(1, Math.floor(batches / 10)), Math.max(1, Math.floor(100000 / BATCH)));
   let run;
   if (workload === "ingest") {
     await produce(client, warm);
     run = await produce(client, batches);
-  } else {
+  } else if (workload === "consume") {
     await produce(client, batches);
     await consume(client, "warm-up", warm * BATCH);
     run = await consume(client, "bench", batches * BATCH);
+  } else {
+    await produce(client, batches);
+    run = await exec(client, batches * BATCH);
   }
   await client.shutdown();
   console.log(report(workload, run.n, run.seconds, run.latencies));

@@ -193,7 +193,7 @@ fn exec_runs_records_through_worker_processes_in_both_protocols() {
     assert_eq!(r["config"]["protocol"], "batched");
     assert_eq!(r["config"]["worker"][2], "echo-worker");
     let python = format!(
-        "python3 {}/tests/it/workers/echo_batched.py",
+        "python3 {}/dataflows/workers/echo_batched.py",
         env!("CARGO_MANIFEST_DIR")
     );
     let r = report(

@@ -163,7 +163,9 @@ fn a_python_worker_doubles_every_number_exactly_once() {
 fn the_batched_protocol_carries_every_record() {
     let exec = format!(
         r#"command = ["python3", "{}"], protocol = "batched", concurrency = 256"#,
-        worker("echo_batched.py")
+        Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("dataflows/workers/echo_batched.py")
+            .display()
     );
     let run = Run::new(20_000, &exec, "");
     run.finish();

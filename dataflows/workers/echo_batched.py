@@ -1,5 +1,5 @@
-"""A batched-protocol exec worker for flowd's tests and `flowd bench exec --worker`:
-answers each record with itself (its key and value copied through)."""
+"""An exec worker in the batched protocol (see dataflows/README.md): answers each record
+with itself, its key and value copied through. `flowd bench exec --worker` can run it."""
 import struct
 import sys
 
