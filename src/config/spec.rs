@@ -120,6 +120,16 @@ pub struct StageSpec {
     pub on_error: ErrorPolicy,
 }
 
+impl StageSpec {
+    /// The topic failed records are copied to, for an exec stage that dead-letters.
+    pub fn dead_letter_topic(&self) -> Option<usize> {
+        match (&self.op, self.on_error.then) {
+            (OpSpec::Exec(_), OnFailure::DeadLetter(topic)) => Some(topic),
+            _ => None,
+        }
+    }
+}
+
 /// A stage's answer to a record that failed `max_reclaims + 1` times: a worker crashed,
 /// hung or refused it each time.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

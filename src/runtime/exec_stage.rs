@@ -27,7 +27,7 @@ use crate::runtime::emitter::Emitter;
 use crate::runtime::error::{Result, RuntimeError};
 use crate::runtime::placement::owner;
 use crate::runtime::progress::{self, Progress};
-use crate::runtime::provenance::{end_marker, stage_producer};
+use crate::runtime::provenance::{dead_letter_producer, end_marker, stage_producer};
 use crate::runtime::reply::REPLY_HEADER;
 use crate::runtime::shard::{LocalPartition, Shard};
 use crate::runtime::stage::{FailureLog, READ_BATCH_RECORDS, StageTask};
@@ -254,7 +254,7 @@ fn open_part(shard: &Rc<Shard>, spec: &DataflowSpec, stage_index: usize, task: S
     let dead = match stage.on_error.then {
         OnFailure::DeadLetter(topic) => Some(
             Emitter::new(
-                format!("{producer}:dead"),
+                dead_letter_producer(&producer),
                 topic,
                 spec.topics[topic].partitions,
                 &Route::Spread,
@@ -478,6 +478,9 @@ fn write_answered(part: &mut Part) -> bool {
                 if part.expected_ends.iter().all(|p| part.ends_seen.contains_key(p)) {
                     part.emitter.set_reply(None);
                     part.emitter.emit_end(offset, slot.timestamp_ms);
+                    if let Some(dead) = &mut part.dead {
+                        dead.emit_end(offset, slot.timestamp_ms);
+                    }
                     part.finished = true;
                 }
             }

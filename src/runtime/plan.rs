@@ -259,7 +259,11 @@ fn producers_by_topic(spec: &DataflowSpec) -> Vec<HashSet<String>> {
         };
         for &topic in &stage.from {
             for p in 0..spec.topics[topic].partitions {
-                producers[to].insert(stage_producer(&stage.name, &spec.topics[topic].name, p));
+                let producer = stage_producer(&stage.name, &spec.topics[topic].name, p);
+                if let Some(dead) = stage.dead_letter_topic() {
+                    producers[dead].insert(provenance::dead_letter_producer(&producer));
+                }
+                producers[to].insert(producer);
             }
         }
     }
@@ -277,7 +281,11 @@ fn bounded_topics(spec: &DataflowSpec) -> Vec<bool> {
                 continue;
             }
             let sources = spec.sources.iter().filter(|s| s.to == t);
-            let stages: Vec<_> = spec.stages.iter().filter(|s| s.to == Some(t)).collect();
+            let stages: Vec<_> = spec
+                .stages
+                .iter()
+                .filter(|s| s.to == Some(t) || s.dead_letter_topic() == Some(t))
+                .collect();
             if sources.clone().count() + stages.len() == 0 {
                 bounded[t] = Some(false);
                 continue;

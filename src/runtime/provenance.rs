@@ -21,6 +21,11 @@ pub fn stage_producer(stage: &str, topic: &str, partition: u32) -> String {
     format!("stage:{stage}:{topic}:{partition}")
 }
 
+/// The producer id of an exec stage's dead letters from one input partition.
+pub fn dead_letter_producer(stage_producer: &str) -> String {
+    format!("{stage_producer}:dead")
+}
+
 /// The producer id of a file source (`file` is set for directory sources).
 pub fn source_producer(source: &str, file: Option<&str>) -> String {
     match file {

@@ -425,3 +425,90 @@ fn no_worker_left(arg: &str, script: &Path, timeout: Duration) -> bool {
         std::thread::sleep(Duration::from_millis(20));
     }
 }
+
+/// Runs `dataflows/NAME` in a fresh working directory; returns its stdout and the dir.
+fn example(name: &str) -> (String, tempfile::TempDir) {
+    let dir = tempfile::Builder::new()
+        .prefix("flowd-example-")
+        .tempdir()
+        .unwrap();
+    let file = Path::new(env!("CARGO_MANIFEST_DIR")).join("dataflows").join(name);
+    let child = flowd()
+        .current_dir(dir.path())
+        .arg("run")
+        .arg(&file)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let output = wait_output(child);
+    let log = String::from_utf8_lossy(&output.stderr);
+    assert!(output.status.success(), "{name} failed: {log}");
+    (String::from_utf8(output.stdout).unwrap(), dir)
+}
+
+#[test]
+fn the_python_word_stems_example_counts_words_and_distinct_stems() {
+    let (stdout, _dir) = example("wordstems.toml");
+    let mut got: Vec<(String, u64, u64)> = stdout
+        .lines()
+        .map(|line| {
+            let v: serde_json::Value = serde_json::from_str(line).expect("a JSON line");
+            (
+                v["sentence"].as_str().unwrap().to_owned(),
+                v["total"].as_u64().unwrap(),
+                v["unique"].as_u64().unwrap(),
+            )
+        })
+        .collect();
+    got.sort();
+    let expected = [
+        ("A jumping fox jumped over dogs that were jumping too.", 10, 8),
+        ("Running runners run; the runner runs quickly.", 7, 4),
+        (
+            "She sells sea shells by the sea shore, and the shells she sells are sea shells.",
+            16,
+            9,
+        ),
+        ("The quick brown fox jumps over the lazy dog.", 9, 8),
+        (
+            "Workers in any language answer records over stdin and stdout.",
+            10,
+            10,
+        ),
+    ]
+    .map(|(s, t, u)| (s.to_owned(), t, u));
+    assert_eq!(got, expected);
+}
+
+#[test]
+fn the_node_enrich_example_enriches_orders_and_dead_letters_the_unknown_customer() {
+    let (stdout, dir) = example("enrich.toml");
+    let mut got: Vec<(String, u64, String, f64)> = stdout
+        .lines()
+        .map(|line| {
+            let (key, value) = line.split_once('\t').expect("KEY<TAB>VALUE");
+            let v: serde_json::Value = serde_json::from_str(value).expect("JSON");
+            (
+                key.to_owned(),
+                v["order"].as_u64().unwrap(),
+                v["customer_name"].as_str().unwrap().to_owned(),
+                v["to_pay"].as_f64().unwrap(),
+            )
+        })
+        .collect();
+    got.sort_by_key(|g| g.1);
+    let expected = [
+        ("c1", 1, "Ada", 108.0),
+        ("c2", 2, "Grace", 47.5),
+        ("c3", 4, "Linus", 15.0),
+        ("c1", 5, "Ada", 162.0),
+    ]
+    .map(|(k, o, n, p)| (k.to_owned(), o, n.to_owned(), p));
+    assert_eq!(got, expected);
+    let failed = std::fs::read_to_string(dir.path().join("flowd-out/orders-failed.jsonl")).unwrap();
+    let failed: Vec<serde_json::Value> = failed.lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+    assert_eq!(failed.len(), 1, "{failed:?}");
+    let order: serde_json::Value = serde_json::from_str(failed[0]["value"].as_str().unwrap()).unwrap();
+    assert_eq!(order["order"], 3);
+}
