@@ -24,13 +24,15 @@ use crate::ops::Output;
 use crate::runtime::commit::Committer;
 use crate::runtime::consumers::{DEAD_FROM_HEADER, DEAD_REASON_HEADER};
 use crate::runtime::emitter::Emitter;
-use crate::runtime::error::{Result, RuntimeError};
+use crate::runtime::error::Result;
 use crate::runtime::placement::owner;
-use crate::runtime::progress::{self, Progress};
-use crate::runtime::provenance::{dead_letter_producer, end_marker, stage_producer};
+use crate::runtime::progress::Progress;
+use crate::runtime::provenance::{dead_letter_producer, end_marker};
 use crate::runtime::reply::REPLY_HEADER;
 use crate::runtime::shard::{LocalPartition, Shard};
-use crate::runtime::stage::{FailureLog, READ_BATCH_RECORDS, StageTask};
+use crate::runtime::stage::{
+    FailureLog, READ_BATCH_RECORDS, StageOutput, StageTask, open_output, operator_error,
+};
 
 /// Records one partition may hold read but not yet written, at most.
 const WINDOW_MAX: usize = 1 << 16;
@@ -131,7 +133,9 @@ pub async fn run(shard: Rc<Shard>, task: ExecTask) -> Result<()> {
     let mut retry: VecDeque<Ticket> = VecDeque::new();
     let mut pause = IDLE_PAUSE_MIN;
     let mut first = 0;
-    while !control.is_stopping() && parts.iter().any(|p| !p.finished) {
+    // Set when a destination shard stopped (the engine is going down): no more flushes.
+    let mut closed = false;
+    while !closed && !control.is_stopping() && parts.iter().any(|p| !p.finished) {
         let now = Instant::now();
         pool.maintain(now, &mut outcomes);
         while let Ok(event) = pool.events().try_recv() {
@@ -158,12 +162,14 @@ pub async fn run(shard: Rc<Shard>, task: ExecTask) -> Result<()> {
             progressed |= write_answered(part);
             part.reader.set(part.base);
             if part.emitter.flush().await.is_err() {
-                return Ok(());
+                closed = true;
+                break;
             }
             if let Some(dead) = &mut part.dead
                 && dead.flush().await.is_err()
             {
-                return Ok(());
+                closed = true;
+                break;
             }
             if part.committer.is_due() || (part.finished && !part.committer.stored().done) {
                 let candidate = snapshot(part);
@@ -171,6 +177,9 @@ pub async fn run(shard: Rc<Shard>, task: ExecTask) -> Result<()> {
                     .snapshot_with(&mut part.emitter, part.dead.as_mut(), candidate);
             }
             part.committer.complete(part.emitter.partitions())?;
+        }
+        if closed {
+            break;
         }
         if progressed {
             pause = IDLE_PAUSE_MIN;
@@ -211,7 +220,7 @@ pub async fn run(shard: Rc<Shard>, task: ExecTask) -> Result<()> {
     pool.stop().await;
     for part in &mut parts {
         if !part.committer.stored().done {
-            let flushed = part.emitter.flush().await.is_ok();
+            let flushed = !closed && part.emitter.flush().await.is_ok();
             let dead_flushed = match &mut part.dead {
                 Some(dead) => dead.flush().await.is_ok(),
                 None => true,
@@ -236,23 +245,13 @@ pub async fn run(shard: Rc<Shard>, task: ExecTask) -> Result<()> {
 fn open_part(shard: &Rc<Shard>, spec: &DataflowSpec, stage_index: usize, task: StageTask) -> Result<Part> {
     let stage = &spec.stages[stage_index];
     let topic_name = &spec.topics[task.topic].name;
-    let producer = stage_producer(&stage.name, topic_name, task.partition);
-    let op_error = |e: crate::ops::OpError| RuntimeError::Operator {
-        stage: stage.name.clone(),
-        reason: e.0,
-    };
-    let to = stage.to.expect("validation requires `to`");
-    let mut emitter = Emitter::new(
-        producer.clone(),
-        to,
-        spec.topics[to].partitions,
-        &stage.route,
-        &shard.shared.mesh,
-    )
-    .map_err(op_error)?;
-    emitter.set_skip(task.skip);
-    let dead = match stage.on_error.then {
-        OnFailure::DeadLetter(topic) => Some(
+    let StageOutput {
+        producer,
+        emitter,
+        progress_path: path,
+    } = open_output(shard, &task)?;
+    let dead = match stage.dead_letter_topic() {
+        Some(topic) => Some(
             Emitter::new(
                 dead_letter_producer(&producer),
                 topic,
@@ -260,18 +259,13 @@ fn open_part(shard: &Rc<Shard>, spec: &DataflowSpec, stage_index: usize, task: S
                 &Route::Spread,
                 &shard.shared.mesh,
             )
-            .map_err(op_error)?,
+            .map_err(|e| operator_error(&stage.name, e))?,
         ),
-        _ => None,
+        None => None,
     };
     let input = Rc::clone(shard.partition(task.topic, task.partition));
     let resume = task.progress.resume;
     let reader = input.reader(&stage.name, resume);
-    let path = progress::path(
-        &shard.shared.data_dir,
-        &stage.name,
-        &format!("{topic_name}-{}", task.partition),
-    );
     let ends_seen: HashMap<String, u64> = task.progress.ends_seen.iter().cloned().collect();
     let finished = task.progress.done;
     Ok(Part {

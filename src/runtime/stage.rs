@@ -2,6 +2,7 @@
 //! owns it, writing through an `Emitter`, committing its progress.
 
 use std::collections::{HashMap, HashSet};
+use std::path::PathBuf;
 use std::rc::Rc;
 
 use crate::ops::{self, Checkpoint, Input, Output};
@@ -34,36 +35,19 @@ pub async fn run(shard: Rc<Shard>, task: StageTask) -> Result<()> {
     let stage = &spec.stages[task.stage];
     let control = &shard.shared.control;
     let topic_name = &spec.topics[task.topic].name;
-    let producer = stage_producer(&stage.name, topic_name, task.partition);
-    let op_error = |e: ops::OpError| RuntimeError::Operator {
-        stage: stage.name.clone(),
-        reason: e.0,
-    };
-    let mut op = ops::build(&stage.op).map_err(op_error)?;
+    let mut op = ops::build(&stage.op).map_err(|e| operator_error(&stage.name, e))?;
     op.restore(&Checkpoint {
         state_start: None,
         watermark_ms: task.progress.watermark_ms,
     });
-    let to = stage.to.expect("validation requires `to`");
-    let mut emitter = Emitter::new(
-        producer,
-        to,
-        spec.topics[to].partitions,
-        &stage.route,
-        &shard.shared.mesh,
-    )
-    .map_err(op_error)?;
-    emitter.set_skip(task.skip);
+    let output = open_output(&shard, &task)?;
+    let mut emitter = output.emitter;
     let input = Rc::clone(shard.partition(task.topic, task.partition));
     let mut position = task.progress.resume;
     let reader = input.reader(&stage.name, position);
     let mut ends_seen: HashMap<String, u64> = task.progress.ends_seen.iter().cloned().collect();
     let mut finished = task.progress.done;
-    let path = progress::path(
-        &shard.shared.data_dir,
-        &stage.name,
-        &format!("{topic_name}-{}", task.partition),
-    );
+    let path = output.progress_path;
     let mut committer = Committer::new(
         path,
         task.progress,
@@ -148,6 +132,48 @@ pub async fn run(shard: Rc<Shard>, task: StageTask) -> Result<()> {
         control.finished.fetch_add(1, std::sync::atomic::Ordering::AcqRel);
     }
     Ok(())
+}
+
+pub fn operator_error(stage: &str, e: ops::OpError) -> RuntimeError {
+    RuntimeError::Operator {
+        stage: stage.to_owned(),
+        reason: e.0,
+    }
+}
+
+/// Where a stage reading one input partition writes: its producer id, an emitter to its
+/// output topic (with the replay's skip points), and its progress file.
+pub struct StageOutput {
+    pub producer: String,
+    pub emitter: Emitter,
+    pub progress_path: PathBuf,
+}
+
+pub fn open_output(shard: &Shard, task: &StageTask) -> Result<StageOutput> {
+    let spec = &shard.shared.spec;
+    let stage = &spec.stages[task.stage];
+    let topic_name = &spec.topics[task.topic].name;
+    let producer = stage_producer(&stage.name, topic_name, task.partition);
+    let to = stage.to.expect("validation requires `to`");
+    let mut emitter = Emitter::new(
+        producer.clone(),
+        to,
+        spec.topics[to].partitions,
+        &stage.route,
+        &shard.shared.mesh,
+    )
+    .map_err(|e| operator_error(&stage.name, e))?;
+    emitter.set_skip(task.skip.clone());
+    let progress_path = progress::path(
+        &shard.shared.data_dir,
+        &stage.name,
+        &format!("{topic_name}-{}", task.partition),
+    );
+    Ok(StageOutput {
+        producer,
+        emitter,
+        progress_path,
+    })
 }
 
 fn emit_all(emitter: &mut Emitter, produced_by: u64, out: &mut Vec<Output>, failures: &mut FailureLog) {
