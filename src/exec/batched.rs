@@ -104,28 +104,29 @@ impl<'a> Cursor<'a> {
     fn u64(&mut self) -> Result<u64, String> {
         Ok(u64::from_le_bytes(self.take(8)?.try_into().expect("8 bytes")))
     }
+
+    /// A count of items that take at least `min_bytes` each: one that cannot fit in what
+    /// is left is a lie, refused before anything is allocated for it.
+    fn count(&mut self, min_bytes: usize, what: &str) -> Result<usize, String> {
+        let count = self.u32()? as usize;
+        let left = self.body.len() - self.at;
+        if count > left / min_bytes {
+            return Err(format!("a frame claiming {count} {what} in {left} bytes"));
+        }
+        Ok(count)
+    }
 }
 
 /// Parses one answer frame body (after its length field).
 pub fn decode_answers(body: &[u8]) -> Result<Vec<Answer>, String> {
     let mut c = Cursor { body, at: 0 };
-    let count = c.u32()? as usize;
-    // Each answer takes at least 13 bytes: a count beyond that is a lie, not a size.
-    if count > body.len() / 13 {
-        return Err(format!(
-            "a frame claiming {count} answers in {} bytes",
-            body.len()
-        ));
-    }
+    let count = c.count(13, "answers")?;
     let mut answers = Vec::with_capacity(count);
     for _ in 0..count {
         let id = c.u64()?;
         let outcome = match c.u8()? {
             STATUS_OK => {
-                let outputs = c.u32()? as usize;
-                if outputs > (body.len() - c.at) / 8 {
-                    return Err(format!("an answer claiming {outputs} outputs for id {id}"));
-                }
+                let outputs = c.count(8, &format!("outputs for id {id}"))?;
                 let mut records = Vec::with_capacity(outputs);
                 for _ in 0..outputs {
                     let key = match c.u32()? {
@@ -216,13 +217,7 @@ impl<R: Read> AnswerReader<R> {
 /// the records of one request frame body.
 pub fn decode_requests(body: &[u8]) -> Result<Vec<Request<'_>>, String> {
     let mut c = Cursor { body, at: 0 };
-    let count = c.u32()? as usize;
-    if count > body.len() / 16 {
-        return Err(format!(
-            "a frame claiming {count} records in {} bytes",
-            body.len()
-        ));
-    }
+    let count = c.count(16, "records")?;
     let mut requests = Vec::with_capacity(count);
     for _ in 0..count {
         let id = c.u64()?;
@@ -383,7 +378,7 @@ mod tests {
             (vec![0, 0], "ends early"),
             (vec![0xff, 0xff, 0xff, 0x0f], "claiming"),
             (
-                [&1u32.to_le_bytes()[..], &7u64.to_le_bytes(), &[9u8]].concat(),
+                [&1u32.to_le_bytes()[..], &7u64.to_le_bytes(), &[9u8, 0, 0, 0, 0]].concat(),
                 "status 9",
             ),
             ([&0u32.to_le_bytes()[..], &[1, 2]].concat(), "bytes left"),
@@ -410,5 +405,16 @@ mod tests {
         let torn = [&10u32.to_le_bytes()[..], &[0, 0]].concat();
         let mut reader = AnswerReader::new(&torn[..], 1 << 20);
         assert!(reader.next_batch().unwrap_err().contains("ended inside"));
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn any_bytes_decode_to_answers_or_an_error(body in proptest::collection::vec(proptest::prelude::any::<u8>(), 0..256)) {
+            let _ = decode_answers(&body);
+            let _ = decode_requests(&body);
+            let framed = [&(body.len() as u32).to_le_bytes()[..], &body].concat();
+            let mut reader = AnswerReader::new(&framed[..], 1 << 20);
+            let _ = reader.next_batch();
+        }
     }
 }

@@ -329,4 +329,13 @@ mod tests {
         let mut reader = AnswerReader::new(&b"{\"id\":1"[..], 1024);
         assert!(reader.next_batch().unwrap_err().contains("middle of a line"));
     }
+
+    proptest::proptest! {
+        #[test]
+        fn any_line_decodes_to_an_answer_or_an_error(line in proptest::collection::vec(proptest::prelude::any::<u8>(), 0..256)) {
+            let _ = decode_answer(&line);
+            let mut reader = AnswerReader::new(&line[..], 64);
+            while let Ok(Some(_)) = reader.next_batch() {}
+        }
+    }
 }
