@@ -139,15 +139,6 @@ impl<T: Copy> Pool<T> {
         }
     }
 
-    /// Records the pool can take now.
-    pub fn free(&self) -> usize {
-        self.slots
-            .iter()
-            .filter(|s| matches!(s.process, Process::Running(_)) && !s.retiring)
-            .map(|s| self.spec.concurrency.saturating_sub(s.inflight.len()))
-            .sum()
-    }
-
     /// Gives a record to a worker with room; `false` when none has any.
     pub fn assign(&mut self, ticket: T, key: Option<&[u8]>, value: &[u8], now: Instant) -> bool {
         let n = self.slots.len();
@@ -368,11 +359,6 @@ impl<T: Copy> Pool<T> {
             Process::Running(_) => s.deadlines.front().map(|&(d, _)| d),
         });
         slots.chain(self.draining.iter().map(|(_, until)| *until)).min()
-    }
-
-    /// Records in flight, over all workers.
-    pub fn in_flight(&self) -> usize {
-        self.slots.iter().map(|s| s.inflight.len()).sum()
     }
 
     /// Closes every worker's stdin and waits (at most [`EXIT_GRACE`]) for them to exit,

@@ -87,6 +87,8 @@ struct Part {
     /// Every end marker was read: nothing after them is read.
     input_ended: bool,
     finished: bool,
+    /// The snapshot that marks the partition done was taken.
+    end_snapshot: bool,
     disabled: bool,
     failures: FailureLog,
 }
@@ -171,7 +173,8 @@ pub async fn run(shard: Rc<Shard>, task: ExecTask) -> Result<()> {
                 closed = true;
                 break;
             }
-            if part.committer.is_due() || (part.finished && !part.committer.stored().done) {
+            if part.committer.is_due() || (part.finished && !part.end_snapshot) {
+                part.end_snapshot = part.finished;
                 let candidate = snapshot(part);
                 part.committer
                     .snapshot_with(&mut part.emitter, part.dead.as_mut(), candidate);
@@ -288,6 +291,7 @@ fn open_part(shard: &Rc<Shard>, spec: &DataflowSpec, stage_index: usize, task: S
         expected_ends: task.expected_ends,
         input_ended: finished,
         finished,
+        end_snapshot: finished,
         disabled: false,
         failures: FailureLog::new(&stage.name, topic_name, task.partition),
     })

@@ -512,3 +512,51 @@ fn the_node_enrich_example_enriches_orders_and_dead_letters_the_unknown_customer
     let order: serde_json::Value = serde_json::from_str(failed[0]["value"].as_str().unwrap()).unwrap();
     assert_eq!(order["order"], 3);
 }
+
+#[test]
+fn a_disabled_partition_stops_at_its_record_and_resumes_after_a_restart() {
+    let run = Run::new(
+        50,
+        &format!(
+            r#"command = ["python3", "{}", "--refuse", "5"]"#,
+            worker("flaky.py")
+        ),
+        r#"on_error = { max_reclaims = 1 }"#,
+    );
+    let mut child = run.command().spawn().unwrap();
+    let stderr = child.stderr.take().unwrap();
+    let log = std::thread::spawn(move || {
+        let mut log = String::new();
+        std::io::Read::read_to_string(&mut { stderr }, &mut log).unwrap();
+        log
+    });
+    // The other records come through; the input never ends for the disabled partition.
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    while run.counts().len() < 20 && std::time::Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    std::thread::sleep(Duration::from_millis(500));
+    assert!(
+        child.try_wait().unwrap().is_none(),
+        "a disabled stage keeps flowd running"
+    );
+    signal(&child, libc::SIGTERM);
+    assert!(wait(&mut child, RUN_TIMEOUT).success());
+    let log = log.join().unwrap();
+    assert!(
+        log.contains("is disabled at record") && log.contains("unlucky number 5"),
+        "{log}"
+    );
+    let counts = run.counts();
+    assert!(!counts.contains_key("10") && counts.len() < 50, "{counts:?}");
+    assert!(counts.values().all(|&c| c == 1), "{counts:?}");
+    // Fixed worker, restart: the partition resumes at the record it stopped at.
+    let text = std::fs::read_to_string(run.path("dataflow.toml")).unwrap();
+    std::fs::write(
+        run.path("dataflow.toml"),
+        text.replace(r#", "--refuse", "5""#, ""),
+    )
+    .unwrap();
+    run.finish();
+    assert_doubled_once(&run.counts(), 50, &[]);
+}
