@@ -95,10 +95,7 @@ impl ExecStage {
         let dir = toml::Value::String(self.dir.display().to_string());
         let mut options = format!(
             "command = {command}, dir = {dir}, protocol = \"{}\"",
-            match self.protocol {
-                ExecProtocol::JsonLines => "json",
-                ExecProtocol::Batched => "batched",
-            }
+            self.protocol.name()
         );
         if let Some(w) = self.workers {
             options.push_str(&format!(", workers = {w}"));

@@ -147,13 +147,8 @@ fn target(common: &Common, durability: Durability, stages: Stages) -> Result<Tar
 }
 
 fn parse_protocol(text: &str) -> Result<ExecProtocol, String> {
-    match text {
-        "batched" => Ok(ExecProtocol::Batched),
-        "json" => Ok(ExecProtocol::JsonLines),
-        other => Err(format!(
-            "\"{other}\" is not a worker protocol: use batched or json"
-        )),
-    }
+    ExecProtocol::from_name(text)
+        .ok_or_else(|| format!("\"{text}\" is not a worker protocol: use batched or json"))
 }
 
 fn parse_rate(text: &str) -> Result<f64, String> {
@@ -184,17 +179,12 @@ pub fn run(scenario: Scenario) -> Result<ExitCode, CliError> {
                 Some(line) => line.split_whitespace().map(str::to_owned).collect(),
                 None => {
                     let me = std::env::current_exe()?.display().to_string();
-                    let protocol = if protocol == ExecProtocol::Batched {
-                        "batched"
-                    } else {
-                        "json"
-                    };
                     vec![
                         me,
                         "bench".into(),
                         "echo-worker".into(),
                         "--protocol".into(),
-                        protocol.into(),
+                        protocol.name().into(),
                     ]
                 }
             };
@@ -219,7 +209,7 @@ pub fn run(scenario: Scenario) -> Result<ExitCode, CliError> {
             let measured = bench::pipeline(&target, &options, true)?;
             let config = serde_json::json!({
                 "size": load.size, "batch": options.batch, "durability": load.durability.to_string(),
-                "worker": command, "protocol": if protocol == ExecProtocol::Batched { "batched" } else { "json" },
+                "worker": command, "protocol": protocol.name(),
                 "workers": workers, "concurrency": concurrency,
                 "records": "outputs read from bench-out",
                 "latency": "per record, produce sent to the worker's answer readable in bench-out (end to end)",

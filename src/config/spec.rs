@@ -220,6 +220,24 @@ pub enum ExecProtocol {
     Batched,
 }
 
+impl ExecProtocol {
+    /// The names dataflow.toml and `flowd bench exec --protocol` take.
+    pub const NAMES: [&'static str; 2] = ["json", "batched"];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            ExecProtocol::JsonLines => "json",
+            ExecProtocol::Batched => "batched",
+        }
+    }
+
+    pub fn from_name(name: &str) -> Option<ExecProtocol> {
+        [ExecProtocol::JsonLines, ExecProtocol::Batched]
+            .into_iter()
+            .find(|p| p.name() == name)
+    }
+}
+
 impl OpSpec {
     /// Whether replaying the same input gives the same output, which exactly-once
     /// recovery relies on. Processing-time windows depend on the clock.

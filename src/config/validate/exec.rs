@@ -60,11 +60,12 @@ impl Validator<'_, '_> {
         };
         let protocol = match p.get("protocol") {
             None => ExecProtocol::JsonLines,
-            Some(toml::Value::String(s)) if s == "json" => ExecProtocol::JsonLines,
-            Some(toml::Value::String(s)) if s == "batched" => ExecProtocol::Batched,
+            Some(toml::Value::String(s)) if ExecProtocol::from_name(s).is_some() => {
+                ExecProtocol::from_name(s).expect("just checked")
+            }
             Some(other) => {
                 let hint = match other.as_str() {
-                    Some(s) => suggest(s, &["json", "batched"]),
+                    Some(s) => suggest(s, &ExecProtocol::NAMES),
                     None => "protocol = \"json\" or \"batched\"".into(),
                 };
                 self.error(
