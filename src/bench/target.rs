@@ -147,6 +147,9 @@ impl Target {
         spec.engine.durability = durability;
         let ingest = spec.ingest.get_or_insert_with(Default::default);
         ingest.tcp = Some(([127, 0, 0, 1], 0).into());
+        // The bench speaks the binary protocol only; a user's dataflow must not need its
+        // HTTP port free.
+        ingest.http = None;
         let engine = runtime::start(spec)?;
         let addr = engine.bound.tcp.expect("a bench engine listens").to_string();
         Ok(Target {

@@ -95,11 +95,21 @@ pub enum Scenario {
         /// when each job was due).
         #[arg(long, value_parser = parse_rate)]
         rate: Option<f64>,
-        /// The job to call; it must answer with its input.
+        /// The job to call; it must answer with its input unless --any-answer.
         #[arg(long, default_value = "echo")]
         job: String,
         #[arg(long, default_value_t = 100)]
         size: usize,
+        /// The request each job carries (default: --size bytes of `x`).
+        #[arg(long)]
+        body: Option<String>,
+        /// Accept any answer (not an error), for a job that is not an echo.
+        #[arg(long)]
+        any_answer: bool,
+        /// Run this dataflow instead of the built-in one (its data dir is replaced by a
+        /// temporary one; its TCP front door moves to a free loopback port).
+        #[arg(long, value_name = "FILE", conflicts_with = "to")]
+        dataflow: Option<PathBuf>,
         #[arg(long, default_value = "none")]
         durability: Durability,
         #[command(flatten)]
@@ -297,19 +307,30 @@ pub fn run(scenario: Scenario) -> Result<ExitCode, CliError> {
             size,
             durability,
             job,
+            body,
+            any_answer,
+            dataflow,
             common,
         } => {
-            let target = target(&common, durability, Stages::None)?;
+            let target = match (&common.to, &dataflow) {
+                (None, Some(file)) => Target::start(durability, Stages::None, Some(file))?,
+                _ => target(&common, durability, Stages::None)?,
+            };
+            let size = body.as_ref().map_or(size, String::len);
             let options = ReqreplyOptions {
                 requests,
                 size,
                 concurrency: concurrency.max(1),
                 rate,
                 job: job.clone(),
+                body: body.clone().map(String::into_bytes),
+                any_answer,
             };
             let measured = bench::reqreply(&target, &options, true)?;
             let config = serde_json::json!({
                 "size": size, "concurrency": options.concurrency, "rate": rate, "job": job,
+                "body": body, "any_answer": any_answer,
+                "dataflow": dataflow.as_ref().map(|d| d.display().to_string()),
                 "durability": common.to.is_none().then(|| durability.to_string()), "to": common.to,
                 "latency": latency_basis("per job, sent to answer", rate),
             });

@@ -34,6 +34,8 @@ pub enum ErrorCode {
     NothingClaimed = 17,
     /// A resume of a consumer that is not disabled.
     ConsumerActive = 18,
+    /// A stage could not handle the job (an operator error, a worker that refused it).
+    JobFailed = 19,
 }
 
 impl ErrorCode {
@@ -58,6 +60,7 @@ impl ErrorCode {
             16 => ConsumerDisabled,
             17 => NothingClaimed,
             18 => ConsumerActive,
+            19 => JobFailed,
             _ => return None,
         })
     }
@@ -84,6 +87,7 @@ impl ErrorCode {
             ConsumerDisabled => "consumer_disabled",
             NothingClaimed => "nothing_claimed",
             ConsumerActive => "consumer_active",
+            JobFailed => "job_failed",
         }
     }
 

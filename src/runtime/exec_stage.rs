@@ -28,7 +28,7 @@ use crate::runtime::error::Result;
 use crate::runtime::placement::owner;
 use crate::runtime::progress::Progress;
 use crate::runtime::provenance::{dead_letter_producer, end_marker};
-use crate::runtime::reply::REPLY_HEADER;
+use crate::runtime::reply::{FailedJobs, REPLY_HEADER};
 use crate::runtime::shard::{LocalPartition, Shard};
 use crate::runtime::stage::{
     FailureLog, READ_BATCH_RECORDS, StageOutput, StageTask, open_output, operator_error,
@@ -133,6 +133,7 @@ pub async fn run(shard: Rc<Shard>, task: ExecTask) -> Result<()> {
     let mut pool: Pool<Ticket> = Pool::start(&stage.name, shard.index, workers, exec);
     let mut outcomes = Vec::new();
     let mut retry: VecDeque<Ticket> = VecDeque::new();
+    let mut failed_jobs = FailedJobs::default();
     let mut pause = IDLE_PAUSE_MIN;
     let mut first = 0;
     // Set when a destination shard stopped (the engine is going down): no more flushes.
@@ -145,8 +146,11 @@ pub async fn run(shard: Rc<Shard>, task: ExecTask) -> Result<()> {
         }
         let mut progressed = !outcomes.is_empty();
         for outcome in outcomes.drain(..) {
-            settle(&mut parts, outcome, &mut retry, stage.on_error, &stage.name);
+            if let Some((reply, why)) = settle(&mut parts, outcome, &mut retry, stage.on_error, &stage.name) {
+                failed_jobs.fail(&shard, Some(&reply), format!("stage \"{}\": {why}", stage.name));
+            }
         }
+        failed_jobs.answer(&shard).await;
         progressed |= assign_retries(&mut parts, &mut pool, &mut retry, now);
         let mut caught_up = Vec::new();
         for k in 0..parts.len() {
@@ -381,18 +385,19 @@ fn assign_retries(
 }
 
 /// Files an outcome into its slot: an answer, or a failed attempt to retry or give up on.
+/// Giving up on a job's record returns its reply address and why, for its caller.
 fn settle(
     parts: &mut [Part],
     outcome: Outcome<Ticket>,
     retry: &mut VecDeque<Ticket>,
     policy: ErrorPolicy,
     stage: &str,
-) {
+) -> Option<(Box<[u8]>, String)> {
     let ((i, offset), failure) = match outcome {
         Outcome::Answered(ticket, records) => {
             let part = &mut parts[ticket.0];
             part.window[(ticket.1 - part.base) as usize].state = State::Answered(records);
-            return;
+            return None;
         }
         Outcome::Refused(ticket, reason) => (ticket, format!("the worker refused it: {reason}")),
         Outcome::Lost(ticket, reason) => (ticket, reason),
@@ -400,19 +405,20 @@ fn settle(
     let part = &mut parts[i];
     let slot = &mut part.window[(offset - part.base) as usize];
     let State::Pending { attempts } = &mut slot.state else {
-        return;
+        return None;
     };
     *attempts += 1;
     if *attempts <= policy.max_reclaims {
         tracing::debug!(stage, place = %part.place, offset, attempt = *attempts, "retrying: {failure}");
         retry.push_back((i, offset));
-        return;
+        return None;
     }
     let attempts = *attempts;
     let why = format!(
         "{failure} (attempt {attempts} of {attempts}, max_reclaims {})",
         policy.max_reclaims
     );
+    let why_for_caller = why.clone();
     match policy.then {
         OnFailure::Continue => {
             part.failures.record(offset, &why);
@@ -437,6 +443,7 @@ fn settle(
             part.disabled = true;
         }
     }
+    slot.reply.clone().map(|reply| (reply, why_for_caller))
 }
 
 /// Writes the front of the window as far as it is settled; returns whether any was.

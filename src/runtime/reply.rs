@@ -5,7 +5,7 @@
 use std::rc::Rc;
 
 use crate::runtime::error::Result;
-use crate::runtime::service::ShardRequest;
+use crate::runtime::service::{Answer, ShardRequest};
 use crate::runtime::shard::{Backoff, Shard};
 
 /// The header holding a job's reply address; stages copy it from input to outputs.
@@ -87,8 +87,10 @@ async fn answer_from(shard: Rc<Shard>, task: ReplyTask, mut position: u64) -> Re
                         address,
                         ShardRequest::Answer {
                             job: address.job,
-                            key: view.key().map(<[u8]>::to_vec),
-                            value: view.value().to_vec(),
+                            answer: Ok(Answer {
+                                key: view.key().map(<[u8]>::to_vec),
+                                value: view.value().to_vec(),
+                            }),
                         },
                     ));
                 }
@@ -112,6 +114,39 @@ async fn answer_from(shard: Rc<Shard>, task: ReplyTask, mut position: u64) -> Re
         }
     }
     Ok(())
+}
+
+/// Jobs a stage failed, answered with why once the stage gets to it (it must not wait on
+/// another shard in the middle of reading its input).
+#[derive(Default)]
+pub struct FailedJobs {
+    pending: Vec<(ReplyAddress, String)>,
+}
+
+impl FailedJobs {
+    /// Notes that the job at `reply` (a `flowd-reply` header value) failed.
+    pub fn fail(&mut self, shard: &Shard, reply: Option<&[u8]>, reason: String) {
+        if let Some(address) = reply.and_then(ReplyAddress::decode)
+            && address.epoch == shard.shared.epoch
+            && (address.shard as usize) < shard.shared.shards
+        {
+            self.pending.push((address, reason));
+        }
+    }
+
+    /// Sends every noted failure to the shard waiting on its job.
+    pub async fn answer(&mut self, shard: &Shard) {
+        for (address, reason) in self.pending.drain(..) {
+            let request = ShardRequest::Answer {
+                job: address.job,
+                answer: Err(reason),
+            };
+            // The target shard only goes away when the engine stops.
+            let _ = shard.shared.services[address.shard as usize]
+                .send_async(request)
+                .await;
+        }
+    }
 }
 
 #[cfg(test)]

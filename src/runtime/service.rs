@@ -49,13 +49,15 @@ pub enum ShardRequest {
         op: PartitionOp,
         reply: flume::Sender<OpResult>,
     },
-    /// A reply stage's answer to a job taken on this shard.
+    /// A reply stage's answer to a job taken on this shard, or why a stage failed it.
     Answer {
         job: u64,
-        key: Option<Vec<u8>>,
-        value: Vec<u8>,
+        answer: JobOutcome,
     },
 }
+
+/// What the task waiting on a job gets: the answer, or why a stage failed the job.
+pub type JobOutcome = std::result::Result<Answer, String>;
 
 /// An answer handed to the task waiting on a job.
 #[derive(Debug, Clone)]
@@ -115,10 +117,10 @@ pub async fn run(shard: Rc<Shard>, requests: flume::Receiver<ShardRequest>) {
             ShardRequest::Status { reply } => {
                 let _ = reply.send_async(status(&shard)).await;
             }
-            ShardRequest::Answer { job, key, value } => {
+            ShardRequest::Answer { job, answer } => {
                 if let Some(waiter) = shard.jobs.borrow_mut().remove(&job) {
                     // The caller may have timed out and gone; the answer is dropped then.
-                    let _ = waiter.try_send(Answer { key, value });
+                    let _ = waiter.try_send(answer);
                 }
             }
         }

@@ -16,7 +16,7 @@ use crate::runtime::consumers::Consumers;
 use crate::runtime::error::{Result, RuntimeError};
 use crate::runtime::journal_recovery::ShardJournal;
 use crate::runtime::mesh::{Ack, Batch, Mesh, with_payload};
-use crate::runtime::service::{Answer, ShardRequest};
+use crate::runtime::service::{JobOutcome, ShardRequest};
 use crate::runtime::sink::SinkChunk;
 use crate::server::metrics::Metrics;
 use crate::storage::{Durability, PartitionLog, StorageError};
@@ -178,7 +178,7 @@ pub struct Shard {
     pub partitions: HashMap<(usize, u32), Rc<LocalPartition>>,
     acks: RefCell<Vec<PendingAck>>,
     /// Jobs taken on this shard, waiting for their answer.
-    pub jobs: RefCell<HashMap<u64, flume::Sender<Answer>>>,
+    pub jobs: RefCell<HashMap<u64, flume::Sender<JobOutcome>>>,
     next_job: Cell<u64>,
     pub consumers: Consumers,
     /// Round robin for records sent without a key or partition.

@@ -11,7 +11,7 @@ use crate::runtime::emitter::Emitter;
 use crate::runtime::error::{Result, RuntimeError};
 use crate::runtime::progress::{self, Progress};
 use crate::runtime::provenance::{end_marker, stage_producer};
-use crate::runtime::reply::REPLY_HEADER;
+use crate::runtime::reply::{FailedJobs, REPLY_HEADER};
 use crate::runtime::shard::{Backoff, Shard};
 use crate::storage::layout::now_ms;
 
@@ -57,6 +57,7 @@ pub async fn run(shard: Rc<Shard>, task: StageTask) -> Result<()> {
     let mut out: Vec<Output> = Vec::new();
     let mut idle = Backoff::default();
     let mut failures = FailureLog::new(&stage.name, topic_name, task.partition);
+    let mut failed_jobs = FailedJobs::default();
     while !finished && !control.is_stopping() {
         let now = now_ms();
         let mut read = 0;
@@ -79,11 +80,11 @@ pub async fn run(shard: Rc<Shard>, task: StageTask) -> Result<()> {
                     }
                     continue;
                 }
-                emitter.set_reply(
-                    view.headers()
-                        .find(|(name, _)| *name == REPLY_HEADER)
-                        .map(|(_, value)| value),
-                );
+                let reply = view
+                    .headers()
+                    .find(|(name, _)| *name == REPLY_HEADER)
+                    .map(|(_, value)| value);
+                emitter.set_reply(reply);
                 let record = Input {
                     offset,
                     timestamp_ms: view.timestamp_ms(),
@@ -93,6 +94,9 @@ pub async fn run(shard: Rc<Shard>, task: StageTask) -> Result<()> {
                 };
                 if let Err(error) = op.on_record(&record, &mut out) {
                     failures.record(offset, &error.0);
+                    // A job's caller hears why at once instead of waiting for its timeout.
+                    let why = format!("stage \"{}\" could not handle it: {}", stage.name, error.0);
+                    failed_jobs.fail(&shard, reply, why);
                 }
                 emit_all(&mut emitter, offset, &mut out, &mut failures);
                 if read >= READ_BATCH_RECORDS || emitter.is_full() {
@@ -107,6 +111,7 @@ pub async fn run(shard: Rc<Shard>, task: StageTask) -> Result<()> {
         if emitter.flush().await.is_err() {
             break;
         }
+        failed_jobs.answer(&shard).await;
         if committer.is_due() || finished {
             let candidate = snapshot(&*op, position, &ends_seen, finished);
             committer.snapshot(&mut emitter, candidate);

@@ -340,7 +340,13 @@ pub async fn job(
         .map_err(|_| stopping())?;
     let outcome = within(timeout, async {
         ack_rx.recv_async().await.map_err(|_| stopping())??;
-        answer_rx.recv_async().await.map_err(|_| stopping())
+        answer_rx
+            .recv_async()
+            .await
+            .map_err(|_| stopping())?
+            .map_err(|reason| {
+                ProtocolError::new(ErrorCode::JobFailed, format!("job \"{name}\" failed: {reason}"))
+            })
     })
     .await;
     match outcome {

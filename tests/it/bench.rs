@@ -226,3 +226,38 @@ fn exec_runs_records_through_worker_processes_in_both_protocols() {
     assert_eq!(r["records"], 5000);
     assert_eq!(r["config"]["workers"], 3);
 }
+
+#[test]
+fn reqreply_runs_a_dataflows_job() {
+    let file = format!("{}/dataflows/chained.toml", env!("CARGO_MANIFEST_DIR"));
+    let r = report(
+        &[
+            "reqreply",
+            "--dataflow",
+            &file,
+            "--job",
+            "chained",
+            "--body",
+            r#"{"n": 1}"#,
+            "--any-answer",
+            "--requests",
+            "300",
+            "--json",
+        ],
+        "reqreply",
+    );
+    assert_eq!(r["records"], 300);
+    assert_eq!(r["config"]["job"], "chained");
+    // Without --any-answer, a job that is not an echo is an error, said clearly.
+    let (code, _, stderr) = bench(&[
+        "reqreply",
+        "--dataflow",
+        &file,
+        "--job",
+        "chained",
+        "--body",
+        r#"{"n": 1}"#,
+    ]);
+    assert_ne!(code, 0);
+    assert!(stderr.contains("pass --any-answer"), "{stderr}");
+}

@@ -47,10 +47,20 @@ partitions = 2
 name = "greet"
 topic = "requests"
 
+[[topic]]
+name = "dropped"
+partitions = 1
+
 [[job]]
 name = "never"
-topic = "requests"
+topic = "dropped"
 timeout = "300ms"
+
+[[stage]]
+name = "dropper"
+from = "dropped"
+op = {{ filter = "false" }}
+to = "answers"
 
 [[stage]]
 name = "greeter"
@@ -78,9 +88,15 @@ pub(crate) struct Server {
 
 impl Server {
     pub(crate) fn start(file: &Path) -> Server {
+        Server::start_with(file, &[])
+    }
+
+    /// `flowd run FILE ARGS...`
+    pub(crate) fn start_with(file: &Path, args: &[&str]) -> Server {
         let mut child = flowd()
             .arg("run")
             .arg(file)
+            .args(args)
             .stdout(Stdio::piped())
             .stderr(Stdio::null())
             .spawn()
@@ -288,7 +304,14 @@ fn http_records_jobs_status_and_metrics() {
 
     let (status, body) = http(&server.http, "POST", "/jobs/greet", r#"{"name":"bob"}"#);
     assert_eq!((status, body.as_str()), (200, r#"{"greeting":"hello bob"}"#));
-    // The map stage fails on a non-object: no answer comes, the job times out.
+    // The map stage fails on a non-object: the caller hears why at once.
+    let (status, body) = http(&server.http, "POST", "/jobs/greet", "42");
+    assert_eq!(status, 422, "{body}");
+    assert!(
+        body.contains(r#"stage \"greeter\" could not handle it"#),
+        "{body}"
+    );
+    // A job filtered out gets no answer: it times out.
     let (status, body) = http(&server.http, "POST", "/jobs/never", "42");
     assert_eq!(status, 504, "{body}");
     assert!(body.contains("no answer within"), "{body}");
@@ -438,7 +461,7 @@ fn bad_input_gets_clear_errors_and_never_hurts_other_clients() {
     encode_produce(&mut bytes, 6, "events", Some(99), &[OwnedWireRecord::value("x")]);
     c.send_raw(&bytes).unwrap();
     expect_error(&mut c, ErrorCode::UnknownPartition);
-    assert_eq!(c.metadata().unwrap().topics.len(), 3);
+    assert_eq!(c.metadata().unwrap().topics.len(), 4);
     // A truncated frame: half of it, then silence; the server gives up after io_timeout.
     let mut c = Client::connect(addr).unwrap();
     let mut bytes = Vec::new();

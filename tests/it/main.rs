@@ -11,6 +11,7 @@ mod exactly_once;
 mod exec;
 mod fixture;
 mod ingest;
+mod jobs;
 mod log;
 mod recovery_cases;
 mod recovery_props;

@@ -1,0 +1,106 @@
+//! Request pipelines: the `hello` and `chained` examples answered over HTTP and over the
+//! binary protocol; an error in any stage comes back at once as 422 with a JSON error;
+//! bad requests get 4xx; the engine serves on after each.
+
+use std::path::Path;
+
+use serde_json::{Value, json};
+
+use crate::ingest::{Server, http, run_cli};
+
+/// `dataflows/NAME` on free loopback ports with a temporary data dir.
+fn example(name: &str) -> (Server, tempfile::TempDir) {
+    let dir = tempfile::tempdir().unwrap();
+    let file = Path::new(env!("CARGO_MANIFEST_DIR")).join("dataflows").join(name);
+    let data = dir.path().join("data").display().to_string();
+    let server = Server::start_with(
+        &file,
+        &[
+            "--listen",
+            "127.0.0.1:0",
+            "--http",
+            "127.0.0.1:0",
+            "--data-dir",
+            &data,
+        ],
+    );
+    (server, dir)
+}
+
+fn json_of(body: &str) -> Value {
+    serde_json::from_str(body).unwrap_or_else(|e| panic!("not JSON ({e}): {body}"))
+}
+
+#[test]
+fn hello_answers_over_http_and_the_protocol() {
+    let (server, _dir) = example("hello.toml");
+    let (status, body) = http(&server.http, "POST", "/jobs/hello", "{}");
+    assert_eq!((status, json_of(&body)), (200, json!({"hello": "world"})));
+    let (code, out, err) = run_cli(&["send", "--to", &server.tcp, "hello", "--reply"], "{\"x\":1}\n");
+    assert_eq!(code, 0, "{err}");
+    assert_eq!(json_of(out.trim()), json!({"hello": "world"}));
+}
+
+#[test]
+fn chained_passes_three_stages_and_any_stage_error_comes_back_as_422() {
+    let (server, _dir) = example("chained.toml");
+    let (status, body) = http(&server.http, "POST", "/jobs/chained", r#"{"n": 5}"#);
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(
+        json_of(&body),
+        json!({"n": 5, "double": 10, "steps": ["compute", "lookup", "finish"], "label": "bang", "total": 11})
+    );
+    let (code, out, err) = run_cli(
+        &["send", "--to", &server.tcp, "chained", "--reply"],
+        "{\"n\":7}\n",
+    );
+    assert_eq!(code, 0, "{err}");
+    assert_eq!(
+        json_of(out.trim()),
+        json!({"n": 7, "double": 14, "steps": ["compute", "lookup", "finish"], "label": "buzz", "total": 15})
+    );
+
+    // The worker of the middle stage refuses it.
+    let (status, body) = http(&server.http, "POST", "/jobs/chained", r#"{"n": "five"}"#);
+    assert_eq!(status, 422, "{body}");
+    let error = json_of(&body)["error"].as_str().unwrap().to_owned();
+    assert!(
+        error.contains(r#"stage "lookup""#) && error.contains("a request is"),
+        "{error}"
+    );
+    // The first stage's jq cannot read it.
+    let (status, body) = http(&server.http, "POST", "/jobs/chained", "five");
+    assert_eq!(status, 422, "{body}");
+    let error = json_of(&body)["error"].as_str().unwrap().to_owned();
+    assert!(
+        error.contains(r#"stage "compute" could not handle it"#),
+        "{error}"
+    );
+    // Over the protocol, the same error.
+    let (code, _, err) = run_cli(&["send", "--to", &server.tcp, "chained", "--reply"], "five\n");
+    assert_ne!(code, 0);
+    assert!(err.contains("could not handle it"), "{err}");
+
+    // Bad requests: an unknown job, a body over the frame limit.
+    let (status, body) = http(&server.http, "POST", "/jobs/nope", "{}");
+    assert_eq!(status, 404, "{body}");
+    assert!(
+        json_of(&body)["error"]
+            .as_str()
+            .unwrap()
+            .contains("no job \"nope\""),
+        "{body}"
+    );
+    let huge = "x".repeat(17 << 20);
+    let (status, body) = http(&server.http, "POST", "/jobs/chained", &huge);
+    assert_eq!(status, 413, "{body}");
+    assert!(json_of(&body)["error"].is_string(), "{body}");
+
+    // And it serves on.
+    let (status, body) = http(&server.http, "POST", "/jobs/chained", r#"{"n": 0}"#);
+    assert_eq!(
+        (status, json_of(&body)["label"].clone()),
+        (200, json!("fizz")),
+        "{body}"
+    );
+}
