@@ -25,6 +25,7 @@ pub fn operator_params(operator: &str) -> &'static [&'static str] {
         "count" => &["window", "time", "lateness"],
         "sum" | "min" | "max" => &["of", "window", "time", "lateness"],
         "dedupe" => &["by", "capacity"],
+        "state" => &["update"],
         "exec" => &[
             "command",
             "workers",

@@ -184,6 +184,11 @@ pub enum OpSpec {
     Reply,
     /// Records handled by a pool of external worker processes.
     Exec(Box<ExecSpec>),
+    /// A state per key, changed by each record through a jq expression; every change
+    /// is written to the output topic, which is the state's changelog.
+    State {
+        update: String,
+    },
 }
 
 /// An `exec` stage's worker pool: what to start and how to drive it.

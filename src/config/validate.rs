@@ -18,6 +18,7 @@ use crate::storage::log::{SEGMENT_BYTES_MAX, SEGMENT_BYTES_MIN};
 use crate::storage::{Durability, RetentionPolicy};
 
 mod exec;
+mod state;
 
 /// Most partitions a topic may have.
 pub const PARTITIONS_MAX: i64 = 4096;
@@ -126,7 +127,7 @@ impl Validator<'_, '_> {
             "source, stage or sink",
         );
         let names: Vec<&str> = topics.iter().map(|t| t.name.as_str()).collect();
-        let sources = raw
+        let sources: Vec<SourceSpec> = raw
             .sources
             .iter()
             .map(|s| self.source(s.get_ref(), &names))
@@ -139,6 +140,7 @@ impl Validator<'_, '_> {
         let sinks = raw.sinks.iter().map(|s| self.sink(s.get_ref(), &names)).collect();
         if !self.unresolved {
             self.cycles(&raw.stages, &stages, &names);
+            self.changelogs(&raw.stages, &stages, &sources, &topics);
         }
         let ingest = raw.ingest.as_ref().map(|i| self.ingest(i.get_ref()));
         self.unique_names(raw.jobs.iter().map(|j| &j.get_ref().name), "job");
@@ -426,7 +428,7 @@ impl Validator<'_, '_> {
                 "from = \"topic\"".into(),
             );
         }
-        let from = from_names
+        let from: Vec<usize> = from_names
             .iter()
             .map(|name| self.topic_name_ref(name, raw.from.span(), &key("from"), topics))
             .collect();
@@ -466,13 +468,17 @@ impl Validator<'_, '_> {
             }
             Some(policy) => self.on_error(policy, &key("on_error"), topics),
         };
+        let mut route = self.route(raw.route.as_ref(), &key("route"));
+        if matches!(op, OpSpec::State { .. }) {
+            route = self.state_route(raw, route, &from, &key("route"));
+        }
         StageSpec {
             name: raw.name.get_ref().clone(),
             from,
             op,
             to,
             on_error,
-            route: self.route(raw.route.as_ref(), &key("route")),
+            route,
             guarantee: match &raw.guarantee {
                 None => Guarantee::ExactlyOnce,
                 Some(g) => match g.get_ref().as_str() {
@@ -597,6 +603,23 @@ impl Validator<'_, '_> {
             },
             ("dedupe", Some(toml::Value::Table(p))) => self.dedupe(p, span, &key),
             ("exec", Some(toml::Value::Table(p))) => self.exec(p, span, &key),
+            ("state", Some(toml::Value::Table(p))) => match p.get("update") {
+                Some(toml::Value::String(update)) => {
+                    self.jq(update, span, &format!("{key}.update"));
+                    OpSpec::State {
+                        update: update.clone(),
+                    }
+                }
+                _ => {
+                    self.error(
+                        span,
+                        format!("{key}.update"),
+                        "state needs the jq expression that gives a key's new state".into(),
+                        "update = \"(.state // 0) + 1\" (it sees {key, state, value})".into(),
+                    );
+                    OpSpec::SplitWords
+                }
+            },
             _ => {
                 let shape = match name {
                     "split_words" => "op = \"split_words\"",
@@ -607,6 +630,7 @@ impl Validator<'_, '_> {
                     "count" => "op = { count = { window = \"10s\" } } or op = \"count\"",
                     "dedupe" => "op = { dedupe = { by = \"key\", capacity = 100000 } }",
                     "exec" => "op = { exec = { command = [\"python3\", \"worker.py\"] } }",
+                    "state" => "op = { state = { update = \"(.state // 0) + 1\" } }",
                     _ => "op = { sum = { of = \".amount\", window = \"1m\" } }",
                 };
                 self.error(

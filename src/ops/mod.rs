@@ -9,6 +9,7 @@ pub mod jq;
 pub mod key_by;
 pub mod map;
 pub mod split_words;
+pub mod state;
 pub mod window;
 
 use crate::config::{OpSpec, WindowSpec};
@@ -26,6 +27,7 @@ pub const OPERATOR_NAMES: &[&str] = &[
     "dedupe",
     "reply",
     "exec",
+    "state",
 ];
 
 /// One input record, borrowed from the log.
@@ -98,6 +100,11 @@ pub fn build(spec: &OpSpec) -> Result<Box<dyn Operator>, OpError> {
         OpSpec::Exec(_) => {
             return Err(OpError(
                 "exec runs worker processes; it is run by the runtime, not as an operator".into(),
+            ));
+        }
+        OpSpec::State { .. } => {
+            return Err(OpError(
+                "state starts from its changelog; the runtime builds it with state::State::new".into(),
             ));
         }
     })

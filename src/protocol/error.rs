@@ -36,6 +36,8 @@ pub enum ErrorCode {
     ConsumerActive = 18,
     /// A stage could not handle the job (an operator error, a worker that refused it).
     JobFailed = 19,
+    /// No `state` stage of that name, or no state for that key.
+    UnknownState = 20,
 }
 
 impl ErrorCode {
@@ -61,6 +63,7 @@ impl ErrorCode {
             17 => NothingClaimed,
             18 => ConsumerActive,
             19 => JobFailed,
+            20 => UnknownState,
             _ => return None,
         })
     }
@@ -88,6 +91,7 @@ impl ErrorCode {
             NothingClaimed => "nothing_claimed",
             ConsumerActive => "consumer_active",
             JobFailed => "job_failed",
+            UnknownState => "unknown_state",
         }
     }
 

@@ -142,6 +142,10 @@ pub fn plan(spec: DataflowSpec) -> Result<Plan> {
                     progress,
                     skip,
                     expected_ends: producers[topic].clone(),
+                    states: match &stage_spec.op {
+                        OpSpec::State { .. } => states_of(&logs[to], p, spec.topics[topic].partitions),
+                        _ => HashMap::new(),
+                    },
                 });
             }
         }
@@ -365,6 +369,25 @@ fn scan_outputs(
                 .collect()
         })
         .collect()
+}
+
+/// The states a `state` stage's changelog (`log`, its output topic) holds for the keys
+/// of input partition `partition` (of `partitions`): the last change of each key.
+fn states_of(changelog: &[PartitionLog], partition: u32, partitions: u32) -> HashMap<Vec<u8>, Vec<u8>> {
+    let mut states = HashMap::new();
+    for log in changelog {
+        for view in log.read(0) {
+            if provenance::end_marker(&view).is_some() {
+                continue;
+            }
+            if let Some(key) = view.key()
+                && placement::partition_of_bytes(key, partitions) == partition
+            {
+                states.insert(key.to_vec(), view.value().to_vec());
+            }
+        }
+    }
+    states
 }
 
 fn skip_points(scanned: &[HashMap<String, u64>], producer: &str, next: u64) -> Vec<u64> {

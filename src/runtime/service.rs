@@ -54,6 +54,14 @@ pub enum ShardRequest {
         job: u64,
         answer: JobOutcome,
     },
+    /// The state a `state` stage holds for a key of an input partition this shard owns
+    /// (inner `None`: no state for that key; outer `None`: the stage does not run here).
+    State {
+        stage: usize,
+        partition: u32,
+        key: Vec<u8>,
+        reply: flume::Sender<Option<Option<Vec<u8>>>>,
+    },
 }
 
 /// What the task waiting on a job gets: the answer, or why a stage failed the job.
@@ -116,6 +124,16 @@ pub async fn run(shard: Rc<Shard>, requests: flume::Receiver<ShardRequest>) {
             }
             ShardRequest::Status { reply } => {
                 let _ = reply.send_async(status(&shard)).await;
+            }
+            ShardRequest::State {
+                stage,
+                partition,
+                key,
+                reply,
+            } => {
+                let states = shard.states.borrow().get(&(stage, partition)).cloned();
+                let state = states.map(|s| s.borrow().get(&key).cloned());
+                let _ = reply.send_async(state).await;
             }
             ShardRequest::Answer { job, answer } => {
                 if let Some(waiter) = shard.jobs.borrow_mut().remove(&job) {

@@ -179,6 +179,8 @@ pub struct Shard {
     acks: RefCell<Vec<PendingAck>>,
     /// Jobs taken on this shard, waiting for their answer.
     pub jobs: RefCell<HashMap<u64, flume::Sender<JobOutcome>>>,
+    /// The states of the `state` stages running here, by (stage, input partition).
+    pub states: RefCell<HashMap<(usize, u32), crate::ops::state::States>>,
     next_job: Cell<u64>,
     pub consumers: Consumers,
     /// Round robin for records sent without a key or partition.
@@ -201,6 +203,7 @@ impl Shard {
                 .collect(),
             acks: RefCell::new(Vec::new()),
             jobs: RefCell::new(HashMap::new()),
+            states: RefCell::new(HashMap::new()),
             next_job: Cell::new(0),
             consumers: Consumers::new(journal),
             spread: Cell::new(index as u64),

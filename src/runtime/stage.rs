@@ -1,10 +1,14 @@
 //! A stage task: one operator instance reading one input partition on the shard that
 //! owns it, writing through an `Emitter`, committing its progress.
 
+use std::cell::RefCell;
 use std::collections::{HashMap, HashSet};
 use std::path::PathBuf;
 use std::rc::Rc;
 
+use crate::config::OpSpec;
+use crate::ops::jq::JqProgram;
+use crate::ops::state::States;
 use crate::ops::{self, Checkpoint, Input, Output};
 use crate::runtime::commit::Committer;
 use crate::runtime::emitter::Emitter;
@@ -28,14 +32,29 @@ pub struct StageTask {
     pub skip: Vec<u64>,
     /// Producers whose end markers end this input; empty for an endless input.
     pub expected_ends: HashSet<String>,
+    /// A `state` stage's states of this partition's keys, as its changelog holds them.
+    pub states: HashMap<Vec<u8>, Vec<u8>>,
 }
 
-pub async fn run(shard: Rc<Shard>, task: StageTask) -> Result<()> {
+pub async fn run(shard: Rc<Shard>, mut task: StageTask) -> Result<()> {
     let spec = &shard.shared.spec;
     let stage = &spec.stages[task.stage];
     let control = &shard.shared.control;
     let topic_name = &spec.topics[task.topic].name;
-    let mut op = ops::build(&stage.op).map_err(|e| operator_error(&stage.name, e))?;
+    let mut op: Box<dyn ops::Operator> = match &stage.op {
+        OpSpec::State { update } => {
+            let program =
+                JqProgram::compile(update).map_err(|e| operator_error(&stage.name, ops::OpError(e)))?;
+            let states: States = Rc::new(RefCell::new(std::mem::take(&mut task.states)));
+            // Readable by key (GET /state/STAGE/KEY) while the stage runs.
+            shard
+                .states
+                .borrow_mut()
+                .insert((task.stage, task.partition), Rc::clone(&states));
+            Box::new(ops::state::State::new(program, states, task.skip.clone()))
+        }
+        other => ops::build(other).map_err(|e| operator_error(&stage.name, e))?,
+    };
     op.restore(&Checkpoint {
         state_start: None,
         watermark_ms: task.progress.watermark_ms,

@@ -8,6 +8,7 @@ use std::time::{Duration, Instant};
 
 use serde::Serialize;
 
+use crate::config::OpSpec;
 use crate::protocol::message::Metadata;
 use crate::protocol::wire::{RESERVED_HEADER_PREFIX, encode_record};
 use crate::protocol::{ErrorCode, FetchFrom, ProduceGroup, ProtocolError, Run, WireRecord};
@@ -366,6 +367,61 @@ pub async fn job(
                 ),
             ))
         }
+    }
+}
+
+/// The state a `state` stage holds for `key`, from the shard that owns the key's input
+/// partition; `Ok(None)` when the key has none yet.
+pub async fn state(
+    shard: &Rc<Shard>,
+    stage_name: &str,
+    key: &[u8],
+) -> Result<Option<Vec<u8>>, ProtocolError> {
+    let spec = &shard.shared.spec;
+    let stages: Vec<&str> = spec
+        .stages
+        .iter()
+        .filter(|s| matches!(s.op, OpSpec::State { .. }))
+        .map(|s| s.name.as_str())
+        .collect();
+    let Some(stage) = spec
+        .stages
+        .iter()
+        .position(|s| s.name == stage_name && matches!(s.op, OpSpec::State { .. }))
+    else {
+        return Err(ProtocolError::new(
+            ErrorCode::UnknownState,
+            format!(
+                "no state stage \"{stage_name}\" here; this dataflow has: {}",
+                if stages.is_empty() {
+                    "none".into()
+                } else {
+                    stages.join(", ")
+                }
+            ),
+        ));
+    };
+    let input = spec.stages[stage].from[0];
+    let partition = partition_of_bytes(key, spec.topics[input].partitions);
+    let (tx, rx) = flume::bounded(1);
+    let request = ShardRequest::State {
+        stage,
+        partition,
+        key: key.to_vec(),
+        reply: tx,
+    };
+    let to = owner(partition, shard.shared.shards);
+    shard.shared.services[to]
+        .send_async(request)
+        .await
+        .map_err(|_| stopping())?;
+    match rx.recv_async().await.map_err(|_| stopping())? {
+        Some(state) => Ok(state),
+        // The stage task is not there: it finished (bounded input) or has not started.
+        None => Err(ProtocolError::new(
+            ErrorCode::Unavailable,
+            format!("the state stage \"{stage_name}\" is not running on that key's partition"),
+        )),
     }
 }
 

@@ -86,7 +86,8 @@ pub fn protocol_error(shard: &Shard, e: &ProtocolError) -> Reply {
         ErrorCode::UnknownTopic
         | ErrorCode::UnknownPartition
         | ErrorCode::UnknownJob
-        | ErrorCode::UnknownConsumer => StatusCode::NOT_FOUND,
+        | ErrorCode::UnknownConsumer
+        | ErrorCode::UnknownState => StatusCode::NOT_FOUND,
         ErrorCode::ConsumerDisabled | ErrorCode::NothingClaimed | ErrorCode::ConsumerActive => {
             StatusCode::CONFLICT
         }
@@ -186,6 +187,21 @@ async fn route(shard: &Rc<Shard>, front: &Rc<Front>, request: Request<Incoming>)
                 Err(reply) => reply,
             }
         }
+        (&Method::GET, ["state", stage, key]) => {
+            let key = percent_decode(key);
+            match api::state(shard, stage, key.as_bytes()).await {
+                Ok(Some(state)) => text(StatusCode::OK, "application/json", state),
+                Ok(None) => error(
+                    StatusCode::NOT_FOUND,
+                    &format!("stage \"{stage}\" holds no state for key \"{key}\""),
+                ),
+                Err(e) => protocol_error(shard, &e),
+            }
+        }
+        (_, ["state", _, _]) => error(
+            StatusCode::METHOD_NOT_ALLOWED,
+            &format!("{method} is not served on {path}"),
+        ),
         (_, ["" | "status" | "metrics" | "consumers"])
         | (_, ["topics" | "jobs", _])
         | (_, ["topics" | "consumers", _, _])
@@ -195,7 +211,9 @@ async fn route(shard: &Rc<Shard>, front: &Rc<Front>, request: Request<Incoming>)
         ),
         _ => error(
             StatusCode::NOT_FOUND,
-            &format!("nothing at {path}; see /, /status, /metrics, /topics/NAME, /jobs/NAME, /consumers"),
+            &format!(
+                "nothing at {path}; see /, /status, /metrics, /topics/NAME, /jobs/NAME, /state/STAGE/KEY, /consumers"
+            ),
         ),
     }
 }

@@ -216,6 +216,26 @@ fn broken_files_get_precise_errors() {
             ),
             &["stage \"split\".on_error.dead_letter: there is no topic \"dead\""],
         ),
+        (
+            "state without its update",
+            BASE.replace("op = \"split_words\"", "op = { state = { updat = \".\" } }"),
+            &[
+                "stage \"split\".op.state.update: state needs the jq expression that gives a key's new state",
+                "stage \"split\".op.state.updat: unknown key | did you mean \"update\"?",
+            ],
+        ),
+        (
+            "state routed by value, over a changelog with retention",
+            BASE.replace(
+                "op = \"split_words\"",
+                "op = { state = { update = \"(.state // 0) + 1\" } }\nroute = { shard_by = \"value\" }",
+            )
+            .replace("name = \"words\"", "name = \"words\"\nretention = { max_age = \"1h\" }"),
+            &[
+                "stage \"split\".route: a state stage writes each key's changes to one partition: its route is by key",
+                "stage \"split\".to: topic \"words\" is a state stage's changelog and must keep every change: it has retention",
+            ],
+        ),
     ];
     for (what, text, expected) in cases {
         let got = errors(text);

@@ -104,3 +104,61 @@ fn chained_passes_three_stages_and_any_stage_error_comes_back_as_422() {
         "{body}"
     );
 }
+
+#[test]
+fn the_counter_counts_per_key_reads_by_name_and_survives_sigkill() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = Path::new(env!("CARGO_MANIFEST_DIR")).join("dataflows/counter.toml");
+    let data = dir.path().join("data").display().to_string();
+    let start = || {
+        Server::start_with(
+            &file,
+            &[
+                "--listen",
+                "127.0.0.1:0",
+                "--http",
+                "127.0.0.1:0",
+                "--data-dir",
+                &data,
+            ],
+        )
+    };
+    let mut server = start();
+    for expected in 1..=3 {
+        let (status, body) = http(&server.http, "POST", "/jobs/count?key=ada", "");
+        assert_eq!((status, body.as_str()), (200, expected.to_string().as_str()));
+    }
+    let (status, body) = http(&server.http, "POST", "/jobs/count?key=bob", "{}");
+    assert_eq!((status, body.as_str()), (200, "1"));
+    let (code, out, err) = run_cli(
+        &["send", "--to", &server.tcp, "count", "--key", "ada", "--reply"],
+        ".\n",
+    );
+    assert_eq!((code, out.trim()), (0, "4"), "{err}");
+    let (status, body) = http(&server.http, "GET", "/state/counter/ada", "");
+    assert_eq!((status, body.as_str()), (200, "4"));
+    let (status, body) = http(&server.http, "GET", "/state/counter/nobody", "");
+    assert_eq!(status, 404, "{body}");
+    let (status, body) = http(&server.http, "GET", "/state/nosuch/ada", "");
+    assert_eq!(status, 404, "{body}");
+    assert!(
+        json_of(&body)["error"]
+            .as_str()
+            .unwrap()
+            .contains("this dataflow has: counter"),
+        "{body}"
+    );
+    // A job without a key cannot be counted: the stage says so at once.
+    let (status, body) = http(&server.http, "POST", "/jobs/count", "");
+    assert_eq!(status, 422, "{body}");
+    assert!(body.contains("has no key"), "{body}");
+
+    server.kill9();
+    let server = start();
+    let (status, body) = http(&server.http, "GET", "/state/counter/ada", "");
+    assert_eq!((status, body.as_str()), (200, "4"), "the count survives SIGKILL");
+    let (status, body) = http(&server.http, "POST", "/jobs/count?key=ada", "");
+    assert_eq!((status, body.as_str()), (200, "5"));
+    let (status, body) = http(&server.http, "GET", "/state/counter/bob", "");
+    assert_eq!((status, body.as_str()), (200, "1"));
+}
