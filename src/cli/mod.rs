@@ -14,6 +14,7 @@ mod drain;
 mod inspect;
 mod run;
 mod send;
+mod state;
 mod status;
 mod tail;
 
@@ -99,6 +100,15 @@ enum Command {
         /// Give up after this many seconds.
         #[arg(long, default_value_t = 60)]
         timeout: u64,
+    },
+    /// Read the state a `state` stage holds for a key (as GET /state/STAGE/KEY does).
+    State {
+        #[arg(long, default_value = DEFAULT_TCP, value_name = "ADDR")]
+        from: String,
+        /// The state stage.
+        stage: String,
+        /// The key.
+        key: String,
     },
     /// Show a running engine: cores, topics, partitions, offsets, consumers and lag, rates.
     Status {
@@ -196,6 +206,7 @@ impl Cli {
                 json,
             }),
             Command::Status { from, json } => status::run(&from, json),
+            Command::State { from, stage, key } => state::run(&from, &stage, &key),
             Command::Drain { from, group, timeout } => {
                 drain::run(&from, group.as_deref(), std::time::Duration::from_secs(timeout))
             }

@@ -209,6 +209,14 @@ impl Client {
     }
 
     /// Sends a job and waits for its answer.
+    /// The state the `state` stage `stage` holds for `key`.
+    pub fn state(&mut self, stage: &str, key: &[u8]) -> Result<Vec<u8>> {
+        match self.call(&Request::State { stage, key })? {
+            Response::Answer(answer) => Ok(answer.value),
+            other => Err(unexpected(&other)),
+        }
+    }
+
     pub fn job(
         &mut self,
         name: &str,

@@ -19,6 +19,8 @@ pub enum Kind {
     Metadata = 0x03,
     Job = 0x04,
     Status = 0x05,
+    /// A `state` stage's state for a key, answered with an Answer frame.
+    State = 0x06,
     Claim = 0x10,
     Ack = 0x11,
     Reclaim = 0x12,
@@ -49,6 +51,7 @@ impl Kind {
             0x03 => Metadata,
             0x04 => Job,
             0x05 => Status,
+            0x06 => State,
             0x10 => Claim,
             0x11 => Ack,
             0x12 => Reclaim,

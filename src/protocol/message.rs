@@ -69,6 +69,11 @@ pub enum Request<'a> {
         topic: &'a str,
         partition: Option<u32>,
     },
+    /// The state a `state` stage holds for a key.
+    State {
+        stage: &'a str,
+        key: &'a [u8],
+    },
 }
 
 fn decode_groups<'a>(c: &mut Cursor<'a>) -> Result<Vec<ProduceGroup<'a>>, ProtocolError> {
@@ -171,6 +176,10 @@ impl<'a> Request<'a> {
                     partition: (partition != ANY_PARTITION).then_some(partition),
                 }
             }
+            Some(Kind::State) => Request::State {
+                stage: c.str("a stage name")?,
+                key: c.bytes("a key")?,
+            },
             _ if Kind::is_reserved(header.kind) => {
                 return Err(ProtocolError::new(
                     ErrorCode::Unsupported,
@@ -206,6 +215,7 @@ impl<'a> Request<'a> {
             Request::ConsumerAdmin(_) => Kind::ConsumerAdmin,
             Request::Range(_) => Kind::Range,
             Request::Length { .. } => Kind::Length,
+            Request::State { .. } => Kind::State,
         };
         let start = begin_frame(out, kind, request_id);
         match self {
@@ -243,6 +253,10 @@ impl<'a> Request<'a> {
             Request::Length { topic, partition } => {
                 put_str(out, topic);
                 put_u32(out, partition.unwrap_or(ANY_PARTITION));
+            }
+            Request::State { stage, key } => {
+                put_str(out, stage);
+                put_bytes(out, key);
             }
         }
         finish_frame(out, start);
@@ -682,6 +696,10 @@ mod tests {
             Request::Length {
                 topic: "t",
                 partition: None,
+            },
+            Request::State {
+                stage: "counter",
+                key: b"ada",
             },
         ];
         for request in requests {

@@ -228,6 +228,7 @@ async fn dispatch(
         Request::Ack(_) | Request::Reclaim(_) | Request::AckCommit(..) | Request::Length { .. } => {
             SMALL_RESPONSE
         }
+        Request::State { .. } => LARGE_RESPONSE,
     };
     // While the budget is spent (a client not reading), this connection reads no more.
     let Ok(permit) = budget.acquire_static_permit(cost).await else {
@@ -313,6 +314,33 @@ async fn dispatch(
                         shard.shared.metrics.error(error.code);
                         encode_error(&mut bytes, id, error.code, &error.message);
                     }
+                }
+                let _ = out.send_async((bytes, Some(permit))).await;
+            })
+            .detach();
+        }
+        Request::State { stage, key } => {
+            let (stage, key) = (stage.to_owned(), key.to_vec());
+            let (shard, out) = (Rc::clone(shard), out.clone());
+            glommio::spawn_local(async move {
+                let mut bytes = Vec::new();
+                let error = match api::state(&shard, &stage, &key).await {
+                    Ok(Some(state)) => {
+                        encode_answer(&mut bytes, id, Some(&key), &state);
+                        None
+                    }
+                    Ok(None) => Some(ProtocolError::new(
+                        ErrorCode::UnknownState,
+                        format!(
+                            "stage \"{stage}\" holds no state for key \"{}\"",
+                            String::from_utf8_lossy(&key)
+                        ),
+                    )),
+                    Err(error) => Some(error),
+                };
+                if let Some(error) = error {
+                    shard.shared.metrics.error(error.code);
+                    encode_error(&mut bytes, id, error.code, &error.message);
                 }
                 let _ = out.send_async((bytes, Some(permit))).await;
             })

@@ -137,6 +137,11 @@ fn the_counter_counts_per_key_reads_by_name_and_survives_sigkill() {
     assert_eq!((code, out.trim()), (0, "4"), "{err}");
     let (status, body) = http(&server.http, "GET", "/state/counter/ada", "");
     assert_eq!((status, body.as_str()), (200, "4"));
+    let (code, out, err) = run_cli(&["state", "--from", &server.tcp, "counter", "ada"], "");
+    assert_eq!((code, out.trim()), (0, "4"), "{err}");
+    let (code, _, err) = run_cli(&["state", "--from", &server.tcp, "counter", "nobody"], "");
+    assert_ne!(code, 0);
+    assert!(err.contains("holds no state for key \"nobody\""), "{err}");
     let (status, body) = http(&server.http, "GET", "/state/counter/nobody", "");
     assert_eq!(status, 404, "{body}");
     let (status, body) = http(&server.http, "GET", "/state/nosuch/ada", "");
