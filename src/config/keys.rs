@@ -26,6 +26,7 @@ pub fn operator_params(operator: &str) -> &'static [&'static str] {
         "sum" | "min" | "max" => &["of", "window", "time", "lateness"],
         "dedupe" => &["by", "capacity"],
         "state" => &["update"],
+        "scatter_gather" => &["branches", "every_partition", "merge", "timeout", "partial"],
         "exec" => &[
             "command",
             "workers",

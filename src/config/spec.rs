@@ -189,6 +189,42 @@ pub enum OpSpec {
     State {
         update: String,
     },
+    /// Each record goes to branches as a job; their answers are merged into one output.
+    ScatterGather(Box<ScatterSpec>),
+}
+
+/// A `scatter_gather` stage: where copies go, how answers merge, how long to wait.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ScatterSpec {
+    /// Topics a copy of each record goes to (indexes into `DataflowSpec::topics`); each
+    /// must lead to a `reply` stage.
+    pub branches: Vec<usize>,
+    /// A copy to every partition of each branch (so to every shard), not just one.
+    pub every_partition: bool,
+    pub merge: Merge,
+    pub timeout: Duration,
+    /// What a record whose branches did not all answer in time becomes.
+    pub partial: Partial,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Merge {
+    /// Arrays concatenated, other answers appended, in branch order.
+    Concat,
+    /// The sum of numeric answers.
+    Sum,
+    /// The largest numeric answer.
+    Max,
+    /// A jq expression over the array of answers; its first output.
+    Jq(String),
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Partial {
+    /// Merge the answers that came.
+    Answer,
+    /// Fail the record (a job's caller gets the error).
+    Fail,
 }
 
 /// An `exec` stage's worker pool: what to start and how to drive it.
@@ -252,7 +288,7 @@ impl OpSpec {
             OpSpec::Window(WindowSpec {
                 time: TimeKind::Processing,
                 ..
-            })
+            }) | OpSpec::ScatterGather(_)
         )
     }
 }

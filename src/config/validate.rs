@@ -18,6 +18,7 @@ use crate::storage::log::{SEGMENT_BYTES_MAX, SEGMENT_BYTES_MIN};
 use crate::storage::{Durability, RetentionPolicy};
 
 mod exec;
+mod scatter;
 mod state;
 
 /// Most partitions a topic may have.
@@ -140,6 +141,7 @@ impl Validator<'_, '_> {
         let sinks = raw.sinks.iter().map(|s| self.sink(s.get_ref(), &names)).collect();
         if !self.unresolved {
             self.cycles(&raw.stages, &stages, &names);
+            self.scatter_branches(&raw.stages, &stages);
             self.changelogs(&raw.stages, &stages, &sources, &topics);
         }
         let ingest = raw.ingest.as_ref().map(|i| self.ingest(i.get_ref()));
@@ -432,7 +434,7 @@ impl Validator<'_, '_> {
             .iter()
             .map(|name| self.topic_name_ref(name, raw.from.span(), &key("from"), topics))
             .collect();
-        let op = self.op(&raw.op, &key("op"));
+        let op = self.op(&raw.op, &key("op"), topics);
         let to = match &raw.to {
             Some(to) if op == OpSpec::Reply => {
                 self.error(
@@ -551,7 +553,7 @@ impl Validator<'_, '_> {
         }
     }
 
-    fn op(&mut self, raw: &Spanned<toml::Value>, key: &str) -> OpSpec {
+    fn op(&mut self, raw: &Spanned<toml::Value>, key: &str, topics: &[&str]) -> OpSpec {
         let span = raw.span();
         let (name, params) = match raw.get_ref() {
             toml::Value::String(name) => (name.as_str(), None),
@@ -603,6 +605,7 @@ impl Validator<'_, '_> {
             },
             ("dedupe", Some(toml::Value::Table(p))) => self.dedupe(p, span, &key),
             ("exec", Some(toml::Value::Table(p))) => self.exec(p, span, &key),
+            ("scatter_gather", Some(toml::Value::Table(p))) => self.scatter(p, span, &key, topics),
             ("state", Some(toml::Value::Table(p))) => match p.get("update") {
                 Some(toml::Value::String(update)) => {
                     self.jq(update, span, &format!("{key}.update"));
@@ -631,6 +634,9 @@ impl Validator<'_, '_> {
                     "dedupe" => "op = { dedupe = { by = \"key\", capacity = 100000 } }",
                     "exec" => "op = { exec = { command = [\"python3\", \"worker.py\"] } }",
                     "state" => "op = { state = { update = \"(.state // 0) + 1\" } }",
+                    "scatter_gather" => {
+                        "op = { scatter_gather = { branches = [\"t\"], merge = \"concat\" } }"
+                    }
                     _ => "op = { sum = { of = \".amount\", window = \"1m\" } }",
                 };
                 self.error(

@@ -8,6 +8,7 @@ pub mod dedupe;
 pub mod jq;
 pub mod key_by;
 pub mod map;
+pub mod merge;
 pub mod split_words;
 pub mod state;
 pub mod window;
@@ -28,6 +29,7 @@ pub const OPERATOR_NAMES: &[&str] = &[
     "reply",
     "exec",
     "state",
+    "scatter_gather",
 ];
 
 /// One input record, borrowed from the log.
@@ -100,6 +102,12 @@ pub fn build(spec: &OpSpec) -> Result<Box<dyn Operator>, OpError> {
         OpSpec::Exec(_) => {
             return Err(OpError(
                 "exec runs worker processes; it is run by the runtime, not as an operator".into(),
+            ));
+        }
+        OpSpec::ScatterGather(_) => {
+            return Err(OpError(
+                "scatter_gather sends jobs to its branches; it is run by the runtime, not as an operator"
+                    .into(),
             ));
         }
         OpSpec::State { .. } => {

@@ -19,6 +19,7 @@ mod plan;
 pub mod progress;
 pub mod provenance;
 pub mod reply;
+pub mod scatter_stage;
 pub mod service;
 pub mod shard;
 pub mod sink;

@@ -23,7 +23,7 @@ use crate::runtime::shard::{Control, LocalPartition, Shard, Shared};
 use crate::runtime::sink::{ForwarderTask, SINK_CHANNEL_CHUNKS_MAX, SinkChunk, WriterTask};
 use crate::runtime::source::SourceTask;
 use crate::runtime::stage::StageTask;
-use crate::runtime::{consumers, exec_stage, placement, sink, source, stage};
+use crate::runtime::{consumers, exec_stage, placement, scatter_stage, sink, source, stage};
 use crate::server::metrics::Metrics;
 use crate::server::{self, Bound, ShardSockets};
 use crate::storage::{LogOptions, PartitionLog, layout};
@@ -469,6 +469,8 @@ async fn run_shard(index: usize, shared: Arc<Shared>, plan: ShardPlan) -> Result
                     parts: vec![task],
                 }),
             }
+        } else if matches!(shared.spec.stages[task.stage].op, OpSpec::ScatterGather(_)) {
+            spawn_counted(&shard, 1, scatter_stage::run(Rc::clone(&shard), task));
         } else {
             spawn_counted(&shard, 1, stage::run(Rc::clone(&shard), task));
         }

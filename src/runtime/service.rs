@@ -139,6 +139,9 @@ pub async fn run(shard: Rc<Shard>, requests: flume::Receiver<ShardRequest>) {
                 if let Some(waiter) = shard.jobs.borrow_mut().remove(&job) {
                     // The caller may have timed out and gone; the answer is dropped then.
                     let _ = waiter.try_send(answer);
+                } else if let Some(gather) = shard.gathers.borrow_mut().remove(&job) {
+                    // A branch's answer to a scatter_gather stage; bounded by its window.
+                    let _ = gather.try_send((job, answer));
                 }
             }
         }

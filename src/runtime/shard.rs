@@ -181,6 +181,8 @@ pub struct Shard {
     pub jobs: RefCell<HashMap<u64, flume::Sender<JobOutcome>>>,
     /// The states of the `state` stages running here, by (stage, input partition).
     pub states: RefCell<HashMap<(usize, u32), crate::ops::state::States>>,
+    /// Copies scattered by `scatter_gather` stages here, by job id: where their answer goes.
+    pub gathers: RefCell<HashMap<u64, flume::Sender<(u64, JobOutcome)>>>,
     next_job: Cell<u64>,
     pub consumers: Consumers,
     /// Round robin for records sent without a key or partition.
@@ -204,6 +206,7 @@ impl Shard {
             acks: RefCell::new(Vec::new()),
             jobs: RefCell::new(HashMap::new()),
             states: RefCell::new(HashMap::new()),
+            gathers: RefCell::new(HashMap::new()),
             next_job: Cell::new(0),
             consumers: Consumers::new(journal),
             spread: Cell::new(index as u64),

@@ -236,6 +236,18 @@ fn broken_files_get_precise_errors() {
                 "stage \"split\".to: topic \"words\" is a state stage's changelog and must keep every change: it has retention",
             ],
         ),
+        (
+            "scatter_gather to a branch nobody answers, with a bad merge",
+            BASE.replace(
+                "op = \"split_words\"",
+                "op = { scatter_gather = { branches = [\"lines\"], merge = \"avg\", partial = \"some\" } }",
+            ),
+            &[
+                "stage \"split\".op.scatter_gather.merge: scatter_gather needs a merge of its branches' answers",
+                "stage \"split\".op.scatter_gather.partial: partial is what a record gets when not every branch answered in time",
+                "stage \"split\".op.scatter_gather.branches: a branch topic has no reply stage downstream",
+            ],
+        ),
     ];
     for (what, text, expected) in cases {
         let got = errors(text);

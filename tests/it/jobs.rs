@@ -167,3 +167,133 @@ fn the_counter_counts_per_key_reads_by_name_and_survives_sigkill() {
     let (status, body) = http(&server.http, "GET", "/state/counter/bob", "");
     assert_eq!((status, body.as_str()), (200, "1"));
 }
+
+#[test]
+fn search_scatters_to_both_index_shards_and_merges_the_top_three() {
+    let (server, _dir) = example("search.toml");
+    let (status, body) = http(&server.http, "POST", "/jobs/search", r#"{"q": "rust"}"#);
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(
+        json_of(&body),
+        json!([
+            {"title": "The Rust Programming Language", "score": 9, "from": "books"},
+            {"title": "Zero To Production In Rust", "score": 7, "from": "books"},
+            {"title": "Rust (2024)", "score": 5, "from": "films"},
+        ])
+    );
+    let (code, out, err) = run_cli(
+        &["send", "--to", &server.tcp, "search", "--reply"],
+        "{\"q\":\"data\"}\n",
+    );
+    assert_eq!(code, 0, "{err}");
+    let titles: Vec<String> = json_of(out.trim())
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|h| h["title"].as_str().unwrap().to_owned())
+        .collect();
+    assert_eq!(
+        titles,
+        [
+            "Designing Data-Intensive Applications",
+            "Streaming Systems",
+            "Streams of Data"
+        ]
+    );
+    let (status, body) = http(&server.http, "POST", "/jobs/search", "not json");
+    assert_eq!(status, 422, "{body}");
+    assert!(body.contains("every branch that answered failed"), "{body}");
+}
+
+/// A dataflow whose `gather` job scatters to a fast branch (answers 1 from every
+/// partition of a 2-partition topic) and a slow one (a worker that answers 10 after
+/// 5 s), summed, with a 300 ms timeout and `partial` as given.
+fn scatter_dataflow(dir: &Path, partial: &str) -> std::path::PathBuf {
+    let worker = dir.join("slow.py");
+    std::fs::write(
+        &worker,
+        "import json, sys, time\nfor line in sys.stdin:\n    r = json.loads(line)\n    time.sleep(5)\n    \
+         print(json.dumps({'id': r['id'], 'values': [10]}), flush=True)\n",
+    )
+    .unwrap();
+    let text = format!(
+        r#"
+[engine]
+data_dir = "{data}"
+[ingest]
+tcp = "127.0.0.1:0"
+http = "127.0.0.1:0"
+[[topic]]
+name = "asks"
+partitions = 1
+[[topic]]
+name = "fast"
+partitions = 2
+[[topic]]
+name = "slow"
+partitions = 1
+[[topic]]
+name = "parts"
+partitions = 2
+[[topic]]
+name = "sums"
+partitions = 1
+[[job]]
+name = "gather"
+topic = "asks"
+timeout = "20s"
+[[stage]]
+name = "scatter"
+from = "asks"
+op = {{ scatter_gather = {{ branches = ["fast", "slow"], every_partition = true, merge = "sum", timeout = "300ms", partial = "{partial}" }} }}
+to = "sums"
+[[stage]]
+name = "one"
+from = "fast"
+op = {{ map = "1" }}
+to = "parts"
+[[stage]]
+name = "ten"
+from = "slow"
+op = {{ exec = {{ command = ["python3", "slow.py"] }} }}
+to = "parts"
+[[stage]]
+name = "answer-parts"
+from = "parts"
+op = "reply"
+[[stage]]
+name = "answer"
+from = "sums"
+op = "reply"
+"#,
+        data = dir.join("data").display()
+    );
+    let file = dir.join("scatter.toml");
+    std::fs::write(&file, text).unwrap();
+    file
+}
+
+#[test]
+fn a_slow_branch_is_left_out_at_the_timeout_or_fails_the_job() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = Server::start(&scatter_dataflow(dir.path(), "answer"));
+    let started = std::time::Instant::now();
+    let (status, body) = http(&server.http, "POST", "/jobs/gather", "{}");
+    // Both partitions of the fast branch answered 1; the slow one (5 s) is left out.
+    assert_eq!((status, body.as_str()), (200, "2"));
+    assert!(
+        started.elapsed() < std::time::Duration::from_secs(4),
+        "{:?}",
+        started.elapsed()
+    );
+    drop(server);
+
+    let dir = tempfile::tempdir().unwrap();
+    let server = Server::start(&scatter_dataflow(dir.path(), "fail"));
+    let (status, body) = http(&server.http, "POST", "/jobs/gather", "{}");
+    assert_eq!(status, 422, "{body}");
+    assert!(body.contains("2 of 3 branches answered within 300ms"), "{body}");
+    // It serves on.
+    let (status, _) = http(&server.http, "GET", "/status", "");
+    assert_eq!(status, 200);
+}

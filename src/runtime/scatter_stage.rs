@@ -1,0 +1,390 @@
+//! A `scatter_gather` stage on one input partition: each record goes as a job to every
+//! branch (to every partition of it with `every_partition`), the branches' `reply`
+//! stages answer back to this shard, and the answers that came within the timeout are
+//! merged into the record's one output, written in input order.
+//!
+//! Up to `WINDOW_MAX` records are in flight at once, so one slow record holds back the
+//! writing of later ones but not their scattering. What a record whose branches did not
+//! all answer becomes is the stage's `partial` policy: the merge of what came, or a
+//! failure (a job's caller hears why). A replay after a crash scatters again: the stage
+//! is at least once.
+
+use std::collections::{HashMap, HashSet, VecDeque};
+use std::pin::Pin;
+use std::rc::Rc;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::task::Poll;
+use std::time::{Duration, Instant};
+
+use crate::config::{OpSpec, Partial};
+use crate::ops::merge::Merger;
+use crate::ops::{OpError, Output};
+use crate::protocol::wire::encode_record;
+use crate::runtime::commit::Committer;
+use crate::runtime::error::Result;
+use crate::runtime::mesh::{Ack, Batch, Payload};
+use crate::runtime::placement::{owner, partition_of_bytes};
+use crate::runtime::progress::Progress;
+use crate::runtime::provenance::end_marker;
+use crate::runtime::reply::{FailedJobs, REPLY_HEADER, ReplyAddress};
+use crate::runtime::service::JobOutcome;
+use crate::runtime::shard::Shard;
+use crate::runtime::stage::{FailureLog, StageOutput, StageTask, open_output, operator_error};
+use crate::storage::layout::now_ms;
+
+/// Records of one partition scattered and not yet written, at most.
+const WINDOW_MAX: usize = 256;
+const IDLE_PAUSE_MIN: Duration = Duration::from_micros(50);
+const IDLE_PAUSE_MAX: Duration = Duration::from_millis(5);
+
+enum Slot {
+    /// Scattered: one answer per copy, in branch order, until the deadline.
+    Scattered {
+        timestamp_ms: i64,
+        key: Option<Vec<u8>>,
+        reply: Option<Vec<u8>>,
+        ids: Vec<u64>,
+        answers: Vec<Option<JobOutcome>>,
+        deadline: Instant,
+    },
+    /// An end-of-input marker of this producer.
+    End(String, i64),
+}
+
+/// Where one copy of a record goes: a branch topic and its partition (`None`: by key).
+type Target = (usize, Option<u32>);
+
+pub async fn run(shard: Rc<Shard>, task: StageTask) -> Result<()> {
+    let spec = Arc::clone(&shard.shared.spec);
+    let stage = &spec.stages[task.stage];
+    let OpSpec::ScatterGather(scatter) = &stage.op else {
+        unreachable!("a scatter task runs a scatter_gather stage");
+    };
+    let control = &shard.shared.control;
+    let merger = Merger::new(&scatter.merge).map_err(|e| operator_error(&stage.name, OpError(e)))?;
+    let StageOutput {
+        mut emitter,
+        progress_path,
+        ..
+    } = open_output(&shard, &task)?;
+    let targets: Vec<Target> = scatter
+        .branches
+        .iter()
+        .flat_map(|&t| {
+            let partitions = spec.topics[t].partitions;
+            if scatter.every_partition {
+                (0..partitions).map(|p| (t, Some(p))).collect::<Vec<_>>()
+            } else {
+                vec![(t, None)]
+            }
+        })
+        .collect();
+    let input = Rc::clone(shard.partition(task.topic, task.partition));
+    let mut position = task.progress.resume;
+    let mut base = position;
+    let reader = input.reader(&stage.name, position);
+    let mut ends_seen: HashMap<String, u64> = task.progress.ends_seen.iter().cloned().collect();
+    let expected_ends: HashSet<String> = task.expected_ends;
+    let mut finished = task.progress.done;
+    let mut committer = Committer::new(
+        progress_path,
+        task.progress,
+        shard.shared.durable(),
+        spec.engine.commit_interval,
+    );
+    let topic_name = &spec.topics[task.topic].name;
+    let mut failures = FailureLog::new(&stage.name, topic_name, task.partition);
+    let mut failed_jobs = FailedJobs::default();
+    let (answers_tx, answers_rx) = flume::bounded::<(u64, JobOutcome)>(WINDOW_MAX * targets.len().max(1));
+    let mut window: VecDeque<Slot> = VecDeque::new();
+    let mut copies_of: HashMap<u64, (u64, usize)> = HashMap::new();
+    let mut pause = IDLE_PAUSE_MIN;
+    let mut end_snapshot = finished;
+    // Acks of the copies' writes are not waited on: a copy that cannot be written is a
+    // branch that does not answer in time.
+    let (ack_tx, _) = flume::bounded(1);
+    while !finished && !control.is_stopping() {
+        let now = Instant::now();
+        let mut progressed = false;
+        while let Ok((id, outcome)) = answers_rx.try_recv() {
+            file(&mut window, base, &mut copies_of, id, outcome);
+            progressed = true;
+        }
+        // Read what the window has room for; the copies go out after the log is let go.
+        let seen = input.appends();
+        let mut copies: Vec<(usize, u32, Vec<u8>)> = Vec::new();
+        let mut read = 0;
+        {
+            let log = input.log.borrow();
+            for view in log.read(position).take(WINDOW_MAX - window.len()) {
+                let offset = view.offset();
+                position = offset + 1;
+                read += 1;
+                if let Some(ended) = end_marker(&view) {
+                    window.push_back(Slot::End(ended.to_owned(), view.timestamp_ms()));
+                    continue;
+                }
+                let mut ids = Vec::with_capacity(targets.len());
+                for (copy, &(topic, partition)) in targets.iter().enumerate() {
+                    let partitions = spec.topics[topic].partitions;
+                    let partition = partition.unwrap_or_else(|| match view.key() {
+                        Some(key) => partition_of_bytes(key, partitions),
+                        None => shard.next_spread(partitions),
+                    });
+                    let id = shard.next_job_id();
+                    let address = ReplyAddress {
+                        epoch: shard.shared.epoch,
+                        shard: shard.index as u32,
+                        job: id,
+                    }
+                    .encode();
+                    let mut bytes = Vec::new();
+                    encode_record(
+                        &mut bytes,
+                        None,
+                        view.key(),
+                        view.value(),
+                        &[(REPLY_HEADER, &address[..])],
+                    );
+                    shard.gathers.borrow_mut().insert(id, answers_tx.clone());
+                    copies_of.insert(id, (offset, copy));
+                    ids.push(id);
+                    copies.push((topic, partition, bytes));
+                }
+                window.push_back(Slot::Scattered {
+                    timestamp_ms: view.timestamp_ms(),
+                    key: view.key().map(<[u8]>::to_vec),
+                    reply: view
+                        .headers()
+                        .find(|(name, _)| *name == REPLY_HEADER)
+                        .map(|(_, value)| value.to_vec()),
+                    answers: vec![None; ids.len()],
+                    ids,
+                    deadline: now + scatter.timeout,
+                });
+            }
+        }
+        for (topic, partition, bytes) in copies {
+            let batch = Batch {
+                partition,
+                records: Payload::Wire {
+                    bytes,
+                    count: 1,
+                    stamp_ms: now_ms(),
+                },
+                ack: Ack::Client(ack_tx.clone(), 0),
+            };
+            let to = owner(partition, shard.shared.shards);
+            if shard.shared.mesh.inboxes[topic][to]
+                .send_async(batch)
+                .await
+                .is_err()
+            {
+                break;
+            }
+        }
+        progressed |= read > 0;
+        // Write the front of the window as far as it is settled.
+        let now = Instant::now();
+        while let Some(front) = window.front() {
+            let settled = match front {
+                Slot::End(..) => true,
+                Slot::Scattered {
+                    answers, deadline, ..
+                } => answers.iter().all(Option::is_some) || *deadline <= now,
+            };
+            if !settled || emitter.is_full() {
+                break;
+            }
+            let offset = base;
+            base += 1;
+            progressed = true;
+            match window.pop_front().expect("just looked") {
+                Slot::End(producer, timestamp_ms) => {
+                    ends_seen.insert(producer, offset);
+                    if !expected_ends.is_empty() && expected_ends.iter().all(|p| ends_seen.contains_key(p)) {
+                        emitter.set_reply(None);
+                        emitter.emit_end(offset, timestamp_ms);
+                        finished = true;
+                        break;
+                    }
+                }
+                Slot::Scattered {
+                    timestamp_ms,
+                    key,
+                    reply,
+                    ids,
+                    answers,
+                    ..
+                } => {
+                    for id in &ids {
+                        shard.gathers.borrow_mut().remove(id);
+                        copies_of.remove(id);
+                    }
+                    match gather(&merger, &answers, scatter.partial, scatter.timeout) {
+                        Ok(value) => {
+                            emitter.set_reply(reply.as_deref());
+                            let output = Output {
+                                timestamp_ms,
+                                key,
+                                value,
+                            };
+                            if let Err(error) = emitter.emit(offset, 0, output) {
+                                failures.record(offset, &format!("cannot route it: {}", error.0));
+                            }
+                        }
+                        Err(why) => {
+                            failures.record(offset, &why);
+                            failed_jobs.fail(
+                                &shard,
+                                reply.as_deref(),
+                                format!("stage \"{}\": {why}", stage.name),
+                            );
+                        }
+                    }
+                }
+            }
+        }
+        reader.set(base);
+        if emitter.flush().await.is_err() {
+            break;
+        }
+        failed_jobs.answer(&shard).await;
+        if committer.is_due() || (finished && !end_snapshot) {
+            end_snapshot = finished;
+            let candidate = snapshot(base, &ends_seen, finished);
+            committer.snapshot(&mut emitter, candidate);
+        }
+        committer.complete(emitter.partitions())?;
+        if progressed {
+            pause = IDLE_PAUSE_MIN;
+            continue;
+        }
+        // Wait for an answer, an append (if the window has room), or the front's deadline.
+        let until_deadline = match window.front() {
+            Some(Slot::Scattered { deadline, .. }) => deadline.saturating_duration_since(Instant::now()),
+            _ => pause,
+        };
+        let mut listener = (window.len() < WINDOW_MAX && input.appends() == seen).then(|| input.on_append());
+        let answer = futures_lite::future::or(
+            async { answers_rx.recv_async().await.ok() },
+            futures_lite::future::or(
+                async {
+                    futures_lite::future::poll_fn(|cx| match listener.as_mut() {
+                        Some(l) => Pin::new(l).poll(cx).map(|()| None),
+                        None => Poll::Pending,
+                    })
+                    .await
+                },
+                async {
+                    glommio::timer::sleep(pause.min(until_deadline)).await;
+                    None
+                },
+            ),
+        )
+        .await;
+        if let Some((id, outcome)) = answer {
+            file(&mut window, base, &mut copies_of, id, outcome);
+        }
+        pause = (pause * 2).min(IDLE_PAUSE_MAX);
+    }
+    // Copies still out are forgotten: their records were not written, so they are
+    // scattered again by the next run.
+    for slot in &window {
+        if let Slot::Scattered { ids, .. } = slot {
+            for id in ids {
+                shard.gathers.borrow_mut().remove(id);
+            }
+        }
+    }
+    if !committer.stored().done {
+        if emitter.flush().await.is_ok() {
+            committer.snapshot(&mut emitter, snapshot(base, &ends_seen, finished));
+        }
+        committer.settle(emitter.partitions()).await?;
+    }
+    control
+        .records_failed
+        .fetch_add(failures.count, Ordering::Relaxed);
+    if committer.stored().done {
+        control.finished.fetch_add(1, Ordering::AcqRel);
+    }
+    Ok(())
+}
+
+/// Files a branch's answer (or failure) into its record's slot.
+fn file(
+    window: &mut VecDeque<Slot>,
+    base: u64,
+    copies_of: &mut HashMap<u64, (u64, usize)>,
+    id: u64,
+    outcome: JobOutcome,
+) {
+    let Some((offset, copy)) = copies_of.remove(&id) else {
+        return; // its record was already written (the answer came after the deadline)
+    };
+    if let Some(Slot::Scattered { answers, .. }) = window.get_mut((offset - base) as usize) {
+        answers[copy] = Some(outcome);
+    }
+}
+
+/// The merged value of a record's answers, or why it fails under `partial`.
+fn gather(
+    merger: &Merger,
+    answers: &[Option<JobOutcome>],
+    partial: Partial,
+    timeout: Duration,
+) -> std::result::Result<Vec<u8>, String> {
+    let values: Vec<&[u8]> = answers
+        .iter()
+        .filter_map(|a| match a {
+            Some(Ok(answer)) => Some(answer.value.as_slice()),
+            _ => None,
+        })
+        .collect();
+    let errors: Vec<&str> = answers
+        .iter()
+        .filter_map(|a| match a {
+            Some(Err(reason)) => Some(reason.as_str()),
+            _ => None,
+        })
+        .collect();
+    if values.is_empty() && !errors.is_empty() {
+        return Err(format!(
+            "every branch that answered failed: {}",
+            errors.join("; ")
+        ));
+    }
+    if values.len() < answers.len() && partial == Partial::Fail {
+        let mut why = format!(
+            "{} of {} branches answered within {} (partial = \"fail\")",
+            values.len(),
+            answers.len(),
+            humantime::format_duration(timeout)
+        );
+        if !errors.is_empty() {
+            why.push_str(&format!("; failed: {}", errors.join("; ")));
+        }
+        return Err(why);
+    }
+    merger
+        .merge(&values)
+        .map_err(|e| format!("cannot merge the answers: {e}"))
+}
+
+fn snapshot(next: u64, ends_seen: &HashMap<String, u64>, done: bool) -> Progress {
+    let mut ends: Vec<(String, u64)> = ends_seen
+        .iter()
+        .filter(|(_, o)| **o < next)
+        .map(|(p, o)| (p.clone(), *o))
+        .collect();
+    ends.sort();
+    Progress {
+        resume: next,
+        next,
+        ends_seen: ends,
+        done,
+        ..Progress::default()
+    }
+}
