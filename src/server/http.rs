@@ -172,8 +172,19 @@ async fn route(shard: &Rc<Shard>, front: &Rc<Front>, request: Request<Incoming>)
         (&Method::POST, ["jobs", name]) => {
             let name = (*name).to_owned();
             let key = query_param(&query, "key").map(String::into_bytes);
+            // `?timeout=2s`: this job's own timeout instead of the job's configured one.
+            let timeout = match query_param(&query, "timeout").map(|t| humantime::parse_duration(&t)) {
+                None => None,
+                Some(Ok(t)) if !t.is_zero() && t <= JOB_TIMEOUT_MAX => Some(t),
+                Some(_) => {
+                    return error(
+                        StatusCode::BAD_REQUEST,
+                        "timeout is a duration from 1ms to 1h, such as ?timeout=2s",
+                    );
+                }
+            };
             match body(front, request).await {
-                Ok(bytes) => match api::job(shard, &name, None, key.as_deref(), &bytes, &[]).await {
+                Ok(bytes) => match api::job(shard, &name, timeout, key.as_deref(), &bytes, &[]).await {
                     Ok(answer) => {
                         let kind = if serde_json::from_slice::<serde::de::IgnoredAny>(&answer.value).is_ok() {
                             "application/json"
@@ -333,6 +344,9 @@ async fn post_records(shard: &Rc<Shard>, topic: &str, body: &[u8]) -> Reply {
         Err(e) => protocol_error(shard, &e),
     }
 }
+
+/// The longest timeout a request may give its job.
+const JOB_TIMEOUT_MAX: std::time::Duration = std::time::Duration::from_secs(3600);
 
 pub fn query_param(query: &str, name: &str) -> Option<String> {
     query.split('&').find_map(|pair| {

@@ -96,8 +96,11 @@ fn chained_passes_three_stages_and_any_stage_error_comes_back_as_422() {
     assert_eq!(status, 413, "{body}");
     assert!(json_of(&body)["error"].is_string(), "{body}");
 
-    // And it serves on.
-    let (status, body) = http(&server.http, "POST", "/jobs/chained", r#"{"n": 0}"#);
+    let (status, body) = http(&server.http, "POST", "/jobs/chained?timeout=soon", "{}");
+    assert_eq!(status, 400, "{body}");
+
+    // And it serves on, with a per-job timeout too.
+    let (status, body) = http(&server.http, "POST", "/jobs/chained?timeout=3s", r#"{"n": 0}"#);
     assert_eq!(
         (status, json_of(&body)["label"].clone()),
         (200, json!("fizz")),
@@ -286,6 +289,10 @@ fn a_slow_branch_is_left_out_at_the_timeout_or_fails_the_job() {
         "{:?}",
         started.elapsed()
     );
+    // A per-job timeout shorter than the gather's: the caller gets 504.
+    let (status, body) = http(&server.http, "POST", "/jobs/gather?timeout=100ms", "{}");
+    assert_eq!(status, 504, "{body}");
+    assert!(body.contains("no answer within 100ms"), "{body}");
     drop(server);
 
     let dir = tempfile::tempdir().unwrap();
