@@ -40,6 +40,8 @@
 //! 0x84 ANSWER    record: the first output the dataflow's reply stage saw for the job
 //! 0x05 STATUS    (empty)
 //! 0x85 STATUS    bytes: the JSON document of GET /status
+//! 0x06 STATE     string stage, bytes key: what a `state` stage holds for the key,
+//!                answered with an ANSWER (key, state) or ERROR unknown_state
 //! 0xFF ERROR     u16 code, u32 length + UTF-8 message
 //! ```
 //! Consumers and range reads:
