@@ -125,6 +125,10 @@ pub fn plan(spec: DataflowSpec) -> Result<Plan> {
         }
         let to = stage_spec.to.expect("validated");
         for &topic in &stage_spec.from {
+            let mut states = match &stage_spec.op {
+                OpSpec::State { .. } => states_by_partition(&logs[to], spec.topics[topic].partitions),
+                _ => HashMap::new(),
+            };
             for p in 0..spec.topics[topic].partitions {
                 let progress = stage_progress[&(i, topic, p)].clone();
                 let producer = stage_producer(&stage_spec.name, &spec.topics[topic].name, p);
@@ -142,10 +146,7 @@ pub fn plan(spec: DataflowSpec) -> Result<Plan> {
                     progress,
                     skip,
                     expected_ends: producers[topic].clone(),
-                    states: match &stage_spec.op {
-                        OpSpec::State { .. } => states_of(&logs[to], p, spec.topics[topic].partitions),
-                        _ => HashMap::new(),
-                    },
+                    states: states.remove(&p).unwrap_or_default(),
                 });
             }
         }
@@ -371,19 +372,24 @@ fn scan_outputs(
         .collect()
 }
 
-/// The states a `state` stage's changelog (`log`, its output topic) holds for the keys
-/// of input partition `partition` (of `partitions`): the last change of each key.
-fn states_of(changelog: &[PartitionLog], partition: u32, partitions: u32) -> HashMap<Vec<u8>, Vec<u8>> {
-    let mut states = HashMap::new();
+/// The states a `state` stage's changelog (`changelog`, its output topic) holds, per
+/// input partition (of `partitions`) owning each key: the last change of every key,
+/// found in one pass.
+fn states_by_partition(
+    changelog: &[PartitionLog],
+    partitions: u32,
+) -> HashMap<u32, HashMap<Vec<u8>, Vec<u8>>> {
+    let mut states: HashMap<u32, HashMap<Vec<u8>, Vec<u8>>> = HashMap::new();
     for log in changelog {
         for view in log.read(0) {
             if provenance::end_marker(&view).is_some() {
                 continue;
             }
-            if let Some(key) = view.key()
-                && placement::partition_of_bytes(key, partitions) == partition
-            {
-                states.insert(key.to_vec(), view.value().to_vec());
+            if let Some(key) = view.key() {
+                states
+                    .entry(placement::partition_of_bytes(key, partitions))
+                    .or_default()
+                    .insert(key.to_vec(), view.value().to_vec());
             }
         }
     }
