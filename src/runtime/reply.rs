@@ -4,9 +4,12 @@
 
 use std::rc::Rc;
 
+use crate::protocol::wire::encode_record;
 use crate::runtime::error::Result;
+use crate::runtime::mesh::{Ack, Batch, Payload};
 use crate::runtime::service::{Answer, ShardRequest};
 use crate::runtime::shard::{Backoff, Shard};
+use crate::storage::layout::now_ms;
 
 /// The header holding a job's reply address; stages copy it from input to outputs.
 pub const REPLY_HEADER: &str = "flowd-reply";
@@ -36,6 +39,32 @@ impl ReplyAddress {
             shard: u32::from_le_bytes(bytes[8..12].try_into().ok()?),
             job: u64::from_le_bytes(bytes[12..].try_into().ok()?),
         })
+    }
+}
+
+/// The one-record batch that writes a job to `partition`: its record with the reply
+/// address in the `flowd-reply` header (after `headers`); `ack` hears when it is durable.
+pub fn job_batch(
+    partition: u32,
+    key: Option<&[u8]>,
+    value: &[u8],
+    headers: &[(&str, &[u8])],
+    address: &ReplyAddress,
+    ack: Ack,
+) -> Batch {
+    let address = address.encode();
+    let mut all_headers: Vec<(&str, &[u8])> = headers.to_vec();
+    all_headers.push((REPLY_HEADER, &address));
+    let mut bytes = Vec::new();
+    encode_record(&mut bytes, None, key, value, &all_headers);
+    Batch {
+        partition,
+        records: Payload::Wire {
+            bytes,
+            count: 1,
+            stamp_ms: now_ms(),
+        },
+        ack,
     }
 }
 

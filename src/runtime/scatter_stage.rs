@@ -20,18 +20,16 @@ use std::time::{Duration, Instant};
 use crate::config::{OpSpec, Partial};
 use crate::ops::merge::Merger;
 use crate::ops::{OpError, Output};
-use crate::protocol::wire::encode_record;
 use crate::runtime::commit::Committer;
 use crate::runtime::error::Result;
-use crate::runtime::mesh::{Ack, Batch, Payload};
+use crate::runtime::mesh::{Ack, Batch};
 use crate::runtime::placement::{owner, partition_of_bytes};
 use crate::runtime::progress::Progress;
 use crate::runtime::provenance::end_marker;
-use crate::runtime::reply::{FailedJobs, REPLY_HEADER, ReplyAddress};
+use crate::runtime::reply::{FailedJobs, REPLY_HEADER, ReplyAddress, job_batch};
 use crate::runtime::service::JobOutcome;
 use crate::runtime::shard::Shard;
 use crate::runtime::stage::{FailureLog, StageOutput, StageTask, open_output, operator_error};
-use crate::storage::layout::now_ms;
 
 /// Records of one partition scattered and not yet written, at most.
 const WINDOW_MAX: usize = 256;
@@ -113,7 +111,7 @@ pub async fn run(shard: Rc<Shard>, task: StageTask) -> Result<()> {
         }
         // Read what the window has room for; the copies go out after the log is let go.
         let seen = input.appends();
-        let mut copies: Vec<(usize, u32, Vec<u8>)> = Vec::new();
+        let mut copies: Vec<(usize, Batch)> = Vec::new();
         let mut read = 0;
         {
             let log = input.log.borrow();
@@ -137,20 +135,15 @@ pub async fn run(shard: Rc<Shard>, task: StageTask) -> Result<()> {
                         epoch: shard.shared.epoch,
                         shard: shard.index as u32,
                         job: id,
-                    }
-                    .encode();
-                    let mut bytes = Vec::new();
-                    encode_record(
-                        &mut bytes,
-                        None,
-                        view.key(),
-                        view.value(),
-                        &[(REPLY_HEADER, &address[..])],
-                    );
+                    };
                     shard.gathers.borrow_mut().insert(id, answers_tx.clone());
                     copies_of.insert(id, (offset, copy));
                     ids.push(id);
-                    copies.push((topic, partition, bytes));
+                    let ack = Ack::Client(ack_tx.clone(), 0);
+                    copies.push((
+                        topic,
+                        job_batch(partition, view.key(), view.value(), &[], &address, ack),
+                    ));
                 }
                 window.push_back(Slot::Scattered {
                     timestamp_ms: view.timestamp_ms(),
@@ -165,16 +158,8 @@ pub async fn run(shard: Rc<Shard>, task: StageTask) -> Result<()> {
                 });
             }
         }
-        for (topic, partition, bytes) in copies {
-            let batch = Batch {
-                partition,
-                records: Payload::Wire {
-                    bytes,
-                    count: 1,
-                    stamp_ms: now_ms(),
-                },
-                ack: Ack::Client(ack_tx.clone(), 0),
-            };
+        for (topic, batch) in copies {
+            let partition = batch.partition;
             let to = owner(partition, shard.shared.shards);
             if shard.shared.mesh.inboxes[topic][to]
                 .send_async(batch)

@@ -10,11 +10,11 @@ use serde::Serialize;
 
 use crate::config::OpSpec;
 use crate::protocol::message::Metadata;
-use crate::protocol::wire::{RESERVED_HEADER_PREFIX, encode_record};
+use crate::protocol::wire::RESERVED_HEADER_PREFIX;
 use crate::protocol::{ErrorCode, FetchFrom, ProduceGroup, ProtocolError, Run, WireRecord};
 use crate::runtime::mesh::{Ack, Batch, ClientAck, Payload};
 use crate::runtime::placement::{owner, partition_of_bytes};
-use crate::runtime::reply::{REPLY_HEADER, ReplyAddress};
+use crate::runtime::reply::{ReplyAddress, job_batch};
 use crate::runtime::service::{self, Answer, FetchOrder, PartitionStatus, ShardRequest, ShardStatus};
 use crate::runtime::shard::Shard;
 use crate::storage::layout::now_ms;
@@ -313,26 +313,13 @@ pub async fn job(
         epoch: shared.epoch,
         shard: shard.index as u32,
         job: id,
-    }
-    .encode();
-    let mut all_headers: Vec<(&str, &[u8])> = headers.to_vec();
-    all_headers.push((REPLY_HEADER, &address));
-    let mut bytes = Vec::new();
-    encode_record(&mut bytes, None, key, value, &all_headers);
+    };
     let (answer_tx, answer_rx) = flume::bounded(1);
     shard.jobs.borrow_mut().insert(id, answer_tx);
     // Whatever happens next, the waiter must not outlive this call.
     let _guard = JobGuard { shard, id };
     let (ack_tx, ack_rx) = flume::bounded(1);
-    let batch = Batch {
-        partition,
-        records: Payload::Wire {
-            bytes,
-            count: 1,
-            stamp_ms: now_ms(),
-        },
-        ack: Ack::Client(ack_tx, 0),
-    };
+    let batch = job_batch(partition, key, value, headers, &address, Ack::Client(ack_tx, 0));
     shared.metrics.jobs.add(1);
     let to = owner(partition, shared.shards);
     shared.mesh.inboxes[spec.topic][to]

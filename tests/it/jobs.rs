@@ -8,13 +8,11 @@ use serde_json::{Value, json};
 
 use crate::ingest::{Server, http, run_cli};
 
-/// `dataflows/NAME` on free loopback ports with a temporary data dir.
-fn example(name: &str) -> (Server, tempfile::TempDir) {
-    let dir = tempfile::tempdir().unwrap();
-    let file = Path::new(env!("CARGO_MANIFEST_DIR")).join("dataflows").join(name);
-    let data = dir.path().join("data").display().to_string();
-    let server = Server::start_with(
-        &file,
+/// `file` on free loopback ports with its data in `data`.
+fn start(file: &Path, data: &Path) -> Server {
+    let data = data.display().to_string();
+    Server::start_with(
+        file,
         &[
             "--listen",
             "127.0.0.1:0",
@@ -23,7 +21,17 @@ fn example(name: &str) -> (Server, tempfile::TempDir) {
             "--data-dir",
             &data,
         ],
-    );
+    )
+}
+
+fn example_file(name: &str) -> std::path::PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("dataflows").join(name)
+}
+
+/// `dataflows/NAME` on free loopback ports with a temporary data dir.
+fn example(name: &str) -> (Server, tempfile::TempDir) {
+    let dir = tempfile::tempdir().unwrap();
+    let server = start(&example_file(name), &dir.path().join("data"));
     (server, dir)
 }
 
@@ -111,22 +119,8 @@ fn chained_passes_three_stages_and_any_stage_error_comes_back_as_422() {
 #[test]
 fn the_counter_counts_per_key_reads_by_name_and_survives_sigkill() {
     let dir = tempfile::tempdir().unwrap();
-    let file = Path::new(env!("CARGO_MANIFEST_DIR")).join("dataflows/counter.toml");
-    let data = dir.path().join("data").display().to_string();
-    let start = || {
-        Server::start_with(
-            &file,
-            &[
-                "--listen",
-                "127.0.0.1:0",
-                "--http",
-                "127.0.0.1:0",
-                "--data-dir",
-                &data,
-            ],
-        )
-    };
-    let mut server = start();
+    let (file, data) = (example_file("counter.toml"), dir.path().join("data"));
+    let mut server = start(&file, &data);
     for expected in 1..=3 {
         let (status, body) = http(&server.http, "POST", "/jobs/count?key=ada", "");
         assert_eq!((status, body.as_str()), (200, expected.to_string().as_str()));
@@ -162,7 +156,7 @@ fn the_counter_counts_per_key_reads_by_name_and_survives_sigkill() {
     assert!(body.contains("has no key"), "{body}");
 
     server.kill9();
-    let server = start();
+    let server = start(&file, &data);
     let (status, body) = http(&server.http, "GET", "/state/counter/ada", "");
     assert_eq!((status, body.as_str()), (200, "4"), "the count survives SIGKILL");
     let (status, body) = http(&server.http, "POST", "/jobs/count?key=ada", "");
