@@ -524,20 +524,7 @@ fn dead_letter(part: &mut Part, offset: u64, timestamp_ms: i64, why: String) {
 }
 
 fn snapshot(part: &Part) -> Progress {
-    let mut ends: Vec<(String, u64)> = part
-        .ends_seen
-        .iter()
-        .filter(|(_, o)| **o < part.base)
-        .map(|(p, o)| (p.clone(), *o))
-        .collect();
-    ends.sort();
-    Progress {
-        resume: part.base,
-        next: part.base,
-        ends_seen: ends,
-        done: part.finished,
-        ..Progress::default()
-    }
+    Progress::at(part.base, &part.ends_seen, part.finished)
 }
 
 #[cfg(test)]

@@ -44,6 +44,32 @@ pub struct Progress {
     pub done: bool,
 }
 
+impl Progress {
+    /// The progress of a producer with no operator state: every output of the inputs
+    /// below `next` is written, and it resumes there. Only end markers below `next` are
+    /// kept (a replay from `next` sees the others again).
+    pub fn at(next: u64, ends_seen: &std::collections::HashMap<String, u64>, done: bool) -> Progress {
+        Progress {
+            resume: next,
+            next,
+            ends_seen: ends_below(ends_seen, next),
+            done,
+            ..Progress::default()
+        }
+    }
+}
+
+/// The end markers seen below `resume`, sorted: the ones a replay from there would miss.
+pub fn ends_below(ends_seen: &std::collections::HashMap<String, u64>, resume: u64) -> Vec<(String, u64)> {
+    let mut ends: Vec<(String, u64)> = ends_seen
+        .iter()
+        .filter(|(_, o)| **o < resume)
+        .map(|(p, o)| (p.clone(), *o))
+        .collect();
+    ends.sort();
+    ends
+}
+
 /// Where the progress of `name` (a stage, source or sink) for `part` lives.
 pub fn path(data_dir: &Path, name: &str, part: &str) -> PathBuf {
     data_dir.join("progress").join(name).join(format!("{part}.json"))

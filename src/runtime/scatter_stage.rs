@@ -238,7 +238,7 @@ pub async fn run(shard: Rc<Shard>, task: StageTask) -> Result<()> {
         failed_jobs.answer(&shard).await;
         if committer.is_due() || (finished && !end_snapshot) {
             end_snapshot = finished;
-            let candidate = snapshot(base, &ends_seen, finished);
+            let candidate = Progress::at(base, &ends_seen, finished);
             committer.snapshot(&mut emitter, candidate);
         }
         committer.complete(emitter.partitions())?;
@@ -285,7 +285,7 @@ pub async fn run(shard: Rc<Shard>, task: StageTask) -> Result<()> {
     }
     if !committer.stored().done {
         if emitter.flush().await.is_ok() {
-            committer.snapshot(&mut emitter, snapshot(base, &ends_seen, finished));
+            committer.snapshot(&mut emitter, Progress::at(base, &ends_seen, finished));
         }
         committer.settle(emitter.partitions()).await?;
     }
@@ -356,20 +356,4 @@ fn gather(
     merger
         .merge(&values)
         .map_err(|e| format!("cannot merge the answers: {e}"))
-}
-
-fn snapshot(next: u64, ends_seen: &HashMap<String, u64>, done: bool) -> Progress {
-    let mut ends: Vec<(String, u64)> = ends_seen
-        .iter()
-        .filter(|(_, o)| **o < next)
-        .map(|(p, o)| (p.clone(), *o))
-        .collect();
-    ends.sort();
-    Progress {
-        resume: next,
-        next,
-        ends_seen: ends,
-        done,
-        ..Progress::default()
-    }
 }

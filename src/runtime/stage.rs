@@ -211,12 +211,7 @@ fn emit_all(emitter: &mut Emitter, produced_by: u64, out: &mut Vec<Output>, fail
 fn snapshot(op: &dyn ops::Operator, next: u64, ends_seen: &HashMap<String, u64>, done: bool) -> Progress {
     let checkpoint = op.checkpoint();
     let resume = checkpoint.state_start.map_or(next, |start| start.min(next));
-    let mut ends: Vec<(String, u64)> = ends_seen
-        .iter()
-        .filter(|(_, o)| **o < resume)
-        .map(|(p, o)| (p.clone(), *o))
-        .collect();
-    ends.sort();
+    let ends = progress::ends_below(ends_seen, resume);
     Progress {
         resume,
         next,
