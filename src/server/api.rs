@@ -280,18 +280,8 @@ pub async fn job(
     let started = Instant::now();
     let shared = &shard.shared;
     let spec = shared.spec.job(name).ok_or_else(|| {
-        let known: Vec<&str> = shared.spec.jobs.iter().map(|j| j.name.as_str()).collect();
-        ProtocolError::new(
-            ErrorCode::UnknownJob,
-            format!(
-                "no job \"{name}\" here; this dataflow has: {}",
-                if known.is_empty() {
-                    "none".into()
-                } else {
-                    known.join(", ")
-                }
-            ),
-        )
+        let known = shared.spec.jobs.iter().map(|j| j.name.as_str());
+        unknown_name(ErrorCode::UnknownJob, "job", name, known)
     })?;
     if let Some((name, _)) = headers
         .iter()
@@ -365,27 +355,18 @@ pub async fn state(
     key: &[u8],
 ) -> Result<Option<Vec<u8>>, ProtocolError> {
     let spec = &shard.shared.spec;
-    let stages: Vec<&str> = spec
-        .stages
-        .iter()
-        .filter(|s| matches!(s.op, OpSpec::State { .. }))
-        .map(|s| s.name.as_str())
-        .collect();
+    let is_state = |s: &&crate::config::StageSpec| matches!(s.op, OpSpec::State { .. });
     let Some(stage) = spec
         .stages
         .iter()
-        .position(|s| s.name == stage_name && matches!(s.op, OpSpec::State { .. }))
+        .position(|s| s.name == stage_name && is_state(&s))
     else {
-        return Err(ProtocolError::new(
+        let known = spec.stages.iter().filter(is_state).map(|s| s.name.as_str());
+        return Err(unknown_name(
             ErrorCode::UnknownState,
-            format!(
-                "no state stage \"{stage_name}\" here; this dataflow has: {}",
-                if stages.is_empty() {
-                    "none".into()
-                } else {
-                    stages.join(", ")
-                }
-            ),
+            "state stage",
+            stage_name,
+            known,
         ));
     };
     let input = spec.stages[stage].from[0];
@@ -410,6 +391,25 @@ pub async fn state(
             format!("the state stage \"{stage_name}\" is not running on that key's partition"),
         )),
     }
+}
+
+/// "no KIND "NAME" here; this dataflow has: ...": what a request for an unknown name gets.
+fn unknown_name<'a>(
+    code: ErrorCode,
+    kind: &str,
+    name: &str,
+    known: impl Iterator<Item = &'a str>,
+) -> ProtocolError {
+    let known: Vec<&str> = known.collect();
+    let known = if known.is_empty() {
+        "none".to_owned()
+    } else {
+        known.join(", ")
+    };
+    ProtocolError::new(
+        code,
+        format!("no {kind} \"{name}\" here; this dataflow has: {known}"),
+    )
 }
 
 /// `f`'s output, or `None` if it takes longer than `limit` (then `f` is dropped).
