@@ -32,6 +32,13 @@ impl ReplyAddress {
         out
     }
 
+    /// The address in `bytes` if a caller of this run waits on it: a job taken before a
+    /// restart, or naming a shard this run does not have, has nobody to answer.
+    pub fn of_this_run(bytes: &[u8], shard: &Shard) -> Option<ReplyAddress> {
+        ReplyAddress::decode(bytes)
+            .filter(|a| a.epoch == shard.shared.epoch && (a.shard as usize) < shard.shared.shards)
+    }
+
     pub fn decode(bytes: &[u8]) -> Option<ReplyAddress> {
         let bytes: &[u8; 20] = bytes.try_into().ok()?;
         Some(ReplyAddress {
@@ -107,11 +114,8 @@ async fn answer_from(shard: Rc<Shard>, task: ReplyTask, mut position: u64) -> Re
                 let address = view
                     .headers()
                     .find(|(name, _)| *name == REPLY_HEADER)
-                    .and_then(|(_, value)| ReplyAddress::decode(value));
-                if let Some(address) = address
-                    && address.epoch == shard.shared.epoch
-                    && (address.shard as usize) < shard.shared.shards
-                {
+                    .and_then(|(_, value)| ReplyAddress::of_this_run(value, &shard));
+                if let Some(address) = address {
                     answers.push((
                         address,
                         ShardRequest::Answer {
@@ -155,10 +159,7 @@ pub struct FailedJobs {
 impl FailedJobs {
     /// Notes that the job at `reply` (a `flowd-reply` header value) failed.
     pub fn fail(&mut self, shard: &Shard, reply: Option<&[u8]>, reason: String) {
-        if let Some(address) = reply.and_then(ReplyAddress::decode)
-            && address.epoch == shard.shared.epoch
-            && (address.shard as usize) < shard.shared.shards
-        {
+        if let Some(address) = reply.and_then(|r| ReplyAddress::of_this_run(r, shard)) {
             self.pending.push((address, reason));
         }
     }
