@@ -15,7 +15,7 @@ use std::rc::Rc;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::task::Poll;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use crate::config::{DataflowSpec, ErrorPolicy, ExecSpec, OnFailure, OpSpec, Route};
 use crate::exec::pool::{Outcome, Pool};
@@ -29,15 +29,13 @@ use crate::runtime::placement::owner;
 use crate::runtime::progress::Progress;
 use crate::runtime::provenance::{dead_letter_producer, end_marker};
 use crate::runtime::reply::{FailedJobs, REPLY_HEADER};
-use crate::runtime::shard::{LocalPartition, Shard};
+use crate::runtime::shard::{Backoff, LocalPartition, Shard};
 use crate::runtime::stage::{
     FailureLog, READ_BATCH_RECORDS, StageOutput, StageTask, open_output, operator_error,
 };
 
 /// Records one partition may hold read but not yet written, at most.
 const WINDOW_MAX: usize = 1 << 16;
-const IDLE_PAUSE_MIN: Duration = Duration::from_micros(50);
-const IDLE_PAUSE_MAX: Duration = Duration::from_millis(5);
 
 /// Every input partition of one exec stage that one shard owns.
 pub struct ExecTask {
@@ -134,7 +132,7 @@ pub async fn run(shard: Rc<Shard>, task: ExecTask) -> Result<()> {
     let mut outcomes = Vec::new();
     let mut retry: VecDeque<Ticket> = VecDeque::new();
     let mut failed_jobs = FailedJobs::default();
-    let mut pause = IDLE_PAUSE_MIN;
+    let mut idle = Backoff::default();
     let mut first = 0;
     // Set when a destination shard stopped (the engine is going down): no more flushes.
     let mut closed = false;
@@ -189,15 +187,15 @@ pub async fn run(shard: Rc<Shard>, task: ExecTask) -> Result<()> {
             break;
         }
         if progressed {
-            pause = IDLE_PAUSE_MIN;
+            idle.reset();
             continue;
         }
         // Nothing to do: wait for an answer, an append to a partition that was read to
-        // its end, or the pool's next deadline, at most `pause`.
+        // its end, or the pool's next deadline, at most the idle pause.
         let mut listeners: Vec<_> = caught_up.iter().map(|&i| parts[i].input.on_append()).collect();
         let until_due = pool
             .next_due()
-            .map_or(pause, |due| due.saturating_duration_since(Instant::now()));
+            .map_or(idle.pause(), |due| due.saturating_duration_since(Instant::now()));
         let event = futures_lite::future::or(
             async { pool.events().recv_async().await.ok() },
             futures_lite::future::or(
@@ -213,7 +211,7 @@ pub async fn run(shard: Rc<Shard>, task: ExecTask) -> Result<()> {
                     .await
                 },
                 async {
-                    glommio::timer::sleep(pause.min(until_due)).await;
+                    glommio::timer::sleep(idle.pause().min(until_due)).await;
                     None
                 },
             ),
@@ -222,7 +220,7 @@ pub async fn run(shard: Rc<Shard>, task: ExecTask) -> Result<()> {
         if let Some(event) = event {
             pool.handle(event, Instant::now(), &mut outcomes);
         }
-        pause = (pause * 2).min(IDLE_PAUSE_MAX);
+        idle.grow();
     }
     pool.stop().await;
     for part in &mut parts {

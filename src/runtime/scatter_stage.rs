@@ -28,13 +28,11 @@ use crate::runtime::progress::Progress;
 use crate::runtime::provenance::end_marker;
 use crate::runtime::reply::{FailedJobs, REPLY_HEADER, ReplyAddress, job_batch};
 use crate::runtime::service::JobOutcome;
-use crate::runtime::shard::Shard;
+use crate::runtime::shard::{Backoff, Shard};
 use crate::runtime::stage::{FailureLog, StageOutput, StageTask, open_output, operator_error};
 
 /// Records of one partition scattered and not yet written, at most.
 const WINDOW_MAX: usize = 256;
-const IDLE_PAUSE_MIN: Duration = Duration::from_micros(50);
-const IDLE_PAUSE_MAX: Duration = Duration::from_millis(5);
 
 enum Slot {
     /// Scattered: one answer per copy, in branch order, until the deadline.
@@ -97,7 +95,7 @@ pub async fn run(shard: Rc<Shard>, task: StageTask) -> Result<()> {
     let (answers_tx, answers_rx) = flume::bounded::<(u64, JobOutcome)>(WINDOW_MAX * targets.len().max(1));
     let mut window: VecDeque<Slot> = VecDeque::new();
     let mut copies_of: HashMap<u64, (u64, usize)> = HashMap::new();
-    let mut pause = IDLE_PAUSE_MIN;
+    let mut idle = Backoff::default();
     let mut end_snapshot = finished;
     // Acks of the copies' writes are not waited on: a copy that cannot be written is a
     // branch that does not answer in time.
@@ -243,13 +241,13 @@ pub async fn run(shard: Rc<Shard>, task: StageTask) -> Result<()> {
         }
         committer.complete(emitter.partitions())?;
         if progressed {
-            pause = IDLE_PAUSE_MIN;
+            idle.reset();
             continue;
         }
         // Wait for an answer, an append (if the window has room), or the front's deadline.
         let until_deadline = match window.front() {
             Some(Slot::Scattered { deadline, .. }) => deadline.saturating_duration_since(Instant::now()),
-            _ => pause,
+            _ => idle.pause(),
         };
         let mut listener = (window.len() < WINDOW_MAX && input.appends() == seen).then(|| input.on_append());
         let answer = futures_lite::future::or(
@@ -263,7 +261,7 @@ pub async fn run(shard: Rc<Shard>, task: StageTask) -> Result<()> {
                     .await
                 },
                 async {
-                    glommio::timer::sleep(pause.min(until_deadline)).await;
+                    glommio::timer::sleep(idle.pause().min(until_deadline)).await;
                     None
                 },
             ),
@@ -272,7 +270,7 @@ pub async fn run(shard: Rc<Shard>, task: StageTask) -> Result<()> {
         if let Some((id, outcome)) = answer {
             file(&mut window, base, &mut copies_of, id, outcome);
         }
-        pause = (pause * 2).min(IDLE_PAUSE_MAX);
+        idle.grow();
     }
     // Copies still out are forgotten: their records were not written, so they are
     // scattered again by the next run.

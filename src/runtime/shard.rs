@@ -356,7 +356,7 @@ impl Default for Backoff {
 impl Backoff {
     pub async fn sleep(&mut self) {
         glommio::timer::sleep(self.next).await;
-        self.next = (self.next * 2).min(BACKOFF_MAX);
+        self.grow();
     }
 
     /// Waits until `partition` is appended to after `seen` (its [`LocalPartition::appends`]
@@ -368,10 +368,20 @@ impl Backoff {
             let appended = partition.appended.listen();
             futures_lite::future::or(appended, glommio::timer::sleep(self.next)).await;
         }
-        self.next = (self.next * 2).min(BACKOFF_MAX);
+        self.grow();
     }
 
     pub fn reset(&mut self) {
         self.next = BACKOFF_MIN;
+    }
+
+    /// The next pause, for a caller that waits on more than one thing at a time.
+    pub fn pause(&self) -> Duration {
+        self.next
+    }
+
+    /// After a wait that found nothing to do: the next pause is longer.
+    pub fn grow(&mut self) {
+        self.next = (self.next * 2).min(BACKOFF_MAX);
     }
 }
