@@ -53,6 +53,22 @@ enum Command {
         /// Serve HTTP/JSON, the status page and /metrics on ADDR (overrides ingest.http).
         #[arg(long, value_name = "ADDR")]
         http: Option<std::net::SocketAddr>,
+        /// Join a cluster: listen for peers on ADDR (the address the others reach this
+        /// peer at; gossip, forwarded records and fetches).
+        #[arg(long, value_name = "ADDR")]
+        peer_listen: Option<std::net::SocketAddr>,
+        /// Peers to join through (their --peer-listen addresses); any one reachable is
+        /// enough. Needs --peer-listen.
+        #[arg(
+            long,
+            value_name = "ADDR,ADDR",
+            value_delimiter = ',',
+            requires = "peer_listen"
+        )]
+        seeds: Vec<std::net::SocketAddr>,
+        /// Only peers with the same cluster id join each other.
+        #[arg(long, value_name = "ID", default_value = crate::cluster::DEFAULT_CLUSTER_ID, requires = "peer_listen")]
+        cluster_id: String,
     },
     /// Send one record per input line to TOPIC; print PARTITION:OFFSET per record once
     /// durable (with --reply: send each line as a job and print its answer).
@@ -218,6 +234,9 @@ impl Cli {
                 memory,
                 listen,
                 http,
+                peer_listen,
+                seeds,
+                cluster_id,
             } => run::run(run::RunArgs {
                 file: dataflow,
                 data_dir,
@@ -225,6 +244,11 @@ impl Cli {
                 memory,
                 listen,
                 http,
+                cluster: peer_listen.map(|listen| crate::cluster::ClusterOptions {
+                    listen,
+                    seeds,
+                    cluster_id,
+                }),
             }),
         }
     }

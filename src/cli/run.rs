@@ -7,6 +7,7 @@ use std::process::ExitCode;
 
 use crate::cli::CliError;
 use crate::cli::check::report;
+use crate::cluster::{Cluster, ClusterOptions};
 use crate::config::{self, Cores};
 use crate::runtime;
 use crate::storage::Durability;
@@ -18,6 +19,8 @@ pub struct RunArgs {
     pub memory: bool,
     pub listen: Option<SocketAddr>,
     pub http: Option<SocketAddr>,
+    /// Join a cluster (`--peer-listen`, `--seeds`, `--cluster-id`).
+    pub cluster: Option<ClusterOptions>,
 }
 
 pub fn run(args: RunArgs) -> Result<ExitCode, CliError> {
@@ -60,7 +63,22 @@ pub fn run(args: RunArgs) -> Result<ExitCode, CliError> {
         spec.engine.durability
     );
     let data_dir = spec.engine.data_dir.clone();
-    let summary = runtime::run(spec, |bound| {
+    let cluster = match &args.cluster {
+        Some(options) => {
+            if options.listen.ip().is_unspecified() {
+                return Err(CliError::Usage(format!(
+                    "--peer-listen {} is not an address other peers can reach; give this machine's address (or 127.0.0.1 for peers on one machine)",
+                    options.listen
+                )));
+            }
+            let cores = runtime::core_count(spec.engine.cores)?;
+            let cluster = Cluster::start(options, cores).map_err(runtime::RuntimeError::from)?;
+            println!("listening peers {}", cluster.me.addr);
+            Some(std::sync::Arc::new(cluster))
+        }
+        None => None,
+    };
+    let summary = runtime::run(spec, cluster, |bound| {
         // A contract: scripts wait for these lines before they connect.
         if let Some(addr) = bound.tcp {
             println!("listening tcp {addr}");

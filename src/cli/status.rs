@@ -36,6 +36,26 @@ pub fn run(from: &str, json: bool) -> Result<ExitCode, CliError> {
         status.produce_latency_us.p50,
         status.produce_latency_us.p99
     )?;
+    if !status.peers.is_empty() {
+        writeln!(
+            out,
+            "{:<24} {:<8} {:>5} {:>10} {:>11}",
+            "PEER", "STATE", "CORES", "LAST SEEN", "PARTITIONS"
+        )?;
+        for peer in &status.peers {
+            let seen = match (peer.me, peer.last_seen_ms) {
+                (true, _) => "(this one)".to_string(),
+                (false, Some(ms)) => format!("{:.1}s ago", ms as f64 / 1000.0),
+                (false, None) => "never".to_string(),
+            };
+            writeln!(
+                out,
+                "{:<24} {:<8} {:>5} {:>10} {:>11}",
+                peer.addr, peer.state, peer.cores, seen, peer.partitions
+            )?;
+        }
+        writeln!(out)?;
+    }
     writeln!(
         out,
         "{:<20} {:>5} {:>5} {:>12} {:>12} {:>12}  consumers (lag)",

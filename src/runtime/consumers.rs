@@ -250,6 +250,22 @@ pub enum PartitionOp {
     },
 }
 
+impl PartitionOp {
+    /// The topic the op is about, if one.
+    pub fn topic(&self) -> Option<usize> {
+        match self {
+            PartitionOp::Claim { topic, .. }
+            | PartitionOp::Ack { topic, .. }
+            | PartitionOp::Reclaim { topic, .. }
+            | PartitionOp::AckCommit { topic, .. }
+            | PartitionOp::Ensure { topic, .. }
+            | PartitionOp::Range { topic, .. }
+            | PartitionOp::Length { topic, .. } => Some(*topic),
+            PartitionOp::Admin { topic, .. } => *topic,
+        }
+    }
+}
+
 #[derive(Debug)]
 pub enum OpReply {
     /// A CLAIMED or FETCHED frame, and how many records it holds.
@@ -665,7 +681,9 @@ async fn commit(
             },
             ack: Ack::Client(tx.clone(), i),
         };
-        shared.mesh.inboxes[part.topic][owner(part.partition, shared.shards)]
+        shared
+            .mesh
+            .sender(part.topic, part.partition)
             .send_async(batch)
             .await
             .map_err(|_| stopping())?;

@@ -9,7 +9,7 @@ use crate::ops::key_by::select;
 use crate::ops::{OpError, Output};
 use crate::runtime::error::Result;
 use crate::runtime::mesh::{Ack, Batch, Generation, Mesh, OwnedRecord, Payload};
-use crate::runtime::placement::{owner, partition_of_bytes, spread_partition};
+use crate::runtime::placement::{partition_of_bytes, spread_partition};
 use crate::runtime::provenance::{self, END_HEADER, SOURCE_HEADER};
 use crate::runtime::reply::REPLY_HEADER;
 
@@ -28,7 +28,8 @@ enum Router {
 pub struct Emitter {
     producer: String,
     partitions: u32,
-    shards: usize,
+    topic: usize,
+    mesh: Mesh,
     router: Router,
     /// Per partition: outputs of inputs below this are already there (replay).
     skip: Vec<u64>,
@@ -36,7 +37,6 @@ pub struct Emitter {
     buffered_bytes: Vec<usize>,
     /// Per partition: one past the input offset that produced the last buffered record.
     buffered_end: Vec<u64>,
-    senders: Vec<flume::Sender<Batch>>,
     generation: Arc<Generation>,
     /// The reply address of the job the current input belongs to, copied onto every
     /// output so that a `reply` stage downstream can answer it.
@@ -65,13 +65,13 @@ impl Emitter {
         Ok(Emitter {
             producer,
             partitions,
-            shards: mesh.inboxes[topic].len(),
+            topic,
+            mesh: mesh.clone(),
             router,
             skip: vec![0; n],
             buffers: (0..n).map(|_| Vec::new()).collect(),
             buffered_bytes: vec![0; n],
             buffered_end: vec![0; n],
-            senders: mesh.inboxes[topic].clone(),
             generation: Generation::new(partitions),
             reply: None,
             headers: Vec::new(),
@@ -210,8 +210,11 @@ impl Emitter {
                 records: Payload::Owned(records),
                 ack: Ack::Generation(Arc::clone(&self.generation)),
             };
-            let shard = owner(q as u32, self.shards);
-            self.senders[shard].send_async(batch).await.map_err(|_| Closed)?;
+            self.mesh
+                .sender(self.topic, q as u32)
+                .send_async(batch)
+                .await
+                .map_err(|_| Closed)?;
         }
         Ok(())
     }

@@ -35,6 +35,21 @@ pub enum RuntimeError {
         #[source]
         source: std::io::Error,
     },
+    #[error(
+        "lost peer {peer} while it held batches this engine's stages wrote to it ({reason}); \
+         restart this peer once that one is back (without replication, its partitions are away with it)"
+    )]
+    Peer {
+        peer: std::net::SocketAddr,
+        reason: String,
+    },
+    #[error("{0}")]
+    Cluster(#[from] crate::cluster::ClusterError),
+    #[error(
+        "a clustered dataflow cannot have {what} \"{name}\": it would run on every peer; \
+         feed the dataflow through its ingest listeners and read it with `flowd tail` or consumers"
+    )]
+    NotClusterable { what: &'static str, name: String },
     #[error("standard output was closed")]
     OutputClosed,
     #[error("cannot write to standard output: {0}")]

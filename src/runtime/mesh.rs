@@ -62,6 +62,8 @@ pub enum Ack {
     /// A client request: told the offsets, or why the batch was refused. The number
     /// tells the request's batches apart (two topics may share a partition number).
     Client(flume::Sender<ClientAck>, usize),
+    /// A batch another peer routed here, told by its request id.
+    Peer(flume::Sender<(u64, ClientAck)>, u64),
 }
 
 /// `Ok((batch number, first offset, next offset))` once durable.
@@ -73,6 +75,7 @@ impl Ack {
             Ack::Generation(generation) => generation.acked(partition, next),
             // The client may have gone away; nobody is left to tell.
             Ack::Client(tx, part) => drop(tx.try_send(Ok((*part, first, next)))),
+            Ack::Peer(tx, request) => drop(tx.try_send((*request, Ok((0, first, next))))),
         }
     }
 
@@ -82,6 +85,7 @@ impl Ack {
             // An engine producer's batch failing is fatal; the caller stops the engine.
             Ack::Generation(_) => {}
             Ack::Client(tx, _) => drop(tx.try_send(Err(error))),
+            Ack::Peer(tx, request) => drop(tx.try_send((*request, Err(error)))),
         }
     }
 }
@@ -122,11 +126,33 @@ impl Generation {
     }
 }
 
+/// Where batches for partitions another peer owns go (the cluster's links).
+pub trait RemoteRoute: Send + Sync {
+    /// The channel to the peer owning `partition` of `topic`; `None` if this peer owns it.
+    fn route(&self, topic: usize, partition: u32) -> Option<flume::Sender<Batch>>;
+}
+
 /// The senders of every (topic, shard) channel; cloned into every shard.
 #[derive(Clone)]
 pub struct Mesh {
     /// `inboxes[topic][shard]`.
     pub inboxes: Vec<Vec<flume::Sender<Batch>>>,
+    /// In a cluster: the partitions other peers own.
+    pub remote: Option<Arc<dyn RemoteRoute>>,
+}
+
+impl Mesh {
+    /// The channel a batch for `partition` of `topic` goes into: the owner shard's inbox
+    /// here, or the link to the peer that owns it.
+    pub fn sender(&self, topic: usize, partition: u32) -> std::borrow::Cow<'_, flume::Sender<Batch>> {
+        if let Some(remote) = &self.remote
+            && let Some(sender) = remote.route(topic, partition)
+        {
+            return std::borrow::Cow::Owned(sender);
+        }
+        let shards = self.inboxes[topic].len();
+        std::borrow::Cow::Borrowed(&self.inboxes[topic][crate::runtime::placement::owner(partition, shards)])
+    }
 }
 
 /// A fresh mesh, and per shard the receivers it serves: `(topic, receiver)`.
@@ -143,7 +169,13 @@ pub fn build(topics: usize, shards: usize) -> (Mesh, Vec<Inboxes>) {
             shard_receivers.push((topic, rx));
         }
     }
-    (Mesh { inboxes }, receivers)
+    (
+        Mesh {
+            inboxes,
+            remote: None,
+        },
+        receivers,
+    )
 }
 
 /// Borrowed `Record`s (what the log appends) over a batch's payload. Wire payloads were

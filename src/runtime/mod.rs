@@ -14,6 +14,7 @@ pub mod error;
 pub mod exec_stage;
 pub mod journal_recovery;
 pub mod mesh;
+pub mod peers;
 pub mod placement;
 mod plan;
 pub mod progress;
@@ -30,11 +31,13 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
+use crate::cluster::Cluster;
 use crate::config::DataflowSpec;
 use crate::runtime::shard::Shared;
 use crate::server::Bound;
 use error::Result;
 pub use error::RuntimeError;
+pub use plan::core_count;
 
 /// What a run did.
 #[derive(Debug, Clone)]
@@ -61,8 +64,14 @@ pub struct Engine {
 /// Plans a dataflow and starts its shards. Listeners are bound before this returns, so
 /// clients may connect as soon as it does.
 pub fn start(spec: DataflowSpec) -> Result<Engine> {
+    start_in(spec, None)
+}
+
+/// `start`, as one peer of `cluster` when given: it owns the partitions placement gives
+/// it and routes the rest to their owners.
+pub fn start_in(spec: DataflowSpec, cluster: Option<Arc<Cluster>>) -> Result<Engine> {
     let started = Instant::now();
-    let plan = plan::plan(spec)?;
+    let plan = plan::plan(spec, cluster)?;
     let shared = Arc::clone(&plan.shared);
     let finishable = plan.finishable;
     let bound = plan.bound;
@@ -127,7 +136,11 @@ impl Engine {
 /// Runs a dataflow until its (bounded) input is done, a signal (SIGINT/SIGTERM) arrives,
 /// or a fatal error occurs. On the way out every log is synced. `ready` is called once
 /// the engine runs and its listeners take connections.
-pub fn run(spec: DataflowSpec, ready: impl FnOnce(&Bound)) -> Result<RunSummary> {
+pub fn run(
+    spec: DataflowSpec,
+    cluster: Option<Arc<Cluster>>,
+    ready: impl FnOnce(&Bound),
+) -> Result<RunSummary> {
     // Before anything slow: a signal during start-up must stop the run cleanly too.
     let signalled = Arc::new(AtomicBool::new(false));
     for signal in [signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM] {
@@ -136,7 +149,12 @@ pub fn run(spec: DataflowSpec, ready: impl FnOnce(&Bound)) -> Result<RunSummary>
             reason: format!("cannot handle signals: {e}"),
         })?;
     }
-    let engine = start(spec)?;
+    let engine = start_in(spec, cluster.clone())?;
     ready(&engine.bound);
-    engine.wait(&signalled)
+    let summary = engine.wait(&signalled);
+    // Tell the others now rather than leave them to find out by suspicion.
+    if let Some(cluster) = cluster {
+        cluster.leave(Duration::from_secs(1));
+    }
+    summary
 }

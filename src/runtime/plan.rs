@@ -10,11 +10,13 @@ use std::time::Duration;
 
 use glommio::{LocalExecutorBuilder, Placement};
 
+use crate::cluster::Cluster;
 use crate::config::{Cores, DataflowSpec, Guarantee, OpSpec};
 use crate::runtime::error::{Result, RuntimeError};
 use crate::runtime::exec_stage::ExecTask;
 use crate::runtime::journal_recovery::{self, ShardJournal};
 use crate::runtime::mesh::{self, Batch};
+use crate::runtime::peers::Peers;
 use crate::runtime::progress::{self, Progress};
 use crate::runtime::provenance::{self, source_producer, stage_producer};
 use crate::runtime::reply::{self, ReplyTask};
@@ -25,6 +27,7 @@ use crate::runtime::source::SourceTask;
 use crate::runtime::stage::StageTask;
 use crate::runtime::{consumers, exec_stage, placement, scatter_stage, sink, source, stage};
 use crate::server::metrics::Metrics;
+use crate::server::peer_api::PeerService;
 use crate::server::{self, Bound, ShardSockets};
 use crate::storage::{LogOptions, PartitionLog, layout};
 
@@ -58,8 +61,23 @@ pub struct Plan {
 fn assert_send<T: Send>() {}
 const _: fn() = assert_send::<ShardPlan>;
 
-pub fn plan(spec: DataflowSpec) -> Result<Plan> {
+pub fn plan(spec: DataflowSpec, cluster: Option<Arc<Cluster>>) -> Result<Plan> {
     let shards = core_count(spec.engine.cores)?;
+    if cluster.is_some() {
+        // Each peer would run them: every line read (or written) once per peer.
+        if let Some(source) = spec.sources.first() {
+            return Err(RuntimeError::NotClusterable {
+                what: "the source",
+                name: source.name.clone(),
+            });
+        }
+        if let Some(sink) = spec.sinks.first() {
+            return Err(RuntimeError::NotClusterable {
+                what: "the sink",
+                name: sink.name.clone(),
+            });
+        }
+    }
     let data_dir = spec.engine.data_dir.clone();
     std::fs::create_dir_all(&data_dir).map_err(RuntimeError::io("create the data directory", &data_dir))?;
     let producers = producers_by_topic(&spec);
@@ -187,7 +205,18 @@ pub fn plan(spec: DataflowSpec) -> Result<Plan> {
                 .push((topic, p as u32, log, max_lag));
         }
     }
-    let (mesh, receivers) = mesh::build(spec.topics.len(), shards);
+    let (mut mesh, receivers) = mesh::build(spec.topics.len(), shards);
+    let peers = cluster.map(|cluster| {
+        let topics = spec
+            .topics
+            .iter()
+            .map(|t| (t.name.clone(), t.partitions))
+            .collect();
+        Arc::new(Peers::new(cluster, topics))
+    });
+    if let Some(peers) = &peers {
+        mesh.remote = Some(Arc::clone(peers) as Arc<dyn mesh::RemoteRoute>);
+    }
     for (plan, inboxes) in plans.iter_mut().zip(receivers) {
         plan.inboxes = inboxes;
     }
@@ -219,7 +248,15 @@ pub fn plan(spec: DataflowSpec) -> Result<Plan> {
         services,
         metrics: Arc::new(Metrics::new(shards)),
         ends,
+        peers,
     });
+    if let Some(peers) = &shared.peers {
+        peers.attach(&shared);
+        let service = Arc::new(PeerService {
+            shared: Arc::clone(&shared),
+        });
+        let _ = peers.cluster.data.set(service);
+    }
     let (bound, sockets) = match &shared.spec.ingest {
         Some(ingest) => server::bind(ingest, shards)?,
         None => Default::default(),
@@ -243,7 +280,7 @@ fn epoch() -> u64 {
     nanos ^ (u64::from(std::process::id()) << 48)
 }
 
-fn core_count(cores: Cores) -> Result<usize> {
+pub fn core_count(cores: Cores) -> Result<usize> {
     let available = std::thread::available_parallelism().map_or(1, |n| n.get());
     match cores {
         Cores::All => Ok(available),

@@ -23,7 +23,7 @@ use crate::ops::{OpError, Output};
 use crate::runtime::commit::Committer;
 use crate::runtime::error::Result;
 use crate::runtime::mesh::{Ack, Batch};
-use crate::runtime::placement::{owner, partition_of_bytes};
+use crate::runtime::placement::partition_of_bytes;
 use crate::runtime::progress::Progress;
 use crate::runtime::provenance::end_marker;
 use crate::runtime::reply::{FailedJobs, REPLY_HEADER, ReplyAddress, job_batch};
@@ -158,8 +158,10 @@ pub async fn run(shard: Rc<Shard>, task: StageTask) -> Result<()> {
         }
         for (topic, batch) in copies {
             let partition = batch.partition;
-            let to = owner(partition, shard.shared.shards);
-            if shard.shared.mesh.inboxes[topic][to]
+            if shard
+                .shared
+                .mesh
+                .sender(topic, partition)
                 .send_async(batch)
                 .await
                 .is_err()

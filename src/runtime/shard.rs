@@ -38,6 +38,8 @@ pub struct Shared {
     /// `ends[topic][partition]`: the partition's next offset, published by its owner
     /// after each append, so that any shard can tell where a batch will land at least.
     pub ends: Vec<Vec<AtomicU64>>,
+    /// In a cluster: who owns what, and the links to the other peers.
+    pub peers: Option<Arc<crate::runtime::peers::Peers>>,
 }
 
 impl Shared {

@@ -13,6 +13,7 @@ use crate::protocol::message::Metadata;
 use crate::protocol::wire::RESERVED_HEADER_PREFIX;
 use crate::protocol::{ErrorCode, FetchFrom, ProduceGroup, ProtocolError, Run, WireRecord};
 use crate::runtime::mesh::{Ack, Batch, ClientAck, Payload};
+use crate::runtime::peers::{Fetch, Peers};
 use crate::runtime::placement::{owner, partition_of_bytes};
 use crate::runtime::reply::{ReplyAddress, job_batch};
 use crate::runtime::service::{self, Answer, FetchOrder, PartitionStatus, ShardRequest, ShardStatus};
@@ -173,8 +174,9 @@ pub async fn produce(
             },
             ack: Ack::Client(tx.clone(), number),
         };
-        let to = owner(part.partition, shared.shards);
-        shared.mesh.inboxes[part.topic][to]
+        shared
+            .mesh
+            .sender(part.topic, part.partition)
             .send_async(batch)
             .await
             .map_err(|_| stopping())?;
@@ -232,6 +234,21 @@ impl PendingProduce {
     }
 }
 
+/// An error unless this peer owns `partition` of `topic`: the requests not forwarded
+/// to the owner yet (consumers, jobs, state reads) are served by the owner alone.
+pub fn check_local(peers: &Peers, name: &str, topic: usize, partition: u32) -> Result<(), ProtocolError> {
+    match peers.owner(topic, partition) {
+        None => Ok(()),
+        Some(owner) => Err(ProtocolError::new(
+            ErrorCode::Unsupported,
+            format!(
+                "partition {partition} of \"{name}\" is owned by the peer at {owner} (peer address); \
+                 consumer requests, jobs and state reads are not forwarded between peers yet: send them to the client listener of that peer"
+            ),
+        )),
+    }
+}
+
 /// A whole FETCHED (or ERROR) frame for `order`, served by the owner shard.
 pub async fn fetch(shard: &Rc<Shard>, topic: &str, order: FetchOrder) -> Vec<u8> {
     let spec = &shard.shared.spec;
@@ -253,6 +270,23 @@ pub async fn fetch(shard: &Rc<Shard>, topic: &str, order: FetchOrder) -> Vec<u8>
     }
     shard.shared.metrics.fetch_requests.add(1);
     let order = FetchOrder { topic: t, ..order };
+    if let Some(peers) = &shard.shared.peers
+        && let Some(peer) = peers.owner(t, order.partition)
+    {
+        let (tx, rx) = flume::bounded(1);
+        let fetch = Fetch {
+            topic: topic.to_string(),
+            order,
+            reply: tx,
+        };
+        if peers.fetcher(peer).send_async(fetch).await.is_err() {
+            return service::error_frame(request_id, &stopping());
+        }
+        return rx
+            .recv_async()
+            .await
+            .unwrap_or_else(|_| service::error_frame(request_id, &stopping()));
+    }
     let to = owner(order.partition, shard.shared.shards);
     if to == shard.index {
         return service::fetch_local(shard, &order).await;
@@ -298,6 +332,9 @@ pub async fn job(
         Some(key) => partition_of_bytes(key, partitions),
         None => shard.next_spread(partitions),
     };
+    if let Some(peers) = &shared.peers {
+        check_local(peers, &shared.spec.topics[spec.topic].name, spec.topic, partition)?;
+    }
     let id = shard.next_job_id();
     let address = ReplyAddress {
         epoch: shared.epoch,
@@ -311,8 +348,9 @@ pub async fn job(
     let (ack_tx, ack_rx) = flume::bounded(1);
     let batch = job_batch(partition, key, value, headers, &address, Ack::Client(ack_tx, 0));
     shared.metrics.jobs.add(1);
-    let to = owner(partition, shared.shards);
-    shared.mesh.inboxes[spec.topic][to]
+    shared
+        .mesh
+        .sender(spec.topic, partition)
         .send_async(batch)
         .await
         .map_err(|_| stopping())?;
@@ -371,6 +409,9 @@ pub async fn state(
     };
     let input = spec.stages[stage].from[0];
     let partition = partition_of_bytes(key, spec.topics[input].partitions);
+    if let Some(peers) = &shard.shared.peers {
+        check_local(peers, &spec.topics[input].name, input, partition)?;
+    }
     let (tx, rx) = flume::bounded(1);
     let request = ShardRequest::State {
         stage,
@@ -465,6 +506,24 @@ pub struct Status {
     pub connections_open: u64,
     pub jobs_waiting: usize,
     pub produce_latency_us: Quantiles,
+    /// In a cluster: every peer this one knows, itself first. Empty on one machine.
+    #[serde(default)]
+    pub peers: Vec<PeerStatus>,
+}
+
+/// One peer as the peer asked sees it.
+#[derive(Debug, Clone, Serialize, serde::Deserialize)]
+pub struct PeerStatus {
+    /// Its `--peer-listen` address.
+    pub addr: String,
+    /// alive, suspect or down.
+    pub state: String,
+    pub me: bool,
+    pub cores: u16,
+    /// Milliseconds since a frame last came from it; `None` for this peer or never.
+    pub last_seen_ms: Option<u64>,
+    /// Topic partitions it owns in this peer's view.
+    pub partitions: usize,
 }
 
 #[derive(Debug, Clone, Serialize, serde::Deserialize)]
@@ -512,6 +571,14 @@ pub async fn status(shard: &Rc<Shard>, started: Instant, listeners: &[String], r
     let jobs_waiting = shards.iter().map(|s| s.jobs_waiting).sum();
     for p in shards.into_iter().flat_map(|s| s.partitions) {
         if let Some(t) = spec.topic_index(&p.topic) {
+            // In a cluster: the partitions this peer owns (its copies of others' stay empty).
+            if shared
+                .peers
+                .as_ref()
+                .is_some_and(|peers| peers.owner(t, p.partition).is_some())
+            {
+                continue;
+            }
             topics[t].partitions.push(p);
         }
     }
@@ -541,7 +608,37 @@ pub async fn status(shard: &Rc<Shard>, started: Instant, listeners: &[String], r
             p999: h.value_at_quantile(0.999),
             max: h.max(),
         },
+        peers: shared.peers.as_deref().map(peer_statuses).unwrap_or_default(),
     }
+}
+
+fn peer_statuses(peers: &Peers) -> Vec<PeerStatus> {
+    let view = peers.cluster.view.get();
+    let counts = peers.partition_counts();
+    let me = PeerStatus {
+        addr: view.me.addr.to_string(),
+        state: "alive".into(),
+        me: true,
+        cores: view.me.cores,
+        last_seen_ms: None,
+        partitions: counts.get(&view.me.addr).copied().unwrap_or(0),
+    };
+    std::iter::once(me)
+        .chain(view.others.iter().map(|m| {
+            PeerStatus {
+                addr: m.id.addr.to_string(),
+                state: format!("{:?}", m.state).to_lowercase(),
+                me: false,
+                cores: m.id.cores,
+                last_seen_ms: peers
+                    .cluster
+                    .view
+                    .last_heard(m.id.addr)
+                    .map(|at| at.elapsed().as_millis() as u64),
+                partitions: counts.get(&m.id.addr).copied().unwrap_or(0),
+            }
+        }))
+        .collect()
 }
 
 /// Converts a fetch position given as text: `earliest`, `latest` or an offset.

@@ -15,7 +15,7 @@ use crate::runtime::journal_recovery::JOURNAL_RECORD_MAX;
 use crate::runtime::placement::owner;
 use crate::runtime::service::ShardRequest;
 use crate::runtime::shard::Shard;
-use crate::server::api::{check_partition, runs, split, stopping, unknown_topic};
+use crate::server::api::{check_local, check_partition, runs, split, stopping, unknown_topic};
 use crate::storage::layout::now_ms;
 
 /// Longest consumer name, in bytes.
@@ -35,6 +35,9 @@ pub async fn on_shard(shard: &Rc<Shard>, to: usize, op: PartitionOp) -> OpResult
 }
 
 async fn on_owner(shard: &Rc<Shard>, partition: u32, op: PartitionOp) -> OpResult {
+    if let (Some(peers), Some(topic)) = (&shard.shared.peers, op.topic()) {
+        check_local(peers, &shard.shared.spec.topics[topic].name, topic, partition)?;
+    }
     on_shard(shard, owner(partition, shard.shared.shards), op).await
 }
 

@@ -16,6 +16,7 @@ mod hyper_io;
 pub mod listeners;
 pub mod metrics;
 pub mod page;
+pub mod peer_api;
 
 use std::cell::RefCell;
 use std::rc::Rc;

@@ -37,6 +37,29 @@ pub fn render(status: &Status) -> String {
         status.produce_latency_us.p50,
         status.produce_latency_us.p99,
     );
+    if !status.peers.is_empty() {
+        html.push_str(
+            "<h2>peers</h2><table><tr><th class=\"l\">address</th><th class=\"l\">state</th><th>cores</th>\
+             <th>last seen</th><th>partitions</th></tr>",
+        );
+        for peer in &status.peers {
+            let seen = match (peer.me, peer.last_seen_ms) {
+                (true, _) => "this peer".to_string(),
+                (false, Some(ms)) => format!("{:.1} s ago", ms as f64 / 1000.0),
+                (false, None) => "never".to_string(),
+            };
+            let _ = write!(
+                html,
+                "<tr><td class=\"l\">{}</td><td class=\"l\">{}</td><td>{}</td><td>{}</td><td>{}</td></tr>",
+                escape(&peer.addr),
+                escape(&peer.state),
+                peer.cores,
+                seen,
+                peer.partitions
+            );
+        }
+        html.push_str("</table>");
+    }
     for topic in &status.topics {
         let _ = write!(
             html,

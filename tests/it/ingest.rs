@@ -84,6 +84,8 @@ pub(crate) struct Server {
     child: Child,
     pub(crate) tcp: String,
     pub(crate) http: String,
+    /// `--peer-listen`'s address, when given.
+    pub(crate) peer: Option<String>,
 }
 
 impl Server {
@@ -110,6 +112,7 @@ impl Server {
         });
         let mut tcp = None;
         let mut http = None;
+        let mut peer = None;
         let deadline = Instant::now() + Duration::from_secs(30);
         while tcp.is_none() || http.is_none() {
             let left = deadline.saturating_duration_since(Instant::now());
@@ -120,11 +123,15 @@ impl Server {
             if let Some(a) = line.strip_prefix("listening http ") {
                 http = Some(a.to_owned());
             }
+            if let Some(a) = line.strip_prefix("listening peers ") {
+                peer = Some(a.to_owned());
+            }
         }
         Server {
             child,
             tcp: tcp.unwrap(),
             http: http.unwrap(),
+            peer,
         }
     }
 

@@ -3,6 +3,7 @@
 
 mod bench;
 mod cli_inspect;
+mod cluster;
 mod config_check;
 mod consumers;
 mod crash;

@@ -1,0 +1,227 @@
+//! The peer protocol's frames, byte by byte; sans-io encode and decode.
+//!
+//! ```text
+//! frame  = len:u32 kind:u8 request:u64 body     (little endian; len counts kind..body)
+//! HELLO    body = cluster:str8 from:str8        first frame of every connection
+//! GOSSIP   body = foca's message bytes          (request 0)
+//! PRODUCE  body = topic:str8 partition:u32 count:u32 stamp_ms:i64 records
+//!          records in the client protocol's record encoding, engine headers allowed
+//! ACKED    body = first:u64 next:u64            the PRODUCE with this request id is durable
+//! FETCH    body = topic:str8 partition:u32 from:u8 offset:u64 max_records:u32 max_bytes:u32 wait_ms:u32
+//! FRAME    body = one whole client protocol frame (the owner's answer, passed through)
+//! ERROR    body = code:u16 message:str16
+//! str8 = len:u8 utf8, str16 = len:u16 utf8
+//! ```
+//!
+//! A connection that does not open with a HELLO naming this cluster is closed: two
+//! clusters sharing a network never merge by accident.
+
+use crate::cluster::error::ClusterError;
+
+/// The largest frame a peer sends or takes: a batch is at most 1 MiB plus one input's
+/// outputs, and a fetch answer at most what its order allows.
+pub const PEER_FRAME_MAX: usize = 16 << 20;
+/// Bytes before the body: len, kind, request.
+pub const HEAD: usize = 4 + 1 + 8;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[repr(u8)]
+pub enum Kind {
+    Hello = 0x01,
+    Gossip = 0x02,
+    Produce = 0x10,
+    Acked = 0x11,
+    Fetch = 0x12,
+    Frame = 0x13,
+    Error = 0x1f,
+}
+
+impl Kind {
+    fn from_u8(byte: u8) -> Option<Kind> {
+        Some(match byte {
+            0x01 => Kind::Hello,
+            0x02 => Kind::Gossip,
+            0x10 => Kind::Produce,
+            0x11 => Kind::Acked,
+            0x12 => Kind::Fetch,
+            0x13 => Kind::Frame,
+            0x1f => Kind::Error,
+            _ => return None,
+        })
+    }
+}
+
+/// One decoded frame; `body` is parsed by the reader of its kind.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Frame {
+    pub kind: Kind,
+    pub request: u64,
+    pub body: Vec<u8>,
+}
+
+/// Appends a frame to `out`.
+pub fn encode(out: &mut Vec<u8>, kind: Kind, request: u64, body: &[u8]) {
+    let len = (1 + 8 + body.len()) as u32;
+    out.extend_from_slice(&len.to_le_bytes());
+    out.push(kind as u8);
+    out.extend_from_slice(&request.to_le_bytes());
+    out.extend_from_slice(body);
+}
+
+/// The length of the frame starting at `head` (its first 4 bytes), checked against the
+/// limit before anything is buffered.
+pub fn frame_len(head: [u8; 4]) -> Result<usize, ClusterError> {
+    let len = u32::from_le_bytes(head) as usize;
+    if !(9..=PEER_FRAME_MAX).contains(&len) {
+        return Err(ClusterError::Frame(format!(
+            "a peer frame of {len} bytes (from 9 to {PEER_FRAME_MAX} are allowed)"
+        )));
+    }
+    Ok(len)
+}
+
+/// Decodes `rest` (what followed the length prefix).
+pub fn decode(rest: &[u8]) -> Result<Frame, ClusterError> {
+    let (&kind, rest) = rest
+        .split_first()
+        .ok_or_else(|| ClusterError::Frame("an empty peer frame".into()))?;
+    let kind = Kind::from_u8(kind)
+        .ok_or_else(|| ClusterError::Frame(format!("unknown peer frame kind {kind:#04x}")))?;
+    let request = rest
+        .get(..8)
+        .ok_or_else(|| ClusterError::Frame("a peer frame without its request id".into()))?;
+    Ok(Frame {
+        kind,
+        request: u64::from_le_bytes(request.try_into().expect("8 bytes")),
+        body: rest[8..].to_vec(),
+    })
+}
+
+/// Writes fields into a body.
+#[derive(Default)]
+pub struct Body(pub Vec<u8>);
+
+impl Body {
+    pub fn str8(mut self, s: &str) -> Body {
+        let bytes = &s.as_bytes()[..s.len().min(255)];
+        self.0.push(bytes.len() as u8);
+        self.0.extend_from_slice(bytes);
+        self
+    }
+    pub fn str16(mut self, s: &str) -> Body {
+        let bytes = &s.as_bytes()[..s.len().min(65535)];
+        self.0.extend_from_slice(&(bytes.len() as u16).to_le_bytes());
+        self.0.extend_from_slice(bytes);
+        self
+    }
+    pub fn u8(mut self, v: u8) -> Body {
+        self.0.push(v);
+        self
+    }
+    pub fn u16(mut self, v: u16) -> Body {
+        self.0.extend_from_slice(&v.to_le_bytes());
+        self
+    }
+    pub fn u32(mut self, v: u32) -> Body {
+        self.0.extend_from_slice(&v.to_le_bytes());
+        self
+    }
+    pub fn u64(mut self, v: u64) -> Body {
+        self.0.extend_from_slice(&v.to_le_bytes());
+        self
+    }
+    pub fn i64(mut self, v: i64) -> Body {
+        self.0.extend_from_slice(&v.to_le_bytes());
+        self
+    }
+    pub fn bytes(mut self, v: &[u8]) -> Body {
+        self.0.extend_from_slice(v);
+        self
+    }
+}
+
+/// Reads fields out of a body; every read checks the length.
+pub struct Fields<'a>(pub &'a [u8]);
+
+impl<'a> Fields<'a> {
+    fn take(&mut self, n: usize) -> Result<&'a [u8], ClusterError> {
+        if self.0.len() < n {
+            return Err(ClusterError::Frame("a peer frame shorter than its fields".into()));
+        }
+        let (head, rest) = self.0.split_at(n);
+        self.0 = rest;
+        Ok(head)
+    }
+    pub fn str8(&mut self) -> Result<&'a str, ClusterError> {
+        let len = self.take(1)?[0] as usize;
+        std::str::from_utf8(self.take(len)?)
+            .map_err(|_| ClusterError::Frame("a name that is not UTF-8".into()))
+    }
+    pub fn str16(&mut self) -> Result<&'a str, ClusterError> {
+        let len = u16::from_le_bytes(self.take(2)?.try_into().expect("2")) as usize;
+        std::str::from_utf8(self.take(len)?)
+            .map_err(|_| ClusterError::Frame("a text that is not UTF-8".into()))
+    }
+    pub fn u8(&mut self) -> Result<u8, ClusterError> {
+        Ok(self.take(1)?[0])
+    }
+    pub fn u16(&mut self) -> Result<u16, ClusterError> {
+        Ok(u16::from_le_bytes(self.take(2)?.try_into().expect("2")))
+    }
+    pub fn u32(&mut self) -> Result<u32, ClusterError> {
+        Ok(u32::from_le_bytes(self.take(4)?.try_into().expect("4")))
+    }
+    pub fn u64(&mut self) -> Result<u64, ClusterError> {
+        Ok(u64::from_le_bytes(self.take(8)?.try_into().expect("8")))
+    }
+    pub fn i64(&mut self) -> Result<i64, ClusterError> {
+        Ok(i64::from_le_bytes(self.take(8)?.try_into().expect("8")))
+    }
+    /// Everything not read yet.
+    pub fn rest(self) -> &'a [u8] {
+        self.0
+    }
+}
+
+/// Reads one frame from a blocking stream; `Ok(None)` at a clean end of stream.
+pub fn read(stream: &mut impl std::io::Read) -> Result<Option<Frame>, ClusterError> {
+    let mut head = [0u8; 4];
+    match stream.read_exact(&mut head) {
+        Ok(()) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => return Ok(None),
+        Err(e) => return Err(ClusterError::Io(e)),
+    }
+    let len = frame_len(head)?;
+    let mut rest = vec![0u8; len];
+    stream.read_exact(&mut rest).map_err(ClusterError::Io)?;
+    decode(&rest).map(Some)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn frames_round_trip() {
+        let mut out = Vec::new();
+        let body = Body::default().str8("flowd").u32(7).i64(-3).bytes(b"xyz").0;
+        encode(&mut out, Kind::Produce, 42, &body);
+        let frame = read(&mut out.as_slice()).unwrap().unwrap();
+        assert_eq!((frame.kind, frame.request), (Kind::Produce, 42));
+        let mut fields = Fields(&frame.body);
+        assert_eq!(fields.str8().unwrap(), "flowd");
+        assert_eq!(fields.u32().unwrap(), 7);
+        assert_eq!(fields.i64().unwrap(), -3);
+        assert_eq!(fields.rest(), b"xyz");
+    }
+
+    #[test]
+    fn bad_frames_are_errors() {
+        assert!(frame_len([0, 0, 0, 0]).is_err());
+        assert!(frame_len(u32::MAX.to_le_bytes()).is_err());
+        assert!(decode(&[0x77, 0, 0, 0, 0, 0, 0, 0, 0]).is_err());
+        assert!(decode(&[0x01, 0, 0]).is_err());
+        assert!(Fields(&[5, b'a']).str8().is_err());
+        assert!(read(&mut &[20u8, 0, 0, 0, 1][..]).is_err());
+    }
+}

@@ -1,0 +1,68 @@
+//! A peer's identity in the gossip: where it listens for peers, how many cores it runs,
+//! and a bump that tells one run of it from the next.
+
+use std::net::SocketAddr;
+
+use serde::{Deserialize, Serialize};
+
+/// Who a member is. Two runs of a peer on the same address differ in `bump` (the start
+/// time), so a restarted peer replaces its dead self at once instead of waiting for the
+/// old identity to be forgotten.
+#[derive(Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub struct PeerId {
+    /// The `--peer-listen` address: gossip, forwarded records and fetches.
+    pub addr: SocketAddr,
+    /// Shards (cores) the peer runs: placement spreads partitions over (peer, core).
+    pub cores: u16,
+    pub bump: u64,
+}
+
+impl PeerId {
+    pub fn new(addr: SocketAddr, cores: usize) -> PeerId {
+        let bump = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_nanos() as u64);
+        PeerId {
+            addr,
+            cores: cores.clamp(1, usize::from(u16::MAX)) as u16,
+            bump,
+        }
+    }
+
+    /// Stands for a seed whose identity is not known yet: only its address counts when
+    /// it is announced to, and its answer carries its real identity.
+    pub fn seed(addr: SocketAddr) -> PeerId {
+        PeerId {
+            addr,
+            cores: 1,
+            bump: 0,
+        }
+    }
+}
+
+impl std::fmt::Debug for PeerId {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}#{}", self.addr, self.bump % 100_000)
+    }
+}
+
+impl foca::Identity for PeerId {
+    type Addr = SocketAddr;
+
+    /// Declared down while alive (a pause, a partition): come back as a new run.
+    fn renew(&self) -> Option<Self> {
+        Some(PeerId {
+            bump: self.bump.wrapping_add(1),
+            ..*self
+        })
+    }
+
+    fn addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    /// Two identities on one address: the later run wins.
+    fn win_addr_conflict(&self, adversary: &Self) -> bool {
+        self.bump > adversary.bump
+    }
+}

@@ -1,0 +1,112 @@
+//! Many machines, one engine: peers find each other through a TCP seed list and gossip
+//! (SWIM, by foca), every peer computes who owns each partition (rendezvous hashing over
+//! the live members), and records and fetches sent to any peer reach the owner.
+//!
+//! Codemap: `identity` (who a member is) → `membership` (the foca thread) → `view`
+//! (the members as this peer sees them) → `rendezvous` (placement); `frame` (the peer
+//! protocol) and `transport` (listener, gossip in and out).
+
+pub mod error;
+pub mod frame;
+pub mod identity;
+pub mod membership;
+pub mod rendezvous;
+pub mod transport;
+pub mod view;
+
+use std::net::{SocketAddr, TcpListener};
+use std::sync::atomic::AtomicUsize;
+use std::sync::{Arc, OnceLock};
+use std::time::Duration;
+
+pub use error::ClusterError;
+pub use identity::PeerId;
+use membership::{Input, Membership};
+use transport::{DataSlot, Listener};
+pub use view::{PeerState, View, ViewCell};
+
+/// The cluster id peers use when none is given.
+pub const DEFAULT_CLUSTER_ID: &str = "flowd";
+
+/// How a peer joins: where it listens for peers, whom it asks first, which cluster.
+#[derive(Debug, Clone)]
+pub struct ClusterOptions {
+    pub listen: SocketAddr,
+    pub seeds: Vec<SocketAddr>,
+    pub cluster_id: String,
+}
+
+/// This peer's membership: running from `start` until `leave` or the process ends.
+pub struct Cluster {
+    pub me: PeerId,
+    pub cluster_id: String,
+    pub view: Arc<ViewCell>,
+    /// Set once the engine serves forwarded records and fetches.
+    pub data: DataSlot,
+    inputs: flume::Sender<Input>,
+    outgoing: flume::Sender<(SocketAddr, Vec<u8>)>,
+}
+
+impl Cluster {
+    /// Binds the peer listener and starts gossiping; returns at once, before any peer
+    /// answered (the view fills in as they do).
+    pub fn start(options: &ClusterOptions, cores: usize) -> Result<Cluster, ClusterError> {
+        let listener = TcpListener::bind(options.listen).map_err(|source| ClusterError::Listen {
+            addr: options.listen,
+            source,
+        })?;
+        let addr = listener.local_addr().map_err(|source| ClusterError::Listen {
+            addr: options.listen,
+            source,
+        })?;
+        let me = PeerId::new(addr, cores);
+        let view = Arc::new(ViewCell::new(me));
+        let (inputs, inputs_rx) = flume::bounded(transport::GOSSIP_QUEUE);
+        let (outgoing, outgoing_rx) = flume::bounded(transport::GOSSIP_QUEUE);
+        let data: DataSlot = Arc::new(OnceLock::new());
+        let membership = Membership::new(me, options.seeds.clone(), outgoing.clone(), Arc::clone(&view));
+        spawn("membership", move || membership.run(inputs_rx))?;
+        let cluster = options.cluster_id.clone();
+        spawn("gossip-out", move || {
+            transport::send_gossip(cluster, addr, outgoing_rx)
+        })?;
+        let serving = Arc::new(Listener {
+            cluster: options.cluster_id.clone(),
+            gossip: inputs.clone(),
+            view: Arc::clone(&view),
+            data: Arc::clone(&data),
+            open: Arc::new(AtomicUsize::new(0)),
+        });
+        spawn("peer-listen", move || serving.run(listener))?;
+        Ok(Cluster {
+            me,
+            cluster_id: options.cluster_id.clone(),
+            view,
+            data,
+            inputs,
+            outgoing,
+        })
+    }
+
+    /// Tells the others this peer leaves, so they drop it at once rather than after the
+    /// suspicion time; waits at most `within`.
+    pub fn leave(&self, within: Duration) {
+        let (done, wait) = flume::bounded(1);
+        if self.inputs.send(Input::Leave(done)).is_ok() {
+            let _ = wait.recv_timeout(within);
+        }
+        // Let the gossip thread write the goodbye before the process goes.
+        let deadline = std::time::Instant::now() + within;
+        while !self.outgoing.is_empty() && std::time::Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(5));
+        }
+    }
+}
+
+fn spawn(what: &'static str, f: impl FnOnce() + Send + 'static) -> Result<(), ClusterError> {
+    std::thread::Builder::new()
+        .name(format!("flowd-{what}"))
+        .spawn(f)
+        .map(drop)
+        .map_err(|source| ClusterError::Thread { what, source })
+}

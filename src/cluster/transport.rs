@@ -1,0 +1,182 @@
+//! Peer connections over TCP: the listener (every connection opens with a HELLO naming
+//! the cluster), gossip in and out, and the hand-over of data connections to the engine.
+
+use std::collections::HashMap;
+use std::io::Write;
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, OnceLock};
+use std::time::Duration;
+
+use crate::cluster::error::ClusterError;
+use crate::cluster::frame::{self, Body, Fields, Kind};
+use crate::cluster::membership::Input;
+use crate::cluster::view::ViewCell;
+
+/// Peer connections one peer accepts at once; more are closed at once.
+pub const PEER_CONNECTIONS_MAX: usize = 256;
+/// Gossip messages queued for sending before new ones are dropped.
+pub const GOSSIP_QUEUE: usize = 1024;
+/// Connecting to a peer, and writing one frame to it, give up after this.
+pub const PEER_IO_TIMEOUT: Duration = Duration::from_millis(500);
+/// A connection with nothing to read for this long is closed.
+const IDLE_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// What a connection is for, said in its HELLO.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[repr(u8)]
+pub enum Purpose {
+    Gossip = 1,
+    Data = 2,
+}
+
+/// Serves a data connection (forwarded records, fetches) once the engine runs.
+pub trait DataPlane: Send + Sync {
+    fn serve(&self, from: SocketAddr, stream: TcpStream);
+}
+
+/// Where the engine plugs its data plane in once it has started.
+pub type DataSlot = Arc<OnceLock<Arc<dyn DataPlane>>>;
+
+/// The HELLO frame a connection opens with.
+pub fn hello(cluster: &str, me: SocketAddr, purpose: Purpose) -> Vec<u8> {
+    let body = Body::default()
+        .str8(cluster)
+        .str8(&me.to_string())
+        .u8(purpose as u8)
+        .0;
+    let mut out = Vec::new();
+    frame::encode(&mut out, Kind::Hello, 0, &body);
+    out
+}
+
+/// Opens a connection to `to` and says hello.
+pub fn connect(
+    to: SocketAddr,
+    cluster: &str,
+    me: SocketAddr,
+    purpose: Purpose,
+) -> std::io::Result<TcpStream> {
+    let mut stream = TcpStream::connect_timeout(&to, PEER_IO_TIMEOUT)?;
+    stream.set_nodelay(true)?;
+    stream.set_write_timeout(Some(PEER_IO_TIMEOUT))?;
+    stream.write_all(&hello(cluster, me, purpose))?;
+    Ok(stream)
+}
+
+pub struct Listener {
+    pub cluster: String,
+    pub gossip: flume::Sender<Input>,
+    pub view: Arc<ViewCell>,
+    pub data: DataSlot,
+    pub open: Arc<AtomicUsize>,
+}
+
+impl Listener {
+    /// Accepts until the process ends.
+    pub fn run(self: Arc<Self>, listener: TcpListener) {
+        for stream in listener.incoming() {
+            let Ok(stream) = stream else { continue };
+            if self.open.load(Ordering::Acquire) >= PEER_CONNECTIONS_MAX {
+                tracing::warn!("{PEER_CONNECTIONS_MAX} peer connections are open; closing a new one");
+                continue;
+            }
+            self.open.fetch_add(1, Ordering::AcqRel);
+            let this = Arc::clone(&self);
+            let spawned = std::thread::Builder::new()
+                .name("flowd-peer-in".into())
+                .spawn(move || {
+                    if let Err(error) = this.serve(stream) {
+                        tracing::debug!("peer connection closed: {error}");
+                    }
+                    this.open.fetch_sub(1, Ordering::AcqRel);
+                });
+            if spawned.is_err() {
+                self.open.fetch_sub(1, Ordering::AcqRel);
+            }
+        }
+    }
+
+    fn serve(&self, mut stream: TcpStream) -> Result<(), ClusterError> {
+        stream.set_read_timeout(Some(IDLE_TIMEOUT))?;
+        stream.set_write_timeout(Some(PEER_IO_TIMEOUT))?;
+        stream.set_nodelay(true)?;
+        let Some(first) = frame::read(&mut stream)? else {
+            return Ok(());
+        };
+        if first.kind != Kind::Hello {
+            return Err(ClusterError::Frame(
+                "a peer connection must open with HELLO".into(),
+            ));
+        }
+        let mut fields = Fields(&first.body);
+        let cluster = fields.str8()?;
+        let from: SocketAddr = fields
+            .str8()?
+            .parse()
+            .map_err(|_| ClusterError::Frame("a HELLO whose sender is not an address".into()))?;
+        let purpose = fields.u8()?;
+        if cluster != self.cluster {
+            let error = ClusterError::OtherCluster {
+                ours: self.cluster.clone(),
+                theirs: cluster.to_string(),
+            };
+            tracing::warn!("refused {from}: {error}");
+            let mut out = Vec::new();
+            let body = Body::default().u16(0).str16(&error.to_string()).0;
+            frame::encode(&mut out, Kind::Error, 0, &body);
+            let _ = stream.write_all(&out);
+            return Err(error);
+        }
+        self.view.heard_from(from);
+        if purpose == Purpose::Data as u8 {
+            return match self.data.get() {
+                Some(data) => {
+                    data.serve(from, stream);
+                    Ok(())
+                }
+                // Not serving yet: the peer's link retries.
+                None => Ok(()),
+            };
+        }
+        while let Some(frame) = frame::read(&mut stream)? {
+            if frame.kind != Kind::Gossip {
+                return Err(ClusterError::Frame(format!(
+                    "a {:?} frame on a gossip connection",
+                    frame.kind
+                )));
+            }
+            self.view.heard_from(from);
+            // Like a datagram: dropped when the membership thread is behind.
+            let _ = self.gossip.try_send(Input::Data(frame.body));
+        }
+        Ok(())
+    }
+}
+
+/// Sends gossip: one cached connection per peer, dropped on the first error (SWIM
+/// treats a lost message like a lost datagram).
+pub fn send_gossip(cluster: String, me: SocketAddr, outgoing: flume::Receiver<(SocketAddr, Vec<u8>)>) {
+    let mut streams: HashMap<SocketAddr, TcpStream> = HashMap::new();
+    let mut out = Vec::new();
+    while let Ok((to, data)) = outgoing.recv() {
+        out.clear();
+        frame::encode(&mut out, Kind::Gossip, 0, &data);
+        let stream = match streams.entry(to) {
+            std::collections::hash_map::Entry::Occupied(entry) => entry.into_mut(),
+            std::collections::hash_map::Entry::Vacant(entry) => {
+                match connect(to, &cluster, me, Purpose::Gossip) {
+                    Ok(stream) => entry.insert(stream),
+                    Err(error) => {
+                        tracing::debug!("cannot reach peer {to}: {error}");
+                        continue;
+                    }
+                }
+            }
+        };
+        if let Err(error) = stream.write_all(&out) {
+            tracing::debug!("lost the connection to peer {to}: {error}");
+            streams.remove(&to);
+        }
+    }
+}

@@ -1,0 +1,127 @@
+//! The membership as this peer sees it: a snapshot replaced whole on every change, read
+//! by placement and by `flowd status`.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::Instant;
+
+use serde::{Deserialize, Serialize};
+
+use crate::cluster::identity::PeerId;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum PeerState {
+    Alive,
+    /// Missed its probes; declared down unless it refutes within the suspicion time.
+    Suspect,
+    Down,
+}
+
+impl From<foca::State> for PeerState {
+    fn from(state: foca::State) -> PeerState {
+        match state {
+            foca::State::Alive => PeerState::Alive,
+            foca::State::Suspect => PeerState::Suspect,
+            foca::State::Down => PeerState::Down,
+        }
+    }
+}
+
+/// One member of a view.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Member {
+    pub id: PeerId,
+    pub state: PeerState,
+}
+
+/// A snapshot of the membership: this peer and every other it knows of.
+#[derive(Debug, Clone)]
+pub struct View {
+    pub me: PeerId,
+    /// The others, sorted by address; down members stay listed until forgotten.
+    pub others: Vec<Member>,
+    /// Bumped on every change: placement recomputes only when it moved.
+    pub version: u64,
+}
+
+impl View {
+    /// The peers that own partitions: this one and every other alive or suspect (a
+    /// suspect may still answer; it owns its partitions until it is declared down).
+    pub fn live(&self) -> Vec<PeerId> {
+        let mut live: Vec<PeerId> = std::iter::once(self.me)
+            .chain(
+                self.others
+                    .iter()
+                    .filter(|m| m.state != PeerState::Down)
+                    .map(|m| m.id),
+            )
+            .collect();
+        live.sort_by_key(|id| id.addr);
+        live
+    }
+}
+
+/// The current view, shared between the membership thread (the only writer) and readers
+/// on any thread; plus when each peer was last heard from.
+pub struct ViewCell {
+    view: RwLock<Arc<View>>,
+    version: AtomicU64,
+    heard: Mutex<HashMap<SocketAddr, Instant>>,
+}
+
+impl ViewCell {
+    pub fn new(me: PeerId) -> ViewCell {
+        ViewCell {
+            view: RwLock::new(Arc::new(View {
+                me,
+                others: Vec::new(),
+                version: 0,
+            })),
+            version: AtomicU64::new(0),
+            heard: Mutex::new(HashMap::new()),
+        }
+    }
+
+    pub fn get(&self) -> Arc<View> {
+        Arc::clone(&self.view.read().unwrap_or_else(|e| e.into_inner()))
+    }
+
+    /// The version of the current view, without taking the lock.
+    pub fn version(&self) -> u64 {
+        self.version.load(Ordering::Acquire)
+    }
+
+    pub fn publish(&self, me: PeerId, mut others: Vec<Member>) {
+        // A restarted peer may be listed twice for a while (its old run down, its new
+        // one alive): the newest run stands for the address.
+        others.sort_by_key(|m| (m.id.addr, std::cmp::Reverse(m.id.bump)));
+        others.dedup_by_key(|m| m.id.addr);
+        others.retain(|m| m.id.addr != me.addr);
+        let mut slot = self.view.write().unwrap_or_else(|e| e.into_inner());
+        if slot.me == me && slot.others == others {
+            return;
+        }
+        let version = slot.version + 1;
+        *slot = Arc::new(View { me, others, version });
+        self.version.store(version, Ordering::Release);
+    }
+
+    pub fn heard_from(&self, addr: SocketAddr) {
+        self.heard
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(addr, Instant::now());
+    }
+
+    /// When a frame last came from `addr`, if ever.
+    pub fn last_heard(&self, addr: SocketAddr) -> Option<Instant> {
+        self.heard
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(&addr)
+            .copied()
+    }
+}
