@@ -1,5 +1,6 @@
 //! Peers as separate processes on loopback: they find each other through one seed, drop
-//! a SIGKILLed peer and take it back when it restarts; records sent to any peer land in
+//! a SIGKILLed peer and take it back when it restarts, and never merge with a peer of
+//! another cluster id; records sent to any peer land in
 //! their owner's partition and a tail through any peer returns all of them; a word
 //! count on two peers counts what it counts on one.
 
@@ -95,6 +96,25 @@ fn peers_find_each_other_drop_a_killed_one_and_take_it_back() {
     let dir = tempfile::tempdir().unwrap();
     let mut servers = three_peers(dir.path());
     let seed = servers[0].peer.clone().unwrap();
+    // A peer of another cluster, seeded with ours: refused at its HELLO, it never joins.
+    let data = dir.path().join("other").display().to_string();
+    let stranger = Server::start_with(
+        &example(),
+        &[
+            "--data-dir",
+            &data,
+            "--listen",
+            "127.0.0.1:0",
+            "--http",
+            "127.0.0.1:0",
+            "--peer-listen",
+            "127.0.0.1:0",
+            "--seeds",
+            &seed,
+            "--cluster-id",
+            "other",
+        ],
+    );
     let gone = servers[2].peer.clone().unwrap();
     servers[2].kill9();
     for s in &servers[..2] {
@@ -113,6 +133,15 @@ fn peers_find_each_other_drop_a_killed_one_and_take_it_back() {
         wait_until("the restarted peer is back", Duration::from_secs(20), || {
             all_alive(s, &addrs)
         });
+    }
+    // All that gossip later, the stranger is still alone, and listed by no one.
+    assert_eq!(peers_seen(&stranger).len(), 1, "only itself");
+    let other = stranger.peer.clone().unwrap();
+    for s in &servers {
+        assert!(
+            !peers_seen(s).contains_key(&other),
+            "{other} joined another cluster"
+        );
     }
 }
 
