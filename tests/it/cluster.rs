@@ -16,8 +16,8 @@ fn example() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("dataflows/wordcount-cluster.toml")
 }
 
-/// A peer of the example's cluster, its data in `dir/name`, listening for peers on `at`.
-fn peer(dir: &Path, name: &str, at: &str, seed: Option<&str>) -> Server {
+/// The example on free loopback ports, its data in `dir/name`, with `extra` flags.
+fn start(dir: &Path, name: &str, extra: &[&str]) -> Server {
     let data = dir.join(name).display().to_string();
     let mut args = vec![
         "--data-dir",
@@ -26,13 +26,18 @@ fn peer(dir: &Path, name: &str, at: &str, seed: Option<&str>) -> Server {
         "127.0.0.1:0",
         "--http",
         "127.0.0.1:0",
-        "--peer-listen",
-        at,
     ];
-    if let Some(seed) = seed {
-        args.extend(["--seeds", seed]);
-    }
+    args.extend_from_slice(extra);
     Server::start_with(&example(), &args)
+}
+
+/// A peer of the example's cluster, its data in `dir/name`, listening for peers on `at`.
+fn peer(dir: &Path, name: &str, at: &str, seed: Option<&str>) -> Server {
+    let mut extra = vec!["--peer-listen", at];
+    if let Some(seed) = seed {
+        extra.extend(["--seeds", seed]);
+    }
+    start(dir, name, &extra)
 }
 
 fn status(server: &Server) -> Value {
@@ -97,16 +102,10 @@ fn peers_find_each_other_drop_a_killed_one_and_take_it_back() {
     let mut servers = three_peers(dir.path());
     let seed = servers[0].peer.clone().unwrap();
     // A peer of another cluster, seeded with ours: refused at its HELLO, it never joins.
-    let data = dir.path().join("other").display().to_string();
-    let stranger = Server::start_with(
-        &example(),
+    let stranger = start(
+        dir.path(),
+        "other",
         &[
-            "--data-dir",
-            &data,
-            "--listen",
-            "127.0.0.1:0",
-            "--http",
-            "127.0.0.1:0",
             "--peer-listen",
             "127.0.0.1:0",
             "--seeds",
@@ -244,18 +243,7 @@ fn a_word_count_on_two_peers_counts_what_it_counts_on_one() {
     let words: u64 = lines.iter().map(|l| l.split(' ').count() as u64).sum();
     let dir = tempfile::tempdir().unwrap();
 
-    let data = dir.path().join("one").display().to_string();
-    let one = Server::start_with(
-        &example(),
-        &[
-            "--data-dir",
-            &data,
-            "--listen",
-            "127.0.0.1:0",
-            "--http",
-            "127.0.0.1:0",
-        ],
-    );
+    let one = start(dir.path(), "one", &[]);
     let (code, _, err) = run_cli(&["send", "--to", &one.tcp, "lines"], &(lines.join("\n") + "\n"));
     assert_eq!(code, 0, "{err}");
     let alone = counts(&one, words);
