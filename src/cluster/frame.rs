@@ -68,6 +68,26 @@ pub fn encode(out: &mut Vec<u8>, kind: Kind, request: u64, body: &[u8]) {
     out.extend_from_slice(body);
 }
 
+/// An ERROR frame answering `request`: `code` is the client protocol's error code (0
+/// when none fits), `message` says what went wrong.
+pub fn error(request: u64, code: u16, message: &str) -> Vec<u8> {
+    let mut out = Vec::new();
+    encode(
+        &mut out,
+        Kind::Error,
+        request,
+        &Body::default().u16(code).str16(message).0,
+    );
+    out
+}
+
+/// An ERROR frame's code and message; a body too short for them still gives a message.
+pub fn read_error(body: &[u8]) -> (u16, String) {
+    let mut fields = Fields(body);
+    let code = fields.u16().unwrap_or(0);
+    (code, fields.str16().unwrap_or("(no message)").to_string())
+}
+
 /// The length of the frame starting at `head` (its first 4 bytes), checked against the
 /// limit before anything is buffered.
 pub fn frame_len(head: [u8; 4]) -> Result<usize, ClusterError> {

@@ -122,10 +122,7 @@ impl Listener {
                 theirs: cluster.to_string(),
             };
             tracing::warn!("refused {from}: {error}");
-            let mut out = Vec::new();
-            let body = Body::default().u16(0).str16(&error.to_string()).0;
-            frame::encode(&mut out, Kind::Error, 0, &body);
-            let _ = stream.write_all(&out);
+            let _ = stream.write_all(&frame::error(0, 0, &error.to_string()));
             return Err(error);
         }
         self.view.heard_from(from);

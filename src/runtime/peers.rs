@@ -255,10 +255,9 @@ impl Link {
                     _ => break "a malformed ACKED frame".to_string(),
                 },
                 Kind::Error => {
-                    let code = fields.u16().ok().and_then(ErrorCode::from_u16);
-                    let message = fields.str16().unwrap_or("(no message)").to_string();
-                    let error = ProtocolError::new(code.unwrap_or(ErrorCode::Unavailable), message);
-                    self.fail(partition, &ack, error);
+                    let (code, message) = frame::read_error(&frame.body);
+                    let code = ErrorCode::from_u16(code).unwrap_or(ErrorCode::Unavailable);
+                    self.fail(&ack, ProtocolError::new(code, message));
                 }
                 other => break format!("an unexpected {other:?} frame"),
             }
@@ -296,10 +295,10 @@ impl Link {
                 self.to, self.topic
             ),
         );
-        self.fail(partition, ack, error);
+        self.fail(ack, error);
     }
 
-    fn fail(&self, _partition: u32, ack: &Ack, error: ProtocolError) {
+    fn fail(&self, ack: &Ack, error: ProtocolError) {
         if let Ack::Generation(_) = ack
             && let Some(shared) = self.shared.as_ref().and_then(Weak::upgrade)
         {
@@ -386,11 +385,7 @@ fn run_fetcher(to: SocketAddr, cluster: String, me: SocketAddr, fetches: flume::
             s.write_all(&out).map_err(|e| e.to_string())?;
             match frame::read(s).map_err(|e| e.to_string())? {
                 Some(f) if f.kind == Kind::Frame => Ok(f.body),
-                Some(f) if f.kind == Kind::Error => {
-                    let mut fields = Fields(&f.body);
-                    let _ = fields.u16();
-                    Err(fields.str16().unwrap_or("(no message)").to_string())
-                }
+                Some(f) if f.kind == Kind::Error => Err(frame::read_error(&f.body).1),
                 Some(f) => Err(format!("an unexpected {:?} frame", f.kind)),
                 None => Err("the peer closed the connection".into()),
             }

@@ -133,8 +133,6 @@ impl PeerService {
         request: u64,
         acks: &flume::Sender<(u64, ClientAck)>,
     ) -> Result<(), ProtocolError> {
-        let malformed =
-            |e: crate::cluster::ClusterError| ProtocolError::new(ErrorCode::Malformed, e.to_string());
         let mut fields = Fields(body);
         let name = fields.str8().map_err(malformed)?;
         let partition = fields.u32().map_err(malformed)?;
@@ -174,8 +172,6 @@ impl PeerService {
     }
 
     fn fetch(&self, body: &[u8], request: u64) -> Result<Vec<u8>, ProtocolError> {
-        let malformed =
-            |e: crate::cluster::ClusterError| ProtocolError::new(ErrorCode::Malformed, e.to_string());
         let mut fields = Fields(body);
         let name = fields.str8().map_err(malformed)?;
         let partition = fields.u32().map_err(malformed)?;
@@ -212,8 +208,10 @@ impl PeerService {
 }
 
 fn error_frame(request: u64, error: &ProtocolError) -> Vec<u8> {
-    let mut out = Vec::new();
-    let body = Body::default().u16(error.code as u16).str16(&error.message).0;
-    frame::encode(&mut out, Kind::Error, request, &body);
-    out
+    frame::error(request, error.code as u16, &error.message)
+}
+
+/// A peer frame whose fields do not read.
+fn malformed(error: crate::cluster::ClusterError) -> ProtocolError {
+    ProtocolError::new(ErrorCode::Malformed, error.to_string())
 }
