@@ -9,6 +9,13 @@
 //! ACKED    body = first:u64 next:u64            the PRODUCE with this request id is durable
 //! FETCH    body = topic:str8 partition:u32 from:u8 offset:u64 max_records:u32 max_bytes:u32 wait_ms:u32
 //! FRAME    body = one whole client protocol frame (the owner's answer, passed through)
+//! REDIRECT body = message:str16               the PRODUCE was not written: the partition
+//!                                             moves; route it again
+//! CLAIM    body = count:u32 (topic:str8 partition:u32 phase:u8 end:u64){count}
+//!          phase 0 fences (stop writing it, say your end), 1 says the claimer is done
+//! CLAIMED  body = (agreed:u8 end:u64){count}    one per CLAIM entry, in order
+//! COPY     body = topic:str8 partition:u32 from:u64
+//! COPIED   body = first:u64 count:u32 records  (client record encoding, timestamps set)
 //! ERROR    body = code:u16 message:str16
 //! str8 = len:u8 utf8, str16 = len:u16 utf8
 //! ```
@@ -33,6 +40,11 @@ pub enum Kind {
     Acked = 0x11,
     Fetch = 0x12,
     Frame = 0x13,
+    Redirect = 0x14,
+    Claim = 0x15,
+    Claimed = 0x16,
+    Copy = 0x17,
+    Copied = 0x18,
     Error = 0x1f,
 }
 
@@ -45,6 +57,11 @@ impl Kind {
             0x11 => Kind::Acked,
             0x12 => Kind::Fetch,
             0x13 => Kind::Frame,
+            0x14 => Kind::Redirect,
+            0x15 => Kind::Claim,
+            0x16 => Kind::Claimed,
+            0x17 => Kind::Copy,
+            0x18 => Kind::Copied,
             0x1f => Kind::Error,
             _ => return None,
         })

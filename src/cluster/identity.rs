@@ -15,6 +15,9 @@ pub struct PeerId {
     /// Shards (cores) the peer runs: placement spreads partitions over (peer, core).
     pub cores: u16,
     pub bump: u64,
+    /// Handing its partitions over before it goes: placement leaves it out, but it
+    /// still answers the peers that take its partitions.
+    pub leaving: bool,
 }
 
 impl PeerId {
@@ -26,6 +29,7 @@ impl PeerId {
             addr,
             cores: cores.clamp(1, usize::from(u16::MAX)) as u16,
             bump,
+            leaving: false,
         }
     }
 
@@ -36,13 +40,28 @@ impl PeerId {
             addr,
             cores: 1,
             bump: 0,
+            leaving: false,
+        }
+    }
+
+    /// This peer's identity once it announced that it leaves: a newer run of it (so the
+    /// others replace the old identity at once) that placement leaves out.
+    pub fn leaving(&self) -> PeerId {
+        PeerId {
+            bump: self.bump.wrapping_add(1),
+            leaving: true,
+            ..*self
         }
     }
 }
 
 impl std::fmt::Debug for PeerId {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "{}#{}", self.addr, self.bump % 100_000)
+        write!(f, "{}#{}", self.addr, self.bump % 100_000)?;
+        if self.leaving {
+            write!(f, " (leaving)")?;
+        }
+        Ok(())
     }
 }
 

@@ -36,6 +36,9 @@ pub fn detection_bound(members: usize) -> Duration {
 pub enum Input {
     /// A gossip message from a peer.
     Data(Vec<u8>),
+    /// Announce that this peer hands its partitions over and goes (placement leaves it
+    /// out from then on), then answer.
+    Leaving(flume::Sender<()>),
     /// Leave the cluster: tell the others, then answer.
     Leave(flume::Sender<()>),
 }
@@ -114,6 +117,13 @@ impl Membership {
                 Ok(Input::Data(data)) => {
                     let result = self.foca.handle_data(&data, &mut self.runtime);
                     self.report(result);
+                }
+                Ok(Input::Leaving(done)) => {
+                    let leaving = self.foca.identity().leaving();
+                    let result = self.foca.change_identity(leaving, &mut self.runtime);
+                    self.report(result);
+                    self.drain();
+                    let _ = done.send(());
                 }
                 Ok(Input::Leave(done)) => {
                     let result = self.foca.leave_cluster(&mut self.runtime);

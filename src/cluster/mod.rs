@@ -4,10 +4,12 @@
 //!
 //! Codemap: `identity` (who a member is) → `membership` (the foca thread) → `view`
 //! (the members as this peer sees them) → `rendezvous` (placement); `frame` (the peer
-//! protocol) and `transport` (listener, gossip in and out).
+//! protocol), `handover` (the bodies of the messages that move partitions) and
+//! `transport` (listener, gossip in and out).
 
 pub mod error;
 pub mod frame;
+pub mod handover;
 pub mod identity;
 pub mod membership;
 pub mod rendezvous;
@@ -40,6 +42,9 @@ pub struct ClusterOptions {
 pub struct Cluster {
     pub me: PeerId,
     pub cluster_id: String,
+    /// Whether seeds were given: a peer that has some serves nothing until it has heard
+    /// from the cluster (or gave up waiting), so it never writes beside a live owner.
+    pub seeded: bool,
     pub view: Arc<ViewCell>,
     /// Set once the engine serves forwarded records and fetches.
     pub data: DataSlot,
@@ -81,11 +86,21 @@ impl Cluster {
         Ok(Cluster {
             me,
             cluster_id: options.cluster_id.clone(),
+            seeded: options.seeds.iter().any(|s| *s != addr),
             view,
             data,
             inputs,
             outgoing,
         })
+    }
+
+    /// Tells the others this peer is about to leave: they stop placing partitions on it
+    /// and take over the ones it owns (it stays a member, answering, until `leave`).
+    pub fn announce_leaving(&self, within: Duration) {
+        let (done, wait) = flume::bounded(1);
+        if self.inputs.send(Input::Leaving(done)).is_ok() {
+            let _ = wait.recv_timeout(within);
+        }
     }
 
     /// Tells the others this peer leaves, so they drop it at once rather than after the

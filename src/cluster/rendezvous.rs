@@ -57,6 +57,7 @@ mod tests {
             addr: format!("127.0.0.1:{port}").parse().unwrap(),
             cores,
             bump: u64::from(port),
+            leaving: false,
         }
     }
 

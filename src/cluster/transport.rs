@@ -64,6 +64,9 @@ pub fn connect(
     Ok(stream)
 }
 
+/// How long a data connection waits for the engine to start serving.
+const DATA_PLANE_PATIENCE: std::time::Duration = std::time::Duration::from_secs(30);
+
 pub struct Listener {
     pub cluster: String,
     pub gossip: flume::Sender<Input>,
@@ -127,14 +130,16 @@ impl Listener {
         }
         self.view.heard_from(from);
         if purpose == Purpose::Data as u8 {
-            return match self.data.get() {
-                Some(data) => {
-                    data.serve(from, stream);
-                    Ok(())
-                }
-                // Not serving yet: the peer's link retries.
-                None => Ok(()),
-            };
+            // The engine plugs in moments after gossip starts: a peer that connects in
+            // between waits for it rather than see its batches dropped.
+            let deadline = std::time::Instant::now() + DATA_PLANE_PATIENCE;
+            while self.data.get().is_none() && std::time::Instant::now() < deadline {
+                std::thread::sleep(std::time::Duration::from_millis(10));
+            }
+            if let Some(data) = self.data.get() {
+                data.serve(from, stream);
+            }
+            return Ok(());
         }
         while let Some(frame) = frame::read(&mut stream)? {
             if frame.kind != Kind::Gossip {

@@ -62,6 +62,23 @@ impl View {
         live.sort_by_key(|id| id.addr);
         live
     }
+
+    /// The peers partitions are placed on: the live ones that are not leaving (all the
+    /// live ones if every one is leaving, so that every partition keeps an owner).
+    pub fn placement(&self) -> Vec<PeerId> {
+        let live = self.live();
+        let staying: Vec<PeerId> = live.iter().copied().filter(|id| !id.leaving).collect();
+        if staying.is_empty() { live } else { staying }
+    }
+
+    /// The other peers that may hold partition data to hand over: alive or suspect,
+    /// leaving or not.
+    pub fn reachable_others(&self) -> impl Iterator<Item = PeerId> + '_ {
+        self.others
+            .iter()
+            .filter(|m| m.state != PeerState::Down)
+            .map(|m| m.id)
+    }
 }
 
 /// The current view, shared between the membership thread (the only writer) and readers
