@@ -672,15 +672,15 @@ async fn commit(
     let (tx, rx) = flume::bounded(parts.len().max(1));
     let count = parts.len();
     for (i, part) in parts.into_iter().enumerate() {
-        let batch = Batch {
-            partition: part.partition,
-            records: Payload::Wire {
+        let batch = Batch::new(
+            part.partition,
+            Payload::Wire {
                 bytes: part.bytes,
                 count: part.count,
                 stamp_ms: part.stamp_ms,
             },
-            ack: Ack::Client(tx.clone(), i),
-        };
+            Ack::Client(tx.clone(), i),
+        );
         shared
             .mesh
             .sender(part.topic, part.partition)

@@ -205,11 +205,11 @@ impl Emitter {
                 .push((SOURCE_HEADER, stamp));
             self.records_out += records.len() as u64;
             self.generation.sent();
-            let batch = Batch {
-                partition: q as u32,
-                records: Payload::Owned(records),
-                ack: Ack::Generation(Arc::clone(&self.generation)),
-            };
+            let batch = Batch::new(
+                q as u32,
+                Payload::Owned(records),
+                Ack::Generation(Arc::clone(&self.generation)),
+            );
             self.mesh
                 .sender(self.topic, q as u32)
                 .send_async(batch)

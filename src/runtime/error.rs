@@ -43,6 +43,15 @@ pub enum RuntimeError {
         peer: std::net::SocketAddr,
         reason: String,
     },
+    #[error(
+        "no peer took partition {partition} of \"{topic}\" within {waited_s} s while it moved (the cluster is \
+         changing, split, or a peer holding it is unreachable); restart this peer once the cluster settles"
+    )]
+    NoOwner {
+        topic: String,
+        partition: u32,
+        waited_s: u64,
+    },
     #[error("{0}")]
     Cluster(#[from] crate::cluster::ClusterError),
     #[error(

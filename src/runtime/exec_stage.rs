@@ -309,6 +309,10 @@ fn read(part: &mut Part, index: usize, pool: &mut Pool<Ticket>, window_max: usiz
         return 0;
     }
     let input = Rc::clone(&part.input);
+    if part.window.is_empty() {
+        part.next_read = input.past_copied(part.next_read);
+        part.base = part.next_read;
+    }
     let log = input.log.borrow();
     let mut read = 0;
     for view in log.read(part.next_read) {
@@ -316,6 +320,9 @@ fn read(part: &mut Part, index: usize, pool: &mut Pool<Ticket>, window_max: usiz
             break;
         }
         let offset = view.offset();
+        if input.is_copied(offset) {
+            break;
+        }
         let state = if let Some(ended) = end_marker(&view) {
             part.ends_read.insert(ended.to_owned());
             State::End(ended.to_owned())

@@ -38,6 +38,24 @@ pub struct Batch {
     pub records: Payload,
     /// Told when the batch is durable.
     pub ack: Ack,
+    /// A copy of another peer's records taking a partition over: appended only where
+    /// its first record keeps its offset, and while the partition is still being taken.
+    pub copy_at: Option<u64>,
+    /// When a peer first refused it because the partition moves: it is routed again
+    /// until it lands, for a bounded time from then.
+    pub refused: Option<std::time::Instant>,
+}
+
+impl Batch {
+    pub fn new(partition: u32, records: Payload, ack: Ack) -> Batch {
+        Batch {
+            partition,
+            records,
+            ack,
+            copy_at: None,
+            refused: None,
+        }
+    }
 }
 
 /// The records of a batch: built by a producer inside the engine, or copied from a

@@ -12,14 +12,17 @@ pub mod consumers;
 pub mod emitter;
 pub mod error;
 pub mod exec_stage;
+pub mod handover;
 pub mod journal_recovery;
 pub mod mesh;
+pub mod ownership;
 pub mod peers;
 pub mod placement;
 mod plan;
 pub mod progress;
 pub mod provenance;
 pub mod reply;
+pub mod reroute;
 pub mod scatter_stage;
 pub mod service;
 pub mod shard;
@@ -151,7 +154,32 @@ pub fn run(
     }
     let engine = start_in(spec, cluster.clone())?;
     ready(&engine.bound);
-    let summary = engine.wait(&signalled);
+    // In a cluster a signal first hands this peer's partitions over (the engine keeps
+    // serving the peers that copy them), then stops the engine.
+    let stop = match &engine.shared.peers {
+        Some(peers) => {
+            let handed = Arc::new(AtomicBool::new(false));
+            let (peers, shared, done) = (Arc::clone(peers), Arc::clone(&engine.shared), Arc::clone(&handed));
+            std::thread::Builder::new()
+                .name("flowd-leave".into())
+                .spawn(move || {
+                    while !signalled.load(Ordering::Acquire) && !shared.control.is_stopping() {
+                        std::thread::sleep(Duration::from_millis(5));
+                    }
+                    if !shared.control.is_stopping() {
+                        handover::leave(&peers, &shared, handover::LEAVE_PATIENCE);
+                    }
+                    done.store(true, Ordering::Release);
+                })
+                .map_err(|e| RuntimeError::Shard {
+                    shard: 0,
+                    reason: format!("cannot start the leave thread: {e}"),
+                })?;
+            handed
+        }
+        None => signalled,
+    };
+    let summary = engine.wait(&stop);
     // Tell the others now rather than leave them to find out by suspicion.
     if let Some(cluster) = cluster {
         cluster.leave(Duration::from_secs(1));

@@ -4,11 +4,14 @@
 //! One link per (peer, topic): a writer thread sends PRODUCE frames in the order their
 //! batches arrive (so one producer's batches to one partition stay in order, as in the
 //! local mesh), a reader thread takes ACKED/ERROR frames and tells each batch's waiter.
-//! At most `LINK_IN_FLIGHT` batches wait for their acks per link.
+//! At most `LINK_IN_FLIGHT` batches wait for their acks per link. A batch the owner
+//! refuses because the partition moves (REDIRECT), or that could not be sent at all, goes
+//! to the rerouter (`reroute.rs`), which sends it on to the owner of the moment.
 
 use std::collections::HashMap;
 use std::io::Write;
 use std::net::{SocketAddr, TcpStream};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Condvar, Mutex, OnceLock, RwLock, Weak};
 use std::time::Duration;
 
@@ -20,6 +23,8 @@ use crate::protocol::wire::encode_record;
 use crate::protocol::{ErrorCode, FetchFrom, ProtocolError};
 use crate::runtime::error::RuntimeError;
 use crate::runtime::mesh::{Ack, Batch, CHANNEL_BATCHES_MAX, Payload, RemoteRoute};
+use crate::runtime::ownership::Ownership;
+use crate::runtime::reroute;
 use crate::runtime::service::FetchOrder;
 use crate::runtime::shard::Shared;
 
@@ -30,6 +35,9 @@ const FETCH_QUEUE: usize = 64;
 /// How long a link keeps trying to reach its peer before it gives a batch up.
 const CONNECT_PATIENCE: Duration = Duration::from_secs(3);
 
+/// A link's queue and the link (for what it has in flight).
+type LinkHandle = (flume::Sender<Batch>, Arc<Link>);
+
 /// `owners[topic][partition]`: the peer that owns it, `None` for this one.
 type Owners = Vec<Vec<Option<SocketAddr>>>;
 
@@ -37,9 +45,16 @@ pub struct Peers {
     pub cluster: Arc<Cluster>,
     topics: Vec<(String, u32)>,
     owners: RwLock<(u64, Arc<Owners>)>,
-    links: Mutex<HashMap<(SocketAddr, usize), flume::Sender<Batch>>>,
+    links: Mutex<HashMap<(SocketAddr, usize), LinkHandle>>,
     fetchers: Mutex<HashMap<SocketAddr, flume::Sender<Fetch>>>,
     shared: OnceLock<Weak<Shared>>,
+    /// Where each partition stands here: served, being taken over, or away.
+    pub ownership: Ownership,
+    /// Batches refused because their partition moves, for the rerouter.
+    refused: flume::Sender<(usize, Batch)>,
+    refused_rx: Mutex<Option<flume::Receiver<(usize, Batch)>>>,
+    /// Batches handed to the rerouter and not sent on yet.
+    pub rerouting: Arc<AtomicUsize>,
 }
 
 /// A fetch for a partition another peer owns, and where its answer frame goes.
@@ -52,19 +67,90 @@ pub struct Fetch {
 impl Peers {
     pub fn new(cluster: Arc<Cluster>, topics: Vec<(String, u32)>) -> Peers {
         let owners = owners_of(&cluster.view.get(), &topics);
+        let (refused, refused_rx) = flume::bounded(reroute::REROUTE_QUEUE);
         Peers {
             cluster,
+            ownership: Ownership::new(topics.iter().map(|(_, n)| *n)),
             topics,
-            owners: RwLock::new((0, Arc::new(owners))),
+            owners: RwLock::new((u64::MAX, Arc::new(owners))),
             links: Mutex::new(HashMap::new()),
             fetchers: Mutex::new(HashMap::new()),
             shared: OnceLock::new(),
+            refused,
+            refused_rx: Mutex::new(Some(refused_rx)),
+            rerouting: Arc::new(AtomicUsize::new(0)),
         }
     }
 
-    /// Links report a lost peer to the engine through this.
-    pub fn attach(&self, shared: &Arc<Shared>) {
+    /// Starts the rerouter and the hand-over of partitions; links report a lost peer to
+    /// the engine through `shared`.
+    pub fn attach(self: &Arc<Self>, shared: &Arc<Shared>) -> Result<(), RuntimeError> {
         let _ = self.shared.set(Arc::downgrade(shared));
+        let thread = |e: std::io::Error| RuntimeError::Shard {
+            shard: 0,
+            reason: format!("cannot start a cluster thread: {e}"),
+        };
+        if let Some(refused) = self.refused_rx.lock().unwrap_or_else(|e| e.into_inner()).take() {
+            let peers = Arc::downgrade(self);
+            std::thread::Builder::new()
+                .name("flowd-reroute".into())
+                .spawn(move || reroute::run(peers, refused))
+                .map_err(thread)?;
+        }
+        let peers = Arc::downgrade(self);
+        std::thread::Builder::new()
+            .name("flowd-handover".into())
+            .spawn(move || crate::runtime::handover::run(peers))
+            .map_err(thread)?;
+        Ok(())
+    }
+
+    pub fn shared(&self) -> Option<Arc<Shared>> {
+        self.shared.get().and_then(Weak::upgrade)
+    }
+
+    pub fn topic_name(&self, topic: usize) -> &str {
+        &self.topics[topic].0
+    }
+
+    /// `(name, partitions)` of every topic, by index.
+    pub fn topics(&self) -> &[(String, u32)] {
+        &self.topics
+    }
+
+    /// Hands a batch refused because its partition moves to the rerouter (from a shard).
+    pub async fn refuse(&self, topic: usize, batch: Batch) {
+        self.rerouting.fetch_add(1, Ordering::AcqRel);
+        if let Err(flume::SendError((_, batch))) = self.refused.send_async((topic, batch)).await {
+            self.rerouting.fetch_sub(1, Ordering::AcqRel);
+            batch.ack.failed(crate::server::api::stopping());
+        }
+    }
+
+    /// Batches this peer routes on and has no answer for yet: held by the rerouter,
+    /// queued on a link or sent and not acked. A leaving peer waits for zero, so that
+    /// no batch it took is left without an answer when it goes.
+    pub fn unsettled(&self) -> usize {
+        let links = self.links.lock().unwrap_or_else(|e| e.into_inner());
+        self.rerouting.load(Ordering::Acquire)
+            + links
+                .values()
+                .map(|(tx, link)| tx.len() + link.lock().batches.len())
+                .sum::<usize>()
+    }
+
+    /// Where a batch for `partition` of `topic` goes now: the owner peer's link, or this
+    /// peer's shard if it serves the partition; `None` while this peer still takes it over.
+    pub fn route_now(&self, topic: usize, partition: u32) -> Option<flume::Sender<Batch>> {
+        match self.owner(topic, partition) {
+            Some(to) => Some(self.link(to, topic)),
+            None if self.ownership.serving(topic, partition) => {
+                let shared = self.shared()?;
+                let shard = crate::runtime::placement::owner(partition, shared.shards);
+                Some(shared.mesh.inboxes[topic][shard].clone())
+            }
+            None => None,
+        }
     }
 
     /// Owners under the current view, recomputed when the view changed.
@@ -120,7 +206,7 @@ impl Peers {
 
     fn link(&self, to: SocketAddr, topic: usize) -> flume::Sender<Batch> {
         let mut links = self.links.lock().unwrap_or_else(|e| e.into_inner());
-        if let Some(sender) = links.get(&(to, topic))
+        if let Some((sender, _)) = links.get(&(to, topic))
             && !sender.is_disconnected()
         {
             return sender.clone();
@@ -131,15 +217,19 @@ impl Peers {
             topic: self.topics[topic].0.clone(),
             cluster: self.cluster.cluster_id.clone(),
             me: self.cluster.me.addr,
-            pending: Mutex::new(HashMap::new()),
+            pending: Mutex::new(Pending::default()),
             room: Condvar::new(),
             shared: self.shared.get().cloned(),
+            refused: self.refused.clone(),
+            topic_index: topic,
+            rerouting: Arc::clone(&self.rerouting),
         });
+        let running = Arc::clone(&link);
         let spawned = std::thread::Builder::new()
             .name("flowd-peer-link".into())
-            .spawn(move || link.run(rx));
+            .spawn(move || running.run(rx));
         if spawned.is_ok() {
-            links.insert((to, topic), tx.clone());
+            links.insert((to, topic), (tx.clone(), link));
         }
         tx
     }
@@ -153,7 +243,7 @@ impl RemoteRoute for Peers {
 }
 
 fn owners_of(view: &View, topics: &[(String, u32)]) -> Owners {
-    let live = view.live();
+    let live = view.placement();
     topics
         .iter()
         .map(|(name, partitions)| {
@@ -173,34 +263,66 @@ struct Link {
     topic: String,
     cluster: String,
     me: SocketAddr,
-    /// Request id -> the batch's partition and waiter.
-    pending: Mutex<HashMap<u64, (u32, Ack)>>,
+    pending: Mutex<Pending>,
     room: Condvar,
     shared: Option<Weak<Shared>>,
+    /// The rerouter, for batches the owner redirects or that never left.
+    refused: flume::Sender<(usize, Batch)>,
+    topic_index: usize,
+    /// The peers' count of batches with the rerouter.
+    rerouting: Arc<AtomicUsize>,
+}
+
+/// What a link's connection owes answers for.
+#[derive(Default)]
+struct Pending {
+    /// Request id -> the connection it went on and the batch, until its answer comes.
+    batches: HashMap<u64, (u64, Batch)>,
+    /// The connection whose reader runs, if one does: once it stopped, nothing it would
+    /// answer may be added (the writer connects anew).
+    reading: Option<u64>,
+    connections: u64,
 }
 
 impl Link {
+    fn lock(&self) -> std::sync::MutexGuard<'_, Pending> {
+        self.pending.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
     fn run(self: Arc<Self>, batches: flume::Receiver<Batch>) {
         let mut stream: Option<TcpStream> = None;
         let mut next_id: u64 = 1;
         let mut out = Vec::new();
         while let Ok(batch) = batches.recv() {
-            if stream.is_none() {
-                stream = self.connect();
+            // A connection whose reader runs, with room for one more batch; two tries.
+            let mut slot = None;
+            for _ in 0..2 {
+                if stream.is_none() {
+                    stream = self.connect();
+                }
+                if stream.is_none() {
+                    break;
+                }
+                let mut pending = self.lock();
+                while pending.reading.is_some() && pending.batches.len() >= LINK_IN_FLIGHT {
+                    pending = self.room.wait(pending).unwrap_or_else(|e| e.into_inner());
+                }
+                if let Some(connection) = pending.reading {
+                    slot = Some((pending, connection));
+                    break;
+                }
+                drop(pending);
+                stream = None;
             }
-            let Some(writer) = stream.as_mut() else {
-                self.give_up(batch.partition, &batch.ack, "cannot connect");
+            let (Some((mut pending, connection)), Some(writer)) = (slot, stream.as_mut()) else {
+                // Never sent: route it again (the view may move its partition elsewhere).
+                self.reroute(batch);
                 continue;
             };
             out.clear();
             encode_produce(&mut out, next_id, &self.topic, &batch);
-            {
-                let mut pending = self.pending.lock().unwrap_or_else(|e| e.into_inner());
-                while pending.len() >= LINK_IN_FLIGHT {
-                    pending = self.room.wait(pending).unwrap_or_else(|e| e.into_inner());
-                }
-                pending.insert(next_id, (batch.partition, batch.ack));
-            }
+            pending.batches.insert(next_id, (connection, batch));
+            drop(pending);
             next_id += 1;
             if let Err(error) = writer.write_all(&out) {
                 tracing::warn!("lost the link to peer {}: {error}", self.to);
@@ -220,10 +342,19 @@ impl Link {
                 Ok(stream) => {
                     let reader = stream.try_clone().ok()?;
                     let this = Arc::clone(self);
-                    std::thread::Builder::new()
+                    let connection = {
+                        let mut pending = self.lock();
+                        pending.connections += 1;
+                        pending.reading = Some(pending.connections);
+                        pending.connections
+                    };
+                    let spawned = std::thread::Builder::new()
                         .name("flowd-peer-acks".into())
-                        .spawn(move || this.read_acks(reader))
-                        .ok()?;
+                        .spawn(move || this.read_acks(reader, connection));
+                    if spawned.is_err() {
+                        self.lock().reading = None;
+                        return None;
+                    }
                     return Some(stream);
                 }
                 Err(error) if std::time::Instant::now() >= deadline => {
@@ -238,50 +369,70 @@ impl Link {
         }
     }
 
-    fn read_acks(&self, mut stream: TcpStream) {
+    fn read_acks(&self, mut stream: TcpStream, connection: u64) {
         let reason = loop {
             let frame = match frame::read(&mut stream) {
                 Ok(Some(frame)) => frame,
                 Ok(None) => break "the peer closed the connection".to_string(),
                 Err(error) => break error.to_string(),
             };
-            let Some((partition, ack)) = self.take(frame.request) else {
+            let Some(batch) = self.take(frame.request) else {
                 continue;
             };
             let mut fields = Fields(&frame.body);
             match frame.kind {
                 Kind::Acked => match (fields.u64(), fields.u64()) {
-                    (Ok(first), Ok(next)) => ack.durable(partition, first, next),
-                    _ => break "a malformed ACKED frame".to_string(),
+                    (Ok(first), Ok(next)) => batch.ack.durable(batch.partition, first, next),
+                    _ => {
+                        self.give_up(batch.partition, &batch.ack, "a malformed ACKED frame");
+                        break "a malformed ACKED frame".to_string();
+                    }
                 },
+                Kind::Redirect => self.reroute(batch),
                 Kind::Error => {
                     let (code, message) = frame::read_error(&frame.body);
                     let code = ErrorCode::from_u16(code).unwrap_or(ErrorCode::Unavailable);
-                    self.fail(&ack, ProtocolError::new(code, message));
+                    self.fail(&batch.ack, ProtocolError::new(code, message));
                 }
-                other => break format!("an unexpected {other:?} frame"),
+                other => {
+                    self.give_up(batch.partition, &batch.ack, "an unexpected answer");
+                    break format!("an unexpected {other:?} frame");
+                }
             }
         };
         let _ = stream.shutdown(std::net::Shutdown::Both);
-        let pending: Vec<(u32, Ack)> = self
-            .pending
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .drain()
-            .map(|(_, v)| v)
-            .collect();
+        let pending: Vec<Batch> = {
+            let mut pending = self.lock();
+            if pending.reading == Some(connection) {
+                pending.reading = None;
+            }
+            let ours: Vec<u64> = pending
+                .batches
+                .iter()
+                .filter(|(_, (c, _))| *c == connection)
+                .map(|(id, _)| *id)
+                .collect();
+            ours.iter()
+                .filter_map(|id| pending.batches.remove(id))
+                .map(|(_, batch)| batch)
+                .collect()
+        };
         self.room.notify_all();
-        for (partition, ack) in pending {
-            self.give_up(partition, &ack, &reason);
+        for batch in pending {
+            self.give_up(batch.partition, &batch.ack, &reason);
         }
     }
 
-    fn take(&self, request: u64) -> Option<(u32, Ack)> {
-        let taken = self
-            .pending
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .remove(&request);
+    fn reroute(&self, batch: Batch) {
+        self.rerouting.fetch_add(1, Ordering::AcqRel);
+        if let Err(flume::SendError((_, batch))) = self.refused.send((self.topic_index, batch)) {
+            self.rerouting.fetch_sub(1, Ordering::AcqRel);
+            batch.ack.failed(crate::server::api::stopping());
+        }
+    }
+
+    fn take(&self, request: u64) -> Option<Batch> {
+        let taken = self.lock().batches.remove(&request).map(|(_, batch)| batch);
         self.room.notify_all();
         taken
     }

@@ -251,7 +251,7 @@ pub fn plan(spec: DataflowSpec, cluster: Option<Arc<Cluster>>) -> Result<Plan> {
         peers,
     });
     if let Some(peers) = &shared.peers {
-        peers.attach(&shared);
+        peers.attach(&shared)?;
         let service = Arc::new(PeerService {
             shared: Arc::clone(&shared),
         });

@@ -64,15 +64,15 @@ pub fn job_batch(
     all_headers.push((REPLY_HEADER, &address));
     let mut bytes = Vec::new();
     encode_record(&mut bytes, None, key, value, &all_headers);
-    Batch {
+    Batch::new(
         partition,
-        records: Payload::Wire {
+        Payload::Wire {
             bytes,
             count: 1,
             stamp_ms: now_ms(),
         },
         ack,
-    }
+    )
 }
 
 /// One `reply` stage on one input partition.
@@ -107,9 +107,13 @@ async fn answer_from(shard: Rc<Shard>, task: ReplyTask, mut position: u64) -> Re
     let mut answers = Vec::new();
     while !control.is_stopping() {
         let seen = input.appends();
+        position = input.past_copied(position);
         {
             let log = input.log.borrow();
             for view in log.read(position).take(1024) {
+                if input.is_copied(view.offset()) {
+                    break;
+                }
                 position = view.offset() + 1;
                 let address = view
                     .headers()

@@ -111,10 +111,17 @@ pub async fn run(shard: Rc<Shard>, task: StageTask) -> Result<()> {
         let seen = input.appends();
         let mut copies: Vec<(usize, Batch)> = Vec::new();
         let mut read = 0;
+        if window.is_empty() {
+            position = input.past_copied(position);
+            base = position;
+        }
         {
             let log = input.log.borrow();
             for view in log.read(position).take(WINDOW_MAX - window.len()) {
                 let offset = view.offset();
+                if input.is_copied(offset) {
+                    break;
+                }
                 position = offset + 1;
                 read += 1;
                 if let Some(ended) = end_marker(&view) {

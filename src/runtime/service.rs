@@ -49,6 +49,21 @@ pub enum ShardRequest {
         op: PartitionOp,
         reply: flume::Sender<OpResult>,
     },
+    /// A peer takes this partition over: stop writing it here and say where it ends
+    /// (after every append this shard made; none follows).
+    Fence {
+        topic: usize,
+        partition: u32,
+        reply: flume::Sender<u64>,
+    },
+    /// Records of a partition from `from` for a peer taking it over, in the protocol's
+    /// record encoding: `(first offset, count, bytes)`, or why not.
+    Copy {
+        topic: usize,
+        partition: u32,
+        from: u64,
+        reply: flume::Sender<Result<Copied, ProtocolError>>,
+    },
     /// A reply stage's answer to a job taken on this shard, or why a stage failed it.
     Answer {
         job: u64,
@@ -125,6 +140,26 @@ pub async fn run(shard: Rc<Shard>, requests: flume::Receiver<ShardRequest>) {
             ShardRequest::Status { reply } => {
                 let _ = reply.send_async(status(&shard)).await;
             }
+            ShardRequest::Fence {
+                topic,
+                partition,
+                reply,
+            } => {
+                if let Some(peers) = &shard.shared.peers {
+                    peers.ownership.fence(topic, partition);
+                }
+                let end = shard.partition(topic, partition).log.borrow().next_offset();
+                let _ = reply.send_async(end).await;
+            }
+            ShardRequest::Copy {
+                topic,
+                partition,
+                from,
+                reply,
+            } => {
+                let copied = copy(&shard, topic, partition, from);
+                let _ = reply.send_async(copied).await;
+            }
             ShardRequest::State {
                 stage,
                 partition,
@@ -146,6 +181,44 @@ pub async fn run(shard: Rc<Shard>, requests: flume::Receiver<ShardRequest>) {
             }
         }
     }
+}
+
+/// Records a copy takes at most: one batch's worth, like any producer's.
+const COPY_RECORDS_MAX: usize = crate::runtime::emitter::BATCH_RECORDS_MAX;
+const COPY_BYTES_MAX: usize = crate::runtime::emitter::BATCH_BYTES_MAX;
+
+/// Copied records: `(first offset, count, records in the protocol's encoding)`.
+pub type Copied = (u64, u32, Vec<u8>);
+
+fn copy(shard: &Shard, topic: usize, partition: u32, from: u64) -> Result<Copied, ProtocolError> {
+    let log = shard.partition(topic, partition).log.borrow();
+    if from < log.start_offset() {
+        return Err(ProtocolError::new(
+            ErrorCode::Unavailable,
+            format!(
+                "this peer holds partition {partition} of \"{}\" from offset {} only (retention removed older records), not from {from}",
+                shard.shared.spec.topics[topic].name,
+                log.start_offset()
+            ),
+        ));
+    }
+    let mut bytes = Vec::new();
+    let mut count = 0u32;
+    for view in log.read(from) {
+        if count as usize >= COPY_RECORDS_MAX || bytes.len() >= COPY_BYTES_MAX {
+            break;
+        }
+        let headers: Vec<(&str, &[u8])> = view.headers().collect();
+        crate::protocol::wire::encode_record(
+            &mut bytes,
+            Some(view.timestamp_ms()),
+            view.key(),
+            view.value(),
+            &headers,
+        );
+        count += 1;
+    }
+    Ok((from, count, bytes))
 }
 
 pub fn status(shard: &Shard) -> ShardStatus {

@@ -16,6 +16,7 @@ use crate::runtime::consumers::Consumers;
 use crate::runtime::error::{Result, RuntimeError};
 use crate::runtime::journal_recovery::ShardJournal;
 use crate::runtime::mesh::{Ack, Batch, Mesh, with_payload};
+use crate::runtime::ownership::Standing;
 use crate::runtime::service::{JobOutcome, ShardRequest};
 use crate::runtime::sink::SinkChunk;
 use crate::server::metrics::Metrics;
@@ -100,6 +101,10 @@ pub struct LocalPartition {
     /// instead of polling, so a record reaches them as soon as it is written.
     appends: Cell<u64>,
     appended: event_listener::Event,
+    /// `[first, next)` ranges copied in from the peers that held the partition before
+    /// this one took it over: their records were processed there, so this peer's stages
+    /// step over them (in memory: a restart forgets them, see ARCHITECTURE.md).
+    copied: RefCell<Vec<(u64, u64)>>,
 }
 
 impl LocalPartition {
@@ -112,7 +117,33 @@ impl LocalPartition {
             max_lag,
             appends: Cell::new(0),
             appended: event_listener::Event::new(),
+            copied: RefCell::new(Vec::new()),
         }
+    }
+
+    fn note_copied(&self, first: u64, next: u64) {
+        let mut copied = self.copied.borrow_mut();
+        match copied.last_mut() {
+            Some(last) if last.1 == first => last.1 = next,
+            _ => copied.push((first, next)),
+        }
+    }
+
+    /// Whether `offset` was copied in from another peer (a stage here steps over it).
+    pub fn is_copied(&self, offset: u64) -> bool {
+        self.copied
+            .borrow()
+            .iter()
+            .any(|&(a, b)| (a..b).contains(&offset))
+    }
+
+    /// `position`, moved past the copied range it falls in, if any.
+    pub fn past_copied(&self, position: u64) -> u64 {
+        self.copied
+            .borrow()
+            .iter()
+            .find(|&&(a, b)| (a..b).contains(&position))
+            .map_or(position, |&(_, b)| b)
     }
 
     /// A count that changes with every append: take it before reading, and hand it to
@@ -244,12 +275,38 @@ impl Shard {
             while !partition.has_room() && !self.shared.control.is_stopping() {
                 idle.sleep().await;
             }
+            // In a cluster, only a partition served here is written (and copies into one
+            // being taken over); the check and the append have no wait between them, so a
+            // fence (on this thread) falls between two appends.
+            if let Some(peers) = &self.shared.peers {
+                let standing = peers.ownership.standing(topic, batch.partition);
+                match batch.copy_at {
+                    Some(at) => {
+                        let end = partition.log.borrow().next_offset();
+                        if standing != Standing::Claiming || end != at {
+                            batch.ack.failed(ProtocolError::new(
+                                ErrorCode::Unavailable,
+                                format!("a copy for offset {at} no longer fits (the partition ends at {end}, {standing:?} here)"),
+                            ));
+                            continue;
+                        }
+                    }
+                    None if standing != Standing::Serving => {
+                        peers.refuse(topic, batch).await;
+                        continue;
+                    }
+                    None => {}
+                }
+            }
             let appended = {
                 let mut log = partition.log.borrow_mut();
                 with_payload(&batch.records, |records| log.append(records))
             };
             match appended {
                 Some(Ok(receipt)) => {
+                    if batch.copy_at.is_some() {
+                        partition.note_copied(receipt.first_offset, receipt.next_offset);
+                    }
                     partition.note_append();
                     self.shared.ends[topic][batch.partition as usize]
                         .store(receipt.next_offset, Ordering::Release);

@@ -81,10 +81,14 @@ pub async fn run(shard: Rc<Shard>, mut task: StageTask) -> Result<()> {
         let now = now_ms();
         let mut read = 0;
         let seen = input.appends();
+        position = input.past_copied(position);
         {
             let log = input.log.borrow();
             for view in log.read(position) {
                 let offset = view.offset();
+                if input.is_copied(offset) {
+                    break;
+                }
                 read += 1;
                 position = offset + 1;
                 if let Some(ended) = end_marker(&view) {

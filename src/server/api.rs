@@ -165,15 +165,15 @@ pub async fn produce(
     let part_ids: Vec<(usize, u32)> = parts.iter().map(|p| (p.topic, p.partition)).collect();
     let stamp_ms = now_ms();
     for (number, part) in parts.into_iter().enumerate() {
-        let batch = Batch {
-            partition: part.partition,
-            records: Payload::Wire {
+        let batch = Batch::new(
+            part.partition,
+            Payload::Wire {
                 bytes: part.bytes,
                 count: part.count,
                 stamp_ms,
             },
-            ack: Ack::Client(tx.clone(), number),
-        };
+            Ack::Client(tx.clone(), number),
+        );
         shared
             .mesh
             .sender(part.topic, part.partition)
@@ -238,7 +238,8 @@ impl PendingProduce {
 /// to the owner yet (consumers, jobs, state reads) are served by the owner alone.
 pub fn check_local(peers: &Peers, name: &str, topic: usize, partition: u32) -> Result<(), ProtocolError> {
     match peers.owner(topic, partition) {
-        None => Ok(()),
+        None if peers.ownership.serving(topic, partition) => Ok(()),
+        None => Err(taking_over(name, partition)),
         Some(owner) => Err(ProtocolError::new(
             ErrorCode::Unsupported,
             format!(
@@ -247,6 +248,16 @@ pub fn check_local(peers: &Peers, name: &str, topic: usize, partition: u32) -> R
             ),
         )),
     }
+}
+
+/// A partition this peer's view places here, not served until its records are copied in.
+pub fn taking_over(name: &str, partition: u32) -> ProtocolError {
+    ProtocolError::new(
+        ErrorCode::Unavailable,
+        format!(
+            "partition {partition} of \"{name}\" moves to this peer and is being copied in; retry in a moment"
+        ),
+    )
 }
 
 /// A whole FETCHED (or ERROR) frame for `order`, served by the owner shard.
@@ -286,6 +297,11 @@ pub async fn fetch(shard: &Rc<Shard>, topic: &str, order: FetchOrder) -> Vec<u8>
             .recv_async()
             .await
             .unwrap_or_else(|_| service::error_frame(request_id, &stopping()));
+    }
+    if let Some(peers) = &shard.shared.peers
+        && !peers.ownership.serving(t, order.partition)
+    {
+        return service::error_frame(request_id, &taking_over(topic, order.partition));
     }
     let to = owner(order.partition, shard.shared.shards);
     if to == shard.index {
@@ -571,7 +587,7 @@ pub async fn status(shard: &Rc<Shard>, started: Instant, listeners: &[String], r
     let jobs_waiting = shards.iter().map(|s| s.jobs_waiting).sum();
     for p in shards.into_iter().flat_map(|s| s.partitions) {
         if let Some(t) = spec.topic_index(&p.topic) {
-            // In a cluster: the partitions this peer owns (its copies of others' stay empty).
+            // In a cluster: the partitions this peer owns (its copies of others' are stale).
             if shared
                 .peers
                 .as_ref()

@@ -1,13 +1,16 @@
 //! Serves the data connections of other peers: batches they route to partitions this
-//! peer owns (PRODUCE, acked once durable), and fetches they forward (FETCH, answered
-//! with the whole frame a client would get). Engine headers are allowed here: only a
-//! peer of the same cluster gets this far (the HELLO named it).
+//! peer owns (PRODUCE, acked once durable; REDIRECT while the partition is not served
+//! here), fetches they forward (FETCH, answered with the whole frame a client would
+//! get), and the hand-over of partitions (CLAIM: fence and say the end; COPY: records
+//! from an offset). Engine headers are allowed here: only a peer of the same cluster
+//! gets this far (the HELLO named it).
 
 use std::io::Write;
 use std::net::{SocketAddr, TcpStream};
 use std::sync::Arc;
 
 use crate::cluster::frame::{self, Body, Fields, Kind};
+use crate::cluster::handover::{self, Phase};
 use crate::cluster::transport::DataPlane;
 use crate::protocol::wire::Cursor;
 use crate::protocol::{ErrorCode, FetchFrom, ProtocolError};
@@ -80,7 +83,55 @@ impl DataPlane for PeerService {
             };
             let request = frame.request;
             let answer = match frame.kind {
-                Kind::Produce => self.produce(&frame.body, request, &ack_tx).err(),
+                Kind::Produce => match self.produce(&frame.body, request, &ack_tx) {
+                    Ok(Produced::Queued) => None,
+                    Ok(Produced::Moving(message)) => {
+                        let mut out = Vec::new();
+                        frame::encode(
+                            &mut out,
+                            Kind::Redirect,
+                            request,
+                            &Body::default().str16(&message).0,
+                        );
+                        if out_tx.send(out).is_err() {
+                            return;
+                        }
+                        None
+                    }
+                    Err(error) => Some(error),
+                },
+                Kind::Claim => match self.claim(from, &frame.body) {
+                    Ok(answers) => {
+                        let mut out = Vec::new();
+                        frame::encode(
+                            &mut out,
+                            Kind::Claimed,
+                            request,
+                            &handover::encode_claimed(&answers),
+                        );
+                        if out_tx.send(out).is_err() {
+                            return;
+                        }
+                        None
+                    }
+                    Err(error) => Some(error),
+                },
+                Kind::Copy => match self.copy(&frame.body) {
+                    Ok((first, count, records)) => {
+                        let mut out = Vec::new();
+                        frame::encode(
+                            &mut out,
+                            Kind::Copied,
+                            request,
+                            &handover::encode_copied(first, count, &records),
+                        );
+                        if out_tx.send(out).is_err() {
+                            return;
+                        }
+                        None
+                    }
+                    Err(error) => Some(error),
+                },
                 Kind::Fetch => match self.fetch(&frame.body, request) {
                     Ok(bytes) => {
                         let mut out = Vec::new();
@@ -106,25 +157,38 @@ impl DataPlane for PeerService {
     }
 }
 
+/// What became of a forwarded batch.
+enum Produced {
+    /// In the owner shard's inbox; its ACKED comes when it is durable.
+    Queued,
+    /// Not served here (it moves): the sender routes it again.
+    Moving(String),
+}
+
 impl PeerService {
-    fn topic(&self, name: &str, partition: u32) -> Result<usize, ProtocolError> {
+    /// The topic's index, if the partition exists.
+    fn partition(&self, name: &str, partition: u32) -> Result<usize, ProtocolError> {
         let spec = &self.shared.spec;
         let topic = spec
             .topic_index(name)
             .ok_or_else(|| crate::server::api::unknown_topic(name))?;
         crate::server::api::check_partition(name, spec.topics[topic].partitions, partition)?;
-        if let Some(peers) = &self.shared.peers
-            && let Some(owner) = peers.owner(topic, partition)
-        {
-            // Views differ for a moment after a change: the sender retries.
-            return Err(ProtocolError::new(
-                ErrorCode::Unavailable,
-                format!(
-                    "partition {partition} of \"{name}\" belongs to peer {owner} in this peer's view; retry"
-                ),
-            ));
-        }
         Ok(topic)
+    }
+
+    /// Why this peer does not serve the partition now, if it does not: views differ for
+    /// a moment after a change, and a partition taken over is served once copied in.
+    fn not_served(&self, name: &str, topic: usize, partition: u32) -> Option<String> {
+        let peers = self.shared.peers.as_ref()?;
+        if peers.ownership.serving(topic, partition) {
+            return None;
+        }
+        Some(match peers.owner(topic, partition) {
+            Some(owner) => {
+                format!("partition {partition} of \"{name}\" belongs to peer {owner} in this peer's view")
+            }
+            None => format!("partition {partition} of \"{name}\" is being taken over by this peer"),
+        })
     }
 
     fn produce(
@@ -132,14 +196,17 @@ impl PeerService {
         body: &[u8],
         request: u64,
         acks: &flume::Sender<(u64, ClientAck)>,
-    ) -> Result<(), ProtocolError> {
+    ) -> Result<Produced, ProtocolError> {
         let mut fields = Fields(body);
         let name = fields.str8().map_err(malformed)?;
         let partition = fields.u32().map_err(malformed)?;
         let count = fields.u32().map_err(malformed)? as usize;
         let stamp_ms = fields.i64().map_err(malformed)?;
         let bytes = fields.rest();
-        let topic = self.topic(name, partition)?;
+        let topic = self.partition(name, partition)?;
+        if let Some(why) = self.not_served(name, topic, partition) {
+            return Ok(Produced::Moving(why));
+        }
         // Validate every record now: the shard decodes them again trusting this.
         let mut cursor = Cursor::new(bytes);
         for _ in 0..count {
@@ -156,19 +223,91 @@ impl PeerService {
         } else {
             stamp_ms
         };
-        let batch = Batch {
+        let batch = Batch::new(
             partition,
-            records: Payload::Wire {
+            Payload::Wire {
                 bytes: bytes.to_vec(),
                 count,
                 stamp_ms,
             },
-            ack: Ack::Peer(acks.clone(), request),
-        };
+            Ack::Peer(acks.clone(), request),
+        );
         let to = owner(partition, self.shared.shards);
         self.shared.mesh.inboxes[topic][to]
             .send(batch)
-            .map_err(|_| crate::server::api::stopping())
+            .map_err(|_| crate::server::api::stopping())?;
+        Ok(Produced::Queued)
+    }
+
+    /// Fences (or notes as handed over) each partition whose owner is `from` in this
+    /// peer's view too; `None` for the others (the claimer asks again).
+    fn claim(&self, from: SocketAddr, body: &[u8]) -> Result<Vec<Option<u64>>, ProtocolError> {
+        let Some(peers) = &self.shared.peers else {
+            return Err(ProtocolError::new(
+                ErrorCode::Unsupported,
+                "not a peer of a cluster",
+            ));
+        };
+        let entries = handover::decode_claim(body).map_err(malformed)?;
+        let mut answers = Vec::with_capacity(entries.len());
+        for entry in entries {
+            let topic = self.partition(&entry.topic, entry.partition)?;
+            if peers.owner(topic, entry.partition) != Some(from) {
+                answers.push(None);
+                continue;
+            }
+            let end = match entry.phase {
+                Phase::Fence => {
+                    let (tx, rx) = flume::bounded(1);
+                    let request = ShardRequest::Fence {
+                        topic,
+                        partition: entry.partition,
+                        reply: tx,
+                    };
+                    self.shared.services[owner(entry.partition, self.shared.shards)]
+                        .send(request)
+                        .map_err(|_| crate::server::api::stopping())?;
+                    rx.recv().map_err(|_| crate::server::api::stopping())?
+                }
+                Phase::Done => {
+                    peers.ownership.handed(topic, entry.partition, entry.end);
+                    entry.end
+                }
+            };
+            answers.push(Some(end));
+        }
+        Ok(answers)
+    }
+
+    /// Records of a partition this peer holds, for the peer taking it over.
+    fn copy(&self, body: &[u8]) -> Result<crate::runtime::service::Copied, ProtocolError> {
+        let order = handover::decode_copy(body).map_err(malformed)?;
+        let topic = self.partition(&order.topic, order.partition)?;
+        if self
+            .shared
+            .peers
+            .as_ref()
+            .is_some_and(|p| p.ownership.serving(topic, order.partition))
+        {
+            return Err(ProtocolError::new(
+                ErrorCode::Unavailable,
+                format!(
+                    "partition {} of \"{}\" is served by this peer; claim it first",
+                    order.partition, order.topic
+                ),
+            ));
+        }
+        let (tx, rx) = flume::bounded(1);
+        let request = ShardRequest::Copy {
+            topic,
+            partition: order.partition,
+            from: order.from,
+            reply: tx,
+        };
+        self.shared.services[owner(order.partition, self.shared.shards)]
+            .send(request)
+            .map_err(|_| crate::server::api::stopping())?;
+        rx.recv().map_err(|_| crate::server::api::stopping())?
     }
 
     fn fetch(&self, body: &[u8], request: u64) -> Result<Vec<u8>, ProtocolError> {
@@ -189,8 +328,15 @@ impl PeerService {
                 ));
             }
         };
+        let topic = self.partition(name, partition)?;
+        if let Some(why) = self.not_served(name, topic, partition) {
+            return Err(ProtocolError::new(
+                ErrorCode::Unavailable,
+                format!("{why}; retry"),
+            ));
+        }
         let order = FetchOrder {
-            topic: self.topic(name, partition)?,
+            topic,
             partition,
             from,
             max_records: fields.u32().map_err(malformed)?,
