@@ -265,3 +265,174 @@ fn a_word_count_on_two_peers_counts_what_it_counts_on_one() {
     assert_eq!(counts(&first, words), alone);
     assert_eq!(counts(&second, words), alone);
 }
+
+/// A dataflow of one topic and nothing else, written into `dir`.
+fn events_dataflow(dir: &Path) -> PathBuf {
+    let file = dir.join("events.toml");
+    std::fs::write(
+        &file,
+        "[engine]\ndurability = \"group\"\n\n[ingest]\ntcp = \"127.0.0.1:0\"\n\n\
+         [[topic]]\nname = \"events\"\npartitions = 8\n",
+    )
+    .unwrap();
+    file
+}
+
+fn events_peer(dir: &Path, name: &str, seed: Option<&str>) -> Server {
+    let data = dir.join(name).display().to_string();
+    let mut args = vec![
+        "--data-dir",
+        &data,
+        "--listen",
+        "127.0.0.1:0",
+        "--http",
+        "127.0.0.1:0",
+        "--peer-listen",
+        "127.0.0.1:0",
+    ];
+    if let Some(seed) = seed {
+        args.extend(["--seeds", seed]);
+    }
+    Server::start_with(&events_dataflow(dir), &args)
+}
+
+fn wait_all_alive(servers: &[&Server]) {
+    let addrs: Vec<String> = servers.iter().map(|s| s.peer.clone().unwrap()).collect();
+    let addrs: Vec<&str> = addrs.iter().map(String::as_str).collect();
+    for s in servers {
+        wait_until("every peer lists the others", Duration::from_secs(20), || {
+            all_alive(s, &addrs)
+        });
+    }
+}
+
+#[test]
+fn a_peer_joins_and_another_leaves_while_a_producer_runs_and_every_acked_record_stays_once() {
+    use flowd::client::Client;
+    use flowd::protocol::OwnedWireRecord;
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicBool, Ordering};
+
+    let dir = tempfile::tempdir().unwrap();
+    let first = events_peer(dir.path(), "p1", None);
+    let seed = first.peer.clone().unwrap();
+    let mut second = events_peer(dir.path(), "p2", Some(&seed));
+    wait_all_alive(&[&first, &second]);
+
+    // The producer sends batches of 10 keyed records to the first peer (which forwards
+    // to the owners) until told to stop; it notes what was acked and what was refused.
+    let stop = Arc::new(AtomicBool::new(false));
+    let producer = {
+        let (tcp, stop) = (first.tcp.clone(), Arc::clone(&stop));
+        std::thread::spawn(move || {
+            let mut client = Client::connect(&tcp).unwrap();
+            let (mut acked, mut failed) = (Vec::new(), Vec::new());
+            for batch in 0..20_000u64 {
+                if stop.load(Ordering::Acquire) {
+                    break;
+                }
+                let values: Vec<String> = (0..10).map(|i| format!("v{}", batch * 10 + i)).collect();
+                let records: Vec<OwnedWireRecord> = values
+                    .iter()
+                    .map(|v| OwnedWireRecord {
+                        timestamp_ms: None,
+                        key: Some(format!("k{v}").into_bytes()),
+                        value: v.clone().into_bytes(),
+                        headers: Vec::new(),
+                    })
+                    .collect();
+                match client.produce("events", &records) {
+                    Ok(_) => acked.extend(values),
+                    Err(error) => failed.push(error.to_string()),
+                }
+                std::thread::sleep(Duration::from_millis(2));
+            }
+            (acked, failed)
+        })
+    };
+
+    std::thread::sleep(Duration::from_millis(700));
+    let third = events_peer(dir.path(), "p3", Some(&seed));
+    wait_all_alive(&[&first, &second, &third]);
+    std::thread::sleep(Duration::from_millis(700));
+    // The leaving peer holds records of its own: the leave has something to hand over.
+    let held: u64 = status(&second)["topics"][0]["partitions"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| p["next_offset"].as_u64().unwrap())
+        .sum();
+    assert!(held > 0, "the second peer owns partitions with records");
+    // A graceful leave: the others take its partitions, with their records, before it goes.
+    assert_eq!(
+        second.terminate(Duration::from_secs(60)),
+        Some(true),
+        "the leaving peer exits cleanly"
+    );
+    std::thread::sleep(Duration::from_millis(700));
+    stop.store(true, Ordering::Release);
+    let (acked, failed) = producer.join().unwrap();
+    assert!(acked.len() >= 1000, "the producer ran: {} acked", acked.len());
+
+    for server in [&first, &third] {
+        let mut seen: HashMap<String, usize> = HashMap::new();
+        for (_, _, value) in tail(server, "events") {
+            *seen.entry(value).or_default() += 1;
+        }
+        let twice: Vec<_> = seen.iter().filter(|(_, n)| **n > 1).take(5).collect();
+        assert!(
+            twice.is_empty(),
+            "records present twice through {}: {twice:?}",
+            server.tcp
+        );
+        let lost: Vec<_> = acked.iter().filter(|v| !seen.contains_key(*v)).take(5).collect();
+        assert!(
+            lost.is_empty(),
+            "acked records missing through {} ({} of {} acked; {} refused batches: {:?}): {lost:?}",
+            server.tcp,
+            acked.iter().filter(|v| !seen.contains_key(*v)).count(),
+            acked.len(),
+            failed.len(),
+            failed.first()
+        );
+    }
+    // Nothing was refused: batches caught by a move were routed on, not failed.
+    assert!(
+        failed.is_empty(),
+        "{} batches failed, first: {:?}",
+        failed.len(),
+        failed.first()
+    );
+}
+
+#[test]
+fn a_stage_splits_each_line_once_while_its_input_partitions_move() {
+    let lines: Vec<String> = (0..600).map(|i| format!("w{i} x{i} y{}", i % 13)).collect();
+    let words = lines.len() * 3;
+    let dir = tempfile::tempdir().unwrap();
+    let first = peer(dir.path(), "a", "127.0.0.1:0", None);
+    let seed = first.peer.clone().unwrap();
+    let send = |server: &Server, part: &[String]| {
+        let (code, _, err) = run_cli(&["send", "--to", &server.tcp, "lines"], &(part.join("\n") + "\n"));
+        assert_eq!(code, 0, "{err}");
+    };
+    let (front, back) = lines.split_at(lines.len() / 2);
+    send(&first, front);
+    // Lines split by the first peer move to the second with their partitions: it must
+    // not split them again.
+    let mut second = peer(dir.path(), "b", "127.0.0.1:0", Some(&seed));
+    wait_all_alive(&[&first, &second]);
+    let words_now = |server: &Server| tail(server, "words").len();
+    wait_until("the first half split", Duration::from_secs(30), || {
+        words_now(&first) == front.len() * 3
+    });
+    send(&second, back);
+    wait_until("every line split", Duration::from_secs(30), || {
+        words_now(&first) >= words
+    });
+    // The second leaves: the first takes its partitions back without splitting again.
+    assert_eq!(second.terminate(Duration::from_secs(60)), Some(true));
+    std::thread::sleep(Duration::from_millis(500));
+    let all = tail(&first, "words");
+    assert_eq!(all.len(), words, "each line split exactly once");
+}

@@ -135,6 +135,22 @@ impl Server {
         }
     }
 
+    /// SIGTERM, then waits (at most `limit`) for the exit: `Some(success)`, or `None`
+    /// if it did not exit in time (then it is killed).
+    pub(crate) fn terminate(&mut self, limit: Duration) -> Option<bool> {
+        // SAFETY: kill(2) on our own child's pid; no memory is touched.
+        unsafe { libc::kill(self.child.id() as libc::pid_t, libc::SIGTERM) };
+        let deadline = Instant::now() + limit;
+        while Instant::now() < deadline {
+            if let Ok(Some(status)) = self.child.try_wait() {
+                return Some(status.success());
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        self.kill9();
+        None
+    }
+
     pub(crate) fn kill9(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
