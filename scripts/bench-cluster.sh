@@ -54,6 +54,7 @@ echo "two peers, one client each:"
 start_peer a 127.0.0.1:7311 127.0.0.1:7411
 start_peer b 127.0.0.1:7312 127.0.0.1:7412 127.0.0.1:7411
 for _ in $(seq 1 100); do
-  "$flowd" status --from 127.0.0.1:7311 --json | grep -q '"127.0.0.1:7412"' && break; sleep 0.1
+  "$flowd" status --from 127.0.0.1:7311 --json 2>/dev/null | grep -q '"127.0.0.1:7412"' && break; sleep 0.1
 done
+sleep 1 # let the second peer take its partitions over
 clients 127.0.0.1:7311 127.0.0.1:7312

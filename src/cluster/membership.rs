@@ -176,6 +176,8 @@ impl Membership {
                 OwnedNotification::Rename(old, new) => {
                     tracing::info!("peer {} restarted ({old:?} is now {new:?})", new.addr)
                 }
+                // A leaving peer's old identity is declared down on purpose.
+                OwnedNotification::Defunct if self.foca.identity().leaving => {}
                 OwnedNotification::Defunct => {
                     tracing::warn!("the others declared this peer down; rejoining as a new run")
                 }

@@ -44,7 +44,10 @@ pub fn run(peers: Weak<Peers>) {
     let mut said_waiting = false;
     loop {
         std::thread::sleep(ROUND);
-        let (Some(peers), Some(shared)) = (peers.upgrade(), peers.upgrade().and_then(|p| p.shared())) else {
+        let Some(peers) = peers.upgrade() else {
+            return;
+        };
+        let Some(shared) = peers.shared() else {
             return;
         };
         if shared.control.is_stopping() {
@@ -317,14 +320,15 @@ pub fn leave(peers: &Arc<Peers>, shared: &Shared, patience: Duration) -> usize {
         .filter(|&(t, p)| peers.ownership.serving(t, p))
         .collect();
     peers.cluster.announce_leaving(Duration::from_secs(1));
-    if peers.cluster.view.get().reachable_others().all(|id| id.leaving) {
-        tracing::warn!(
-            "no other peer to hand partitions to: their records stay in this peer's data directory"
-        );
-        return 0;
-    }
     let deadline = Instant::now() + patience;
     loop {
+        // The whole cluster stops (or this is the last peer): nobody to hand over to.
+        if peers.cluster.view.get().reachable_others().all(|id| id.leaving) {
+            tracing::warn!(
+                "no other peer stays to take partitions over: their records stay in this peer's data directory"
+            );
+            return 0;
+        }
         let left: Vec<&(usize, u32)> = serving
             .iter()
             .filter(|&&(t, p)| {
