@@ -202,13 +202,34 @@ fn copy(shard: &Shard, topic: usize, partition: u32, from: u64) -> Result<Copied
             ),
         ));
     }
+    // A copy is appended as one batch, and a batch must fit in one segment: bound it by
+    // the frames' size on disk too (the claimer runs the same topic settings).
+    let capacity = log.options().segment_bytes - crate::storage::format::SEGMENT_HEADER_BYTES;
+    let mut on_disk = 0u64;
     let mut bytes = Vec::new();
     let mut count = 0u32;
     for view in log.read(from) {
-        if count as usize >= COPY_RECORDS_MAX || bytes.len() >= COPY_BYTES_MAX {
+        let headers: Vec<(&str, &[u8])> = view.headers().collect();
+        let frame = {
+            let header_list: Vec<crate::storage::Header<'_>> = headers
+                .iter()
+                .map(|&(name, value)| crate::storage::Header { name, value })
+                .collect();
+            crate::storage::writer::frame_bytes_bound(&crate::storage::Record {
+                timestamp_ms: view.timestamp_ms(),
+                key: view.key(),
+                value: view.value(),
+                headers: &header_list,
+            }) as u64
+        };
+        if count > 0
+            && (count as usize >= COPY_RECORDS_MAX
+                || bytes.len() >= COPY_BYTES_MAX
+                || on_disk + frame > capacity)
+        {
             break;
         }
-        let headers: Vec<(&str, &[u8])> = view.headers().collect();
+        on_disk += frame;
         crate::protocol::wire::encode_record(
             &mut bytes,
             Some(view.timestamp_ms()),

@@ -266,13 +266,14 @@ fn a_word_count_on_two_peers_counts_what_it_counts_on_one() {
     assert_eq!(counts(&second, words), alone);
 }
 
-/// A dataflow of one topic and nothing else, written into `dir`.
+/// A dataflow of one topic and nothing else, written into `dir`; small segments, so
+/// that many peers fit on a disk and copies cross segments.
 fn events_dataflow(dir: &Path) -> PathBuf {
     let file = dir.join("events.toml");
     std::fs::write(
         &file,
         "[engine]\ndurability = \"group\"\n\n[ingest]\ntcp = \"127.0.0.1:0\"\n\n\
-         [[topic]]\nname = \"events\"\npartitions = 8\n",
+         [[topic]]\nname = \"events\"\npartitions = 8\nsegment_bytes = \"64KiB\"\n",
     )
     .unwrap();
     file
@@ -296,18 +297,24 @@ fn events_peer(dir: &Path, name: &str, seed: Option<&str>) -> Server {
     Server::start_with(&events_dataflow(dir), &args)
 }
 
+/// Waits until every one of `servers` lists exactly them as alive (peers that left may
+/// still be listed as down).
 fn wait_all_alive(servers: &[&Server]) {
-    let addrs: Vec<String> = servers.iter().map(|s| s.peer.clone().unwrap()).collect();
-    let addrs: Vec<&str> = addrs.iter().map(String::as_str).collect();
+    let addrs: BTreeSet<String> = servers.iter().map(|s| s.peer.clone().unwrap()).collect();
     for s in servers {
         wait_until("every peer lists the others", Duration::from_secs(20), || {
-            all_alive(s, &addrs)
+            let alive: BTreeSet<String> = peers_seen(s)
+                .into_iter()
+                .filter(|(_, state)| state == "alive")
+                .map(|(addr, _)| addr)
+                .collect();
+            alive == addrs
         });
     }
 }
 
 #[test]
-fn a_peer_joins_and_another_leaves_while_a_producer_runs_and_every_acked_record_stays_once() {
+fn peers_join_and_leave_while_a_producer_runs_and_every_acked_record_stays_once() {
     use flowd::client::Client;
     use flowd::protocol::OwnedWireRecord;
     use std::sync::Arc;
@@ -316,8 +323,26 @@ fn a_peer_joins_and_another_leaves_while_a_producer_runs_and_every_acked_record_
     let dir = tempfile::tempdir().unwrap();
     let first = events_peer(dir.path(), "p1", None);
     let seed = first.peer.clone().unwrap();
-    let mut second = events_peer(dir.path(), "p2", Some(&seed));
+    let second = events_peer(dir.path(), "p2", Some(&seed));
     wait_all_alive(&[&first, &second]);
+
+    // First a bulk, so that a partition that moves holds more than a segment (64 KiB):
+    // its copy is cut into batches that each fit one.
+    let bulk: Vec<String> = (0..12_000).map(|n| format!("bulk{n}")).collect();
+    let mut client = Client::connect(&first.tcp).unwrap();
+    for chunk in bulk.chunks(1000) {
+        let records: Vec<OwnedWireRecord> = chunk
+            .iter()
+            .map(|v| OwnedWireRecord {
+                timestamp_ms: None,
+                key: Some(v.clone().into_bytes()),
+                value: v.clone().into_bytes(),
+                headers: vec![("source".to_string(), b"bulk".to_vec())],
+            })
+            .collect();
+        client.produce("events", &records).unwrap();
+    }
+    drop(client);
 
     // The producer sends batches of 10 keyed records to the first peer (which forwards
     // to the owners) until told to stop; it notes what was acked and what was refused.
@@ -351,30 +376,47 @@ fn a_peer_joins_and_another_leaves_while_a_producer_runs_and_every_acked_record_
         })
     };
 
-    std::thread::sleep(Duration::from_millis(700));
-    let third = events_peer(dir.path(), "p3", Some(&seed));
-    wait_all_alive(&[&first, &second, &third]);
-    std::thread::sleep(Duration::from_millis(700));
-    // The leaving peer holds records of its own: the leave has something to hand over.
-    let held: u64 = status(&second)["topics"][0]["partitions"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|p| p["next_offset"].as_u64().unwrap())
-        .sum();
-    assert!(held > 0, "the second peer owns partitions with records");
-    // A graceful leave: the others take its partitions, with their records, before it goes.
-    assert_eq!(
-        second.terminate(Duration::from_secs(60)),
-        Some(true),
-        "the leaving peer exits cleanly"
-    );
-    std::thread::sleep(Duration::from_millis(700));
+    // Each round a peer joins, then the oldest but the first leaves gracefully (the
+    // others take its partitions, with their records, before it goes). Two rounds here;
+    // FLOWD_CHURN_ROUNDS=N for a longer churn (scripts/cluster-churn.sh).
+    let rounds: usize = std::env::var("FLOWD_CHURN_ROUNDS")
+        .ok()
+        .and_then(|n| n.parse().ok())
+        .unwrap_or(2);
+    let mut others = std::collections::VecDeque::from([second]);
+    // Records the leaving peers held: the leaves had something to hand over. (Placement
+    // may give one peer no partition of eight, so this counts over all rounds.)
+    let mut handed = 0;
+    for round in 0..rounds {
+        std::thread::sleep(Duration::from_millis(500));
+        let joining = events_peer(dir.path(), &format!("p{}", round + 3), Some(&seed));
+        others.push_back(joining);
+        let mut all: Vec<&Server> = vec![&first];
+        all.extend(others.iter());
+        wait_all_alive(&all);
+        std::thread::sleep(Duration::from_millis(500));
+        let mut leaving = others.pop_front().unwrap();
+        let held: u64 = status(&leaving)["topics"][0]["partitions"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|p| p["next_offset"].as_u64().unwrap())
+            .sum();
+        handed += held;
+        assert_eq!(
+            leaving.terminate(Duration::from_secs(60)),
+            Some(true),
+            "round {round}: the leaving peer exits cleanly"
+        );
+    }
+    assert!(handed > 0, "the leaving peers owned partitions with records");
+    std::thread::sleep(Duration::from_millis(500));
     stop.store(true, Ordering::Release);
-    let (acked, failed) = producer.join().unwrap();
+    let (mut acked, failed) = producer.join().unwrap();
     assert!(acked.len() >= 1000, "the producer ran: {} acked", acked.len());
+    acked.extend(bulk);
 
-    for server in [&first, &third] {
+    for server in std::iter::once(&first).chain(others.iter()) {
         let mut seen: HashMap<String, usize> = HashMap::new();
         for (_, _, value) in tail(server, "events") {
             *seen.entry(value).or_default() += 1;

@@ -100,7 +100,12 @@ impl Server {
             .arg(file)
             .args(args)
             .stdout(Stdio::piped())
-            .stderr(Stdio::null())
+            // FLOWD_TEST_LOGS=1 shows the servers' logs (with --nocapture).
+            .stderr(if std::env::var_os("FLOWD_TEST_LOGS").is_some() {
+                Stdio::inherit()
+            } else {
+                Stdio::null()
+            })
             .spawn()
             .unwrap();
         let stdout = child.stdout.take().unwrap();
