@@ -70,14 +70,15 @@ pub fn run(from: &str, json: bool) -> Result<ExitCode, CliError> {
                 .collect();
             writeln!(
                 out,
-                "{:<20} {:>5} {:>5} {:>12} {:>12} {:>12}  {}",
+                "{:<20} {:>5} {:>5} {:>12} {:>12} {:>12}  {}{}",
                 topic.name,
                 p.partition,
                 p.shard,
                 p.start_offset,
                 p.next_offset,
                 p.durable_offset,
-                consumers.join(", ")
+                consumers.join(", "),
+                crate::runtime::ownership::note(p.standing)
             )?;
         }
     }

@@ -4,7 +4,7 @@
 
 use std::sync::atomic::{AtomicBool, AtomicU8, AtomicU64, Ordering};
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Standing {
     /// Another peer owns it (or this one gave it up): batches for it are routed on.
@@ -14,6 +14,16 @@ pub enum Standing {
     Claiming,
     /// Owned and whole here: written and read like on a single machine.
     Serving,
+}
+
+/// What `flowd status` and the status page add to a partition this peer lists but does
+/// not serve (yet, or any more).
+pub fn note(standing: Option<Standing>) -> &'static str {
+    match standing {
+        Some(Standing::Claiming) => " [being copied in from its previous holder]",
+        Some(Standing::Away) => " [handed to another peer]",
+        Some(Standing::Serving) | None => "",
+    }
 }
 
 const AWAY: u8 = 0;

@@ -108,6 +108,9 @@ pub struct PartitionStatus {
     pub segments: usize,
     pub bytes: u64,
     pub consumers: Vec<ConsumerStatus>,
+    /// In a cluster: whether this peer serves the partition, or is still copying it in.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub standing: Option<crate::runtime::ownership::Standing>,
 }
 
 #[derive(Debug, Clone, Serialize, serde::Deserialize)]
@@ -269,6 +272,11 @@ pub fn status(shard: &Shard) -> ShardStatus {
                         lag: next.saturating_sub(position),
                     })
                     .collect(),
+                standing: shard
+                    .shared
+                    .peers
+                    .as_ref()
+                    .map(|peers| peers.ownership.standing(p.topic, p.partition)),
             }
         })
         .collect();

@@ -75,7 +75,7 @@ pub fn render(status: &Status) -> String {
                 .collect();
             let _ = write!(
                 html,
-                "<tr><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td class=\"l\">{}</td></tr>",
+                "<tr><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td class=\"l\">{}{}</td></tr>",
                 p.partition,
                 p.shard,
                 p.start_offset,
@@ -83,7 +83,8 @@ pub fn render(status: &Status) -> String {
                 p.durable_offset,
                 p.segments,
                 p.bytes,
-                consumers.join(", ")
+                consumers.join(", "),
+                crate::runtime::ownership::note(p.standing)
             );
         }
         html.push_str("</table>");

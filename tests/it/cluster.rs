@@ -438,6 +438,16 @@ fn peers_join_and_leave_while_a_producer_runs_and_every_acked_record_stays_once(
             failed.first()
         );
     }
+    // Every partition has one owner among those left, which serves it (nothing is still
+    // being copied in).
+    let mut owned = BTreeSet::new();
+    for server in std::iter::once(&first).chain(others.iter()) {
+        for p in status(server)["topics"][0]["partitions"].as_array().unwrap() {
+            assert_eq!(p["standing"], "serving", "{p}");
+            assert!(owned.insert(p["partition"].as_u64().unwrap()), "two owners: {p}");
+        }
+    }
+    assert_eq!(owned.len(), 8, "every partition has an owner: {owned:?}");
     // Nothing was refused: batches caught by a move were routed on, not failed.
     assert!(
         failed.is_empty(),
