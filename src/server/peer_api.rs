@@ -257,18 +257,11 @@ impl PeerService {
                 continue;
             }
             let end = match entry.phase {
-                Phase::Fence => {
-                    let (tx, rx) = flume::bounded(1);
-                    let request = ShardRequest::Fence {
-                        topic,
-                        partition: entry.partition,
-                        reply: tx,
-                    };
-                    self.shared.services[owner(entry.partition, self.shared.shards)]
-                        .send(request)
-                        .map_err(|_| crate::server::api::stopping())?;
-                    rx.recv().map_err(|_| crate::server::api::stopping())?
-                }
+                Phase::Fence => self.ask(entry.partition, |reply| ShardRequest::Fence {
+                    topic,
+                    partition: entry.partition,
+                    reply,
+                })?,
                 Phase::Done => {
                     peers.ownership.handed(topic, entry.partition, entry.end);
                     entry.end
@@ -297,17 +290,12 @@ impl PeerService {
                 ),
             ));
         }
-        let (tx, rx) = flume::bounded(1);
-        let request = ShardRequest::Copy {
+        self.ask(order.partition, |reply| ShardRequest::Copy {
             topic,
             partition: order.partition,
             from: order.from,
-            reply: tx,
-        };
-        self.shared.services[owner(order.partition, self.shared.shards)]
-            .send(request)
-            .map_err(|_| crate::server::api::stopping())?;
-        rx.recv().map_err(|_| crate::server::api::stopping())?
+            reply,
+        })?
     }
 
     fn fetch(&self, body: &[u8], request: u64) -> Result<Vec<u8>, ProtocolError> {
@@ -344,10 +332,19 @@ impl PeerService {
             wait_ms: fields.u32().map_err(malformed)?,
             request_id: request,
         };
+        self.ask(partition, |reply| ShardRequest::Fetch { order, reply })
+    }
+
+    /// Sends the request `make` builds to the shard owning `partition` on this peer and
+    /// waits for its answer (this is a peer connection's own thread).
+    fn ask<T>(
+        &self,
+        partition: u32,
+        make: impl FnOnce(flume::Sender<T>) -> ShardRequest,
+    ) -> Result<T, ProtocolError> {
         let (tx, rx) = flume::bounded(1);
-        let to = owner(partition, self.shared.shards);
-        self.shared.services[to]
-            .send(ShardRequest::Fetch { order, reply: tx })
+        self.shared.services[owner(partition, self.shared.shards)]
+            .send(make(tx))
             .map_err(|_| crate::server::api::stopping())?;
         rx.recv().map_err(|_| crate::server::api::stopping())
     }

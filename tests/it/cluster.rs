@@ -18,6 +18,11 @@ fn example() -> PathBuf {
 
 /// The example on free loopback ports, its data in `dir/name`, with `extra` flags.
 fn start(dir: &Path, name: &str, extra: &[&str]) -> Server {
+    start_file(&example(), dir, name, extra)
+}
+
+/// `file` on free loopback ports, its data in `dir/name`, with `extra` flags.
+fn start_file(file: &Path, dir: &Path, name: &str, extra: &[&str]) -> Server {
     let data = dir.join(name).display().to_string();
     let mut args = vec![
         "--data-dir",
@@ -28,7 +33,7 @@ fn start(dir: &Path, name: &str, extra: &[&str]) -> Server {
         "127.0.0.1:0",
     ];
     args.extend_from_slice(extra);
-    Server::start_with(&example(), &args)
+    Server::start_with(file, &args)
 }
 
 /// A peer of the example's cluster, its data in `dir/name`, listening for peers on `at`.
@@ -280,21 +285,11 @@ fn events_dataflow(dir: &Path) -> PathBuf {
 }
 
 fn events_peer(dir: &Path, name: &str, seed: Option<&str>) -> Server {
-    let data = dir.join(name).display().to_string();
-    let mut args = vec![
-        "--data-dir",
-        &data,
-        "--listen",
-        "127.0.0.1:0",
-        "--http",
-        "127.0.0.1:0",
-        "--peer-listen",
-        "127.0.0.1:0",
-    ];
+    let mut extra = vec!["--peer-listen", "127.0.0.1:0"];
     if let Some(seed) = seed {
-        args.extend(["--seeds", seed]);
+        extra.extend(["--seeds", seed]);
     }
-    Server::start_with(&events_dataflow(dir), &args)
+    start_file(&events_dataflow(dir), dir, name, &extra)
 }
 
 /// Waits until every one of `servers` lists exactly them as alive (peers that left may
