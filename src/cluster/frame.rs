@@ -85,17 +85,17 @@ pub fn encode(out: &mut Vec<u8>, kind: Kind, request: u64, body: &[u8]) {
     out.extend_from_slice(body);
 }
 
+/// One whole frame, in a buffer of its own.
+pub fn framed(kind: Kind, request: u64, body: &[u8]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(HEAD + body.len());
+    encode(&mut out, kind, request, body);
+    out
+}
+
 /// An ERROR frame answering `request`: `code` is the client protocol's error code (0
 /// when none fits), `message` says what went wrong.
 pub fn error(request: u64, code: u16, message: &str) -> Vec<u8> {
-    let mut out = Vec::new();
-    encode(
-        &mut out,
-        Kind::Error,
-        request,
-        &Body::default().u16(code).str16(message).0,
-    );
-    out
+    framed(Kind::Error, request, &Body::default().u16(code).str16(message).0)
 }
 
 /// An ERROR frame's code and message; a body too short for them still gives a message.

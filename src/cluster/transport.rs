@@ -45,9 +45,7 @@ pub fn hello(cluster: &str, me: SocketAddr, purpose: Purpose) -> Vec<u8> {
         .str8(&me.to_string())
         .u8(purpose as u8)
         .0;
-    let mut out = Vec::new();
-    frame::encode(&mut out, Kind::Hello, 0, &body);
-    out
+    frame::framed(Kind::Hello, 0, &body)
 }
 
 /// Opens a connection to `to` and says hello.

@@ -274,9 +274,9 @@ impl Links {
                     e.insert(stream)
                 }
             };
-            let mut out = Vec::new();
-            frame::encode(&mut out, kind, request, body);
-            stream.write_all(&out).map_err(|e| e.to_string())?;
+            stream
+                .write_all(&frame::framed(kind, request, body))
+                .map_err(|e| e.to_string())?;
             match frame::read(stream).map_err(|e| e.to_string())? {
                 Some(f) if f.kind == answer && f.request == request => Ok(f.body),
                 Some(f) if f.kind == Kind::Error => Err(frame::read_error(&f.body).1),

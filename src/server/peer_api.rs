@@ -51,14 +51,7 @@ impl DataPlane for PeerService {
                 for (request, ack) in ack_rx.iter() {
                     let out = match ack {
                         Ok((_, first, next)) => {
-                            let mut out = Vec::new();
-                            frame::encode(
-                                &mut out,
-                                Kind::Acked,
-                                request,
-                                &Body::default().u64(first).u64(next).0,
-                            );
-                            out
+                            frame::framed(Kind::Acked, request, &Body::default().u64(first).u64(next).0)
                         }
                         Err(error) => error_frame(request, &error),
                     };
@@ -82,75 +75,36 @@ impl DataPlane for PeerService {
                 }
             };
             let request = frame.request;
-            let answer = match frame.kind {
-                Kind::Produce => match self.produce(&frame.body, request, &ack_tx) {
-                    Ok(Produced::Queued) => None,
-                    Ok(Produced::Moving(message)) => {
-                        let mut out = Vec::new();
-                        frame::encode(
-                            &mut out,
-                            Kind::Redirect,
-                            request,
-                            &Body::default().str16(&message).0,
-                        );
-                        if out_tx.send(out).is_err() {
-                            return;
+            // The answer to send now, if any (a queued PRODUCE is answered by its ack).
+            let answer: Result<Option<(Kind, Vec<u8>)>, ProtocolError> = match frame.kind {
+                Kind::Produce => self
+                    .produce(&frame.body, request, &ack_tx)
+                    .map(|produced| match produced {
+                        Produced::Queued => None,
+                        Produced::Moving(message) => {
+                            Some((Kind::Redirect, Body::default().str16(&message).0))
                         }
-                        None
-                    }
-                    Err(error) => Some(error),
-                },
-                Kind::Claim => match self.claim(from, &frame.body) {
-                    Ok(answers) => {
-                        let mut out = Vec::new();
-                        frame::encode(
-                            &mut out,
-                            Kind::Claimed,
-                            request,
-                            &handover::encode_claimed(&answers),
-                        );
-                        if out_tx.send(out).is_err() {
-                            return;
-                        }
-                        None
-                    }
-                    Err(error) => Some(error),
-                },
-                Kind::Copy => match self.copy(&frame.body) {
-                    Ok((first, count, records)) => {
-                        let mut out = Vec::new();
-                        frame::encode(
-                            &mut out,
-                            Kind::Copied,
-                            request,
-                            &handover::encode_copied(first, count, &records),
-                        );
-                        if out_tx.send(out).is_err() {
-                            return;
-                        }
-                        None
-                    }
-                    Err(error) => Some(error),
-                },
-                Kind::Fetch => match self.fetch(&frame.body, request) {
-                    Ok(bytes) => {
-                        let mut out = Vec::new();
-                        frame::encode(&mut out, Kind::Frame, request, &bytes);
-                        if out_tx.send(out).is_err() {
-                            return;
-                        }
-                        None
-                    }
-                    Err(error) => Some(error),
-                },
-                other => Some(ProtocolError::new(
+                    }),
+                Kind::Claim => self
+                    .claim(from, &frame.body)
+                    .map(|answers| Some((Kind::Claimed, handover::encode_claimed(&answers)))),
+                Kind::Copy => self.copy(&frame.body).map(|(first, count, records)| {
+                    Some((Kind::Copied, handover::encode_copied(first, count, &records)))
+                }),
+                Kind::Fetch => self
+                    .fetch(&frame.body, request)
+                    .map(|bytes| Some((Kind::Frame, bytes))),
+                other => Err(ProtocolError::new(
                     ErrorCode::UnknownKind,
                     format!("a {other:?} frame on a data connection"),
                 )),
             };
-            if let Some(error) = answer
-                && out_tx.send(error_frame(request, &error)).is_err()
-            {
+            let out = match answer {
+                Ok(None) => continue,
+                Ok(Some((kind, body))) => frame::framed(kind, request, &body),
+                Err(error) => error_frame(request, &error),
+            };
+            if out_tx.send(out).is_err() {
                 return;
             }
         }
@@ -178,16 +132,19 @@ impl PeerService {
 
     /// Why this peer does not serve the partition now, if it does not: views differ for
     /// a moment after a change, and a partition taken over is served once copied in.
-    fn not_served(&self, name: &str, topic: usize, partition: u32) -> Option<String> {
+    fn not_served(&self, name: &str, topic: usize, partition: u32) -> Option<ProtocolError> {
         let peers = self.shared.peers.as_ref()?;
         if peers.ownership.serving(topic, partition) {
             return None;
         }
         Some(match peers.owner(topic, partition) {
-            Some(owner) => {
-                format!("partition {partition} of \"{name}\" belongs to peer {owner} in this peer's view")
-            }
-            None => format!("partition {partition} of \"{name}\" is being taken over by this peer"),
+            Some(owner) => ProtocolError::new(
+                ErrorCode::Unavailable,
+                format!(
+                    "partition {partition} of \"{name}\" belongs to peer {owner} in this peer's view; retry"
+                ),
+            ),
+            None => crate::server::api::taking_over(name, partition),
         })
     }
 
@@ -205,7 +162,7 @@ impl PeerService {
         let bytes = fields.rest();
         let topic = self.partition(name, partition)?;
         if let Some(why) = self.not_served(name, topic, partition) {
-            return Ok(Produced::Moving(why));
+            return Ok(Produced::Moving(why.message));
         }
         // Validate every record now: the shard decodes them again trusting this.
         let mut cursor = Cursor::new(bytes);
@@ -317,11 +274,8 @@ impl PeerService {
             }
         };
         let topic = self.partition(name, partition)?;
-        if let Some(why) = self.not_served(name, topic, partition) {
-            return Err(ProtocolError::new(
-                ErrorCode::Unavailable,
-                format!("{why}; retry"),
-            ));
+        if let Some(error) = self.not_served(name, topic, partition) {
+            return Err(error);
         }
         let order = FetchOrder {
             topic,
