@@ -12,6 +12,15 @@ use serde_json::Value;
 
 use crate::ingest::{Server, run_cli};
 
+/// One cluster test at a time: each runs several peers, and two at once on a 2-core
+/// machine starve each other's gossip timers (a killed peer took 13 s to be dropped on
+/// CI while the churn test ran beside it).
+static ONE_AT_A_TIME: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
+fn one_at_a_time() -> std::sync::MutexGuard<'static, ()> {
+    ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner())
+}
+
 fn example() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("dataflows/wordcount-cluster.toml")
 }
@@ -103,6 +112,7 @@ fn three_peers(dir: &Path) -> Vec<Server> {
 
 #[test]
 fn peers_find_each_other_drop_a_killed_one_and_take_it_back() {
+    let _serial = one_at_a_time();
     let dir = tempfile::tempdir().unwrap();
     let mut servers = three_peers(dir.path());
     let seed = servers[0].peer.clone().unwrap();
@@ -167,6 +177,7 @@ fn tail(server: &Server, topic: &str) -> Vec<(u64, String, String)> {
 
 #[test]
 fn records_sent_to_any_peer_land_at_their_owner_and_tail_anywhere_returns_all() {
+    let _serial = one_at_a_time();
     let dir = tempfile::tempdir().unwrap();
     let servers = three_peers(dir.path());
     wait_settled(&servers.iter().collect::<Vec<_>>(), 4);
@@ -235,6 +246,7 @@ fn counts(server: &Server, words: u64) -> BTreeMap<String, u64> {
 
 #[test]
 fn a_word_count_on_two_peers_counts_what_it_counts_on_one() {
+    let _serial = one_at_a_time();
     let vocabulary = [
         "apple", "pear", "plum", "fig", "kiwi", "lime", "date", "yuzu", "sloe",
     ];
@@ -339,6 +351,7 @@ fn wait_all_alive(servers: &[&Server]) {
 
 #[test]
 fn peers_join_and_leave_while_a_producer_runs_and_every_acked_record_stays_once() {
+    let _serial = one_at_a_time();
     use flowd::client::Client;
     use flowd::protocol::OwnedWireRecord;
     use std::sync::Arc;
@@ -477,6 +490,7 @@ fn peers_join_and_leave_while_a_producer_runs_and_every_acked_record_stays_once(
 
 #[test]
 fn a_stage_splits_each_line_once_while_its_input_partitions_move() {
+    let _serial = one_at_a_time();
     let lines: Vec<String> = (0..600).map(|i| format!("w{i} x{i} y{}", i % 13)).collect();
     let words = lines.len() * 3;
     let dir = tempfile::tempdir().unwrap();
