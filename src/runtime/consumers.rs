@@ -134,6 +134,31 @@ impl Consumers {
         self.write(shard, &[entry], &[])
     }
 
+    /// Retention moved the start of `partition` to `start`: every consumer that had not
+    /// acked up to it (and holds no claim) goes on there, its `skipped` count raised, the
+    /// change journaled and logged. A consumer holding a claim is moved by its next claim.
+    pub fn skip_deleted(&self, shard: &Shard, topic: usize, partition: u32, start: u64) {
+        let behind: Vec<(String, Cursor)> = self
+            .cursors
+            .borrow()
+            .get(&(topic, partition))
+            .into_iter()
+            .flatten()
+            .filter(|(_, c)| c.committed < start && c.claim.is_none())
+            .map(|(g, c)| (g.clone(), c.clone()))
+            .collect();
+        for (group, mut cursor) in behind {
+            let from = cursor.committed;
+            cursor.skipped += start - from;
+            cursor.committed = start;
+            report_skipped(shard, topic, partition, &group, from, start);
+            // A failed journal write stops the engine and says why; nothing more to do.
+            if self.write_set(shard, topic, partition, &group, &cursor).is_ok() {
+                self.put(topic, partition, &group, cursor);
+            }
+        }
+    }
+
     /// Waits until the journal is durable past `receipt`.
     async fn durable(&self, receipt: AppendReceipt) -> Result<(), ProtocolError> {
         let mut idle = Backoff::default();
@@ -179,6 +204,19 @@ impl Consumers {
         }
         Ok(())
     }
+}
+
+/// Says that consumer `group` skips `from..to` of a partition because retention deleted
+/// those records before it acked them.
+fn report_skipped(shard: &Shard, topic: usize, partition: u32, group: &str, from: u64, to: u64) {
+    shard.shared.metrics.records_skipped.add(to - from);
+    tracing::warn!(
+        topic = %shard.shared.spec.topics[topic].name,
+        partition,
+        %group,
+        skipped = to - from,
+        "retention deleted records {from}..{to} before consumer \"{group}\" acked them; it goes on at {to}"
+    );
 }
 
 fn stopping() -> ProtocolError {
@@ -492,7 +530,11 @@ async fn claim(
     let before = cursor.clone();
     let local = local(shard, topic, partition)?;
     let log = local.log.borrow();
+    let committed_before = cursor.committed;
     let from = cursor.claimable(log.start_offset())?;
+    if cursor.committed > committed_before {
+        report_skipped(shard, topic, partition, group, committed_before, cursor.committed);
+    }
     let mut out = Vec::new();
     let mut writer = begin_claimed(&mut out, request_id);
     let mut range = None;

@@ -69,6 +69,8 @@ struct Slot {
 
 struct Part {
     place: String,
+    /// The stage's name, as readers of the input know it.
+    stage: String,
     input: Rc<LocalPartition>,
     /// Where the stage stands in the input (the window's front), for lag and status.
     reader: Rc<Cell<u64>>,
@@ -154,7 +156,7 @@ pub async fn run(shard: Rc<Shard>, task: ExecTask) -> Result<()> {
         for k in 0..parts.len() {
             let i = (first + k) % parts.len();
             let seen = parts[i].input.appends();
-            match read(&mut parts[i], i, &mut pool, window_max, now) {
+            match read(&shard, &mut parts[i], i, &mut pool, window_max, now) {
                 0 if parts[i].input.appends() == seen && readable(&parts[i], window_max) => caught_up.push(i),
                 0 => {}
                 _ => progressed = true,
@@ -275,6 +277,7 @@ fn open_part(shard: &Rc<Shard>, spec: &DataflowSpec, stage_index: usize, task: S
     let finished = task.progress.done;
     Ok(Part {
         place: format!("{topic_name}/{}", task.partition),
+        stage: stage.name.clone(),
         input,
         reader,
         next_read: resume,
@@ -304,13 +307,20 @@ fn readable(part: &Part, window_max: usize) -> bool {
 }
 
 /// Reads new records of `part` into its window and the pool; returns how many.
-fn read(part: &mut Part, index: usize, pool: &mut Pool<Ticket>, window_max: usize, now: Instant) -> usize {
+fn read(
+    shard: &Shard,
+    part: &mut Part,
+    index: usize,
+    pool: &mut Pool<Ticket>,
+    window_max: usize,
+    now: Instant,
+) -> usize {
     if !readable(part, window_max) {
         return 0;
     }
     let input = Rc::clone(&part.input);
     if part.window.is_empty() {
-        part.next_read = input.past_copied(part.next_read);
+        part.next_read = shard.resume_at(&input, &part.stage, part.next_read);
         part.base = part.next_read;
     }
     let log = input.log.borrow();

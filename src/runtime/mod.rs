@@ -23,6 +23,7 @@ pub mod progress;
 pub mod provenance;
 pub mod reply;
 pub mod reroute;
+pub mod retention;
 pub mod scatter_stage;
 pub mod service;
 pub mod shard;

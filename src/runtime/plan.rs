@@ -483,6 +483,7 @@ async fn run_shard(index: usize, shared: Arc<Shared>, plan: ShardPlan) -> Result
         .map(|task| reply::run(Rc::clone(&shard), task))
         .collect();
     glommio::spawn_local(consumers::run_sweeper(Rc::clone(&shard))).detach();
+    glommio::spawn_local(crate::runtime::retention::run(Rc::clone(&shard))).detach();
     for (topic, receiver) in plan.inboxes {
         glommio::spawn_local(Rc::clone(&shard).run_inbox(topic, receiver)).detach();
     }

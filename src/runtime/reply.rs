@@ -107,7 +107,7 @@ async fn answer_from(shard: Rc<Shard>, task: ReplyTask, mut position: u64) -> Re
     let mut answers = Vec::new();
     while !control.is_stopping() {
         let seen = input.appends();
-        position = input.past_copied(position);
+        position = shard.resume_at(&input, &name, position);
         {
             let log = input.log.borrow();
             for view in log.read(position).take(1024) {

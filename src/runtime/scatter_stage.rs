@@ -112,7 +112,7 @@ pub async fn run(shard: Rc<Shard>, task: StageTask) -> Result<()> {
         let mut copies: Vec<(usize, Batch)> = Vec::new();
         let mut read = 0;
         if window.is_empty() {
-            position = input.past_copied(position);
+            position = shard.resume_at(&input, &stage.name, position);
             base = position;
         }
         {

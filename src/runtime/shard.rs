@@ -252,6 +252,25 @@ impl Shard {
         id
     }
 
+    /// Where a reader named `who` at `position` of `partition` goes on: past the ranges
+    /// copied in from another peer, and, when retention deleted records it had not read
+    /// yet, at the partition's start, counted and logged (never silently).
+    pub fn resume_at(&self, partition: &LocalPartition, who: &str, position: u64) -> u64 {
+        let start = partition.log.borrow().start_offset();
+        if position < start {
+            let skipped = start - position;
+            self.shared.metrics.records_skipped.add(skipped);
+            tracing::warn!(
+                topic = %self.shared.spec.topics[partition.topic].name,
+                partition = partition.partition,
+                reader = who,
+                skipped,
+                "retention deleted records {position}..{start} before {who} read them; it goes on at {start}"
+            );
+        }
+        partition.past_copied(position.max(start))
+    }
+
     /// The next partition of `partitions` for keyless records.
     pub fn next_spread(&self, partitions: u32) -> u32 {
         let n = self.spread.get();
@@ -298,10 +317,17 @@ impl Shard {
                     None => {}
                 }
             }
+            let segments_before = partition.log.borrow().segment_count();
             let appended = {
                 let mut log = partition.log.borrow_mut();
                 with_payload(&batch.records, |records| log.append(records))
             };
+            // A roll is when a size bound can be passed: apply retention at once.
+            if partition.log.borrow().segment_count() > segments_before
+                && crate::runtime::retention::is_bounded(&self, &partition)
+            {
+                crate::runtime::retention::apply(&self, &partition);
+            }
             match appended {
                 Some(Ok(receipt)) => {
                     if batch.copy_at.is_some() {

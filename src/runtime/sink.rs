@@ -63,6 +63,7 @@ pub async fn forward(shard: Rc<Shard>, task: ForwarderTask) -> Result<()> {
             ends: Vec::new(),
         };
         let mut read = 0;
+        position = shard.resume_at(&input, &sink.name, position);
         {
             let log = input.log.borrow();
             for view in log.read(position).take(CHUNK_RECORDS_MAX) {

@@ -81,7 +81,7 @@ pub async fn run(shard: Rc<Shard>, mut task: StageTask) -> Result<()> {
         let now = now_ms();
         let mut read = 0;
         let seen = input.appends();
-        position = input.past_copied(position);
+        position = shard.resume_at(&input, &stage.name, position);
         {
             let log = input.log.borrow();
             for view in log.read(position) {

@@ -19,7 +19,7 @@ use crate::protocol::{ErrorCode, FetchFrom, ProduceGroup, ProtocolError, parse_f
 use crate::runtime::service::{FETCH_RECORDS_MAX, FetchOrder};
 use crate::runtime::shard::Shard;
 use crate::server::hyper_io::HyperIo;
-use crate::server::{self, Front, api, http_consumers, page};
+use crate::server::{self, Front, api, http_consumers, metrics, page};
 
 pub type Reply = Response<Full<Bytes>>;
 
@@ -133,11 +133,23 @@ async fn route(shard: &Rc<Shard>, front: &Rc<Front>, request: Request<Incoming>)
                 "Records not yet read by the dataflow's stages and sinks, summed",
                 lag,
             )];
-            text(
-                StatusCode::OK,
-                "text/plain; version=0.0.4",
-                shard.shared.metrics.render(&extra),
-            )
+            let mut body = shard.shared.metrics.render(&extra);
+            let partitions: Vec<metrics::PartitionGauges<'_>> = status
+                .topics
+                .iter()
+                .flat_map(|t| t.partitions.iter().map(move |p| (t.name.as_str(), p)))
+                .map(|(topic, p)| metrics::PartitionGauges {
+                    topic,
+                    partition: p.partition,
+                    start_offset: p.start_offset,
+                    next_offset: p.next_offset,
+                    durable_offset: p.durable_offset,
+                    segments: p.segments as u64,
+                    bytes: p.bytes,
+                })
+                .collect();
+            metrics::render_partitions(&mut body, &partitions);
+            text(StatusCode::OK, "text/plain; version=0.0.4", body)
         }
         (&Method::POST, ["topics", topic]) => {
             let topic = (*topic).to_owned();

@@ -77,6 +77,12 @@ pub struct Metrics {
     pub http_requests: Counter,
     pub records_claimed: Counter,
     pub acks: Counter,
+    /// Segments, records and bytes retention deleted.
+    pub retention_segments: Counter,
+    pub retention_records: Counter,
+    pub retention_bytes: Counter,
+    /// Records a stage, sink or consumer never got to because retention deleted them.
+    pub records_skipped: Counter,
     errors: [Counter; ERROR_CODES],
     /// Produce request taken to durable ack.
     pub produce_latency: Latency,
@@ -101,6 +107,10 @@ impl Metrics {
             http_requests: Counter::default(),
             records_claimed: Counter::default(),
             acks: Counter::default(),
+            retention_segments: Counter::default(),
+            retention_records: Counter::default(),
+            retention_bytes: Counter::default(),
+            records_skipped: Counter::default(),
             errors: Default::default(),
             produce_latency: Latency::new(shards),
             job_latency: Latency::new(shards),
@@ -173,6 +183,26 @@ impl Metrics {
             ),
             ("flowd_acks_total", "Consumer claims acked", self.acks.get()),
             (
+                "flowd_retention_segments_deleted_total",
+                "Segments retention deleted",
+                self.retention_segments.get(),
+            ),
+            (
+                "flowd_retention_records_deleted_total",
+                "Records in the segments retention deleted",
+                self.retention_records.get(),
+            ),
+            (
+                "flowd_retention_bytes_deleted_total",
+                "Bytes of records in the segments retention deleted",
+                self.retention_bytes.get(),
+            ),
+            (
+                "flowd_records_skipped_total",
+                "Records stages, sinks and consumers skipped because retention deleted them first",
+                self.records_skipped.get(),
+            ),
+            (
                 "flowd_fsyncs_total",
                 "fdatasync calls on segment files",
                 crate::storage::sync::FSYNCS.load(Ordering::Relaxed),
@@ -228,6 +258,62 @@ impl Metrics {
             let _ = writeln!(out, "{name}_sum {sum}\n{name}_count {}", h.len());
         }
         out
+    }
+}
+
+/// One partition's offsets and size, for the labelled gauges of `/metrics`.
+pub struct PartitionGauges<'a> {
+    pub topic: &'a str,
+    pub partition: u32,
+    pub start_offset: u64,
+    pub next_offset: u64,
+    pub durable_offset: u64,
+    pub segments: u64,
+    pub bytes: u64,
+}
+
+/// Per-partition gauges: where each partition starts (retention moves it), ends and is
+/// durable, and how much it keeps.
+pub fn render_partitions(out: &mut String, partitions: &[PartitionGauges<'_>]) {
+    type Field = fn(&PartitionGauges<'_>) -> u64;
+    let gauges: [(&str, &str, Field); 5] = [
+        (
+            "flowd_partition_start_offset",
+            "The first offset a partition still holds (retention moves it forward)",
+            |p| p.start_offset,
+        ),
+        (
+            "flowd_partition_next_offset",
+            "The offset the next record of a partition gets",
+            |p| p.next_offset,
+        ),
+        (
+            "flowd_partition_durable_offset",
+            "Offsets below this are durable in the configured mode",
+            |p| p.durable_offset,
+        ),
+        (
+            "flowd_partition_segments",
+            "Segment files a partition keeps",
+            |p| p.segments,
+        ),
+        (
+            "flowd_partition_bytes",
+            "Bytes of records a partition keeps",
+            |p| p.bytes,
+        ),
+    ];
+    for (name, help, field) in gauges {
+        let _ = writeln!(out, "# HELP {name} {help}.\n# TYPE {name} gauge");
+        for p in partitions {
+            let _ = writeln!(
+                out,
+                "{name}{{topic=\"{}\",partition=\"{}\"}} {}",
+                p.topic,
+                p.partition,
+                field(p)
+            );
+        }
     }
 }
 

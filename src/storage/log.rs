@@ -486,6 +486,11 @@ impl PartitionLog {
         self.segments.partition_point(|s| s.base_offset() <= offset) - 1
     }
 
+    /// How many segment files the log has; it grows by one when an append rolls.
+    pub fn segment_count(&self) -> usize {
+        self.segments.len()
+    }
+
     pub fn segments(&self) -> Vec<SegmentInfo> {
         self.segments
             .iter()

@@ -10,6 +10,7 @@ use std::time::Duration;
 use flowd::storage::{LogOptions, PartitionLog};
 
 use crate::dataflow_run::{flowd, signal, wait};
+use crate::support::Log;
 
 const RUN_TIMEOUT: Duration = Duration::from_secs(120);
 
@@ -141,47 +142,6 @@ fn wait_output(mut child: std::process::Child) -> Output {
         String::from_utf8_lossy(&output.stderr)
     );
     output
-}
-
-/// flowd's stderr, read on a thread as it comes.
-struct Log {
-    text: std::sync::Arc<std::sync::Mutex<String>>,
-    reader: std::thread::JoinHandle<()>,
-}
-
-impl Log {
-    fn read(stderr: std::process::ChildStderr) -> Log {
-        let text = std::sync::Arc::new(std::sync::Mutex::new(String::new()));
-        let shared = text.clone();
-        let reader = std::thread::spawn(move || {
-            use std::io::BufRead;
-            for line in std::io::BufReader::new(stderr).lines() {
-                let Ok(line) = line else { return };
-                let mut text = shared.lock().unwrap();
-                text.push_str(&line);
-                text.push('\n');
-            }
-        });
-        Log { text, reader }
-    }
-
-    /// Whether every one of `needles` shows up within `timeout`.
-    fn wait_for(&self, needles: &[&str], timeout: Duration) -> bool {
-        let deadline = std::time::Instant::now() + timeout;
-        while std::time::Instant::now() < deadline {
-            if needles.iter().all(|n| self.text.lock().unwrap().contains(n)) {
-                return true;
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        false
-    }
-
-    /// The whole log, once the process closed its stderr.
-    fn finish(self) -> String {
-        self.reader.join().unwrap();
-        std::mem::take(&mut *self.text.lock().unwrap())
-    }
 }
 
 /// Every number of 1..=n but `except`, doubled, exactly once.

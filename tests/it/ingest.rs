@@ -12,6 +12,8 @@ use flowd::client::{Client, ClientError, offsets};
 use flowd::protocol::message::{Response, encode_produce};
 use flowd::protocol::{ErrorCode, FetchFrom, OwnedWireRecord};
 
+use crate::support::Log;
+
 pub(crate) fn flowd() -> Command {
     Command::new(env!("CARGO_BIN_EXE_flowd"))
 }
@@ -86,6 +88,8 @@ pub(crate) struct Server {
     pub(crate) http: String,
     /// `--peer-listen`'s address, when given.
     pub(crate) peer: Option<String>,
+    /// Its stderr, as it comes.
+    pub(crate) log: Log,
 }
 
 impl Server {
@@ -100,14 +104,10 @@ impl Server {
             .arg(file)
             .args(args)
             .stdout(Stdio::piped())
-            // FLOWD_TEST_LOGS=1 shows the servers' logs (with --nocapture).
-            .stderr(if std::env::var_os("FLOWD_TEST_LOGS").is_some() {
-                Stdio::inherit()
-            } else {
-                Stdio::null()
-            })
+            .stderr(Stdio::piped())
             .spawn()
             .unwrap();
+        let log = Log::read(child.stderr.take().unwrap());
         let stdout = child.stdout.take().unwrap();
         let (tx, rx) = std::sync::mpsc::channel();
         std::thread::spawn(move || {
@@ -137,6 +137,7 @@ impl Server {
             tcp: tcp.unwrap(),
             http: http.unwrap(),
             peer,
+            log,
         }
     }
 

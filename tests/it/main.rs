@@ -16,4 +16,5 @@ mod jobs;
 mod log;
 mod recovery_cases;
 mod recovery_props;
+mod retention;
 mod support;

@@ -1,6 +1,7 @@
 //! Shared helpers: deterministic record contents, small-segment options, temp dirs.
 
 use std::path::Path;
+use std::time::Duration;
 
 use flowd::storage::{Durability, Header, LogOptions, PartitionLog, Record, RecordView};
 
@@ -122,4 +123,55 @@ pub fn assert_log_is_expected_prefix(log: &PartitionLog) -> u64 {
     }
     assert_eq!(count, log.next_offset());
     count
+}
+
+/// flowd's stderr, read on a thread as it comes.
+pub struct Log {
+    text: std::sync::Arc<std::sync::Mutex<String>>,
+    reader: std::thread::JoinHandle<()>,
+}
+
+impl Log {
+    pub fn read(stderr: std::process::ChildStderr) -> Log {
+        let text = std::sync::Arc::new(std::sync::Mutex::new(String::new()));
+        let shared = text.clone();
+        let reader = std::thread::spawn(move || {
+            use std::io::BufRead;
+            // FLOWD_TEST_LOGS=1 shows the servers' logs too (with --nocapture).
+            let echo = std::env::var_os("FLOWD_TEST_LOGS").is_some();
+            for line in std::io::BufReader::new(stderr).lines() {
+                let Ok(line) = line else { return };
+                if echo {
+                    eprintln!("{line}");
+                }
+                let mut text = shared.lock().unwrap();
+                text.push_str(&line);
+                text.push('\n');
+            }
+        });
+        Log { text, reader }
+    }
+
+    /// Whether every one of `needles` shows up within `timeout`.
+    pub fn wait_for(&self, needles: &[&str], timeout: Duration) -> bool {
+        let deadline = std::time::Instant::now() + timeout;
+        while std::time::Instant::now() < deadline {
+            if needles.iter().all(|n| self.text.lock().unwrap().contains(n)) {
+                return true;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        false
+    }
+
+    /// The log so far.
+    pub fn text(&self) -> String {
+        self.text.lock().unwrap().clone()
+    }
+
+    /// The whole log, once the process closed its stderr.
+    pub fn finish(self) -> String {
+        self.reader.join().unwrap();
+        std::mem::take(&mut *self.text.lock().unwrap())
+    }
 }

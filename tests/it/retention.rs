@@ -1,0 +1,152 @@
+//! Retention in a running engine (issue 20, first failure): a topic with small segments
+//! and a retention bound, written far past that bound, stays within it while written
+//! (at roll, by size) and loses every closed segment once they are older than
+//! `max_age`; the start offset moves in `flowd status`, `/metrics` and
+//! `flowd inspect`, and a named consumer that had acked nothing is told it skipped.
+
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use flowd::client::Client;
+use flowd::consumer::Options;
+use flowd::protocol::OwnedWireRecord;
+
+use crate::ingest::{Server, http, run_cli};
+use crate::support::fast_tempdir;
+
+const SEGMENT_BYTES: u64 = 256 << 10;
+const MAX_BYTES: u64 = 1 << 20;
+/// 8000 records of 1000 bytes: 8 MB, 32 times the segment, 8 times the bound.
+const RECORDS: usize = 8000;
+const VALUE_BYTES: usize = 1000;
+
+fn dataflow(dir: &Path) -> std::path::PathBuf {
+    let text = format!(
+        r#"
+[engine]
+data_dir = "{data}"
+durability = "group"
+cores = 2
+
+[ingest]
+tcp = "127.0.0.1:0"
+http = "127.0.0.1:0"
+
+[[topic]]
+name = "events"
+partitions = 1
+segment_bytes = "256KiB"
+retention = {{ max_age = "2s", max_bytes = "1MiB" }}
+"#,
+        data = dir.join("data").display()
+    );
+    let path = dir.join("retention.toml");
+    std::fs::write(&path, text).unwrap();
+    path
+}
+
+/// `(start_offset, next_offset, bytes, segments)` of partition 0 of `events`.
+fn partition(client: &mut Client) -> (u64, u64, u64, u64) {
+    let status = client.status().unwrap();
+    let p = &status["topics"][0]["partitions"][0];
+    let n = |k: &str| p[k].as_u64().unwrap_or_else(|| panic!("{k} in {p}"));
+    (n("start_offset"), n("next_offset"), n("bytes"), n("segments"))
+}
+
+fn segment_files(dir: &Path) -> usize {
+    std::fs::read_dir(dir.join("data/topics/events/0"))
+        .unwrap()
+        .filter(|e| e.as_ref().unwrap().path().extension().is_some_and(|x| x == "seg"))
+        .count()
+}
+
+#[test]
+fn issue20_retention_keeps_a_topic_under_its_bound_while_written_and_after() {
+    let dir = fast_tempdir();
+    let file = dataflow(dir.path());
+    let server = Server::start(&file);
+    let mut client = Client::connect(&server.tcp).unwrap();
+    // A consumer that never acks: retention must tell it what it skipped.
+    let claimed = client
+        .claim("events", "slow", Some(0), 1, Some(Options::default()))
+        .unwrap();
+    assert_eq!(claimed.partition, None, "nothing to claim yet");
+
+    let value = vec![b'x'; VALUE_BYTES];
+    for batch in 0..RECORDS / 100 {
+        let records: Vec<OwnedWireRecord> = (0..100).map(|_| OwnedWireRecord::value(value.clone())).collect();
+        let offsets = client.produce("events", &records).unwrap();
+        assert_eq!(offsets[0], (0, (batch * 100) as u64), "dense offsets");
+        // By size, at every roll: never more than the bound plus the active segment.
+        let (_, _, bytes, _) = partition(&mut client);
+        assert!(
+            bytes <= MAX_BYTES + SEGMENT_BYTES,
+            "after {} records the partition keeps {bytes} bytes, over {MAX_BYTES} + one segment",
+            (batch + 1) * 100
+        );
+    }
+    let (start, next, _, _) = partition(&mut client);
+    assert_eq!(next, RECORDS as u64);
+    assert!(start > 0, "size retention moved the start while writing");
+
+    // By age: 2 s after the last write every closed segment goes, only the active stays.
+    let deadline = Instant::now() + Duration::from_secs(15);
+    let (start, bytes, segments) = loop {
+        let (start, _, bytes, segments) = partition(&mut client);
+        if segments == 1 || Instant::now() > deadline {
+            break (start, bytes, segments);
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    assert_eq!(segments, 1, "age retention left {segments} segments");
+    assert_eq!(segment_files(dir.path()), 1, "the files are gone from disk too");
+    assert!(bytes <= SEGMENT_BYTES, "{bytes} bytes kept");
+    let kept = RECORDS as u64 - start;
+    assert!(kept * VALUE_BYTES as u64 <= SEGMENT_BYTES, "{kept} records kept");
+
+    // The start offset in /metrics.
+    let (code, metrics) = http(&server.http, "GET", "/metrics", "");
+    assert_eq!(code, 200);
+    let line = format!("flowd_partition_start_offset{{topic=\"events\",partition=\"0\"}} {start}");
+    assert!(metrics.contains(&line), "{line} not in /metrics");
+    assert!(
+        metrics.contains("flowd_retention_segments_deleted_total "),
+        "{metrics}"
+    );
+
+    // The consumer hears that it skipped everything before the start, exactly.
+    let info = client
+        .consumers(flowd::protocol::consumer::AdminAction::List, "events", "slow")
+        .unwrap();
+    assert_eq!(info.len(), 1);
+    assert_eq!(info[0].committed, start, "the consumer goes on at the start");
+    assert_eq!(
+        info[0].skipped, start,
+        "and counts every deleted record it never acked"
+    );
+    let log_line = format!("before consumer \"slow\" acked them; it goes on at {start}");
+    assert!(
+        server.log.wait_for(&[&log_line], Duration::from_secs(5)),
+        "no log line says the consumer skipped: {}",
+        server.log.text()
+    );
+    // The next claim starts at the start, and what it gets is the records kept.
+    let claimed = client.claim("events", "slow", Some(0), 10_000, None).unwrap();
+    assert_eq!((claimed.from, claimed.to), (start, RECORDS as u64));
+
+    // flowd inspect, offline, agrees.
+    drop(server);
+    let (code, out, err) = run_cli(
+        &["inspect", dir.path().join("data").to_str().unwrap(), "--json"],
+        "",
+    );
+    assert_eq!(code, 0, "{err}");
+    let report: serde_json::Value = serde_json::from_str(&out).unwrap();
+    let events = report["partitions"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|p| p["topic"] == "events")
+        .expect("events in the report");
+    assert_eq!(events["start_offset"].as_u64(), Some(start), "{events}");
+}
