@@ -116,33 +116,43 @@ pub struct StageSpec {
     pub to: Option<usize>,
     pub route: Route,
     pub guarantee: Guarantee,
-    /// What happens to a record the stage fails on again and again (`exec` stages).
+    /// What becomes of a record the stage cannot write: its operator failed on it, its
+    /// output does not fit its topic, or (`exec`) its workers failed it again and again.
     pub on_error: ErrorPolicy,
 }
 
 impl StageSpec {
-    /// The topic failed records are copied to, for an exec stage that dead-letters.
+    /// The topic failed records are copied to, for a stage that dead-letters.
     pub fn dead_letter_topic(&self) -> Option<usize> {
-        match (&self.op, self.on_error.then) {
-            (OpSpec::Exec(_), OnFailure::DeadLetter(topic)) => Some(topic),
+        match self.on_error.then {
+            OnFailure::DeadLetter(topic) => Some(topic),
             _ => None,
         }
     }
 }
 
-/// A stage's answer to a record that failed `max_reclaims + 1` times: a worker crashed,
-/// hung or refused it each time.
+/// A stage's answer to a record it cannot write: at once for an operator error or an
+/// output too large for its topic; for an exec stage's worker failures, once a record
+/// failed `max_reclaims + 1` times.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct ErrorPolicy {
     pub max_reclaims: u32,
     pub then: OnFailure,
 }
 
-impl Default for ErrorPolicy {
-    fn default() -> ErrorPolicy {
-        ErrorPolicy {
-            max_reclaims: 5,
-            then: OnFailure::Disable,
+impl ErrorPolicy {
+    /// Exec stages retry 5 times, then disable (a worker may be fixed and restarted);
+    /// built-in operators skip the record, counted and logged, as they always did.
+    pub fn default_for(is_exec: bool) -> ErrorPolicy {
+        match is_exec {
+            true => ErrorPolicy {
+                max_reclaims: 5,
+                then: OnFailure::Disable,
+            },
+            false => ErrorPolicy {
+                max_reclaims: 0,
+                then: OnFailure::Continue,
+            },
         }
     }
 }

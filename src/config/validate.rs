@@ -457,18 +457,19 @@ impl Validator<'_, '_> {
                 None
             }
         };
+        let is_exec = matches!(op, OpSpec::Exec(_));
         let on_error = match &raw.on_error {
-            None => ErrorPolicy::default(),
-            Some(policy) if !matches!(op, OpSpec::Exec(_)) => {
+            None => ErrorPolicy::default_for(is_exec),
+            Some(policy) if op == OpSpec::Reply => {
                 self.error(
                     policy.span(),
                     key("on_error"),
-                    "on_error applies to exec stages only".into(),
-                    "built-in operators skip and count the records they cannot handle".into(),
+                    "a reply stage writes no topic: it has no records to fail".into(),
+                    "remove on_error".into(),
                 );
-                ErrorPolicy::default()
+                ErrorPolicy::default_for(false)
             }
-            Some(policy) => self.on_error(policy, &key("on_error"), topics),
+            Some(policy) => self.on_error(policy, &key("on_error"), topics, is_exec),
         };
         let mut route = self.route(raw.route.as_ref(), &key("route"));
         if matches!(op, OpSpec::State { .. }) {

@@ -64,6 +64,10 @@ pub struct PartRef {
     /// The output partition's next offset before the transaction: the part lands at or
     /// after it.
     pub from: u64,
+    /// The `flowd-txn` value its last record carries; `None` (journals before marks per
+    /// part): the transaction's id.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mark: Option<String>,
 }
 
 /// A transaction whose parts may not all be in their output partitions.

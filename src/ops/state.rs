@@ -27,16 +27,20 @@ pub struct State {
     states: States,
     /// Per output partition: the changes of inputs below this are in the changelog.
     skip: Vec<u64>,
+    /// The most bytes a change (key and new state) may take: it must fit one changelog
+    /// record. A bigger one is refused and the state stays as it was.
+    change_bytes_max: usize,
 }
 
 impl State {
     /// `states` as rebuilt from the changelog; `skip` as the replay computed it (one
     /// entry per output partition).
-    pub fn new(program: JqProgram, states: States, skip: Vec<u64>) -> State {
+    pub fn new(program: JqProgram, states: States, skip: Vec<u64>, change_bytes_max: usize) -> State {
         State {
             program,
             states,
             skip,
+            change_bytes_max,
         }
     }
 }
@@ -82,6 +86,16 @@ impl Operator for State {
             .map_err(OpError)?;
         let new_state =
             new_state.ok_or_else(|| OpError("the state's update expression gave no output".into()))?;
+        if key.len() + new_state.len() > self.change_bytes_max {
+            // The changelog could not hold it: changing the state anyway would lose the
+            // change at the next restart.
+            return Err(OpError(format!(
+                "the new state of key \"{}\" takes {} bytes, more than one changelog record holds ({} with its key); the state is unchanged",
+                String::from_utf8_lossy(key),
+                new_state.len(),
+                self.change_bytes_max
+            )));
+        }
         self.states.borrow_mut().insert(key.to_vec(), new_state.clone());
         out.push(Output {
             timestamp_ms: input.timestamp_ms,
@@ -110,7 +124,7 @@ mod tests {
     fn a_counter_counts_per_key_and_writes_each_change() {
         let states = States::default();
         let program = JqProgram::compile("(.state // 0) + 1").unwrap();
-        let mut op = State::new(program, states.clone(), vec![0, 0]);
+        let mut op = State::new(program, states.clone(), vec![0, 0], 1 << 20);
         let mut out = Vec::new();
         for (i, key) in [b"a", b"b", b"a"].iter().enumerate() {
             op.on_record(&input(i as u64, Some(&key[..]), b"{}"), &mut out)
@@ -127,7 +141,7 @@ mod tests {
     #[test]
     fn documents_see_key_state_and_value() {
         let program = JqProgram::compile(r#"(.state // {}) + {(.value.field): .key}"#).unwrap();
-        let mut op = State::new(program, States::default(), vec![0]);
+        let mut op = State::new(program, States::default(), vec![0], 1 << 20);
         let mut out = Vec::new();
         op.on_record(&input(0, Some(b"k"), br#"{"field":"x"}"#), &mut out)
             .unwrap();
@@ -136,7 +150,7 @@ mod tests {
         assert_eq!(out[1].value, br#"{"x":"k","y":"k"}"#);
         // Text that is not JSON arrives as a string.
         let program = JqProgram::compile(".value").unwrap();
-        let mut op = State::new(program, States::default(), vec![0]);
+        let mut op = State::new(program, States::default(), vec![0], 1 << 20);
         op.on_record(&input(0, Some(b"k"), b"plain text"), &mut out)
             .unwrap();
         assert_eq!(out[2].value, br#""plain text""#);
@@ -150,7 +164,7 @@ mod tests {
         let q = partition_of_bytes(b"a", 2) as usize;
         let mut skip = vec![0, 0];
         skip[q] = 10;
-        let mut op = State::new(program, states.clone(), skip);
+        let mut op = State::new(program, states.clone(), skip, 1 << 20);
         let mut out = Vec::new();
         op.on_record(&input(9, Some(b"a"), b""), &mut out).unwrap();
         assert!(out.is_empty());
@@ -161,7 +175,7 @@ mod tests {
     #[test]
     fn records_without_a_key_or_an_answer_are_errors() {
         let program = JqProgram::compile("empty").unwrap();
-        let mut op = State::new(program, States::default(), vec![0]);
+        let mut op = State::new(program, States::default(), vec![0], 1 << 20);
         let mut out = Vec::new();
         assert!(
             op.on_record(&input(0, None, b"1"), &mut out)
@@ -175,5 +189,21 @@ mod tests {
                 .0
                 .contains("no output")
         );
+    }
+
+    #[test]
+    fn a_change_too_large_for_the_changelog_is_refused_and_the_state_stays() {
+        let states = States::default();
+        let program = JqProgram::compile(r#"(.state // "") + .value"#).unwrap();
+        let mut op = State::new(program, states.clone(), vec![0], 16);
+        let mut out = Vec::new();
+        op.on_record(&input(0, Some(b"k"), br#""12345""#), &mut out)
+            .unwrap();
+        let error = op
+            .on_record(&input(1, Some(b"k"), br#""1234567890""#), &mut out)
+            .unwrap_err();
+        assert!(error.0.contains("the state is unchanged"), "{}", error.0);
+        assert_eq!(out.len(), 1, "no change written");
+        assert_eq!(states.borrow()[&b"k"[..]], br#""12345""#.to_vec());
     }
 }

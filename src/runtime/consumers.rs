@@ -26,12 +26,14 @@ use crate::protocol::consumer::{AdminAction, Bound, RangeSpec, begin_claimed, fi
 use crate::protocol::message::RecordsWriter;
 use crate::protocol::wire::{RESERVED_HEADER_PREFIX, encode_record};
 use crate::protocol::{ErrorCode, ProtocolError};
+use crate::runtime::bounds::{Bounds, RECORD_HINT, TooLarge, dead_reason, record_frame_bytes};
+use crate::runtime::failure::{DEAD_FROM_HEADER, DEAD_REASON_HEADER};
 use crate::runtime::journal_recovery::{Cursors, ShardJournal};
 use crate::runtime::mesh::{Ack, Batch, Payload};
 use crate::runtime::placement::{owner, partition_of_bytes};
 use crate::runtime::provenance::END_HEADER;
 use crate::runtime::service::{FETCH_RECORDS_MAX, copy_records};
-use crate::runtime::shard::{Backoff, LocalPartition, Shard};
+use crate::runtime::shard::{Backoff, LocalPartition, Shard, is_client_error};
 use crate::storage::layout::now_ms;
 use crate::storage::{AppendReceipt, PartitionLog, Record};
 
@@ -39,9 +41,6 @@ use crate::storage::{AppendReceipt, PartitionLog, Record};
 const SNAPSHOT_BYTES: u64 = 16 << 20;
 /// How often the sweeper looks for claims past their `reclaim_timeout`.
 const SWEEP_EVERY: Duration = Duration::from_millis(10);
-/// The dead-letter headers: why, and where the record came from (`topic/partition/offset`).
-pub const DEAD_REASON_HEADER: &str = "flowd-dead-reason";
-pub const DEAD_FROM_HEADER: &str = "flowd-dead-from";
 
 /// The consumer state of one shard.
 pub struct Consumers {
@@ -109,6 +108,11 @@ impl Consumers {
                 self.since_snapshot.set(self.since_snapshot.get() + bytes as u64);
                 Ok(receipt)
             }
+            // Too big for the journal: nothing was written, the request is refused.
+            Err(error) if is_client_error(&error) => Err(ProtocolError::new(
+                ErrorCode::TooLarge,
+                format!("the consumer journal cannot take it: {error}; send fewer records with one ack"),
+            )),
             Err(error) => {
                 let message = format!("the consumer journal cannot be written: {error}");
                 shard.shared.control.fail(error.into());
@@ -582,16 +586,34 @@ async fn reclaim(
     let mut cursor = consumers
         .get(topic, partition, group)
         .ok_or_else(|| unknown(shard, topic, group))?;
-    let reclaimed = cursor.reclaim(why)?;
+    let mut reclaimed = cursor.reclaim(why)?;
     let name = &shard.shared.spec.topics[topic].name;
-    match &reclaimed.outcome {
-        Outcome::DeadLetter { topic: dead, reason } => {
-            let parts = dead_letters(shard, topic, partition, reclaimed.range, dead, reason)?;
+    let dead_letters = match &reclaimed.outcome {
+        Outcome::DeadLetter { topic: dead, reason } => Some(
+            dead_letters(shard, topic, partition, reclaimed.range, dead, reason)
+                .map_err(|e| (dead.clone(), reason.clone(), e)),
+        ),
+        _ => None,
+    };
+    if let Some(Err((dead, reason, cannot))) = &dead_letters {
+        // Records that cannot go to the dead-letter topic stay unacked: the consumer
+        // stops, and says why, rather than lose them.
+        let why = format!(
+            "{reason}; they cannot be dead-lettered to \"{dead}\": {}",
+            cannot.message
+        );
+        tracing::error!(topic = %name, partition, %group, "consumer disabled: {why}");
+        cursor.committed = reclaimed.range.from;
+        cursor.state = State::Disabled(why);
+        reclaimed.outcome = Outcome::Disabled;
+    }
+    match (&reclaimed.outcome, dead_letters) {
+        (Outcome::DeadLetter { topic: dead, reason }, Some(Ok(parts))) => {
             let id = txn_id(shard);
             commit(shard, topic, partition, group, cursor, id, parts).await?;
             tracing::warn!(topic = %name, partition, %group, from = reclaimed.range.from, to = reclaimed.range.to, dead_letter = %dead, "records dead-lettered: {reason}");
         }
-        outcome => {
+        (outcome, _) => {
             let receipt = consumers.write_set(shard, topic, partition, group, &cursor)?;
             consumers.put(topic, partition, group, cursor);
             if *outcome != Outcome::Redeliver {
@@ -609,7 +631,16 @@ pub fn txn_id(shard: &Shard) -> String {
     format!("{:x}.{}.{n}", shard.shared.epoch, shard.index)
 }
 
-/// The reclaimed records, copied for the dead-letter topic with why and whence.
+fn too_large(error: TooLarge) -> ProtocolError {
+    ProtocolError::new(ErrorCode::TooLarge, error.to_string())
+}
+
+/// Room kept on the last record of a transaction's part for its `flowd-txn` mark.
+const TXN_MARK_BYTES: u64 = 256;
+
+/// The reclaimed records, copied for the dead-letter topic with why and whence, in
+/// parts that each fit one batch of it; an error when one of them cannot fit a record of
+/// the dead-letter topic at all.
 fn dead_letters(
     shard: &Shard,
     topic: usize,
@@ -625,10 +656,12 @@ fn dead_letters(
             format!("the dead-letter topic \"{dead}\" is not in the dataflow"),
         )
     })?;
+    let bounds = Bounds::of(&spec.topics[dead_topic]);
+    let reason = dead_reason(reason);
     let partitions = spec.topics[dead_topic].partitions;
     let local = local(shard, topic, partition)?;
     let log = local.log.borrow();
-    let mut parts: Vec<TxnPart> = Vec::new();
+    let mut parts: Vec<(TxnPart, u64)> = Vec::new();
     let name = &spec.topics[topic].name;
     for view in log.read_range(range.from, range.to) {
         let original: Vec<(&str, &[u8])> = view.headers().collect();
@@ -642,24 +675,44 @@ fn dead_letters(
             .collect();
         headers.push((DEAD_REASON_HEADER, reason.as_bytes()));
         headers.push((DEAD_FROM_HEADER, whence.as_bytes()));
+        let frame = record_frame_bytes(view.key(), view.value(), headers.iter().copied());
+        if frame + TXN_MARK_BYTES > bounds.record_bytes_max {
+            return Err(too_large(TooLarge {
+                what: format!("the dead letter of record {}", view.offset()),
+                bytes: frame + TXN_MARK_BYTES,
+                max: bounds.record_bytes_max,
+                topic: dead.to_owned(),
+                hint: RECORD_HINT,
+            }));
+        }
         let to = match view.key() {
             Some(key) => partition_of_bytes(key, partitions),
             None => partition % partitions,
         };
-        let index = match parts.iter().position(|p| p.partition == to) {
+        // The newest part for that partition, unless the record would take it past one
+        // batch: then a new part (one transaction may write several to a partition).
+        let index = match parts
+            .iter()
+            .rposition(|(p, _)| p.partition == to)
+            .filter(|&i| parts[i].1 + frame + TXN_MARK_BYTES <= bounds.batch_bytes_max)
+        {
             Some(i) => i,
             None => {
-                parts.push(TxnPart {
-                    topic: dead_topic,
-                    partition: to,
-                    bytes: Vec::new(),
-                    count: 0,
-                    stamp_ms: now_ms(),
-                });
+                parts.push((
+                    TxnPart {
+                        topic: dead_topic,
+                        partition: to,
+                        bytes: Vec::new(),
+                        count: 0,
+                        stamp_ms: now_ms(),
+                    },
+                    0,
+                ));
                 parts.len() - 1
             }
         };
-        let part = &mut parts[index];
+        let (part, bytes) = &mut parts[index];
+        *bytes += frame;
         encode_record(
             &mut part.bytes,
             Some(view.timestamp_ms()),
@@ -669,7 +722,7 @@ fn dead_letters(
         );
         part.count += 1;
     }
-    Ok(parts)
+    Ok(parts.into_iter().map(|(part, _)| part).collect())
 }
 
 /// Commits `cursor` with `parts` as one transaction, then appends the parts.
@@ -684,17 +737,22 @@ async fn commit(
 ) -> Result<Vec<(u64, u64)>, ProtocolError> {
     let consumers = &shard.consumers;
     let shared = &shard.shared;
-    for part in &mut parts {
-        mark_last(part, &id)?;
+    // Each part's last record carries a mark of its own: a transaction may write more
+    // than one part to a partition, and recovery looks for each.
+    let marks: Vec<String> = (0..parts.len()).map(|i| format!("{id}#{i}")).collect();
+    for (part, mark) in parts.iter_mut().zip(&marks) {
+        mark_last(part, mark)?;
     }
     let refs: Vec<PartRef> = parts
         .iter()
-        .map(|p| PartRef {
+        .zip(marks)
+        .map(|(p, mark)| PartRef {
             topic: shared.spec.topics[p.topic].name.clone(),
             partition: p.partition,
             count: p.count,
             stamp_ms: p.stamp_ms,
             from: shared.ends[p.topic][p.partition as usize].load(Ordering::Acquire),
+            mark: Some(mark),
         })
         .collect();
     let entry = Entry::Txn {

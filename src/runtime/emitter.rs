@@ -1,21 +1,32 @@
 //! The write side of a producer: routes outputs to partitions, drops the ones a replay
-//! already wrote, batches per partition, and sends batches to their owner shards.
+//! already wrote, checks that each fits, batches per partition, and sends batches to
+//! their owner shards.
+//!
+//! A batch holds the outputs of whole inputs where it can: a flush comes between inputs.
+//! An output that would take its partition's batch past `BATCH_BYTES_MAX` (or past what
+//! one segment holds) goes in a batch of its own, sealed at once; when that splits one
+//! input's outputs, the sealed batch's provenance point says how many of that input's
+//! outputs it holds, so a replay writes each output once all the same. An output over
+//! its topic's record bound is refused here, with `TooLarge`, and never sent.
 
+use std::collections::VecDeque;
 use std::sync::Arc;
 
 use crate::config::{Part, Route, Selector};
 use crate::ops::jq::JqProgram;
 use crate::ops::key_by::select;
 use crate::ops::{OpError, Output};
+use crate::runtime::bounds::{self, Bounds, RECORD_HINT, TooLarge};
 use crate::runtime::error::Result;
 use crate::runtime::mesh::{Ack, Batch, Generation, Mesh, OwnedRecord, Payload};
 use crate::runtime::placement::{partition_of_bytes, spread_partition};
-use crate::runtime::provenance::{self, END_HEADER, SOURCE_HEADER};
+use crate::runtime::provenance::{self, END_HEADER, Point, SOURCE_HEADER};
 use crate::runtime::reply::REPLY_HEADER;
 
 /// Records buffered for one partition before a flush is due.
 pub const BATCH_RECORDS_MAX: usize = 4096;
-/// Bytes buffered for one partition before a flush is due.
+/// Bytes buffered for one partition before a flush is due; also the size past which an
+/// output starts a batch of its own.
 pub const BATCH_BYTES_MAX: usize = 1 << 20;
 
 enum Router {
@@ -25,18 +36,41 @@ enum Router {
     Jq(JqProgram),
 }
 
+/// Why an output was not written.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum EmitError {
+    /// The route's jq selector failed on it.
+    #[error("cannot route it: {0}")]
+    Route(OpError),
+    #[error(transparent)]
+    TooLarge(TooLarge),
+}
+
+/// One partition's records waiting to be sent.
+#[derive(Default)]
+struct Buffer {
+    records: Vec<OwnedRecord>,
+    /// Frame bytes the records take on disk at most.
+    frame_bytes: u64,
+    /// `(input offset, output index)` of the last record.
+    last: (u64, u32),
+    /// Batches sealed because the next output did not fit, with their provenance point.
+    sealed: VecDeque<(Vec<OwnedRecord>, Point)>,
+}
+
 pub struct Emitter {
     producer: String,
     partitions: u32,
     topic: usize,
+    topic_name: String,
+    bounds: Bounds,
+    /// What this producer's provenance stamp can add to a batch's last record.
+    stamp_bytes: u64,
     mesh: Mesh,
     router: Router,
-    /// Per partition: outputs of inputs below this are already there (replay).
-    skip: Vec<u64>,
-    buffers: Vec<Vec<OwnedRecord>>,
-    buffered_bytes: Vec<usize>,
-    /// Per partition: one past the input offset that produced the last buffered record.
-    buffered_end: Vec<u64>,
+    /// Per partition: outputs this point covers are already there (replay).
+    skip: Vec<Point>,
+    buffers: Vec<Buffer>,
     generation: Arc<Generation>,
     /// The reply address of the job the current input belongs to, copied onto every
     /// output so that a `reply` stage downstream can answer it.
@@ -51,7 +85,7 @@ impl Emitter {
     pub fn new(
         producer: String,
         topic: usize,
-        partitions: u32,
+        spec: &crate::config::DataflowSpec,
         route: &Route,
         mesh: &Mesh,
     ) -> Result<Emitter, OpError> {
@@ -61,17 +95,20 @@ impl Emitter {
             Route::ShardBy(Selector::Part(part)) => Router::Part(*part),
             Route::ShardBy(Selector::Jq(code)) => Router::Jq(JqProgram::compile(code).map_err(OpError)?),
         };
+        let topic_spec = &spec.topics[topic];
+        let partitions = topic_spec.partitions;
         let n = partitions as usize;
         Ok(Emitter {
+            stamp_bytes: bounds::stamp_bytes(&producer),
             producer,
             partitions,
             topic,
+            topic_name: topic_spec.name.clone(),
+            bounds: Bounds::of(topic_spec),
             mesh: mesh.clone(),
             router,
-            skip: vec![0; n],
-            buffers: (0..n).map(|_| Vec::new()).collect(),
-            buffered_bytes: vec![0; n],
-            buffered_end: vec![0; n],
+            skip: vec![Point::default(); n],
+            buffers: (0..n).map(|_| Buffer::default()).collect(),
             generation: Generation::new(partitions),
             reply: None,
             headers: Vec::new(),
@@ -79,8 +116,8 @@ impl Emitter {
         })
     }
 
-    /// Outputs of inputs below `skip[partition]` are dropped: a replay already wrote them.
-    pub fn set_skip(&mut self, skip: Vec<u64>) {
+    /// Outputs `skip[partition]` covers are dropped: a replay already wrote them.
+    pub fn set_skip(&mut self, skip: Vec<Point>) {
         assert_eq!(
             skip.len(),
             self.partitions as usize,
@@ -104,28 +141,62 @@ impl Emitter {
     }
 
     /// Switches to another producer id (a directory source moving to its next file).
-    pub fn set_producer(&mut self, producer: String, skip: Vec<u64>) {
+    pub fn set_producer(&mut self, producer: String, skip: Vec<Point>) {
         assert!(
-            self.buffers.iter().all(Vec::is_empty),
+            self.buffers
+                .iter()
+                .all(|b| b.records.is_empty() && b.sealed.is_empty()),
             "flush before switching producers"
         );
+        self.stamp_bytes = bounds::stamp_bytes(&producer);
         self.producer = producer;
         self.set_skip(skip);
     }
 
+    /// The frame bytes `output` takes as this emitter writes it (with the reply address
+    /// and extra headers in force, and room for a provenance stamp), or why it cannot
+    /// be written at all. Check every output of an input before emitting any, so that
+    /// an input is written whole or not at all.
+    pub fn check(&self, output: &Output) -> Result<u64, TooLarge> {
+        let reply = self.reply.as_deref().map(|r| (REPLY_HEADER, r));
+        let extra = self.headers.iter().map(|(n, v)| (*n, v.as_slice()));
+        let frame = bounds::record_frame_bytes(
+            output.key.as_deref(),
+            &output.value,
+            reply.into_iter().chain(extra),
+        );
+        let bytes = frame + self.stamp_bytes;
+        if bytes > self.bounds.record_bytes_max {
+            return Err(TooLarge {
+                what: "an output".into(),
+                bytes,
+                max: self.bounds.record_bytes_max,
+                topic: self.topic_name.clone(),
+                hint: RECORD_HINT,
+            });
+        }
+        Ok(frame)
+    }
+
     /// Routes one output of the input at `produced_by`; `index` counts the outputs of
-    /// that input so far. A routing error (a jq selector failing) drops the record.
-    pub fn emit(&mut self, produced_by: u64, index: usize, output: Output) -> Result<(), OpError> {
+    /// that input so far. An output that does not fit, or that the route's selector
+    /// fails on, is not written.
+    pub fn emit(&mut self, produced_by: u64, index: usize, output: Output) -> Result<(), EmitError> {
+        let frame = self.check(&output).map_err(EmitError::TooLarge)?;
+        let index = u32::try_from(index).unwrap_or(u32::MAX - 1);
         match &self.router {
             Router::Broadcast => {
                 for q in 0..self.partitions {
-                    self.push(q, produced_by, &output);
+                    if !self.skip[q as usize].covers(produced_by, index) {
+                        let record = to_record(output.clone(), self.reply.as_deref(), &self.headers);
+                        self.buffer(q, (produced_by, index), frame, record);
+                    }
                 }
                 return Ok(());
             }
             Router::Spread => {
-                let q = spread_partition(produced_by, index, self.partitions);
-                self.push_owned(q, produced_by, output);
+                let q = spread_partition(produced_by, index as usize, self.partitions);
+                self.push(q, produced_by, index, frame, output);
             }
             Router::Part(part) => {
                 let bytes = match part {
@@ -133,11 +204,12 @@ impl Emitter {
                     Part::Value => &output.value,
                 };
                 let q = partition_of_bytes(bytes, self.partitions);
-                self.push_owned(q, produced_by, output);
+                self.push(q, produced_by, index, frame, output);
             }
             Router::Jq(program) => {
-                let q = partition_of_bytes(&select(program, &output.value)?, self.partitions);
-                self.push_owned(q, produced_by, output);
+                let selected = select(program, &output.value).map_err(EmitError::Route)?;
+                let q = partition_of_bytes(&selected, self.partitions);
+                self.push(q, produced_by, index, frame, output);
             }
         }
         Ok(())
@@ -146,7 +218,9 @@ impl Emitter {
     /// Writes an end-of-input marker into every partition.
     pub fn emit_end(&mut self, produced_by: u64, timestamp_ms: i64) {
         for q in 0..self.partitions {
-            if produced_by < self.skip[q as usize] {
+            // A marker follows every output of its input: it is there once the point
+            // passes the input.
+            if produced_by < self.skip[q as usize].input {
                 continue;
             }
             let marker = OwnedRecord {
@@ -155,68 +229,89 @@ impl Emitter {
                 value: Vec::new(),
                 headers: vec![(END_HEADER, self.producer.as_bytes().to_vec())],
             };
-            self.buffer(q, produced_by, marker);
+            let frame = bounds::record_frame_bytes(None, &[], [(END_HEADER, self.producer.as_bytes())]);
+            self.buffer(q, (produced_by, u32::MAX - 1), frame, marker);
         }
     }
 
-    fn push(&mut self, q: u32, produced_by: u64, output: &Output) {
-        if produced_by >= self.skip[q as usize] {
-            let record = to_record(output.clone(), self.reply.as_deref(), &self.headers);
-            self.buffer(q, produced_by, record);
-        }
-    }
-
-    fn push_owned(&mut self, q: u32, produced_by: u64, output: Output) {
-        if produced_by >= self.skip[q as usize] {
+    fn push(&mut self, q: u32, produced_by: u64, index: u32, frame: u64, output: Output) {
+        if !self.skip[q as usize].covers(produced_by, index) {
             let record = to_record(output, self.reply.as_deref(), &self.headers);
-            self.buffer(q, produced_by, record);
+            self.buffer(q, (produced_by, index), frame, record);
         }
     }
 
-    fn buffer(&mut self, q: u32, produced_by: u64, record: OwnedRecord) {
-        let q = q as usize;
-        self.buffered_bytes[q] += record.byte_len();
-        self.buffered_end[q] = produced_by + 1;
-        self.buffers[q].push(record);
+    fn buffer(&mut self, q: u32, at: (u64, u32), frame: u64, record: OwnedRecord) {
+        let limit = self.bounds.batch_bytes_max.min(BATCH_BYTES_MAX as u64);
+        let stamp = self.stamp_bytes;
+        let buffer = &mut self.buffers[q as usize];
+        if !buffer.records.is_empty() && buffer.frame_bytes + frame + stamp > limit {
+            // Seal what is there; its point says how far it goes, within this input
+            // too when the input's earlier outputs are in it.
+            let (input, index) = buffer.last;
+            let point = if input == at.0 {
+                Point {
+                    input,
+                    index: index + 1,
+                }
+            } else {
+                Point::whole(input + 1)
+            };
+            let records = std::mem::take(&mut buffer.records);
+            buffer.sealed.push_back((records, point));
+            buffer.frame_bytes = 0;
+        }
+        buffer.frame_bytes += frame;
+        buffer.last = at;
+        buffer.records.push(record);
     }
 
-    /// Whether a flush is due; checked between inputs, never inside one, so that a batch
-    /// always holds every output of each input in it.
+    /// Whether a flush is due; checked between inputs, never inside one.
     pub fn is_full(&self) -> bool {
-        self.buffers
-            .iter()
-            .zip(&self.buffered_bytes)
-            .any(|(b, &bytes)| b.len() >= BATCH_RECORDS_MAX || bytes >= BATCH_BYTES_MAX)
+        self.buffers.iter().any(|b| {
+            !b.sealed.is_empty()
+                || b.records.len() >= BATCH_RECORDS_MAX
+                || b.frame_bytes >= BATCH_BYTES_MAX as u64
+        })
     }
 
     /// Sends every buffered batch to its owner shard, waiting while a channel is full.
+    /// Called between inputs: the last input buffered is whole.
     pub async fn flush(&mut self) -> Result<(), Closed> {
         for q in 0..self.partitions as usize {
-            if self.buffers[q].is_empty() {
+            while let Some((records, point)) = self.buffers[q].sealed.pop_front() {
+                self.send(q as u32, records, point).await?;
+            }
+            if self.buffers[q].records.is_empty() {
                 continue;
             }
-            let mut records = std::mem::take(&mut self.buffers[q]);
-            self.buffered_bytes[q] = 0;
-            let stamp = provenance::encode(&self.producer, self.buffered_end[q]);
-            records
-                .last_mut()
-                .expect("not empty")
-                .headers
-                .push((SOURCE_HEADER, stamp));
-            self.records_out += records.len() as u64;
-            self.generation.sent();
-            let batch = Batch::new(
-                q as u32,
-                Payload::Owned(records),
-                Ack::Generation(Arc::clone(&self.generation)),
-            );
-            self.mesh
-                .sender(self.topic, q as u32)
-                .send_async(batch)
-                .await
-                .map_err(|_| Closed)?;
+            let records = std::mem::take(&mut self.buffers[q].records);
+            self.buffers[q].frame_bytes = 0;
+            let point = Point::whole(self.buffers[q].last.0 + 1);
+            self.send(q as u32, records, point).await?;
         }
         Ok(())
+    }
+
+    async fn send(&mut self, q: u32, mut records: Vec<OwnedRecord>, point: Point) -> Result<(), Closed> {
+        let stamp = provenance::encode(&self.producer, point);
+        records
+            .last_mut()
+            .expect("batches are never empty")
+            .headers
+            .push((SOURCE_HEADER, stamp));
+        self.records_out += records.len() as u64;
+        self.generation.sent();
+        let batch = Batch::new(
+            q,
+            Payload::Owned(records),
+            Ack::Generation(Arc::clone(&self.generation)),
+        );
+        self.mesh
+            .sender(self.topic, q)
+            .send_async(batch)
+            .await
+            .map_err(|_| Closed)
     }
 
     /// Starts a new generation and returns the old one, whose batches the caller waits
@@ -227,6 +322,11 @@ impl Emitter {
 
     pub fn partitions(&self) -> u32 {
         self.partitions
+    }
+
+    /// The name of the topic it writes.
+    pub fn topic_name(&self) -> &str {
+        &self.topic_name
     }
 }
 
@@ -244,5 +344,105 @@ fn to_record(output: Output, reply: Option<&[u8]>, extra: &[(&'static str, Vec<u
         key: output.key,
         value: output.value,
         headers,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::runtime::mesh;
+
+    fn spec(segment_bytes: &str) -> crate::config::DataflowSpec {
+        let text = format!(
+            "[engine]\ndata_dir = \"/tmp/x\"\n[[topic]]\nname = \"in\"\n[[topic]]\nname = \"out\"\npartitions = 1\nsegment_bytes = \"{segment_bytes}\"\n[[stage]]\nname = \"s\"\nfrom = \"in\"\nop = {{ map = \".\" }}\nto = \"out\"\n"
+        );
+        crate::config::parse(std::path::Path::new("t.toml"), &text).expect("valid")
+    }
+
+    fn output(bytes: usize, tag: u8) -> Output {
+        Output {
+            timestamp_ms: 1,
+            key: None,
+            value: vec![tag; bytes],
+        }
+    }
+
+    /// Every batch sent so far: its records' first value bytes, and its stamp.
+    fn sent(rx: &flume::Receiver<Batch>) -> Vec<(Vec<u8>, Point)> {
+        rx.drain()
+            .map(|batch| {
+                let Payload::Owned(records) = batch.records else {
+                    panic!("an emitter sends owned records");
+                };
+                let stamp = records
+                    .last()
+                    .unwrap()
+                    .headers
+                    .iter()
+                    .find(|(n, _)| *n == SOURCE_HEADER)
+                    .unwrap();
+                let (point, producer) = provenance::decode(&stamp.1).unwrap();
+                assert_eq!(producer, "p");
+                (records.iter().map(|r| r.value[0]).collect(), point)
+            })
+            .collect()
+    }
+
+    fn emitter(spec: &crate::config::DataflowSpec) -> (Emitter, flume::Receiver<Batch>) {
+        let (mesh, mut receivers) = mesh::build(2, 1);
+        let (_, rx) = receivers[0].remove(1);
+        let emitter = Emitter::new("p".into(), 1, spec, &Route::Spread, &mesh).unwrap();
+        (emitter, rx)
+    }
+
+    #[test]
+    fn one_inputs_outputs_over_a_batch_split_with_a_point_inside_the_input() {
+        let spec = spec("64MiB");
+        let (mut e, rx) = emitter(&spec);
+        // Input 7: one small output; input 8: three outputs of 400 KB each.
+        e.emit(7, 0, output(10, b'a')).unwrap();
+        for (i, tag) in [b'b', b'c', b'd'].into_iter().enumerate() {
+            e.emit(8, i, output(400_000, tag)).unwrap();
+        }
+        assert!(e.is_full(), "a sealed batch makes a flush due");
+        futures_lite::future::block_on(e.flush()).unwrap();
+        let batches = sent(&rx);
+        assert_eq!(
+            batches,
+            vec![
+                (b"abc".to_vec(), Point { input: 8, index: 2 }),
+                (b"d".to_vec(), Point::whole(9)),
+            ]
+        );
+        // A replay that found the first batch writes only what it lacked.
+        let (mut replay, rx) = emitter(&spec);
+        replay.set_skip(vec![Point { input: 8, index: 2 }]);
+        replay.emit(7, 0, output(10, b'a')).unwrap();
+        for (i, tag) in [b'b', b'c', b'd'].into_iter().enumerate() {
+            replay.emit(8, i, output(400_000, tag)).unwrap();
+        }
+        futures_lite::future::block_on(replay.flush()).unwrap();
+        assert_eq!(sent(&rx), vec![(b"d".to_vec(), Point::whole(9))]);
+    }
+
+    #[test]
+    fn an_output_over_the_record_bound_is_refused_and_one_over_a_small_segment_goes_alone() {
+        let spec = spec("256KiB");
+        let (mut e, rx) = emitter(&spec);
+        let max = Bounds::of(&spec.topics[1]).record_bytes_max as usize;
+        let error = e.emit(1, 0, output(max, b'x')).unwrap_err();
+        assert!(matches!(error, EmitError::TooLarge(_)), "{error}");
+        assert!(error.to_string().contains("topic \"out\""), "{error}");
+        // Two outputs of 200 KB of one input do not fit one 256 KiB segment together.
+        e.emit(2, 0, output(200_000, b'a')).unwrap();
+        e.emit(2, 1, output(200_000, b'b')).unwrap();
+        futures_lite::future::block_on(e.flush()).unwrap();
+        assert_eq!(
+            sent(&rx),
+            vec![
+                (b"a".to_vec(), Point { input: 2, index: 1 }),
+                (b"b".to_vec(), Point::whole(3)),
+            ]
+        );
     }
 }

@@ -59,6 +59,16 @@ pub enum RuntimeError {
          feed the dataflow through its ingest listeners and read it with `flowd tail` or consumers"
     )]
     NotClusterable { what: &'static str, name: String },
+    #[error(
+        "a batch an engine stage wrote to partition {partition} of \"{topic}\" was refused ({reason}); \
+         this is a bug (every output is sized to fit before it is sent): please report it; nothing of \
+         the batch was written, and a restart replays it"
+    )]
+    Refused {
+        topic: String,
+        partition: u32,
+        reason: String,
+    },
     #[error("standard output was closed")]
     OutputClosed,
     #[error("cannot write to standard output: {0}")]

@@ -17,22 +17,20 @@ use std::sync::atomic::Ordering;
 use std::task::Poll;
 use std::time::Instant;
 
-use crate::config::{DataflowSpec, ErrorPolicy, ExecSpec, OnFailure, OpSpec, Route};
+use crate::config::{DataflowSpec, ErrorPolicy, ExecSpec, OnFailure, OpSpec};
 use crate::exec::pool::{Outcome, Pool};
 use crate::exec::{AnswerRecord, OutKey};
 use crate::ops::Output;
 use crate::runtime::commit::Committer;
-use crate::runtime::consumers::{DEAD_FROM_HEADER, DEAD_REASON_HEADER};
 use crate::runtime::emitter::Emitter;
 use crate::runtime::error::Result;
+use crate::runtime::failure::{FailedInput, Failures, Verdict};
 use crate::runtime::placement::owner;
 use crate::runtime::progress::Progress;
-use crate::runtime::provenance::{dead_letter_producer, end_marker};
+use crate::runtime::provenance::end_marker;
 use crate::runtime::reply::{FailedJobs, REPLY_HEADER};
 use crate::runtime::shard::{Backoff, LocalPartition, Shard};
-use crate::runtime::stage::{
-    FailureLog, READ_BATCH_RECORDS, StageOutput, StageTask, open_output, operator_error,
-};
+use crate::runtime::stage::{READ_BATCH_RECORDS, StageOutput, StageTask, open_output};
 
 /// Records one partition may hold read but not yet written, at most.
 const WINDOW_MAX: usize = 1 << 16;
@@ -56,8 +54,9 @@ enum State {
     Empty,
     /// An end-of-input marker of this producer.
     End(String),
-    /// Given up on; copied to the dead-letter topic with why.
-    Dead(String),
+    /// Given up on, because of why: the stage's `on_error` decides what it becomes when
+    /// the window's front reaches it (so nothing after it is written before it).
+    Failed(String),
 }
 
 struct Slot {
@@ -79,7 +78,6 @@ struct Part {
     base: u64,
     window: VecDeque<Slot>,
     emitter: Emitter,
-    dead: Option<Emitter>,
     committer: Committer,
     ends_seen: HashMap<String, u64>,
     ends_read: HashSet<String>,
@@ -89,8 +87,11 @@ struct Part {
     finished: bool,
     /// The snapshot that marks the partition done was taken.
     end_snapshot: bool,
-    disabled: bool,
-    failures: FailureLog,
+    /// Skips, dead letters and disabling under the stage's `on_error`.
+    failures: Failures,
+    /// A record will disable the partition once the window's front reaches it: nothing
+    /// more is read meanwhile.
+    halted: bool,
 }
 
 /// The worker processes this shard runs for a stage: `workers` shared out over the
@@ -165,13 +166,13 @@ pub async fn run(shard: Rc<Shard>, task: ExecTask) -> Result<()> {
         first = (first + 1) % parts.len();
         pool.flush();
         for part in &mut parts {
-            progressed |= write_answered(part);
+            progressed |= write_answered(&shard, part, &mut failed_jobs);
             part.reader.set(part.base);
             if part.emitter.flush().await.is_err() {
                 closed = true;
                 break;
             }
-            if let Some(dead) = &mut part.dead
+            if let Some(dead) = &mut part.failures.dead
                 && dead.flush().await.is_err()
             {
                 closed = true;
@@ -181,7 +182,7 @@ pub async fn run(shard: Rc<Shard>, task: ExecTask) -> Result<()> {
                 part.end_snapshot = part.finished;
                 let candidate = snapshot(part);
                 part.committer
-                    .snapshot_with(&mut part.emitter, part.dead.as_mut(), candidate);
+                    .snapshot_with(&mut part.emitter, part.failures.dead.as_mut(), candidate);
             }
             part.committer.complete(part.emitter.partitions())?;
         }
@@ -228,20 +229,18 @@ pub async fn run(shard: Rc<Shard>, task: ExecTask) -> Result<()> {
     for part in &mut parts {
         if !part.committer.stored().done {
             let flushed = !closed && part.emitter.flush().await.is_ok();
-            let dead_flushed = match &mut part.dead {
+            let dead_flushed = match &mut part.failures.dead {
                 Some(dead) => dead.flush().await.is_ok(),
                 None => true,
             };
             if flushed && dead_flushed {
                 let candidate = snapshot(part);
                 part.committer
-                    .snapshot_with(&mut part.emitter, part.dead.as_mut(), candidate);
+                    .snapshot_with(&mut part.emitter, part.failures.dead.as_mut(), candidate);
             }
             part.committer.settle(part.emitter.partitions()).await?;
         }
-        control
-            .records_failed
-            .fetch_add(part.failures.count, Ordering::Relaxed);
+        part.failures.report(&control.records_failed);
         if part.committer.stored().done {
             control.finished.fetch_add(1, Ordering::AcqRel);
         }
@@ -257,19 +256,7 @@ fn open_part(shard: &Rc<Shard>, spec: &DataflowSpec, stage_index: usize, task: S
         emitter,
         progress_path: path,
     } = open_output(shard, &task)?;
-    let dead = match stage.dead_letter_topic() {
-        Some(topic) => Some(
-            Emitter::new(
-                dead_letter_producer(&producer),
-                topic,
-                spec.topics[topic].partitions,
-                &Route::Spread,
-                &shard.shared.mesh,
-            )
-            .map_err(|e| operator_error(&stage.name, e))?,
-        ),
-        None => None,
-    };
+    let failures = Failures::open(shard, stage_index, &producer, topic_name, task.partition)?;
     let input = Rc::clone(shard.partition(task.topic, task.partition));
     let resume = task.progress.resume;
     let reader = input.reader(&stage.name, resume);
@@ -284,7 +271,6 @@ fn open_part(shard: &Rc<Shard>, spec: &DataflowSpec, stage_index: usize, task: S
         base: resume,
         window: VecDeque::new(),
         emitter,
-        dead,
         committer: Committer::new(
             path,
             task.progress,
@@ -297,13 +283,17 @@ fn open_part(shard: &Rc<Shard>, spec: &DataflowSpec, stage_index: usize, task: S
         input_ended: finished,
         finished,
         end_snapshot: finished,
-        disabled: false,
-        failures: FailureLog::new(&stage.name, topic_name, task.partition),
+        failures,
+        halted: false,
     })
 }
 
 fn readable(part: &Part, window_max: usize) -> bool {
-    !part.finished && !part.disabled && !part.input_ended && part.window.len() < window_max
+    !part.finished
+        && !part.halted
+        && part.failures.disabled_at.is_none()
+        && !part.input_ended
+        && part.window.len() < window_max
 }
 
 /// Reads new records of `part` into its window and the pool; returns how many.
@@ -325,7 +315,7 @@ fn read(
     }
     let log = input.log.borrow();
     let mut read = 0;
-    for view in log.read(part.next_read) {
+    for view in log.read_committed(part.next_read) {
         if part.window.len() >= window_max || read >= READ_BATCH_RECORDS {
             break;
         }
@@ -374,7 +364,7 @@ fn assign_retries(
     let mut any = false;
     while let Some(&(i, offset)) = retry.front() {
         let part = &mut parts[i];
-        if part.disabled {
+        if part.failures.disabled_at.is_some() {
             retry.pop_front();
             continue;
         }
@@ -385,7 +375,7 @@ fn assign_retries(
             // Retention deleted it while it waited: nothing is left to retry.
             retry.pop_front();
             part.failures
-                .record(offset, "deleted by retention before it could be retried");
+                .skip(offset, "deleted by retention before it could be retried");
             part.window[(offset - part.base) as usize].state = State::Empty;
             any = true;
             continue;
@@ -434,108 +424,124 @@ fn settle(
         policy.max_reclaims
     );
     let why_for_caller = why.clone();
-    match policy.then {
-        OnFailure::Continue => {
-            part.failures.record(offset, &why);
-            slot.state = State::Empty;
-        }
-        OnFailure::DeadLetter(_) => {
-            tracing::warn!(
-                "stage \"{stage}\" on {} dead-letters record {offset}: {why}",
-                part.place
-            );
-            slot.state = State::Dead(why);
-        }
-        OnFailure::Disable => {
-            if !part.disabled {
-                tracing::error!(
-                    "stage \"{stage}\" on {} is disabled at record {offset}: {why}; nothing after it \
-                     is written until flowd restarts (fix the worker, or set on_error.then to \
-                     \"continue\" or \"dead_letter\")",
-                    part.place
-                );
-            }
-            part.disabled = true;
-        }
+    if policy.then == OnFailure::Disable {
+        // Stop reading now: the window's front stops at this record once it gets there.
+        part.halted = true;
     }
+    tracing::debug!(stage, place = %part.place, offset, "given up on: {why}");
+    slot.state = State::Failed(why);
     slot.reply.clone().map(|reply| (reply, why_for_caller))
 }
 
-/// Writes the front of the window as far as it is settled; returns whether any was.
-fn write_answered(part: &mut Part) -> bool {
+/// Writes the front of the window as far as it is settled; returns whether any was. A
+/// record given up on, or whose answer does not fit its topic, goes to the stage's
+/// `on_error` in its turn; a disable stops the front there.
+fn write_answered(shard: &Shard, part: &mut Part, failed_jobs: &mut FailedJobs) -> bool {
     let mut any = false;
     while let Some(front) = part.window.front() {
-        if matches!(front.state, State::Pending { .. }) || part.finished || part.emitter.is_full() {
+        let dead_full = part.failures.dead.as_ref().is_some_and(Emitter::is_full);
+        if matches!(front.state, State::Pending { .. })
+            || part.finished
+            || part.failures.disabled_at.is_some()
+            || part.emitter.is_full()
+            || dead_full
+        {
             break;
         }
-        let slot = part.window.pop_front().expect("just looked");
+        let mut slot = part.window.pop_front().expect("just looked");
         let offset = part.base;
+        if matches!(slot.state, State::Answered(_)) {
+            let State::Answered(records) = std::mem::replace(&mut slot.state, State::Empty) else {
+                unreachable!("just matched");
+            };
+            match answer_outputs(part, &slot, records) {
+                Ok(outputs) => {
+                    for (index, output) in outputs.into_iter().enumerate() {
+                        if let Err(error) = part.emitter.emit(offset, index, output) {
+                            part.failures.skip(offset, &error.to_string());
+                        }
+                    }
+                    slot.state = State::Empty;
+                }
+                Err(why) => {
+                    let reason = format!("stage \"{}\": {why}", part.stage);
+                    failed_jobs.fail(shard, slot.reply.as_deref(), reason);
+                    slot.state = State::Failed(why);
+                }
+            }
+        }
+        if let State::Failed(why) = &slot.state
+            && fail_record(part, offset, slot.timestamp_ms, why) == Verdict::Disabled
+        {
+            // Nothing after it is written: it stays the window's front.
+            part.window.push_front(slot);
+            break;
+        }
         part.base += 1;
         any = true;
         match slot.state {
-            State::Pending { .. } => unreachable!("checked above"),
-            State::Empty => {}
-            State::Answered(records) => {
-                part.emitter.set_reply(slot.reply.as_deref());
-                for (index, record) in records.into_iter().enumerate() {
-                    let key = match record.key {
-                        OutKey::Input => slot.key.as_deref().map(<[u8]>::to_vec),
-                        OutKey::Set(key) => key,
-                    };
-                    let output = Output {
-                        timestamp_ms: slot.timestamp_ms,
-                        key,
-                        value: record.value,
-                    };
-                    if let Err(error) = part.emitter.emit(offset, index, output) {
-                        part.failures
-                            .record(offset, &format!("cannot route it: {}", error.0));
-                    }
-                }
-            }
+            State::Pending { .. } | State::Answered(_) => unreachable!("settled above"),
+            State::Empty | State::Failed(_) => {}
             State::End(producer) => {
                 part.ends_seen.insert(producer, offset);
                 if part.expected_ends.iter().all(|p| part.ends_seen.contains_key(p)) {
                     part.emitter.set_reply(None);
                     part.emitter.emit_end(offset, slot.timestamp_ms);
-                    if let Some(dead) = &mut part.dead {
+                    if let Some(dead) = &mut part.failures.dead {
                         dead.emit_end(offset, slot.timestamp_ms);
                     }
                     part.finished = true;
                 }
             }
-            State::Dead(why) => dead_letter(part, offset, slot.timestamp_ms, why),
         }
     }
     any
 }
 
-/// Copies the input record at `offset` to the dead-letter topic, with why and whence.
-fn dead_letter(part: &mut Part, offset: u64, timestamp_ms: i64, why: String) {
-    let Some(dead) = &mut part.dead else {
-        return;
-    };
-    let log = part.input.log.borrow();
-    let Some(view) = log.read(offset).next().filter(|v| v.offset() == offset) else {
-        part.failures
-            .record(offset, "deleted by retention before it could be dead-lettered");
-        return;
-    };
-    dead.set_reply(None);
-    dead.set_headers(vec![
-        (DEAD_REASON_HEADER, why.into_bytes()),
-        (DEAD_FROM_HEADER, format!("{}/{offset}", part.place).into_bytes()),
-    ]);
-    let output = Output {
-        timestamp_ms,
-        key: view.key().map(<[u8]>::to_vec),
-        value: view.value().to_vec(),
-    };
-    if let Err(error) = dead.emit(offset, 0, output) {
-        part.failures
-            .record(offset, &format!("cannot dead-letter it: {}", error.0));
+/// The outputs of an answered record, or why they cannot be written: every one of them
+/// must fit its topic, or none is written.
+fn answer_outputs(
+    part: &mut Part,
+    slot: &Slot,
+    records: Vec<AnswerRecord>,
+) -> std::result::Result<Vec<Output>, String> {
+    part.emitter.set_reply(slot.reply.as_deref());
+    let outputs: Vec<Output> = records
+        .into_iter()
+        .map(|record| Output {
+            timestamp_ms: slot.timestamp_ms,
+            key: match record.key {
+                OutKey::Input => slot.key.as_deref().map(<[u8]>::to_vec),
+                OutKey::Set(key) => key,
+            },
+            value: record.value,
+        })
+        .collect();
+    match outputs.iter().find_map(|o| part.emitter.check(o).err()) {
+        Some(too_large) => Err(format!("the worker's answer: {too_large}")),
+        None => Ok(outputs),
     }
-    dead.set_headers(Vec::new());
+}
+
+/// Applies the stage's `on_error` to the input record at `offset`, read again from the
+/// log (retention may have deleted it meanwhile: then it is skipped, and says so).
+fn fail_record(part: &mut Part, offset: u64, timestamp_ms: i64, why: &str) -> Verdict {
+    let input = Rc::clone(&part.input);
+    let log = input.log.borrow();
+    let Some(view) = log.read(offset).next().filter(|v| v.offset() == offset) else {
+        part.failures.skip(
+            offset,
+            &format!("{why}; and retention deleted it before it could be dead-lettered"),
+        );
+        return Verdict::Skipped;
+    };
+    let failed = FailedInput {
+        offset,
+        timestamp_ms,
+        key: view.key(),
+        value: view.value(),
+    };
+    part.failures.fail(&failed, why)
 }
 
 fn snapshot(part: &Part) -> Progress {

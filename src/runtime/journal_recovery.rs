@@ -171,7 +171,7 @@ fn finish_transactions(spec: &DataflowSpec, logs: &mut [Vec<PartitionLog>], stat
                 tracing::warn!(txn = %txn.id, topic = %part.topic, partition = part.partition, "transaction output dropped: no such partition now");
                 continue;
             };
-            if journal::holds_txn(log, part.from, &txn.id) {
+            if journal::holds_txn(log, part.from, part.mark.as_deref().unwrap_or(&txn.id)) {
                 continue;
             }
             let payload = Payload::Wire {

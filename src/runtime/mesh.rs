@@ -97,6 +97,11 @@ impl Ack {
         }
     }
 
+    /// Whether a producer inside the engine waits on it (rather than a client or a peer).
+    pub fn is_engine(&self) -> bool {
+        matches!(self, Ack::Generation(_))
+    }
+
     /// The batch was refused or cannot be made durable.
     pub fn failed(&self, error: crate::protocol::ProtocolError) {
         match self {

@@ -7,11 +7,13 @@
 //! `emitter` (routing and batching), `provenance` and `progress`/`commit` (exactly-once
 //! restarts).
 
+pub mod bounds;
 pub mod commit;
 pub mod consumers;
 pub mod emitter;
 pub mod error;
 pub mod exec_stage;
+pub mod failure;
 pub mod handover;
 pub mod journal_recovery;
 pub mod mesh;

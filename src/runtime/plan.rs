@@ -18,7 +18,7 @@ use crate::runtime::journal_recovery::{self, ShardJournal};
 use crate::runtime::mesh::{self, Batch};
 use crate::runtime::peers::Peers;
 use crate::runtime::progress::{self, Progress};
-use crate::runtime::provenance::{self, source_producer, stage_producer};
+use crate::runtime::provenance::{self, Point, source_producer, stage_producer};
 use crate::runtime::reply::{self, ReplyTask};
 use crate::runtime::service::{self, SERVICE_CHANNEL_MAX, ShardRequest};
 use crate::runtime::shard::{Control, LocalPartition, Shard, Shared};
@@ -92,9 +92,7 @@ pub fn plan(spec: DataflowSpec, cluster: Option<Arc<Cluster>>) -> Result<Plan> {
             durability: spec.engine.durability,
             retention: topic.retention,
             // Small segments hold smaller records: the header takes 8 KiB of each.
-            max_record_bytes: LogOptions::default()
-                .max_record_bytes
-                .min(topic.segment_bytes - 8192),
+            max_record_bytes: crate::storage::record_bytes_max_for(topic.segment_bytes),
             ..LogOptions::default()
         };
         let mut partitions = Vec::new();
@@ -155,7 +153,7 @@ pub fn plan(spec: DataflowSpec, cluster: Option<Arc<Cluster>>) -> Result<Plan> {
                     if stage_spec.op.is_deterministic() && stage_spec.guarantee == Guarantee::ExactlyOnce {
                         skip_points(&scanned[to], &producer, progress.next)
                     } else {
-                        vec![0; spec.topics[to].partitions as usize]
+                        vec![Point::default(); spec.topics[to].partitions as usize]
                     };
                 plans[placement::owner(p, shards)].stages.push(StageTask {
                     stage: i,
@@ -372,7 +370,7 @@ fn scan_outputs(
     logs: &[Vec<PartitionLog>],
     stages: &StageProgress,
     sources: &[Progress],
-) -> Vec<Vec<HashMap<String, u64>>> {
+) -> Vec<Vec<HashMap<String, Point>>> {
     let mut from: Vec<Vec<u64>> = spec
         .topics
         .iter()
@@ -433,10 +431,16 @@ fn states_by_partition(
     states
 }
 
-fn skip_points(scanned: &[HashMap<String, u64>], producer: &str, next: u64) -> Vec<u64> {
+fn skip_points(scanned: &[HashMap<String, Point>], producer: &str, next: u64) -> Vec<Point> {
     scanned
         .iter()
-        .map(|found| found.get(producer).copied().unwrap_or(0).max(next))
+        .map(|found| {
+            found
+                .get(producer)
+                .copied()
+                .unwrap_or_default()
+                .max(Point::whole(next))
+        })
         .collect()
 }
 

@@ -3,11 +3,13 @@
 //!
 //! Every batch a producer (a source, or a stage reading one input partition) sends to
 //! an output partition is appended atomically, in send order, and its last record
-//! carries `flowd-src = "<end> <producer>"`: every output of the producer's inputs
-//! below `end` is in that partition. After a crash the runtime scans each output
-//! partition from the producer's last committed end position and, on replay, drops the
-//! outputs of inputs below the `end` found. End-of-input markers are records with a
-//! `flowd-end` header naming the producer that ended.
+//! carries `flowd-src = "<point> <producer>"`, where the point says how far the
+//! producer's outputs are in that partition: `<end>` means every output of the inputs
+//! below `end`; `<input>+<index>` means those and the first `index` outputs of input
+//! `input` too (one input's outputs took more than one batch). After a crash the
+//! runtime scans each output partition from the producer's last committed end position
+//! and, on replay, drops every output the point found covers. End-of-input markers are
+//! records with a `flowd-end` header naming the producer that ended.
 
 use std::collections::HashMap;
 
@@ -34,14 +36,50 @@ pub fn source_producer(source: &str, file: Option<&str>) -> String {
     }
 }
 
-pub fn encode(producer: &str, end: u64) -> Vec<u8> {
-    format!("{end} {producer}").into_bytes()
+/// How far a producer's outputs are in one partition: every output of the inputs below
+/// `input`, and the first `index` outputs of input `input`. Ordered as the outputs are.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct Point {
+    pub input: u64,
+    pub index: u32,
 }
 
-pub fn decode(value: &[u8]) -> Option<(u64, &str)> {
+impl Point {
+    /// Every output of the inputs below `end`.
+    pub fn whole(end: u64) -> Point {
+        Point { input: end, index: 0 }
+    }
+
+    /// Whether output `index` of the input at `input` is among those this point covers.
+    pub fn covers(&self, input: u64, index: u32) -> bool {
+        (input, index) < (self.input, self.index)
+    }
+
+    /// The first input not wholly covered, for a producer with at most one output per
+    /// input (a covered first output means the input is done).
+    pub fn next_input(&self) -> u64 {
+        self.input + u64::from(self.index > 0)
+    }
+}
+
+pub fn encode(producer: &str, point: Point) -> Vec<u8> {
+    match point.index {
+        0 => format!("{} {producer}", point.input).into_bytes(),
+        index => format!("{}+{index} {producer}", point.input).into_bytes(),
+    }
+}
+
+pub fn decode(value: &[u8]) -> Option<(Point, &str)> {
     let text = std::str::from_utf8(value).ok()?;
-    let (end, producer) = text.split_once(' ')?;
-    Some((end.parse().ok()?, producer))
+    let (point, producer) = text.split_once(' ')?;
+    let point = match point.split_once('+') {
+        None => Point::whole(point.parse().ok()?),
+        Some((input, index)) => Point {
+            input: input.parse().ok()?,
+            index: index.parse().ok().filter(|i| *i > 0)?,
+        },
+    };
+    Some((point, producer))
 }
 
 /// The producer whose end this record marks, if it is an end-of-input marker.
@@ -51,16 +89,16 @@ pub fn end_marker<'a>(view: &RecordView<'a>) -> Option<&'a str> {
         .and_then(|(_, value)| std::str::from_utf8(value).ok())
 }
 
-/// Per producer, the highest provenance end found in `log` from offset `from` on.
-pub fn scan(log: &PartitionLog, from: u64) -> HashMap<String, u64> {
-    let mut found: HashMap<String, u64> = HashMap::new();
+/// Per producer, the furthest provenance point found in `log` from offset `from` on.
+pub fn scan(log: &PartitionLog, from: u64) -> HashMap<String, Point> {
+    let mut found: HashMap<String, Point> = HashMap::new();
     for view in log.read(from) {
         for (name, value) in view.headers() {
             if name == SOURCE_HEADER
-                && let Some((end, producer)) = decode(value)
+                && let Some((point, producer)) = decode(value)
             {
                 let slot = found.entry(producer.to_owned()).or_default();
-                *slot = (*slot).max(end);
+                *slot = (*slot).max(point);
             }
         }
     }
@@ -74,9 +112,35 @@ mod tests {
     #[test]
     fn round_trips() {
         let producer = stage_producer("split", "lines", 3);
-        assert_eq!(decode(&encode(&producer, 42)), Some((42, "stage:split:lines:3")));
-        assert_eq!(decode(b"x y"), None);
-        assert_eq!(decode(b"12"), None);
-        assert_eq!(decode(&[0xff, b' ', b'a']), None);
+        let whole = Point::whole(42);
+        let part = Point { input: 41, index: 7 };
+        assert_eq!(
+            decode(&encode(&producer, whole)),
+            Some((whole, "stage:split:lines:3"))
+        );
+        assert_eq!(
+            decode(&encode(&producer, part)),
+            Some((part, "stage:split:lines:3"))
+        );
+        assert_eq!(encode("p", whole), b"42 p", "whole points keep the old form");
+        for bad in [
+            &b"x y"[..],
+            b"12",
+            b"1+ p",
+            b"1+0 p",
+            b"+1 p",
+            b"1+x p",
+            &[0xff, b' ', b'a'],
+        ] {
+            assert_eq!(decode(bad), None, "{:?}", String::from_utf8_lossy(bad));
+        }
+    }
+
+    #[test]
+    fn points_order_as_outputs_do() {
+        let part = Point { input: 5, index: 2 };
+        assert!(Point::whole(5) < part && part < Point::whole(6));
+        assert!(part.covers(4, 1000) && part.covers(5, 1) && !part.covers(5, 2) && !part.covers(6, 0));
+        assert_eq!((part.next_input(), Point::whole(5).next_input()), (6, 5));
     }
 }

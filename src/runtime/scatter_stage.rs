@@ -22,6 +22,7 @@ use crate::ops::merge::Merger;
 use crate::ops::{OpError, Output};
 use crate::runtime::commit::Committer;
 use crate::runtime::error::Result;
+use crate::runtime::failure::{FailedInput, Failures, Verdict};
 use crate::runtime::mesh::{Ack, Batch};
 use crate::runtime::placement::partition_of_bytes;
 use crate::runtime::progress::Progress;
@@ -29,7 +30,7 @@ use crate::runtime::provenance::end_marker;
 use crate::runtime::reply::{FailedJobs, REPLY_HEADER, ReplyAddress, job_batch};
 use crate::runtime::service::JobOutcome;
 use crate::runtime::shard::{Backoff, Shard};
-use crate::runtime::stage::{FailureLog, StageOutput, StageTask, open_output, operator_error};
+use crate::runtime::stage::{StageOutput, StageTask, open_output, operator_error};
 
 /// Records of one partition scattered and not yet written, at most.
 const WINDOW_MAX: usize = 256;
@@ -62,7 +63,7 @@ pub async fn run(shard: Rc<Shard>, task: StageTask) -> Result<()> {
     let StageOutput {
         mut emitter,
         progress_path,
-        ..
+        producer,
     } = open_output(&shard, &task)?;
     let targets: Vec<Target> = scatter
         .branches
@@ -90,7 +91,7 @@ pub async fn run(shard: Rc<Shard>, task: StageTask) -> Result<()> {
         spec.engine.commit_interval,
     );
     let topic_name = &spec.topics[task.topic].name;
-    let mut failures = FailureLog::new(&stage.name, topic_name, task.partition);
+    let mut failures = Failures::open(&shard, task.stage, &producer, topic_name, task.partition)?;
     let mut failed_jobs = FailedJobs::default();
     let (answers_tx, answers_rx) = flume::bounded::<(u64, JobOutcome)>(WINDOW_MAX * targets.len().max(1));
     let mut window: VecDeque<Slot> = VecDeque::new();
@@ -101,6 +102,11 @@ pub async fn run(shard: Rc<Shard>, task: StageTask) -> Result<()> {
     // branch that does not answer in time.
     let (ack_tx, _) = flume::bounded(1);
     while !finished && !control.is_stopping() {
+        if failures.disabled_at.is_some() {
+            // Disabled: nothing more is scattered or written here until a restart.
+            idle.sleep().await;
+            continue;
+        }
         let now = Instant::now();
         let mut progressed = false;
         while let Ok((id, outcome)) = answers_rx.try_recv() {
@@ -117,7 +123,7 @@ pub async fn run(shard: Rc<Shard>, task: StageTask) -> Result<()> {
         }
         {
             let log = input.log.borrow();
-            for view in log.read(position).take(WINDOW_MAX - window.len()) {
+            for view in log.read_committed(position).take(WINDOW_MAX - window.len()) {
                 let offset = view.offset();
                 if input.is_copied(offset) {
                     break;
@@ -186,7 +192,8 @@ pub async fn run(shard: Rc<Shard>, task: StageTask) -> Result<()> {
                     answers, deadline, ..
                 } => answers.iter().all(Option::is_some) || *deadline <= now,
             };
-            if !settled || emitter.is_full() {
+            let dead_full = failures.dead.as_ref().is_some_and(|d| d.is_full());
+            if !settled || emitter.is_full() || dead_full {
                 break;
             }
             let offset = base;
@@ -198,6 +205,9 @@ pub async fn run(shard: Rc<Shard>, task: StageTask) -> Result<()> {
                     if !expected_ends.is_empty() && expected_ends.iter().all(|p| ends_seen.contains_key(p)) {
                         emitter.set_reply(None);
                         emitter.emit_end(offset, timestamp_ms);
+                        if let Some(dead) = &mut failures.dead {
+                            dead.emit_end(offset, timestamp_ms);
+                        }
                         finished = true;
                         break;
                     }
@@ -214,25 +224,51 @@ pub async fn run(shard: Rc<Shard>, task: StageTask) -> Result<()> {
                         shard.gathers.borrow_mut().remove(id);
                         copies_of.remove(id);
                     }
-                    match gather(&merger, &answers, scatter.partial, scatter.timeout) {
-                        Ok(value) => {
-                            emitter.set_reply(reply.as_deref());
+                    emitter.set_reply(reply.as_deref());
+                    let merged =
+                        gather(&merger, &answers, scatter.partial, scatter.timeout).and_then(|value| {
                             let output = Output {
                                 timestamp_ms,
                                 key,
                                 value,
                             };
+                            emitter.check(&output).map_err(|e| e.to_string())?;
+                            Ok(output)
+                        });
+                    match merged {
+                        Ok(output) => {
                             if let Err(error) = emitter.emit(offset, 0, output) {
-                                failures.record(offset, &format!("cannot route it: {}", error.0));
+                                failures.skip(offset, &error.to_string());
                             }
                         }
                         Err(why) => {
-                            failures.record(offset, &why);
                             failed_jobs.fail(
                                 &shard,
                                 reply.as_deref(),
                                 format!("stage \"{}\": {why}", stage.name),
                             );
+                            let log = input.log.borrow();
+                            let verdict = match log.read(offset).next().filter(|v| v.offset() == offset) {
+                                Some(view) => failures.fail(
+                                    &FailedInput {
+                                        offset,
+                                        timestamp_ms,
+                                        key: view.key(),
+                                        value: view.value(),
+                                    },
+                                    &why,
+                                ),
+                                None => {
+                                    failures
+                                        .skip(offset, &format!("{why}; and retention deleted it meanwhile"));
+                                    Verdict::Skipped
+                                }
+                            };
+                            if verdict == Verdict::Disabled {
+                                // Nothing from it on is written: a restart scatters it again.
+                                base = offset;
+                                break;
+                            }
                         }
                     }
                 }
@@ -242,11 +278,16 @@ pub async fn run(shard: Rc<Shard>, task: StageTask) -> Result<()> {
         if emitter.flush().await.is_err() {
             break;
         }
+        if let Some(dead) = &mut failures.dead
+            && dead.flush().await.is_err()
+        {
+            break;
+        }
         failed_jobs.answer(&shard).await;
         if committer.is_due() || (finished && !end_snapshot) {
             end_snapshot = finished;
             let candidate = Progress::at(base, &ends_seen, finished);
-            committer.snapshot(&mut emitter, candidate);
+            committer.snapshot_with(&mut emitter, failures.dead.as_mut(), candidate);
         }
         committer.complete(emitter.partitions())?;
         if progressed {
@@ -291,14 +332,17 @@ pub async fn run(shard: Rc<Shard>, task: StageTask) -> Result<()> {
         }
     }
     if !committer.stored().done {
-        if emitter.flush().await.is_ok() {
-            committer.snapshot(&mut emitter, Progress::at(base, &ends_seen, finished));
+        let dead_flushed = match &mut failures.dead {
+            Some(dead) => dead.flush().await.is_ok(),
+            None => true,
+        };
+        if emitter.flush().await.is_ok() && dead_flushed {
+            let candidate = Progress::at(base, &ends_seen, finished);
+            committer.snapshot_with(&mut emitter, failures.dead.as_mut(), candidate);
         }
         committer.settle(emitter.partitions()).await?;
     }
-    control
-        .records_failed
-        .fetch_add(failures.count, Ordering::Relaxed);
+    failures.report(&control.records_failed);
     if committer.stored().done {
         control.finished.fetch_add(1, Ordering::AcqRel);
     }

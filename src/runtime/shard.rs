@@ -195,7 +195,7 @@ struct PendingAck {
 }
 
 /// Storage errors a client's batch causes (too big), as opposed to the disk failing.
-fn is_client_error(error: &StorageError) -> bool {
+pub fn is_client_error(error: &StorageError) -> bool {
     matches!(
         error,
         StorageError::RecordTooLarge { .. }
@@ -351,9 +351,20 @@ impl Shard {
                     }
                 }
                 // A client's batch over a storage limit: its sender is told, nothing else.
-                Some(Err(error)) if is_client_error(&error) => batch
+                Some(Err(error)) if is_client_error(&error) && !batch.ack.is_engine() => batch
                     .ack
                     .failed(ProtocolError::new(ErrorCode::TooLarge, error.to_string())),
+                // An engine producer's batch is sized to fit before it is sent (`bounds`):
+                // one refused is a bug, and it must not pass unnoticed.
+                Some(Err(error)) if is_client_error(&error) => {
+                    let topic = &self.shared.spec.topics[topic].name;
+                    self.shared.control.fail(RuntimeError::Refused {
+                        topic: topic.clone(),
+                        partition: batch.partition,
+                        reason: error.to_string(),
+                    });
+                    return;
+                }
                 Some(Err(error)) => {
                     batch
                         .ack

@@ -16,18 +16,17 @@ use std::time::Duration;
 use crate::config::SourceKind;
 use crate::ops::Output;
 use crate::ops::jq::{JqProgram, to_f64};
+use crate::runtime::bounds::Bounds;
 use crate::runtime::commit::Committer;
 use crate::runtime::emitter::Emitter;
 use crate::runtime::error::{Result, RuntimeError};
 use crate::runtime::progress::{self, Progress};
-use crate::runtime::provenance::source_producer;
+use crate::runtime::provenance::{Point, source_producer};
 use crate::runtime::shard::Shard;
 use crate::storage::layout::now_ms;
 
 /// Bytes read from the file per round.
 const READ_CHUNK_BYTES: usize = 256 * 1024;
-/// Longest line accepted; a longer one is cut into pieces of this size.
-pub const LINE_BYTES_MAX: usize = 1 << 20;
 /// How often a followed file or directory is checked for more.
 const FOLLOW_POLL: Duration = Duration::from_millis(100);
 
@@ -35,7 +34,7 @@ pub struct SourceTask {
     pub source: usize,
     pub progress: Progress,
     /// Per output partition: the provenance found there, by producer.
-    pub scanned: Vec<HashMap<String, u64>>,
+    pub scanned: Vec<HashMap<String, Point>>,
 }
 
 struct Reading {
@@ -43,24 +42,23 @@ struct Reading {
     /// Gives each line's timestamp from its JSON, if the source says how.
     timestamp: Option<JqProgram>,
     committer: Committer,
-    scanned: Vec<HashMap<String, u64>>,
+    scanned: Vec<HashMap<String, Point>>,
+    /// Longer lines are cut into pieces of this size: each piece fits one record with
+    /// the engine's headers (`bounds`).
+    line_bytes_max: usize,
 }
 
 pub async fn run(shard: Rc<Shard>, task: SourceTask) -> Result<()> {
     let spec = &shard.shared.spec;
     let source = &spec.sources[task.source];
     let partitions = spec.topics[source.to].partitions;
-    let emitter = Emitter::new(
-        String::new(),
-        source.to,
-        partitions,
-        &source.route,
-        &shard.shared.mesh,
-    )
-    .map_err(|e| RuntimeError::Operator {
-        stage: source.name.clone(),
-        reason: e.0,
-    })?;
+    let emitter =
+        Emitter::new(String::new(), source.to, spec, &source.route, &shard.shared.mesh).map_err(|e| {
+            RuntimeError::Operator {
+                stage: source.name.clone(),
+                reason: e.0,
+            }
+        })?;
     let path = progress::path(&shard.shared.data_dir, &source.name, "source");
     let done = task.progress.done;
     let committer = Committer::new(
@@ -81,6 +79,7 @@ pub async fn run(shard: Rc<Shard>, task: SourceTask) -> Result<()> {
         timestamp,
         committer,
         scanned: task.scanned,
+        line_bytes_max: Bounds::of(&spec.topics[source.to]).ingest_value_bytes_max(),
     };
     if !done {
         match &source.kind {
@@ -101,7 +100,13 @@ impl Reading {
         let skip = self
             .scanned
             .iter()
-            .map(|found| found.get(&producer).copied().unwrap_or(0).max(floor))
+            .map(|found| {
+                found
+                    .get(&producer)
+                    .copied()
+                    .unwrap_or_default()
+                    .max(Point::whole(floor))
+            })
             .collect();
         self.emitter.set_producer(producer, skip);
     }
@@ -230,7 +235,7 @@ async fn read_lines(
         }
         for &byte in &chunk[..n] {
             position += 1;
-            if byte == b'\n' || line.len() >= LINE_BYTES_MAX {
+            if byte == b'\n' || line.len() >= reading.line_bytes_max {
                 emit_line(reading, line_start, &line, control);
                 line.clear();
                 line_start = if byte == b'\n' { position } else { position - 1 };
@@ -270,6 +275,7 @@ fn emit_line(reading: &mut Reading, start: u64, line: &[u8], control: &crate::ru
             Ok(ms) => ms,
             Err(reason) => {
                 eprintln!("flowd: source line at byte {start} has no usable timestamp ({reason}); dropped");
+                control.records_failed.fetch_add(1, Ordering::Relaxed);
                 return;
             }
         },
@@ -279,9 +285,11 @@ fn emit_line(reading: &mut Reading, start: u64, line: &[u8], control: &crate::ru
         key: None,
         value: line.to_vec(),
     };
-    // Routing a line fails only for a jq selector; such a line is dropped and reported.
+    // Routing a line fails only for a jq selector (lines are cut to fit a record); such
+    // a line is dropped, reported and counted.
     if let Err(error) = reading.emitter.emit(start, 0, output) {
-        eprintln!("flowd: source line at byte {start} not routed: {}", error.0);
+        eprintln!("flowd: source line at byte {start} dropped: {error}");
+        control.records_failed.fetch_add(1, Ordering::Relaxed);
         return;
     }
     control.records_in.fetch_add(1, Ordering::Relaxed);

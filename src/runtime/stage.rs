@@ -1,5 +1,7 @@
 //! A stage task: one operator instance reading one input partition on the shard that
-//! owns it, writing through an `Emitter`, committing its progress.
+//! owns it, writing through an `Emitter`, committing its progress. An input it cannot
+//! write (its operator fails, or an output does not fit its topic) goes to the stage's
+//! `on_error` (`failure`) whole: none of its outputs is written then.
 
 use std::cell::RefCell;
 use std::collections::{HashMap, HashSet};
@@ -10,11 +12,13 @@ use crate::config::OpSpec;
 use crate::ops::jq::JqProgram;
 use crate::ops::state::States;
 use crate::ops::{self, Checkpoint, Input, Output};
+use crate::runtime::bounds::Bounds;
 use crate::runtime::commit::Committer;
 use crate::runtime::emitter::Emitter;
 use crate::runtime::error::{Result, RuntimeError};
+use crate::runtime::failure::{FailedInput, Failures, Verdict};
 use crate::runtime::progress::{self, Progress};
-use crate::runtime::provenance::{end_marker, stage_producer};
+use crate::runtime::provenance::{Point, end_marker, stage_producer};
 use crate::runtime::reply::{FailedJobs, REPLY_HEADER};
 use crate::runtime::shard::{Backoff, Shard};
 use crate::storage::layout::now_ms;
@@ -28,8 +32,8 @@ pub struct StageTask {
     pub topic: usize,
     pub partition: u32,
     pub progress: Progress,
-    /// Per output partition: outputs of inputs below this were written before a restart.
-    pub skip: Vec<u64>,
+    /// Per output partition: the outputs this point covers were written before a restart.
+    pub skip: Vec<Point>,
     /// Producers whose end markers end this input; empty for an endless input.
     pub expected_ends: HashSet<String>,
     /// A `state` stage's states of this partition's keys, as its changelog holds them.
@@ -51,7 +55,11 @@ pub async fn run(shard: Rc<Shard>, mut task: StageTask) -> Result<()> {
                 .states
                 .borrow_mut()
                 .insert((task.stage, task.partition), Rc::clone(&states));
-            Box::new(ops::state::State::new(program, states, task.skip.clone()))
+            let skip = task.skip.iter().map(Point::next_input).collect();
+            // A change must fit one changelog record with its key and the engine's headers.
+            let changelog = &spec.topics[stage.to.expect("validated")];
+            let change_bytes_max = Bounds::of(changelog).ingest_record_bytes_max() as usize;
+            Box::new(ops::state::State::new(program, states, skip, change_bytes_max))
         }
         other => ops::build(other).map_err(|e| operator_error(&stage.name, e))?,
     };
@@ -61,6 +69,7 @@ pub async fn run(shard: Rc<Shard>, mut task: StageTask) -> Result<()> {
     });
     let output = open_output(&shard, &task)?;
     let mut emitter = output.emitter;
+    let mut failures = Failures::open(&shard, task.stage, &output.producer, topic_name, task.partition)?;
     let input = Rc::clone(shard.partition(task.topic, task.partition));
     let mut position = task.progress.resume;
     let reader = input.reader(&stage.name, position);
@@ -75,16 +84,20 @@ pub async fn run(shard: Rc<Shard>, mut task: StageTask) -> Result<()> {
     );
     let mut out: Vec<Output> = Vec::new();
     let mut idle = Backoff::default();
-    let mut failures = FailureLog::new(&stage.name, topic_name, task.partition);
     let mut failed_jobs = FailedJobs::default();
     while !finished && !control.is_stopping() {
+        if failures.disabled_at.is_some() {
+            // Disabled: nothing more is read or written here until a restart.
+            idle.sleep().await;
+            continue;
+        }
         let now = now_ms();
         let mut read = 0;
         let seen = input.appends();
         position = shard.resume_at(&input, &stage.name, position);
         {
             let log = input.log.borrow();
-            for view in log.read(position) {
+            for view in log.read_committed(position) {
                 let offset = view.offset();
                 if input.is_copied(offset) {
                     break;
@@ -98,6 +111,9 @@ pub async fn run(shard: Rc<Shard>, mut task: StageTask) -> Result<()> {
                         op.on_end(&mut out);
                         emit_all(&mut emitter, offset, &mut out, &mut failures);
                         emitter.emit_end(offset, view.timestamp_ms());
+                        if let Some(dead) = &mut failures.dead {
+                            dead.emit_end(offset, view.timestamp_ms());
+                        }
                         finished = true;
                         break;
                     }
@@ -115,29 +131,60 @@ pub async fn run(shard: Rc<Shard>, mut task: StageTask) -> Result<()> {
                     key: view.key(),
                     value: view.value(),
                 };
-                if let Err(error) = op.on_record(&record, &mut out) {
-                    failures.record(offset, &error.0);
+                let why = match op.on_record(&record, &mut out) {
+                    Err(error) => Some(error.0),
+                    // Every output of the input fits, or none of them is written.
+                    Ok(()) => out
+                        .iter()
+                        .find_map(|o| emitter.check(o).err())
+                        .map(|e| e.to_string()),
+                };
+                if let Some(why) = why {
+                    out.clear();
                     // A job's caller hears why at once instead of waiting for its timeout.
-                    let why = format!("stage \"{}\" could not handle it: {}", stage.name, error.0);
-                    failed_jobs.fail(&shard, reply, why);
+                    failed_jobs.fail(
+                        &shard,
+                        reply,
+                        format!("stage \"{}\" could not handle it: {why}", stage.name),
+                    );
+                    let failed = FailedInput {
+                        offset,
+                        timestamp_ms: view.timestamp_ms(),
+                        key: view.key(),
+                        value: view.value(),
+                    };
+                    if failures.fail(&failed, &why) == Verdict::Disabled {
+                        position = offset;
+                        break;
+                    }
                 }
                 emit_all(&mut emitter, offset, &mut out, &mut failures);
-                if read >= READ_BATCH_RECORDS || emitter.is_full() {
+                if read >= READ_BATCH_RECORDS
+                    || emitter.is_full()
+                    || failures.dead.as_ref().is_some_and(Emitter::is_full)
+                {
                     break;
                 }
             }
         }
         reader.set(position);
         emitter.set_reply(None);
-        op.on_clock(now, &mut out);
-        emit_all(&mut emitter, position.saturating_sub(1), &mut out, &mut failures);
+        if failures.disabled_at.is_none() {
+            op.on_clock(now, &mut out);
+            emit_all(&mut emitter, position.saturating_sub(1), &mut out, &mut failures);
+        }
         if emitter.flush().await.is_err() {
+            break;
+        }
+        if let Some(dead) = &mut failures.dead
+            && dead.flush().await.is_err()
+        {
             break;
         }
         failed_jobs.answer(&shard).await;
         if committer.is_due() || finished {
             let candidate = snapshot(&*op, position, &ends_seen, finished);
-            committer.snapshot(&mut emitter, candidate);
+            committer.snapshot_with(&mut emitter, failures.dead.as_mut(), candidate);
         }
         committer.complete(emitter.partitions())?;
         if read == 0 {
@@ -147,15 +194,17 @@ pub async fn run(shard: Rc<Shard>, mut task: StageTask) -> Result<()> {
         }
     }
     if !committer.stored().done {
-        if emitter.flush().await.is_ok() {
+        let dead_flushed = match &mut failures.dead {
+            Some(dead) => dead.flush().await.is_ok(),
+            None => true,
+        };
+        if emitter.flush().await.is_ok() && dead_flushed {
             let candidate = snapshot(&*op, position, &ends_seen, finished);
-            committer.snapshot(&mut emitter, candidate);
+            committer.snapshot_with(&mut emitter, failures.dead.as_mut(), candidate);
         }
         committer.settle(emitter.partitions()).await?;
     }
-    control
-        .records_failed
-        .fetch_add(failures.count, std::sync::atomic::Ordering::Relaxed);
+    failures.report(&control.records_failed);
     if committer.stored().done {
         control.finished.fetch_add(1, std::sync::atomic::Ordering::AcqRel);
     }
@@ -183,14 +232,8 @@ pub fn open_output(shard: &Shard, task: &StageTask) -> Result<StageOutput> {
     let topic_name = &spec.topics[task.topic].name;
     let producer = stage_producer(&stage.name, topic_name, task.partition);
     let to = stage.to.expect("validation requires `to`");
-    let mut emitter = Emitter::new(
-        producer.clone(),
-        to,
-        spec.topics[to].partitions,
-        &stage.route,
-        &shard.shared.mesh,
-    )
-    .map_err(|e| operator_error(&stage.name, e))?;
+    let mut emitter = Emitter::new(producer.clone(), to, spec, &stage.route, &shard.shared.mesh)
+        .map_err(|e| operator_error(&stage.name, e))?;
     emitter.set_skip(task.skip.clone());
     let progress_path = progress::path(
         &shard.shared.data_dir,
@@ -204,10 +247,13 @@ pub fn open_output(shard: &Shard, task: &StageTask) -> Result<StageOutput> {
     })
 }
 
-fn emit_all(emitter: &mut Emitter, produced_by: u64, out: &mut Vec<Output>, failures: &mut FailureLog) {
+/// Emits the outputs of the input at `produced_by`; one the emitter refuses (its route's
+/// selector failed; or, for outputs of the clock or the end of input, it does not fit)
+/// is counted and logged.
+fn emit_all(emitter: &mut Emitter, produced_by: u64, out: &mut Vec<Output>, failures: &mut Failures) {
     for (index, output) in out.drain(..).enumerate() {
         if let Err(error) = emitter.emit(produced_by, index, output) {
-            failures.record(produced_by, &format!("cannot route it: {}", error.0));
+            failures.skip(produced_by, &error.to_string());
         }
     }
 }
@@ -223,33 +269,5 @@ fn snapshot(op: &dyn ops::Operator, next: u64, ends_seen: &HashMap<String, u64>,
         ends_seen: ends,
         done,
         ..Progress::default()
-    }
-}
-
-/// Records an operator could not handle: counted, and the first few reported.
-pub struct FailureLog {
-    place: String,
-    pub count: u64,
-}
-
-/// Failures reported one by one before the reports thin out.
-const FAILURES_REPORTED_MAX: u64 = 10;
-
-impl FailureLog {
-    pub fn new(stage: &str, topic: &str, partition: u32) -> FailureLog {
-        FailureLog {
-            place: format!("stage \"{stage}\" on {topic}/{partition}"),
-            count: 0,
-        }
-    }
-
-    pub fn record(&mut self, offset: u64, reason: &str) {
-        self.count += 1;
-        if self.count <= FAILURES_REPORTED_MAX || self.count.is_power_of_two() {
-            eprintln!(
-                "flowd: {} skipped record {offset} ({} so far): {reason}",
-                self.place, self.count
-            );
-        }
     }
 }

@@ -12,6 +12,7 @@ use crate::config::OpSpec;
 use crate::protocol::message::Metadata;
 use crate::protocol::wire::RESERVED_HEADER_PREFIX;
 use crate::protocol::{ErrorCode, FetchFrom, ProduceGroup, ProtocolError, Run, WireRecord};
+use crate::runtime::bounds::{BATCH_HINT, Bounds, ENGINE_HEADERS_RESERVE, TooLarge, record_frame_bytes};
 use crate::runtime::mesh::{Ack, Batch, ClientAck, Payload};
 use crate::runtime::peers::{Fetch, Peers};
 use crate::runtime::placement::{owner, partition_of_bytes};
@@ -26,6 +27,8 @@ pub struct Part {
     pub partition: u32,
     pub bytes: Vec<u8>,
     pub count: usize,
+    /// The frame bytes its records take in the log, at most.
+    pub frame_bytes: u64,
 }
 
 /// Where each record of a group went: `(part index, index in the part, count)`.
@@ -67,14 +70,16 @@ pub fn split(shard: &Shard, groups: &[ProduceGroup<'_>]) -> Result<Split, Protoc
             .topic_index(group.topic)
             .ok_or_else(|| unknown_topic(group.topic))?;
         let partitions = spec.topics[topic].partitions;
+        let bounds = Bounds::of(&spec.topics[topic]);
         if let Some(p) = group.partition {
             check_partition(group.topic, partitions, p)?;
         }
         // Keyless records of a group stay together in one partition, one atomic batch.
         let spread = shard.next_spread(partitions);
         let mut runs: Vec<(usize, usize, u32)> = Vec::new();
-        for record in &group.records {
+        for (n, record) in group.records.iter().enumerate() {
             check_headers(record)?;
+            let frame_bytes = check_size(group.topic, &bounds, n, record)?;
             let partition = match (group.partition, record.key) {
                 (Some(p), _) => p,
                 (None, Some(key)) => partition_of_bytes(key, partitions),
@@ -91,11 +96,24 @@ pub fn split(shard: &Shard, groups: &[ProduceGroup<'_>]) -> Result<Split, Protoc
                         partition,
                         bytes: Vec::new(),
                         count: 0,
+                        frame_bytes: 0,
                     });
                     parts.len() - 1
                 }
             };
             let part = &mut parts[index];
+            part.frame_bytes += frame_bytes;
+            // A part is one atomic batch, which must fit one segment (with room for a
+            // transaction's mark on its last record).
+            if part.frame_bytes + ENGINE_HEADERS_RESERVE > bounds.batch_bytes_max {
+                return Err(too_large(TooLarge {
+                    what: format!("the records for partition {partition}"),
+                    bytes: part.frame_bytes + ENGINE_HEADERS_RESERVE,
+                    max: bounds.batch_bytes_max,
+                    topic: group.topic.to_owned(),
+                    hint: BATCH_HINT,
+                }));
+            }
             part.bytes.extend_from_slice(record.raw);
             match runs.last_mut() {
                 Some((i, start, count)) if *i == index && *start + *count as usize == part.count => {
@@ -115,6 +133,32 @@ pub fn split(shard: &Shard, groups: &[ProduceGroup<'_>]) -> Result<Split, Protoc
         records_in,
         bytes_in,
     })
+}
+
+/// The frame bytes `record` (number `n` of its group) takes, or an error when it is over
+/// what a client may send to the topic: room stays for the headers the engine adds, so
+/// that the record passes any stage unchanged in size (`bounds`).
+fn check_size(topic: &str, bounds: &Bounds, n: usize, record: &WireRecord<'_>) -> Result<u64, ProtocolError> {
+    let headers = record.headers.iter().map(|&(name, value)| (name, value));
+    let bytes = record_frame_bytes(record.key, record.value, headers);
+    if bytes > bounds.ingest_record_bytes_max() {
+        return Err(too_large(TooLarge {
+            what: format!("record {n} of the request"),
+            bytes,
+            max: bounds.ingest_record_bytes_max(),
+            topic: topic.to_owned(),
+            hint: INGEST_HINT,
+        }));
+    }
+    Ok(bytes)
+}
+
+/// The hint for a client's record over the ingest bound.
+const INGEST_HINT: &str = "; a client's record takes at most 1 MiB less 4 KiB kept for the engine's headers \
+     (less in segments under 1 MiB + 8 KiB): split it, or raise the topic's segment_bytes";
+
+pub fn too_large(error: TooLarge) -> ProtocolError {
+    ProtocolError::new(ErrorCode::TooLarge, error.to_string())
 }
 
 /// An error unless `partition` is one of the topic's.
@@ -343,7 +387,19 @@ pub async fn job(
         ));
     }
     let timeout = timeout.unwrap_or(spec.timeout);
-    let partitions = shared.spec.topics[spec.topic].partitions;
+    let topic_spec = &shared.spec.topics[spec.topic];
+    let bounds = Bounds::of(topic_spec);
+    let bytes = record_frame_bytes(key, value, headers.iter().copied());
+    if bytes > bounds.ingest_record_bytes_max() {
+        return Err(too_large(TooLarge {
+            what: format!("job \"{name}\"'s record"),
+            bytes,
+            max: bounds.ingest_record_bytes_max(),
+            topic: topic_spec.name.clone(),
+            hint: INGEST_HINT,
+        }));
+    }
+    let partitions = topic_spec.partitions;
     let partition = match key {
         Some(key) => partition_of_bytes(key, partitions),
         None => shard.next_spread(partitions),

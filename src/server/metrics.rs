@@ -83,6 +83,12 @@ pub struct Metrics {
     pub retention_bytes: Counter,
     /// Records a stage, sink or consumer never got to because retention deleted them.
     pub records_skipped: Counter,
+    /// Stage inputs skipped under `on_error` (or outputs no input could carry).
+    pub stage_records_failed: Counter,
+    /// Stage inputs copied to their dead-letter topic.
+    pub dead_letters: Counter,
+    /// Stage partitions disabled by `on_error`.
+    pub stages_disabled: Counter,
     errors: [Counter; ERROR_CODES],
     /// Produce request taken to durable ack.
     pub produce_latency: Latency,
@@ -111,6 +117,9 @@ impl Metrics {
             retention_records: Counter::default(),
             retention_bytes: Counter::default(),
             records_skipped: Counter::default(),
+            stage_records_failed: Counter::default(),
+            dead_letters: Counter::default(),
+            stages_disabled: Counter::default(),
             errors: Default::default(),
             produce_latency: Latency::new(shards),
             job_latency: Latency::new(shards),
@@ -201,6 +210,21 @@ impl Metrics {
                 "flowd_records_skipped_total",
                 "Records stages, sinks and consumers skipped because retention deleted them first",
                 self.records_skipped.get(),
+            ),
+            (
+                "flowd_stage_records_failed_total",
+                "Stage inputs skipped because the stage could not write them (on_error continue)",
+                self.stage_records_failed.get(),
+            ),
+            (
+                "flowd_dead_letters_total",
+                "Stage inputs copied to their dead-letter topic with the reason",
+                self.dead_letters.get(),
+            ),
+            (
+                "flowd_stages_disabled_total",
+                "Stage partitions stopped by on_error disable",
+                self.stages_disabled.get(),
             ),
             (
                 "flowd_fsyncs_total",

@@ -26,6 +26,20 @@ pub const SEGMENT_BYTES_MIN: u64 = 64 * 1024;
 /// Largest segment size: positions inside a segment are `u32`.
 pub const SEGMENT_BYTES_MAX: u64 = 1 << 31;
 
+/// The largest frame a log with segments of `segment_bytes` takes by default: 1 MiB,
+/// less in small segments (their header and a seal's room take 8 KiB of each).
+pub fn record_bytes_max_for(segment_bytes: u64) -> u64 {
+    LogOptions::default()
+        .max_record_bytes
+        .min(segment_bytes.saturating_sub(2 * SEGMENT_HEADER_BYTES))
+}
+
+/// The most frame bytes one batch can take in a segment of `segment_bytes`: a batch
+/// never spans segments.
+pub fn batch_bytes_max_for(segment_bytes: u64) -> u64 {
+    segment_bytes.saturating_sub(SEGMENT_HEADER_BYTES)
+}
+
 /// How a partition log behaves.
 #[derive(Debug, Clone)]
 pub struct LogOptions {
@@ -311,7 +325,7 @@ impl PartitionLog {
             }
             total += bytes;
         }
-        let capacity = self.options.segment_bytes - SEGMENT_HEADER_BYTES;
+        let capacity = batch_bytes_max_for(self.options.segment_bytes);
         if total > capacity {
             return Err(StorageError::BatchTooLarge {
                 bytes: total,
@@ -440,6 +454,14 @@ impl PartitionLog {
     /// `read_range`.
     pub fn read(&self, from_offset: u64) -> Records<'_> {
         self.read_range(from_offset, u64::MAX)
+    }
+
+    /// Records from `from_offset` (or the start) up to the durable point: only what a
+    /// power loss cannot take back. Whatever acts on what it reads (stages, consumers,
+    /// fetches, copies to other peers) reads this way, so nothing downstream ever rests
+    /// on a record recovery may cut.
+    pub fn read_committed(&self, from_offset: u64) -> Records<'_> {
+        self.read_range(from_offset, self.durable_offset())
     }
 
     /// Records from `from_offset` (or the start) up to, not including, `until_offset`.

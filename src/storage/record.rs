@@ -68,23 +68,40 @@ impl<'a> Record<'a> {
     /// decide where a batch goes before writing it. Checked against the real length by
     /// a debug assertion on every append and by a property test.
     pub fn archived_len_bound(&self) -> usize {
-        // Each unsized slice may be preceded by up to 3 bytes of padding to 4-byte
-        // alignment; the root itself may need 3 more.
-        const SLICE_PAD: usize = 3;
-        let key = self.key.map_or(0, |k| k.len() + SLICE_PAD);
         let headers: usize = self
             .headers
             .iter()
-            .map(|h| size_of::<ArchivedHeader<'static>>() + h.name.len() + h.value.len() + 2 * SLICE_PAD)
+            .map(|h| header_bytes_bound(h.name.len(), h.value.len()))
             .sum();
-        size_of::<ArchivedRecordBody<'static>>()
-            + SLICE_PAD
-            + key
-            + self.value.len()
-            + SLICE_PAD
-            + headers
-            + SLICE_PAD
+        body_bytes_bound(self.key.map(<[u8]>::len), self.value.len(), headers)
     }
+}
+
+/// Each unsized slice may be preceded by up to 3 bytes of padding to 4-byte alignment;
+/// the root itself may need 3 more.
+const SLICE_PAD: usize = 3;
+
+/// What one header adds to a record's archive, at most: for sizing a record before it
+/// exists (the provenance stamp a producer will add, say).
+pub const fn header_bytes_bound(name_len: usize, value_len: usize) -> usize {
+    size_of::<ArchivedHeader<'static>>() + name_len + value_len + 2 * SLICE_PAD
+}
+
+/// The most bytes the archive of a record body with a key of `key_len` (if any), a
+/// value of `value_len` and headers adding `headers_bytes` (a sum of
+/// [`header_bytes_bound`]) can take.
+pub const fn body_bytes_bound(key_len: Option<usize>, value_len: usize, headers_bytes: usize) -> usize {
+    let key = match key_len {
+        Some(len) => len + SLICE_PAD,
+        None => 0,
+    };
+    size_of::<ArchivedRecordBody<'static>>()
+        + SLICE_PAD
+        + key
+        + value_len
+        + SLICE_PAD
+        + headers_bytes
+        + SLICE_PAD
 }
 
 /// The archived part of a record. Its archive is `ArchivedRecordBody`.

@@ -198,9 +198,9 @@ fn broken_files_get_precise_errors() {
             ],
         ),
         (
-            "on_error on a built-in operator",
-            BASE.replace("to = \"words\"", "to = \"words\"\non_error = { then = \"continue\" }"),
-            &["stage \"split\".on_error: on_error applies to exec stages only"],
+            "max_reclaims on a built-in operator",
+            BASE.replace("to = \"words\"", "to = \"words\"\non_error = { max_reclaims = 2, then = \"continue\" }"),
+            &["stage \"split\".on_error.max_reclaims: max_reclaims applies to exec stages: a built-in operator fails the same way every time"],
         ),
         (
             "dead_letter without its topic",

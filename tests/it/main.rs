@@ -14,6 +14,7 @@ mod fixture;
 mod ingest;
 mod jobs;
 mod log;
+mod outputs;
 mod recovery_cases;
 mod recovery_props;
 mod retention;

@@ -219,7 +219,16 @@ impl Validator<'_, '_> {
         }
     }
 
-    pub(super) fn on_error(&mut self, raw: &Spanned<toml::Value>, key: &str, topics: &[&str]) -> ErrorPolicy {
+    /// A stage's `on_error`: what becomes of a record it cannot write (an exec worker's
+    /// failures, retried `max_reclaims` times first; an operator error or an output too
+    /// large for its topic, at once, for every stage).
+    pub(super) fn on_error(
+        &mut self,
+        raw: &Spanned<toml::Value>,
+        key: &str,
+        topics: &[&str],
+        is_exec: bool,
+    ) -> ErrorPolicy {
         let span = raw.span();
         let toml::Value::Table(p) = raw.get_ref() else {
             self.error(
@@ -228,10 +237,18 @@ impl Validator<'_, '_> {
                 "on_error is a table".into(),
                 "on_error = { max_reclaims = 5, then = \"dead_letter\", dead_letter = \"failed\" }".into(),
             );
-            return ErrorPolicy::default();
+            return ErrorPolicy::default_for(is_exec);
         };
-        let mut policy = ErrorPolicy::default();
-        if let Some(n) = self.count(p, "max_reclaims", 0, MAX_RECLAIMS_MAX, span.clone(), key) {
+        let mut policy = ErrorPolicy::default_for(is_exec);
+        if !is_exec && p.contains_key("max_reclaims") {
+            self.error(
+                span.clone(),
+                format!("{key}.max_reclaims"),
+                "max_reclaims applies to exec stages: a built-in operator fails the same way every time"
+                    .into(),
+                "remove max_reclaims".into(),
+            );
+        } else if let Some(n) = self.count(p, "max_reclaims", 0, MAX_RECLAIMS_MAX, span.clone(), key) {
             policy.max_reclaims = n as u32;
         }
         let dead_letter = p.get("dead_letter");
@@ -241,7 +258,8 @@ impl Validator<'_, '_> {
             Some(other) => Some(other.as_str().unwrap_or("(not a string)")),
         };
         policy.then = match (then, dead_letter) {
-            (None | Some("disable"), None) => OnFailure::Disable,
+            (None, None) => policy.then,
+            (Some("disable"), None) => OnFailure::Disable,
             (Some("continue"), None) => OnFailure::Continue,
             (Some("dead_letter"), Some(toml::Value::String(topic))) => OnFailure::DeadLetter(
                 self.topic_name_ref(topic, span.clone(), &format!("{key}.dead_letter"), topics),
