@@ -11,7 +11,14 @@ const ROOT: &[&str] = &["engine", "ingest", "topic", "source", "stage", "sink", 
 const INGEST: &[&str] = &["tcp", "http", "max_frame_bytes", "max_connections", "io_timeout"];
 const JOB: &[&str] = &["name", "topic", "timeout"];
 const ENGINE: &[&str] = &["cores", "data_dir", "durability", "commit_interval"];
-const TOPIC: &[&str] = &["name", "partitions", "segment_bytes", "retention", "max_lag"];
+const TOPIC: &[&str] = &[
+    "name",
+    "partitions",
+    "segment_bytes",
+    "retention",
+    "max_lag",
+    "max_consumers",
+];
 const RETENTION: &[&str] = &["max_age", "max_bytes"];
 const SOURCE: &[&str] = &["name", "type", "path", "follow", "timestamp", "to", "route"];
 const STAGE: &[&str] = &["name", "from", "op", "to", "route", "guarantee", "on_error"];

@@ -59,6 +59,8 @@ pub struct RawTopic {
     pub retention: Option<Spanned<RawRetention>>,
     /// Records a partition may hold beyond its slowest consumer before writers wait.
     pub max_lag: Option<Spanned<i64>>,
+    /// Named consumers the topic may have.
+    pub max_consumers: Option<Spanned<i64>>,
 }
 
 #[derive(Debug, Deserialize)]

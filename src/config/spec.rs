@@ -79,7 +79,15 @@ pub struct TopicSpec {
     pub retention: RetentionPolicy,
     /// Records a partition may hold beyond its slowest consumer before writers wait.
     pub max_lag: u64,
+    /// Named consumers the topic may have; creating one more is refused. Bounds the
+    /// engine's memory and its consumer journal, whatever clients do.
+    pub max_consumers: usize,
 }
+
+/// Named consumers a topic may have unless it says otherwise.
+pub const MAX_CONSUMERS_DEFAULT: usize = 10_000;
+/// The most `max_consumers` may be.
+pub const MAX_CONSUMERS_LIMIT: usize = 1_000_000;
 
 #[derive(Debug, Clone)]
 pub struct SourceSpec {

@@ -367,12 +367,26 @@ impl Validator<'_, '_> {
                 1
             }
         };
+        let max_consumers = match &raw.max_consumers {
+            None => MAX_CONSUMERS_DEFAULT,
+            Some(n) if (1..=MAX_CONSUMERS_LIMIT as i64).contains(n.get_ref()) => *n.get_ref() as usize,
+            Some(n) => {
+                self.error(
+                    n.span(),
+                    key("max_consumers"),
+                    format!("max_consumers must be from 1 to {MAX_CONSUMERS_LIMIT}"),
+                    format!("the default is {MAX_CONSUMERS_DEFAULT}"),
+                );
+                MAX_CONSUMERS_DEFAULT
+            }
+        };
         TopicSpec {
             name: raw.name.get_ref().clone(),
             partitions,
             segment_bytes,
             retention,
             max_lag,
+            max_consumers,
         }
     }
 

@@ -21,7 +21,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::consumer::cursor::{Cursor, Options, Outcome, Range, Reclaimed, State, Why};
 use crate::consumer::error::ConsumerError;
-use crate::consumer::journal::{Entry, PartRef, TXN_HEADER};
+use crate::consumer::journal::{Entry, PartRef, TXN_HEADER, write_snapshot};
 use crate::protocol::consumer::{AdminAction, Bound, RangeSpec, begin_claimed, finish_claimed};
 use crate::protocol::message::RecordsWriter;
 use crate::protocol::wire::{RESERVED_HEADER_PREFIX, encode_record};
@@ -48,7 +48,10 @@ pub struct Consumers {
     journal: RefCell<PartitionLog>,
     cursors: RefCell<Cursors>,
     since_snapshot: Cell<u64>,
-    open_txns: Cell<usize>,
+    /// Transactions journaled but not yet known applied: no snapshot while any is.
+    unapplied_txns: Cell<usize>,
+    /// A snapshot written whose older segments go once it is durable.
+    compaction: Cell<Option<AppendReceipt>>,
     /// `(topic, consumer)` pairs this shard's connections made sure exist on every shard.
     pub ensured: RefCell<HashSet<(usize, String)>>,
 }
@@ -60,7 +63,8 @@ impl Consumers {
             journal: RefCell::new(journal.log),
             cursors: RefCell::new(journal.cursors),
             since_snapshot: Cell::new(0),
-            open_txns: Cell::new(0),
+            unapplied_txns: Cell::new(0),
+            compaction: Cell::new(None),
             ensured: RefCell::new(HashSet::new()),
         }
     }
@@ -183,30 +187,56 @@ impl Consumers {
         }
     }
 
-    /// Writes every cursor as one snapshot batch and deletes the journal before it,
-    /// once enough was written since the last one and no transaction is open.
+    /// Writes every cursor as a snapshot once enough was written since the last one
+    /// and every transaction is applied (a snapshot carries no pending transaction). The
+    /// journal before it is deleted only once the whole snapshot is durable
+    /// (`compact`), so a crash at any point keeps either the old entries or the new
+    /// snapshot whole.
     fn maybe_snapshot(&self, shard: &Shard) -> Result<(), ProtocolError> {
-        if self.since_snapshot.get() < SNAPSHOT_BYTES || self.open_txns.get() > 0 {
+        if self.since_snapshot.get() < SNAPSHOT_BYTES
+            || self.unapplied_txns.get() > 0
+            || self.compaction.get().is_some()
+        {
             return Ok(());
         }
         let topics = &shard.shared.spec.topics;
-        let mut entries = vec![Entry::Reset];
-        for ((topic, partition), groups) in self.cursors.borrow().iter() {
-            for (group, cursor) in groups {
-                entries.push(Entry::Set {
-                    topic: topics[*topic].name.clone(),
-                    partition: *partition,
-                    group: group.clone(),
-                    cursor: cursor.clone(),
-                });
+        let cursors = self.cursors.borrow();
+        let entries = cursors.iter().flat_map(|((topic, partition), groups)| {
+            groups.iter().map(move |(group, cursor)| Entry::Set {
+                topic: topics[*topic].name.clone(),
+                partition: *partition,
+                group: group.clone(),
+                cursor: cursor.clone(),
+            })
+        });
+        let written = write_snapshot(&mut self.journal.borrow_mut(), entries, now_ms());
+        match written {
+            Ok(receipt) => {
+                self.since_snapshot.set(0);
+                self.compaction.set(Some(receipt));
+                Ok(())
+            }
+            Err(error) => {
+                let message = format!("the consumer journal's snapshot cannot be written: {error}");
+                shard.shared.control.fail(error.into());
+                Err(ProtocolError::new(ErrorCode::Unavailable, message))
             }
         }
-        let receipt = self.write(shard, &entries, &[])?;
-        self.since_snapshot.set(0);
-        if let Err(error) = self.journal.borrow_mut().delete_below(receipt.first_offset) {
-            tracing::warn!(%error, "old consumer journal segments could not be deleted");
+    }
+
+    /// Deletes the journal segments older than the last snapshot once that snapshot is
+    /// durable.
+    fn compact(&self) {
+        let Some(snapshot) = self.compaction.get() else {
+            return;
+        };
+        if self.journal.borrow().durable_offset() < snapshot.next_offset {
+            return;
         }
-        Ok(())
+        self.compaction.set(None);
+        if let Err(error) = self.journal.borrow_mut().delete_below(snapshot.first_offset) {
+            tracing::warn!(%error, "old consumer journal segments could not be deleted; the next snapshot tries again");
+        }
     }
 }
 
@@ -491,12 +521,32 @@ pub async fn run(shard: &Rc<Shard>, op: PartitionOp) -> OpResult {
     outcome
 }
 
+/// A new consumer's cursor on `partition`, or an error when the topic already has as
+/// many consumers as it may (`max_consumers`): their state is kept in memory and in
+/// the journal, so it must stay bounded whatever clients create.
 fn new_cursor(
     shard: &Shard,
     topic: usize,
     partition: u32,
     options: &Options,
 ) -> Result<Cursor, ProtocolError> {
+    let topic_spec = &shard.shared.spec.topics[topic];
+    let count = shard
+        .consumers
+        .cursors
+        .borrow()
+        .get(&(topic, partition))
+        .map_or(0, |groups| groups.len());
+    if count >= topic_spec.max_consumers {
+        return Err(ProtocolError::new(
+            ErrorCode::Overloaded,
+            format!(
+                "topic \"{}\" has its limit of {} consumers; destroy ones no longer used (DELETE /consumers/TOPIC/NAME) \
+                 or raise the topic's max_consumers",
+                topic_spec.name, topic_spec.max_consumers
+            ),
+        ));
+    }
     let local = local(shard, topic, partition)?;
     let log = local.log.borrow();
     Ok(Cursor::new(
@@ -766,8 +816,7 @@ async fn commit(
     let bodies: Vec<&[u8]> = parts.iter().map(|p| p.bytes.as_slice()).collect();
     let receipt = consumers.write(shard, &[entry], &bodies)?;
     consumers.put(topic, partition, group, cursor);
-    consumers.open_txns.set(consumers.open_txns.get() + 1);
-    let _open = OpenTxn(consumers);
+    consumers.unapplied_txns.set(consumers.unapplied_txns.get() + 1);
     consumers.durable(receipt).await?;
     let (tx, rx) = flume::bounded(parts.len().max(1));
     let count = parts.len();
@@ -794,15 +843,10 @@ async fn commit(
         ends[i] = (first, next);
     }
     consumers.write(shard, &[Entry::Applied { id }], &[])?;
+    // Only now may a snapshot leave it out. A transaction that ends before this (the
+    // engine stopping) stays unapplied in the journal, and the next start applies it.
+    consumers.unapplied_txns.set(consumers.unapplied_txns.get() - 1);
     Ok(ends)
-}
-
-struct OpenTxn<'a>(&'a Consumers);
-
-impl Drop for OpenTxn<'_> {
-    fn drop(&mut self) {
-        self.0.open_txns.set(self.0.open_txns.get() - 1);
-    }
 }
 
 /// Re-encodes a part's last record with the transaction header added.
@@ -978,5 +1022,6 @@ pub async fn run_sweeper(shard: Rc<Shard>) {
         if let Err(error) = shard.consumers.maybe_snapshot(&shard) {
             tracing::warn!(%error, "consumer journal snapshot failed");
         }
+        shard.consumers.compact();
     }
 }

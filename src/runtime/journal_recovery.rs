@@ -18,7 +18,7 @@ use crate::consumer::journal::{self, Entry, Replayed};
 use crate::runtime::error::{Result, RuntimeError};
 use crate::runtime::mesh::{Payload, with_payload};
 use crate::runtime::placement;
-use crate::storage::{Durability, LogOptions, PartitionLog, Record, layout};
+use crate::storage::{Durability, LogOptions, PartitionLog, layout};
 
 /// Journal segments: large enough for the biggest transaction (a 16 MiB frame).
 pub const JOURNAL_SEGMENT_BYTES: u64 = 32 << 20;
@@ -110,7 +110,7 @@ pub fn recover(
         std::fs::remove_dir_all(&dir).map_err(RuntimeError::io("remove", &dir))?;
     }
     let mut per_shard: Vec<ShardJournal> = Vec::with_capacity(shards);
-    let mut snapshots: Vec<Vec<Entry>> = vec![vec![Entry::Reset]; shards];
+    let mut snapshots: Vec<Vec<Entry>> = vec![Vec::new(); shards];
     let mut cursors: Vec<Cursors> = vec![Cursors::new(); shards];
     for ((topic, partition, group), cursor) in state.cursors {
         let Some(t) = spec.topic_index(&topic) else {
@@ -135,10 +135,8 @@ pub fn recover(
     }
     for (shard, (snapshot, cursors)) in snapshots.into_iter().zip(cursors).enumerate() {
         let mut log = PartitionLog::open(&dir.join(format!("shard-{shard}")), options.clone())?;
-        let values: Vec<Vec<u8>> = snapshot.iter().map(Entry::encode).collect();
-        let now = layout::now_ms();
-        let records: Vec<Record<'_>> = values.iter().map(|v| Record::new(now, v)).collect();
-        log.append(&records)?;
+        // In as many batches as it takes: its size must never keep flowd from starting.
+        journal::write_snapshot(&mut log, snapshot, layout::now_ms())?;
         log.sync()?;
         per_shard.push(ShardJournal {
             generation,

@@ -553,3 +553,50 @@ fn tail_group_goes_on_where_it_stopped_and_drain_waits_for_acks() {
     );
     assert_eq!(code, 2);
 }
+
+/// Issue 20, third failure: consumers created over HTTP until the topic's limit; the
+/// next is refused with a clear error, the engine runs on, and a restart keeps every
+/// consumer created.
+#[test]
+fn issue20_consumers_past_the_topic_limit_are_refused_and_a_restart_keeps_every_one() {
+    let dir = fast_tempdir();
+    let path = dir.path().join("limit.toml");
+    let text = format!(
+        "[engine]\ndata_dir = \"{}\"\ndurability = \"group\"\ncores = 2\n\n[ingest]\ntcp = \"127.0.0.1:0\"\nhttp = \"127.0.0.1:0\"\n\n[[topic]]\nname = \"events\"\npartitions = 1\nmax_consumers = 50\n",
+        dir.path().join("data").display()
+    );
+    std::fs::write(&path, text).unwrap();
+    let mut server = Server::start(&path);
+    for n in 0..50 {
+        let (code, body) = http(
+            &server.http,
+            "POST",
+            &format!("/consumers/events/g{n}/claim?create=earliest"),
+            "",
+        );
+        assert_eq!(code, 200, "consumer {n}: {body}");
+    }
+    let (code, body) = http(
+        &server.http,
+        "POST",
+        "/consumers/events/g50/claim?create=earliest",
+        "",
+    );
+    assert_eq!(code, 503, "{body}");
+    assert!(
+        body.contains("has its limit of 50 consumers") && body.contains("max_consumers"),
+        "{body}"
+    );
+    // An existing consumer is still served.
+    let (code, body) = http(&server.http, "POST", "/consumers/events/g7/claim", "");
+    assert_eq!(code, 200, "{body}");
+    server.kill9();
+    let server = Server::start(&path);
+    let mut client = Client::connect(&server.tcp).unwrap();
+    let cursors = client.consumers(AdminAction::List, "events", "").unwrap();
+    let mut names: Vec<String> = cursors.iter().map(|c| c.group.clone()).collect();
+    names.sort();
+    let mut expected: Vec<String> = (0..50).map(|n| format!("g{n}")).collect();
+    expected.sort();
+    assert_eq!(names, expected, "every consumer, once, and no other");
+}
