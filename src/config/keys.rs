@@ -8,7 +8,16 @@ use crate::config::error::{Diagnostics, did_you_mean};
 use crate::ops::OPERATOR_NAMES;
 
 const ROOT: &[&str] = &["engine", "ingest", "topic", "source", "stage", "sink", "job"];
-const INGEST: &[&str] = &["tcp", "http", "max_frame_bytes", "max_connections", "io_timeout"];
+const INGEST: &[&str] = &[
+    "tcp",
+    "http",
+    "max_frame_bytes",
+    "max_connections",
+    "max_connections_per_address",
+    "io_timeout",
+    "idle_timeout",
+    "max_buffered_bytes",
+];
 const JOB: &[&str] = &["name", "topic", "timeout"];
 const ENGINE: &[&str] = &["cores", "data_dir", "durability", "commit_interval"];
 const TOPIC: &[&str] = &[

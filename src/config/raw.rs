@@ -31,7 +31,11 @@ pub struct RawIngest {
     pub http: Option<Spanned<String>>,
     pub max_frame_bytes: Option<Spanned<toml::Value>>,
     pub max_connections: Option<Spanned<i64>>,
+    pub max_connections_per_address: Option<Spanned<i64>>,
     pub io_timeout: Option<Spanned<String>>,
+    pub idle_timeout: Option<Spanned<String>>,
+    /// A size: `"128MiB"` or a number of bytes.
+    pub max_buffered_bytes: Option<Spanned<toml::Value>>,
 }
 
 #[derive(Debug, Deserialize)]

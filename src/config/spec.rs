@@ -28,9 +28,18 @@ pub struct IngestSpec {
     pub http: Option<SocketAddr>,
     pub max_frame_bytes: u32,
     pub max_connections: usize,
-    /// A frame begun but not finished, or a response not taken by the client, for this
-    /// long closes the connection.
+    /// Connections one client address may hold at once.
+    pub max_connections_per_address: usize,
+    /// A frame (or an HTTP request's header or body) not whole this long after its
+    /// first byte, or a response not taken by the client for this long, closes the
+    /// connection.
     pub io_timeout: Duration,
+    /// A connection with nothing in flight and no request begun for this long is closed.
+    pub idle_timeout: Duration,
+    /// Bytes of large unfinished frames and HTTP bodies (and of the requests they
+    /// become, until answered) one core holds at once; past it, connections wait before
+    /// reading more. At least `max_frame_bytes`.
+    pub max_buffered_bytes: u64,
 }
 
 pub const DEFAULT_TCP: &str = "127.0.0.1:7070";
@@ -43,7 +52,10 @@ impl Default for IngestSpec {
             http: None,
             max_frame_bytes: 16 << 20,
             max_connections: 4096,
+            max_connections_per_address: 1024,
             io_timeout: Duration::from_secs(30),
+            idle_timeout: Duration::from_secs(600),
+            max_buffered_bytes: 128 << 20,
         }
     }
 }

@@ -208,6 +208,18 @@ impl Validator<'_, '_> {
                 );
             }
         }
+        if let Some(n) = &raw.max_connections_per_address {
+            if (1..=1_000_000).contains(n.get_ref()) {
+                spec.max_connections_per_address = *n.get_ref() as usize;
+            } else {
+                self.error(
+                    n.span(),
+                    "ingest.max_connections_per_address",
+                    format!("{} is out of range", n.get_ref()),
+                    "use 1 to 1000000".into(),
+                );
+            }
+        }
         if let Some(t) = &raw.io_timeout {
             spec.io_timeout = self.duration_within(
                 t,
@@ -216,6 +228,30 @@ impl Validator<'_, '_> {
                 Duration::from_secs(3600),
             );
         }
+        if let Some(t) = &raw.idle_timeout {
+            spec.idle_timeout = self.duration_within(
+                t,
+                "ingest.idle_timeout",
+                Duration::from_millis(100),
+                Duration::from_secs(7 * 24 * 3600),
+            );
+        }
+        if let Some(v) = &raw.max_buffered_bytes
+            && let Some(n) = self.size(v, "ingest.max_buffered_bytes")
+        {
+            if (1 << 20..=1 << 40).contains(&n) {
+                spec.max_buffered_bytes = n;
+            } else {
+                self.error(
+                    v.span(),
+                    "ingest.max_buffered_bytes",
+                    format!("{n} bytes is out of range"),
+                    "use from \"1MiB\" to \"1TiB\"".into(),
+                );
+            }
+        }
+        // One frame must always fit: a budget below it would never let such a frame in.
+        spec.max_buffered_bytes = spec.max_buffered_bytes.max(u64::from(spec.max_frame_bytes));
         spec
     }
 

@@ -361,6 +361,9 @@ pub async fn fetch(shard: &Rc<Shard>, topic: &str, order: FetchOrder) -> Vec<u8>
         .unwrap_or_else(|_| service::error_frame(request_id, &stopping()))
 }
 
+/// The longest timeout a request may give its job, over either door.
+pub const JOB_TIMEOUT_MAX: Duration = Duration::from_secs(3600);
+
 /// Takes a job: writes it to its topic with this shard's reply address, then waits for
 /// the reply stage's answer, or the timeout.
 pub async fn job(

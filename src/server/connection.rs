@@ -1,15 +1,24 @@
 //! One TCP client: read frames, dispatch requests (many in flight), write responses.
 //!
-//! Limits, so that no client can hurt the others: a frame over `max_frame_bytes` is
-//! refused from its length prefix alone; a frame begun but not finished within
-//! `io_timeout` closes the connection; responses not taken by the client within
-//! `io_timeout` close it too; the responses a connection may owe at once are bounded by
-//! a byte budget, and while it is spent the connection reads no further requests. The
-//! read buffer starts small, so that thousands of idle connections cost little.
+//! Limits, so that no client can hurt the others:
+//! - a frame over `max_frame_bytes` is refused from its length prefix alone;
+//! - a frame must arrive whole within `io_timeout` of its first byte, however it
+//!   trickles in; a connection with nothing begun and nothing in flight for
+//!   `idle_timeout` is closed; responses not taken within `io_timeout` close it too;
+//! - a frame over `admission::FREE_BYTES` takes its bytes from the shard's budget
+//!   (`max_buffered_bytes`) before they are read, and holds them until its request is
+//!   answered: while the budget is spent, such connections wait without reading;
+//! - every request is charged against the connection's budget for what it holds (its
+//!   body until answered, the response it may get), and while that is spent the
+//!   connection reads no further requests.
+//!
+//! The read buffer starts small and is sized exactly for a large frame, so thousands of
+//! idle connections cost little and no frame costs more than its size.
 
 use std::os::fd::{FromRawFd, RawFd};
+use std::pin::pin;
 use std::rc::Rc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use futures_lite::{AsyncReadExt, AsyncWriteExt};
 use glommio::net::{TcpListener, TcpStream};
@@ -24,15 +33,19 @@ use crate::protocol::message::{
 use crate::protocol::{ErrorCode, ProtocolError, RawFrame, Request, parse_frame};
 use crate::runtime::service::{FETCH_BYTES_MAX, FetchOrder};
 use crate::runtime::shard::Shard;
+use crate::server::admission::{Charge, FREE_BYTES, Refusal};
 use crate::server::{self, Front};
 use crate::server::{api, consumer_api};
 
-/// Bytes of responses one connection may owe at once.
+/// Bytes a connection may owe at once beyond its largest frame: responses, and the
+/// bodies of requests not yet answered.
 const RESPONSE_BUDGET: u64 = 8 << 20;
-/// What a produce response is charged against the budget.
+/// What a request with a small answer is charged against the budget.
 const SMALL_RESPONSE: u64 = 512;
-/// What a job answer or status document is charged.
-const LARGE_RESPONSE: u64 = 64 << 10;
+/// What a status document or a consumer listing is charged.
+const LARGE_RESPONSE: u64 = 1 << 20;
+/// What a record in an answer may take: one record may go over a fetch's byte limit.
+const RECORD_RESPONSE: u64 = 1 << 20;
 /// Responses queued for the writer.
 const OUTGOING_MAX: usize = 256;
 /// The smallest read; idle connections hold no more than this.
@@ -40,7 +53,14 @@ const READ_MIN: usize = 4 << 10;
 /// The largest single read.
 const READ_MAX: usize = 1 << 20;
 
-type Outgoing = (Vec<u8>, Option<StaticPermit>);
+/// What a request holds until its response is written: its share of the connection's
+/// budget, and of the shard's budget when its frame was large.
+struct Held {
+    _permit: StaticPermit,
+    _charge: Option<Charge>,
+}
+
+type Outgoing = (Vec<u8>, Option<Held>);
 
 pub async fn accept_loop(shard: Rc<Shard>, front: Rc<Front>, fd: RawFd) {
     // Safety: `fd` is a listening socket bound for this shard and owned by nothing else.
@@ -48,9 +68,13 @@ pub async fn accept_loop(shard: Rc<Shard>, front: Rc<Front>, fd: RawFd) {
     let metrics = std::sync::Arc::clone(&shard.shared.metrics);
     while !shard.shared.control.is_stopping() {
         let stream = server::accept(&listener, "TCP").await;
-        let Some(open) = server::admit(&metrics, &front, "TCP") else {
-            glommio::spawn_local(refuse(stream, front.max_connections)).detach();
-            continue;
+        let peer = stream.peer_addr().ok().map(|a| a.ip());
+        let open = match server::admit(&metrics, &front, "TCP", peer) {
+            Ok(open) => open,
+            Err(refusal) => {
+                glommio::spawn_local(refuse(stream, refusal)).detach();
+                continue;
+            }
         };
         let (shard, front) = (Rc::clone(&shard), Rc::clone(&front));
         glommio::spawn_local(async move {
@@ -61,14 +85,19 @@ pub async fn accept_loop(shard: Rc<Shard>, front: Rc<Front>, fd: RawFd) {
     }
 }
 
-async fn refuse(mut stream: TcpStream, limit: usize) {
+async fn refuse(mut stream: TcpStream, refusal: Refusal) {
     let mut out = Vec::new();
-    let message = format!(
-        "the server holds its limit of {limit} connections; retry later or raise ingest.max_connections"
-    );
-    encode_error(&mut out, 0, ErrorCode::Overloaded, &message);
+    encode_error(&mut out, 0, ErrorCode::Overloaded, &refusal.message());
     let _ = api::within(Duration::from_secs(1), stream.write_all(&out)).await;
     let _ = stream.close().await;
+}
+
+/// Where a connection's reading stands.
+struct Reading {
+    /// When the first byte of the frame being read arrived.
+    frame_started: Option<Instant>,
+    /// The budget taken for the frame being read, if it is large.
+    charge: Option<Charge>,
 }
 
 /// Serves one connection until the client closes it or breaks a rule.
@@ -78,20 +107,28 @@ pub async fn serve(shard: Rc<Shard>, front: Rc<Front>, stream: TcpStream) {
     let (mut reader, writer) = futures_lite::io::split(stream);
     let (out_tx, out_rx) = flume::bounded::<Outgoing>(OUTGOING_MAX);
     let writer_task = glommio::spawn_local(write_loop(writer, out_rx, front.io_timeout, peer.clone()));
-    let budget = Rc::new(Semaphore::new(RESPONSE_BUDGET));
+    let budget_total = RESPONSE_BUDGET + front.max_frame_bytes as u64;
+    let budget = Rc::new(Semaphore::new(budget_total));
     let mut buf: Vec<u8> = Vec::new();
     let mut start = 0;
     let mut last_read_full = false;
+    let mut reading = Reading {
+        frame_started: None,
+        charge: None,
+    };
     let reason = 'conn: loop {
         // Every whole frame buffered, in order.
         loop {
             match parse_frame(&buf[start..], front.max_frame_bytes) {
                 Ok(Some(frame)) => {
                     let len = frame.len;
-                    if !dispatch(&shard, &front, frame, &out_tx, &budget).await {
+                    // The frame's charge goes with its request, until it is answered.
+                    let charge = reading.charge.take();
+                    if !dispatch(&shard, &front, frame, &out_tx, &budget, charge).await {
                         break 'conn "the engine is stopping".to_owned();
                     }
                     start += len;
+                    reading.frame_started = None;
                 }
                 Ok(None) => break,
                 Err(error) => {
@@ -105,47 +142,81 @@ pub async fn serve(shard: Rc<Shard>, front: Rc<Front>, stream: TcpStream) {
         if buf.is_empty() && buf.capacity() > READ_MAX {
             buf = Vec::new();
         }
+        if !buf.is_empty() && reading.frame_started.is_none() {
+            reading.frame_started = Some(Instant::now());
+        }
         // Read what the frame in progress still needs, else a small or growing chunk.
-        let want = match buf.get(..4) {
-            Some(prefix) => {
-                let total = u32::from_le_bytes(prefix.try_into().expect("4 bytes")) as usize + 4;
-                total.saturating_sub(buf.len()).clamp(READ_MIN, READ_MAX)
-            }
+        let total = buf
+            .get(..4)
+            .map(|prefix| u32::from_le_bytes(prefix.try_into().expect("4 bytes")) as usize + 4);
+        let want = match total {
+            Some(total) => total.saturating_sub(buf.len()).clamp(READ_MIN, READ_MAX),
             None if last_read_full => 64 << 10,
             None => READ_MIN,
         };
-        let old = buf.len();
-        buf.resize(old + want, 0);
-        let read = if old > 0 {
-            match api::within(front.io_timeout, reader.read(&mut buf[old..])).await {
-                Some(read) => read,
+        if let Some(total) = total
+            && total as u64 > FREE_BYTES
+            && reading.charge.is_none()
+        {
+            // A large frame: its bytes come from the shard's budget before they are read.
+            let deadline = reading.frame_started.expect("a prefix was read") + front.io_timeout;
+            let left = deadline.saturating_duration_since(Instant::now());
+            match api::within(left, Charge::take(&front.buffered, total as u64)).await {
+                Some(Some(charge)) => reading.charge = Some(charge),
+                Some(None) => break "the engine is stopping".to_owned(),
                 None => {
-                    buf.truncate(old);
+                    shard.shared.metrics.slow_frames.add(1);
                     break format!(
-                        "a frame stayed unfinished for {} ({} bytes of it arrived)",
-                        humantime::format_duration(front.io_timeout),
-                        old
+                        "a frame of {total} bytes stayed unfinished for {} (the server's buffer budget was spent meanwhile)",
+                        humantime::format_duration(front.io_timeout)
                     );
                 }
             }
-        } else {
-            reader.read(&mut buf[old..]).await
-        };
+            buf.reserve_exact(total.saturating_sub(buf.len()));
+        }
+        let old = buf.len();
+        buf.resize(old + want, 0);
+        let deadline = reading.frame_started.map(|t| t + front.io_timeout);
+        let read = read_within(
+            &mut reader,
+            &mut buf[old..],
+            deadline,
+            &front,
+            &budget,
+            budget_total,
+        )
+        .await;
         match read {
-            Ok(0) => {
+            Read::Bytes(Ok(0)) => {
                 buf.truncate(old);
                 if old == 0 {
                     break "closed by the client".to_owned();
                 }
                 break format!("closed by the client inside a frame ({old} bytes of it arrived)");
             }
-            Ok(n) => {
+            Read::Bytes(Ok(n)) => {
                 buf.truncate(old + n);
                 last_read_full = n == want;
             }
-            Err(error) => {
+            Read::Bytes(Err(error)) => {
                 buf.truncate(old);
                 break format!("read failed: {error}");
+            }
+            Read::FrameTimeout => {
+                buf.truncate(old);
+                shard.shared.metrics.slow_frames.add(1);
+                break format!(
+                    "a frame stayed unfinished for {} ({} bytes of it arrived)",
+                    humantime::format_duration(front.io_timeout),
+                    old
+                );
+            }
+            Read::Idle => {
+                shard.shared.metrics.idle_closed.add(1);
+                break format!(
+                    "idle for {} with nothing in flight",
+                    humantime::format_duration(front.idle_timeout)
+                );
             }
         }
     };
@@ -156,6 +227,42 @@ pub async fn serve(shard: Rc<Shard>, front: Rc<Front>, stream: TcpStream) {
     }
     drop(out_tx);
     writer_task.await;
+}
+
+/// What a read came to.
+enum Read {
+    Bytes(std::io::Result<usize>),
+    /// The frame being read passed its deadline.
+    FrameTimeout,
+    /// Nothing begun and nothing in flight for the idle timeout.
+    Idle,
+}
+
+/// Reads into `into`: by the frame's `deadline` when one is begun; otherwise waits as
+/// long as requests are in flight, and closes after `idle_timeout` with none. The read
+/// is one future throughout (never dropped and restarted), so no byte is lost.
+async fn read_within(
+    reader: &mut futures_lite::io::ReadHalf<TcpStream>,
+    into: &mut [u8],
+    deadline: Option<Instant>,
+    front: &Front,
+    budget: &Semaphore,
+    budget_total: u64,
+) -> Read {
+    let mut read = pin!(reader.read(into));
+    loop {
+        let limit = match deadline {
+            Some(deadline) => deadline.saturating_duration_since(Instant::now()),
+            None => front.idle_timeout,
+        };
+        match api::within(limit, read.as_mut()).await {
+            Some(bytes) => return Read::Bytes(bytes),
+            None if deadline.is_some() => return Read::FrameTimeout,
+            // Requests in flight (a long-poll fetch, a job): not idle.
+            None if budget.available() < budget_total => continue,
+            None => return Read::Idle,
+        }
+    }
 }
 
 /// Writes responses as they come, coalescing what is queued into one write.
@@ -210,6 +317,7 @@ async fn dispatch(
     frame: RawFrame<'_>,
     out: &flume::Sender<Outgoing>,
     budget: &Rc<Semaphore>,
+    charge: Option<Charge>,
 ) -> bool {
     let id = frame.header.request_id;
     let request = match Request::decode(&frame.header, frame.body) {
@@ -219,20 +327,30 @@ async fn dispatch(
             return true;
         }
     };
+    // Charged for what it holds until answered: its body (a produce's records, an
+    // ack-and-commit's), and the most its response can take.
+    let body = frame.body.len() as u64;
+    let fetched =
+        |max_bytes: u32| u64::from(max_bytes.min(FETCH_BYTES_MAX)) + RECORD_RESPONSE + SMALL_RESPONSE;
     let cost = match &request {
-        Request::Produce(_) | Request::Metadata => SMALL_RESPONSE,
-        Request::Fetch(f) => u64::from(f.max_bytes.min(FETCH_BYTES_MAX)) + SMALL_RESPONSE,
-        Request::Job(_) | Request::Status | Request::ConsumerAdmin(_) => LARGE_RESPONSE,
-        Request::Claim(c) => u64::from(c.max_bytes.min(FETCH_BYTES_MAX)) + SMALL_RESPONSE,
-        Request::Range(r) => u64::from(r.spec.max_bytes.min(FETCH_BYTES_MAX)) + SMALL_RESPONSE,
-        Request::Ack(_) | Request::Reclaim(_) | Request::AckCommit(..) | Request::Length { .. } => {
-            SMALL_RESPONSE
-        }
-        Request::State { .. } => LARGE_RESPONSE,
+        Request::Produce(_) | Request::AckCommit(..) => body + SMALL_RESPONSE,
+        Request::Metadata | Request::Ack(_) | Request::Reclaim(_) | Request::Length { .. } => SMALL_RESPONSE,
+        Request::Fetch(f) => fetched(f.max_bytes),
+        Request::Claim(c) => fetched(c.max_bytes),
+        Request::Range(r) => fetched(r.spec.max_bytes),
+        Request::Job(_) => body + RECORD_RESPONSE,
+        Request::State { .. } => RECORD_RESPONSE,
+        Request::Status | Request::ConsumerAdmin(_) => LARGE_RESPONSE,
     };
+    // A single request may always go alone, whatever it costs.
+    let cost = cost.min(RESPONSE_BUDGET + front.max_frame_bytes as u64);
     // While the budget is spent (a client not reading), this connection reads no more.
     let Ok(permit) = budget.acquire_static_permit(cost).await else {
         return false;
+    };
+    let held = Held {
+        _permit: permit,
+        _charge: charge,
     };
     match request {
         Request::Produce(groups) => match api::produce(shard, &groups).await {
@@ -247,7 +365,7 @@ async fn dispatch(
                             encode_error(&mut bytes, id, error.code, &error.message);
                         }
                     }
-                    let _ = out.send_async((bytes, Some(permit))).await;
+                    let _ = out.send_async((bytes, Some(held))).await;
                 })
                 .detach();
             }
@@ -267,7 +385,7 @@ async fn dispatch(
             let (shard, out) = (Rc::clone(shard), out.clone());
             glommio::spawn_local(async move {
                 let bytes = api::fetch(&shard, &topic, order).await;
-                let _ = out.send_async((bytes, Some(permit))).await;
+                let _ = out.send_async((bytes, Some(held))).await;
             })
             .detach();
         }
@@ -278,7 +396,7 @@ async fn dispatch(
                 id,
                 &api::metadata(shard, front.max_frame_bytes as u32),
             );
-            let _ = out.send_async((bytes, Some(permit))).await;
+            let _ = out.send_async((bytes, Some(held))).await;
         }
         Request::Status => {
             let (shard, front, out) = (Rc::clone(shard), Rc::clone(front), out.clone());
@@ -288,13 +406,25 @@ async fn dispatch(
                 let json = serde_json::to_vec(&status).expect("status serializes");
                 let mut bytes = Vec::new();
                 encode_status(&mut bytes, id, &json);
-                let _ = out.send_async((bytes, Some(permit))).await;
+                let _ = out.send_async((bytes, Some(held))).await;
             })
             .detach();
         }
         Request::Job(job) => {
             let name = job.job.to_owned();
             let timeout = (job.timeout_ms > 0).then(|| Duration::from_millis(job.timeout_ms.into()));
+            if timeout.is_some_and(|t| t > api::JOB_TIMEOUT_MAX) {
+                let error = ProtocolError::new(
+                    ErrorCode::Invalid,
+                    format!(
+                        "a job's timeout is at most {} ms, not {}",
+                        api::JOB_TIMEOUT_MAX.as_millis(),
+                        job.timeout_ms
+                    ),
+                );
+                send_error(shard, out, id, &error).await;
+                return true;
+            }
             let key = job.record.key.map(<[u8]>::to_vec);
             let value = job.record.value.to_vec();
             let headers: Vec<(String, Vec<u8>)> = job
@@ -315,7 +445,7 @@ async fn dispatch(
                         encode_error(&mut bytes, id, error.code, &error.message);
                     }
                 }
-                let _ = out.send_async((bytes, Some(permit))).await;
+                let _ = out.send_async((bytes, Some(held))).await;
             })
             .detach();
         }
@@ -342,7 +472,7 @@ async fn dispatch(
                     shard.shared.metrics.error(error.code);
                     encode_error(&mut bytes, id, error.code, &error.message);
                 }
-                let _ = out.send_async((bytes, Some(permit))).await;
+                let _ = out.send_async((bytes, Some(held))).await;
             })
             .detach();
         }
@@ -368,7 +498,7 @@ async fn dispatch(
                     encode_error(&mut bytes, id, error.code, &error.message);
                     bytes
                 });
-                let _ = out.send_async((bytes, Some(permit))).await;
+                let _ = out.send_async((bytes, Some(held))).await;
             })
             .detach();
         }

@@ -3,8 +3,10 @@
 //! (the status page) and `GET /metrics` (Prometheus text). A contract (DESIGN.md 5).
 //! Consumers and range reads are in `http_consumers`.
 
+use std::cell::Cell;
 use std::os::fd::{FromRawFd, RawFd};
 use std::rc::Rc;
+use std::time::Instant;
 
 use bytes::Bytes;
 use glommio::net::TcpListener;
@@ -18,6 +20,7 @@ use crate::protocol::wire::{Cursor, OwnedWireRecord};
 use crate::protocol::{ErrorCode, FetchFrom, ProduceGroup, ProtocolError, parse_frame};
 use crate::runtime::service::{FETCH_RECORDS_MAX, FetchOrder};
 use crate::runtime::shard::Shard;
+use crate::server::admission::{Charge, FREE_BYTES, Refusal};
 use crate::server::hyper_io::HyperIo;
 use crate::server::{self, Front, api, http_consumers, metrics, page};
 
@@ -32,29 +35,111 @@ pub async fn accept_loop(shard: Rc<Shard>, front: Rc<Front>, fd: RawFd) {
     let metrics = std::sync::Arc::clone(&shard.shared.metrics);
     while !shard.shared.control.is_stopping() {
         let stream = server::accept(&listener, "HTTP").await;
-        let Some(open) = server::admit(&metrics, &front, "HTTP") else {
-            drop(stream);
-            continue;
+        let peer = stream.peer_addr().ok().map(|a| a.ip());
+        let open = match server::admit(&metrics, &front, "HTTP", peer) {
+            Ok(open) => open,
+            Err(refusal) => {
+                glommio::spawn_local(refuse(stream, refusal)).detach();
+                continue;
+            }
         };
         let (shard, front) = (Rc::clone(&shard), Rc::clone(&front));
         glommio::spawn_local(async move {
-            let service = {
-                let (shard, front) = (Rc::clone(&shard), Rc::clone(&front));
-                hyper::service::service_fn(move |request| {
-                    let (shard, front) = (Rc::clone(&shard), Rc::clone(&front));
-                    async move { Ok::<_, std::convert::Infallible>(route(&shard, &front, request).await) }
-                })
-            };
-            let connection = hyper::server::conn::http1::Builder::new()
-                .keep_alive(true)
-                .serve_connection(HyperIo(stream), service);
-            if let Err(error) = connection.await {
-                tracing::debug!(%error, "HTTP connection ended with an error");
-            }
+            serve(shard, front, stream).await;
             drop(open);
         })
         .detach();
     }
+}
+
+/// Answers a connection over a limit with a 503 that says which, then closes it.
+async fn refuse(mut stream: glommio::net::TcpStream, refusal: Refusal) {
+    use futures_lite::AsyncWriteExt;
+    let body = serde_json::json!({ "error": refusal.message() }).to_string();
+    let response = format!(
+        "HTTP/1.1 503 Service Unavailable\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
+        body.len()
+    );
+    let _ = api::within(
+        std::time::Duration::from_secs(1),
+        stream.write_all(response.as_bytes()),
+    )
+    .await;
+    let _ = stream.close().await;
+}
+
+/// Serves one HTTP connection with hyper, under a watchdog that closes it when a
+/// request's head does not arrive whole within `io_timeout` of its first byte, or when
+/// it sits idle (no request begun, none being served) for `idle_timeout`.
+async fn serve(shard: Rc<Shard>, front: Rc<Front>, stream: glommio::net::TcpStream) {
+    let phase = Rc::new(Cell::new(Phase::Idle(Instant::now())));
+    let service = {
+        let (shard, front, phase) = (Rc::clone(&shard), Rc::clone(&front), Rc::clone(&phase));
+        hyper::service::service_fn(move |request| {
+            let (shard, front, phase) = (Rc::clone(&shard), Rc::clone(&front), Rc::clone(&phase));
+            async move {
+                phase.set(Phase::Serving);
+                let reply = route(&shard, &front, request).await;
+                phase.set(Phase::Idle(Instant::now()));
+                Ok::<_, std::convert::Infallible>(reply)
+            }
+        })
+    };
+    let io = HyperIo::watched(stream, Rc::clone(&phase));
+    let connection = hyper::server::conn::http1::Builder::new()
+        .keep_alive(true)
+        .serve_connection(io, service);
+    let watched = futures_lite::future::or(async { Some(connection.await) }, async {
+        watchdog(&shard, &front, &phase).await;
+        None
+    });
+    if let Some(Err(error)) = watched.await {
+        tracing::debug!(%error, "HTTP connection ended with an error");
+    }
+}
+
+/// Returns once the connection broke a time rule (and counts and logs which).
+async fn watchdog(shard: &Shard, front: &Front, phase: &Cell<Phase>) {
+    loop {
+        let now = Instant::now();
+        let (deadline, what) = match phase.get() {
+            Phase::Idle(since) => (since + front.idle_timeout, "idle"),
+            Phase::Head(started) => (started + front.io_timeout, "head"),
+            Phase::Serving => (now + WATCH_EVERY, "serving"),
+        };
+        if now >= deadline {
+            let metrics = &shard.shared.metrics;
+            if what == "idle" {
+                metrics.idle_closed.add(1);
+                tracing::debug!(
+                    "HTTP connection closed: idle for {}",
+                    humantime::format_duration(front.idle_timeout)
+                );
+            } else {
+                metrics.slow_frames.add(1);
+                tracing::info!(
+                    "HTTP connection closed: a request's head did not arrive whole within {}",
+                    humantime::format_duration(front.io_timeout)
+                );
+            }
+            return;
+        }
+        glommio::timer::sleep((deadline - now).min(WATCH_EVERY)).await;
+    }
+}
+
+/// How often the watchdog looks again, at most.
+const WATCH_EVERY: std::time::Duration = std::time::Duration::from_secs(1);
+
+/// Where an HTTP connection stands, for its watchdog.
+#[derive(Debug, Clone, Copy)]
+pub enum Phase {
+    /// No request begun since this time.
+    Idle(Instant),
+    /// A request's first bytes came at this time; hyper reads its head.
+    Head(Instant),
+    /// A request is being served (its body read, its answer made).
+    Serving,
 }
 
 pub fn json(status: StatusCode, value: &serde_json::Value) -> Reply {
@@ -154,7 +239,7 @@ async fn route(shard: &Rc<Shard>, front: &Rc<Front>, request: Request<Incoming>)
         (&Method::POST, ["topics", topic]) => {
             let topic = (*topic).to_owned();
             match body(front, request).await {
-                Ok(bytes) => post_records(shard, &topic, &bytes).await,
+                Ok((bytes, _charge)) => post_records(shard, &topic, &bytes).await,
                 Err(reply) => reply,
             }
         }
@@ -175,7 +260,7 @@ async fn route(shard: &Rc<Shard>, front: &Rc<Front>, request: Request<Incoming>)
         (&Method::POST, ["consumers", topic, group, action]) => {
             let (topic, group, action) = ((*topic).to_owned(), (*group).to_owned(), (*action).to_owned());
             match body(front, request).await {
-                Ok(bytes) => {
+                Ok((bytes, _charge)) => {
                     http_consumers::consumer_post(shard, &topic, &group, &action, &query, &bytes).await
                 }
                 Err(reply) => reply,
@@ -187,7 +272,7 @@ async fn route(shard: &Rc<Shard>, front: &Rc<Front>, request: Request<Incoming>)
             // `?timeout=2s`: this job's own timeout instead of the job's configured one.
             let timeout = match query_param(&query, "timeout").map(|t| humantime::parse_duration(&t)) {
                 None => None,
-                Some(Ok(t)) if !t.is_zero() && t <= JOB_TIMEOUT_MAX => Some(t),
+                Some(Ok(t)) if !t.is_zero() && t <= api::JOB_TIMEOUT_MAX => Some(t),
                 Some(_) => {
                     return error(
                         StatusCode::BAD_REQUEST,
@@ -196,7 +281,9 @@ async fn route(shard: &Rc<Shard>, front: &Rc<Front>, request: Request<Incoming>)
                 }
             };
             match body(front, request).await {
-                Ok(bytes) => match api::job(shard, &name, timeout, key.as_deref(), &bytes, &[]).await {
+                Ok((bytes, _charge)) => match api::job(shard, &name, timeout, key.as_deref(), &bytes, &[])
+                    .await
+                {
                     Ok(answer) => {
                         let kind = if serde_json::from_slice::<serde::de::IgnoredAny>(&answer.value).is_ok() {
                             "application/json"
@@ -246,20 +333,52 @@ async fn status(shard: &Rc<Shard>, front: &Rc<Front>) -> api::Status {
     api::status(shard, front.started, &front.listeners, rate).await
 }
 
-/// The request body, at most `max_frame_bytes`.
-async fn body(front: &Front, request: Request<Incoming>) -> Result<Bytes, Reply> {
+/// The request body, at most `max_frame_bytes`, whole within `io_timeout`. A body over
+/// `admission::FREE_BYTES` (or of unknown length) first takes its bytes from the shard's
+/// budget, which the caller holds (the returned charge) until it has answered.
+async fn body(front: &Front, request: Request<Incoming>) -> Result<(Bytes, Option<Charge>), Reply> {
     let limit = front.max_frame_bytes;
-    match api::within(
-        front.io_timeout,
-        Limited::new(request.into_body(), limit).collect(),
-    )
-    .await
-    {
-        Some(Ok(collected)) => Ok(collected.to_bytes()),
-        Some(Err(e)) if e.is::<http_body_util::LengthLimitError>() => Err(error(
+    let started = Instant::now();
+    let declared = request
+        .headers()
+        .get(hyper::header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    let over_limit = || {
+        error(
             StatusCode::PAYLOAD_TOO_LARGE,
             &format!("the body is over the limit of {limit} bytes; send fewer records per request"),
-        )),
+        )
+    };
+    if declared.is_some_and(|n| n > limit as u64) {
+        // Refused from its length alone; what the client sends meanwhile is read and
+        // dropped (never kept), within io_timeout, so that it hears why.
+        let mut body = request.into_body();
+        let _ = api::within(front.io_timeout, async {
+            while let Some(Ok(_)) = body.frame().await {}
+        })
+        .await;
+        return Err(over_limit());
+    }
+    let charge_bytes = declared.unwrap_or(limit as u64);
+    let charge = if charge_bytes > FREE_BYTES {
+        match api::within(front.io_timeout, Charge::take(&front.buffered, charge_bytes)).await {
+            Some(Some(charge)) => Some(charge),
+            Some(None) => return Err(error(StatusCode::SERVICE_UNAVAILABLE, "the engine is stopping")),
+            None => {
+                return Err(error(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "the server's buffer budget stayed spent for the whole io_timeout; retry",
+                ));
+            }
+        }
+    } else {
+        None
+    };
+    let left = front.io_timeout.saturating_sub(started.elapsed());
+    match api::within(left, Limited::new(request.into_body(), limit).collect()).await {
+        Some(Ok(collected)) => Ok((collected.to_bytes(), charge)),
+        Some(Err(e)) if e.is::<http_body_util::LengthLimitError>() => Err(over_limit()),
         Some(Err(e)) => Err(error(
             StatusCode::BAD_REQUEST,
             &format!("cannot read the body: {e}"),
@@ -356,9 +475,6 @@ async fn post_records(shard: &Rc<Shard>, topic: &str, body: &[u8]) -> Reply {
         Err(e) => protocol_error(shard, &e),
     }
 }
-
-/// The longest timeout a request may give its job.
-const JOB_TIMEOUT_MAX: std::time::Duration = std::time::Duration::from_secs(3600);
 
 pub fn query_param(query: &str, name: &str) -> Option<String> {
     query.split('&').find_map(|pair| {

@@ -8,7 +8,26 @@ use std::task::{Context, Poll};
 
 use futures_lite::{AsyncRead, AsyncWrite};
 
-pub struct HyperIo<T>(pub T);
+use crate::server::http::Phase;
+use std::cell::Cell;
+use std::rc::Rc;
+use std::time::Instant;
+
+pub struct HyperIo<T> {
+    io: T,
+    /// The connection's phase, moved from idle to "head" when a request's first bytes
+    /// arrive (the watchdog times the head from there).
+    phase: Option<Rc<Cell<Phase>>>,
+}
+
+impl<T> HyperIo<T> {
+    pub fn watched(io: T, phase: Rc<Cell<Phase>>) -> HyperIo<T> {
+        HyperIo {
+            io,
+            phase: Some(phase),
+        }
+    }
+}
 
 impl<T: AsyncRead + Unpin> hyper::rt::Read for HyperIo<T> {
     fn poll_read(
@@ -24,7 +43,7 @@ impl<T: AsyncRead + Unpin> hyper::rt::Read for HyperIo<T> {
                 b.write(0);
             }
             let init = &mut *(uninit as *mut [MaybeUninit<u8>] as *mut [u8]);
-            match Pin::new(&mut self.0).poll_read(cx, init) {
+            match Pin::new(&mut self.io).poll_read(cx, init) {
                 Poll::Ready(Ok(n)) => n,
                 Poll::Ready(Err(e)) => return Poll::Ready(Err(e)),
                 Poll::Pending => return Poll::Pending,
@@ -32,20 +51,26 @@ impl<T: AsyncRead + Unpin> hyper::rt::Read for HyperIo<T> {
         };
         // Safety: `read` bytes were just written by the read above.
         unsafe { buf.advance(read) };
+        if read > 0
+            && let Some(phase) = &self.phase
+            && let Phase::Idle(_) = phase.get()
+        {
+            phase.set(Phase::Head(Instant::now()));
+        }
         Poll::Ready(Ok(()))
     }
 }
 
 impl<T: AsyncWrite + Unpin> hyper::rt::Write for HyperIo<T> {
     fn poll_write(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
-        Pin::new(&mut self.0).poll_write(cx, buf)
+        Pin::new(&mut self.io).poll_write(cx, buf)
     }
 
     fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.0).poll_flush(cx)
+        Pin::new(&mut self.io).poll_flush(cx)
     }
 
     fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.0).poll_close(cx)
+        Pin::new(&mut self.io).poll_close(cx)
     }
 }

@@ -20,6 +20,8 @@ pub struct ShardSockets {
     pub http: Option<RawFd>,
     /// `tcp ADDR` and `http ADDR`, as printed once listening.
     pub names: Vec<String>,
+    /// The connection counts every shard shares.
+    pub admission: Option<std::sync::Arc<crate::server::admission::Admission>>,
 }
 
 /// The addresses actually bound (ports resolved).
@@ -53,8 +55,11 @@ pub fn bind(ingest: &IngestSpec, shards: usize) -> Result<(Bound, Vec<ShardSocke
     if let Some(a) = bound.http {
         names.push(format!("http {a}"));
     }
+    let admission =
+        crate::server::admission::Admission::new(ingest.max_connections, ingest.max_connections_per_address);
     for s in &mut sockets {
         s.names = names.clone();
+        s.admission = Some(std::sync::Arc::clone(&admission));
     }
     Ok((bound, sockets))
 }

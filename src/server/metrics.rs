@@ -89,6 +89,10 @@ pub struct Metrics {
     pub dead_letters: Counter,
     /// Stage partitions disabled by `on_error`.
     pub stages_disabled: Counter,
+    /// Connections closed because a frame, an HTTP head or body did not arrive in time.
+    pub slow_frames: Counter,
+    /// Connections closed after `idle_timeout` with nothing in flight.
+    pub idle_closed: Counter,
     errors: [Counter; ERROR_CODES],
     /// Produce request taken to durable ack.
     pub produce_latency: Latency,
@@ -120,6 +124,8 @@ impl Metrics {
             stage_records_failed: Counter::default(),
             dead_letters: Counter::default(),
             stages_disabled: Counter::default(),
+            slow_frames: Counter::default(),
+            idle_closed: Counter::default(),
             errors: Default::default(),
             produce_latency: Latency::new(shards),
             job_latency: Latency::new(shards),
@@ -177,7 +183,7 @@ impl Metrics {
             ),
             (
                 "flowd_connections_refused_total",
-                "Connections refused over max_connections",
+                "Connections refused over max_connections or max_connections_per_address",
                 self.connections_refused.get(),
             ),
             (
@@ -225,6 +231,16 @@ impl Metrics {
                 "flowd_stages_disabled_total",
                 "Stage partitions stopped by on_error disable",
                 self.stages_disabled.get(),
+            ),
+            (
+                "flowd_slow_requests_closed_total",
+                "Connections closed because a frame or an HTTP request did not arrive whole within io_timeout",
+                self.slow_frames.get(),
+            ),
+            (
+                "flowd_idle_connections_closed_total",
+                "Connections closed after idle_timeout with nothing in flight",
+                self.idle_closed.get(),
             ),
             (
                 "flowd_fsyncs_total",

@@ -7,6 +7,7 @@
 //! client: frames in, responses out, limits) and `http` (hyper) → `api` (what both
 //! offer) → the runtime. `metrics` and `page` render what `/metrics` and `/` show.
 
+pub mod admission;
 pub mod api;
 pub mod connection;
 pub mod consumer_api;
@@ -21,7 +22,6 @@ pub mod peer_api;
 use std::cell::RefCell;
 use std::rc::Rc;
 use std::sync::Arc;
-use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
 use crate::runtime::shard::Shard;
@@ -31,8 +31,12 @@ use metrics::Metrics;
 /// What every connection on one shard shares.
 pub struct Front {
     pub max_frame_bytes: usize,
-    pub max_connections: usize,
     pub io_timeout: Duration,
+    pub idle_timeout: Duration,
+    /// Connections counted in and out, across every shard.
+    pub admission: Arc<admission::Admission>,
+    /// This shard's bytes for large unfinished frames and bodies (`admission`).
+    pub buffered: Rc<glommio::sync::Semaphore>,
     /// `tcp ADDR` / `http ADDR` lines, for the status page.
     pub listeners: Vec<String>,
     pub started: Instant,
@@ -72,31 +76,25 @@ pub(crate) async fn accept(listener: &glommio::net::TcpListener, what: &str) -> 
     }
 }
 
-/// A connection counted among the open ones until dropped.
-pub(crate) struct OpenConnection(Arc<Metrics>);
-
-impl Drop for OpenConnection {
-    fn drop(&mut self) {
-        self.0.connections_open.fetch_sub(1, Ordering::AcqRel);
+/// Counts a new connection in, or, over a limit, counts it refused and logs why.
+pub(crate) fn admit(
+    metrics: &Arc<Metrics>,
+    front: &Front,
+    what: &str,
+    peer: Option<std::net::IpAddr>,
+) -> Result<admission::Admitted, admission::Refusal> {
+    match front.admission.admit(metrics, peer) {
+        Ok(admitted) => {
+            metrics.connections_total.add(1);
+            Ok(admitted)
+        }
+        Err(refusal) => {
+            metrics.connections_refused.add(1);
+            metrics.error(crate::protocol::ErrorCode::Overloaded);
+            tracing::warn!(?peer, "{what} connection refused: {}", refusal.message());
+            Err(refusal)
+        }
     }
-}
-
-/// Counts a new connection in, or, over `max_connections`, counts it refused and logs it.
-pub(crate) fn admit(metrics: &Arc<Metrics>, front: &Front, what: &str) -> Option<OpenConnection> {
-    let open = metrics.connections_open.fetch_add(1, Ordering::AcqRel) + 1;
-    let admitted = OpenConnection(Arc::clone(metrics));
-    if open as usize > front.max_connections {
-        drop(admitted);
-        metrics.connections_refused.add(1);
-        metrics.error(crate::protocol::ErrorCode::Overloaded);
-        tracing::warn!(
-            limit = front.max_connections,
-            "{what} connection refused: too many connections"
-        );
-        return None;
-    }
-    metrics.connections_total.add(1);
-    Some(admitted)
 }
 
 /// Starts this shard's accept loops, if the dataflow has listeners.
@@ -104,10 +102,15 @@ pub fn serve(shard: &Rc<Shard>, sockets: ShardSockets) {
     let Some(ingest) = shard.shared.spec.ingest.clone() else {
         return;
     };
+    let Some(admission) = sockets.admission.clone() else {
+        return;
+    };
     let front = Rc::new(Front {
         max_frame_bytes: ingest.max_frame_bytes as usize,
-        max_connections: ingest.max_connections,
         io_timeout: ingest.io_timeout,
+        idle_timeout: ingest.idle_timeout,
+        admission,
+        buffered: Rc::new(glommio::sync::Semaphore::new(ingest.max_buffered_bytes)),
         listeners: sockets.names.clone(),
         started: Instant::now(),
         last_sample: RefCell::new((Instant::now(), 0)),

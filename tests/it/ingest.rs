@@ -12,7 +12,7 @@ use flowd::client::{Client, ClientError, offsets};
 use flowd::protocol::message::{Response, encode_produce};
 use flowd::protocol::{ErrorCode, FetchFrom, OwnedWireRecord};
 
-use crate::support::Log;
+use crate::support::{Log, connect_from};
 
 pub(crate) fn flowd() -> Command {
     Command::new(env!("CARGO_BIN_EXE_flowd"))
@@ -160,6 +160,10 @@ impl Server {
     pub(crate) fn kill9(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
+    }
+
+    pub(crate) fn pid(&self) -> u32 {
+        self.child.id()
     }
 
     fn rss_kib(&self) -> u64 {
@@ -524,9 +528,12 @@ fn bad_input_gets_clear_errors_and_never_hurts_other_clients() {
             break;
         }
     }
-    // Thousands of idle connections.
+    // Thousands of idle connections, from two other loopback addresses (one address
+    // holds at most max_connections_per_address, 1024 by default).
     let limit = open_files_limit().saturating_sub(200).min(2000) as usize;
-    let idle: Vec<TcpStream> = (0..limit).filter_map(|_| TcpStream::connect(addr).ok()).collect();
+    let idle: Vec<TcpStream> = (0..limit)
+        .filter_map(|i| connect_from(if i % 2 == 0 { "127.0.0.3" } else { "127.0.0.4" }, addr))
+        .collect();
     assert!(
         idle.len() >= limit.min(500),
         "opened {} idle connections",

@@ -18,4 +18,5 @@ mod outputs;
 mod recovery_cases;
 mod recovery_props;
 mod retention;
+mod slow_clients;
 mod support;

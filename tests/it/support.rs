@@ -175,3 +175,14 @@ impl Log {
         std::mem::take(&mut *self.text.lock().unwrap())
     }
 }
+
+/// A TCP connection to `addr` from the local address `ip` (any of 127.0.0.0/8 on
+/// loopback), as another client host would make it.
+pub fn connect_from(ip: &str, addr: &str) -> Option<std::net::TcpStream> {
+    let local = std::net::SocketAddr::new(ip.parse().ok()?, 0);
+    let target: std::net::SocketAddr = addr.parse().ok()?;
+    let socket = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).ok()?;
+    socket.bind(&local.into()).ok()?;
+    socket.connect(&target.into()).ok()?;
+    Some(socket.into())
+}
