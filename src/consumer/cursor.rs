@@ -153,6 +153,23 @@ impl Cursor {
         }
     }
 
+    /// Keeps the cursor within a log that ends at `end` (a power loss may have taken back
+    /// records it had claimed or acked, in `none` mode or with data written before reads
+    /// were committed): the committed offset goes no further, and a claim reaching past
+    /// it is dropped (its records are delivered again). Returns the committed offset it
+    /// had when it moved, so the caller can say so.
+    pub fn clamp_to(&mut self, end: u64) -> Option<u64> {
+        let before = self.committed;
+        if self.claim.is_some_and(|c| c.range.to > end) {
+            self.claim = None;
+        }
+        if self.committed > end {
+            self.committed = end;
+            return Some(before);
+        }
+        None
+    }
+
     /// Whether a claim is pending past `reclaim_timeout` at `now_ms`.
     pub fn expired(&self, now_ms: i64) -> bool {
         match (self.claim, self.options.reclaim_timeout_ms) {
@@ -481,5 +498,17 @@ mod tests {
         let mut cursor = Cursor::new(Options::default(), 0, 10, |_| None);
         assert_eq!(cursor.claimable(4), Ok(Some(4)));
         assert_eq!(cursor.skipped, 4);
+    }
+
+    #[test]
+    fn a_cursor_past_the_recovered_end_is_brought_back_to_it() {
+        let mut cursor = Cursor::new(Options::default(), 0, 10, |_| None);
+        cursor.committed = 8;
+        cursor.claim(10, 0);
+        assert_eq!(cursor.clamp_to(9), None, "committed 8 is within 9");
+        assert_eq!(cursor.claim, None, "a claim reaching past the end is dropped");
+        assert_eq!(cursor.clamp_to(5), Some(8));
+        assert_eq!(cursor.committed, 5);
+        assert_eq!(cursor.clamp_to(5), None);
     }
 }

@@ -514,7 +514,9 @@ pub async fn run(shard: &Rc<Shard>, op: PartitionOp) -> OpResult {
         PartitionOp::Length { topic, partition } => {
             let local = local(shard, topic, partition)?;
             let log = local.log.borrow();
-            Ok(OpReply::Length(log.next_offset() - log.start_offset()))
+            Ok(OpReply::Length(
+                log.durable_offset().saturating_sub(log.start_offset()),
+            ))
         }
     };
     consumers.maybe_snapshot(shard)?;
@@ -549,10 +551,11 @@ fn new_cursor(
     }
     let local = local(shard, topic, partition)?;
     let log = local.log.borrow();
+    // Read committed: a consumer sees, and starts among, durable records only.
     Ok(Cursor::new(
         options.clone(),
         log.start_offset(),
-        log.next_offset(),
+        log.durable_offset(),
         |t| log.offset_at_time(t),
     ))
 }
@@ -593,7 +596,7 @@ async fn claim(
     let mut writer = begin_claimed(&mut out, request_id);
     let mut range = None;
     if let Some(from) = from
-        && let Some(to) = copy_records(&mut writer, &mut out, log.read(from), count, max_bytes)
+        && let Some(to) = copy_records(&mut writer, &mut out, log.read_committed(from), count, max_bytes)
     {
         if writer.count() == 0 {
             // Only engine markers: nothing for the client, and nothing to hold back.
@@ -610,7 +613,7 @@ async fn claim(
         range.map(|_| partition),
         from,
         to,
-        log.next_offset(),
+        log.durable_offset(),
     );
     drop(log);
     if created || cursor != before {
@@ -896,7 +899,7 @@ async fn admin(
         let Some(mut cursor) = consumers.get(t, p, &g) else {
             continue;
         };
-        let next = local(shard, t, p)?.log.borrow().next_offset();
+        let next = local(shard, t, p)?.log.borrow().durable_offset();
         let outcome = match action {
             AdminAction::List => Ok(false),
             AdminAction::Disable => cursor.disable("disabled by request").map(|()| true),
@@ -944,7 +947,7 @@ async fn admin(
 
 /// Offsets `lo..hi` of a range read: offsets as given, or times turned into offsets.
 fn offsets(log: &PartitionLog, by_time: bool, from: Bound, to: Bound) -> (u64, u64) {
-    let (start, next) = (log.start_offset(), log.next_offset());
+    let (start, next) = (log.start_offset(), log.durable_offset());
     // The first offset at or after a time; past every record: the end.
     let at = |t: i64| log.offset_at_time(t).unwrap_or(next);
     let off = |v: i64| v.max(0) as u64;
@@ -970,7 +973,7 @@ fn offsets(log: &PartitionLog, by_time: bool, from: Bound, to: Bound) -> (u64, u
 fn read_range(log: &PartitionLog, spec: &RangeSpec, request_id: u64) -> (Vec<u8>, u32) {
     let (lo, hi) = offsets(log, spec.by_time, spec.from, spec.to);
     let mut out = Vec::new();
-    let mut writer = RecordsWriter::fetched(&mut out, request_id, log.start_offset(), log.next_offset());
+    let mut writer = RecordsWriter::fetched(&mut out, request_id, log.start_offset(), log.durable_offset());
     if lo < hi && !spec.reverse {
         copy_records(
             &mut writer,

@@ -103,6 +103,24 @@ pub fn recover(
         }
     }
     finish_transactions(spec, logs, &state)?;
+    for ((topic, partition, group), cursor) in state.cursors.iter_mut() {
+        let Some(log) = spec
+            .topic_index(topic)
+            .and_then(|t| logs[t].get(*partition as usize))
+        else {
+            continue;
+        };
+        let end = log.next_offset();
+        if let Some(was) = cursor.clamp_to(end) {
+            tracing::warn!(
+                %topic,
+                partition,
+                %group,
+                "consumer was at offset {was}, past the partition's recovered end {end} (records lost in a \
+                 power cut or a crash in `none` mode): it goes on at {end}, so no record written from now on is skipped"
+            );
+        }
+    }
 
     let generation = latest.map_or(1, |(n, _, _)| n + 1);
     let dir = root.join(format!("gen-{generation}"));

@@ -118,7 +118,8 @@ pub fn plan(spec: DataflowSpec, cluster: Option<Arc<Cluster>>) -> Result<Plan> {
                 .collect()
         })
         .collect();
-    let stage_progress = load_stage_progress(&spec)?;
+    let mut stage_progress = load_stage_progress(&spec)?;
+    clamp_stage_progress(&spec, &logs, &mut stage_progress);
     let source_progress: Vec<Progress> = spec
         .sources
         .iter()
@@ -179,7 +180,17 @@ pub fn plan(spec: DataflowSpec, cluster: Option<Arc<Cluster>>) -> Result<Plan> {
         let progress =
             progress::load(&progress::path(&data_dir, &sink_spec.name, "sink"))?.unwrap_or_default();
         for p in 0..spec.topics[sink_spec.from].partitions {
-            let start = progress.partitions.get(&p).copied().unwrap_or(0);
+            let stored = progress.partitions.get(&p).copied().unwrap_or(0);
+            let end = logs[sink_spec.from][p as usize].next_offset();
+            if stored > end {
+                tracing::warn!(
+                    sink = %sink_spec.name,
+                    partition = p,
+                    "the sink's progress ({stored}) is past its input's recovered end {end} (records lost in \
+                     a power cut or a crash in `none` mode); it goes on at {end}"
+                );
+            }
+            let start = stored.min(end);
             plans[placement::owner(p, shards)].forwarders.push(ForwarderTask {
                 sink: i,
                 partition: p,
@@ -343,6 +354,37 @@ fn bounded_topics(spec: &DataflowSpec) -> Vec<bool> {
 }
 
 type StageProgress = HashMap<(usize, usize, u32), Progress>;
+
+/// Keeps every stage's progress within its input's recovered end, and its output ends
+/// within its outputs': a power cut (or a crash in `none` mode) may have taken back
+/// records it had read or written, and a stage that resumed past the end would skip the
+/// records written at those offsets from now on.
+fn clamp_stage_progress(spec: &DataflowSpec, logs: &[Vec<PartitionLog>], all: &mut StageProgress) {
+    for (&(stage, topic, partition), progress) in all.iter_mut() {
+        let end = logs[topic][partition as usize].next_offset();
+        if progress.next > end || progress.resume > end {
+            tracing::warn!(
+                stage = %spec.stages[stage].name,
+                topic = %spec.topics[topic].name,
+                partition,
+                "the stage's progress ({}) is past its input's recovered end {end} (records lost in a power \
+                 cut or a crash in `none` mode); it goes on at {end}",
+                progress.next
+            );
+            progress.next = progress.next.min(end);
+            progress.resume = progress.resume.min(end);
+            let resume = progress.resume;
+            progress.ends_seen.retain(|(_, offset)| *offset < resume);
+        }
+        if let Some(to) = spec.stages[stage].to {
+            for (q, output_end) in progress.output_ends.iter_mut() {
+                if let Some(log) = logs[to].get(*q as usize) {
+                    *output_end = (*output_end).min(log.next_offset());
+                }
+            }
+        }
+    }
+}
 
 fn load_stage_progress(spec: &DataflowSpec) -> Result<StageProgress> {
     let mut all = HashMap::new();

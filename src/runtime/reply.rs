@@ -110,7 +110,7 @@ async fn answer_from(shard: Rc<Shard>, task: ReplyTask, mut position: u64) -> Re
         position = shard.resume_at(&input, &name, position);
         {
             let log = input.log.borrow();
-            for view in log.read(position).take(1024) {
+            for view in log.read_committed(position).take(1024) {
                 if input.is_copied(view.offset()) {
                     break;
                 }

@@ -160,8 +160,27 @@ pub async fn run(shard: Rc<Shard>, requests: flume::Receiver<ShardRequest>) {
                 from,
                 reply,
             } => {
-                let copied = copy(&shard, topic, partition, from);
-                let _ = reply.send_async(copied).await;
+                let shard = Rc::clone(&shard);
+                glommio::spawn_local(async move {
+                    // Only durable records are copied: wait (bounded) for the ones asked.
+                    let local = Rc::clone(shard.partition(topic, partition));
+                    let deadline = Instant::now() + COPY_WAIT_MAX;
+                    let mut idle = Backoff::default();
+                    loop {
+                        let seen = local.appends();
+                        let (durable, next) = {
+                            let log = local.log.borrow();
+                            (log.durable_offset(), log.next_offset())
+                        };
+                        if durable > from || next <= from || Instant::now() >= deadline {
+                            break;
+                        }
+                        idle.wait_for_append(&local, seen).await;
+                    }
+                    let copied = copy(&shard, topic, partition, from);
+                    let _ = reply.send_async(copied).await;
+                })
+                .detach();
             }
             ShardRequest::State {
                 stage,
@@ -185,6 +204,9 @@ pub async fn run(shard: Rc<Shard>, requests: flume::Receiver<ShardRequest>) {
         }
     }
 }
+
+/// How long a copy waits for the records it asks for to become durable.
+const COPY_WAIT_MAX: Duration = Duration::from_secs(10);
 
 /// Records a copy takes at most: one batch's worth, like any producer's.
 const COPY_RECORDS_MAX: usize = crate::runtime::emitter::BATCH_RECORDS_MAX;
@@ -211,7 +233,7 @@ fn copy(shard: &Shard, topic: usize, partition: u32, from: u64) -> Result<Copied
     let mut on_disk = 0u64;
     let mut bytes = Vec::new();
     let mut count = 0u32;
-    for view in log.read(from) {
+    for view in log.read_committed(from) {
         let headers: Vec<(&str, &[u8])> = view.headers().collect();
         let frame = {
             let header_list: Vec<crate::storage::Header<'_>> = headers
@@ -289,7 +311,9 @@ pub fn status(shard: &Shard) -> ShardStatus {
 }
 
 /// Reads a partition this shard owns into a FETCHED frame, waiting up to the order's
-/// wait for a first record. End-of-input markers are engine bookkeeping and skipped.
+/// wait for a first record. Read committed: only durable records are served, and the
+/// frame's end is the durable point. End-of-input markers are engine bookkeeping and
+/// skipped.
 pub async fn fetch_local(shard: &Shard, order: &FetchOrder) -> Vec<u8> {
     let Some(partition) = shard.partitions.get(&(order.topic, order.partition)) else {
         return error_frame(
@@ -306,14 +330,14 @@ pub async fn fetch_local(shard: &Shard, order: &FetchOrder) -> Vec<u8> {
         match order.from {
             FetchFrom::Offset(o) => o.max(log.start_offset()),
             FetchFrom::Earliest => log.start_offset(),
-            FetchFrom::Latest => log.next_offset(),
-            FetchFrom::Time(t) => log.offset_at_time(t).unwrap_or(log.next_offset()),
+            FetchFrom::Latest => log.durable_offset(),
+            FetchFrom::Time(t) => log.offset_at_time(t).unwrap_or(log.durable_offset()),
         }
     };
     let mut idle = Backoff::default();
     loop {
         let seen = partition.appends();
-        if partition.log.borrow().next_offset() > position
+        if partition.log.borrow().durable_offset() > position
             || Instant::now() >= deadline
             || shard.shared.control.is_stopping()
         {
@@ -323,12 +347,16 @@ pub async fn fetch_local(shard: &Shard, order: &FetchOrder) -> Vec<u8> {
     }
     let log = partition.log.borrow();
     let mut out = Vec::new();
-    let mut writer =
-        RecordsWriter::fetched(&mut out, order.request_id, log.start_offset(), log.next_offset());
+    let mut writer = RecordsWriter::fetched(
+        &mut out,
+        order.request_id,
+        log.start_offset(),
+        log.durable_offset(),
+    );
     copy_records(
         &mut writer,
         &mut out,
-        log.read(position),
+        log.read_committed(position),
         order.max_records,
         order.max_bytes,
     );

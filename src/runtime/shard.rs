@@ -97,8 +97,9 @@ pub struct LocalPartition {
     /// and the status page.
     readers: RefCell<Vec<(String, Rc<Cell<u64>>)>>,
     max_lag: u64,
-    /// Appends so far, and the event each one fires: readers that caught up wait on it
-    /// instead of polling, so a record reaches them as soon as it is written.
+    /// Appends (and moves of the durable point) so far, and the event each fires: readers
+    /// that caught up wait on it instead of polling, so a record reaches them as soon as
+    /// it is durable (they read committed).
     appends: Cell<u64>,
     appended: event_listener::Event,
     /// `[first, next)` ranges copied in from the peers that held the partition before
@@ -380,10 +381,12 @@ impl Shard {
         }
     }
 
-    /// Acks batches once the group-commit syncer has made them durable.
+    /// Acks batches once the group-commit syncer has made them durable, and tells the
+    /// partition's readers, who see durable records only.
     pub async fn run_acker(self: Rc<Self>) {
         loop {
             let mut failed = None;
+            let mut durable: Vec<Rc<LocalPartition>> = Vec::new();
             self.acks.borrow_mut().retain(|pending| {
                 let log = pending.partition.log.borrow();
                 if let Err(error) = log.health() {
@@ -397,10 +400,16 @@ impl Shard {
                     pending
                         .ack
                         .durable(pending.partition.partition, pending.first, pending.end);
+                    if !durable.iter().any(|p| Rc::ptr_eq(p, &pending.partition)) {
+                        durable.push(Rc::clone(&pending.partition));
+                    }
                     return false;
                 }
                 true
             });
+            for partition in durable {
+                partition.note_append();
+            }
             if let Some(error) = failed {
                 self.shared.control.fail(error.into());
                 return;

@@ -66,7 +66,7 @@ pub async fn forward(shard: Rc<Shard>, task: ForwarderTask) -> Result<()> {
         position = shard.resume_at(&input, &sink.name, position);
         {
             let log = input.log.borrow();
-            for view in log.read(position).take(CHUNK_RECORDS_MAX) {
+            for view in log.read_committed(position).take(CHUNK_RECORDS_MAX) {
                 read += 1;
                 position = view.offset() + 1;
                 match end_marker(&view) {

@@ -195,7 +195,14 @@ fn issue20_one_address_holds_at_most_its_connections_and_others_are_still_let_in
     let dir = fast_tempdir();
     let file = dataflow(dir.path(), "max_connections_per_address = 3");
     let server = Server::start(&file);
-    let held: Vec<TcpStream> = (0..3).map(|_| TcpStream::connect(&server.tcp).unwrap()).collect();
+    // Three connections, each admitted for sure (it got an answer) before the fourth.
+    let held: Vec<Client> = (0..3)
+        .map(|_| {
+            let mut client = Client::connect(&server.tcp).unwrap();
+            client.metadata().unwrap();
+            client
+        })
+        .collect();
     // The fourth from this address gets an error frame, and is closed.
     let mut fourth = TcpStream::connect(&server.tcp).unwrap();
     fourth.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
