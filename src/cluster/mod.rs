@@ -7,6 +7,7 @@
 //! protocol), `handover` (the bodies of the messages that move partitions) and
 //! `transport` (listener, gossip in and out).
 
+pub mod data;
 pub mod error;
 pub mod frame;
 pub mod handover;

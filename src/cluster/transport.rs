@@ -48,6 +48,18 @@ pub fn hello(cluster: &str, me: SocketAddr, purpose: Purpose) -> Vec<u8> {
     frame::framed(Kind::Hello, 0, &body)
 }
 
+/// What a HELLO says: the cluster id, the sender's peer address, and the purpose byte.
+pub fn decode_hello(body: &[u8]) -> Result<(&str, SocketAddr, u8), ClusterError> {
+    let mut fields = Fields(body);
+    let cluster = fields.str8()?;
+    let from: SocketAddr = fields
+        .str8()?
+        .parse()
+        .map_err(|_| ClusterError::Frame("a HELLO whose sender is not an address".into()))?;
+    let purpose = fields.u8()?;
+    Ok((cluster, from, purpose))
+}
+
 /// Opens a connection to `to` and says hello.
 pub fn connect(
     to: SocketAddr,
@@ -110,13 +122,7 @@ impl Listener {
                 "a peer connection must open with HELLO".into(),
             ));
         }
-        let mut fields = Fields(&first.body);
-        let cluster = fields.str8()?;
-        let from: SocketAddr = fields
-            .str8()?
-            .parse()
-            .map_err(|_| ClusterError::Frame("a HELLO whose sender is not an address".into()))?;
-        let purpose = fields.u8()?;
+        let (cluster, from, purpose) = decode_hello(&first.body)?;
         if cluster != self.cluster {
             let error = ClusterError::OtherCluster {
                 ours: self.cluster.clone(),

@@ -15,12 +15,13 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Condvar, Mutex, OnceLock, RwLock, Weak};
 use std::time::Duration;
 
-use crate::cluster::frame::{self, Body, Fields, Kind};
+use crate::cluster::data;
+use crate::cluster::frame::{self, Kind};
 use crate::cluster::rendezvous;
 use crate::cluster::transport::{self, Purpose};
 use crate::cluster::{Cluster, View};
 use crate::protocol::wire::encode_record;
-use crate::protocol::{ErrorCode, FetchFrom, ProtocolError};
+use crate::protocol::{ErrorCode, ProtocolError};
 use crate::runtime::error::RuntimeError;
 use crate::runtime::mesh::{Ack, Batch, CHANNEL_BATCHES_MAX, Payload, RemoteRoute};
 use crate::runtime::ownership::Ownership;
@@ -379,11 +380,10 @@ impl Link {
             let Some(batch) = self.take(frame.request) else {
                 continue;
             };
-            let mut fields = Fields(&frame.body);
             match frame.kind {
-                Kind::Acked => match (fields.u64(), fields.u64()) {
-                    (Ok(first), Ok(next)) => batch.ack.durable(batch.partition, first, next),
-                    _ => {
+                Kind::Acked => match data::decode_acked(&frame.body) {
+                    Ok((first, next)) => batch.ack.durable(batch.partition, first, next),
+                    Err(_) => {
                         self.give_up(batch.partition, &batch.ack, "a malformed ACKED frame");
                         break "a malformed ACKED frame".to_string();
                     }
@@ -464,17 +464,14 @@ impl Link {
 
 /// A PRODUCE frame for `batch`: its records in the protocol's record encoding.
 fn encode_produce(out: &mut Vec<u8>, request: u64, topic: &str, batch: &Batch) {
-    let mut body = Body::default().str8(topic).u32(batch.partition);
-    match &batch.records {
+    let body = match &batch.records {
         Payload::Wire {
             bytes,
             count,
             stamp_ms,
-        } => {
-            body = body.u32(*count as u32).i64(*stamp_ms).bytes(bytes);
-        }
+        } => data::produce_head(topic, batch.partition, *count as u32, *stamp_ms).bytes(bytes),
         Payload::Owned(records) => {
-            body = body.u32(records.len() as u32).i64(0);
+            let mut body = data::produce_head(topic, batch.partition, records.len() as u32, 0);
             for r in records {
                 let headers: Vec<(&str, &[u8])> = r.headers.iter().map(|(n, v)| (*n, v.as_slice())).collect();
                 encode_record(
@@ -485,28 +482,22 @@ fn encode_produce(out: &mut Vec<u8>, request: u64, topic: &str, batch: &Batch) {
                     &headers,
                 );
             }
+            body
         }
-    }
+    };
     frame::encode(out, Kind::Produce, request, &body.0);
 }
 
 /// A FETCH frame's body for `order` on `topic`.
 pub fn encode_fetch(topic: &str, order: &FetchOrder) -> Vec<u8> {
-    let (from, offset) = match order.from {
-        FetchFrom::Offset(o) => (0, o),
-        FetchFrom::Earliest => (1, 0),
-        FetchFrom::Latest => (2, 0),
-        FetchFrom::Time(t) => (3, t as u64),
-    };
-    Body::default()
-        .str8(topic)
-        .u32(order.partition)
-        .u8(from)
-        .u64(offset)
-        .u32(order.max_records)
-        .u32(order.max_bytes)
-        .u32(order.wait_ms)
-        .0
+    data::encode_fetch(&data::Fetch {
+        topic,
+        partition: order.partition,
+        from: order.from,
+        max_records: order.max_records,
+        max_bytes: order.max_bytes,
+        wait_ms: order.wait_ms,
+    })
 }
 
 /// Serves the fetches for one peer, one at a time over one connection.

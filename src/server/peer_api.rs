@@ -9,11 +9,12 @@ use std::io::Write;
 use std::net::{SocketAddr, TcpStream};
 use std::sync::Arc;
 
-use crate::cluster::frame::{self, Body, Fields, Kind};
+use crate::cluster::data;
+use crate::cluster::frame::{self, Body, Kind};
 use crate::cluster::handover::{self, Phase};
 use crate::cluster::transport::DataPlane;
 use crate::protocol::wire::Cursor;
-use crate::protocol::{ErrorCode, FetchFrom, ProtocolError};
+use crate::protocol::{ErrorCode, ProtocolError};
 use crate::runtime::mesh::{Ack, Batch, ClientAck, Payload};
 use crate::runtime::placement::owner;
 use crate::runtime::service::{FetchOrder, ShardRequest};
@@ -51,7 +52,7 @@ impl DataPlane for PeerService {
                 for (request, ack) in ack_rx.iter() {
                     let out = match ack {
                         Ok((_, first, next)) => {
-                            frame::framed(Kind::Acked, request, &Body::default().u64(first).u64(next).0)
+                            frame::framed(Kind::Acked, request, &data::encode_acked(first, next))
                         }
                         Err(error) => error_frame(request, &error),
                     };
@@ -154,12 +155,14 @@ impl PeerService {
         request: u64,
         acks: &flume::Sender<(u64, ClientAck)>,
     ) -> Result<Produced, ProtocolError> {
-        let mut fields = Fields(body);
-        let name = fields.str8().map_err(malformed)?;
-        let partition = fields.u32().map_err(malformed)?;
-        let count = fields.u32().map_err(malformed)? as usize;
-        let stamp_ms = fields.i64().map_err(malformed)?;
-        let bytes = fields.rest();
+        let data::Produce {
+            topic: name,
+            partition,
+            count,
+            stamp_ms,
+            records: bytes,
+        } = data::decode_produce(body).map_err(malformed)?;
+        let count = count as usize;
         let topic = self.partition(name, partition)?;
         if let Some(why) = self.not_served(name, topic, partition) {
             return Ok(Produced::Moving(why.message));
@@ -256,23 +259,8 @@ impl PeerService {
     }
 
     fn fetch(&self, body: &[u8], request: u64) -> Result<Vec<u8>, ProtocolError> {
-        let mut fields = Fields(body);
-        let name = fields.str8().map_err(malformed)?;
-        let partition = fields.u32().map_err(malformed)?;
-        let from = fields.u8().map_err(malformed)?;
-        let offset = fields.u64().map_err(malformed)?;
-        let from = match from {
-            0 => FetchFrom::Offset(offset),
-            1 => FetchFrom::Earliest,
-            2 => FetchFrom::Latest,
-            3 => FetchFrom::Time(offset as i64),
-            other => {
-                return Err(ProtocolError::new(
-                    ErrorCode::Malformed,
-                    format!("fetch start {other}"),
-                ));
-            }
-        };
+        let fetch = data::decode_fetch(body).map_err(malformed)?;
+        let (name, partition) = (fetch.topic, fetch.partition);
         let topic = self.partition(name, partition)?;
         if let Some(error) = self.not_served(name, topic, partition) {
             return Err(error);
@@ -280,10 +268,10 @@ impl PeerService {
         let order = FetchOrder {
             topic,
             partition,
-            from,
-            max_records: fields.u32().map_err(malformed)?,
-            max_bytes: fields.u32().map_err(malformed)?,
-            wait_ms: fields.u32().map_err(malformed)?,
+            from: fetch.from,
+            max_records: fetch.max_records,
+            max_bytes: fetch.max_bytes,
+            wait_ms: fetch.wait_ms,
             request_id: request,
         };
         self.ask(partition, |reply| ShardRequest::Fetch { order, reply })
