@@ -37,8 +37,8 @@ use crate::runtime::shard::{Backoff, LocalPartition, Shard, is_client_error};
 use crate::storage::layout::now_ms;
 use crate::storage::{AppendReceipt, PartitionLog, Record};
 
-/// Journal bytes written between two snapshots; older segments are then deleted.
-const SNAPSHOT_BYTES: u64 = 16 << 20;
+/// About the bytes one cursor takes in a snapshot (a JSON `set` entry).
+const CURSOR_ENTRY_BYTES: u64 = 256;
 /// How often the sweeper looks for claims past their `reclaim_timeout`.
 const SWEEP_EVERY: Duration = Duration::from_millis(10);
 
@@ -52,6 +52,8 @@ pub struct Consumers {
     unapplied_txns: Cell<usize>,
     /// A snapshot written whose older segments go once it is durable.
     compaction: Cell<Option<AppendReceipt>>,
+    /// About how many bytes the last snapshot took.
+    snapshot_bytes: Cell<u64>,
     /// `(topic, consumer)` pairs this shard's connections made sure exist on every shard.
     pub ensured: RefCell<HashSet<(usize, String)>>,
 }
@@ -65,6 +67,7 @@ impl Consumers {
             since_snapshot: Cell::new(0),
             unapplied_txns: Cell::new(0),
             compaction: Cell::new(None),
+            snapshot_bytes: Cell::new(0),
             ensured: RefCell::new(HashSet::new()),
         }
     }
@@ -193,9 +196,12 @@ impl Consumers {
     /// (`compact`), so a crash at any point keeps either the old entries or the new
     /// snapshot whole.
     fn maybe_snapshot(&self, shard: &Shard) -> Result<(), ProtocolError> {
-        if self.since_snapshot.get() < SNAPSHOT_BYTES
-            || self.unapplied_txns.get() > 0
-            || self.compaction.get().is_some()
+        // A snapshot every quarter segment of entries keeps the journal to a few
+        // segments; and never more often than every twice its own size, so that many
+        // consumers do not turn the journal into snapshots.
+        let segment_bytes = self.journal.borrow().options().segment_bytes;
+        let due = (segment_bytes / 4).max(2 * self.snapshot_bytes.get());
+        if self.since_snapshot.get() < due || self.unapplied_txns.get() > 0 || self.compaction.get().is_some()
         {
             return Ok(());
         }
@@ -209,10 +215,16 @@ impl Consumers {
                 cursor: cursor.clone(),
             })
         });
-        let written = write_snapshot(&mut self.journal.borrow_mut(), entries, now_ms());
+        let mut journal = self.journal.borrow_mut();
+        let before = journal.next_offset();
+        let written = write_snapshot(&mut journal, entries, now_ms());
+        drop(journal);
         match written {
             Ok(receipt) => {
                 self.since_snapshot.set(0);
+                // Counted in records, about the size of a cursor each.
+                self.snapshot_bytes
+                    .set((receipt.next_offset - before) * CURSOR_ENTRY_BYTES);
                 self.compaction.set(Some(receipt));
                 Ok(())
             }

@@ -18,19 +18,32 @@ use crate::consumer::journal::{self, Entry, Replayed};
 use crate::runtime::error::{Result, RuntimeError};
 use crate::runtime::mesh::{Payload, with_payload};
 use crate::runtime::placement;
-use crate::storage::{Durability, LogOptions, PartitionLog, layout};
+use crate::storage::format::SEGMENT_HEADER_BYTES;
+use crate::storage::{LogOptions, PartitionLog, io, layout};
 
-/// Journal segments: large enough for the biggest transaction (a 16 MiB frame).
-pub const JOURNAL_SEGMENT_BYTES: u64 = 32 << 20;
-/// The largest record a journal takes: a transaction part must fit.
-pub const JOURNAL_RECORD_MAX: u64 = 24 << 20;
 const COMPLETE: &str = "complete";
 
-pub fn journal_options(durability: Durability) -> LogOptions {
+/// The largest record a journal of a dataflow takes: a transaction's part holds at most
+/// one frame's records (`max_frame_bytes`), and the entries around it are small.
+pub fn journal_record_max(spec: &DataflowSpec) -> u64 {
+    let frame = u64::from(spec.ingest.clone().unwrap_or_default().max_frame_bytes);
+    // Two must fit one segment of at most 2 GiB.
+    (frame + (64 << 10)).min(crate::storage::log::SEGMENT_BYTES_MAX / 2 - 2 * SEGMENT_HEADER_BYTES)
+}
+
+/// A journal's options: segments that hold its biggest transaction twice over (a batch
+/// never spans segments), rounded to whole pages; its snapshots come every half segment
+/// (`Consumers`), so compaction keeps it to a few segments.
+pub fn journal_options(spec: &DataflowSpec) -> LogOptions {
+    let record_max = journal_record_max(spec);
+    let segment_bytes = (2 * record_max + 2 * SEGMENT_HEADER_BYTES)
+        .next_multiple_of(4096)
+        .max(256 << 10);
     LogOptions {
-        segment_bytes: JOURNAL_SEGMENT_BYTES,
-        durability,
-        max_record_bytes: JOURNAL_RECORD_MAX,
+        segment_bytes,
+        durability: spec.engine.durability,
+        max_record_bytes: record_max,
+        unsynced_bytes_max: LogOptions::default().unsynced_bytes_max.max(record_max),
         ..LogOptions::default()
     }
 }
@@ -82,8 +95,8 @@ pub fn recover(
 ) -> Result<Vec<ShardJournal>> {
     let data_dir = &spec.engine.data_dir;
     let root = data_dir.join("consumers");
-    std::fs::create_dir_all(&root).map_err(RuntimeError::io("create", &root))?;
-    let options = journal_options(spec.engine.durability);
+    io::create_dir_all(&root).map_err(RuntimeError::io("create", &root))?;
+    let options = journal_options(spec);
     let all = generations(&root)?;
     let latest = all.iter().rfind(|(_, _, complete)| *complete);
     let mut state = Replayed::default();
@@ -125,7 +138,7 @@ pub fn recover(
     let generation = latest.map_or(1, |(n, _, _)| n + 1);
     let dir = root.join(format!("gen-{generation}"));
     if dir.exists() {
-        std::fs::remove_dir_all(&dir).map_err(RuntimeError::io("remove", &dir))?;
+        io::remove_dir_all(&dir).map_err(RuntimeError::io("remove", &dir))?;
     }
     let mut per_shard: Vec<ShardJournal> = Vec::with_capacity(shards);
     let mut snapshots: Vec<Vec<Entry>> = vec![Vec::new(); shards];
@@ -163,13 +176,13 @@ pub fn recover(
         });
     }
     let marker = dir.join(COMPLETE);
-    let file = std::fs::File::create(&marker).map_err(RuntimeError::io("create", &marker))?;
-    file.sync_all().map_err(RuntimeError::io("sync", &marker))?;
+    let file = io::create_truncate(&marker).map_err(RuntimeError::io("create", &marker))?;
+    io::sync_data(&file, &marker).map_err(RuntimeError::io("sync", &marker))?;
     layout::sync_dir(&dir)?;
     layout::sync_dir(&root)?;
     for (n, path, _) in all {
         if n != generation {
-            std::fs::remove_dir_all(&path).map_err(RuntimeError::io("remove", &path))?;
+            io::remove_dir_all(&path).map_err(RuntimeError::io("remove", &path))?;
         }
     }
     Ok(per_shard)

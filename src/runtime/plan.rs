@@ -79,7 +79,8 @@ pub fn plan(spec: DataflowSpec, cluster: Option<Arc<Cluster>>) -> Result<Plan> {
         }
     }
     let data_dir = spec.engine.data_dir.clone();
-    std::fs::create_dir_all(&data_dir).map_err(RuntimeError::io("create the data directory", &data_dir))?;
+    crate::storage::io::create_dir_all(&data_dir)
+        .map_err(RuntimeError::io("create the data directory", &data_dir))?;
     let producers = producers_by_topic(&spec);
     let bounded = bounded_topics(&spec);
     let mut plans: Vec<ShardPlan> = (0..shards).map(|_| ShardPlan::default()).collect();

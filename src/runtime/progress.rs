@@ -6,12 +6,12 @@
 //! durable, so it never claims more than survives a crash.
 
 use std::collections::BTreeMap;
-use std::io::Write;
 use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
 use crate::runtime::error::{Result, RuntimeError};
+use crate::storage::io;
 use crate::storage::layout::sync_dir;
 
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -95,13 +95,13 @@ pub fn store(path: &Path, progress: &Progress, durable: bool) -> Result<()> {
     let tmp = path.with_extension("json.tmp");
     let bytes = serde_json::to_vec(progress).expect("progress always serializes");
     let write = || -> std::io::Result<()> {
-        std::fs::create_dir_all(dir)?;
-        let mut file = std::fs::File::create(&tmp)?;
-        file.write_all(&bytes)?;
+        io::create_dir_all(dir)?;
+        let mut file = io::create_truncate(&tmp)?;
+        io::write_all(&mut file, &tmp, 0, &bytes)?;
         if durable {
-            file.sync_data()?;
+            io::sync_data(&file, &tmp)?;
         }
-        std::fs::rename(&tmp, path)
+        io::rename(&tmp, path)
     };
     write().map_err(RuntimeError::io("write progress file", path))?;
     if durable {

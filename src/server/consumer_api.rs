@@ -11,7 +11,7 @@ use crate::protocol::consumer::{
 };
 use crate::protocol::{ErrorCode, ProduceGroup, ProtocolError, Run};
 use crate::runtime::consumers::{self, CursorInfo, OpReply, OpResult, PartitionOp, TxnPart};
-use crate::runtime::journal_recovery::JOURNAL_RECORD_MAX;
+use crate::runtime::journal_recovery::journal_record_max;
 use crate::runtime::placement::owner;
 use crate::runtime::service::ShardRequest;
 use crate::runtime::shard::Shard;
@@ -209,12 +209,13 @@ pub async fn ack_commit(
     let mut parts = Vec::with_capacity(split.parts.len());
     let mut partitions = Vec::with_capacity(split.parts.len());
     for part in split.parts {
-        if part.bytes.len() as u64 + 4096 > JOURNAL_RECORD_MAX {
+        let record_max = journal_record_max(&shard.shared.spec);
+        if part.bytes.len() as u64 + 4096 > record_max {
             return Err(ProtocolError::new(
                 ErrorCode::TooLarge,
                 format!(
-                    "an ack-and-commit may produce at most {} MiB per partition; commit smaller batches",
-                    JOURNAL_RECORD_MAX >> 20
+                    "an ack-and-commit may produce at most {} bytes per partition; commit smaller batches",
+                    record_max - 4096
                 ),
             ));
         }

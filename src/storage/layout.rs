@@ -104,9 +104,7 @@ fn sorted_dirs(dir: &Path) -> Result<Vec<PathBuf>> {
 
 /// fsync a directory, making the names created or removed in it durable.
 pub fn sync_dir(dir: &Path) -> Result<()> {
-    File::open(dir)
-        .and_then(|d| d.sync_all())
-        .map_err(StorageError::io("sync directory", dir))
+    crate::storage::io::sync_dir(dir).map_err(StorageError::io("sync directory", dir))
 }
 
 /// How long opening a partition waits for its lock before it gives up.

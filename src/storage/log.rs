@@ -12,6 +12,7 @@ use std::sync::Arc;
 
 use crate::storage::error::{Result, StorageError};
 use crate::storage::format::SEGMENT_HEADER_BYTES;
+use crate::storage::io;
 use crate::storage::layout::{self, DirLock};
 use crate::storage::reader::Records;
 use crate::storage::record::{HEADER_NAME_BYTES_MAX, RECORD_HEADERS_MAX, Record, RecordView};
@@ -172,7 +173,7 @@ impl PartitionLog {
     /// point is refused with an error naming the file and offset.
     pub fn open(dir: &Path, options: LogOptions) -> Result<PartitionLog> {
         options.validate()?;
-        std::fs::create_dir_all(dir).map_err(StorageError::io("create partition directory", dir))?;
+        io::create_dir_all(dir).map_err(StorageError::io("create partition directory", dir))?;
         let lock = DirLock::acquire(dir)?;
         let (mut segments, recovery) = recover_segments(dir, &options)?;
         let needs_new = !segments.last().is_some_and(Segment::is_appendable);
@@ -185,7 +186,13 @@ impl PartitionLog {
                 options.index_interval_bytes,
             )?);
         }
-        let next_offset = segments.last().expect("just ensured").next_offset();
+        let active = segments.last().expect("just ensured");
+        // What the last run wrote past its last sync survived in the page cache, or it
+        // would not be here; sync it before counting it durable.
+        active
+            .sync(&options.sync_faults)
+            .map_err(StorageError::io("sync the recovered last segment", active.path()))?;
+        let next_offset = active.next_offset();
         // Recovery synced what it kept, so all of it is durable.
         let tracker = SyncTracker::new(
             options.durability,
@@ -347,7 +354,7 @@ impl PartitionLog {
             // segment_bytes): replace it rather than seal it, as its name is taken.
             let path = active.path().to_path_buf();
             self.segments.pop();
-            std::fs::remove_file(&path).map_err(StorageError::io("remove empty segment", &path))?;
+            io::remove_file(&path).map_err(StorageError::io("remove empty segment", &path))?;
         } else {
             active.close_for_appends();
             let seal = Seal {
@@ -559,7 +566,7 @@ impl PartitionLog {
             report.deleted_segments += 1;
             report.deleted_records += segment.next_offset() - segment.base_offset();
             report.deleted_bytes += segment.data_bytes();
-            std::fs::remove_file(segment.path())
+            io::remove_file(segment.path())
                 .map_err(StorageError::io("delete expired segment", segment.path()))?;
         }
         if count > 0 {
@@ -643,7 +650,18 @@ fn recover_segments(dir: &Path, options: &LogOptions) -> Result<(Vec<Segment>, R
         };
         let recovered = recovery::recovered(check);
         report.records += recovered.point.next_offset - header.base_offset;
-        segments.push(Segment::map(path.clone(), file, header, recovered, access)?);
+        let mut segment = Segment::map(path.clone(), file, header, recovered, access)?;
+        if role != Role::Last && !cut_later && !sealed {
+            // Whole but never sealed: the process stopped right after rolling away from
+            // it, so its last records may be in the page cache only. Seal it now, before
+            // anything it holds is served as durable.
+            segment
+                .file()
+                .seal(segment.sync_point(), &options.sync_faults)
+                .map_err(StorageError::io("seal a segment left unsealed", path))?;
+            segment.close_for_appends();
+        }
+        segments.push(segment);
         if cut_later {
             break;
         }

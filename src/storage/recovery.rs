@@ -28,9 +28,10 @@ use crate::storage::format::{
     self, FRAME_HEADER_BYTES, FrameDefect, HeaderDefect, MarkerSlot, SEGMENT_HEADER_BYTES, SegmentHeader,
 };
 use crate::storage::index::SparseIndex;
+use crate::storage::io;
 use crate::storage::layout;
 use crate::storage::record;
-use crate::storage::segment::{self, Recovered, SyncPoint};
+use crate::storage::segment::{Recovered, SyncPoint};
 
 /// Where and why a scan stopped before the end of the bytes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -297,17 +298,15 @@ pub(crate) fn recovered(check: SegmentCheck) -> Recovered {
 /// there and preallocates it again. Afterwards the bytes past the data are zero, as the
 /// writer and the next recovery assume.
 pub(crate) fn repair_tail(path: &Path, file: &File, data_end: u64, capacity: u64) -> Result<()> {
-    file.set_len(data_end)
-        .map_err(StorageError::io("truncate torn tail of", path))?;
-    segment::preallocate(file, data_end, capacity - data_end)
+    io::set_len(file, path, data_end).map_err(StorageError::io("truncate torn tail of", path))?;
+    io::preallocate(file, path, data_end, capacity - data_end)
         .map_err(StorageError::io("preallocate segment", path))?;
-    file.sync_all()
-        .map_err(StorageError::io("sync repaired segment", path))
+    io::sync_data(file, path).map_err(StorageError::io("sync repaired segment", path))
 }
 
 /// Removes a last segment whose creation never completed.
 pub(crate) fn remove_abandoned(path: &Path) -> Result<()> {
-    std::fs::remove_file(path).map_err(StorageError::io("remove abandoned segment", path))?;
+    io::remove_file(path).map_err(StorageError::io("remove abandoned segment", path))?;
     layout::sync_dir(
         path.parent()
             .expect("segment files live in a partition directory"),
@@ -335,7 +334,7 @@ pub(crate) fn remove_after_torn(torn: &Path, later: &[(u64, PathBuf)]) -> Result
         }
     }
     for (_, path) in later {
-        std::fs::remove_file(path).map_err(StorageError::io("remove segment after a torn one", path))?;
+        io::remove_file(path).map_err(StorageError::io("remove segment after a torn one", path))?;
     }
     if let Some(dir) = torn.parent() {
         layout::sync_dir(dir)?;

@@ -6,12 +6,10 @@
 //! the mapping is never written through: an I/O error comes back from pwrite as an
 //! error, never as a SIGBUS.
 
-use std::fs::{File, OpenOptions};
-use std::os::unix::fs::FileExt;
-use std::os::unix::io::AsRawFd;
+use std::fs::File;
 use std::path::{Path, PathBuf};
+use std::slice;
 use std::sync::{Arc, Mutex};
-use std::{io, slice};
 
 use memmap2::{MmapOptions, MmapRaw};
 
@@ -20,6 +18,7 @@ use crate::storage::format::{
     FRAME_HEADER_BYTES, FrameHeader, MarkerSlot, SEGMENT_HEADER_BYTES, SegmentHeader,
 };
 use crate::storage::index::SparseIndex;
+use crate::storage::io;
 use crate::storage::layout;
 use crate::storage::record::RecordView;
 
@@ -74,23 +73,23 @@ impl SegmentFile {
     }
 
     /// Makes the frames up to `point` durable (fdatasync) and records it in a marker slot.
-    pub fn sync(&self, point: SyncPoint, faults: &crate::storage::sync::SyncFaults) -> io::Result<()> {
-        faults.sync_data(&self.file)?;
+    pub fn sync(&self, point: SyncPoint, faults: &crate::storage::sync::SyncFaults) -> std::io::Result<()> {
+        faults.sync_data(&self.file, &self.path)?;
         self.write_marker(point, false)
     }
 
     /// Closes the segment durably: syncs its frames, writes the seal marker, and syncs
     /// again, so that "every segment but the last is sealed" holds across a crash.
-    pub fn seal(&self, point: SyncPoint, faults: &crate::storage::sync::SyncFaults) -> io::Result<()> {
-        faults.sync_data(&self.file)?;
+    pub fn seal(&self, point: SyncPoint, faults: &crate::storage::sync::SyncFaults) -> std::io::Result<()> {
+        faults.sync_data(&self.file, &self.path)?;
         self.write_marker(point, true)?;
-        faults.sync_data(&self.file)
+        faults.sync_data(&self.file, &self.path)
     }
 
     /// Records that the segment is synced up to `point` (or sealed there). Markers only
     /// move forward, and none follows the seal: a syncer that finishes late can never
     /// overwrite a seal with an older point.
-    pub fn write_marker(&self, point: SyncPoint, sealed: bool) -> io::Result<()> {
+    pub fn write_marker(&self, point: SyncPoint, sealed: bool) -> std::io::Result<()> {
         let mut markers = self.markers.lock().expect("marker lock poisoned");
         let newer = point.data_end > markers.data_end || (sealed && point.data_end == markers.data_end);
         if markers.sealed || !newer {
@@ -104,8 +103,12 @@ impl SegmentFile {
             max_timestamp_ms: point.max_timestamp_ms,
             sealed,
         };
-        self.file
-            .write_all_at(&slot.encode(), MarkerSlot::position(seq) as u64)?;
+        io::write_at(
+            &self.file,
+            &self.path,
+            MarkerSlot::position(seq) as u64,
+            &slot.encode(),
+        )?;
         *markers = Markers {
             seq,
             data_end: point.data_end,
@@ -144,13 +147,8 @@ impl Segment {
     /// preallocation are on disk and the directory knows the name before it returns.
     pub fn create(dir: &Path, base_offset: u64, capacity: u64, index_interval_bytes: u32) -> Result<Segment> {
         let path = dir.join(layout::segment_file_name(base_offset));
-        let file = OpenOptions::new()
-            .read(true)
-            .write(true)
-            .create_new(true)
-            .open(&path)
-            .map_err(StorageError::io("create segment", &path))?;
-        preallocate(&file, 0, capacity).map_err(StorageError::io("preallocate segment", &path))?;
+        let file = io::create_new(&path).map_err(StorageError::io("create segment", &path))?;
+        io::preallocate(&file, &path, 0, capacity).map_err(StorageError::io("preallocate segment", &path))?;
         let header = SegmentHeader {
             base_offset,
             capacity,
@@ -158,12 +156,10 @@ impl Segment {
         };
         let mut page = vec![0u8; SEGMENT_HEADER_BYTES as usize];
         header.encode(&mut page);
-        file.write_all_at(&page, 0)
-            .map_err(StorageError::io("write segment header", &path))?;
+        io::write_at(&file, &path, 0, &page).map_err(StorageError::io("write segment header", &path))?;
         // fsync the file and then the directory: a new segment's name is not durable until
         // its directory is, and no record may be acked in a segment that could vanish.
-        file.sync_all()
-            .map_err(StorageError::io("sync new segment", &path))?;
+        io::sync_data(&file, &path).map_err(StorageError::io("sync new segment", &path))?;
         layout::sync_dir(dir)?;
         let recovered = Recovered {
             point: SyncPoint {
@@ -398,7 +394,7 @@ impl Segment {
     }
 
     /// Makes everything written durable (fdatasync) and records it in a marker slot.
-    pub fn sync(&self, faults: &crate::storage::sync::SyncFaults) -> io::Result<()> {
+    pub fn sync(&self, faults: &crate::storage::sync::SyncFaults) -> std::io::Result<()> {
         self.file.sync(self.sync_point(), faults)
     }
 
@@ -416,20 +412,4 @@ pub(crate) enum Access {
     Append,
     /// A closed segment: the file as it is, read only.
     Read,
-}
-
-/// Allocates `[offset, offset + len)` of `file`: appends never run out of space midway,
-/// and the file's blocks stay contiguous.
-pub(crate) fn preallocate(file: &File, offset: u64, len: u64) -> io::Result<()> {
-    // SAFETY: plain syscall on a valid descriptor.
-    let rc = unsafe { libc::fallocate(file.as_raw_fd(), 0, offset as libc::off_t, len as libc::off_t) };
-    if rc == 0 {
-        return Ok(());
-    }
-    let error = io::Error::last_os_error();
-    if error.raw_os_error() == Some(libc::EOPNOTSUPP) {
-        // tmpfs and some others lack fallocate; set_len at least sizes the file.
-        return file.set_len(offset + len);
-    }
-    Err(error)
 }

@@ -79,8 +79,8 @@ impl SyncFaults {
         }
     }
 
-    /// fdatasync `file`, unless a fault is due.
-    pub(crate) fn sync_data(&self, file: &std::fs::File) -> io::Result<()> {
+    /// fdatasync `file` (named `path`), unless a fault is due.
+    pub(crate) fn sync_data(&self, file: &std::fs::File, path: &std::path::Path) -> io::Result<()> {
         if let Some(left) = &self.successes_left {
             let allowed = left
                 .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1))
@@ -90,7 +90,7 @@ impl SyncFaults {
             }
         }
         FSYNCS.fetch_add(1, Ordering::Relaxed);
-        file.sync_data()
+        crate::storage::io::sync_data(file, path)
     }
 }
 

@@ -7,8 +7,6 @@
 //! pwrite of whole pages skips both. It also turns a failing disk into an error
 //! instead of a SIGBUS.
 
-use std::os::unix::fs::FileExt;
-
 use rkyv::ser::allocator::Arena;
 
 use crate::storage::format::{self, FRAME_FLAG_BATCH_END, FRAME_HEADER_BYTES, FrameHeader};
@@ -101,10 +99,8 @@ impl FrameWriter {
         if self.used > 0 {
             let end = position + self.used as u64;
             assert!(end <= segment.mapped_len(), "a batch would overrun its segment");
-            segment
-                .file()
-                .file()
-                .write_all_at(&self.buffer[..self.used], position)?;
+            let file = segment.file();
+            crate::storage::io::write_at(file.file(), file.path(), position, &self.buffer[..self.used])?;
             self.used = 0;
         }
         Ok(())

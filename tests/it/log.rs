@@ -218,7 +218,8 @@ fn a_partition_has_one_owner_at_a_time() {
 fn a_failed_fsync_poisons_the_partition_in_every_mode() {
     let dir = fast_tempdir();
     let options = LogOptions {
-        sync_faults: SyncFaults::fail_after(3),
+        // One fdatasync when it opens, one per append for three appends.
+        sync_faults: SyncFaults::fail_after(4),
         ..small_options(Durability::Every)
     };
     let mut log = PartitionLog::open(dir.path(), options).unwrap();
@@ -240,7 +241,8 @@ fn a_failed_fsync_poisons_the_partition_in_every_mode() {
 fn a_failed_fsync_poisons_the_partition_in_group_mode() {
     let dir = fast_tempdir();
     let options = LogOptions {
-        sync_faults: SyncFaults::fail_after(0),
+        // Only the fdatasync of opening succeeds.
+        sync_faults: SyncFaults::fail_after(1),
         ..small_options(Durability::Group)
     };
     let mut log = PartitionLog::open(dir.path(), options).unwrap();

@@ -15,6 +15,7 @@ mod ingest;
 mod jobs;
 mod log;
 mod outputs;
+mod powercut;
 mod recovery_cases;
 mod recovery_props;
 mod retention;

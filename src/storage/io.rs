@@ -1,0 +1,177 @@
+//! Every file-system call that changes a data directory, in one place: segment files,
+//! their markers and seals, directories, progress files and the consumer journal's
+//! generations. Each does the real call and, when a test records the directory
+//! (`powercut`), notes what it did in the trace, so that a power cut can be simulated at
+//! any point of a real run. Reads are not seams: they go to the real files.
+//!
+//! A write is noted once it is done; a sync is noted once it returned, covering what was
+//! noted before it started. So whatever the engine treats as synced (it syncs only what
+//! it wrote before) is covered in the trace too.
+
+use std::fs::{File, OpenOptions};
+use std::io::{self, Write};
+use std::os::unix::fs::FileExt;
+use std::os::unix::io::AsRawFd;
+use std::path::Path;
+
+use crate::storage::powercut::{self, Op};
+
+/// Creates `path`, which must not exist, for reading and writing.
+pub fn create_new(path: &Path) -> io::Result<File> {
+    let file = OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create_new(true)
+        .open(path)?;
+    powercut::note(path, || Op::Create {
+        path: path.to_path_buf(),
+    });
+    Ok(file)
+}
+
+/// Creates `path` or empties it, for writing.
+pub fn create_truncate(path: &Path) -> io::Result<File> {
+    let existed = path.exists();
+    let file = File::create(path)?;
+    powercut::note(path, || match existed {
+        true => Op::SetLen {
+            path: path.to_path_buf(),
+            len: 0,
+        },
+        false => Op::Create {
+            path: path.to_path_buf(),
+        },
+    });
+    Ok(file)
+}
+
+/// Writes all of `bytes` at `offset` of `file` (named `path`).
+pub fn write_at(file: &File, path: &Path, offset: u64, bytes: &[u8]) -> io::Result<()> {
+    file.write_all_at(bytes, offset)?;
+    powercut::note(path, || Op::Write {
+        path: path.to_path_buf(),
+        offset,
+        bytes: bytes.to_vec(),
+    });
+    Ok(())
+}
+
+/// Appends all of `bytes` to `file` (named `path`) at `offset`, where its cursor is.
+pub fn write_all(file: &mut File, path: &Path, offset: u64, bytes: &[u8]) -> io::Result<()> {
+    file.write_all(bytes)?;
+    powercut::note(path, || Op::Write {
+        path: path.to_path_buf(),
+        offset,
+        bytes: bytes.to_vec(),
+    });
+    Ok(())
+}
+
+pub fn set_len(file: &File, path: &Path, len: u64) -> io::Result<()> {
+    file.set_len(len)?;
+    powercut::note(path, || Op::SetLen {
+        path: path.to_path_buf(),
+        len,
+    });
+    Ok(())
+}
+
+/// Allocates `[offset, offset + len)` of `file`: appends never run out of space midway,
+/// and the file's blocks stay contiguous.
+pub fn preallocate(file: &File, path: &Path, offset: u64, len: u64) -> io::Result<()> {
+    // SAFETY: plain syscall on a valid descriptor.
+    let rc = unsafe { libc::fallocate(file.as_raw_fd(), 0, offset as libc::off_t, len as libc::off_t) };
+    if rc != 0 {
+        let error = io::Error::last_os_error();
+        if error.raw_os_error() != Some(libc::EOPNOTSUPP) {
+            return Err(error);
+        }
+        // tmpfs and some others lack fallocate; set_len at least sizes the file.
+        if file.metadata()?.len() < offset + len {
+            file.set_len(offset + len)?;
+        }
+    }
+    powercut::note(path, || Op::Allocate {
+        path: path.to_path_buf(),
+        end: offset + len,
+    });
+    Ok(())
+}
+
+/// fdatasync: the file's data (and the size needed to read it) is durable once it
+/// returns Ok.
+pub fn sync_data(file: &File, path: &Path) -> io::Result<()> {
+    let started = powercut::sync_started(path);
+    file.sync_data()?;
+    powercut::note(path, || Op::Sync {
+        path: path.to_path_buf(),
+        covers: started,
+    });
+    Ok(())
+}
+
+/// fsync of a directory: the names created, renamed or removed in it are durable once it
+/// returns Ok.
+pub fn sync_dir(dir: &Path) -> io::Result<()> {
+    let started = powercut::sync_started(dir);
+    File::open(dir)?.sync_all()?;
+    powercut::note(dir, || Op::SyncDir {
+        path: dir.to_path_buf(),
+        covers: started,
+    });
+    Ok(())
+}
+
+pub fn rename(from: &Path, to: &Path) -> io::Result<()> {
+    std::fs::rename(from, to)?;
+    powercut::note(to, || Op::Rename {
+        from: from.to_path_buf(),
+        to: to.to_path_buf(),
+    });
+    Ok(())
+}
+
+pub fn remove_file(path: &Path) -> io::Result<()> {
+    std::fs::remove_file(path)?;
+    powercut::note(path, || Op::Remove {
+        path: path.to_path_buf(),
+    });
+    Ok(())
+}
+
+pub fn remove_dir_all(path: &Path) -> io::Result<()> {
+    std::fs::remove_dir_all(path)?;
+    powercut::note(path, || Op::RemoveTree {
+        path: path.to_path_buf(),
+    });
+    Ok(())
+}
+
+/// Creates `dir` and every missing parent, durably: each new directory's name is synced
+/// into its parent, so that nothing written under it can vanish with its name.
+pub fn create_dir_all(dir: &Path) -> io::Result<()> {
+    let mut missing = Vec::new();
+    let mut at = Some(dir);
+    while let Some(path) = at {
+        if path.as_os_str().is_empty() || path.is_dir() {
+            break;
+        }
+        missing.push(path);
+        at = path.parent();
+    }
+    for path in missing.into_iter().rev() {
+        match std::fs::create_dir(path) {
+            Ok(()) => {}
+            // Another thread made it meanwhile: it syncs it.
+            Err(e) if e.kind() == io::ErrorKind::AlreadyExists => continue,
+            Err(e) => return Err(e),
+        }
+        powercut::note(path, || Op::CreateDir {
+            path: path.to_path_buf(),
+        });
+        if let Some(parent) = path.parent().filter(|p| !p.as_os_str().is_empty()) {
+            sync_dir(parent)?;
+        }
+    }
+    Ok(())
+}
