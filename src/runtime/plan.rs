@@ -529,25 +529,25 @@ async fn run_shard(index: usize, shared: Arc<Shared>, plan: ShardPlan) -> Result
         .into_iter()
         .map(|task| reply::run(Rc::clone(&shard), task))
         .collect();
-    glommio::spawn_local(consumers::run_sweeper(Rc::clone(&shard))).detach();
-    glommio::spawn_local(crate::runtime::retention::run(Rc::clone(&shard))).detach();
+    let tasks = Rc::clone(&shard.tasks);
+    tasks.spawn(consumers::run_sweeper(Rc::clone(&shard)));
+    tasks.spawn(crate::runtime::retention::run(Rc::clone(&shard)));
     for (topic, receiver) in plan.inboxes {
-        glommio::spawn_local(Rc::clone(&shard).run_inbox(topic, receiver)).detach();
+        tasks.spawn(Rc::clone(&shard).run_inbox(topic, receiver));
     }
     if let Some(requests) = plan.service {
-        glommio::spawn_local(service::run(Rc::clone(&shard), requests)).detach();
+        tasks.spawn(service::run(Rc::clone(&shard), requests));
     }
     for reply in replies {
         let s = Rc::clone(&shard);
-        glommio::spawn_local(async move {
+        tasks.spawn(async move {
             if let Err(error) = reply.await {
                 s.shared.control.fail(error);
             }
-        })
-        .detach();
+        });
     }
     crate::server::serve(&shard, plan.sockets);
-    glommio::spawn_local(Rc::clone(&shard).run_acker()).detach();
+    tasks.spawn(Rc::clone(&shard).run_acker());
     // An exec stage runs one task per core over all its partitions there: one worker
     // pool per core, and one task to drive it.
     let mut execs: Vec<ExecTask> = Vec::new();
@@ -578,12 +578,11 @@ async fn run_shard(index: usize, shared: Arc<Shared>, plan: ShardPlan) -> Result
     }
     for task in plan.forwarders {
         let s = Rc::clone(&shard);
-        glommio::spawn_local(async move {
+        tasks.spawn(async move {
             if let Err(error) = sink::forward(Rc::clone(&s), task).await {
                 s.shared.control.fail(error);
             }
-        })
-        .detach();
+        });
     }
     let control = &shared.control;
     while !control.is_stopping() {
@@ -596,7 +595,9 @@ async fn run_shard(index: usize, shared: Arc<Shared>, plan: ShardPlan) -> Result
     while control.producers_live.load(Ordering::Acquire) > 0 && std::time::Instant::now() < deadline {
         glommio::timer::sleep(Duration::from_millis(1)).await;
     }
-    shard.close()
+    let closed = shard.close();
+    shard.tasks.end_all().await;
+    closed
 }
 
 /// Spawns a task counted `count` times in `producers_live` (once per planned producer it
@@ -607,11 +608,10 @@ fn spawn_counted(
     task: impl std::future::Future<Output = Result<()>> + 'static,
 ) {
     let s = Rc::clone(shard);
-    glommio::spawn_local(async move {
+    shard.tasks.spawn(async move {
         if let Err(error) = task.await {
             s.shared.control.fail(error);
         }
         s.shared.control.producers_live.fetch_sub(count, Ordering::AcqRel);
-    })
-    .detach();
+    });
 }

@@ -125,20 +125,18 @@ pub async fn run(shard: Rc<Shard>, requests: flume::Receiver<ShardRequest>) {
     while let Ok(request) = requests.recv_async().await {
         match request {
             ShardRequest::Fetch { order, reply } => {
-                let shard = Rc::clone(&shard);
-                glommio::spawn_local(async move {
-                    let frame = fetch_local(&shard, &order).await;
+                let task_shard = Rc::clone(&shard);
+                shard.tasks.spawn(async move {
+                    let frame = fetch_local(&task_shard, &order).await;
                     let _ = reply.send_async(frame).await;
-                })
-                .detach();
+                });
             }
             ShardRequest::Partition { op, reply } => {
-                let shard = Rc::clone(&shard);
-                glommio::spawn_local(async move {
-                    let outcome = consumers::run(&shard, op).await;
+                let task_shard = Rc::clone(&shard);
+                shard.tasks.spawn(async move {
+                    let outcome = consumers::run(&task_shard, op).await;
                     let _ = reply.send_async(outcome).await;
-                })
-                .detach();
+                });
             }
             ShardRequest::Status { reply } => {
                 let _ = reply.send_async(status(&shard)).await;
@@ -160,8 +158,9 @@ pub async fn run(shard: Rc<Shard>, requests: flume::Receiver<ShardRequest>) {
                 from,
                 reply,
             } => {
-                let shard = Rc::clone(&shard);
-                glommio::spawn_local(async move {
+                let task_shard = Rc::clone(&shard);
+                shard.tasks.spawn(async move {
+                    let shard = task_shard;
                     // Only durable records are copied: wait (bounded) for the ones asked.
                     let local = Rc::clone(shard.partition(topic, partition));
                     let deadline = Instant::now() + COPY_WAIT_MAX;
@@ -179,8 +178,7 @@ pub async fn run(shard: Rc<Shard>, requests: flume::Receiver<ShardRequest>) {
                     }
                     let copied = copy(&shard, topic, partition, from);
                     let _ = reply.send_async(copied).await;
-                })
-                .detach();
+                });
             }
             ShardRequest::State {
                 stage,

@@ -221,6 +221,8 @@ pub struct Shard {
     pub consumers: Consumers,
     /// Round robin for records sent without a key or partition.
     spread: Cell<u64>,
+    /// Every task running on this shard.
+    pub tasks: Rc<Tasks>,
 }
 
 impl Shard {
@@ -244,6 +246,7 @@ impl Shard {
             next_job: Cell::new(0),
             consumers: Consumers::new(journal),
             spread: Cell::new(index as u64),
+            tasks: Rc::new(Tasks::default()),
         }
     }
 
@@ -424,21 +427,61 @@ impl Shard {
         }
     }
 
-    /// Syncs and closes every partition log this shard owns, and its consumer journal.
+    /// Syncs and closes every partition log this shard owns, and its consumer journal:
+    /// their files, locks and syncer threads are let go now, not when the last task
+    /// holding the shard is dropped (glommio leaks the tasks still pending when its
+    /// executor ends). Called last, on the way out of the shard.
     pub fn close(&self) -> Result<()> {
         let mut first = self
             .consumers
             .journal()
             .borrow_mut()
-            .sync()
+            .release()
             .map_err(RuntimeError::from);
         for partition in self.partitions.values() {
-            let synced = partition.log.borrow_mut().sync();
+            let released = partition.log.borrow_mut().release();
             if first.is_ok() {
-                first = synced.map_err(RuntimeError::from);
+                first = released.map_err(RuntimeError::from);
             }
         }
         first
+    }
+}
+
+/// Every task a shard runs, so that the shard can end them all when it stops: glommio
+/// does not drop the tasks still pending when its executor ends, and they hold the
+/// shard, its channels and (through their wakers) the executor's own descriptors.
+#[derive(Default)]
+pub struct Tasks {
+    next: Cell<u64>,
+    running: RefCell<HashMap<u64, glommio::Task<()>>>,
+}
+
+impl Tasks {
+    /// Runs `future` on this shard's executor until it ends, or until `end_all`.
+    pub fn spawn(self: &Rc<Self>, future: impl std::future::Future<Output = ()> + 'static) {
+        let id = self.next.get();
+        self.next.set(id + 1);
+        let tasks = Rc::downgrade(self);
+        let task = glommio::spawn_local(async move {
+            future.await;
+            // Done: let go of its handle (dropping a finished task's handle is harmless).
+            if let Some(tasks) = tasks.upgrade() {
+                let handle = tasks.running.borrow_mut().remove(&id);
+                drop(handle);
+            }
+        });
+        self.running.borrow_mut().insert(id, task);
+    }
+
+    /// Cancels every task still running; the executor drops them once the caller yields.
+    pub async fn end_all(&self) {
+        let running: Vec<glommio::Task<()>> = self.running.borrow_mut().drain().map(|(_, t)| t).collect();
+        drop(running);
+        // Each cancelled task is dropped when the executor next runs it.
+        for _ in 0..3 {
+            futures_lite::future::yield_now().await;
+        }
     }
 }
 

@@ -72,16 +72,15 @@ pub async fn accept_loop(shard: Rc<Shard>, front: Rc<Front>, fd: RawFd) {
         let open = match server::admit(&metrics, &front, "TCP", peer) {
             Ok(open) => open,
             Err(refusal) => {
-                glommio::spawn_local(refuse(stream, refusal)).detach();
+                shard.tasks.spawn(refuse(stream, refusal));
                 continue;
             }
         };
-        let (shard, front) = (Rc::clone(&shard), Rc::clone(&front));
-        glommio::spawn_local(async move {
-            serve(shard, front, stream).await;
+        let (task_shard, front) = (Rc::clone(&shard), Rc::clone(&front));
+        shard.tasks.spawn(async move {
+            serve(task_shard, front, stream).await;
             drop(open);
-        })
-        .detach();
+        });
     }
 }
 
@@ -356,7 +355,8 @@ async fn dispatch(
         Request::Produce(groups) => match api::produce(shard, &groups).await {
             Ok(pending) => {
                 let (shard, out) = (Rc::clone(shard), out.clone());
-                glommio::spawn_local(async move {
+                let tasks = Rc::clone(&shard.tasks);
+                tasks.spawn(async move {
                     let mut bytes = Vec::new();
                     match pending.wait(&shard).await {
                         Ok(runs) => encode_produced(&mut bytes, id, &runs),
@@ -366,8 +366,7 @@ async fn dispatch(
                         }
                     }
                     let _ = out.send_async((bytes, Some(held))).await;
-                })
-                .detach();
+                });
             }
             Err(error) => send_error(shard, out, id, &error).await,
         },
@@ -383,11 +382,11 @@ async fn dispatch(
                 request_id: id,
             };
             let (shard, out) = (Rc::clone(shard), out.clone());
-            glommio::spawn_local(async move {
+            let tasks = Rc::clone(&shard.tasks);
+            tasks.spawn(async move {
                 let bytes = api::fetch(&shard, &topic, order).await;
                 let _ = out.send_async((bytes, Some(held))).await;
-            })
-            .detach();
+            });
         }
         Request::Metadata => {
             let mut bytes = Vec::new();
@@ -400,15 +399,15 @@ async fn dispatch(
         }
         Request::Status => {
             let (shard, front, out) = (Rc::clone(shard), Rc::clone(front), out.clone());
-            glommio::spawn_local(async move {
+            let tasks = Rc::clone(&shard.tasks);
+            tasks.spawn(async move {
                 let rate = front.rate(shard.shared.metrics.records_in.get());
                 let status = api::status(&shard, front.started, &front.listeners, rate).await;
                 let json = serde_json::to_vec(&status).expect("status serializes");
                 let mut bytes = Vec::new();
                 encode_status(&mut bytes, id, &json);
                 let _ = out.send_async((bytes, Some(held))).await;
-            })
-            .detach();
+            });
         }
         Request::Job(job) => {
             let name = job.job.to_owned();
@@ -434,7 +433,8 @@ async fn dispatch(
                 .map(|(n, v)| (n.to_string(), v.to_vec()))
                 .collect();
             let (shard, out) = (Rc::clone(shard), out.clone());
-            glommio::spawn_local(async move {
+            let tasks = Rc::clone(&shard.tasks);
+            tasks.spawn(async move {
                 let headers: Vec<(&str, &[u8])> =
                     headers.iter().map(|(n, v)| (n.as_str(), v.as_slice())).collect();
                 let mut bytes = Vec::new();
@@ -446,13 +446,13 @@ async fn dispatch(
                     }
                 }
                 let _ = out.send_async((bytes, Some(held))).await;
-            })
-            .detach();
+            });
         }
         Request::State { stage, key } => {
             let (stage, key) = (stage.to_owned(), key.to_vec());
             let (shard, out) = (Rc::clone(shard), out.clone());
-            glommio::spawn_local(async move {
+            let tasks = Rc::clone(&shard.tasks);
+            tasks.spawn(async move {
                 let mut bytes = Vec::new();
                 let error = match api::state(&shard, &stage, &key).await {
                     Ok(Some(state)) => {
@@ -473,8 +473,7 @@ async fn dispatch(
                     encode_error(&mut bytes, id, error.code, &error.message);
                 }
                 let _ = out.send_async((bytes, Some(held))).await;
-            })
-            .detach();
+            });
         }
         Request::Claim(_)
         | Request::Ack(_)
@@ -487,7 +486,8 @@ async fn dispatch(
             // until they first wait, so a pipelined ack settles before the next claim.
             let (header, body) = (frame.header, frame.body.to_vec());
             let (shard, out) = (Rc::clone(shard), out.clone());
-            glommio::spawn_local(async move {
+            let tasks = Rc::clone(&shard.tasks);
+            tasks.spawn(async move {
                 let bytes = match Request::decode(&header, &body) {
                     Ok(request) => consumer_request(&shard, request, id).await,
                     Err(error) => Err(error),
@@ -499,8 +499,7 @@ async fn dispatch(
                     bytes
                 });
                 let _ = out.send_async((bytes, Some(held))).await;
-            })
-            .detach();
+            });
         }
     }
     true

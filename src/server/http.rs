@@ -39,16 +39,15 @@ pub async fn accept_loop(shard: Rc<Shard>, front: Rc<Front>, fd: RawFd) {
         let open = match server::admit(&metrics, &front, "HTTP", peer) {
             Ok(open) => open,
             Err(refusal) => {
-                glommio::spawn_local(refuse(stream, refusal)).detach();
+                shard.tasks.spawn(refuse(stream, refusal));
                 continue;
             }
         };
-        let (shard, front) = (Rc::clone(&shard), Rc::clone(&front));
-        glommio::spawn_local(async move {
-            serve(shard, front, stream).await;
+        let (task_shard, front) = (Rc::clone(&shard), Rc::clone(&front));
+        shard.tasks.spawn(async move {
+            serve(task_shard, front, stream).await;
             drop(open);
-        })
-        .detach();
+        });
     }
 }
 

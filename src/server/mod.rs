@@ -116,9 +116,11 @@ pub fn serve(shard: &Rc<Shard>, sockets: ShardSockets) {
         last_sample: RefCell::new((Instant::now(), 0)),
     });
     if let Some(fd) = sockets.tcp {
-        glommio::spawn_local(connection::accept_loop(Rc::clone(shard), Rc::clone(&front), fd)).detach();
+        shard
+            .tasks
+            .spawn(connection::accept_loop(Rc::clone(shard), Rc::clone(&front), fd));
     }
     if let Some(fd) = sockets.http {
-        glommio::spawn_local(http::accept_loop(Rc::clone(shard), front, fd)).detach();
+        shard.tasks.spawn(http::accept_loop(Rc::clone(shard), front, fd));
     }
 }

@@ -164,7 +164,8 @@ pub struct PartitionLog {
     /// Bytes appended since open, for the group-commit backpressure bound.
     bytes_total: u64,
     recovery: RecoveryReport,
-    _lock: DirLock,
+    /// `None` once released: another process may open the partition then.
+    lock: Option<DirLock>,
 }
 
 impl PartitionLog {
@@ -208,7 +209,7 @@ impl PartitionLog {
             writer: FrameWriter::new(),
             bytes_total: 0,
             recovery,
-            _lock: lock,
+            lock: Some(lock),
         })
     }
 
@@ -249,7 +250,9 @@ impl PartitionLog {
     }
 
     fn active(&self) -> &Segment {
-        self.segments.last().expect("a log always has an active segment")
+        self.segments
+            .last()
+            .expect("a log always has an active segment (one released is never used again)")
     }
 
     /// Poisons the partition after a failed write or sync of `path`, and returns the
@@ -450,8 +453,20 @@ impl PartitionLog {
     /// Syncs and closes the log. Dropping it instead leaves unsynced `none`-mode writes
     /// to the kernel, which still survive a process exit.
     pub fn close(mut self) -> Result<()> {
+        self.release()
+    }
+
+    /// Syncs the log, stops its syncer, and lets go of its files and its lock, where it
+    /// stands: for an owner that cannot drop it (a shard whose tasks outlive their
+    /// executor). The log must not be used afterwards.
+    pub fn release(&mut self) -> Result<()> {
+        if self.lock.is_none() {
+            return Ok(());
+        }
         let synced = self.sync();
         self.tracker.shutdown();
+        self.segments.clear();
+        self.lock = None;
         synced
     }
 

@@ -259,10 +259,14 @@ impl SyncTracker {
         Ok(())
     }
 
-    /// Stops the syncer after it has synced what was published.
+    /// Stops the syncer after it has synced what was published, and lets go of the files
+    /// it held.
     pub fn shutdown(&mut self) {
         // A panic in the syncer is a bug; surface it rather than hide it.
         self.stop_syncer().expect("syncer thread panicked");
+        let mut state = self.lock();
+        state.written = None;
+        state.seals.clear();
     }
 
     fn stop_syncer(&mut self) -> std::thread::Result<()> {
