@@ -854,10 +854,11 @@ impl Validator<'_, '_> {
     }
 
     fn cycles(&mut self, raw: &[Spanned<RawStage>], stages: &[StageSpec], topics: &[&str]) {
-        // Edges topic -> topic through each stage; a cycle would feed a stage its own output.
+        // Edges topic -> topic through each stage (its output and its dead letters); a
+        // cycle would feed a stage its own output, or a failed record back to itself.
         let mut edges: Vec<Vec<(usize, usize)>> = vec![Vec::new(); topics.len()];
         for (i, stage) in stages.iter().enumerate() {
-            if let Some(to) = stage.to {
+            for to in stage.to.into_iter().chain(stage.dead_letter_topic()) {
                 for &from in &stage.from {
                     edges[from].push((to, i));
                 }

@@ -15,13 +15,13 @@
 //! The read buffer starts small and is sized exactly for a large frame, so thousands of
 //! idle connections cost little and no frame costs more than its size.
 
-use std::os::fd::{FromRawFd, RawFd};
+use std::os::fd::RawFd;
 use std::pin::pin;
 use std::rc::Rc;
 use std::time::{Duration, Instant};
 
 use futures_lite::{AsyncReadExt, AsyncWriteExt};
-use glommio::net::{TcpListener, TcpStream};
+use glommio::net::TcpStream;
 use glommio::sync::{Semaphore, StaticPermit};
 
 use crate::protocol::consumer::{
@@ -63,25 +63,7 @@ struct Held {
 type Outgoing = (Vec<u8>, Option<Held>);
 
 pub async fn accept_loop(shard: Rc<Shard>, front: Rc<Front>, fd: RawFd) {
-    // Safety: `fd` is a listening socket bound for this shard and owned by nothing else.
-    let listener = unsafe { TcpListener::from_raw_fd(fd) };
-    let metrics = std::sync::Arc::clone(&shard.shared.metrics);
-    while !shard.shared.control.is_stopping() {
-        let stream = server::accept(&listener, "TCP").await;
-        let peer = stream.peer_addr().ok().map(|a| a.ip());
-        let open = match server::admit(&metrics, &front, "TCP", peer) {
-            Ok(open) => open,
-            Err(refusal) => {
-                shard.tasks.spawn(refuse(stream, refusal));
-                continue;
-            }
-        };
-        let (task_shard, front) = (Rc::clone(&shard), Rc::clone(&front));
-        shard.tasks.spawn(async move {
-            serve(task_shard, front, stream).await;
-            drop(open);
-        });
-    }
+    server::accept_loop(shard, front, fd, "TCP", serve, refuse).await;
 }
 
 async fn refuse(mut stream: TcpStream, refusal: Refusal) {

@@ -4,12 +4,11 @@
 //! Consumers and range reads are in `http_consumers`.
 
 use std::cell::Cell;
-use std::os::fd::{FromRawFd, RawFd};
+use std::os::fd::RawFd;
 use std::rc::Rc;
 use std::time::Instant;
 
 use bytes::Bytes;
-use glommio::net::TcpListener;
 use http_body_util::{BodyExt, Full, Limited};
 use hyper::body::Incoming;
 use hyper::{Method, Request, Response, StatusCode};
@@ -30,25 +29,7 @@ pub type Reply = Response<Full<Bytes>>;
 const DEFAULT_LIMIT: u32 = 100;
 
 pub async fn accept_loop(shard: Rc<Shard>, front: Rc<Front>, fd: RawFd) {
-    // Safety: `fd` is a listening socket bound for this shard and owned by nothing else.
-    let listener = unsafe { TcpListener::from_raw_fd(fd) };
-    let metrics = std::sync::Arc::clone(&shard.shared.metrics);
-    while !shard.shared.control.is_stopping() {
-        let stream = server::accept(&listener, "HTTP").await;
-        let peer = stream.peer_addr().ok().map(|a| a.ip());
-        let open = match server::admit(&metrics, &front, "HTTP", peer) {
-            Ok(open) => open,
-            Err(refusal) => {
-                shard.tasks.spawn(refuse(stream, refusal));
-                continue;
-            }
-        };
-        let (task_shard, front) = (Rc::clone(&shard), Rc::clone(&front));
-        shard.tasks.spawn(async move {
-            serve(task_shard, front, stream).await;
-            drop(open);
-        });
-    }
+    server::accept_loop(shard, front, fd, "HTTP", serve, refuse).await;
 }
 
 /// Answers a connection over a limit with a 503 that says which, then closes it.

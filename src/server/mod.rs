@@ -76,6 +76,42 @@ pub(crate) async fn accept(listener: &glommio::net::TcpListener, what: &str) -> 
     }
 }
 
+/// Accepts connections on the listening socket `fd` (this shard's) until the engine
+/// stops: each is admitted and served by `serve` on a task of its own, or refused (over
+/// a limit) by `refuse`, which tells the client why.
+pub(crate) async fn accept_loop<S, R>(
+    shard: Rc<Shard>,
+    front: Rc<Front>,
+    fd: std::os::fd::RawFd,
+    what: &'static str,
+    serve: fn(Rc<Shard>, Rc<Front>, glommio::net::TcpStream) -> S,
+    refuse: fn(glommio::net::TcpStream, admission::Refusal) -> R,
+) where
+    S: std::future::Future<Output = ()> + 'static,
+    R: std::future::Future<Output = ()> + 'static,
+{
+    use std::os::fd::FromRawFd;
+    // Safety: `fd` is a listening socket bound for this shard and owned by nothing else.
+    let listener = unsafe { glommio::net::TcpListener::from_raw_fd(fd) };
+    let metrics = Arc::clone(&shard.shared.metrics);
+    while !shard.shared.control.is_stopping() {
+        let stream = accept(&listener, what).await;
+        let peer = stream.peer_addr().ok().map(|a| a.ip());
+        let open = match admit(&metrics, &front, what, peer) {
+            Ok(open) => open,
+            Err(refusal) => {
+                shard.tasks.spawn(refuse(stream, refusal));
+                continue;
+            }
+        };
+        let served = serve(Rc::clone(&shard), Rc::clone(&front), stream);
+        shard.tasks.spawn(async move {
+            served.await;
+            drop(open);
+        });
+    }
+}
+
 /// Counts a new connection in, or, over a limit, counts it refused and logs why.
 pub(crate) fn admit(
     metrics: &Arc<Metrics>,

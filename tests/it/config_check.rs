@@ -198,6 +198,11 @@ fn broken_files_get_precise_errors() {
             ],
         ),
         (
+            "dead letters back into the stage's own input",
+            BASE.replace("to = \"words\"", "to = \"words\"\non_error = { then = \"dead_letter\", dead_letter = \"lines\" }"),
+            &["stage \"split\".to: the stages make a cycle: lines -> lines"],
+        ),
+        (
             "max_reclaims on a built-in operator",
             BASE.replace("to = \"words\"", "to = \"words\"\non_error = { max_reclaims = 2, then = \"continue\" }"),
             &["stage \"split\".on_error.max_reclaims: max_reclaims applies to exec stages: a built-in operator fails the same way every time"],

@@ -12,20 +12,11 @@ use flowd::client::Client;
 use flowd::protocol::{FetchFrom, OwnedWireRecord};
 
 use crate::ingest::{Server, http};
-use crate::support::fast_tempdir;
+use crate::support::{fast_tempdir, listening_dataflow};
 
 fn dataflow(dir: &Path, on_error: &str) -> PathBuf {
-    let text = format!(
+    let rest = format!(
         r#"
-[engine]
-data_dir = "{data}"
-durability = "group"
-cores = 2
-
-[ingest]
-tcp = "127.0.0.1:0"
-http = "127.0.0.1:0"
-
 [[topic]]
 name = "in"
 partitions = 2
@@ -58,12 +49,9 @@ name = "pass"
 from = "raw"
 op = {{ filter = "true" }}
 to = "passed"
-"#,
-        data = dir.join("data").display()
+"#
     );
-    let path = dir.join("outputs.toml");
-    std::fs::write(&path, text).unwrap();
-    path
+    listening_dataflow(dir, "outputs", "group", "", &rest)
 }
 
 /// Inputs 0..40; 7, 19 and 33 carry pads of 600 KB, 800 KB and 1 MB, the rest 10 bytes.

@@ -12,7 +12,7 @@ use flowd::consumer::Options;
 use flowd::protocol::OwnedWireRecord;
 
 use crate::ingest::{Server, http, run_cli};
-use crate::support::fast_tempdir;
+use crate::support::{fast_tempdir, listening_dataflow};
 
 const SEGMENT_BYTES: u64 = 256 << 10;
 const MAX_BYTES: u64 = 1 << 20;
@@ -21,28 +21,14 @@ const RECORDS: usize = 8000;
 const VALUE_BYTES: usize = 1000;
 
 fn dataflow(dir: &Path) -> std::path::PathBuf {
-    let text = format!(
-        r#"
-[engine]
-data_dir = "{data}"
-durability = "group"
-cores = 2
-
-[ingest]
-tcp = "127.0.0.1:0"
-http = "127.0.0.1:0"
-
+    let topic = r#"
 [[topic]]
 name = "events"
 partitions = 1
 segment_bytes = "256KiB"
-retention = {{ max_age = "2s", max_bytes = "1MiB" }}
-"#,
-        data = dir.join("data").display()
-    );
-    let path = dir.join("retention.toml");
-    std::fs::write(&path, text).unwrap();
-    path
+retention = { max_age = "2s", max_bytes = "1MiB" }
+"#;
+    listening_dataflow(dir, "retention", "group", "", topic)
 }
 
 /// `(start_offset, next_offset, bytes, segments)` of partition 0 of `events`.

@@ -13,16 +13,16 @@ use flowd::client::Client;
 use flowd::protocol::{FetchFrom, OwnedWireRecord};
 
 use crate::ingest::{Server, http};
-use crate::support::{connect_from, fast_tempdir};
+use crate::support::{connect_from, fast_tempdir, listening_dataflow};
 
 fn dataflow(dir: &Path, ingest: &str) -> PathBuf {
-    let text = format!(
-        "[engine]\ndata_dir = \"{}\"\ndurability = \"group\"\ncores = 2\n\n[ingest]\ntcp = \"127.0.0.1:0\"\nhttp = \"127.0.0.1:0\"\n{ingest}\n\n[[topic]]\nname = \"events\"\npartitions = 2\n",
-        dir.join("data").display()
-    );
-    let path = dir.join("slow.toml");
-    std::fs::write(&path, text).unwrap();
-    path
+    listening_dataflow(
+        dir,
+        "slow",
+        "group",
+        ingest,
+        "[[topic]]\nname = \"events\"\npartitions = 2\n",
+    )
 }
 
 fn rss_mib(pid: u32) -> u64 {

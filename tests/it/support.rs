@@ -186,3 +186,22 @@ pub fn connect_from(ip: &str, addr: &str) -> Option<std::net::TcpStream> {
     socket.connect(&target.into()).ok()?;
     Some(socket.into())
 }
+
+/// Writes `DIR/NAME.toml`: an engine on two cores keeping its data in `DIR/data` with
+/// `durability`, listening on free loopback ports (`ingest` adds lines to `[ingest]`),
+/// then `rest` (topics, stages, ...). Returns its path.
+pub fn listening_dataflow(
+    dir: &Path,
+    name: &str,
+    durability: &str,
+    ingest: &str,
+    rest: &str,
+) -> std::path::PathBuf {
+    let text = format!(
+        "[engine]\ndata_dir = \"{}\"\ndurability = \"{durability}\"\ncores = 2\n\n[ingest]\ntcp = \"127.0.0.1:0\"\nhttp = \"127.0.0.1:0\"\n{ingest}\n\n{rest}",
+        dir.join("data").display()
+    );
+    let path = dir.join(format!("{name}.toml"));
+    std::fs::write(&path, text).unwrap();
+    path
+}
