@@ -600,3 +600,41 @@ fn issue20_consumers_past_the_topic_limit_are_refused_and_a_restart_keeps_every_
     expected.sort();
     assert_eq!(names, expected, "every consumer, once, and no other");
 }
+
+/// Issue 20, third failure at a small scale: with 64 KiB frames the consumer journal's
+/// segments are 264 KiB, and 2000 consumers take a snapshot about twice that. It is
+/// written in batches, so the engine runs on, and starts again after a SIGKILL with
+/// every consumer (the snapshot in one batch refused to start: "does not fit in one
+/// segment").
+#[test]
+fn issue20_a_consumer_journal_snapshot_larger_than_a_segment_keeps_the_engine_starting() {
+    let dir = fast_tempdir();
+    let file = crate::support::listening_dataflow(
+        dir.path(),
+        "many",
+        "group",
+        "max_frame_bytes = \"64KiB\"",
+        "[[topic]]\nname = \"events\"\npartitions = 1\n",
+    );
+    let mut server = Server::start(&file);
+    let mut client = Client::connect(&server.tcp).unwrap();
+    for n in 0..2000 {
+        client
+            .claim(
+                "events",
+                &format!("consumer-{n:04}"),
+                Some(0),
+                1,
+                Some(Options::default()),
+            )
+            .unwrap();
+    }
+    // Twice over: each restart writes the whole state afresh as its journal's first snapshot.
+    for _ in 0..2 {
+        server.kill9();
+        server = Server::start(&file);
+        client = Client::connect(&server.tcp).unwrap();
+        let cursors = client.consumers(AdminAction::List, "events", "").unwrap();
+        assert_eq!(cursors.len(), 2000, "every consumer, after a restart");
+    }
+}
