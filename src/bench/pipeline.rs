@@ -5,6 +5,8 @@
 //! Values are JSON, `{"t":MICROS,"n":SEQ,"p":"aaa…"}` padded to `--size`, so that jq
 //! stages of a user's dataflow can read them; `t` is the send time in µs since the run
 //! began, and every output whose value still starts with `{"t":` gives one latency.
+//! Where every input makes one output (no `--expect`), the readers also check that each
+//! `n` comes out exactly once: a duplicate or a missing output fails the run.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -73,6 +75,54 @@ fn sent_micros(value: &[u8]) -> Option<u64> {
     std::str::from_utf8(&digits[..end]).ok()?.parse().ok()
 }
 
+/// The sequence number a value carries (`"n":SEQ`), if it still does.
+fn sequence(value: &[u8]) -> Option<u64> {
+    let at = value.windows(5).position(|w| w == b",\"n\":")? + 5;
+    let digits = &value[at..];
+    let end = digits.iter().position(|b| !b.is_ascii_digit())?;
+    std::str::from_utf8(&digits[..end]).ok()?.parse().ok()
+}
+
+/// Which of `0..n` came out, for the check that each did exactly once.
+struct Seen {
+    outputs: std::sync::Mutex<Vec<bool>>,
+}
+
+impl Seen {
+    fn new(n: u64) -> Seen {
+        Seen {
+            outputs: std::sync::Mutex::new(vec![false; n as usize]),
+        }
+    }
+
+    /// Notes output `n`; an error when it came out before, or is no input's.
+    fn note(&self, n: Option<u64>) -> Result<(), BenchError> {
+        let mut outputs = self.outputs.lock().expect("seen lock");
+        match n.and_then(|n| outputs.get_mut(n as usize)) {
+            Some(seen) if *seen => Err(BenchError::Run(format!(
+                "input {} came out of the pipeline twice",
+                n.expect("found")
+            ))),
+            Some(seen) => {
+                *seen = true;
+                Ok(())
+            }
+            None => Err(BenchError::Run(format!(
+                "an output that is no input's (sequence {n:?}) came out of the pipeline"
+            ))),
+        }
+    }
+
+    fn missing(&self) -> usize {
+        self.outputs
+            .lock()
+            .expect("seen lock")
+            .iter()
+            .filter(|s| !**s)
+            .count()
+    }
+}
+
 pub fn pipeline(target: &Target, o: &PipelineOptions, progress: bool) -> Result<Measured, BenchError> {
     target.partitions(&target.topic)?;
     let outputs = target.partitions(&o.output)?;
@@ -114,6 +164,7 @@ pub fn pipeline(target: &Target, o: &PipelineOptions, progress: bool) -> Result<
         expect_warm,
         epoch,
         Progress::hidden(),
+        None,
     );
     load::drive(&target.addr, warm, workload.clone(), &Progress::hidden())?;
     follow.wait()?;
@@ -126,12 +177,29 @@ pub fn pipeline(target: &Target, o: &PipelineOptions, progress: bool) -> Result<
         Progress::hidden()
     };
     let started = Instant::now();
-    let follow = Follow::start(&target.addr, &o.output, &from, expect, epoch, bar.clone());
+    let seen = o.expect.is_none().then(|| Arc::new(Seen::new(sent)));
+    let follow = Follow::start(
+        &target.addr,
+        &o.output,
+        &from,
+        expect,
+        epoch,
+        bar.clone(),
+        seen.clone(),
+    );
     let produced = load::drive(&target.addr, plan, workload, &Progress::hidden());
     let followed = follow.wait();
     bar.finish();
     produced?;
     let (latency, records, last) = followed?;
+    if let Some(seen) = seen
+        && seen.missing() > 0
+    {
+        return Err(BenchError::Run(format!(
+            "{} of the {sent} inputs never came out of the pipeline",
+            seen.missing()
+        )));
+    }
     Ok(Measured {
         seconds: last.duration_since(started).as_secs_f64(),
         records,
@@ -158,23 +226,41 @@ struct Follow {
 }
 
 impl Follow {
-    fn start(addr: &str, topic: &str, from: &[u64], expect: u64, epoch: Instant, bar: Progress) -> Follow {
+    /// Readers from `from` on, until `expect` outputs came; each output is noted in
+    /// `check`, when given.
+    fn start(
+        addr: &str,
+        topic: &str,
+        from: &[u64],
+        expect: u64,
+        epoch: Instant,
+        bar: Progress,
+        check: Option<Arc<Seen>>,
+    ) -> Follow {
         let seen = Arc::new(AtomicU64::new(0));
         let stop = Arc::new(AtomicBool::new(false));
         let threads = from
             .iter()
             .enumerate()
             .map(|(p, &offset)| {
-                let (addr, topic, seen, stop, bar) = (
+                let (addr, topic, seen, stop, bar, check) = (
                     addr.to_owned(),
                     topic.to_owned(),
                     seen.clone(),
                     stop.clone(),
                     bar.clone(),
+                    check.clone(),
                 );
                 std::thread::spawn(move || {
-                    let result =
-                        read_partition(&addr, &topic, p as u32, offset, expect, epoch, &seen, &stop, &bar);
+                    let reader = Reader {
+                        expect,
+                        epoch,
+                        seen: &seen,
+                        stop: &stop,
+                        bar: &bar,
+                        check: check.as_deref(),
+                    };
+                    let result = read_partition(&addr, &topic, p as u32, offset, &reader);
                     if result.is_err() {
                         stop.store(true, Ordering::Relaxed);
                     }
@@ -216,18 +302,31 @@ impl Follow {
     }
 }
 
-#[allow(clippy::too_many_arguments)]
+/// What the readers of one run share.
+struct Reader<'a> {
+    expect: u64,
+    epoch: Instant,
+    seen: &'a AtomicU64,
+    stop: &'a AtomicBool,
+    bar: &'a Progress,
+    check: Option<&'a Seen>,
+}
+
 fn read_partition(
     addr: &str,
     topic: &str,
     partition: u32,
     mut offset: u64,
-    expect: u64,
-    epoch: Instant,
-    seen: &AtomicU64,
-    stop: &AtomicBool,
-    bar: &Progress,
+    reader: &Reader<'_>,
 ) -> Result<PartitionRead, BenchError> {
+    let Reader {
+        expect,
+        epoch,
+        seen,
+        stop,
+        bar,
+        check,
+    } = *reader;
     let mut client = Client::connect(addr)?;
     let mut h = histogram();
     let mut last = Instant::now();
@@ -250,6 +349,9 @@ fn read_partition(
         for (_, record) in &fetched.records {
             if let Some(t) = sent_micros(&record.value) {
                 h.saturating_record(now_us.saturating_sub(t).max(1));
+            }
+            if let Some(check) = check {
+                check.note(sequence(&record.value))?;
             }
         }
         // (`next_offset` is the partition's end, not where this read stopped.)
@@ -283,5 +385,18 @@ mod tests {
         }
         assert_eq!(sent_micros(b"{\"x\":1}"), None);
         assert_eq!(sent_micros(b"{\"t\":12,\"n\":1}"), Some(12));
+    }
+
+    #[test]
+    fn each_output_is_checked_once() {
+        assert_eq!(sequence(b"{\"t\":5,\"n\":42,\"p\":\"a\"}"), Some(42));
+        assert_eq!(sequence(b"{\"x\":1}"), None);
+        let seen = Seen::new(3);
+        seen.note(Some(0)).unwrap();
+        seen.note(Some(2)).unwrap();
+        assert!(seen.note(Some(2)).unwrap_err().to_string().contains("twice"));
+        assert!(seen.note(Some(3)).is_err(), "no input 3");
+        assert!(seen.note(None).is_err(), "an output without a sequence");
+        assert_eq!(seen.missing(), 1);
     }
 }

@@ -294,6 +294,7 @@ pub fn run(scenario: Scenario) -> Result<ExitCode, CliError> {
                 "input": target.topic, "output": output, "expect": expect, "to": common.to,
                 "records": "outputs read from the output topic",
                 "latency": "per record, produce sent to the output readable (end to end)",
+                "exactly_once_checked": expect.is_none(),
             });
             (
                 bench::report("pipeline", &measured, load.size, config),

@@ -31,6 +31,11 @@ pub enum ClientError {
     },
     #[error("the server at {addr} closed the connection")]
     Closed { addr: String },
+    #[error(
+        "no answer from {addr} within {}; the server may be stalled or unreachable (the connection cannot be used again)",
+        humantime::format_duration(*waited)
+    )]
+    Timeout { addr: String, waited: Duration },
     #[error("{message}")]
     Server { code: ErrorCode, message: String },
     #[error("the server sent a response this client cannot read: {0}")]
@@ -39,16 +44,48 @@ pub enum ClientError {
 
 pub type Result<T, E = ClientError> = std::result::Result<T, E>;
 
+/// How long a client waits before it gives up: no call waits forever.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ClientOptions {
+    pub connect_timeout: Duration,
+    /// For an answer (or the next part of one). A job waits its own timeout longer.
+    pub read_timeout: Duration,
+    /// For the server to take a request.
+    pub write_timeout: Duration,
+}
+
+impl Default for ClientOptions {
+    fn default() -> ClientOptions {
+        ClientOptions {
+            connect_timeout: Duration::from_secs(5),
+            // Longer than the longest fetch wait the server allows (30 s).
+            read_timeout: Duration::from_secs(120),
+            write_timeout: Duration::from_secs(60),
+        }
+    }
+}
+
+/// How much longer than its own timeout a job's caller waits for the answer.
+const JOB_ANSWER_MARGIN: Duration = Duration::from_secs(10);
+/// The longest timeout the server gives a job (`server::api::JOB_TIMEOUT_MAX`).
+const JOB_TIMEOUT_MAX: Duration = Duration::from_secs(3600);
+
 pub struct Client {
     addr: String,
     reader: BufReader<TcpStream>,
     writer: BufWriter<TcpStream>,
     next_id: u64,
     frame: Vec<u8>,
+    options: ClientOptions,
 }
 
 impl Client {
+    /// Connects with the default timeouts (`ClientOptions`).
     pub fn connect(addr: &str) -> Result<Client> {
+        Client::connect_with(addr, ClientOptions::default())
+    }
+
+    pub fn connect_with(addr: &str, options: ClientOptions) -> Result<Client> {
         let connect_error = |source| ClientError::Connect {
             addr: addr.to_owned(),
             source,
@@ -56,9 +93,13 @@ impl Client {
         let resolved: Vec<SocketAddr> = addr.to_socket_addrs().map_err(connect_error)?.collect();
         let mut last = std::io::Error::new(std::io::ErrorKind::NotFound, "the address resolves to nothing");
         for candidate in resolved {
-            match TcpStream::connect_timeout(&candidate, Duration::from_secs(5)) {
+            match TcpStream::connect_timeout(&candidate, options.connect_timeout) {
                 Ok(stream) => {
                     let _ = stream.set_nodelay(true);
+                    stream
+                        .set_read_timeout(Some(options.read_timeout))
+                        .and_then(|()| stream.set_write_timeout(Some(options.write_timeout)))
+                        .map_err(connect_error)?;
                     let reader =
                         BufReader::with_capacity(256 << 10, stream.try_clone().map_err(connect_error)?);
                     return Ok(Client {
@@ -67,6 +108,7 @@ impl Client {
                         writer: BufWriter::with_capacity(256 << 10, stream),
                         next_id: 1,
                         frame: Vec::new(),
+                        options,
                     });
                 }
                 Err(e) => last = e,
@@ -77,6 +119,16 @@ impl Client {
 
     pub fn addr(&self) -> &str {
         &self.addr
+    }
+
+    /// Waits up to `timeout` for answers from now on.
+    pub fn set_read_timeout(&mut self, timeout: Duration) -> Result<()> {
+        self.reader
+            .get_ref()
+            .set_read_timeout(Some(timeout))
+            .map_err(self.io())?;
+        self.options.read_timeout = timeout;
+        Ok(())
     }
 
     fn io(&self) -> impl Fn(std::io::Error) -> ClientError + '_ {
@@ -125,7 +177,7 @@ impl Client {
     /// The next response: `(request id, response)`.
     pub fn recv(&mut self) -> Result<(u64, Response)> {
         self.flush()?;
-        read_response(&mut self.reader, &self.addr)
+        read_response(&mut self.reader, &self.addr, self.options.read_timeout)
     }
 
     /// The connection as two halves, for a writer and a reader on different threads
@@ -142,6 +194,7 @@ impl Client {
             ClientReader {
                 addr: self.addr,
                 reader: self.reader,
+                read_timeout: self.options.read_timeout,
             },
         ))
     }
@@ -235,7 +288,13 @@ impl Client {
                 raw: &[],
             },
         });
-        match self.call(&request)? {
+        // A job may wait its whole timeout for the answer: so may its caller.
+        let normal = self.options.read_timeout;
+        let wait = timeout.unwrap_or(JOB_TIMEOUT_MAX) + JOB_ANSWER_MARGIN;
+        self.set_read_timeout(wait.max(normal))?;
+        let answer = self.call(&request);
+        self.set_read_timeout(normal)?;
+        match answer? {
             Response::Answer(answer) => Ok(answer),
             other => Err(unexpected(&other)),
         }
@@ -270,12 +329,13 @@ impl ClientWriter {
 pub struct ClientReader {
     addr: String,
     reader: BufReader<TcpStream>,
+    read_timeout: Duration,
 }
 
 impl ClientReader {
     /// The next response: `(request id, response)`.
     pub fn recv(&mut self) -> Result<(u64, Response)> {
-        read_response(&mut self.reader, &self.addr)
+        read_response(&mut self.reader, &self.addr, self.read_timeout)
     }
 }
 
@@ -286,17 +346,25 @@ fn io_error(addr: &str, source: std::io::Error) -> ClientError {
     }
 }
 
-/// Reads and decodes one response frame.
-fn read_response(reader: &mut BufReader<TcpStream>, addr: &str) -> Result<(u64, Response)> {
+/// A read error as the client's error: a timeout says how long it waited.
+fn read_error(addr: &str, waited: Duration, error: std::io::Error) -> ClientError {
+    match error.kind() {
+        std::io::ErrorKind::UnexpectedEof => ClientError::Closed {
+            addr: addr.to_owned(),
+        },
+        std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut => ClientError::Timeout {
+            addr: addr.to_owned(),
+            waited,
+        },
+        _ => io_error(addr, error),
+    }
+}
+
+/// Reads and decodes one response frame, waiting at most `waited` for each part of it.
+fn read_response(reader: &mut BufReader<TcpStream>, addr: &str, waited: Duration) -> Result<(u64, Response)> {
     let mut prefix = [0u8; 4];
     if let Err(e) = reader.read_exact(&mut prefix) {
-        return Err(if e.kind() == std::io::ErrorKind::UnexpectedEof {
-            ClientError::Closed {
-                addr: addr.to_owned(),
-            }
-        } else {
-            io_error(addr, e)
-        });
+        return Err(read_error(addr, waited, e));
     }
     let length = u32::from_le_bytes(prefix) as usize;
     if length > RESPONSE_BYTES_MAX {
@@ -306,7 +374,7 @@ fn read_response(reader: &mut BufReader<TcpStream>, addr: &str) -> Result<(u64, 
     frame[..4].copy_from_slice(&prefix);
     reader
         .read_exact(&mut frame[4..])
-        .map_err(|source| io_error(addr, source))?;
+        .map_err(|e| read_error(addr, waited, e))?;
     let parsed = parse_frame(&frame, RESPONSE_BYTES_MAX)
         .map_err(|e| ClientError::Protocol(e.message))?
         .ok_or_else(|| ClientError::Protocol("a short frame".into()))?;
@@ -333,4 +401,37 @@ pub fn offsets(response: Response) -> Result<Vec<(u32, u64)>> {
 
 pub(crate) fn unexpected(response: &Response) -> ClientError {
     ClientError::Protocol(format!("an unexpected response: {response:?}"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_server_that_never_answers_is_a_timeout_not_a_hang() {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = listener.local_addr().unwrap().to_string();
+        // Accepts, reads what comes, answers nothing.
+        let silent = std::thread::spawn(move || {
+            let (mut stream, _) = listener.accept().unwrap();
+            let mut sink = [0u8; 1024];
+            while matches!(stream.read(&mut sink), Ok(n) if n > 0) {}
+        });
+        let options = ClientOptions {
+            read_timeout: Duration::from_millis(200),
+            ..ClientOptions::default()
+        };
+        let mut client = Client::connect_with(&addr, options).unwrap();
+        let started = std::time::Instant::now();
+        let error = client.metadata().unwrap_err();
+        assert!(matches!(error, ClientError::Timeout { .. }), "{error}");
+        assert!(error.to_string().contains("within 200ms"), "{error}");
+        assert!(
+            started.elapsed() < Duration::from_secs(5),
+            "{:?}",
+            started.elapsed()
+        );
+        drop(client);
+        silent.join().unwrap();
+    }
 }

@@ -85,7 +85,8 @@ pub fn inspect(data_dir: &Path, index_interval_bytes: u32) -> Result<InspectRepo
     })
 }
 
-fn inspect_partition(
+/// Checks one partition directory without changing it.
+pub fn inspect_partition(
     location: &layout::PartitionLocation,
     index_interval_bytes: u32,
 ) -> Result<PartitionReport> {

@@ -47,7 +47,14 @@ enum Step {
     Admin(AdminAction, Result<(), ErrorCode>),
     /// Committed offset, claimed range, reclaim count, state of partition P.
     Is(u64, Option<(u64, u64)>, u32, &'static str),
-    Sleep(u64),
+    /// The engine reclaims the last claim by its `reclaim_timeout`: not before
+    /// `after` ms from the claim, and by `within` ms (polled, bounded); then the cursor
+    /// is (committed, reclaims).
+    ReclaimedBy {
+        after: u64,
+        within: u64,
+        then: (u64, u32),
+    },
     /// SIGKILL the engine and start it again on the same data.
     Restart,
     /// Records in `out{i}`, and in `dead{i}` (each with the reason header).
@@ -96,14 +103,27 @@ impl Engine {
     }
 }
 
+/// The cursor of partition P: (committed, claimed range, reclaims).
+fn cursor_now(c: &mut Client, topic: &str) -> (u64, Option<(u64, u64)>, u32) {
+    let cursors = c.consumers(AdminAction::List, topic, GROUP).unwrap();
+    let cursor = cursors.iter().find(|c| c.partition == P).expect("a cursor on P");
+    (
+        cursor.committed,
+        cursor.claimed.map(|r| (r.from, r.to)),
+        cursor.reclaims,
+    )
+}
+
 fn run_spec(engine: &mut Engine, i: usize, spec: &Spec) {
     let (topic, out, dead) = (format!("s{i}"), format!("out{i}"), format!("dead{i}"));
+    let mut claimed_at = std::time::Instant::now();
     for (n, step) in spec.steps.iter().enumerate() {
         let at = format!("spec \"{}\", step {n}: {step:?}", spec.name);
         let c = &mut engine.client;
         match step {
             Step::Produce(count) => engine.produce(&topic, *count),
             Step::Claim(count, want) => {
+                claimed_at = std::time::Instant::now();
                 let got = code(c.claim(&topic, GROUP, Some(P), *count, Some(spec.options.clone())));
                 let got = got.map(|claimed| {
                     claimed.partition.map(|p| {
@@ -152,7 +172,26 @@ fn run_spec(engine: &mut Engine, i: usize, spec: &Spec) {
                 );
                 assert_eq!(got, (*committed, *claimed, *reclaims, *state), "{at}");
             }
-            Step::Sleep(ms) => std::thread::sleep(Duration::from_millis(*ms)),
+            Step::ReclaimedBy { after, within, then } => {
+                // Held until its timeout; reclaimed soon after: polled, bounded.
+                loop {
+                    let (committed, claimed, reclaims) = cursor_now(c, &topic);
+                    let waited = claimed_at.elapsed();
+                    if claimed.is_none() {
+                        assert!(
+                            waited >= Duration::from_millis(*after),
+                            "{at}: reclaimed after {waited:?}, before its timeout"
+                        );
+                        assert_eq!((committed, reclaims), *then, "{at}");
+                        break;
+                    }
+                    assert!(
+                        waited < Duration::from_millis(*within),
+                        "{at}: not reclaimed within {waited:?}"
+                    );
+                    std::thread::sleep(Duration::from_millis(10));
+                }
+            }
             Step::Restart => engine.restart(),
             Step::Outputs(outs, deads) => {
                 assert_eq!(c.length(&out, None).unwrap(), *outs, "{at}");
@@ -235,7 +274,11 @@ fn specs() -> Vec<Spec> {
             steps: vec![
                 Produce(3),
                 Claim(3, Ok(Some((0, 3)))),
-                Sleep(700),
+                ReclaimedBy {
+                    after: 300,
+                    within: 5000,
+                    then: (0, 1),
+                },
                 Is(0, None, 1, "active"),
                 Ack(Err(NothingClaimed)),
                 Claim(3, Ok(Some((0, 3)))),
@@ -277,7 +320,12 @@ fn specs() -> Vec<Spec> {
                 Claim(3, Ok(Some((0, 3)))),
                 Reclaim(Ok((1, 0))),
                 Claim(3, Ok(Some((0, 3)))),
-                Sleep(600),
+                // Past max_reclaims: the timeout dead-letters the records and acks them.
+                ReclaimedBy {
+                    after: 200,
+                    within: 5000,
+                    then: (3, 0),
+                },
                 Is(3, None, 0, "active"),
                 Outputs(0, 3),
                 Restart,

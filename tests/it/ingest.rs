@@ -554,6 +554,35 @@ fn bad_input_gets_clear_errors_and_never_hurts_other_clients() {
     drop(idle);
     drop(slow);
     healthy(addr, 10);
+    // Of the frames cut short and the rejected ones, nothing was written: every record in
+    // `events` is one the well-behaved clients sent.
+    let mut client = Client::connect(addr).unwrap();
+    let mut records = 0;
+    for p in 0..4 {
+        let mut from = 0;
+        loop {
+            let fetched = client
+                .fetch("events", p, FetchFrom::Offset(from), 10_000, 0)
+                .unwrap();
+            let Some((last, _)) = fetched.records.last() else {
+                break;
+            };
+            from = last + 1;
+            for (offset, record) in &fetched.records {
+                let value = String::from_utf8_lossy(&record.value).into_owned();
+                assert!(
+                    value.starts_with("ok-") || value.starts_with("vvvv"),
+                    "record {p}:{offset} is {value:?}, from no well-behaved client"
+                );
+                records += 1;
+            }
+        }
+    }
+    assert_eq!(
+        records,
+        100 + 50 * 200 + 10,
+        "every record the well-behaved clients sent, once"
+    );
     assert!(
         rss_after < rss_before + 256 * 1024,
         "RSS grew from {rss_before} KiB to {rss_after} KiB under bad input and idle connections"

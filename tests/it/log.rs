@@ -291,12 +291,36 @@ fn retention_deletes_whole_old_segments_by_size_and_by_age() {
     let before = log.segments();
     let report = log.apply_retention(0).unwrap();
     let after = log.segments();
-    assert!(report.deleted_segments > 0);
+    // Exactly the oldest segments whose going brings the total within the bound: one
+    // fewer would leave it over.
+    let total: u64 = before.iter().map(|s| s.data_bytes).sum();
+    let mut expected = 0;
+    let mut left = total;
+    while left > 200 * 1024 && expected < before.len() - 1 {
+        left -= before[expected].data_bytes;
+        expected += 1;
+    }
+    assert!(expected > 0, "the log is over its bound: {total} bytes");
+    assert_eq!(report.deleted_segments, expected);
+    let deleted = &before[..expected];
+    assert_eq!(
+        report.deleted_records,
+        deleted.iter().map(|s| s.next_offset - s.base_offset).sum::<u64>()
+    );
+    assert_eq!(
+        report.deleted_bytes,
+        deleted.iter().map(|s| s.data_bytes).sum::<u64>()
+    );
     assert_eq!(after.len(), before.len() - report.deleted_segments);
     assert_eq!(report.start_offset, after[0].base_offset);
+    assert_eq!(report.start_offset, before[expected].base_offset);
     assert_eq!(log.start_offset(), report.start_offset);
     let kept: u64 = after.iter().map(|s| s.data_bytes).sum();
     assert!(kept <= 200 * 1024, "kept {kept} bytes");
+    assert!(
+        kept + deleted[expected - 1].data_bytes > 200 * 1024,
+        "one segment too many went"
+    );
     for deleted in &before[..report.deleted_segments] {
         assert!(!deleted.path.exists(), "{} still exists", deleted.path.display());
     }
@@ -318,7 +342,12 @@ fn retention_deletes_whole_old_segments_by_size_and_by_age() {
     };
     drop(log);
     let mut log = PartitionLog::open(dir.path(), by_age).unwrap();
+    let closed = log.segments().len() - 1;
     let report = log.apply_retention(1_800_000_000_000).unwrap();
+    assert_eq!(
+        report.deleted_segments, closed,
+        "every closed segment is older than the bound"
+    );
     assert_eq!(log.segments().len(), 1, "only the active segment is left");
     assert_eq!(report.start_offset, log.segments()[0].base_offset);
 }

@@ -26,8 +26,9 @@ fn erase_markers(path: &Path) {
     }
 }
 
-/// Overwrites the last `bytes` bytes of a segment's data with garbage.
-fn tear_end(dir: &Path, path: &Path, bytes: u64) {
+/// Overwrites the last `bytes` bytes of a segment's data with garbage; returns the
+/// offset after its last record before that.
+fn tear_end(dir: &Path, path: &Path, bytes: u64) -> u64 {
     let log = PartitionLog::open(dir, small_options(Durability::None)).unwrap();
     let info = log.segments().into_iter().find(|s| s.path == path).unwrap();
     drop(log);
@@ -35,6 +36,7 @@ fn tear_end(dir: &Path, path: &Path, bytes: u64) {
     let file = OpenOptions::new().write(true).open(path).unwrap();
     file.write_all_at(&vec![0xa5; bytes as usize], end - bytes)
         .unwrap();
+    info.next_offset
 }
 
 fn three_segments() -> tempfile::TempDir {
@@ -47,25 +49,28 @@ fn three_segments() -> tempfile::TempDir {
 }
 
 /// Power lost while the syncer sealed segment 1: its tail never reached the disk and
-/// its seal is missing.
-fn torn_unsealed_middle_segment() -> (tempfile::TempDir, Vec<PathBuf>) {
+/// its seal is missing. Also returns where segment 1 ended before.
+fn torn_unsealed_middle_segment() -> (tempfile::TempDir, Vec<PathBuf>, u64) {
     let dir = three_segments();
     let files = segment_files(dir.path());
-    tear_end(dir.path(), &files[1], 100);
+    let end = tear_end(dir.path(), &files[1], 100);
     erase_markers(&files[1]);
-    (dir, files)
+    (dir, files, end)
 }
 
 #[test]
 fn an_unsealed_torn_older_segment_is_the_logs_torn_tail() {
     // And nothing after segment 1 was synced.
-    let (dir, files) = torn_unsealed_middle_segment();
+    let (dir, files, end) = torn_unsealed_middle_segment();
     for later in &files[2..] {
         erase_markers(later);
     }
     let log = PartitionLog::open(dir.path(), small_options(Durability::Group)).unwrap();
     let kept = assert_log_is_expected_prefix(&log);
-    assert!(kept < 800 && kept > 0, "kept {kept}");
+    // `fill` writes atomic batches of 50: the torn one (segment 1's last) goes whole,
+    // everything before it stays.
+    assert_eq!(end % 50, 0, "segments end between batches");
+    assert_eq!(kept, end - 50, "kept {kept} of {end}");
     assert_eq!(
         log.segments().len(),
         2,
@@ -79,7 +84,7 @@ fn an_unsealed_torn_older_segment_is_the_logs_torn_tail() {
 
 #[test]
 fn a_torn_older_segment_followed_by_synced_data_is_corruption() {
-    let (dir, files) = torn_unsealed_middle_segment();
+    let (dir, files, _) = torn_unsealed_middle_segment();
     // The last segment still records synced data: the damage cannot be a crash's.
     let error = PartitionLog::open(dir.path(), small_options(Durability::Group))
         .err()

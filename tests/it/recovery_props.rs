@@ -34,18 +34,21 @@ fn damage() -> impl Strategy<Value = Damage> {
     ]
 }
 
-/// Writes batches, syncing after some of them, and returns the number of records.
-fn write_log(dir: &Path, batches: &[(u8, bool)]) -> u64 {
+/// Writes batches, syncing after some of them; returns the number of records, and how
+/// many of them the last sync covered.
+fn write_log(dir: &Path, batches: &[(u8, bool)]) -> (u64, u64) {
     let mut log = PartitionLog::open(dir, small_options(Durability::None)).unwrap();
     let mut next = 0;
+    let mut synced = 0;
     for (size, sync) in batches {
         next = append_expected(&mut log, next..next + u64::from(*size)).next_offset;
         if *sync {
             log.sync().unwrap();
+            synced = next;
         }
     }
     // Dropped without a final sync: the last batches may be past the synced point.
-    next
+    (next, synced)
 }
 
 fn apply(path: &Path, damage: &Damage, data_end: u64) {
@@ -81,14 +84,20 @@ proptest! {
         damage in damage(),
     ) {
         let dir = fast_tempdir();
-        let written = write_log(dir.path(), &batches);
+        let (written, synced) = write_log(dir.path(), &batches);
         let segments = flowd::storage::layout::list_segments(dir.path()).unwrap();
-        let (_, victim) = &segments[which_segment.index(segments.len())];
-        // Data region end of the victim: where frames stop, from a clean open.
+        let index = which_segment.index(segments.len());
+        let (_, victim) = &segments[index];
+        // Data region end of the victim: where frames stop, read without opening (an
+        // open would sync the last segment, moving its synced point).
         let data_end = {
-            let log = PartitionLog::open(dir.path(), small_options(Durability::None)).unwrap();
-            let info = log.segments().into_iter().find(|s| &s.path == victim).unwrap();
-            info.data_bytes + flowd::storage::format::SEGMENT_HEADER_BYTES
+            let location = flowd::storage::layout::PartitionLocation {
+                topic: "t".into(),
+                partition: 0,
+                dir: dir.path().to_path_buf(),
+            };
+            let report = flowd::storage::inspect::inspect_partition(&location, 512).unwrap();
+            report.segments[index].data_bytes + flowd::storage::format::SEGMENT_HEADER_BYTES
         };
         apply(victim, &damage, data_end);
 
@@ -96,6 +105,9 @@ proptest! {
             Ok(mut log) => {
                 let kept = assert_log_is_expected_prefix(&log);
                 prop_assert!(kept <= written);
+                // Damage below the synced point is refused, never cut away: whatever
+                // opens keeps every record the last sync covered.
+                prop_assert!(kept >= synced, "kept {} of {} synced records", kept, synced);
                 // The mended log takes new records, and keeps them across a reopen.
                 append_expected(&mut log, kept..kept + 3);
                 log.close().unwrap();
