@@ -523,6 +523,21 @@ async fn run_shard(index: usize, shared: Arc<Shared>, plan: ShardPlan) -> Result
         partitions.collect(),
         journal,
     ));
+    // Every stage and sink reader is registered before any inbox runs: a partition must
+    // not take more than `max_lag` records beyond a reader whose task has not started yet
+    // (a source on another core may already be writing).
+    for task in &plan.stages {
+        let name = &shared.spec.stages[task.stage].name;
+        shard
+            .partition(task.topic, task.partition)
+            .reader(name, task.progress.resume);
+    }
+    for task in &plan.forwarders {
+        let sink = &shared.spec.sinks[task.sink];
+        shard
+            .partition(sink.from, task.partition)
+            .reader(&crate::runtime::sink::reader_name(&sink.name), task.start);
+    }
     // Reply tasks take their start now, before the inboxes can write a job (reply::run).
     let replies: Vec<_> = plan
         .replies

@@ -163,8 +163,13 @@ impl LocalPartition {
         self.appended.notify(usize::MAX);
     }
 
-    /// Registers a consumer starting at `position`; it moves the returned cell on.
+    /// Registers a consumer starting at `position` (or finds the one registered under
+    /// `name`, when the shard registered it before its task ran); it moves the returned
+    /// cell on.
     pub fn reader(&self, name: &str, position: u64) -> Rc<Cell<u64>> {
+        if let Some((_, cell)) = self.readers.borrow().iter().find(|(n, _)| n == name) {
+            return Rc::clone(cell);
+        }
         let cell = Rc::new(Cell::new(position));
         self.readers
             .borrow_mut()

@@ -50,7 +50,7 @@ pub async fn forward(shard: Rc<Shard>, task: ForwarderTask) -> Result<()> {
     let sink = &shared.spec.sinks[task.sink];
     let topic = &shared.spec.topics[sink.from].name;
     let input = Rc::clone(shard.partition(sink.from, task.partition));
-    let reader = input.reader(&format!("{} (sink)", sink.name), task.start);
+    let reader = input.reader(&reader_name(&sink.name), task.start);
     let mut position = task.start;
     let mut idle = Backoff::default();
     let sender = shared.sinks[task.sink].clone();
@@ -90,6 +90,11 @@ pub async fn forward(shard: Rc<Shard>, task: ForwarderTask) -> Result<()> {
         }
     }
     Ok(())
+}
+
+/// The name a sink reads its topic's partitions under (status, lag).
+pub fn reader_name(sink: &str) -> String {
+    format!("{sink} (sink)")
 }
 
 /// One line per record, as the sink's format says.

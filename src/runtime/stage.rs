@@ -25,6 +25,10 @@ use crate::storage::layout::now_ms;
 
 /// Records read from the input per round.
 pub const READ_BATCH_RECORDS: usize = 1024;
+/// The longest a round of one stage runs before it lets the core's other tasks (front
+/// doors, inboxes, other stages) run: an expensive operator must not hold a core for
+/// the whole of a round.
+pub const READ_ROUND_TIME_MAX: std::time::Duration = std::time::Duration::from_millis(2);
 
 /// One stage on one input partition, as planned at start.
 pub struct StageTask {
@@ -92,6 +96,7 @@ pub async fn run(shard: Rc<Shard>, mut task: StageTask) -> Result<()> {
             continue;
         }
         let now = now_ms();
+        let round_started = std::time::Instant::now();
         let mut read = 0;
         let seen = input.appends();
         position = shard.resume_at(&input, &stage.name, position);
@@ -162,6 +167,7 @@ pub async fn run(shard: Rc<Shard>, mut task: StageTask) -> Result<()> {
                 if read >= READ_BATCH_RECORDS
                     || emitter.is_full()
                     || failures.dead.as_ref().is_some_and(Emitter::is_full)
+                    || round_started.elapsed() >= READ_ROUND_TIME_MAX
                 {
                     break;
                 }

@@ -409,7 +409,12 @@ fn sigkill_of_flowd_mid_run_keeps_exec_output_exactly_once_and_leaves_no_worker(
     );
     let script = run.path("flaky.py");
     std::fs::copy(worker("flaky.py"), &script).unwrap();
-    let mut rng = fastrand::Rng::with_seed(7);
+    let lines = |run: &Run| {
+        std::fs::read_to_string(run.path("out.txt"))
+            .unwrap_or_default()
+            .lines()
+            .count()
+    };
     for round in 0..3 {
         let mut child = run
             .command()
@@ -417,9 +422,20 @@ fn sigkill_of_flowd_mid_run_keeps_exec_output_exactly_once_and_leaves_no_worker(
             .stderr(Stdio::null())
             .spawn()
             .unwrap();
-        std::thread::sleep(Duration::from_millis(rng.u64(200..700)));
-        if child.try_wait().unwrap().is_some() {
-            break;
+        // Kill once this run has written some answers and not all: mid-run, for sure.
+        let before = lines(&run);
+        let deadline = std::time::Instant::now() + RUN_TIMEOUT;
+        loop {
+            assert!(
+                child.try_wait().unwrap().is_none(),
+                "round {round}: flowd finished before the kill could land mid-run"
+            );
+            let now = lines(&run);
+            if now > before + 100 && now < 40_000 {
+                break;
+            }
+            assert!(std::time::Instant::now() < deadline, "round {round}: no progress");
+            std::thread::sleep(Duration::from_millis(5));
         }
         signal(&child, libc::SIGKILL);
         wait(&mut child, RUN_TIMEOUT);
