@@ -6,11 +6,12 @@
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::path::{Path, PathBuf};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use serde_json::Value;
 
 use crate::ingest::{Server, run_cli};
+use crate::support::{pace, wait_until};
 
 /// One cluster test at a time: each runs several peers, and two at once on a 2-core
 /// machine starve each other's gossip timers (a killed peer took 13 s to be dropped on
@@ -73,16 +74,6 @@ fn peers_seen(server: &Server) -> BTreeMap<String, String> {
             )
         })
         .collect()
-}
-
-/// Polls `check` every 50 ms until it holds; panics after `limit`. Returns how long it took.
-fn wait_until(what: &str, limit: Duration, mut check: impl FnMut() -> bool) -> Duration {
-    let started = Instant::now();
-    while !check() {
-        assert!(started.elapsed() < limit, "{what}: not within {limit:?}");
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    started.elapsed()
 }
 
 fn all_alive(server: &Server, addrs: &[&str]) -> bool {
@@ -181,14 +172,14 @@ fn records_sent_to_any_peer_land_at_their_owner_and_tail_anywhere_returns_all() 
     let dir = tempfile::tempdir().unwrap();
     let servers = three_peers(dir.path());
     wait_settled(&servers.iter().collect::<Vec<_>>(), 4);
-    let mut expected = BTreeSet::new();
+    let mut expected = Vec::new();
     for (i, server) in servers.iter().enumerate() {
         let lines: String = (0..300)
             .map(|n| {
                 let key = format!("k{i}-{n}");
                 let value = format!("v{i}-{n}");
                 let partition = flowd::runtime::placement::partition_of_bytes(key.as_bytes(), 4);
-                expected.insert((u64::from(partition), key.clone(), value.clone()));
+                expected.push((u64::from(partition), key.clone(), value.clone()));
                 format!("{key}\t{value}\n")
             })
             .collect();
@@ -196,9 +187,12 @@ fn records_sent_to_any_peer_land_at_their_owner_and_tail_anywhere_returns_all() 
         assert_eq!(code, 0, "{err}");
         assert_eq!(out.lines().count(), 300);
     }
+    expected.sort();
     for server in &servers {
-        let got: BTreeSet<_> = tail(server, "lines").into_iter().collect();
-        assert_eq!(got.len(), 900, "a record twice or missing");
+        // A multiset: a record twice would show.
+        let mut got = tail(server, "lines");
+        got.sort();
+        assert_eq!(got.len(), 900, "a record twice or missing through {}", server.tcp);
         assert_eq!(got, expected, "through {}", server.tcp);
     }
     // Each partition lives at exactly one peer (its owner), which holds all its records.
@@ -333,6 +327,17 @@ fn wait_settled(servers: &[&Server], partitions: usize) {
     });
 }
 
+/// How many partitions `server` serves now.
+fn serving(server: &Server) -> usize {
+    status(server)["topics"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .flat_map(|t| t["partitions"].as_array().unwrap())
+        .filter(|p| p["standing"] == "serving")
+        .count()
+}
+
 /// Waits until every one of `servers` lists exactly them as alive (peers that left may
 /// still be listed as down).
 fn wait_all_alive(servers: &[&Server]) {
@@ -384,8 +389,9 @@ fn peers_join_and_leave_while_a_producer_runs_and_every_acked_record_stays_once(
     // The producer sends batches of 10 keyed records to the first peer (which forwards
     // to the owners) until told to stop; it notes what was acked and what was refused.
     let stop = Arc::new(AtomicBool::new(false));
+    let progress = Arc::new(std::sync::atomic::AtomicU64::new(0));
     let producer = {
-        let (tcp, stop) = (first.tcp.clone(), Arc::clone(&stop));
+        let (tcp, stop, progress) = (first.tcp.clone(), Arc::clone(&stop), Arc::clone(&progress));
         std::thread::spawn(move || {
             let mut client = Client::connect(&tcp).unwrap();
             let (mut acked, mut failed) = (Vec::new(), Vec::new());
@@ -404,10 +410,13 @@ fn peers_join_and_leave_while_a_producer_runs_and_every_acked_record_stays_once(
                     })
                     .collect();
                 match client.produce("events", &records) {
-                    Ok(_) => acked.extend(values),
+                    Ok(_) => {
+                        acked.extend(values);
+                        progress.fetch_add(10, Ordering::AcqRel);
+                    }
                     Err(error) => failed.push(error.to_string()),
                 }
-                std::thread::sleep(Duration::from_millis(2));
+                pace(Duration::from_millis(2));
             }
             (acked, failed)
         })
@@ -424,14 +433,27 @@ fn peers_join_and_leave_while_a_producer_runs_and_every_acked_record_stays_once(
     // Records the leaving peers held: the leaves had something to hand over. (Placement
     // may give one peer no partition of eight, so this counts over all rounds.)
     let mut handed = 0;
+    // The producer is seen to make progress between every two changes: the changes
+    // happen while it writes.
+    let producing = |since: u64| {
+        wait_until("the producer goes on", Duration::from_secs(30), || {
+            progress.load(Ordering::Acquire) >= since + 200
+        });
+        progress.load(Ordering::Acquire)
+    };
+    let mut seen = producing(0);
+    // Partitions the joining peers took over: partitions did move to them.
+    let mut taken = 0;
     for round in 0..rounds {
-        std::thread::sleep(Duration::from_millis(500));
         let joining = events_peer(dir.path(), &format!("p{}", round + 3), Some(&seed));
         others.push_back(joining);
         let mut all: Vec<&Server> = vec![&first];
         all.extend(others.iter());
         wait_all_alive(&all);
-        std::thread::sleep(Duration::from_millis(500));
+        // The joiner took its partitions over (with their records) before one leaves.
+        wait_settled(&all, 8);
+        taken += serving(others.back().unwrap());
+        seen = producing(seen);
         let mut leaving = others.pop_front().unwrap();
         let held: u64 = status(&leaving)["topics"][0]["partitions"]
             .as_array()
@@ -447,10 +469,16 @@ fn peers_join_and_leave_while_a_producer_runs_and_every_acked_record_stays_once(
         );
     }
     assert!(handed > 0, "the leaving peers owned partitions with records");
-    std::thread::sleep(Duration::from_millis(500));
+    assert!(taken > 0, "the joining peers took partitions over");
+    producing(seen);
     stop.store(true, Ordering::Release);
     let (mut acked, failed) = producer.join().unwrap();
-    assert!(acked.len() >= 1000, "the producer ran: {} acked", acked.len());
+    // It made progress before the first change, between every two, and after the last.
+    assert!(
+        acked.len() >= 200 * (rounds + 2),
+        "the producer ran: {} acked",
+        acked.len()
+    );
     acked.extend(bulk);
 
     // Every partition ends served by exactly one of the peers left (none still being
@@ -507,6 +535,7 @@ fn a_stage_splits_each_line_once_while_its_input_partitions_move() {
     let mut second = peer(dir.path(), "b", "127.0.0.1:0", Some(&seed));
     wait_all_alive(&[&first, &second]);
     wait_settled(&[&first, &second], 4);
+    assert!(serving(&second) > 0, "partitions moved to the joining peer");
     let words_now = |server: &Server| tail(server, "words").len();
     wait_until("the first half split", Duration::from_secs(30), || {
         words_now(&first) == front.len() * 3
@@ -517,7 +546,18 @@ fn a_stage_splits_each_line_once_while_its_input_partitions_move() {
     });
     // The second leaves: the first takes its partitions back without splitting again.
     assert_eq!(second.terminate(Duration::from_secs(60)), Some(true));
-    std::thread::sleep(Duration::from_millis(500));
-    let all = tail(&first, "words");
+    wait_settled(&[&first], 4);
+    // Exactly the words of the lines, each as often as the lines have it.
+    let mut expected: Vec<String> = lines
+        .iter()
+        .flat_map(|l| l.split(' ').map(str::to_owned))
+        .collect();
+    expected.sort();
+    let mut all: Vec<String> = tail(&first, "words")
+        .into_iter()
+        .map(|(_, _, word)| word)
+        .collect();
+    all.sort();
     assert_eq!(all.len(), words, "each line split exactly once");
+    assert_eq!(all, expected, "the words of every line, each once");
 }

@@ -205,3 +205,30 @@ pub fn listening_dataflow(
     std::fs::write(&path, text).unwrap();
     path
 }
+
+/// Polls `check` every 20 ms until it holds; panics after `limit` saying `what` did not
+/// happen. Returns how long it took. Every wait of a test on a condition goes through
+/// here (or a loop like it), bounded.
+pub fn wait_until(what: &str, limit: Duration, mut check: impl FnMut() -> bool) -> Duration {
+    let started = std::time::Instant::now();
+    while !check() {
+        assert!(started.elapsed() < limit, "{what}: not within {limit:?}");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    started.elapsed()
+}
+
+/// Checks that `holds` stays true for all of `window` (polled every 20 ms): for what must
+/// not happen (a disabled stage writing on). Panics, naming `what`, the first time not.
+pub fn stays(what: &str, window: Duration, mut holds: impl FnMut() -> bool) {
+    let started = std::time::Instant::now();
+    while started.elapsed() < window {
+        assert!(holds(), "{what}: broken after {:?}", started.elapsed());
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// Paces a workload (a trickling client, a producer's rhythm); never decides an outcome.
+pub fn pace(pause: Duration) {
+    std::thread::sleep(pause);
+}
