@@ -57,9 +57,10 @@ fn rounds() -> u32 {
         .unwrap_or(12)
 }
 
-/// Runs the child until a random moment, kills it with SIGKILL, and returns the
-/// highest offset it reported as acked.
-fn run_and_kill(dir: &Path, mode: Durability, kill_after: Duration) -> u64 {
+/// Runs the child until it has reported `acks` acks (so it is writing: it writes until
+/// killed), kills it with SIGKILL, and returns the highest offset it reported as acked.
+/// Fails unless the kill is what ended it.
+fn run_and_kill(dir: &Path, mode: Durability, acks: usize) -> u64 {
     let mut child = Command::new(std::env::current_exe().unwrap())
         .args([
             "--exact",
@@ -85,21 +86,39 @@ fn run_and_kill(dir: &Path, mode: Durability, kill_after: Duration) -> u64 {
     });
     // Wait for the child to have opened the log, so that the kill lands mid-write.
     // libtest prints "test name ... " on the same line before the child's first output.
-    let ready = lines_rx
-        .iter()
-        .find_map(|l| l.split_once("READY ").map(|(_, n)| n.to_string()))
-        .expect("the child writer did not start");
-    std::thread::sleep(kill_after);
+    let deadline = std::time::Instant::now() + CHILD_RUN_MAX;
+    let ready = std::iter::from_fn(|| {
+        lines_rx
+            .recv_timeout(deadline.saturating_duration_since(std::time::Instant::now()))
+            .ok()
+    })
+    .find_map(|l| l.split_once("READY ").map(|(_, n)| n.to_string()))
+    .expect("the child writer did not start");
+    let start: u64 = ready.trim().parse().unwrap();
+    let mut acked = start;
+    for _ in 0..acks {
+        let line = lines_rx
+            .recv_timeout(CHILD_RUN_MAX)
+            .expect("the child stopped acking");
+        if let Some(n) = line.strip_prefix("ACK ").and_then(|n| n.parse().ok()) {
+            acked = acked.max(n);
+        }
+    }
     // SAFETY: sending a signal to our own child process.
     let rc = unsafe { libc::kill(child.id() as libc::pid_t, libc::SIGKILL) };
     assert_eq!(rc, 0, "kill failed");
-    child.wait().unwrap();
+    let status = child.wait().unwrap();
+    assert_eq!(
+        std::os::unix::process::ExitStatusExt::signal(&status),
+        Some(libc::SIGKILL),
+        "the kill ended the child, in the middle of its writing"
+    );
     reader.join().unwrap();
-    let start: u64 = ready.trim().parse().unwrap();
+    assert!(acked > start, "the child acked records before the kill");
     lines_rx
         .try_iter()
         .filter_map(|l| l.strip_prefix("ACK ").and_then(|n| n.parse().ok()))
-        .fold(start, u64::max)
+        .fold(acked, u64::max)
 }
 
 fn kill_rounds(mode: Durability) {
@@ -113,8 +132,8 @@ fn kill_rounds(mode: Durability) {
     }
     let mut acked_ever = 350;
     for round in 0..rounds() {
-        let kill_after = Duration::from_millis(rng.u64(1..120));
-        let acked = run_and_kill(dir.path(), mode, kill_after);
+        let acks = rng.usize(1..200);
+        let acked = run_and_kill(dir.path(), mode, acks);
         acked_ever = acked_ever.max(acked);
         let log = PartitionLog::open(dir.path(), small_options(mode))
             .unwrap_or_else(|e| panic!("round {round}: reopen failed: {e}"));

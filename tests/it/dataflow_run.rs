@@ -193,7 +193,11 @@ fn killed_and_restarted_runs_end_with_the_uninterrupted_output() {
     let out = dir.path().join("counts.tsv");
     let dataflow = wordcount_dataflow(dir.path(), &input, &out, "group");
     let mut rng = fastrand::Rng::with_seed(3);
-    let mut finished_early = 0;
+    let words_out = |out: &Path| {
+        std::fs::read_to_string(out.with_extension("tsv.words"))
+            .map(|t| t.lines().count())
+            .unwrap_or(0)
+    };
     for round in 0..rounds {
         let mut child = flowd()
             .arg("run")
@@ -201,7 +205,17 @@ fn killed_and_restarted_runs_end_with_the_uninterrupted_output() {
             .stderr(Stdio::null())
             .spawn()
             .unwrap();
-        std::thread::sleep(Duration::from_millis(rng.u64(20..400)));
+        // Stop it once this run has written some words, a different number each round:
+        // mid-run, for sure (it must still be running then).
+        let before = words_out(&out);
+        let some = rng.usize(1..20_000);
+        crate::support::wait_until("the run writes words", RUN_TIMEOUT, || {
+            assert!(
+                child.try_wait().unwrap().is_none(),
+                "round {round}: the run finished before it could be stopped mid-run"
+            );
+            words_out(&out) >= before + some
+        });
         if round % 3 == 2 {
             // Now and then a polite stop: flush, sync, exit 0.
             signal(&child, libc::SIGTERM);
@@ -209,7 +223,7 @@ fn killed_and_restarted_runs_end_with_the_uninterrupted_output() {
         } else {
             signal(&child, libc::SIGKILL);
             let status = wait(&mut child, RUN_TIMEOUT);
-            finished_early += usize::from(status.success());
+            assert!(!status.success(), "round {round}: the kill ended the run");
         }
     }
     let mut child = flowd()
@@ -219,11 +233,6 @@ fn killed_and_restarted_runs_end_with_the_uninterrupted_output() {
         .spawn()
         .unwrap();
     assert!(wait(&mut child, RUN_TIMEOUT).success());
-    assert!(
-        finished_early < rounds,
-        "the kills must land mid-run to prove anything"
-    );
-    eprintln!("{rounds} rounds, {finished_early} of them finished before the kill");
     let expected = reference_counts(&std::fs::read_to_string(&input).unwrap());
     assert_eq!(parse_counts(&std::fs::read_to_string(&out).unwrap()), expected);
     // The stream of words itself: every word exactly once, though the sink was cut off

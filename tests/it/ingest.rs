@@ -624,9 +624,10 @@ fn records_acked_over_tcp_survive_sigkill() {
             let addr = server.tcp.clone();
             let (tx, rx) = std::sync::mpsc::channel();
             let start = next;
+            // Returns whether the kill cut it off (it was producing then).
             let producer = std::thread::spawn(move || {
                 let Ok(mut client) = Client::connect(&addr) else {
-                    return;
+                    return false;
                 };
                 let mut n = start;
                 // Bounded: the kill ends it long before.
@@ -642,14 +643,27 @@ fn records_acked_over_tcp_survive_sigkill() {
                                 let _ = tx.send((id, v));
                             }
                         }
-                        Err(_) => return,
+                        Err(_) => return true,
                     }
                     n += 50;
                 }
+                false
             });
-            std::thread::sleep(Duration::from_millis(150 + 100 * round));
+            // Kill once this round's producer has some acks, a different number each round.
+            let mut this_round = Vec::new();
+            let wanted = 50 * (3 + 4 * round as usize);
+            while this_round.len() < wanted {
+                match rx.recv_timeout(Duration::from_secs(30)) {
+                    Ok(acked) => this_round.push(acked),
+                    Err(_) => panic!("{durability}: the producer got no acks"),
+                }
+            }
             server.kill9();
-            producer.join().unwrap();
+            assert!(
+                producer.join().unwrap(),
+                "{durability}: the kill cut the producer off mid-stream"
+            );
+            acked.extend(this_round);
             acked.extend(rx.try_iter());
             next = acked.len() as u64 + 1_000_000 * (round + 1);
         }
