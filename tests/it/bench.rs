@@ -1,29 +1,16 @@
 //! `flowd bench`: each scenario against an in-process engine prints the JSON object of
 //! DESIGN.md section 8 with consistent figures; bad targets get clear errors.
 
-use std::process::{Command, Stdio};
-use std::time::{Duration, Instant};
+use std::process::Command;
 
 use serde_json::Value;
 
 /// Runs `flowd bench ARGS` (killed after two minutes): `(exit code, stdout, stderr)`.
 fn bench(args: &[&str]) -> (i32, String, String) {
-    let mut child = Command::new(env!("CARGO_BIN_EXE_flowd"))
-        .arg("bench")
-        .args(args)
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("flowd starts");
-    let deadline = Instant::now() + Duration::from_secs(120);
-    while child.try_wait().expect("wait").is_none() {
-        if Instant::now() > deadline {
-            let _ = child.kill();
-            panic!("flowd bench {args:?} ran over two minutes");
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    let out = child.wait_with_output().expect("output");
+    let out = crate::support::run_bounded(
+        Command::new(env!("CARGO_BIN_EXE_flowd")).arg("bench").args(args),
+        b"",
+    );
     (
         out.status.code().unwrap_or(-1),
         String::from_utf8(out.stdout).expect("utf-8"),

@@ -17,7 +17,7 @@ fn inspect(data_dir: &Path, json: bool) -> Output {
     if json {
         command.arg("--json");
     }
-    command.output().expect("run flowd inspect")
+    crate::support::run_bounded(&mut command, b"")
 }
 
 /// Two topics; `orders/1` is written with one synced batch per 10 records.
@@ -133,9 +133,6 @@ fn inspect_of_a_missing_dir_is_a_clear_error() {
 
 #[test]
 fn bad_usage_exits_2() {
-    let output = Command::new(env!("CARGO_BIN_EXE_flowd"))
-        .arg("inspect")
-        .output()
-        .unwrap();
+    let output = crate::support::run_bounded(Command::new(env!("CARGO_BIN_EXE_flowd")).arg("inspect"), b"");
     assert_eq!(output.status.code(), Some(2));
 }

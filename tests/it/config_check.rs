@@ -274,11 +274,10 @@ fn check_prints_every_error_with_the_file_and_exits_2() {
         .replace("op = \"split_words\"", "op = \"splitwords\"")
         .replace("from = \"lines\"", "from = \"line\"");
     std::fs::write(&file, text).unwrap();
-    let output = Command::new(env!("CARGO_BIN_EXE_flowd"))
-        .arg("check")
-        .arg(&file)
-        .output()
-        .unwrap();
+    let output = crate::support::run_bounded(
+        Command::new(env!("CARGO_BIN_EXE_flowd")).arg("check").arg(&file),
+        b"",
+    );
     assert_eq!(output.status.code(), Some(2));
     let stderr = String::from_utf8(output.stderr).unwrap();
     let prefix = format!(
@@ -293,11 +292,10 @@ fn check_prints_every_error_with_the_file_and_exits_2() {
     assert!(stderr.contains("hint: did you mean \"split_words\"?"), "{stderr}");
     assert!(stderr.contains("2 errors in"), "{stderr}");
     // `flowd run` uses the same validation and the same exit code.
-    let output = Command::new(env!("CARGO_BIN_EXE_flowd"))
-        .arg("run")
-        .arg(&file)
-        .output()
-        .unwrap();
+    let output = crate::support::run_bounded(
+        Command::new(env!("CARGO_BIN_EXE_flowd")).arg("run").arg(&file),
+        b"",
+    );
     assert_eq!(output.status.code(), Some(2));
     assert!(String::from_utf8(output.stderr).unwrap().contains(&prefix));
 }
@@ -317,11 +315,10 @@ fn every_example_dataflow_checks() {
     for entry in std::fs::read_dir(&dir).unwrap() {
         let path = entry.unwrap().path();
         if path.extension().is_some_and(|e| e == "toml") {
-            let output = Command::new(env!("CARGO_BIN_EXE_flowd"))
-                .arg("check")
-                .arg(&path)
-                .output()
-                .unwrap();
+            let output = crate::support::run_bounded(
+                Command::new(env!("CARGO_BIN_EXE_flowd")).arg("check").arg(&path),
+                b"",
+            );
             let stderr = String::from_utf8_lossy(&output.stderr);
             assert!(output.status.success(), "{}: {stderr}", path.display());
             checked.insert(path.file_name().unwrap().to_string_lossy().into_owned());

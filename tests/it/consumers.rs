@@ -174,23 +174,18 @@ fn run_spec(engine: &mut Engine, i: usize, spec: &Spec) {
             }
             Step::ReclaimedBy { after, within, then } => {
                 // Held until its timeout; reclaimed soon after: polled, bounded.
-                loop {
+                let left = Duration::from_millis(*within).saturating_sub(claimed_at.elapsed());
+                let (committed, reclaims) = crate::support::poll(left, Duration::from_millis(10), || {
                     let (committed, claimed, reclaims) = cursor_now(c, &topic);
-                    let waited = claimed_at.elapsed();
-                    if claimed.is_none() {
-                        assert!(
-                            waited >= Duration::from_millis(*after),
-                            "{at}: reclaimed after {waited:?}, before its timeout"
-                        );
-                        assert_eq!((committed, reclaims), *then, "{at}");
-                        break;
-                    }
-                    assert!(
-                        waited < Duration::from_millis(*within),
-                        "{at}: not reclaimed within {waited:?}"
-                    );
-                    std::thread::sleep(Duration::from_millis(10));
-                }
+                    claimed.is_none().then_some((committed, reclaims))
+                })
+                .unwrap_or_else(|| panic!("{at}: not reclaimed within {within} ms"));
+                let waited = claimed_at.elapsed();
+                assert!(
+                    waited >= Duration::from_millis(*after),
+                    "{at}: reclaimed after {waited:?}, before its timeout"
+                );
+                assert_eq!((committed, reclaims), *then, "{at}");
             }
             Step::Restart => engine.restart(),
             Step::Outputs(outs, deads) => {

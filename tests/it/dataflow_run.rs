@@ -16,16 +16,13 @@ pub(crate) fn flowd() -> Command {
 
 /// Waits for `child` (bounded); kills it and fails the test on timeout.
 pub(crate) fn wait(child: &mut Child, timeout: Duration) -> std::process::ExitStatus {
-    let deadline = Instant::now() + timeout;
-    loop {
-        if let Some(status) = child.try_wait().unwrap() {
-            return status;
-        }
-        if Instant::now() >= deadline {
+    match crate::support::exit_within(child, timeout) {
+        Some(status) => status,
+        None => {
             let _ = child.kill();
+            let _ = child.wait();
             panic!("flowd run did not finish within {timeout:?}");
         }
-        std::thread::sleep(Duration::from_millis(10));
     }
 }
 
@@ -170,12 +167,7 @@ fn word_count_equals_the_reference_count() {
     let expected = reference_counts(&std::fs::read_to_string(&input).unwrap());
     assert_eq!(parse_counts(&std::fs::read_to_string(&out).unwrap()), expected);
     // A second run finds everything done and changes nothing.
-    let status = flowd()
-        .arg("run")
-        .arg(&dataflow)
-        .stderr(Stdio::null())
-        .status()
-        .unwrap();
+    let status = crate::support::run_bounded(flowd().arg("run").arg(&dataflow), b"").status;
     assert!(status.success());
     assert_eq!(parse_counts(&std::fs::read_to_string(&out).unwrap()), expected);
 }
@@ -251,13 +243,14 @@ fn killed_and_restarted_runs_end_with_the_uninterrupted_output() {
 fn filter_and_map_example_gives_the_purchases() {
     let dir = tempfile::tempdir().unwrap();
     let repo = Path::new(env!("CARGO_MANIFEST_DIR"));
-    let status = flowd()
-        .current_dir(dir.path())
-        .arg("run")
-        .arg(repo.join("dataflows/purchases.toml"))
-        .stderr(Stdio::null())
-        .status()
-        .unwrap();
+    let status = crate::support::run_bounded(
+        flowd()
+            .current_dir(dir.path())
+            .arg("run")
+            .arg(repo.join("dataflows/purchases.toml")),
+        b"",
+    )
+    .status;
     assert!(status.success());
     let got: Vec<serde_json::Value> = std::fs::read_to_string(dir.path().join("flowd-out/purchases.jsonl"))
         .unwrap()
@@ -371,7 +364,7 @@ to = "out"
                 }
             }
         }
-        std::thread::sleep(Duration::from_millis(50));
+        crate::support::pace(Duration::from_millis(50));
     }
     assert!(samples >= 6, "{samples} samples of the stage's lag");
     assert!(
@@ -395,15 +388,14 @@ to = "out"
 
 /// Polls `path` until it holds `lines` lines (bounded); returns them.
 fn wait_for_lines(path: &Path, lines: usize) -> Vec<String> {
-    let deadline = Instant::now() + RUN_TIMEOUT;
-    loop {
+    let read = || -> Vec<String> {
         let text = std::fs::read_to_string(path).unwrap_or_default();
-        let got: Vec<String> = text.lines().map(str::to_owned).collect();
-        if got.len() >= lines || Instant::now() >= deadline {
-            return got;
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    }
+        text.lines().map(str::to_owned).collect()
+    };
+    crate::support::poll(RUN_TIMEOUT, Duration::from_millis(20), || {
+        Some(read()).filter(|got| got.len() >= lines)
+    })
+    .unwrap_or_else(read)
 }
 
 #[test]

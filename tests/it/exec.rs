@@ -118,15 +118,7 @@ fn wait_output(mut child: std::process::Child) -> Output {
         std::io::Read::read_to_end(&mut stderr, &mut buf).unwrap();
         buf
     });
-    let deadline = std::time::Instant::now() + RUN_TIMEOUT;
-    let mut status = None;
-    while std::time::Instant::now() < deadline {
-        status = child.try_wait().unwrap();
-        if status.is_some() {
-            break;
-        }
-        std::thread::sleep(Duration::from_millis(10));
-    }
+    let status = crate::support::exit_within(&mut child, RUN_TIMEOUT);
     if status.is_none() {
         let _ = child.kill();
         let _ = child.wait();
@@ -424,19 +416,15 @@ fn sigkill_of_flowd_mid_run_keeps_exec_output_exactly_once_and_leaves_no_worker(
             .unwrap();
         // Kill once this run has written some answers and not all: mid-run, for sure.
         let before = lines(&run);
-        let deadline = std::time::Instant::now() + RUN_TIMEOUT;
-        loop {
+        crate::support::poll(RUN_TIMEOUT, Duration::from_millis(5), || {
             assert!(
                 child.try_wait().unwrap().is_none(),
                 "round {round}: flowd finished before the kill could land mid-run"
             );
             let now = lines(&run);
-            if now > before + 100 && now < 40_000 {
-                break;
-            }
-            assert!(std::time::Instant::now() < deadline, "round {round}: no progress");
-            std::thread::sleep(Duration::from_millis(5));
-        }
+            (now > before + 100 && now < 40_000).then_some(())
+        })
+        .unwrap_or_else(|| panic!("round {round}: no progress"));
         signal(&child, libc::SIGKILL);
         wait(&mut child, RUN_TIMEOUT);
         // The kernel kills the workers with flowd (PR_SET_PDEATHSIG).
@@ -452,22 +440,16 @@ fn sigkill_of_flowd_mid_run_keeps_exec_output_exactly_once_and_leaves_no_worker(
 /// Whether no process runs `arg` in the directory of `script` any more, within `timeout`.
 fn no_worker_left(arg: &str, script: &Path, timeout: Duration) -> bool {
     let dir = script.parent().unwrap().canonicalize().unwrap();
-    let deadline = std::time::Instant::now() + timeout;
-    loop {
+    crate::support::poll(timeout, Duration::from_millis(20), || {
         let running = std::fs::read_dir("/proc").unwrap().flatten().any(|entry| {
             let runs_it = std::fs::read(entry.path().join("cmdline"))
                 .map(|cmd| cmd.split(|&b| b == 0).any(|a| a == arg.as_bytes()))
                 .unwrap_or(false);
             runs_it && std::fs::read_link(entry.path().join("cwd")).is_ok_and(|cwd| cwd == dir)
         });
-        if !running {
-            return true;
-        }
-        if std::time::Instant::now() >= deadline {
-            return false;
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    }
+        (!running).then_some(())
+    })
+    .is_some()
 }
 
 /// Runs `dataflows/NAME` in a fresh working directory; returns its stdout and the dir.
@@ -571,10 +553,9 @@ fn a_disabled_partition_stops_at_its_record_and_resumes_after_a_restart() {
     let log = Log::read(child.stderr.take().unwrap());
     // The other records come through; the input never ends for the disabled partition.
     let disabled = log.wait_for(&["is disabled at record"], Duration::from_secs(60));
-    let deadline = std::time::Instant::now() + Duration::from_secs(30);
-    while run.counts().len() < 20 && std::time::Instant::now() < deadline {
-        std::thread::sleep(Duration::from_millis(50));
-    }
+    let _ = crate::support::poll(Duration::from_secs(30), Duration::from_millis(50), || {
+        (run.counts().len() >= 20).then_some(())
+    });
     assert!(
         child.try_wait().unwrap().is_none(),
         "a disabled stage keeps flowd running"

@@ -99,10 +99,16 @@ impl Server {
 
     /// `flowd run FILE ARGS...`
     pub(crate) fn start_with(file: &Path, args: &[&str]) -> Server {
+        Server::start_env(file, args, &[])
+    }
+
+    /// `flowd run FILE ARGS...` with `env` added to its environment (fail points).
+    pub(crate) fn start_env(file: &Path, args: &[&str], env: &[(&str, &str)]) -> Server {
         let mut child = flowd()
             .arg("run")
             .arg(file)
             .args(args)
+            .envs(env.iter().copied())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
             .spawn()
@@ -146,15 +152,16 @@ impl Server {
     pub(crate) fn terminate(&mut self, limit: Duration) -> Option<bool> {
         // SAFETY: kill(2) on our own child's pid; no memory is touched.
         unsafe { libc::kill(self.child.id() as libc::pid_t, libc::SIGTERM) };
-        let deadline = Instant::now() + limit;
-        while Instant::now() < deadline {
-            if let Ok(Some(status)) = self.child.try_wait() {
-                return Some(status.success());
-            }
-            std::thread::sleep(Duration::from_millis(20));
+        let status = crate::support::exit_within(&mut self.child, limit);
+        if status.is_none() {
+            self.kill9();
         }
-        self.kill9();
-        None
+        status.map(|s| s.success())
+    }
+
+    /// Waits at most `limit` for the engine to exit on its own: its status, or `None`.
+    pub(crate) fn exit_within(&mut self, limit: Duration) -> Option<std::process::ExitStatus> {
+        crate::support::exit_within(&mut self.child, limit)
     }
 
     pub(crate) fn kill9(&mut self) {
@@ -180,15 +187,7 @@ impl Drop for Server {
 }
 
 pub(crate) fn run_cli(args: &[&str], stdin: &str) -> (i32, String, String) {
-    let mut child = flowd()
-        .args(args)
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    child.stdin.take().unwrap().write_all(stdin.as_bytes()).unwrap();
-    let output = child.wait_with_output().unwrap();
+    let output = crate::support::run_bounded(flowd().args(args), stdin.as_bytes());
     (
         output.status.code().unwrap_or(-1),
         String::from_utf8(output.stdout).unwrap(),

@@ -106,7 +106,7 @@ fn read_all(client: &mut Client, topic: &str, partitions: u32, count: usize) -> 
         if all.len() >= count || Instant::now() > deadline {
             return all;
         }
-        std::thread::sleep(Duration::from_millis(50));
+        crate::support::pace(Duration::from_millis(50));
     }
 }
 
@@ -164,10 +164,9 @@ fn issue20_by_default_a_too_large_output_is_skipped_counted_and_logged_and_the_r
     let expected: BTreeMap<u64, usize> = (0..40).filter(|i| !BIG.contains(i)).map(|i| (i, 1)).collect();
     assert_eq!(output_numbers(&out), expected);
     // One log line per skipped input (their offsets depend on the partitions they went to).
-    let deadline = Instant::now() + Duration::from_secs(5);
-    while server.log.text().matches("skipped record").count() < BIG.len() && Instant::now() < deadline {
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    let _ = crate::support::poll(Duration::from_secs(5), Duration::from_millis(20), || {
+        (server.log.text().matches("skipped record").count() >= BIG.len()).then_some(())
+    });
     let log = server.log.text();
     assert_eq!(log.matches("skipped record").count(), BIG.len(), "{log}");
     assert_eq!(

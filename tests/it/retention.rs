@@ -5,7 +5,7 @@
 //! `flowd inspect`, and a named consumer that had acked nothing is told it skipped.
 
 use std::path::Path;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use flowd::client::Client;
 use flowd::consumer::Options;
@@ -76,14 +76,10 @@ fn issue20_retention_keeps_a_topic_under_its_bound_while_written_and_after() {
     assert!(start > 0, "size retention moved the start while writing");
 
     // By age: 2 s after the last write every closed segment goes, only the active stays.
-    let deadline = Instant::now() + Duration::from_secs(15);
-    let (start, bytes, segments) = loop {
-        let (start, _, bytes, segments) = partition(&mut client);
-        if segments == 1 || Instant::now() > deadline {
-            break (start, bytes, segments);
-        }
-        std::thread::sleep(Duration::from_millis(100));
-    };
+    let _ = crate::support::poll(Duration::from_secs(15), Duration::from_millis(100), || {
+        (partition(&mut client).3 == 1).then_some(())
+    });
+    let (start, _, bytes, segments) = partition(&mut client);
     assert_eq!(segments, 1, "age retention left {segments} segments");
     assert_eq!(segment_files(dir.path()), 1, "the files are gone from disk too");
     assert!(bytes <= SEGMENT_BYTES, "{bytes} bytes kept");

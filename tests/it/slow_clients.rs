@@ -98,7 +98,7 @@ fn issue20_four_hundred_slow_drip_clients_leave_memory_bounded_and_a_fresh_clien
     // never fired on these, and each read buffered more.
     let mut peak = 0;
     for _ in 0..4 {
-        std::thread::sleep(Duration::from_secs(1));
+        crate::support::pace(Duration::from_secs(1));
         for stream in &mut clients {
             sent += write_some(stream, &[0]);
         }
@@ -139,7 +139,7 @@ fn issue20_a_trickled_frame_an_http_head_and_an_idle_connection_are_closed_in_ti
     let started = Instant::now();
     let mut closed = [None; 4];
     while closed.iter().any(Option::is_none) && started.elapsed() < Duration::from_secs(10) {
-        std::thread::sleep(Duration::from_millis(200));
+        crate::support::pace(Duration::from_millis(200));
         let streams: [&mut TcpStream; 4] = [&mut frame, &mut head, &mut idle_tcp, &mut idle_http];
         for (i, stream) in streams.into_iter().enumerate() {
             if closed[i].is_some() {
@@ -229,16 +229,17 @@ fn issue20_one_address_holds_at_most_its_connections_and_others_are_still_let_in
     assert!(!refused, "a connection from 127.0.0.2 was refused");
     drop(held);
     // Once they are gone, the address is let in again.
-    let deadline = Instant::now() + Duration::from_secs(5);
-    loop {
-        let mut client = Client::connect(&server.tcp).unwrap();
-        match client.metadata() {
-            Ok(_) => break,
-            Err(e) if Instant::now() < deadline => {
-                let _ = e;
-                std::thread::sleep(Duration::from_millis(50));
+    let mut last = None;
+    crate::support::poll(
+        Duration::from_secs(5),
+        Duration::from_millis(50),
+        || match Client::connect(&server.tcp).unwrap().metadata() {
+            Ok(_) => Some(()),
+            Err(e) => {
+                last = Some(e);
+                None
             }
-            Err(e) => panic!("still refused after the others closed: {e}"),
-        }
-    }
+        },
+    )
+    .unwrap_or_else(|| panic!("still refused after the others closed: {last:?}"));
 }

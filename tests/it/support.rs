@@ -228,7 +228,88 @@ pub fn stays(what: &str, window: Duration, mut holds: impl FnMut() -> bool) {
     }
 }
 
+/// Polls `check` every `every` until it gives a value, for at most `limit`: the value, or
+/// `None` once the time is up (the caller says what that means). The general form of
+/// [`wait_until`], for waits whose end is not a failure.
+pub fn poll<T>(limit: Duration, every: Duration, mut check: impl FnMut() -> Option<T>) -> Option<T> {
+    let started = std::time::Instant::now();
+    loop {
+        if let Some(value) = check() {
+            return Some(value);
+        }
+        if started.elapsed() >= limit {
+            return None;
+        }
+        std::thread::sleep(every);
+    }
+}
+
+/// Waits at most `limit` for `child` to exit: its status, or `None` if it still runs.
+pub fn exit_within(child: &mut std::process::Child, limit: Duration) -> Option<std::process::ExitStatus> {
+    poll(limit, Duration::from_millis(10), || {
+        child.try_wait().expect("try_wait on a child")
+    })
+}
+
 /// Paces a workload (a trickling client, a producer's rhythm); never decides an outcome.
 pub fn pace(pause: Duration) {
     std::thread::sleep(pause);
+}
+
+/// How long a command a test runs to its end may take before the test kills it and
+/// fails: no test waits on a process forever.
+pub const COMMAND_TIMEOUT: Duration = Duration::from_secs(120);
+
+/// Runs `command` to its end with `stdin` as its input, its output read as it comes
+/// (so a chatty one cannot block), within `COMMAND_TIMEOUT`; past it the process is
+/// killed and the test fails with what it printed.
+pub fn run_bounded(command: &mut std::process::Command, stdin: &[u8]) -> std::process::Output {
+    use std::io::{Read, Write};
+    use std::process::Stdio;
+    let mut child = command
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("the command starts");
+    let input = stdin.to_vec();
+    let mut pipe_in = child.stdin.take().unwrap();
+    let writer = std::thread::spawn(move || {
+        // The command may not read it all: a broken pipe is its business.
+        let _ = pipe_in.write_all(&input);
+    });
+    let mut pipe_out = child.stdout.take().unwrap();
+    let mut pipe_err = child.stderr.take().unwrap();
+    let out = std::thread::spawn(move || {
+        let mut buf = Vec::new();
+        let _ = pipe_out.read_to_end(&mut buf);
+        buf
+    });
+    let err = std::thread::spawn(move || {
+        let mut buf = Vec::new();
+        let _ = pipe_err.read_to_end(&mut buf);
+        buf
+    });
+    let deadline = std::time::Instant::now() + COMMAND_TIMEOUT;
+    let status = loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            break status;
+        }
+        if std::time::Instant::now() >= deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            let stderr = err.join().unwrap();
+            panic!(
+                "{command:?} ran over {COMMAND_TIMEOUT:?}; its stderr:\n{}",
+                String::from_utf8_lossy(&stderr)
+            );
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    };
+    writer.join().unwrap();
+    std::process::Output {
+        status,
+        stdout: out.join().unwrap(),
+        stderr: err.join().unwrap(),
+    }
 }
