@@ -21,6 +21,10 @@ fn main() -> ExitCode {
         // Colours only on a terminal: a log file or a test's pipe gets plain text.
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
+    if let Err(message) = flowd::storage::faults::setup() {
+        eprintln!("error: {message}");
+        return ExitCode::from(2);
+    }
     match cli.run() {
         Ok(code) => code,
         Err(flowd::cli::CliError::Usage(message)) => {

@@ -34,6 +34,7 @@ use crate::runtime::placement::{owner, partition_of_bytes};
 use crate::runtime::provenance::END_HEADER;
 use crate::runtime::service::{FETCH_RECORDS_MAX, copy_records};
 use crate::runtime::shard::{Backoff, LocalPartition, Shard, is_client_error};
+use crate::storage::faults;
 use crate::storage::layout::now_ms;
 use crate::storage::{AppendReceipt, PartitionLog, Record};
 
@@ -832,7 +833,9 @@ async fn commit(
     let receipt = consumers.write(shard, &[entry], &bodies)?;
     consumers.put(topic, partition, group, cursor);
     consumers.unapplied_txns.set(consumers.unapplied_txns.get() + 1);
+    faults::crash_point("journal-txn-written");
     consumers.durable(receipt).await?;
+    faults::crash_point("journal-txn-durable");
     let (tx, rx) = flume::bounded(parts.len().max(1));
     let count = parts.len();
     for (i, part) in parts.into_iter().enumerate() {
@@ -853,10 +856,14 @@ async fn commit(
             .map_err(|_| stopping())?;
     }
     let mut ends = vec![(0, 0); count];
-    for _ in 0..count {
+    for k in 0..count {
         let (i, first, next) = rx.recv_async().await.map_err(|_| stopping())??;
         ends[i] = (first, next);
+        if k == 0 && count > 1 {
+            faults::crash_point("journal-txn-part");
+        }
     }
+    faults::crash_point("journal-txn-parts");
     consumers.write(shard, &[Entry::Applied { id }], &[])?;
     // Only now may a snapshot leave it out. A transaction that ends before this (the
     // engine stopping) stays unapplied in the journal, and the next start applies it.

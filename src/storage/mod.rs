@@ -4,9 +4,12 @@
 //! mapped file) → `recovery` (scan, judge, mend) → `log` (a partition: segments, appends,
 //! reads, retention) with `writer` (batches to frames, pwrite), `sync` (durability
 //! modes, group commit, sealing) and `index` (seeks).
-//! `layout` names files and directories; `inspect` reports on a data dir offline.
+//! `layout` names files and directories; `inspect` reports on a data dir offline; `io`
+//! is every call that changes a data dir, `powercut` records them for the power-cut
+//! simulator and `faults` holds the fail points tests set.
 
 pub mod error;
+pub mod faults;
 pub mod format;
 pub mod index;
 pub mod inspect;

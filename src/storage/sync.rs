@@ -89,6 +89,9 @@ impl SyncFaults {
                 return Err(io::Error::from_raw_os_error(libc::EIO));
             }
         }
+        if crate::storage::faults::fdatasync_fails(path) {
+            return Err(io::Error::from_raw_os_error(libc::EIO));
+        }
         FSYNCS.fetch_add(1, Ordering::Relaxed);
         crate::storage::io::sync_data(file, path)
     }

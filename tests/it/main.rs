@@ -10,6 +10,7 @@ mod crash;
 mod dataflow_run;
 mod exactly_once;
 mod exec;
+mod faults;
 mod fixture;
 mod ingest;
 mod jobs;

@@ -1,0 +1,66 @@
+//! Fail points: named places where a test may make the process fail as a disk or a crash
+//! would, to prove what the engine does then. They exist only in builds with the
+//! `failpoints` feature, which the test suite turns on (Cargo.toml's dev-dependency on
+//! flowd itself) and no other build does: in a release binary each call below is empty.
+//!
+//! A test sets them in the environment of the `flowd` it starts, in the `fail` crate's
+//! syntax (`FAILPOINTS="name=action;..."`, where an action is `return`, `return(ARG)`,
+//! `N*off->return`, ...; see the crate's docs):
+//!
+//! | point            | what `return` does                                              |
+//! |------------------|-----------------------------------------------------------------|
+//! | `fdatasync`      | the fdatasync of a segment file fails with EIO (`return(TEXT)`: only of a file whose path contains TEXT) |
+//! | `journal-txn-written` | SIGKILL once a transaction's journal entry is written, before it is durable |
+//! | `journal-txn-durable` | SIGKILL once the entry is durable, before any part is appended |
+//! | `journal-txn-part`    | SIGKILL once the first of several parts is appended (the others perhaps not yet) |
+//! | `journal-txn-parts`   | SIGKILL once every part is appended, before the `applied` entry |
+
+/// The names of the crash points of a consumer-journal transaction, in order.
+pub const JOURNAL_TXN_POINTS: [&str; 4] = [
+    "journal-txn-written",
+    "journal-txn-durable",
+    "journal-txn-part",
+    "journal-txn-parts",
+];
+
+/// Whether the fail point `fdatasync` says this fdatasync of `path` fails.
+pub fn fdatasync_fails(path: &std::path::Path) -> bool {
+    #[cfg(feature = "failpoints")]
+    {
+        if let Some(only) = fail::eval("fdatasync", |arg| arg) {
+            return only.is_none_or(|text| path.to_string_lossy().contains(&text));
+        }
+    }
+    let _ = path;
+    false
+}
+
+/// Kills this process with SIGKILL, as a crash would, if the fail point `name` is set.
+pub fn crash_point(name: &str) {
+    #[cfg(feature = "failpoints")]
+    {
+        if fail::eval(name, |_| ()).is_some() {
+            tracing::warn!("fail point {name}: killing the process");
+            // SAFETY: kill(2) of this very process; nothing after it runs.
+            unsafe { libc::kill(libc::getpid(), libc::SIGKILL) };
+        }
+    }
+    let _ = name;
+}
+
+/// Reads the fail points set in `FAILPOINTS`; the binary calls it once at start. A
+/// malformed value is an error that says so.
+pub fn setup() -> Result<(), String> {
+    #[cfg(feature = "failpoints")]
+    {
+        if let Ok(value) = std::env::var("FAILPOINTS") {
+            for point in value.split(';').filter(|p| !p.trim().is_empty()) {
+                let (name, actions) = point
+                    .split_once('=')
+                    .ok_or_else(|| format!("FAILPOINTS: \"{point}\" is not name=actions"))?;
+                fail::cfg(name.trim(), actions.trim()).map_err(|e| format!("FAILPOINTS: {point}: {e}"))?;
+            }
+        }
+    }
+    Ok(())
+}

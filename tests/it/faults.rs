@@ -1,0 +1,286 @@
+//! Faults injected into a real `flowd run` through its fail points (src/storage/faults.rs):
+//! a failed fdatasync stops the acks and the engine with an error that says what to do,
+//! in each durability mode, and a restart keeps every acked record; a crash at each step
+//! of a consumer's ack-and-commit (and of a dead letter) is applied once after a restart:
+//! past its journal write a transaction is decided.
+
+use std::collections::BTreeMap;
+use std::path::Path;
+use std::time::Duration;
+
+use flowd::client::{Client, ClientError};
+use flowd::consumer::{OnMax, Options};
+use flowd::protocol::{FetchFrom, OwnedWireRecord};
+use flowd::storage::faults::JOURNAL_TXN_POINTS;
+
+use crate::ingest::Server;
+use crate::support::{fast_tempdir, listening_dataflow};
+
+/// Records per produce request.
+const BATCH: u64 = 10;
+
+/// Every value of `topic`'s partition `partition`, in offset order.
+fn values(client: &mut Client, topic: &str, partition: u32) -> Vec<String> {
+    let mut all = Vec::new();
+    // Bounded: a partition of these tests holds far fewer than 10,000 batches.
+    for _ in 0..10_000 {
+        let fetched = client
+            .fetch(topic, partition, FetchFrom::Offset(all.len() as u64), 1000, 0)
+            .unwrap();
+        if fetched.records.is_empty() {
+            return all;
+        }
+        for (offset, record) in fetched.records {
+            assert_eq!(offset, all.len() as u64, "dense offsets in {topic}/{partition}");
+            all.push(String::from_utf8(record.value).unwrap());
+        }
+    }
+    panic!("{topic}/{partition} never ended");
+}
+
+/// Produces batches of `in` until a produce fails: the number of records acked and the
+/// error (panics if none failed within the bound).
+fn produce_until_refused(client: &mut Client) -> (u64, ClientError) {
+    let mut acked = 0;
+    for _ in 0..5_000 {
+        let records: Vec<OwnedWireRecord> = (acked..acked + BATCH)
+            .map(|n| OwnedWireRecord::value(format!("{n:0>600}")))
+            .collect();
+        match client.produce("in", &records) {
+            Ok(offsets) => {
+                let sent: Vec<(u32, u64)> = (acked..acked + BATCH).map(|o| (0, o)).collect();
+                assert_eq!(offsets, sent, "acked at the offsets sent");
+                acked += BATCH;
+            }
+            Err(error) => return (acked, error),
+        }
+    }
+    panic!("5000 batches acked: the fdatasync fault never fired");
+}
+
+/// Runs an engine whose fdatasyncs of `in` fail once `healthy` fdatasyncs (of any file)
+/// passed; produces until it is refused; then checks the engine stopped with an error
+/// that says what to do and that a restart holds every acked record. With `segment_bytes`
+/// small the segments roll (and are sealed) as it runs; with the default, the failed
+/// fdatasync is an ack's own.
+fn fdatasync_fails(durability: &str, healthy: u32, segment_bytes: &str) {
+    let dir = fast_tempdir();
+    let topics = format!("[[topic]]\nname = \"in\"\npartitions = 1\nsegment_bytes = \"{segment_bytes}\"\n");
+    let file = listening_dataflow(dir.path(), "fsync", durability, "", &topics);
+    let points = format!("fdatasync={healthy}*off->return(topics/in/0)");
+    let mut server = Server::start_env(&file, &[], &[("FAILPOINTS", points.as_str())]);
+    let mut client = Client::connect(&server.tcp).unwrap();
+    let (acked, error) = produce_until_refused(&mut client);
+    assert!(
+        acked > 0,
+        "{durability}: the fault fired before any ack; it must land mid-stream"
+    );
+    // The producer hears why (or, when the engine stopped first, loses its connection).
+    let said = error.to_string();
+    assert!(
+        said.contains("poisoned") || matches!(error, ClientError::Io { .. } | ClientError::Closed { .. }),
+        "{durability}: {said}"
+    );
+    // No ack after the failure, on this connection or a new one.
+    let after = vec![OwnedWireRecord::value("after")];
+    assert!(
+        client.produce("in", &after).is_err(),
+        "{durability}: acked after the failure"
+    );
+    if let Ok(mut fresh) = Client::connect(&server.tcp) {
+        assert!(
+            fresh.produce("in", &after).is_err(),
+            "{durability}: acked after the failure"
+        );
+    }
+    // The engine stops with an error that names the file and what to do.
+    let status = server
+        .exit_within(Duration::from_secs(30))
+        .unwrap_or_else(|| panic!("{durability}: the engine runs on after a failed fdatasync"));
+    assert!(!status.success(), "{durability}: a poisoned engine exits 0");
+    let log = server.log.text();
+    assert!(
+        log.contains("is poisoned: an fsync failed")
+            && log.contains("topics/in/0")
+            && log.contains("restart flowd"),
+        "{durability}: {log}"
+    );
+    // A restart (no fault now) keeps every acked record, in order, each once.
+    drop(server);
+    let server = Server::start(&file);
+    let mut client = Client::connect(&server.tcp).unwrap();
+    let kept = values(&mut client, "in", 0);
+    assert!(
+        kept.len() as u64 >= acked,
+        "{durability}: {acked} records acked, {} kept",
+        kept.len()
+    );
+    for (n, value) in kept.iter().enumerate() {
+        assert_eq!(value, &format!("{n:0>600}"), "{durability}: record {n}");
+    }
+    // And it takes writes again.
+    let next = kept.len() as u64;
+    assert_eq!(
+        client.produce("in", &after).unwrap(),
+        vec![(0, next)],
+        "{durability}"
+    );
+}
+
+#[test]
+fn a_failed_fdatasync_stops_acks_in_group_mode_and_a_restart_keeps_every_acked_record() {
+    fdatasync_fails("group", 30, "64MiB");
+}
+
+#[test]
+fn a_failed_fdatasync_stops_acks_in_every_mode_and_a_restart_keeps_every_acked_record() {
+    fdatasync_fails("every", 30, "64MiB");
+}
+
+/// In `none` mode only seals fdatasync (each is two): the fault fires at a roll.
+#[test]
+fn a_failed_seal_stops_acks_in_none_mode_and_a_restart_keeps_every_acked_record() {
+    fdatasync_fails("none", 12, "64KiB");
+}
+
+/// Claimed offsets of `in` partition 0 and their outputs: `out` gets each record's
+/// value on both of its partitions (a transaction of two parts), `dead` the records a
+/// reclaim past `max_reclaims` dead-letters.
+fn txn_dataflow(dir: &Path) -> std::path::PathBuf {
+    let topics = "[[topic]]\nname = \"in\"\npartitions = 1\n\n\
+                  [[topic]]\nname = \"out\"\npartitions = 2\n\n\
+                  [[topic]]\nname = \"dead\"\npartitions = 2\n";
+    listening_dataflow(dir, "txn", "group", "", topics)
+}
+
+/// What a transaction left, read after a restart: the committed offset of the group
+/// and the values in `topic` (both partitions), counted.
+fn outcome(client: &mut Client, group: &str, topic: &str) -> (u64, BTreeMap<String, usize>) {
+    let cursors = client
+        .consumers(flowd::protocol::consumer::AdminAction::List, "in", group)
+        .unwrap();
+    let committed = cursors
+        .iter()
+        .find(|c| c.partition == 0)
+        .map_or(0, |c| c.committed);
+    let mut seen = BTreeMap::new();
+    for p in 0..2 {
+        for value in values(client, topic, p) {
+            *seen.entry(value).or_default() += 1;
+        }
+    }
+    (committed, seen)
+}
+
+/// The records an ack-and-commit of `in` 0..10 produces: each value twice, keyed to
+/// both partitions of `out` (two parts).
+fn outputs() -> Vec<OwnedWireRecord> {
+    let mut records = Vec::new();
+    for n in 0..10 {
+        for key in ["k0", "k1"] {
+            let mut record = OwnedWireRecord::value(format!("v{n}-{key}"));
+            record.key = Some(key.as_bytes().to_vec());
+            records.push(record);
+        }
+    }
+    records
+}
+
+#[test]
+fn an_ack_and_commit_killed_at_each_step_of_its_transaction_is_applied_once_after_a_restart() {
+    // The two keys go to different partitions of `out`, or the test would not have two parts.
+    assert_ne!(
+        flowd::runtime::placement::partition_of_bytes(b"k0", 2),
+        flowd::runtime::placement::partition_of_bytes(b"k1", 2)
+    );
+    for point in JOURNAL_TXN_POINTS {
+        let dir = fast_tempdir();
+        let file = txn_dataflow(dir.path());
+        let mut server = Server::start_env(&file, &[], &[("FAILPOINTS", &format!("{point}=return"))]);
+        let mut client = Client::connect(&server.tcp).unwrap();
+        let records: Vec<OwnedWireRecord> =
+            (0..10).map(|n| OwnedWireRecord::value(format!("r{n}"))).collect();
+        client.produce("in", &records).unwrap();
+        let claimed = client
+            .claim("in", "g", Some(0), 10, Some(Options::default()))
+            .unwrap();
+        assert_eq!(claimed.partition, Some(0), "{point}");
+        let answer = client.ack_commit("in", "g", 0, "out", &outputs());
+        assert!(
+            answer.is_err(),
+            "{point}: the ack-and-commit was answered: {answer:?}"
+        );
+        // The crash landed: the engine died of SIGKILL at the point, not of anything else.
+        let status = server
+            .exit_within(Duration::from_secs(30))
+            .unwrap_or_else(|| panic!("{point}: the fail point never killed the engine"));
+        assert_eq!(
+            std::os::unix::process::ExitStatusExt::signal(&status),
+            Some(libc::SIGKILL),
+            "{point}"
+        );
+        assert!(
+            server.log.text().contains(&format!("fail point {point}")),
+            "{point}"
+        );
+        drop(server);
+
+        let server = Server::start(&file);
+        let mut client = Client::connect(&server.tcp).unwrap();
+        let (committed, seen) = outcome(&mut client, "g", "out");
+        // Past the journal write the transaction is decided: the restart applies it.
+        // The journal entry reached the page cache before the kill, so it always is.
+        let want: BTreeMap<String, usize> = outputs()
+            .iter()
+            .map(|r| (String::from_utf8(r.value.clone()).unwrap(), 1))
+            .collect();
+        assert_eq!(committed, 10, "{point}: the ack is lost");
+        assert_eq!(seen, want, "{point}: outputs not exactly once");
+        drop(server);
+    }
+}
+
+#[test]
+fn a_dead_letter_killed_at_each_step_of_its_transaction_is_applied_once_after_a_restart() {
+    for point in JOURNAL_TXN_POINTS {
+        let dir = fast_tempdir();
+        let file = txn_dataflow(dir.path());
+        let mut server = Server::start_env(&file, &[], &[("FAILPOINTS", &format!("{point}=return"))]);
+        let mut client = Client::connect(&server.tcp).unwrap();
+        // Keyed records: their dead letters go to both partitions of `dead` (two parts).
+        let records: Vec<OwnedWireRecord> = (0..10)
+            .map(|n| {
+                let mut record = OwnedWireRecord::value(format!("r{n}"));
+                record.key = Some(format!("k{}", n % 2).into_bytes());
+                record
+            })
+            .collect();
+        client.produce("in", &records).unwrap();
+        let options = Options {
+            max_reclaims: Some(0),
+            on_max: OnMax::DeadLetter("dead".into()),
+            ..Options::default()
+        };
+        let claimed = client.claim("in", "g", Some(0), 10, Some(options)).unwrap();
+        assert_eq!(claimed.partition, Some(0), "{point}");
+        let answer = client.reclaim("in", "g", 0);
+        assert!(answer.is_err(), "{point}: the reclaim was answered: {answer:?}");
+        let status = server
+            .exit_within(Duration::from_secs(30))
+            .unwrap_or_else(|| panic!("{point}: the fail point never killed the engine"));
+        assert_eq!(
+            std::os::unix::process::ExitStatusExt::signal(&status),
+            Some(libc::SIGKILL),
+            "{point}"
+        );
+        drop(server);
+
+        let server = Server::start(&file);
+        let mut client = Client::connect(&server.tcp).unwrap();
+        let (committed, seen) = outcome(&mut client, "g", "dead");
+        let want: BTreeMap<String, usize> = (0..10).map(|n| (format!("r{n}"), 1)).collect();
+        assert_eq!(committed, 10, "{point}: the dead-lettered records are not acked");
+        assert_eq!(seen, want, "{point}: dead letters not exactly once");
+        drop(server);
+    }
+}
