@@ -82,6 +82,10 @@ pub trait Operator {
 
     /// Called once before any record, with the checkpoint the stage stored last.
     fn restore(&mut self, _checkpoint: &Checkpoint) {}
+
+    /// Called once before any record: the inputs below `offset` were handled before a
+    /// restart, and come again only to rebuild the operator's state.
+    fn replaying_until(&mut self, _offset: u64) {}
 }
 
 /// Builds the operator a stage runs. The spec was validated, so jq compiles.

@@ -1,7 +1,9 @@
 //! `count`, `sum`, `min`, `max` per key over tumbling windows, or over the whole input.
 //!
 //! Record time: a window closes when the watermark (the newest timestamp seen minus
-//! `lateness`) reaches its end; a record for a closed window is late and dropped.
+//! `lateness`) reaches its end; a record for a closed window is late: an error naming
+//! the window, so the stage's `on_error` handles it (skipped and counted by default, or
+//! dead-lettered) and it never vanishes unseen.
 //! Processing time: a window closes when the clock passes its end. Without a window
 //! length there is one window, emitted when the input ends. Each closed window emits one
 //! record per key, in key order: the key, the aggregate as decimal text, and the
@@ -29,7 +31,8 @@ pub struct Window {
     panes: BTreeMap<i64, Pane>,
     /// Record time: windows ending at or before this are closed.
     watermark_ms: i64,
-    late_dropped: u64,
+    /// Inputs below this were handled before a restart (see `replaying_until`).
+    replay_end: u64,
 }
 
 struct Pane {
@@ -45,13 +48,8 @@ impl Window {
             options,
             panes: BTreeMap::new(),
             watermark_ms: i64::MIN,
-            late_dropped: 0,
+            replay_end: 0,
         }
-    }
-
-    /// Records dropped because their window had closed.
-    pub fn late_dropped(&self) -> u64 {
-        self.late_dropped
     }
 
     fn start_of(&self, t: i64) -> i64 {
@@ -122,8 +120,19 @@ impl Operator for Window {
         };
         let start = self.start_of(t);
         if self.options.time == TimeKind::Record && self.end_of(start) <= self.watermark_ms {
-            self.late_dropped += 1;
-            return Ok(());
+            if input.offset < self.replay_end {
+                // Handled before the restart: counted in a window emitted then (or
+                // reported late then). Replayed only for the windows still open.
+                return Ok(());
+            }
+            return Err(OpError(format!(
+                "late: its time {t} ms falls in the window [{start}, {}) ms, which closed when \
+                 the watermark reached {} ms (newest time seen minus lateness {} ms); raise \
+                 lateness to count such records",
+                self.end_of(start),
+                self.watermark_ms,
+                self.options.lateness_ms
+            )));
         }
         let amount = self.amount(input.value)?;
         let aggregate = self.options.aggregate;
@@ -170,6 +179,10 @@ impl Operator for Window {
     fn restore(&mut self, checkpoint: &Checkpoint) {
         self.watermark_ms = checkpoint.watermark_ms;
     }
+
+    fn replaying_until(&mut self, offset: u64) {
+        self.replay_end = offset;
+    }
 }
 
 fn combine(aggregate: Aggregate, acc: f64, amount: f64) -> f64 {
@@ -210,7 +223,13 @@ mod tests {
 
     /// Feeds (timestamp, key, value) records; returns the emitted `key=value@ts` lines.
     fn feed(window: &mut Window, records: &[(i64, &str, &str)], end: bool) -> Vec<String> {
+        feed_all(window, records, end).0
+    }
+
+    /// What `records` emit, and the errors of those refused (as `offset: error`).
+    fn feed_all(window: &mut Window, records: &[(i64, &str, &str)], end: bool) -> (Vec<String>, Vec<String>) {
         let mut out = Vec::new();
+        let mut refused = Vec::new();
         for (offset, (ts, key, value)) in records.iter().enumerate() {
             let input = Input {
                 offset: offset as u64,
@@ -219,17 +238,21 @@ mod tests {
                 key: Some(key.as_bytes()),
                 value: value.as_bytes(),
             };
-            window.on_record(&input, &mut out).unwrap();
+            if let Err(error) = window.on_record(&input, &mut out) {
+                refused.push(format!("{offset}: {error}"));
+            }
         }
         if end {
             window.on_end(&mut out);
         }
-        out.iter()
+        let emitted = out
+            .iter()
             .map(|o| {
                 let key = String::from_utf8_lossy(o.key.as_deref().unwrap_or(b"-"));
                 format!("{key}={}@{}", String::from_utf8_lossy(&o.value), o.timestamp_ms)
             })
-            .collect()
+            .collect();
+        (emitted, refused)
     }
 
     #[test]
@@ -254,7 +277,8 @@ mod tests {
     #[test]
     fn tumbling_record_time() {
         let mut w = Window::new(options(Aggregate::Count, None, Some(10), TimeKind::Record));
-        // [0,10): a a b; the record at 12 closes it; 5 is then late; [10,20) closes at end.
+        // [0,10): a a b; the record at 12 closes it; 5 is then late (refused, saying why);
+        // [10,20) closes at end.
         let records = [
             (1, "a", ""),
             (9, "b", ""),
@@ -263,8 +287,14 @@ mod tests {
             (5, "a", ""),
             (19, "a", ""),
         ];
-        assert_eq!(feed(&mut w, &records, false), ["a=2@0", "b=1@0"]);
-        assert_eq!(w.late_dropped(), 1);
+        let (emitted, refused) = feed_all(&mut w, &records, false);
+        assert_eq!(emitted, ["a=2@0", "b=1@0"]);
+        assert_eq!(refused.len(), 1, "{refused:?}");
+        assert!(
+            refused[0].starts_with("4: late: its time 5 ms falls in the window [0, 10) ms")
+                && refused[0].contains("watermark reached 12 ms"),
+            "{refused:?}"
+        );
         assert_eq!(
             w.checkpoint(),
             Checkpoint {
@@ -295,8 +325,13 @@ mod tests {
             state_start: Some(0),
             watermark_ms: 10,
         });
-        // The window [0,10) was emitted before the restart: its records are not counted again.
-        assert_eq!(feed(&mut w, &[(5, "a", ""), (15, "a", "")], true), ["a=1@10"]);
+        w.replaying_until(1);
+        // The window [0,10) was emitted before the restart: its records are not counted
+        // again, and one handled before (offset 0) is no error; one new (offset 2) is late.
+        let (emitted, refused) = feed_all(&mut w, &[(5, "a", ""), (15, "a", ""), (6, "a", "")], true);
+        assert_eq!(emitted, ["a=1@10"]);
+        assert_eq!(refused.len(), 1, "{refused:?}");
+        assert!(refused[0].starts_with("2: late"), "{refused:?}");
     }
 
     #[test]

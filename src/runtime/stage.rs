@@ -71,6 +71,7 @@ pub async fn run(shard: Rc<Shard>, mut task: StageTask) -> Result<()> {
         state_start: None,
         watermark_ms: task.progress.watermark_ms,
     });
+    op.replaying_until(task.progress.next);
     let output = open_output(&shard, &task)?;
     let mut emitter = output.emitter;
     let mut failures = Failures::open(&shard, task.stage, &output.producer, topic_name, task.partition)?;

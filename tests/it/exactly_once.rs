@@ -1,9 +1,18 @@
-//! Exactly-once stages under SIGKILL: a stage copies numbered records from topic `a` to
-//! topic `b` while the engine is killed, each time once the stage is seen with part of
-//! the round's input read and more to read (the test fails if a kill never lands so),
-//! and restarted; at the end `b` holds each number of `a` exactly once, and `a` every
-//! number acked. With `guarantee = "at_least_once"` nothing is lost (and the duplicates
-//! the replays make show the kills landed mid-copy). More rounds: `FLOWD_EO_CRASH_ROUNDS`.
+//! Stages under SIGKILL: numbered records go into topic `a` while the engine is killed,
+//! each time once the watched stage is seen with part of the round's input read and more
+//! to read (the test fails if a kill never lands so), and restarted. Once the restarted
+//! engine caught up, each flow's output is compared with what its input makes, exactly:
+//! - a copy (`map`), exactly once: each number once; `at_least_once`: none lost;
+//! - `key_by`: each number once, with its key, in its key's partition;
+//! - `dedupe` behind a `map` that makes every value twice: each value once;
+//! - a record-time `count` window behind a `key_by`: each (key, window) once, its count
+//!   exact;
+//! - a busy `state` stage behind a `key_by`: each key's changelog is 1, 2, ..., n, each
+//!   once, and its state n;
+//! - `scatter_gather` (at least once): each number's merged answer at least once, and
+//!   nothing else.
+//!
+//! And every acked number is in `a`. More rounds: `FLOWD_EO_CRASH_ROUNDS`.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -17,7 +26,26 @@ use flowd::protocol::{FetchFrom, OwnedWireRecord};
 use crate::ingest::Server;
 use crate::support::fast_tempdir;
 
-fn dataflow(dir: &Path, guarantee: &str) -> PathBuf {
+/// Record time of number n: `BASE_MS + n` (one number a millisecond).
+const BASE_MS: i64 = 1_700_000_000_000;
+/// Numbers from here on close windows; they are not part of any expectation.
+const CLOSE: u64 = 1_000_000_000;
+
+/// A dataflow under test: topic `a` (2 partitions) is its input.
+struct Flow {
+    /// Topics and stages, after `a`.
+    body: String,
+    /// The stage whose progress decides the kills, and the topic it reads.
+    watch: (&'static str, &'static str),
+    /// The output topic and its partitions.
+    out: (&'static str, u32),
+    /// Kill rounds unless `FLOWD_EO_CRASH_ROUNDS` says otherwise.
+    rounds: u64,
+    /// Numbers produced per round.
+    per_round: u64,
+}
+
+fn dataflow(dir: &Path, flow: &Flow) -> PathBuf {
     let text = format!(
         r#"
 [engine]
@@ -33,31 +61,31 @@ http = "127.0.0.1:0"
 [[topic]]
 name = "a"
 partitions = 2
-
-[[topic]]
-name = "b"
-partitions = 3
-
-[[stage]]
-name = "copy"
-from = "a"
-op = {{ map = "." }}
-to = "b"
-guarantee = "{guarantee}"
-"#,
-        data = dir.join("data").display()
+{body}"#,
+        data = dir.join("data").display(),
+        body = flow.body
     );
-    let path = dir.join("copy.toml");
+    let path = dir.join("flow.toml");
     std::fs::write(&path, text).unwrap();
     path
 }
 
-/// How many times each number is in `topic` (every partition).
-fn counts(client: &mut Client, topic: &str, partitions: u32) -> BTreeMap<u64, u32> {
-    let mut seen = BTreeMap::new();
+/// A record of the output: partition, key, value, timestamp.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
+struct Out {
+    partition: u32,
+    key: Option<String>,
+    value: String,
+    timestamp_ms: i64,
+}
+
+/// Every record of `topic`.
+fn read(client: &mut Client, topic: &str, partitions: u32) -> Vec<Out> {
+    let mut all = Vec::new();
     for p in 0..partitions {
         let mut next = 0;
-        loop {
+        // Bounded: these topics hold far fewer than 10,000 fetches of records.
+        for _ in 0..10_000 {
             let fetched = client
                 .fetch(topic, p, FetchFrom::Offset(next), 10_000, 0)
                 .unwrap();
@@ -65,13 +93,33 @@ fn counts(client: &mut Client, topic: &str, partitions: u32) -> BTreeMap<u64, u3
                 break;
             };
             next = last + 1;
-            for (_, record) in &fetched.records {
-                let n: u64 = String::from_utf8_lossy(&record.value).parse().expect("a number");
-                *seen.entry(n).or_default() += 1;
+            for (_, record) in fetched.records {
+                all.push(Out {
+                    partition: p,
+                    key: record.key.map(|k| String::from_utf8(k).unwrap()),
+                    value: String::from_utf8(record.value).unwrap(),
+                    timestamp_ms: record.timestamp_ms.unwrap(),
+                });
             }
         }
     }
+    all
+}
+
+/// How many times each number is in `a`.
+fn input_counts(client: &mut Client) -> BTreeMap<u64, u32> {
+    let mut seen = BTreeMap::new();
+    for record in read(client, "a", 2) {
+        let n: u64 = record.value.parse().expect("a number");
+        *seen.entry(n).or_default() += 1;
+    }
     seen
+}
+
+fn number(n: u64) -> OwnedWireRecord {
+    let mut record = OwnedWireRecord::value(n.to_string());
+    record.timestamp_ms = Some(BASE_MS + n as i64);
+    record
 }
 
 /// Produces the numbers from `first` on into `a`, 100 per request, until `stop` or
@@ -86,10 +134,7 @@ fn produce(addr: String, first: u64, limit: u64, stop: Arc<AtomicBool>) -> std::
                 break;
             }
             let numbers: Vec<u64> = (chunk..chunk + 100).collect();
-            let records: Vec<OwnedWireRecord> = numbers
-                .iter()
-                .map(|n| OwnedWireRecord::value(n.to_string()))
-                .collect();
+            let records: Vec<OwnedWireRecord> = numbers.iter().map(|&n| number(n)).collect();
             match client.produce("a", &records) {
                 Ok(_) => acked.extend(numbers),
                 Err(_) => break,
@@ -99,25 +144,25 @@ fn produce(addr: String, first: u64, limit: u64, stop: Arc<AtomicBool>) -> std::
     })
 }
 
-/// Where the stage `copy` stands in `a`: the sum of its positions, and of its lags
-/// (records of `a` it has not read yet).
-fn stage_progress(client: &mut Client) -> (u64, u64) {
+/// Where `stage` stands in `topic`: the sum of its positions, and of its lags (records
+/// it has not read yet).
+fn stage_progress(client: &mut Client, topic: &str, stage: &str) -> (u64, u64) {
     let status = client.status().unwrap();
-    let a = status["topics"]
+    let t = status["topics"]
         .as_array()
         .unwrap()
         .iter()
-        .find(|t| t["name"] == "a")
+        .find(|t| t["name"] == topic)
         .unwrap();
     let mut position = 0;
     let mut lag = 0;
-    for partition in a["partitions"].as_array().unwrap() {
+    for partition in t["partitions"].as_array().unwrap() {
         // Before the stage task runs, it has no reader yet.
         let Some(reader) = partition["consumers"]
             .as_array()
             .unwrap()
             .iter()
-            .find(|c| c["name"] == "copy")
+            .find(|c| c["name"] == stage)
         else {
             return (0, 0);
         };
@@ -127,42 +172,74 @@ fn stage_progress(client: &mut Client) -> (u64, u64) {
     (position, lag)
 }
 
-/// Each round produces numbers while watching the stage, and SIGKILLs the engine once the
-/// stage is seen in the middle of the round's work: it read some of the round's input
-/// and has more to read. Returns the numbers acked, and how often each number is in
-/// `a` and in `b` once the restarted stage caught up.
-fn copy_under_kills(guarantee: &str) -> (Vec<u64>, BTreeMap<u64, u32>, BTreeMap<u64, u32>) {
+/// What a run under kills left: the numbers acked, how often each number is in `a`,
+/// and the output once the restarted engine caught up.
+struct Run {
+    acked: Vec<u64>,
+    input: BTreeMap<u64, u32>,
+    output: Vec<Out>,
+    /// The last engine, still running (for reads of state).
+    server: Server,
+}
+
+impl Run {
+    /// Numbers acked but not in `a`: must be none, whatever the flow.
+    fn assert_no_acked_input_lost(&self) {
+        let lost: Vec<_> = self
+            .acked
+            .iter()
+            .filter(|n| !self.input.contains_key(n))
+            .take(5)
+            .collect();
+        assert!(lost.is_empty(), "acked inputs lost: {lost:?}");
+        assert!(self.input.values().all(|c| *c == 1), "an input twice in `a`");
+    }
+
+    /// The input numbers below `CLOSE`.
+    fn numbers(&self) -> impl Iterator<Item = u64> + '_ {
+        self.input.keys().copied().filter(|&n| n < CLOSE)
+    }
+}
+
+/// Each round produces numbers while watching the flow's stage, and SIGKILLs the engine
+/// once the stage is seen in the middle of the round's work: it read a quarter of the
+/// round's numbers (or their outputs upstream; so it committed progress and state
+/// several times) and has more to read. Then a last engine runs `finish` and is waited
+/// for until `caught_up(input, output)` (bounded).
+fn run_under_kills(
+    flow: &Flow,
+    finish: impl Fn(&mut Client),
+    caught_up: impl Fn(&BTreeMap<u64, u32>, &[Out]) -> bool,
+) -> Run {
     let rounds: u64 = std::env::var("FLOWD_EO_CRASH_ROUNDS")
         .ok()
         .and_then(|v| v.parse().ok())
-        .unwrap_or(6);
-    let per_round = 30_000;
+        .unwrap_or(flow.rounds);
+    let (topic, stage) = flow.watch;
     let dir = fast_tempdir();
-    let file = dataflow(dir.path(), guarantee);
+    let file = dataflow(dir.path(), flow);
     let mut acked = Vec::new();
     let mut next = 0;
     for round in 0..rounds {
         let mut server = Server::start(&file);
         let mut observer = Client::connect(&server.tcp).unwrap();
         // Where the stage stands once it runs (bounded).
-        let started = Instant::now();
-        let before = loop {
-            let (position, lag) = stage_progress(&mut observer);
-            if position > 0 || lag > 0 || started.elapsed() > Duration::from_secs(10) || round == 0 {
-                break position;
-            }
-            std::thread::sleep(Duration::from_millis(5));
-        };
+        let before = crate::support::poll(Duration::from_secs(10), Duration::from_millis(5), || {
+            let (position, lag) = stage_progress(&mut observer, topic, stage);
+            (position > 0 || lag > 0 || round == 0).then_some(position)
+        })
+        .unwrap_or(0);
         let stop = Arc::new(AtomicBool::new(false));
-        let producer = produce(server.tcp.clone(), next, per_round, Arc::clone(&stop));
+        let producer = produce(server.tcp.clone(), next, flow.per_round, Arc::clone(&stop));
         let deadline = Instant::now() + Duration::from_secs(30);
         let landed = loop {
-            let (position, lag) = stage_progress(&mut observer);
-            if position > before && lag > 0 {
+            let (position, lag) = stage_progress(&mut observer, topic, stage);
+            if position > before + flow.per_round / 4 && lag > 0 {
                 server.kill9();
                 break true;
             }
-            if producer.is_finished() || Instant::now() > deadline {
+            // Once the producer is done, the stage may still be behind: go on while it is.
+            if (producer.is_finished() && lag == 0) || Instant::now() > deadline {
                 break false;
             }
         };
@@ -171,45 +248,413 @@ fn copy_under_kills(guarantee: &str) -> (Vec<u64>, BTreeMap<u64, u32>, BTreeMap<
         server.kill9();
         assert!(
             landed,
-            "round {round}: the kill never landed while the stage had work"
+            "round {round}: the kill never landed while stage \"{stage}\" had work; the engine said:\n{}",
+            server.log.text()
         );
-        next += per_round;
+        next += flow.per_round;
         acked.extend(round_acked);
     }
     let server = Server::start(&file);
     let mut client = Client::connect(&server.tcp).unwrap();
-    let input = counts(&mut client, "a", 2);
-    let total: u32 = input.values().sum();
-    let deadline = Instant::now() + Duration::from_secs(60);
-    loop {
-        let copied = client.length("b", None).unwrap();
-        if copied >= u64::from(total) || Instant::now() > deadline {
-            return (acked, input, counts(&mut client, "b", 3));
-        }
-        std::thread::sleep(Duration::from_millis(50));
+    finish(&mut client);
+    let input = input_counts(&mut client);
+    let (out, partitions) = flow.out;
+    // Until the output has caught up (bounded); the caller compares what is there.
+    let mut output = Vec::new();
+    let _ = crate::support::poll(Duration::from_secs(60), Duration::from_millis(100), || {
+        output = read(&mut client, out, partitions);
+        caught_up(&input, &output).then_some(())
+    });
+    Run {
+        acked,
+        input,
+        output,
+        server,
     }
+}
+
+fn copy_flow(guarantee: &str) -> Flow {
+    Flow {
+        body: format!(
+            r#"
+[[topic]]
+name = "b"
+partitions = 3
+
+[[stage]]
+name = "copy"
+from = "a"
+op = {{ map = "." }}
+to = "b"
+guarantee = "{guarantee}"
+"#
+        ),
+        watch: ("a", "copy"),
+        out: ("b", 3),
+        rounds: 6,
+        per_round: 30_000,
+    }
+}
+
+/// Whether every number of `input` has its output value (`of(n)`) in `output`: an
+/// at-least-once flow has caught up (its duplicates make a count say so too early).
+fn covers(input: &BTreeMap<u64, u32>, output: &[Out], of: impl Fn(u64) -> String) -> bool {
+    let values: std::collections::HashSet<&str> = output.iter().map(|o| o.value.as_str()).collect();
+    input.keys().all(|&n| values.contains(of(n).as_str()))
+}
+
+/// How often each value is in the output.
+fn value_counts(output: &[Out]) -> BTreeMap<String, u32> {
+    let mut seen = BTreeMap::new();
+    for record in output {
+        *seen.entry(record.value.clone()).or_default() += 1;
+    }
+    seen
 }
 
 #[test]
 fn exactly_once_stage_survives_sigkill() {
-    let (acked, input, output) = copy_under_kills("exactly_once");
-    let lost: Vec<_> = acked.iter().filter(|n| !input.contains_key(n)).take(5).collect();
-    assert!(lost.is_empty(), "acked inputs lost: {lost:?}");
-    assert!(input.values().all(|c| *c == 1), "an input twice in `a`");
+    let run = run_under_kills(
+        &copy_flow("exactly_once"),
+        |_| {},
+        |input, output| output.len() >= input.len(),
+    );
+    run.assert_no_acked_input_lost();
+    let output = value_counts(&run.output);
     let twice: Vec<_> = output.iter().filter(|(_, c)| **c > 1).take(5).collect();
     assert!(twice.is_empty(), "numbers copied more than once: {twice:?}");
-    let missing: Vec<_> = input.keys().filter(|n| !output.contains_key(n)).take(5).collect();
+    let want: BTreeMap<String, u32> = run.numbers().map(|n| (n.to_string(), 1)).collect();
+    let missing: Vec<_> = want.keys().filter(|n| !output.contains_key(*n)).take(5).collect();
     assert!(missing.is_empty(), "inputs never copied: {missing:?}");
-    assert_eq!(output, input, "each input copied exactly once, and nothing else");
+    assert_eq!(output, want, "each input copied exactly once, and nothing else");
 }
 
 #[test]
 fn at_least_once_stage_loses_nothing_under_sigkill() {
-    let (acked, input, output) = copy_under_kills("at_least_once");
-    let lost: Vec<_> = acked.iter().filter(|n| !input.contains_key(n)).take(5).collect();
-    assert!(lost.is_empty(), "acked inputs lost: {lost:?}");
-    let missing: Vec<_> = input.keys().filter(|n| !output.contains_key(n)).take(5).collect();
+    let run = run_under_kills(
+        &copy_flow("at_least_once"),
+        |_| {},
+        |input, output| covers(input, output, |n| n.to_string()),
+    );
+    run.assert_no_acked_input_lost();
+    let output = value_counts(&run.output);
+    let missing: Vec<_> = run
+        .numbers()
+        .filter(|n| !output.contains_key(&n.to_string()))
+        .take(5)
+        .collect();
     assert!(missing.is_empty(), "inputs never copied: {missing:?}");
-    let duplicates: u32 = output.values().map(|c| c - 1).sum();
-    eprintln!("at-least-once: {duplicates} duplicates of {}", input.len());
+    let stray: Vec<_> = output
+        .keys()
+        .filter(|v| !v.parse().is_ok_and(|n| run.input.contains_key(&n)))
+        .collect();
+    assert!(stray.is_empty(), "outputs of no input: {stray:?}");
+}
+
+#[test]
+fn key_by_is_exactly_once_under_sigkill_and_routes_each_key_to_its_partition() {
+    let flow = Flow {
+        body: r#"
+[[topic]]
+name = "b"
+partitions = 3
+
+[[stage]]
+name = "keyed"
+from = "a"
+op = { key_by = ". % 10 | tostring" }
+to = "b"
+route = { shard_by = "key" }
+"#
+        .into(),
+        watch: ("a", "keyed"),
+        out: ("b", 3),
+        rounds: 3,
+        per_round: 30_000,
+    };
+    let run = run_under_kills(&flow, |_| {}, |input, output| output.len() >= input.len());
+    run.assert_no_acked_input_lost();
+    let mut want: Vec<Out> = run
+        .numbers()
+        .map(|n| {
+            let key = (n % 10).to_string();
+            Out {
+                partition: flowd::runtime::placement::partition_of_bytes(key.as_bytes(), 3),
+                key: Some(key),
+                value: n.to_string(),
+                timestamp_ms: BASE_MS + n as i64,
+            }
+        })
+        .collect();
+    let mut got = run.output.clone();
+    want.sort();
+    got.sort();
+    assert_eq!(got.len(), want.len(), "records out for records in");
+    assert!(
+        got == want,
+        "not each number once with its key in its key's partition"
+    );
+}
+
+#[test]
+fn dedupe_is_exactly_once_under_sigkill() {
+    // `fold` makes each value again every 3000 numbers, several times a round, routed by
+    // value so that equal values meet; `dedupe` must pass each once, across every kill
+    // (its memory of what it passed must survive them).
+    let flow = Flow {
+        body: r#"
+[[topic]]
+name = "h"
+partitions = 2
+
+[[topic]]
+name = "b"
+partitions = 2
+
+[[stage]]
+name = "fold"
+from = "a"
+op = { map = ". % 3000" }
+to = "h"
+route = { shard_by = "value" }
+
+[[stage]]
+name = "dedupe"
+from = "h"
+op = { dedupe = { by = "value", capacity = 100000 } }
+to = "b"
+"#
+        .into(),
+        watch: ("h", "dedupe"),
+        out: ("b", 2),
+        rounds: 3,
+        per_round: 30_000,
+    };
+    let folds = |input: &BTreeMap<u64, u32>| -> BTreeMap<String, u32> {
+        input.keys().map(|n| ((n % 3000).to_string(), 1)).collect()
+    };
+    let run = run_under_kills(&flow, |_| {}, |input, output| output.len() >= folds(input).len());
+    run.assert_no_acked_input_lost();
+    let output = value_counts(&run.output);
+    let twice: Vec<_> = output.iter().filter(|(_, c)| **c > 1).take(5).collect();
+    assert!(
+        twice.is_empty(),
+        "values passed the dedupe more than once: {twice:?}"
+    );
+    assert_eq!(output, folds(&run.input), "each value exactly once");
+}
+
+#[test]
+fn a_record_time_window_is_exactly_once_under_sigkill() {
+    // Five keys, windows of one second of record time (1000 numbers): each (key, window)
+    // counts 200, or less at the edges of what was acked.
+    let flow = Flow {
+        body: r#"
+[[topic]]
+name = "k"
+partitions = 2
+
+[[topic]]
+name = "b"
+partitions = 2
+
+[[stage]]
+name = "keyed"
+from = "a"
+op = { key_by = ". % 5 | tostring" }
+to = "k"
+route = { shard_by = "key" }
+
+[[stage]]
+name = "count"
+from = "k"
+op = { count = { window = "1s", time = "record", lateness = "30s" } }
+to = "b"
+route = { shard_by = "key" }
+"#
+        .into(),
+        watch: ("k", "count"),
+        out: ("b", 2),
+        rounds: 3,
+        per_round: 30_000,
+    };
+    let windows = |input: &BTreeMap<u64, u32>| -> BTreeMap<(String, i64), u64> {
+        let mut counts = BTreeMap::new();
+        for &n in input.keys().filter(|&&n| n < CLOSE) {
+            let t = BASE_MS + n as i64;
+            *counts
+                .entry(((n % 5).to_string(), t - t.rem_euclid(1000)))
+                .or_default() += 1;
+        }
+        counts
+    };
+    // Numbers far in the future, one per key, close every window before them.
+    let close = |client: &mut Client| {
+        let records: Vec<OwnedWireRecord> = (CLOSE..CLOSE + 5)
+            .map(|n| {
+                let mut record = number(n);
+                record.timestamp_ms = Some(BASE_MS + 1_000_000_000);
+                record
+            })
+            .collect();
+        client.produce("a", &records).unwrap();
+    };
+    let run = run_under_kills(&flow, close, |input, output| output.len() >= windows(input).len());
+    run.assert_no_acked_input_lost();
+    let mut got: BTreeMap<(String, i64), u64> = BTreeMap::new();
+    for record in &run.output {
+        let key = (record.key.clone().expect("a keyed count"), record.timestamp_ms);
+        let count = record.value.parse().expect("a count");
+        assert!(
+            got.insert(key.clone(), count).is_none(),
+            "window {key:?} emitted twice"
+        );
+    }
+    let want = windows(&run.input);
+    let wrong: Vec<_> = want
+        .iter()
+        .filter(|(w, n)| got.get(*w) != Some(*n))
+        .map(|(w, n)| (w, n, got.get(w)))
+        .take(5)
+        .collect();
+    assert!(wrong.is_empty(), "(key, window): count wanted, got: {wrong:?}");
+    assert_eq!(got.len(), want.len(), "windows of no input");
+    let log = run.server.log.text();
+    assert!(!log.contains("late:"), "records came late: {log}");
+}
+
+#[test]
+fn a_busy_state_stage_changes_each_key_once_per_record_under_sigkill() {
+    let flow = Flow {
+        body: r#"
+[[topic]]
+name = "k"
+partitions = 2
+
+[[topic]]
+name = "b"
+partitions = 2
+
+[[stage]]
+name = "keyed"
+from = "a"
+op = { key_by = ". % 20 | tostring" }
+to = "k"
+route = { shard_by = "key" }
+
+[[stage]]
+name = "counter"
+from = "k"
+op = { state = { update = "(.state // 0) + 1" } }
+to = "b"
+"#
+        .into(),
+        watch: ("k", "counter"),
+        out: ("b", 2),
+        rounds: 3,
+        per_round: 30_000,
+    };
+    let run = run_under_kills(&flow, |_| {}, |input, output| output.len() >= input.len());
+    run.assert_no_acked_input_lost();
+    let mut per_key: BTreeMap<String, u64> = BTreeMap::new();
+    for n in run.numbers() {
+        *per_key.entry((n % 20).to_string()).or_default() += 1;
+    }
+    let mut changelog: BTreeMap<String, Vec<u64>> = BTreeMap::new();
+    for record in &run.output {
+        let key = record.key.clone().expect("a keyed change");
+        changelog
+            .entry(key)
+            .or_default()
+            .push(record.value.parse().expect("a count"));
+    }
+    let mut client = Client::connect(&run.server.tcp).unwrap();
+    for (key, n) in &per_key {
+        let changes = changelog.remove(key).unwrap_or_default();
+        let want: Vec<u64> = (1..=*n).collect();
+        if let Some(at) = (0..changes.len().max(want.len())).find(|&i| changes.get(i) != want.get(i)) {
+            panic!(
+                "key {key}: {} changes where 1..={n} in order; change {at} is {:?}, then {:?}",
+                changes.len(),
+                changes.get(at),
+                &changes[(at + 1).min(changes.len())..(at + 4).min(changes.len())]
+            );
+        }
+        let state = client.state("counter", key.as_bytes()).unwrap();
+        assert_eq!(
+            String::from_utf8(state).unwrap(),
+            n.to_string(),
+            "the state of {key}"
+        );
+    }
+    assert!(
+        changelog.is_empty(),
+        "changes of keys never sent: {:?}",
+        changelog.keys()
+    );
+}
+
+#[test]
+fn scatter_gather_loses_nothing_under_sigkill() {
+    let flow = Flow {
+        body: r#"
+[[topic]]
+name = "t1"
+partitions = 2
+
+[[topic]]
+name = "hits"
+partitions = 2
+
+[[topic]]
+name = "b"
+partitions = 2
+
+[[stage]]
+name = "sg"
+from = "a"
+op = { scatter_gather = { branches = ["t1"], merge = "concat", timeout = "20s", partial = "fail" } }
+to = "b"
+
+[[stage]]
+name = "branch"
+from = "t1"
+op = { map = "." }
+to = "hits"
+
+[[stage]]
+name = "answer"
+from = "hits"
+op = "reply"
+"#
+        .into(),
+        watch: ("a", "sg"),
+        out: ("b", 2),
+        rounds: 3,
+        per_round: 10_000,
+    };
+    let run = run_under_kills(
+        &flow,
+        |_| {},
+        |input, output| covers(input, output, |n| format!("[{n}]")),
+    );
+    run.assert_no_acked_input_lost();
+    let output = value_counts(&run.output);
+    let missing: Vec<_> = run
+        .numbers()
+        .filter(|n| !output.contains_key(&format!("[{n}]")))
+        .take(5)
+        .collect();
+    assert!(missing.is_empty(), "inputs with no merged answer: {missing:?}");
+    let stray: Vec<_> = output
+        .keys()
+        .filter(|v| {
+            v.strip_prefix('[')
+                .and_then(|v| v.strip_suffix(']'))
+                .and_then(|n| n.parse().ok())
+                .is_none_or(|n: u64| !run.input.contains_key(&n))
+        })
+        .take(5)
+        .collect();
+    assert!(stray.is_empty(), "answers of no input: {stray:?}");
 }
