@@ -195,3 +195,140 @@ impl Membership {
         self.view.publish(*self.foca.identity(), others);
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::cluster::view::PeerState;
+    use std::sync::atomic::{AtomicBool, Ordering};
+
+    #[test]
+    fn the_detection_bound_grows_by_a_probe_period_per_member() {
+        assert_eq!(detection_bound(3), Duration::from_millis(4300));
+        assert_eq!(detection_bound(5), Duration::from_millis(5300));
+        // One or two members: still a full probe round of two.
+        assert_eq!(detection_bound(1), detection_bound(2));
+    }
+
+    /// One member, run on its own thread, whose gossip is carried by `route`.
+    struct Node {
+        id: PeerId,
+        view: Arc<ViewCell>,
+        inputs: flume::Sender<Input>,
+        /// Cut off: nothing it sends arrives and nothing reaches it (a SIGKILLed peer).
+        dead: Arc<AtomicBool>,
+    }
+
+    fn addr(port: u16) -> SocketAddr {
+        SocketAddr::from(([127, 0, 0, 1], port))
+    }
+
+    fn state_of(node: &Node, of: &PeerId) -> Option<PeerState> {
+        let view = node.view.get();
+        view.others.iter().find(|m| m.id.addr == of.addr).map(|m| m.state)
+    }
+
+    /// Polls (bounded) until `check`; how long it took.
+    fn within(limit: Duration, mut check: impl FnMut() -> bool) -> Option<Duration> {
+        let started = Instant::now();
+        while started.elapsed() < limit {
+            if check() {
+                return Some(started.elapsed());
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        None
+    }
+
+    #[test]
+    fn three_members_find_each_other_through_one_seed_and_a_silent_one_is_down_within_the_bound() {
+        let ports = [7101u16, 7102, 7103];
+        let mut nodes: Vec<Node> = Vec::new();
+        let mut outgoing = Vec::new();
+        let mut runs = Vec::new();
+        for (i, port) in ports.iter().enumerate() {
+            let id = PeerId::new(addr(*port), 1);
+            let view = Arc::new(ViewCell::new(id));
+            let (out_tx, out_rx) = flume::bounded(1024);
+            let (in_tx, in_rx) = flume::bounded(1024);
+            // Every member is seeded with the first only.
+            let seeds = if i == 0 { vec![] } else { vec![addr(ports[0])] };
+            let membership = Membership::new(id, seeds, out_tx, Arc::clone(&view));
+            runs.push(std::thread::spawn(move || membership.run(in_rx)));
+            outgoing.push(out_rx);
+            nodes.push(Node {
+                id,
+                view,
+                inputs: in_tx,
+                dead: Arc::new(AtomicBool::new(false)),
+            });
+        }
+        // The network: what a member sends reaches the member at that address, unless
+        // either end is cut off.
+        let senders: Vec<(SocketAddr, flume::Sender<Input>, Arc<AtomicBool>)> = nodes
+            .iter()
+            .map(|n| (n.id.addr, n.inputs.clone(), Arc::clone(&n.dead)))
+            .collect();
+        let stop = Arc::new(AtomicBool::new(false));
+        let mut network = Vec::new();
+        for (from, rx) in outgoing.into_iter().enumerate() {
+            let senders = senders.clone();
+            let stop = Arc::clone(&stop);
+            network.push(std::thread::spawn(move || {
+                while !stop.load(Ordering::Acquire) {
+                    let Ok((to, data)) = rx.recv_timeout(Duration::from_millis(50)) else {
+                        continue;
+                    };
+                    let (_, _, sender_dead) = &senders[from];
+                    if let Some((_, tx, dead)) = senders.iter().find(|(a, _, _)| *a == to)
+                        && !dead.load(Ordering::Acquire)
+                        && !sender_dead.load(Ordering::Acquire)
+                    {
+                        let _ = tx.send(Input::Data(data));
+                    }
+                }
+            }));
+        }
+        let alive = |node: &Node, others: &[&Node]| {
+            others
+                .iter()
+                .all(|o| state_of(node, &o.id) == Some(PeerState::Alive))
+        };
+        let joined = within(Duration::from_secs(10), || {
+            alive(&nodes[0], &[&nodes[1], &nodes[2]])
+                && alive(&nodes[1], &[&nodes[0], &nodes[2]])
+                && alive(&nodes[2], &[&nodes[0], &nodes[1]])
+        });
+        assert!(joined.is_some(), "the members never all saw each other alive");
+
+        // The third goes silent: the others declare it down within the bound (twice it:
+        // this machine is shared).
+        nodes[2].dead.store(true, Ordering::Release);
+        let bound = detection_bound(3);
+        for node in &nodes[..2] {
+            let took = within(bound * 2, || {
+                state_of(node, &nodes[2].id) == Some(PeerState::Down)
+            });
+            assert!(
+                took.is_some(),
+                "{} still lists the silent member after {:?}",
+                node.id.addr,
+                bound * 2
+            );
+        }
+        // The two left still see each other alive.
+        assert!(alive(&nodes[0], &[&nodes[1]]) && alive(&nodes[1], &[&nodes[0]]));
+
+        stop.store(true, Ordering::Release);
+        for node in &nodes {
+            let (done, _) = flume::bounded(1);
+            let _ = node.inputs.send(Input::Leave(done));
+        }
+        for run in runs {
+            run.join().unwrap();
+        }
+        for thread in network {
+            thread.join().unwrap();
+        }
+    }
+}

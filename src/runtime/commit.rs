@@ -116,3 +116,95 @@ impl Committer {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::Route;
+    use crate::ops::Output;
+    use crate::runtime::mesh::{self, Batch};
+
+    fn emitter() -> (Emitter, flume::Receiver<Batch>) {
+        let text = "[engine]\ndata_dir = \"/tmp/x\"\n[[topic]]\nname = \"in\"\n[[topic]]\nname = \"out\"\npartitions = 1\n\
+                    [[stage]]\nname = \"s\"\nfrom = \"in\"\nop = { map = \".\" }\nto = \"out\"\n";
+        let spec = crate::config::parse(std::path::Path::new("t.toml"), text).expect("valid");
+        let (mesh, mut receivers) = mesh::build(2, 1);
+        let (_, rx) = receivers[0].remove(1);
+        (
+            Emitter::new("p".into(), 1, &spec, &Route::Spread, &mesh).unwrap(),
+            rx,
+        )
+    }
+
+    /// Emits one output for input `n`, flushes, and returns the batch sent.
+    fn send(emitter: &mut Emitter, rx: &flume::Receiver<Batch>, n: u64) -> Batch {
+        let output = Output {
+            timestamp_ms: 1,
+            key: None,
+            value: vec![b'x'; 10],
+        };
+        emitter.emit(n, 0, output).unwrap();
+        futures_lite::future::block_on(emitter.flush()).unwrap();
+        rx.try_recv().expect("the flush sent a batch")
+    }
+
+    fn stored(path: &std::path::Path) -> Option<Progress> {
+        progress::load(path).unwrap()
+    }
+
+    #[test]
+    fn a_snapshot_is_stored_only_once_its_batches_are_durable_and_in_order() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("p").join("s.json");
+        let (mut emitter, rx) = emitter();
+        let mut committer = Committer::new(path.clone(), Progress::default(), false, Duration::ZERO);
+        let first = send(&mut emitter, &rx, 0);
+        committer.snapshot(&mut emitter, Progress::at(1, &Default::default(), false));
+        let second = send(&mut emitter, &rx, 1);
+        committer.snapshot(&mut emitter, Progress::at(2, &Default::default(), false));
+        committer.complete(1).unwrap();
+        assert_eq!(stored(&path), None, "nothing is durable yet");
+        // The second batch is durable before the first: its snapshot must wait.
+        second.ack.durable(0, 1, 2);
+        committer.complete(1).unwrap();
+        assert_eq!(
+            stored(&path),
+            None,
+            "a later snapshot never passes an earlier one"
+        );
+        first.ack.durable(0, 0, 1);
+        committer.complete(1).unwrap();
+        let progress = stored(&path).expect("both snapshots are durable");
+        assert_eq!(progress.next, 2);
+        assert_eq!(
+            progress.output_ends.get(&0),
+            Some(&2),
+            "where its last output ended"
+        );
+        assert!(committer.is_settled());
+        assert_eq!(committer.stored(), &progress);
+    }
+
+    #[test]
+    fn snapshots_past_the_pending_bound_fold_into_the_next_and_the_last_one_always_counts() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("p").join("s.json");
+        let (mut emitter, rx) = emitter();
+        let mut committer = Committer::new(path.clone(), Progress::default(), false, Duration::ZERO);
+        let mut batches = Vec::new();
+        for n in 0..SNAPSHOTS_PENDING_MAX as u64 + 3 {
+            batches.push(send(&mut emitter, &rx, n));
+            committer.snapshot(&mut emitter, Progress::at(n + 1, &Default::default(), false));
+        }
+        // The final snapshot (done) is taken even with the queue full.
+        batches.push(send(&mut emitter, &rx, 100));
+        committer.snapshot(&mut emitter, Progress::at(101, &Default::default(), true));
+        for (i, batch) in batches.iter().enumerate() {
+            batch.ack.durable(0, i as u64, i as u64 + 1);
+        }
+        committer.complete(1).unwrap();
+        let progress = stored(&path).unwrap();
+        assert!(progress.done && progress.next == 101, "{progress:?}");
+        assert_eq!(progress.output_ends.get(&0), Some(&(batches.len() as u64)));
+    }
+}

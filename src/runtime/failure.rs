@@ -39,14 +39,18 @@ impl FailureLog {
         }
     }
 
-    pub fn record(&mut self, offset: u64, reason: &str) {
+    /// Counts a skipped record; reports it when it is among the first few or its count
+    /// is a power of two (then says so: `true`).
+    pub fn record(&mut self, offset: u64, reason: &str) -> bool {
         self.count += 1;
-        if self.count <= FAILURES_REPORTED_MAX || self.count.is_power_of_two() {
+        let reported = self.count <= FAILURES_REPORTED_MAX || self.count.is_power_of_two();
+        if reported {
             eprintln!(
                 "flowd: {} skipped record {offset} ({} so far): {reason}",
                 self.place, self.count
             );
         }
+        reported
     }
 }
 
@@ -199,5 +203,24 @@ impl Failures {
     /// Adds the records skipped to the run's failed count; call once, at the end.
     pub fn report(&self, records_failed: &std::sync::atomic::AtomicU64) {
         records_failed.fetch_add(self.log.count, Ordering::Relaxed);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_skip_is_counted_and_the_reports_thin_out_to_powers_of_two() {
+        let mut log = FailureLog::new("s", "in", 0);
+        let reported: Vec<u64> = (0..1000)
+            .filter(|&n| log.record(n, "bad"))
+            .map(|n| n + 1)
+            .collect();
+        assert_eq!(log.count, 1000);
+        assert_eq!(
+            reported,
+            [1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 16, 32, 64, 128, 256, 512]
+        );
     }
 }

@@ -341,3 +341,147 @@ pub(crate) fn remove_after_torn(torn: &Path, later: &[(u64, PathBuf)]) -> Result
     }
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::storage::{Durability, LogOptions, PartitionLog, Record};
+
+    const INTERVAL: u32 = 512;
+
+    /// A partition of one segment with `records` 100-byte records in batches of ten,
+    /// synced (`every`): returns the segment's path.
+    fn segment(dir: &Path, records: u64) -> PathBuf {
+        let options = LogOptions {
+            segment_bytes: 64 * 1024,
+            durability: Durability::Every,
+            index_interval_bytes: INTERVAL,
+            max_record_bytes: 16 * 1024,
+            unsynced_bytes_max: 32 * 1024,
+            ..LogOptions::default()
+        };
+        let mut log = PartitionLog::open(dir, options).unwrap();
+        let value = [7u8; 100];
+        for _ in 0..records / 10 {
+            let batch: Vec<Record<'_>> = (0..10).map(|_| Record::new(1, &value)).collect();
+            log.append(&batch).unwrap();
+        }
+        drop(log);
+        dir.join(layout::segment_file_name(0))
+    }
+
+    fn check(path: &Path) -> SegmentCheck {
+        let file = File::open(path).unwrap();
+        check_segment(path, &file, INTERVAL).unwrap()
+    }
+
+    #[test]
+    fn a_synced_segment_is_clean_and_its_scan_ends_at_its_last_record() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = segment(dir.path(), 50);
+        let check = check(&path);
+        let scan = check.scan.as_ref().unwrap();
+        assert_eq!(scan.end.next_offset, 50);
+        assert_eq!(scan.incomplete_batch_frames, 0);
+        assert_eq!(
+            check.marker.unwrap().data_end,
+            scan.end.data_end,
+            "the marker covers every record"
+        );
+        assert_eq!(judge(&check, 0, Role::Last).unwrap(), Verdict::Clean);
+    }
+
+    #[test]
+    fn garbage_past_the_synced_point_is_a_torn_tail_cut_at_the_last_record() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = segment(dir.path(), 50);
+        let data_end = check(&path).scan.unwrap().end.data_end;
+        let file = std::fs::OpenOptions::new().write(true).open(&path).unwrap();
+        file.write_all_at(&[0xAB; 40], data_end).unwrap();
+        match judge(&check(&path), 0, Role::Last).unwrap() {
+            Verdict::TornTail {
+                data_end: cut, stop, ..
+            } => {
+                assert_eq!(cut, data_end, "cut where the synced records end");
+                assert_eq!(stop.unwrap().expected_offset, 50);
+            }
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn a_flipped_byte_below_the_synced_point_is_corruption_naming_the_offset() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = segment(dir.path(), 50);
+        let scan = check(&path).scan.unwrap();
+        // Somewhere in the middle of the records: offset 20 or so.
+        let position = SEGMENT_HEADER_BYTES + (scan.end.data_end - SEGMENT_HEADER_BYTES) / 2;
+        let file = std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .open(&path)
+            .unwrap();
+        let mut byte = [0u8; 1];
+        file.read_exact_at(&mut byte, position).unwrap();
+        file.write_all_at(&[byte[0] ^ 0x01], position).unwrap();
+        let error = judge(&check(&path), 0, Role::Last).unwrap_err();
+        match &error {
+            StorageError::CorruptFrame { offset, reason, .. } => {
+                assert!((15..35).contains(offset), "{error}");
+                assert!(reason.contains("below the synced point"), "{error}");
+            }
+            other => panic!("{other}"),
+        }
+    }
+
+    #[test]
+    fn a_closed_segment_must_end_where_the_next_begins() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = segment(dir.path(), 50);
+        let check = check(&path);
+        // Its records end at 50; a next segment at 60 leaves a hole: it was never sealed,
+        // so a power loss tore the log there (nothing after it was acked durably).
+        assert!(!check.marker.unwrap().sealed);
+        assert!(matches!(
+            judge(&check, 0, Role::Closed { next_base_offset: 60 }),
+            Ok(Verdict::TornTail { data_end, .. }) if data_end == check.scan.as_ref().unwrap().end.data_end
+        ));
+        // At 40 the next one overlaps it: corruption.
+        let overlap = judge(&check, 0, Role::Closed { next_base_offset: 40 }).unwrap_err();
+        assert!(
+            overlap.to_string().contains("the next segment starts at 40"),
+            "{overlap}"
+        );
+        assert_eq!(
+            judge(&check, 0, Role::Closed { next_base_offset: 50 }).unwrap(),
+            Verdict::Clean
+        );
+    }
+
+    #[test]
+    fn a_name_that_disagrees_with_the_header_is_corruption() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = segment(dir.path(), 10);
+        let error = judge(&check(&path), 5, Role::Last).unwrap_err();
+        assert!(
+            error
+                .to_string()
+                .contains("the header says base offset 0 but the file name says 5"),
+            "{error}"
+        );
+    }
+
+    #[test]
+    fn a_last_segment_whose_header_never_reached_the_disk_is_abandoned() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = segment(dir.path(), 0);
+        let file = std::fs::OpenOptions::new().write(true).open(&path).unwrap();
+        file.write_all_at(&[0u8; SEGMENT_HEADER_BYTES as usize], 0)
+            .unwrap();
+        let check = check(&path);
+        assert!(check.header.is_err());
+        assert_eq!(judge(&check, 0, Role::Last).unwrap(), Verdict::Abandoned);
+        // The same damage to an older segment is corruption.
+        assert!(judge(&check, 0, Role::Closed { next_base_offset: 0 }).is_err());
+    }
+}

@@ -413,3 +413,90 @@ pub(crate) enum Access {
     /// A closed segment: the file as it is, read only.
     Read,
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::storage::sync::SyncFaults;
+    use std::os::unix::fs::FileExt;
+
+    /// The newest marker slot on disk.
+    fn newest_marker(segment: &Segment) -> Option<MarkerSlot> {
+        let mut page = vec![0u8; SEGMENT_HEADER_BYTES as usize];
+        segment.file().file().read_exact_at(&mut page, 0).unwrap();
+        MarkerSlot::newest(&page)
+    }
+
+    fn point(data_end: u64, next_offset: u64) -> SyncPoint {
+        SyncPoint {
+            data_end,
+            next_offset,
+            max_timestamp_ms: 7,
+        }
+    }
+
+    #[test]
+    fn a_new_segment_is_empty_appendable_and_has_no_marker() {
+        let dir = tempfile::tempdir().unwrap();
+        let segment = Segment::create(dir.path(), 42, 64 * 1024, 512).unwrap();
+        assert_eq!(segment.base_offset(), 42);
+        assert_eq!(segment.next_offset(), 42);
+        assert_eq!(segment.data_end(), SEGMENT_HEADER_BYTES);
+        assert!(segment.is_empty() && segment.is_appendable() && !segment.is_sealed());
+        assert_eq!(segment.room(), 64 * 1024 - SEGMENT_HEADER_BYTES);
+        assert_eq!(newest_marker(&segment), None);
+        assert!(dir.path().join(layout::segment_file_name(42)).exists());
+    }
+
+    #[test]
+    fn markers_alternate_slots_move_only_forward_and_none_follows_the_seal() {
+        let dir = tempfile::tempdir().unwrap();
+        let segment = Segment::create(dir.path(), 0, 64 * 1024, 512).unwrap();
+        let file = segment.file();
+        file.sync(point(5000, 3), &SyncFaults::default()).unwrap();
+        let first = newest_marker(&segment).unwrap();
+        assert_eq!(
+            (first.seq, first.data_end, first.next_offset, first.sealed),
+            (1, 5000, 3, false)
+        );
+        file.write_marker(point(6000, 4), false).unwrap();
+        let second = newest_marker(&segment).unwrap();
+        assert_eq!((second.seq, second.data_end), (2, 6000));
+        assert_ne!(
+            MarkerSlot::position(1),
+            MarkerSlot::position(2),
+            "two slots, taking turns"
+        );
+        // A late syncer's older point changes nothing.
+        file.write_marker(point(5500, 3), false).unwrap();
+        assert_eq!(newest_marker(&segment).unwrap().data_end, 6000);
+        // The seal at the same point is newer; nothing after it is written.
+        file.seal(point(6000, 4), &SyncFaults::default()).unwrap();
+        let sealed = newest_marker(&segment).unwrap();
+        assert!(sealed.sealed && sealed.data_end == 6000 && sealed.seq == 3);
+        file.write_marker(point(9000, 9), false).unwrap();
+        assert_eq!(newest_marker(&segment).unwrap(), sealed);
+    }
+
+    #[test]
+    fn a_failed_fdatasync_writes_no_marker() {
+        let dir = tempfile::tempdir().unwrap();
+        let segment = Segment::create(dir.path(), 0, 64 * 1024, 512).unwrap();
+        let error = segment
+            .file()
+            .sync(point(5000, 3), &SyncFaults::fail_after(0))
+            .unwrap_err();
+        assert_eq!(error.raw_os_error(), Some(libc::EIO));
+        assert_eq!(
+            newest_marker(&segment),
+            None,
+            "no marker claims what may not be on disk"
+        );
+        let error = segment
+            .file()
+            .seal(point(5000, 3), &SyncFaults::fail_after(0))
+            .unwrap_err();
+        assert_eq!(error.raw_os_error(), Some(libc::EIO));
+        assert_eq!(newest_marker(&segment), None);
+    }
+}

@@ -356,3 +356,76 @@ fn run_syncer(shared: &Shared) {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn durability_names_parse_and_print_back_and_others_say_what_is_expected() {
+        for d in [Durability::Every, Durability::Group, Durability::None] {
+            assert_eq!(d.to_string().parse::<Durability>().unwrap(), d);
+        }
+        let error = "always".parse::<Durability>().unwrap_err();
+        assert_eq!(
+            error,
+            "unknown durability \"always\"; expected \"every\", \"group\" or \"none\""
+        );
+    }
+
+    #[test]
+    fn the_durable_point_only_moves_forward_and_covered_waits_return_at_once() {
+        let tracker = SyncTracker::new(Durability::Every, 5, SyncFaults::default(), "t");
+        assert_eq!(tracker.durable_offset(), 5);
+        tracker.mark_durable(10, 1000);
+        tracker.mark_durable(7, 700);
+        assert_eq!(tracker.durable_offset(), 10, "never back");
+        assert_eq!(tracker.wait_durable(10), Ok(()));
+        tracker.mark_written_durable(12);
+        assert_eq!(tracker.durable_offset(), 12);
+        assert_eq!(tracker.poisoned(), None);
+    }
+
+    #[test]
+    fn poison_wakes_a_waiter_with_its_cause_and_the_first_cause_stays() {
+        let tracker = Arc::new(SyncTracker::new(Durability::Every, 0, SyncFaults::default(), "t"));
+        let waiter = {
+            let tracker = Arc::clone(&tracker);
+            std::thread::spawn(move || tracker.wait_durable(100))
+        };
+        // The waiter blocks until something happens; poison is what happens.
+        tracker.mark_durable(50, 500);
+        tracker.poison("fdatasync of seg failed: EIO".into());
+        tracker.poison("a later failure".into());
+        assert_eq!(
+            waiter.join().unwrap(),
+            Err("fdatasync of seg failed: EIO".to_string())
+        );
+        assert_eq!(
+            tracker.poisoned().as_deref(),
+            Some("fdatasync of seg failed: EIO")
+        );
+        // Offsets made durable before the poison are still durable.
+        assert_eq!(tracker.wait_durable(50), Ok(()));
+        assert!(tracker.wait_durable(51).is_err());
+    }
+
+    #[test]
+    fn sync_faults_let_n_fdatasyncs_pass_then_fail_every_one_with_eio() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("f");
+        let file = std::fs::File::create(&path).unwrap();
+        let faults = SyncFaults::fail_after(2);
+        assert!(faults.sync_data(&file, &path).is_ok());
+        assert!(faults.sync_data(&file, &path).is_ok());
+        for _ in 0..3 {
+            let error = faults.sync_data(&file, &path).unwrap_err();
+            assert_eq!(error.raw_os_error(), Some(libc::EIO));
+        }
+        // Clones share the count: the log's writer and its syncer see one disk.
+        let shared = SyncFaults::fail_after(1);
+        assert!(shared.clone().sync_data(&file, &path).is_ok());
+        assert!(shared.sync_data(&file, &path).is_err());
+        assert!(SyncFaults::default().sync_data(&file, &path).is_ok());
+    }
+}

@@ -432,9 +432,15 @@ fn an_engine_stopped_in_process_lets_go_of_its_files_and_locks() {
     for round in 0..3 {
         // The same data dir again: its partitions' locks were let go.
         let engine = start(&data, "group").unwrap();
-        assert!(!open_here().is_empty(), "round {round}: a running engine holds its files");
+        assert!(
+            !open_here().is_empty(),
+            "round {round}: a running engine holds its files"
+        );
         stop(engine);
         let left = open_here();
-        assert!(left.is_empty(), "round {round}: still open after the engine stopped: {left:?}");
+        assert!(
+            left.is_empty(),
+            "round {round}: still open after the engine stopped: {left:?}"
+        );
     }
 }
