@@ -562,3 +562,107 @@ fn a_stage_splits_each_line_once_while_its_input_partitions_move() {
     assert_eq!(all.len(), words, "each line split exactly once");
     assert_eq!(all, expected, "the words of every line, each once");
 }
+
+#[test]
+fn a_peer_sigkilled_while_a_producer_writes_through_another_loses_no_acked_record() {
+    let _serial = one_at_a_time();
+    use flowd::client::Client;
+    use flowd::protocol::OwnedWireRecord;
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+
+    let dir = tempfile::tempdir().unwrap();
+    let first = events_peer(dir.path(), "p1", None);
+    let seed = first.peer.clone().unwrap();
+    let mut second = events_peer(dir.path(), "p2", Some(&seed));
+    wait_all_alive(&[&first, &second]);
+    wait_settled(&[&first, &second], 8);
+    assert!(
+        serving(&second) > 0,
+        "the second peer owns partitions: the kill hits some"
+    );
+
+    // Batches of 10 keyed records (over every partition) through the first peer, until
+    // told to stop; what was acked, and why the others failed.
+    let stop = Arc::new(AtomicBool::new(false));
+    let progress = Arc::new(AtomicU64::new(0));
+    let producer = {
+        let (tcp, stop, progress) = (first.tcp.clone(), Arc::clone(&stop), Arc::clone(&progress));
+        std::thread::spawn(move || {
+            let mut client = Client::connect(&tcp).unwrap();
+            let (mut acked, mut failed) = (Vec::new(), Vec::new());
+            for batch in 0..50_000u64 {
+                if stop.load(Ordering::Acquire) {
+                    break;
+                }
+                let values: Vec<String> = (0..10).map(|i| format!("v{}", batch * 10 + i)).collect();
+                let records: Vec<OwnedWireRecord> = values
+                    .iter()
+                    .map(|v| OwnedWireRecord {
+                        timestamp_ms: None,
+                        key: Some(format!("k{v}").into_bytes()),
+                        value: v.clone().into_bytes(),
+                        headers: Vec::new(),
+                    })
+                    .collect();
+                match client.produce("events", &records) {
+                    Ok(_) => {
+                        acked.extend(values);
+                        progress.fetch_add(10, Ordering::AcqRel);
+                    }
+                    Err(flowd::client::ClientError::Server { message, .. }) => failed.push(message),
+                    Err(other) => panic!("the producer lost its connection to the first peer: {other}"),
+                }
+                pace(Duration::from_millis(1));
+            }
+            (acked, failed)
+        })
+    };
+    let producing = |since: u64| {
+        wait_until("the producer goes on", Duration::from_secs(30), || {
+            progress.load(Ordering::Acquire) >= since + 300
+        });
+        progress.load(Ordering::Acquire)
+    };
+    let before = producing(0);
+    // SIGKILL while batches are on their way to it.
+    second.kill9();
+    let killed_at = progress.load(Ordering::Acquire);
+    assert!(killed_at >= before, "the kill landed while the producer wrote");
+    // Once it is down, the first peer owns every partition and acks again.
+    wait_until("the first peer serves all eight", Duration::from_secs(30), || {
+        serving(&first) == 8
+    });
+    producing(progress.load(Ordering::Acquire));
+    stop.store(true, Ordering::Release);
+    let (acked, failed) = producer.join().unwrap();
+    for message in &failed {
+        // A batch in flight to the killed peer: refused, saying it may have been written.
+        assert!(
+            message.contains(second.peer.as_deref().unwrap())
+                && message.contains("may or may not have been written"),
+            "a failed batch says why: {message}"
+        );
+    }
+
+    // Every acked record is somewhere, once: on the first peer (read through it) or on
+    // the killed one's disk (read by an engine of its own on its data dir).
+    let mut seen: HashMap<String, usize> = HashMap::new();
+    for (_, _, value) in tail(&first, "events") {
+        *seen.entry(value).or_default() += 1;
+    }
+    let alone = start_file(&events_dataflow(dir.path()), dir.path(), "p2", &[]);
+    for (_, _, value) in tail(&alone, "events") {
+        *seen.entry(value).or_default() += 1;
+    }
+    let lost: Vec<_> = acked.iter().filter(|v| !seen.contains_key(*v)).take(5).collect();
+    assert!(
+        lost.is_empty(),
+        "acked records on neither peer ({} of {}; {} batches failed): {lost:?}",
+        acked.iter().filter(|v| !seen.contains_key(*v)).count(),
+        acked.len(),
+        failed.len()
+    );
+    let twice: Vec<_> = seen.iter().filter(|(_, n)| **n > 1).take(5).collect();
+    assert!(twice.is_empty(), "records written twice: {twice:?}");
+}

@@ -9,6 +9,7 @@ mod consumers;
 mod crash;
 mod dataflow_run;
 mod exactly_once;
+mod examples;
 mod exec;
 mod faults;
 mod fixture;

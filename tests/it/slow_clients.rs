@@ -191,6 +191,49 @@ fn issue20_a_trickled_frame_an_http_head_and_an_idle_connection_are_closed_in_ti
 }
 
 #[test]
+fn the_server_holds_at_most_max_connections_and_lets_one_in_when_another_goes() {
+    let dir = fast_tempdir();
+    let file = dataflow(dir.path(), "max_connections = 3");
+    let server = Server::start(&file);
+    // Three connections, each admitted for sure (it got an answer) before the fourth.
+    let mut held: Vec<Client> = (0..3)
+        .map(|_| {
+            let mut client = Client::connect(&server.tcp).unwrap();
+            client.metadata().unwrap();
+            client
+        })
+        .collect();
+    // A fourth, from another address too, gets an error frame saying why, and is closed.
+    let mut fourth = connect_from("127.0.0.2", &server.tcp).unwrap();
+    fourth.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    let mut answer = Vec::new();
+    let _ = fourth.read_to_end(&mut answer);
+    let text = String::from_utf8_lossy(&answer);
+    assert!(
+        text.contains("the server holds its limit of 3 connections"),
+        "{text:?}"
+    );
+    // HTTP shares the limit: a 503.
+    let mut http_fourth = TcpStream::connect(&server.http).unwrap();
+    http_fourth
+        .set_read_timeout(Some(Duration::from_secs(5)))
+        .unwrap();
+    let mut answer = String::new();
+    let _ = http_fourth.read_to_string(&mut answer);
+    assert!(answer.starts_with("HTTP/1.1 503"), "{answer}");
+    // The three held are served on.
+    for client in &mut held {
+        client.metadata().unwrap();
+    }
+    // One goes; a new one is let in (polled, bounded: the server sees the close).
+    drop(held.pop());
+    crate::support::poll(Duration::from_secs(5), Duration::from_millis(50), || {
+        Client::connect(&server.tcp).unwrap().metadata().ok()
+    })
+    .expect("a connection is let in once one of the three closed");
+}
+
+#[test]
 fn issue20_one_address_holds_at_most_its_connections_and_others_are_still_let_in() {
     let dir = fast_tempdir();
     let file = dataflow(dir.path(), "max_connections_per_address = 3");
