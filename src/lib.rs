@@ -1,7 +1,9 @@
 //! flowd: a single-binary, shared-nothing stream and job processing engine.
 //!
-//! Today the crate holds the storage core (`storage`) and the command line (`cli`);
-//! see ARCHITECTURE.md for the codemap and the invariants.
+//! Its rooms, from the bottom up: `storage` (partition logs), `config`, `consumer`,
+//! `protocol`, `ops`, `exec`, `metrics`, `cluster` (membership), `runtime` (the engine),
+//! `server` (its front doors), `client`, `bench` and `cli`. ARCHITECTURE.md has the
+//! codemap, the invariants and the imports that must never exist.
 
 pub mod bench;
 pub mod cli;
@@ -10,6 +12,7 @@ pub mod cluster;
 pub mod config;
 pub mod consumer;
 pub mod exec;
+pub mod metrics;
 pub mod ops;
 pub mod protocol;
 pub mod runtime;

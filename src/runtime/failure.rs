@@ -9,6 +9,7 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering;
 
 use crate::config::{ErrorPolicy, OnFailure, Route};
+use crate::metrics::Metrics;
 use crate::ops::Output;
 use crate::runtime::bounds::dead_reason;
 use crate::runtime::emitter::Emitter;
@@ -16,7 +17,6 @@ use crate::runtime::error::Result;
 use crate::runtime::provenance::dead_letter_producer;
 use crate::runtime::shard::Shard;
 use crate::runtime::stage::operator_error;
-use crate::server::metrics::Metrics;
 
 /// The dead-letter headers: why, and where the record came from (`topic/partition/offset`).
 pub const DEAD_REASON_HEADER: &str = "flowd-dead-reason";

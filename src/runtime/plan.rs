@@ -12,6 +12,7 @@ use glommio::{LocalExecutorBuilder, Placement};
 
 use crate::cluster::Cluster;
 use crate::config::{Cores, DataflowSpec, Guarantee, OpSpec};
+use crate::metrics::Metrics;
 use crate::runtime::error::{Result, RuntimeError};
 use crate::runtime::exec_stage::ExecTask;
 use crate::runtime::journal_recovery::{self, ShardJournal};
@@ -26,7 +27,6 @@ use crate::runtime::sink::{ForwarderTask, SINK_CHANNEL_CHUNKS_MAX, SinkChunk, Wr
 use crate::runtime::source::SourceTask;
 use crate::runtime::stage::StageTask;
 use crate::runtime::{consumers, exec_stage, placement, scatter_stage, sink, source, stage};
-use crate::server::metrics::Metrics;
 use crate::server::peer_api::PeerService;
 use crate::server::{self, Bound, ShardSockets};
 use crate::storage::{LogOptions, PartitionLog, layout};

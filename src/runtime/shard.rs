@@ -11,6 +11,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use crate::config::DataflowSpec;
+use crate::metrics::Metrics;
 use crate::protocol::{ErrorCode, ProtocolError};
 use crate::runtime::consumers::Consumers;
 use crate::runtime::error::{Result, RuntimeError};
@@ -19,7 +20,6 @@ use crate::runtime::mesh::{Ack, Batch, Mesh, with_payload};
 use crate::runtime::ownership::Standing;
 use crate::runtime::service::{JobOutcome, ShardRequest};
 use crate::runtime::sink::SinkChunk;
-use crate::server::metrics::Metrics;
 use crate::storage::{Durability, PartitionLog, StorageError};
 
 /// What every shard shares: the spec, the mesh, and the control flags.

@@ -13,7 +13,7 @@ use std::sync::{Arc, Mutex};
 
 use glommio::sync::Semaphore;
 
-use crate::server::metrics::Metrics;
+use crate::metrics::Metrics;
 
 /// Bytes of a frame or body a connection reads without charging the shard's budget:
 /// small requests, the common case, never wait for large ones.

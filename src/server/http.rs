@@ -13,6 +13,7 @@ use http_body_util::{BodyExt, Full, Limited};
 use hyper::body::Incoming;
 use hyper::{Method, Request, Response, StatusCode};
 
+use crate::metrics;
 use crate::protocol::consumer::AdminAction;
 use crate::protocol::message::Response as FrameResponse;
 use crate::protocol::wire::{Cursor, OwnedWireRecord};
@@ -21,7 +22,7 @@ use crate::runtime::service::{FETCH_RECORDS_MAX, FetchOrder};
 use crate::runtime::shard::Shard;
 use crate::server::admission::{Charge, FREE_BYTES, Refusal};
 use crate::server::hyper_io::HyperIo;
-use crate::server::{self, Front, api, http_consumers, metrics, page};
+use crate::server::{self, Front, api, http_consumers, page};
 
 pub type Reply = Response<Full<Bytes>>;
 

@@ -15,7 +15,6 @@ pub mod http;
 pub mod http_consumers;
 mod hyper_io;
 pub mod listeners;
-pub mod metrics;
 pub mod page;
 pub mod peer_api;
 
@@ -24,9 +23,9 @@ use std::rc::Rc;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use crate::metrics::Metrics;
 use crate::runtime::shard::Shard;
 pub use listeners::{Bound, ShardSockets, bind};
-use metrics::Metrics;
 
 /// What every connection on one shard shares.
 pub struct Front {
