@@ -1,7 +1,5 @@
-//! What a consumer request can be refused for, in words a user can act on, and the
-//! protocol error code each maps to.
-
-use crate::protocol::{ErrorCode, ProtocolError};
+//! What a consumer request can be refused for, in words a user can act on. (The doors
+//! give each its protocol code: `runtime::error::EngineError::code`.)
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum ConsumerError {
@@ -19,22 +17,4 @@ pub enum ConsumerError {
     AlreadyDisabled,
     #[error("invalid consumer request: {0}")]
     Invalid(String),
-}
-
-impl ConsumerError {
-    pub fn code(&self) -> ErrorCode {
-        match self {
-            ConsumerError::Unknown { .. } => ErrorCode::UnknownConsumer,
-            ConsumerError::Disabled(_) | ConsumerError::AlreadyDisabled => ErrorCode::ConsumerDisabled,
-            ConsumerError::NothingClaimed => ErrorCode::NothingClaimed,
-            ConsumerError::AlreadyActive => ErrorCode::ConsumerActive,
-            ConsumerError::Invalid(_) => ErrorCode::Invalid,
-        }
-    }
-}
-
-impl From<ConsumerError> for ProtocolError {
-    fn from(error: ConsumerError) -> ProtocolError {
-        ProtocolError::new(error.code(), error.to_string())
-    }
 }

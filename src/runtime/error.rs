@@ -1,6 +1,10 @@
-//! Errors of the runtime layer.
+//! Errors of the runtime layer: `RuntimeError` stops the engine; `EngineError` refuses
+//! one request or batch and the engine goes on.
 
 use std::path::PathBuf;
+
+use crate::consumer::error::ConsumerError;
+use crate::protocol::{ErrorCode, ProtocolError};
 
 #[derive(Debug, thiserror::Error)]
 pub enum RuntimeError {
@@ -83,3 +87,111 @@ impl RuntimeError {
 }
 
 pub type Result<T, E = RuntimeError> = std::result::Result<T, E>;
+
+/// Why the engine did not do what one request or batch asked: in the engine's terms,
+/// for any door to say in its own protocol. `From<EngineError> for ProtocolError` below
+/// is the one conversion into flowd's protocol; the doors (TCP, HTTP, the peer link)
+/// all go through it.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum EngineError {
+    #[error("the engine is stopping; retry against the restarted engine")]
+    Stopping,
+    #[error("no topic \"{0}\" here; `flowd status` lists the topics of the running dataflow")]
+    UnknownTopic(String),
+    #[error("topic \"{topic}\" has partitions 0 to {}, not {partition}", partitions - 1)]
+    UnknownPartition {
+        topic: String,
+        partition: u32,
+        partitions: u32,
+    },
+    #[error(
+        "partition {partition} of \"{topic}\" moves to this peer and is being copied in; retry in a moment"
+    )]
+    TakingOver { topic: String, partition: u32 },
+    /// It cannot be done now (a poisoned partition, a peer that went away, a partition
+    /// that moved): the message says what to do.
+    #[error("{0}")]
+    Unavailable(String),
+    /// A record or batch over a bound; the message names it and what to change.
+    #[error("{0}")]
+    TooLarge(String),
+    /// Over a limit of things held (consumers of a topic, connections).
+    #[error("{0}")]
+    Overloaded(String),
+    /// Asked of the wrong peer, or not offered yet.
+    #[error("{0}")]
+    Unsupported(String),
+    /// A well-formed request the engine does not allow.
+    #[error("{0}")]
+    Invalid(String),
+    #[error(transparent)]
+    Consumer(#[from] ConsumerError),
+    /// A bug: the message says where.
+    #[error("{0}")]
+    Internal(String),
+}
+
+impl EngineError {
+    /// `partition` of `topic` (with `partitions`), or the error that it has no such one.
+    pub fn check_partition(topic: &str, partitions: u32, partition: u32) -> Result<(), EngineError> {
+        if partition < partitions {
+            return Ok(());
+        }
+        Err(EngineError::UnknownPartition {
+            topic: topic.to_owned(),
+            partition,
+            partitions,
+        })
+    }
+
+    /// The protocol code of this error.
+    pub fn code(&self) -> ErrorCode {
+        match self {
+            EngineError::Stopping | EngineError::TakingOver { .. } | EngineError::Unavailable(_) => {
+                ErrorCode::Unavailable
+            }
+            EngineError::UnknownTopic(_) => ErrorCode::UnknownTopic,
+            EngineError::UnknownPartition { .. } => ErrorCode::UnknownPartition,
+            EngineError::TooLarge(_) => ErrorCode::TooLarge,
+            EngineError::Overloaded(_) => ErrorCode::Overloaded,
+            EngineError::Unsupported(_) => ErrorCode::Unsupported,
+            EngineError::Invalid(_) => ErrorCode::Invalid,
+            EngineError::Internal(_) => ErrorCode::Internal,
+            EngineError::Consumer(error) => match error {
+                ConsumerError::Unknown { .. } => ErrorCode::UnknownConsumer,
+                ConsumerError::Disabled(_) | ConsumerError::AlreadyDisabled => ErrorCode::ConsumerDisabled,
+                ConsumerError::NothingClaimed => ErrorCode::NothingClaimed,
+                ConsumerError::AlreadyActive => ErrorCode::ConsumerActive,
+                ConsumerError::Invalid(_) => ErrorCode::Invalid,
+            },
+        }
+    }
+}
+
+impl From<EngineError> for ProtocolError {
+    fn from(error: EngineError) -> ProtocolError {
+        ProtocolError::new(error.code(), error.to_string())
+    }
+}
+
+/// An error another peer answered over the peer link, in the engine's terms again (the
+/// message is kept as the peer wrote it).
+impl From<ProtocolError> for EngineError {
+    fn from(error: ProtocolError) -> EngineError {
+        let message = error.message;
+        match error.code {
+            ErrorCode::Unavailable => EngineError::Unavailable(message),
+            ErrorCode::TooLarge => EngineError::TooLarge(message),
+            ErrorCode::Overloaded => EngineError::Overloaded(message),
+            ErrorCode::Unsupported => EngineError::Unsupported(message),
+            ErrorCode::Invalid => EngineError::Invalid(message),
+            code => EngineError::Internal(format!("a peer answered {}: {message}", code.name())),
+        }
+    }
+}
+
+impl From<ConsumerError> for ProtocolError {
+    fn from(error: ConsumerError) -> ProtocolError {
+        EngineError::Consumer(error).into()
+    }
+}

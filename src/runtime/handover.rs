@@ -232,7 +232,7 @@ fn copy_in(
             .map_err(|_| "the engine is stopping".to_string())?;
         match rx.recv_timeout(REQUEST_TIMEOUT * 3) {
             Ok(Ok(_)) => {}
-            Ok(Err(error)) => return Err(error.message),
+            Ok(Err(error)) => return Err(error.to_string()),
             Err(_) => return Err("the copy was not made durable in time".into()),
         }
     }

@@ -85,7 +85,7 @@ pub enum Ack {
 }
 
 /// `Ok((batch number, first offset, next offset))` once durable.
-pub type ClientAck = Result<(usize, u64, u64), crate::protocol::ProtocolError>;
+pub type ClientAck = Result<(usize, u64, u64), crate::runtime::error::EngineError>;
 
 impl Ack {
     pub fn durable(&self, partition: u32, first: u64, next: u64) {
@@ -103,7 +103,7 @@ impl Ack {
     }
 
     /// The batch was refused or cannot be made durable.
-    pub fn failed(&self, error: crate::protocol::ProtocolError) {
+    pub fn failed(&self, error: crate::runtime::error::EngineError) {
         match self {
             // An engine producer's batch failing is fatal; the caller stops the engine.
             Ack::Generation(_) => {}

@@ -22,6 +22,7 @@ use crate::cluster::transport::{self, Purpose};
 use crate::cluster::{Cluster, View};
 use crate::protocol::wire::encode_record;
 use crate::protocol::{ErrorCode, ProtocolError};
+use crate::runtime::error::EngineError;
 use crate::runtime::error::RuntimeError;
 use crate::runtime::mesh::{Ack, Batch, CHANNEL_BATCHES_MAX, Payload, RemoteRoute};
 use crate::runtime::ownership::Ownership;
@@ -124,7 +125,7 @@ impl Peers {
         self.rerouting.fetch_add(1, Ordering::AcqRel);
         if let Err(flume::SendError((_, batch))) = self.refused.send_async((topic, batch)).await {
             self.rerouting.fetch_sub(1, Ordering::AcqRel);
-            batch.ack.failed(crate::server::api::stopping());
+            batch.ack.failed(EngineError::Stopping);
         }
     }
 
@@ -392,7 +393,7 @@ impl Link {
                 Kind::Error => {
                     let (code, message) = frame::read_error(&frame.body);
                     let code = ErrorCode::from_u16(code).unwrap_or(ErrorCode::Unavailable);
-                    self.fail(&batch.ack, ProtocolError::new(code, message));
+                    self.fail(&batch.ack, ProtocolError::new(code, message).into());
                 }
                 other => {
                     self.give_up(batch.partition, &batch.ack, "an unexpected answer");
@@ -427,7 +428,7 @@ impl Link {
         self.rerouting.fetch_add(1, Ordering::AcqRel);
         if let Err(flume::SendError((_, batch))) = self.refused.send((self.topic_index, batch)) {
             self.rerouting.fetch_sub(1, Ordering::AcqRel);
-            batch.ack.failed(crate::server::api::stopping());
+            batch.ack.failed(EngineError::Stopping);
         }
     }
 
@@ -439,23 +440,20 @@ impl Link {
 
     /// A batch whose outcome is unknown: it may have been written.
     fn give_up(&self, partition: u32, ack: &Ack, reason: &str) {
-        let error = ProtocolError::new(
-            ErrorCode::Unavailable,
-            format!(
-                "the peer {} owning partition {partition} of \"{}\" did not answer ({reason}); the records may or may not have been written",
-                self.to, self.topic
-            ),
-        );
+        let error = EngineError::Unavailable(format!(
+            "the peer {} owning partition {partition} of \"{}\" did not answer ({reason}); the records may or may not have been written",
+            self.to, self.topic
+        ));
         self.fail(ack, error);
     }
 
-    fn fail(&self, ack: &Ack, error: ProtocolError) {
+    fn fail(&self, ack: &Ack, error: EngineError) {
         if let Ack::Generation(_) = ack
             && let Some(shared) = self.shared.as_ref().and_then(Weak::upgrade)
         {
             shared.control.fail(RuntimeError::Peer {
                 peer: self.to,
-                reason: error.message.clone(),
+                reason: error.to_string(),
             });
         }
         ack.failed(error);
@@ -534,14 +532,11 @@ fn run_fetcher(to: SocketAddr, cluster: String, me: SocketAddr, fetches: flume::
         })();
         let frame = answer.unwrap_or_else(|reason| {
             stream = None;
-            let error = ProtocolError::new(
-                ErrorCode::Unavailable,
-                format!(
-                    "the peer {to} owning partition {} of \"{}\" did not answer the fetch: {reason}",
-                    fetch.order.partition, fetch.topic
-                ),
-            );
-            crate::runtime::service::error_frame(request_id, &error)
+            let error = EngineError::Unavailable(format!(
+                "the peer {to} owning partition {} of \"{}\" did not answer the fetch: {reason}",
+                fetch.order.partition, fetch.topic
+            ));
+            crate::runtime::service::error_frame(request_id, &error.into())
         });
         let _ = fetch.reply.send(frame);
     }

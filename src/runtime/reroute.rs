@@ -8,7 +8,7 @@ use std::sync::Weak;
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
-use crate::protocol::{ErrorCode, ProtocolError};
+use crate::runtime::error::EngineError;
 use crate::runtime::error::RuntimeError;
 use crate::runtime::mesh::{Ack, Batch};
 use crate::runtime::peers::Peers;
@@ -101,7 +101,7 @@ fn send_due(peers: &Peers, held: &mut VecDeque<Held>) {
             }
             Err(flume::TrySendError::Disconnected(batch)) => {
                 peers.rerouting.fetch_sub(1, Ordering::AcqRel);
-                batch.ack.failed(crate::server::api::stopping());
+                batch.ack.failed(EngineError::Stopping);
             }
         }
     }
@@ -121,11 +121,8 @@ fn give_up(peers: &Peers, topic: usize, batch: Batch) {
         shared.control.fail(error);
         return;
     }
-    batch.ack.failed(ProtocolError::new(
-        ErrorCode::Unavailable,
-        format!(
+    batch.ack.failed(EngineError::Unavailable(format!(
             "partition {partition} of \"{name}\" is moving between peers and no peer took it within {} s; the records were not written, retry",
             PATIENCE.as_secs()
-        ),
-    ));
+        )));
 }

@@ -8,8 +8,9 @@ use std::time::{Duration, Instant};
 use serde::Serialize;
 
 use crate::protocol::message::RecordsWriter;
-use crate::protocol::{ErrorCode, FetchFrom, ProtocolError};
+use crate::protocol::{FetchFrom, ProtocolError};
 use crate::runtime::consumers::{self, OpResult, PartitionOp};
+use crate::runtime::error::EngineError;
 use crate::runtime::provenance::END_HEADER;
 use crate::runtime::shard::{Backoff, Shard};
 use crate::storage::RecordView;
@@ -62,7 +63,7 @@ pub enum ShardRequest {
         topic: usize,
         partition: u32,
         from: u64,
-        reply: flume::Sender<Result<Copied, ProtocolError>>,
+        reply: flume::Sender<Result<Copied, EngineError>>,
     },
     /// A reply stage's answer to a job taken on this shard, or why a stage failed it.
     Answer {
@@ -213,17 +214,14 @@ const COPY_BYTES_MAX: usize = crate::runtime::emitter::BATCH_BYTES_MAX;
 /// Copied records: `(first offset, count, records in the protocol's encoding)`.
 pub type Copied = (u64, u32, Vec<u8>);
 
-fn copy(shard: &Shard, topic: usize, partition: u32, from: u64) -> Result<Copied, ProtocolError> {
+fn copy(shard: &Shard, topic: usize, partition: u32, from: u64) -> Result<Copied, EngineError> {
     let log = shard.partition(topic, partition).log.borrow();
     if from < log.start_offset() {
-        return Err(ProtocolError::new(
-            ErrorCode::Unavailable,
-            format!(
-                "this peer holds partition {partition} of \"{}\" from offset {} only (retention removed older records), not from {from}",
-                shard.shared.spec.topics[topic].name,
-                log.start_offset()
-            ),
-        ));
+        return Err(EngineError::Unavailable(format!(
+            "this peer holds partition {partition} of \"{}\" from offset {} only (retention removed older records), not from {from}",
+            shard.shared.spec.topics[topic].name,
+            log.start_offset()
+        )));
     }
     // A copy is appended as one batch, and a batch must fit in one segment: bound it by
     // the frames' size on disk too (the claimer runs the same topic settings).
@@ -316,10 +314,7 @@ pub async fn fetch_local(shard: &Shard, order: &FetchOrder) -> Vec<u8> {
     let Some(partition) = shard.partitions.get(&(order.topic, order.partition)) else {
         return error_frame(
             order.request_id,
-            &ProtocolError::new(
-                ErrorCode::Internal,
-                "fetch sent to a shard that does not own the partition",
-            ),
+            &EngineError::Internal("fetch sent to a shard that does not own the partition".into()).into(),
         );
     };
     let deadline = Instant::now() + Duration::from_millis(order.wait_ms.into()).min(FETCH_WAIT_MAX);

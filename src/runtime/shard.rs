@@ -12,8 +12,8 @@ use std::time::Duration;
 
 use crate::config::DataflowSpec;
 use crate::metrics::Metrics;
-use crate::protocol::{ErrorCode, ProtocolError};
 use crate::runtime::consumers::Consumers;
+use crate::runtime::error::EngineError;
 use crate::runtime::error::{Result, RuntimeError};
 use crate::runtime::journal_recovery::ShardJournal;
 use crate::runtime::mesh::{Ack, Batch, Mesh, with_payload};
@@ -312,10 +312,7 @@ impl Shard {
                     Some(at) => {
                         let end = partition.log.borrow().next_offset();
                         if standing != Standing::Claiming || end != at {
-                            batch.ack.failed(ProtocolError::new(
-                                ErrorCode::Unavailable,
-                                format!("a copy for offset {at} no longer fits (the partition ends at {end}, {standing:?} here)"),
-                            ));
+                            batch.ack.failed(EngineError::Unavailable(format!("a copy for offset {at} no longer fits (the partition ends at {end}, {standing:?} here)")));
                             continue;
                         }
                     }
@@ -360,9 +357,9 @@ impl Shard {
                     }
                 }
                 // A client's batch over a storage limit: its sender is told, nothing else.
-                Some(Err(error)) if is_client_error(&error) && !batch.ack.is_engine() => batch
-                    .ack
-                    .failed(ProtocolError::new(ErrorCode::TooLarge, error.to_string())),
+                Some(Err(error)) if is_client_error(&error) && !batch.ack.is_engine() => {
+                    batch.ack.failed(EngineError::TooLarge(error.to_string()))
+                }
                 // An engine producer's batch is sized to fit before it is sent (`bounds`):
                 // one refused is a bug, and it must not pass unnoticed.
                 Some(Err(error)) if is_client_error(&error) => {
@@ -375,15 +372,12 @@ impl Shard {
                     return;
                 }
                 Some(Err(error)) => {
-                    batch
-                        .ack
-                        .failed(ProtocolError::new(ErrorCode::Unavailable, error.to_string()));
+                    batch.ack.failed(EngineError::Unavailable(error.to_string()));
                     self.shared.control.fail(error.into());
                     return;
                 }
-                None => batch.ack.failed(ProtocolError::new(
-                    ErrorCode::Internal,
-                    "a validated batch no longer decodes (a bug); it was not written",
+                None => batch.ack.failed(EngineError::Internal(
+                    "a validated batch no longer decodes (a bug); it was not written".into(),
                 )),
             }
         }
@@ -398,9 +392,7 @@ impl Shard {
             self.acks.borrow_mut().retain(|pending| {
                 let log = pending.partition.log.borrow();
                 if let Err(error) = log.health() {
-                    pending
-                        .ack
-                        .failed(ProtocolError::new(ErrorCode::Unavailable, error.to_string()));
+                    pending.ack.failed(EngineError::Unavailable(error.to_string()));
                     failed = Some(error);
                     return false;
                 }

@@ -13,6 +13,7 @@ use crate::protocol::message::Metadata;
 use crate::protocol::wire::RESERVED_HEADER_PREFIX;
 use crate::protocol::{ErrorCode, FetchFrom, ProduceGroup, ProtocolError, Run, WireRecord};
 use crate::runtime::bounds::{BATCH_HINT, Bounds, ENGINE_HEADERS_RESERVE, TooLarge, record_frame_bytes};
+use crate::runtime::error::EngineError;
 use crate::runtime::mesh::{Ack, Batch, ClientAck, Payload};
 use crate::runtime::peers::{Fetch, Peers};
 use crate::runtime::placement::{owner, partition_of_bytes};
@@ -42,13 +43,6 @@ pub struct PendingProduce {
     started: Instant,
 }
 
-pub fn unknown_topic(name: &str) -> ProtocolError {
-    ProtocolError::new(
-        ErrorCode::UnknownTopic,
-        format!("no topic \"{name}\" here; `flowd status` lists the topics of the running dataflow"),
-    )
-}
-
 /// A produce request's records, sorted into one part per partition.
 pub struct Split {
     pub parts: Vec<Part>,
@@ -68,11 +62,11 @@ pub fn split(shard: &Shard, groups: &[ProduceGroup<'_>]) -> Result<Split, Protoc
     for group in groups {
         let topic = spec
             .topic_index(group.topic)
-            .ok_or_else(|| unknown_topic(group.topic))?;
+            .ok_or_else(|| ProtocolError::from(EngineError::UnknownTopic((group.topic).to_owned())))?;
         let partitions = spec.topics[topic].partitions;
         let bounds = Bounds::of(&spec.topics[topic]);
         if let Some(p) = group.partition {
-            check_partition(group.topic, partitions, p)?;
+            EngineError::check_partition(group.topic, partitions, p)?;
         }
         // Keyless records of a group stay together in one partition, one atomic batch.
         let spread = shard.next_spread(partitions);
@@ -161,20 +155,6 @@ pub fn too_large(error: TooLarge) -> ProtocolError {
     ProtocolError::new(ErrorCode::TooLarge, error.to_string())
 }
 
-/// An error unless `partition` is one of the topic's.
-pub fn check_partition(topic: &str, partitions: u32, partition: u32) -> Result<(), ProtocolError> {
-    if partition < partitions {
-        return Ok(());
-    }
-    Err(ProtocolError::new(
-        ErrorCode::UnknownPartition,
-        format!(
-            "topic \"{topic}\" has partitions 0 to {}, not {partition}",
-            partitions - 1
-        ),
-    ))
-}
-
 /// Per group, its runs of offsets, given where each part's records begin.
 pub fn runs(layout: &Layout, partitions: &[u32], firsts: &[u64]) -> Vec<Vec<Run>> {
     layout
@@ -223,7 +203,7 @@ pub async fn produce(
             .sender(part.topic, part.partition)
             .send_async(batch)
             .await
-            .map_err(|_| stopping())?;
+            .map_err(|_| ProtocolError::from(EngineError::Stopping))?;
     }
     shared.metrics.produce_requests.add(1);
     shared.metrics.records_in.add(records_in);
@@ -234,13 +214,6 @@ pub async fn produce(
         layout,
         started,
     })
-}
-
-pub fn stopping() -> ProtocolError {
-    ProtocolError::new(
-        ErrorCode::Unavailable,
-        "the engine is stopping; retry against the restarted engine",
-    )
 }
 
 fn check_headers(record: &WireRecord<'_>) -> Result<(), ProtocolError> {
@@ -264,7 +237,11 @@ impl PendingProduce {
     pub async fn wait(self, shard: &Shard) -> Result<Vec<Vec<Run>>, ProtocolError> {
         let mut firsts = vec![0; self.parts.len()];
         for _ in 0..self.parts.len() {
-            let (part, first, _) = self.acks.recv_async().await.map_err(|_| stopping())??;
+            let (part, first, _) = self
+                .acks
+                .recv_async()
+                .await
+                .map_err(|_| ProtocolError::from(EngineError::Stopping))??;
             firsts[part] = first;
         }
         let partitions: Vec<u32> = self.parts.iter().map(|p| p.1).collect();
@@ -283,7 +260,10 @@ impl PendingProduce {
 pub fn check_local(peers: &Peers, name: &str, topic: usize, partition: u32) -> Result<(), ProtocolError> {
     match peers.owner(topic, partition) {
         None if peers.ownership.serving(topic, partition) => Ok(()),
-        None => Err(taking_over(name, partition)),
+        None => Err(ProtocolError::from(EngineError::TakingOver {
+            topic: (name).to_owned(),
+            partition,
+        })),
         Some(owner) => Err(ProtocolError::new(
             ErrorCode::Unsupported,
             format!(
@@ -294,22 +274,15 @@ pub fn check_local(peers: &Peers, name: &str, topic: usize, partition: u32) -> R
     }
 }
 
-/// A partition this peer's view places here, not served until its records are copied in.
-pub fn taking_over(name: &str, partition: u32) -> ProtocolError {
-    ProtocolError::new(
-        ErrorCode::Unavailable,
-        format!(
-            "partition {partition} of \"{name}\" moves to this peer and is being copied in; retry in a moment"
-        ),
-    )
-}
-
 /// A whole FETCHED (or ERROR) frame for `order`, served by the owner shard.
 pub async fn fetch(shard: &Rc<Shard>, topic: &str, order: FetchOrder) -> Vec<u8> {
     let spec = &shard.shared.spec;
     let request_id = order.request_id;
     let Some(t) = spec.topic_index(topic) else {
-        return service::error_frame(request_id, &unknown_topic(topic));
+        return service::error_frame(
+            request_id,
+            &ProtocolError::from(EngineError::UnknownTopic((topic).to_owned())),
+        );
     };
     let partitions = spec.topics[t].partitions;
     if order.partition >= partitions {
@@ -335,17 +308,22 @@ pub async fn fetch(shard: &Rc<Shard>, topic: &str, order: FetchOrder) -> Vec<u8>
             reply: tx,
         };
         if peers.fetcher(peer).send_async(fetch).await.is_err() {
-            return service::error_frame(request_id, &stopping());
+            return service::error_frame(request_id, &ProtocolError::from(EngineError::Stopping));
         }
-        return rx
-            .recv_async()
-            .await
-            .unwrap_or_else(|_| service::error_frame(request_id, &stopping()));
+        return rx.recv_async().await.unwrap_or_else(|_| {
+            service::error_frame(request_id, &ProtocolError::from(EngineError::Stopping))
+        });
     }
     if let Some(peers) = &shard.shared.peers
         && !peers.ownership.serving(t, order.partition)
     {
-        return service::error_frame(request_id, &taking_over(topic, order.partition));
+        return service::error_frame(
+            request_id,
+            &ProtocolError::from(EngineError::TakingOver {
+                topic: (topic).to_owned(),
+                partition: order.partition,
+            }),
+        );
     }
     let to = owner(order.partition, shard.shared.shards);
     if to == shard.index {
@@ -354,11 +332,11 @@ pub async fn fetch(shard: &Rc<Shard>, topic: &str, order: FetchOrder) -> Vec<u8>
     let (tx, rx) = flume::bounded(1);
     let request = ShardRequest::Fetch { order, reply: tx };
     if shard.shared.services[to].send_async(request).await.is_err() {
-        return service::error_frame(request_id, &stopping());
+        return service::error_frame(request_id, &ProtocolError::from(EngineError::Stopping));
     }
     rx.recv_async()
         .await
-        .unwrap_or_else(|_| service::error_frame(request_id, &stopping()))
+        .unwrap_or_else(|_| service::error_frame(request_id, &ProtocolError::from(EngineError::Stopping)))
 }
 
 /// The longest timeout a request may give its job, over either door.
@@ -428,13 +406,16 @@ pub async fn job(
         .sender(spec.topic, partition)
         .send_async(batch)
         .await
-        .map_err(|_| stopping())?;
+        .map_err(|_| ProtocolError::from(EngineError::Stopping))?;
     let outcome = within(timeout, async {
-        ack_rx.recv_async().await.map_err(|_| stopping())??;
+        ack_rx
+            .recv_async()
+            .await
+            .map_err(|_| ProtocolError::from(EngineError::Stopping))??;
         answer_rx
             .recv_async()
             .await
-            .map_err(|_| stopping())?
+            .map_err(|_| ProtocolError::from(EngineError::Stopping))?
             .map_err(|reason| {
                 ProtocolError::new(ErrorCode::JobFailed, format!("job \"{name}\" failed: {reason}"))
             })
@@ -498,8 +479,12 @@ pub async fn state(
     shard.shared.services[to]
         .send_async(request)
         .await
-        .map_err(|_| stopping())?;
-    match rx.recv_async().await.map_err(|_| stopping())? {
+        .map_err(|_| ProtocolError::from(EngineError::Stopping))?;
+    match rx
+        .recv_async()
+        .await
+        .map_err(|_| ProtocolError::from(EngineError::Stopping))?
+    {
         Some(state) => Ok(state),
         // The stage task is not there: it finished (bounded input) or has not started.
         None => Err(ProtocolError::new(

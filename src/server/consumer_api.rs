@@ -11,11 +11,12 @@ use crate::protocol::consumer::{
 };
 use crate::protocol::{ErrorCode, ProduceGroup, ProtocolError, Run};
 use crate::runtime::consumers::{self, CursorInfo, OpReply, OpResult, PartitionOp, TxnPart};
+use crate::runtime::error::EngineError;
 use crate::runtime::journal_recovery::journal_record_max;
 use crate::runtime::placement::owner;
 use crate::runtime::service::ShardRequest;
 use crate::runtime::shard::Shard;
-use crate::server::api::{check_local, check_partition, runs, split, stopping, unknown_topic};
+use crate::server::api::{check_local, runs, split};
 use crate::storage::layout::now_ms;
 
 /// Longest consumer name, in bytes.
@@ -30,8 +31,10 @@ pub async fn on_shard(shard: &Rc<Shard>, to: usize, op: PartitionOp) -> OpResult
     shard.shared.services[to]
         .send_async(ShardRequest::Partition { op, reply: tx })
         .await
-        .map_err(|_| stopping())?;
-    rx.recv_async().await.map_err(|_| stopping())?
+        .map_err(|_| ProtocolError::from(EngineError::Stopping))?;
+    rx.recv_async()
+        .await
+        .map_err(|_| ProtocolError::from(EngineError::Stopping))?
 }
 
 async fn on_owner(shard: &Rc<Shard>, partition: u32, op: PartitionOp) -> OpResult {
@@ -60,9 +63,11 @@ fn check_group(group: &str) -> Result<(), ProtocolError> {
 /// The topic's index, after checking the topic and partition exist.
 fn topic_of(shard: &Shard, topic: &str, partition: Option<u32>) -> Result<usize, ProtocolError> {
     let spec = &shard.shared.spec;
-    let t = spec.topic_index(topic).ok_or_else(|| unknown_topic(topic))?;
+    let t = spec
+        .topic_index(topic)
+        .ok_or_else(|| ProtocolError::from(EngineError::UnknownTopic((topic).to_owned())))?;
     if let Some(p) = partition {
-        check_partition(topic, spec.topics[t].partitions, p)?;
+        EngineError::check_partition(topic, spec.topics[t].partitions, p)?;
     }
     Ok(t)
 }
@@ -130,17 +135,17 @@ pub async fn claim(
             Ok(_) => usable = true,
             Err(error)
                 if matches!(
-                    error.code,
+                    error.code(),
                     ErrorCode::ConsumerDisabled | ErrorCode::UnknownConsumer
                 ) =>
             {
                 refusal = Some(error)
             }
-            Err(error) => return Err(error),
+            Err(error) => return Err(error.into()),
         }
     }
     match (usable, refusal) {
-        (false, Some(error)) => Err(error),
+        (false, Some(error)) => Err(error.into()),
         _ => {
             let mut out = Vec::new();
             encode_nothing_claimed(&mut out, request_id, 0);

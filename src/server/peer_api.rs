@@ -15,6 +15,7 @@ use crate::cluster::handover::{self, Phase};
 use crate::cluster::transport::DataPlane;
 use crate::protocol::wire::Cursor;
 use crate::protocol::{ErrorCode, ProtocolError};
+use crate::runtime::error::EngineError;
 use crate::runtime::mesh::{Ack, Batch, ClientAck, Payload};
 use crate::runtime::placement::owner;
 use crate::runtime::service::{FetchOrder, ShardRequest};
@@ -54,7 +55,7 @@ impl DataPlane for PeerService {
                         Ok((_, first, next)) => {
                             frame::framed(Kind::Acked, request, &data::encode_acked(first, next))
                         }
-                        Err(error) => error_frame(request, &error),
+                        Err(error) => error_frame(request, &error.into()),
                     };
                     if acks_out.send(out).is_err() {
                         return;
@@ -126,8 +127,8 @@ impl PeerService {
         let spec = &self.shared.spec;
         let topic = spec
             .topic_index(name)
-            .ok_or_else(|| crate::server::api::unknown_topic(name))?;
-        crate::server::api::check_partition(name, spec.topics[topic].partitions, partition)?;
+            .ok_or_else(|| ProtocolError::from(EngineError::UnknownTopic((name).to_owned())))?;
+        EngineError::check_partition(name, spec.topics[topic].partitions, partition)?;
         Ok(topic)
     }
 
@@ -145,7 +146,10 @@ impl PeerService {
                     "partition {partition} of \"{name}\" belongs to peer {owner} in this peer's view; retry"
                 ),
             ),
-            None => crate::server::api::taking_over(name, partition),
+            None => ProtocolError::from(EngineError::TakingOver {
+                topic: (name).to_owned(),
+                partition,
+            }),
         })
     }
 
@@ -195,7 +199,7 @@ impl PeerService {
         let to = owner(partition, self.shared.shards);
         self.shared.mesh.inboxes[topic][to]
             .send(batch)
-            .map_err(|_| crate::server::api::stopping())?;
+            .map_err(|_| ProtocolError::from(EngineError::Stopping))?;
         Ok(Produced::Queued)
     }
 
@@ -256,6 +260,7 @@ impl PeerService {
             from: order.from,
             reply,
         })?
+        .map_err(ProtocolError::from)
     }
 
     fn fetch(&self, body: &[u8], request: u64) -> Result<Vec<u8>, ProtocolError> {
@@ -287,8 +292,8 @@ impl PeerService {
         let (tx, rx) = flume::bounded(1);
         self.shared.services[owner(partition, self.shared.shards)]
             .send(make(tx))
-            .map_err(|_| crate::server::api::stopping())?;
-        rx.recv().map_err(|_| crate::server::api::stopping())
+            .map_err(|_| ProtocolError::from(EngineError::Stopping))?;
+        rx.recv().map_err(|_| ProtocolError::from(EngineError::Stopping))
     }
 }
 

@@ -5,7 +5,7 @@ use std::rc::Rc;
 
 use crate::consumer::cursor::{Cursor, Options, Outcome, Reclaimed, State, Why};
 use crate::protocol::consumer::{begin_claimed, finish_claimed};
-use crate::protocol::{ErrorCode, ProtocolError};
+use crate::runtime::error::EngineError;
 use crate::runtime::service::copy_records;
 use crate::runtime::shard::Shard;
 use crate::storage::layout::now_ms;
@@ -22,7 +22,7 @@ pub(super) fn new_cursor(
     topic: usize,
     partition: u32,
     options: &Options,
-) -> Result<Cursor, ProtocolError> {
+) -> Result<Cursor, EngineError> {
     let topic_spec = &shard.shared.spec.topics[topic];
     let count = shard
         .consumers
@@ -31,14 +31,11 @@ pub(super) fn new_cursor(
         .get(&(topic, partition))
         .map_or(0, |groups| groups.len());
     if count >= topic_spec.max_consumers {
-        return Err(ProtocolError::new(
-            ErrorCode::Overloaded,
-            format!(
-                "topic \"{}\" has its limit of {} consumers; destroy ones no longer used (DELETE /consumers/TOPIC/NAME) \
+        return Err(EngineError::Overloaded(format!(
+            "topic \"{}\" has its limit of {} consumers; destroy ones no longer used (DELETE /consumers/TOPIC/NAME) \
                  or raise the topic's max_consumers",
-                topic_spec.name, topic_spec.max_consumers
-            ),
-        ));
+            topic_spec.name, topic_spec.max_consumers
+        )));
     }
     let local = local(shard, topic, partition)?;
     let log = local.log.borrow();
@@ -125,7 +122,7 @@ pub(super) async fn reclaim(
     partition: u32,
     group: &str,
     why: Why,
-) -> Result<Reclaimed, ProtocolError> {
+) -> Result<Reclaimed, EngineError> {
     let consumers = &shard.consumers;
     let mut cursor = consumers
         .get(topic, partition, group)
@@ -142,10 +139,7 @@ pub(super) async fn reclaim(
     if let Some(Err((dead, reason, cannot))) = &dead_letters {
         // Records that cannot go to the dead-letter topic stay unacked: the consumer
         // stops, and says why, rather than lose them.
-        let why = format!(
-            "{reason}; they cannot be dead-lettered to \"{dead}\": {}",
-            cannot.message
-        );
+        let why = format!("{reason}; they cannot be dead-lettered to \"{dead}\": {}", cannot);
         tracing::error!(topic = %name, partition, %group, "consumer disabled: {why}");
         cursor.committed = reclaimed.range.from;
         cursor.state = State::Disabled(why);

@@ -33,7 +33,7 @@ use crate::consumer::cursor::{Cursor, Options, Range, Reclaimed, State, Why};
 use crate::consumer::error::ConsumerError;
 use crate::consumer::journal::{Entry, write_snapshot};
 use crate::protocol::consumer::{AdminAction, RangeSpec};
-use crate::protocol::{ErrorCode, ProtocolError};
+use crate::runtime::error::EngineError;
 use crate::runtime::journal_recovery::{Cursors, ShardJournal};
 use crate::runtime::placement::owner;
 use crate::runtime::shard::{Backoff, LocalPartition, Shard, is_client_error};
@@ -100,7 +100,7 @@ impl Consumers {
         shard: &Shard,
         entries: &[Entry],
         bodies: &[&[u8]],
-    ) -> Result<AppendReceipt, ProtocolError> {
+    ) -> Result<AppendReceipt, EngineError> {
         let values: Vec<Vec<u8>> = entries.iter().map(Entry::encode).collect();
         let now = now_ms();
         let mut records: Vec<Record<'_>> = values.iter().map(|v| Record::new(now, v)).collect();
@@ -117,14 +117,13 @@ impl Consumers {
                 Ok(receipt)
             }
             // Too big for the journal: nothing was written, the request is refused.
-            Err(error) if is_client_error(&error) => Err(ProtocolError::new(
-                ErrorCode::TooLarge,
-                format!("the consumer journal cannot take it: {error}; send fewer records with one ack"),
-            )),
+            Err(error) if is_client_error(&error) => Err(EngineError::TooLarge(format!(
+                "the consumer journal cannot take it: {error}; send fewer records with one ack"
+            ))),
             Err(error) => {
                 let message = format!("the consumer journal cannot be written: {error}");
                 shard.shared.control.fail(error.into());
-                Err(ProtocolError::new(ErrorCode::Unavailable, message))
+                Err(EngineError::Unavailable(message))
             }
         }
     }
@@ -136,7 +135,7 @@ impl Consumers {
         partition: u32,
         group: &str,
         cursor: &Cursor,
-    ) -> Result<AppendReceipt, ProtocolError> {
+    ) -> Result<AppendReceipt, EngineError> {
         let entry = Entry::Set {
             topic: shard.shared.spec.topics[topic].name.clone(),
             partition,
@@ -172,16 +171,15 @@ impl Consumers {
     }
 
     /// Waits until the journal is durable past `receipt`.
-    async fn durable(&self, receipt: AppendReceipt) -> Result<(), ProtocolError> {
+    async fn durable(&self, receipt: AppendReceipt) -> Result<(), EngineError> {
         let mut idle = Backoff::default();
         loop {
             {
                 let journal = self.journal.borrow();
                 if let Err(error) = journal.health() {
-                    return Err(ProtocolError::new(
-                        ErrorCode::Unavailable,
-                        format!("the consumer journal cannot be synced: {error}"),
-                    ));
+                    return Err(EngineError::Unavailable(format!(
+                        "the consumer journal cannot be synced: {error}"
+                    )));
                 }
                 if journal.durable_offset() >= receipt.next_offset {
                     return Ok(());
@@ -196,7 +194,7 @@ impl Consumers {
     /// journal before it is deleted only once the whole snapshot is durable
     /// (`compact`), so a crash at any point keeps either the old entries or the new
     /// snapshot whole.
-    fn maybe_snapshot(&self, shard: &Shard) -> Result<(), ProtocolError> {
+    fn maybe_snapshot(&self, shard: &Shard) -> Result<(), EngineError> {
         // A snapshot every quarter segment of entries keeps the journal to a few
         // segments; and never more often than every twice its own size, so that many
         // consumers do not turn the journal into snapshots.
@@ -232,7 +230,7 @@ impl Consumers {
             Err(error) => {
                 let message = format!("the consumer journal's snapshot cannot be written: {error}");
                 shard.shared.control.fail(error.into());
-                Err(ProtocolError::new(ErrorCode::Unavailable, message))
+                Err(EngineError::Unavailable(message))
             }
         }
     }
@@ -265,12 +263,7 @@ fn report_skipped(shard: &Shard, topic: usize, partition: u32, group: &str, from
         "retention deleted records {from}..{to} before consumer \"{group}\" acked them; it goes on at {to}"
     );
 }
-fn stopping() -> ProtocolError {
-    ProtocolError::new(
-        ErrorCode::Unavailable,
-        "the engine is stopping; retry against the restarted engine",
-    )
-}
+
 /// What a partition's owner is asked to do.
 #[derive(Debug)]
 pub enum PartitionOp {
@@ -358,7 +351,7 @@ pub enum OpReply {
     Length(u64),
 }
 
-pub type OpResult = Result<OpReply, ProtocolError>;
+pub type OpResult = Result<OpReply, EngineError>;
 
 /// One cursor as inspected: `flowd` admin answers, `GET /consumers`, `flowd drain`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -405,7 +398,8 @@ fn info(topic: &str, partition: u32, group: &str, cursor: &Cursor, next_offset: 
         options: cursor.options.clone(),
     }
 }
-fn unknown(shard: &Shard, topic: usize, group: &str) -> ProtocolError {
+
+fn unknown(shard: &Shard, topic: usize, group: &str) -> EngineError {
     ConsumerError::Unknown {
         topic: shard.shared.spec.topics[topic].name.clone(),
         group: group.to_owned(),
@@ -413,12 +407,9 @@ fn unknown(shard: &Shard, topic: usize, group: &str) -> ProtocolError {
     .into()
 }
 
-fn local(shard: &Shard, topic: usize, partition: u32) -> Result<&Rc<LocalPartition>, ProtocolError> {
+fn local(shard: &Shard, topic: usize, partition: u32) -> Result<&Rc<LocalPartition>, EngineError> {
     shard.partitions.get(&(topic, partition)).ok_or_else(|| {
-        ProtocolError::new(
-            ErrorCode::Internal,
-            "a partition request reached a shard that does not own the partition",
-        )
+        EngineError::Internal("a partition request reached a shard that does not own the partition".into())
     })
 }
 
@@ -521,6 +512,7 @@ pub async fn run(shard: &Rc<Shard>, op: PartitionOp) -> OpResult {
     consumers.maybe_snapshot(shard)?;
     outcome
 }
+
 /// A transaction id unique across runs and shards.
 pub fn txn_id(shard: &Shard) -> String {
     let n = shard.next_job_id();

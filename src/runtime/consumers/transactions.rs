@@ -9,8 +9,8 @@ use std::sync::atomic::Ordering;
 use crate::consumer::cursor::{Cursor, Range};
 use crate::consumer::journal::{Entry, PartRef, TXN_HEADER};
 use crate::protocol::wire::{RESERVED_HEADER_PREFIX, encode_record};
-use crate::protocol::{ErrorCode, ProtocolError};
 use crate::runtime::bounds::{Bounds, RECORD_HINT, TooLarge, dead_reason, record_frame_bytes};
+use crate::runtime::error::EngineError;
 use crate::runtime::failure::{DEAD_FROM_HEADER, DEAD_REASON_HEADER};
 use crate::runtime::mesh::{Ack, Batch, Payload};
 use crate::runtime::placement::partition_of_bytes;
@@ -19,7 +19,7 @@ use crate::runtime::shard::Shard;
 use crate::storage::faults;
 use crate::storage::layout::now_ms;
 
-use super::{local, stopping};
+use super::local;
 
 /// Records produced with an ack, for one partition, in wire encoding; the last carries
 /// the transaction's `flowd-txn` header.
@@ -32,8 +32,8 @@ pub struct TxnPart {
     pub stamp_ms: i64,
 }
 
-fn too_large(error: TooLarge) -> ProtocolError {
-    ProtocolError::new(ErrorCode::TooLarge, error.to_string())
+fn too_large(error: TooLarge) -> EngineError {
+    EngineError::TooLarge(error.to_string())
 }
 
 /// Room kept on the last record of a transaction's part for its `flowd-txn` mark.
@@ -49,13 +49,12 @@ pub(super) fn dead_letters(
     range: Range,
     dead: &str,
     reason: &str,
-) -> Result<Vec<TxnPart>, ProtocolError> {
+) -> Result<Vec<TxnPart>, EngineError> {
     let spec = &shard.shared.spec;
     let dead_topic = spec.topic_index(dead).ok_or_else(|| {
-        ProtocolError::new(
-            ErrorCode::UnknownTopic,
-            format!("the dead-letter topic \"{dead}\" is not in the dataflow"),
-        )
+        EngineError::Invalid(format!(
+            "the dead-letter topic \"{dead}\" is not in the dataflow; name one of its topics in on_max"
+        ))
     })?;
     let bounds = Bounds::of(&spec.topics[dead_topic]);
     let reason = dead_reason(reason);
@@ -135,7 +134,7 @@ pub(super) async fn commit(
     cursor: Cursor,
     id: String,
     mut parts: Vec<TxnPart>,
-) -> Result<Vec<(u64, u64)>, ProtocolError> {
+) -> Result<Vec<(u64, u64)>, EngineError> {
     let consumers = &shard.consumers;
     let shared = &shard.shared;
     // Each part's last record carries a mark of its own: a transaction may write more
@@ -188,11 +187,11 @@ pub(super) async fn commit(
             .sender(part.topic, part.partition)
             .send_async(batch)
             .await
-            .map_err(|_| stopping())?;
+            .map_err(|_| EngineError::Stopping)?;
     }
     let mut ends = vec![(0, 0); count];
     for k in 0..count {
-        let (i, first, next) = rx.recv_async().await.map_err(|_| stopping())??;
+        let (i, first, next) = rx.recv_async().await.map_err(|_| EngineError::Stopping)??;
         ends[i] = (first, next);
         if k == 0 && count > 1 {
             faults::crash_point("journal-txn-part");
@@ -207,7 +206,7 @@ pub(super) async fn commit(
 }
 
 /// Re-encodes a part's last record with the transaction header added.
-fn mark_last(part: &mut TxnPart, id: &str) -> Result<(), ProtocolError> {
+fn mark_last(part: &mut TxnPart, id: &str) -> Result<(), EngineError> {
     let mut cursor = crate::protocol::wire::Cursor::new(&part.bytes);
     let mut last_start = 0;
     for _ in 0..part.count {
