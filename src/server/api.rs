@@ -62,7 +62,7 @@ pub fn split(shard: &Shard, groups: &[ProduceGroup<'_>]) -> Result<Split, Protoc
     for group in groups {
         let topic = spec
             .topic_index(group.topic)
-            .ok_or_else(|| ProtocolError::from(EngineError::UnknownTopic((group.topic).to_owned())))?;
+            .ok_or_else(|| ProtocolError::from(EngineError::UnknownTopic(group.topic.to_owned())))?;
         let partitions = spec.topics[topic].partitions;
         let bounds = Bounds::of(&spec.topics[topic]);
         if let Some(p) = group.partition {
@@ -261,7 +261,7 @@ pub fn check_local(peers: &Peers, name: &str, topic: usize, partition: u32) -> R
     match peers.owner(topic, partition) {
         None if peers.ownership.serving(topic, partition) => Ok(()),
         None => Err(ProtocolError::from(EngineError::TakingOver {
-            topic: (name).to_owned(),
+            topic: name.to_owned(),
             partition,
         })),
         Some(owner) => Err(ProtocolError::new(
@@ -281,7 +281,7 @@ pub async fn fetch(shard: &Rc<Shard>, topic: &str, order: FetchOrder) -> Vec<u8>
     let Some(t) = spec.topic_index(topic) else {
         return service::error_frame(
             request_id,
-            &ProtocolError::from(EngineError::UnknownTopic((topic).to_owned())),
+            &ProtocolError::from(EngineError::UnknownTopic(topic.to_owned())),
         );
     };
     let partitions = spec.topics[t].partitions;
@@ -320,7 +320,7 @@ pub async fn fetch(shard: &Rc<Shard>, topic: &str, order: FetchOrder) -> Vec<u8>
         return service::error_frame(
             request_id,
             &ProtocolError::from(EngineError::TakingOver {
-                topic: (topic).to_owned(),
+                topic: topic.to_owned(),
                 partition: order.partition,
             }),
         );

@@ -65,7 +65,7 @@ fn topic_of(shard: &Shard, topic: &str, partition: Option<u32>) -> Result<usize,
     let spec = &shard.shared.spec;
     let t = spec
         .topic_index(topic)
-        .ok_or_else(|| ProtocolError::from(EngineError::UnknownTopic((topic).to_owned())))?;
+        .ok_or_else(|| ProtocolError::from(EngineError::UnknownTopic(topic.to_owned())))?;
     if let Some(p) = partition {
         EngineError::check_partition(topic, spec.topics[t].partitions, p)?;
     }

@@ -127,7 +127,7 @@ impl PeerService {
         let spec = &self.shared.spec;
         let topic = spec
             .topic_index(name)
-            .ok_or_else(|| ProtocolError::from(EngineError::UnknownTopic((name).to_owned())))?;
+            .ok_or_else(|| ProtocolError::from(EngineError::UnknownTopic(name.to_owned())))?;
         EngineError::check_partition(name, spec.topics[topic].partitions, partition)?;
         Ok(topic)
     }
@@ -147,7 +147,7 @@ impl PeerService {
                 ),
             ),
             None => ProtocolError::from(EngineError::TakingOver {
-                topic: (name).to_owned(),
+                topic: name.to_owned(),
                 partition,
             }),
         })
