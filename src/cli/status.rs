@@ -78,7 +78,7 @@ pub fn run(from: &str, json: bool) -> Result<ExitCode, CliError> {
                 p.next_offset,
                 p.durable_offset,
                 consumers.join(", "),
-                crate::runtime::ownership::note(p.standing)
+                crate::runtime::cluster::ownership::note(p.standing)
             )?;
         }
     }

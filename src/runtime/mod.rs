@@ -8,23 +8,20 @@
 //! restarts).
 
 pub mod bounds;
+pub mod cluster;
 pub mod commit;
 pub mod consumers;
 pub mod emitter;
 pub mod error;
 pub mod exec_stage;
 pub mod failure;
-pub mod handover;
 pub mod journal_recovery;
 pub mod mesh;
-pub mod ownership;
-pub mod peers;
 pub mod placement;
 mod plan;
 pub mod progress;
 pub mod provenance;
 pub mod reply;
-pub mod reroute;
 pub mod retention;
 pub mod scatter_stage;
 pub mod service;
@@ -170,7 +167,7 @@ pub fn run(
                         std::thread::sleep(Duration::from_millis(5));
                     }
                     if !shared.control.is_stopping() {
-                        handover::leave(&peers, &shared, handover::LEAVE_PATIENCE);
+                        cluster::handover::leave(&peers, &shared, cluster::handover::LEAVE_PATIENCE);
                     }
                     done.store(true, Ordering::Release);
                 })

@@ -17,7 +17,7 @@ use crate::runtime::error::{Result, RuntimeError};
 use crate::runtime::exec_stage::ExecTask;
 use crate::runtime::journal_recovery::{self, ShardJournal};
 use crate::runtime::mesh::{self, Batch};
-use crate::runtime::peers::Peers;
+use crate::runtime::cluster::peers::Peers;
 use crate::runtime::progress::{self, Progress};
 use crate::runtime::provenance::{self, Point, source_producer, stage_producer};
 use crate::runtime::reply::{self, ReplyTask};
@@ -27,7 +27,7 @@ use crate::runtime::sink::{ForwarderTask, SINK_CHANNEL_CHUNKS_MAX, SinkChunk, Wr
 use crate::runtime::source::SourceTask;
 use crate::runtime::stage::StageTask;
 use crate::runtime::{consumers, exec_stage, placement, scatter_stage, sink, source, stage};
-use crate::server::peer_api::PeerService;
+use crate::runtime::cluster::service::PeerService;
 use crate::server::{self, Bound, ShardSockets};
 use crate::storage::{LogOptions, PartitionLog, layout};
 

@@ -111,7 +111,7 @@ pub struct PartitionStatus {
     pub consumers: Vec<ConsumerStatus>,
     /// In a cluster: whether this peer serves the partition, or is still copying it in.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub standing: Option<crate::runtime::ownership::Standing>,
+    pub standing: Option<crate::runtime::cluster::ownership::Standing>,
 }
 
 #[derive(Debug, Clone, Serialize, serde::Deserialize)]

@@ -17,7 +17,7 @@ use crate::runtime::error::EngineError;
 use crate::runtime::error::{Result, RuntimeError};
 use crate::runtime::journal_recovery::ShardJournal;
 use crate::runtime::mesh::{Ack, Batch, Mesh, with_payload};
-use crate::runtime::ownership::Standing;
+use crate::runtime::cluster::ownership::Standing;
 use crate::runtime::service::{JobOutcome, ShardRequest};
 use crate::runtime::sink::SinkChunk;
 use crate::storage::{Durability, PartitionLog, StorageError};
@@ -40,7 +40,7 @@ pub struct Shared {
     /// after each append, so that any shard can tell where a batch will land at least.
     pub ends: Vec<Vec<AtomicU64>>,
     /// In a cluster: who owns what, and the links to the other peers.
-    pub peers: Option<Arc<crate::runtime::peers::Peers>>,
+    pub peers: Option<Arc<crate::runtime::cluster::peers::Peers>>,
 }
 
 impl Shared {

@@ -15,7 +15,7 @@ use crate::protocol::{ErrorCode, FetchFrom, ProduceGroup, ProtocolError, Run, Wi
 use crate::runtime::bounds::{BATCH_HINT, Bounds, ENGINE_HEADERS_RESERVE, TooLarge, record_frame_bytes};
 use crate::runtime::error::EngineError;
 use crate::runtime::mesh::{Ack, Batch, ClientAck, Payload};
-use crate::runtime::peers::{Fetch, Peers};
+use crate::runtime::cluster::peers::{Fetch, Peers};
 use crate::runtime::placement::{owner, partition_of_bytes};
 use crate::runtime::reply::{ReplyAddress, job_batch};
 use crate::runtime::service::{self, Answer, FetchOrder, PartitionStatus, ShardRequest, ShardStatus};

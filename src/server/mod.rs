@@ -16,7 +16,6 @@ pub mod http_consumers;
 mod hyper_io;
 pub mod listeners;
 pub mod page;
-pub mod peer_api;
 
 use std::cell::RefCell;
 use std::rc::Rc;

@@ -84,7 +84,7 @@ pub fn render(status: &Status) -> String {
                 p.segments,
                 p.bytes,
                 consumers.join(", "),
-                crate::runtime::ownership::note(p.standing)
+                crate::runtime::cluster::ownership::note(p.standing)
             );
         }
         html.push_str("</table>");

@@ -25,8 +25,8 @@ use crate::protocol::{ErrorCode, ProtocolError};
 use crate::runtime::error::EngineError;
 use crate::runtime::error::RuntimeError;
 use crate::runtime::mesh::{Ack, Batch, CHANNEL_BATCHES_MAX, Payload, RemoteRoute};
-use crate::runtime::ownership::Ownership;
-use crate::runtime::reroute;
+use crate::runtime::cluster::ownership::Ownership;
+use crate::runtime::cluster::reroute;
 use crate::runtime::service::FetchOrder;
 use crate::runtime::shard::Shared;
 
@@ -102,7 +102,7 @@ impl Peers {
         let peers = Arc::downgrade(self);
         std::thread::Builder::new()
             .name("flowd-handover".into())
-            .spawn(move || crate::runtime::handover::run(peers))
+            .spawn(move || crate::runtime::cluster::handover::run(peers))
             .map_err(thread)?;
         Ok(())
     }
