@@ -8,7 +8,7 @@ use std::sync::atomic::AtomicBool;
 use crate::bench::BenchError;
 use crate::client::Client;
 use crate::config::{self, ExecProtocol};
-use crate::runtime::{self, Engine};
+use crate::runtime::Engine;
 use crate::storage::Durability;
 
 /// The built-in dataflow: `bench` for ingest and consume, the job `echo` for reqreply,
@@ -150,8 +150,8 @@ impl Target {
         // The bench speaks the binary protocol only; a user's dataflow must not need its
         // HTTP port free.
         ingest.http = None;
-        let engine = runtime::start(spec)?;
-        let addr = engine.bound.tcp.expect("a bench engine listens").to_string();
+        let (engine, bound) = crate::server::start(spec, None)?;
+        let addr = bound.tcp.expect("a bench engine listens").to_string();
         Ok(Target {
             addr,
             topic: "bench".into(),

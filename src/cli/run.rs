@@ -78,7 +78,8 @@ pub fn run(args: RunArgs) -> Result<ExitCode, CliError> {
         }
         None => None,
     };
-    let summary = runtime::run(spec, cluster, |bound| {
+    let (doors, bound) = crate::server::listen(&spec)?;
+    let summary = runtime::run(spec, cluster, doors, || {
         // A contract: scripts wait for these lines before they connect.
         if let Some(addr) = bound.tcp {
             println!("listening tcp {addr}");

@@ -30,6 +30,7 @@ pub mod sink;
 pub mod source;
 pub mod stage;
 
+use std::rc::Rc;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
@@ -37,7 +38,6 @@ use std::time::{Duration, Instant};
 use crate::cluster::Cluster;
 use crate::config::DataflowSpec;
 use crate::runtime::shard::Shared;
-use crate::server::Bound;
 use error::Result;
 pub use error::RuntimeError;
 pub use plan::core_count;
@@ -54,37 +54,44 @@ pub struct RunSummary {
     pub elapsed: Duration,
 }
 
+/// What serves clients on the engine's shards (the front doors, `crate::server`, which
+/// stand above the engine): the engine opens them on every shard once its tasks run,
+/// and knows nothing else of them.
+pub trait Doors: Send + Sync {
+    /// Opens the doors of `shard` (number `shard.index`), on its executor.
+    fn open(&self, shard: &Rc<shard::Shard>);
+}
+
 /// A started engine: its shards run until `wait` sees a stop.
 pub struct Engine {
     shared: Arc<Shared>,
     handles: Vec<plan::ShardHandle>,
     finishable: Option<usize>,
     started: Instant,
-    /// The addresses the listeners were bound to (ports resolved).
-    pub bound: Bound,
 }
 
-/// Plans a dataflow and starts its shards. Listeners are bound before this returns, so
-/// clients may connect as soon as it does.
+/// Plans a dataflow and starts its shards, with no doors (`server::start` opens them).
 pub fn start(spec: DataflowSpec) -> Result<Engine> {
-    start_in(spec, None)
+    start_in(spec, None, None)
 }
 
-/// `start`, as one peer of `cluster` when given: it owns the partitions placement gives
-/// it and routes the rest to their owners.
-pub fn start_in(spec: DataflowSpec, cluster: Option<Arc<Cluster>>) -> Result<Engine> {
+/// `start`, as one peer of `cluster` when given (it owns the partitions placement gives
+/// it and routes the rest to their owners), opening `doors` on every shard.
+pub fn start_in(
+    spec: DataflowSpec,
+    cluster: Option<Arc<Cluster>>,
+    doors: Option<Arc<dyn Doors>>,
+) -> Result<Engine> {
     let started = Instant::now();
     let plan = plan::plan(spec, cluster)?;
     let shared = Arc::clone(&plan.shared);
     let finishable = plan.finishable;
-    let bound = plan.bound;
-    let handles = plan::spawn(plan)?;
+    let handles = plan::spawn(plan, doors)?;
     Ok(Engine {
         shared,
         handles,
         finishable,
         started,
-        bound,
     })
 }
 
@@ -138,11 +145,12 @@ impl Engine {
 
 /// Runs a dataflow until its (bounded) input is done, a signal (SIGINT/SIGTERM) arrives,
 /// or a fatal error occurs. On the way out every log is synced. `ready` is called once
-/// the engine runs and its listeners take connections.
+/// the engine runs (its doors, bound before, take connections).
 pub fn run(
     spec: DataflowSpec,
     cluster: Option<Arc<Cluster>>,
-    ready: impl FnOnce(&Bound),
+    doors: Option<Arc<dyn Doors>>,
+    ready: impl FnOnce(),
 ) -> Result<RunSummary> {
     // Before anything slow: a signal during start-up must stop the run cleanly too.
     let signalled = Arc::new(AtomicBool::new(false));
@@ -152,8 +160,8 @@ pub fn run(
             reason: format!("cannot handle signals: {e}"),
         })?;
     }
-    let engine = start_in(spec, cluster.clone())?;
-    ready(&engine.bound);
+    let engine = start_in(spec, cluster.clone(), doors)?;
+    ready();
     // In a cluster a signal first hands this peer's partitions over (the engine keeps
     // serving the peers that copy them), then stops the engine.
     let stop = match &engine.shared.peers {

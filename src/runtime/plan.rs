@@ -13,11 +13,12 @@ use glommio::{LocalExecutorBuilder, Placement};
 use crate::cluster::Cluster;
 use crate::config::{Cores, DataflowSpec, Guarantee, OpSpec};
 use crate::metrics::Metrics;
+use crate::runtime::cluster::peers::Peers;
+use crate::runtime::cluster::service::PeerService;
 use crate::runtime::error::{Result, RuntimeError};
 use crate::runtime::exec_stage::ExecTask;
 use crate::runtime::journal_recovery::{self, ShardJournal};
 use crate::runtime::mesh::{self, Batch};
-use crate::runtime::cluster::peers::Peers;
 use crate::runtime::progress::{self, Progress};
 use crate::runtime::provenance::{self, Point, source_producer, stage_producer};
 use crate::runtime::reply::{self, ReplyTask};
@@ -26,9 +27,7 @@ use crate::runtime::shard::{Control, LocalPartition, Shard, Shared};
 use crate::runtime::sink::{ForwarderTask, SINK_CHANNEL_CHUNKS_MAX, SinkChunk, WriterTask};
 use crate::runtime::source::SourceTask;
 use crate::runtime::stage::StageTask;
-use crate::runtime::{consumers, exec_stage, placement, scatter_stage, sink, source, stage};
-use crate::runtime::cluster::service::PeerService;
-use crate::server::{self, Bound, ShardSockets};
+use crate::runtime::{Doors, consumers, exec_stage, placement, scatter_stage, sink, source, stage};
 use crate::storage::{LogOptions, PartitionLog, layout};
 
 /// Everything one shard is given.
@@ -43,13 +42,10 @@ pub struct ShardPlan {
     writers: Vec<(WriterTask, flume::Receiver<SinkChunk>)>,
     replies: Vec<ReplyTask>,
     service: Option<flume::Receiver<ShardRequest>>,
-    /// This shard's TCP and HTTP listening sockets.
-    pub sockets: ShardSockets,
     journal: Option<ShardJournal>,
 }
 
 pub struct Plan {
-    pub bound: Bound,
     pub shared: Arc<Shared>,
     pub shards: Vec<ShardPlan>,
     /// Tasks that end when the input does, if every input is bounded.
@@ -267,15 +263,7 @@ pub fn plan(spec: DataflowSpec, cluster: Option<Arc<Cluster>>) -> Result<Plan> {
         });
         let _ = peers.cluster.data.set(service);
     }
-    let (bound, sockets) = match &shared.spec.ingest {
-        Some(ingest) => server::bind(ingest, shards)?,
-        None => Default::default(),
-    };
-    for (plan, sockets) in plans.iter_mut().zip(sockets) {
-        plan.sockets = sockets;
-    }
     Ok(Plan {
-        bound,
         shared,
         shards: plans,
         finishable,
@@ -494,14 +482,15 @@ const SPIN_BEFORE_PARK: Duration = Duration::from_micros(200);
 pub type ShardHandle = glommio::ExecutorJoinHandle<Result<()>>;
 
 /// Starts one executor per planned shard, pinned to its core.
-pub fn spawn(plan: Plan) -> Result<Vec<ShardHandle>> {
+pub fn spawn(plan: Plan, doors: Option<Arc<dyn Doors>>) -> Result<Vec<ShardHandle>> {
     let mut handles = Vec::new();
     for (index, shard_plan) in plan.shards.into_iter().enumerate() {
         let shared = Arc::clone(&plan.shared);
+        let doors = doors.clone();
         let handle = LocalExecutorBuilder::new(Placement::Fixed(index))
             .spin_before_park(SPIN_BEFORE_PARK)
             .name(&format!("flowd-shard-{index}"))
-            .spawn(move || async move { run_shard(index, shared, shard_plan).await })
+            .spawn(move || async move { run_shard(index, shared, shard_plan, doors).await })
             .map_err(|e| RuntimeError::Shard {
                 shard: index,
                 reason: e.to_string(),
@@ -511,7 +500,12 @@ pub fn spawn(plan: Plan) -> Result<Vec<ShardHandle>> {
     Ok(handles)
 }
 
-async fn run_shard(index: usize, shared: Arc<Shared>, plan: ShardPlan) -> Result<()> {
+async fn run_shard(
+    index: usize,
+    shared: Arc<Shared>,
+    plan: ShardPlan,
+    doors: Option<Arc<dyn Doors>>,
+) -> Result<()> {
     let partitions = plan
         .partitions
         .into_iter()
@@ -561,7 +555,9 @@ async fn run_shard(index: usize, shared: Arc<Shared>, plan: ShardPlan) -> Result
             }
         });
     }
-    crate::server::serve(&shard, plan.sockets);
+    if let Some(doors) = &doors {
+        doors.open(&shard);
+    }
     tasks.spawn(Rc::clone(&shard).run_acker());
     // An exec stage runs one task per core over all its partitions there: one worker
     // pool per core, and one task to drive it.

@@ -12,12 +12,12 @@ use std::time::Duration;
 
 use crate::config::DataflowSpec;
 use crate::metrics::Metrics;
+use crate::runtime::cluster::ownership::Standing;
 use crate::runtime::consumers::Consumers;
 use crate::runtime::error::EngineError;
 use crate::runtime::error::{Result, RuntimeError};
 use crate::runtime::journal_recovery::ShardJournal;
 use crate::runtime::mesh::{Ack, Batch, Mesh, with_payload};
-use crate::runtime::cluster::ownership::Standing;
 use crate::runtime::service::{JobOutcome, ShardRequest};
 use crate::runtime::sink::SinkChunk;
 use crate::storage::{Durability, PartitionLog, StorageError};

@@ -22,7 +22,11 @@ use std::rc::Rc;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use crate::cluster::Cluster;
+use crate::config::DataflowSpec;
 use crate::metrics::Metrics;
+use crate::runtime::Engine;
+use crate::runtime::error::RuntimeError;
 use crate::runtime::shard::Shard;
 pub use listeners::{Bound, ShardSockets, bind};
 
@@ -131,8 +135,46 @@ pub(crate) fn admit(
     }
 }
 
+/// A dataflow's listeners, bound for every shard before the engine starts: the doors
+/// the engine opens on each shard (`runtime::Doors`).
+pub struct Listeners {
+    sockets: std::sync::Mutex<Vec<Option<ShardSockets>>>,
+}
+
+impl crate::runtime::Doors for Listeners {
+    fn open(&self, shard: &Rc<Shard>) {
+        let sockets = self.sockets.lock().expect("listeners lock")[shard.index].take();
+        if let Some(sockets) = sockets {
+            serve(shard, sockets);
+        }
+    }
+}
+
+/// Binds the listeners of `spec` (none without `[ingest]`), one set per shard: the
+/// doors to hand the engine, and the addresses bound (ports resolved). Clients may
+/// connect as soon as this returns; they are served once the engine runs.
+pub fn listen(spec: &DataflowSpec) -> Result<(Option<Arc<dyn crate::runtime::Doors>>, Bound), RuntimeError> {
+    let Some(ingest) = &spec.ingest else {
+        return Ok((None, Bound::default()));
+    };
+    let shards = crate::runtime::core_count(spec.engine.cores)?;
+    let (bound, sockets) = bind(ingest, shards)?;
+    let listeners = Listeners {
+        sockets: std::sync::Mutex::new(sockets.into_iter().map(Some).collect()),
+    };
+    Ok((Some(Arc::new(listeners)), bound))
+}
+
+/// An engine with its doors open (as one peer of `cluster` when given), and the
+/// addresses they listen on.
+pub fn start(spec: DataflowSpec, cluster: Option<Arc<Cluster>>) -> Result<(Engine, Bound), RuntimeError> {
+    let (doors, bound) = listen(&spec)?;
+    let engine = crate::runtime::start_in(spec, cluster, doors)?;
+    Ok((engine, bound))
+}
+
 /// Starts this shard's accept loops, if the dataflow has listeners.
-pub fn serve(shard: &Rc<Shard>, sockets: ShardSockets) {
+fn serve(shard: &Rc<Shard>, sockets: ShardSockets) {
     let Some(ingest) = shard.shared.spec.ingest.clone() else {
         return;
     };

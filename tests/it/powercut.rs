@@ -61,10 +61,13 @@ to = "out"
     )
 }
 
-fn start(data: &Path, durability: &str) -> Result<flowd::runtime::Engine, String> {
+/// An engine on `data` with its doors open, and the address of its TCP door.
+fn start(data: &Path, durability: &str) -> Result<(flowd::runtime::Engine, String), String> {
     let path = data.with_extension("toml");
     let spec = flowd::config::parse(&path, &dataflow(data, durability)).map_err(|e| e.to_string())?;
-    flowd::runtime::start(spec).map_err(|e| format!("the engine does not start: {e}"))
+    let (engine, bound) =
+        flowd::server::start(spec, None).map_err(|e| format!("the engine does not start: {e}"))?;
+    Ok((engine, bound.tcp.expect("the dataflow listens").to_string()))
 }
 
 fn stop(engine: flowd::runtime::Engine) {
@@ -85,8 +88,7 @@ struct Acked {
 fn record(dir: &Path, durability: &str, run: u64) -> (Trace, Acked) {
     let data = dir.join("data");
     let recording = Arc::new(Recording::start(&data));
-    let engine = start(&data, durability).unwrap();
-    let addr = engine.bound.tcp.unwrap().to_string();
+    let (engine, addr) = start(&data, durability).unwrap();
     let done = Arc::new(AtomicBool::new(false));
     let consumer = {
         let (addr, recording, done) = (addr.clone(), Arc::clone(&recording), Arc::clone(&done));
@@ -169,8 +171,7 @@ fn check_cut(trace: &Trace, acked: &Acked, at: usize, seed: u64, image: &Path) -
     trace
         .cut(at, seed, image)
         .map_err(|e| format!("cannot build the cut: {e}"))?;
-    let engine = start(image, "group")?;
-    let addr = engine.bound.tcp.unwrap().to_string();
+    let (engine, addr) = start(image, "group")?;
     let checked = check_engine(&addr, acked, at);
     stop(engine);
     checked
@@ -431,7 +432,7 @@ fn an_engine_stopped_in_process_lets_go_of_its_files_and_locks() {
     assert!(open_here().is_empty());
     for round in 0..3 {
         // The same data dir again: its partitions' locks were let go.
-        let engine = start(&data, "group").unwrap();
+        let (engine, _) = start(&data, "group").unwrap();
         assert!(
             !open_here().is_empty(),
             "round {round}: a running engine holds its files"

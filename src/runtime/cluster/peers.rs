@@ -22,11 +22,11 @@ use crate::cluster::transport::{self, Purpose};
 use crate::cluster::{Cluster, View};
 use crate::protocol::wire::encode_record;
 use crate::protocol::{ErrorCode, ProtocolError};
+use crate::runtime::cluster::ownership::Ownership;
+use crate::runtime::cluster::reroute;
 use crate::runtime::error::EngineError;
 use crate::runtime::error::RuntimeError;
 use crate::runtime::mesh::{Ack, Batch, CHANNEL_BATCHES_MAX, Payload, RemoteRoute};
-use crate::runtime::cluster::ownership::Ownership;
-use crate::runtime::cluster::reroute;
 use crate::runtime::service::FetchOrder;
 use crate::runtime::shard::Shared;
 

@@ -8,10 +8,10 @@ use std::sync::Weak;
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
+use crate::runtime::cluster::peers::Peers;
 use crate::runtime::error::EngineError;
 use crate::runtime::error::RuntimeError;
 use crate::runtime::mesh::{Ack, Batch};
-use crate::runtime::cluster::peers::Peers;
 
 /// Refused batches queued for the rerouter before the refusing side waits.
 pub const REROUTE_QUEUE: usize = 1024;

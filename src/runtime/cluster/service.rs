@@ -45,7 +45,8 @@ impl DataPlane for PeerService {
                 }
             });
         // Acks come back from the shards in any order; each names its request.
-        let (ack_tx, ack_rx) = flume::bounded::<(u64, ClientAck)>(crate::runtime::cluster::peers::LINK_IN_FLIGHT * 4);
+        let (ack_tx, ack_rx) =
+            flume::bounded::<(u64, ClientAck)>(crate::runtime::cluster::peers::LINK_IN_FLIGHT * 4);
         let acks_out = out_tx.clone();
         let acked = std::thread::Builder::new()
             .name("flowd-peer-ack".into())
