@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 use crate::cli::CliError;
 use crate::client::Client;
 use crate::protocol::consumer::AdminAction;
-use crate::runtime::consumers::CursorInfo;
+use crate::protocol::consumer::CursorInfo;
 
 /// How often the consumers are asked again.
 const POLL: Duration = Duration::from_millis(50);

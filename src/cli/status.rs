@@ -6,7 +6,7 @@ use std::process::ExitCode;
 
 use crate::cli::CliError;
 use crate::client::Client;
-use crate::server::api::Status;
+use crate::protocol::status::Status;
 
 pub fn run(from: &str, json: bool) -> Result<ExitCode, CliError> {
     let mut client = Client::connect(from)?;
@@ -78,7 +78,7 @@ pub fn run(from: &str, json: bool) -> Result<ExitCode, CliError> {
                 p.next_offset,
                 p.durable_offset,
                 consumers.join(", "),
-                crate::runtime::cluster::ownership::note(p.standing)
+                crate::protocol::status::note(p.standing)
             )?;
         }
     }

@@ -2,13 +2,14 @@
 //! admin, range, length; blocking, one request at a time (pipeline with `send`/`recv`).
 
 use crate::client::{Client, ClientError, Result, unexpected};
-use crate::consumer::cursor::Options;
+use crate::protocol::consumer::CursorInfo;
 use crate::protocol::consumer::{
-    AdminAction, AdminRequest, ClaimRequest, Claimed, ConsumerRef, RangeRequest, RangeSpec, ReclaimedReply,
+    AdminAction, AdminRequest, ClaimRequest, Claimed, ConsumerRef, Options, RangeRequest, RangeSpec,
+    ReclaimedReply,
 };
-use crate::protocol::message::{Fetched, Response, Run, encode_ack_commit};
+use crate::protocol::message::{Fetched, Response, encode_ack_commit};
+use crate::protocol::records::Run;
 use crate::protocol::{OwnedWireRecord, Request};
-use crate::runtime::consumers::CursorInfo;
 
 /// The range an ack-and-commit acked, and the offsets of the records it produced.
 pub type Committed = ((u64, u64), Vec<Vec<Run>>);

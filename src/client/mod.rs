@@ -7,7 +7,8 @@ use std::io::{BufReader, BufWriter, Read, Write};
 use std::net::{SocketAddr, TcpStream, ToSocketAddrs};
 use std::time::Duration;
 
-use crate::protocol::message::{Fetched, Metadata, Response, encode_produce, record_offsets};
+use crate::protocol::message::{Fetched, Metadata, Response, encode_produce};
+use crate::protocol::records::record_offsets;
 use crate::protocol::{
     ErrorCode, FetchFrom, FetchRequest, JobRequest, OwnedWireRecord, Request, WireRecord, parse_frame,
 };

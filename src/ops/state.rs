@@ -17,7 +17,7 @@ use serde_json::value::RawValue;
 
 use crate::ops::jq::{JqProgram, to_json};
 use crate::ops::{Input, OpError, Operator, Output};
-use crate::runtime::placement::partition_of_bytes;
+use crate::protocol::routing::partition_of_bytes;
 
 /// The states of one stage on one input partition, shared with whoever reads them by key.
 pub type States = Rc<RefCell<HashMap<Vec<u8>, Vec<u8>>>>;

@@ -2,10 +2,14 @@
 //! of the reads outside consumers (range, length), with their responses. Layouts are
 //! in the module doc of `protocol`.
 
-use crate::consumer::cursor::{OnMax, Options, Start};
+use serde::{Deserialize, Serialize};
+
+// What a claim's create options and a cursor's ranges are on the wire: the consumer
+// room's own types, re-exported so that clients need the protocol alone.
+pub use crate::consumer::cursor::{OnMax, Options, Range, Start};
 use crate::protocol::error::ProtocolError;
 use crate::protocol::frame::{Kind, begin_frame, finish_frame};
-use crate::protocol::message::{ANY_PARTITION, RecordsWriter, Run, decode_items, encode_runs};
+use crate::protocol::records::{ANY_PARTITION, RecordsWriter, Run, decode_items, encode_runs};
 use crate::protocol::wire::{Cursor, OwnedWireRecord, put_bytes, put_str, put_u32, put_u64};
 
 /// Names one consumer's place in one partition.
@@ -390,4 +394,26 @@ pub fn encode_length(out: &mut Vec<u8>, request_id: u64, length: u64) {
     let start = begin_frame(out, Kind::LengthReply, request_id);
     put_u64(out, length);
     finish_frame(out, start);
+}
+
+/// One cursor as inspected: `flowd` admin answers, `GET /consumers`, `flowd drain`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CursorInfo {
+    pub topic: String,
+    pub partition: u32,
+    pub group: String,
+    /// Everything below is acked.
+    pub committed: u64,
+    pub claimed: Option<Range>,
+    pub claimed_at_ms: Option<i64>,
+    pub reclaims: u32,
+    /// `active` or `disabled`.
+    pub state: String,
+    pub disabled_reason: Option<String>,
+    /// Records not yet acked: `next_offset - committed`.
+    pub lag: u64,
+    pub next_offset: u64,
+    /// Records retention deleted before they were acked.
+    pub skipped: u64,
+    pub options: Options,
 }

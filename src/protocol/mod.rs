@@ -97,9 +97,13 @@ pub mod error;
 pub mod frame;
 pub mod json;
 pub mod message;
+pub mod records;
+pub mod routing;
+pub mod status;
 pub mod wire;
 
 pub use error::{ErrorCode, ProtocolError};
 pub use frame::{FRAME_HEADER_BYTES, FrameHeader, Kind, PROTOCOL_VERSION, RawFrame, parse_frame};
-pub use message::{FetchFrom, FetchRequest, Fetched, JobRequest, Metadata, ProduceGroup, Request, Run};
+pub use message::{FetchFrom, FetchRequest, Fetched, JobRequest, Metadata, ProduceGroup, Request};
+pub use records::Run;
 pub use wire::{OwnedWireRecord, WireRecord};

@@ -16,10 +16,11 @@ use crate::config::{Part, Route, Selector};
 use crate::ops::jq::JqProgram;
 use crate::ops::key_by::select;
 use crate::ops::{OpError, Output};
+use crate::protocol::routing::partition_of_bytes;
 use crate::runtime::bounds::{self, Bounds, RECORD_HINT, TooLarge};
 use crate::runtime::error::Result;
 use crate::runtime::mesh::{Ack, Batch, Generation, Mesh, OwnedRecord, Payload};
-use crate::runtime::placement::{partition_of_bytes, spread_partition};
+use crate::runtime::placement::spread_partition;
 use crate::runtime::provenance::{self, END_HEADER, Point, SOURCE_HEADER};
 use crate::runtime::reply::REPLY_HEADER;
 

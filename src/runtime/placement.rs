@@ -1,4 +1,5 @@
-//! Which shard owns a partition, and which partition a record goes to.
+//! Which shard owns a partition, and which partition an output goes to when spread
+//! (a keyed record's partition is `protocol::routing::partition_of_bytes`).
 //!
 //! Both are pure functions of stable inputs, so that every shard (and, later, every
 //! peer) computes the same answer, and so that a replay after a crash routes each
@@ -7,11 +8,6 @@
 /// The shard that owns partition `partition` of a topic, given `shards` shards.
 pub fn owner(partition: u32, shards: usize) -> usize {
     partition as usize % shards
-}
-
-/// The partition for `bytes` among `partitions`: a stable hash, the same on every run.
-pub fn partition_of_bytes(bytes: &[u8], partitions: u32) -> u32 {
-    crc32c::crc32c(bytes) % partitions
 }
 
 /// Round robin that a replay reproduces: the `index`-th output of the input at
@@ -31,6 +27,7 @@ fn mix(x: u64) -> u64 {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::protocol::routing::partition_of_bytes;
 
     #[test]
     fn owners_cover_all_shards() {

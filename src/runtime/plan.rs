@@ -453,7 +453,7 @@ fn states_by_partition(
             }
             if let Some(key) = view.key() {
                 states
-                    .entry(placement::partition_of_bytes(key, partitions))
+                    .entry(crate::protocol::routing::partition_of_bytes(key, partitions))
                     .or_default()
                     .insert(key.to_vec(), view.value().to_vec());
             }

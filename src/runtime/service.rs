@@ -7,7 +7,8 @@ use std::time::{Duration, Instant};
 
 use serde::Serialize;
 
-use crate::protocol::message::RecordsWriter;
+use crate::protocol::records::RecordsWriter;
+use crate::protocol::status::{ConsumerStatus, PartitionStatus};
 use crate::protocol::{FetchFrom, ProtocolError};
 use crate::runtime::consumers::{self, OpResult, PartitionOp};
 use crate::runtime::error::EngineError;
@@ -96,29 +97,6 @@ pub struct ShardStatus {
     pub partitions: Vec<PartitionStatus>,
     /// Jobs taken here and still waiting for their answer.
     pub jobs_waiting: usize,
-}
-
-#[derive(Debug, Clone, Serialize, serde::Deserialize)]
-pub struct PartitionStatus {
-    pub topic: String,
-    pub partition: u32,
-    pub shard: usize,
-    pub start_offset: u64,
-    pub next_offset: u64,
-    pub durable_offset: u64,
-    pub segments: usize,
-    pub bytes: u64,
-    pub consumers: Vec<ConsumerStatus>,
-    /// In a cluster: whether this peer serves the partition, or is still copying it in.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub standing: Option<crate::runtime::cluster::ownership::Standing>,
-}
-
-#[derive(Debug, Clone, Serialize, serde::Deserialize)]
-pub struct ConsumerStatus {
-    pub name: String,
-    pub position: u64,
-    pub lag: u64,
 }
 
 /// Serves this shard's requests until the engine stops.

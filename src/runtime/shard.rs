@@ -12,7 +12,7 @@ use std::time::Duration;
 
 use crate::config::DataflowSpec;
 use crate::metrics::Metrics;
-use crate::runtime::cluster::ownership::Standing;
+use crate::protocol::status::Standing;
 use crate::runtime::consumers::Consumers;
 use crate::runtime::error::EngineError;
 use crate::runtime::error::{Result, RuntimeError};

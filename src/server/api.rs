@@ -6,19 +6,19 @@
 use std::rc::Rc;
 use std::time::{Duration, Instant};
 
-use serde::Serialize;
-
 use crate::config::OpSpec;
 use crate::protocol::message::Metadata;
+use crate::protocol::routing::partition_of_bytes;
+use crate::protocol::status::{PeerStatus, Quantiles, Status, TopicStatus};
 use crate::protocol::wire::RESERVED_HEADER_PREFIX;
 use crate::protocol::{ErrorCode, FetchFrom, ProduceGroup, ProtocolError, Run, WireRecord};
 use crate::runtime::bounds::{BATCH_HINT, Bounds, ENGINE_HEADERS_RESERVE, TooLarge, record_frame_bytes};
 use crate::runtime::cluster::peers::{Fetch, Peers};
 use crate::runtime::error::EngineError;
 use crate::runtime::mesh::{Ack, Batch, ClientAck, Payload};
-use crate::runtime::placement::{owner, partition_of_bytes};
+use crate::runtime::placement::owner;
 use crate::runtime::reply::{ReplyAddress, job_batch};
-use crate::runtime::service::{self, Answer, FetchOrder, PartitionStatus, ShardRequest, ShardStatus};
+use crate::runtime::service::{self, Answer, FetchOrder, ShardRequest, ShardStatus};
 use crate::runtime::shard::Shard;
 use crate::storage::layout::now_ms;
 
@@ -548,56 +548,6 @@ pub fn metadata(shard: &Shard, max_frame_bytes: u32) -> Metadata {
             .map(|j| (j.name.clone(), spec.topics[j.topic].name.clone()))
             .collect(),
     }
-}
-
-/// The whole engine's state, as `GET /status` and `flowd status --json` show it.
-#[derive(Debug, Clone, Serialize, serde::Deserialize)]
-pub struct Status {
-    pub version: String,
-    pub uptime_secs: f64,
-    pub cores: usize,
-    pub durability: String,
-    pub listeners: Vec<String>,
-    pub topics: Vec<TopicStatus>,
-    pub jobs: Vec<String>,
-    pub records_in: u64,
-    pub records_in_per_sec: f64,
-    pub bytes_in: u64,
-    pub connections_open: u64,
-    pub jobs_waiting: usize,
-    pub produce_latency_us: Quantiles,
-    /// In a cluster: every peer this one knows, itself first. Empty on one machine.
-    #[serde(default)]
-    pub peers: Vec<PeerStatus>,
-}
-
-/// One peer as the peer asked sees it.
-#[derive(Debug, Clone, Serialize, serde::Deserialize)]
-pub struct PeerStatus {
-    /// Its `--peer-listen` address.
-    pub addr: String,
-    /// alive, suspect or down.
-    pub state: String,
-    pub me: bool,
-    pub cores: u16,
-    /// Milliseconds since a frame last came from it; `None` for this peer or never.
-    pub last_seen_ms: Option<u64>,
-    /// Topic partitions it owns in this peer's view.
-    pub partitions: usize,
-}
-
-#[derive(Debug, Clone, Serialize, serde::Deserialize)]
-pub struct TopicStatus {
-    pub name: String,
-    pub partitions: Vec<PartitionStatus>,
-}
-
-#[derive(Debug, Clone, Default, Serialize, serde::Deserialize)]
-pub struct Quantiles {
-    pub p50: u64,
-    pub p99: u64,
-    pub p999: u64,
-    pub max: u64,
 }
 
 /// Asks every shard for its partitions and puts the answers together.

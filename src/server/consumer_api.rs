@@ -6,11 +6,12 @@ use std::rc::Rc;
 
 use crate::consumer::cursor::{OnMax, Options};
 use crate::consumer::error::ConsumerError;
+use crate::protocol::consumer::CursorInfo;
 use crate::protocol::consumer::{
     AdminRequest, ClaimRequest, ConsumerRef, RangeRequest, encode_nothing_claimed,
 };
 use crate::protocol::{ErrorCode, ProduceGroup, ProtocolError, Run};
-use crate::runtime::consumers::{self, CursorInfo, OpReply, OpResult, PartitionOp, TxnPart};
+use crate::runtime::consumers::{self, OpReply, OpResult, PartitionOp, TxnPart};
 use crate::runtime::error::EngineError;
 use crate::runtime::journal_recovery::journal_record_max;
 use crate::runtime::placement::owner;
@@ -155,7 +156,7 @@ pub async fn claim(
 }
 
 fn one_partition(r: &ConsumerRef<'_>) -> Result<(), ProtocolError> {
-    if r.partition == crate::protocol::message::ANY_PARTITION {
+    if r.partition == crate::protocol::records::ANY_PARTITION {
         return Err(ProtocolError::new(
             ErrorCode::Invalid,
             "name the partition the claim came from (CLAIMED says which)",

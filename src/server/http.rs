@@ -309,7 +309,7 @@ async fn route(shard: &Rc<Shard>, front: &Rc<Front>, request: Request<Incoming>)
     }
 }
 
-async fn status(shard: &Rc<Shard>, front: &Rc<Front>) -> api::Status {
+async fn status(shard: &Rc<Shard>, front: &Rc<Front>) -> crate::protocol::status::Status {
     let rate = front.rate(shard.shared.metrics.records_in.get());
     api::status(shard, front.started, &front.listeners, rate).await
 }
@@ -394,7 +394,7 @@ pub fn parse_records(body: &[u8]) -> Result<Vec<OwnedWireRecord>, String> {
 
 /// `"P:O"` of every record a produce (or commit) wrote, in input order.
 pub fn offset_strings(runs: &[Vec<crate::protocol::Run>]) -> Vec<String> {
-    crate::protocol::message::record_offsets(runs)
+    crate::protocol::records::record_offsets(runs)
         .map(|(p, o)| format!("{p}:{o}"))
         .collect()
 }

@@ -4,7 +4,7 @@
 
 use std::fmt::Write;
 
-use crate::server::api::Status;
+use crate::protocol::status::Status;
 
 fn escape(s: &str) -> String {
     s.replace('&', "&amp;")
@@ -84,7 +84,7 @@ pub fn render(status: &Status) -> String {
                 p.segments,
                 p.bytes,
                 consumers.join(", "),
-                crate::runtime::cluster::ownership::note(p.standing)
+                crate::protocol::status::note(p.standing)
             );
         }
         html.push_str("</table>");

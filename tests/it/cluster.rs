@@ -179,7 +179,7 @@ fn records_sent_to_any_peer_land_at_their_owner_and_tail_anywhere_returns_all() 
             .map(|n| {
                 let key = format!("k{i}-{n}");
                 let value = format!("v{i}-{n}");
-                let partition = flowd::runtime::placement::partition_of_bytes(key.as_bytes(), 4);
+                let partition = flowd::protocol::routing::partition_of_bytes(key.as_bytes(), 4);
                 expected.push((u64::from(partition), key.clone(), value.clone()));
                 format!("{key}\t{value}\n")
             })

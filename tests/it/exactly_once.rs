@@ -379,7 +379,7 @@ route = { shard_by = "key" }
         .map(|n| {
             let key = (n % 10).to_string();
             Out {
-                partition: flowd::runtime::placement::partition_of_bytes(key.as_bytes(), 3),
+                partition: flowd::protocol::routing::partition_of_bytes(key.as_bytes(), 3),
                 key: Some(key),
                 value: n.to_string(),
                 timestamp_ms: BASE_MS + n as i64,

@@ -190,8 +190,8 @@ fn outputs() -> Vec<OwnedWireRecord> {
 fn an_ack_and_commit_killed_at_each_step_of_its_transaction_is_applied_once_after_a_restart() {
     // The two keys go to different partitions of `out`, or the test would not have two parts.
     assert_ne!(
-        flowd::runtime::placement::partition_of_bytes(b"k0", 2),
-        flowd::runtime::placement::partition_of_bytes(b"k1", 2)
+        flowd::protocol::routing::partition_of_bytes(b"k0", 2),
+        flowd::protocol::routing::partition_of_bytes(b"k1", 2)
     );
     for point in JOURNAL_TXN_POINTS {
         let dir = fast_tempdir();

@@ -4,27 +4,7 @@
 
 use std::sync::atomic::{AtomicBool, AtomicU8, AtomicU64, Ordering};
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum Standing {
-    /// Another peer owns it (or this one gave it up): batches for it are routed on.
-    Away,
-    /// This peer's view gives it here: the holders are fenced and their records copied
-    /// in before anything else is written.
-    Claiming,
-    /// Owned and whole here: written and read like on a single machine.
-    Serving,
-}
-
-/// What `flowd status` and the status page add to a partition this peer lists but does
-/// not serve (yet, or any more).
-pub fn note(standing: Option<Standing>) -> &'static str {
-    match standing {
-        Some(Standing::Claiming) => " [being copied in from its previous holder]",
-        Some(Standing::Away) => " [handed to another peer]",
-        Some(Standing::Serving) | None => "",
-    }
-}
+use crate::protocol::status::Standing;
 
 const AWAY: u8 = 0;
 const CLAIMING: u8 = 1;

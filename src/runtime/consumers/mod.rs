@@ -27,11 +27,10 @@ use std::cell::{Cell, RefCell};
 use std::collections::HashSet;
 use std::rc::Rc;
 
-use serde::{Deserialize, Serialize};
-
 use crate::consumer::cursor::{Cursor, Options, Range, Reclaimed, State, Why};
 use crate::consumer::error::ConsumerError;
 use crate::consumer::journal::{Entry, write_snapshot};
+use crate::protocol::consumer::CursorInfo;
 use crate::protocol::consumer::{AdminAction, RangeSpec};
 use crate::runtime::error::EngineError;
 use crate::runtime::journal_recovery::{Cursors, ShardJournal};
@@ -352,28 +351,6 @@ pub enum OpReply {
 }
 
 pub type OpResult = Result<OpReply, EngineError>;
-
-/// One cursor as inspected: `flowd` admin answers, `GET /consumers`, `flowd drain`.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct CursorInfo {
-    pub topic: String,
-    pub partition: u32,
-    pub group: String,
-    /// Everything below is acked.
-    pub committed: u64,
-    pub claimed: Option<Range>,
-    pub claimed_at_ms: Option<i64>,
-    pub reclaims: u32,
-    /// `active` or `disabled`.
-    pub state: String,
-    pub disabled_reason: Option<String>,
-    /// Records not yet acked: `next_offset - committed`.
-    pub lag: u64,
-    pub next_offset: u64,
-    /// Records retention deleted before they were acked.
-    pub skipped: u64,
-    pub options: Options,
-}
 
 fn info(topic: &str, partition: u32, group: &str, cursor: &Cursor, next_offset: u64) -> CursorInfo {
     CursorInfo {

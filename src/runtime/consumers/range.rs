@@ -2,7 +2,7 @@
 //! first, and a partition's length.
 
 use crate::protocol::consumer::{Bound, RangeSpec};
-use crate::protocol::message::RecordsWriter;
+use crate::protocol::records::RecordsWriter;
 use crate::runtime::provenance::END_HEADER;
 use crate::runtime::service::{FETCH_RECORDS_MAX, copy_records};
 use crate::storage::PartitionLog;

@@ -8,12 +8,12 @@ use std::sync::atomic::Ordering;
 
 use crate::consumer::cursor::{Cursor, Range};
 use crate::consumer::journal::{Entry, PartRef, TXN_HEADER};
+use crate::protocol::routing::partition_of_bytes;
 use crate::protocol::wire::{RESERVED_HEADER_PREFIX, encode_record};
 use crate::runtime::bounds::{Bounds, RECORD_HINT, TooLarge, dead_reason, record_frame_bytes};
 use crate::runtime::error::EngineError;
 use crate::runtime::failure::{DEAD_FROM_HEADER, DEAD_REASON_HEADER};
 use crate::runtime::mesh::{Ack, Batch, Payload};
-use crate::runtime::placement::partition_of_bytes;
 use crate::runtime::provenance::END_HEADER;
 use crate::runtime::shard::Shard;
 use crate::storage::faults;

@@ -1,0 +1,100 @@
+//! What `GET /status`, `flowd status --json` and the status page show of a running
+//! engine: its topics and partitions (with their readers and, in a cluster, where each
+//! stands), its peers, and its front doors' counters. JSON, for clients to decode.
+
+use serde::{Deserialize, Serialize};
+
+/// The whole engine's state, as `GET /status` and `flowd status --json` show it.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Status {
+    pub version: String,
+    pub uptime_secs: f64,
+    pub cores: usize,
+    pub durability: String,
+    pub listeners: Vec<String>,
+    pub topics: Vec<TopicStatus>,
+    pub jobs: Vec<String>,
+    pub records_in: u64,
+    pub records_in_per_sec: f64,
+    pub bytes_in: u64,
+    pub connections_open: u64,
+    pub jobs_waiting: usize,
+    pub produce_latency_us: Quantiles,
+    /// In a cluster: every peer this one knows, itself first. Empty on one machine.
+    #[serde(default)]
+    pub peers: Vec<PeerStatus>,
+}
+
+/// One peer as the peer asked sees it.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct PeerStatus {
+    /// Its `--peer-listen` address.
+    pub addr: String,
+    /// alive, suspect or down.
+    pub state: String,
+    pub me: bool,
+    pub cores: u16,
+    /// Milliseconds since a frame last came from it; `None` for this peer or never.
+    pub last_seen_ms: Option<u64>,
+    /// Topic partitions it owns in this peer's view.
+    pub partitions: usize,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct TopicStatus {
+    pub name: String,
+    pub partitions: Vec<PartitionStatus>,
+}
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct Quantiles {
+    pub p50: u64,
+    pub p99: u64,
+    pub p999: u64,
+    pub max: u64,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct PartitionStatus {
+    pub topic: String,
+    pub partition: u32,
+    pub shard: usize,
+    pub start_offset: u64,
+    pub next_offset: u64,
+    pub durable_offset: u64,
+    pub segments: usize,
+    pub bytes: u64,
+    pub consumers: Vec<ConsumerStatus>,
+    /// In a cluster: whether this peer serves the partition, or is still copying it in.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub standing: Option<Standing>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ConsumerStatus {
+    pub name: String,
+    pub position: u64,
+    pub lag: u64,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Standing {
+    /// Another peer owns it (or this one gave it up): batches for it are routed on.
+    Away,
+    /// This peer's view gives it here: the holders are fenced and their records copied
+    /// in before anything else is written.
+    Claiming,
+    /// Owned and whole here: written and read like on a single machine.
+    Serving,
+}
+
+/// What `flowd status` and the status page add to a partition this peer lists but does
+/// not serve (yet, or any more).
+pub fn note(standing: Option<Standing>) -> &'static str {
+    match standing {
+        Some(Standing::Claiming) => " [being copied in from its previous holder]",
+        Some(Standing::Away) => " [handed to another peer]",
+        Some(Standing::Serving) | None => "",
+    }
+}
