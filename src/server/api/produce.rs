@@ -1,0 +1,248 @@
+//! Produce: a request's records, checked and split into one atomic batch per partition,
+//! sent to the partitions' owners and answered with their offsets once every batch is
+//! durable.
+
+use std::rc::Rc;
+use std::time::Instant;
+
+use crate::protocol::routing::partition_of_bytes;
+use crate::protocol::wire::RESERVED_HEADER_PREFIX;
+use crate::protocol::{ErrorCode, ProduceGroup, ProtocolError, Run, WireRecord};
+use crate::runtime::bounds::{BATCH_HINT, Bounds, ENGINE_HEADERS_RESERVE, TooLarge, record_frame_bytes};
+use crate::runtime::error::EngineError;
+use crate::runtime::mesh::{Ack, Batch, ClientAck, Payload};
+use crate::runtime::shard::Shard;
+use crate::storage::layout::now_ms;
+
+/// One partition's records of a produce request, becoming one atomic batch.
+pub struct Part {
+    pub topic: usize,
+    pub partition: u32,
+    pub bytes: Vec<u8>,
+    pub count: usize,
+    /// The frame bytes its records take in the log, at most.
+    pub frame_bytes: u64,
+}
+
+/// Where each record of a group went: `(part index, index in the part, count)`.
+pub type Layout = Vec<Vec<(usize, usize, u32)>>;
+
+/// A produce request whose batches are on their way; `wait` resolves when all are durable.
+pub struct PendingProduce {
+    acks: flume::Receiver<ClientAck>,
+    parts: Vec<(usize, u32)>,
+    layout: Layout,
+    started: Instant,
+}
+
+/// A produce request's records, sorted into one part per partition.
+pub struct Split {
+    pub parts: Vec<Part>,
+    pub layout: Layout,
+    records_in: u64,
+    bytes_in: u64,
+}
+
+/// Checks the records against the dataflow and the engine's rules and sorts them into
+/// one part per partition, keeping where each record went.
+pub fn split(shard: &Shard, groups: &[ProduceGroup<'_>]) -> Result<Split, ProtocolError> {
+    let spec = &shard.shared.spec;
+    let mut parts: Vec<Part> = Vec::new();
+    let mut layout: Layout = Vec::with_capacity(groups.len());
+    let mut bytes_in = 0;
+    let mut records_in = 0;
+    for group in groups {
+        let topic = spec
+            .topic_index(group.topic)
+            .ok_or_else(|| ProtocolError::from(EngineError::UnknownTopic(group.topic.to_owned())))?;
+        let partitions = spec.topics[topic].partitions;
+        let bounds = Bounds::of(&spec.topics[topic]);
+        if let Some(p) = group.partition {
+            EngineError::check_partition(group.topic, partitions, p)?;
+        }
+        // Keyless records of a group stay together in one partition, one atomic batch.
+        let spread = shard.next_spread(partitions);
+        let mut runs: Vec<(usize, usize, u32)> = Vec::new();
+        for (n, record) in group.records.iter().enumerate() {
+            check_headers(record)?;
+            let frame_bytes = check_size(group.topic, &bounds, n, record)?;
+            let partition = match (group.partition, record.key) {
+                (Some(p), _) => p,
+                (None, Some(key)) => partition_of_bytes(key, partitions),
+                (None, None) => spread,
+            };
+            let index = match parts
+                .iter()
+                .position(|p| p.topic == topic && p.partition == partition)
+            {
+                Some(i) => i,
+                None => {
+                    parts.push(Part {
+                        topic,
+                        partition,
+                        bytes: Vec::new(),
+                        count: 0,
+                        frame_bytes: 0,
+                    });
+                    parts.len() - 1
+                }
+            };
+            let part = &mut parts[index];
+            part.frame_bytes += frame_bytes;
+            // A part is one atomic batch, which must fit one segment (with room for a
+            // transaction's mark on its last record).
+            if part.frame_bytes + ENGINE_HEADERS_RESERVE > bounds.batch_bytes_max {
+                return Err(too_large(TooLarge {
+                    what: format!("the records for partition {partition}"),
+                    bytes: part.frame_bytes + ENGINE_HEADERS_RESERVE,
+                    max: bounds.batch_bytes_max,
+                    topic: group.topic.to_owned(),
+                    hint: BATCH_HINT,
+                }));
+            }
+            part.bytes.extend_from_slice(record.raw);
+            match runs.last_mut() {
+                Some((i, start, count)) if *i == index && *start + *count as usize == part.count => {
+                    *count += 1
+                }
+                _ => runs.push((index, part.count, 1)),
+            }
+            part.count += 1;
+            bytes_in += (record.value.len() + record.key.map_or(0, <[u8]>::len)) as u64;
+            records_in += 1;
+        }
+        layout.push(runs);
+    }
+    Ok(Split {
+        parts,
+        layout,
+        records_in,
+        bytes_in,
+    })
+}
+
+/// The frame bytes `record` (number `n` of its group) takes, or an error when it is over
+/// what a client may send to the topic: room stays for the headers the engine adds, so
+/// that the record passes any stage unchanged in size (`bounds`).
+fn check_size(topic: &str, bounds: &Bounds, n: usize, record: &WireRecord<'_>) -> Result<u64, ProtocolError> {
+    let headers = record.headers.iter().map(|&(name, value)| (name, value));
+    let bytes = record_frame_bytes(record.key, record.value, headers);
+    if bytes > bounds.ingest_record_bytes_max() {
+        return Err(too_large(TooLarge {
+            what: format!("record {n} of the request"),
+            bytes,
+            max: bounds.ingest_record_bytes_max(),
+            topic: topic.to_owned(),
+            hint: INGEST_HINT,
+        }));
+    }
+    Ok(bytes)
+}
+
+/// The hint for a client's record over the ingest bound.
+pub(super) const INGEST_HINT: &str = "; a client's record takes at most 1 MiB less 4 KiB kept for the engine's headers \
+     (less in segments under 1 MiB + 8 KiB): split it, or raise the topic's segment_bytes";
+
+pub fn too_large(error: TooLarge) -> ProtocolError {
+    ProtocolError::new(ErrorCode::TooLarge, error.to_string())
+}
+
+/// Per group, its runs of offsets, given where each part's records begin.
+pub fn runs(layout: &Layout, partitions: &[u32], firsts: &[u64]) -> Vec<Vec<Run>> {
+    layout
+        .iter()
+        .map(|runs| {
+            runs.iter()
+                .map(|&(part, start, count)| Run {
+                    partition: partitions[part],
+                    first_offset: firsts[part] + start as u64,
+                    count,
+                })
+                .collect()
+        })
+        .collect()
+}
+
+/// Checks the records against the dataflow and the engine's rules, then sends them to
+/// their partitions' shards (waiting while those are full).
+pub async fn produce(
+    shard: &Rc<Shard>,
+    groups: &[ProduceGroup<'_>],
+) -> Result<PendingProduce, ProtocolError> {
+    let started = Instant::now();
+    let Split {
+        parts,
+        layout,
+        records_in,
+        bytes_in,
+    } = split(shard, groups)?;
+    let (tx, rx) = flume::bounded(parts.len());
+    let shared = &shard.shared;
+    let part_ids: Vec<(usize, u32)> = parts.iter().map(|p| (p.topic, p.partition)).collect();
+    let stamp_ms = now_ms();
+    for (number, part) in parts.into_iter().enumerate() {
+        let batch = Batch::new(
+            part.partition,
+            Payload::Wire {
+                bytes: part.bytes,
+                count: part.count,
+                stamp_ms,
+            },
+            Ack::Client(tx.clone(), number),
+        );
+        shared
+            .mesh
+            .sender(part.topic, part.partition)
+            .send_async(batch)
+            .await
+            .map_err(|_| ProtocolError::from(EngineError::Stopping))?;
+    }
+    shared.metrics.produce_requests.add(1);
+    shared.metrics.records_in.add(records_in);
+    shared.metrics.bytes_in.add(bytes_in);
+    Ok(PendingProduce {
+        acks: rx,
+        parts: part_ids,
+        layout,
+        started,
+    })
+}
+
+fn check_headers(record: &WireRecord<'_>) -> Result<(), ProtocolError> {
+    match record
+        .headers
+        .iter()
+        .find(|(name, _)| name.starts_with(RESERVED_HEADER_PREFIX))
+    {
+        Some((name, _)) => Err(ProtocolError::new(
+            ErrorCode::Invalid,
+            format!(
+                "header \"{name}\" is reserved for the engine (names starting \"{RESERVED_HEADER_PREFIX}\"); rename it"
+            ),
+        )),
+        None => Ok(()),
+    }
+}
+
+impl PendingProduce {
+    /// Waits for every batch to be durable; the offsets come back per group, in runs.
+    pub async fn wait(self, shard: &Shard) -> Result<Vec<Vec<Run>>, ProtocolError> {
+        let mut firsts = vec![0; self.parts.len()];
+        for _ in 0..self.parts.len() {
+            let (part, first, _) = self
+                .acks
+                .recv_async()
+                .await
+                .map_err(|_| ProtocolError::from(EngineError::Stopping))??;
+            firsts[part] = first;
+        }
+        let partitions: Vec<u32> = self.parts.iter().map(|p| p.1).collect();
+        let runs = runs(&self.layout, &partitions, &firsts);
+        shard
+            .shared
+            .metrics
+            .produce_latency
+            .record(shard.index, self.started.elapsed());
+        Ok(runs)
+    }
+}
