@@ -8,7 +8,6 @@
 //! on any worker; after `on_error.max_reclaims` retries the stage's policy decides:
 //! skip it, dead-letter it, or stop the partition there (disable).
 
-use std::cell::Cell;
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::pin::Pin;
 use std::rc::Rc;
@@ -28,8 +27,9 @@ use crate::runtime::failure::{FailedInput, Failures, Verdict};
 use crate::runtime::placement::owner;
 use crate::runtime::progress::Progress;
 use crate::runtime::provenance::end_marker;
+use crate::runtime::reader::PartitionReader;
 use crate::runtime::reply::{FailedJobs, REPLY_HEADER};
-use crate::runtime::shard::{Backoff, LocalPartition, Shard};
+use crate::runtime::shard::{Backoff, Shard};
 use crate::runtime::stage::{READ_BATCH_RECORDS, StageOutput, StageTask, open_output};
 
 /// Records one partition may hold read but not yet written, at most.
@@ -70,9 +70,8 @@ struct Part {
     place: String,
     /// The stage's name, as readers of the input know it.
     stage: String,
-    input: Rc<LocalPartition>,
-    /// Where the stage stands in the input (the window's front), for lag and status.
-    reader: Rc<Cell<u64>>,
+    /// Its reading of the input; it stands at the window's front, for lag and status.
+    reader: PartitionReader,
     next_read: u64,
     /// The offset of `window[0]`.
     base: u64,
@@ -156,9 +155,13 @@ pub async fn run(shard: Rc<Shard>, task: ExecTask) -> Result<()> {
         let mut caught_up = Vec::new();
         for k in 0..parts.len() {
             let i = (first + k) % parts.len();
-            let seen = parts[i].input.appends();
+            parts[i].reader.begin();
             match read(&shard, &mut parts[i], i, &mut pool, window_max, now) {
-                0 if parts[i].input.appends() == seen && readable(&parts[i], window_max) => caught_up.push(i),
+                0 if parts[i].reader.input().appends() == parts[i].reader.seen()
+                    && readable(&parts[i], window_max) =>
+                {
+                    caught_up.push(i)
+                }
                 0 => {}
                 _ => progressed = true,
             }
@@ -167,7 +170,7 @@ pub async fn run(shard: Rc<Shard>, task: ExecTask) -> Result<()> {
         pool.flush();
         for part in &mut parts {
             progressed |= write_answered(&shard, part, &mut failed_jobs);
-            part.reader.set(part.base);
+            part.reader.publish(part.base);
             if part.emitter.flush().await.is_err() {
                 closed = true;
                 break;
@@ -195,7 +198,10 @@ pub async fn run(shard: Rc<Shard>, task: ExecTask) -> Result<()> {
         }
         // Nothing to do: wait for an answer, an append to a partition that was read to
         // its end, or the pool's next deadline, at most the idle pause.
-        let mut listeners: Vec<_> = caught_up.iter().map(|&i| parts[i].input.on_append()).collect();
+        let mut listeners: Vec<_> = caught_up
+            .iter()
+            .map(|&i| parts[i].reader.input().on_append())
+            .collect();
         let until_due = pool
             .next_due()
             .map_or(idle.pause(), |due| due.saturating_duration_since(Instant::now()));
@@ -257,15 +263,17 @@ fn open_part(shard: &Rc<Shard>, spec: &DataflowSpec, stage_index: usize, task: S
         progress_path: path,
     } = open_output(shard, &task)?;
     let failures = Failures::open(shard, stage_index, &producer, topic_name, task.partition)?;
-    let input = Rc::clone(shard.partition(task.topic, task.partition));
     let resume = task.progress.resume;
-    let reader = input.reader(&stage.name, resume);
+    let reader = PartitionReader::new(
+        Rc::clone(shard.partition(task.topic, task.partition)),
+        stage.name.clone(),
+        resume,
+    );
     let ends_seen: HashMap<String, u64> = task.progress.ends_seen.iter().cloned().collect();
     let finished = task.progress.done;
     Ok(Part {
         place: format!("{topic_name}/{}", task.partition),
         stage: stage.name.clone(),
-        input,
         reader,
         next_read: resume,
         base: resume,
@@ -308,21 +316,17 @@ fn read(
     if !readable(part, window_max) {
         return 0;
     }
-    let input = Rc::clone(&part.input);
     if part.window.is_empty() {
-        part.next_read = shard.resume_at(&input, &part.stage, part.next_read);
+        part.next_read = part.reader.resume(shard, part.next_read);
         part.base = part.next_read;
     }
-    let log = input.log.borrow();
+    let log = part.reader.log();
     let mut read = 0;
-    for view in log.read_committed(part.next_read) {
+    for view in part.reader.readable(&log, part.next_read) {
         if part.window.len() >= window_max || read >= READ_BATCH_RECORDS {
             break;
         }
         let offset = view.offset();
-        if input.is_copied(offset) {
-            break;
-        }
         let state = if let Some(ended) = end_marker(&view) {
             part.ends_read.insert(ended.to_owned());
             State::End(ended.to_owned())
@@ -368,7 +372,7 @@ fn assign_retries(
             retry.pop_front();
             continue;
         }
-        let input = Rc::clone(&part.input);
+        let input = Rc::clone(part.reader.input());
         let log = input.log.borrow();
         let view = log.read(offset).next().filter(|v| v.offset() == offset);
         let Some(view) = view else {
@@ -526,7 +530,7 @@ fn answer_outputs(
 /// Applies the stage's `on_error` to the input record at `offset`, read again from the
 /// log (retention may have deleted it meanwhile: then it is skipped, and says so).
 fn fail_record(part: &mut Part, offset: u64, timestamp_ms: i64, why: &str) -> Verdict {
-    let input = Rc::clone(&part.input);
+    let input = Rc::clone(part.reader.input());
     let log = input.log.borrow();
     let Some(view) = log.read(offset).next().filter(|v| v.offset() == offset) else {
         part.failures.skip(

@@ -21,6 +21,7 @@ pub mod placement;
 mod plan;
 pub mod progress;
 pub mod provenance;
+pub mod reader;
 pub mod reply;
 pub mod retention;
 pub mod scatter_stage;

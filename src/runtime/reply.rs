@@ -7,8 +7,9 @@ use std::rc::Rc;
 use crate::protocol::wire::encode_record;
 use crate::runtime::error::Result;
 use crate::runtime::mesh::{Ack, Batch, Payload};
+use crate::runtime::reader::PartitionReader;
 use crate::runtime::service::{Answer, ShardRequest};
-use crate::runtime::shard::{Backoff, Shard};
+use crate::runtime::shard::Shard;
 use crate::storage::layout::now_ms;
 
 /// The header holding a job's reply address; stages copy it from input to outputs.
@@ -100,20 +101,18 @@ pub fn run(shard: Rc<Shard>, task: ReplyTask) -> impl std::future::Future<Output
 async fn answer_from(shard: Rc<Shard>, task: ReplyTask, mut position: u64) -> Result<()> {
     let shared = Rc::clone(&shard);
     let control = &shared.shared.control;
-    let input = Rc::clone(shard.partition(task.topic, task.partition));
     let name = format!("{} (reply)", shard.shared.spec.stages[task.stage].name);
-    let reader = input.reader(&name, position);
-    let mut idle = Backoff::default();
+    let mut reader = PartitionReader::new(
+        Rc::clone(shard.partition(task.topic, task.partition)),
+        name,
+        position,
+    );
     let mut answers = Vec::new();
     while !control.is_stopping() {
-        let seen = input.appends();
-        position = shard.resume_at(&input, &name, position);
+        position = reader.start(&shard, position);
         {
-            let log = input.log.borrow();
-            for view in log.read_committed(position).take(1024) {
-                if input.is_copied(view.offset()) {
-                    break;
-                }
+            let log = reader.log();
+            for view in reader.readable(&log, position).take(1024) {
                 position = view.offset() + 1;
                 let address = view
                     .headers()
@@ -133,12 +132,8 @@ async fn answer_from(shard: Rc<Shard>, task: ReplyTask, mut position: u64) -> Re
                 }
             }
         }
-        reader.set(position);
-        if answers.is_empty() {
-            idle.wait_for_append(&input, seen).await;
-            continue;
-        }
-        idle.reset();
+        reader.publish(position);
+        reader.pause(answers.len()).await;
         for (address, answer) in answers.drain(..) {
             // The target shard only goes away when the engine stops.
             if shard.shared.services[address.shard as usize]

@@ -27,6 +27,7 @@ use crate::runtime::failure::{FailedInput, Failures, Verdict};
 use crate::runtime::mesh::{Ack, Batch};
 use crate::runtime::progress::Progress;
 use crate::runtime::provenance::end_marker;
+use crate::runtime::reader::PartitionReader;
 use crate::runtime::reply::{FailedJobs, REPLY_HEADER, ReplyAddress, job_batch};
 use crate::runtime::service::JobOutcome;
 use crate::runtime::shard::{Backoff, Shard};
@@ -77,10 +78,13 @@ pub async fn run(shard: Rc<Shard>, task: StageTask) -> Result<()> {
             }
         })
         .collect();
-    let input = Rc::clone(shard.partition(task.topic, task.partition));
     let mut position = task.progress.resume;
     let mut base = position;
-    let reader = input.reader(&stage.name, position);
+    let mut reader = PartitionReader::new(
+        Rc::clone(shard.partition(task.topic, task.partition)),
+        stage.name.clone(),
+        position,
+    );
     let mut ends_seen: HashMap<String, u64> = task.progress.ends_seen.iter().cloned().collect();
     let expected_ends: HashSet<String> = task.expected_ends;
     let mut finished = task.progress.done;
@@ -114,20 +118,17 @@ pub async fn run(shard: Rc<Shard>, task: StageTask) -> Result<()> {
             progressed = true;
         }
         // Read what the window has room for; the copies go out after the log is let go.
-        let seen = input.appends();
+        reader.begin();
         let mut copies: Vec<(usize, Batch)> = Vec::new();
         let mut read = 0;
         if window.is_empty() {
-            position = shard.resume_at(&input, &stage.name, position);
+            position = reader.resume(&shard, position);
             base = position;
         }
         {
-            let log = input.log.borrow();
-            for view in log.read_committed(position).take(WINDOW_MAX - window.len()) {
+            let log = reader.log();
+            for view in reader.readable(&log, position).take(WINDOW_MAX - window.len()) {
                 let offset = view.offset();
-                if input.is_copied(offset) {
-                    break;
-                }
                 position = offset + 1;
                 read += 1;
                 if let Some(ended) = end_marker(&view) {
@@ -247,7 +248,7 @@ pub async fn run(shard: Rc<Shard>, task: StageTask) -> Result<()> {
                                 reply.as_deref(),
                                 format!("stage \"{}\": {why}", stage.name),
                             );
-                            let log = input.log.borrow();
+                            let log = reader.log();
                             let verdict = match log.read(offset).next().filter(|v| v.offset() == offset) {
                                 Some(view) => failures.fail(
                                     &FailedInput {
@@ -274,7 +275,7 @@ pub async fn run(shard: Rc<Shard>, task: StageTask) -> Result<()> {
                 }
             }
         }
-        reader.set(base);
+        reader.publish(base);
         if emitter.flush().await.is_err() {
             break;
         }
@@ -299,7 +300,9 @@ pub async fn run(shard: Rc<Shard>, task: StageTask) -> Result<()> {
             Some(Slot::Scattered { deadline, .. }) => deadline.saturating_duration_since(Instant::now()),
             _ => idle.pause(),
         };
-        let mut listener = (window.len() < WINDOW_MAX && input.appends() == seen).then(|| input.on_append());
+        let input = reader.input();
+        let mut listener =
+            (window.len() < WINDOW_MAX && input.appends() == reader.seen()).then(|| input.on_append());
         let answer = futures_lite::future::or(
             async { answers_rx.recv_async().await.ok() },
             futures_lite::future::or(

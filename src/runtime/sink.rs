@@ -19,6 +19,7 @@ use crate::config::{SinkFormat, SinkKind};
 use crate::runtime::error::{Result, RuntimeError};
 use crate::runtime::progress::{self, Progress};
 use crate::runtime::provenance::end_marker;
+use crate::runtime::reader::PartitionReader;
 use crate::runtime::shard::{Backoff, Shard};
 use crate::storage::RecordView;
 
@@ -49,10 +50,12 @@ pub async fn forward(shard: Rc<Shard>, task: ForwarderTask) -> Result<()> {
     let shared = &shard.shared;
     let sink = &shared.spec.sinks[task.sink];
     let topic = &shared.spec.topics[sink.from].name;
-    let input = Rc::clone(shard.partition(sink.from, task.partition));
-    let reader = input.reader(&reader_name(&sink.name), task.start);
+    let mut reader = PartitionReader::new(
+        Rc::clone(shard.partition(sink.from, task.partition)),
+        reader_name(&sink.name),
+        task.start,
+    );
     let mut position = task.start;
-    let mut idle = Backoff::default();
     let sender = shared.sinks[task.sink].clone();
     while !shared.control.is_stopping() {
         let mut chunk = SinkChunk {
@@ -63,10 +66,10 @@ pub async fn forward(shard: Rc<Shard>, task: ForwarderTask) -> Result<()> {
             ends: Vec::new(),
         };
         let mut read = 0;
-        position = shard.resume_at(&input, &sink.name, position);
+        position = reader.start(&shard, position);
         {
-            let log = input.log.borrow();
-            for view in log.read_committed(position).take(CHUNK_RECORDS_MAX) {
+            let log = reader.log();
+            for view in reader.readable(&log, position).take(CHUNK_RECORDS_MAX) {
                 read += 1;
                 position = view.offset() + 1;
                 match end_marker(&view) {
@@ -78,13 +81,12 @@ pub async fn forward(shard: Rc<Shard>, task: ForwarderTask) -> Result<()> {
                 }
             }
         }
+        reader.pause(read).await;
         if read == 0 {
-            idle.sleep().await;
             continue;
         }
-        idle.reset();
         chunk.next = position;
-        reader.set(position);
+        reader.publish(position);
         if sender.send_async(chunk).await.is_err() {
             break;
         }

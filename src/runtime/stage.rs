@@ -19,8 +19,9 @@ use crate::runtime::error::{Result, RuntimeError};
 use crate::runtime::failure::{FailedInput, Failures, Verdict};
 use crate::runtime::progress::{self, Progress};
 use crate::runtime::provenance::{Point, end_marker, stage_producer};
+use crate::runtime::reader::PartitionReader;
 use crate::runtime::reply::{FailedJobs, REPLY_HEADER};
-use crate::runtime::shard::{Backoff, Shard};
+use crate::runtime::shard::Shard;
 use crate::storage::layout::now_ms;
 
 /// Records read from the input per round.
@@ -75,9 +76,12 @@ pub async fn run(shard: Rc<Shard>, mut task: StageTask) -> Result<()> {
     let output = open_output(&shard, &task)?;
     let mut emitter = output.emitter;
     let mut failures = Failures::open(&shard, task.stage, &output.producer, topic_name, task.partition)?;
-    let input = Rc::clone(shard.partition(task.topic, task.partition));
     let mut position = task.progress.resume;
-    let reader = input.reader(&stage.name, position);
+    let mut reader = PartitionReader::new(
+        Rc::clone(shard.partition(task.topic, task.partition)),
+        stage.name.clone(),
+        position,
+    );
     let mut ends_seen: HashMap<String, u64> = task.progress.ends_seen.iter().cloned().collect();
     let mut finished = task.progress.done;
     let path = output.progress_path;
@@ -88,26 +92,21 @@ pub async fn run(shard: Rc<Shard>, mut task: StageTask) -> Result<()> {
         spec.engine.commit_interval,
     );
     let mut out: Vec<Output> = Vec::new();
-    let mut idle = Backoff::default();
     let mut failed_jobs = FailedJobs::default();
     while !finished && !control.is_stopping() {
         if failures.disabled_at.is_some() {
             // Disabled: nothing more is read or written here until a restart.
-            idle.sleep().await;
+            reader.sleep().await;
             continue;
         }
         let now = now_ms();
         let round_started = std::time::Instant::now();
         let mut read = 0;
-        let seen = input.appends();
-        position = shard.resume_at(&input, &stage.name, position);
+        position = reader.start(&shard, position);
         {
-            let log = input.log.borrow();
-            for view in log.read_committed(position) {
+            let log = reader.log();
+            for view in reader.readable(&log, position) {
                 let offset = view.offset();
-                if input.is_copied(offset) {
-                    break;
-                }
                 read += 1;
                 position = offset + 1;
                 if let Some(ended) = end_marker(&view) {
@@ -174,7 +173,7 @@ pub async fn run(shard: Rc<Shard>, mut task: StageTask) -> Result<()> {
                 }
             }
         }
-        reader.set(position);
+        reader.publish(position);
         emitter.set_reply(None);
         if failures.disabled_at.is_none() {
             op.on_clock(now, &mut out);
@@ -194,11 +193,7 @@ pub async fn run(shard: Rc<Shard>, mut task: StageTask) -> Result<()> {
             committer.snapshot_with(&mut emitter, failures.dead.as_mut(), candidate);
         }
         committer.complete(emitter.partitions())?;
-        if read == 0 {
-            idle.wait_for_append(&input, seen).await;
-        } else {
-            idle.reset();
-        }
+        reader.pause(read).await;
     }
     if !committer.stored().done {
         let dead_flushed = match &mut failures.dead {

@@ -1,0 +1,109 @@
+//! One task's reading of one partition of its shard, the same for every task that reads
+//! (stages, reply and scatter-gather stages, exec stages, sink forwarders): where it
+//! stands (a named reader, shown in status, holding the partition's writers back by
+//! `max_lag`), what it may read (durable records only, and none at or past a range a
+//! hand-over is copying in), and its wait for the next append when it caught up.
+//!
+//! A round: `start` (`begin`: notes the appends seen; `resume`: moves the position past
+//! what retention deleted), the records of `readable` read from the log the round borrows, `publish`
+//! of where the round ended, then `pause` (waits for an append if the round read
+//! nothing). What a task does with each record is its own.
+
+use std::cell::{Cell, Ref};
+use std::rc::Rc;
+
+use crate::runtime::shard::{Backoff, LocalPartition, Shard};
+use crate::storage::{PartitionLog, RecordView};
+
+pub struct PartitionReader {
+    input: Rc<LocalPartition>,
+    name: String,
+    /// The reader's position as the partition sees it.
+    cell: Rc<Cell<u64>>,
+    /// The partition's appends when the round started.
+    seen: u64,
+    idle: Backoff,
+}
+
+impl PartitionReader {
+    /// Reads `input` as `name` from `position` (the reader registered before the task
+    /// ran, if there is one: its position stands).
+    pub fn new(input: Rc<LocalPartition>, name: impl Into<String>, position: u64) -> PartitionReader {
+        let name = name.into();
+        let cell = input.reader(&name, position);
+        PartitionReader {
+            input,
+            name,
+            cell,
+            seen: 0,
+            idle: Backoff::default(),
+        }
+    }
+
+    pub fn input(&self) -> &Rc<LocalPartition> {
+        &self.input
+    }
+
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// Starts a round at `position`: `begin`, then `resume`.
+    pub fn start(&mut self, shard: &Shard, position: u64) -> u64 {
+        self.begin();
+        self.resume(shard, position)
+    }
+
+    /// Notes the appends seen so far: one after this wakes the round's `pause`.
+    pub fn begin(&mut self) {
+        self.seen = self.input.appends();
+    }
+
+    /// `position`, moved past records retention deleted (counted and logged).
+    pub fn resume(&self, shard: &Shard, position: u64) -> u64 {
+        shard.resume_at(&self.input, &self.name, position)
+    }
+
+    /// The partition's log, for one round's reads (let go of it before any await).
+    pub fn log(&self) -> Ref<'_, PartitionLog> {
+        self.input.log.borrow()
+    }
+
+    /// The records a task may read from `position` in `log`: durable ones (read
+    /// committed), up to the first one of a range being copied in.
+    pub fn readable<'l>(
+        &'l self,
+        log: &'l PartitionLog,
+        position: u64,
+    ) -> impl Iterator<Item = RecordView<'l>> + 'l {
+        let input = &self.input;
+        log.read_committed(position)
+            .take_while(move |view| !input.is_copied(view.offset()))
+    }
+
+    /// Says where the task stands: everything below `position` is read.
+    pub fn publish(&self, position: u64) {
+        self.cell.set(position);
+    }
+
+    /// Ends a round that read `read` records: if none, waits for the next append (or
+    /// the backoff's pause, growing while nothing comes); otherwise goes on at once.
+    pub async fn pause(&mut self, read: usize) {
+        if read == 0 {
+            self.idle.wait_for_append(&self.input, self.seen).await;
+        } else {
+            self.idle.reset();
+        }
+    }
+
+    /// Waits the backoff's pause without reading (a disabled task, an empty round that
+    /// waits on something else too).
+    pub async fn sleep(&mut self) {
+        self.idle.sleep().await;
+    }
+
+    /// The appends the round started with, for a task that waits on more than this.
+    pub fn seen(&self) -> u64 {
+        self.seen
+    }
+}
