@@ -7,9 +7,9 @@ use std::time::{Duration, Instant};
 
 use serde::Serialize;
 
+use crate::protocol::FetchFrom;
 use crate::protocol::records::RecordsWriter;
 use crate::protocol::status::{ConsumerStatus, PartitionStatus};
-use crate::protocol::{FetchFrom, ProtocolError};
 use crate::runtime::consumers::{self, OpResult, PartitionOp};
 use crate::runtime::error::EngineError;
 use crate::runtime::provenance::END_HEADER;
@@ -38,10 +38,9 @@ pub struct FetchOrder {
 }
 
 pub enum ShardRequest {
-    /// Answered with a whole FETCHED (or ERROR) frame.
     Fetch {
         order: FetchOrder,
-        reply: flume::Sender<Vec<u8>>,
+        reply: flume::Sender<FetchAnswer>,
     },
     Status {
         reply: flume::Sender<ShardStatus>,
@@ -284,16 +283,20 @@ pub fn status(shard: &Shard) -> ShardStatus {
     }
 }
 
+/// A fetch's answer: a FETCHED frame of the records (written straight from the log in
+/// the protocol's record encoding, `protocol::records`, so that no door copies them
+/// again), or why not (the door encodes that in its own protocol).
+pub type FetchAnswer = Result<Vec<u8>, EngineError>;
+
 /// Reads a partition this shard owns into a FETCHED frame, waiting up to the order's
 /// wait for a first record. Read committed: only durable records are served, and the
 /// frame's end is the durable point. End-of-input markers are engine bookkeeping and
 /// skipped.
-pub async fn fetch_local(shard: &Shard, order: &FetchOrder) -> Vec<u8> {
+pub async fn fetch_local(shard: &Shard, order: &FetchOrder) -> FetchAnswer {
     let Some(partition) = shard.partitions.get(&(order.topic, order.partition)) else {
-        return error_frame(
-            order.request_id,
-            &EngineError::Internal("fetch sent to a shard that does not own the partition".into()).into(),
-        );
+        return Err(EngineError::Internal(
+            "fetch sent to a shard that does not own the partition".into(),
+        ));
     };
     let deadline = Instant::now() + Duration::from_millis(order.wait_ms.into()).min(FETCH_WAIT_MAX);
     let position = {
@@ -332,7 +335,7 @@ pub async fn fetch_local(shard: &Shard, order: &FetchOrder) -> Vec<u8> {
         order.max_bytes,
     );
     writer.finish(&mut out);
-    out
+    Ok(out)
 }
 
 /// Pushes `views` into `writer`, skipping end-of-input markers (engine bookkeeping),
@@ -369,10 +372,4 @@ pub fn copy_records<'a>(
         );
     }
     read_to
-}
-
-pub fn error_frame(request_id: u64, error: &ProtocolError) -> Vec<u8> {
-    let mut out = Vec::new();
-    crate::protocol::message::encode_error(&mut out, request_id, error.code, &error.message);
-    out
 }

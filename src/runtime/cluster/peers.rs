@@ -27,6 +27,7 @@ use crate::runtime::cluster::reroute;
 use crate::runtime::error::EngineError;
 use crate::runtime::error::RuntimeError;
 use crate::runtime::mesh::{Ack, Batch, CHANNEL_BATCHES_MAX, Payload, RemoteRoute};
+use crate::runtime::service::FetchAnswer;
 use crate::runtime::service::FetchOrder;
 use crate::runtime::shard::Shared;
 
@@ -63,7 +64,7 @@ pub struct Peers {
 pub struct Fetch {
     pub topic: String,
     pub order: FetchOrder,
-    pub reply: flume::Sender<Vec<u8>>,
+    pub reply: flume::Sender<FetchAnswer>,
 }
 
 impl Peers {
@@ -530,13 +531,12 @@ fn run_fetcher(to: SocketAddr, cluster: String, me: SocketAddr, fetches: flume::
                 None => Err("the peer closed the connection".into()),
             }
         })();
-        let frame = answer.unwrap_or_else(|reason| {
+        let frame = answer.map_err(|reason| {
             stream = None;
-            let error = EngineError::Unavailable(format!(
+            EngineError::Unavailable(format!(
                 "the peer {to} owning partition {} of \"{}\" did not answer the fetch: {reason}",
                 fetch.order.partition, fetch.topic
-            ));
-            crate::runtime::service::error_frame(request_id, &error.into())
+            ))
         });
         let _ = fetch.reply.send(frame);
     }

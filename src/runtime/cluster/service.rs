@@ -280,7 +280,8 @@ impl PeerService {
             wait_ms: fetch.wait_ms,
             request_id: request,
         };
-        self.ask(partition, |reply| ShardRequest::Fetch { order, reply })
+        self.ask(partition, |reply| ShardRequest::Fetch { order, reply })?
+            .map_err(ProtocolError::from)
     }
 
     /// Sends the request `make` builds to the shard owning `partition` on this peer and

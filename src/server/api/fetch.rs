@@ -2,34 +2,32 @@
 
 use std::rc::Rc;
 
-use crate::protocol::{ErrorCode, FetchFrom, ProtocolError};
+use crate::protocol::{FetchFrom, ProtocolError};
 use crate::runtime::cluster::peers::Fetch;
 use crate::runtime::error::EngineError;
 use crate::runtime::placement::owner;
 use crate::runtime::service::{self, FetchOrder, ShardRequest};
 use crate::runtime::shard::Shard;
 
-/// A whole FETCHED (or ERROR) frame for `order`, served by the owner shard.
+/// A whole FETCHED (or ERROR) frame for `order`, served by the owner shard (here or on
+/// the peer that owns the partition).
 pub async fn fetch(shard: &Rc<Shard>, topic: &str, order: FetchOrder) -> Vec<u8> {
     let spec = &shard.shared.spec;
     let request_id = order.request_id;
     let Some(t) = spec.topic_index(topic) else {
-        return service::error_frame(
+        return error_frame(
             request_id,
             &ProtocolError::from(EngineError::UnknownTopic(topic.to_owned())),
         );
     };
     let partitions = spec.topics[t].partitions;
     if order.partition >= partitions {
-        let error = ProtocolError::new(
-            ErrorCode::UnknownPartition,
-            format!(
-                "topic \"{topic}\" has partitions 0 to {}, not {}",
-                partitions - 1,
-                order.partition
-            ),
-        );
-        return service::error_frame(request_id, &error);
+        let error = EngineError::UnknownPartition {
+            topic: topic.to_owned(),
+            partition: order.partition,
+            partitions,
+        };
+        return error_frame(request_id, &error.into());
     }
     shard.shared.metrics.fetch_requests.add(1);
     let order = FetchOrder { topic: t, ..order };
@@ -43,16 +41,18 @@ pub async fn fetch(shard: &Rc<Shard>, topic: &str, order: FetchOrder) -> Vec<u8>
             reply: tx,
         };
         if peers.fetcher(peer).send_async(fetch).await.is_err() {
-            return service::error_frame(request_id, &ProtocolError::from(EngineError::Stopping));
+            return error_frame(request_id, &ProtocolError::from(EngineError::Stopping));
         }
-        return rx.recv_async().await.unwrap_or_else(|_| {
-            service::error_frame(request_id, &ProtocolError::from(EngineError::Stopping))
-        });
+        return match rx.recv_async().await {
+            Ok(Ok(frame)) => frame,
+            Ok(Err(error)) => error_frame(request_id, &error.into()),
+            Err(_) => error_frame(request_id, &ProtocolError::from(EngineError::Stopping)),
+        };
     }
     if let Some(peers) = &shard.shared.peers
         && !peers.ownership.serving(t, order.partition)
     {
-        return service::error_frame(
+        return error_frame(
             request_id,
             &ProtocolError::from(EngineError::TakingOver {
                 topic: topic.to_owned(),
@@ -62,16 +62,27 @@ pub async fn fetch(shard: &Rc<Shard>, topic: &str, order: FetchOrder) -> Vec<u8>
     }
     let to = owner(order.partition, shard.shared.shards);
     if to == shard.index {
-        return service::fetch_local(shard, &order).await;
+        return service::fetch_local(shard, &order)
+            .await
+            .unwrap_or_else(|error| error_frame(request_id, &error.into()));
     }
     let (tx, rx) = flume::bounded(1);
     let request = ShardRequest::Fetch { order, reply: tx };
     if shard.shared.services[to].send_async(request).await.is_err() {
-        return service::error_frame(request_id, &ProtocolError::from(EngineError::Stopping));
+        return error_frame(request_id, &ProtocolError::from(EngineError::Stopping));
     }
-    rx.recv_async()
-        .await
-        .unwrap_or_else(|_| service::error_frame(request_id, &ProtocolError::from(EngineError::Stopping)))
+    match rx.recv_async().await {
+        Ok(Ok(frame)) => frame,
+        Ok(Err(error)) => error_frame(request_id, &error.into()),
+        Err(_) => error_frame(request_id, &ProtocolError::from(EngineError::Stopping)),
+    }
+}
+
+/// An ERROR frame saying `error`.
+fn error_frame(request_id: u64, error: &ProtocolError) -> Vec<u8> {
+    let mut out = Vec::new();
+    crate::protocol::message::encode_error(&mut out, request_id, error.code, &error.message);
+    out
 }
 
 /// Converts a fetch position given as text: `earliest`, `latest` or an offset.
