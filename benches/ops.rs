@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};
 use flowd::config::{Aggregate, Part, Selector, TimeKind};
-use flowd::ops::jq::JqProgram;
+use flowd::jq::JqProgram;
 use flowd::ops::window::{Window, WindowOptions};
 use flowd::ops::{Input, Operator, Output};
 use flowd::runtime::mesh::OwnedRecord;

@@ -12,6 +12,7 @@ pub mod cluster;
 pub mod config;
 pub mod consumer;
 pub mod exec;
+pub mod jq;
 pub mod metrics;
 pub mod ops;
 pub mod protocol;

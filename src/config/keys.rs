@@ -5,7 +5,23 @@ use toml::Spanned;
 use toml::de::{DeTable, DeValue};
 
 use crate::config::error::{Diagnostics, did_you_mean};
-use crate::ops::OPERATOR_NAMES;
+
+/// Every operator name dataflow.toml accepts.
+pub const OPERATOR_NAMES: &[&str] = &[
+    "map",
+    "filter",
+    "split_words",
+    "key_by",
+    "count",
+    "sum",
+    "min",
+    "max",
+    "dedupe",
+    "reply",
+    "exec",
+    "state",
+    "scatter_gather",
+];
 
 const ROOT: &[&str] = &["engine", "ingest", "topic", "source", "stage", "sink", "job"];
 const INGEST: &[&str] = &[

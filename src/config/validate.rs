@@ -10,10 +10,10 @@ use toml::Spanned;
 use toml::de::DeTable;
 
 use crate::config::error::{ConfigError, Diagnostics, did_you_mean, suggest};
+use crate::config::keys::OPERATOR_NAMES;
 use crate::config::keys::check_known_keys;
 use crate::config::raw::{RawDataflow, RawEngine, RawIngest, RawJob, RawSink, RawSource, RawStage, RawTopic};
 use crate::config::spec::*;
-use crate::ops::OPERATOR_NAMES;
 use crate::storage::log::{SEGMENT_BYTES_MAX, SEGMENT_BYTES_MIN};
 use crate::storage::{Durability, RetentionPolicy};
 
@@ -826,7 +826,7 @@ impl Validator<'_, '_> {
     }
 
     fn jq(&mut self, expr: &str, span: Range<usize>, key: &str) {
-        if let Err(message) = crate::ops::jq::JqProgram::compile(expr) {
+        if let Err(message) = crate::jq::JqProgram::compile(expr) {
             self.error(
                 span,
                 key,

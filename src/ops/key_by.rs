@@ -4,7 +4,7 @@
 //! An expression with no output is an error for that record.
 
 use crate::config::{Part, Selector};
-use crate::ops::jq::{JqProgram, to_bytes};
+use crate::jq::{JqProgram, to_bytes};
 use crate::ops::{Input, OpError, Operator, Output};
 
 pub struct KeyBy {

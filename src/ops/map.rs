@@ -4,7 +4,7 @@
 //! fan it out), keeping key and timestamp. `filter` keeps the record unchanged when the
 //! expression's first output is true in jq's sense (anything but false and null).
 
-use crate::ops::jq::{JqProgram, to_json, truthy};
+use crate::jq::{JqProgram, to_json, truthy};
 use crate::ops::{Input, OpError, Operator, Output};
 
 pub struct Map {

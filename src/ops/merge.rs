@@ -4,7 +4,7 @@
 use serde_json::Value;
 
 use crate::config::Merge;
-use crate::ops::jq::{JqProgram, to_json};
+use crate::jq::{JqProgram, to_json};
 
 /// A compiled merge.
 pub enum Merger {

@@ -5,7 +5,6 @@
 //! machine, tested with tables, and lets exactly-once recovery replay it.
 
 pub mod dedupe;
-pub mod jq;
 pub mod key_by;
 pub mod map;
 pub mod merge;
@@ -14,23 +13,7 @@ pub mod state;
 pub mod window;
 
 use crate::config::{OpSpec, WindowSpec};
-
-/// Every operator name dataflow.toml accepts.
-pub const OPERATOR_NAMES: &[&str] = &[
-    "map",
-    "filter",
-    "split_words",
-    "key_by",
-    "count",
-    "sum",
-    "min",
-    "max",
-    "dedupe",
-    "reply",
-    "exec",
-    "state",
-    "scatter_gather",
-];
+use crate::jq;
 
 /// One input record, borrowed from the log.
 #[derive(Debug, Clone, Copy)]

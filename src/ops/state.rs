@@ -15,7 +15,7 @@ use std::rc::Rc;
 
 use serde_json::value::RawValue;
 
-use crate::ops::jq::{JqProgram, to_json};
+use crate::jq::{JqProgram, to_json};
 use crate::ops::{Input, OpError, Operator, Output};
 use crate::protocol::routing::partition_of_bytes;
 

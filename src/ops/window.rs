@@ -12,7 +12,7 @@
 use std::collections::{BTreeMap, HashMap};
 
 use crate::config::{Aggregate, TimeKind};
-use crate::ops::jq::{JqProgram, to_f64};
+use crate::jq::{JqProgram, to_f64};
 use crate::ops::{Checkpoint, Input, OpError, Operator, Output};
 
 pub struct WindowOptions {

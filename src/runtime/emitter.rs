@@ -13,7 +13,7 @@ use std::collections::VecDeque;
 use std::sync::Arc;
 
 use crate::config::{Part, Route, Selector};
-use crate::ops::jq::JqProgram;
+use crate::jq::JqProgram;
 use crate::ops::key_by::select;
 use crate::ops::{OpError, Output};
 use crate::protocol::routing::partition_of_bytes;

@@ -14,8 +14,8 @@ use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use crate::config::SourceKind;
+use crate::jq::{JqProgram, to_f64};
 use crate::ops::Output;
-use crate::ops::jq::{JqProgram, to_f64};
 use crate::runtime::bounds::Bounds;
 use crate::runtime::commit::Committer;
 use crate::runtime::emitter::Emitter;

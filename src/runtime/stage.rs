@@ -9,7 +9,7 @@ use std::path::PathBuf;
 use std::rc::Rc;
 
 use crate::config::OpSpec;
-use crate::ops::jq::JqProgram;
+use crate::jq::JqProgram;
 use crate::ops::state::States;
 use crate::ops::{self, Checkpoint, Input, Output};
 use crate::runtime::bounds::Bounds;

@@ -1,6 +1,7 @@
 //! The one integration-test binary: storage behaviour, recovery properties, crash kills
 //! and the command line, each in its own module.
 
+mod architecture;
 mod bench;
 mod cli_inspect;
 mod cluster;
