@@ -1,4 +1,4 @@
-//! Counters and latency histograms of the front doors, shared by every shard, rendered
+//! Counters and latency histograms of the engine and its front doors, shared by every shard, rendered
 //! as Prometheus text for `/metrics` and summed into `/status`.
 
 use std::fmt::Write;

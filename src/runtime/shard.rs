@@ -104,7 +104,7 @@ pub struct LocalPartition {
     appended: event_listener::Event,
     /// `[first, next)` ranges copied in from the peers that held the partition before
     /// this one took it over: their records were processed there, so this peer's stages
-    /// step over them (in memory: a restart forgets them, see ARCHITECTURE.md).
+    /// step over them (in memory: a restart forgets them, see docs/decisions.md, what is known).
     copied: RefCell<Vec<(u64, u64)>>,
 }
 

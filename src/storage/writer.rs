@@ -1,7 +1,7 @@
 //! Writing a batch: records are encoded as frames into a reused buffer and written to the
 //! active segment with pwrite, one call per `WRITE_CHUNK_BYTES`.
 //!
-//! Why pwrite and not stores into a writable mapping (measured, see ARCHITECTURE.md):
+//! Why pwrite and not stores into a writable mapping (measured, see docs/decisions.md):
 //! a store to a fresh page of a mapped file takes a read fault that zero-fills the page
 //! and a second fault to mark it dirty, which cost more than half of the append time;
 //! pwrite of whole pages skips both. It also turns a failing disk into an error
