@@ -355,6 +355,55 @@ fn wait_all_alive(servers: &[&Server]) {
     }
 }
 
+/// A producer thread: batches of 10 keyed records (`v0`, `v1`, ..., keys `kv0`, ...) to
+/// `events` through `tcp`, one every `pause`, until `stop`; counts the acked records in
+/// `progress`. Returns the values acked and why each failed batch failed (a failure that
+/// is not the server's answer, a lost connection, ends the test).
+fn keyed_producer(
+    tcp: &str,
+    stop: &std::sync::Arc<std::sync::atomic::AtomicBool>,
+    progress: &std::sync::Arc<std::sync::atomic::AtomicU64>,
+    pause: Duration,
+) -> std::thread::JoinHandle<(Vec<String>, Vec<String>)> {
+    use flowd::client::{Client, ClientError};
+    use flowd::protocol::OwnedWireRecord;
+    use std::sync::atomic::Ordering;
+    let (tcp, stop, progress) = (
+        tcp.to_owned(),
+        std::sync::Arc::clone(stop),
+        std::sync::Arc::clone(progress),
+    );
+    std::thread::spawn(move || {
+        let mut client = Client::connect(&tcp).unwrap();
+        let (mut acked, mut failed) = (Vec::new(), Vec::new());
+        for batch in 0..100_000u64 {
+            if stop.load(Ordering::Acquire) {
+                break;
+            }
+            let values: Vec<String> = (0..10).map(|i| format!("v{}", batch * 10 + i)).collect();
+            let records: Vec<OwnedWireRecord> = values
+                .iter()
+                .map(|v| OwnedWireRecord {
+                    timestamp_ms: None,
+                    key: Some(format!("k{v}").into_bytes()),
+                    value: v.clone().into_bytes(),
+                    headers: Vec::new(),
+                })
+                .collect();
+            match client.produce("events", &records) {
+                Ok(_) => {
+                    acked.extend(values);
+                    progress.fetch_add(10, Ordering::AcqRel);
+                }
+                Err(ClientError::Server { message, .. }) => failed.push(message),
+                Err(other) => panic!("the producer lost its connection: {other}"),
+            }
+            pace(pause);
+        }
+        (acked, failed)
+    })
+}
+
 #[test]
 fn peers_join_and_leave_while_a_producer_runs_and_every_acked_record_stays_once() {
     let _serial = one_at_a_time();
@@ -391,37 +440,7 @@ fn peers_join_and_leave_while_a_producer_runs_and_every_acked_record_stays_once(
     // to the owners) until told to stop; it notes what was acked and what was refused.
     let stop = Arc::new(AtomicBool::new(false));
     let progress = Arc::new(std::sync::atomic::AtomicU64::new(0));
-    let producer = {
-        let (tcp, stop, progress) = (first.tcp.clone(), Arc::clone(&stop), Arc::clone(&progress));
-        std::thread::spawn(move || {
-            let mut client = Client::connect(&tcp).unwrap();
-            let (mut acked, mut failed) = (Vec::new(), Vec::new());
-            for batch in 0..20_000u64 {
-                if stop.load(Ordering::Acquire) {
-                    break;
-                }
-                let values: Vec<String> = (0..10).map(|i| format!("v{}", batch * 10 + i)).collect();
-                let records: Vec<OwnedWireRecord> = values
-                    .iter()
-                    .map(|v| OwnedWireRecord {
-                        timestamp_ms: None,
-                        key: Some(format!("k{v}").into_bytes()),
-                        value: v.clone().into_bytes(),
-                        headers: Vec::new(),
-                    })
-                    .collect();
-                match client.produce("events", &records) {
-                    Ok(_) => {
-                        acked.extend(values);
-                        progress.fetch_add(10, Ordering::AcqRel);
-                    }
-                    Err(error) => failed.push(error.to_string()),
-                }
-                pace(Duration::from_millis(2));
-            }
-            (acked, failed)
-        })
-    };
+    let producer = keyed_producer(&first.tcp, &stop, &progress, Duration::from_millis(2));
 
     // Each round a peer joins, then the oldest but the first leaves gracefully (the
     // others take its partitions, with their records, before it goes). Two rounds here;
@@ -566,8 +585,7 @@ fn a_stage_splits_each_line_once_while_its_input_partitions_move() {
 #[test]
 fn a_peer_sigkilled_while_a_producer_writes_through_another_loses_no_acked_record() {
     let _serial = one_at_a_time();
-    use flowd::client::Client;
-    use flowd::protocol::OwnedWireRecord;
+
     use std::sync::Arc;
     use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 
@@ -586,38 +604,7 @@ fn a_peer_sigkilled_while_a_producer_writes_through_another_loses_no_acked_recor
     // told to stop; what was acked, and why the others failed.
     let stop = Arc::new(AtomicBool::new(false));
     let progress = Arc::new(AtomicU64::new(0));
-    let producer = {
-        let (tcp, stop, progress) = (first.tcp.clone(), Arc::clone(&stop), Arc::clone(&progress));
-        std::thread::spawn(move || {
-            let mut client = Client::connect(&tcp).unwrap();
-            let (mut acked, mut failed) = (Vec::new(), Vec::new());
-            for batch in 0..50_000u64 {
-                if stop.load(Ordering::Acquire) {
-                    break;
-                }
-                let values: Vec<String> = (0..10).map(|i| format!("v{}", batch * 10 + i)).collect();
-                let records: Vec<OwnedWireRecord> = values
-                    .iter()
-                    .map(|v| OwnedWireRecord {
-                        timestamp_ms: None,
-                        key: Some(format!("k{v}").into_bytes()),
-                        value: v.clone().into_bytes(),
-                        headers: Vec::new(),
-                    })
-                    .collect();
-                match client.produce("events", &records) {
-                    Ok(_) => {
-                        acked.extend(values);
-                        progress.fetch_add(10, Ordering::AcqRel);
-                    }
-                    Err(flowd::client::ClientError::Server { message, .. }) => failed.push(message),
-                    Err(other) => panic!("the producer lost its connection to the first peer: {other}"),
-                }
-                pace(Duration::from_millis(1));
-            }
-            (acked, failed)
-        })
-    };
+    let producer = keyed_producer(&first.tcp, &stop, &progress, Duration::from_millis(1));
     let producing = |since: u64| {
         wait_until("the producer goes on", Duration::from_secs(30), || {
             progress.load(Ordering::Acquire) >= since + 300

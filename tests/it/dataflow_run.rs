@@ -26,6 +26,11 @@ pub(crate) fn wait(child: &mut Child, timeout: Duration) -> std::process::ExitSt
     }
 }
 
+/// `flowd run DATAFLOW`, started, its stderr as given.
+fn spawn_run(dataflow: &Path, stderr: Stdio) -> Child {
+    flowd().arg("run").arg(dataflow).stderr(stderr).spawn().unwrap()
+}
+
 pub(crate) fn signal(child: &Child, signal: i32) {
     // SAFETY: plain kill(2) on our own child's pid.
     assert_eq!(unsafe { libc::kill(child.id() as i32, signal) }, 0);
@@ -157,12 +162,7 @@ fn word_count_equals_the_reference_count() {
     write_text(&input, 20_000, 1);
     let out = dir.path().join("counts.tsv");
     let dataflow = wordcount_dataflow(dir.path(), &input, &out, "group");
-    let mut child = flowd()
-        .arg("run")
-        .arg(&dataflow)
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
+    let mut child = spawn_run(&dataflow, Stdio::piped());
     assert!(wait(&mut child, RUN_TIMEOUT).success());
     let expected = reference_counts(&std::fs::read_to_string(&input).unwrap());
     assert_eq!(parse_counts(&std::fs::read_to_string(&out).unwrap()), expected);
@@ -191,12 +191,7 @@ fn killed_and_restarted_runs_end_with_the_uninterrupted_output() {
             .unwrap_or(0)
     };
     for round in 0..rounds {
-        let mut child = flowd()
-            .arg("run")
-            .arg(&dataflow)
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap();
+        let mut child = spawn_run(&dataflow, Stdio::null());
         // Stop it once this run has written some words, a different number each round:
         // mid-run, for sure (it must still be running then).
         let before = words_out(&out);
@@ -218,12 +213,7 @@ fn killed_and_restarted_runs_end_with_the_uninterrupted_output() {
             assert!(!status.success(), "round {round}: the kill ended the run");
         }
     }
-    let mut child = flowd()
-        .arg("run")
-        .arg(&dataflow)
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
+    let mut child = spawn_run(&dataflow, Stdio::null());
     assert!(wait(&mut child, RUN_TIMEOUT).success());
     let expected = reference_counts(&std::fs::read_to_string(&input).unwrap());
     assert_eq!(parse_counts(&std::fs::read_to_string(&out).unwrap()), expected);
@@ -438,12 +428,7 @@ path = "{out}"
         out = out.display(),
     );
     std::fs::write(&dataflow, text).unwrap();
-    let mut child = flowd()
-        .arg("run")
-        .arg(&dataflow)
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
+    let mut child = spawn_run(&dataflow, Stdio::null());
     assert_eq!(wait_for_lines(&out, 500).len(), 500, "both files are read");
     // A new file while running, then a restart with another one waiting.
     write("c.log", 500..600);
@@ -453,12 +438,7 @@ path = "{out}"
     // A big file, and a SIGKILL while it is being read: some of it out, not all.
     let last = 600 + 200_000;
     write("d.log", 600..last);
-    let mut child = flowd()
-        .arg("run")
-        .arg(&dataflow)
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
+    let mut child = spawn_run(&dataflow, Stdio::null());
     let seen = wait_for_lines(&out, 700).len();
     signal(&child, libc::SIGKILL);
     wait(&mut child, RUN_TIMEOUT);
@@ -467,12 +447,7 @@ path = "{out}"
         seen >= 700 && at_kill < last as usize,
         "the kill landed mid-file: {at_kill} of {last} lines were out"
     );
-    let mut child = flowd()
-        .arg("run")
-        .arg(&dataflow)
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
+    let mut child = spawn_run(&dataflow, Stdio::null());
     let got = wait_for_lines(&out, last as usize);
     signal(&child, libc::SIGTERM);
     assert!(wait(&mut child, RUN_TIMEOUT).success());

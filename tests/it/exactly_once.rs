@@ -396,40 +396,38 @@ route = { shard_by = "key" }
     );
 }
 
+/// A flow of two stages: `first` (name, op, route) from `a` into `k`, `second` (name, op,
+/// route if any) from `k` into `b`; the kills watch the second.
+fn two_stages(first: (&str, &str, &str), second: (&'static str, &str, Option<&str>)) -> Flow {
+    let (name1, op1, route1) = first;
+    let (name2, op2, route2) = second;
+    let route2 = route2.map(|r| format!("route = {r}\n")).unwrap_or_default();
+    Flow {
+        body: format!(
+            "\n[[topic]]\nname = \"k\"\npartitions = 2\n\n[[topic]]\nname = \"b\"\npartitions = 2\n\n\
+             [[stage]]\nname = \"{name1}\"\nfrom = \"a\"\nop = {op1}\nto = \"k\"\nroute = {route1}\n\n\
+             [[stage]]\nname = \"{name2}\"\nfrom = \"k\"\nop = {op2}\nto = \"b\"\n{route2}"
+        ),
+        watch: ("k", name2),
+        out: ("b", 2),
+        rounds: 3,
+        per_round: 30_000,
+    }
+}
+
 #[test]
 fn dedupe_is_exactly_once_under_sigkill() {
     // `fold` makes each value again every 3000 numbers, several times a round, routed by
     // value so that equal values meet; `dedupe` must pass each once, across every kill
     // (its memory of what it passed must survive them).
-    let flow = Flow {
-        body: r#"
-[[topic]]
-name = "h"
-partitions = 2
-
-[[topic]]
-name = "b"
-partitions = 2
-
-[[stage]]
-name = "fold"
-from = "a"
-op = { map = ". % 3000" }
-to = "h"
-route = { shard_by = "value" }
-
-[[stage]]
-name = "dedupe"
-from = "h"
-op = { dedupe = { by = "value", capacity = 100000 } }
-to = "b"
-"#
-        .into(),
-        watch: ("h", "dedupe"),
-        out: ("b", 2),
-        rounds: 3,
-        per_round: 30_000,
-    };
+    let flow = two_stages(
+        ("fold", r#"{ map = ". % 3000" }"#, r#"{ shard_by = "value" }"#),
+        (
+            "dedupe",
+            r#"{ dedupe = { by = "value", capacity = 100000 } }"#,
+            None,
+        ),
+    );
     let folds = |input: &BTreeMap<u64, u32>| -> BTreeMap<String, u32> {
         input.keys().map(|n| ((n % 3000).to_string(), 1)).collect()
     };
@@ -448,36 +446,18 @@ to = "b"
 fn a_record_time_window_is_exactly_once_under_sigkill() {
     // Five keys, windows of one second of record time (1000 numbers): each (key, window)
     // counts 200, or less at the edges of what was acked.
-    let flow = Flow {
-        body: r#"
-[[topic]]
-name = "k"
-partitions = 2
-
-[[topic]]
-name = "b"
-partitions = 2
-
-[[stage]]
-name = "keyed"
-from = "a"
-op = { key_by = ". % 5 | tostring" }
-to = "k"
-route = { shard_by = "key" }
-
-[[stage]]
-name = "count"
-from = "k"
-op = { count = { window = "1s", time = "record", lateness = "30s" } }
-to = "b"
-route = { shard_by = "key" }
-"#
-        .into(),
-        watch: ("k", "count"),
-        out: ("b", 2),
-        rounds: 3,
-        per_round: 30_000,
-    };
+    let flow = two_stages(
+        (
+            "keyed",
+            r#"{ key_by = ". % 5 | tostring" }"#,
+            r#"{ shard_by = "key" }"#,
+        ),
+        (
+            "count",
+            r#"{ count = { window = "1s", time = "record", lateness = "30s" } }"#,
+            Some(r#"{ shard_by = "key" }"#),
+        ),
+    );
     let windows = |input: &BTreeMap<u64, u32>| -> BTreeMap<(String, i64), u64> {
         let mut counts = BTreeMap::new();
         for &n in input.keys().filter(|&&n| n < CLOSE) {
@@ -525,35 +505,14 @@ route = { shard_by = "key" }
 
 #[test]
 fn a_busy_state_stage_changes_each_key_once_per_record_under_sigkill() {
-    let flow = Flow {
-        body: r#"
-[[topic]]
-name = "k"
-partitions = 2
-
-[[topic]]
-name = "b"
-partitions = 2
-
-[[stage]]
-name = "keyed"
-from = "a"
-op = { key_by = ". % 20 | tostring" }
-to = "k"
-route = { shard_by = "key" }
-
-[[stage]]
-name = "counter"
-from = "k"
-op = { state = { update = "(.state // 0) + 1" } }
-to = "b"
-"#
-        .into(),
-        watch: ("k", "counter"),
-        out: ("b", 2),
-        rounds: 3,
-        per_round: 30_000,
-    };
+    let flow = two_stages(
+        (
+            "keyed",
+            r#"{ key_by = ". % 20 | tostring" }"#,
+            r#"{ shard_by = "key" }"#,
+        ),
+        ("counter", r#"{ state = { update = "(.state // 0) + 1" } }"#, None),
+    );
     let run = run_under_kills(&flow, |_| {}, |input, output| output.len() >= input.len());
     run.assert_no_acked_input_lost();
     let mut per_key: BTreeMap<String, u64> = BTreeMap::new();

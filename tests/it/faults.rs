@@ -186,6 +186,21 @@ fn outputs() -> Vec<OwnedWireRecord> {
     records
 }
 
+/// The crash landed: the engine died of SIGKILL at the fail point `point`, not of
+/// anything else.
+fn assert_killed_at(server: &mut Server, point: &str) {
+    let status = server
+        .exit_within(Duration::from_secs(30))
+        .unwrap_or_else(|| panic!("{point}: the fail point never killed the engine"));
+    assert_eq!(
+        std::os::unix::process::ExitStatusExt::signal(&status),
+        Some(libc::SIGKILL),
+        "{point}"
+    );
+    let log = server.log.text();
+    assert!(log.contains(&format!("fail point {point}")), "{point}: {log}");
+}
+
 #[test]
 fn an_ack_and_commit_killed_at_each_step_of_its_transaction_is_applied_once_after_a_restart() {
     // The two keys go to different partitions of `out`, or the test would not have two parts.
@@ -210,19 +225,7 @@ fn an_ack_and_commit_killed_at_each_step_of_its_transaction_is_applied_once_afte
             answer.is_err(),
             "{point}: the ack-and-commit was answered: {answer:?}"
         );
-        // The crash landed: the engine died of SIGKILL at the point, not of anything else.
-        let status = server
-            .exit_within(Duration::from_secs(30))
-            .unwrap_or_else(|| panic!("{point}: the fail point never killed the engine"));
-        assert_eq!(
-            std::os::unix::process::ExitStatusExt::signal(&status),
-            Some(libc::SIGKILL),
-            "{point}"
-        );
-        assert!(
-            server.log.text().contains(&format!("fail point {point}")),
-            "{point}"
-        );
+        assert_killed_at(&mut server, point);
         drop(server);
 
         let server = Server::start(&file);
@@ -265,14 +268,7 @@ fn a_dead_letter_killed_at_each_step_of_its_transaction_is_applied_once_after_a_
         assert_eq!(claimed.partition, Some(0), "{point}");
         let answer = client.reclaim("in", "g", 0);
         assert!(answer.is_err(), "{point}: the reclaim was answered: {answer:?}");
-        let status = server
-            .exit_within(Duration::from_secs(30))
-            .unwrap_or_else(|| panic!("{point}: the fail point never killed the engine"));
-        assert_eq!(
-            std::os::unix::process::ExitStatusExt::signal(&status),
-            Some(libc::SIGKILL),
-            "{point}"
-        );
+        assert_killed_at(&mut server, point);
         drop(server);
 
         let server = Server::start(&file);

@@ -190,37 +190,42 @@ fn issue20_a_trickled_frame_an_http_head_and_an_idle_connection_are_closed_in_ti
     assert_served(&server, "after");
 }
 
-#[test]
-fn the_server_holds_at_most_max_connections_and_lets_one_in_when_another_goes() {
-    let dir = fast_tempdir();
-    let file = dataflow(dir.path(), "max_connections = 3");
-    let server = Server::start(&file);
-    // Three connections, each admitted for sure (it got an answer) before the fourth.
-    let mut held: Vec<Client> = (0..3)
+/// `n` connections, each admitted for sure (it got an answer).
+fn hold(server: &Server, n: usize) -> Vec<Client> {
+    (0..n)
         .map(|_| {
             let mut client = Client::connect(&server.tcp).unwrap();
             client.metadata().unwrap();
             client
         })
-        .collect();
-    // A fourth, from another address too, gets an error frame saying why, and is closed.
-    let mut fourth = connect_from("127.0.0.2", &server.tcp).unwrap();
-    fourth.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+        .collect()
+}
+
+/// `stream` (over a limit) gets an error frame saying `why`, and is closed; a connection
+/// to the HTTP door now gets a 503.
+fn assert_refused(server: &Server, mut stream: TcpStream, why: &str) {
+    stream.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
     let mut answer = Vec::new();
-    let _ = fourth.read_to_end(&mut answer);
+    let _ = stream.read_to_end(&mut answer);
     let text = String::from_utf8_lossy(&answer);
-    assert!(
-        text.contains("the server holds its limit of 3 connections"),
-        "{text:?}"
-    );
-    // HTTP shares the limit: a 503.
-    let mut http_fourth = TcpStream::connect(&server.http).unwrap();
-    http_fourth
-        .set_read_timeout(Some(Duration::from_secs(5)))
-        .unwrap();
+    assert!(text.contains(why), "{text:?}");
+    let mut http = TcpStream::connect(&server.http).unwrap();
+    http.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
     let mut answer = String::new();
-    let _ = http_fourth.read_to_string(&mut answer);
+    let _ = http.read_to_string(&mut answer);
     assert!(answer.starts_with("HTTP/1.1 503"), "{answer}");
+}
+
+#[test]
+fn the_server_holds_at_most_max_connections_and_lets_one_in_when_another_goes() {
+    let dir = fast_tempdir();
+    let file = dataflow(dir.path(), "max_connections = 3");
+    let server = Server::start(&file);
+    let mut held = hold(&server, 3);
+    // A fourth, from another address too, gets an error frame saying why, and is closed;
+    // HTTP shares the limit.
+    let fourth = connect_from("127.0.0.2", &server.tcp).unwrap();
+    assert_refused(&server, fourth, "the server holds its limit of 3 connections");
     // The three held are served on.
     for client in &mut held {
         client.metadata().unwrap();
@@ -238,32 +243,11 @@ fn issue20_one_address_holds_at_most_its_connections_and_others_are_still_let_in
     let dir = fast_tempdir();
     let file = dataflow(dir.path(), "max_connections_per_address = 3");
     let server = Server::start(&file);
-    // Three connections, each admitted for sure (it got an answer) before the fourth.
-    let held: Vec<Client> = (0..3)
-        .map(|_| {
-            let mut client = Client::connect(&server.tcp).unwrap();
-            client.metadata().unwrap();
-            client
-        })
-        .collect();
-    // The fourth from this address gets an error frame, and is closed.
-    let mut fourth = TcpStream::connect(&server.tcp).unwrap();
-    fourth.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
-    let mut answer = Vec::new();
-    let _ = fourth.read_to_end(&mut answer);
-    let text = String::from_utf8_lossy(&answer);
-    assert!(
-        text.contains("this address holds its limit of 3 connections"),
-        "{text:?}"
-    );
-    // HTTP is counted alike: a 503 saying so.
-    let mut http_fourth = TcpStream::connect(&server.http).unwrap();
-    http_fourth
-        .set_read_timeout(Some(Duration::from_secs(5)))
-        .unwrap();
-    let mut answer = String::new();
-    let _ = http_fourth.read_to_string(&mut answer);
-    assert!(answer.starts_with("HTTP/1.1 503"), "{answer}");
+    let held = hold(&server, 3);
+    // The fourth from this address gets an error frame, and is closed; HTTP is counted
+    // alike.
+    let fourth = TcpStream::connect(&server.tcp).unwrap();
+    assert_refused(&server, fourth, "this address holds its limit of 3 connections");
     // Another address is let in meanwhile (loopback has all of 127.0.0.0/8).
     let stream = connect_from("127.0.0.2", &server.tcp).unwrap();
     stream.set_read_timeout(Some(Duration::from_millis(300))).unwrap();
