@@ -12,8 +12,6 @@ pub mod api;
 pub mod connection;
 pub mod consumer_api;
 pub mod http;
-pub mod http_consumers;
-mod hyper_io;
 pub mod listeners;
 pub mod page;
 

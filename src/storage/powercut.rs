@@ -454,7 +454,7 @@ impl Trace {
             }
             contents.insert(*id, content);
         }
-        crate::storage::io::create_dir_all(into)?;
+        std::fs::create_dir_all(into)?;
         for (path, entry) in &names {
             let Ok(relative) = path.strip_prefix(&self.root) else {
                 continue;

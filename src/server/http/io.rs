@@ -8,7 +8,6 @@ use std::task::{Context, Poll};
 
 use futures_lite::{AsyncRead, AsyncWrite};
 
-use crate::server::http::Phase;
 use std::cell::Cell;
 use std::rc::Rc;
 use std::time::Instant;
@@ -73,4 +72,15 @@ impl<T: AsyncWrite + Unpin> hyper::rt::Write for HyperIo<T> {
     fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         Pin::new(&mut self.io).poll_close(cx)
     }
+}
+
+/// Where an HTTP connection stands, for its watchdog.
+#[derive(Debug, Clone, Copy)]
+pub enum Phase {
+    /// No request begun since this time.
+    Idle(Instant),
+    /// A request's first bytes came at this time; hyper reads its head.
+    Head(Instant),
+    /// A request is being served (its body read, its answer made).
+    Serving,
 }

@@ -1,7 +1,9 @@
 //! JSON over HTTP/1.1 with hyper, on the same shards and the same operations as the
 //! binary protocol: `POST/GET /topics/T`, `POST /jobs/NAME`, `GET /status`, `GET /`
 //! (the status page) and `GET /metrics` (Prometheus text). A contract (DESIGN.md 5).
-//! Consumers and range reads are in `http_consumers`.
+//! Codemap: this file (accepting, the watchdog, routing, records) → `consumers`
+//! (consumers and range reads) → `reply` (the answers and request shapes both share) →
+//! `io` (hyper over a glommio stream).
 
 use std::cell::Cell;
 use std::os::fd::RawFd;
@@ -9,22 +11,28 @@ use std::rc::Rc;
 use std::time::Instant;
 
 use bytes::Bytes;
-use http_body_util::{BodyExt, Full, Limited};
+use http_body_util::{BodyExt, Limited};
 use hyper::body::Incoming;
-use hyper::{Method, Request, Response, StatusCode};
+use hyper::{Method, Request, StatusCode};
 
 use crate::metrics;
 use crate::protocol::consumer::AdminAction;
 use crate::protocol::message::Response as FrameResponse;
-use crate::protocol::wire::{Cursor, OwnedWireRecord};
-use crate::protocol::{ErrorCode, FetchFrom, ProduceGroup, ProtocolError, parse_frame};
+use crate::protocol::{FetchFrom, ProtocolError, parse_frame};
 use crate::runtime::service::{FETCH_RECORDS_MAX, FetchOrder};
 use crate::runtime::shard::Shard;
 use crate::server::admission::{Charge, FREE_BYTES, Refusal};
-use crate::server::hyper_io::HyperIo;
-use crate::server::{self, Front, api, http_consumers, page};
+use crate::server::{self, Front, api, page};
 
-pub type Reply = Response<Full<Bytes>>;
+mod consumers;
+mod io;
+mod reply;
+
+use io::{HyperIo, Phase};
+use reply::{
+    Reply, error, json, offset_strings, parse_records, percent_decode, produce_group, protocol_error,
+    query_param, text,
+};
 
 /// Records one `GET /topics/T` returns unless `limit` says otherwise.
 const DEFAULT_LIMIT: u32 = 100;
@@ -112,61 +120,6 @@ async fn watchdog(shard: &Shard, front: &Front, phase: &Cell<Phase>) {
 /// How often the watchdog looks again, at most.
 const WATCH_EVERY: std::time::Duration = std::time::Duration::from_secs(1);
 
-/// Where an HTTP connection stands, for its watchdog.
-#[derive(Debug, Clone, Copy)]
-pub enum Phase {
-    /// No request begun since this time.
-    Idle(Instant),
-    /// A request's first bytes came at this time; hyper reads its head.
-    Head(Instant),
-    /// A request is being served (its body read, its answer made).
-    Serving,
-}
-
-pub fn json(status: StatusCode, value: &serde_json::Value) -> Reply {
-    Response::builder()
-        .status(status)
-        .header("content-type", "application/json")
-        .body(Full::new(Bytes::from(value.to_string())))
-        .expect("a valid response")
-}
-
-fn text(status: StatusCode, content_type: &str, body: impl Into<Bytes>) -> Reply {
-    Response::builder()
-        .status(status)
-        .header("content-type", content_type)
-        .body(Full::new(body.into()))
-        .expect("a valid response")
-}
-
-pub fn error(status: StatusCode, message: &str) -> Reply {
-    json(status, &serde_json::json!({ "error": message }))
-}
-
-pub fn protocol_error(shard: &Shard, e: &ProtocolError) -> Reply {
-    shard.shared.metrics.error(e.code);
-    let status = match e.code {
-        ErrorCode::Malformed | ErrorCode::Invalid | ErrorCode::UnknownKind | ErrorCode::BadVersion => {
-            StatusCode::BAD_REQUEST
-        }
-        ErrorCode::UnknownTopic
-        | ErrorCode::UnknownPartition
-        | ErrorCode::UnknownJob
-        | ErrorCode::UnknownConsumer
-        | ErrorCode::UnknownState => StatusCode::NOT_FOUND,
-        ErrorCode::ConsumerDisabled | ErrorCode::NothingClaimed | ErrorCode::ConsumerActive => {
-            StatusCode::CONFLICT
-        }
-        ErrorCode::TooLarge | ErrorCode::FrameTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
-        ErrorCode::Timeout => StatusCode::GATEWAY_TIMEOUT,
-        ErrorCode::JobFailed => StatusCode::UNPROCESSABLE_ENTITY,
-        ErrorCode::Unavailable | ErrorCode::Overloaded => StatusCode::SERVICE_UNAVAILABLE,
-        ErrorCode::Unsupported => StatusCode::NOT_IMPLEMENTED,
-        ErrorCode::Internal => StatusCode::INTERNAL_SERVER_ERROR,
-    };
-    error(status, &e.message)
-}
-
 async fn route(shard: &Rc<Shard>, front: &Rc<Front>, request: Request<Incoming>) -> Reply {
     shard.shared.metrics.http_requests.add(1);
     let path = request.uri().path().to_owned();
@@ -225,24 +178,22 @@ async fn route(shard: &Rc<Shard>, front: &Rc<Front>, request: Request<Incoming>)
             }
         }
         (&Method::GET, ["topics", topic]) => get_records(shard, topic, &query).await,
-        (&Method::GET, ["topics", topic, what]) => {
-            http_consumers::topic_read(shard, topic, what, &query).await
-        }
+        (&Method::GET, ["topics", topic, what]) => consumers::topic_read(shard, topic, what, &query).await,
         (&Method::GET, ["consumers"]) => {
             let topic = query_param(&query, "topic").unwrap_or_default();
-            http_consumers::consumer_admin(shard, AdminAction::List, &topic, "").await
+            consumers::consumer_admin(shard, AdminAction::List, &topic, "").await
         }
         (&Method::GET, ["consumers", topic, group]) => {
-            http_consumers::consumer_admin(shard, AdminAction::List, topic, group).await
+            consumers::consumer_admin(shard, AdminAction::List, topic, group).await
         }
         (&Method::DELETE, ["consumers", topic, group]) => {
-            http_consumers::consumer_admin(shard, AdminAction::Destroy, topic, group).await
+            consumers::consumer_admin(shard, AdminAction::Destroy, topic, group).await
         }
         (&Method::POST, ["consumers", topic, group, action]) => {
             let (topic, group, action) = ((*topic).to_owned(), (*group).to_owned(), (*action).to_owned());
             match body(front, request).await {
                 Ok((bytes, _charge)) => {
-                    http_consumers::consumer_post(shard, &topic, &group, &action, &query, &bytes).await
+                    consumers::consumer_post(shard, &topic, &group, &action, &query, &bytes).await
                 }
                 Err(reply) => reply,
             }
@@ -371,72 +322,6 @@ async fn body(front: &Front, request: Request<Incoming>) -> Result<(Bytes, Optio
     }
 }
 
-/// Items of a JSON array, or NDJSON lines: each a value, or `{"key", "value"}`.
-pub fn parse_records(body: &[u8]) -> Result<Vec<OwnedWireRecord>, String> {
-    let trimmed = body.trim_ascii_start();
-    let items: Vec<serde_json::Value> = if trimmed.first() == Some(&b'[') {
-        serde_json::from_slice(trimmed).map_err(|e| format!("the body is not a JSON array: {e}"))?
-    } else {
-        let mut items = Vec::new();
-        for (n, line) in body.split(|b| *b == b'\n').enumerate() {
-            if line.trim_ascii().is_empty() {
-                continue;
-            }
-            items.push(serde_json::from_slice(line).map_err(|e| format!("line {} is not JSON: {e}", n + 1))?);
-        }
-        items
-    };
-    if items.is_empty() {
-        return Err("no records in the body; send a JSON array or NDJSON lines".into());
-    }
-    Ok(items.into_iter().map(item_record).collect())
-}
-
-/// `"P:O"` of every record a produce (or commit) wrote, in input order.
-pub fn offset_strings(runs: &[Vec<crate::protocol::Run>]) -> Vec<String> {
-    crate::protocol::records::record_offsets(runs)
-        .map(|(p, o)| format!("{p}:{o}"))
-        .collect()
-}
-
-/// A produce group of records parsed from a body, encoded into `encoded` and borrowed
-/// from it as the binary protocol's decoder would give them.
-pub fn produce_group<'a>(
-    topic: &'a str,
-    records: &[OwnedWireRecord],
-    encoded: &'a mut Vec<u8>,
-) -> ProduceGroup<'a> {
-    for r in records {
-        r.encode(encoded);
-    }
-    let mut cursor = Cursor::new(encoded);
-    let wire: Result<Vec<_>, _> = records.iter().map(|_| cursor.record()).collect();
-    ProduceGroup {
-        topic,
-        partition: None,
-        records: wire.expect("records just encoded decode"),
-    }
-}
-
-fn item_record(item: serde_json::Value) -> OwnedWireRecord {
-    let bytes = |v: &serde_json::Value| match v {
-        serde_json::Value::String(s) => s.clone().into_bytes(),
-        other => other.to_string().into_bytes(),
-    };
-    match &item {
-        serde_json::Value::Object(o)
-            if o.contains_key("value") && o.keys().all(|k| k == "key" || k == "value") =>
-        {
-            OwnedWireRecord {
-                key: o.get("key").filter(|k| !k.is_null()).map(bytes),
-                value: bytes(&o["value"]),
-                ..OwnedWireRecord::default()
-            }
-        }
-        other => OwnedWireRecord::value(bytes(other)),
-    }
-}
-
 async fn post_records(shard: &Rc<Shard>, topic: &str, body: &[u8]) -> Reply {
     let records = match parse_records(body) {
         Ok(records) => records,
@@ -455,38 +340,6 @@ async fn post_records(shard: &Rc<Shard>, topic: &str, body: &[u8]) -> Reply {
         }
         Err(e) => protocol_error(shard, &e),
     }
-}
-
-pub fn query_param(query: &str, name: &str) -> Option<String> {
-    query.split('&').find_map(|pair| {
-        let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
-        (k == name).then(|| percent_decode(v))
-    })
-}
-
-/// `%XX` and `+` decoding of a query value; invalid escapes stay as they are.
-fn percent_decode(s: &str) -> String {
-    let bytes = s.as_bytes();
-    let mut out = Vec::with_capacity(bytes.len());
-    let mut i = 0;
-    while i < bytes.len() {
-        match bytes[i] {
-            b'+' => out.push(b' '),
-            b'%' if i + 2 < bytes.len() => {
-                let hex = |b: u8| (b as char).to_digit(16);
-                match (hex(bytes[i + 1]), hex(bytes[i + 2])) {
-                    (Some(hi), Some(lo)) => {
-                        out.push((hi * 16 + lo) as u8);
-                        i += 2;
-                    }
-                    _ => out.push(b'%'),
-                }
-            }
-            b => out.push(b),
-        }
-        i += 1;
-    }
-    String::from_utf8_lossy(&out).into_owned()
 }
 
 async fn get_records(shard: &Rc<Shard>, topic: &str, query: &str) -> Reply {
@@ -538,7 +391,7 @@ async fn get_records(shard: &Rc<Shard>, topic: &str, query: &str) -> Reply {
     match decoded {
         Some(FrameResponse::Fetched(fetched)) => json(
             StatusCode::OK,
-            &http_consumers::records_json(topic, partition, &fetched.records),
+            &consumers::records_json(topic, partition, &fetched.records),
         ),
         Some(FrameResponse::Error { code, message, .. }) => {
             protocol_error(shard, &ProtocolError::new(code, message))

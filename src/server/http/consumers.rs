@@ -21,6 +21,9 @@ use std::rc::Rc;
 
 use hyper::StatusCode;
 
+use super::reply::{
+    Reply, error, json, offset_strings, parse_records, produce_group, protocol_error, query_param,
+};
 use crate::consumer::cursor::{OnMax, Options, Start};
 use crate::protocol::consumer::{
     AdminAction, AdminRequest, Bound, ClaimRequest, ConsumerRef, RangeRequest, RangeSpec,
@@ -29,9 +32,6 @@ use crate::protocol::message::Response as FrameResponse;
 use crate::protocol::{ProtocolError, parse_frame};
 use crate::runtime::shard::Shard;
 use crate::server::consumer_api;
-use crate::server::http::{
-    Reply, error, json, offset_strings, parse_records, produce_group, protocol_error, query_param,
-};
 
 fn bad(message: String) -> Reply {
     error(StatusCode::BAD_REQUEST, &message)
