@@ -469,7 +469,15 @@ fn a_record_time_window_is_exactly_once_under_sigkill() {
         counts
     };
     // Numbers far in the future, one per key, close every window before them.
+    // Only once both stages read everything: a closing number read before a straggler of
+    // the same window would make the straggler late.
     let close = |client: &mut Client| {
+        crate::support::wait_until("the stages caught up", Duration::from_secs(60), || {
+            // A stage with no reader yet (just restarted) reads as position 0.
+            let (keyed, keyed_lag) = stage_progress(client, "a", "keyed");
+            let (count, count_lag) = stage_progress(client, "k", "count");
+            keyed > 0 && keyed_lag == 0 && count > 0 && count_lag == 0
+        });
         let records: Vec<OwnedWireRecord> = (CLOSE..CLOSE + 5)
             .map(|n| {
                 let mut record = number(n);
