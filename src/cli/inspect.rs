@@ -34,19 +34,21 @@ fn write_table(out: &mut impl Write, report: &InspectReport) -> std::io::Result<
     for p in &report.partitions {
         writeln!(
             out,
-            "\ntopic {} partition {}: offsets {}..{}, {} records, {}{}",
+            "\ntopic {} partition {}: offsets {}..{}, {} records, {}{}{}",
             p.topic,
             p.partition,
             p.start_offset.map_or("-".into(), |o| o.to_string()),
             p.next_offset.map_or("?".into(), |o| o.to_string()),
             p.records,
             bytes(p.data_bytes),
+            p.bytes_per_record
+                .map_or(String::new(), |b| format!(" ({b:.1} B per record)")),
             if p.corrupt { ", CORRUPT" } else { "" }
         )?;
         writeln!(
             out,
-            "  {:<26} {:>21} {:>10} {:<51} status",
-            "segment", "offsets", "bytes", "time range (UTC)"
+            "  {:<26} {:>21} {:>10} {:>9} {:<51} status",
+            "segment", "offsets", "bytes", "batches", "time range (UTC)"
         )?;
         for s in &p.segments {
             write_segment(out, &p.topic, p.partition, s)?;
@@ -75,9 +77,14 @@ fn write_segment(
         (Some(min), Some(max)) => format!("{} .. {}", time(min), time(max)),
         _ => "-".into(),
     };
+    let old = if s.format_version == Some(crate::storage::format::FORMAT_VERSION_FRAMES) {
+        ", format 1 (read only)"
+    } else {
+        ""
+    };
     let status = match &s.status {
-        SegmentStatus::Ok if s.sealed => "ok, sealed".to_string(),
-        SegmentStatus::Ok => "ok".to_string(),
+        SegmentStatus::Ok if s.sealed => format!("ok, sealed{old}"),
+        SegmentStatus::Ok => format!("ok{old}"),
         SegmentStatus::TornTail { at_byte, reason, .. } => {
             format!("torn tail at byte {at_byte} ({reason}); cut on next open")
         }
@@ -94,8 +101,9 @@ fn write_segment(
     };
     writeln!(
         out,
-        "  {name:<26} {offsets:>21} {:>10} {times:<51} {status}",
-        bytes(s.data_bytes)
+        "  {name:<26} {offsets:>21} {:>10} {:>9} {times:<51} {status}",
+        bytes(s.data_bytes),
+        s.batches
     )
 }
 

@@ -12,9 +12,7 @@
 
 use crate::config::TopicSpec;
 use crate::runtime::provenance::SOURCE_HEADER;
-use crate::storage::{
-    batch_bytes_max_for, body_bytes_bound, frame_bytes, header_bytes_bound, record_bytes_max_for,
-};
+use crate::storage::{batch_bytes_max_for, header_bytes_bound, record_bytes_max_for, stored_bytes_bound};
 
 /// Bytes every record leaves free for the headers the engine adds on its way.
 pub const ENGINE_HEADERS_RESERVE: u64 = 4096;
@@ -54,13 +52,13 @@ impl Bounds {
     /// The longest value a keyless record without headers may have at ingest: how long
     /// a source's line may be before it is cut into pieces.
     pub fn ingest_value_bytes_max(&self) -> usize {
-        let overhead = record_frame_bytes(None, &[], []) as usize;
+        let overhead = stored_record_bytes(None, &[], []) as usize;
         (self.ingest_record_bytes_max() as usize).saturating_sub(overhead) & !7
     }
 }
 
 /// The most bytes a record with this key, value and headers takes in a segment.
-pub fn record_frame_bytes<'a>(
+pub fn stored_record_bytes<'a>(
     key: Option<&[u8]>,
     value: &[u8],
     headers: impl IntoIterator<Item = (&'a str, &'a [u8])>,
@@ -69,7 +67,7 @@ pub fn record_frame_bytes<'a>(
         .into_iter()
         .map(|(name, value)| header_bytes_bound(name.len(), value.len()))
         .sum();
-    frame_bytes(body_bytes_bound(key.map(<[u8]>::len), value.len(), headers)) as u64
+    stored_bytes_bound(key.map(<[u8]>::len), value.len(), headers) as u64
 }
 
 /// What the provenance stamp of `producer` can add to the last record of a batch.
@@ -121,7 +119,7 @@ mod tests {
         };
         // The largest value a client may send, keyless, without headers.
         let mut value_len = bounds.ingest_record_bytes_max() as usize;
-        while record_frame_bytes(None, &vec![0; value_len], []) > bounds.ingest_record_bytes_max() {
+        while stored_record_bytes(None, &vec![0; value_len], []) > bounds.ingest_record_bytes_max() {
             value_len -= 1;
         }
         let value = vec![0; value_len];
@@ -136,7 +134,7 @@ mod tests {
             ("flowd-dead-from", from.as_bytes()),
             ("flowd-txn", &[b'x'; 64][..]),
         ];
-        assert!(record_frame_bytes(None, &value, headers) <= bounds.record_bytes_max);
+        assert!(stored_record_bytes(None, &value, headers) <= bounds.record_bytes_max);
         assert!(stamp_bytes(&producer) >= header_bytes_bound(SOURCE_HEADER.len(), stamp.len()) as u64);
     }
 

@@ -161,7 +161,7 @@ impl Emitter {
     pub fn check(&self, output: &Output) -> Result<u64, TooLarge> {
         let reply = self.reply.as_deref().map(|r| (REPLY_HEADER, r));
         let extra = self.headers.iter().map(|(n, v)| (*n, v.as_slice()));
-        let frame = bounds::record_frame_bytes(
+        let frame = bounds::stored_record_bytes(
             output.key.as_deref(),
             &output.value,
             reply.into_iter().chain(extra),
@@ -230,7 +230,7 @@ impl Emitter {
                 value: Vec::new(),
                 headers: vec![(END_HEADER, self.producer.as_bytes().to_vec())],
             };
-            let frame = bounds::record_frame_bytes(None, &[], [(END_HEADER, self.producer.as_bytes())]);
+            let frame = bounds::stored_record_bytes(None, &[], [(END_HEADER, self.producer.as_bytes())]);
             self.buffer(q, (produced_by, u32::MAX - 1), frame, marker);
         }
     }

@@ -201,25 +201,15 @@ fn copy(shard: &Shard, topic: usize, partition: u32, from: u64) -> Result<Copied
         )));
     }
     // A copy is appended as one batch, and a batch must fit in one segment: bound it by
-    // the frames' size on disk too (the claimer runs the same topic settings).
-    let capacity = log.options().segment_bytes - crate::storage::format::SEGMENT_HEADER_BYTES;
+    // the records' size on disk too (the claimer runs the same topic settings).
+    let capacity = crate::storage::log::batch_bytes_max_for(log.options().segment_bytes);
     let mut on_disk = 0u64;
     let mut bytes = Vec::new();
     let mut count = 0u32;
     for view in log.read_committed(from) {
         let headers: Vec<(&str, &[u8])> = view.headers().collect();
-        let frame = {
-            let header_list: Vec<crate::storage::Header<'_>> = headers
-                .iter()
-                .map(|&(name, value)| crate::storage::Header { name, value })
-                .collect();
-            crate::storage::writer::frame_bytes_bound(&crate::storage::Record {
-                timestamp_ms: view.timestamp_ms(),
-                key: view.key(),
-                value: view.value(),
-                headers: &header_list,
-            }) as u64
-        };
+        let frame =
+            crate::runtime::bounds::stored_record_bytes(view.key(), view.value(), headers.iter().copied());
         if count > 0
             && (count as usize >= COPY_RECORDS_MAX
                 || bytes.len() >= COPY_BYTES_MAX

@@ -14,7 +14,7 @@ pub enum StorageError {
     },
 
     #[error(
-        "corrupt segment {}: record {offset} at byte {position}: {reason}; \
+        "corrupt segment {}: the batch at byte {position}, holding records from offset {offset}: {reason}; \
          this data was synced before, so it is damaged on disk, not torn by a crash. \
          Restore the partition from a backup or replica; or, accepting the loss of this \
          segment's records and all later ones, move those segment files out of the directory",

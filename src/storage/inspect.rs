@@ -31,6 +31,8 @@ pub struct PartitionReport {
     /// Valid records (in whole batches) found in the segments.
     pub records: u64,
     pub data_bytes: u64,
+    /// Bytes on disk per record (headers of batches included), when there are records.
+    pub bytes_per_record: Option<f64>,
     pub segments: Vec<SegmentReport>,
 }
 
@@ -38,6 +40,11 @@ pub struct PartitionReport {
 pub struct SegmentReport {
     pub file: String,
     pub base_offset: u64,
+    /// 2: batches; 1: one frame per record (an older flowd's). `None` when the header
+    /// is unreadable.
+    pub format_version: Option<u32>,
+    /// Valid batches (format-1: frames).
+    pub batches: u64,
     /// Offset after the last valid record.
     pub next_offset: Option<u64>,
     pub records: u64,
@@ -118,6 +125,8 @@ pub fn inspect_partition(
     let corrupt = segments
         .iter()
         .any(|s| matches!(s.status, SegmentStatus::Corrupt { .. }));
+    let records: u64 = segments.iter().map(|s| s.records).sum();
+    let data_bytes: u64 = segments.iter().map(|s| s.data_bytes).sum();
     Ok(PartitionReport {
         topic: location.topic.clone(),
         partition: location.partition,
@@ -130,8 +139,9 @@ pub fn inspect_partition(
             segments.iter().rev().find_map(|s| s.next_offset)
         },
         corrupt,
-        records: segments.iter().map(|s| s.records).sum(),
-        data_bytes: segments.iter().map(|s| s.data_bytes).sum(),
+        records,
+        data_bytes,
+        bytes_per_record: (records > 0).then(|| data_bytes as f64 / records as f64),
         segments,
     })
 }
@@ -142,6 +152,8 @@ fn inspect_segment(path: &Path, base: u64, role: Role, index_interval_bytes: u32
     let mut report = SegmentReport {
         file: path.display().to_string(),
         base_offset: base,
+        format_version: check.header.as_ref().ok().map(|h| h.format_version),
+        batches: 0,
         next_offset: None,
         records: 0,
         data_bytes: 0,
@@ -156,6 +168,7 @@ fn inspect_segment(path: &Path, base: u64, role: Role, index_interval_bytes: u32
         let records = scan.end.next_offset - base;
         report.next_offset = Some(scan.end.next_offset);
         report.records = records;
+        report.batches = scan.batches;
         report.data_bytes = scan.end.data_end - crate::storage::format::SEGMENT_HEADER_BYTES;
         report.min_timestamp_ms = (records > 0).then_some(scan.min_timestamp_ms);
         report.max_timestamp_ms = (records > 0).then_some(scan.end.max_timestamp_ms);

@@ -11,16 +11,18 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use crate::storage::error::{Result, StorageError};
-use crate::storage::format::SEGMENT_HEADER_BYTES;
+use crate::storage::format::{FORMAT_VERSION, SEGMENT_HEADER_BYTES};
 use crate::storage::io;
 use crate::storage::layout::{self, DirLock};
 use crate::storage::reader::Records;
-use crate::storage::record::{HEADER_NAME_BYTES_MAX, RECORD_HEADERS_MAX, Record, RecordView};
+use crate::storage::record::{
+    BATCH_OVERHEAD_BYTES, HEADER_NAME_BYTES_MAX, RECORD_HEADERS_MAX, Record, RecordView,
+};
 use crate::storage::recovery::{self, Role, ScanStop, Verdict};
 use crate::storage::retention::{self, RetentionPolicy, SegmentFacts};
 use crate::storage::segment::{Access, Segment};
 use crate::storage::sync::{Durability, Seal, SyncFaults, SyncTracker, Written};
-use crate::storage::writer::{FrameWriter, frame_bytes_bound};
+use crate::storage::writer::{self, BatchWriter};
 
 /// Smallest segment size accepted; below it the header would dominate.
 pub const SEGMENT_BYTES_MIN: u64 = 64 * 1024;
@@ -35,10 +37,11 @@ pub fn record_bytes_max_for(segment_bytes: u64) -> u64 {
         .min(segment_bytes.saturating_sub(2 * SEGMENT_HEADER_BYTES))
 }
 
-/// The most frame bytes one batch can take in a segment of `segment_bytes`: a batch
-/// never spans segments.
+/// The most record bytes (sums of `stored_bytes_bound`) one batch can take in a segment
+/// of `segment_bytes`: a batch never spans segments, and its header and root take
+/// `BATCH_OVERHEAD_BYTES` of it.
 pub fn batch_bytes_max_for(segment_bytes: u64) -> u64 {
-    segment_bytes.saturating_sub(SEGMENT_HEADER_BYTES)
+    segment_bytes.saturating_sub(SEGMENT_HEADER_BYTES + BATCH_OVERHEAD_BYTES as u64)
 }
 
 /// How a partition log behaves.
@@ -160,7 +163,7 @@ pub struct PartitionLog {
     /// Oldest first; the last is the one appended to. Never empty.
     segments: Vec<Segment>,
     tracker: SyncTracker,
-    writer: FrameWriter,
+    writer: BatchWriter,
     /// Bytes appended since open, for the group-commit backpressure bound.
     bytes_total: u64,
     recovery: RecoveryReport,
@@ -177,6 +180,17 @@ impl PartitionLog {
         io::create_dir_all(dir).map_err(StorageError::io("create partition directory", dir))?;
         let lock = DirLock::acquire(dir)?;
         let (mut segments, recovery) = recover_segments(dir, &options)?;
+        if let Some(last) = segments.last_mut()
+            && last.format_version() != FORMAT_VERSION
+            && !last.is_sealed()
+        {
+            // A segment of record frames (written by an older flowd) takes no appends:
+            // seal it where it ends, as a roll would, and go on in a new one.
+            last.file()
+                .seal(last.sync_point(), &options.sync_faults)
+                .map_err(StorageError::io("seal the old-format segment", last.path()))?;
+            last.close_for_appends();
+        }
         let needs_new = !segments.last().is_some_and(Segment::is_appendable);
         if needs_new {
             let base = segments.last().map_or(0, Segment::next_offset);
@@ -206,7 +220,7 @@ impl PartitionLog {
             options,
             segments,
             tracker,
-            writer: FrameWriter::new(),
+            writer: BatchWriter::new(),
             bytes_total: 0,
             recovery,
             lock: Some(lock),
@@ -308,7 +322,6 @@ impl PartitionLog {
 
     /// Checks every record and returns the most bytes the batch can take in a segment.
     fn batch_bytes_bound(&self, records: &[Record<'_>]) -> Result<u64> {
-        let mut total = 0u64;
         for record in records {
             if record.headers.len() > RECORD_HEADERS_MAX {
                 return Err(StorageError::TooManyHeaders {
@@ -326,16 +339,16 @@ impl PartitionLog {
                     max: HEADER_NAME_BYTES_MAX,
                 });
             }
-            let bytes = frame_bytes_bound(record) as u64;
+            let bytes = record.stored_len_max() as u64;
             if bytes > self.options.max_record_bytes {
                 return Err(StorageError::RecordTooLarge {
                     bytes,
                     max: self.options.max_record_bytes,
                 });
             }
-            total += bytes;
         }
-        let capacity = batch_bytes_max_for(self.options.segment_bytes);
+        let total = writer::batch_bytes_bound(records) as u64;
+        let capacity = batch_bytes_max_for(self.options.segment_bytes) + BATCH_OVERHEAD_BYTES as u64;
         if total > capacity {
             return Err(StorageError::BatchTooLarge {
                 bytes: total,

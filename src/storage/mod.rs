@@ -25,14 +25,12 @@ pub(crate) mod segment;
 pub mod sync;
 pub(crate) mod writer;
 
-pub use format::frame_bytes;
-
 pub use error::StorageError;
 pub use log::{
     AppendReceipt, LogOptions, PartitionLog, RecoveryReport, RetentionReport, SegmentInfo, TornTail,
     batch_bytes_max_for, record_bytes_max_for,
 };
 pub use reader::Records;
-pub use record::{Header, Record, RecordView, body_bytes_bound, header_bytes_bound};
+pub use record::{Header, Record, RecordView, header_bytes_bound, stored_bytes_bound};
 pub use retention::RetentionPolicy;
 pub use sync::{Durability, SyncFaults};

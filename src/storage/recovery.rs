@@ -41,22 +41,83 @@ pub struct ScanStop {
     pub defect: FrameDefect,
 }
 
-/// The valid frames at the front of a segment.
+/// The valid batches (or format-1 frames) at the front of a segment.
 #[derive(Debug, Clone)]
 pub(crate) struct FrameScan {
     /// State at the end of the last complete atomic batch.
     pub end: SyncPoint,
     pub min_timestamp_ms: i64,
     pub index: SparseIndex,
-    /// Valid frames after `end` that belong to a batch cut short.
+    /// Valid format-1 frames after `end` that belong to a batch cut short (a format-2
+    /// batch is checked whole, so never any).
     pub incomplete_batch_frames: u64,
     /// Why scanning stopped, unless it ran to the end of the bytes.
     pub stop: Option<ScanStop>,
+    /// Valid batches (format-1 frames) up to `end`.
+    pub batches: u64,
 }
 
-/// Validates the frames of a segment, from the header on, until the first one that is
-/// not the next record. Checks length, CRC, offset and the payload archive of each.
-pub(crate) fn scan_frames(bytes: &[u8], base_offset: u64, index_interval_bytes: u32) -> FrameScan {
+/// Validates the batches of a segment, from the header on, until the first one that
+/// does not hold the next records, by the segment's format.
+pub(crate) fn scan(bytes: &[u8], header: &SegmentHeader, index_interval_bytes: u32) -> FrameScan {
+    if header.format_version == format::FORMAT_VERSION_FRAMES {
+        scan_frames(bytes, header.base_offset, index_interval_bytes)
+    } else {
+        scan_batches(bytes, header.base_offset, index_interval_bytes)
+    }
+}
+
+/// Validates the batches of a format-2 segment: length, CRC, offset and version of each,
+/// and its body's archive against its header.
+fn scan_batches(bytes: &[u8], base_offset: u64, index_interval_bytes: u32) -> FrameScan {
+    let mut index = SparseIndex::new(index_interval_bytes);
+    let mut position = SEGMENT_HEADER_BYTES as usize;
+    let mut next_offset = base_offset;
+    let (mut max_ts, mut min_ts) = (i64::MIN, i64::MAX);
+    let mut stop = None;
+    let mut batches = 0;
+    while position < bytes.len() {
+        let batch = &bytes[position..];
+        let checked = format::check_batch(batch, next_offset).and_then(|header| {
+            record::check_batch_body(header.body(batch), &header)
+                .map(|facts| (header, facts))
+                .ok_or(FrameDefect::BadPayload)
+        });
+        let (header, facts) = match checked {
+            Ok(checked) => checked,
+            Err(defect) => {
+                stop = Some(ScanStop {
+                    position: position as u64,
+                    expected_offset: next_offset,
+                    defect,
+                });
+                break;
+            }
+        };
+        index.observe(next_offset, position as u32, max_ts);
+        position += header.batch_bytes();
+        next_offset = header.next_offset();
+        max_ts = max_ts.max(header.max_timestamp_ms);
+        min_ts = min_ts.min(facts.min_timestamp_ms);
+        batches += 1;
+    }
+    FrameScan {
+        end: SyncPoint {
+            data_end: position as u64,
+            next_offset,
+            max_timestamp_ms: max_ts,
+        },
+        min_timestamp_ms: min_ts,
+        index,
+        incomplete_batch_frames: 0,
+        stop,
+        batches,
+    }
+}
+
+/// Validates the frames of a format-1 segment until the first one that is not the next
+/// record. Checks length, CRC, offset and the payload archive of each.
+fn scan_frames(bytes: &[u8], base_offset: u64, index_interval_bytes: u32) -> FrameScan {
     let mut index = SparseIndex::new(index_interval_bytes);
     let mut position = SEGMENT_HEADER_BYTES as usize;
     let mut next_offset = base_offset;
@@ -104,6 +165,7 @@ pub(crate) fn scan_frames(bytes: &[u8], base_offset: u64, index_interval_bytes: 
         index,
         incomplete_batch_frames: next_offset - committed_next,
         stop,
+        batches: committed_next - base_offset,
     }
 }
 
@@ -145,7 +207,7 @@ pub(crate) fn check_segment(path: &Path, file: &File, index_interval_bytes: u32)
     // it is open: the partition lock keeps other flowd processes out.
     let map = unsafe { MmapOptions::new().len(readable as usize).map(file) }
         .map_err(StorageError::io("map segment", path))?;
-    check.scan = Some(scan_frames(&map, header.base_offset, index_interval_bytes));
+    check.scan = Some(scan(&map, &header, index_interval_bytes));
     Ok(check)
 }
 

@@ -1,10 +1,11 @@
 //! One segment: a preallocated file, mapped read-only once and read zero-copy.
 //!
-//! Frames are written with pwrite (see `writer`) at or after `data_end`, and `data_end`
-//! moves past them only once a whole batch is in the page cache. Readers borrow slices
-//! of the mapping below `data_end` only, so no reader can see a frame being written, and
-//! the mapping is never written through: an I/O error comes back from pwrite as an
-//! error, never as a SIGBUS.
+//! Batches are written with pwrite (see `writer`) at or after `data_end`, and `data_end`
+//! moves past one only once it is whole in the page cache. Readers borrow slices of the
+//! mapping below `data_end` only, so no reader can see a batch being written, and the
+//! mapping is never written through: an I/O error comes back from pwrite as an error,
+//! never as a SIGBUS. A segment of format 1 (one frame per record, written by an older
+//! flowd) is read the same way, frame by frame, and never appended to.
 
 use std::fs::File;
 use std::path::{Path, PathBuf};
@@ -15,12 +16,29 @@ use memmap2::{MmapOptions, MmapRaw};
 
 use crate::storage::error::{Result, StorageError};
 use crate::storage::format::{
-    FRAME_HEADER_BYTES, FrameHeader, MarkerSlot, SEGMENT_HEADER_BYTES, SegmentHeader,
+    BatchHeader, FORMAT_VERSION, FORMAT_VERSION_FRAMES, FRAME_HEADER_BYTES, FrameHeader, MarkerSlot,
+    SEGMENT_HEADER_BYTES, SegmentHeader,
 };
 use crate::storage::index::SparseIndex;
 use crate::storage::io;
 use crate::storage::layout;
-use crate::storage::record::RecordView;
+use crate::storage::record::{self, RecordView};
+
+/// A place in a segment: the batch (or format-1 frame) at `position`, and the record
+/// `index` in it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Cursor {
+    pub position: usize,
+    pub index: u32,
+}
+
+impl Cursor {
+    /// The first record of a segment.
+    pub const START: Cursor = Cursor {
+        position: SEGMENT_HEADER_BYTES as usize,
+        index: 0,
+    };
+}
 
 /// How far a segment is written or synced: the state a marker slot records.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -47,11 +65,12 @@ pub(crate) struct PendingAppend {
 }
 
 impl PendingAppend {
-    pub fn advance(&mut self, frame_bytes: usize, timestamp_ms: i64) {
-        self.position += frame_bytes as u64;
-        self.next_offset += 1;
-        self.max_timestamp_ms = self.max_timestamp_ms.max(timestamp_ms);
-        self.min_timestamp_ms = self.min_timestamp_ms.min(timestamp_ms);
+    /// Moves past a batch of `bytes` holding `records` records.
+    pub fn advance(&mut self, bytes: usize, records: u32, min_timestamp_ms: i64, max_timestamp_ms: i64) {
+        self.position += bytes as u64;
+        self.next_offset += u64::from(records);
+        self.max_timestamp_ms = self.max_timestamp_ms.max(max_timestamp_ms);
+        self.min_timestamp_ms = self.min_timestamp_ms.min(min_timestamp_ms);
     }
 }
 
@@ -150,6 +169,7 @@ impl Segment {
         let file = io::create_new(&path).map_err(StorageError::io("create segment", &path))?;
         io::preallocate(&file, &path, 0, capacity).map_err(StorageError::io("preallocate segment", &path))?;
         let header = SegmentHeader {
+            format_version: FORMAT_VERSION,
             base_offset,
             capacity,
             created_ms: layout::now_ms(),
@@ -185,8 +205,8 @@ impl Segment {
         }
     }
 
-    /// Offers a frame about to be written to the sparse index.
-    pub fn index_frame(&mut self, pending: &PendingAppend) {
+    /// Offers a batch about to be written to the sparse index.
+    pub fn index_batch(&mut self, pending: &PendingAppend) {
         self.index.observe(
             pending.next_offset,
             pending.position as u32,
@@ -202,11 +222,6 @@ impl Segment {
         self.next_offset = pending.next_offset;
         self.max_timestamp_ms = pending.max_timestamp_ms;
         self.min_timestamp_ms = pending.min_timestamp_ms;
-    }
-
-    /// Forgets index entries of frames that were never committed (a failed write).
-    pub fn abandon_pending(&mut self) {
-        self.index.truncate_at(self.data_end as u32);
     }
 
     /// Maps an existing segment whose frames `recovered` describes.
@@ -309,9 +324,14 @@ impl Segment {
         self.sealed
     }
 
-    /// Whether this segment takes appends: mapped writable and not sealed.
+    /// Whether this segment takes appends: mapped writable, not sealed, and of the
+    /// format this build writes.
     pub fn is_appendable(&self) -> bool {
-        self.writable && !self.sealed
+        self.writable && !self.sealed && self.header.format_version == FORMAT_VERSION
+    }
+
+    pub fn format_version(&self) -> u32 {
+        self.header.format_version
     }
 
     pub fn sync_point(&self) -> SyncPoint {
@@ -339,52 +359,100 @@ impl Segment {
         unsafe { slice::from_raw_parts(self.map.as_ptr(), self.data_end as usize) }
     }
 
-    /// The view of the frame at `position`, which must be a frame boundary below
-    /// `data_end`, and the position of the next frame.
+    /// The view of the record at `at`, which must be below `data_end`, and the place of
+    /// the next record.
     #[inline]
-    pub fn view_at(&self, position: usize) -> (RecordView<'_>, usize) {
-        let bytes = self.bytes();
-        let header = FrameHeader::read_trusted(&bytes[position..]);
-        let payload_start = position + FRAME_HEADER_BYTES;
-        let payload = &bytes[payload_start..payload_start + header.payload_len as usize];
-        // SAFETY: every frame below `data_end` was validated when the segment was
-        // recovered or was written by this process, and frames never change.
-        let view = unsafe { RecordView::new(header.offset, header.timestamp_ms, payload) };
-        (view, position + header.frame_bytes())
+    pub fn view_at(&self, at: Cursor) -> (RecordView<'_>, Cursor) {
+        let bytes = &self.bytes()[at.position..];
+        if self.header.format_version == FORMAT_VERSION_FRAMES {
+            let header = FrameHeader::read_trusted(bytes);
+            let payload = &bytes[FRAME_HEADER_BYTES..FRAME_HEADER_BYTES + header.payload_len as usize];
+            // SAFETY: every frame below `data_end` was validated when the segment was
+            // recovered, and frames never change.
+            let view = unsafe { RecordView::new(header.offset, header.timestamp_ms, payload) };
+            let next = Cursor {
+                position: at.position + header.frame_bytes(),
+                index: 0,
+            };
+            return (view, next);
+        }
+        let header = BatchHeader::read_trusted(bytes);
+        // SAFETY: every batch below `data_end` was checked when the segment was recovered
+        // or was written by this process, and batches never change.
+        let records = unsafe { record::batch_records(header.body(bytes)) };
+        let view = RecordView::batched(
+            header.base_offset + u64::from(at.index),
+            header.first_timestamp_ms,
+            &records[at.index as usize],
+        );
+        let next = if at.index + 1 < header.record_count {
+            Cursor {
+                position: at.position,
+                index: at.index + 1,
+            }
+        } else {
+            Cursor {
+                position: at.position + header.batch_bytes(),
+                index: 0,
+            }
+        };
+        (view, next)
     }
 
-    /// Position of the frame holding `offset`, which must be in this segment.
-    pub fn position_of(&self, offset: u64) -> usize {
+    /// Base offset, record count and length of the unit (batch, or format-1 frame) at
+    /// `position`, a unit boundary below `data_end`.
+    #[inline]
+    fn unit_at(&self, position: usize) -> (u64, u32, usize) {
+        let bytes = &self.bytes()[position..];
+        if self.header.format_version == FORMAT_VERSION_FRAMES {
+            let header = FrameHeader::read_trusted(bytes);
+            (header.offset, 1, header.frame_bytes())
+        } else {
+            let header = BatchHeader::read_trusted(bytes);
+            (header.base_offset, header.record_count, header.batch_bytes())
+        }
+    }
+
+    /// The place of the record `offset`, which must be in this segment.
+    pub fn position_of(&self, offset: u64) -> Cursor {
         debug_assert!(offset >= self.base_offset() && offset < self.next_offset);
         let entry = self
             .index
             .floor_offset(offset)
             .expect("a non-empty segment has an index entry for its first record");
-        let bytes = self.bytes();
         let mut position = entry.position as usize;
-        let mut at = entry.offset;
-        while at < offset {
-            position += FrameHeader::read_trusted(&bytes[position..]).frame_bytes();
-            at += 1;
+        loop {
+            let (base, count, len) = self.unit_at(position);
+            if offset < base + u64::from(count) {
+                return Cursor {
+                    position,
+                    index: (offset - base) as u32,
+                };
+            }
+            position += len;
         }
-        position
     }
 
-    /// Position and offset of the first frame with a timestamp at or after
+    /// Place and offset of the first record with a timestamp at or after
     /// `timestamp_ms`, if this segment has one.
-    pub fn position_at_time(&self, timestamp_ms: i64) -> Option<(usize, u64)> {
+    pub fn position_at_time(&self, timestamp_ms: i64) -> Option<(Cursor, u64)> {
         if self.max_timestamp_ms < timestamp_ms {
             return None;
         }
         let entry = self.index.floor_time(timestamp_ms)?;
-        let bytes = self.bytes();
+        let data_end = self.data_end as usize;
         let mut position = entry.position as usize;
-        while position < bytes.len() {
-            let header = FrameHeader::read_trusted(&bytes[position..]);
-            if header.timestamp_ms >= timestamp_ms {
-                return Some((position, header.offset));
+        while position < data_end {
+            let (_, count, len) = self.unit_at(position);
+            let mut at = Cursor { position, index: 0 };
+            for _ in 0..count {
+                let (view, next) = self.view_at(at);
+                if view.timestamp_ms() >= timestamp_ms {
+                    return Some((at, view.offset()));
+                }
+                at = next;
             }
-            position += header.frame_bytes();
+            position += len;
         }
         unreachable!(
             "max timestamp {} of {} not found",

@@ -1,5 +1,5 @@
-//! Writing a batch: records are encoded as frames into a reused buffer and written to the
-//! active segment with pwrite, one call per `WRITE_CHUNK_BYTES`.
+//! Writing a batch: the records are encoded as one batch (header, rkyv body, CRC) into a
+//! reused buffer and written to the active segment with one pwrite.
 //!
 //! Why pwrite and not stores into a writable mapping (measured, see docs/decisions.md):
 //! a store to a fresh page of a mapped file takes a read fault that zero-fills the page
@@ -9,100 +9,87 @@
 
 use rkyv::ser::allocator::Arena;
 
-use crate::storage::format::{self, FRAME_FLAG_BATCH_END, FRAME_HEADER_BYTES, FrameHeader};
-use crate::storage::record::{self, Record};
+use crate::storage::format::{self, BATCH_HEADER_BYTES, BatchHeader};
+use crate::storage::record::{self, BATCH_OVERHEAD_BYTES, Record};
 use crate::storage::segment::Segment;
 
-/// Bytes of frames gathered before a pwrite: big enough to amortize the syscall, small
-/// enough to stay in cache.
-pub const WRITE_CHUNK_BYTES: usize = 256 * 1024;
+/// The buffer a writer keeps between batches; one grown past it for a large batch is
+/// given back after that batch, so an idle partition holds no more than this.
+pub const KEPT_BUFFER_BYTES: usize = 256 * 1024;
 
-/// The most bytes `record`'s frame can take.
-pub(crate) fn frame_bytes_bound(record: &Record<'_>) -> usize {
-    format::frame_bytes(record.archived_len_bound())
+/// The most bytes `records` take as one batch.
+pub(crate) fn batch_bytes_bound(records: &[Record<'_>]) -> usize {
+    let Some(first) = records.first() else {
+        return 0;
+    };
+    BATCH_OVERHEAD_BYTES
+        + records
+            .iter()
+            .map(|r| r.stored_len_bound(first.timestamp_ms))
+            .sum::<usize>()
 }
 
-pub(crate) struct FrameWriter {
-    /// Encoded frames not yet written. Its length is its capacity: frames are encoded in
-    /// place, so it is zeroed once, not per record. Grows only for a record larger than a
-    /// chunk (bounded by `max_record_bytes`).
+pub(crate) struct BatchWriter {
+    /// The batch being encoded. Its length is its capacity: batches are encoded in place,
+    /// so it is zeroed when it grows, not per batch.
     buffer: Vec<u8>,
-    used: usize,
     scratch: Arena,
 }
 
-impl FrameWriter {
-    pub fn new() -> FrameWriter {
-        FrameWriter {
-            buffer: vec![0; WRITE_CHUNK_BYTES],
-            used: 0,
+impl BatchWriter {
+    pub fn new() -> BatchWriter {
+        BatchWriter {
+            buffer: vec![0; KEPT_BUFFER_BYTES],
             scratch: Arena::new(),
         }
     }
 
     /// Writes `records` (non-empty) as one atomic batch at the end of `segment`, which
-    /// must have room for it. The frames become visible to readers only once all of them
-    /// are in the page cache; on error nothing becomes visible.
+    /// must have room for `batch_bytes_bound(records)`. The batch becomes visible to
+    /// readers only once all of it is in the page cache; on error nothing does.
     pub fn append_batch(&mut self, segment: &mut Segment, records: &[Record<'_>]) -> std::io::Result<()> {
-        let result = self.write_frames(segment, records);
-        if result.is_err() {
-            self.used = 0;
-            segment.abandon_pending();
+        let bound = batch_bytes_bound(records);
+        if bound > self.buffer.len() {
+            self.buffer.resize(bound, 0);
+        }
+        let len = self.encode(segment.next_offset(), records);
+        let result = self.write(segment, records, len);
+        if self.buffer.len() > KEPT_BUFFER_BYTES {
+            self.buffer = vec![0; KEPT_BUFFER_BYTES];
         }
         result
     }
 
-    fn write_frames(&mut self, segment: &mut Segment, records: &[Record<'_>]) -> std::io::Result<()> {
-        let mut pending = segment.pending();
-        let mut chunk_start = pending.position;
-        let last = records.len() - 1;
-        for (i, record) in records.iter().enumerate() {
-            let bound = frame_bytes_bound(record);
-            if self.used + bound > self.buffer.len() {
-                self.flush(segment, chunk_start)?;
-                chunk_start = pending.position;
-                if bound > self.buffer.len() {
-                    self.buffer.resize(bound, 0);
-                }
-            }
-            let flags = if i == last { FRAME_FLAG_BATCH_END } else { 0 };
-            let frame_len = self.encode(record, pending.next_offset, flags, bound);
-            segment.index_frame(&pending);
-            pending.advance(frame_len, record.timestamp_ms);
-        }
-        self.flush(segment, chunk_start)?;
-        segment.commit(pending);
-        Ok(())
-    }
-
-    /// Encodes one frame at the end of the buffer and returns its length.
-    #[inline]
-    fn encode(&mut self, record: &Record<'_>, offset: u64, flags: u32, bound: usize) -> usize {
-        let room = &mut self.buffer[self.used..self.used + bound];
-        let payload_len =
-            record::write_body(&record.body(), &mut room[FRAME_HEADER_BYTES..], &mut self.scratch)
-                .expect("a record archive outgrew its computed bound");
-        let header = FrameHeader {
-            payload_len: payload_len as u32,
-            offset,
-            timestamp_ms: record.timestamp_ms,
-            flags,
+    /// Encodes the batch at the front of the buffer and returns its aligned length.
+    fn encode(&mut self, base_offset: u64, records: &[Record<'_>]) -> usize {
+        let body_len =
+            record::write_batch_body(records, &mut self.buffer[BATCH_HEADER_BYTES..], &mut self.scratch)
+                .expect("a batch outgrew its computed bound");
+        let header = BatchHeader {
+            batch_len: u32::try_from(BATCH_HEADER_BYTES + body_len).expect("a batch fits its segment"),
+            base_offset,
+            first_timestamp_ms: records[0].timestamp_ms,
+            max_timestamp_ms: records.iter().map(|r| r.timestamp_ms).max().expect("non-empty"),
+            record_count: u32::try_from(records.len()).expect("a batch fits its segment"),
+            leader_epoch: 0,
+            flags: 0,
         };
-        let frame_len = header.frame_bytes();
-        format::seal_frame(&mut room[..frame_len], &header);
-        self.used += frame_len;
-        frame_len
+        let len = header.batch_bytes();
+        format::seal_batch(&mut self.buffer[..len], &header);
+        len
     }
 
-    /// Writes the buffered frames at `position` of the segment file.
-    fn flush(&mut self, segment: &Segment, position: u64) -> std::io::Result<()> {
-        if self.used > 0 {
-            let end = position + self.used as u64;
-            assert!(end <= segment.mapped_len(), "a batch would overrun its segment");
-            let file = segment.file();
-            crate::storage::io::write_at(file.file(), file.path(), position, &self.buffer[..self.used])?;
-            self.used = 0;
-        }
+    fn write(&mut self, segment: &mut Segment, records: &[Record<'_>], len: usize) -> std::io::Result<()> {
+        let mut pending = segment.pending();
+        let end = pending.position + len as u64;
+        assert!(end <= segment.mapped_len(), "a batch would overrun its segment");
+        let file = segment.file();
+        crate::storage::io::write_at(file.file(), file.path(), pending.position, &self.buffer[..len])?;
+        segment.index_batch(&pending);
+        let min = records.iter().map(|r| r.timestamp_ms).min().expect("non-empty");
+        let max = records.iter().map(|r| r.timestamp_ms).max().expect("non-empty");
+        pending.advance(len, records.len() as u32, min, max);
+        segment.commit(pending);
         Ok(())
     }
 }

@@ -56,13 +56,21 @@ fn inspect_reports_a_clean_data_dir() {
     assert_eq!(report["corrupt"], false);
     assert_eq!(report["partitions"].as_array().unwrap().len(), 3);
     assert_eq!(report["partitions"][2]["records"], 700);
+    let segments = report["partitions"][2]["segments"].as_array().unwrap();
+    let batches: u64 = segments.iter().map(|s| s["batches"].as_u64().unwrap()).sum();
+    assert_eq!(batches, 70, "appended in batches of 10");
+    assert!(segments.iter().all(|s| s["format_version"] == 2));
+    let per_record = report["partitions"][2]["bytes_per_record"].as_f64().unwrap();
+    let data_bytes = report["partitions"][2]["data_bytes"].as_f64().unwrap();
+    assert!((per_record - data_bytes / 700.0).abs() < 1e-9, "{per_record}");
 }
 
 #[test]
 fn inspect_names_the_partition_segment_and_offset_of_a_corrupt_byte() {
     let data = fast_tempdir();
     make_data_dir(data.path());
-    // Damage record 3 of orders/1's first (sealed, synced) segment: its value bytes.
+    // Damage record 3 of orders/1's first (sealed, synced) segment: its value bytes. The
+    // batch holding it (records 0..10) fails its CRC, and is named by its first.
     let dir = partition_dir(data.path(), "orders", 1);
     let segment = dir.join("00000000000000000000.seg");
     let position = {
@@ -90,7 +98,7 @@ fn inspect_names_the_partition_segment_and_offset_of_a_corrupt_byte() {
         .find(|l| l.contains("CORRUPT topic"))
         .expect(&stdout);
     assert!(
-        line.contains("topic orders partition 1 segment 00000000000000000000.seg offset 3"),
+        line.contains("topic orders partition 1 segment 00000000000000000000.seg offset 0 byte 4096"),
         "{line}"
     );
     assert!(line.contains("CRC"), "{line}");
@@ -114,13 +122,19 @@ fn inspect_names_the_partition_segment_and_offset_of_a_corrupt_byte() {
     assert_eq!(report["corrupt"], true);
     let status = &report["partitions"][2]["segments"][0]["status"];
     assert_eq!(status["state"], "corrupt");
-    assert_eq!(status["offset"], 3);
+    assert_eq!(status["offset"], 0);
+    assert_eq!(status["position"], 4096);
 
     // And opening the partition refuses, with the same place named.
     let error = PartitionLog::open(&dir, small_options(Durability::Every))
         .err()
         .unwrap();
-    assert!(error.to_string().contains("record 3"), "{error}");
+    assert!(
+        error
+            .to_string()
+            .contains("the batch at byte 4096, holding records from offset 0"),
+        "{error}"
+    );
 }
 
 #[test]

@@ -10,7 +10,7 @@ use crate::consumer::cursor::{Cursor, Range};
 use crate::consumer::journal::{Entry, PartRef, TXN_HEADER};
 use crate::protocol::routing::partition_of_bytes;
 use crate::protocol::wire::{RESERVED_HEADER_PREFIX, encode_record};
-use crate::runtime::bounds::{Bounds, RECORD_HINT, TooLarge, dead_reason, record_frame_bytes};
+use crate::runtime::bounds::{Bounds, RECORD_HINT, TooLarge, dead_reason, stored_record_bytes};
 use crate::runtime::error::EngineError;
 use crate::runtime::failure::{DEAD_FROM_HEADER, DEAD_REASON_HEADER};
 use crate::runtime::mesh::{Ack, Batch, Payload};
@@ -75,7 +75,7 @@ pub(super) fn dead_letters(
             .collect();
         headers.push((DEAD_REASON_HEADER, reason.as_bytes()));
         headers.push((DEAD_FROM_HEADER, whence.as_bytes()));
-        let frame = record_frame_bytes(view.key(), view.value(), headers.iter().copied());
+        let frame = stored_record_bytes(view.key(), view.value(), headers.iter().copied());
         if frame + TXN_MARK_BYTES > bounds.record_bytes_max {
             return Err(too_large(TooLarge {
                 what: format!("the dead letter of record {}", view.offset()),

@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 use crate::protocol::routing::partition_of_bytes;
 use crate::protocol::wire::RESERVED_HEADER_PREFIX;
 use crate::protocol::{ErrorCode, ProtocolError};
-use crate::runtime::bounds::{Bounds, TooLarge, record_frame_bytes};
+use crate::runtime::bounds::{Bounds, TooLarge, stored_record_bytes};
 use crate::runtime::error::EngineError;
 use crate::runtime::mesh::Ack;
 use crate::runtime::reply::{ReplyAddress, job_batch};
@@ -49,7 +49,7 @@ pub async fn job(
     let timeout = timeout.unwrap_or(spec.timeout);
     let topic_spec = &shared.spec.topics[spec.topic];
     let bounds = Bounds::of(topic_spec);
-    let bytes = record_frame_bytes(key, value, headers.iter().copied());
+    let bytes = stored_record_bytes(key, value, headers.iter().copied());
     if bytes > bounds.ingest_record_bytes_max() {
         return Err(too_large(TooLarge {
             what: format!("job \"{name}\"'s record"),

@@ -8,7 +8,7 @@ use std::time::Instant;
 use crate::protocol::routing::partition_of_bytes;
 use crate::protocol::wire::RESERVED_HEADER_PREFIX;
 use crate::protocol::{ErrorCode, ProduceGroup, ProtocolError, Run, WireRecord};
-use crate::runtime::bounds::{BATCH_HINT, Bounds, ENGINE_HEADERS_RESERVE, TooLarge, record_frame_bytes};
+use crate::runtime::bounds::{BATCH_HINT, Bounds, ENGINE_HEADERS_RESERVE, TooLarge, stored_record_bytes};
 use crate::runtime::error::EngineError;
 use crate::runtime::mesh::{Ack, Batch, ClientAck, Payload};
 use crate::runtime::shard::Shard;
@@ -126,7 +126,7 @@ pub fn split(shard: &Shard, groups: &[ProduceGroup<'_>]) -> Result<Split, Protoc
 /// that the record passes any stage unchanged in size (`bounds`).
 fn check_size(topic: &str, bounds: &Bounds, n: usize, record: &WireRecord<'_>) -> Result<u64, ProtocolError> {
     let headers = record.headers.iter().map(|&(name, value)| (name, value));
-    let bytes = record_frame_bytes(record.key, record.value, headers);
+    let bytes = stored_record_bytes(record.key, record.value, headers);
     if bytes > bounds.ingest_record_bytes_max() {
         return Err(too_large(TooLarge {
             what: format!("record {n} of the request"),
