@@ -10,13 +10,15 @@ use std::path::{Path, PathBuf};
 
 use std::sync::Arc;
 
+use crate::storage::batch::CheckedBatch;
 use crate::storage::error::{Result, StorageError};
 use crate::storage::format::{FORMAT_VERSION, SEGMENT_HEADER_BYTES};
 use crate::storage::io;
 use crate::storage::layout::{self, DirLock};
 use crate::storage::reader::Records;
 use crate::storage::record::{
-    BATCH_OVERHEAD_BYTES, HEADER_NAME_BYTES_MAX, RECORD_HEADERS_MAX, Record, RecordView,
+    BATCH_OVERHEAD_BYTES, HEADER_NAME_BYTES_MAX, RECORD_HEADERS_MAX, Record, RecordView, header_bytes_bound,
+    stored_bytes_bound,
 };
 use crate::storage::recovery::{self, Role, ScanStop, Verdict};
 use crate::storage::retention::{self, RetentionPolicy, SegmentFacts};
@@ -288,26 +290,93 @@ impl PartitionLog {
     /// readers). In `every` mode it is also durable then; in `group` mode wait with
     /// `wait_durable(receipt.next_offset)` before acking; in `none` mode written is acked.
     pub fn append(&mut self, records: &[Record<'_>]) -> Result<AppendReceipt> {
-        if let Some(cause) = self.tracker.poisoned() {
-            return Err(self.poisoned_error(cause));
-        }
-        let first_offset = self.next_offset();
         if records.is_empty() {
+            self.check_health()?;
+            let next_offset = self.next_offset();
             return Ok(AppendReceipt {
-                first_offset,
-                next_offset: first_offset,
+                first_offset: next_offset,
+                next_offset,
             });
         }
-        let batch_bytes = self.batch_bytes_bound(records)?;
+        for record in records {
+            let longest = record.headers.iter().map(|h| h.name.len()).max();
+            self.check_record(record.headers.len(), longest, record.stored_len_max())?;
+        }
+        let bytes = writer::batch_bytes_bound(records) as u64;
+        self.write(bytes, |writer, segment| writer.append_batch(segment, records))
+    }
+
+    /// Appends a batch made elsewhere (a client's), as it came but for its base offset
+    /// and leader epoch, atomically; otherwise as `append`.
+    pub fn append_checked(&mut self, batch: &mut CheckedBatch) -> Result<AppendReceipt> {
+        for view in batch.records() {
+            let longest = view.headers().map(|(name, _)| name.len()).max();
+            let headers: usize = view
+                .headers()
+                .map(|(name, value)| header_bytes_bound(name.len(), value.len()))
+                .sum();
+            let bytes = stored_bytes_bound(view.key().map(<[u8]>::len), view.value().len(), headers);
+            self.check_record(view.headers().len(), longest, bytes)?;
+        }
+        let bytes = batch.len() as u64;
+        self.write(bytes, |writer, segment| writer.append_checked(segment, batch))
+    }
+
+    fn check_health(&self) -> Result<()> {
+        match self.tracker.poisoned() {
+            Some(cause) => Err(self.poisoned_error(cause)),
+            None => Ok(()),
+        }
+    }
+
+    /// Checks one record of a batch against the log's limits.
+    fn check_record(&self, headers: usize, longest_name: Option<usize>, stored_bytes: usize) -> Result<()> {
+        if headers > RECORD_HEADERS_MAX {
+            return Err(StorageError::TooManyHeaders {
+                count: headers,
+                max: RECORD_HEADERS_MAX,
+            });
+        }
+        if let Some(len) = longest_name.filter(|len| *len > HEADER_NAME_BYTES_MAX) {
+            return Err(StorageError::HeaderNameTooLong {
+                len,
+                max: HEADER_NAME_BYTES_MAX,
+            });
+        }
+        if stored_bytes as u64 > self.options.max_record_bytes {
+            return Err(StorageError::RecordTooLarge {
+                bytes: stored_bytes as u64,
+                max: self.options.max_record_bytes,
+            });
+        }
+        Ok(())
+    }
+
+    /// Writes a batch of at most `batch_bytes` with `write` into the active segment (a
+    /// new one if it lacks room) and does the acknowledgement work of the mode.
+    fn write(
+        &mut self,
+        batch_bytes: u64,
+        write: impl FnOnce(&mut BatchWriter, &mut Segment) -> std::io::Result<()>,
+    ) -> Result<AppendReceipt> {
+        self.check_health()?;
+        let capacity = batch_bytes_max_for(self.options.segment_bytes) + BATCH_OVERHEAD_BYTES as u64;
+        if batch_bytes > capacity {
+            return Err(StorageError::BatchTooLarge {
+                bytes: batch_bytes,
+                capacity,
+            });
+        }
         if batch_bytes > self.active().room() {
             self.roll(batch_bytes)?;
         }
+        let first_offset = self.next_offset();
         let active = self
             .segments
             .last_mut()
             .expect("a log always has an active segment");
         let data_end_before = active.data_end();
-        if let Err(error) = self.writer.append_batch(active, records) {
+        if let Err(error) = write(&mut self.writer, active) {
             // What reached the file is unknown; nothing of this batch was made visible.
             let path = active.path().to_path_buf();
             return Err(self.fail("writing to", &path, error));
@@ -318,44 +387,6 @@ impl PartitionLog {
             first_offset,
             next_offset: self.next_offset(),
         })
-    }
-
-    /// Checks every record and returns the most bytes the batch can take in a segment.
-    fn batch_bytes_bound(&self, records: &[Record<'_>]) -> Result<u64> {
-        for record in records {
-            if record.headers.len() > RECORD_HEADERS_MAX {
-                return Err(StorageError::TooManyHeaders {
-                    count: record.headers.len(),
-                    max: RECORD_HEADERS_MAX,
-                });
-            }
-            if let Some(h) = record
-                .headers
-                .iter()
-                .find(|h| h.name.len() > HEADER_NAME_BYTES_MAX)
-            {
-                return Err(StorageError::HeaderNameTooLong {
-                    len: h.name.len(),
-                    max: HEADER_NAME_BYTES_MAX,
-                });
-            }
-            let bytes = record.stored_len_max() as u64;
-            if bytes > self.options.max_record_bytes {
-                return Err(StorageError::RecordTooLarge {
-                    bytes,
-                    max: self.options.max_record_bytes,
-                });
-            }
-        }
-        let total = writer::batch_bytes_bound(records) as u64;
-        let capacity = batch_bytes_max_for(self.options.segment_bytes) + BATCH_OVERHEAD_BYTES as u64;
-        if total > capacity {
-            return Err(StorageError::BatchTooLarge {
-                bytes: total,
-                capacity,
-            });
-        }
-        Ok(total)
     }
 
     /// Seals the active segment and starts a new one with room for `batch_bytes`.

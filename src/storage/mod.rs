@@ -2,12 +2,13 @@
 //!
 //! Codemap: `format` (bytes on disk) → `record` (what is archived) → `segment` (one
 //! mapped file) → `recovery` (scan, judge, mend) → `log` (a partition: segments, appends,
-//! reads, retention) with `writer` (batches to frames, pwrite), `sync` (durability
+//! reads, retention) with `writer` (records to a batch, pwrite), `batch` (a batch made elsewhere, checked), `sync` (durability
 //! modes, group commit, sealing) and `index` (seeks).
 //! `layout` names files and directories; `inspect` reports on a data dir offline; `io`
 //! is every call that changes a data dir, `powercut` records them for the power-cut
 //! simulator and `faults` holds the fail points tests set.
 
+pub mod batch;
 pub mod error;
 pub mod faults;
 pub mod format;

@@ -9,6 +9,7 @@
 
 use rkyv::ser::allocator::Arena;
 
+use crate::storage::batch::CheckedBatch;
 use crate::storage::format::{self, BATCH_HEADER_BYTES, BatchHeader};
 use crate::storage::record::{self, BATCH_OVERHEAD_BYTES, Record};
 use crate::storage::segment::Segment;
@@ -80,16 +81,40 @@ impl BatchWriter {
     }
 
     fn write(&mut self, segment: &mut Segment, records: &[Record<'_>], len: usize) -> std::io::Result<()> {
-        let mut pending = segment.pending();
-        let end = pending.position + len as u64;
-        assert!(end <= segment.mapped_len(), "a batch would overrun its segment");
-        let file = segment.file();
-        crate::storage::io::write_at(file.file(), file.path(), pending.position, &self.buffer[..len])?;
-        segment.index_batch(&pending);
         let min = records.iter().map(|r| r.timestamp_ms).min().expect("non-empty");
         let max = records.iter().map(|r| r.timestamp_ms).max().expect("non-empty");
-        pending.advance(len, records.len() as u32, min, max);
-        segment.commit(pending);
-        Ok(())
+        let facts = (records.len() as u32, min, max);
+        write_at_end(segment, &self.buffer[..len], facts)
     }
+
+    /// Writes a batch made elsewhere (checked whole when it was made) at the end of
+    /// `segment`, which must have room for it, stamped with its offsets.
+    pub fn append_checked(&mut self, segment: &mut Segment, batch: &mut CheckedBatch) -> std::io::Result<()> {
+        let header = *batch.header();
+        let facts = (
+            header.record_count,
+            batch.min_timestamp_ms(),
+            header.max_timestamp_ms,
+        );
+        let bytes = batch.stamp(segment.next_offset(), 0);
+        write_at_end(segment, bytes, facts)
+    }
+}
+
+/// Writes one whole batch (`records`, min and max timestamp) at the end of `segment` and
+/// makes it visible.
+fn write_at_end(
+    segment: &mut Segment,
+    bytes: &[u8],
+    (records, min, max): (u32, i64, i64),
+) -> std::io::Result<()> {
+    let mut pending = segment.pending();
+    let end = pending.position + bytes.len() as u64;
+    assert!(end <= segment.mapped_len(), "a batch would overrun its segment");
+    let file = segment.file();
+    crate::storage::io::write_at(file.file(), file.path(), pending.position, bytes)?;
+    segment.index_batch(&pending);
+    pending.advance(bytes.len(), records, min, max);
+    segment.commit(pending);
+    Ok(())
 }

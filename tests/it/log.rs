@@ -6,8 +6,8 @@ use flowd::storage::{
 };
 
 use crate::support::{
-    append_expected, assert_expected, assert_log_is_expected_prefix, expected, fast_tempdir, fill,
-    small_options,
+    append_expected, append_expected_encoded, assert_expected, assert_log_is_expected_prefix, expected,
+    fast_tempdir, fill, small_options,
 };
 
 #[test]
@@ -36,6 +36,74 @@ fn appended_records_read_back_identical_across_segments_and_reopen() {
         assert_eq!(log.recovery().torn_tail, None);
         assert_eq!(assert_log_is_expected_prefix(&log), next);
     }
+}
+
+#[test]
+fn batches_made_by_a_client_read_back_identical_among_the_logs_own_and_after_reopen() {
+    let dir = fast_tempdir();
+    for durability in [Durability::None, Durability::Group, Durability::Every] {
+        let path = dir.path().join(durability.to_string());
+        let mut log = PartitionLog::open(&path, small_options(durability)).unwrap();
+        let mut next = 0;
+        for (i, batch) in [1u64, 5, 17, 1, 64, 3, 200, 2, 90]
+            .repeat(4)
+            .into_iter()
+            .enumerate()
+        {
+            let receipt = if i % 2 == 0 {
+                append_expected_encoded(&mut log, next..next + batch)
+            } else {
+                append_expected(&mut log, next..next + batch)
+            };
+            assert_eq!((receipt.first_offset, receipt.next_offset), (next, next + batch));
+            log.wait_durable(receipt.next_offset).unwrap();
+            next += batch;
+        }
+        assert!(
+            log.segments().len() > 3,
+            "{durability}: the test must cross segments"
+        );
+        assert_eq!(assert_log_is_expected_prefix(&log), next);
+        let t = expected(777).timestamp_ms;
+        let first_at_t = (0..next).find(|&o| expected(o).timestamp_ms >= t).unwrap();
+        assert_eq!(log.offset_at_time(t), Some(first_at_t));
+        log.close().unwrap();
+
+        let log = PartitionLog::open(&path, small_options(durability)).unwrap();
+        assert_eq!(log.recovery().records, next);
+        assert_eq!(log.recovery().torn_tail, None);
+        assert_eq!(assert_log_is_expected_prefix(&log), next);
+    }
+}
+
+#[test]
+fn a_client_batch_over_a_limit_is_refused_whole_and_the_log_stays_usable() {
+    let dir = fast_tempdir();
+    let options = small_options(Durability::Every);
+    let mut log = PartitionLog::open(dir.path(), options.clone()).unwrap();
+    let big = vec![0u8; options.max_record_bytes as usize];
+    let small = [1u8; 10];
+    let names: Vec<String> = (0..65).map(|i| format!("h{i}")).collect();
+    let many: Vec<Header<'_>> = names.iter().map(|n| Header { name: n, value: b"" }).collect();
+    for records in [
+        vec![Record::new(1, &small), Record::new(2, &big)],
+        vec![Record::new(1, &small).with_headers(&many)],
+    ] {
+        let mut bytes = Vec::new();
+        flowd::storage::batch::encode_batch(&records, false, &mut bytes);
+        let mut batch = flowd::storage::batch::CheckedBatch::check(&bytes).unwrap();
+        let error = log.append_checked(&mut batch).unwrap_err();
+        assert!(
+            matches!(
+                error,
+                StorageError::RecordTooLarge { .. } | StorageError::TooManyHeaders { .. }
+            ),
+            "{error}"
+        );
+        assert_eq!(log.next_offset(), 0, "nothing of a refused batch is written");
+    }
+    append_expected_encoded(&mut log, 0..10);
+    assert_eq!(assert_log_is_expected_prefix(&log), 10);
 }
 
 #[test]

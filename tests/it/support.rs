@@ -55,12 +55,8 @@ pub fn expected(offset: u64) -> Expected {
     }
 }
 
-/// Appends the expected records for `offsets` as one atomic batch.
-pub fn append_expected(
-    log: &mut PartitionLog,
-    offsets: std::ops::Range<u64>,
-) -> flowd::storage::AppendReceipt {
-    assert_eq!(log.next_offset(), offsets.start, "appending out of order");
+/// Calls `f` with the expected records for `offsets`.
+fn with_expected<R>(offsets: std::ops::Range<u64>, f: impl FnOnce(&[Record<'_>]) -> R) -> R {
     let owned: Vec<Expected> = offsets.map(expected).collect();
     let headers: Vec<Vec<Header<'_>>> = owned
         .iter()
@@ -81,7 +77,31 @@ pub fn append_expected(
             headers: h,
         })
         .collect();
-    log.append(&records).expect("append")
+    f(&records)
+}
+
+/// Appends the expected records for `offsets` as one atomic batch.
+pub fn append_expected(
+    log: &mut PartitionLog,
+    offsets: std::ops::Range<u64>,
+) -> flowd::storage::AppendReceipt {
+    assert_eq!(log.next_offset(), offsets.start, "appending out of order");
+    with_expected(offsets, |records| log.append(records).expect("append"))
+}
+
+/// Appends the expected records for `offsets` as a batch made the way a client makes one
+/// (encoded, checked, appended as it came).
+pub fn append_expected_encoded(
+    log: &mut PartitionLog,
+    offsets: std::ops::Range<u64>,
+) -> flowd::storage::AppendReceipt {
+    assert_eq!(log.next_offset(), offsets.start, "appending out of order");
+    let mut bytes = Vec::new();
+    with_expected(offsets, |records| {
+        flowd::storage::batch::encode_batch(records, false, &mut bytes)
+    });
+    let mut batch = flowd::storage::batch::CheckedBatch::check(&bytes).expect("a sound batch");
+    log.append_checked(&mut batch).expect("append")
 }
 
 /// Appends the expected records for `offsets` in atomic batches of at most 50, small

@@ -1,0 +1,281 @@
+//! A batch made outside the log (by a client, from `encode_batch`), checked once, whole,
+//! and appended as it came: only the base offset and the leader epoch (and, when the
+//! producer left them to the server, the timestamps) are stamped in place.
+//!
+//! `CheckedBatch::check` is the only way to make one, and it checks everything recovery
+//! would (length, CRC, version, flags, the body's archive against its header), so the log
+//! can append its bytes without looking at them again, and readers can trust them.
+
+use rkyv::ser::allocator::Arena;
+use rkyv::util::AlignedVec;
+
+use crate::storage::format::{
+    self, BATCH_FLAG_SERVER_TIME, BATCH_HEADER_BYTES, BatchHeader, FrameDefect, MIN_BATCH_BYTES, align_frame,
+};
+use crate::storage::record::{self, Record, RecordView};
+
+/// Encodes `records` (non-empty) as one batch of format 2 at the end of `out`, with base
+/// offset 0: what a producer sends. With `server_time`, the records' timestamps are left
+/// out (the server stamps the time it takes the batch); otherwise each keeps its own.
+pub fn encode_batch(records: &[Record<'_>], server_time: bool, out: &mut Vec<u8>) {
+    assert!(!records.is_empty(), "a batch holds at least one record");
+    let stripped: Vec<Record<'_>>;
+    let records = if server_time {
+        stripped = records
+            .iter()
+            .map(|r| Record {
+                timestamp_ms: 0,
+                ..*r
+            })
+            .collect();
+        &stripped[..]
+    } else {
+        records
+    };
+    let start = out.len();
+    let bound = crate::storage::writer::batch_bytes_bound(records);
+    out.resize(start + bound, 0);
+    let body_len =
+        record::write_batch_body(records, &mut out[start + BATCH_HEADER_BYTES..], &mut Arena::new())
+            .expect("a batch outgrew its computed bound");
+    let header = BatchHeader {
+        batch_len: u32::try_from(BATCH_HEADER_BYTES + body_len).expect("a batch under 4 GiB"),
+        base_offset: 0,
+        first_timestamp_ms: records[0].timestamp_ms,
+        max_timestamp_ms: records.iter().map(|r| r.timestamp_ms).max().expect("non-empty"),
+        record_count: u32::try_from(records.len()).expect("fewer than 2^32 records"),
+        leader_epoch: 0,
+        flags: if server_time { BATCH_FLAG_SERVER_TIME } else { 0 },
+    };
+    out.truncate(start + header.batch_bytes());
+    format::seal_batch(&mut out[start..], &header);
+}
+
+/// Why a batch was refused, in words for whoever sent it.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("the batch is not a valid flowd batch (format 2): {0}")]
+pub struct BatchError(pub String);
+
+/// A batch that passed every check, in an aligned buffer of its own, ready to append.
+#[derive(Debug)]
+pub struct CheckedBatch {
+    /// The whole batch, padding included.
+    bytes: AlignedVec<8>,
+    header: BatchHeader,
+    /// CRC32C of the body alone: the batch's CRC after stamping is its header's combined
+    /// with this, so the body is read once.
+    body_crc: u32,
+    min_timestamp_ms: i64,
+}
+
+impl CheckedBatch {
+    /// Copies `bytes` (one batch, its padding optional) into an aligned buffer and checks
+    /// it whole: length, CRC, version, flags, and its records' archive against its
+    /// header. The base offset and leader epoch are not checked: the log stamps them.
+    pub fn check(bytes: &[u8]) -> Result<CheckedBatch, BatchError> {
+        if bytes.len() < MIN_BATCH_BYTES as usize {
+            return Err(BatchError(format!(
+                "{} bytes is shorter than the smallest batch ({MIN_BATCH_BYTES})",
+                bytes.len()
+            )));
+        }
+        let claimed = BatchHeader::read_trusted(bytes);
+        let len = claimed.batch_len as usize;
+        if len != bytes.len() && align_frame(len) != bytes.len() {
+            return Err(BatchError(format!(
+                "its header says {len} bytes but {} came",
+                bytes.len()
+            )));
+        }
+        let mut aligned = AlignedVec::<8>::with_capacity(align_frame(len));
+        aligned.extend_from_slice(&bytes[..len]);
+        aligned.resize(align_frame(len), 0);
+        let header = format::check_batch(&aligned, claimed.base_offset).map_err(|defect| match defect {
+            FrameDefect::BadCrc => BatchError("it fails its CRC check (damaged on the way, or its CRC was not computed over bytes 4..batch_len)".into()),
+            other => BatchError(other.to_string()),
+        })?;
+        if header.flags & BATCH_FLAG_SERVER_TIME != 0
+            && (header.first_timestamp_ms != 0 || header.max_timestamp_ms != 0)
+        {
+            return Err(BatchError(
+                "it leaves its timestamps to the server but carries some".into(),
+            ));
+        }
+        let body = header.body(&aligned);
+        let facts = record::check_batch_body(body, &header).ok_or_else(|| {
+            BatchError("its records are not a valid archive, or disagree with its header (count, first or max timestamp)".into())
+        })?;
+        let body_crc = crc32c::crc32c(body);
+        Ok(CheckedBatch {
+            bytes: aligned,
+            header,
+            body_crc,
+            min_timestamp_ms: facts.min_timestamp_ms,
+        })
+    }
+
+    pub fn header(&self) -> &BatchHeader {
+        &self.header
+    }
+
+    /// Bytes the batch takes in a segment, padding included.
+    pub fn len(&self) -> usize {
+        self.bytes.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        false
+    }
+
+    pub fn min_timestamp_ms(&self) -> i64 {
+        self.min_timestamp_ms
+    }
+
+    pub fn record_count(&self) -> u32 {
+        self.header.record_count
+    }
+
+    /// Whether the producer left the timestamps to the server.
+    pub fn wants_server_time(&self) -> bool {
+        self.header.flags & BATCH_FLAG_SERVER_TIME != 0
+    }
+
+    /// Its records, numbered from the batch's current base offset.
+    pub fn records(&self) -> impl ExactSizeIterator<Item = RecordView<'_>> {
+        // SAFETY: the body passed `check_batch_body` in `check`, and `bytes` is only
+        // changed in its header since.
+        let records = unsafe { record::batch_records(self.header.body(&self.bytes)) };
+        let (base, first) = (self.header.base_offset, self.header.first_timestamp_ms);
+        records
+            .iter()
+            .enumerate()
+            .map(move |(i, r)| RecordView::batched(base + i as u64, first, r))
+    }
+
+    /// Gives a batch that left its timestamps to the server the time the server took it.
+    pub fn stamp_time(&mut self, now_ms: i64) {
+        if self.wants_server_time() {
+            self.header.first_timestamp_ms = now_ms;
+            self.header.max_timestamp_ms = now_ms;
+            self.min_timestamp_ms = now_ms;
+            self.reseal();
+        }
+    }
+
+    /// Stamps the base offset and leader epoch, and returns the bytes to write.
+    pub(crate) fn stamp(&mut self, base_offset: u64, leader_epoch: u32) -> &[u8] {
+        self.header.base_offset = base_offset;
+        self.header.leader_epoch = leader_epoch;
+        self.reseal();
+        &self.bytes
+    }
+
+    /// Rewrites the header and its CRC (the body's CRC is known).
+    fn reseal(&mut self) {
+        let header = self.header;
+        let head = &mut self.bytes[..BATCH_HEADER_BYTES];
+        head[4..8].copy_from_slice(&header.batch_len.to_le_bytes());
+        head[8..16].copy_from_slice(&header.base_offset.to_le_bytes());
+        head[16..24].copy_from_slice(&header.first_timestamp_ms.to_le_bytes());
+        head[24..32].copy_from_slice(&header.max_timestamp_ms.to_le_bytes());
+        head[36..40].copy_from_slice(&header.leader_epoch.to_le_bytes());
+        let body_len = header.batch_len as usize - BATCH_HEADER_BYTES;
+        let crc = crc32c::crc32c_combine(crc32c::crc32c(&head[4..]), self.body_crc, body_len);
+        head[0..4].copy_from_slice(&crc.to_le_bytes());
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::storage::Header;
+
+    fn records<'a>(values: &'a [Vec<u8>], headers: &'a [Header<'a>]) -> Vec<Record<'a>> {
+        values
+            .iter()
+            .enumerate()
+            .map(|(i, v)| {
+                let r = Record::new(1_000 + i as i64 * 3, v);
+                if i % 2 == 1 {
+                    r.with_key(b"k").with_headers(headers)
+                } else {
+                    r
+                }
+            })
+            .collect()
+    }
+
+    #[test]
+    fn an_encoded_batch_checks_and_reads_back_and_a_stamped_one_is_still_sound() {
+        let values: Vec<Vec<u8>> = (0..50u8).map(|i| vec![i; i as usize]).collect();
+        let headers = [Header {
+            name: "trace",
+            value: b"x",
+        }];
+        let input = records(&values, &headers);
+        let mut bytes = vec![9u8; 3];
+        encode_batch(&input, false, &mut bytes);
+        let mut batch = CheckedBatch::check(&bytes[3..]).unwrap();
+        assert_eq!(batch.record_count(), 50);
+        for (view, want) in batch.records().zip(&input) {
+            assert_eq!(view.value(), want.value);
+            assert_eq!(view.key(), want.key);
+            assert_eq!(view.timestamp_ms(), want.timestamp_ms);
+            assert_eq!(view.headers().len(), want.headers.len());
+        }
+        let stamped = batch.stamp(4242, 7).to_vec();
+        let header = format::check_batch(&stamped, 4242).expect("the CRC is right after stamping");
+        assert_eq!(header.leader_epoch, 7);
+        assert!(record::check_batch_body(header.body(&stamped), &header).is_some());
+    }
+
+    #[test]
+    fn server_time_is_stamped_in_place() {
+        let values = vec![b"a".to_vec(), b"b".to_vec()];
+        let input = records(&values, &[]);
+        let mut bytes = Vec::new();
+        encode_batch(&input, true, &mut bytes);
+        let mut batch = CheckedBatch::check(&bytes).unwrap();
+        assert!(batch.wants_server_time());
+        batch.stamp_time(1_700_000_000_123);
+        assert!(batch.records().all(|r| r.timestamp_ms() == 1_700_000_000_123));
+        let stamped = batch.stamp(0, 0).to_vec();
+        let header = format::check_batch(&stamped, 0).unwrap();
+        assert_eq!(
+            record::check_batch_body(header.body(&stamped), &header).map(|f| f.min_timestamp_ms),
+            Some(1_700_000_000_123)
+        );
+    }
+
+    #[test]
+    fn damaged_or_lying_batches_are_refused_with_the_reason() {
+        let values: Vec<Vec<u8>> = (0..5u8).map(|i| vec![i; 10]).collect();
+        let mut good = Vec::new();
+        encode_batch(&records(&values, &[]), false, &mut good);
+        let error = |bytes: &[u8]| CheckedBatch::check(bytes).unwrap_err().to_string();
+        assert!(error(&good[..20]).contains("shorter than the smallest batch"));
+        assert!(error(&good[..good.len() - 9]).contains("its header says"));
+        let mut flipped = good.clone();
+        flipped[100] ^= 1;
+        assert!(error(&flipped).contains("CRC"), "{}", error(&flipped));
+        // Every single flipped bit of the batch is refused (the CRC covers all but
+        // itself, and a flip in the CRC mismatches it), never a panic.
+        let len = BatchHeader::read_trusted(&good).batch_len as usize;
+        for at in 0..len {
+            for bit in 0..8 {
+                let mut bad = good.clone();
+                bad[at] ^= 1 << bit;
+                assert!(
+                    CheckedBatch::check(&bad).is_err(),
+                    "a flip of bit {bit} of byte {at} passed"
+                );
+            }
+        }
+        // A batch claiming server time with timestamps in it.
+        let mut lying = good.clone();
+        let mut header = BatchHeader::read_trusted(&lying);
+        header.flags = BATCH_FLAG_SERVER_TIME;
+        format::seal_batch(&mut lying, &header);
+        assert!(error(&lying).contains("leaves its timestamps to the server"));
+    }
+}
