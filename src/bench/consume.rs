@@ -30,6 +30,7 @@ pub fn consume(
         connections: 1,
         inflight: 32,
         rate: None,
+        produce: crate::bench::ProduceKind::Batch,
     };
     ingest(target, &fill, false)?;
     let partitions = target.partitions(&target.topic)?;

@@ -7,7 +7,7 @@ use crate::bench::progress::Progress;
 use crate::bench::{BenchError, Target, warmup_requests};
 use crate::client::{Client, offsets, server_error};
 use crate::protocol::OwnedWireRecord;
-use crate::protocol::message::{Response, encode_produce};
+use crate::protocol::message::{Response, encode_produce, encode_produce_batch};
 
 pub struct IngestOptions {
     pub records: u64,
@@ -18,6 +18,17 @@ pub struct IngestOptions {
     pub inflight: usize,
     /// Records per second over all connections; `None`: as fast as acks come back.
     pub rate: Option<f64>,
+    pub produce: ProduceKind,
+}
+
+/// How the records travel.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum, serde::Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ProduceKind {
+    /// PRODUCE_BATCH: one batch as the log stores it, appended as it came.
+    Batch,
+    /// PRODUCE: records one by one, re-encoded by the server.
+    Records,
 }
 
 impl IngestOptions {
@@ -43,16 +54,30 @@ pub struct Produce {
 impl Produce {
     /// A frame of `batch` records of `size` bytes each to `topic`, checked against the
     /// engine's frame limit.
-    pub fn new(addr: &str, topic: &str, batch: usize, size: usize) -> Result<Produce, BenchError> {
+    pub fn new(
+        addr: &str,
+        topic: &str,
+        batch: usize,
+        size: usize,
+        kind: ProduceKind,
+    ) -> Result<Produce, BenchError> {
         let records: Vec<OwnedWireRecord> = (0..batch.max(1))
             .map(|i| OwnedWireRecord::value(vec![b'a' + (i % 26) as u8; size]))
             .collect();
-        Produce::of(addr, topic, &records)
+        Produce::of(addr, topic, &records, kind)
     }
 
-    pub fn of(addr: &str, topic: &str, records: &[OwnedWireRecord]) -> Result<Produce, BenchError> {
+    pub fn of(
+        addr: &str,
+        topic: &str,
+        records: &[OwnedWireRecord],
+        kind: ProduceKind,
+    ) -> Result<Produce, BenchError> {
         let mut frame = Vec::new();
-        encode_produce(&mut frame, 0, topic, None, records);
+        match kind {
+            ProduceKind::Records => encode_produce(&mut frame, 0, topic, None, records),
+            ProduceKind::Batch => encode_produce_batch(&mut frame, 0, topic, None, records, 0),
+        }
         let limit = Client::connect(addr)?.metadata()?.max_frame_bytes as usize;
         if frame.len() > limit {
             return Err(BenchError::Setup(format!(
@@ -95,7 +120,13 @@ pub fn acked(response: Response, batch: u64) -> Result<u64, BenchError> {
 /// per request, sent (or due, at a fixed rate) to durable ack.
 pub fn ingest(target: &Target, o: &IngestOptions, progress: bool) -> Result<Measured, BenchError> {
     target.partitions(&target.topic)?;
-    let workload: Arc<dyn Workload> = Arc::new(Produce::new(&target.addr, &target.topic, o.batch, o.size)?);
+    let workload: Arc<dyn Workload> = Arc::new(Produce::new(
+        &target.addr,
+        &target.topic,
+        o.batch,
+        o.size,
+        o.produce,
+    )?);
     let plan = Plan {
         connections: o.connections.max(1),
         requests: o.requests(),

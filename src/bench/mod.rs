@@ -21,7 +21,7 @@ use crate::client::ClientError;
 use crate::runtime::RuntimeError;
 
 pub use consume::consume;
-pub use ingest::{IngestOptions, ingest};
+pub use ingest::{IngestOptions, ProduceKind, ingest};
 pub use load::Measured;
 pub use pipeline::{PipelineOptions, pipeline};
 pub use reqreply::{ReqreplyOptions, reqreply};

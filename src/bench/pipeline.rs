@@ -138,6 +138,7 @@ pub fn pipeline(target: &Target, o: &PipelineOptions, progress: bool) -> Result<
         &target.addr,
         &target.topic,
         &timed.records(u64::MAX / 2 / o.batch.max(1) as u64),
+        crate::bench::ProduceKind::Records,
     )?;
     let workload: Arc<dyn Workload> = Arc::new(timed);
     let requests = o.records.div_ceil(o.batch.max(1) as u64);

@@ -27,6 +27,10 @@ pub enum Scenario {
         /// from when each request was due). Default: as fast as acks come back.
         #[arg(long, value_parser = parse_rate)]
         rate: Option<f64>,
+        /// How records travel: `batch` (one batch as the log stores it, appended as it
+        /// came) or `records` (the PRODUCE request, re-encoded by the server).
+        #[arg(long, value_enum, default_value = "batch")]
+        produce: bench::ProduceKind,
         #[command(flatten)]
         common: Common,
     },
@@ -231,6 +235,7 @@ pub fn run(scenario: Scenario) -> Result<ExitCode, CliError> {
             connections,
             inflight,
             rate,
+            produce,
             common,
         } => {
             let target = target(&common, load.durability, Stages::None)?;
@@ -241,12 +246,13 @@ pub fn run(scenario: Scenario) -> Result<ExitCode, CliError> {
                 connections: connections.max(1),
                 inflight: inflight.unwrap_or(if load.batch <= 1 { 1 } else { 32 }).max(1),
                 rate,
+                produce,
             };
             let measured = bench::ingest(&target, &options, true)?;
             let config = serde_json::json!({
                 "size": load.size, "batch": options.batch, "durability": common.to.is_none().then(|| load.durability.to_string()),
                 "connections": options.connections, "inflight": options.inflight, "rate": rate,
-                "to": common.to, "topic": target.topic,
+                "produce": produce, "to": common.to, "topic": target.topic,
                 "latency": latency_basis("per request, sent to durable ack", rate),
             });
             (bench::report("ingest", &measured, load.size, config), common.json)

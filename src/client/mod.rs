@@ -7,7 +7,7 @@ use std::io::{BufReader, BufWriter, Read, Write};
 use std::net::{SocketAddr, TcpStream, ToSocketAddrs};
 use std::time::Duration;
 
-use crate::protocol::message::{Fetched, Metadata, Response, encode_produce};
+use crate::protocol::message::{Fetched, Metadata, Response, encode_produce, encode_produce_batch};
 use crate::protocol::records::record_offsets;
 use crate::protocol::{
     ErrorCode, FetchFrom, FetchRequest, JobRequest, OwnedWireRecord, Request, WireRecord, parse_frame,
@@ -157,6 +157,20 @@ impl Client {
         self.send_encoded(|out, id| encode_produce(out, id, topic, partition, records))
     }
 
+    /// Queues a PRODUCE_BATCH: `records` as one batch in the log's own format, for
+    /// `partition` (`None`: the server picks one; only for records without keys).
+    pub fn send_produce_batch(
+        &mut self,
+        topic: &str,
+        partition: Option<u32>,
+        records: &[OwnedWireRecord],
+    ) -> Result<u64> {
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_millis() as i64);
+        self.send_encoded(|out, id| encode_produce_batch(out, id, topic, partition, records, now))
+    }
+
     /// Queues the frame `encode` writes for a fresh request id; returns the id.
     pub(crate) fn send_encoded(&mut self, encode: impl FnOnce(&mut Vec<u8>, u64)) -> Result<u64> {
         let id = self.take_id();
@@ -259,6 +273,18 @@ impl Client {
     /// per record, in order.
     pub fn produce(&mut self, topic: &str, records: &[OwnedWireRecord]) -> Result<Vec<(u32, u64)>> {
         let id = self.send_produce(topic, None, records)?;
+        offsets(self.answer(id)?)
+    }
+
+    /// Produces `records` (non-empty) as one batch the log appends as it came, and waits
+    /// until it is durable: the `(partition, offset)` of each.
+    pub fn produce_batch(
+        &mut self,
+        topic: &str,
+        partition: Option<u32>,
+        records: &[OwnedWireRecord],
+    ) -> Result<Vec<(u32, u64)>> {
+        let id = self.send_produce_batch(topic, partition, records)?;
         offsets(self.answer(id)?)
     }
 

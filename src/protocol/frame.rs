@@ -21,6 +21,7 @@ pub enum Kind {
     Status = 0x05,
     /// A `state` stage's state for a key, answered with an Answer frame.
     State = 0x06,
+    ProduceBatch = 0x07,
     Claim = 0x10,
     Ack = 0x11,
     Reclaim = 0x12,
@@ -52,6 +53,7 @@ impl Kind {
             0x04 => Job,
             0x05 => Status,
             0x06 => State,
+            0x07 => ProduceBatch,
             0x10 => Claim,
             0x11 => Ack,
             0x12 => Reclaim,

@@ -10,6 +10,8 @@ use crate::protocol::records::{ANY_PARTITION, Run, decode_items, decode_runs, en
 use crate::protocol::wire::{
     Cursor, OwnedWireRecord, WireRecord, encode_record, put_bytes, put_str, put_u16, put_u32, put_u64,
 };
+use crate::storage::batch::encode_batch;
+use crate::storage::{Header, Record};
 
 /// Records for one topic in a produce request.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -51,6 +53,13 @@ pub struct JobRequest<'a> {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Request<'a> {
     Produce(Vec<ProduceGroup<'a>>),
+    /// One batch in the storage format, for one partition (`None`: the server picks
+    /// one; only for batches without keys).
+    ProduceBatch {
+        topic: &'a str,
+        partition: Option<u32>,
+        batch: &'a [u8],
+    },
     Fetch(FetchRequest<'a>),
     Metadata,
     Job(JobRequest<'a>),
@@ -124,6 +133,15 @@ impl<'a> Request<'a> {
         let mut c = Cursor::new(body);
         let request = match Kind::from_u8(header.kind) {
             Some(Kind::Produce) => Request::Produce(decode_groups(&mut c)?),
+            Some(Kind::ProduceBatch) => {
+                let topic = c.str("a topic name")?;
+                let partition = c.u32("a partition")?;
+                Request::ProduceBatch {
+                    topic,
+                    partition: (partition != ANY_PARTITION).then_some(partition),
+                    batch: c.bytes("a batch")?,
+                }
+            }
             Some(Kind::Fetch) => {
                 let topic = c.str("a topic name")?;
                 let partition = c.u32("a partition")?;
@@ -202,6 +220,7 @@ impl<'a> Request<'a> {
     pub fn encode(&self, request_id: u64, out: &mut Vec<u8>) {
         let kind = match self {
             Request::Produce(_) => Kind::Produce,
+            Request::ProduceBatch { .. } => Kind::ProduceBatch,
             Request::Fetch(_) => Kind::Fetch,
             Request::Metadata => Kind::Metadata,
             Request::Job(_) => Kind::Job,
@@ -218,6 +237,15 @@ impl<'a> Request<'a> {
         let start = begin_frame(out, kind, request_id);
         match self {
             Request::Produce(groups) => put_groups(out, groups),
+            Request::ProduceBatch {
+                topic,
+                partition,
+                batch,
+            } => {
+                put_str(out, topic);
+                put_u32(out, partition.unwrap_or(ANY_PARTITION));
+                put_bytes(out, batch);
+            }
             Request::Fetch(f) => {
                 put_str(out, f.topic);
                 put_u32(out, f.partition);
@@ -271,6 +299,49 @@ pub fn encode_produce(
 ) {
     let start = begin_frame(out, Kind::Produce, request_id);
     put_owned_group(out, topic, partition, records);
+    finish_frame(out, start);
+}
+
+/// A PRODUCE_BATCH of `records` for one partition of `topic` (`None`: the server picks,
+/// for records without keys), encoded as the batch the log stores. Records without a
+/// timestamp get the server's when none has one; when only some lack one, they get the
+/// client's clock (`now_ms`).
+pub fn encode_produce_batch(
+    out: &mut Vec<u8>,
+    request_id: u64,
+    topic: &str,
+    partition: Option<u32>,
+    records: &[OwnedWireRecord],
+    now_ms: i64,
+) {
+    let server_time = records.iter().all(|r| r.timestamp_ms.is_none());
+    let headers: Vec<Vec<Header<'_>>> = records
+        .iter()
+        .map(|r| {
+            r.headers
+                .iter()
+                .map(|(name, value)| Header { name, value })
+                .collect()
+        })
+        .collect();
+    let records: Vec<Record<'_>> = records
+        .iter()
+        .zip(&headers)
+        .map(|(r, headers)| Record {
+            timestamp_ms: r.timestamp_ms.unwrap_or(now_ms),
+            key: r.key.as_deref(),
+            value: &r.value,
+            headers,
+        })
+        .collect();
+    let start = begin_frame(out, Kind::ProduceBatch, request_id);
+    put_str(out, topic);
+    put_u32(out, partition.unwrap_or(ANY_PARTITION));
+    let length_at = out.len();
+    put_u32(out, 0);
+    encode_batch(&records, server_time, out);
+    let length = (out.len() - length_at - 4) as u32;
+    out[length_at..length_at + 4].copy_from_slice(&length.to_le_bytes());
     finish_frame(out, start);
 }
 

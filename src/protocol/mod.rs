@@ -28,6 +28,12 @@
 //! 0x81 PRODUCED  u16 groups; per group: u32 runs; per run: u32 partition,
 //!                u64 first offset, u32 count. Runs follow the input order, so the n-th
 //!                record of a group is found by walking its runs.
+//! 0x07 PRODUCE_BATCH  string topic, u32 partition (0xFFFF_FFFF: the server picks one;
+//!                only for a batch without keys), bytes batch: one batch exactly as the
+//!                log stores it (format 2, `src/storage/format.rs`), base offset and
+//!                leader epoch 0 (the server stamps them), flag bit 0 set to have the
+//!                server stamp the time. Checked whole (CRC, archive) and appended as it
+//!                came; answered with PRODUCED (one group, one run)
 //! 0x02 FETCH     string topic, u32 partition, u8 from (0 offset, 1 earliest, 2 latest,
 //!                3 timestamp), i64 position (the offset or ms; ignored for 1 and 2),
 //!                u32 max records, u32 max bytes, u32 wait ms (long poll when nothing new)

@@ -9,6 +9,7 @@
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 
+use crate::storage::batch::CheckedBatch;
 use crate::storage::{Header, Record};
 
 /// Batches a channel holds before its senders wait.
@@ -63,6 +64,9 @@ impl Batch {
 #[derive(Debug)]
 pub enum Payload {
     Owned(Vec<OwnedRecord>),
+    /// A client's batch in the storage format, checked whole at the door, appended as
+    /// it came.
+    Batch(Box<CheckedBatch>),
     Wire {
         /// Records back to back, each in the protocol's record encoding.
         bytes: Vec<u8>,
@@ -206,6 +210,19 @@ pub fn build(topics: usize, shards: usize) -> (Mesh, Vec<Inboxes>) {
 pub fn with_payload<R>(payload: &Payload, f: impl FnOnce(&[Record<'_>]) -> R) -> Option<R> {
     match payload {
         Payload::Owned(records) => Some(with_records(records, f)),
+        Payload::Batch(batch) => {
+            let views: Vec<_> = batch.records().collect();
+            let headers: Vec<Vec<Header<'_>>> = views
+                .iter()
+                .map(|v| v.headers().map(|(name, value)| Header { name, value }).collect())
+                .collect();
+            let parts = views
+                .iter()
+                .zip(headers)
+                .map(|(v, headers)| (v.timestamp_ms(), v.key(), v.value(), headers))
+                .collect();
+            Some(with_parts(parts, f))
+        }
         Payload::Wire {
             bytes,
             count,

@@ -17,7 +17,7 @@ use crate::runtime::consumers::Consumers;
 use crate::runtime::error::EngineError;
 use crate::runtime::error::{Result, RuntimeError};
 use crate::runtime::journal_recovery::ShardJournal;
-use crate::runtime::mesh::{Ack, Batch, Mesh, with_payload};
+use crate::runtime::mesh::{Ack, Batch, Mesh, Payload, with_payload};
 use crate::runtime::service::{JobOutcome, ShardRequest};
 use crate::runtime::sink::SinkChunk;
 use crate::storage::{Durability, PartitionLog, StorageError};
@@ -295,7 +295,7 @@ impl Shard {
 
     /// Appends every batch sent to this shard for `topic`, in arrival order.
     pub async fn run_inbox(self: Rc<Self>, topic: usize, receiver: flume::Receiver<Batch>) {
-        while let Ok(batch) = receiver.recv_async().await {
+        while let Ok(mut batch) = receiver.recv_async().await {
             let partition = Rc::clone(self.partition(topic, batch.partition));
             let mut idle = Backoff::default();
             // Backpressure: hold the batch (and so the channel, and so its senders) while
@@ -326,7 +326,10 @@ impl Shard {
             let segments_before = partition.log.borrow().segment_count();
             let appended = {
                 let mut log = partition.log.borrow_mut();
-                with_payload(&batch.records, |records| log.append(records))
+                match &mut batch.records {
+                    Payload::Batch(checked) => Some(log.append_checked(checked)),
+                    other => with_payload(other, |records| log.append(records)),
+                }
             };
             // A roll is when a size bound can be passed: apply retention at once.
             if partition.log.borrow().segment_count() > segments_before

@@ -314,7 +314,7 @@ async fn dispatch(
     let fetched =
         |max_bytes: u32| u64::from(max_bytes.min(FETCH_BYTES_MAX)) + RECORD_RESPONSE + SMALL_RESPONSE;
     let cost = match &request {
-        Request::Produce(_) | Request::AckCommit(..) => body + SMALL_RESPONSE,
+        Request::Produce(_) | Request::ProduceBatch { .. } | Request::AckCommit(..) => body + SMALL_RESPONSE,
         Request::Metadata | Request::Ack(_) | Request::Reclaim(_) | Request::Length { .. } => SMALL_RESPONSE,
         Request::Fetch(f) => fetched(f.max_bytes),
         Request::Claim(c) => fetched(c.max_bytes),
@@ -333,8 +333,17 @@ async fn dispatch(
         _permit: permit,
         _charge: charge,
     };
+    let produced = match &request {
+        Request::Produce(groups) => Some(api::produce(shard, groups).await),
+        Request::ProduceBatch {
+            topic,
+            partition,
+            batch,
+        } => Some(api::produce_batch(shard, topic, *partition, batch).await),
+        _ => None,
+    };
     match request {
-        Request::Produce(groups) => match api::produce(shard, &groups).await {
+        Request::Produce(_) | Request::ProduceBatch { .. } => match produced.expect("a produce") {
             Ok(pending) => {
                 let (shard, out) = (Rc::clone(shard), out.clone());
                 let tasks = Rc::clone(&shard.tasks);

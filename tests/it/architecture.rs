@@ -12,7 +12,7 @@ const ROOMS: &[(&str, &[&str])] = &[
     ("jq", &[]),
     ("config", &["storage", "jq"]),
     ("consumer", &["storage"]),
-    ("protocol", &["consumer"]),
+    ("protocol", &["consumer", "storage"]),
     ("ops", &["config", "protocol", "jq"]),
     ("exec", &["config"]),
     ("metrics", &["protocol", "storage"]),

@@ -588,6 +588,126 @@ fn bad_input_gets_clear_errors_and_never_hurts_other_clients() {
     );
 }
 
+#[test]
+fn a_batch_sent_as_the_log_stores_it_reads_back_exactly_and_a_bad_one_gets_a_clear_error() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = Server::start(&dataflow(dir.path(), "group"));
+    let mut client = Client::connect(&server.tcp).unwrap();
+
+    // Keys, headers, and timestamps of its own, to a named partition.
+    let records: Vec<OwnedWireRecord> = (0..300u64)
+        .map(|i| OwnedWireRecord {
+            timestamp_ms: Some(
+                1_700_000_000_000 + (i as i64 * 7919) % 5000 - if i == 7 { 1 << 40 } else { 0 },
+            ),
+            key: (i % 3 == 0).then(|| format!("k{i}").into_bytes()),
+            value: vec![(i % 251) as u8; (i % 40) as usize],
+            headers: if i % 5 == 0 {
+                vec![("trace".into(), i.to_le_bytes().to_vec())]
+            } else {
+                vec![]
+            },
+        })
+        .collect();
+    let acked = client.produce_batch("events", Some(2), &records).unwrap();
+    assert_eq!(acked.len(), records.len());
+    let first = acked[0].1;
+    assert!(
+        acked
+            .iter()
+            .enumerate()
+            .all(|(i, &(p, o))| p == 2 && o == first + i as u64)
+    );
+    let fetched = client
+        .fetch("events", 2, FetchFrom::Offset(first), 1000, 0)
+        .unwrap();
+    let got: Vec<OwnedWireRecord> = fetched.records.into_iter().map(|(_, r)| r).collect();
+    assert_eq!(got, records, "each record back as it was sent");
+
+    // No timestamps: the server's, as it took the batch.
+    let before = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as i64;
+    let plain: Vec<OwnedWireRecord> = (0..10).map(|i| OwnedWireRecord::value(format!("p{i}"))).collect();
+    let acked = client.produce_batch("events", None, &plain).unwrap();
+    let after = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as i64;
+    let (p, o) = acked[0];
+    let fetched = client.fetch("events", p, FetchFrom::Offset(o), 10, 0).unwrap();
+    assert_eq!(fetched.records.len(), 10);
+    for (i, (_, r)) in fetched.records.iter().enumerate() {
+        assert_eq!(r.value, format!("p{i}").into_bytes());
+        let ts = r.timestamp_ms.unwrap();
+        assert!((before..=after).contains(&ts), "{ts} not in {before}..={after}");
+    }
+
+    // Keys without a partition, a reserved header, an unknown topic: refused, said why.
+    let keyed = vec![OwnedWireRecord {
+        key: Some(b"k".to_vec()),
+        ..OwnedWireRecord::value("v")
+    }];
+    let mut refused =
+        |topic: &str, partition: Option<u32>, records: &[OwnedWireRecord], code: ErrorCode, says: &str| {
+            match client.produce_batch(topic, partition, records) {
+                Err(ClientError::Server { code: got, message }) => {
+                    assert_eq!(got, code, "{message}");
+                    assert!(message.contains(says), "{message}");
+                }
+                other => panic!("expected a {code:?} error, got {other:?}"),
+            }
+        };
+    refused(
+        "events",
+        None,
+        &keyed,
+        ErrorCode::Invalid,
+        "must name its partition",
+    );
+    let forged = vec![OwnedWireRecord {
+        headers: vec![("flowd-source".into(), b"x".to_vec())],
+        ..OwnedWireRecord::value("v")
+    }];
+    refused(
+        "events",
+        Some(0),
+        &forged,
+        ErrorCode::Invalid,
+        "reserved for the engine",
+    );
+    refused("nope", Some(0), &plain, ErrorCode::UnknownTopic, "nope");
+    refused("events", Some(9), &plain, ErrorCode::UnknownPartition, "9");
+
+    // A batch damaged on the way (one byte of a value) fails its CRC, and nothing of it
+    // is written; the connection goes on.
+    let mut bytes = Vec::new();
+    flowd::protocol::message::encode_produce_batch(&mut bytes, 77, "events", Some(1), &plain, 0);
+    let end = client
+        .fetch("events", 1, FetchFrom::Latest, 1, 0)
+        .unwrap()
+        .next_offset;
+    let at = bytes.len() - 40;
+    bytes[at] ^= 0x20;
+    client.send_raw(&bytes).unwrap();
+    match client.recv().unwrap() {
+        (77, Response::Error { code, message, .. }) => {
+            assert_eq!(code, ErrorCode::Malformed, "{message}");
+            assert!(message.contains("CRC"), "{message}");
+        }
+        other => panic!("expected an error, got {other:?}"),
+    }
+    assert_eq!(
+        client
+            .fetch("events", 1, FetchFrom::Latest, 1, 0)
+            .unwrap()
+            .next_offset,
+        end
+    );
+    assert_eq!(client.produce_batch("events", Some(1), &plain).unwrap().len(), 10);
+}
+
 fn produce_once(client: &mut Client, records: &[OwnedWireRecord]) -> Response {
     let id = client.send_produce("events", None, records).unwrap();
     let (got, response) = client.recv().unwrap();
@@ -636,7 +756,13 @@ fn records_acked_over_tcp_survive_sigkill() {
                         .iter()
                         .map(|v| OwnedWireRecord::value(v.as_str()))
                         .collect();
-                    match client.produce("events", &records) {
+                    // Records and batches in turn: both kinds of ack must hold.
+                    let produced = if (n / 50).is_multiple_of(2) {
+                        client.produce("events", &records)
+                    } else {
+                        client.produce_batch("events", None, &records)
+                    };
+                    match produced {
                         Ok(ids) => {
                             for (id, v) in ids.into_iter().zip(values) {
                                 let _ = tx.send((id, v));

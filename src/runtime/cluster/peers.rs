@@ -469,6 +469,16 @@ fn encode_produce(out: &mut Vec<u8>, request: u64, topic: &str, batch: &Batch) {
             count,
             stamp_ms,
         } => data::produce_head(topic, batch.partition, *count as u32, *stamp_ms).bytes(bytes),
+        // A client's batch goes on to its owner converted once to the peer wire's
+        // records (its timestamps are stamped by now).
+        Payload::Batch(checked) => {
+            let mut body = data::produce_head(topic, batch.partition, checked.record_count(), 0);
+            for r in checked.records() {
+                let headers: Vec<(&str, &[u8])> = r.headers().collect();
+                encode_record(&mut body.0, Some(r.timestamp_ms()), r.key(), r.value(), &headers);
+            }
+            body
+        }
         Payload::Owned(records) => {
             let mut body = data::produce_head(topic, batch.partition, records.len() as u32, 0);
             for r in records {

@@ -16,7 +16,7 @@ mod status;
 
 pub use fetch::{fetch, parse_from};
 pub use jobs::{JOB_TIMEOUT_MAX, job};
-pub use produce::{Layout, Part, PendingProduce, Split, produce, runs, split, too_large};
+pub use produce::{Layout, Part, PendingProduce, Split, produce, produce_batch, runs, split, too_large};
 pub use state::state;
 pub use status::{metadata, status};
 

@@ -12,6 +12,7 @@ use crate::runtime::bounds::{BATCH_HINT, Bounds, ENGINE_HEADERS_RESERVE, TooLarg
 use crate::runtime::error::EngineError;
 use crate::runtime::mesh::{Ack, Batch, ClientAck, Payload};
 use crate::runtime::shard::Shard;
+use crate::storage::batch::CheckedBatch;
 use crate::storage::layout::now_ms;
 
 /// One partition's records of a produce request, becoming one atomic batch.
@@ -163,6 +164,87 @@ pub fn runs(layout: &Layout, partitions: &[u32], firsts: &[u64]) -> Vec<Vec<Run>
         .collect()
 }
 
+/// Checks a client's batch (PRODUCE_BATCH) whole, against the storage format and the
+/// rules `split` applies to a PRODUCE, then sends it as it came to its partition's shard
+/// (waiting while that is full).
+pub async fn produce_batch(
+    shard: &Rc<Shard>,
+    topic_name: &str,
+    partition: Option<u32>,
+    bytes: &[u8],
+) -> Result<PendingProduce, ProtocolError> {
+    let started = Instant::now();
+    let spec = &shard.shared.spec;
+    let topic = spec
+        .topic_index(topic_name)
+        .ok_or_else(|| ProtocolError::from(EngineError::UnknownTopic(topic_name.to_owned())))?;
+    let partitions = spec.topics[topic].partitions;
+    let bounds = Bounds::of(&spec.topics[topic]);
+    let mut batch =
+        CheckedBatch::check(bytes).map_err(|error| ProtocolError::malformed(error.to_string()))?;
+    let (mut stored, mut bytes_in, mut keyed) = (0u64, 0u64, false);
+    for (n, view) in batch.records().enumerate() {
+        check_header_names(view.headers().map(|(name, _)| name))?;
+        let bytes = stored_record_bytes(view.key(), view.value(), view.headers());
+        if bytes > bounds.ingest_record_bytes_max() {
+            return Err(too_large(TooLarge {
+                what: format!("record {n} of the batch"),
+                bytes,
+                max: bounds.ingest_record_bytes_max(),
+                topic: topic_name.to_owned(),
+                hint: INGEST_HINT,
+            }));
+        }
+        stored += bytes;
+        bytes_in += (view.value().len() + view.key().map_or(0, <[u8]>::len)) as u64;
+        keyed |= view.key().is_some();
+    }
+    if stored + ENGINE_HEADERS_RESERVE > bounds.batch_bytes_max {
+        return Err(too_large(TooLarge {
+            what: "the batch".to_owned(),
+            bytes: stored + ENGINE_HEADERS_RESERVE,
+            max: bounds.batch_bytes_max,
+            topic: topic_name.to_owned(),
+            hint: BATCH_HINT,
+        }));
+    }
+    let partition = match partition {
+        Some(p) => {
+            EngineError::check_partition(topic_name, partitions, p)?;
+            p
+        }
+        None if keyed => {
+            return Err(ProtocolError::new(
+                ErrorCode::Invalid,
+                format!(
+                    "a batch with keys for \"{topic_name}\" must name its partition (the partition of its keys: CRC32C of the key modulo {partitions}, protocol::routing), or go as a PRODUCE"
+                ),
+            ));
+        }
+        None => shard.next_spread(partitions),
+    };
+    batch.stamp_time(now_ms());
+    let count = batch.record_count();
+    let (tx, rx) = flume::bounded(1);
+    let shared = &shard.shared;
+    let sent = Batch::new(partition, Payload::Batch(Box::new(batch)), Ack::Client(tx, 0));
+    shared
+        .mesh
+        .sender(topic, partition)
+        .send_async(sent)
+        .await
+        .map_err(|_| ProtocolError::from(EngineError::Stopping))?;
+    shared.metrics.produce_requests.add(1);
+    shared.metrics.records_in.add(u64::from(count));
+    shared.metrics.bytes_in.add(bytes_in);
+    Ok(PendingProduce {
+        acks: rx,
+        parts: vec![(topic, partition)],
+        layout: vec![vec![(0, 0, count)]],
+        started,
+    })
+}
+
 /// Checks the records against the dataflow and the engine's rules, then sends them to
 /// their partitions' shards (waiting while those are full).
 pub async fn produce(
@@ -209,12 +291,12 @@ pub async fn produce(
 }
 
 fn check_headers(record: &WireRecord<'_>) -> Result<(), ProtocolError> {
-    match record
-        .headers
-        .iter()
-        .find(|(name, _)| name.starts_with(RESERVED_HEADER_PREFIX))
-    {
-        Some((name, _)) => Err(ProtocolError::new(
+    check_header_names(record.headers.iter().map(|(name, _)| *name))
+}
+
+fn check_header_names<'a>(mut names: impl Iterator<Item = &'a str>) -> Result<(), ProtocolError> {
+    match names.find(|name| name.starts_with(RESERVED_HEADER_PREFIX)) {
+        Some(name) => Err(ProtocolError::new(
             ErrorCode::Invalid,
             format!(
                 "header \"{name}\" is reserved for the engine (names starting \"{RESERVED_HEADER_PREFIX}\"); rename it"
