@@ -269,6 +269,31 @@ impl Client {
         }
     }
 
+    /// As `fetch`, served with the stored batches as they lie (checked here, CRC and
+    /// archive, before a record is read): whole batches, so up to a batch more than
+    /// `max_records`; records before `from` and engine bookkeeping are skipped.
+    pub fn fetch_batches(
+        &mut self,
+        topic: &str,
+        partition: u32,
+        from: FetchFrom,
+        max_records: u32,
+        wait_ms: u32,
+    ) -> Result<Fetched> {
+        let request = Request::FetchBatches(FetchRequest {
+            topic,
+            partition,
+            from,
+            max_records,
+            max_bytes: 1 << 20,
+            wait_ms,
+        });
+        match self.call(&request)? {
+            Response::Fetched(f) => Ok(f),
+            other => Err(unexpected(&other)),
+        }
+    }
+
     /// Produces records to one topic and waits for the durable ack: `(partition, offset)`
     /// per record, in order.
     pub fn produce(&mut self, topic: &str, records: &[OwnedWireRecord]) -> Result<Vec<(u32, u64)>> {

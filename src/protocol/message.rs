@@ -8,9 +8,10 @@ use crate::protocol::error::{ErrorCode, ProtocolError};
 use crate::protocol::frame::{FrameHeader, Kind, begin_frame, finish_frame};
 use crate::protocol::records::{ANY_PARTITION, Run, decode_items, decode_runs, encode_runs};
 use crate::protocol::wire::{
-    Cursor, OwnedWireRecord, WireRecord, encode_record, put_bytes, put_str, put_u16, put_u32, put_u64,
+    Cursor, END_MARKER_HEADER, OwnedWireRecord, WireRecord, encode_record, put_bytes, put_str, put_u16,
+    put_u32, put_u64,
 };
-use crate::storage::batch::encode_batch;
+use crate::storage::batch::{CheckedBatch, encode_batch};
 use crate::storage::{Header, Record};
 
 /// Records for one topic in a produce request.
@@ -61,6 +62,8 @@ pub enum Request<'a> {
         batch: &'a [u8],
     },
     Fetch(FetchRequest<'a>),
+    /// A fetch answered with the stored batches (BATCHES), sent on as they lie.
+    FetchBatches(FetchRequest<'a>),
     Metadata,
     Job(JobRequest<'a>),
     Status,
@@ -142,7 +145,7 @@ impl<'a> Request<'a> {
                     batch: c.bytes("a batch")?,
                 }
             }
-            Some(Kind::Fetch) => {
+            Some(kind @ (Kind::Fetch | Kind::FetchBatches)) => {
                 let topic = c.str("a topic name")?;
                 let partition = c.u32("a partition")?;
                 let from_kind = c.u8("the fetch position kind")?;
@@ -159,14 +162,19 @@ impl<'a> Request<'a> {
                         )));
                     }
                 };
-                Request::Fetch(FetchRequest {
+                let fetch = FetchRequest {
                     topic,
                     partition,
                     from,
                     max_records: c.u32("max records")?,
                     max_bytes: c.u32("max bytes")?,
                     wait_ms: c.u32("the wait")?,
-                })
+                };
+                if kind == Kind::Fetch {
+                    Request::Fetch(fetch)
+                } else {
+                    Request::FetchBatches(fetch)
+                }
             }
             Some(Kind::Metadata) => Request::Metadata,
             Some(Kind::Status) => Request::Status,
@@ -222,6 +230,7 @@ impl<'a> Request<'a> {
             Request::Produce(_) => Kind::Produce,
             Request::ProduceBatch { .. } => Kind::ProduceBatch,
             Request::Fetch(_) => Kind::Fetch,
+            Request::FetchBatches(_) => Kind::FetchBatches,
             Request::Metadata => Kind::Metadata,
             Request::Job(_) => Kind::Job,
             Request::Status => Kind::Status,
@@ -246,7 +255,7 @@ impl<'a> Request<'a> {
                 put_u32(out, partition.unwrap_or(ANY_PARTITION));
                 put_bytes(out, batch);
             }
-            Request::Fetch(f) => {
+            Request::Fetch(f) | Request::FetchBatches(f) => {
                 put_str(out, f.topic);
                 put_u32(out, f.partition);
                 let (kind, position) = match f.from {
@@ -339,7 +348,7 @@ pub fn encode_produce_batch(
     put_u32(out, partition.unwrap_or(ANY_PARTITION));
     let length_at = out.len();
     put_u32(out, 0);
-    encode_batch(&records, server_time, out);
+    encode_batch(&records, 0, server_time, out);
     let length = (out.len() - length_at - 4) as u32;
     out[length_at..length_at + 4].copy_from_slice(&length.to_le_bytes());
     finish_frame(out, start);
@@ -367,6 +376,51 @@ fn put_owned_group(out: &mut Vec<u8>, topic: &str, partition: Option<u32>, recor
     put_u32(out, records.len() as u32);
     for r in records {
         r.encode(out);
+    }
+}
+
+/// A BATCHES frame being written: the partition's ends and the first offset wanted, then
+/// stored batches pushed as they are.
+pub struct BatchesWriter {
+    start: usize,
+    count_at: usize,
+    count: u32,
+}
+
+impl BatchesWriter {
+    pub fn begin(
+        out: &mut Vec<u8>,
+        request_id: u64,
+        start_offset: u64,
+        next_offset: u64,
+        from: u64,
+    ) -> BatchesWriter {
+        let start = begin_frame(out, Kind::Batches, request_id);
+        put_u64(out, start_offset);
+        put_u64(out, next_offset);
+        put_u64(out, from);
+        let count_at = out.len();
+        put_u32(out, 0);
+        BatchesWriter {
+            start,
+            count_at,
+            count: 0,
+        }
+    }
+
+    /// One batch, its bytes as stored.
+    pub fn push(&mut self, out: &mut Vec<u8>, batch: &[u8]) {
+        put_bytes(out, batch);
+        self.count += 1;
+    }
+
+    pub fn count(&self) -> u32 {
+        self.count
+    }
+
+    pub fn finish(self, out: &mut [u8]) {
+        out[self.count_at..self.count_at + 4].copy_from_slice(&self.count.to_le_bytes());
+        finish_frame(out, self.start);
     }
 }
 
@@ -471,6 +525,37 @@ impl Response {
                 let start_offset = c.u64("the start offset")?;
                 let next_offset = c.u64("the next offset")?;
                 let records = decode_items(&mut c)?;
+                Response::Fetched(Fetched {
+                    start_offset,
+                    next_offset,
+                    records,
+                })
+            }
+            Some(Kind::Batches) => {
+                let start_offset = c.u64("the start offset")?;
+                let next_offset = c.u64("the next offset")?;
+                let from = c.u64("the first offset wanted")?;
+                let mut records = Vec::new();
+                for _ in 0..c.u32("the batch count")? {
+                    let batch = CheckedBatch::check(c.bytes("a batch")?)
+                        .map_err(|error| ProtocolError::malformed(error.to_string()))?;
+                    for view in batch.records().filter(|v| v.offset() >= from) {
+                        let headers: Vec<(String, Vec<u8>)> = view
+                            .headers()
+                            .map(|(name, value)| (name.to_owned(), value.to_vec()))
+                            .collect();
+                        if headers.iter().any(|(name, _)| name == END_MARKER_HEADER) {
+                            continue;
+                        }
+                        let record = OwnedWireRecord {
+                            timestamp_ms: Some(view.timestamp_ms()),
+                            key: view.key().map(<[u8]>::to_vec),
+                            value: view.value().to_vec(),
+                            headers,
+                        };
+                        records.push((view.offset(), record));
+                    }
+                }
                 Response::Fetched(Fetched {
                     start_offset,
                     next_offset,

@@ -39,6 +39,15 @@
 //!                u32 max records, u32 max bytes, u32 wait ms (long poll when nothing new)
 //! 0x82 FETCHED   u64 start offset, u64 next offset (the partition's ends), u32 count,
 //!                count x (u64 offset, record with its timestamp)
+//! 0x08 FETCH_BATCHES  as FETCH, answered with BATCHES (or with FETCHED when another peer
+//!                serves the partition: clients take either)
+//! 0x88 BATCHES   u64 start offset, u64 next offset (the partition's ends), u64 from (the
+//!                first offset wanted), u32 count, count x bytes batch: whole batches as
+//!                the log stores them (format 2, `src/storage/format.rs`), sent as they
+//!                lie. A reader checks each (CRC, archive), skips the records of the first
+//!                before `from`, and those with a `flowd-end` header (engine bookkeeping:
+//!                end-of-input markers). Batches go until `max records` or `max bytes`
+//!                is reached, at least one, whole: up to a batch more than asked
 //! 0x03 METADATA  (empty)
 //! 0x83 METADATA  u32 max frame bytes, u16 topics; per topic: string name,
 //!                u32 partitions; u16 jobs; per job: string name, string topic

@@ -10,6 +10,9 @@ const FLAG_TIMESTAMP: u8 = 2;
 /// Header names starting with this belong to the engine (provenance, end markers,
 /// reply addresses); a client may not forge them.
 pub const RESERVED_HEADER_PREFIX: &str = "flowd-";
+/// The header of an end-of-input marker: engine bookkeeping in a topic, which a reader
+/// of stored batches skips (a FETCHED never holds one).
+pub const END_MARKER_HEADER: &str = "flowd-end";
 
 /// A record as it travels, borrowed from a frame body.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -16,7 +16,7 @@ use std::collections::HashMap;
 use crate::storage::{PartitionLog, RecordView};
 
 pub const SOURCE_HEADER: &str = "flowd-src";
-pub const END_HEADER: &str = "flowd-end";
+pub const END_HEADER: &str = crate::protocol::wire::END_MARKER_HEADER;
 
 /// The producer id of a stage reading one input partition.
 pub fn stage_producer(stage: &str, topic: &str, partition: u32) -> String {

@@ -8,13 +8,15 @@ use std::time::{Duration, Instant};
 use serde::Serialize;
 
 use crate::protocol::FetchFrom;
+use crate::protocol::message::BatchesWriter;
 use crate::protocol::records::RecordsWriter;
 use crate::protocol::status::{ConsumerStatus, PartitionStatus};
 use crate::runtime::consumers::{self, OpResult, PartitionOp};
 use crate::runtime::error::EngineError;
 use crate::runtime::provenance::END_HEADER;
 use crate::runtime::shard::{Backoff, Shard};
-use crate::storage::RecordView;
+use crate::storage::batch::encode_batch;
+use crate::storage::{Header, Record, RecordView, Stored};
 
 /// Requests a shard's service channel holds before senders wait.
 pub const SERVICE_CHANNEL_MAX: usize = 1024;
@@ -35,6 +37,8 @@ pub struct FetchOrder {
     pub max_bytes: u32,
     pub wait_ms: u32,
     pub request_id: u64,
+    /// Answer with the stored batches (BATCHES) rather than records (FETCHED).
+    pub batches: bool,
 }
 
 pub enum ShardRequest {
@@ -311,6 +315,24 @@ pub async fn fetch_local(shard: &Shard, order: &FetchOrder) -> FetchAnswer {
     }
     let log = partition.log.borrow();
     let mut out = Vec::new();
+    if order.batches {
+        let mut writer = BatchesWriter::begin(
+            &mut out,
+            order.request_id,
+            log.start_offset(),
+            log.durable_offset(),
+            position,
+        );
+        copy_batches(
+            &mut writer,
+            &mut out,
+            log.read_committed_batches(position),
+            order.max_records,
+            order.max_bytes,
+        );
+        writer.finish(&mut out);
+        return Ok(out);
+    }
     let mut writer = RecordsWriter::fetched(
         &mut out,
         order.request_id,
@@ -326,6 +348,71 @@ pub async fn fetch_local(shard: &Shard, order: &FetchOrder) -> FetchAnswer {
     );
     writer.finish(&mut out);
     Ok(out)
+}
+
+/// Pushes stored batches into `writer` as they are (a run of format-1 records is made one
+/// batch, converted once), until they hold `max_records` or take `max_bytes` (each
+/// clamped to the fetch limits; at least one batch goes, whole).
+pub fn copy_batches<'a>(
+    writer: &mut BatchesWriter,
+    out: &mut Vec<u8>,
+    stored: impl IntoIterator<Item = Stored<'a>>,
+    max_records: u32,
+    max_bytes: u32,
+) {
+    let max_records = u64::from(max_records.clamp(1, FETCH_RECORDS_MAX));
+    let max_bytes = max_bytes.clamp(1, FETCH_BYTES_MAX) as usize;
+    let body_start = out.len();
+    let mut records = 0u64;
+    let mut frames: Vec<RecordView<'a>> = Vec::new();
+    let full = |records: u64, out: &Vec<u8>| records >= max_records || out.len() - body_start >= max_bytes;
+    for unit in stored {
+        match unit {
+            Stored::Frame(view) => {
+                frames.push(view);
+                records += 1;
+            }
+            Stored::Batch {
+                bytes, record_count, ..
+            } => {
+                push_frames(writer, out, &mut frames);
+                if writer.count() > 0 && full(records, out) {
+                    return;
+                }
+                writer.push(out, bytes);
+                records += u64::from(record_count);
+            }
+        }
+        if full(records, out) {
+            break;
+        }
+    }
+    push_frames(writer, out, &mut frames);
+}
+
+/// Format-1 records, as one batch of format 2.
+fn push_frames(writer: &mut BatchesWriter, out: &mut Vec<u8>, frames: &mut Vec<RecordView<'_>>) {
+    if frames.is_empty() {
+        return;
+    }
+    let headers: Vec<Vec<Header<'_>>> = frames
+        .iter()
+        .map(|v| v.headers().map(|(name, value)| Header { name, value }).collect())
+        .collect();
+    let records: Vec<Record<'_>> = frames
+        .iter()
+        .zip(&headers)
+        .map(|(v, headers)| Record {
+            timestamp_ms: v.timestamp_ms(),
+            key: v.key(),
+            value: v.value(),
+            headers,
+        })
+        .collect();
+    let mut batch = Vec::new();
+    encode_batch(&records, frames[0].offset(), false, &mut batch);
+    writer.push(out, &batch);
+    frames.clear();
 }
 
 /// Pushes `views` into `writer`, skipping end-of-input markers (engine bookkeeping),

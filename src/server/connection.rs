@@ -316,7 +316,7 @@ async fn dispatch(
     let cost = match &request {
         Request::Produce(_) | Request::ProduceBatch { .. } | Request::AckCommit(..) => body + SMALL_RESPONSE,
         Request::Metadata | Request::Ack(_) | Request::Reclaim(_) | Request::Length { .. } => SMALL_RESPONSE,
-        Request::Fetch(f) => fetched(f.max_bytes),
+        Request::Fetch(f) | Request::FetchBatches(f) => fetched(f.max_bytes),
         Request::Claim(c) => fetched(c.max_bytes),
         Request::Range(r) => fetched(r.spec.max_bytes),
         Request::Job(_) => body + RECORD_RESPONSE,
@@ -361,7 +361,7 @@ async fn dispatch(
             }
             Err(error) => send_error(shard, out, id, &error).await,
         },
-        Request::Fetch(f) => {
+        Request::Fetch(ref f) | Request::FetchBatches(ref f) => {
             let topic = f.topic.to_owned();
             let order = FetchOrder {
                 topic: 0,
@@ -371,6 +371,7 @@ async fn dispatch(
                 max_bytes: f.max_bytes,
                 wait_ms: f.wait_ms,
                 request_id: id,
+                batches: matches!(request, Request::FetchBatches(_)),
             };
             let (shard, out) = (Rc::clone(shard), out.clone());
             let tasks = Rc::clone(&shard.tasks);

@@ -14,10 +14,11 @@ use crate::storage::format::{
 };
 use crate::storage::record::{self, Record, RecordView};
 
-/// Encodes `records` (non-empty) as one batch of format 2 at the end of `out`, with base
-/// offset 0: what a producer sends. With `server_time`, the records' timestamps are left
-/// out (the server stamps the time it takes the batch); otherwise each keeps its own.
-pub fn encode_batch(records: &[Record<'_>], server_time: bool, out: &mut Vec<u8>) {
+/// Encodes `records` (non-empty) as one batch of format 2 at the end of `out`, from
+/// `base_offset` (0 for what a producer sends: the log stamps it). With `server_time`,
+/// the records' timestamps are left out (the server stamps the time it takes the batch);
+/// otherwise each keeps its own.
+pub fn encode_batch(records: &[Record<'_>], base_offset: u64, server_time: bool, out: &mut Vec<u8>) {
     assert!(!records.is_empty(), "a batch holds at least one record");
     let stripped: Vec<Record<'_>>;
     let records = if server_time {
@@ -40,7 +41,7 @@ pub fn encode_batch(records: &[Record<'_>], server_time: bool, out: &mut Vec<u8>
             .expect("a batch outgrew its computed bound");
     let header = BatchHeader {
         batch_len: u32::try_from(BATCH_HEADER_BYTES + body_len).expect("a batch under 4 GiB"),
-        base_offset: 0,
+        base_offset,
         first_timestamp_ms: records[0].timestamp_ms,
         max_timestamp_ms: records.iter().map(|r| r.timestamp_ms).max().expect("non-empty"),
         record_count: u32::try_from(records.len()).expect("fewer than 2^32 records"),
@@ -152,9 +153,11 @@ impl CheckedBatch {
             .map(move |(i, r)| RecordView::batched(base + i as u64, first, r))
     }
 
-    /// Gives a batch that left its timestamps to the server the time the server took it.
+    /// Gives a batch that left its timestamps to the server the time the server took it
+    /// (and clears the request: a stored batch never carries it).
     pub fn stamp_time(&mut self, now_ms: i64) {
         if self.wants_server_time() {
+            self.header.flags &= !BATCH_FLAG_SERVER_TIME;
             self.header.first_timestamp_ms = now_ms;
             self.header.max_timestamp_ms = now_ms;
             self.min_timestamp_ms = now_ms;
@@ -179,6 +182,7 @@ impl CheckedBatch {
         head[16..24].copy_from_slice(&header.first_timestamp_ms.to_le_bytes());
         head[24..32].copy_from_slice(&header.max_timestamp_ms.to_le_bytes());
         head[36..40].copy_from_slice(&header.leader_epoch.to_le_bytes());
+        head[42..44].copy_from_slice(&header.flags.to_le_bytes());
         let body_len = header.batch_len as usize - BATCH_HEADER_BYTES;
         let crc = crc32c::crc32c_combine(crc32c::crc32c(&head[4..]), self.body_crc, body_len);
         head[0..4].copy_from_slice(&crc.to_le_bytes());
@@ -214,7 +218,7 @@ mod tests {
         }];
         let input = records(&values, &headers);
         let mut bytes = vec![9u8; 3];
-        encode_batch(&input, false, &mut bytes);
+        encode_batch(&input, 0, false, &mut bytes);
         let mut batch = CheckedBatch::check(&bytes[3..]).unwrap();
         assert_eq!(batch.record_count(), 50);
         for (view, want) in batch.records().zip(&input) {
@@ -234,13 +238,17 @@ mod tests {
         let values = vec![b"a".to_vec(), b"b".to_vec()];
         let input = records(&values, &[]);
         let mut bytes = Vec::new();
-        encode_batch(&input, true, &mut bytes);
+        encode_batch(&input, 0, true, &mut bytes);
         let mut batch = CheckedBatch::check(&bytes).unwrap();
         assert!(batch.wants_server_time());
         batch.stamp_time(1_700_000_000_123);
+        assert!(!batch.wants_server_time());
         assert!(batch.records().all(|r| r.timestamp_ms() == 1_700_000_000_123));
         let stamped = batch.stamp(0, 0).to_vec();
         let header = format::check_batch(&stamped, 0).unwrap();
+        assert_eq!(header.flags, 0);
+        // What a reader gets back checks as a batch again.
+        assert!(CheckedBatch::check(&stamped).is_ok());
         assert_eq!(
             record::check_batch_body(header.body(&stamped), &header).map(|f| f.min_timestamp_ms),
             Some(1_700_000_000_123)
@@ -251,7 +259,7 @@ mod tests {
     fn damaged_or_lying_batches_are_refused_with_the_reason() {
         let values: Vec<Vec<u8>> = (0..5u8).map(|i| vec![i; 10]).collect();
         let mut good = Vec::new();
-        encode_batch(&records(&values, &[]), false, &mut good);
+        encode_batch(&records(&values, &[]), 0, false, &mut good);
         let error = |bytes: &[u8]| CheckedBatch::check(bytes).unwrap_err().to_string();
         assert!(error(&good[..20]).contains("shorter than the smallest batch"));
         assert!(error(&good[..good.len() - 9]).contains("its header says"));

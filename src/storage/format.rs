@@ -64,8 +64,10 @@
 //!  36     4  leader_epoch       u32, the epoch of the leader that wrote it (0: unreplicated)
 //!  40     1  batch_version      u8, 2
 //!  41     1  reserved           zero
-//!  42     2  flags              u16, bit 0: the timestamps are the server's (the producer
-//!                               sent none); a reader refuses bits it does not know
+//!  42     2  flags              u16, bit 0: the producer asks the server to stamp the
+//!                               time it takes the batch (it sent none; the server
+//!                               clears the bit as it stamps, so a stored batch never
+//!                               has it); a reader refuses bits it does not know
 //!  44     4  reserved           zero
 //!  48     .  body               rkyv archive of the records (below), batch_len - 48 bytes
 //!  ...  0-7  padding            zero, up to the next multiple of 8
@@ -124,8 +126,8 @@ pub const MIN_BATCH_BYTES: u32 = (BATCH_HEADER_BYTES + BATCH_BODY_MIN_BYTES) as 
 pub const FRAME_FLAG_BATCH_END: u32 = 1;
 pub const BATCH_HEADER_BYTES: usize = 48;
 pub const BATCH_VERSION: u8 = 2;
-/// The producer left the timestamps to the server, which stamped the time it took the
-/// batch as its first and max timestamp (every delta is 0).
+/// The producer leaves the timestamps to the server, which stamps the time it takes the
+/// batch as its first and max timestamp (every delta is 0) and clears the flag.
 pub const BATCH_FLAG_SERVER_TIME: u16 = 1;
 /// Batch flags this build knows.
 pub const BATCH_FLAGS_KNOWN: u16 = BATCH_FLAG_SERVER_TIME;

@@ -15,7 +15,7 @@ use crate::storage::error::{Result, StorageError};
 use crate::storage::format::{FORMAT_VERSION, SEGMENT_HEADER_BYTES};
 use crate::storage::io;
 use crate::storage::layout::{self, DirLock};
-use crate::storage::reader::Records;
+use crate::storage::reader::{Batches, Records};
 use crate::storage::record::{
     BATCH_OVERHEAD_BYTES, HEADER_NAME_BYTES_MAX, RECORD_HEADERS_MAX, Record, RecordView, header_bytes_bound,
     stored_bytes_bound,
@@ -539,6 +539,20 @@ impl PartitionLog {
         let segment = self.segment_index_of(from);
         let position = self.segments[segment].position_of(from);
         Records::new(&self.segments, segment, position, until_offset)
+    }
+
+    /// The stored batches holding the records from `from_offset` (or the start) to the
+    /// durable point, whole: the first may begin before `from_offset`, and a batch past
+    /// the durable point is not included. What a fetch sends on as it is.
+    pub fn read_committed_batches(&self, from_offset: u64) -> Batches<'_> {
+        let from = from_offset.max(self.start_offset());
+        let until = self.durable_offset();
+        if from >= self.next_offset() || from >= until {
+            return Batches::empty();
+        }
+        let segment = self.segment_index_of(from);
+        let at = self.segments[segment].position_of(from);
+        Batches::new(&self.segments, segment, at, until)
     }
 
     /// The record at `offset`, if the log holds it.

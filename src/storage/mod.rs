@@ -31,7 +31,7 @@ pub use log::{
     AppendReceipt, LogOptions, PartitionLog, RecoveryReport, RetentionReport, SegmentInfo, TornTail,
     batch_bytes_max_for, record_bytes_max_for,
 };
-pub use reader::Records;
+pub use reader::{Batches, Records, Stored};
 pub use record::{Header, Record, RecordView, header_bytes_bound, stored_bytes_bound};
 pub use retention::RetentionPolicy;
 pub use sync::{Durability, SyncFaults};

@@ -51,3 +51,80 @@ impl<'a> Iterator for Records<'a> {
         }
     }
 }
+
+/// A unit of a range read by batches: a stored batch, as its bytes lie in the segment
+/// (it may begin before the range: a reader skips those records), or a record of a
+/// format-1 segment, which has no batches to hand out.
+#[derive(Debug, Clone, Copy)]
+pub enum Stored<'a> {
+    Batch {
+        bytes: &'a [u8],
+        base_offset: u64,
+        record_count: u32,
+    },
+    Frame(RecordView<'a>),
+}
+
+impl Stored<'_> {
+    /// The offset after its last record.
+    pub fn next_offset(&self) -> u64 {
+        match self {
+            Stored::Batch {
+                base_offset,
+                record_count,
+                ..
+            } => base_offset + u64::from(*record_count),
+            Stored::Frame(view) => view.offset() + 1,
+        }
+    }
+}
+
+/// The stored batches holding a range of a partition log, whole: zero-copy slices of
+/// the mapped segments, for sending on as they are.
+pub struct Batches<'a> {
+    segments: &'a [Segment],
+    segment: usize,
+    at: Cursor,
+    until_offset: u64,
+}
+
+impl<'a> Batches<'a> {
+    pub(crate) fn new(segments: &'a [Segment], segment: usize, at: Cursor, until_offset: u64) -> Batches<'a> {
+        Batches {
+            segments,
+            segment,
+            at,
+            until_offset,
+        }
+    }
+
+    pub(crate) fn empty() -> Batches<'a> {
+        Batches::new(&[], 0, Cursor::START, 0)
+    }
+}
+
+impl<'a> Iterator for Batches<'a> {
+    type Item = Stored<'a>;
+
+    fn next(&mut self) -> Option<Stored<'a>> {
+        loop {
+            let segment = self.segments.get(self.segment)?;
+            if (self.at.position as u64) < segment.data_end() {
+                let (stored, next) = segment.stored_at(self.at);
+                // Only whole batches: one that ends past the range is not handed out.
+                let first = match stored {
+                    Stored::Batch { base_offset, .. } => base_offset,
+                    Stored::Frame(view) => view.offset(),
+                };
+                if first >= self.until_offset || stored.next_offset() > self.until_offset {
+                    self.segments = &[];
+                    return None;
+                }
+                self.at = next;
+                return Some(stored);
+            }
+            self.segment += 1;
+            self.at = Cursor::START;
+        }
+    }
+}

@@ -22,6 +22,7 @@ use crate::storage::format::{
 use crate::storage::index::SparseIndex;
 use crate::storage::io;
 use crate::storage::layout;
+use crate::storage::reader::Stored;
 use crate::storage::record::{self, RecordView};
 
 /// A place in a segment: the batch (or format-1 frame) at `position`, and the record
@@ -397,6 +398,27 @@ impl Segment {
             }
         };
         (view, next)
+    }
+
+    /// The whole unit (batch, or format-1 frame as its record) at `at`, and the place of
+    /// the next one.
+    pub fn stored_at(&self, at: Cursor) -> (Stored<'_>, Cursor) {
+        if self.header.format_version == FORMAT_VERSION_FRAMES {
+            let (view, next) = self.view_at(at);
+            return (Stored::Frame(view), next);
+        }
+        let bytes = &self.bytes()[at.position..];
+        let header = BatchHeader::read_trusted(bytes);
+        let stored = Stored::Batch {
+            bytes: &bytes[..header.batch_len as usize],
+            base_offset: header.base_offset,
+            record_count: header.record_count,
+        };
+        let next = Cursor {
+            position: at.position + header.batch_bytes(),
+            index: 0,
+        };
+        (stored, next)
     }
 
     /// Base offset, record count and length of the unit (batch, or format-1 frame) at

@@ -11,7 +11,7 @@ use crate::support::{append_expected, assert_log_is_expected_prefix, expected, s
 
 const RECORDS: u64 = 500;
 
-fn fixture_dir() -> PathBuf {
+pub(crate) fn fixture_dir() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/format-v1")
 }
 
@@ -25,7 +25,7 @@ fn write_fixture(data_dir: &Path) {
     std::fs::remove_file(dir.join(".lock")).unwrap();
 }
 
-fn copy_dir(from: &Path, to: &Path) {
+pub(crate) fn copy_dir(from: &Path, to: &Path) {
     std::fs::create_dir_all(to).unwrap();
     for entry in std::fs::read_dir(from).unwrap() {
         let entry = entry.unwrap();

@@ -623,6 +623,17 @@ fn a_batch_sent_as_the_log_stores_it_reads_back_exactly_and_a_bad_one_gets_a_cle
         .unwrap();
     let got: Vec<OwnedWireRecord> = fetched.records.into_iter().map(|(_, r)| r).collect();
     assert_eq!(got, records, "each record back as it was sent");
+    // The same, read as the stored batches, from inside the batch.
+    let fetched = client
+        .fetch_batches("events", 2, FetchFrom::Offset(first + 5), 1000, 0)
+        .unwrap();
+    assert_eq!(fetched.records.first().map(|(o, _)| *o), Some(first + 5));
+    let got: Vec<OwnedWireRecord> = fetched.records.into_iter().map(|(_, r)| r).collect();
+    assert_eq!(
+        got,
+        records[5..],
+        "each record back as it was sent, from the offset asked"
+    );
 
     // No timestamps: the server's, as it took the batch.
     let before = std::time::SystemTime::now()
@@ -706,6 +717,58 @@ fn a_batch_sent_as_the_log_stores_it_reads_back_exactly_and_a_bad_one_gets_a_cle
         end
     );
     assert_eq!(client.produce_batch("events", Some(1), &plain).unwrap().len(), 10);
+}
+
+#[test]
+fn fetches_of_batches_and_of_records_agree_on_old_and_new_segments() {
+    let dir = tempfile::tempdir().unwrap();
+    // Partition 0 of `events` starts as the format-1 fixture: 500 records in frames.
+    crate::fixture::copy_dir(
+        &crate::fixture::fixture_dir().join("topics/events/0"),
+        &dir.path().join("data/topics/events/0"),
+    );
+    let server = Server::start(&dataflow(dir.path(), "group"));
+    let mut client = Client::connect(&server.tcp).unwrap();
+    for round in 0..4u64 {
+        let records: Vec<OwnedWireRecord> = (0..37)
+            .map(|i| OwnedWireRecord::value(format!("{round}-{i}")))
+            .collect();
+        client.produce_batch("events", Some(0), &records).unwrap();
+        client.produce("events", &records).unwrap();
+    }
+    for partition in 0..4u32 {
+        let mut from = 0;
+        let (mut by_records, mut by_batches) = (Vec::new(), Vec::new());
+        // Bounded: each fetch returns at least one record until the end.
+        for _ in 0..10_000 {
+            let a = client
+                .fetch("events", partition, FetchFrom::Offset(from), 100, 0)
+                .unwrap();
+            let Some(&(last, _)) = a.records.last() else { break };
+            from = last + 1;
+            by_records.extend(a.records);
+        }
+        from = 0;
+        for _ in 0..10_000 {
+            let b = client
+                .fetch_batches("events", partition, FetchFrom::Offset(from), 100, 0)
+                .unwrap();
+            let Some(&(last, _)) = b.records.last() else { break };
+            from = last + 1;
+            by_batches.extend(b.records);
+        }
+        assert_eq!(by_batches, by_records, "partition {partition}");
+        if partition == 0 {
+            assert!(by_records.len() >= 500 + 37 * 4, "{}", by_records.len());
+            for (offset, record) in by_records.iter().take(500) {
+                let want = crate::support::expected(*offset);
+                assert_eq!(record.value, want.value);
+                assert_eq!(record.key, want.key);
+                assert_eq!(record.timestamp_ms, Some(want.timestamp_ms));
+                assert_eq!(record.headers, want.headers);
+            }
+        }
+    }
 }
 
 fn produce_once(client: &mut Client, records: &[OwnedWireRecord]) -> Response {

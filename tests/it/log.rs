@@ -90,7 +90,7 @@ fn a_client_batch_over_a_limit_is_refused_whole_and_the_log_stays_usable() {
         vec![Record::new(1, &small).with_headers(&many)],
     ] {
         let mut bytes = Vec::new();
-        flowd::storage::batch::encode_batch(&records, false, &mut bytes);
+        flowd::storage::batch::encode_batch(&records, 0, false, &mut bytes);
         let mut batch = flowd::storage::batch::CheckedBatch::check(&bytes).unwrap();
         let error = log.append_checked(&mut batch).unwrap_err();
         assert!(

@@ -98,7 +98,7 @@ pub fn append_expected_encoded(
     assert_eq!(log.next_offset(), offsets.start, "appending out of order");
     let mut bytes = Vec::new();
     with_expected(offsets, |records| {
-        flowd::storage::batch::encode_batch(records, false, &mut bytes)
+        flowd::storage::batch::encode_batch(records, 0, false, &mut bytes)
     });
     let mut batch = flowd::storage::batch::CheckedBatch::check(&bytes).expect("a sound batch");
     log.append_checked(&mut batch).expect("append")

@@ -279,6 +279,9 @@ impl PeerService {
             max_bytes: fetch.max_bytes,
             wait_ms: fetch.wait_ms,
             request_id: request,
+            // The peer wire asks for records: a client's FETCH_BATCHES served through
+            // another peer gets a FETCHED, which clients take for it.
+            batches: false,
         };
         self.ask(partition, |reply| ShardRequest::Fetch { order, reply })?
             .map_err(ProtocolError::from)

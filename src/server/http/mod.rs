@@ -382,6 +382,7 @@ async fn get_records(shard: &Rc<Shard>, topic: &str, query: &str) -> Reply {
         max_bytes: u32::MAX,
         wait_ms: 0,
         request_id: 0,
+        batches: false,
     };
     let frame = api::fetch(shard, topic, order).await;
     let decoded = parse_frame(&frame, usize::MAX)
