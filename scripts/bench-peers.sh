@@ -1,11 +1,16 @@
 #!/usr/bin/env bash
 # flowd against the systems a user would pick instead, on the same workloads, in one run on
-# this machine: Redis Streams, NATS JetStream and pipeproc. Installs what it needs (Debian
-# packages, the pipeproc npm package, tools/peerload), starts each server on a loopback
+# this machine: Redis Streams, NATS JetStream, pipeproc and Apache Iggy. Installs what it
+# needs (Debian packages, the pipeproc npm package, tools/peerload; Iggy built once from
+# ../shared/peers and cached outside the repository), starts each server on a loopback
 # port, stops it by its pid, and prints a markdown table with each row's persistence and
-# flowd's ratio to the best other system. All data dirs live under one work dir on disk.
-# Usage: [RECORDS=1000000] [REQUESTS=20000] [EXEC_RECORDS=1000] [SIZE=100] scripts/bench-peers.sh [--keep DIR]
+# shape and flowd's ratio to the best other system. All data dirs live under one work dir
+# on disk.
+# Usage: [RECORDS=1000000] [REQUESTS=20000] [EXEC_RECORDS=1000] [SIZE=100]
+#        [SYSTEMS="redis nats pipeproc iggy flowd"] scripts/bench-peers.sh [--keep DIR]
 #   EXEC_RECORDS  records for pipeproc's systemProc run (tens per second: keep it small)
+#   SYSTEMS       which systems to run (flowd's rows against Iggy need "iggy flowd")
+#   IGGY_RECORDS  records per Iggy-shaped row (default: 4 x RECORDS)
 #   --keep DIR   also write every run's JSON report (results.jsonl) and the table there
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -15,6 +20,9 @@ requests="${REQUESTS:-20000}"
 exec_records="${EXEC_RECORDS:-1000}"
 size="${SIZE:-100}"
 batch=1000
+systems=" ${SYSTEMS:-redis nats pipeproc iggy flowd} "
+want() { [[ "$systems" == *" $1 "* ]]; }
+iggy_records="${IGGY_RECORDS:-$((records * 4))}"
 keep=""
 case "${1:-}" in
   --keep) keep="${2:?--keep takes a directory}"; mkdir -p "$keep" ;;
@@ -26,11 +34,19 @@ say() { echo "== $*" >&2; }
 
 # --- what the run needs ---------------------------------------------------------------
 need=()
-command -v redis-server >/dev/null 2>&1 || need+=(redis-server)
-command -v redis-cli >/dev/null 2>&1 || need+=(redis-tools)
-command -v nats-server >/dev/null 2>&1 || need+=(nats-server)
-command -v node >/dev/null 2>&1 || need+=(nodejs)
-command -v npm >/dev/null 2>&1 || need+=(npm)
+if want redis; then
+  command -v redis-server >/dev/null 2>&1 || need+=(redis-server)
+  command -v redis-cli >/dev/null 2>&1 || need+=(redis-tools)
+fi
+want nats && { command -v nats-server >/dev/null 2>&1 || need+=(nats-server); }
+if want pipeproc; then
+  command -v node >/dev/null 2>&1 || need+=(nodejs)
+  command -v npm >/dev/null 2>&1 || need+=(npm)
+fi
+if want iggy; then
+  [ -e /usr/include/hwloc.h ] || need+=(libhwloc-dev)
+  [ -e /usr/include/libudev.h ] || need+=(libudev-dev)
+fi
 command -v python3 >/dev/null 2>&1 || need+=(python3)
 if [ ${#need[@]} -gt 0 ]; then
   say "installing ${need[*]}"
@@ -54,10 +70,12 @@ cargo build --release --quiet --manifest-path tools/peerload/Cargo.toml
 flowd="$root/target/release/flowd"
 peerload="$root/tools/peerload/target/release/peerload"
 
-say "installing pipeproc from npm"
-mkdir -p "$work/pipeproc"
-cp scripts/peers/package.json scripts/peers/pipeproc-bench.js "$work/pipeproc/"
-(cd "$work/pipeproc" && npm install --no-audit --no-fund --loglevel=error >/dev/null)
+if want pipeproc; then
+  say "installing pipeproc from npm"
+  mkdir -p "$work/pipeproc"
+  cp scripts/peers/package.json scripts/peers/pipeproc-bench.js "$work/pipeproc/"
+  (cd "$work/pipeproc" && npm install --no-audit --no-fund --loglevel=error >/dev/null)
+fi
 
 results="$work/results.jsonl"
 : >"$results"
@@ -102,6 +120,7 @@ wait_port() {
 stop() { kill "$1" 2>/dev/null || true; wait "$1" 2>/dev/null || true; }
 
 # --- Redis ----------------------------------------------------------------------------
+if want redis; then
 # redis_start FSYNC: a fresh server with the AOF on and appendfsync FSYNC; sets $redis, $redis_pid.
 redis_start() {
   local dir="$work/redis-$1"
@@ -127,8 +146,10 @@ run "request/reply" redis "single unpipelined XADD round trip (AOF everysec)" --
 run "request/reply" redis "job via LPUSH/BRPOP to a worker and back (AOF everysec)" -- \
   "$peerload" redis-reqreply --addr "127.0.0.1:$redis" --records "$requests" --size "$size" --inflight 1
 stop "$redis_pid"
+fi
 
 # --- NATS JetStream -------------------------------------------------------------------
+if want nats; then
 # nats-server before 2.10 has no per-write sync for the file store (it syncs every two
 # minutes); from 2.10 `sync_interval: always` makes an ack mean fsynced.
 nats_version=$(nats-server --version | sed -n 's/.*v\([0-9]*\.[0-9]*\).*/\1/p')
@@ -155,8 +176,10 @@ run "consume + ack, $nats_synced" nats "$nats_persistence; AckAll, ack confirmed
 run "request/reply" nats "core request/reply, nothing stored" -- \
   "$peerload" nats-reqreply --addr "127.0.0.1:$nats" --records "$requests" --size "$size" --inflight 1
 stop "$nats_pid"
+fi
 
 # --- pipeproc -------------------------------------------------------------------------
+if want pipeproc; then
 # pipeproc writes LevelDB batches with sync: true on every commit and ack.
 pp="$work/pipeproc"
 run "ingest, synced" pipeproc "LevelDB, sync on every commit" -- \
@@ -167,8 +190,123 @@ run "consume + ack, synced" pipeproc "LevelDB, sync on every ack" -- \
 run "worker processes" pipeproc "systemProc, echo processor on $(nproc) worker processes" -- \
   node "$pp/pipeproc-bench.js" exec "$pp/data-exec" "$exec_records" "$size" 100 1
 failed "request/reply" pipeproc "no request/reply: pipeproc has no way to answer a caller"
+fi
+
+# --- Apache Iggy ------------------------------------------------------------------------
+# Built once from the snapshot in ../shared/peers (about 13 minutes on 2 cores) into a cache
+# outside the repository, keyed by the snapshot's commit. Its own bench client drives it:
+# pinned producers (one stream with one partition each, one batch in flight each), then
+# pinned consumers reading those streams back.
+# Rows of one shape, flowd's and Iggy's: WORKERS connections x IN FLIGHT requests each.
+ingest8="ingest 8x1 (8 connections, 1 batch in flight each)"
+ingest1="ingest 1x1 (1 connection, 1 batch in flight)"
+ingest32="ingest 1x32 (1 connection, 32 batches in flight)"
+read8="read 8x1 (8 connections, 1 fetch in flight each)"
+if want iggy; then
+  peers_src="$root/../shared/peers"
+  iggy_commit=$(cut -d' ' -f1 "$peers_src/iggy-src.COMMIT")
+  iggy_dir="${FLOWD_PEERS_CACHE:-$HOME/.cache/flowd-peers}/iggy-$iggy_commit"
+  iggy_bin="$iggy_dir/target/release"
+  if [ ! -x "$iggy_bin/iggy-server" ] || [ ! -x "$iggy_bin/iggy-bench" ]; then
+    say "building Apache Iggy $iggy_commit into $iggy_dir (once; about 13 minutes)"
+    mkdir -p "$iggy_dir"
+    [ -e "$iggy_dir/Cargo.toml" ] || tar xzf "$peers_src/iggy-src.tar.gz" -C "$iggy_dir"
+    (cd "$iggy_dir" && RUSTUP_TOOLCHAIN=stable cargo build --release --quiet -p server -p iggy-bench) \
+      >"$work/iggy-build.log" 2>&1 || { echo "Iggy did not build: see $work/iggy-build.log" >&2; exit 1; }
+  fi
+  iggy_password="bench-$(od -An -N8 -tx8 /dev/urandom | tr -d ' ')"
+  # iggy_start: a fresh server (TCP only) on a free loopback port; sets $iggy, $iggy_pid.
+  iggy_start() {
+    local dir="$work/iggy-$1"
+    mkdir -p "$dir"
+    iggy=$(free_port)
+    (cd "$dir" && IGGY_SYSTEM_PATH="$dir/data" IGGY_TCP_ADDRESS="127.0.0.1:$iggy" IGGY_QUIC_ENABLED=false \
+      IGGY_HTTP_ENABLED=false IGGY_WEBSOCKET_ENABLED=false IGGY_ROOT_USERNAME=iggy \
+      IGGY_ROOT_PASSWORD="$iggy_password" exec "$iggy_bin/iggy-server" >"$dir/log" 2>&1) &
+    iggy_pid=$!
+    pids+=("$iggy_pid")
+    wait_port "$iggy"
+  }
+  # iggy_bench ACTORS KIND [FLAGS...]: prints its result as flowd's report JSON (a script,
+  # so that `run` can time it out).
+  iggy_bench="$work/iggy-bench"
+  cat >"$iggy_bench" <<SCRIPT
+#!/usr/bin/env bash
+set -o pipefail
+actors="\$1" kind="\$2"; shift 2
+flag=-p; [ "\$kind" = pinned-consumer ] && flag=-c
+"$iggy_bin/iggy-bench" -u iggy -p "$iggy_password" -m "$size" -P "$batch" \\
+  -b \$(( ($iggy_records + $batch * actors - 1) / ($batch * actors) )) "\$@" \\
+  "\$kind" "\$flag" "\$actors" tcp --server-address "127.0.0.1:\$IGGY_PORT" 2>&1 \\
+  | sed 's/\x1b\[[0-9;]*m//g' | python3 "$work/iggy-result.py"
+SCRIPT
+  chmod +x "$iggy_bench"
+  cat >"$work/iggy-result.py" <<'PY'
+import json, re, sys
+text = sys.stdin.read()
+m = re.search(r"(?:Producers|Consumers) Results: Total throughput: ([0-9.]+) MB/s, ([0-9]+) messages/s.*?"
+              r"p50 latency: ([0-9.]+) ms.*?p99 latency: ([0-9.]+) ms, p999 latency: ([0-9.]+) ms.*?max: ([0-9.]+) ms", text)
+if not m:
+    sys.exit("no result in iggy-bench output: " + text[-300:])
+us = lambda v: int(float(v) * 1000)
+print(json.dumps({"records_per_sec": float(m.group(2)), "mb_per_sec": float(m.group(1)),
+    "latency_us": {"p50": us(m.group(3)), "p99": us(m.group(4)), "p999": us(m.group(5)), "max": us(m.group(6))}}))
+PY
+  iggy_start none
+  export IGGY_PORT="$iggy"
+  run "$ingest8, not synced" iggy "page cache, no fsync (pinned producers)" -- "$iggy_bench" 8 pinned-producer
+  run "$read8" iggy "pinned consumers, no consumer offsets stored" -- \
+    "$iggy_bench" 8 pinned-consumer --reuse-streams
+  run "$ingest1, not synced" iggy "page cache, no fsync (its client sends one batch at a time)" -- \
+    "$iggy_bench" 1 pinned-producer
+  run "ingest 16x1 (Iggy's best shape here), not synced" iggy "page cache, no fsync (pinned producers)" -- \
+    "$iggy_bench" 16 pinned-producer
+  run "$ingest8, synced" iggy "enforce_fsync: fsync per write before ack" -- \
+    "$iggy_bench" 8 pinned-producer --enforce-fsync
+  stop "$iggy_pid"
+fi
 
 # --- flowd ----------------------------------------------------------------------------
+if want flowd; then
+# flowd_start DURABILITY: `flowd run` of a bench topic of 8 partitions (as many as Iggy's
+# 8 streams) in its own process, like Iggy's server; sets $flowd_addr, $flowd_pid.
+flowd_start() {
+  local dir="$work/flowd-$1"
+  mkdir -p "$dir"
+  local port
+  port=$(free_port)
+  printf '[engine]\ndata_dir = "%s"\ndurability = "%s"\n[ingest]\ntcp = "127.0.0.1:%s"\n[[topic]]\nname = "bench"\npartitions = 8\n' \
+    "$dir/data" "$1" "$port" >"$dir/dataflow.toml"
+  "$flowd" run "$dir/dataflow.toml" >"$dir/log" 2>&1 &
+  flowd_pid=$!
+  pids+=("$flowd_pid")
+  flowd_addr="127.0.0.1:$port"
+  wait_port "$port"
+}
+flowd_start none
+run "$ingest8, not synced" flowd "none: page cache, no sync (flowd run, batches as stored)" -- \
+  "$flowd" bench ingest --to "$flowd_addr" --records "$iggy_records" --size "$size" --batch "$batch" \
+  --connections 8 --inflight 1 --json
+run "$read8" flowd "stored batches as they lie, no consumer, no acks (flowd run)" -- \
+  "$flowd" bench fetch --to "$flowd_addr" --records "$iggy_records" --size "$size" --batch "$batch" --json
+run "$ingest1, not synced" flowd "none: page cache, no sync (flowd run)" -- \
+  "$flowd" bench ingest --to "$flowd_addr" --records "$iggy_records" --size "$size" --batch "$batch" \
+  --connections 1 --inflight 1 --json
+run "$ingest32, not synced" flowd "none: page cache, no sync (flowd run)" -- \
+  "$flowd" bench ingest --to "$flowd_addr" --records "$iggy_records" --size "$size" --batch "$batch" \
+  --connections 1 --inflight 32 --json
+stop "$flowd_pid"
+flowd_start every
+run "$ingest8, synced" flowd "every: fdatasync per request before ack (flowd run)" -- \
+  "$flowd" bench ingest --to "$flowd_addr" --records "$iggy_records" --size "$size" --batch "$batch" \
+  --connections 8 --inflight 1 --json
+stop "$flowd_pid"
+flowd_start group
+run "$ingest8, synced" flowd "group: fdatasync before ack, commits grouped (flowd run)" -- \
+  "$flowd" bench ingest --to "$flowd_addr" --records "$iggy_records" --size "$size" --batch "$batch" \
+  --connections 8 --inflight 1 --json
+stop "$flowd_pid"
+
 run "ingest, synced" flowd "group: fdatasync before ack, commits grouped" -- \
   "$flowd" bench ingest --records "$records" --size "$size" --batch "$batch" --durability group --json
 run "ingest, synced" flowd "every: fdatasync per request before ack" -- \
@@ -187,6 +325,7 @@ run "worker processes" flowd "exec stage, JSON lines, flowd's echo worker, group
   --protocol json --json
 run "request/reply" flowd "job through the echo dataflow, durability none" -- \
   "$flowd" bench reqreply --requests "$requests" --size "$size" --durability none --json
+fi
 
 # --- the table ------------------------------------------------------------------------
 table=$(python3 - "$results" <<'PY'
@@ -198,8 +337,8 @@ for r in rows:
     if w not in order:
         order.append(w)
 def kind(w):
-    return w.split(",")[0]
-kinds = ["ingest", "consume + ack", "worker processes", "request/reply"]
+    return "read" if w.startswith("read") else "ingest" if w.startswith("ingest") else w.split(",")[0]
+kinds = ["ingest", "read", "consume + ack", "worker processes", "request/reply"]
 order.sort(key=lambda w: (kinds.index(kind(w)), w))
 print("| workload | system | persistence | records/s | MB/s | p50 µs | p99 µs | flowd vs best other |")
 print("|---|---|---|--:|--:|--:|--:|---|")
@@ -209,7 +348,7 @@ for w in order:
     # other p99 for request/reply. Ingest compares within a persistence class; flowd's
     # consume acks are synced, so it meets every other consume row, synced or not.
     others = [r for r in rows if kind(r["row"]["workload"]) == kind(w) and r["row"]["system"] != "flowd"
-              and not r.get("failed") and (kind(w) != "ingest" or r["row"]["workload"] == w)]
+              and not r.get("failed") and (kind(w) not in ("ingest", "read") or r["row"]["workload"] == w)]
     for r in group:
         row = r["row"]
         if r.get("failed"):
@@ -236,7 +375,24 @@ def pick(system, workload):
     for r in rows:
         if r["row"]["system"] == system and r["row"]["workload"].startswith(workload) and not r.get("failed"):
             return r
+def shaped(system, workload, text=""):
+    for r in rows:
+        if (r["row"]["system"] == system and r["row"]["workload"] == workload
+                and text in r["row"]["persistence"] and not r.get("failed")):
+            return r
+ingest8 = "ingest 8x1 (8 connections, 1 batch in flight each)"
 goals = [
+    ("flowd ingest 8x1 (none) / Iggy ingest 8x1 (no fsync)", "x", 1.2,
+     shaped("flowd", ingest8 + ", not synced"), shaped("iggy", ingest8 + ", not synced")),
+    ("Iggy ingest 8x1 p99 / flowd ingest 8x1 p99 (not synced)", "p99 inverse", 1,
+     shaped("flowd", ingest8 + ", not synced"), shaped("iggy", ingest8 + ", not synced")),
+    ("flowd ingest 8x1 (every) / Iggy ingest 8x1 (enforce_fsync)", "x", 1.2,
+     shaped("flowd", ingest8 + ", synced", "every"), shaped("iggy", ingest8 + ", synced")),
+    ("Iggy ingest 8x1 p99 / flowd ingest 8x1 p99 (synced, every)", "p99 inverse", 1,
+     shaped("flowd", ingest8 + ", synced", "every"), shaped("iggy", ingest8 + ", synced")),
+    ("flowd read 8x1 / Iggy read 8x1", "x", 1.2,
+     shaped("flowd", "read 8x1 (8 connections, 1 fetch in flight each)"),
+     shaped("iggy", "read 8x1 (8 connections, 1 fetch in flight each)")),
     ("flowd ingest (group) / Redis ingest (appendfsync always)", "x", 10,
      find("flowd", "group: fdatasync before ack"), find("redis", "appendfsync always")),
     ("flowd ingest (none) / Redis ingest (appendfsync everysec)", "x", 10,
@@ -256,6 +412,9 @@ print("|---|--:|--:|---|")
 for name, how, target, a, b in goals:
     if not (a and b):
         print(f"| {name} | | a row is missing | no |")
+    elif how == "p99 inverse":
+        ratio = b["latency_us"]["p99"] / a["latency_us"]["p99"]
+        print(f"| {name} | >= {target}x | {ratio:.2f}x | {'yes' if ratio >= target else 'no'} |")
     elif how == "x":
         ratio = a["records_per_sec"] / b["records_per_sec"]
         print(f"| {name} | >= {target:,}x | {ratio:,.1f}x | {'yes' if ratio >= target else 'no'} |")

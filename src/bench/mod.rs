@@ -1,12 +1,13 @@
 //! `flowd bench`: load through the real client protocol against an engine started in
 //! this process on a fresh temporary data dir (or a running one, `--to`), with
 //! hdrhistogram latencies (DESIGN.md section 8). Scenarios: `ingest` (produce to durable
-//! ack), `consume` (claim and ack), `pipeline` (through a dataflow's stages), `exec`
+//! ack), `consume` (claim and ack), `fetch` (read stored batches, no acks), `pipeline` (through a dataflow's stages), `exec`
 //! (through worker processes; the pipeline scenario with an exec stage) and `reqreply`
 //! (a job to its answer).
 
 pub mod consume;
 pub mod echo_worker;
+pub mod fetch;
 pub mod ingest;
 pub mod load;
 pub mod pipeline;
@@ -21,6 +22,7 @@ use crate::client::ClientError;
 use crate::runtime::RuntimeError;
 
 pub use consume::consume;
+pub use fetch::fetch;
 pub use ingest::{IngestOptions, ProduceKind, ingest};
 pub use load::Measured;
 pub use pipeline::{PipelineOptions, pipeline};
@@ -70,7 +72,7 @@ impl Latencies {
     }
 }
 
-fn histogram() -> Histogram<u64> {
+pub(crate) fn histogram() -> Histogram<u64> {
     Histogram::new_with_bounds(1, 60_000_000, 3).expect("valid bounds")
 }
 

@@ -41,6 +41,14 @@ pub enum Scenario {
         #[command(flatten)]
         common: Common,
     },
+    /// Fill a topic, then read all of it back as stored batches (FETCH_BATCHES): no
+    /// consumer, no acks; one connection per partition, one fetch in flight on each.
+    Fetch {
+        #[command(flatten)]
+        load: Load,
+        #[command(flatten)]
+        common: Common,
+    },
     /// Produce into a dataflow's input topic and read its output topic: end-to-end
     /// throughput and latency through the stages.
     Pipeline {
@@ -256,6 +264,18 @@ pub fn run(scenario: Scenario) -> Result<ExitCode, CliError> {
                 "latency": latency_basis("per request, sent to durable ack", rate),
             });
             (bench::report("ingest", &measured, load.size, config), common.json)
+        }
+        Scenario::Fetch { load, common } => {
+            let target = target(&common, load.durability, Stages::None)?;
+            let batch = u32::try_from(load.batch).unwrap_or(u32::MAX).max(1);
+            let measured = bench::fetch(&target, load.records, load.size, batch, true)?;
+            let config = serde_json::json!({
+                "size": load.size, "batch": batch, "durability": common.to.is_none().then(|| load.durability.to_string()),
+                "connections": "one per partition", "inflight": 1, "to": common.to, "topic": target.topic,
+                "records": "every record the topic holds, warm-up fill included",
+                "latency": "per fetch, sent to its answer read and checked",
+            });
+            (bench::report("fetch", &measured, load.size, config), common.json)
         }
         Scenario::Consume { load, common } => {
             let target = target(&common, load.durability, Stages::None)?;

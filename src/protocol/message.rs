@@ -12,7 +12,7 @@ use crate::protocol::wire::{
     put_u32, put_u64,
 };
 use crate::storage::batch::{CheckedBatch, encode_batch};
-use crate::storage::{Header, Record};
+use crate::storage::{Header, Record, RecordView};
 
 /// Records for one topic in a produce request.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -379,6 +379,29 @@ fn put_owned_group(out: &mut Vec<u8>, topic: &str, partition: Option<u32>, recor
     }
 }
 
+/// Reads a BATCHES body: checks each batch (CRC, archive) and hands `f` a zero-copy view
+/// of each record from the offset wanted on, engine bookkeeping skipped. Returns the
+/// partition's ends `(start offset, next offset)`.
+pub fn for_each_batched_record(
+    c: &mut Cursor<'_>,
+    mut f: impl FnMut(RecordView<'_>),
+) -> Result<(u64, u64), ProtocolError> {
+    let start_offset = c.u64("the start offset")?;
+    let next_offset = c.u64("the next offset")?;
+    let from = c.u64("the first offset wanted")?;
+    for _ in 0..c.u32("the batch count")? {
+        let batch = CheckedBatch::check(c.bytes("a batch")?)
+            .map_err(|error| ProtocolError::malformed(error.to_string()))?;
+        for view in batch.records().filter(|v| v.offset() >= from) {
+            if view.headers().any(|(name, _)| name == END_MARKER_HEADER) {
+                continue;
+            }
+            f(view);
+        }
+    }
+    Ok((start_offset, next_offset))
+}
+
 /// A BATCHES frame being written: the partition's ends and the first offset wanted, then
 /// stored batches pushed as they are.
 pub struct BatchesWriter {
@@ -532,33 +555,22 @@ impl Response {
                 })
             }
             Some(Kind::Batches) => {
-                let start_offset = c.u64("the start offset")?;
-                let next_offset = c.u64("the next offset")?;
-                let from = c.u64("the first offset wanted")?;
                 let mut records = Vec::new();
-                for _ in 0..c.u32("the batch count")? {
-                    let batch = CheckedBatch::check(c.bytes("a batch")?)
-                        .map_err(|error| ProtocolError::malformed(error.to_string()))?;
-                    for view in batch.records().filter(|v| v.offset() >= from) {
-                        let headers: Vec<(String, Vec<u8>)> = view
+                let ends = for_each_batched_record(&mut c, |view| {
+                    let record = OwnedWireRecord {
+                        timestamp_ms: Some(view.timestamp_ms()),
+                        key: view.key().map(<[u8]>::to_vec),
+                        value: view.value().to_vec(),
+                        headers: view
                             .headers()
                             .map(|(name, value)| (name.to_owned(), value.to_vec()))
-                            .collect();
-                        if headers.iter().any(|(name, _)| name == END_MARKER_HEADER) {
-                            continue;
-                        }
-                        let record = OwnedWireRecord {
-                            timestamp_ms: Some(view.timestamp_ms()),
-                            key: view.key().map(<[u8]>::to_vec),
-                            value: view.value().to_vec(),
-                            headers,
-                        };
-                        records.push((view.offset(), record));
-                    }
-                }
+                            .collect(),
+                    };
+                    records.push((view.offset(), record));
+                })?;
                 Response::Fetched(Fetched {
-                    start_offset,
-                    next_offset,
+                    start_offset: ends.0,
+                    next_offset: ends.1,
                     records,
                 })
             }

@@ -117,6 +117,9 @@ pub mod routing;
 pub mod status;
 pub mod wire;
 
+/// The batch format is the wire's too (PRODUCE_BATCH, BATCHES): what a client needs of it.
+pub use crate::storage::batch::{BatchError, CheckedBatch, encode_batch};
+pub use crate::storage::{Header, Record, RecordView};
 pub use error::{ErrorCode, ProtocolError};
 pub use frame::{FRAME_HEADER_BYTES, FrameHeader, Kind, PROTOCOL_VERSION, RawFrame, parse_frame};
 pub use message::{FetchFrom, FetchRequest, Fetched, JobRequest, Metadata, ProduceGroup, Request};

@@ -60,6 +60,13 @@ fn ingest_reports_durable_produce() {
     );
     assert_eq!(r["records"], 50000);
     assert_eq!(r["config"]["durability"], "group");
+    assert_eq!(r["config"]["produce"], "batch");
+    let r = report(
+        &["ingest", "--records", "20000", "--produce", "records", "--json"],
+        "ingest",
+    );
+    assert_eq!(r["records"], 20000);
+    assert_eq!(r["config"]["produce"], "records");
 }
 
 #[test]
@@ -103,6 +110,13 @@ fn consume_pipeline_and_reqreply_report() {
         "consume",
     );
     assert_eq!(r["records"], 20000);
+    // Every record the topic holds (the fill's warm-up too), each read once: the bench
+    // fails otherwise.
+    let r = report(
+        &["fetch", "--records", "20000", "--batch", "500", "--json"],
+        "fetch",
+    );
+    assert!(r["records"].as_u64().unwrap() >= 20000, "{r}");
     let r = report(
         &["pipeline", "--records", "20000", "--batch", "500", "--json"],
         "pipeline",
