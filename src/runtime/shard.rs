@@ -216,6 +216,8 @@ pub struct Shard {
     pub shared: Arc<Shared>,
     pub partitions: HashMap<(usize, u32), Rc<LocalPartition>>,
     acks: RefCell<Vec<PendingAck>>,
+    /// Wakes the acker when an ack starts waiting: idle, it sleeps on this, not a timer.
+    ack_waiting: (flume::Sender<()>, flume::Receiver<()>),
     /// Jobs taken on this shard, waiting for their answer.
     pub jobs: RefCell<HashMap<u64, flume::Sender<JobOutcome>>>,
     /// The states of the `state` stages running here, by (stage, input partition).
@@ -245,6 +247,7 @@ impl Shard {
                 .map(|p| ((p.topic, p.partition), Rc::new(p)))
                 .collect(),
             acks: RefCell::new(Vec::new()),
+            ack_waiting: flume::bounded(1),
             jobs: RefCell::new(HashMap::new()),
             states: RefCell::new(HashMap::new()),
             gathers: RefCell::new(HashMap::new()),
@@ -346,12 +349,16 @@ impl Shard {
                     self.shared.ends[topic][batch.partition as usize]
                         .store(receipt.next_offset, Ordering::Release);
                     match self.shared.spec.engine.durability {
-                        Durability::Group => self.acks.borrow_mut().push(PendingAck {
-                            partition,
-                            first: receipt.first_offset,
-                            end: receipt.next_offset,
-                            ack: batch.ack,
-                        }),
+                        Durability::Group => {
+                            self.acks.borrow_mut().push(PendingAck {
+                                partition,
+                                first: receipt.first_offset,
+                                end: receipt.next_offset,
+                                ack: batch.ack,
+                            });
+                            // Full means the acker is already told.
+                            let _ = self.ack_waiting.0.try_send(());
+                        }
                         Durability::Every | Durability::None => {
                             batch
                                 .ack
@@ -417,13 +424,15 @@ impl Shard {
                 self.shared.control.fail(error.into());
                 return;
             }
-            let idle = self.acks.borrow().is_empty();
-            glommio::timer::sleep(if idle {
-                Duration::from_millis(2)
+            // Idle, it waits for an ack to wait (no timer runs: idle means idle); busy,
+            // it looks at the durable points again soon (the syncers are threads).
+            if self.acks.borrow().is_empty() {
+                if self.ack_waiting.1.recv_async().await.is_err() {
+                    return;
+                }
             } else {
-                Duration::from_micros(200)
-            })
-            .await;
+                glommio::timer::sleep(ACK_POLL).await;
+            }
         }
     }
 
@@ -492,6 +501,8 @@ pub struct Backoff {
     next: Duration,
 }
 
+/// How often the acker looks at the durable points while acks wait.
+const ACK_POLL: Duration = Duration::from_micros(100);
 const BACKOFF_MIN: Duration = Duration::from_micros(50);
 const BACKOFF_MAX: Duration = Duration::from_millis(5);
 
