@@ -63,8 +63,7 @@ pub struct CheckedBatch {
     /// The whole batch, padding included.
     bytes: AlignedVec<8>,
     header: BatchHeader,
-    /// CRC32C of the body alone: the batch's CRC after stamping is its header's combined
-    /// with this, so the body is read once.
+    /// CRC32C of the body, in the header: stamping re-hashes the header only.
     body_crc: u32,
     min_timestamp_ms: i64,
 }
@@ -106,7 +105,7 @@ impl CheckedBatch {
         let facts = record::check_batch_body(body, &header).ok_or_else(|| {
             BatchError("its records are not a valid archive, or disagree with its header (count, first or max timestamp)".into())
         })?;
-        let body_crc = crc32c::crc32c(body);
+        let body_crc = u32::from_le_bytes(aligned[44..48].try_into().expect("4 bytes"));
         Ok(CheckedBatch {
             bytes: aligned,
             header,
@@ -173,19 +172,9 @@ impl CheckedBatch {
         &self.bytes
     }
 
-    /// Rewrites the header and its CRC (the body's CRC is known).
+    /// Rewrites the header and its CRC (the body and its CRC stay as they are).
     fn reseal(&mut self) {
-        let header = self.header;
-        let head = &mut self.bytes[..BATCH_HEADER_BYTES];
-        head[4..8].copy_from_slice(&header.batch_len.to_le_bytes());
-        head[8..16].copy_from_slice(&header.base_offset.to_le_bytes());
-        head[16..24].copy_from_slice(&header.first_timestamp_ms.to_le_bytes());
-        head[24..32].copy_from_slice(&header.max_timestamp_ms.to_le_bytes());
-        head[36..40].copy_from_slice(&header.leader_epoch.to_le_bytes());
-        head[42..44].copy_from_slice(&header.flags.to_le_bytes());
-        let body_len = header.batch_len as usize - BATCH_HEADER_BYTES;
-        let crc = crc32c::crc32c_combine(crc32c::crc32c(&head[4..]), self.body_crc, body_len);
-        head[0..4].copy_from_slice(&crc.to_le_bytes());
+        format::seal_batch_header(&mut self.bytes[..BATCH_HEADER_BYTES], &self.header, self.body_crc);
     }
 }
 
