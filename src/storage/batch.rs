@@ -165,7 +165,7 @@ impl CheckedBatch {
     }
 
     /// Stamps the base offset and leader epoch, and returns the bytes to write.
-    pub(crate) fn stamp(&mut self, base_offset: u64, leader_epoch: u32) -> &[u8] {
+    pub fn stamp(&mut self, base_offset: u64, leader_epoch: u32) -> &[u8] {
         self.header.base_offset = base_offset;
         self.header.leader_epoch = leader_epoch;
         self.reseal();
