@@ -4,7 +4,6 @@
 use std::collections::HashMap;
 use std::time::Instant;
 
-use crate::bench::ingest::{IngestOptions, ingest};
 use crate::bench::load::Measured;
 use crate::bench::progress::Progress;
 use crate::bench::{BenchError, Target, histogram};
@@ -23,16 +22,7 @@ pub fn consume(
     batch: u32,
     progress: bool,
 ) -> Result<Measured, BenchError> {
-    let fill = IngestOptions {
-        records,
-        size,
-        batch: 1000,
-        connections: 1,
-        inflight: 32,
-        rate: None,
-        produce: crate::bench::ProduceKind::Batch,
-    };
-    ingest(target, &fill, false)?;
+    crate::bench::ingest::fill(target, records, size)?;
     let partitions = target.partitions(&target.topic)?;
     let warmup = crate::bench::warmup_requests(records.div_ceil(batch as u64), batch as usize) * batch as u64;
     claim_and_ack(target, partitions, warmup, batch, "warm-up", &Progress::hidden())?;

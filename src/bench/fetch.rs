@@ -4,7 +4,7 @@
 
 use std::time::Instant;
 
-use crate::bench::ingest::{IngestOptions, ProduceKind, ingest};
+use crate::bench::ingest::fill;
 use crate::bench::progress::Progress;
 use crate::bench::{BenchError, Measured, Target, histogram};
 use crate::client::Client;
@@ -21,16 +21,7 @@ pub fn fetch(
     batch: u32,
     progress: bool,
 ) -> Result<Measured, BenchError> {
-    let fill = IngestOptions {
-        records,
-        size,
-        batch: 1000,
-        connections: 1,
-        inflight: 32,
-        rate: None,
-        produce: ProduceKind::Batch,
-    };
-    ingest(target, &fill, false)?;
+    fill(target, records, size)?;
     let partitions = target.partitions(&target.topic)?;
     // A warm-up read of the first batches of each partition, not timed.
     for p in 0..partitions {

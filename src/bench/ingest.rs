@@ -116,6 +116,21 @@ pub fn acked(response: Response, batch: u64) -> Result<u64, BenchError> {
     Ok(acked)
 }
 
+/// Fills the target's topic with `records` records of `size` bytes (and the warm-up's),
+/// fast and not measured: what the read scenarios start from.
+pub fn fill(target: &Target, records: u64, size: usize) -> Result<Measured, BenchError> {
+    let options = IngestOptions {
+        records,
+        size,
+        batch: 1000,
+        connections: 1,
+        inflight: 32,
+        rate: None,
+        produce: ProduceKind::Batch,
+    };
+    ingest(target, &options, false)
+}
+
 /// Warms up, then produces `records` records of `size` bytes in batches; latency is
 /// per request, sent (or due, at a fixed rate) to durable ack.
 pub fn ingest(target: &Target, o: &IngestOptions, progress: bool) -> Result<Measured, BenchError> {

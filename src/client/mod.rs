@@ -258,15 +258,18 @@ impl Client {
         max_records: u32,
         wait_ms: u32,
     ) -> Result<Fetched> {
-        let request = Request::Fetch(FetchRequest {
-            topic,
-            partition,
-            from,
-            max_records,
-            max_bytes: 1 << 20,
-            wait_ms,
-        });
-        match self.call(&request)? {
+        self.fetch_as(
+            Request::Fetch,
+            FetchRequest::new(topic, partition, from, max_records, wait_ms),
+        )
+    }
+
+    fn fetch_as<'a>(
+        &mut self,
+        kind: fn(FetchRequest<'a>) -> Request<'a>,
+        request: FetchRequest<'a>,
+    ) -> Result<Fetched> {
+        match self.call(&kind(request))? {
             Response::Fetched(f) => Ok(f),
             other => Err(unexpected(&other)),
         }
@@ -283,18 +286,8 @@ impl Client {
         max_records: u32,
         wait_ms: u32,
     ) -> Result<Fetched> {
-        let request = Request::FetchBatches(FetchRequest {
-            topic,
-            partition,
-            from,
-            max_records,
-            max_bytes: 1 << 20,
-            wait_ms,
-        });
-        match self.call(&request)? {
-            Response::Fetched(f) => Ok(f),
-            other => Err(unexpected(&other)),
-        }
+        let request = FetchRequest::new(topic, partition, from, max_records, wait_ms);
+        self.fetch_as(Request::FetchBatches, request)
     }
 
     /// As `fetch_batches`, handing `f` a zero-copy view of each record instead of a copy:

@@ -43,6 +43,26 @@ pub struct FetchRequest<'a> {
     pub wait_ms: u32,
 }
 
+impl<'a> FetchRequest<'a> {
+    /// A fetch of at most 1 MiB.
+    pub fn new(
+        topic: &'a str,
+        partition: u32,
+        from: FetchFrom,
+        max_records: u32,
+        wait_ms: u32,
+    ) -> FetchRequest<'a> {
+        FetchRequest {
+            topic,
+            partition,
+            from,
+            max_records,
+            max_bytes: 1 << 20,
+            wait_ms,
+        }
+    }
+}
+
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct JobRequest<'a> {
     pub job: &'a str,

@@ -13,6 +13,7 @@ use crate::storage::format::{
     self, BATCH_FLAG_SERVER_TIME, BATCH_HEADER_BYTES, BatchHeader, FrameDefect, MIN_BATCH_BYTES, align_frame,
 };
 use crate::storage::record::{self, Record, RecordView};
+use crate::storage::writer;
 
 /// Encodes `records` (non-empty) as one batch of format 2 at the end of `out`, from
 /// `base_offset` (0 for what a producer sends: the log stamps it). With `server_time`,
@@ -34,22 +35,10 @@ pub fn encode_batch(records: &[Record<'_>], base_offset: u64, server_time: bool,
         records
     };
     let start = out.len();
-    let bound = crate::storage::writer::batch_bytes_bound(records);
-    out.resize(start + bound, 0);
-    let body_len =
-        record::write_batch_body(records, &mut out[start + BATCH_HEADER_BYTES..], &mut Arena::new())
-            .expect("a batch outgrew its computed bound");
-    let header = BatchHeader {
-        batch_len: u32::try_from(BATCH_HEADER_BYTES + body_len).expect("a batch under 4 GiB"),
-        base_offset,
-        first_timestamp_ms: records[0].timestamp_ms,
-        max_timestamp_ms: records.iter().map(|r| r.timestamp_ms).max().expect("non-empty"),
-        record_count: u32::try_from(records.len()).expect("fewer than 2^32 records"),
-        leader_epoch: 0,
-        flags: if server_time { BATCH_FLAG_SERVER_TIME } else { 0 },
-    };
-    out.truncate(start + header.batch_bytes());
-    format::seal_batch(&mut out[start..], &header);
+    out.resize(start + writer::batch_bytes_bound(records), 0);
+    let flags = if server_time { BATCH_FLAG_SERVER_TIME } else { 0 };
+    let len = writer::encode_into(records, base_offset, flags, &mut out[start..], &mut Arena::new());
+    out.truncate(start + len);
 }
 
 /// Why a batch was refused, in words for whoever sent it.

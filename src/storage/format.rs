@@ -107,8 +107,6 @@
 //! ```
 //! A zero-filled region never validates: its `len` is 0, below `MIN_PAYLOAD_BYTES`.
 
-use crate::storage::record::{BATCH_BODY_MIN_BYTES, RECORD_BODY_ARCHIVE_MIN_BYTES};
-
 pub const SEGMENT_MAGIC: [u8; 8] = *b"FLOWDSEG";
 /// The format new segments are written in.
 pub const FORMAT_VERSION: u32 = 2;
@@ -120,8 +118,12 @@ pub const MARKER_SLOT_BYTES: usize = 48;
 pub const MARKER_SLOT_POSITIONS: [usize; 2] = [48, 96];
 pub const FRAME_HEADER_BYTES: usize = 32;
 pub const FRAME_ALIGN: usize = 8;
-/// The smallest rkyv archive of a record body; a frame claiming less is damaged.
-pub const MIN_PAYLOAD_BYTES: u32 = RECORD_BODY_ARCHIVE_MIN_BYTES as u32;
+/// The smallest rkyv archive of a format-1 record body (its root, every field empty); a
+/// frame claiming less is damaged. `record` checks that it matches the archive type.
+pub const MIN_PAYLOAD_BYTES: u32 = 28;
+/// The smallest batch body: one empty record (16 bytes) and the root (8). `record`
+/// checks that it matches the archive types.
+pub const BATCH_BODY_MIN_BYTES: usize = 24;
 /// The smallest batch: its header and the body of one empty record.
 pub const MIN_BATCH_BYTES: u32 = (BATCH_HEADER_BYTES + BATCH_BODY_MIN_BYTES) as u32;
 

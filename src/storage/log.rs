@@ -319,7 +319,15 @@ impl PartitionLog {
             self.check_record(view.headers().len(), longest, bytes)?;
         }
         let bytes = batch.len() as u64;
-        self.write(bytes, |writer, segment| writer.append_checked(segment, batch))
+        self.write(bytes, |_, segment| {
+            let header = *batch.header();
+            let facts = (
+                header.record_count,
+                batch.min_timestamp_ms(),
+                header.max_timestamp_ms,
+            );
+            writer::write_at_end(segment, batch.stamp(segment.next_offset(), 0), facts)
+        })
     }
 
     fn check_health(&self) -> Result<()> {

@@ -138,9 +138,15 @@ pub(crate) struct BatchBody<'a> {
     records: &'a [StoredRecord<'a>],
 }
 
-/// The smallest batch body: one empty record and the root.
-pub const BATCH_BODY_MIN_BYTES: usize =
-    size_of::<ArchivedStoredRecord<'static>>() + size_of::<ArchivedBatchBody<'static>>();
+// The format's sizes are these archive types' (format.rs imports nothing, so it states
+// them; here they are checked).
+const _: () = assert!(
+    crate::storage::format::BATCH_BODY_MIN_BYTES
+        == size_of::<ArchivedStoredRecord<'static>>() + size_of::<ArchivedBatchBody<'static>>()
+);
+const _: () = assert!(size_of::<ArchivedStoredRecord<'static>>() == 16);
+const _: () =
+    assert!(crate::storage::format::MIN_PAYLOAD_BYTES as usize == size_of::<ArchivedRecordBody<'static>>());
 
 /// What a batch adds to its records' bytes, at most: the batch header, the body's root,
 /// the padding before the records' array and after the body.

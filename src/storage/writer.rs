@@ -9,7 +9,6 @@
 
 use rkyv::ser::allocator::Arena;
 
-use crate::storage::batch::CheckedBatch;
 use crate::storage::format::{self, BATCH_HEADER_BYTES, BatchHeader};
 use crate::storage::record::{self, BATCH_OVERHEAD_BYTES, Record};
 use crate::storage::segment::Segment;
@@ -63,21 +62,7 @@ impl BatchWriter {
 
     /// Encodes the batch at the front of the buffer and returns its aligned length.
     fn encode(&mut self, base_offset: u64, records: &[Record<'_>]) -> usize {
-        let body_len =
-            record::write_batch_body(records, &mut self.buffer[BATCH_HEADER_BYTES..], &mut self.scratch)
-                .expect("a batch outgrew its computed bound");
-        let header = BatchHeader {
-            batch_len: u32::try_from(BATCH_HEADER_BYTES + body_len).expect("a batch fits its segment"),
-            base_offset,
-            first_timestamp_ms: records[0].timestamp_ms,
-            max_timestamp_ms: records.iter().map(|r| r.timestamp_ms).max().expect("non-empty"),
-            record_count: u32::try_from(records.len()).expect("a batch fits its segment"),
-            leader_epoch: 0,
-            flags: 0,
-        };
-        let len = header.batch_bytes();
-        format::seal_batch(&mut self.buffer[..len], &header);
-        len
+        encode_into(records, base_offset, 0, &mut self.buffer, &mut self.scratch)
     }
 
     fn write(&mut self, segment: &mut Segment, records: &[Record<'_>], len: usize) -> std::io::Result<()> {
@@ -86,24 +71,37 @@ impl BatchWriter {
         let facts = (records.len() as u32, min, max);
         write_at_end(segment, &self.buffer[..len], facts)
     }
-
-    /// Writes a batch made elsewhere (checked whole when it was made) at the end of
-    /// `segment`, which must have room for it, stamped with its offsets.
-    pub fn append_checked(&mut self, segment: &mut Segment, batch: &mut CheckedBatch) -> std::io::Result<()> {
-        let header = *batch.header();
-        let facts = (
-            header.record_count,
-            batch.min_timestamp_ms(),
-            header.max_timestamp_ms,
-        );
-        let bytes = batch.stamp(segment.next_offset(), 0);
-        write_at_end(segment, bytes, facts)
-    }
 }
 
-/// Writes one whole batch (`records`, min and max timestamp) at the end of `segment` and
-/// makes it visible.
-fn write_at_end(
+/// Encodes `records` (non-empty) as one sealed batch at the front of `out`, which must
+/// hold `batch_bytes_bound(records)`, and returns its aligned length.
+pub(crate) fn encode_into(
+    records: &[Record<'_>],
+    base_offset: u64,
+    flags: u16,
+    out: &mut [u8],
+    scratch: &mut Arena,
+) -> usize {
+    let body_len = record::write_batch_body(records, &mut out[BATCH_HEADER_BYTES..], scratch)
+        .expect("a batch outgrew its computed bound");
+    let header = BatchHeader {
+        batch_len: u32::try_from(BATCH_HEADER_BYTES + body_len).expect("a batch fits its segment"),
+        base_offset,
+        first_timestamp_ms: records[0].timestamp_ms,
+        max_timestamp_ms: records.iter().map(|r| r.timestamp_ms).max().expect("non-empty"),
+        record_count: u32::try_from(records.len()).expect("a batch fits its segment"),
+        leader_epoch: 0,
+        flags,
+    };
+    let len = header.batch_bytes();
+    format::seal_batch(&mut out[..len], &header);
+    len
+}
+
+/// Writes one whole batch (`records`, min and max timestamp) at the end of `segment`,
+/// which must have room for it, and makes it visible: a batch of this writer's, or one
+/// made elsewhere and checked whole.
+pub(crate) fn write_at_end(
     segment: &mut Segment,
     bytes: &[u8],
     (records, min, max): (u32, i64, i64),

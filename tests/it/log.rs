@@ -10,53 +10,23 @@ use crate::support::{
     fast_tempdir, fill, small_options,
 };
 
-#[test]
-fn appended_records_read_back_identical_across_segments_and_reopen() {
+/// Appends batches of many sizes across segments in every durability mode, the i-th with
+/// `append(i, ...)`, and checks every record back, by offset and by time, before and
+/// after a reopen.
+fn appended_batches_read_back_identical(
+    append: impl Fn(usize, &mut PartitionLog, std::ops::Range<u64>) -> flowd::storage::AppendReceipt,
+) {
     let dir = fast_tempdir();
     for durability in [Durability::None, Durability::Group, Durability::Every] {
         let path = dir.path().join(durability.to_string());
         let mut log = PartitionLog::open(&path, small_options(durability)).unwrap();
         let mut next = 0;
-        for batch in [1u64, 5, 17, 1, 64, 3, 200, 2, 90].repeat(4) {
-            let receipt = append_expected(&mut log, next..next + batch);
+        let sizes = [1u64, 5, 17, 1, 64, 3, 200, 2, 90].repeat(4);
+        for (i, batch) in sizes.into_iter().enumerate() {
+            let receipt = append(i, &mut log, next..next + batch);
             assert_eq!((receipt.first_offset, receipt.next_offset), (next, next + batch));
             log.wait_durable(receipt.next_offset).unwrap();
             assert!(log.durable_offset() >= receipt.next_offset);
-            next += batch;
-        }
-        assert!(
-            log.segments().len() > 3,
-            "{durability}: the test must cross segments"
-        );
-        assert_eq!(assert_log_is_expected_prefix(&log), next);
-        log.close().unwrap();
-
-        let log = PartitionLog::open(&path, small_options(durability)).unwrap();
-        assert_eq!(log.recovery().records, next);
-        assert_eq!(log.recovery().torn_tail, None);
-        assert_eq!(assert_log_is_expected_prefix(&log), next);
-    }
-}
-
-#[test]
-fn batches_made_by_a_client_read_back_identical_among_the_logs_own_and_after_reopen() {
-    let dir = fast_tempdir();
-    for durability in [Durability::None, Durability::Group, Durability::Every] {
-        let path = dir.path().join(durability.to_string());
-        let mut log = PartitionLog::open(&path, small_options(durability)).unwrap();
-        let mut next = 0;
-        for (i, batch) in [1u64, 5, 17, 1, 64, 3, 200, 2, 90]
-            .repeat(4)
-            .into_iter()
-            .enumerate()
-        {
-            let receipt = if i % 2 == 0 {
-                append_expected_encoded(&mut log, next..next + batch)
-            } else {
-                append_expected(&mut log, next..next + batch)
-            };
-            assert_eq!((receipt.first_offset, receipt.next_offset), (next, next + batch));
-            log.wait_durable(receipt.next_offset).unwrap();
             next += batch;
         }
         assert!(
@@ -74,6 +44,22 @@ fn batches_made_by_a_client_read_back_identical_among_the_logs_own_and_after_reo
         assert_eq!(log.recovery().torn_tail, None);
         assert_eq!(assert_log_is_expected_prefix(&log), next);
     }
+}
+
+#[test]
+fn appended_records_read_back_identical_across_segments_and_reopen() {
+    appended_batches_read_back_identical(|_, log, offsets| append_expected(log, offsets));
+}
+
+#[test]
+fn batches_made_by_a_client_read_back_identical_among_the_logs_own_and_after_reopen() {
+    appended_batches_read_back_identical(|i, log, offsets| {
+        if i % 2 == 0 {
+            append_expected_encoded(log, offsets)
+        } else {
+            append_expected(log, offsets)
+        }
+    });
 }
 
 #[test]
