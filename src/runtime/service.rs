@@ -365,10 +365,17 @@ pub fn copy_batches<'a>(
     let body_start = out.len();
     let mut records = 0u64;
     let mut frames: Vec<RecordView<'a>> = Vec::new();
-    let full = |records: u64, out: &Vec<u8>| records >= max_records || out.len() - body_start >= max_bytes;
+    // What the format-1 records waiting to become one batch will take, at most.
+    let mut pending = 0usize;
+    let full = |records: u64, out: &Vec<u8>, pending: usize| {
+        records >= max_records || out.len() - body_start + pending >= max_bytes
+    };
     for unit in stored {
         match unit {
             Stored::Frame(view) => {
+                let headers: Vec<(&str, &[u8])> = view.headers().collect();
+                pending +=
+                    crate::runtime::bounds::stored_record_bytes(view.key(), view.value(), headers) as usize;
                 frames.push(view);
                 records += 1;
             }
@@ -376,14 +383,15 @@ pub fn copy_batches<'a>(
                 bytes, record_count, ..
             } => {
                 push_frames(writer, out, &mut frames);
-                if writer.count() > 0 && full(records, out) {
+                pending = 0;
+                if writer.count() > 0 && full(records, out, 0) {
                     return;
                 }
                 writer.push(out, bytes);
                 records += u64::from(record_count);
             }
         }
-        if full(records, out) {
+        if full(records, out, pending) {
             break;
         }
     }

@@ -108,12 +108,8 @@ impl CheckedBatch {
     }
 
     /// Bytes the batch takes in a segment, padding included.
-    pub fn len(&self) -> usize {
+    pub fn stored_bytes(&self) -> usize {
         self.bytes.len()
-    }
-
-    pub fn is_empty(&self) -> bool {
-        false
     }
 
     pub fn min_timestamp_ms(&self) -> i64 {

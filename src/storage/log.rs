@@ -318,7 +318,7 @@ impl PartitionLog {
             let bytes = stored_bytes_bound(view.key().map(<[u8]>::len), view.value().len(), headers);
             self.check_record(view.headers().len(), longest, bytes)?;
         }
-        let bytes = batch.len() as u64;
+        let bytes = batch.stored_bytes() as u64;
         self.write(bytes, |_, segment| {
             let header = *batch.header();
             let facts = (

@@ -758,6 +758,16 @@ fn fetches_of_batches_and_of_records_agree_on_old_and_new_segments() {
             by_batches.extend(b.records);
         }
         assert_eq!(by_batches, by_records, "partition {partition}");
+        // A byte limit holds for records of old segments too (made into one batch).
+        let mut request =
+            flowd::protocol::message::FetchRequest::new("events", partition, FetchFrom::Offset(0), 1000, 0);
+        request.max_bytes = 2000;
+        let mut seen = 0u64;
+        client.fetch_batches_each(&request, |_| seen += 1).unwrap();
+        assert!(
+            (1..50).contains(&seen),
+            "partition {partition}: {seen} records under a 2000-byte limit"
+        );
         if partition == 0 {
             assert!(by_records.len() >= 500 + 37 * 4, "{}", by_records.len());
             for (offset, record) in by_records.iter().take(500) {
