@@ -57,34 +57,73 @@ pub(crate) struct FrameScan {
     pub batches: u64,
 }
 
-/// Validates the batches of a segment, from the header on, until the first one that
-/// does not hold the next records, by the segment's format.
+/// One valid unit of a segment: a batch, or a format-1 frame.
+struct Unit {
+    bytes: usize,
+    records: u64,
+    min_timestamp_ms: i64,
+    max_timestamp_ms: i64,
+    /// Whether an atomic batch ends with it (always, for a batch).
+    ends_batch: bool,
+}
+
+/// Validates the units of a segment, from the header on, until the first one that does
+/// not hold the next records, by the segment's format.
 pub(crate) fn scan(bytes: &[u8], header: &SegmentHeader, index_interval_bytes: u32) -> FrameScan {
     if header.format_version == format::FORMAT_VERSION_FRAMES {
-        scan_frames(bytes, header.base_offset, index_interval_bytes)
+        scan_units(bytes, header.base_offset, index_interval_bytes, check_frame)
     } else {
-        scan_batches(bytes, header.base_offset, index_interval_bytes)
+        scan_units(bytes, header.base_offset, index_interval_bytes, check_batch)
     }
 }
 
-/// Validates the batches of a format-2 segment: length, CRC, offset and version of each,
-/// and its body's archive against its header.
-fn scan_batches(bytes: &[u8], base_offset: u64, index_interval_bytes: u32) -> FrameScan {
+/// A format-2 batch: length, CRC, offset and version, and its body's archive against its
+/// header.
+fn check_batch(bytes: &[u8], next_offset: u64) -> Result<Unit, FrameDefect> {
+    let header = format::check_batch(bytes, next_offset)?;
+    let facts = record::check_batch_body(header.body(bytes), &header).ok_or(FrameDefect::BadPayload)?;
+    Ok(Unit {
+        bytes: header.batch_bytes(),
+        records: u64::from(header.record_count),
+        min_timestamp_ms: facts.min_timestamp_ms,
+        max_timestamp_ms: header.max_timestamp_ms,
+        ends_batch: true,
+    })
+}
+
+/// A format-1 frame: length, CRC, offset and the payload archive.
+fn check_frame(bytes: &[u8], next_offset: u64) -> Result<Unit, FrameDefect> {
+    let header = format::check_frame(bytes, next_offset)?;
+    let payload = &bytes[FRAME_HEADER_BYTES..][..header.payload_len as usize];
+    if !record::validate_body(payload) {
+        return Err(FrameDefect::BadPayload);
+    }
+    Ok(Unit {
+        bytes: header.frame_bytes(),
+        records: 1,
+        min_timestamp_ms: header.timestamp_ms,
+        max_timestamp_ms: header.timestamp_ms,
+        ends_batch: header.is_batch_end(),
+    })
+}
+
+/// The valid prefix of a segment's units, kept up to the end of its last whole batch.
+fn scan_units(
+    bytes: &[u8],
+    base_offset: u64,
+    index_interval_bytes: u32,
+    check: fn(&[u8], u64) -> Result<Unit, FrameDefect>,
+) -> FrameScan {
     let mut index = SparseIndex::new(index_interval_bytes);
     let mut position = SEGMENT_HEADER_BYTES as usize;
     let mut next_offset = base_offset;
     let (mut max_ts, mut min_ts) = (i64::MIN, i64::MAX);
+    let mut units = 0;
+    let mut committed = (position, next_offset, max_ts, min_ts, units);
     let mut stop = None;
-    let mut batches = 0;
     while position < bytes.len() {
-        let batch = &bytes[position..];
-        let checked = format::check_batch(batch, next_offset).and_then(|header| {
-            record::check_batch_body(header.body(batch), &header)
-                .map(|facts| (header, facts))
-                .ok_or(FrameDefect::BadPayload)
-        });
-        let (header, facts) = match checked {
-            Ok(checked) => checked,
+        let unit = match check(&bytes[position..], next_offset) {
+            Ok(unit) => unit,
             Err(defect) => {
                 stop = Some(ScanStop {
                     position: position as u64,
@@ -95,65 +134,16 @@ fn scan_batches(bytes: &[u8], base_offset: u64, index_interval_bytes: u32) -> Fr
             }
         };
         index.observe(next_offset, position as u32, max_ts);
-        position += header.batch_bytes();
-        next_offset = header.next_offset();
-        max_ts = max_ts.max(header.max_timestamp_ms);
-        min_ts = min_ts.min(facts.min_timestamp_ms);
-        batches += 1;
-    }
-    FrameScan {
-        end: SyncPoint {
-            data_end: position as u64,
-            next_offset,
-            max_timestamp_ms: max_ts,
-        },
-        min_timestamp_ms: min_ts,
-        index,
-        incomplete_batch_frames: 0,
-        stop,
-        batches,
-    }
-}
-
-/// Validates the frames of a format-1 segment until the first one that is not the next
-/// record. Checks length, CRC, offset and the payload archive of each.
-fn scan_frames(bytes: &[u8], base_offset: u64, index_interval_bytes: u32) -> FrameScan {
-    let mut index = SparseIndex::new(index_interval_bytes);
-    let mut position = SEGMENT_HEADER_BYTES as usize;
-    let mut next_offset = base_offset;
-    let (mut max_ts, mut min_ts) = (i64::MIN, i64::MAX);
-    let mut committed = (position, next_offset, max_ts, min_ts);
-    let mut stop = None;
-    while position < bytes.len() {
-        let checked = format::check_frame(&bytes[position..], next_offset).and_then(|header| {
-            let payload = &bytes[position + FRAME_HEADER_BYTES..][..header.payload_len as usize];
-            if record::validate_body(payload) {
-                Ok(header)
-            } else {
-                Err(FrameDefect::BadPayload)
-            }
-        });
-        let header = match checked {
-            Ok(header) => header,
-            Err(defect) => {
-                stop = Some(ScanStop {
-                    position: position as u64,
-                    expected_offset: next_offset,
-                    defect,
-                });
-                break;
-            }
-        };
-        index.observe(next_offset, position as u32, max_ts);
-        position += header.frame_bytes();
-        next_offset += 1;
-        max_ts = max_ts.max(header.timestamp_ms);
-        min_ts = min_ts.min(header.timestamp_ms);
-        if header.is_batch_end() {
-            committed = (position, next_offset, max_ts, min_ts);
+        position += unit.bytes;
+        next_offset += unit.records;
+        max_ts = max_ts.max(unit.max_timestamp_ms);
+        min_ts = min_ts.min(unit.min_timestamp_ms);
+        units += 1;
+        if unit.ends_batch {
+            committed = (position, next_offset, max_ts, min_ts, units);
         }
     }
-    let (data_end, committed_next, max_timestamp_ms, min_timestamp_ms) = committed;
+    let (data_end, committed_next, max_timestamp_ms, min_timestamp_ms, batches) = committed;
     index.truncate_at(data_end as u32);
     FrameScan {
         end: SyncPoint {
@@ -165,7 +155,7 @@ fn scan_frames(bytes: &[u8], base_offset: u64, index_interval_bytes: u32) -> Fra
         index,
         incomplete_batch_frames: next_offset - committed_next,
         stop,
-        batches: committed_next - base_offset,
+        batches,
     }
 }
 
