@@ -245,7 +245,7 @@ impl Metrics {
             (
                 "flowd_fsyncs_total",
                 "fdatasync calls on segment files",
-                crate::storage::sync::FSYNCS.load(Ordering::Relaxed),
+                crate::storage::faults::FSYNCS.load(Ordering::Relaxed),
             ),
         ];
         for (name, help, value) in counters {

@@ -1,3 +1,6 @@
+//! Faults a test injects, and the one door every segment fdatasync goes through
+//! (`SyncFaults::sync_data`, which also counts them for `/metrics`).
+//!
 //! Fail points: named places where a test may make the process fail as a disk or a crash
 //! would, to prove what the engine does then. They exist only in builds with the
 //! `failpoints` feature, which the test suite turns on (Cargo.toml's dev-dependency on
@@ -14,6 +17,45 @@
 //! | `journal-txn-durable` | SIGKILL once the entry is durable, before any part is appended |
 //! | `journal-txn-part`    | SIGKILL once the first of several parts is appended (the others perhaps not yet) |
 //! | `journal-txn-parts`   | SIGKILL once every part is appended, before the `applied` entry |
+
+use std::io;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+/// A seam for tests: makes fdatasync fail as a failing disk would, after `n` successes.
+#[derive(Debug, Clone, Default)]
+pub struct SyncFaults {
+    successes_left: Option<Arc<AtomicU64>>,
+}
+
+impl SyncFaults {
+    /// Every fdatasync after the first `successes` fails with EIO.
+    pub fn fail_after(successes: u64) -> SyncFaults {
+        SyncFaults {
+            successes_left: Some(Arc::new(AtomicU64::new(successes))),
+        }
+    }
+
+    /// fdatasync `file` (named `path`), unless a fault is due.
+    pub(crate) fn sync_data(&self, file: &std::fs::File, path: &std::path::Path) -> io::Result<()> {
+        if let Some(left) = &self.successes_left {
+            let allowed = left
+                .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1))
+                .is_ok();
+            if !allowed {
+                return Err(io::Error::from_raw_os_error(libc::EIO));
+            }
+        }
+        if fdatasync_fails(path) {
+            return Err(io::Error::from_raw_os_error(libc::EIO));
+        }
+        FSYNCS.fetch_add(1, Ordering::Relaxed);
+        crate::storage::io::sync_data(file, path)
+    }
+}
+
+/// fdatasyncs of segment files by this process, for `/metrics`.
+pub static FSYNCS: AtomicU64 = AtomicU64::new(0);
 
 /// The names of the crash points of a consumer-journal transaction, in order.
 pub const JOURNAL_TXN_POINTS: [&str; 4] = [

@@ -12,6 +12,7 @@ use std::sync::Arc;
 
 use crate::storage::batch::CheckedBatch;
 use crate::storage::error::{Result, StorageError};
+use crate::storage::faults::SyncFaults;
 use crate::storage::format::{FORMAT_VERSION, SEGMENT_HEADER_BYTES};
 use crate::storage::io;
 use crate::storage::layout::{self, DirLock};
@@ -23,7 +24,7 @@ use crate::storage::record::{
 use crate::storage::recovery::{self, Role, ScanStop, Verdict};
 use crate::storage::retention::{self, RetentionPolicy, SegmentFacts};
 use crate::storage::segment::{Access, Segment};
-use crate::storage::sync::{Durability, Seal, SyncFaults, SyncTracker, Written};
+use crate::storage::sync::{Durability, Seal, SyncTracker, Written};
 use crate::storage::writer::{self, BatchWriter};
 
 /// Smallest segment size accepted; below it the header would dominate.

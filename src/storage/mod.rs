@@ -27,11 +27,12 @@ pub mod sync;
 pub(crate) mod writer;
 
 pub use error::StorageError;
+pub use faults::SyncFaults;
 pub use log::{
     AppendReceipt, LogOptions, PartitionLog, RecoveryReport, RetentionReport, SegmentInfo, TornTail,
     batch_bytes_max_for, record_bytes_max_for,
 };
-pub use reader::{Batches, Records, Stored};
-pub use record::{Header, Record, RecordView, header_bytes_bound, stored_bytes_bound};
+pub use reader::{Batches, Records};
+pub use record::{Header, Record, RecordView, Stored, header_bytes_bound, stored_bytes_bound};
 pub use retention::RetentionPolicy;
-pub use sync::{Durability, SyncFaults};
+pub use sync::Durability;

@@ -5,7 +5,7 @@
 //! segment was recovered or when this process wrote it, so the read path is pointer
 //! arithmetic.
 
-use crate::storage::record::RecordView;
+use crate::storage::record::{RecordView, Stored};
 use crate::storage::segment::{Cursor, Segment};
 
 pub struct Records<'a> {
@@ -48,33 +48,6 @@ impl<'a> Iterator for Records<'a> {
             }
             self.segment += 1;
             self.at = Cursor::START;
-        }
-    }
-}
-
-/// A unit of a range read by batches: a stored batch, as its bytes lie in the segment
-/// (it may begin before the range: a reader skips those records), or a record of a
-/// format-1 segment, which has no batches to hand out.
-#[derive(Debug, Clone, Copy)]
-pub enum Stored<'a> {
-    Batch {
-        bytes: &'a [u8],
-        base_offset: u64,
-        record_count: u32,
-    },
-    Frame(RecordView<'a>),
-}
-
-impl Stored<'_> {
-    /// The offset after its last record.
-    pub fn next_offset(&self) -> u64 {
-        match self {
-            Stored::Batch {
-                base_offset,
-                record_count,
-                ..
-            } => base_offset + u64::from(*record_count),
-            Stored::Frame(view) => view.offset() + 1,
         }
     }
 }

@@ -298,6 +298,33 @@ pub(crate) fn stored_timestamp(record: &ArchivedStoredRecord<'_>, first_ms: i64)
     }
 }
 
+/// A unit of a range read by batches: a stored batch, as its bytes lie in the segment
+/// (it may begin before the range: a reader skips those records), or a record of a
+/// format-1 segment, which has no batches to hand out.
+#[derive(Debug, Clone, Copy)]
+pub enum Stored<'a> {
+    Batch {
+        bytes: &'a [u8],
+        base_offset: u64,
+        record_count: u32,
+    },
+    Frame(RecordView<'a>),
+}
+
+impl Stored<'_> {
+    /// The offset after its last record.
+    pub fn next_offset(&self) -> u64 {
+        match self {
+            Stored::Batch {
+                base_offset,
+                record_count,
+                ..
+            } => base_offset + u64::from(*record_count),
+            Stored::Frame(view) => view.offset() + 1,
+        }
+    }
+}
+
 /// The archived part of a format-1 record frame. Its archive is `ArchivedRecordBody`;
 /// this build reads it, and builds one only in tests.
 #[derive(Archive, Serialize)]

@@ -22,8 +22,7 @@ use crate::storage::format::{
 use crate::storage::index::SparseIndex;
 use crate::storage::io;
 use crate::storage::layout;
-use crate::storage::reader::Stored;
-use crate::storage::record::{self, RecordView};
+use crate::storage::record::{self, RecordView, Stored};
 
 /// A place in a segment: the batch (or format-1 frame) at `position`, and the record
 /// `index` in it.
@@ -93,14 +92,14 @@ impl SegmentFile {
     }
 
     /// Makes the frames up to `point` durable (fdatasync) and records it in a marker slot.
-    pub fn sync(&self, point: SyncPoint, faults: &crate::storage::sync::SyncFaults) -> std::io::Result<()> {
+    pub fn sync(&self, point: SyncPoint, faults: &crate::storage::faults::SyncFaults) -> std::io::Result<()> {
         faults.sync_data(&self.file, &self.path)?;
         self.write_marker(point, false)
     }
 
     /// Closes the segment durably: syncs its frames, writes the seal marker, and syncs
     /// again, so that "every segment but the last is sealed" holds across a crash.
-    pub fn seal(&self, point: SyncPoint, faults: &crate::storage::sync::SyncFaults) -> std::io::Result<()> {
+    pub fn seal(&self, point: SyncPoint, faults: &crate::storage::faults::SyncFaults) -> std::io::Result<()> {
         faults.sync_data(&self.file, &self.path)?;
         self.write_marker(point, true)?;
         faults.sync_data(&self.file, &self.path)
@@ -484,7 +483,7 @@ impl Segment {
     }
 
     /// Makes everything written durable (fdatasync) and records it in a marker slot.
-    pub fn sync(&self, faults: &crate::storage::sync::SyncFaults) -> std::io::Result<()> {
+    pub fn sync(&self, faults: &crate::storage::faults::SyncFaults) -> std::io::Result<()> {
         self.file.sync(self.sync_point(), faults)
     }
 
@@ -507,7 +506,7 @@ pub(crate) enum Access {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::storage::sync::SyncFaults;
+    use crate::storage::faults::SyncFaults;
     use std::os::unix::fs::FileExt;
 
     /// The newest marker slot on disk.

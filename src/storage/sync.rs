@@ -20,12 +20,13 @@
 //! Nothing more is acked and every later append fails; a restart recovers from the disk.
 
 use std::collections::VecDeque;
+use std::fmt;
 use std::str::FromStr;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::thread::JoinHandle;
-use std::{fmt, io};
 
+use crate::storage::faults::SyncFaults;
 use crate::storage::segment::{SegmentFile, SyncPoint};
 
 /// When an append is acknowledged.
@@ -64,41 +65,6 @@ impl fmt::Display for Durability {
         })
     }
 }
-
-/// A seam for tests: makes fdatasync fail as a failing disk would, after `n` successes.
-#[derive(Debug, Clone, Default)]
-pub struct SyncFaults {
-    successes_left: Option<Arc<AtomicU64>>,
-}
-
-impl SyncFaults {
-    /// Every fdatasync after the first `successes` fails with EIO.
-    pub fn fail_after(successes: u64) -> SyncFaults {
-        SyncFaults {
-            successes_left: Some(Arc::new(AtomicU64::new(successes))),
-        }
-    }
-
-    /// fdatasync `file` (named `path`), unless a fault is due.
-    pub(crate) fn sync_data(&self, file: &std::fs::File, path: &std::path::Path) -> io::Result<()> {
-        if let Some(left) = &self.successes_left {
-            let allowed = left
-                .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1))
-                .is_ok();
-            if !allowed {
-                return Err(io::Error::from_raw_os_error(libc::EIO));
-            }
-        }
-        if crate::storage::faults::fdatasync_fails(path) {
-            return Err(io::Error::from_raw_os_error(libc::EIO));
-        }
-        FSYNCS.fetch_add(1, Ordering::Relaxed);
-        crate::storage::io::sync_data(file, path)
-    }
-}
-
-/// fdatasyncs of segment files by this process, for `/metrics`.
-pub static FSYNCS: AtomicU64 = AtomicU64::new(0);
 
 /// What the writer has put in the page cache and wants made durable.
 #[derive(Clone)]
