@@ -41,6 +41,9 @@ pub enum ClientError {
     Server { code: ErrorCode, message: String },
     #[error("the server sent a response this client cannot read: {0}")]
     Protocol(String),
+    /// A call this client refuses before sending anything.
+    #[error("{0}")]
+    Refused(String),
 }
 
 pub type Result<T, E = ClientError> = std::result::Result<T, E>;
@@ -168,6 +171,11 @@ impl Client {
         partition: Option<u32>,
         records: &[OwnedWireRecord],
     ) -> Result<u64> {
+        if records.is_empty() {
+            return Err(ClientError::Refused(
+                "a batch holds at least one record: nothing to send".into(),
+            ));
+        }
         let now = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
             .map_or(0, |d| d.as_millis() as i64);

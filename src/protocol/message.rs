@@ -331,7 +331,7 @@ pub fn encode_produce(
     finish_frame(out, start);
 }
 
-/// A PRODUCE_BATCH of `records` for one partition of `topic` (`None`: the server picks,
+/// A PRODUCE_BATCH of `records` (non-empty) for one partition of `topic` (`None`: the server picks,
 /// for records without keys), encoded as the batch the log stores. Records without a
 /// timestamp get the server's when none has one; when only some lack one, they get the
 /// client's clock (`now_ms`).

@@ -690,6 +690,9 @@ fn a_batch_sent_as_the_log_stores_it_reads_back_exactly_and_a_bad_one_gets_a_cle
     );
     refused("nope", Some(0), &plain, ErrorCode::UnknownTopic, "nope");
     refused("events", Some(9), &plain, ErrorCode::UnknownPartition, "9");
+    assert!(
+        matches!(client.produce_batch("events", None, &[]), Err(ClientError::Refused(m)) if m.contains("at least one record"))
+    );
 
     // A batch damaged on the way (one byte of a value) fails its CRC, and nothing of it
     // is written; the connection goes on.
