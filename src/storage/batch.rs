@@ -80,7 +80,11 @@ impl CheckedBatch {
         aligned.extend_from_slice(&bytes[..len]);
         aligned.resize(align_frame(len), 0);
         let header = format::check_batch(&aligned, claimed.base_offset).map_err(|defect| match defect {
-            FrameDefect::BadCrc => BatchError("it fails its CRC check (damaged on the way, or its CRC was not computed over bytes 4..batch_len)".into()),
+            FrameDefect::BadCrc => BatchError(
+                "it fails a CRC check (damaged on the way, or its CRCs were not computed as format 2 says: \
+                 the body's over bytes 48..batch_len into bytes 44..48, then the header's over bytes 4..48)"
+                    .into(),
+            ),
             other => BatchError(other.to_string()),
         })?;
         if header.flags & BATCH_FLAG_SERVER_TIME != 0
