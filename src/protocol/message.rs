@@ -6,7 +6,7 @@ use crate::protocol::consumer::{
 };
 use crate::protocol::error::{ErrorCode, ProtocolError};
 use crate::protocol::frame::{FrameHeader, Kind, begin_frame, finish_frame};
-use crate::protocol::records::{ANY_PARTITION, Run, decode_items, decode_runs, encode_runs};
+use crate::protocol::records::{ANY_PARTITION, RecordsWriter, Run, decode_items, decode_runs, encode_runs};
 use crate::protocol::wire::{
     Cursor, END_MARKER_HEADER, OwnedWireRecord, WireRecord, encode_record, put_bytes, put_str, put_u16,
     put_u32, put_u64,
@@ -422,49 +422,20 @@ pub fn for_each_batched_record(
     Ok((start_offset, next_offset))
 }
 
-/// A BATCHES frame being written: the partition's ends and the first offset wanted, then
-/// stored batches pushed as they are.
-pub struct BatchesWriter {
-    start: usize,
-    count_at: usize,
-    count: u32,
-}
-
-impl BatchesWriter {
-    pub fn begin(
-        out: &mut Vec<u8>,
-        request_id: u64,
-        start_offset: u64,
-        next_offset: u64,
-        from: u64,
-    ) -> BatchesWriter {
-        let start = begin_frame(out, Kind::Batches, request_id);
-        put_u64(out, start_offset);
-        put_u64(out, next_offset);
-        put_u64(out, from);
-        let count_at = out.len();
-        put_u32(out, 0);
-        BatchesWriter {
-            start,
-            count_at,
-            count: 0,
-        }
-    }
-
-    /// One batch, its bytes as stored.
-    pub fn push(&mut self, out: &mut Vec<u8>, batch: &[u8]) {
-        put_bytes(out, batch);
-        self.count += 1;
-    }
-
-    pub fn count(&self) -> u32 {
-        self.count
-    }
-
-    pub fn finish(self, out: &mut [u8]) {
-        out[self.count_at..self.count_at + 4].copy_from_slice(&self.count.to_le_bytes());
-        finish_frame(out, self.start);
-    }
+/// Starts a BATCHES frame: the partition's ends and the first offset wanted; stored
+/// batches follow, each pushed as it is (`RecordsWriter::push_bytes`).
+pub fn begin_batches(
+    out: &mut Vec<u8>,
+    request_id: u64,
+    start_offset: u64,
+    next_offset: u64,
+    from: u64,
+) -> RecordsWriter {
+    let mut fields = Vec::with_capacity(24);
+    put_u64(&mut fields, start_offset);
+    put_u64(&mut fields, next_offset);
+    put_u64(&mut fields, from);
+    RecordsWriter::begin(out, Kind::Batches, request_id, &fields)
 }
 
 pub fn encode_produced(out: &mut Vec<u8>, request_id: u64, groups: &[Vec<Run>]) {

@@ -4,7 +4,7 @@
 
 use crate::protocol::error::ProtocolError;
 use crate::protocol::frame::{Kind, begin_frame, finish_frame};
-use crate::protocol::wire::{Cursor, OwnedWireRecord, encode_record, put_u16, put_u32, put_u64};
+use crate::protocol::wire::{Cursor, OwnedWireRecord, encode_record, put_bytes, put_u16, put_u32, put_u64};
 
 /// Partition value meaning "the server picks".
 pub const ANY_PARTITION: u32 = u32::MAX;
@@ -121,7 +121,13 @@ impl RecordsWriter {
         self.count += 1;
     }
 
-    /// Records pushed so far.
+    /// One item as length-prefixed bytes: a stored batch, as it is (BATCHES).
+    pub fn push_bytes(&mut self, out: &mut Vec<u8>, bytes: &[u8]) {
+        put_bytes(out, bytes);
+        self.count += 1;
+    }
+
+    /// Items pushed so far.
     pub fn count(&self) -> u32 {
         self.count
     }

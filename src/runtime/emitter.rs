@@ -308,11 +308,7 @@ impl Emitter {
             Payload::Owned(records),
             Ack::Generation(Arc::clone(&self.generation)),
         );
-        self.mesh
-            .sender(self.topic, q)
-            .send_async(batch)
-            .await
-            .map_err(|_| Closed)
+        self.mesh.send(self.topic, batch).await.map_err(|_| Closed)
     }
 
     /// Starts a new generation and returns the old one, whose batches the caller waits

@@ -180,6 +180,16 @@ impl Mesh {
         let shards = self.inboxes[topic].len();
         std::borrow::Cow::Borrowed(&self.inboxes[topic][crate::runtime::placement::owner(partition, shards)])
     }
+
+    /// Sends `batch` to the owner of its partition of `topic`, waiting while that inbox
+    /// is full; an error only once the engine is stopping (the inbox is gone).
+    pub async fn send(&self, topic: usize, batch: Batch) -> Result<(), crate::runtime::error::EngineError> {
+        let partition = batch.partition;
+        self.sender(topic, partition)
+            .send_async(batch)
+            .await
+            .map_err(|_| crate::runtime::error::EngineError::Stopping)
+    }
 }
 
 /// A fresh mesh, and per shard the receivers it serves: `(topic, receiver)`.

@@ -171,15 +171,7 @@ pub async fn run(shard: Rc<Shard>, task: StageTask) -> Result<()> {
             }
         }
         for (topic, batch) in copies {
-            let partition = batch.partition;
-            if shard
-                .shared
-                .mesh
-                .sender(topic, partition)
-                .send_async(batch)
-                .await
-                .is_err()
-            {
+            if shard.shared.mesh.send(topic, batch).await.is_err() {
                 break;
             }
         }

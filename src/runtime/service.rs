@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 use serde::Serialize;
 
 use crate::protocol::FetchFrom;
-use crate::protocol::message::BatchesWriter;
+use crate::protocol::message::begin_batches;
 use crate::protocol::records::RecordsWriter;
 use crate::protocol::status::{ConsumerStatus, PartitionStatus};
 use crate::runtime::consumers::{self, OpResult, PartitionOp};
@@ -316,7 +316,7 @@ pub async fn fetch_local(shard: &Shard, order: &FetchOrder) -> FetchAnswer {
     let log = partition.log.borrow();
     let mut out = Vec::new();
     if order.batches {
-        let mut writer = BatchesWriter::begin(
+        let mut writer = begin_batches(
             &mut out,
             order.request_id,
             log.start_offset(),
@@ -354,7 +354,7 @@ pub async fn fetch_local(shard: &Shard, order: &FetchOrder) -> FetchAnswer {
 /// batch, converted once), until they hold `max_records` or take `max_bytes` (each
 /// clamped to the fetch limits; at least one batch goes, whole).
 pub fn copy_batches<'a>(
-    writer: &mut BatchesWriter,
+    writer: &mut RecordsWriter,
     out: &mut Vec<u8>,
     stored: impl IntoIterator<Item = Stored<'a>>,
     max_records: u32,
@@ -387,7 +387,7 @@ pub fn copy_batches<'a>(
                 if writer.count() > 0 && full(records, out, 0) {
                     return;
                 }
-                writer.push(out, bytes);
+                writer.push_bytes(out, bytes);
                 records += u64::from(record_count);
             }
         }
@@ -399,7 +399,7 @@ pub fn copy_batches<'a>(
 }
 
 /// Format-1 records, as one batch of format 2.
-fn push_frames(writer: &mut BatchesWriter, out: &mut Vec<u8>, frames: &mut Vec<RecordView<'_>>) {
+fn push_frames(writer: &mut RecordsWriter, out: &mut Vec<u8>, frames: &mut Vec<RecordView<'_>>) {
     if frames.is_empty() {
         return;
     }
@@ -419,7 +419,7 @@ fn push_frames(writer: &mut BatchesWriter, out: &mut Vec<u8>, frames: &mut Vec<R
         .collect();
     let mut batch = Vec::new();
     encode_batch(&records, frames[0].offset(), false, &mut batch);
-    writer.push(out, &batch);
+    writer.push_bytes(out, &batch);
     frames.clear();
 }
 

@@ -182,12 +182,7 @@ pub(super) async fn commit(
             },
             Ack::Client(tx.clone(), i),
         );
-        shared
-            .mesh
-            .sender(part.topic, part.partition)
-            .send_async(batch)
-            .await
-            .map_err(|_| EngineError::Stopping)?;
+        shared.mesh.send(part.topic, batch).await?;
     }
     let mut ends = vec![(0, 0); count];
     for k in 0..count {

@@ -80,12 +80,7 @@ pub async fn job(
     let (ack_tx, ack_rx) = flume::bounded(1);
     let batch = job_batch(partition, key, value, headers, &address, Ack::Client(ack_tx, 0));
     shared.metrics.jobs.add(1);
-    shared
-        .mesh
-        .sender(spec.topic, partition)
-        .send_async(batch)
-        .await
-        .map_err(|_| ProtocolError::from(EngineError::Stopping))?;
+    shared.mesh.send(spec.topic, batch).await?;
     let outcome = within(timeout, async {
         ack_rx
             .recv_async()

@@ -228,12 +228,7 @@ pub async fn produce_batch(
     let (tx, rx) = flume::bounded(1);
     let shared = &shard.shared;
     let sent = Batch::new(partition, Payload::Batch(Box::new(batch)), Ack::Client(tx, 0));
-    shared
-        .mesh
-        .sender(topic, partition)
-        .send_async(sent)
-        .await
-        .map_err(|_| ProtocolError::from(EngineError::Stopping))?;
+    shared.mesh.send(topic, sent).await?;
     shared.metrics.produce_requests.add(1);
     shared.metrics.records_in.add(u64::from(count));
     shared.metrics.bytes_in.add(bytes_in);
@@ -272,12 +267,7 @@ pub async fn produce(
             },
             Ack::Client(tx.clone(), number),
         );
-        shared
-            .mesh
-            .sender(part.topic, part.partition)
-            .send_async(batch)
-            .await
-            .map_err(|_| ProtocolError::from(EngineError::Stopping))?;
+        shared.mesh.send(part.topic, batch).await?;
     }
     shared.metrics.produce_requests.add(1);
     shared.metrics.records_in.add(records_in);
