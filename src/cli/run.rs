@@ -72,7 +72,8 @@ pub fn run(args: RunArgs) -> Result<ExitCode, CliError> {
                 )));
             }
             let cores = runtime::core_count(spec.engine.cores)?;
-            let cluster = Cluster::start(options, cores).map_err(runtime::RuntimeError::from)?;
+            let cluster =
+                Cluster::start(options, cores, &spec.engine.data_dir).map_err(runtime::RuntimeError::from)?;
             println!("listening peers {}", cluster.me.addr);
             Some(std::sync::Arc::new(cluster))
         }

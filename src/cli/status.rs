@@ -54,6 +54,21 @@ pub fn run(from: &str, json: bool) -> Result<ExitCode, CliError> {
                 peer.addr, peer.state, peer.cores, seen, peer.partitions
             )?;
         }
+        if let Some(group) = &status.metadata_group {
+            writeln!(
+                out,
+                "metadata group: {} in term {}, leader {}, voters {}{}",
+                group.role,
+                group.term,
+                group.leader.as_deref().unwrap_or("(none known)"),
+                group.voters.join(" "),
+                if group.learners.is_empty() {
+                    String::new()
+                } else {
+                    format!(", learners {}", group.learners.join(" "))
+                }
+            )?;
+        }
         writeln!(out)?;
     }
     writeln!(

@@ -16,6 +16,7 @@
 //! CLAIMED  body = (agreed:u8 end:u64){count}    one per CLAIM entry, in order
 //! COPY     body = topic:str8 partition:u32 from:u64
 //! COPIED   body = first:u64 count:u32 records  (client record encoding, timestamps set)
+//! RAFT RAFT_REPLY                             the metadata group's messages (consensus/network.rs)
 //! ERROR    body = code:u16 message:str16
 //! str8 = len:u8 utf8, str16 = len:u16 utf8
 //! ```
@@ -45,6 +46,8 @@ pub enum Kind {
     Claimed = 0x16,
     Copy = 0x17,
     Copied = 0x18,
+    Raft = 0x20,
+    RaftReply = 0x21,
     Error = 0x1f,
 }
 
@@ -62,6 +65,8 @@ impl Kind {
             0x16 => Kind::Claimed,
             0x17 => Kind::Copy,
             0x18 => Kind::Copied,
+            0x20 => Kind::Raft,
+            0x21 => Kind::RaftReply,
             0x1f => Kind::Error,
             _ => return None,
         })

@@ -7,6 +7,7 @@
 //! protocol), `handover` (the bodies of the messages that move partitions) and
 //! `transport` (listener, gossip in and out).
 
+pub mod consensus;
 pub mod data;
 pub mod error;
 pub mod frame;
@@ -18,10 +19,12 @@ pub mod transport;
 pub mod view;
 
 use std::net::{SocketAddr, TcpListener};
+use std::path::Path;
 use std::sync::atomic::AtomicUsize;
 use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
+pub use consensus::Consensus;
 pub use error::ClusterError;
 pub use identity::PeerId;
 use membership::{Input, Membership};
@@ -47,6 +50,8 @@ pub struct Cluster {
     /// from the cluster (or gave up waiting), so it never writes beside a live owner.
     pub seeded: bool,
     pub view: Arc<ViewCell>,
+    /// This peer's member of the metadata group (who leads each replicated partition).
+    pub consensus: Arc<Consensus>,
     /// Set once the engine serves forwarded records and fetches.
     pub data: DataSlot,
     inputs: flume::Sender<Input>,
@@ -56,7 +61,8 @@ pub struct Cluster {
 impl Cluster {
     /// Binds the peer listener and starts gossiping; returns at once, before any peer
     /// answered (the view fills in as they do).
-    pub fn start(options: &ClusterOptions, cores: usize) -> Result<Cluster, ClusterError> {
+    /// The group's state lives in `data_dir/cluster/raft`.
+    pub fn start(options: &ClusterOptions, cores: usize, data_dir: &Path) -> Result<Cluster, ClusterError> {
         let listener = TcpListener::bind(options.listen).map_err(|source| ClusterError::Listen {
             addr: options.listen,
             source,
@@ -70,6 +76,14 @@ impl Cluster {
         let (inputs, inputs_rx) = flume::bounded(transport::GOSSIP_QUEUE);
         let (outgoing, outgoing_rx) = flume::bounded(transport::GOSSIP_QUEUE);
         let data: DataSlot = Arc::new(OnceLock::new());
+        let founder = options.seeds.iter().all(|s| *s == addr);
+        let consensus = Arc::new(Consensus::start(
+            &data_dir.join("cluster").join("raft"),
+            &options.cluster_id,
+            addr,
+            founder,
+        )?);
+        consensus.keep_members(Arc::clone(&view));
         let membership = Membership::new(me, options.seeds.clone(), outgoing.clone(), Arc::clone(&view));
         spawn("membership", move || membership.run(inputs_rx))?;
         let cluster = options.cluster_id.clone();
@@ -81,6 +95,7 @@ impl Cluster {
             gossip: inputs.clone(),
             view: Arc::clone(&view),
             data: Arc::clone(&data),
+            consensus: Arc::clone(&consensus),
             open: Arc::new(AtomicUsize::new(0)),
         });
         spawn("peer-listen", move || serving.run(listener))?;
@@ -89,6 +104,7 @@ impl Cluster {
             cluster_id: options.cluster_id.clone(),
             seeded: options.seeds.iter().any(|s| *s != addr),
             view,
+            consensus,
             data,
             inputs,
             outgoing,

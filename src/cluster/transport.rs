@@ -28,6 +28,8 @@ const IDLE_TIMEOUT: Duration = Duration::from_secs(60);
 pub enum Purpose {
     Gossip = 1,
     Data = 2,
+    /// The metadata group's messages (`consensus::network`).
+    Raft = 3,
 }
 
 /// Serves a data connection (forwarded records, fetches) once the engine runs.
@@ -82,6 +84,7 @@ pub struct Listener {
     pub gossip: flume::Sender<Input>,
     pub view: Arc<ViewCell>,
     pub data: DataSlot,
+    pub consensus: Arc<crate::cluster::Consensus>,
     pub open: Arc<AtomicUsize>,
 }
 
@@ -133,6 +136,22 @@ impl Listener {
             return Err(error);
         }
         self.view.heard_from(from);
+        if purpose == Purpose::Raft as u8 {
+            while let Some(frame) = frame::read(&mut stream)? {
+                if frame.kind != Kind::Raft {
+                    return Err(ClusterError::Frame(format!(
+                        "a {:?} frame on a consensus connection",
+                        frame.kind
+                    )));
+                }
+                let reply = match self.consensus.answer(&frame.body) {
+                    Ok(body) => frame::framed(Kind::RaftReply, frame.request, &body),
+                    Err(message) => frame::error(frame.request, 0, &message),
+                };
+                stream.write_all(&reply)?;
+            }
+            return Ok(());
+        }
         if purpose == Purpose::Data as u8 {
             // The engine plugs in moments after gossip starts: a peer that connects in
             // between waits for it rather than see its batches dropped.

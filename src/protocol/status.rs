@@ -23,6 +23,23 @@ pub struct Status {
     /// In a cluster: every peer this one knows, itself first. Empty on one machine.
     #[serde(default)]
     pub peers: Vec<PeerStatus>,
+    /// In a cluster: the metadata group (consensus) as this peer sees it.
+    #[serde(default)]
+    pub metadata_group: Option<GroupStatus>,
+}
+
+/// The cluster's metadata group (Raft) as one peer sees it.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct GroupStatus {
+    /// leader, follower, candidate or learner.
+    pub role: String,
+    pub term: u64,
+    /// The group leader's peer address, if known.
+    pub leader: Option<String>,
+    pub voters: Vec<String>,
+    pub learners: Vec<String>,
+    /// The index of the last entry applied on this peer.
+    pub applied: u64,
 }
 
 /// One peer as the peer asked sees it.

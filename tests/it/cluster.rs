@@ -18,7 +18,7 @@ use crate::support::{pace, wait_until};
 /// CI while the churn test ran beside it).
 static ONE_AT_A_TIME: std::sync::Mutex<()> = std::sync::Mutex::new(());
 
-fn one_at_a_time() -> std::sync::MutexGuard<'static, ()> {
+pub(crate) fn one_at_a_time() -> std::sync::MutexGuard<'static, ()> {
     ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner())
 }
 
@@ -32,7 +32,7 @@ fn start(dir: &Path, name: &str, extra: &[&str]) -> Server {
 }
 
 /// `file` on free loopback ports, its data in `dir/name`, with `extra` flags.
-fn start_file(file: &Path, dir: &Path, name: &str, extra: &[&str]) -> Server {
+pub(crate) fn start_file(file: &Path, dir: &Path, name: &str, extra: &[&str]) -> Server {
     let data = dir.join(name).display().to_string();
     let mut args = vec![
         "--data-dir",
@@ -47,7 +47,7 @@ fn start_file(file: &Path, dir: &Path, name: &str, extra: &[&str]) -> Server {
 }
 
 /// A peer of the example's cluster, its data in `dir/name`, listening for peers on `at`.
-fn peer(dir: &Path, name: &str, at: &str, seed: Option<&str>) -> Server {
+pub(crate) fn peer(dir: &Path, name: &str, at: &str, seed: Option<&str>) -> Server {
     let mut extra = vec!["--peer-listen", at];
     if let Some(seed) = seed {
         extra.extend(["--seeds", seed]);
@@ -55,7 +55,7 @@ fn peer(dir: &Path, name: &str, at: &str, seed: Option<&str>) -> Server {
     start(dir, name, &extra)
 }
 
-fn status(server: &Server) -> Value {
+pub(crate) fn status(server: &Server) -> Value {
     let (code, out, err) = run_cli(&["status", "--from", &server.tcp, "--json"], "");
     assert_eq!(code, 0, "{err}");
     serde_json::from_str(&out).unwrap()
@@ -85,7 +85,7 @@ fn all_alive(server: &Server, addrs: &[&str]) -> bool {
 }
 
 /// Three peers, each given only the first as seed, all alive in every peer's list.
-fn three_peers(dir: &Path) -> Vec<Server> {
+pub(crate) fn three_peers(dir: &Path) -> Vec<Server> {
     let first = peer(dir, "p1", "127.0.0.1:0", None);
     let seed = first.peer.clone().unwrap();
     let second = peer(dir, "p2", "127.0.0.1:0", Some(&seed));
@@ -152,7 +152,7 @@ fn peers_find_each_other_drop_a_killed_one_and_take_it_back() {
 }
 
 /// `(partition, key, value)` of every record of `topic`, read through `server`.
-fn tail(server: &Server, topic: &str) -> Vec<(u64, String, String)> {
+pub(crate) fn tail(server: &Server, topic: &str) -> Vec<(u64, String, String)> {
     let (code, out, err) = run_cli(&["tail", "--from", &server.tcp, topic, "--json"], "");
     assert_eq!(code, 0, "{err}");
     out.lines()
@@ -282,7 +282,7 @@ fn a_word_count_on_two_peers_counts_what_it_counts_on_one() {
 
 /// A dataflow of one topic and nothing else, written into `dir`; small segments, so
 /// that many peers fit on a disk and copies cross segments.
-fn events_dataflow(dir: &Path) -> PathBuf {
+pub(crate) fn events_dataflow(dir: &Path) -> PathBuf {
     let file = dir.join("events.toml");
     std::fs::write(
         &file,
@@ -293,7 +293,7 @@ fn events_dataflow(dir: &Path) -> PathBuf {
     file
 }
 
-fn events_peer(dir: &Path, name: &str, seed: Option<&str>) -> Server {
+pub(crate) fn events_peer(dir: &Path, name: &str, seed: Option<&str>) -> Server {
     let mut extra = vec!["--peer-listen", "127.0.0.1:0"];
     if let Some(seed) = seed {
         extra.extend(["--seeds", seed]);
@@ -329,7 +329,7 @@ fn wait_settled(servers: &[&Server], partitions: usize) {
 }
 
 /// How many partitions `server` serves now.
-fn serving(server: &Server) -> usize {
+pub(crate) fn serving(server: &Server) -> usize {
     status(server)["topics"]
         .as_array()
         .unwrap()
@@ -341,7 +341,7 @@ fn serving(server: &Server) -> usize {
 
 /// Waits until every one of `servers` lists exactly them as alive (peers that left may
 /// still be listed as down).
-fn wait_all_alive(servers: &[&Server]) {
+pub(crate) fn wait_all_alive(servers: &[&Server]) {
     let addrs: BTreeSet<String> = servers.iter().map(|s| s.peer.clone().unwrap()).collect();
     for s in servers {
         wait_until("every peer lists the others", Duration::from_secs(20), || {
@@ -359,7 +359,7 @@ fn wait_all_alive(servers: &[&Server]) {
 /// `events` through `tcp`, one every `pause`, until `stop`; counts the acked records in
 /// `progress`. Returns the values acked and why each failed batch failed (a failure that
 /// is not the server's answer, a lost connection, ends the test).
-fn keyed_producer(
+pub(crate) fn keyed_producer(
     tcp: &str,
     stop: &std::sync::Arc<std::sync::atomic::AtomicBool>,
     progress: &std::sync::Arc<std::sync::atomic::AtomicU64>,

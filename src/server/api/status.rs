@@ -5,7 +5,7 @@ use std::rc::Rc;
 use std::time::{Duration, Instant};
 
 use crate::protocol::message::Metadata;
-use crate::protocol::status::{PeerStatus, Quantiles, Status, TopicStatus};
+use crate::protocol::status::{GroupStatus, PeerStatus, Quantiles, Status, TopicStatus};
 use crate::runtime::cluster::peers::Peers;
 use crate::runtime::service::{self, ShardRequest, ShardStatus};
 use crate::runtime::shard::Shard;
@@ -98,6 +98,18 @@ pub async fn status(shard: &Rc<Shard>, started: Instant, listeners: &[String], r
             max: h.max(),
         },
         peers: shared.peers.as_deref().map(peer_statuses).unwrap_or_default(),
+        metadata_group: shared.peers.as_deref().map(|peers| {
+            let group = peers.cluster.consensus.status();
+            let names = |list: Vec<std::net::SocketAddr>| list.iter().map(|a| a.to_string()).collect();
+            GroupStatus {
+                role: group.role.to_string(),
+                term: group.term,
+                leader: group.leader.map(|a| a.to_string()),
+                voters: names(group.voters),
+                learners: names(group.learners),
+                applied: group.applied,
+            }
+        }),
     }
 }
 

@@ -1,0 +1,167 @@
+//! What the consensus group agrees on: the cluster's metadata (each replicated
+//! partition's replica set, leader and leader epoch) and the commands that change it.
+//! Pure: `Metadata::apply` is the whole state machine, the same on every peer.
+
+use std::collections::BTreeMap;
+use std::io::Cursor;
+use std::net::SocketAddr;
+
+use serde::{Deserialize, Serialize};
+
+openraft::declare_raft_types!(
+    /// The types of flowd's metadata group.
+    pub TypeConfig:
+        D = Command,
+        R = Outcome,
+        NodeId = u64,
+        Node = openraft::BasicNode,
+        Entry = openraft::Entry<TypeConfig>,
+        SnapshotData = Cursor<Vec<u8>>,
+        AsyncRuntime = openraft::TokioRuntime,
+);
+
+pub type Raft = openraft::Raft<TypeConfig>;
+pub type LogId = openraft::LogId<u64>;
+pub type Vote = openraft::Vote<u64>;
+pub type Entry = openraft::Entry<TypeConfig>;
+pub type StoredMembership = openraft::StoredMembership<u64, openraft::BasicNode>;
+pub type SnapshotMeta = openraft::SnapshotMeta<u64, openraft::BasicNode>;
+pub type StorageError = openraft::StorageError<u64>;
+
+/// A peer's node id in the group: its peer address, packed (IPv4: address and port
+/// exactly; IPv6: a hash of both). A peer is the same voter across restarts as long as
+/// it keeps its peer address.
+pub fn node_id(addr: SocketAddr) -> u64 {
+    match addr {
+        SocketAddr::V4(v4) => (u64::from(u32::from(*v4.ip())) << 16) | u64::from(v4.port()),
+        SocketAddr::V6(v6) => {
+            let mut bytes = v6.ip().octets().to_vec();
+            bytes.extend_from_slice(&v6.port().to_le_bytes());
+            // Above every IPv4 id: the two kinds never meet.
+            (1 << 48) | u64::from(crc32c::crc32c(&bytes)) << 16 | u64::from(v6.port())
+        }
+    }
+}
+
+/// One replicated partition as the group decided it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Assignment {
+    /// The peers holding a replica, by peer address; the leader is one of them.
+    pub replicas: Vec<SocketAddr>,
+    pub leader: SocketAddr,
+    /// Raised at every change of leader: a batch written under an older epoch is never
+    /// acked once a newer one exists (the replicas that chose the newer one refuse it).
+    pub epoch: u32,
+}
+
+/// A change to the metadata, proposed by the group's leader.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Command {
+    /// Sets a partition's assignment if its epoch is still `expect_epoch` (0: it has
+    /// none yet) and the new one is higher: a decision made on a stale view of the
+    /// metadata is refused rather than applied.
+    Assign {
+        topic: String,
+        partition: u32,
+        expect_epoch: u32,
+        assignment: Assignment,
+    },
+}
+
+/// What applying a command did.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Outcome {
+    /// Not a command (a membership change or a blank entry).
+    None,
+    Applied,
+    /// Refused: the partition's epoch was `current` by then.
+    Stale {
+        current: u32,
+    },
+}
+
+/// The metadata every peer holds a copy of, applied in log order.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Metadata {
+    /// `topic -> partition -> assignment`.
+    pub partitions: BTreeMap<String, BTreeMap<u32, Assignment>>,
+}
+
+impl Metadata {
+    pub fn assignment(&self, topic: &str, partition: u32) -> Option<&Assignment> {
+        self.partitions.get(topic)?.get(&partition)
+    }
+
+    pub fn apply(&mut self, command: &Command) -> Outcome {
+        match command {
+            Command::Assign {
+                topic,
+                partition,
+                expect_epoch,
+                assignment,
+            } => {
+                let current = self.assignment(topic, *partition).map_or(0, |a| a.epoch);
+                if current != *expect_epoch
+                    || assignment.epoch <= current
+                    || !assignment.replicas.contains(&assignment.leader)
+                {
+                    return Outcome::Stale { current };
+                }
+                self.partitions
+                    .entry(topic.clone())
+                    .or_default()
+                    .insert(*partition, assignment.clone());
+                Outcome::Applied
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn addr(port: u16) -> SocketAddr {
+        SocketAddr::from(([127, 0, 0, 1], port))
+    }
+
+    fn assign(expect_epoch: u32, epoch: u32, leader: u16) -> Command {
+        Command::Assign {
+            topic: "t".into(),
+            partition: 3,
+            expect_epoch,
+            assignment: Assignment {
+                replicas: vec![addr(1), addr(2), addr(3)],
+                leader: addr(leader),
+                epoch,
+            },
+        }
+    }
+
+    #[test]
+    fn an_assignment_applies_only_over_the_epoch_it_was_decided_on() {
+        let mut m = Metadata::default();
+        assert_eq!(m.apply(&assign(0, 1, 1)), Outcome::Applied);
+        // Decided on a view that did not see epoch 1 yet.
+        assert_eq!(m.apply(&assign(0, 2, 2)), Outcome::Stale { current: 1 });
+        // Not higher than what it replaces.
+        assert_eq!(m.apply(&assign(1, 1, 2)), Outcome::Stale { current: 1 });
+        // A leader that holds no replica.
+        assert_eq!(m.apply(&assign(1, 2, 9)), Outcome::Stale { current: 1 });
+        assert_eq!(m.apply(&assign(1, 2, 2)), Outcome::Applied);
+        let a = m.assignment("t", 3).unwrap();
+        assert_eq!((a.leader, a.epoch), (addr(2), 2));
+        assert!(m.assignment("t", 4).is_none());
+    }
+
+    #[test]
+    fn node_ids_tell_peers_apart_and_stay_put() {
+        assert_eq!(node_id(addr(7000)), node_id(addr(7000)));
+        assert_ne!(node_id(addr(7000)), node_id(addr(7001)));
+        assert_ne!(
+            node_id("10.0.0.1:7000".parse().unwrap()),
+            node_id("10.0.0.2:7000".parse().unwrap())
+        );
+        assert!(node_id("[::1]:7000".parse().unwrap()) > node_id("255.255.255.255:65535".parse().unwrap()));
+    }
+}
