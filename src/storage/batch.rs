@@ -37,7 +37,12 @@ pub fn encode_batch(records: &[Record<'_>], base_offset: u64, server_time: bool,
     let start = out.len();
     out.resize(start + writer::batch_bytes_bound(records), 0);
     let flags = if server_time { BATCH_FLAG_SERVER_TIME } else { 0 };
-    let len = writer::encode_into(records, base_offset, flags, &mut out[start..], &mut Arena::new());
+    let stamp = writer::Stamp {
+        base_offset,
+        leader_epoch: 0,
+        flags,
+    };
+    let len = writer::encode_into(records, stamp, &mut out[start..], &mut Arena::new());
     out.truncate(start + len);
 }
 

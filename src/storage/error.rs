@@ -60,6 +60,20 @@ pub enum StorageError {
     #[error("a header name of {len} bytes is over the limit of {max} bytes")]
     HeaderNameTooLong { len: usize, max: usize },
 
+    #[error(
+        "a replica's batch starts at offset {got} but this copy of the partition ends at {expected}: \
+         it is appended only where it continues the copy (fetch again from {expected})"
+    )]
+    ReplicaGap { expected: u64, got: u64 },
+    #[error(
+        "cannot cut partition {} back to offset {offset}: {reason}; move the partition's directory away \
+         to have it copied whole from its leader", dir.display()
+    )]
+    Truncate {
+        dir: PathBuf,
+        offset: u64,
+        reason: String,
+    },
     #[error("invalid storage option: {0}")]
     InvalidOptions(String),
 }

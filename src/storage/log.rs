@@ -13,17 +13,17 @@ use std::sync::Arc;
 use crate::storage::batch::CheckedBatch;
 use crate::storage::error::{Result, StorageError};
 use crate::storage::faults::SyncFaults;
-use crate::storage::format::{FORMAT_VERSION, SEGMENT_HEADER_BYTES};
+use crate::storage::format::{BatchHeader, FORMAT_VERSION, SEGMENT_HEADER_BYTES};
 use crate::storage::io;
 use crate::storage::layout::{self, DirLock};
 use crate::storage::reader::{Batches, Records};
 use crate::storage::record::{
-    BATCH_OVERHEAD_BYTES, HEADER_NAME_BYTES_MAX, RECORD_HEADERS_MAX, Record, RecordView, header_bytes_bound,
-    stored_bytes_bound,
+    BATCH_OVERHEAD_BYTES, HEADER_NAME_BYTES_MAX, RECORD_HEADERS_MAX, Record, RecordView, Stored,
+    header_bytes_bound, stored_bytes_bound,
 };
 use crate::storage::recovery::{self, Role, ScanStop, Verdict};
 use crate::storage::retention::{self, RetentionPolicy, SegmentFacts};
-use crate::storage::segment::{Access, Segment};
+use crate::storage::segment::{self, Access, Segment, SyncPoint};
 use crate::storage::sync::{Durability, Seal, SyncTracker, Written};
 use crate::storage::writer::{self, BatchWriter};
 
@@ -172,6 +172,9 @@ pub struct PartitionLog {
     recovery: RecoveryReport,
     /// `None` once released: another process may open the partition then.
     lock: Option<DirLock>,
+    /// `(leader epoch, first offset)` of each run of batches written under one epoch,
+    /// oldest first: built from the batches' headers when first asked for, then kept.
+    epochs: Option<Vec<(u32, u64)>>,
 }
 
 impl PartitionLog {
@@ -227,6 +230,7 @@ impl PartitionLog {
             bytes_total: 0,
             recovery,
             lock: Some(lock),
+            epochs: None,
         })
     }
 
@@ -304,12 +308,86 @@ impl PartitionLog {
             self.check_record(record.headers.len(), longest, record.stored_len_max())?;
         }
         let bytes = writer::batch_bytes_bound(records) as u64;
+        let epoch = self.writer.leader_epoch;
         self.write(bytes, |writer, segment| writer.append_batch(segment, records))
+            .inspect(|receipt| self.note_epoch(epoch, receipt.first_offset))
     }
 
     /// Appends a batch made elsewhere (a client's), as it came but for its base offset
     /// and leader epoch, atomically; otherwise as `append`.
     pub fn append_checked(&mut self, batch: &mut CheckedBatch) -> Result<AppendReceipt> {
+        let epoch = self.writer.leader_epoch;
+        self.append_stamped(batch, epoch)
+    }
+
+    /// Appends a batch of the partition's leader on a replica: at the offset the leader
+    /// gave it (which must be where this copy ends) and with the leader's epoch, so that
+    /// the copy holds the same batches at the same offsets.
+    pub fn append_replica(&mut self, batch: &mut CheckedBatch) -> Result<AppendReceipt> {
+        let header = *batch.header();
+        let expected = self.next_offset();
+        if header.base_offset != expected {
+            return Err(StorageError::ReplicaGap {
+                expected,
+                got: header.base_offset,
+            });
+        }
+        self.append_stamped(batch, header.leader_epoch)
+    }
+
+    /// The leader epoch stamped on what is appended from now on (0: unreplicated).
+    pub fn set_leader_epoch(&mut self, epoch: u32) {
+        self.writer.leader_epoch = epoch;
+    }
+
+    /// `(leader epoch, first offset)` of each run of batches written under one epoch.
+    pub fn epochs(&mut self) -> &[(u32, u64)] {
+        if self.epochs.is_none() {
+            let mut epochs: Vec<(u32, u64)> = Vec::new();
+            for stored in self.read_batches(0, u64::MAX) {
+                let (epoch, first) = match stored {
+                    Stored::Batch {
+                        bytes, base_offset, ..
+                    } => (BatchHeader::read_trusted(bytes).leader_epoch, base_offset),
+                    // A format-1 record: written before epochs existed.
+                    Stored::Frame(view) => (0, view.offset()),
+                };
+                if epochs.last().is_none_or(|last| last.0 != epoch) {
+                    epochs.push((epoch, first));
+                }
+            }
+            self.epochs = Some(epochs);
+        }
+        self.epochs.as_deref().expect("just built")
+    }
+
+    /// The epoch of the last batch (0 for an empty log or one never replicated).
+    pub fn last_epoch(&mut self) -> u32 {
+        self.epochs().last().map_or(0, |e| e.0)
+    }
+
+    /// Where this log's records of epochs up to `epoch` end (Kafka's
+    /// OffsetsForLeaderEpoch): the largest epoch it holds that is at most `epoch`, and
+    /// the offset where the next epoch begins (or the log's end). A replica whose copy
+    /// goes past that offset diverged there and cuts its copy back to it.
+    pub fn epoch_end(&mut self, epoch: u32) -> (u32, u64) {
+        let next_offset = self.next_offset();
+        let epochs = self.epochs();
+        match epochs.iter().rposition(|e| e.0 <= epoch) {
+            Some(i) => (epochs[i].0, epochs.get(i + 1).map_or(next_offset, |e| e.1)),
+            None => (0, epochs.first().map_or(next_offset, |e| e.1)),
+        }
+    }
+
+    fn note_epoch(&mut self, epoch: u32, first: u64) {
+        if let Some(epochs) = &mut self.epochs
+            && epochs.last().is_none_or(|last| last.0 != epoch)
+        {
+            epochs.push((epoch, first));
+        }
+    }
+
+    fn append_stamped(&mut self, batch: &mut CheckedBatch, epoch: u32) -> Result<AppendReceipt> {
         for view in batch.records() {
             let longest = view.headers().map(|(name, _)| name.len()).max();
             let headers: usize = view
@@ -327,8 +405,9 @@ impl PartitionLog {
                 batch.min_timestamp_ms(),
                 header.max_timestamp_ms,
             );
-            writer::write_at_end(segment, batch.stamp(segment.next_offset(), 0), facts)
+            writer::write_at_end(segment, batch.stamp(segment.next_offset(), epoch), facts)
         })
+        .inspect(|receipt| self.note_epoch(epoch, receipt.first_offset))
     }
 
     fn check_health(&self) -> Result<()> {
@@ -523,6 +602,61 @@ impl PartitionLog {
         synced
     }
 
+    /// Cuts the log back to `offset`, which must begin a batch: every record from
+    /// `offset` on is gone, durably, when it returns, and appends go on from there. What
+    /// a replica does with records its partition's leader does not hold. On disk: the
+    /// later segments are removed, the marker of the one holding `offset` moves back to
+    /// it and the bytes after are zeroed (`segment::rewind`), then the log is opened
+    /// again, so recovery checks what is left.
+    pub fn truncate(&mut self, offset: u64) -> Result<()> {
+        if offset >= self.next_offset() {
+            return Ok(());
+        }
+        let fail = |reason: String| StorageError::Truncate {
+            dir: self.dir.clone(),
+            offset,
+            reason,
+        };
+        if offset < self.start_offset() {
+            return Err(fail(format!(
+                "retention deleted the records before {}",
+                self.start_offset()
+            )));
+        }
+        let index = self.segment_index_of(offset);
+        let segment = &self.segments[index];
+        let at = segment.position_of(offset);
+        if at.index != 0 {
+            return Err(fail("it falls inside a batch".into()));
+        }
+        let max_timestamp_ms = self
+            .read_range(segment.base_offset(), offset)
+            .map(|r| r.timestamp_ms())
+            .max()
+            .unwrap_or(i64::MIN);
+        let point = SyncPoint {
+            data_end: at.position as u64,
+            next_offset: offset,
+            max_timestamp_ms,
+        };
+        let old_end = segment.data_end();
+        let path = segment.path().to_path_buf();
+        let later: Vec<PathBuf> = self.segments[index + 1..]
+            .iter()
+            .map(|s| s.path().to_path_buf())
+            .collect();
+        let (dir, options, epoch) = (self.dir.clone(), self.options.clone(), self.writer.leader_epoch);
+        self.release()?;
+        for path in later.iter().rev() {
+            io::remove_file(path).map_err(StorageError::io("remove a segment past the cut", path))?;
+        }
+        io::sync_dir(&dir).map_err(StorageError::io("sync the partition directory", &dir))?;
+        segment::rewind(&path, point, old_end).map_err(StorageError::io("cut back the segment", &path))?;
+        *self = PartitionLog::open(&dir, options)?;
+        self.writer.leader_epoch = epoch;
+        Ok(())
+    }
+
     /// Records from `from_offset` (or the start, if it was deleted) to the end of what
     /// is written. In `group` mode that includes records not yet durable; a reader that
     /// must only see acknowledged records reads up to `durable_offset()` with
@@ -554,8 +688,14 @@ impl PartitionLog {
     /// durable point, whole: the first may begin before `from_offset`, and a batch past
     /// the durable point is not included. What a fetch sends on as it is.
     pub fn read_committed_batches(&self, from_offset: u64) -> Batches<'_> {
+        self.read_batches(from_offset, self.durable_offset())
+    }
+
+    /// The stored batches holding the records from `from_offset` (or the start) up to
+    /// `until_offset`, whole: what a leader sends its replicas (durable or not yet).
+    pub fn read_batches(&self, from_offset: u64, until_offset: u64) -> Batches<'_> {
         let from = from_offset.max(self.start_offset());
-        let until = self.durable_offset();
+        let until = until_offset;
         if from >= self.next_offset() || from >= until {
             return Batches::empty();
         }

@@ -503,6 +503,37 @@ pub(crate) enum Access {
     Read,
 }
 
+/// Moves a segment's synced point back to `point` (unsealing it) and zeroes what lies
+/// after it up to `old_end`, each step synced: how a log is cut back
+/// ([`crate::storage::PartitionLog::truncate`]). The marker goes first: a power cut
+/// between the two leaves sound batches past the synced point, which recovery keeps
+/// (the cut is asked for again); the other order would leave zeros below a synced point,
+/// which recovery refuses as corruption.
+pub(crate) fn rewind(path: &Path, point: SyncPoint, old_end: u64) -> std::io::Result<()> {
+    use std::os::unix::fs::FileExt;
+    let file = std::fs::OpenOptions::new().read(true).write(true).open(path)?;
+    let mut header = vec![0u8; SEGMENT_HEADER_BYTES as usize];
+    file.read_exact_at(&mut header, 0)?;
+    let seq = MarkerSlot::newest(&header).map_or(0, |m| m.seq) + 1;
+    let slot = MarkerSlot {
+        seq,
+        data_end: point.data_end,
+        next_offset: point.next_offset,
+        max_timestamp_ms: point.max_timestamp_ms,
+        sealed: false,
+    };
+    io::write_at(&file, path, MarkerSlot::position(seq) as u64, &slot.encode())?;
+    io::sync_data(&file, path)?;
+    let zeros = vec![0u8; 64 * 1024];
+    let mut at = point.data_end;
+    while at < old_end {
+        let n = ((old_end - at) as usize).min(zeros.len());
+        io::write_at(&file, path, at, &zeros[..n])?;
+        at += n as u64;
+    }
+    io::sync_data(&file, path)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -34,6 +34,8 @@ pub(crate) struct BatchWriter {
     /// so it is zeroed when it grows, not per batch.
     buffer: Vec<u8>,
     scratch: Arena,
+    /// The leader epoch stamped on every batch it writes (0: unreplicated).
+    pub leader_epoch: u32,
 }
 
 impl BatchWriter {
@@ -41,6 +43,7 @@ impl BatchWriter {
         BatchWriter {
             buffer: vec![0; KEPT_BUFFER_BYTES],
             scratch: Arena::new(),
+            leader_epoch: 0,
         }
     }
 
@@ -62,7 +65,12 @@ impl BatchWriter {
 
     /// Encodes the batch at the front of the buffer and returns its aligned length.
     fn encode(&mut self, base_offset: u64, records: &[Record<'_>]) -> usize {
-        encode_into(records, base_offset, 0, &mut self.buffer, &mut self.scratch)
+        let stamp = Stamp {
+            base_offset,
+            leader_epoch: self.leader_epoch,
+            flags: 0,
+        };
+        encode_into(records, stamp, &mut self.buffer, &mut self.scratch)
     }
 
     fn write(&mut self, segment: &mut Segment, records: &[Record<'_>], len: usize) -> std::io::Result<()> {
@@ -75,10 +83,20 @@ impl BatchWriter {
 
 /// Encodes `records` (non-empty) as one sealed batch at the front of `out`, which must
 /// hold `batch_bytes_bound(records)`, and returns its aligned length.
+/// What a batch's header says besides its records.
+pub(crate) struct Stamp {
+    pub base_offset: u64,
+    pub leader_epoch: u32,
+    pub flags: u16,
+}
+
 pub(crate) fn encode_into(
     records: &[Record<'_>],
-    base_offset: u64,
-    flags: u16,
+    Stamp {
+        base_offset,
+        leader_epoch,
+        flags,
+    }: Stamp,
     out: &mut [u8],
     scratch: &mut Arena,
 ) -> usize {
@@ -90,7 +108,7 @@ pub(crate) fn encode_into(
         first_timestamp_ms: records[0].timestamp_ms,
         max_timestamp_ms: records.iter().map(|r| r.timestamp_ms).max().expect("non-empty"),
         record_count: u32::try_from(records.len()).expect("a batch fits its segment"),
-        leader_epoch: 0,
+        leader_epoch,
         flags,
     };
     let len = header.batch_bytes();

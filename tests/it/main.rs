@@ -21,6 +21,7 @@ mod outputs;
 mod powercut;
 mod recovery_cases;
 mod recovery_props;
+mod replica_log;
 mod replication;
 mod retention;
 mod slow_clients;
