@@ -83,6 +83,12 @@ pub struct Metrics {
     pub retention_bytes: Counter,
     /// Records a stage, sink or consumer never got to because retention deleted them.
     pub records_skipped: Counter,
+    /// Replicas that could not follow their leader (a copy that cannot be cut back).
+    pub replica_failures: Counter,
+    /// Writes refused because fewer replicas of their partition were alive than a quorum.
+    pub quorum_refusals: Counter,
+    /// Leader batches whose quorum did not come in time, or whose leadership moved first.
+    pub quorum_failures: Counter,
     /// Stage inputs skipped under `on_error` (or outputs no input could carry).
     pub stage_records_failed: Counter,
     /// Stage inputs copied to their dead-letter topic.
@@ -121,6 +127,9 @@ impl Metrics {
             retention_records: Counter::default(),
             retention_bytes: Counter::default(),
             records_skipped: Counter::default(),
+            replica_failures: Counter::default(),
+            quorum_refusals: Counter::default(),
+            quorum_failures: Counter::default(),
             stage_records_failed: Counter::default(),
             dead_letters: Counter::default(),
             stages_disabled: Counter::default(),
@@ -216,6 +225,21 @@ impl Metrics {
                 "flowd_records_skipped_total",
                 "Records stages, sinks and consumers skipped because retention deleted them first",
                 self.records_skipped.get(),
+            ),
+            (
+                "flowd_replica_failures_total",
+                "Times a replica could not follow its leader (its copy could not be cut back)",
+                self.replica_failures.get(),
+            ),
+            (
+                "flowd_quorum_refusals_total",
+                "Writes refused because fewer replicas of their partition were alive than a quorum",
+                self.quorum_refusals.get(),
+            ),
+            (
+                "flowd_quorum_failures_total",
+                "Leader batches not acked: their quorum did not come in time or their leadership moved",
+                self.quorum_failures.get(),
             ),
             (
                 "flowd_stage_records_failed_total",

@@ -85,7 +85,7 @@ pub fn run(from: &str, json: bool) -> Result<ExitCode, CliError> {
                 .collect();
             writeln!(
                 out,
-                "{:<20} {:>5} {:>5} {:>12} {:>12} {:>12}  {}{}",
+                "{:<20} {:>5} {:>5} {:>12} {:>12} {:>12}  {}{}{}",
                 topic.name,
                 p.partition,
                 p.shard,
@@ -93,7 +93,25 @@ pub fn run(from: &str, json: bool) -> Result<ExitCode, CliError> {
                 p.next_offset,
                 p.durable_offset,
                 consumers.join(", "),
-                crate::protocol::status::note(p.standing)
+                crate::protocol::status::note(p.standing),
+                p.replica.as_ref().map_or(String::new(), |r| {
+                    let short = if r.alive < r.needed && r.role == "leader" {
+                        format!(
+                            ", UNDER QUORUM: {} of {} needed alive, writes refused",
+                            r.alive, r.needed
+                        )
+                    } else {
+                        String::new()
+                    };
+                    format!(
+                        "  [{} in epoch {}, leader {}, replicas {}, hwm {}{short}]",
+                        r.role,
+                        r.epoch,
+                        r.leader.as_deref().unwrap_or("none"),
+                        r.replicas.join(" "),
+                        r.hwm
+                    )
+                })
             )?;
         }
     }

@@ -17,6 +17,7 @@
 //! COPY     body = topic:str8 partition:u32 from:u64
 //! COPIED   body = first:u64 count:u32 records  (client record encoding, timestamps set)
 //! RAFT RAFT_REPLY                             the metadata group's messages (consensus/network.rs)
+//! REPLICA_FETCH REPLICA_DATA FENCE_EPOCH FENCED   replication (replication.rs)
 //! ERROR    body = code:u16 message:str16
 //! str8 = len:u8 utf8, str16 = len:u16 utf8
 //! ```
@@ -48,6 +49,10 @@ pub enum Kind {
     Copied = 0x18,
     Raft = 0x20,
     RaftReply = 0x21,
+    ReplicaFetch = 0x22,
+    ReplicaData = 0x23,
+    FenceEpoch = 0x24,
+    Fenced = 0x25,
     Error = 0x1f,
 }
 
@@ -67,6 +72,10 @@ impl Kind {
             0x18 => Kind::Copied,
             0x20 => Kind::Raft,
             0x21 => Kind::RaftReply,
+            0x22 => Kind::ReplicaFetch,
+            0x23 => Kind::ReplicaData,
+            0x24 => Kind::FenceEpoch,
+            0x25 => Kind::Fenced,
             0x1f => Kind::Error,
             _ => return None,
         })

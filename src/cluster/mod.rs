@@ -15,6 +15,7 @@ pub mod handover;
 pub mod identity;
 pub mod membership;
 pub mod rendezvous;
+pub mod replication;
 pub mod transport;
 pub mod view;
 

@@ -31,6 +31,28 @@ pub fn owner(live: &[PeerId], topic: &str, partition: u32) -> Owner {
     best.expect("the live members include this peer").1
 }
 
+/// The `count` peers of `live` holding a replica of `partition` of `topic`, best first
+/// (the first leads it to begin with); fewer when fewer peers live. Each peer scores by
+/// its best core, as in [`owner`], so the first is the partition's unreplicated owner.
+pub fn replica_set(live: &[PeerId], topic: &str, partition: u32, count: usize) -> Vec<PeerId> {
+    let mut scored: Vec<(u64, PeerId)> = live
+        .iter()
+        .map(|peer| {
+            let base = fnv(
+                fnv(fnv(FNV_START, topic.as_bytes()), &partition.to_le_bytes()),
+                peer.addr.to_string().as_bytes(),
+            );
+            let best = (0..u32::from(peer.cores.max(1)))
+                .map(|core| mix(fnv(base, &core.to_le_bytes())))
+                .max()
+                .expect("at least one core");
+            (best, *peer)
+        })
+        .collect();
+    scored.sort_by(|a, b| b.0.cmp(&a.0).then(a.1.addr.cmp(&b.1.addr)));
+    scored.into_iter().take(count).map(|(_, peer)| peer).collect()
+}
+
 const FNV_START: u64 = 0xcbf2_9ce4_8422_2325;
 
 fn fnv(mut hash: u64, bytes: &[u8]) -> u64 {
@@ -92,5 +114,30 @@ mod tests {
                 owner(&restarted, "t", p).peer.addr
             );
         }
+    }
+
+    #[test]
+    fn a_replica_set_starts_with_the_owner_and_moves_little() {
+        let live: Vec<PeerId> = (1..=5).map(|p| peer(p, 2)).collect();
+        let mut moved = 0;
+        for partition in 0..64 {
+            let set = replica_set(&live, "t", partition, 3);
+            assert_eq!(set.len(), 3);
+            assert_eq!(set[0], owner(&live, "t", partition).peer);
+            let distinct: std::collections::BTreeSet<_> = set.iter().map(|p| p.addr).collect();
+            assert_eq!(distinct.len(), 3);
+            // One more peer: each set keeps at least two of its three.
+            let mut more = live.clone();
+            more.push(peer(6, 2));
+            let after = replica_set(&more, "t", partition, 3);
+            let kept = after.iter().filter(|p| set.contains(p)).count();
+            assert!(kept >= 2);
+            moved += 3 - kept;
+        }
+        assert!(
+            moved > 0 && moved < 64,
+            "a new peer takes some replicas, not most"
+        );
+        assert_eq!(replica_set(&live[..2], "t", 0, 3).len(), 2);
     }
 }

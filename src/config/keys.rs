@@ -23,7 +23,10 @@ pub const OPERATOR_NAMES: &[&str] = &[
     "scatter_gather",
 ];
 
-const ROOT: &[&str] = &["engine", "ingest", "topic", "source", "stage", "sink", "job"];
+const ROOT: &[&str] = &[
+    "engine", "ingest", "cluster", "topic", "source", "stage", "sink", "job",
+];
+const CLUSTER: &[&str] = &["replicas"];
 const INGEST: &[&str] = &[
     "tcp",
     "http",
@@ -43,6 +46,7 @@ const TOPIC: &[&str] = &[
     "retention",
     "max_lag",
     "max_consumers",
+    "replicas",
 ];
 const RETENTION: &[&str] = &["max_age", "max_bytes"];
 const SOURCE: &[&str] = &["name", "type", "path", "follow", "timestamp", "to", "route"];
@@ -82,6 +86,7 @@ pub fn check_known_keys(root: &DeTable<'_>, diags: &mut Diagnostics<'_>) {
         match (section, value.get_ref()) {
             ("engine", DeValue::Table(table)) => check_table(table, ENGINE, "engine.", diags),
             ("ingest", DeValue::Table(table)) => check_table(table, INGEST, "ingest.", diags),
+            ("cluster", DeValue::Table(table)) => check_table(table, CLUSTER, "cluster.", diags),
             ("topic" | "source" | "stage" | "sink" | "job", DeValue::Array(items)) => {
                 for item in items.iter() {
                     if let DeValue::Table(table) = item.get_ref() {

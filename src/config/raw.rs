@@ -21,6 +21,8 @@ pub struct RawDataflow {
     pub sinks: Vec<Spanned<RawSink>>,
     #[serde(default)]
     pub ingest: Option<Spanned<RawIngest>>,
+    #[serde(default)]
+    pub cluster: Option<Spanned<RawCluster>>,
     #[serde(default, rename = "job")]
     pub jobs: Vec<Spanned<RawJob>>,
 }
@@ -65,6 +67,15 @@ pub struct RawTopic {
     pub max_lag: Option<Spanned<i64>>,
     /// Named consumers the topic may have.
     pub max_consumers: Option<Spanned<i64>>,
+    /// Copies of each partition on different peers (in a cluster).
+    pub replicas: Option<Spanned<i64>>,
+}
+
+/// `[cluster]`: what holds for every peer of a cluster.
+#[derive(Debug, Default, Deserialize)]
+pub struct RawCluster {
+    /// The topics' replicas unless a topic says otherwise.
+    pub replicas: Option<Spanned<i64>>,
 }
 
 #[derive(Debug, Deserialize)]

@@ -94,7 +94,13 @@ pub struct TopicSpec {
     /// Named consumers the topic may have; creating one more is refused. Bounds the
     /// engine's memory and its consumer journal, whatever clients do.
     pub max_consumers: usize,
+    /// Copies of each partition on different peers of a cluster; 1 on one machine (a
+    /// cluster's replicas are placed, and writes acked, once that many peers hold them).
+    pub replicas: u32,
 }
+
+/// The most replicas a topic may ask for.
+pub const REPLICAS_MAX: u32 = 7;
 
 /// Named consumers a topic may have unless it says otherwise.
 pub const MAX_CONSUMERS_DEFAULT: usize = 10_000;

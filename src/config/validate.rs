@@ -119,7 +119,16 @@ struct Validator<'d, 't> {
 impl Validator<'_, '_> {
     fn dataflow(&mut self, path: &Path, raw: RawDataflow) -> DataflowSpec {
         let engine = self.engine(raw.engine.as_ref().map(Spanned::get_ref));
-        let topics: Vec<TopicSpec> = raw.topics.iter().map(|t| self.topic(t.get_ref())).collect();
+        let replicas = self.replicas(
+            raw.cluster.as_ref().and_then(|c| c.get_ref().replicas.as_ref()),
+            "cluster.replicas".into(),
+            1,
+        );
+        let topics: Vec<TopicSpec> = raw
+            .topics
+            .iter()
+            .map(|t| self.topic(t.get_ref(), replicas))
+            .collect();
         self.unique_names(raw.topics.iter().map(|t| &t.get_ref().name), "topic");
         let producers = raw.sources.iter().map(|s| &s.get_ref().name);
         let producers = producers.chain(raw.stages.iter().map(|s| &s.get_ref().name));
@@ -347,7 +356,24 @@ impl Validator<'_, '_> {
         }
     }
 
-    fn topic(&mut self, raw: &RawTopic) -> TopicSpec {
+    /// A replica count from 1 to `REPLICAS_MAX`, or `default`.
+    fn replicas(&mut self, raw: Option<&Spanned<i64>>, key: String, default: u32) -> u32 {
+        match raw {
+            None => default,
+            Some(n) if (1..=i64::from(REPLICAS_MAX)).contains(n.get_ref()) => *n.get_ref() as u32,
+            Some(n) => {
+                self.error(
+                    n.span(),
+                    key,
+                    format!("replicas must be from 1 to {REPLICAS_MAX}"),
+                    "each partition is copied to that many peers and a write is acked once a majority of them hold it".into(),
+                );
+                default
+            }
+        }
+    }
+
+    fn topic(&mut self, raw: &RawTopic, replicas_default: u32) -> TopicSpec {
         self.name(&raw.name, "topic");
         let key = |k: &str| format!("topic \"{}\".{k}", raw.name.get_ref());
         let partitions = match &raw.partitions {
@@ -423,6 +449,7 @@ impl Validator<'_, '_> {
             retention,
             max_lag,
             max_consumers,
+            replicas: self.replicas(raw.replicas.as_ref(), key("replicas"), replicas_default),
         }
     }
 

@@ -71,6 +71,23 @@ pub struct Quantiles {
     pub max: u64,
 }
 
+/// A replicated partition as the peer asked sees it.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ReplicaStatus {
+    /// leader, follower or none (this peer holds no replica now, or waits for a leader).
+    pub role: String,
+    pub epoch: u32,
+    pub leader: Option<String>,
+    pub replicas: Vec<String>,
+    /// The high-water mark: what a quorum holds durably; readers see up to here.
+    pub hwm: u64,
+    /// On the leader: each follower and how far it holds the log durably.
+    pub followers: Vec<(String, u64)>,
+    /// On the leader: replicas gossip shows alive, and how many a write needs.
+    pub alive: usize,
+    pub needed: usize,
+}
+
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct PartitionStatus {
     pub topic: String,
@@ -85,6 +102,9 @@ pub struct PartitionStatus {
     /// In a cluster: whether this peer serves the partition, or is still copying it in.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub standing: Option<Standing>,
+    /// In a cluster, for a replicated topic: its replication as this peer sees it.
+    #[serde(default)]
+    pub replica: Option<ReplicaStatus>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]

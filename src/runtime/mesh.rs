@@ -45,6 +45,9 @@ pub struct Batch {
     /// When a peer first refused it because the partition moves: it is routed again
     /// until it lands, for a bounded time from then.
     pub refused: Option<std::time::Instant>,
+    /// A batch of this partition's leader in that epoch, for this peer's replica:
+    /// appended as it is, at the offset it has.
+    pub replica: Option<u32>,
 }
 
 impl Batch {
@@ -55,6 +58,7 @@ impl Batch {
             ack,
             copy_at: None,
             refused: None,
+            replica: None,
         }
     }
 }

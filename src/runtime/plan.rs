@@ -212,14 +212,17 @@ pub fn plan(spec: DataflowSpec, cluster: Option<Arc<Cluster>>) -> Result<Plan> {
         }
     }
     let (mut mesh, receivers) = mesh::build(spec.topics.len(), shards);
-    let peers = cluster.map(|cluster| {
-        let topics = spec
-            .topics
-            .iter()
-            .map(|t| (t.name.clone(), t.partitions))
-            .collect();
-        Arc::new(Peers::new(cluster, topics))
-    });
+    let peers = match cluster {
+        Some(cluster) => {
+            let topics = spec
+                .topics
+                .iter()
+                .map(|t| (t.name.clone(), t.partitions, t.replicas))
+                .collect();
+            Some(Arc::new(Peers::new(cluster, topics, &data_dir)?))
+        }
+        None => None,
+    };
     if let Some(peers) = &peers {
         mesh.remote = Some(Arc::clone(peers) as Arc<dyn mesh::RemoteRoute>);
     }

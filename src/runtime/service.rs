@@ -10,7 +10,7 @@ use serde::Serialize;
 use crate::protocol::FetchFrom;
 use crate::protocol::message::begin_batches;
 use crate::protocol::records::RecordsWriter;
-use crate::protocol::status::{ConsumerStatus, PartitionStatus};
+use crate::protocol::status::{ConsumerStatus, PartitionStatus, ReplicaStatus};
 use crate::runtime::consumers::{self, OpResult, PartitionOp};
 use crate::runtime::error::EngineError;
 use crate::runtime::provenance::END_HEADER;
@@ -69,6 +69,8 @@ pub enum ShardRequest {
         from: u64,
         reply: flume::Sender<Result<Copied, EngineError>>,
     },
+    /// Replication of a partition this shard owns (`cluster::replica`).
+    Replica(crate::runtime::cluster::replica::ReplicaRequest),
     /// A reply stage's answer to a job taken on this shard, or why a stage failed it.
     Answer {
         job: u64,
@@ -120,6 +122,7 @@ pub async fn run(shard: Rc<Shard>, requests: flume::Receiver<ShardRequest>) {
                     let _ = reply.send_async(outcome).await;
                 });
             }
+            ShardRequest::Replica(request) => crate::runtime::cluster::replica::handle(&shard, request).await,
             ShardRequest::Status { reply } => {
                 let _ = reply.send_async(status(&shard)).await;
             }
@@ -151,7 +154,7 @@ pub async fn run(shard: Rc<Shard>, requests: flume::Receiver<ShardRequest>) {
                         let seen = local.appends();
                         let (durable, next) = {
                             let log = local.log.borrow();
-                            (log.durable_offset(), log.next_offset())
+                            (log.committed_offset(), log.next_offset())
                         };
                         if durable > from || next <= from || Instant::now() >= deadline {
                             break;
@@ -249,7 +252,7 @@ pub fn status(shard: &Shard) -> ShardStatus {
                 shard: shard.index,
                 start_offset: log.start_offset(),
                 next_offset: next,
-                durable_offset: log.durable_offset(),
+                durable_offset: log.committed_offset(),
                 segments: segments.len(),
                 bytes: segments.iter().map(|s| s.data_bytes).sum(),
                 consumers: p
@@ -266,6 +269,26 @@ pub fn status(shard: &Shard) -> ShardStatus {
                     .peers
                     .as_ref()
                     .map(|peers| peers.ownership.standing(p.topic, p.partition)),
+                replica: shard
+                    .shared
+                    .peers
+                    .as_ref()
+                    .filter(|peers| peers.replication.is_replicated(p.topic))
+                    .map(|peers| {
+                        let state = peers.replication.state(p.topic, p.partition);
+                        let view = state.view();
+                        let (alive, needed) = crate::runtime::cluster::replica::replicas_alive(peers, state);
+                        ReplicaStatus {
+                            role: view.role.to_string(),
+                            epoch: view.epoch,
+                            leader: view.leader.map(|a| a.to_string()),
+                            replicas: view.replicas.iter().map(|a| a.to_string()).collect(),
+                            hwm: view.hwm,
+                            followers: view.followers.iter().map(|(a, e)| (a.to_string(), *e)).collect(),
+                            alive,
+                            needed,
+                        }
+                    }),
             }
         })
         .collect();
@@ -298,14 +321,14 @@ pub async fn fetch_local(shard: &Shard, order: &FetchOrder) -> FetchAnswer {
         match order.from {
             FetchFrom::Offset(o) => o.max(log.start_offset()),
             FetchFrom::Earliest => log.start_offset(),
-            FetchFrom::Latest => log.durable_offset(),
-            FetchFrom::Time(t) => log.offset_at_time(t).unwrap_or(log.durable_offset()),
+            FetchFrom::Latest => log.committed_offset(),
+            FetchFrom::Time(t) => log.offset_at_time(t).unwrap_or(log.committed_offset()),
         }
     };
     let mut idle = Backoff::default();
     loop {
         let seen = partition.appends();
-        if partition.log.borrow().durable_offset() > position
+        if partition.log.borrow().committed_offset() > position
             || Instant::now() >= deadline
             || shard.shared.control.is_stopping()
         {
@@ -320,7 +343,7 @@ pub async fn fetch_local(shard: &Shard, order: &FetchOrder) -> FetchAnswer {
             &mut out,
             order.request_id,
             log.start_offset(),
-            log.durable_offset(),
+            log.committed_offset(),
             position,
         );
         copy_batches(
@@ -337,7 +360,7 @@ pub async fn fetch_local(shard: &Shard, order: &FetchOrder) -> FetchAnswer {
         &mut out,
         order.request_id,
         log.start_offset(),
-        log.durable_offset(),
+        log.committed_offset(),
     );
     copy_records(
         &mut writer,

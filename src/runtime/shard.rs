@@ -13,6 +13,7 @@ use std::time::Duration;
 use crate::config::DataflowSpec;
 use crate::metrics::Metrics;
 use crate::protocol::status::Standing;
+use crate::runtime::cluster::replica::ReplicaState;
 use crate::runtime::consumers::Consumers;
 use crate::runtime::error::EngineError;
 use crate::runtime::error::{Result, RuntimeError};
@@ -158,6 +159,12 @@ impl LocalPartition {
         self.appended.listen()
     }
 
+    /// Wakes whoever waits on the partition (readers, fetches): its readable end or its
+    /// replication role moved.
+    pub fn woken(&self) {
+        self.note_append();
+    }
+
     fn note_append(&self) {
         self.appends.set(self.appends.get().wrapping_add(1));
         self.appended.notify(usize::MAX);
@@ -198,6 +205,9 @@ struct PendingAck {
     first: u64,
     end: u64,
     ack: Ack,
+    /// A replicated partition's batch waits for its quorum (the high-water mark) too,
+    /// while this peer leads that epoch, until the deadline.
+    quorum: Option<(Arc<ReplicaState>, u32, std::time::Instant)>,
 }
 
 /// Storage errors a client's batch causes (too big), as opposed to the disk failing.
@@ -306,10 +316,48 @@ impl Shard {
             while !partition.has_room() && !self.shared.control.is_stopping() {
                 idle.sleep().await;
             }
-            // In a cluster, only a partition served here is written (and copies into one
-            // being taken over); the check and the append have no wait between them, so a
-            // fence (on this thread) falls between two appends.
-            if let Some(peers) = &self.shared.peers {
+            // A replicated partition takes producers' batches while this peer leads it,
+            // with a quorum of its replicas alive, and its leader's batches while it follows.
+            let mut quorum = None;
+            if let Some(peers) = &self.shared.peers
+                && peers.replication.is_replicated(topic)
+            {
+                let state = Arc::clone(peers.replication.state(topic, batch.partition));
+                match (batch.replica, state.leads()) {
+                    (Some(epoch), _) => {
+                        if !state.follows(epoch) {
+                            batch.ack.failed(EngineError::Unavailable(format!(
+                                "this peer no longer follows partition {} in epoch {epoch}",
+                                batch.partition
+                            )));
+                            continue;
+                        }
+                    }
+                    (None, None) => {
+                        peers.refuse(topic, batch).await;
+                        continue;
+                    }
+                    (None, Some(epoch)) => {
+                        let (alive, needed) = crate::runtime::cluster::replica::replicas_alive(peers, &state);
+                        if alive < needed {
+                            self.shared.metrics.quorum_refusals.add(1);
+                            batch.ack.failed(EngineError::Unavailable(format!(
+                                "partition {} of \"{}\" has {alive} of its replicas alive and a write needs {needed}: refused rather than acked below its quorum; retry once its peers are back",
+                                batch.partition, self.shared.spec.topics[topic].name
+                            )));
+                            continue;
+                        }
+                        quorum = Some((
+                            state,
+                            epoch,
+                            std::time::Instant::now() + crate::runtime::cluster::replica::QUORUM_TIMEOUT,
+                        ));
+                    }
+                }
+            } else if let Some(peers) = &self.shared.peers {
+                // In a cluster, only a partition served here is written (and copies into
+                // one being taken over); the check and the append have no wait between
+                // them, so a fence (on this thread) falls between two appends.
                 let standing = peers.ownership.standing(topic, batch.partition);
                 match batch.copy_at {
                     Some(at) => {
@@ -330,6 +378,7 @@ impl Shard {
             let appended = {
                 let mut log = partition.log.borrow_mut();
                 match &mut batch.records {
+                    Payload::Batch(checked) if batch.replica.is_some() => Some(log.append_replica(checked)),
                     Payload::Batch(checked) => Some(log.append_checked(checked)),
                     other => with_payload(other, |records| log.append(records)),
                 }
@@ -349,12 +398,23 @@ impl Shard {
                     self.shared.ends[topic][batch.partition as usize]
                         .store(receipt.next_offset, Ordering::Release);
                     match self.shared.spec.engine.durability {
+                        _ if quorum.is_some() => {
+                            self.acks.borrow_mut().push(PendingAck {
+                                partition,
+                                first: receipt.first_offset,
+                                end: receipt.next_offset,
+                                ack: batch.ack,
+                                quorum,
+                            });
+                            let _ = self.ack_waiting.0.try_send(());
+                        }
                         Durability::Group => {
                             self.acks.borrow_mut().push(PendingAck {
                                 partition,
                                 first: receipt.first_offset,
                                 end: receipt.next_offset,
                                 ack: batch.ack,
+                                quorum: None,
                             });
                             // Full means the acker is already told.
                             let _ = self.ack_waiting.0.try_send(());
@@ -399,7 +459,32 @@ impl Shard {
         loop {
             let mut failed = None;
             let mut durable: Vec<Rc<LocalPartition>> = Vec::new();
+            let me = self.shared.peers.as_ref().map(|p| p.replication.me.addr);
+            let now = std::time::Instant::now();
             self.acks.borrow_mut().retain(|pending| {
+                if let (Some((state, epoch, deadline)), Some(me)) = (&pending.quorum, me) {
+                    let hwm = crate::runtime::cluster::replica::refresh_hwm(me, state, &pending.partition);
+                    let failed_because = if !state.is_leader(*epoch) {
+                        Some("its leadership moved to another peer before a quorum of replicas held it")
+                    } else if hwm >= pending.end {
+                        pending
+                            .ack
+                            .durable(pending.partition.partition, pending.first, pending.end);
+                        return false;
+                    } else if now >= *deadline {
+                        Some("a quorum of its replicas did not hold it in time")
+                    } else {
+                        return true;
+                    };
+                    if let Some(why) = failed_because {
+                        self.shared.metrics.quorum_failures.add(1);
+                        pending.ack.failed(EngineError::Unavailable(format!(
+                            "a batch for partition {}: {why}; it may or may not have been written",
+                            pending.partition.partition
+                        )));
+                    }
+                    return false;
+                }
                 let log = pending.partition.log.borrow();
                 if let Err(error) = log.health() {
                     pending.ack.failed(EngineError::Unavailable(error.to_string()));

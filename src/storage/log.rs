@@ -175,6 +175,10 @@ pub struct PartitionLog {
     /// `(leader epoch, first offset)` of each run of batches written under one epoch,
     /// oldest first: built from the batches' headers when first asked for, then kept.
     epochs: Option<Vec<(u32, u64)>>,
+    /// On a replicated partition: how far its replicas agree (the high-water mark);
+    /// readers see no further, durable or not. `None`: unreplicated, readers see what
+    /// is durable.
+    commit_limit: Option<u64>,
 }
 
 impl PartitionLog {
@@ -231,6 +235,7 @@ impl PartitionLog {
             recovery,
             lock: Some(lock),
             epochs: None,
+            commit_limit: None,
         })
     }
 
@@ -259,6 +264,18 @@ impl PartitionLog {
     /// Offsets below this are durable in the configured mode: they may be acked.
     pub fn durable_offset(&self) -> u64 {
         self.tracker.durable_offset()
+    }
+
+    /// Offsets below this may be read: durable, and on a replicated partition held by a
+    /// quorum of its replicas too ([`PartitionLog::set_commit_limit`]).
+    pub fn committed_offset(&self) -> u64 {
+        let durable = self.durable_offset();
+        self.commit_limit.map_or(durable, |limit| limit.min(durable))
+    }
+
+    /// Where readers stop on a replicated partition, `None` for one that is not.
+    pub fn set_commit_limit(&mut self, limit: Option<u64>) {
+        self.commit_limit = limit;
     }
 
     /// Fails once the partition is poisoned (a write or fsync failed): nothing more
@@ -645,7 +662,12 @@ impl PartitionLog {
             .iter()
             .map(|s| s.path().to_path_buf())
             .collect();
-        let (dir, options, epoch) = (self.dir.clone(), self.options.clone(), self.writer.leader_epoch);
+        let (dir, options, epoch, limit) = (
+            self.dir.clone(),
+            self.options.clone(),
+            self.writer.leader_epoch,
+            self.commit_limit,
+        );
         self.release()?;
         for path in later.iter().rev() {
             io::remove_file(path).map_err(StorageError::io("remove a segment past the cut", path))?;
@@ -654,6 +676,7 @@ impl PartitionLog {
         segment::rewind(&path, point, old_end).map_err(StorageError::io("cut back the segment", &path))?;
         *self = PartitionLog::open(&dir, options)?;
         self.writer.leader_epoch = epoch;
+        self.commit_limit = limit.map(|l| l.min(offset));
         Ok(())
     }
 
@@ -670,7 +693,7 @@ impl PartitionLog {
     /// fetches, copies to other peers) reads this way, so nothing downstream ever rests
     /// on a record recovery may cut.
     pub fn read_committed(&self, from_offset: u64) -> Records<'_> {
-        self.read_range(from_offset, self.durable_offset())
+        self.read_range(from_offset, self.committed_offset())
     }
 
     /// Records from `from_offset` (or the start) up to, not including, `until_offset`.
@@ -688,7 +711,7 @@ impl PartitionLog {
     /// durable point, whole: the first may begin before `from_offset`, and a batch past
     /// the durable point is not included. What a fetch sends on as it is.
     pub fn read_committed_batches(&self, from_offset: u64) -> Batches<'_> {
-        self.read_batches(from_offset, self.durable_offset())
+        self.read_batches(from_offset, self.committed_offset())
     }
 
     /// The stored batches holding the records from `from_offset` (or the start) up to

@@ -102,3 +102,351 @@ fn the_metadata_group_forms_from_a_seed_survives_its_leader_and_takes_it_back() 
         "the returning peer did not take leadership back by itself"
     );
 }
+
+/// Every record's value of `topic` through `server`, once every partition has a leader
+/// that answers (an election may still run after a pause: reads wait for it, bounded).
+fn tail_when_led(server: &Server, topic: &str) -> Vec<(u64, String, String)> {
+    let mut out = String::new();
+    wait_until(
+        "a tail through every partition's leader",
+        Duration::from_secs(30),
+        || {
+            let (code, stdout, _) =
+                crate::ingest::run_cli(&["tail", "--from", &server.tcp, topic, "--json"], "");
+            out = stdout;
+            code == 0
+        },
+    );
+    out.lines()
+        .map(|line| {
+            let v: Value = serde_json::from_str(line).unwrap();
+            (
+                v["partition"].as_u64().unwrap(),
+                v["key"].as_str().unwrap_or_default().to_string(),
+                v["value"].as_str().unwrap().to_string(),
+            )
+        })
+        .collect()
+}
+
+fn replicated_dataflow(dir: &std::path::Path) -> std::path::PathBuf {
+    let file = dir.join("replicated.toml");
+    std::fs::write(
+        &file,
+        "[engine]\ndurability = \"group\"\n\n[ingest]\ntcp = \"127.0.0.1:0\"\n\n[cluster]\nreplicas = 3\n\n\
+         [[topic]]\nname = \"events\"\npartitions = 8\nsegment_bytes = \"64KiB\"\n",
+    )
+    .unwrap();
+    file
+}
+
+fn replicated_peer(dir: &std::path::Path, name: &str, at: &str, seed: Option<&str>) -> Server {
+    let mut extra = vec!["--peer-listen", at];
+    if let Some(seed) = seed {
+        extra.extend(["--seeds", seed]);
+    }
+    crate::cluster::start_file(&replicated_dataflow(dir), dir, name, &extra)
+}
+
+/// `partition -> (role, epoch, next_offset, hwm)` as `server` sees its replicas.
+fn replicas(server: &Server) -> std::collections::BTreeMap<u64, (String, u64, u64, u64)> {
+    let status = status(server);
+    let mut out = std::collections::BTreeMap::new();
+    for topic in status["topics"].as_array().unwrap() {
+        for p in topic["partitions"].as_array().unwrap() {
+            let r = &p["replica"];
+            out.insert(
+                p["partition"].as_u64().unwrap(),
+                (
+                    r["role"].as_str().unwrap_or("-").to_string(),
+                    r["epoch"].as_u64().unwrap_or(0),
+                    p["next_offset"].as_u64().unwrap(),
+                    r["hwm"].as_u64().unwrap_or(0),
+                ),
+            );
+        }
+    }
+    out
+}
+
+/// Waits until each partition has exactly one leader among `servers`, the others
+/// following it in the same epoch.
+fn wait_led(servers: &[&Server]) {
+    let started = std::time::Instant::now();
+    loop {
+        let views: Vec<_> = servers.iter().map(|s| replicas(s)).collect();
+        let led = (0..8u64).all(|p| {
+            let Some(roles) = views.iter().map(|v| v.get(&p)).collect::<Option<Vec<_>>>() else {
+                return false;
+            };
+            roles.iter().filter(|r| r.0 == "leader").count() == 1
+                && roles.iter().filter(|r| r.0 == "follower").count() == servers.len() - 1
+                && roles.iter().all(|r| r.1 == roles[0].1)
+        });
+        if led {
+            return;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(30),
+            "every partition led once, followed by the rest: not within 30 s; as the peers see them: {views:?}"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// Waits until every replica of every partition holds as much as its leader.
+fn wait_replicated(servers: &[&Server]) {
+    wait_until(
+        "every replica holds its leader's records",
+        Duration::from_secs(30),
+        || {
+            let views: Vec<_> = servers.iter().map(|s| replicas(s)).collect();
+            (0..8u64).all(|p| {
+                let Some(ends) = views
+                    .iter()
+                    .map(|v| v.get(&p).map(|r| r.2))
+                    .collect::<Option<Vec<u64>>>()
+                else {
+                    return false;
+                };
+                ends.iter().all(|e| *e == ends[0])
+            })
+        },
+    );
+}
+
+#[test]
+fn a_replicated_partition_loses_no_acked_record_when_its_leader_is_sigkilled() {
+    use std::collections::HashMap;
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+
+    let _serial = one_at_a_time();
+    let dir = tempfile::tempdir().unwrap();
+    let first = replicated_peer(dir.path(), "p1", "127.0.0.1:0", None);
+    let seed = first.peer.clone().unwrap();
+    let second = replicated_peer(dir.path(), "p2", "127.0.0.1:0", Some(&seed));
+    let third = replicated_peer(dir.path(), "p3", "127.0.0.1:0", Some(&seed));
+    let mut servers = [first, second, third];
+    wait_led(&servers.iter().collect::<Vec<_>>());
+
+    // Which peer leads most partitions: it is the one killed.
+    let leads = |s: &Server| replicas(s).values().filter(|r| r.0 == "leader").count();
+    let victim = (0..3).max_by_key(|&i| leads(&servers[i])).unwrap();
+    let through = (victim + 1) % 3;
+    assert!(leads(&servers[victim]) > 0);
+
+    let stop = Arc::new(AtomicBool::new(false));
+    let progress = Arc::new(AtomicU64::new(0));
+    let producer =
+        crate::cluster::keyed_producer(&servers[through].tcp, &stop, &progress, Duration::from_millis(1));
+    let producing = |since: u64| {
+        wait_until("the producer goes on", Duration::from_secs(60), || {
+            progress.load(Ordering::Acquire) >= since + 300
+        });
+        progress.load(Ordering::Acquire)
+    };
+    let before = producing(0);
+    servers[victim].kill9();
+    assert!(
+        progress.load(Ordering::Acquire) >= before,
+        "the kill landed while the producer wrote"
+    );
+    let rest: Vec<&Server> = (0..3).filter(|i| *i != victim).map(|i| &servers[i]).collect();
+    let took = wait_until(
+        "the two left lead every partition",
+        Duration::from_secs(30),
+        || {
+            let views: Vec<_> = rest.iter().map(|s| replicas(s)).collect();
+            (0..8u64).all(|p| {
+                views
+                    .iter()
+                    .filter(|v| v.get(&p).is_some_and(|r| r.0 == "leader"))
+                    .count()
+                    == 1
+            })
+        },
+    );
+    eprintln!("every partition led again within {took:?} of the SIGKILL");
+    producing(progress.load(Ordering::Acquire));
+    stop.store(true, Ordering::Release);
+    let (acked, failed) = producer.join().unwrap();
+    for message in &failed {
+        assert!(
+            message.contains("may or may not have been written")
+                || message.contains("unavailable")
+                || message.contains("moves"),
+            "a failed batch says why: {message}"
+        );
+    }
+
+    // Every acked record once, read through either peer left.
+    for server in &rest {
+        let mut seen: HashMap<String, usize> = HashMap::new();
+        for (_, _, value) in tail_when_led(server, "events") {
+            *seen.entry(value).or_default() += 1;
+        }
+        let lost: Vec<_> = acked.iter().filter(|v| !seen.contains_key(*v)).take(5).collect();
+        assert!(
+            lost.is_empty(),
+            "acked records missing ({} of {}; {} batches failed): {lost:?}",
+            acked.iter().filter(|v| !seen.contains_key(*v)).count(),
+            acked.len(),
+            failed.len()
+        );
+        let twice: Vec<_> = seen.iter().filter(|(_, n)| **n > 1).take(5).collect();
+        assert!(twice.is_empty(), "records twice: {twice:?}");
+    }
+
+    // The killed peer returns with its data: it follows again and catches up.
+    let back = servers[victim].peer.clone().unwrap();
+    let seed = rest[0].peer.clone().unwrap();
+    servers[victim] = replicated_peer(dir.path(), &format!("p{}", victim + 1), &back, Some(&seed));
+    wait_led(&servers.iter().collect::<Vec<_>>());
+    wait_replicated(&servers.iter().collect::<Vec<_>>());
+}
+
+fn signal(server: &Server, signal: i32) {
+    // SAFETY: kill(2) on our own child's pid; no memory is touched.
+    unsafe { libc::kill(server.pid() as libc::pid_t, signal) };
+}
+
+#[test]
+fn a_leader_cut_off_from_its_replicas_acks_nothing_and_goes_on_once_they_are_back() {
+    use flowd::client::{Client, ClientError};
+    use flowd::protocol::OwnedWireRecord;
+
+    let _serial = one_at_a_time();
+    let dir = tempfile::tempdir().unwrap();
+    let first = replicated_peer(dir.path(), "p1", "127.0.0.1:0", None);
+    let seed = first.peer.clone().unwrap();
+    let second = replicated_peer(dir.path(), "p2", "127.0.0.1:0", Some(&seed));
+    let third = replicated_peer(dir.path(), "p3", "127.0.0.1:0", Some(&seed));
+    let servers = [first, second, third];
+    wait_led(&servers.iter().collect::<Vec<_>>());
+    let (leader, partition) = (0..3)
+        .find_map(|i| {
+            replicas(&servers[i])
+                .into_iter()
+                .find(|(_, r)| r.0 == "leader")
+                .map(|(p, _)| (i, p as u32))
+        })
+        .unwrap();
+    let record = |v: &str| OwnedWireRecord {
+        timestamp_ms: None,
+        key: None,
+        value: v.as_bytes().to_vec(),
+        headers: Vec::new(),
+    };
+    let mut client = Client::connect(&servers[leader].tcp).unwrap();
+    client
+        .produce_batch("events", Some(partition), &[record("before")])
+        .unwrap();
+
+    // Both followers paused: the leader alone is a minority and acks nothing.
+    let others: Vec<&Server> = (0..3).filter(|i| *i != leader).map(|i| &servers[i]).collect();
+    for s in &others {
+        signal(s, libc::SIGSTOP);
+    }
+    let cut_off = client.produce_batch("events", Some(partition), &[record("cut off")]);
+    let hwm_then = replicas(&servers[leader])[&u64::from(partition)].3;
+    for s in &others {
+        signal(s, libc::SIGCONT);
+    }
+    match cut_off {
+        Err(ClientError::Server { message, .. }) => assert!(
+            message.contains("quorum") && message.contains("may or may not have been written")
+                || message.contains("refused rather than acked below its quorum"),
+            "{message}"
+        ),
+        other => panic!("a write acked by a leader cut off from every replica: {other:?}"),
+    }
+    assert_eq!(hwm_then, 1, "the high-water mark stayed where the quorum was");
+
+    // Back together, writes are acked again (through whoever leads by then).
+    wait_until("a write is acked again", Duration::from_secs(30), || {
+        Client::connect(&servers[leader].tcp)
+            .and_then(|mut c| c.produce_batch("events", Some(partition), &[record("after")]))
+            .is_ok()
+    });
+    wait_led(&servers.iter().collect::<Vec<_>>());
+    let values: Vec<String> = tail_when_led(&servers[leader], "events")
+        .into_iter()
+        .map(|(_, _, v)| v)
+        .collect();
+    assert_eq!(values.iter().filter(|v| *v == "before").count(), 1, "{values:?}");
+    assert!(values.iter().filter(|v| *v == "after").count() >= 1, "{values:?}");
+}
+
+#[test]
+fn the_new_leader_is_the_replica_holding_every_acked_record_not_a_lagging_one() {
+    use flowd::client::Client;
+    use flowd::protocol::OwnedWireRecord;
+
+    let _serial = one_at_a_time();
+    let dir = tempfile::tempdir().unwrap();
+    let first = replicated_peer(dir.path(), "p1", "127.0.0.1:0", None);
+    let seed = first.peer.clone().unwrap();
+    let second = replicated_peer(dir.path(), "p2", "127.0.0.1:0", Some(&seed));
+    let third = replicated_peer(dir.path(), "p3", "127.0.0.1:0", Some(&seed));
+    let mut servers = [first, second, third];
+    wait_led(&servers.iter().collect::<Vec<_>>());
+    let (leader, partition) = (0..3)
+        .find_map(|i| {
+            replicas(&servers[i])
+                .into_iter()
+                .find(|(_, r)| r.0 == "leader")
+                .map(|(p, _)| (i, p as u32))
+        })
+        .unwrap();
+    let (keeps_up, lags) = ((leader + 1) % 3, (leader + 2) % 3);
+
+    // One follower paused: the leader and the other still make a quorum, and ack.
+    signal(&servers[lags], libc::SIGSTOP);
+    let mut client = Client::connect(&servers[leader].tcp).unwrap();
+    let mut acked = Vec::new();
+    for i in 0..50 {
+        let value = format!("acked {i}");
+        let record = OwnedWireRecord {
+            timestamp_ms: None,
+            key: None,
+            value: value.clone().into_bytes(),
+            headers: Vec::new(),
+        };
+        client
+            .produce_batch("events", Some(partition), &[record])
+            .unwrap();
+        acked.push(value);
+    }
+    let lagging_end = replicas(&servers[keeps_up])[&u64::from(partition)].2;
+    assert!(lagging_end >= 50, "the follower that kept up holds them");
+
+    // The leader dies as the lagging follower comes back: the one that kept up leads.
+    servers[leader].kill9();
+    signal(&servers[lags], libc::SIGCONT);
+    wait_until(
+        "the two left lead every partition",
+        Duration::from_secs(30),
+        || {
+            let views: Vec<_> = [keeps_up, lags].iter().map(|&i| replicas(&servers[i])).collect();
+            (0..8u64).all(|p| {
+                views
+                    .iter()
+                    .filter(|v| v.get(&p).is_some_and(|r| r.0 == "leader"))
+                    .count()
+                    == 1
+            })
+        },
+    );
+    let new_leader = [keeps_up, lags]
+        .into_iter()
+        .find(|&i| replicas(&servers[i])[&u64::from(partition)].0 == "leader")
+        .unwrap();
+    assert_eq!(new_leader, keeps_up, "the follower that kept up leads");
+    let values: Vec<String> = tail_when_led(&servers[lags], "events")
+        .into_iter()
+        .map(|(_, _, v)| v)
+        .collect();
+    let lost: Vec<&String> = acked.iter().filter(|v| !values.contains(v)).collect();
+    assert!(lost.is_empty(), "acked records lost in the failover: {lost:?}");
+}

@@ -49,6 +49,10 @@ pub struct Assignment {
     /// The peers holding a replica, by peer address; the leader is one of them.
     pub replicas: Vec<SocketAddr>,
     pub leader: SocketAddr,
+    /// The leader's run (its `PeerId::bump`) when it was chosen: a leader that restarted
+    /// since is not the leader any more (it may have lost what it had not synced), and a
+    /// new one is chosen.
+    pub leader_run: u64,
     /// Raised at every change of leader: a batch written under an older epoch is never
     /// acked once a newer one exists (the replicas that chose the newer one refuse it).
     pub epoch: u32,
@@ -57,6 +61,16 @@ pub struct Assignment {
 /// A change to the metadata, proposed by the group's leader.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub enum Command {
+    /// Opens the election of a partition's leader for `epoch` (its current epoch must
+    /// still be `expect_epoch`): recorded before any replica is fenced with it, so that
+    /// whichever peer leads the group next finishes an election another began, rather
+    /// than leave replicas fenced under a leader that no longer leads.
+    Elect {
+        topic: String,
+        partition: u32,
+        expect_epoch: u32,
+        epoch: u32,
+    },
     /// Sets a partition's assignment if its epoch is still `expect_epoch` (0: it has
     /// none yet) and the new one is higher: a decision made on a stale view of the
     /// metadata is refused rather than applied.
@@ -85,6 +99,9 @@ pub enum Outcome {
 pub struct Metadata {
     /// `topic -> partition -> assignment`.
     pub partitions: BTreeMap<String, BTreeMap<u32, Assignment>>,
+    /// `topic -> partition -> epoch` of the elections begun and not finished.
+    #[serde(default)]
+    pub electing: BTreeMap<String, BTreeMap<u32, u32>>,
 }
 
 impl Metadata {
@@ -92,8 +109,32 @@ impl Metadata {
         self.partitions.get(topic)?.get(&partition)
     }
 
+    /// The epoch of the election begun for the partition, if one is not finished.
+    pub fn electing(&self, topic: &str, partition: u32) -> Option<u32> {
+        self.electing.get(topic)?.get(&partition).copied()
+    }
+
     pub fn apply(&mut self, command: &Command) -> Outcome {
         match command {
+            Command::Elect {
+                topic,
+                partition,
+                expect_epoch,
+                epoch,
+            } => {
+                let current = self.assignment(topic, *partition).map_or(0, |a| a.epoch);
+                if current != *expect_epoch || *epoch <= current {
+                    return Outcome::Stale { current };
+                }
+                let slot = self
+                    .electing
+                    .entry(topic.clone())
+                    .or_default()
+                    .entry(*partition)
+                    .or_insert(0);
+                *slot = (*slot).max(*epoch);
+                Outcome::Applied
+            }
             Command::Assign {
                 topic,
                 partition,
@@ -111,6 +152,9 @@ impl Metadata {
                     .entry(topic.clone())
                     .or_default()
                     .insert(*partition, assignment.clone());
+                if let Some(electing) = self.electing.get_mut(topic) {
+                    electing.remove(partition);
+                }
                 Outcome::Applied
             }
         }
@@ -133,6 +177,7 @@ mod tests {
             assignment: Assignment {
                 replicas: vec![addr(1), addr(2), addr(3)],
                 leader: addr(leader),
+                leader_run: 1,
                 epoch,
             },
         }
@@ -152,6 +197,18 @@ mod tests {
         let a = m.assignment("t", 3).unwrap();
         assert_eq!((a.leader, a.epoch), (addr(2), 2));
         assert!(m.assignment("t", 4).is_none());
+        // An election opens over the current epoch only, and its assignment closes it.
+        let elect = |expect_epoch, epoch| Command::Elect {
+            topic: "t".into(),
+            partition: 3,
+            expect_epoch,
+            epoch,
+        };
+        assert_eq!(m.apply(&elect(1, 3)), Outcome::Stale { current: 2 });
+        assert_eq!(m.apply(&elect(2, 3)), Outcome::Applied);
+        assert_eq!(m.electing("t", 3), Some(3));
+        assert_eq!(m.apply(&assign(2, 3, 1)), Outcome::Applied);
+        assert_eq!(m.electing("t", 3), None);
     }
 
     #[test]

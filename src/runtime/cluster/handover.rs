@@ -64,6 +64,10 @@ pub fn run(peers: Weak<Peers>) {
         let owners = peers.owners();
         let mut claims = Vec::new();
         for (t, topic) in owners.iter().enumerate() {
+            // A replicated partition moves by the metadata group's decision, not by claims.
+            if peers.replication.is_replicated(t) {
+                continue;
+            }
             for (p, owner) in topic.iter().enumerate() {
                 let p = p as u32;
                 match (owner, peers.ownership.standing(t, p)) {
@@ -317,8 +321,20 @@ pub fn leave(peers: &Arc<Peers>, shared: &Shared, patience: Duration) -> usize {
         .iter()
         .enumerate()
         .flat_map(|(t, (_, n))| (0..*n).map(move |p| (t, p)))
-        .filter(|&(t, p)| peers.ownership.serving(t, p))
+        .filter(|&(t, p)| peers.ownership.serving(t, p) && !peers.replication.is_replicated(t))
         .collect();
+    // Replicated partitions it leads: the metadata group's leader chooses new leaders
+    // among the other replicas once this peer says it leaves; it waits for that.
+    let leading = || {
+        peers
+            .topics()
+            .iter()
+            .enumerate()
+            .filter(|(t, _)| peers.replication.is_replicated(*t))
+            .flat_map(|(t, (_, n))| (0..*n).map(move |p| (t, p)))
+            .filter(|&(t, p)| peers.replication.state(t, p).leads().is_some())
+            .count()
+    };
     peers.cluster.announce_leaving(Duration::from_secs(1));
     let deadline = Instant::now() + patience;
     loop {
@@ -339,7 +355,7 @@ pub fn leave(peers: &Arc<Peers>, shared: &Shared, patience: Duration) -> usize {
             .collect();
         // Handed over, every batch routed on through here answered, and this peer's
         // stages through what they had to read (the new owners step over those records).
-        if left.is_empty() && peers.unsettled() == 0 && stages_caught_up(shared) {
+        if left.is_empty() && leading() == 0 && peers.unsettled() == 0 && stages_caught_up(shared) {
             tracing::info!("handed {} partitions over", serving.len());
             return 0;
         }

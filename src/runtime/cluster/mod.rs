@@ -12,8 +12,10 @@
 //! The shard reaches the wing through `Shared::peers` (a `Peers`) and `Ownership`; the
 //! data plane of `crate::cluster` reaches it through `service::PeerService`.
 
+pub mod controller;
 pub mod handover;
 pub mod ownership;
 pub mod peers;
+pub mod replica;
 pub mod reroute;
 pub mod service;

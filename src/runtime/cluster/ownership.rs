@@ -53,6 +53,12 @@ impl Ownership {
         self.states[topic][partition as usize].store(AWAY, Ordering::Release);
     }
 
+    /// Serves the partition here at once (a replicated partition this peer now leads:
+    /// its replicas hold it already, nothing is copied in).
+    pub fn serve(&self, topic: usize, partition: u32) {
+        self.states[topic][partition as usize].store(SERVING, Ordering::Release);
+    }
+
     /// Away -> claiming; false if it was not away.
     pub fn start_claim(&self, topic: usize, partition: u32) -> bool {
         self.states[topic][partition as usize]

@@ -15,6 +15,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Condvar, Mutex, OnceLock, RwLock, Weak};
 use std::time::Duration;
 
+use crate::cluster::consensus::Metadata;
 use crate::cluster::data;
 use crate::cluster::frame::{self, Kind};
 use crate::cluster::rendezvous;
@@ -23,6 +24,7 @@ use crate::cluster::{Cluster, View};
 use crate::protocol::wire::encode_record;
 use crate::protocol::{ErrorCode, ProtocolError};
 use crate::runtime::cluster::ownership::Ownership;
+use crate::runtime::cluster::replica::Replication;
 use crate::runtime::cluster::reroute;
 use crate::runtime::error::EngineError;
 use crate::runtime::error::RuntimeError;
@@ -58,6 +60,8 @@ pub struct Peers {
     refused_rx: Mutex<Option<flume::Receiver<(usize, Batch)>>>,
     /// Batches handed to the rerouter and not sent on yet.
     pub rerouting: Arc<AtomicUsize>,
+    /// The replicated partitions: their roles here, quorums and promises.
+    pub replication: Arc<Replication>,
 }
 
 /// A fetch for a partition another peer owns, and where its answer frame goes.
@@ -68,10 +72,25 @@ pub struct Fetch {
 }
 
 impl Peers {
-    pub fn new(cluster: Arc<Cluster>, topics: Vec<(String, u32)>) -> Peers {
-        let owners = owners_of(&cluster.view.get(), &topics);
+    /// `topics`: `(name, partitions, replicas)`.
+    pub fn new(
+        cluster: Arc<Cluster>,
+        replicated: Vec<(String, u32, u32)>,
+        data_dir: &std::path::Path,
+    ) -> Result<Peers, RuntimeError> {
+        let replication = Arc::new(
+            Replication::open(cluster.me, replicated.clone(), data_dir)
+                .map_err(|reason| RuntimeError::Shard { shard: 0, reason })?,
+        );
+        let topics: Vec<(String, u32)> = replicated.into_iter().map(|(n, p, _)| (n, p)).collect();
+        let owners = owners_of(
+            &cluster.view.get(),
+            &cluster.consensus.metadata().get(),
+            &replication,
+            &topics,
+        );
         let (refused, refused_rx) = flume::bounded(reroute::REROUTE_QUEUE);
-        Peers {
+        Ok(Peers {
             cluster,
             ownership: Ownership::new(topics.iter().map(|(_, n)| *n)),
             topics,
@@ -82,7 +101,8 @@ impl Peers {
             refused,
             refused_rx: Mutex::new(Some(refused_rx)),
             rerouting: Arc::new(AtomicUsize::new(0)),
-        }
+            replication,
+        })
     }
 
     /// Starts the rerouter and the hand-over of partitions; links report a lost peer to
@@ -105,6 +125,18 @@ impl Peers {
             .name("flowd-handover".into())
             .spawn(move || crate::runtime::cluster::handover::run(peers))
             .map_err(thread)?;
+        if (0..self.topics.len()).any(|t| self.replication.is_replicated(t)) {
+            let peers = Arc::downgrade(self);
+            std::thread::Builder::new()
+                .name("flowd-replicas".into())
+                .spawn(move || crate::runtime::cluster::replica::watch(peers))
+                .map_err(thread)?;
+            let peers = Arc::downgrade(self);
+            std::thread::Builder::new()
+                .name("flowd-controller".into())
+                .spawn(move || crate::runtime::cluster::controller::run(peers))
+                .map_err(thread)?;
+        }
         Ok(())
     }
 
@@ -156,9 +188,11 @@ impl Peers {
         }
     }
 
-    /// Owners under the current view, recomputed when the view changed.
+    /// Owners under the current view (and, for replicated topics, the metadata's
+    /// leaders), recomputed when either changed.
     pub fn owners(&self) -> Arc<Owners> {
-        let version = self.cluster.view.version();
+        let metadata = self.cluster.consensus.metadata();
+        let version = self.cluster.view.version().wrapping_mul(1 << 20) ^ metadata.version();
         {
             let slot = self.owners.read().unwrap_or_else(|e| e.into_inner());
             if slot.0 == version {
@@ -166,8 +200,8 @@ impl Peers {
             }
         }
         let view = self.cluster.view.get();
-        let owners = Arc::new(owners_of(&view, &self.topics));
-        *self.owners.write().unwrap_or_else(|e| e.into_inner()) = (view.version, Arc::clone(&owners));
+        let owners = Arc::new(owners_of(&view, &metadata.get(), &self.replication, &self.topics));
+        *self.owners.write().unwrap_or_else(|e| e.into_inner()) = (version, Arc::clone(&owners));
         owners
     }
 
@@ -245,15 +279,28 @@ impl RemoteRoute for Peers {
     }
 }
 
-fn owners_of(view: &View, topics: &[(String, u32)]) -> Owners {
+/// A replicated partition belongs to the leader the metadata group chose (this peer
+/// while it has none: writes wait here until one is chosen); any other to its
+/// rendezvous owner among the live peers.
+fn owners_of(
+    view: &View,
+    metadata: &Metadata,
+    replication: &Replication,
+    topics: &[(String, u32)],
+) -> Owners {
     let live = view.placement();
     topics
         .iter()
-        .map(|(name, partitions)| {
+        .enumerate()
+        .map(|(t, (name, partitions))| {
             (0..*partitions)
                 .map(|p| {
-                    let owner = rendezvous::owner(&live, name, p).peer;
-                    (owner.addr != view.me.addr).then_some(owner.addr)
+                    let owner = if replication.is_replicated(t) {
+                        metadata.assignment(name, p).map_or(view.me.addr, |a| a.leader)
+                    } else {
+                        rendezvous::owner(&live, name, p).peer.addr
+                    };
+                    (owner != view.me.addr).then_some(owner)
                 })
                 .collect()
         })

@@ -12,9 +12,11 @@ use std::sync::Arc;
 use crate::cluster::data;
 use crate::cluster::frame::{self, Body, Kind};
 use crate::cluster::handover::{self, Phase};
+use crate::cluster::replication as wire;
 use crate::cluster::transport::DataPlane;
 use crate::protocol::wire::Cursor;
 use crate::protocol::{ErrorCode, ProtocolError};
+use crate::runtime::cluster::replica::ReplicaRequest;
 use crate::runtime::error::EngineError;
 use crate::runtime::mesh::{Ack, Batch, ClientAck, Payload};
 use crate::runtime::placement::owner;
@@ -97,6 +99,14 @@ impl DataPlane for PeerService {
                 Kind::Fetch => self
                     .fetch(&frame.body, request)
                     .map(|bytes| Some((Kind::Frame, bytes))),
+                // Answered by the owner shard, on `out_tx`, once it has batches or its
+                // wait ran out.
+                Kind::ReplicaFetch => self
+                    .replica_fetch(from, &frame.body, request, &out_tx)
+                    .map(|()| None),
+                Kind::FenceEpoch => self
+                    .fence_epoch(&frame.body)
+                    .map(|(last_epoch, end)| Some((Kind::Fenced, wire::encode_fenced(last_epoch, end)))),
                 other => Err(ProtocolError::new(
                     ErrorCode::UnknownKind,
                     format!("a {other:?} frame on a data connection"),
@@ -152,6 +162,79 @@ impl PeerService {
                 partition,
             }),
         })
+    }
+
+    /// A replicated partition of this peer, by name.
+    fn replicated(
+        &self,
+        name: &str,
+        partition: u32,
+    ) -> Result<(usize, &Arc<crate::runtime::cluster::peers::Peers>), ProtocolError> {
+        let topic = self.partition(name, partition)?;
+        let peers = self
+            .shared
+            .peers
+            .as_ref()
+            .expect("a peer service runs in a cluster");
+        if !peers.replication.is_replicated(topic) {
+            return Err(ProtocolError::new(
+                ErrorCode::Malformed,
+                format!(
+                    "topic \"{name}\" is not replicated here (replicas = 1): the peers' dataflows differ"
+                ),
+            ));
+        }
+        Ok((topic, peers))
+    }
+
+    fn replica_fetch(
+        &self,
+        from: SocketAddr,
+        body: &[u8],
+        request: u64,
+        out: &flume::Sender<Vec<u8>>,
+    ) -> Result<(), ProtocolError> {
+        let fetch = wire::decode_fetch(body).map_err(malformed)?;
+        let (topic, _) = self.replicated(&fetch.topic, fetch.partition)?;
+        let partition = fetch.partition;
+        let order = ShardRequest::Replica(ReplicaRequest::Fetch {
+            topic,
+            partition,
+            from,
+            request,
+            fetch,
+            reply: out.clone(),
+        });
+        self.shared.services[owner(partition, self.shared.shards)]
+            .send(order)
+            .map_err(|_| ProtocolError::from(EngineError::Stopping))
+    }
+
+    fn fence_epoch(&self, body: &[u8]) -> Result<(u32, u64), ProtocolError> {
+        let (name, partition, epoch) = wire::decode_fence(body).map_err(malformed)?;
+        let (topic, peers) = self.replicated(&name, partition)?;
+        let unavailable = |m: String| ProtocolError::from(EngineError::Unavailable(m));
+        if !peers
+            .replication
+            .promise(topic, partition, epoch)
+            .map_err(unavailable)?
+        {
+            return Err(unavailable(format!(
+                "this replica promised an epoch above {epoch} already"
+            )));
+        }
+        let (tx, rx) = flume::bounded(1);
+        let fence = ShardRequest::Replica(ReplicaRequest::Fence {
+            topic,
+            partition,
+            epoch,
+            reply: tx,
+        });
+        self.shared.services[owner(partition, self.shared.shards)]
+            .send(fence)
+            .map_err(|_| ProtocolError::from(EngineError::Stopping))?;
+        rx.recv_timeout(std::time::Duration::from_secs(2))
+            .map_err(|_| unavailable("the shard did not answer the fence in time".into()))
     }
 
     fn produce(

@@ -38,7 +38,7 @@ pub(super) async fn admin(
         let Some(mut cursor) = consumers.get(t, p, &g) else {
             continue;
         };
-        let next = local(shard, t, p)?.log.borrow().durable_offset();
+        let next = local(shard, t, p)?.log.borrow().committed_offset();
         let outcome = match action {
             AdminAction::List => Ok(false),
             AdminAction::Disable => cursor.disable("disabled by request").map(|()| true),

@@ -43,7 +43,7 @@ pub(super) fn new_cursor(
     Ok(Cursor::new(
         options.clone(),
         log.start_offset(),
-        log.durable_offset(),
+        log.committed_offset(),
         |t| log.offset_at_time(t),
     ))
 }
@@ -101,7 +101,7 @@ pub(super) async fn claim(
         range.map(|_| partition),
         from,
         to,
-        log.durable_offset(),
+        log.committed_offset(),
     );
     drop(log);
     if created || cursor != before {

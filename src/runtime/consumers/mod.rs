@@ -482,7 +482,7 @@ pub async fn run(shard: &Rc<Shard>, op: PartitionOp) -> OpResult {
             let local = local(shard, topic, partition)?;
             let log = local.log.borrow();
             Ok(OpReply::Length(
-                log.durable_offset().saturating_sub(log.start_offset()),
+                log.committed_offset().saturating_sub(log.start_offset()),
             ))
         }
     };

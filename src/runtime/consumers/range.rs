@@ -9,7 +9,7 @@ use crate::storage::PartitionLog;
 
 /// Offsets `lo..hi` of a range read: offsets as given, or times turned into offsets.
 fn offsets(log: &PartitionLog, by_time: bool, from: Bound, to: Bound) -> (u64, u64) {
-    let (start, next) = (log.start_offset(), log.durable_offset());
+    let (start, next) = (log.start_offset(), log.committed_offset());
     // The first offset at or after a time; past every record: the end.
     let at = |t: i64| log.offset_at_time(t).unwrap_or(next);
     let off = |v: i64| v.max(0) as u64;
@@ -35,7 +35,7 @@ fn offsets(log: &PartitionLog, by_time: bool, from: Bound, to: Bound) -> (u64, u
 pub(super) fn read_range(log: &PartitionLog, spec: &RangeSpec, request_id: u64) -> (Vec<u8>, u32) {
     let (lo, hi) = offsets(log, spec.by_time, spec.from, spec.to);
     let mut out = Vec::new();
-    let mut writer = RecordsWriter::fetched(&mut out, request_id, log.start_offset(), log.durable_offset());
+    let mut writer = RecordsWriter::fetched(&mut out, request_id, log.start_offset(), log.committed_offset());
     if lo < hi && !spec.reverse {
         copy_records(
             &mut writer,

@@ -60,12 +60,11 @@ pub async fn status(shard: &Rc<Shard>, started: Instant, listeners: &[String], r
     let jobs_waiting = shards.iter().map(|s| s.jobs_waiting).sum();
     for p in shards.into_iter().flat_map(|s| s.partitions) {
         if let Some(t) = spec.topic_index(&p.topic) {
-            // In a cluster: the partitions this peer owns (its copies of others' are stale).
-            if shared
-                .peers
-                .as_ref()
-                .is_some_and(|peers| peers.owner(t, p.partition).is_some())
-            {
+            // In a cluster: the partitions this peer owns (its copies of others' are
+            // stale), and the replicas it holds of replicated ones.
+            if shared.peers.as_ref().is_some_and(|peers| {
+                peers.owner(t, p.partition).is_some() && p.replica.as_ref().is_none_or(|r| r.role == "none")
+            }) {
                 continue;
             }
             topics[t].partitions.push(p);

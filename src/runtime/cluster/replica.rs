@@ -1,0 +1,868 @@
+//! Replicated partitions on this peer: the role it plays in each (leader, follower or
+//! neither, for one epoch), what a leader counts towards its quorum, and what a follower
+//! does to keep its copy equal to the leader's.
+//!
+//! - The metadata group decides each partition's leader, replicas and epoch; `watch`
+//!   turns what it decided into roles here (`ReplicaRequest::Role` on the owner shard).
+//! - A leader appends what producers send, stamped with its epoch, and acks a batch
+//!   once the high-water mark passed it: the offset a majority of the replicas hold
+//!   durably in copies of the leader's view (a follower's copy counts once the leader
+//!   found it a prefix of its own and the follower recorded that, durably, as its
+//!   view). Readers see no further (`set_commit_limit`).
+//! - A follower runs a fetcher thread that asks the leader for the batches after its
+//!   copy, with the epoch of its last batch: the leader answers with batches (appended
+//!   as they are, at the same offsets) or with where the copies diverge (the follower
+//!   cuts its copy back there). Each fetch says how far the follower is durable: that is
+//!   what the leader counts.
+//! - Fencing: before the metadata group's leader chooses a new leader for epoch E, a
+//!   majority of the replicas promise (durably, `DATA_DIR/cluster/promises`) to take
+//!   nothing from an epoch below E and say their view and end; the longest copy of the
+//!   latest view leads (`controller.rs` says why). A leader cut off from that majority
+//!   can append but never ack again.
+
+use std::collections::{BTreeMap, HashMap};
+use std::net::{SocketAddr, TcpStream};
+use std::path::{Path, PathBuf};
+use std::rc::Rc;
+use std::sync::atomic::{AtomicU8, AtomicU32, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, Weak};
+use std::time::Duration;
+
+use crate::cluster::frame::{self, Kind};
+use crate::cluster::replication::{self as wire, ReplicaData, ReplicaFetch};
+use crate::cluster::transport::{self, Purpose};
+use crate::cluster::{PeerId, PeerState};
+use crate::runtime::cluster::peers::Peers;
+use crate::runtime::error::EngineError;
+use crate::runtime::mesh::{Ack, Batch, Payload};
+use crate::runtime::placement::owner;
+use crate::runtime::service::ShardRequest;
+use crate::runtime::shard::{LocalPartition, Shard};
+use crate::storage::batch::CheckedBatch;
+use crate::storage::{Stored, io};
+
+const NONE: u8 = 0;
+const LEADER: u8 = 1;
+const FOLLOWER: u8 = 2;
+
+/// How long a leader's batch may wait for its quorum before its producer is told it
+/// may or may not have been written.
+pub const QUORUM_TIMEOUT: Duration = Duration::from_secs(10);
+/// The longest a follower's fetch waits at the leader for new batches.
+const FETCH_WAIT: Duration = Duration::from_millis(500);
+/// Most bytes of batches one fetch answer carries.
+const FETCH_BYTES: usize = 1 << 20;
+/// How often `watch` looks at the metadata when it did not change.
+const WATCH_ROUND: Duration = Duration::from_millis(50);
+/// A follower that cannot reach its leader waits this long before it tries again.
+const RETRY: Duration = Duration::from_millis(100);
+
+/// One partition's replication state on this peer, shared by its shard (the only one
+/// that changes the log) and the threads that read it.
+#[derive(Default)]
+pub struct ReplicaState {
+    role: AtomicU8,
+    /// The epoch this peer leads or follows under.
+    epoch: AtomicU32,
+    /// The highest epoch it promised in a fence: nothing older is taken.
+    promised: AtomicU32,
+    /// The epoch of the last leader whose log this copy is known to be a prefix of (the
+    /// leader's own epoch on a leader): elections compare copies by it, then by their
+    /// ends (Viewstamped Replication's rule), and a leader counts a follower's copy
+    /// towards its quorum only once it is of the leader's epoch.
+    view: AtomicU32,
+    /// The high-water mark: a leader's own, a follower's as its leader last said.
+    hwm: AtomicU64,
+    quorum: Mutex<Quorum>,
+}
+
+#[derive(Default)]
+struct Quorum {
+    replicas: Vec<SocketAddr>,
+    leader: Option<SocketAddr>,
+    /// How far each follower said it holds the leader's records durably, this epoch.
+    ends: HashMap<SocketAddr, u64>,
+}
+
+/// What a replica looks like on `flowd status`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ReplicaView {
+    pub role: &'static str,
+    pub epoch: u32,
+    pub leader: Option<SocketAddr>,
+    pub replicas: Vec<SocketAddr>,
+    pub hwm: u64,
+    /// Leader only: how far each follower holds the log durably.
+    pub followers: Vec<(SocketAddr, u64)>,
+}
+
+impl ReplicaState {
+    pub fn is_leader(&self, epoch: u32) -> bool {
+        self.role.load(Ordering::Acquire) == LEADER && self.epoch.load(Ordering::Acquire) == epoch
+    }
+
+    /// Whether this peer follows the partition in `epoch` and promised nothing newer.
+    pub fn follows(&self, epoch: u32) -> bool {
+        self.role.load(Ordering::Acquire) == FOLLOWER
+            && self.epoch.load(Ordering::Acquire) == epoch
+            && self.promised.load(Ordering::Acquire) <= epoch
+    }
+
+    pub fn leads(&self) -> Option<u32> {
+        (self.role.load(Ordering::Acquire) == LEADER).then(|| self.epoch.load(Ordering::Acquire))
+    }
+
+    pub fn hwm(&self) -> u64 {
+        self.hwm.load(Ordering::Acquire)
+    }
+
+    fn quorum(&self) -> std::sync::MutexGuard<'_, Quorum> {
+        self.quorum.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    pub fn view(&self) -> ReplicaView {
+        let quorum = self.quorum();
+        let role = self.role.load(Ordering::Acquire);
+        ReplicaView {
+            role: match role {
+                LEADER => "leader",
+                FOLLOWER => "follower",
+                _ => "none",
+            },
+            epoch: self.epoch.load(Ordering::Acquire),
+            leader: quorum.leader,
+            replicas: quorum.replicas.clone(),
+            hwm: self.hwm(),
+            followers: if role == LEADER {
+                let mut ends: Vec<(SocketAddr, u64)> = quorum.ends.iter().map(|(a, e)| (*a, *e)).collect();
+                ends.sort();
+                ends
+            } else {
+                Vec::new()
+            },
+        }
+    }
+}
+
+/// Every replicated partition of this peer.
+pub struct Replication {
+    pub me: PeerId,
+    /// `(name, partitions, replicas)` per topic.
+    topics: Vec<(String, u32, u32)>,
+    states: Vec<Vec<Arc<ReplicaState>>>,
+    promises: Mutex<PathBuf>,
+}
+
+impl Replication {
+    /// Loads the promises this peer made before (a restart keeps them).
+    pub fn open(me: PeerId, topics: Vec<(String, u32, u32)>, data_dir: &Path) -> Result<Replication, String> {
+        let path = data_dir.join("cluster").join("promises");
+        let promised: BTreeMap<String, (u32, u32)> = match std::fs::read(&path) {
+            Ok(bytes) => serde_json::from_slice(&bytes).map_err(|e| {
+                format!(
+                    "{} does not decode ({e}); it holds the epochs this peer promised: move it away only if this peer's data goes too",
+                    path.display()
+                )
+            })?,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => BTreeMap::new(),
+            Err(e) => return Err(format!("cannot read {}: {e}", path.display())),
+        };
+        let states = topics
+            .iter()
+            .map(|(name, partitions, _)| {
+                (0..*partitions)
+                    .map(|p| {
+                        let state = ReplicaState::default();
+                        if let Some((epoch, view)) = promised.get(&format!("{name}/{p}")) {
+                            state.promised.store(*epoch, Ordering::Release);
+                            state.view.store(*view, Ordering::Release);
+                        }
+                        Arc::new(state)
+                    })
+                    .collect()
+            })
+            .collect();
+        Ok(Replication {
+            me,
+            topics,
+            states,
+            promises: Mutex::new(path),
+        })
+    }
+
+    pub fn is_replicated(&self, topic: usize) -> bool {
+        self.topics[topic].2 > 1
+    }
+
+    pub fn replicas(&self, topic: usize) -> u32 {
+        self.topics[topic].2
+    }
+
+    pub fn topics(&self) -> &[(String, u32, u32)] {
+        &self.topics
+    }
+
+    pub fn state(&self, topic: usize, partition: u32) -> &Arc<ReplicaState> {
+        &self.states[topic][partition as usize]
+    }
+
+    /// Promises, durably, to take nothing from an epoch below `epoch` for the partition;
+    /// false if it had promised a higher one already.
+    pub fn promise(&self, topic: usize, partition: u32, epoch: u32) -> Result<bool, String> {
+        let path = self.promises.lock().unwrap_or_else(|e| e.into_inner());
+        let state = self.state(topic, partition);
+        if state.promised.load(Ordering::Acquire) > epoch {
+            return Ok(false);
+        }
+        state.promised.fetch_max(epoch, Ordering::AcqRel);
+        self.save(&path)?;
+        Ok(true)
+    }
+
+    /// Records, durably, that this copy is a prefix of the log of `epoch`'s leader.
+    pub fn set_view(&self, topic: usize, partition: u32, epoch: u32) -> Result<(), String> {
+        let path = self.promises.lock().unwrap_or_else(|e| e.into_inner());
+        let state = self.state(topic, partition);
+        if state.view.load(Ordering::Acquire) == epoch {
+            return Ok(());
+        }
+        state.view.store(epoch, Ordering::Release);
+        self.save(&path)
+    }
+
+    pub fn view(&self, topic: usize, partition: u32) -> u32 {
+        self.state(topic, partition).view.load(Ordering::Acquire)
+    }
+
+    fn save(&self, path: &Path) -> Result<(), String> {
+        let mut all = BTreeMap::new();
+        for (t, (name, partitions, _)) in self.topics.iter().enumerate() {
+            for p in 0..*partitions {
+                let state = &self.states[t][p as usize];
+                let promised = state.promised.load(Ordering::Acquire);
+                let view = state.view.load(Ordering::Acquire);
+                if promised > 0 || view > 0 {
+                    all.insert(format!("{name}/{p}"), (promised, view));
+                }
+            }
+        }
+        let bytes = serde_json::to_vec(&all).expect("promises serialize");
+        write_atomically(path, &bytes)
+            .map_err(|e| format!("cannot record a promise in {}: {e}", path.display()))
+    }
+}
+
+fn write_atomically(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
+    let dir = path.parent().expect("a file in a directory");
+    io::create_dir_all(dir)?;
+    let tmp = path.with_extension("tmp");
+    let file = io::create_truncate(&tmp)?;
+    io::write_at(&file, &tmp, 0, bytes)?;
+    io::sync_data(&file, &tmp)?;
+    io::rename(&tmp, path)?;
+    io::sync_dir(dir)
+}
+
+/// What a shard does for replication, on the shard that owns the partition.
+pub enum ReplicaRequest {
+    /// Lead, follow or leave the partition, as the metadata says.
+    Role {
+        topic: usize,
+        partition: u32,
+        role: Role,
+    },
+    /// A follower's fetch, answered with a whole frame on `reply`.
+    Fetch {
+        topic: usize,
+        partition: u32,
+        from: SocketAddr,
+        request: u64,
+        fetch: ReplicaFetch,
+        reply: flume::Sender<Vec<u8>>,
+    },
+    /// Where this copy ends, the epoch of its last batch and how far it is durable.
+    Position {
+        topic: usize,
+        partition: u32,
+        reply: flume::Sender<(u64, u32, u64)>,
+    },
+    /// Cuts this copy back where it diverges from the leader's: the leader's records of
+    /// epochs up to `epoch` end at `end`.
+    Diverged {
+        topic: usize,
+        partition: u32,
+        epoch: u32,
+        end: u64,
+        reply: flume::Sender<Result<u64, String>>,
+    },
+    /// A fence for `epoch` (promised already): stop leading an older epoch, say how far
+    /// the copy goes.
+    Fence {
+        topic: usize,
+        partition: u32,
+        epoch: u32,
+        reply: flume::Sender<(u32, u64)>,
+    },
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Role {
+    None,
+    Leader {
+        epoch: u32,
+        replicas: Vec<SocketAddr>,
+    },
+    Follower {
+        epoch: u32,
+        leader: SocketAddr,
+        replicas: Vec<SocketAddr>,
+    },
+}
+
+/// Handles a replication request on the shard owning its partition.
+pub async fn handle(shard: &Rc<Shard>, request: ReplicaRequest) {
+    let Some(replication) = shard.shared.peers.as_ref().map(|p| Arc::clone(&p.replication)) else {
+        return;
+    };
+    match request {
+        ReplicaRequest::Role {
+            topic,
+            partition,
+            role,
+        } => set_role(shard, &replication, topic, partition, role),
+        ReplicaRequest::Fetch {
+            topic,
+            partition,
+            from,
+            request,
+            fetch,
+            reply,
+        } => {
+            let shard = Rc::clone(shard);
+            let task_shard = Rc::clone(&shard);
+            shard.tasks.spawn(async move {
+                let frame =
+                    serve_fetch(&task_shard, &replication, topic, partition, from, request, &fetch).await;
+                let _ = reply.send_async(frame).await;
+            });
+        }
+        ReplicaRequest::Position {
+            topic,
+            partition,
+            reply,
+        } => {
+            let position = {
+                let mut log = shard.partition(topic, partition).log.borrow_mut();
+                (log.next_offset(), log.last_epoch(), log.durable_offset())
+            };
+            let _ = reply.send_async(position).await;
+        }
+        ReplicaRequest::Diverged {
+            topic,
+            partition,
+            epoch,
+            end,
+            reply,
+        } => {
+            let local = Rc::clone(shard.partition(topic, partition));
+            let cut = {
+                let mut log = local.log.borrow_mut();
+                let (_, own_end) = log.epoch_end(epoch);
+                let to = end.min(own_end);
+                tracing::warn!(
+                    topic = %replication.topics[topic].0,
+                    partition,
+                    "this replica's copy diverged from its leader's at offset {to}: the {} records after it, never acked, are cut",
+                    log.next_offset().saturating_sub(to)
+                );
+                log.truncate(to).map(|()| to).map_err(|e| e.to_string())
+            };
+            if let Ok(to) = cut {
+                shard.shared.ends[topic][partition as usize].store(to, Ordering::Release);
+            }
+            let _ = reply.send_async(cut).await;
+        }
+        ReplicaRequest::Fence {
+            topic,
+            partition,
+            epoch,
+            reply,
+        } => {
+            let state = replication.state(topic, partition);
+            if state.role.load(Ordering::Acquire) != NONE && state.epoch.load(Ordering::Acquire) < epoch {
+                set_role(shard, &replication, topic, partition, Role::None);
+            }
+            let answer = {
+                let log = shard.partition(topic, partition).log.borrow();
+                (replication.view(topic, partition), log.next_offset())
+            };
+            let _ = reply.send_async(answer).await;
+        }
+    }
+}
+
+fn set_role(shard: &Rc<Shard>, replication: &Replication, topic: usize, partition: u32, role: Role) {
+    let state = replication.state(topic, partition);
+    let local = shard.partition(topic, partition);
+    let peers = shard
+        .shared
+        .peers
+        .as_ref()
+        .expect("replication runs in a cluster");
+    let mut log = local.log.borrow_mut();
+    let mut quorum = state.quorum();
+    match role {
+        Role::Leader { epoch, replicas } => {
+            if let Err(error) = replication.set_view(topic, partition, epoch) {
+                tracing::error!("cannot lead partition {partition}: {error}");
+                shard
+                    .shared
+                    .control
+                    .fail(crate::runtime::error::RuntimeError::Shard {
+                        shard: shard.index,
+                        reason: error,
+                    });
+                return;
+            }
+            log.set_leader_epoch(epoch);
+            *quorum = Quorum {
+                replicas,
+                leader: Some(replication.me.addr),
+                ends: HashMap::new(),
+            };
+            state.epoch.store(epoch, Ordering::Release);
+            state.role.store(LEADER, Ordering::Release);
+            let visible = state.hwm().min(log.next_offset());
+            log.set_commit_limit(Some(visible));
+            peers.ownership.serve(topic, partition);
+            tracing::info!(
+                topic = %replication.topics[topic].0,
+                partition,
+                "leading in epoch {epoch} from offset {}",
+                log.next_offset()
+            );
+        }
+        Role::Follower {
+            epoch,
+            leader,
+            replicas,
+        } => {
+            peers.ownership.fence(topic, partition);
+            *quorum = Quorum {
+                replicas,
+                leader: Some(leader),
+                ends: HashMap::new(),
+            };
+            state.epoch.store(epoch, Ordering::Release);
+            state.role.store(FOLLOWER, Ordering::Release);
+            // Its stages and readers see nothing more here: the leader's do.
+            let frozen = log.committed_offset();
+            log.set_commit_limit(Some(frozen));
+        }
+        Role::None => {
+            peers.ownership.fence(topic, partition);
+            state.role.store(NONE, Ordering::Release);
+            quorum.leader = None;
+            let frozen = log.committed_offset();
+            log.set_commit_limit(Some(frozen));
+        }
+    }
+    drop(quorum);
+    drop(log);
+    local.woken();
+}
+
+/// Moves a leader's high-water mark as far as its quorum allows (see the module doc);
+/// called after each follower fetch and by the acker. Returns it.
+pub fn refresh_hwm(me: SocketAddr, state: &ReplicaState, partition: &LocalPartition) -> u64 {
+    if state.role.load(Ordering::Acquire) != LEADER {
+        return state.hwm();
+    }
+    let mut log = partition.log.borrow_mut();
+    let quorum = state.quorum();
+    let mut ends: Vec<u64> = quorum
+        .replicas
+        .iter()
+        .map(|r| {
+            if *r == me {
+                log.durable_offset()
+            } else {
+                quorum.ends.get(r).copied().unwrap_or(0)
+            }
+        })
+        .collect();
+    if ends.is_empty() {
+        return state.hwm();
+    }
+    ends.sort_unstable_by(|a, b| b.cmp(a));
+    let majority = ends[ends.len() / 2];
+    let hwm = state.hwm().max(majority).min(log.next_offset());
+    drop(quorum);
+    if hwm > state.hwm() {
+        state.hwm.store(hwm, Ordering::Release);
+        log.set_commit_limit(Some(hwm));
+        drop(log);
+        partition.woken();
+    }
+    hwm
+}
+
+#[allow(clippy::too_many_arguments)]
+async fn serve_fetch(
+    shard: &Rc<Shard>,
+    replication: &Replication,
+    topic: usize,
+    partition: u32,
+    from: SocketAddr,
+    request: u64,
+    fetch: &ReplicaFetch,
+) -> Vec<u8> {
+    let state = replication.state(topic, partition);
+    let local = Rc::clone(shard.partition(topic, partition));
+    if !state.is_leader(fetch.epoch) {
+        let error = EngineError::Unavailable(format!(
+            "this peer does not lead partition {partition} of \"{}\" in epoch {} (it is {:?} in epoch {})",
+            replication.topics[topic].0,
+            fetch.epoch,
+            state.view().role,
+            state.epoch.load(Ordering::Acquire)
+        ));
+        return frame::error(request, 0, &error.to_string());
+    }
+    let hwm = state.hwm();
+    {
+        // The follower's copy equals this one up to its offset only if this log holds its
+        // last epoch and that epoch goes at least as far here (KIP-101's check).
+        let (epoch, end) = local.log.borrow_mut().epoch_end(fetch.last_epoch);
+        if epoch != fetch.last_epoch || end < fetch.offset {
+            return frame::framed(
+                Kind::ReplicaData,
+                request,
+                &wire::encode_diverged(hwm, epoch, end),
+            );
+        }
+    }
+    if !state.quorum().replicas.contains(&from) {
+        return frame::error(
+            request,
+            0,
+            &format!("peer {from} holds no replica of this partition"),
+        );
+    }
+    // Counted only from a copy of this epoch's log (its view says so, durably).
+    if fetch.view == fetch.epoch {
+        state.quorum().ends.insert(from, fetch.durable.min(fetch.offset));
+    }
+    let hwm = refresh_hwm(replication.me.addr, state, &local);
+    // Wait for something to send, at most the fetch's wait.
+    let deadline =
+        std::time::Instant::now() + Duration::from_millis(u64::from(fetch.wait_ms)).min(FETCH_WAIT);
+    loop {
+        let seen = local.appends();
+        if local.log.borrow().next_offset() > fetch.offset || std::time::Instant::now() >= deadline {
+            break;
+        }
+        let left = deadline.saturating_duration_since(std::time::Instant::now());
+        futures_lite::future::or(local.on_append(), glommio::timer::sleep(left)).await;
+        if local.appends() == seen && !state.is_leader(fetch.epoch) {
+            break;
+        }
+    }
+    let log = local.log.borrow();
+    let mut out = Vec::new();
+    frame::encode(&mut out, Kind::ReplicaData, request, &[]);
+    let count_at = wire::begin_data(&mut out, hwm.max(state.hwm()));
+    for stored in log.read_batches(fetch.offset, u64::MAX) {
+        let Stored::Batch {
+            bytes, base_offset, ..
+        } = stored
+        else {
+            // A format-1 segment: written before replication existed; not replicated.
+            break;
+        };
+        if base_offset < fetch.offset || (out.len() > 64 && out.len() + bytes.len() > FETCH_BYTES) {
+            break;
+        }
+        wire::push_batch(&mut out, count_at, bytes);
+    }
+    // The frame's length prefix, now that the body is whole.
+    let len = (out.len() - 4) as u32;
+    out[..4].copy_from_slice(&len.to_le_bytes());
+    out
+}
+
+/// Keeps this peer's roles in step with the metadata, and a fetcher running for each
+/// partition it follows; runs until the engine stops.
+pub fn watch(peers: Weak<Peers>) {
+    let mut acted: HashMap<(usize, u32), Role> = HashMap::new();
+    let mut seen_version = u64::MAX;
+    let mut seen_run = 0;
+    loop {
+        std::thread::sleep(WATCH_ROUND);
+        let Some(peers) = peers.upgrade() else { return };
+        let Some(shared) = peers.shared() else { return };
+        if shared.control.is_stopping() {
+            return;
+        }
+        let metadata_cell = peers.cluster.consensus.metadata();
+        let version = metadata_cell.version();
+        let replication = &peers.replication;
+        let promised_changed = acted.iter().any(|(&(t, p), role)| match role {
+            Role::Leader { epoch, .. } | Role::Follower { epoch, .. } => {
+                replication.state(t, p).promised.load(Ordering::Acquire) > *epoch
+            }
+            Role::None => false,
+        });
+        let run = peers.cluster.view.get().me.bump;
+        if version == seen_version && run == seen_run && !promised_changed {
+            continue;
+        }
+        seen_version = version;
+        seen_run = run;
+        let metadata = metadata_cell.get();
+        // Its identity as gossip has it now: a peer declared down and back, or leaving,
+        // is a new run (`PeerId::bump`), and what it led before is chosen anew.
+        let me = peers.cluster.view.get().me;
+        for (t, (name, partitions, replicas)) in replication.topics.iter().enumerate() {
+            if *replicas <= 1 {
+                continue;
+            }
+            for p in 0..*partitions {
+                let promised = replication.state(t, p).promised.load(Ordering::Acquire);
+                let role = match metadata.assignment(name, p) {
+                    Some(a) if a.epoch < promised => Role::None,
+                    Some(a) if a.leader == me.addr && a.leader_run == me.bump => Role::Leader {
+                        epoch: a.epoch,
+                        replicas: a.replicas.clone(),
+                    },
+                    Some(a) if a.leader != me.addr && a.replicas.contains(&me.addr) => Role::Follower {
+                        epoch: a.epoch,
+                        leader: a.leader,
+                        replicas: a.replicas.clone(),
+                    },
+                    _ => Role::None,
+                };
+                if acted.get(&(t, p)) == Some(&role) {
+                    continue;
+                }
+                let service = &shared.services[owner(p, shared.shards)];
+                let request = ShardRequest::Replica(ReplicaRequest::Role {
+                    topic: t,
+                    partition: p,
+                    role: role.clone(),
+                });
+                if service.send(request).is_err() {
+                    return;
+                }
+                if let Role::Follower { epoch, leader, .. } = &role {
+                    let (peers, epoch, leader) = (Arc::downgrade(&peers), *epoch, *leader);
+                    let _ = std::thread::Builder::new()
+                        .name("flowd-replica".into())
+                        .spawn(move || follow(peers, t, p, epoch, leader));
+                }
+                acted.insert((t, p), role);
+            }
+        }
+    }
+}
+
+/// A follower's fetch loop for one partition in one epoch: ends when this peer stops
+/// following it in that epoch, or the engine stops.
+fn follow(peers: Weak<Peers>, topic: usize, partition: u32, epoch: u32, leader: SocketAddr) {
+    let mut stream: Option<TcpStream> = None;
+    let mut request = 0u64;
+    // The shard takes the role a moment after `watch` asked it to.
+    let started = std::time::Instant::now();
+    loop {
+        let Some(strong) = peers.upgrade() else { return };
+        let state = strong.replication.state(topic, partition);
+        if state.follows(epoch) {
+            break;
+        }
+        if started.elapsed() > Duration::from_secs(5) || state.promised.load(Ordering::Acquire) > epoch {
+            return;
+        }
+        drop(strong);
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    loop {
+        let Some(peers) = peers.upgrade() else { return };
+        let Some(shared) = peers.shared() else { return };
+        let state = Arc::clone(peers.replication.state(topic, partition));
+        if shared.control.is_stopping()
+            || state.role.load(Ordering::Acquire) != FOLLOWER
+            || state.epoch.load(Ordering::Acquire) != epoch
+            || state.promised.load(Ordering::Acquire) > epoch
+        {
+            return;
+        }
+        let service = &shared.services[owner(partition, shared.shards)];
+        let (tx, rx) = flume::bounded(1);
+        let position = ShardRequest::Replica(ReplicaRequest::Position {
+            topic,
+            partition,
+            reply: tx,
+        });
+        if service.send(position).is_err() {
+            return;
+        }
+        let Ok((offset, last_epoch, durable)) = rx.recv() else {
+            return;
+        };
+        let fetch = ReplicaFetch {
+            topic: peers.topic_name(topic).to_string(),
+            partition,
+            epoch,
+            offset,
+            last_epoch,
+            durable,
+            view: peers.replication.view(topic, partition),
+            wait_ms: FETCH_WAIT.as_millis() as u32,
+        };
+        request += 1;
+        let answer = exchange(&peers, &mut stream, leader, request, &wire::encode_fetch(&fetch));
+        let body = match answer {
+            Ok(body) => body,
+            Err(error) => {
+                tracing::debug!(
+                    "fetching partition {partition} of \"{}\" from {leader}: {error}",
+                    fetch.topic
+                );
+                stream = None;
+                drop(peers);
+                std::thread::sleep(RETRY);
+                continue;
+            }
+        };
+        match wire::decode_data(&body) {
+            Ok(ReplicaData::Diverged { hwm, epoch: e, end }) => {
+                state.hwm.fetch_max(hwm, Ordering::AcqRel);
+                let (tx, rx) = flume::bounded(1);
+                let cut = ShardRequest::Replica(ReplicaRequest::Diverged {
+                    topic,
+                    partition,
+                    epoch: e,
+                    end,
+                    reply: tx,
+                });
+                if service.send(cut).is_err() {
+                    return;
+                }
+                if let Ok(Err(error)) = rx.recv() {
+                    // Loud: this replica cannot follow; the others still hold the quorum.
+                    tracing::error!("partition {partition} of \"{}\": {error}", fetch.topic);
+                    shared.metrics.replica_failures.add(1);
+                    std::thread::sleep(Duration::from_secs(1));
+                }
+            }
+            Ok(ReplicaData::Batches { hwm, batches }) => {
+                state.hwm.fetch_max(hwm, Ordering::AcqRel);
+                // The leader found this copy a prefix of its own: it is of this epoch now.
+                if let Err(error) = peers.replication.set_view(topic, partition, epoch) {
+                    tracing::error!("partition {partition} of \"{}\": {error}", fetch.topic);
+                    std::thread::sleep(Duration::from_secs(1));
+                    continue;
+                }
+                if let Err(error) = append(&shared, topic, partition, epoch, &batches) {
+                    tracing::warn!(
+                        "partition {partition} of \"{}\" from {leader}: {error}",
+                        fetch.topic
+                    );
+                    std::thread::sleep(RETRY);
+                }
+            }
+            Err(error) => {
+                tracing::warn!("a bad answer from {leader}: {error}");
+                stream = None;
+                std::thread::sleep(RETRY);
+            }
+        }
+    }
+}
+
+/// Appends a leader's batches through the owner shard's inbox and waits until the last
+/// is durable (the next fetch says so).
+fn append(
+    shared: &crate::runtime::shard::Shared,
+    topic: usize,
+    partition: u32,
+    epoch: u32,
+    batches: &[&[u8]],
+) -> Result<(), String> {
+    let Some(last) = batches.len().checked_sub(1) else {
+        return Ok(());
+    };
+    let inbox = &shared.mesh.inboxes[topic][owner(partition, shared.shards)];
+    let (tx, rx) = flume::bounded(batches.len());
+    for (i, bytes) in batches.iter().enumerate() {
+        let checked = CheckedBatch::check(bytes).map_err(|e| format!("a replicated batch: {e}"))?;
+        let mut batch = Batch::new(
+            partition,
+            Payload::Batch(Box::new(checked)),
+            Ack::Client(tx.clone(), i),
+        );
+        batch.replica = Some(epoch);
+        inbox
+            .send(batch)
+            .map_err(|_| "the engine is stopping".to_string())?;
+    }
+    for _ in 0..=last {
+        match rx.recv_timeout(QUORUM_TIMEOUT) {
+            Ok(Ok((i, _, _))) if i == last => return Ok(()),
+            Ok(Ok(_)) => {}
+            Ok(Err(error)) => return Err(error.to_string()),
+            Err(_) => return Err("a replicated batch was not made durable in time".into()),
+        }
+    }
+    Ok(())
+}
+
+/// One request to `to` on a connection kept between calls: the answer's body.
+fn exchange(
+    peers: &Peers,
+    stream: &mut Option<TcpStream>,
+    to: SocketAddr,
+    request: u64,
+    body: &[u8],
+) -> Result<Vec<u8>, String> {
+    use std::io::Write;
+    if stream.is_none() {
+        let s = transport::connect(
+            to,
+            &peers.cluster.cluster_id,
+            peers.cluster.me.addr,
+            Purpose::Data,
+        )
+        .map_err(|e| e.to_string())?;
+        s.set_read_timeout(Some(FETCH_WAIT + Duration::from_secs(2)))
+            .map_err(|e| e.to_string())?;
+        *stream = Some(s);
+    }
+    let s = stream.as_mut().expect("just connected");
+    s.write_all(&frame::framed(Kind::ReplicaFetch, request, body))
+        .map_err(|e| e.to_string())?;
+    match frame::read(s).map_err(|e| e.to_string())? {
+        Some(f) if f.kind == Kind::ReplicaData && f.request == request => Ok(f.body),
+        Some(f) if f.kind == Kind::Error => Err(frame::read_error(&f.body).1),
+        Some(f) => Err(format!("an unexpected {:?} frame", f.kind)),
+        None => Err("the leader closed the connection".into()),
+    }
+}
+
+/// How many of a partition's replicas gossip shows alive, and how many a write needs.
+pub fn replicas_alive(peers: &Peers, state: &ReplicaState) -> (usize, usize) {
+    let view = peers.cluster.view.get();
+    let quorum = state.quorum();
+    let alive = quorum
+        .replicas
+        .iter()
+        .filter(|r| {
+            **r == view.me.addr
+                || view
+                    .others
+                    .iter()
+                    .any(|m| m.id.addr == **r && m.state != PeerState::Down)
+        })
+        .count();
+    (alive, quorum.replicas.len() / 2 + 1)
+}
