@@ -102,13 +102,22 @@ impl Server {
         Server::start_env(file, args, &[])
     }
 
+    /// `PROGRAM ARGS...` running a flowd engine (`ip netns exec NS flowd run ...`).
+    pub(crate) fn start_program(program: &str, args: &[&str]) -> Server {
+        let mut command = std::process::Command::new(program);
+        command.args(args);
+        Server::spawn(command)
+    }
+
     /// `flowd run FILE ARGS...` with `env` added to its environment (fail points).
     pub(crate) fn start_env(file: &Path, args: &[&str], env: &[(&str, &str)]) -> Server {
-        let mut child = flowd()
-            .arg("run")
-            .arg(file)
-            .args(args)
-            .envs(env.iter().copied())
+        let mut command = flowd();
+        command.arg("run").arg(file).args(args).envs(env.iter().copied());
+        Server::spawn(command)
+    }
+
+    fn spawn(mut command: std::process::Command) -> Server {
+        let mut child = command
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
             .spawn()

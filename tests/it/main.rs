@@ -17,6 +17,7 @@ mod fixture;
 mod ingest;
 mod jobs;
 mod log;
+mod nemesis;
 mod outputs;
 mod powercut;
 mod recovery_cases;

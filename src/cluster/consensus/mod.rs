@@ -140,48 +140,39 @@ impl Consensus {
     }
 
     pub fn is_leader(&self) -> bool {
-        let metrics = self.raft.metrics();
-        let metrics = metrics.borrow();
-        metrics.state == ServerState::Leader
+        self.raft.metrics().borrow().state == ServerState::Leader
     }
 
     /// The leader's peer address, if one is known here.
     pub fn leader(&self) -> Option<SocketAddr> {
-        let metrics = self.raft.metrics();
-        let metrics = metrics.borrow();
-        let leader = metrics.current_leader?;
-        metrics
-            .membership_config
-            .nodes()
-            .find(|(id, _)| **id == leader)
-            .and_then(|(_, node)| node.addr.parse().ok())
+        self.status().leader
     }
 
+    /// The group as this peer sees it. One borrow of openraft's metrics, copied out:
+    /// a second borrow while the first is held would deadlock once openraft waits to
+    /// publish new metrics (a writer-preferring lock).
     pub fn status(&self) -> GroupStatus {
-        let metrics = self.raft.metrics();
-        let metrics = metrics.borrow();
+        let receiver = self.raft.metrics();
+        let metrics = receiver.borrow();
         let membership = metrics.membership_config.membership();
         let addr = |id: &u64| {
             membership
                 .get_node(id)
                 .and_then(|node| node.addr.parse::<SocketAddr>().ok())
         };
-        let voters: Vec<SocketAddr> = membership.voter_ids().filter_map(|id| addr(&id)).collect();
-        let learners: Vec<SocketAddr> = membership.learner_ids().filter_map(|id| addr(&id)).collect();
-        drop(metrics);
         GroupStatus {
-            role: match self.raft.metrics().borrow().state {
+            role: match metrics.state {
                 ServerState::Leader => "leader",
                 ServerState::Candidate => "candidate",
                 ServerState::Learner => "learner",
                 ServerState::Follower => "follower",
                 ServerState::Shutdown => "stopped",
             },
-            term: self.raft.metrics().borrow().current_term,
-            leader: self.leader(),
-            voters,
-            learners,
-            applied: self.raft.metrics().borrow().last_applied.map_or(0, |l| l.index),
+            term: metrics.current_term,
+            leader: metrics.current_leader.as_ref().and_then(addr),
+            voters: membership.voter_ids().filter_map(|id| addr(&id)).collect(),
+            learners: membership.learner_ids().filter_map(|id| addr(&id)).collect(),
+            applied: metrics.last_applied.map_or(0, |l| l.index),
         }
     }
 
