@@ -247,6 +247,27 @@ fn a_replicated_partition_loses_no_acked_record_when_its_leader_is_sigkilled() {
         progress.load(Ordering::Acquire)
     };
     let before = producing(0);
+    // The longest stretch without an ack, sampled every 5 ms around the kill.
+    let watching = Arc::new(AtomicBool::new(true));
+    let gap = {
+        let (progress, watching) = (Arc::clone(&progress), Arc::clone(&watching));
+        std::thread::spawn(move || {
+            let (mut last, mut since, mut longest) = (
+                progress.load(Ordering::Acquire),
+                std::time::Instant::now(),
+                Duration::ZERO,
+            );
+            while watching.load(Ordering::Acquire) {
+                std::thread::sleep(Duration::from_millis(5));
+                let now = progress.load(Ordering::Acquire);
+                if now != last {
+                    longest = longest.max(since.elapsed());
+                    (last, since) = (now, std::time::Instant::now());
+                }
+            }
+            longest
+        })
+    };
     servers[victim].kill9();
     assert!(
         progress.load(Ordering::Acquire) >= before,
@@ -269,6 +290,9 @@ fn a_replicated_partition_loses_no_acked_record_when_its_leader_is_sigkilled() {
     );
     eprintln!("every partition led again within {took:?} of the SIGKILL");
     producing(progress.load(Ordering::Acquire));
+    watching.store(false, Ordering::Release);
+    let gap = gap.join().unwrap();
+    eprintln!("the producer's longest time without an ack: {gap:?}");
     stop.store(true, Ordering::Release);
     let (acked, failed) = producer.join().unwrap();
     for message in &failed {
