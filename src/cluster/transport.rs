@@ -205,3 +205,65 @@ pub fn send_gossip(cluster: String, me: SocketAddr, outgoing: flume::Receiver<(S
         }
     }
 }
+
+/// Requests to other peers over data connections, one kept per peer (made when first
+/// needed, dropped on any error): each request waits for its one answer, at most
+/// `timeout`. What the hand-over, the controller's fences and a follower's fetches use.
+pub struct Requests {
+    cluster: String,
+    me: SocketAddr,
+    timeout: Duration,
+    streams: HashMap<SocketAddr, TcpStream>,
+    next: u64,
+}
+
+impl Requests {
+    pub fn new(cluster: &str, me: SocketAddr, timeout: Duration) -> Requests {
+        Requests {
+            cluster: cluster.to_string(),
+            me,
+            timeout,
+            streams: HashMap::new(),
+            next: 0,
+        }
+    }
+
+    /// Sends `body` as a `kind` frame to `to` and returns the body of its `answer`
+    /// frame; an ERROR frame's message, or what went wrong on the way, otherwise.
+    pub fn request(
+        &mut self,
+        to: SocketAddr,
+        kind: Kind,
+        body: &[u8],
+        answer: Kind,
+    ) -> Result<Vec<u8>, String> {
+        self.next += 1;
+        let request = self.next;
+        let result = (|| {
+            let stream = match self.streams.entry(to) {
+                std::collections::hash_map::Entry::Occupied(e) => e.into_mut(),
+                std::collections::hash_map::Entry::Vacant(e) => {
+                    let stream =
+                        connect(to, &self.cluster, self.me, Purpose::Data).map_err(|e| e.to_string())?;
+                    stream
+                        .set_read_timeout(Some(self.timeout))
+                        .map_err(|e| e.to_string())?;
+                    e.insert(stream)
+                }
+            };
+            stream
+                .write_all(&frame::framed(kind, request, body))
+                .map_err(|e| e.to_string())?;
+            match frame::read(stream).map_err(|e| e.to_string())? {
+                Some(f) if f.kind == answer && f.request == request => Ok(f.body),
+                Some(f) if f.kind == Kind::Error => Err(frame::read_error(&f.body).1),
+                Some(f) => Err(format!("an unexpected {:?} frame", f.kind)),
+                None => Err("the peer closed the connection".to_string()),
+            }
+        })();
+        if result.is_err() {
+            self.streams.remove(&to);
+        }
+        result
+    }
+}

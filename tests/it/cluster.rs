@@ -155,6 +155,11 @@ fn peers_find_each_other_drop_a_killed_one_and_take_it_back() {
 pub(crate) fn tail(server: &Server, topic: &str) -> Vec<(u64, String, String)> {
     let (code, out, err) = run_cli(&["tail", "--from", &server.tcp, topic, "--json"], "");
     assert_eq!(code, 0, "{err}");
+    parse_tail(&out)
+}
+
+/// `(partition, key, value)` of each line `flowd tail --json` printed.
+pub(crate) fn parse_tail(out: &str) -> Vec<(u64, String, String)> {
     out.lines()
         .map(|line| {
             let v: Value = serde_json::from_str(line).unwrap();

@@ -117,16 +117,7 @@ fn tail_when_led(server: &Server, topic: &str) -> Vec<(u64, String, String)> {
             code == 0
         },
     );
-    out.lines()
-        .map(|line| {
-            let v: Value = serde_json::from_str(line).unwrap();
-            (
-                v["partition"].as_u64().unwrap(),
-                v["key"].as_str().unwrap_or_default().to_string(),
-                v["value"].as_str().unwrap().to_string(),
-            )
-        })
-        .collect()
+    crate::cluster::parse_tail(&out)
 }
 
 fn replicated_dataflow(dir: &std::path::Path) -> std::path::PathBuf {
@@ -169,6 +160,39 @@ fn replicas(server: &Server) -> std::collections::BTreeMap<u64, (String, u64, u6
     out
 }
 
+/// Three peers of the replicated dataflow, the first the seed, every partition led.
+fn three_replicated(dir: &std::path::Path) -> [Server; 3] {
+    let first = replicated_peer(dir, "p1", "127.0.0.1:0", None);
+    let seed = first.peer.clone().unwrap();
+    let second = replicated_peer(dir, "p2", "127.0.0.1:0", Some(&seed));
+    let third = replicated_peer(dir, "p3", "127.0.0.1:0", Some(&seed));
+    let servers = [first, second, third];
+    wait_led(&servers.iter().collect::<Vec<_>>());
+    servers
+}
+
+/// A peer that leads a partition, and the partition.
+fn some_leader(servers: &[Server]) -> (usize, u32) {
+    (0..servers.len())
+        .find_map(|i| {
+            replicas(&servers[i])
+                .into_iter()
+                .find(|(_, r)| r.0 == "leader")
+                .map(|(p, _)| (i, p as u32))
+        })
+        .expect("some peer leads a partition")
+}
+
+/// A record of `value`, with no key.
+fn record(value: &str) -> flowd::protocol::OwnedWireRecord {
+    flowd::protocol::OwnedWireRecord {
+        timestamp_ms: None,
+        key: None,
+        value: value.as_bytes().to_vec(),
+        headers: Vec::new(),
+    }
+}
+
 /// Waits until each partition has exactly one leader among `servers`, the others
 /// following it in the same epoch.
 fn wait_led(servers: &[&Server]) {
@@ -192,6 +216,24 @@ fn wait_led(servers: &[&Server]) {
         );
         std::thread::sleep(Duration::from_millis(20));
     }
+}
+
+/// Waits until each partition is led by exactly one of `servers`; returns how long.
+fn wait_led_by(servers: &[&Server]) -> Duration {
+    wait_until(
+        "the peers left lead every partition",
+        Duration::from_secs(30),
+        || {
+            let views: Vec<_> = servers.iter().map(|s| replicas(s)).collect();
+            (0..8u64).all(|p| {
+                views
+                    .iter()
+                    .filter(|v| v.get(&p).is_some_and(|r| r.0 == "leader"))
+                    .count()
+                    == 1
+            })
+        },
+    )
 }
 
 /// Waits until every replica of every partition holds as much as its leader.
@@ -223,12 +265,7 @@ fn a_replicated_partition_loses_no_acked_record_when_its_leader_is_sigkilled() {
 
     let _serial = one_at_a_time();
     let dir = tempfile::tempdir().unwrap();
-    let first = replicated_peer(dir.path(), "p1", "127.0.0.1:0", None);
-    let seed = first.peer.clone().unwrap();
-    let second = replicated_peer(dir.path(), "p2", "127.0.0.1:0", Some(&seed));
-    let third = replicated_peer(dir.path(), "p3", "127.0.0.1:0", Some(&seed));
-    let mut servers = [first, second, third];
-    wait_led(&servers.iter().collect::<Vec<_>>());
+    let mut servers = three_replicated(dir.path());
 
     // Which peer leads most partitions: it is the one killed.
     let leads = |s: &Server| replicas(s).values().filter(|r| r.0 == "leader").count();
@@ -274,20 +311,7 @@ fn a_replicated_partition_loses_no_acked_record_when_its_leader_is_sigkilled() {
         "the kill landed while the producer wrote"
     );
     let rest: Vec<&Server> = (0..3).filter(|i| *i != victim).map(|i| &servers[i]).collect();
-    let took = wait_until(
-        "the two left lead every partition",
-        Duration::from_secs(30),
-        || {
-            let views: Vec<_> = rest.iter().map(|s| replicas(s)).collect();
-            (0..8u64).all(|p| {
-                views
-                    .iter()
-                    .filter(|v| v.get(&p).is_some_and(|r| r.0 == "leader"))
-                    .count()
-                    == 1
-            })
-        },
-    );
+    let took = wait_led_by(&rest);
     eprintln!("every partition led again within {took:?} of the SIGKILL");
     producing(progress.load(Ordering::Acquire));
     watching.store(false, Ordering::Release);
@@ -338,30 +362,11 @@ fn signal(server: &Server, signal: i32) {
 #[test]
 fn a_leader_cut_off_from_its_replicas_acks_nothing_and_goes_on_once_they_are_back() {
     use flowd::client::{Client, ClientError};
-    use flowd::protocol::OwnedWireRecord;
 
     let _serial = one_at_a_time();
     let dir = tempfile::tempdir().unwrap();
-    let first = replicated_peer(dir.path(), "p1", "127.0.0.1:0", None);
-    let seed = first.peer.clone().unwrap();
-    let second = replicated_peer(dir.path(), "p2", "127.0.0.1:0", Some(&seed));
-    let third = replicated_peer(dir.path(), "p3", "127.0.0.1:0", Some(&seed));
-    let servers = [first, second, third];
-    wait_led(&servers.iter().collect::<Vec<_>>());
-    let (leader, partition) = (0..3)
-        .find_map(|i| {
-            replicas(&servers[i])
-                .into_iter()
-                .find(|(_, r)| r.0 == "leader")
-                .map(|(p, _)| (i, p as u32))
-        })
-        .unwrap();
-    let record = |v: &str| OwnedWireRecord {
-        timestamp_ms: None,
-        key: None,
-        value: v.as_bytes().to_vec(),
-        headers: Vec::new(),
-    };
+    let servers = three_replicated(dir.path());
+    let (leader, partition) = some_leader(&servers);
     let mut client = Client::connect(&servers[leader].tcp).unwrap();
     client
         .produce_batch("events", Some(partition), &[record("before")])
@@ -405,24 +410,11 @@ fn a_leader_cut_off_from_its_replicas_acks_nothing_and_goes_on_once_they_are_bac
 #[test]
 fn the_new_leader_is_the_replica_holding_every_acked_record_not_a_lagging_one() {
     use flowd::client::Client;
-    use flowd::protocol::OwnedWireRecord;
 
     let _serial = one_at_a_time();
     let dir = tempfile::tempdir().unwrap();
-    let first = replicated_peer(dir.path(), "p1", "127.0.0.1:0", None);
-    let seed = first.peer.clone().unwrap();
-    let second = replicated_peer(dir.path(), "p2", "127.0.0.1:0", Some(&seed));
-    let third = replicated_peer(dir.path(), "p3", "127.0.0.1:0", Some(&seed));
-    let mut servers = [first, second, third];
-    wait_led(&servers.iter().collect::<Vec<_>>());
-    let (leader, partition) = (0..3)
-        .find_map(|i| {
-            replicas(&servers[i])
-                .into_iter()
-                .find(|(_, r)| r.0 == "leader")
-                .map(|(p, _)| (i, p as u32))
-        })
-        .unwrap();
+    let mut servers = three_replicated(dir.path());
+    let (leader, partition) = some_leader(&servers);
     let (keeps_up, lags) = ((leader + 1) % 3, (leader + 2) % 3);
 
     // One follower paused: the leader and the other still make a quorum, and ack.
@@ -431,14 +423,8 @@ fn the_new_leader_is_the_replica_holding_every_acked_record_not_a_lagging_one() 
     let mut acked = Vec::new();
     for i in 0..50 {
         let value = format!("acked {i}");
-        let record = OwnedWireRecord {
-            timestamp_ms: None,
-            key: None,
-            value: value.clone().into_bytes(),
-            headers: Vec::new(),
-        };
         client
-            .produce_batch("events", Some(partition), &[record])
+            .produce_batch("events", Some(partition), &[record(&value)])
             .unwrap();
         acked.push(value);
     }
@@ -448,20 +434,7 @@ fn the_new_leader_is_the_replica_holding_every_acked_record_not_a_lagging_one() 
     // The leader dies as the lagging follower comes back: the one that kept up leads.
     servers[leader].kill9();
     signal(&servers[lags], libc::SIGCONT);
-    wait_until(
-        "the two left lead every partition",
-        Duration::from_secs(30),
-        || {
-            let views: Vec<_> = [keeps_up, lags].iter().map(|&i| replicas(&servers[i])).collect();
-            (0..8u64).all(|p| {
-                views
-                    .iter()
-                    .filter(|v| v.get(&p).is_some_and(|r| r.0 == "leader"))
-                    .count()
-                    == 1
-            })
-        },
-    );
+    wait_led_by(&[&servers[keeps_up], &servers[lags]]);
     let new_leader = [keeps_up, lags]
         .into_iter()
         .find(|&i| replicas(&servers[i])[&u64::from(partition)].0 == "leader")

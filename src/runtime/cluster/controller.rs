@@ -18,21 +18,17 @@
 //! the new primary). The last batch's epoch alone would not do: a new leader that
 //! wrote nothing yet would leave the older batches it holds uncounted (Raft's figure 8).
 
-use std::collections::HashMap;
-use std::io::Write;
-use std::net::{SocketAddr, TcpStream};
+use std::net::SocketAddr;
 use std::sync::Weak;
 use std::time::Duration;
 
 use crate::cluster::consensus::{Assignment, Command, Outcome};
-use crate::cluster::frame::{self, Kind};
+use crate::cluster::frame::Kind;
 use crate::cluster::replication as wire;
-use crate::cluster::transport::{self, Purpose};
+use crate::cluster::transport::Requests;
 use crate::cluster::{PeerId, PeerState, View, rendezvous};
 use crate::runtime::cluster::peers::Peers;
-use crate::runtime::cluster::replica::ReplicaRequest;
-use crate::runtime::placement::owner;
-use crate::runtime::service::ShardRequest;
+use crate::runtime::cluster::replica::fence;
 
 /// How often the group's leader looks at every replicated partition.
 const ROUND: Duration = Duration::from_millis(100);
@@ -41,8 +37,7 @@ const REQUEST_TIMEOUT: Duration = Duration::from_secs(2);
 
 /// Runs until the engine stops.
 pub fn run(peers: Weak<Peers>) {
-    let mut links: HashMap<SocketAddr, TcpStream> = HashMap::new();
-    let mut request = 0u64;
+    let mut links: Option<Requests> = None;
     let mut said_waiting = false;
     loop {
         std::thread::sleep(ROUND);
@@ -55,6 +50,9 @@ pub fn run(peers: Weak<Peers>) {
         if !consensus.is_leader() {
             continue;
         }
+        let links = links.get_or_insert_with(|| {
+            Requests::new(&peers.cluster.cluster_id, peers.cluster.me.addr, REQUEST_TIMEOUT)
+        });
         let view = peers.cluster.view.get();
         let metadata = consensus.metadata().get();
         let live = view.placement();
@@ -116,7 +114,7 @@ pub fn run(peers: Weak<Peers>) {
                                 }
                             }
                         };
-                        match elect(&peers, &shared, &view, &mut links, &mut request, t, p, a, epoch) {
+                        match elect(&peers, &shared, &view, links, t, p, a, epoch) {
                             Ok(command) => command,
                             Err(why) => {
                                 tracing::debug!("partition {p} of \"{name}\": no new leader yet: {why}");
@@ -166,8 +164,7 @@ fn elect(
     peers: &Peers,
     shared: &crate::runtime::shard::Shared,
     view: &View,
-    links: &mut HashMap<SocketAddr, TcpStream>,
-    request: &mut u64,
+    links: &mut Requests,
     topic: usize,
     partition: u32,
     a: &Assignment,
@@ -198,16 +195,16 @@ fn elect(
     let mut answers: Vec<(u32, u64, PeerId)> = Vec::new();
     for id in fenced {
         let answer = if id.addr == view.me.addr {
-            fence_here(peers, shared, topic, partition, epoch)
+            fence(shared, topic, partition, epoch)
         } else {
-            *request += 1;
-            fence_there(
-                peers,
-                links,
-                id.addr,
-                *request,
-                &wire::encode_fence(&name, partition, epoch),
-            )
+            links
+                .request(
+                    id.addr,
+                    Kind::FenceEpoch,
+                    &wire::encode_fence(&name, partition, epoch),
+                    Kind::Fenced,
+                )
+                .and_then(|body| wire::decode_fenced(&body).map_err(|e| e.to_string()))
         };
         match answer {
             Ok((view, end)) => answers.push((view, end, id)),
@@ -237,69 +234,4 @@ fn elect(
             epoch,
         },
     })
-}
-
-fn fence_here(
-    peers: &Peers,
-    shared: &crate::runtime::shard::Shared,
-    topic: usize,
-    partition: u32,
-    epoch: u32,
-) -> Result<(u32, u64), String> {
-    if !peers.replication.promise(topic, partition, epoch)? {
-        return Err(format!("this peer promised an epoch above {epoch}"));
-    }
-    let (tx, rx) = flume::bounded(1);
-    let fence = ShardRequest::Replica(ReplicaRequest::Fence {
-        topic,
-        partition,
-        epoch,
-        reply: tx,
-    });
-    shared.services[owner(partition, shared.shards)]
-        .send(fence)
-        .map_err(|_| "the engine is stopping".to_string())?;
-    rx.recv_timeout(REQUEST_TIMEOUT)
-        .map_err(|_| "the shard did not answer in time".to_string())
-}
-
-fn fence_there(
-    peers: &Peers,
-    links: &mut HashMap<SocketAddr, TcpStream>,
-    to: SocketAddr,
-    request: u64,
-    body: &[u8],
-) -> Result<(u32, u64), String> {
-    let result = (|| {
-        let stream = match links.entry(to) {
-            std::collections::hash_map::Entry::Occupied(e) => e.into_mut(),
-            std::collections::hash_map::Entry::Vacant(e) => {
-                let s = transport::connect(
-                    to,
-                    &peers.cluster.cluster_id,
-                    peers.cluster.me.addr,
-                    Purpose::Data,
-                )
-                .map_err(|e| e.to_string())?;
-                s.set_read_timeout(Some(REQUEST_TIMEOUT))
-                    .map_err(|e| e.to_string())?;
-                e.insert(s)
-            }
-        };
-        stream
-            .write_all(&frame::framed(Kind::FenceEpoch, request, body))
-            .map_err(|e| e.to_string())?;
-        match frame::read(stream).map_err(|e| e.to_string())? {
-            Some(f) if f.kind == Kind::Fenced && f.request == request => {
-                wire::decode_fenced(&f.body).map_err(|e| e.to_string())
-            }
-            Some(f) if f.kind == Kind::Error => Err(frame::read_error(&f.body).1),
-            Some(f) => Err(format!("an unexpected {:?} frame", f.kind)),
-            None => Err("the peer closed the connection".into()),
-        }
-    })();
-    if result.is_err() {
-        links.remove(&to);
-    }
-    result
 }

@@ -11,15 +11,13 @@
 //! or lost between the fence and the copy: a fenced holder routes every later batch on
 //! (rerouter), and the new owner writes nothing but the copy until the copy is whole.
 
-use std::collections::HashMap;
-use std::io::Write;
-use std::net::{SocketAddr, TcpStream};
+use std::net::SocketAddr;
 use std::sync::{Arc, Weak};
 use std::time::{Duration, Instant};
 
-use crate::cluster::frame::{self, Kind};
+use crate::cluster::frame::Kind;
 use crate::cluster::handover::{self as msg, ClaimEntry, CopyOrder, Phase};
-use crate::cluster::transport::{self, Purpose};
+use crate::cluster::transport::Requests;
 use crate::protocol::status::Standing;
 use crate::protocol::wire::Cursor;
 use crate::runtime::cluster::peers::Peers;
@@ -40,7 +38,7 @@ pub const LEAVE_PATIENCE: Duration = Duration::from_secs(30);
 /// Runs until the engine stops.
 pub fn run(peers: Weak<Peers>) {
     let started = Instant::now();
-    let mut links = Links::default();
+    let mut links: Option<Requests> = None;
     let mut said_waiting = false;
     loop {
         std::thread::sleep(ROUND);
@@ -83,13 +81,16 @@ pub fn run(peers: Weak<Peers>) {
             }
         }
         if !claims.is_empty() {
-            claim(&peers, &shared, &mut links, &claims);
+            let links = links.get_or_insert_with(|| {
+                Requests::new(&peers.cluster.cluster_id, peers.cluster.me.addr, REQUEST_TIMEOUT)
+            });
+            claim(&peers, &shared, links, &claims);
         }
     }
 }
 
 /// One round of claims: fence everywhere, copy where all agreed, serve, say so.
-fn claim(peers: &Peers, shared: &Shared, links: &mut Links, claims: &[(usize, u32)]) {
+fn claim(peers: &Peers, shared: &Shared, links: &mut Requests, claims: &[(usize, u32)]) {
     let view = peers.cluster.view.get();
     let targets: Vec<SocketAddr> = view.reachable_others().map(|id| id.addr).collect();
     let end = |t: usize, p: u32| shared.ends[t][p as usize].load(std::sync::atomic::Ordering::Acquire);
@@ -110,13 +111,7 @@ fn claim(peers: &Peers, shared: &Shared, links: &mut Links, claims: &[(usize, u3
             .collect();
         for &to in &targets {
             let answers = links
-                .request(
-                    peers,
-                    to,
-                    Kind::Claim,
-                    &msg::encode_claim(&entries),
-                    Kind::Claimed,
-                )
+                .request(to, Kind::Claim, &msg::encode_claim(&entries), Kind::Claimed)
                 .and_then(|body| msg::decode_claimed(&body, entries.len()).map_err(|e| e.to_string()));
             match answers {
                 Ok(answers) => {
@@ -172,7 +167,7 @@ fn claim(peers: &Peers, shared: &Shared, links: &mut Links, claims: &[(usize, u3
     // Best effort: a leaving peer that misses it waits out its patience.
     for chunk in done.chunks(msg::CLAIM_ENTRIES_MAX) {
         for &to in &targets {
-            let _ = links.request(peers, to, Kind::Claim, &msg::encode_claim(chunk), Kind::Claimed);
+            let _ = links.request(to, Kind::Claim, &msg::encode_claim(chunk), Kind::Claimed);
         }
     }
 }
@@ -183,7 +178,7 @@ fn claim(peers: &Peers, shared: &Shared, links: &mut Links, claims: &[(usize, u3
 fn copy_in(
     peers: &Peers,
     shared: &Shared,
-    links: &mut Links,
+    links: &mut Requests,
     from: SocketAddr,
     t: usize,
     p: u32,
@@ -203,7 +198,7 @@ fn copy_in(
             partition: p,
             from: at,
         };
-        let body = links.request(peers, from, Kind::Copy, &msg::encode_copy(&order), Kind::Copied)?;
+        let body = links.request(from, Kind::Copy, &msg::encode_copy(&order), Kind::Copied)?;
         let copied = msg::decode_copied(&body).map_err(|e| e.to_string())?;
         if copied.first != at || copied.count == 0 {
             return Err(format!(
@@ -239,59 +234,6 @@ fn copy_in(
             Ok(Err(error)) => return Err(error.to_string()),
             Err(_) => return Err("the copy was not made durable in time".into()),
         }
-    }
-}
-
-/// One connection per peer for hand-over requests, made when first needed and
-/// dropped on any error.
-#[derive(Default)]
-struct Links {
-    streams: HashMap<SocketAddr, TcpStream>,
-    next_request: u64,
-}
-
-impl Links {
-    fn request(
-        &mut self,
-        peers: &Peers,
-        to: SocketAddr,
-        kind: Kind,
-        body: &[u8],
-        answer: Kind,
-    ) -> Result<Vec<u8>, String> {
-        self.next_request += 1;
-        let request = self.next_request;
-        let result = (|| {
-            let stream = match self.streams.entry(to) {
-                std::collections::hash_map::Entry::Occupied(e) => e.into_mut(),
-                std::collections::hash_map::Entry::Vacant(e) => {
-                    let stream = transport::connect(
-                        to,
-                        &peers.cluster.cluster_id,
-                        peers.cluster.me.addr,
-                        Purpose::Data,
-                    )
-                    .map_err(|e| e.to_string())?;
-                    stream
-                        .set_read_timeout(Some(REQUEST_TIMEOUT))
-                        .map_err(|e| e.to_string())?;
-                    e.insert(stream)
-                }
-            };
-            stream
-                .write_all(&frame::framed(kind, request, body))
-                .map_err(|e| e.to_string())?;
-            match frame::read(stream).map_err(|e| e.to_string())? {
-                Some(f) if f.kind == answer && f.request == request => Ok(f.body),
-                Some(f) if f.kind == Kind::Error => Err(frame::read_error(&f.body).1),
-                Some(f) => Err(format!("an unexpected {:?} frame", f.kind)),
-                None => Err("the peer closed the connection".to_string()),
-            }
-        })();
-        if result.is_err() {
-            self.streams.remove(&to);
-        }
-        result
     }
 }
 

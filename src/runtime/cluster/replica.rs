@@ -21,7 +21,7 @@
 //!   can append but never ack again.
 
 use std::collections::{BTreeMap, HashMap};
-use std::net::{SocketAddr, TcpStream};
+use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::rc::Rc;
 use std::sync::atomic::{AtomicU8, AtomicU32, AtomicU64, Ordering};
@@ -30,14 +30,14 @@ use std::time::Duration;
 
 use crate::cluster::frame::{self, Kind};
 use crate::cluster::replication::{self as wire, ReplicaData, ReplicaFetch};
-use crate::cluster::transport::{self, Purpose};
+use crate::cluster::transport::Requests;
 use crate::cluster::{PeerId, PeerState};
 use crate::runtime::cluster::peers::Peers;
 use crate::runtime::error::EngineError;
 use crate::runtime::mesh::{Ack, Batch, Payload};
 use crate::runtime::placement::owner;
 use crate::runtime::service::ShardRequest;
-use crate::runtime::shard::{LocalPartition, Shard};
+use crate::runtime::shard::{LocalPartition, Shard, Shared};
 use crate::storage::batch::CheckedBatch;
 use crate::storage::{Stored, io};
 
@@ -669,8 +669,7 @@ pub fn watch(peers: Weak<Peers>) {
 /// A follower's fetch loop for one partition in one epoch: ends when this peer stops
 /// following it in that epoch, or the engine stops.
 fn follow(peers: Weak<Peers>, topic: usize, partition: u32, epoch: u32, leader: SocketAddr) {
-    let mut stream: Option<TcpStream> = None;
-    let mut request = 0u64;
+    let mut links: Option<Requests> = None;
     // The shard takes the role a moment after `watch` asked it to.
     let started = std::time::Instant::now();
     loop {
@@ -719,8 +718,19 @@ fn follow(peers: Weak<Peers>, topic: usize, partition: u32, epoch: u32, leader: 
             view: peers.replication.view(topic, partition),
             wait_ms: FETCH_WAIT.as_millis() as u32,
         };
-        request += 1;
-        let answer = exchange(&peers, &mut stream, leader, request, &wire::encode_fetch(&fetch));
+        let links = links.get_or_insert_with(|| {
+            Requests::new(
+                &peers.cluster.cluster_id,
+                peers.cluster.me.addr,
+                FETCH_WAIT + Duration::from_secs(2),
+            )
+        });
+        let answer = links.request(
+            leader,
+            Kind::ReplicaFetch,
+            &wire::encode_fetch(&fetch),
+            Kind::ReplicaData,
+        );
         let body = match answer {
             Ok(body) => body,
             Err(error) => {
@@ -728,7 +738,6 @@ fn follow(peers: Weak<Peers>, topic: usize, partition: u32, epoch: u32, leader: 
                     "fetching partition {partition} of \"{}\" from {leader}: {error}",
                     fetch.topic
                 );
-                stream = None;
                 drop(peers);
                 std::thread::sleep(RETRY);
                 continue;
@@ -773,7 +782,6 @@ fn follow(peers: Weak<Peers>, topic: usize, partition: u32, epoch: u32, leader: 
             }
             Err(error) => {
                 tracing::warn!("a bad answer from {leader}: {error}");
-                stream = None;
                 std::thread::sleep(RETRY);
             }
         }
@@ -817,36 +825,25 @@ fn append(
     Ok(())
 }
 
-/// One request to `to` on a connection kept between calls: the answer's body.
-fn exchange(
-    peers: &Peers,
-    stream: &mut Option<TcpStream>,
-    to: SocketAddr,
-    request: u64,
-    body: &[u8],
-) -> Result<Vec<u8>, String> {
-    use std::io::Write;
-    if stream.is_none() {
-        let s = transport::connect(
-            to,
-            &peers.cluster.cluster_id,
-            peers.cluster.me.addr,
-            Purpose::Data,
-        )
-        .map_err(|e| e.to_string())?;
-        s.set_read_timeout(Some(FETCH_WAIT + Duration::from_secs(2)))
-            .map_err(|e| e.to_string())?;
-        *stream = Some(s);
+/// Fences this peer's replica of a partition with `epoch`: promises it, durably, then
+/// has its shard stop leading an older epoch; answers its view and end.
+pub fn fence(shared: &Shared, topic: usize, partition: u32, epoch: u32) -> Result<(u32, u64), String> {
+    let peers = shared.peers.as_ref().ok_or("not in a cluster")?;
+    if !peers.replication.promise(topic, partition, epoch)? {
+        return Err(format!("this replica promised an epoch above {epoch} already"));
     }
-    let s = stream.as_mut().expect("just connected");
-    s.write_all(&frame::framed(Kind::ReplicaFetch, request, body))
-        .map_err(|e| e.to_string())?;
-    match frame::read(s).map_err(|e| e.to_string())? {
-        Some(f) if f.kind == Kind::ReplicaData && f.request == request => Ok(f.body),
-        Some(f) if f.kind == Kind::Error => Err(frame::read_error(&f.body).1),
-        Some(f) => Err(format!("an unexpected {:?} frame", f.kind)),
-        None => Err("the leader closed the connection".into()),
-    }
+    let (tx, rx) = flume::bounded(1);
+    let fence = ShardRequest::Replica(ReplicaRequest::Fence {
+        topic,
+        partition,
+        epoch,
+        reply: tx,
+    });
+    shared.services[owner(partition, shared.shards)]
+        .send(fence)
+        .map_err(|_| "the engine is stopping".to_string())?;
+    rx.recv_timeout(Duration::from_secs(2))
+        .map_err(|_| "the shard did not answer the fence in time".to_string())
 }
 
 /// How many of a partition's replicas gossip shows alive, and how many a write needs.

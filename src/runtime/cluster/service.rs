@@ -212,29 +212,9 @@ impl PeerService {
 
     fn fence_epoch(&self, body: &[u8]) -> Result<(u32, u64), ProtocolError> {
         let (name, partition, epoch) = wire::decode_fence(body).map_err(malformed)?;
-        let (topic, peers) = self.replicated(&name, partition)?;
-        let unavailable = |m: String| ProtocolError::from(EngineError::Unavailable(m));
-        if !peers
-            .replication
-            .promise(topic, partition, epoch)
-            .map_err(unavailable)?
-        {
-            return Err(unavailable(format!(
-                "this replica promised an epoch above {epoch} already"
-            )));
-        }
-        let (tx, rx) = flume::bounded(1);
-        let fence = ShardRequest::Replica(ReplicaRequest::Fence {
-            topic,
-            partition,
-            epoch,
-            reply: tx,
-        });
-        self.shared.services[owner(partition, self.shared.shards)]
-            .send(fence)
-            .map_err(|_| ProtocolError::from(EngineError::Stopping))?;
-        rx.recv_timeout(std::time::Duration::from_secs(2))
-            .map_err(|_| unavailable("the shard did not answer the fence in time".into()))
+        let (topic, _) = self.replicated(&name, partition)?;
+        crate::runtime::cluster::replica::fence(&self.shared, topic, partition, epoch)
+            .map_err(|m| ProtocolError::from(EngineError::Unavailable(m)))
     }
 
     fn produce(
