@@ -350,7 +350,7 @@ impl Shard {
                         quorum = Some((
                             state,
                             epoch,
-                            std::time::Instant::now() + crate::runtime::cluster::replica::QUORUM_TIMEOUT,
+                            std::time::Instant::now() + crate::runtime::cluster::leader::QUORUM_TIMEOUT,
                         ));
                     }
                 }
@@ -463,7 +463,7 @@ impl Shard {
             let now = std::time::Instant::now();
             self.acks.borrow_mut().retain(|pending| {
                 if let (Some((state, epoch, deadline)), Some(me)) = (&pending.quorum, me) {
-                    let hwm = crate::runtime::cluster::replica::refresh_hwm(me, state, &pending.partition);
+                    let hwm = crate::runtime::cluster::leader::refresh_hwm(me, state, &pending.partition);
                     let failed_because = if !state.is_leader(*epoch) {
                         Some("its leadership moved to another peer before a quorum of replicas held it")
                     } else if hwm >= pending.end {

@@ -13,7 +13,9 @@
 //! data plane of `crate::cluster` reaches it through `service::PeerService`.
 
 pub mod controller;
+pub mod follower;
 pub mod handover;
+pub mod leader;
 pub mod ownership;
 pub mod peers;
 pub mod replica;

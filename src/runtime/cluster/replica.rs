@@ -4,16 +4,19 @@
 //!
 //! - The metadata group decides each partition's leader, replicas and epoch; `watch`
 //!   turns what it decided into roles here (`ReplicaRequest::Role` on the owner shard).
-//! - A leader appends what producers send, stamped with its epoch, and acks a batch
-//!   once the high-water mark passed it: the offset a majority of the replicas hold
-//!   durably in copies of the leader's view (a follower's copy counts once the leader
-//!   found it a prefix of its own and the follower recorded that, durably, as its
-//!   view). Readers see no further (`set_commit_limit`).
-//! - A follower runs a fetcher thread that asks the leader for the batches after its
-//!   copy, with the epoch of its last batch: the leader answers with batches (appended
-//!   as they are, at the same offsets) or with where the copies diverge (the follower
-//!   cuts its copy back there). Each fetch says how far the follower is durable: that is
-//!   what the leader counts.
+//! - A leader (`leader.rs`) appends what producers send, stamped with its epoch, and
+//!   acks a batch once the high-water mark passed it: the offset a majority of the
+//!   replicas hold durably in copies of the leader's view (a follower's copy counts once
+//!   the leader found it a prefix of its own and the follower recorded that, durably, as
+//!   its view). Readers see no further (`set_commit_limit`).
+//! - A follower (`follower.rs`) runs a thread that asks the leader for the batches after
+//!   its copy, with the epoch of its last batch: the leader answers with batches
+//!   (appended as they are, at the same offsets) or with where the copies diverge (the
+//!   follower cuts its copy back there). Each fetch says how far the follower is
+//!   durable: that is what the leader counts.
+//!
+//! This file holds the state every side shares (roles, epochs, promises and views, the
+//! quorum), the shard's side of each request, and `watch`.
 //! - Fencing: before the metadata group's leader chooses a new leader for epoch E, a
 //!   majority of the replicas promise (durably, `DATA_DIR/cluster/promises`) to take
 //!   nothing from an epoch below E and say their view and end; the longest copy of the
@@ -28,60 +31,47 @@ use std::sync::atomic::{AtomicU8, AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, Weak};
 use std::time::Duration;
 
-use crate::cluster::frame::{self, Kind};
-use crate::cluster::replication::{self as wire, ReplicaData, ReplicaFetch};
-use crate::cluster::transport::Requests;
+use crate::cluster::replication::ReplicaFetch;
 use crate::cluster::{PeerId, PeerState};
 use crate::runtime::cluster::peers::Peers;
-use crate::runtime::error::EngineError;
-use crate::runtime::mesh::{Ack, Batch, Payload};
+use crate::runtime::cluster::{follower, leader};
 use crate::runtime::placement::owner;
 use crate::runtime::service::ShardRequest;
-use crate::runtime::shard::{LocalPartition, Shard, Shared};
-use crate::storage::batch::CheckedBatch;
-use crate::storage::{Stored, io};
+use crate::runtime::shard::{Shard, Shared};
+use crate::storage::io;
 
-const NONE: u8 = 0;
-const LEADER: u8 = 1;
-const FOLLOWER: u8 = 2;
+pub(super) const NONE: u8 = 0;
+pub(super) const LEADER: u8 = 1;
+pub(super) const FOLLOWER: u8 = 2;
 
-/// How long a leader's batch may wait for its quorum before its producer is told it
-/// may or may not have been written.
-pub const QUORUM_TIMEOUT: Duration = Duration::from_secs(10);
-/// The longest a follower's fetch waits at the leader for new batches.
-const FETCH_WAIT: Duration = Duration::from_millis(500);
-/// Most bytes of batches one fetch answer carries.
-const FETCH_BYTES: usize = 1 << 20;
 /// How often `watch` looks at the metadata when it did not change.
 const WATCH_ROUND: Duration = Duration::from_millis(50);
-/// A follower that cannot reach its leader waits this long before it tries again.
-const RETRY: Duration = Duration::from_millis(100);
 
 /// One partition's replication state on this peer, shared by its shard (the only one
 /// that changes the log) and the threads that read it.
 #[derive(Default)]
 pub struct ReplicaState {
-    role: AtomicU8,
+    pub(super) role: AtomicU8,
     /// The epoch this peer leads or follows under.
-    epoch: AtomicU32,
+    pub(super) epoch: AtomicU32,
     /// The highest epoch it promised in a fence: nothing older is taken.
-    promised: AtomicU32,
+    pub(super) promised: AtomicU32,
     /// The epoch of the last leader whose log this copy is known to be a prefix of (the
     /// leader's own epoch on a leader): elections compare copies by it, then by their
     /// ends (Viewstamped Replication's rule), and a leader counts a follower's copy
     /// towards its quorum only once it is of the leader's epoch.
-    view: AtomicU32,
+    pub(super) view: AtomicU32,
     /// The high-water mark: a leader's own, a follower's as its leader last said.
-    hwm: AtomicU64,
-    quorum: Mutex<Quorum>,
+    pub(super) hwm: AtomicU64,
+    pub(super) quorum: Mutex<Quorum>,
 }
 
 #[derive(Default)]
-struct Quorum {
-    replicas: Vec<SocketAddr>,
-    leader: Option<SocketAddr>,
+pub(super) struct Quorum {
+    pub(super) replicas: Vec<SocketAddr>,
+    pub(super) leader: Option<SocketAddr>,
     /// How far each follower said it holds the leader's records durably, this epoch.
-    ends: HashMap<SocketAddr, u64>,
+    pub(super) ends: HashMap<SocketAddr, u64>,
 }
 
 /// What a replica looks like on `flowd status`.
@@ -116,7 +106,7 @@ impl ReplicaState {
         self.hwm.load(Ordering::Acquire)
     }
 
-    fn quorum(&self) -> std::sync::MutexGuard<'_, Quorum> {
+    pub(super) fn quorum(&self) -> std::sync::MutexGuard<'_, Quorum> {
         self.quorum.lock().unwrap_or_else(|e| e.into_inner())
     }
 
@@ -148,7 +138,7 @@ impl ReplicaState {
 pub struct Replication {
     pub me: PeerId,
     /// `(name, partitions, replicas)` per topic.
-    topics: Vec<(String, u32, u32)>,
+    pub(super) topics: Vec<(String, u32, u32)>,
     states: Vec<Vec<Arc<ReplicaState>>>,
     promises: Mutex<PathBuf>,
 }
@@ -342,7 +332,8 @@ pub async fn handle(shard: &Rc<Shard>, request: ReplicaRequest) {
             let task_shard = Rc::clone(&shard);
             shard.tasks.spawn(async move {
                 let frame =
-                    serve_fetch(&task_shard, &replication, topic, partition, from, request, &fetch).await;
+                    leader::serve_fetch(&task_shard, &replication, topic, partition, from, request, &fetch)
+                        .await;
                 let _ = reply.send_async(frame).await;
             });
         }
@@ -472,125 +463,6 @@ fn set_role(shard: &Rc<Shard>, replication: &Replication, topic: usize, partitio
     local.woken();
 }
 
-/// Moves a leader's high-water mark as far as its quorum allows (see the module doc);
-/// called after each follower fetch and by the acker. Returns it.
-pub fn refresh_hwm(me: SocketAddr, state: &ReplicaState, partition: &LocalPartition) -> u64 {
-    if state.role.load(Ordering::Acquire) != LEADER {
-        return state.hwm();
-    }
-    let mut log = partition.log.borrow_mut();
-    let quorum = state.quorum();
-    let mut ends: Vec<u64> = quorum
-        .replicas
-        .iter()
-        .map(|r| {
-            if *r == me {
-                log.durable_offset()
-            } else {
-                quorum.ends.get(r).copied().unwrap_or(0)
-            }
-        })
-        .collect();
-    if ends.is_empty() {
-        return state.hwm();
-    }
-    ends.sort_unstable_by(|a, b| b.cmp(a));
-    let majority = ends[ends.len() / 2];
-    let hwm = state.hwm().max(majority).min(log.next_offset());
-    drop(quorum);
-    if hwm > state.hwm() {
-        state.hwm.store(hwm, Ordering::Release);
-        log.set_commit_limit(Some(hwm));
-        drop(log);
-        partition.woken();
-    }
-    hwm
-}
-
-#[allow(clippy::too_many_arguments)]
-async fn serve_fetch(
-    shard: &Rc<Shard>,
-    replication: &Replication,
-    topic: usize,
-    partition: u32,
-    from: SocketAddr,
-    request: u64,
-    fetch: &ReplicaFetch,
-) -> Vec<u8> {
-    let state = replication.state(topic, partition);
-    let local = Rc::clone(shard.partition(topic, partition));
-    if !state.is_leader(fetch.epoch) {
-        let error = EngineError::Unavailable(format!(
-            "this peer does not lead partition {partition} of \"{}\" in epoch {} (it is {:?} in epoch {})",
-            replication.topics[topic].0,
-            fetch.epoch,
-            state.view().role,
-            state.epoch.load(Ordering::Acquire)
-        ));
-        return frame::error(request, 0, &error.to_string());
-    }
-    let hwm = state.hwm();
-    {
-        // The follower's copy equals this one up to its offset only if this log holds its
-        // last epoch and that epoch goes at least as far here (KIP-101's check).
-        let (epoch, end) = local.log.borrow_mut().epoch_end(fetch.last_epoch);
-        if epoch != fetch.last_epoch || end < fetch.offset {
-            return frame::framed(
-                Kind::ReplicaData,
-                request,
-                &wire::encode_diverged(hwm, epoch, end),
-            );
-        }
-    }
-    if !state.quorum().replicas.contains(&from) {
-        return frame::error(
-            request,
-            0,
-            &format!("peer {from} holds no replica of this partition"),
-        );
-    }
-    // Counted only from a copy of this epoch's log (its view says so, durably).
-    if fetch.view == fetch.epoch {
-        state.quorum().ends.insert(from, fetch.durable.min(fetch.offset));
-    }
-    let hwm = refresh_hwm(replication.me.addr, state, &local);
-    // Wait for something to send, at most the fetch's wait.
-    let deadline =
-        std::time::Instant::now() + Duration::from_millis(u64::from(fetch.wait_ms)).min(FETCH_WAIT);
-    loop {
-        let seen = local.appends();
-        if local.log.borrow().next_offset() > fetch.offset || std::time::Instant::now() >= deadline {
-            break;
-        }
-        let left = deadline.saturating_duration_since(std::time::Instant::now());
-        futures_lite::future::or(local.on_append(), glommio::timer::sleep(left)).await;
-        if local.appends() == seen && !state.is_leader(fetch.epoch) {
-            break;
-        }
-    }
-    let log = local.log.borrow();
-    let mut out = Vec::new();
-    frame::encode(&mut out, Kind::ReplicaData, request, &[]);
-    let count_at = wire::begin_data(&mut out, hwm.max(state.hwm()));
-    for stored in log.read_batches(fetch.offset, u64::MAX) {
-        let Stored::Batch {
-            bytes, base_offset, ..
-        } = stored
-        else {
-            // A format-1 segment: written before replication existed; not replicated.
-            break;
-        };
-        if base_offset < fetch.offset || (out.len() > 64 && out.len() + bytes.len() > FETCH_BYTES) {
-            break;
-        }
-        wire::push_batch(&mut out, count_at, bytes);
-    }
-    // The frame's length prefix, now that the body is whole.
-    let len = (out.len() - 4) as u32;
-    out[..4].copy_from_slice(&len.to_le_bytes());
-    out
-}
-
 /// Keeps this peer's roles in step with the metadata, and a fetcher running for each
 /// partition it follows; runs until the engine stops.
 pub fn watch(peers: Weak<Peers>) {
@@ -658,171 +530,12 @@ pub fn watch(peers: Weak<Peers>) {
                     let (peers, epoch, leader) = (Arc::downgrade(&peers), *epoch, *leader);
                     let _ = std::thread::Builder::new()
                         .name("flowd-replica".into())
-                        .spawn(move || follow(peers, t, p, epoch, leader));
+                        .spawn(move || follower::follow(peers, t, p, epoch, leader));
                 }
                 acted.insert((t, p), role);
             }
         }
     }
-}
-
-/// A follower's fetch loop for one partition in one epoch: ends when this peer stops
-/// following it in that epoch, or the engine stops.
-fn follow(peers: Weak<Peers>, topic: usize, partition: u32, epoch: u32, leader: SocketAddr) {
-    let mut links: Option<Requests> = None;
-    // The shard takes the role a moment after `watch` asked it to.
-    let started = std::time::Instant::now();
-    loop {
-        let Some(strong) = peers.upgrade() else { return };
-        let state = strong.replication.state(topic, partition);
-        if state.follows(epoch) {
-            break;
-        }
-        if started.elapsed() > Duration::from_secs(5) || state.promised.load(Ordering::Acquire) > epoch {
-            return;
-        }
-        drop(strong);
-        std::thread::sleep(Duration::from_millis(5));
-    }
-    loop {
-        let Some(peers) = peers.upgrade() else { return };
-        let Some(shared) = peers.shared() else { return };
-        let state = Arc::clone(peers.replication.state(topic, partition));
-        if shared.control.is_stopping()
-            || state.role.load(Ordering::Acquire) != FOLLOWER
-            || state.epoch.load(Ordering::Acquire) != epoch
-            || state.promised.load(Ordering::Acquire) > epoch
-        {
-            return;
-        }
-        let service = &shared.services[owner(partition, shared.shards)];
-        let (tx, rx) = flume::bounded(1);
-        let position = ShardRequest::Replica(ReplicaRequest::Position {
-            topic,
-            partition,
-            reply: tx,
-        });
-        if service.send(position).is_err() {
-            return;
-        }
-        let Ok((offset, last_epoch, durable)) = rx.recv() else {
-            return;
-        };
-        let fetch = ReplicaFetch {
-            topic: peers.topic_name(topic).to_string(),
-            partition,
-            epoch,
-            offset,
-            last_epoch,
-            durable,
-            view: peers.replication.view(topic, partition),
-            wait_ms: FETCH_WAIT.as_millis() as u32,
-        };
-        let links = links.get_or_insert_with(|| {
-            Requests::new(
-                &peers.cluster.cluster_id,
-                peers.cluster.me.addr,
-                FETCH_WAIT + Duration::from_secs(2),
-            )
-        });
-        let answer = links.request(
-            leader,
-            Kind::ReplicaFetch,
-            &wire::encode_fetch(&fetch),
-            Kind::ReplicaData,
-        );
-        let body = match answer {
-            Ok(body) => body,
-            Err(error) => {
-                tracing::debug!(
-                    "fetching partition {partition} of \"{}\" from {leader}: {error}",
-                    fetch.topic
-                );
-                drop(peers);
-                std::thread::sleep(RETRY);
-                continue;
-            }
-        };
-        match wire::decode_data(&body) {
-            Ok(ReplicaData::Diverged { hwm, epoch: e, end }) => {
-                state.hwm.fetch_max(hwm, Ordering::AcqRel);
-                let (tx, rx) = flume::bounded(1);
-                let cut = ShardRequest::Replica(ReplicaRequest::Diverged {
-                    topic,
-                    partition,
-                    epoch: e,
-                    end,
-                    reply: tx,
-                });
-                if service.send(cut).is_err() {
-                    return;
-                }
-                if let Ok(Err(error)) = rx.recv() {
-                    // Loud: this replica cannot follow; the others still hold the quorum.
-                    tracing::error!("partition {partition} of \"{}\": {error}", fetch.topic);
-                    shared.metrics.replica_failures.add(1);
-                    std::thread::sleep(Duration::from_secs(1));
-                }
-            }
-            Ok(ReplicaData::Batches { hwm, batches }) => {
-                state.hwm.fetch_max(hwm, Ordering::AcqRel);
-                // The leader found this copy a prefix of its own: it is of this epoch now.
-                if let Err(error) = peers.replication.set_view(topic, partition, epoch) {
-                    tracing::error!("partition {partition} of \"{}\": {error}", fetch.topic);
-                    std::thread::sleep(Duration::from_secs(1));
-                    continue;
-                }
-                if let Err(error) = append(&shared, topic, partition, epoch, &batches) {
-                    tracing::warn!(
-                        "partition {partition} of \"{}\" from {leader}: {error}",
-                        fetch.topic
-                    );
-                    std::thread::sleep(RETRY);
-                }
-            }
-            Err(error) => {
-                tracing::warn!("a bad answer from {leader}: {error}");
-                std::thread::sleep(RETRY);
-            }
-        }
-    }
-}
-
-/// Appends a leader's batches through the owner shard's inbox and waits until the last
-/// is durable (the next fetch says so).
-fn append(
-    shared: &crate::runtime::shard::Shared,
-    topic: usize,
-    partition: u32,
-    epoch: u32,
-    batches: &[&[u8]],
-) -> Result<(), String> {
-    let Some(last) = batches.len().checked_sub(1) else {
-        return Ok(());
-    };
-    let inbox = &shared.mesh.inboxes[topic][owner(partition, shared.shards)];
-    let (tx, rx) = flume::bounded(batches.len());
-    for (i, bytes) in batches.iter().enumerate() {
-        let checked = CheckedBatch::check(bytes).map_err(|e| format!("a replicated batch: {e}"))?;
-        let mut batch = Batch::new(
-            partition,
-            Payload::Batch(Box::new(checked)),
-            Ack::Client(tx.clone(), i),
-        );
-        batch.replica = Some(epoch);
-        inbox
-            .send(batch)
-            .map_err(|_| "the engine is stopping".to_string())?;
-    }
-    for _ in 0..=last {
-        match rx.recv_timeout(QUORUM_TIMEOUT) {
-            Ok(Ok((i, _, _))) if i == last => return Ok(()),
-            Ok(Ok(_)) => {}
-            Ok(Err(error)) => return Err(error.to_string()),
-            Err(_) => return Err("a replicated batch was not made durable in time".into()),
-        }
-    }
-    Ok(())
 }
 
 /// Fences this peer's replica of a partition with `epoch`: promises it, durably, then

@@ -1,0 +1,182 @@
+//! A replicated partition's follower: one thread per partition and epoch that asks the
+//! leader for the batches after its copy, appends them as they are (through the owner
+//! shard's inbox), cuts its copy back where the leader says it diverges, and records
+//! its view once the leader found its copy a prefix of its own.
+
+use std::net::SocketAddr;
+use std::sync::atomic::Ordering;
+use std::sync::{Arc, Weak};
+use std::time::Duration;
+
+use crate::cluster::frame::Kind;
+use crate::cluster::replication::{self as wire, ReplicaData, ReplicaFetch};
+use crate::cluster::transport::Requests;
+use crate::runtime::cluster::leader::{FETCH_WAIT, QUORUM_TIMEOUT};
+use crate::runtime::cluster::peers::Peers;
+use crate::runtime::cluster::replica::{FOLLOWER, ReplicaRequest};
+use crate::runtime::mesh::{Ack, Batch, Payload};
+use crate::runtime::placement::owner;
+use crate::runtime::service::ShardRequest;
+use crate::storage::batch::CheckedBatch;
+
+/// A follower that cannot reach its leader waits this long before it tries again.
+const RETRY: Duration = Duration::from_millis(100);
+
+/// A follower's fetch loop for one partition in one epoch: ends when this peer stops
+/// following it in that epoch, or the engine stops.
+pub(super) fn follow(peers: Weak<Peers>, topic: usize, partition: u32, epoch: u32, leader: SocketAddr) {
+    let mut links: Option<Requests> = None;
+    // The shard takes the role a moment after `watch` asked it to.
+    let started = std::time::Instant::now();
+    loop {
+        let Some(strong) = peers.upgrade() else { return };
+        let state = strong.replication.state(topic, partition);
+        if state.follows(epoch) {
+            break;
+        }
+        if started.elapsed() > Duration::from_secs(5) || state.promised.load(Ordering::Acquire) > epoch {
+            return;
+        }
+        drop(strong);
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    loop {
+        let Some(peers) = peers.upgrade() else { return };
+        let Some(shared) = peers.shared() else { return };
+        let state = Arc::clone(peers.replication.state(topic, partition));
+        if shared.control.is_stopping()
+            || state.role.load(Ordering::Acquire) != FOLLOWER
+            || state.epoch.load(Ordering::Acquire) != epoch
+            || state.promised.load(Ordering::Acquire) > epoch
+        {
+            return;
+        }
+        let service = &shared.services[owner(partition, shared.shards)];
+        let (tx, rx) = flume::bounded(1);
+        let position = ShardRequest::Replica(ReplicaRequest::Position {
+            topic,
+            partition,
+            reply: tx,
+        });
+        if service.send(position).is_err() {
+            return;
+        }
+        let Ok((offset, last_epoch, durable)) = rx.recv() else {
+            return;
+        };
+        let fetch = ReplicaFetch {
+            topic: peers.topic_name(topic).to_string(),
+            partition,
+            epoch,
+            offset,
+            last_epoch,
+            durable,
+            view: peers.replication.view(topic, partition),
+            wait_ms: FETCH_WAIT.as_millis() as u32,
+        };
+        let links = links.get_or_insert_with(|| {
+            Requests::new(
+                &peers.cluster.cluster_id,
+                peers.cluster.me.addr,
+                FETCH_WAIT + Duration::from_secs(2),
+            )
+        });
+        let answer = links.request(
+            leader,
+            Kind::ReplicaFetch,
+            &wire::encode_fetch(&fetch),
+            Kind::ReplicaData,
+        );
+        let body = match answer {
+            Ok(body) => body,
+            Err(error) => {
+                tracing::debug!(
+                    "fetching partition {partition} of \"{}\" from {leader}: {error}",
+                    fetch.topic
+                );
+                drop(peers);
+                std::thread::sleep(RETRY);
+                continue;
+            }
+        };
+        match wire::decode_data(&body) {
+            Ok(ReplicaData::Diverged { hwm, epoch: e, end }) => {
+                state.hwm.fetch_max(hwm, Ordering::AcqRel);
+                let (tx, rx) = flume::bounded(1);
+                let cut = ShardRequest::Replica(ReplicaRequest::Diverged {
+                    topic,
+                    partition,
+                    epoch: e,
+                    end,
+                    reply: tx,
+                });
+                if service.send(cut).is_err() {
+                    return;
+                }
+                if let Ok(Err(error)) = rx.recv() {
+                    // Loud: this replica cannot follow; the others still hold the quorum.
+                    tracing::error!("partition {partition} of \"{}\": {error}", fetch.topic);
+                    shared.metrics.replica_failures.add(1);
+                    std::thread::sleep(Duration::from_secs(1));
+                }
+            }
+            Ok(ReplicaData::Batches { hwm, batches }) => {
+                state.hwm.fetch_max(hwm, Ordering::AcqRel);
+                // The leader found this copy a prefix of its own: it is of this epoch now.
+                if let Err(error) = peers.replication.set_view(topic, partition, epoch) {
+                    tracing::error!("partition {partition} of \"{}\": {error}", fetch.topic);
+                    std::thread::sleep(Duration::from_secs(1));
+                    continue;
+                }
+                if let Err(error) = append(&shared, topic, partition, epoch, &batches) {
+                    tracing::warn!(
+                        "partition {partition} of \"{}\" from {leader}: {error}",
+                        fetch.topic
+                    );
+                    std::thread::sleep(RETRY);
+                }
+            }
+            Err(error) => {
+                tracing::warn!("a bad answer from {leader}: {error}");
+                std::thread::sleep(RETRY);
+            }
+        }
+    }
+}
+
+/// Appends a leader's batches through the owner shard's inbox and waits until the last
+/// is durable (the next fetch says so).
+fn append(
+    shared: &crate::runtime::shard::Shared,
+    topic: usize,
+    partition: u32,
+    epoch: u32,
+    batches: &[&[u8]],
+) -> Result<(), String> {
+    let Some(last) = batches.len().checked_sub(1) else {
+        return Ok(());
+    };
+    let inbox = &shared.mesh.inboxes[topic][owner(partition, shared.shards)];
+    let (tx, rx) = flume::bounded(batches.len());
+    for (i, bytes) in batches.iter().enumerate() {
+        let checked = CheckedBatch::check(bytes).map_err(|e| format!("a replicated batch: {e}"))?;
+        let mut batch = Batch::new(
+            partition,
+            Payload::Batch(Box::new(checked)),
+            Ack::Client(tx.clone(), i),
+        );
+        batch.replica = Some(epoch);
+        inbox
+            .send(batch)
+            .map_err(|_| "the engine is stopping".to_string())?;
+    }
+    for _ in 0..=last {
+        match rx.recv_timeout(QUORUM_TIMEOUT) {
+            Ok(Ok((i, _, _))) if i == last => return Ok(()),
+            Ok(Ok(_)) => {}
+            Ok(Err(error)) => return Err(error.to_string()),
+            Err(_) => return Err("a replicated batch was not made durable in time".into()),
+        }
+    }
+    Ok(())
+}
