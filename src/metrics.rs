@@ -381,6 +381,65 @@ pub fn render_partitions(out: &mut String, partitions: &[PartitionGauges<'_>]) {
     }
 }
 
+/// Per replicated partition, as this peer sees it: whether it leads, the epoch, the
+/// high-water mark, replicas alive and needed, and how far each follower holds the log.
+pub fn render_replicas(
+    out: &mut String,
+    partitions: &[(&str, u32, &crate::protocol::status::ReplicaStatus)],
+) {
+    type Field = fn(&crate::protocol::status::ReplicaStatus) -> u64;
+    let gauges: [(&str, &str, Field); 5] = [
+        (
+            "flowd_replica_leader",
+            "1 where this peer leads the partition",
+            |r| u64::from(r.role == "leader"),
+        ),
+        (
+            "flowd_replica_epoch",
+            "The leader epoch this peer leads or follows under",
+            |r| u64::from(r.epoch),
+        ),
+        (
+            "flowd_replica_high_water_mark",
+            "Offsets below this are held durably by a quorum of the replicas (readers see up to here)",
+            |r| r.hwm,
+        ),
+        (
+            "flowd_replica_alive",
+            "Replicas of the partition gossip shows alive",
+            |r| r.alive as u64,
+        ),
+        (
+            "flowd_replica_needed",
+            "Replicas a write needs alive (a majority)",
+            |r| r.needed as u64,
+        ),
+    ];
+    for (name, help, field) in gauges {
+        let _ = writeln!(out, "# HELP {name} {help}.\n# TYPE {name} gauge");
+        for (topic, partition, r) in partitions {
+            let _ = writeln!(
+                out,
+                "{name}{{topic=\"{topic}\",partition=\"{partition}\"}} {}",
+                field(r)
+            );
+        }
+    }
+    let name = "flowd_replica_follower_durable_offset";
+    let _ = writeln!(
+        out,
+        "# HELP {name} On the leader: how far each follower holds the log durably, in the leader's view.\n# TYPE {name} gauge"
+    );
+    for (topic, partition, r) in partitions {
+        for (follower, end) in &r.followers {
+            let _ = writeln!(
+                out,
+                "{name}{{topic=\"{topic}\",partition=\"{partition}\",follower=\"{follower}\"}} {end}"
+            );
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

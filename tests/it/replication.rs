@@ -371,6 +371,21 @@ fn a_leader_cut_off_from_its_replicas_acks_nothing_and_goes_on_once_they_are_bac
     client
         .produce_batch("events", Some(partition), &[record("before")])
         .unwrap();
+    // /metrics says who leads, in which epoch, and how far the quorum holds.
+    let (code, metrics) = crate::ingest::http(&servers[leader].http, "GET", "/metrics", "");
+    assert_eq!(code, 200);
+    let labels = format!("{{topic=\"events\",partition=\"{partition}\"}}");
+    for line in [
+        format!("flowd_replica_leader{labels} 1"),
+        format!("flowd_replica_epoch{labels} 1"),
+        format!("flowd_replica_needed{labels} 2"),
+    ] {
+        assert!(metrics.contains(&line), "{line} not in /metrics");
+    }
+    assert!(
+        metrics.contains("flowd_replica_follower_durable_offset{"),
+        "{metrics}"
+    );
 
     // Both followers paused: the leader alone is a minority and acks nothing.
     let others: Vec<&Server> = (0..3).filter(|i| *i != leader).map(|i| &servers[i]).collect();

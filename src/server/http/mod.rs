@@ -168,6 +168,18 @@ async fn route(shard: &Rc<Shard>, front: &Rc<Front>, request: Request<Incoming>)
                 })
                 .collect();
             metrics::render_partitions(&mut body, &partitions);
+            let replicas: Vec<_> = status
+                .topics
+                .iter()
+                .flat_map(|t| {
+                    t.partitions
+                        .iter()
+                        .filter_map(move |p| p.replica.as_ref().map(|r| (t.name.as_str(), p.partition, r)))
+                })
+                .collect();
+            if !replicas.is_empty() {
+                metrics::render_replicas(&mut body, &replicas);
+            }
             text(StatusCode::OK, "text/plain; version=0.0.4", body)
         }
         (&Method::POST, ["topics", topic]) => {
