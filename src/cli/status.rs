@@ -94,24 +94,7 @@ pub fn run(from: &str, json: bool) -> Result<ExitCode, CliError> {
                 p.durable_offset,
                 consumers.join(", "),
                 crate::protocol::status::note(p.standing),
-                p.replica.as_ref().map_or(String::new(), |r| {
-                    let short = if r.alive < r.needed && r.role == "leader" {
-                        format!(
-                            ", UNDER QUORUM: {} of {} needed alive, writes refused",
-                            r.alive, r.needed
-                        )
-                    } else {
-                        String::new()
-                    };
-                    format!(
-                        "  [{} in epoch {}, leader {}, replicas {}, hwm {}{short}]",
-                        r.role,
-                        r.epoch,
-                        r.leader.as_deref().unwrap_or("none"),
-                        r.replicas.join(" "),
-                        r.hwm
-                    )
-                })
+                crate::protocol::status::replica_note(p.replica.as_ref())
             )?;
         }
     }

@@ -135,3 +135,58 @@ pub fn note(standing: Option<Standing>) -> &'static str {
         Some(Standing::Serving) | None => "",
     }
 }
+
+/// What a replicated partition's row says after its consumers: this peer's role, the
+/// epoch, the leader, the replicas and the high-water mark, and loudly when fewer
+/// replicas are alive than a write needs. Empty for an unreplicated partition.
+pub fn replica_note(replica: Option<&ReplicaStatus>) -> String {
+    let Some(r) = replica else {
+        return String::new();
+    };
+    let under = if r.role == "leader" && r.alive < r.needed {
+        format!(
+            ", UNDER QUORUM: {} of {} needed alive, writes refused",
+            r.alive, r.needed
+        )
+    } else {
+        String::new()
+    };
+    format!(
+        "  [{} in epoch {}, leader {}, replicas {}, hwm {}{under}]",
+        r.role,
+        r.epoch,
+        r.leader.as_deref().unwrap_or("none"),
+        r.replicas.join(" "),
+        r.hwm
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_replicated_partition_under_its_quorum_says_so() {
+        let mut r = ReplicaStatus {
+            role: "leader".into(),
+            epoch: 4,
+            leader: Some("10.0.0.1:7300".into()),
+            replicas: vec![
+                "10.0.0.1:7300".into(),
+                "10.0.0.2:7300".into(),
+                "10.0.0.3:7300".into(),
+            ],
+            hwm: 120,
+            followers: Vec::new(),
+            alive: 3,
+            needed: 2,
+        };
+        assert_eq!(
+            replica_note(Some(&r)),
+            "  [leader in epoch 4, leader 10.0.0.1:7300, replicas 10.0.0.1:7300 10.0.0.2:7300 10.0.0.3:7300, hwm 120]"
+        );
+        r.alive = 1;
+        assert!(replica_note(Some(&r)).ends_with(", UNDER QUORUM: 1 of 2 needed alive, writes refused]"));
+        assert_eq!(replica_note(None), "");
+    }
+}

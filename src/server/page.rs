@@ -75,7 +75,7 @@ pub fn render(status: &Status) -> String {
                 .collect();
             let _ = write!(
                 html,
-                "<tr><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td class=\"l\">{}{}</td></tr>",
+                "<tr><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td class=\"l\">{}{}{}</td></tr>",
                 p.partition,
                 p.shard,
                 p.start_offset,
@@ -84,7 +84,8 @@ pub fn render(status: &Status) -> String {
                 p.segments,
                 p.bytes,
                 consumers.join(", "),
-                crate::protocol::status::note(p.standing)
+                crate::protocol::status::note(p.standing),
+                escape(&crate::protocol::status::replica_note(p.replica.as_ref()))
             );
         }
         html.push_str("</table>");
