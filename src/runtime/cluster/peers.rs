@@ -384,6 +384,23 @@ impl Link {
     }
 
     /// Connects (retrying for a while: the peer may be starting) and starts the reader.
+    /// Whether this peer's view has the link's peer down.
+    fn is_down(&self) -> bool {
+        let Some(shared) = self.shared.as_ref().and_then(Weak::upgrade) else {
+            return false;
+        };
+        shared.peers.as_ref().is_some_and(|peers| {
+            let view = peers.cluster.view.get();
+            view.others
+                .iter()
+                .any(|m| m.id.addr == self.to && m.state == crate::cluster::PeerState::Down)
+                && !view
+                    .others
+                    .iter()
+                    .any(|m| m.id.addr == self.to && m.state != crate::cluster::PeerState::Down)
+        })
+    }
+
     fn connect(self: &Arc<Self>) -> Option<TcpStream> {
         let deadline = std::time::Instant::now() + CONNECT_PATIENCE;
         let mut pause = Duration::from_millis(20);
@@ -407,7 +424,9 @@ impl Link {
                     }
                     return Some(stream);
                 }
-                Err(error) if std::time::Instant::now() >= deadline => {
+                // Gossip says it is down: its batches are routed again at once (to whoever
+                // owns or leads their partitions by then) rather than wait out the patience.
+                Err(error) if std::time::Instant::now() >= deadline || self.is_down() => {
                     tracing::warn!("cannot reach peer {}: {error}", self.to);
                     return None;
                 }
