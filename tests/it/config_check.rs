@@ -64,6 +64,14 @@ fn broken_files_get_precise_errors() {
             &["9:1: topic \"words\".partitons: unknown key | did you mean \"partitions\"?"],
         ),
         (
+            "replicas out of range, for the cluster and for a topic",
+            format!("[cluster]\nreplicas = 0\n\n{}", BASE.replace("name = \"words\"", "name = \"words\"\nreplicas = 9")),
+            &[
+                "2:12: cluster.replicas: replicas must be from 1 to 7 | each partition is copied to that many peers and a write is acked once a majority of them hold it",
+                "12:12: topic \"words\".replicas: replicas must be from 1 to 7 | each partition is copied to that many peers and a write is acked once a majority of them hold it",
+            ],
+        ),
+        (
             "unknown section",
             format!("{BASE}\n[engin]\ncores = 2\n"),
             &["16:2: engin: unknown key | did you mean \"engine\"?"],
