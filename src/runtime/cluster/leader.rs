@@ -130,7 +130,18 @@ pub(super) async fn serve_fetch(
             // A format-1 segment: written before replication existed; not replicated.
             break;
         };
-        if base_offset < fetch.offset || (out.len() > 64 && out.len() + bytes.len() > FETCH_BYTES) {
+        if base_offset < fetch.offset {
+            // The follower's copy ends inside one of this log's batches: their batches
+            // differ there (copies made before replication). It cuts back to the batch's
+            // start and asks again, or says loudly that it cannot.
+            let epoch = crate::storage::format::BatchHeader::read_trusted(bytes).leader_epoch;
+            return frame::framed(
+                Kind::ReplicaData,
+                request,
+                &wire::encode_diverged(hwm, epoch, base_offset),
+            );
+        }
+        if out.len() > 64 && out.len() + bytes.len() > FETCH_BYTES {
             break;
         }
         wire::push_batch(&mut out, count_at, bytes);
