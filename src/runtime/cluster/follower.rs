@@ -106,6 +106,7 @@ pub(super) fn follow(peers: Weak<Peers>, topic: usize, partition: u32, epoch: u3
                 let cut = ShardRequest::Replica(ReplicaRequest::Diverged {
                     topic,
                     partition,
+                    following: epoch,
                     epoch: e,
                     end,
                     reply: tx,
@@ -114,6 +115,10 @@ pub(super) fn follow(peers: Weak<Peers>, topic: usize, partition: u32, epoch: u3
                     return;
                 }
                 if let Ok(Err(error)) = rx.recv() {
+                    if !state.follows(epoch) {
+                        // Its epoch ended meanwhile: the copy was left as it was.
+                        return;
+                    }
                     // Loud: this replica cannot follow; the others still hold the quorum.
                     tracing::error!("partition {partition} of \"{}\": {error}", fetch.topic);
                     shared.metrics.replica_failures.add(1);
@@ -122,7 +127,11 @@ pub(super) fn follow(peers: Weak<Peers>, topic: usize, partition: u32, epoch: u3
             }
             Ok(ReplicaData::Batches { hwm, batches }) => {
                 state.hwm.fetch_max(hwm, Ordering::AcqRel);
-                // The leader found this copy a prefix of its own: it is of this epoch now.
+                // The leader found this copy a prefix of its own: it is of this epoch now
+                // (unless the epoch ended while the fetch was on its way).
+                if !state.follows(epoch) {
+                    return;
+                }
                 if let Err(error) = peers.replication.set_view(topic, partition, epoch) {
                     tracing::error!("partition {partition} of \"{}\": {error}", fetch.topic);
                     std::thread::sleep(Duration::from_secs(1));

@@ -210,10 +210,13 @@ impl Replication {
     }
 
     /// Records, durably, that this copy is a prefix of the log of `epoch`'s leader.
+    /// Views only move forward: a follower thread of an epoch that just ended, still
+    /// finishing its last fetch, must not set an older view over a newer one (its copy
+    /// would then lose an election it should win, and its newer records with it).
     pub fn set_view(&self, topic: usize, partition: u32, epoch: u32) -> Result<(), String> {
         let path = self.promises.lock().unwrap_or_else(|e| e.into_inner());
         let state = self.state(topic, partition);
-        if state.view.load(Ordering::Acquire) == epoch {
+        if state.view.load(Ordering::Acquire) >= epoch {
             return Ok(());
         }
         state.view.store(epoch, Ordering::Release);
@@ -277,10 +280,13 @@ pub enum ReplicaRequest {
         reply: flume::Sender<(u64, u32, u64)>,
     },
     /// Cuts this copy back where it diverges from the leader's: the leader's records of
-    /// epochs up to `epoch` end at `end`.
+    /// epochs up to `epoch` end at `end`; only while this peer still follows in
+    /// `following` (a fetch thread of an epoch that ended must not cut the copy a new
+    /// epoch's leader is filling).
     Diverged {
         topic: usize,
         partition: u32,
+        following: u32,
         epoch: u32,
         end: u64,
         reply: flume::Sender<Result<u64, String>>,
@@ -351,10 +357,16 @@ pub async fn handle(shard: &Rc<Shard>, request: ReplicaRequest) {
         ReplicaRequest::Diverged {
             topic,
             partition,
+            following,
             epoch,
             end,
             reply,
         } => {
+            if !replication.state(topic, partition).follows(following) {
+                let stale = format!("this peer no longer follows the partition in epoch {following}");
+                let _ = reply.send_async(Err(stale)).await;
+                return;
+            }
             let local = Rc::clone(shard.partition(topic, partition));
             let cut = {
                 let mut log = local.log.borrow_mut();
