@@ -440,7 +440,28 @@ fn run_nemesis(peers: usize, seconds: u64, seed: u64) {
                     many.len(),
                     report()
                 ),
-                _ => panic!("{value}, acked at {at:?}, is lost through peer {i}\n{}", report()),
+                _ => {
+                    // Say how much is missing, where, and how each peer sees the partitions.
+                    let missing: Vec<&(u32, u64)> = acked
+                        .iter()
+                        .filter(|(v, _)| !by_value.contains_key(v.as_str()))
+                        .map(|(_, at)| at)
+                        .collect();
+                    let ends: Vec<(u32, u64)> = offsets.iter().map(|(p, l)| (*p, l.len() as u64)).collect();
+                    let views: Vec<String> = servers
+                        .iter()
+                        .map(|s| run_cli(&["status", "--from", &s.tcp], "").1)
+                        .collect();
+                    panic!(
+                        "{value}, acked at {at:?}, is lost through peer {i}; {} acked records missing, first {:?}, last {:?}; \
+                         records read per partition {ends:?}\n{}\nthe peers' status:\n{}",
+                        missing.len(),
+                        missing.first(),
+                        missing.last(),
+                        report(),
+                        views.join("\n")
+                    )
+                }
             }
         }
         for (p, list) in &offsets {
