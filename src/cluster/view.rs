@@ -71,6 +71,19 @@ impl View {
         if staying.is_empty() { live } else { staying }
     }
 
+    /// The member at `addr` as this view has it now, if it is not down (this peer
+    /// included): after a restart or a renewal gossip lists the new run, and the old one
+    /// as down.
+    pub fn member(&self, addr: SocketAddr) -> Option<PeerId> {
+        if addr == self.me.addr {
+            return Some(self.me);
+        }
+        self.others
+            .iter()
+            .find(|m| m.id.addr == addr && m.state != PeerState::Down)
+            .map(|m| m.id)
+    }
+
     /// The other peers that may hold partition data to hand over: alive or suspect,
     /// leaving or not.
     pub fn reachable_others(&self) -> impl Iterator<Item = PeerId> + '_ {

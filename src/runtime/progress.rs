@@ -12,7 +12,6 @@ use serde::{Deserialize, Serialize};
 
 use crate::runtime::error::{Result, RuntimeError};
 use crate::storage::io;
-use crate::storage::layout::sync_dir;
 
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Progress {
@@ -91,24 +90,8 @@ pub fn load(path: &Path) -> Result<Option<Progress>> {
 /// Replaces the file at `path`; with `durable`, the new content survives a crash once
 /// this returns.
 pub fn store(path: &Path, progress: &Progress, durable: bool) -> Result<()> {
-    let dir = path.parent().expect("progress paths have a directory");
-    let tmp = path.with_extension("json.tmp");
     let bytes = serde_json::to_vec(progress).expect("progress always serializes");
-    let write = || -> std::io::Result<()> {
-        io::create_dir_all(dir)?;
-        let mut file = io::create_truncate(&tmp)?;
-        io::write_all(&mut file, &tmp, 0, &bytes)?;
-        if durable {
-            io::sync_data(&file, &tmp)?;
-        }
-        io::rename(&tmp, path)
-    };
-    write().map_err(RuntimeError::io("write progress file", path))?;
-    if durable {
-        // The rename is durable only once its directory is.
-        sync_dir(dir)?;
-    }
-    Ok(())
+    io::replace(path, &bytes, durable).map_err(RuntimeError::io("write progress file", path))
 }
 
 #[cfg(test)]

@@ -397,33 +397,22 @@ impl Shard {
                     partition.note_append();
                     self.shared.ends[topic][batch.partition as usize]
                         .store(receipt.next_offset, Ordering::Release);
-                    match self.shared.spec.engine.durability {
-                        _ if quorum.is_some() => {
-                            self.acks.borrow_mut().push(PendingAck {
-                                partition,
-                                first: receipt.first_offset,
-                                end: receipt.next_offset,
-                                ack: batch.ack,
-                                quorum,
-                            });
-                            let _ = self.ack_waiting.0.try_send(());
-                        }
-                        Durability::Group => {
-                            self.acks.borrow_mut().push(PendingAck {
-                                partition,
-                                first: receipt.first_offset,
-                                end: receipt.next_offset,
-                                ack: batch.ack,
-                                quorum: None,
-                            });
-                            // Full means the acker is already told.
-                            let _ = self.ack_waiting.0.try_send(());
-                        }
-                        Durability::Every | Durability::None => {
-                            batch
-                                .ack
-                                .durable(batch.partition, receipt.first_offset, receipt.next_offset)
-                        }
+                    // A replicated batch waits for its quorum in every mode, a group
+                    // commit's for the syncer; otherwise written is durable.
+                    if quorum.is_some() || self.shared.spec.engine.durability == Durability::Group {
+                        self.acks.borrow_mut().push(PendingAck {
+                            partition,
+                            first: receipt.first_offset,
+                            end: receipt.next_offset,
+                            ack: batch.ack,
+                            quorum,
+                        });
+                        // Full means the acker is already told.
+                        let _ = self.ack_waiting.0.try_send(());
+                    } else {
+                        batch
+                            .ack
+                            .durable(batch.partition, receipt.first_offset, receipt.next_offset)
                     }
                 }
                 // A client's batch over a storage limit: its sender is told, nothing else.

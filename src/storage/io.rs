@@ -131,6 +131,28 @@ pub fn rename(from: &Path, to: &Path) -> io::Result<()> {
     Ok(())
 }
 
+/// Replaces the file at `path` with `bytes` as one change: written to `path.tmp` beside
+/// it, then renamed over it. With `durable`, the new content survives a crash once this
+/// returns (the file is synced before the rename, its directory after); without, a
+/// crash leaves the old file or the new one, whole, whichever the disk kept.
+pub fn replace(path: &Path, bytes: &[u8], durable: bool) -> io::Result<()> {
+    let dir = path.parent().expect("a file in a directory");
+    let mut tmp = path.as_os_str().to_owned();
+    tmp.push(".tmp");
+    let tmp = std::path::PathBuf::from(tmp);
+    create_dir_all(dir)?;
+    let file = create_truncate(&tmp)?;
+    write_at(&file, &tmp, 0, bytes)?;
+    if durable {
+        sync_data(&file, &tmp)?;
+    }
+    rename(&tmp, path)?;
+    if durable {
+        sync_dir(dir)?;
+    }
+    Ok(())
+}
+
 pub fn remove_file(path: &Path) -> io::Result<()> {
     std::fs::remove_file(path)?;
     powercut::note(path, || Op::Remove {

@@ -303,13 +303,7 @@ impl Inner {
         for op in &ops {
             bytes.extend_from_slice(&frame(&serde_json::to_vec(op).expect("serializes")));
         }
-        let dir = self.log.dir.clone();
-        let tmp = dir.join("log.tmp");
-        let file = io::create_truncate(&tmp).map_err(|e| io_error("create", &tmp, e))?;
-        io::write_at(&file, &tmp, 0, &bytes).map_err(|e| io_error("write", &tmp, e))?;
-        io::sync_data(&file, &tmp).map_err(|e| io_error("sync", &tmp, e))?;
-        io::rename(&tmp, &self.log.path).map_err(|e| io_error("rename", &tmp, e))?;
-        io::sync_dir(&dir).map_err(|e| io_error("sync", &dir, e))?;
+        io::replace(&self.log.path, &bytes, true).map_err(|e| io_error("rewrite", &self.log.path, e))?;
         let file = std::fs::OpenOptions::new()
             .write(true)
             .open(&self.log.path)
@@ -445,13 +439,8 @@ fn save_snapshot(dir: &Path, meta: &SnapshotMeta, metadata: &Metadata) -> std::i
         metadata: metadata.clone(),
     })
     .expect("a snapshot serializes");
-    let tmp = dir.join("snapshot.tmp");
     let path = dir.join("snapshot");
-    let file = io::create_truncate(&tmp).map_err(|e| io_error("create", &tmp, e))?;
-    io::write_at(&file, &tmp, 0, &frame(&body)).map_err(|e| io_error("write", &tmp, e))?;
-    io::sync_data(&file, &tmp).map_err(|e| io_error("sync", &tmp, e))?;
-    io::rename(&tmp, &path).map_err(|e| io_error("rename", &tmp, e))?;
-    io::sync_dir(dir).map_err(|e| io_error("sync", dir, e))
+    io::replace(&path, &frame(&body), true).map_err(|e| io_error("write", &path, e))
 }
 
 impl RaftStateMachine<TypeConfig> for Store {

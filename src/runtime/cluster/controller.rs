@@ -18,7 +18,6 @@
 //! the new primary). The last batch's epoch alone would not do: a new leader that
 //! wrote nothing yet would leave the older batches it holds uncounted (Raft's figure 8).
 
-use std::net::SocketAddr;
 use std::sync::Weak;
 use std::time::Duration;
 
@@ -26,7 +25,7 @@ use crate::cluster::consensus::{Assignment, Command, Outcome};
 use crate::cluster::frame::Kind;
 use crate::cluster::replication as wire;
 use crate::cluster::transport::Requests;
-use crate::cluster::{PeerId, PeerState, View, rendezvous};
+use crate::cluster::{PeerId, View, rendezvous};
 use crate::runtime::cluster::peers::Peers;
 use crate::runtime::cluster::replica::fence;
 
@@ -88,7 +87,7 @@ pub fn run(peers: Weak<Peers>) {
                         }
                     }
                     Some(a) => {
-                        let leader = current(&view, a.leader);
+                        let leader = view.member(a.leader);
                         let open = metadata.electing(name, p).filter(|e| *e > a.epoch);
                         if open.is_none() && leader.is_some_and(|id| id.bump == a.leader_run && !id.leaving) {
                             continue;
@@ -146,17 +145,6 @@ pub fn run(peers: Weak<Peers>) {
     }
 }
 
-/// The member with this address as the view has it now, if it is not down.
-fn current(view: &View, addr: SocketAddr) -> Option<PeerId> {
-    if addr == view.me.addr {
-        return Some(view.me);
-    }
-    view.others
-        .iter()
-        .find(|m| m.id.addr == addr && m.state != PeerState::Down)
-        .map(|m| m.id)
-}
-
 /// Fences a majority of the partition's replicas with the next epoch and chooses the
 /// longest copy among them.
 #[allow(clippy::too_many_arguments)]
@@ -172,7 +160,7 @@ fn elect(
 ) -> Result<Command, String> {
     let majority = a.replicas.len() / 2 + 1;
     let name = peers.topic_name(topic).to_string();
-    let reachable: Vec<PeerId> = a.replicas.iter().filter_map(|r| current(view, *r)).collect();
+    let reachable: Vec<PeerId> = a.replicas.iter().filter_map(|r| view.member(*r)).collect();
     // A leaving leader keeps serving until the others are fenced, if they make a
     // majority without it.
     let others: Vec<PeerId> = reachable

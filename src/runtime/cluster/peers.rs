@@ -383,7 +383,6 @@ impl Link {
         }
     }
 
-    /// Connects (retrying for a while: the peer may be starting) and starts the reader.
     /// Whether this peer's view has the link's peer down.
     fn is_down(&self) -> bool {
         let Some(shared) = self.shared.as_ref().and_then(Weak::upgrade) else {
@@ -391,16 +390,11 @@ impl Link {
         };
         shared.peers.as_ref().is_some_and(|peers| {
             let view = peers.cluster.view.get();
-            view.others
-                .iter()
-                .any(|m| m.id.addr == self.to && m.state == crate::cluster::PeerState::Down)
-                && !view
-                    .others
-                    .iter()
-                    .any(|m| m.id.addr == self.to && m.state != crate::cluster::PeerState::Down)
+            view.others.iter().any(|m| m.id.addr == self.to) && view.member(self.to).is_none()
         })
     }
 
+    /// Connects (retrying for a while: the peer may be starting) and starts the reader.
     fn connect(self: &Arc<Self>) -> Option<TcpStream> {
         let deadline = std::time::Instant::now() + CONNECT_PATIENCE;
         let mut pause = Duration::from_millis(20);

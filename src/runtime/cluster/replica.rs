@@ -31,8 +31,8 @@ use std::sync::atomic::{AtomicU8, AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, Weak};
 use std::time::Duration;
 
+use crate::cluster::PeerId;
 use crate::cluster::replication::ReplicaFetch;
-use crate::cluster::{PeerId, PeerState};
 use crate::runtime::cluster::peers::Peers;
 use crate::runtime::cluster::{follower, leader};
 use crate::runtime::placement::owner;
@@ -240,20 +240,9 @@ impl Replication {
             }
         }
         let bytes = serde_json::to_vec(&all).expect("promises serialize");
-        write_atomically(path, &bytes)
+        io::replace(path, &bytes, true)
             .map_err(|e| format!("cannot record a promise in {}: {e}", path.display()))
     }
-}
-
-fn write_atomically(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
-    let dir = path.parent().expect("a file in a directory");
-    io::create_dir_all(dir)?;
-    let tmp = path.with_extension("tmp");
-    let file = io::create_truncate(&tmp)?;
-    io::write_at(&file, &tmp, 0, bytes)?;
-    io::sync_data(&file, &tmp)?;
-    io::rename(&tmp, path)?;
-    io::sync_dir(dir)
 }
 
 /// What a shard does for replication, on the shard that owns the partition.
@@ -578,13 +567,7 @@ pub fn replicas_alive(peers: &Peers, state: &ReplicaState) -> (usize, usize) {
     let alive = quorum
         .replicas
         .iter()
-        .filter(|r| {
-            **r == view.me.addr
-                || view
-                    .others
-                    .iter()
-                    .any(|m| m.id.addr == **r && m.state != PeerState::Down)
-        })
+        .filter(|r| view.member(**r).is_some())
         .count();
     (alive, quorum.replicas.len() / 2 + 1)
 }
