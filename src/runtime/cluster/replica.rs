@@ -184,10 +184,6 @@ impl Replication {
         self.topics[topic].2 > 1
     }
 
-    pub fn replicas(&self, topic: usize) -> u32 {
-        self.topics[topic].2
-    }
-
     pub fn topics(&self) -> &[(String, u32, u32)] {
         &self.topics
     }
