@@ -76,6 +76,16 @@ pub enum StorageError {
     },
     #[error("invalid storage option: {0}")]
     InvalidOptions(String),
+    #[error(
+        "the disk of {} is full ({source}): no new segment fits, so this partition takes no \
+         more writes until space is freed (retention, a bigger disk); what it holds reads on",
+        dir.display()
+    )]
+    NoSpace {
+        dir: PathBuf,
+        #[source]
+        source: io::Error,
+    },
 }
 
 impl StorageError {
@@ -85,6 +95,12 @@ impl StorageError {
     ) -> impl FnOnce(io::Error) -> StorageError {
         let path = path.into();
         move |source| StorageError::Io { action, path, source }
+    }
+
+    /// True when the disk (or the quota) is full: the log is unchanged and appendable
+    /// again once space is freed.
+    pub fn is_no_space(&self) -> bool {
+        matches!(self, StorageError::NoSpace { .. })
     }
 
     /// True when the data on disk is damaged (as opposed to an I/O or usage failure).

@@ -17,6 +17,18 @@ pub struct InspectReport {
     pub partitions: Vec<PartitionReport>,
     /// True when any segment is corrupt.
     pub corrupt: bool,
+    /// Partition directories a cluster peer found damaged and set aside (it copied the
+    /// partition again from its replicas), oldest first.
+    pub set_aside: Vec<SetAsideReport>,
+}
+
+#[derive(Debug, Serialize)]
+pub struct SetAsideReport {
+    pub topic: String,
+    pub partition: u32,
+    pub dir: String,
+    pub at_ms: i64,
+    pub why: String,
 }
 
 #[derive(Debug, Serialize)]
@@ -85,10 +97,21 @@ pub fn inspect(data_dir: &Path, index_interval_bytes: u32) -> Result<InspectRepo
         partitions.push(inspect_partition(&location, index_interval_bytes)?);
     }
     let corrupt = partitions.iter().any(|p| p.corrupt);
+    let set_aside = layout::list_set_aside(data_dir)?
+        .into_iter()
+        .map(|s| SetAsideReport {
+            topic: s.topic,
+            partition: s.partition,
+            dir: s.dir.display().to_string(),
+            at_ms: s.at_ms,
+            why: s.why,
+        })
+        .collect();
     Ok(InspectReport {
         data_dir: data_dir.display().to_string(),
         partitions,
         corrupt,
+        set_aside,
     })
 }
 

@@ -3,6 +3,9 @@
 //! ```text
 //! DATA_DIR/topics/<topic>/<partition>/00000000000000000000.seg   (base offset, 20 digits)
 //!                                    /.lock                       (flock: one owner)
+//! DATA_DIR/topics/<topic>/<partition>.damaged-<unix ms>/         (a damaged partition
+//!                                    /WHY                          directory set aside,
+//!                                                                  and why, in words)
 //! ```
 
 use std::fs::{self, File};
@@ -15,6 +18,8 @@ use crate::storage::error::{Result, StorageError};
 const SEGMENT_SUFFIX: &str = ".seg";
 const LOCK_FILE: &str = ".lock";
 const TOPICS_DIR: &str = "topics";
+const DAMAGED_MARK: &str = ".damaged-";
+const WHY_FILE: &str = "WHY";
 
 pub fn segment_file_name(base_offset: u64) -> String {
     format!("{base_offset:020}{SEGMENT_SUFFIX}")
@@ -87,6 +92,88 @@ pub fn list_partitions(data_dir: &Path) -> Result<Vec<PartitionLocation>> {
         }
     }
     found.sort_by(|a, b| (&a.topic, a.partition).cmp(&(&b.topic, b.partition)));
+    Ok(found)
+}
+
+/// Moves a damaged partition directory aside, whole, to
+/// `DATA_DIR/topics/<topic>/<partition>.damaged-<unix ms>/` (beside it: the same file
+/// system, whatever is mounted where) with `why` written among its files, durably; the
+/// partition's own directory no longer exists afterwards. Returns where.
+pub fn set_aside(data_dir: &Path, topic: &str, partition: u32, why: &str) -> Result<PathBuf> {
+    let from = partition_dir(data_dir, topic, partition);
+    let parent = data_dir.join(TOPICS_DIR).join(topic);
+    let to = parent.join(format!("{partition}{DAMAGED_MARK}{}", now_ms()));
+    let why_path = from.join(WHY_FILE);
+    crate::storage::io::replace(&why_path, format!("{why}\n").as_bytes(), true)
+        .map_err(StorageError::io("write", &why_path))?;
+    crate::storage::io::rename(&from, &to).map_err(StorageError::io("move aside", &from))?;
+    sync_dir(&parent)?;
+    Ok(to)
+}
+
+/// Bytes free for flowd on the file system holding `data_dir`'s partitions (`None`
+/// if it cannot be asked).
+pub fn free_bytes(data_dir: &Path) -> Option<u64> {
+    use std::os::unix::ffi::OsStrExt;
+    let topics = data_dir.join(TOPICS_DIR);
+    let at = if topics.is_dir() {
+        topics
+    } else {
+        data_dir.to_path_buf()
+    };
+    let path = std::ffi::CString::new(at.as_os_str().as_bytes()).ok()?;
+    // SAFETY: statvfs(3) with a NUL-terminated path and a zeroed struct it fills in.
+    let mut stat: libc::statvfs = unsafe { std::mem::zeroed() };
+    if unsafe { libc::statvfs(path.as_ptr(), &mut stat) } != 0 {
+        return None;
+    }
+    Some(stat.f_bavail.saturating_mul(stat.f_frsize))
+}
+
+/// A partition directory set aside as damaged.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SetAside {
+    pub topic: String,
+    pub partition: u32,
+    pub dir: PathBuf,
+    pub at_ms: i64,
+    pub why: String,
+}
+
+/// Every partition directory set aside under `data_dir`, oldest first.
+pub fn list_set_aside(data_dir: &Path) -> Result<Vec<SetAside>> {
+    let topics = data_dir.join(TOPICS_DIR);
+    let mut found = Vec::new();
+    if !topics.is_dir() {
+        return Ok(found);
+    }
+    for topic in sorted_dirs(&topics)? {
+        let Some(name) = topic.file_name().and_then(|n| n.to_str()).map(str::to_owned) else {
+            continue;
+        };
+        for dir in sorted_dirs(&topic)? {
+            let Some((partition, at_ms)) = dir
+                .file_name()
+                .and_then(|n| n.to_str())
+                .and_then(|n| n.split_once(DAMAGED_MARK))
+                .and_then(|(p, at)| Some((p.parse().ok()?, at.parse().ok()?)))
+            else {
+                continue;
+            };
+            let why = fs::read_to_string(dir.join(WHY_FILE))
+                .unwrap_or_default()
+                .trim()
+                .to_string();
+            found.push(SetAside {
+                topic: name.clone(),
+                partition,
+                dir,
+                at_ms,
+                why,
+            });
+        }
+    }
+    found.sort_by_key(|s| s.at_ms);
     Ok(found)
 }
 
@@ -179,6 +266,35 @@ mod tests {
         ] {
             assert_eq!(parse_segment_file_name(other), None, "{other}");
         }
+    }
+
+    #[test]
+    fn a_partition_set_aside_is_listed_with_why_and_its_place_is_free() {
+        let data = tempfile::tempdir().unwrap();
+        let dir = partition_dir(data.path(), "events", 3);
+        fs::create_dir_all(&dir).unwrap();
+        fs::write(dir.join(segment_file_name(0)), b"damaged bytes").unwrap();
+        let to = set_aside(data.path(), "events", 3, "a corrupt segment").unwrap();
+        assert!(!dir.exists());
+        assert_eq!(fs::read(to.join(segment_file_name(0))).unwrap(), b"damaged bytes");
+        let listed = list_set_aside(data.path()).unwrap();
+        assert_eq!(listed.len(), 1);
+        assert_eq!(
+            (
+                listed[0].topic.as_str(),
+                listed[0].partition,
+                listed[0].why.as_str()
+            ),
+            ("events", 3, "a corrupt segment")
+        );
+        assert!(list_partitions(data.path()).unwrap().is_empty());
+    }
+
+    #[test]
+    fn free_bytes_are_those_of_the_file_system_holding_the_partitions() {
+        let data = tempfile::tempdir().unwrap();
+        assert!(free_bytes(data.path()).is_some_and(|free| free > 0));
+        assert_eq!(free_bytes(&data.path().join("no such directory")), None);
     }
 
     #[test]

@@ -494,27 +494,46 @@ impl PartitionLog {
         })
     }
 
-    /// Seals the active segment and starts a new one with room for `batch_bytes`.
+    /// Starts a new segment with room for `batch_bytes` and seals the active one. The new
+    /// one is made first: when it cannot be (a full disk), the log is as it was, still
+    /// appendable (a batch that fits the active segment, or any once space is freed).
     fn roll(&mut self, batch_bytes: u64) -> Result<()> {
-        let active = self
-            .segments
-            .last_mut()
-            .expect("a log always has an active segment");
-        let base = active.next_offset();
-        if active.is_empty() {
+        let (base, empty, old_capacity) = {
+            let active = self.active();
+            (active.next_offset(), active.is_empty(), active.capacity())
+        };
+        if empty {
             // An empty segment too small for the batch (made with a smaller
-            // segment_bytes): replace it rather than seal it, as its name is taken.
-            let path = active.path().to_path_buf();
+            // segment_bytes): replaced rather than sealed, as its name is taken; if the
+            // bigger one cannot be made, an empty one as before takes its place.
+            let path = self.active().path().to_path_buf();
             self.segments.pop();
             io::remove_file(&path).map_err(StorageError::io("remove empty segment", &path))?;
-        } else {
-            active.close_for_appends();
-            let seal = Seal {
-                file: Arc::clone(active.file()),
-                point: active.sync_point(),
-                bytes_total: self.bytes_total,
+            let made = Segment::create(
+                &self.dir,
+                base,
+                self.options.segment_bytes,
+                self.options.index_interval_bytes,
+            );
+            return match made {
+                Ok(segment) => {
+                    self.segments.push(segment);
+                    Ok(())
+                }
+                Err(error) => {
+                    match Segment::create(&self.dir, base, old_capacity, self.options.index_interval_bytes) {
+                        Ok(segment) => self.segments.push(segment),
+                        Err(_) => {
+                            return Err(self.fail(
+                                "making a segment in place of an empty one",
+                                &path,
+                                std::io::Error::other(error.to_string()),
+                            ));
+                        }
+                    }
+                    Err(error)
+                }
             };
-            self.seal(seal)?;
         }
         let segment = Segment::create(
             &self.dir,
@@ -523,8 +542,18 @@ impl PartitionLog {
             self.options.index_interval_bytes,
         )?;
         debug_assert!(batch_bytes <= segment.room());
+        let active = self
+            .segments
+            .last_mut()
+            .expect("a log always has an active segment");
+        active.close_for_appends();
+        let seal = Seal {
+            file: Arc::clone(active.file()),
+            point: active.sync_point(),
+            bytes_total: self.bytes_total,
+        };
         self.segments.push(segment);
-        Ok(())
+        self.seal(seal)
     }
 
     /// Seals a segment rolled away from: at once in `every` mode, where each ack waits

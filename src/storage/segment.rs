@@ -161,13 +161,33 @@ pub(crate) struct Recovered {
     pub marker: Option<MarkerSlot>,
 }
 
+/// A full disk or quota, as the error that says so (`Err` gives any other back).
+fn no_space(dir: &Path, error: std::io::Error) -> Result<StorageError, std::io::Error> {
+    match error.raw_os_error() {
+        Some(libc::ENOSPC) | Some(libc::EDQUOT) => Ok(StorageError::NoSpace {
+            dir: dir.to_path_buf(),
+            source: error,
+        }),
+        _ => Err(error),
+    }
+}
+
 impl Segment {
     /// Creates the segment file for `base_offset` in `dir`, durably: header and
     /// preallocation are on disk and the directory knows the name before it returns.
     pub fn create(dir: &Path, base_offset: u64, capacity: u64, index_interval_bytes: u32) -> Result<Segment> {
         let path = dir.join(layout::segment_file_name(base_offset));
-        let file = io::create_new(&path).map_err(StorageError::io("create segment", &path))?;
-        io::preallocate(&file, &path, 0, capacity).map_err(StorageError::io("preallocate segment", &path))?;
+        let file = io::create_new(&path)
+            .map_err(|e| no_space(dir, e).unwrap_or_else(|e| StorageError::io("create segment", &path)(e)))?;
+        if let Err(error) = io::preallocate(&file, &path, 0, capacity) {
+            // Nothing of it is in use yet: gone, the name is free for the next try (a
+            // crash first leaves a file without a header, which opening removes).
+            drop(file);
+            let _ = io::remove_file(&path);
+            return Err(
+                no_space(dir, error).unwrap_or_else(|e| StorageError::io("preallocate segment", &path)(e))
+            );
+        }
         let header = SegmentHeader {
             format_version: FORMAT_VERSION,
             base_offset,
@@ -343,6 +363,11 @@ impl Segment {
     }
 
     /// Bytes left for frames.
+    /// The bytes the segment file was made to hold.
+    pub fn capacity(&self) -> u64 {
+        self.header.capacity
+    }
+
     pub fn room(&self) -> u64 {
         if self.is_appendable() {
             self.header.capacity - self.data_end
