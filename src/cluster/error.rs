@@ -17,6 +17,8 @@ pub enum ClusterError {
         "a peer of cluster \"{theirs}\" connected to this peer of cluster \"{ours}\"; give both the same --cluster-id, or keep the clusters apart"
     )]
     OtherCluster { ours: String, theirs: String },
+    #[error("this peer's data directory: {0}")]
+    Storage(String),
     #[error("the cluster's metadata group: {0}")]
     Consensus(String),
     #[error("cannot start the cluster's {what} thread: {source}")]

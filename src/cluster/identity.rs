@@ -1,5 +1,6 @@
 //! A peer's identity in the gossip: where it listens for peers, how many cores it runs,
-//! and a bump that tells one run of it from the next.
+//! a bump that tells one run of it from the next, and the storage id of the data
+//! directory it runs on (`storage_id.rs`).
 
 use std::net::SocketAddr;
 
@@ -15,13 +16,19 @@ pub struct PeerId {
     /// Shards (cores) the peer runs: placement spreads partitions over (peer, core).
     pub cores: u16,
     pub bump: u64,
+    /// Its data directory's storage id, and its node id in the metadata group: a peer
+    /// back under its old address on another directory is a new member.
+    pub storage: u64,
+    /// Its data directory's disk is full: it takes no writes, so it should lead nothing
+    /// another copy can lead (the controller prefers others).
+    pub full: bool,
     /// Handing its partitions over before it goes: placement leaves it out, but it
     /// still answers the peers that take its partitions.
     pub leaving: bool,
 }
 
 impl PeerId {
-    pub fn new(addr: SocketAddr, cores: usize) -> PeerId {
+    pub fn new(addr: SocketAddr, cores: usize, storage: u64) -> PeerId {
         let bump = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
             .map_or(0, |d| d.as_nanos() as u64);
@@ -29,6 +36,8 @@ impl PeerId {
             addr,
             cores: cores.clamp(1, usize::from(u16::MAX)) as u16,
             bump,
+            storage,
+            full: false,
             leaving: false,
         }
     }
@@ -40,7 +49,19 @@ impl PeerId {
             addr,
             cores: 1,
             bump: 0,
+            storage: 0,
+            full: false,
             leaving: false,
+        }
+    }
+
+    /// This peer's identity once its disk filled up or has room again: a newer run (so
+    /// that what it led is chosen anew, elsewhere while it is full).
+    pub fn with_full(&self, full: bool) -> PeerId {
+        PeerId {
+            bump: self.bump.wrapping_add(1),
+            full,
+            ..*self
         }
     }
 
@@ -60,6 +81,9 @@ impl std::fmt::Debug for PeerId {
         write!(f, "{}#{}", self.addr, self.bump % 100_000)?;
         if self.leaving {
             write!(f, " (leaving)")?;
+        }
+        if self.full {
+            write!(f, " (disk full)")?;
         }
         Ok(())
     }

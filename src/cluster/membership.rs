@@ -41,6 +41,8 @@ pub enum Input {
     Leaving(flume::Sender<()>),
     /// Leave the cluster: tell the others, then answer.
     Leave(flume::Sender<()>),
+    /// Say that this peer's disk is full (or has room again): a new run of it.
+    Full(bool),
 }
 
 type Swim = Foca<PeerId, PostcardCodec, SmallRng, NoCustomBroadcast>;
@@ -124,6 +126,14 @@ impl Membership {
                     self.report(result);
                     self.drain();
                     let _ = done.send(());
+                }
+                Ok(Input::Full(full)) => {
+                    if self.foca.identity().full != full {
+                        let renewed = self.foca.identity().with_full(full);
+                        let result = self.foca.change_identity(renewed, &mut self.runtime);
+                        self.report(result);
+                        self.drain();
+                    }
                 }
                 Ok(Input::Leave(done)) => {
                     let result = self.foca.leave_cluster(&mut self.runtime);
@@ -247,7 +257,7 @@ mod tests {
         let mut outgoing = Vec::new();
         let mut runs = Vec::new();
         for (i, port) in ports.iter().enumerate() {
-            let id = PeerId::new(addr(*port), 1);
+            let id = PeerId::new(addr(*port), 1, u64::from(*port));
             let view = Arc::new(ViewCell::new(id));
             let (out_tx, out_rx) = flume::bounded(1024);
             let (in_tx, in_rx) = flume::bounded(1024);

@@ -16,6 +16,7 @@ pub mod identity;
 pub mod membership;
 pub mod rendezvous;
 pub mod replication;
+pub mod storage_id;
 pub mod transport;
 pub mod view;
 
@@ -41,6 +42,13 @@ pub struct ClusterOptions {
     pub listen: SocketAddr,
     pub seeds: Vec<SocketAddr>,
     pub cluster_id: String,
+    /// A peer down this long is replaced: its replicas are copied to live peers and its
+    /// vote in the metadata group goes to one (a peer back on a new data directory is
+    /// replaced at once).
+    pub replace_after: Duration,
+    /// Bytes per second a leader sends, over all its partitions, to peers that copy a
+    /// log without being counted yet (new replicas): producers keep their latency.
+    pub copy_rate: u64,
 }
 
 /// This peer's membership: running from `start` until `leave` or the process ends.
@@ -50,6 +58,10 @@ pub struct Cluster {
     /// Whether seeds were given: a peer that has some serves nothing until it has heard
     /// from the cluster (or gave up waiting), so it never writes beside a live owner.
     pub seeded: bool,
+    /// See `ClusterOptions::replace_after`.
+    pub replace_after: Duration,
+    /// See `ClusterOptions::copy_rate`.
+    pub copy_rate: u64,
     pub view: Arc<ViewCell>,
     /// This peer's member of the metadata group (who leads each replicated partition).
     pub consensus: Arc<Consensus>,
@@ -72,7 +84,8 @@ impl Cluster {
             addr: options.listen,
             source,
         })?;
-        let me = PeerId::new(addr, cores);
+        let storage = storage_id::load_or_create(data_dir, addr)?;
+        let me = PeerId::new(addr, cores, storage);
         let view = Arc::new(ViewCell::new(me));
         let (inputs, inputs_rx) = flume::bounded(transport::GOSSIP_QUEUE);
         let (outgoing, outgoing_rx) = flume::bounded(transport::GOSSIP_QUEUE);
@@ -82,9 +95,10 @@ impl Cluster {
             &data_dir.join("cluster").join("raft"),
             &options.cluster_id,
             addr,
+            storage,
             founder,
         )?);
-        consensus.keep_members(Arc::clone(&view));
+        consensus.keep_members(Arc::clone(&view), options.replace_after);
         let membership = Membership::new(me, options.seeds.clone(), outgoing.clone(), Arc::clone(&view));
         spawn("membership", move || membership.run(inputs_rx))?;
         let cluster = options.cluster_id.clone();
@@ -104,6 +118,8 @@ impl Cluster {
             me,
             cluster_id: options.cluster_id.clone(),
             seeded: options.seeds.iter().any(|s| *s != addr),
+            replace_after: options.replace_after,
+            copy_rate: options.copy_rate,
             view,
             consensus,
             data,
@@ -118,6 +134,18 @@ impl Cluster {
         let (done, wait) = flume::bounded(1);
         if self.inputs.send(Input::Leaving(done)).is_ok() {
             let _ = wait.recv_timeout(within);
+        }
+    }
+
+    /// Whether this peer said its disk is full.
+    pub fn me_full(&self) -> bool {
+        self.view.get().me.full
+    }
+
+    /// Tells the others that this peer's disk is full, or has room again (no wait).
+    pub fn set_full(&self, full: bool) {
+        if self.view.get().me.full != full {
+            let _ = self.inputs.try_send(Input::Full(full));
         }
     }
 

@@ -79,6 +79,8 @@ mod tests {
             addr: format!("127.0.0.1:{port}").parse().unwrap(),
             cores,
             bump: u64::from(port),
+            storage: u64::from(port),
+            full: false,
             leaving: false,
         }
     }

@@ -2,22 +2,30 @@
 //!
 //! ```text
 //! REPLICA_FETCH body = topic:str8 partition:u32 epoch:u32 offset:u64 last_epoch:u32
-//!                      durable:u64 view:u32 wait_ms:u32
+//!                      durable:u64 view:u32 wait_ms:u32 storage:u64
 //!     a follower of `epoch` asks its leader for the batches from `offset` (where its
 //!     copy ends); `last_epoch` is the epoch of its last batch, `durable` how far its
 //!     copy is durable (what the leader counts towards the quorum, once `view`, the
-//!     epoch whose leader's log its copy is a prefix of, is the leader's)
+//!     epoch whose leader's log its copy is a prefix of, is the leader's, and only if
+//!     `storage`, the follower's storage id, is the one the metadata records for it)
 //! REPLICA_DATA  body = hwm:u64 diverged:u8 epoch:u32 end:u64 count:u32 (len:u32 batch){count}
 //!     the leader's high-water mark, and either: diverged = 1, the follower's last epoch
 //!     is not the leader's up to `offset`: the leader's records of epochs up to `epoch`
 //!     end at `end` (the follower cuts its copy back to the lower of that and where its
 //!     own records of `epoch` end, and asks again; Kafka's KIP-101/279), or diverged = 0
-//!     and up to `count` stored batches from `offset`,
-//!     as they are on the leader's disk (format 2, each checked again by the follower)
+//!     and up to `count` stored batches from `offset`, as they are on the leader's
+//!     disk (format 2, each checked again by the follower), with `end` where the
+//!     leader's epoch began (its log's end when it took the lead): a follower records
+//!     the leader's epoch as its view only once its copy is durable that far, so that
+//!     every copy of a view holds every record its leader began with
+//!     (`epoch` is 0)
 //! FENCE_EPOCH   body = topic:str8 partition:u32 epoch:u32
 //!     the metadata group's leader is about to choose the partition's leader for
-//!     `epoch`: the replica promises (durably) to take nothing from an older epoch
-//! FENCED        body = view:u32 end:u64           its copy's view and end
+//!     `epoch`: the replica promises (durably) to take nothing from an older epoch;
+//!     for the current epoch, a look that changes nothing
+//! FENCED        body = view:u32 end:u64 hwm:u64 storage:u64   its copy's view and end,
+//!     the high-water mark it knows (a leader's own: no acked record lies above it), and
+//!     the storage id of the data directory the copy is on
 //! ```
 
 use crate::cluster::error::ClusterError;
@@ -34,6 +42,7 @@ pub struct ReplicaFetch {
     pub durable: u64,
     pub view: u32,
     pub wait_ms: u32,
+    pub storage: u64,
 }
 
 pub fn encode_fetch(f: &ReplicaFetch) -> Vec<u8> {
@@ -46,6 +55,7 @@ pub fn encode_fetch(f: &ReplicaFetch) -> Vec<u8> {
         .u64(f.durable)
         .u32(f.view)
         .u32(f.wait_ms)
+        .u64(f.storage)
         .0
 }
 
@@ -60,22 +70,31 @@ pub fn decode_fetch(body: &[u8]) -> Result<ReplicaFetch, ClusterError> {
         durable: f.u64()?,
         view: f.u32()?,
         wait_ms: f.u32()?,
+        storage: f.u64()?,
     })
 }
 
 /// The leader's answer to a fetch.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum ReplicaData<'a> {
-    Diverged { hwm: u64, epoch: u32, end: u64 },
-    Batches { hwm: u64, batches: Vec<&'a [u8]> },
+    Diverged {
+        hwm: u64,
+        epoch: u32,
+        end: u64,
+    },
+    Batches {
+        hwm: u64,
+        start: u64,
+        batches: Vec<&'a [u8]>,
+    },
 }
 
 /// Starts a REPLICA_DATA body with batches; add each with `push_batch`, then `finish`.
-pub fn begin_data(out: &mut Vec<u8>, hwm: u64) -> usize {
+pub fn begin_data(out: &mut Vec<u8>, hwm: u64, start: u64) -> usize {
     out.extend_from_slice(&hwm.to_le_bytes());
     out.push(0);
     out.extend_from_slice(&0u32.to_le_bytes());
-    out.extend_from_slice(&0u64.to_le_bytes());
+    out.extend_from_slice(&start.to_le_bytes());
     let count_at = out.len();
     out.extend_from_slice(&0u32.to_le_bytes());
     count_at
@@ -119,7 +138,11 @@ pub fn decode_data(body: &[u8]) -> Result<ReplicaData<'_>, ClusterError> {
             "bytes after the last replicated batch".into(),
         ));
     }
-    Ok(ReplicaData::Batches { hwm, batches })
+    Ok(ReplicaData::Batches {
+        hwm,
+        start: end,
+        batches,
+    })
 }
 
 pub fn encode_fence(topic: &str, partition: u32, epoch: u32) -> Vec<u8> {
@@ -131,13 +154,27 @@ pub fn decode_fence(body: &[u8]) -> Result<(String, u32, u32), ClusterError> {
     Ok((f.str8()?.to_string(), f.u32()?, f.u32()?))
 }
 
-pub fn encode_fenced(last_epoch: u32, end: u64) -> Vec<u8> {
-    Body::default().u32(last_epoch).u64(end).0
+/// A replica's answer to a fence.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Fenced {
+    pub view: u32,
+    pub end: u64,
+    pub hwm: u64,
+    pub storage: u64,
 }
 
-pub fn decode_fenced(body: &[u8]) -> Result<(u32, u64), ClusterError> {
+pub fn encode_fenced(f: Fenced) -> Vec<u8> {
+    Body::default().u32(f.view).u64(f.end).u64(f.hwm).u64(f.storage).0
+}
+
+pub fn decode_fenced(body: &[u8]) -> Result<Fenced, ClusterError> {
     let mut f = Fields(body);
-    Ok((f.u32()?, f.u64()?))
+    Ok(Fenced {
+        view: f.u32()?,
+        end: f.u64()?,
+        hwm: f.u64()?,
+        storage: f.u64()?,
+    })
 }
 
 #[cfg(test)]
@@ -155,19 +192,21 @@ mod tests {
             durable: 990,
             view: 7,
             wait_ms: 500,
+            storage: 1 << 63 | 5,
         };
         let body = encode_fetch(&fetch);
         assert_eq!(decode_fetch(&body).unwrap(), fetch);
         assert!(decode_fetch(&body[..body.len() - 1]).is_err());
 
         let mut out = Vec::new();
-        let count_at = begin_data(&mut out, 42);
+        let count_at = begin_data(&mut out, 42, 7);
         push_batch(&mut out, count_at, b"first");
         push_batch(&mut out, count_at, b"second!");
         assert_eq!(
             decode_data(&out).unwrap(),
             ReplicaData::Batches {
                 hwm: 42,
+                start: 7,
                 batches: vec![&b"first"[..], &b"second!"[..]]
             }
         );
@@ -187,7 +226,13 @@ mod tests {
             decode_fence(&encode_fence("t", 1, 9)).unwrap(),
             ("t".into(), 1, 9)
         );
-        assert_eq!(decode_fenced(&encode_fenced(9, 123)).unwrap(), (9, 123));
+        let fenced = Fenced {
+            view: 9,
+            end: 123,
+            hwm: 120,
+            storage: 77,
+        };
+        assert_eq!(decode_fenced(&encode_fenced(fenced)).unwrap(), fenced);
         assert!(decode_fenced(&[1, 2]).is_err());
     }
 }

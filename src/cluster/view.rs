@@ -95,11 +95,13 @@ impl View {
 }
 
 /// The current view, shared between the membership thread (the only writer) and readers
-/// on any thread; plus when each peer was last heard from.
+/// on any thread; plus when each peer was last heard from, and since when each address
+/// this peer asked about has had no live member.
 pub struct ViewCell {
     view: RwLock<Arc<View>>,
     version: AtomicU64,
     heard: Mutex<HashMap<SocketAddr, Instant>>,
+    down: Mutex<HashMap<SocketAddr, Instant>>,
 }
 
 impl ViewCell {
@@ -112,7 +114,23 @@ impl ViewCell {
             })),
             version: AtomicU64::new(0),
             heard: Mutex::new(HashMap::new()),
+            down: Mutex::new(HashMap::new()),
         }
+    }
+
+    /// How long `addr` has had no live member (`None`: it has one): counted from when
+    /// gossip declared it down, or from the first time this peer asked (an address
+    /// already down when this peer started). A peer that replaces dead members asks
+    /// this; each peer counts for itself, so a new leader of the metadata group counts
+    /// from when it saw the address go, or from its own start.
+    pub fn down_for(&self, addr: SocketAddr) -> Option<std::time::Duration> {
+        let live = self.get().member(addr).is_some();
+        let mut down = self.down.lock().unwrap_or_else(|e| e.into_inner());
+        if live {
+            down.remove(&addr);
+            return None;
+        }
+        Some(down.entry(addr).or_insert_with(Instant::now).elapsed())
     }
 
     pub fn get(&self) -> Arc<View> {
@@ -135,6 +153,16 @@ impl ViewCell {
             return;
         }
         let version = slot.version + 1;
+        {
+            let mut down = self.down.lock().unwrap_or_else(|e| e.into_inner());
+            for member in &others {
+                if member.state == PeerState::Down {
+                    down.entry(member.id.addr).or_insert_with(Instant::now);
+                } else {
+                    down.remove(&member.id.addr);
+                }
+            }
+        }
         *slot = Arc::new(View { me, others, version });
         self.version.store(version, Ordering::Release);
     }

@@ -94,10 +94,15 @@ pub struct TopicSpec {
     /// Named consumers the topic may have; creating one more is refused. Bounds the
     /// engine's memory and its consumer journal, whatever clients do.
     pub max_consumers: usize,
-    /// Copies of each partition on different peers of a cluster; 1 on one machine (a
-    /// cluster's replicas are placed, and writes acked, once that many peers hold them).
-    pub replicas: u32,
+    /// Copies of each partition on different peers of a cluster (its replicas are
+    /// placed, and writes acked, once that many peers hold them). `None`, unless the
+    /// dataflow says: `AUTO_REPLICAS` once that many peers are alive, every live peer
+    /// until then. One machine keeps one copy either way.
+    pub replicas: Option<u32>,
 }
+
+/// The copies a cluster keeps of a topic that names none.
+pub const AUTO_REPLICAS: u32 = 3;
 
 /// The most replicas a topic may ask for.
 pub const REPLICAS_MAX: u32 = 7;

@@ -122,7 +122,7 @@ impl Validator<'_, '_> {
         let replicas = self.replicas(
             raw.cluster.as_ref().and_then(|c| c.get_ref().replicas.as_ref()),
             "cluster.replicas".into(),
-            1,
+            None,
         );
         let topics: Vec<TopicSpec> = raw
             .topics
@@ -357,10 +357,10 @@ impl Validator<'_, '_> {
     }
 
     /// A replica count from 1 to `REPLICAS_MAX`, or `default`.
-    fn replicas(&mut self, raw: Option<&Spanned<i64>>, key: String, default: u32) -> u32 {
+    fn replicas(&mut self, raw: Option<&Spanned<i64>>, key: String, default: Option<u32>) -> Option<u32> {
         match raw {
             None => default,
-            Some(n) if (1..=i64::from(REPLICAS_MAX)).contains(n.get_ref()) => *n.get_ref() as u32,
+            Some(n) if (1..=i64::from(REPLICAS_MAX)).contains(n.get_ref()) => Some(*n.get_ref() as u32),
             Some(n) => {
                 self.error(
                     n.span(),
@@ -373,7 +373,7 @@ impl Validator<'_, '_> {
         }
     }
 
-    fn topic(&mut self, raw: &RawTopic, replicas_default: u32) -> TopicSpec {
+    fn topic(&mut self, raw: &RawTopic, replicas_default: Option<u32>) -> TopicSpec {
         self.name(&raw.name, "topic");
         let key = |k: &str| format!("topic \"{}\".{k}", raw.name.get_ref());
         let partitions = match &raw.partitions {

@@ -8,12 +8,17 @@
 //! peer port) → this file (the group on a thread of its own, and who is a voter).
 //!
 //! The group runs on one tokio thread (`flowd-consensus`), beside glommio's shards and
-//! never on them: openraft needs a tokio runtime, and the metadata changes rarely. The
-//! peer that starts without seeds founds the group alone; every other peer is added by
-//! the group's leader once gossip shows it alive: as a learner, then as a voter while
-//! there are fewer than the voters wanted (1 or 2 peers: 1 voter; 3 or 4: 3; 5 or more:
-//! 5). A voter that leaves gracefully is taken out; one that dies stays a voter (losing a
-//! minority changes nothing; replacing it is for the operator or the next release).
+//! never on them: openraft needs a tokio runtime, and the metadata changes rarely. A
+//! peer's node id is its data directory's storage id (`storage_id.rs`): a peer back on
+//! a wiped directory has lost its vote and its log, so it is a new member, never the
+//! voter it was (a voter that forgot its vote could vote twice in one term). The peer
+//! that starts without seeds founds the group alone; every other peer is added by the
+//! group's leader once gossip shows it alive: as a learner, then as a voter while there
+//! are fewer than the voters wanted (1 or 2 peers: 1 voter; 3 or 4: 3; 5 or more: 5). A
+//! voter that leaves gracefully is taken out at once; one whose address came back on
+//! another data directory, or that stays down for `--replace-after`, is swapped for a
+//! live peer that is no voter (with none free it stays: taking it out alone would only
+//! shrink the group).
 
 pub mod network;
 pub mod store;
@@ -25,10 +30,11 @@ use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
-use openraft::{BasicNode, ServerState};
+use openraft::{BasicNode, ChangeMembers, ServerState};
 
 use crate::cluster::error::ClusterError;
-use crate::cluster::view::ViewCell;
+use crate::cluster::identity::PeerId;
+use crate::cluster::view::{View, ViewCell};
 pub use store::MetadataCell;
 use types::Raft;
 pub use types::{Assignment, Command, Metadata, Outcome, node_id};
@@ -72,7 +78,13 @@ fn thread_error(source: std::io::Error) -> ClusterError {
 impl Consensus {
     /// Opens the group's state in `dir` and starts this peer's member; `found` starts a
     /// new group with this peer its only voter when `dir` holds none yet.
-    pub fn start(dir: &Path, cluster: &str, me: SocketAddr, found: bool) -> Result<Consensus, ClusterError> {
+    pub fn start(
+        dir: &Path,
+        cluster: &str,
+        me: SocketAddr,
+        storage: u64,
+        found: bool,
+    ) -> Result<Consensus, ClusterError> {
         let store = store::Store::open(dir).map_err(ClusterError::Consensus)?;
         let metadata = store.metadata();
         let runtime = tokio::runtime::Builder::new_multi_thread()
@@ -93,7 +105,7 @@ impl Consensus {
         }
         .validate()
         .map_err(|e| ClusterError::Consensus(format!("the consensus settings: {e}")))?;
-        let id = node_id(me);
+        let id = storage;
         let network = network::Network {
             cluster: cluster.to_string(),
             me,
@@ -122,12 +134,12 @@ impl Consensus {
     }
 
     /// Keeps the voters in step with the gossip view while this peer leads the group.
-    pub fn keep_members(&self, view: Arc<ViewCell>) {
+    pub fn keep_members(&self, view: Arc<ViewCell>, replace_after: Duration) {
         let raft = self.raft.clone();
         self.runtime.spawn(async move {
             loop {
                 tokio::time::sleep(MEMBERS_ROUND).await;
-                if let Err(error) = keep_members_once(&raft, &view).await {
+                if let Err(error) = keep_members_once(&raft, &view, replace_after).await {
                     tracing::debug!("metadata group members: {error}");
                 }
             }
@@ -196,8 +208,9 @@ impl Consensus {
     pub fn answer(&self, body: &[u8]) -> Result<Vec<u8>, String> {
         let raft = self.raft.clone();
         let body = body.to_vec();
+        let me = self.me;
         self.runtime
-            .block_on(async move { network::answer(&raft, &body).await })
+            .block_on(async move { network::answer(&raft, me, &body).await })
     }
 
     /// Stops this peer's member (a leaving peer, or the process ending).
@@ -218,7 +231,7 @@ pub fn voters_wanted(alive: usize) -> usize {
     }
 }
 
-async fn keep_members_once(raft: &Raft, view: &ViewCell) -> Result<(), String> {
+async fn keep_members_once(raft: &Raft, cell: &ViewCell, replace_after: Duration) -> Result<(), String> {
     let (is_leader, membership) = {
         let metrics = raft.metrics();
         let metrics = metrics.borrow();
@@ -227,49 +240,109 @@ async fn keep_members_once(raft: &Raft, view: &ViewCell) -> Result<(), String> {
             metrics.membership_config.membership().clone(),
         )
     };
+    let view = cell.get();
+    // Every peer counts how long members are down, leader or not, so that a new leader
+    // of the group does not start counting afresh.
+    let gone: BTreeSet<u64> = membership
+        .nodes()
+        .filter(|(id, node)| gone_for_good(&view, cell, **id, node, replace_after))
+        .map(|(id, _)| *id)
+        .collect();
     if !is_leader {
         return Ok(());
     }
-    let view = view.get();
-    let staying: Vec<SocketAddr> = view
-        .live()
-        .into_iter()
-        .filter(|id| !id.leaving)
-        .map(|id| id.addr)
-        .collect();
+    let staying: Vec<PeerId> = view.live().into_iter().filter(|id| !id.leaving).collect();
     let leaving: BTreeSet<u64> = view
         .live()
         .into_iter()
         .filter(|id| id.leaving)
-        .map(|id| node_id(id.addr))
+        .map(|id| id.storage)
         .collect();
     let known: BTreeSet<u64> = membership.nodes().map(|(id, _)| *id).collect();
     // Every peer gossip shows alive is a member: a learner first.
-    for addr in &staying {
-        let id = node_id(*addr);
-        if !known.contains(&id) {
-            raft.add_learner(id, BasicNode::new(addr.to_string()), true)
+    for peer in &staying {
+        if !known.contains(&peer.storage) {
+            raft.add_learner(peer.storage, BasicNode::new(peer.addr.to_string()), true)
                 .await
-                .map_err(|e| format!("adding {addr}: {e}"))?;
-            tracing::info!("{addr} joined the metadata group as a learner");
+                .map_err(|e| format!("adding {}: {e}", peer.addr))?;
+            tracing::info!("{} joined the metadata group as a learner", peer.addr);
         }
     }
     let voters: BTreeSet<u64> = membership.voter_ids().collect();
-    let mut wanted: BTreeSet<u64> = voters.difference(&leaving).copied().collect();
+    // A voter gone for good is swapped for a live peer that is no voter, one for one, in
+    // one change (it leaves the group altogether); with no such peer it stays a voter.
+    // Taking it out without a replacement would help nothing (the others are needed
+    // either way) and would cost the group the voter when it comes back: a group of 3
+    // cut to 2 dies with the next failure, where 3 outlive it.
+    let spares: Vec<u64> = staying
+        .iter()
+        .map(|p| p.storage)
+        .filter(|id| !voters.contains(id))
+        .collect();
+    let swapped: Vec<(u64, u64)> = voters
+        .iter()
+        .filter(|v| gone.contains(v))
+        .copied()
+        .zip(spares.iter().copied())
+        .collect();
+    if !swapped.is_empty() {
+        let mut wanted = voters.clone();
+        for (out, into) in &swapped {
+            wanted.remove(out);
+            wanted.insert(*into);
+        }
+        raft.change_membership(wanted.clone(), false)
+            .await
+            .map_err(|e| format!("changing voters to {wanted:?}: {e}"))?;
+        tracing::info!(
+            "the metadata group's voters are now {} peers: {} voter(s) down for good or back on another data directory replaced",
+            wanted.len(),
+            swapped.len()
+        );
+        return Ok(());
+    }
+    // A leaving voter stays a learner while it drains (it must still see the metadata
+    // change); the group grows to the voters wanted from live peers.
+    let mut wanted: BTreeSet<u64> = voters
+        .iter()
+        .filter(|id| !leaving.contains(id))
+        .copied()
+        .collect();
     let target = voters_wanted(staying.len());
-    for addr in &staying {
+    for peer in &staying {
         if wanted.len() >= target {
             break;
         }
-        wanted.insert(node_id(*addr));
+        wanted.insert(peer.storage);
     }
     if wanted != voters && !wanted.is_empty() {
         raft.change_membership(wanted.clone(), true)
             .await
             .map_err(|e| format!("changing voters to {wanted:?}: {e}"))?;
         tracing::info!("the metadata group's voters are now {} peers", wanted.len());
+        return Ok(());
+    }
+    // Learners gone for good: the leader stops sending them the log.
+    let gone_learners: BTreeSet<u64> = gone.difference(&voters).copied().collect();
+    if !gone_learners.is_empty() {
+        raft.change_membership(ChangeMembers::RemoveNodes(gone_learners), false)
+            .await
+            .map_err(|e| format!("removing learners gone for good: {e}"))?;
     }
     Ok(())
+}
+
+/// Whether the member `id` at `node` is not coming back: its address is alive under
+/// another storage id (a wiped or replaced data directory), or has been down for
+/// `replace_after`.
+fn gone_for_good(view: &View, cell: &ViewCell, id: u64, node: &BasicNode, replace_after: Duration) -> bool {
+    let Ok(addr) = node.addr.parse::<SocketAddr>() else {
+        return false;
+    };
+    match view.member(addr) {
+        Some(peer) => peer.storage != id,
+        None => cell.down_for(addr).is_some_and(|down| down >= replace_after),
+    }
 }
 
 #[cfg(test)]

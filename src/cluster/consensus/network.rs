@@ -3,13 +3,18 @@
 //! RAFT_REPLY frame.
 //!
 //! ```text
-//! RAFT        body = rpc:u8 json          rpc 1 vote, 2 append entries, 3 install snapshot;
+//! RAFT        body = rpc:u8 target:u64 json
+//!                                         rpc 1 vote, 2 append entries, 3 install snapshot;
+//!                                         target: the node id (storage id) it is meant for;
 //!                                         json: openraft's request, as serde writes it
 //! RAFT_REPLY  body = json                 Result<response, RaftError> of that rpc
 //! ```
 //!
 //! Outgoing: one connection per target, made when first needed, dropped on any error
 //! (openraft retries); every call is bounded by openraft's time to live for it.
+//! Incoming: a message for another node id than this peer's is refused: the member it
+//! was meant for ran on a data directory this peer no longer has (its vote and log are
+//! gone), and answering in its name could elect a leader twice in one term.
 
 use std::net::SocketAddr;
 use std::time::Duration;
@@ -84,6 +89,7 @@ impl Connection {
             ))));
         };
         let mut body = vec![rpc];
+        body.extend_from_slice(&self.target.to_le_bytes());
         serde_json::to_writer(&mut body, request).expect("a raft request serializes");
         let exchanged = tokio::time::timeout(ttl, self.exchange(to, &body)).await;
         let reply = match exchanged {
@@ -166,8 +172,18 @@ impl RaftNetwork<TypeConfig> for Connection {
 }
 
 /// Answers one RAFT frame's body: the reply body, or why the request did not decode.
-pub async fn answer(raft: &Raft, body: &[u8]) -> Result<Vec<u8>, String> {
-    let (&rpc, json) = body.split_first().ok_or("an empty raft message")?;
+pub async fn answer(raft: &Raft, me: u64, body: &[u8]) -> Result<Vec<u8>, String> {
+    let (&rpc, rest) = body.split_first().ok_or("an empty raft message")?;
+    let (target, json) = rest
+        .split_first_chunk::<8>()
+        .ok_or("a raft message without its target")?;
+    let target = u64::from_le_bytes(*target);
+    if target != me {
+        return Err(format!(
+            "a raft message for member {target:016x}, and this peer is member {me:016x}: the member it was meant for \
+             ran on a data directory this peer no longer has; this peer takes part as a new member once the group adds it"
+        ));
+    }
     fn reply<T: Serialize>(value: &T) -> Vec<u8> {
         serde_json::to_vec(value).expect("a raft reply serializes")
     }

@@ -28,9 +28,10 @@ pub type StoredMembership = openraft::StoredMembership<u64, openraft::BasicNode>
 pub type SnapshotMeta = openraft::SnapshotMeta<u64, openraft::BasicNode>;
 pub type StorageError = openraft::StorageError<u64>;
 
-/// A peer's node id in the group: its peer address, packed (IPv4: address and port
-/// exactly; IPv6: a hash of both). A peer is the same voter across restarts as long as
-/// it keeps its peer address.
+/// The node id a peer had in the group before storage ids: its peer address, packed
+/// (IPv4: address and port exactly; IPv6: a hash of both), below 2^49. A data directory
+/// an earlier flowd made a member keeps it as its storage id (`storage_id.rs`), which
+/// is the node id now.
 pub fn node_id(addr: SocketAddr) -> u64 {
     match addr {
         SocketAddr::V4(v4) => (u64::from(u32::from(*v4.ip())) << 16) | u64::from(v4.port()),
@@ -56,6 +57,26 @@ pub struct Assignment {
     /// Raised at every change of leader: a batch written under an older epoch is never
     /// acked once a newer one exists (the replicas that chose the newer one refuse it).
     pub epoch: u32,
+    /// Peers that copy the leader's log without counting towards its quorum, to take
+    /// the place of replicas the set moves away from (a join, a graceful leave): once
+    /// they hold every acked record, a new epoch makes the new set the replicas.
+    #[serde(default)]
+    pub learners: Vec<SocketAddr>,
+    /// The storage id of each replica's data directory when it became a replica (or was
+    /// last chosen): a peer at that address on another directory holds none of the
+    /// copy, is never counted towards a quorum or an election, and becomes a replica
+    /// again only as a new member that copied the log (absent: recorded before storage
+    /// ids existed, any directory counts).
+    #[serde(default)]
+    pub storage: BTreeMap<SocketAddr, u64>,
+}
+
+impl Assignment {
+    /// Whether the copy at `addr` on the data directory `storage` is the replica the
+    /// metadata records there.
+    pub fn holds(&self, addr: SocketAddr, storage: u64) -> bool {
+        self.replicas.contains(&addr) && self.storage.get(&addr).is_none_or(|s| *s == storage)
+    }
 }
 
 /// A change to the metadata, proposed by the group's leader.
@@ -70,6 +91,16 @@ pub enum Command {
         partition: u32,
         expect_epoch: u32,
         epoch: u32,
+    },
+    /// Sets the peers that copy a partition's log to join its replica set (see
+    /// `Assignment::learners`), if its epoch is still `expect_epoch` and no election of
+    /// it is open; the leader, the replicas and the epoch stay. A replica's address may
+    /// learn: the peer there runs on another data directory than the one recorded.
+    Learn {
+        topic: String,
+        partition: u32,
+        expect_epoch: u32,
+        learners: Vec<SocketAddr>,
     },
     /// Sets a partition's assignment if its epoch is still `expect_epoch` (0: it has
     /// none yet) and the new one is higher: a decision made on a stale view of the
@@ -135,6 +166,22 @@ impl Metadata {
                 *slot = (*slot).max(*epoch);
                 Outcome::Applied
             }
+            Command::Learn {
+                topic,
+                partition,
+                expect_epoch,
+                learners,
+            } => {
+                let open = self.electing(topic, *partition).is_some();
+                let Some(a) = self.partitions.get_mut(topic).and_then(|t| t.get_mut(partition)) else {
+                    return Outcome::Stale { current: 0 };
+                };
+                if a.epoch != *expect_epoch || open {
+                    return Outcome::Stale { current: a.epoch };
+                }
+                a.learners = learners.clone();
+                Outcome::Applied
+            }
             Command::Assign {
                 topic,
                 partition,
@@ -179,6 +226,8 @@ mod tests {
                 leader: addr(leader),
                 leader_run: 1,
                 epoch,
+                learners: Vec::new(),
+                storage: BTreeMap::new(),
             },
         }
     }
@@ -209,6 +258,36 @@ mod tests {
         assert_eq!(m.electing("t", 3), Some(3));
         assert_eq!(m.apply(&assign(2, 3, 1)), Outcome::Applied);
         assert_eq!(m.electing("t", 3), None);
+    }
+
+    #[test]
+    fn learners_are_set_over_the_current_epoch_only_and_never_while_electing() {
+        let mut m = Metadata::default();
+        let learn = |expect_epoch, learners: Vec<SocketAddr>| Command::Learn {
+            topic: "t".into(),
+            partition: 3,
+            expect_epoch,
+            learners,
+        };
+        // No assignment yet.
+        assert_eq!(m.apply(&learn(0, vec![addr(4)])), Outcome::Stale { current: 0 });
+        assert_eq!(m.apply(&assign(0, 1, 1)), Outcome::Applied);
+        assert_eq!(m.apply(&learn(0, vec![addr(4)])), Outcome::Stale { current: 1 });
+        // A replica's address (the peer there is back on a new data directory).
+        assert_eq!(m.apply(&learn(1, vec![addr(2)])), Outcome::Applied);
+        assert_eq!(m.apply(&learn(1, vec![addr(4)])), Outcome::Applied);
+        let a = m.assignment("t", 3).unwrap();
+        assert_eq!((a.epoch, a.learners.clone()), (1, vec![addr(4)]));
+        assert_eq!(
+            m.apply(&Command::Elect {
+                topic: "t".into(),
+                partition: 3,
+                expect_epoch: 1,
+                epoch: 2
+            }),
+            Outcome::Applied
+        );
+        assert_eq!(m.apply(&learn(1, vec![addr(5)])), Outcome::Stale { current: 1 });
     }
 
     #[test]
