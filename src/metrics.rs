@@ -87,6 +87,8 @@ pub struct Metrics {
     pub replica_failures: Counter,
     /// Writes refused because fewer replicas of their partition were alive than a quorum.
     pub quorum_refusals: Counter,
+    /// Writes refused because the disk was full (no new segment could be made).
+    pub no_space_refusals: Counter,
     /// Leader batches whose quorum did not come in time, or whose leadership moved first.
     pub quorum_failures: Counter,
     /// Stage inputs skipped under `on_error` (or outputs no input could carry).
@@ -129,6 +131,7 @@ impl Metrics {
             records_skipped: Counter::default(),
             replica_failures: Counter::default(),
             quorum_refusals: Counter::default(),
+            no_space_refusals: Counter::default(),
             quorum_failures: Counter::default(),
             stage_records_failed: Counter::default(),
             dead_letters: Counter::default(),
@@ -235,6 +238,11 @@ impl Metrics {
                 "flowd_quorum_refusals_total",
                 "Writes refused because fewer replicas of their partition were alive than a quorum",
                 self.quorum_refusals.get(),
+            ),
+            (
+                "flowd_no_space_refusals_total",
+                "Writes refused because the disk was full (no new segment could be made)",
+                self.no_space_refusals.get(),
             ),
             (
                 "flowd_quorum_failures_total",

@@ -54,6 +54,18 @@ fn write_table(out: &mut impl Write, report: &InspectReport) -> std::io::Result<
             write_segment(out, &p.topic, p.partition, s)?;
         }
     }
+    for s in &report.set_aside {
+        writeln!(
+            out,
+            "\nrepaired: topic {} partition {} was damaged at {} and copied again from its replicas; \
+             the damaged files are kept in {}: {}",
+            s.topic,
+            s.partition,
+            time(s.at_ms),
+            s.dir,
+            s.why
+        )?;
+    }
     if report.corrupt {
         writeln!(out, "\nCORRUPT: see the segments marked above")?;
     }

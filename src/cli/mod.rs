@@ -69,6 +69,14 @@ enum Command {
         /// Only peers with the same cluster id join each other.
         #[arg(long, value_name = "ID", default_value = crate::cluster::DEFAULT_CLUSTER_ID, requires = "peer_listen")]
         cluster_id: String,
+        /// How long a peer may stay down before its replicas are copied to live peers
+        /// and its vote in the metadata group goes to one ("5m", "90s").
+        #[arg(long, value_name = "DURATION", default_value = "5m", value_parser = humantime::parse_duration, requires = "peer_listen")]
+        replace_after: std::time::Duration,
+        /// Bytes per second a leader sends to new replicas while they copy a log, over
+        /// all its partitions ("20MiB"); copies that acks wait for are never slowed.
+        #[arg(long, value_name = "BYTES", default_value = "20MiB", value_parser = parse_rate, requires = "peer_listen")]
+        copy_rate: u64,
     },
     /// Send one record per input line to TOPIC; print PARTITION:OFFSET per record once
     /// durable (with --reply: send each line as a job and print its answer).
@@ -178,6 +186,19 @@ pub enum CliError {
 
 const DEFAULT_TCP: &str = crate::config::DEFAULT_TCP;
 
+fn parse_rate(text: &str) -> Result<u64, String> {
+    let bytes = text
+        .parse::<bytesize::ByteSize>()
+        .map_err(|e| format!("\"{text}\" is not a size such as \"100MiB\": {e}"))?
+        .as_u64();
+    if bytes < 64 << 10 {
+        return Err(format!(
+            "{text} a second would copy a log for days; give at least 64KiB"
+        ));
+    }
+    Ok(bytes)
+}
+
 fn parse_offset(text: &str) -> Result<crate::protocol::FetchFrom, String> {
     crate::server::api::parse_from(text)
         .ok_or_else(|| format!("\"{text}\" is not earliest, latest or an offset"))
@@ -237,6 +258,8 @@ impl Cli {
                 peer_listen,
                 seeds,
                 cluster_id,
+                replace_after,
+                copy_rate,
             } => run::run(run::RunArgs {
                 file: dataflow,
                 data_dir,
@@ -248,6 +271,8 @@ impl Cli {
                     listen,
                     seeds,
                     cluster_id,
+                    replace_after,
+                    copy_rate,
                 }),
             }),
         }

@@ -50,8 +50,17 @@ pub fn run(from: &str, json: bool) -> Result<ExitCode, CliError> {
             };
             writeln!(
                 out,
-                "{:<24} {:<8} {:>5} {:>10} {:>11}",
-                peer.addr, peer.state, peer.cores, seen, peer.partitions
+                "{:<24} {:<8} {:>5} {:>10} {:>11}{}",
+                peer.addr,
+                peer.state,
+                peer.cores,
+                seen,
+                peer.partitions,
+                if peer.disk_full {
+                    "  DISK FULL: takes no writes until space is freed"
+                } else {
+                    ""
+                }
             )?;
         }
         if let Some(group) = &status.metadata_group {

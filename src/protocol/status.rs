@@ -55,6 +55,9 @@ pub struct PeerStatus {
     pub last_seen_ms: Option<u64>,
     /// Topic partitions it owns in this peer's view.
     pub partitions: usize,
+    /// Its disk is full: it takes no writes until space is freed.
+    #[serde(default)]
+    pub disk_full: bool,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -79,6 +82,12 @@ pub struct ReplicaStatus {
     pub epoch: u32,
     pub leader: Option<String>,
     pub replicas: Vec<String>,
+    /// Peers copying the log to join the replicas (a move under way).
+    #[serde(default)]
+    pub learners: Vec<String>,
+    /// On the leader: the set is not where placement puts it; a move is under way.
+    #[serde(default)]
+    pub moving: bool,
     /// The high-water mark: what a quorum holds durably; readers see up to here.
     pub hwm: u64,
     /// On the leader: each follower and how far it holds the log durably.
@@ -86,6 +95,32 @@ pub struct ReplicaStatus {
     /// On the leader: replicas gossip shows alive, and how many a write needs.
     pub alive: usize,
     pub needed: usize,
+    /// Replicas that do not hold their copy now: down (and when they are replaced), or
+    /// back on another data directory.
+    #[serde(default)]
+    pub absent: Vec<AbsentReplica>,
+    /// This peer's copy lost records (a damaged segment set aside, a missing
+    /// directory): why. It copies them again from its leader and counts in no
+    /// election or quorum until it holds every acked record.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub damaged: Option<String>,
+}
+
+/// A replica that does not hold its copy now, as the peer asked sees it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AbsentReplica {
+    pub replica: String,
+    /// `down` (may come back with its copy), `gone` (down for `--replace-after`: its
+    /// place goes to a live peer), `waiting` (gone, and no live peer is free to take its
+    /// place) or `emptied` (alive on another data directory: it copies the log again
+    /// before it counts).
+    pub state: String,
+    /// How long it has been down, in seconds.
+    #[serde(default)]
+    pub down_secs: u64,
+    /// Down: seconds until it is replaced.
+    #[serde(default)]
+    pub replaced_in_secs: Option<u64>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -95,6 +130,8 @@ pub struct PartitionStatus {
     pub shard: usize,
     pub start_offset: u64,
     pub next_offset: u64,
+    /// How far this peer's copy is durable on its disk (readers of a replicated
+    /// partition see up to its high-water mark, `replica.hwm`).
     pub durable_offset: u64,
     pub segments: usize,
     pub bytes: u64,
@@ -151,8 +188,38 @@ pub fn replica_note(replica: Option<&ReplicaStatus>) -> String {
     } else {
         String::new()
     };
+    let absent: String = r
+        .absent
+        .iter()
+        .map(|a| match (a.state.as_str(), a.replaced_in_secs) {
+            ("down", Some(left)) => format!(
+                ", replica {} down {} s, replaced in {left} s",
+                a.replica, a.down_secs
+            ),
+            ("gone", _) => format!(", replica {} down {} s, being replaced", a.replica, a.down_secs),
+            ("waiting", _) => format!(
+                ", replica {} down {} s, no live peer free to take its place",
+                a.replica, a.down_secs
+            ),
+            ("emptied", _) => format!(
+                ", replica {} back on another data directory, not counted until it copied the log again",
+                a.replica
+            ),
+            (state, _) => format!(", replica {} {state}", a.replica),
+        })
+        .collect();
+    let damaged = r.damaged.as_ref().map_or(String::new(), |why| {
+        format!(", DAMAGED COPY being copied again, not counted until whole: {why}")
+    });
+    let moving = if !r.learners.is_empty() {
+        format!(", moving: learners {} copy the log", r.learners.join(" "))
+    } else if r.moving {
+        ", moving".to_string()
+    } else {
+        String::new()
+    };
     format!(
-        "  [{} in epoch {}, leader {}, replicas {}, hwm {}{under}]",
+        "  [{} in epoch {}, leader {}, replicas {}, hwm {}{absent}{moving}{under}{damaged}]",
         r.role,
         r.epoch,
         r.leader.as_deref().unwrap_or("none"),
@@ -176,10 +243,14 @@ mod tests {
                 "10.0.0.2:7300".into(),
                 "10.0.0.3:7300".into(),
             ],
+            learners: Vec::new(),
+            moving: false,
             hwm: 120,
             followers: Vec::new(),
             alive: 3,
             needed: 2,
+            absent: Vec::new(),
+            damaged: None,
         };
         assert_eq!(
             replica_note(Some(&r)),
@@ -188,5 +259,44 @@ mod tests {
         r.alive = 1;
         assert!(replica_note(Some(&r)).ends_with(", UNDER QUORUM: 1 of 2 needed alive, writes refused]"));
         assert_eq!(replica_note(None), "");
+    }
+
+    #[test]
+    fn replicas_that_do_not_hold_their_copy_say_why_and_when_they_are_replaced() {
+        let absent = |state: &str, down_secs, replaced_in_secs| AbsentReplica {
+            replica: "10.0.0.3:7300".into(),
+            state: state.into(),
+            down_secs,
+            replaced_in_secs,
+        };
+        let mut r = ReplicaStatus {
+            role: "follower".into(),
+            epoch: 4,
+            leader: Some("10.0.0.1:7300".into()),
+            replicas: vec!["10.0.0.1:7300".into(), "10.0.0.3:7300".into()],
+            learners: Vec::new(),
+            moving: false,
+            hwm: 120,
+            followers: Vec::new(),
+            alive: 1,
+            needed: 2,
+            absent: vec![absent("down", 42, Some(258))],
+            damaged: None,
+        };
+        assert!(
+            replica_note(Some(&r)).contains(", replica 10.0.0.3:7300 down 42 s, replaced in 258 s"),
+            "{}",
+            replica_note(Some(&r))
+        );
+        r.absent = vec![absent("gone", 301, None)];
+        assert!(replica_note(Some(&r)).contains("down 301 s, being replaced"));
+        r.absent = vec![absent("emptied", 0, None)];
+        assert!(replica_note(Some(&r)).contains("back on another data directory, not counted"));
+        r.damaged = Some("corrupt segment 0.seg".into());
+        assert!(
+            replica_note(Some(&r)).ends_with(
+                "DAMAGED COPY being copied again, not counted until whole: corrupt segment 0.seg]"
+            )
+        );
     }
 }

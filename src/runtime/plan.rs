@@ -14,6 +14,7 @@ use crate::cluster::Cluster;
 use crate::config::{Cores, DataflowSpec, Guarantee, OpSpec};
 use crate::metrics::Metrics;
 use crate::runtime::cluster::peers::Peers;
+use crate::runtime::cluster::replica::Found;
 use crate::runtime::cluster::service::PeerService;
 use crate::runtime::error::{Result, RuntimeError};
 use crate::runtime::exec_stage::ExecTask;
@@ -81,9 +82,16 @@ pub fn plan(spec: DataflowSpec, cluster: Option<Arc<Cluster>>) -> Result<Plan> {
     let bounded = bounded_topics(&spec);
     let mut plans: Vec<ShardPlan> = (0..shards).map(|_| ShardPlan::default()).collect();
 
-    // Open every partition, and find per output partition what each producer wrote.
+    // Open every partition, and find per output partition what each producer wrote. In a
+    // cluster, a replicated partition whose files are damaged is set aside and opened
+    // empty (its replicas hold it: it is copied again), and one whose directory is
+    // missing is noted; `Replication::open` marks such copies so that they count nowhere
+    // until they are whole again. Anywhere else damage refuses to start, naming it.
     let mut logs: Vec<Vec<PartitionLog>> = Vec::new();
-    for topic in &spec.topics {
+    let mut found: Vec<(usize, u32, Found)> = Vec::new();
+    for (t, topic) in spec.topics.iter().enumerate() {
+        let replicated =
+            cluster.is_some() && topic.replicas.unwrap_or(crate::config::spec::AUTO_REPLICAS) > 1;
         let options = LogOptions {
             segment_bytes: topic.segment_bytes,
             durability: spec.engine.durability,
@@ -94,10 +102,29 @@ pub fn plan(spec: DataflowSpec, cluster: Option<Arc<Cluster>>) -> Result<Plan> {
         };
         let mut partitions = Vec::new();
         for p in 0..topic.partitions {
-            partitions.push(PartitionLog::open(
-                &layout::partition_dir(&data_dir, &topic.name, p),
-                options.clone(),
-            )?);
+            let dir = layout::partition_dir(&data_dir, &topic.name, p);
+            if replicated && !dir.exists() {
+                found.push((t, p, Found::Missing));
+            }
+            let log = match PartitionLog::open(&dir, options.clone()) {
+                Err(error) if replicated && error.is_corruption() => {
+                    let why = error.to_string();
+                    let aside = layout::set_aside(&data_dir, &topic.name, p, &why)?;
+                    tracing::error!(
+                        "partition {p} of \"{}\" is damaged ({why}); its files were moved to {} and it is copied again from its replicas",
+                        topic.name,
+                        aside.display()
+                    );
+                    found.push((
+                        t,
+                        p,
+                        Found::Damaged(format!("{why} (set aside in {})", aside.display())),
+                    ));
+                    PartitionLog::open(&dir, options.clone())?
+                }
+                other => other?,
+            };
+            partitions.push(log);
         }
         logs.push(partitions);
     }
@@ -217,9 +244,14 @@ pub fn plan(spec: DataflowSpec, cluster: Option<Arc<Cluster>>) -> Result<Plan> {
             let topics = spec
                 .topics
                 .iter()
-                .map(|t| (t.name.clone(), t.partitions, t.replicas))
+                .map(|t| crate::runtime::cluster::replica::ReplicatedTopic {
+                    name: t.name.clone(),
+                    partitions: t.partitions,
+                    replicas: t.replicas.unwrap_or(crate::config::spec::AUTO_REPLICAS),
+                    auto: t.replicas.is_none(),
+                })
                 .collect();
-            Some(Arc::new(Peers::new(cluster, topics, &data_dir)?))
+            Some(Arc::new(Peers::new(cluster, topics, &data_dir, found)?))
         }
         None => None,
     };

@@ -252,7 +252,7 @@ pub fn status(shard: &Shard) -> ShardStatus {
                 shard: shard.index,
                 start_offset: log.start_offset(),
                 next_offset: next,
-                durable_offset: log.committed_offset(),
+                durable_offset: log.durable_offset(),
                 segments: segments.len(),
                 bytes: segments.iter().map(|s| s.data_bytes).sum(),
                 consumers: p
@@ -283,10 +283,15 @@ pub fn status(shard: &Shard) -> ShardStatus {
                             epoch: view.epoch,
                             leader: view.leader.map(|a| a.to_string()),
                             replicas: view.replicas.iter().map(|a| a.to_string()).collect(),
+                            learners: view.learners.iter().map(|a| a.to_string()).collect(),
+                            moving: view.role == "leader"
+                                && crate::runtime::cluster::controller::moving(peers, p.topic, p.partition),
                             hwm: view.hwm,
                             followers: view.followers.iter().map(|(a, e)| (a.to_string(), *e)).collect(),
                             alive,
                             needed,
+                            absent: crate::runtime::cluster::controller::absent(peers, p.topic, p.partition),
+                            damaged: state.damage(),
                         }
                     }),
             }

@@ -206,7 +206,8 @@ struct PendingAck {
     end: u64,
     ack: Ack,
     /// A replicated partition's batch waits for its quorum (the high-water mark) too,
-    /// while this peer leads that epoch, until the deadline.
+    /// while this peer leads (that epoch, or a later one still holding the batch),
+    /// until the deadline.
     quorum: Option<(Arc<ReplicaState>, u32, std::time::Instant)>,
 }
 
@@ -333,7 +334,15 @@ impl Shard {
                             continue;
                         }
                     }
+                    // Not led here, or led by a peer that leaves: the batch is not
+                    // written, and goes to whichever peer leads next (a leaving leader
+                    // takes nothing new, so that its leadership moves with nothing in
+                    // flight).
                     (None, None) => {
+                        peers.refuse(topic, batch).await;
+                        continue;
+                    }
+                    (None, Some(_)) if peers.ownership.is_leaving() => {
                         peers.refuse(topic, batch).await;
                         continue;
                     }
@@ -430,6 +439,24 @@ impl Shard {
                     });
                     return;
                 }
+                // A full disk: this batch is refused, the log is as it was, and the
+                // engine goes on (reads, other partitions); in a cluster the peer says
+                // so, and what it leads moves to a copy that can take writes.
+                Some(Err(error)) if error.is_no_space() => {
+                    self.shared.metrics.no_space_refusals.add(1);
+                    if let Some(peers) = &self.shared.peers
+                        && !peers.cluster.view.get().me.full
+                    {
+                        tracing::error!("{error}; leadership moves to peers with room");
+                        peers.cluster.set_full(true);
+                    }
+                    batch.ack.failed(EngineError::Unavailable(error.to_string()));
+                }
+                // A follower's batch that does not continue its copy (one before it in
+                // the same fetch was refused): nothing is written; it fetches again.
+                Some(Err(error @ crate::storage::StorageError::ReplicaGap { .. })) => {
+                    batch.ack.failed(EngineError::Unavailable(error.to_string()));
+                }
                 Some(Err(error)) => {
                     batch.ack.failed(EngineError::Unavailable(error.to_string()));
                     self.shared.control.fail(error.into());
@@ -453,9 +480,37 @@ impl Shard {
             self.acks.borrow_mut().retain(|pending| {
                 if let (Some((state, epoch, deadline)), Some(me)) = (&pending.quorum, me) {
                     let hwm = crate::runtime::cluster::leader::refresh_hwm(me, state, &pending.partition);
-                    let failed_because = if !state.is_leader(*epoch) {
+                    // Still this peer's to ack: it leads the epoch the batch was written
+                    // in, or leads a later one (a set change, which fences and elects it
+                    // again) and its log still holds the batch as written then (only
+                    // this peer wrote batches of that epoch). Fenced and not yet chosen
+                    // again, it waits (bounded by the deadline).
+                    // Following the leader of a later epoch, its copy a prefix of that
+                    // leader's log (its view says so), it acks once that leader's
+                    // high-water mark passed the batch, still held as written.
+                    let still_held = || {
+                        let (held, until) = pending.partition.log.borrow_mut().epoch_end(*epoch);
+                        held == *epoch && until >= pending.end
+                    };
+                    let ours = match state.leads() {
+                        Some(now) if now == *epoch => Some(true),
+                        Some(now) if now > *epoch => Some(still_held()),
+                        Some(_) => Some(false),
+                        None if state.is_follower() && state.epoch() > *epoch => {
+                            if !still_held() {
+                                Some(false)
+                            } else if state.is_viewed() {
+                                Some(true)
+                            } else {
+                                None
+                            }
+                        }
+                        None if state.is_follower() => Some(false),
+                        None => None,
+                    };
+                    let failed_because = if ours == Some(false) {
                         Some("its leadership moved to another peer before a quorum of replicas held it")
-                    } else if hwm >= pending.end {
+                    } else if ours == Some(true) && hwm >= pending.end {
                         pending
                             .ack
                             .durable(pending.partition.partition, pending.first, pending.end);

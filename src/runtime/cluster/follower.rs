@@ -1,7 +1,8 @@
 //! A replicated partition's follower: one thread per partition and epoch that asks the
 //! leader for the batches after its copy, appends them as they are (through the owner
 //! shard's inbox), cuts its copy back where the leader says it diverges, and records
-//! its view once the leader found its copy a prefix of its own.
+//! its view once the leader found its copy a prefix of its own that holds everything
+//! the leader began its epoch with. A learner runs the same loop.
 
 use std::net::SocketAddr;
 use std::sync::atomic::Ordering;
@@ -73,6 +74,7 @@ pub(super) fn follow(peers: Weak<Peers>, topic: usize, partition: u32, epoch: u3
             durable,
             view: peers.replication.view(topic, partition),
             wait_ms: FETCH_WAIT.as_millis() as u32,
+            storage: peers.replication.copy_id(topic, partition),
         };
         let links = links.get_or_insert_with(|| {
             Requests::new(
@@ -125,24 +127,58 @@ pub(super) fn follow(peers: Weak<Peers>, topic: usize, partition: u32, epoch: u3
                     std::thread::sleep(Duration::from_secs(1));
                 }
             }
-            Ok(ReplicaData::Batches { hwm, batches }) => {
+            Ok(ReplicaData::Batches { hwm, start, batches }) => {
                 state.hwm.fetch_max(hwm, Ordering::AcqRel);
-                // The leader found this copy a prefix of its own: it is of this epoch now
-                // (unless the epoch ended while the fetch was on its way).
+                // The leader found this copy a prefix of its own: once it is durable as
+                // far as the leader's log went when its epoch began, it is a copy of
+                // this epoch's log, holding every record acked before it (unless the
+                // epoch ended while the fetch was on its way). A shorter copy taking the
+                // view would win an election over an older view's copy that holds
+                // acked records this one does not.
                 if !state.follows(epoch) {
                     return;
                 }
-                if let Err(error) = peers.replication.set_view(topic, partition, epoch) {
+                let holds_start = fetch.durable >= start && fetch.offset >= start;
+                let viewed = if holds_start {
+                    peers.replication.set_view(topic, partition, epoch)
+                } else {
+                    Ok(())
+                };
+                if let Err(error) = viewed {
                     tracing::error!("partition {partition} of \"{}\": {error}", fetch.topic);
                     std::thread::sleep(Duration::from_secs(1));
                     continue;
                 }
+                // A damaged copy is whole again once it holds, durably, its leader's
+                // high-water mark in a copy of its view: every record acked so far (it
+                // was counted for none since the damage).
+                if holds_start
+                    && fetch.durable >= hwm
+                    && state.is_damaged()
+                    && peers.replication.view(topic, partition) == epoch
+                {
+                    match peers.replication.healed(topic, partition) {
+                        Ok(()) => tracing::info!(
+                            "partition {partition} of \"{}\": the damaged copy holds every acked record again (to offset {hwm}) and counts again",
+                            fetch.topic
+                        ),
+                        Err(error) => {
+                            tracing::error!("partition {partition} of \"{}\": {error}", fetch.topic)
+                        }
+                    }
+                }
                 if let Err(error) = append(&shared, topic, partition, epoch, &batches) {
-                    tracing::warn!(
-                        "partition {partition} of \"{}\" from {leader}: {error}",
-                        fetch.topic
-                    );
-                    std::thread::sleep(RETRY);
+                    if peers.cluster.me_full() {
+                        // Said once by the shard; the copy waits for room.
+                        tracing::debug!("partition {partition} of \"{}\": {error}", fetch.topic);
+                        std::thread::sleep(Duration::from_secs(1));
+                    } else {
+                        tracing::warn!(
+                            "partition {partition} of \"{}\" from {leader}: {error}",
+                            fetch.topic
+                        );
+                        std::thread::sleep(RETRY);
+                    }
                 }
             }
             Err(error) => {

@@ -258,6 +258,10 @@ fn stages_caught_up(shared: &Shared) -> bool {
 /// holds all of them, or `patience` ran out. Returns how many were not handed over.
 pub fn leave(peers: &Arc<Peers>, shared: &Shared, patience: Duration) -> usize {
     peers.ownership.set_leaving();
+    peers.replication.leaving_run.store(
+        peers.cluster.view.get().me.bump,
+        std::sync::atomic::Ordering::Release,
+    );
     let serving: Vec<(usize, u32)> = peers
         .topics()
         .iter()
@@ -265,16 +269,24 @@ pub fn leave(peers: &Arc<Peers>, shared: &Shared, patience: Duration) -> usize {
         .flat_map(|(t, (_, n))| (0..*n).map(move |p| (t, p)))
         .filter(|&(t, p)| peers.ownership.serving(t, p) && !peers.replication.is_replicated(t))
         .collect();
-    // Replicated partitions it leads: the metadata group's leader chooses new leaders
-    // among the other replicas once this peer says it leaves; it waits for that.
-    let leading = || {
+    // Replicated partitions it holds a replica of: once this peer says it leaves, the
+    // metadata group's leader chooses new leaders among the other replicas and moves
+    // the replica sets onto the peers that stay; it waits for both.
+    let me = peers.cluster.me.addr;
+    let holding = || {
+        let metadata = peers.cluster.consensus.metadata().get();
         peers
             .topics()
             .iter()
             .enumerate()
             .filter(|(t, _)| peers.replication.is_replicated(*t))
-            .flat_map(|(t, (_, n))| (0..*n).map(move |p| (t, p)))
-            .filter(|&(t, p)| peers.replication.state(t, p).leads().is_some())
+            .flat_map(|(t, (name, n))| (0..*n).map(move |p| (t, name, p)))
+            .filter(|&(t, name, p)| {
+                peers.replication.state(t, p).leads().is_some()
+                    || metadata
+                        .assignment(name, p)
+                        .is_some_and(|a| a.replicas.contains(&me) || a.learners.contains(&me))
+            })
             .count()
     };
     peers.cluster.announce_leaving(Duration::from_secs(1));
@@ -297,9 +309,22 @@ pub fn leave(peers: &Arc<Peers>, shared: &Shared, patience: Duration) -> usize {
             .collect();
         // Handed over, every batch routed on through here answered, and this peer's
         // stages through what they had to read (the new owners step over those records).
-        if left.is_empty() && leading() == 0 && peers.unsettled() == 0 && stages_caught_up(shared) {
+        if left.is_empty()
+            && holding() == 0
+            && peers.unsettled() == 0
+            && peers.answering.load(std::sync::atomic::Ordering::Acquire) == 0
+            && stages_caught_up(shared)
+        {
             tracing::info!("handed {} partitions over", serving.len());
             return 0;
+        }
+        if Instant::now() >= deadline && left.is_empty() && holding() > 0 {
+            tracing::warn!(
+                "within {} s of leaving, {} replicated partitions did not move off this peer: their replica sets still count it, and lose a member while it is gone",
+                patience.as_secs(),
+                holding()
+            );
+            return holding();
         }
         if Instant::now() >= deadline && left.is_empty() {
             tracing::warn!(

@@ -9,6 +9,7 @@ use std::time::Duration;
 
 use crate::cluster::frame::{self, Kind};
 use crate::cluster::replication::{self as wire, ReplicaFetch};
+use crate::runtime::cluster::copy_pace;
 use crate::runtime::cluster::replica::{LEADER, ReplicaState, Replication};
 use crate::runtime::error::EngineError;
 use crate::runtime::shard::{LocalPartition, Shard};
@@ -72,7 +73,7 @@ pub(super) async fn serve_fetch(
     if !state.is_leader(fetch.epoch) {
         let error = EngineError::Unavailable(format!(
             "this peer does not lead partition {partition} of \"{}\" in epoch {} (it is {:?} in epoch {})",
-            replication.topics[topic].0,
+            replication.topics[topic].name,
             fetch.epoch,
             state.view().role,
             state.epoch.load(Ordering::Acquire)
@@ -92,17 +93,31 @@ pub(super) async fn serve_fetch(
             );
         }
     }
-    if !state.quorum().replicas.contains(&from) {
-        return frame::error(
-            request,
-            0,
-            &format!("peer {from} holds no replica of this partition"),
-        );
+    {
+        let quorum = state.quorum();
+        if !quorum.replicas.contains(&from) && !quorum.learners.contains(&from) {
+            return frame::error(
+                request,
+                0,
+                &format!("peer {from} holds no replica of this partition"),
+            );
+        }
     }
-    // Counted only from a copy of this epoch's log (its view says so, durably).
-    if fetch.view == fetch.epoch {
-        state.quorum().ends.insert(from, fetch.durable.min(fetch.offset));
-    }
+    // Counted only from a copy of this epoch's log (its view says so, durably) on the
+    // data directory the metadata records for it: a replica back on a wiped directory
+    // copies like a learner until a new epoch records its new one. A learner's end is
+    // kept for the controller and `flowd status`, never counted.
+    let counted = {
+        let mut quorum = state.quorum();
+        let same_storage = quorum.recorded(from, fetch.storage);
+        let counted = quorum.replicas.contains(&from) && same_storage;
+        if fetch.view == fetch.epoch && same_storage {
+            quorum.ends.insert(from, fetch.durable.min(fetch.offset));
+        } else {
+            quorum.ends.remove(&from);
+        }
+        counted
+    };
     let hwm = refresh_hwm(replication.me.addr, state, &local);
     // Wait for something to send, at most the fetch's wait.
     let deadline =
@@ -118,33 +133,66 @@ pub(super) async fn serve_fetch(
             break;
         }
     }
-    let log = local.log.borrow();
-    let mut out = Vec::new();
-    frame::encode(&mut out, Kind::ReplicaData, request, &[]);
-    let count_at = wire::begin_data(&mut out, hwm.max(state.hwm()));
-    for stored in log.read_batches(fetch.offset, u64::MAX) {
-        let Stored::Batch {
-            bytes, base_offset, ..
-        } = stored
-        else {
-            // A format-1 segment: written before replication existed; not replicated.
-            break;
-        };
-        if base_offset < fetch.offset {
-            // The follower's copy ends inside one of this log's batches: their batches
-            // differ there (copies made before replication). It cuts back to the batch's
-            // start and asks again, or says loudly that it cannot.
-            let epoch = crate::storage::format::BatchHeader::read_trusted(bytes).leader_epoch;
-            return frame::framed(
-                Kind::ReplicaData,
-                request,
-                &wire::encode_diverged(hwm, epoch, base_offset),
-            );
+    let (mut out, count_at) = {
+        let log = local.log.borrow();
+        let mut out = Vec::new();
+        frame::encode(&mut out, Kind::ReplicaData, request, &[]);
+        let count_at = wire::begin_data(
+            &mut out,
+            hwm.max(state.hwm()),
+            state.start.load(Ordering::Acquire),
+        );
+        // `sent`: batches in the answer so far (each earlier turn added one).
+        for (sent, stored) in log.read_batches(fetch.offset, u64::MAX).enumerate() {
+            let Stored::Batch {
+                bytes, base_offset, ..
+            } = stored
+            else {
+                // A format-1 segment: written before replication existed; not replicated.
+                // With nothing sent, an error (the follower retries after a pause), never an
+                // empty answer it would ask again at once.
+                if sent == 0 {
+                    return frame::error(
+                        request,
+                        0,
+                        &format!(
+                            "partition {partition} of \"{}\" holds records in the format before replication (1) from offset {}: they cannot be copied to a replica; give the topic replicas = 1 until retention removes them",
+                            replication.topics[topic].name, fetch.offset
+                        ),
+                    );
+                }
+                break;
+            };
+            if base_offset < fetch.offset {
+                // The follower's copy ends inside one of this log's batches: their batches
+                // differ there (copies made before replication). It cuts back to the batch's
+                // start and asks again, or says loudly that it cannot.
+                let epoch = crate::storage::format::BatchHeader::read_trusted(bytes).leader_epoch;
+                return frame::framed(
+                    Kind::ReplicaData,
+                    request,
+                    &wire::encode_diverged(hwm, epoch, base_offset),
+                );
+            }
+            if out.len() > 64 && out.len() + bytes.len() > FETCH_BYTES {
+                break;
+            }
+            wire::push_batch(&mut out, count_at, bytes);
         }
-        if out.len() > 64 && out.len() + bytes.len() > FETCH_BYTES {
-            break;
+        (out, count_at)
+    };
+    // A copy its quorum does not count goes out at the peer's copy pace; past the
+    // longest wait, an answer without batches (the copier asks again).
+    if !counted && out.len() > count_at + 4 {
+        match replication.copy_pace.book(out.len()) {
+            Some(wait) if wait.is_zero() => {}
+            Some(wait) => glommio::timer::sleep(wait).await,
+            None => {
+                glommio::timer::sleep(copy_pace::MOST_WAIT).await;
+                out.truncate(count_at + 4);
+                out[count_at..count_at + 4].copy_from_slice(&0u32.to_le_bytes());
+            }
         }
-        wire::push_batch(&mut out, count_at, bytes);
     }
     // The frame's length prefix, now that the body is whole.
     let len = (out.len() - 4) as u32;

@@ -13,6 +13,7 @@
 //! data plane of `crate::cluster` reaches it through `service::PeerService`.
 
 pub mod controller;
+pub mod copy_pace;
 pub mod follower;
 pub mod handover;
 pub mod leader;

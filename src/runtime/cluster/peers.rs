@@ -24,7 +24,7 @@ use crate::cluster::{Cluster, View};
 use crate::protocol::wire::encode_record;
 use crate::protocol::{ErrorCode, ProtocolError};
 use crate::runtime::cluster::ownership::Ownership;
-use crate::runtime::cluster::replica::Replication;
+use crate::runtime::cluster::replica::{Found, ReplicatedTopic, Replication};
 use crate::runtime::cluster::reroute;
 use crate::runtime::error::EngineError;
 use crate::runtime::error::RuntimeError;
@@ -60,6 +60,9 @@ pub struct Peers {
     refused_rx: Mutex<Option<flume::Receiver<(usize, Batch)>>>,
     /// Batches handed to the rerouter and not sent on yet.
     pub rerouting: Arc<AtomicUsize>,
+    /// Batches other peers sent here, queued on a shard and not yet answered: a leaving
+    /// peer waits for none, so that no sender is left without an answer.
+    pub answering: AtomicUsize,
     /// The replicated partitions: their roles here, quorums and promises.
     pub replication: Arc<Replication>,
 }
@@ -72,17 +75,17 @@ pub struct Fetch {
 }
 
 impl Peers {
-    /// `topics`: `(name, partitions, replicas)`.
     pub fn new(
         cluster: Arc<Cluster>,
-        replicated: Vec<(String, u32, u32)>,
+        replicated: Vec<ReplicatedTopic>,
         data_dir: &std::path::Path,
+        found: Vec<(usize, u32, Found)>,
     ) -> Result<Peers, RuntimeError> {
         let replication = Arc::new(
-            Replication::open(cluster.me, replicated.clone(), data_dir)
+            Replication::open(cluster.me, replicated.clone(), data_dir, cluster.copy_rate, found)
                 .map_err(|reason| RuntimeError::Shard { shard: 0, reason })?,
         );
-        let topics: Vec<(String, u32)> = replicated.into_iter().map(|(n, p, _)| (n, p)).collect();
+        let topics: Vec<(String, u32)> = replicated.into_iter().map(|t| (t.name, t.partitions)).collect();
         let owners = owners_of(
             &cluster.view.get(),
             &cluster.consensus.metadata().get(),
@@ -101,6 +104,7 @@ impl Peers {
             refused,
             refused_rx: Mutex::new(Some(refused_rx)),
             rerouting: Arc::new(AtomicUsize::new(0)),
+            answering: AtomicUsize::new(0),
             replication,
         })
     }

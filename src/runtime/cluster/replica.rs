@@ -32,7 +32,8 @@ use std::sync::{Arc, Mutex, Weak};
 use std::time::Duration;
 
 use crate::cluster::PeerId;
-use crate::cluster::replication::ReplicaFetch;
+use crate::cluster::replication::{Fenced, ReplicaFetch};
+use crate::runtime::cluster::copy_pace::CopyPace;
 use crate::runtime::cluster::peers::Peers;
 use crate::runtime::cluster::{follower, leader};
 use crate::runtime::placement::owner;
@@ -61,17 +62,38 @@ pub struct ReplicaState {
     /// ends (Viewstamped Replication's rule), and a leader counts a follower's copy
     /// towards its quorum only once it is of the leader's epoch.
     pub(super) view: AtomicU32,
+    /// Why this copy lost records it may have been counted for (a corrupt segment moved
+    /// aside at start, its directory gone), until it holds its leader's high-water mark
+    /// again: meanwhile it answers fences and fetches as another copy than the one the
+    /// metadata records (`copy_id`), so it is counted in no election and no quorum.
+    pub(super) damaged: Mutex<Option<String>>,
     /// The high-water mark: a leader's own, a follower's as its leader last said.
     pub(super) hwm: AtomicU64,
+    /// A leader's: where its epoch began (its log's end when it took the lead).
+    pub(super) start: AtomicU64,
     pub(super) quorum: Mutex<Quorum>,
 }
 
 #[derive(Default)]
 pub(super) struct Quorum {
     pub(super) replicas: Vec<SocketAddr>,
+    /// Peers copying the log to join the replicas; never counted towards the quorum.
+    pub(super) learners: Vec<SocketAddr>,
     pub(super) leader: Option<SocketAddr>,
+    /// The storage id the metadata records for each replica: a follower's fetch from
+    /// another data directory (wiped, replaced) is not counted until a new epoch
+    /// records that one (absent: recorded before storage ids, any counts).
+    pub(super) storage: BTreeMap<SocketAddr, u64>,
     /// How far each follower said it holds the leader's records durably, this epoch.
     pub(super) ends: HashMap<SocketAddr, u64>,
+}
+
+impl Quorum {
+    /// Whether a copy at `addr` on the data directory `storage` is the one the metadata
+    /// records there (or none is recorded).
+    pub(super) fn recorded(&self, addr: SocketAddr, storage: u64) -> bool {
+        self.storage.get(&addr).is_none_or(|s| *s == storage)
+    }
 }
 
 /// What a replica looks like on `flowd status`.
@@ -81,6 +103,7 @@ pub struct ReplicaView {
     pub epoch: u32,
     pub leader: Option<SocketAddr>,
     pub replicas: Vec<SocketAddr>,
+    pub learners: Vec<SocketAddr>,
     pub hwm: u64,
     /// Leader only: how far each follower holds the log durably.
     pub followers: Vec<(SocketAddr, u64)>,
@@ -98,12 +121,38 @@ impl ReplicaState {
             && self.promised.load(Ordering::Acquire) <= epoch
     }
 
+    /// Whether another peer leads the partition and this one follows it.
+    pub fn is_follower(&self) -> bool {
+        self.role.load(Ordering::Acquire) == FOLLOWER
+    }
+
+    /// The epoch this peer leads or follows under (or did last).
+    pub fn epoch(&self) -> u32 {
+        self.epoch.load(Ordering::Acquire)
+    }
+
+    /// Whether this copy is a prefix of the current epoch leader's log, durably past
+    /// where that epoch began (`ReplicaState::view`).
+    pub fn is_viewed(&self) -> bool {
+        self.view.load(Ordering::Acquire) == self.epoch()
+    }
+
     pub fn leads(&self) -> Option<u32> {
         (self.role.load(Ordering::Acquire) == LEADER).then(|| self.epoch.load(Ordering::Acquire))
     }
 
     pub fn hwm(&self) -> u64 {
         self.hwm.load(Ordering::Acquire)
+    }
+
+    /// Why this copy is damaged, while it is (`ReplicaState::damaged`).
+    pub fn damage(&self) -> Option<String> {
+        self.damaged.lock().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+
+    /// Whether this copy is damaged (without copying why): asked at every fetch.
+    pub fn is_damaged(&self) -> bool {
+        self.damaged.lock().unwrap_or_else(|e| e.into_inner()).is_some()
     }
 
     pub(super) fn quorum(&self) -> std::sync::MutexGuard<'_, Quorum> {
@@ -122,6 +171,7 @@ impl ReplicaState {
             epoch: self.epoch.load(Ordering::Acquire),
             leader: quorum.leader,
             replicas: quorum.replicas.clone(),
+            learners: quorum.learners.clone(),
             hwm: self.hwm(),
             followers: if role == LEADER {
                 let mut ends: Vec<(SocketAddr, u64)> = quorum.ends.iter().map(|(a, e)| (*a, *e)).collect();
@@ -134,20 +184,67 @@ impl ReplicaState {
     }
 }
 
+/// A topic as replication sees it.
+#[derive(Debug, Clone)]
+pub struct ReplicatedTopic {
+    pub name: String,
+    pub partitions: u32,
+    /// Copies wanted of each partition (1: not replicated; ownership by gossip).
+    pub replicas: u32,
+    /// The dataflow named no count: partitions are placed on every live peer while
+    /// fewer than `replicas` live, and their sets grow as peers join. A named count
+    /// waits until that many peers live.
+    pub auto: bool,
+}
+
 /// Every replicated partition of this peer.
 pub struct Replication {
     pub me: PeerId,
-    /// `(name, partitions, replicas)` per topic.
-    pub(super) topics: Vec<(String, u32, u32)>,
+    pub(super) topics: Vec<ReplicatedTopic>,
+    /// The run this peer had when it began to leave (0: it stays). Announcing the leave
+    /// renews its gossip identity; what it leads under that run it keeps leading until
+    /// the metadata group moves the leadership, so that its batches in flight are acked.
+    pub leaving_run: AtomicU64,
+    /// The pace of copies to peers not counted yet (`copy_pace.rs`).
+    pub copy_pace: CopyPace,
     states: Vec<Vec<Arc<ReplicaState>>>,
     promises: Mutex<PathBuf>,
 }
 
+/// One partition's entry in `DATA_DIR/cluster/promises` (JSON, by `topic/partition`):
+/// `[promised, view]`, or with `damaged` (why the copy lost records) while it is.
+#[derive(serde::Serialize, serde::Deserialize)]
+#[serde(untagged)]
+enum Promise {
+    Whole(u32, u32),
+    Damaged {
+        promised: u32,
+        view: u32,
+        damaged: String,
+    },
+}
+
+/// What the engine found at start about a replicated partition's copy.
+pub enum Found {
+    /// Its directory did not exist (made empty now).
+    Missing,
+    /// Its files were damaged and moved aside (why).
+    Damaged(String),
+}
+
 impl Replication {
-    /// Loads the promises this peer made before (a restart keeps them).
-    pub fn open(me: PeerId, topics: Vec<(String, u32, u32)>, data_dir: &Path) -> Result<Replication, String> {
+    /// Loads the promises this peer made before (a restart keeps them), and marks,
+    /// durably, every copy `found` damaged, or missing where it held a view, before
+    /// anything is served: such a copy counts nowhere until it is whole again.
+    pub fn open(
+        me: PeerId,
+        topics: Vec<ReplicatedTopic>,
+        data_dir: &Path,
+        copy_rate: u64,
+        found: Vec<(usize, u32, Found)>,
+    ) -> Result<Replication, String> {
         let path = data_dir.join("cluster").join("promises");
-        let promised: BTreeMap<String, (u32, u32)> = match std::fs::read(&path) {
+        let promised: BTreeMap<String, Promise> = match std::fs::read(&path) {
             Ok(bytes) => serde_json::from_slice(&bytes).map_err(|e| {
                 format!(
                     "{} does not decode ({e}); it holds the epochs this peer promised: move it away only if this peer's data goes too",
@@ -159,32 +256,64 @@ impl Replication {
         };
         let states = topics
             .iter()
-            .map(|(name, partitions, _)| {
-                (0..*partitions)
+            .map(|topic| {
+                (0..topic.partitions)
                     .map(|p| {
                         let state = ReplicaState::default();
-                        if let Some((epoch, view)) = promised.get(&format!("{name}/{p}")) {
-                            state.promised.store(*epoch, Ordering::Release);
-                            state.view.store(*view, Ordering::Release);
-                        }
+                        let (epoch, view, damaged) = match promised.get(&format!("{}/{p}", topic.name)) {
+                            Some(Promise::Whole(epoch, view)) => (*epoch, *view, None),
+                            Some(Promise::Damaged {
+                                promised,
+                                view,
+                                damaged,
+                            }) => (*promised, *view, Some(damaged.clone())),
+                            None => (0, 0, None),
+                        };
+                        state.promised.store(epoch, Ordering::Release);
+                        state.view.store(view, Ordering::Release);
+                        *state.damaged.lock().unwrap_or_else(|e| e.into_inner()) = damaged;
                         Arc::new(state)
                     })
                     .collect()
             })
             .collect();
-        Ok(Replication {
+        let replication = Replication {
             me,
             topics,
+            leaving_run: AtomicU64::new(0),
+            copy_pace: CopyPace::new(copy_rate),
             states,
             promises: Mutex::new(path),
-        })
+        };
+        for (t, p, what) in found {
+            let name = &replication.topics[t].name;
+            let why = match what {
+                Found::Damaged(why) => why,
+                // Missing where it held a view: it may have been counted for records.
+                Found::Missing if replication.view(t, p) > 0 => {
+                    format!("the directory of partition {p} of \"{name}\" was missing")
+                }
+                Found::Missing => continue,
+            };
+            tracing::warn!(
+                "partition {p} of \"{name}\": {why}; this copy counts in no election and no quorum until it has copied \
+                 every acked record again from its leader"
+            );
+            replication.damage(t, p, why)?;
+        }
+        Ok(replication)
+    }
+
+    /// The run this peer had when it began to leave, if it leaves.
+    pub fn leaving(&self) -> Option<u64> {
+        Some(self.leaving_run.load(Ordering::Acquire)).filter(|run| *run != 0)
     }
 
     pub fn is_replicated(&self, topic: usize) -> bool {
-        self.topics[topic].2 > 1
+        self.topics[topic].replicas > 1
     }
 
-    pub fn topics(&self) -> &[(String, u32, u32)] {
+    pub fn topics(&self) -> &[ReplicatedTopic] {
         &self.topics
     }
 
@@ -197,12 +326,48 @@ impl Replication {
     pub fn promise(&self, topic: usize, partition: u32, epoch: u32) -> Result<bool, String> {
         let path = self.promises.lock().unwrap_or_else(|e| e.into_inner());
         let state = self.state(topic, partition);
-        if state.promised.load(Ordering::Acquire) > epoch {
+        let promised = state.promised.load(Ordering::Acquire);
+        if promised > epoch {
             return Ok(false);
         }
-        state.promised.fetch_max(epoch, Ordering::AcqRel);
-        self.save(&path)?;
+        if promised < epoch {
+            state.promised.store(epoch, Ordering::Release);
+            self.save(&path)?;
+        }
         Ok(true)
+    }
+
+    /// The id this copy answers fences and fetches with: the peer's storage id, or, while
+    /// the copy is damaged, another that the metadata records for no replica (so that
+    /// the copy counts nowhere until it is whole again).
+    pub fn copy_id(&self, topic: usize, partition: u32) -> u64 {
+        if self.state(topic, partition).is_damaged() {
+            !self.me.storage
+        } else {
+            self.me.storage
+        }
+    }
+
+    /// Marks, durably, the copy as damaged (`why`): its view is forgotten and it is
+    /// counted nowhere until `healed`.
+    pub fn damage(&self, topic: usize, partition: u32, why: String) -> Result<(), String> {
+        let path = self.promises.lock().unwrap_or_else(|e| e.into_inner());
+        let state = self.state(topic, partition);
+        *state.damaged.lock().unwrap_or_else(|e| e.into_inner()) = Some(why);
+        state.view.store(0, Ordering::Release);
+        self.save(&path)
+    }
+
+    /// Marks, durably, a damaged copy whole again: it holds its leader's high-water
+    /// mark in a copy of the leader's view, so every record acked so far.
+    pub fn healed(&self, topic: usize, partition: u32) -> Result<(), String> {
+        let path = self.promises.lock().unwrap_or_else(|e| e.into_inner());
+        *self
+            .state(topic, partition)
+            .damaged
+            .lock()
+            .unwrap_or_else(|e| e.into_inner()) = None;
+        self.save(&path)
     }
 
     /// Records, durably, that this copy is a prefix of the log of `epoch`'s leader.
@@ -225,13 +390,27 @@ impl Replication {
 
     fn save(&self, path: &Path) -> Result<(), String> {
         let mut all = BTreeMap::new();
-        for (t, (name, partitions, _)) in self.topics.iter().enumerate() {
-            for p in 0..*partitions {
+        for (t, topic) in self.topics.iter().enumerate() {
+            let name = &topic.name;
+            for p in 0..topic.partitions {
                 let state = &self.states[t][p as usize];
                 let promised = state.promised.load(Ordering::Acquire);
                 let view = state.view.load(Ordering::Acquire);
-                if promised > 0 || view > 0 {
-                    all.insert(format!("{name}/{p}"), (promised, view));
+                match state.damage() {
+                    Some(damaged) => {
+                        all.insert(
+                            format!("{name}/{p}"),
+                            Promise::Damaged {
+                                promised,
+                                view,
+                                damaged,
+                            },
+                        );
+                    }
+                    None if promised > 0 || view > 0 => {
+                        all.insert(format!("{name}/{p}"), Promise::Whole(promised, view));
+                    }
+                    None => {}
                 }
             }
         }
@@ -282,7 +461,7 @@ pub enum ReplicaRequest {
         topic: usize,
         partition: u32,
         epoch: u32,
-        reply: flume::Sender<(u32, u64)>,
+        reply: flume::Sender<Fenced>,
     },
 }
 
@@ -292,7 +471,10 @@ pub enum Role {
     Leader {
         epoch: u32,
         replicas: Vec<SocketAddr>,
+        learners: Vec<SocketAddr>,
+        storage: BTreeMap<SocketAddr, u64>,
     },
+    /// A replica's follower, or a learner's (`replicas` does not hold it then).
     Follower {
         epoch: u32,
         leader: SocketAddr,
@@ -358,7 +540,7 @@ pub async fn handle(shard: &Rc<Shard>, request: ReplicaRequest) {
                 let (_, own_end) = log.epoch_end(epoch);
                 let to = end.min(own_end);
                 tracing::warn!(
-                    topic = %replication.topics[topic].0,
+                    topic = %replication.topics[topic].name,
                     partition,
                     "this replica's copy diverged from its leader's at offset {to}: the {} records after it, never acked, are cut",
                     log.next_offset().saturating_sub(to)
@@ -382,7 +564,12 @@ pub async fn handle(shard: &Rc<Shard>, request: ReplicaRequest) {
             }
             let answer = {
                 let log = shard.partition(topic, partition).log.borrow();
-                (replication.view(topic, partition), log.next_offset())
+                Fenced {
+                    view: replication.view(topic, partition),
+                    end: log.next_offset(),
+                    hwm: state.hwm(),
+                    storage: replication.copy_id(topic, partition),
+                }
             };
             let _ = reply.send_async(answer).await;
         }
@@ -400,7 +587,12 @@ fn set_role(shard: &Rc<Shard>, replication: &Replication, topic: usize, partitio
     let mut log = local.log.borrow_mut();
     let mut quorum = state.quorum();
     match role {
-        Role::Leader { epoch, replicas } => {
+        Role::Leader {
+            epoch,
+            replicas,
+            learners,
+            storage,
+        } => {
             if let Err(error) = replication.set_view(topic, partition, epoch) {
                 tracing::error!("cannot lead partition {partition}: {error}");
                 shard
@@ -415,16 +607,19 @@ fn set_role(shard: &Rc<Shard>, replication: &Replication, topic: usize, partitio
             log.set_leader_epoch(epoch);
             *quorum = Quorum {
                 replicas,
+                learners,
                 leader: Some(replication.me.addr),
+                storage,
                 ends: HashMap::new(),
             };
+            state.start.store(log.next_offset(), Ordering::Release);
             state.epoch.store(epoch, Ordering::Release);
             state.role.store(LEADER, Ordering::Release);
             let visible = state.hwm().min(log.next_offset());
             log.set_commit_limit(Some(visible));
             peers.ownership.serve(topic, partition);
             tracing::info!(
-                topic = %replication.topics[topic].0,
+                topic = %replication.topics[topic].name,
                 partition,
                 "leading in epoch {epoch} from offset {}",
                 log.next_offset()
@@ -438,7 +633,9 @@ fn set_role(shard: &Rc<Shard>, replication: &Replication, topic: usize, partitio
             peers.ownership.fence(topic, partition);
             *quorum = Quorum {
                 replicas,
+                learners: Vec::new(),
                 leader: Some(leader),
+                storage: BTreeMap::new(),
                 ends: HashMap::new(),
             };
             state.epoch.store(epoch, Ordering::Release);
@@ -492,23 +689,36 @@ pub fn watch(peers: Weak<Peers>) {
         // Its identity as gossip has it now: a peer declared down and back, or leaving,
         // is a new run (`PeerId::bump`), and what it led before is chosen anew.
         let me = peers.cluster.view.get().me;
-        for (t, (name, partitions, replicas)) in replication.topics.iter().enumerate() {
-            if *replicas <= 1 {
+        for (t, topic) in replication.topics.iter().enumerate() {
+            if topic.replicas <= 1 {
                 continue;
             }
-            for p in 0..*partitions {
+            let name = &topic.name;
+            for p in 0..topic.partitions {
                 let promised = replication.state(t, p).promised.load(Ordering::Acquire);
                 let role = match metadata.assignment(name, p) {
                     Some(a) if a.epoch < promised => Role::None,
-                    Some(a) if a.leader == me.addr && a.leader_run == me.bump => Role::Leader {
-                        epoch: a.epoch,
-                        replicas: a.replicas.clone(),
-                    },
-                    Some(a) if a.leader != me.addr && a.replicas.contains(&me.addr) => Role::Follower {
-                        epoch: a.epoch,
-                        leader: a.leader,
-                        replicas: a.replicas.clone(),
-                    },
+                    Some(a)
+                        if a.leader == me.addr
+                            && (a.leader_run == me.bump || Some(a.leader_run) == replication.leaving()) =>
+                    {
+                        Role::Leader {
+                            epoch: a.epoch,
+                            replicas: a.replicas.clone(),
+                            learners: a.learners.clone(),
+                            storage: a.storage.clone(),
+                        }
+                    }
+                    Some(a)
+                        if a.leader != me.addr
+                            && (a.replicas.contains(&me.addr) || a.learners.contains(&me.addr)) =>
+                    {
+                        Role::Follower {
+                            epoch: a.epoch,
+                            leader: a.leader,
+                            replicas: a.replicas.clone(),
+                        }
+                    }
                     _ => Role::None,
                 };
                 if acted.get(&(t, p)) == Some(&role) {
@@ -536,8 +746,9 @@ pub fn watch(peers: Weak<Peers>) {
 }
 
 /// Fences this peer's replica of a partition with `epoch`: promises it, durably, then
-/// has its shard stop leading an older epoch; answers its view and end.
-pub fn fence(shared: &Shared, topic: usize, partition: u32, epoch: u32) -> Result<(u32, u64), String> {
+/// has its shard stop leading an older epoch; answers its view, end and high-water
+/// mark. With the current epoch, a look that changes nothing.
+pub fn fence(shared: &Shared, topic: usize, partition: u32, epoch: u32) -> Result<Fenced, String> {
     let peers = shared.peers.as_ref().ok_or("not in a cluster")?;
     if !peers.replication.promise(topic, partition, epoch)? {
         return Err(format!("this replica promised an epoch above {epoch} already"));
@@ -556,14 +767,18 @@ pub fn fence(shared: &Shared, topic: usize, partition: u32, epoch: u32) -> Resul
         .map_err(|_| "the shard did not answer the fence in time".to_string())
 }
 
-/// How many of a partition's replicas gossip shows alive, and how many a write needs.
+/// How many of a partition's replicas gossip shows alive on the data directory the
+/// metadata records for them, and how many a write needs.
 pub fn replicas_alive(peers: &Peers, state: &ReplicaState) -> (usize, usize) {
     let view = peers.cluster.view.get();
     let quorum = state.quorum();
     let alive = quorum
         .replicas
         .iter()
-        .filter(|r| view.member(**r).is_some())
+        .filter(|r| {
+            view.member(**r)
+                .is_some_and(|id| quorum.recorded(**r, id.storage))
+        })
         .count();
     (alive, quorum.replicas.len() / 2 + 1)
 }

@@ -50,9 +50,15 @@ impl DataPlane for PeerService {
         let (ack_tx, ack_rx) =
             flume::bounded::<(u64, ClientAck)>(crate::runtime::cluster::peers::LINK_IN_FLIGHT * 4);
         let acks_out = out_tx.clone();
+        let shared = Arc::clone(&self.shared);
         let acked = std::thread::Builder::new()
             .name("flowd-peer-ack".into())
             .spawn(move || {
+                let answered = || {
+                    if let Some(peers) = &shared.peers {
+                        peers.answering.fetch_sub(1, std::sync::atomic::Ordering::AcqRel);
+                    }
+                };
                 for (request, ack) in ack_rx.iter() {
                     let out = match ack {
                         Ok((_, first, next)) => {
@@ -60,7 +66,9 @@ impl DataPlane for PeerService {
                         }
                         Err(error) => error_frame(request, &error.into()),
                     };
-                    if acks_out.send(out).is_err() {
+                    let sent = acks_out.send(out);
+                    answered();
+                    if sent.is_err() {
                         return;
                     }
                 }
@@ -106,7 +114,7 @@ impl DataPlane for PeerService {
                     .map(|()| None),
                 Kind::FenceEpoch => self
                     .fence_epoch(&frame.body)
-                    .map(|(last_epoch, end)| Some((Kind::Fenced, wire::encode_fenced(last_epoch, end)))),
+                    .map(|fenced| Some((Kind::Fenced, wire::encode_fenced(fenced)))),
                 other => Err(ProtocolError::new(
                     ErrorCode::UnknownKind,
                     format!("a {other:?} frame on a data connection"),
@@ -210,7 +218,7 @@ impl PeerService {
             .map_err(|_| ProtocolError::from(EngineError::Stopping))
     }
 
-    fn fence_epoch(&self, body: &[u8]) -> Result<(u32, u64), ProtocolError> {
+    fn fence_epoch(&self, body: &[u8]) -> Result<wire::Fenced, ProtocolError> {
         let (name, partition, epoch) = wire::decode_fence(body).map_err(malformed)?;
         let (topic, _) = self.replicated(&name, partition)?;
         crate::runtime::cluster::replica::fence(&self.shared, topic, partition, epoch)
@@ -261,9 +269,16 @@ impl PeerService {
             Ack::Peer(acks.clone(), request),
         );
         let to = owner(partition, self.shared.shards);
-        self.shared.mesh.inboxes[topic][to]
-            .send(batch)
-            .map_err(|_| ProtocolError::from(EngineError::Stopping))?;
+        if let Some(peers) = &self.shared.peers {
+            peers.answering.fetch_add(1, std::sync::atomic::Ordering::AcqRel);
+        }
+        if self.shared.mesh.inboxes[topic][to].send(batch).is_err() {
+            // The batch (and its ack) went with the error: nobody answers it now.
+            if let Some(peers) = &self.shared.peers {
+                peers.answering.fetch_sub(1, std::sync::atomic::Ordering::AcqRel);
+            }
+            return Err(ProtocolError::from(EngineError::Stopping));
+        }
         Ok(Produced::Queued)
     }
 

@@ -122,6 +122,7 @@ fn peer_statuses(peers: &Peers) -> Vec<PeerStatus> {
         cores: view.me.cores,
         last_seen_ms: None,
         partitions: counts.get(&view.me.addr).copied().unwrap_or(0),
+        disk_full: view.me.full,
     };
     std::iter::once(me)
         .chain(view.others.iter().map(|m| {
@@ -136,6 +137,7 @@ fn peer_statuses(peers: &Peers) -> Vec<PeerStatus> {
                     .last_heard(m.id.addr)
                     .map(|at| at.elapsed().as_millis() as u64),
                 partitions: counts.get(&m.id.addr).copied().unwrap_or(0),
+                disk_full: m.id.full,
             }
         }))
         .collect()
