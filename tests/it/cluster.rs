@@ -2,7 +2,8 @@
 //! a SIGKILLed peer and take it back when it restarts, and never merge with a peer of
 //! another cluster id; records sent to any peer land in
 //! their owner's partition and a tail through any peer returns all of them; a word
-//! count on two peers counts what it counts on one.
+//! count on two peers counts what it counts on one. Each test runs replicated (the
+//! default) and with one copy (`replicas = 1`).
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::path::{Path, PathBuf};
@@ -26,9 +27,35 @@ fn example() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("dataflows/wordcount-cluster.toml")
 }
 
+thread_local! {
+    /// The copies the current test's peers keep of each partition: `None`, the default
+    /// (replicated, up to three copies); `Some(1)`, replication off.
+    static REPLICAS: std::cell::Cell<Option<u32>> = const { std::cell::Cell::new(None) };
+}
+
+/// Runs the rest of the current test with replication off (`[cluster] replicas = 1`).
+fn one_copy() {
+    REPLICAS.with(|r| r.set(Some(1)));
+}
+
+/// Whether the current test's topics are replicated.
+pub(crate) fn replicated() -> bool {
+    REPLICAS.with(|r| r.get()) != Some(1)
+}
+
+/// A dataflow's text with the current test's replica count.
+fn with_replicas(text: &str) -> String {
+    match REPLICAS.with(|r| r.get()) {
+        Some(n) => format!("{text}\n[cluster]\nreplicas = {n}\n"),
+        None => text.to_string(),
+    }
+}
+
 /// The example on free loopback ports, its data in `dir/name`, with `extra` flags.
 fn start(dir: &Path, name: &str, extra: &[&str]) -> Server {
-    start_file(&example(), dir, name, extra)
+    let file = dir.join("wordcount-cluster.toml");
+    std::fs::write(&file, with_replicas(&std::fs::read_to_string(example()).unwrap())).unwrap();
+    start_file(&file, dir, name, extra)
 }
 
 /// `file` on free loopback ports, its data in `dir/name`, with `extra` flags.
@@ -101,7 +128,6 @@ pub(crate) fn three_peers(dir: &Path) -> Vec<Server> {
     servers
 }
 
-#[test]
 fn peers_find_each_other_drop_a_killed_one_and_take_it_back() {
     let _serial = one_at_a_time();
     let dir = tempfile::tempdir().unwrap();
@@ -172,7 +198,6 @@ pub(crate) fn parse_tail(out: &str) -> Vec<(u64, String, String)> {
         .collect()
 }
 
-#[test]
 fn records_sent_to_any_peer_land_at_their_owner_and_tail_anywhere_returns_all() {
     let _serial = one_at_a_time();
     let dir = tempfile::tempdir().unwrap();
@@ -201,34 +226,42 @@ fn records_sent_to_any_peer_land_at_their_owner_and_tail_anywhere_returns_all() 
         assert_eq!(got.len(), 900, "a record twice or missing through {}", server.tcp);
         assert_eq!(got, expected, "through {}", server.tcp);
     }
-    // Each partition lives at exactly one peer (its owner), which holds all its records.
+    // Each partition lives at exactly one peer (its owner), or at as many as it has
+    // replicas, each holding all its records.
     let mut per_partition: HashMap<u64, u64> = HashMap::new();
     for (partition, _, _) in &expected {
         *per_partition.entry(*partition).or_default() += 1;
     }
-    let mut owned: HashMap<u64, u64> = HashMap::new();
-    for server in &servers {
-        let status = status(server);
-        let lines = status["topics"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .find(|t| t["name"] == "lines")
-            .unwrap();
-        for p in lines["partitions"].as_array().unwrap() {
-            let partition = p["partition"].as_u64().unwrap();
-            assert!(
-                owned
-                    .insert(partition, p["next_offset"].as_u64().unwrap())
-                    .is_none(),
-                "two owners"
-            );
-        }
-    }
-    assert_eq!(owned.len(), 4, "every partition has an owner: {owned:?}");
-    for (partition, count) in per_partition {
-        assert_eq!(owned[&partition], count, "partition {partition}");
-    }
+    let copies = if replicated() { 3 } else { 1 };
+    let mut held: HashMap<u64, Vec<u64>> = HashMap::new();
+    wait_until(
+        "every partition held whole by its owner or each of its replicas, by no other peer",
+        Duration::from_secs(30),
+        || {
+            held.clear();
+            for server in &servers {
+                let status = status(server);
+                let lines = status["topics"]
+                    .as_array()
+                    .unwrap()
+                    .iter()
+                    .find(|t| t["name"] == "lines")
+                    .unwrap();
+                for p in lines["partitions"].as_array().unwrap() {
+                    let next = p["next_offset"].as_u64().unwrap();
+                    if next > 0 {
+                        held.entry(p["partition"].as_u64().unwrap())
+                            .or_default()
+                            .push(next);
+                    }
+                }
+            }
+            held.len() == 4
+                && per_partition
+                    .iter()
+                    .all(|(p, count)| held[p].len() == copies && held[p].iter().all(|n| n == count))
+        },
+    );
 }
 
 /// The last count of every word in `counts`, once they add up to `words`.
@@ -244,7 +277,6 @@ fn counts(server: &Server, words: u64) -> BTreeMap<String, u64> {
     last
 }
 
-#[test]
 fn a_word_count_on_two_peers_counts_what_it_counts_on_one() {
     let _serial = one_at_a_time();
     let vocabulary = [
@@ -291,8 +323,10 @@ pub(crate) fn events_dataflow(dir: &Path) -> PathBuf {
     let file = dir.join("events.toml");
     std::fs::write(
         &file,
-        "[engine]\ndurability = \"group\"\n\n[ingest]\ntcp = \"127.0.0.1:0\"\n\n\
-         [[topic]]\nname = \"events\"\npartitions = 8\nsegment_bytes = \"64KiB\"\n",
+        with_replicas(
+            "[engine]\ndurability = \"group\"\n\n[ingest]\ntcp = \"127.0.0.1:0\"\n\n\
+             [[topic]]\nname = \"events\"\npartitions = 8\nsegment_bytes = \"64KiB\"\n",
+        ),
     )
     .unwrap();
     file
@@ -307,7 +341,8 @@ pub(crate) fn events_peer(dir: &Path, name: &str, seed: Option<&str>) -> Server 
 }
 
 /// Waits until each of the `partitions` of every topic is served by exactly one of
-/// `servers` (none still being copied in): reads through any of them then find them all.
+/// `servers` (none still being copied in, no replica set moving): reads through any of
+/// them then find them all.
 fn wait_settled(servers: &[&Server], partitions: usize) {
     wait_until("every partition served", Duration::from_secs(30), || {
         let mut served: BTreeMap<(String, u64), usize> = BTreeMap::new();
@@ -317,7 +352,11 @@ fn wait_settled(servers: &[&Server], partitions: usize) {
             for topic in status["topics"].as_array().unwrap() {
                 let name = topic["name"].as_str().unwrap().to_string();
                 for p in topic["partitions"].as_array().unwrap() {
-                    if p["standing"] == "serving" {
+                    // A replicated partition's leader serves it once no move is due.
+                    let r = &p["replica"];
+                    let placed = r.is_null()
+                        || (r["moving"] == false && r["learners"].as_array().is_none_or(|l| l.is_empty()));
+                    if p["standing"] == "serving" && placed {
                         *served
                             .entry((name.clone(), p["partition"].as_u64().unwrap()))
                             .or_default() += 1;
@@ -341,6 +380,21 @@ pub(crate) fn serving(server: &Server) -> usize {
         .iter()
         .flat_map(|t| t["partitions"].as_array().unwrap())
         .filter(|p| p["standing"] == "serving")
+        .count()
+}
+
+/// How many partitions `server` holds now: serves, or holds a replica of.
+pub(crate) fn holding(server: &Server) -> usize {
+    status(server)["topics"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .flat_map(|t| t["partitions"].as_array().unwrap())
+        .filter(|p| {
+            p["standing"] == "serving"
+                || p["replica"]["role"] == "leader"
+                || p["replica"]["role"] == "follower"
+        })
         .count()
 }
 
@@ -409,7 +463,6 @@ pub(crate) fn keyed_producer(
     })
 }
 
-#[test]
 fn peers_join_and_leave_while_a_producer_runs_and_every_acked_record_stays_once() {
     let _serial = one_at_a_time();
     use flowd::client::Client;
@@ -477,7 +530,7 @@ fn peers_join_and_leave_while_a_producer_runs_and_every_acked_record_stays_once(
         wait_all_alive(&all);
         // The joiner took its partitions over (with their records) before one leaves.
         wait_settled(&all, 8);
-        taken += serving(others.back().unwrap());
+        taken += holding(others.back().unwrap());
         seen = producing(seen);
         let mut leaving = others.pop_front().unwrap();
         let held: u64 = status(&leaving)["topics"][0]["partitions"]
@@ -541,7 +594,6 @@ fn peers_join_and_leave_while_a_producer_runs_and_every_acked_record_stays_once(
     );
 }
 
-#[test]
 fn a_stage_splits_each_line_once_while_its_input_partitions_move() {
     let _serial = one_at_a_time();
     let lines: Vec<String> = (0..600).map(|i| format!("w{i} x{i} y{}", i % 13)).collect();
@@ -560,7 +612,7 @@ fn a_stage_splits_each_line_once_while_its_input_partitions_move() {
     let mut second = peer(dir.path(), "b", "127.0.0.1:0", Some(&seed));
     wait_all_alive(&[&first, &second]);
     wait_settled(&[&first, &second], 4);
-    assert!(serving(&second) > 0, "partitions moved to the joining peer");
+    assert!(holding(&second) > 0, "partitions moved to the joining peer");
     let words_now = |server: &Server| tail(server, "words").len();
     wait_until("the first half split", Duration::from_secs(30), || {
         words_now(&first) == front.len() * 3
@@ -587,7 +639,6 @@ fn a_stage_splits_each_line_once_while_its_input_partitions_move() {
     assert_eq!(all, expected, "the words of every line, each once");
 }
 
-#[test]
 fn a_peer_sigkilled_while_a_producer_writes_through_another_loses_no_acked_record() {
     let _serial = one_at_a_time();
 
@@ -598,11 +649,16 @@ fn a_peer_sigkilled_while_a_producer_writes_through_another_loses_no_acked_recor
     let first = events_peer(dir.path(), "p1", None);
     let seed = first.peer.clone().unwrap();
     let mut second = events_peer(dir.path(), "p2", Some(&seed));
-    wait_all_alive(&[&first, &second]);
-    wait_settled(&[&first, &second], 8);
+    // Replicated, a partition survives a peer only if a majority of its copies do:
+    // three peers, three copies.
+    let third = replicated().then(|| events_peer(dir.path(), "p3", Some(&seed)));
+    let mut all = vec![&first, &second];
+    all.extend(third.as_ref());
+    wait_all_alive(&all);
+    wait_settled(&all, 8);
     assert!(
         serving(&second) > 0,
-        "the second peer owns partitions: the kill hits some"
+        "the second peer owns (leads) partitions: the kill hits some"
     );
 
     // Batches of 10 keyed records (over every partition) through the first peer, until
@@ -621,36 +677,41 @@ fn a_peer_sigkilled_while_a_producer_writes_through_another_loses_no_acked_recor
     second.kill9();
     let killed_at = progress.load(Ordering::Acquire);
     assert!(killed_at >= before, "the kill landed while the producer wrote");
-    // Once it is down, the first peer owns every partition and acks again.
-    wait_until("the first peer serves all eight", Duration::from_secs(30), || {
-        serving(&first) == 8
+    // Once it is down, the peers left own every partition and ack again.
+    let rest: Vec<&Server> = std::iter::once(&first).chain(third.as_ref()).collect();
+    wait_until("the peers left serve all eight", Duration::from_secs(30), || {
+        rest.iter().map(|s| serving(s)).sum::<usize>() == 8
     });
     producing(progress.load(Ordering::Acquire));
     stop.store(true, Ordering::Release);
     let (acked, failed) = producer.join().unwrap();
     for message in &failed {
-        // A batch in flight to the killed peer: refused, saying it may have been written.
+        // A batch in flight to the killed peer (or, replicated, to a leader whose
+        // quorum or leadership went with it): refused, saying it may have been written.
         assert!(
-            message.contains(second.peer.as_deref().unwrap())
+            (replicated() || message.contains(second.peer.as_deref().unwrap()))
                 && message.contains("may or may not have been written"),
             "a failed batch says why: {message}"
         );
     }
 
-    // Every acked record is somewhere, once: on the first peer (read through it) or on
-    // the killed one's disk (read by an engine of its own on its data dir).
+    // Every acked record is somewhere, once: on the peers left (read through the
+    // first) or, with one copy, on the killed one's disk (read by an engine of its own
+    // on its data dir).
     let mut seen: HashMap<String, usize> = HashMap::new();
     for (_, _, value) in tail(&first, "events") {
         *seen.entry(value).or_default() += 1;
     }
-    let alone = start_file(&events_dataflow(dir.path()), dir.path(), "p2", &[]);
-    for (_, _, value) in tail(&alone, "events") {
-        *seen.entry(value).or_default() += 1;
+    if !replicated() {
+        let alone = start_file(&events_dataflow(dir.path()), dir.path(), "p2", &[]);
+        for (_, _, value) in tail(&alone, "events") {
+            *seen.entry(value).or_default() += 1;
+        }
     }
     let lost: Vec<_> = acked.iter().filter(|v| !seen.contains_key(*v)).take(5).collect();
     assert!(
         lost.is_empty(),
-        "acked records on neither peer ({} of {}; {} batches failed): {lost:?}",
+        "acked records on no peer ({} of {}; {} batches failed): {lost:?}",
         acked.iter().filter(|v| !seen.contains_key(*v)).count(),
         acked.len(),
         failed.len()
@@ -658,3 +719,33 @@ fn a_peer_sigkilled_while_a_producer_writes_through_another_loses_no_acked_recor
     let twice: Vec<_> = seen.iter().filter(|(_, n)| **n > 1).take(5).collect();
     assert!(twice.is_empty(), "records written twice: {twice:?}");
 }
+
+/// Each test above twice: with the default (replicated: up to three copies of each
+/// partition, leaders chosen by the metadata group) and with `replicas = 1` (one copy,
+/// owners by gossip, hand-over by copy).
+macro_rules! both_ways {
+    ($($name:ident),* $(,)?) => {
+        mod replicated {
+            $(#[test]
+            fn $name() {
+                super::$name();
+            })*
+        }
+        mod one_copy {
+            $(#[test]
+            fn $name() {
+                super::one_copy();
+                super::$name();
+            })*
+        }
+    };
+}
+
+both_ways!(
+    peers_find_each_other_drop_a_killed_one_and_take_it_back,
+    records_sent_to_any_peer_land_at_their_owner_and_tail_anywhere_returns_all,
+    a_word_count_on_two_peers_counts_what_it_counts_on_one,
+    peers_join_and_leave_while_a_producer_runs_and_every_acked_record_stays_once,
+    a_stage_splits_each_line_once_while_its_input_partitions_move,
+    a_peer_sigkilled_while_a_producer_writes_through_another_loses_no_acked_record,
+);

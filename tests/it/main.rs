@@ -14,6 +14,7 @@ mod examples;
 mod exec;
 mod faults;
 mod fixture;
+mod healing;
 mod ingest;
 mod jobs;
 mod log;

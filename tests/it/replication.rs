@@ -2,6 +2,7 @@
 //! metadata group forms from one seed, elects a new leader when its leader is SIGKILLed,
 //! and takes the returning peer back as a voter.
 
+use std::collections::BTreeMap;
 use std::time::Duration;
 
 use serde_json::Value;
@@ -18,7 +19,7 @@ fn leader_of(server: &Server) -> Option<String> {
     group(server)["leader"].as_str().map(str::to_string)
 }
 
-fn voters(server: &Server) -> Vec<String> {
+pub(crate) fn voters(server: &Server) -> Vec<String> {
     let mut voters: Vec<String> = group(server)["voters"]
         .as_array()
         .unwrap()
@@ -105,7 +106,7 @@ fn the_metadata_group_forms_from_a_seed_survives_its_leader_and_takes_it_back() 
 
 /// Every record's value of `topic` through `server`, once every partition has a leader
 /// that answers (an election may still run after a pause: reads wait for it, bounded).
-fn tail_when_led(server: &Server, topic: &str) -> Vec<(u64, String, String)> {
+pub(crate) fn tail_when_led(server: &Server, topic: &str) -> Vec<(u64, String, String)> {
     let mut out = String::new();
     wait_until(
         "a tail through every partition's leader",
@@ -120,7 +121,7 @@ fn tail_when_led(server: &Server, topic: &str) -> Vec<(u64, String, String)> {
     crate::cluster::parse_tail(&out)
 }
 
-fn replicated_dataflow(dir: &std::path::Path) -> std::path::PathBuf {
+pub(crate) fn replicated_dataflow(dir: &std::path::Path) -> std::path::PathBuf {
     let file = dir.join("replicated.toml");
     std::fs::write(
         &file,
@@ -131,7 +132,7 @@ fn replicated_dataflow(dir: &std::path::Path) -> std::path::PathBuf {
     file
 }
 
-fn replicated_peer(dir: &std::path::Path, name: &str, at: &str, seed: Option<&str>) -> Server {
+pub(crate) fn replicated_peer(dir: &std::path::Path, name: &str, at: &str, seed: Option<&str>) -> Server {
     let mut extra = vec!["--peer-listen", at];
     if let Some(seed) = seed {
         extra.extend(["--seeds", seed]);
@@ -140,7 +141,7 @@ fn replicated_peer(dir: &std::path::Path, name: &str, at: &str, seed: Option<&st
 }
 
 /// `partition -> (role, epoch, next_offset, hwm)` as `server` sees its replicas.
-fn replicas(server: &Server) -> std::collections::BTreeMap<u64, (String, u64, u64, u64)> {
+pub(crate) fn replicas(server: &Server) -> std::collections::BTreeMap<u64, (String, u64, u64, u64)> {
     let status = status(server);
     let mut out = std::collections::BTreeMap::new();
     for topic in status["topics"].as_array().unwrap() {
@@ -184,7 +185,7 @@ fn some_leader(servers: &[Server]) -> (usize, u32) {
 }
 
 /// A record of `value`, with no key.
-fn record(value: &str) -> flowd::protocol::OwnedWireRecord {
+pub(crate) fn record(value: &str) -> flowd::protocol::OwnedWireRecord {
     flowd::protocol::OwnedWireRecord {
         timestamp_ms: None,
         key: None,
@@ -195,7 +196,7 @@ fn record(value: &str) -> flowd::protocol::OwnedWireRecord {
 
 /// Waits until each partition has exactly one leader among `servers`, the others
 /// following it in the same epoch.
-fn wait_led(servers: &[&Server]) {
+pub(crate) fn wait_led(servers: &[&Server]) {
     let started = std::time::Instant::now();
     loop {
         let views: Vec<_> = servers.iter().map(|s| replicas(s)).collect();
@@ -219,7 +220,7 @@ fn wait_led(servers: &[&Server]) {
 }
 
 /// Waits until each partition is led by exactly one of `servers`; returns how long.
-fn wait_led_by(servers: &[&Server]) -> Duration {
+pub(crate) fn wait_led_by(servers: &[&Server]) -> Duration {
     wait_until(
         "the peers left lead every partition",
         Duration::from_secs(30),
@@ -259,7 +260,6 @@ fn wait_replicated(servers: &[&Server]) {
 
 #[test]
 fn a_replicated_partition_loses_no_acked_record_when_its_leader_is_sigkilled() {
-    use std::collections::HashMap;
     use std::sync::Arc;
     use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 
@@ -319,32 +319,10 @@ fn a_replicated_partition_loses_no_acked_record_when_its_leader_is_sigkilled() {
     eprintln!("the producer's longest time without an ack: {gap:?}");
     stop.store(true, Ordering::Release);
     let (acked, failed) = producer.join().unwrap();
-    for message in &failed {
-        assert!(
-            message.contains("may or may not have been written")
-                || message.contains("unavailable")
-                || message.contains("moves"),
-            "a failed batch says why: {message}"
-        );
-    }
+    failures_say_why(&failed);
 
     // Every acked record once, read through either peer left.
-    for server in &rest {
-        let mut seen: HashMap<String, usize> = HashMap::new();
-        for (_, _, value) in tail_when_led(server, "events") {
-            *seen.entry(value).or_default() += 1;
-        }
-        let lost: Vec<_> = acked.iter().filter(|v| !seen.contains_key(*v)).take(5).collect();
-        assert!(
-            lost.is_empty(),
-            "acked records missing ({} of {}; {} batches failed): {lost:?}",
-            acked.iter().filter(|v| !seen.contains_key(*v)).count(),
-            acked.len(),
-            failed.len()
-        );
-        let twice: Vec<_> = seen.iter().filter(|(_, n)| **n > 1).take(5).collect();
-        assert!(twice.is_empty(), "records twice: {twice:?}");
-    }
+    each_acked_once(&rest, &acked, failed.len());
 
     // The killed peer returns with its data: it follows again and catches up.
     let back = servers[victim].peer.clone().unwrap();
@@ -354,7 +332,22 @@ fn a_replicated_partition_loses_no_acked_record_when_its_leader_is_sigkilled() {
     wait_replicated(&servers.iter().collect::<Vec<_>>());
 }
 
-fn signal(server: &Server, signal: i32) {
+/// Fifty records (`acked 0` ...), one per request, to `partition` through `server`;
+/// each must be acked. Their values.
+pub(crate) fn fifty_acked(server: &Server, partition: u32) -> Vec<String> {
+    let mut client = flowd::client::Client::connect(&server.tcp).unwrap();
+    (0..50)
+        .map(|i| {
+            let value = format!("acked {i}");
+            client
+                .produce_batch("events", Some(partition), &[record(&value)])
+                .unwrap();
+            value
+        })
+        .collect()
+}
+
+pub(crate) fn signal(server: &Server, signal: i32) {
     // SAFETY: kill(2) on our own child's pid; no memory is touched.
     unsafe { libc::kill(server.pid() as libc::pid_t, signal) };
 }
@@ -424,8 +417,6 @@ fn a_leader_cut_off_from_its_replicas_acks_nothing_and_goes_on_once_they_are_bac
 
 #[test]
 fn the_new_leader_is_the_replica_holding_every_acked_record_not_a_lagging_one() {
-    use flowd::client::Client;
-
     let _serial = one_at_a_time();
     let dir = tempfile::tempdir().unwrap();
     let mut servers = three_replicated(dir.path());
@@ -434,15 +425,7 @@ fn the_new_leader_is_the_replica_holding_every_acked_record_not_a_lagging_one() 
 
     // One follower paused: the leader and the other still make a quorum, and ack.
     signal(&servers[lags], libc::SIGSTOP);
-    let mut client = Client::connect(&servers[leader].tcp).unwrap();
-    let mut acked = Vec::new();
-    for i in 0..50 {
-        let value = format!("acked {i}");
-        client
-            .produce_batch("events", Some(partition), &[record(&value)])
-            .unwrap();
-        acked.push(value);
-    }
+    let acked = fifty_acked(&servers[leader], partition);
     let lagging_end = replicas(&servers[keeps_up])[&u64::from(partition)].2;
     assert!(lagging_end >= 50, "the follower that kept up holds them");
 
@@ -473,4 +456,202 @@ fn the_new_leader_is_the_replica_holding_every_acked_record_not_a_lagging_one() 
         lost, "[]",
         "acked records lost in the failover (not readable within 30 s)"
     );
+}
+
+/// A partition's epoch, replicas and learners as its leader sees them.
+pub(crate) type Set = (u64, Vec<String>, Vec<String>);
+
+/// `partition -> set` as the peer among `servers` that leads it sees it, for each
+/// partition exactly one of them leads.
+pub(crate) fn sets_by_leaders(servers: &[&Server]) -> BTreeMap<u64, Set> {
+    let strings = |v: &Value| -> Vec<String> {
+        let mut out: Vec<String> = v
+            .as_array()
+            .map(|a| a.iter().map(|s| s.as_str().unwrap().to_string()).collect())
+            .unwrap_or_default();
+        out.sort();
+        out
+    };
+    let mut led: BTreeMap<u64, Vec<Set>> = BTreeMap::new();
+    for server in servers {
+        for topic in status(server)["topics"].as_array().unwrap() {
+            for p in topic["partitions"].as_array().unwrap() {
+                let r = &p["replica"];
+                if r["role"] == "leader" {
+                    led.entry(p["partition"].as_u64().unwrap()).or_default().push((
+                        r["epoch"].as_u64().unwrap(),
+                        strings(&r["replicas"]),
+                        strings(&r["learners"]),
+                    ));
+                }
+            }
+        }
+    }
+    led.into_iter()
+        .filter(|(_, leaders)| leaders.len() == 1)
+        .map(|(p, mut leaders)| (p, leaders.pop().unwrap()))
+        .collect()
+}
+
+/// Whether each of the 8 partitions is led by exactly one of `servers`, with `n`
+/// replicas, all among `servers` and following in the leader's epoch, and no move
+/// under way.
+pub(crate) fn settled(servers: &[&Server], n: usize) -> bool {
+    let sets = sets_by_leaders(servers);
+    if sets.len() != 8 {
+        return false;
+    }
+    let views: BTreeMap<String, _> = servers
+        .iter()
+        .map(|s| (s.peer.clone().unwrap(), replicas(s)))
+        .collect();
+    sets.iter().all(|(p, (epoch, members, learners))| {
+        members.len() == n
+            && learners.is_empty()
+            && members.iter().all(|m| {
+                views
+                    .get(m)
+                    .and_then(|v| v.get(p))
+                    .is_some_and(|r| (r.0 == "leader" || r.0 == "follower") && r.1 == *epoch)
+            })
+    })
+}
+
+#[test]
+fn replica_sets_move_onto_a_joining_peer_and_off_a_leaving_one_losing_no_acked_record() {
+    let _serial = one_at_a_time();
+    let dir = tempfile::tempdir().unwrap();
+    let [mut first, second, third] = three_replicated(dir.path());
+    let seed = first.peer.clone().unwrap();
+    let producer = Producing::start(&second.tcp);
+    let mut seen = producer.goes_on(0);
+
+    // A fourth peer joins: rendezvous over four peers puts it in some of the eight
+    // partitions' sets; each moves once the joiner's copy caught up.
+    let fourth = replicated_peer(dir.path(), "p4", "127.0.0.1:0", Some(&seed));
+    let joined = fourth.peer.clone().unwrap();
+    let all = [&first, &second, &third, &fourth];
+    wait_until(
+        "partitions moved onto the joining peer, each led once with three replicas",
+        Duration::from_secs(90),
+        || {
+            settled(&all, 3)
+                && sets_by_leaders(&all)
+                    .values()
+                    .any(|(_, members, _)| members.contains(&joined))
+        },
+    );
+    let gained = sets_by_leaders(&all)
+        .values()
+        .filter(|(_, members, _)| members.contains(&joined))
+        .count();
+    eprintln!("the joining peer holds a replica of {gained} of 8 partitions");
+    seen = producer.goes_on(seen);
+
+    // The first leaves gracefully: its replicas move onto the three that stay before it
+    // exits, while the producer writes.
+    let left = first.peer.clone().unwrap();
+    assert_eq!(
+        first.terminate(Duration::from_secs(60)),
+        Some(true),
+        "the leaving peer exits cleanly once its replicas moved"
+    );
+    let rest = [&second, &third, &fourth];
+    wait_until(
+        "every partition led by the peers that stay, three replicas each",
+        Duration::from_secs(60),
+        || settled(&rest, 3),
+    );
+    assert!(
+        sets_by_leaders(&rest)
+            .values()
+            .all(|(_, members, _)| !members.contains(&left)),
+        "a replica set still counts the peer that left"
+    );
+    producer.goes_on(seen);
+    let (acked, failed) = producer.finish();
+    eprintln!(
+        "{} records acked, {} batches refused during the moves",
+        acked.len(),
+        failed.len()
+    );
+
+    // The joiner's copies are whole: every replica of every partition ends where its
+    // leader's does, and every acked record is there once through each peer.
+    wait_replicated(&rest);
+    each_acked_once(&rest, &acked, failed.len());
+}
+
+/// Every batch a producer was refused says why: not written, or may or may not be.
+/// A keyed producer (`cluster::keyed_producer`, a batch every millisecond) through one
+/// peer, while a test changes the cluster under it.
+pub(crate) struct Producing {
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    progress: std::sync::Arc<std::sync::atomic::AtomicU64>,
+    thread: std::thread::JoinHandle<(Vec<String>, Vec<String>)>,
+}
+
+impl Producing {
+    pub(crate) fn start(tcp: &str) -> Producing {
+        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let progress = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(0));
+        let thread = crate::cluster::keyed_producer(tcp, &stop, &progress, Duration::from_millis(1));
+        Producing {
+            stop,
+            progress,
+            thread,
+        }
+    }
+
+    /// Waits until 300 more records than `since` are acked; returns how many are.
+    pub(crate) fn goes_on(&self, since: u64) -> u64 {
+        use std::sync::atomic::Ordering;
+        wait_until("the producer goes on", Duration::from_secs(60), || {
+            self.progress.load(Ordering::Acquire) >= since + 300
+        });
+        self.progress.load(Ordering::Acquire)
+    }
+
+    /// Stops it: the values acked, and why each failed batch failed (each says why).
+    pub(crate) fn finish(self) -> (Vec<String>, Vec<String>) {
+        self.stop.store(true, std::sync::atomic::Ordering::Release);
+        let (acked, failed) = self.thread.join().unwrap();
+        failures_say_why(&failed);
+        (acked, failed)
+    }
+}
+
+pub(crate) fn failures_say_why(failed: &[String]) {
+    for message in failed {
+        assert!(
+            message.contains("may or may not have been written")
+                || message.contains("unavailable")
+                || message.contains("moves"),
+            "a failed batch says why: {message}"
+        );
+    }
+}
+
+/// Through each of `servers`, every `acked` value of "events" is there exactly once.
+pub(crate) fn each_acked_once(servers: &[&Server], acked: &[String], failed: usize) {
+    for server in servers {
+        let mut seen: std::collections::HashMap<String, usize> = std::collections::HashMap::new();
+        for (_, _, value) in tail_when_led(server, "events") {
+            *seen.entry(value).or_default() += 1;
+        }
+        let lost: Vec<_> = acked.iter().filter(|v| !seen.contains_key(*v)).take(5).collect();
+        assert!(
+            lost.is_empty(),
+            "acked records missing through {} ({} of {}; {failed} batches failed): {lost:?}",
+            server.tcp,
+            acked.iter().filter(|v| !seen.contains_key(*v)).count(),
+            acked.len()
+        );
+        let twice: Vec<_> = seen.iter().filter(|(_, n)| **n > 1).take(5).collect();
+        assert!(
+            twice.is_empty(),
+            "records twice through {}: {twice:?}",
+            server.tcp
+        );
+    }
 }

@@ -1,0 +1,595 @@
+//! Replicas that heal themselves, peers as separate processes on loopback: a peer dead
+//! for good is replaced after `--replace-after` (its replicas copied to live peers, its
+//! vote given to one), and a peer back on an empty data directory is a new, empty
+//! member that is never counted for what it no longer holds.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+use flowd::client::Client;
+
+use crate::cluster::{one_at_a_time, status};
+use crate::ingest::Server;
+use crate::replication::{
+    Producing, each_acked_once, fifty_acked, record, replicas, replicated_dataflow, sets_by_leaders, settled,
+    signal, tail_when_led, voters, wait_led, wait_led_by,
+};
+use crate::support::{Tmpfs, stays, wait_until};
+
+/// A peer of the replicated dataflow (`replicas = 3`, 8 partitions) that replaces a
+/// peer down for `replace_after`.
+fn healing_peer(
+    dir: &std::path::Path,
+    name: &str,
+    at: &str,
+    seed: Option<&str>,
+    replace_after: &str,
+) -> Server {
+    let mut extra = vec!["--peer-listen", at, "--replace-after", replace_after];
+    if let Some(seed) = seed {
+        extra.extend(["--seeds", seed]);
+    }
+    crate::cluster::start_file(&replicated_dataflow(dir), dir, name, &extra)
+}
+
+/// `(partition, replica, state, seconds until replaced)` of every replica `server`
+/// says does not hold its copy.
+fn absent(server: &Server) -> Vec<(u64, String, String, Option<u64>)> {
+    let mut out = Vec::new();
+    for topic in status(server)["topics"].as_array().unwrap() {
+        for p in topic["partitions"].as_array().unwrap() {
+            for a in p["replica"]["absent"].as_array().into_iter().flatten() {
+                out.push((
+                    p["partition"].as_u64().unwrap(),
+                    a["replica"].as_str().unwrap().to_string(),
+                    a["state"].as_str().unwrap().to_string(),
+                    a["replaced_in_secs"].as_u64(),
+                ));
+            }
+        }
+    }
+    out
+}
+
+/// Waits until every `acked` value reads through each of `servers`: a new leader's
+/// high-water mark passes what its predecessor acked once a quorum of its own view
+/// holds it, bounded, not at once.
+fn readable(servers: &[&Server], acked: &[String]) {
+    wait_until(
+        "every acked record readable through the peers left",
+        Duration::from_secs(30),
+        || {
+            servers.iter().all(|s| {
+                let values: std::collections::HashSet<String> = tail_when_led(s, "events")
+                    .into_iter()
+                    .map(|(_, _, v)| v)
+                    .collect();
+                acked.iter().all(|v| values.contains(v))
+            })
+        },
+    );
+}
+
+fn peer_of(server: &Server) -> String {
+    server.peer.clone().unwrap()
+}
+
+#[test]
+fn a_peer_dead_for_good_is_replaced_and_a_second_death_then_loses_no_acked_record() {
+    let _serial = one_at_a_time();
+    let dir = tempfile::tempdir().unwrap();
+    let grace = "6s";
+    let mut first = healing_peer(dir.path(), "p1", "127.0.0.1:0", None, grace);
+    let seed = peer_of(&first);
+    let mut second = healing_peer(dir.path(), "p2", "127.0.0.1:0", Some(&seed), grace);
+    let third = healing_peer(dir.path(), "p3", "127.0.0.1:0", Some(&seed), grace);
+    wait_led(&[&first, &second, &third]);
+    wait_until("three voters", Duration::from_secs(30), || {
+        voters(&third).len() == 3
+    });
+
+    let producer = Producing::start(&second.tcp);
+    let seen = producer.goes_on(0);
+
+    // The first peer dies for good. Until the grace period ends its replicas are waited
+    // for, and status counts down.
+    let dead = peer_of(&first);
+    first.kill9();
+    let killed = Instant::now();
+    wait_until(
+        "status says the dead peer's replicas are down and when they are replaced",
+        Duration::from_secs(10),
+        || {
+            absent(&second)
+                .iter()
+                .any(|(_, r, state, left)| *r == dead && state == "down" && left.is_some_and(|l| l <= 6))
+        },
+    );
+    // A fourth peer joins; once the grace period is over every partition is back at
+    // three replicas on the live peers, the dead one in none of them.
+    let fourth = healing_peer(dir.path(), "p4", "127.0.0.1:0", Some(&peer_of(&second)), grace);
+    let live = [&second, &third, &fourth];
+    wait_until(
+        "every partition back at three replicas on the live peers",
+        Duration::from_secs(120),
+        || {
+            settled(&live, 3)
+                && sets_by_leaders(&live)
+                    .values()
+                    .all(|(_, members, _)| !members.contains(&dead))
+        },
+    );
+    let healed = killed.elapsed();
+    let copied: u64 = replicas(&fourth).values().map(|r| r.2).sum();
+    let copying = healed
+        .saturating_sub(Duration::from_secs(6))
+        .as_secs_f64()
+        .max(0.001);
+    eprintln!(
+        "fully replicated again {:.1} s after the kill (grace 6 s); the new peer holds {copied} records, about {:.0} records/s copied after the grace",
+        healed.as_secs_f64(),
+        copied as f64 / copying
+    );
+    wait_until(
+        "the metadata group's voters are three live peers",
+        Duration::from_secs(30),
+        || {
+            let voters = voters(&third);
+            voters.len() == 3 && !voters.contains(&dead)
+        },
+    );
+    producer.goes_on(seen);
+    let (acked, failed) = producer.finish();
+
+    // A second peer dies for good: the two left hold a majority of every set and of the
+    // metadata group; they lead every partition, take writes, and lose nothing.
+    second.kill9();
+    let rest = [&third, &fourth];
+    wait_led_by(&rest);
+    let mut client = Client::connect(&third.tcp).unwrap();
+    let mut after = false;
+    for _ in 0..300 {
+        if client
+            .produce("events", &[record("after the second death")])
+            .is_ok()
+        {
+            after = true;
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert!(after, "the two peers left take writes");
+    readable(&rest, &acked);
+    each_acked_once(&rest, &acked, failed.len());
+    eprintln!("{} records acked, {} batches refused", acked.len(), failed.len());
+}
+
+#[test]
+fn a_peer_back_on_an_empty_data_directory_is_not_counted_until_it_copied_its_replicas_back() {
+    let _serial = one_at_a_time();
+    let dir = tempfile::tempdir().unwrap();
+    let grace = "10m";
+    let names = ["p1", "p2", "p3", "p4", "p5"];
+    let mut servers: Vec<Server> = Vec::new();
+    for name in names {
+        let seed = servers.first().map(peer_of);
+        servers.push(healing_peer(
+            dir.path(),
+            name,
+            "127.0.0.1:0",
+            seed.as_deref(),
+            grace,
+        ));
+    }
+    wait_until(
+        "every partition led once with three replicas",
+        Duration::from_secs(60),
+        || settled(&servers.iter().collect::<Vec<_>>(), 3),
+    );
+    let index_of = |servers: &[Server], addr: &str| servers.iter().position(|s| peer_of(s) == addr).unwrap();
+    let sets = sets_by_leaders(&servers.iter().collect::<Vec<_>>());
+    let (&partition, (_, members, _)) = sets.iter().next().unwrap();
+    let leader = (0..5)
+        .find(|&i| {
+            replicas(&servers[i])
+                .get(&partition)
+                .is_some_and(|r| r.0 == "leader")
+        })
+        .unwrap();
+    let followers: Vec<usize> = members
+        .iter()
+        .map(|m| index_of(&servers, m))
+        .filter(|&i| i != leader)
+        .collect();
+    let (lags, holds) = (followers[0], followers[1]);
+
+    // One follower paused: the leader and the other ack; the paused one lags.
+    signal(&servers[lags], libc::SIGSTOP);
+    let acked = fifty_acked(&servers[leader], partition as u32);
+    // Both copies that hold them go: the follower dies, the leader comes back on an
+    // empty data directory under its old address, and the lagging one resumes.
+    servers[holds].kill9();
+    servers[leader].kill9();
+    std::fs::remove_dir_all(dir.path().join(names[leader])).unwrap();
+    signal(&servers[lags], libc::SIGCONT);
+    let leader_addr = peer_of(&servers[leader]);
+    let seed = peer_of(&servers[lags]);
+    servers[leader] = healing_peer(dir.path(), names[leader], &leader_addr, Some(&seed), grace);
+
+    // The lagging copy and the empty one must not make a majority: a leader chosen from
+    // them would lack the acked records. The partition waits for the copy that holds
+    // them.
+    let up: Vec<&Server> = (0..5).filter(|&i| i != holds).map(|i| &servers[i]).collect();
+    wait_until(
+        "the emptied peer is seen for what it is",
+        Duration::from_secs(30),
+        || {
+            absent(&servers[lags])
+                .iter()
+                .any(|(p, r, state, _)| *p == partition && *r == leader_addr && state == "emptied")
+        },
+    );
+    stays(
+        "no peer leads the partition while only the lagging and the emptied copy are up",
+        Duration::from_secs(5),
+        || {
+            up.iter()
+                .all(|s| replicas(s).get(&partition).is_none_or(|r| r.0 != "leader"))
+        },
+    );
+
+    // The copy that holds them comes back: it leads, and the emptied peer copies its
+    // replicas back and is counted again (no replica anywhere is absent).
+    let holds_addr = peer_of(&servers[holds]);
+    servers[holds] = healing_peer(dir.path(), names[holds], &holds_addr, Some(&seed), grace);
+    let every: Vec<&Server> = servers.iter().collect();
+    wait_until(
+        "every partition led with three replicas, the emptied peer's copied back",
+        Duration::from_secs(120),
+        || settled(&every, 3) && every.iter().all(|s| absent(s).is_empty()),
+    );
+    assert!(
+        sets_by_leaders(&every)[&partition].1.contains(&leader_addr),
+        "the emptied peer is a replica of its partition again"
+    );
+    each_acked_once(&every, &acked, 0);
+}
+
+/// `partition -> why` of every copy `server` says is damaged.
+fn damaged(server: &Server) -> BTreeMap<u64, String> {
+    let mut out = BTreeMap::new();
+    for topic in status(server)["topics"].as_array().unwrap() {
+        for p in topic["partitions"].as_array().unwrap() {
+            if let Some(why) = p["replica"]["damaged"].as_str() {
+                out.insert(p["partition"].as_u64().unwrap(), why.to_string());
+            }
+        }
+    }
+    out
+}
+
+#[test]
+fn a_flipped_bit_and_a_truncated_segment_on_one_replica_are_repaired_from_the_others() {
+    let _serial = one_at_a_time();
+    let dir = tempfile::tempdir().unwrap();
+    let grace = "5m";
+    let first = healing_peer(dir.path(), "p1", "127.0.0.1:0", None, grace);
+    let seed = peer_of(&first);
+    let second = healing_peer(dir.path(), "p2", "127.0.0.1:0", Some(&seed), grace);
+    let mut third = healing_peer(dir.path(), "p3", "127.0.0.1:0", Some(&seed), grace);
+    wait_led(&[&first, &second, &third]);
+
+    // Enough records that partitions 0 and 1 fill several 64 KiB segments everywhere.
+    let mut client = Client::connect(&first.tcp).unwrap();
+    let mut acked = Vec::new();
+    for batch in 0..200 {
+        for partition in [0u32, 1] {
+            let values: Vec<String> = (0..20)
+                .map(|i| format!("p{partition}-{batch}-{i}-{}", "x".repeat(80)))
+                .collect();
+            let records: Vec<_> = values.iter().map(|v| record(v)).collect();
+            client.produce_batch("events", Some(partition), &records).unwrap();
+            acked.extend(values);
+        }
+    }
+    let copies = [&first, &second, &third];
+    wait_until("every copy holds every record", Duration::from_secs(30), || {
+        copies.iter().all(|s| {
+            let r = replicas(s);
+            r[&0].2 == 4000 && r[&1].2 == 4000
+        })
+    });
+
+    // The third peer stops; on its disk a bit flips in partition 0's first segment, and
+    // partition 1's first segment loses its second half. Both are sealed: synced long
+    // before.
+    third.kill9();
+    let partition_dir = |p: u32| {
+        dir.path()
+            .join("p3")
+            .join("topics")
+            .join("events")
+            .join(p.to_string())
+    };
+    let first_segment = |p: u32| partition_dir(p).join("00000000000000000000.seg");
+    let mut bytes = std::fs::read(first_segment(0)).unwrap();
+    bytes[20_000] ^= 0x10;
+    std::fs::write(first_segment(0), &bytes).unwrap();
+    let len = std::fs::metadata(first_segment(1)).unwrap().len();
+    std::fs::OpenOptions::new()
+        .write(true)
+        .open(first_segment(1))
+        .unwrap()
+        .set_len(len / 2)
+        .unwrap();
+
+    // It starts, sets the damaged partitions aside, counts them nowhere, and copies them
+    // again from the others until it holds every acked record.
+    let third = healing_peer(dir.path(), "p3", &peer_of(&third), Some(&seed), grace);
+    let reported = damaged(&third);
+    let all = [&first, &second, &third];
+    wait_until(
+        "the damaged copies are whole again and every partition led with its replicas",
+        Duration::from_secs(60),
+        || damaged(&third).is_empty() && settled(&all, 3),
+    );
+    eprintln!("damaged at start, as status said: {reported:?}");
+    let (code, out, err) =
+        crate::ingest::run_cli(&["inspect", &dir.path().join("p3").display().to_string()], "");
+    assert_eq!(code, 0, "{out}{err}");
+    let repaired: Vec<&str> = out.lines().filter(|l| l.starts_with("repaired:")).collect();
+    assert_eq!(repaired.len(), 2, "inspect names both repaired partitions: {out}");
+    assert!(
+        repaired.iter().any(|l| l.contains("partition 0"))
+            && repaired.iter().any(|l| l.contains("partition 1")),
+        "{out}"
+    );
+    wait_until(
+        "the repaired copy ends where the others do",
+        Duration::from_secs(30),
+        || {
+            all.iter().all(|s| {
+                let r = replicas(s);
+                r[&0].2 == 4000 && r[&1].2 == 4000
+            })
+        },
+    );
+    each_acked_once(&all, &acked, 0);
+
+    // Counted again: with the repaired copy and one other, every acked record survives
+    // the death of the third copy.
+    let mut first = first;
+    first.kill9();
+    wait_led_by(&[&second, &third]);
+    readable(&[&second, &third], &acked);
+    each_acked_once(&[&second, &third], &acked, 0);
+}
+
+/// The copy rate of a replacement and what it does to a producer's latency: 3 peers
+/// with about 200 MB, one killed for good, a fourth copies its share. Run by
+/// `scripts/heal-bench.sh` (release build); `FLOWD_HEAL_BENCH_RATE` sets `--copy-rate`.
+#[test]
+#[ignore = "a benchmark: scripts/heal-bench.sh"]
+fn heal_bench() {
+    let _serial = one_at_a_time();
+    let dir = tempfile::tempdir().unwrap();
+    let rate = std::env::var("FLOWD_HEAL_BENCH_RATE").unwrap_or_else(|_| "20MiB".into());
+    let mb: usize = std::env::var("FLOWD_HEAL_BENCH_MB")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(200);
+    let file = dir.path().join("bench.toml");
+    std::fs::write(
+        &file,
+        "[engine]\ndurability = \"group\"\n\n[ingest]\ntcp = \"127.0.0.1:0\"\n\n[cluster]\nreplicas = 3\n\n\
+         [[topic]]\nname = \"events\"\npartitions = 8\n",
+    )
+    .unwrap();
+    let peer = |name: &str, seed: Option<&str>| {
+        let mut extra = vec![
+            "--peer-listen",
+            "127.0.0.1:0",
+            "--replace-after",
+            "2s",
+            "--copy-rate",
+            &rate,
+        ];
+        if let Some(seed) = seed {
+            extra.extend(["--seeds", seed]);
+        }
+        crate::cluster::start_file(&file, dir.path(), name, &extra)
+    };
+    let mut first = peer("p1", None);
+    let seed = peer_of(&first);
+    let second = peer("p2", Some(&seed));
+    let third = peer("p3", Some(&seed));
+    wait_led(&[&first, &second, &third]);
+
+    // About `mb` MB of 1000-byte records, through the second peer.
+    let mut client = Client::connect(&second.tcp).unwrap();
+    let value = "x".repeat(1000);
+    let loaded = Instant::now();
+    for batch in 0..mb * 10 {
+        let records: Vec<_> = (0..100).map(|_| record(&value)).collect();
+        client
+            .produce_batch("events", Some((batch % 8) as u32), &records)
+            .unwrap();
+    }
+    eprintln!("loaded {mb} MB in {:.1} s", loaded.elapsed().as_secs_f64());
+
+    // A probe: one record at a time to partition 0 through the third peer, its latency.
+    let stop = Arc::new(AtomicBool::new(false));
+    let probe_start = Instant::now();
+    let probe_clock = probe_start;
+    let probe = {
+        let (tcp, stop) = (third.tcp.clone(), Arc::clone(&stop));
+        std::thread::spawn(move || {
+            let mut client = Client::connect(&tcp).unwrap();
+            let started = probe_start;
+            let mut samples = Vec::new();
+            while !stop.load(Ordering::Acquire) {
+                let at = Instant::now();
+                let ok = client.produce("events", &[record("probe")]).is_ok();
+                samples.push((at.duration_since(started), at.elapsed(), ok));
+                std::thread::sleep(Duration::from_millis(5));
+            }
+            samples
+        })
+    };
+    std::thread::sleep(Duration::from_secs(3));
+    first.kill9();
+    let killed = Instant::now();
+    let fourth = peer("p4", Some(&peer_of(&second)));
+    let live = [&second, &third, &fourth];
+    // The copy begins once the grace is over; it ends when every set is whole again.
+    // The copy: from the first byte the new peer holds to every set whole again.
+    let bytes_on = |server: &Server| -> u64 {
+        status(server)["topics"][0]["partitions"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|p| p["bytes"].as_u64().unwrap_or(0))
+            .sum()
+    };
+    let empty = bytes_on(&fourth);
+    let mut first_byte = None;
+    wait_until(
+        "every partition back at three replicas",
+        Duration::from_secs(600),
+        || {
+            if first_byte.is_none() && bytes_on(&fourth) > empty {
+                first_byte = Some(probe_clock.elapsed());
+            }
+            settled(&live, 3)
+        },
+    );
+    let whole = probe_clock.elapsed();
+    let killed = killed.duration_since(probe_start);
+    std::thread::sleep(Duration::from_secs(1));
+    stop.store(true, Ordering::Release);
+    let samples = probe.join().unwrap();
+    let copied = bytes_on(&fourth) - empty;
+    let quantiles = |from: Duration, to: Duration| {
+        let mut lat: Vec<Duration> = samples
+            .iter()
+            .filter(|(at, _, ok)| *ok && *at >= from && *at < to)
+            .map(|(_, l, _)| *l)
+            .collect();
+        lat.sort();
+        if lat.is_empty() {
+            return "no samples".to_string();
+        }
+        let q = |f: f64| lat[((lat.len() - 1) as f64 * f) as usize];
+        format!(
+            "p50 {:?}, p99 {:?}, max {:?} ({} acks)",
+            q(0.5),
+            q(0.99),
+            lat[lat.len() - 1],
+            lat.len()
+        )
+    };
+    let began = first_byte.unwrap_or(whole);
+    let copying = (whole - began).as_secs_f64().max(0.001);
+    eprintln!(
+        "copy rate {rate}: the copy began {:.1} s after the kill and every set was whole {:.1} s after it; \
+         {:.0} MB copied in {copying:.1} s, {:.1} MB/s\nprobe before the kill: {}\nprobe during the copy: {}",
+        (began - killed).as_secs_f64(),
+        (whole - killed).as_secs_f64(),
+        copied as f64 / 1e6,
+        copied as f64 / 1e6 / copying,
+        quantiles(Duration::ZERO, killed),
+        quantiles(began, whole),
+    );
+}
+
+fn disk_full(server: &Server) -> bool {
+    status(server)["peers"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .any(|p| p["me"] == true && p["disk_full"] == true)
+}
+
+#[test]
+fn a_leader_whose_disk_fills_up_hands_over_its_leadership_serves_reads_and_takes_writes_again() {
+    let _serial = one_at_a_time();
+    let dir = tempfile::tempdir().unwrap();
+    let grace = "5m";
+    // The first peer's partitions live on a disk of 1 MiB (8 partitions take 512 KiB
+    // of segments at once).
+    let disk = Tmpfs::mount(&dir.path().join("p1").join("topics"), "1M");
+    let first = healing_peer(dir.path(), "p1", "127.0.0.1:0", None, grace);
+    let seed = peer_of(&first);
+    let second = healing_peer(dir.path(), "p2", "127.0.0.1:0", Some(&seed), grace);
+    let third = healing_peer(dir.path(), "p3", "127.0.0.1:0", Some(&seed), grace);
+    wait_led(&[&first, &second, &third]);
+    let partition = *replicas(&first)
+        .iter()
+        .find(|(_, r)| r.0 == "leader")
+        .expect("the first peer leads some partition")
+        .0 as u32;
+
+    // Writes through the second peer until the first's disk is full, then on: its
+    // leadership moves to a peer with room and acks go on.
+    let mut client = Client::connect(&second.tcp).unwrap();
+    let (mut acked, mut refused, mut after) = (Vec::new(), Vec::new(), 0);
+    let started = Instant::now();
+    for batch in 0..5000 {
+        let values: Vec<String> = (0..20)
+            .map(|i| format!("{batch}-{i}-{}", "x".repeat(1000)))
+            .collect();
+        let records: Vec<_> = values.iter().map(|v| record(v)).collect();
+        match client.produce_batch("events", Some(partition), &records) {
+            Ok(_) => {
+                acked.extend(values);
+                if !refused.is_empty() {
+                    after += 1;
+                }
+            }
+            Err(flowd::client::ClientError::Server { message, .. }) => {
+                refused.push(message);
+                std::thread::sleep(Duration::from_millis(50));
+            }
+            Err(other) => panic!("the producer lost its connection: {other}"),
+        }
+        if after >= 50 || started.elapsed() > Duration::from_secs(90) {
+            break;
+        }
+    }
+    eprintln!(
+        "{} records acked, {} batches refused while the leadership moved, {after} batches acked after",
+        acked.len(),
+        refused.len()
+    );
+    assert!(!refused.is_empty(), "the disk never filled up");
+    assert!(
+        refused.iter().any(|m| m.contains("is full")),
+        "a refusal says the disk is full: {refused:?}"
+    );
+    assert!(
+        after >= 50,
+        "writes were not taken again after the disk filled up: {refused:?}"
+    );
+    assert!(disk_full(&first), "the full peer says so in its status");
+    assert_ne!(
+        replicas(&first)[&u64::from(partition)].0,
+        "leader",
+        "the full peer still leads"
+    );
+    // Reads go on through the full peer.
+    readable(&[&first, &second, &third], &acked);
+
+    // Room again: it says so, catches up, and holds what the others hold.
+    disk.resize("64M");
+    wait_until("the peer sees room again", Duration::from_secs(15), || {
+        !disk_full(&first)
+    });
+    let all = [&first, &second, &third];
+    wait_until("the full peer caught up", Duration::from_secs(60), || {
+        let ends: Vec<u64> = all.iter().map(|s| replicas(s)[&u64::from(partition)].2).collect();
+        ends.iter().all(|e| *e == ends[0])
+    });
+    each_acked_once(&all, &acked, refused.len());
+}
