@@ -8,11 +8,14 @@
 //!     copy is durable (what the leader counts towards the quorum, once `view`, the
 //!     epoch whose leader's log its copy is a prefix of, is the leader's, and only if
 //!     `storage`, the follower's storage id, is the one the metadata records for it)
-//! REPLICA_DATA  body = hwm:u64 diverged:u8 epoch:u32 end:u64 count:u32 (len:u32 batch){count}
-//!     the leader's high-water mark, and either: diverged = 1, the follower's last epoch
+//! REPLICA_DATA  body = hwm:u64 kind:u8 epoch:u32 end:u64 count:u32 (len:u32 batch){count}
+//!     the leader's high-water mark, and either: kind = 2, the leader's log begins at
+//!     `end`, past `offset` (retention deleted the records between; `epoch` and
+//!     `count` are 0): the follower drops its copy and starts it again, empty, at
+//!     `end`; or kind = 1 (diverged), the follower's last epoch
 //!     is not the leader's up to `offset`: the leader's records of epochs up to `epoch`
 //!     end at `end` (the follower cuts its copy back to the lower of that and where its
-//!     own records of `epoch` end, and asks again; Kafka's KIP-101/279), or diverged = 0
+//!     own records of `epoch` end, and asks again; Kafka's KIP-101/279), or kind = 0
 //!     and up to `count` stored batches from `offset`, as they are on the leader's
 //!     disk (format 2, each checked again by the follower), with `end` where the
 //!     leader's epoch began (its log's end when it took the lead): a follower records
@@ -82,6 +85,12 @@ pub enum ReplicaData<'a> {
         epoch: u32,
         end: u64,
     },
+    /// The leader's log begins at `start`, past where the follower's copy ends:
+    /// retention deleted the records between.
+    Begins {
+        hwm: u64,
+        start: u64,
+    },
     Batches {
         hwm: u64,
         start: u64,
@@ -111,6 +120,10 @@ pub fn encode_diverged(hwm: u64, epoch: u32, end: u64) -> Vec<u8> {
     Body::default().u64(hwm).u8(1).u32(epoch).u64(end).u32(0).0
 }
 
+pub fn encode_begins(hwm: u64, start: u64) -> Vec<u8> {
+    Body::default().u64(hwm).u8(2).u32(0).u64(start).u32(0).0
+}
+
 pub fn decode_data(body: &[u8]) -> Result<ReplicaData<'_>, ClusterError> {
     let mut f = Fields(body);
     let hwm = f.u64()?;
@@ -118,8 +131,15 @@ pub fn decode_data(body: &[u8]) -> Result<ReplicaData<'_>, ClusterError> {
     let epoch = f.u32()?;
     let end = f.u64()?;
     let count = f.u32()?;
-    if diverged == 1 {
-        return Ok(ReplicaData::Diverged { hwm, epoch, end });
+    match diverged {
+        0 => {}
+        1 => return Ok(ReplicaData::Diverged { hwm, epoch, end }),
+        2 => return Ok(ReplicaData::Begins { hwm, start: end }),
+        other => {
+            return Err(ClusterError::Frame(format!(
+                "a replica answer of kind {other} (0, 1 or 2 are known)"
+            )));
+        }
     }
     let mut rest = f.rest();
     let mut batches = Vec::with_capacity((count as usize).min(1024));
@@ -222,6 +242,13 @@ mod tests {
                 end: 77
             }
         );
+        assert_eq!(
+            decode_data(&encode_begins(5, 4096)).unwrap(),
+            ReplicaData::Begins { hwm: 5, start: 4096 }
+        );
+        let mut unknown = encode_begins(5, 4096);
+        unknown[8] = 3;
+        assert!(decode_data(&unknown).is_err());
         assert_eq!(
             decode_fence(&encode_fence("t", 1, 9)).unwrap(),
             ("t".into(), 1, 9)

@@ -74,6 +74,11 @@ pub enum StorageError {
         offset: u64,
         reason: String,
     },
+    #[error(
+        "cannot start partition {} again at offset {offset}: it holds records up to {end}, and only a \
+         copy that ends before its leader's log begins starts again (a bug if seen)", dir.display()
+    )]
+    Restart { dir: PathBuf, offset: u64, end: u64 },
     #[error("invalid storage option: {0}")]
     InvalidOptions(String),
     #[error(

@@ -709,6 +709,49 @@ impl PartitionLog {
         Ok(())
     }
 
+    /// Drops every record and starts the log again, empty, at `offset`, past its end:
+    /// what a replica does when its leader's log begins past where this copy ends
+    /// (retention deleted the records between on the leader), so that it copies on
+    /// from there. Nothing it drops could be read from the leader any more. On disk:
+    /// the segments are removed oldest first, as retention does (a power cut leaves a
+    /// later part of the log, or none, which opens empty at 0: the replica is told
+    /// again where its leader's log begins), then an empty segment is made at `offset`.
+    pub fn restart_at(&mut self, offset: u64) -> Result<()> {
+        let end = self.next_offset();
+        if offset == end && self.start_offset() == end {
+            return Ok(());
+        }
+        if offset <= end {
+            return Err(StorageError::Restart {
+                dir: self.dir.clone(),
+                offset,
+                end,
+            });
+        }
+        let paths: Vec<PathBuf> = self.segments.iter().map(|s| s.path().to_path_buf()).collect();
+        let (dir, options, epoch, limit) = (
+            self.dir.clone(),
+            self.options.clone(),
+            self.writer.leader_epoch,
+            self.commit_limit,
+        );
+        self.release()?;
+        for path in &paths {
+            io::remove_file(path).map_err(StorageError::io("remove a segment before the new start", path))?;
+        }
+        layout::sync_dir(&dir)?;
+        drop(Segment::create(
+            &dir,
+            offset,
+            options.segment_bytes,
+            options.index_interval_bytes,
+        )?);
+        *self = PartitionLog::open(&dir, options)?;
+        self.writer.leader_epoch = epoch;
+        self.commit_limit = limit;
+        Ok(())
+    }
+
     /// Records from `from_offset` (or the start, if it was deleted) to the end of what
     /// is written. In `group` mode that includes records not yet durable; a reader that
     /// must only see acknowledged records reads up to `durable_offset()` with
@@ -845,9 +888,26 @@ impl PartitionLog {
         }
         if count > 0 {
             layout::sync_dir(&self.dir)?;
+            self.forget_epochs_before_start();
         }
         report.start_offset = self.start_offset();
         Ok(report)
+    }
+
+    /// Keeps the known epoch runs to what the log still holds, as reading it again would
+    /// find them: a run is known from its first offset still here. A replica asking for
+    /// an epoch older than any left is then told the log's start, not an offset retention
+    /// deleted (which it could not cut back to).
+    fn forget_epochs_before_start(&mut self) {
+        let (start, next) = (self.start_offset(), self.next_offset());
+        if let Some(epochs) = &mut self.epochs {
+            let first_kept = epochs.iter().rposition(|e| e.1 <= start).unwrap_or(0);
+            epochs.drain(..first_kept);
+            match epochs.first_mut() {
+                Some(first) if start < next => first.1 = first.1.max(start),
+                _ => epochs.clear(),
+            }
+        }
     }
 }
 

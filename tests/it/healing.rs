@@ -257,6 +257,145 @@ fn a_peer_back_on_an_empty_data_directory_is_not_counted_until_it_copied_its_rep
     each_acked_once(&every, &acked, 0);
 }
 
+/// The partitions' first offsets in `peer`'s data directory (the name of each first
+/// segment file).
+fn first_offsets(dir: &std::path::Path, peer: &str) -> BTreeMap<u32, u64> {
+    (0..2u32)
+        .map(|p| {
+            let partition = dir.join(peer).join("topics").join("events").join(p.to_string());
+            let first = std::fs::read_dir(&partition)
+                .map(|entries| {
+                    entries
+                        .filter_map(|e| e.ok()?.file_name().to_str()?.strip_suffix(".seg")?.parse().ok())
+                        .min()
+                        .unwrap_or(0)
+                })
+                .unwrap_or(0);
+            (p, first)
+        })
+        .collect()
+}
+
+#[test]
+fn a_copy_made_after_retention_deleted_the_leaders_oldest_segments_starts_where_its_leader_begins() {
+    let _serial = one_at_a_time();
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("retained.toml");
+    let text = std::fs::read_to_string(replicated_dataflow(dir.path())).unwrap();
+    std::fs::write(&file, format!("{text}retention = {{ max_bytes = \"192KiB\" }}\n")).unwrap();
+    let start = |name: &str, at: &str, seed: Option<&str>| {
+        let mut extra = vec!["--peer-listen", at, "--replace-after", "5m"];
+        if let Some(seed) = seed {
+            extra.extend(["--seeds", seed]);
+        }
+        crate::cluster::start_file(&file, dir.path(), name, &extra)
+    };
+    let first = start("p1", "127.0.0.1:0", None);
+    let seed = peer_of(&first);
+    let second = start("p2", "127.0.0.1:0", Some(&seed));
+    let mut third = start("p3", "127.0.0.1:0", Some(&seed));
+    wait_led(&[&first, &second, &third]);
+
+    // About 800 KB in each of partitions 0 and 1: retention keeps about 192 KiB of them.
+    let mut client = Client::connect(&first.tcp).unwrap();
+    let mut acked: BTreeMap<u32, Vec<String>> = BTreeMap::new();
+    for batch in 0..400 {
+        for partition in [0u32, 1] {
+            let values: Vec<String> = (0..20)
+                .map(|i| format!("p{partition}-{batch}-{i}-{}", "x".repeat(80)))
+                .collect();
+            let records: Vec<_> = values.iter().map(|v| record(v)).collect();
+            client.produce_batch("events", Some(partition), &records).unwrap();
+            acked.entry(partition).or_default().extend(values);
+        }
+    }
+    let all = [&first, &second, &third];
+    wait_until(
+        "every copy holds every record and retention deleted the oldest segments everywhere",
+        Duration::from_secs(30),
+        || {
+            all.iter().all(|s| {
+                let r = replicas(s);
+                r[&0].2 == 8000 && r[&1].2 == 8000
+            }) && ["p1", "p2", "p3"]
+                .iter()
+                .all(|peer| first_offsets(dir.path(), peer).values().all(|&o| o > 0))
+        },
+    );
+
+    // The third peer comes back on an empty data directory: its leaders' logs begin past
+    // offset 0, so its copies start where they begin, and it counts again.
+    third.kill9();
+    std::fs::remove_dir_all(dir.path().join("p3")).unwrap();
+    let third = start("p3", &peer_of(&third), Some(&seed));
+    let all = [&first, &second, &third];
+    wait_until(
+        "every partition led with three replicas, the emptied peer's copied back",
+        Duration::from_secs(90),
+        || settled(&all, 3) && all.iter().all(|s| absent(s).is_empty()),
+    );
+    wait_until(
+        "the new copies end where the others do",
+        Duration::from_secs(30),
+        || {
+            let r = replicas(&third);
+            r[&0].2 == 8000 && r[&1].2 == 8000
+        },
+    );
+    let begins = first_offsets(dir.path(), "p3");
+    assert!(
+        begins.values().all(|&o| o > 0),
+        "the new copies begin past 0: {begins:?}"
+    );
+
+    // Counted: with the new copy and one other, what retention kept survives the death
+    // of the third copy, each record at its acked offset.
+    let mut first = first;
+    first.kill9();
+    wait_led_by(&[&second, &third]);
+    for server in [&second, &third] {
+        let mut out = String::new();
+        wait_until(
+            "a tail through every partition's leader",
+            Duration::from_secs(30),
+            || {
+                let (code, stdout, _) =
+                    crate::ingest::run_cli(&["tail", "--from", &server.tcp, "events", "--json"], "");
+                out = stdout;
+                code == 0
+            },
+        );
+        let mut read: BTreeMap<u32, Vec<(u64, String)>> = BTreeMap::new();
+        for line in out.lines() {
+            let v: serde_json::Value = serde_json::from_str(line).unwrap();
+            read.entry(v["partition"].as_u64().unwrap() as u32)
+                .or_default()
+                .push((
+                    v["offset"].as_u64().unwrap(),
+                    v["value"].as_str().unwrap().to_string(),
+                ));
+        }
+        for partition in [0u32, 1] {
+            let got = &read[&partition];
+            let (from, _) = got[0];
+            assert!(from > 0, "partition {partition}: retention kept everything?");
+            assert_eq!(
+                got.len() as u64,
+                8000 - from,
+                "partition {partition} through {}: dense to the end",
+                server.tcp
+            );
+            for (i, (offset, value)) in got.iter().enumerate() {
+                assert_eq!(*offset, from + i as u64);
+                assert_eq!(
+                    value, &acked[&partition][*offset as usize],
+                    "partition {partition} offset {offset}"
+                );
+            }
+        }
+    }
+}
+
 /// `partition -> why` of every copy `server` says is damaged.
 fn damaged(server: &Server) -> BTreeMap<u64, String> {
     let mut out = BTreeMap::new();

@@ -172,3 +172,130 @@ fn a_power_cut_during_a_cut_back_leaves_the_old_log_or_the_cut_one_never_a_mix()
         std::fs::remove_dir_all(&into).unwrap();
     }
 }
+
+/// Checks that `log` holds exactly the expected records `start..end`, densely.
+fn assert_expected_range(log: &PartitionLog, start: u64, end: u64) {
+    assert_eq!((log.start_offset(), log.next_offset()), (start, end));
+    let mut next = start;
+    for view in log.read(0) {
+        assert_eq!(view.offset(), next, "dense offsets from {start}");
+        assert_expected(&view);
+        next += 1;
+    }
+    assert_eq!(next, end);
+}
+
+#[test]
+fn a_copy_that_ends_before_its_leaders_log_begins_starts_again_where_it_begins() {
+    let dir = fast_tempdir();
+    let mut leader =
+        PartitionLog::open(&dir.path().join("leader"), small_options(Durability::Group)).unwrap();
+    append_under(&mut leader, 1, 0..100, 10);
+    append_under(&mut leader, 2, 100..1000, 10);
+    assert_eq!(leader.epochs(), [(1, 0), (2, 100)]);
+    // Retention on the leader: the oldest segments go, and with them what it knows of
+    // their epochs (as a reopened log would find).
+    let report = leader.delete_below(500).unwrap();
+    assert!(report.deleted_segments >= 1, "the test deletes segments");
+    let start = leader.start_offset();
+    assert!(start > 100 && start <= 500, "the leader begins at {start}");
+    assert_eq!(leader.epochs(), [(2, start)]);
+    // An empty copy starting at `start` knows no epoch: no divergence below the start.
+    assert_eq!(leader.epoch_end(0), (0, start));
+
+    // An empty copy and one that ends before the leader begins: neither can continue
+    // (the gap is refused, loudly), both start again at the leader's start.
+    for (case, held) in [0, start / 2].into_iter().enumerate() {
+        let path = dir.path().join(format!("replica{case}"));
+        let mut replica = PartitionLog::open(&path, small_options(Durability::Group)).unwrap();
+        append_under(&mut replica, 1, 0..held, 10);
+        let gap = replicate(&leader, &mut replica, held).unwrap_err();
+        assert!(
+            matches!(gap, StorageError::ReplicaGap { expected, got } if expected == held && got == start),
+            "{gap}"
+        );
+        replica.restart_at(start).unwrap();
+        assert_expected_range(&replica, start, start);
+        replicate(&leader, &mut replica, start).unwrap();
+        replica.sync().unwrap();
+        assert_expected_range(&replica, start, 1000);
+        assert_eq!(replica.epochs(), [(2, start)]);
+        assert_eq!(replica.durable_offset(), 1000);
+        // Starting again at or behind its end is refused: it would drop records.
+        let refused = replica.restart_at(999).unwrap_err();
+        assert!(
+            refused.to_string().contains("holds records up to 1000"),
+            "{refused}"
+        );
+        replica.close().unwrap();
+        let replica = PartitionLog::open(&path, small_options(Durability::Group)).unwrap();
+        assert_expected_range(&replica, start, 1000);
+    }
+    // What the leader knew of its epochs after retention is what it finds when reopened.
+    leader.close().unwrap();
+    let mut leader =
+        PartitionLog::open(&dir.path().join("leader"), small_options(Durability::Group)).unwrap();
+    assert_eq!(leader.epochs(), [(2, start)]);
+}
+
+#[test]
+fn a_power_cut_while_a_copy_starts_again_leaves_a_later_part_of_it_or_none_never_a_gap() {
+    let root = fast_tempdir();
+    let data = root.path().join("recorded");
+    let recording = Recording::start(&data);
+    let mut log = PartitionLog::open(&data, small_options(Durability::Every)).unwrap();
+    append_under(&mut log, 1, 0..700, 10);
+    assert!(log.segments().len() >= 3, "the test crosses segments");
+    let before = recording.len();
+    log.restart_at(5000).unwrap();
+    let restarted = recording.len();
+    let mut acked_at = Vec::new();
+    for offset in 5000..5040 {
+        let value = fresh(offset);
+        log.append(&[Record::new(1, &value)]).unwrap();
+        acked_at.push((offset, recording.len()));
+    }
+    drop(log);
+    let total = recording.len();
+    let trace = recording.finish();
+    assert!(restarted > before + 3, "starting again changed the disk in steps");
+
+    for (i, crash_at) in (before..=total).enumerate() {
+        let into = root.path().join(format!("cut-{i}"));
+        trace.cut(crash_at, i as u64, &into).unwrap();
+        let log = PartitionLog::open(&into, small_options(Durability::Every))
+            .unwrap_or_else(|e| panic!("a power cut after {crash_at} of {total} operations: {e}"));
+        let (start, end) = (log.start_offset(), log.next_offset());
+        if start >= 5000 {
+            assert_eq!(start, 5000, "the new start");
+            let mut next = start;
+            for view in log.read(0) {
+                assert_eq!(view.offset(), next, "dense offsets");
+                assert_eq!(view.value(), fresh(next), "a record of the new start");
+                next += 1;
+            }
+            assert_eq!(next, end);
+        } else {
+            // The old log, or a later part of it (its oldest segments gone first), or
+            // none: the replica is told again where its leader begins.
+            assert!(
+                crash_at < restarted,
+                "the old records back after the new start was durable"
+            );
+            assert!(end == 700 || (start, end) == (0, 0), "{start}..{end}");
+            for (n, view) in log.read(0).enumerate() {
+                assert_eq!(view.offset(), start + n as u64, "dense offsets");
+                assert_expected(&view);
+            }
+        }
+        for &(offset, at) in &acked_at {
+            if crash_at >= at {
+                assert!(
+                    end > offset,
+                    "record {offset}, durable before the cut at {crash_at}, lost"
+                );
+            }
+        }
+        std::fs::remove_dir_all(&into).unwrap();
+    }
+}

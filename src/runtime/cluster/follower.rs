@@ -1,6 +1,7 @@
 //! A replicated partition's follower: one thread per partition and epoch that asks the
 //! leader for the batches after its copy, appends them as they are (through the owner
-//! shard's inbox), cuts its copy back where the leader says it diverges, and records
+//! shard's inbox), cuts its copy back where the leader says it diverges, starts it
+//! again where the leader's log begins when retention deleted what it lacks, and records
 //! its view once the leader found its copy a prefix of its own that holds everything
 //! the leader began its epoch with. A learner runs the same loop.
 
@@ -122,6 +123,28 @@ pub(super) fn follow(peers: Weak<Peers>, topic: usize, partition: u32, epoch: u3
                         return;
                     }
                     // Loud: this replica cannot follow; the others still hold the quorum.
+                    tracing::error!("partition {partition} of \"{}\": {error}", fetch.topic);
+                    shared.metrics.replica_failures.add(1);
+                    std::thread::sleep(Duration::from_secs(1));
+                }
+            }
+            Ok(ReplicaData::Begins { hwm, start }) => {
+                state.hwm.fetch_max(hwm, Ordering::AcqRel);
+                let (tx, rx) = flume::bounded(1);
+                let restart = ShardRequest::Replica(ReplicaRequest::Begins {
+                    topic,
+                    partition,
+                    following: epoch,
+                    start,
+                    reply: tx,
+                });
+                if service.send(restart).is_err() {
+                    return;
+                }
+                if let Ok(Err(error)) = rx.recv() {
+                    if !state.follows(epoch) {
+                        return;
+                    }
                     tracing::error!("partition {partition} of \"{}\": {error}", fetch.topic);
                     shared.metrics.replica_failures.add(1);
                     std::thread::sleep(Duration::from_secs(1));

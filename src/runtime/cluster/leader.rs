@@ -81,6 +81,11 @@ pub(super) async fn serve_fetch(
         return frame::error(request, 0, &error.to_string());
     }
     let hwm = state.hwm();
+    let start = local.log.borrow().start_offset();
+    if fetch.offset < start {
+        // Retention deleted what the follower asks for: it starts its copy again here.
+        return frame::framed(Kind::ReplicaData, request, &wire::encode_begins(hwm, start));
+    }
     {
         // The follower's copy equals this one up to its offset only if this log holds its
         // last epoch and that epoch goes at least as far here (KIP-101's check).

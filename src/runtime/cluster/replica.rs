@@ -455,6 +455,16 @@ pub enum ReplicaRequest {
         end: u64,
         reply: flume::Sender<Result<u64, String>>,
     },
+    /// Drops this copy and starts it again, empty, at `start`, where the leader's log
+    /// begins (retention deleted the records between on the leader); only while this
+    /// peer still follows in `following` and the copy ends before `start`.
+    Begins {
+        topic: usize,
+        partition: u32,
+        following: u32,
+        start: u64,
+        reply: flume::Sender<Result<(), String>>,
+    },
     /// A fence for `epoch` (promised already): stop leading an older epoch, say how far
     /// the copy goes.
     Fence {
@@ -551,6 +561,42 @@ pub async fn handle(shard: &Rc<Shard>, request: ReplicaRequest) {
                 shard.shared.ends[topic][partition as usize].store(to, Ordering::Release);
             }
             let _ = reply.send_async(cut).await;
+        }
+        ReplicaRequest::Begins {
+            topic,
+            partition,
+            following,
+            start,
+            reply,
+        } => {
+            if !replication.state(topic, partition).follows(following) {
+                let stale = format!("this peer no longer follows the partition in epoch {following}");
+                let _ = reply.send_async(Err(stale)).await;
+                return;
+            }
+            let local = Rc::clone(shard.partition(topic, partition));
+            let restarted = {
+                let mut log = local.log.borrow_mut();
+                let end = log.next_offset();
+                if end >= start {
+                    // A stale answer: the copy reaches the leader's start already.
+                    Ok(())
+                } else {
+                    tracing::warn!(
+                        topic = %replication.topics[topic].name,
+                        partition,
+                        "this replica's copy ends at offset {end} but its leader's log begins at {start} (retention deleted the records between there): the copy's {} records are dropped and it copies on from {start}",
+                        end - log.start_offset()
+                    );
+                    log.restart_at(start).map_err(|e| e.to_string())
+                }
+            };
+            if restarted.is_ok() {
+                let end = local.log.borrow().next_offset();
+                shard.shared.ends[topic][partition as usize].store(end, Ordering::Release);
+                local.woken();
+            }
+            let _ = reply.send_async(restarted).await;
         }
         ReplicaRequest::Fence {
             topic,
