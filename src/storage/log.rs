@@ -691,6 +691,21 @@ impl PartitionLog {
             .iter()
             .map(|s| s.path().to_path_buf())
             .collect();
+        self.reopen_after(|dir, _| {
+            for path in later.iter().rev() {
+                io::remove_file(path).map_err(StorageError::io("remove a segment past the cut", path))?;
+            }
+            io::sync_dir(dir).map_err(StorageError::io("sync the partition directory", dir))?;
+            segment::rewind(&path, point, old_end).map_err(StorageError::io("cut back the segment", &path))
+        })?;
+        self.commit_limit = self.commit_limit.map(|l| l.min(offset));
+        Ok(())
+    }
+
+    /// Lets go of the log's files, has `change` change them, and opens the log again, so
+    /// that recovery checks what is left; its leader epoch and commit limit stay. The
+    /// log must not be used if this fails.
+    fn reopen_after(&mut self, change: impl FnOnce(&Path, &LogOptions) -> Result<()>) -> Result<()> {
         let (dir, options, epoch, limit) = (
             self.dir.clone(),
             self.options.clone(),
@@ -698,14 +713,10 @@ impl PartitionLog {
             self.commit_limit,
         );
         self.release()?;
-        for path in later.iter().rev() {
-            io::remove_file(path).map_err(StorageError::io("remove a segment past the cut", path))?;
-        }
-        io::sync_dir(&dir).map_err(StorageError::io("sync the partition directory", &dir))?;
-        segment::rewind(&path, point, old_end).map_err(StorageError::io("cut back the segment", &path))?;
+        change(&dir, &options)?;
         *self = PartitionLog::open(&dir, options)?;
         self.writer.leader_epoch = epoch;
-        self.commit_limit = limit.map(|l| l.min(offset));
+        self.commit_limit = limit;
         Ok(())
     }
 
@@ -729,27 +740,14 @@ impl PartitionLog {
             });
         }
         let paths: Vec<PathBuf> = self.segments.iter().map(|s| s.path().to_path_buf()).collect();
-        let (dir, options, epoch, limit) = (
-            self.dir.clone(),
-            self.options.clone(),
-            self.writer.leader_epoch,
-            self.commit_limit,
-        );
-        self.release()?;
-        for path in &paths {
-            io::remove_file(path).map_err(StorageError::io("remove a segment before the new start", path))?;
-        }
-        layout::sync_dir(&dir)?;
-        drop(Segment::create(
-            &dir,
-            offset,
-            options.segment_bytes,
-            options.index_interval_bytes,
-        )?);
-        *self = PartitionLog::open(&dir, options)?;
-        self.writer.leader_epoch = epoch;
-        self.commit_limit = limit;
-        Ok(())
+        self.reopen_after(|dir, options| {
+            for path in &paths {
+                io::remove_file(path)
+                    .map_err(StorageError::io("remove a segment before the new start", path))?;
+            }
+            layout::sync_dir(dir)?;
+            Segment::create(dir, offset, options.segment_bytes, options.index_interval_bytes).map(drop)
+        })
     }
 
     /// Records from `from_offset` (or the start, if it was deleted) to the end of what

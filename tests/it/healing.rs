@@ -14,7 +14,7 @@ use crate::cluster::{one_at_a_time, status};
 use crate::ingest::Server;
 use crate::replication::{
     Producing, each_acked_once, fifty_acked, record, replicas, replicated_dataflow, sets_by_leaders, settled,
-    signal, tail_when_led, voters, wait_led, wait_led_by,
+    signal, tail_lines_when_led, tail_when_led, voters, wait_led, wait_led_by,
 };
 use crate::support::{Tmpfs, stays, wait_until};
 
@@ -257,6 +257,24 @@ fn a_peer_back_on_an_empty_data_directory_is_not_counted_until_it_copied_its_rep
     each_acked_once(&every, &acked, 0);
 }
 
+/// `batches` batches of 20 records of about 100 bytes to each of partitions 0 and 1
+/// through `server`, each acked: the values by partition, in offset order.
+fn fill_partitions_0_and_1(server: &Server, batches: usize) -> BTreeMap<u32, Vec<String>> {
+    let mut client = Client::connect(&server.tcp).unwrap();
+    let mut acked: BTreeMap<u32, Vec<String>> = BTreeMap::new();
+    for batch in 0..batches {
+        for partition in [0u32, 1] {
+            let values: Vec<String> = (0..20)
+                .map(|i| format!("p{partition}-{batch}-{i}-{}", "x".repeat(80)))
+                .collect();
+            let records: Vec<_> = values.iter().map(|v| record(v)).collect();
+            client.produce_batch("events", Some(partition), &records).unwrap();
+            acked.entry(partition).or_default().extend(values);
+        }
+    }
+    acked
+}
+
 /// The partitions' first offsets in `peer`'s data directory (the name of each first
 /// segment file).
 fn first_offsets(dir: &std::path::Path, peer: &str) -> BTreeMap<u32, u64> {
@@ -297,18 +315,7 @@ fn a_copy_made_after_retention_deleted_the_leaders_oldest_segments_starts_where_
     wait_led(&[&first, &second, &third]);
 
     // About 800 KB in each of partitions 0 and 1: retention keeps about 192 KiB of them.
-    let mut client = Client::connect(&first.tcp).unwrap();
-    let mut acked: BTreeMap<u32, Vec<String>> = BTreeMap::new();
-    for batch in 0..400 {
-        for partition in [0u32, 1] {
-            let values: Vec<String> = (0..20)
-                .map(|i| format!("p{partition}-{batch}-{i}-{}", "x".repeat(80)))
-                .collect();
-            let records: Vec<_> = values.iter().map(|v| record(v)).collect();
-            client.produce_batch("events", Some(partition), &records).unwrap();
-            acked.entry(partition).or_default().extend(values);
-        }
-    }
+    let acked = fill_partitions_0_and_1(&first, 400);
     let all = [&first, &second, &third];
     wait_until(
         "every copy holds every record and retention deleted the oldest segments everywhere",
@@ -354,19 +361,8 @@ fn a_copy_made_after_retention_deleted_the_leaders_oldest_segments_starts_where_
     first.kill9();
     wait_led_by(&[&second, &third]);
     for server in [&second, &third] {
-        let mut out = String::new();
-        wait_until(
-            "a tail through every partition's leader",
-            Duration::from_secs(30),
-            || {
-                let (code, stdout, _) =
-                    crate::ingest::run_cli(&["tail", "--from", &server.tcp, "events", "--json"], "");
-                out = stdout;
-                code == 0
-            },
-        );
         let mut read: BTreeMap<u32, Vec<(u64, String)>> = BTreeMap::new();
-        for line in out.lines() {
+        for line in tail_lines_when_led(server, "events").lines() {
             let v: serde_json::Value = serde_json::from_str(line).unwrap();
             read.entry(v["partition"].as_u64().unwrap() as u32)
                 .or_default()
@@ -421,18 +417,10 @@ fn a_flipped_bit_and_a_truncated_segment_on_one_replica_are_repaired_from_the_ot
     wait_led(&[&first, &second, &third]);
 
     // Enough records that partitions 0 and 1 fill several 64 KiB segments everywhere.
-    let mut client = Client::connect(&first.tcp).unwrap();
-    let mut acked = Vec::new();
-    for batch in 0..200 {
-        for partition in [0u32, 1] {
-            let values: Vec<String> = (0..20)
-                .map(|i| format!("p{partition}-{batch}-{i}-{}", "x".repeat(80)))
-                .collect();
-            let records: Vec<_> = values.iter().map(|v| record(v)).collect();
-            client.produce_batch("events", Some(partition), &records).unwrap();
-            acked.extend(values);
-        }
-    }
+    let acked: Vec<String> = fill_partitions_0_and_1(&first, 200)
+        .into_values()
+        .flatten()
+        .collect();
     let copies = [&first, &second, &third];
     wait_until("every copy holds every record", Duration::from_secs(30), || {
         copies.iter().all(|s| {

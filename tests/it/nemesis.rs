@@ -340,7 +340,10 @@ fn statuses(servers: &[Server]) -> String {
 /// absent (down, emptied) or damaged, and the metadata group at its wanted voters.
 fn whole(servers: &[Server]) -> bool {
     let voters = if servers.len() >= 5 { 5 } else { 3 };
-    servers.iter().all(|s| {
+    // A peer lists the partitions it holds a copy of: with more peers than replicas,
+    // each holds some, and together they hold every one.
+    let mut listed = std::collections::BTreeSet::new();
+    let each = servers.iter().all(|s| {
         let (code, out, _) = run_cli(&["status", "--from", &s.tcp, "--json"], "");
         let Ok(status) = serde_json::from_str::<Value>(&out) else {
             return false;
@@ -350,13 +353,14 @@ fn whole(servers: &[Server]) -> bool {
                 .as_array()
                 .is_some_and(|v| v.len() == voters)
             && status["topics"][0]["partitions"].as_array().is_some_and(|ps| {
-                ps.len() == PARTITIONS as usize
-                    && ps.iter().all(|p| {
-                        p["replica"]["absent"].as_array().is_some_and(|a| a.is_empty())
-                            && p["replica"]["damaged"].is_null()
-                    })
+                ps.iter().all(|p| {
+                    listed.insert(p["partition"].as_u64());
+                    p["replica"]["absent"].as_array().is_some_and(|a| a.is_empty())
+                        && p["replica"]["damaged"].is_null()
+                })
             })
-    })
+    });
+    each && (0..u64::from(PARTITIONS)).all(|p| listed.contains(&Some(p)))
 }
 
 /// Waits (at most 60 s) until a read through every peer answers every partition; if

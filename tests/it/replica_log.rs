@@ -115,18 +115,27 @@ fn fresh(offset: u64) -> Vec<u8> {
     format!("after the cut {offset}").into_bytes()
 }
 
-#[test]
-fn a_power_cut_during_a_cut_back_leaves_the_old_log_or_the_cut_one_never_a_mix() {
+/// Runs `change` on a log of 700 expected records (epoch 1, batches of 10) recorded as
+/// it goes, then appends 40 fresh records one at a time from `fresh_from`; then opens
+/// the log as a power cut at each step from the change on leaves it, and hands it to
+/// `check` with the step and the step the change was done at. Every fresh record
+/// durable before the cut must be there.
+fn at_every_power_cut(
+    change: impl FnOnce(&mut PartitionLog),
+    fresh_from: u64,
+    check: impl Fn(&PartitionLog, usize, usize),
+) {
     let root = fast_tempdir();
     let data = root.path().join("recorded");
     let recording = Recording::start(&data);
     let mut log = PartitionLog::open(&data, small_options(Durability::Every)).unwrap();
     append_under(&mut log, 1, 0..700, 10);
-    let appended = recording.len();
-    log.truncate(300).unwrap();
-    let cut_done = recording.len();
+    assert!(log.segments().len() >= 3, "the test crosses segments");
+    let before = recording.len();
+    change(&mut log);
+    let changed = recording.len();
     let mut acked_at = Vec::new();
-    for offset in 300..340 {
+    for offset in fresh_from..fresh_from + 40 {
         let value = fresh(offset);
         log.append(&[Record::new(1, &value)]).unwrap();
         acked_at.push((offset, recording.len()));
@@ -134,14 +143,30 @@ fn a_power_cut_during_a_cut_back_leaves_the_old_log_or_the_cut_one_never_a_mix()
     drop(log);
     let total = recording.len();
     let trace = recording.finish();
-    assert!(cut_done > appended + 3, "the cut changed the disk in steps");
+    assert!(changed > before + 3, "the change changed the disk in steps");
 
-    let points: Vec<usize> = (appended..=total).collect();
-    for (i, &crash_at) in points.iter().enumerate() {
+    for (i, crash_at) in (before..=total).enumerate() {
         let into = root.path().join(format!("cut-{i}"));
         trace.cut(crash_at, i as u64, &into).unwrap();
         let log = PartitionLog::open(&into, small_options(Durability::Every))
-            .unwrap_or_else(|e| panic!("a power cut after {crash_at} of {} operations: {e}", total));
+            .unwrap_or_else(|e| panic!("a power cut after {crash_at} of {total} operations: {e}"));
+        check(&log, crash_at, changed);
+        for &(offset, at) in &acked_at {
+            if crash_at >= at {
+                assert!(
+                    log.next_offset() > offset,
+                    "record {offset}, durable before the cut at {crash_at}, lost"
+                );
+            }
+        }
+        std::fs::remove_dir_all(&into).unwrap();
+    }
+}
+
+#[test]
+fn a_power_cut_during_a_cut_back_leaves_the_old_log_or_the_cut_one_never_a_mix() {
+    let cut = |log: &mut PartitionLog| log.truncate(300).unwrap();
+    at_every_power_cut(cut, 300, |log, crash_at, cut_done| {
         let mut next = 0;
         let mut fresh_seen = false;
         for view in log.read(0) {
@@ -161,16 +186,7 @@ fn a_power_cut_during_a_cut_back_leaves_the_old_log_or_the_cut_one_never_a_mix()
             next >= 300,
             "records below the cut lost ({next} left, cut after {crash_at})"
         );
-        for &(offset, at) in &acked_at {
-            if crash_at >= at {
-                assert!(
-                    next > offset,
-                    "record {offset}, durable before the cut at {crash_at}, lost"
-                );
-            }
-        }
-        std::fs::remove_dir_all(&into).unwrap();
-    }
+    });
 }
 
 /// Checks that `log` holds exactly the expected records `start..end`, densely.
@@ -240,31 +256,8 @@ fn a_copy_that_ends_before_its_leaders_log_begins_starts_again_where_it_begins()
 
 #[test]
 fn a_power_cut_while_a_copy_starts_again_leaves_a_later_part_of_it_or_none_never_a_gap() {
-    let root = fast_tempdir();
-    let data = root.path().join("recorded");
-    let recording = Recording::start(&data);
-    let mut log = PartitionLog::open(&data, small_options(Durability::Every)).unwrap();
-    append_under(&mut log, 1, 0..700, 10);
-    assert!(log.segments().len() >= 3, "the test crosses segments");
-    let before = recording.len();
-    log.restart_at(5000).unwrap();
-    let restarted = recording.len();
-    let mut acked_at = Vec::new();
-    for offset in 5000..5040 {
-        let value = fresh(offset);
-        log.append(&[Record::new(1, &value)]).unwrap();
-        acked_at.push((offset, recording.len()));
-    }
-    drop(log);
-    let total = recording.len();
-    let trace = recording.finish();
-    assert!(restarted > before + 3, "starting again changed the disk in steps");
-
-    for (i, crash_at) in (before..=total).enumerate() {
-        let into = root.path().join(format!("cut-{i}"));
-        trace.cut(crash_at, i as u64, &into).unwrap();
-        let log = PartitionLog::open(&into, small_options(Durability::Every))
-            .unwrap_or_else(|e| panic!("a power cut after {crash_at} of {total} operations: {e}"));
+    let restart = |log: &mut PartitionLog| log.restart_at(5000).unwrap();
+    at_every_power_cut(restart, 5000, |log, crash_at, restarted| {
         let (start, end) = (log.start_offset(), log.next_offset());
         if start >= 5000 {
             assert_eq!(start, 5000, "the new start");
@@ -288,14 +281,5 @@ fn a_power_cut_while_a_copy_starts_again_leaves_a_later_part_of_it_or_none_never
                 assert_expected(&view);
             }
         }
-        for &(offset, at) in &acked_at {
-            if crash_at >= at {
-                assert!(
-                    end > offset,
-                    "record {offset}, durable before the cut at {crash_at}, lost"
-                );
-            }
-        }
-        std::fs::remove_dir_all(&into).unwrap();
-    }
+    });
 }

@@ -107,6 +107,12 @@ fn the_metadata_group_forms_from_a_seed_survives_its_leader_and_takes_it_back() 
 /// Every record's value of `topic` through `server`, once every partition has a leader
 /// that answers (an election may still run after a pause: reads wait for it, bounded).
 pub(crate) fn tail_when_led(server: &Server, topic: &str) -> Vec<(u64, String, String)> {
+    crate::cluster::parse_tail(&tail_lines_when_led(server, topic))
+}
+
+/// `flowd tail --json` of `topic` through `server` (a JSON record a line), once every
+/// partition has a leader that answers.
+pub(crate) fn tail_lines_when_led(server: &Server, topic: &str) -> String {
     let mut out = String::new();
     wait_until(
         "a tail through every partition's leader",
@@ -118,7 +124,7 @@ pub(crate) fn tail_when_led(server: &Server, topic: &str) -> Vec<(u64, String, S
             code == 0
         },
     );
-    crate::cluster::parse_tail(&out)
+    out
 }
 
 pub(crate) fn replicated_dataflow(dir: &std::path::Path) -> std::path::PathBuf {

@@ -15,7 +15,7 @@ use crate::cluster::replication::{self as wire, ReplicaData, ReplicaFetch};
 use crate::cluster::transport::Requests;
 use crate::runtime::cluster::leader::{FETCH_WAIT, QUORUM_TIMEOUT};
 use crate::runtime::cluster::peers::Peers;
-use crate::runtime::cluster::replica::{FOLLOWER, ReplicaRequest};
+use crate::runtime::cluster::replica::{CopyChange, FOLLOWER, ReplicaRequest, ReplicaState};
 use crate::runtime::mesh::{Ack, Batch, Payload};
 use crate::runtime::placement::owner;
 use crate::runtime::service::ShardRequest;
@@ -105,49 +105,16 @@ pub(super) fn follow(peers: Weak<Peers>, topic: usize, partition: u32, epoch: u3
         match wire::decode_data(&body) {
             Ok(ReplicaData::Diverged { hwm, epoch: e, end }) => {
                 state.hwm.fetch_max(hwm, Ordering::AcqRel);
-                let (tx, rx) = flume::bounded(1);
-                let cut = ShardRequest::Replica(ReplicaRequest::Diverged {
-                    topic,
-                    partition,
-                    following: epoch,
-                    epoch: e,
-                    end,
-                    reply: tx,
-                });
-                if service.send(cut).is_err() {
+                let change = CopyChange::CutBack { epoch: e, end };
+                if !change_copy(&shared, &state, &fetch, topic, epoch, change) {
                     return;
-                }
-                if let Ok(Err(error)) = rx.recv() {
-                    if !state.follows(epoch) {
-                        // Its epoch ended meanwhile: the copy was left as it was.
-                        return;
-                    }
-                    // Loud: this replica cannot follow; the others still hold the quorum.
-                    tracing::error!("partition {partition} of \"{}\": {error}", fetch.topic);
-                    shared.metrics.replica_failures.add(1);
-                    std::thread::sleep(Duration::from_secs(1));
                 }
             }
             Ok(ReplicaData::Begins { hwm, start }) => {
                 state.hwm.fetch_max(hwm, Ordering::AcqRel);
-                let (tx, rx) = flume::bounded(1);
-                let restart = ShardRequest::Replica(ReplicaRequest::Begins {
-                    topic,
-                    partition,
-                    following: epoch,
-                    start,
-                    reply: tx,
-                });
-                if service.send(restart).is_err() {
+                let change = CopyChange::StartAt { start };
+                if !change_copy(&shared, &state, &fetch, topic, epoch, change) {
                     return;
-                }
-                if let Ok(Err(error)) = rx.recv() {
-                    if !state.follows(epoch) {
-                        return;
-                    }
-                    tracing::error!("partition {partition} of \"{}\": {error}", fetch.topic);
-                    shared.metrics.replica_failures.add(1);
-                    std::thread::sleep(Duration::from_secs(1));
                 }
             }
             Ok(ReplicaData::Batches { hwm, start, batches }) => {
@@ -210,6 +177,41 @@ pub(super) fn follow(peers: Weak<Peers>, topic: usize, partition: u32, epoch: u3
             }
         }
     }
+}
+
+/// Has the owner shard change the copy as the leader said. False when this fetch loop
+/// is over: the engine stops, or the epoch ended meanwhile (the copy was left as it
+/// was). A change refused while it still follows is loud: this replica cannot follow,
+/// the others still hold the quorum; it asks again after a pause.
+fn change_copy(
+    shared: &crate::runtime::shard::Shared,
+    state: &ReplicaState,
+    fetch: &ReplicaFetch,
+    topic: usize,
+    epoch: u32,
+    change: CopyChange,
+) -> bool {
+    let service = &shared.services[owner(fetch.partition, shared.shards)];
+    let (tx, rx) = flume::bounded(1);
+    let request = ShardRequest::Replica(ReplicaRequest::Change {
+        topic,
+        partition: fetch.partition,
+        following: epoch,
+        change,
+        reply: tx,
+    });
+    if service.send(request).is_err() {
+        return false;
+    }
+    if let Ok(Err(error)) = rx.recv() {
+        if !state.follows(epoch) {
+            return false;
+        }
+        tracing::error!("partition {} of \"{}\": {error}", fetch.partition, fetch.topic);
+        shared.metrics.replica_failures.add(1);
+        std::thread::sleep(Duration::from_secs(1));
+    }
+    true
 }
 
 /// Appends a leader's batches through the owner shard's inbox and waits until the last

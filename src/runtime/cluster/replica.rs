@@ -443,26 +443,14 @@ pub enum ReplicaRequest {
         partition: u32,
         reply: flume::Sender<(u64, u32, u64)>,
     },
-    /// Cuts this copy back where it diverges from the leader's: the leader's records of
-    /// epochs up to `epoch` end at `end`; only while this peer still follows in
-    /// `following` (a fetch thread of an epoch that ended must not cut the copy a new
-    /// epoch's leader is filling).
-    Diverged {
+    /// Changes this copy as its leader said, only while this peer still follows in
+    /// `following` (a fetch thread of an epoch that ended must not change the copy a
+    /// new epoch's leader is filling).
+    Change {
         topic: usize,
         partition: u32,
         following: u32,
-        epoch: u32,
-        end: u64,
-        reply: flume::Sender<Result<u64, String>>,
-    },
-    /// Drops this copy and starts it again, empty, at `start`, where the leader's log
-    /// begins (retention deleted the records between on the leader); only while this
-    /// peer still follows in `following` and the copy ends before `start`.
-    Begins {
-        topic: usize,
-        partition: u32,
-        following: u32,
-        start: u64,
+        change: CopyChange,
         reply: flume::Sender<Result<(), String>>,
     },
     /// A fence for `epoch` (promised already): stop leading an older epoch, say how far
@@ -473,6 +461,17 @@ pub enum ReplicaRequest {
         epoch: u32,
         reply: flume::Sender<Fenced>,
     },
+}
+
+/// What a leader's answer makes a follower do to its copy.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CopyChange {
+    /// Cut back where it diverges from the leader's: the leader's records of epochs up
+    /// to `epoch` end at `end` (KIP-101).
+    CutBack { epoch: u32, end: u64 },
+    /// Drop it and start it again, empty, at `start`, where the leader's log begins
+    /// (retention deleted the records between there on the leader).
+    StartAt { start: u64 },
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -531,12 +530,11 @@ pub async fn handle(shard: &Rc<Shard>, request: ReplicaRequest) {
             };
             let _ = reply.send_async(position).await;
         }
-        ReplicaRequest::Diverged {
+        ReplicaRequest::Change {
             topic,
             partition,
             following,
-            epoch,
-            end,
+            change,
             reply,
         } => {
             if !replication.state(topic, partition).follows(following) {
@@ -544,59 +542,41 @@ pub async fn handle(shard: &Rc<Shard>, request: ReplicaRequest) {
                 let _ = reply.send_async(Err(stale)).await;
                 return;
             }
+            let name = &replication.topics[topic].name;
             let local = Rc::clone(shard.partition(topic, partition));
-            let cut = {
+            let changed = {
                 let mut log = local.log.borrow_mut();
-                let (_, own_end) = log.epoch_end(epoch);
-                let to = end.min(own_end);
-                tracing::warn!(
-                    topic = %replication.topics[topic].name,
-                    partition,
-                    "this replica's copy diverged from its leader's at offset {to}: the {} records after it, never acked, are cut",
-                    log.next_offset().saturating_sub(to)
-                );
-                log.truncate(to).map(|()| to).map_err(|e| e.to_string())
-            };
-            if let Ok(to) = cut {
-                shard.shared.ends[topic][partition as usize].store(to, Ordering::Release);
-            }
-            let _ = reply.send_async(cut).await;
-        }
-        ReplicaRequest::Begins {
-            topic,
-            partition,
-            following,
-            start,
-            reply,
-        } => {
-            if !replication.state(topic, partition).follows(following) {
-                let stale = format!("this peer no longer follows the partition in epoch {following}");
-                let _ = reply.send_async(Err(stale)).await;
-                return;
-            }
-            let local = Rc::clone(shard.partition(topic, partition));
-            let restarted = {
-                let mut log = local.log.borrow_mut();
-                let end = log.next_offset();
-                if end >= start {
+                let changed = match change {
+                    CopyChange::CutBack { epoch, end } => {
+                        let (_, own_end) = log.epoch_end(epoch);
+                        let to = end.min(own_end);
+                        tracing::warn!(
+                            topic = %name,
+                            partition,
+                            "this replica's copy diverged from its leader's at offset {to}: the {} records after it, never acked, are cut",
+                            log.next_offset().saturating_sub(to)
+                        );
+                        log.truncate(to)
+                    }
                     // A stale answer: the copy reaches the leader's start already.
-                    Ok(())
-                } else {
-                    tracing::warn!(
-                        topic = %replication.topics[topic].name,
-                        partition,
-                        "this replica's copy ends at offset {end} but its leader's log begins at {start} (retention deleted the records between there): the copy's {} records are dropped and it copies on from {start}",
-                        end - log.start_offset()
-                    );
-                    log.restart_at(start).map_err(|e| e.to_string())
-                }
+                    CopyChange::StartAt { start } if log.next_offset() >= start => Ok(()),
+                    CopyChange::StartAt { start } => {
+                        tracing::warn!(
+                            topic = %name,
+                            partition,
+                            "this replica's copy ends at offset {} but its leader's log begins at {start} (retention deleted the records between there): the copy's {} records are dropped and it copies on from {start}",
+                            log.next_offset(),
+                            log.next_offset() - log.start_offset()
+                        );
+                        log.restart_at(start)
+                    }
+                };
+                changed.map(|()| log.next_offset()).map_err(|e| e.to_string())
             };
-            if restarted.is_ok() {
-                let end = local.log.borrow().next_offset();
+            if let Ok(end) = changed {
                 shard.shared.ends[topic][partition as usize].store(end, Ordering::Release);
-                local.woken();
             }
-            let _ = reply.send_async(restarted).await;
+            let _ = reply.send_async(changed.map(|_| ())).await;
         }
         ReplicaRequest::Fence {
             topic,
