@@ -17,6 +17,7 @@
 //! | `journal-txn-durable` | SIGKILL once the entry is durable, before any part is appended |
 //! | `journal-txn-part`    | SIGKILL once the first of several parts is appended (the others perhaps not yet) |
 //! | `journal-txn-parts`   | SIGKILL once every part is appended, before the `applied` entry |
+//! | `peer-produce`   | (`sleep(MS)`) the reader of a peer's data connection stalls before it queues a forwarded batch, as behind a full inbox |
 
 use std::io;
 use std::sync::Arc;
@@ -86,6 +87,16 @@ pub fn crash_point(name: &str) {
             // SAFETY: kill(2) of this very process; nothing after it runs.
             unsafe { libc::kill(libc::getpid(), libc::SIGKILL) };
         }
+    }
+    let _ = name;
+}
+
+/// Holds this thread at the fail point `name` (its action `sleep(MS)`), as a stalled
+/// engine would: for tests of what waits on it.
+pub fn stall_point(name: &str) {
+    #[cfg(feature = "failpoints")]
+    {
+        let _ = fail::eval(name, |_| ());
     }
     let _ = name;
 }

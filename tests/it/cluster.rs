@@ -749,3 +749,108 @@ both_ways!(
     a_stage_splits_each_line_once_while_its_input_partitions_move,
     a_peer_sigkilled_while_a_producer_writes_through_another_loses_no_acked_record,
 );
+
+/// Partitions of `topic` that `server` serves.
+fn served_by(server: &Server, topic: &str) -> Vec<u32> {
+    status(server)["topics"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|t| t["name"] == topic)
+        .flat_map(|t| t["partitions"].as_array().unwrap())
+        .filter(|p| p["standing"] == "serving")
+        .map(|p| p["partition"].as_u64().unwrap() as u32)
+        .collect()
+}
+
+#[test]
+fn a_stalled_owner_slows_the_peer_that_forwards_to_it_and_no_batch_fails() {
+    let _serial = one_at_a_time();
+    one_copy();
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("big.toml");
+    std::fs::write(
+        &file,
+        with_replicas(
+            "[engine]\ndurability = \"group\"\n\n[ingest]\ntcp = \"127.0.0.1:0\"\n\n\
+             [[topic]]\nname = \"events\"\npartitions = 4\nsegment_bytes = \"16MiB\"\n",
+        ),
+    )
+    .unwrap();
+    // Each peer's reader of forwarded batches stalls for 3 s at the first one, as
+    // behind a full inbox: its gossip goes on, so it stays alive to the other.
+    let start = |name: &str, seed: Option<&str>| {
+        let data = dir.path().join(name).display().to_string();
+        let mut args = vec![
+            "--data-dir",
+            &data,
+            "--listen",
+            "127.0.0.1:0",
+            "--http",
+            "127.0.0.1:0",
+            "--peer-listen",
+            "127.0.0.1:0",
+        ];
+        if let Some(seed) = seed {
+            args.extend(["--seeds", seed]);
+        }
+        Server::start_env(&file, &args, &[("FAILPOINTS", "peer-produce=1*sleep(3000)")])
+    };
+    let first = start("p1", None);
+    let second = start("p2", first.peer.as_deref());
+    wait_settled(&[&first, &second], 4);
+    let firsts = served_by(&first, "events");
+
+    // 16 producers, each with a batch of 2 MiB in flight to a partition through the peer
+    // that does not own it: more than the sockets between the peers buffer, so the
+    // forwarding peer's writes wait on the stalled reader.
+    const PRODUCERS: usize = 16;
+    const BATCHES: usize = 3;
+    const RECORDS: usize = 4;
+    let producers: Vec<_> = (0..PRODUCERS)
+        .map(|i| {
+            let partition = (i % 4) as u32;
+            let through = if firsts.contains(&partition) {
+                &second
+            } else {
+                &first
+            };
+            let tcp = through.tcp.clone();
+            std::thread::spawn(move || {
+                let mut client = flowd::client::Client::connect(&tcp).unwrap();
+                let value = "x".repeat(512 * 1024);
+                let records: Vec<_> = (0..RECORDS).map(|_| crate::replication::record(&value)).collect();
+                (0..BATCHES)
+                    .map(|_| {
+                        client
+                            .produce_batch("events", Some(partition), &records)
+                            .map(|_| ())
+                    })
+                    .collect::<Vec<_>>()
+            })
+        })
+        .collect();
+    let results: Vec<_> = producers.into_iter().flat_map(|p| p.join().unwrap()).collect();
+    let failed: Vec<String> = results
+        .iter()
+        .filter_map(|r| r.as_ref().err().map(|e| e.to_string()))
+        .collect();
+    assert!(
+        failed.is_empty(),
+        "{} of {} batches failed while their owner stalled: {:?}",
+        failed.len(),
+        results.len(),
+        failed.first()
+    );
+    let held: u64 = [&first, &second]
+        .iter()
+        .flat_map(|s| status(s)["topics"][0]["partitions"].as_array().unwrap().clone())
+        .filter(|p| p["standing"] == "serving")
+        .map(|p| p["next_offset"].as_u64().unwrap())
+        .sum();
+    assert_eq!(
+        held,
+        (PRODUCERS * BATCHES * RECORDS) as u64,
+        "every acked record at its owner"
+    );
+}

@@ -4,7 +4,9 @@
 //! One link per (peer, topic): a writer thread sends PRODUCE frames in the order their
 //! batches arrive (so one producer's batches to one partition stay in order, as in the
 //! local mesh), a reader thread takes ACKED/ERROR frames and tells each batch's waiter.
-//! At most `LINK_IN_FLIGHT` batches wait for their acks per link. A batch the owner
+//! At most `LINK_IN_FLIGHT` batches wait for their acks per link, and a write waits as
+//! long as the owner is alive and takes bytes: a slow owner slows its writers, it never
+//! fails their batches (backpressure, not a timeout). A batch the owner
 //! refuses because the partition moves (REDIRECT), or that could not be sent at all, goes
 //! to the rerouter (`reroute.rs`), which sends it on to the owner of the moment.
 
@@ -39,6 +41,9 @@ pub const LINK_IN_FLIGHT: usize = 64;
 const FETCH_QUEUE: usize = 64;
 /// How long a link keeps trying to reach its peer before it gives a batch up.
 const CONNECT_PATIENCE: Duration = Duration::from_secs(3);
+/// How long a link waits for a peer gossip has alive to take any byte of a batch
+/// before it gives the connection up (each wait is the socket's write timeout).
+const STUCK_WRITE: Duration = Duration::from_secs(30);
 
 /// A link's queue and the link (for what it has in flight).
 type LinkHandle = (flume::Sender<Batch>, Arc<Link>);
@@ -378,13 +383,61 @@ impl Link {
             pending.batches.insert(next_id, (connection, batch));
             drop(pending);
             next_id += 1;
-            if let Err(error) = writer.write_all(&out) {
+            if let Err(error) = self.write_patiently(writer, &out) {
                 tracing::warn!("lost the link to peer {}: {error}", self.to);
                 let _ = writer.shutdown(std::net::Shutdown::Both);
                 stream = None;
                 // The reader sees the shutdown and fails what is pending.
             }
         }
+    }
+
+    /// Writes all of `bytes` for as long as the peer takes them: an owner slower than
+    /// this writer (a full inbox, a pause shorter than failure detection) slows it,
+    /// which holds its batches' senders back, rather than tearing the link and failing
+    /// every batch in flight. It gives up when gossip has the peer down, the engine
+    /// stops, or nothing at all was taken for `STUCK_WRITE` (a peer alive to gossip
+    /// whose engine takes nothing).
+    fn write_patiently(&self, writer: &mut TcpStream, mut bytes: &[u8]) -> std::io::Result<()> {
+        let mut progress = std::time::Instant::now();
+        while !bytes.is_empty() {
+            match writer.write(bytes) {
+                Ok(0) => return Err(std::io::ErrorKind::WriteZero.into()),
+                Ok(n) => {
+                    bytes = &bytes[n..];
+                    progress = std::time::Instant::now();
+                }
+                Err(error)
+                    if matches!(
+                        error.kind(),
+                        std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+                    ) =>
+                {
+                    if self.is_down() || self.is_stopping() {
+                        return Err(error);
+                    }
+                    if progress.elapsed() >= STUCK_WRITE {
+                        return Err(std::io::Error::new(
+                            error.kind(),
+                            format!(
+                                "it took nothing for {} s though gossip has it alive",
+                                STUCK_WRITE.as_secs()
+                            ),
+                        ));
+                    }
+                }
+                Err(error) if error.kind() == std::io::ErrorKind::Interrupted => {}
+                Err(error) => return Err(error),
+            }
+        }
+        Ok(())
+    }
+
+    fn is_stopping(&self) -> bool {
+        self.shared
+            .as_ref()
+            .and_then(Weak::upgrade)
+            .is_none_or(|shared| shared.control.is_stopping())
     }
 
     /// Whether this peer's view has the link's peer down.

@@ -90,14 +90,16 @@ impl DataPlane for PeerService {
             let request = frame.request;
             // The answer to send now, if any (a queued PRODUCE is answered by its ack).
             let answer: Result<Option<(Kind, Vec<u8>)>, ProtocolError> = match frame.kind {
-                Kind::Produce => self
-                    .produce(&frame.body, request, &ack_tx)
-                    .map(|produced| match produced {
-                        Produced::Queued => None,
-                        Produced::Moving(message) => {
-                            Some((Kind::Redirect, Body::default().str16(&message).0))
-                        }
-                    }),
+                Kind::Produce => {
+                    crate::storage::faults::stall_point("peer-produce");
+                    self.produce(&frame.body, request, &ack_tx)
+                        .map(|produced| match produced {
+                            Produced::Queued => None,
+                            Produced::Moving(message) => {
+                                Some((Kind::Redirect, Body::default().str16(&message).0))
+                            }
+                        })
+                }
                 Kind::Claim => self
                     .claim(from, &frame.body)
                     .map(|answers| Some((Kind::Claimed, handover::encode_claimed(&answers)))),
