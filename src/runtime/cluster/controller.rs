@@ -511,7 +511,7 @@ fn elect(
             if others.len() >= majority {
                 others
             } else {
-                reachable
+                reachable.clone()
             }
         }
     };
@@ -523,22 +523,40 @@ fn elect(
         ));
     }
     let mut answers: Vec<(Fenced, PeerId)> = Vec::new();
+    let mut fence = |id: PeerId, answers: &mut Vec<(Fenced, PeerId)>| match at.fence(links, id.addr, epoch) {
+        Ok(answer) => answers.push((answer, id)),
+        Err(error) => tracing::debug!(
+            "fencing partition {partition} of \"{name}\" on {}: {error}",
+            id.addr
+        ),
+    };
+    let left_out = reachable
+        .iter()
+        .copied()
+        .filter(|id| !fenced.iter().any(|f| f.addr == id.addr))
+        .collect::<Vec<_>>();
     for id in fenced {
-        match at.fence(links, id.addr, epoch) {
-            Ok(answer) => answers.push((answer, id)),
-            Err(error) => tracing::debug!(
-                "fencing partition {partition} of \"{name}\" on {}: {error}",
-                id.addr
-            ),
-        }
+        fence(id, &mut answers);
     }
     // Counted as replicas only from the data directory recorded for them: a copy on
-    // another (a wiped disk under the old address) holds none of what was acked there.
-    let of_replicas: Vec<(Fenced, PeerId)> = answers
-        .iter()
-        .filter(|(f, id)| a.holds(id.addr, f.storage))
-        .copied()
-        .collect();
+    // another (a wiped disk under the old address) or a damaged one holds none of what
+    // was acked there.
+    let counted = |answers: &[(Fenced, PeerId)]| -> Vec<(Fenced, PeerId)> {
+        answers
+            .iter()
+            .filter(|(f, id)| a.holds(id.addr, f.storage))
+            .copied()
+            .collect()
+    };
+    // The leader was left out while the others made a majority; if some of them do not
+    // count (a damaged copy), it is fenced too, or the partition would wait for ever on
+    // a majority it already has.
+    if counted(&answers).len() < majority {
+        for id in left_out {
+            fence(id, &mut answers);
+        }
+    }
+    let of_replicas = counted(&answers);
     if of_replicas.len() < majority {
         return Err(format!(
             "{} of {majority} replicas promised epoch {epoch}",
