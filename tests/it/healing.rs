@@ -224,7 +224,7 @@ fn a_peer_back_on_an_empty_data_directory_is_not_counted_until_it_copied_its_rep
     let up: Vec<&Server> = (0..5).filter(|&i| i != holds).map(|i| &servers[i]).collect();
     wait_until(
         "the emptied peer is seen for what it is",
-        Duration::from_secs(30),
+        Duration::from_secs(90),
         || {
             absent(&servers[lags])
                 .iter()
