@@ -60,6 +60,11 @@ fn start(dir: &Path, name: &str, extra: &[&str]) -> Server {
 
 /// `file` on free loopback ports, its data in `dir/name`, with `extra` flags.
 pub(crate) fn start_file(file: &Path, dir: &Path, name: &str, extra: &[&str]) -> Server {
+    start_file_env(file, dir, name, extra, &[])
+}
+
+/// As `start_file`, with `env` set for the engine (fail points).
+fn start_file_env(file: &Path, dir: &Path, name: &str, extra: &[&str], env: &[(&str, &str)]) -> Server {
     let data = dir.join(name).display().to_string();
     let mut args = vec![
         "--data-dir",
@@ -70,7 +75,7 @@ pub(crate) fn start_file(file: &Path, dir: &Path, name: &str, extra: &[&str]) ->
         "127.0.0.1:0",
     ];
     args.extend_from_slice(extra);
-    Server::start_with(file, &args)
+    Server::start_env(file, &args, env)
 }
 
 /// A peer of the example's cluster, its data in `dir/name`, listening for peers on `at`.
@@ -320,13 +325,18 @@ fn a_word_count_on_two_peers_counts_what_it_counts_on_one() {
 /// A dataflow of one topic and nothing else, written into `dir`; small segments, so
 /// that many peers fit on a disk and copies cross segments.
 pub(crate) fn events_dataflow(dir: &Path) -> PathBuf {
-    let file = dir.join("events.toml");
+    events_dataflow_of(dir, 8, "64KiB")
+}
+
+/// A dataflow of one topic `events` of `partitions` and `segment_bytes`, in `dir`.
+fn events_dataflow_of(dir: &Path, partitions: u32, segment_bytes: &str) -> PathBuf {
+    let file = dir.join(format!("events-{partitions}-{segment_bytes}.toml"));
     std::fs::write(
         &file,
-        with_replicas(
+        with_replicas(&format!(
             "[engine]\ndurability = \"group\"\n\n[ingest]\ntcp = \"127.0.0.1:0\"\n\n\
-             [[topic]]\nname = \"events\"\npartitions = 8\nsegment_bytes = \"64KiB\"\n",
-        ),
+             [[topic]]\nname = \"events\"\npartitions = {partitions}\nsegment_bytes = \"{segment_bytes}\"\n",
+        )),
     )
     .unwrap();
     file
@@ -768,33 +778,16 @@ fn a_stalled_owner_slows_the_peer_that_forwards_to_it_and_no_batch_fails() {
     let _serial = one_at_a_time();
     one_copy();
     let dir = tempfile::tempdir().unwrap();
-    let file = dir.path().join("big.toml");
-    std::fs::write(
-        &file,
-        with_replicas(
-            "[engine]\ndurability = \"group\"\n\n[ingest]\ntcp = \"127.0.0.1:0\"\n\n\
-             [[topic]]\nname = \"events\"\npartitions = 4\nsegment_bytes = \"16MiB\"\n",
-        ),
-    )
-    .unwrap();
+    let file = events_dataflow_of(dir.path(), 4, "16MiB");
     // Each peer's reader of forwarded batches stalls for 3 s at the first one, as
     // behind a full inbox: its gossip goes on, so it stays alive to the other.
     let start = |name: &str, seed: Option<&str>| {
-        let data = dir.path().join(name).display().to_string();
-        let mut args = vec![
-            "--data-dir",
-            &data,
-            "--listen",
-            "127.0.0.1:0",
-            "--http",
-            "127.0.0.1:0",
-            "--peer-listen",
-            "127.0.0.1:0",
-        ];
+        let mut extra = vec!["--peer-listen", "127.0.0.1:0"];
         if let Some(seed) = seed {
-            args.extend(["--seeds", seed]);
+            extra.extend(["--seeds", seed]);
         }
-        Server::start_env(&file, &args, &[("FAILPOINTS", "peer-produce=1*sleep(3000)")])
+        let stall = [("FAILPOINTS", "peer-produce=1*sleep(3000)")];
+        start_file_env(&file, dir.path(), name, &extra, &stall)
     };
     let first = start("p1", None);
     let second = start("p2", first.peer.as_deref());

@@ -76,6 +76,35 @@ fn peer_of(server: &Server) -> String {
     server.peer.clone().unwrap()
 }
 
+/// Healing peers named `names` (each seeded by the first), once every partition is led
+/// with three replicas.
+fn healing_peers(dir: &std::path::Path, names: &[&str], grace: &str) -> Vec<Server> {
+    let mut servers: Vec<Server> = Vec::new();
+    for name in names {
+        let seed = servers.first().map(peer_of);
+        servers.push(healing_peer(dir, name, "127.0.0.1:0", seed.as_deref(), grace));
+    }
+    wait_until(
+        "every partition led once with three replicas",
+        Duration::from_secs(60),
+        || settled(&servers.iter().collect::<Vec<_>>(), 3),
+    );
+    servers
+}
+
+/// The index in `servers` of the peer at `addr`.
+fn index_of(servers: &[Server], addr: &str) -> usize {
+    servers.iter().position(|s| peer_of(s) == addr).unwrap()
+}
+
+/// The index in `servers` of the peer that says it leads `partition`.
+fn leader_index(servers: &[Server], partition: u64) -> usize {
+    servers
+        .iter()
+        .position(|s| replicas(s).get(&partition).is_some_and(|r| r.0 == "leader"))
+        .unwrap()
+}
+
 #[test]
 fn a_peer_dead_for_good_is_replaced_and_a_second_death_then_loses_no_acked_record() {
     let _serial = one_at_a_time();
@@ -172,32 +201,10 @@ fn a_peer_back_on_an_empty_data_directory_is_not_counted_until_it_copied_its_rep
     let dir = tempfile::tempdir().unwrap();
     let grace = "10m";
     let names = ["p1", "p2", "p3", "p4", "p5"];
-    let mut servers: Vec<Server> = Vec::new();
-    for name in names {
-        let seed = servers.first().map(peer_of);
-        servers.push(healing_peer(
-            dir.path(),
-            name,
-            "127.0.0.1:0",
-            seed.as_deref(),
-            grace,
-        ));
-    }
-    wait_until(
-        "every partition led once with three replicas",
-        Duration::from_secs(60),
-        || settled(&servers.iter().collect::<Vec<_>>(), 3),
-    );
-    let index_of = |servers: &[Server], addr: &str| servers.iter().position(|s| peer_of(s) == addr).unwrap();
+    let mut servers = healing_peers(dir.path(), &names, grace);
     let sets = sets_by_leaders(&servers.iter().collect::<Vec<_>>());
     let (&partition, (_, members, _)) = sets.iter().next().unwrap();
-    let leader = (0..5)
-        .find(|&i| {
-            replicas(&servers[i])
-                .get(&partition)
-                .is_some_and(|r| r.0 == "leader")
-        })
-        .unwrap();
+    let leader = leader_index(&servers, partition);
     let followers: Vec<usize> = members
         .iter()
         .map(|m| index_of(&servers, m))
@@ -398,34 +405,16 @@ fn a_leader_gone_past_the_grace_while_another_copy_is_damaged_leads_again_when_i
     let dir = tempfile::tempdir().unwrap();
     let grace = "6s";
     let names = ["p1", "p2", "p3", "p4"];
-    let mut servers: Vec<Server> = Vec::new();
-    for name in names {
-        let seed = servers.first().map(peer_of);
-        servers.push(healing_peer(
-            dir.path(),
-            name,
-            "127.0.0.1:0",
-            seed.as_deref(),
-            grace,
-        ));
-    }
+    let mut servers = healing_peers(dir.path(), &names, grace);
     fn every(servers: &[Server]) -> Vec<&Server> {
         servers.iter().collect()
     }
-    wait_until(
-        "every partition led with three replicas",
-        Duration::from_secs(60),
-        || settled(&every(&servers), 3),
-    );
     let acked: Vec<String> = fill_partitions_0_and_1(&servers[0], 100)
         .into_values()
         .flatten()
         .collect();
-    let index_of = |servers: &[Server], addr: &str| servers.iter().position(|s| peer_of(s) == addr).unwrap();
     let (_, members, _) = sets_by_leaders(&every(&servers))[&0].clone();
-    let leader = (0..4)
-        .find(|&i| replicas(&servers[i]).get(&0).is_some_and(|r| r.0 == "leader"))
-        .unwrap();
+    let leader = leader_index(&servers, 0);
     let follower = members
         .iter()
         .map(|m| index_of(&servers, m))
