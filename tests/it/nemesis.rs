@@ -69,7 +69,8 @@ struct Net {
 
 impl Net {
     fn new(peers: usize) -> Net {
-        let tag = format!("{:x}", std::process::id() % 0xffff);
+        clear_leftovers();
+        let tag = format!("{:x}", std::process::id());
         let net = Net { tag, peers };
         let bridge = net.bridge();
         must(&["ip", "link", "add", &bridge, "type", "bridge"]);
@@ -152,6 +153,49 @@ impl Net {
                 ]);
             }
         }
+    }
+}
+
+/// Removes the bridges and namespaces a run left behind when it was killed before its
+/// drop: the left bridge holds 10.77.0.1/24 too and wins the route, so its namespaces
+/// would answer this run's addresses with "connection refused" and every peer would
+/// look dead. A run whose test process still lives (a bridge is `fb<its pid in hex>`)
+/// is not touched: this one stops and says so.
+fn clear_leftovers() {
+    let out = Command::new("ip")
+        .args(["-o", "link", "show", "type", "bridge"])
+        .output()
+        .unwrap_or_else(|e| panic!("the nemesis needs `ip` (iproute2): {e}"));
+    let me = std::env::current_exe().ok();
+    for line in String::from_utf8_lossy(&out.stdout).lines() {
+        let Some(name) = line.split(": ").nth(1).map(|n| n.trim_end_matches(':')) else {
+            continue;
+        };
+        let Some(tag) = name.strip_prefix("fb") else {
+            continue;
+        };
+        let Ok(pid) = u32::from_str_radix(tag, 16) else {
+            continue;
+        };
+        let exe = std::fs::read_link(format!("/proc/{pid}/exe")).ok();
+        assert!(
+            exe.is_none() || exe != me,
+            "another nemesis run (process {pid}) holds 10.77.0.0/24 (bridge {name}); wait for it to end"
+        );
+        let spaces = Command::new("ip").args(["netns", "list"]).output().unwrap();
+        for ns in String::from_utf8_lossy(&spaces.stdout).lines() {
+            let ns = ns.split_whitespace().next().unwrap_or("");
+            if !ns.starts_with(&format!("fn{tag}-")) {
+                continue;
+            }
+            let pids = Command::new("ip").args(["netns", "pids", ns]).output().unwrap();
+            for pid in String::from_utf8_lossy(&pids.stdout).split_whitespace() {
+                sh(&["kill", "-9", pid]);
+            }
+            must(&["ip", "netns", "del", ns]);
+        }
+        must(&["ip", "link", "del", name]);
+        eprintln!("nemesis: removed {name} and its namespaces, left by a run that was killed");
     }
 }
 
