@@ -1,7 +1,8 @@
 //! The peer protocol's frames, byte by byte; sans-io encode and decode.
 //!
 //! ```text
-//! frame  = len:u32 kind:u8 request:u64 body     (little endian; len counts kind..body)
+//! frame  = len:u32 kind:u8 request:u64 body     (little endian; len counts kind..body,
+//!                                               at most `frame_limit()`)
 //! HELLO    body = cluster:str8 from:str8        first frame of every connection
 //! GOSSIP   body = foca's message bytes          (request 0)
 //! PRODUCE  body = topic:str8 partition:u32 count:u32 stamp_ms:i64 records
@@ -25,11 +26,37 @@
 //! A connection that does not open with a HELLO naming this cluster is closed: two
 //! clusters sharing a network never merge by accident.
 
+use std::sync::atomic::{AtomicUsize, Ordering};
+
 use crate::cluster::error::ClusterError;
 
-/// The largest frame a peer sends or takes: a batch is at most 1 MiB plus one input's
-/// outputs, and a fetch answer at most what its order allows.
-pub const PEER_FRAME_MAX: usize = 16 << 20;
+/// The least limit on a peer frame: gossip, consensus, claims, and batches of topics
+/// whose segments are smaller.
+pub const PEER_FRAME_FLOOR: usize = 16 << 20;
+/// Room above the largest batch for a frame's own fields and, in a fetch answer, the
+/// smaller batches after its first (at most 1 MiB of them).
+const BATCH_HEAD_ROOM: usize = 2 << 20;
+/// The largest frame this process sends or takes; only ever raised.
+static PEER_FRAME_LIMIT: AtomicUsize = AtomicUsize::new(PEER_FRAME_FLOOR);
+
+/// The largest peer frame this process sends or takes.
+pub fn frame_limit() -> usize {
+    PEER_FRAME_LIMIT.load(Ordering::Acquire)
+}
+
+/// Lets peer frames carry a batch of `batch_bytes`: a forwarded PRODUCE holds a client's
+/// batch (at most its stored size, see `data`), and a REPLICA_DATA or a fetch answer
+/// holds at least one stored batch whole, so the limit must take the largest batch any
+/// topic takes (one segment's worth), not the client's `max_frame_bytes`: a frame of
+/// small records is stored larger than it came. Every peer runs the same dataflow, so
+/// each sets the same limit; one process's engines share it, so it only grows.
+pub fn allow_batches_of(batch_bytes: u64) {
+    let wanted = usize::try_from(batch_bytes)
+        .unwrap_or(usize::MAX)
+        .saturating_add(BATCH_HEAD_ROOM)
+        .min(u32::MAX as usize);
+    PEER_FRAME_LIMIT.fetch_max(wanted, Ordering::AcqRel);
+}
 /// Bytes before the body: len, kind, request.
 pub const HEAD: usize = 4 + 1 + 8;
 
@@ -123,9 +150,10 @@ pub fn read_error(body: &[u8]) -> (u16, String) {
 /// limit before anything is buffered.
 pub fn frame_len(head: [u8; 4]) -> Result<usize, ClusterError> {
     let len = u32::from_le_bytes(head) as usize;
-    if !(9..=PEER_FRAME_MAX).contains(&len) {
+    let limit = frame_limit();
+    if !(9..=limit).contains(&len) {
         return Err(ClusterError::Frame(format!(
-            "a peer frame of {len} bytes (from 9 to {PEER_FRAME_MAX} are allowed)"
+            "a peer frame of {len} bytes (from 9 to {limit} are allowed: the largest segment_bytes of the dataflow's topics and 2 MiB, at least 16 MiB; run the same dataflow on every peer)"
         )));
     }
     Ok(len)

@@ -241,6 +241,10 @@ pub fn plan(spec: DataflowSpec, cluster: Option<Arc<Cluster>>) -> Result<Plan> {
     let (mut mesh, receivers) = mesh::build(spec.topics.len(), shards);
     let peers = match cluster {
         Some(cluster) => {
+            // A peer frame carries at least one batch whole: forwarded, copied to a
+            // replica, fetched. A batch never spans a segment.
+            let largest = spec.topics.iter().map(|t| t.segment_bytes).max().unwrap_or(0);
+            crate::cluster::frame::allow_batches_of(largest);
             let topics = spec
                 .topics
                 .iter()

@@ -7,6 +7,8 @@ use std::time::Duration;
 
 use serde_json::Value;
 
+use flowd::client::Client;
+
 use crate::cluster::{events_peer, one_at_a_time, status};
 use crate::ingest::Server;
 use crate::support::wait_until;
@@ -128,22 +130,39 @@ pub(crate) fn tail_lines_when_led(server: &Server, topic: &str) -> String {
 }
 
 pub(crate) fn replicated_dataflow(dir: &std::path::Path) -> std::path::PathBuf {
-    let file = dir.join("replicated.toml");
+    replicated_dataflow_of(dir, "64KiB")
+}
+
+/// The replicated dataflow with segments of `segment_bytes`.
+fn replicated_dataflow_of(dir: &std::path::Path, segment_bytes: &str) -> std::path::PathBuf {
+    let file = dir.join(format!("replicated-{segment_bytes}.toml"));
     std::fs::write(
         &file,
-        "[engine]\ndurability = \"group\"\n\n[ingest]\ntcp = \"127.0.0.1:0\"\n\n[cluster]\nreplicas = 3\n\n\
-         [[topic]]\nname = \"events\"\npartitions = 8\nsegment_bytes = \"64KiB\"\n",
+        format!(
+            "[engine]\ndurability = \"group\"\n\n[ingest]\ntcp = \"127.0.0.1:0\"\n\n[cluster]\nreplicas = 3\n\n\
+             [[topic]]\nname = \"events\"\npartitions = 8\nsegment_bytes = \"{segment_bytes}\"\n"
+        ),
     )
     .unwrap();
     file
 }
 
 pub(crate) fn replicated_peer(dir: &std::path::Path, name: &str, at: &str, seed: Option<&str>) -> Server {
+    replicated_peer_of(dir, name, at, seed, "64KiB")
+}
+
+fn replicated_peer_of(
+    dir: &std::path::Path,
+    name: &str,
+    at: &str,
+    seed: Option<&str>,
+    segment_bytes: &str,
+) -> Server {
     let mut extra = vec!["--peer-listen", at];
     if let Some(seed) = seed {
         extra.extend(["--seeds", seed]);
     }
-    crate::cluster::start_file(&replicated_dataflow(dir), dir, name, &extra)
+    crate::cluster::start_file(&replicated_dataflow_of(dir, segment_bytes), dir, name, &extra)
 }
 
 /// `partition -> (role, epoch, next_offset, hwm)` as `server` sees its replicas.
@@ -169,10 +188,15 @@ pub(crate) fn replicas(server: &Server) -> std::collections::BTreeMap<u64, (Stri
 
 /// Three peers of the replicated dataflow, the first the seed, every partition led.
 fn three_replicated(dir: &std::path::Path) -> [Server; 3] {
-    let first = replicated_peer(dir, "p1", "127.0.0.1:0", None);
+    three_replicated_of(dir, "64KiB")
+}
+
+/// As `three_replicated`, with segments of `segment_bytes`.
+fn three_replicated_of(dir: &std::path::Path, segment_bytes: &str) -> [Server; 3] {
+    let first = replicated_peer_of(dir, "p1", "127.0.0.1:0", None, segment_bytes);
     let seed = first.peer.clone().unwrap();
-    let second = replicated_peer(dir, "p2", "127.0.0.1:0", Some(&seed));
-    let third = replicated_peer(dir, "p3", "127.0.0.1:0", Some(&seed));
+    let second = replicated_peer_of(dir, "p2", "127.0.0.1:0", Some(&seed), segment_bytes);
+    let third = replicated_peer_of(dir, "p3", "127.0.0.1:0", Some(&seed), segment_bytes);
     let servers = [first, second, third];
     wait_led(&servers.iter().collect::<Vec<_>>());
     servers
@@ -360,7 +384,7 @@ pub(crate) fn signal(server: &Server, signal: i32) {
 
 #[test]
 fn a_leader_cut_off_from_its_replicas_acks_nothing_and_goes_on_once_they_are_back() {
-    use flowd::client::{Client, ClientError};
+    use flowd::client::ClientError;
 
     let _serial = one_at_a_time();
     let dir = tempfile::tempdir().unwrap();
@@ -660,4 +684,93 @@ pub(crate) fn each_acked_once(servers: &[&Server], acked: &[String], failed: usi
             server.tcp
         );
     }
+}
+
+/// A PRODUCE frame of exactly `16 MiB` (the default `max_frame_bytes`) for `partition`:
+/// keyless 100-byte values (107 bytes each on the wire), the last one longer to fill
+/// it. Stored, its batch takes more than the frame (116 bytes a record and more).
+fn produce_frame_of_max_frame_bytes(partition: u32, tag: &str) -> (Vec<u8>, usize) {
+    const MAX_FRAME: usize = 16 << 20;
+    const VALUE: usize = 100;
+    let build = |count: usize, last: usize| {
+        let mut records: Vec<flowd::protocol::OwnedWireRecord> = (0..count - 1)
+            .map(|i| record(&format!("{tag}{i:08}{}", ".".repeat(VALUE - 9))))
+            .collect();
+        records.push(record(&"z".repeat(last)));
+        let mut out = Vec::new();
+        flowd::protocol::message::encode_produce(&mut out, 1, "events", Some(partition), &records);
+        out
+    };
+    // The frame without records, then as many records as fit and one to fill.
+    let empty = build(1, 0).len() - 7;
+    let room = MAX_FRAME + 4 - empty;
+    let count = room / (VALUE + 7);
+    let last = room - (count - 1) * (VALUE + 7) - 7;
+    let frame = build(count, last);
+    assert_eq!(
+        u32::from_le_bytes(frame[..4].try_into().unwrap()) as usize,
+        MAX_FRAME,
+        "the frame's length field is max_frame_bytes exactly"
+    );
+    (frame, count)
+}
+
+/// The end of `partition`'s own copy on each of `servers`.
+fn copy_ends(servers: &[Server], partition: u64) -> Vec<u64> {
+    servers.iter().map(|s| replicas(s)[&partition].2).collect()
+}
+
+/// A client frame of exactly `max_frame_bytes`, sent to a partition's leader and
+/// through a peer that does not lead it, is acked and copied whole to every replica:
+/// the peer frames that carry it (the forwarded PRODUCE, the followers' REPLICA_DATA
+/// with its stored batch, larger than the frame) take any batch the partition takes.
+#[test]
+fn a_client_frame_of_max_frame_bytes_is_acked_through_any_peer_and_copied_to_every_replica() {
+    let _serial = one_at_a_time();
+    let dir = tempfile::tempdir().unwrap();
+    let servers = three_replicated_of(dir.path(), "64MiB");
+    let (leader, partition) = some_leader(&servers);
+    let other = (leader + 1) % servers.len();
+    let mut total = 0u64;
+    for (through, tag) in [(leader, "l"), (other, "o")] {
+        let (frame, count) = produce_frame_of_max_frame_bytes(partition, tag);
+        let mut client = Client::connect(&servers[through].tcp).unwrap();
+        client.set_read_timeout(Duration::from_secs(60)).unwrap();
+        client.send_raw(&frame).unwrap();
+        client.flush().unwrap();
+        let (_, answer) = client.recv().unwrap();
+        match answer {
+            flowd::protocol::message::Response::Produced(groups) => {
+                assert_eq!(
+                    groups,
+                    vec![vec![flowd::protocol::Run {
+                        partition,
+                        first_offset: total,
+                        count: count as u32
+                    }]],
+                    "the whole frame acked as one run through peer {through}"
+                );
+            }
+            other => panic!("a frame of max_frame_bytes through peer {through}: {other:?}"),
+        }
+        total += count as u64;
+        wait_until(
+            "every replica's copy holds the frame's records",
+            Duration::from_secs(60),
+            || copy_ends(&servers, u64::from(partition)) == vec![total; 3],
+        );
+    }
+    // Read back through the peer that does not lead: the last record of each frame.
+    let fetched = Client::connect(&servers[other].tcp)
+        .unwrap()
+        .fetch(
+            "events",
+            partition,
+            flowd::protocol::FetchFrom::Offset(total - 1),
+            1,
+            0,
+        )
+        .unwrap();
+    assert_eq!(fetched.records.len(), 1);
+    assert_eq!(fetched.records[0].0, total - 1);
 }

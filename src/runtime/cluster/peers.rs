@@ -380,6 +380,21 @@ impl Link {
             };
             out.clear();
             encode_produce(&mut out, next_id, &self.topic, &batch);
+            if out.len() - 4 > frame::frame_limit() {
+                // Never with one dataflow on every peer (a batch fits its segment, and
+                // the limit takes the largest): refused here, loudly, not by the owner
+                // tearing the link and failing every batch in flight with it.
+                drop(pending);
+                let error = EngineError::TooLarge(format!(
+                    "a batch of {} bytes for partition {} of \"{}\" is over the peer frame limit of {} bytes; run the same dataflow on every peer",
+                    out.len() - 4,
+                    batch.partition,
+                    self.topic,
+                    frame::frame_limit()
+                ));
+                self.fail(&batch.ack, error);
+                continue;
+            }
             pending.batches.insert(next_id, (connection, batch));
             drop(pending);
             next_id += 1;
