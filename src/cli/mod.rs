@@ -273,6 +273,8 @@ impl Cli {
                     cluster_id,
                     replace_after,
                     copy_rate,
+                    // Known once the listeners are bound (`run`).
+                    client: None,
                 }),
             }),
         }

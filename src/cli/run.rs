@@ -63,6 +63,9 @@ pub fn run(args: RunArgs) -> Result<ExitCode, CliError> {
         spec.engine.durability
     );
     let data_dir = spec.engine.data_dir.clone();
+    // Bound before the cluster starts: the others learn where this peer's clients
+    // connect from its identity.
+    let (doors, bound) = crate::server::listen(&spec)?;
     let cluster = match &args.cluster {
         Some(options) => {
             if options.listen.ip().is_unspecified() {
@@ -72,14 +75,25 @@ pub fn run(args: RunArgs) -> Result<ExitCode, CliError> {
                 )));
             }
             let cores = runtime::core_count(spec.engine.cores)?;
-            let cluster =
-                Cluster::start(options, cores, &spec.engine.data_dir).map_err(runtime::RuntimeError::from)?;
+            // A listener on every address is reached at the peer address's.
+            let client = bound.tcp.map(|tcp| {
+                if tcp.ip().is_unspecified() {
+                    std::net::SocketAddr::new(options.listen.ip(), tcp.port())
+                } else {
+                    tcp
+                }
+            });
+            let options = crate::cluster::ClusterOptions {
+                client,
+                ..options.clone()
+            };
+            let cluster = Cluster::start(&options, cores, &spec.engine.data_dir)
+                .map_err(runtime::RuntimeError::from)?;
             println!("listening peers {}", cluster.me.addr);
             Some(std::sync::Arc::new(cluster))
         }
         None => None,
     };
-    let (doors, bound) = crate::server::listen(&spec)?;
     let summary = runtime::run(spec, cluster, doors, || {
         // A contract: scripts wait for these lines before they connect.
         if let Some(addr) = bound.tcp {

@@ -25,6 +25,9 @@ pub struct PeerId {
     /// Handing its partitions over before it goes: placement leaves it out, but it
     /// still answers the peers that take its partitions.
     pub leaving: bool,
+    /// Where its clients connect (its TCP listener), for requests the others relay to
+    /// it (`server::relay`); `None` without one.
+    pub client: Option<SocketAddr>,
 }
 
 impl PeerId {
@@ -39,7 +42,13 @@ impl PeerId {
             storage,
             full: false,
             leaving: false,
+            client: None,
         }
+    }
+
+    /// This identity with its clients' address.
+    pub fn with_client(self, client: Option<SocketAddr>) -> PeerId {
+        PeerId { client, ..self }
     }
 
     /// Stands for a seed whose identity is not known yet: only its address counts when
@@ -52,6 +61,7 @@ impl PeerId {
             storage: 0,
             full: false,
             leaving: false,
+            client: None,
         }
     }
 

@@ -49,6 +49,9 @@ pub struct ClusterOptions {
     /// Bytes per second a leader sends, over all its partitions, to peers that copy a
     /// log without being counted yet (new replicas): producers keep their latency.
     pub copy_rate: u64,
+    /// Where this peer's clients connect, told to the others so that they relay
+    /// requests about partitions this peer leads (`server::relay`).
+    pub client: Option<SocketAddr>,
 }
 
 /// This peer's membership: running from `start` until `leave` or the process ends.
@@ -85,7 +88,7 @@ impl Cluster {
             source,
         })?;
         let storage = storage_id::load_or_create(data_dir, addr)?;
-        let me = PeerId::new(addr, cores, storage);
+        let me = PeerId::new(addr, cores, storage).with_client(options.client);
         let view = Arc::new(ViewCell::new(me));
         let (inputs, inputs_rx) = flume::bounded(transport::GOSSIP_QUEUE);
         let (outgoing, outgoing_rx) = flume::bounded(transport::GOSSIP_QUEUE);

@@ -82,6 +82,7 @@ mod tests {
             storage: u64::from(port),
             full: false,
             leaving: false,
+            client: None,
         }
     }
 

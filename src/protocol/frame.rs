@@ -87,6 +87,10 @@ impl Kind {
     }
 }
 
+/// Frame flag bit 0: relayed by a peer from its client (`server::relay`); the receiver
+/// serves it itself and never relays it on.
+pub const FLAG_RELAYED: u16 = 1;
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct FrameHeader {
     pub version: u8,

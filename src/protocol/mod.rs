@@ -13,7 +13,9 @@
 //!              max_frame_bytes (default 16 MiB)
 //! 4      1     version: 1
 //! 5      1     kind (below)
-//! 6      2     flags: 0 (reserved; a receiver ignores them)
+//! 6      2     flags: bit 0 set by a peer relaying its client's request to the peer
+//!              that leads its partition (served there, never relayed on); the
+//!              other bits 0 (reserved; a receiver ignores them)
 //! 8      8     request id: chosen by the client, echoed in the response
 //! 16     ...   body
 //! ```

@@ -35,7 +35,7 @@ use crate::runtime::service::{FETCH_BYTES_MAX, FetchOrder};
 use crate::runtime::shard::Shard;
 use crate::server::admission::{Charge, FREE_BYTES, Refusal};
 use crate::server::{self, Front};
-use crate::server::{api, consumer_api};
+use crate::server::{api, consumer_api, relay};
 
 /// Bytes a connection may owe at once beyond its largest frame: responses, and the
 /// bodies of requests not yet answered.
@@ -333,6 +333,16 @@ async fn dispatch(
         _permit: permit,
         _charge: charge,
     };
+    // About a partition another peer leads: that peer answers it, through here.
+    if let Some((peer, to)) = relay::route(shard, &request, frame.header.flags) {
+        let bytes = relay::frame_bytes(&frame);
+        let (front, out) = (Rc::clone(front), out.clone());
+        shard.tasks.spawn(async move {
+            let answer = front.relays.relay(peer, to, bytes, id).await;
+            let _ = out.send_async((answer, Some(held))).await;
+        });
+        return true;
+    }
     let produced = match &request {
         Request::Produce(groups) => Some(api::produce(shard, groups).await),
         Request::ProduceBatch {

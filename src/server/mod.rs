@@ -5,7 +5,9 @@
 //!
 //! Codemap: `listeners` (sockets bound before the shards start) → `connection` (one TCP
 //! client: frames in, responses out, limits) and `http` (hyper) → `api` (what both
-//! offer) → the runtime. `metrics` and `page` render what `/metrics` and `/` show.
+//! offer) → the runtime; `relay` sends a request about a partition another peer leads
+//! to that peer's client listener. `metrics` and `page` render what `/metrics` and `/`
+//! show.
 
 pub mod admission;
 pub mod api;
@@ -14,6 +16,7 @@ pub mod consumer_api;
 pub mod http;
 pub mod listeners;
 pub mod page;
+pub mod relay;
 
 use std::cell::RefCell;
 use std::rc::Rc;
@@ -40,6 +43,8 @@ pub struct Front {
     /// `tcp ADDR` / `http ADDR` lines, for the status page.
     pub listeners: Vec<String>,
     pub started: Instant,
+    /// This shard's connections to the peers it relays client requests to.
+    pub relays: relay::Relays,
     /// The last `(time, records in)` sample, for the ingest rate.
     last_sample: RefCell<(Instant, u64)>,
 }
@@ -187,6 +192,7 @@ fn serve(shard: &Rc<Shard>, sockets: ShardSockets) {
         buffered: Rc::new(glommio::sync::Semaphore::new(ingest.max_buffered_bytes)),
         listeners: sockets.names.clone(),
         started: Instant::now(),
+        relays: relay::Relays::default(),
         last_sample: RefCell::new((Instant::now(), 0)),
     });
     if let Some(fd) = sockets.tcp {

@@ -751,7 +751,149 @@ macro_rules! both_ways {
     };
 }
 
+/// The state `server` answers for `key` of the state stage `stage`, if it has one.
+fn state_through(server: &Server, stage: &str, key: &str) -> Option<String> {
+    let mut client = flowd::client::Client::connect(&server.tcp).unwrap();
+    client
+        .state(stage, key.as_bytes())
+        .ok()
+        .map(|v| String::from_utf8_lossy(&v).trim().to_string())
+}
+
+/// A range read of all of `partition` of `topic` through `server`: `(offset, value)`.
+fn range_through(server: &Server, topic: &str, partition: u32) -> Vec<(u64, String)> {
+    use flowd::protocol::consumer::{Bound, RangeSpec};
+    let mut client = flowd::client::Client::connect(&server.tcp).unwrap();
+    let spec = RangeSpec {
+        partition,
+        by_time: false,
+        reverse: false,
+        from: Bound::Unbounded,
+        to: Bound::Unbounded,
+        limit: 10_000,
+        max_bytes: 1 << 20,
+    };
+    let fetched = client.range(topic, spec).unwrap_or_else(|e| {
+        panic!(
+            "a range read of partition {partition} through {}: {e}",
+            server.tcp
+        )
+    });
+    fetched
+        .records
+        .into_iter()
+        .map(|(offset, r)| (offset, String::from_utf8(r.value).unwrap()))
+        .collect()
+}
+
+/// Requests about one partition (state reads, length and range reads, a named
+/// consumer's claims and acks) answer alike through every peer, the peers that do not
+/// lead it relaying them to the one that does; a consumer claiming and acking through
+/// alternating peers gets every record once and none again.
+fn requests_about_a_partition_answer_alike_through_every_peer() {
+    let _serial = one_at_a_time();
+    let dir = tempfile::tempdir().unwrap();
+    let servers = three_peers(dir.path());
+    wait_settled(&servers.iter().collect::<Vec<_>>(), 4);
+    let lines: String = (0..300).map(|n| format!("k{n}\tapple pear v{n}\n")).collect();
+    let (code, _, err) = run_cli(&["send", "--to", &servers[0].tcp, "lines"], &lines);
+    assert_eq!(code, 0, "{err}");
+
+    // State: the word's count, kept by the peer leading its partition of `words`.
+    let apple = flowd::protocol::routing::partition_of_bytes(b"apple", 4);
+    assert!(
+        servers.iter().any(|s| !served_by(s, "words").contains(&apple)),
+        "some peer does not lead apple's partition (and relays)"
+    );
+    for server in &servers {
+        wait_until(
+            "apple counted 300 times, through every peer",
+            Duration::from_secs(30),
+            || state_through(server, "count", "apple").as_deref() == Some("300"),
+        );
+        assert_eq!(state_through(server, "count", "pear").as_deref(), Some("300"));
+        let (code, body) = crate::ingest::http(&server.http, "GET", "/state/count/apple", "");
+        assert_eq!(
+            (code, body.trim()),
+            (200, "300"),
+            "GET /state through {}",
+            server.http
+        );
+        let (code, _) = crate::ingest::http(&server.http, "GET", "/state/count/never-said", "");
+        assert_eq!(code, 404, "a key without state, through {}", server.http);
+    }
+
+    // Length and range reads of every partition, alike through every peer.
+    let mut total = 0;
+    for p in 0..4u32 {
+        let lengths: Vec<u64> = servers
+            .iter()
+            .map(|s| {
+                flowd::client::Client::connect(&s.tcp)
+                    .unwrap()
+                    .length("lines", Some(p))
+                    .unwrap()
+            })
+            .collect();
+        assert!(
+            lengths.iter().all(|n| *n == lengths[0]),
+            "partition {p}: {lengths:?}"
+        );
+        let ranges: Vec<Vec<(u64, String)>> = servers.iter().map(|s| range_through(s, "lines", p)).collect();
+        assert_eq!(ranges[0].len() as u64, lengths[0], "partition {p}");
+        assert!(ranges.iter().all(|r| *r == ranges[0]), "partition {p} read alike");
+        total += lengths[0];
+    }
+    assert_eq!(total, 300);
+
+    // A named consumer, each claim and each ack through the next peer in turn.
+    let mut clients: Vec<flowd::client::Client> = servers
+        .iter()
+        .map(|s| flowd::client::Client::connect(&s.tcp).unwrap())
+        .collect();
+    let create = Some(flowd::protocol::consumer::Options::default());
+    let (mut turn, mut got) = (0usize, Vec::new());
+    for p in 0..4u32 {
+        for _ in 0..100 {
+            let claimed = clients[turn % 3]
+                .claim("lines", "g", Some(p), 7, create.clone())
+                .unwrap();
+            turn += 1;
+            if claimed.partition.is_none() || claimed.records.is_empty() {
+                break;
+            }
+            got.extend(
+                claimed
+                    .records
+                    .iter()
+                    .map(|(_, r)| String::from_utf8(r.value.clone()).unwrap()),
+            );
+            let acked = clients[turn % 3].ack("lines", "g", p).unwrap();
+            turn += 1;
+            assert_eq!(
+                acked,
+                (claimed.from, claimed.to),
+                "the claim acked, through another peer"
+            );
+        }
+    }
+    got.sort();
+    let mut expected: Vec<String> = (0..300).map(|n| format!("apple pear v{n}")).collect();
+    expected.sort();
+    assert_eq!(got, expected, "every record claimed once");
+    for (i, client) in clients.iter_mut().enumerate() {
+        for p in 0..4u32 {
+            let claimed = client.claim("lines", "g", Some(p), 7, None).unwrap();
+            assert!(
+                claimed.records.is_empty(),
+                "partition {p} through peer {i}: an acked record came back"
+            );
+        }
+    }
+}
+
 both_ways!(
+    requests_about_a_partition_answer_alike_through_every_peer,
     peers_find_each_other_drop_a_killed_one_and_take_it_back,
     records_sent_to_any_peer_land_at_their_owner_and_tail_anywhere_returns_all,
     a_word_count_on_two_peers_counts_what_it_counts_on_one,

@@ -219,6 +219,16 @@ impl Peers {
         self.owners()[topic][partition as usize]
     }
 
+    /// Where the clients of the peer at `peer` connect, as its identity says; `None`
+    /// for a peer this one does not know or one without a client listener.
+    pub fn client_of(&self, peer: SocketAddr) -> Option<SocketAddr> {
+        let view = self.cluster.view.get();
+        view.others
+            .iter()
+            .find(|m| m.id.addr == peer)
+            .and_then(|m| m.id.client)
+    }
+
     /// Partitions this peer's view gives each peer: `(address, count)`.
     pub fn partition_counts(&self) -> HashMap<SocketAddr, usize> {
         let mut counts = HashMap::new();

@@ -17,7 +17,7 @@ mod status;
 pub use fetch::{fetch, parse_from};
 pub use jobs::{JOB_TIMEOUT_MAX, job};
 pub use produce::{Layout, Part, PendingProduce, Split, produce, produce_batch, runs, split, too_large};
-pub use state::state;
+pub use state::{state, state_partition};
 pub use status::{metadata, status};
 
 use std::time::Duration;
@@ -26,8 +26,9 @@ use crate::protocol::{ErrorCode, ProtocolError};
 use crate::runtime::cluster::peers::Peers;
 use crate::runtime::error::EngineError;
 
-/// An error unless this peer owns `partition` of `topic`: the requests not forwarded
-/// to the owner yet (consumers, jobs, state reads) are served by the owner alone.
+/// An error unless this peer owns `partition` of `topic`: what is not relayed to the
+/// owner (`relay::route`: jobs, a request relayed once already, an owner without a
+/// client listener) is served by the owner alone.
 pub fn check_local(peers: &Peers, name: &str, topic: usize, partition: u32) -> Result<(), ProtocolError> {
     match peers.owner(topic, partition) {
         None if peers.ownership.serving(topic, partition) => Ok(()),
@@ -39,7 +40,7 @@ pub fn check_local(peers: &Peers, name: &str, topic: usize, partition: u32) -> R
             ErrorCode::Unsupported,
             format!(
                 "partition {partition} of \"{name}\" is owned by the peer at {owner} (peer address); \
-                 consumer requests, jobs and state reads are not forwarded between peers yet: send them to the client listener of that peer"
+                 jobs are not relayed between peers yet, nor requests to a peer without a client listener or relayed once already: send it to the client listener of that peer"
             ),
         )),
     }

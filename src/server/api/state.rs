@@ -2,7 +2,7 @@
 
 use std::rc::Rc;
 
-use crate::config::OpSpec;
+use crate::config::{DataflowSpec, OpSpec};
 use crate::protocol::routing::partition_of_bytes;
 use crate::protocol::{ErrorCode, ProtocolError};
 use crate::runtime::error::EngineError;
@@ -12,6 +12,25 @@ use crate::runtime::shard::Shard;
 
 use super::{check_local, unknown_name};
 
+fn is_state(stage: &&crate::config::StageSpec) -> bool {
+    matches!(stage.op, OpSpec::State { .. })
+}
+
+/// Where `key`'s state in the `state` stage `stage_name` lives: `(stage, its input
+/// topic, the key's partition of it)`; `None` if there is no such stage.
+pub fn state_partition(spec: &DataflowSpec, stage_name: &str, key: &[u8]) -> Option<(usize, usize, u32)> {
+    let stage = spec
+        .stages
+        .iter()
+        .position(|s| s.name == stage_name && is_state(&s))?;
+    let input = spec.stages[stage].from[0];
+    Some((
+        stage,
+        input,
+        partition_of_bytes(key, spec.topics[input].partitions),
+    ))
+}
+
 /// The state a `state` stage holds for `key`, from the shard that owns the key's input
 /// partition; `Ok(None)` when the key has none yet.
 pub async fn state(
@@ -20,12 +39,7 @@ pub async fn state(
     key: &[u8],
 ) -> Result<Option<Vec<u8>>, ProtocolError> {
     let spec = &shard.shared.spec;
-    let is_state = |s: &&crate::config::StageSpec| matches!(s.op, OpSpec::State { .. });
-    let Some(stage) = spec
-        .stages
-        .iter()
-        .position(|s| s.name == stage_name && is_state(&s))
-    else {
+    let Some((stage, input, partition)) = state_partition(spec, stage_name, key) else {
         let known = spec.stages.iter().filter(is_state).map(|s| s.name.as_str());
         return Err(unknown_name(
             ErrorCode::UnknownState,
@@ -34,8 +48,6 @@ pub async fn state(
             known,
         ));
     };
-    let input = spec.stages[stage].from[0];
-    let partition = partition_of_bytes(key, spec.topics[input].partitions);
     if let Some(peers) = &shard.shared.peers {
         check_local(peers, &spec.topics[input].name, input, partition)?;
     }

@@ -22,7 +22,7 @@ use crate::protocol::{FetchFrom, ProtocolError, parse_frame};
 use crate::runtime::service::{FETCH_RECORDS_MAX, FetchOrder};
 use crate::runtime::shard::Shard;
 use crate::server::admission::{Charge, FREE_BYTES, Refusal};
-use crate::server::{self, Front, api, page};
+use crate::server::{self, Front, api, page, relay};
 
 mod consumers;
 mod io;
@@ -243,7 +243,15 @@ async fn route(shard: &Rc<Shard>, front: &Rc<Front>, request: Request<Incoming>)
         }
         (&Method::GET, ["state", stage, key]) => {
             let key = percent_decode(key);
-            match api::state(shard, stage, key.as_bytes()).await {
+            let request = crate::protocol::Request::State {
+                stage,
+                key: key.as_bytes(),
+            };
+            let state = match relay::route(shard, &request, 0) {
+                Some(leader) => relay::state(&front.relays, leader, stage, key.as_bytes()).await,
+                None => api::state(shard, stage, key.as_bytes()).await,
+            };
+            match state {
                 Ok(Some(state)) => text(StatusCode::OK, "application/json", state),
                 Ok(None) => error(
                     StatusCode::NOT_FOUND,

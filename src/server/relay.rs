@@ -1,0 +1,324 @@
+//! Client requests about a partition another peer leads, relayed to that peer's client
+//! listener and answered back through this one: consumer requests (claim, ack, reclaim,
+//! ack-and-commit), range and length reads, and state reads work through any peer.
+//!
+//! One connection per (shard, peer), made when first needed and dropped on any error or
+//! on an answer that does not come. Requests are pipelined on it under ids of its own
+//! (many clients' ids would collide): a relayed frame's id is rewritten, and its
+//! answer's id set back. A relayed frame carries `FLAG_RELAYED`, so the peer serves it
+//! itself and never relays it on: two views that disagree for a moment cannot bounce a
+//! request between peers. A request that gets no answer is answered `unavailable`,
+//! saying it may or may not have been applied (an ack that was relayed and then lost
+//! may have been applied); nothing is retried here.
+
+use std::cell::{Cell, RefCell};
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::pin::pin;
+use std::rc::Rc;
+use std::time::Duration;
+
+use futures_lite::{AsyncReadExt, AsyncWriteExt};
+use glommio::net::TcpStream;
+use glommio::sync::Semaphore;
+
+use crate::protocol::frame::{FLAG_RELAYED, RawFrame};
+use crate::protocol::message::{Response, encode_error};
+use crate::protocol::{ErrorCode, ProtocolError, Request, parse_frame};
+use crate::runtime::shard::Shard;
+use crate::server::api::{self, within};
+
+/// Requests in flight on one relay connection; more wait for room.
+const IN_FLIGHT_MAX: u64 = 256;
+/// How long a relayed request waits for its answer; past it the connection is dropped.
+pub const ANSWER_WAIT: Duration = Duration::from_secs(30);
+/// How long making the connection may take.
+const CONNECT_WAIT: Duration = Duration::from_secs(5);
+/// The largest answer taken: a claim's or range's records (a fetch's bytes and one
+/// record over), a consumer listing.
+const ANSWER_BYTES_MAX: usize = 64 << 20;
+
+/// This shard's relay connections, by the client address of the peer.
+#[derive(Default)]
+pub struct Relays {
+    links: RefCell<HashMap<SocketAddr, Rc<Link>>>,
+}
+
+/// Where a relayed request's answer goes: the answer frame, or why there is none.
+type Waiter = flume::Sender<Result<Vec<u8>, String>>;
+
+/// One connection to a peer's client listener.
+struct Link {
+    /// Taken when the link breaks, which ends its writer.
+    writes: RefCell<Option<flume::Sender<Vec<u8>>>>,
+    pending: RefCell<HashMap<u64, Waiter>>,
+    next: Cell<u64>,
+    room: Semaphore,
+    /// Lost or given up: the next request makes a new connection.
+    broken: Cell<bool>,
+}
+
+impl Link {
+    /// Marks it broken and tells every request waiting on it why.
+    fn fail(&self, reason: &str) {
+        self.broken.set(true);
+        self.writes.borrow_mut().take();
+        self.room.close();
+        for (_, waiter) in self.pending.borrow_mut().drain() {
+            let _ = waiter.try_send(Err(reason.to_owned()));
+        }
+    }
+}
+
+/// The peer that leads what `request` is about and its client listener, when that is
+/// another peer and the request may go on: not one already relayed, and only requests
+/// about one partition (a claim of any partition, a whole topic's length, jobs, admin
+/// and status are served here).
+pub fn route(shard: &Shard, request: &Request<'_>, flags: u16) -> Option<(SocketAddr, SocketAddr)> {
+    if flags & FLAG_RELAYED != 0 {
+        return None;
+    }
+    let peers = shard.shared.peers.as_ref()?;
+    let spec = &shard.shared.spec;
+    let (topic, partition) = match request {
+        Request::Claim(c) => (spec.topic_index(c.topic)?, c.partition?),
+        Request::Ack(r) | Request::Reclaim(r) | Request::AckCommit(r, _) => {
+            (spec.topic_index(r.topic)?, r.partition)
+        }
+        Request::Range(r) => (spec.topic_index(r.topic)?, r.spec.partition),
+        Request::Length { topic, partition } => (spec.topic_index(topic)?, (*partition)?),
+        Request::State { stage, key } => {
+            let (_, input, partition) = api::state_partition(spec, stage, key)?;
+            (input, partition)
+        }
+        _ => return None,
+    };
+    if partition >= spec.topics[topic].partitions {
+        return None;
+    }
+    let owner = peers.owner(topic, partition)?;
+    Some((owner, peers.client_of(owner)?))
+}
+
+/// A state read (`GET /state/STAGE/KEY` through HTTP) relayed as the protocol's STATE:
+/// the state, `None` when the key has none, or the leader's error.
+pub async fn state(
+    relays: &Relays,
+    (peer, to): (SocketAddr, SocketAddr),
+    stage: &str,
+    key: &[u8],
+) -> Result<Option<Vec<u8>>, ProtocolError> {
+    let mut frame = Vec::new();
+    Request::State { stage, key }.encode(0, &mut frame);
+    let answer = relays.relay(peer, to, frame, 0).await;
+    let parsed = parse_frame(&answer, answer.len())?
+        .ok_or_else(|| ProtocolError::new(ErrorCode::Internal, "a relayed answer cut short (a bug)"))?;
+    match Response::decode(&parsed.header, parsed.body)? {
+        Response::Answer(record) => Ok(Some(record.value)),
+        // The stage exists (routed by it, and every peer runs the same dataflow): the
+        // key has no state there.
+        Response::Error {
+            code: ErrorCode::UnknownState,
+            ..
+        } => Ok(None),
+        Response::Error { code, message, .. } => Err(ProtocolError::new(code, message)),
+        other => Err(ProtocolError::new(
+            ErrorCode::Internal,
+            format!("the peer {peer} answered a state read with {other:?}"),
+        )),
+    }
+}
+
+/// The whole frame `frame` was parsed from, as it came.
+pub fn frame_bytes(frame: &RawFrame<'_>) -> Vec<u8> {
+    let mut out = Vec::with_capacity(16 + frame.body.len());
+    out.extend_from_slice(&((12 + frame.body.len()) as u32).to_le_bytes());
+    out.push(frame.header.version);
+    out.push(frame.header.kind);
+    out.extend_from_slice(&frame.header.flags.to_le_bytes());
+    out.extend_from_slice(&frame.header.request_id.to_le_bytes());
+    out.extend_from_slice(frame.body);
+    out
+}
+
+impl Relays {
+    /// Sends `frame` (a whole client frame, its id `id`) to the client listener at `to`
+    /// (the peer `peer`'s) and returns the answer frame with its id set back to `id`,
+    /// or an `unavailable` error frame saying why there is none.
+    pub async fn relay(&self, peer: SocketAddr, to: SocketAddr, frame: Vec<u8>, id: u64) -> Vec<u8> {
+        match self.exchange(to, frame).await {
+            Ok(mut answer) => {
+                answer[8..16].copy_from_slice(&id.to_le_bytes());
+                answer
+            }
+            Err(reason) => {
+                let mut out = Vec::new();
+                encode_error(
+                    &mut out,
+                    id,
+                    ErrorCode::Unavailable,
+                    &format!(
+                        "the request went on to the peer {peer} that leads its partition (client listener {to}) and got no answer ({reason}); it may or may not have been applied: ask again"
+                    ),
+                );
+                out
+            }
+        }
+    }
+
+    async fn exchange(&self, to: SocketAddr, mut frame: Vec<u8>) -> Result<Vec<u8>, String> {
+        // Until the frame is queued nothing here waits but for room, so requests a
+        // client pipelined reach the peer in the order it sent them.
+        let link = self.link(to);
+        let _permit = link
+            .room
+            .acquire_permit(1)
+            .await
+            .map_err(|_| "the connection to it was lost".to_owned())?;
+        let mine = link.next.get();
+        link.next.set(mine.wrapping_add(1));
+        frame[8..16].copy_from_slice(&mine.to_le_bytes());
+        let flags = u16::from_le_bytes([frame[6], frame[7]]) | FLAG_RELAYED;
+        frame[6..8].copy_from_slice(&flags.to_le_bytes());
+        let (tx, rx) = flume::bounded(1);
+        link.pending.borrow_mut().insert(mine, tx);
+        // Room for every permit: never full; gone once the link broke.
+        let queued = link
+            .writes
+            .borrow()
+            .as_ref()
+            .is_some_and(|w| w.try_send(frame).is_ok());
+        if !queued {
+            link.pending.borrow_mut().remove(&mine);
+            return Err("the connection to it was lost".to_owned());
+        }
+        match within(ANSWER_WAIT, rx.recv_async()).await {
+            Some(Ok(answer)) => answer,
+            Some(Err(_)) => Err("the connection to it was lost".to_owned()),
+            None => {
+                let reason = format!("no answer within {}", humantime::format_duration(ANSWER_WAIT));
+                link.fail(&reason);
+                Err(reason)
+            }
+        }
+    }
+
+    /// The connection to `to`; a new one (connecting in the background, its requests
+    /// queued meanwhile) if there is none or it broke.
+    fn link(&self, to: SocketAddr) -> Rc<Link> {
+        if let Some(link) = self.links.borrow().get(&to)
+            && !link.broken.get()
+        {
+            return Rc::clone(link);
+        }
+        let (writes, queued) = flume::bounded(IN_FLIGHT_MAX as usize);
+        let link = Rc::new(Link {
+            writes: RefCell::new(Some(writes)),
+            pending: RefCell::new(HashMap::new()),
+            next: Cell::new(1),
+            room: Semaphore::new(IN_FLIGHT_MAX),
+            broken: Cell::new(false),
+        });
+        glommio::spawn_local(run_link(to, queued, Rc::clone(&link))).detach();
+        self.links.borrow_mut().insert(to, Rc::clone(&link));
+        link
+    }
+}
+
+/// Connects, then reads answers and writes the queued frames until the link breaks.
+async fn run_link(to: SocketAddr, queued: flume::Receiver<Vec<u8>>, link: Rc<Link>) {
+    let stream = match within(CONNECT_WAIT, TcpStream::connect(to)).await {
+        Some(Ok(stream)) => stream,
+        Some(Err(error)) => return link.fail(&format!("cannot connect: {error}")),
+        None => {
+            return link.fail(&format!(
+                "no connection within {}",
+                humantime::format_duration(CONNECT_WAIT)
+            ));
+        }
+    };
+    let _ = stream.set_nodelay(true);
+    let (reader, writer) = futures_lite::io::split(stream);
+    let weak = Rc::downgrade(&link);
+    glommio::spawn_local(read_loop(reader, link)).detach();
+    write_loop(writer, queued, weak).await;
+}
+
+/// Writes the queued frames, coalesced; ends on an error or once the link is gone.
+async fn write_loop(
+    writer: futures_lite::io::WriteHalf<TcpStream>,
+    queued: flume::Receiver<Vec<u8>>,
+    link: std::rc::Weak<Link>,
+) {
+    let mut writer = futures_lite::io::BufWriter::with_capacity(64 << 10, writer);
+    while let Ok(frame) = queued.recv_async().await {
+        let mut frames = vec![frame];
+        while let Ok(more) = queued.try_recv() {
+            frames.push(more);
+            if frames.len() >= 64 {
+                break;
+            }
+        }
+        let written = within(ANSWER_WAIT, async {
+            for frame in &frames {
+                writer.write_all(frame).await?;
+            }
+            writer.flush().await
+        })
+        .await;
+        let failed = match written {
+            Some(Ok(())) => None,
+            Some(Err(error)) => Some(format!("write failed: {error}")),
+            None => Some("it took nothing for the whole answer wait".to_owned()),
+        };
+        if let Some(reason) = failed {
+            if let Some(link) = link.upgrade() {
+                link.fail(&reason);
+            }
+            break;
+        }
+    }
+    let _ = writer.close().await;
+}
+
+/// Hands each answer to the request waiting for it; on an error, end of stream or an
+/// answer overdue, fails every request still waiting.
+async fn read_loop(mut reader: futures_lite::io::ReadHalf<TcpStream>, link: Rc<Link>) {
+    let reason = loop {
+        let mut prefix = [0u8; 4];
+        // One read throughout (never dropped and restarted, so no byte is lost): an
+        // idle connection is kept until the peer closes it, a broken one is left.
+        let read = {
+            let mut read = pin!(reader.read_exact(&mut prefix));
+            loop {
+                match within(ANSWER_WAIT, read.as_mut()).await {
+                    Some(read) => break Some(read),
+                    None if link.broken.get() => break None,
+                    None => continue,
+                }
+            }
+        };
+        match read {
+            Some(Ok(())) => {}
+            Some(Err(error)) => break format!("read failed: {error}"),
+            None => break "given up".to_owned(),
+        }
+        let len = u32::from_le_bytes(prefix) as usize;
+        if !(12..=ANSWER_BYTES_MAX).contains(&len) {
+            break format!("an answer of {len} bytes (from 12 to {ANSWER_BYTES_MAX} are taken)");
+        }
+        let mut answer = vec![0u8; 4 + len];
+        answer[..4].copy_from_slice(&prefix);
+        match within(ANSWER_WAIT, reader.read_exact(&mut answer[4..])).await {
+            Some(Ok(())) => {}
+            Some(Err(error)) => break format!("read failed: {error}"),
+            None => break "an answer stayed unfinished".to_owned(),
+        }
+        let id = u64::from_le_bytes(answer[8..16].try_into().expect("8 bytes"));
+        let waiter = link.pending.borrow_mut().remove(&id);
+        if let Some(waiter) = waiter {
+            let _ = waiter.try_send(Ok(answer));
+        }
+    };
+    link.fail(&reason);
+}
