@@ -334,11 +334,11 @@ async fn dispatch(
         _charge: charge,
     };
     // About a partition another peer leads: that peer answers it, through here.
-    if let Some((peer, to)) = relay::route(shard, &request, frame.header.flags) {
+    if let Some(route) = relay::route(shard, &request, frame.header.flags) {
         let bytes = relay::frame_bytes(&frame);
         let (front, out) = (Rc::clone(front), out.clone());
         shard.tasks.spawn(async move {
-            let answer = front.relays.relay(peer, to, bytes, id).await;
+            let answer = front.relays.relay(route, bytes, id).await;
             let _ = out.send_async((answer, Some(held))).await;
         });
         return true;

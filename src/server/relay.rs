@@ -1,6 +1,7 @@
 //! Client requests about a partition another peer leads, relayed to that peer's client
-//! listener and answered back through this one: consumer requests (claim, ack, reclaim,
-//! ack-and-commit), range and length reads, and state reads work through any peer.
+//! listener and answered back through this one: fetches, consumer requests (claim, ack,
+//! reclaim, ack-and-commit), range and length reads, and state reads work through any
+//! peer (a FETCH_BATCHES gets the leader's stored batches as they are).
 //!
 //! One connection per (shard, peer), made when first needed and dropped on any error or
 //! on an answer that does not come. Requests are pipelined on it under ids of its own
@@ -25,6 +26,7 @@ use glommio::sync::Semaphore;
 use crate::protocol::frame::{FLAG_RELAYED, RawFrame};
 use crate::protocol::message::{Response, encode_error};
 use crate::protocol::{ErrorCode, ProtocolError, Request, parse_frame};
+use crate::runtime::service::FETCH_WAIT_MAX;
 use crate::runtime::shard::Shard;
 use crate::server::api::{self, within};
 
@@ -34,9 +36,14 @@ const IN_FLIGHT_MAX: u64 = 256;
 pub const ANSWER_WAIT: Duration = Duration::from_secs(30);
 /// How long making the connection may take.
 const CONNECT_WAIT: Duration = Duration::from_secs(5);
-/// The largest answer taken: a claim's or range's records (a fetch's bytes and one
-/// record over), a consumer listing.
-const ANSWER_BYTES_MAX: usize = 64 << 20;
+/// The least limit on an answer: a consumer listing, a claim's or range's records.
+const ANSWER_BYTES_MIN: usize = 64 << 20;
+
+/// The largest answer taken: a fetch answer holds its first stored batch whole, as a
+/// peer frame does (`cluster::frame::frame_limit`).
+fn answer_bytes_max() -> usize {
+    ANSWER_BYTES_MIN.max(crate::cluster::frame::frame_limit())
+}
 
 /// This shard's relay connections, by the client address of the peer.
 #[derive(Default)]
@@ -70,17 +77,33 @@ impl Link {
     }
 }
 
-/// The peer that leads what `request` is about and its client listener, when that is
-/// another peer and the request may go on: not one already relayed, and only requests
-/// about one partition (a claim of any partition, a whole topic's length, jobs, admin
-/// and status are served here).
-pub fn route(shard: &Shard, request: &Request<'_>, flags: u16) -> Option<(SocketAddr, SocketAddr)> {
+/// Where a request goes on to.
+#[derive(Debug, Clone, Copy)]
+pub struct Route {
+    /// The peer that leads its partition (its peer address).
+    pub peer: SocketAddr,
+    /// That peer's client listener.
+    pub to: SocketAddr,
+    /// How long the request may wait there by itself (a long-poll fetch), on top of
+    /// `ANSWER_WAIT`.
+    pub wait: Duration,
+}
+
+/// Where `request` goes on to, when another peer leads what it is about and it may go
+/// on: not one already relayed, and only requests about one partition (a claim of any
+/// partition, a whole topic's length, jobs, admin and status are served here).
+pub fn route(shard: &Shard, request: &Request<'_>, flags: u16) -> Option<Route> {
     if flags & FLAG_RELAYED != 0 {
         return None;
     }
     let peers = shard.shared.peers.as_ref()?;
     let spec = &shard.shared.spec;
+    let mut wait = Duration::ZERO;
     let (topic, partition) = match request {
+        Request::Fetch(f) | Request::FetchBatches(f) => {
+            wait = Duration::from_millis(f.wait_ms.into()).min(FETCH_WAIT_MAX);
+            (spec.topic_index(f.topic)?, f.partition)
+        }
         Request::Claim(c) => (spec.topic_index(c.topic)?, c.partition?),
         Request::Ack(r) | Request::Reclaim(r) | Request::AckCommit(r, _) => {
             (spec.topic_index(r.topic)?, r.partition)
@@ -96,21 +119,25 @@ pub fn route(shard: &Shard, request: &Request<'_>, flags: u16) -> Option<(Socket
     if partition >= spec.topics[topic].partitions {
         return None;
     }
-    let owner = peers.owner(topic, partition)?;
-    Some((owner, peers.client_of(owner)?))
+    let peer = peers.owner(topic, partition)?;
+    Some(Route {
+        peer,
+        to: peers.client_of(peer)?,
+        wait,
+    })
 }
 
 /// A state read (`GET /state/STAGE/KEY` through HTTP) relayed as the protocol's STATE:
 /// the state, `None` when the key has none, or the leader's error.
 pub async fn state(
     relays: &Relays,
-    (peer, to): (SocketAddr, SocketAddr),
+    route: Route,
     stage: &str,
     key: &[u8],
 ) -> Result<Option<Vec<u8>>, ProtocolError> {
     let mut frame = Vec::new();
     Request::State { stage, key }.encode(0, &mut frame);
-    let answer = relays.relay(peer, to, frame, 0).await;
+    let answer = relays.relay(route, frame, 0).await;
     let parsed = parse_frame(&answer, answer.len())?
         .ok_or_else(|| ProtocolError::new(ErrorCode::Internal, "a relayed answer cut short (a bug)"))?;
     match Response::decode(&parsed.header, parsed.body)? {
@@ -124,7 +151,7 @@ pub async fn state(
         Response::Error { code, message, .. } => Err(ProtocolError::new(code, message)),
         other => Err(ProtocolError::new(
             ErrorCode::Internal,
-            format!("the peer {peer} answered a state read with {other:?}"),
+            format!("the peer {} answered a state read with {other:?}", route.peer),
         )),
     }
 }
@@ -142,11 +169,12 @@ pub fn frame_bytes(frame: &RawFrame<'_>) -> Vec<u8> {
 }
 
 impl Relays {
-    /// Sends `frame` (a whole client frame, its id `id`) to the client listener at `to`
-    /// (the peer `peer`'s) and returns the answer frame with its id set back to `id`,
-    /// or an `unavailable` error frame saying why there is none.
-    pub async fn relay(&self, peer: SocketAddr, to: SocketAddr, frame: Vec<u8>, id: u64) -> Vec<u8> {
-        match self.exchange(to, frame).await {
+    /// Sends `frame` (a whole client frame, its id `id`) to the client listener of the
+    /// peer `route` names and returns the answer frame with its id set back to `id`, or
+    /// an `unavailable` error frame saying why there is none.
+    pub async fn relay(&self, route: Route, frame: Vec<u8>, id: u64) -> Vec<u8> {
+        let Route { peer, to, wait } = route;
+        match self.exchange(to, frame, ANSWER_WAIT + wait).await {
             Ok(mut answer) => {
                 answer[8..16].copy_from_slice(&id.to_le_bytes());
                 answer
@@ -166,7 +194,7 @@ impl Relays {
         }
     }
 
-    async fn exchange(&self, to: SocketAddr, mut frame: Vec<u8>) -> Result<Vec<u8>, String> {
+    async fn exchange(&self, to: SocketAddr, mut frame: Vec<u8>, wait: Duration) -> Result<Vec<u8>, String> {
         // Until the frame is queued nothing here waits but for room, so requests a
         // client pipelined reach the peer in the order it sent them.
         let link = self.link(to);
@@ -192,11 +220,11 @@ impl Relays {
             link.pending.borrow_mut().remove(&mine);
             return Err("the connection to it was lost".to_owned());
         }
-        match within(ANSWER_WAIT, rx.recv_async()).await {
+        match within(wait, rx.recv_async()).await {
             Some(Ok(answer)) => answer,
             Some(Err(_)) => Err("the connection to it was lost".to_owned()),
             None => {
-                let reason = format!("no answer within {}", humantime::format_duration(ANSWER_WAIT));
+                let reason = format!("no answer within {}", humantime::format_duration(wait));
                 link.fail(&reason);
                 Err(reason)
             }
@@ -304,8 +332,9 @@ async fn read_loop(mut reader: futures_lite::io::ReadHalf<TcpStream>, link: Rc<L
             None => break "given up".to_owned(),
         }
         let len = u32::from_le_bytes(prefix) as usize;
-        if !(12..=ANSWER_BYTES_MAX).contains(&len) {
-            break format!("an answer of {len} bytes (from 12 to {ANSWER_BYTES_MAX} are taken)");
+        let max = answer_bytes_max();
+        if !(12..=max).contains(&len) {
+            break format!("an answer of {len} bytes (from 12 to {max} are taken)");
         }
         let mut answer = vec![0u8; 4 + len];
         answer[..4].copy_from_slice(&prefix);
@@ -321,4 +350,32 @@ async fn read_loop(mut reader: futures_lite::io::ReadHalf<TcpStream>, link: Rc<L
         }
     };
     link.fail(&reason);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::protocol::message::encode_produce;
+    use crate::protocol::wire::OwnedWireRecord;
+
+    #[test]
+    fn a_parsed_frame_is_put_back_byte_for_byte() {
+        let mut sent = Vec::new();
+        let record = OwnedWireRecord {
+            timestamp_ms: None,
+            key: Some(b"k".to_vec()),
+            value: b"value".to_vec(),
+            headers: vec![("h".to_string(), b"v".to_vec())],
+        };
+        encode_produce(&mut sent, 77, "events", Some(3), &[record]);
+        Request::State {
+            stage: "count",
+            key: b"apple",
+        }
+        .encode(78, &mut sent);
+        let first = parse_frame(&sent, 1 << 20).unwrap().unwrap();
+        let second = parse_frame(&sent[first.len..], 1 << 20).unwrap().unwrap();
+        assert_eq!(frame_bytes(&first), &sent[..first.len]);
+        assert_eq!(frame_bytes(&second), &sent[first.len..]);
+    }
 }
