@@ -253,18 +253,45 @@ async fn write_loop(
     timeout: Duration,
     peer: String,
 ) {
+    match write_queued(writer, &responses, timeout, |(bytes, _)| bytes).await {
+        WriteEnd::Done => {}
+        WriteEnd::Failed(error) => tracing::info!(%peer, %error, "connection closed: write failed"),
+        WriteEnd::TimedOut => {
+            tracing::warn!(%peer, timeout = %humantime::format_duration(timeout), "connection closed: the client took no responses for the whole timeout")
+        }
+    }
+}
+
+/// Why `write_queued` stopped.
+pub(crate) enum WriteEnd {
+    /// Every sender is gone and all was written.
+    Done,
+    Failed(std::io::Error),
+    /// The other side took nothing for the whole timeout.
+    TimedOut,
+}
+
+/// Writes what `queued` brings as it comes, up to 64 items coalesced into one write
+/// (each item dropped once written), each write within `timeout`; closes the writer.
+pub(crate) async fn write_queued<T>(
+    writer: futures_lite::io::WriteHalf<TcpStream>,
+    queued: &flume::Receiver<T>,
+    timeout: Duration,
+    bytes: impl Fn(&T) -> &[u8],
+) -> WriteEnd {
     let mut writer = futures_lite::io::BufWriter::with_capacity(64 << 10, writer);
-    while let Ok((bytes, permit)) = responses.recv_async().await {
-        let mut batch = vec![(bytes, permit)];
-        while let Ok(more) = responses.try_recv() {
+    let mut end = WriteEnd::Done;
+    while let Ok(first) = queued.recv_async().await {
+        let mut batch = vec![first];
+        while let Ok(more) = queued.try_recv() {
             batch.push(more);
             if batch.len() >= 64 {
                 break;
             }
         }
         let written = api::within(timeout, async {
-            for (bytes, _) in &batch {
-                writer.write_all(bytes).await?;
+            for item in &batch {
+                writer.write_all(bytes(item)).await?;
             }
             writer.flush().await
         })
@@ -272,16 +299,17 @@ async fn write_loop(
         match written {
             Some(Ok(())) => {}
             Some(Err(error)) => {
-                tracing::info!(%peer, %error, "connection closed: write failed");
+                end = WriteEnd::Failed(error);
                 break;
             }
             None => {
-                tracing::warn!(%peer, timeout = %humantime::format_duration(timeout), "connection closed: the client took no responses for the whole timeout");
+                end = WriteEnd::TimedOut;
                 break;
             }
         }
     }
     let _ = writer.close().await;
+    end
 }
 
 async fn send_error(shard: &Shard, out: &flume::Sender<Outgoing>, id: u64, error: &ProtocolError) {

@@ -19,7 +19,7 @@ use std::pin::pin;
 use std::rc::Rc;
 use std::time::Duration;
 
-use futures_lite::{AsyncReadExt, AsyncWriteExt};
+use futures_lite::AsyncReadExt;
 use glommio::net::TcpStream;
 use glommio::sync::Semaphore;
 
@@ -29,6 +29,7 @@ use crate::protocol::{ErrorCode, ProtocolError, Request, parse_frame};
 use crate::runtime::service::FETCH_WAIT_MAX;
 use crate::runtime::shard::Shard;
 use crate::server::api::{self, within};
+use crate::server::connection::{WriteEnd, write_queued};
 
 /// Requests in flight on one relay connection; more wait for room.
 const IN_FLIGHT_MAX: u64 = 256;
@@ -278,35 +279,14 @@ async fn write_loop(
     queued: flume::Receiver<Vec<u8>>,
     link: std::rc::Weak<Link>,
 ) {
-    let mut writer = futures_lite::io::BufWriter::with_capacity(64 << 10, writer);
-    while let Ok(frame) = queued.recv_async().await {
-        let mut frames = vec![frame];
-        while let Ok(more) = queued.try_recv() {
-            frames.push(more);
-            if frames.len() >= 64 {
-                break;
-            }
-        }
-        let written = within(ANSWER_WAIT, async {
-            for frame in &frames {
-                writer.write_all(frame).await?;
-            }
-            writer.flush().await
-        })
-        .await;
-        let failed = match written {
-            Some(Ok(())) => None,
-            Some(Err(error)) => Some(format!("write failed: {error}")),
-            None => Some("it took nothing for the whole answer wait".to_owned()),
-        };
-        if let Some(reason) = failed {
-            if let Some(link) = link.upgrade() {
-                link.fail(&reason);
-            }
-            break;
-        }
+    let reason = match write_queued(writer, &queued, ANSWER_WAIT, Vec::as_slice).await {
+        WriteEnd::Done => return,
+        WriteEnd::Failed(error) => format!("write failed: {error}"),
+        WriteEnd::TimedOut => "it took nothing for the whole answer wait".to_owned(),
+    };
+    if let Some(link) = link.upgrade() {
+        link.fail(&reason);
     }
-    let _ = writer.close().await;
 }
 
 /// Hands each answer to the request waiting for it; on an error, end of stream or an

@@ -13,8 +13,8 @@ use flowd::client::Client;
 use crate::cluster::{one_at_a_time, status};
 use crate::ingest::Server;
 use crate::replication::{
-    Producing, each_acked_once, fifty_acked, record, replicas, replicated_dataflow, sets_by_leaders, settled,
-    signal, tail_lines_when_led, tail_when_led, voters, wait_led, wait_led_by,
+    Producing, each_acked_once, fifty_acked, record, replicas, replicated_dataflow, replicated_peer_of,
+    sets_by_leaders, settled, signal, tail_lines_when_led, tail_when_led, voters, wait_led, wait_led_by,
 };
 use crate::support::{Tmpfs, stays, wait_until};
 
@@ -27,11 +27,7 @@ fn healing_peer(
     seed: Option<&str>,
     replace_after: &str,
 ) -> Server {
-    let mut extra = vec!["--peer-listen", at, "--replace-after", replace_after];
-    if let Some(seed) = seed {
-        extra.extend(["--seeds", seed]);
-    }
-    crate::cluster::start_file(&replicated_dataflow(dir), dir, name, &extra)
+    replicated_peer_of(dir, name, at, seed, "64KiB", &["--replace-after", replace_after])
 }
 
 /// `(partition, replica, state, seconds until replaced)` of every replica `server`

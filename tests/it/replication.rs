@@ -148,20 +148,24 @@ fn replicated_dataflow_of(dir: &std::path::Path, segment_bytes: &str) -> std::pa
 }
 
 pub(crate) fn replicated_peer(dir: &std::path::Path, name: &str, at: &str, seed: Option<&str>) -> Server {
-    replicated_peer_of(dir, name, at, seed, "64KiB")
+    replicated_peer_of(dir, name, at, seed, "64KiB", &[])
 }
 
-fn replicated_peer_of(
+/// A peer of the replicated dataflow with segments of `segment_bytes`, listening for
+/// peers at `at`, seeded with `seed`, with `flags` too.
+pub(crate) fn replicated_peer_of(
     dir: &std::path::Path,
     name: &str,
     at: &str,
     seed: Option<&str>,
     segment_bytes: &str,
+    flags: &[&str],
 ) -> Server {
     let mut extra = vec!["--peer-listen", at];
     if let Some(seed) = seed {
         extra.extend(["--seeds", seed]);
     }
+    extra.extend(flags);
     crate::cluster::start_file(&replicated_dataflow_of(dir, segment_bytes), dir, name, &extra)
 }
 
@@ -193,10 +197,10 @@ fn three_replicated(dir: &std::path::Path) -> [Server; 3] {
 
 /// As `three_replicated`, with segments of `segment_bytes`.
 fn three_replicated_of(dir: &std::path::Path, segment_bytes: &str) -> [Server; 3] {
-    let first = replicated_peer_of(dir, "p1", "127.0.0.1:0", None, segment_bytes);
+    let first = replicated_peer_of(dir, "p1", "127.0.0.1:0", None, segment_bytes, &[]);
     let seed = first.peer.clone().unwrap();
-    let second = replicated_peer_of(dir, "p2", "127.0.0.1:0", Some(&seed), segment_bytes);
-    let third = replicated_peer_of(dir, "p3", "127.0.0.1:0", Some(&seed), segment_bytes);
+    let second = replicated_peer_of(dir, "p2", "127.0.0.1:0", Some(&seed), segment_bytes, &[]);
+    let third = replicated_peer_of(dir, "p3", "127.0.0.1:0", Some(&seed), segment_bytes, &[]);
     let servers = [first, second, third];
     wait_led(&servers.iter().collect::<Vec<_>>());
     servers
