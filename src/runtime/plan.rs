@@ -520,13 +520,36 @@ const SPIN_BEFORE_PARK: Duration = Duration::from_micros(200);
 
 pub type ShardHandle = glommio::ExecutorJoinHandle<Result<()>>;
 
-/// Starts one executor per planned shard, pinned to its core.
+/// The CPUs this process may run on (its affinity mask: `taskset`, a container's
+/// cpuset), lowest first; every CPU below the count `available_parallelism` gives when
+/// the mask cannot be read.
+pub fn allowed_cpus() -> Vec<usize> {
+    // SAFETY: a zeroed cpu_set_t is a valid empty set; sched_getaffinity writes at most
+    // its size, and CPU_ISSET reads within it for every index below CPU_SETSIZE.
+    unsafe {
+        let mut set: libc::cpu_set_t = std::mem::zeroed();
+        if libc::sched_getaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &mut set) == 0 {
+            let cpus: Vec<usize> = (0..libc::CPU_SETSIZE as usize)
+                .filter(|&cpu| libc::CPU_ISSET(cpu, &set))
+                .collect();
+            if !cpus.is_empty() {
+                return cpus;
+            }
+        }
+    }
+    (0..std::thread::available_parallelism().map_or(1, |n| n.get())).collect()
+}
+
+/// Starts one executor per planned shard, pinned to its core: shard `i` to the `i`-th
+/// CPU this process may use, so that peers started under `taskset` (or in containers
+/// with cpusets) on one machine each keep to their own CPUs rather than all to CPU 0.
 pub fn spawn(plan: Plan, doors: Option<Arc<dyn Doors>>) -> Result<Vec<ShardHandle>> {
     let mut handles = Vec::new();
+    let cpus = allowed_cpus();
     for (index, shard_plan) in plan.shards.into_iter().enumerate() {
         let shared = Arc::clone(&plan.shared);
         let doors = doors.clone();
-        let handle = LocalExecutorBuilder::new(Placement::Fixed(index))
+        let handle = LocalExecutorBuilder::new(Placement::Fixed(cpus[index % cpus.len()]))
             .spin_before_park(SPIN_BEFORE_PARK)
             .name(&format!("flowd-shard-{index}"))
             .spawn(move || async move { run_shard(index, shared, shard_plan, doors).await })
