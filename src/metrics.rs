@@ -71,6 +71,8 @@ pub struct Metrics {
     pub jobs: Counter,
     pub job_answers: Counter,
     pub job_timeouts: Counter,
+    /// Answers for callers on another peer that could not be sent to it.
+    pub job_answers_undelivered: Counter,
     pub connections_total: Counter,
     pub connections_open: AtomicU64,
     pub connections_refused: Counter,
@@ -119,6 +121,7 @@ impl Metrics {
             jobs: Counter::default(),
             job_answers: Counter::default(),
             job_timeouts: Counter::default(),
+            job_answers_undelivered: Counter::default(),
             connections_total: Counter::default(),
             connections_open: AtomicU64::new(0),
             connections_refused: Counter::default(),
@@ -187,6 +190,11 @@ impl Metrics {
                 "flowd_job_timeouts_total",
                 "Jobs not answered within their timeout",
                 self.job_timeouts.get(),
+            ),
+            (
+                "flowd_job_answers_undelivered_total",
+                "Job answers for callers on another peer that could not be sent there (those callers time out)",
+                self.job_answers_undelivered.get(),
             ),
             (
                 "flowd_connections_total",

@@ -1,6 +1,7 @@
 //! The data plane's bodies, byte by byte, sans-io: what one peer sends another to
 //! write records to a partition it owns (PRODUCE), to read one (FETCH), and the answer
-//! to a produce (ACKED). Frames carry them (see `frame`); both ends use these functions
+//! to a produce (ACKED), and a job's answer for a caller connected to it (ANSWER).
+//! Frames carry them (see `frame`); both ends use these functions
 //! and nothing else, so the two halves cannot drift apart.
 //!
 //! ```text
@@ -9,6 +10,11 @@
 //! FETCH    str8 topic, u32 partition, u8 start (0 offset, 1 earliest, 2 latest, 3 time),
 //!          u64 offset or time, u32 max_records, u32 max_bytes, u32 wait_ms
 //! ACKED    u64 first offset, u64 next offset
+//! ANSWER   u64 epoch, u32 shard, u64 job (the reply address's caller, see
+//!          runtime/reply.rs), u8 outcome, then
+//!            outcome 0 (answered): u8 has_key, (u32 key_len, key) if has_key,
+//!                                  u32 value_len, value
+//!            outcome 1 (failed):   str16 why
 //! ```
 //! All integers are little-endian. Every decoder checks every length against the body
 //! and fails with `ClusterError::Frame`; none panics on any input (fuzzed:
@@ -128,6 +134,64 @@ pub fn decode_acked(body: &[u8]) -> Result<(u64, u64), ClusterError> {
     Ok(acked)
 }
 
+/// An ANSWER body: a job's outcome for the caller at (`epoch`, `shard`, `job`) on the
+/// peer it is sent to.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AnswerBody<'a> {
+    pub epoch: u64,
+    pub shard: u32,
+    pub job: u64,
+    /// The answer's key and value, or why the job failed.
+    pub outcome: Result<(Option<&'a [u8]>, &'a [u8]), &'a str>,
+}
+
+pub fn encode_answer(answer: &AnswerBody<'_>) -> Vec<u8> {
+    let body = Body::default()
+        .u64(answer.epoch)
+        .u32(answer.shard)
+        .u64(answer.job);
+    match answer.outcome {
+        Ok((key, value)) => {
+            let body = match key {
+                Some(key) => body.u8(0).u8(1).u32(key.len() as u32).bytes(key),
+                None => body.u8(0).u8(0),
+            };
+            body.u32(value.len() as u32).bytes(value).0
+        }
+        Err(why) => body.u8(1).str16(why).0,
+    }
+}
+
+pub fn decode_answer(body: &[u8]) -> Result<AnswerBody<'_>, ClusterError> {
+    let mut fields = Fields(body);
+    let (epoch, shard, job) = (fields.u64()?, fields.u32()?, fields.u64()?);
+    let outcome = match fields.u8()? {
+        0 => {
+            let key = match fields.u8()? {
+                0 => None,
+                1 => {
+                    let len = fields.u32()? as usize;
+                    Some(fields.take(len)?)
+                }
+                other => return Err(ClusterError::Frame(format!("an ANSWER key flag {other}"))),
+            };
+            let len = fields.u32()? as usize;
+            Ok((key, fields.take(len)?))
+        }
+        1 => Err(fields.str16()?),
+        other => return Err(ClusterError::Frame(format!("an ANSWER outcome {other}"))),
+    };
+    if !fields.rest().is_empty() {
+        return Err(ClusterError::Frame("bytes after an ANSWER body".into()));
+    }
+    Ok(AnswerBody {
+        epoch,
+        shard,
+        job,
+        outcome,
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -159,6 +223,26 @@ mod tests {
             assert_eq!(decode_fetch(&encode_fetch(&fetch)).unwrap(), fetch);
         }
         assert_eq!(decode_acked(&encode_acked(4, 9)).unwrap(), (4, 9));
+        for outcome in [
+            Ok((Some(&b"k"[..]), &b"v"[..])),
+            Ok((None, &b""[..])),
+            Err("no worker"),
+        ] {
+            let answer = AnswerBody {
+                epoch: u64::MAX,
+                shard: 3,
+                job: 17,
+                outcome,
+            };
+            let body = encode_answer(&answer);
+            assert_eq!(decode_answer(&body).unwrap(), answer);
+            for cut in 0..body.len() {
+                assert!(decode_answer(&body[..cut]).is_err(), "cut at {cut}");
+            }
+            let mut longer = body;
+            longer.push(0);
+            assert!(decode_answer(&longer).is_err());
+        }
     }
 
     #[test]

@@ -17,6 +17,7 @@
 //! CLAIMED  body = (agreed:u8 end:u64){count}    one per CLAIM entry, in order
 //! COPY     body = topic:str8 partition:u32 from:u64
 //! COPIED   body = first:u64 count:u32 records  (client record encoding, timestamps set)
+//! ANSWER   body = a job's answer for a caller on the receiving peer (data.rs); not answered
 //! RAFT RAFT_REPLY                             the metadata group's messages (consensus/network.rs)
 //! REPLICA_FETCH REPLICA_DATA FENCE_EPOCH FENCED   replication (replication.rs)
 //! ERROR    body = code:u16 message:str16
@@ -74,6 +75,7 @@ pub enum Kind {
     Claimed = 0x16,
     Copy = 0x17,
     Copied = 0x18,
+    Answer = 0x19,
     Raft = 0x20,
     RaftReply = 0x21,
     ReplicaFetch = 0x22,
@@ -97,6 +99,7 @@ impl Kind {
             0x16 => Kind::Claimed,
             0x17 => Kind::Copy,
             0x18 => Kind::Copied,
+            0x19 => Kind::Answer,
             0x20 => Kind::Raft,
             0x21 => Kind::RaftReply,
             0x22 => Kind::ReplicaFetch,
@@ -223,7 +226,7 @@ impl Body {
 pub struct Fields<'a>(pub &'a [u8]);
 
 impl<'a> Fields<'a> {
-    fn take(&mut self, n: usize) -> Result<&'a [u8], ClusterError> {
+    pub fn take(&mut self, n: usize) -> Result<&'a [u8], ClusterError> {
         if self.0.len() < n {
             return Err(ClusterError::Frame("a peer frame shorter than its fields".into()));
         }

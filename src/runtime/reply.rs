@@ -2,13 +2,17 @@
 //! header), and the task that runs a `reply` stage: it reads its input partition and
 //! sends each job's first answer to the shard holding the caller's connection.
 
+use std::net::SocketAddr;
 use std::rc::Rc;
+
+use crate::cluster::data;
+use crate::cluster::frame::{self, Kind};
 
 use crate::protocol::wire::encode_record;
 use crate::runtime::error::Result;
 use crate::runtime::mesh::{Ack, Batch, Payload};
 use crate::runtime::reader::PartitionReader;
-use crate::runtime::service::{Answer, ShardRequest};
+use crate::runtime::service::{Answer, JobOutcome, ShardRequest};
 use crate::runtime::shard::Shard;
 use crate::storage::layout::now_ms;
 
@@ -16,38 +20,124 @@ use crate::storage::layout::now_ms;
 pub const REPLY_HEADER: &str = "flowd-reply";
 
 /// Where an answer goes: the engine run (`epoch`: a job taken before a restart has no
-/// caller left), the shard holding the caller's connection, and the job there.
+/// caller left), the shard holding the caller's connection, the job there, and in a
+/// cluster the peer (its peer address) that shard is on.
+///
+/// ```text
+/// u64 epoch, u32 shard, u64 job                      20 bytes: a caller on this peer
+/// then u8 family (4 or 6), the IP's 4 or 16 bytes,   27 or 39 bytes: the caller's peer
+///      u16 port
+/// ```
+/// All little-endian. Any other length or family is no address: nobody is answered.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct ReplyAddress {
     pub epoch: u64,
     pub shard: u32,
     pub job: u64,
+    pub peer: Option<SocketAddr>,
 }
 
 impl ReplyAddress {
-    pub fn encode(&self) -> [u8; 20] {
-        let mut out = [0; 20];
-        out[..8].copy_from_slice(&self.epoch.to_le_bytes());
-        out[8..12].copy_from_slice(&self.shard.to_le_bytes());
-        out[12..].copy_from_slice(&self.job.to_le_bytes());
+    /// The address of `job` taken by `shard`, on this peer in a cluster.
+    pub fn here(shard: &Shard, job: u64) -> ReplyAddress {
+        ReplyAddress {
+            epoch: shard.shared.epoch,
+            shard: shard.index as u32,
+            job,
+            peer: shard.shared.peers.as_ref().map(|p| p.cluster.me.addr),
+        }
+    }
+
+    pub fn encode(&self) -> Vec<u8> {
+        let mut out = Vec::with_capacity(39);
+        out.extend_from_slice(&self.epoch.to_le_bytes());
+        out.extend_from_slice(&self.shard.to_le_bytes());
+        out.extend_from_slice(&self.job.to_le_bytes());
+        match self.peer {
+            None => {}
+            Some(SocketAddr::V4(peer)) => {
+                out.push(4);
+                out.extend_from_slice(&peer.ip().octets());
+                out.extend_from_slice(&peer.port().to_le_bytes());
+            }
+            Some(SocketAddr::V6(peer)) => {
+                out.push(6);
+                out.extend_from_slice(&peer.ip().octets());
+                out.extend_from_slice(&peer.port().to_le_bytes());
+            }
+        }
         out
     }
 
-    /// The address in `bytes` if a caller of this run waits on it: a job taken before a
+    /// The address in `bytes` if a caller may wait on it: one on another peer (that peer
+    /// judges whether it is of its run), or one of this run here. A job taken before a
     /// restart, or naming a shard this run does not have, has nobody to answer.
     pub fn of_this_run(bytes: &[u8], shard: &Shard) -> Option<ReplyAddress> {
-        ReplyAddress::decode(bytes)
-            .filter(|a| a.epoch == shard.shared.epoch && (a.shard as usize) < shard.shared.shards)
+        let address = ReplyAddress::decode(bytes)?;
+        let me = shard.shared.peers.as_ref().map(|p| p.cluster.me.addr);
+        match address.peer {
+            Some(peer) if Some(peer) != me => Some(address),
+            _ => Some(address)
+                .filter(|a| a.epoch == shard.shared.epoch && (a.shard as usize) < shard.shared.shards),
+        }
     }
 
     pub fn decode(bytes: &[u8]) -> Option<ReplyAddress> {
-        let bytes: &[u8; 20] = bytes.try_into().ok()?;
+        let (head, peer) = bytes.split_at_checked(20)?;
+        let peer = match peer {
+            [] => None,
+            [4, rest @ ..] => {
+                let (ip, port): (&[u8; 4], &[u8; 2]) =
+                    (rest.get(..4)?.try_into().ok()?, rest.get(4..)?.try_into().ok()?);
+                Some(SocketAddr::from((*ip, u16::from_le_bytes(*port))))
+            }
+            [6, rest @ ..] => {
+                let (ip, port): (&[u8; 16], &[u8; 2]) =
+                    (rest.get(..16)?.try_into().ok()?, rest.get(16..)?.try_into().ok()?);
+                Some(SocketAddr::from((*ip, u16::from_le_bytes(*port))))
+            }
+            _ => return None,
+        };
         Some(ReplyAddress {
-            epoch: u64::from_le_bytes(bytes[..8].try_into().ok()?),
-            shard: u32::from_le_bytes(bytes[8..12].try_into().ok()?),
-            job: u64::from_le_bytes(bytes[12..].try_into().ok()?),
+            epoch: u64::from_le_bytes(head[..8].try_into().ok()?),
+            shard: u32::from_le_bytes(head[8..12].try_into().ok()?),
+            job: u64::from_le_bytes(head[12..].try_into().ok()?),
+            peer,
         })
     }
+}
+
+/// Sends a job's `outcome` to its caller at `address`: the shard here that holds the
+/// caller's connection, or over the peer link to the peer that does (which checks that
+/// the caller is of its run). False once this engine stops.
+pub async fn deliver(shard: &Shard, address: ReplyAddress, outcome: JobOutcome) -> bool {
+    if let (Some(peer), Some(peers)) = (address.peer, &shard.shared.peers)
+        && peer != peers.cluster.me.addr
+    {
+        let body = data::encode_answer(&data::AnswerBody {
+            epoch: address.epoch,
+            shard: address.shard,
+            job: address.job,
+            outcome: match &outcome {
+                Ok(answer) => Ok((answer.key.as_deref(), answer.value.as_slice())),
+                Err(reason) => Err(reason.as_str()),
+            },
+        });
+        return peers
+            .answerer(peer)
+            .send_async(frame::framed(Kind::Answer, 0, &body))
+            .await
+            .is_ok();
+    }
+    let request = ShardRequest::Answer {
+        job: address.job,
+        answer: outcome,
+    };
+    // The target shard only goes away when the engine stops.
+    shard.shared.services[address.shard as usize]
+        .send_async(request)
+        .await
+        .is_ok()
 }
 
 /// The one-record batch that writes a job to `partition`: its record with the reply
@@ -121,13 +211,10 @@ async fn answer_from(shard: Rc<Shard>, task: ReplyTask, mut position: u64) -> Re
                 if let Some(address) = address {
                     answers.push((
                         address,
-                        ShardRequest::Answer {
-                            job: address.job,
-                            answer: Ok(Answer {
-                                key: view.key().map(<[u8]>::to_vec),
-                                value: view.value().to_vec(),
-                            }),
-                        },
+                        Ok(Answer {
+                            key: view.key().map(<[u8]>::to_vec),
+                            value: view.value().to_vec(),
+                        }),
                     ));
                 }
             }
@@ -135,12 +222,7 @@ async fn answer_from(shard: Rc<Shard>, task: ReplyTask, mut position: u64) -> Re
         reader.publish(position);
         reader.pause(answers.len()).await;
         for (address, answer) in answers.drain(..) {
-            // The target shard only goes away when the engine stops.
-            if shard.shared.services[address.shard as usize]
-                .send_async(answer)
-                .await
-                .is_err()
-            {
+            if !deliver(&shard, address, answer).await {
                 return Ok(());
             }
         }
@@ -166,14 +248,7 @@ impl FailedJobs {
     /// Sends every noted failure to the shard waiting on its job.
     pub async fn answer(&mut self, shard: &Shard) {
         for (address, reason) in self.pending.drain(..) {
-            let request = ShardRequest::Answer {
-                job: address.job,
-                answer: Err(reason),
-            };
-            // The target shard only goes away when the engine stops.
-            let _ = shard.shared.services[address.shard as usize]
-                .send_async(request)
-                .await;
+            deliver(shard, address, Err(reason)).await;
         }
     }
 }
@@ -184,12 +259,28 @@ mod tests {
 
     #[test]
     fn addresses_round_trip_and_reject_other_lengths() {
-        let a = ReplyAddress {
-            epoch: 7,
-            shard: 1,
-            job: u64::MAX,
-        };
-        assert_eq!(ReplyAddress::decode(&a.encode()), Some(a));
-        assert_eq!(ReplyAddress::decode(&a.encode()[..19]), None);
+        for peer in [None, Some("10.0.0.7:7400"), Some("[::1]:9")] {
+            let a = ReplyAddress {
+                epoch: 7,
+                shard: 1,
+                job: u64::MAX,
+                peer: peer.map(|p| p.parse().unwrap()),
+            };
+            let bytes = a.encode();
+            assert_eq!(
+                bytes.len(),
+                [20, 27, 39][peer.map_or(0, |p| 1 + usize::from(p.starts_with('[')))]
+            );
+            assert_eq!(ReplyAddress::decode(&bytes), Some(a));
+            for cut in (0..bytes.len()).filter(|&cut| cut != 20) {
+                assert_eq!(ReplyAddress::decode(&bytes[..cut]), None, "cut at {cut}");
+            }
+            let mut longer = bytes;
+            longer.push(0);
+            assert_eq!(ReplyAddress::decode(&longer), None);
+        }
+        let mut other_family = ReplyAddress::decode(&[0; 20]).unwrap().encode();
+        other_family.extend_from_slice(&[5, 1, 2, 3, 4, 0, 0]);
+        assert_eq!(ReplyAddress::decode(&other_family), None);
     }
 }

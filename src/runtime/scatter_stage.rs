@@ -143,11 +143,7 @@ pub async fn run(shard: Rc<Shard>, task: StageTask) -> Result<()> {
                         None => shard.next_spread(partitions),
                     });
                     let id = shard.next_job_id();
-                    let address = ReplyAddress {
-                        epoch: shard.shared.epoch,
-                        shard: shard.index as u32,
-                        job: id,
-                    };
+                    let address = ReplyAddress::here(&shard, id);
                     shard.gathers.borrow_mut().insert(id, answers_tx.clone());
                     copies_of.insert(id, (offset, copy));
                     ids.push(id);

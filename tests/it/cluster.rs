@@ -34,7 +34,7 @@ thread_local! {
 }
 
 /// Runs the rest of the current test with replication off (`[cluster] replicas = 1`).
-fn one_copy() {
+pub(crate) fn one_copy() {
     REPLICAS.with(|r| r.set(Some(1)));
 }
 
@@ -353,7 +353,7 @@ pub(crate) fn events_peer(dir: &Path, name: &str, seed: Option<&str>) -> Server 
 /// Waits until each of the `partitions` of every topic is served by exactly one of
 /// `servers` (none still being copied in, no replica set moving): reads through any of
 /// them then find them all.
-fn wait_settled(servers: &[&Server], partitions: usize) {
+pub(crate) fn wait_settled(servers: &[&Server], partitions: usize) {
     wait_until("every partition served", Duration::from_secs(30), || {
         let mut served: BTreeMap<(String, u64), usize> = BTreeMap::new();
         let mut topics: BTreeSet<String> = BTreeSet::new();

@@ -5,6 +5,7 @@ mod architecture;
 mod bench;
 mod cli_inspect;
 mod cluster;
+mod cluster_jobs;
 mod config_check;
 mod consumers;
 mod crash;

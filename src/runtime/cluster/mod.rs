@@ -6,12 +6,14 @@
 //! each partition: serving, claiming, fenced) → `handover` (how a partition moves: the
 //! new owner claims it, the others fence it and say where their copies end, the longest
 //! copy is copied in, then it is served) → `reroute` (batches caught by a move, sent
-//! again to whoever owns the partition then) → `service` (what this peer answers the
-//! others: their batches, fetches, claims and copies).
+//! again to whoever owns the partition then) → `answers` (jobs' answers for callers on
+//! other peers) → `service` (what this peer answers the others: their batches, fetches,
+//! claims, copies and answers).
 //!
 //! The shard reaches the wing through `Shared::peers` (a `Peers`) and `Ownership`; the
 //! data plane of `crate::cluster` reaches it through `service::PeerService`.
 
+pub mod answers;
 pub mod controller;
 pub mod copy_pace;
 pub mod follower;

@@ -25,6 +25,7 @@ use crate::cluster::transport::{self, Purpose};
 use crate::cluster::{Cluster, View};
 use crate::protocol::wire::encode_record;
 use crate::protocol::{ErrorCode, ProtocolError};
+use crate::runtime::cluster::answers::Answerers;
 use crate::runtime::cluster::ownership::Ownership;
 use crate::runtime::cluster::replica::{Found, ReplicatedTopic, Replication};
 use crate::runtime::cluster::reroute;
@@ -70,6 +71,8 @@ pub struct Peers {
     pub answering: AtomicUsize,
     /// The replicated partitions: their roles here, quorums and promises.
     pub replication: Arc<Replication>,
+    /// Jobs' answers for callers on other peers.
+    answerers: Answerers,
 }
 
 /// A fetch for a partition another peer owns, and where its answer frame goes.
@@ -91,6 +94,7 @@ impl Peers {
                 .map_err(|reason| RuntimeError::Shard { shard: 0, reason })?,
         );
         let topics: Vec<(String, u32)> = replicated.into_iter().map(|t| (t.name, t.partitions)).collect();
+        let answerers = Answerers::new(cluster.cluster_id.clone(), cluster.me.addr);
         let owners = owners_of(
             &cluster.view.get(),
             &cluster.consensus.metadata().get(),
@@ -110,6 +114,7 @@ impl Peers {
             refused_rx: Mutex::new(Some(refused_rx)),
             rerouting: Arc::new(AtomicUsize::new(0)),
             answering: AtomicUsize::new(0),
+            answerers,
             replication,
         })
     }
@@ -238,6 +243,12 @@ impl Peers {
             }
         }
         counts
+    }
+
+    /// The queue of ANSWER frames for jobs whose callers are on the peer `to`.
+    pub fn answerer(&self, to: SocketAddr) -> flume::Sender<Vec<u8>> {
+        self.answerers
+            .to(to, self.shared().map(|s| Arc::clone(&s.metrics)))
     }
 
     /// Queues a fetch for the peer `to`.

@@ -2,8 +2,9 @@
 //! peer owns (PRODUCE, acked once durable; REDIRECT while the partition is not served
 //! here), fetches they forward (FETCH, answered with the whole frame a client would
 //! get), and the hand-over of partitions (CLAIM: fence and say the end; COPY: records
-//! from an offset). Engine headers are allowed here: only a peer of the same cluster
-//! gets this far (the HELLO named it).
+//! from an offset), and jobs' answers for callers connected here (ANSWER). Engine
+//! headers are allowed here: only a peer of the same cluster gets this far (the HELLO
+//! named it).
 
 use std::io::Write;
 use std::net::{SocketAddr, TcpStream};
@@ -20,7 +21,7 @@ use crate::runtime::cluster::replica::ReplicaRequest;
 use crate::runtime::error::EngineError;
 use crate::runtime::mesh::{Ack, Batch, ClientAck, Payload};
 use crate::runtime::placement::owner;
-use crate::runtime::service::{FetchOrder, ShardRequest};
+use crate::runtime::service::{Answer, FetchOrder, ShardRequest};
 use crate::runtime::shard::Shared;
 
 /// Frames queued for one peer connection's writer.
@@ -117,6 +118,8 @@ impl DataPlane for PeerService {
                 Kind::FenceEpoch => self
                     .fence_epoch(&frame.body)
                     .map(|fenced| Some((Kind::Fenced, wire::encode_fenced(fenced)))),
+                // Not answered: the caller's shard takes it, or nobody waits for it.
+                Kind::Answer => self.answer(&frame.body).map(|()| None),
                 other => Err(ProtocolError::new(
                     ErrorCode::UnknownKind,
                     format!("a {other:?} frame on a data connection"),
@@ -217,6 +220,28 @@ impl PeerService {
         });
         self.shared.services[owner(partition, self.shared.shards)]
             .send(order)
+            .map_err(|_| ProtocolError::from(EngineError::Stopping))
+    }
+
+    /// Hands a job's answer to the shard holding its caller, if the caller is of this
+    /// run (a job taken before a restart has nobody waiting for it).
+    fn answer(&self, body: &[u8]) -> Result<(), ProtocolError> {
+        let answer = data::decode_answer(body).map_err(malformed)?;
+        if answer.epoch != self.shared.epoch || answer.shard as usize >= self.shared.shards {
+            return Ok(());
+        }
+        let outcome = match answer.outcome {
+            Ok((key, value)) => Ok(Answer {
+                key: key.map(<[u8]>::to_vec),
+                value: value.to_vec(),
+            }),
+            Err(why) => Err(why.to_owned()),
+        };
+        self.shared.services[answer.shard as usize]
+            .send(ShardRequest::Answer {
+                job: answer.job,
+                answer: outcome,
+            })
             .map_err(|_| ProtocolError::from(EngineError::Stopping))
     }
 

@@ -1,5 +1,7 @@
 //! Jobs: a request/reply record written to its job's topic with a reply address, and
-//! its caller's wait for the answer a `reply` stage sends back (or the timeout).
+//! its caller's wait for the answer a `reply` stage sends back (or the timeout). In a
+//! cluster any peer takes any job: its partition's leader writes it, and the answer
+//! comes back over the peer link to the peer holding the caller (`reply::deliver`).
 
 use std::rc::Rc;
 use std::time::{Duration, Instant};
@@ -16,7 +18,7 @@ use crate::runtime::shard::Shard;
 
 use super::produce::INGEST_HINT;
 use super::produce::too_large;
-use super::{check_local, unknown_name, within};
+use super::{unknown_name, within};
 
 /// The longest timeout a request may give its job, over either door.
 pub const JOB_TIMEOUT_MAX: Duration = Duration::from_secs(3600);
@@ -64,15 +66,10 @@ pub async fn job(
         Some(key) => partition_of_bytes(key, partitions),
         None => shard.next_spread(partitions),
     };
-    if let Some(peers) = &shared.peers {
-        check_local(peers, &shared.spec.topics[spec.topic].name, spec.topic, partition)?;
-    }
     let id = shard.next_job_id();
-    let address = ReplyAddress {
-        epoch: shared.epoch,
-        shard: shard.index as u32,
-        job: id,
-    };
+    // Its partition may be led by any peer (the mesh sends the batch there); the answer
+    // comes back here, to this peer and shard, from whichever peer's reply stage reads it.
+    let address = ReplyAddress::here(shard, id);
     let (answer_tx, answer_rx) = flume::bounded(1);
     shard.jobs.borrow_mut().insert(id, answer_tx);
     // Whatever happens next, the waiter must not outlive this call.

@@ -27,8 +27,8 @@ use crate::runtime::cluster::peers::Peers;
 use crate::runtime::error::EngineError;
 
 /// An error unless this peer owns `partition` of `topic`: what is not relayed to the
-/// owner (`relay::route`: jobs, a request relayed once already, an owner without a
-/// client listener) is served by the owner alone.
+/// owner (`relay::route`: a request relayed once already, an owner without a client
+/// listener) is served by the owner alone.
 pub fn check_local(peers: &Peers, name: &str, topic: usize, partition: u32) -> Result<(), ProtocolError> {
     match peers.owner(topic, partition) {
         None if peers.ownership.serving(topic, partition) => Ok(()),
@@ -40,7 +40,7 @@ pub fn check_local(peers: &Peers, name: &str, topic: usize, partition: u32) -> R
             ErrorCode::Unsupported,
             format!(
                 "partition {partition} of \"{name}\" is owned by the peer at {owner} (peer address); \
-                 jobs are not relayed between peers yet, nor requests to a peer without a client listener or relayed once already: send it to the client listener of that peer"
+                 a request is not relayed to a peer without a client listener, nor relayed twice: send it to the client listener of that peer"
             ),
         )),
     }

@@ -1,0 +1,412 @@
+//! Jobs through any peer: a job sent to a peer that leads none of its partitions is
+//! written where its partition is led, and its answer comes back over the peer link to
+//! the peer holding the caller. The examples (`hello`, `chained` with an exec worker,
+//! `search`'s scatter-gather) answer alike through every peer of three, replicated and
+//! with one copy; the word stems of 1,500 sentences sent round-robin through three peers,
+//! one SIGKILLed and restarted on the way, are each right when answered, and every job
+//! sent once the cluster settled again is answered (`FLOWD_LONG_JOBS=10000` for the
+//! README's run; ignored for now: in about half the runs a second peer stops, see there).
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::time::Duration;
+
+use flowd::client::{Client, ClientError};
+use serde_json::{Value, json};
+
+use crate::cluster::{one_at_a_time, replicated, start_file, status, wait_all_alive, wait_settled};
+use crate::ingest::{Server, http, run_cli};
+
+/// `dataflows/NAME` as the current test runs it (its replica count), in `dir`, beside a
+/// link to the examples' workers.
+fn example_in(dir: &Path, name: &str) -> PathBuf {
+    let examples = Path::new(env!("CARGO_MANIFEST_DIR")).join("dataflows");
+    let text = std::fs::read_to_string(examples.join(name)).unwrap();
+    let text = if replicated() {
+        text
+    } else {
+        format!("{text}\n[cluster]\nreplicas = 1\n")
+    };
+    let file = dir.join(name);
+    std::fs::write(&file, text).unwrap();
+    let workers = dir.join("workers");
+    if !workers.exists() {
+        std::os::unix::fs::symlink(examples.join("workers"), workers).unwrap();
+    }
+    file
+}
+
+/// Three peers of `file`, each seeded with the first, every partition led.
+fn three_of(file: &Path, dir: &Path) -> Vec<Server> {
+    let first = start_file(file, dir, "p1", &["--peer-listen", "127.0.0.1:0"]);
+    let seed = first.peer.clone().unwrap();
+    let extra = ["--peer-listen", "127.0.0.1:0", "--seeds", &seed];
+    let servers = vec![
+        first,
+        start_file(file, dir, "p2", &extra),
+        start_file(file, dir, "p3", &extra),
+    ];
+    let all: Vec<&Server> = servers.iter().collect();
+    wait_all_alive(&all);
+    wait_settled(&all, 2);
+    servers
+}
+
+/// Partitions of `topic` that `server` leads (or serves, with one copy).
+fn led_by(server: &Server, topic: &str) -> usize {
+    status(server)["topics"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|t| t["name"] == topic)
+        .flat_map(|t| t["partitions"].as_array().unwrap())
+        .filter(|p| p["standing"] == "serving")
+        .count()
+}
+
+fn json_of(body: &str) -> Value {
+    serde_json::from_str(body).unwrap_or_else(|e| panic!("not JSON ({e}): {body}"))
+}
+
+/// Every peer answers `hello`, `chained` (a jq stage, an exec worker, a jq stage) and
+/// `search` (a scatter-gather over two branches) alike, over HTTP and the protocol, for
+/// jobs of every partition: two partitions over three peers, so at least one peer leads
+/// none of a job's partitions and every job it takes is answered from elsewhere.
+pub(crate) fn examples_answer_through_every_peer() {
+    let _serial = one_at_a_time();
+    let dir = tempfile::tempdir().unwrap();
+
+    let servers = three_of(&example_in(dir.path(), "hello.toml"), &dir.path().join("hello"));
+    assert!(
+        servers.iter().any(|s| led_by(s, "hello-requests") == 0),
+        "a peer leads no partition of the job's topic"
+    );
+    for server in &servers {
+        for n in 0..6 {
+            let (code, body) = http(&server.http, "POST", "/jobs/hello", &format!("{{\"n\":{n}}}"));
+            assert_eq!(
+                (code, json_of(&body)),
+                (200, json!({"hello": "world"})),
+                "through {}",
+                server.http
+            );
+        }
+        let (code, out, err) = run_cli(
+            &["send", "--to", &server.tcp, "hello", "--reply"],
+            "{\"x\":1}\n{\"x\":2}\n{\"x\":3}\n{\"x\":4}\n",
+        );
+        assert_eq!(code, 0, "{err}");
+        let answers: Vec<Value> = out.lines().map(json_of).collect();
+        assert_eq!(
+            answers,
+            vec![json!({"hello": "world"}); 4],
+            "through {}",
+            server.tcp
+        );
+    }
+    drop(servers);
+
+    let servers = three_of(
+        &example_in(dir.path(), "chained.toml"),
+        &dir.path().join("chained"),
+    );
+    let labels = ["fizz", "buzz", "bang"];
+    for server in &servers {
+        for n in 0..8i64 {
+            let (code, body) = http(&server.http, "POST", "/jobs/chained", &format!("{{\"n\":{n}}}"));
+            assert_eq!(code, 200, "{body}");
+            assert_eq!(
+                json_of(&body),
+                json!({"n": n, "double": n * 2, "steps": ["compute", "lookup", "finish"],
+                       "label": labels[(n % 3) as usize], "total": n * 2 + 1}),
+                "through {}",
+                server.http
+            );
+        }
+        // The worker refuses it: the failure comes back from the peer that ran it.
+        let (code, body) = http(&server.http, "POST", "/jobs/chained", r#"{"n": "five"}"#);
+        assert_eq!(code, 422, "{body}");
+        assert!(body.contains(r#"stage \"lookup\""#), "{body}");
+    }
+    drop(servers);
+
+    let servers = three_of(&example_in(dir.path(), "search.toml"), &dir.path().join("search"));
+    for server in &servers {
+        for _ in 0..4 {
+            let (code, body) = http(&server.http, "POST", "/jobs/search", r#"{"q": "rust"}"#);
+            assert_eq!(code, 200, "{body}");
+            assert_eq!(
+                json_of(&body),
+                json!([
+                    {"title": "The Rust Programming Language", "score": 9, "from": "books"},
+                    {"title": "Zero To Production In Rust", "score": 7, "from": "books"},
+                    {"title": "Rust (2024)", "score": 5, "from": "films"},
+                ]),
+                "through {}",
+                server.http
+            );
+        }
+    }
+}
+
+/// The word-stems dataflow as jobs: sentences to an exec stage of Python workers, whose
+/// answers go back to the callers.
+fn wordstems_jobs(dir: &Path) -> PathBuf {
+    let replicas = if replicated() {
+        ""
+    } else {
+        "\n[cluster]\nreplicas = 1\n"
+    };
+    let file = dir.join("wordstems-jobs.toml");
+    let worker = Path::new(env!("CARGO_MANIFEST_DIR")).join("dataflows/workers/wordstems.py");
+    std::fs::write(
+        &file,
+        format!(
+            "[engine]\ndurability = \"group\"\n\n[ingest]\ntcp = \"127.0.0.1:0\"\n{replicas}\n\
+             [[topic]]\nname = \"sentences\"\npartitions = 4\n\n\
+             [[topic]]\nname = \"stems\"\npartitions = 4\n\n\
+             [[job]]\nname = \"stems\"\ntopic = \"sentences\"\ntimeout = \"10s\"\n\n\
+             [[stage]]\nname = \"stems\"\nfrom = \"sentences\"\n\
+             op = {{ exec = {{ command = [\"python3\", \"{}\"], workers = 2, concurrency = 16, timeout = \"10s\" }} }}\n\
+             to = \"stems\"\n\n\
+             [[stage]]\nname = \"answer\"\nfrom = \"stems\"\nop = \"reply\"\n",
+            worker.display()
+        ),
+    )
+    .unwrap();
+    file
+}
+
+/// Job `n`'s sentence: unique, with a known number of words.
+fn sentence(n: usize) -> String {
+    let words = [
+        "jumping", "foxes", "jumped", "over", "lazy", "dogs", "running", "quickly",
+    ];
+    let mut out = format!("job {n}");
+    for i in 0..2 + n % 6 {
+        out.push(' ');
+        out.push_str(words[(n + i * 3) % words.len()]);
+    }
+    out
+}
+
+/// What one job came to.
+enum Outcome {
+    /// Not sent yet (the run ended first).
+    Unsent,
+    Answered(Value),
+    /// Refused, timed out, or its peer was unreachable: why.
+    Failed(String),
+}
+
+/// 10,000 jobs (1,500 in the normal tests) sent round-robin through three peers by four
+/// callers; the peer leading most of their partitions is SIGKILLed once a fifth are
+/// answered and started again
+/// (same address, same data) once two fifths are. Every answered job got its own
+/// sentence's answer, and every job sent once all three lead or follow again is answered.
+pub(crate) fn word_stems_jobs_through_three_peers_with_one_sigkilled() {
+    let _serial = one_at_a_time();
+    let jobs: usize = std::env::var("FLOWD_LONG_JOBS")
+        .ok()
+        .and_then(|n| n.parse().ok())
+        .unwrap_or(1500);
+    let dir = tempfile::tempdir().unwrap();
+    let file = wordstems_jobs(dir.path());
+    let first = start_file(&file, dir.path(), "p1", &["--peer-listen", "127.0.0.1:0"]);
+    let seed = first.peer.clone().unwrap();
+    let extra = ["--peer-listen", "127.0.0.1:0", "--seeds", &seed];
+    let mut servers = vec![
+        first,
+        start_file(&file, dir.path(), "p2", &extra),
+        start_file(&file, dir.path(), "p3", &extra),
+    ];
+    {
+        let all: Vec<&Server> = servers.iter().collect();
+        wait_all_alive(&all);
+        wait_settled(&all, 4);
+    }
+    // The peer killed leads partitions of the jobs' topic (peers started one at a time
+    // may leave all of them to the first).
+    let victim = (0..3).max_by_key(|&i| led_by(&servers[i], "sentences")).unwrap();
+    assert!(led_by(&servers[victim], "sentences") > 0);
+    let addrs: Arc<Vec<std::sync::RwLock<String>>> = Arc::new(
+        servers
+            .iter()
+            .map(|s| std::sync::RwLock::new(s.tcp.clone()))
+            .collect(),
+    );
+
+    let next = Arc::new(AtomicUsize::new(0));
+    let answered = Arc::new(AtomicU64::new(0));
+    let failures: Arc<std::sync::Mutex<std::collections::BTreeMap<String, usize>>> = Arc::default();
+    let callers: Vec<_> = (0..4)
+        .map(|_| {
+            let (addrs, next, answered, failures) = (
+                Arc::clone(&addrs),
+                Arc::clone(&next),
+                Arc::clone(&answered),
+                Arc::clone(&failures),
+            );
+            std::thread::spawn(move || {
+                let mut clients: Vec<Option<(String, Client)>> = vec![None, None, None];
+                let mut outcomes = Vec::new();
+                loop {
+                    let n = next.fetch_add(1, Ordering::AcqRel);
+                    if n >= jobs {
+                        break;
+                    }
+                    let peer = n % 3;
+                    let addr = addrs[peer].read().unwrap().clone();
+                    if clients[peer].as_ref().is_none_or(|(a, _)| *a != addr) {
+                        clients[peer] = Client::connect(&addr).ok().map(|c| (addr.clone(), c));
+                    }
+                    let outcome = match clients[peer].as_mut() {
+                        None => Outcome::Failed(format!("cannot connect to {addr}")),
+                        Some((_, client)) => {
+                            match client.job(
+                                "stems",
+                                None,
+                                sentence(n).as_bytes(),
+                                Some(Duration::from_secs(10)),
+                            ) {
+                                Ok(answer) => {
+                                    answered.fetch_add(1, Ordering::AcqRel);
+                                    Outcome::Answered(serde_json::from_slice(&answer.value).unwrap())
+                                }
+                                Err(ClientError::Server { message, .. }) => Outcome::Failed(message),
+                                Err(other) => {
+                                    clients[peer] = None;
+                                    Outcome::Failed(other.to_string())
+                                }
+                            }
+                        }
+                    };
+                    if let Outcome::Failed(why) = &outcome {
+                        *failures
+                            .lock()
+                            .unwrap()
+                            .entry(why.chars().take(70).collect())
+                            .or_default() += 1;
+                    }
+                    outcomes.push((n, outcome));
+                }
+                outcomes
+            })
+        })
+        .collect();
+
+    // A stall leaves the peers' logs, their status and why jobs failed, to look at.
+    let answered_at_least = |count: u64, servers: &[Server]| {
+        let deadline = std::time::Instant::now() + Duration::from_secs(120);
+        while answered.load(Ordering::Acquire) < count && next.load(Ordering::Acquire) < jobs {
+            if std::time::Instant::now() > deadline {
+                let keep = std::env::temp_dir().join(format!("flowd-jobs-stall-{}", std::process::id()));
+                std::fs::create_dir_all(&keep).unwrap();
+                for (i, server) in servers.iter().enumerate() {
+                    std::fs::write(keep.join(format!("p{}.log", i + 1)), server.log.text()).unwrap();
+                    if let Ok(mut client) = Client::connect(&server.tcp)
+                        && let Ok(status) = client.status()
+                    {
+                        std::fs::write(keep.join(format!("p{}.status.json", i + 1)), status.to_string())
+                            .unwrap();
+                    }
+                }
+                panic!(
+                    "jobs stopped being answered ({} of {count} answered); failures so far: {:?}; logs in {}",
+                    answered.load(Ordering::Acquire),
+                    failures.lock().unwrap(),
+                    keep.display()
+                );
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    };
+    answered_at_least(jobs as u64 / 5, &servers);
+    let killed_at = answered.load(Ordering::Acquire);
+    let at = servers[victim].peer.clone().unwrap();
+    let other = servers[(victim + 1) % 3].peer.clone().unwrap();
+    servers[victim].kill9();
+    assert!(
+        killed_at < jobs as u64 * 2 / 5,
+        "the kill landed mid-run ({killed_at} of {jobs} answered)"
+    );
+    answered_at_least(jobs as u64 * 2 / 5, &servers);
+    let name = format!("p{}", victim + 1);
+    servers[victim] = start_file(
+        &file,
+        dir.path(),
+        &name,
+        &["--peer-listen", &at, "--seeds", &other],
+    );
+    *addrs[victim].write().unwrap() = servers[victim].tcp.clone();
+    {
+        let all: Vec<&Server> = servers.iter().collect();
+        wait_all_alive(&all);
+        wait_settled(&all, 4);
+    }
+    let settled_at = next.load(Ordering::Acquire);
+    assert!(
+        settled_at < jobs,
+        "jobs are sent after the failover ({settled_at} of {jobs} were before)"
+    );
+    let mut outcomes: Vec<Outcome> = (0..jobs).map(|_| Outcome::Unsent).collect();
+    for caller in callers {
+        for (n, outcome) in caller.join().unwrap() {
+            outcomes[n] = outcome;
+        }
+    }
+
+    let mut failed_before = 0;
+    for (n, outcome) in outcomes.iter().enumerate() {
+        match outcome {
+            Outcome::Answered(answer) => {
+                let sent = sentence(n);
+                assert_eq!(
+                    answer["sentence"],
+                    json!(sent),
+                    "job {n} got another job's answer"
+                );
+                assert_eq!(
+                    answer["total"],
+                    json!(sent.split(' ').count()),
+                    "job {n}'s word count"
+                );
+            }
+            Outcome::Failed(_) if n < settled_at => failed_before += 1,
+            Outcome::Failed(why) => panic!("job {n}, sent after the failover, failed: {why}"),
+            Outcome::Unsent => panic!("job {n} was never sent"),
+        }
+    }
+    let answered = answered.load(Ordering::Acquire);
+    assert_eq!(answered as usize + failed_before, jobs);
+    eprintln!(
+        "word stems through three peers: {jobs} jobs, {answered} answered, {failed_before} failed around the kill (answered {killed_at} before it), the last {} sent after the failover all answered; failures: {:?}",
+        jobs - settled_at,
+        failures.lock().unwrap()
+    );
+}
+
+mod replicated {
+    #[test]
+    fn examples_answer_through_every_peer() {
+        super::examples_answer_through_every_peer();
+    }
+
+    /// Ignored until a peer whose stage outputs were in flight to the killed one goes on
+    /// instead of stopping (`RuntimeError::Peer`): then the cluster is left with one peer
+    /// and no quorum, in about half the runs. `cargo test --test it -- --ignored word_stems`.
+    #[test]
+    #[ignore = "a surviving peer stops when stage outputs in flight to the killed peer are lost (issue 26, next)"]
+    fn word_stems_jobs_through_three_peers_with_one_sigkilled() {
+        super::word_stems_jobs_through_three_peers_with_one_sigkilled();
+    }
+}
+
+mod one_copy {
+    #[test]
+    fn examples_answer_through_every_peer() {
+        crate::cluster::one_copy();
+        super::examples_answer_through_every_peer();
+    }
+}
