@@ -1,5 +1,5 @@
 //! Fuzzes everything a peer can send: whole peer frames, then every body decoder (HELLO,
-//! PRODUCE with the records it carries, FETCH, ACKED, ANSWER, ERROR, and the hand-over bodies
+//! PRODUCE with the records it carries, FETCH, ACKED, ANSWER, PRODUCE_AGAIN, ERROR, and the hand-over bodies
 //! CLAIM/CLAIMED/COPY/COPIED) on the same bytes. Nothing may panic, hang or over-read.
 #![no_main]
 
@@ -26,6 +26,7 @@ fuzz_target!(|bytes: &[u8]| {
     let _ = data::decode_fetch(bytes);
     let _ = data::decode_acked(bytes);
     let _ = data::decode_answer(bytes);
+    let _ = data::decode_produce_again(bytes);
     let _ = frame::read_error(bytes);
     let _ = handover::decode_claim(bytes);
     let count = bytes.first().copied().unwrap_or(0) as usize;

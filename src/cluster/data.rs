@@ -9,6 +9,7 @@
 //!          then `count` records in the client protocol's record encoding
 //! FETCH    str8 topic, u32 partition, u8 start (0 offset, 1 earliest, 2 latest, 3 time),
 //!          u64 offset or time, u32 max_records, u32 max_bytes, u32 wait_ms
+//! PRODUCE_AGAIN  u64 from (where the leader looks for the batch), then a PRODUCE body
 //! ACKED    u64 first offset, u64 next offset
 //! ANSWER   u64 epoch, u32 shard, u64 job (the reply address's caller, see
 //!          runtime/reply.rs), u8 outcome, then
@@ -59,6 +60,13 @@ pub fn decode_produce(body: &[u8]) -> Result<Produce<'_>, ClusterError> {
         stamp_ms: fields.i64()?,
         records: fields.rest(),
     })
+}
+
+/// A PRODUCE_AGAIN body: where to look for the batch, and the PRODUCE it carries.
+pub fn decode_produce_again(body: &[u8]) -> Result<(u64, Produce<'_>), ClusterError> {
+    let mut fields = Fields(body);
+    let from = fields.u64()?;
+    Ok((from, decode_produce(fields.rest())?))
 }
 
 /// A FETCH body.
@@ -206,6 +214,9 @@ mod tests {
             records: b"anything",
         };
         assert_eq!(decode_produce(&encode_produce(&produce)).unwrap(), produce);
+        let again = Body::default().u64(77).bytes(&encode_produce(&produce)).0;
+        assert_eq!(decode_produce_again(&again).unwrap(), (77, produce));
+        assert!(decode_produce_again(&again[..7]).is_err());
         for from in [
             FetchFrom::Offset(u64::MAX),
             FetchFrom::Earliest,

@@ -7,6 +7,9 @@
 //! GOSSIP   body = foca's message bytes          (request 0)
 //! PRODUCE  body = topic:str8 partition:u32 count:u32 stamp_ms:i64 records
 //!          records in the client protocol's record encoding, engine headers allowed
+//! PRODUCE_AGAIN body = from:u64 then a PRODUCE body: an engine producer's batch whose
+//!          first leader was lost unanswered; written only if the log holds no record
+//!          from offset `from` on with its last record's `flowd-src` (answered as PRODUCE)
 //! ACKED    body = first:u64 next:u64            the PRODUCE with this request id is durable
 //! FETCH    body = topic:str8 partition:u32 from:u8 offset:u64 max_records:u32 max_bytes:u32 wait_ms:u32
 //! FRAME    body = one whole client protocol frame (the owner's answer, passed through)
@@ -76,6 +79,7 @@ pub enum Kind {
     Copy = 0x17,
     Copied = 0x18,
     Answer = 0x19,
+    ProduceAgain = 0x1a,
     Raft = 0x20,
     RaftReply = 0x21,
     ReplicaFetch = 0x22,
@@ -100,6 +104,7 @@ impl Kind {
             0x17 => Kind::Copy,
             0x18 => Kind::Copied,
             0x19 => Kind::Answer,
+            0x1a => Kind::ProduceAgain,
             0x20 => Kind::Raft,
             0x21 => Kind::RaftReply,
             0x22 => Kind::ReplicaFetch,

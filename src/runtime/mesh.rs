@@ -48,6 +48,11 @@ pub struct Batch {
     /// A batch of this partition's leader in that epoch, for this peer's replica:
     /// appended as it is, at the offset it has.
     pub replica: Option<u32>,
+    /// An engine producer's batch sent to a leader that was lost before it answered (or
+    /// that refused it), so it may be written: the partition's leader appends it only
+    /// if its log holds no record from this offset on with the batch's last provenance
+    /// point (`flowd-src`), so that sending it again never writes it twice.
+    pub uncertain: Option<u64>,
 }
 
 impl Batch {
@@ -59,6 +64,7 @@ impl Batch {
             copy_at: None,
             refused: None,
             replica: None,
+            uncertain: None,
         }
     }
 }
@@ -78,6 +84,35 @@ pub enum Payload {
         /// The timestamp of records sent without one: when the server took them.
         stamp_ms: i64,
     },
+}
+
+impl Batch {
+    /// The `flowd-src` header of the batch's last record: the producer and how far its
+    /// outputs in this partition are once the batch is written (`provenance`).
+    pub fn last_source(&self) -> Option<Vec<u8>> {
+        let header = crate::runtime::provenance::SOURCE_HEADER;
+        match &self.records {
+            Payload::Owned(records) => records
+                .last()?
+                .headers
+                .iter()
+                .find(|(name, _)| *name == header)
+                .map(|(_, value)| value.clone()),
+            Payload::Wire { bytes, count, .. } => {
+                let mut cursor = crate::protocol::wire::Cursor::new(bytes);
+                let mut last = None;
+                for _ in 0..*count {
+                    last = Some(cursor.record().ok()?);
+                }
+                last?
+                    .headers
+                    .iter()
+                    .find(|(name, _)| *name == header)
+                    .map(|(_, value)| value.to_vec())
+            }
+            Payload::Batch(_) => None,
+        }
+    }
 }
 
 /// Who waits for a batch to be durable.

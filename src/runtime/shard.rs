@@ -89,6 +89,18 @@ impl Control {
     }
 }
 
+/// The offset of the first record at or after `from` in `log` whose `flowd-src` header
+/// is `point`: where a batch carrying that point was written, if it was.
+fn holds_source(log: &crate::storage::PartitionLog, from: u64, point: &[u8]) -> Option<u64> {
+    let header = crate::runtime::provenance::SOURCE_HEADER;
+    log.read(from)
+        .find(|view| {
+            view.headers()
+                .any(|(name, value)| name == header && value == point)
+        })
+        .map(|view| view.offset())
+}
+
 /// A partition this shard owns.
 pub struct LocalPartition {
     pub topic: usize,
@@ -382,6 +394,28 @@ impl Shard {
                     }
                     None => {}
                 }
+            }
+            // Sent again after its first leader was lost: written only if it is not yet.
+            let held = match (batch.uncertain, batch.last_source()) {
+                (Some(from), Some(point)) => holds_source(&partition.log.borrow(), from, &point),
+                _ => None,
+            };
+            if let Some(at) = held {
+                tracing::info!(
+                    "a batch for partition {} of \"{}\" sent again after its leader was lost is already written (its last record at offset {at}): not written twice",
+                    batch.partition,
+                    self.shared.spec.topics[topic].name
+                );
+                // Acked where it ends, once that is durable (and held by a quorum).
+                self.acks.borrow_mut().push(PendingAck {
+                    partition,
+                    first: at + 1,
+                    end: at + 1,
+                    ack: batch.ack,
+                    quorum,
+                });
+                let _ = self.ack_waiting.0.try_send(());
+                continue;
             }
             let segments_before = partition.log.borrow().segment_count();
             let appended = {

@@ -290,6 +290,7 @@ impl Peers {
             refused: self.refused.clone(),
             topic_index: topic,
             rerouting: Arc::clone(&self.rerouting),
+            replicated: self.replication.is_replicated(topic),
         });
         let running = Arc::clone(&link);
         let spawned = std::thread::Builder::new()
@@ -351,6 +352,9 @@ struct Link {
     topic_index: usize,
     /// The peers' count of batches with the rerouter.
     rerouting: Arc<AtomicUsize>,
+    /// Whether the topic is replicated: an engine producer's batch lost with its leader
+    /// goes to the next one (`lost`).
+    replicated: bool,
 }
 
 /// What a link's connection owes answers for.
@@ -539,7 +543,7 @@ impl Link {
                 Kind::Acked => match data::decode_acked(&frame.body) {
                     Ok((first, next)) => batch.ack.durable(batch.partition, first, next),
                     Err(_) => {
-                        self.give_up(batch.partition, &batch.ack, "a malformed ACKED frame");
+                        self.give_up(batch, "a malformed ACKED frame");
                         break "a malformed ACKED frame".to_string();
                     }
                 },
@@ -547,10 +551,11 @@ impl Link {
                 Kind::Error => {
                     let (code, message) = frame::read_error(&frame.body);
                     let code = ErrorCode::from_u16(code).unwrap_or(ErrorCode::Unavailable);
-                    self.fail(&batch.ack, ProtocolError::new(code, message).into());
+                    // Refused, or written without its quorum in time: it may be written.
+                    self.lost(batch, ProtocolError::new(code, message).into());
                 }
                 other => {
-                    self.give_up(batch.partition, &batch.ack, "an unexpected answer");
+                    self.give_up(batch, "an unexpected answer");
                     break format!("an unexpected {other:?} frame");
                 }
             }
@@ -561,12 +566,15 @@ impl Link {
             if pending.reading == Some(connection) {
                 pending.reading = None;
             }
-            let ours: Vec<u64> = pending
+            // In the order they were sent: a producer's batches to a partition are routed
+            // again in their order.
+            let mut ours: Vec<u64> = pending
                 .batches
                 .iter()
                 .filter(|(_, (c, _))| *c == connection)
                 .map(|(id, _)| *id)
                 .collect();
+            ours.sort_unstable();
             ours.iter()
                 .filter_map(|id| pending.batches.remove(id))
                 .map(|(_, batch)| batch)
@@ -574,7 +582,7 @@ impl Link {
         };
         self.room.notify_all();
         for batch in pending {
-            self.give_up(batch.partition, &batch.ack, &reason);
+            self.give_up(batch, &reason);
         }
     }
 
@@ -593,12 +601,34 @@ impl Link {
     }
 
     /// A batch whose outcome is unknown: it may have been written.
-    fn give_up(&self, partition: u32, ack: &Ack, reason: &str) {
+    fn give_up(&self, batch: Batch, reason: &str) {
         let error = EngineError::Unavailable(format!(
-            "the peer {} owning partition {partition} of \"{}\" did not answer ({reason}); the records may or may not have been written",
-            self.to, self.topic
+            "the peer {} owning partition {} of \"{}\" did not answer ({reason}); the records may or may not have been written",
+            self.to, batch.partition, self.topic
         ));
-        self.fail(ack, error);
+        self.lost(batch, error);
+    }
+
+    /// A batch that may or may not be written. An engine producer's batch to a
+    /// replicated partition goes to whichever peer leads it next, marked uncertain: that
+    /// leader writes it only if it does not hold it yet (from where the producer's last
+    /// acked batch there ended), so it is written once either way. Anything else fails
+    /// with `error` (an engine producer's stops the engine: its restart settles it).
+    fn lost(&self, mut batch: Batch, error: EngineError) {
+        if let Ack::Generation(generation) = &batch.ack
+            && self.replicated
+        {
+            let from = generation.end(batch.partition);
+            batch.uncertain = Some(batch.uncertain.map_or(from, |f| f.min(from)));
+            tracing::info!(
+                "a batch for partition {} of \"{}\" goes to its next leader, written there only if it is not yet: {error}",
+                batch.partition,
+                self.topic
+            );
+            self.reroute(batch);
+            return;
+        }
+        self.fail(&batch.ack, error);
     }
 
     fn fail(&self, ack: &Ack, error: EngineError) {
@@ -614,7 +644,8 @@ impl Link {
     }
 }
 
-/// A PRODUCE frame for `batch`: its records in the protocol's record encoding.
+/// A PRODUCE frame for `batch`: its records in the protocol's record encoding (a
+/// PRODUCE_AGAIN for a batch that may be written already).
 fn encode_produce(out: &mut Vec<u8>, request: u64, topic: &str, batch: &Batch) {
     let body = match &batch.records {
         Payload::Wire {
@@ -647,7 +678,13 @@ fn encode_produce(out: &mut Vec<u8>, request: u64, topic: &str, batch: &Batch) {
             body
         }
     };
-    frame::encode(out, Kind::Produce, request, &body.0);
+    match batch.uncertain {
+        None => frame::encode(out, Kind::Produce, request, &body.0),
+        Some(from) => {
+            let again = frame::Body::default().u64(from).bytes(&body.0);
+            frame::encode(out, Kind::ProduceAgain, request, &again.0);
+        }
+    }
 }
 
 /// A FETCH frame's body for `order` on `topic`.

@@ -91,9 +91,9 @@ impl DataPlane for PeerService {
             let request = frame.request;
             // The answer to send now, if any (a queued PRODUCE is answered by its ack).
             let answer: Result<Option<(Kind, Vec<u8>)>, ProtocolError> = match frame.kind {
-                Kind::Produce => {
+                Kind::Produce | Kind::ProduceAgain => {
                     crate::storage::faults::stall_point("peer-produce");
-                    self.produce(&frame.body, request, &ack_tx)
+                    self.produce(&frame.body, frame.kind == Kind::ProduceAgain, request, &ack_tx)
                         .map(|produced| match produced {
                             Produced::Queued => None,
                             Produced::Moving(message) => {
@@ -252,19 +252,27 @@ impl PeerService {
             .map_err(|m| ProtocolError::from(EngineError::Unavailable(m)))
     }
 
+    /// A PRODUCE, or (`again`) a PRODUCE_AGAIN: a batch that may be written already.
     fn produce(
         &self,
         body: &[u8],
+        again: bool,
         request: u64,
         acks: &flume::Sender<(u64, ClientAck)>,
     ) -> Result<Produced, ProtocolError> {
+        let (uncertain, produce) = if again {
+            let (from, produce) = data::decode_produce_again(body).map_err(malformed)?;
+            (Some(from), produce)
+        } else {
+            (None, data::decode_produce(body).map_err(malformed)?)
+        };
         let data::Produce {
             topic: name,
             partition,
             count,
             stamp_ms,
             records: bytes,
-        } = data::decode_produce(body).map_err(malformed)?;
+        } = produce;
         let count = count as usize;
         let topic = self.partition(name, partition)?;
         if let Some(why) = self.not_served(name, topic, partition) {
@@ -286,7 +294,7 @@ impl PeerService {
         } else {
             stamp_ms
         };
-        let batch = Batch::new(
+        let mut batch = Batch::new(
             partition,
             Payload::Wire {
                 bytes: bytes.to_vec(),
@@ -295,6 +303,7 @@ impl PeerService {
             },
             Ack::Peer(acks.clone(), request),
         );
+        batch.uncertain = uncertain;
         let to = owner(partition, self.shared.shards);
         if let Some(peers) = &self.shared.peers {
             peers.answering.fetch_add(1, std::sync::atomic::Ordering::AcqRel);
