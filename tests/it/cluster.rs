@@ -903,7 +903,7 @@ both_ways!(
 );
 
 /// Partitions of `topic` that `server` serves.
-fn served_by(server: &Server, topic: &str) -> Vec<u32> {
+pub(crate) fn served_by(server: &Server, topic: &str) -> Vec<u32> {
     status(server)["topics"]
         .as_array()
         .unwrap()

@@ -165,19 +165,21 @@ fn the_counter_counts_per_key_reads_by_name_and_survives_sigkill() {
     assert_eq!((status, body.as_str()), (200, "1"));
 }
 
+/// What the `search` example answers `{"q": "rust"}`: the top three of both branches.
+pub(crate) fn rust_hits() -> Value {
+    json!([
+        {"title": "The Rust Programming Language", "score": 9, "from": "books"},
+        {"title": "Zero To Production In Rust", "score": 7, "from": "books"},
+        {"title": "Rust (2024)", "score": 5, "from": "films"},
+    ])
+}
+
 #[test]
 fn search_scatters_to_both_index_shards_and_merges_the_top_three() {
     let (server, _dir) = example("search.toml");
     let (status, body) = http(&server.http, "POST", "/jobs/search", r#"{"q": "rust"}"#);
     assert_eq!(status, 200, "{body}");
-    assert_eq!(
-        json_of(&body),
-        json!([
-            {"title": "The Rust Programming Language", "score": 9, "from": "books"},
-            {"title": "Zero To Production In Rust", "score": 7, "from": "books"},
-            {"title": "Rust (2024)", "score": 5, "from": "films"},
-        ])
-    );
+    assert_eq!(json_of(&body), rust_hits());
     let (code, out, err) = run_cli(
         &["send", "--to", &server.tcp, "search", "--reply"],
         "{\"q\":\"data\"}\n",
