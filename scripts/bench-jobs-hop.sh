@@ -52,18 +52,18 @@ for i in $(seq 0 $((peers - 1))); do
   pids+=($!)
   [ "$i" -eq 0 ] && sleep 0.5
 done
-# The peer serving the one partition, once every peer is alive and it is served.
-leader=""
+# Every peer alive, then the peer serving the one partition.
+alive=""
 for _ in $(seq 300); do
-  leader=$("$bin" status --from "127.0.0.1:$((base + 100))" --json 2>/dev/null | python3 -c '
+  alive=$("$bin" status --from "127.0.0.1:$((base + 100))" --json 2>/dev/null | python3 -c '
 import json, sys
 s = json.load(sys.stdin)
 alive = len(s["peers"]) == '"$peers"' and all(p["state"] == "alive" for p in s["peers"])
 print("yes" if alive else "")' || true)
-  [ -n "$leader" ] && break
+  [ -n "$alive" ] && break
   sleep 0.1
 done
-[ -n "$leader" ] || { echo "the peers did not find each other" >&2; exit 1; }
+[ -n "$alive" ] || { echo "the peers did not find each other" >&2; exit 1; }
 leader=""
 for _ in $(seq 300); do
   for i in $(seq 0 $((peers - 1))); do

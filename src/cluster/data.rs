@@ -62,6 +62,11 @@ pub fn decode_produce(body: &[u8]) -> Result<Produce<'_>, ClusterError> {
     })
 }
 
+/// A PRODUCE_AGAIN body: where to look for the batch, then the PRODUCE body `produce`.
+pub fn encode_produce_again(from: u64, produce: &[u8]) -> Vec<u8> {
+    Body::default().u64(from).bytes(produce).0
+}
+
 /// A PRODUCE_AGAIN body: where to look for the batch, and the PRODUCE it carries.
 pub fn decode_produce_again(body: &[u8]) -> Result<(u64, Produce<'_>), ClusterError> {
     let mut fields = Fields(body);
@@ -214,7 +219,7 @@ mod tests {
             records: b"anything",
         };
         assert_eq!(decode_produce(&encode_produce(&produce)).unwrap(), produce);
-        let again = Body::default().u64(77).bytes(&encode_produce(&produce)).0;
+        let again = encode_produce_again(77, &encode_produce(&produce));
         assert_eq!(decode_produce_again(&again).unwrap(), (77, produce));
         assert!(decode_produce_again(&again[..7]).is_err());
         for from in [

@@ -74,12 +74,16 @@ impl ReplyAddress {
     /// restart, or naming a shard this run does not have, has nobody to answer.
     pub fn of_this_run(bytes: &[u8], shard: &Shard) -> Option<ReplyAddress> {
         let address = ReplyAddress::decode(bytes)?;
-        let me = shard.shared.peers.as_ref().map(|p| p.cluster.me.addr);
-        match address.peer {
-            Some(peer) if Some(peer) != me => Some(address),
-            _ => Some(address)
-                .filter(|a| a.epoch == shard.shared.epoch && (a.shard as usize) < shard.shared.shards),
+        if address.elsewhere(shard).is_some() {
+            return Some(address);
         }
+        Some(address).filter(|a| a.epoch == shard.shared.epoch && (a.shard as usize) < shard.shared.shards)
+    }
+
+    /// The peer holding the caller, if that is another peer than `shard`'s.
+    fn elsewhere(&self, shard: &Shard) -> Option<SocketAddr> {
+        let peers = shard.shared.peers.as_ref()?;
+        self.peer.filter(|peer| *peer != peers.cluster.me.addr)
     }
 
     pub fn decode(bytes: &[u8]) -> Option<ReplyAddress> {
@@ -111,9 +115,7 @@ impl ReplyAddress {
 /// caller's connection, or over the peer link to the peer that does (which checks that
 /// the caller is of its run). False once this engine stops.
 pub async fn deliver(shard: &Shard, address: ReplyAddress, outcome: JobOutcome) -> bool {
-    if let (Some(peer), Some(peers)) = (address.peer, &shard.shared.peers)
-        && peer != peers.cluster.me.addr
-    {
+    if let (Some(peer), Some(peers)) = (address.elsewhere(shard), &shard.shared.peers) {
         let body = data::encode_answer(&data::AnswerBody {
             epoch: address.epoch,
             shard: address.shard,

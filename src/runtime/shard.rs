@@ -396,10 +396,10 @@ impl Shard {
                 }
             }
             // Sent again after its first leader was lost: written only if it is not yet.
-            let held = match (batch.uncertain, batch.last_source()) {
-                (Some(from), Some(point)) => holds_source(&partition.log.borrow(), from, &point),
-                _ => None,
-            };
+            let held = batch.uncertain.and_then(|from| {
+                let point = batch.last_source()?;
+                holds_source(&partition.log.borrow(), from, &point)
+            });
             if let Some(at) = held {
                 tracing::info!(
                     "a batch for partition {} of \"{}\" sent again after its leader was lost is already written (its last record at offset {at}): not written twice",

@@ -43,8 +43,13 @@ impl Answerers {
         }
     }
 
-    /// The queue of whole ANSWER frames for the peer `to`, its thread started on first use.
-    pub fn to(&self, to: SocketAddr, metrics: Option<Arc<Metrics>>) -> flume::Sender<Vec<u8>> {
+    /// The queue of whole ANSWER frames for the peer `to`, its thread started on first use
+    /// (with the counters from `metrics`, asked for then only).
+    pub fn to(
+        &self,
+        to: SocketAddr,
+        metrics: impl FnOnce() -> Option<Arc<Metrics>>,
+    ) -> flume::Sender<Vec<u8>> {
         let mut queues = self.queues.lock().unwrap_or_else(|e| e.into_inner());
         if let Some(queue) = queues.get(&to)
             && !queue.is_disconnected()
@@ -54,6 +59,7 @@ impl Answerers {
         let (tx, rx) = flume::bounded(ANSWER_QUEUE);
         let cluster = self.cluster.clone();
         let me = self.me;
+        let metrics = metrics();
         let spawned = std::thread::Builder::new()
             .name("flowd-peer-answer".into())
             .spawn(move || run(to, &cluster, me, &rx, metrics.as_deref()));

@@ -248,7 +248,7 @@ impl Peers {
     /// The queue of ANSWER frames for jobs whose callers are on the peer `to`.
     pub fn answerer(&self, to: SocketAddr) -> flume::Sender<Vec<u8>> {
         self.answerers
-            .to(to, self.shared().map(|s| Arc::clone(&s.metrics)))
+            .to(to, || self.shared().map(|s| Arc::clone(&s.metrics)))
     }
 
     /// Queues a fetch for the peer `to`.
@@ -680,10 +680,12 @@ fn encode_produce(out: &mut Vec<u8>, request: u64, topic: &str, batch: &Batch) {
     };
     match batch.uncertain {
         None => frame::encode(out, Kind::Produce, request, &body.0),
-        Some(from) => {
-            let again = frame::Body::default().u64(from).bytes(&body.0);
-            frame::encode(out, Kind::ProduceAgain, request, &again.0);
-        }
+        Some(from) => frame::encode(
+            out,
+            Kind::ProduceAgain,
+            request,
+            &data::encode_produce_again(from, &body.0),
+        ),
     }
 }
 
