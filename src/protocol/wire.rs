@@ -142,6 +142,11 @@ impl<'a> Cursor<'a> {
         self.buf.len() - self.pos
     }
 
+    /// How many bytes were read so far.
+    pub fn position(&self) -> usize {
+        self.pos
+    }
+
     pub fn take(&mut self, n: usize, what: &str) -> Result<&'a [u8], ProtocolError> {
         if n > self.remaining() {
             return Err(ProtocolError::malformed(format!(

@@ -71,6 +71,11 @@ pub struct Emitter {
     router: Router,
     /// Per partition: outputs this point covers are already there (replay).
     skip: Vec<Point>,
+    /// Outputs of inputs below this may be written already, past `skip` (a stage took
+    /// its input's lead over: `takeover.rs`): each carries its own point, and their
+    /// batches go marked uncertain from `replayed_from[partition]` on (`already.rs`).
+    replayed_below: u64,
+    replayed_from: Vec<u64>,
     buffers: Vec<Buffer>,
     generation: Arc<Generation>,
     /// The reply address of the job the current input belongs to, copied onto every
@@ -109,6 +114,8 @@ impl Emitter {
             mesh: mesh.clone(),
             router,
             skip: vec![Point::default(); n],
+            replayed_below: 0,
+            replayed_from: vec![0; n],
             buffers: (0..n).map(|_| Buffer::default()).collect(),
             generation: Generation::new(partitions),
             reply: None,
@@ -125,6 +132,16 @@ impl Emitter {
             "one skip point per partition"
         );
         self.skip = skip;
+    }
+
+    /// The outputs of inputs below `below` may be in their partitions already past the
+    /// skip points (another peer's run of this producer wrote them and its reads did not
+    /// see them yet): each goes with its own provenance point, in batches that the
+    /// partition's leader trims to what it does not hold, looking from `from[partition]`.
+    pub fn set_replayed(&mut self, below: u64, from: Vec<u64>) {
+        assert_eq!(from.len(), self.partitions as usize, "one offset per partition");
+        self.replayed_below = below;
+        self.replayed_from = from;
     }
 
     /// Sets the reply address of the input whose outputs come next (`None`: not a job).
@@ -242,9 +259,19 @@ impl Emitter {
         }
     }
 
-    fn buffer(&mut self, q: u32, at: (u64, u32), frame: u64, record: OwnedRecord) {
+    fn buffer(&mut self, q: u32, at: (u64, u32), mut frame: u64, mut record: OwnedRecord) {
         let limit = self.bounds.batch_bytes_max.min(BATCH_BYTES_MAX as u64);
         let stamp = self.stamp_bytes;
+        if at.0 < self.replayed_below {
+            let own = Point {
+                input: at.0,
+                index: at.1.saturating_add(1),
+            };
+            record
+                .headers
+                .push((SOURCE_HEADER, provenance::encode(&self.producer, own)));
+            frame += stamp;
+        }
         let buffer = &mut self.buffers[q as usize];
         if !buffer.records.is_empty() && buffer.frame_bytes + frame + stamp > limit {
             // Seal what is there; its point says how far it goes, within this input
@@ -296,18 +323,21 @@ impl Emitter {
 
     async fn send(&mut self, q: u32, mut records: Vec<OwnedRecord>, point: Point) -> Result<(), Closed> {
         let stamp = provenance::encode(&self.producer, point);
-        records
-            .last_mut()
-            .expect("batches are never empty")
-            .headers
-            .push((SOURCE_HEADER, stamp));
+        // A replayed record carries its own point already: the batch's takes its place.
+        let replayed = records[0].headers.iter().any(|(name, _)| *name == SOURCE_HEADER);
+        let last = records.last_mut().expect("batches are never empty");
+        last.headers.retain(|(name, _)| *name != SOURCE_HEADER);
+        last.headers.push((SOURCE_HEADER, stamp));
         self.records_out += records.len() as u64;
         self.generation.sent();
-        let batch = Batch::new(
+        let mut batch = Batch::new(
             q,
             Payload::Owned(records),
             Ack::Generation(Arc::clone(&self.generation)),
         );
+        if replayed {
+            batch.uncertain = Some(self.replayed_from[q as usize]);
+        }
         self.mesh.send(self.topic, batch).await.map_err(|_| Closed)
     }
 

@@ -31,6 +31,7 @@ use crate::runtime::reader::PartitionReader;
 use crate::runtime::reply::{FailedJobs, REPLY_HEADER};
 use crate::runtime::shard::{Backoff, Shard};
 use crate::runtime::stage::{READ_BATCH_RECORDS, StageOutput, StageTask, open_output};
+use crate::runtime::takeover::{self, Lead};
 
 /// Records one partition may hold read but not yet written, at most.
 const WINDOW_MAX: usize = 1 << 16;
@@ -70,6 +71,12 @@ struct Part {
     place: String,
     /// The stage's name, as readers of the input know it.
     stage: String,
+    /// Its input partition, and what it writes as (`provenance`).
+    topic: usize,
+    partition: u32,
+    producer: String,
+    /// The epoch of the input's lead its reading was rebuilt for (`takeover`).
+    led: Option<u32>,
     /// Its reading of the input; it stands at the window's front, for lag and status.
     reader: PartitionReader,
     next_read: u64,
@@ -155,6 +162,14 @@ pub async fn run(shard: Rc<Shard>, task: ExecTask) -> Result<()> {
         let mut caught_up = Vec::new();
         for k in 0..parts.len() {
             let i = (first + k) % parts.len();
+            match lead(&shard, &spec, task.stage, &mut parts[i]).await? {
+                Some(true) => {}
+                Some(false) => continue,
+                None => {
+                    closed = true;
+                    break;
+                }
+            }
             parts[i].reader.begin();
             match read(&shard, &mut parts[i], i, &mut pool, window_max, now) {
                 0 if parts[i].reader.input().appends() == parts[i].reader.seen()
@@ -274,6 +289,10 @@ fn open_part(shard: &Rc<Shard>, spec: &DataflowSpec, stage_index: usize, task: S
     Ok(Part {
         place: format!("{topic_name}/{}", task.partition),
         stage: stage.name.clone(),
+        topic: task.topic,
+        partition: task.partition,
+        producer,
+        led: None,
         reader,
         next_read: resume,
         base: resume,
@@ -294,6 +313,59 @@ fn open_part(shard: &Rc<Shard>, spec: &DataflowSpec, stage_index: usize, task: S
         failures,
         halted: false,
     })
+}
+
+/// Whether `part` reads now: always on one machine; in a cluster, while this peer
+/// leads its input. A part whose input this peer took the lead of goes on from what
+/// the stage wrote while others led it (`takeover`), once what it read before is
+/// written (its window is empty). `None`: the engine stops.
+async fn lead(shard: &Rc<Shard>, spec: &DataflowSpec, stage: usize, part: &mut Part) -> Result<Option<bool>> {
+    let (epoch, start) = match takeover::lead(shard, part.topic, part.partition) {
+        Lead::Always => return Ok(Some(true)),
+        Lead::Epoch { epoch, .. } if part.led == Some(epoch) => return Ok(Some(true)),
+        Lead::Not => {
+            part.led = None;
+            return Ok(Some(false));
+        }
+        Lead::Epoch { .. } if !part.window.is_empty() => return Ok(Some(false)),
+        Lead::Epoch { epoch, start } => (epoch, start),
+    };
+    if part.emitter.flush().await.is_err() {
+        return Ok(None);
+    }
+    part.committer.settle(part.emitter.partitions()).await?;
+    let stored = part.committer.stored().clone();
+    let to = spec.stages[stage].to.expect("validated");
+    let Some(resumed) = takeover::read_back(shard, &part.producer, to, &stored, None).await else {
+        return Ok(None);
+    };
+    let task = StageTask {
+        stage,
+        topic: part.topic,
+        partition: part.partition,
+        progress: stored.clone(),
+        skip: resumed.skip,
+        expected_ends: HashSet::new(),
+        states: HashMap::new(),
+    };
+    part.emitter = open_output(shard, &task)?.emitter;
+    part.emitter.set_replayed(start, resumed.read_to);
+    part.next_read = stored.resume;
+    part.base = stored.resume;
+    part.reader.publish(part.base);
+    part.ends_seen = stored.ends_seen.iter().cloned().collect();
+    part.ends_read = part.ends_seen.keys().cloned().collect();
+    part.input_ended = stored.done;
+    part.finished = stored.done;
+    part.end_snapshot = stored.done;
+    part.halted = false;
+    part.led = Some(epoch);
+    tracing::info!(
+        "{} goes on at offset {} as this peer leads its input in epoch {epoch}; outputs of inputs below {start} are written only where they are not yet",
+        part.producer,
+        part.base
+    );
+    Ok(Some(true))
 }
 
 fn readable(part: &Part, window_max: usize) -> bool {

@@ -7,6 +7,7 @@
 //! `emitter` (routing and batching), `provenance` and `progress`/`commit` (exactly-once
 //! restarts).
 
+pub mod already;
 pub mod bounds;
 pub mod cluster;
 pub mod commit;
@@ -30,6 +31,7 @@ pub mod shard;
 pub mod sink;
 pub mod source;
 pub mod stage;
+pub mod takeover;
 
 use std::rc::Rc;
 use std::sync::Arc;

@@ -314,6 +314,45 @@ pub type FetchAnswer = Result<Vec<u8>, EngineError>;
 /// wait for a first record. Read committed: only durable records are served, and the
 /// frame's end is the durable point. End-of-input markers are engine bookkeeping and
 /// skipped.
+/// A fetch served by whoever owns the partition: this shard, another shard of this peer,
+/// or the peer that serves it (a partition this peer is taking over is refused as such).
+pub async fn fetch(shard: &Rc<Shard>, order: FetchOrder) -> FetchAnswer {
+    let topic = &shard.shared.spec.topics[order.topic].name;
+    if let Some(peers) = &shard.shared.peers {
+        if let Some(peer) = peers.owner(order.topic, order.partition) {
+            let (tx, rx) = flume::bounded(1);
+            let fetch = crate::runtime::cluster::peers::Fetch {
+                topic: topic.clone(),
+                order,
+                reply: tx,
+            };
+            peers
+                .fetcher(peer)
+                .send_async(fetch)
+                .await
+                .map_err(|_| EngineError::Stopping)?;
+            return rx.recv_async().await.map_err(|_| EngineError::Stopping)?;
+        }
+        if !peers.ownership.serving(order.topic, order.partition) {
+            return Err(EngineError::TakingOver {
+                topic: topic.clone(),
+                partition: order.partition,
+            });
+        }
+    }
+    let to = crate::runtime::placement::owner(order.partition, shard.shared.shards);
+    if to == shard.index {
+        return fetch_local(shard, &order).await;
+    }
+    let (tx, rx) = flume::bounded(1);
+    let request = ShardRequest::Fetch { order, reply: tx };
+    shard.shared.services[to]
+        .send_async(request)
+        .await
+        .map_err(|_| EngineError::Stopping)?;
+    rx.recv_async().await.map_err(|_| EngineError::Stopping)?
+}
+
 pub async fn fetch_local(shard: &Shard, order: &FetchOrder) -> FetchAnswer {
     let Some(partition) = shard.partitions.get(&(order.topic, order.partition)) else {
         return Err(EngineError::Internal(

@@ -89,18 +89,6 @@ impl Control {
     }
 }
 
-/// The offset of the first record at or after `from` in `log` whose `flowd-src` header
-/// is `point`: where a batch carrying that point was written, if it was.
-fn holds_source(log: &crate::storage::PartitionLog, from: u64, point: &[u8]) -> Option<u64> {
-    let header = crate::runtime::provenance::SOURCE_HEADER;
-    log.read(from)
-        .find(|view| {
-            view.headers()
-                .any(|(name, value)| name == header && value == point)
-        })
-        .map(|view| view.offset())
-}
-
 /// A partition this shard owns.
 pub struct LocalPartition {
     pub topic: usize,
@@ -119,6 +107,9 @@ pub struct LocalPartition {
     /// this one took it over: their records were processed there, so this peer's stages
     /// step over them (in memory: a restart forgets them, see docs/decisions.md, what is known).
     copied: RefCell<Vec<(u64, u64)>>,
+    /// How far the log holds the outputs of producers that sent batches again
+    /// (`already.rs`); forgotten when the log is cut back or this peer's role changes.
+    pub held: RefCell<crate::runtime::already::Held>,
 }
 
 impl LocalPartition {
@@ -132,6 +123,7 @@ impl LocalPartition {
             appends: Cell::new(0),
             appended: event_listener::Event::new(),
             copied: RefCell::new(Vec::new()),
+            held: RefCell::default(),
         }
     }
 
@@ -319,6 +311,37 @@ impl Shard {
             .expect("placement sends a partition only to its owner")
     }
 
+    /// For a batch that may be written already (`Batch::uncertain`): drops what the
+    /// log holds of it (`already.rs`), and says where its last record is if the log
+    /// holds all of it.
+    fn already_written(&self, partition: &LocalPartition, batch: &mut Batch) -> Option<u64> {
+        let from = batch.uncertain?;
+        let source = batch.last_source()?;
+        let (last, producer) = crate::runtime::provenance::decode(&source)?;
+        let (held, at) = partition
+            .held
+            .borrow_mut()
+            .of(&partition.log.borrow(), producer, from)?;
+        let topic = &self.shared.spec.topics[partition.topic].name;
+        match crate::runtime::already::trim(batch, producer, last, held) {
+            crate::runtime::already::Trimmed::All => {
+                tracing::info!(
+                    "a batch of {producer} for partition {} of \"{topic}\", sent again, is written already (up to offset {at}): not written twice",
+                    batch.partition
+                );
+                Some(at)
+            }
+            crate::runtime::already::Trimmed::Front(n) => {
+                tracing::info!(
+                    "a batch of {producer} for partition {} of \"{topic}\", sent again: its first {n} records are written already (up to offset {at}), the rest is written now",
+                    batch.partition
+                );
+                None
+            }
+            crate::runtime::already::Trimmed::Nothing => None,
+        }
+    }
+
     /// Appends every batch sent to this shard for `topic`, in arrival order.
     pub async fn run_inbox(self: Rc<Self>, topic: usize, receiver: flume::Receiver<Batch>) {
         while let Ok(mut batch) = receiver.recv_async().await {
@@ -395,17 +418,9 @@ impl Shard {
                     None => {}
                 }
             }
-            // Sent again after its first leader was lost: written only if it is not yet.
-            let held = batch.uncertain.and_then(|from| {
-                let point = batch.last_source()?;
-                holds_source(&partition.log.borrow(), from, &point)
-            });
-            if let Some(at) = held {
-                tracing::info!(
-                    "a batch for partition {} of \"{}\" sent again after its leader was lost is already written (its last record at offset {at}): not written twice",
-                    batch.partition,
-                    self.shared.spec.topics[topic].name
-                );
+            // Sent again (its first leader was lost, or a stage took its input's lead
+            // over): only what the log does not hold yet is written.
+            if let Some(at) = self.already_written(&partition, &mut batch) {
                 // Acked where it ends, once that is durable (and held by a quorum).
                 self.acks.borrow_mut().push(PendingAck {
                     partition,

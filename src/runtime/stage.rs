@@ -22,6 +22,7 @@ use crate::runtime::provenance::{Point, end_marker, stage_producer};
 use crate::runtime::reader::PartitionReader;
 use crate::runtime::reply::{FailedJobs, REPLY_HEADER};
 use crate::runtime::shard::Shard;
+use crate::runtime::takeover::{self, Lead};
 use crate::storage::layout::now_ms;
 
 /// Records read from the input per round.
@@ -50,32 +51,12 @@ pub async fn run(shard: Rc<Shard>, mut task: StageTask) -> Result<()> {
     let stage = &spec.stages[task.stage];
     let control = &shard.shared.control;
     let topic_name = &spec.topics[task.topic].name;
-    let mut op: Box<dyn ops::Operator> = match &stage.op {
-        OpSpec::State { update } => {
-            let program =
-                JqProgram::compile(update).map_err(|e| operator_error(&stage.name, ops::OpError(e)))?;
-            let states: States = Rc::new(RefCell::new(std::mem::take(&mut task.states)));
-            // Readable by key (GET /state/STAGE/KEY) while the stage runs.
-            shard
-                .states
-                .borrow_mut()
-                .insert((task.stage, task.partition), Rc::clone(&states));
-            let skip = task.skip.iter().map(Point::next_input).collect();
-            // A change must fit one changelog record with its key and the engine's headers.
-            let changelog = &spec.topics[stage.to.expect("validated")];
-            let change_bytes_max = Bounds::of(changelog).ingest_record_bytes_max() as usize;
-            Box::new(ops::state::State::new(program, states, skip, change_bytes_max))
-        }
-        other => ops::build(other).map_err(|e| operator_error(&stage.name, e))?,
-    };
-    op.restore(&Checkpoint {
-        state_start: None,
-        watermark_ms: task.progress.watermark_ms,
-    });
-    op.replaying_until(task.progress.next);
+    let states = std::mem::take(&mut task.states);
+    let mut op = build_op(&shard, &task, &task.progress, states)?;
     let output = open_output(&shard, &task)?;
     let mut emitter = output.emitter;
-    let mut failures = Failures::open(&shard, task.stage, &output.producer, topic_name, task.partition)?;
+    let producer = output.producer;
+    let mut failures = Failures::open(&shard, task.stage, &producer, topic_name, task.partition)?;
     let mut position = task.progress.resume;
     let mut reader = PartitionReader::new(
         Rc::clone(shard.partition(task.topic, task.partition)),
@@ -93,7 +74,52 @@ pub async fn run(shard: Rc<Shard>, mut task: StageTask) -> Result<()> {
     );
     let mut out: Vec<Output> = Vec::new();
     let mut failed_jobs = FailedJobs::default();
+    // The epoch of the input's lead this peer's reading was rebuilt for (`takeover`).
+    let mut led: Option<u32> = None;
     while !finished && !control.is_stopping() {
+        match takeover::lead(&shard, task.topic, task.partition) {
+            Lead::Always => {}
+            Lead::Epoch { epoch, .. } if led == Some(epoch) => {}
+            Lead::Not => {
+                // Another peer leads the input (or none yet): what was read here goes
+                // out and is committed; nothing more is read until this peer leads.
+                led = None;
+                if emitter.flush().await.is_err() {
+                    break;
+                }
+                committer.complete(emitter.partitions())?;
+                reader.begin();
+                reader.pause(0).await;
+                continue;
+            }
+            Lead::Epoch { epoch, start } => {
+                if emitter.flush().await.is_err() {
+                    break;
+                }
+                committer.settle(emitter.partitions()).await?;
+                task.progress = committer.stored().clone();
+                let keys_of = matches!(stage.op, OpSpec::State { .. })
+                    .then_some((task.partition, spec.topics[task.topic].partitions));
+                let to = stage.to.expect("validated");
+                let Some(resumed) = takeover::read_back(&shard, &producer, to, &task.progress, keys_of).await
+                else {
+                    break;
+                };
+                task.skip = resumed.skip;
+                op = build_op(&shard, &task, &task.progress, resumed.states)?;
+                emitter = open_output(&shard, &task)?.emitter;
+                emitter.set_replayed(start, resumed.read_to);
+                position = task.progress.resume;
+                reader.publish(position);
+                ends_seen = task.progress.ends_seen.iter().cloned().collect();
+                finished = task.progress.done;
+                led = Some(epoch);
+                tracing::info!(
+                    "{producer} goes on at offset {position} as this peer leads its input in epoch {epoch}; outputs of inputs below {start} are written only where they are not yet"
+                );
+                continue;
+            }
+        }
         if failures.disabled_at.is_some() {
             // Disabled: nothing more is read or written here until a restart.
             reader.sleep().await;
@@ -211,6 +237,42 @@ pub async fn run(shard: Rc<Shard>, mut task: StageTask) -> Result<()> {
         control.finished.fetch_add(1, std::sync::atomic::Ordering::AcqRel);
     }
     Ok(())
+}
+
+/// The operator of `task`'s stage, restored to `progress`; a state stage's with
+/// `states` (readable by key while it runs) and its task's skip points.
+fn build_op(
+    shard: &Shard,
+    task: &StageTask,
+    progress: &Progress,
+    states: HashMap<Vec<u8>, Vec<u8>>,
+) -> Result<Box<dyn ops::Operator>> {
+    let spec = &shard.shared.spec;
+    let stage = &spec.stages[task.stage];
+    let mut op: Box<dyn ops::Operator> = match &stage.op {
+        OpSpec::State { update } => {
+            let program =
+                JqProgram::compile(update).map_err(|e| operator_error(&stage.name, ops::OpError(e)))?;
+            let states: States = Rc::new(RefCell::new(states));
+            // Readable by key (GET /state/STAGE/KEY) while the stage runs.
+            shard
+                .states
+                .borrow_mut()
+                .insert((task.stage, task.partition), Rc::clone(&states));
+            let skip = task.skip.iter().map(Point::next_input).collect();
+            // A change must fit one changelog record with its key and the engine's headers.
+            let changelog = &spec.topics[stage.to.expect("validated")];
+            let change_bytes_max = Bounds::of(changelog).ingest_record_bytes_max() as usize;
+            Box::new(ops::state::State::new(program, states, skip, change_bytes_max))
+        }
+        other => ops::build(other).map_err(|e| operator_error(&stage.name, e))?,
+    };
+    op.restore(&Checkpoint {
+        state_start: None,
+        watermark_ms: progress.watermark_ms,
+    });
+    op.replaying_until(progress.next);
+    Ok(op)
 }
 
 pub fn operator_error(stage: &str, e: ops::OpError) -> RuntimeError {

@@ -52,7 +52,7 @@ fn with_replicas(text: &str) -> String {
 }
 
 /// The example on free loopback ports, its data in `dir/name`, with `extra` flags.
-fn start(dir: &Path, name: &str, extra: &[&str]) -> Server {
+pub(crate) fn start(dir: &Path, name: &str, extra: &[&str]) -> Server {
     let file = dir.join("wordcount-cluster.toml");
     std::fs::write(&file, with_replicas(&std::fs::read_to_string(example()).unwrap())).unwrap();
     start_file(&file, dir, name, extra)
@@ -270,7 +270,7 @@ fn records_sent_to_any_peer_land_at_their_owner_and_tail_anywhere_returns_all() 
 }
 
 /// The last count of every word in `counts`, once they add up to `words`.
-fn counts(server: &Server, words: u64) -> BTreeMap<String, u64> {
+pub(crate) fn counts(server: &Server, words: u64) -> BTreeMap<String, u64> {
     let mut last = BTreeMap::new();
     wait_until("every word counted", Duration::from_secs(30), || {
         last = tail(server, "counts")
@@ -752,7 +752,7 @@ macro_rules! both_ways {
 }
 
 /// The state `server` answers for `key` of the state stage `stage`, if it has one.
-fn state_through(server: &Server, stage: &str, key: &str) -> Option<String> {
+pub(crate) fn state_through(server: &Server, stage: &str, key: &str) -> Option<String> {
     let mut client = flowd::client::Client::connect(&server.tcp).unwrap();
     client
         .state(stage, key.as_bytes())

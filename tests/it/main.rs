@@ -6,6 +6,7 @@ mod bench;
 mod cli_inspect;
 mod cluster;
 mod cluster_jobs;
+mod cluster_state;
 mod config_check;
 mod consumers;
 mod crash;

@@ -145,6 +145,12 @@ impl ReplicaState {
         self.hwm.load(Ordering::Acquire)
     }
 
+    /// A leader's: where its epoch began (its log's end when it took the lead). Every
+    /// record an earlier leader let anything read lies below it.
+    pub fn epoch_start(&self) -> u64 {
+        self.start.load(Ordering::Acquire)
+    }
+
     /// Why this copy is damaged, while it is (`ReplicaState::damaged`).
     pub fn damage(&self) -> Option<String> {
         self.damaged.lock().unwrap_or_else(|e| e.into_inner()).clone()
@@ -612,6 +618,8 @@ fn set_role(shard: &Rc<Shard>, replication: &Replication, topic: usize, partitio
         .expect("replication runs in a cluster");
     let mut log = local.log.borrow_mut();
     let mut quorum = state.quorum();
+    // What a look found for producers sending again holds for one role only.
+    local.held.borrow_mut().clear();
     match role {
         Role::Leader {
             epoch,

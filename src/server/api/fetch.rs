@@ -3,10 +3,8 @@
 use std::rc::Rc;
 
 use crate::protocol::{FetchFrom, ProtocolError};
-use crate::runtime::cluster::peers::Fetch;
 use crate::runtime::error::EngineError;
-use crate::runtime::placement::owner;
-use crate::runtime::service::{self, FetchOrder, ShardRequest};
+use crate::runtime::service::{self, FetchOrder};
 use crate::runtime::shard::Shard;
 
 /// A whole FETCHED (or ERROR) frame for `order`, served by the owner shard (here or on
@@ -31,51 +29,9 @@ pub async fn fetch(shard: &Rc<Shard>, topic: &str, order: FetchOrder) -> Vec<u8>
     }
     shard.shared.metrics.fetch_requests.add(1);
     let order = FetchOrder { topic: t, ..order };
-    if let Some(peers) = &shard.shared.peers
-        && let Some(peer) = peers.owner(t, order.partition)
-    {
-        let (tx, rx) = flume::bounded(1);
-        let fetch = Fetch {
-            topic: topic.to_string(),
-            order,
-            reply: tx,
-        };
-        if peers.fetcher(peer).send_async(fetch).await.is_err() {
-            return error_frame(request_id, &ProtocolError::from(EngineError::Stopping));
-        }
-        return match rx.recv_async().await {
-            Ok(Ok(frame)) => frame,
-            Ok(Err(error)) => error_frame(request_id, &error.into()),
-            Err(_) => error_frame(request_id, &ProtocolError::from(EngineError::Stopping)),
-        };
-    }
-    if let Some(peers) = &shard.shared.peers
-        && !peers.ownership.serving(t, order.partition)
-    {
-        return error_frame(
-            request_id,
-            &ProtocolError::from(EngineError::TakingOver {
-                topic: topic.to_owned(),
-                partition: order.partition,
-            }),
-        );
-    }
-    let to = owner(order.partition, shard.shared.shards);
-    if to == shard.index {
-        return service::fetch_local(shard, &order)
-            .await
-            .unwrap_or_else(|error| error_frame(request_id, &error.into()));
-    }
-    let (tx, rx) = flume::bounded(1);
-    let request = ShardRequest::Fetch { order, reply: tx };
-    if shard.shared.services[to].send_async(request).await.is_err() {
-        return error_frame(request_id, &ProtocolError::from(EngineError::Stopping));
-    }
-    match rx.recv_async().await {
-        Ok(Ok(frame)) => frame,
-        Ok(Err(error)) => error_frame(request_id, &error.into()),
-        Err(_) => error_frame(request_id, &ProtocolError::from(EngineError::Stopping)),
-    }
+    service::fetch(shard, order)
+        .await
+        .unwrap_or_else(|error| error_frame(request_id, &error.into()))
 }
 
 /// An ERROR frame saying `error`.

@@ -1,0 +1,305 @@
+//! Engine state follows its partition: a stage runs where its input partition is led,
+//! and a peer taking the lead over goes on from what the stage wrote while others led
+//! it (its outputs' provenance and its changelog, replicated partitions read back
+//! through their leaders). The counter example on three peers, count jobs sent
+//! round-robin through all three and the peer leading most of their partitions
+//! SIGKILLed and restarted on the way: every key's changelog counts 1, 2, 3, ... with
+//! no count twice or skipped, no two answers of a key say the same count, and the
+//! final count, read through every peer, is at least the key's answered jobs and at
+//! most those plus the jobs whose fate the kill left open (`FLOWD_LONG_COUNTER=20000`
+//! for the README's run over 100 keys).
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::time::Duration;
+
+use flowd::client::{Client, ClientError};
+
+use crate::cluster::{
+    counts, one_at_a_time, peer, served_by, start, start_file, state_through, tail, three_peers,
+    wait_all_alive, wait_settled,
+};
+use crate::cluster_jobs::example_in;
+use crate::ingest::{Server, run_cli};
+use crate::support::wait_until;
+
+/// What one count job came to.
+enum Outcome {
+    Unsent,
+    /// The count it was answered with.
+    Counted(u64),
+    /// It never reached a peer: it counted nowhere.
+    Unreached,
+    /// Refused, timed out, or lost with its peer: it may or may not have counted.
+    Open(String),
+}
+
+fn key_of(n: usize, keys: usize) -> String {
+    format!("k{}", n % keys)
+}
+
+pub(crate) fn counts_through_three_peers_with_one_sigkilled_equal_their_jobs() {
+    let _serial = one_at_a_time();
+    let jobs: usize = std::env::var("FLOWD_LONG_COUNTER")
+        .ok()
+        .and_then(|n| n.parse().ok())
+        .unwrap_or(2000);
+    let keys = if jobs >= 20_000 { 100 } else { 20 };
+    let dir = tempfile::tempdir().unwrap();
+    let file = example_in(dir.path(), "counter.toml");
+    let first = start_file(&file, dir.path(), "p1", &["--peer-listen", "127.0.0.1:0"]);
+    let seed = first.peer.clone().unwrap();
+    let extra = ["--peer-listen", "127.0.0.1:0", "--seeds", &seed];
+    let mut servers = [
+        first,
+        start_file(&file, dir.path(), "p2", &extra),
+        start_file(&file, dir.path(), "p3", &extra),
+    ];
+    {
+        let all: Vec<&Server> = servers.iter().collect();
+        wait_all_alive(&all);
+        wait_settled(&all, 4);
+    }
+    let victim = (0..3)
+        .max_by_key(|&i| served_by(&servers[i], "count-requests").len())
+        .unwrap();
+    assert!(!served_by(&servers[victim], "count-requests").is_empty());
+    let addrs: Arc<Vec<std::sync::RwLock<String>>> = Arc::new(
+        servers
+            .iter()
+            .map(|s| std::sync::RwLock::new(s.tcp.clone()))
+            .collect(),
+    );
+    let next = Arc::new(AtomicUsize::new(0));
+    let answered = Arc::new(AtomicU64::new(0));
+    let callers: Vec<_> = (0..4)
+        .map(|_| {
+            let (addrs, next, answered) = (Arc::clone(&addrs), Arc::clone(&next), Arc::clone(&answered));
+            std::thread::spawn(move || {
+                let mut clients: Vec<Option<(String, Client)>> = vec![None, None, None];
+                let mut outcomes = Vec::new();
+                loop {
+                    let n = next.fetch_add(1, Ordering::AcqRel);
+                    if n >= jobs {
+                        break;
+                    }
+                    let peer = n % 3;
+                    let addr = addrs[peer].read().unwrap().clone();
+                    if clients[peer].as_ref().is_none_or(|(a, _)| *a != addr) {
+                        clients[peer] = Client::connect(&addr).ok().map(|c| (addr.clone(), c));
+                    }
+                    let key = key_of(n, keys);
+                    let outcome =
+                        match clients[peer].as_mut() {
+                            None => Outcome::Unreached,
+                            Some((_, client)) => {
+                                match client.job(
+                                    "count",
+                                    Some(key.as_bytes()),
+                                    b".",
+                                    Some(Duration::from_secs(10)),
+                                ) {
+                                    Ok(answer) => {
+                                        answered.fetch_add(1, Ordering::AcqRel);
+                                        let text = String::from_utf8(answer.value).unwrap();
+                                        Outcome::Counted(text.trim().parse().unwrap_or_else(|_| {
+                                            panic!("job {n} answered {text:?}, not a count")
+                                        }))
+                                    }
+                                    Err(ClientError::Server { message, .. }) => Outcome::Open(message),
+                                    Err(other) => {
+                                        clients[peer] = None;
+                                        Outcome::Open(other.to_string())
+                                    }
+                                }
+                            }
+                        };
+                    outcomes.push((n, outcome));
+                }
+                outcomes
+            })
+        })
+        .collect();
+    let answered_at_least = |count: u64| {
+        wait_until("count jobs answered", Duration::from_secs(120), || {
+            answered.load(Ordering::Acquire) >= count || next.load(Ordering::Acquire) >= jobs
+        });
+    };
+    answered_at_least(jobs as u64 / 5);
+    let killed_at = answered.load(Ordering::Acquire);
+    let at = servers[victim].peer.clone().unwrap();
+    let other = servers[(victim + 1) % 3].peer.clone().unwrap();
+    servers[victim].kill9();
+    assert!(
+        killed_at < jobs as u64 * 2 / 5,
+        "the kill landed mid-run ({killed_at} of {jobs} answered)"
+    );
+    answered_at_least(jobs as u64 * 2 / 5);
+    let name = format!("p{}", victim + 1);
+    servers[victim] = start_file(
+        &file,
+        dir.path(),
+        &name,
+        &["--peer-listen", &at, "--seeds", &other],
+    );
+    *addrs[victim].write().unwrap() = servers[victim].tcp.clone();
+    {
+        let all: Vec<&Server> = servers.iter().collect();
+        wait_all_alive(&all);
+        wait_settled(&all, 4);
+    }
+    let settled_at = next.load(Ordering::Acquire);
+    assert!(
+        settled_at < jobs,
+        "jobs are sent after the failover ({settled_at} of {jobs} before)"
+    );
+    let mut outcomes: Vec<Outcome> = (0..jobs).map(|_| Outcome::Unsent).collect();
+    for caller in callers {
+        for (n, outcome) in caller.join().unwrap() {
+            outcomes[n] = outcome;
+        }
+    }
+
+    // Per key: the counts answered, and the jobs whose fate is open.
+    let mut answers: BTreeMap<String, Vec<u64>> = BTreeMap::new();
+    let mut open: BTreeMap<String, u64> = BTreeMap::new();
+    let mut unreached = 0;
+    for (n, outcome) in outcomes.iter().enumerate() {
+        let key = key_of(n, keys);
+        match outcome {
+            Outcome::Counted(count) => answers.entry(key).or_default().push(*count),
+            Outcome::Open(why) if n < settled_at => *open.entry(key).or_default() += 1,
+            Outcome::Open(why) => panic!("job {n}, sent after the failover, failed: {why}"),
+            Outcome::Unreached if n < settled_at => unreached += 1,
+            Outcome::Unreached => panic!("job {n}, sent after the failover, reached no peer"),
+            Outcome::Unsent => panic!("job {n} was never sent"),
+        }
+    }
+    // The changelog, once every key's last change is every peer's state of it.
+    let mut changes: BTreeMap<String, Vec<u64>> = BTreeMap::new();
+    wait_until(
+        "every peer's state is the changelog's",
+        Duration::from_secs(60),
+        || {
+            changes.clear();
+            for (_, key, value) in tail(&servers[0], "counts") {
+                changes.entry(key).or_default().push(value.parse().unwrap());
+            }
+            (0..keys).all(|k| {
+                let key = format!("k{k}");
+                let last = changes.get(&key).and_then(|c| c.last()).map(u64::to_string);
+                servers.iter().all(|s| state_through(s, "counter", &key) == last)
+            })
+        },
+    );
+    let mut total = 0;
+    for k in 0..keys {
+        let key = format!("k{k}");
+        let changes = changes.get(&key).cloned().unwrap_or_default();
+        let final_count = changes.len() as u64;
+        assert_eq!(
+            changes,
+            (1..=final_count).collect::<Vec<_>>(),
+            "{key}'s changelog counts up by one, each count once (no restart, nothing twice)"
+        );
+        let mut counted = answers.get(&key).cloned().unwrap_or_default();
+        counted.sort_unstable();
+        let distinct = counted.windows(2).all(|w| w[0] < w[1]);
+        assert!(
+            distinct,
+            "two jobs of {key} were answered the same count: {counted:?}"
+        );
+        let (acked, unsure) = (counted.len() as u64, open.get(&key).copied().unwrap_or(0));
+        assert!(
+            acked <= final_count && final_count <= acked + unsure,
+            "{key} counted {final_count}: {acked} jobs answered and {unsure} left open"
+        );
+        total += final_count;
+    }
+    let answered = answered.load(Ordering::Acquire);
+    eprintln!(
+        "counter through three peers: {jobs} jobs over {keys} keys, {answered} answered ({killed_at} before the kill), {} left open by it, {unreached} reached no peer; counted {total}",
+        open.values().sum::<u64>()
+    );
+}
+
+/// The word count example on three peers: half the lines sent through one peer, the
+/// peer leading most of the lines' and words' partitions SIGKILLed at once (its stages
+/// still splitting and counting), the other half sent through the two left, the killed
+/// peer started again: every peer reads the counts one machine counts, and each word's
+/// changelog counts up by one (no count restarts, none is written twice).
+pub(crate) fn a_word_count_on_three_peers_with_one_sigkilled_counts_what_it_counts_on_one() {
+    let _serial = one_at_a_time();
+    let vocabulary = [
+        "apple", "pear", "plum", "fig", "kiwi", "lime", "date", "yuzu", "sloe", "quince", "grape",
+    ];
+    let lines: Vec<String> = (0..6000)
+        .map(|i| {
+            (0..1 + i % 7)
+                .map(|j| vocabulary[(i * 7 + j * 3) % vocabulary.len()])
+                .collect::<Vec<_>>()
+                .join(" ")
+        })
+        .collect();
+    let words: u64 = lines.iter().map(|l| l.split(' ').count() as u64).sum();
+    let dir = tempfile::tempdir().unwrap();
+    let send = |server: &Server, part: &[String]| {
+        let (code, _, err) = run_cli(&["send", "--to", &server.tcp, "lines"], &(part.join("\n") + "\n"));
+        assert_eq!(code, 0, "{err}");
+    };
+    let alone = {
+        let one = start(dir.path(), "one", &[]);
+        send(&one, &lines);
+        counts(&one, words)
+    };
+
+    let mut servers = three_peers(dir.path());
+    wait_settled(&servers.iter().collect::<Vec<_>>(), 4);
+    let leads = |s: &Server| served_by(s, "lines").len() + served_by(s, "words").len();
+    let victim = (0..3).max_by_key(|&i| leads(&servers[i])).unwrap();
+    assert!(leads(&servers[victim]) > 0);
+    let (a, b) = ((victim + 1) % 3, (victim + 2) % 3);
+    let (front, back) = lines.split_at(lines.len() / 2);
+    send(&servers[a], front);
+    let at = servers[victim].peer.clone().unwrap();
+    servers[victim].kill9();
+    wait_settled(&[&servers[a], &servers[b]], 4);
+    send(&servers[b], back);
+    let seed = servers[a].peer.clone().unwrap();
+    servers[victim] = peer(dir.path(), &format!("p{}", victim + 1), &at, Some(&seed));
+    let all: Vec<&Server> = servers.iter().collect();
+    wait_all_alive(&all);
+    wait_settled(&all, 4);
+    for server in &servers {
+        assert_eq!(
+            counts(server, words),
+            alone,
+            "the counts read through {}",
+            server.tcp
+        );
+    }
+    let mut changes: BTreeMap<String, Vec<u64>> = BTreeMap::new();
+    for (_, word, count) in tail(&servers[victim], "counts") {
+        changes.entry(word).or_default().push(count.parse().unwrap());
+    }
+    for (word, changes) in &changes {
+        let last = changes.len() as u64;
+        assert_eq!(changes, &(1..=last).collect::<Vec<_>>(), "{word}'s changelog");
+    }
+    eprintln!(
+        "word count on three peers, one SIGKILLed after the first half: {words} words counted as on one machine"
+    );
+}
+
+mod replicated {
+    #[test]
+    fn counts_through_three_peers_with_one_sigkilled_equal_their_jobs() {
+        super::counts_through_three_peers_with_one_sigkilled_equal_their_jobs();
+    }
+
+    #[test]
+    fn a_word_count_on_three_peers_with_one_sigkilled_counts_what_it_counts_on_one() {
+        super::a_word_count_on_three_peers_with_one_sigkilled_counts_what_it_counts_on_one();
+    }
+}
