@@ -1,25 +1,30 @@
-//! Batches that may be written already, so that none is written twice: an engine
-//! producer's batch sent again after the leader it went to was lost (or refused it),
-//! and the outputs a stage writes again after it took over its input partition's lead
-//! (`takeover.rs`), whose records each carry their own provenance point (`flowd-src`).
-//! Both come marked `Batch::uncertain` with the offset from which the producer's
-//! outputs there may lie.
+//! Batches that may be written already, so that none is written twice. Two kinds come
+//! marked `Batch::uncertain` with the offset from which the producer's outputs there
+//! may lie:
 //!
-//! The partition's leader finds how far its log (all of it, the part no quorum holds
-//! yet too) holds the producer's outputs: the furthest point among the producer's
-//! records from that offset on, remembered per producer and extended by the next look.
-//! It drops the records of the batch that point covers and appends the rest. A
-//! producer's points only grow along a partition (its batches are appended in send
-//! order, and those lost are sent again in that order), so what the furthest point
-//! covers is there, and the records it covers are a prefix of the batch. A batch
-//! covered whole is acked where the record with that point ends, once that is durable
-//! and held by a quorum.
+//! - An engine producer's batch sent again after the leader it went to was lost (or
+//!   refused it). It is written unless the log holds a record with its last record's
+//!   exact provenance stamp (producer and point): exact, because a batch sent again
+//!   can be overtaken by the producer's next one, whose point is further.
+//! - The outputs a stage writes again after it took over its input partition's lead
+//!   (`takeover.rs`): each record carries its own point (`flowd-re`). The partition's
+//!   leader finds how far its log (all of it, the part no quorum holds yet too) holds
+//!   the producer's outputs: the furthest point among the producer's records from that
+//!   offset on, remembered per producer and extended by the next look. It drops the
+//!   records that point covers (a prefix of the batch) and appends the rest. That the
+//!   furthest point covers only records that are there needs the producer's batches
+//!   to land in send order: an emitter sends nothing to a partition's new owner before
+//!   its batches to the old one are acked (`Emitter::keep_order`), and the peer whose
+//!   lead it took over is gone or no longer leads (docs/decisions.md says what is left).
+//!
+//! A batch covered whole is acked where the record that covers it ends, once that is
+//! durable and held by a quorum.
 
 use std::collections::HashMap;
 
 use crate::protocol::wire::Cursor;
 use crate::runtime::mesh::{Batch, Payload};
-use crate::runtime::provenance::{self, Point, SOURCE_HEADER};
+use crate::runtime::provenance::{self, Point, REPLAY_HEADER, SOURCE_HEADER};
 use crate::storage::PartitionLog;
 
 /// Per producer, how far one partition's log holds its outputs, as far as looked.
@@ -83,17 +88,29 @@ pub enum Trimmed {
     Nothing,
 }
 
-/// Drops the records of `batch` (of `producer`) that `held` covers: all of them if its
-/// last record's point is covered, else the records at its front that carry a point
-/// of their own that is. A record without a point of its own is kept (only a replay
-/// stamps every record; another batch's points are known at its end alone).
-pub fn trim(batch: &mut Batch, producer: &str, last: Point, held: Point) -> Trimmed {
+/// Whether `batch` holds outputs replayed after a take-over (its first record carries
+/// its own point).
+pub fn is_replayed(batch: &Batch) -> bool {
+    let own = |name: &str| name == REPLAY_HEADER;
+    match &batch.records {
+        Payload::Owned(records) => records
+            .first()
+            .is_some_and(|r| r.headers.iter().any(|(name, _)| own(name))),
+        Payload::Wire { bytes, .. } => Cursor::new(bytes)
+            .record()
+            .is_ok_and(|r| r.headers.iter().any(|(name, _)| own(name))),
+        Payload::Batch(_) => false,
+    }
+}
+
+/// Drops the records of a replayed `batch` that `held` covers: all of them if its last
+/// point `last` is covered, else the records at its front whose own point is.
+pub fn trim(batch: &mut Batch, last: Point, held: Point) -> Trimmed {
     if last <= held {
         return Trimmed::All;
     }
     let covered = |name: &str, value: &[u8]| {
-        name == SOURCE_HEADER
-            && provenance::decode(value).is_some_and(|(point, by)| by == producer && point <= held)
+        name == REPLAY_HEADER && provenance::decode_point(value).is_some_and(|point| point <= held)
     };
     match &mut batch.records {
         Payload::Owned(records) => {
@@ -125,6 +142,17 @@ pub fn trim(batch: &mut Batch, producer: &str, last: Point, held: Point) -> Trim
     }
 }
 
+/// The offset of the first record at or after `from` in `log` whose `flowd-src` header
+/// is `stamp`: where a batch with that last stamp was written, if it was.
+pub fn holds_stamp(log: &PartitionLog, from: u64, stamp: &[u8]) -> Option<u64> {
+    log.read(from)
+        .find(|view| {
+            view.headers()
+                .any(|(name, value)| name == SOURCE_HEADER && value == stamp)
+        })
+        .map(|view| view.offset())
+}
+
 fn front_or_nothing(front: usize) -> Trimmed {
     match front {
         0 => Trimmed::Nothing,
@@ -138,14 +166,20 @@ mod tests {
     use crate::runtime::mesh::{Ack, Generation, OwnedRecord};
     use crate::storage::{LogOptions, Record};
 
-    fn record(value: &str, point: Option<Point>) -> OwnedRecord {
+    /// A replayed record: its own point, and the batch's stamp when it is the last.
+    fn record(value: &str, own: Option<Point>, last: Option<Point>) -> OwnedRecord {
+        let mut headers = Vec::new();
+        if let Some(own) = own {
+            headers.push((REPLAY_HEADER, provenance::encode_point(own)));
+        }
+        if let Some(last) = last {
+            headers.push((SOURCE_HEADER, provenance::encode("p", last)));
+        }
         OwnedRecord {
             timestamp_ms: 1,
             key: None,
             value: value.as_bytes().to_vec(),
-            headers: point
-                .map(|p| vec![(SOURCE_HEADER, provenance::encode("p", p))])
-                .unwrap_or_default(),
+            headers,
         }
     }
 
@@ -168,27 +202,27 @@ mod tests {
         let p = |input, index| Point { input, index };
         let replayed = || {
             batch(vec![
-                record("a", Some(p(4, 1))),
-                record("b", Some(p(5, 1))),
-                record("c", Some(p(5, 2))),
-                record("d", Some(Point::whole(7))),
+                record("a", Some(p(4, 1)), None),
+                record("b", Some(p(5, 1)), None),
+                record("c", Some(p(5, 2)), None),
+                record("d", Some(p(6, 1)), Some(Point::whole(7))),
             ])
         };
+        assert!(is_replayed(&replayed()));
         let mut b = replayed();
-        assert_eq!(trim(&mut b, "p", Point::whole(7), p(5, 1)), Trimmed::Front(2));
+        assert_eq!(trim(&mut b, Point::whole(7), p(5, 1)), Trimmed::Front(2));
         assert_eq!(values(&b), ["c", "d"]);
         let mut b = replayed();
-        assert_eq!(trim(&mut b, "p", Point::whole(7), Point::whole(7)), Trimmed::All);
+        assert_eq!(trim(&mut b, Point::whole(7), Point::whole(7)), Trimmed::All);
         let mut b = replayed();
-        assert_eq!(trim(&mut b, "p", Point::whole(7), p(3, 0)), Trimmed::Nothing);
+        assert_eq!(trim(&mut b, Point::whole(7), p(3, 0)), Trimmed::Nothing);
         assert_eq!(values(&b).len(), 4);
-        // Another producer's points cover nothing of this one's.
-        let mut b = replayed();
-        assert_eq!(trim(&mut b, "q", Point::whole(7), p(6, 0)), Trimmed::Nothing);
-        // A batch sent again whole: only its last point is known.
-        let mut b = batch(vec![record("a", None), record("b", Some(Point::whole(9)))]);
-        assert_eq!(trim(&mut b, "p", Point::whole(9), p(8, 0)), Trimmed::Nothing);
-        assert_eq!(trim(&mut b, "p", Point::whole(9), Point::whole(9)), Trimmed::All);
+        // A batch sent again whole is not a replayed one: only its exact stamp counts.
+        let whole = batch(vec![
+            record("a", None, None),
+            record("b", None, Some(Point::whole(9))),
+        ]);
+        assert!(!is_replayed(&whole));
     }
 
     #[test]
@@ -199,13 +233,13 @@ mod tests {
             ("b", Point::whole(3)),
             ("c", Point::whole(4)),
         ] {
-            let stamp = provenance::encode("p", point);
+            let own = provenance::encode_point(point);
             crate::protocol::wire::encode_record(
                 &mut bytes,
                 Some(1),
                 None,
                 value.as_bytes(),
-                &[(SOURCE_HEADER, stamp.as_slice())],
+                &[(REPLAY_HEADER, own.as_slice())],
             );
         }
         let mut b = Batch::new(
@@ -217,10 +251,8 @@ mod tests {
             },
             Ack::Generation(Generation::new(1)),
         );
-        assert_eq!(
-            trim(&mut b, "p", Point::whole(4), Point::whole(3)),
-            Trimmed::Front(2)
-        );
+        assert!(is_replayed(&b));
+        assert_eq!(trim(&mut b, Point::whole(4), Point::whole(3)), Trimmed::Front(2));
         let Payload::Wire { bytes, count, .. } = &b.records else {
             unreachable!()
         };

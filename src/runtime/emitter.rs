@@ -21,7 +21,7 @@ use crate::runtime::bounds::{self, Bounds, RECORD_HINT, TooLarge};
 use crate::runtime::error::Result;
 use crate::runtime::mesh::{Ack, Batch, Generation, Mesh, OwnedRecord, Payload};
 use crate::runtime::placement::spread_partition;
-use crate::runtime::provenance::{self, END_HEADER, Point, SOURCE_HEADER};
+use crate::runtime::provenance::{self, END_HEADER, Point, REPLAY_HEADER, SOURCE_HEADER};
 use crate::runtime::reply::REPLY_HEADER;
 
 /// Records buffered for one partition before a flush is due.
@@ -76,6 +76,11 @@ pub struct Emitter {
     /// batches go marked uncertain from `replayed_from[partition]` on (`already.rs`).
     replayed_below: u64,
     replayed_from: Vec<u64>,
+    /// Per partition, where its last batch went (`None` inside: this peer's shard);
+    /// `None` before the first.
+    routes: Vec<Option<Option<std::net::SocketAddr>>>,
+    /// The generations of batches sent and maybe not acked yet.
+    sent: Vec<Arc<Generation>>,
     buffers: Vec<Buffer>,
     generation: Arc<Generation>,
     /// The reply address of the job the current input belongs to, copied onto every
@@ -116,6 +121,8 @@ impl Emitter {
             skip: vec![Point::default(); n],
             replayed_below: 0,
             replayed_from: vec![0; n],
+            routes: vec![None; n],
+            sent: Vec::new(),
             buffers: (0..n).map(|_| Buffer::default()).collect(),
             generation: Generation::new(partitions),
             reply: None,
@@ -269,7 +276,7 @@ impl Emitter {
             };
             record
                 .headers
-                .push((SOURCE_HEADER, provenance::encode(&self.producer, own)));
+                .push((REPLAY_HEADER, provenance::encode_point(own)));
             frame += stamp;
         }
         let buffer = &mut self.buffers[q as usize];
@@ -322,12 +329,15 @@ impl Emitter {
     }
 
     async fn send(&mut self, q: u32, mut records: Vec<OwnedRecord>, point: Point) -> Result<(), Closed> {
+        // Before this batch counts in its generation: the wait is for the ones before.
+        self.keep_order(q).await;
         let stamp = provenance::encode(&self.producer, point);
-        // A replayed record carries its own point already: the batch's takes its place.
-        let replayed = records[0].headers.iter().any(|(name, _)| *name == SOURCE_HEADER);
-        let last = records.last_mut().expect("batches are never empty");
-        last.headers.retain(|(name, _)| *name != SOURCE_HEADER);
-        last.headers.push((SOURCE_HEADER, stamp));
+        let replayed = records[0].headers.iter().any(|(name, _)| *name == REPLAY_HEADER);
+        records
+            .last_mut()
+            .expect("batches are never empty")
+            .headers
+            .push((SOURCE_HEADER, stamp));
         self.records_out += records.len() as u64;
         self.generation.sent();
         let mut batch = Batch::new(
@@ -338,7 +348,31 @@ impl Emitter {
         if replayed {
             batch.uncertain = Some(self.replayed_from[q as usize]);
         }
+        self.sent.retain(|g| !g.is_durable());
+        if !self.sent.last().is_some_and(|g| Arc::ptr_eq(g, &self.generation)) {
+            self.sent.push(Arc::clone(&self.generation));
+        }
         self.mesh.send(self.topic, batch).await.map_err(|_| Closed)
+    }
+
+    /// Keeps this producer's batches to partition `q` in send order across a change of
+    /// its owner (provenance and the replay's trimming rely on it): the first batch to
+    /// a new owner waits until every batch sent before is acked. Those in flight to the
+    /// old owner are acked there, or lost with it and sent on to the new one
+    /// (`Batch::uncertain`), or the engine stops. On one machine the route never changes.
+    async fn keep_order(&mut self, q: u32) {
+        let route = self.mesh.route_of(self.topic, q);
+        let last = &mut self.routes[q as usize];
+        if *last == Some(route) {
+            return;
+        }
+        let changed = last.is_some();
+        *last = Some(route);
+        if changed {
+            while self.sent.iter().any(|g| !g.is_durable()) {
+                glommio::timer::sleep(std::time::Duration::from_micros(200)).await;
+            }
+        }
     }
 
     /// Starts a new generation and returns the old one, whose batches the caller waits

@@ -48,8 +48,9 @@ pub enum RuntimeError {
         reason: String,
     },
     #[error(
-        "no peer took partition {partition} of \"{topic}\" within {waited_s} s while it moved (the cluster is \
-         changing, split, or a peer holding it is unreachable); restart this peer once the cluster settles"
+        "no peer took partition {partition} of \"{topic}\" within {waited_s} s (it was moving, or its leader had \
+         too few replicas alive for a write: the cluster is changing, split, or a peer holding it is unreachable); \
+         restart this peer once the cluster settles"
     )]
     NoOwner {
         topic: String,

@@ -162,7 +162,7 @@ pub async fn run(shard: Rc<Shard>, task: ExecTask) -> Result<()> {
         let mut caught_up = Vec::new();
         for k in 0..parts.len() {
             let i = (first + k) % parts.len();
-            match lead(&shard, &spec, task.stage, &mut parts[i]).await? {
+            match lead(&shard, task.stage, &mut parts[i]).await? {
                 Some(true) => {}
                 Some(false) => continue,
                 None => {
@@ -319,7 +319,7 @@ fn open_part(shard: &Rc<Shard>, spec: &DataflowSpec, stage_index: usize, task: S
 /// leads its input. A part whose input this peer took the lead of goes on from what
 /// the stage wrote while others led it (`takeover`), once what it read before is
 /// written (its window is empty). `None`: the engine stops.
-async fn lead(shard: &Rc<Shard>, spec: &DataflowSpec, stage: usize, part: &mut Part) -> Result<Option<bool>> {
+async fn lead(shard: &Rc<Shard>, stage: usize, part: &mut Part) -> Result<Option<bool>> {
     let (epoch, start) = match takeover::lead(shard, part.topic, part.partition) {
         Lead::Always => return Ok(Some(true)),
         Lead::Epoch { epoch, .. } if part.led == Some(epoch) => return Ok(Some(true)),
@@ -335,8 +335,8 @@ async fn lead(shard: &Rc<Shard>, spec: &DataflowSpec, stage: usize, part: &mut P
     }
     part.committer.settle(part.emitter.partitions()).await?;
     let stored = part.committer.stored().clone();
-    let to = spec.stages[stage].to.expect("validated");
-    let Some(resumed) = takeover::read_back(shard, &part.producer, to, &stored, None).await else {
+    let Some(mut resumed) = takeover::read_back(shard, stage, part.topic, part.partition, &stored).await
+    else {
         return Ok(None);
     };
     let task = StageTask {
@@ -344,12 +344,12 @@ async fn lead(shard: &Rc<Shard>, spec: &DataflowSpec, stage: usize, part: &mut P
         topic: part.topic,
         partition: part.partition,
         progress: stored.clone(),
-        skip: resumed.skip,
+        skip: resumed.skip.clone(),
         expected_ends: HashSet::new(),
         states: HashMap::new(),
     };
     part.emitter = open_output(shard, &task)?.emitter;
-    part.emitter.set_replayed(start, resumed.read_to);
+    resumed.resume(&mut part.emitter, start);
     part.next_read = stored.resume;
     part.base = stored.resume;
     part.reader.publish(part.base);

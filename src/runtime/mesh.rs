@@ -125,6 +125,9 @@ pub enum Ack {
     Client(flume::Sender<ClientAck>, usize),
     /// A batch another peer routed here, told by its request id.
     Peer(flume::Sender<(u64, ClientAck)>, u64),
+    /// A batch the rerouter sent on: `settled` is set once it is acked or failed, so
+    /// that the next one for its partition goes only then (`reroute.rs`).
+    Watched(Box<Ack>, Arc<std::sync::atomic::AtomicBool>),
 }
 
 /// `Ok((batch number, first offset, next offset))` once durable.
@@ -137,12 +140,49 @@ impl Ack {
             // The client may have gone away; nobody is left to tell.
             Ack::Client(tx, part) => drop(tx.try_send(Ok((*part, first, next)))),
             Ack::Peer(tx, request) => drop(tx.try_send((*request, Ok((0, first, next))))),
+            Ack::Watched(inner, settled) => {
+                inner.durable(partition, first, next);
+                settled.store(true, Ordering::Release);
+            }
         }
     }
 
     /// Whether a producer inside the engine waits on it (rather than a client or a peer).
     pub fn is_engine(&self) -> bool {
-        matches!(self, Ack::Generation(_))
+        self.generation().is_some()
+    }
+
+    /// The engine producer's generation it counts in, if an engine producer waits on it.
+    pub fn generation(&self) -> Option<&Arc<Generation>> {
+        match self {
+            Ack::Generation(generation) => Some(generation),
+            Ack::Watched(inner, _) => inner.generation(),
+            Ack::Client(..) | Ack::Peer(..) => None,
+        }
+    }
+
+    /// Puts the ack under a watch (`Ack::Watched`): the flag returned is set once the
+    /// batch is acked or failed.
+    pub fn watch(&mut self) -> Arc<std::sync::atomic::AtomicBool> {
+        let settled = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let inner = std::mem::replace(self, Ack::Peer(flume::bounded(0).0, 0));
+        *self = Ack::Watched(Box::new(inner), Arc::clone(&settled));
+        settled
+    }
+
+    /// Takes the ack from under its watch, if it is under one, telling the watch it is
+    /// settled (the batch came back to be routed again); whether it was.
+    pub fn unwatch(&mut self) -> bool {
+        if !matches!(self, Ack::Watched(..)) {
+            return false;
+        }
+        let Ack::Watched(inner, settled) = std::mem::replace(self, Ack::Peer(flume::bounded(0).0, 0)) else {
+            unreachable!("checked above");
+        };
+        settled.store(true, Ordering::Release);
+        *self = *inner;
+        self.unwatch();
+        true
     }
 
     /// The batch was refused or cannot be made durable.
@@ -152,6 +192,10 @@ impl Ack {
             Ack::Generation(_) => {}
             Ack::Client(tx, _) => drop(tx.try_send(Err(error))),
             Ack::Peer(tx, request) => drop(tx.try_send((*request, Err(error)))),
+            Ack::Watched(inner, settled) => {
+                inner.failed(error);
+                settled.store(true, Ordering::Release);
+            }
         }
     }
 }
@@ -182,6 +226,7 @@ impl Generation {
         self.pending.fetch_sub(1, Ordering::AcqRel);
     }
 
+    /// Whether no batch of it waits for its ack.
     pub fn is_durable(&self) -> bool {
         self.pending.load(Ordering::Acquire) == 0
     }
@@ -196,6 +241,8 @@ impl Generation {
 pub trait RemoteRoute: Send + Sync {
     /// The channel to the peer owning `partition` of `topic`; `None` if this peer owns it.
     fn route(&self, topic: usize, partition: u32) -> Option<flume::Sender<Batch>>;
+    /// The peer owning `partition` of `topic`; `None` if this peer owns it.
+    fn owner(&self, topic: usize, partition: u32) -> Option<std::net::SocketAddr>;
 }
 
 /// The senders of every (topic, shard) channel; cloned into every shard.
@@ -218,6 +265,12 @@ impl Mesh {
         }
         let shards = self.inboxes[topic].len();
         std::borrow::Cow::Borrowed(&self.inboxes[topic][crate::runtime::placement::owner(partition, shards)])
+    }
+
+    /// Where a batch for `partition` of `topic` goes now: the peer owning it, or `None`
+    /// for this peer's own shard.
+    pub fn route_of(&self, topic: usize, partition: u32) -> Option<std::net::SocketAddr> {
+        self.remote.as_ref()?.owner(topic, partition)
     }
 
     /// Sends `batch` to the owner of its partition of `topic`, waiting while that inbox

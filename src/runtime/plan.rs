@@ -11,7 +11,7 @@ use std::time::Duration;
 use glommio::{LocalExecutorBuilder, Placement};
 
 use crate::cluster::Cluster;
-use crate::config::{Cores, DataflowSpec, Guarantee, OpSpec};
+use crate::config::{Cores, DataflowSpec, OpSpec};
 use crate::metrics::Metrics;
 use crate::runtime::cluster::peers::Peers;
 use crate::runtime::cluster::replica::Found;
@@ -174,12 +174,11 @@ pub fn plan(spec: DataflowSpec, cluster: Option<Arc<Cluster>>) -> Result<Plan> {
                 let progress = stage_progress[&(i, topic, p)].clone();
                 let producer = stage_producer(&stage_spec.name, &spec.topics[topic].name, p);
                 // A clock-driven operator cannot be replayed exactly: it gets at-least-once.
-                let skip =
-                    if stage_spec.op.is_deterministic() && stage_spec.guarantee == Guarantee::ExactlyOnce {
-                        skip_points(&scanned[to], &producer, progress.next)
-                    } else {
-                        vec![Point::default(); spec.topics[to].partitions as usize]
-                    };
+                let skip = if crate::runtime::takeover::is_exact(stage_spec) {
+                    skip_points(&scanned[to], &producer, progress.next)
+                } else {
+                    vec![Point::default(); spec.topics[to].partitions as usize]
+                };
                 plans[placement::owner(p, shards)].stages.push(StageTask {
                     stage: i,
                     topic,

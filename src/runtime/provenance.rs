@@ -16,6 +16,9 @@ use std::collections::HashMap;
 use crate::storage::{PartitionLog, RecordView};
 
 pub const SOURCE_HEADER: &str = "flowd-src";
+/// A replayed output's own point (`already.rs`): the outputs of its input up to and with
+/// it, as `<input>+<index + 1>`; the batch's producer is its last record's `flowd-src`.
+pub const REPLAY_HEADER: &str = "flowd-re";
 pub const END_HEADER: &str = crate::protocol::wire::END_MARKER_HEADER;
 
 /// The producer id of a stage reading one input partition.
@@ -63,23 +66,35 @@ impl Point {
 }
 
 pub fn encode(producer: &str, point: Point) -> Vec<u8> {
-    match point.index {
-        0 => format!("{} {producer}", point.input).into_bytes(),
-        index => format!("{}+{index} {producer}", point.input).into_bytes(),
-    }
+    let mut out = encode_point(point);
+    out.push(b' ');
+    out.extend_from_slice(producer.as_bytes());
+    out
 }
 
 pub fn decode(value: &[u8]) -> Option<(Point, &str)> {
     let text = std::str::from_utf8(value).ok()?;
     let (point, producer) = text.split_once(' ')?;
-    let point = match point.split_once('+') {
+    Some((decode_point(point.as_bytes())?, producer))
+}
+
+/// A point alone: `<input>` or `<input>+<index>`.
+pub fn encode_point(point: Point) -> Vec<u8> {
+    match point.index {
+        0 => point.input.to_string().into_bytes(),
+        index => format!("{}+{index}", point.input).into_bytes(),
+    }
+}
+
+pub fn decode_point(value: &[u8]) -> Option<Point> {
+    let point = std::str::from_utf8(value).ok()?;
+    Some(match point.split_once('+') {
         None => Point::whole(point.parse().ok()?),
         Some((input, index)) => Point {
             input: input.parse().ok()?,
             index: index.parse().ok().filter(|i| *i > 0)?,
         },
-    };
-    Some((point, producer))
+    })
 }
 
 /// The producer whose end this record marks, if it is an end-of-input marker.

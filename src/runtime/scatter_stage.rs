@@ -32,6 +32,7 @@ use crate::runtime::reply::{FailedJobs, REPLY_HEADER, ReplyAddress, job_batch};
 use crate::runtime::service::JobOutcome;
 use crate::runtime::shard::{Backoff, Shard};
 use crate::runtime::stage::{StageOutput, StageTask, open_output, operator_error};
+use crate::runtime::takeover::{self, Lead};
 
 /// Records of one partition scattered and not yet written, at most.
 const WINDOW_MAX: usize = 256;
@@ -105,7 +106,43 @@ pub async fn run(shard: Rc<Shard>, task: StageTask) -> Result<()> {
     // Acks of the copies' writes are not waited on: a copy that cannot be written is a
     // branch that does not answer in time.
     let (ack_tx, _) = flume::bounded(1);
+    // The epoch of the input's lead this peer's reading was rebuilt for (`takeover`).
+    let mut led: Option<u32> = None;
     while !finished && !control.is_stopping() {
+        // Scatters only while this peer leads the input (always on one machine); one
+        // that took the lead goes on from its stored progress once its window is empty.
+        let reading = match takeover::lead(&shard, task.topic, task.partition) {
+            Lead::Always => true,
+            Lead::Epoch { epoch, .. } if led == Some(epoch) => true,
+            Lead::Not => {
+                led = None;
+                false
+            }
+            Lead::Epoch { .. } if !window.is_empty() => false,
+            Lead::Epoch { epoch, start } => {
+                if emitter.flush().await.is_err() {
+                    break;
+                }
+                committer.settle(emitter.partitions()).await?;
+                let stored = committer.stored().clone();
+                let read_back = takeover::read_back(&shard, task.stage, task.topic, task.partition, &stored);
+                let Some(mut resumed) = read_back.await else {
+                    break;
+                };
+                resumed.resume(&mut emitter, start);
+                position = stored.resume;
+                base = position;
+                reader.publish(base);
+                ends_seen = stored.ends_seen.iter().cloned().collect();
+                finished = stored.done;
+                end_snapshot = finished;
+                led = Some(epoch);
+                tracing::info!(
+                    "{producer} goes on at offset {position} as this peer leads its input in epoch {epoch}"
+                );
+                continue;
+            }
+        };
         if failures.disabled_at.is_some() {
             // Disabled: nothing more is scattered or written here until a restart.
             idle.sleep().await;
@@ -127,7 +164,8 @@ pub async fn run(shard: Rc<Shard>, task: StageTask) -> Result<()> {
         }
         {
             let log = reader.log();
-            for view in reader.readable(&log, position).take(WINDOW_MAX - window.len()) {
+            let room = if reading { WINDOW_MAX - window.len() } else { 0 };
+            for view in reader.readable(&log, position).take(room) {
                 let offset = view.offset();
                 position = offset + 1;
                 read += 1;

@@ -315,30 +315,37 @@ impl Shard {
     /// log holds of it (`already.rs`), and says where its last record is if the log
     /// holds all of it.
     fn already_written(&self, partition: &LocalPartition, batch: &mut Batch) -> Option<u64> {
+        use crate::runtime::already::{self, Trimmed};
         let from = batch.uncertain?;
-        let source = batch.last_source()?;
-        let (last, producer) = crate::runtime::provenance::decode(&source)?;
-        let (held, at) = partition
-            .held
-            .borrow_mut()
-            .of(&partition.log.borrow(), producer, from)?;
+        let stamp = batch.last_source()?;
+        let (last, producer) = crate::runtime::provenance::decode(&stamp)?;
         let topic = &self.shared.spec.topics[partition.topic].name;
-        match crate::runtime::already::trim(batch, producer, last, held) {
-            crate::runtime::already::Trimmed::All => {
+        let log = partition.log.borrow();
+        if !already::is_replayed(batch) {
+            let at = already::holds_stamp(&log, from, &stamp)?;
+            tracing::info!(
+                "a batch of {producer} for partition {} of \"{topic}\", sent again, is written already (at offset {at}): not written twice",
+                batch.partition
+            );
+            return Some(at);
+        }
+        let (held, at) = partition.held.borrow_mut().of(&log, producer, from)?;
+        match already::trim(batch, last, held) {
+            Trimmed::All => {
                 tracing::info!(
-                    "a batch of {producer} for partition {} of \"{topic}\", sent again, is written already (up to offset {at}): not written twice",
+                    "a replayed batch of {producer} for partition {} of \"{topic}\" is written already (up to offset {at}): not written twice",
                     batch.partition
                 );
                 Some(at)
             }
-            crate::runtime::already::Trimmed::Front(n) => {
+            Trimmed::Front(n) => {
                 tracing::info!(
-                    "a batch of {producer} for partition {} of \"{topic}\", sent again: its first {n} records are written already (up to offset {at}), the rest is written now",
+                    "a replayed batch of {producer} for partition {} of \"{topic}\": its first {n} records are written already (up to offset {at}), the rest is written now",
                     batch.partition
                 );
                 None
             }
-            crate::runtime::already::Trimmed::Nothing => None,
+            Trimmed::Nothing => None,
         }
     }
 
@@ -385,6 +392,13 @@ impl Shard {
                         let (alive, needed) = crate::runtime::cluster::replica::replicas_alive(peers, &state);
                         if alive < needed {
                             self.shared.metrics.quorum_refusals.add(1);
+                            if batch.ack.is_engine() {
+                                // An engine producer's batch waits for the quorum (routed
+                                // again until it lands, or the engine stops, loudly):
+                                // failing it would lose it unseen.
+                                peers.refuse(topic, batch).await;
+                                continue;
+                            }
                             batch.ack.failed(EngineError::Unavailable(format!(
                                 "partition {} of \"{}\" has {alive} of its replicas alive and a write needs {needed}: refused rather than acked below its quorum; retry once its peers are back",
                                 batch.partition, self.shared.spec.topics[topic].name

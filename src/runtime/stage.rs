@@ -98,17 +98,15 @@ pub async fn run(shard: Rc<Shard>, mut task: StageTask) -> Result<()> {
                 }
                 committer.settle(emitter.partitions()).await?;
                 task.progress = committer.stored().clone();
-                let keys_of = matches!(stage.op, OpSpec::State { .. })
-                    .then_some((task.partition, spec.topics[task.topic].partitions));
-                let to = stage.to.expect("validated");
-                let Some(resumed) = takeover::read_back(&shard, &producer, to, &task.progress, keys_of).await
-                else {
+                let read_back =
+                    takeover::read_back(&shard, task.stage, task.topic, task.partition, &task.progress);
+                let Some(mut resumed) = read_back.await else {
                     break;
                 };
-                task.skip = resumed.skip;
-                op = build_op(&shard, &task, &task.progress, resumed.states)?;
+                task.skip = resumed.skip.clone();
+                op = build_op(&shard, &task, &task.progress, std::mem::take(&mut resumed.states))?;
                 emitter = open_output(&shard, &task)?.emitter;
-                emitter.set_replayed(start, resumed.read_to);
+                resumed.resume(&mut emitter, start);
                 position = task.progress.resume;
                 reader.publish(position);
                 ends_seen = task.progress.ends_seen.iter().cloned().collect();

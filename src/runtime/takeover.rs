@@ -22,8 +22,10 @@ use std::collections::HashMap;
 use std::rc::Rc;
 use std::time::Duration;
 
+use crate::config::{Guarantee, OpSpec, StageSpec};
 use crate::protocol::FetchFrom;
 use crate::protocol::message::Response;
+use crate::runtime::emitter::Emitter;
 use crate::runtime::error::EngineError;
 use crate::runtime::progress::Progress;
 use crate::runtime::provenance::{self, Point, SOURCE_HEADER};
@@ -60,34 +62,62 @@ pub fn lead(shard: &Shard, topic: usize, partition: u32) -> Lead {
     }
 }
 
+/// Whether a stage's replay writes each output once: a deterministic operator under
+/// `exactly_once`. A clock-driven one is replayed at least once, nothing skipped.
+pub fn is_exact(stage: &StageSpec) -> bool {
+    stage.op.is_deterministic() && stage.guarantee == Guarantee::ExactlyOnce
+}
+
 /// What a stage taking its input's lead starts from.
 pub struct Resumed {
     /// Per output partition, the outputs this covers are there.
     pub skip: Vec<Point>,
-    /// Per output partition, how far the reads went: outputs sent again may lie past it.
-    pub read_to: Vec<u64>,
+    /// Per output partition, how far the reads went: outputs sent again may lie past
+    /// it. `None` for a stage replayed at least once.
+    pub read_to: Option<Vec<u64>>,
     /// A state stage's states of its input partition's keys.
     pub states: HashMap<Vec<u8>, Vec<u8>>,
 }
 
-/// Reads back what `producer` wrote into topic `to`, resuming from `stored`; with
-/// `keys_of = Some((partition, partitions))` (a state stage), also the last value of
-/// every key its input partition routes to in `to`, its changelog. `None` if the engine
-/// stops first. A read an unavailable leader refuses is tried again (an election may be
-/// under way), said in the log now and then.
+impl Resumed {
+    /// Sets `emitter` to go on from here, this peer's lead having begun at `start`.
+    pub fn resume(&mut self, emitter: &mut Emitter, start: u64) {
+        emitter.set_skip(std::mem::take(&mut self.skip));
+        if let Some(read_to) = self.read_to.take() {
+            emitter.set_replayed(start, read_to);
+        }
+    }
+}
+
+/// Reads back what stage `stage` reading `partition` of `topic` wrote, resuming from
+/// `stored`: its furthest points in its output topic, and a state stage's states (the
+/// last value of every key the partition routes to, in its changelog). `None` if the
+/// engine stops first. A read an unavailable leader refuses is tried again (an election
+/// may be under way), said in the log now and then.
 pub async fn read_back(
     shard: &Rc<Shard>,
-    producer: &str,
-    to: usize,
+    stage: usize,
+    topic: usize,
+    partition: u32,
     stored: &Progress,
-    keys_of: Option<(u32, u32)>,
 ) -> Option<Resumed> {
-    let partitions = shard.shared.spec.topics[to].partitions;
+    let spec = &shard.shared.spec;
+    let stage_spec = &spec.stages[stage];
+    let producer = &provenance::stage_producer(&stage_spec.name, &spec.topics[topic].name, partition);
+    let to = stage_spec.to.expect("a stage that writes");
+    let keys_of =
+        matches!(stage_spec.op, OpSpec::State { .. }).then_some((partition, spec.topics[topic].partitions));
+    let exact = is_exact(stage_spec);
+    let partitions = spec.topics[to].partitions;
     let mut resumed = Resumed {
-        skip: Vec::with_capacity(partitions as usize),
-        read_to: Vec::with_capacity(partitions as usize),
+        skip: vec![Point::default(); partitions as usize],
+        read_to: None,
         states: HashMap::new(),
     };
+    if !exact && keys_of.is_none() {
+        return Some(resumed);
+    }
+    let mut read_to = Vec::with_capacity(partitions as usize);
     for q in 0..partitions {
         let from = match keys_of {
             Some(_) => 0,
@@ -149,9 +179,12 @@ pub async fn read_back(
                 break;
             }
         }
-        resumed.skip.push(furthest);
-        resumed.read_to.push(position);
+        if exact {
+            resumed.skip[q as usize] = furthest;
+        }
+        read_to.push(position);
     }
+    resumed.read_to = exact.then_some(read_to);
     Some(resumed)
 }
 

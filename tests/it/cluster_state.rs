@@ -39,32 +39,40 @@ fn key_of(n: usize, keys: usize) -> String {
     format!("k{}", n % keys)
 }
 
-pub(crate) fn counts_through_three_peers_with_one_sigkilled_equal_their_jobs() {
+pub(crate) fn counts_through_peers_killed_joining_and_leaving_equal_their_jobs() {
     let _serial = one_at_a_time();
-    let jobs: usize = std::env::var("FLOWD_LONG_COUNTER")
+    let target: usize = std::env::var("FLOWD_LONG_COUNTER")
         .ok()
         .and_then(|n| n.parse().ok())
         .unwrap_or(2000);
-    let keys = if jobs >= 20_000 { 100 } else { 20 };
+    let keys = if target >= 20_000 { 100 } else { 20 };
+    // The callers go on until the last change settled and jobs went through it: at
+    // most this many.
+    let cap = target * 10;
     let dir = tempfile::tempdir().unwrap();
     let file = example_in(dir.path(), "counter.toml");
     let first = start_file(&file, dir.path(), "p1", &["--peer-listen", "127.0.0.1:0"]);
     let seed = first.peer.clone().unwrap();
     let extra = ["--peer-listen", "127.0.0.1:0", "--seeds", &seed];
-    let mut servers = [
+    let mut servers = vec![
         first,
         start_file(&file, dir.path(), "p2", &extra),
         start_file(&file, dir.path(), "p3", &extra),
     ];
-    {
+    let settle = |servers: &[Server]| {
         let all: Vec<&Server> = servers.iter().collect();
         wait_all_alive(&all);
         wait_settled(&all, 4);
-    }
-    let victim = (0..3)
-        .max_by_key(|&i| served_by(&servers[i], "count-requests").len())
-        .unwrap();
+    };
+    settle(&servers);
+    let leader_most = |servers: &[Server]| {
+        (0..servers.len())
+            .max_by_key(|&i| served_by(&servers[i], "count-requests").len())
+            .unwrap()
+    };
+    let victim = leader_most(&servers);
     assert!(!served_by(&servers[victim], "count-requests").is_empty());
+    // The three addresses the callers send through, round-robin.
     let addrs: Arc<Vec<std::sync::RwLock<String>>> = Arc::new(
         servers
             .iter()
@@ -73,15 +81,21 @@ pub(crate) fn counts_through_three_peers_with_one_sigkilled_equal_their_jobs() {
     );
     let next = Arc::new(AtomicUsize::new(0));
     let answered = Arc::new(AtomicU64::new(0));
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
     let callers: Vec<_> = (0..4)
         .map(|_| {
-            let (addrs, next, answered) = (Arc::clone(&addrs), Arc::clone(&next), Arc::clone(&answered));
+            let (addrs, next, answered, stop) = (
+                Arc::clone(&addrs),
+                Arc::clone(&next),
+                Arc::clone(&answered),
+                Arc::clone(&stop),
+            );
             std::thread::spawn(move || {
                 let mut clients: Vec<Option<(String, Client)>> = vec![None, None, None];
                 let mut outcomes = Vec::new();
-                loop {
+                while !stop.load(Ordering::Acquire) {
                     let n = next.fetch_add(1, Ordering::AcqRel);
-                    if n >= jobs {
+                    if n >= cap {
                         break;
                     }
                     let peer = n % 3;
@@ -123,19 +137,17 @@ pub(crate) fn counts_through_three_peers_with_one_sigkilled_equal_their_jobs() {
         .collect();
     let answered_at_least = |count: u64| {
         wait_until("count jobs answered", Duration::from_secs(120), || {
-            answered.load(Ordering::Acquire) >= count || next.load(Ordering::Acquire) >= jobs
+            answered.load(Ordering::Acquire) >= count
         });
     };
-    answered_at_least(jobs as u64 / 5);
+    // A fifth: the peer leading most of the jobs' partitions is SIGKILLed.
+    answered_at_least(target as u64 / 5);
     let killed_at = answered.load(Ordering::Acquire);
     let at = servers[victim].peer.clone().unwrap();
     let other = servers[(victim + 1) % 3].peer.clone().unwrap();
     servers[victim].kill9();
-    assert!(
-        killed_at < jobs as u64 * 2 / 5,
-        "the kill landed mid-run ({killed_at} of {jobs} answered)"
-    );
-    answered_at_least(jobs as u64 * 2 / 5);
+    // Two fifths: it starts again on its data.
+    answered_at_least(target as u64 * 2 / 5);
     let name = format!("p{}", victim + 1);
     servers[victim] = start_file(
         &file,
@@ -144,22 +156,40 @@ pub(crate) fn counts_through_three_peers_with_one_sigkilled_equal_their_jobs() {
         &["--peer-listen", &at, "--seeds", &other],
     );
     *addrs[victim].write().unwrap() = servers[victim].tcp.clone();
-    {
-        let all: Vec<&Server> = servers.iter().collect();
-        wait_all_alive(&all);
-        wait_settled(&all, 4);
-    }
-    let settled_at = next.load(Ordering::Acquire);
-    assert!(
-        settled_at < jobs,
-        "jobs are sent after the failover ({settled_at} of {jobs} before)"
+    settle(&servers);
+    // Three fifths: a fourth peer joins.
+    answered_at_least(target as u64 * 3 / 5);
+    servers.push(start_file(&file, dir.path(), "p4", &extra));
+    settle(&servers);
+    // Four fifths: the peer leading most of them leaves, the joiner taking its place
+    // among the callers' three.
+    answered_at_least(target as u64 * 4 / 5);
+    let leaving = leader_most(&servers[..3]);
+    let joined = servers.pop().unwrap();
+    *addrs[leaving].write().unwrap() = joined.tcp.clone();
+    let mut left = std::mem::replace(&mut servers[leaving], joined);
+    assert_eq!(
+        left.terminate(Duration::from_secs(60)),
+        Some(true),
+        "the leave ends cleanly"
     );
+    settle(&servers);
+    let settled_at = next.load(Ordering::Acquire);
+    answered_at_least(answered.load(Ordering::Acquire).max(target as u64) + 200);
+    stop.store(true, Ordering::Release);
+    let jobs = next.load(Ordering::Acquire).min(cap);
     let mut outcomes: Vec<Outcome> = (0..jobs).map(|_| Outcome::Unsent).collect();
     for caller in callers {
         for (n, outcome) in caller.join().unwrap() {
             outcomes[n] = outcome;
         }
     }
+    // Jobs taken after the stop was set went unsent: the run ends before them.
+    let jobs = outcomes
+        .iter()
+        .rposition(|o| !matches!(o, Outcome::Unsent))
+        .map_or(0, |last| last + 1);
+    outcomes.truncate(jobs);
 
     // Per key: the counts answered, and the jobs whose fate is open.
     let mut answers: BTreeMap<String, Vec<u64>> = BTreeMap::new();
@@ -219,8 +249,9 @@ pub(crate) fn counts_through_three_peers_with_one_sigkilled_equal_their_jobs() {
     }
     let answered = answered.load(Ordering::Acquire);
     eprintln!(
-        "counter through three peers: {jobs} jobs over {keys} keys, {answered} answered ({killed_at} before the kill), {} left open by it, {unreached} reached no peer; counted {total}",
-        open.values().sum::<u64>()
+        "counter through three peers (one SIGKILLed and back, one joining, one leaving): {jobs} jobs over {keys} keys, {answered} answered ({killed_at} before the kill), {} left open, {unreached} reached no peer; counted {total}; the last {} sent after the last change all answered",
+        open.values().sum::<u64>(),
+        jobs - settled_at
     );
 }
 
@@ -294,8 +325,8 @@ pub(crate) fn a_word_count_on_three_peers_with_one_sigkilled_counts_what_it_coun
 
 mod replicated {
     #[test]
-    fn counts_through_three_peers_with_one_sigkilled_equal_their_jobs() {
-        super::counts_through_three_peers_with_one_sigkilled_equal_their_jobs();
+    fn counts_through_peers_killed_joining_and_leaving_equal_their_jobs() {
+        super::counts_through_peers_killed_joining_and_leaving_equal_their_jobs();
     }
 
     #[test]

@@ -308,6 +308,10 @@ impl RemoteRoute for Peers {
         let to = self.owner(topic, partition)?;
         Some(self.link(to, topic))
     }
+
+    fn owner(&self, topic: usize, partition: u32) -> Option<SocketAddr> {
+        Peers::owner(self, topic, partition)
+    }
 }
 
 /// A replicated partition belongs to the leader the metadata group chose (this peer
@@ -615,7 +619,7 @@ impl Link {
     /// acked batch there ended), so it is written once either way. Anything else fails
     /// with `error` (an engine producer's stops the engine: its restart settles it).
     fn lost(&self, mut batch: Batch, error: EngineError) {
-        if let Ack::Generation(generation) = &batch.ack
+        if let Some(generation) = batch.ack.generation()
             && self.replicated
         {
             let from = generation.end(batch.partition);
@@ -632,7 +636,7 @@ impl Link {
     }
 
     fn fail(&self, ack: &Ack, error: EngineError) {
-        if let Ack::Generation(_) = ack
+        if ack.is_engine()
             && let Some(shared) = self.shared.as_ref().and_then(Weak::upgrade)
         {
             shared.control.fail(RuntimeError::Peer {

@@ -1,17 +1,25 @@
-//! Batches refused because their partition moves between peers are routed again: in
-//! the order refused, after a short pause (the view may not have changed here yet), to
+//! Batches refused because their partition moves between peers (or its leader lacks a
+//! quorum), and engine batches lost with their leader, are routed again: in the order
+//! they came, after a short pause (the view may not have changed here yet), to
 //! whichever peer owns the partition then, until one takes them or the patience runs
-//! out. A batch refused this way was not written, so sending it again writes it once.
+//! out. A refused batch was not written, so sending it again writes it once; a lost
+//! one goes marked uncertain (`already.rs`).
+//!
+//! One batch per partition is on its way at a time: the next goes only once the last
+//! is acked or failed (its ack is watched), or came back refused again, and then goes
+//! first. So batches routed again land in the order they came, and a producer's
+//! batches to a partition stay in send order (the provenance rule) even when the new
+//! owner refuses one while it takes the partition over.
 
-use std::collections::VecDeque;
-use std::sync::Weak;
-use std::sync::atomic::Ordering;
+use std::collections::{HashMap, HashSet, VecDeque};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Weak};
 use std::time::{Duration, Instant};
 
 use crate::runtime::cluster::peers::Peers;
 use crate::runtime::error::EngineError;
 use crate::runtime::error::RuntimeError;
-use crate::runtime::mesh::{Ack, Batch};
+use crate::runtime::mesh::Batch;
 
 /// Refused batches queued for the rerouter before the refusing side waits.
 pub const REROUTE_QUEUE: usize = 1024;
@@ -31,13 +39,17 @@ struct Held {
 /// Runs until the engine's peers are gone.
 pub fn run(peers: Weak<Peers>, refused: flume::Receiver<(usize, Batch)>) {
     let mut held: VecDeque<Held> = VecDeque::new();
+    let mut on_its_way: HashMap<(usize, u32), Arc<AtomicBool>> = HashMap::new();
     loop {
-        let wait = held
-            .front()
-            .map_or(Duration::from_millis(100), |h| {
-                h.due.saturating_duration_since(Instant::now())
-            })
-            .max(Duration::from_millis(1));
+        // Held batches are looked at every pause at least: one may wait for the batch
+        // on its way before it, not only for its own due time.
+        let wait = match held.front() {
+            None => Duration::from_millis(100),
+            Some(h) => h
+                .due
+                .saturating_duration_since(Instant::now())
+                .clamp(Duration::from_millis(1), PAUSE),
+        };
         if held.len() < HELD_MAX {
             match refused.recv_timeout(wait) {
                 Ok((topic, batch)) => take(&mut held, topic, batch),
@@ -55,28 +67,48 @@ pub fn run(peers: Weak<Peers>, refused: flume::Receiver<(usize, Batch)>) {
         let Some(peers) = peers.upgrade() else {
             return;
         };
-        send_due(&peers, &mut held);
+        send_due(&peers, &mut held, &mut on_its_way);
     }
 }
 
 fn take(held: &mut VecDeque<Held>, topic: usize, mut batch: Batch) {
     batch.refused.get_or_insert_with(Instant::now);
-    held.push_back(Held {
+    let mut entry = Held {
         topic,
         batch,
         due: Instant::now() + PAUSE,
-    });
+    };
+    // Sent on by this rerouter and back: the oldest of its partition, it goes first.
+    if entry.batch.ack.unwatch() {
+        held.push_front(entry);
+    } else {
+        held.push_back(entry);
+    }
 }
 
-/// Sends the held batches from the front while their owner takes them; stops at the
-/// first that must wait, so batches leave in the order they were refused.
-fn send_due(peers: &Peers, held: &mut VecDeque<Held>) {
+/// Sends on, in order, the held batches that are due and whose partition has none on
+/// its way; a partition whose batch must wait keeps its later ones waiting too.
+fn send_due(
+    peers: &Peers,
+    held: &mut VecDeque<Held>,
+    on_its_way: &mut HashMap<(usize, u32), Arc<AtomicBool>>,
+) {
     let now = Instant::now();
-    while let Some(front) = held.front() {
-        if front.due > now {
-            return;
+    on_its_way.retain(|_, settled| !settled.load(Ordering::Acquire));
+    let mut waiting: HashSet<(usize, u32)> = on_its_way.keys().copied().collect();
+    let mut kept = VecDeque::with_capacity(held.len());
+    while let Some(Held {
+        topic,
+        mut batch,
+        due,
+    }) = held.pop_front()
+    {
+        let key = (topic, batch.partition);
+        if waiting.contains(&key) || due > now {
+            waiting.insert(key);
+            kept.push_back(Held { topic, batch, due });
+            continue;
         }
-        let Held { topic, batch, due } = held.pop_front().expect("front exists");
         if batch.refused.is_some_and(|at| now.duration_since(at) >= PATIENCE) {
             peers.rerouting.fetch_sub(1, Ordering::AcqRel);
             give_up(peers, topic, batch);
@@ -84,20 +116,25 @@ fn send_due(peers: &Peers, held: &mut VecDeque<Held>) {
         }
         let Some(sender) = peers.route_now(topic, batch.partition) else {
             // Placed here but still being taken over: wait.
-            held.push_front(Held {
+            waiting.insert(key);
+            kept.push_back(Held {
                 topic,
                 batch,
                 due: now + PAUSE,
             });
-            return;
+            continue;
         };
+        let settled = batch.ack.watch();
         match sender.try_send(batch) {
             Ok(()) => {
                 peers.rerouting.fetch_sub(1, Ordering::AcqRel);
+                on_its_way.insert(key, settled);
+                waiting.insert(key);
             }
-            Err(flume::TrySendError::Full(batch)) => {
-                held.push_front(Held { topic, batch, due });
-                return;
+            Err(flume::TrySendError::Full(mut batch)) => {
+                batch.ack.unwatch();
+                waiting.insert(key);
+                kept.push_back(Held { topic, batch, due });
             }
             Err(flume::TrySendError::Disconnected(batch)) => {
                 peers.rerouting.fetch_sub(1, Ordering::AcqRel);
@@ -105,6 +142,7 @@ fn send_due(peers: &Peers, held: &mut VecDeque<Held>) {
             }
         }
     }
+    *held = kept;
 }
 
 fn give_up(peers: &Peers, topic: usize, batch: Batch) {
@@ -115,7 +153,7 @@ fn give_up(peers: &Peers, topic: usize, batch: Batch) {
         waited_s: PATIENCE.as_secs(),
     };
     tracing::warn!("{error}");
-    if let Ack::Generation(_) = batch.ack
+    if batch.ack.is_engine()
         && let Some(shared) = peers.shared()
     {
         shared.control.fail(error);
