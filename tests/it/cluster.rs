@@ -282,12 +282,13 @@ pub(crate) fn counts(server: &Server, words: u64) -> BTreeMap<String, u64> {
     last
 }
 
-fn a_word_count_on_two_peers_counts_what_it_counts_on_one() {
-    let _serial = one_at_a_time();
-    let vocabulary = [
+/// `n` lines of one to seven fruit names (nine, and `more`), and how many words they hold.
+pub(crate) fn fruit_lines(n: usize, more: &[&str]) -> (Vec<String>, u64) {
+    let mut vocabulary = vec![
         "apple", "pear", "plum", "fig", "kiwi", "lime", "date", "yuzu", "sloe",
     ];
-    let lines: Vec<String> = (0..400)
+    vocabulary.extend_from_slice(more);
+    let lines: Vec<String> = (0..n)
         .map(|i| {
             (0..1 + i % 7)
                 .map(|j| vocabulary[(i * 7 + j * 3) % vocabulary.len()])
@@ -295,7 +296,13 @@ fn a_word_count_on_two_peers_counts_what_it_counts_on_one() {
                 .join(" ")
         })
         .collect();
-    let words: u64 = lines.iter().map(|l| l.split(' ').count() as u64).sum();
+    let words = lines.iter().map(|l| l.split(' ').count() as u64).sum();
+    (lines, words)
+}
+
+fn a_word_count_on_two_peers_counts_what_it_counts_on_one() {
+    let _serial = one_at_a_time();
+    let (lines, words) = fruit_lines(400, &[]);
     let dir = tempfile::tempdir().unwrap();
 
     let one = start(dir.path(), "one", &[]);

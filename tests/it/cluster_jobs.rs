@@ -38,8 +38,9 @@ pub(crate) fn example_in(dir: &Path, name: &str) -> PathBuf {
     file
 }
 
-/// Three peers of `file`, each seeded with the first, every partition led.
-fn three_of(file: &Path, dir: &Path) -> Vec<Server> {
+/// Three peers of `file`, each seeded with the first, every partition led (the
+/// dataflow's topics have `partitions` each).
+pub(crate) fn three_of(file: &Path, dir: &Path, partitions: usize) -> Vec<Server> {
     let first = start_file(file, dir, "p1", &["--peer-listen", "127.0.0.1:0"]);
     let seed = first.peer.clone().unwrap();
     let extra = ["--peer-listen", "127.0.0.1:0", "--seeds", &seed];
@@ -50,7 +51,7 @@ fn three_of(file: &Path, dir: &Path) -> Vec<Server> {
     ];
     let all: Vec<&Server> = servers.iter().collect();
     wait_all_alive(&all);
-    wait_settled(&all, 2);
+    wait_settled(&all, partitions);
     servers
 }
 
@@ -66,7 +67,11 @@ pub(crate) fn examples_answer_through_every_peer() {
     let _serial = one_at_a_time();
     let dir = tempfile::tempdir().unwrap();
 
-    let servers = three_of(&example_in(dir.path(), "hello.toml"), &dir.path().join("hello"));
+    let servers = three_of(
+        &example_in(dir.path(), "hello.toml"),
+        &dir.path().join("hello"),
+        2,
+    );
     assert!(
         servers.iter().any(|s| served_by(s, "hello-requests").is_empty()),
         "a peer leads no partition of the job's topic"
@@ -99,6 +104,7 @@ pub(crate) fn examples_answer_through_every_peer() {
     let servers = three_of(
         &example_in(dir.path(), "chained.toml"),
         &dir.path().join("chained"),
+        2,
     );
     let labels = ["fizz", "buzz", "bang"];
     for server in &servers {
@@ -120,7 +126,11 @@ pub(crate) fn examples_answer_through_every_peer() {
     }
     drop(servers);
 
-    let servers = three_of(&example_in(dir.path(), "search.toml"), &dir.path().join("search"));
+    let servers = three_of(
+        &example_in(dir.path(), "search.toml"),
+        &dir.path().join("search"),
+        2,
+    );
     for server in &servers {
         for _ in 0..4 {
             let (code, body) = http(&server.http, "POST", "/jobs/search", r#"{"q": "rust"}"#);
@@ -158,6 +168,75 @@ fn wordstems_jobs(dir: &Path) -> PathBuf {
     file
 }
 
+/// Where round-robin callers stand: the addresses they send through (read before each
+/// job, so that a restarted peer's new address is taken up), the next job's number,
+/// and their stop.
+pub(crate) struct Callers {
+    pub addrs: Arc<Vec<std::sync::RwLock<String>>>,
+    pub next: Arc<AtomicUsize>,
+    pub stop: Arc<std::sync::atomic::AtomicBool>,
+}
+
+/// A caller's thread: it returns the outcome of each job it sent, by number.
+pub(crate) type Caller<O> = std::thread::JoinHandle<Vec<(usize, O)>>;
+
+/// Four callers sending jobs 0, 1, 2, ... round-robin through `servers`' client
+/// listeners until their stop or job `cap`: `call` makes job `n`'s outcome from a
+/// connection to its peer (or why there is none) and says whether the connection is
+/// still good. Each caller's thread returns its `(n, outcome)`s.
+pub(crate) fn round_robin<O: Send + 'static>(
+    servers: &[Server],
+    cap: usize,
+    call: impl Fn(usize, Result<&mut Client, String>) -> (O, bool) + Send + Sync + 'static,
+) -> (Callers, Vec<Caller<O>>) {
+    let callers = Callers {
+        addrs: Arc::new(
+            servers
+                .iter()
+                .map(|s| std::sync::RwLock::new(s.tcp.clone()))
+                .collect(),
+        ),
+        next: Arc::new(AtomicUsize::new(0)),
+        stop: Arc::default(),
+    };
+    let call = Arc::new(call);
+    let threads = (0..4)
+        .map(|_| {
+            let (addrs, next, stop, call) = (
+                Arc::clone(&callers.addrs),
+                Arc::clone(&callers.next),
+                Arc::clone(&callers.stop),
+                Arc::clone(&call),
+            );
+            std::thread::spawn(move || {
+                let mut clients: Vec<Option<(String, Client)>> = (0..addrs.len()).map(|_| None).collect();
+                let mut outcomes = Vec::new();
+                while !stop.load(Ordering::Acquire) {
+                    let n = next.fetch_add(1, Ordering::AcqRel);
+                    if n >= cap {
+                        break;
+                    }
+                    let peer = n % addrs.len();
+                    let addr = addrs[peer].read().unwrap().clone();
+                    if clients[peer].as_ref().is_none_or(|(a, _)| *a != addr) {
+                        clients[peer] = Client::connect(&addr).ok().map(|c| (addr.clone(), c));
+                    }
+                    let (outcome, keep) = match clients[peer].as_mut() {
+                        None => call(n, Err(format!("cannot connect to {addr}"))),
+                        Some((_, client)) => call(n, Ok(client)),
+                    };
+                    if !keep {
+                        clients[peer] = None;
+                    }
+                    outcomes.push((n, outcome));
+                }
+                outcomes
+            })
+        })
+        .collect();
+    (callers, threads)
+}
+
 /// Job `n`'s sentence: unique, with a known number of words.
 fn sentence(n: usize) -> String {
     let words = [
@@ -193,90 +272,45 @@ pub(crate) fn word_stems_jobs_through_three_peers_with_one_sigkilled() {
         .unwrap_or(1500);
     let dir = tempfile::tempdir().unwrap();
     let file = wordstems_jobs(dir.path());
-    let first = start_file(&file, dir.path(), "p1", &["--peer-listen", "127.0.0.1:0"]);
-    let seed = first.peer.clone().unwrap();
-    let extra = ["--peer-listen", "127.0.0.1:0", "--seeds", &seed];
-    let mut servers = vec![
-        first,
-        start_file(&file, dir.path(), "p2", &extra),
-        start_file(&file, dir.path(), "p3", &extra),
-    ];
-    {
-        let all: Vec<&Server> = servers.iter().collect();
-        wait_all_alive(&all);
-        wait_settled(&all, 4);
-    }
+    let mut servers = three_of(&file, dir.path(), 4);
     // The peer killed leads partitions of the jobs' topic (peers started one at a time
     // may leave all of them to the first).
     let victim = (0..3)
         .max_by_key(|&i| served_by(&servers[i], "sentences").len())
         .unwrap();
     assert!(!served_by(&servers[victim], "sentences").is_empty());
-    let addrs: Arc<Vec<std::sync::RwLock<String>>> = Arc::new(
-        servers
-            .iter()
-            .map(|s| std::sync::RwLock::new(s.tcp.clone()))
-            .collect(),
-    );
-
-    let next = Arc::new(AtomicUsize::new(0));
     let answered = Arc::new(AtomicU64::new(0));
     let failures: Arc<std::sync::Mutex<std::collections::BTreeMap<String, usize>>> = Arc::default();
-    let callers: Vec<_> = (0..4)
-        .map(|_| {
-            let (addrs, next, answered, failures) = (
-                Arc::clone(&addrs),
-                Arc::clone(&next),
-                Arc::clone(&answered),
-                Arc::clone(&failures),
-            );
-            std::thread::spawn(move || {
-                let mut clients: Vec<Option<(String, Client)>> = vec![None, None, None];
-                let mut outcomes = Vec::new();
-                loop {
-                    let n = next.fetch_add(1, Ordering::AcqRel);
-                    if n >= jobs {
-                        break;
-                    }
-                    let peer = n % 3;
-                    let addr = addrs[peer].read().unwrap().clone();
-                    if clients[peer].as_ref().is_none_or(|(a, _)| *a != addr) {
-                        clients[peer] = Client::connect(&addr).ok().map(|c| (addr.clone(), c));
-                    }
-                    let outcome = match clients[peer].as_mut() {
-                        None => Outcome::Failed(format!("cannot connect to {addr}")),
-                        Some((_, client)) => {
-                            match client.job(
-                                "stems",
-                                None,
-                                sentence(n).as_bytes(),
-                                Some(Duration::from_secs(10)),
-                            ) {
-                                Ok(answer) => {
-                                    answered.fetch_add(1, Ordering::AcqRel);
-                                    Outcome::Answered(serde_json::from_slice(&answer.value).unwrap())
-                                }
-                                Err(ClientError::Server { message, .. }) => Outcome::Failed(message),
-                                Err(other) => {
-                                    clients[peer] = None;
-                                    Outcome::Failed(other.to_string())
-                                }
-                            }
-                        }
-                    };
-                    if let Outcome::Failed(why) = &outcome {
-                        *failures
-                            .lock()
-                            .unwrap()
-                            .entry(why.chars().take(70).collect())
-                            .or_default() += 1;
-                    }
-                    outcomes.push((n, outcome));
+    let (answered_in, failures_in) = (Arc::clone(&answered), Arc::clone(&failures));
+    let (Callers { addrs, next, .. }, callers) = round_robin(&servers, jobs, move |n, client| {
+        let (outcome, keep) = match client {
+            Err(why) => (Outcome::Failed(why), true),
+            Ok(client) => match client.job(
+                "stems",
+                None,
+                sentence(n).as_bytes(),
+                Some(Duration::from_secs(10)),
+            ) {
+                Ok(answer) => {
+                    answered_in.fetch_add(1, Ordering::AcqRel);
+                    (
+                        Outcome::Answered(serde_json::from_slice(&answer.value).unwrap()),
+                        true,
+                    )
                 }
-                outcomes
-            })
-        })
-        .collect();
+                Err(ClientError::Server { message, .. }) => (Outcome::Failed(message), true),
+                Err(other) => (Outcome::Failed(other.to_string()), false),
+            },
+        };
+        if let Outcome::Failed(why) = &outcome {
+            *failures_in
+                .lock()
+                .unwrap()
+                .entry(why.chars().take(70).collect())
+                .or_default() += 1;
+        }
+        (outcome, keep)
+    });
 
     // A stall leaves the peers' logs, their status and why jobs failed, to look at.
     let answered_at_least = |count: u64, servers: &[Server]| {

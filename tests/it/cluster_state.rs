@@ -1,26 +1,30 @@
 //! Engine state follows its partition: a stage runs where its input partition is led,
 //! and a peer taking the lead over goes on from what the stage wrote while others led
 //! it (its outputs' provenance and its changelog, replicated partitions read back
-//! through their leaders). The counter example on three peers, count jobs sent
-//! round-robin through all three and the peer leading most of their partitions
-//! SIGKILLed and restarted on the way: every key's changelog counts 1, 2, 3, ... with
-//! no count twice or skipped, no two answers of a key say the same count, and the
-//! final count, read through every peer, is at least the key's answered jobs and at
-//! most those plus the jobs whose fate the kill left open (`FLOWD_LONG_COUNTER=20000`
-//! for the README's run over 100 keys).
+//! through their leaders).
+//!
+//! - The counter example on three peers, count jobs sent round-robin through them
+//!   while the peer leading most of their partitions is SIGKILLed and restarted, a
+//!   fourth peer joins and the one then leading most leaves: every key's changelog
+//!   counts 1, 2, 3, ... with no count twice or skipped, no two answers of a key say
+//!   the same count, and the final count, read through every peer, is at least the
+//!   key's answered jobs and at most those plus the jobs whose fate a change left open
+//!   (`FLOWD_LONG_COUNTER=20000` for the README's run over 100 keys).
+//! - The word count on three peers, one SIGKILLed with half the lines sent: every peer
+//!   reads what one machine counts, and each word's changelog counts up by one.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
-use flowd::client::{Client, ClientError};
+use flowd::client::ClientError;
 
 use crate::cluster::{
-    counts, one_at_a_time, peer, served_by, start, start_file, state_through, tail, three_peers,
+    counts, fruit_lines, one_at_a_time, peer, served_by, start, start_file, state_through, tail, three_peers,
     wait_all_alive, wait_settled,
 };
-use crate::cluster_jobs::example_in;
+use crate::cluster_jobs::{Callers, example_in, round_robin, three_of};
 use crate::ingest::{Server, run_cli};
 use crate::support::wait_until;
 
@@ -51,20 +55,14 @@ pub(crate) fn counts_through_peers_killed_joining_and_leaving_equal_their_jobs()
     let cap = target * 10;
     let dir = tempfile::tempdir().unwrap();
     let file = example_in(dir.path(), "counter.toml");
-    let first = start_file(&file, dir.path(), "p1", &["--peer-listen", "127.0.0.1:0"]);
-    let seed = first.peer.clone().unwrap();
+    let mut servers = three_of(&file, dir.path(), 4);
+    let seed = servers[0].peer.clone().unwrap();
     let extra = ["--peer-listen", "127.0.0.1:0", "--seeds", &seed];
-    let mut servers = vec![
-        first,
-        start_file(&file, dir.path(), "p2", &extra),
-        start_file(&file, dir.path(), "p3", &extra),
-    ];
     let settle = |servers: &[Server]| {
         let all: Vec<&Server> = servers.iter().collect();
         wait_all_alive(&all);
         wait_settled(&all, 4);
     };
-    settle(&servers);
     let leader_most = |servers: &[Server]| {
         (0..servers.len())
             .max_by_key(|&i| served_by(&servers[i], "count-requests").len())
@@ -72,69 +70,29 @@ pub(crate) fn counts_through_peers_killed_joining_and_leaving_equal_their_jobs()
     };
     let victim = leader_most(&servers);
     assert!(!served_by(&servers[victim], "count-requests").is_empty());
-    // The three addresses the callers send through, round-robin.
-    let addrs: Arc<Vec<std::sync::RwLock<String>>> = Arc::new(
-        servers
-            .iter()
-            .map(|s| std::sync::RwLock::new(s.tcp.clone()))
-            .collect(),
-    );
-    let next = Arc::new(AtomicUsize::new(0));
     let answered = Arc::new(AtomicU64::new(0));
-    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
-    let callers: Vec<_> = (0..4)
-        .map(|_| {
-            let (addrs, next, answered, stop) = (
-                Arc::clone(&addrs),
-                Arc::clone(&next),
-                Arc::clone(&answered),
-                Arc::clone(&stop),
-            );
-            std::thread::spawn(move || {
-                let mut clients: Vec<Option<(String, Client)>> = vec![None, None, None];
-                let mut outcomes = Vec::new();
-                while !stop.load(Ordering::Acquire) {
-                    let n = next.fetch_add(1, Ordering::AcqRel);
-                    if n >= cap {
-                        break;
+    let answered_in = Arc::clone(&answered);
+    let (Callers { addrs, next, stop }, callers) = round_robin(&servers, cap, move |n, client| {
+        let key = key_of(n, keys);
+        match client {
+            Err(_) => (Outcome::Unreached, true),
+            Ok(client) => {
+                match client.job("count", Some(key.as_bytes()), b".", Some(Duration::from_secs(10))) {
+                    Ok(answer) => {
+                        answered_in.fetch_add(1, Ordering::AcqRel);
+                        let text = String::from_utf8(answer.value).unwrap();
+                        let count = text
+                            .trim()
+                            .parse()
+                            .unwrap_or_else(|_| panic!("job {n} answered {text:?}, not a count"));
+                        (Outcome::Counted(count), true)
                     }
-                    let peer = n % 3;
-                    let addr = addrs[peer].read().unwrap().clone();
-                    if clients[peer].as_ref().is_none_or(|(a, _)| *a != addr) {
-                        clients[peer] = Client::connect(&addr).ok().map(|c| (addr.clone(), c));
-                    }
-                    let key = key_of(n, keys);
-                    let outcome =
-                        match clients[peer].as_mut() {
-                            None => Outcome::Unreached,
-                            Some((_, client)) => {
-                                match client.job(
-                                    "count",
-                                    Some(key.as_bytes()),
-                                    b".",
-                                    Some(Duration::from_secs(10)),
-                                ) {
-                                    Ok(answer) => {
-                                        answered.fetch_add(1, Ordering::AcqRel);
-                                        let text = String::from_utf8(answer.value).unwrap();
-                                        Outcome::Counted(text.trim().parse().unwrap_or_else(|_| {
-                                            panic!("job {n} answered {text:?}, not a count")
-                                        }))
-                                    }
-                                    Err(ClientError::Server { message, .. }) => Outcome::Open(message),
-                                    Err(other) => {
-                                        clients[peer] = None;
-                                        Outcome::Open(other.to_string())
-                                    }
-                                }
-                            }
-                        };
-                    outcomes.push((n, outcome));
+                    Err(ClientError::Server { message, .. }) => (Outcome::Open(message), true),
+                    Err(other) => (Outcome::Open(other.to_string()), false),
                 }
-                outcomes
-            })
-        })
-        .collect();
+            }
+        }
+    });
     let answered_at_least = |count: u64| {
         wait_until("count jobs answered", Duration::from_secs(120), || {
             answered.load(Ordering::Acquire) >= count
@@ -262,18 +220,7 @@ pub(crate) fn counts_through_peers_killed_joining_and_leaving_equal_their_jobs()
 /// changelog counts up by one (no count restarts, none is written twice).
 pub(crate) fn a_word_count_on_three_peers_with_one_sigkilled_counts_what_it_counts_on_one() {
     let _serial = one_at_a_time();
-    let vocabulary = [
-        "apple", "pear", "plum", "fig", "kiwi", "lime", "date", "yuzu", "sloe", "quince", "grape",
-    ];
-    let lines: Vec<String> = (0..6000)
-        .map(|i| {
-            (0..1 + i % 7)
-                .map(|j| vocabulary[(i * 7 + j * 3) % vocabulary.len()])
-                .collect::<Vec<_>>()
-                .join(" ")
-        })
-        .collect();
-    let words: u64 = lines.iter().map(|l| l.split(' ').count() as u64).sum();
+    let (lines, words) = fruit_lines(6000, &["quince", "grape"]);
     let dir = tempfile::tempdir().unwrap();
     let send = |server: &Server, part: &[String]| {
         let (code, _, err) = run_cli(&["send", "--to", &server.tcp, "lines"], &(part.join("\n") + "\n"));
