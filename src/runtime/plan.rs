@@ -581,11 +581,21 @@ async fn run_shard(
     // Every stage and sink reader is registered before any inbox runs: a partition must
     // not take more than `max_lag` records beyond a reader whose task has not started yet
     // (a source on another core may already be writing).
-    for task in &plan.stages {
+    // And a state stage's states are readable (GET /state) before any request can
+    // reach this shard's service task, which runs before the stage tasks do.
+    let mut stages = plan.stages;
+    for task in &mut stages {
         let name = &shared.spec.stages[task.stage].name;
         shard
             .partition(task.topic, task.partition)
             .reader(name, task.progress.resume);
+        if matches!(shared.spec.stages[task.stage].op, OpSpec::State { .. }) {
+            let states = std::rc::Rc::new(std::cell::RefCell::new(std::mem::take(&mut task.states)));
+            shard
+                .states
+                .borrow_mut()
+                .insert((task.stage, task.partition), states);
+        }
     }
     for task in &plan.forwarders {
         let sink = &shared.spec.sinks[task.sink];
@@ -623,7 +633,7 @@ async fn run_shard(
     // An exec stage runs one task per core over all its partitions there: one worker
     // pool per core, and one task to drive it.
     let mut execs: Vec<ExecTask> = Vec::new();
-    for task in plan.stages {
+    for task in stages {
         if matches!(shared.spec.stages[task.stage].op, OpSpec::Exec(_)) {
             match execs.iter_mut().find(|e| e.stage == task.stage) {
                 Some(exec) => exec.parts.push(task),

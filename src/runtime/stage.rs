@@ -51,8 +51,8 @@ pub async fn run(shard: Rc<Shard>, mut task: StageTask) -> Result<()> {
     let stage = &spec.stages[task.stage];
     let control = &shard.shared.control;
     let topic_name = &spec.topics[task.topic].name;
-    let states = std::mem::take(&mut task.states);
-    let mut op = build_op(&shard, &task, &task.progress, states)?;
+    // A state stage's states were made readable when its shard started (plan.rs).
+    let mut op = build_op(&shard, &task, &task.progress, None)?;
     let output = open_output(&shard, &task)?;
     let mut emitter = output.emitter;
     let producer = output.producer;
@@ -104,7 +104,12 @@ pub async fn run(shard: Rc<Shard>, mut task: StageTask) -> Result<()> {
                     break;
                 };
                 task.skip = resumed.skip.clone();
-                op = build_op(&shard, &task, &task.progress, std::mem::take(&mut resumed.states))?;
+                op = build_op(
+                    &shard,
+                    &task,
+                    &task.progress,
+                    Some(std::mem::take(&mut resumed.states)),
+                )?;
                 emitter = open_output(&shard, &task)?.emitter;
                 resumed.resume(&mut emitter, start);
                 position = task.progress.resume;
@@ -237,13 +242,14 @@ pub async fn run(shard: Rc<Shard>, mut task: StageTask) -> Result<()> {
     Ok(())
 }
 
-/// The operator of `task`'s stage, restored to `progress`; a state stage's with
-/// `states` (readable by key while it runs) and its task's skip points.
+/// The operator of `task`'s stage, restored to `progress`; a state stage's with its
+/// task's skip points and `states` (`None`: those its shard holds for it already),
+/// readable by key while it runs.
 fn build_op(
     shard: &Shard,
     task: &StageTask,
     progress: &Progress,
-    states: HashMap<Vec<u8>, Vec<u8>>,
+    states: Option<HashMap<Vec<u8>, Vec<u8>>>,
 ) -> Result<Box<dyn ops::Operator>> {
     let spec = &shard.shared.spec;
     let stage = &spec.stages[task.stage];
@@ -251,12 +257,17 @@ fn build_op(
         OpSpec::State { update } => {
             let program =
                 JqProgram::compile(update).map_err(|e| operator_error(&stage.name, ops::OpError(e)))?;
-            let states: States = Rc::new(RefCell::new(states));
             // Readable by key (GET /state/STAGE/KEY) while the stage runs.
-            shard
-                .states
-                .borrow_mut()
-                .insert((task.stage, task.partition), Rc::clone(&states));
+            let states: States = {
+                let mut registry = shard.states.borrow_mut();
+                let held = registry
+                    .entry((task.stage, task.partition))
+                    .or_insert_with(|| Rc::new(RefCell::new(HashMap::new())));
+                if let Some(states) = states {
+                    *held.borrow_mut() = states;
+                }
+                Rc::clone(held)
+            };
             let skip = task.skip.iter().map(Point::next_input).collect();
             // A change must fit one changelog record with its key and the engine's headers.
             let changelog = &spec.topics[stage.to.expect("validated")];
