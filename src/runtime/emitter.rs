@@ -330,7 +330,7 @@ impl Emitter {
 
     async fn send(&mut self, q: u32, mut records: Vec<OwnedRecord>, point: Point) -> Result<(), Closed> {
         // Before this batch counts in its generation: the wait is for the ones before.
-        self.keep_order(q).await;
+        let route = self.keep_order(q).await;
         let stamp = provenance::encode(&self.producer, point);
         let replayed = records[0].headers.iter().any(|(name, _)| *name == REPLAY_HEADER);
         records
@@ -352,7 +352,10 @@ impl Emitter {
         if !self.sent.last().is_some_and(|g| Arc::ptr_eq(g, &self.generation)) {
             self.sent.push(Arc::clone(&self.generation));
         }
-        self.mesh.send(self.topic, batch).await.map_err(|_| Closed)
+        self.mesh
+            .send_to(self.topic, batch, route)
+            .await
+            .map_err(|_| Closed)
     }
 
     /// Keeps this producer's batches to partition `q` in send order across a change of
@@ -360,11 +363,12 @@ impl Emitter {
     /// a new owner waits until every batch sent before is acked. Those in flight to the
     /// old owner are acked there, or lost with it and sent on to the new one
     /// (`Batch::uncertain`), or the engine stops. On one machine the route never changes.
-    async fn keep_order(&mut self, q: u32) {
+    /// The route, for the batch to take.
+    async fn keep_order(&mut self, q: u32) -> Option<std::net::SocketAddr> {
         let route = self.mesh.route_of(self.topic, q);
         let last = &mut self.routes[q as usize];
         if *last == Some(route) {
-            return;
+            return route;
         }
         let changed = last.is_some();
         *last = Some(route);
@@ -373,6 +377,7 @@ impl Emitter {
                 glommio::timer::sleep(std::time::Duration::from_micros(200)).await;
             }
         }
+        route
     }
 
     /// Starts a new generation and returns the old one, whose batches the caller waits

@@ -330,13 +330,15 @@ async fn lead(shard: &Rc<Shard>, stage: usize, part: &mut Part) -> Result<Option
         Lead::Epoch { .. } if !part.window.is_empty() => return Ok(Some(false)),
         Lead::Epoch { epoch, start } => (epoch, start),
     };
-    if part.emitter.flush().await.is_err() {
-        return Ok(None);
-    }
-    part.committer.settle(part.emitter.partitions()).await?;
-    let stored = part.committer.stored().clone();
-    let Some(mut resumed) = takeover::read_back(shard, stage, part.topic, part.partition, &stored).await
-    else {
+    let taking = takeover::take_over(
+        shard,
+        stage,
+        part.topic,
+        part.partition,
+        &mut part.emitter,
+        &mut part.committer,
+    );
+    let Some((stored, mut resumed)) = taking.await? else {
         return Ok(None);
     };
     let task = StageTask {

@@ -239,10 +239,10 @@ impl Generation {
 
 /// Where batches for partitions another peer owns go (the cluster's links).
 pub trait RemoteRoute: Send + Sync {
-    /// The channel to the peer owning `partition` of `topic`; `None` if this peer owns it.
-    fn route(&self, topic: usize, partition: u32) -> Option<flume::Sender<Batch>>;
     /// The peer owning `partition` of `topic`; `None` if this peer owns it.
     fn owner(&self, topic: usize, partition: u32) -> Option<std::net::SocketAddr>;
+    /// The channel of batches of `topic` to the peer `to`.
+    fn link_to(&self, to: std::net::SocketAddr, topic: usize) -> flume::Sender<Batch>;
 }
 
 /// The senders of every (topic, shard) channel; cloned into every shard.
@@ -258,10 +258,19 @@ impl Mesh {
     /// The channel a batch for `partition` of `topic` goes into: the owner shard's inbox
     /// here, or the link to the peer that owns it.
     pub fn sender(&self, topic: usize, partition: u32) -> std::borrow::Cow<'_, flume::Sender<Batch>> {
-        if let Some(remote) = &self.remote
-            && let Some(sender) = remote.route(topic, partition)
-        {
-            return std::borrow::Cow::Owned(sender);
+        self.sender_to(topic, partition, self.route_of(topic, partition))
+    }
+
+    /// The channel into `route` (from `route_of`): the link to that peer, or for `None`
+    /// the owner shard's inbox here.
+    fn sender_to(
+        &self,
+        topic: usize,
+        partition: u32,
+        route: Option<std::net::SocketAddr>,
+    ) -> std::borrow::Cow<'_, flume::Sender<Batch>> {
+        if let (Some(remote), Some(to)) = (&self.remote, route) {
+            return std::borrow::Cow::Owned(remote.link_to(to, topic));
         }
         let shards = self.inboxes[topic].len();
         std::borrow::Cow::Borrowed(&self.inboxes[topic][crate::runtime::placement::owner(partition, shards)])
@@ -276,8 +285,18 @@ impl Mesh {
     /// Sends `batch` to the owner of its partition of `topic`, waiting while that inbox
     /// is full; an error only once the engine is stopping (the inbox is gone).
     pub async fn send(&self, topic: usize, batch: Batch) -> Result<(), crate::runtime::error::EngineError> {
-        let partition = batch.partition;
-        self.sender(topic, partition)
+        let route = self.route_of(topic, batch.partition);
+        self.send_to(topic, batch, route).await
+    }
+
+    /// As `send`, into `route` as `route_of` found it (a producer that looked already).
+    pub async fn send_to(
+        &self,
+        topic: usize,
+        batch: Batch,
+        route: Option<std::net::SocketAddr>,
+    ) -> Result<(), crate::runtime::error::EngineError> {
+        self.sender_to(topic, batch.partition, route)
             .send_async(batch)
             .await
             .map_err(|_| crate::runtime::error::EngineError::Stopping)

@@ -120,13 +120,15 @@ pub async fn run(shard: Rc<Shard>, task: StageTask) -> Result<()> {
             }
             Lead::Epoch { .. } if !window.is_empty() => false,
             Lead::Epoch { epoch, start } => {
-                if emitter.flush().await.is_err() {
-                    break;
-                }
-                committer.settle(emitter.partitions()).await?;
-                let stored = committer.stored().clone();
-                let read_back = takeover::read_back(&shard, task.stage, task.topic, task.partition, &stored);
-                let Some(mut resumed) = read_back.await else {
+                let taking = takeover::take_over(
+                    &shard,
+                    task.stage,
+                    task.topic,
+                    task.partition,
+                    &mut emitter,
+                    &mut committer,
+                );
+                let Some((stored, mut resumed)) = taking.await? else {
                     break;
                 };
                 resumed.resume(&mut emitter, start);

@@ -93,16 +93,18 @@ pub async fn run(shard: Rc<Shard>, mut task: StageTask) -> Result<()> {
                 continue;
             }
             Lead::Epoch { epoch, start } => {
-                if emitter.flush().await.is_err() {
-                    break;
-                }
-                committer.settle(emitter.partitions()).await?;
-                task.progress = committer.stored().clone();
-                let read_back =
-                    takeover::read_back(&shard, task.stage, task.topic, task.partition, &task.progress);
-                let Some(mut resumed) = read_back.await else {
+                let taking = takeover::take_over(
+                    &shard,
+                    task.stage,
+                    task.topic,
+                    task.partition,
+                    &mut emitter,
+                    &mut committer,
+                );
+                let Some((stored, mut resumed)) = taking.await? else {
                     break;
                 };
+                task.progress = stored;
                 task.skip = resumed.skip.clone();
                 op = build_op(
                     &shard,

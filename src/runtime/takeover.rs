@@ -25,8 +25,10 @@ use std::time::Duration;
 use crate::config::{Guarantee, OpSpec, StageSpec};
 use crate::protocol::FetchFrom;
 use crate::protocol::message::Response;
+use crate::runtime::commit::Committer;
 use crate::runtime::emitter::Emitter;
 use crate::runtime::error::EngineError;
+use crate::runtime::error::Result;
 use crate::runtime::progress::Progress;
 use crate::runtime::provenance::{self, Point, SOURCE_HEADER};
 use crate::runtime::service::{self, FETCH_BYTES_MAX, FETCH_RECORDS_MAX, FetchOrder};
@@ -89,12 +91,33 @@ impl Resumed {
     }
 }
 
+/// A stage taking the lead of `partition` of `topic`: what it sent before goes out and
+/// is settled (its committer stores what was acked, within its bounded wait), then what
+/// it wrote is read back from the progress stored. `None` if the engine stops first.
+pub async fn take_over(
+    shard: &Rc<Shard>,
+    stage: usize,
+    topic: usize,
+    partition: u32,
+    emitter: &mut Emitter,
+    committer: &mut Committer,
+) -> Result<Option<(Progress, Resumed)>> {
+    if emitter.flush().await.is_err() {
+        return Ok(None);
+    }
+    committer.settle(emitter.partitions()).await?;
+    let stored = committer.stored().clone();
+    Ok(read_back(shard, stage, topic, partition, &stored)
+        .await
+        .map(|resumed| (stored, resumed)))
+}
+
 /// Reads back what stage `stage` reading `partition` of `topic` wrote, resuming from
 /// `stored`: its furthest points in its output topic, and a state stage's states (the
 /// last value of every key the partition routes to, in its changelog). `None` if the
 /// engine stops first. A read an unavailable leader refuses is tried again (an election
 /// may be under way), said in the log now and then.
-pub async fn read_back(
+async fn read_back(
     shard: &Rc<Shard>,
     stage: usize,
     topic: usize,

@@ -520,10 +520,7 @@ fn peers_join_and_leave_while_a_producer_runs_and_every_acked_record_stays_once(
     // Each round a peer joins, then the oldest but the first leaves gracefully (the
     // others take its partitions, with their records, before it goes). Two rounds here;
     // FLOWD_CHURN_ROUNDS=N for a longer churn (scripts/cluster-churn.sh).
-    let rounds: usize = std::env::var("FLOWD_CHURN_ROUNDS")
-        .ok()
-        .and_then(|n| n.parse().ok())
-        .unwrap_or(2);
+    let rounds: usize = crate::support::env_or("FLOWD_CHURN_ROUNDS", 2);
     let mut others = std::collections::VecDeque::from([second]);
     // Records the leaving peers held: the leaves had something to hand over. (Placement
     // may give one peer no partition of eight, so this counts over all rounds.)

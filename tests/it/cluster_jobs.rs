@@ -266,10 +266,7 @@ enum Outcome {
 /// sentence's answer, and every job sent once all three lead or follow again is answered.
 pub(crate) fn word_stems_jobs_through_three_peers_with_one_sigkilled() {
     let _serial = one_at_a_time();
-    let jobs: usize = std::env::var("FLOWD_LONG_JOBS")
-        .ok()
-        .and_then(|n| n.parse().ok())
-        .unwrap_or(1500);
+    let jobs: usize = crate::support::env_or("FLOWD_LONG_JOBS", 1500);
     let dir = tempfile::tempdir().unwrap();
     let file = wordstems_jobs(dir.path());
     let mut servers = three_of(&file, dir.path(), 4);

@@ -46,10 +46,7 @@ fn key_of(n: usize, keys: usize) -> String {
 
 pub(crate) fn counts_through_peers_killed_and_joining_equal_their_jobs() {
     let _serial = one_at_a_time();
-    let target: usize = std::env::var("FLOWD_LONG_COUNTER")
-        .ok()
-        .and_then(|n| n.parse().ok())
-        .unwrap_or(2000);
+    let target: usize = crate::support::env_or("FLOWD_LONG_COUNTER", 2000);
     let keys = if target >= 20_000 { 100 } else { 20 };
     // The callers go on until the last change settled and jobs went through it: at
     // most this many.

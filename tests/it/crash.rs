@@ -51,10 +51,7 @@ fn crash_child_writer() {
 }
 
 fn rounds() -> u32 {
-    std::env::var("FLOWD_CRASH_ROUNDS")
-        .ok()
-        .and_then(|r| r.parse().ok())
-        .unwrap_or(12)
+    crate::support::env_or("FLOWD_CRASH_ROUNDS", 12)
 }
 
 /// Runs the child until it has reported `acks` acks (so it is writing: it writes until

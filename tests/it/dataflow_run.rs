@@ -175,10 +175,7 @@ fn word_count_equals_the_reference_count() {
 /// SIGKILL rounds in the middle of the dataflow; `FLOWD_RUN_CRASH_ROUNDS` sets how many.
 #[test]
 fn killed_and_restarted_runs_end_with_the_uninterrupted_output() {
-    let rounds: usize = std::env::var("FLOWD_RUN_CRASH_ROUNDS")
-        .ok()
-        .and_then(|r| r.parse().ok())
-        .unwrap_or(5);
+    let rounds: usize = crate::support::env_or("FLOWD_RUN_CRASH_ROUNDS", 5);
     let dir = tempfile::tempdir().unwrap();
     let input = dir.path().join("text.txt");
     write_text(&input, 150_000, 2);

@@ -211,10 +211,7 @@ fn run_under_kills(
     finish: impl Fn(&mut Client),
     caught_up: impl Fn(&BTreeMap<u64, u32>, &[Out]) -> bool,
 ) -> Run {
-    let rounds: u64 = std::env::var("FLOWD_EO_CRASH_ROUNDS")
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(flow.rounds);
+    let rounds: u64 = crate::support::env_or("FLOWD_EO_CRASH_ROUNDS", flow.rounds);
     let (topic, stage) = flow.watch;
     let dir = fast_tempdir();
     let file = dataflow(dir.path(), flow);

@@ -573,10 +573,7 @@ fn heal_bench() {
     let _serial = one_at_a_time();
     let dir = tempfile::tempdir().unwrap();
     let rate = std::env::var("FLOWD_HEAL_BENCH_RATE").unwrap_or_else(|_| "20MiB".into());
-    let mb: usize = std::env::var("FLOWD_HEAL_BENCH_MB")
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(200);
+    let mb: usize = crate::support::env_or("FLOWD_HEAL_BENCH_MB", 200);
     let file = dir.path().join("bench.toml");
     std::fs::write(
         &file,

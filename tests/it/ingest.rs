@@ -814,10 +814,7 @@ fn open_files_limit() -> u64 {
 /// sets how many kills (default 3).
 #[test]
 fn records_acked_over_tcp_survive_sigkill() {
-    let rounds: u64 = std::env::var("FLOWD_INGEST_CRASH_ROUNDS")
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(3);
+    let rounds: u64 = crate::support::env_or("FLOWD_INGEST_CRASH_ROUNDS", 3);
     for durability in ["group", "every"] {
         let dir = tempfile::tempdir().unwrap();
         let file = dataflow(dir.path(), durability);

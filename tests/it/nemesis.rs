@@ -750,19 +750,12 @@ fn run_nemesis(peers: usize, seconds: u64, seed: u64) {
     eprintln!("nemesis: {}", report());
 }
 
-fn env_or(name: &str, default: u64) -> u64 {
-    std::env::var(name)
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(default)
-}
-
 #[test]
 fn nemesis_every_acked_record_survives_kills_pauses_and_cuts() {
-    let seed = env_or("FLOWD_NEMESIS_SEED", std::process::id().into());
+    let seed = crate::support::env_or::<u64>("FLOWD_NEMESIS_SEED", std::process::id().into());
     run_nemesis(
-        env_or("FLOWD_NEMESIS_PEERS", 3) as usize,
-        env_or("FLOWD_NEMESIS_SECONDS", 120),
+        crate::support::env_or::<usize>("FLOWD_NEMESIS_PEERS", 3),
+        crate::support::env_or::<u64>("FLOWD_NEMESIS_SECONDS", 120),
         seed,
     );
 }

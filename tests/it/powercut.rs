@@ -333,10 +333,7 @@ fn crash_point(seed: u64, trace: &Trace) -> usize {
 }
 
 fn seeds() -> u64 {
-    std::env::var("FLOWD_POWERCUT_SEEDS")
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(100)
+    crate::support::env_or("FLOWD_POWERCUT_SEEDS", 100)
 }
 
 #[test]

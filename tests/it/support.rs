@@ -226,6 +226,14 @@ pub fn listening_dataflow(
     path
 }
 
+/// The number in the environment variable `name` (a longer run's size), else `default`.
+pub fn env_or<T: std::str::FromStr>(name: &str, default: T) -> T {
+    std::env::var(name)
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default)
+}
+
 /// Polls `check` every 20 ms until it holds; panics after `limit` saying `what` did not
 /// happen. Returns how long it took. Every wait of a test on a condition goes through
 /// here (or a loop like it), bounded.

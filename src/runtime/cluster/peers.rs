@@ -304,13 +304,12 @@ impl Peers {
 }
 
 impl RemoteRoute for Peers {
-    fn route(&self, topic: usize, partition: u32) -> Option<flume::Sender<Batch>> {
-        let to = self.owner(topic, partition)?;
-        Some(self.link(to, topic))
-    }
-
     fn owner(&self, topic: usize, partition: u32) -> Option<SocketAddr> {
         Peers::owner(self, topic, partition)
+    }
+
+    fn link_to(&self, to: SocketAddr, topic: usize) -> flume::Sender<Batch> {
+        self.link(to, topic)
     }
 }
 
