@@ -711,21 +711,29 @@ fn a_leader_whose_disk_fills_up_hands_over_its_leadership_serves_reads_and_takes
     let _serial = one_at_a_time();
     let dir = tempfile::tempdir().unwrap();
     let grace = "5m";
-    // The first peer's partitions live on a disk of 1 MiB (8 partitions take 512 KiB
-    // of segments at once).
-    let disk = Tmpfs::mount(&dir.path().join("p1").join("topics"), "1M");
-    let first = healing_peer(dir.path(), "p1", "127.0.0.1:0", None, grace);
-    let seed = peer_of(&first);
-    let second = healing_peer(dir.path(), "p2", "127.0.0.1:0", Some(&seed), grace);
-    let third = healing_peer(dir.path(), "p3", "127.0.0.1:0", Some(&seed), grace);
-    wait_led(&[&first, &second, &third]);
-    let partition = *replicas(&first)
+    // Every peer's partitions live on a disk of their own; once the partitions are led,
+    // the disk of partition 0's leader shrinks to 1 MiB (8 partitions take 512 KiB of
+    // segments at once). Rendezvous picks the leaders, so which peer that is varies.
+    let disks: Vec<Tmpfs> = ["p1", "p2", "p3"]
         .iter()
-        .find(|(_, r)| r.0 == "leader")
-        .expect("the first peer leads some partition")
-        .0 as u32;
+        .map(|name| Tmpfs::mount(&dir.path().join(name).join("topics"), "64M"))
+        .collect();
+    let p1 = healing_peer(dir.path(), "p1", "127.0.0.1:0", None, grace);
+    let seed = peer_of(&p1);
+    let p2 = healing_peer(dir.path(), "p2", "127.0.0.1:0", Some(&seed), grace);
+    let p3 = healing_peer(dir.path(), "p3", "127.0.0.1:0", Some(&seed), grace);
+    wait_led(&[&p1, &p2, &p3]);
+    let partition = 0u32;
+    let mut peers = vec![(p1, &disks[0]), (p2, &disks[1]), (p3, &disks[2])];
+    let at = peers
+        .iter()
+        .position(|(s, _)| replicas(s)[&0].0 == "leader")
+        .expect("some peer leads partition 0");
+    let (first, disk) = peers.remove(at);
+    let [(second, _), (third, _)] = <[_; 2]>::try_from(peers).ok().unwrap();
+    disk.resize("1M");
 
-    // Writes through the second peer until the first's disk is full, then on: its
+    // Writes through another peer until the full one's disk is full, then on: its
     // leadership moves to a peer with room and acks go on.
     let mut client = Client::connect(&second.tcp).unwrap();
     let (mut acked, mut refused, mut after) = (Vec::new(), Vec::new(), 0);
