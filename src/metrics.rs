@@ -89,6 +89,8 @@ pub struct Metrics {
     pub replica_failures: Counter,
     /// Writes refused because fewer replicas of their partition were alive than a quorum.
     pub quorum_refusals: Counter,
+    /// Stage batches not written because a later lead of their input wrote their outputs.
+    pub stale_lead_batches: Counter,
     /// Writes refused because the disk was full (no new segment could be made).
     pub no_space_refusals: Counter,
     /// Leader batches whose quorum did not come in time, or whose leadership moved first.
@@ -134,6 +136,7 @@ impl Metrics {
             records_skipped: Counter::default(),
             replica_failures: Counter::default(),
             quorum_refusals: Counter::default(),
+            stale_lead_batches: Counter::default(),
             no_space_refusals: Counter::default(),
             quorum_failures: Counter::default(),
             stage_records_failed: Counter::default(),
@@ -246,6 +249,11 @@ impl Metrics {
                 "flowd_quorum_refusals_total",
                 "Writes refused because fewer replicas of their partition were alive than a quorum",
                 self.quorum_refusals.get(),
+            ),
+            (
+                "flowd_stale_lead_batches_total",
+                "Stage batches not written because a later lead of their input partition writes their outputs",
+                self.stale_lead_batches.get(),
             ),
             (
                 "flowd_no_space_refusals_total",

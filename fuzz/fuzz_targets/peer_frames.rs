@@ -27,6 +27,7 @@ fuzz_target!(|bytes: &[u8]| {
     let _ = data::decode_acked(bytes);
     let _ = data::decode_answer(bytes);
     let _ = data::decode_produce_again(bytes);
+    let _ = data::decode_produce_led(bytes);
     let _ = frame::read_error(bytes);
     let _ = handover::decode_claim(bytes);
     let count = bytes.first().copied().unwrap_or(0) as usize;

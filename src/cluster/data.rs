@@ -10,6 +10,8 @@
 //! FETCH    str8 topic, u32 partition, u8 start (0 offset, 1 earliest, 2 latest, 3 time),
 //!          u64 offset or time, u32 max_records, u32 max_bytes, u32 wait_ms
 //! PRODUCE_AGAIN  u64 from (where the leader looks for the batch), then a PRODUCE body
+//! PRODUCE_LED    u32 lead (the epoch of the input's lead the stage wrote it for),
+//!                u8 again (0 or 1), u64 from if again, then a PRODUCE body
 //! ACKED    u64 first offset, u64 next offset
 //! ANSWER   u64 epoch, u32 shard, u64 job (the reply address's caller, see
 //!          runtime/reply.rs), u8 outcome, then
@@ -72,6 +74,34 @@ pub fn decode_produce_again(body: &[u8]) -> Result<(u64, Produce<'_>), ClusterEr
     let mut fields = Fields(body);
     let from = fields.u64()?;
     Ok((from, decode_produce(fields.rest())?))
+}
+
+/// A PRODUCE_LED body: a stage's batch made for its input's lead in epoch `lead`
+/// (`again`: sent again, looked for from that offset), then the PRODUCE body `produce`.
+pub fn encode_produce_led(lead: u32, again: Option<u64>, produce: &[u8]) -> Vec<u8> {
+    let body = Body::default().u32(lead);
+    let body = match again {
+        None => body.u8(0),
+        Some(from) => body.u8(1).u64(from),
+    };
+    body.bytes(produce).0
+}
+
+/// A PRODUCE_LED body: the lead's epoch, where to look for the batch if sent again,
+/// and the PRODUCE it carries.
+pub fn decode_produce_led(body: &[u8]) -> Result<(u32, Option<u64>, Produce<'_>), ClusterError> {
+    let mut fields = Fields(body);
+    let lead = fields.u32()?;
+    let again = match fields.u8()? {
+        0 => None,
+        1 => Some(fields.u64()?),
+        other => {
+            return Err(ClusterError::Frame(format!(
+                "a PRODUCE_LED's again flag is {other}, not 0 or 1"
+            )));
+        }
+    };
+    Ok((lead, again, decode_produce(fields.rest())?))
 }
 
 /// A FETCH body.
@@ -222,6 +252,17 @@ mod tests {
         let again = encode_produce_again(77, &encode_produce(&produce));
         assert_eq!(decode_produce_again(&again).unwrap(), (77, produce));
         assert!(decode_produce_again(&again[..7]).is_err());
+        let led = encode_produce_led(9, Some(77), &encode_produce(&produce));
+        assert_eq!(decode_produce_led(&led).unwrap(), (9, Some(77), produce));
+        let led = encode_produce_led(9, None, &encode_produce(&produce));
+        assert_eq!(decode_produce_led(&led).unwrap(), (9, None, produce));
+        assert!(decode_produce_led(&led[..4]).is_err());
+        let mut bad = led.clone();
+        bad[4] = 2;
+        assert!(
+            decode_produce_led(&bad).is_err(),
+            "an again flag other than 0 or 1"
+        );
         for from in [
             FetchFrom::Offset(u64::MAX),
             FetchFrom::Earliest,

@@ -76,6 +76,8 @@ pub struct Emitter {
     /// batches go marked uncertain from `replayed_from[partition]` on (`already.rs`).
     replayed_below: u64,
     replayed_from: Vec<u64>,
+    /// The epoch of the input's lead this producer writes for (`Batch::lead`).
+    lead: Option<u32>,
     /// Per partition, where its last batch went (`None` inside: this peer's shard);
     /// `None` before the first.
     routes: Vec<Option<Option<std::net::SocketAddr>>>,
@@ -121,6 +123,7 @@ impl Emitter {
             skip: vec![Point::default(); n],
             replayed_below: 0,
             replayed_from: vec![0; n],
+            lead: None,
             routes: vec![None; n],
             sent: Vec::new(),
             buffers: (0..n).map(|_| Buffer::default()).collect(),
@@ -149,6 +152,12 @@ impl Emitter {
         assert_eq!(from.len(), self.partitions as usize, "one offset per partition");
         self.replayed_below = below;
         self.replayed_from = from;
+    }
+
+    /// This producer writes for its input's lead in `epoch`: each batch says so, and
+    /// its partition's leader takes none of an earlier lead's once a later lead's came.
+    pub fn set_lead(&mut self, epoch: u32) {
+        self.lead = Some(epoch);
     }
 
     /// Sets the reply address of the input whose outputs come next (`None`: not a job).
@@ -348,6 +357,7 @@ impl Emitter {
         if replayed {
             batch.uncertain = Some(self.replayed_from[q as usize]);
         }
+        batch.lead = self.lead;
         self.sent.retain(|g| !g.is_durable());
         if !self.sent.last().is_some_and(|g| Arc::ptr_eq(g, &self.generation)) {
             self.sent.push(Arc::clone(&self.generation));

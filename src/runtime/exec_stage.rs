@@ -351,7 +351,7 @@ async fn lead(shard: &Rc<Shard>, stage: usize, part: &mut Part) -> Result<Option
         states: HashMap::new(),
     };
     part.emitter = open_output(shard, &task)?.emitter;
-    resumed.resume(&mut part.emitter, start);
+    resumed.resume(&mut part.emitter, epoch, start);
     part.next_read = stored.resume;
     part.base = stored.resume;
     part.reader.publish(part.base);

@@ -53,6 +53,10 @@ pub struct Batch {
     /// if its log holds no record from this offset on with the batch's last provenance
     /// point (`flowd-src`), so that sending it again never writes it twice.
     pub uncertain: Option<u64>,
+    /// A stage's batch made while this peer led the stage's input partition in this
+    /// epoch: the output partition's leader refuses it once a later lead's batch of
+    /// the same producer came (`stale.rs`).
+    pub lead: Option<u32>,
 }
 
 impl Batch {
@@ -65,6 +69,7 @@ impl Batch {
             refused: None,
             replica: None,
             uncertain: None,
+            lead: None,
         }
     }
 }

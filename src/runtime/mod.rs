@@ -31,6 +31,7 @@ pub mod shard;
 pub mod sink;
 pub mod source;
 pub mod stage;
+pub mod stale;
 pub mod takeover;
 
 use std::rc::Rc;

@@ -131,7 +131,7 @@ pub async fn run(shard: Rc<Shard>, task: StageTask) -> Result<()> {
                 let Some((stored, mut resumed)) = taking.await? else {
                     break;
                 };
-                resumed.resume(&mut emitter, start);
+                resumed.resume(&mut emitter, epoch, start);
                 position = stored.resume;
                 base = position;
                 reader.publish(base);

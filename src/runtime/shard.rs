@@ -110,6 +110,9 @@ pub struct LocalPartition {
     /// How far the log holds the outputs of producers that sent batches again
     /// (`already.rs`); forgotten when the log is cut back or this peer's role changes.
     pub held: RefCell<crate::runtime::already::Held>,
+    /// Per stage producer, the latest lead of its input a batch came with (`stale.rs`);
+    /// kept across role changes (epochs only grow).
+    leads: RefCell<crate::runtime::stale::Leads>,
 }
 
 impl LocalPartition {
@@ -124,6 +127,7 @@ impl LocalPartition {
             appended: event_listener::Event::new(),
             copied: RefCell::new(Vec::new()),
             held: RefCell::default(),
+            leads: RefCell::default(),
         }
     }
 
@@ -311,8 +315,25 @@ impl Shard {
             .expect("placement sends a partition only to its owner")
     }
 
+    /// For a stage's batch (`Batch::lead`): where its ack goes (the log's end) if a later
+    /// lead's batch of its producer came before it, so that it is not written.
+    fn stale(&self, partition: &LocalPartition, batch: &Batch) -> Option<u64> {
+        let epoch = batch.lead?;
+        let stamp = batch.last_source()?;
+        let (_, producer) = crate::runtime::provenance::decode(&stamp)?;
+        let latest = partition.leads.borrow_mut().admit(producer, epoch).err()?;
+        self.shared.metrics.stale_lead_batches.add(1);
+        let end = partition.log.borrow().next_offset();
+        tracing::info!(
+            "a batch of {producer} for partition {} of \"{}\" was made for its input's lead in epoch {epoch}, and a batch for the lead in epoch {latest} came before it: not written (that lead writes its outputs)",
+            batch.partition,
+            self.shared.spec.topics[partition.topic].name
+        );
+        Some(end)
+    }
+
     /// For a batch that may be written already (`Batch::uncertain`): drops what the
-    /// log holds of it (`already.rs`), and says where its last record is if the log
+    /// log holds of it (`already.rs`), and says where its last record ends if the log
     /// holds all of it.
     fn already_written(&self, partition: &LocalPartition, batch: &mut Batch) -> Option<u64> {
         use crate::runtime::already::{self, Trimmed};
@@ -327,7 +348,7 @@ impl Shard {
                 "a batch of {producer} for partition {} of \"{topic}\", sent again, is written already (at offset {at}): not written twice",
                 batch.partition
             );
-            return Some(at);
+            return Some(at + 1);
         }
         let (held, at) = partition.held.borrow_mut().of(&log, producer, from)?;
         match already::trim(batch, last, held) {
@@ -336,7 +357,7 @@ impl Shard {
                     "a replayed batch of {producer} for partition {} of \"{topic}\" is written already (up to offset {at}): not written twice",
                     batch.partition
                 );
-                Some(at)
+                Some(at + 1)
             }
             Trimmed::Front(n) => {
                 tracing::info!(
@@ -432,14 +453,20 @@ impl Shard {
                     None => {}
                 }
             }
+            // A stage's batch made for a lead of its input that a later lead's batch
+            // followed: the later lead writes its outputs (`stale.rs`), so it is acked
+            // where the log ends, not written.
             // Sent again (its first leader was lost, or a stage took its input's lead
             // over): only what the log does not hold yet is written.
-            if let Some(at) = self.already_written(&partition, &mut batch) {
-                // Acked where it ends, once that is durable (and held by a quorum).
+            if let Some(at) = self
+                .stale(&partition, &batch)
+                .or_else(|| self.already_written(&partition, &mut batch))
+            {
+                // Acked there, once that is durable (and held by a quorum).
                 self.acks.borrow_mut().push(PendingAck {
                     partition,
-                    first: at + 1,
-                    end: at + 1,
+                    first: at,
+                    end: at,
                     ack: batch.ack,
                     quorum,
                 });

@@ -113,7 +113,7 @@ pub async fn run(shard: Rc<Shard>, mut task: StageTask) -> Result<()> {
                     Some(std::mem::take(&mut resumed.states)),
                 )?;
                 emitter = open_output(&shard, &task)?.emitter;
-                resumed.resume(&mut emitter, start);
+                resumed.resume(&mut emitter, epoch, start);
                 position = task.progress.resume;
                 reader.publish(position);
                 ends_seen = task.progress.ends_seen.iter().cloned().collect();

@@ -82,8 +82,10 @@ pub struct Resumed {
 }
 
 impl Resumed {
-    /// Sets `emitter` to go on from here, this peer's lead having begun at `start`.
-    pub fn resume(&mut self, emitter: &mut Emitter, start: u64) {
+    /// Sets `emitter` to go on from here, for this peer's lead in `epoch`, begun at
+    /// `start`.
+    pub fn resume(&mut self, emitter: &mut Emitter, epoch: u32, start: u64) {
+        emitter.set_lead(epoch);
         emitter.set_skip(std::mem::take(&mut self.skip));
         if let Some(read_to) = self.read_to.take() {
             emitter.set_replayed(start, read_to);

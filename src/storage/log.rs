@@ -278,6 +278,11 @@ impl PartitionLog {
         self.commit_limit = limit;
     }
 
+    /// Where readers stop on a replicated partition (`set_commit_limit`).
+    pub fn commit_limit(&self) -> Option<u64> {
+        self.commit_limit
+    }
+
     /// Fails once the partition is poisoned (a write or fsync failed): nothing more
     /// may be acked from it.
     pub fn health(&self) -> Result<()> {

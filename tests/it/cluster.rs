@@ -64,7 +64,13 @@ pub(crate) fn start_file(file: &Path, dir: &Path, name: &str, extra: &[&str]) ->
 }
 
 /// As `start_file`, with `env` set for the engine (fail points).
-fn start_file_env(file: &Path, dir: &Path, name: &str, extra: &[&str], env: &[(&str, &str)]) -> Server {
+pub(crate) fn start_file_env(
+    file: &Path,
+    dir: &Path,
+    name: &str,
+    extra: &[&str],
+    env: &[(&str, &str)],
+) -> Server {
     let data = dir.join(name).display().to_string();
     let mut args = vec![
         "--data-dir",

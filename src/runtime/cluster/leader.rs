@@ -49,8 +49,13 @@ pub fn refresh_hwm(me: SocketAddr, state: &ReplicaState, partition: &LocalPartit
     let majority = ends[ends.len() / 2];
     let hwm = state.hwm().max(majority).min(log.next_offset());
     drop(quorum);
-    if hwm > state.hwm() {
-        state.hwm.store(hwm, Ordering::Release);
+    // Readers are let as far as the mark, also when the mark itself did not move: a
+    // fetch answer of the previous epoch's leader, on its way while this peer was
+    // elected, raises it (the follower's thread) after the election set the readers'
+    // limit. A new leader's stages, consumers and fetches then saw nothing acked
+    // before its epoch until a write of its own came.
+    if hwm > state.hwm() || log.commit_limit().is_none_or(|limit| limit < hwm) {
+        state.hwm.fetch_max(hwm, Ordering::AcqRel);
         log.set_commit_limit(Some(hwm));
         drop(log);
         partition.woken();

@@ -681,9 +681,15 @@ fn encode_produce(out: &mut Vec<u8>, request: u64, topic: &str, batch: &Batch) {
             body
         }
     };
-    match batch.uncertain {
-        None => frame::encode(out, Kind::Produce, request, &body.0),
-        Some(from) => frame::encode(
+    match (batch.lead, batch.uncertain) {
+        (Some(lead), again) => frame::encode(
+            out,
+            Kind::ProduceLed,
+            request,
+            &data::encode_produce_led(lead, again, &body.0),
+        ),
+        (None, None) => frame::encode(out, Kind::Produce, request, &body.0),
+        (None, Some(from)) => frame::encode(
             out,
             Kind::ProduceAgain,
             request,

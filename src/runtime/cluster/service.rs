@@ -91,9 +91,12 @@ impl DataPlane for PeerService {
             let request = frame.request;
             // The answer to send now, if any (a queued PRODUCE is answered by its ack).
             let answer: Result<Option<(Kind, Vec<u8>)>, ProtocolError> = match frame.kind {
-                Kind::Produce | Kind::ProduceAgain => {
+                Kind::Produce | Kind::ProduceAgain | Kind::ProduceLed => {
                     crate::storage::faults::stall_point("peer-produce");
-                    self.produce(&frame.body, frame.kind == Kind::ProduceAgain, request, &ack_tx)
+                    if frame.kind == Kind::ProduceLed {
+                        crate::storage::faults::stall_point("peer-produce-led");
+                    }
+                    self.produce(&frame.body, frame.kind, request, &ack_tx)
                         .map(|produced| match produced {
                             Produced::Queued => None,
                             Produced::Moving(message) => {
@@ -252,19 +255,25 @@ impl PeerService {
             .map_err(|m| ProtocolError::from(EngineError::Unavailable(m)))
     }
 
-    /// A PRODUCE, or (`again`) a PRODUCE_AGAIN: a batch that may be written already.
+    /// A PRODUCE, a PRODUCE_AGAIN (a batch that may be written already) or a
+    /// PRODUCE_LED (a stage's batch for its input's lead in an epoch).
     fn produce(
         &self,
         body: &[u8],
-        again: bool,
+        kind: Kind,
         request: u64,
         acks: &flume::Sender<(u64, ClientAck)>,
     ) -> Result<Produced, ProtocolError> {
-        let (uncertain, produce) = if again {
-            let (from, produce) = data::decode_produce_again(body).map_err(malformed)?;
-            (Some(from), produce)
-        } else {
-            (None, data::decode_produce(body).map_err(malformed)?)
+        let (lead, uncertain, produce) = match kind {
+            Kind::ProduceAgain => {
+                let (from, produce) = data::decode_produce_again(body).map_err(malformed)?;
+                (None, Some(from), produce)
+            }
+            Kind::ProduceLed => {
+                let (lead, again, produce) = data::decode_produce_led(body).map_err(malformed)?;
+                (Some(lead), again, produce)
+            }
+            _ => (None, None, data::decode_produce(body).map_err(malformed)?),
         };
         let data::Produce {
             topic: name,
@@ -304,6 +313,7 @@ impl PeerService {
             Ack::Peer(acks.clone(), request),
         );
         batch.uncertain = uncertain;
+        batch.lead = lead;
         let to = owner(partition, self.shared.shards);
         if let Some(peers) = &self.shared.peers {
             peers.answering.fetch_add(1, std::sync::atomic::Ordering::AcqRel);
