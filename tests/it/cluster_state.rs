@@ -205,7 +205,7 @@ pub(crate) fn counts_through_peers_killed_joining_and_leaving_equal_their_jobs()
     }
     let answered = answered.load(Ordering::Acquire);
     eprintln!(
-        "counter through three peers (one SIGKILLed and back, one joining): {jobs} jobs over {keys} keys, {answered} answered ({killed_at} before the kill), {} left open, {unreached} reached no peer; counted {total}; the last {} sent after the last change all answered",
+        "counter through three peers (one SIGKILLed and back, one joining, one leaving): {jobs} jobs over {keys} keys, {answered} answered ({killed_at} before the kill), {} left open, {unreached} reached no peer; counted {total}; the last {} sent after the last change all answered",
         open.values().sum::<u64>(),
         jobs - settled_at
     );
