@@ -27,6 +27,7 @@ use glommio::sync::{Semaphore, StaticPermit};
 use crate::protocol::consumer::{
     ReclaimedReply, encode_acked, encode_committed, encode_consumers, encode_length, encode_reclaimed,
 };
+use crate::protocol::frame::FLAG_RELAYED;
 use crate::protocol::message::{
     encode_answer, encode_error, encode_metadata, encode_produced, encode_status,
 };
@@ -515,11 +516,13 @@ async fn dispatch(
             // The task owns a copy of the body. Tasks start in the order spawned and run
             // until they first wait, so a pipelined ack settles before the next claim.
             let (header, body) = (frame.header, frame.body.to_vec());
-            let (shard, out) = (Rc::clone(shard), out.clone());
+            let (shard, front, out) = (Rc::clone(shard), Rc::clone(front), out.clone());
             let tasks = Rc::clone(&shard.tasks);
             tasks.spawn(async move {
+                // A request relayed here is served here: never relayed on.
+                let relays = (header.flags & FLAG_RELAYED == 0).then_some(&front.relays);
                 let bytes = match Request::decode(&header, &body) {
-                    Ok(request) => consumer_request(&shard, request, id).await,
+                    Ok(request) => consumer_request(&shard, relays, request, id).await,
                     Err(error) => Err(error),
                 };
                 let bytes = bytes.unwrap_or_else(|error| {
@@ -535,22 +538,25 @@ async fn dispatch(
     true
 }
 
-/// The response frame to a consumer request or a range/length read.
+/// The response frame to a consumer request or a range/length read; what another peer
+/// leads is asked of it through `relays` (a claim of any partition, a whole topic's
+/// length: a request about one partition came here relayed, or is relayed whole).
 async fn consumer_request(
     shard: &Rc<Shard>,
+    relays: Option<&relay::Relays>,
     request: Request<'_>,
     id: u64,
 ) -> Result<Vec<u8>, ProtocolError> {
     let mut out = Vec::new();
     match request {
-        Request::Claim(r) => return consumer_api::claim(shard, &r, id).await,
-        Request::Range(r) => return consumer_api::range(shard, &r, id).await,
+        Request::Claim(r) => return consumer_api::claim(shard, relays, &r, id).await,
+        Request::Range(r) => return consumer_api::range(shard, relays, &r, id).await,
         Request::Ack(r) => {
-            let (from, to) = consumer_api::ack(shard, &r).await?;
+            let (from, to) = consumer_api::ack(shard, relays, &r).await?;
             encode_acked(&mut out, id, r.partition, from, to);
         }
         Request::Reclaim(r) => {
-            let (from, to, reclaims, outcome) = consumer_api::reclaim(shard, &r).await?;
+            let (from, to, reclaims, outcome) = consumer_api::reclaim(shard, relays, &r).await?;
             let reply = ReclaimedReply {
                 partition: r.partition,
                 from,
@@ -561,16 +567,16 @@ async fn consumer_request(
             encode_reclaimed(&mut out, id, &reply);
         }
         Request::AckCommit(r, groups) => {
-            let ((from, to), runs) = consumer_api::ack_commit(shard, &r, &groups).await?;
+            let ((from, to), runs) = consumer_api::ack_commit(shard, relays, &r, &groups).await?;
             encode_committed(&mut out, id, r.partition, from, to, &runs);
         }
         Request::ConsumerAdmin(r) => {
-            let cursors = consumer_api::admin(shard, &r).await?;
+            let cursors = consumer_api::admin(shard, relays, &r).await?;
             let json = serde_json::to_vec(&cursors).expect("cursors serialize");
             encode_consumers(&mut out, id, &json);
         }
         Request::Length { topic, partition } => {
-            let n = consumer_api::length(shard, topic, partition).await?;
+            let n = consumer_api::length(shard, relays, topic, partition).await?;
             encode_length(&mut out, id, n);
         }
         _ => {

@@ -1,15 +1,21 @@
 //! The consumer requests and the reads outside consumers, as both front doors offer
 //! them: check the request against the dataflow, send it to the shard that owns the
-//! partition (or to every shard), and put the answers together.
+//! partition (or to every shard), and put the answers together. In a cluster, a
+//! partition another peer leads is asked of that peer (relayed to its client listener,
+//! `relay.rs`) when the caller hands `relays`: a claim of any partition and a whole
+//! topic's length go round every partition wherever it is led, and over HTTP, where
+//! no frame is relayed whole, every request about one partition does too.
 
 use std::rc::Rc;
 
 use crate::consumer::cursor::{OnMax, Options};
 use crate::consumer::error::ConsumerError;
+use crate::protocol::Request;
 use crate::protocol::consumer::CursorInfo;
 use crate::protocol::consumer::{
     AdminRequest, ClaimRequest, ConsumerRef, RangeRequest, encode_nothing_claimed,
 };
+use crate::protocol::message::Response;
 use crate::protocol::{ErrorCode, ProduceGroup, ProtocolError, Run};
 use crate::runtime::consumers::{self, OpReply, OpResult, PartitionOp, TxnPart};
 use crate::runtime::error::EngineError;
@@ -18,6 +24,7 @@ use crate::runtime::placement::owner;
 use crate::runtime::service::ShardRequest;
 use crate::runtime::shard::Shard;
 use crate::server::api::{check_local, runs, split};
+use crate::server::relay::{self, Relays};
 use crate::storage::layout::now_ms;
 
 /// Longest consumer name, in bytes.
@@ -43,6 +50,32 @@ async fn on_owner(shard: &Rc<Shard>, partition: u32, op: PartitionOp) -> OpResul
         check_local(peers, &shard.shared.spec.topics[topic].name, topic, partition)?;
     }
     on_shard(shard, owner(partition, shard.shared.shards), op).await
+}
+
+/// `request`, about one partition, answered by the peer that leads it when that is
+/// another peer and `relays` is given (`None` otherwise: this peer serves it). The
+/// answer frame (its id `id`) and what it says; an error answer is an error.
+async fn from_leader(
+    shard: &Rc<Shard>,
+    relays: Option<&Relays>,
+    request: &Request<'_>,
+    id: u64,
+) -> Option<Result<(Vec<u8>, Response), ProtocolError>> {
+    let route = relay::route(shard, request, 0)?;
+    let relays = relays?;
+    let mut frame = Vec::new();
+    request.encode(id, &mut frame);
+    let answer = relays.relay(route, frame, id).await;
+    let decoded = crate::protocol::parse_frame(&answer, answer.len()).and_then(|parsed| {
+        let parsed = parsed
+            .ok_or_else(|| ProtocolError::new(ErrorCode::Internal, "a relayed answer cut short (a bug)"))?;
+        Response::decode(&parsed.header, parsed.body)
+    });
+    Some(match decoded {
+        Ok(Response::Error { code, message, .. }) => Err(ProtocolError::new(code, message)),
+        Ok(response) => Ok((answer, response)),
+        Err(error) => Err(error),
+    })
 }
 
 fn unexpected() -> ProtocolError {
@@ -89,6 +122,7 @@ fn check_options(shard: &Shard, options: &Options) -> Result<(), ProtocolError> 
 /// that has records for the consumer.
 pub async fn claim(
     shard: &Rc<Shard>,
+    relays: Option<&Relays>,
     r: &ClaimRequest<'_>,
     request_id: u64,
 ) -> Result<Vec<u8>, ProtocolError> {
@@ -119,34 +153,54 @@ pub async fn claim(
         create: r.create.clone(),
         request_id,
     };
-    if let Some(p) = r.partition {
-        return match on_owner(shard, p, op(p)).await? {
-            OpReply::Frame { frame, .. } => Ok(frame),
-            _ => Err(unexpected()),
+    // The claim of one partition, here or where it is led: its CLAIMED frame and
+    // whether it holds records.
+    let op = &op;
+    let claim_of = |p: u32| async move {
+        let one = ClaimRequest {
+            partition: Some(p),
+            create: r.create.clone(),
+            ..*r
         };
+        match from_leader(shard, relays, &Request::Claim(one), request_id).await {
+            Some(Ok((frame, Response::Claimed(claimed)))) => Ok((frame, !claimed.records.is_empty())),
+            Some(Ok(_)) => Err(unexpected()),
+            Some(Err(error)) => Err(error),
+            None => match on_owner(shard, p, op(p)).await? {
+                OpReply::Frame { frame, records } => Ok((frame, records > 0)),
+                _ => Err(unexpected()),
+            },
+        }
+    };
+    if let Some(p) = r.partition {
+        return claim_of(p).await.map(|(frame, _)| frame);
     }
     let partitions = shard.shared.spec.topics[topic].partitions;
     let start = shard.next_spread(partitions);
     let mut refusal = None;
+    let mut unavailable = None;
     let mut usable = false;
     for k in 0..partitions {
         let p = (start + k) % partitions;
-        match on_owner(shard, p, op(p)).await {
-            Ok(OpReply::Frame { frame, records }) if records > 0 => return Ok(frame),
+        match claim_of(p).await {
+            Ok((frame, true)) => return Ok(frame),
             Ok(_) => usable = true,
             Err(error)
                 if matches!(
-                    error.code(),
+                    error.code,
                     ErrorCode::ConsumerDisabled | ErrorCode::UnknownConsumer
                 ) =>
             {
                 refusal = Some(error)
             }
-            Err(error) => return Err(error.into()),
+            // One partition's leader out of reach (moving, down) holds back no other
+            // partition's records; said if no partition could be asked.
+            Err(error) if error.code == ErrorCode::Unavailable => unavailable = Some(error),
+            Err(error) => return Err(error),
         }
     }
-    match (usable, refusal) {
-        (false, Some(error)) => Err(error.into()),
+    match (usable, refusal.or(unavailable)) {
+        (false, Some(error)) => Err(error),
         _ => {
             let mut out = Vec::new();
             encode_nothing_claimed(&mut out, request_id, 0);
@@ -166,10 +220,20 @@ fn one_partition(r: &ConsumerRef<'_>) -> Result<(), ProtocolError> {
 }
 
 /// Acks a partition's claim; the acked range once durable.
-pub async fn ack(shard: &Rc<Shard>, r: &ConsumerRef<'_>) -> Result<(u64, u64), ProtocolError> {
+pub async fn ack(
+    shard: &Rc<Shard>,
+    relays: Option<&Relays>,
+    r: &ConsumerRef<'_>,
+) -> Result<(u64, u64), ProtocolError> {
     check_group(r.group)?;
     one_partition(r)?;
     let topic = topic_of(shard, r.topic, Some(r.partition))?;
+    match from_leader(shard, relays, &Request::Ack(r.clone()), 0).await {
+        Some(Ok((_, Response::Acked { from, to, .. }))) => return Ok((from, to)),
+        Some(Ok(_)) => return Err(unexpected()),
+        Some(Err(error)) => return Err(error),
+        None => {}
+    }
     let op = PartitionOp::Ack {
         topic,
         partition: r.partition,
@@ -185,10 +249,20 @@ pub async fn ack(shard: &Rc<Shard>, r: &ConsumerRef<'_>) -> Result<(u64, u64), P
 }
 
 /// What a reclaim did: `(from, to, reclaims, outcome code)`.
-pub async fn reclaim(shard: &Rc<Shard>, r: &ConsumerRef<'_>) -> Result<(u64, u64, u32, u8), ProtocolError> {
+pub async fn reclaim(
+    shard: &Rc<Shard>,
+    relays: Option<&Relays>,
+    r: &ConsumerRef<'_>,
+) -> Result<(u64, u64, u32, u8), ProtocolError> {
     check_group(r.group)?;
     one_partition(r)?;
     let topic = topic_of(shard, r.topic, Some(r.partition))?;
+    match from_leader(shard, relays, &Request::Reclaim(r.clone()), 0).await {
+        Some(Ok((_, Response::Reclaimed(r)))) => return Ok((r.from, r.to, r.reclaims, r.outcome)),
+        Some(Ok(_)) => return Err(unexpected()),
+        Some(Err(error)) => return Err(error),
+        None => {}
+    }
     let op = PartitionOp::Reclaim {
         topic,
         partition: r.partition,
@@ -204,12 +278,20 @@ pub async fn reclaim(shard: &Rc<Shard>, r: &ConsumerRef<'_>) -> Result<(u64, u64
 /// offsets of the records produced (as a produce reports them).
 pub async fn ack_commit(
     shard: &Rc<Shard>,
+    relays: Option<&Relays>,
     r: &ConsumerRef<'_>,
     groups: &[ProduceGroup<'_>],
 ) -> Result<((u64, u64), Vec<Vec<Run>>), ProtocolError> {
     check_group(r.group)?;
     one_partition(r)?;
     let topic = topic_of(shard, r.topic, Some(r.partition))?;
+    let request = Request::AckCommit(r.clone(), groups.to_vec());
+    match from_leader(shard, relays, &request, 0).await {
+        Some(Ok((_, Response::Committed { from, to, runs, .. }))) => return Ok(((from, to), runs)),
+        Some(Ok(_)) => return Err(unexpected()),
+        Some(Err(error)) => return Err(error),
+        None => {}
+    }
     let split = split(shard, groups)?;
     let stamp_ms = now_ms();
     let mut parts = Vec::with_capacity(split.parts.len());
@@ -252,7 +334,15 @@ pub async fn ack_commit(
 }
 
 /// Lists, disables, resumes or destroys consumers on every shard; the cursors touched.
-pub async fn admin(shard: &Rc<Shard>, r: &AdminRequest<'_>) -> Result<Vec<CursorInfo>, ProtocolError> {
+/// In a cluster a cursor is the one on its partition's leader: this peer's copies of
+/// the others are left out, and (with `relays`) the request goes on to every peer
+/// leading a partition it is about, whose cursors join the answer. A leader that does
+/// not answer fails the request, saying so, rather than leaving its cursors out.
+pub async fn admin(
+    shard: &Rc<Shard>,
+    relays: Option<&Relays>,
+    r: &AdminRequest<'_>,
+) -> Result<Vec<CursorInfo>, ProtocolError> {
     use crate::protocol::consumer::AdminAction;
     let topic = match r.topic {
         "" => None,
@@ -286,6 +376,74 @@ pub async fn admin(shard: &Rc<Shard>, r: &AdminRequest<'_>) -> Result<Vec<Cursor
             _ => return Err(unexpected()),
         }
     }
+    if let Some(peers) = &shard.shared.peers {
+        let spec = &shard.shared.spec;
+        all.retain(|c| {
+            spec.topic_index(&c.topic)
+                .is_some_and(|t| peers.ownership.serving(t, c.partition))
+        });
+        let topics: Vec<usize> = match topic {
+            Some(t) => vec![t],
+            None => (0..spec.topics.len()).collect(),
+        };
+        let mut leaders: Vec<std::net::SocketAddr> = topics
+            .iter()
+            .flat_map(|&t| (0..spec.topics[t].partitions).filter_map(move |p| peers.owner(t, p)))
+            .collect();
+        leaders.sort_unstable();
+        leaders.dedup();
+        for peer in leaders.into_iter().filter(|_| relays.is_some()) {
+            let relays = relays.expect("filtered on it");
+            let Some(to) = peers.client_of(peer) else {
+                return Err(ProtocolError::new(
+                    ErrorCode::Unavailable,
+                    format!(
+                        "the peer {peer} leads partitions this request is about and has no client listener to ask"
+                    ),
+                ));
+            };
+            let route = relay::Route {
+                peer,
+                to,
+                wait: std::time::Duration::ZERO,
+            };
+            let mut frame = Vec::new();
+            Request::ConsumerAdmin(r.clone()).encode(0, &mut frame);
+            let answer = relays.relay(route, frame, 0).await;
+            let parsed = crate::protocol::parse_frame(&answer, answer.len())?.ok_or_else(|| {
+                ProtocolError::new(ErrorCode::Internal, "a relayed answer cut short (a bug)")
+            })?;
+            match Response::decode(&parsed.header, parsed.body)? {
+                Response::Consumers(json) => {
+                    let cursors: Vec<CursorInfo> = serde_json::from_slice(&json).map_err(|e| {
+                        ProtocolError::new(
+                            ErrorCode::Internal,
+                            format!("the peer {peer} answered cursors that do not parse: {e}"),
+                        )
+                    })?;
+                    changed += cursors.len();
+                    all.extend(cursors);
+                }
+                // It knows none of them (they live on the partitions this peer leads).
+                Response::Error {
+                    code: ErrorCode::UnknownConsumer,
+                    ..
+                } => {}
+                Response::Error { code, message, .. } => {
+                    return Err(ProtocolError::new(
+                        code,
+                        format!("the peer {peer}, leading partitions this request is about: {message}"),
+                    ));
+                }
+                other => {
+                    return Err(ProtocolError::new(
+                        ErrorCode::Internal,
+                        format!("the peer {peer} answered a consumer request with {other:?}"),
+                    ));
+                }
+            }
+        }
+    }
     if let (Some(t), Some(g)) = (topic, &group) {
         if all.is_empty() {
             return Err(ConsumerError::Unknown {
@@ -308,10 +466,16 @@ pub async fn admin(shard: &Rc<Shard>, r: &AdminRequest<'_>) -> Result<Vec<Cursor
 /// A FETCHED frame with the records of a range.
 pub async fn range(
     shard: &Rc<Shard>,
+    relays: Option<&Relays>,
     r: &RangeRequest<'_>,
     request_id: u64,
 ) -> Result<Vec<u8>, ProtocolError> {
     let topic = topic_of(shard, r.topic, Some(r.spec.partition))?;
+    match from_leader(shard, relays, &Request::Range(r.clone()), request_id).await {
+        Some(Ok((frame, _))) => return Ok(frame),
+        Some(Err(error)) => return Err(error),
+        None => {}
+    }
     let op = PartitionOp::Range {
         topic,
         spec: r.spec,
@@ -324,7 +488,12 @@ pub async fn range(
 }
 
 /// Records held by a partition, or by every partition of the topic.
-pub async fn length(shard: &Rc<Shard>, topic: &str, partition: Option<u32>) -> Result<u64, ProtocolError> {
+pub async fn length(
+    shard: &Rc<Shard>,
+    relays: Option<&Relays>,
+    topic: &str,
+    partition: Option<u32>,
+) -> Result<u64, ProtocolError> {
     let t = topic_of(shard, topic, partition)?;
     let partitions: Vec<u32> = match partition {
         Some(p) => vec![p],
@@ -332,6 +501,19 @@ pub async fn length(shard: &Rc<Shard>, topic: &str, partition: Option<u32>) -> R
     };
     let mut total = 0;
     for p in partitions {
+        let one = Request::Length {
+            topic,
+            partition: Some(p),
+        };
+        match from_leader(shard, relays, &one, 0).await {
+            Some(Ok((_, Response::Length(n)))) => {
+                total += n;
+                continue;
+            }
+            Some(Ok(_)) => return Err(unexpected()),
+            Some(Err(error)) => return Err(error),
+            None => {}
+        }
         match on_owner(
             shard,
             p,

@@ -834,7 +834,7 @@ fn requests_about_a_partition_answer_alike_through_every_peer() {
     }
 
     // Length and range reads of every partition, alike through every peer.
-    let mut total = 0;
+    let (mut total, mut ends) = (0, Vec::new());
     for p in 0..4u32 {
         let lengths: Vec<u64> = servers
             .iter()
@@ -853,6 +853,7 @@ fn requests_about_a_partition_answer_alike_through_every_peer() {
         assert_eq!(ranges[0].len() as u64, lengths[0], "partition {p}");
         assert!(ranges.iter().all(|r| *r == ranges[0]), "partition {p} read alike");
         total += lengths[0];
+        ends.push(lengths[0]);
     }
     assert_eq!(total, 300);
 
@@ -899,6 +900,74 @@ fn requests_about_a_partition_answer_alike_through_every_peer() {
                 "partition {p} through peer {i}: an acked record came back"
             );
         }
+    }
+
+    // Requests about the whole topic, through every peer: its length, a claim of any
+    // partition (each partition asked where it is led), the consumer's cursors (each
+    // from its partition's leader), alike over HTTP.
+    for (i, client) in clients.iter_mut().enumerate() {
+        assert_eq!(client.length("lines", None).unwrap(), 300, "through peer {i}");
+        let (code, body) = crate::ingest::http(&servers[i].http, "GET", "/topics/lines/length", "");
+        assert_eq!((code, body.contains("\"length\":300")), (200, true), "{body}");
+        let cursors = client
+            .consumers(flowd::protocol::consumer::AdminAction::List, "lines", "g")
+            .unwrap();
+        let seen: Vec<(u32, u64, u64)> = cursors
+            .iter()
+            .map(|c| (c.partition, c.committed, c.lag))
+            .collect();
+        let acked: Vec<(u32, u64, u64)> = (0..4).map(|p| (p, ends[p as usize], 0)).collect();
+        assert_eq!(
+            seen, acked,
+            "g's cursors through peer {i}, each as its leader holds it"
+        );
+        let (code, body) = crate::ingest::http(&servers[i].http, "GET", "/consumers/lines/g", "");
+        assert_eq!(code, 200, "{body}");
+        assert_eq!(
+            body.matches("\"partition\"").count(),
+            4,
+            "g's cursors over HTTP: {body}"
+        );
+    }
+    let (mut turn, mut got) = (0usize, Vec::new());
+    for _ in 0..200 {
+        let claimed = clients[turn % 3]
+            .claim("lines", "h", None, 7, create.clone())
+            .unwrap();
+        turn += 1;
+        let Some(p) = claimed.partition.filter(|_| !claimed.records.is_empty()) else {
+            break;
+        };
+        got.extend(
+            claimed
+                .records
+                .iter()
+                .map(|(_, r)| String::from_utf8(r.value.clone()).unwrap()),
+        );
+        let acked = clients[turn % 3].ack("lines", "h", p).unwrap();
+        turn += 1;
+        assert_eq!(acked, (claimed.from, claimed.to));
+    }
+    got.sort();
+    assert_eq!(
+        got, expected,
+        "a claim of any partition, through alternating peers: every record once"
+    );
+    for (i, client) in clients.iter_mut().enumerate() {
+        let claimed = client.claim("lines", "h", None, 7, None).unwrap();
+        assert!(
+            claimed.records.is_empty(),
+            "through peer {i}: an acked record came back"
+        );
+    }
+    // Over HTTP, through every peer: a claim of any partition finds nothing left, and
+    // an unknown consumer is unknown everywhere.
+    for server in &servers {
+        let (code, body) = crate::ingest::http(&server.http, "POST", "/consumers/lines/h/claim", "");
+        assert_eq!(code, 200, "{body}");
+        assert!(body.contains("\"records\":[]"), "{body}");
+        let (code, _) = crate::ingest::http(&server.http, "GET", "/consumers/lines/nobody", "");
+        assert_eq!(code, 404);
     }
 }
 

@@ -32,6 +32,7 @@ use crate::protocol::message::Response as FrameResponse;
 use crate::protocol::{ProtocolError, parse_frame};
 use crate::runtime::shard::Shard;
 use crate::server::consumer_api;
+use crate::server::relay::Relays;
 
 fn bad(message: String) -> Reply {
     error(StatusCode::BAD_REQUEST, &message)
@@ -142,8 +143,14 @@ fn admin_action(action: &str) -> Option<AdminAction> {
     }
 }
 
-pub async fn consumer_admin(shard: &Rc<Shard>, action: AdminAction, topic: &str, group: &str) -> Reply {
-    match consumer_api::admin(shard, &AdminRequest { action, topic, group }).await {
+pub async fn consumer_admin(
+    shard: &Rc<Shard>,
+    relays: &Relays,
+    action: AdminAction,
+    topic: &str,
+    group: &str,
+) -> Reply {
+    match consumer_api::admin(shard, Some(relays), &AdminRequest { action, topic, group }).await {
         Ok(cursors) => json(
             StatusCode::OK,
             &serde_json::to_value(&cursors).expect("cursors serialize"),
@@ -155,19 +162,21 @@ pub async fn consumer_admin(shard: &Rc<Shard>, action: AdminAction, topic: &str,
 /// `POST /consumers/T/G/ACTION`.
 pub async fn consumer_post(
     shard: &Rc<Shard>,
+    relays: &Relays,
     topic: &str,
     group: &str,
     action: &str,
     query: &str,
     body: &[u8],
 ) -> Reply {
-    match consumer_post_inner(shard, topic, group, action, query, body).await {
+    match consumer_post_inner(shard, relays, topic, group, action, query, body).await {
         Ok(reply) | Err(reply) => reply,
     }
 }
 
 async fn consumer_post_inner(
     shard: &Rc<Shard>,
+    relays: &Relays,
     topic: &str,
     group: &str,
     action: &str,
@@ -185,7 +194,9 @@ async fn consumer_post_inner(
                 max_bytes: 1 << 20,
                 create: create_options(query)?,
             };
-            let frame = consumer_api::claim(shard, &request, 0).await.map_err(fail)?;
+            let frame = consumer_api::claim(shard, Some(relays), &request, 0)
+                .await
+                .map_err(fail)?;
             match decode(shard, &frame)? {
                 FrameResponse::Claimed(c) => Ok(json(
                     StatusCode::OK,
@@ -210,7 +221,7 @@ async fn consumer_post_inner(
                 group,
                 partition: p,
             };
-            let (from, to) = consumer_api::ack(shard, &r).await.map_err(fail)?;
+            let (from, to) = consumer_api::ack(shard, Some(relays), &r).await.map_err(fail)?;
             Ok(json(
                 StatusCode::OK,
                 &serde_json::json!({"partition": p, "from": from, "to": to}),
@@ -223,7 +234,9 @@ async fn consumer_post_inner(
                 group,
                 partition: p,
             };
-            let (from, to, reclaims, outcome) = consumer_api::reclaim(shard, &r).await.map_err(fail)?;
+            let (from, to, reclaims, outcome) = consumer_api::reclaim(shard, Some(relays), &r)
+                .await
+                .map_err(fail)?;
             let outcome = ["redeliver", "disabled", "skipped", "dead_letter"][outcome as usize];
             Ok(json(
                 StatusCode::OK,
@@ -243,7 +256,7 @@ async fn consumer_post_inner(
                 partition: p,
             };
             let ((from, to), runs) =
-                consumer_api::ack_commit(shard, &r, std::slice::from_ref(&group_records))
+                consumer_api::ack_commit(shard, Some(relays), &r, std::slice::from_ref(&group_records))
                     .await
                     .map_err(fail)?;
             let offsets = offset_strings(&runs);
@@ -253,7 +266,7 @@ async fn consumer_post_inner(
             ))
         }
         other => match admin_action(other) {
-            Some(action) => Ok(consumer_admin(shard, action, topic, group).await),
+            Some(action) => Ok(consumer_admin(shard, relays, action, topic, group).await),
             None => Err(error(
                 StatusCode::NOT_FOUND,
                 &format!(
@@ -274,12 +287,12 @@ fn bound(query: &str, inclusive: &str, exclusive: &str) -> Result<Bound, Reply> 
 }
 
 /// `GET /topics/T/range` and `GET /topics/T/length`.
-pub async fn topic_read(shard: &Rc<Shard>, topic: &str, what: &str, query: &str) -> Reply {
+pub async fn topic_read(shard: &Rc<Shard>, relays: &Relays, topic: &str, what: &str, query: &str) -> Reply {
     let inner = async {
         let fail = |e: ProtocolError| protocol_error(shard, &e);
         match what {
             "length" => {
-                let n = consumer_api::length(shard, topic, number(query, "partition")?)
+                let n = consumer_api::length(shard, Some(relays), topic, number(query, "partition")?)
                     .await
                     .map_err(fail)?;
                 Ok(json(StatusCode::OK, &serde_json::json!({ "length": n })))
@@ -303,7 +316,9 @@ pub async fn topic_read(shard: &Rc<Shard>, topic: &str, what: &str, query: &str)
                         max_bytes: 1 << 20,
                     },
                 };
-                let frame = consumer_api::range(shard, &request, 0).await.map_err(fail)?;
+                let frame = consumer_api::range(shard, Some(relays), &request, 0)
+                    .await
+                    .map_err(fail)?;
                 match decode(shard, &frame)? {
                     FrameResponse::Fetched(f) => {
                         Ok(json(StatusCode::OK, &records_json(topic, p, &f.records)))

@@ -190,22 +190,25 @@ async fn route(shard: &Rc<Shard>, front: &Rc<Front>, request: Request<Incoming>)
             }
         }
         (&Method::GET, ["topics", topic]) => get_records(shard, topic, &query).await,
-        (&Method::GET, ["topics", topic, what]) => consumers::topic_read(shard, topic, what, &query).await,
+        (&Method::GET, ["topics", topic, what]) => {
+            consumers::topic_read(shard, &front.relays, topic, what, &query).await
+        }
         (&Method::GET, ["consumers"]) => {
             let topic = query_param(&query, "topic").unwrap_or_default();
-            consumers::consumer_admin(shard, AdminAction::List, &topic, "").await
+            consumers::consumer_admin(shard, &front.relays, AdminAction::List, &topic, "").await
         }
         (&Method::GET, ["consumers", topic, group]) => {
-            consumers::consumer_admin(shard, AdminAction::List, topic, group).await
+            consumers::consumer_admin(shard, &front.relays, AdminAction::List, topic, group).await
         }
         (&Method::DELETE, ["consumers", topic, group]) => {
-            consumers::consumer_admin(shard, AdminAction::Destroy, topic, group).await
+            consumers::consumer_admin(shard, &front.relays, AdminAction::Destroy, topic, group).await
         }
         (&Method::POST, ["consumers", topic, group, action]) => {
             let (topic, group, action) = ((*topic).to_owned(), (*group).to_owned(), (*action).to_owned());
             match body(front, request).await {
                 Ok((bytes, _charge)) => {
-                    consumers::consumer_post(shard, &topic, &group, &action, &query, &bytes).await
+                    consumers::consumer_post(shard, &front.relays, &topic, &group, &action, &query, &bytes)
+                        .await
                 }
                 Err(reply) => reply,
             }
