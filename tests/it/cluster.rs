@@ -857,36 +857,53 @@ fn requests_about_a_partition_answer_alike_through_every_peer() {
     }
     assert_eq!(total, 300);
 
-    // A named consumer, each claim and each ack through the next peer in turn.
+    // A named consumer claiming each partition in turn, and one claiming any partition
+    // (each partition asked where it is led), each claim and each ack through the next
+    // peer in turn.
     let mut clients: Vec<flowd::client::Client> = servers
         .iter()
         .map(|s| flowd::client::Client::connect(&s.tcp).unwrap())
         .collect();
     let create = Some(flowd::protocol::consumer::Options::default());
-    let (mut turn, mut got) = (0usize, Vec::new());
+    // One claim of `group` (of `partition`, or of any) through the peer whose turn it
+    // is, acked through the next: the values claimed, `None` once nothing is left.
+    let mut turn = 0usize;
+    let mut claim_and_ack = |group: &str, partition: Option<u32>| {
+        let claimed = clients[turn % 3]
+            .claim("lines", group, partition, 7, create.clone())
+            .unwrap();
+        turn += 1;
+        let p = claimed.partition.filter(|_| !claimed.records.is_empty())?;
+        let acked = clients[turn % 3].ack("lines", group, p).unwrap();
+        turn += 1;
+        assert_eq!(
+            acked,
+            (claimed.from, claimed.to),
+            "the claim acked, through another peer"
+        );
+        Some(
+            claimed
+                .records
+                .iter()
+                .map(|(_, r)| String::from_utf8(r.value.clone()).unwrap())
+                .collect::<Vec<_>>(),
+        )
+    };
+    let mut got = Vec::new();
     for p in 0..4u32 {
         for _ in 0..100 {
-            let claimed = clients[turn % 3]
-                .claim("lines", "g", Some(p), 7, create.clone())
-                .unwrap();
-            turn += 1;
-            if claimed.partition.is_none() || claimed.records.is_empty() {
+            let Some(values) = claim_and_ack("g", Some(p)) else {
                 break;
-            }
-            got.extend(
-                claimed
-                    .records
-                    .iter()
-                    .map(|(_, r)| String::from_utf8(r.value.clone()).unwrap()),
-            );
-            let acked = clients[turn % 3].ack("lines", "g", p).unwrap();
-            turn += 1;
-            assert_eq!(
-                acked,
-                (claimed.from, claimed.to),
-                "the claim acked, through another peer"
-            );
+            };
+            got.extend(values);
         }
+    }
+    let mut any = Vec::new();
+    for _ in 0..200 {
+        let Some(values) = claim_and_ack("h", None) else {
+            break;
+        };
+        any.extend(values);
     }
     got.sort();
     let mut expected: Vec<String> = (0..300).map(|n| format!("apple pear v{n}")).collect();
@@ -902,9 +919,8 @@ fn requests_about_a_partition_answer_alike_through_every_peer() {
         }
     }
 
-    // Requests about the whole topic, through every peer: its length, a claim of any
-    // partition (each partition asked where it is led), the consumer's cursors (each
-    // from its partition's leader), alike over HTTP.
+    // Requests about the whole topic, through every peer: its length and the
+    // consumer's cursors (each from its partition's leader), alike over HTTP.
     for (i, client) in clients.iter_mut().enumerate() {
         assert_eq!(client.length("lines", None).unwrap(), 300, "through peer {i}");
         let (code, body) = crate::ingest::http(&servers[i].http, "GET", "/topics/lines/length", "");
@@ -929,28 +945,9 @@ fn requests_about_a_partition_answer_alike_through_every_peer() {
             "g's cursors over HTTP: {body}"
         );
     }
-    let (mut turn, mut got) = (0usize, Vec::new());
-    for _ in 0..200 {
-        let claimed = clients[turn % 3]
-            .claim("lines", "h", None, 7, create.clone())
-            .unwrap();
-        turn += 1;
-        let Some(p) = claimed.partition.filter(|_| !claimed.records.is_empty()) else {
-            break;
-        };
-        got.extend(
-            claimed
-                .records
-                .iter()
-                .map(|(_, r)| String::from_utf8(r.value.clone()).unwrap()),
-        );
-        let acked = clients[turn % 3].ack("lines", "h", p).unwrap();
-        turn += 1;
-        assert_eq!(acked, (claimed.from, claimed.to));
-    }
-    got.sort();
+    any.sort();
     assert_eq!(
-        got, expected,
+        any, expected,
         "a claim of any partition, through alternating peers: every record once"
     );
     for (i, client) in clients.iter_mut().enumerate() {
