@@ -409,9 +409,39 @@ pub enum SinkFormat {
     Json,
 }
 
+/// Topics the engine keeps for itself begin so; a dataflow may not name one so.
+pub const INTERNAL_TOPIC_PREFIX: &str = "__flowd.";
+
+/// The internal topic holding the named consumers' cursors of `topic`'s partitions in a
+/// cluster (`runtime/consumers/follow.rs`), one partition for each of `topic`'s.
+pub fn cursor_topic_name(topic: &str) -> String {
+    format!("{INTERNAL_TOPIC_PREFIX}cursors.{topic}")
+}
+
+impl TopicSpec {
+    /// Whether the engine keeps it for itself: clients read it but never write it.
+    pub fn is_internal(&self) -> bool {
+        self.name.starts_with(INTERNAL_TOPIC_PREFIX)
+    }
+}
+
 impl DataflowSpec {
     pub fn topic_index(&self, name: &str) -> Option<usize> {
         self.topics.iter().position(|t| t.name == name)
+    }
+
+    /// The topic a client may write or consume: any but the engine's own.
+    pub fn client_topic(&self, name: &str) -> Option<usize> {
+        self.topic_index(name).filter(|t| !self.topics[*t].is_internal())
+    }
+
+    /// The internal topic of `topic`'s cursors, if the engine keeps one (in a cluster,
+    /// for a replicated topic).
+    pub fn cursor_topic(&self, topic: usize) -> Option<usize> {
+        if self.topics[topic].is_internal() {
+            return None;
+        }
+        self.topic_index(&cursor_topic_name(&self.topics[topic].name))
     }
 
     pub fn job(&self, name: &str) -> Option<&JobSpec> {

@@ -932,6 +932,18 @@ impl Validator<'_, '_> {
             && !n.starts_with('.')
             && n.bytes()
                 .all(|b| b.is_ascii_alphanumeric() || b"_-.".contains(&b));
+        if n.starts_with(crate::config::spec::INTERNAL_TOPIC_PREFIX) {
+            self.error(
+                name.span(),
+                format!("{what}.name"),
+                format!(
+                    "\"{n}\" is reserved: names beginning with \"{}\" are the engine's own topics",
+                    crate::config::spec::INTERNAL_TOPIC_PREFIX
+                ),
+                "choose another name".into(),
+            );
+            return;
+        }
         if !ok {
             self.error(
                 name.span(),

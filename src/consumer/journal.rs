@@ -62,6 +62,10 @@ pub enum Entry {
     },
     /// Every part of transaction `id` is durable in its output partition.
     Applied { id: String },
+    /// In a partition's cursor topic (a cluster's): its lead in `epoch` begins, and
+    /// what was written before is read back (`runtime/consumers/follow.rs`). A journal
+    /// ignores it.
+    Lead { epoch: u32 },
 }
 
 /// Where one part of a transaction goes, and where to look for it after a crash.
@@ -224,6 +228,7 @@ pub fn replay_values<'a>(
             Entry::Applied { id } => {
                 into.pending.remove(&id);
             }
+            Entry::Lead { .. } => {}
         }
     }
     Ok(())

@@ -13,6 +13,10 @@ pub struct Status {
     pub durability: String,
     pub listeners: Vec<String>,
     pub topics: Vec<TopicStatus>,
+    /// In a cluster: the engine's own topics (`__flowd.cursors.*`), apart from the
+    /// dataflow's.
+    #[serde(default)]
+    pub internal_topics: Vec<TopicStatus>,
     pub jobs: Vec<String>,
     pub records_in: u64,
     pub records_in_per_sec: f64,

@@ -58,9 +58,13 @@ pub struct Plan {
 fn assert_send<T: Send>() {}
 const _: fn() = assert_send::<ShardPlan>;
 
-pub fn plan(spec: DataflowSpec, cluster: Option<Arc<Cluster>>) -> Result<Plan> {
+pub fn plan(mut spec: DataflowSpec, cluster: Option<Arc<Cluster>>) -> Result<Plan> {
     let shards = core_count(spec.engine.cores)?;
     if cluster.is_some() {
+        // The named consumers' cursors of each replicated topic follow its partitions'
+        // lead through a replicated topic of their own (`consumers/follow.rs`).
+        let cursors = crate::runtime::consumers::cursor_topics(&spec);
+        spec.topics.extend(cursors);
         // Each peer would run them: every line read (or written) once per peer.
         if let Some(source) = spec.sources.first() {
             return Err(RuntimeError::NotClusterable {

@@ -213,7 +213,7 @@ async fn read_back(
     Some(resumed)
 }
 
-fn decode(frame: Vec<u8>) -> Result<crate::protocol::message::Fetched, EngineError> {
+pub(crate) fn decode(frame: Vec<u8>) -> Result<crate::protocol::message::Fetched, EngineError> {
     let raw = crate::protocol::frame::parse_frame(&frame, usize::MAX)
         .ok()
         .flatten()

@@ -97,9 +97,7 @@ fn check_group(group: &str) -> Result<(), ProtocolError> {
 /// The topic's index, after checking the topic and partition exist.
 fn topic_of(shard: &Shard, topic: &str, partition: Option<u32>) -> Result<usize, ProtocolError> {
     let spec = &shard.shared.spec;
-    let t = spec
-        .topic_index(topic)
-        .ok_or_else(|| ProtocolError::from(EngineError::UnknownTopic(topic.to_owned())))?;
+    let t = crate::server::api::client_topic(spec, topic)?;
     if let Some(p) = partition {
         EngineError::check_partition(topic, spec.topics[t].partitions, p)?;
     }

@@ -72,6 +72,13 @@ fn broken_files_get_precise_errors() {
             ],
         ),
         (
+            "a topic named as the engine's own",
+            format!("{BASE}\n[[topic]]\nname = \"__flowd.cursors.lines\"\n"),
+            &[
+                "17:8: topic.name: \"__flowd.cursors.lines\" is reserved: names beginning with \"__flowd.\" are the engine's own topics | choose another name",
+            ],
+        ),
+        (
             "unknown section",
             format!("{BASE}\n[engin]\ncores = 2\n"),
             &["16:2: engin: unknown key | did you mean \"engine\"?"],

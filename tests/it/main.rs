@@ -5,6 +5,7 @@ mod architecture;
 mod bench;
 mod cli_inspect;
 mod cluster;
+mod cluster_consumers;
 mod cluster_jobs;
 mod cluster_state;
 mod config_check;

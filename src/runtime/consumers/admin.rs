@@ -7,7 +7,7 @@ use crate::consumer::journal::Entry;
 use crate::protocol::consumer::AdminAction;
 use crate::runtime::shard::Shard;
 
-use super::{OpReply, OpResult, info, local};
+use super::{OpReply, OpResult, follow, info, local};
 
 pub(super) async fn admin(
     shard: &Rc<Shard>,
@@ -17,11 +17,24 @@ pub(super) async fn admin(
 ) -> OpResult {
     let consumers = &shard.consumers;
     let spec = &shard.shared.spec;
+    // In a cluster, the partitions this peer leads have their cursors read back first;
+    // those led elsewhere are their leader's to list and change.
+    let owned: Vec<(usize, u32)> = (0..spec.topics.len())
+        .filter(|t| topic.is_none_or(|topic| topic == *t))
+        .flat_map(|t| (0..spec.topics[t].partitions).map(move |p| (t, p)))
+        .filter(|(_, p)| crate::runtime::placement::owner(*p, shard.shared.shards) == shard.index)
+        .collect();
+    for (t, p) in owned {
+        if !follow::led_elsewhere(shard, t, p) {
+            follow::ready(shard, t, p).await?;
+        }
+    }
     let mut keys: Vec<(usize, u32, String)> = consumers
         .cursors
         .borrow()
         .iter()
         .filter(|((t, _), _)| topic.is_none_or(|topic| topic == *t))
+        .filter(|((t, p), _)| follow::serves(shard, *t, *p))
         .flat_map(|((t, p), groups)| {
             groups
                 .keys()
@@ -33,7 +46,7 @@ pub(super) async fn admin(
     let mut cursors = Vec::new();
     let mut changed = 0;
     let mut refused = Vec::new();
-    let mut last = None;
+    let mut written = Vec::new();
     for (t, p, g) in keys {
         let Some(mut cursor) = consumers.get(t, p, &g) else {
             continue;
@@ -49,10 +62,10 @@ pub(super) async fn admin(
                     partition: p,
                     group: g.clone(),
                 };
-                last = Some(consumers.write(shard, &[entry], &[])?);
                 if let Some(groups) = consumers.cursors.borrow_mut().get_mut(&(t, p)) {
                     groups.remove(&g);
                 }
+                written.push(consumers.change(shard, t, p, entry).await?);
                 changed += 1;
                 cursors.push(info(&spec.topics[t].name, p, &g, &cursor, next));
                 continue;
@@ -60,8 +73,8 @@ pub(super) async fn admin(
         };
         match outcome {
             Ok(true) => {
-                last = Some(consumers.write_set(shard, t, p, &g, &cursor)?);
                 consumers.put(t, p, &g, cursor.clone());
+                written.push(consumers.write_set(shard, t, p, &g, &cursor).await?);
                 changed += 1;
             }
             Ok(false) => {}
@@ -74,9 +87,7 @@ pub(super) async fn admin(
     {
         consumers.ensured.borrow_mut().remove(&(t, g.to_owned()));
     }
-    if let Some(receipt) = last {
-        consumers.durable(receipt).await?;
-    }
+    consumers.all_durable(written).await?;
     Ok(OpReply::Admin {
         cursors,
         changed,

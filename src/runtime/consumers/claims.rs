@@ -74,39 +74,45 @@ pub(super) async fn claim(
     };
     let before = cursor.clone();
     let local = local(shard, topic, partition)?;
-    let log = local.log.borrow();
-    let committed_before = cursor.committed;
-    let from = cursor.claimable(log.start_offset())?;
-    if cursor.committed > committed_before {
-        report_skipped(shard, topic, partition, group, committed_before, cursor.committed);
-    }
-    let mut out = Vec::new();
-    let mut writer = begin_claimed(&mut out, request_id);
-    let mut range = None;
-    if let Some(from) = from
-        && let Some(to) = copy_records(&mut writer, &mut out, log.read_committed(from), count, max_bytes)
-    {
-        if writer.count() == 0 {
-            // Only engine markers: nothing for the client, and nothing to hold back.
-            cursor.committed = to;
-        } else {
-            range = cursor.claim(to, now);
+    // The log is read in here, and let go before the change is sent on.
+    let (out, taken) = {
+        let log = local.log.borrow();
+        let committed_before = cursor.committed;
+        let from = cursor.claimable(log.start_offset())?;
+        if cursor.committed > committed_before {
+            report_skipped(shard, topic, partition, group, committed_before, cursor.committed);
         }
-    }
-    let taken = writer.count();
-    let (from, to) = range.map_or((0, 0), |r| (r.from, r.to));
-    finish_claimed(
-        writer,
-        &mut out,
-        range.map(|_| partition),
-        from,
-        to,
-        log.committed_offset(),
-    );
-    drop(log);
+        let mut out = Vec::new();
+        let mut writer = begin_claimed(&mut out, request_id);
+        let mut range = None;
+        if let Some(from) = from
+            && let Some(to) = copy_records(&mut writer, &mut out, log.read_committed(from), count, max_bytes)
+        {
+            if writer.count() == 0 {
+                // Only engine markers: nothing for the client, and nothing to hold back.
+                cursor.committed = to;
+            } else {
+                range = cursor.claim(to, now);
+            }
+        }
+        let taken = writer.count();
+        let (from, to) = range.map_or((0, 0), |r| (r.from, r.to));
+        finish_claimed(
+            writer,
+            &mut out,
+            range.map(|_| partition),
+            from,
+            to,
+            log.committed_offset(),
+        );
+        (out, taken)
+    };
     if created || cursor != before {
-        consumers.write_set(shard, topic, partition, group, &cursor)?;
-        consumers.put(topic, partition, group, cursor);
+        consumers.put(topic, partition, group, cursor.clone());
+        // Not waited for: a claim lost in a crash only delivers its records again.
+        consumers
+            .write_set(shard, topic, partition, group, &cursor)
+            .await?;
     }
     shard.shared.metrics.records_claimed.add(u64::from(taken));
     Ok(OpReply::Frame {
@@ -152,12 +158,14 @@ pub(super) async fn reclaim(
             tracing::warn!(topic = %name, partition, %group, from = reclaimed.range.from, to = reclaimed.range.to, dead_letter = %dead, "records dead-lettered: {reason}");
         }
         (outcome, _) => {
-            let receipt = consumers.write_set(shard, topic, partition, group, &cursor)?;
-            consumers.put(topic, partition, group, cursor);
+            consumers.put(topic, partition, group, cursor.clone());
+            let written = consumers
+                .write_set(shard, topic, partition, group, &cursor)
+                .await?;
             if *outcome != Outcome::Redeliver {
                 tracing::warn!(topic = %name, partition, %group, outcome = outcome.name(), "max_reclaims passed");
             }
-            consumers.durable(receipt).await?;
+            consumers.durable(written).await?;
         }
     }
     Ok(reclaimed)

@@ -15,16 +15,18 @@
 //! dispatch) → `claims` (claim, reclaim, new cursors) → `transactions` (ack-and-commit
 //! and dead letters: one journal batch, then the parts) → `admin` (list, disable,
 //! resume, destroy) → `range` (range and length reads) → `sweeper` (timed-out claims,
-//! journal compaction).
+//! journal compaction) → `follow` (in a cluster: cursors written to a replicated
+//! cursor topic too, and read back by the partition's next leader).
 
 mod admin;
 mod claims;
+mod follow;
 mod range;
 mod sweeper;
 mod transactions;
 
 use std::cell::{Cell, RefCell};
-use std::collections::HashSet;
+use std::collections::{BTreeMap, HashSet};
 use std::rc::Rc;
 
 use crate::consumer::cursor::{Cursor, Options, Range, Reclaimed, State, Why};
@@ -56,6 +58,14 @@ pub struct Consumers {
     snapshot_bytes: Cell<u64>,
     /// `(topic, consumer)` pairs this shard's connections made sure exist on every shard.
     pub ensured: RefCell<HashSet<(usize, String)>>,
+    /// In a cluster: which partitions' cursors this shard holds as their lead left them.
+    follow: follow::Follow,
+}
+
+/// A change journaled, and in a cluster its cursor record on its way.
+pub(super) struct Written {
+    receipt: AppendReceipt,
+    mirrored: Option<follow::Mirrored>,
 }
 
 impl Consumers {
@@ -69,6 +79,7 @@ impl Consumers {
             compaction: Cell::new(None),
             snapshot_bytes: Cell::new(0),
             ensured: RefCell::new(HashSet::new()),
+            follow: follow::Follow::default(),
         }
     }
 
@@ -127,7 +138,7 @@ impl Consumers {
         }
     }
 
-    fn write_set(
+    fn journal_set(
         &self,
         shard: &Shard,
         topic: usize,
@@ -142,6 +153,78 @@ impl Consumers {
             cursor: cursor.clone(),
         };
         self.write(shard, &[entry], &[])
+    }
+
+    /// Journals `entry`, a change of a cursor of `topic`/`partition`, and in a cluster
+    /// sends it to the partition's cursor topic (`follow`).
+    async fn change(
+        &self,
+        shard: &Shard,
+        topic: usize,
+        partition: u32,
+        entry: Entry,
+    ) -> Result<Written, EngineError> {
+        let receipt = self.write(shard, std::slice::from_ref(&entry), &[])?;
+        let mirrored = follow::mirror(shard, topic, partition, &[entry]).await;
+        Ok(Written { receipt, mirrored })
+    }
+
+    /// Journals the cursor of `group` on `topic`/`partition` (and in a cluster sends it
+    /// to its cursor topic).
+    async fn write_set(
+        &self,
+        shard: &Shard,
+        topic: usize,
+        partition: u32,
+        group: &str,
+        cursor: &Cursor,
+    ) -> Result<Written, EngineError> {
+        let entry = Entry::Set {
+            topic: shard.shared.spec.topics[topic].name.clone(),
+            partition,
+            group: group.to_owned(),
+            cursor: cursor.clone(),
+        };
+        self.change(shard, topic, partition, entry).await
+    }
+
+    /// Puts the cursors read back for `topic`/`partition` in place of what this shard
+    /// held of them, and journals them.
+    fn replace(&self, shard: &Shard, topic: usize, partition: u32, cursors: BTreeMap<String, Cursor>) {
+        let old: Vec<String> = self
+            .cursors
+            .borrow()
+            .get(&(topic, partition))
+            .map(|groups| {
+                groups
+                    .keys()
+                    .filter(|g| !cursors.contains_key(*g))
+                    .cloned()
+                    .collect()
+            })
+            .unwrap_or_default();
+        let name = &shard.shared.spec.topics[topic].name;
+        let mut entries: Vec<Entry> = old
+            .into_iter()
+            .map(|group| Entry::Drop {
+                topic: name.clone(),
+                partition,
+                group,
+            })
+            .collect();
+        entries.extend(cursors.iter().map(|(group, cursor)| Entry::Set {
+            topic: name.clone(),
+            partition,
+            group: group.clone(),
+            cursor: cursor.clone(),
+        }));
+        // A failed journal write stops the engine and says why; nothing more to do.
+        for chunk in entries.chunks(256) {
+            if self.write(shard, chunk, &[]).is_err() {
+                return;
+            }
+        }
+        self.cursors.borrow_mut().insert((topic, partition), cursors);
     }
 
     /// Retention moved the start of `partition` to `start`: every consumer that had not
@@ -163,14 +246,32 @@ impl Consumers {
             cursor.committed = start;
             report_skipped(shard, topic, partition, &group, from, start);
             // A failed journal write stops the engine and says why; nothing more to do.
-            if self.write_set(shard, topic, partition, &group, &cursor).is_ok() {
+            if self.journal_set(shard, topic, partition, &group, &cursor).is_ok() {
                 self.put(topic, partition, &group, cursor);
             }
         }
     }
 
+    /// Waits until the journal is durable past `written`, and in a cluster its cursor
+    /// record is acked.
+    async fn durable(&self, written: Written) -> Result<(), EngineError> {
+        self.journal_durable(written.receipt).await?;
+        match written.mirrored {
+            Some(mirrored) => mirrored.settled().await,
+            None => Ok(()),
+        }
+    }
+
+    /// Waits until every change of `written` is durable and acked.
+    async fn all_durable(&self, written: Vec<Written>) -> Result<(), EngineError> {
+        for written in written {
+            self.durable(written).await?;
+        }
+        Ok(())
+    }
+
     /// Waits until the journal is durable past `receipt`.
-    async fn durable(&self, receipt: AppendReceipt) -> Result<(), EngineError> {
+    async fn journal_durable(&self, receipt: AppendReceipt) -> Result<(), EngineError> {
         let mut idle = Backoff::default();
         loop {
             {
@@ -403,6 +504,7 @@ pub async fn run(shard: &Rc<Shard>, op: PartitionOp) -> OpResult {
             create,
             request_id,
         } => {
+            follow::ready(shard, topic, partition).await?;
             claim(
                 shard, topic, partition, &group, count, max_bytes, create, request_id,
             )
@@ -413,22 +515,28 @@ pub async fn run(shard: &Rc<Shard>, op: PartitionOp) -> OpResult {
             partition,
             group,
         } => {
+            follow::ready(shard, topic, partition).await?;
             let mut cursor = consumers
                 .get(topic, partition, &group)
                 .ok_or_else(|| unknown(shard, topic, &group))?;
             let range = cursor.ack()?;
-            let receipt = consumers.write_set(shard, topic, partition, &group, &cursor)?;
-            consumers.put(topic, partition, &group, cursor);
-            consumers.durable(receipt).await?;
+            consumers.put(topic, partition, &group, cursor.clone());
+            let written = consumers
+                .write_set(shard, topic, partition, &group, &cursor)
+                .await?;
+            consumers.durable(written).await?;
             Ok(OpReply::Acked(range))
         }
         PartitionOp::Reclaim {
             topic,
             partition,
             group,
-        } => reclaim(shard, topic, partition, &group, Why::Asked)
-            .await
-            .map(OpReply::Reclaimed),
+        } => {
+            follow::ready(shard, topic, partition).await?;
+            reclaim(shard, topic, partition, &group, Why::Asked)
+                .await
+                .map(OpReply::Reclaimed)
+        }
         PartitionOp::AckCommit {
             topic,
             partition,
@@ -436,6 +544,7 @@ pub async fn run(shard: &Rc<Shard>, op: PartitionOp) -> OpResult {
             id,
             parts,
         } => {
+            follow::ready(shard, topic, partition).await?;
             let mut cursor = consumers
                 .get(topic, partition, &group)
                 .ok_or_else(|| unknown(shard, topic, &group))?;
@@ -451,20 +560,23 @@ pub async fn run(shard: &Rc<Shard>, op: PartitionOp) -> OpResult {
             group,
             options,
         } => {
-            let mut last = None;
+            let mut written = Vec::new();
             for p in (0..shard.shared.spec.topics[topic].partitions)
                 .filter(|p| owner(*p, shard.shared.shards) == shard.index)
             {
+                // In a cluster, each partition's leader makes its consumers.
+                if follow::led_elsewhere(shard, topic, p) {
+                    continue;
+                }
+                follow::ready(shard, topic, p).await?;
                 if consumers.get(topic, p, &group).is_some() {
                     continue;
                 }
                 let cursor = new_cursor(shard, topic, p, &options)?;
-                last = Some(consumers.write_set(shard, topic, p, &group, &cursor)?);
-                consumers.put(topic, p, &group, cursor);
+                consumers.put(topic, p, &group, cursor.clone());
+                written.push(consumers.write_set(shard, topic, p, &group, &cursor).await?);
             }
-            if let Some(receipt) = last {
-                consumers.durable(receipt).await?;
-            }
+            consumers.all_durable(written).await?;
             Ok(OpReply::Done)
         }
         PartitionOp::Admin { topic, group, action } => admin(shard, topic, group.as_deref(), action).await,
@@ -498,6 +610,7 @@ pub fn txn_id(shard: &Shard) -> String {
 
 use admin::admin;
 use claims::{claim, new_cursor, reclaim};
+pub use follow::{ORDER_HEADER, cursor_topics, led_elsewhere};
 use range::read_range;
 pub use sweeper::run_sweeper;
 pub use transactions::TxnPart;

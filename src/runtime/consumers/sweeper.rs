@@ -24,6 +24,9 @@ pub async fn run_sweeper(shard: Rc<Shard>) {
             .cursors
             .borrow()
             .iter()
+            // Where another peer leads, or this one has not read them back yet, what
+            // this shard holds of the cursors may be old: their leader reclaims.
+            .filter(|((t, p), _)| super::follow::serves(&shard, *t, *p))
             .flat_map(|((t, p), groups)| {
                 groups
                     .iter()

@@ -155,6 +155,7 @@ pub(super) async fn commit(
             mark: Some(mark),
         })
         .collect();
+    let after = cursor.clone();
     let entry = Entry::Txn {
         id: id.clone(),
         topic: shared.spec.topics[topic].name.clone(),
@@ -168,7 +169,7 @@ pub(super) async fn commit(
     consumers.put(topic, partition, group, cursor);
     consumers.unapplied_txns.set(consumers.unapplied_txns.get() + 1);
     faults::crash_point("journal-txn-written");
-    consumers.durable(receipt).await?;
+    consumers.journal_durable(receipt).await?;
     faults::crash_point("journal-txn-durable");
     let (tx, rx) = flume::bounded(parts.len().max(1));
     let count = parts.len();
@@ -197,6 +198,24 @@ pub(super) async fn commit(
     // Only now may a snapshot leave it out. A transaction that ends before this (the
     // engine stopping) stays unapplied in the journal, and the next start applies it.
     consumers.unapplied_txns.set(consumers.unapplied_txns.get() - 1);
+    // In a cluster the cursor goes to its cursor topic once the parts are written:
+    // the partition's next leader goes on from it (a leader lost before this delivers
+    // the records again, and their outputs are written again).
+    if let Some(mirrored) = super::follow::mirror(
+        shard,
+        topic,
+        partition,
+        &[Entry::Set {
+            topic: shared.spec.topics[topic].name.clone(),
+            partition,
+            group: group.to_owned(),
+            cursor: after,
+        }],
+    )
+    .await
+    {
+        mirrored.settled().await?;
+    }
     Ok(ends)
 }
 

@@ -53,9 +53,7 @@ pub fn split(shard: &Shard, groups: &[ProduceGroup<'_>]) -> Result<Split, Protoc
     let mut bytes_in = 0;
     let mut records_in = 0;
     for group in groups {
-        let topic = spec
-            .topic_index(group.topic)
-            .ok_or_else(|| ProtocolError::from(EngineError::UnknownTopic(group.topic.to_owned())))?;
+        let topic = client_topic(spec, group.topic)?;
         let partitions = spec.topics[topic].partitions;
         let bounds = Bounds::of(&spec.topics[topic]);
         if let Some(p) = group.partition {
@@ -175,9 +173,7 @@ pub async fn produce_batch(
 ) -> Result<PendingProduce, ProtocolError> {
     let started = Instant::now();
     let spec = &shard.shared.spec;
-    let topic = spec
-        .topic_index(topic_name)
-        .ok_or_else(|| ProtocolError::from(EngineError::UnknownTopic(topic_name.to_owned())))?;
+    let topic = client_topic(spec, topic_name)?;
     let partitions = spec.topics[topic].partitions;
     let bounds = Bounds::of(&spec.topics[topic]);
     let mut batch =
@@ -317,4 +313,19 @@ impl PendingProduce {
             .record(shard.index, self.started.elapsed());
         Ok(runs)
     }
+}
+
+/// The index of topic `name`, which clients may write and consume: an error for a topic
+/// not in the dataflow, and for one the engine keeps for itself.
+pub fn client_topic(spec: &crate::config::DataflowSpec, name: &str) -> Result<usize, ProtocolError> {
+    let topic = spec
+        .topic_index(name)
+        .ok_or_else(|| ProtocolError::from(EngineError::UnknownTopic(name.to_owned())))?;
+    if spec.client_topic(name).is_none() {
+        return Err(ProtocolError::from(EngineError::Invalid(format!(
+            "\"{name}\" is one of the engine's own topics: clients may read it (fetch, tail) but not write or \
+             consume it"
+        ))));
+    }
+    Ok(topic)
 }

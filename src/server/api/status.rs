@@ -73,6 +73,9 @@ pub async fn status(shard: &Rc<Shard>, started: Instant, listeners: &[String], r
     for t in &mut topics {
         t.partitions.sort_by_key(|p| p.partition);
     }
+    let (internal_topics, topics): (Vec<TopicStatus>, Vec<TopicStatus>) = topics
+        .into_iter()
+        .partition(|t| t.name.starts_with(crate::config::spec::INTERNAL_TOPIC_PREFIX));
     let h = shared.metrics.produce_latency.merged();
     Status {
         version: env!("CARGO_PKG_VERSION").into(),
@@ -81,6 +84,7 @@ pub async fn status(shard: &Rc<Shard>, started: Instant, listeners: &[String], r
         durability: format!("{:?}", spec.engine.durability).to_lowercase(),
         listeners: listeners.to_vec(),
         topics,
+        internal_topics,
         jobs: spec.jobs.iter().map(|j| j.name.clone()).collect(),
         records_in: shared.metrics.records_in.get(),
         records_in_per_sec: rate,
