@@ -363,6 +363,15 @@ pub(crate) fn events_peer(dir: &Path, name: &str, seed: Option<&str>) -> Server 
     start_file(&events_dataflow(dir), dir, name, &extra)
 }
 
+/// Three peers of the events dataflow, the first the others' seed.
+pub(crate) fn three_events_peers(dir: &Path) -> [Server; 3] {
+    let first = events_peer(dir, "p1", None);
+    let seed = first.peer.clone().unwrap();
+    let second = events_peer(dir, "p2", Some(&seed));
+    let third = events_peer(dir, "p3", Some(&seed));
+    [first, second, third]
+}
+
 /// Waits until each of the `partitions` of every topic is served by exactly one of
 /// `servers` (none still being copied in, no replica set moving): reads through any of
 /// them then find them all.

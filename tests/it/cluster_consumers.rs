@@ -11,7 +11,7 @@ use flowd::protocol::OwnedWireRecord;
 use flowd::protocol::consumer::Options;
 
 use crate::cluster::{
-    events_dataflow, events_peer, one_at_a_time, served_by, start_file, wait_all_alive, wait_settled,
+    events_dataflow, one_at_a_time, served_by, start_file, three_events_peers, wait_all_alive, wait_settled,
 };
 use crate::ingest::Server;
 use crate::support::{pace, wait_until};
@@ -30,11 +30,7 @@ fn client<'a>(clients: &'a mut [Option<Client>], servers: &[Server], i: usize) -
 fn a_named_consumer_through_alternating_peers_acks_each_record_once_while_a_leader_is_killed_and_back() {
     let _serial = one_at_a_time();
     let dir = tempfile::tempdir().unwrap();
-    let first = events_peer(dir.path(), "p1", None);
-    let seed = first.peer.clone().unwrap();
-    let second = events_peer(dir.path(), "p2", Some(&seed));
-    let third = events_peer(dir.path(), "p3", Some(&seed));
-    let mut servers = vec![first, second, third];
+    let mut servers = Vec::from(three_events_peers(dir.path()));
     {
         let all: Vec<&Server> = servers.iter().collect();
         wait_all_alive(&all);

@@ -9,7 +9,7 @@ use serde_json::Value;
 
 use flowd::client::Client;
 
-use crate::cluster::{events_peer, one_at_a_time, status};
+use crate::cluster::{one_at_a_time, status, three_events_peers};
 use crate::ingest::Server;
 use crate::support::wait_until;
 
@@ -60,11 +60,7 @@ fn wait_agreed(servers: &[&Server]) -> String {
 fn the_metadata_group_forms_from_a_seed_survives_its_leader_and_takes_it_back() {
     let _serial = one_at_a_time();
     let dir = tempfile::tempdir().unwrap();
-    let first = events_peer(dir.path(), "p1", None);
-    let seed = first.peer.clone().unwrap();
-    let second = events_peer(dir.path(), "p2", Some(&seed));
-    let third = events_peer(dir.path(), "p3", Some(&seed));
-    let mut servers = [first, second, third];
+    let mut servers = three_events_peers(dir.path());
     let leader = wait_agreed(&servers.iter().collect::<Vec<_>>());
     let term = group(&servers[0])["term"].as_u64().unwrap();
 

@@ -311,16 +311,13 @@ async fn send(
 /// the cursor topic, not waited for (one lost is made again after as many bytes).
 async fn snapshot(shard: &Shard, topic: usize, partition: u32, epoch: u32) {
     let key = (topic, partition);
-    let spec = &shard.shared.spec;
-    let name = &spec.topics[topic].name;
     let mut entries = vec![Entry::SnapshotBegin];
     if let Some(groups) = shard.consumers.cursors.borrow().get(&key) {
-        entries.extend(groups.iter().map(|(group, cursor)| Entry::Set {
-            topic: name.clone(),
-            partition,
-            group: group.clone(),
-            cursor: cursor.clone(),
-        }));
+        entries.extend(
+            groups
+                .iter()
+                .map(|(group, cursor)| super::set_entry(shard, topic, partition, group, cursor)),
+        );
     }
     entries.push(Entry::SnapshotEnd);
     let n = {

@@ -146,13 +146,7 @@ impl Consumers {
         group: &str,
         cursor: &Cursor,
     ) -> Result<AppendReceipt, EngineError> {
-        let entry = Entry::Set {
-            topic: shard.shared.spec.topics[topic].name.clone(),
-            partition,
-            group: group.to_owned(),
-            cursor: cursor.clone(),
-        };
-        self.write(shard, &[entry], &[])
+        self.write(shard, &[set_entry(shard, topic, partition, group, cursor)], &[])
     }
 
     /// Journals `entry`, a change of a cursor of `topic`/`partition`, and in a cluster
@@ -179,12 +173,7 @@ impl Consumers {
         group: &str,
         cursor: &Cursor,
     ) -> Result<Written, EngineError> {
-        let entry = Entry::Set {
-            topic: shard.shared.spec.topics[topic].name.clone(),
-            partition,
-            group: group.to_owned(),
-            cursor: cursor.clone(),
-        };
+        let entry = set_entry(shard, topic, partition, group, cursor);
         self.change(shard, topic, partition, entry).await
     }
 
@@ -348,6 +337,16 @@ impl Consumers {
         if let Err(error) = self.journal.borrow_mut().delete_below(snapshot.first_offset) {
             tracing::warn!(%error, "old consumer journal segments could not be deleted; the next snapshot tries again");
         }
+    }
+}
+
+/// The journal entry that sets the cursor of `group` on `topic`/`partition`.
+fn set_entry(shard: &Shard, topic: usize, partition: u32, group: &str, cursor: &Cursor) -> Entry {
+    Entry::Set {
+        topic: shard.shared.spec.topics[topic].name.clone(),
+        partition,
+        group: group.to_owned(),
+        cursor: cursor.clone(),
     }
 }
 

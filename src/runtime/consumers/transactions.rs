@@ -205,12 +205,7 @@ pub(super) async fn commit(
         shard,
         topic,
         partition,
-        &[Entry::Set {
-            topic: shared.spec.topics[topic].name.clone(),
-            partition,
-            group: group.to_owned(),
-            cursor: after,
-        }],
+        &[super::set_entry(shard, topic, partition, group, &after)],
     )
     .await
     {
