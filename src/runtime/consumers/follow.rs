@@ -391,6 +391,12 @@ async fn read_back(
     let mut read = ReadBack::default();
     let (mut position, mut first_seen) = (0u64, None);
     while position <= marker {
+        if Instant::now() >= deadline || shard.shared.control.is_stopping() {
+            return Err(EngineError::Unavailable(format!(
+                "the consumers of partition {partition} of \"{name}\" are not read back yet (read to offset \
+                 {position} of its cursor partition, past {marker} wanted); ask again"
+            )));
+        }
         let order = FetchOrder {
             topic: cursors_topic,
             partition,
