@@ -250,12 +250,7 @@ pub async fn mirror(shard: &Shard, topic: usize, partition: u32, entries: &[Entr
         });
     };
     let key = (topic, partition);
-    let n = {
-        let mut next = shard.consumers.follow.next.borrow_mut();
-        let n = next.entry(key).or_insert(1);
-        *n += 1;
-        *n - 1
-    };
+    let n = next_number(shard, key);
     let (mirrored, bytes) = send(shard, topic, partition, epoch, n, entries).await?;
     let due = {
         let mut since = shard.consumers.follow.since.borrow_mut();
@@ -267,6 +262,14 @@ pub async fn mirror(shard: &Shard, topic: usize, partition: u32, entries: &[Entr
         snapshot(shard, topic, partition, epoch).await;
     }
     Some(mirrored)
+}
+
+/// The number of the next change of partition `key` in its loaded epoch.
+fn next_number(shard: &Shard, key: (usize, u32)) -> u64 {
+    let mut next = shard.consumers.follow.next.borrow_mut();
+    let n = next.entry(key).or_insert(1);
+    *n += 1;
+    *n - 1
 }
 
 /// Sends one batch of `entries` in order `epoch.n`; `None` if the engine stops.
@@ -320,12 +323,7 @@ async fn snapshot(shard: &Shard, topic: usize, partition: u32, epoch: u32) {
         );
     }
     entries.push(Entry::SnapshotEnd);
-    let n = {
-        let mut next = shard.consumers.follow.next.borrow_mut();
-        let n = next.entry(key).or_insert(1);
-        *n += 1;
-        *n - 1
-    };
+    let n = next_number(shard, key);
     let limit = SNAPSHOT_BATCH_BYTES.min(batch_bytes_max_for(SEGMENT_BYTES) as usize / 2);
     let mut total = 0;
     let mut start = 0;

@@ -201,12 +201,11 @@ impl Consumers {
                 group,
             })
             .collect();
-        entries.extend(cursors.iter().map(|(group, cursor)| Entry::Set {
-            topic: name.clone(),
-            partition,
-            group: group.clone(),
-            cursor: cursor.clone(),
-        }));
+        entries.extend(
+            cursors
+                .iter()
+                .map(|(group, cursor)| set_entry(shard, topic, partition, group, cursor)),
+        );
         // A failed journal write stops the engine and says why; nothing more to do.
         for chunk in entries.chunks(256) {
             if self.write(shard, chunk, &[]).is_err() {
@@ -609,7 +608,7 @@ pub fn txn_id(shard: &Shard) -> String {
 
 use admin::admin;
 use claims::{claim, new_cursor, reclaim};
-pub use follow::{ORDER_HEADER, cursor_topics, led_elsewhere};
+pub use follow::cursor_topics;
 use range::read_range;
 pub use sweeper::run_sweeper;
 pub use transactions::TxnPart;
