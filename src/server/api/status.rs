@@ -46,6 +46,10 @@ pub async fn status(shard: &Rc<Shard>, started: Instant, listeners: &[String], r
             && let Some(Ok(s)) = within(Duration::from_secs(5), rx.recv_async()).await
         {
             shards.push(s);
+        } else {
+            tracing::warn!(
+                "shard {i} did not answer a status request within 5 s: its partitions are missing from this status"
+            );
         }
     }
     let spec = &shared.spec;
@@ -58,14 +62,25 @@ pub async fn status(shard: &Rc<Shard>, started: Instant, listeners: &[String], r
         })
         .collect();
     let jobs_waiting = shards.iter().map(|s| s.jobs_waiting).sum();
+    let metadata = shared
+        .peers
+        .as_ref()
+        .map(|peers| peers.cluster.consensus.metadata().get());
     for p in shards.into_iter().flat_map(|s| s.partitions) {
         if let Some(t) = spec.topic_index(&p.topic) {
             // In a cluster: the partitions this peer owns (its copies of others' are
-            // stale), and the replicas it holds of replicated ones.
-            if shared.peers.as_ref().is_some_and(|peers| {
-                peers.owner(t, p.partition).is_some() && p.replica.as_ref().is_none_or(|r| r.role == "none")
-            }) {
-                continue;
+            // stale), and the replicas the metadata gives it of replicated ones, even
+            // fenced (role `none`) while no leader can be chosen: their absent replicas
+            // are what a user needs to see then.
+            if let (Some(peers), Some(metadata)) = (&shared.peers, &metadata) {
+                let me = peers.cluster.me.addr;
+                let member = metadata
+                    .assignment(&p.topic, p.partition)
+                    .is_some_and(|a| a.replicas.contains(&me) || a.learners.contains(&me));
+                let serves = p.replica.as_ref().is_some_and(|r| r.role != "none");
+                if peers.owner(t, p.partition).is_some() && !serves && !member {
+                    continue;
+                }
             }
             topics[t].partitions.push(p);
         }
