@@ -59,11 +59,12 @@ pub enum RuntimeError {
     },
     #[error("{0}")]
     Cluster(#[from] crate::cluster::ClusterError),
-    #[error(
-        "a clustered dataflow cannot have {what} \"{name}\": it would run on every peer; \
-         feed the dataflow through its ingest listeners and read it with `flowd tail` or consumers"
-    )]
-    NotClusterable { what: &'static str, name: String },
+    #[error("a clustered dataflow cannot have {what} \"{name}\": {why}")]
+    NotClusterable {
+        what: &'static str,
+        name: String,
+        why: &'static str,
+    },
     #[error(
         "a batch an engine stage wrote to partition {partition} of \"{topic}\" was refused ({reason}); \
          this is a bug (every output is sized to fit before it is sent): please report it; nothing of \

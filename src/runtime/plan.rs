@@ -65,17 +65,26 @@ pub fn plan(mut spec: DataflowSpec, cluster: Option<Arc<Cluster>>) -> Result<Pla
         // lead through a replicated topic of their own (`consumers/follow.rs`).
         let cursors = crate::runtime::consumers::cursor_topics(&spec);
         spec.topics.extend(cursors);
-        // Each peer would run them: every line read (or written) once per peer.
-        if let Some(source) = spec.sources.first() {
+        // A source runs where partition 0 of its topic is led (`source.rs`), which needs a
+        // replicated topic: one copy has no lead to follow, and each peer would read.
+        if let Some(source) = spec
+            .sources
+            .iter()
+            .find(|s| spec.topics[s.to].replicas == Some(1))
+        {
             return Err(RuntimeError::NotClusterable {
                 what: "the source",
                 name: source.name.clone(),
+                why: "it runs on the peer leading partition 0 of its topic, and a topic of `replicas = 1` \
+                      has no lead that moves to another peer; give the topic more replicas",
             });
         }
+        // Each peer would run them: every record written once per peer.
         if let Some(sink) = spec.sinks.first() {
             return Err(RuntimeError::NotClusterable {
                 what: "the sink",
                 name: sink.name.clone(),
+                why: "it would run on every peer; read the topic with `flowd tail` or a named consumer",
             });
         }
     }
@@ -272,7 +281,10 @@ pub fn plan(mut spec: DataflowSpec, cluster: Option<Arc<Cluster>>) -> Result<Pla
         && spec.sinks.iter().all(|s| bounded[s.from]);
     let task_count = plans.iter().map(|p| p.stages.len() + p.writers.len()).sum();
     // With listeners open, clients may always send more: the run ends on a signal only.
-    let finishable = (all_bounded && task_count > 0 && spec.ingest.is_none()).then_some(task_count);
+    // In a cluster too: a source or stage on a peer that does not lead its input waits
+    // for that lead, which may come any time.
+    let finishable =
+        (all_bounded && task_count > 0 && spec.ingest.is_none() && peers.is_none()).then_some(task_count);
     let mut services = Vec::new();
     for plan in plans.iter_mut() {
         let (tx, rx) = flume::bounded(SERVICE_CHANNEL_MAX);

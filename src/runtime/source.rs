@@ -4,6 +4,16 @@
 //! A line's input position is its byte offset, so progress is a byte offset and a
 //! replay after a crash starts at a line boundary. Line endings (`\n` or `\r\n`) are
 //! stripped; each line's timestamp is the time it was read.
+//!
+//! In a cluster a source runs on one peer: the one leading partition 0 of its (replicated)
+//! topic, so it moves when that lead does. Taking the lead it reads back, through each
+//! output partition's leader, the furthest provenance point of each of its producers
+//! (what it wrote while other peers led), resumes from its own stored progress (or the
+//! start) and skips what those points cover. Its batches carry the lead's epoch, so an
+//! output's leader takes none of an earlier lead's once this one's came, and each output
+//! carries its own point, so an earlier lead's batch still in flight when this one began
+//! is written once (`already.rs`). Every peer that may lead must see the same input
+//! (the same file, or directory, at the same path).
 
 use std::collections::HashMap;
 use std::fs::File;
@@ -23,6 +33,7 @@ use crate::runtime::error::{Result, RuntimeError};
 use crate::runtime::progress::{self, Progress};
 use crate::runtime::provenance::{Point, source_producer};
 use crate::runtime::shard::Shard;
+use crate::runtime::takeover::{self, Lead};
 use crate::storage::layout::now_ms;
 
 /// Bytes read from the file per round.
@@ -46,6 +57,9 @@ struct Reading {
     /// Longer lines are cut into pieces of this size: each piece fits one record with
     /// the engine's headers (`bounds`).
     line_bytes_max: usize,
+    /// In a cluster: the output topic and the epoch of its partition 0's lead this peer
+    /// reads for; reading stops once that lead is gone.
+    lead: Option<(usize, u32)>,
 }
 
 pub async fn run(shard: Rc<Shard>, task: SourceTask) -> Result<()> {
@@ -80,21 +94,105 @@ pub async fn run(shard: Rc<Shard>, task: SourceTask) -> Result<()> {
         committer,
         scanned: task.scanned,
         line_bytes_max: Bounds::of(&spec.topics[source.to]).ingest_value_bytes_max(),
+        lead: None,
     };
-    if !done {
-        match &source.kind {
-            SourceKind::File { path, follow } => {
-                read_file(&shard, &mut reading, &source.name, path, *follow).await?
+    if takeover::lead(&shard, source.to, 0) == Lead::Always {
+        if !done {
+            read_input(&shard, &mut reading, task.source).await?;
+        }
+        return reading.committer.settle(partitions).await;
+    }
+    // In a cluster: read where partition 0 of the topic is led, from what was written.
+    while !shard.shared.control.is_stopping() {
+        let epoch = match takeover::lead(&shard, source.to, 0) {
+            Lead::Epoch { epoch, .. } if reading.lead != Some((source.to, epoch)) => epoch,
+            _ => {
+                glommio::timer::sleep(FOLLOW_POLL).await;
+                continue;
             }
-            SourceKind::Directory { path } => {
-                read_directory(&shard, &mut reading, &source.name, path).await?
-            }
+        };
+        if reading.emitter.flush().await.is_err() {
+            break;
+        }
+        reading.committer.settle(partitions).await?;
+        let stored = reading.committer.stored().clone();
+        let Some((scanned, read_to)) = read_back(&shard, task.source, &stored).await else {
+            break;
+        };
+        reading.scanned = scanned;
+        reading.emitter.set_lead(epoch);
+        reading.emitter.set_replayed(u64::MAX, read_to);
+        reading.lead = Some((source.to, epoch));
+        tracing::info!(
+            "source {} reads on from byte {}{} as this peer leads partition 0 of \"{}\" in epoch {epoch}; lines already written are skipped",
+            source.name,
+            stored.next,
+            stored
+                .file
+                .as_deref()
+                .map(|f| format!(" of {f}"))
+                .unwrap_or_default(),
+            spec.topics[source.to].name
+        );
+        if !stored.done {
+            read_input(&shard, &mut reading, task.source).await?;
         }
     }
     reading.committer.settle(partitions).await
 }
 
+async fn read_input(shard: &Shard, reading: &mut Reading, source: usize) -> Result<()> {
+    let source = &shard.shared.spec.sources[source];
+    match &source.kind {
+        SourceKind::File { path, follow } => read_file(shard, reading, &source.name, path, *follow).await,
+        SourceKind::Directory { path } => read_directory(shard, reading, &source.name, path).await,
+    }
+}
+
+/// What source `source` wrote while other peers led, read through each output
+/// partition's leader from where its stored progress says its outputs ended: per output
+/// partition, the furthest point of each of its producers (one per file of a directory),
+/// and how far each read went. `None` if the engine stops first.
+async fn read_back(
+    shard: &Rc<Shard>,
+    source: usize,
+    stored: &Progress,
+) -> Option<(Vec<HashMap<String, Point>>, Vec<u64>)> {
+    let spec = &shard.shared.spec;
+    let source = &spec.sources[source];
+    let own = source_producer(&source.name, None);
+    let of_a_file = format!("{own}:");
+    let partitions = spec.topics[source.to].partitions;
+    let mut scanned = Vec::with_capacity(partitions as usize);
+    let mut read_to = Vec::with_capacity(partitions as usize);
+    for q in 0..partitions {
+        let from = stored.output_ends.get(&q).copied().unwrap_or(0);
+        let mut found: HashMap<String, Point> = HashMap::new();
+        let reached = takeover::read_partition(shard, source.to, q, from, &own, |record| {
+            if let Some((point, by)) = takeover::stamp(record)
+                && (by == own || by.starts_with(&of_a_file))
+            {
+                let slot = found.entry(by.to_owned()).or_default();
+                *slot = (*slot).max(point);
+            }
+        })
+        .await?;
+        scanned.push(found);
+        read_to.push(reached);
+    }
+    Some((scanned, read_to))
+}
+
 impl Reading {
+    /// Whether reading goes on: the engine runs, and in a cluster this peer still holds
+    /// the lead it reads for.
+    fn goes_on(&self, shard: &Shard) -> bool {
+        !shard.shared.control.is_stopping()
+            && self.lead.is_none_or(|(topic, epoch)| {
+                matches!(takeover::lead(shard, topic, 0), Lead::Epoch { epoch: now, .. } if now == epoch)
+            })
+    }
+
     /// Points the emitter at `producer`, skipping what a previous run already wrote.
     fn start(&mut self, producer: String, floor: u64) {
         let skip = self
@@ -143,10 +241,9 @@ async fn read_file(
 }
 
 async fn read_directory(shard: &Shard, reading: &mut Reading, name: &str, dir: &Path) -> Result<()> {
-    let control = &shard.shared.control;
     let mut current = reading.committer.stored().file.clone();
     let mut start = reading.committer.stored().next;
-    while !control.is_stopping() {
+    while reading.goes_on(shard) {
         let files = list_files(dir)?;
         let Some(file) = current.clone().or_else(|| files.first().cloned()) else {
             glommio::timer::sleep(FOLLOW_POLL).await;
@@ -206,7 +303,7 @@ async fn read_lines(
     let mut line_start = start;
     let mut position = start;
     let parent_dir = path.parent().map(PathBuf::from);
-    while !control.is_stopping() {
+    while reading.goes_on(shard) {
         let n = file
             .read(&mut chunk)
             .map_err(RuntimeError::io("read source file", path))?;

@@ -24,6 +24,7 @@ use std::time::Duration;
 
 use crate::config::{Guarantee, OpSpec, StageSpec};
 use crate::protocol::FetchFrom;
+use crate::protocol::OwnedWireRecord;
 use crate::protocol::message::Response;
 use crate::runtime::commit::Committer;
 use crate::runtime::emitter::Emitter;
@@ -149,61 +150,23 @@ async fn read_back(
             None => stored.output_ends.get(&q).copied().unwrap_or(0),
         };
         let mut furthest = Point::whole(stored.next);
-        let (mut position, mut failures) = (from, 0u32);
-        loop {
-            if shard.shared.control.is_stopping() {
-                return None;
+        let position = read_partition(shard, to, q, from, producer, |record| {
+            if let Some((point, by)) = stamp(record)
+                && by == producer
+            {
+                furthest = furthest.max(point);
             }
-            let order = FetchOrder {
-                topic: to,
-                partition: q,
-                from: FetchFrom::Offset(position),
-                max_records: FETCH_RECORDS_MAX,
-                max_bytes: FETCH_BYTES_MAX,
-                wait_ms: 0,
-                request_id: 0,
-                batches: false,
-            };
-            let fetched = match service::fetch(shard, order).await.and_then(decode) {
-                Ok(fetched) => fetched,
-                Err(error) => {
-                    failures += 1;
-                    if failures.is_power_of_two() {
-                        tracing::warn!(
-                            "{producer} takes over and cannot read partition {q} of \"{}\" yet ({failures} tries): {error}",
-                            shard.shared.spec.topics[to].name
-                        );
-                    }
-                    let pause = Duration::from_millis(10 << failures.min(7)).min(RETRY_PAUSE_MAX);
-                    glommio::timer::sleep(pause).await;
-                    continue;
-                }
-            };
-            position = position.max(fetched.start_offset);
-            for (offset, record) in &fetched.records {
-                position = offset + 1;
-                for (name, value) in &record.headers {
-                    if name == SOURCE_HEADER
-                        && let Some((point, by)) = provenance::decode(value)
-                        && by == producer
-                    {
-                        furthest = furthest.max(point);
-                    }
-                }
-                if let (Some((partition, of)), Some(key)) = (keys_of, &record.key)
-                    && !record
-                        .headers
-                        .iter()
-                        .any(|(name, _)| name == provenance::END_HEADER)
-                    && crate::protocol::routing::partition_of_bytes(key, of) == partition
-                {
-                    resumed.states.insert(key.clone(), record.value.clone());
-                }
+            if let (Some((partition, of)), Some(key)) = (keys_of, &record.key)
+                && !record
+                    .headers
+                    .iter()
+                    .any(|(name, _)| name == provenance::END_HEADER)
+                && crate::protocol::routing::partition_of_bytes(key, of) == partition
+            {
+                resumed.states.insert(key.clone(), record.value.clone());
             }
-            if fetched.records.is_empty() || position >= fetched.next_offset {
-                break;
-            }
-        }
+        })
+        .await?;
         if exact {
             resumed.skip[q as usize] = furthest;
         }
@@ -211,6 +174,69 @@ async fn read_back(
     }
     resumed.read_to = exact.then_some(read_to);
     Some(resumed)
+}
+
+/// The provenance stamp of `record`, if it carries one: its point and producer.
+pub(crate) fn stamp(record: &OwnedWireRecord) -> Option<(Point, &str)> {
+    record
+        .headers
+        .iter()
+        .find(|(name, _)| name == SOURCE_HEADER)
+        .and_then(|(_, value)| provenance::decode(value))
+}
+
+/// Reads partition `q` of `topic` through whichever peer leads it, from offset `from`
+/// to its end as a quorum holds it, handing each record to `visit`. A read an
+/// unavailable leader refuses is tried again (an election may be under way), said in
+/// the log now and then on behalf of `who`. The offset the read reached, or `None` if
+/// the engine stops first.
+pub(crate) async fn read_partition(
+    shard: &Rc<Shard>,
+    topic: usize,
+    q: u32,
+    from: u64,
+    who: &str,
+    mut visit: impl FnMut(&OwnedWireRecord),
+) -> Option<u64> {
+    let (mut position, mut failures) = (from, 0u32);
+    loop {
+        if shard.shared.control.is_stopping() {
+            return None;
+        }
+        let order = FetchOrder {
+            topic,
+            partition: q,
+            from: FetchFrom::Offset(position),
+            max_records: FETCH_RECORDS_MAX,
+            max_bytes: FETCH_BYTES_MAX,
+            wait_ms: 0,
+            request_id: 0,
+            batches: false,
+        };
+        let fetched = match service::fetch(shard, order).await.and_then(decode) {
+            Ok(fetched) => fetched,
+            Err(error) => {
+                failures += 1;
+                if failures.is_power_of_two() {
+                    tracing::warn!(
+                        "{who} takes over and cannot read partition {q} of \"{}\" yet ({failures} tries): {error}",
+                        shard.shared.spec.topics[topic].name
+                    );
+                }
+                let pause = Duration::from_millis(10 << failures.min(7)).min(RETRY_PAUSE_MAX);
+                glommio::timer::sleep(pause).await;
+                continue;
+            }
+        };
+        position = position.max(fetched.start_offset);
+        for (offset, record) in &fetched.records {
+            position = offset + 1;
+            visit(record);
+        }
+        if fetched.records.is_empty() || position >= fetched.next_offset {
+            return Some(position);
+        }
+    }
 }
 
 pub(crate) fn decode(frame: Vec<u8>) -> Result<crate::protocol::message::Fetched, EngineError> {

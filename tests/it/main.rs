@@ -7,6 +7,7 @@ mod cli_inspect;
 mod cluster;
 mod cluster_consumers;
 mod cluster_jobs;
+mod cluster_sources;
 mod cluster_state;
 mod config_check;
 mod consumers;
