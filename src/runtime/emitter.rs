@@ -76,6 +76,15 @@ pub struct Emitter {
     /// batches go marked uncertain from `replayed_from[partition]` on (`already.rs`).
     replayed_below: u64,
     replayed_from: Vec<u64>,
+    /// Per partition, outputs carry their own point until a batch of this producer's
+    /// lead there is acked: a source that took the lead (`source.rs`), whose previous
+    /// lead's batches may still land until this lead's first one fences them.
+    replay_open: Vec<bool>,
+    /// Per partition, the generation of the first such batch sent, and the end its
+    /// partition had there before: acked once that end moves.
+    replay_watch: Vec<Option<(Arc<Generation>, u64)>>,
+    /// Per partition, whether the batch being buffered carries its points.
+    marking: Vec<bool>,
     /// The epoch of the input's lead this producer writes for (`Batch::lead`).
     lead: Option<u32>,
     /// Per partition, where its last batch went (`None` inside: this peer's shard);
@@ -123,6 +132,9 @@ impl Emitter {
             skip: vec![Point::default(); n],
             replayed_below: 0,
             replayed_from: vec![0; n],
+            replay_open: vec![false; n],
+            replay_watch: vec![None; n],
+            marking: vec![false; n],
             lead: None,
             routes: vec![None; n],
             sent: Vec::new(),
@@ -152,6 +164,29 @@ impl Emitter {
         assert_eq!(from.len(), self.partitions as usize, "one offset per partition");
         self.replayed_below = below;
         self.replayed_from = from;
+    }
+
+    /// Every output carries its own point, its batches marked uncertain from
+    /// `from[partition]` on, until a batch of this producer's lead to that partition is
+    /// acked: from then its partition's leader refuses the earlier lead's (`stale.rs`).
+    /// For a producer whose earlier lead's writes have no bound in its input (a source).
+    pub fn set_replayed_until_acked(&mut self, from: Vec<u64>) {
+        assert_eq!(from.len(), self.partitions as usize, "one offset per partition");
+        self.replayed_from = from;
+        self.replay_open = vec![true; self.partitions as usize];
+        self.replay_watch = vec![None; self.partitions as usize];
+    }
+
+    /// Whether partition `q`'s replay (`set_replayed_until_acked`) is still open.
+    fn replay_still_open(&mut self, q: usize) -> bool {
+        if self.replay_open[q]
+            && let Some((generation, before)) = &self.replay_watch[q]
+            && generation.end(q as u32) > *before
+        {
+            self.replay_open[q] = false;
+            self.replay_watch[q] = None;
+        }
+        self.replay_open[q]
     }
 
     /// This producer writes for its input's lead in `epoch`: each batch says so, and
@@ -278,7 +313,11 @@ impl Emitter {
     fn buffer(&mut self, q: u32, at: (u64, u32), mut frame: u64, mut record: OwnedRecord) {
         let limit = self.bounds.batch_bytes_max.min(BATCH_BYTES_MAX as u64);
         let stamp = self.stamp_bytes;
-        if at.0 < self.replayed_below {
+        // Whether a batch carries its points is decided as it begins, for all of it.
+        if self.buffers[q as usize].records.is_empty() {
+            self.marking[q as usize] = self.replay_still_open(q as usize);
+        }
+        if at.0 < self.replayed_below || self.marking[q as usize] {
             let own = Point {
                 input: at.0,
                 index: at.1.saturating_add(1),
@@ -356,6 +395,10 @@ impl Emitter {
         );
         if replayed {
             batch.uncertain = Some(self.replayed_from[q as usize]);
+            let watch = &mut self.replay_watch[q as usize];
+            if self.replay_open[q as usize] && watch.is_none() {
+                *watch = Some((Arc::clone(&self.generation), self.generation.end(q)));
+            }
         }
         batch.lead = self.lead;
         self.sent.retain(|g| !g.is_durable());

@@ -121,7 +121,7 @@ pub async fn run(shard: Rc<Shard>, task: SourceTask) -> Result<()> {
         };
         reading.scanned = scanned;
         reading.emitter.set_lead(epoch);
-        reading.emitter.set_replayed(u64::MAX, read_to);
+        reading.emitter.set_replayed_until_acked(read_to);
         reading.lead = Some((source.to, epoch));
         tracing::info!(
             "source {} reads on from byte {}{} as this peer leads partition 0 of \"{}\" in epoch {epoch}; lines already written are skipped",

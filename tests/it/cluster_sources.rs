@@ -145,4 +145,36 @@ fn a_file_source_moves_with_its_topics_lead_and_writes_each_line_once_across_a_s
         );
         assert_eq!(counts.len(), total, "exactly the lines appended, each once");
     }
+
+    // Only the new lead's first batches per partition carry their own points (until one
+    // is acked there, fencing the old lead's): those hold every line appended while no
+    // peer read, but not the lines appended after.
+    let mut client = flowd::client::Client::connect(&servers[0].tcp).unwrap();
+    let mut pointed = 0;
+    for p in 0..4 {
+        let mut from = 0;
+        let mut last_pointed = false;
+        for _ in 0..100 {
+            let fetched = client
+                .fetch("lines", p, flowd::protocol::FetchFrom::Offset(from), 10_000, 0)
+                .unwrap();
+            for (offset, record) in &fetched.records {
+                last_pointed = record.headers.iter().any(|(name, _)| name == "flowd-re");
+                pointed += usize::from(last_pointed);
+                from = offset + 1;
+            }
+            if fetched.records.is_empty() || from >= fetched.next_offset {
+                break;
+            }
+        }
+        assert!(
+            !last_pointed,
+            "the last line of partition {p} carries its own point"
+        );
+    }
+    assert!(
+        pointed < total,
+        "{pointed} of {total} lines carry their own point: marking goes on after the takeover's first batches"
+    );
+    eprintln!("{pointed} of {total} lines carry their own point");
 }
