@@ -10,10 +10,10 @@
 //! output partition's leader, the furthest provenance point of each of its producers
 //! (what it wrote while other peers led), resumes from its own stored progress (or the
 //! start) and skips what those points cover. Its batches carry the lead's epoch, so an
-//! output's leader takes none of an earlier lead's once this one's came, and each output
-//! carries its own point, so an earlier lead's batch still in flight when this one began
-//! is written once (`already.rs`). Every peer that may lead must see the same input
-//! (the same file, or directory, at the same path).
+//! output's leader takes none of an earlier lead's once this one's came; until then (one
+//! of its batches acked there) each output carries its own point, so an earlier lead's
+//! batch still in flight when this one began is written once (`already.rs`). Every peer
+//! that may lead must see the same input (the same file, or directory, at the same path).
 
 use std::collections::HashMap;
 use std::fs::File;
