@@ -269,12 +269,11 @@ pub(crate) fn wait_led_by(servers: &[&Server]) -> Duration {
 
 /// Waits until every replica of every partition holds as much as its leader.
 fn wait_replicated(servers: &[&Server]) {
-    wait_until(
-        "every replica holds its leader's records",
-        Duration::from_secs(30),
-        || {
-            let views: Vec<_> = servers.iter().map(|s| replicas(s)).collect();
-            (0..8u64).all(|p| {
+    let mut views = Vec::new();
+    let whole = crate::support::poll(Duration::from_secs(30), Duration::from_millis(20), || {
+        views = servers.iter().map(|s| replicas(s)).collect();
+        (0..8u64)
+            .all(|p| {
                 let Some(ends) = views
                     .iter()
                     .map(|v| v.get(&p).map(|r| r.2))
@@ -284,8 +283,31 @@ fn wait_replicated(servers: &[&Server]) {
                 };
                 ends.iter().all(|e| *e == ends[0])
             })
-        },
-    );
+            .then_some(())
+    });
+    if whole.is_none() {
+        // What each peer held, and what it last warned of: a stalled copy says why.
+        let warnings: Vec<String> = servers
+            .iter()
+            .map(|s| {
+                let text = s.log.text();
+                let lines: Vec<&str> = text
+                    .lines()
+                    .filter(|l| l.contains(" WARN ") || l.contains(" ERROR "))
+                    .filter(|l| !l.contains("openraft"))
+                    .collect();
+                format!(
+                    "{}:\n{}",
+                    s.tcp,
+                    lines[lines.len().saturating_sub(8)..].join("\n")
+                )
+            })
+            .collect();
+        panic!(
+            "every replica holds its leader's records: not within 30s; (role, epoch, end, hwm) by partition, per peer: {views:#?}\n{}",
+            warnings.join("\n")
+        );
+    }
 }
 
 #[test]
