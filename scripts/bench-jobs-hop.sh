@@ -67,7 +67,7 @@ done
 leader=""
 for _ in $(seq 300); do
   for i in $(seq 0 $((peers - 1))); do
-    if "$bin" status --from "127.0.0.1:$((base + 100 + i))" --json 2>/dev/null | python3 -c '
+    if "$bin" status --local --from "127.0.0.1:$((base + 100 + i))" --json 2>/dev/null | python3 -c '
 import json, sys
 s = json.load(sys.stdin)
 p = s["topics"][0]["partitions"][0]

@@ -50,12 +50,12 @@ TOML
   done
   # Every partition led (replicated) or served (not), seen through the first peer.
   for _ in $(seq 300); do
-    if "$bin" status --from "127.0.0.1:$((base + 100))" --json 2>/dev/null | python3 -c '
+    if "$bin" status --local --from "127.0.0.1:$((base + 100))" --json 2>/dev/null | python3 -c '
 import json, sys
 s = json.load(sys.stdin)
 ps = [p for t in s["topics"] for p in t["partitions"]]
 ok = len(s["peers"]) == 3 and all(p.get("replica") is None or p["replica"]["role"] in ("leader", "follower") for p in ps)
-sys.exit(0 if ok else 1)' && [ "$("$bin" status --from "127.0.0.1:$((base + 100))" --json | python3 -c '
+sys.exit(0 if ok else 1)' && [ "$("$bin" status --local --from "127.0.0.1:$((base + 100))" --json | python3 -c '
 import json, sys
 s = json.load(sys.stdin)
 print(sum(p["partitions"] for p in s["peers"]) if all(p["state"] == "alive" for p in s["peers"]) else 0)')" -ge 6 ]; then

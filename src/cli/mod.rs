@@ -135,11 +135,17 @@ enum Command {
         key: String,
     },
     /// Show a running engine: cores, topics, partitions, offsets, consumers and lag, rates.
+    /// In a cluster: every peer, every partition's leader and replicas, the cluster's rates,
+    /// as the peer reached gathers them from the others.
     Status {
         #[arg(long, default_value = DEFAULT_TCP, value_name = "ADDR")]
         from: String,
         #[arg(long)]
         json: bool,
+        /// Only the peer reached: the partitions it leads or holds a copy of, as it sees
+        /// them, and its own rates.
+        #[arg(long)]
+        local: bool,
     },
     /// Load generator and report: throughput and latency percentiles.
     Bench {
@@ -242,7 +248,7 @@ impl Cli {
                 follow,
                 json,
             }),
-            Command::Status { from, json } => status::run(&from, json),
+            Command::Status { from, json, local } => status::run(&from, json, local),
             Command::State { from, stage, key } => state::run(&from, &stage, &key),
             Command::Drain { from, group, timeout } => {
                 drain::run(&from, group.as_deref(), std::time::Duration::from_secs(timeout))

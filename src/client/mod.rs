@@ -249,9 +249,10 @@ impl Client {
         }
     }
 
-    /// The status document (`GET /status`) as JSON.
-    pub fn status(&mut self) -> Result<serde_json::Value> {
-        match self.call(&Request::Status)? {
+    /// The status document (`GET /status`) as JSON: in a cluster, the whole cluster's as
+    /// the peer reached gathers it, or with `local` that peer's own only.
+    pub fn status(&mut self, local: bool) -> Result<serde_json::Value> {
+        match self.call(&Request::Status { local })? {
             Response::Status(json) => serde_json::from_slice(&json)
                 .map_err(|e| ClientError::Protocol(format!("status is not JSON: {e}"))),
             other => Err(unexpected(&other)),

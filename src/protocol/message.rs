@@ -86,7 +86,11 @@ pub enum Request<'a> {
     FetchBatches(FetchRequest<'a>),
     Metadata,
     Job(JobRequest<'a>),
-    Status,
+    /// The status document: the whole cluster's as this peer gathers it, or (`local`)
+    /// this peer's own only.
+    Status {
+        local: bool,
+    },
     Claim(ClaimRequest<'a>),
     Ack(ConsumerRef<'a>),
     Reclaim(ConsumerRef<'a>),
@@ -197,7 +201,20 @@ impl<'a> Request<'a> {
                 }
             }
             Some(Kind::Metadata) => Request::Metadata,
-            Some(Kind::Status) => Request::Status,
+            Some(Kind::Status) => Request::Status {
+                local: match c.remaining() {
+                    0 => false,
+                    _ => match c.u8("the status scope")? {
+                        0 => false,
+                        1 => true,
+                        other => {
+                            return Err(ProtocolError::malformed(format!(
+                                "a status scope is 0 (the cluster's) or 1 (this peer's own), not {other}"
+                            )));
+                        }
+                    },
+                },
+            },
             Some(Kind::Job) => Request::Job(JobRequest {
                 job: c.str("a job name")?,
                 timeout_ms: c.u32("a timeout")?,
@@ -253,7 +270,7 @@ impl<'a> Request<'a> {
             Request::FetchBatches(_) => Kind::FetchBatches,
             Request::Metadata => Kind::Metadata,
             Request::Job(_) => Kind::Job,
-            Request::Status => Kind::Status,
+            Request::Status { .. } => Kind::Status,
             Request::Claim(_) => Kind::Claim,
             Request::Ack(_) => Kind::Ack,
             Request::Reclaim(_) => Kind::Reclaim,
@@ -290,7 +307,8 @@ impl<'a> Request<'a> {
                 put_u32(out, f.max_bytes);
                 put_u32(out, f.wait_ms);
             }
-            Request::Metadata | Request::Status => {}
+            Request::Metadata | Request::Status { local: false } => {}
+            Request::Status { local: true } => out.push(1),
             Request::Job(j) => {
                 put_str(out, j.job);
                 put_u32(out, j.timeout_ms);
@@ -659,7 +677,8 @@ mod tests {
                 wait_ms: 5,
             }),
             Request::Metadata,
-            Request::Status,
+            Request::Status { local: false },
+            Request::Status { local: true },
             Request::Job(JobRequest {
                 job: "j",
                 timeout_ms: 0,

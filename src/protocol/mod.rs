@@ -55,7 +55,8 @@
 //!                u32 partitions; u16 jobs; per job: string name, string topic
 //! 0x04 JOB       string job, u32 timeout ms (0: the job's configured timeout), record
 //! 0x84 ANSWER    record: the first output the dataflow's reply stage saw for the job
-//! 0x05 STATUS    (empty)
+//! 0x05 STATUS    (empty: the whole cluster's, as this peer gathers it), or u8 scope
+//!                (0 the cluster's, 1 this peer's own only)
 //! 0x85 STATUS    bytes: the JSON document of GET /status
 //! 0x06 STATE     string stage, bytes key: what a `state` stage holds for the key,
 //!                answered with an ANSWER (key, state) or ERROR unknown_state

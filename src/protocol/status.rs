@@ -23,13 +23,61 @@ pub struct Status {
     pub bytes_in: u64,
     pub connections_open: u64,
     pub jobs_waiting: usize,
+    /// Jobs taken at this door (request/reply), and per second lately.
+    #[serde(default)]
+    pub jobs_in: u64,
+    #[serde(default)]
+    pub jobs_in_per_sec: f64,
+    /// Produce-to-ack latency; in a cluster's status, the highest of the peers' at each
+    /// quantile.
     pub produce_latency_us: Quantiles,
+    /// `peer`: the peer asked only (one machine, or `flowd status --local`); `cluster`:
+    /// every peer that answered, put together by the peer asked. Counters and rates are
+    /// then the cluster's sums, each partition is shown as its leader sees it, and each
+    /// peer's own figures are in its `load`.
+    #[serde(default)]
+    pub scope: Scope,
+    /// In a cluster's status: the peers whose own status did not come, and why. Their
+    /// figures are missing from the sums, and partitions only they list are missing.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub unanswered: Vec<Unanswered>,
     /// In a cluster: every peer this one knows, itself first. Empty on one machine.
     #[serde(default)]
     pub peers: Vec<PeerStatus>,
     /// In a cluster: the metadata group (consensus) as this peer sees it.
     #[serde(default)]
     pub metadata_group: Option<GroupStatus>,
+}
+
+/// Whose status a document is.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Scope {
+    /// The peer asked, alone.
+    #[default]
+    Peer,
+    /// Every peer that answered the peer asked.
+    Cluster,
+}
+
+/// A peer whose status did not come into a cluster's status.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Unanswered {
+    pub addr: String,
+    pub why: String,
+}
+
+/// One peer's own figures, in a cluster's status.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct PeerLoad {
+    pub records_in: u64,
+    pub records_in_per_sec: f64,
+    pub bytes_in: u64,
+    pub jobs_in: u64,
+    pub jobs_in_per_sec: f64,
+    pub jobs_waiting: usize,
+    pub connections_open: u64,
+    pub produce_latency_us: Quantiles,
 }
 
 /// The cluster's metadata group (Raft) as one peer sees it.
@@ -62,6 +110,9 @@ pub struct PeerStatus {
     /// Its disk is full: it takes no writes until space is freed.
     #[serde(default)]
     pub disk_full: bool,
+    /// In a cluster's status: its own figures, as it answered them (`None`: it did not).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub load: Option<PeerLoad>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -146,6 +197,10 @@ pub struct PartitionStatus {
     /// In a cluster, for a replicated topic: its replication as this peer sees it.
     #[serde(default)]
     pub replica: Option<ReplicaStatus>,
+    /// In a cluster's status: the peer this row comes from (the partition's leader, or
+    /// its owner when it is not replicated; another holder of it while none serves it).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub peer: Option<String>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]

@@ -294,6 +294,7 @@ pub fn status(shard: &Shard) -> ShardStatus {
                             damaged: state.damage(),
                         }
                     }),
+                peer: None,
             }
         })
         .collect();

@@ -350,7 +350,7 @@ async fn dispatch(
         Request::Range(r) => fetched(r.spec.max_bytes),
         Request::Job(_) => body + RECORD_RESPONSE,
         Request::State { .. } => RECORD_RESPONSE,
-        Request::Status | Request::ConsumerAdmin(_) => LARGE_RESPONSE,
+        Request::Status { .. } | Request::ConsumerAdmin(_) => LARGE_RESPONSE,
     };
     // A single request may always go alone, whatever it costs.
     let cost = cost.min(RESPONSE_BUDGET + front.max_frame_bytes as u64);
@@ -428,12 +428,13 @@ async fn dispatch(
             );
             let _ = out.send_async((bytes, Some(held))).await;
         }
-        Request::Status => {
+        Request::Status { local } => {
+            // A status relayed from another peer gathering the cluster's is this peer's own.
+            let local = local || frame.header.flags & FLAG_RELAYED != 0;
             let (shard, front, out) = (Rc::clone(shard), Rc::clone(front), out.clone());
             let tasks = Rc::clone(&shard.tasks);
             tasks.spawn(async move {
-                let rate = front.rate(shard.shared.metrics.records_in.get());
-                let status = api::status(&shard, front.started, &front.listeners, rate).await;
+                let status = front.status(&shard, local).await;
                 let json = serde_json::to_vec(&status).expect("status serializes");
                 let mut bytes = Vec::new();
                 encode_status(&mut bytes, id, &json);

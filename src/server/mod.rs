@@ -45,25 +45,44 @@ pub struct Front {
     pub started: Instant,
     /// This shard's connections to the peers it relays client requests to.
     pub relays: relay::Relays,
-    /// The last `(time, records in)` sample, for the ingest rate.
-    last_sample: RefCell<(Instant, u64)>,
+    /// The last `(time, records in, jobs in)` sample, for the rates.
+    last_sample: RefCell<(Instant, u64, u64)>,
 }
 
 impl Front {
-    /// Records taken per second since the previous call (or since start).
-    pub fn rate(&self, records_in: u64) -> f64 {
+    /// Records and jobs taken per second since the previous sample (at least a second
+    /// old, or since start).
+    pub fn rates(&self, records_in: u64, jobs_in: u64) -> (f64, f64) {
         let now = Instant::now();
         let mut last = self.last_sample.borrow_mut();
         let elapsed = now.duration_since(last.0).as_secs_f64();
-        let rate = if elapsed > 0.0 {
-            records_in.saturating_sub(last.1) as f64 / elapsed
-        } else {
-            0.0
+        let per_sec = |now: u64, then: u64| {
+            if elapsed > 0.0 {
+                now.saturating_sub(then) as f64 / elapsed
+            } else {
+                0.0
+            }
         };
+        let rates = (per_sec(records_in, last.1), per_sec(jobs_in, last.2));
         if elapsed >= 1.0 {
-            *last = (now, records_in);
+            *last = (now, records_in, jobs_in);
         }
-        rate
+        rates
+    }
+
+    /// The status document: this peer's own, or (in a cluster, unless `local`) every
+    /// peer's put together, each other peer asked through its client listener at once.
+    pub async fn status(&self, shard: &Rc<Shard>, local: bool) -> crate::protocol::status::Status {
+        let metrics = &shard.shared.metrics;
+        let rates = self.rates(metrics.records_in.get(), metrics.jobs.get());
+        let own = api::status::status(shard, self.started, &self.listeners, rates).await;
+        match shard.shared.peers.as_deref() {
+            Some(peers) if !local => {
+                let answers = relay::statuses(&self.relays, peers).await;
+                api::status::merge(own, answers)
+            }
+            _ => own,
+        }
     }
 }
 
@@ -193,7 +212,7 @@ fn serve(shard: &Rc<Shard>, sockets: ShardSockets) {
         listeners: sockets.names.clone(),
         started: Instant::now(),
         relays: relay::Relays::default(),
-        last_sample: RefCell::new((Instant::now(), 0)),
+        last_sample: RefCell::new((Instant::now(), 0, 0)),
     });
     if let Some(fd) = sockets.tcp {
         shard

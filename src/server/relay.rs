@@ -1,7 +1,8 @@
 //! Client requests about a partition another peer leads, relayed to that peer's client
 //! listener and answered back through this one: fetches, consumer requests (claim, ack,
 //! reclaim, ack-and-commit), range and length reads, and state reads work through any
-//! peer (a FETCH_BATCHES gets the leader's stored batches as they are).
+//! peer (a FETCH_BATCHES gets the leader's stored batches as they are). A cluster's
+//! status asks every live peer for its own at once (`statuses`).
 //!
 //! One connection per (shard, peer), made when first needed and dropped on any error or
 //! on an answer that does not come. Requests are pipelined on it under ids of its own
@@ -23,9 +24,12 @@ use futures_lite::AsyncReadExt;
 use glommio::net::TcpStream;
 use glommio::sync::Semaphore;
 
+use crate::cluster::view::PeerState;
 use crate::protocol::frame::{FLAG_RELAYED, RawFrame};
 use crate::protocol::message::{Response, encode_error};
+use crate::protocol::status::Status;
 use crate::protocol::{ErrorCode, ProtocolError, Request, parse_frame};
+use crate::runtime::cluster::peers::Peers;
 use crate::runtime::service::FETCH_WAIT_MAX;
 use crate::runtime::shard::Shard;
 use crate::server::api::{self, within};
@@ -155,6 +159,76 @@ pub async fn state(
             format!("the peer {} answered a state read with {other:?}", route.peer),
         )),
     }
+}
+
+/// How long a peer's own status may take to come into a cluster's status: past the 5 s
+/// its shards each have to answer it.
+pub const STATUS_WAIT: Duration = Duration::from_secs(8);
+
+/// Every other peer's own status, asked of all at once through their client listeners
+/// (STATUS with scope 1): each one's, or why it did not come (a peer not alive is not
+/// asked). In the order of this peer's view.
+pub async fn statuses(relays: &Relays, peers: &Peers) -> Vec<(SocketAddr, Result<Status, String>)> {
+    let view = peers.cluster.view.get();
+    let mut frame = Vec::new();
+    Request::Status { local: true }.encode(0, &mut frame);
+    let asks = view.others.iter().map(|m| {
+        let (addr, client, state) = (m.id.addr, m.id.client, m.state);
+        let frame = frame.clone();
+        async move {
+            let answer = match (state, client) {
+                (PeerState::Alive, Some(to)) => relays
+                    .exchange(to, frame, STATUS_WAIT)
+                    .await
+                    .and_then(|answer| own_status(&answer)),
+                (PeerState::Alive, None) => Err("its client listener is not known yet".to_owned()),
+                (state, _) => Err(format!("it is {}", format!("{state:?}").to_lowercase())),
+            };
+            (addr, answer)
+        }
+    });
+    join_all(asks.collect()).await
+}
+
+/// A peer's own status from its answer frame.
+fn own_status(answer: &[u8]) -> Result<Status, String> {
+    let parsed = parse_frame(answer, answer.len())
+        .map_err(|e| e.to_string())?
+        .ok_or("an answer cut short")?;
+    match Response::decode(&parsed.header, parsed.body).map_err(|e| e.to_string())? {
+        Response::Status(json) => {
+            serde_json::from_slice(&json).map_err(|e| format!("its status is not one this peer reads: {e}"))
+        }
+        Response::Error { message, .. } => Err(message),
+        other => Err(format!("it answered a status request with {other:?}")),
+    }
+}
+
+/// Runs `futures` together on this task: their outputs, in their order.
+async fn join_all<F: std::future::Future>(futures: Vec<F>) -> Vec<F::Output> {
+    let mut futures: Vec<std::pin::Pin<Box<F>>> = futures.into_iter().map(Box::pin).collect();
+    let mut outputs: Vec<Option<F::Output>> = futures.iter().map(|_| None).collect();
+    std::future::poll_fn(|cx| {
+        let mut waiting = false;
+        for (future, output) in futures.iter_mut().zip(outputs.iter_mut()) {
+            if output.is_none() {
+                match future.as_mut().poll(cx) {
+                    std::task::Poll::Ready(value) => *output = Some(value),
+                    std::task::Poll::Pending => waiting = true,
+                }
+            }
+        }
+        if waiting {
+            std::task::Poll::Pending
+        } else {
+            std::task::Poll::Ready(())
+        }
+    })
+    .await;
+    outputs
+        .into_iter()
+        .map(|o| o.expect("every future ended"))
+        .collect()
 }
 
 /// The whole frame `frame` was parsed from, as it came.

@@ -94,7 +94,7 @@ pub(crate) fn peer(dir: &Path, name: &str, at: &str, seed: Option<&str>) -> Serv
 }
 
 pub(crate) fn status(server: &Server) -> Value {
-    let (code, out, err) = run_cli(&["status", "--from", &server.tcp, "--json"], "");
+    let (code, out, err) = run_cli(&["status", "--local", "--from", &server.tcp, "--json"], "");
     assert_eq!(code, 0, "{err}");
     serde_json::from_str(&out).unwrap()
 }

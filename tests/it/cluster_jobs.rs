@@ -319,7 +319,7 @@ pub(crate) fn word_stems_jobs_through_three_peers_with_one_sigkilled() {
                 for (i, server) in servers.iter().enumerate() {
                     std::fs::write(keep.join(format!("p{}.log", i + 1)), server.log.text()).unwrap();
                     if let Ok(mut client) = Client::connect(&server.tcp)
-                        && let Ok(status) = client.status()
+                        && let Ok(status) = client.status(true)
                     {
                         std::fs::write(keep.join(format!("p{}.status.json", i + 1)), status.to_string())
                             .unwrap();

@@ -335,7 +335,7 @@ to = "out"
         || (samples < 6 && started.elapsed() < Duration::from_secs(30))
     {
         rss_max = rss_max.max(rss_kib(server.pid()).unwrap_or(0));
-        let status = client.status().unwrap();
+        let status = client.status(false).unwrap();
         for topic in status["topics"]
             .as_array()
             .unwrap()

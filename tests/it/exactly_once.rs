@@ -147,7 +147,7 @@ fn produce(addr: String, first: u64, limit: u64, stop: Arc<AtomicBool>) -> std::
 /// Where `stage` stands in `topic`: the sum of its positions, and of its lags (records
 /// it has not read yet).
 fn stage_progress(client: &mut Client, topic: &str, stage: &str) -> (u64, u64) {
-    let status = client.status().unwrap();
+    let status = client.status(false).unwrap();
     let t = status["topics"]
         .as_array()
         .unwrap()

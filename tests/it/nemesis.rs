@@ -296,7 +296,7 @@ fn read_or_why(server: &Server) -> Result<Vec<(u32, u64, String)>, String> {
 
 /// Each partition's leader epoch as `server` sees it (empty if it does not answer).
 fn epochs(server: &Server) -> Vec<u64> {
-    let (code, out, _) = run_cli(&["status", "--from", &server.tcp, "--json"], "");
+    let (code, out, _) = run_cli(&["status", "--local", "--from", &server.tcp, "--json"], "");
     if code != 0 {
         return Vec::new();
     }
@@ -375,7 +375,7 @@ fn producer(tcp: String, i: usize, stop: Arc<AtomicBool>, acked: Acked) -> std::
 fn statuses(servers: &[Server]) -> String {
     servers
         .iter()
-        .map(|s| run_cli(&["status", "--from", &s.tcp], "").1)
+        .map(|s| run_cli(&["status", "--local", "--from", &s.tcp], "").1)
         .collect::<Vec<_>>()
         .join("\n")
 }
@@ -388,7 +388,7 @@ fn whole(servers: &[Server]) -> bool {
     // each holds some, and together they hold every one.
     let mut listed = std::collections::BTreeSet::new();
     let each = servers.iter().all(|s| {
-        let (code, out, _) = run_cli(&["status", "--from", &s.tcp, "--json"], "");
+        let (code, out, _) = run_cli(&["status", "--local", "--from", &s.tcp, "--json"], "");
         let Ok(status) = serde_json::from_str::<Value>(&out) else {
             return false;
         };
@@ -762,7 +762,7 @@ fn nemesis_every_acked_record_survives_kills_pauses_and_cuts() {
 
 /// Partition 0's leader as `server` sees it: the peer's index, by its address.
 fn leader_of_partition_0(net: &Net, server: &Server) -> Option<usize> {
-    let (code, out, _) = run_cli(&["status", "--from", &server.tcp, "--json"], "");
+    let (code, out, _) = run_cli(&["status", "--local", "--from", &server.tcp, "--json"], "");
     if code != 0 {
         return None;
     }
@@ -775,7 +775,7 @@ fn leader_of_partition_0(net: &Net, server: &Server) -> Option<usize> {
 
 /// How far `server`'s own copy of partition 0 is durable.
 fn own_end_of_partition_0(server: &Server) -> Option<u64> {
-    let (code, out, _) = run_cli(&["status", "--from", &server.tcp, "--json"], "");
+    let (code, out, _) = run_cli(&["status", "--local", "--from", &server.tcp, "--json"], "");
     if code != 0 {
         return None;
     }

@@ -33,7 +33,7 @@ retention = { max_age = "2s", max_bytes = "1MiB" }
 
 /// `(start_offset, next_offset, bytes, segments)` of partition 0 of `events`.
 fn partition(client: &mut Client) -> (u64, u64, u64, u64) {
-    let status = client.status().unwrap();
+    let status = client.status(false).unwrap();
     let p = &status["topics"][0]["partitions"][0];
     let n = |k: &str| p[k].as_u64().unwrap_or_else(|| panic!("{k} in {p}"));
     (n("start_offset"), n("next_offset"), n("bytes"), n("segments"))

@@ -12,7 +12,7 @@ mod fetch;
 mod jobs;
 mod produce;
 mod state;
-mod status;
+pub mod status;
 
 pub use fetch::{fetch, parse_from};
 pub use jobs::{JOB_TIMEOUT_MAX, job};
@@ -20,7 +20,7 @@ pub use produce::{
     Layout, Part, PendingProduce, Split, client_topic, produce, produce_batch, runs, split, too_large,
 };
 pub use state::{state, state_partition};
-pub use status::{metadata, status};
+pub use status::metadata;
 
 use std::time::Duration;
 
