@@ -49,10 +49,19 @@ const TOPIC: &[&str] = &[
     "replicas",
 ];
 const RETENTION: &[&str] = &["max_age", "max_bytes"];
-const SOURCE: &[&str] = &["name", "type", "path", "follow", "timestamp", "to", "route"];
+const SOURCE: &[&str] = &[
+    "name",
+    "type",
+    "path",
+    "follow",
+    "timestamp",
+    "to",
+    "route",
+    "per_peer",
+];
 const STAGE: &[&str] = &["name", "from", "op", "to", "route", "guarantee", "on_error"];
 const ON_ERROR: &[&str] = &["max_reclaims", "then", "dead_letter"];
-const SINK: &[&str] = &["name", "from", "type", "path", "format"];
+const SINK: &[&str] = &["name", "from", "type", "path", "format", "per_peer"];
 const ROUTE: &[&str] = &["shard_by"];
 
 /// The parameter keys of operators that take a table.

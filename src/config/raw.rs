@@ -95,6 +95,8 @@ pub struct RawSource {
     pub timestamp: Option<Spanned<String>>,
     pub to: Spanned<String>,
     pub route: Option<Spanned<toml::Value>>,
+    /// In a cluster: every peer reads its own file (else one peer reads, chosen by the cluster).
+    pub per_peer: Option<Spanned<bool>>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -117,6 +119,8 @@ pub struct RawSink {
     pub kind: Spanned<String>,
     pub path: Option<Spanned<String>>,
     pub format: Option<Spanned<String>>,
+    /// In a cluster: every peer writes its own file (else one peer writes, chosen by the cluster).
+    pub per_peer: Option<Spanned<bool>>,
 }
 
 /// `from = "a"` or `from = ["a", "b"]`.

@@ -121,6 +121,9 @@ pub struct SourceSpec {
     /// Index into `DataflowSpec::topics`.
     pub to: usize,
     pub route: Route,
+    /// In a cluster: every peer reads its own input under a producer id of its own;
+    /// otherwise the peer leading partition 0 of `to` reads (`runtime/source.rs`).
+    pub per_peer: bool,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -391,6 +394,9 @@ pub struct SinkSpec {
     pub from: usize,
     pub kind: SinkKind,
     pub format: SinkFormat,
+    /// In a cluster: every peer writes every record of `from` to its own output;
+    /// otherwise the peer leading partition 0 of `from` writes (`runtime/sink.rs`).
+    pub per_peer: bool,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -492,6 +492,7 @@ impl Validator<'_, '_> {
             timestamp: raw.timestamp.as_ref().map(|t| t.get_ref().clone()),
             to: self.topic_ref(&raw.to, &key("to"), topics),
             route: self.route(raw.route.as_ref(), &key("route")),
+            per_peer: raw.per_peer.as_ref().is_some_and(|p| *p.get_ref()),
         }
     }
 
@@ -628,6 +629,7 @@ impl Validator<'_, '_> {
             from: self.topic_ref(&raw.from, &key("from"), topics),
             kind,
             format,
+            per_peer: raw.per_peer.as_ref().is_some_and(|p| *p.get_ref()),
         }
     }
 

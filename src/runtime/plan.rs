@@ -41,6 +41,8 @@ pub struct ShardPlan {
     sources: Vec<SourceTask>,
     forwarders: Vec<ForwarderTask>,
     writers: Vec<(WriterTask, flume::Receiver<SinkChunk>)>,
+    /// Sinks in a cluster, each reading its topic through the partitions' leaders.
+    clustered_sinks: Vec<WriterTask>,
     replies: Vec<ReplyTask>,
     service: Option<flume::Receiver<ShardRequest>>,
     journal: Option<ShardJournal>,
@@ -65,26 +67,26 @@ pub fn plan(mut spec: DataflowSpec, cluster: Option<Arc<Cluster>>) -> Result<Pla
         // lead through a replicated topic of their own (`consumers/follow.rs`).
         let cursors = crate::runtime::consumers::cursor_topics(&spec);
         spec.topics.extend(cursors);
-        // A source runs where partition 0 of its topic is led (`source.rs`), which needs a
-        // replicated topic: one copy has no lead to follow, and each peer would read.
-        if let Some(source) = spec
-            .sources
-            .iter()
-            .find(|s| spec.topics[s.to].replicas == Some(1))
-        {
+        // A source (a sink) runs where partition 0 of its topic is led (`source.rs`,
+        // `sink.rs`), which needs a replicated topic: one copy has no lead to follow, and
+        // each peer would read (write). With `per_peer` each peer does, on purpose.
+        let one_copy = |topic: usize| spec.topics[topic].replicas == Some(1);
+        if let Some(source) = spec.sources.iter().find(|s| !s.per_peer && one_copy(s.to)) {
             return Err(RuntimeError::NotClusterable {
                 what: "the source",
                 name: source.name.clone(),
                 why: "it runs on the peer leading partition 0 of its topic, and a topic of `replicas = 1` \
-                      has no lead that moves to another peer; give the topic more replicas",
+                      has no lead that moves to another peer; give the topic more replicas, or say \
+                      `per_peer = true` for every peer to read its own file",
             });
         }
-        // Each peer would run them: every record written once per peer.
-        if let Some(sink) = spec.sinks.first() {
+        if let Some(sink) = spec.sinks.iter().find(|s| !s.per_peer && one_copy(s.from)) {
             return Err(RuntimeError::NotClusterable {
                 what: "the sink",
                 name: sink.name.clone(),
-                why: "it would run on every peer; read the topic with `flowd tail` or a named consumer",
+                why: "it runs on the peer leading partition 0 of its topic, and a topic of `replicas = 1` \
+                      has no lead that moves to another peer; give the topic more replicas, or say \
+                      `per_peer = true` for every peer to write every record to its own file",
             });
         }
     }
@@ -215,6 +217,20 @@ pub fn plan(mut spec: DataflowSpec, cluster: Option<Arc<Cluster>>) -> Result<Pla
     for (i, sink_spec) in spec.sinks.iter().enumerate() {
         let progress =
             progress::load(&progress::path(&data_dir, &sink_spec.name, "sink"))?.unwrap_or_default();
+        let task = WriterTask {
+            sink: i,
+            progress,
+            expected_ends: producers[sink_spec.from].clone(),
+        };
+        // In a cluster the partitions are led on several peers: the sink reads each
+        // through its leader (`sink::run_clustered`), and its channel goes unused.
+        let (tx, rx) = flume::bounded(SINK_CHANNEL_CHUNKS_MAX);
+        sink_senders.push(tx);
+        if cluster.is_some() {
+            plans[i % shards].clustered_sinks.push(task);
+            continue;
+        }
+        let progress = &task.progress;
         for p in 0..spec.topics[sink_spec.from].partitions {
             let stored = progress.partitions.get(&p).copied().unwrap_or(0);
             let end = logs[sink_spec.from][p as usize].next_offset();
@@ -233,13 +249,6 @@ pub fn plan(mut spec: DataflowSpec, cluster: Option<Arc<Cluster>>) -> Result<Pla
                 start,
             });
         }
-        let (tx, rx) = flume::bounded(SINK_CHANNEL_CHUNKS_MAX);
-        sink_senders.push(tx);
-        let task = WriterTask {
-            sink: i,
-            progress,
-            expected_ends: producers[sink_spec.from].clone(),
-        };
         plans[i % shards].writers.push((task, rx));
     }
     for (topic, partitions) in logs.into_iter().enumerate() {
@@ -294,7 +303,7 @@ pub fn plan(mut spec: DataflowSpec, cluster: Option<Arc<Cluster>>) -> Result<Pla
     let control = Control::default();
     let live: usize = plans
         .iter()
-        .map(|p| p.stages.len() + p.sources.len() + p.writers.len())
+        .map(|p| p.stages.len() + p.sources.len() + p.writers.len() + p.clustered_sinks.len())
         .sum();
     control.producers_live.store(live, Ordering::Release);
     let shared = Arc::new(Shared {
@@ -345,7 +354,7 @@ pub fn core_count(cores: Cores) -> Result<usize> {
 fn producers_by_topic(spec: &DataflowSpec) -> Vec<HashSet<String>> {
     let mut producers = vec![HashSet::new(); spec.topics.len()];
     for source in &spec.sources {
-        producers[source.to].insert(source_producer(&source.name, None));
+        producers[source.to].insert(source_producer(&source.name, None, None));
     }
     for stage in &spec.stages {
         let Some(to) = stage.to else {
@@ -673,6 +682,9 @@ async fn run_shard(
     }
     for (task, receiver) in plan.writers {
         spawn_counted(&shard, 1, sink::write(Rc::clone(&shard), task, receiver));
+    }
+    for task in plan.clustered_sinks {
+        spawn_counted(&shard, 1, sink::run_clustered(Rc::clone(&shard), task));
     }
     for task in plan.forwarders {
         let s = Rc::clone(&shard);

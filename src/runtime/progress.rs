@@ -38,6 +38,10 @@ pub struct Progress {
     /// File sinks: the length of the output file that holds exactly those records.
     #[serde(default)]
     pub file_len: u64,
+    /// File sinks: the CRC32C of those `file_len` bytes (`None` in a progress stored before
+    /// it was kept), so that a peer taking a sink on in a cluster knows its file holds them.
+    #[serde(default)]
+    pub file_crc: Option<u32>,
     /// The producer finished its input and wrote its end markers.
     #[serde(default)]
     pub done: bool,

@@ -31,11 +31,14 @@ pub fn dead_letter_producer(stage_producer: &str) -> String {
     format!("{stage_producer}:dead")
 }
 
-/// The producer id of a file source (`file` is set for directory sources).
-pub fn source_producer(source: &str, file: Option<&str>) -> String {
+/// The producer id of a file source (`file` is set for directory sources). A source read
+/// on every peer of a cluster (`per_peer`) is one producer per peer: `peer` is the
+/// peer's storage id, the same across its restarts.
+pub fn source_producer(source: &str, peer: Option<u64>, file: Option<&str>) -> String {
+    let on = peer.map(|p| format!("@{p:016x}")).unwrap_or_default();
     match file {
-        Some(file) => format!("source:{source}:{file}"),
-        None => format!("source:{source}"),
+        Some(file) => format!("source:{source}{on}:{file}"),
+        None => format!("source:{source}{on}"),
     }
 }
 

@@ -2,25 +2,43 @@
 //! partitions and sends formatted lines to the sink's writer task, which owns the output.
 //!
 //! The file sink is exactly-once: its progress stores, with each partition's next
-//! offset, the length of the file holding exactly those records, and a restart cuts the
-//! file back to that length before resuming. The stdout sink is at-least-once: lines
-//! printed after its last commit are printed again after a crash.
+//! offset, the length of the file holding exactly those records (and their CRC32C), and
+//! a restart cuts the file back to that length before resuming. The stdout sink is
+//! at-least-once: lines printed after its last commit are printed again after a crash.
+//!
+//! In a cluster (`run_clustered`) the topic's partitions are led on several peers: the
+//! sink runs on the peer leading partition 0 of its (replicated) topic and moves with
+//! that lead, or on every peer with `per_peer = true`, and reads every partition through
+//! its leader (what a quorum holds). Its progress is the peer's own, and so is the file:
+//! a peer taking the sink on goes on from what its own progress says its file holds, once
+//! the file's first `file_len` bytes are checked against the stored CRC. A file that does
+//! not match (another peer wrote it since, on a path they share, or it was changed) is
+//! renamed aside, never cut, and written again from the topic's start; a file path is
+//! held with an exclusive `flock` while written, so two peers sharing it never write at
+//! once. So the file on the peer writing it holds every record once.
 
+use std::cell::Cell;
 use std::collections::{BTreeMap, HashSet};
 use std::fs::{File, OpenOptions};
 use std::io::{Seek, SeekFrom, Write};
-use std::path::PathBuf;
+use std::os::unix::fs::MetadataExt;
+use std::os::unix::io::AsRawFd;
+use std::path::{Path, PathBuf};
 use std::rc::Rc;
 use std::sync::atomic::Ordering;
+use std::time::{Duration, Instant};
 
 use crate::protocol::json::record_json;
 
 use crate::config::{SinkFormat, SinkKind};
+use crate::protocol::FetchFrom;
 use crate::runtime::error::{Result, RuntimeError};
 use crate::runtime::progress::{self, Progress};
-use crate::runtime::provenance::end_marker;
+use crate::runtime::provenance::{END_HEADER, end_marker};
 use crate::runtime::reader::PartitionReader;
+use crate::runtime::service::{self, FETCH_BYTES_MAX, FetchOrder};
 use crate::runtime::shard::{Backoff, Shard};
+use crate::runtime::takeover::{self, Lead};
 use crate::storage::RecordView;
 
 /// Records a forwarder formats per chunk.
@@ -107,21 +125,39 @@ pub fn format_record(
     view: &RecordView<'_>,
     out: &mut Vec<u8>,
 ) {
+    let line = Line {
+        offset: view.offset(),
+        timestamp_ms: view.timestamp_ms(),
+        key: view.key(),
+        value: view.value(),
+    };
+    format_line(format, topic, partition, &line, out);
+}
+
+/// What of a record a sink's line shows.
+struct Line<'a> {
+    offset: u64,
+    timestamp_ms: i64,
+    key: Option<&'a [u8]>,
+    value: &'a [u8],
+}
+
+fn format_line(format: SinkFormat, topic: &str, partition: u32, line: &Line<'_>, out: &mut Vec<u8>) {
     match format {
-        SinkFormat::Value => out.extend_from_slice(view.value()),
+        SinkFormat::Value => out.extend_from_slice(line.value),
         SinkFormat::KeyValue => {
-            out.extend_from_slice(view.key().unwrap_or_default());
+            out.extend_from_slice(line.key.unwrap_or_default());
             out.push(b'\t');
-            out.extend_from_slice(view.value());
+            out.extend_from_slice(line.value);
         }
         SinkFormat::Json => {
             let object = record_json(
                 topic,
                 partition,
-                view.offset(),
-                view.timestamp_ms(),
-                view.key(),
-                view.value(),
+                line.offset,
+                line.timestamp_ms,
+                line.key,
+                line.value,
             );
             serde_json::to_writer(&mut *out, &object).expect("writing JSON to a Vec cannot fail");
         }
@@ -141,98 +177,223 @@ enum Output {
     File { file: File, path: PathBuf },
 }
 
-pub async fn write(shard: Rc<Shard>, task: WriterTask, receiver: flume::Receiver<SinkChunk>) -> Result<()> {
-    let shared = &shard.shared;
-    let spec = &shared.spec;
-    let sink = &spec.sinks[task.sink];
-    let partitions = spec.topics[sink.from].partitions;
-    let path = progress::path(&shared.data_dir, &sink.name, "sink");
-    let mut progress = task.progress;
-    let mut output = open(&sink.kind, progress.file_len)?;
-    let mut ends: BTreeMap<u32, HashSet<String>> = BTreeMap::new();
-    for (producer, partition) in &progress.ends_seen {
-        ends.entry(*partition as u32)
-            .or_default()
-            .insert(producer.clone());
+/// A sink's output and what it holds: chunks written, committed now and then.
+struct Writer {
+    output: Output,
+    progress: Progress,
+    /// Where `progress` is stored.
+    path: PathBuf,
+    ends: BTreeMap<u32, HashSet<String>>,
+    expected_ends: HashSet<String>,
+    partitions: u32,
+    durable: bool,
+    commit_interval: Duration,
+    last_commit: Instant,
+    dirty: bool,
+    /// CRC32C of the file's bytes so far (file sinks).
+    crc: u32,
+}
+
+impl Writer {
+    fn new(shard: &Shard, sink: usize, output: Output, progress: Progress, crc: u32) -> Writer {
+        let shared = &shard.shared;
+        let sink = &shared.spec.sinks[sink];
+        let mut ends: BTreeMap<u32, HashSet<String>> = BTreeMap::new();
+        for (producer, partition) in &progress.ends_seen {
+            ends.entry(*partition as u32)
+                .or_default()
+                .insert(producer.clone());
+        }
+        Writer {
+            output,
+            progress,
+            path: progress::path(&shared.data_dir, &sink.name, "sink"),
+            ends,
+            expected_ends: HashSet::new(),
+            partitions: shared.spec.topics[sink.from].partitions,
+            durable: shared.durable(),
+            commit_interval: shared.spec.engine.commit_interval,
+            last_commit: Instant::now(),
+            dirty: false,
+            crc,
+        }
     }
-    let all_ended = |ends: &BTreeMap<u32, HashSet<String>>| {
-        !task.expected_ends.is_empty()
-            && (0..partitions).all(|p| {
-                ends.get(&p)
-                    .is_some_and(|seen| task.expected_ends.is_subset(seen))
+
+    /// Whether every expected producer's end marker came in every partition.
+    fn all_ended(&self) -> bool {
+        !self.expected_ends.is_empty()
+            && (0..self.partitions).all(|p| {
+                self.ends
+                    .get(&p)
+                    .is_some_and(|seen| self.expected_ends.is_subset(seen))
             })
-    };
-    let mut last_commit = std::time::Instant::now();
+    }
+
+    /// Writes `chunk` out. `false`: standard output was closed, and the engine stops.
+    fn apply(&mut self, shard: &Shard, chunk: SinkChunk) -> Result<bool> {
+        match write_chunk(&mut self.output, &chunk.bytes) {
+            Err(RuntimeError::OutputClosed) => {
+                shard.shared.control.stop();
+                return Ok(false);
+            }
+            other => other?,
+        }
+        if matches!(self.output, Output::File { .. }) {
+            self.crc = crc32c::crc32c_append(self.crc, &chunk.bytes);
+        }
+        shard
+            .shared
+            .control
+            .records_out
+            .fetch_add(chunk.records, Ordering::Relaxed);
+        self.progress.partitions.insert(chunk.partition, chunk.next);
+        for producer in chunk.ends {
+            self.ends.entry(chunk.partition).or_default().insert(producer);
+        }
+        self.dirty = true;
+        if self.all_ended() {
+            self.progress.done = true;
+        }
+        Ok(true)
+    }
+
+    fn commit_if_due(&mut self) -> Result<()> {
+        if self.dirty && (self.progress.done || self.last_commit.elapsed() >= self.commit_interval) {
+            self.commit()?;
+        }
+        Ok(())
+    }
+
+    /// Makes what was written durable (with `durable`), then stores the progress that
+    /// says so.
+    fn commit(&mut self) -> Result<()> {
+        match &mut self.output {
+            Output::Stdout => std::io::stdout().lock().flush().map_err(RuntimeError::Stdout)?,
+            Output::File { file, path } => {
+                if self.durable {
+                    file.sync_data()
+                        .map_err(RuntimeError::io("sync sink file", path.as_path()))?;
+                }
+                self.progress.file_len = file
+                    .stream_position()
+                    .map_err(RuntimeError::io("query sink file", path.as_path()))?;
+                self.progress.file_crc = Some(self.crc);
+            }
+        }
+        self.progress.ends_seen = self
+            .ends
+            .iter()
+            .flat_map(|(partition, producers)| {
+                producers.iter().map(move |p| (p.clone(), u64::from(*partition)))
+            })
+            .collect();
+        self.progress.ends_seen.sort();
+        progress::store(&self.path, &self.progress, self.durable)?;
+        self.last_commit = Instant::now();
+        self.dirty = false;
+        Ok(())
+    }
+}
+
+pub async fn write(shard: Rc<Shard>, task: WriterTask, receiver: flume::Receiver<SinkChunk>) -> Result<()> {
+    let sink = &shard.shared.spec.sinks[task.sink];
+    let (output, crc) = open(&sink.kind, &task.progress)?;
+    let mut writer = Writer::new(&shard, task.sink, output, task.progress, crc);
+    writer.expected_ends = task.expected_ends;
     let mut idle = Backoff::default();
-    let mut dirty = false;
-    while !progress.done {
-        let stopping = shared.control.is_stopping();
+    while !writer.progress.done {
+        let stopping = shard.shared.control.is_stopping();
         match receiver.try_recv() {
             Ok(chunk) => {
                 idle.reset();
-                match write_chunk(&mut output, &chunk.bytes) {
-                    Err(RuntimeError::OutputClosed) => {
-                        shared.control.stop();
-                        return Ok(());
-                    }
-                    other => other?,
-                }
-                shared
-                    .control
-                    .records_out
-                    .fetch_add(chunk.records, Ordering::Relaxed);
-                progress.partitions.insert(chunk.partition, chunk.next);
-                for producer in chunk.ends {
-                    ends.entry(chunk.partition).or_default().insert(producer);
-                }
-                dirty = true;
-                if all_ended(&ends) {
-                    progress.done = true;
+                if !writer.apply(&shard, chunk)? {
+                    return Ok(());
                 }
             }
             Err(flume::TryRecvError::Empty) if stopping => break,
             Err(flume::TryRecvError::Empty) => idle.sleep().await,
             Err(flume::TryRecvError::Disconnected) => break,
         }
-        if dirty && (progress.done || last_commit.elapsed() >= spec.engine.commit_interval) {
-            commit(&mut output, &mut progress, &ends, &path, shared.durable())?;
-            last_commit = std::time::Instant::now();
-            dirty = false;
-        }
+        writer.commit_if_due()?;
     }
-    if dirty {
-        commit(&mut output, &mut progress, &ends, &path, shared.durable())?;
+    if writer.dirty {
+        writer.commit()?;
     }
-    if progress.done {
-        shared.control.finished.fetch_add(1, Ordering::AcqRel);
+    if writer.progress.done {
+        shard.shared.control.finished.fetch_add(1, Ordering::AcqRel);
     }
     Ok(())
 }
 
-fn open(kind: &SinkKind, file_len: u64) -> Result<Output> {
+/// Opens the output at the length the progress says, and the CRC of what it holds.
+fn open(kind: &SinkKind, progress: &Progress) -> Result<(Output, u32)> {
     match kind {
-        SinkKind::Stdout => Ok(Output::Stdout),
+        SinkKind::Stdout => Ok((Output::Stdout, 0)),
         SinkKind::File(path) => {
-            if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
-                std::fs::create_dir_all(dir).map_err(RuntimeError::io("create the sink directory", dir))?;
-            }
-            let mut file = OpenOptions::new()
-                .create(true)
-                .truncate(false)
-                .write(true)
-                .open(path)
-                .map_err(RuntimeError::io("open sink file", path))?;
+            create_parent(path)?;
+            let mut file = open_file(path)?;
             // Cut what was written after the last commit: it is written again.
-            file.set_len(file_len)
-                .map_err(RuntimeError::io("truncate sink file", path))?;
-            file.seek(SeekFrom::Start(file_len))
-                .map_err(RuntimeError::io("seek in sink file", path))?;
-            Ok(Output::File {
-                file,
-                path: path.clone(),
-            })
+            cut(&mut file, progress.file_len, path)?;
+            // A progress stored before the CRC was kept: reckon it once.
+            let crc = match progress.file_crc {
+                Some(crc) => crc,
+                None => prefix_crc(&file, progress.file_len, path)?,
+            };
+            Ok((
+                Output::File {
+                    file,
+                    path: path.clone(),
+                },
+                crc,
+            ))
         }
     }
+}
+
+/// The sink file at `path`, made if missing, never truncated on open.
+fn open_file(path: &Path) -> Result<File> {
+    OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .read(true)
+        .write(true)
+        .open(path)
+        .map_err(RuntimeError::io("open sink file", path))
+}
+
+/// Cuts `file` to `len` bytes and writes on from there.
+fn cut(file: &mut File, len: u64, path: &Path) -> Result<()> {
+    file.set_len(len)
+        .map_err(RuntimeError::io("truncate sink file", path))?;
+    file.seek(SeekFrom::Start(len))
+        .map_err(RuntimeError::io("seek in sink file", path))?;
+    Ok(())
+}
+
+fn create_parent(path: &Path) -> Result<()> {
+    if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+        std::fs::create_dir_all(dir).map_err(RuntimeError::io("create the sink directory", dir))?;
+    }
+    Ok(())
+}
+
+/// CRC32C of the first `len` bytes of `file` (fewer if it is shorter), read in pieces.
+fn prefix_crc(file: &File, len: u64, path: &Path) -> Result<u32> {
+    use std::os::unix::fs::FileExt;
+    let mut buffer = vec![0u8; 1 << 20];
+    let (mut crc, mut at) = (0u32, 0u64);
+    while at < len {
+        let want = (len - at).min(buffer.len() as u64) as usize;
+        let n = file
+            .read_at(&mut buffer[..want], at)
+            .map_err(RuntimeError::io("read sink file", path))?;
+        if n == 0 {
+            break;
+        }
+        crc = crc32c::crc32c_append(crc, &buffer[..n]);
+        at += n as u64;
+    }
+    Ok(crc)
 }
 
 fn write_chunk(output: &mut Output, bytes: &[u8]) -> Result<()> {
@@ -248,29 +409,373 @@ fn write_chunk(output: &mut Output, bytes: &[u8]) -> Result<()> {
     }
 }
 
-fn commit(
-    output: &mut Output,
-    progress: &mut Progress,
-    ends: &BTreeMap<u32, HashSet<String>>,
-    path: &std::path::Path,
-    durable: bool,
-) -> Result<()> {
-    match output {
-        Output::Stdout => std::io::stdout().lock().flush().map_err(RuntimeError::Stdout)?,
-        Output::File { file, path } => {
-            if durable {
-                file.sync_data()
-                    .map_err(RuntimeError::io("sync sink file", path.as_path()))?;
+/// How often a peer that does not run a sink looks again, and how often the one that
+/// does checks that it still leads.
+const LEAD_POLL: Duration = Duration::from_millis(100);
+/// The longest pause of a reader that found nothing new in a partition another peer leads.
+const REMOTE_POLL_MAX: Duration = Duration::from_millis(100);
+/// How long a read of a partition this peer leads waits for an append.
+const LOCAL_WAIT_MS: u32 = 500;
+/// The longest pause between two tries of a read a leader refused.
+const RETRY_PAUSE_MAX: Duration = Duration::from_secs(1);
+
+/// A sink in a cluster: written where partition 0 of its topic is led (moving with that
+/// lead), or on every peer (`per_peer`), every partition read through its leader.
+pub async fn run_clustered(shard: Rc<Shard>, task: WriterTask) -> Result<()> {
+    let mut progress = task.progress;
+    while !shard.shared.control.is_stopping() {
+        match runs_here(&shard, task.sink) {
+            Some(lead) if !progress.done => {
+                progress = serve(&shard, task.sink, &task.expected_ends, progress, lead).await?;
             }
-            progress.file_len = file
-                .stream_position()
-                .map_err(RuntimeError::io("query sink file", path.as_path()))?;
+            _ => glommio::timer::sleep(LEAD_POLL).await,
         }
     }
-    progress.ends_seen = ends
-        .iter()
-        .flat_map(|(partition, producers)| producers.iter().map(move |p| (p.clone(), u64::from(*partition))))
-        .collect();
-    progress.ends_seen.sort();
-    progress::store(path, progress, durable)
+    Ok(())
+}
+
+/// Whether this peer writes sink `sink` now: the epoch of its topic's partition 0 lead
+/// it writes for (0 for a sink on every peer), or `None`.
+fn runs_here(shard: &Shard, sink: usize) -> Option<u32> {
+    let sink = &shard.shared.spec.sinks[sink];
+    if sink.per_peer {
+        return Some(0);
+    }
+    match takeover::lead(shard, sink.from, 0) {
+        Lead::Epoch { epoch, .. } => Some(epoch),
+        // One copy: refused in a cluster by the plan unless per peer.
+        Lead::Always => Some(0),
+        Lead::Not => None,
+    }
+}
+
+/// Writes sink `sink` on this peer while it runs here for `lead`: from what this
+/// peer's file holds, every partition read through its leader. The progress stored
+/// last.
+async fn serve(
+    shard: &Rc<Shard>,
+    sink: usize,
+    expected_ends: &HashSet<String>,
+    mut progress: Progress,
+    lead: u32,
+) -> Result<Progress> {
+    let spec = &shard.shared.spec;
+    let sink_spec = &spec.sinks[sink];
+    let Some((output, crc)) = open_clustered(shard, sink, &mut progress, lead).await? else {
+        return Ok(progress);
+    };
+    tracing::info!(
+        "sink {} writes on this peer{}, from {} bytes written",
+        sink_spec.name,
+        match sink_spec.per_peer {
+            true => String::new(),
+            false => format!(
+                " as it leads partition 0 of \"{}\" in epoch {lead}",
+                spec.topics[sink_spec.from].name
+            ),
+        },
+        progress.file_len
+    );
+    let mut writer = Writer::new(shard, sink, output, progress, crc);
+    writer.expected_ends = expected_ends.clone();
+    let stop = Rc::new(Cell::new(false));
+    let (chunks, receiver) = flume::bounded(SINK_CHANNEL_CHUNKS_MAX);
+    for partition in 0..writer.partitions {
+        let start = writer.progress.partitions.get(&partition).copied().unwrap_or(0);
+        let reading = Reading {
+            sink,
+            partition,
+            stop: Rc::clone(&stop),
+            chunks: chunks.clone(),
+        };
+        shard
+            .tasks
+            .spawn(read_partition(Rc::clone(shard), reading, start));
+    }
+    drop(chunks);
+    while !shard.shared.control.is_stopping() && !writer.progress.done && runs_here(shard, sink) == Some(lead)
+    {
+        let next = futures_lite::future::or(async { Some(receiver.recv_async().await) }, async {
+            glommio::timer::sleep(LEAD_POLL).await;
+            None
+        })
+        .await;
+        match next {
+            // Every reader ended: the engine stops.
+            Some(Err(_)) => break,
+            Some(Ok(chunk)) => {
+                let open = writer.apply(shard, chunk)?;
+                if !open {
+                    // Standard output was closed: the engine stops, nothing to commit to.
+                    stop.set(true);
+                    return Ok(writer.progress);
+                }
+            }
+            None => {}
+        }
+        writer.commit_if_due()?;
+    }
+    stop.set(true);
+    if writer.dirty {
+        writer.commit()?;
+    }
+    // Dropping the file lets go of its lock.
+    Ok(writer.progress)
+}
+
+/// One partition's reader of a sink in a cluster.
+struct Reading {
+    sink: usize,
+    partition: u32,
+    /// Set when the sink stops here: the reader ends.
+    stop: Rc<Cell<bool>>,
+    chunks: flume::Sender<SinkChunk>,
+}
+
+/// Reads a partition through its leader from `position` on, as formatted chunks, until
+/// the sink stops here. A read the leader refuses is tried again (an election may be
+/// under way); records retention deleted before they were read are counted and logged.
+async fn read_partition(shard: Rc<Shard>, reading: Reading, mut position: u64) {
+    let shared = &shard.shared;
+    let sink = &shared.spec.sinks[reading.sink];
+    let topic = &shared.spec.topics[sink.from].name;
+    let partition = reading.partition;
+    let (mut failures, mut pause) = (0u32, Duration::ZERO);
+    while !reading.stop.get() && !shared.control.is_stopping() {
+        let local = shared
+            .peers
+            .as_ref()
+            .is_none_or(|peers| peers.owner(sink.from, partition).is_none());
+        let order = FetchOrder {
+            topic: sink.from,
+            partition,
+            from: FetchFrom::Offset(position),
+            max_records: CHUNK_RECORDS_MAX as u32,
+            max_bytes: FETCH_BYTES_MAX,
+            wait_ms: if local { LOCAL_WAIT_MS } else { 0 },
+            request_id: 0,
+            batches: false,
+        };
+        let fetched = match service::fetch(&shard, order).await.and_then(takeover::decode) {
+            Ok(fetched) => {
+                failures = 0;
+                fetched
+            }
+            Err(error) => {
+                failures += 1;
+                // Taking over, its partitions may still be moving for a moment: said once
+                // that lasts.
+                if failures >= 8 && failures.is_power_of_two() {
+                    tracing::warn!(
+                        "sink {} cannot read partition {partition} of \"{topic}\" yet ({failures} tries): {error}",
+                        sink.name
+                    );
+                }
+                glommio::timer::sleep(Duration::from_millis(10 << failures.min(7)).min(RETRY_PAUSE_MAX))
+                    .await;
+                continue;
+            }
+        };
+        if fetched.start_offset > position {
+            let skipped = fetched.start_offset - position;
+            shared.metrics.records_skipped.add(skipped);
+            tracing::warn!(
+                topic = %topic,
+                partition,
+                skipped,
+                "retention deleted records {position}..{} before sink {} wrote them; it goes on at {}",
+                fetched.start_offset,
+                sink.name,
+                fetched.start_offset
+            );
+            position = fetched.start_offset;
+        }
+        if fetched.records.is_empty() {
+            if !local {
+                pause = (pause * 2).clamp(Duration::from_millis(1), REMOTE_POLL_MAX);
+                glommio::timer::sleep(pause).await;
+            }
+            continue;
+        }
+        pause = Duration::ZERO;
+        let mut chunk = SinkChunk {
+            partition,
+            bytes: Vec::new(),
+            records: 0,
+            next: position,
+            ends: Vec::new(),
+        };
+        for (offset, record) in &fetched.records {
+            position = offset + 1;
+            let ended = record
+                .headers
+                .iter()
+                .find(|(name, _)| name == END_HEADER)
+                .and_then(|(_, value)| std::str::from_utf8(value).ok());
+            match ended {
+                Some(producer) => chunk.ends.push(producer.to_owned()),
+                None => {
+                    let line = Line {
+                        offset: *offset,
+                        timestamp_ms: record.timestamp_ms.unwrap_or_default(),
+                        key: record.key.as_deref(),
+                        value: &record.value,
+                    };
+                    format_line(sink.format, topic, partition, &line, &mut chunk.bytes);
+                    chunk.records += 1;
+                }
+            }
+        }
+        chunk.next = position;
+        if reading.chunks.send_async(chunk).await.is_err() {
+            break;
+        }
+    }
+}
+
+/// Opens sink `sink`'s output on this peer for its lead `lead`, the file locked and
+/// checked against `progress`: one that does not hold exactly what `progress` says is
+/// renamed aside and `progress` starts over. `None` if the lead or the engine ends
+/// while another process holds the file.
+async fn open_clustered(
+    shard: &Shard,
+    sink: usize,
+    progress: &mut Progress,
+    lead: u32,
+) -> Result<Option<(Output, u32)>> {
+    let sink_spec = &shard.shared.spec.sinks[sink];
+    let SinkKind::File(path) = &sink_spec.kind else {
+        return Ok(Some((Output::Stdout, 0)));
+    };
+    create_parent(path)?;
+    let mut said = false;
+    loop {
+        if shard.shared.control.is_stopping() || runs_here(shard, sink) != Some(lead) {
+            return Ok(None);
+        }
+        let Some(file) = lock(path)? else {
+            if !said {
+                tracing::warn!(
+                    "sink {}: another process holds {} (an earlier writer of the sink, on a path peers \
+                     share?); this peer writes once it lets go",
+                    sink_spec.name,
+                    path.display()
+                );
+                said = true;
+            }
+            glommio::timer::sleep(LEAD_POLL).await;
+            continue;
+        };
+        let len = file
+            .metadata()
+            .map_err(RuntimeError::io("query sink file", path))?
+            .len();
+        let holds = match progress.file_crc {
+            _ if progress.file_len == 0 => len == 0,
+            Some(crc) => progress.file_len <= len && prefix_crc(&file, progress.file_len, path)? == crc,
+            None => false,
+        };
+        if !holds {
+            let aside = set_aside(path)?;
+            tracing::warn!(
+                "sink {}: {} does not hold what this peer's progress says it wrote ({} bytes; another \
+                 peer wrote it since, on a path they share, or it was changed): renamed to {} and \
+                 written again from the start of \"{}\"",
+                sink_spec.name,
+                path.display(),
+                progress.file_len,
+                aside.display(),
+                shard.shared.spec.topics[sink_spec.from].name
+            );
+            *progress = Progress::default();
+            continue;
+        }
+        let mut file = file;
+        cut(&mut file, progress.file_len, path)?;
+        let crc = progress.file_crc.unwrap_or(0);
+        return Ok(Some((
+            Output::File {
+                file,
+                path: path.clone(),
+            },
+            crc,
+        )));
+    }
+}
+
+/// The file at `path`, opened (made if missing) and locked with an exclusive `flock`,
+/// still the one the path names; `None` while another process holds it.
+fn lock(path: &Path) -> Result<Option<File>> {
+    let file = open_file(path)?;
+    // SAFETY: flock on a descriptor this function owns; it touches no memory.
+    if unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } != 0 {
+        let error = std::io::Error::last_os_error();
+        if error.kind() == std::io::ErrorKind::WouldBlock {
+            return Ok(None);
+        }
+        return Err(RuntimeError::io("lock sink file", path)(error));
+    }
+    // Renamed aside between the open and the lock: the path names another file now.
+    let held = file
+        .metadata()
+        .map_err(RuntimeError::io("query sink file", path))?;
+    match std::fs::metadata(path) {
+        Ok(named) if named.dev() == held.dev() && named.ino() == held.ino() => Ok(Some(file)),
+        _ => Ok(None),
+    }
+}
+
+/// Renames the file at `path` to `<path>.set-aside-<ms>` (made durable) and says where.
+fn set_aside(path: &Path) -> Result<PathBuf> {
+    let mut name = path.file_name().unwrap_or_default().to_os_string();
+    name.push(format!(".set-aside-{}", crate::storage::layout::now_ms()));
+    let aside = path.with_file_name(name);
+    std::fs::rename(path, &aside).map_err(RuntimeError::io("rename sink file aside", path))?;
+    if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+        File::open(dir)
+            .and_then(|d| d.sync_all())
+            .map_err(RuntimeError::io("sync the sink directory", dir))?;
+    }
+    Ok(aside)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_locked_path_is_held_by_one_opener_at_a_time() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("out.txt");
+        let first = lock(&path).unwrap().expect("a free path locks");
+        assert!(lock(&path).unwrap().is_none(), "held by the first");
+        drop(first);
+        let again = lock(&path).unwrap().expect("let go with the file");
+        // Renamed aside: a new file takes the path, and it is free.
+        let aside = set_aside(&path).unwrap();
+        assert!(aside.to_string_lossy().contains("out.txt.set-aside-"));
+        assert!(lock(&path).unwrap().is_some());
+        drop(again);
+    }
+
+    #[test]
+    fn the_prefix_crc_covers_exactly_the_bytes_asked() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("out.txt");
+        let bytes: Vec<u8> = (0..3_000_000u32).map(|i| (i % 251) as u8).collect();
+        std::fs::write(&path, &bytes).unwrap();
+        let file = File::open(&path).unwrap();
+        for len in [0, 1, 1 << 20, (1 << 20) + 7, bytes.len() as u64] {
+            assert_eq!(
+                prefix_crc(&file, len, &path).unwrap(),
+                crc32c::crc32c(&bytes[..len as usize])
+            );
+        }
+        let split = crc32c::crc32c_append(crc32c::crc32c(&bytes[..10]), &bytes[10..20]);
+        assert_eq!(
+            split,
+            crc32c::crc32c(&bytes[..20]),
+            "appended CRCs equal the whole's"
+        );
+    }
 }

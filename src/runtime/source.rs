@@ -14,6 +14,12 @@
 //! of its batches acked there) each output carries its own point, so an earlier lead's
 //! batch still in flight when this one began is written once (`already.rs`). Every peer
 //! that may lead must see the same input (the same file, or directory, at the same path).
+//!
+//! With `per_peer = true` every peer of a cluster reads its own input (its own file at
+//! the path), as a producer of its own (`source:NAME@<storage id>`): it does what a
+//! lead's source does once, when it starts, for a lead of its own whose epoch is the
+//! second its run began, so that a batch of an earlier run still in flight is fenced off
+//! the same way.
 
 use std::collections::HashMap;
 use std::fs::File;
@@ -57,9 +63,12 @@ struct Reading {
     /// Longer lines are cut into pieces of this size: each piece fits one record with
     /// the engine's headers (`bounds`).
     line_bytes_max: usize,
-    /// In a cluster: the output topic and the epoch of its partition 0's lead this peer
-    /// reads for; reading stops once that lead is gone.
-    lead: Option<(usize, u32)>,
+    /// In a cluster: the epoch of the lead this peer reads for (`lead_of`); reading
+    /// stops once that lead is gone.
+    lead: Option<u32>,
+    source: usize,
+    /// A source read on every peer of a cluster: this peer's storage id.
+    peer: Option<u64>,
 }
 
 pub async fn run(shard: Rc<Shard>, task: SourceTask) -> Result<()> {
@@ -95,8 +104,10 @@ pub async fn run(shard: Rc<Shard>, task: SourceTask) -> Result<()> {
         scanned: task.scanned,
         line_bytes_max: Bounds::of(&spec.topics[source.to]).ingest_value_bytes_max(),
         lead: None,
+        source: task.source,
+        peer: per_peer(&shard, task.source),
     };
-    if takeover::lead(&shard, source.to, 0) == Lead::Always {
+    if lead_of(&shard, task.source) == Lead::Always {
         if !done {
             read_input(&shard, &mut reading, task.source).await?;
         }
@@ -104,8 +115,8 @@ pub async fn run(shard: Rc<Shard>, task: SourceTask) -> Result<()> {
     }
     // In a cluster: read where partition 0 of the topic is led, from what was written.
     while !shard.shared.control.is_stopping() {
-        let epoch = match takeover::lead(&shard, source.to, 0) {
-            Lead::Epoch { epoch, .. } if reading.lead != Some((source.to, epoch)) => epoch,
+        let epoch = match lead_of(&shard, task.source) {
+            Lead::Epoch { epoch, .. } if reading.lead != Some(epoch) => epoch,
             _ => {
                 glommio::timer::sleep(FOLLOW_POLL).await;
                 continue;
@@ -116,15 +127,15 @@ pub async fn run(shard: Rc<Shard>, task: SourceTask) -> Result<()> {
         }
         reading.committer.settle(partitions).await?;
         let stored = reading.committer.stored().clone();
-        let Some((scanned, read_to)) = read_back(&shard, task.source, &stored).await else {
+        let Some((scanned, read_to)) = read_back(&shard, task.source, reading.peer, &stored).await else {
             break;
         };
         reading.scanned = scanned;
         reading.emitter.set_lead(epoch);
         reading.emitter.set_replayed_until_acked(read_to);
-        reading.lead = Some((source.to, epoch));
+        reading.lead = Some(epoch);
         tracing::info!(
-            "source {} reads on from byte {}{} as this peer leads partition 0 of \"{}\" in epoch {epoch}; lines already written are skipped",
+            "source {} reads on from byte {}{} {}; lines already written are skipped",
             source.name,
             stored.next,
             stored
@@ -132,13 +143,41 @@ pub async fn run(shard: Rc<Shard>, task: SourceTask) -> Result<()> {
                 .as_deref()
                 .map(|f| format!(" of {f}"))
                 .unwrap_or_default(),
-            spec.topics[source.to].name
+            match reading.peer {
+                Some(_) => "on this peer, as every peer does (per_peer)".to_owned(),
+                None => format!(
+                    "as this peer leads partition 0 of \"{}\" in epoch {epoch}",
+                    spec.topics[source.to].name
+                ),
+            }
         );
         if !stored.done {
             read_input(&shard, &mut reading, task.source).await?;
         }
     }
     reading.committer.settle(partitions).await
+}
+
+/// Whether this peer reads source `source` now, and for which lead: where partition 0
+/// of its topic is led in a cluster; on every peer, for a lead of its own run, with
+/// `per_peer`; always on one machine.
+fn lead_of(shard: &Shard, source: usize) -> Lead {
+    let spec = &shard.shared.spec.sources[source];
+    match &shard.shared.peers {
+        Some(peers) if spec.per_peer => Lead::Epoch {
+            epoch: (peers.cluster.me.bump / 1_000_000_000) as u32,
+            start: 0,
+        },
+        _ => takeover::lead(shard, spec.to, 0),
+    }
+}
+
+/// This peer's storage id if source `source` is read on every peer of a cluster.
+fn per_peer(shard: &Shard, source: usize) -> Option<u64> {
+    let peers = shard.shared.peers.as_ref()?;
+    shard.shared.spec.sources[source]
+        .per_peer
+        .then_some(peers.cluster.me.storage)
 }
 
 async fn read_input(shard: &Shard, reading: &mut Reading, source: usize) -> Result<()> {
@@ -156,11 +195,12 @@ async fn read_input(shard: &Shard, reading: &mut Reading, source: usize) -> Resu
 async fn read_back(
     shard: &Rc<Shard>,
     source: usize,
+    peer: Option<u64>,
     stored: &Progress,
 ) -> Option<(Vec<HashMap<String, Point>>, Vec<u64>)> {
     let spec = &shard.shared.spec;
     let source = &spec.sources[source];
-    let own = source_producer(&source.name, None);
+    let own = source_producer(&source.name, peer, None);
     let of_a_file = format!("{own}:");
     let partitions = spec.topics[source.to].partitions;
     let mut scanned = Vec::with_capacity(partitions as usize);
@@ -188,9 +228,9 @@ impl Reading {
     /// the lead it reads for.
     fn goes_on(&self, shard: &Shard) -> bool {
         !shard.shared.control.is_stopping()
-            && self.lead.is_none_or(|(topic, epoch)| {
-                matches!(takeover::lead(shard, topic, 0), Lead::Epoch { epoch: now, .. } if now == epoch)
-            })
+            && self.lead.is_none_or(
+                |epoch| matches!(lead_of(shard, self.source), Lead::Epoch { epoch: now, .. } if now == epoch),
+            )
     }
 
     /// Points the emitter at `producer`, skipping what a previous run already wrote.
@@ -228,7 +268,7 @@ async fn read_file(
     follow: bool,
 ) -> Result<()> {
     let start = reading.committer.stored().next;
-    reading.start(source_producer(name, None), start);
+    reading.start(source_producer(name, reading.peer, None), start);
     let end = read_lines(shard, reading, path, start, None, follow).await?;
     if let Some(end) = end {
         reading.emitter.emit_end(end, now_ms());
@@ -250,7 +290,7 @@ async fn read_directory(shard: &Shard, reading: &mut Reading, name: &str, dir: &
             continue;
         };
         current = Some(file.clone());
-        reading.start(source_producer(name, Some(&file)), start);
+        reading.start(source_producer(name, reading.peer, Some(&file)), start);
         // Followed until a newer file appears, then read to its end and left.
         let read = read_lines(shard, reading, &dir.join(&file), start, Some(&file), true).await?;
         if read.is_some() {

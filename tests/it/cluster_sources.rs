@@ -16,15 +16,17 @@ use crate::support::{pace, wait_until};
 const BATCHES: usize = 60;
 const LINES_PER_BATCH: usize = 250;
 
+/// The engine, a TCP listener and a topic "lines" of 4 partitions with three replicas.
+pub(crate) const LINES_ON_THREE: &str = "[engine]\ndurability = \"group\"\n\n[ingest]\ntcp = \"127.0.0.1:0\"\n\n\
+     [cluster]\nreplicas = 3\n\n[[topic]]\nname = \"lines\"\npartitions = 4\nsegment_bytes = \"1MiB\"\n\n";
+
 /// Three replicas of a 4-partition topic fed by a followed file at `input`.
 fn source_dataflow(dir: &Path, input: &Path) -> PathBuf {
     let file = dir.join("source-cluster.toml");
     std::fs::write(
         &file,
         format!(
-            "[engine]\ndurability = \"group\"\n\n[ingest]\ntcp = \"127.0.0.1:0\"\n\n[cluster]\nreplicas = 3\n\n\
-             [[topic]]\nname = \"lines\"\npartitions = 4\nsegment_bytes = \"1MiB\"\n\n\
-             [[source]]\nname = \"feed\"\ntype = \"file\"\npath = \"{}\"\nfollow = true\nto = \"lines\"\n",
+            "{LINES_ON_THREE}[[source]]\nname = \"feed\"\ntype = \"file\"\npath = \"{}\"\nfollow = true\nto = \"lines\"\n",
             input.display()
         ),
     )
@@ -58,8 +60,9 @@ fn holds_up_to(server: &Server, upto: usize) -> bool {
     (0..upto).all(|i| counts.contains_key(&line(i)))
 }
 
-/// The index of the peer leading partition 0 of the topic (where the source reads).
-fn reader(servers: &[Server]) -> usize {
+/// The index of the peer leading partition 0 of "lines" (where a source reads and a
+/// sink writes).
+pub(crate) fn leader_of_partition_0(servers: &[Server]) -> usize {
     let mut found = None;
     wait_until("one peer leads partition 0", Duration::from_secs(30), || {
         found = (0..servers.len()).find(|&i| served_by(&servers[i], "lines").contains(&0));
@@ -101,7 +104,7 @@ fn a_file_source_moves_with_its_topics_lead_and_writes_each_line_once_across_a_s
         append(&input, batch * LINES_PER_BATCH, (batch + 1) * LINES_PER_BATCH);
         if batch == BATCHES / 3 {
             // The peer reading the file dies while lines keep coming.
-            let victim = reader(&servers);
+            let victim = leader_of_partition_0(&servers);
             let survivor = (victim + 1) % 3;
             wait_until(
                 "the first lines are in the topic",

@@ -8,6 +8,7 @@ mod cluster;
 mod cluster_consumers;
 mod cluster_jobs;
 mod cluster_routes;
+mod cluster_sinks;
 mod cluster_sources;
 mod cluster_state;
 mod cluster_status;
