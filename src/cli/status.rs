@@ -54,18 +54,9 @@ pub fn run(from: &str, json: bool, local: bool) -> Result<ExitCode, CliError> {
                 (false, Some(ms)) => format!("{:.1}s ago", ms as f64 / 1000.0),
                 (false, None) => "never".to_string(),
             };
-            // Its own rates: in a cluster's status as it answered; here, this peer's.
-            let (records, jobs) = match (&peer.load, peer.me) {
-                (Some(load), _) => (
-                    format!("{:.0}", load.records_in_per_sec),
-                    format!("{:.0}", load.jobs_in_per_sec),
-                ),
-                (None, true) => (
-                    format!("{:.0}", status.records_in_per_sec),
-                    format!("{:.0}", status.jobs_in_per_sec),
-                ),
-                (None, false) => ("-".to_string(), "-".to_string()),
-            };
+            let (records, jobs) = status
+                .rates_of(peer)
+                .unwrap_or_else(|| ("-".to_string(), "-".to_string()));
             writeln!(
                 out,
                 "{:<24} {:<8} {:>5} {:>10} {:>11} {:>10} {:>8}{}",

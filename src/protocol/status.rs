@@ -49,6 +49,19 @@ pub struct Status {
     pub metadata_group: Option<GroupStatus>,
 }
 
+impl Status {
+    /// A peer's own records and jobs per second, rounded: as it answered in a cluster's
+    /// status, this status's own for the peer asked in its own, `None` if unknown.
+    pub fn rates_of(&self, peer: &PeerStatus) -> Option<(String, String)> {
+        let (records, jobs) = match (&peer.load, peer.me) {
+            (Some(load), _) => (load.records_in_per_sec, load.jobs_in_per_sec),
+            (None, true) => (self.records_in_per_sec, self.jobs_in_per_sec),
+            (None, false) => return None,
+        };
+        Some((format!("{records:.0}"), format!("{jobs:.0}")))
+    }
+}
+
 /// Whose status a document is.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]

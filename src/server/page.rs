@@ -53,17 +53,9 @@ pub fn render(status: &Status) -> String {
                 (false, Some(ms)) => format!("{:.1} s ago", ms as f64 / 1000.0),
                 (false, None) => "never".to_string(),
             };
-            let (records, jobs) = match (&peer.load, peer.me) {
-                (Some(load), _) => (
-                    format!("{:.0}", load.records_in_per_sec),
-                    format!("{:.0}", load.jobs_in_per_sec),
-                ),
-                (None, true) => (
-                    format!("{:.0}", status.records_in_per_sec),
-                    format!("{:.0}", status.jobs_in_per_sec),
-                ),
-                (None, false) => ("-".to_string(), "-".to_string()),
-            };
+            let (records, jobs) = status
+                .rates_of(peer)
+                .unwrap_or_else(|| ("-".to_string(), "-".to_string()));
             let _ = write!(
                 html,
                 "<tr><td class=\"l\">{}</td><td class=\"l\">{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td></tr>",

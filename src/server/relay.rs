@@ -178,7 +178,7 @@ pub async fn statuses(relays: &Relays, peers: &Peers) -> Vec<(SocketAddr, Result
         async move {
             let answer = match (state, client) {
                 (PeerState::Alive, Some(to)) => relays
-                    .exchange(to, frame, STATUS_WAIT)
+                    .exchange(to, frame, STATUS_WAIT, Silence::Forgotten)
                     .await
                     .and_then(|answer| own_status(&answer)),
                 (PeerState::Alive, None) => Err("its client listener is not known yet".to_owned()),
@@ -249,7 +249,10 @@ impl Relays {
     /// an `unavailable` error frame saying why there is none.
     pub async fn relay(&self, route: Route, frame: Vec<u8>, id: u64) -> Vec<u8> {
         let Route { peer, to, wait } = route;
-        match self.exchange(to, frame, ANSWER_WAIT + wait).await {
+        match self
+            .exchange(to, frame, ANSWER_WAIT + wait, Silence::BreaksLink)
+            .await
+        {
             Ok(mut answer) => {
                 answer[8..16].copy_from_slice(&id.to_le_bytes());
                 answer
@@ -269,7 +272,13 @@ impl Relays {
         }
     }
 
-    async fn exchange(&self, to: SocketAddr, mut frame: Vec<u8>, wait: Duration) -> Result<Vec<u8>, String> {
+    async fn exchange(
+        &self,
+        to: SocketAddr,
+        mut frame: Vec<u8>,
+        wait: Duration,
+        silence: Silence,
+    ) -> Result<Vec<u8>, String> {
         // Until the frame is queued nothing here waits but for room, so requests a
         // client pipelined reach the peer in the order it sent them.
         let link = self.link(to);
@@ -300,7 +309,13 @@ impl Relays {
             Some(Err(_)) => Err("the connection to it was lost".to_owned()),
             None => {
                 let reason = format!("no answer within {}", humantime::format_duration(wait));
-                link.fail(&reason);
+                match silence {
+                    Silence::BreaksLink => link.fail(&reason),
+                    // Its answer, if it comes, finds no one waiting and is dropped.
+                    Silence::Forgotten => {
+                        link.pending.borrow_mut().remove(&mine);
+                    }
+                }
                 Err(reason)
             }
         }
@@ -326,6 +341,17 @@ impl Relays {
         self.links.borrow_mut().insert(to, Rc::clone(&link));
         link
     }
+}
+
+/// What a request not answered in time does to its link.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Silence {
+    /// The link is failed (every request on it with it) and made again: a relayed
+    /// request's peer that stays silent past its wait is taken as lost.
+    BreaksLink,
+    /// Only this request is given up: a status, which a busy peer may take long to
+    /// gather, must not fail the requests others relay over the same link.
+    Forgotten,
 }
 
 /// Connects, then reads answers and writes the queued frames until the link breaks.

@@ -128,11 +128,11 @@ async fn route(shard: &Rc<Shard>, front: &Rc<Front>, request: Request<Incoming>)
     let method = request.method().clone();
     match (&method, segments.as_slice()) {
         (&Method::GET, [""]) => {
-            let status = status(shard, front, local_asked(&query)).await;
+            let status = front.status(shard, local_asked(&query)).await;
             text(StatusCode::OK, "text/html; charset=utf-8", page::render(&status))
         }
         (&Method::GET, ["status"]) => {
-            let status = status(shard, front, local_asked(&query)).await;
+            let status = front.status(shard, local_asked(&query)).await;
             json(
                 StatusCode::OK,
                 &serde_json::to_value(&status).expect("status serializes"),
@@ -140,7 +140,7 @@ async fn route(shard: &Rc<Shard>, front: &Rc<Front>, request: Request<Incoming>)
         }
         (&Method::GET, ["metrics"]) => {
             // Each peer's own: a scraper asks every peer.
-            let status = status(shard, front, true).await;
+            let status = front.status(shard, true).await;
             let lag: u64 = status
                 .topics
                 .iter()
@@ -286,10 +286,6 @@ async fn route(shard: &Rc<Shard>, front: &Rc<Front>, request: Request<Incoming>)
 
 /// The status `GET /status` and `GET /` show: the cluster's, or with `?local` (or
 /// `?local=true`) this peer's own.
-async fn status(shard: &Rc<Shard>, front: &Rc<Front>, local: bool) -> crate::protocol::status::Status {
-    front.status(shard, local).await
-}
-
 /// Whether a status query asks for this peer's own (`local`, `local=true`, `local=1`).
 fn local_asked(query: &str) -> bool {
     reply::query_param(query, "local").is_some_and(|v| matches!(v.as_str(), "" | "true" | "1"))
