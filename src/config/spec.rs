@@ -395,7 +395,7 @@ pub struct SinkSpec {
     pub kind: SinkKind,
     pub format: SinkFormat,
     /// In a cluster: every peer writes every record of `from` to its own output;
-    /// otherwise the peer leading partition 0 of `from` writes (`runtime/sink.rs`).
+    /// otherwise the peer leading partition 0 of `from` writes (`runtime/sink/clustered.rs`).
     pub per_peer: bool,
 }
 

@@ -68,7 +68,7 @@ pub fn plan(mut spec: DataflowSpec, cluster: Option<Arc<Cluster>>) -> Result<Pla
         let cursors = crate::runtime::consumers::cursor_topics(&spec);
         spec.topics.extend(cursors);
         // A source (a sink) runs where partition 0 of its topic is led (`source.rs`,
-        // `sink.rs`), which needs a replicated topic: one copy has no lead to follow, and
+        // `sink/`), which needs a replicated topic: one copy has no lead to follow, and
         // each peer would read (write). With `per_peer` each peer does, on purpose.
         let one_copy = |topic: usize| spec.topics[topic].replicas == Some(1);
         if let Some(source) = spec.sources.iter().find(|s| !s.per_peer && one_copy(s.to)) {
