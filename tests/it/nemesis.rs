@@ -419,9 +419,14 @@ fn settle(servers: &[Server], when: &str) {
         }
         if started.elapsed() > Duration::from_secs(60) {
             let views = statuses(servers);
+            let words: Vec<String> = servers
+                .iter()
+                .map(|s| crate::replication::last_words(s, 15))
+                .collect();
             panic!(
-                "every peer reads every partition: not within 60 s {when}\nreads through each peer: {answers:?}\n{}",
-                views
+                "every peer reads every partition: not within 60 s {when}\nreads through each peer: {answers:?}\n{}\nlast warnings and membership changes, per peer:\n{}",
+                views,
+                words.join("\n")
             );
         }
         std::thread::sleep(Duration::from_millis(100));

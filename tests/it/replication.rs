@@ -287,27 +287,34 @@ fn wait_replicated(servers: &[&Server]) {
     });
     if whole.is_none() {
         // What each peer held, and what it last warned of: a stalled copy says why.
-        let warnings: Vec<String> = servers
-            .iter()
-            .map(|s| {
-                let text = s.log.text();
-                let lines: Vec<&str> = text
-                    .lines()
-                    .filter(|l| l.contains(" WARN ") || l.contains(" ERROR "))
-                    .filter(|l| !l.contains("openraft"))
-                    .collect();
-                format!(
-                    "{}:\n{}",
-                    s.tcp,
-                    lines[lines.len().saturating_sub(8)..].join("\n")
-                )
-            })
-            .collect();
+        let warnings: Vec<String> = servers.iter().map(|s| last_words(s, 8)).collect();
         panic!(
             "every replica holds its leader's records: not within 30s; (role, epoch, end, hwm) by partition, per peer: {views:#?}\n{}",
             warnings.join("\n")
         );
     }
+}
+
+/// The last `n` warnings and errors of `server` (and its peers' comings and goings),
+/// openraft's own left out: for a failure to say why.
+pub(crate) fn last_words(server: &Server, n: usize) -> String {
+    let text = server.log.text();
+    let lines: Vec<&str> = text
+        .lines()
+        .filter(|l| {
+            l.contains(" WARN ")
+                || l.contains(" ERROR ")
+                || l.contains(" is down")
+                || l.contains(" joined")
+                || l.contains(" restarted (")
+        })
+        .filter(|l| !l.contains("openraft"))
+        .collect();
+    format!(
+        "{}:\n{}",
+        server.tcp,
+        lines[lines.len().saturating_sub(n)..].join("\n")
+    )
 }
 
 #[test]
