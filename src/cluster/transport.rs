@@ -21,6 +21,23 @@ pub const GOSSIP_QUEUE: usize = 1024;
 pub const PEER_IO_TIMEOUT: Duration = Duration::from_millis(500);
 /// A connection with nothing to read for this long is closed.
 const IDLE_TIMEOUT: Duration = Duration::from_secs(60);
+/// TCP keepalive on every peer connection: the first probe after this long without
+/// traffic, then one every `KEEPALIVE_INTERVAL`, the connection dropped after
+/// `KEEPALIVE_PROBES` unanswered. A peer gone behind a cut (its FIN or RST lost) is
+/// noticed within about 25 s; without it a data connection, which reads without a
+/// timeout, held its thread and one of `PEER_CONNECTIONS_MAX` slots for good.
+const KEEPALIVE_IDLE: Duration = Duration::from_secs(10);
+const KEEPALIVE_INTERVAL: Duration = Duration::from_secs(5);
+const KEEPALIVE_PROBES: u32 = 3;
+
+/// Turns TCP keepalive on for a peer connection (`KEEPALIVE_IDLE`).
+fn keep_alive(stream: &TcpStream) -> std::io::Result<()> {
+    let keepalive = socket2::TcpKeepalive::new()
+        .with_time(KEEPALIVE_IDLE)
+        .with_interval(KEEPALIVE_INTERVAL)
+        .with_retries(KEEPALIVE_PROBES);
+    socket2::SockRef::from(stream).set_tcp_keepalive(&keepalive)
+}
 
 /// What a connection is for, said in its HELLO.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -71,6 +88,7 @@ pub fn connect(
 ) -> std::io::Result<TcpStream> {
     let mut stream = TcpStream::connect_timeout(&to, PEER_IO_TIMEOUT)?;
     stream.set_nodelay(true)?;
+    keep_alive(&stream)?;
     stream.set_write_timeout(Some(PEER_IO_TIMEOUT))?;
     stream.write_all(&hello(cluster, me, purpose))?;
     Ok(stream)
@@ -117,6 +135,7 @@ impl Listener {
         stream.set_read_timeout(Some(IDLE_TIMEOUT))?;
         stream.set_write_timeout(Some(PEER_IO_TIMEOUT))?;
         stream.set_nodelay(true)?;
+        keep_alive(&stream)?;
         let Some(first) = frame::read(&mut stream)? else {
             return Ok(());
         };
@@ -265,5 +284,26 @@ impl Requests {
             self.streams.remove(&to);
         }
         result
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn peer_connections_keep_alive_both_ways() {
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let to = listener.local_addr().unwrap();
+        let dialed = connect(to, "flowd", to, Purpose::Gossip).unwrap();
+        let (accepted, _) = listener.accept().unwrap();
+        keep_alive(&accepted).unwrap();
+        for stream in [&dialed, &accepted] {
+            let socket = socket2::SockRef::from(stream);
+            assert!(socket.keepalive().unwrap());
+            assert_eq!(socket.tcp_keepalive_time().unwrap(), KEEPALIVE_IDLE);
+            assert_eq!(socket.tcp_keepalive_interval().unwrap(), KEEPALIVE_INTERVAL);
+            assert_eq!(socket.tcp_keepalive_retries().unwrap(), KEEPALIVE_PROBES);
+        }
     }
 }
