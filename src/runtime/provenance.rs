@@ -102,7 +102,12 @@ pub fn decode_point(value: &[u8]) -> Option<Point> {
 
 /// The producer whose end this record marks, if it is an end-of-input marker.
 pub fn end_marker<'a>(view: &RecordView<'a>) -> Option<&'a str> {
-    view.headers()
+    ended_by(view.headers())
+}
+
+/// The producer an end-of-input marker with these headers names, if they make one.
+pub fn ended_by<'a>(mut headers: impl Iterator<Item = (&'a str, &'a [u8])>) -> Option<&'a str> {
+    headers
         .find(|(name, _)| *name == END_HEADER)
         .and_then(|(_, value)| std::str::from_utf8(value).ok())
 }

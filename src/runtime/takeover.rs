@@ -38,6 +38,12 @@ use crate::runtime::shard::Shard;
 /// The longest pause between two tries of a read an unavailable leader refused.
 const RETRY_PAUSE_MAX: Duration = Duration::from_secs(1);
 
+/// The pause before trying again a read through a leader refused `failures` times in a
+/// row: 20 ms, doubling, at most `RETRY_PAUSE_MAX`.
+pub(crate) fn retry_pause(failures: u32) -> Duration {
+    Duration::from_millis(10 << failures.min(7)).min(RETRY_PAUSE_MAX)
+}
+
 /// Whether this peer runs a stage on an input partition now.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Lead {
@@ -223,8 +229,7 @@ pub(crate) async fn read_partition(
                         shard.shared.spec.topics[topic].name
                     );
                 }
-                let pause = Duration::from_millis(10 << failures.min(7)).min(RETRY_PAUSE_MAX);
-                glommio::timer::sleep(pause).await;
+                glommio::timer::sleep(retry_pause(failures)).await;
                 continue;
             }
         };

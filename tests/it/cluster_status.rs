@@ -74,6 +74,18 @@ fn read_by(status: &Value, topic: &str, consumer: &str) -> u64 {
         .sum()
 }
 
+/// The sum over `topic`'s rows of where each partition ends: its records, all told.
+fn ends_of(status: &Value, topic: &str) -> u64 {
+    status["topics"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|t| t["name"] == topic)
+        .flat_map(|t| t["partitions"].as_array().unwrap())
+        .map(|p| p["next_offset"].as_u64().unwrap())
+        .sum()
+}
+
 fn the_status_through_any_peer_shows_the_whole_cluster() {
     let _serial = one_at_a_time();
     let dir = tempfile::tempdir().unwrap();
@@ -107,14 +119,7 @@ fn the_status_through_any_peer_shows_the_whole_cluster() {
             12,
             "three topics of four partitions, each led once: {led:?}"
         );
-        let lines_in: u64 = last["topics"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .filter(|t| t["name"] == "lines")
-            .flat_map(|t| t["partitions"].as_array().unwrap())
-            .map(|p| p["next_offset"].as_u64().unwrap())
-            .sum();
+        let lines_in = ends_of(&last, "lines");
         assert_eq!(
             lines_in,
             lines.len() as u64,
@@ -136,14 +141,7 @@ fn the_status_through_any_peer_shows_the_whole_cluster() {
         }
         assert_eq!(last["records_in"], lines.len() as u64, "the cluster's records in");
         // The words' lag, read through this one peer, is every peer's stage's.
-        let words_in: u64 = last["topics"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .filter(|t| t["name"] == "words")
-            .flat_map(|t| t["partitions"].as_array().unwrap())
-            .map(|p| p["next_offset"].as_u64().unwrap())
-            .sum();
+        let words_in = ends_of(&last, "words");
         wait_until(
             "the words counted, seen through one peer",
             Duration::from_secs(30),

@@ -26,7 +26,7 @@ use crate::config::SinkKind;
 use crate::protocol::FetchFrom;
 use crate::runtime::error::{Result, RuntimeError};
 use crate::runtime::progress::Progress;
-use crate::runtime::provenance::END_HEADER;
+use crate::runtime::provenance::ended_by;
 use crate::runtime::service::{self, FETCH_BYTES_MAX, FetchOrder};
 use crate::runtime::shard::Shard;
 use crate::runtime::takeover::{self, Lead};
@@ -38,8 +38,6 @@ const LEAD_POLL: Duration = Duration::from_millis(100);
 const REMOTE_POLL_MAX: Duration = Duration::from_millis(100);
 /// How long a read of a partition this peer leads waits for an append.
 const LOCAL_WAIT_MS: u32 = 500;
-/// The longest pause between two tries of a read a leader refused.
-const RETRY_PAUSE_MAX: Duration = Duration::from_secs(1);
 
 /// A sink in a cluster: written where partition 0 of its topic is led (moving with that
 /// lead), or on every peer (`per_peer`), every partition read through its leader.
@@ -98,8 +96,7 @@ async fn serve(
         },
         progress.file_len
     );
-    let mut writer = Writer::new(shard, sink, output, progress, crc);
-    writer.expected_ends = expected_ends.clone();
+    let mut writer = Writer::new(shard, sink, output, progress, crc, expected_ends.clone());
     let stop = Rc::new(Cell::new(false));
     let (chunks, receiver) = flume::bounded(SINK_CHANNEL_CHUNKS_MAX);
     for partition in 0..writer.partitions {
@@ -193,8 +190,7 @@ async fn read_partition(shard: Rc<Shard>, reading: Reading, mut position: u64) {
                         sink.name
                     );
                 }
-                glommio::timer::sleep(Duration::from_millis(10 << failures.min(7)).min(RETRY_PAUSE_MAX))
-                    .await;
+                glommio::timer::sleep(takeover::retry_pause(failures)).await;
                 continue;
             }
         };
@@ -229,12 +225,8 @@ async fn read_partition(shard: Rc<Shard>, reading: Reading, mut position: u64) {
         };
         for (offset, record) in &fetched.records {
             position = offset + 1;
-            let ended = record
-                .headers
-                .iter()
-                .find(|(name, _)| name == END_HEADER)
-                .and_then(|(_, value)| std::str::from_utf8(value).ok());
-            match ended {
+            let headers = record.headers.iter().map(|(n, v)| (n.as_str(), v.as_slice()));
+            match ended_by(headers) {
                 Some(producer) => chunk.ends.push(producer.to_owned()),
                 None => {
                     let line = Line {

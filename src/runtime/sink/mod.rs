@@ -185,7 +185,14 @@ struct Writer {
 }
 
 impl Writer {
-    fn new(shard: &Shard, sink: usize, output: Output, progress: Progress, crc: u32) -> Writer {
+    fn new(
+        shard: &Shard,
+        sink: usize,
+        output: Output,
+        progress: Progress,
+        crc: u32,
+        expected_ends: HashSet<String>,
+    ) -> Writer {
         let shared = &shard.shared;
         let sink = &shared.spec.sinks[sink];
         let mut ends: BTreeMap<u32, HashSet<String>> = BTreeMap::new();
@@ -199,7 +206,7 @@ impl Writer {
             progress,
             path: progress::path(&shared.data_dir, &sink.name, "sink"),
             ends,
-            expected_ends: HashSet::new(),
+            expected_ends,
             partitions: shared.spec.topics[sink.from].partitions,
             durable: shared.durable(),
             commit_interval: shared.spec.engine.commit_interval,
@@ -288,8 +295,7 @@ impl Writer {
 pub async fn write(shard: Rc<Shard>, task: WriterTask, receiver: flume::Receiver<SinkChunk>) -> Result<()> {
     let sink = &shard.shared.spec.sinks[task.sink];
     let (output, crc) = open(&sink.kind, &task.progress)?;
-    let mut writer = Writer::new(&shard, task.sink, output, task.progress, crc);
-    writer.expected_ends = task.expected_ends;
+    let mut writer = Writer::new(&shard, task.sink, output, task.progress, crc, task.expected_ends);
     let mut idle = Backoff::default();
     while !writer.progress.done {
         let stopping = shard.shared.control.is_stopping();
