@@ -77,6 +77,9 @@ pub struct Metrics {
     pub connections_open: AtomicU64,
     pub connections_refused: Counter,
     pub http_requests: Counter,
+    /// HTTP requests refused before routing: a Host, Origin or Content-Type a browser
+    /// page could have forged.
+    pub http_refused: Counter,
     pub records_claimed: Counter,
     pub acks: Counter,
     /// Segments, records and bytes retention deleted.
@@ -128,6 +131,7 @@ impl Metrics {
             connections_open: AtomicU64::new(0),
             connections_refused: Counter::default(),
             http_requests: Counter::default(),
+            http_refused: Counter::default(),
             records_claimed: Counter::default(),
             acks: Counter::default(),
             retention_segments: Counter::default(),
@@ -213,6 +217,11 @@ impl Metrics {
                 "flowd_http_requests_total",
                 "HTTP requests served",
                 self.http_requests.get(),
+            ),
+            (
+                "flowd_http_refused_total",
+                "HTTP requests refused before routing: a Host, Origin or Content-Type a browser page could forge",
+                self.http_refused.get(),
             ),
             (
                 "flowd_records_claimed_total",

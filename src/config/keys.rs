@@ -36,6 +36,8 @@ const INGEST: &[&str] = &[
     "io_timeout",
     "idle_timeout",
     "max_buffered_bytes",
+    "http_hosts",
+    "insecure",
 ];
 const JOB: &[&str] = &["name", "topic", "timeout"];
 const ENGINE: &[&str] = &["cores", "data_dir", "durability", "commit_interval"];

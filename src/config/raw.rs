@@ -38,6 +38,10 @@ pub struct RawIngest {
     pub idle_timeout: Option<Spanned<String>>,
     /// A size: `"128MiB"` or a number of bytes.
     pub max_buffered_bytes: Option<Spanned<toml::Value>>,
+    /// Host names the HTTP door answers to besides IP literals and `localhost`.
+    pub http_hosts: Option<Spanned<Vec<Spanned<String>>>>,
+    /// Listen on addresses other machines reach without TLS and credentials.
+    pub insecure: Option<Spanned<bool>>,
 }
 
 #[derive(Debug, Deserialize)]

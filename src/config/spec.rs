@@ -40,6 +40,14 @@ pub struct IngestSpec {
     /// become, until answered) one core holds at once; past it, connections wait before
     /// reading more. At least `max_frame_bytes`.
     pub max_buffered_bytes: u64,
+    /// Host names (lower case) the HTTP door answers to besides IP literals and
+    /// `localhost`: a request naming another host is refused, so that a web page
+    /// whose name was made to resolve to this machine (DNS rebinding) reaches nothing.
+    pub http_hosts: Vec<String>,
+    /// Listeners (and the peer port) may bind addresses other machines reach, without
+    /// TLS and credentials (`insecure = true`, `--insecure`): said in the log and on the
+    /// status page.
+    pub insecure: bool,
 }
 
 pub const DEFAULT_TCP: &str = "127.0.0.1:7070";
@@ -56,6 +64,8 @@ impl Default for IngestSpec {
             io_timeout: Duration::from_secs(30),
             idle_timeout: Duration::from_secs(600),
             max_buffered_bytes: 128 << 20,
+            http_hosts: Vec::new(),
+            insecure: false,
         }
     }
 }

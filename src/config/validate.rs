@@ -259,6 +259,20 @@ impl Validator<'_, '_> {
                 );
             }
         }
+        for host in raw.http_hosts.iter().flat_map(|h| h.get_ref()) {
+            let name = host.get_ref().trim().to_ascii_lowercase();
+            if name.is_empty() || name.contains([':', '/', ' ', '@']) {
+                self.error(
+                    host.span(),
+                    "ingest.http_hosts",
+                    format!("\"{}\" is not a host name", host.get_ref()),
+                    "write names alone, without scheme or port, e.g. [\"flowd.example.com\"]".into(),
+                );
+            } else {
+                spec.http_hosts.push(name);
+            }
+        }
+        spec.insecure = raw.insecure.as_ref().is_some_and(|i| *i.get_ref());
         // One frame must always fit: a budget below it would never let such a frame in.
         spec.max_buffered_bytes = spec.max_buffered_bytes.max(u64::from(spec.max_frame_bytes));
         spec

@@ -36,6 +36,8 @@ pub struct Front {
     pub max_frame_bytes: usize,
     pub io_timeout: Duration,
     pub idle_timeout: Duration,
+    /// Host names the HTTP door answers to besides IP literals and `localhost`.
+    pub http_hosts: Vec<String>,
     /// Connections counted in and out, across every shard.
     pub admission: Arc<admission::Admission>,
     /// This shard's bytes for large unfinished frames and bodies (`admission`).
@@ -207,6 +209,7 @@ fn serve(shard: &Rc<Shard>, sockets: ShardSockets) {
         max_frame_bytes: ingest.max_frame_bytes as usize,
         io_timeout: ingest.io_timeout,
         idle_timeout: ingest.idle_timeout,
+        http_hosts: ingest.http_hosts.clone(),
         admission,
         buffered: Rc::new(glommio::sync::Semaphore::new(ingest.max_buffered_bytes)),
         listeners: sockets.names.clone(),

@@ -33,5 +33,6 @@ mod recovery_props;
 mod replica_log;
 mod replication;
 mod retention;
+mod security;
 mod slow_clients;
 mod support;

@@ -3,7 +3,7 @@
 //! (the status page) and `GET /metrics` (Prometheus text). A contract (DESIGN.md 5).
 //! Codemap: this file (accepting, the watchdog, routing, records) → `consumers`
 //! (consumers and range reads) → `reply` (the answers and request shapes both share) →
-//! `io` (hyper over a glommio stream).
+//! `io` (hyper over a glommio stream); `guard` refuses what a browser page could forge.
 
 use std::cell::Cell;
 use std::os::fd::RawFd;
@@ -25,6 +25,7 @@ use crate::server::admission::{Charge, FREE_BYTES, Refusal};
 use crate::server::{self, Front, api, page, relay};
 
 mod consumers;
+mod guard;
 mod io;
 mod reply;
 
@@ -126,6 +127,11 @@ async fn route(shard: &Rc<Shard>, front: &Rc<Front>, request: Request<Incoming>)
     let query = request.uri().query().unwrap_or_default().to_owned();
     let segments: Vec<&str> = path.trim_matches('/').split('/').collect();
     let method = request.method().clone();
+    if let Err(refused) = guard::check(&method, request.headers(), &front.http_hosts) {
+        shard.shared.metrics.http_refused.add(1);
+        tracing::info!("HTTP {method} {path} refused: {}", refused.message);
+        return error(refused.status, &refused.message);
+    }
     match (&method, segments.as_slice()) {
         (&Method::GET, [""]) => {
             let status = front.status(shard, local_asked(&query)).await;
