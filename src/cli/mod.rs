@@ -53,6 +53,10 @@ enum Command {
         /// Serve HTTP/JSON, the status page and /metrics on ADDR (overrides ingest.http).
         #[arg(long, value_name = "ADDR")]
         http: Option<std::net::SocketAddr>,
+        /// Let the listeners and the peer port bind addresses other machines reach,
+        /// without TLS or credentials (sets ingest.insecure); said in the log and status.
+        #[arg(long)]
+        insecure: bool,
         /// Join a cluster: listen for peers on ADDR (the address the others reach this
         /// peer at; gossip, forwarded records and fetches).
         #[arg(long, value_name = "ADDR")]
@@ -261,6 +265,7 @@ impl Cli {
                 memory,
                 listen,
                 http,
+                insecure,
                 peer_listen,
                 seeds,
                 cluster_id,
@@ -273,6 +278,7 @@ impl Cli {
                 memory,
                 listen,
                 http,
+                insecure,
                 cluster: peer_listen.map(|listen| crate::cluster::ClusterOptions {
                     listen,
                     seeds,

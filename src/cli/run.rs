@@ -19,6 +19,8 @@ pub struct RunArgs {
     pub memory: bool,
     pub listen: Option<SocketAddr>,
     pub http: Option<SocketAddr>,
+    /// `--insecure`: addresses other machines reach may be bound.
+    pub insecure: bool,
     /// Join a cluster (`--peer-listen`, `--seeds`, `--cluster-id`).
     pub cluster: Option<ClusterOptions>,
 }
@@ -44,6 +46,12 @@ pub fn run(args: RunArgs) -> Result<ExitCode, CliError> {
             ingest.http = args.http;
         }
     }
+    if args.insecure
+        && let Some(ingest) = spec.ingest.as_mut()
+    {
+        ingest.insecure = true;
+    }
+    let insecure = args.insecure || spec.ingest.as_ref().is_some_and(|i| i.insecure);
     // --memory: the data lives in a fresh directory on tmpfs, gone when flowd exits.
     let _memory_dir = if args.memory {
         let dir = tempfile::Builder::new()
@@ -65,9 +73,11 @@ pub fn run(args: RunArgs) -> Result<ExitCode, CliError> {
     let data_dir = spec.engine.data_dir.clone();
     // Bound before the cluster starts: the others learn where this peer's clients
     // connect from its identity.
+    runtime::private_data_dir(&data_dir)?;
     let (doors, bound) = crate::server::listen(&spec)?;
     let cluster = match &args.cluster {
         Some(options) => {
+            crate::server::listeners::exposed("--peer-listen", options.listen, insecure)?;
             if options.listen.ip().is_unspecified() {
                 return Err(CliError::Usage(format!(
                     "--peer-listen {} is not an address other peers can reach; give this machine's address (or 127.0.0.1 for peers on one machine)",

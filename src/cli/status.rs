@@ -28,6 +28,13 @@ pub fn run(from: &str, json: bool, local: bool) -> Result<ExitCode, CliError> {
         status.durability,
         status.listeners.join(", ")
     )?;
+    if !status.insecure.is_empty() {
+        writeln!(
+            out,
+            "INSECURE: {} reachable from other machines without TLS or credentials (insecure = true)",
+            status.insecure.join(", ")
+        )?;
+    }
     let cluster = status.scope == Scope::Cluster;
     writeln!(
         out,

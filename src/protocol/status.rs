@@ -12,6 +12,10 @@ pub struct Status {
     pub cores: usize,
     pub durability: String,
     pub listeners: Vec<String>,
+    /// Listeners (and the peer port) other machines reach without TLS or credentials,
+    /// bound because the operator said `insecure`; in a cluster's status, every peer's.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub insecure: Vec<String>,
     pub topics: Vec<TopicStatus>,
     /// In a cluster: the engine's own topics (`__flowd.cursors.*`), apart from the
     /// dataflow's.

@@ -40,6 +40,15 @@ pub enum RuntimeError {
         source: std::io::Error,
     },
     #[error(
+        "{what} {addr} is not a loopback address: other machines would reach it, and nothing on it asks \
+         who they are; bind 127.0.0.1 (or ::1), or say `insecure = true` in [ingest] (or --insecure) \
+         to serve them anyway"
+    )]
+    Exposed {
+        what: String,
+        addr: std::net::SocketAddr,
+    },
+    #[error(
         "lost peer {peer} while it held batches this engine's stages wrote to it ({reason}); \
          restart this peer once that one is back (without replication, its partitions are away with it)"
     )]

@@ -44,7 +44,7 @@ use crate::config::DataflowSpec;
 use crate::runtime::shard::Shared;
 use error::Result;
 pub use error::RuntimeError;
-pub use plan::core_count;
+pub use plan::{core_count, private_data_dir};
 
 /// What a run did.
 #[derive(Debug, Clone)]

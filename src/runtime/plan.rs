@@ -91,8 +91,7 @@ pub fn plan(mut spec: DataflowSpec, cluster: Option<Arc<Cluster>>) -> Result<Pla
         }
     }
     let data_dir = spec.engine.data_dir.clone();
-    crate::storage::io::create_dir_all(&data_dir)
-        .map_err(RuntimeError::io("create the data directory", &data_dir))?;
+    private_data_dir(&data_dir)?;
     let producers = producers_by_topic(&spec);
     let bounded = bounded_topics(&spec);
     let mut plans: Vec<ShardPlan> = (0..shards).map(|_| ShardPlan::default()).collect();
@@ -339,6 +338,20 @@ fn epoch() -> u64 {
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |d| d.as_nanos() as u64);
     nanos ^ (u64::from(std::process::id()) << 48)
+}
+
+/// Creates the data directory for its owner alone (0700), saying so when one that
+/// existed was open to others.
+pub fn private_data_dir(dir: &std::path::Path) -> Result<()> {
+    let narrowed = crate::storage::io::create_private_dir(dir)
+        .map_err(RuntimeError::io("create the data directory (mode 0700)", dir))?;
+    if let Some(mode) = narrowed {
+        tracing::warn!(
+            "the data directory {} was mode {mode:04o}, open to other users; it is now 0700",
+            dir.display()
+        );
+    }
+    Ok(())
 }
 
 pub fn core_count(cores: Cores) -> Result<usize> {

@@ -20,6 +20,9 @@ pub struct ShardSockets {
     pub http: Option<RawFd>,
     /// `tcp ADDR` and `http ADDR`, as printed once listening.
     pub names: Vec<String>,
+    /// The listeners other machines reach without TLS or credentials (`insecure`), for
+    /// the status.
+    pub exposed: Vec<String>,
     /// The connection counts every shard shares.
     pub admission: Option<std::sync::Arc<crate::server::admission::Admission>>,
 }
@@ -32,6 +35,11 @@ pub struct Bound {
 }
 
 pub fn bind(ingest: &IngestSpec, shards: usize) -> Result<(Bound, Vec<ShardSockets>), RuntimeError> {
+    for (what, addr) in [("tcp", ingest.tcp), ("http", ingest.http)] {
+        if let Some(addr) = addr {
+            exposed(&format!("ingest.{what}"), addr, ingest.insecure)?;
+        }
+    }
     let mut sockets: Vec<ShardSockets> = (0..shards).map(|_| ShardSockets::default()).collect();
     let mut bound = Bound::default();
     if let Some(addr) = ingest.tcp {
@@ -57,11 +65,39 @@ pub fn bind(ingest: &IngestSpec, shards: usize) -> Result<(Bound, Vec<ShardSocke
     }
     let admission =
         crate::server::admission::Admission::new(ingest.max_connections, ingest.max_connections_per_address);
+    let exposed: Vec<String> = [("tcp", bound.tcp), ("http", bound.http)]
+        .into_iter()
+        .filter_map(|(what, addr)| {
+            addr.filter(|a| !a.ip().is_loopback())
+                .map(|a| format!("{what} {a}"))
+        })
+        .collect();
     for s in &mut sockets {
         s.names = names.clone();
+        s.exposed = exposed.clone();
         s.admission = Some(std::sync::Arc::clone(&admission));
     }
     Ok((bound, sockets))
+}
+
+/// Whether `addr` may be bound: a loopback address always; any other (the unspecified
+/// `0.0.0.0` too) only when the operator said `insecure`, since nothing on the door asks
+/// who connects yet. Returns whether other machines reach it.
+pub fn exposed(what: &str, addr: SocketAddr, insecure: bool) -> Result<bool, RuntimeError> {
+    if addr.ip().is_loopback() {
+        return Ok(false);
+    }
+    if !insecure {
+        return Err(RuntimeError::Exposed {
+            what: what.to_owned(),
+            addr,
+        });
+    }
+    tracing::warn!(
+        "{what} {addr} is reachable from other machines without TLS or credentials (insecure = true): \
+         anyone who reaches it may produce, read, ack and delete"
+    );
+    Ok(true)
 }
 
 fn bind_all(addr: SocketAddr, shards: usize, what: &str) -> Result<(SocketAddr, Vec<RawFd>), RuntimeError> {

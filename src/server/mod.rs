@@ -44,6 +44,8 @@ pub struct Front {
     pub buffered: Rc<glommio::sync::Semaphore>,
     /// `tcp ADDR` / `http ADDR` lines, for the status page.
     pub listeners: Vec<String>,
+    /// Those (and the peer port) other machines reach without TLS or credentials.
+    pub exposed: Vec<String>,
     pub started: Instant,
     /// This shard's connections to the peers it relays client requests to.
     pub relays: relay::Relays,
@@ -77,7 +79,8 @@ impl Front {
     pub async fn status(&self, shard: &Rc<Shard>, local: bool) -> crate::protocol::status::Status {
         let metrics = &shard.shared.metrics;
         let rates = self.rates(metrics.records_in.get(), metrics.jobs.get());
-        let own = api::status::status(shard, self.started, &self.listeners, rates).await;
+        let mut own = api::status::status(shard, self.started, &self.listeners, rates).await;
+        own.insecure = self.exposed.clone();
         match shard.shared.peers.as_deref() {
             Some(peers) if !local => {
                 let answers = relay::statuses(&self.relays, peers).await;
@@ -213,6 +216,15 @@ fn serve(shard: &Rc<Shard>, sockets: ShardSockets) {
         admission,
         buffered: Rc::new(glommio::sync::Semaphore::new(ingest.max_buffered_bytes)),
         listeners: sockets.names.clone(),
+        exposed: {
+            let mut exposed = sockets.exposed.clone();
+            if let Some(peers) = shard.shared.peers.as_deref()
+                && !peers.cluster.me.addr.ip().is_loopback()
+            {
+                exposed.push(format!("peers {}", peers.cluster.me.addr));
+            }
+            exposed
+        },
         started: Instant::now(),
         relays: relay::Relays::default(),
         last_sample: RefCell::new((Instant::now(), 0, 0)),

@@ -42,6 +42,14 @@ pub fn render(status: &Status) -> String {
         status.produce_latency_us.p50,
         status.produce_latency_us.p99,
     );
+    if !status.insecure.is_empty() {
+        let _ = write!(
+            html,
+            "<p style=\"background:#fdd;padding:6px\"><b>insecure</b>: {} reachable from other machines \
+             without TLS or credentials (insecure = true)</p>",
+            escape(&status.insecure.join(", "))
+        );
+    }
     if !status.peers.is_empty() {
         html.push_str(
             "<h2>peers</h2><table><tr><th class=\"l\">address</th><th class=\"l\">state</th><th>cores</th>\

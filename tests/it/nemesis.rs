@@ -259,6 +259,8 @@ fn start_with(
         http,
         "--peer-listen".into(),
         peer,
+        // Addresses of the test's own namespaces, not loopback.
+        "--insecure".into(),
         "--replace-after".into(),
         replace_after.into(),
     ];

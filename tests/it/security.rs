@@ -189,3 +189,84 @@ fn a_page_in_a_browser_changes_nothing_through_the_http_door() {
     let (code, body) = exchange(&addr, "DELETE", "/consumers/events/g", &own, "");
     assert_eq!(code, 200, "{body}");
 }
+
+/// `flowd ARGS...` expected to stop on its own within 20 s: its exit code and stderr.
+fn run_to_exit(args: &[&str]) -> (Option<i32>, String) {
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_flowd"))
+        .args(args)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    let status = loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            break Some(status);
+        }
+        if std::time::Instant::now() > deadline {
+            child.kill().unwrap();
+            child.wait().unwrap();
+            break None;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    let mut stderr = String::new();
+    child.stderr.take().unwrap().read_to_string(&mut stderr).unwrap();
+    (status.and_then(|s| s.code()), stderr)
+}
+
+#[test]
+fn listeners_bind_loopback_only_unless_told_insecure_and_the_data_dir_is_private() {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = tempfile::tempdir().unwrap();
+    let file = dataflow(dir.path());
+    let file = file.to_str().unwrap();
+    for (extra, names) in [
+        (&["--listen", "0.0.0.0:0"][..], "--listen 0.0.0.0"),
+        (&["--http", "0.0.0.0:0"][..], "--http 0.0.0.0"),
+        (&["--peer-listen", "0.0.0.0:0"][..], "--peer-listen 0.0.0.0"),
+    ] {
+        let mut args = vec!["run", file];
+        args.extend_from_slice(extra);
+        let (code, stderr) = run_to_exit(&args);
+        assert_eq!(code, Some(1), "{names} without --insecure: {stderr}");
+        assert!(
+            stderr.contains("is not a loopback address") && stderr.contains("--insecure"),
+            "{names}: {stderr}"
+        );
+    }
+    // Nothing was bound, nothing written: the refusal comes first.
+    assert!(!dir.path().join("data").join("events").exists());
+
+    // A data directory open to others is narrowed to its owner.
+    let data = dir.path().join("data");
+    std::fs::create_dir_all(&data).unwrap();
+    std::fs::set_permissions(&data, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let server = Server::start_with(
+        std::path::Path::new(file),
+        &["--listen", "0.0.0.0:0", "--insecure"],
+    );
+    let mode = std::fs::metadata(&data).unwrap().permissions().mode() & 0o777;
+    assert_eq!(mode, 0o700, "the data directory is {mode:o}");
+    assert!(
+        server.log.wait_for(
+            &["was mode 0755", "reachable from other machines"],
+            Duration::from_secs(10)
+        ),
+        "{}",
+        server.log.text()
+    );
+    let (code, body) = http(&server.http, "GET", "/status", "");
+    assert_eq!(code, 200, "{body}");
+    let status: serde_json::Value = serde_json::from_str(&body).unwrap();
+    let insecure = status["insecure"]
+        .as_array()
+        .expect("the status names what is exposed");
+    assert_eq!(insecure.len(), 1, "{body}");
+    assert!(
+        insecure[0].as_str().unwrap().starts_with("tcp 0.0.0.0:"),
+        "{body}"
+    );
+    let (_, page) = http(&server.http, "GET", "/", "");
+    assert!(page.contains("<b>insecure</b>: tcp 0.0.0.0:"), "{page}");
+}

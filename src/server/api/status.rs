@@ -102,6 +102,7 @@ pub async fn status(shard: &Rc<Shard>, started: Instant, listeners: &[String], r
         cores: shared.shards,
         durability: format!("{:?}", spec.engine.durability).to_lowercase(),
         listeners: listeners.to_vec(),
+        insecure: Vec::new(),
         topics,
         internal_topics,
         jobs: spec.jobs.iter().map(|j| j.name.clone()).collect(),
@@ -217,6 +218,9 @@ pub fn merge(own: Status, others: Vec<(std::net::SocketAddr, Result<Status, Stri
     merged.topics = best_rows(&merged.topics, &all, |s| &s.topics);
     merged.internal_topics = best_rows(&merged.internal_topics, &all, |s| &s.internal_topics);
     let statuses = || all.iter().map(|(_, s)| s);
+    merged.insecure = statuses().flat_map(|s| s.insecure.iter().cloned()).collect();
+    merged.insecure.sort();
+    merged.insecure.dedup();
     merged.records_in = statuses().map(|s| s.records_in).sum();
     merged.records_in_per_sec = statuses().map(|s| s.records_in_per_sec).sum();
     merged.bytes_in = statuses().map(|s| s.bytes_in).sum();
@@ -320,6 +324,7 @@ mod tests {
             cores: 2,
             durability: "group".into(),
             listeners: Vec::new(),
+            insecure: Vec::new(),
             topics: vec![TopicStatus {
                 name: "t".into(),
                 partitions: rows.iter().map(row).collect(),
