@@ -1,10 +1,11 @@
 //! flowd: a single-binary, shared-nothing stream and job processing engine.
 //!
-//! Its rooms, from the bottom up: `storage` (partition logs), `config`, `consumer`,
+//! Its rooms, from the bottom up: `storage` (partition logs), `auth` (credentials), `config`, `consumer`,
 //! `protocol`, `ops`, `exec`, `metrics`, `cluster` (membership), `runtime` (the engine),
 //! `server` (its front doors), `client`, `bench` and `cli`. ARCHITECTURE.md has the
 //! codemap, the invariants and the imports that must never exist.
 
+pub mod auth;
 pub mod bench;
 pub mod cli;
 pub mod client;

@@ -80,6 +80,9 @@ pub struct Metrics {
     /// HTTP requests refused before routing: a Host, Origin or Content-Type a browser
     /// page could have forged.
     pub http_refused: Counter,
+    /// Requests and connections refused for their credentials: none, an unknown token,
+    /// no AUTH in time, or a permission missing.
+    pub auth_refused: Counter,
     pub records_claimed: Counter,
     pub acks: Counter,
     /// Segments, records and bytes retention deleted.
@@ -132,6 +135,7 @@ impl Metrics {
             connections_refused: Counter::default(),
             http_requests: Counter::default(),
             http_refused: Counter::default(),
+            auth_refused: Counter::default(),
             records_claimed: Counter::default(),
             acks: Counter::default(),
             retention_segments: Counter::default(),
@@ -222,6 +226,11 @@ impl Metrics {
                 "flowd_http_refused_total",
                 "HTTP requests refused before routing: a Host, Origin or Content-Type a browser page could forge",
                 self.http_refused.get(),
+            ),
+            (
+                "flowd_auth_refused_total",
+                "Requests refused for their credentials: none, an unknown token, no AUTH in time, or a permission missing",
+                self.auth_refused.get(),
             ),
             (
                 "flowd_records_claimed_total",

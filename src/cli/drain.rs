@@ -5,7 +5,6 @@ use std::process::ExitCode;
 use std::time::{Duration, Instant};
 
 use crate::cli::CliError;
-use crate::client::Client;
 use crate::protocol::consumer::AdminAction;
 use crate::protocol::consumer::CursorInfo;
 
@@ -17,7 +16,7 @@ fn settled(cursor: &CursorInfo) -> bool {
 }
 
 pub fn run(from: &str, group: Option<&str>, timeout: Duration) -> Result<ExitCode, CliError> {
-    let mut client = Client::connect(from)?;
+    let mut client = crate::cli::connect(from)?;
     let deadline = Instant::now() + timeout;
     loop {
         let cursors: Vec<CursorInfo> = client

@@ -17,6 +17,7 @@ mod send;
 mod state;
 mod status;
 mod tail;
+mod token;
 
 #[derive(Debug, Parser)]
 #[command(
@@ -28,6 +29,11 @@ pub struct Cli {
     /// Log level: error, warn, info, debug or trace (FLOWD_LOG overrides).
     #[arg(long, global = true, default_value = "info", value_name = "LEVEL")]
     log_level: String,
+    /// The token the client commands (send, tail, status, state, drain) prove who they
+    /// are with, on a server with credentials; FLOWD_TOKEN otherwise (kept out of the
+    /// shell's history and `ps`).
+    #[arg(long, global = true, value_name = "TOKEN")]
+    token: Option<String>,
     #[command(subcommand)]
     command: Command,
 }
@@ -57,6 +63,10 @@ enum Command {
         /// without TLS or credentials (sets ingest.insecure); said in the log and status.
         #[arg(long)]
         insecure: bool,
+        /// The credentials file (`flowd token add`): every request then needs a token
+        /// with the permission it asks for (overrides ingest.credentials).
+        #[arg(long, value_name = "FILE")]
+        credentials: Option<PathBuf>,
         /// Join a cluster: listen for peers on ADDR (the address the others reach this
         /// peer at; gossip, forwarded records and fetches).
         #[arg(long, value_name = "ADDR")]
@@ -81,6 +91,11 @@ enum Command {
         /// all its partitions ("20MiB"); copies that acks wait for are never slowed.
         #[arg(long, value_name = "BYTES", default_value = "20MiB", value_parser = parse_rate, requires = "peer_listen")]
         copy_rate: u64,
+    },
+    /// Manage the credentials file: tokens and what each may do.
+    Token {
+        #[command(subcommand)]
+        action: token::TokenAction,
     },
     /// Send one record per input line to TOPIC; print PARTITION:OFFSET per record once
     /// durable (with --reply: send each line as a job and print its answer).
@@ -196,6 +211,14 @@ pub enum CliError {
 
 const DEFAULT_TCP: &str = crate::config::DEFAULT_TCP;
 
+/// `--token` (or FLOWD_TOKEN), for every client command's connection.
+static TOKEN: std::sync::OnceLock<Option<String>> = std::sync::OnceLock::new();
+
+/// A client connection to `addr`, proven with `--token` when one was given.
+pub fn connect(addr: &str) -> Result<crate::client::Client, crate::client::ClientError> {
+    crate::client::Client::connect_as(addr, TOKEN.get().and_then(Option::as_deref))
+}
+
 fn parse_rate(text: &str) -> Result<u64, String> {
     let bytes = text
         .parse::<bytesize::ByteSize>()
@@ -221,7 +244,12 @@ impl Cli {
 
     /// Runs the parsed command and returns the process exit code.
     pub fn run(self) -> Result<ExitCode, CliError> {
+        let token = self
+            .token
+            .or_else(|| std::env::var("FLOWD_TOKEN").ok().filter(|t| !t.is_empty()));
+        let _ = TOKEN.set(token);
         match self.command {
+            Command::Token { action } => token::run(action),
             Command::Inspect { data_dir, json } => inspect::run(&data_dir, json),
             Command::Check { dataflow } => check::run(&dataflow),
             Command::Send {
@@ -266,6 +294,7 @@ impl Cli {
                 listen,
                 http,
                 insecure,
+                credentials,
                 peer_listen,
                 seeds,
                 cluster_id,
@@ -279,6 +308,7 @@ impl Cli {
                 listen,
                 http,
                 insecure,
+                credentials,
                 cluster: peer_listen.map(|listen| crate::cluster::ClusterOptions {
                     listen,
                     seeds,

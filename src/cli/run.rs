@@ -21,6 +21,8 @@ pub struct RunArgs {
     pub http: Option<SocketAddr>,
     /// `--insecure`: addresses other machines reach may be bound.
     pub insecure: bool,
+    /// `--credentials FILE`.
+    pub credentials: Option<PathBuf>,
     /// Join a cluster (`--peer-listen`, `--seeds`, `--cluster-id`).
     pub cluster: Option<ClusterOptions>,
 }
@@ -46,10 +48,11 @@ pub fn run(args: RunArgs) -> Result<ExitCode, CliError> {
             ingest.http = args.http;
         }
     }
-    if args.insecure
-        && let Some(ingest) = spec.ingest.as_mut()
-    {
-        ingest.insecure = true;
+    if let Some(ingest) = spec.ingest.as_mut() {
+        ingest.insecure |= args.insecure;
+        if args.credentials.is_some() {
+            ingest.credentials = args.credentials.clone();
+        }
     }
     let insecure = args.insecure || spec.ingest.as_ref().is_some_and(|i| i.insecure);
     // --memory: the data lives in a fresh directory on tmpfs, gone when flowd exits.

@@ -36,7 +36,7 @@ pub fn run(args: SendArgs) -> Result<ExitCode, CliError> {
             },
         )?)),
     };
-    let mut client = Client::connect(&args.to)?;
+    let mut client = crate::cli::connect(&args.to)?;
     let metadata = client.metadata()?;
     let max_bytes = (metadata.max_frame_bytes as usize / 2).max(1024);
     let mut out = std::io::BufWriter::new(std::io::stdout().lock());

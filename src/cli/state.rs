@@ -5,10 +5,9 @@ use std::io::Write;
 use std::process::ExitCode;
 
 use crate::cli::CliError;
-use crate::client::Client;
 
 pub fn run(from: &str, stage: &str, key: &str) -> Result<ExitCode, CliError> {
-    let state = Client::connect(from)?.state(stage, key.as_bytes())?;
+    let state = crate::cli::connect(from)?.state(stage, key.as_bytes())?;
     let mut out = std::io::stdout().lock();
     out.write_all(&state)?;
     out.write_all(b"\n")?;

@@ -7,11 +7,10 @@ use std::io::Write;
 use std::process::ExitCode;
 
 use crate::cli::CliError;
-use crate::client::Client;
 use crate::protocol::status::{Scope, Status};
 
 pub fn run(from: &str, json: bool, local: bool) -> Result<ExitCode, CliError> {
-    let mut client = Client::connect(from)?;
+    let mut client = crate::cli::connect(from)?;
     let value = client.status(local)?;
     let mut out = std::io::stdout().lock();
     if json {

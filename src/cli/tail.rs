@@ -30,7 +30,7 @@ pub struct TailArgs {
 }
 
 pub fn run(args: TailArgs) -> Result<ExitCode, CliError> {
-    let mut client = Client::connect(&args.from)?;
+    let mut client = crate::cli::connect(&args.from)?;
     if let Some(group) = &args.group {
         return as_consumer(&mut client, &args, group);
     }

@@ -242,6 +242,25 @@ impl Client {
         server_error(response)
     }
 
+    /// Proves who this client is with `token` (AUTH): the credential's name. On a server
+    /// with credentials, the first request of a connection; an unknown token is an
+    /// `unauthenticated` error and the server closes the connection.
+    pub fn auth(&mut self, token: &str) -> Result<String> {
+        match self.call(&Request::Auth { token })? {
+            Response::Authed(name) => Ok(name),
+            other => Err(unexpected(&other)),
+        }
+    }
+
+    /// Connects, then AUTH with `token` when one is given.
+    pub fn connect_as(addr: &str, token: Option<&str>) -> Result<Client> {
+        let mut client = Client::connect(addr)?;
+        if let Some(token) = token {
+            client.auth(token)?;
+        }
+        Ok(client)
+    }
+
     pub fn metadata(&mut self) -> Result<Metadata> {
         match self.call(&Request::Metadata)? {
             Response::Metadata(m) => Ok(m),

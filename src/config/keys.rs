@@ -38,6 +38,7 @@ const INGEST: &[&str] = &[
     "max_buffered_bytes",
     "http_hosts",
     "insecure",
+    "credentials",
 ];
 const JOB: &[&str] = &["name", "topic", "timeout"];
 const ENGINE: &[&str] = &["cores", "data_dir", "durability", "commit_interval"];

@@ -42,6 +42,8 @@ pub struct RawIngest {
     pub http_hosts: Option<Spanned<Vec<Spanned<String>>>>,
     /// Listen on addresses other machines reach without TLS and credentials.
     pub insecure: Option<Spanned<bool>>,
+    /// The credentials file (`flowd token add`): with it, every request needs a token.
+    pub credentials: Option<Spanned<String>>,
 }
 
 #[derive(Debug, Deserialize)]

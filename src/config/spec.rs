@@ -48,6 +48,9 @@ pub struct IngestSpec {
     /// TLS and credentials (`insecure = true`, `--insecure`): said in the log and on the
     /// status page.
     pub insecure: bool,
+    /// The credentials file: with it, every request needs a token with the permission
+    /// it asks for (`server::gate`); without it, the doors are open (on loopback).
+    pub credentials: Option<std::path::PathBuf>,
 }
 
 pub const DEFAULT_TCP: &str = "127.0.0.1:7070";
@@ -66,6 +69,7 @@ impl Default for IngestSpec {
             max_buffered_bytes: 128 << 20,
             http_hosts: Vec::new(),
             insecure: false,
+            credentials: None,
         }
     }
 }

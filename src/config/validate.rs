@@ -273,6 +273,7 @@ impl Validator<'_, '_> {
             }
         }
         spec.insecure = raw.insecure.as_ref().is_some_and(|i| *i.get_ref());
+        spec.credentials = raw.credentials.as_ref().map(|c| c.get_ref().into());
         // One frame must always fit: a budget below it would never let such a frame in.
         spec.max_buffered_bytes = spec.max_buffered_bytes.max(u64::from(spec.max_frame_bytes));
         spec

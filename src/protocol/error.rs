@@ -38,6 +38,11 @@ pub enum ErrorCode {
     JobFailed = 19,
     /// No `state` stage of that name, or no state for that key.
     UnknownState = 20,
+    /// The server asks for credentials: no AUTH came first, or its token is not known.
+    /// The connection is closed after it.
+    Unauthenticated = 21,
+    /// The credential lacks the permission the request needs (the message names it).
+    Forbidden = 22,
 }
 
 impl ErrorCode {
@@ -64,6 +69,8 @@ impl ErrorCode {
             18 => ConsumerActive,
             19 => JobFailed,
             20 => UnknownState,
+            21 => Unauthenticated,
+            22 => Forbidden,
             _ => return None,
         })
     }
@@ -92,6 +99,8 @@ impl ErrorCode {
             ConsumerActive => "consumer_active",
             JobFailed => "job_failed",
             UnknownState => "unknown_state",
+            Unauthenticated => "unauthenticated",
+            Forbidden => "forbidden",
         }
     }
 
@@ -99,7 +108,10 @@ impl ErrorCode {
     pub fn keeps_connection(self) -> bool {
         !matches!(
             self,
-            ErrorCode::BadVersion | ErrorCode::FrameTooLarge | ErrorCode::Overloaded
+            ErrorCode::BadVersion
+                | ErrorCode::FrameTooLarge
+                | ErrorCode::Overloaded
+                | ErrorCode::Unauthenticated
         )
     }
 }

@@ -108,6 +108,10 @@ pub enum Request<'a> {
         stage: &'a str,
         key: &'a [u8],
     },
+    /// Who the client is: a token (`auth::credentials`).
+    Auth {
+        token: &'a str,
+    },
 }
 
 fn decode_groups<'a>(c: &mut Cursor<'a>) -> Result<Vec<ProduceGroup<'a>>, ProtocolError> {
@@ -241,6 +245,9 @@ impl<'a> Request<'a> {
                 stage: c.str("a stage name")?,
                 key: c.bytes("a key")?,
             },
+            Some(Kind::Auth) => Request::Auth {
+                token: c.str("a token")?,
+            },
             _ if Kind::is_reserved(header.kind) => {
                 return Err(ProtocolError::new(
                     ErrorCode::Unsupported,
@@ -279,6 +286,7 @@ impl<'a> Request<'a> {
             Request::Range(_) => Kind::Range,
             Request::Length { .. } => Kind::Length,
             Request::State { .. } => Kind::State,
+            Request::Auth { .. } => Kind::Auth,
         };
         let start = begin_frame(out, kind, request_id);
         match self {
@@ -331,6 +339,7 @@ impl<'a> Request<'a> {
                 put_str(out, stage);
                 put_bytes(out, key);
             }
+            Request::Auth { token } => put_str(out, token),
         }
         finish_frame(out, start);
     }
@@ -503,6 +512,12 @@ pub fn encode_answer(out: &mut Vec<u8>, request_id: u64, key: Option<&[u8]>, val
     finish_frame(out, start);
 }
 
+pub fn encode_authed(out: &mut Vec<u8>, request_id: u64, name: &str) {
+    let start = begin_frame(out, Kind::Authed, request_id);
+    put_str(out, name);
+    finish_frame(out, start);
+}
+
 pub fn encode_status(out: &mut Vec<u8>, request_id: u64, json: &[u8]) {
     let start = begin_frame(out, Kind::StatusReply, request_id);
     put_bytes(out, json);
@@ -540,6 +555,8 @@ pub enum Response {
     /// The JSON array of consumer cursors an admin request touched.
     Consumers(Vec<u8>),
     Length(u64),
+    /// AUTH taken: the credential's name (empty on a server without credentials).
+    Authed(String),
     /// An error code this client does not know is kept as `Internal` with its number.
     Error {
         code: ErrorCode,
@@ -616,6 +633,7 @@ impl Response {
             },
             Some(Kind::Consumers) => Response::Consumers(c.bytes("the consumer list")?.to_vec()),
             Some(Kind::LengthReply) => Response::Length(c.u64("the length")?),
+            Some(Kind::Authed) => Response::Authed(c.str("a credential name")?.to_owned()),
             Some(Kind::Error) => {
                 let raw_code = c.u16("the error code")?;
                 let message = String::from_utf8_lossy(c.bytes("the error message")?).into_owned();

@@ -60,6 +60,14 @@
 //! 0x85 STATUS    bytes: the JSON document of GET /status
 //! 0x06 STATE     string stage, bytes key: what a `state` stage holds for the key,
 //!                answered with an ANSWER (key, state) or ERROR unknown_state
+//! 0x09 AUTH      string token (`flowd_` and 64 hex digits, `flowd token add`). On a
+//!                server with credentials, the first frame of every connection, within
+//!                `io_timeout` of connecting; anything else first, a late AUTH or an
+//!                unknown token gets ERROR unauthenticated (21) and the connection is
+//!                closed. A request the credential may not make gets ERROR forbidden (22)
+//!                naming the permission missing, and the connection stays open. On a
+//!                server without credentials AUTH is answered AUTHED with an empty name.
+//! 0x89 AUTHED    string the credential's name
 //! 0xFF ERROR     u16 code, u32 length + UTF-8 message
 //! ```
 //! Consumers and range reads:

@@ -48,6 +48,9 @@ pub enum RuntimeError {
         what: String,
         addr: std::net::SocketAddr,
     },
+    /// The credentials file does not read (its own message says what to do).
+    #[error("{0}")]
+    Credentials(String),
     #[error(
         "lost peer {peer} while it held batches this engine's stages wrote to it ({reason}); \
          restart this peer once that one is back (without replication, its partitions are away with it)"

@@ -82,6 +82,15 @@ struct Reading {
     charge: Option<Charge>,
 }
 
+/// Who the client proved to be, on a server with credentials.
+struct Session {
+    identity: Option<std::sync::Arc<crate::auth::Identity>>,
+    /// The relays, with this client's token once it gave one.
+    relays: relay::Relays,
+    /// When AUTH must have come by (a closed gate, no identity yet).
+    auth_by: Option<Instant>,
+}
+
 /// Serves one connection until the client closes it or breaks a rule.
 pub async fn serve(shard: Rc<Shard>, front: Rc<Front>, stream: TcpStream) {
     let peer = stream.peer_addr().map(|a| a.to_string()).unwrap_or_default();
@@ -98,6 +107,11 @@ pub async fn serve(shard: Rc<Shard>, front: Rc<Front>, stream: TcpStream) {
         frame_started: None,
         charge: None,
     };
+    let mut session = Session {
+        identity: None,
+        relays: front.relays.clone(),
+        auth_by: front.gate.closed().then(|| Instant::now() + front.io_timeout),
+    };
     let reason = 'conn: loop {
         // Every whole frame buffered, in order.
         loop {
@@ -106,8 +120,10 @@ pub async fn serve(shard: Rc<Shard>, front: Rc<Front>, stream: TcpStream) {
                     let len = frame.len;
                     // The frame's charge goes with its request, until it is answered.
                     let charge = reading.charge.take();
-                    if !dispatch(&shard, &front, frame, &out_tx, &budget, charge).await {
-                        break 'conn "the engine is stopping".to_owned();
+                    if let Err(reason) =
+                        dispatch(&shard, &front, &mut session, frame, &out_tx, &budget, charge).await
+                    {
+                        break 'conn reason;
                     }
                     start += len;
                     reading.frame_started = None;
@@ -159,6 +175,11 @@ pub async fn serve(shard: Rc<Shard>, front: Rc<Front>, stream: TcpStream) {
         let old = buf.len();
         buf.resize(old + want, 0);
         let deadline = reading.frame_started.map(|t| t + front.io_timeout);
+        // Without AUTH yet on a closed gate, the connection has until `auth_by`.
+        let deadline = match (deadline, session.auth_by) {
+            (Some(frame), Some(auth)) => Some(frame.min(auth)),
+            (frame, auth) => frame.or(auth),
+        };
         let read = read_within(
             &mut reader,
             &mut buf[old..],
@@ -183,6 +204,15 @@ pub async fn serve(shard: Rc<Shard>, front: Rc<Front>, stream: TcpStream) {
             Read::Bytes(Err(error)) => {
                 buf.truncate(old);
                 break format!("read failed: {error}");
+            }
+            Read::FrameTimeout if session.auth_by.is_some_and(|by| Instant::now() >= by) => {
+                shard.shared.metrics.auth_refused.add(1);
+                let error = crate::server::gate::unauthenticated();
+                send_error(&shard, &out_tx, 0, &error).await;
+                break format!(
+                    "no AUTH within {} of connecting",
+                    humantime::format_duration(front.io_timeout)
+                );
             }
             Read::FrameTimeout => {
                 buf.truncate(old);
@@ -313,6 +343,40 @@ pub(crate) async fn write_queued<T>(
     end
 }
 
+/// AUTH: the token's identity for the rest of the connection, answered AUTHED; an
+/// unknown token is answered `unauthenticated` and ends the connection. On an open gate
+/// any AUTH is answered AUTHED with an empty name.
+async fn authenticate(
+    shard: &Rc<Shard>,
+    front: &Front,
+    session: &mut Session,
+    token: &str,
+    id: u64,
+    out: &flume::Sender<Outgoing>,
+) -> Result<(), String> {
+    let mut bytes = Vec::new();
+    if !front.gate.closed() {
+        crate::protocol::message::encode_authed(&mut bytes, id, "");
+        let _ = out.send_async((bytes, None)).await;
+        return Ok(());
+    }
+    let Some(identity) = front.gate.identify(token) else {
+        shard.shared.metrics.auth_refused.add(1);
+        let error = ProtocolError::new(
+            ErrorCode::Unauthenticated,
+            "the token is not one of this server's credentials (mistyped, or removed): `flowd token add` makes one",
+        );
+        send_error(shard, out, id, &error).await;
+        return Err("AUTH with an unknown token".to_owned());
+    };
+    crate::protocol::message::encode_authed(&mut bytes, id, &identity.name);
+    session.relays = front.relays.as_client(Some(Rc::from(token)));
+    session.identity = Some(identity);
+    session.auth_by = None;
+    let _ = out.send_async((bytes, None)).await;
+    Ok(())
+}
+
 async fn send_error(shard: &Shard, out: &flume::Sender<Outgoing>, id: u64, error: &ProtocolError) {
     shard.shared.metrics.error(error.code);
     let mut bytes = Vec::new();
@@ -320,23 +384,40 @@ async fn send_error(shard: &Shard, out: &flume::Sender<Outgoing>, id: u64, error
     let _ = out.send_async((bytes, None)).await;
 }
 
-/// Handles one request; false when the connection should end.
+/// Handles one request; why the connection should end, when it should.
 async fn dispatch(
     shard: &Rc<Shard>,
     front: &Rc<Front>,
+    session: &mut Session,
     frame: RawFrame<'_>,
     out: &flume::Sender<Outgoing>,
     budget: &Rc<Semaphore>,
     charge: Option<Charge>,
-) -> bool {
+) -> Result<(), String> {
     let id = frame.header.request_id;
     let request = match Request::decode(&frame.header, frame.body) {
         Ok(request) => request,
         Err(error) => {
             send_error(shard, out, id, &error).await;
-            return true;
+            return Ok(());
         }
     };
+    if let Request::Auth { token } = request {
+        return authenticate(shard, front, session, token, id, out).await;
+    }
+    if front.gate.closed() && session.identity.is_none() {
+        shard.shared.metrics.auth_refused.add(1);
+        send_error(shard, out, id, &crate::server::gate::unauthenticated()).await;
+        return Err("a request before AUTH".to_owned());
+    }
+    if let Err(error) = front
+        .gate
+        .allow(session.identity.as_deref(), &crate::server::gate::needs(&request))
+    {
+        shard.shared.metrics.auth_refused.add(1);
+        send_error(shard, out, id, &error).await;
+        return Ok(());
+    }
     // Charged for what it holds until answered: its body (a produce's records, an
     // ack-and-commit's), and the most its response can take.
     let body = frame.body.len() as u64;
@@ -351,12 +432,13 @@ async fn dispatch(
         Request::Job(_) => body + RECORD_RESPONSE,
         Request::State { .. } => RECORD_RESPONSE,
         Request::Status { .. } | Request::ConsumerAdmin(_) => LARGE_RESPONSE,
+        Request::Auth { .. } => SMALL_RESPONSE,
     };
     // A single request may always go alone, whatever it costs.
     let cost = cost.min(RESPONSE_BUDGET + front.max_frame_bytes as u64);
     // While the budget is spent (a client not reading), this connection reads no more.
     let Ok(permit) = budget.acquire_static_permit(cost).await else {
-        return false;
+        return Err("the engine is stopping".to_owned());
     };
     let held = Held {
         _permit: permit,
@@ -365,12 +447,12 @@ async fn dispatch(
     // About a partition another peer leads: that peer answers it, through here.
     if let Some(route) = relay::route(shard, &request, frame.header.flags) {
         let bytes = relay::frame_bytes(&frame);
-        let (front, out) = (Rc::clone(front), out.clone());
+        let (relays, out) = (session.relays.clone(), out.clone());
         shard.tasks.spawn(async move {
-            let answer = front.relays.relay(route, bytes, id).await;
+            let answer = relays.relay(route, bytes, id).await;
             let _ = out.send_async((answer, Some(held))).await;
         });
-        return true;
+        return Ok(());
     }
     let produced = match &request {
         Request::Produce(groups) => Some(api::produce(shard, groups).await),
@@ -432,9 +514,10 @@ async fn dispatch(
             // A status relayed from another peer gathering the cluster's is this peer's own.
             let local = local || frame.header.flags & FLAG_RELAYED != 0;
             let (shard, front, out) = (Rc::clone(shard), Rc::clone(front), out.clone());
+            let relays = session.relays.clone();
             let tasks = Rc::clone(&shard.tasks);
             tasks.spawn(async move {
-                let status = front.status(&shard, local).await;
+                let status = front.status(&shard, local, &relays).await;
                 let json = serde_json::to_vec(&status).expect("status serializes");
                 let mut bytes = Vec::new();
                 encode_status(&mut bytes, id, &json);
@@ -454,7 +537,7 @@ async fn dispatch(
                     ),
                 );
                 send_error(shard, out, id, &error).await;
-                return true;
+                return Ok(());
             }
             let key = job.record.key.map(<[u8]>::to_vec);
             let value = job.record.value.to_vec();
@@ -507,6 +590,8 @@ async fn dispatch(
                 let _ = out.send_async((bytes, Some(held))).await;
             });
         }
+        // Answered before the budget (`authenticate`).
+        Request::Auth { .. } => {}
         Request::Claim(_)
         | Request::Ack(_)
         | Request::Reclaim(_)
@@ -517,11 +602,11 @@ async fn dispatch(
             // The task owns a copy of the body. Tasks start in the order spawned and run
             // until they first wait, so a pipelined ack settles before the next claim.
             let (header, body) = (frame.header, frame.body.to_vec());
-            let (shard, front, out) = (Rc::clone(shard), Rc::clone(front), out.clone());
+            let (shard, relays, out) = (Rc::clone(shard), session.relays.clone(), out.clone());
             let tasks = Rc::clone(&shard.tasks);
             tasks.spawn(async move {
                 // A request relayed here is served here: never relayed on.
-                let relays = (header.flags & FLAG_RELAYED == 0).then_some(&front.relays);
+                let relays = (header.flags & FLAG_RELAYED == 0).then_some(&relays);
                 let bytes = match Request::decode(&header, &body) {
                     Ok(request) => consumer_request(&shard, relays, request, id).await,
                     Err(error) => Err(error),
@@ -536,7 +621,7 @@ async fn dispatch(
             });
         }
     }
-    true
+    Ok(())
 }
 
 /// The response frame to a consumer request or a range/length read; what another peer

@@ -23,6 +23,8 @@ pub struct ShardSockets {
     /// The listeners other machines reach without TLS or credentials (`insecure`), for
     /// the status.
     pub exposed: Vec<String>,
+    /// Who may make which request, shared by every shard.
+    pub gate: Option<std::sync::Arc<crate::server::gate::Gate>>,
     /// The connection counts every shard shares.
     pub admission: Option<std::sync::Arc<crate::server::admission::Admission>>,
 }
@@ -40,6 +42,9 @@ pub fn bind(ingest: &IngestSpec, shards: usize) -> Result<(Bound, Vec<ShardSocke
             exposed(&format!("ingest.{what}"), addr, ingest.insecure)?;
         }
     }
+    let gate = crate::server::gate::Gate::new(ingest.credentials.as_deref())
+        .map_err(|e| RuntimeError::Credentials(e.to_string()))?;
+    let gate = std::sync::Arc::new(gate);
     let mut sockets: Vec<ShardSockets> = (0..shards).map(|_| ShardSockets::default()).collect();
     let mut bound = Bound::default();
     if let Some(addr) = ingest.tcp {
@@ -75,6 +80,7 @@ pub fn bind(ingest: &IngestSpec, shards: usize) -> Result<(Bound, Vec<ShardSocke
     for s in &mut sockets {
         s.names = names.clone();
         s.exposed = exposed.clone();
+        s.gate = Some(std::sync::Arc::clone(&gate));
         s.admission = Some(std::sync::Arc::clone(&admission));
     }
     Ok((bound, sockets))

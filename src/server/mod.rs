@@ -13,6 +13,7 @@ pub mod admission;
 pub mod api;
 pub mod connection;
 pub mod consumer_api;
+pub mod gate;
 pub mod http;
 pub mod listeners;
 pub mod page;
@@ -38,6 +39,8 @@ pub struct Front {
     pub idle_timeout: Duration,
     /// Host names the HTTP door answers to besides IP literals and `localhost`.
     pub http_hosts: Vec<String>,
+    /// Who may make which request.
+    pub gate: Arc<gate::Gate>,
     /// Connections counted in and out, across every shard.
     pub admission: Arc<admission::Admission>,
     /// This shard's bytes for large unfinished frames and bodies (`admission`).
@@ -76,14 +79,21 @@ impl Front {
 
     /// The status document: this peer's own, or (in a cluster, unless `local`) every
     /// peer's put together, each other peer asked through its client listener at once.
-    pub async fn status(&self, shard: &Rc<Shard>, local: bool) -> crate::protocol::status::Status {
+    /// The status, this peer's own or (unless `local`) the cluster's, gathered through
+    /// `relays` (the asking client's).
+    pub async fn status(
+        &self,
+        shard: &Rc<Shard>,
+        local: bool,
+        relays: &relay::Relays,
+    ) -> crate::protocol::status::Status {
         let metrics = &shard.shared.metrics;
         let rates = self.rates(metrics.records_in.get(), metrics.jobs.get());
         let mut own = api::status::status(shard, self.started, &self.listeners, rates).await;
         own.insecure = self.exposed.clone();
         match shard.shared.peers.as_deref() {
             Some(peers) if !local => {
-                let answers = relay::statuses(&self.relays, peers).await;
+                let answers = relay::statuses(relays, peers).await;
                 api::status::merge(own, answers)
             }
             _ => own,
@@ -205,7 +215,7 @@ fn serve(shard: &Rc<Shard>, sockets: ShardSockets) {
     let Some(ingest) = shard.shared.spec.ingest.clone() else {
         return;
     };
-    let Some(admission) = sockets.admission.clone() else {
+    let (Some(admission), Some(gate)) = (sockets.admission.clone(), sockets.gate.clone()) else {
         return;
     };
     let front = Rc::new(Front {
@@ -213,6 +223,7 @@ fn serve(shard: &Rc<Shard>, sockets: ShardSockets) {
         io_timeout: ingest.io_timeout,
         idle_timeout: ingest.idle_timeout,
         http_hosts: ingest.http_hosts.clone(),
+        gate,
         admission,
         buffered: Rc::new(glommio::sync::Semaphore::new(ingest.max_buffered_bytes)),
         listeners: sockets.names.clone(),

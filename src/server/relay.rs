@@ -4,8 +4,12 @@
 //! peer (a FETCH_BATCHES gets the leader's stored batches as they are). A cluster's
 //! status asks every live peer for its own at once (`statuses`).
 //!
-//! One connection per (shard, peer), made when first needed and dropped on any error or
-//! on an answer that does not come. Requests are pipelined on it under ids of its own
+//! One connection per (shard, peer, client token), made when first needed and dropped
+//! on any error or on an answer that does not come. On a server with credentials a
+//! request goes on with the token of the client that made it (its connection's first
+//! frame is AUTH with it), so the leader checks the same permissions again and no peer
+//! speaks for a client with more than the client's own: every peer needs the same
+//! credentials file. Requests are pipelined on it under ids of its own
 //! (many clients' ids would collide): a relayed frame's id is rewritten, and its
 //! answer's id set back. A relayed frame carries `FLAG_RELAYED`, so the peer serves it
 //! itself and never relays it on: two views that disagree for a moment cannot bounce a
@@ -50,11 +54,20 @@ fn answer_bytes_max() -> usize {
     ANSWER_BYTES_MIN.max(crate::cluster::frame::frame_limit())
 }
 
-/// This shard's relay connections, by the client address of the peer.
-#[derive(Default)]
+/// This shard's relay connections, by the client address of the peer and the token
+/// they authenticate with; a handle that relays with one client's token (`as_client`).
+#[derive(Default, Clone)]
 pub struct Relays {
-    links: RefCell<HashMap<SocketAddr, Rc<Link>>>,
+    links: Rc<RefCell<HashMap<LinkKey, Rc<Link>>>>,
+    /// The token this handle's requests go on with (the client's own), if any.
+    token: Option<Rc<str>>,
 }
+
+/// A relay connection: the peer's client listener, and the client token it carries.
+type LinkKey = (SocketAddr, Option<Rc<str>>);
+
+/// The request id of a relay connection's AUTH (relayed requests count from 1).
+const AUTH_ID: u64 = 0;
 
 /// Where a relayed request's answer goes: the answer frame, or why there is none.
 type Waiter = flume::Sender<Result<Vec<u8>, String>>;
@@ -244,6 +257,14 @@ pub fn frame_bytes(frame: &RawFrame<'_>) -> Vec<u8> {
 }
 
 impl Relays {
+    /// The same connections, relaying with `token` (the client's, once it proved it).
+    pub fn as_client(&self, token: Option<Rc<str>>) -> Relays {
+        Relays {
+            links: Rc::clone(&self.links),
+            token,
+        }
+    }
+
     /// Sends `frame` (a whole client frame, its id `id`) to the client listener of the
     /// peer `route` names and returns the answer frame with its id set back to `id`, or
     /// an `unavailable` error frame saying why there is none.
@@ -324,12 +345,18 @@ impl Relays {
     /// The connection to `to`; a new one (connecting in the background, its requests
     /// queued meanwhile) if there is none or it broke.
     fn link(&self, to: SocketAddr) -> Rc<Link> {
-        if let Some(link) = self.links.borrow().get(&to)
+        let key = (to, self.token.clone());
+        if let Some(link) = self.links.borrow().get(&key)
             && !link.broken.get()
         {
             return Rc::clone(link);
         }
-        let (writes, queued) = flume::bounded(IN_FLIGHT_MAX as usize);
+        let (writes, queued) = flume::bounded(IN_FLIGHT_MAX as usize + 1);
+        if let Some(token) = &self.token {
+            let mut auth = Vec::new();
+            Request::Auth { token }.encode(AUTH_ID, &mut auth);
+            writes.try_send(auth).expect("a new queue has room");
+        }
         let link = Rc::new(Link {
             writes: RefCell::new(Some(writes)),
             pending: RefCell::new(HashMap::new()),
@@ -338,7 +365,7 @@ impl Relays {
             broken: Cell::new(false),
         });
         glommio::spawn_local(run_link(to, queued, Rc::clone(&link))).detach();
-        self.links.borrow_mut().insert(to, Rc::clone(&link));
+        self.links.borrow_mut().insert(key, Rc::clone(&link));
         link
     }
 }
@@ -424,6 +451,20 @@ async fn read_loop(mut reader: futures_lite::io::ReadHalf<TcpStream>, link: Rc<L
             None => break "an answer stayed unfinished".to_owned(),
         }
         let id = u64::from_le_bytes(answer[8..16].try_into().expect("8 bytes"));
+        if id == AUTH_ID && answer[5] == crate::protocol::Kind::Error as u8 {
+            let why = parse_frame(&answer, answer.len())
+                .ok()
+                .flatten()
+                .and_then(|f| Response::decode(&f.header, f.body).ok())
+                .map(|r| format!("{r:?}"))
+                .unwrap_or_default();
+            tracing::warn!(
+                "a peer's client listener refused the token of a client this peer relays for ({why}): \
+                 every peer needs the same credentials file"
+            );
+            break "the peer refused the client's token: every peer needs the same credentials file"
+                .to_owned();
+        }
         let waiter = link.pending.borrow_mut().remove(&id);
         if let Some(waiter) = waiter {
             let _ = waiter.try_send(Ok(answer));

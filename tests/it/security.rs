@@ -270,3 +270,517 @@ fn listeners_bind_loopback_only_unless_told_insecure_and_the_data_dir_is_private
     let (_, page) = http(&server.http, "GET", "/", "");
     assert!(page.contains("<b>insecure</b>: tcp 0.0.0.0:"), "{page}");
 }
+
+fn guarded_dataflow(dir: &std::path::Path, credentials: &std::path::Path) -> std::path::PathBuf {
+    let path = dir.join("tokens.toml");
+    let text = format!(
+        r#"
+[engine]
+data_dir = "{data}"
+cores = 2
+
+[ingest]
+tcp = "127.0.0.1:0"
+http = "127.0.0.1:0"
+io_timeout = "500ms"
+credentials = "{credentials}"
+
+[[topic]]
+name = "events"
+partitions = 2
+
+[[topic]]
+name = "answers"
+partitions = 1
+
+[[topic]]
+name = "requests"
+partitions = 1
+
+[[topic]]
+name = "count-requests"
+partitions = 1
+
+[[topic]]
+name = "counts"
+partitions = 1
+
+[[job]]
+name = "echo"
+topic = "requests"
+timeout = "5s"
+
+[[stage]]
+name = "answer"
+from = "requests"
+op = "reply"
+
+[[stage]]
+name = "counter"
+from = "count-requests"
+op = {{ state = {{ update = "(.state // 0) + 1" }} }}
+to = "counts"
+"#,
+        data = dir.join("data").display(),
+        credentials = credentials.display()
+    );
+    std::fs::write(&path, text).unwrap();
+    path
+}
+
+/// `flowd token add NAME --allow ALLOW`: the token it prints.
+fn token_add(credentials: &std::path::Path, name: &str, allow: &str) -> String {
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_flowd"))
+        .args(["token", "add", name, "--allow", allow, "--credentials"])
+        .arg(credentials)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    String::from_utf8(out.stdout).unwrap().trim().to_owned()
+}
+
+type Call = Box<dyn Fn(&mut flowd::client::Client) -> Result<(), flowd::client::ClientError>>;
+
+/// Every request kind of the binary protocol, each made once, with the permission a
+/// narrow credential lacks for it (`None`: it has what it needs).
+fn every_request() -> Vec<(&'static str, Call)> {
+    use flowd::protocol::FetchFrom;
+    use flowd::protocol::consumer::{AdminAction, Bound, Options, RangeSpec};
+    fn record(value: &str) -> flowd::protocol::OwnedWireRecord {
+        flowd::protocol::OwnedWireRecord {
+            timestamp_ms: None,
+            key: None,
+            value: value.as_bytes().to_vec(),
+            headers: Vec::new(),
+        }
+    }
+    let spec = RangeSpec {
+        partition: 0,
+        by_time: false,
+        reverse: false,
+        from: Bound::Unbounded,
+        to: Bound::Unbounded,
+        limit: 10,
+        max_bytes: 1 << 20,
+    };
+    vec![
+        (
+            "produce",
+            Box::new(|c| c.produce("events", &[record("p")]).map(drop)),
+        ),
+        (
+            "produce_batch",
+            Box::new(|c| c.produce_batch("events", None, &[record("b")]).map(drop)),
+        ),
+        (
+            "fetch",
+            Box::new(|c| c.fetch("events", 0, FetchFrom::Earliest, 10, 0).map(drop)),
+        ),
+        (
+            "fetch_batches",
+            Box::new(|c| c.fetch_batches("events", 0, FetchFrom::Earliest, 10, 0).map(drop)),
+        ),
+        ("length", Box::new(|c| c.length("events", None).map(drop))),
+        ("range", Box::new(move |c| c.range("events", spec).map(drop))),
+        ("metadata", Box::new(|c| c.metadata().map(drop))),
+        ("status", Box::new(|c| c.status(true).map(drop))),
+        (
+            "job",
+            Box::new(|c| c.job("echo", None, b"{}", Some(Duration::from_secs(5))).map(drop)),
+        ),
+        ("state", Box::new(|c| c.state("counter", b"k").map(drop))),
+        (
+            "claim",
+            Box::new(|c| {
+                c.claim("events", "g", None, 1, Some(Options::default()))
+                    .map(drop)
+            }),
+        ),
+        ("ack", Box::new(|c| c.ack("events", "g", 0).map(drop))),
+        ("reclaim", Box::new(|c| c.reclaim("events", "g", 0).map(drop))),
+        (
+            "ack_commit",
+            Box::new(|c| {
+                c.ack_commit("events", "g", 0, "answers", &[record("c")])
+                    .map(drop)
+            }),
+        ),
+        (
+            "list",
+            Box::new(|c| c.consumers(AdminAction::List, "events", "g").map(drop)),
+        ),
+        (
+            "disable",
+            Box::new(|c| c.consumers(AdminAction::Disable, "events", "g").map(drop)),
+        ),
+    ]
+}
+
+fn code(result: &Result<(), flowd::client::ClientError>) -> Option<flowd::protocol::ErrorCode> {
+    match result {
+        Err(flowd::client::ClientError::Server { code, .. }) => Some(*code),
+        _ => None,
+    }
+}
+
+#[test]
+fn tokens_let_in_what_they_allow_and_nothing_else_over_tcp_and_http() {
+    use flowd::client::{Client, ClientError};
+    use flowd::protocol::ErrorCode;
+    let dir = tempfile::tempdir().unwrap();
+    let credentials = dir.path().join("credentials");
+    let admin = token_add(&credentials, "ops", "admin");
+    let narrow = token_add(
+        &credentials,
+        "app",
+        "produce:events,consume:events,group:g,jobs:echo,state:counter,status",
+    );
+    let watcher = token_add(&credentials, "watcher", "status");
+    assert!(admin.starts_with("flowd_") && narrow != admin);
+    let server = Server::start(&guarded_dataflow(dir.path(), &credentials));
+    let requests = every_request();
+
+    // No AUTH: the first request is refused, and the connection closed.
+    for (kind, call) in &requests {
+        let mut client = Client::connect(&server.tcp).unwrap();
+        let result = call(&mut client);
+        assert_eq!(
+            code(&result),
+            Some(ErrorCode::Unauthenticated),
+            "{kind}: {result:?}"
+        );
+        let message = result.unwrap_err().to_string();
+        assert!(
+            message.contains("AUTH") && message.contains("token"),
+            "{kind}: {message}"
+        );
+        assert!(
+            matches!(
+                client.metadata(),
+                Err(ClientError::Closed { .. } | ClientError::Io { .. })
+            ),
+            "{kind}: the connection stayed open without AUTH"
+        );
+    }
+    // A wrong token: refused at AUTH, the connection closed.
+    let mut client = Client::connect(&server.tcp).unwrap();
+    let wrong = format!("flowd_{}", "0".repeat(64));
+    let error = client.auth(&wrong).unwrap_err();
+    assert!(
+        matches!(&error, ClientError::Server { code: ErrorCode::Unauthenticated, message } if message.contains("not one of")),
+        "{error:?}"
+    );
+    assert!(
+        client.metadata().is_err(),
+        "the connection stayed open after a wrong token"
+    );
+    // No AUTH within io_timeout: told why, and closed.
+    let mut silent = TcpStream::connect(&server.tcp).unwrap();
+    silent.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    let started = std::time::Instant::now();
+    let mut answer = Vec::new();
+    silent.read_to_end(&mut answer).unwrap();
+    assert!(
+        started.elapsed() < Duration::from_secs(5),
+        "closed after {:?}",
+        started.elapsed()
+    );
+    assert!(
+        String::from_utf8_lossy(&answer).contains("asks for credentials"),
+        "{answer:?}"
+    );
+
+    // A token with `status` only: everything else forbidden, naming the permission, on
+    // one connection that stays open.
+    let mut client = Client::connect(&server.tcp).unwrap();
+    assert_eq!(client.auth(&watcher).unwrap(), "watcher");
+    for (kind, call) in &requests {
+        let result = call(&mut client);
+        if matches!(*kind, "metadata" | "status") {
+            assert!(result.is_ok(), "{kind}: {result:?}");
+            continue;
+        }
+        assert_eq!(code(&result), Some(ErrorCode::Forbidden), "{kind}: {result:?}");
+        let message = result.unwrap_err().to_string();
+        assert!(
+            message.contains("\"watcher\"") && message.contains("needs the permission"),
+            "{kind}: {message}"
+        );
+    }
+    let mut ops = Client::connect(&server.tcp).unwrap();
+    assert_eq!(ops.auth(&admin).unwrap(), "ops");
+    assert_eq!(
+        ops.length("events", None).unwrap(),
+        0,
+        "a refused produce was written"
+    );
+    assert!(
+        ops.consumers(flowd::protocol::consumer::AdminAction::List, "", "")
+            .unwrap()
+            .is_empty()
+    );
+
+    // The narrow token: what it allows passes (or fails for reasons of its own), the
+    // rest is forbidden by name.
+    let mut client = Client::connect(&server.tcp).unwrap();
+    assert_eq!(client.auth(&narrow).unwrap(), "app");
+    let mut forbidden = Vec::new();
+    for (kind, call) in &requests {
+        let result = call(&mut client);
+        match code(&result) {
+            Some(ErrorCode::Forbidden) => forbidden.push((*kind, result.unwrap_err().to_string())),
+            Some(ErrorCode::Unauthenticated) => panic!("{kind}: {result:?}"),
+            _ => {}
+        }
+    }
+    let kinds: Vec<&str> = forbidden.iter().map(|(k, _)| *k).collect();
+    assert_eq!(kinds, ["ack_commit", "disable"], "{forbidden:?}");
+    assert!(forbidden[0].1.contains("produce:answers"), "{forbidden:?}");
+    assert!(forbidden[1].1.contains("admin"), "{forbidden:?}");
+    assert_eq!(
+        ops.length("events", None).unwrap(),
+        2,
+        "produce and produce_batch"
+    );
+    assert_eq!(
+        ops.length("answers", None).unwrap(),
+        0,
+        "a forbidden ack-and-commit wrote"
+    );
+    let cursors = ops
+        .consumers(flowd::protocol::consumer::AdminAction::List, "events", "g")
+        .unwrap();
+    assert!(
+        !cursors.is_empty() && cursors.iter().all(|c| c.state == "active"),
+        "{cursors:?}"
+    );
+    // The admin token may do all of it.
+    for (kind, call) in &requests {
+        let result = call(&mut ops);
+        assert!(
+            !matches!(
+                code(&result),
+                Some(ErrorCode::Forbidden | ErrorCode::Unauthenticated)
+            ),
+            "{kind}: {result:?}"
+        );
+    }
+    ops.consumers(flowd::protocol::consumer::AdminAction::Resume, "events", "g")
+        .unwrap();
+
+    // HTTP: each route without a token (401), with a wrong one (401), with `status`
+    // only (403 but for the status routes), and with the narrow token.
+    let routes: &[(&str, &str, bool, bool)] = &[
+        // (method, path, status-only passes, narrow passes)
+        ("GET", "/status", true, true),
+        ("GET", "/metrics", true, true),
+        ("GET", "/", true, true),
+        ("POST", "/topics/events", false, true),
+        ("GET", "/topics/events", false, true),
+        ("GET", "/topics/events/length", false, true),
+        ("POST", "/jobs/echo", false, true),
+        ("GET", "/state/counter/k", false, true),
+        ("POST", "/consumers/events/g/claim?count=1", false, true),
+        ("GET", "/consumers/events/g", false, true),
+        (
+            "POST",
+            "/consumers/events/g/commit?partition=0&to=answers",
+            false,
+            false,
+        ),
+        ("POST", "/consumers/events/g/disable", false, false),
+        ("GET", "/consumers", false, false),
+        ("DELETE", "/consumers/events/g", false, false),
+    ];
+    let before = ops.length("events", None).unwrap();
+    let json = "Content-Type: application/json\r\n";
+    for (method, path, watcher_passes, narrow_passes) in routes {
+        let host = format!("Host: {}\r\n{json}", server.http);
+        for (who, headers, want) in [
+            ("no token", host.clone(), Some(401)),
+            (
+                "a wrong token",
+                format!("{host}Authorization: Bearer {wrong}\r\n"),
+                Some(401),
+            ),
+            (
+                "watcher",
+                format!("{host}Authorization: Bearer {watcher}\r\n"),
+                (!watcher_passes).then_some(403),
+            ),
+            (
+                "app",
+                format!("{host}Authorization: Bearer {narrow}\r\n"),
+                (!narrow_passes).then_some(403),
+            ),
+        ] {
+            let (status, body) = exchange(&server.http, method, path, &headers, r#"["h"]"#);
+            match want {
+                Some(want) => {
+                    assert_eq!(status, want, "{who}: {method} {path}: {body}");
+                    let error: serde_json::Value = serde_json::from_str(&body).unwrap();
+                    let message = error["error"].as_str().unwrap();
+                    assert!(
+                        message.contains("token") || message.contains("needs the permission"),
+                        "{who}: {message}"
+                    );
+                }
+                None => assert!(
+                    status != 401 && status != 403,
+                    "{who}: {method} {path}: {status} {body}"
+                ),
+            }
+        }
+    }
+    // Only the narrow token's produce landed.
+    assert_eq!(ops.length("events", None).unwrap(), before + 1);
+    assert_eq!(ops.length("answers", None).unwrap(), 0);
+    let cursors = ops
+        .consumers(flowd::protocol::consumer::AdminAction::List, "events", "g")
+        .unwrap();
+    assert!(cursors.iter().all(|c| c.state == "active"), "{cursors:?}");
+
+    // The CLI: with --token or FLOWD_TOKEN, and without.
+    let flowd = |env: Option<&str>, args: &[&str]| {
+        let mut command = std::process::Command::new(env!("CARGO_BIN_EXE_flowd"));
+        command.args(args).env_remove("FLOWD_TOKEN");
+        if let Some(token) = env {
+            command.env("FLOWD_TOKEN", token);
+        }
+        command.output().unwrap()
+    };
+    let out = flowd(None, &["status", "--from", &server.tcp]);
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("asks for credentials"));
+    let out = flowd(None, &["status", "--from", &server.tcp, "--token", &watcher]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let out = flowd(Some(&narrow), &["tail", "events", "--from", &server.tcp]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout).lines().count() as u64,
+        before + 1
+    );
+
+    // A token removed is refused from the next connection on, without a restart.
+    let out = flowd(
+        None,
+        &[
+            "token",
+            "remove",
+            "app",
+            "--credentials",
+            credentials.to_str().unwrap(),
+        ],
+    );
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let mut client = Client::connect(&server.tcp).unwrap();
+    assert_eq!(
+        code(&client.auth(&narrow).map(drop)),
+        Some(ErrorCode::Unauthenticated)
+    );
+    let listed = flowd(
+        None,
+        &["token", "list", "--credentials", credentials.to_str().unwrap()],
+    );
+    let listed = String::from_utf8(listed.stdout).unwrap();
+    assert!(
+        listed.contains("ops\tadmin") && !listed.contains("app") && !listed.contains("flowd_"),
+        "{listed}"
+    );
+    assert!(
+        !server.log.text().contains(&admin[6..]),
+        "a token reached the log"
+    );
+}
+
+#[test]
+fn in_a_cluster_a_request_goes_on_to_its_leader_with_the_clients_own_token() {
+    use flowd::client::{Client, ClientError};
+    use flowd::protocol::{ErrorCode, FetchFrom};
+    let _serial = crate::cluster::one_at_a_time();
+    let dir = tempfile::tempdir().unwrap();
+    let credentials = dir.path().join("credentials");
+    let ops = token_add(&credentials, "ops", "admin");
+    let writer = token_add(&credentials, "writer", "produce:events");
+    let reader = token_add(&credentials, "reader", "consume:events");
+    let file = dir.path().join("cluster.toml");
+    std::fs::write(
+        &file,
+        format!(
+            "[engine]\ndurability = \"group\"\n\n[ingest]\ntcp = \"127.0.0.1:0\"\ncredentials = \"{}\"\n\n\
+             [cluster]\nreplicas = 3\n\n[[topic]]\nname = \"events\"\npartitions = 4\n",
+            credentials.display()
+        ),
+    )
+    .unwrap();
+    let first = crate::cluster::start_file(&file, dir.path(), "p1", &["--peer-listen", "127.0.0.1:0"]);
+    let seed = first.peer.clone().unwrap();
+    let extra = ["--peer-listen", "127.0.0.1:0", "--seeds", &seed];
+    let servers = [
+        first,
+        crate::cluster::start_file(&file, dir.path(), "p2", &extra),
+        crate::cluster::start_file(&file, dir.path(), "p3", &extra),
+    ];
+    let fetch_all = |server: &Server, token: &str| -> Result<u64, ClientError> {
+        let mut client = Client::connect_as(&server.tcp, Some(token))?;
+        let mut records = 0;
+        for partition in 0..4 {
+            records += client
+                .fetch("events", partition, FetchFrom::Earliest, 10_000, 0)?
+                .records
+                .len() as u64;
+        }
+        Ok(records)
+    };
+    // Settled: every peer reads every partition (some through their leaders).
+    let deadline = std::time::Instant::now() + Duration::from_secs(90);
+    while !servers.iter().all(|s| fetch_all(s, &ops).is_ok()) {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the cluster did not settle in 90 s"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    let records: Vec<flowd::protocol::OwnedWireRecord> = (0..40)
+        .map(|i| flowd::protocol::OwnedWireRecord {
+            timestamp_ms: None,
+            key: Some(format!("k{i}").into_bytes()),
+            value: format!("v{i}").into_bytes(),
+            headers: Vec::new(),
+        })
+        .collect();
+    for (n, server) in servers.iter().enumerate() {
+        let mut client = Client::connect_as(&server.tcp, Some(&writer)).unwrap();
+        let chunk = &records[n * 10..n * 10 + 10];
+        client.produce("events", chunk).unwrap();
+        // Reading is not the writer's to do, here or at the leader.
+        let error = client.fetch("events", 0, FetchFrom::Earliest, 10, 0).unwrap_err();
+        assert!(
+            matches!(
+                error,
+                ClientError::Server {
+                    code: ErrorCode::Forbidden,
+                    ..
+                }
+            ),
+            "{error:?}"
+        );
+    }
+    // The reader reads all 30 through every peer: what another peer leads is relayed
+    // with the reader's token and answered there.
+    for server in &servers {
+        assert_eq!(fetch_all(server, &reader).unwrap(), 30);
+    }
+    let mut client = Client::connect_as(&servers[1].tcp, Some(&reader)).unwrap();
+    let error = client.produce("events", &records[30..]).unwrap_err();
+    assert!(
+        matches!(
+            error,
+            ClientError::Server {
+                code: ErrorCode::Forbidden,
+                ..
+            }
+        ),
+        "{error:?}"
+    );
+}

@@ -15,6 +15,7 @@ use http_body_util::{BodyExt, Limited};
 use hyper::body::Incoming;
 use hyper::{Method, Request, StatusCode};
 
+use crate::auth::Need;
 use crate::metrics;
 use crate::protocol::consumer::AdminAction;
 use crate::protocol::message::Response as FrameResponse;
@@ -132,13 +133,33 @@ async fn route(shard: &Rc<Shard>, front: &Rc<Front>, request: Request<Incoming>)
         tracing::info!("HTTP {method} {path} refused: {}", refused.message);
         return error(refused.status, &refused.message);
     }
+    let (identity, relays) = match bearer(front, request.headers()) {
+        Ok(who) => who,
+        Err(e) => {
+            shard.shared.metrics.auth_refused.add(1);
+            let mut reply = protocol_error(shard, &e);
+            reply.headers_mut().insert(
+                hyper::header::WWW_AUTHENTICATE,
+                hyper::header::HeaderValue::from_static("Bearer realm=\"flowd\""),
+            );
+            return reply;
+        }
+    };
+    let to = query_param(&query, "to");
+    let dead_letter = query_param(&query, "dead_letter");
+    let needs = needs_of(&method, &segments, to.as_deref(), dead_letter.as_deref());
+    if let Err(e) = front.gate.allow(identity.as_deref(), &needs) {
+        shard.shared.metrics.auth_refused.add(1);
+        return protocol_error(shard, &e);
+    }
+    let relays = &relays;
     match (&method, segments.as_slice()) {
         (&Method::GET, [""]) => {
-            let status = front.status(shard, local_asked(&query)).await;
+            let status = front.status(shard, local_asked(&query), relays).await;
             text(StatusCode::OK, "text/html; charset=utf-8", page::render(&status))
         }
         (&Method::GET, ["status"]) => {
-            let status = front.status(shard, local_asked(&query)).await;
+            let status = front.status(shard, local_asked(&query), relays).await;
             json(
                 StatusCode::OK,
                 &serde_json::to_value(&status).expect("status serializes"),
@@ -146,7 +167,7 @@ async fn route(shard: &Rc<Shard>, front: &Rc<Front>, request: Request<Incoming>)
         }
         (&Method::GET, ["metrics"]) => {
             // Each peer's own: a scraper asks every peer.
-            let status = front.status(shard, true).await;
+            let status = front.status(shard, true, relays).await;
             let lag: u64 = status
                 .topics
                 .iter()
@@ -198,24 +219,23 @@ async fn route(shard: &Rc<Shard>, front: &Rc<Front>, request: Request<Incoming>)
         }
         (&Method::GET, ["topics", topic]) => get_records(shard, topic, &query).await,
         (&Method::GET, ["topics", topic, what]) => {
-            consumers::topic_read(shard, &front.relays, topic, what, &query).await
+            consumers::topic_read(shard, relays, topic, what, &query).await
         }
         (&Method::GET, ["consumers"]) => {
             let topic = query_param(&query, "topic").unwrap_or_default();
-            consumers::consumer_admin(shard, &front.relays, AdminAction::List, &topic, "").await
+            consumers::consumer_admin(shard, relays, AdminAction::List, &topic, "").await
         }
         (&Method::GET, ["consumers", topic, group]) => {
-            consumers::consumer_admin(shard, &front.relays, AdminAction::List, topic, group).await
+            consumers::consumer_admin(shard, relays, AdminAction::List, topic, group).await
         }
         (&Method::DELETE, ["consumers", topic, group]) => {
-            consumers::consumer_admin(shard, &front.relays, AdminAction::Destroy, topic, group).await
+            consumers::consumer_admin(shard, relays, AdminAction::Destroy, topic, group).await
         }
         (&Method::POST, ["consumers", topic, group, action]) => {
             let (topic, group, action) = ((*topic).to_owned(), (*group).to_owned(), (*action).to_owned());
             match body(front, request).await {
                 Ok((bytes, _charge)) => {
-                    consumers::consumer_post(shard, &front.relays, &topic, &group, &action, &query, &bytes)
-                        .await
+                    consumers::consumer_post(shard, relays, &topic, &group, &action, &query, &bytes).await
                 }
                 Err(reply) => reply,
             }
@@ -258,7 +278,7 @@ async fn route(shard: &Rc<Shard>, front: &Rc<Front>, request: Request<Incoming>)
                 key: key.as_bytes(),
             };
             let state = match relay::route(shard, &request, 0) {
-                Some(leader) => relay::state(&front.relays, leader, stage, key.as_bytes()).await,
+                Some(leader) => relay::state(relays, leader, stage, key.as_bytes()).await,
                 None => api::state(shard, stage, key.as_bytes()).await,
             };
             match state {
@@ -287,6 +307,64 @@ async fn route(shard: &Rc<Shard>, front: &Rc<Front>, request: Request<Incoming>)
                 "nothing at {path}; see /, /status, /metrics, /topics/NAME, /jobs/NAME, /state/STAGE/KEY, /consumers"
             ),
         ),
+    }
+}
+
+/// Who an HTTP request comes from (`Authorization: Bearer TOKEN`) on a closed gate, and
+/// the relays that go on with its token; on an open gate nobody, and the relays as they
+/// are. A missing or unknown token is `unauthenticated` (401).
+fn bearer(
+    front: &Front,
+    headers: &hyper::HeaderMap,
+) -> Result<(Option<std::sync::Arc<crate::auth::Identity>>, relay::Relays), ProtocolError> {
+    if !front.gate.closed() {
+        return Ok((None, front.relays.clone()));
+    }
+    let token = headers
+        .get(hyper::header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer ").or_else(|| v.strip_prefix("bearer ")))
+        .map(str::trim)
+        .ok_or_else(crate::server::gate::unauthenticated)?;
+    let identity = front.gate.identify(token).ok_or_else(|| {
+        ProtocolError::new(
+            crate::protocol::ErrorCode::Unauthenticated,
+            "the bearer token is not one of this server's credentials (mistyped, or removed)",
+        )
+    })?;
+    Ok((
+        Some(identity),
+        front.relays.as_client(Some(std::rc::Rc::from(token))),
+    ))
+}
+
+/// What an HTTP request needs (`auth::permission`): as its protocol twin does.
+fn needs_of<'a>(
+    method: &Method,
+    segments: &[&'a str],
+    to: Option<&'a str>,
+    dead_letter: Option<&'a str>,
+) -> Vec<Need<'a>> {
+    match (method, segments) {
+        (&Method::GET, ["" | "status" | "metrics"]) => vec![Need::Status],
+        (&Method::POST, ["topics", topic]) => vec![Need::Produce(topic)],
+        (&Method::GET, ["topics", topic] | ["topics", topic, _]) => vec![Need::Consume(topic)],
+        (&Method::GET, ["consumers", topic, group]) => vec![Need::Consume(topic), Need::Group(group)],
+        (&Method::POST, ["consumers", _, _, "disable" | "resume"]) => vec![Need::Admin],
+        (&Method::POST, ["consumers", topic, group, action]) => {
+            let mut needs = vec![Need::Consume(topic), Need::Group(group)];
+            match (*action, to, dead_letter) {
+                ("commit", Some(to), _) => needs.push(Need::Produce(to)),
+                ("claim", _, Some(dead_letter)) => needs.push(Need::Produce(dead_letter)),
+                _ => {}
+            }
+            needs
+        }
+        (_, ["consumers", ..]) => vec![Need::Admin],
+        (&Method::POST, ["jobs", job]) => vec![Need::Jobs(job)],
+        (&Method::GET, ["state", stage, _]) => vec![Need::State(stage)],
+        // Nothing is served there (404 or 405): nothing to allow.
+        _ => Vec::new(),
     }
 }
 
