@@ -170,17 +170,19 @@ pub fn remove_dir_all(path: &Path) -> io::Result<()> {
 }
 
 /// Creates `dir` as `create_dir_all` does, readable by its owner alone (mode 0700): a
-/// data directory holds every record, and later key files. One that exists open to
+/// data directory holds every record, and later key files. One that existed open to
 /// others is narrowed to 0700, and its old mode returned for the caller to say so.
 pub fn create_private_dir(dir: &Path) -> io::Result<Option<u32>> {
     use std::os::unix::fs::PermissionsExt;
+    let existed = dir.is_dir();
     create_dir_all(dir)?;
     let mode = std::fs::metadata(dir)?.permissions().mode() & 0o7777;
     if mode & 0o077 == 0 {
         return Ok(None);
     }
     std::fs::set_permissions(dir, std::fs::Permissions::from_mode(mode & 0o700 | 0o700))?;
-    Ok(Some(mode))
+    // One made just now (under the umask) is no one's news.
+    Ok(existed.then_some(mode))
 }
 
 /// Creates `dir` and every missing parent, durably: each new directory's name is synced

@@ -439,6 +439,16 @@ fn tokens_let_in_what_they_allow_and_nothing_else_over_tcp_and_http() {
     assert!(admin.starts_with("flowd_") && narrow != admin);
     let server = Server::start(&guarded_dataflow(dir.path(), &credentials));
     let requests = every_request();
+    // A data directory flowd makes is its owner's alone from the start, without a word.
+    {
+        use std::os::unix::fs::PermissionsExt;
+        let mode = std::fs::metadata(dir.path().join("data"))
+            .unwrap()
+            .permissions()
+            .mode();
+        assert_eq!(mode & 0o777, 0o700, "{mode:o}");
+        assert!(!server.log.text().contains("was mode"), "{}", server.log.text());
+    }
 
     // No AUTH: the first request is refused, and the connection closed.
     for (kind, call) in &requests {
