@@ -108,17 +108,19 @@ pub fn check<'a>(grants: &[Grant], needs: &[Need<'a>]) -> Result<(), Need<'a>> {
     }
 }
 
+/// A grant prints as the need it meets: `produce:events`, `admin`.
 impl fmt::Display for Grant {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self {
-            Grant::Produce(n) => write!(f, "produce:{n}"),
-            Grant::Consume(n) => write!(f, "consume:{n}"),
-            Grant::Group(n) => write!(f, "group:{n}"),
-            Grant::Jobs(n) => write!(f, "jobs:{n}"),
-            Grant::State(n) => write!(f, "state:{n}"),
-            Grant::Status => f.write_str("status"),
-            Grant::Admin => f.write_str("admin"),
-        }
+        let need = match self {
+            Grant::Produce(n) => Need::Produce(n),
+            Grant::Consume(n) => Need::Consume(n),
+            Grant::Group(n) => Need::Group(n),
+            Grant::Jobs(n) => Need::Jobs(n),
+            Grant::State(n) => Need::State(n),
+            Grant::Status => Need::Status,
+            Grant::Admin => Need::Admin,
+        };
+        need.fmt(f)
     }
 }
 

@@ -293,13 +293,21 @@ fn send_prints_offsets_and_tail_prints_the_records() {
     }
 }
 
-/// One HTTP/1.1 exchange on a fresh connection: `(status, body)`.
+/// One HTTP/1.1 exchange on a fresh connection, as a client sends it (by address, a
+/// JSON body): `(status, body)`.
 pub(crate) fn http(addr: &str, method: &str, path: &str, body: &str) -> (u16, String) {
+    let headers = format!("Host: {addr}\r\nContent-Type: application/json\r\n");
+    http_with(addr, method, path, &headers, body)
+}
+
+/// One HTTP/1.1 exchange with exactly `headers` (each `Name: value\r\n`) on a fresh
+/// connection: `(status, body)`.
+pub(crate) fn http_with(addr: &str, method: &str, path: &str, headers: &str, body: &str) -> (u16, String) {
     let mut stream = TcpStream::connect(addr).unwrap();
     stream.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
     write!(
         stream,
-        "{method} {path} HTTP/1.1\r\nHost: {addr}\r\nContent-Type: application/json\r\nConnection: close\r\nContent-Length: {}\r\n\r\n{body}",
+        "{method} {path} HTTP/1.1\r\n{headers}Connection: close\r\nContent-Length: {}\r\n\r\n{body}",
         body.len()
     )
     .unwrap();

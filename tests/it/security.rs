@@ -1,30 +1,12 @@
 //! Who may use the doors: a web page open in a browser on the server's machine changes
-//! nothing through the HTTP door; listeners bind only loopback unless told `insecure`.
+//! nothing through the HTTP door; listeners bind only loopback unless told `insecure`;
+//! with credentials, each request kind needs its token and permission, through any peer.
 
-use std::io::{Read, Write};
+use std::io::Read;
 use std::net::TcpStream;
 use std::time::Duration;
 
-use crate::ingest::{Server, http};
-
-/// One HTTP/1.1 exchange with exactly `headers` (each `Name: value\r\n`): `(status, body)`.
-fn exchange(addr: &str, method: &str, path: &str, headers: &str, body: &str) -> (u16, String) {
-    let mut stream = TcpStream::connect(addr).unwrap();
-    stream.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
-    write!(
-        stream,
-        "{method} {path} HTTP/1.1\r\n{headers}Connection: close\r\nContent-Length: {}\r\n\r\n{body}",
-        body.len()
-    )
-    .unwrap();
-    let mut response = String::new();
-    stream.read_to_string(&mut response).unwrap();
-    let (head, body) = response.split_once("\r\n\r\n").expect("a whole response");
-    (
-        head.split_whitespace().nth(1).unwrap().parse().unwrap(),
-        body.to_owned(),
-    )
-}
+use crate::ingest::{Server, http, http_with as exchange};
 
 fn dataflow(dir: &std::path::Path) -> std::path::PathBuf {
     let path = dir.join("guarded.toml");
