@@ -10,7 +10,9 @@
 //!   answered: while the budget is spent, such connections wait without reading;
 //! - every request is charged against the connection's budget for what it holds (its
 //!   body until answered, the response it may get), and while that is spent the
-//!   connection reads no further requests.
+//!   connection reads no further requests;
+//! - on a server with credentials, nothing but AUTH is served before AUTH, which must
+//!   come within `io_timeout` of connecting, in a frame of at most 4 KiB.
 //!
 //! The read buffer starts small and is sized exactly for a large frame, so thousands of
 //! idle connections cost little and no frame costs more than its size.
@@ -53,6 +55,9 @@ const OUTGOING_MAX: usize = 256;
 const READ_MIN: usize = 4 << 10;
 /// The largest single read.
 const READ_MAX: usize = 1 << 20;
+/// The largest frame read before AUTH on a server with credentials (an AUTH frame is
+/// under 100 bytes).
+const PRE_AUTH_FRAME_MAX: usize = 4 << 10;
 
 /// What a request holds until its response is written: its share of the connection's
 /// budget, and of the shard's budget when its frame was large.
@@ -115,6 +120,20 @@ pub async fn serve(shard: Rc<Shard>, front: Rc<Front>, stream: TcpStream) {
     let reason = 'conn: loop {
         // Every whole frame buffered, in order.
         loop {
+            // Before AUTH on a closed gate only a small frame is read: a stranger makes
+            // the server hold no more than that.
+            if session.auth_by.is_some()
+                && let Some(prefix) = buf.get(start..start + 4)
+            {
+                let length = u32::from_le_bytes(prefix.try_into().expect("4 bytes")) as usize;
+                if length > PRE_AUTH_FRAME_MAX {
+                    shard.shared.metrics.auth_refused.add(1);
+                    send_error(&shard, &out_tx, 0, &crate::server::gate::unauthenticated()).await;
+                    break 'conn format!(
+                        "a frame of {length} bytes before AUTH (at most {PRE_AUTH_FRAME_MAX} are read before it)"
+                    );
+                }
+            }
             match parse_frame(&buf[start..], front.max_frame_bytes) {
                 Ok(Some(frame)) => {
                     let len = frame.len;

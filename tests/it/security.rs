@@ -481,6 +481,25 @@ fn tokens_let_in_what_they_allow_and_nothing_else_over_tcp_and_http() {
         String::from_utf8_lossy(&answer).contains("asks for credentials"),
         "{answer:?}"
     );
+    // A stranger's large frame is refused from its length, before its bytes are held.
+    let mut stranger = TcpStream::connect(&server.tcp).unwrap();
+    stranger.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    std::io::Write::write_all(&mut stranger, &(8u32 << 20).to_le_bytes()).unwrap();
+    let started = std::time::Instant::now();
+    let mut answer = Vec::new();
+    stranger.read_to_end(&mut answer).unwrap();
+    assert!(
+        String::from_utf8_lossy(&answer).contains("asks for credentials"),
+        "{answer:?}"
+    );
+    assert!(
+        server
+            .log
+            .wait_for(&["a frame of 8388608 bytes before AUTH"], Duration::from_secs(5)),
+        "refused after {:?} for another reason: {}",
+        started.elapsed(),
+        server.log.text()
+    );
 
     // A token with `status` only: everything else forbidden, naming the permission, on
     // one connection that stays open.
