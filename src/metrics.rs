@@ -83,6 +83,9 @@ pub struct Metrics {
     /// Requests and connections refused for their credentials: none, an unknown token,
     /// no AUTH in time, or a permission missing.
     pub auth_refused: Counter,
+    /// Connections closed before serving for their TLS: a failed handshake, a plaintext
+    /// client on a TLS door or a TLS client on a plaintext one.
+    pub tls_refused: Counter,
     pub records_claimed: Counter,
     pub acks: Counter,
     /// Segments, records and bytes retention deleted.
@@ -136,6 +139,7 @@ impl Metrics {
             http_requests: Counter::default(),
             http_refused: Counter::default(),
             auth_refused: Counter::default(),
+            tls_refused: Counter::default(),
             records_claimed: Counter::default(),
             acks: Counter::default(),
             retention_segments: Counter::default(),
@@ -231,6 +235,11 @@ impl Metrics {
                 "flowd_auth_refused_total",
                 "Requests refused for their credentials: none, an unknown token, no AUTH in time, or a permission missing",
                 self.auth_refused.get(),
+            ),
+            (
+                "flowd_tls_refused_total",
+                "Connections closed for their TLS: a failed handshake, or plaintext and TLS crossed",
+                self.tls_refused.get(),
             ),
             (
                 "flowd_records_claimed_total",

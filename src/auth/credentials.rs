@@ -162,6 +162,15 @@ impl Credentials {
         found
     }
 
+    /// The credential named `name`: whom a client certificate with that common name,
+    /// verified against the doors' client CA, proves.
+    pub fn named(&self, name: &str) -> Option<Arc<Identity>> {
+        self.entries
+            .iter()
+            .find(|e| e.identity.name == name)
+            .map(|e| Arc::clone(&e.identity))
+    }
+
     /// Adds a credential named `name` to the file at `path` (made, mode 0600, when
     /// missing) and returns its token, which is stored nowhere else: shown once.
     pub fn add(path: &Path, name: &str, grants: &[Grant]) -> Result<String, CredentialsError> {

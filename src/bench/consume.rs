@@ -47,7 +47,7 @@ fn claim_and_ack(
     name: &str,
     bar: &Progress,
 ) -> Result<Measured, BenchError> {
-    let mut client = Client::connect(&target.addr)?;
+    let mut client = target.at.connect()?;
     let group = format!(
         "{name}-{}-{}",
         std::process::id(),

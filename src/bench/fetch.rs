@@ -7,7 +7,6 @@ use std::time::Instant;
 use crate::bench::ingest::fill;
 use crate::bench::progress::Progress;
 use crate::bench::{BenchError, Measured, Target, histogram};
-use crate::client::Client;
 use crate::protocol::FetchFrom;
 use crate::protocol::message::FetchRequest;
 
@@ -90,7 +89,7 @@ fn read_partition(
     fetches: Option<u64>,
     bar: &Progress,
 ) -> Result<Read, BenchError> {
-    let mut client = Client::connect(&target.addr)?;
+    let mut client = target.at.connect()?;
     let mut latency = histogram();
     let (mut from, mut end, mut start) = (0u64, None, 0u64);
     let mut records = 0u64;

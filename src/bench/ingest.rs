@@ -4,8 +4,9 @@ use std::sync::Arc;
 
 use crate::bench::load::{self, Measured, Plan, Workload};
 use crate::bench::progress::Progress;
+use crate::bench::target::Endpoint;
 use crate::bench::{BenchError, Target, warmup_requests};
-use crate::client::{Client, offsets, server_error};
+use crate::client::{offsets, server_error};
 use crate::protocol::OwnedWireRecord;
 use crate::protocol::message::{Response, encode_produce, encode_produce_batch};
 
@@ -55,7 +56,7 @@ impl Produce {
     /// A frame of `batch` records of `size` bytes each to `topic`, checked against the
     /// engine's frame limit.
     pub fn new(
-        addr: &str,
+        at: &Endpoint,
         topic: &str,
         batch: usize,
         size: usize,
@@ -64,11 +65,11 @@ impl Produce {
         let records: Vec<OwnedWireRecord> = (0..batch.max(1))
             .map(|i| OwnedWireRecord::value(vec![b'a' + (i % 26) as u8; size]))
             .collect();
-        Produce::of(addr, topic, &records, kind)
+        Produce::of(at, topic, &records, kind)
     }
 
     pub fn of(
-        addr: &str,
+        at: &Endpoint,
         topic: &str,
         records: &[OwnedWireRecord],
         kind: ProduceKind,
@@ -78,7 +79,7 @@ impl Produce {
             ProduceKind::Records => encode_produce(&mut frame, 0, topic, None, records),
             ProduceKind::Batch => encode_produce_batch(&mut frame, 0, topic, None, records, 0),
         }
-        let limit = Client::connect(addr)?.metadata()?.max_frame_bytes as usize;
+        let limit = at.connect()?.metadata()?.max_frame_bytes as usize;
         if frame.len() > limit {
             return Err(BenchError::Setup(format!(
                 "a batch of {} records makes a {} byte frame, over the engine's limit of {limit}; \
@@ -136,7 +137,7 @@ pub fn fill(target: &Target, records: u64, size: usize) -> Result<Measured, Benc
 pub fn ingest(target: &Target, o: &IngestOptions, progress: bool) -> Result<Measured, BenchError> {
     target.partitions(&target.topic)?;
     let workload: Arc<dyn Workload> = Arc::new(Produce::new(
-        &target.addr,
+        &target.at,
         &target.topic,
         o.batch,
         o.size,
@@ -153,13 +154,13 @@ pub fn ingest(target: &Target, o: &IngestOptions, progress: bool) -> Result<Meas
         rate: None,
         ..plan
     };
-    load::drive(&target.addr, warmup, workload.clone(), &Progress::hidden())?;
+    load::drive(&target.at, warmup, workload.clone(), &Progress::hidden())?;
     let bar = if progress {
         Progress::new(o.sent(), "ingest")
     } else {
         Progress::hidden()
     };
-    let measured = load::drive(&target.addr, plan, workload, &bar);
+    let measured = load::drive(&target.at, plan, workload, &bar);
     bar.finish();
     measured
 }

@@ -16,6 +16,7 @@ use std::time::{Duration, Instant};
 use hdrhistogram::Histogram;
 
 use crate::bench::progress::Progress;
+use crate::bench::target::Endpoint;
 use crate::bench::{BenchError, histogram};
 use crate::client::{Client, ClientWriter};
 use crate::protocol::message::Response;
@@ -48,7 +49,7 @@ pub struct Measured {
 
 /// Runs `plan` against `addr`; the progress bar counts completed records.
 pub fn drive(
-    addr: &str,
+    at: &Endpoint,
     plan: Plan,
     workload: Arc<dyn Workload>,
     progress: &Progress,
@@ -56,7 +57,7 @@ pub fn drive(
     let connections = plan.connections.max(1);
     // Connect all first, so that connecting is not timed.
     let clients = (0..connections)
-        .map(|_| Client::connect(addr))
+        .map(|_| at.connect())
         .collect::<Result<Vec<_>, _>>()?;
     let started = Instant::now();
     let threads: Vec<_> = clients

@@ -27,7 +27,7 @@ pub use ingest::{IngestOptions, ProduceKind, ingest};
 pub use load::Measured;
 pub use pipeline::{PipelineOptions, pipeline};
 pub use reqreply::{ReqreplyOptions, reqreply};
-pub use target::{ExecStage, Stages, Target};
+pub use target::{Endpoint, ExecStage, Stages, Target};
 
 #[derive(Debug, thiserror::Error)]
 pub enum BenchError {

@@ -17,8 +17,8 @@ use hdrhistogram::Histogram;
 use crate::bench::ingest::{Produce, acked};
 use crate::bench::load::{self, Measured, Plan, Workload};
 use crate::bench::progress::Progress;
+use crate::bench::target::Endpoint;
 use crate::bench::{BenchError, Target, histogram, warmup_requests};
-use crate::client::Client;
 use crate::protocol::message::{Response, encode_produce};
 use crate::protocol::{FetchFrom, OwnedWireRecord};
 
@@ -135,7 +135,7 @@ pub fn pipeline(target: &Target, o: &PipelineOptions, progress: bool) -> Result<
     };
     // The frame limit is checked once, on the largest frame a request can make.
     Produce::of(
-        &target.addr,
+        &target.at,
         &target.topic,
         &timed.records(u64::MAX / 2 / o.batch.max(1) as u64),
         crate::bench::ProduceKind::Records,
@@ -155,11 +155,11 @@ pub fn pipeline(target: &Target, o: &PipelineOptions, progress: bool) -> Result<
         requests: warmup_requests(requests, o.batch),
         ..plan
     };
-    let mut from = ends(&target.addr, &o.output, outputs)?;
+    let mut from = ends(&target.at, &o.output, outputs)?;
     let warm_sent = warm.requests * o.batch.max(1) as u64;
     let expect_warm = o.expect.map_or(warm_sent, |e| e * warm_sent / sent.max(1));
     let follow = Follow::start(
-        &target.addr,
+        &target.at,
         &o.output,
         &from,
         expect_warm,
@@ -167,9 +167,9 @@ pub fn pipeline(target: &Target, o: &PipelineOptions, progress: bool) -> Result<
         Progress::hidden(),
         None,
     );
-    load::drive(&target.addr, warm, workload.clone(), &Progress::hidden())?;
+    load::drive(&target.at, warm, workload.clone(), &Progress::hidden())?;
     follow.wait()?;
-    from = ends(&target.addr, &o.output, outputs)?;
+    from = ends(&target.at, &o.output, outputs)?;
 
     let expect = o.expect.unwrap_or(sent);
     let bar = if progress {
@@ -180,7 +180,7 @@ pub fn pipeline(target: &Target, o: &PipelineOptions, progress: bool) -> Result<
     let started = Instant::now();
     let seen = o.expect.is_none().then(|| Arc::new(Seen::new(sent)));
     let follow = Follow::start(
-        &target.addr,
+        &target.at,
         &o.output,
         &from,
         expect,
@@ -188,7 +188,7 @@ pub fn pipeline(target: &Target, o: &PipelineOptions, progress: bool) -> Result<
         bar.clone(),
         seen.clone(),
     );
-    let produced = load::drive(&target.addr, plan, workload, &Progress::hidden());
+    let produced = load::drive(&target.at, plan, workload, &Progress::hidden());
     let followed = follow.wait();
     bar.finish();
     produced?;
@@ -209,8 +209,8 @@ pub fn pipeline(target: &Target, o: &PipelineOptions, progress: bool) -> Result<
 }
 
 /// The next offset of every partition of `topic`.
-fn ends(addr: &str, topic: &str, partitions: u32) -> Result<Vec<u64>, BenchError> {
-    let mut client = Client::connect(addr)?;
+fn ends(at: &Endpoint, topic: &str, partitions: u32) -> Result<Vec<u64>, BenchError> {
+    let mut client = at.connect()?;
     (0..partitions)
         .map(|p| Ok(client.fetch(topic, p, FetchFrom::Latest, 1, 0)?.next_offset))
         .collect()
@@ -230,7 +230,7 @@ impl Follow {
     /// Readers from `from` on, until `expect` outputs came; each output is noted in
     /// `check`, when given.
     fn start(
-        addr: &str,
+        at: &Endpoint,
         topic: &str,
         from: &[u64],
         expect: u64,
@@ -244,8 +244,8 @@ impl Follow {
             .iter()
             .enumerate()
             .map(|(p, &offset)| {
-                let (addr, topic, seen, stop, bar, check) = (
-                    addr.to_owned(),
+                let (at, topic, seen, stop, bar, check) = (
+                    at.clone(),
                     topic.to_owned(),
                     seen.clone(),
                     stop.clone(),
@@ -261,7 +261,7 @@ impl Follow {
                         bar: &bar,
                         check: check.as_deref(),
                     };
-                    let result = read_partition(&addr, &topic, p as u32, offset, &reader);
+                    let result = read_partition(&at, &topic, p as u32, offset, &reader);
                     if result.is_err() {
                         stop.store(true, Ordering::Relaxed);
                     }
@@ -314,7 +314,7 @@ struct Reader<'a> {
 }
 
 fn read_partition(
-    addr: &str,
+    at: &Endpoint,
     topic: &str,
     partition: u32,
     mut offset: u64,
@@ -328,7 +328,7 @@ fn read_partition(
         bar,
         check,
     } = *reader;
-    let mut client = Client::connect(addr)?;
+    let mut client = at.connect()?;
     let mut h = histogram();
     let mut last = Instant::now();
     while seen.load(Ordering::Relaxed) < expect && !stop.load(Ordering::Relaxed) {

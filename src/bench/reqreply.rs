@@ -92,13 +92,13 @@ pub fn reqreply(target: &Target, o: &ReqreplyOptions, progress: bool) -> Result<
         inflight: 1,
         ..plan
     };
-    load::drive(&target.addr, warmup, workload.clone(), &Progress::hidden())?;
+    load::drive(&target.at, warmup, workload.clone(), &Progress::hidden())?;
     let bar = if progress {
         Progress::new(plan.requests * concurrency as u64, "reqreply")
     } else {
         Progress::hidden()
     };
-    let measured = load::drive(&target.addr, plan, workload, &bar);
+    let measured = load::drive(&target.at, plan, workload, &bar);
     bar.finish();
     measured
 }

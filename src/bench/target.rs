@@ -6,7 +6,7 @@ use std::path::Path;
 use std::sync::atomic::AtomicBool;
 
 use crate::bench::BenchError;
-use crate::client::Client;
+use crate::client::{Client, ClientError, ClientOptions};
 use crate::config::{self, ExecProtocol};
 use crate::runtime::Engine;
 use crate::storage::Durability;
@@ -53,9 +53,29 @@ op = { dedupe = { by = "key", capacity = 100000 } }
 to = "bench-out"
 "#;
 
+/// Where a benchmark's clients connect, and how.
+#[derive(Debug, Clone)]
+pub struct Endpoint {
+    pub addr: String,
+    /// TLS, when the engine speaks it.
+    pub options: ClientOptions,
+    /// AUTH with this token first, on an engine with credentials.
+    pub token: Option<String>,
+}
+
+impl Endpoint {
+    pub fn connect(&self) -> Result<Client, ClientError> {
+        let mut client = Client::connect_with(&self.addr, self.options.clone())?;
+        if let Some(token) = &self.token {
+            client.auth(token)?;
+        }
+        Ok(client)
+    }
+}
+
 /// An engine for one benchmark, stopped when dropped.
 pub struct Target {
-    pub addr: String,
+    pub at: Endpoint,
     pub topic: String,
     engine: Option<(Engine, tempfile::TempDir)>,
 }
@@ -117,6 +137,17 @@ impl Target {
         stages: Stages,
         dataflow: Option<&Path>,
     ) -> Result<Target, BenchError> {
+        Target::start_with(durability, stages, dataflow, false)
+    }
+
+    /// As `start`; with `tls`, the engine's TCP door speaks TLS with a certificate of a
+    /// CA made for this run, which the clients trust.
+    pub fn start_with(
+        durability: Durability,
+        stages: Stages,
+        dataflow: Option<&Path>,
+        tls: bool,
+    ) -> Result<Target, BenchError> {
         let dir = tempfile::Builder::new()
             .prefix("flowd-bench-")
             .tempdir()
@@ -150,18 +181,34 @@ impl Target {
         // The bench speaks the binary protocol only; a user's dataflow must not need its
         // HTTP port free.
         ingest.http = None;
+        let mut options = ClientOptions::default();
+        if tls {
+            let (ca, server) = certificates(dir.path())?;
+            ingest.tls_cert = Some(server.0);
+            ingest.tls_key = Some(server.1);
+            let files = crate::tls::client::ClientFiles {
+                ca: Some(ca),
+                ..Default::default()
+            };
+            options.tls =
+                Some(crate::tls::ClientTls::load(&files).map_err(|e| BenchError::Setup(e.to_string()))?);
+        }
         let (engine, bound) = crate::server::start(spec, None)?;
         let addr = bound.tcp.expect("a bench engine listens").to_string();
         Ok(Target {
-            addr,
+            at: Endpoint {
+                addr,
+                options,
+                token: None,
+            },
             topic: "bench".into(),
             engine: Some((engine, dir)),
         })
     }
 
-    pub fn remote(addr: String, topic: String) -> Target {
+    pub fn remote(at: Endpoint, topic: String) -> Target {
         Target {
-            addr,
+            at,
             topic,
             engine: None,
         }
@@ -169,7 +216,7 @@ impl Target {
 
     /// The partitions of `topic`, or a clear error when the engine has no such topic.
     pub fn partitions(&self, topic: &str) -> Result<u32, BenchError> {
-        let metadata = Client::connect(&self.addr)?.metadata()?;
+        let metadata = self.at.connect()?.metadata()?;
         metadata
             .topics
             .iter()
@@ -178,10 +225,37 @@ impl Target {
             .ok_or_else(|| {
                 BenchError::Setup(format!(
                     "the engine at {} has no topic \"{topic}\"; add it to its dataflow or pass --topic",
-                    self.addr
+                    self.at.addr
                 ))
             })
     }
+}
+
+/// A CA and a server certificate for 127.0.0.1 in `dir`: `(ca.pem, (server.pem,
+/// server.key))`.
+fn certificates(
+    dir: &Path,
+) -> Result<(std::path::PathBuf, (std::path::PathBuf, std::path::PathBuf)), BenchError> {
+    use std::os::unix::fs::OpenOptionsExt;
+    let failed = |e: String| BenchError::Setup(format!("cannot make the bench's TLS certificates: {e}"));
+    let (ca, _) = crate::tls::make::authority("flowd bench CA", 2).map_err(|e| failed(e.to_string()))?;
+    let server = crate::tls::make::issue(&ca.cert_pem, &ca.key_pem, "bench", &["127.0.0.1".to_owned()], 2)
+        .map_err(|e| failed(e.to_string()))?;
+    let write = |name: &str, text: &str| {
+        let path = dir.join(name);
+        std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(0o600)
+            .open(&path)
+            .and_then(|mut f| std::io::Write::write_all(&mut f, text.as_bytes()))
+            .map_err(|e| failed(format!("{}: {e}", path.display())))?;
+        Ok::<_, BenchError>(path)
+    };
+    let ca_path = write("ca.pem", &ca.cert_pem)?;
+    let cert = write("server.pem", &server.cert_pem)?;
+    let key = write("server.key", &server.key_pem)?;
+    Ok((ca_path, (cert, key)))
 }
 
 impl Drop for Target {

@@ -159,12 +159,24 @@ pub struct Common {
 
 fn target(common: &Common, durability: Durability, stages: Stages) -> Result<Target, bench::BenchError> {
     match &common.to {
-        Some(addr) => Ok(Target::remote(addr.clone(), common.topic.clone())),
+        Some(addr) => Ok(Target::remote(remote(addr), common.topic.clone())),
         None => {
-            let mut target = Target::start(durability, stages, None)?;
+            // --tls: the in-process engine speaks TLS, with a CA made for the run.
+            let tls = crate::cli::client_settings().0.tls.is_some();
+            let mut target = Target::start_with(durability, stages, None, tls)?;
             target.topic = common.topic.clone();
             Ok(target)
         }
+    }
+}
+
+/// A running engine at `addr`, reached as the global --tls, --ca and --token say.
+fn remote(addr: &str) -> bench::Endpoint {
+    let (options, token) = crate::cli::client_settings();
+    bench::Endpoint {
+        addr: addr.to_owned(),
+        options,
+        token,
     }
 }
 
@@ -299,7 +311,7 @@ pub fn run(scenario: Scenario) -> Result<ExitCode, CliError> {
             common,
         } => {
             let target = match &common.to {
-                Some(addr) => Target::remote(addr.clone(), common.topic.clone()),
+                Some(addr) => Target::remote(remote(addr), common.topic.clone()),
                 None => {
                     let mut t = Target::start(load.durability, Stages::Pipeline, dataflow.as_deref())?;
                     t.topic = common.topic.clone();

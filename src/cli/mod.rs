@@ -9,6 +9,7 @@ use std::process::ExitCode;
 use clap::{Parser, Subcommand};
 
 mod bench;
+mod cert;
 mod check;
 mod drain;
 mod inspect;
@@ -34,6 +35,21 @@ pub struct Cli {
     /// shell's history and `ps`).
     #[arg(long, global = true, value_name = "TOKEN")]
     token: Option<String>,
+    /// The client commands speak TLS to the server (a server with tls_cert); `flowd
+    /// bench` without --to runs its engine with TLS (a CA made for the run).
+    #[arg(long, global = true)]
+    tls: bool,
+    /// The CA that signed the server's certificate (implies --tls); without it, this
+    /// machine's CA bundle.
+    #[arg(long, global = true, value_name = "FILE")]
+    ca: Option<PathBuf>,
+    /// A client certificate (and --client-key) proving who this client is, to a server
+    /// with tls_client_ca (implies --tls).
+    #[arg(long, global = true, value_name = "FILE", requires = "client_key")]
+    client_cert: Option<PathBuf>,
+    /// The client certificate's private key (mode 0600).
+    #[arg(long, global = true, value_name = "FILE", requires = "client_cert")]
+    client_key: Option<PathBuf>,
     #[command(subcommand)]
     command: Command,
 }
@@ -67,6 +83,16 @@ enum Command {
         /// with the permission it asks for (overrides ingest.credentials).
         #[arg(long, value_name = "FILE")]
         credentials: Option<PathBuf>,
+        /// The doors speak TLS 1.3 with this PEM certificate chain (and --tls-key);
+        /// overrides ingest.tls_cert. SIGHUP reads both files again.
+        #[arg(long, value_name = "FILE", requires = "tls_key")]
+        tls_cert: Option<PathBuf>,
+        #[arg(long, value_name = "FILE", requires = "tls_cert")]
+        tls_key: Option<PathBuf>,
+        /// Client certificates signed by this CA prove who a client is (the common name
+        /// is the credential's name); overrides ingest.tls_client_ca.
+        #[arg(long, value_name = "FILE")]
+        tls_client_ca: Option<PathBuf>,
         /// Join a cluster: listen for peers on ADDR (the address the others reach this
         /// peer at; gossip, forwarded records and fetches).
         #[arg(long, value_name = "ADDR")]
@@ -91,6 +117,11 @@ enum Command {
         /// all its partitions ("20MiB"); copies that acks wait for are never slowed.
         #[arg(long, value_name = "BYTES", default_value = "20MiB", value_parser = parse_rate, requires = "peer_listen")]
         copy_rate: u64,
+    },
+    /// Make a CA and the certificates it signs, for TLS on the doors and between peers.
+    Cert {
+        #[command(subcommand)]
+        action: cert::CertAction,
     },
     /// Manage the credentials file: tokens and what each may do.
     Token {
@@ -207,6 +238,8 @@ pub enum CliError {
     /// Bad usage found after parsing (an unknown topic or job): exit 2.
     #[error("{0}")]
     Usage(String),
+    #[error(transparent)]
+    Tls(#[from] crate::tls::TlsError),
 }
 
 const DEFAULT_TCP: &str = crate::config::DEFAULT_TCP;
@@ -214,9 +247,27 @@ const DEFAULT_TCP: &str = crate::config::DEFAULT_TCP;
 /// `--token` (or FLOWD_TOKEN), for every client command's connection.
 static TOKEN: std::sync::OnceLock<Option<String>> = std::sync::OnceLock::new();
 
-/// A client connection to `addr`, proven with `--token` when one was given.
+/// `--tls`, `--ca`, `--client-cert`, `--client-key`, read once.
+static TLS: std::sync::OnceLock<Option<crate::tls::ClientTls>> = std::sync::OnceLock::new();
+
+/// A client connection to `addr`, in TLS with `--tls`, proven with `--token` when one
+/// was given.
 pub fn connect(addr: &str) -> Result<crate::client::Client, crate::client::ClientError> {
-    crate::client::Client::connect_as(addr, TOKEN.get().and_then(Option::as_deref))
+    let (options, token) = client_settings();
+    let mut client = crate::client::Client::connect_with(addr, options)?;
+    if let Some(token) = token {
+        client.auth(&token)?;
+    }
+    Ok(client)
+}
+
+/// The client options and token the global flags give.
+pub(crate) fn client_settings() -> (crate::client::ClientOptions, Option<String>) {
+    let options = crate::client::ClientOptions {
+        tls: TLS.get().cloned().flatten(),
+        ..Default::default()
+    };
+    (options, TOKEN.get().cloned().flatten())
 }
 
 fn parse_rate(text: &str) -> Result<u64, String> {
@@ -248,7 +299,20 @@ impl Cli {
             .token
             .or_else(|| std::env::var("FLOWD_TOKEN").ok().filter(|t| !t.is_empty()));
         let _ = TOKEN.set(token);
+        let tls = if self.tls || self.ca.is_some() || self.client_cert.is_some() {
+            let files = crate::tls::client::ClientFiles {
+                ca: self.ca,
+                cert: self.client_cert,
+                key: self.client_key,
+                server_name: None,
+            };
+            Some(crate::tls::ClientTls::load(&files)?)
+        } else {
+            None
+        };
+        let _ = TLS.set(tls);
         match self.command {
+            Command::Cert { action } => cert::run(action),
             Command::Token { action } => token::run(action),
             Command::Inspect { data_dir, json } => inspect::run(&data_dir, json),
             Command::Check { dataflow } => check::run(&dataflow),
@@ -295,6 +359,9 @@ impl Cli {
                 http,
                 insecure,
                 credentials,
+                tls_cert,
+                tls_key,
+                tls_client_ca,
                 peer_listen,
                 seeds,
                 cluster_id,
@@ -309,6 +376,9 @@ impl Cli {
                 http,
                 insecure,
                 credentials,
+                tls_cert,
+                tls_key,
+                tls_client_ca,
                 cluster: peer_listen.map(|listen| crate::cluster::ClusterOptions {
                     listen,
                     seeds,
@@ -320,5 +390,35 @@ impl Cli {
                 }),
             }),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::Parser;
+
+    /// clap's own checks of the definitions, which a release build skips, and the
+    /// flags a global one could shadow: `send --key` is the record's key, the client
+    /// certificate's key is `--client-key`.
+    #[test]
+    fn the_command_line_is_consistent() {
+        use clap::CommandFactory;
+        super::Cli::command().debug_assert();
+        let cli = super::Cli::try_parse_from(["flowd", "send", "events", "--key", "k"]).unwrap();
+        assert!(
+            matches!(&cli.command, super::Command::Send { key: Some(k), .. } if k == "k"),
+            "{cli:?}"
+        );
+        let cli = super::Cli::try_parse_from([
+            "flowd",
+            "tail",
+            "events",
+            "--client-cert",
+            "c.pem",
+            "--client-key",
+            "c.key",
+        ])
+        .unwrap();
+        assert_eq!(cli.client_key.as_deref(), Some(std::path::Path::new("c.key")));
     }
 }

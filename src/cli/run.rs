@@ -23,6 +23,10 @@ pub struct RunArgs {
     pub insecure: bool,
     /// `--credentials FILE`.
     pub credentials: Option<PathBuf>,
+    /// `--tls-cert FILE --tls-key FILE`, `--tls-client-ca FILE`.
+    pub tls_cert: Option<PathBuf>,
+    pub tls_key: Option<PathBuf>,
+    pub tls_client_ca: Option<PathBuf>,
     /// Join a cluster (`--peer-listen`, `--seeds`, `--cluster-id`).
     pub cluster: Option<ClusterOptions>,
 }
@@ -52,6 +56,13 @@ pub fn run(args: RunArgs) -> Result<ExitCode, CliError> {
         ingest.insecure |= args.insecure;
         if args.credentials.is_some() {
             ingest.credentials = args.credentials.clone();
+        }
+        if args.tls_cert.is_some() {
+            ingest.tls_cert = args.tls_cert.clone();
+            ingest.tls_key = args.tls_key.clone();
+        }
+        if args.tls_client_ca.is_some() {
+            ingest.tls_client_ca = args.tls_client_ca.clone();
         }
     }
     let insecure = args.insecure || spec.ingest.as_ref().is_some_and(|i| i.insecure);

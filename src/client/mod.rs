@@ -2,11 +2,13 @@
 //! the benchmarks: one TCP connection, requests pipelined by id.
 
 pub mod consumer;
+pub mod transport;
 
 use std::io::{BufReader, BufWriter, Read, Write};
 use std::net::{SocketAddr, TcpStream, ToSocketAddrs};
 use std::time::Duration;
 
+use self::transport::{ReadSide, WriteSide};
 use crate::protocol::message::{Fetched, Metadata, Response, encode_produce, encode_produce_batch};
 use crate::protocol::records::record_offsets;
 use crate::protocol::{
@@ -24,6 +26,10 @@ pub enum ClientError {
         #[source]
         source: std::io::Error,
     },
+    #[error(
+        "no TLS session with {addr}: {reason}; check that the server speaks TLS on this port (else drop --tls), and that --ca names the CA that signed its certificate"
+    )]
+    Tls { addr: String, reason: String },
     #[error("the connection to {addr} failed: {source}")]
     Io {
         addr: String,
@@ -48,9 +54,11 @@ pub enum ClientError {
 
 pub type Result<T, E = ClientError> = std::result::Result<T, E>;
 
-/// How long a client waits before it gives up: no call waits forever.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+/// How long a client waits before it gives up (no call waits forever), and its TLS.
+#[derive(Debug, Clone)]
 pub struct ClientOptions {
+    /// Speak TLS with these settings.
+    pub tls: Option<crate::tls::ClientTls>,
     pub connect_timeout: Duration,
     /// For an answer (or the next part of one). A job waits its own timeout longer.
     pub read_timeout: Duration,
@@ -61,6 +69,7 @@ pub struct ClientOptions {
 impl Default for ClientOptions {
     fn default() -> ClientOptions {
         ClientOptions {
+            tls: None,
             connect_timeout: Duration::from_secs(5),
             // Longer than the longest fetch wait the server allows (30 s).
             read_timeout: Duration::from_secs(120),
@@ -76,8 +85,8 @@ const JOB_TIMEOUT_MAX: Duration = Duration::from_secs(3600);
 
 pub struct Client {
     addr: String,
-    reader: BufReader<TcpStream>,
-    writer: BufWriter<TcpStream>,
+    reader: BufReader<ReadSide>,
+    writer: BufWriter<WriteSide>,
     next_id: u64,
     frame: Vec<u8>,
     /// The last response read whole, kept for its capacity (`fetch_batches_each`).
@@ -102,16 +111,30 @@ impl Client {
             match TcpStream::connect_timeout(&candidate, options.connect_timeout) {
                 Ok(stream) => {
                     let _ = stream.set_nodelay(true);
+                    // The handshake, if any, within the connect timeout.
                     stream
-                        .set_read_timeout(Some(options.read_timeout))
+                        .set_read_timeout(Some(options.connect_timeout))
                         .and_then(|()| stream.set_write_timeout(Some(options.write_timeout)))
                         .map_err(connect_error)?;
-                    let reader =
-                        BufReader::with_capacity(256 << 10, stream.try_clone().map_err(connect_error)?);
+                    let host = addr.rsplit_once(':').map_or(addr, |(host, _)| host);
+                    let (reader, writer) =
+                        transport::open(stream, options.tls.as_ref(), host).map_err(|e| {
+                            match options.tls {
+                                Some(_) => ClientError::Tls {
+                                    addr: addr.to_owned(),
+                                    reason: e.to_string(),
+                                },
+                                None => connect_error(e),
+                            }
+                        })?;
+                    reader
+                        .socket()
+                        .set_read_timeout(Some(options.read_timeout))
+                        .map_err(connect_error)?;
                     return Ok(Client {
                         addr: addr.to_owned(),
-                        reader,
-                        writer: BufWriter::with_capacity(256 << 10, stream),
+                        reader: BufReader::with_capacity(256 << 10, reader),
+                        writer: BufWriter::with_capacity(256 << 10, writer),
                         next_id: 1,
                         frame: Vec::new(),
                         response: Vec::new(),
@@ -132,6 +155,7 @@ impl Client {
     pub fn set_read_timeout(&mut self, timeout: Duration) -> Result<()> {
         self.reader
             .get_ref()
+            .socket()
             .set_read_timeout(Some(timeout))
             .map_err(self.io())?;
         self.options.read_timeout = timeout;
@@ -210,7 +234,7 @@ impl Client {
     /// (open-loop load in `flowd bench`). Queued requests are flushed first.
     pub fn split(mut self) -> Result<(ClientWriter, ClientReader)> {
         self.flush()?;
-        let stream = self.reader.get_ref().try_clone().map_err(self.io())?;
+        let stream = self.reader.get_ref().socket().try_clone().map_err(self.io())?;
         Ok((
             ClientWriter {
                 addr: self.addr.clone(),
@@ -234,6 +258,11 @@ impl Client {
     /// The response to request `id`, the only one in flight; an ERROR as an error.
     pub(crate) fn answer(&mut self, id: u64) -> Result<Response> {
         let (got, response) = self.recv()?;
+        // Id 0 is the connection's own: an error the server sends before it closes
+        // (tls_required, unauthenticated, overloaded).
+        if got == 0 && matches!(response, Response::Error { .. }) {
+            return server_error(response);
+        }
         if got != id {
             return Err(ClientError::Protocol(format!(
                 "a response to request {got}, expected {id}"
@@ -443,7 +472,7 @@ impl Client {
 /// The sending half of a split `Client`: raw frames, flushed on demand.
 pub struct ClientWriter {
     addr: String,
-    writer: BufWriter<TcpStream>,
+    writer: BufWriter<WriteSide>,
     stream: TcpStream,
 }
 
@@ -467,7 +496,7 @@ impl ClientWriter {
 /// The receiving half of a split `Client`.
 pub struct ClientReader {
     addr: String,
-    reader: BufReader<TcpStream>,
+    reader: BufReader<ReadSide>,
     read_timeout: Duration,
 }
 
@@ -500,7 +529,7 @@ fn read_error(addr: &str, waited: Duration, error: std::io::Error) -> ClientErro
 }
 
 /// Reads and decodes one response frame, waiting at most `waited` for each part of it.
-fn read_response(reader: &mut BufReader<TcpStream>, addr: &str, waited: Duration) -> Result<(u64, Response)> {
+fn read_response(reader: &mut BufReader<ReadSide>, addr: &str, waited: Duration) -> Result<(u64, Response)> {
     let mut frame = Vec::new();
     let parsed = read_frame(reader, addr, waited, &mut frame)?;
     let response =
@@ -510,7 +539,7 @@ fn read_response(reader: &mut BufReader<TcpStream>, addr: &str, waited: Duration
 
 /// Reads one whole response frame into `frame`.
 fn read_frame<'a>(
-    reader: &mut BufReader<TcpStream>,
+    reader: &mut BufReader<ReadSide>,
     addr: &str,
     waited: Duration,
     frame: &'a mut Vec<u8>,

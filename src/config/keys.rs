@@ -39,6 +39,9 @@ const INGEST: &[&str] = &[
     "http_hosts",
     "insecure",
     "credentials",
+    "tls_cert",
+    "tls_key",
+    "tls_client_ca",
 ];
 const JOB: &[&str] = &["name", "topic", "timeout"];
 const ENGINE: &[&str] = &["cores", "data_dir", "durability", "commit_interval"];

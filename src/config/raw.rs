@@ -44,6 +44,11 @@ pub struct RawIngest {
     pub insecure: Option<Spanned<bool>>,
     /// The credentials file (`flowd token add`): with it, every request needs a token.
     pub credentials: Option<Spanned<String>>,
+    /// PEM files of the doors' TLS certificate chain and key (both or neither).
+    pub tls_cert: Option<Spanned<String>>,
+    pub tls_key: Option<Spanned<String>>,
+    /// CA certificates that sign client certificates.
+    pub tls_client_ca: Option<Spanned<String>>,
 }
 
 #[derive(Debug, Deserialize)]

@@ -51,6 +51,12 @@ pub struct IngestSpec {
     /// The credentials file: with it, every request needs a token with the permission
     /// it asks for (`server::gate`); without it, the doors are open (on loopback).
     pub credentials: Option<std::path::PathBuf>,
+    /// PEM certificate chain and key: with them both doors speak TLS 1.3 only.
+    pub tls_cert: Option<std::path::PathBuf>,
+    pub tls_key: Option<std::path::PathBuf>,
+    /// CA certificates whose client certificates prove who a client is (its subject's
+    /// common name taken as a credential's name), instead of a token.
+    pub tls_client_ca: Option<std::path::PathBuf>,
 }
 
 pub const DEFAULT_TCP: &str = "127.0.0.1:7070";
@@ -70,6 +76,9 @@ impl Default for IngestSpec {
             http_hosts: Vec::new(),
             insecure: false,
             credentials: None,
+            tls_cert: None,
+            tls_key: None,
+            tls_client_ca: None,
         }
     }
 }

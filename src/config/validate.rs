@@ -274,6 +274,30 @@ impl Validator<'_, '_> {
         }
         spec.insecure = raw.insecure.as_ref().is_some_and(|i| *i.get_ref());
         spec.credentials = raw.credentials.as_ref().map(|c| c.get_ref().into());
+        spec.tls_cert = raw.tls_cert.as_ref().map(|c| c.get_ref().into());
+        spec.tls_key = raw.tls_key.as_ref().map(|c| c.get_ref().into());
+        spec.tls_client_ca = raw.tls_client_ca.as_ref().map(|c| c.get_ref().into());
+        match (&raw.tls_cert, &raw.tls_key) {
+            (Some(given), None) | (None, Some(given)) => self.error(
+                given.span(),
+                if raw.tls_cert.is_some() {
+                    "ingest.tls_cert"
+                } else {
+                    "ingest.tls_key"
+                },
+                "TLS needs both a certificate and its key".to_owned(),
+                "give both ingest.tls_cert and ingest.tls_key (flowd cert issue makes a pair)".into(),
+            ),
+            _ => {}
+        }
+        if let (Some(ca), None) = (&raw.tls_client_ca, &raw.tls_cert) {
+            self.error(
+                ca.span(),
+                "ingest.tls_client_ca",
+                "client certificates are checked only on doors that speak TLS".to_owned(),
+                "give ingest.tls_cert and ingest.tls_key too".into(),
+            );
+        }
         // One frame must always fit: a budget below it would never let such a frame in.
         spec.max_buffered_bytes = spec.max_buffered_bytes.max(u64::from(spec.max_frame_bytes));
         spec

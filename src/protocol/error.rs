@@ -43,6 +43,9 @@ pub enum ErrorCode {
     Unauthenticated = 21,
     /// The credential lacks the permission the request needs (the message names it).
     Forbidden = 22,
+    /// The port speaks TLS and the client did not: sent in plaintext, as the only frame,
+    /// and the connection is closed.
+    TlsRequired = 23,
 }
 
 impl ErrorCode {
@@ -71,6 +74,7 @@ impl ErrorCode {
             20 => UnknownState,
             21 => Unauthenticated,
             22 => Forbidden,
+            23 => TlsRequired,
             _ => return None,
         })
     }
@@ -101,6 +105,7 @@ impl ErrorCode {
             UnknownState => "unknown_state",
             Unauthenticated => "unauthenticated",
             Forbidden => "forbidden",
+            TlsRequired => "tls_required",
         }
     }
 
@@ -112,6 +117,7 @@ impl ErrorCode {
                 | ErrorCode::FrameTooLarge
                 | ErrorCode::Overloaded
                 | ErrorCode::Unauthenticated
+                | ErrorCode::TlsRequired
         )
     }
 }

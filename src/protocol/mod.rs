@@ -68,6 +68,10 @@
 //!                naming the permission missing, and the connection stays open. On a
 //!                server without credentials AUTH is answered AUTHED with an empty name.
 //! 0x89 AUTHED    string the credential's name
+//!
+//! On a port with TLS (`ingest.tls_cert`) every frame travels inside TLS 1.3. A client
+//! that speaks plaintext there gets one plaintext ERROR tls_required (23) with request
+//! id 0, and the connection is closed.
 //! 0xFF ERROR     u16 code, u32 length + UTF-8 message
 //! ```
 //! Consumers and range reads:

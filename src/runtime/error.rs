@@ -41,8 +41,9 @@ pub enum RuntimeError {
     },
     #[error(
         "{what} {addr} is not a loopback address: other machines would reach it, and nothing on it asks \
-         who they are; bind 127.0.0.1 (or ::1), or say `insecure = true` in [ingest] (or --insecure) \
-         to serve them anyway"
+         who they are; bind 127.0.0.1 (or ::1), give the doors TLS and credentials (tls_cert, tls_key \
+         and credentials in [ingest]), or say `insecure = true` in [ingest] (or --insecure) to serve \
+         them anyway"
     )]
     Exposed {
         what: String,
@@ -51,6 +52,9 @@ pub enum RuntimeError {
     /// The credentials file does not read (its own message says what to do).
     #[error("{0}")]
     Credentials(String),
+    /// The doors' TLS files do not read or do not fit (the message says what to do).
+    #[error("ingest TLS: {0}")]
+    Tls(String),
     #[error(
         "lost peer {peer} while it held batches this engine's stages wrote to it ({reason}); \
          restart this peer once that one is back (without replication, its partitions are away with it)"

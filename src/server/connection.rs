@@ -22,8 +22,8 @@ use std::pin::pin;
 use std::rc::Rc;
 use std::time::{Duration, Instant};
 
+use crate::server::door::{Door, Stream as TcpStream};
 use futures_lite::{AsyncReadExt, AsyncWriteExt};
-use glommio::net::TcpStream;
 use glommio::sync::{Semaphore, StaticPermit};
 
 use crate::protocol::consumer::{
@@ -69,7 +69,25 @@ struct Held {
 type Outgoing = (Vec<u8>, Option<Held>);
 
 pub async fn accept_loop(shard: Rc<Shard>, front: Rc<Front>, fd: RawFd) {
-    server::accept_loop(shard, front, fd, "TCP", serve, refuse).await;
+    let door = Door {
+        what: "TCP",
+        tls: front.tls.clone(),
+        io_timeout: front.io_timeout,
+        plain_answer: tls_required,
+    };
+    server::accept_loop(shard, front, fd, door, serve, refuse).await;
+}
+
+/// What a plaintext client on the TLS port reads: one ERROR frame it can decode.
+fn tls_required() -> Vec<u8> {
+    let mut out = Vec::new();
+    encode_error(
+        &mut out,
+        0,
+        ErrorCode::TlsRequired,
+        "this port speaks TLS: connect with --tls (and --ca FILE when the server's certificate is not signed by a CA this machine trusts)",
+    );
+    out
 }
 
 async fn refuse(mut stream: TcpStream, refusal: Refusal) {
@@ -99,7 +117,7 @@ struct Session {
 /// Serves one connection until the client closes it or breaks a rule.
 pub async fn serve(shard: Rc<Shard>, front: Rc<Front>, stream: TcpStream) {
     let peer = stream.peer_addr().map(|a| a.to_string()).unwrap_or_default();
-    let _ = stream.set_nodelay(true);
+    let certified = stream.client_name().map(str::to_owned);
     let (mut reader, writer) = futures_lite::io::split(stream);
     let (out_tx, out_rx) = flume::bounded::<Outgoing>(OUTGOING_MAX);
     let writer_task = glommio::spawn_local(write_loop(writer, out_rx, front.io_timeout, peer.clone()));
@@ -117,6 +135,14 @@ pub async fn serve(shard: Rc<Shard>, front: Rc<Front>, stream: TcpStream) {
         relays: front.relays.clone(),
         auth_by: front.gate.closed().then(|| Instant::now() + front.io_timeout),
     };
+    // A client certificate naming a credential proves it: no AUTH needed.
+    if session.auth_by.is_some()
+        && let Some(identity) = certified.and_then(|name| front.gate.certified(&name))
+    {
+        tracing::debug!(%peer, name = %identity.name, "client certificate accepted");
+        session.identity = Some(identity);
+        session.auth_by = None;
+    }
     let reason = 'conn: loop {
         // Every whole frame buffered, in order.
         loop {
@@ -323,8 +349,8 @@ pub(crate) enum WriteEnd {
 
 /// Writes what `queued` brings as it comes, up to 64 items coalesced into one write
 /// (each item dropped once written), each write within `timeout`; closes the writer.
-pub(crate) async fn write_queued<T>(
-    writer: futures_lite::io::WriteHalf<TcpStream>,
+pub(crate) async fn write_queued<T, W: futures_lite::AsyncWrite + Unpin>(
+    writer: W,
     queued: &flume::Receiver<T>,
     timeout: Duration,
     bytes: impl Fn(&T) -> &[u8],

@@ -6,6 +6,9 @@
 //! anything else, an HTTP request with `Authorization: Bearer TOKEN`, and each request
 //! needs the permissions `needs` names: deny by default, even with an empty file.
 //!
+//! A client certificate verified against `[ingest] tls_client_ca` proves the credential
+//! its common name names, without a token (a name not in the file proves nothing).
+//!
 //! The file is read again when it changes (its length, time or inode differ at the
 //! next token checked), so a token added or removed counts without a restart for new
 //! connections and HTTP requests; a TCP connection keeps the identity it proved. A
@@ -82,6 +85,16 @@ impl Gate {
 
     /// Who `token` belongs to (on an open gate: nobody needs to be anyone).
     pub fn identify(&self, token: &str) -> Option<Arc<Identity>> {
+        self.current()?.check(token)
+    }
+
+    /// The credential a verified client certificate's common name `name` proves.
+    pub fn certified(&self, name: &str) -> Option<Arc<Identity>> {
+        self.current()?.named(name)
+    }
+
+    /// The credentials in force: read again first if the file changed.
+    fn current(&self) -> Option<Arc<Credentials>> {
         let file = self.file.as_ref()?;
         let credentials = {
             let mut loaded = file.loaded.lock().expect("the gate's lock");
@@ -105,7 +118,7 @@ impl Gate {
             }
             Arc::clone(&loaded.1)
         };
-        credentials.check(token)
+        Some(credentials)
     }
 
     /// Whether `identity` may make a request needing `needs`: on an open gate always;

@@ -27,6 +27,8 @@ pub struct ShardSockets {
     pub gate: Option<std::sync::Arc<crate::server::gate::Gate>>,
     /// The connection counts every shard shares.
     pub admission: Option<std::sync::Arc<crate::server::admission::Admission>>,
+    /// The doors' TLS, shared by every shard (and reloaded on SIGHUP).
+    pub tls: Option<std::sync::Arc<crate::tls::ServerTls>>,
 }
 
 /// The addresses actually bound (ports resolved).
@@ -37,14 +39,35 @@ pub struct Bound {
 }
 
 pub fn bind(ingest: &IngestSpec, shards: usize) -> Result<(Bound, Vec<ShardSockets>), RuntimeError> {
+    if ingest.tls_client_ca.is_some() && ingest.tls_cert.is_none() {
+        return Err(RuntimeError::Tls(
+            "client certificates are checked only on doors that speak TLS: give tls_cert and tls_key too"
+                .into(),
+        ));
+    }
+    // A door that speaks TLS and asks for credentials may face other machines.
+    let secured = ingest.tls_cert.is_some() && ingest.credentials.is_some();
     for (what, addr) in [("tcp", ingest.tcp), ("http", ingest.http)] {
-        if let Some(addr) = addr {
+        if let Some(addr) = addr.filter(|_| !secured) {
             exposed(&format!("ingest.{what}"), addr, ingest.insecure)?;
         }
     }
     let gate = crate::server::gate::Gate::new(ingest.credentials.as_deref())
         .map_err(|e| RuntimeError::Credentials(e.to_string()))?;
     let gate = std::sync::Arc::new(gate);
+    let tls = match (&ingest.tls_cert, &ingest.tls_key) {
+        (Some(cert), Some(key)) => {
+            let files = crate::tls::server::ServerFiles {
+                cert: cert.clone(),
+                key: key.clone(),
+                client_ca: ingest.tls_client_ca.clone(),
+                required: false,
+            };
+            let tls = crate::tls::ServerTls::load(files).map_err(|e| RuntimeError::Tls(e.to_string()))?;
+            Some(std::sync::Arc::new(tls))
+        }
+        _ => None,
+    };
     let mut sockets: Vec<ShardSockets> = (0..shards).map(|_| ShardSockets::default()).collect();
     let mut bound = Bound::default();
     if let Some(addr) = ingest.tcp {
@@ -62,16 +85,18 @@ pub fn bind(ingest: &IngestSpec, shards: usize) -> Result<(Bound, Vec<ShardSocke
         }
     }
     let mut names = Vec::new();
+    let tls_said = if tls.is_some() { " (TLS)" } else { "" };
     if let Some(a) = bound.tcp {
-        names.push(format!("tcp {a}"));
+        names.push(format!("tcp {a}{tls_said}"));
     }
     if let Some(a) = bound.http {
-        names.push(format!("http {a}"));
+        names.push(format!("http {a}{tls_said}"));
     }
     let admission =
         crate::server::admission::Admission::new(ingest.max_connections, ingest.max_connections_per_address);
     let exposed: Vec<String> = [("tcp", bound.tcp), ("http", bound.http)]
         .into_iter()
+        .filter(|_| !secured)
         .filter_map(|(what, addr)| {
             addr.filter(|a| !a.ip().is_loopback())
                 .map(|a| format!("{what} {a}"))
@@ -82,6 +107,7 @@ pub fn bind(ingest: &IngestSpec, shards: usize) -> Result<(Bound, Vec<ShardSocke
         s.exposed = exposed.clone();
         s.gate = Some(std::sync::Arc::clone(&gate));
         s.admission = Some(std::sync::Arc::clone(&admission));
+        s.tls = tls.clone();
     }
     Ok((bound, sockets))
 }

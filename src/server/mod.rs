@@ -13,7 +13,9 @@ pub mod admission;
 pub mod api;
 pub mod connection;
 pub mod consumer_api;
+pub mod door;
 pub mod gate;
+pub mod hangup;
 pub mod http;
 pub mod listeners;
 pub mod page;
@@ -52,6 +54,8 @@ pub struct Front {
     pub started: Instant,
     /// This shard's connections to the peers it relays client requests to.
     pub relays: relay::Relays,
+    /// The doors' TLS, when they speak it.
+    pub tls: Option<Arc<crate::tls::ServerTls>>,
     /// The last `(time, records in, jobs in)` sample, for the rates.
     last_sample: RefCell<(Instant, u64, u64)>,
 }
@@ -122,9 +126,9 @@ pub(crate) async fn accept_loop<S, R>(
     shard: Rc<Shard>,
     front: Rc<Front>,
     fd: std::os::fd::RawFd,
-    what: &'static str,
-    serve: fn(Rc<Shard>, Rc<Front>, glommio::net::TcpStream) -> S,
-    refuse: fn(glommio::net::TcpStream, admission::Refusal) -> R,
+    door: door::Door,
+    serve: fn(Rc<Shard>, Rc<Front>, door::Stream) -> S,
+    refuse: fn(door::Stream, admission::Refusal) -> R,
 ) where
     S: std::future::Future<Output = ()> + 'static,
     R: std::future::Future<Output = ()> + 'static,
@@ -133,19 +137,34 @@ pub(crate) async fn accept_loop<S, R>(
     // Safety: `fd` is a listening socket bound for this shard and owned by nothing else.
     let listener = unsafe { glommio::net::TcpListener::from_raw_fd(fd) };
     let metrics = Arc::clone(&shard.shared.metrics);
+    let door = Rc::new(door);
+    let what = door.what;
+    let first_wait = door.first_wait(front.idle_timeout, front.gate.closed());
     while !shard.shared.control.is_stopping() {
         let stream = accept(&listener, what).await;
         let peer = stream.peer_addr().ok().map(|a| a.ip());
+        let (door, metrics) = (Rc::clone(&door), Arc::clone(&metrics));
         let open = match admit(&metrics, &front, what, peer) {
             Ok(open) => open,
             Err(refusal) => {
-                shard.tasks.spawn(refuse(stream, refusal));
+                // Told in the connection's own terms: through TLS on a TLS door.
+                shard.tasks.spawn(async move {
+                    let stream = match door.tls {
+                        None => Some(door::Stream::plain(stream)),
+                        Some(_) => door.open(stream, &metrics, Duration::from_secs(1)).await,
+                    };
+                    if let Some(stream) = stream {
+                        refuse(stream, refusal).await;
+                    }
+                });
                 continue;
             }
         };
-        let served = serve(Rc::clone(&shard), Rc::clone(&front), stream);
+        let (shard_, front_) = (Rc::clone(&shard), Rc::clone(&front));
         shard.tasks.spawn(async move {
-            served.await;
+            if let Some(stream) = door.open(stream, &metrics, first_wait).await {
+                serve(shard_, front_, stream).await;
+            }
             drop(open);
         });
     }
@@ -176,6 +195,8 @@ pub(crate) fn admit(
 /// the engine opens on each shard (`runtime::Doors`).
 pub struct Listeners {
     sockets: std::sync::Mutex<Vec<Option<ShardSockets>>>,
+    /// Reloads the doors' TLS on SIGHUP while the listeners live.
+    _hangup: Option<hangup::Hangup>,
 }
 
 impl crate::runtime::Doors for Listeners {
@@ -196,8 +217,15 @@ pub fn listen(spec: &DataflowSpec) -> Result<(Option<Arc<dyn crate::runtime::Doo
     };
     let shards = crate::runtime::core_count(spec.engine.cores)?;
     let (bound, sockets) = bind(ingest, shards)?;
+    let hangup = match sockets.first().and_then(|s| s.tls.clone()) {
+        Some(tls) => Some(hangup::Hangup::start(tls).map_err(|e| {
+            RuntimeError::Tls(format!("cannot wait for SIGHUP to reload the certificate: {e}"))
+        })?),
+        None => None,
+    };
     let listeners = Listeners {
         sockets: std::sync::Mutex::new(sockets.into_iter().map(Some).collect()),
+        _hangup: hangup,
     };
     Ok((Some(Arc::new(listeners)), bound))
 }
@@ -238,6 +266,7 @@ fn serve(shard: &Rc<Shard>, sockets: ShardSockets) {
         },
         started: Instant::now(),
         relays: relay::Relays::default(),
+        tls: sockets.tls.clone(),
         last_sample: RefCell::new((Instant::now(), 0, 0)),
     });
     if let Some(fd) = sockets.tcp {

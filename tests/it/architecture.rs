@@ -10,6 +10,7 @@ use std::path::{Path, PathBuf};
 const ROOMS: &[(&str, &[&str])] = &[
     ("storage", &[]),
     ("auth", &[]),
+    ("tls", &[]),
     ("jq", &[]),
     ("config", &["storage", "jq"]),
     ("consumer", &["storage"]),
@@ -27,21 +28,21 @@ const ROOMS: &[(&str, &[&str])] = &[
     (
         "server",
         &[
-            "storage", "auth", "config", "consumer", "protocol", "metrics", "cluster", "runtime",
+            "storage", "auth", "tls", "config", "consumer", "protocol", "metrics", "cluster", "runtime",
         ],
     ),
-    ("client", &["protocol"]),
+    ("client", &["protocol", "tls"]),
     (
         "bench",
         &[
-            "storage", "config", "consumer", "protocol", "exec", "runtime", "server", "client",
+            "storage", "tls", "config", "consumer", "protocol", "exec", "runtime", "server", "client",
         ],
     ),
     (
         "cli",
         &[
-            "storage", "auth", "config", "consumer", "protocol", "exec", "cluster", "runtime", "server",
-            "client", "bench",
+            "storage", "auth", "tls", "config", "consumer", "protocol", "exec", "cluster", "runtime",
+            "server", "client", "bench",
         ],
     ),
 ];

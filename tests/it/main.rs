@@ -36,3 +36,4 @@ mod retention;
 mod security;
 mod slow_clients;
 mod support;
+mod tls;

@@ -5,6 +5,7 @@
 //! (consumers and range reads) → `reply` (the answers and request shapes both share) →
 //! `io` (hyper over a glommio stream); `guard` refuses what a browser page could forge.
 
+use crate::server::door::{Door, Stream};
 use std::cell::Cell;
 use std::os::fd::RawFd;
 use std::rc::Rc;
@@ -40,11 +41,30 @@ use reply::{
 const DEFAULT_LIMIT: u32 = 100;
 
 pub async fn accept_loop(shard: Rc<Shard>, front: Rc<Front>, fd: RawFd) {
-    server::accept_loop(shard, front, fd, "HTTP", serve, refuse).await;
+    let door = Door {
+        what: "HTTP",
+        tls: front.tls.clone(),
+        io_timeout: front.io_timeout,
+        plain_answer: tls_required,
+    };
+    server::accept_loop(shard, front, fd, door, serve, refuse).await;
+}
+
+/// What a plain-HTTP client on the HTTPS port reads before it is closed.
+fn tls_required() -> Vec<u8> {
+    let body = serde_json::json!({
+        "error": "this port speaks TLS: use https:// (and --cacert FILE when the server's certificate is not signed by a CA this machine trusts)"
+    })
+    .to_string();
+    format!(
+        "HTTP/1.1 400 Bad Request\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
+        body.len()
+    )
+    .into_bytes()
 }
 
 /// Answers a connection over a limit with a 503 that says which, then closes it.
-async fn refuse(mut stream: glommio::net::TcpStream, refusal: Refusal) {
+async fn refuse(mut stream: Stream, refusal: Refusal) {
     use futures_lite::AsyncWriteExt;
     let body = serde_json::json!({ "error": refusal.message() }).to_string();
     let response = format!(
@@ -62,15 +82,17 @@ async fn refuse(mut stream: glommio::net::TcpStream, refusal: Refusal) {
 /// Serves one HTTP connection with hyper, under a watchdog that closes it when a
 /// request's head does not arrive whole within `io_timeout` of its first byte, or when
 /// it sits idle (no request begun, none being served) for `idle_timeout`.
-async fn serve(shard: Rc<Shard>, front: Rc<Front>, stream: glommio::net::TcpStream) {
+async fn serve(shard: Rc<Shard>, front: Rc<Front>, stream: Stream) {
     let phase = Rc::new(Cell::new(Phase::Idle(Instant::now())));
     let service = {
         let (shard, front, phase) = (Rc::clone(&shard), Rc::clone(&front), Rc::clone(&phase));
+        let certified: Option<Rc<str>> = stream.client_name().map(Rc::from);
         hyper::service::service_fn(move |request| {
             let (shard, front, phase) = (Rc::clone(&shard), Rc::clone(&front), Rc::clone(&phase));
+            let certified = certified.clone();
             async move {
                 phase.set(Phase::Serving);
-                let reply = route(&shard, &front, request).await;
+                let reply = route(&shard, &front, request, certified).await;
                 phase.set(Phase::Idle(Instant::now()));
                 Ok::<_, std::convert::Infallible>(reply)
             }
@@ -122,7 +144,12 @@ async fn watchdog(shard: &Shard, front: &Front, phase: &Cell<Phase>) {
 /// How often the watchdog looks again, at most.
 const WATCH_EVERY: std::time::Duration = std::time::Duration::from_secs(1);
 
-async fn route(shard: &Rc<Shard>, front: &Rc<Front>, request: Request<Incoming>) -> Reply {
+async fn route(
+    shard: &Rc<Shard>,
+    front: &Rc<Front>,
+    request: Request<Incoming>,
+    certified: Option<Rc<str>>,
+) -> Reply {
     shard.shared.metrics.http_requests.add(1);
     let path = request.uri().path().to_owned();
     let query = request.uri().query().unwrap_or_default().to_owned();
@@ -133,7 +160,7 @@ async fn route(shard: &Rc<Shard>, front: &Rc<Front>, request: Request<Incoming>)
         tracing::info!("HTTP {method} {path} refused: {}", refused.message);
         return error(refused.status, &refused.message);
     }
-    let (identity, relays) = match bearer(front, request.headers()) {
+    let (identity, relays) = match bearer(front, request.headers(), certified.as_deref()) {
         Ok(who) => who,
         Err(e) => {
             shard.shared.metrics.auth_refused.add(1);
@@ -316,9 +343,16 @@ async fn route(shard: &Rc<Shard>, front: &Rc<Front>, request: Request<Incoming>)
 fn bearer(
     front: &Front,
     headers: &hyper::HeaderMap,
+    certified: Option<&str>,
 ) -> Result<(Option<std::sync::Arc<crate::auth::Identity>>, relay::Relays), ProtocolError> {
     if !front.gate.closed() {
         return Ok((None, front.relays.clone()));
+    }
+    // Without a bearer token, the client certificate's name, if it names a credential.
+    if !headers.contains_key(hyper::header::AUTHORIZATION)
+        && let Some(identity) = certified.and_then(|name| front.gate.certified(name))
+    {
+        return Ok((Some(identity), front.relays.clone()));
     }
     let token = headers
         .get(hyper::header::AUTHORIZATION)

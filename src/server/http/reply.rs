@@ -54,6 +54,7 @@ pub fn protocol_error(shard: &Shard, e: &ProtocolError) -> Reply {
         ErrorCode::Internal => StatusCode::INTERNAL_SERVER_ERROR,
         ErrorCode::Unauthenticated => StatusCode::UNAUTHORIZED,
         ErrorCode::Forbidden => StatusCode::FORBIDDEN,
+        ErrorCode::TlsRequired => StatusCode::BAD_REQUEST,
     };
     error(status, &e.message)
 }

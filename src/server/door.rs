@@ -1,0 +1,291 @@
+//! What a new connection speaks, found before it is served. A TLS door shakes hands
+//! (within `io_timeout`) and serves what comes through; a plaintext door serves the
+//! bytes as they come. A client speaking the other gets told at once, and the log says
+//! which: a plaintext client on a TLS door gets a plaintext answer it can read (an
+//! ERROR frame, a 400) naming TLS; a TLS client on a plaintext door is closed at once,
+//! and the clients flowd ships say the server may not speak TLS.
+//!
+//! The first bytes are peeked, not read: the protocol (or rustls) reads them as if
+//! nothing had looked, and a wait given up loses no byte. A ClientHello is told apart in
+//! its first six bytes (`tls::client_hello`).
+
+use std::io;
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::{Duration, Instant};
+
+use futures_lite::{AsyncRead, AsyncWrite, AsyncWriteExt};
+use glommio::net::TcpStream;
+
+use crate::metrics::Metrics;
+use crate::server::api;
+use crate::tls::ServerTls;
+
+/// A connection, in TLS or not, from the first byte it sent.
+pub struct Stream {
+    inner: Inner,
+    peer: Option<SocketAddr>,
+    /// The common name of the client certificate the TLS handshake verified.
+    client_name: Option<String>,
+}
+
+enum Inner {
+    Plain(TcpStream),
+    Tls(Box<futures_rustls::server::TlsStream<ReadAhead<TcpStream>>>),
+}
+
+impl Stream {
+    /// A plaintext connection as it is, nothing read from it yet.
+    pub fn plain(stream: TcpStream) -> Stream {
+        let peer = stream.peer_addr().ok();
+        Stream {
+            inner: Inner::Plain(stream),
+            peer,
+            client_name: None,
+        }
+    }
+
+    pub fn peer_addr(&self) -> Option<SocketAddr> {
+        self.peer
+    }
+
+    /// Who a verified client certificate says the client is.
+    pub fn client_name(&self) -> Option<&str> {
+        self.client_name.as_deref()
+    }
+
+    pub fn is_tls(&self) -> bool {
+        matches!(self.inner, Inner::Tls(_))
+    }
+}
+
+/// How one door opens its connections.
+pub struct Door {
+    /// "TCP" or "HTTP", for the log.
+    pub what: &'static str,
+    pub tls: Option<Arc<ServerTls>>,
+    /// How long the rest of a ClientHello, and the handshake, may take.
+    pub io_timeout: Duration,
+    /// Written (in plaintext) to a plaintext client on a TLS door before it is closed.
+    pub plain_answer: fn() -> Vec<u8>,
+}
+
+impl Door {
+    /// How long a client may stay silent before its first byte: its idle timeout, or
+    /// `io_timeout` where it must speak first (TLS, or a server with credentials).
+    pub fn first_wait(&self, idle_timeout: Duration, closed_gate: bool) -> Duration {
+        if self.tls.is_some() || closed_gate {
+            self.io_timeout
+        } else {
+            idle_timeout
+        }
+    }
+
+    /// The connection ready to serve, or `None` when it is closed here (said in the log
+    /// and counted). A TLS door closes a client silent for `first_wait`; a plaintext
+    /// door hands a silent one to its protocol after at most a second, whose own timers
+    /// (idle, AUTH) then run.
+    pub async fn open(&self, stream: TcpStream, metrics: &Metrics, first_wait: Duration) -> Option<Stream> {
+        let _ = stream.set_nodelay(true);
+        let peer = stream.peer_addr().ok();
+        let wait = match self.tls {
+            Some(_) => first_wait,
+            None => first_wait.min(Duration::from_secs(1)),
+        };
+        let Some(hello) = self.sniff(&stream, wait).await else {
+            if self.tls.is_none() {
+                return Some(Stream::plain(stream));
+            }
+            tracing::debug!(
+                ?peer,
+                "{} connection closed: no TLS ClientHello within the wait",
+                self.what
+            );
+            return None;
+        };
+        match (&self.tls, hello) {
+            (None, false) => Some(Stream::plain(stream)),
+            (None, true) => {
+                metrics.tls_refused.add(1);
+                tracing::warn!(
+                    ?peer,
+                    "a TLS client on the plaintext {} door: closed (this listener has no tls_cert; connect without TLS, or give the server one)",
+                    self.what
+                );
+                let _ = stream.shutdown(std::net::Shutdown::Both).await;
+                None
+            }
+            (Some(_), false) => {
+                metrics.tls_refused.add(1);
+                tracing::warn!(
+                    ?peer,
+                    "a plaintext client on the TLS {} door: told to use TLS and closed",
+                    self.what
+                );
+                let mut stream = stream;
+                let answer = (self.plain_answer)();
+                let _ = api::within(Duration::from_secs(1), stream.write_all(&answer)).await;
+                let _ = stream.close().await;
+                None
+            }
+            (Some(tls), true) => {
+                let acceptor = futures_rustls::TlsAcceptor::from(tls.config());
+                let ahead = ReadAhead {
+                    buf: Vec::new(),
+                    at: 0,
+                    end: 0,
+                    inner: stream,
+                };
+                match api::within(self.io_timeout, acceptor.accept(ahead)).await {
+                    Some(Ok(stream)) => {
+                        let client_name = stream
+                            .get_ref()
+                            .1
+                            .peer_certificates()
+                            .and_then(|chain| chain.first())
+                            .and_then(crate::tls::common_name);
+                        Some(Stream {
+                            inner: Inner::Tls(Box::new(stream)),
+                            peer,
+                            client_name,
+                        })
+                    }
+                    Some(Err(error)) => {
+                        metrics.tls_refused.add(1);
+                        tracing::warn!(?peer, %error, "TLS handshake on the {} door failed", self.what);
+                        None
+                    }
+                    None => {
+                        metrics.tls_refused.add(1);
+                        tracing::warn!(
+                            ?peer,
+                            "TLS handshake on the {} door not done within {}: closed",
+                            self.what,
+                            humantime::format_duration(self.io_timeout)
+                        );
+                        None
+                    }
+                }
+            }
+        }
+    }
+
+    /// Whether the connection's first bytes open a TLS ClientHello, peeked (nothing is
+    /// taken from the socket, so a wait given up loses no byte). `None` when nothing
+    /// came within `wait`; bytes that stay too few to tell count as not TLS after
+    /// `io_timeout`.
+    async fn sniff(&self, stream: &TcpStream, wait: Duration) -> Option<bool> {
+        let mut first = [0u8; 6];
+        let mut deadline = Instant::now() + wait;
+        let mut seen = false;
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            match api::within(left, stream.peek(&mut first)).await {
+                // Gone already: what the protocol reads next says so.
+                Some(Ok(0)) | Some(Err(_)) => return Some(false),
+                Some(Ok(n)) => {
+                    if let Some(hello) = crate::tls::client_hello(&first[..n]) {
+                        return Some(hello);
+                    }
+                    if !seen {
+                        seen = true;
+                        deadline = Instant::now() + self.io_timeout;
+                    }
+                    // A ClientHello's start, cut short: the rest comes in a moment (a
+                    // peek would return the same bytes at once, so pause between).
+                    glommio::timer::sleep(Duration::from_millis(1)).await;
+                }
+                None if seen => return Some(false),
+                None => return None,
+            }
+        }
+    }
+}
+
+/// A TLS connection's socket, read ahead: rustls asks for 4 KiB at a time, and a large
+/// frame would otherwise cost a read of the ring per 4 KiB.
+pub struct ReadAhead<S> {
+    /// Read and not yet given: `buf[at..end]`.
+    buf: Vec<u8>,
+    at: usize,
+    end: usize,
+    inner: S,
+}
+
+/// What a TLS connection reads at once: two full records.
+const READ_AHEAD: usize = 32 << 10;
+
+impl<S: AsyncRead + Unpin> AsyncRead for ReadAhead<S> {
+    fn poll_read(mut self: Pin<&mut Self>, cx: &mut Context<'_>, out: &mut [u8]) -> Poll<io::Result<usize>> {
+        let this = &mut *self;
+        if this.at == this.end {
+            if out.len() >= READ_AHEAD {
+                return Pin::new(&mut this.inner).poll_read(cx, out);
+            }
+            if this.buf.len() < READ_AHEAD {
+                this.buf.resize(READ_AHEAD, 0);
+            }
+            match Pin::new(&mut this.inner).poll_read(cx, &mut this.buf) {
+                Poll::Ready(Ok(n)) => (this.at, this.end) = (0, n),
+                other => return other,
+            }
+        }
+        let n = (this.end - this.at).min(out.len());
+        out[..n].copy_from_slice(&this.buf[this.at..this.at + n]);
+        this.at += n;
+        Poll::Ready(Ok(n))
+    }
+}
+
+impl<S: AsyncWrite + Unpin> AsyncWrite for ReadAhead<S> {
+    fn poll_write(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.inner).poll_write(cx, buf)
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.inner).poll_flush(cx)
+    }
+
+    fn poll_close(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.inner).poll_close(cx)
+    }
+}
+
+impl AsyncRead for Stream {
+    fn poll_read(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut [u8]) -> Poll<io::Result<usize>> {
+        match &mut self.inner {
+            Inner::Plain(s) => Pin::new(s).poll_read(cx, buf),
+            // A client gone without close_notify has simply gone: every frame and
+            // HTTP message says its own length, so nothing can be cut off unnoticed.
+            Inner::Tls(s) => match Pin::new(s.as_mut()).poll_read(cx, buf) {
+                Poll::Ready(Err(e)) if e.kind() == io::ErrorKind::UnexpectedEof => Poll::Ready(Ok(0)),
+                other => other,
+            },
+        }
+    }
+}
+
+impl AsyncWrite for Stream {
+    fn poll_write(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
+        match &mut self.inner {
+            Inner::Plain(s) => Pin::new(s).poll_write(cx, buf),
+            Inner::Tls(s) => Pin::new(s.as_mut()).poll_write(cx, buf),
+        }
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        match &mut self.inner {
+            Inner::Plain(s) => Pin::new(s).poll_flush(cx),
+            Inner::Tls(s) => Pin::new(s.as_mut()).poll_flush(cx),
+        }
+    }
+
+    fn poll_close(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        match &mut self.inner {
+            Inner::Plain(s) => Pin::new(s).poll_close(cx),
+            Inner::Tls(s) => Pin::new(s.as_mut()).poll_close(cx),
+        }
+    }
+}
