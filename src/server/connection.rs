@@ -22,7 +22,8 @@ use std::pin::pin;
 use std::rc::Rc;
 use std::time::{Duration, Instant};
 
-use crate::server::door::{Door, Stream as TcpStream};
+use crate::server::door::Stream as TcpStream;
+use crate::server::outgoing::{WriteEnd, write_queued};
 use futures_lite::{AsyncReadExt, AsyncWriteExt};
 use glommio::sync::{Semaphore, StaticPermit};
 
@@ -69,13 +70,7 @@ struct Held {
 type Outgoing = (Vec<u8>, Option<Held>);
 
 pub async fn accept_loop(shard: Rc<Shard>, front: Rc<Front>, fd: RawFd) {
-    let door = Door {
-        what: "TCP",
-        tls: front.tls.clone(),
-        io_timeout: front.io_timeout,
-        plain_answer: tls_required,
-    };
-    server::accept_loop(shard, front, fd, door, serve, refuse).await;
+    server::accept_loop(shard, front, fd, ("TCP", tls_required), serve, refuse).await;
 }
 
 /// What a plaintext client on the TLS port reads: one ERROR frame it can decode.
@@ -336,56 +331,6 @@ async fn write_loop(
             tracing::warn!(%peer, timeout = %humantime::format_duration(timeout), "connection closed: the client took no responses for the whole timeout")
         }
     }
-}
-
-/// Why `write_queued` stopped.
-pub(crate) enum WriteEnd {
-    /// Every sender is gone and all was written.
-    Done,
-    Failed(std::io::Error),
-    /// The other side took nothing for the whole timeout.
-    TimedOut,
-}
-
-/// Writes what `queued` brings as it comes, up to 64 items coalesced into one write
-/// (each item dropped once written), each write within `timeout`; closes the writer.
-pub(crate) async fn write_queued<T, W: futures_lite::AsyncWrite + Unpin>(
-    writer: W,
-    queued: &flume::Receiver<T>,
-    timeout: Duration,
-    bytes: impl Fn(&T) -> &[u8],
-) -> WriteEnd {
-    let mut writer = futures_lite::io::BufWriter::with_capacity(64 << 10, writer);
-    let mut end = WriteEnd::Done;
-    while let Ok(first) = queued.recv_async().await {
-        let mut batch = vec![first];
-        while let Ok(more) = queued.try_recv() {
-            batch.push(more);
-            if batch.len() >= 64 {
-                break;
-            }
-        }
-        let written = api::within(timeout, async {
-            for item in &batch {
-                writer.write_all(bytes(item)).await?;
-            }
-            writer.flush().await
-        })
-        .await;
-        match written {
-            Some(Ok(())) => {}
-            Some(Err(error)) => {
-                end = WriteEnd::Failed(error);
-                break;
-            }
-            None => {
-                end = WriteEnd::TimedOut;
-                break;
-            }
-        }
-    }
-    let _ = writer.close().await;
-    end
 }
 
 /// AUTH: the token's identity for the rest of the connection, answered AUTHED; an

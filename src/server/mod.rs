@@ -18,6 +18,7 @@ pub mod gate;
 pub mod hangup;
 pub mod http;
 pub mod listeners;
+pub mod outgoing;
 pub mod page;
 pub mod relay;
 
@@ -120,13 +121,14 @@ pub(crate) async fn accept(listener: &glommio::net::TcpListener, what: &str) -> 
 }
 
 /// Accepts connections on the listening socket `fd` (this shard's) until the engine
-/// stops: each is admitted and served by `serve` on a task of its own, or refused (over
-/// a limit) by `refuse`, which tells the client why.
+/// stops: each is admitted, opened by the door (`what` in the log; `plain_answer` for a
+/// plaintext client on a TLS door) and served by `serve` on a task of its own, or
+/// refused (over a limit) by `refuse`, which tells the client why.
 pub(crate) async fn accept_loop<S, R>(
     shard: Rc<Shard>,
     front: Rc<Front>,
     fd: std::os::fd::RawFd,
-    door: door::Door,
+    (what, plain_answer): (&'static str, fn() -> Vec<u8>),
     serve: fn(Rc<Shard>, Rc<Front>, door::Stream) -> S,
     refuse: fn(door::Stream, admission::Refusal) -> R,
 ) where
@@ -137,8 +139,12 @@ pub(crate) async fn accept_loop<S, R>(
     // Safety: `fd` is a listening socket bound for this shard and owned by nothing else.
     let listener = unsafe { glommio::net::TcpListener::from_raw_fd(fd) };
     let metrics = Arc::clone(&shard.shared.metrics);
-    let door = Rc::new(door);
-    let what = door.what;
+    let door = Rc::new(door::Door {
+        what,
+        tls: front.tls.clone(),
+        io_timeout: front.io_timeout,
+        plain_answer,
+    });
     let first_wait = door.first_wait(front.idle_timeout, front.gate.closed());
     while !shard.shared.control.is_stopping() {
         let stream = accept(&listener, what).await;

@@ -37,7 +37,7 @@ use crate::runtime::cluster::peers::Peers;
 use crate::runtime::service::FETCH_WAIT_MAX;
 use crate::runtime::shard::Shard;
 use crate::server::api::{self, within};
-use crate::server::connection::{WriteEnd, write_queued};
+use crate::server::outgoing::{WriteEnd, write_queued};
 
 /// Requests in flight on one relay connection; more wait for room.
 const IN_FLIGHT_MAX: u64 = 256;

@@ -5,7 +5,7 @@
 //! (consumers and range reads) → `reply` (the answers and request shapes both share) →
 //! `io` (hyper over a glommio stream); `guard` refuses what a browser page could forge.
 
-use crate::server::door::{Door, Stream};
+use crate::server::door::Stream;
 use std::cell::Cell;
 use std::os::fd::RawFd;
 use std::rc::Rc;
@@ -41,13 +41,7 @@ use reply::{
 const DEFAULT_LIMIT: u32 = 100;
 
 pub async fn accept_loop(shard: Rc<Shard>, front: Rc<Front>, fd: RawFd) {
-    let door = Door {
-        what: "HTTP",
-        tls: front.tls.clone(),
-        io_timeout: front.io_timeout,
-        plain_answer: tls_required,
-    };
-    server::accept_loop(shard, front, fd, door, serve, refuse).await;
+    server::accept_loop(shard, front, fd, ("HTTP", tls_required), serve, refuse).await;
 }
 
 /// What a plain-HTTP client on the HTTPS port reads before it is closed.
