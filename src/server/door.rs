@@ -55,10 +55,6 @@ impl Stream {
     pub fn client_name(&self) -> Option<&str> {
         self.client_name.as_deref()
     }
-
-    pub fn is_tls(&self) -> bool {
-        matches!(self.inner, Inner::Tls(_))
-    }
 }
 
 /// How one door opens its connections.
@@ -100,7 +96,7 @@ impl Door {
             }
             tracing::debug!(
                 ?peer,
-                "{} connection closed: no TLS ClientHello within the wait",
+                "{} connection closed: gone, or no TLS ClientHello within the wait",
                 self.what
             );
             return None;
@@ -174,8 +170,8 @@ impl Door {
 
     /// Whether the connection's first bytes open a TLS ClientHello, peeked (nothing is
     /// taken from the socket, so a wait given up loses no byte). `None` when nothing
-    /// came within `wait`; bytes that stay too few to tell count as not TLS after
-    /// `io_timeout`.
+    /// came within `wait` or the client went; bytes that stay too few to tell count as
+    /// not TLS after `io_timeout`.
     async fn sniff(&self, stream: &TcpStream, wait: Duration) -> Option<bool> {
         let mut first = [0u8; 6];
         let mut deadline = Instant::now() + wait;
@@ -183,8 +179,8 @@ impl Door {
         loop {
             let left = deadline.saturating_duration_since(Instant::now());
             match api::within(left, stream.peek(&mut first)).await {
-                // Gone already: what the protocol reads next says so.
-                Some(Ok(0)) | Some(Err(_)) => return Some(false),
+                // Gone already (a port check, a client that gave up): nothing to tell.
+                Some(Ok(0)) | Some(Err(_)) => return None,
                 Some(Ok(n)) => {
                     if let Some(hello) = crate::tls::client_hello(&first[..n]) {
                         return Some(hello);

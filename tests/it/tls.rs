@@ -254,6 +254,10 @@ fn plaintext_and_tls_crossed_fail_within_a_second_on_both_sides() {
             server.log.text()
         );
     }
+    // A port check (connect, then close without a byte) is no refusal on either.
+    for server in [&secure, &plain] {
+        drop(std::net::TcpStream::connect(&server.tcp).unwrap());
+    }
     assert_eq!(metric(&secure, Some(&tls), "flowd_tls_refused_total"), 2);
     assert_eq!(metric(&plain, None, "flowd_tls_refused_total"), 2);
     // Both still serve their own kind.
