@@ -236,19 +236,20 @@ impl Target {
 fn certificates(
     dir: &Path,
 ) -> Result<(std::path::PathBuf, (std::path::PathBuf, std::path::PathBuf)), BenchError> {
-    use std::os::unix::fs::OpenOptionsExt;
     let failed = |e: String| BenchError::Setup(format!("cannot make the bench's TLS certificates: {e}"));
     let (ca, _) = crate::tls::make::authority("flowd bench CA", 2).map_err(|e| failed(e.to_string()))?;
-    let server = crate::tls::make::issue(&ca.cert_pem, &ca.key_pem, "bench", &["127.0.0.1".to_owned()], 2)
-        .map_err(|e| failed(e.to_string()))?;
+    let server = crate::tls::make::issue(
+        &ca.cert_pem,
+        &ca.key_pem,
+        "bench",
+        &["127.0.0.1".to_owned()],
+        None,
+        2,
+    )
+    .map_err(|e| failed(e.to_string()))?;
     let write = |name: &str, text: &str| {
         let path = dir.join(name);
-        std::fs::OpenOptions::new()
-            .write(true)
-            .create_new(true)
-            .mode(0o600)
-            .open(&path)
-            .and_then(|mut f| std::io::Write::write_all(&mut f, text.as_bytes()))
+        crate::tls::make::write_new(&path, text, 0o600)
             .map_err(|e| failed(format!("{}: {e}", path.display())))?;
         Ok::<_, BenchError>(path)
     };

@@ -2,8 +2,6 @@
 //! the doors' TLS, client certificates and (between peers) mutual TLS. Keys are written
 //! mode 0600 and never over an existing file.
 
-use std::io::Write;
-use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
@@ -27,8 +25,8 @@ pub enum CertAction {
         days: u32,
     },
     /// Issue DIR/NAME.pem and DIR/NAME.key, signed by DIR/ca.pem and DIR/ca.key: for a
-    /// server (--host names what clients connect to), a peer, or a client whose
-    /// certificate proves the credential NAME.
+    /// server (--host names what clients connect to), a peer (--cluster, --host its
+    /// peer address), or a client whose certificate proves the credential NAME.
     Issue {
         /// The holder's name (the certificate's common name).
         name: String,
@@ -38,6 +36,10 @@ pub enum CertAction {
         /// IP addresses and DNS names clients reach the holder at (comma-separated).
         #[arg(long, value_name = "HOST,HOST", value_delimiter = ',')]
         host: Vec<String>,
+        /// A peer's certificate for the cluster ID (its --cluster-id): peers admit only
+        /// peers whose certificate names their cluster, for the address they give.
+        #[arg(long, value_name = "ID")]
+        cluster: Option<String>,
         /// Days the certificate stays valid.
         #[arg(long, default_value_t = 365)]
         days: u32,
@@ -58,6 +60,7 @@ pub fn run(action: CertAction) -> Result<ExitCode, CliError> {
             name,
             dir,
             host,
+            cluster,
             days,
         } => {
             let read = |path: PathBuf| {
@@ -74,7 +77,12 @@ pub fn run(action: CertAction) -> Result<ExitCode, CliError> {
                     "\"{name}\" is not a name for a certificate: use A-Z a-z 0-9 . _ -"
                 )));
             }
-            let made = crate::tls::make::issue(&ca_cert, &ca_key, &name, &host, days)?;
+            if cluster.is_some() && host.is_empty() {
+                return Err(CliError::Usage(
+                    "a peer's certificate needs --host: the IP address of its --peer-listen, which the other peers check".into(),
+                ));
+            }
+            let made = crate::tls::make::issue(&ca_cert, &ca_key, &name, &host, cluster.as_deref(), days)?;
             let (cert, key) = (dir.join(format!("{name}.pem")), dir.join(format!("{name}.key")));
             write_new(&cert, &made.cert_pem, 0o644)?;
             write_new(&key, &made.key_pem, 0o600)?;
@@ -93,25 +101,14 @@ fn make_dir(dir: &Path) -> Result<(), CliError> {
 
 /// Writes `text` to a new file `path` of `mode`; an existing file is left alone.
 fn write_new(path: &Path, text: &str, mode: u32) -> Result<(), CliError> {
-    let mut file = std::fs::OpenOptions::new()
-        .write(true)
-        .create_new(true)
-        .mode(mode)
-        .open(path)
-        .map_err(|source| match source.kind() {
-            std::io::ErrorKind::AlreadyExists => CliError::Usage(format!(
-                "{} exists: flowd cert never writes over a certificate or key; move it away first",
-                path.display()
-            )),
-            _ => CliError::Input {
-                path: path.to_owned(),
-                source,
-            },
-        })?;
-    file.write_all(text.as_bytes())
-        .and_then(|()| file.sync_all())
-        .map_err(|source| CliError::Input {
+    crate::tls::make::write_new(path, text, mode).map_err(|source| match source.kind() {
+        std::io::ErrorKind::AlreadyExists => CliError::Usage(format!(
+            "{} exists: flowd cert never writes over a certificate or key; move it away first",
+            path.display()
+        )),
+        _ => CliError::Input {
             path: path.to_owned(),
             source,
-        })
+        },
+    })
 }

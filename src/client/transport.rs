@@ -6,36 +6,23 @@
 
 use std::io::{self, Read, Write};
 use std::net::TcpStream;
-use std::sync::{Arc, Mutex};
 
 use rustls::ClientConnection;
 
 use crate::tls::ClientTls;
+use crate::tls::duplex::Duplex;
 
 /// The reading side.
 pub enum ReadSide {
     Plain(TcpStream),
-    Tls(TlsReader),
+    Tls(Duplex),
 }
 
-/// The writing side.
+/// The writing side; in TLS it says goodbye (close_notify) when dropped, so the server
+/// sees a closing, not a cut.
 pub enum WriteSide {
     Plain(TcpStream),
-    Tls(TlsWriter),
-}
-
-pub struct TlsReader {
-    socket: TcpStream,
-    session: Arc<Mutex<ClientConnection>>,
-    /// Ciphertext read and not yet given to the session.
-    pending: Vec<u8>,
-    at: usize,
-}
-
-pub struct TlsWriter {
-    socket: TcpStream,
-    session: Arc<Mutex<ClientConnection>>,
-    sealed: Vec<u8>,
+    Tls(Duplex),
 }
 
 /// Both sides of `socket`: with `tls`, after a handshake expecting a certificate for
@@ -47,37 +34,17 @@ pub fn open(socket: TcpStream, tls: Option<&ClientTls>, host: &str) -> io::Resul
     let name = tls
         .server_name(host)
         .map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e.to_string()))?;
-    let mut session = ClientConnection::new(tls.config(), name)
+    let session = ClientConnection::new(tls.config(), name)
         .map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e.to_string()))?;
-    let mut handshaking = socket.try_clone()?;
-    while session.is_handshaking() {
-        session.complete_io(&mut handshaking)?;
-    }
-    // Every write is sealed and sent whole before the next (`TlsWriter::write`), so the
-    // session buffers one write at most: no limit needed, and one socket write per
-    // buffered write instead of one per 64 KiB.
-    session.set_buffer_limit(None);
-    let session = Arc::new(Mutex::new(session));
-    Ok((
-        ReadSide::Tls(TlsReader {
-            socket: socket.try_clone()?,
-            session: Arc::clone(&session),
-            pending: Vec::new(),
-            at: 0,
-        }),
-        WriteSide::Tls(TlsWriter {
-            socket,
-            session,
-            sealed: Vec::new(),
-        }),
-    ))
+    let writer = Duplex::handshake(socket, session)?;
+    Ok((ReadSide::Tls(writer.try_clone()?), WriteSide::Tls(writer)))
 }
 
 impl ReadSide {
     pub fn socket(&self) -> &TcpStream {
         match self {
             ReadSide::Plain(s) => s,
-            ReadSide::Tls(t) => &t.socket,
+            ReadSide::Tls(t) => t.socket(),
         }
     }
 }
@@ -86,7 +53,7 @@ impl WriteSide {
     pub fn socket(&self) -> &TcpStream {
         match self {
             WriteSide::Plain(s) => s,
-            WriteSide::Tls(t) => &t.socket,
+            WriteSide::Tls(t) => t.socket(),
         }
     }
 }
@@ -116,84 +83,10 @@ impl Write for WriteSide {
     }
 }
 
-fn broken(error: rustls::Error) -> io::Error {
-    io::Error::new(io::ErrorKind::InvalidData, error)
-}
-
-impl TlsReader {
-    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
-        loop {
-            {
-                let mut session = self.session.lock().expect("TLS session lock");
-                match session.reader().read(buf) {
-                    Ok(n) => return Ok(n),
-                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
-                    Err(e) => return Err(e),
-                }
-                if self.at < self.pending.len() {
-                    let mut rest = &self.pending[self.at..];
-                    let before = rest.len();
-                    session.read_tls(&mut rest)?;
-                    self.at += before - rest.len();
-                    session.process_new_packets().map_err(broken)?;
-                    continue;
-                }
-            }
-            // Nothing decrypted and nothing pending: more ciphertext, outside the lock.
-            self.pending.resize(64 << 10, 0);
-            self.at = 0;
-            let n = self.socket.read(&mut self.pending)?;
-            self.pending.truncate(n);
-            if n == 0 {
-                let mut session = self.session.lock().expect("TLS session lock");
-                session.read_tls(&mut io::empty())?;
-                session.process_new_packets().map_err(broken)?;
-                return match session.reader().read(buf) {
-                    Ok(n) => Ok(n),
-                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
-                        Err(io::ErrorKind::UnexpectedEof.into())
-                    }
-                    Err(e) => Err(e),
-                };
-            }
-        }
-    }
-}
-
-impl TlsWriter {
-    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
-        let n = {
-            let mut session = self.session.lock().expect("TLS session lock");
-            let n = session.writer().write(buf)?;
-            self.sealed.clear();
-            while session.wants_write() {
-                session.write_tls(&mut self.sealed)?;
-            }
-            n
-        };
-        self.socket.write_all(&self.sealed)?;
-        Ok(n)
-    }
-
-    fn flush(&mut self) -> io::Result<()> {
-        self.socket.flush()
-    }
-}
-
-impl Drop for TlsWriter {
-    /// Says goodbye in TLS (close_notify), so the server sees a closing, not a cut.
+impl Drop for WriteSide {
     fn drop(&mut self) {
-        let Ok(mut session) = self.session.lock() else {
-            return;
-        };
-        session.send_close_notify();
-        self.sealed.clear();
-        while session.wants_write() {
-            if session.write_tls(&mut self.sealed).is_err() {
-                return;
-            }
+        if let WriteSide::Tls(t) = self {
+            t.close_notify();
         }
-        drop(session);
-        let _ = self.socket.write_all(&self.sealed);
     }
 }

@@ -15,7 +15,6 @@ pub mod connection;
 pub mod consumer_api;
 pub mod door;
 pub mod gate;
-pub mod hangup;
 pub mod http;
 pub mod listeners;
 pub mod outgoing;
@@ -202,7 +201,7 @@ pub(crate) fn admit(
 pub struct Listeners {
     sockets: std::sync::Mutex<Vec<Option<ShardSockets>>>,
     /// Reloads the doors' TLS on SIGHUP while the listeners live.
-    _hangup: Option<hangup::Hangup>,
+    _hangup: Option<crate::tls::hangup::Hangup>,
 }
 
 impl crate::runtime::Doors for Listeners {
@@ -224,7 +223,7 @@ pub fn listen(spec: &DataflowSpec) -> Result<(Option<Arc<dyn crate::runtime::Doo
     let shards = crate::runtime::core_count(spec.engine.cores)?;
     let (bound, sockets) = bind(ingest, shards)?;
     let hangup = match sockets.first().and_then(|s| s.tls.clone()) {
-        Some(tls) => Some(hangup::Hangup::start(tls).map_err(|e| {
+        Some(tls) => Some(crate::tls::hangup::Hangup::start(tls).map_err(|e| {
             RuntimeError::Tls(format!("cannot wait for SIGHUP to reload the certificate: {e}"))
         })?),
         None => None,

@@ -43,12 +43,15 @@ pub fn authority(name: &str, days: u32) -> Result<(Made, KeyPair), TlsError> {
 
 /// A certificate named `name` (its subject's common name: the identity a client
 /// certificate proves) for `hosts` (IP addresses and DNS names, checked by whoever
-/// connects), signed by the CA whose certificate and key are given as PEM.
+/// connects), signed by the CA whose certificate and key are given as PEM. With
+/// `cluster`, a peer's certificate: the cluster id is its subject's organization
+/// (`tls::peer` admits only peers of its own cluster).
 pub fn issue(
     ca_cert_pem: &str,
     ca_key_pem: &str,
     name: &str,
     hosts: &[String],
+    cluster: Option<&str>,
     days: u32,
 ) -> Result<Made, TlsError> {
     let ca_key = KeyPair::from_pem(ca_key_pem)
@@ -72,6 +75,9 @@ pub fn issue(
     let key = KeyPair::generate().map_err(failed("a key"))?;
     let mut params = CertificateParams::default();
     params.distinguished_name = named(name);
+    if let Some(cluster) = cluster {
+        params.distinguished_name.push(DnType::OrganizationName, cluster);
+    }
     for host in hosts {
         let host = host.trim_start_matches('[').trim_end_matches(']');
         let san = match host.parse::<IpAddr>() {
@@ -97,6 +103,20 @@ pub fn issue(
         cert_pem: cert.pem(),
         key_pem: key.serialize_pem(),
     })
+}
+
+/// Writes `text` (a PEM file) to a new file `path` of `mode` and syncs it; an existing
+/// file is never written over (`AlreadyExists`).
+pub fn write_new(path: &std::path::Path, text: &str, mode: u32) -> std::io::Result<()> {
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    let mut file = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(mode)
+        .open(path)?;
+    file.write_all(text.as_bytes())?;
+    file.sync_all()
 }
 
 fn named(name: &str) -> DistinguishedName {
@@ -148,7 +168,7 @@ mod tests {
     fn an_issued_certificate_names_its_holder_and_chains_to_the_ca() {
         let (ca, _) = authority("test CA", 30).unwrap();
         let hosts = vec!["127.0.0.1".to_owned(), "peer-0.flowd".to_owned()];
-        let leaf = issue(&ca.cert_pem, &ca.key_pem, "peer-0", &hosts, 30).unwrap();
+        let leaf = issue(&ca.cert_pem, &ca.key_pem, "peer-0", &hosts, Some("flowd"), 30).unwrap();
         let der = rustls_pki_types::CertificateDer::from_pem_slice(leaf.cert_pem.as_bytes()).unwrap();
         assert_eq!(super::super::common_name(&der).as_deref(), Some("peer-0"));
         let mut roots = rustls::RootCertStore::empty();
@@ -158,6 +178,6 @@ mod tests {
         assert_eq!(roots.len(), 1);
         // Another CA's key cannot issue for this CA.
         let (other, _) = authority("other", 30).unwrap();
-        assert!(issue(&ca.cert_pem, &other.key_pem, "x", &hosts, 30).is_err());
+        assert!(issue(&ca.cert_pem, &other.key_pem, "x", &hosts, None, 30).is_err());
     }
 }

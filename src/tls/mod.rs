@@ -3,13 +3,18 @@
 //! certificates `flowd cert` makes. TLS 1.3 only, with rustls and ring. No other
 //! flowd room.
 //!
-//! Codemap: this file (PEM files, the key file's mode, errors) → `server` (what a
-//! listener presents, swapped on reload; client certificates checked against a CA) →
-//! `client` (what a client trusts and presents) → `make` (a CA and the certificates
-//! it signs, for `flowd cert`).
+//! Codemap: this file (PEM files, the key file's mode, what a certificate names,
+//! errors) → `server` (what a listener presents, swapped on reload; client
+//! certificates checked against a CA) → `client` (what a client trusts and presents) →
+//! `duplex` (one session over a blocking socket, read and written by two threads) →
+//! `peer` (mutual TLS between the peers of one cluster) → `hangup` (SIGHUP reloads) →
+//! `make` (a CA and the certificates it signs, for `flowd cert`).
 
 pub mod client;
+pub mod duplex;
+pub mod hangup;
 pub mod make;
+pub mod peer;
 pub mod server;
 
 use std::os::unix::fs::PermissionsExt;
@@ -53,6 +58,9 @@ pub enum TlsError {
     },
     #[error("{0}")]
     Config(String),
+    /// A handshake that failed: the other side's certificate, or none, or no TLS.
+    #[error("{0}")]
+    Handshake(String),
 }
 
 /// The one crypto provider: ring, TLS 1.3's suites.
@@ -132,15 +140,50 @@ pub fn roots(path: &Path, what: &'static str) -> Result<rustls::RootCertStore, T
 /// The subject's common name of the DER certificate `cert`: who a client certificate
 /// says it is (checked against the CA before this is asked).
 pub fn common_name(cert: &CertificateDer<'_>) -> Option<String> {
-    let (_, parsed) = x509_parser::parse_x509_certificate(cert.as_ref()).ok()?;
-    let name = parsed
-        .subject()
-        .iter_common_name()
-        .next()?
-        .as_str()
-        .ok()?
-        .to_owned();
-    Some(name)
+    subject(cert).name
+}
+
+/// What a certificate says of its holder.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Subject {
+    /// The common name: a client's credential, a peer's name.
+    pub name: Option<String>,
+    /// The organization: a peer certificate's cluster id (`flowd cert issue --cluster`).
+    pub organization: Option<String>,
+    /// The IP addresses among its subject alternative names.
+    pub ips: Vec<std::net::IpAddr>,
+}
+
+/// What the DER certificate `cert` says of its holder (checked against a CA before
+/// this is asked); an empty subject if it does not parse.
+pub fn subject(cert: &CertificateDer<'_>) -> Subject {
+    let Ok((_, parsed)) = x509_parser::parse_x509_certificate(cert.as_ref()) else {
+        return Subject::default();
+    };
+    let text = |attr: Option<&x509_parser::x509::AttributeTypeAndValue<'_>>| {
+        attr.and_then(|a| a.as_str().ok()).map(str::to_owned)
+    };
+    let mut ips = Vec::new();
+    if let Ok(Some(names)) = parsed.subject_alternative_name() {
+        for name in &names.value.general_names {
+            if let x509_parser::extensions::GeneralName::IPAddress(bytes) = name {
+                match bytes.len() {
+                    4 => ips.push(std::net::IpAddr::from(
+                        <[u8; 4]>::try_from(*bytes).expect("4 bytes"),
+                    )),
+                    16 => ips.push(std::net::IpAddr::from(
+                        <[u8; 16]>::try_from(*bytes).expect("16 bytes"),
+                    )),
+                    _ => {}
+                }
+            }
+        }
+    }
+    Subject {
+        name: text(parsed.subject().iter_common_name().next()),
+        organization: text(parsed.subject().iter_organization().next()),
+        ips,
+    }
 }
 
 /// Whether `first` (the first bytes a connection sent) is the start of a TLS

@@ -8,6 +8,7 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, RwLock};
 
 use rustls::ServerConfig;
+use rustls::client::ResolvesClientCert;
 use rustls::server::{ClientHello, ResolvesServerCert, WebPkiClientVerifier};
 use rustls::sign::CertifiedKey;
 
@@ -21,7 +22,9 @@ pub struct ServerFiles {
     /// CA certificates whose signed client certificates are accepted (mutual TLS).
     pub client_ca: Option<PathBuf>,
     /// With a client CA: a client must present a certificate it signed (peers); without
-    /// `required` one without a certificate is served too (and must give a token).
+    /// `required` one without a certificate is served too (and must give a token). A
+    /// server that requires one sends no session tickets: its clients are peers, which
+    /// do not resume, and a quiet connection then carries nothing not asked for.
     pub required: bool,
 }
 
@@ -40,6 +43,21 @@ struct Current(RwLock<Arc<CertifiedKey>>);
 impl ResolvesServerCert for Current {
     fn resolve(&self, _hello: ClientHello<'_>) -> Option<Arc<CertifiedKey>> {
         Some(Arc::clone(&self.0.read().expect("certificate lock")))
+    }
+}
+
+/// A peer presents the same certificate when it connects (`tls::peer`).
+impl ResolvesClientCert for Current {
+    fn resolve(
+        &self,
+        _root_hint_subjects: &[&[u8]],
+        _sigschemes: &[rustls::SignatureScheme],
+    ) -> Option<Arc<CertifiedKey>> {
+        Some(Arc::clone(&self.0.read().expect("certificate lock")))
+    }
+
+    fn has_certs(&self) -> bool {
+        true
     }
 }
 
@@ -69,6 +87,9 @@ impl ServerTls {
         };
         let mut config = builder.with_cert_resolver(Arc::clone(&current) as Arc<dyn ResolvesServerCert>);
         config.alpn_protocols = Vec::new();
+        if files.required {
+            config.send_tls13_tickets = 0;
+        }
         Ok(ServerTls {
             files,
             current,
@@ -90,6 +111,11 @@ impl ServerTls {
 
     pub fn files(&self) -> &ServerFiles {
         &self.files
+    }
+
+    /// What this server presents, for a client that presents the same (a peer).
+    pub(super) fn presented(&self) -> Arc<dyn ResolvesClientCert> {
+        Arc::clone(&self.current) as Arc<dyn ResolvesClientCert>
     }
 }
 

@@ -304,10 +304,9 @@ fn sighup_swaps_the_certificate_without_dropping_a_connection() {
     };
     hangup(&server);
     assert!(
-        server.log.wait_for(
-            &["SIGHUP: the TLS certificate and key were read again"],
-            Duration::from_secs(10)
-        ),
+        server
+            .log
+            .wait_for(&["SIGHUP: the doors' TLS certificate"], Duration::from_secs(10)),
         "{}",
         server.log.text()
     );
@@ -331,9 +330,10 @@ fn sighup_swaps_the_certificate_without_dropping_a_connection() {
     std::fs::copy(old.join("server.pem"), live.join("server.pem")).unwrap();
     hangup(&server);
     assert!(
-        server
-            .log
-            .wait_for(&["the TLS certificate was not reloaded"], Duration::from_secs(10)),
+        server.log.wait_for(
+            &["was not reloaded; the one read before stays"],
+            Duration::from_secs(10)
+        ),
         "{}",
         server.log.text()
     );

@@ -1,0 +1,267 @@
+//! One TLS session over a blocking socket, for threads that read and write it at once:
+//! every handle (`try_clone`) shares the session behind a lock held only to encrypt or
+//! decrypt, never across a socket read or write, so a reader thread and a writer thread
+//! never wait on each other's I/O. At most one handle reads and at most one writes at a
+//! time (a second reader would take ciphertext the first one needs).
+//!
+//! A write that fails (a timeout) after its bytes were sealed keeps what was not sent
+//! and sends it first on the next write; the next write then reports the bytes of the
+//! failed one as written. So a writer that writes the same bytes again after an error
+//! (`write_all`'s callers drop the connection, a patient writer retries) never sends a
+//! byte twice or leaves a record half sent.
+
+use std::io::{self, Read, Write};
+use std::net::TcpStream;
+use std::sync::{Arc, Mutex, MutexGuard};
+
+use rustls::Connection;
+
+/// Ciphertext read from the socket at once.
+const READ_CHUNK: usize = 64 << 10;
+/// Plaintext sealed at once: what one write holds in memory, at most.
+const SEAL_CHUNK: usize = 1 << 20;
+
+/// One handle on a TLS connection.
+pub struct Duplex {
+    socket: TcpStream,
+    session: Arc<Mutex<Connection>>,
+    /// Ciphertext read and not yet given to the session.
+    pending: Vec<u8>,
+    at: usize,
+    /// Ciphertext sealed and not yet sent (`sent` of it went out).
+    sealed: Vec<u8>,
+    sent: usize,
+    /// Plaintext bytes of a failed write that are sealed (and sent once `sealed` is).
+    owed: usize,
+}
+
+impl Duplex {
+    /// Shakes hands over `socket` (within its read and write timeouts) and returns the
+    /// connection's first handle.
+    pub fn handshake(socket: TcpStream, session: impl Into<Connection>) -> io::Result<Duplex> {
+        let mut session = session.into();
+        let mut io = &socket;
+        while session.is_handshaking() {
+            session.complete_io(&mut io)?;
+        }
+        // Every write is sealed and sent before the next, so the session holds one
+        // write's plaintext at most: no limit needed (one socket write per write).
+        session.set_buffer_limit(None);
+        Ok(Duplex::over(socket, Arc::new(Mutex::new(session))))
+    }
+
+    fn over(socket: TcpStream, session: Arc<Mutex<Connection>>) -> Duplex {
+        Duplex {
+            socket,
+            session,
+            pending: Vec::new(),
+            at: 0,
+            sealed: Vec::new(),
+            sent: 0,
+            owed: 0,
+        }
+    }
+
+    /// Another handle on the same connection.
+    pub fn try_clone(&self) -> io::Result<Duplex> {
+        Ok(Duplex::over(self.socket.try_clone()?, Arc::clone(&self.session)))
+    }
+
+    /// The socket underneath (timeouts, shutdown, addresses).
+    pub fn socket(&self) -> &TcpStream {
+        &self.socket
+    }
+
+    /// What the other side presented: its certificate chain, leaf first.
+    pub fn peer_certificates(&self) -> Vec<rustls_pki_types::CertificateDer<'static>> {
+        self.lock()
+            .peer_certificates()
+            .map(|chain| chain.iter().map(|c| c.clone().into_owned()).collect())
+            .unwrap_or_default()
+    }
+
+    /// Says goodbye in TLS (close_notify), so the other side sees a closing, not a cut.
+    pub fn close_notify(&mut self) {
+        let mut session = self.lock();
+        session.send_close_notify();
+        let mut out = Vec::new();
+        while session.wants_write() {
+            if session.write_tls(&mut out).is_err() {
+                return;
+            }
+        }
+        drop(session);
+        let _ = self.socket.write_all(&out);
+    }
+
+    fn lock(&self) -> MutexGuard<'_, Connection> {
+        lock(&self.session)
+    }
+
+    /// Sends what an earlier write sealed and could not send.
+    fn send_sealed(&mut self) -> io::Result<()> {
+        while self.sent < self.sealed.len() {
+            match self.socket.write(&self.sealed[self.sent..]) {
+                Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
+                Ok(n) => self.sent += n,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) => return Err(e),
+            }
+        }
+        self.sealed.clear();
+        self.sent = 0;
+        Ok(())
+    }
+}
+
+fn lock(session: &Mutex<Connection>) -> MutexGuard<'_, Connection> {
+    session.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+fn broken(error: rustls::Error) -> io::Error {
+    io::Error::new(io::ErrorKind::InvalidData, error)
+}
+
+impl Read for Duplex {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        if buf.is_empty() {
+            return Ok(0);
+        }
+        loop {
+            {
+                let mut session = lock(&self.session);
+                match session.reader().read(buf) {
+                    Ok(n) => return Ok(n),
+                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
+                    Err(e) => return Err(e),
+                }
+                if self.at < self.pending.len() {
+                    let mut rest = &self.pending[self.at..];
+                    let before = rest.len();
+                    session.read_tls(&mut rest)?;
+                    self.at += before - rest.len();
+                    session.process_new_packets().map_err(broken)?;
+                    continue;
+                }
+            }
+            // Nothing decrypted and nothing pending: more ciphertext, outside the lock.
+            self.pending.resize(READ_CHUNK, 0);
+            self.at = 0;
+            let n = match self.socket.read(&mut self.pending) {
+                Ok(n) => n,
+                Err(e) => {
+                    // A timeout leaves nothing half read behind.
+                    self.pending.clear();
+                    return Err(e);
+                }
+            };
+            self.pending.truncate(n);
+            if n == 0 {
+                let mut session = self.lock();
+                session.read_tls(&mut io::empty())?;
+                session.process_new_packets().map_err(broken)?;
+                return match session.reader().read(buf) {
+                    Ok(n) => Ok(n),
+                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                        Err(io::ErrorKind::UnexpectedEof.into())
+                    }
+                    Err(e) => Err(e),
+                };
+            }
+        }
+    }
+}
+
+impl Write for Duplex {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        // An error here takes nothing of `buf`: it may be written again.
+        self.send_sealed()?;
+        if self.owed > 0 {
+            return Ok(std::mem::take(&mut self.owed));
+        }
+        let buf = &buf[..buf.len().min(SEAL_CHUNK)];
+        let n = {
+            let mut session = lock(&self.session);
+            let n = session.writer().write(buf)?;
+            while session.wants_write() {
+                session.write_tls(&mut self.sealed)?;
+            }
+            n
+        };
+        if let Err(error) = self.send_sealed() {
+            // Sealed, so in the stream: the next write sends the rest and reports `n`.
+            self.owed = n;
+            return Err(error);
+        }
+        Ok(n)
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        self.send_sealed()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::tls::make;
+    use crate::tls::{ClientTls, ServerTls, client::ClientFiles, server::ServerFiles};
+
+    fn pair(dir: &std::path::Path) -> (ServerTls, ClientTls) {
+        let (ca, _) = make::authority("test", 1).unwrap();
+        let leaf = make::issue(&ca.cert_pem, &ca.key_pem, "s", &["127.0.0.1".into()], None, 1).unwrap();
+        let write = |name: &str, text: &str| {
+            let path = dir.join(name);
+            make::write_new(&path, text, 0o600).unwrap();
+            path
+        };
+        let ca_path = write("ca.pem", &ca.cert_pem);
+        let server = ServerTls::load(ServerFiles {
+            cert: write("s.pem", &leaf.cert_pem),
+            key: write("s.key", &leaf.key_pem),
+            client_ca: None,
+            required: false,
+        })
+        .unwrap();
+        let client = ClientTls::load(&ClientFiles {
+            ca: Some(ca_path),
+            ..ClientFiles::default()
+        })
+        .unwrap();
+        (server, client)
+    }
+
+    #[test]
+    fn a_reader_and_a_writer_share_one_session_both_ways() {
+        let dir = tempfile::tempdir().unwrap();
+        let (server, client) = pair(dir.path());
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = listener.local_addr().unwrap();
+        let echo = std::thread::spawn(move || {
+            let (socket, _) = listener.accept().unwrap();
+            let session = rustls::ServerConnection::new(server.config()).unwrap();
+            let mut reader = Duplex::handshake(socket, session).unwrap();
+            let mut writer = reader.try_clone().unwrap();
+            std::io::copy(&mut reader, &mut writer).unwrap();
+        });
+        let socket = TcpStream::connect(addr).unwrap();
+        let name = client.server_name("127.0.0.1").unwrap();
+        let session = rustls::ClientConnection::new(client.config(), name).unwrap();
+        let mut writer = Duplex::handshake(socket, session).unwrap();
+        let mut reader = writer.try_clone().unwrap();
+        // More than a seal and a read chunk, so both loop; written while read.
+        let sent: Vec<u8> = (0..3_000_000u32).map(|i| (i % 251) as u8).collect();
+        let expected = sent.clone();
+        let writing = std::thread::spawn(move || {
+            writer.write_all(&sent).unwrap();
+            writer.close_notify();
+            writer
+        });
+        let mut got = vec![0u8; expected.len()];
+        reader.read_exact(&mut got).unwrap();
+        assert!(got == expected, "the echo differs");
+        let _writer = writing.join().unwrap();
+        reader.socket().shutdown(std::net::Shutdown::Both).unwrap();
+        echo.join().unwrap();
+    }
+}

@@ -1,0 +1,253 @@
+//! TLS between the peers of one cluster: mutual, both sides checked against the
+//! cluster's CA. A peer presents one certificate as server and as client
+//! (`flowd cert issue NAME --cluster ID --host IP`): its subject's organization names
+//! the cluster, its IP addresses are the ones the peer listens on. What a peer is comes
+//! from its certificate, never from what it sends: a connection without a certificate
+//! of the cluster CA, or with one of another cluster, ends in the handshake; the
+//! address a peer then gives must be one of its certificate's (`cluster::transport`).
+//! Reloaded on SIGHUP like a door's certificate.
+
+use std::net::{IpAddr, TcpStream};
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use rustls::{ClientConfig, ClientConnection, ServerConnection};
+use rustls_pki_types::ServerName;
+
+use super::duplex::Duplex;
+use super::server::{ServerFiles, ServerTls};
+use super::{Subject, TlsError};
+
+/// The PEM files of a peer's TLS (`[cluster] tls_cert`, `tls_key`, `tls_ca`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PeerFiles {
+    pub cert: PathBuf,
+    pub key: PathBuf,
+    /// The cluster's CA: every peer's certificate is signed by it.
+    pub ca: PathBuf,
+}
+
+/// A peer's TLS: what it presents, whom it admits.
+#[derive(Debug)]
+pub struct PeerTls {
+    cluster: String,
+    /// The address this peer listens on, which its certificate names.
+    me: IpAddr,
+    files: PeerFiles,
+    server: ServerTls,
+    client: Arc<ClientConfig>,
+}
+
+impl PeerTls {
+    /// Reads the files for a peer of `cluster` listening on `me`: its own certificate
+    /// must name both (the others check them).
+    pub fn load(files: PeerFiles, cluster: &str, me: IpAddr) -> Result<PeerTls, TlsError> {
+        check_own(&files, cluster, me)?;
+        let server = ServerTls::load(ServerFiles {
+            cert: files.cert.clone(),
+            key: files.key.clone(),
+            client_ca: Some(files.ca.clone()),
+            required: true,
+        })?;
+        let roots = super::roots(&files.ca, "cluster CA")?;
+        let client = ClientConfig::builder_with_provider(super::provider())
+            .with_protocol_versions(&[&rustls::version::TLS13])
+            .map_err(|e| TlsError::Config(e.to_string()))?
+            .with_root_certificates(roots)
+            .with_client_cert_resolver(server.presented());
+        Ok(PeerTls {
+            cluster: cluster.to_owned(),
+            me,
+            files,
+            server,
+            client: Arc::new(client),
+        })
+    }
+
+    pub fn files(&self) -> &PeerFiles {
+        &self.files
+    }
+
+    /// Reads the certificate and key again (a renewal): presented from the next
+    /// handshake on, as server and as client. One for another cluster or address is
+    /// refused, and the old one stays.
+    pub fn reload(&self) -> Result<(), TlsError> {
+        check_own(&self.files, &self.cluster, self.me)?;
+        self.server.reload()
+    }
+
+    /// Shakes hands with a peer that connected (within the socket's timeouts): its
+    /// certificate must be the cluster CA's and name this cluster.
+    pub fn accept(&self, socket: TcpStream) -> Result<(Duplex, Subject), TlsError> {
+        let session =
+            ServerConnection::new(self.server.config()).map_err(|e| TlsError::Config(e.to_string()))?;
+        let duplex = Duplex::handshake(socket, session).map_err(|e| handshake("the connecting peer", e))?;
+        let subject = self.of_cluster(&duplex)?;
+        Ok((duplex, subject))
+    }
+
+    /// Shakes hands with the peer listening at `ip` (within the socket's timeouts): its
+    /// certificate must be the cluster CA's, for `ip`, and name this cluster.
+    pub fn dial(&self, socket: TcpStream, ip: IpAddr) -> Result<Duplex, TlsError> {
+        let session = ClientConnection::new(Arc::clone(&self.client), ServerName::IpAddress(ip.into()))
+            .map_err(|e| TlsError::Config(e.to_string()))?;
+        let duplex =
+            Duplex::handshake(socket, session).map_err(|e| handshake(&format!("the peer at {ip}"), e))?;
+        self.of_cluster(&duplex)?;
+        Ok(duplex)
+    }
+
+    /// The other side's subject, if its certificate names this cluster.
+    fn of_cluster(&self, duplex: &Duplex) -> Result<Subject, TlsError> {
+        let subject = duplex
+            .peer_certificates()
+            .first()
+            .map(super::subject)
+            .unwrap_or_default();
+        if subject.organization.as_deref() != Some(self.cluster.as_str()) {
+            return Err(TlsError::Handshake(format!(
+                "its certificate ({}) is for cluster {}, and this peer's cluster is \"{}\": issue it one with flowd cert issue NAME --cluster {} --host IP",
+                subject.name.as_deref().unwrap_or("no name"),
+                subject
+                    .organization
+                    .as_deref()
+                    .map_or("none (not a peer certificate)".to_owned(), |c| format!("\"{c}\"")),
+                self.cluster,
+                self.cluster
+            )));
+        }
+        Ok(subject)
+    }
+}
+
+/// This peer's own certificate names its cluster and `me`.
+fn check_own(files: &PeerFiles, cluster: &str, me: IpAddr) -> Result<(), TlsError> {
+    let chain = super::certificates(&files.cert, "peer certificate")?;
+    let subject = super::subject(&chain[0]);
+    let fix = format!("flowd cert issue NAME --cluster {cluster} --host {me} makes one");
+    if subject.organization.as_deref() != Some(cluster) {
+        return Err(TlsError::Config(format!(
+            "the peer certificate {} is for cluster {:?}, and this peer's cluster id is \"{cluster}\": {fix}",
+            files.cert.display(),
+            subject.organization.as_deref().unwrap_or("(none)")
+        )));
+    }
+    if !subject.ips.contains(&me) {
+        return Err(TlsError::Config(format!(
+            "the peer certificate {} is for {:?}, not for {me}, the address the other peers reach this one at: {fix}",
+            files.cert.display(),
+            subject.ips
+        )));
+    }
+    Ok(())
+}
+
+fn handshake(who: &str, error: std::io::Error) -> TlsError {
+    let hint = match error.kind() {
+        std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut => {
+            " (no answer in time: is it paused, or not speaking TLS on its peer port?)"
+        }
+        std::io::ErrorKind::UnexpectedEof | std::io::ErrorKind::ConnectionReset => {
+            " (it closed the connection: does its port speak TLS, and does it trust this peer's CA?)"
+        }
+        _ => "",
+    };
+    TlsError::Handshake(format!("the TLS handshake with {who} failed: {error}{hint}"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::tls::make;
+
+    /// A CA in `dir` and a peer certificate of it for `cluster` on 127.0.0.1.
+    fn files(dir: &std::path::Path, ca: &make::Made, name: &str, cluster: Option<&str>) -> PeerFiles {
+        let leaf = make::issue(&ca.cert_pem, &ca.key_pem, name, &["127.0.0.1".into()], cluster, 1).unwrap();
+        let write = |file: String, text: &str| {
+            let path = dir.join(file);
+            make::write_new(&path, text, 0o600).unwrap();
+            path
+        };
+        PeerFiles {
+            cert: write(format!("{name}.pem"), &leaf.cert_pem),
+            key: write(format!("{name}.key"), &leaf.key_pem),
+            ca: write(format!("{name}-ca.pem"), &ca.cert_pem),
+        }
+    }
+
+    const HERE: IpAddr = IpAddr::V4(std::net::Ipv4Addr::LOCALHOST);
+
+    /// Whether a peer with `dialer` gets through to one with `listener`; the error
+    /// each side saw otherwise.
+    fn meet(listener: &PeerTls, dialer: &PeerTls) -> Result<Subject, (String, String)> {
+        let socket = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = socket.local_addr().unwrap();
+        std::thread::scope(|scope| {
+            let accepted = scope.spawn(|| {
+                let (s, _) = socket.accept().unwrap();
+                s.set_read_timeout(Some(std::time::Duration::from_secs(5)))
+                    .unwrap();
+                listener.accept(s)
+            });
+            let s = TcpStream::connect(addr).unwrap();
+            s.set_read_timeout(Some(std::time::Duration::from_secs(5)))
+                .unwrap();
+            let dialed = dialer.dial(s, HERE).map(drop);
+            let accepted = accepted.join().unwrap();
+            match (accepted, dialed) {
+                (Ok((_, subject)), Ok(())) => Ok(subject),
+                (a, d) => Err((
+                    a.err().map(|e| e.to_string()).unwrap_or_default(),
+                    d.err().map(|e| e.to_string()).unwrap_or_default(),
+                )),
+            }
+        })
+    }
+
+    #[test]
+    fn peers_of_one_ca_and_cluster_meet_and_no_one_else() {
+        let dir = tempfile::tempdir().unwrap();
+        let (ca, _) = make::authority("cluster", 1).unwrap();
+        let (other_ca, _) = make::authority("other", 1).unwrap();
+        let a = PeerTls::load(files(dir.path(), &ca, "a", Some("blue")), "blue", HERE).unwrap();
+        let b = PeerTls::load(files(dir.path(), &ca, "b", Some("blue")), "blue", HERE).unwrap();
+        let subject = meet(&a, &b).unwrap();
+        assert_eq!(subject.name.as_deref(), Some("b"));
+        assert_eq!(subject.ips, vec![HERE]);
+        // Another CA's certificate for the same cluster, trusting ours: each side
+        // refuses it when it sees it.
+        let mut forged = files(dir.path(), &other_ca, "s", Some("blue"));
+        forged.ca = files(dir.path(), &ca, "t", Some("blue")).ca;
+        let stranger = PeerTls::load(forged, "blue", HERE).unwrap();
+        let (listener_saw, _) = meet(&a, &stranger).unwrap_err();
+        assert!(listener_saw.contains("UnknownIssuer"), "{listener_saw}");
+        let (_, dialer_saw) = meet(&stranger, &a).unwrap_err();
+        assert!(dialer_saw.contains("UnknownIssuer"), "{dialer_saw}");
+        // The right CA, another cluster: refused once its certificate is read.
+        let green = PeerTls::load(files(dir.path(), &ca, "g", Some("green")), "green", HERE).unwrap();
+        let (listener_saw, dialer_saw) = meet(&a, &green).unwrap_err();
+        assert!(
+            listener_saw.contains("is for cluster \"green\""),
+            "{listener_saw}"
+        );
+        assert!(dialer_saw.contains("is for cluster \"blue\""), "{dialer_saw}");
+    }
+
+    #[test]
+    fn a_peer_certificate_must_name_its_cluster_and_address() {
+        let dir = tempfile::tempdir().unwrap();
+        let (ca, _) = make::authority("cluster", 1).unwrap();
+        let client_only = files(dir.path(), &ca, "c", None);
+        let error = PeerTls::load(client_only, "blue", HERE).unwrap_err().to_string();
+        assert!(error.contains("--cluster blue --host 127.0.0.1"), "{error}");
+        let error = PeerTls::load(files(dir.path(), &ca, "d", Some("blue")), "red", HERE)
+            .unwrap_err()
+            .to_string();
+        assert!(error.contains("is for cluster \"blue\""), "{error}");
+        let elsewhere = "10.1.2.3".parse().unwrap();
+        let error = PeerTls::load(files(dir.path(), &ca, "e", Some("blue")), "blue", elsewhere)
+            .unwrap_err()
+            .to_string();
+        assert!(error.contains("not for 10.1.2.3"), "{error}");
+    }
+}
