@@ -54,6 +54,8 @@ pub struct Cli {
     command: Command,
 }
 
+// Parsed once per process: `run`'s many flags cost nothing worth a box.
+#[allow(clippy::large_enum_variant)]
 #[derive(Debug, Subcommand)]
 enum Command {
     /// Run a dataflow on every core until its input ends, or until SIGINT/SIGTERM.
@@ -117,6 +119,16 @@ enum Command {
         /// all its partitions ("20MiB"); copies that acks wait for are never slowed.
         #[arg(long, value_name = "BYTES", default_value = "20MiB", value_parser = parse_rate, requires = "peer_listen")]
         copy_rate: u64,
+        /// Mutual TLS on the peer port: this peer's certificate (flowd cert issue NAME
+        /// --cluster ID --host IP), with --peer-tls-key and --peer-tls-ca; overrides
+        /// [cluster] tls_cert. Only peers with a certificate of that CA get in.
+        #[arg(long, value_name = "FILE", requires_all = ["peer_listen", "peer_tls_key", "peer_tls_ca"])]
+        peer_tls_cert: Option<PathBuf>,
+        #[arg(long, value_name = "FILE", requires = "peer_tls_cert")]
+        peer_tls_key: Option<PathBuf>,
+        /// The cluster's CA, which signed every peer's certificate.
+        #[arg(long, value_name = "FILE", requires = "peer_tls_cert")]
+        peer_tls_ca: Option<PathBuf>,
     },
     /// Make a CA and the certificates it signs, for TLS on the doors and between peers.
     Cert {
@@ -367,6 +379,9 @@ impl Cli {
                 cluster_id,
                 replace_after,
                 copy_rate,
+                peer_tls_cert,
+                peer_tls_key,
+                peer_tls_ca,
             } => run::run(run::RunArgs {
                 file: dataflow,
                 data_dir,
@@ -387,6 +402,13 @@ impl Cli {
                     copy_rate,
                     // Known once the listeners are bound (`run`).
                     client: None,
+                    tls: match (peer_tls_cert, peer_tls_key, peer_tls_ca) {
+                        (Some(cert), Some(key), Some(ca)) => {
+                            Some(crate::tls::peer::PeerFiles { cert, key, ca })
+                        }
+                        // Else from [cluster] (`run`); clap wants all three or none.
+                        _ => None,
+                    },
                 }),
             }),
         }

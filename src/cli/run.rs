@@ -91,7 +91,11 @@ pub fn run(args: RunArgs) -> Result<ExitCode, CliError> {
     let (doors, bound) = crate::server::listen(&spec)?;
     let cluster = match &args.cluster {
         Some(options) => {
-            crate::server::listeners::exposed("--peer-listen", options.listen, insecure)?;
+            // Mutual TLS guards the peer port as TLS and credentials guard a door.
+            let peer_tls = options.tls.is_some() || spec.peer_tls.is_some();
+            if !peer_tls {
+                crate::server::listeners::exposed("--peer-listen", options.listen, insecure)?;
+            }
             if options.listen.ip().is_unspecified() {
                 return Err(CliError::Usage(format!(
                     "--peer-listen {} is not an address other peers can reach; give this machine's address (or 127.0.0.1 for peers on one machine)",
@@ -107,8 +111,16 @@ pub fn run(args: RunArgs) -> Result<ExitCode, CliError> {
                     tcp
                 }
             });
+            let tls = options.tls.clone().or_else(|| {
+                spec.peer_tls.as_ref().map(|t| crate::tls::peer::PeerFiles {
+                    cert: t.cert.clone(),
+                    key: t.key.clone(),
+                    ca: t.ca.clone(),
+                })
+            });
             let options = crate::cluster::ClusterOptions {
                 client,
+                tls,
                 ..options.clone()
             };
             let cluster = Cluster::start(&options, cores, &spec.engine.data_dir)

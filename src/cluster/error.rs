@@ -17,6 +17,12 @@ pub enum ClusterError {
         "a peer of cluster \"{theirs}\" connected to this peer of cluster \"{ours}\"; give both the same --cluster-id, or keep the clusters apart"
     )]
     OtherCluster { ours: String, theirs: String },
+    /// A connection that did not prove it is a peer of this cluster (said in the log).
+    #[error("{0}")]
+    Refused(String),
+    /// This peer's own TLS files.
+    #[error("the peer port's TLS: {0}")]
+    Tls(String),
     #[error("this peer's data directory: {0}")]
     Storage(String),
     #[error("the cluster's metadata group: {0}")]

@@ -6,6 +6,7 @@ use std::collections::{BinaryHeap, HashMap};
 use std::net::SocketAddr;
 use std::num::{NonZeroU32, NonZeroUsize};
 use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use foca::{
@@ -54,8 +55,47 @@ pub struct Membership {
     pending: HashMap<u64, Timer<PeerId>>,
     next_timer: u64,
     seeds: Vec<SocketAddr>,
-    outgoing: flume::Sender<(SocketAddr, Vec<u8>)>,
+    outgoing: GossipOut,
     view: Arc<ViewCell>,
+}
+
+/// The gossip this peer sends: the queue the membership thread fills (`transport::
+/// send_gossip` empties it), and how many of its messages are not written yet, queued
+/// or at a peer's sender, so that a leaving peer can wait for its goodbye to go out.
+#[derive(Clone)]
+pub struct GossipOut {
+    queue: flume::Sender<(SocketAddr, Vec<u8>)>,
+    unsent: Arc<AtomicUsize>,
+}
+
+impl GossipOut {
+    /// A queue of `bound` messages and its receiving end.
+    pub fn new(bound: usize) -> (GossipOut, flume::Receiver<(SocketAddr, Vec<u8>)>) {
+        let (queue, receiver) = flume::bounded(bound);
+        let out = GossipOut {
+            queue,
+            unsent: Arc::new(AtomicUsize::new(0)),
+        };
+        (out, receiver)
+    }
+
+    /// Queues a message; dropped (like a lost datagram) when the queue is full.
+    pub fn try_send(&self, to: SocketAddr, data: Vec<u8>) {
+        self.unsent.fetch_add(1, Ordering::AcqRel);
+        if self.queue.try_send((to, data)).is_err() {
+            self.done(1);
+        }
+    }
+
+    /// `count` messages were written, or dropped.
+    pub fn done(&self, count: usize) {
+        self.unsent.fetch_sub(count, Ordering::AcqRel);
+    }
+
+    /// Messages queued and not yet written or dropped.
+    pub fn unsent(&self) -> usize {
+        self.unsent.load(Ordering::Acquire)
+    }
 }
 
 fn config() -> foca::Config {
@@ -78,12 +118,7 @@ fn config() -> foca::Config {
 }
 
 impl Membership {
-    pub fn new(
-        me: PeerId,
-        seeds: Vec<SocketAddr>,
-        outgoing: flume::Sender<(SocketAddr, Vec<u8>)>,
-        view: Arc<ViewCell>,
-    ) -> Membership {
+    pub fn new(me: PeerId, seeds: Vec<SocketAddr>, outgoing: GossipOut, view: Arc<ViewCell>) -> Membership {
         let rng = SmallRng::seed_from_u64(me.bump ^ u64::from(me.addr.port()));
         Membership {
             foca: Foca::new(me, config(), rng, PostcardCodec),
@@ -170,7 +205,7 @@ impl Membership {
     fn drain(&mut self) {
         while let Some((to, data)) = self.runtime.to_send() {
             // Like a lost datagram: SWIM tolerates it, and a full queue must not stall us.
-            let _ = self.outgoing.try_send((to.addr, data.to_vec()));
+            self.outgoing.try_send(to.addr, data.to_vec());
         }
         let now = Instant::now();
         while let Some((after, timer)) = self.runtime.to_schedule() {
@@ -259,7 +294,7 @@ mod tests {
         for (i, port) in ports.iter().enumerate() {
             let id = PeerId::new(addr(*port), 1, u64::from(*port));
             let view = Arc::new(ViewCell::new(id));
-            let (out_tx, out_rx) = flume::bounded(1024);
+            let (out_tx, out_rx) = GossipOut::new(1024);
             let (in_tx, in_rx) = flume::bounded(1024);
             // Every member is seeded with the first only.
             let seeds = if i == 0 { vec![] } else { vec![addr(ports[0])] };

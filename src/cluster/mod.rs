@@ -17,6 +17,7 @@ pub mod membership;
 pub mod rendezvous;
 pub mod replication;
 pub mod storage_id;
+pub mod stream;
 pub mod transport;
 pub mod view;
 
@@ -30,7 +31,7 @@ pub use consensus::Consensus;
 pub use error::ClusterError;
 pub use identity::PeerId;
 use membership::{Input, Membership};
-use transport::{DataSlot, Listener};
+use transport::{DataSlot, Dialer, Listener};
 pub use view::{PeerState, View, ViewCell};
 
 /// The cluster id peers use when none is given.
@@ -52,6 +53,8 @@ pub struct ClusterOptions {
     /// Where this peer's clients connect, told to the others so that they relay
     /// requests about partitions this peer leads (`server::relay`).
     pub client: Option<SocketAddr>,
+    /// Mutual TLS with the cluster's CA on the peer port (`--peer-tls-*`).
+    pub tls: Option<crate::tls::peer::PeerFiles>,
 }
 
 /// This peer's membership: running from `start` until `leave` or the process ends.
@@ -70,8 +73,12 @@ pub struct Cluster {
     pub consensus: Arc<Consensus>,
     /// Set once the engine serves forwarded records and fetches.
     pub data: DataSlot,
+    /// How this peer connects to the others (with the cluster's TLS, if any).
+    pub dialer: Dialer,
+    /// Reads the peer certificate again on SIGHUP.
+    _hangup: Option<crate::tls::hangup::Hangup>,
     inputs: flume::Sender<Input>,
-    outgoing: flume::Sender<(SocketAddr, Vec<u8>)>,
+    outgoing: membership::GossipOut,
 }
 
 impl Cluster {
@@ -87,29 +94,53 @@ impl Cluster {
             addr: options.listen,
             source,
         })?;
+        let tls = match &options.tls {
+            Some(files) => Some(Arc::new(
+                crate::tls::peer::PeerTls::load(files.clone(), &options.cluster_id, addr.ip())
+                    .map_err(|e| ClusterError::Tls(e.to_string()))?,
+            )),
+            None => None,
+        };
+        let hangup = match &tls {
+            Some(tls) => Some(
+                crate::tls::hangup::Hangup::start(Arc::clone(tls) as Arc<dyn crate::tls::hangup::Reload>)
+                    .map_err(|source| ClusterError::Thread {
+                        what: "sighup",
+                        source,
+                    })?,
+            ),
+            None => None,
+        };
+        let dialer = Dialer {
+            cluster: options.cluster_id.clone(),
+            me: addr,
+            tls: tls.clone(),
+        };
         let storage = storage_id::load_or_create(data_dir, addr)?;
         let me = PeerId::new(addr, cores, storage).with_client(options.client);
         let view = Arc::new(ViewCell::new(me));
         let (inputs, inputs_rx) = flume::bounded(transport::GOSSIP_QUEUE);
-        let (outgoing, outgoing_rx) = flume::bounded(transport::GOSSIP_QUEUE);
+        let (outgoing, outgoing_rx) = membership::GossipOut::new(transport::GOSSIP_QUEUE);
         let data: DataSlot = Arc::new(OnceLock::new());
         let founder = options.seeds.iter().all(|s| *s == addr);
         let consensus = Arc::new(Consensus::start(
             &data_dir.join("cluster").join("raft"),
-            &options.cluster_id,
-            addr,
+            dialer.clone(),
             storage,
             founder,
         )?);
         consensus.keep_members(Arc::clone(&view), options.replace_after);
         let membership = Membership::new(me, options.seeds.clone(), outgoing.clone(), Arc::clone(&view));
         spawn("membership", move || membership.run(inputs_rx))?;
-        let cluster = options.cluster_id.clone();
+        let gossip_dialer = dialer.clone();
+        let written = outgoing.clone();
         spawn("gossip-out", move || {
-            transport::send_gossip(cluster, addr, outgoing_rx)
+            transport::send_gossip(gossip_dialer, outgoing_rx, written)
         })?;
         let serving = Arc::new(Listener {
             cluster: options.cluster_id.clone(),
+            tls,
+            refusals: transport::Refusals::default(),
             gossip: inputs.clone(),
             view: Arc::clone(&view),
             data: Arc::clone(&data),
@@ -126,6 +157,8 @@ impl Cluster {
             view,
             consensus,
             data,
+            dialer,
+            _hangup: hangup,
             inputs,
             outgoing,
         })
@@ -161,7 +194,7 @@ impl Cluster {
         }
         // Let the gossip thread write the goodbye before the process goes.
         let deadline = std::time::Instant::now() + within;
-        while !self.outgoing.is_empty() && std::time::Instant::now() < deadline {
+        while self.outgoing.unsent() > 0 && std::time::Instant::now() < deadline {
             std::thread::sleep(Duration::from_millis(5));
         }
     }

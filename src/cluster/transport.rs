@@ -1,17 +1,21 @@
 //! Peer connections over TCP: the listener (every connection opens with a HELLO naming
-//! the cluster), gossip in and out, and the hand-over of data connections to the engine.
+//! the cluster; with the cluster's TLS, after a handshake in which the peer proved what
+//! it is with a certificate), gossip in and out, and the hand-over of data connections
+//! to the engine.
 
 use std::collections::HashMap;
 use std::io::Write;
-use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::net::{IpAddr, SocketAddr, TcpListener, TcpStream};
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::{Arc, OnceLock};
-use std::time::Duration;
+use std::sync::{Arc, Mutex, OnceLock};
+use std::time::{Duration, Instant};
 
 use crate::cluster::error::ClusterError;
 use crate::cluster::frame::{self, Body, Fields, Kind};
-use crate::cluster::membership::Input;
+use crate::cluster::membership::{GossipOut, Input};
+use crate::cluster::stream::PeerStream;
 use crate::cluster::view::ViewCell;
+use crate::tls::peer::PeerTls;
 
 /// Peer connections one peer accepts at once; more are closed at once.
 pub const PEER_CONNECTIONS_MAX: usize = 256;
@@ -19,6 +23,16 @@ pub const PEER_CONNECTIONS_MAX: usize = 256;
 pub const GOSSIP_QUEUE: usize = 1024;
 /// Connecting to a peer, and writing one frame to it, give up after this.
 pub const PEER_IO_TIMEOUT: Duration = Duration::from_millis(500);
+/// A TLS handshake between peers, and a connection's first bytes, give up after this.
+const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(3);
+/// Gossip queued for one peer before newer messages to it are dropped (like datagrams).
+const GOSSIP_PER_PEER: usize = 64;
+/// A peer's gossip thread with nothing sent to it for this long ends (made again when
+/// there is).
+const GOSSIP_IDLE: Duration = Duration::from_secs(30);
+/// A refused connection is logged once per address in this long (a misconfigured peer
+/// retries many times a second).
+const REFUSAL_LOG_EVERY: Duration = Duration::from_secs(10);
 /// A connection with nothing to read for this long is closed.
 const IDLE_TIMEOUT: Duration = Duration::from_secs(60);
 /// TCP keepalive on every peer connection: the first probe after this long without
@@ -49,9 +63,10 @@ pub enum Purpose {
     Raft = 3,
 }
 
-/// Serves a data connection (forwarded records, fetches) once the engine runs.
+/// Serves a data connection (forwarded records, fetches) once the engine runs. `from`
+/// is the peer's address, one its certificate names when the cluster has TLS.
 pub trait DataPlane: Send + Sync {
-    fn serve(&self, from: SocketAddr, stream: TcpStream);
+    fn serve(&self, from: SocketAddr, stream: PeerStream);
 }
 
 /// Where the engine plugs its data plane in once it has started.
@@ -79,19 +94,90 @@ pub fn decode_hello(body: &[u8]) -> Result<(&str, SocketAddr, u8), ClusterError>
     Ok((cluster, from, purpose))
 }
 
-/// Opens a connection to `to` and says hello.
-pub fn connect(
-    to: SocketAddr,
-    cluster: &str,
-    me: SocketAddr,
-    purpose: Purpose,
-) -> std::io::Result<TcpStream> {
-    let mut stream = TcpStream::connect_timeout(&to, PEER_IO_TIMEOUT)?;
-    stream.set_nodelay(true)?;
-    keep_alive(&stream)?;
-    stream.set_write_timeout(Some(PEER_IO_TIMEOUT))?;
-    stream.write_all(&hello(cluster, me, purpose))?;
-    Ok(stream)
+/// How this peer connects to the others: its cluster, the address it gives, and the
+/// cluster's TLS when it has one.
+#[derive(Clone)]
+pub struct Dialer {
+    pub cluster: String,
+    pub me: SocketAddr,
+    pub tls: Option<Arc<PeerTls>>,
+}
+
+impl Dialer {
+    /// Opens a connection to `to` (shaking hands in TLS: `to` must present a
+    /// certificate of the cluster's CA for its address) and says hello.
+    pub fn connect(&self, to: SocketAddr, purpose: Purpose) -> std::io::Result<PeerStream> {
+        let socket = TcpStream::connect_timeout(&to, PEER_IO_TIMEOUT)?;
+        socket.set_nodelay(true)?;
+        keep_alive(&socket)?;
+        socket.set_write_timeout(Some(PEER_IO_TIMEOUT))?;
+        let mut stream = match &self.tls {
+            None => PeerStream::Plain(socket),
+            Some(tls) => {
+                socket.set_read_timeout(Some(HANDSHAKE_TIMEOUT))?;
+                let duplex = tls
+                    .dial(socket, to.ip())
+                    .map_err(|e| std::io::Error::new(std::io::ErrorKind::PermissionDenied, e.to_string()))?;
+                duplex.socket().set_read_timeout(None)?;
+                PeerStream::Tls(Box::new(duplex))
+            }
+        };
+        stream.write_all(&hello(&self.cluster, self.me, purpose))?;
+        Ok(stream)
+    }
+}
+
+/// Whether a connection opens with a TLS ClientHello (within its read timeout, at most
+/// `HANDSHAKE_TIMEOUT`); `None` when it closed before sending a byte (a port check).
+/// Only peeks: the bytes stay for the handshake or the HELLO.
+fn opens_with_tls(socket: &TcpStream) -> std::io::Result<Option<bool>> {
+    let mut first = [0u8; 6];
+    let deadline = Instant::now() + HANDSHAKE_TIMEOUT;
+    loop {
+        let n = socket.peek(&mut first)?;
+        if n == 0 {
+            return Ok(None);
+        }
+        if let Some(tls) = crate::tls::client_hello(&first[..n]) {
+            return Ok(Some(tls));
+        }
+        if Instant::now() >= deadline {
+            return Ok(Some(false));
+        }
+        std::thread::sleep(Duration::from_millis(5));
+    }
+}
+
+/// Logs refused connections, each reason once per address in `REFUSAL_LOG_EVERY` (the
+/// rest at debug level): loud about a misconfigured peer, without flooding the log.
+#[derive(Default)]
+pub struct Refusals {
+    last: Mutex<HashMap<(IpAddr, String), Instant>>,
+}
+
+impl Refusals {
+    /// `reason` names the refusal without the connection's port.
+    fn warn(&self, from: IpAddr, reason: &str, message: &str) {
+        let now = Instant::now();
+        let mut last = self.last.lock().unwrap_or_else(|e| e.into_inner());
+        if last.len() > PEER_CONNECTIONS_MAX {
+            last.retain(|_, at| now.duration_since(*at) < REFUSAL_LOG_EVERY);
+            if last.len() > PEER_CONNECTIONS_MAX {
+                // A flood from many addresses: forget them all rather than grow.
+                last.clear();
+            }
+        }
+        let key = (from, reason.to_owned());
+        let due = last
+            .get(&key)
+            .is_none_or(|at| now.duration_since(*at) >= REFUSAL_LOG_EVERY);
+        if due {
+            last.insert(key, now);
+            tracing::warn!("{message}");
+        } else {
+            tracing::debug!("{message}");
+        }
+    }
 }
 
 /// How long a data connection waits for the engine to start serving.
@@ -99,6 +185,9 @@ const DATA_PLANE_PATIENCE: std::time::Duration = std::time::Duration::from_secs(
 
 pub struct Listener {
     pub cluster: String,
+    /// The cluster's TLS: every connection must shake hands with a certificate of it.
+    pub tls: Option<Arc<PeerTls>>,
+    pub refusals: Refusals,
     pub gossip: flume::Sender<Input>,
     pub view: Arc<ViewCell>,
     pub data: DataSlot,
@@ -131,11 +220,60 @@ impl Listener {
         }
     }
 
-    fn serve(&self, mut stream: TcpStream) -> Result<(), ClusterError> {
+    /// The connection as a peer stream once it proved what it is: with TLS, after a
+    /// handshake with a certificate of the cluster (its subject returned); `None` for
+    /// one that closed before its first byte.
+    fn open(
+        &self,
+        socket: TcpStream,
+    ) -> Result<Option<(PeerStream, Option<crate::tls::Subject>)>, ClusterError> {
+        let addr = socket.peer_addr()?;
+        socket.set_read_timeout(Some(HANDSHAKE_TIMEOUT))?;
+        let Some(tls_first) = opens_with_tls(&socket)? else {
+            return Ok(None);
+        };
+        match (&self.tls, tls_first) {
+            (None, false) => Ok(Some((PeerStream::Plain(socket), None))),
+            (None, true) => {
+                let message = format!(
+                    "refused a peer at {addr} that speaks TLS: this peer's port is plaintext; give every peer --peer-tls-cert, --peer-tls-key and --peer-tls-ca of one cluster CA"
+                );
+                self.refusals.warn(addr.ip(), "tls on a plaintext port", &message);
+                Err(ClusterError::Refused(message))
+            }
+            (Some(_), false) => {
+                let message = format!(
+                    "refused a peer at {addr} that speaks plaintext on this TLS peer port: give it --peer-tls-cert, --peer-tls-key and --peer-tls-ca of this cluster's CA"
+                );
+                self.refusals.warn(addr.ip(), "plaintext on a tls port", &message);
+                let mut socket = socket;
+                let _ = socket.write_all(&frame::error(
+                    0,
+                    0,
+                    "this peer's port speaks TLS: give this peer --peer-tls-cert, --peer-tls-key and --peer-tls-ca of the cluster's CA",
+                ));
+                Err(ClusterError::Refused(message))
+            }
+            (Some(tls), true) => match tls.accept(socket) {
+                Ok((duplex, subject)) => Ok(Some((PeerStream::Tls(Box::new(duplex)), Some(subject)))),
+                Err(error) => {
+                    let reason = error.to_string();
+                    let message = format!("refused a peer at {addr}: {reason}");
+                    self.refusals.warn(addr.ip(), &reason, &message);
+                    Err(ClusterError::Refused(message))
+                }
+            },
+        }
+    }
+
+    fn serve(&self, socket: TcpStream) -> Result<(), ClusterError> {
+        socket.set_write_timeout(Some(PEER_IO_TIMEOUT))?;
+        socket.set_nodelay(true)?;
+        keep_alive(&socket)?;
+        let Some((mut stream, certified)) = self.open(socket)? else {
+            return Ok(());
+        };
         stream.set_read_timeout(Some(IDLE_TIMEOUT))?;
-        stream.set_write_timeout(Some(PEER_IO_TIMEOUT))?;
-        stream.set_nodelay(true)?;
-        keep_alive(&stream)?;
         let Some(first) = frame::read(&mut stream)? else {
             return Ok(());
         };
@@ -153,6 +291,22 @@ impl Listener {
             tracing::warn!("refused {from}: {error}");
             let _ = stream.write_all(&frame::error(0, 0, &error.to_string()));
             return Err(error);
+        }
+        // The address it gives must be its certificate's: a peer cannot speak for another.
+        if let Some(subject) = certified
+            && !subject.ips.contains(&from.ip())
+        {
+            let message = format!(
+                "refused a peer that says it is {from}: its certificate ({}) is for {:?}; issue it one for the address it listens on (flowd cert issue NAME --cluster {} --host {})",
+                subject.name.as_deref().unwrap_or("no name"),
+                subject.ips,
+                self.cluster,
+                from.ip()
+            );
+            self.refusals
+                .warn(from.ip(), &format!("{from} {:?}", subject.ips), &message);
+            let _ = stream.write_all(&frame::error(0, 0, &message));
+            return Err(ClusterError::Refused(message));
         }
         self.view.heard_from(from);
         if purpose == Purpose::Raft as u8 {
@@ -198,30 +352,77 @@ impl Listener {
     }
 }
 
-/// Sends gossip: one cached connection per peer, dropped on the first error (SWIM
-/// treats a lost message like a lost datagram).
-pub fn send_gossip(cluster: String, me: SocketAddr, outgoing: flume::Receiver<(SocketAddr, Vec<u8>)>) {
-    let mut streams: HashMap<SocketAddr, TcpStream> = HashMap::new();
-    let mut out = Vec::new();
-    while let Ok((to, data)) = outgoing.recv() {
-        out.clear();
-        frame::encode(&mut out, Kind::Gossip, 0, &data);
-        let stream = match streams.entry(to) {
-            std::collections::hash_map::Entry::Occupied(entry) => entry.into_mut(),
-            std::collections::hash_map::Entry::Vacant(entry) => {
-                match connect(to, &cluster, me, Purpose::Gossip) {
-                    Ok(stream) => entry.insert(stream),
-                    Err(error) => {
-                        tracing::debug!("cannot reach peer {to}: {error}");
-                        continue;
-                    }
-                }
-            }
+/// Sends gossip: a thread per peer (so a peer that is slow to connect to, paused or
+/// shaking hands, never holds up gossip to the others), each with one connection,
+/// dropped on the first error, and a bounded queue: SWIM treats a message dropped when
+/// the queue is full, or lost with a connection, like a lost datagram. A peer's thread
+/// ends once nothing was sent to it for `GOSSIP_IDLE` (its queue is dropped here, so it
+/// writes what was queued first). Each message is counted `done` on `out` once written
+/// or dropped (a leaving peer waits for them).
+pub fn send_gossip(dialer: Dialer, outgoing: flume::Receiver<(SocketAddr, Vec<u8>)>, out: GossipOut) {
+    let mut peers: HashMap<SocketAddr, (flume::Sender<Vec<u8>>, Instant)> = HashMap::new();
+    loop {
+        let message = outgoing.recv_timeout(GOSSIP_IDLE);
+        peers.retain(|_, (queue, last)| !queue.is_disconnected() && last.elapsed() < GOSSIP_IDLE);
+        let (to, data) = match message {
+            Ok(message) => message,
+            Err(flume::RecvTimeoutError::Timeout) => continue,
+            Err(flume::RecvTimeoutError::Disconnected) => return,
         };
-        if let Err(error) = stream.write_all(&out) {
-            tracing::debug!("lost the connection to peer {to}: {error}");
-            streams.remove(&to);
+        if !peers.contains_key(&to) {
+            if peers.len() >= PEER_CONNECTIONS_MAX {
+                tracing::debug!("gossip to {to} dropped: {PEER_CONNECTIONS_MAX} peers have gossip threads");
+                out.done(1);
+                continue;
+            }
+            let (queue, messages) = flume::bounded(GOSSIP_PER_PEER);
+            let dialer = dialer.clone();
+            let done = out.clone();
+            let spawned = std::thread::Builder::new()
+                .name("flowd-gossip-to".into())
+                .spawn(move || gossip_to(&dialer, to, &messages, &done));
+            if spawned.is_err() {
+                tracing::debug!("gossip to {to} dropped: cannot start its thread");
+                out.done(1);
+                continue;
+            }
+            peers.insert(to, (queue, Instant::now()));
         }
+        let (queue, last) = peers.get_mut(&to).expect("inserted above");
+        *last = Instant::now();
+        if queue.try_send(data).is_err() {
+            // Full (its connection is behind), or its thread is gone.
+            tracing::debug!("gossip to {to} dropped: its sender is behind");
+            out.done(1);
+        }
+    }
+}
+
+/// Writes the gossip for `to` until its queue is dropped.
+fn gossip_to(dialer: &Dialer, to: SocketAddr, messages: &flume::Receiver<Vec<u8>>, out: &GossipOut) {
+    let mut stream: Option<PeerStream> = None;
+    let mut bytes = Vec::new();
+    while let Ok(first) = messages.recv() {
+        bytes.clear();
+        frame::encode(&mut bytes, Kind::Gossip, 0, &first);
+        let mut taken = 1;
+        while let Ok(more) = messages.try_recv() {
+            frame::encode(&mut bytes, Kind::Gossip, 0, &more);
+            taken += 1;
+        }
+        if stream.is_none() {
+            match dialer.connect(to, Purpose::Gossip) {
+                Ok(s) => stream = Some(s),
+                Err(error) => tracing::debug!("cannot reach peer {to}: {error}"),
+            }
+        }
+        if let Some(s) = stream.as_mut()
+            && let Err(error) = s.write_all(&bytes)
+        {
+            tracing::debug!("lost the connection to peer {to}: {error}");
+            stream = None;
+        }
+        out.done(taken);
     }
 }
 
@@ -229,18 +430,16 @@ pub fn send_gossip(cluster: String, me: SocketAddr, outgoing: flume::Receiver<(S
 /// needed, dropped on any error): each request waits for its one answer, at most
 /// `timeout`. What the hand-over, the controller's fences and a follower's fetches use.
 pub struct Requests {
-    cluster: String,
-    me: SocketAddr,
+    dialer: Dialer,
     timeout: Duration,
-    streams: HashMap<SocketAddr, TcpStream>,
+    streams: HashMap<SocketAddr, PeerStream>,
     next: u64,
 }
 
 impl Requests {
-    pub fn new(cluster: &str, me: SocketAddr, timeout: Duration) -> Requests {
+    pub fn new(dialer: &Dialer, timeout: Duration) -> Requests {
         Requests {
-            cluster: cluster.to_string(),
-            me,
+            dialer: dialer.clone(),
             timeout,
             streams: HashMap::new(),
             next: 0,
@@ -262,8 +461,10 @@ impl Requests {
             let stream = match self.streams.entry(to) {
                 std::collections::hash_map::Entry::Occupied(e) => e.into_mut(),
                 std::collections::hash_map::Entry::Vacant(e) => {
-                    let stream =
-                        connect(to, &self.cluster, self.me, Purpose::Data).map_err(|e| e.to_string())?;
+                    let stream = self
+                        .dialer
+                        .connect(to, Purpose::Data)
+                        .map_err(|e| e.to_string())?;
                     stream
                         .set_read_timeout(Some(self.timeout))
                         .map_err(|e| e.to_string())?;
@@ -295,10 +496,15 @@ mod tests {
     fn peer_connections_keep_alive_both_ways() {
         let listener = TcpListener::bind("127.0.0.1:0").unwrap();
         let to = listener.local_addr().unwrap();
-        let dialed = connect(to, "flowd", to, Purpose::Gossip).unwrap();
+        let dialer = Dialer {
+            cluster: "flowd".into(),
+            me: to,
+            tls: None,
+        };
+        let dialed = dialer.connect(to, Purpose::Gossip).unwrap();
         let (accepted, _) = listener.accept().unwrap();
         keep_alive(&accepted).unwrap();
-        for stream in [&dialed, &accepted] {
+        for stream in [dialed.socket(), &accepted] {
             let socket = socket2::SockRef::from(stream);
             assert!(socket.keepalive().unwrap());
             assert_eq!(socket.tcp_keepalive_time().unwrap(), KEEPALIVE_IDLE);

@@ -26,7 +26,7 @@ pub const OPERATOR_NAMES: &[&str] = &[
 const ROOT: &[&str] = &[
     "engine", "ingest", "cluster", "topic", "source", "stage", "sink", "job",
 ];
-const CLUSTER: &[&str] = &["replicas"];
+const CLUSTER: &[&str] = &["replicas", "tls_cert", "tls_key", "tls_ca"];
 const INGEST: &[&str] = &[
     "tcp",
     "http",

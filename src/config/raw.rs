@@ -87,6 +87,10 @@ pub struct RawTopic {
 pub struct RawCluster {
     /// The topics' replicas unless a topic says otherwise.
     pub replicas: Option<Spanned<i64>>,
+    /// Mutual TLS on the peer port: this peer's certificate and key, the cluster's CA.
+    pub tls_cert: Option<Spanned<String>>,
+    pub tls_key: Option<Spanned<String>>,
+    pub tls_ca: Option<Spanned<String>>,
 }
 
 #[derive(Debug, Deserialize)]

@@ -19,6 +19,17 @@ pub struct DataflowSpec {
     /// The TCP and HTTP front doors; `None`: a batch dataflow with no listeners.
     pub ingest: Option<IngestSpec>,
     pub jobs: Vec<JobSpec>,
+    /// `[cluster] tls_cert, tls_key, tls_ca`: mutual TLS between the peers.
+    pub peer_tls: Option<PeerTlsSpec>,
+}
+
+/// The PEM files of mutual TLS on the peer port (`flowd cert issue --cluster`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PeerTlsSpec {
+    pub cert: std::path::PathBuf,
+    pub key: std::path::PathBuf,
+    /// The cluster's CA, which signed every peer's certificate.
+    pub ca: std::path::PathBuf,
 }
 
 /// Where clients reach the engine, and the limits each connection lives within.

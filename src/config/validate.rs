@@ -12,7 +12,9 @@ use toml::de::DeTable;
 use crate::config::error::{ConfigError, Diagnostics, did_you_mean, suggest};
 use crate::config::keys::OPERATOR_NAMES;
 use crate::config::keys::check_known_keys;
-use crate::config::raw::{RawDataflow, RawEngine, RawIngest, RawJob, RawSink, RawSource, RawStage, RawTopic};
+use crate::config::raw::{
+    RawCluster, RawDataflow, RawEngine, RawIngest, RawJob, RawSink, RawSource, RawStage, RawTopic,
+};
 use crate::config::spec::*;
 use crate::storage::log::{SEGMENT_BYTES_MAX, SEGMENT_BYTES_MIN};
 use crate::storage::{Durability, RetentionPolicy};
@@ -154,6 +156,7 @@ impl Validator<'_, '_> {
             self.changelogs(&raw.stages, &stages, &sources, &topics);
         }
         let ingest = raw.ingest.as_ref().map(|i| self.ingest(i.get_ref()));
+        let peer_tls = raw.cluster.as_ref().and_then(|c| self.peer_tls(c.get_ref()));
         self.unique_names(raw.jobs.iter().map(|j| &j.get_ref().name), "job");
         let jobs = raw
             .jobs
@@ -169,7 +172,50 @@ impl Validator<'_, '_> {
             sinks,
             ingest,
             jobs,
+            peer_tls,
         }
+    }
+
+    /// `[cluster] tls_cert, tls_key, tls_ca`: all three or none.
+    fn peer_tls(&mut self, raw: &RawCluster) -> Option<PeerTlsSpec> {
+        let keys = [
+            ("cluster.tls_cert", &raw.tls_cert),
+            ("cluster.tls_key", &raw.tls_key),
+            ("cluster.tls_ca", &raw.tls_ca),
+        ];
+        let given: Vec<_> = keys
+            .iter()
+            .filter_map(|(k, v)| v.as_ref().map(|v| (*k, v)))
+            .collect();
+        if given.is_empty() {
+            return None;
+        }
+        if given.len() < keys.len() {
+            let missing: Vec<&str> = keys
+                .iter()
+                .filter(|(_, v)| v.is_none())
+                .map(|(k, _)| *k)
+                .collect();
+            let (key, value) = given[0];
+            self.error(
+                value.span(),
+                key,
+                "mutual TLS between peers needs this peer's certificate, its key and the cluster's CA"
+                    .to_owned(),
+                format!(
+                    "give {} too (flowd cert ca, then flowd cert issue NAME --cluster ID --host IP)",
+                    missing.join(" and ")
+                ),
+            );
+            return None;
+        }
+        let path =
+            |v: &Option<Spanned<String>>| v.as_ref().map(|v| v.get_ref().into()).expect("checked above");
+        Some(PeerTlsSpec {
+            cert: path(&raw.tls_cert),
+            key: path(&raw.tls_key),
+            ca: path(&raw.tls_ca),
+        })
     }
 
     fn ingest(&mut self, raw: &RawIngest) -> IngestSpec {

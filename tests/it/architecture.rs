@@ -18,7 +18,7 @@ const ROOMS: &[(&str, &[&str])] = &[
     ("ops", &["config", "protocol", "jq"]),
     ("exec", &["config"]),
     ("metrics", &["protocol", "storage"]),
-    ("cluster", &["protocol", "config", "storage"]),
+    ("cluster", &["protocol", "config", "storage", "tls"]),
     (
         "runtime",
         &[

@@ -14,6 +14,9 @@ use flowd::protocol::{ErrorCode, FetchFrom, OwnedWireRecord};
 
 use crate::support::{Log, connect_from};
 
+/// Given in `Server::start_env`'s `env`: the peers speak plaintext.
+pub(crate) const PLAINTEXT_PEERS: (&str, &str) = ("FLOWD_TEST_PEERS", "plaintext");
+
 pub(crate) fn flowd() -> Command {
     Command::new(env!("CARGO_BIN_EXE_flowd"))
 }
@@ -109,10 +112,29 @@ impl Server {
         Server::spawn(command)
     }
 
-    /// `flowd run FILE ARGS...` with `env` added to its environment (fail points).
+    /// `flowd run FILE ARGS...` with `env` added to its environment (fail points). A
+    /// peer on loopback speaks mutual TLS with the tests' cluster CA
+    /// (`support::peer_tls_flags`) unless `env` holds `PLAINTEXT_PEERS`.
     pub(crate) fn start_env(file: &Path, args: &[&str], env: &[(&str, &str)]) -> Server {
         let mut command = flowd();
-        command.arg("run").arg(file).args(args).envs(env.iter().copied());
+        command.arg("run").arg(file).args(args);
+        let plaintext = env.contains(&PLAINTEXT_PEERS);
+        command.envs(env.iter().copied().filter(|e| *e != PLAINTEXT_PEERS));
+        let peer = args
+            .iter()
+            .position(|a| *a == "--peer-listen")
+            .map(|i| args[i + 1]);
+        if let Some(peer) = peer
+            && peer.starts_with("127.")
+            && !plaintext
+            && !args.contains(&"--peer-tls-cert")
+        {
+            let cluster = args
+                .iter()
+                .position(|a| *a == "--cluster-id")
+                .map_or("flowd", |i| args[i + 1]);
+            command.args(crate::support::peer_tls_flags(cluster, &["127.0.0.1"]));
+        }
         Server::spawn(command)
     }
 

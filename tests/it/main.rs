@@ -27,6 +27,7 @@ mod jobs;
 mod log;
 mod nemesis;
 mod outputs;
+mod peer_tls;
 mod powercut;
 mod recovery_cases;
 mod recovery_props;

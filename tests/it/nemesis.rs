@@ -259,7 +259,8 @@ fn start_with(
         http,
         "--peer-listen".into(),
         peer,
-        // Addresses of the test's own namespaces, not loopback.
+        // The doors on addresses of the test's own namespaces, not loopback, without
+        // TLS (the peer port has it).
         "--insecure".into(),
         "--replace-after".into(),
         replace_after.into(),
@@ -267,6 +268,8 @@ fn start_with(
     if let Some(seed) = seed {
         args.extend(["--seeds".into(), format!("{}:7300", net.ip(seed))]);
     }
+    // Mutual TLS between the peers, a certificate for each one's own address.
+    args.extend(crate::support::peer_tls_flags("flowd", &[ip.as_str()]));
     let args: Vec<&str> = args.iter().map(String::as_str).collect();
     Server::start_program("ip", &args)
 }

@@ -386,3 +386,65 @@ impl Drop for Tmpfs {
             .status();
     }
 }
+
+/// `--peer-tls-cert, --peer-tls-key, --peer-tls-ca` for a peer of `cluster` on `hosts`:
+/// a certificate made by `flowd cert issue --cluster` from the tests' one cluster CA
+/// (made by `flowd cert ca`), once per cluster and hosts, in this process's own
+/// directory under the target's temporary directory.
+pub(crate) fn peer_tls_flags(cluster: &str, hosts: &[&str]) -> Vec<String> {
+    use std::collections::HashMap;
+    use std::sync::{Mutex, OnceLock};
+    static MADE: OnceLock<Mutex<HashMap<String, Vec<String>>>> = OnceLock::new();
+    let mut made = MADE
+        .get_or_init(Default::default)
+        .lock()
+        .unwrap_or_else(|e| e.into_inner());
+    let hosts = hosts.join(",");
+    let key = format!("{cluster}@{hosts}");
+    if let Some(flags) = made.get(&key) {
+        return flags.clone();
+    }
+    let pki = Path::new(env!("CARGO_TARGET_TMPDIR")).join(format!("peer-pki-{}", std::process::id()));
+    if made.is_empty() {
+        let _ = std::fs::remove_dir_all(&pki);
+        let (code, _, err) = crate::ingest::run_cli(
+            &[
+                "cert",
+                "ca",
+                "--dir",
+                &pki.display().to_string(),
+                "--name",
+                "tests' cluster CA",
+            ],
+            "",
+        );
+        assert_eq!(code, 0, "{err}");
+    }
+    let name = format!("peer{}", made.len());
+    let (code, _, err) = crate::ingest::run_cli(
+        &[
+            "cert",
+            "issue",
+            &name,
+            "--dir",
+            &pki.display().to_string(),
+            "--cluster",
+            cluster,
+            "--host",
+            &hosts,
+        ],
+        "",
+    );
+    assert_eq!(code, 0, "{err}");
+    let file = |f: String| pki.join(f).display().to_string();
+    let flags = vec![
+        "--peer-tls-cert".to_owned(),
+        file(format!("{name}.pem")),
+        "--peer-tls-key".to_owned(),
+        file(format!("{name}.key")),
+        "--peer-tls-ca".to_owned(),
+        file("ca.pem".to_owned()),
+    ];
+    made.insert(key, flags.clone());
+    flags
+}

@@ -80,11 +80,11 @@ impl Consensus {
     /// new group with this peer its only voter when `dir` holds none yet.
     pub fn start(
         dir: &Path,
-        cluster: &str,
-        me: SocketAddr,
+        dialer: crate::cluster::transport::Dialer,
         storage: u64,
         found: bool,
     ) -> Result<Consensus, ClusterError> {
+        let (cluster, me) = (dialer.cluster.clone(), dialer.me);
         let store = store::Store::open(dir).map_err(ClusterError::Consensus)?;
         let metadata = store.metadata();
         let runtime = tokio::runtime::Builder::new_multi_thread()
@@ -106,10 +106,7 @@ impl Consensus {
         .validate()
         .map_err(|e| ClusterError::Consensus(format!("the consensus settings: {e}")))?;
         let id = storage;
-        let network = network::Network {
-            cluster: cluster.to_string(),
-            me,
-        };
+        let network = network::Network { dialer };
         let raft = runtime
             .block_on(Raft::new(id, Arc::new(config), network, store.clone(), store))
             .map_err(|e| ClusterError::Consensus(format!("cannot start this peer's member: {e}")))?;

@@ -11,7 +11,10 @@
 //! ```
 //!
 //! Outgoing: one connection per target, made when first needed, dropped on any error
-//! (openraft retries); every call is bounded by openraft's time to live for it.
+//! (openraft retries); every call is bounded by openraft's time to live for it. The
+//! connection is a blocking peer stream (the same, with the same TLS, as every other
+//! peer connection), driven from tokio's blocking pool with socket timeouts of that
+//! time to live.
 //! Incoming: a message for another node id than this peer's is refused: the member it
 //! was meant for ran on a data directory this peer no longer has (its vote and log are
 //! gone), and answering in its name could elect a leader twice in one term.
@@ -28,12 +31,11 @@ use openraft::raft::{
 };
 use serde::Serialize;
 use serde::de::DeserializeOwned;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::TcpStream;
 
 use crate::cluster::consensus::types::{Raft, TypeConfig};
 use crate::cluster::frame::{self, Kind};
-use crate::cluster::transport::{self, Purpose};
+use crate::cluster::stream::PeerStream;
+use crate::cluster::transport::{Dialer, Purpose};
 
 pub const RPC_VOTE: u8 = 1;
 pub const RPC_APPEND: u8 = 2;
@@ -41,8 +43,7 @@ pub const RPC_SNAPSHOT: u8 = 3;
 
 /// Makes a connection per target.
 pub struct Network {
-    pub cluster: String,
-    pub me: SocketAddr,
+    pub dialer: Dialer,
 }
 
 impl RaftNetworkFactory<TypeConfig> for Network {
@@ -52,8 +53,7 @@ impl RaftNetworkFactory<TypeConfig> for Network {
         Connection {
             target,
             to: node.addr.parse().ok(),
-            cluster: self.cluster.clone(),
-            me: self.me,
+            dialer: self.dialer.clone(),
             stream: None,
         }
     }
@@ -62,9 +62,9 @@ impl RaftNetworkFactory<TypeConfig> for Network {
 pub struct Connection {
     target: u64,
     to: Option<SocketAddr>,
-    cluster: String,
-    me: SocketAddr,
-    stream: Option<TcpStream>,
+    dialer: Dialer,
+    /// Taken while a call uses it; put back once it answered.
+    stream: Option<PeerStream>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -91,7 +91,7 @@ impl Connection {
         let mut body = vec![rpc];
         body.extend_from_slice(&self.target.to_le_bytes());
         serde_json::to_writer(&mut body, request).expect("a raft request serializes");
-        let exchanged = tokio::time::timeout(ttl, self.exchange(to, &body)).await;
+        let exchanged = tokio::time::timeout(ttl, self.exchange(to, body, ttl)).await;
         let reply = match exchanged {
             Ok(Ok(reply)) => reply,
             Ok(Err(error)) => {
@@ -117,31 +117,47 @@ impl Connection {
         decoded.map_err(|e| RPCError::RemoteError(RemoteError::new(self.target, e)))
     }
 
-    async fn exchange(&mut self, to: SocketAddr, body: &[u8]) -> std::io::Result<Vec<u8>> {
-        if self.stream.is_none() {
-            let mut stream = TcpStream::connect(to).await?;
-            stream.set_nodelay(true)?;
-            stream
-                .write_all(&transport::hello(&self.cluster, self.me, Purpose::Raft))
-                .await?;
-            self.stream = Some(stream);
-        }
-        let stream = self.stream.as_mut().expect("just connected");
-        stream.write_all(&frame::framed(Kind::Raft, 0, body)).await?;
-        let mut head = [0u8; 4];
-        stream.read_exact(&mut head).await?;
-        let len = frame::frame_len(head).map_err(std::io::Error::other)?;
-        let mut rest = vec![0u8; len];
-        stream.read_exact(&mut rest).await?;
-        let reply = frame::decode(&rest).map_err(std::io::Error::other)?;
-        match reply.kind {
-            Kind::RaftReply => Ok(reply.body),
-            Kind::Error => Err(std::io::Error::other(frame::read_error(&reply.body).1)),
-            other => Err(std::io::Error::other(format!(
-                "a {other:?} frame answering a raft message"
-            ))),
-        }
+    /// One message and its reply, on the blocking pool: the stream goes there and comes
+    /// back when the call ends in time (else it is dropped with its thread's call, which
+    /// the socket timeouts end within `ttl`).
+    async fn exchange(&mut self, to: SocketAddr, body: Vec<u8>, ttl: Duration) -> std::io::Result<Vec<u8>> {
+        let stream = self.stream.take();
+        let dialer = self.dialer.clone();
+        let call = tokio::task::spawn_blocking(move || {
+            let mut stream = match stream {
+                Some(stream) => stream,
+                None => dialer.connect(to, Purpose::Raft)?,
+            };
+            let reply = exchange(&mut stream, &body, ttl)?;
+            Ok::<_, std::io::Error>((stream, reply))
+        });
+        let (stream, reply) = call.await.map_err(std::io::Error::other)??;
+        self.stream = Some(stream);
+        reply
     }
+}
+
+/// Writes one RAFT frame and reads its reply frame: the reply's body, or an ERROR
+/// frame's message as `Ok(Err(..))` (the stream still good).
+fn exchange(
+    stream: &mut PeerStream,
+    body: &[u8],
+    ttl: Duration,
+) -> std::io::Result<std::io::Result<Vec<u8>>> {
+    use std::io::Write;
+    stream.set_read_timeout(Some(ttl.max(Duration::from_millis(1))))?;
+    stream.set_write_timeout(Some(ttl.max(Duration::from_millis(1))))?;
+    stream.write_all(&frame::framed(Kind::Raft, 0, body))?;
+    let reply = frame::read(stream)
+        .map_err(std::io::Error::other)?
+        .ok_or_else(|| std::io::Error::from(std::io::ErrorKind::UnexpectedEof))?;
+    Ok(match reply.kind {
+        Kind::RaftReply => Ok(reply.body),
+        Kind::Error => Err(std::io::Error::other(frame::read_error(&reply.body).1)),
+        other => Err(std::io::Error::other(format!(
+            "a {other:?} frame answering a raft message"
+        ))),
+    })
 }
 
 impl RaftNetwork<TypeConfig> for Connection {

@@ -16,7 +16,8 @@ use std::net::{SocketAddr, TcpStream};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use crate::cluster::transport::{self, Purpose};
+use crate::cluster::stream::PeerStream;
+use crate::cluster::transport::{Dialer, Purpose};
 use crate::metrics::Metrics;
 
 /// Answers queued for one peer: a reply stage waits for room beyond this.
@@ -29,16 +30,14 @@ const IDLE_MAX: Duration = Duration::from_secs(20);
 
 /// The answer queue of each peer this one answers.
 pub struct Answerers {
-    cluster: String,
-    me: SocketAddr,
+    dialer: Dialer,
     queues: Mutex<HashMap<SocketAddr, flume::Sender<Vec<u8>>>>,
 }
 
 impl Answerers {
-    pub fn new(cluster: String, me: SocketAddr) -> Answerers {
+    pub fn new(dialer: Dialer) -> Answerers {
         Answerers {
-            cluster,
-            me,
+            dialer,
             queues: Mutex::new(HashMap::new()),
         }
     }
@@ -57,12 +56,11 @@ impl Answerers {
             return queue.clone();
         }
         let (tx, rx) = flume::bounded(ANSWER_QUEUE);
-        let cluster = self.cluster.clone();
-        let me = self.me;
+        let dialer = self.dialer.clone();
         let metrics = metrics();
         let spawned = std::thread::Builder::new()
             .name("flowd-peer-answer".into())
-            .spawn(move || run(to, &cluster, me, &rx, metrics.as_deref()));
+            .spawn(move || run(to, &dialer, &rx, metrics.as_deref()));
         match spawned {
             Ok(_) => {
                 queues.insert(to, tx.clone());
@@ -74,14 +72,8 @@ impl Answerers {
 }
 
 /// Writes the answers queued for `to` until the engine drops the queue.
-fn run(
-    to: SocketAddr,
-    cluster: &str,
-    me: SocketAddr,
-    answers: &flume::Receiver<Vec<u8>>,
-    metrics: Option<&Metrics>,
-) {
-    let mut stream: Option<(TcpStream, Instant)> = None;
+fn run(to: SocketAddr, dialer: &Dialer, answers: &flume::Receiver<Vec<u8>>, metrics: Option<&Metrics>) {
+    let mut stream: Option<(PeerStream, Instant)> = None;
     let mut out = Vec::new();
     while let Ok(first) = answers.recv() {
         out.clear();
@@ -99,12 +91,12 @@ fn run(
         for _ in 0..2 {
             if stream
                 .as_ref()
-                .is_some_and(|(s, used)| used.elapsed() >= IDLE_MAX || closed(s))
+                .is_some_and(|(s, used)| used.elapsed() >= IDLE_MAX || closed(s.socket()))
             {
                 stream = None;
             }
             if stream.is_none() {
-                match transport::connect(to, cluster, me, Purpose::Data) {
+                match dialer.connect(to, Purpose::Data) {
                     Ok(s) => stream = Some((s, Instant::now())),
                     Err(error) => {
                         failure = format!("cannot connect: {error}");
@@ -136,8 +128,9 @@ fn run(
     }
 }
 
-/// Whether the peer closed `stream`: it never sends anything on an answer connection,
-/// so anything readable is its end.
+/// Whether the peer closed `stream`: it never sends anything on an answer connection
+/// (in TLS neither: a peer's server sends no session tickets), so anything readable is
+/// its end.
 fn closed(stream: &TcpStream) -> bool {
     if stream.set_nonblocking(true).is_err() {
         return true;

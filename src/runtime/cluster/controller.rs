@@ -112,9 +112,7 @@ pub fn run(peers: Weak<Peers>) {
         if !consensus.is_leader() {
             continue;
         }
-        let links = links.get_or_insert_with(|| {
-            Requests::new(&peers.cluster.cluster_id, peers.cluster.me.addr, REQUEST_TIMEOUT)
-        });
+        let links = links.get_or_insert_with(|| Requests::new(&peers.cluster.dialer, REQUEST_TIMEOUT));
         let live = view.placement();
         let replication = &peers.replication;
         // One set change a round: each costs its partition an epoch.

@@ -77,13 +77,8 @@ pub(super) fn follow(peers: Weak<Peers>, topic: usize, partition: u32, epoch: u3
             wait_ms: FETCH_WAIT.as_millis() as u32,
             storage: peers.replication.copy_id(topic, partition),
         };
-        let links = links.get_or_insert_with(|| {
-            Requests::new(
-                &peers.cluster.cluster_id,
-                peers.cluster.me.addr,
-                FETCH_WAIT + Duration::from_secs(2),
-            )
-        });
+        let links = links
+            .get_or_insert_with(|| Requests::new(&peers.cluster.dialer, FETCH_WAIT + Duration::from_secs(2)));
         let answer = links.request(
             leader,
             Kind::ReplicaFetch,

@@ -81,9 +81,7 @@ pub fn run(peers: Weak<Peers>) {
             }
         }
         if !claims.is_empty() {
-            let links = links.get_or_insert_with(|| {
-                Requests::new(&peers.cluster.cluster_id, peers.cluster.me.addr, REQUEST_TIMEOUT)
-            });
+            let links = links.get_or_insert_with(|| Requests::new(&peers.cluster.dialer, REQUEST_TIMEOUT));
             claim(&peers, &shared, links, &claims);
         }
     }

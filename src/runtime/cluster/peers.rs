@@ -12,7 +12,7 @@
 
 use std::collections::HashMap;
 use std::io::Write;
-use std::net::{SocketAddr, TcpStream};
+use std::net::SocketAddr;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Condvar, Mutex, OnceLock, RwLock, Weak};
 use std::time::Duration;
@@ -21,7 +21,8 @@ use crate::cluster::consensus::Metadata;
 use crate::cluster::data;
 use crate::cluster::frame::{self, Kind};
 use crate::cluster::rendezvous;
-use crate::cluster::transport::{self, Purpose};
+use crate::cluster::stream::PeerStream;
+use crate::cluster::transport::{Dialer, Purpose};
 use crate::cluster::{Cluster, View};
 use crate::protocol::wire::encode_record;
 use crate::protocol::{ErrorCode, ProtocolError};
@@ -94,7 +95,7 @@ impl Peers {
                 .map_err(|reason| RuntimeError::Shard { shard: 0, reason })?,
         );
         let topics: Vec<(String, u32)> = replicated.into_iter().map(|t| (t.name, t.partitions)).collect();
-        let answerers = Answerers::new(cluster.cluster_id.clone(), cluster.me.addr);
+        let answerers = Answerers::new(cluster.dialer.clone());
         let owners = owners_of(
             &cluster.view.get(),
             &cluster.consensus.metadata().get(),
@@ -260,11 +261,10 @@ impl Peers {
             return sender.clone();
         }
         let (tx, rx) = flume::bounded(FETCH_QUEUE);
-        let cluster = self.cluster.cluster_id.clone();
-        let me = self.cluster.me.addr;
+        let dialer = self.cluster.dialer.clone();
         let spawned = std::thread::Builder::new()
             .name("flowd-peer-fetch".into())
-            .spawn(move || run_fetcher(to, cluster, me, rx));
+            .spawn(move || run_fetcher(to, &dialer, rx));
         if spawned.is_ok() {
             fetchers.insert(to, tx.clone());
         }
@@ -282,8 +282,7 @@ impl Peers {
         let link = Arc::new(Link {
             to,
             topic: self.topics[topic].0.clone(),
-            cluster: self.cluster.cluster_id.clone(),
-            me: self.cluster.me.addr,
+            dialer: self.cluster.dialer.clone(),
             pending: Mutex::new(Pending::default()),
             room: Condvar::new(),
             shared: self.shared.get().cloned(),
@@ -345,8 +344,7 @@ fn owners_of(
 struct Link {
     to: SocketAddr,
     topic: String,
-    cluster: String,
-    me: SocketAddr,
+    dialer: Dialer,
     pending: Mutex<Pending>,
     room: Condvar,
     shared: Option<Weak<Shared>>,
@@ -377,7 +375,7 @@ impl Link {
     }
 
     fn run(self: Arc<Self>, batches: flume::Receiver<Batch>) {
-        let mut stream: Option<TcpStream> = None;
+        let mut stream: Option<PeerStream> = None;
         let mut next_id: u64 = 1;
         let mut out = Vec::new();
         while let Ok(batch) = batches.recv() {
@@ -441,7 +439,7 @@ impl Link {
     /// every batch in flight. It gives up when gossip has the peer down, the engine
     /// stops, or nothing at all was taken for `STUCK_WRITE` (a peer alive to gossip
     /// whose engine takes nothing).
-    fn write_patiently(&self, writer: &mut TcpStream, mut bytes: &[u8]) -> std::io::Result<()> {
+    fn write_patiently(&self, writer: &mut PeerStream, mut bytes: &[u8]) -> std::io::Result<()> {
         let mut progress = std::time::Instant::now();
         while !bytes.is_empty() {
             match writer.write(bytes) {
@@ -495,11 +493,11 @@ impl Link {
     }
 
     /// Connects (retrying for a while: the peer may be starting) and starts the reader.
-    fn connect(self: &Arc<Self>) -> Option<TcpStream> {
+    fn connect(self: &Arc<Self>) -> Option<PeerStream> {
         let deadline = std::time::Instant::now() + CONNECT_PATIENCE;
         let mut pause = Duration::from_millis(20);
         loop {
-            match transport::connect(self.to, &self.cluster, self.me, Purpose::Data) {
+            match self.dialer.connect(self.to, Purpose::Data) {
                 Ok(stream) => {
                     let reader = stream.try_clone().ok()?;
                     let this = Arc::clone(self);
@@ -532,7 +530,7 @@ impl Link {
         }
     }
 
-    fn read_acks(&self, mut stream: TcpStream, connection: u64) {
+    fn read_acks(&self, mut stream: PeerStream, connection: u64) {
         let reason = loop {
             let frame = match frame::read(&mut stream) {
                 Ok(Some(frame)) => frame,
@@ -711,15 +709,14 @@ pub fn encode_fetch(topic: &str, order: &FetchOrder) -> Vec<u8> {
 }
 
 /// Serves the fetches for one peer, one at a time over one connection.
-fn run_fetcher(to: SocketAddr, cluster: String, me: SocketAddr, fetches: flume::Receiver<Fetch>) {
-    let mut stream: Option<TcpStream> = None;
+fn run_fetcher(to: SocketAddr, dialer: &Dialer, fetches: flume::Receiver<Fetch>) {
+    let mut stream: Option<PeerStream> = None;
     let mut out = Vec::new();
     while let Ok(fetch) = fetches.recv() {
         let request_id = fetch.order.request_id;
         let answer = (|| -> Result<Vec<u8>, String> {
             if stream.is_none() {
-                stream =
-                    Some(transport::connect(to, &cluster, me, Purpose::Data).map_err(|e| e.to_string())?);
+                stream = Some(dialer.connect(to, Purpose::Data).map_err(|e| e.to_string())?);
             }
             let s = stream.as_mut().expect("connected above");
             // A long poll may wait this long at the owner, plus the way there and back.

@@ -7,13 +7,14 @@
 //! named it).
 
 use std::io::Write;
-use std::net::{SocketAddr, TcpStream};
+use std::net::SocketAddr;
 use std::sync::Arc;
 
 use crate::cluster::data;
 use crate::cluster::frame::{self, Body, Kind};
 use crate::cluster::handover::{self, Phase};
 use crate::cluster::replication as wire;
+use crate::cluster::stream::PeerStream;
 use crate::cluster::transport::DataPlane;
 use crate::protocol::wire::Cursor;
 use crate::protocol::{ErrorCode, ProtocolError};
@@ -32,7 +33,7 @@ pub struct PeerService {
 }
 
 impl DataPlane for PeerService {
-    fn serve(&self, from: SocketAddr, stream: TcpStream) {
+    fn serve(&self, from: SocketAddr, stream: PeerStream) {
         let Ok(mut writer) = stream.try_clone() else {
             return;
         };
