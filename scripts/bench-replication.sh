@@ -3,7 +3,8 @@
 # one run: records/s and p99 produce-to-ack from `flowd bench ingest`, and the CPU the
 # three peers spent per record (utime + stime from /proc). The peers share this
 # machine's cores: a replicated write costs three appends and two fetches here, where on
-# three machines it would cost each machine one.
+# three machines it would cost each machine one. The last run is replicas = 3 with mutual
+# TLS between the peers (a cluster CA made by flowd cert for the run).
 #
 #   scripts/bench-replication.sh [RECORDS] [DURABILITY]
 set -euo pipefail
@@ -24,8 +25,15 @@ cpu_ticks() {
 }
 
 run() {
-  local replicas=$1 dir
+  local replicas=$1 tls=${2:-} dir
   dir=$(mktemp -d)
+  local tls_flags=()
+  if [ -n "$tls" ]; then
+    "$bin" cert ca --dir "$dir/pki" > /dev/null
+    for i in 0 1 2; do
+      "$bin" cert issue "p$i" --dir "$dir/pki" --cluster flowd --host 127.0.0.1 > /dev/null
+    done
+  fi
   cat > "$dir/df.toml" <<TOML
 [engine]
 durability = "$durability"
@@ -42,8 +50,9 @@ TOML
   for i in 0 1 2; do
     local seeds=()
     [ "$i" -gt 0 ] && seeds=(--seeds "127.0.0.1:$((base + 300))")
+    [ -n "$tls" ] && tls_flags=(--peer-tls-cert "$dir/pki/p$i.pem" --peer-tls-key "$dir/pki/p$i.key" --peer-tls-ca "$dir/pki/ca.pem")
     "$bin" run "$dir/df.toml" --data-dir "$dir/p$i" --listen "127.0.0.1:$((base + 100 + i))" \
-      --http "127.0.0.1:$((base + 200 + i))" --peer-listen "127.0.0.1:$((base + 300 + i))" "${seeds[@]}" \
+      --http "127.0.0.1:$((base + 200 + i))" --peer-listen "127.0.0.1:$((base + 300 + i))" "${seeds[@]}" "${tls_flags[@]}" \
       > "$dir/p$i.log" 2>&1 &
     pids+=($!)
     [ "$i" -eq 0 ] && sleep 0.5
@@ -69,8 +78,9 @@ print(sum(p["partitions"] for p in s["peers"]) if all(p["state"] == "alive" for 
   out=$("$bin" bench ingest --to "127.0.0.1:$((base + 100))" --records "$records" --connections 4 --durability "$durability" 2>&1 | grep '^ingest' || true)
   after=$(cpu_ticks "${pids[@]}")
   local us=$(( (after - before) * 1000000 / tick ))
-  echo "replicas=$replicas: $out"
-  echo "replicas=$replicas: CPU of the three peers: $((us / 1000)) ms, $(python3 -c "print(f'{$us / $records:.2f}')") us per record"
+  local name="replicas=$replicas${tls:+, peers in mutual TLS}"
+  echo "$name: $out"
+  echo "$name: CPU of the three peers: $((us / 1000)) ms, $(python3 -c "print(f'{$us / $records:.2f}')") us per record"
   kill "${pids[@]}" 2>/dev/null || true
   wait 2>/dev/null || true
   rm -rf "$dir"
@@ -78,3 +88,4 @@ print(sum(p["partitions"] for p in s["peers"]) if all(p["state"] == "alive" for 
 
 run 1
 run 3
+run 3 tls

@@ -16,7 +16,7 @@ use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
-use futures_lite::{AsyncRead, AsyncWrite, AsyncWriteExt};
+use futures_lite::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use glommio::net::TcpStream;
 
 use crate::metrics::Metrics;
@@ -123,6 +123,22 @@ impl Door {
                 let mut stream = stream;
                 let answer = (self.plain_answer)();
                 let _ = api::within(Duration::from_secs(1), stream.write_all(&answer)).await;
+                // A lingering close: the request still unread would turn the close into
+                // a reset, which can throw the answer away before the client reads it
+                // (or fail the client's write). What it sends is taken, at most 64 KiB
+                // within a second, before the socket closes.
+                let _ = stream.shutdown(std::net::Shutdown::Write).await;
+                let _ = api::within(Duration::from_secs(1), async {
+                    let mut sink = [0u8; 4096];
+                    let mut left = 64usize << 10;
+                    while left > 0 {
+                        match stream.read(&mut sink).await {
+                            Ok(0) | Err(_) => break,
+                            Ok(n) => left = left.saturating_sub(n),
+                        }
+                    }
+                })
+                .await;
                 let _ = stream.close().await;
                 None
             }

@@ -452,12 +452,23 @@ async fn read_loop(mut reader: futures_lite::io::ReadHalf<TcpStream>, link: Rc<L
         }
         let id = u64::from_le_bytes(answer[8..16].try_into().expect("8 bytes"));
         if id == AUTH_ID && answer[5] == crate::protocol::Kind::Error as u8 {
-            let why = parse_frame(&answer, answer.len())
+            let refusal = parse_frame(&answer, answer.len())
                 .ok()
                 .flatten()
-                .and_then(|f| Response::decode(&f.header, f.body).ok())
-                .map(|r| format!("{r:?}"))
-                .unwrap_or_default();
+                .and_then(|f| Response::decode(&f.header, f.body).ok());
+            if let Some(Response::Error {
+                code: ErrorCode::TlsRequired,
+                ..
+            }) = refusal
+            {
+                tracing::warn!(
+                    "a peer's client listener speaks TLS, and relays between peers speak plaintext: \
+                     a request about a partition another peer leads cannot go on through this one; send it to the \
+                     leader (flowd status names it), or run a cluster's doors without TLS"
+                );
+                break "the peer's client listener speaks TLS, which relays do not yet: send the request to the partition's leader".to_owned();
+            }
+            let why = refusal.map(|r| format!("{r:?}")).unwrap_or_default();
             tracing::warn!(
                 "a peer's client listener refused the token of a client this peer relays for ({why}): \
                  every peer needs the same credentials file"

@@ -133,13 +133,16 @@ fn only_peers_with_a_certificate_of_the_cluster_get_in() {
         &["--cluster", "flowd", "--host", "127.0.0.1"],
     );
     let good = peer_tls(cert, key, ca.clone(), HERE);
-    let mut stream = good.dial(socket(at), HERE).unwrap();
-    let kinds = forge(
-        &mut stream,
-        "127.0.0.1:1".parse().unwrap(),
-        &partitions,
-        "certified",
-    );
+    let certified = |partitions: &[u32]| {
+        let mut stream = good.dial(socket(at), HERE).unwrap();
+        forge(
+            &mut stream,
+            "127.0.0.1:1".parse().unwrap(),
+            partitions,
+            "certified",
+        )
+    };
+    let kinds = certified(&partitions);
     let acked = kinds.iter().filter(|k| **k == Kind::Acked).count();
     assert_eq!(acked, partitions.len(), "{kinds:?}");
     // The FETCH answered with the records, the COPY too (refused: nothing is moving).
@@ -283,13 +286,7 @@ fn only_peers_with_a_certificate_of_the_cluster_get_in() {
         "{}",
         first.log.text()
     );
-    let mut stream = good.dial(socket(at), HERE).unwrap();
     // Answered (acked, or redirected where the third peer took a partition over).
-    let kinds = forge(
-        &mut stream,
-        "127.0.0.1:1".parse().unwrap(),
-        &partitions,
-        "certified",
-    );
+    let kinds = certified(&partitions);
     assert_eq!(kinds.len(), partitions.len() + 2, "{kinds:?}");
 }
