@@ -72,6 +72,13 @@ fn broken_files_get_precise_errors() {
             ],
         ),
         (
+            "half of the peer port's mutual TLS",
+            format!("[cluster]\ntls_cert = \"peer.pem\"\ntls_ca = \"ca.pem\"\n\n{BASE}"),
+            &[
+                "2:12: cluster.tls_cert: mutual TLS between peers needs this peer's certificate, its key and the cluster's CA | give cluster.tls_key too (flowd cert ca, then flowd cert issue NAME --cluster ID --host IP)",
+            ],
+        ),
+        (
             "a topic named as the engine's own",
             format!("{BASE}\n[[topic]]\nname = \"__flowd.cursors.lines\"\n"),
             &[
