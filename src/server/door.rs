@@ -69,28 +69,29 @@ pub struct Door {
 }
 
 impl Door {
-    /// How long a client may stay silent before its first byte: its idle timeout, or
-    /// `io_timeout` where it must speak first (TLS, or a server with credentials).
+    /// How long the door waits for a connection's first bytes: on a TLS door
+    /// `io_timeout` (a client must speak first; one silent that long is closed); on a
+    /// plaintext door what its protocol would wait (its idle timeout, or `io_timeout`
+    /// for AUTH on a server with credentials), at most a second: a silent client is then
+    /// handed to its protocol, whose own timers run.
     pub fn first_wait(&self, idle_timeout: Duration, closed_gate: bool) -> Duration {
-        if self.tls.is_some() || closed_gate {
+        if self.tls.is_some() {
+            return self.io_timeout;
+        }
+        let protocol = if closed_gate {
             self.io_timeout
         } else {
             idle_timeout
-        }
+        };
+        protocol.min(Duration::from_secs(1))
     }
 
     /// The connection ready to serve, or `None` when it is closed here (said in the log
-    /// and counted). A TLS door closes a client silent for `first_wait`; a plaintext
-    /// door hands a silent one to its protocol after at most a second, whose own timers
-    /// (idle, AUTH) then run.
+    /// and counted), its first bytes waited for at most `first_wait` (`first_wait()`).
     pub async fn open(&self, stream: TcpStream, metrics: &Metrics, first_wait: Duration) -> Option<Stream> {
         let _ = stream.set_nodelay(true);
         let peer = stream.peer_addr().ok();
-        let wait = match self.tls {
-            Some(_) => first_wait,
-            None => first_wait.min(Duration::from_secs(1)),
-        };
-        let Some(hello) = self.sniff(&stream, wait).await else {
+        let Some(hello) = self.sniff(&stream, first_wait).await else {
             if self.tls.is_none() {
                 return Some(Stream::plain(stream));
             }
