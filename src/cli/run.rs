@@ -91,9 +91,16 @@ pub fn run(args: RunArgs) -> Result<ExitCode, CliError> {
     let (doors, bound) = crate::server::listen(&spec)?;
     let cluster = match &args.cluster {
         Some(options) => {
+            // The flags' files, else [cluster]'s.
+            let tls = options.tls.clone().or_else(|| {
+                spec.peer_tls.as_ref().map(|t| crate::tls::peer::PeerFiles {
+                    cert: t.cert.clone(),
+                    key: t.key.clone(),
+                    ca: t.ca.clone(),
+                })
+            });
             // Mutual TLS guards the peer port as TLS and credentials guard a door.
-            let peer_tls = options.tls.is_some() || spec.peer_tls.is_some();
-            if !peer_tls {
+            if tls.is_none() {
                 crate::server::listeners::exposed("--peer-listen", options.listen, insecure)?;
             }
             if options.listen.ip().is_unspecified() {
@@ -110,13 +117,6 @@ pub fn run(args: RunArgs) -> Result<ExitCode, CliError> {
                 } else {
                     tcp
                 }
-            });
-            let tls = options.tls.clone().or_else(|| {
-                spec.peer_tls.as_ref().map(|t| crate::tls::peer::PeerFiles {
-                    cert: t.cert.clone(),
-                    key: t.key.clone(),
-                    ca: t.ca.clone(),
-                })
             });
             let options = crate::cluster::ClusterOptions {
                 client,

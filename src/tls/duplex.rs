@@ -114,6 +114,68 @@ impl Duplex {
     }
 }
 
+/// A blocking connection in plaintext or in TLS, read and written like its socket;
+/// `try_clone` gives the handle a second thread uses (one reads, one writes).
+pub enum MaybeTls {
+    Plain(TcpStream),
+    Tls(Box<Duplex>),
+}
+
+impl MaybeTls {
+    /// The socket underneath (addresses, peeks).
+    pub fn socket(&self) -> &TcpStream {
+        match self {
+            MaybeTls::Plain(s) => s,
+            MaybeTls::Tls(t) => t.socket(),
+        }
+    }
+
+    /// Another handle on the connection.
+    pub fn try_clone(&self) -> io::Result<MaybeTls> {
+        Ok(match self {
+            MaybeTls::Plain(s) => MaybeTls::Plain(s.try_clone()?),
+            MaybeTls::Tls(t) => MaybeTls::Tls(Box::new(t.try_clone()?)),
+        })
+    }
+
+    pub fn set_read_timeout(&self, timeout: Option<std::time::Duration>) -> io::Result<()> {
+        self.socket().set_read_timeout(timeout)
+    }
+
+    pub fn set_write_timeout(&self, timeout: Option<std::time::Duration>) -> io::Result<()> {
+        self.socket().set_write_timeout(timeout)
+    }
+
+    pub fn shutdown(&self, how: std::net::Shutdown) -> io::Result<()> {
+        self.socket().shutdown(how)
+    }
+}
+
+impl Read for MaybeTls {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        match self {
+            MaybeTls::Plain(s) => s.read(buf),
+            MaybeTls::Tls(t) => t.read(buf),
+        }
+    }
+}
+
+impl Write for MaybeTls {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        match self {
+            MaybeTls::Plain(s) => s.write(buf),
+            MaybeTls::Tls(t) => t.write(buf),
+        }
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        match self {
+            MaybeTls::Plain(s) => s.flush(),
+            MaybeTls::Tls(t) => t.flush(),
+        }
+    }
+}
+
 fn lock(session: &Mutex<Connection>) -> MutexGuard<'_, Connection> {
     session.lock().unwrap_or_else(|e| e.into_inner())
 }

@@ -14,7 +14,7 @@ use crate::cluster::{one_at_a_time, status};
 use crate::ingest::Server;
 use crate::replication::{
     Producing, each_acked_once, fifty_acked, record, replicas, replicated_dataflow, replicated_peer_of,
-    sets_by_leaders, settled, signal, tail_lines_when_led, tail_when_led, voters, wait_led, wait_led_by,
+    sets_by_leaders, settled, tail_lines_when_led, tail_when_led, voters, wait_led, wait_led_by,
 };
 use crate::support::{Tmpfs, stays, wait_until};
 
@@ -209,14 +209,14 @@ fn a_peer_back_on_an_empty_data_directory_is_not_counted_until_it_copied_its_rep
     let (lags, holds) = (followers[0], followers[1]);
 
     // One follower paused: the leader and the other ack; the paused one lags.
-    signal(&servers[lags], libc::SIGSTOP);
+    servers[lags].signal(libc::SIGSTOP);
     let acked = fifty_acked(&servers[leader], partition as u32);
     // Both copies that hold them go: the follower dies, the leader comes back on an
     // empty data directory under its old address, and the lagging one resumes.
     servers[holds].kill9();
     servers[leader].kill9();
     std::fs::remove_dir_all(dir.path().join(names[leader])).unwrap();
-    signal(&servers[lags], libc::SIGCONT);
+    servers[lags].signal(libc::SIGCONT);
     let leader_addr = peer_of(&servers[leader]);
     let seed = peer_of(&servers[lags]);
     servers[leader] = healing_peer(dir.path(), names[leader], &leader_addr, Some(&seed), grace);

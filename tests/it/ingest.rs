@@ -178,6 +178,12 @@ impl Server {
         }
     }
 
+    /// Sends `signal` to the engine, which must still run (the kill must land).
+    pub(crate) fn signal(&self, signal: i32) {
+        // SAFETY: kill(2) on our own child's pid; no memory is touched.
+        assert_eq!(unsafe { libc::kill(self.child.id() as libc::pid_t, signal) }, 0);
+    }
+
     /// SIGTERM, then waits (at most `limit`) for the exit: `Some(success)`, or `None`
     /// if it did not exit in time (then it is killed).
     pub(crate) fn terminate(&mut self, limit: Duration) -> Option<bool> {

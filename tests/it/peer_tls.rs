@@ -276,8 +276,7 @@ fn only_peers_with_a_certificate_of_the_cluster_get_in() {
     assert!(values.iter().all(|v| v == "certified"), "{values:?}");
 
     // SIGHUP reads the peer certificate again; the peers still meet after it.
-    // SAFETY: kill(2) on our own child.
-    assert_eq!(unsafe { libc::kill(first.pid() as libc::pid_t, libc::SIGHUP) }, 0);
+    first.signal(libc::SIGHUP);
     assert!(
         first.log.wait_for(
             &["SIGHUP: the peer port's TLS certificate"],

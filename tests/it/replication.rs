@@ -406,11 +406,6 @@ pub(crate) fn fifty_acked(server: &Server, partition: u32) -> Vec<String> {
         .collect()
 }
 
-pub(crate) fn signal(server: &Server, signal: i32) {
-    // SAFETY: kill(2) on our own child's pid; no memory is touched.
-    unsafe { libc::kill(server.pid() as libc::pid_t, signal) };
-}
-
 #[test]
 fn a_leader_cut_off_from_its_replicas_acks_nothing_and_goes_on_once_they_are_back() {
     use flowd::client::ClientError;
@@ -442,12 +437,12 @@ fn a_leader_cut_off_from_its_replicas_acks_nothing_and_goes_on_once_they_are_bac
     // Both followers paused: the leader alone is a minority and acks nothing.
     let others: Vec<&Server> = (0..3).filter(|i| *i != leader).map(|i| &servers[i]).collect();
     for s in &others {
-        signal(s, libc::SIGSTOP);
+        s.signal(libc::SIGSTOP);
     }
     let cut_off = client.produce_batch("events", Some(partition), &[record("cut off")]);
     let hwm_then = replicas(&servers[leader])[&u64::from(partition)].3;
     for s in &others {
-        signal(s, libc::SIGCONT);
+        s.signal(libc::SIGCONT);
     }
     match cut_off {
         Err(ClientError::Server { message, .. }) => assert!(
@@ -483,14 +478,14 @@ fn the_new_leader_is_the_replica_holding_every_acked_record_not_a_lagging_one() 
     let (keeps_up, lags) = ((leader + 1) % 3, (leader + 2) % 3);
 
     // One follower paused: the leader and the other still make a quorum, and ack.
-    signal(&servers[lags], libc::SIGSTOP);
+    servers[lags].signal(libc::SIGSTOP);
     let acked = fifty_acked(&servers[leader], partition);
     let lagging_end = replicas(&servers[keeps_up])[&u64::from(partition)].2;
     assert!(lagging_end >= 50, "the follower that kept up holds them");
 
     // The leader dies as the lagging follower comes back: the one that kept up leads.
     servers[leader].kill9();
-    signal(&servers[lags], libc::SIGCONT);
+    servers[lags].signal(libc::SIGCONT);
     wait_led_by(&[&servers[keeps_up], &servers[lags]]);
     let new_leader = [keeps_up, lags]
         .into_iter()

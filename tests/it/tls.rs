@@ -295,14 +295,7 @@ fn sighup_swaps_the_certificate_without_dropping_a_connection() {
         .unwrap();
 
     install(&new);
-    let hangup = |server: &Server| {
-        // SAFETY: kill(2) on our own child.
-        assert_eq!(
-            unsafe { libc::kill(server.pid() as libc::pid_t, libc::SIGHUP) },
-            0
-        );
-    };
-    hangup(&server);
+    server.signal(libc::SIGHUP);
     assert!(
         server
             .log
@@ -328,7 +321,7 @@ fn sighup_swaps_the_certificate_without_dropping_a_connection() {
 
     // A pair that does not fit is refused; the one in force stays.
     std::fs::copy(old.join("server.pem"), live.join("server.pem")).unwrap();
-    hangup(&server);
+    server.signal(libc::SIGHUP);
     assert!(
         server.log.wait_for(
             &["was not reloaded; the one read before stays"],
