@@ -25,6 +25,8 @@ pub enum Kind {
     FetchBatches = 0x08,
     /// A token, before anything else on a server with credentials.
     Auth = 0x09,
+    /// A peer relaying over mutual TLS says which credential its client proved.
+    Vouch = 0x0A,
     Claim = 0x10,
     Ack = 0x11,
     Reclaim = 0x12,
@@ -61,6 +63,7 @@ impl Kind {
             0x07 => ProduceBatch,
             0x08 => FetchBatches,
             0x09 => Auth,
+            0x0A => Vouch,
             0x10 => Claim,
             0x11 => Ack,
             0x12 => Reclaim,

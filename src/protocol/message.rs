@@ -112,6 +112,11 @@ pub enum Request<'a> {
     Auth {
         token: &'a str,
     },
+    /// Who the client a relaying peer speaks for is: the name of the credential it
+    /// proved to that peer (taken only from a peer in mutual TLS).
+    Vouch {
+        name: &'a str,
+    },
 }
 
 fn decode_groups<'a>(c: &mut Cursor<'a>) -> Result<Vec<ProduceGroup<'a>>, ProtocolError> {
@@ -248,6 +253,9 @@ impl<'a> Request<'a> {
             Some(Kind::Auth) => Request::Auth {
                 token: c.str("a token")?,
             },
+            Some(Kind::Vouch) => Request::Vouch {
+                name: c.str("a credential name")?,
+            },
             _ if Kind::is_reserved(header.kind) => {
                 return Err(ProtocolError::new(
                     ErrorCode::Unsupported,
@@ -287,6 +295,7 @@ impl<'a> Request<'a> {
             Request::Length { .. } => Kind::Length,
             Request::State { .. } => Kind::State,
             Request::Auth { .. } => Kind::Auth,
+            Request::Vouch { .. } => Kind::Vouch,
         };
         let start = begin_frame(out, kind, request_id);
         match self {
@@ -340,6 +349,7 @@ impl<'a> Request<'a> {
                 put_bytes(out, key);
             }
             Request::Auth { token } => put_str(out, token),
+            Request::Vouch { name } => put_str(out, name),
         }
         finish_frame(out, start);
     }

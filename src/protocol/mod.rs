@@ -68,6 +68,13 @@
 //!                naming the permission missing, and the connection stays open. On a
 //!                server without credentials AUTH is answered AUTHED with an empty name.
 //! 0x89 AUTHED    string the credential's name
+//! 0x0A VOUCH     string a credential's name: the client a peer relays requests for
+//!                proved it to that peer (by token or certificate). Taken only on a
+//!                connection from a peer of this cluster in mutual TLS (the ALPN
+//!                protocol `flowd-relay/1`, `tls::peer`), as its first frame on a server
+//!                with credentials; answered AUTHED, or ERROR unauthenticated (21) for a
+//!                name this server's credentials lack, or forbidden (22) from anyone
+//!                else, and the connection is closed.
 //!
 //! On a port with TLS (`ingest.tls_cert`) every frame travels inside TLS 1.3. A client
 //! that speaks plaintext there gets one plaintext ERROR tls_required (23) with request

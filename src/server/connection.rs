@@ -70,7 +70,12 @@ struct Held {
 type Outgoing = (Vec<u8>, Option<Held>);
 
 pub async fn accept_loop(shard: Rc<Shard>, front: Rc<Front>, fd: RawFd) {
-    server::accept_loop(shard, front, fd, ("TCP", tls_required), serve, refuse).await;
+    let speaks = server::door::Speaks {
+        what: "TCP",
+        plain_answer: tls_required,
+        relays: true,
+    };
+    server::accept_loop(shard, front, fd, speaks, serve, refuse).await;
 }
 
 /// What a plaintext client on the TLS port reads: one ERROR frame it can decode.
@@ -107,12 +112,16 @@ struct Session {
     relays: relay::Relays,
     /// When AUTH must have come by (a closed gate, no identity yet).
     auth_by: Option<Instant>,
+    /// The peer of this cluster relaying on this connection (mutual TLS), who may
+    /// VOUCH for its clients.
+    relayer: Option<String>,
 }
 
 /// Serves one connection until the client closes it or breaks a rule.
 pub async fn serve(shard: Rc<Shard>, front: Rc<Front>, stream: TcpStream) {
     let peer = stream.peer_addr().map(|a| a.to_string()).unwrap_or_default();
     let certified = stream.client_name().map(str::to_owned);
+    let relayer = stream.relayer().map(str::to_owned);
     let (mut reader, writer) = futures_lite::io::split(stream);
     let (out_tx, out_rx) = flume::bounded::<Outgoing>(OUTGOING_MAX);
     let writer_task = glommio::spawn_local(write_loop(writer, out_rx, front.io_timeout, peer.clone()));
@@ -129,12 +138,14 @@ pub async fn serve(shard: Rc<Shard>, front: Rc<Front>, stream: TcpStream) {
         identity: None,
         relays: front.relays.clone(),
         auth_by: front.gate.closed().then(|| Instant::now() + front.io_timeout),
+        relayer,
     };
     // A client certificate naming a credential proves it: no AUTH needed.
     if session.auth_by.is_some()
         && let Some(identity) = certified.and_then(|name| front.gate.certified(&name))
     {
         tracing::debug!(%peer, name = %identity.name, "client certificate accepted");
+        session.relays = front.relays.as_client(Some(&identity.name), None);
         session.identity = Some(identity);
         session.auth_by = None;
     }
@@ -360,7 +371,51 @@ async fn authenticate(
         return Err("AUTH with an unknown token".to_owned());
     };
     crate::protocol::message::encode_authed(&mut bytes, id, &identity.name);
-    session.relays = front.relays.as_client(Some(Rc::from(token)));
+    session.relays = front.relays.as_client(Some(&identity.name), Some(token));
+    session.identity = Some(identity);
+    session.auth_by = None;
+    let _ = out.send_async((bytes, None)).await;
+    Ok(())
+}
+
+/// VOUCH: a peer relaying over mutual TLS names the credential its client proved to
+/// it; that credential's identity serves the rest of the connection, answered AUTHED.
+/// From anyone else, or naming a credential this server lacks, it ends the connection.
+async fn vouch(
+    shard: &Rc<Shard>,
+    front: &Front,
+    session: &mut Session,
+    name: &str,
+    id: u64,
+    out: &flume::Sender<Outgoing>,
+) -> Result<(), String> {
+    let Some(relayer) = session.relayer.clone() else {
+        shard.shared.metrics.auth_refused.add(1);
+        let error = ProtocolError::new(
+            ErrorCode::Forbidden,
+            "VOUCH is taken only from a peer of this cluster relaying in mutual TLS; a client gives AUTH",
+        );
+        send_error(shard, out, id, &error).await;
+        return Err("VOUCH from a connection that is no relaying peer".to_owned());
+    };
+    let mut bytes = Vec::new();
+    if !front.gate.closed() {
+        crate::protocol::message::encode_authed(&mut bytes, id, "");
+        let _ = out.send_async((bytes, None)).await;
+        return Ok(());
+    }
+    let Some(identity) = front.gate.certified(name) else {
+        shard.shared.metrics.auth_refused.add(1);
+        let error = ProtocolError::new(
+            ErrorCode::Unauthenticated,
+            format!(
+                "the peer {relayer} relays for the credential {name:?}, which is not one of this server's: every peer needs the same credentials file"
+            ),
+        );
+        send_error(shard, out, id, &error).await;
+        return Err(format!("VOUCH by {relayer} for an unknown credential {name:?}"));
+    };
+    crate::protocol::message::encode_authed(&mut bytes, id, &identity.name);
     session.identity = Some(identity);
     session.auth_by = None;
     let _ = out.send_async((bytes, None)).await;
@@ -395,6 +450,9 @@ async fn dispatch(
     if let Request::Auth { token } = request {
         return authenticate(shard, front, session, token, id, out).await;
     }
+    if let Request::Vouch { name } = request {
+        return vouch(shard, front, session, name, id, out).await;
+    }
     if front.gate.closed() && session.identity.is_none() {
         shard.shared.metrics.auth_refused.add(1);
         send_error(shard, out, id, &crate::server::gate::unauthenticated()).await;
@@ -422,7 +480,7 @@ async fn dispatch(
         Request::Job(_) => body + RECORD_RESPONSE,
         Request::State { .. } => RECORD_RESPONSE,
         Request::Status { .. } | Request::ConsumerAdmin(_) => LARGE_RESPONSE,
-        Request::Auth { .. } => SMALL_RESPONSE,
+        Request::Auth { .. } | Request::Vouch { .. } => SMALL_RESPONSE,
     };
     // A single request may always go alone, whatever it costs.
     let cost = cost.min(RESPONSE_BUDGET + front.max_frame_bytes as u64);
@@ -580,8 +638,8 @@ async fn dispatch(
                 let _ = out.send_async((bytes, Some(held))).await;
             });
         }
-        // Answered before the budget (`authenticate`).
-        Request::Auth { .. } => {}
+        // Answered before the budget (`authenticate`, `vouch`).
+        Request::Auth { .. } | Request::Vouch { .. } => {}
         Request::Claim(_)
         | Request::Ack(_)
         | Request::Reclaim(_)

@@ -8,6 +8,12 @@
 //! The first bytes are peeked, not read: the protocol (or rustls) reads them as if
 //! nothing had looked, and a wait given up loses no byte. A ClientHello is told apart in
 //! its first six bytes (`tls::client_hello`).
+//!
+//! In a cluster whose peers speak mutual TLS, the binary protocol's door also takes
+//! relays from other peers, TLS or not itself: a ClientHello offering `flowd-relay/1`
+//! (`tls::peer::RELAY_ALPN`) is answered with the peer certificate, and the connection
+//! is served only if the other presented one of the cluster CA naming this cluster
+//! (`Stream::relayer`); such a connection may vouch for the clients it relays for.
 
 use std::io;
 use std::net::SocketAddr;
@@ -22,6 +28,7 @@ use glommio::net::TcpStream;
 use crate::metrics::Metrics;
 use crate::server::api;
 use crate::tls::ServerTls;
+use crate::tls::peer::{PeerTls, RELAY_ALPN};
 
 /// A connection, in TLS or not, from the first byte it sent.
 pub struct Stream {
@@ -29,6 +36,8 @@ pub struct Stream {
     peer: Option<SocketAddr>,
     /// The common name of the client certificate the TLS handshake verified.
     client_name: Option<String>,
+    /// A peer of this cluster relaying its clients' requests (its certificate's name).
+    relayer: Option<String>,
 }
 
 enum Inner {
@@ -44,6 +53,7 @@ impl Stream {
             inner: Inner::Plain(stream),
             peer,
             client_name: None,
+            relayer: None,
         }
     }
 
@@ -55,6 +65,22 @@ impl Stream {
     pub fn client_name(&self) -> Option<&str> {
         self.client_name.as_deref()
     }
+
+    /// The peer of this cluster on the other side, when it is one relaying (its
+    /// certificate's common name, else its addresses).
+    pub fn relayer(&self) -> Option<&str> {
+        self.relayer.as_deref()
+    }
+}
+
+/// What a door's listener speaks.
+pub struct Speaks {
+    /// "TCP" or "HTTP", for the log.
+    pub what: &'static str,
+    /// Written (in plaintext) to a plaintext client on a TLS door before it is closed.
+    pub plain_answer: fn() -> Vec<u8>,
+    /// Whether it takes relays from other peers (the binary protocol).
+    pub relays: bool,
 }
 
 /// How one door opens its connections.
@@ -66,6 +92,8 @@ pub struct Door {
     pub io_timeout: Duration,
     /// Written (in plaintext) to a plaintext client on a TLS door before it is closed.
     pub plain_answer: fn() -> Vec<u8>,
+    /// The peer port's TLS, on a door that takes relays from other peers.
+    pub relays: Option<Arc<PeerTls>>,
 }
 
 impl Door {
@@ -104,7 +132,7 @@ impl Door {
         };
         match (&self.tls, hello) {
             (None, false) => Some(Stream::plain(stream)),
-            (None, true) => {
+            (None, true) if self.relays.is_none() => {
                 metrics.tls_refused.add(1);
                 tracing::warn!(
                     ?peer,
@@ -143,46 +171,91 @@ impl Door {
                 let _ = stream.close().await;
                 None
             }
-            (Some(tls), true) => {
-                let acceptor = futures_rustls::TlsAcceptor::from(tls.config());
-                let ahead = ReadAhead {
-                    buf: Vec::new(),
-                    at: 0,
-                    end: 0,
-                    inner: stream,
-                };
-                match api::within(self.io_timeout, acceptor.accept(ahead)).await {
-                    Some(Ok(stream)) => {
-                        let client_name = stream
-                            .get_ref()
-                            .1
-                            .peer_certificates()
-                            .and_then(|chain| chain.first())
-                            .and_then(crate::tls::common_name);
-                        Some(Stream {
-                            inner: Inner::Tls(Box::new(stream)),
-                            peer,
-                            client_name,
-                        })
-                    }
-                    Some(Err(error)) => {
-                        metrics.tls_refused.add(1);
-                        tracing::warn!(?peer, %error, "TLS handshake on the {} door failed", self.what);
-                        None
-                    }
-                    None => {
-                        metrics.tls_refused.add(1);
-                        tracing::warn!(
-                            ?peer,
-                            "TLS handshake on the {} door not done within {}: closed",
-                            self.what,
-                            humantime::format_duration(self.io_timeout)
-                        );
-                        None
-                    }
+            (_, true) => self.handshake(stream, peer, metrics).await,
+        }
+    }
+
+    /// Shakes hands with a client whose ClientHello came (within `io_timeout`): as this
+    /// door's TLS, or as a peer's when it offers `RELAY_ALPN` and the door takes relays.
+    /// A TLS client on a plaintext door that is no relaying peer is closed.
+    async fn handshake(
+        &self,
+        stream: TcpStream,
+        peer: Option<SocketAddr>,
+        metrics: &Metrics,
+    ) -> Option<Stream> {
+        let deadline = Instant::now() + self.io_timeout;
+        let left = || deadline.saturating_duration_since(Instant::now());
+        let ahead = ReadAhead {
+            buf: Vec::new(),
+            at: 0,
+            end: 0,
+            inner: stream,
+        };
+        let lazy = futures_rustls::LazyConfigAcceptor::new(rustls::server::Acceptor::default(), ahead);
+        let start = match api::within(left(), lazy).await {
+            Some(Ok(start)) => start,
+            Some(Err(error)) => return self.failed(metrics, peer, &error.to_string()),
+            None => return self.failed(metrics, peer, "not done in time"),
+        };
+        let relaying = self.relays.as_ref().filter(|_| {
+            start
+                .client_hello()
+                .alpn()
+                .is_some_and(|mut offered| offered.any(|p| p == RELAY_ALPN))
+        });
+        let config = match (relaying, &self.tls) {
+            (Some(peers), _) => peers.relay_server(),
+            (None, Some(tls)) => tls.config(),
+            (None, None) => {
+                metrics.tls_refused.add(1);
+                tracing::warn!(
+                    ?peer,
+                    "a TLS client on the plaintext {} door: closed (this listener has no tls_cert; connect without TLS, or give the server one)",
+                    self.what
+                );
+                return None;
+            }
+        };
+        let stream = match api::within(left(), start.into_stream(config)).await {
+            Some(Ok(stream)) => stream,
+            Some(Err(error)) => return self.failed(metrics, peer, &error.to_string()),
+            None => return self.failed(metrics, peer, "not done in time"),
+        };
+        let chain = stream.get_ref().1.peer_certificates().unwrap_or_default();
+        let mut relayer = None;
+        if let Some(peers) = relaying {
+            match peers.cluster_peer(chain) {
+                Ok(subject) => {
+                    relayer = Some(subject.name.unwrap_or_else(|| format!("{:?}", subject.ips)));
+                }
+                Err(error) => {
+                    return self.failed(metrics, peer, &format!("a relaying peer refused: {error}"));
                 }
             }
         }
+        let client_name = match relayer {
+            Some(_) => None,
+            None => chain.first().and_then(crate::tls::common_name),
+        };
+        Some(Stream {
+            inner: Inner::Tls(Box::new(stream)),
+            peer,
+            client_name,
+            relayer,
+        })
+    }
+
+    /// A handshake that failed for `why`: counted, logged, closed.
+    fn failed(&self, metrics: &Metrics, peer: Option<SocketAddr>, why: &str) -> Option<Stream> {
+        metrics.tls_refused.add(1);
+        tracing::warn!(
+            ?peer,
+            "TLS handshake on the {} door failed ({why}; at most {} is given to it): closed",
+            self.what,
+            humantime::format_duration(self.io_timeout)
+        );
+        None
     }
 
     /// Whether the connection's first bytes open a TLS ClientHello, peeked (nothing is

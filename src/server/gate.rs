@@ -181,6 +181,6 @@ pub fn needs<'a>(request: &'a Request<'a>) -> Vec<Need<'a>> {
             }
             _ => vec![Need::Admin],
         },
-        Request::Auth { .. } => Vec::new(),
+        Request::Auth { .. } | Request::Vouch { .. } => Vec::new(),
     }
 }

@@ -56,6 +56,8 @@ pub struct Front {
     pub relays: relay::Relays,
     /// The doors' TLS, when they speak it.
     pub tls: Option<Arc<crate::tls::ServerTls>>,
+    /// The peer port's mutual TLS, when the peers speak it: relays go in it, both ways.
+    pub peer_tls: Option<Arc<crate::tls::peer::PeerTls>>,
     /// The last `(time, records in, jobs in)` sample, for the rates.
     last_sample: RefCell<(Instant, u64, u64)>,
 }
@@ -120,14 +122,13 @@ pub(crate) async fn accept(listener: &glommio::net::TcpListener, what: &str) -> 
 }
 
 /// Accepts connections on the listening socket `fd` (this shard's) until the engine
-/// stops: each is admitted, opened by the door (`what` in the log; `plain_answer` for a
-/// plaintext client on a TLS door) and served by `serve` on a task of its own, or
-/// refused (over a limit) by `refuse`, which tells the client why.
+/// stops: each is admitted, opened by the door (`speaks`) and served by `serve` on a
+/// task of its own, or refused (over a limit) by `refuse`, which tells the client why.
 pub(crate) async fn accept_loop<S, R>(
     shard: Rc<Shard>,
     front: Rc<Front>,
     fd: std::os::fd::RawFd,
-    (what, plain_answer): (&'static str, fn() -> Vec<u8>),
+    speaks: door::Speaks,
     serve: fn(Rc<Shard>, Rc<Front>, door::Stream) -> S,
     refuse: fn(door::Stream, admission::Refusal) -> R,
 ) where
@@ -138,11 +139,13 @@ pub(crate) async fn accept_loop<S, R>(
     // Safety: `fd` is a listening socket bound for this shard and owned by nothing else.
     let listener = unsafe { glommio::net::TcpListener::from_raw_fd(fd) };
     let metrics = Arc::clone(&shard.shared.metrics);
+    let what = speaks.what;
     let door = Rc::new(door::Door {
         what,
         tls: front.tls.clone(),
         io_timeout: front.io_timeout,
-        plain_answer,
+        plain_answer: speaks.plain_answer,
+        relays: front.peer_tls.clone().filter(|_| speaks.relays),
     });
     let first_wait = door.first_wait(front.idle_timeout, front.gate.closed());
     while !shard.shared.control.is_stopping() {
@@ -251,6 +254,11 @@ fn serve(shard: &Rc<Shard>, sockets: ShardSockets) {
     let (Some(admission), Some(gate)) = (sockets.admission.clone(), sockets.gate.clone()) else {
         return;
     };
+    let peer_tls = shard
+        .shared
+        .peers
+        .as_deref()
+        .and_then(|peers| peers.cluster.dialer.tls.clone());
     let front = Rc::new(Front {
         max_frame_bytes: ingest.max_frame_bytes as usize,
         io_timeout: ingest.io_timeout,
@@ -270,8 +278,9 @@ fn serve(shard: &Rc<Shard>, sockets: ShardSockets) {
             exposed
         },
         started: Instant::now(),
-        relays: relay::Relays::default(),
+        relays: relay::Relays::new(peer_tls.clone()),
         tls: sockets.tls.clone(),
+        peer_tls,
         last_sample: RefCell::new((Instant::now(), 0, 0)),
     });
     if let Some(fd) = sockets.tcp {

@@ -4,12 +4,18 @@
 //! peer (a FETCH_BATCHES gets the leader's stored batches as they are). A cluster's
 //! status asks every live peer for its own at once (`statuses`).
 //!
-//! One connection per (shard, peer, client token), made when first needed and dropped
-//! on any error or on an answer that does not come. On a server with credentials a
-//! request goes on with the token of the client that made it (its connection's first
-//! frame is AUTH with it), so the leader checks the same permissions again and no peer
-//! speaks for a client with more than the client's own: every peer needs the same
-//! credentials file. Requests are pipelined on it under ids of its own
+//! One connection per (shard, peer, client), made when first needed and dropped on any
+//! error or on an answer that does not come. On a server with credentials a request
+//! goes on for the client that made it, so the leader checks the same permissions
+//! again and no peer speaks for a client with more than the client's own: every peer
+//! needs the same credentials file. Between peers in mutual TLS (`--peer-tls-*`) the
+//! connection is TLS with the peer certificates (ALPN `flowd-relay/1`, `tls::peer`),
+//! whatever the doors speak, and its first frame VOUCHes for the client's credential
+//! by name: no token leaves the peer it was given to, and a client that proved itself
+//! by certificate is relayed too. Between plaintext peers the connection is plaintext
+//! and its first frame is AUTH with the client's token (a client known by certificate
+//! only is not relayed: it is told to ask the leader); a leader whose doors speak TLS
+//! refuses it, and the client is told why. Requests are pipelined on it under ids of its own
 //! (many clients' ids would collide): a relayed frame's id is rewritten, and its
 //! answer's id set back. A relayed frame carries `FLAG_RELAYED`, so the peer serves it
 //! itself and never relays it on: two views that disagree for a moment cannot bounce a
@@ -19,14 +25,16 @@
 
 use std::cell::{Cell, RefCell};
 use std::collections::HashMap;
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::pin::pin;
 use std::rc::Rc;
+use std::sync::Arc;
 use std::time::Duration;
 
-use futures_lite::AsyncReadExt;
+use futures_lite::{AsyncRead, AsyncReadExt, AsyncWrite};
 use glommio::net::TcpStream;
 use glommio::sync::Semaphore;
+use rustls_pki_types::ServerName;
 
 use crate::cluster::view::PeerState;
 use crate::protocol::frame::{FLAG_RELAYED, RawFrame};
@@ -38,6 +46,7 @@ use crate::runtime::service::FETCH_WAIT_MAX;
 use crate::runtime::shard::Shard;
 use crate::server::api::{self, within};
 use crate::server::outgoing::{WriteEnd, write_queued};
+use crate::tls::peer::PeerTls;
 
 /// Requests in flight on one relay connection; more wait for room.
 const IN_FLIGHT_MAX: u64 = 256;
@@ -54,19 +63,31 @@ fn answer_bytes_max() -> usize {
     ANSWER_BYTES_MIN.max(crate::cluster::frame::frame_limit())
 }
 
-/// This shard's relay connections, by the client address of the peer and the token
-/// they authenticate with; a handle that relays with one client's token (`as_client`).
-#[derive(Default, Clone)]
+/// This shard's relay connections, by the client address of the peer and the client
+/// they speak for; a handle that relays for one client (`as_client`).
+#[derive(Clone)]
 pub struct Relays {
     links: Rc<RefCell<HashMap<LinkKey, Rc<Link>>>>,
-    /// The token this handle's requests go on with (the client's own), if any.
+    /// The peers' mutual TLS: relays go in it, vouching for their client by name.
+    tls: Option<Arc<PeerTls>>,
+    /// Who this handle's requests go on for (the client, as it proved itself here).
+    client: Client,
+}
+
+/// The client a relay speaks for, on a server with credentials.
+#[derive(Clone, Default)]
+struct Client {
+    /// Its credential's name (VOUCHed for in mutual TLS).
+    name: Option<Rc<str>>,
+    /// Its token, when it gave one (AUTH in plaintext).
     token: Option<Rc<str>>,
 }
 
-/// A relay connection: the peer's client listener, and the client token it carries.
+/// A relay connection: the peer's client listener, and who it speaks for (the
+/// credential's name in mutual TLS, the token in plaintext).
 type LinkKey = (SocketAddr, Option<Rc<str>>);
 
-/// The request id of a relay connection's AUTH (relayed requests count from 1).
+/// The request id of a relay connection's AUTH or VOUCH (relayed requests count from 1).
 const AUTH_ID: u64 = 0;
 
 /// Where a relayed request's answer goes: the answer frame, or why there is none.
@@ -100,7 +121,8 @@ impl Link {
 pub struct Route {
     /// The peer that leads its partition (its peer address).
     pub peer: SocketAddr,
-    /// That peer's client listener.
+    /// That peer's client listener (in mutual TLS its certificate is the one of its
+    /// peer port, naming `peer`'s address).
     pub to: SocketAddr,
     /// How long the request may wait there by itself (a long-poll fetch), on top of
     /// `ANSWER_WAIT`.
@@ -191,7 +213,7 @@ pub async fn statuses(relays: &Relays, peers: &Peers) -> Vec<(SocketAddr, Result
         async move {
             let answer = match (state, client) {
                 (PeerState::Alive, Some(to)) => relays
-                    .exchange(to, frame, STATUS_WAIT, Silence::Forgotten)
+                    .exchange(addr.ip(), to, frame, STATUS_WAIT, Silence::Forgotten)
                     .await
                     .and_then(|answer| own_status(&answer)),
                 (PeerState::Alive, None) => Err("its client listener is not known yet".to_owned()),
@@ -257,11 +279,25 @@ pub fn frame_bytes(frame: &RawFrame<'_>) -> Vec<u8> {
 }
 
 impl Relays {
-    /// The same connections, relaying with `token` (the client's, once it proved it).
-    pub fn as_client(&self, token: Option<Rc<str>>) -> Relays {
+    /// No connections yet; in mutual TLS with `tls` when the peers speak it.
+    pub fn new(tls: Option<Arc<PeerTls>>) -> Relays {
+        Relays {
+            links: Rc::default(),
+            tls,
+            client: Client::default(),
+        }
+    }
+
+    /// The same connections, relaying for the client that proved to be the credential
+    /// `name` (with `token`, when it gave one).
+    pub fn as_client(&self, name: Option<&str>, token: Option<&str>) -> Relays {
         Relays {
             links: Rc::clone(&self.links),
-            token,
+            tls: self.tls.clone(),
+            client: Client {
+                name: name.map(Rc::from),
+                token: token.map(Rc::from),
+            },
         }
     }
 
@@ -271,7 +307,7 @@ impl Relays {
     pub async fn relay(&self, route: Route, frame: Vec<u8>, id: u64) -> Vec<u8> {
         let Route { peer, to, wait } = route;
         match self
-            .exchange(to, frame, ANSWER_WAIT + wait, Silence::BreaksLink)
+            .exchange(peer.ip(), to, frame, ANSWER_WAIT + wait, Silence::BreaksLink)
             .await
         {
             Ok(mut answer) => {
@@ -293,16 +329,25 @@ impl Relays {
         }
     }
 
+    /// Sends `frame` to the client listener `to` of the peer at `peer` and waits (at
+    /// most `wait`) for its answer.
     async fn exchange(
         &self,
+        peer: IpAddr,
         to: SocketAddr,
         mut frame: Vec<u8>,
         wait: Duration,
         silence: Silence,
     ) -> Result<Vec<u8>, String> {
+        if self.tls.is_none() && self.client.name.is_some() && self.client.token.is_none() {
+            return Err(
+                "the client proved itself by certificate, and a peer relays for such a client only in mutual TLS between peers (--peer-tls-*): send the request to the partition's leader (flowd status names it)"
+                    .to_owned(),
+            );
+        }
         // Until the frame is queued nothing here waits but for room, so requests a
         // client pipelined reach the peer in the order it sent them.
-        let link = self.link(to);
+        let link = self.link(peer, to);
         let _permit = link
             .room
             .acquire_permit(1)
@@ -342,20 +387,29 @@ impl Relays {
         }
     }
 
-    /// The connection to `to`; a new one (connecting in the background, its requests
-    /// queued meanwhile) if there is none or it broke.
-    fn link(&self, to: SocketAddr) -> Rc<Link> {
-        let key = (to, self.token.clone());
+    /// The connection to `to` (the client listener of the peer at `peer`); a new one
+    /// (connecting in the background, its requests queued meanwhile) if there is none
+    /// or it broke.
+    fn link(&self, peer: IpAddr, to: SocketAddr) -> Rc<Link> {
+        let who = match self.tls {
+            Some(_) => self.client.name.clone(),
+            None => self.client.token.clone(),
+        };
+        let key = (to, who);
         if let Some(link) = self.links.borrow().get(&key)
             && !link.broken.get()
         {
             return Rc::clone(link);
         }
         let (writes, queued) = flume::bounded(IN_FLIGHT_MAX as usize + 1);
-        if let Some(token) = &self.token {
-            let mut auth = Vec::new();
-            Request::Auth { token }.encode(AUTH_ID, &mut auth);
-            writes.try_send(auth).expect("a new queue has room");
+        let mut first = Vec::new();
+        match (&self.tls, &key.1) {
+            (Some(_), Some(name)) => Request::Vouch { name }.encode(AUTH_ID, &mut first),
+            (None, Some(token)) => Request::Auth { token }.encode(AUTH_ID, &mut first),
+            (_, None) => {}
+        }
+        if !first.is_empty() {
+            writes.try_send(first).expect("a new queue has room");
         }
         let link = Rc::new(Link {
             writes: RefCell::new(Some(writes)),
@@ -364,7 +418,8 @@ impl Relays {
             room: Semaphore::new(IN_FLIGHT_MAX),
             broken: Cell::new(false),
         });
-        glommio::spawn_local(run_link(to, queued, Rc::clone(&link))).detach();
+        let tls = self.tls.clone();
+        glommio::spawn_local(run_link(peer, to, tls, queued, Rc::clone(&link))).detach();
         self.links.borrow_mut().insert(key, Rc::clone(&link));
         link
     }
@@ -381,19 +436,59 @@ enum Silence {
     Forgotten,
 }
 
-/// Connects, then reads answers and writes the queued frames until the link breaks.
-async fn run_link(to: SocketAddr, queued: flume::Receiver<Vec<u8>>, link: Rc<Link>) {
+/// Connects (in mutual TLS with `tls`, to the peer at `peer`), then reads answers and
+/// writes the queued frames until the link breaks.
+async fn run_link(
+    peer: IpAddr,
+    to: SocketAddr,
+    tls: Option<Arc<PeerTls>>,
+    queued: flume::Receiver<Vec<u8>>,
+    link: Rc<Link>,
+) {
+    let no_time = || {
+        format!(
+            "no connection within {}",
+            humantime::format_duration(CONNECT_WAIT)
+        )
+    };
     let stream = match within(CONNECT_WAIT, TcpStream::connect(to)).await {
         Some(Ok(stream)) => stream,
         Some(Err(error)) => return link.fail(&format!("cannot connect: {error}")),
-        None => {
-            return link.fail(&format!(
-                "no connection within {}",
-                humantime::format_duration(CONNECT_WAIT)
-            ));
-        }
+        None => return link.fail(&no_time()),
     };
     let _ = stream.set_nodelay(true);
+    let Some(tls) = tls else {
+        return carry(stream, queued, link).await;
+    };
+    let connector = futures_rustls::TlsConnector::from(tls.relay_client());
+    let stream = match within(
+        CONNECT_WAIT,
+        connector.connect(ServerName::IpAddress(peer.into()), stream),
+    )
+    .await
+    {
+        Some(Ok(stream)) => stream,
+        Some(Err(error)) => {
+            tracing::warn!(
+                %peer, %to, %error,
+                "the TLS handshake of a relay failed: does that peer run with peer TLS and this cluster's CA (--peer-tls-*)?"
+            );
+            return link.fail(&format!("the TLS handshake failed: {error}"));
+        }
+        None => return link.fail(&no_time()),
+    };
+    let chain = stream.get_ref().1.peer_certificates().unwrap_or_default();
+    if let Err(error) = tls.cluster_peer(chain) {
+        return link.fail(&error.to_string());
+    }
+    carry(stream, queued, link).await;
+}
+
+/// Reads answers and writes the queued frames on `stream` until the link breaks.
+async fn carry<S>(stream: S, queued: flume::Receiver<Vec<u8>>, link: Rc<Link>)
+where
+    S: AsyncRead + AsyncWrite + Unpin + 'static,
+{
     let (reader, writer) = futures_lite::io::split(stream);
     let weak = Rc::downgrade(&link);
     glommio::spawn_local(read_loop(reader, link)).detach();
@@ -401,8 +496,8 @@ async fn run_link(to: SocketAddr, queued: flume::Receiver<Vec<u8>>, link: Rc<Lin
 }
 
 /// Writes the queued frames, coalesced; ends on an error or once the link is gone.
-async fn write_loop(
-    writer: futures_lite::io::WriteHalf<TcpStream>,
+async fn write_loop<S: AsyncWrite + Unpin>(
+    writer: futures_lite::io::WriteHalf<S>,
     queued: flume::Receiver<Vec<u8>>,
     link: std::rc::Weak<Link>,
 ) {
@@ -418,7 +513,7 @@ async fn write_loop(
 
 /// Hands each answer to the request waiting for it; on an error, end of stream or an
 /// answer overdue, fails every request still waiting.
-async fn read_loop(mut reader: futures_lite::io::ReadHalf<TcpStream>, link: Rc<Link>) {
+async fn read_loop<S: AsyncRead + Unpin>(mut reader: futures_lite::io::ReadHalf<S>, link: Rc<Link>) {
     let reason = loop {
         let mut prefix = [0u8; 4];
         // One read throughout (never dropped and restarted, so no byte is lost): an
@@ -462,19 +557,21 @@ async fn read_loop(mut reader: futures_lite::io::ReadHalf<TcpStream>, link: Rc<L
             }) = refusal
             {
                 tracing::warn!(
-                    "a peer's client listener speaks TLS, and relays between peers speak plaintext: \
-                     a request about a partition another peer leads cannot go on through this one; send it to the \
-                     leader (flowd status names it), or run a cluster's doors without TLS"
+                    "a peer's client listener speaks TLS, and this cluster's peers speak plaintext, so relays to it \
+                     cannot go: a request about a partition that peer leads must be sent to it (flowd status names \
+                     it); give the peers certificates (--peer-tls-*) and relays go in mutual TLS"
                 );
-                break "the peer's client listener speaks TLS, which relays do not yet: send the request to the partition's leader".to_owned();
+                break "the peer's client listener speaks TLS, and relays between plaintext peers do not: send the request to the partition's leader, or give the peers certificates (--peer-tls-*)".to_owned();
             }
-            let why = refusal.map(|r| format!("{r:?}")).unwrap_or_default();
+            let why = match refusal {
+                Some(Response::Error { message, .. }) => message,
+                other => format!("{other:?}"),
+            };
             tracing::warn!(
-                "a peer's client listener refused the token of a client this peer relays for ({why}): \
+                "a peer's client listener refused the client this peer relays for ({why}): \
                  every peer needs the same credentials file"
             );
-            break "the peer refused the client's token: every peer needs the same credentials file"
-                .to_owned();
+            break format!("the peer refused the client ({why}): every peer needs the same credentials file");
         }
         let waiter = link.pending.borrow_mut().remove(&id);
         if let Some(waiter) = waiter {

@@ -6,13 +6,20 @@
 //! of the cluster CA, or with one of another cluster, ends in the handshake; the
 //! address a peer then gives must be one of its certificate's (`cluster::transport`).
 //! Reloaded on SIGHUP like a door's certificate.
+//!
+//! The same certificates carry relays: a peer that passes a client's request on to
+//! the peer leading its partition connects to that peer's client listener offering the
+//! ALPN protocol `flowd-relay/1` (`RELAY_ALPN`), and the listener, seeing it in the
+//! ClientHello, shakes hands as the peer port does (`relay_server`, `relay_client`): both
+//! certificates the cluster CA's, naming the cluster. Only such a connection may vouch
+//! for a client the relaying peer checked (VOUCH, `protocol`), so no token travels.
 
 use std::net::{IpAddr, TcpStream};
 use std::path::PathBuf;
 use std::sync::Arc;
 
-use rustls::{ClientConfig, ClientConnection, ServerConnection};
-use rustls_pki_types::ServerName;
+use rustls::{ClientConfig, ClientConnection, ServerConfig, ServerConnection};
+use rustls_pki_types::{CertificateDer, ServerName};
 
 use super::duplex::Duplex;
 use super::server::{ServerFiles, ServerTls};
@@ -27,6 +34,9 @@ pub struct PeerFiles {
     pub ca: PathBuf,
 }
 
+/// The ALPN protocol a relaying peer offers a client listener (`tls::peer`'s doc).
+pub const RELAY_ALPN: &[u8] = b"flowd-relay/1";
+
 /// A peer's TLS: what it presents, whom it admits.
 #[derive(Debug)]
 pub struct PeerTls {
@@ -36,6 +46,9 @@ pub struct PeerTls {
     files: PeerFiles,
     server: ServerTls,
     client: Arc<ClientConfig>,
+    /// The server's and the client's settings with `RELAY_ALPN`, for relays.
+    relay_server: Arc<ServerConfig>,
+    relay_client: Arc<ClientConfig>,
 }
 
 impl PeerTls {
@@ -55,13 +68,52 @@ impl PeerTls {
             .map_err(|e| TlsError::Config(e.to_string()))?
             .with_root_certificates(roots)
             .with_client_cert_resolver(server.presented());
+        let mut relay_server = (*server.config()).clone();
+        relay_server.alpn_protocols = vec![RELAY_ALPN.to_vec()];
+        let mut relay_client = client.clone();
+        relay_client.alpn_protocols = vec![RELAY_ALPN.to_vec()];
         Ok(PeerTls {
             cluster: cluster.to_owned(),
             me,
             files,
             server,
             client: Arc::new(client),
+            relay_server: Arc::new(relay_server),
+            relay_client: Arc::new(relay_client),
         })
+    }
+
+    /// What a client listener shakes hands with for a relaying peer (whose ClientHello
+    /// offers `RELAY_ALPN`): this peer's certificate, and one of the cluster CA required.
+    /// The handshake done, `cluster_peer` checks the other's cluster.
+    pub fn relay_server(&self) -> Arc<ServerConfig> {
+        Arc::clone(&self.relay_server)
+    }
+
+    /// What a relaying peer connects to another's client listener with (an async
+    /// stream's handshake, `futures_rustls`): its server name is the IP address of the
+    /// other's peer port, which the other's certificate names; then `cluster_peer`.
+    pub fn relay_client(&self) -> Arc<ClientConfig> {
+        Arc::clone(&self.relay_client)
+    }
+
+    /// Who the other side of a relay is, from the certificate chain it presented: a
+    /// peer of this cluster, or an error saying whose certificate it is.
+    pub fn cluster_peer(&self, chain: &[CertificateDer<'_>]) -> Result<Subject, TlsError> {
+        let subject = chain.first().map(super::subject).unwrap_or_default();
+        if subject.organization.as_deref() != Some(self.cluster.as_str()) {
+            return Err(TlsError::Handshake(format!(
+                "its certificate ({}) is for cluster {}, and this peer's cluster is \"{}\": issue it one with flowd cert issue NAME --cluster {} --host IP",
+                subject.name.as_deref().unwrap_or("no name"),
+                subject
+                    .organization
+                    .as_deref()
+                    .map_or("none (not a peer certificate)".to_owned(), |c| format!("\"{c}\"")),
+                self.cluster,
+                self.cluster
+            )));
+        }
+        Ok(subject)
     }
 
     pub fn files(&self) -> &PeerFiles {
@@ -99,24 +151,7 @@ impl PeerTls {
 
     /// The other side's subject, if its certificate names this cluster.
     fn of_cluster(&self, duplex: &Duplex) -> Result<Subject, TlsError> {
-        let subject = duplex
-            .peer_certificates()
-            .first()
-            .map(super::subject)
-            .unwrap_or_default();
-        if subject.organization.as_deref() != Some(self.cluster.as_str()) {
-            return Err(TlsError::Handshake(format!(
-                "its certificate ({}) is for cluster {}, and this peer's cluster is \"{}\": issue it one with flowd cert issue NAME --cluster {} --host IP",
-                subject.name.as_deref().unwrap_or("no name"),
-                subject
-                    .organization
-                    .as_deref()
-                    .map_or("none (not a peer certificate)".to_owned(), |c| format!("\"{c}\"")),
-                self.cluster,
-                self.cluster
-            )));
-        }
-        Ok(subject)
+        self.cluster_peer(&duplex.peer_certificates())
     }
 }
 

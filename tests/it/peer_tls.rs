@@ -3,7 +3,8 @@
 //! cluster or none at all, or one that gives an address its certificate does not name,
 //! gets nothing: no join, no gossip, no PRODUCE, FETCH or COPY answered. A peer with a
 //! good certificate is served as before (every other cluster test runs with mutual TLS
-//! on: `ingest::Server::start_env`).
+//! on: `ingest::Server::start_env`). The client door takes relays from peers the same
+//! way: only a peer certificate of this cluster may VOUCH for a client there.
 
 use std::collections::BTreeSet;
 use std::io::{Read, Write};
@@ -16,7 +17,7 @@ use flowd::cluster::frame::{self, Kind};
 use flowd::cluster::handover::{self, CopyOrder};
 use flowd::cluster::transport::{Purpose, hello};
 use flowd::tls::duplex::Duplex;
-use flowd::tls::peer::{PeerFiles, PeerTls};
+use flowd::tls::peer::{PeerFiles, PeerTls, RELAY_ALPN};
 
 use crate::cluster::{events_dataflow, one_at_a_time, one_copy, served_by, start_file, tail, wait_all_alive};
 use crate::ingest::{PLAINTEXT_PEERS, run_cli};
@@ -88,6 +89,36 @@ fn forge(stream: &mut (impl Read + Write), from: SocketAddr, partitions: &[u32],
             Ok(Some(f)) => kinds.push(f.kind),
             Ok(None) | Err(_) => break,
         }
+    }
+    kinds
+}
+
+/// A relay as a peer opens one to a client door, in TLS with `config` (which offers
+/// `RELAY_ALPN`): VOUCH, then METADATA. The kinds answered until the connection ended,
+/// went quiet, or both were answered; none when the handshake failed.
+fn relay(door: SocketAddr, config: std::sync::Arc<rustls::ClientConfig>) -> Vec<u8> {
+    let session =
+        rustls::ClientConnection::new(config, rustls_pki_types::ServerName::IpAddress(HERE.into())).unwrap();
+    let Ok(mut stream) = Duplex::handshake(socket(door), session) else {
+        return Vec::new();
+    };
+    let mut out = Vec::new();
+    flowd::protocol::Request::Vouch { name: "anyone" }.encode(0, &mut out);
+    flowd::protocol::Request::Metadata.encode(1, &mut out);
+    if stream.write_all(&out).is_err() {
+        return Vec::new();
+    }
+    let mut kinds = Vec::new();
+    while kinds.len() < 2 {
+        let mut prefix = [0u8; 4];
+        if stream.read_exact(&mut prefix).is_err() {
+            break;
+        }
+        let mut rest = vec![0u8; u32::from_le_bytes(prefix) as usize];
+        if stream.read_exact(&mut rest).is_err() {
+            break;
+        }
+        kinds.push(rest[1]);
     }
     kinds
 }
@@ -193,6 +224,38 @@ fn only_peers_with_a_certificate_of_the_cluster_get_in() {
     assert_eq!(
         forge(&mut stream, posing_as, &partitions, "impostor"),
         vec![Kind::Error]
+    );
+
+    // The client door (plaintext itself) takes a relay in TLS from a peer of this
+    // cluster, VOUCH and all; from any other certificate of the CA it takes nothing.
+    let door: SocketAddr = first.tcp.parse().unwrap();
+    use flowd::protocol::Kind as Client;
+    assert_eq!(
+        relay(door, good.relay_client()),
+        vec![Client::Authed as u8, Client::MetadataReply as u8]
+    );
+    let (cert, key) = issue(&pki, "green", &["--cluster", "green", "--host", "127.0.0.1"]);
+    let green = PeerTls::load(
+        PeerFiles {
+            cert,
+            key,
+            ca: ca.clone(),
+        },
+        "green",
+        HERE,
+    )
+    .unwrap();
+    assert_eq!(relay(door, green.relay_client()), Vec::<u8>::new());
+    let mut posing = (*client.config()).clone();
+    posing.alpn_protocols = vec![RELAY_ALPN.to_vec()];
+    assert_eq!(relay(door, std::sync::Arc::new(posing)), Vec::<u8>::new());
+    assert!(
+        first.log.wait_for(
+            &["a relaying peer refused: its certificate (green) is for cluster \"green\""],
+            Duration::from_secs(5)
+        ),
+        "{}",
+        first.log.text()
     );
 
     // Whole peers: one in plaintext and one with another CA's certificate, seeded with

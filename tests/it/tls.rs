@@ -453,3 +453,176 @@ fn key_files_others_may_read_and_half_a_pair_are_refused_at_start() {
     assert_eq!(code, 2, "{err}");
     assert!(err.contains("ingest.tls_key") || err.contains("both"), "{err}");
 }
+
+/// The partitions `server` itself serves, as its own status (asked by `client`) says.
+fn served_here(client: &mut Client) -> Vec<u32> {
+    let status = client.status(true).unwrap();
+    status["topics"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|t| t["name"] == "events")
+        .flat_map(|t| t["partitions"].as_array().unwrap())
+        .filter(|p| p["standing"] == "serving")
+        .map(|p| p["partition"].as_u64().unwrap() as u32)
+        .collect()
+}
+
+#[test]
+fn in_a_cluster_with_tls_doors_requests_go_on_to_their_leader_in_mutual_tls_for_tokens_and_certificates() {
+    use flowd::protocol::{FetchFrom, Request};
+    const PARTITIONS: u32 = 16;
+    let _serial = crate::cluster::one_at_a_time();
+    let dir = tempfile::tempdir().unwrap();
+    let pki = authority(dir.path(), "ca");
+    let pki_s = pki.to_str().unwrap();
+    let (code, _, err) = run_cli(&["cert", "issue", "carol", "--dir", pki_s], "");
+    assert_eq!(code, 0, "{err}");
+    let credentials = dir.path().join("credentials");
+    let token = |name: &str, allow: &str| {
+        let creds = credentials.to_str().unwrap();
+        let (code, out, err) = run_cli(
+            &["token", "add", name, "--allow", allow, "--credentials", creds],
+            "",
+        );
+        assert_eq!(code, 0, "{err}");
+        out.lines()
+            .find(|l| l.starts_with("flowd_"))
+            .unwrap()
+            .trim()
+            .to_owned()
+    };
+    let reader = token("reader", "status,consume:events");
+    let writer = token("writer", "produce:events");
+    token("carol", "consume:events");
+    let file = dir.path().join("cluster.toml");
+    std::fs::write(
+        &file,
+        format!(
+            "[engine]\ndurability = \"group\"\n\n[ingest]\ntcp = \"127.0.0.1:0\"\n{}\ntls_client_ca = \"{}\"\n\
+             credentials = \"{}\"\n\n[cluster]\nreplicas = 1\n\n[[topic]]\nname = \"events\"\npartitions = {PARTITIONS}\n",
+            tls_lines(&pki),
+            pki.join("ca.pem").display(),
+            credentials.display()
+        ),
+    )
+    .unwrap();
+    let ca = pki.join("ca.pem");
+    let as_reader = |server: &Server| {
+        let mut client = connect(&server.tcp, Some(trusting(&ca))).unwrap();
+        client.auth(&reader).unwrap();
+        client
+    };
+    let as_carol = |server: &Server| {
+        let tls = ClientTls::load(&ClientFiles {
+            ca: Some(ca.clone()),
+            cert: Some(pki.join("carol.pem")),
+            key: Some(pki.join("carol.key")),
+            server_name: None,
+        })
+        .unwrap();
+        connect(&server.tcp, Some(tls)).unwrap()
+    };
+    let read = |client: &mut Client, partition: u32| {
+        client
+            .fetch("events", partition, FetchFrom::Earliest, 10_000, 0)
+            .map(|f| f.records.len() as u64)
+    };
+    // Two peers, each serving its share of the partitions (the other's reached only
+    // through a relay); `env` for the engines.
+    let start = |name: &str, env: &[(&str, &str)]| {
+        let first = crate::cluster::start_file_env(
+            &file,
+            dir.path(),
+            &format!("{name}1"),
+            &["--peer-listen", "127.0.0.1:0"],
+            env,
+        );
+        let seed = first.peer.clone().unwrap();
+        let second = crate::cluster::start_file_env(
+            &file,
+            dir.path(),
+            &format!("{name}2"),
+            &["--peer-listen", "127.0.0.1:0", "--seeds", &seed],
+            env,
+        );
+        let servers = [first, second];
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            let shares: Vec<Vec<u32>> = servers.iter().map(|s| served_here(&mut as_reader(s))).collect();
+            let mut all: Vec<u32> = shares.concat();
+            all.sort_unstable();
+            if all == (0..PARTITIONS).collect::<Vec<_>>() && shares.iter().all(|s| !s.is_empty()) {
+                return (servers, shares);
+            }
+            assert!(
+                Instant::now() < deadline,
+                "the two peers did not share the partitions within 60 s: {shares:?}"
+            );
+            std::thread::sleep(Duration::from_millis(200));
+        }
+    };
+
+    // Peers in mutual TLS (the tests' default): every partition reads through either
+    // peer, for a token's holder and for a certificate's.
+    let (servers, _) = start("tls", &[]);
+    let records: Vec<OwnedWireRecord> = (0..64)
+        .map(|i| OwnedWireRecord {
+            timestamp_ms: None,
+            key: Some(format!("k{i}").into_bytes()),
+            value: format!("v{i}").into_bytes(),
+            headers: Vec::new(),
+        })
+        .collect();
+    let mut producer = connect(&servers[0].tcp, Some(trusting(&ca))).unwrap();
+    producer.auth(&writer).unwrap();
+    producer.produce("events", &records).unwrap();
+    for server in &servers {
+        let (mut reader, mut carol) = (as_reader(server), as_carol(server));
+        let by_token: u64 = (0..PARTITIONS).map(|p| read(&mut reader, p).unwrap()).sum();
+        assert_eq!(by_token, 64, "a token's holder through {}", server.tcp);
+        let by_certificate: u64 = (0..PARTITIONS).map(|p| read(&mut carol, p).unwrap()).sum();
+        assert_eq!(
+            by_certificate, 64,
+            "a certificate's holder through {}",
+            server.tcp
+        );
+    }
+    // A client cannot vouch for anyone: only a relaying peer can.
+    let mut forger = connect(&servers[0].tcp, Some(trusting(&ca))).unwrap();
+    forger.auth(&token("nobody", "produce:events")).unwrap();
+    let error = forger
+        .call(&Request::Vouch { name: "reader" })
+        .and_then(flowd::client::server_error)
+        .unwrap_err();
+    assert!(
+        matches!(&error, ClientError::Server { code: ErrorCode::Forbidden, message } if message.contains("only from a peer")),
+        "{error}"
+    );
+    assert!(
+        read(&mut forger, 0).is_err(),
+        "a forged VOUCH ends the connection"
+    );
+    drop(servers);
+
+    // Peers in plaintext: what the other leads cannot go on to its TLS door, and the
+    // client is told so (a relay never speaks plaintext to a TLS door).
+    let (servers, shares) = start("plain", &[crate::ingest::PLAINTEXT_PEERS]);
+    let (mine, theirs) = (shares[0][0], shares[1][0]);
+    let mut reader = as_reader(&servers[0]);
+    assert_eq!(read(&mut reader, mine).unwrap(), 0);
+    let error = read(&mut reader, theirs).unwrap_err();
+    assert!(
+        matches!(&error, ClientError::Server { code: ErrorCode::Unavailable, message } if message.contains("--peer-tls-*")),
+        "{error}"
+    );
+    let error = read(&mut as_carol(&servers[0]), theirs).unwrap_err();
+    assert!(
+        matches!(&error, ClientError::Server { code: ErrorCode::Unavailable, message } if message.contains("proved itself by certificate")),
+        "{error}"
+    );
+    assert!(
+        servers[0].log.text().contains("give the peers certificates"),
+        "the relaying peer says why in its log"
+    );
+}

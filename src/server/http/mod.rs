@@ -41,7 +41,12 @@ use reply::{
 const DEFAULT_LIMIT: u32 = 100;
 
 pub async fn accept_loop(shard: Rc<Shard>, front: Rc<Front>, fd: RawFd) {
-    server::accept_loop(shard, front, fd, ("HTTP", tls_required), serve, refuse).await;
+    let speaks = server::door::Speaks {
+        what: "HTTP",
+        plain_answer: tls_required,
+        relays: false,
+    };
+    server::accept_loop(shard, front, fd, speaks, serve, refuse).await;
 }
 
 /// What a plain-HTTP client on the HTTPS port reads before it is closed.
@@ -346,7 +351,8 @@ fn bearer(
     if !headers.contains_key(hyper::header::AUTHORIZATION)
         && let Some(identity) = certified.and_then(|name| front.gate.certified(name))
     {
-        return Ok((Some(identity), front.relays.clone()));
+        let relays = front.relays.as_client(Some(&identity.name), None);
+        return Ok((Some(identity), relays));
     }
     let token = headers
         .get(hyper::header::AUTHORIZATION)
@@ -360,10 +366,8 @@ fn bearer(
             "the bearer token is not one of this server's credentials (mistyped, or removed)",
         )
     })?;
-    Ok((
-        Some(identity),
-        front.relays.as_client(Some(std::rc::Rc::from(token))),
-    ))
+    let relays = front.relays.as_client(Some(&identity.name), Some(token));
+    Ok((Some(identity), relays))
 }
 
 /// What an HTTP request needs (`auth::permission`): as its protocol twin does.
