@@ -355,27 +355,20 @@ async fn authenticate(
     id: u64,
     out: &flume::Sender<Outgoing>,
 ) -> Result<(), String> {
-    let mut bytes = Vec::new();
-    if !front.gate.closed() {
-        crate::protocol::message::encode_authed(&mut bytes, id, "");
-        let _ = out.send_async((bytes, None)).await;
-        return Ok(());
-    }
-    let Some(identity) = front.gate.identify(token) else {
-        shard.shared.metrics.auth_refused.add(1);
-        let error = ProtocolError::new(
-            ErrorCode::Unauthenticated,
-            "the token is not one of this server's credentials (mistyped, or removed): `flowd token add` makes one",
-        );
-        send_error(shard, out, id, &error).await;
-        return Err("AUTH with an unknown token".to_owned());
+    let proof = match front.gate.closed() {
+        false => None,
+        true => Some(front.gate.identify(token).ok_or_else(|| {
+            let error = ProtocolError::new(
+                ErrorCode::Unauthenticated,
+                "the token is not one of this server's credentials (mistyped, or removed): `flowd token add` makes one",
+            );
+            (error, "AUTH with an unknown token".to_owned())
+        })),
     };
-    crate::protocol::message::encode_authed(&mut bytes, id, &identity.name);
-    session.relays = front.relays.as_client(Some(&identity.name), Some(token));
-    session.identity = Some(identity);
-    session.auth_by = None;
-    let _ = out.send_async((bytes, None)).await;
-    Ok(())
+    if let Some(Ok(identity)) = &proof {
+        session.relays = front.relays.as_client(Some(&identity.name), Some(token));
+    }
+    proved(shard, session, id, out, proof).await
 }
 
 /// VOUCH: a peer relaying over mutual TLS names the credential its client proved to
@@ -389,35 +382,52 @@ async fn vouch(
     id: u64,
     out: &flume::Sender<Outgoing>,
 ) -> Result<(), String> {
-    let Some(relayer) = session.relayer.clone() else {
-        shard.shared.metrics.auth_refused.add(1);
-        let error = ProtocolError::new(
-            ErrorCode::Forbidden,
-            "VOUCH is taken only from a peer of this cluster relaying in mutual TLS; a client gives AUTH",
-        );
-        send_error(shard, out, id, &error).await;
-        return Err("VOUCH from a connection that is no relaying peer".to_owned());
-    };
-    let mut bytes = Vec::new();
-    if !front.gate.closed() {
-        crate::protocol::message::encode_authed(&mut bytes, id, "");
-        let _ = out.send_async((bytes, None)).await;
-        return Ok(());
-    }
-    let Some(identity) = front.gate.certified(name) else {
-        shard.shared.metrics.auth_refused.add(1);
-        let error = ProtocolError::new(
-            ErrorCode::Unauthenticated,
-            format!(
-                "the peer {relayer} relays for the credential {name:?}, which is not one of this server's: every peer needs the same credentials file"
+    let proof = match (&session.relayer, front.gate.closed()) {
+        (None, _) => Some(Err((
+            ProtocolError::new(
+                ErrorCode::Forbidden,
+                "VOUCH is taken only from a peer of this cluster relaying in mutual TLS; a client gives AUTH",
             ),
-        );
-        send_error(shard, out, id, &error).await;
-        return Err(format!("VOUCH by {relayer} for an unknown credential {name:?}"));
+            "VOUCH from a connection that is no relaying peer".to_owned(),
+        ))),
+        (Some(_), false) => None,
+        (Some(relayer), true) => Some(front.gate.certified(name).ok_or_else(|| {
+            let error = ProtocolError::new(
+                ErrorCode::Unauthenticated,
+                format!(
+                    "the peer {relayer} relays for the credential {name:?}, which is not one of this server's: every peer needs the same credentials file"
+                ),
+            );
+            (error, format!("VOUCH by {relayer} for an unknown credential {name:?}"))
+        })),
     };
-    crate::protocol::message::encode_authed(&mut bytes, id, &identity.name);
-    session.identity = Some(identity);
-    session.auth_by = None;
+    proved(shard, session, id, out, proof).await
+}
+
+/// How AUTH and VOUCH end: with `None` (an open gate) AUTHED with an empty name; with
+/// an identity, AUTHED with its name and the identity kept for the rest of the
+/// connection; with a refusal, its error sent (counted), and why the connection ends.
+async fn proved(
+    shard: &Shard,
+    session: &mut Session,
+    id: u64,
+    out: &flume::Sender<Outgoing>,
+    proof: Option<Result<std::sync::Arc<crate::auth::Identity>, (ProtocolError, String)>>,
+) -> Result<(), String> {
+    let mut bytes = Vec::new();
+    match proof {
+        None => crate::protocol::message::encode_authed(&mut bytes, id, ""),
+        Some(Ok(identity)) => {
+            crate::protocol::message::encode_authed(&mut bytes, id, &identity.name);
+            session.identity = Some(identity);
+            session.auth_by = None;
+        }
+        Some(Err((error, reason))) => {
+            shard.shared.metrics.auth_refused.add(1);
+            send_error(shard, out, id, &error).await;
+            return Err(reason);
+        }
+    }
     let _ = out.send_async((bytes, None)).await;
     Ok(())
 }

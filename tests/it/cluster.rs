@@ -989,7 +989,12 @@ both_ways!(
 
 /// Partitions of `topic` that `server` serves.
 pub(crate) fn served_by(server: &Server, topic: &str) -> Vec<u32> {
-    status(server)["topics"]
+    serving_in(&status(server), topic)
+}
+
+/// The partitions of `topic` a status document says are served there.
+pub(crate) fn serving_in(status: &serde_json::Value, topic: &str) -> Vec<u32> {
+    status["topics"]
         .as_array()
         .unwrap()
         .iter()

@@ -454,18 +454,10 @@ fn key_files_others_may_read_and_half_a_pair_are_refused_at_start() {
     assert!(err.contains("ingest.tls_key") || err.contains("both"), "{err}");
 }
 
-/// The partitions `server` itself serves, as its own status (asked by `client`) says.
+/// The partitions the server `client` is connected to serves itself, as its own status
+/// says.
 fn served_here(client: &mut Client) -> Vec<u32> {
-    let status = client.status(true).unwrap();
-    status["topics"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .filter(|t| t["name"] == "events")
-        .flat_map(|t| t["partitions"].as_array().unwrap())
-        .filter(|p| p["standing"] == "serving")
-        .map(|p| p["partition"].as_u64().unwrap() as u32)
-        .collect()
+    crate::cluster::serving_in(&client.status(true).unwrap(), "events")
 }
 
 #[test]
