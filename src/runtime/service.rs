@@ -360,6 +360,9 @@ pub async fn fetch_local(shard: &Shard, order: &FetchOrder) -> FetchAnswer {
             "fetch sent to a shard that does not own the partition".into(),
         ));
     };
+    if let Some(error) = shard.unconfirmed(order.topic, order.partition) {
+        return Err(error);
+    }
     let deadline = Instant::now() + Duration::from_millis(order.wait_ms.into()).min(FETCH_WAIT_MAX);
     let position = {
         let log = partition.log.borrow();

@@ -315,6 +315,15 @@ impl Shard {
             .expect("placement sends a partition only to its owner")
     }
 
+    /// Why a client may not read the partition here yet, in a cluster whose new leader
+    /// of it has not confirmed its epoch's start (`Replication::unconfirmed`).
+    pub fn unconfirmed(&self, topic: usize, partition: u32) -> Option<EngineError> {
+        self.shared
+            .peers
+            .as_ref()
+            .and_then(|peers| peers.replication.unconfirmed(topic, partition))
+    }
+
     /// For a stage's batch (`Batch::lead`): where its ack goes (the log's end) if a later
     /// lead's batch of its producer came before it, so that it is not written.
     fn stale(&self, partition: &LocalPartition, batch: &Batch) -> Option<u64> {

@@ -36,6 +36,7 @@ use crate::cluster::replication::{Fenced, ReplicaFetch};
 use crate::runtime::cluster::copy_pace::CopyPace;
 use crate::runtime::cluster::peers::Peers;
 use crate::runtime::cluster::{follower, leader};
+use crate::runtime::error::EngineError;
 use crate::runtime::placement::owner;
 use crate::runtime::service::ShardRequest;
 use crate::runtime::shard::{Shard, Shared};
@@ -325,6 +326,29 @@ impl Replication {
 
     pub fn state(&self, topic: usize, partition: u32) -> &Arc<ReplicaState> {
         &self.states[topic][partition as usize]
+    }
+
+    /// Why a client may not read the partition here yet: this peer leads it in an
+    /// epoch that began above its high-water mark (its log's end when it took the lead,
+    /// acked records of the earlier leader among them) and no majority has confirmed it
+    /// yet, so the readers' limit lies below records that were acked. Answering would
+    /// show the partition shorter than it is (a tail would end there, a length would
+    /// count less); the reader is told to ask again instead, as Kafka's new leader
+    /// answers offset requests until its mark reaches its epoch's start (KIP-207).
+    /// `None` when it may read (any other role is refused elsewhere).
+    pub fn unconfirmed(&self, topic: usize, partition: u32) -> Option<EngineError> {
+        if !self.is_replicated(topic) {
+            return None;
+        }
+        let state = self.state(topic, partition);
+        let (hwm, start) = (state.hwm(), state.epoch_start());
+        if state.role.load(Ordering::Acquire) != LEADER || hwm >= start {
+            return None;
+        }
+        Some(EngineError::Unavailable(format!(
+            "partition {partition} of {:?} has a new leader here, whose followers have not yet confirmed the records before its epoch (offsets {hwm} to {start}): reading now would show the partition shorter than it is; ask again in a moment",
+            self.topics[topic].name
+        )))
     }
 
     /// Promises, durably, to take nothing from an epoch below `epoch` for the partition;

@@ -584,12 +584,18 @@ pub async fn run(shard: &Rc<Shard>, op: PartitionOp) -> OpResult {
             request_id,
         } => {
             let local = local(shard, topic, spec.partition)?;
+            if let Some(error) = shard.unconfirmed(topic, spec.partition) {
+                return Err(error);
+            }
             let log = local.log.borrow();
             let (frame, records) = read_range(&log, &spec, request_id);
             Ok(OpReply::Frame { frame, records })
         }
         PartitionOp::Length { topic, partition } => {
             let local = local(shard, topic, partition)?;
+            if let Some(error) = shard.unconfirmed(topic, partition) {
+                return Err(error);
+            }
             let log = local.log.borrow();
             Ok(OpReply::Length(
                 log.committed_offset().saturating_sub(log.start_offset()),
