@@ -133,12 +133,7 @@ impl Door {
         match (&self.tls, hello) {
             (None, false) => Some(Stream::plain(stream)),
             (None, true) if self.relays.is_none() => {
-                metrics.tls_refused.add(1);
-                tracing::warn!(
-                    ?peer,
-                    "a TLS client on the plaintext {} door: closed (this listener has no tls_cert; connect without TLS, or give the server one)",
-                    self.what
-                );
+                self.tls_on_plaintext(metrics, peer);
                 let _ = stream.shutdown(std::net::Shutdown::Both).await;
                 None
             }
@@ -208,12 +203,7 @@ impl Door {
             (Some(peers), _) => peers.relay_server(),
             (None, Some(tls)) => tls.config(),
             (None, None) => {
-                metrics.tls_refused.add(1);
-                tracing::warn!(
-                    ?peer,
-                    "a TLS client on the plaintext {} door: closed (this listener has no tls_cert; connect without TLS, or give the server one)",
-                    self.what
-                );
+                self.tls_on_plaintext(metrics, peer);
                 return None;
             }
         };
@@ -244,6 +234,17 @@ impl Door {
             client_name,
             relayer,
         })
+    }
+
+    /// A TLS client (no relaying peer) on a plaintext door: counted and logged; the
+    /// caller closes it.
+    fn tls_on_plaintext(&self, metrics: &Metrics, peer: Option<SocketAddr>) {
+        metrics.tls_refused.add(1);
+        tracing::warn!(
+            ?peer,
+            "a TLS client on the plaintext {} door: closed (this listener has no tls_cert; connect without TLS, or give the server one)",
+            self.what
+        );
     }
 
     /// A handshake that failed for `why`: counted, logged, closed.
