@@ -77,6 +77,10 @@ enum Command {
         /// Serve HTTP/JSON, the status page and /metrics on ADDR (overrides ingest.http).
         #[arg(long, value_name = "ADDR")]
         http: Option<std::net::SocketAddr>,
+        /// Serve the Kafka protocol on ADDR (overrides ingest.kafka): Kafka producers
+        /// and consumers (kcat, librdkafka, kafka-python) on the same partitions.
+        #[arg(long, value_name = "ADDR")]
+        kafka: Option<std::net::SocketAddr>,
         /// Let the listeners and the peer port bind addresses other machines reach,
         /// without TLS or credentials (sets ingest.insecure); said in the log and status.
         #[arg(long)]
@@ -369,6 +373,7 @@ impl Cli {
                 memory,
                 listen,
                 http,
+                kafka,
                 insecure,
                 credentials,
                 tls_cert,
@@ -389,6 +394,7 @@ impl Cli {
                 memory,
                 listen,
                 http,
+                kafka,
                 insecure,
                 credentials,
                 tls_cert,

@@ -19,6 +19,7 @@ pub struct RunArgs {
     pub memory: bool,
     pub listen: Option<SocketAddr>,
     pub http: Option<SocketAddr>,
+    pub kafka: Option<SocketAddr>,
     /// `--insecure`: addresses other machines reach may be bound.
     pub insecure: bool,
     /// `--credentials FILE`.
@@ -43,13 +44,16 @@ pub fn run(args: RunArgs) -> Result<ExitCode, CliError> {
         spec.engine.data_dir = dir;
     }
     // A listener flag opens the front doors of a dataflow that declares none.
-    if args.listen.is_some() || args.http.is_some() {
+    if args.listen.is_some() || args.http.is_some() || args.kafka.is_some() {
         let ingest = spec.ingest.get_or_insert_with(Default::default);
         if args.listen.is_some() {
             ingest.tcp = args.listen;
         }
         if args.http.is_some() {
             ingest.http = args.http;
+        }
+        if args.kafka.is_some() {
+            ingest.kafka = args.kafka;
         }
     }
     if let Some(ingest) = spec.ingest.as_mut() {
@@ -134,6 +138,10 @@ pub fn run(args: RunArgs) -> Result<ExitCode, CliError> {
         // A contract: scripts wait for these lines before they connect.
         if let Some(addr) = bound.tcp {
             println!("listening tcp {addr}");
+        }
+        // Before http: the tests read up to the tcp and http lines.
+        if let Some(addr) = bound.kafka {
+            println!("listening kafka {addr}");
         }
         if let Some(addr) = bound.http {
             println!("listening http {addr}");

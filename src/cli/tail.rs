@@ -146,7 +146,7 @@ fn print(
     let mut position = next;
     for (offset, record) in records {
         if args.json {
-            let value = record_json(
+            let mut value = record_json(
                 &args.topic,
                 partition,
                 *offset,
@@ -154,6 +154,8 @@ fn print(
                 record.key.as_deref(),
                 &record.value,
             );
+            let headers = record.headers.iter().map(|(n, v)| (n.as_str(), v.as_slice()));
+            crate::protocol::json::put_headers(&mut value, headers);
             writeln!(out, "{value}").map_err(CliError::Output)?;
         } else {
             let key = record

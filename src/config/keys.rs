@@ -30,6 +30,7 @@ const CLUSTER: &[&str] = &["replicas", "tls_cert", "tls_key", "tls_ca"];
 const INGEST: &[&str] = &[
     "tcp",
     "http",
+    "kafka",
     "max_frame_bytes",
     "max_connections",
     "max_connections_per_address",

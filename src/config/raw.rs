@@ -31,6 +31,8 @@ pub struct RawDataflow {
 pub struct RawIngest {
     pub tcp: Option<Spanned<String>>,
     pub http: Option<Spanned<String>>,
+    /// The Kafka protocol's door; none unless given.
+    pub kafka: Option<Spanned<String>>,
     pub max_frame_bytes: Option<Spanned<toml::Value>>,
     pub max_connections: Option<Spanned<i64>>,
     pub max_connections_per_address: Option<Spanned<i64>>,

@@ -37,6 +37,8 @@ pub struct PeerTlsSpec {
 pub struct IngestSpec {
     pub tcp: Option<SocketAddr>,
     pub http: Option<SocketAddr>,
+    /// The Kafka protocol's door (`server::kafka`), opened only when given.
+    pub kafka: Option<SocketAddr>,
     pub max_frame_bytes: u32,
     pub max_connections: usize,
     /// Connections one client address may hold at once.
@@ -72,12 +74,15 @@ pub struct IngestSpec {
 
 pub const DEFAULT_TCP: &str = "127.0.0.1:7070";
 pub const DEFAULT_HTTP: &str = "127.0.0.1:7080";
+/// Kafka's own port, as Kafka clients expect it (the door opens only when given).
+pub const DEFAULT_KAFKA: &str = "127.0.0.1:9092";
 
 impl Default for IngestSpec {
     fn default() -> IngestSpec {
         IngestSpec {
             tcp: None,
             http: None,
+            kafka: None,
             max_frame_bytes: 16 << 20,
             max_connections: 4096,
             max_connections_per_address: 1024,

@@ -237,6 +237,9 @@ impl Validator<'_, '_> {
         };
         spec.tcp = address(&raw.tcp, "ingest.tcp", DEFAULT_TCP);
         spec.http = address(&raw.http, "ingest.http", DEFAULT_HTTP);
+        if raw.kafka.is_some() {
+            spec.kafka = address(&raw.kafka, "ingest.kafka", DEFAULT_KAFKA);
+        }
         if let Some(v) = &raw.max_frame_bytes
             && let Some(n) = self.size(v, "ingest.max_frame_bytes")
         {

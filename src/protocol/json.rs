@@ -1,6 +1,7 @@
 //! The one JSON shape of a record, shared by `flowd tail --json`, `GET /topics/T` and
 //! the json sink: `{"topic","partition","offset","timestamp","key","value"}`, with key
-//! and value as strings where they are UTF-8, else base64 and `<name>_base64: true`.
+//! and value as strings where they are UTF-8, else base64 and `<name>_base64: true`;
+//! `flowd tail --json` adds a record's client headers (`put_headers`).
 
 use base64::Engine;
 
@@ -22,6 +23,28 @@ pub fn record_json(
     put_bytes(&mut object, "key", key);
     put_bytes(&mut object, "value", Some(value));
     serde_json::Value::Object(object)
+}
+
+/// Adds a record's client headers (the engine's own, `flowd-*`, left out) as
+/// `"headers": [{"name", "value"}]`, in order, when it has any; a value that is not UTF-8
+/// is base64 with `value_base64: true`.
+pub fn put_headers<'a>(
+    record: &mut serde_json::Value,
+    headers: impl IntoIterator<Item = (&'a str, &'a [u8])>,
+) {
+    let list: Vec<serde_json::Value> = headers
+        .into_iter()
+        .filter(|(name, _)| !name.starts_with(crate::protocol::wire::RESERVED_HEADER_PREFIX))
+        .map(|(name, value)| {
+            let mut header = serde_json::Map::new();
+            header.insert("name".into(), name.into());
+            put_bytes(&mut header, "value", Some(value));
+            serde_json::Value::Object(header)
+        })
+        .collect();
+    if let (false, Some(object)) = (list.is_empty(), record.as_object_mut()) {
+        object.insert("headers".into(), list.into());
+    }
 }
 
 fn put_bytes(object: &mut serde_json::Map<String, serde_json::Value>, name: &str, bytes: Option<&[u8]>) {
@@ -52,5 +75,21 @@ mod tests {
         let v = record_json("t", 0, 0, 0, Some(&[0xFF]), b"x");
         assert_eq!(v["key"], "/w==");
         assert_eq!(v["key_base64"], true);
+    }
+
+    #[test]
+    fn client_headers_are_listed_in_order_and_the_engines_left_out() {
+        let mut v = record_json("t", 0, 0, 0, None, b"x");
+        put_headers(
+            &mut v,
+            [("a", &b"1"[..]), ("flowd-src", b"t/0/1"), ("a", b"\xff")],
+        );
+        assert_eq!(
+            v["headers"].to_string(),
+            r#"[{"name":"a","value":"1"},{"name":"a","value":"/w==","value_base64":true}]"#
+        );
+        let mut none = record_json("t", 0, 0, 0, None, b"x");
+        put_headers(&mut none, [("flowd-src", &b"t/0/1"[..])]);
+        assert!(none.get("headers").is_none());
     }
 }

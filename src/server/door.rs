@@ -34,6 +34,8 @@ use crate::tls::peer::{PeerTls, RELAY_ALPN};
 pub struct Stream {
     inner: Inner,
     peer: Option<SocketAddr>,
+    /// The address the client reached this door by.
+    local: Option<SocketAddr>,
     /// The common name of the client certificate the TLS handshake verified.
     client_name: Option<String>,
     /// A peer of this cluster relaying its clients' requests (its certificate's name).
@@ -49,9 +51,11 @@ impl Stream {
     /// A plaintext connection as it is, nothing read from it yet.
     pub fn plain(stream: TcpStream) -> Stream {
         let peer = stream.peer_addr().ok();
+        let local = stream.local_addr().ok();
         Stream {
             inner: Inner::Plain(stream),
             peer,
+            local,
             client_name: None,
             relayer: None,
         }
@@ -59,6 +63,12 @@ impl Stream {
 
     pub fn peer_addr(&self) -> Option<SocketAddr> {
         self.peer
+    }
+
+    /// The address the client reached this door by (what a Kafka client is told to
+    /// come back to).
+    pub fn local_addr(&self) -> Option<SocketAddr> {
+        self.local
     }
 
     /// Who a verified client certificate says the client is.
@@ -181,6 +191,7 @@ impl Door {
     ) -> Option<Stream> {
         let deadline = Instant::now() + self.io_timeout;
         let left = || deadline.saturating_duration_since(Instant::now());
+        let local = stream.local_addr().ok();
         let ahead = ReadAhead {
             buf: Vec::new(),
             at: 0,
@@ -231,6 +242,7 @@ impl Door {
         Some(Stream {
             inner: Inner::Tls(Box::new(stream)),
             peer,
+            local,
             client_name,
             relayer,
         })

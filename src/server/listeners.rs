@@ -18,7 +18,8 @@ const BACKLOG: i32 = 1024;
 pub struct ShardSockets {
     pub tcp: Option<RawFd>,
     pub http: Option<RawFd>,
-    /// `tcp ADDR` and `http ADDR`, as printed once listening.
+    pub kafka: Option<RawFd>,
+    /// `tcp ADDR`, `http ADDR` and `kafka ADDR`, as printed once listening.
     pub names: Vec<String>,
     /// The listeners other machines reach without TLS or credentials (`insecure`), for
     /// the status.
@@ -36,6 +37,7 @@ pub struct ShardSockets {
 pub struct Bound {
     pub tcp: Option<SocketAddr>,
     pub http: Option<SocketAddr>,
+    pub kafka: Option<SocketAddr>,
 }
 
 pub fn bind(ingest: &IngestSpec, shards: usize) -> Result<(Bound, Vec<ShardSockets>), RuntimeError> {
@@ -47,7 +49,18 @@ pub fn bind(ingest: &IngestSpec, shards: usize) -> Result<(Bound, Vec<ShardSocke
     }
     // A door that speaks TLS and asks for credentials may face other machines.
     let secured = ingest.tls_cert.is_some() && ingest.credentials.is_some();
-    for (what, addr) in [("tcp", ingest.tcp), ("http", ingest.http)] {
+    if ingest.kafka.is_some() && ingest.credentials.is_some() {
+        return Err(RuntimeError::Credentials(
+            "the Kafka door does not take credentials yet (SASL is still to come), so it cannot serve a server \
+             with a credentials file: remove ingest.kafka (--kafka) or the credentials"
+                .into(),
+        ));
+    }
+    for (what, addr) in [
+        ("tcp", ingest.tcp),
+        ("http", ingest.http),
+        ("kafka", ingest.kafka),
+    ] {
         if let Some(addr) = addr.filter(|_| !secured) {
             exposed(&format!("ingest.{what}"), addr, ingest.insecure)?;
         }
@@ -84,6 +97,13 @@ pub fn bind(ingest: &IngestSpec, shards: usize) -> Result<(Bound, Vec<ShardSocke
             s.http = Some(fd);
         }
     }
+    if let Some(addr) = ingest.kafka {
+        let (resolved, fds) = bind_all(addr, shards, "kafka")?;
+        bound.kafka = Some(resolved);
+        for (s, fd) in sockets.iter_mut().zip(fds) {
+            s.kafka = Some(fd);
+        }
+    }
     let mut names = Vec::new();
     let tls_said = if tls.is_some() { " (TLS)" } else { "" };
     if let Some(a) = bound.tcp {
@@ -92,9 +112,12 @@ pub fn bind(ingest: &IngestSpec, shards: usize) -> Result<(Bound, Vec<ShardSocke
     if let Some(a) = bound.http {
         names.push(format!("http {a}{tls_said}"));
     }
+    if let Some(a) = bound.kafka {
+        names.push(format!("kafka {a}{tls_said}"));
+    }
     let admission =
         crate::server::admission::Admission::new(ingest.max_connections, ingest.max_connections_per_address);
-    let exposed: Vec<String> = [("tcp", bound.tcp), ("http", bound.http)]
+    let exposed: Vec<String> = [("tcp", bound.tcp), ("http", bound.http), ("kafka", bound.kafka)]
         .into_iter()
         .filter(|_| !secured)
         .filter_map(|(what, addr)| {

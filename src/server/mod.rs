@@ -16,6 +16,7 @@ pub mod consumer_api;
 pub mod door;
 pub mod gate;
 pub mod http;
+pub mod kafka;
 pub mod listeners;
 pub mod outgoing;
 pub mod page;
@@ -287,6 +288,11 @@ fn serve(shard: &Rc<Shard>, sockets: ShardSockets) {
         shard
             .tasks
             .spawn(connection::accept_loop(Rc::clone(shard), Rc::clone(&front), fd));
+    }
+    if let Some(fd) = sockets.kafka {
+        shard
+            .tasks
+            .spawn(kafka::accept_loop(Rc::clone(shard), Rc::clone(&front), fd));
     }
     if let Some(fd) = sockets.http {
         shard.tasks.spawn(http::accept_loop(Rc::clone(shard), front, fd));

@@ -91,6 +91,8 @@ pub(crate) struct Server {
     pub(crate) http: String,
     /// `--peer-listen`'s address, when given.
     pub(crate) peer: Option<String>,
+    /// The Kafka door's address, when it has one (printed before http's).
+    pub(crate) kafka: Option<String>,
     /// Its stderr, as it comes.
     pub(crate) log: Log,
 }
@@ -155,6 +157,7 @@ impl Server {
         let mut tcp = None;
         let mut http = None;
         let mut peer = None;
+        let mut kafka = None;
         let deadline = Instant::now() + Duration::from_secs(30);
         while tcp.is_none() || http.is_none() {
             let left = deadline.saturating_duration_since(Instant::now());
@@ -168,12 +171,16 @@ impl Server {
             if let Some(a) = line.strip_prefix("listening peers ") {
                 peer = Some(a.to_owned());
             }
+            if let Some(a) = line.strip_prefix("listening kafka ") {
+                kafka = Some(a.to_owned());
+            }
         }
         Server {
             child,
             tcp: tcp.unwrap(),
             http: http.unwrap(),
             peer,
+            kafka,
             log,
         }
     }

@@ -24,6 +24,7 @@ mod fixture;
 mod healing;
 mod ingest;
 mod jobs;
+mod kafka;
 mod log;
 mod nemesis;
 mod outputs;

@@ -1,0 +1,295 @@
+//! The Kafka protocol's door: Kafka producers and consumers (kcat, librdkafka,
+//! kafka-python, the Java client) on flowd's partitions, unchanged. Records produced here
+//! are the records `flowd tail`, stages and named consumers see, and the reverse.
+//!
+//! Kafka's messages come from the `kafka-protocol` crate, generated from Kafka's own
+//! schemas; this door only maps them onto the engine. A connection is served one request
+//! at a time, in order, so its answers go out in the order asked (what Kafka promises per
+//! connection). Each request is bounded like a binary frame: at most
+//! `ingest.max_frame_bytes`, whole within `io_timeout` of its first byte (large ones take
+//! their bytes from the shard's budget first), and a connection silent for
+//! `idle_timeout` is closed. A request this door does not serve (its API, or its version)
+//! is logged with what it was and the connection closed; ApiVersions tells clients what
+//! is served, so the clients named above never send one.
+//!
+//! Codemap: `versions` (what is served; ApiVersions) → `metadata` (one broker, this
+//! door, leading every partition) → `produce` (batches in, durable acks out) → `fetch`
+//! (Fetch with long polls, ListOffsets) → `records` (Kafka records to flowd's and back)
+//! → `errors` (flowd's refusals as Kafka's error codes).
+
+mod errors;
+mod fetch;
+mod metadata;
+mod produce;
+mod records;
+mod versions;
+
+use std::os::fd::RawFd;
+use std::rc::Rc;
+use std::time::Instant;
+
+use bytes::{BufMut, Bytes, BytesMut};
+use futures_lite::{AsyncReadExt, AsyncWriteExt};
+use kafka_protocol::messages::{
+    ApiKey, ApiVersionsRequest, FetchRequest, ListOffsetsRequest, MetadataRequest, ProduceRequest,
+    RequestHeader, ResponseHeader,
+};
+use kafka_protocol::protocol::{Decodable, Encodable};
+
+use crate::runtime::shard::Shard;
+use crate::server::admission::{Charge, FREE_BYTES, Refusal};
+use crate::server::door::{self, Stream};
+use crate::server::{Front, api};
+
+/// Accepts Kafka clients on this shard's socket until the engine stops.
+pub async fn accept_loop(shard: Rc<Shard>, front: Rc<Front>, fd: RawFd) {
+    let speaks = door::Speaks {
+        what: "Kafka",
+        // A Kafka client has no frame for "speak TLS": it is closed, and the log says why.
+        plain_answer: Vec::new,
+        relays: false,
+    };
+    crate::server::accept_loop(shard, front, fd, speaks, serve, refuse).await;
+}
+
+/// A connection over the limits: Kafka has no frame to say so before a request, so it is
+/// closed (the refusal is logged and counted by the accept loop).
+async fn refuse(mut stream: Stream, _refusal: Refusal) {
+    let _ = stream.close().await;
+}
+
+/// Requests read ahead of their answers, at most: a client pipelining more waits.
+const IN_FLIGHT: usize = 16;
+
+/// A request's answer as it stands once read: due now, or from a task still running.
+enum Answer {
+    Ready(Option<Vec<u8>>),
+    Later(glommio::task::JoinHandle<Result<Option<Vec<u8>>, String>>),
+}
+
+/// Serves one connection: the reader takes each request in turn (a produce's batches
+/// sent to their partitions before the next is read, so appends keep the client's
+/// order), the answers are awaited in the order asked and written as they come.
+async fn serve(shard: Rc<Shard>, front: Rc<Front>, stream: Stream) {
+    let peer = stream.peer_addr();
+    let Some(me) = stream.local_addr() else {
+        return;
+    };
+    let (mut reader, writer) = futures_lite::io::split(stream);
+    let (answers_tx, answers_rx) = flume::bounded::<Answer>(IN_FLIGHT);
+    let (out_tx, out_rx) = flume::bounded::<Vec<u8>>(IN_FLIGHT);
+    let io_timeout = front.io_timeout;
+    let writing = glommio::spawn_local(async move {
+        crate::server::outgoing::write_queued(writer, &out_rx, io_timeout, |b: &Vec<u8>| b.as_slice()).await
+    });
+    // Answers in the order asked; the first failure ends the connection.
+    let ordering = glommio::spawn_local(async move {
+        while let Ok(answer) = answers_rx.recv_async().await {
+            let answer = match answer {
+                Answer::Ready(answer) => Ok(answer),
+                Answer::Later(task) => task.await.unwrap_or_else(|| Err("the engine is stopping".into())),
+            };
+            match answer {
+                Ok(Some(bytes)) => {
+                    if out_tx.send_async(bytes).await.is_err() {
+                        return None;
+                    }
+                }
+                Ok(None) => {}
+                Err(why) => return Some(why),
+            }
+        }
+        None
+    });
+    let mut why = loop {
+        let request = match read_request(&front, &mut reader).await {
+            Ok(Some(request)) => request,
+            Ok(None) => break None,
+            Err(why) => break Some(why),
+        };
+        let answer = match take(&shard, me, request.bytes).await {
+            Ok(answer) => answer,
+            Err(why) => break Some(why),
+        };
+        if answers_tx.send_async(answer).await.is_err() {
+            // The answers stopped (a failed one, or the writer): said below.
+            break None;
+        }
+    };
+    drop(answers_tx);
+    why = why.or(ordering.await);
+    match writing.await {
+        crate::server::outgoing::WriteEnd::Failed(error) => {
+            why = why.or(Some(format!("write failed: {error}")))
+        }
+        crate::server::outgoing::WriteEnd::TimedOut => {
+            why = why.or(Some(format!(
+                "a response not taken within {}",
+                humantime::format_duration(io_timeout)
+            )))
+        }
+        crate::server::outgoing::WriteEnd::Done => {}
+    }
+    if let Some(why) = why {
+        tracing::warn!(?peer, "Kafka connection closed: {why}");
+    }
+}
+
+/// A request's bytes (after the size), with the budget its size took.
+struct Request {
+    bytes: Bytes,
+    _charge: Option<Charge>,
+}
+
+/// The next request: `None` when the client closed (or stayed silent for
+/// `idle_timeout`) between requests.
+async fn read_request(
+    front: &Front,
+    stream: &mut (impl futures_lite::AsyncRead + Unpin),
+) -> Result<Option<Request>, String> {
+    let mut size = [0u8; 4];
+    match api::within(front.idle_timeout, stream.read(&mut size[..1])).await {
+        Some(Ok(0)) | None => return Ok(None),
+        Some(Ok(_)) => {}
+        Some(Err(error)) => return Err(format!("read failed: {error}")),
+    }
+    let deadline = Instant::now() + front.io_timeout;
+    let left = || deadline.saturating_duration_since(Instant::now());
+    let late = || {
+        format!(
+            "a request not whole within {} of its first byte",
+            humantime::format_duration(front.io_timeout)
+        )
+    };
+    match api::within(left(), stream.read_exact(&mut size[1..])).await {
+        Some(Ok(())) => {}
+        Some(Err(error)) => return Err(format!("read failed inside a request's size: {error}")),
+        None => return Err(late()),
+    }
+    let len = i32::from_be_bytes(size);
+    let Ok(len) = usize::try_from(len) else {
+        return Err(format!("a request size of {len} bytes"));
+    };
+    if len < 8 || len > front.max_frame_bytes {
+        return Err(format!(
+            "a request of {len} bytes (from 8 to ingest.max_frame_bytes, {}, are read)",
+            front.max_frame_bytes
+        ));
+    }
+    let charge = if len as u64 > FREE_BYTES {
+        match api::within(left(), Charge::take(&front.buffered, len as u64)).await {
+            Some(Some(charge)) => Some(charge),
+            Some(None) => return Err("the engine is stopping".into()),
+            None => return Err(late()),
+        }
+    } else {
+        None
+    };
+    let mut bytes = vec![0u8; len];
+    match api::within(left(), stream.read_exact(&mut bytes)).await {
+        Some(Ok(())) => Ok(Some(Request {
+            bytes: Bytes::from(bytes),
+            _charge: charge,
+        })),
+        Some(Err(error)) => Err(format!("read failed inside a request of {len} bytes: {error}")),
+        None => Err(late()),
+    }
+}
+
+/// Takes one request: its answer now (ApiVersions, Metadata), or a task that makes it
+/// (a produce's acks, once its batches were sent; a fetch); `None` is no answer due (a
+/// produce with acks 0). An error closes the connection, saying why.
+async fn take(shard: &Rc<Shard>, me: std::net::SocketAddr, mut bytes: Bytes) -> Result<Answer, String> {
+    let raw_key = i16::from_be_bytes([bytes[0], bytes[1]]);
+    let version = i16::from_be_bytes([bytes[2], bytes[3]]);
+    let correlation = i32::from_be_bytes([bytes[4], bytes[5], bytes[6], bytes[7]]);
+    let Ok(key) = ApiKey::try_from(raw_key) else {
+        return Err(format!("API key {raw_key} is none of Kafka's"));
+    };
+    if !versions::serves(key, version) {
+        if key == ApiKey::ApiVersions {
+            // Answered in version 0, which every client reads, with the versions served.
+            return encode(key, 0, correlation, &versions::answer(version)).map(|b| Answer::Ready(Some(b)));
+        }
+        return Err(format!(
+            "{key:?} version {version} is not served (served: {})",
+            served_list()
+        ));
+    }
+    let bad = |e: &dyn std::fmt::Display| format!("a {key:?} v{version} request that does not decode: {e}");
+    let _header =
+        RequestHeader::decode(&mut bytes, key.request_header_version(version)).map_err(|e| bad(&e))?;
+    let ready = |body: Result<Vec<u8>, String>| body.map(|b| Answer::Ready(Some(b)));
+    let later = |task| Ok(Answer::Later(glommio::spawn_local(task).detach()));
+    match key {
+        ApiKey::ApiVersions => {
+            ApiVersionsRequest::decode(&mut bytes, version).map_err(|e| bad(&e))?;
+            ready(encode(key, version, correlation, &versions::answer(version)))
+        }
+        ApiKey::Metadata => {
+            let request = MetadataRequest::decode(&mut bytes, version).map_err(|e| bad(&e))?;
+            let cluster_id = shard
+                .shared
+                .peers
+                .as_deref()
+                .map_or("flowd", |peers| peers.cluster.cluster_id.as_str());
+            let answer = metadata::answer(&shard.shared.spec, &request, me, cluster_id);
+            ready(encode(key, version, correlation, &answer))
+        }
+        ApiKey::Produce => {
+            let request = ProduceRequest::decode(&mut bytes, version).map_err(|e| bad(&e))?;
+            let sent = produce::send_all(shard, request).await;
+            let shard = Rc::clone(shard);
+            later(Box::pin(async move {
+                match sent.answer(&shard).await {
+                    Some(answer) => encode(key, version, correlation, &answer).map(Some),
+                    None => Ok(None),
+                }
+            }) as Later)
+        }
+        ApiKey::Fetch => {
+            let request = FetchRequest::decode(&mut bytes, version).map_err(|e| bad(&e))?;
+            let shard = Rc::clone(shard);
+            later(Box::pin(async move {
+                let answer = fetch::answer(&shard, &request).await;
+                encode(key, version, correlation, &answer).map(Some)
+            }) as Later)
+        }
+        ApiKey::ListOffsets => {
+            let request = ListOffsetsRequest::decode(&mut bytes, version).map_err(|e| bad(&e))?;
+            let shard = Rc::clone(shard);
+            later(Box::pin(async move {
+                let answer = fetch::list_offsets(&shard, &request).await;
+                encode(key, version, correlation, &answer).map(Some)
+            }) as Later)
+        }
+        other => Err(format!("{other:?} is listed as served but has no answer")),
+    }
+}
+
+/// A request's answer being made.
+type Later = std::pin::Pin<Box<dyn std::future::Future<Output = Result<Option<Vec<u8>>, String>>>>;
+
+/// `body` as a whole response frame: its size, its header, itself.
+fn encode<R: Encodable>(key: ApiKey, version: i16, correlation: i32, body: &R) -> Result<Vec<u8>, String> {
+    let failed = |e: &dyn std::fmt::Display| format!("a {key:?} v{version} response did not encode: {e}");
+    let mut buf = BytesMut::new();
+    buf.put_i32(0);
+    let mut header = ResponseHeader::default();
+    header.correlation_id = correlation;
+    header
+        .encode(&mut buf, key.response_header_version(version))
+        .map_err(|e| failed(&e))?;
+    body.encode(&mut buf, version).map_err(|e| failed(&e))?;
+    let len = i32::try_from(buf.len() - 4).map_err(|_| format!("a {key:?} response over 2 GiB"))?;
+    buf[..4].copy_from_slice(&len.to_be_bytes());
+    Ok(buf.to_vec())
+}
+
+fn served_list() -> String {
+    versions::SERVED
+        .iter()
+        .map(|(key, min, max)| format!("{key:?} {min}-{max}"))
+        .collect::<Vec<_>>()
+        .join(", ")
+}

@@ -1,0 +1,371 @@
+//! The Kafka door with a real Kafka client: kcat (librdkafka) produces and consumes
+//! through `ingest.kafka`, and what it wrote is what `flowd tail` shows, and the reverse;
+//! every compression a producer may choose is read back; requests the door does not
+//! serve are refused in Kafka's terms (ApiVersions) or close the connection with a line
+//! in the log, never a hang.
+//!
+//! kcat comes from Debian (`apt-get install kcat`; `.ci/run` installs it).
+
+use std::collections::BTreeMap;
+use std::io::{Read, Write};
+use std::path::Path;
+use std::process::Command;
+use std::time::Duration;
+
+use bytes::{BufMut, BytesMut};
+use kafka_protocol::messages::{ApiKey, ApiVersionsResponse, RequestHeader, ResponseHeader};
+use kafka_protocol::protocol::{Decodable, Encodable, StrBytes};
+
+use crate::ingest::{Server, run_cli};
+use crate::support::{env_or, listening_dataflow, run_bounded, wait_until};
+
+const TOPIC: &str = "[[topic]]\nname = \"events\"\npartitions = 4\n";
+
+fn kafka_server(dir: &Path) -> Server {
+    let file = listening_dataflow(dir, "kafka", "group", "kafka = \"127.0.0.1:0\"", TOPIC);
+    let server = Server::start(&file);
+    assert!(server.kafka.is_some(), "flowd run prints `listening kafka ADDR`");
+    server
+}
+
+/// kcat with `args`, `stdin` fed, bounded in time; its stdout, after checking it ended well.
+fn kcat(args: &[&str], stdin: &[u8]) -> String {
+    assert!(
+        Command::new("kcat").arg("-V").output().is_ok(),
+        "these tests need kcat: apt-get install kcat"
+    );
+    let output = run_bounded(Command::new("kcat").args(args), stdin);
+    assert!(
+        output.status.success(),
+        "kcat {args:?} failed: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    String::from_utf8(output.stdout).unwrap()
+}
+
+/// One record as both sides print it: (partition, offset) -> (key, value, headers, time).
+type Seen = BTreeMap<(u32, u64), (String, String, String, i64)>;
+
+/// Everything in `events`, read by kcat to the end of every partition.
+fn consume(kafka: &str) -> Seen {
+    let out = kcat(
+        &[
+            "-C",
+            "-b",
+            kafka,
+            "-t",
+            "events",
+            "-o",
+            "beginning",
+            "-e",
+            "-q",
+            "-f",
+            "%p\t%o\t%k\t%s\t%h\t%T\n",
+        ],
+        b"",
+    );
+    let mut seen = Seen::new();
+    for line in out.lines() {
+        let f: Vec<&str> = line.split('\t').collect();
+        assert_eq!(f.len(), 6, "a kcat line of six fields: {line:?}");
+        let at = (f[0].parse().unwrap(), f[1].parse().unwrap());
+        let record = (
+            f[2].to_owned(),
+            f[3].to_owned(),
+            f[4].to_owned(),
+            f[5].parse().unwrap(),
+        );
+        assert!(seen.insert(at, record).is_none(), "offset {at:?} read twice");
+    }
+    seen
+}
+
+/// Everything in `events`, read by `flowd tail --json`.
+fn tail(server: &Server) -> Seen {
+    let (code, out, err) = run_cli(&["tail", "--from", &server.tcp, "events", "--json"], "");
+    assert_eq!(code, 0, "{err}");
+    let mut seen = Seen::new();
+    for line in out.lines() {
+        let v: serde_json::Value = serde_json::from_str(line).unwrap();
+        let headers: Vec<String> = v["headers"]
+            .as_array()
+            .map(|list| {
+                list.iter()
+                    .map(|h| format!("{}={}", h["name"].as_str().unwrap(), h["value"].as_str().unwrap()))
+                    .collect()
+            })
+            .unwrap_or_default();
+        let at = (
+            v["partition"].as_u64().unwrap() as u32,
+            v["offset"].as_u64().unwrap(),
+        );
+        let record = (
+            v["key"].as_str().unwrap_or_default().to_owned(),
+            v["value"].as_str().unwrap().to_owned(),
+            headers.join(","),
+            v["timestamp"].as_i64().unwrap(),
+        );
+        assert!(seen.insert(at, record).is_none(), "offset {at:?} tailed twice");
+    }
+    seen
+}
+
+#[test]
+fn kcat_round_trips_records_with_keys_headers_and_timestamps_and_tail_shows_the_same() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = kafka_server(dir.path());
+    let kafka = server.kafka.clone().unwrap();
+    let n: usize = env_or("FLOWD_KAFKA_RECORDS", 100_000);
+    let input: String = (0..n).map(|i| format!("k{i}:v{i}\n")).collect();
+    let before = now_ms();
+    kcat(
+        &[
+            "-P",
+            "-b",
+            &kafka,
+            "-t",
+            "events",
+            "-K:",
+            "-H",
+            "origin=kcat",
+            "-H",
+            "n=1",
+        ],
+        input.as_bytes(),
+    );
+    let after = now_ms();
+
+    let seen = consume(&kafka);
+    assert_eq!(seen.len(), n, "every record read back once");
+    let mut keys = std::collections::HashSet::new();
+    for ((partition, _), (key, value, headers, time)) in &seen {
+        assert!(*partition < 4);
+        assert_eq!(value, &format!("v{}", &key[1..]), "the value sent with {key}");
+        assert_eq!(headers, "origin=kcat,n=1");
+        assert!(
+            (before..=after).contains(time),
+            "{key}'s time {time} is the producer's"
+        );
+        assert!(keys.insert(key.clone()), "{key} stored twice");
+    }
+    // Each partition's offsets run from 0 without a gap.
+    for p in 0..4u32 {
+        let offsets: Vec<u64> = seen.keys().filter(|(q, _)| *q == p).map(|(_, o)| *o).collect();
+        assert_eq!(
+            offsets,
+            (0..offsets.len() as u64).collect::<Vec<_>>(),
+            "partition {p}"
+        );
+    }
+    assert_eq!(tail(&server), seen, "flowd tail shows what kcat read");
+
+    // The reverse: records sent through flowd's own protocol reach the Kafka consumer.
+    let (code, _, err) = run_cli(&["send", "--to", &server.tcp, "events"], "kx\tfrom flowd\n");
+    assert_eq!(code, 0, "{err}");
+    let again = consume(&kafka);
+    assert_eq!(again.len(), n + 1);
+    let sent: Vec<_> = again.values().filter(|r| r.1 == "from flowd").collect();
+    assert_eq!(sent.len(), 1);
+    assert_eq!(sent[0].0, "kx");
+}
+
+#[test]
+fn every_compression_a_producer_chooses_is_read_back_and_acks_zero_still_stores() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = kafka_server(dir.path());
+    let kafka = server.kafka.clone().unwrap();
+    let codecs = ["none", "gzip", "snappy", "lz4", "zstd"];
+    for codec in codecs {
+        let input: String = (0..1000)
+            .map(|i| format!("{codec}-{i}:{codec} value {i}\n"))
+            .collect();
+        kcat(
+            &["-P", "-b", &kafka, "-t", "events", "-K:", "-z", codec],
+            input.as_bytes(),
+        );
+    }
+    let seen = consume(&kafka);
+    assert_eq!(seen.len(), codecs.len() * 1000);
+    for codec in codecs {
+        let of_codec = seen
+            .values()
+            .filter(|(key, value, _, _)| {
+                key.starts_with(&format!("{codec}-"))
+                    && value == &format!("{codec} value {}", &key[codec.len() + 1..])
+            })
+            .count();
+        assert_eq!(of_codec, 1000, "{codec}");
+    }
+    // acks=0: no answer is due, but every record is stored all the same.
+    let input: String = (0..500).map(|i| format!("a0-{i}:x\n")).collect();
+    kcat(
+        &["-P", "-b", &kafka, "-t", "events", "-K:", "-X", "acks=0"],
+        input.as_bytes(),
+    );
+    wait_until("the acks=0 records are stored", Duration::from_secs(20), || {
+        consume(&kafka)
+            .values()
+            .filter(|r| r.0.starts_with("a0-"))
+            .count()
+            == 500
+    });
+}
+
+#[test]
+fn requests_the_door_does_not_serve_get_kafkas_answer_or_a_closed_connection_and_a_log_line() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = kafka_server(dir.path());
+    let kafka = server.kafka.clone().unwrap();
+    let connect = || {
+        let stream = std::net::TcpStream::connect(&kafka).unwrap();
+        stream.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+        stream
+    };
+
+    // ApiVersions in a version not served: UNSUPPORTED_VERSION, in version 0, with the
+    // list the client then picks from.
+    let mut stream = connect();
+    let mut header = RequestHeader::default();
+    header.request_api_key = ApiKey::ApiVersions as i16;
+    header.request_api_version = 9;
+    header.correlation_id = 42;
+    header.client_id = Some(StrBytes::from_static_str("test"));
+    let mut body = BytesMut::new();
+    header.encode(&mut body, 1).unwrap();
+    send(&mut stream, &body);
+    let mut answer = receive(&mut stream).expect("an answer");
+    let response_header = ResponseHeader::decode(&mut answer, 0).unwrap();
+    assert_eq!(response_header.correlation_id, 42);
+    let versions = ApiVersionsResponse::decode(&mut answer, 0).unwrap();
+    assert_eq!(versions.error_code, 35, "UNSUPPORTED_VERSION");
+    let fetch = versions
+        .api_keys
+        .iter()
+        .find(|k| k.api_key == ApiKey::Fetch as i16)
+        .expect("Fetch is listed");
+    assert!(fetch.min_version <= 4 && fetch.max_version >= 4);
+
+    // An API this door does not serve (FindCoordinator): closed, and the log says what.
+    let mut stream = connect();
+    let mut body = BytesMut::new();
+    body.put_i16(ApiKey::FindCoordinator as i16);
+    body.put_i16(0);
+    body.put_i32(7);
+    body.put_i16(-1);
+    send(&mut stream, &body);
+    assert!(receive(&mut stream).is_none(), "closed without an answer");
+    assert!(
+        server.log.wait_for(
+            &[
+                "Kafka connection closed",
+                "FindCoordinator version 0 is not served"
+            ],
+            Duration::from_secs(10)
+        ),
+        "{}",
+        server.log.text()
+    );
+
+    // A size over ingest.max_frame_bytes, or a negative one: closed before any body.
+    for size in [i32::MAX, -5] {
+        let mut stream = connect();
+        stream.write_all(&size.to_be_bytes()).unwrap();
+        assert!(receive(&mut stream).is_none(), "size {size}: closed");
+    }
+    assert!(
+        server
+            .log
+            .wait_for(&["a request size of -5 bytes"], Duration::from_secs(10))
+    );
+
+    // The door still serves: a whole round trip after all that.
+    let kafka_ok = kcat(&["-L", "-b", &kafka, "-t", "events"], b"");
+    assert!(
+        kafka_ok.contains("topic \"events\" with 4 partitions"),
+        "{kafka_ok}"
+    );
+}
+
+fn send(stream: &mut std::net::TcpStream, body: &[u8]) {
+    let mut frame = (body.len() as i32).to_be_bytes().to_vec();
+    frame.extend_from_slice(body);
+    stream.write_all(&frame).unwrap();
+}
+
+/// The next response's bytes after its size, or `None` when the server closed.
+fn receive(stream: &mut std::net::TcpStream) -> Option<bytes::Bytes> {
+    let mut size = [0u8; 4];
+    stream.read_exact(&mut size).ok()?;
+    let mut body = vec![0u8; i32::from_be_bytes(size) as usize];
+    stream.read_exact(&mut body).ok()?;
+    Some(bytes::Bytes::from(body))
+}
+
+fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as i64
+}
+
+#[test]
+fn a_stage_reads_what_a_kafka_producer_wrote_and_a_kafka_consumer_reads_what_it_wrote() {
+    let dir = tempfile::tempdir().unwrap();
+    // dataflows/kafka.toml's topics and stage, on free ports and a fresh data dir.
+    let example =
+        std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/dataflows/kafka.toml")).unwrap();
+    let topics_and_stages = &example[example.find("[[topic]]").unwrap()..];
+    let file = listening_dataflow(
+        dir.path(),
+        "kafka",
+        "group",
+        "kafka = \"127.0.0.1:0\"",
+        topics_and_stages,
+    );
+    let server = Server::start(&file);
+    let kafka = server.kafka.clone().unwrap();
+    let n = 2000;
+    let input: String = (0..n)
+        .map(|i| format!("u{i}:{{\"item\":\"i{i}\",\"amount\":{}}}\n", i % 200))
+        .collect();
+    kcat(&["-P", "-b", &kafka, "-t", "purchases", "-K:"], input.as_bytes());
+    // Amounts 101..=199 pass: 99 of every 200.
+    let expected = n / 200 * 99;
+    let read = || {
+        kcat(
+            &[
+                "-C",
+                "-b",
+                &kafka,
+                "-t",
+                "big-purchases",
+                "-o",
+                "beginning",
+                "-e",
+                "-q",
+                "-f",
+                "%k\t%s\n",
+            ],
+            b"",
+        )
+    };
+    wait_until(
+        "the stage's outputs reach the Kafka consumer",
+        Duration::from_secs(30),
+        || read().lines().count() >= expected,
+    );
+    let lines = read();
+    let mut keys = std::collections::HashSet::new();
+    for line in lines.lines() {
+        let (key, value) = line.split_once('\t').unwrap();
+        let v: serde_json::Value = serde_json::from_str(value).unwrap();
+        let amount = v["amount"].as_u64().unwrap();
+        assert!(amount > 100, "{line}");
+        assert_eq!(
+            key,
+            format!("u{}", v["item"].as_str().unwrap()[1..].parse::<u64>().unwrap())
+        );
+        assert!(keys.insert(key.to_owned()), "{key} read twice");
+    }
+    assert_eq!(keys.len(), expected, "each passing purchase once");
+}
