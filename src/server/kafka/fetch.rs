@@ -4,7 +4,8 @@
 //! A fetch reads every partition asked at once; when none has a record past its offset
 //! and the client allows a wait (`max_wait_ms`), the door waits on all of them and
 //! answers as soon as one has records, or when the wait is over. The response stays
-//! within the request's `max_bytes` (at most `RESPONSE_BYTES_MAX`); a partition left out
+//! within the request's `max_bytes` (at most `RESPONSE_BYTES_MAX`, taken from the shard's
+//! buffer budget until written); a partition left out
 //! for room is answered with no records and its marks, and the client asks again.
 //! Offsets are Kafka's: an offset before the partition's start or past its end is
 //! answered OFFSET_OUT_OF_RANGE, never moved silently.
@@ -30,8 +31,9 @@ use crate::runtime::service::FetchOrder;
 use crate::runtime::shard::Shard;
 use crate::server::api;
 
-/// The most a fetch response carries, whatever the client allows.
-pub const RESPONSE_BYTES_MAX: usize = 64 << 20;
+/// The most a fetch response carries, whatever the client allows (and never over
+/// `ingest.max_frame_bytes`).
+pub const RESPONSE_BYTES_MAX: usize = 16 << 20;
 /// ListOffsets's timestamps that name a place, not a time.
 const EARLIEST: i64 = -2;
 const LATEST: i64 = -1;
@@ -95,16 +97,15 @@ impl Part {
     }
 }
 
-/// The answer to a fetch.
-pub async fn answer(shard: &Rc<Shard>, request: &FetchRequest) -> FetchResponse {
+/// The answer to a fetch, its records within `room` bytes (about: a record's framing is
+/// counted as 64 bytes).
+pub async fn answer(shard: &Rc<Shard>, request: &FetchRequest, room: usize) -> FetchResponse {
     let names: Vec<String> = request
         .topics
         .iter()
         .map(|t| t.topic.0.as_str().to_owned())
         .collect();
-    let mut budget = usize::try_from(request.max_bytes.max(1))
-        .unwrap_or(usize::MAX)
-        .min(RESPONSE_BYTES_MAX);
+    let mut budget = room;
     let mut parts = Vec::new();
     for (t, topic) in request.topics.iter().enumerate() {
         for p in &topic.partitions {

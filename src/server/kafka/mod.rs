@@ -63,9 +63,12 @@ const IN_FLIGHT: usize = 16;
 
 /// A request's answer as it stands once read: due now, or from a task still running.
 enum Answer {
-    Ready(Option<Vec<u8>>),
-    Later(glommio::task::JoinHandle<Result<Option<Vec<u8>>, String>>),
+    Ready(Option<Reply>),
+    Later(glommio::task::JoinHandle<Result<Option<Reply>, String>>),
 }
+
+/// A response frame, and the budget it holds until written (a fetch's).
+type Reply = (Vec<u8>, Option<Charge>);
 
 /// Serves one connection: the reader takes each request in turn (a produce's batches
 /// sent to their partitions before the next is read, so appends keep the client's
@@ -77,10 +80,10 @@ async fn serve(shard: Rc<Shard>, front: Rc<Front>, stream: Stream) {
     };
     let (mut reader, writer) = futures_lite::io::split(stream);
     let (answers_tx, answers_rx) = flume::bounded::<Answer>(IN_FLIGHT);
-    let (out_tx, out_rx) = flume::bounded::<Vec<u8>>(IN_FLIGHT);
+    let (out_tx, out_rx) = flume::bounded::<Reply>(IN_FLIGHT);
     let io_timeout = front.io_timeout;
     let writing = glommio::spawn_local(async move {
-        crate::server::outgoing::write_queued(writer, &out_rx, io_timeout, |b: &Vec<u8>| b.as_slice()).await
+        crate::server::outgoing::write_queued(writer, &out_rx, io_timeout, |r: &Reply| r.0.as_slice()).await
     });
     // Answers in the order asked; the first failure ends the connection.
     let ordering = glommio::spawn_local(async move {
@@ -107,7 +110,7 @@ async fn serve(shard: Rc<Shard>, front: Rc<Front>, stream: Stream) {
             Ok(None) => break None,
             Err(why) => break Some(why),
         };
-        let answer = match take(&shard, me, request.bytes).await {
+        let answer = match take(&shard, &front, me, request.bytes).await {
             Ok(answer) => answer,
             Err(why) => break Some(why),
         };
@@ -199,7 +202,12 @@ async fn read_request(
 /// Takes one request: its answer now (ApiVersions, Metadata), or a task that makes it
 /// (a produce's acks, once its batches were sent; a fetch); `None` is no answer due (a
 /// produce with acks 0). An error closes the connection, saying why.
-async fn take(shard: &Rc<Shard>, me: std::net::SocketAddr, mut bytes: Bytes) -> Result<Answer, String> {
+async fn take(
+    shard: &Rc<Shard>,
+    front: &Rc<Front>,
+    me: std::net::SocketAddr,
+    mut bytes: Bytes,
+) -> Result<Answer, String> {
     let raw_key = i16::from_be_bytes([bytes[0], bytes[1]]);
     let version = i16::from_be_bytes([bytes[2], bytes[3]]);
     let correlation = i32::from_be_bytes([bytes[4], bytes[5], bytes[6], bytes[7]]);
@@ -209,7 +217,8 @@ async fn take(shard: &Rc<Shard>, me: std::net::SocketAddr, mut bytes: Bytes) -> 
     if !versions::serves(key, version) {
         if key == ApiKey::ApiVersions {
             // Answered in version 0, which every client reads, with the versions served.
-            return encode(key, 0, correlation, &versions::answer(version)).map(|b| Answer::Ready(Some(b)));
+            return encode(key, 0, correlation, &versions::answer(version))
+                .map(|b| Answer::Ready(Some((b, None))));
         }
         return Err(format!(
             "{key:?} version {version} is not served (served: {})",
@@ -219,7 +228,7 @@ async fn take(shard: &Rc<Shard>, me: std::net::SocketAddr, mut bytes: Bytes) -> 
     let bad = |e: &dyn std::fmt::Display| format!("a {key:?} v{version} request that does not decode: {e}");
     let _header =
         RequestHeader::decode(&mut bytes, key.request_header_version(version)).map_err(|e| bad(&e))?;
-    let ready = |body: Result<Vec<u8>, String>| body.map(|b| Answer::Ready(Some(b)));
+    let ready = |body: Result<Vec<u8>, String>| body.map(|b| Answer::Ready(Some((b, None))));
     let later = |task| Ok(Answer::Later(glommio::spawn_local(task).detach()));
     match key {
         ApiKey::ApiVersions => {
@@ -242,17 +251,35 @@ async fn take(shard: &Rc<Shard>, me: std::net::SocketAddr, mut bytes: Bytes) -> 
             let shard = Rc::clone(shard);
             later(Box::pin(async move {
                 match sent.answer(&shard).await {
-                    Some(answer) => encode(key, version, correlation, &answer).map(Some),
+                    Some(answer) => encode(key, version, correlation, &answer).map(|b| Some((b, None))),
                     None => Ok(None),
                 }
             }) as Later)
         }
         ApiKey::Fetch => {
             let request = FetchRequest::decode(&mut bytes, version).map_err(|e| bad(&e))?;
-            let shard = Rc::clone(shard);
+            let (shard, front) = (Rc::clone(shard), Rc::clone(front));
             later(Box::pin(async move {
-                let answer = fetch::answer(&shard, &request).await;
-                encode(key, version, correlation, &answer).map(Some)
+                // The response's room, taken from the shard's budget before it is read
+                // and held until it is written: a client pipelining fetches holds at
+                // most what the budget gives.
+                let room = usize::try_from(request.max_bytes.max(1))
+                    .unwrap_or(usize::MAX)
+                    .min(fetch::RESPONSE_BYTES_MAX)
+                    .min(front.max_frame_bytes);
+                let charge =
+                    match api::within(front.io_timeout, Charge::take(&front.buffered, room as u64)).await {
+                        Some(Some(charge)) => charge,
+                        Some(None) => return Err("the engine is stopping".to_owned()),
+                        None => {
+                            return Err(format!(
+                                "a fetch waited {} for room in the server's buffer budget",
+                                humantime::format_duration(front.io_timeout)
+                            ));
+                        }
+                    };
+                let answer = fetch::answer(&shard, &request, room).await;
+                encode(key, version, correlation, &answer).map(|b| Some((b, Some(charge))))
             }) as Later)
         }
         ApiKey::ListOffsets => {
@@ -260,7 +287,7 @@ async fn take(shard: &Rc<Shard>, me: std::net::SocketAddr, mut bytes: Bytes) -> 
             let shard = Rc::clone(shard);
             later(Box::pin(async move {
                 let answer = fetch::list_offsets(&shard, &request).await;
-                encode(key, version, correlation, &answer).map(Some)
+                encode(key, version, correlation, &answer).map(|b| Some((b, None)))
             }) as Later)
         }
         other => Err(format!("{other:?} is listed as served but has no answer")),
@@ -268,7 +295,7 @@ async fn take(shard: &Rc<Shard>, me: std::net::SocketAddr, mut bytes: Bytes) -> 
 }
 
 /// A request's answer being made.
-type Later = std::pin::Pin<Box<dyn std::future::Future<Output = Result<Option<Vec<u8>>, String>>>>;
+type Later = std::pin::Pin<Box<dyn std::future::Future<Output = Result<Option<Reply>, String>>>>;
 
 /// `body` as a whole response frame: its size, its header, itself.
 fn encode<R: Encodable>(key: ApiKey, version: i16, correlation: i32, body: &R) -> Result<Vec<u8>, String> {
