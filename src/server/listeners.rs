@@ -49,13 +49,6 @@ pub fn bind(ingest: &IngestSpec, shards: usize) -> Result<(Bound, Vec<ShardSocke
     }
     // A door that speaks TLS and asks for credentials may face other machines.
     let secured = ingest.tls_cert.is_some() && ingest.credentials.is_some();
-    if ingest.kafka.is_some() && ingest.credentials.is_some() {
-        return Err(RuntimeError::Credentials(
-            "the Kafka door does not take credentials yet (SASL is still to come), so it cannot serve a server \
-             with a credentials file: remove ingest.kafka (--kafka) or the credentials"
-                .into(),
-        ));
-    }
     for (what, addr) in [
         ("tcp", ingest.tcp),
         ("http", ingest.http),

@@ -369,3 +369,200 @@ fn a_stage_reads_what_a_kafka_producer_wrote_and_a_kafka_consumer_reads_what_it_
     }
     assert_eq!(keys.len(), expected, "each passing purchase once");
 }
+
+/// A request frame: size, header (`key`, `version`, correlation 1), `body` encoded.
+fn request<B: Encodable>(
+    stream: &mut std::net::TcpStream,
+    key: ApiKey,
+    version: i16,
+    body: &B,
+) -> Option<bytes::Bytes> {
+    let mut header = RequestHeader::default();
+    header.request_api_key = key as i16;
+    header.request_api_version = version;
+    header.correlation_id = 1;
+    header.client_id = Some(StrBytes::from_static_str("test"));
+    let mut buf = BytesMut::new();
+    header
+        .encode(&mut buf, key.request_header_version(version))
+        .unwrap();
+    body.encode(&mut buf, version).unwrap();
+    send(stream, &buf);
+    let mut answer = receive(stream)?;
+    let header = ResponseHeader::decode(&mut answer, key.response_header_version(version)).unwrap();
+    assert_eq!(header.correlation_id, 1);
+    Some(answer)
+}
+
+/// SaslHandshake (PLAIN) and SaslAuthenticate as `name` with `token`: the error code.
+fn sasl_plain(stream: &mut std::net::TcpStream, name: &str, token: &str) -> i16 {
+    use kafka_protocol::messages::{
+        SaslAuthenticateRequest, SaslAuthenticateResponse, SaslHandshakeRequest, SaslHandshakeResponse,
+    };
+    let mut handshake = SaslHandshakeRequest::default();
+    handshake.mechanism = StrBytes::from_static_str("PLAIN");
+    let mut answer = request(stream, ApiKey::SaslHandshake, 1, &handshake).unwrap();
+    assert_eq!(
+        SaslHandshakeResponse::decode(&mut answer, 1).unwrap().error_code,
+        0
+    );
+    let mut authenticate = SaslAuthenticateRequest::default();
+    authenticate.auth_bytes = bytes::Bytes::from(format!("\0{name}\0{token}"));
+    let mut answer = request(stream, ApiKey::SaslAuthenticate, 2, &authenticate).unwrap();
+    SaslAuthenticateResponse::decode(&mut answer, 2)
+        .unwrap()
+        .error_code
+}
+
+/// A produce of one record to `events` partition 0: the partition's error code.
+fn produce_one(stream: &mut std::net::TcpStream) -> Option<i16> {
+    use kafka_protocol::messages::produce_request::{PartitionProduceData, TopicProduceData};
+    use kafka_protocol::messages::{ProduceRequest, ProduceResponse};
+    use kafka_protocol::records::*;
+    let record = Record {
+        transactional: false,
+        control: false,
+        delete_horizon: false,
+        partition_leader_epoch: NO_PARTITION_LEADER_EPOCH,
+        producer_id: NO_PRODUCER_ID,
+        producer_epoch: NO_PRODUCER_EPOCH,
+        timestamp_type: TimestampType::Creation,
+        offset: 0,
+        sequence: NO_SEQUENCE,
+        timestamp: now_ms(),
+        key: None,
+        value: Some(bytes::Bytes::from_static(b"raw")),
+        headers: Default::default(),
+    };
+    let mut records = BytesMut::new();
+    let options = RecordEncodeOptions {
+        version: 2,
+        compression: Compression::None,
+    };
+    RecordBatchEncoder::encode(&mut records, [&record], &options).unwrap();
+    let mut partition = PartitionProduceData::default();
+    partition.index = 0;
+    partition.records = Some(records.freeze());
+    let mut topic = TopicProduceData::default();
+    topic.name = StrBytes::from_static_str("events").into();
+    topic.partition_data = vec![partition];
+    let mut produce = ProduceRequest::default();
+    produce.acks = -1;
+    produce.timeout_ms = 10_000;
+    produce.topic_data = vec![topic];
+    let mut answer = request(stream, ApiKey::Produce, 7, &produce)?;
+    let response = ProduceResponse::decode(&mut answer, 7).unwrap();
+    Some(response.responses[0].partition_responses[0].error_code)
+}
+
+#[test]
+fn with_credentials_kafka_clients_prove_themselves_by_sasl_plain_and_need_their_permissions() {
+    let dir = tempfile::tempdir().unwrap();
+    let credentials = dir.path().join("credentials");
+    let token = |name: &str, allow: &str| {
+        let (code, out, err) = run_cli(
+            &[
+                "token",
+                "add",
+                name,
+                "--allow",
+                allow,
+                "--credentials",
+                credentials.to_str().unwrap(),
+            ],
+            "",
+        );
+        assert_eq!(code, 0, "{err}");
+        out.trim().to_owned()
+    };
+    let writer = token("writer", "produce:events");
+    let reader = token("reader", "consume:events");
+    let lines = format!(
+        "kafka = \"127.0.0.1:0\"\ncredentials = \"{}\"",
+        credentials.display()
+    );
+    let file = listening_dataflow(dir.path(), "kafka", "group", &lines, TOPIC);
+    let server = Server::start(&file);
+    let kafka = server.kafka.clone().unwrap();
+    let sasl = |name: &str, token: &str| {
+        [
+            "-X".to_owned(),
+            "security.protocol=SASL_PLAINTEXT".to_owned(),
+            "-X".to_owned(),
+            "sasl.mechanisms=PLAIN".to_owned(),
+            "-X".to_owned(),
+            format!("sasl.username={name}"),
+            "-X".to_owned(),
+            format!("sasl.password={token}"),
+        ]
+    };
+    // kcat as the writer produces, kcat as the reader reads it all back.
+    let mut args: Vec<String> = ["-P", "-b", &kafka, "-t", "events", "-K:"]
+        .map(String::from)
+        .to_vec();
+    args.extend(sasl("writer", &writer));
+    let input: String = (0..300).map(|i| format!("k{i}:v{i}\n")).collect();
+    kcat(
+        &args.iter().map(String::as_str).collect::<Vec<_>>(),
+        input.as_bytes(),
+    );
+    let mut args: Vec<String> = [
+        "-C",
+        "-b",
+        &kafka,
+        "-t",
+        "events",
+        "-o",
+        "beginning",
+        "-e",
+        "-q",
+        "-f",
+        "%k\n",
+    ]
+    .map(String::from)
+    .to_vec();
+    args.extend(sasl("reader", &reader));
+    let out = kcat(&args.iter().map(String::as_str).collect::<Vec<_>>(), b"");
+    assert_eq!(out.lines().count(), 300, "the reader reads every record once");
+
+    let connect = || {
+        let stream = std::net::TcpStream::connect(&kafka).unwrap();
+        stream.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+        stream
+    };
+    // Nothing but ApiVersions and SASL before authentication: closed, and said.
+    assert_eq!(produce_one(&mut connect()), None);
+    assert!(
+        server.log.wait_for(
+            &["a Produce request before SASL authentication"],
+            Duration::from_secs(10)
+        ),
+        "{}",
+        server.log.text()
+    );
+    // A wrong token, a token under another name: SASL_AUTHENTICATION_FAILED, then closed.
+    for (name, token) in [("writer", "flowd_wrong"), ("reader", writer.as_str())] {
+        let mut stream = connect();
+        assert_eq!(sasl_plain(&mut stream, name, token), 58, "{name}");
+        assert_eq!(
+            produce_one(&mut stream),
+            None,
+            "closed after a failed authentication"
+        );
+    }
+    // The reader may not produce: TOPIC_AUTHORIZATION_FAILED, the connection stays.
+    let mut stream = connect();
+    assert_eq!(sasl_plain(&mut stream, "reader", &reader), 0);
+    assert_eq!(produce_one(&mut stream), Some(29));
+    assert_eq!(produce_one(&mut stream), Some(29));
+    // The writer may.
+    let mut stream = connect();
+    assert_eq!(sasl_plain(&mut stream, "writer", &writer), 0);
+    assert_eq!(produce_one(&mut stream), Some(0));
+    let out = kcat(&args.iter().map(String::as_str).collect::<Vec<_>>(), b"");
+    assert_eq!(
+        out.lines().count(),
+        301,
+        "the reader's refused produces stored nothing"
+    );
+}

@@ -23,7 +23,9 @@ use kafka_protocol::messages::list_offsets_response::{
     ListOffsetsPartitionResponse, ListOffsetsResponse, ListOffsetsTopicResponse,
 };
 
+use super::sasl::Who;
 use super::{errors, records};
+use crate::auth::Need;
 use crate::protocol::frame::parse_frame;
 use crate::protocol::message::{Fetched, Response};
 use crate::protocol::{FetchFrom, ProtocolError};
@@ -99,7 +101,7 @@ impl Part {
 
 /// The answer to a fetch, its records within `room` bytes (about: a record's framing is
 /// counted as 64 bytes).
-pub async fn answer(shard: &Rc<Shard>, request: &FetchRequest, room: usize) -> FetchResponse {
+pub async fn answer(shard: &Rc<Shard>, request: &FetchRequest, room: usize, who: &Who) -> FetchResponse {
     let names: Vec<String> = request
         .topics
         .iter()
@@ -108,13 +110,17 @@ pub async fn answer(shard: &Rc<Shard>, request: &FetchRequest, room: usize) -> F
     let mut budget = room;
     let mut parts = Vec::new();
     for (t, topic) in request.topics.iter().enumerate() {
+        let allowed = who.allow(&[Need::Consume(&names[t])]);
         for p in &topic.partitions {
             // Room left for records: a partition past the budget reads its marks only.
             let max_bytes = usize::try_from(p.partition_max_bytes.max(0))
                 .unwrap_or(0)
                 .min(budget)
                 .min(u32::MAX as usize) as u32;
-            let outcome = first_read(shard, &names[t], p.partition, p.fetch_offset, max_bytes, 0).await;
+            let outcome = match &allowed {
+                Ok(()) => first_read(shard, &names[t], p.partition, p.fetch_offset, max_bytes, 0).await,
+                Err(error) => Err(error.clone()),
+            };
             if let Ok(fetched) = &outcome {
                 budget = budget.saturating_sub(fetched.records.iter().map(|(_, r)| r.value.len() + 64).sum());
             }
@@ -251,7 +257,7 @@ fn partition_data(
 
 /// The answer to ListOffsets: a partition's start (-2), its end (-1), or the first
 /// record at or after a time (offset and time -1 when none is).
-pub async fn list_offsets(shard: &Rc<Shard>, request: &ListOffsetsRequest) -> ListOffsetsResponse {
+pub async fn list_offsets(shard: &Rc<Shard>, request: &ListOffsetsRequest, who: &Who) -> ListOffsetsResponse {
     let mut response = ListOffsetsResponse::default();
     for topic in &request.topics {
         let name = topic.name.0.as_str();
@@ -268,7 +274,9 @@ pub async fn list_offsets(shard: &Rc<Shard>, request: &ListOffsetsRequest) -> Li
                 answer.partitions.push(part);
                 continue;
             };
+            let allowed = who.allow(&[Need::Consume(name)]);
             let outcome = match p.timestamp {
+                _ if allowed.is_err() => allowed.clone().map(|()| (-1, -1)),
                 EARLIEST | LATEST => read(shard, name, partition, FetchFrom::Latest, 0, 0)
                     .await
                     .map(|f| {

@@ -22,6 +22,7 @@ mod fetch;
 mod metadata;
 mod produce;
 mod records;
+mod sasl;
 mod versions;
 
 use std::os::fd::RawFd;
@@ -32,7 +33,7 @@ use bytes::{BufMut, Bytes, BytesMut};
 use futures_lite::{AsyncReadExt, AsyncWriteExt};
 use kafka_protocol::messages::{
     ApiKey, ApiVersionsRequest, FetchRequest, ListOffsetsRequest, MetadataRequest, ProduceRequest,
-    RequestHeader, ResponseHeader,
+    RequestHeader, ResponseHeader, SaslAuthenticateRequest, SaslHandshakeRequest,
 };
 use kafka_protocol::protocol::{Decodable, Encodable};
 
@@ -78,6 +79,13 @@ async fn serve(shard: Rc<Shard>, front: Rc<Front>, stream: Stream) {
     let Some(me) = stream.local_addr() else {
         return;
     };
+    // A client certificate the TLS door verified proves a credential of that name.
+    let mut who = sasl::Who {
+        gate: std::sync::Arc::clone(&front.gate),
+        identity: stream.client_name().and_then(|name| front.gate.certified(name)),
+    };
+    let mut exchange = sasl::Exchange::default();
+    let auth_by = (!who.proved()).then(|| Instant::now() + front.io_timeout);
     let (mut reader, writer) = futures_lite::io::split(stream);
     let (answers_tx, answers_rx) = flume::bounded::<Answer>(IN_FLIGHT);
     let (out_tx, out_rx) = flume::bounded::<Reply>(IN_FLIGHT);
@@ -105,18 +113,34 @@ async fn serve(shard: Rc<Shard>, front: Rc<Front>, stream: Stream) {
         None
     });
     let mut why = loop {
-        let request = match read_request(&front, &mut reader).await {
+        // Until it proved itself, a client has until `auth_by`, not `idle_timeout`.
+        let wait = match auth_by.filter(|_| !who.proved()) {
+            Some(by) => by.saturating_duration_since(Instant::now()),
+            None => front.idle_timeout,
+        };
+        let request = match read_request(&front, &mut reader, wait).await {
             Ok(Some(request)) => request,
+            Ok(None) if !who.proved() => {
+                shard.shared.metrics.auth_refused.add(1);
+                break Some(format!(
+                    "no SASL authentication within {} (this server asks for credentials)",
+                    humantime::format_duration(front.io_timeout)
+                ));
+            }
             Ok(None) => break None,
             Err(why) => break Some(why),
         };
-        let answer = match take(&shard, &front, me, request.bytes).await {
+        let (answer, close) = match take(&shard, &front, me, request.bytes, &mut who, &mut exchange).await {
             Ok(answer) => answer,
             Err(why) => break Some(why),
         };
         if answers_tx.send_async(answer).await.is_err() {
             // The answers stopped (a failed one, or the writer): said below.
             break None;
+        }
+        if let Some(why) = close {
+            shard.shared.metrics.auth_refused.add(1);
+            break Some(why);
         }
     };
     drop(answers_tx);
@@ -149,9 +173,10 @@ struct Request {
 async fn read_request(
     front: &Front,
     stream: &mut (impl futures_lite::AsyncRead + Unpin),
+    wait: std::time::Duration,
 ) -> Result<Option<Request>, String> {
     let mut size = [0u8; 4];
-    match api::within(front.idle_timeout, stream.read(&mut size[..1])).await {
+    match api::within(wait, stream.read(&mut size[..1])).await {
         Some(Ok(0)) | None => return Ok(None),
         Some(Ok(_)) => {}
         Some(Err(error)) => return Err(format!("read failed: {error}")),
@@ -207,7 +232,9 @@ async fn take(
     front: &Rc<Front>,
     me: std::net::SocketAddr,
     mut bytes: Bytes,
-) -> Result<Answer, String> {
+    who: &mut sasl::Who,
+    exchange: &mut sasl::Exchange,
+) -> Result<(Answer, Option<String>), String> {
     let raw_key = i16::from_be_bytes([bytes[0], bytes[1]]);
     let version = i16::from_be_bytes([bytes[2], bytes[3]]);
     let correlation = i32::from_be_bytes([bytes[4], bytes[5], bytes[6], bytes[7]]);
@@ -218,7 +245,7 @@ async fn take(
         if key == ApiKey::ApiVersions {
             // Answered in version 0, which every client reads, with the versions served.
             return encode(key, 0, correlation, &versions::answer(version))
-                .map(|b| Answer::Ready(Some((b, None))));
+                .map(|b| (Answer::Ready(Some((b, None))), None));
         }
         return Err(format!(
             "{key:?} version {version} is not served (served: {})",
@@ -228,9 +255,48 @@ async fn take(
     let bad = |e: &dyn std::fmt::Display| format!("a {key:?} v{version} request that does not decode: {e}");
     let _header =
         RequestHeader::decode(&mut bytes, key.request_header_version(version)).map_err(|e| bad(&e))?;
+    if !who.proved()
+        && !matches!(
+            key,
+            ApiKey::ApiVersions | ApiKey::SaslHandshake | ApiKey::SaslAuthenticate
+        )
+    {
+        return Err(format!(
+            "a {key:?} request before SASL authentication: this server asks for credentials (SASL PLAIN, \
+             the credential's name as the user and its token as the password)"
+        ));
+    }
     let ready = |body: Result<Vec<u8>, String>| body.map(|b| Answer::Ready(Some((b, None))));
     let later = |task| Ok(Answer::Later(glommio::spawn_local(task).detach()));
-    match key {
+    let mut close = None;
+    let answer = match key {
+        ApiKey::SaslHandshake if version == 0 => {
+            return Err(
+                "a SaslHandshake of version 0 (SASL's bytes unframed after it) is not served: \
+                        SaslAuthenticate is (clients from Kafka 1.0 on use it)"
+                    .into(),
+            );
+        }
+        ApiKey::SaslHandshake => {
+            let request = SaslHandshakeRequest::decode(&mut bytes, version).map_err(|e| bad(&e))?;
+            ready(encode(
+                key,
+                version,
+                correlation,
+                &sasl::handshake(&request, exchange),
+            ))
+        }
+        ApiKey::SaslAuthenticate => {
+            let request = SaslAuthenticateRequest::decode(&mut bytes, version).map_err(|e| bad(&e))?;
+            let (answer, proved) = sasl::authenticate(&request, exchange, who);
+            if !proved {
+                close = Some(format!(
+                    "SASL authentication failed: {}",
+                    answer.error_message.as_ref().map_or("", |m| m.as_str())
+                ));
+            }
+            ready(encode(key, version, correlation, &answer))
+        }
         ApiKey::ApiVersions => {
             ApiVersionsRequest::decode(&mut bytes, version).map_err(|e| bad(&e))?;
             ready(encode(key, version, correlation, &versions::answer(version)))
@@ -247,7 +313,7 @@ async fn take(
         }
         ApiKey::Produce => {
             let request = ProduceRequest::decode(&mut bytes, version).map_err(|e| bad(&e))?;
-            let sent = produce::send_all(shard, request).await;
+            let sent = produce::send_all(shard, request, who).await;
             let shard = Rc::clone(shard);
             later(Box::pin(async move {
                 match sent.answer(&shard).await {
@@ -258,7 +324,7 @@ async fn take(
         }
         ApiKey::Fetch => {
             let request = FetchRequest::decode(&mut bytes, version).map_err(|e| bad(&e))?;
-            let (shard, front) = (Rc::clone(shard), Rc::clone(front));
+            let (shard, front, who) = (Rc::clone(shard), Rc::clone(front), who.clone());
             later(Box::pin(async move {
                 // The response's room, taken from the shard's budget before it is read
                 // and held until it is written: a client pipelining fetches holds at
@@ -278,20 +344,21 @@ async fn take(
                             ));
                         }
                     };
-                let answer = fetch::answer(&shard, &request, room).await;
+                let answer = fetch::answer(&shard, &request, room, &who).await;
                 encode(key, version, correlation, &answer).map(|b| Some((b, Some(charge))))
             }) as Later)
         }
         ApiKey::ListOffsets => {
             let request = ListOffsetsRequest::decode(&mut bytes, version).map_err(|e| bad(&e))?;
-            let shard = Rc::clone(shard);
+            let (shard, who) = (Rc::clone(shard), who.clone());
             later(Box::pin(async move {
-                let answer = fetch::list_offsets(&shard, &request).await;
+                let answer = fetch::list_offsets(&shard, &request, &who).await;
                 encode(key, version, correlation, &answer).map(|b| Some((b, None)))
             }) as Later)
         }
         other => Err(format!("{other:?} is listed as served but has no answer")),
-    }
+    }?;
+    Ok((answer, close))
 }
 
 /// A request's answer being made.

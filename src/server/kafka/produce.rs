@@ -17,6 +17,8 @@ use kafka_protocol::protocol::StrBytes;
 
 use super::errors;
 use super::records::{self, Refused};
+use super::sasl::Who;
+use crate::auth::Need;
 use crate::protocol::ProduceGroup;
 use crate::runtime::shard::Shard;
 use crate::server::api;
@@ -31,14 +33,17 @@ pub struct Sent {
 /// Sends each partition's batches of `request` to its owner, in order: the connection
 /// awaits this before it reads its next request, so a partition's appends keep the order
 /// the client sent them in, while their acks are waited for meanwhile (`Sent::answer`).
-pub async fn send_all(shard: &Rc<Shard>, request: ProduceRequest) -> Sent {
+pub async fn send_all(shard: &Rc<Shard>, request: ProduceRequest, who: &Who) -> Sent {
     let acks = request.acks;
     let mut pending = Vec::new();
     for topic in request.topic_data {
         let name = topic.name.0.as_str().to_owned();
+        let allowed = who.allow(&[Need::Produce(&name)]);
         for partition in topic.partition_data {
             let index = partition.index;
-            let outcome = if !matches!(acks, -1..=1) {
+            let outcome = if let Err(error) = &allowed {
+                Err(refusal(errors::code(error), error.message.clone()))
+            } else if !matches!(acks, -1..=1) {
                 Err(refusal(
                     errors::INVALID_REQUIRED_ACKS,
                     format!("acks={acks} (use 0, 1 or -1)"),

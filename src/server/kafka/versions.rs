@@ -17,6 +17,11 @@ pub const SERVED: &[(ApiKey, i16, i16)] = &[
     (ApiKey::ListOffsets, 1, 7),
     (ApiKey::Metadata, 1, 12),
     (ApiKey::ApiVersions, 0, 3),
+    // Listed from 0, as clients check for it (librdkafka's feature test), but a version 0
+    // handshake, after which SASL's bytes come unframed, closes the connection: clients
+    // that also see SaslAuthenticate listed send version 1.
+    (ApiKey::SaslHandshake, 0, 1),
+    (ApiKey::SaslAuthenticate, 0, 2),
 ];
 
 /// The versions of `key` served, if it is.
@@ -69,6 +74,8 @@ mod tests {
             ApiKey::ListOffsets => ListOffsetsRequest::VERSIONS,
             ApiKey::Metadata => MetadataRequest::VERSIONS,
             ApiKey::ApiVersions => ApiVersionsRequest::VERSIONS,
+            ApiKey::SaslHandshake => SaslHandshakeRequest::VERSIONS,
+            ApiKey::SaslAuthenticate => SaslAuthenticateRequest::VERSIONS,
             other => panic!("{other:?} is served but not checked here"),
         };
         for &(key, min, max) in SERVED {
