@@ -2,7 +2,8 @@
 //! through `ingest.kafka`, and what it wrote is what `flowd tail` shows, and the reverse;
 //! every compression a producer may choose is read back; requests the door does not
 //! serve are refused in Kafka's terms (ApiVersions) or close the connection with a line
-//! in the log, never a hang.
+//! in the log, never a hang; with credentials, SASL/PLAIN over tokens and permissions;
+//! TLS with the doors' certificate.
 //!
 //! kcat comes from Debian (`apt-get install kcat`; `.ci/run` installs it).
 
@@ -564,5 +565,79 @@ fn with_credentials_kafka_clients_prove_themselves_by_sasl_plain_and_need_their_
         out.lines().count(),
         301,
         "the reader's refused produces stored nothing"
+    );
+}
+
+#[test]
+fn the_kafka_door_speaks_tls_with_the_doors_certificate_and_tells_a_plaintext_client_off() {
+    let dir = tempfile::tempdir().unwrap();
+    let pki = dir.path().join("pki");
+    let pki_s = pki.to_str().unwrap();
+    let (code, _, err) = run_cli(&["cert", "ca", "--dir", pki_s, "--name", "kafka-test"], "");
+    assert_eq!(code, 0, "{err}");
+    let (code, _, err) = run_cli(
+        &["cert", "issue", "server", "--dir", pki_s, "--host", "127.0.0.1"],
+        "",
+    );
+    assert_eq!(code, 0, "{err}");
+    let lines = format!(
+        "kafka = \"127.0.0.1:0\"\ntls_cert = \"{}\"\ntls_key = \"{}\"",
+        pki.join("server.pem").display(),
+        pki.join("server.key").display()
+    );
+    let file = listening_dataflow(dir.path(), "kafka", "group", &lines, TOPIC);
+    let server = Server::start(&file);
+    let kafka = server.kafka.clone().unwrap();
+    let ca = format!("ssl.ca.location={}", pki.join("ca.pem").display());
+    let tls = ["-X", "security.protocol=SSL", "-X", &ca];
+    let input: String = (0..200).map(|i| format!("k{i}:v{i}\n")).collect();
+    let mut args = vec!["-P", "-b", &kafka, "-t", "events", "-K:"];
+    args.extend(tls);
+    kcat(&args, input.as_bytes());
+    let mut args = vec![
+        "-C",
+        "-b",
+        &kafka,
+        "-t",
+        "events",
+        "-o",
+        "beginning",
+        "-e",
+        "-q",
+        "-f",
+        "%k\n",
+    ];
+    args.extend(tls);
+    assert_eq!(
+        kcat(&args, b"").lines().count(),
+        200,
+        "every record, in TLS both ways"
+    );
+    // A plaintext Kafka client on the TLS door: closed at once, and the log says why.
+    let mut stream = std::net::TcpStream::connect(&kafka).unwrap();
+    stream.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    let mut header = RequestHeader::default();
+    header.request_api_key = ApiKey::ApiVersions as i16;
+    header.request_api_version = 3;
+    header.correlation_id = 1;
+    let mut body = BytesMut::new();
+    header.encode(&mut body, 2).unwrap();
+    kafka_protocol::messages::ApiVersionsRequest::default()
+        .encode(&mut body, 3)
+        .unwrap();
+    send(&mut stream, &body);
+    let started = std::time::Instant::now();
+    assert!(receive(&mut stream).is_none(), "no Kafka answer in plaintext");
+    assert!(
+        started.elapsed() < Duration::from_secs(2),
+        "closed within a second or so"
+    );
+    assert!(
+        server.log.wait_for(
+            &["a plaintext client on the TLS Kafka door"],
+            Duration::from_secs(10)
+        ),
+        "{}",
+        server.log.text()
     );
 }
