@@ -81,6 +81,25 @@ fn consume(kafka: &str) -> Seen {
     seen
 }
 
+/// The keys of everything in `events`, read by kcat (with `extra` settings) to the end.
+fn keys(kafka: &str, extra: &[&str]) -> Vec<String> {
+    let mut args = vec![
+        "-C",
+        "-b",
+        kafka,
+        "-t",
+        "events",
+        "-o",
+        "beginning",
+        "-e",
+        "-q",
+        "-f",
+        "%k\n",
+    ];
+    args.extend(extra);
+    kcat(&args, b"").lines().map(str::to_owned).collect()
+}
+
 /// Everything in `events`, read by `flowd tail --json`.
 fn tail(server: &Server) -> Seen {
     let (code, out, err) = run_cli(&["tail", "--from", &server.tcp, "events", "--json"], "");
@@ -507,24 +526,13 @@ fn with_credentials_kafka_clients_prove_themselves_by_sasl_plain_and_need_their_
         &args.iter().map(String::as_str).collect::<Vec<_>>(),
         input.as_bytes(),
     );
-    let mut args: Vec<String> = [
-        "-C",
-        "-b",
-        &kafka,
-        "-t",
-        "events",
-        "-o",
-        "beginning",
-        "-e",
-        "-q",
-        "-f",
-        "%k\n",
-    ]
-    .map(String::from)
-    .to_vec();
-    args.extend(sasl("reader", &reader));
-    let out = kcat(&args.iter().map(String::as_str).collect::<Vec<_>>(), b"");
-    assert_eq!(out.lines().count(), 300, "the reader reads every record once");
+    let reader_sasl = sasl("reader", &reader);
+    let as_reader: Vec<&str> = reader_sasl.iter().map(String::as_str).collect();
+    assert_eq!(
+        keys(&kafka, &as_reader).len(),
+        300,
+        "the reader reads every record once"
+    );
 
     let connect = || {
         let stream = std::net::TcpStream::connect(&kafka).unwrap();
@@ -560,9 +568,8 @@ fn with_credentials_kafka_clients_prove_themselves_by_sasl_plain_and_need_their_
     let mut stream = connect();
     assert_eq!(sasl_plain(&mut stream, "writer", &writer), 0);
     assert_eq!(produce_one(&mut stream), Some(0));
-    let out = kcat(&args.iter().map(String::as_str).collect::<Vec<_>>(), b"");
     assert_eq!(
-        out.lines().count(),
+        keys(&kafka, &as_reader).len(),
         301,
         "the reader's refused produces stored nothing"
     );
@@ -594,25 +601,7 @@ fn the_kafka_door_speaks_tls_with_the_doors_certificate_and_tells_a_plaintext_cl
     let mut args = vec!["-P", "-b", &kafka, "-t", "events", "-K:"];
     args.extend(tls);
     kcat(&args, input.as_bytes());
-    let mut args = vec![
-        "-C",
-        "-b",
-        &kafka,
-        "-t",
-        "events",
-        "-o",
-        "beginning",
-        "-e",
-        "-q",
-        "-f",
-        "%k\n",
-    ];
-    args.extend(tls);
-    assert_eq!(
-        kcat(&args, b"").lines().count(),
-        200,
-        "every record, in TLS both ways"
-    );
+    assert_eq!(keys(&kafka, &tls).len(), 200, "every record, in TLS both ways");
     // A plaintext Kafka client on the TLS door: closed at once, and the log says why.
     let mut stream = std::net::TcpStream::connect(&kafka).unwrap();
     stream.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
