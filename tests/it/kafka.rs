@@ -47,24 +47,29 @@ fn kcat(args: &[&str], stdin: &[u8]) -> String {
 /// One record as both sides print it: (partition, offset) -> (key, value, headers, time).
 type Seen = BTreeMap<(u32, u64), (String, String, String, i64)>;
 
+/// Every record of `topic` as kcat prints it with `format` (and `extra` settings),
+/// read from the beginning to the end of every partition.
+fn read_topic(kafka: &str, topic: &str, format: &str, extra: &[&str]) -> String {
+    let mut args = vec![
+        "-C",
+        "-b",
+        kafka,
+        "-t",
+        topic,
+        "-o",
+        "beginning",
+        "-e",
+        "-q",
+        "-f",
+        format,
+    ];
+    args.extend(extra);
+    kcat(&args, b"")
+}
+
 /// Everything in `events`, read by kcat to the end of every partition.
 fn consume(kafka: &str) -> Seen {
-    let out = kcat(
-        &[
-            "-C",
-            "-b",
-            kafka,
-            "-t",
-            "events",
-            "-o",
-            "beginning",
-            "-e",
-            "-q",
-            "-f",
-            "%p\t%o\t%k\t%s\t%h\t%T\n",
-        ],
-        b"",
-    );
+    let out = read_topic(kafka, "events", "%p\t%o\t%k\t%s\t%h\t%T\n", &[]);
     let mut seen = Seen::new();
     for line in out.lines() {
         let f: Vec<&str> = line.split('\t').collect();
@@ -83,21 +88,10 @@ fn consume(kafka: &str) -> Seen {
 
 /// The keys of everything in `events`, read by kcat (with `extra` settings) to the end.
 fn keys(kafka: &str, extra: &[&str]) -> Vec<String> {
-    let mut args = vec![
-        "-C",
-        "-b",
-        kafka,
-        "-t",
-        "events",
-        "-o",
-        "beginning",
-        "-e",
-        "-q",
-        "-f",
-        "%k\n",
-    ];
-    args.extend(extra);
-    kcat(&args, b"").lines().map(str::to_owned).collect()
+    read_topic(kafka, "events", "%k\n", extra)
+        .lines()
+        .map(str::to_owned)
+        .collect()
 }
 
 /// Everything in `events`, read by `flowd tail --json`.
@@ -351,24 +345,7 @@ fn a_stage_reads_what_a_kafka_producer_wrote_and_a_kafka_consumer_reads_what_it_
     kcat(&["-P", "-b", &kafka, "-t", "purchases", "-K:"], input.as_bytes());
     // Amounts 101..=199 pass: 99 of every 200.
     let expected = n / 200 * 99;
-    let read = || {
-        kcat(
-            &[
-                "-C",
-                "-b",
-                &kafka,
-                "-t",
-                "big-purchases",
-                "-o",
-                "beginning",
-                "-e",
-                "-q",
-                "-f",
-                "%k\t%s\n",
-            ],
-            b"",
-        )
-    };
+    let read = || read_topic(&kafka, "big-purchases", "%k\t%s\n", &[]);
     wait_until(
         "the stage's outputs reach the Kafka consumer",
         Duration::from_secs(30),

@@ -16,7 +16,7 @@ use kafka_protocol::messages::produce_response::{
 use kafka_protocol::protocol::StrBytes;
 
 use super::errors;
-use super::records::{self, Refused};
+use super::records::{self, Refused, refused};
 use super::sasl::Who;
 use crate::auth::Need;
 use crate::protocol::ProduceGroup;
@@ -42,9 +42,9 @@ pub async fn send_all(shard: &Rc<Shard>, request: ProduceRequest, who: &Who) -> 
         for partition in topic.partition_data {
             let index = partition.index;
             let outcome = if let Err(error) = &allowed {
-                Err(refusal(errors::code(error), error.message.clone()))
+                Err(Refused::from(error.clone()))
             } else if !matches!(acks, -1..=1) {
-                Err(refusal(
+                Err(refused(
                     errors::INVALID_REQUIRED_ACKS,
                     format!("acks={acks} (use 0, 1 or -1)"),
                 ))
@@ -69,10 +69,7 @@ impl Sent {
             answer.log_append_time_ms = -1;
             answer.log_start_offset = -1;
             let acked = match outcome {
-                Ok(pending) => pending
-                    .wait(shard)
-                    .await
-                    .map_err(|e| refusal(errors::code(&e), e.message)),
+                Ok(pending) => pending.wait(shard).await.map_err(Refused::from),
                 Err(refused) => Err(refused),
             };
             match acked {
@@ -101,10 +98,6 @@ impl Sent {
     }
 }
 
-fn refusal(code: i16, message: String) -> Refused {
-    Refused { code, message }
-}
-
 /// One partition's batches sent to its owner as one atomic batch.
 async fn send(
     shard: &Rc<Shard>,
@@ -113,27 +106,22 @@ async fn send(
     batches: Option<bytes::Bytes>,
 ) -> Result<api::PendingProduce, Refused> {
     let Ok(partition) = u32::try_from(index) else {
-        return Err(refusal(
+        return Err(refused(
             errors::UNKNOWN_TOPIC_OR_PARTITION,
             format!("partition {index}"),
         ));
     };
     let Some(batches) = batches else {
-        return Err(refusal(
-            errors::INVALID_REQUEST,
-            "a partition's records are null".into(),
-        ));
+        return Err(refused(errors::INVALID_REQUEST, "a partition's records are null"));
     };
     let encoded = records::from_kafka(batches)?;
     let records = encoded
         .records()
-        .map_err(|e| refusal(errors::CORRUPT_MESSAGE, e.message))?;
+        .map_err(|e| refused(errors::CORRUPT_MESSAGE, e.message))?;
     let group = ProduceGroup {
         topic,
         partition: Some(partition),
         records,
     };
-    api::produce(shard, &[group])
-        .await
-        .map_err(|e| refusal(errors::code(&e), e.message))
+    api::produce(shard, &[group]).await.map_err(Refused::from)
 }

@@ -41,10 +41,17 @@ pub struct Refused {
     pub message: String,
 }
 
-fn refused(code: i16, message: impl Into<String>) -> Refused {
+pub(super) fn refused(code: i16, message: impl Into<String>) -> Refused {
     Refused {
         code,
         message: message.into(),
+    }
+}
+
+/// What the engine refused, with the Kafka code for it.
+impl From<ProtocolError> for Refused {
+    fn from(error: ProtocolError) -> Refused {
+        refused(super::errors::code(&error), error.message)
     }
 }
 
