@@ -264,6 +264,22 @@ impl Cursor {
         })
     }
 
+    /// Sets the committed offset to `to` in a log that ends at `end` (a Kafka group's
+    /// commit, which may move it either way): a pending claim is dropped (its records
+    /// are delivered again from `to`), reclaims reset. An offset past the end names no
+    /// record and is refused.
+    pub fn seek(&mut self, to: u64, end: u64) -> Result<(), ConsumerError> {
+        if to > end {
+            return Err(ConsumerError::Invalid(format!(
+                "offset {to} is past the partition's end ({end}): commit an offset of a record read"
+            )));
+        }
+        self.committed = to;
+        self.claim = None;
+        self.reclaims = 0;
+        Ok(())
+    }
+
     /// Stops the consumer; a pending claim goes back unacked (not counted as a reclaim).
     pub fn disable(&mut self, reason: &str) -> Result<(), ConsumerError> {
         if let State::Disabled(_) = self.state {
@@ -510,5 +526,17 @@ mod tests {
         assert_eq!(cursor.clamp_to(5), Some(8));
         assert_eq!(cursor.committed, 5);
         assert_eq!(cursor.clamp_to(5), None);
+    }
+
+    #[test]
+    fn a_seek_moves_the_committed_offset_either_way_and_drops_the_claim() {
+        let mut cursor = Cursor::new(Options::default(), 0, 10, |_| None);
+        cursor.claim(6, 0);
+        assert_eq!(cursor.seek(8, 10), Ok(()));
+        assert_eq!((cursor.committed, cursor.claim), (8, None));
+        assert_eq!(cursor.seek(2, 10), Ok(()));
+        assert_eq!(cursor.committed, 2);
+        assert!(matches!(cursor.seek(11, 10), Err(ConsumerError::Invalid(_))));
+        assert_eq!(cursor.committed, 2);
     }
 }

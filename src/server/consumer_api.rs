@@ -246,6 +246,24 @@ pub async fn ack(
     }
 }
 
+/// Sets the committed offset of consumer `r.group` on one partition of this peer's to
+/// `offset` (the consumer made with the default options if it is new): a Kafka group's
+/// commit, answered once journaled and durable.
+pub async fn seek(shard: &Rc<Shard>, r: &ConsumerRef<'_>, offset: u64) -> Result<(), ProtocolError> {
+    check_group(r.group)?;
+    let topic = topic_of(shard, r.topic, Some(r.partition))?;
+    let op = PartitionOp::Seek {
+        topic,
+        partition: r.partition,
+        group: r.group.to_owned(),
+        offset,
+    };
+    match on_owner(shard, r.partition, op).await? {
+        OpReply::Done => Ok(()),
+        _ => Err(unexpected()),
+    }
+}
+
 /// What a reclaim did: `(from, to, reclaims, outcome code)`.
 pub async fn reclaim(
     shard: &Rc<Shard>,

@@ -259,10 +259,10 @@ fn requests_the_door_does_not_serve_get_kafkas_answer_or_a_closed_connection_and
         .expect("Fetch is listed");
     assert!(fetch.min_version <= 4 && fetch.max_version >= 4);
 
-    // An API this door does not serve (FindCoordinator): closed, and the log says what.
+    // An API this door does not serve (DescribeAcls): closed, and the log says what.
     let mut stream = connect();
     let mut body = BytesMut::new();
-    body.put_i16(ApiKey::FindCoordinator as i16);
+    body.put_i16(ApiKey::DescribeAcls as i16);
     body.put_i16(0);
     body.put_i32(7);
     body.put_i16(-1);
@@ -270,10 +270,7 @@ fn requests_the_door_does_not_serve_get_kafkas_answer_or_a_closed_connection_and
     assert!(receive(&mut stream).is_none(), "closed without an answer");
     assert!(
         server.log.wait_for(
-            &[
-                "Kafka connection closed",
-                "FindCoordinator version 0 is not served"
-            ],
+            &["Kafka connection closed", "DescribeAcls version 0 is not served"],
             Duration::from_secs(10)
         ),
         "{}",
@@ -605,5 +602,192 @@ fn the_kafka_door_speaks_tls_with_the_doors_certificate_and_tells_a_plaintext_cl
         ),
         "{}",
         server.log.text()
+    );
+}
+
+/// A Kafka client of `tests/it/kafka_clients.py` (confluent-kafka, from Debian's
+/// python3-confluent-kafka), its output in a file; killed when dropped.
+struct PyClient {
+    child: std::process::Child,
+    out: std::path::PathBuf,
+}
+
+impl PyClient {
+    fn start(dir: &Path, name: &str, args: &[&str]) -> PyClient {
+        let python = "/usr/bin/python3";
+        let ok = Command::new(python)
+            .args(["-c", "import confluent_kafka"])
+            .output()
+            .is_ok_and(|o| o.status.success());
+        assert!(
+            ok,
+            "these tests need confluent-kafka: apt-get install python3-confluent-kafka"
+        );
+        let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/it/kafka_clients.py");
+        let out = dir.join(format!("{name}.out"));
+        let child = Command::new(python)
+            .arg(script)
+            .args(args)
+            .stdout(std::fs::File::create(&out).unwrap())
+            .stderr(std::fs::File::create(dir.join(format!("{name}.err"))).unwrap())
+            .spawn()
+            .expect("python3 starts");
+        PyClient { child, out }
+    }
+
+    fn lines(&self) -> Vec<String> {
+        std::fs::read_to_string(&self.out)
+            .unwrap_or_default()
+            .lines()
+            .map(str::to_owned)
+            .collect()
+    }
+
+    fn said(&self, line: &str) -> bool {
+        self.lines().iter().any(|l| l == line)
+    }
+
+    /// The partitions of its last assignment.
+    fn assigned(&self) -> Vec<u32> {
+        self.lines()
+            .iter()
+            .rev()
+            .find_map(|l| l.strip_prefix("assigned "))
+            .map(|list| {
+                list.split(',')
+                    .filter(|p| !p.is_empty())
+                    .map(|p| p.parse().unwrap())
+                    .collect()
+            })
+            .unwrap_or_default()
+    }
+
+    /// `(partition, offset, value)` of each record it took (and committed).
+    fn records(&self) -> Vec<(u32, u64, String)> {
+        self.lines()
+            .iter()
+            .filter_map(|l| l.strip_prefix("record "))
+            .map(|r| {
+                let f: Vec<&str> = r.splitn(3, ' ').collect();
+                (f[0].parse().unwrap(), f[1].parse().unwrap(), f[2].to_owned())
+            })
+            .collect()
+    }
+}
+
+impl Drop for PyClient {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// `per` records into each of the 4 partitions of `events`, `p{P}-v{O}` at offset O.
+fn fill(kafka: &str, from: u64, per: u64) {
+    for p in 0..4 {
+        let lines: String = (from..from + per).map(|o| format!("p{p}-v{o}\n")).collect();
+        kcat(
+            &["-P", "-b", kafka, "-t", "events", "-p", &p.to_string()],
+            lines.as_bytes(),
+        );
+    }
+}
+
+/// A consumer group of two librdkafka consumers splits the partitions; when one leaves,
+/// the other takes its partitions over at the offsets it committed (every record taken
+/// exactly once, since each is committed before it is counted); the group's offsets are
+/// flowd's named consumer `g1`, durable: after a SIGKILL and a restart a new member of
+/// the group goes on where the group was.
+#[test]
+fn a_consumer_group_splits_the_partitions_and_hands_them_over_at_the_committed_offsets() {
+    let dir = tempfile::tempdir().unwrap();
+    let control = dir.path().join("control");
+    std::fs::create_dir(&control).unwrap();
+    let ctl = control.to_str().unwrap().to_owned();
+    let mut server = kafka_server(dir.path());
+    let kafka = server.kafka.clone().unwrap();
+    let per = 100u64;
+    let limit = Duration::from_secs(60);
+    fill(&kafka, 0, per);
+    let member =
+        |name: &str, kafka: &str| PyClient::start(dir.path(), name, &["group", kafka, "g1", name, &ctl]);
+
+    let a = member("A", &kafka);
+    wait_until(
+        "A alone takes every partition and reads them to the end",
+        limit,
+        || a.assigned() == [0, 1, 2, 3] && a.records().len() == 4 * per as usize,
+    );
+    let b = member("B", &kafka);
+    wait_until("the group splits the partitions between A and B", limit, || {
+        let (x, y) = (a.assigned(), b.assigned());
+        let mut all: Vec<u32> = x.iter().chain(&y).copied().collect();
+        all.sort_unstable();
+        !x.is_empty() && !y.is_empty() && all == [0, 1, 2, 3]
+    });
+    let (a_parts, b_parts) = (a.assigned(), b.assigned());
+    fill(&kafka, per, per);
+    wait_until(
+        "each member reads the new records of its own partitions",
+        limit,
+        || {
+            a.records().len() == (4 + a_parts.len()) * per as usize
+                && b.records().len() == b_parts.len() * per as usize
+        },
+    );
+    assert!(
+        a.records()[4 * per as usize..]
+            .iter()
+            .all(|r| a_parts.contains(&r.0))
+    );
+    assert!(b.records().iter().all(|r| b_parts.contains(&r.0)));
+
+    // A stops taking records, more come to its partitions, then it leaves the group.
+    std::fs::write(control.join("A.hold"), "").unwrap();
+    wait_until("A holds", limit, || a.said("held"));
+    fill(&kafka, 2 * per, per);
+    std::fs::write(control.join("A.stop"), "").unwrap();
+    wait_until("A leaves", limit, || a.said("closed"));
+    wait_until("B takes every partition and reads them to the end", limit, || {
+        b.assigned() == [0, 1, 2, 3] && a.records().len() + b.records().len() == 12 * per as usize
+    });
+    let mut taken = BTreeMap::new();
+    for (who, records) in [("A", a.records()), ("B", b.records())] {
+        for (p, o, value) in records {
+            assert_eq!(value, format!("p{p}-v{o}"));
+            assert!(taken.insert((p, o), who).is_none(), "{p}/{o} taken twice");
+        }
+    }
+    let all: Vec<(u32, u64)> = (0..4).flat_map(|p| (0..3 * per).map(move |o| (p, o))).collect();
+    assert_eq!(
+        taken.keys().copied().collect::<Vec<_>>(),
+        all,
+        "every record taken, none skipped"
+    );
+    for p in &a_parts {
+        let first = b.records().iter().filter(|r| r.0 == *p).map(|r| r.1).min();
+        assert_eq!(
+            first,
+            Some(2 * per),
+            "B goes on in A's partition {p} where A committed"
+        );
+    }
+    std::fs::write(control.join("B.stop"), "").unwrap();
+    wait_until("B leaves", limit, || b.said("closed"));
+
+    // The offsets outlive the process: after a SIGKILL, a new member starts where the
+    // group was, and takes only what came after.
+    server.kill9();
+    let server = Server::start(&dir.path().join("kafka.toml"));
+    let kafka = server.kafka.clone().unwrap();
+    let c = member("C", &kafka);
+    wait_until("C takes every partition", limit, || c.assigned() == [0, 1, 2, 3]);
+    fill(&kafka, 3 * per, per);
+    wait_until("C reads what came after the restart", limit, || {
+        c.records().len() == 4 * per as usize
+    });
+    assert!(
+        c.records().iter().all(|(_, o, _)| (3 * per..4 * per).contains(o)),
+        "C started at the committed offsets, not before"
     );
 }

@@ -391,6 +391,14 @@ pub enum PartitionOp {
         id: String,
         parts: Vec<TxnPart>,
     },
+    /// Set the committed offset of `group` (made if it does not exist) to `offset`: a
+    /// Kafka group's commit.
+    Seek {
+        topic: usize,
+        partition: u32,
+        group: String,
+        offset: u64,
+    },
     /// Create `group` with `options` on this shard's partitions of `topic` that lack it.
     Ensure {
         topic: usize,
@@ -421,6 +429,7 @@ impl PartitionOp {
             | PartitionOp::Ack { topic, .. }
             | PartitionOp::Reclaim { topic, .. }
             | PartitionOp::AckCommit { topic, .. }
+            | PartitionOp::Seek { topic, .. }
             | PartitionOp::Ensure { topic, .. }
             | PartitionOp::Range { topic, .. }
             | PartitionOp::Length { topic, .. } => Some(*topic),
@@ -552,6 +561,26 @@ pub async fn run(shard: &Rc<Shard>, op: PartitionOp) -> OpResult {
             let range = cursor.ack()?;
             let ends = commit(shard, topic, partition, &group, cursor, id, parts).await?;
             Ok(OpReply::Committed(range, ends))
+        }
+        PartitionOp::Seek {
+            topic,
+            partition,
+            group,
+            offset,
+        } => {
+            follow::ready(shard, topic, partition).await?;
+            let mut cursor = match consumers.get(topic, partition, &group) {
+                Some(cursor) => cursor,
+                None => new_cursor(shard, topic, partition, &Options::default())?,
+            };
+            let end = local(shard, topic, partition)?.log.borrow().committed_offset();
+            cursor.seek(offset, end)?;
+            consumers.put(topic, partition, &group, cursor.clone());
+            let written = consumers
+                .write_set(shard, topic, partition, &group, &cursor)
+                .await?;
+            consumers.durable(written).await?;
+            Ok(OpReply::Done)
         }
         PartitionOp::Ensure {
             topic,

@@ -19,11 +19,15 @@
 
 mod errors;
 mod fetch;
+mod group;
+mod groups;
 mod metadata;
 mod produce;
 mod records;
 mod sasl;
 mod versions;
+
+pub use groups::Groups;
 
 use std::os::fd::RawFd;
 use std::rc::Rc;
@@ -32,8 +36,10 @@ use std::time::Instant;
 use bytes::{BufMut, Bytes, BytesMut};
 use futures_lite::{AsyncReadExt, AsyncWriteExt};
 use kafka_protocol::messages::{
-    ApiKey, ApiVersionsRequest, FetchRequest, ListOffsetsRequest, MetadataRequest, ProduceRequest,
-    RequestHeader, ResponseHeader, SaslAuthenticateRequest, SaslHandshakeRequest,
+    ApiKey, ApiVersionsRequest, FetchRequest, FindCoordinatorRequest, HeartbeatRequest, JoinGroupRequest,
+    LeaveGroupRequest, ListOffsetsRequest, MetadataRequest, OffsetCommitRequest, OffsetFetchRequest,
+    ProduceRequest, RequestHeader, ResponseHeader, SaslAuthenticateRequest, SaslHandshakeRequest,
+    SyncGroupRequest,
 };
 use kafka_protocol::protocol::{Decodable, Encodable};
 
@@ -356,9 +362,68 @@ async fn take(
                 encode(key, version, correlation, &answer).map(|b| Some((b, None)))
             }) as Later)
         }
+        ApiKey::FindCoordinator => {
+            let request = FindCoordinatorRequest::decode(&mut bytes, version).map_err(|e| bad(&e))?;
+            ready(encode(
+                key,
+                version,
+                correlation,
+                &groups::find_coordinator(&request, version, me),
+            ))
+        }
+        ApiKey::JoinGroup => {
+            let request = JoinGroupRequest::decode(&mut bytes, version).map_err(|e| bad(&e))?;
+            let (groups, who) = (coordinator(front)?, who.clone());
+            later(Box::pin(async move {
+                let answer = groups::join(&groups, request, version, &who).await;
+                encode(key, version, correlation, &answer).map(|b| Some((b, None)))
+            }) as Later)
+        }
+        ApiKey::SyncGroup => {
+            let request = SyncGroupRequest::decode(&mut bytes, version).map_err(|e| bad(&e))?;
+            let (groups, who) = (coordinator(front)?, who.clone());
+            later(Box::pin(async move {
+                let answer = groups::sync(&groups, request, &who).await;
+                encode(key, version, correlation, &answer).map(|b| Some((b, None)))
+            }) as Later)
+        }
+        ApiKey::Heartbeat => {
+            let request = HeartbeatRequest::decode(&mut bytes, version).map_err(|e| bad(&e))?;
+            let answer = groups::heartbeat(&*coordinator(front)?, &request, who);
+            ready(encode(key, version, correlation, &answer))
+        }
+        ApiKey::LeaveGroup => {
+            let request = LeaveGroupRequest::decode(&mut bytes, version).map_err(|e| bad(&e))?;
+            let answer = groups::leave(&*coordinator(front)?, &request, version, who);
+            ready(encode(key, version, correlation, &answer))
+        }
+        ApiKey::OffsetCommit => {
+            let request = OffsetCommitRequest::decode(&mut bytes, version).map_err(|e| bad(&e))?;
+            let (shard, groups, who) = (Rc::clone(shard), coordinator(front)?, who.clone());
+            later(Box::pin(async move {
+                let answer = groups::offset_commit(&shard, &groups, request, &who).await;
+                encode(key, version, correlation, &answer).map(|b| Some((b, None)))
+            }) as Later)
+        }
+        ApiKey::OffsetFetch => {
+            let request = OffsetFetchRequest::decode(&mut bytes, version).map_err(|e| bad(&e))?;
+            let (shard, who) = (Rc::clone(shard), who.clone());
+            later(Box::pin(async move {
+                let answer = groups::offset_fetch(&shard, request, version, &who).await;
+                encode(key, version, correlation, &answer).map(|b| Some((b, None)))
+            }) as Later)
+        }
         other => Err(format!("{other:?} is listed as served but has no answer")),
     }?;
     Ok((answer, close))
+}
+
+/// The groups of the door's process (there whenever the Kafka door is open).
+fn coordinator(front: &Front) -> Result<std::sync::Arc<Groups>, String> {
+    front
+        .kafka_groups
+        .clone()
+        .ok_or_else(|| "a Kafka request on a shard without the Kafka door's groups (a bug)".to_owned())
 }
 
 /// A request's answer being made.

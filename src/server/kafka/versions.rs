@@ -22,6 +22,14 @@ pub const SERVED: &[(ApiKey, i16, i16)] = &[
     // that also see SaslAuthenticate listed send version 1.
     (ApiKey::SaslHandshake, 0, 1),
     (ApiKey::SaslAuthenticate, 0, 2),
+    (ApiKey::FindCoordinator, 0, 4),
+    (ApiKey::JoinGroup, 0, 9),
+    (ApiKey::SyncGroup, 0, 5),
+    (ApiKey::Heartbeat, 0, 4),
+    (ApiKey::LeaveGroup, 0, 5),
+    // 9 on is KIP-848's protocol (member epochs), not served.
+    (ApiKey::OffsetCommit, 2, 8),
+    (ApiKey::OffsetFetch, 1, 8),
 ];
 
 /// The versions of `key` served, if it is.
@@ -76,6 +84,13 @@ mod tests {
             ApiKey::ApiVersions => ApiVersionsRequest::VERSIONS,
             ApiKey::SaslHandshake => SaslHandshakeRequest::VERSIONS,
             ApiKey::SaslAuthenticate => SaslAuthenticateRequest::VERSIONS,
+            ApiKey::FindCoordinator => FindCoordinatorRequest::VERSIONS,
+            ApiKey::JoinGroup => JoinGroupRequest::VERSIONS,
+            ApiKey::SyncGroup => SyncGroupRequest::VERSIONS,
+            ApiKey::Heartbeat => HeartbeatRequest::VERSIONS,
+            ApiKey::LeaveGroup => LeaveGroupRequest::VERSIONS,
+            ApiKey::OffsetCommit => OffsetCommitRequest::VERSIONS,
+            ApiKey::OffsetFetch => OffsetFetchRequest::VERSIONS,
             other => panic!("{other:?} is served but not checked here"),
         };
         for &(key, min, max) in SERVED {
@@ -94,6 +109,7 @@ mod tests {
         assert_eq!(newer.error_code, errors::UNSUPPORTED_VERSION);
         assert_eq!(newer.api_keys.len(), SERVED.len());
         assert!(!serves(ApiKey::Fetch, 13));
-        assert!(!serves(ApiKey::FindCoordinator, 0));
+        assert!(!serves(ApiKey::InitProducerId, 0));
+        assert!(!serves(ApiKey::OffsetCommit, 9));
     }
 }
