@@ -92,6 +92,30 @@ pub fn encode_record(
     }
 }
 
+/// Re-encodes the last of `count` records encoded one after another in `bytes` with
+/// header `name` = `value` added (an engine's mark on a batch: its last record).
+pub fn add_header_to_last(
+    bytes: &mut Vec<u8>,
+    count: usize,
+    name: &str,
+    value: &[u8],
+) -> Result<(), ProtocolError> {
+    let mut cursor = Cursor::new(bytes);
+    let mut last_start = 0;
+    for _ in 0..count {
+        last_start = bytes.len() - cursor.remaining();
+        cursor.record()?;
+    }
+    let last = Cursor::new(&bytes[last_start..]).record()?;
+    let mut headers = last.headers.clone();
+    headers.push((name, value));
+    let mut encoded = Vec::with_capacity(last.raw.len() + name.len() + value.len() + 8);
+    encode_record(&mut encoded, last.timestamp_ms, last.key, last.value, &headers);
+    bytes.truncate(last_start);
+    bytes.extend_from_slice(&encoded);
+    Ok(())
+}
+
 pub fn put_u16(out: &mut Vec<u8>, v: u16) {
     out.extend_from_slice(&v.to_le_bytes());
 }

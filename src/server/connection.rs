@@ -513,7 +513,7 @@ async fn dispatch(
         return Ok(());
     }
     let produced = match &request {
-        Request::Produce(groups) => Some(api::produce(shard, groups).await),
+        Request::Produce(groups) => Some(api::produce(shard, groups, None).await),
         Request::ProduceBatch {
             topic,
             partition,

@@ -30,8 +30,8 @@ pub struct ShardSockets {
     pub admission: Option<std::sync::Arc<crate::server::admission::Admission>>,
     /// The doors' TLS, shared by every shard (and reloaded on SIGHUP).
     pub tls: Option<std::sync::Arc<crate::tls::ServerTls>>,
-    /// The Kafka door's consumer groups, one coordinator for every shard.
-    pub kafka_groups: Option<std::sync::Arc<crate::server::kafka::Groups>>,
+    /// What the Kafka door's shards share: its consumer groups and idempotent producers.
+    pub kafka_shared: Option<std::sync::Arc<crate::server::kafka::Shared>>,
 }
 
 /// The addresses actually bound (ports resolved).
@@ -95,10 +95,10 @@ pub fn bind(ingest: &IngestSpec, shards: usize) -> Result<(Bound, Vec<ShardSocke
     if let Some(addr) = ingest.kafka {
         let (resolved, fds) = bind_all(addr, shards, "kafka")?;
         bound.kafka = Some(resolved);
-        let groups = std::sync::Arc::new(crate::server::kafka::Groups::default());
+        let shared = std::sync::Arc::new(crate::server::kafka::Shared::default());
         for (s, fd) in sockets.iter_mut().zip(fds) {
             s.kafka = Some(fd);
-            s.kafka_groups = Some(std::sync::Arc::clone(&groups));
+            s.kafka_shared = Some(std::sync::Arc::clone(&shared));
         }
     }
     let mut names = Vec::new();

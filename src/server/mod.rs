@@ -59,8 +59,8 @@ pub struct Front {
     pub tls: Option<Arc<crate::tls::ServerTls>>,
     /// The peer port's mutual TLS, when the peers speak it: relays go in it, both ways.
     pub peer_tls: Option<Arc<crate::tls::peer::PeerTls>>,
-    /// The Kafka door's consumer groups, shared by every shard, when it is open.
-    pub kafka_groups: Option<Arc<kafka::Groups>>,
+    /// What the Kafka door's shards share (groups, producers), when it is open.
+    pub kafka_shared: Option<Arc<kafka::Shared>>,
     /// The last `(time, records in, jobs in)` sample, for the rates.
     last_sample: RefCell<(Instant, u64, u64)>,
 }
@@ -284,7 +284,7 @@ fn serve(shard: &Rc<Shard>, sockets: ShardSockets) {
         relays: relay::Relays::new(peer_tls.clone()),
         tls: sockets.tls.clone(),
         peer_tls,
-        kafka_groups: sockets.kafka_groups.clone(),
+        kafka_shared: sockets.kafka_shared.clone(),
         last_sample: RefCell::new((Instant::now(), 0, 0)),
     });
     if let Some(fd) = sockets.tcp {

@@ -17,6 +17,7 @@
 //! | `journal-txn-durable` | SIGKILL once the entry is durable, before any part is appended |
 //! | `journal-txn-part`    | SIGKILL once the first of several parts is appended (the others perhaps not yet) |
 //! | `journal-txn-parts`   | SIGKILL once every part is appended, before the `applied` entry |
+//! | `kafka-idempotent-durable` | SIGKILL once an idempotent Kafka producer's batch is durable, before its answer |
 //! | `peer-produce`   | (`sleep(MS)`) the reader of a peer's data connection stalls before it queues a forwarded batch, as behind a full inbox |
 
 use std::io;

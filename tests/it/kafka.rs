@@ -289,6 +289,49 @@ fn requests_the_door_does_not_serve_get_kafkas_answer_or_a_closed_connection_and
             .wait_for(&["a request size of -5 bytes"], Duration::from_secs(10))
     );
 
+    // CreateTopics and DeleteTopics change nothing and say so, in every version served,
+    // on a connection that stays open.
+    {
+        use kafka_protocol::messages::create_topics_request::{CreatableTopic, CreateTopicsRequest};
+        use kafka_protocol::messages::{
+            CreateTopicsResponse, DeleteTopicsRequest, DeleteTopicsResponse, TopicName,
+        };
+        let mut stream = connect();
+        let name = |n: &'static str| TopicName(StrBytes::from_static_str(n));
+        for version in 2..=7 {
+            let mut create = CreateTopicsRequest::default();
+            for n in ["events", "new-one"] {
+                let mut topic = CreatableTopic::default();
+                topic.name = name(n);
+                topic.num_partitions = 1;
+                topic.replication_factor = 1;
+                create.topics.push(topic);
+            }
+            let mut answer = request(&mut stream, ApiKey::CreateTopics, version, &create).expect("answered");
+            let answer = CreateTopicsResponse::decode(&mut answer, version).unwrap();
+            let codes: Vec<i16> = answer.topics.iter().map(|t| t.error_code).collect();
+            assert_eq!(
+                codes,
+                [36, 44],
+                "TOPIC_ALREADY_EXISTS, POLICY_VIOLATION (v{version})"
+            );
+            let said = answer.topics[1].error_message.as_ref().unwrap();
+            assert!(said.contains("add [[topic]] name = \"new-one\""), "{said}");
+        }
+        for version in 1..=5 {
+            let mut delete = DeleteTopicsRequest::default();
+            delete.topic_names = vec![name("events"), name("gone")];
+            let mut answer = request(&mut stream, ApiKey::DeleteTopics, version, &delete).expect("answered");
+            let answer = DeleteTopicsResponse::decode(&mut answer, version).unwrap();
+            let codes: Vec<i16> = answer.responses.iter().map(|t| t.error_code).collect();
+            assert_eq!(
+                codes,
+                [73, 3],
+                "TOPIC_DELETION_DISABLED, UNKNOWN_TOPIC_OR_PARTITION (v{version})"
+            );
+        }
+    }
+
     // The door still serves: a whole round trip after all that.
     let kafka_ok = kcat(&["-L", "-b", &kafka, "-t", "events"], b"");
     assert!(
@@ -789,5 +832,88 @@ fn a_consumer_group_splits_the_partitions_and_hands_them_over_at_the_committed_o
     assert!(
         c.records().iter().all(|(_, o, _)| (3 * per..4 * per).contains(o)),
         "C started at the committed offsets, not before"
+    );
+}
+
+/// A librdkafka producer with `enable.idempotence` and `acks=all` while flowd is
+/// SIGKILLed (by a fail point, once a batch is durable and before its answer goes out, so
+/// that the producer must send a written batch again) and started again on the same
+/// port: every record it was told is delivered is stored exactly once (none written
+/// twice, none lost), where the delivery report said.
+#[test]
+fn an_idempotent_producer_through_a_sigkill_stores_every_delivered_record_exactly_once() {
+    let dir = tempfile::tempdir().unwrap();
+    // A port of our own, so that the engine comes back where the producer looks for it.
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let file = listening_dataflow(
+        dir.path(),
+        "kafka",
+        "group",
+        &format!("kafka = \"127.0.0.1:{port}\""),
+        TOPIC,
+    );
+    let kill = [("FAILPOINTS", "kafka-idempotent-durable=50*off->return")];
+    let mut server = Server::start_env(&file, &[], &kill);
+    let kafka = server.kafka.clone().unwrap();
+    let n: usize = env_or("FLOWD_KAFKA_IDEMPOTENT_RECORDS", 100_000);
+    let producer = PyClient::start(dir.path(), "producer", &["produce", &kafka, &n.to_string()]);
+    let delivered = || producer.lines().iter().filter(|l| l.starts_with("ok ")).count();
+    let status = server
+        .exit_within(Duration::from_secs(60))
+        .expect("the fail point kills the engine");
+    assert_eq!(
+        std::os::unix::process::ExitStatusExt::signal(&status),
+        Some(libc::SIGKILL)
+    );
+    assert!(
+        server
+            .log
+            .text()
+            .contains("fail point kafka-idempotent-durable: killing the process")
+    );
+    let at_kill = delivered();
+    assert!(at_kill < n, "the kill landed while the producer was sending");
+    let server = Server::start(&file);
+    assert_eq!(server.kafka.as_deref(), Some(kafka.as_str()));
+    wait_until("the producer is done", Duration::from_secs(120), || {
+        producer.lines().iter().any(|l| l.starts_with("done "))
+    });
+    let lines = producer.lines();
+    assert!(
+        lines.contains(&"done 0".to_owned()),
+        "every record delivered: {:?}",
+        &lines[lines.len().saturating_sub(5)..]
+    );
+    let mut reported = BTreeMap::new();
+    for line in lines.iter().filter_map(|l| l.strip_prefix("ok ")) {
+        let f: Vec<&str> = line.split(' ').collect();
+        let at: (u32, u64) = (f[0].parse().unwrap(), f[1].parse().unwrap());
+        assert!(
+            reported.insert(f[2].to_owned(), at).is_none(),
+            "{} reported twice",
+            f[2]
+        );
+    }
+    assert_eq!(reported.len(), n, "each record reported delivered once");
+    assert!(delivered() > at_kill, "records were delivered after the restart");
+
+    let stored = read_topic(&kafka, "events", "%p %o %s\n", &[]);
+    let mut seen = BTreeMap::new();
+    for line in stored.lines() {
+        let f: Vec<&str> = line.split(' ').collect();
+        let at: (u32, u64) = (f[0].parse().unwrap(), f[1].parse().unwrap());
+        assert!(
+            seen.insert(f[2].to_owned(), at).is_none(),
+            "{} stored twice",
+            f[2]
+        );
+    }
+    assert_eq!(
+        seen, reported,
+        "stored exactly what was delivered, where the reports said"
     );
 }

@@ -8,6 +8,12 @@ Debian's python3-confluent-kafka, run by /usr/bin/python3.
                                 partitions paused); once DIR/NAME.stop exists it closes
                                 (leaving the group) and prints `closed`.
 
+  produce BROKER COUNT           an idempotent producer (acks=all): COUNT records `r0`,
+                                `r1`, ... to `events`, 100 at a time with a pause of 5 ms
+                                between; prints `ok P O VALUE` for each record delivered,
+                                `failed VALUE WHY` for each not, then `done N` (N: records
+                                still undelivered after flush).
+
 Every loop is bounded: the script gives up after LIMIT_S seconds.
 """
 
@@ -15,7 +21,7 @@ import os
 import sys
 import time
 
-from confluent_kafka import Consumer, KafkaException, TopicPartition
+from confluent_kafka import Consumer, KafkaException, Producer, TopicPartition
 
 LIMIT_S = 120
 
@@ -87,8 +93,45 @@ def group(broker, group_id, name, control):
     return 1
 
 
+def produce(broker, count):
+    producer = Producer(
+        {
+            "bootstrap.servers": broker,
+            "enable.idempotence": True,
+            "acks": "all",
+            "linger.ms": 5,
+            "message.timeout.ms": LIMIT_S * 1000 // 2,
+            "reconnect.backoff.ms": 100,
+            "reconnect.backoff.max.ms": 500,
+            "retry.backoff.ms": 100,
+        }
+    )
+
+    def report(err, message):
+        if err is not None:
+            say("failed %s %s" % (message.value().decode(), err))
+        else:
+            say("ok %d %d %s" % (message.partition(), message.offset(), message.value().decode()))
+
+    deadline = time.monotonic() + LIMIT_S
+    for i in range(int(count)):
+        while time.monotonic() < deadline:
+            try:
+                producer.produce("events", value=b"r%d" % i, on_delivery=report)
+                break
+            except BufferError:
+                producer.poll(0.05)
+        if i % 100 == 99:
+            producer.poll(0.005)
+    left = producer.flush(max(0.0, deadline - time.monotonic()))
+    say("done %d" % left)
+    return 0
+
+
 if __name__ == "__main__":
     mode = sys.argv[1]
     if mode == "group":
         sys.exit(group(*sys.argv[2:6]))
+    if mode == "produce":
+        sys.exit(produce(*sys.argv[2:4]))
     sys.exit("unknown mode " + mode)

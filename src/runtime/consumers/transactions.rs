@@ -216,18 +216,6 @@ pub(super) async fn commit(
 
 /// Re-encodes a part's last record with the transaction header added.
 fn mark_last(part: &mut TxnPart, id: &str) -> Result<(), EngineError> {
-    let mut cursor = crate::protocol::wire::Cursor::new(&part.bytes);
-    let mut last_start = 0;
-    for _ in 0..part.count {
-        last_start = part.bytes.len() - cursor.remaining();
-        cursor.record()?;
-    }
-    let last = crate::protocol::wire::Cursor::new(&part.bytes[last_start..]).record()?;
-    let mut headers = last.headers.clone();
-    headers.push((TXN_HEADER, id.as_bytes()));
-    let mut encoded = Vec::with_capacity(last.raw.len() + 64);
-    encode_record(&mut encoded, last.timestamp_ms, last.key, last.value, &headers);
-    part.bytes.truncate(last_start);
-    part.bytes.extend_from_slice(&encoded);
+    crate::protocol::wire::add_header_to_last(&mut part.bytes, part.count, TXN_HEADER, id.as_bytes())?;
     Ok(())
 }

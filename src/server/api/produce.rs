@@ -237,18 +237,25 @@ pub async fn produce_batch(
 }
 
 /// Checks the records against the dataflow and the engine's rules, then sends them to
-/// their partitions' shards (waiting while those are full).
+/// their partitions' shards (waiting while those are full). `mark`, an engine header
+/// (`flowd-...`, which clients may not send), goes on each batch's last record.
 pub async fn produce(
     shard: &Rc<Shard>,
     groups: &[ProduceGroup<'_>],
+    mark: Option<(&str, &[u8])>,
 ) -> Result<PendingProduce, ProtocolError> {
     let started = Instant::now();
     let Split {
-        parts,
+        mut parts,
         layout,
         records_in,
         bytes_in,
     } = split(shard, groups)?;
+    if let Some((name, value)) = mark {
+        for part in &mut parts {
+            crate::protocol::wire::add_header_to_last(&mut part.bytes, part.count, name, value)?;
+        }
+    }
     let (tx, rx) = flume::bounded(parts.len());
     let shared = &shard.shared;
     let part_ids: Vec<(usize, u32)> = parts.iter().map(|p| (p.topic, p.partition)).collect();

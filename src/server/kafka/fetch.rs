@@ -41,7 +41,7 @@ const EARLIEST: i64 = -2;
 const LATEST: i64 = -1;
 
 /// One partition read: its records from `from`, or (with `max_bytes` 0) only its marks.
-async fn read(
+pub(super) async fn read(
     shard: &Rc<Shard>,
     topic: &str,
     partition: u32,

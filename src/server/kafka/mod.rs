@@ -23,11 +23,19 @@ mod group;
 mod groups;
 mod metadata;
 mod produce;
+mod producers;
 mod records;
 mod sasl;
+mod topics;
 mod versions;
 
-pub use groups::Groups;
+/// What every shard's Kafka door shares: the consumer groups and the idempotent
+/// producers' sequences.
+#[derive(Debug, Default)]
+pub struct Shared {
+    groups: groups::Groups,
+    producers: producers::Producers,
+}
 
 use std::os::fd::RawFd;
 use std::rc::Rc;
@@ -36,10 +44,10 @@ use std::time::Instant;
 use bytes::{BufMut, Bytes, BytesMut};
 use futures_lite::{AsyncReadExt, AsyncWriteExt};
 use kafka_protocol::messages::{
-    ApiKey, ApiVersionsRequest, FetchRequest, FindCoordinatorRequest, HeartbeatRequest, JoinGroupRequest,
-    LeaveGroupRequest, ListOffsetsRequest, MetadataRequest, OffsetCommitRequest, OffsetFetchRequest,
-    ProduceRequest, RequestHeader, ResponseHeader, SaslAuthenticateRequest, SaslHandshakeRequest,
-    SyncGroupRequest,
+    ApiKey, ApiVersionsRequest, CreateTopicsRequest, DeleteTopicsRequest, FetchRequest,
+    FindCoordinatorRequest, HeartbeatRequest, InitProducerIdRequest, JoinGroupRequest, LeaveGroupRequest,
+    ListOffsetsRequest, MetadataRequest, OffsetCommitRequest, OffsetFetchRequest, ProduceRequest,
+    RequestHeader, ResponseHeader, SaslAuthenticateRequest, SaslHandshakeRequest, SyncGroupRequest,
 };
 use kafka_protocol::protocol::{Decodable, Encodable};
 
@@ -319,7 +327,7 @@ async fn take(
         }
         ApiKey::Produce => {
             let request = ProduceRequest::decode(&mut bytes, version).map_err(|e| bad(&e))?;
-            let sent = produce::send_all(shard, request, who).await;
+            let sent = produce::send_all(shard, &shared(front)?, request, who, front.io_timeout).await;
             let shard = Rc::clone(shard);
             later(Box::pin(async move {
                 match sent.answer(&shard).await {
@@ -362,6 +370,25 @@ async fn take(
                 encode(key, version, correlation, &answer).map(|b| Some((b, None)))
             }) as Later)
         }
+        ApiKey::CreateTopics => {
+            let request = CreateTopicsRequest::decode(&mut bytes, version).map_err(|e| bad(&e))?;
+            ready(encode(
+                key,
+                version,
+                correlation,
+                &topics::create(&shard.shared.spec, &request),
+            ))
+        }
+        ApiKey::DeleteTopics => {
+            let request = DeleteTopicsRequest::decode(&mut bytes, version).map_err(|e| bad(&e))?;
+            let answer = topics::delete(&shard.shared.spec, &request, version);
+            ready(encode(key, version, correlation, &answer))
+        }
+        ApiKey::InitProducerId => {
+            let request = InitProducerIdRequest::decode(&mut bytes, version).map_err(|e| bad(&e))?;
+            let answer = shared(front)?.producers.init(&request);
+            ready(encode(key, version, correlation, &answer))
+        }
         ApiKey::FindCoordinator => {
             let request = FindCoordinatorRequest::decode(&mut bytes, version).map_err(|e| bad(&e))?;
             ready(encode(
@@ -373,35 +400,35 @@ async fn take(
         }
         ApiKey::JoinGroup => {
             let request = JoinGroupRequest::decode(&mut bytes, version).map_err(|e| bad(&e))?;
-            let (groups, who) = (coordinator(front)?, who.clone());
+            let (groups, who) = (shared(front)?, who.clone());
             later(Box::pin(async move {
-                let answer = groups::join(&groups, request, version, &who).await;
+                let answer = groups::join(&groups.groups, request, version, &who).await;
                 encode(key, version, correlation, &answer).map(|b| Some((b, None)))
             }) as Later)
         }
         ApiKey::SyncGroup => {
             let request = SyncGroupRequest::decode(&mut bytes, version).map_err(|e| bad(&e))?;
-            let (groups, who) = (coordinator(front)?, who.clone());
+            let (groups, who) = (shared(front)?, who.clone());
             later(Box::pin(async move {
-                let answer = groups::sync(&groups, request, &who).await;
+                let answer = groups::sync(&groups.groups, request, &who).await;
                 encode(key, version, correlation, &answer).map(|b| Some((b, None)))
             }) as Later)
         }
         ApiKey::Heartbeat => {
             let request = HeartbeatRequest::decode(&mut bytes, version).map_err(|e| bad(&e))?;
-            let answer = groups::heartbeat(&*coordinator(front)?, &request, who);
+            let answer = groups::heartbeat(&shared(front)?.groups, &request, who);
             ready(encode(key, version, correlation, &answer))
         }
         ApiKey::LeaveGroup => {
             let request = LeaveGroupRequest::decode(&mut bytes, version).map_err(|e| bad(&e))?;
-            let answer = groups::leave(&*coordinator(front)?, &request, version, who);
+            let answer = groups::leave(&shared(front)?.groups, &request, version, who);
             ready(encode(key, version, correlation, &answer))
         }
         ApiKey::OffsetCommit => {
             let request = OffsetCommitRequest::decode(&mut bytes, version).map_err(|e| bad(&e))?;
-            let (shard, groups, who) = (Rc::clone(shard), coordinator(front)?, who.clone());
+            let (shard, groups, who) = (Rc::clone(shard), shared(front)?, who.clone());
             later(Box::pin(async move {
-                let answer = groups::offset_commit(&shard, &groups, request, &who).await;
+                let answer = groups::offset_commit(&shard, &groups.groups, request, &who).await;
                 encode(key, version, correlation, &answer).map(|b| Some((b, None)))
             }) as Later)
         }
@@ -418,12 +445,12 @@ async fn take(
     Ok((answer, close))
 }
 
-/// The groups of the door's process (there whenever the Kafka door is open).
-fn coordinator(front: &Front) -> Result<std::sync::Arc<Groups>, String> {
+/// What the door's shards share (there whenever the Kafka door is open).
+fn shared(front: &Front) -> Result<std::sync::Arc<Shared>, String> {
     front
-        .kafka_groups
+        .kafka_shared
         .clone()
-        .ok_or_else(|| "a Kafka request on a shard without the Kafka door's groups (a bug)".to_owned())
+        .ok_or_else(|| "a Kafka request on a shard without the Kafka door's shared state (a bug)".to_owned())
 }
 
 /// A request's answer being made.

@@ -6,6 +6,10 @@
 //! for that same ack. With 0 the client wants no answer: none is sent, but the door
 //! still waits for the ack before it reads the next request, so a client that never
 //! reads cannot make the engine hold unbounded records for it.
+//!
+//! An idempotent producer's batch is checked against its sequences first
+//! (`producers.rs`): written once, in order, and a batch sent again is answered with the
+//! offset it got the first time.
 
 use std::rc::Rc;
 
@@ -15,8 +19,13 @@ use kafka_protocol::messages::produce_response::{
 };
 use kafka_protocol::protocol::StrBytes;
 
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use super::Shared;
 use super::errors;
-use super::records::{self, Refused, refused};
+use super::producers::{self, Decision, Key, Next, Seqs};
+use super::records::{self, Idempotent, Refused, refused};
 use super::sasl::Who;
 use crate::auth::Need;
 use crate::protocol::ProduceGroup;
@@ -27,13 +36,27 @@ use crate::server::api;
 /// connection's requests), waiting for their acks.
 pub struct Sent {
     acks: i16,
-    pending: Vec<(String, i32, Result<api::PendingProduce, Refused>)>,
+    pending: Vec<(String, i32, Result<Landing, Refused>)>,
+    shared: Arc<Shared>,
+}
+
+/// One partition's batch on its way, or (an idempotent producer's batch sent again)
+/// already written from this offset.
+enum Landing {
+    Sent(api::PendingProduce, Option<(Key, Idempotent)>),
+    Written(i64),
 }
 
 /// Sends each partition's batches of `request` to its owner, in order: the connection
 /// awaits this before it reads its next request, so a partition's appends keep the order
 /// the client sent them in, while their acks are waited for meanwhile (`Sent::answer`).
-pub async fn send_all(shard: &Rc<Shard>, request: ProduceRequest, who: &Who) -> Sent {
+pub async fn send_all(
+    shard: &Rc<Shard>,
+    shared: &Arc<Shared>,
+    request: ProduceRequest,
+    who: &Who,
+    wait: Duration,
+) -> Sent {
     let acks = request.acks;
     let mut pending = Vec::new();
     for topic in request.topic_data {
@@ -49,18 +72,26 @@ pub async fn send_all(shard: &Rc<Shard>, request: ProduceRequest, who: &Who) -> 
                     format!("acks={acks} (use 0, 1 or -1)"),
                 ))
             } else {
-                send(shard, &name, index, partition.records).await
+                send(shard, shared, &name, index, partition.records, wait).await
             };
             pending.push((name.clone(), index, outcome));
         }
     }
-    Sent { acks, pending }
+    Sent {
+        acks,
+        pending,
+        shared: Arc::clone(shared),
+    }
 }
 
 impl Sent {
     /// The answer (`None` for acks 0), once every partition's batch is durable or refused.
     pub async fn answer(self, shard: &Shard) -> Option<ProduceResponse> {
-        let Sent { acks, pending } = self;
+        let Sent {
+            acks,
+            pending,
+            shared,
+        } = self;
         let mut response = ProduceResponse::default();
         for (name, index, outcome) in pending {
             let mut answer = PartitionProduceResponse::default();
@@ -69,15 +100,27 @@ impl Sent {
             answer.log_append_time_ms = -1;
             answer.log_start_offset = -1;
             let acked = match outcome {
-                Ok(pending) => pending.wait(shard).await.map_err(Refused::from),
+                Ok(Landing::Sent(pending, idempotent)) => {
+                    let acked = pending.wait(shard).await.map_err(Refused::from).map(|runs| {
+                        runs.first()
+                            .and_then(|g| g.first())
+                            .map_or(-1, |run| run.first_offset as i64)
+                    });
+                    if let Some((key, batch)) = idempotent {
+                        if acked.is_ok() {
+                            crate::storage::faults::crash_point("kafka-idempotent-durable");
+                        }
+                        shared
+                            .producers
+                            .settled(key, &batch, acked.as_ref().ok().copied());
+                    }
+                    acked
+                }
+                Ok(Landing::Written(base)) => Ok(base),
                 Err(refused) => Err(refused),
             };
             match acked {
-                Ok(runs) => {
-                    if let Some(run) = runs.first().and_then(|g| g.first()) {
-                        answer.base_offset = run.first_offset as i64;
-                    }
-                }
+                Ok(base) => answer.base_offset = base,
                 Err(refused) => {
                     tracing::debug!(topic = %name, partition = index, "Kafka produce refused: {}", refused.message);
                     answer.error_code = refused.code;
@@ -98,13 +141,16 @@ impl Sent {
     }
 }
 
-/// One partition's batches sent to its owner as one atomic batch.
+/// One partition's batches sent to its owner as one atomic batch (an idempotent
+/// producer's once its sequences allow, waiting at most `wait` for the batch before it).
 async fn send(
     shard: &Rc<Shard>,
+    shared: &Shared,
     topic: &str,
     index: i32,
     batches: Option<bytes::Bytes>,
-) -> Result<api::PendingProduce, Refused> {
+    wait: Duration,
+) -> Result<Landing, Refused> {
     let Ok(partition) = u32::try_from(index) else {
         return Err(refused(
             errors::UNKNOWN_TOPIC_OR_PARTITION,
@@ -123,5 +169,57 @@ async fn send(
         partition: Some(partition),
         records,
     };
-    api::produce(shard, &[group]).await.map_err(Refused::from)
+    let Some(batch) = encoded.idempotent else {
+        let pending = api::produce(shard, &[group], None).await?;
+        return Ok(Landing::Sent(pending, None));
+    };
+    let t = api::client_topic(&shard.shared.spec, topic)?;
+    let key = (t, partition, batch.producer_id);
+    let deadline = Instant::now() + wait;
+    // Each turn either decides, learns the producer (once), or waits for the batch
+    // before, within `wait` in all.
+    loop {
+        match shared.producers.decide(key, &batch) {
+            Next::Unknown => {
+                let found = producers::scan(shard, topic, partition, batch.producer_id).await?;
+                if let Err(Decision::Refuse(code, message)) =
+                    shared.producers.learn(key, &batch, Seqs::from_log(&found))
+                {
+                    tracing::warn!(topic, partition, "Kafka produce refused: {message}");
+                    return Err(refused(code, message));
+                }
+            }
+            Next::Wait(turn) => {
+                let left = deadline.saturating_duration_since(Instant::now());
+                if api::within(left, turn.recv_async()).await.is_none() {
+                    return Err(refused(
+                        errors::REQUEST_TIMED_OUT,
+                        "the producer's batch before this one was not answered in time",
+                    ));
+                }
+            }
+            Next::Decided(Decision::Append) => {
+                let mark = producers::mark(&batch);
+                let sent = api::produce(
+                    shard,
+                    &[group],
+                    Some((producers::PRODUCER_HEADER, mark.as_bytes())),
+                )
+                .await;
+                return match sent {
+                    Ok(pending) => Ok(Landing::Sent(pending, Some((key, batch)))),
+                    Err(error) => {
+                        shared.producers.settled(key, &batch, None);
+                        Err(error.into())
+                    }
+                };
+            }
+            Next::Decided(Decision::Duplicate(base)) => return Ok(Landing::Written(base)),
+            Next::Decided(Decision::Refuse(code, message)) => {
+                tracing::warn!(topic, partition, "Kafka produce refused: {message}");
+                return Err(refused(code, message));
+            }
+            Next::Decided(Decision::Wait) => unreachable!("a wait comes as Next::Wait"),
+        }
+    }
 }

@@ -4,9 +4,10 @@
 //! Two things a flowd record cannot say are refused or said here: a Kafka record whose
 //! value is null (a tombstone) is stored with an empty value, and a flowd record read by
 //! a Kafka client carries its headers by name (the codec keeps one value per name, so a
-//! record with two headers of one name shows the last). Batches a Kafka producer marks
-//! idempotent or transactional are refused: the door keeps no producer sequences yet, and
-//! taking them would store a retried batch twice while the client believes it cannot.
+//! record with two headers of one name shows the last). An idempotent producer's batches
+//! come with their producer id, epoch and sequence numbers (`Idempotent`, checked in
+//! `producers.rs`); transactional batches are refused. flowd's engine headers
+//! (`flowd-...`) are not shown to Kafka clients.
 
 use bytes::{Bytes, BytesMut};
 use kafka_protocol::protocol::StrBytes;
@@ -24,6 +25,18 @@ use crate::protocol::{OwnedWireRecord, ProtocolError};
 pub struct Encoded {
     pub bytes: Vec<u8>,
     pub count: usize,
+    /// Who sent them, if an idempotent producer.
+    pub idempotent: Option<Idempotent>,
+}
+
+/// An idempotent producer's batch: its producer, epoch, and the sequence numbers of its
+/// first and last records.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Idempotent {
+    pub producer_id: i64,
+    pub epoch: i16,
+    pub first: i32,
+    pub last: i32,
 }
 
 impl Encoded {
@@ -79,11 +92,27 @@ pub fn from_kafka(mut batches: Bytes) -> Result<Encoded, Refused> {
                     "transactions are not served by flowd's Kafka door",
                 ));
             }
-            if record.producer_id != NO_PRODUCER_ID {
-                return Err(refused(
-                    INVALID_RECORD,
-                    "idempotent produce is not served by flowd's Kafka door yet: set enable.idempotence=false",
-                ));
+            let producer = (record.producer_id != NO_PRODUCER_ID).then_some(Idempotent {
+                producer_id: record.producer_id,
+                epoch: record.producer_epoch,
+                first: record.sequence,
+                last: record.sequence,
+            });
+            match (&mut out.idempotent, producer) {
+                (None, None) => {}
+                (None, Some(first)) if out.count == 0 => out.idempotent = Some(first),
+                (Some(seen), Some(next))
+                    if (seen.producer_id, seen.epoch) == (next.producer_id, next.epoch)
+                        && next.first == seen.last.wrapping_add(1) & i32::MAX =>
+                {
+                    seen.last = next.first;
+                }
+                _ => {
+                    return Err(refused(
+                        INVALID_RECORD,
+                        "a partition's batches mix producers, or their sequence numbers do not follow one another",
+                    ));
+                }
             }
             if record.headers.len() > usize::from(u16::MAX) {
                 return Err(refused(INVALID_RECORD, "a record has over 65535 headers"));
@@ -127,6 +156,7 @@ pub fn to_kafka(items: &[(u64, OwnedWireRecord)]) -> Result<Bytes, String> {
             headers: record
                 .headers
                 .iter()
+                .filter(|(name, _)| !name.starts_with(crate::protocol::wire::RESERVED_HEADER_PREFIX))
                 .map(|(name, value)| {
                     (
                         StrBytes::from_string(name.clone()),
@@ -156,10 +186,18 @@ mod tests {
             delete_horizon: false,
             partition_leader_epoch: NO_PARTITION_LEADER_EPOCH,
             producer_id,
-            producer_epoch: NO_PRODUCER_EPOCH,
+            producer_epoch: if producer_id == NO_PRODUCER_ID {
+                NO_PRODUCER_EPOCH
+            } else {
+                3
+            },
             timestamp_type: TimestampType::Creation,
             offset,
-            sequence: NO_SEQUENCE,
+            sequence: if producer_id == NO_PRODUCER_ID {
+                NO_SEQUENCE
+            } else {
+                40 + offset as i32
+            },
             timestamp: 1_700_000_000_000 + offset,
             key: Some(Bytes::copy_from_slice(key.as_bytes())),
             value: value.map(|v| Bytes::copy_from_slice(v.as_bytes())),
@@ -220,15 +258,33 @@ mod tests {
     }
 
     #[test]
-    fn a_tombstone_is_stored_empty_and_idempotent_or_damaged_batches_are_refused() {
+    fn a_tombstone_is_stored_empty_an_idempotent_batch_says_its_sequences_and_damaged_batches_are_refused() {
         let encoded = from_kafka(batch(
             &[kafka_record(0, "k", None, NO_PRODUCER_ID)],
             Compression::None,
         ))
         .unwrap();
         assert_eq!(encoded.records().unwrap()[0].value, b"");
-        let idempotent = from_kafka(batch(&[kafka_record(0, "k", Some("v"), 7)], Compression::None));
-        assert_eq!(idempotent.unwrap_err().code, super::super::errors::INVALID_RECORD);
+        let records = [
+            kafka_record(0, "k", Some("v"), 7),
+            kafka_record(1, "k", Some("w"), 7),
+        ];
+        let idempotent = from_kafka(batch(&records, Compression::None)).unwrap();
+        assert_eq!(
+            idempotent.idempotent,
+            Some(Idempotent {
+                producer_id: 7,
+                epoch: 3,
+                first: 40,
+                last: 41
+            })
+        );
+        let mixed = [
+            kafka_record(0, "k", Some("v"), 7),
+            kafka_record(1, "k", Some("w"), 8),
+        ];
+        let mixed = from_kafka(batch(&mixed, Compression::None));
+        assert_eq!(mixed.unwrap_err().code, super::super::errors::INVALID_RECORD);
         let mut damaged = batch(
             &[kafka_record(0, "k", Some("v"), NO_PRODUCER_ID)],
             Compression::None,

@@ -30,6 +30,10 @@ pub const SERVED: &[(ApiKey, i16, i16)] = &[
     // 9 on is KIP-848's protocol (member epochs), not served.
     (ApiKey::OffsetCommit, 2, 8),
     (ApiKey::OffsetFetch, 1, 8),
+    (ApiKey::InitProducerId, 0, 4),
+    (ApiKey::CreateTopics, 2, 7),
+    // 6 names topics by id, which flowd's topics do not have.
+    (ApiKey::DeleteTopics, 1, 5),
 ];
 
 /// The versions of `key` served, if it is.
@@ -91,6 +95,9 @@ mod tests {
             ApiKey::LeaveGroup => LeaveGroupRequest::VERSIONS,
             ApiKey::OffsetCommit => OffsetCommitRequest::VERSIONS,
             ApiKey::OffsetFetch => OffsetFetchRequest::VERSIONS,
+            ApiKey::InitProducerId => InitProducerIdRequest::VERSIONS,
+            ApiKey::CreateTopics => CreateTopicsRequest::VERSIONS,
+            ApiKey::DeleteTopics => DeleteTopicsRequest::VERSIONS,
             other => panic!("{other:?} is served but not checked here"),
         };
         for &(key, min, max) in SERVED {
@@ -109,7 +116,7 @@ mod tests {
         assert_eq!(newer.error_code, errors::UNSUPPORTED_VERSION);
         assert_eq!(newer.api_keys.len(), SERVED.len());
         assert!(!serves(ApiKey::Fetch, 13));
-        assert!(!serves(ApiKey::InitProducerId, 0));
+        assert!(!serves(ApiKey::AddPartitionsToTxn, 0));
         assert!(!serves(ApiKey::OffsetCommit, 9));
     }
 }
