@@ -14,6 +14,10 @@ Debian's python3-confluent-kafka, run by /usr/bin/python3.
                                 `failed VALUE WHY` for each not, then `done N` (N: records
                                 still undelivered after flush).
 
+  bench BROKER COUNT SIZE IDEM   COUNT records of SIZE bytes to `events` as fast as the
+                                producer takes them (acks=all; idempotent if IDEM is 1),
+                                every one delivered; prints `records/s` (scripts/bench-kafka.sh).
+
 Every loop is bounded: the script gives up after LIMIT_S seconds.
 """
 
@@ -128,10 +132,49 @@ def produce(broker, count):
     return 0
 
 
+def bench(broker, count, size, idempotent):
+    count, size = int(count), int(size)
+    producer = Producer(
+        {
+            "bootstrap.servers": broker,
+            "enable.idempotence": idempotent == "1",
+            "acks": "all",
+            "linger.ms": 5,
+            "batch.num.messages": 10000,
+            "queue.buffering.max.messages": 1000000,
+            "queue.buffering.max.kbytes": 1048576,
+        }
+    )
+    failed = []
+
+    def report(err, message):
+        if err is not None:
+            failed.append(err)
+
+    value = b"x" * size
+    started = time.monotonic()
+    deadline = started + LIMIT_S
+    for _ in range(count):
+        while time.monotonic() < deadline:
+            try:
+                producer.produce("events", value=value, on_delivery=report)
+                break
+            except BufferError:
+                producer.poll(0.001)
+    left = producer.flush(max(0.0, deadline - time.monotonic()))
+    elapsed = time.monotonic() - started
+    if left or failed:
+        sys.exit("%d undelivered, %d failed: %s" % (left, len(failed), failed[:1]))
+    say("%.0f" % (count / elapsed))
+    return 0
+
+
 if __name__ == "__main__":
     mode = sys.argv[1]
     if mode == "group":
         sys.exit(group(*sys.argv[2:6]))
     if mode == "produce":
         sys.exit(produce(*sys.argv[2:4]))
+    if mode == "bench":
+        sys.exit(bench(*sys.argv[2:6]))
     sys.exit("unknown mode " + mode)
