@@ -257,17 +257,20 @@ impl<W> Group<W> {
         (!common).then_some(errors::INCONSISTENT_GROUP_PROTOCOL)
     }
 
-    /// Every member must join again, by the longest of their rebalance timeouts; those
-    /// waiting for a sync are told so.
-    fn start_round(&mut self, now: Instant) -> Vec<Due<W>> {
-        let longest = self
-            .members
+    /// How long a round (or a sync) may take: the longest rebalance timeout of the members.
+    fn longest_rebalance(&self) -> Duration {
+        self.members
             .values()
             .map(|m| m.rebalance_timeout)
             .max()
-            .unwrap_or_default();
+            .unwrap_or_default()
+    }
+
+    /// Every member must join again, by the longest of their rebalance timeouts; those
+    /// waiting for a sync are told so.
+    fn start_round(&mut self, now: Instant) -> Vec<Due<W>> {
         self.phase = Phase::Joining {
-            deadline: now + longest,
+            deadline: now + self.longest_rebalance(),
         };
         for member in self.members.values_mut() {
             member.joined = false;
@@ -313,14 +316,8 @@ impl<W> Group<W> {
             .cloned()
             .unwrap_or_default();
         self.protocol = chosen;
-        let longest = self
-            .members
-            .values()
-            .map(|m| m.rebalance_timeout)
-            .max()
-            .unwrap_or_default();
         self.phase = Phase::Syncing {
-            deadline: now + longest,
+            deadline: now + self.longest_rebalance(),
         };
         let metadata: Vec<(String, Bytes)> = self
             .members

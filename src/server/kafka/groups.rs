@@ -449,6 +449,9 @@ async fn cursors_of(shard: &Rc<Shard>, group: &str) -> Result<Vec<CursorInfo>, i
     }
 }
 
+/// Per topic, `(partition, committed offset or -1, error code)`.
+type Offsets = Vec<(String, Vec<(i32, i64, i16)>)>;
+
 /// One group's committed offsets: the partitions asked (`None`: every one it has
 /// committed), each with its offset or -1.
 async fn fetch_group(
@@ -456,7 +459,7 @@ async fn fetch_group(
     group: &str,
     asked: Option<Vec<(String, Vec<i32>)>>,
     who: &Who,
-) -> Result<Vec<(String, Vec<(i32, i64, i16)>)>, i16> {
+) -> Result<Offsets, i16> {
     if let Some(code) = bad_group(group).or(allowed(who, group).err()) {
         return Err(code);
     }
@@ -504,6 +507,41 @@ async fn fetch_group(
         .collect())
 }
 
+/// The answer's topics from `(topic, [(partition, offset, error)])`, in either layout
+/// (the types differ by version, their fields do not).
+macro_rules! answer_topics {
+    ($found:expr, $topic:ty, $partition:ty) => {
+        $found
+            .into_iter()
+            .map(|(name, partitions)| {
+                let mut t = <$topic>::default();
+                t.name = text(&name).into();
+                t.partitions = partitions
+                    .into_iter()
+                    .map(|(p, offset, code)| {
+                        let mut r = <$partition>::default();
+                        r.partition_index = p;
+                        r.committed_offset = offset;
+                        r.committed_leader_epoch = -1;
+                        r.metadata = Some(text(""));
+                        r.error_code = code;
+                        r
+                    })
+                    .collect();
+                t
+            })
+            .collect()
+    };
+}
+
+/// What OffsetFetch asks of one group's topics (`None`: every one).
+fn asked_topics<T>(
+    topics: Option<Vec<T>>,
+    name: impl Fn(T) -> (String, Vec<i32>),
+) -> Option<Vec<(String, Vec<i32>)>> {
+    topics.map(|topics| topics.into_iter().map(name).collect())
+}
+
 /// OffsetFetch: the offsets committed by one group (up to v7) or several (v8).
 pub async fn offset_fetch(
     shard: &Rc<Shard>,
@@ -515,36 +553,15 @@ pub async fn offset_fetch(
     if version >= 8 {
         for asked in request.groups {
             let group = asked.group_id.0.as_str().to_owned();
-            let topics = asked.topics.map(|topics| {
-                topics
-                    .into_iter()
-                    .map(|t| (t.name.0.as_str().to_owned(), t.partition_indexes))
-                    .collect()
+            let topics = asked_topics(asked.topics, |t| {
+                (t.name.0.as_str().to_owned(), t.partition_indexes)
             });
             let mut answer = OffsetFetchResponseGroup::default();
             answer.group_id = GroupId(text(&group));
             match fetch_group(shard, &group, topics, who).await {
                 Ok(found) => {
-                    answer.topics = found
-                        .into_iter()
-                        .map(|(name, partitions)| {
-                            let mut t = OffsetFetchResponseTopics::default();
-                            t.name = text(&name).into();
-                            t.partitions = partitions
-                                .into_iter()
-                                .map(|(p, offset, code)| {
-                                    let mut r = OffsetFetchResponsePartitions::default();
-                                    r.partition_index = p;
-                                    r.committed_offset = offset;
-                                    r.committed_leader_epoch = -1;
-                                    r.metadata = Some(text(""));
-                                    r.error_code = code;
-                                    r
-                                })
-                                .collect();
-                            t
-                        })
-                        .collect();
+                    answer.topics =
+                        answer_topics!(found, OffsetFetchResponseTopics, OffsetFetchResponsePartitions)
                 }
                 Err(code) => answer.error_code = code,
             }
@@ -553,57 +570,22 @@ pub async fn offset_fetch(
         return response;
     }
     let group = request.group_id.0.as_str().to_owned();
-    let topics = request.topics.map(|topics| {
-        topics
-            .into_iter()
-            .map(|t| (t.name.0.as_str().to_owned(), t.partition_indexes))
-            .collect::<Vec<_>>()
+    let topics = asked_topics(request.topics, |t| {
+        (t.name.0.as_str().to_owned(), t.partition_indexes)
     });
     let partitions_asked = topics.clone();
     match fetch_group(shard, &group, topics, who).await {
         Ok(found) => {
-            response.topics = found
-                .into_iter()
-                .map(|(name, partitions)| {
-                    let mut t = OffsetFetchResponseTopic::default();
-                    t.name = text(&name).into();
-                    t.partitions = partitions
-                        .into_iter()
-                        .map(|(p, offset, code)| {
-                            let mut r = OffsetFetchResponsePartition::default();
-                            r.partition_index = p;
-                            r.committed_offset = offset;
-                            r.committed_leader_epoch = -1;
-                            r.metadata = Some(text(""));
-                            r.error_code = code;
-                            r
-                        })
-                        .collect();
-                    t
-                })
-                .collect();
+            response.topics = answer_topics!(found, OffsetFetchResponseTopic, OffsetFetchResponsePartition)
         }
         // Versions before 2 have no error of the whole answer: each partition says it.
         Err(code) if version < 2 => {
-            response.topics = partitions_asked
+            let refused: Offsets = partitions_asked
                 .unwrap_or_default()
                 .into_iter()
-                .map(|(name, partitions)| {
-                    let mut t = OffsetFetchResponseTopic::default();
-                    t.name = text(&name).into();
-                    t.partitions = partitions
-                        .into_iter()
-                        .map(|p| {
-                            let mut r = OffsetFetchResponsePartition::default();
-                            r.partition_index = p;
-                            r.committed_offset = -1;
-                            r.error_code = code;
-                            r
-                        })
-                        .collect();
-                    t
-                })
+                .map(|(name, partitions)| (name, partitions.into_iter().map(|p| (p, -1, code)).collect()))
                 .collect();
+            response.topics = answer_topics!(refused, OffsetFetchResponseTopic, OffsetFetchResponsePartition);
         }
         Err(code) => response.error_code = code,
     }
