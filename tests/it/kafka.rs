@@ -917,3 +917,47 @@ fn an_idempotent_producer_through_a_sigkill_stores_every_delivered_record_exactl
         "stored exactly what was delivered, where the reports said"
     );
 }
+
+/// kafka-python, a client that is not librdkafka (its bootstrap asks Metadata v0, its
+/// group requests use old versions), produces and consumes in a group through the door:
+/// the records go where it sent them, a member commits them, and the next member of the
+/// group starts past them.
+#[test]
+fn kafka_python_produces_and_consumes_in_a_group_through_the_door() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = kafka_server(dir.path());
+    let kafka = server.kafka.clone().unwrap();
+    let client = PyClient::start(dir.path(), "kafka-python", &["kafka-python", &kafka]);
+    wait_until("kafka-python is done", Duration::from_secs(90), || {
+        client.said("done")
+    });
+    let mut values: Vec<String> = (0..20).map(|i| format!("kp{i}")).collect();
+    values.sort();
+    let lines = client.lines();
+    assert_eq!(
+        lines,
+        [
+            "produced 20".to_owned(),
+            format!("consumed {}", values.join(",")),
+            "committed 5,5,5,5".to_owned(),
+            "again 0".to_owned(),
+            "done".to_owned(),
+        ]
+    );
+    let stored = read_topic(&kafka, "events", "%p %s\n", &[]);
+    for line in stored.lines() {
+        let (p, value) = line.split_once(' ').unwrap();
+        let i: u32 = value.trim_start_matches("kp").parse().unwrap();
+        assert_eq!(
+            p.parse::<u32>().unwrap(),
+            i % 4,
+            "{value} in the partition it was sent to"
+        );
+    }
+    assert_eq!(stored.lines().count(), 20);
+    assert!(
+        !server.log.text().contains("is not served"),
+        "{}",
+        server.log.text()
+    );
+}

@@ -18,6 +18,11 @@ Debian's python3-confluent-kafka, run by /usr/bin/python3.
                                 producer takes them (acks=all; idempotent if IDEM is 1),
                                 every one delivered; prints `records/s` (scripts/bench-kafka.sh).
 
+  kafka-python BROKER           kafka-python (Debian's python3-kafka, a client of its own,
+                                not librdkafka): 20 records `kp0`.. into the 4 partitions of
+                                `events`; a member of group `kpg` reads and commits them, then
+                                a second member reads none. Prints what each step saw.
+
 Every loop is bounded: the script gives up after LIMIT_S seconds.
 """
 
@@ -169,12 +174,48 @@ def bench(broker, count, size, idempotent):
     return 0
 
 
+def kafka_python(broker):
+    from kafka import KafkaConsumer, KafkaProducer, TopicPartition
+
+    producer = KafkaProducer(bootstrap_servers=broker, acks="all")
+    for i in range(20):
+        producer.send("events", value=b"kp%d" % i, partition=i % 4)
+    producer.flush(timeout=LIMIT_S)
+    producer.close()
+    say("produced 20")
+
+    def member():
+        return KafkaConsumer(
+            "events",
+            bootstrap_servers=broker,
+            group_id="kpg",
+            auto_offset_reset="earliest",
+            enable_auto_commit=False,
+            consumer_timeout_ms=4000,
+        )
+
+    first = member()
+    values = sorted(m.value.decode() for m in first)
+    say("consumed " + ",".join(values))
+    first.commit()
+    committed = [first.committed(TopicPartition("events", p)) for p in range(4)]
+    say("committed " + ",".join(str(c) for c in committed))
+    first.close()
+    second = member()
+    say("again %d" % sum(1 for _ in second))
+    second.close()
+    say("done")
+    return 0
+
+
 if __name__ == "__main__":
     mode = sys.argv[1]
     if mode == "group":
         sys.exit(group(*sys.argv[2:6]))
     if mode == "produce":
         sys.exit(produce(*sys.argv[2:4]))
+    if mode == "kafka-python":
+        sys.exit(kafka_python(sys.argv[2]))
     if mode == "bench":
         sys.exit(bench(*sys.argv[2:6]))
     sys.exit("unknown mode " + mode)

@@ -1,5 +1,8 @@
 //! Metadata: the brokers and the topics' partitions with their leaders.
 //!
+//! In version 0 an empty list of topics asks for every topic (later versions say so with
+//! no list, and an empty one asks for none): kafka-python's first request is one.
+//!
 //! The door names one broker, itself (node 0, at the address the client reached it by),
 //! leading every partition: whatever a client sends it, the engine takes to the
 //! partition's owner shard or peer, as it does for the binary protocol. Topics are the
@@ -24,6 +27,7 @@ pub const NODE: i32 = 0;
 pub fn answer(
     spec: &DataflowSpec,
     request: &MetadataRequest,
+    version: i16,
     me: SocketAddr,
     cluster_id: &str,
 ) -> MetadataResponse {
@@ -35,13 +39,18 @@ pub fn answer(
     response.brokers = vec![broker];
     response.cluster_id = Some(StrBytes::from_string(cluster_id.to_owned()));
     response.controller_id = BrokerId(NODE);
+    let every = match &request.topics {
+        None => true,
+        Some(asked) => version == 0 && asked.is_empty(),
+    };
     let names: Vec<String> = match &request.topics {
-        None => spec
+        _ if every => spec
             .topics
             .iter()
             .filter(|t| !t.is_internal())
             .map(|t| t.name.clone())
             .collect(),
+        None => Vec::new(),
         Some(asked) => asked
             .iter()
             .filter_map(|t| t.name.as_ref().map(|n| n.0.as_str().to_owned()))

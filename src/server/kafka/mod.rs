@@ -322,7 +322,7 @@ async fn take(
                 .peers
                 .as_deref()
                 .map_or("flowd", |peers| peers.cluster.cluster_id.as_str());
-            let answer = metadata::answer(&shard.shared.spec, &request, me, cluster_id);
+            let answer = metadata::answer(&shard.shared.spec, &request, version, me, cluster_id);
             ready(encode(key, version, correlation, &answer))
         }
         ApiKey::Produce => {

@@ -2,8 +2,8 @@
 //!
 //! Only versions whose every field the door fills are listed: Produce and Fetch from the
 //! record batch format (v2 of the records, Produce 3 and Fetch 4) on, Fetch up to 12
-//! (13 names topics by id, which flowd's topics do not have), Metadata from 1 (0 means
-//! "all topics" by an empty list, which later versions mean "none").
+//! (13 names topics by id, which flowd's topics do not have), Metadata from 0 (whose
+//! empty list of topics means every topic).
 
 use kafka_protocol::messages::ApiKey;
 use kafka_protocol::messages::api_versions_response::{ApiVersion, ApiVersionsResponse};
@@ -15,7 +15,7 @@ pub const SERVED: &[(ApiKey, i16, i16)] = &[
     (ApiKey::Produce, 3, 9),
     (ApiKey::Fetch, 4, 12),
     (ApiKey::ListOffsets, 1, 7),
-    (ApiKey::Metadata, 1, 12),
+    (ApiKey::Metadata, 0, 12),
     (ApiKey::ApiVersions, 0, 3),
     // Listed from 0, as clients check for it (librdkafka's feature test), but a version 0
     // handshake, after which SASL's bytes come unframed, closes the connection: clients
