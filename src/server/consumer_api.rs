@@ -85,7 +85,8 @@ fn unexpected() -> ProtocolError {
     )
 }
 
-fn check_group(group: &str) -> Result<(), ProtocolError> {
+/// A consumer name's rule: 1 to `GROUP_NAME_MAX` bytes.
+pub fn check_group(group: &str) -> Result<(), ProtocolError> {
     if group.is_empty() || group.len() > GROUP_NAME_MAX {
         return Err(
             ConsumerError::Invalid(format!("a consumer name must have 1 to {GROUP_NAME_MAX} bytes")).into(),

@@ -429,13 +429,18 @@ impl<W> Group<W> {
         }
     }
 
+    /// `check`, and REBALANCE_IN_PROGRESS for a current member while a round runs.
+    fn settled(&self, member: &str, generation: i32) -> i16 {
+        match self.check(member, generation) {
+            errors::NONE if matches!(self.phase, Phase::Joining { .. }) => errors::REBALANCE_IN_PROGRESS,
+            code => code,
+        }
+    }
+
     /// A heartbeat: NONE while the member is current and the group not in a round.
     pub fn heartbeat(&mut self, member: &str, generation: i32, now: Instant) -> (i16, Vec<Due<W>>) {
         let due = self.tick(now);
-        let code = match self.check(member, generation) {
-            errors::NONE if matches!(self.phase, Phase::Joining { .. }) => errors::REBALANCE_IN_PROGRESS,
-            code => code,
-        };
+        let code = self.settled(member, generation);
         if code == errors::NONE
             && let Some(m) = self.members.get_mut(member)
         {
@@ -455,10 +460,7 @@ impl<W> Group<W> {
                 errors::UNKNOWN_MEMBER_ID
             };
         }
-        match self.check(member, generation) {
-            errors::NONE if matches!(self.phase, Phase::Joining { .. }) => errors::REBALANCE_IN_PROGRESS,
-            code => code,
-        }
+        self.settled(member, generation)
     }
 
     /// A member leaves: the others join again. NONE, or UNKNOWN_MEMBER_ID.
@@ -474,22 +476,12 @@ impl<W> Group<W> {
     /// After members were removed: their waiting requests are refused, and the rest join
     /// again (or the round ends, if they were the ones it waited for).
     fn removed(&mut self, gone: &[String], now: Instant) -> Vec<Due<W>> {
-        let mut due = Vec::new();
-        let (out, kept): (Vec<_>, Vec<_>) = std::mem::take(&mut self.joins)
-            .into_iter()
-            .partition(|(m, _)| gone.contains(m));
-        self.joins = kept;
+        let mut due: Vec<Due<W>> = take_waiters(&mut self.joins, gone)
+            .map(|w| Due::Join(w, Joined::Refused(errors::UNKNOWN_MEMBER_ID)))
+            .collect();
         due.extend(
-            out.into_iter()
-                .map(|(_, w)| Due::Join(w, Joined::Refused(errors::UNKNOWN_MEMBER_ID))),
-        );
-        let (out, kept): (Vec<_>, Vec<_>) = std::mem::take(&mut self.syncs)
-            .into_iter()
-            .partition(|(m, _)| gone.contains(m));
-        self.syncs = kept;
-        due.extend(
-            out.into_iter()
-                .map(|(_, w)| Due::Sync(w, Synced::Refused(errors::UNKNOWN_MEMBER_ID))),
+            take_waiters(&mut self.syncs, gone)
+                .map(|w| Due::Sync(w, Synced::Refused(errors::UNKNOWN_MEMBER_ID))),
         );
         if self.leader.as_ref().is_some_and(|l| gone.contains(l)) {
             self.leader = None;
@@ -531,6 +523,15 @@ impl<W> Group<W> {
         }
         due
     }
+}
+
+/// Takes the waiters of the members `gone` out of `waiting`.
+fn take_waiters<W>(waiting: &mut Vec<(String, W)>, gone: &[String]) -> impl Iterator<Item = W> {
+    let (out, kept): (Vec<_>, Vec<_>) = std::mem::take(waiting)
+        .into_iter()
+        .partition(|(m, _)| gone.contains(m));
+    *waiting = kept;
+    out.into_iter().map(|(_, w)| w)
 }
 
 #[cfg(test)]

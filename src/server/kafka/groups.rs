@@ -147,11 +147,6 @@ fn text(s: &str) -> StrBytes {
     StrBytes::from_string(s.to_owned())
 }
 
-/// Why a group id is refused, if it is.
-fn bad_group(group: &str) -> Option<i16> {
-    (group.is_empty() || group.len() > consumer_api::GROUP_NAME_MAX).then_some(errors::INVALID_GROUP_ID)
-}
-
 /// FindCoordinator: this door coordinates every group (transactions are not served).
 pub fn find_coordinator(
     request: &FindCoordinatorRequest,
@@ -176,7 +171,7 @@ pub fn find_coordinator(
     for key in keys {
         let mut c = Coordinator::default();
         c.key = key;
-        c.node_id = BrokerId(0);
+        c.node_id = BrokerId(super::metadata::NODE);
         c.host = text(&me.ip().to_string());
         c.port = i32::from(me.port());
         c.error_code = code;
@@ -196,10 +191,15 @@ pub fn find_coordinator(
     response
 }
 
-/// The group permission `group` needs, as a Kafka error code.
-fn allowed(who: &Who, group: &str) -> Result<(), i16> {
+/// Why a request about `group` is refused, if it is: a name no consumer may have (the
+/// named consumers' own rule), or a client without `group:G`.
+fn refusal(who: &Who, group: &str) -> Option<i16> {
+    if consumer_api::check_group(group).is_err() {
+        return Some(errors::INVALID_GROUP_ID);
+    }
     who.allow(&[Need::Group(group)])
-        .map_err(|_| errors::GROUP_AUTHORIZATION_FAILED)
+        .err()
+        .map(|_| errors::GROUP_AUTHORIZATION_FAILED)
 }
 
 /// JoinGroup: answered once the round it starts (or joins) ends.
@@ -213,7 +213,7 @@ pub async fn join(groups: &Groups, request: JoinGroupRequest, version: i16, who:
         0 => session,
         _ => Duration::from_millis(u64::try_from(request.rebalance_timeout_ms).unwrap_or(0)),
     };
-    if let Some(code) = bad_group(&group).or(allowed(who, &group).err()) {
+    if let Some(code) = refusal(who, &group) {
         response.error_code = code;
         return response;
     }
@@ -282,7 +282,7 @@ pub async fn join(groups: &Groups, request: JoinGroupRequest, version: i16, who:
 pub async fn sync(groups: &Groups, request: SyncGroupRequest, who: &Who) -> SyncGroupResponse {
     let mut response = SyncGroupResponse::default();
     let group = request.group_id.0.as_str().to_owned();
-    if let Some(code) = bad_group(&group).or(allowed(who, &group).err()) {
+    if let Some(code) = refusal(who, &group) {
         response.error_code = code;
         return response;
     }
@@ -322,7 +322,7 @@ pub async fn sync(groups: &Groups, request: SyncGroupRequest, who: &Who) -> Sync
 pub fn heartbeat(groups: &Groups, request: &HeartbeatRequest, who: &Who) -> HeartbeatResponse {
     let mut response = HeartbeatResponse::default();
     let group = request.group_id.0.as_str();
-    response.error_code = match bad_group(group).or(allowed(who, group).err()) {
+    response.error_code = match refusal(who, group) {
         Some(code) => code,
         None => groups
             .with(group, false, |g, now| {
@@ -336,7 +336,7 @@ pub fn heartbeat(groups: &Groups, request: &HeartbeatRequest, who: &Who) -> Hear
 pub fn leave(groups: &Groups, request: &LeaveGroupRequest, version: i16, who: &Who) -> LeaveGroupResponse {
     let mut response = LeaveGroupResponse::default();
     let group = request.group_id.0.as_str();
-    if let Some(code) = bad_group(group).or(allowed(who, group).err()) {
+    if let Some(code) = refusal(who, group) {
         response.error_code = code;
         return response;
     }
@@ -380,7 +380,7 @@ pub async fn offset_commit(
     let group = request.group_id.0.as_str().to_owned();
     let member = request.member_id.as_str();
     let generation = request.generation_id_or_member_epoch;
-    let group_code = bad_group(&group).or(allowed(who, &group).err()).or_else(|| {
+    let group_code = refusal(who, &group).or_else(|| {
         let code = groups
             .with(&group, false, |g, _| {
                 (g.may_commit(member, generation), Vec::new())
@@ -460,7 +460,7 @@ async fn fetch_group(
     asked: Option<Vec<(String, Vec<i32>)>>,
     who: &Who,
 ) -> Result<Offsets, i16> {
-    if let Some(code) = bad_group(group).or(allowed(who, group).err()) {
+    if let Some(code) = refusal(who, group) {
         return Err(code);
     }
     let cursors = cursors_of(shard, group).await?;
