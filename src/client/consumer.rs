@@ -1,5 +1,5 @@
-//! The client side of consumers and range reads: claim, ack, reclaim, ack-and-commit,
-//! admin, range, length; blocking, one request at a time (pipeline with `send`/`recv`).
+//! The client side of consumers and range reads: claim, ack, seek, reclaim,
+//! ack-and-commit, admin, range, length; blocking, one request at a time (pipeline with `send`/`recv`).
 
 use crate::client::{Client, ClientError, Result, unexpected};
 use crate::protocol::consumer::CursorInfo;
@@ -47,6 +47,20 @@ impl Client {
             partition,
         }))? {
             Response::Acked { from, to, .. } => Ok((from, to)),
+            other => Err(unexpected(&other)),
+        }
+    }
+
+    /// Sets `group`'s committed offset on `partition` to `offset` (its next record),
+    /// dropping its claim; the consumer is made with the default options if new.
+    pub fn seek(&mut self, topic: &str, group: &str, partition: u32, offset: u64) -> Result<u64> {
+        let r = ConsumerRef {
+            topic,
+            group,
+            partition,
+        };
+        match self.call(&Request::Seek(r, offset))? {
+            Response::Sought { offset, .. } => Ok(offset),
             other => Err(unexpected(&other)),
         }
     }

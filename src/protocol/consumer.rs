@@ -336,6 +336,14 @@ pub fn encode_acked(out: &mut Vec<u8>, request_id: u64, partition: u32, from: u6
     finish_frame(out, start);
 }
 
+/// SOUGHT: the partition and the committed offset now.
+pub fn encode_sought(out: &mut Vec<u8>, request_id: u64, partition: u32, offset: u64) {
+    let start = begin_frame(out, Kind::Sought, request_id);
+    put_u32(out, partition);
+    put_u64(out, offset);
+    finish_frame(out, start);
+}
+
 /// What a reclaim did, as a client sees it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ReclaimedReply {

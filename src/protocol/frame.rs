@@ -34,6 +34,8 @@ pub enum Kind {
     ConsumerAdmin = 0x14,
     Range = 0x15,
     Length = 0x16,
+    /// Sets a consumer's committed offset (a Kafka group's commit, a reset).
+    Seek = 0x17,
     Produced = 0x81,
     Fetched = 0x82,
     Batches = 0x88,
@@ -47,6 +49,7 @@ pub enum Kind {
     Committed = 0x93,
     Consumers = 0x94,
     LengthReply = 0x96,
+    Sought = 0x97,
     Error = 0xFF,
 }
 
@@ -71,6 +74,7 @@ impl Kind {
             0x14 => ConsumerAdmin,
             0x15 => Range,
             0x16 => Length,
+            0x17 => Seek,
             0x81 => Produced,
             0x82 => Fetched,
             0x88 => Batches,
@@ -84,6 +88,7 @@ impl Kind {
             0x93 => Committed,
             0x94 => Consumers,
             0x96 => LengthReply,
+            0x97 => Sought,
             0xFF => Error,
             _ => return None,
         })
@@ -91,7 +96,7 @@ impl Kind {
 
     /// Kinds reserved for more consumer and read requests, not served by this version.
     pub fn is_reserved(byte: u8) -> bool {
-        (0x17..=0x2F).contains(&byte)
+        (0x18..=0x2F).contains(&byte)
     }
 }
 

@@ -97,6 +97,8 @@ pub enum Request<'a> {
     /// An ack and a produce, committed as one.
     AckCommit(ConsumerRef<'a>, Vec<ProduceGroup<'a>>),
     ConsumerAdmin(AdminRequest<'a>),
+    /// A consumer's committed offset set to `offset`.
+    Seek(ConsumerRef<'a>, u64),
     Range(RangeRequest<'a>),
     /// Records in a partition (`None`: in the whole topic).
     Length {
@@ -237,6 +239,10 @@ impl<'a> Request<'a> {
                 Request::AckCommit(r, decode_groups(&mut c)?)
             }
             Some(Kind::ConsumerAdmin) => Request::ConsumerAdmin(consumer::decode_admin(&mut c)?),
+            Some(Kind::Seek) => {
+                let r = consumer::decode_ref(&mut c)?;
+                Request::Seek(r, c.u64("an offset")?)
+            }
             Some(Kind::Range) => Request::Range(consumer::decode_range(&mut c)?),
             Some(Kind::Length) => {
                 let topic = c.str("a topic name")?;
@@ -291,6 +297,7 @@ impl<'a> Request<'a> {
             Request::Reclaim(_) => Kind::Reclaim,
             Request::AckCommit(..) => Kind::AckCommit,
             Request::ConsumerAdmin(_) => Kind::ConsumerAdmin,
+            Request::Seek(..) => Kind::Seek,
             Request::Range(_) => Kind::Range,
             Request::Length { .. } => Kind::Length,
             Request::State { .. } => Kind::State,
@@ -339,6 +346,10 @@ impl<'a> Request<'a> {
                 put_groups(out, groups);
             }
             Request::ConsumerAdmin(r) => consumer::put_admin(out, r),
+            Request::Seek(r, offset) => {
+                consumer::put_ref(out, r);
+                put_u64(out, *offset);
+            }
             Request::Range(r) => consumer::put_range(out, r),
             Request::Length { topic, partition } => {
                 put_str(out, topic);
@@ -565,6 +576,11 @@ pub enum Response {
     /// The JSON array of consumer cursors an admin request touched.
     Consumers(Vec<u8>),
     Length(u64),
+    /// SEEK done: the committed offset now.
+    Sought {
+        partition: u32,
+        offset: u64,
+    },
     /// AUTH taken: the credential's name (empty on a server without credentials).
     Authed(String),
     /// An error code this client does not know is kept as `Internal` with its number.
@@ -643,6 +659,10 @@ impl Response {
             },
             Some(Kind::Consumers) => Response::Consumers(c.bytes("the consumer list")?.to_vec()),
             Some(Kind::LengthReply) => Response::Length(c.u64("the length")?),
+            Some(Kind::Sought) => Response::Sought {
+                partition: c.u32("a partition")?,
+                offset: c.u64("an offset")?,
+            },
             Some(Kind::Authed) => Response::Authed(c.str("a credential name")?.to_owned()),
             Some(Kind::Error) => {
                 let raw_code = c.u16("the error code")?;
@@ -735,6 +755,14 @@ mod tests {
                 group: "g",
                 partition: 2,
             }),
+            Request::Seek(
+                ConsumerRef {
+                    topic: "t",
+                    group: "g",
+                    partition: 3,
+                },
+                u64::MAX - 1,
+            ),
             Request::AckCommit(
                 ConsumerRef {
                     topic: "t",
@@ -906,6 +934,7 @@ mod props {
         w.push(&mut out, 3, 5, None, b"v", &[]);
         crate::protocol::consumer::finish_claimed(w, &mut out, Some(1), 3, 4, 9);
         crate::protocol::consumer::encode_acked(&mut out, 6, 1, 3, 4);
+        crate::protocol::consumer::encode_sought(&mut out, 6, 2, 7);
         Request::Range(RangeRequest {
             topic: "t",
             spec: crate::protocol::consumer::RangeSpec {

@@ -109,8 +109,14 @@
 //!                + i64 value, u32 limit, u32 max bytes; answered with FETCHED
 //! 0x16 LENGTH    string topic, u32 partition (0xFFFF_FFFF: the whole topic)
 //! 0x96 LENGTH    u64 records held
+//! 0x17 SEEK      as ACK, then u64 offset: the consumer's committed offset becomes
+//!                `offset` (the next record it takes; the consumer is made with the
+//!                default options if new), its claim dropped and reclaims reset; an
+//!                offset past the partition's next offset is refused (invalid). Answered
+//!                once journaled and durable
+//! 0x97 SOUGHT    u32 partition, u64 the committed offset now
 //! ```
-//! Kinds 0x17 to 0x2F are reserved and answered "unsupported".
+//! Kinds 0x18 to 0x2F are reserved and answered "unsupported".
 //!
 //! ## Record
 //! ```text

@@ -29,6 +29,7 @@ use glommio::sync::{Semaphore, StaticPermit};
 
 use crate::protocol::consumer::{
     ReclaimedReply, encode_acked, encode_committed, encode_consumers, encode_length, encode_reclaimed,
+    encode_sought,
 };
 use crate::protocol::frame::FLAG_RELAYED;
 use crate::protocol::message::{
@@ -483,7 +484,11 @@ async fn dispatch(
         |max_bytes: u32| u64::from(max_bytes.min(FETCH_BYTES_MAX)) + RECORD_RESPONSE + SMALL_RESPONSE;
     let cost = match &request {
         Request::Produce(_) | Request::ProduceBatch { .. } | Request::AckCommit(..) => body + SMALL_RESPONSE,
-        Request::Metadata | Request::Ack(_) | Request::Reclaim(_) | Request::Length { .. } => SMALL_RESPONSE,
+        Request::Metadata
+        | Request::Ack(_)
+        | Request::Reclaim(_)
+        | Request::Seek(..)
+        | Request::Length { .. } => SMALL_RESPONSE,
         Request::Fetch(f) | Request::FetchBatches(f) => fetched(f.max_bytes),
         Request::Claim(c) => fetched(c.max_bytes),
         Request::Range(r) => fetched(r.spec.max_bytes),
@@ -654,6 +659,7 @@ async fn dispatch(
         | Request::Ack(_)
         | Request::Reclaim(_)
         | Request::AckCommit(..)
+        | Request::Seek(..)
         | Request::ConsumerAdmin(_)
         | Request::Range(_)
         | Request::Length { .. } => {
@@ -698,6 +704,10 @@ async fn consumer_request(
         Request::Ack(r) => {
             let (from, to) = consumer_api::ack(shard, relays, &r).await?;
             encode_acked(&mut out, id, r.partition, from, to);
+        }
+        Request::Seek(r, offset) => {
+            consumer_api::seek(shard, relays, &r, offset).await?;
+            encode_sought(&mut out, id, r.partition, offset);
         }
         Request::Reclaim(r) => {
             let (from, to, reclaims, outcome) = consumer_api::reclaim(shard, relays, &r).await?;

@@ -247,12 +247,24 @@ pub async fn ack(
     }
 }
 
-/// Sets the committed offset of consumer `r.group` on one partition of this peer's to
-/// `offset` (the consumer made with the default options if it is new): a Kafka group's
-/// commit, answered once journaled and durable.
-pub async fn seek(shard: &Rc<Shard>, r: &ConsumerRef<'_>, offset: u64) -> Result<(), ProtocolError> {
+/// Sets the committed offset of consumer `r.group` on one partition to `offset` (the
+/// consumer made with the default options if it is new): a Kafka group's commit, or a
+/// reset; answered once journaled and durable, by the partition's leader.
+pub async fn seek(
+    shard: &Rc<Shard>,
+    relays: Option<&Relays>,
+    r: &ConsumerRef<'_>,
+    offset: u64,
+) -> Result<(), ProtocolError> {
     check_group(r.group)?;
+    one_partition(r)?;
     let topic = topic_of(shard, r.topic, Some(r.partition))?;
+    match from_leader(shard, relays, &Request::Seek(r.clone(), offset), 0).await {
+        Some(Ok((_, Response::Sought { .. }))) => return Ok(()),
+        Some(Ok(_)) => return Err(unexpected()),
+        Some(Err(error)) => return Err(error),
+        None => {}
+    }
     let op = PartitionOp::Seek {
         topic,
         partition: r.partition,

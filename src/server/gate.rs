@@ -170,7 +170,9 @@ pub fn needs<'a>(request: &'a Request<'a>) -> Vec<Need<'a>> {
             }
             needs
         }
-        Request::Ack(r) | Request::Reclaim(r) => vec![Need::Consume(r.topic), Need::Group(r.group)],
+        Request::Ack(r) | Request::Reclaim(r) | Request::Seek(r, _) => {
+            vec![Need::Consume(r.topic), Need::Group(r.group)]
+        }
         Request::AckCommit(r, groups) => [Need::Consume(r.topic), Need::Group(r.group)]
             .into_iter()
             .chain(groups.iter().map(|g| Need::Produce(g.topic)))

@@ -145,7 +145,7 @@ pub fn route(shard: &Shard, request: &Request<'_>, flags: u16) -> Option<Route> 
             (spec.topic_index(f.topic)?, f.partition)
         }
         Request::Claim(c) => (spec.topic_index(c.topic)?, c.partition?),
-        Request::Ack(r) | Request::Reclaim(r) | Request::AckCommit(r, _) => {
+        Request::Ack(r) | Request::Reclaim(r) | Request::AckCommit(r, _) | Request::Seek(r, _) => {
             (spec.topic_index(r.topic)?, r.partition)
         }
         Request::Range(r) => (spec.topic_index(r.topic)?, r.spec.partition),

@@ -556,6 +556,44 @@ fn start_positions_any_partition_ranges_and_bad_requests() {
     assert_eq!(status, 200);
 }
 
+/// SEEK sets a consumer's committed offset either way, drops its claim, makes a consumer
+/// that did not exist, is durable through a SIGKILL, and refuses an offset past the end.
+#[test]
+fn seek_moves_a_consumer_either_way_durably_and_refuses_past_the_end() {
+    let dir = fast_tempdir();
+    let mut engine = Engine::start(dataflow(dir.path(), 1));
+    engine.produce("s0", 10);
+    let c = &mut engine.client;
+    let earliest = Some(Options {
+        start: Start::Earliest,
+        ..Options::default()
+    });
+    assert_eq!(c.claim("s0", GROUP, Some(P), 4, earliest).unwrap().to, 4);
+    c.ack("s0", GROUP, P).unwrap();
+    let claimed = c.claim("s0", GROUP, Some(P), 2, None).unwrap();
+    assert_eq!((claimed.from, claimed.to), (4, 6));
+    assert_eq!(c.seek("s0", GROUP, P, 8).unwrap(), 8);
+    assert_eq!(cursor_now(c, "s0"), (8, None, 0), "forward, the claim dropped");
+    assert_eq!(c.claim("s0", GROUP, Some(P), 100, None).unwrap().from, 8);
+    assert_eq!(c.seek("s0", GROUP, P, 1).unwrap(), 1);
+    assert_eq!(
+        code(c.seek("s0", GROUP, P, 11)),
+        Err(ErrorCode::Invalid),
+        "past the end"
+    );
+    assert_eq!(c.seek("s0", "made-by-seek", P, 10).unwrap(), 10);
+    engine.restart();
+    let c = &mut engine.client;
+    assert_eq!(cursor_now(c, "s0"), (1, None, 0), "back, and durable");
+    assert_eq!(c.claim("s0", GROUP, Some(P), 100, None).unwrap().from, 1);
+    assert_eq!(
+        c.claim("s0", "made-by-seek", Some(P), 100, None)
+            .unwrap()
+            .partition,
+        None
+    );
+}
+
 #[test]
 fn tail_group_goes_on_where_it_stopped_and_drain_waits_for_acks() {
     let dir = fast_tempdir();
