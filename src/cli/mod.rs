@@ -408,6 +408,7 @@ impl Cli {
                     copy_rate,
                     // Known once the listeners are bound (`run`).
                     client: None,
+                    kafka: None,
                     tls: match (peer_tls_cert, peer_tls_key, peer_tls_ca) {
                         (Some(cert), Some(key), Some(ca)) => {
                             Some(crate::tls::peer::PeerFiles { cert, key, ca })

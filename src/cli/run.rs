@@ -115,15 +115,16 @@ pub fn run(args: RunArgs) -> Result<ExitCode, CliError> {
             }
             let cores = runtime::core_count(spec.engine.cores)?;
             // A listener on every address is reached at the peer address's.
-            let client = bound.tcp.map(|tcp| {
-                if tcp.ip().is_unspecified() {
-                    std::net::SocketAddr::new(options.listen.ip(), tcp.port())
+            let reached = |bound: std::net::SocketAddr| {
+                if bound.ip().is_unspecified() {
+                    std::net::SocketAddr::new(options.listen.ip(), bound.port())
                 } else {
-                    tcp
+                    bound
                 }
-            });
+            };
             let options = crate::cluster::ClusterOptions {
-                client,
+                client: bound.tcp.map(reached),
+                kafka: bound.kafka.map(reached),
                 tls,
                 ..options.clone()
             };

@@ -28,6 +28,9 @@ pub struct PeerId {
     /// Where its clients connect (its TCP listener), for requests the others relay to
     /// it (`server::relay`); `None` without one.
     pub client: Option<SocketAddr>,
+    /// Where its Kafka clients connect (`ingest.kafka`): the broker the others' Kafka
+    /// doors name for the partitions it leads; `None` without one.
+    pub kafka: Option<SocketAddr>,
 }
 
 impl PeerId {
@@ -43,12 +46,17 @@ impl PeerId {
             full: false,
             leaving: false,
             client: None,
+            kafka: None,
         }
     }
 
-    /// This identity with its clients' address.
-    pub fn with_client(self, client: Option<SocketAddr>) -> PeerId {
-        PeerId { client, ..self }
+    /// This identity with its clients' addresses: the binary protocol's and Kafka's.
+    pub fn with_clients(self, client: Option<SocketAddr>, kafka: Option<SocketAddr>) -> PeerId {
+        PeerId {
+            client,
+            kafka,
+            ..self
+        }
     }
 
     /// Stands for a seed whose identity is not known yet: only its address counts when
@@ -62,6 +70,7 @@ impl PeerId {
             full: false,
             leaving: false,
             client: None,
+            kafka: None,
         }
     }
 

@@ -53,6 +53,9 @@ pub struct ClusterOptions {
     /// Where this peer's clients connect, told to the others so that they relay
     /// requests about partitions this peer leads (`server::relay`).
     pub client: Option<SocketAddr>,
+    /// Where this peer's Kafka clients connect, told to the others so that their Kafka
+    /// doors name it as the leader of its partitions (`server::kafka::metadata`).
+    pub kafka: Option<SocketAddr>,
     /// Mutual TLS with the cluster's CA on the peer port (`--peer-tls-*`).
     pub tls: Option<crate::tls::peer::PeerFiles>,
 }
@@ -117,7 +120,7 @@ impl Cluster {
             tls: tls.clone(),
         };
         let storage = storage_id::load_or_create(data_dir, addr)?;
-        let me = PeerId::new(addr, cores, storage).with_client(options.client);
+        let me = PeerId::new(addr, cores, storage).with_clients(options.client, options.kafka);
         let view = Arc::new(ViewCell::new(me));
         let (inputs, inputs_rx) = flume::bounded(transport::GOSSIP_QUEUE);
         let (outgoing, outgoing_rx) = membership::GossipOut::new(transport::GOSSIP_QUEUE);

@@ -53,6 +53,13 @@ pub fn replica_set(live: &[PeerId], topic: &str, partition: u32, count: usize) -
     scored.into_iter().take(count).map(|(_, peer)| peer).collect()
 }
 
+/// The one peer of `live` (never empty) that `key` falls to: every peer picks the same
+/// from the same view, and a change of membership moves only the keys of the peers
+/// that came or went (a Kafka group's coordinator).
+pub fn chosen(live: &[PeerId], key: &str) -> PeerId {
+    replica_set(live, key, 0, 1)[0]
+}
+
 const FNV_START: u64 = 0xcbf2_9ce4_8422_2325;
 
 fn fnv(mut hash: u64, bytes: &[u8]) -> u64 {
@@ -83,6 +90,7 @@ mod tests {
             full: false,
             leaving: false,
             client: None,
+            kafka: None,
         }
     }
 

@@ -114,7 +114,7 @@ fn peers_seen(server: &Server) -> BTreeMap<String, String> {
         .collect()
 }
 
-fn all_alive(server: &Server, addrs: &[&str]) -> bool {
+pub(crate) fn all_alive(server: &Server, addrs: &[&str]) -> bool {
     let seen = peers_seen(server);
     seen.len() == addrs.len()
         && addrs

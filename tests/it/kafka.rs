@@ -453,19 +453,32 @@ fn sasl_plain(stream: &mut std::net::TcpStream, name: &str, token: &str) -> i16 
 
 /// A produce of one record to `events` partition 0: the partition's error code.
 fn produce_one(stream: &mut std::net::TcpStream) -> Option<i16> {
+    produce_raw(stream, "events", 0, None).map(|(code, _)| code)
+}
+
+/// A produce of one record to partition `index` of `topic`, as the idempotent producer
+/// `(id, epoch, sequence)` if given: the partition's error code and base offset.
+fn produce_raw(
+    stream: &mut std::net::TcpStream,
+    topic: &'static str,
+    index: i32,
+    producer: Option<(i64, i16, i32)>,
+) -> Option<(i16, i64)> {
     use kafka_protocol::messages::produce_request::{PartitionProduceData, TopicProduceData};
     use kafka_protocol::messages::{ProduceRequest, ProduceResponse};
     use kafka_protocol::records::*;
+    let (producer_id, producer_epoch, sequence) =
+        producer.unwrap_or((NO_PRODUCER_ID, NO_PRODUCER_EPOCH, NO_SEQUENCE));
     let record = Record {
         transactional: false,
         control: false,
         delete_horizon: false,
         partition_leader_epoch: NO_PARTITION_LEADER_EPOCH,
-        producer_id: NO_PRODUCER_ID,
-        producer_epoch: NO_PRODUCER_EPOCH,
+        producer_id,
+        producer_epoch,
         timestamp_type: TimestampType::Creation,
         offset: 0,
-        sequence: NO_SEQUENCE,
+        sequence,
         timestamp: now_ms(),
         key: None,
         value: Some(bytes::Bytes::from_static(b"raw")),
@@ -478,10 +491,11 @@ fn produce_one(stream: &mut std::net::TcpStream) -> Option<i16> {
     };
     RecordBatchEncoder::encode(&mut records, [&record], &options).unwrap();
     let mut partition = PartitionProduceData::default();
-    partition.index = 0;
+    partition.index = index;
     partition.records = Some(records.freeze());
+    let topic_name = topic;
     let mut topic = TopicProduceData::default();
-    topic.name = StrBytes::from_static_str("events").into();
+    topic.name = StrBytes::from_static_str(topic_name).into();
     topic.partition_data = vec![partition];
     let mut produce = ProduceRequest::default();
     produce.acks = -1;
@@ -489,7 +503,8 @@ fn produce_one(stream: &mut std::net::TcpStream) -> Option<i16> {
     produce.topic_data = vec![topic];
     let mut answer = request(stream, ApiKey::Produce, 7, &produce)?;
     let response = ProduceResponse::decode(&mut answer, 7).unwrap();
-    Some(response.responses[0].partition_responses[0].error_code)
+    let partition = &response.responses[0].partition_responses[0];
+    Some((partition.error_code, partition.base_offset))
 }
 
 #[test]
@@ -727,7 +742,12 @@ impl Drop for PyClient {
 
 /// `per` records into each of the 4 partitions of `events`, `p{P}-v{O}` at offset O.
 fn fill(kafka: &str, from: u64, per: u64) {
-    for p in 0..4 {
+    fill_partitions(kafka, 4, from, per);
+}
+
+/// `per` records into each of the first `partitions` partitions of `events`.
+fn fill_partitions(kafka: &str, partitions: u32, from: u64, per: u64) {
+    for p in 0..partitions {
         let lines: String = (from..from + per).map(|o| format!("p{p}-v{o}\n")).collect();
         kcat(
             &["-P", "-b", kafka, "-t", "events", "-p", &p.to_string()],
@@ -882,6 +902,14 @@ fn an_idempotent_producer_through_a_sigkill_stores_every_delivered_record_exactl
     wait_until("the producer is done", Duration::from_secs(120), || {
         producer.lines().iter().any(|l| l.starts_with("done "))
     });
+    let reported = delivered_once_each(&producer, n);
+    assert!(delivered() > at_kill, "records were delivered after the restart");
+    assert_stored_as_reported(&kafka, &reported);
+}
+
+/// Where a `produce` client was told each of its `n` records went: every one delivered,
+/// each reported once.
+fn delivered_once_each(producer: &PyClient, n: usize) -> BTreeMap<String, (u32, u64)> {
     let lines = producer.lines();
     assert!(
         lines.contains(&"done 0".to_owned()),
@@ -899,9 +927,12 @@ fn an_idempotent_producer_through_a_sigkill_stores_every_delivered_record_exactl
         );
     }
     assert_eq!(reported.len(), n, "each record reported delivered once");
-    assert!(delivered() > at_kill, "records were delivered after the restart");
+    reported
+}
 
-    let stored = read_topic(&kafka, "events", "%p %o %s\n", &[]);
+/// `events` holds exactly the records `reported`, each once, where the reports said.
+fn assert_stored_as_reported(kafka: &str, reported: &BTreeMap<String, (u32, u64)>) {
+    let stored = read_topic(kafka, "events", "%p %o %s\n", &[]);
     let mut seen = BTreeMap::new();
     for line in stored.lines() {
         let f: Vec<&str> = line.split(' ').collect();
@@ -913,7 +944,7 @@ fn an_idempotent_producer_through_a_sigkill_stores_every_delivered_record_exactl
         );
     }
     assert_eq!(
-        seen, reported,
+        &seen, reported,
         "stored exactly what was delivered, where the reports said"
     );
 }
@@ -960,4 +991,211 @@ fn kafka_python_produces_and_consumes_in_a_group_through_the_door() {
         "{}",
         server.log.text()
     );
+}
+
+/// The brokers (`id -> host:port`) and each partition's leader (`partition -> id`) of
+/// `topic`, as the door at `kafka` tells kcat.
+fn brokers_and_leaders(kafka: &str, topic: &str) -> (BTreeMap<i64, String>, BTreeMap<u32, i64>) {
+    let json: serde_json::Value =
+        serde_json::from_str(&kcat(&["-L", "-J", "-b", kafka, "-t", topic], b"")).unwrap();
+    let brokers = json["brokers"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|b| (b["id"].as_i64().unwrap(), b["name"].as_str().unwrap().to_owned()))
+        .collect();
+    let leaders = json["topics"][0]["partitions"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| {
+            (
+                p["partition"].as_u64().unwrap() as u32,
+                p["leader"].as_i64().unwrap(),
+            )
+        })
+        .collect();
+    (brokers, leaders)
+}
+
+/// Three peers, each with a Kafka door. Every door names the three brokers and, for each
+/// partition, the broker of the peer that serves it; records sent through one door land
+/// in every partition (librdkafka sends each partition's batches to its leader). A
+/// consumer group whose members bootstrap from different peers meets at one coordinator:
+/// the partitions are split between them, the survivor takes over at the committed
+/// offsets (commits of partitions led elsewhere are relayed to their leaders), and a
+/// member bootstrapped from the third peer starts where the group was. An idempotent
+/// producer bootstrapped from another peer stores every record exactly once.
+#[test]
+fn in_a_cluster_each_partition_is_led_by_its_peers_broker_and_a_group_meets_at_one_coordinator() {
+    use crate::cluster::{all_alive, one_at_a_time, start_file, status};
+    let _serial = one_at_a_time();
+    let dir = tempfile::tempdir().unwrap();
+    let control = dir.path().join("control");
+    std::fs::create_dir(&control).unwrap();
+    let ctl = control.to_str().unwrap().to_owned();
+    let partitions = 12u32;
+    let file = listening_dataflow(
+        dir.path(),
+        "kafka-cluster",
+        "group",
+        "kafka = \"127.0.0.1:0\"",
+        // One copy, placed by gossip: the partitions spread over the three at once (a
+        // replicated topic's leaders are the metadata group's, which may keep them all
+        // where they began; the door names whichever peer leads either way).
+        &format!(
+            "[[topic]]\nname = \"events\"\npartitions = {partitions}\nreplicas = 1\n\n\
+             [[topic]]\nname = \"side\"\npartitions = 1\nreplicas = 1\n"
+        ),
+    );
+    let first = start_file(&file, dir.path(), "p1", &["--peer-listen", "127.0.0.1:0"]);
+    let seed = first.peer.clone().unwrap();
+    let with_seed = ["--peer-listen", "127.0.0.1:0", "--seeds", &seed];
+    let servers = [
+        first,
+        start_file(&file, dir.path(), "p2", &with_seed),
+        start_file(&file, dir.path(), "p3", &with_seed),
+    ];
+    let addrs: Vec<String> = servers.iter().map(|s| s.peer.clone().unwrap()).collect();
+    let addrs: Vec<&str> = addrs.iter().map(String::as_str).collect();
+    let doors: Vec<String> = servers.iter().map(|s| s.kafka.clone().unwrap()).collect();
+    let limit = Duration::from_secs(60);
+    for s in &servers {
+        wait_until("every peer lists all three", limit, || all_alive(s, &addrs));
+    }
+    // The peer serving each partition, by its own status.
+    let serving = || -> BTreeMap<u32, String> {
+        let mut serving = BTreeMap::new();
+        for (s, door) in servers.iter().zip(&doors) {
+            for p in status(s)["topics"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .filter(|t| t["name"] == "events")
+                .flat_map(|t| t["partitions"].as_array().unwrap())
+                .filter(|p| p["standing"] == "serving")
+            {
+                serving.insert(p["partition"].as_u64().unwrap() as u32, door.clone());
+            }
+        }
+        serving
+    };
+    wait_until(
+        "every door names the three brokers, and each partition's leader is the peer serving it",
+        limit,
+        || {
+            let held = serving();
+            doors.iter().all(|door| {
+                let (brokers, leaders) = brokers_and_leaders(door, "events");
+                let mut named: Vec<&String> = brokers.values().collect();
+                named.sort();
+                let mut all: Vec<&String> = doors.iter().collect();
+                all.sort();
+                // Placement spreads the partitions (all on one peer: 3 in 3^12).
+                let spread: std::collections::BTreeSet<&String> = held.values().collect();
+                named == all
+                    && held.len() == partitions as usize
+                    && spread.len() > 1
+                    && (0..partitions).all(|p| brokers.get(&leaders[&p]) == held.get(&p))
+            })
+        },
+    );
+
+    // An idempotent producer's batch is taken by its partition leader's door only;
+    // another door answers NOT_LEADER_OR_FOLLOWER (a plain batch it takes on).
+    let (brokers, leaders) = brokers_and_leaders(&doors[0], "side");
+    let leader_door = brokers[&leaders[&0]].clone();
+    let other_door = doors.iter().find(|d| **d != leader_door).unwrap();
+    let connect = |door: &str| std::net::TcpStream::connect(door).unwrap();
+    let idempotent = Some((7_000_001, 0, 0));
+    let side = |door: &str, producer| produce_raw(&mut connect(door), "side", 0, producer);
+    assert_eq!(side(other_door, idempotent), Some((6, -1)));
+    assert_eq!(side(&leader_door, idempotent), Some((0, 0)));
+    assert_eq!(
+        side(&leader_door, idempotent),
+        Some((0, 0)),
+        "sent again: answered with its first offset, not written twice"
+    );
+    assert_eq!(side(other_door, None), Some((0, 1)));
+    let per = 50u64;
+    fill_partitions(&doors[0], partitions, 0, per);
+    let member =
+        |name: &str, door: &str| PyClient::start(dir.path(), name, &["group", door, "g1", name, &ctl]);
+    let all_parts: Vec<u32> = (0..partitions).collect();
+    let a = member("A", &doors[0]);
+    wait_until(
+        "A alone takes every partition and reads them to the end",
+        limit,
+        || a.assigned() == all_parts && a.records().len() == (partitions as u64 * per) as usize,
+    );
+    let b = member("B", &doors[1]);
+    wait_until(
+        "A and B, bootstrapped from two peers, meet at one coordinator and split the partitions",
+        limit,
+        || {
+            let (x, y) = (a.assigned(), b.assigned());
+            let mut both: Vec<u32> = x.iter().chain(&y).copied().collect();
+            both.sort_unstable();
+            !x.is_empty() && !y.is_empty() && both == all_parts
+        },
+    );
+    let a_parts = a.assigned();
+    // A holds, more records come, A leaves: B goes on at A's committed offsets.
+    std::fs::write(control.join("A.hold"), "").unwrap();
+    wait_until("A holds", limit, || a.said("held"));
+    fill_partitions(&doors[2], partitions, per, per);
+    std::fs::write(control.join("A.stop"), "").unwrap();
+    wait_until("A leaves", limit, || a.said("closed"));
+    let total = (2 * per * u64::from(partitions)) as usize;
+    wait_until("B takes every partition and reads them to the end", limit, || {
+        b.assigned() == all_parts && a.records().len() + b.records().len() == total
+    });
+    let mut taken = BTreeMap::new();
+    for (who, records) in [("A", a.records()), ("B", b.records())] {
+        for (p, o, value) in records {
+            assert_eq!(value, format!("p{p}-v{o}"));
+            assert!(taken.insert((p, o), who).is_none(), "{p}/{o} taken twice");
+        }
+    }
+    assert_eq!(taken.len(), total, "every record taken once, none skipped");
+    for p in &a_parts {
+        let first = b.records().iter().filter(|r| r.0 == *p).map(|r| r.1).min();
+        assert_eq!(
+            first,
+            Some(per),
+            "B goes on in A's partition {p} where A committed"
+        );
+    }
+    std::fs::write(control.join("B.stop"), "").unwrap();
+    wait_until("B leaves", limit, || b.said("closed"));
+    // The group's offsets are with the partitions' leaders: a member bootstrapped from
+    // the third peer starts where the group was.
+    let c = member("C", &doors[2]);
+    wait_until("C takes every partition", limit, || c.assigned() == all_parts);
+    fill_partitions(&doors[1], partitions, 2 * per, per);
+    wait_until("C reads what came after", limit, || {
+        c.records().len() == (per * u64::from(partitions)) as usize
+    });
+    assert!(
+        c.records().iter().all(|(_, o, _)| (2 * per..3 * per).contains(o)),
+        "C started at the committed offsets"
+    );
+    std::fs::write(control.join("C.stop"), "").unwrap();
+    wait_until("C leaves", limit, || c.said("closed"));
+
+    // An idempotent producer bootstrapped from the second peer: its batches go to each
+    // partition's leader, and every record is stored once where it was reported.
+    let n = 5_000;
+    let producer = PyClient::start(dir.path(), "producer", &["produce", &doors[1], &n.to_string()]);
+    wait_until("the producer is done", Duration::from_secs(120), || {
+        producer.lines().iter().any(|l| l.starts_with("done "))
+    });
+    let mut reported = delivered_once_each(&producer, n);
+    // The groups' records (p{P}-v{O}) are there too.
+    for p in 0..partitions {
+        for o in 0..3 * per {
+            reported.insert(format!("p{p}-v{o}"), (p, o));
+        }
+    }
+    assert_stored_as_reported(&doors[0], &reported);
 }

@@ -15,6 +15,9 @@ pub struct Ownership {
     states: Vec<Vec<AtomicU8>>,
     /// Per partition, one past the end a new owner said it holds (0: none said so).
     handed: Vec<Vec<AtomicU64>>,
+    /// Per partition, how many times this peer stopped serving it (or taking it over):
+    /// what it learned of the partition before may be stale since.
+    terms: Vec<Vec<AtomicU64>>,
     leaving: AtomicBool,
 }
 
@@ -29,6 +32,10 @@ impl Ownership {
                 .map(|&n| (0..n).map(|_| AtomicU8::new(AWAY)).collect())
                 .collect(),
             handed: counts
+                .iter()
+                .map(|&n| (0..n).map(|_| AtomicU64::new(0)).collect())
+                .collect(),
+            terms: counts
                 .iter()
                 .map(|&n| (0..n).map(|_| AtomicU64::new(0)).collect())
                 .collect(),
@@ -50,7 +57,17 @@ impl Ownership {
 
     /// Stops writing the partition here (its batches are routed on from now on).
     pub fn fence(&self, topic: usize, partition: u32) {
-        self.states[topic][partition as usize].store(AWAY, Ordering::Release);
+        let was = self.states[topic][partition as usize].swap(AWAY, Ordering::AcqRel);
+        if was != AWAY {
+            self.terms[topic][partition as usize].fetch_add(1, Ordering::AcqRel);
+        }
+    }
+
+    /// Bumped each time the partition stops being served (or taken over) here: state
+    /// kept about it beside the log (a Kafka producer's sequences) holds only while this
+    /// stays the same.
+    pub fn term(&self, topic: usize, partition: u32) -> u64 {
+        self.terms[topic][partition as usize].load(Ordering::Acquire)
     }
 
     /// Serves the partition here at once (a replicated partition this peer now leads:
@@ -102,7 +119,11 @@ mod tests {
         assert_eq!(o.standing(0, 1), Standing::Away);
         assert!(o.start_claim(0, 1));
         assert!(!o.start_claim(0, 1));
+        assert_eq!(o.term(0, 1), 0);
         o.fence(0, 1);
+        assert_eq!(o.term(0, 1), 1);
+        o.fence(0, 1);
+        assert_eq!(o.term(0, 1), 1, "fencing what is away already changes nothing");
         assert!(!o.finish_claim(0, 1));
         assert!(o.start_claim(0, 1));
         assert!(o.finish_claim(0, 1));

@@ -235,6 +235,13 @@ impl Peers {
             .and_then(|m| m.id.client)
     }
 
+    /// The peers this one sees alive (or suspect) with a Kafka listener, this one
+    /// included: the brokers a Kafka door names.
+    pub fn kafka_brokers(&self) -> Vec<crate::cluster::identity::PeerId> {
+        let view = self.cluster.view.get();
+        view.live().into_iter().filter(|id| id.kafka.is_some()).collect()
+    }
+
     /// Partitions this peer's view gives each peer: `(address, count)`.
     pub fn partition_counts(&self) -> HashMap<SocketAddr, usize> {
         let mut counts = HashMap::new();

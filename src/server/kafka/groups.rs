@@ -47,6 +47,7 @@ use kafka_protocol::messages::sync_group_response::SyncGroupResponse;
 use kafka_protocol::messages::{BrokerId, GroupId};
 use kafka_protocol::protocol::StrBytes;
 
+use super::brokers::Brokers;
 use super::errors;
 use super::group::{Due, Group, JoinAsk, Joined, Synced};
 use super::sasl::Who;
@@ -147,11 +148,12 @@ fn text(s: &str) -> StrBytes {
     StrBytes::from_string(s.to_owned())
 }
 
-/// FindCoordinator: this door coordinates every group (transactions are not served).
+/// FindCoordinator: each group's coordinator among `brokers` (transactions are not
+/// served).
 pub fn find_coordinator(
     request: &FindCoordinatorRequest,
     version: i16,
-    me: std::net::SocketAddr,
+    brokers: &Brokers,
 ) -> FindCoordinatorResponse {
     let (code, message) = match request.key_type {
         0 => (errors::NONE, None),
@@ -170,10 +172,11 @@ pub fn find_coordinator(
     };
     for key in keys {
         let mut c = Coordinator::default();
+        let broker = brokers.coordinator(key.as_str());
         c.key = key;
-        c.node_id = BrokerId(super::metadata::NODE);
-        c.host = text(&me.ip().to_string());
-        c.port = i32::from(me.port());
+        c.node_id = BrokerId(broker.node);
+        c.host = text(&broker.kafka.ip().to_string());
+        c.port = i32::from(broker.kafka.port());
         c.error_code = code;
         c.error_message = message.clone();
         response.coordinators.push(c);
@@ -192,10 +195,14 @@ pub fn find_coordinator(
 }
 
 /// Why a request about `group` is refused, if it is: a name no consumer may have (the
-/// named consumers' own rule), or a client without `group:G`.
+/// named consumers' own rule), a client without `group:G`, or a group another peer
+/// coordinates.
 fn refusal(who: &Who, group: &str) -> Option<i16> {
     if consumer_api::check_group(group).is_err() {
         return Some(errors::INVALID_GROUP_ID);
+    }
+    if !who.brokers().coordinates(group) {
+        return Some(errors::NOT_COORDINATOR);
     }
     who.allow(&[Need::Group(group)])
         .err()
@@ -416,7 +423,7 @@ pub async fn offset_commit(
                         group: &group,
                         partition: p,
                     };
-                    match consumer_api::seek(shard, &r, offset).await {
+                    match consumer_api::seek(shard, Some(&who.relays), &r, offset).await {
                         Ok(()) => errors::NONE,
                         Err(error) => {
                             tracing::debug!(%group, topic = %name, partition = p, "Kafka commit refused: {}", error.message);
@@ -436,13 +443,13 @@ pub async fn offset_commit(
 }
 
 /// Every cursor of consumer `group`, on every topic (none if it has none).
-async fn cursors_of(shard: &Rc<Shard>, group: &str) -> Result<Vec<CursorInfo>, i16> {
+async fn cursors_of(shard: &Rc<Shard>, group: &str, who: &Who) -> Result<Vec<CursorInfo>, i16> {
     let list = AdminRequest {
         action: AdminAction::List,
         topic: "",
         group,
     };
-    match consumer_api::admin(shard, None, &list).await {
+    match consumer_api::admin(shard, Some(&who.relays), &list).await {
         Ok(cursors) => Ok(cursors),
         Err(error) if error.code == ErrorCode::UnknownConsumer => Ok(Vec::new()),
         Err(error) => Err(errors::code(&error)),
@@ -463,7 +470,7 @@ async fn fetch_group(
     if let Some(code) = refusal(who, group) {
         return Err(code);
     }
-    let cursors = cursors_of(shard, group).await?;
+    let cursors = cursors_of(shard, group, who).await?;
     let asked = asked.unwrap_or_else(|| {
         let mut topics: Vec<(String, Vec<i32>)> = Vec::new();
         for c in cursors
@@ -599,12 +606,12 @@ mod tests {
 
     #[test]
     fn find_coordinator_names_this_door_in_every_version_served() {
-        let me: std::net::SocketAddr = "127.0.0.1:9092".parse().unwrap();
+        let me = Brokers::of(None, "127.0.0.1:9092".parse().unwrap());
         for version in 0..=4 {
             let mut request = FindCoordinatorRequest::default();
             request.key = text("g1");
             request.coordinator_keys = vec![text("g1"), text("g2")];
-            let answer = find_coordinator(&request, version, me);
+            let answer = find_coordinator(&request, version, &me);
             let mut buf = bytes::BytesMut::new();
             answer.encode(&mut buf, version).unwrap();
             if version < 4 {
@@ -613,7 +620,7 @@ mod tests {
                 assert_eq!(answer.coordinators.len(), 2);
             }
             request.key_type = 1;
-            let answer = find_coordinator(&request, version, me);
+            let answer = find_coordinator(&request, version, &me);
             answer.encode(&mut buf, version).unwrap();
             let code = answer
                 .coordinators

@@ -3,12 +3,11 @@
 //! In version 0 an empty list of topics asks for every topic (later versions say so with
 //! no list, and an empty one asks for none): kafka-python's first request is one.
 //!
-//! The door names one broker, itself (node 0, at the address the client reached it by),
-//! leading every partition: whatever a client sends it, the engine takes to the
-//! partition's owner shard or peer, as it does for the binary protocol. Topics are the
-//! dataflow's, never created by a request; the engine's own topics are not listed.
-
-use std::net::SocketAddr;
+//! The brokers and each partition's leader are `brokers.rs`'s: this door alone on one
+//! machine, every peer with a Kafka listener in a cluster. A partition's replicas and
+//! in-sync replicas are named as its leader alone (flowd's replicas serve no client
+//! reads). Topics are the dataflow's, never created by a request; the engine's own
+//! topics are not listed.
 
 use kafka_protocol::messages::BrokerId;
 use kafka_protocol::messages::metadata_request::MetadataRequest;
@@ -17,28 +16,33 @@ use kafka_protocol::messages::metadata_response::{
 };
 use kafka_protocol::protocol::StrBytes;
 
+use super::brokers::Brokers;
 use super::errors;
-use crate::config::DataflowSpec;
+use crate::runtime::shard::Shard;
 
-/// This door's broker id.
-pub const NODE: i32 = 0;
-
-/// The answer to `request`, for a client that reached this door at `me`.
+/// The answer to `request`, the brokers being `brokers`.
 pub fn answer(
-    spec: &DataflowSpec,
+    shard: &Shard,
     request: &MetadataRequest,
     version: i16,
-    me: SocketAddr,
+    brokers: &Brokers,
     cluster_id: &str,
 ) -> MetadataResponse {
-    let mut broker = MetadataResponseBroker::default();
-    broker.node_id = BrokerId(NODE);
-    broker.host = StrBytes::from_string(me.ip().to_string());
-    broker.port = i32::from(me.port());
+    let spec = &shard.shared.spec;
     let mut response = MetadataResponse::default();
-    response.brokers = vec![broker];
+    response.brokers = brokers
+        .list
+        .iter()
+        .map(|b| {
+            let mut broker = MetadataResponseBroker::default();
+            broker.node_id = BrokerId(b.node);
+            broker.host = StrBytes::from_string(b.kafka.ip().to_string());
+            broker.port = i32::from(b.kafka.port());
+            broker
+        })
+        .collect();
     response.cluster_id = Some(StrBytes::from_string(cluster_id.to_owned()));
-    response.controller_id = BrokerId(NODE);
+    response.controller_id = BrokerId(brokers.me());
     let every = match &request.topics {
         None => true,
         Some(asked) => version == 0 && asked.is_empty(),
@@ -56,11 +60,12 @@ pub fn answer(
             .filter_map(|t| t.name.as_ref().map(|n| n.0.as_str().to_owned()))
             .collect(),
     };
-    response.topics = names.iter().map(|name| topic(spec, name)).collect();
+    response.topics = names.iter().map(|name| topic(shard, brokers, name)).collect();
     response
 }
 
-fn topic(spec: &DataflowSpec, name: &str) -> MetadataResponseTopic {
+fn topic(shard: &Shard, brokers: &Brokers, name: &str) -> MetadataResponseTopic {
+    let spec = &shard.shared.spec;
     let mut topic = MetadataResponseTopic::default();
     topic.name = Some(StrBytes::from_string(name.to_owned()).into());
     let Some(index) = spec.client_topic(name) else {
@@ -71,12 +76,13 @@ fn topic(spec: &DataflowSpec, name: &str) -> MetadataResponseTopic {
         .map(|p| {
             let mut partition = MetadataResponsePartition::default();
             partition.partition_index = p as i32;
-            partition.leader_id = BrokerId(NODE);
+            let leader = BrokerId(brokers.leader(index, p));
+            partition.leader_id = leader;
             // No leader epochs: clients then skip the checks that would need
             // OffsetForLeaderEpoch.
             partition.leader_epoch = -1;
-            partition.replica_nodes = vec![BrokerId(NODE)];
-            partition.isr_nodes = vec![BrokerId(NODE)];
+            partition.replica_nodes = vec![leader];
+            partition.isr_nodes = vec![leader];
             partition
         })
         .collect();

@@ -12,11 +12,14 @@
 //! is logged with what it was and the connection closed; ApiVersions tells clients what
 //! is served, so the clients named above never send one.
 //!
-//! Codemap: `versions` (what is served; ApiVersions) → `metadata` (one broker, this
-//! door, leading every partition) → `produce` (batches in, durable acks out) → `fetch`
-//! (Fetch with long polls, ListOffsets) → `records` (Kafka records to flowd's and back)
-//! → `errors` (flowd's refusals as Kafka's error codes).
+//! Codemap: `versions` (what is served; ApiVersions) → `brokers` (this door alone, or
+//! every peer's; leaders and coordinators) → `metadata` → `produce` (batches in, durable
+//! acks out) and `producers` (idempotence) → `fetch` (Fetch with long polls,
+//! ListOffsets) → `records` (Kafka records to flowd's and back) → `group` and `groups`
+//! (consumer groups; commits as named consumers' SEEK) → `topics` → `sasl` (who the
+//! client is) → `errors` (flowd's refusals as Kafka's error codes).
 
+mod brokers;
 mod errors;
 mod fetch;
 mod group;
@@ -94,9 +97,16 @@ async fn serve(shard: Rc<Shard>, front: Rc<Front>, stream: Stream) {
         return;
     };
     // A client certificate the TLS door verified proves a credential of that name.
+    let identity = stream.client_name().and_then(|name| front.gate.certified(name));
     let mut who = sasl::Who {
         gate: std::sync::Arc::clone(&front.gate),
-        identity: stream.client_name().and_then(|name| front.gate.certified(name)),
+        relays: match &identity {
+            Some(identity) => front.relays.as_client(Some(&identity.name), None),
+            None => front.relays.clone(),
+        },
+        identity,
+        cluster: shard.shared.peers.clone(),
+        reached: me,
     };
     let mut exchange = sasl::Exchange::default();
     let auth_by = (!who.proved()).then(|| Instant::now() + front.io_timeout);
@@ -144,7 +154,7 @@ async fn serve(shard: Rc<Shard>, front: Rc<Front>, stream: Stream) {
             Ok(None) => break None,
             Err(why) => break Some(why),
         };
-        let (answer, close) = match take(&shard, &front, me, request.bytes, &mut who, &mut exchange).await {
+        let (answer, close) = match take(&shard, &front, request.bytes, &mut who, &mut exchange).await {
             Ok(answer) => answer,
             Err(why) => break Some(why),
         };
@@ -244,7 +254,6 @@ async fn read_request(
 async fn take(
     shard: &Rc<Shard>,
     front: &Rc<Front>,
-    me: std::net::SocketAddr,
     mut bytes: Bytes,
     who: &mut sasl::Who,
     exchange: &mut sasl::Exchange,
@@ -322,7 +331,7 @@ async fn take(
                 .peers
                 .as_deref()
                 .map_or("flowd", |peers| peers.cluster.cluster_id.as_str());
-            let answer = metadata::answer(&shard.shared.spec, &request, version, me, cluster_id);
+            let answer = metadata::answer(shard, &request, version, &who.brokers(), cluster_id);
             ready(encode(key, version, correlation, &answer))
         }
         ApiKey::Produce => {
@@ -395,7 +404,7 @@ async fn take(
                 key,
                 version,
                 correlation,
-                &groups::find_coordinator(&request, version, me),
+                &groups::find_coordinator(&request, version, &who.brokers()),
             ))
         }
         ApiKey::JoinGroup => {

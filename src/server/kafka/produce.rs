@@ -141,6 +141,31 @@ impl Sent {
     }
 }
 
+/// The partition's term here (`Ownership::term`; 0 on one machine), if this peer leads
+/// it. An idempotent producer's sequences are checked by the leader's door alone (as
+/// Kafka's leader checks them), so a batch sent to another peer is refused with
+/// NOT_LEADER_OR_FOLLOWER: the client asks Metadata again and sends it to the leader.
+fn leader_term(shard: &Shard, topic: usize, partition: u32) -> Result<u64, Refused> {
+    if partition >= shard.shared.spec.topics[topic].partitions {
+        return Err(refused(
+            errors::UNKNOWN_TOPIC_OR_PARTITION,
+            format!("partition {partition}"),
+        ));
+    }
+    let Some(peers) = shard.shared.peers.as_deref() else {
+        return Ok(0);
+    };
+    match peers.owner(topic, partition) {
+        None => Ok(peers.ownership.term(topic, partition)),
+        Some(leader) => Err(refused(
+            errors::NOT_LEADER_OR_FOLLOWER,
+            format!(
+                "the peer {leader} leads this partition: an idempotent producer sends to the broker Metadata names"
+            ),
+        )),
+    }
+}
+
 /// One partition's batches sent to its owner as one atomic batch (an idempotent
 /// producer's once its sequences allow, waiting at most `wait` for the batch before it).
 async fn send(
@@ -179,11 +204,12 @@ async fn send(
     // Each turn either decides, learns the producer (once), or waits for the batch
     // before, within `wait` in all.
     loop {
-        match shared.producers.decide(key, &batch) {
+        let term = leader_term(shard, t, partition)?;
+        match shared.producers.decide(key, &batch, term) {
             Next::Unknown => {
                 let found = producers::scan(shard, topic, partition, batch.producer_id).await?;
                 if let Err(Decision::Refuse(code, message)) =
-                    shared.producers.learn(key, &batch, Seqs::from_log(&found))
+                    shared.producers.learn(key, &batch, Seqs::from_log(&found), term)
                 {
                     tracing::warn!(topic, partition, "Kafka produce refused: {message}");
                     return Err(refused(code, message));

@@ -170,6 +170,9 @@ pub type Key = (usize, u32, i64);
 
 struct Entry {
     seqs: Seqs,
+    /// The partition's term here (`Ownership::term`) when the sequences were read from
+    /// the log: once it moved, another peer may have led the partition meanwhile.
+    term: u64,
     used: Instant,
     /// Batches waiting for the one on its way.
     waiting: Vec<flume::Sender<()>>,
@@ -214,11 +217,18 @@ impl Producers {
             .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
-    pub fn decide(&self, key: Key, batch: &Idempotent) -> Next {
+    /// What to do with `batch` while its partition is in `term` here.
+    pub fn decide(&self, key: Key, batch: &Idempotent, term: u64) -> Next {
         let mut table = self.lock();
         let Some(entry) = table.get_mut(&key) else {
             return Next::Unknown;
         };
+        // Led elsewhere since: what the other leader wrote is read back from the log
+        // (after the batch on its way here, if one is).
+        if entry.term != term && entry.seqs.sending.is_none() {
+            table.remove(&key);
+            return Next::Unknown;
+        }
         entry.used = Instant::now();
         match entry.seqs.decide(batch) {
             Decision::Wait => {
@@ -232,7 +242,13 @@ impl Producers {
 
     /// What the log showed of a producer (`None`: nothing): kept, unless another batch
     /// taught the door meanwhile. A producer the log does not show may start at 0 only.
-    pub fn learn(&self, key: Key, batch: &Idempotent, found: Option<Seqs>) -> Result<(), Decision> {
+    pub fn learn(
+        &self,
+        key: Key,
+        batch: &Idempotent,
+        found: Option<Seqs>,
+        term: u64,
+    ) -> Result<(), Decision> {
         let mut table = self.lock();
         if table.contains_key(&key) {
             return Ok(());
@@ -265,6 +281,7 @@ impl Producers {
             key,
             Entry {
                 seqs,
+                term,
                 used: Instant::now(),
                 waiting: Vec::new(),
             },

@@ -10,6 +10,7 @@
 //!
 //! PLAIN sends the token as it is: over a network, use it inside TLS (`tls_cert`).
 
+use std::net::SocketAddr;
 use std::sync::Arc;
 
 use kafka_protocol::messages::sasl_authenticate_request::SaslAuthenticateRequest;
@@ -21,7 +22,11 @@ use kafka_protocol::protocol::StrBytes;
 use crate::auth::Identity;
 use crate::auth::permission::Need;
 use crate::protocol::ProtocolError;
+use crate::runtime::cluster::peers::Peers;
 use crate::server::gate::Gate;
+use crate::server::relay::Relays;
+
+use super::brokers::Brokers;
 
 /// Kafka's SASL error codes.
 pub const UNSUPPORTED_SASL_MECHANISM: i16 = 33;
@@ -36,12 +41,24 @@ pub const PLAIN: &str = "PLAIN";
 pub struct Who {
     pub gate: Arc<Gate>,
     pub identity: Option<Arc<Identity>>,
+    /// What another peer leads (a group's commits there, its offsets) is asked of it
+    /// for this client, with the permissions the client proved.
+    pub relays: Relays,
+    /// The cluster, if there is one, and the address the client reached this door at:
+    /// who coordinates which group (`brokers.rs`).
+    pub cluster: Option<Arc<Peers>>,
+    pub reached: SocketAddr,
 }
 
 impl Who {
     /// Whether the client may send requests other than ApiVersions and SASL.
     pub fn proved(&self) -> bool {
         !self.gate.closed() || self.identity.is_some()
+    }
+
+    /// The brokers as this door sees them now.
+    pub fn brokers(&self) -> Brokers {
+        Brokers::of(self.cluster.as_ref(), self.reached)
     }
 
     /// Ok when the client may do what `needs` says; else why not.
@@ -89,7 +106,13 @@ pub fn authenticate(
         ))
     } else {
         plain(&request.auth_bytes)
-            .and_then(|(name, token)| who.gate.identify(token).filter(|identity| identity.name == name))
+            .and_then(|(name, token)| {
+                let identity = who
+                    .gate
+                    .identify(token)
+                    .filter(|identity| identity.name == name)?;
+                Some((identity, token))
+            })
             .ok_or_else(|| {
                 (
                     SASL_AUTHENTICATION_FAILED,
@@ -100,7 +123,8 @@ pub fn authenticate(
             })
     };
     match outcome {
-        Ok(identity) => {
+        Ok((identity, token)) => {
+            who.relays = who.relays.as_client(Some(&identity.name), Some(token));
             who.identity = Some(identity);
             (response, true)
         }
