@@ -708,9 +708,7 @@ async fn run_shard(
         });
     }
     let control = &shared.control;
-    while !control.is_stopping() {
-        glommio::timer::sleep(Duration::from_millis(5)).await;
-    }
+    control.until_stopping().await;
     // Let every producer and writer on every shard store its last progress; inboxes and
     // ackers keep serving meanwhile. Bounded: a stuck peer shard must not hang the exit.
     let deadline =

@@ -63,11 +63,27 @@ pub struct Control {
     pub records_in: AtomicU64,
     pub records_out: AtomicU64,
     pub records_failed: AtomicU64,
+    /// Told once the engine starts stopping: what only waits for that sleeps on it
+    /// instead of looking at the flag on a timer (idle means idle).
+    stopped: event_listener::Event,
 }
 
 impl Control {
     pub fn stop(&self) {
         self.stopping.store(true, Ordering::Release);
+        self.stopped.notify(usize::MAX);
+    }
+
+    /// Returns once the engine is stopping (woken from any thread: glommio takes
+    /// foreign wake-ups).
+    pub async fn until_stopping(&self) {
+        while !self.is_stopping() {
+            let listener = self.stopped.listen();
+            if self.is_stopping() {
+                return;
+            }
+            listener.await;
+        }
     }
 
     pub fn is_stopping(&self) -> bool {
