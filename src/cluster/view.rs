@@ -66,9 +66,7 @@ impl View {
     /// The peers partitions are placed on: the live ones that are not leaving (all the
     /// live ones if every one is leaving, so that every partition keeps an owner).
     pub fn placement(&self) -> Vec<PeerId> {
-        let live = self.live();
-        let staying: Vec<PeerId> = live.iter().copied().filter(|id| !id.leaving).collect();
-        if staying.is_empty() { live } else { staying }
+        staying(self.live())
     }
 
     /// The member at `addr` as this view has it now, if it is not down (this peer
@@ -92,6 +90,13 @@ impl View {
             .filter(|m| m.state != PeerState::Down)
             .map(|m| m.id)
     }
+}
+
+/// The peers of `live` that are not leaving, or all of `live` if every one is leaving
+/// (so that what is placed on them keeps a place).
+pub fn staying(live: Vec<PeerId>) -> Vec<PeerId> {
+    let staying: Vec<PeerId> = live.iter().copied().filter(|id| !id.leaving).collect();
+    if staying.is_empty() { live } else { staying }
 }
 
 /// The current view, shared between the membership thread (the only writer) and readers

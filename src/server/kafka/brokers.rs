@@ -14,7 +14,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 
 use crate::cluster::identity::PeerId;
-use crate::cluster::rendezvous;
+use crate::cluster::{rendezvous, view};
 use crate::runtime::cluster::peers::Peers;
 
 /// This door's node id on one machine.
@@ -111,9 +111,7 @@ impl Brokers {
         if self.peers.is_empty() {
             return self.list[0];
         }
-        let staying: Vec<PeerId> = self.peers.iter().copied().filter(|p| !p.leaving).collect();
-        let candidates = if staying.is_empty() { &self.peers } else { &staying };
-        let chosen = rendezvous::chosen(candidates, group);
+        let chosen = rendezvous::chosen(&view::staying(self.peers.clone()), group);
         self.peers
             .iter()
             .position(|p| p.addr == chosen.addr)

@@ -28,7 +28,8 @@ use super::producers::{self, Decision, Key, Next, Seqs};
 use super::records::{self, Idempotent, Refused, refused};
 use super::sasl::Who;
 use crate::auth::Need;
-use crate::protocol::ProduceGroup;
+use crate::protocol::{ProduceGroup, ProtocolError};
+use crate::runtime::error::EngineError;
 use crate::runtime::shard::Shard;
 use crate::server::api;
 
@@ -141,17 +142,11 @@ impl Sent {
     }
 }
 
-/// The partition's term here (`Ownership::term`; 0 on one machine), if this peer leads
-/// it. An idempotent producer's sequences are checked by the leader's door alone (as
+/// The term here (`Ownership::term`; 0 on one machine) of `partition` (one the topic
+/// has), if this peer leads it. An idempotent producer's sequences are checked by the leader's door alone (as
 /// Kafka's leader checks them), so a batch sent to another peer is refused with
 /// NOT_LEADER_OR_FOLLOWER: the client asks Metadata again and sends it to the leader.
 fn leader_term(shard: &Shard, topic: usize, partition: u32) -> Result<u64, Refused> {
-    if partition >= shard.shared.spec.topics[topic].partitions {
-        return Err(refused(
-            errors::UNKNOWN_TOPIC_OR_PARTITION,
-            format!("partition {partition}"),
-        ));
-    }
     let Some(peers) = shard.shared.peers.as_deref() else {
         return Ok(0);
     };
@@ -198,7 +193,9 @@ async fn send(
         let pending = api::produce(shard, &[group], None).await?;
         return Ok(Landing::Sent(pending, None));
     };
-    let t = api::client_topic(&shard.shared.spec, topic)?;
+    let spec = &shard.shared.spec;
+    let t = api::client_topic(spec, topic)?;
+    EngineError::check_partition(topic, spec.topics[t].partitions, partition).map_err(ProtocolError::from)?;
     let key = (t, partition, batch.producer_id);
     let deadline = Instant::now() + wait;
     // Each turn either decides, learns the producer (once), or waits for the batch
