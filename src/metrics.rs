@@ -432,6 +432,40 @@ pub fn render_partitions(out: &mut String, partitions: &[PartitionGauges<'_>]) {
     }
 }
 
+/// Per shard: the seconds it was busy (running tasks, polling I/O), idle (asleep or
+/// spinning before sleep: `uptime` less busy) and the CPU its thread used, since start.
+pub fn render_shards(out: &mut String, uptime_secs: f64, shards: &[crate::protocol::status::ShardLoad]) {
+    type Field = fn(f64, &crate::protocol::status::ShardLoad) -> f64;
+    let counters: [(&str, &str, Field); 3] = [
+        (
+            "flowd_shard_busy_seconds_total",
+            "Seconds a shard spent running tasks and polling I/O",
+            |_, s| s.busy_secs,
+        ),
+        (
+            "flowd_shard_idle_seconds_total",
+            "Seconds a shard had nothing to run (asleep, or spinning briefly before it sleeps)",
+            |up, s| (up - s.busy_secs).max(0.0),
+        ),
+        (
+            "flowd_shard_cpu_seconds_total",
+            "CPU seconds a shard's thread used (the kernel's count, spinning included)",
+            |_, s| s.cpu_secs,
+        ),
+    ];
+    for (name, help, field) in counters {
+        let _ = writeln!(out, "# HELP {name} {help}.\n# TYPE {name} counter");
+        for s in shards {
+            let _ = writeln!(
+                out,
+                "{name}{{shard=\"{}\"}} {:.6}",
+                s.shard,
+                field(uptime_secs, s)
+            );
+        }
+    }
+}
+
 /// Per replicated partition, as this peer sees it: whether it leads, the epoch, the
 /// high-water mark, replicas alive and needed, and how far each follower holds the log.
 pub fn render_replicas(

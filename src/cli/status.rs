@@ -48,6 +48,9 @@ pub fn run(from: &str, json: bool, local: bool) -> Result<ExitCode, CliError> {
         status.produce_latency_us.p50,
         status.produce_latency_us.p99
     )?;
+    if let Some(shards) = status.shard_summary() {
+        writeln!(out, "since start: {shards}\n")?;
+    }
     if !status.peers.is_empty() {
         writeln!(
             out,

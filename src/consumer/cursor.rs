@@ -172,9 +172,18 @@ impl Cursor {
 
     /// Whether a claim is pending past `reclaim_timeout` at `now_ms`.
     pub fn expired(&self, now_ms: i64) -> bool {
+        self.expires_at_ms().is_some_and(|at| now_ms >= at)
+    }
+
+    /// When its claim expires (wall clock, ms), if it holds one that can.
+    pub fn expires_at_ms(&self) -> Option<i64> {
         match (self.claim, self.options.reclaim_timeout_ms) {
-            (Some(claim), Some(timeout)) => now_ms.saturating_sub(claim.at_ms) >= timeout as i64,
-            _ => false,
+            (Some(claim), Some(timeout)) => Some(
+                claim
+                    .at_ms
+                    .saturating_add(i64::try_from(timeout).unwrap_or(i64::MAX)),
+            ),
+            _ => None,
         }
     }
 

@@ -56,6 +56,12 @@ pub trait Operator {
     /// Processing time moved to `now_ms` (called when the stage is idle too).
     fn on_clock(&mut self, _now_ms: i64, _out: &mut Vec<Output>) {}
 
+    /// The processing time (ms) at which `on_clock` next has something to emit, if any:
+    /// an idle stage sleeps until then (and not at all, with `None`, until records come).
+    fn next_clock_ms(&self) -> Option<i64> {
+        None
+    }
+
     /// The input ended: emit everything still held.
     fn on_end(&mut self, _out: &mut Vec<Output>) {}
 

@@ -162,6 +162,13 @@ impl Operator for Window {
         }
     }
 
+    fn next_clock_ms(&self) -> Option<i64> {
+        if self.options.time != TimeKind::Processing || self.options.length_ms.is_none() {
+            return None;
+        }
+        self.panes.first_key_value().map(|(&start, _)| self.end_of(start))
+    }
+
     fn on_end(&mut self, out: &mut Vec<Output>) {
         self.close_until(i64::MAX, out);
         if self.options.time == TimeKind::Record && self.options.length_ms.is_some() {

@@ -51,9 +51,47 @@ pub struct Status {
     /// In a cluster: the metadata group (consensus) as this peer sees it.
     #[serde(default)]
     pub metadata_group: Option<GroupStatus>,
+    /// How busy this peer's shards have been since it started (in a cluster's status,
+    /// the peer asked; every peer's are in its `load`).
+    #[serde(default)]
+    pub shards: Vec<ShardLoad>,
+}
+
+/// One shard's time since the engine started: `busy` running tasks and polling I/O
+/// (glommio's own count), `cpu` the CPU its thread used (the kernel's count, with the
+/// short spin before it sleeps); the rest of `uptime_secs` it was idle, asleep.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+pub struct ShardLoad {
+    pub shard: usize,
+    pub busy_secs: f64,
+    pub cpu_secs: f64,
 }
 
 impl Status {
+    /// Each shard's busy and CPU time since start, and their share of the uptime, on
+    /// one line (`None` without shard figures, from an older peer).
+    pub fn shard_summary(&self) -> Option<String> {
+        if self.shards.is_empty() {
+            return None;
+        }
+        let share = |secs: f64| 100.0 * secs / self.uptime_secs.max(f64::MIN_POSITIVE);
+        let parts: Vec<String> = self
+            .shards
+            .iter()
+            .map(|s| {
+                format!(
+                    "shard {} busy {:.2}s ({:.1}%), cpu {:.2}s ({:.1}%)",
+                    s.shard,
+                    s.busy_secs,
+                    share(s.busy_secs),
+                    s.cpu_secs,
+                    share(s.cpu_secs)
+                )
+            })
+            .collect();
+        Some(parts.join("; "))
+    }
+
     /// A peer's own records and jobs per second, rounded: as it answered in a cluster's
     /// status, this status's own for the peer asked in its own, `None` if unknown.
     pub fn rates_of(&self, peer: &PeerStatus) -> Option<(String, String)> {
@@ -95,6 +133,8 @@ pub struct PeerLoad {
     pub jobs_waiting: usize,
     pub connections_open: u64,
     pub produce_latency_us: Quantiles,
+    #[serde(default)]
+    pub shards: Vec<ShardLoad>,
 }
 
 /// The cluster's metadata group (Raft) as one peer sees it.

@@ -52,6 +52,11 @@ impl Committer {
         self.last.elapsed() >= self.interval
     }
 
+    /// When the next snapshot is due.
+    pub fn due_at(&self) -> Instant {
+        self.last + self.interval
+    }
+
     /// Takes a snapshot: `candidate` is stored once what `emitter` sent so far is
     /// durable. Call right after a flush.
     pub fn snapshot(&mut self, emitter: &mut Emitter, candidate: Progress) {

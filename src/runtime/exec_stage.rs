@@ -12,7 +12,6 @@ use std::collections::{HashMap, HashSet, VecDeque};
 use std::pin::Pin;
 use std::rc::Rc;
 use std::sync::Arc;
-use std::sync::atomic::Ordering;
 use std::task::Poll;
 use std::time::Instant;
 
@@ -263,7 +262,7 @@ pub async fn run(shard: Rc<Shard>, task: ExecTask) -> Result<()> {
         }
         part.failures.report(&control.records_failed);
         if part.committer.stored().done {
-            control.finished.fetch_add(1, Ordering::AcqRel);
+            control.finish_one();
         }
     }
     Ok(())

@@ -106,22 +106,17 @@ impl Engine {
     }
 
     /// Waits until every bounded input is done, `stop` is set, `Engine::stop` is called
-    /// or a fatal error occurs; then stops and joins every shard.
+    /// or a fatal error occurs; then stops and joins every shard. It sleeps on the
+    /// engine's news: whoever sets `stop` later calls `Control::nudge` after.
     pub fn wait(self, stop: &AtomicBool) -> Result<RunSummary> {
         let control = &self.shared.control;
-        let mut finished = false;
-        loop {
-            if stop.load(Ordering::Acquire) || control.is_stopping() {
-                break;
-            }
-            if let Some(n) = self.finishable
-                && control.finished.load(Ordering::Acquire) >= n
-            {
-                finished = true;
-                break;
-            }
-            std::thread::sleep(Duration::from_millis(5));
-        }
+        let all_finished = || {
+            self.finishable
+                .is_some_and(|n| control.finished.load(Ordering::Acquire) >= n)
+        };
+        // Woken by the engine's news (a stop, a finished task, a signal's nudge).
+        control.block_until(|| stop.load(Ordering::Acquire) || control.is_stopping() || all_finished());
+        let finished = !stop.load(Ordering::Acquire) && !control.is_stopping() && all_finished();
         control.stop();
         let mut first_error = None;
         for (shard, handle) in self.handles.into_iter().enumerate() {
@@ -156,15 +151,31 @@ pub fn run(
     doors: Option<Arc<dyn Doors>>,
     ready: impl FnOnce(),
 ) -> Result<RunSummary> {
-    // Before anything slow: a signal during start-up must stop the run cleanly too.
+    // Before anything slow: a signal during start-up must stop the run cleanly too (it
+    // waits in the set's pipe until the thread below takes it).
+    let cannot = |e: std::io::Error| RuntimeError::Shard {
+        shard: 0,
+        reason: format!("cannot handle signals: {e}"),
+    };
+    let mut signals =
+        signal_hook::iterator::Signals::new([signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM])
+            .map_err(cannot)?;
+    let signals_handle = signals.handle();
     let signalled = Arc::new(AtomicBool::new(false));
-    for signal in [signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM] {
-        signal_hook::flag::register(signal, Arc::clone(&signalled)).map_err(|e| RuntimeError::Shard {
-            shard: 0,
-            reason: format!("cannot handle signals: {e}"),
-        })?;
-    }
     let engine = start_in(spec, cluster.clone(), doors)?;
+    {
+        // A thread asleep on the signals' pipe: it sets the flag and wakes the waiters.
+        let (flag, shared) = (Arc::clone(&signalled), Arc::clone(&engine.shared));
+        std::thread::Builder::new()
+            .name("flowd-signals".into())
+            .spawn(move || {
+                for _ in signals.forever() {
+                    flag.store(true, Ordering::Release);
+                    shared.control.nudge();
+                }
+            })
+            .map_err(cannot)?;
+    }
     ready();
     // In a cluster a signal first hands this peer's partitions over (the engine keeps
     // serving the peers that copy them), then stops the engine.
@@ -175,13 +186,14 @@ pub fn run(
             std::thread::Builder::new()
                 .name("flowd-leave".into())
                 .spawn(move || {
-                    while !signalled.load(Ordering::Acquire) && !shared.control.is_stopping() {
-                        std::thread::sleep(Duration::from_millis(5));
-                    }
+                    let control = &shared.control;
+                    control.block_until(|| signalled.load(Ordering::Acquire) || control.is_stopping());
                     if !shared.control.is_stopping() {
                         cluster::handover::leave(&peers, &shared, cluster::handover::LEAVE_PATIENCE);
                     }
                     done.store(true, Ordering::Release);
+                    // The main thread waits on the engine's news for this flag.
+                    shared.control.nudge();
                 })
                 .map_err(|e| RuntimeError::Shard {
                     shard: 0,
@@ -192,6 +204,7 @@ pub fn run(
         None => signalled,
     };
     let summary = engine.wait(&stop);
+    signals_handle.close();
     // Tell the others now rather than leave them to find out by suspicion.
     if let Some(cluster) = cluster {
         cluster.leave(Duration::from_secs(1));

@@ -6,13 +6,14 @@
 //!
 //! A round: `start` (`begin`: notes the appends seen; `resume`: moves the position past
 //! what retention deleted), the records of `readable` read from the log the round borrows, `publish`
-//! of where the round ended, then `pause` (waits for an append if the round read
-//! nothing). What a task does with each record is its own.
+//! of where the round ended, then `pause` (waits for an append, the stop or the
+//! task's own deadline if the round read nothing: no timer runs while nothing is due). What a task does with each record is its own.
 
 use std::cell::{Cell, Ref};
 use std::rc::Rc;
+use std::time::{Duration, Instant};
 
-use crate::runtime::shard::{Backoff, LocalPartition, Shard};
+use crate::runtime::shard::{LocalPartition, Shard};
 use crate::storage::{PartitionLog, RecordView};
 
 pub struct PartitionReader {
@@ -22,8 +23,12 @@ pub struct PartitionReader {
     cell: Rc<Cell<u64>>,
     /// The partition's appends when the round started.
     seen: u64,
-    idle: Backoff,
 }
+
+/// In a cluster, how long an idle reader goes at most without looking again: who leads
+/// its partition moves with the peers' gossip and metadata, which no append announces.
+/// On one machine nothing but an append (or the stop) can give it work.
+const CLUSTER_RECHECK: Duration = Duration::from_millis(100);
 
 impl PartitionReader {
     /// Reads `input` as `name` from `position` (the reader registered before the task
@@ -36,7 +41,6 @@ impl PartitionReader {
             name,
             cell,
             seen: 0,
-            idle: Backoff::default(),
         }
     }
 
@@ -86,20 +90,21 @@ impl PartitionReader {
         self.cell.set(position);
     }
 
-    /// Ends a round that read `read` records: if none, waits for the next append (or
-    /// the backoff's pause, growing while nothing comes); otherwise goes on at once.
-    pub async fn pause(&mut self, read: usize) {
-        if read == 0 {
-            self.idle.wait_for_append(&self.input, self.seen).await;
-        } else {
-            self.idle.reset();
+    /// Ends a round that read `read` records: if none, waits for the next append, the
+    /// stop, or `until` (the task's own next deadline: a window to close, a commit due);
+    /// otherwise goes on at once. With nothing due, no timer runs.
+    pub async fn pause(&mut self, shard: &Shard, read: usize, until: Option<Instant>) {
+        if read > 0 {
+            return;
         }
-    }
-
-    /// Waits the backoff's pause without reading (a disabled task, an empty round that
-    /// waits on something else too).
-    pub async fn sleep(&mut self) {
-        self.idle.sleep().await;
+        let until = match shard.shared.peers {
+            Some(_) => {
+                let recheck = Instant::now() + CLUSTER_RECHECK;
+                Some(until.map_or(recheck, |u| u.min(recheck)))
+            }
+            None => until,
+        };
+        crate::runtime::shard::until_append(&self.input, self.seen, &shard.shared.control, until).await;
     }
 
     /// The appends the round started with, for a task that waits on more than this.

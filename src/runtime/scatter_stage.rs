@@ -13,7 +13,6 @@ use std::collections::{HashMap, HashSet, VecDeque};
 use std::pin::Pin;
 use std::rc::Rc;
 use std::sync::Arc;
-use std::sync::atomic::Ordering;
 use std::task::Poll;
 use std::time::{Duration, Instant};
 
@@ -375,7 +374,7 @@ pub async fn run(shard: Rc<Shard>, task: StageTask) -> Result<()> {
     }
     failures.report(&control.records_failed);
     if committer.stored().done {
-        control.finished.fetch_add(1, Ordering::AcqRel);
+        control.finish_one();
     }
     Ok(())
 }

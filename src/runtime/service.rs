@@ -14,7 +14,7 @@ use crate::protocol::status::{ConsumerStatus, PartitionStatus, ReplicaStatus};
 use crate::runtime::consumers::{self, OpResult, PartitionOp};
 use crate::runtime::error::EngineError;
 use crate::runtime::provenance::END_HEADER;
-use crate::runtime::shard::{Backoff, Shard};
+use crate::runtime::shard::{Shard, until_append};
 use crate::storage::batch::encode_batch;
 use crate::storage::{Header, Record, RecordView, Stored};
 
@@ -102,6 +102,7 @@ pub struct ShardStatus {
     pub partitions: Vec<PartitionStatus>,
     /// Jobs taken here and still waiting for their answer.
     pub jobs_waiting: usize,
+    pub load: crate::protocol::status::ShardLoad,
 }
 
 /// Serves this shard's requests until the engine stops.
@@ -149,7 +150,6 @@ pub async fn run(shard: Rc<Shard>, requests: flume::Receiver<ShardRequest>) {
                     // Only durable records are copied: wait (bounded) for the ones asked.
                     let local = Rc::clone(shard.partition(topic, partition));
                     let deadline = Instant::now() + COPY_WAIT_MAX;
-                    let mut idle = Backoff::default();
                     loop {
                         let seen = local.appends();
                         let (durable, next) = {
@@ -159,7 +159,11 @@ pub async fn run(shard: Rc<Shard>, requests: flume::Receiver<ShardRequest>) {
                         if durable > from || next <= from || Instant::now() >= deadline {
                             break;
                         }
-                        idle.wait_for_append(&local, seen).await;
+                        let control = &shard.shared.control;
+                        if control.is_stopping() {
+                            break;
+                        }
+                        until_append(&local, seen, control, Some(deadline)).await;
                     }
                     let copied = copy(&shard, topic, partition, from);
                     let _ = reply.send_async(copied).await;
@@ -303,6 +307,7 @@ pub fn status(shard: &Shard) -> ShardStatus {
         shard: shard.index,
         partitions,
         jobs_waiting: shard.jobs.borrow().len(),
+        load: shard.load(),
     }
 }
 
@@ -373,7 +378,6 @@ pub async fn fetch_local(shard: &Shard, order: &FetchOrder) -> FetchAnswer {
             FetchFrom::Time(t) => log.offset_at_time(t).unwrap_or(log.committed_offset()),
         }
     };
-    let mut idle = Backoff::default();
     loop {
         let seen = partition.appends();
         if partition.log.borrow().committed_offset() > position
@@ -382,7 +386,8 @@ pub async fn fetch_local(shard: &Shard, order: &FetchOrder) -> FetchAnswer {
         {
             break;
         }
-        idle.wait_for_append(partition, seen).await;
+        // A long poll: woken by the append it waits for, or its deadline.
+        until_append(partition, seen, &shard.shared.control, Some(deadline)).await;
     }
     let log = partition.log.borrow();
     let mut out = Vec::new();

@@ -8,7 +8,7 @@ use std::path::PathBuf;
 use std::rc::Rc;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use crate::config::DataflowSpec;
 use crate::metrics::Metrics;
@@ -66,12 +66,39 @@ pub struct Control {
     /// Told once the engine starts stopping: what only waits for that sleeps on it
     /// instead of looking at the flag on a timer (idle means idle).
     stopped: event_listener::Event,
+    /// Told whenever what the main thread waits for may have changed (the stop, a
+    /// finished task, a signal): it sleeps on it instead of looking on a timer.
+    news: event_listener::Event,
 }
 
 impl Control {
     pub fn stop(&self) {
         self.stopping.store(true, Ordering::Release);
         self.stopped.notify(usize::MAX);
+        self.news.notify(usize::MAX);
+    }
+
+    /// A stage task or sink writer finished its whole (bounded) input.
+    pub fn finish_one(&self) {
+        self.finished.fetch_add(1, Ordering::AcqRel);
+        self.news.notify(usize::MAX);
+    }
+
+    /// Wakes whoever waits in [`Control::block_until`] to look again (a signal came).
+    pub fn nudge(&self) {
+        self.news.notify(usize::MAX);
+    }
+
+    /// Blocks this (non-shard) thread until `done` holds, looking again each time the
+    /// engine has news: no polling.
+    pub fn block_until(&self, done: impl Fn() -> bool) {
+        loop {
+            let listener = self.news.listen();
+            if done() {
+                return;
+            }
+            event_listener::Listener::wait(listener);
+        }
     }
 
     /// Returns once the engine is stopping (woken from any thread: glommio takes
@@ -84,6 +111,19 @@ impl Control {
             }
             listener.await;
         }
+    }
+
+    /// Returns once the engine is stopping or `until` passed (never, when `None`).
+    pub async fn until_stopping_or(&self, until: Option<Instant>) {
+        let timer = async {
+            match until {
+                Some(at) => {
+                    glommio::timer::sleep(at.saturating_duration_since(Instant::now())).await;
+                }
+                None => std::future::pending::<()>().await,
+            }
+        };
+        futures_lite::future::or(self.until_stopping(), timer).await;
     }
 
     pub fn is_stopping(&self) -> bool {
@@ -255,6 +295,9 @@ pub struct Shard {
     ack_waiting: (flume::Sender<()>, flume::Receiver<()>),
     /// Jobs taken on this shard, waiting for their answer.
     pub jobs: RefCell<HashMap<u64, flume::Sender<JobOutcome>>>,
+    /// Time spent running tasks and polling I/O, as glommio counted it until the last
+    /// [`Shard::load`] (glommio hands its count over and starts again).
+    busy: Cell<Duration>,
     /// The states of the `state` stages running here, by (stage, input partition).
     pub states: RefCell<HashMap<(usize, u32), crate::ops::state::States>>,
     /// Copies scattered by `scatter_gather` stages here, by job id: where their answer goes.
@@ -284,6 +327,7 @@ impl Shard {
             acks: RefCell::new(Vec::new()),
             ack_waiting: flume::bounded(1),
             jobs: RefCell::new(HashMap::new()),
+            busy: Cell::new(Duration::ZERO),
             states: RefCell::new(HashMap::new()),
             gathers: RefCell::new(HashMap::new()),
             next_job: Cell::new(0),
@@ -680,6 +724,17 @@ impl Shard {
         }
     }
 
+    /// How busy this shard has been since it started. Call on the shard's own thread.
+    pub fn load(&self) -> crate::protocol::status::ShardLoad {
+        let stats = glommio::executor().executor_stats();
+        self.busy.set(self.busy.get() + stats.total_runtime());
+        crate::protocol::status::ShardLoad {
+            shard: self.index,
+            busy_secs: self.busy.get().as_secs_f64(),
+            cpu_secs: thread_cpu().as_secs_f64(),
+        }
+    }
+
     /// Syncs and closes every partition log this shard owns, and its consumer journal:
     /// their files, locks and syncer threads are let go now, not when the last task
     /// holding the shard is dropped (glommio leaks the tasks still pending when its
@@ -738,6 +793,42 @@ impl Tasks {
     }
 }
 
+/// Waits until `partition` is appended to after `seen` (its [`LocalPartition::appends`]
+/// before the read that found nothing: appends, durable points and replication roles
+/// moving all count), the engine stops, or `until` passes. With no `until` no timer
+/// runs at all: an idle reader costs nothing until something happens (idle means idle).
+pub async fn until_append(partition: &LocalPartition, seen: u64, control: &Control, until: Option<Instant>) {
+    if partition.appends() != seen || control.is_stopping() {
+        return;
+    }
+    let appended = partition.appended.listen();
+    futures_lite::future::or(appended, control.until_stopping_or(until)).await;
+}
+
+/// The CPU time the calling thread has used (user and system; zero if the clock cannot
+/// be read).
+fn thread_cpu() -> Duration {
+    let mut now = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: clock_gettime writes one timespec into the one passed.
+    if unsafe { libc::clock_gettime(libc::CLOCK_THREAD_CPUTIME_ID, &mut now) } != 0 {
+        return Duration::ZERO;
+    }
+    Duration::new(
+        u64::try_from(now.tv_sec).unwrap_or(0),
+        u32::try_from(now.tv_nsec).unwrap_or(0),
+    )
+}
+
+/// The instant the wall clock reads `ms` (now, if that has passed): for deadlines kept
+/// in wall-clock milliseconds (claims, processing-time windows).
+pub fn at_wall_ms(ms: i64) -> Instant {
+    let ahead = u64::try_from(ms.saturating_sub(crate::storage::layout::now_ms())).unwrap_or(0);
+    Instant::now() + Duration::from_millis(ahead)
+}
+
 /// Sleeps that grow while there is nothing to do: fast pickup after a lull, little CPU
 /// when idle for long.
 #[derive(Debug)]
@@ -759,18 +850,6 @@ impl Default for Backoff {
 impl Backoff {
     pub async fn sleep(&mut self) {
         glommio::timer::sleep(self.next).await;
-        self.grow();
-    }
-
-    /// Waits until `partition` is appended to after `seen` (its [`LocalPartition::appends`]
-    /// before the read that found nothing), or the backoff's next pause passes, whichever
-    /// comes first: the pause still bounds how long a reader goes without looking at its
-    /// clock and the stop flag.
-    pub async fn wait_for_append(&mut self, partition: &LocalPartition, seen: u64) {
-        if partition.appends() == seen {
-            let appended = partition.appended.listen();
-            futures_lite::future::or(appended, glommio::timer::sleep(self.next)).await;
-        }
         self.grow();
     }
 

@@ -21,7 +21,7 @@ use crate::runtime::progress::{self, Progress};
 use crate::runtime::provenance::{Point, end_marker, stage_producer};
 use crate::runtime::reader::PartitionReader;
 use crate::runtime::reply::{FailedJobs, REPLY_HEADER};
-use crate::runtime::shard::Shard;
+use crate::runtime::shard::{Backoff, Shard, at_wall_ms};
 use crate::runtime::takeover::{self, Lead};
 use crate::storage::layout::now_ms;
 
@@ -74,6 +74,11 @@ pub async fn run(shard: Rc<Shard>, mut task: StageTask) -> Result<()> {
     );
     let mut out: Vec<Output> = Vec::new();
     let mut failed_jobs = FailedJobs::default();
+    // Read or emitted since the last snapshot: only then is a commit due (an idle stage
+    // stores nothing, and wakes for nothing, until something comes).
+    let mut dirty = false;
+    // While snapshots wait for their batches to become durable: how soon to look again.
+    let mut settling = Backoff::default();
     // The epoch of the input's lead this peer's reading was rebuilt for (`takeover`).
     let mut led: Option<u32> = None;
     while !finished && !control.is_stopping() {
@@ -89,7 +94,7 @@ pub async fn run(shard: Rc<Shard>, mut task: StageTask) -> Result<()> {
                 }
                 committer.complete(emitter.partitions())?;
                 reader.begin();
-                reader.pause(0).await;
+                reader.pause(&shard, 0, None).await;
                 continue;
             }
             Lead::Epoch { epoch, start } => {
@@ -118,6 +123,7 @@ pub async fn run(shard: Rc<Shard>, mut task: StageTask) -> Result<()> {
                 reader.publish(position);
                 ends_seen = task.progress.ends_seen.iter().cloned().collect();
                 finished = task.progress.done;
+                dirty = true;
                 led = Some(epoch);
                 tracing::info!(
                     "{producer} goes on at offset {position} as this peer leads its input in epoch {epoch}; outputs of inputs below {start} are written only where they are not yet"
@@ -127,7 +133,7 @@ pub async fn run(shard: Rc<Shard>, mut task: StageTask) -> Result<()> {
         }
         if failures.disabled_at.is_some() {
             // Disabled: nothing more is read or written here until a restart.
-            reader.sleep().await;
+            control.until_stopping().await;
             continue;
         }
         let now = now_ms();
@@ -206,8 +212,10 @@ pub async fn run(shard: Rc<Shard>, mut task: StageTask) -> Result<()> {
         }
         reader.publish(position);
         emitter.set_reply(None);
+        dirty |= read > 0;
         if failures.disabled_at.is_none() {
             op.on_clock(now, &mut out);
+            dirty |= !out.is_empty();
             emit_all(&mut emitter, position.saturating_sub(1), &mut out, &mut failures);
         }
         if emitter.flush().await.is_err() {
@@ -219,12 +227,31 @@ pub async fn run(shard: Rc<Shard>, mut task: StageTask) -> Result<()> {
             break;
         }
         failed_jobs.answer(&shard).await;
-        if committer.is_due() || finished {
+        if (dirty && committer.is_due()) || finished {
             let candidate = snapshot(&*op, position, &ends_seen, finished);
             committer.snapshot_with(&mut emitter, failures.dead.as_mut(), candidate);
+            dirty = false;
         }
         committer.complete(emitter.partitions())?;
-        reader.pause(read).await;
+        if read > 0 {
+            settling.reset();
+        }
+        // Caught up, the task sleeps until an append, or its own next deadline: a
+        // processing-time window's end, a commit of what it did, its snapshots' batches
+        // becoming durable (looked at again and again, less and less often).
+        let until = [
+            op.next_clock_ms().map(at_wall_ms),
+            dirty.then(|| committer.due_at()),
+            (!committer.is_settled()).then(|| {
+                let pause = settling.pause();
+                settling.grow();
+                std::time::Instant::now() + pause
+            }),
+        ]
+        .into_iter()
+        .flatten()
+        .min();
+        reader.pause(&shard, read, until).await;
     }
     if !committer.stored().done {
         let dead_flushed = match &mut failures.dead {
@@ -239,7 +266,7 @@ pub async fn run(shard: Rc<Shard>, mut task: StageTask) -> Result<()> {
     }
     failures.report(&control.records_failed);
     if committer.stored().done {
-        control.finished.fetch_add(1, std::sync::atomic::Ordering::AcqRel);
+        control.finish_one();
     }
     Ok(())
 }

@@ -42,6 +42,9 @@ pub fn render(status: &Status) -> String {
         status.produce_latency_us.p50,
         status.produce_latency_us.p99,
     );
+    if let Some(shards) = status.shard_summary() {
+        let _ = write!(html, "<p>since start: {}</p>", escape(&shards));
+    }
     if !status.insecure.is_empty() {
         let _ = write!(
             html,

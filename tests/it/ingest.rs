@@ -21,7 +21,7 @@ pub(crate) fn flowd() -> Command {
     Command::new(env!("CARGO_BIN_EXE_flowd"))
 }
 
-fn dataflow(dir: &Path, durability: &str) -> PathBuf {
+pub(crate) fn dataflow(dir: &Path, durability: &str) -> PathBuf {
     let path = dir.join("ingest.toml");
     let text = format!(
         r#"

@@ -22,6 +22,7 @@ mod exec;
 mod faults;
 mod fixture;
 mod healing;
+mod idle;
 mod ingest;
 mod jobs;
 mod kafka;

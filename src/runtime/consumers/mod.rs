@@ -60,6 +60,9 @@ pub struct Consumers {
     pub ensured: RefCell<HashSet<(usize, String)>>,
     /// In a cluster: which partitions' cursors this shard holds as their lead left them.
     follow: follow::Follow,
+    /// Told when a cursor or the journal changed: the sweeper sleeps on it (and on the
+    /// next claim's expiry) instead of looking on a timer.
+    changed: event_listener::Event,
 }
 
 /// A change journaled, and in a cluster its cursor record on its way.
@@ -80,7 +83,13 @@ impl Consumers {
             snapshot_bytes: Cell::new(0),
             ensured: RefCell::new(HashSet::new()),
             follow: follow::Follow::default(),
+            changed: event_listener::Event::new(),
         }
+    }
+
+    /// Wakes the sweeper: a claim may expire sooner, a snapshot may be due.
+    fn touched(&self) {
+        self.changed.notify(usize::MAX);
     }
 
     pub fn journal(&self) -> &RefCell<PartitionLog> {
@@ -102,6 +111,7 @@ impl Consumers {
             .entry((topic, partition))
             .or_default()
             .insert(group.to_owned(), cursor);
+        self.touched();
     }
 
     /// Appends entries (and, for a transaction, its part bodies) as one atomic batch.
@@ -124,6 +134,7 @@ impl Consumers {
         match appended {
             Ok(receipt) => {
                 self.since_snapshot.set(self.since_snapshot.get() + bytes as u64);
+                self.touched();
                 Ok(receipt)
             }
             // Too big for the journal: nothing was written, the request is refused.
@@ -213,6 +224,7 @@ impl Consumers {
             }
         }
         self.cursors.borrow_mut().insert((topic, partition), cursors);
+        self.touched();
     }
 
     /// Retention moved the start of `partition` to `start`: every consumer that had not

@@ -198,6 +198,7 @@ pub(super) async fn commit(
     // Only now may a snapshot leave it out. A transaction that ends before this (the
     // engine stopping) stays unapplied in the journal, and the next start applies it.
     consumers.unapplied_txns.set(consumers.unapplied_txns.get() - 1);
+    consumers.touched();
     // In a cluster the cursor goes to its cursor topic once the parts are written:
     // the partition's next leader goes on from it (a leader lost before this delivers
     // the records again, and their outputs are written again).

@@ -28,7 +28,7 @@ use crate::runtime::error::{Result, RuntimeError};
 use crate::runtime::progress::{self, Progress};
 use crate::runtime::provenance::end_marker;
 use crate::runtime::reader::PartitionReader;
-use crate::runtime::shard::{Backoff, Shard};
+use crate::runtime::shard::Shard;
 use crate::storage::RecordView;
 
 /// Records a forwarder formats per chunk.
@@ -89,7 +89,7 @@ pub async fn forward(shard: Rc<Shard>, task: ForwarderTask) -> Result<()> {
                 }
             }
         }
-        reader.pause(read).await;
+        reader.pause(&shard, read, None).await;
         if read == 0 {
             continue;
         }
@@ -296,19 +296,32 @@ pub async fn write(shard: Rc<Shard>, task: WriterTask, receiver: flume::Receiver
     let sink = &shard.shared.spec.sinks[task.sink];
     let (output, crc) = open(&sink.kind, &task.progress)?;
     let mut writer = Writer::new(&shard, task.sink, output, task.progress, crc, task.expected_ends);
-    let mut idle = Backoff::default();
+    let control = &shard.shared.control;
     while !writer.progress.done {
-        let stopping = shard.shared.control.is_stopping();
-        match receiver.try_recv() {
-            Ok(chunk) => {
-                idle.reset();
-                if !writer.apply(&shard, chunk)? {
-                    return Ok(());
+        let stopping = control.is_stopping();
+        let chunk = match receiver.try_recv() {
+            Ok(chunk) => Some(chunk),
+            Err(flume::TryRecvError::Empty) if stopping => break,
+            // Nothing waiting: sleep until a chunk comes, the stop, or the commit of
+            // what was written is due (no timer while nothing is to commit).
+            Err(flume::TryRecvError::Empty) => {
+                let due = writer.dirty.then(|| writer.last_commit + writer.commit_interval);
+                let woke = futures_lite::future::or(async { Some(receiver.recv_async().await) }, async {
+                    control.until_stopping_or(due).await;
+                    None
+                });
+                match woke.await {
+                    Some(Ok(chunk)) => Some(chunk),
+                    Some(Err(flume::RecvError::Disconnected)) => break,
+                    None => None,
                 }
             }
-            Err(flume::TryRecvError::Empty) if stopping => break,
-            Err(flume::TryRecvError::Empty) => idle.sleep().await,
             Err(flume::TryRecvError::Disconnected) => break,
+        };
+        if let Some(chunk) = chunk
+            && !writer.apply(&shard, chunk)?
+        {
+            return Ok(());
         }
         writer.commit_if_due()?;
     }
@@ -316,7 +329,7 @@ pub async fn write(shard: Rc<Shard>, task: WriterTask, receiver: flume::Receiver
         writer.commit()?;
     }
     if writer.progress.done {
-        shard.shared.control.finished.fetch_add(1, Ordering::AcqRel);
+        shard.shared.control.finish_one();
     }
     Ok(())
 }

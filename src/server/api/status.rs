@@ -6,8 +6,8 @@ use std::time::{Duration, Instant};
 
 use crate::protocol::message::Metadata;
 use crate::protocol::status::{
-    GroupStatus, PartitionStatus, PeerLoad, PeerStatus, Quantiles, Scope, Standing, Status, TopicStatus,
-    Unanswered,
+    GroupStatus, PartitionStatus, PeerLoad, PeerStatus, Quantiles, Scope, ShardLoad, Standing, Status,
+    TopicStatus, Unanswered,
 };
 use crate::runtime::cluster::peers::Peers;
 use crate::runtime::service::{self, ShardRequest, ShardStatus};
@@ -66,6 +66,8 @@ pub async fn status(shard: &Rc<Shard>, started: Instant, listeners: &[String], r
         })
         .collect();
     let jobs_waiting = shards.iter().map(|s| s.jobs_waiting).sum();
+    let mut loads: Vec<ShardLoad> = shards.iter().map(|s| s.load.clone()).collect();
+    loads.sort_by_key(|l| l.shard);
     let metadata = shared
         .peers
         .as_ref()
@@ -118,6 +120,7 @@ pub async fn status(shard: &Rc<Shard>, started: Instant, listeners: &[String], r
         jobs_in_per_sec: rates.1,
         scope: Scope::Peer,
         unanswered: Vec::new(),
+        shards: loads,
         produce_latency_us: Quantiles {
             p50: h.value_at_quantile(0.5),
             p99: h.value_at_quantile(0.99),
@@ -208,6 +211,7 @@ pub fn merge(own: Status, others: Vec<(std::net::SocketAddr, Result<Status, Stri
         jobs_waiting: s.jobs_waiting,
         connections_open: s.connections_open,
         produce_latency_us: s.produce_latency_us.clone(),
+        shards: s.shards.clone(),
     };
     for peer in &mut merged.peers {
         peer.load = all
@@ -338,6 +342,7 @@ mod tests {
             jobs_waiting: 0,
             jobs_in: 1,
             jobs_in_per_sec: 0.5,
+            shards: Vec::new(),
             produce_latency_us: Quantiles {
                 p50: 1,
                 p99,

@@ -222,6 +222,7 @@ async fn route(
                 })
                 .collect();
             metrics::render_partitions(&mut body, &partitions);
+            metrics::render_shards(&mut body, status.uptime_secs, &status.shards);
             let replicas: Vec<_> = status
                 .topics
                 .iter()
