@@ -92,6 +92,8 @@ struct Part {
     finished: bool,
     /// The snapshot that marks the partition done was taken.
     end_snapshot: bool,
+    /// Where the last snapshot stood: a commit is due only once `base` moved on.
+    snapped: u64,
     /// Skips, dead letters and disabling under the stage's `on_error`.
     failures: Failures,
     /// A record will disable the partition once the window's front reaches it: nothing
@@ -140,7 +142,8 @@ pub async fn run(shard: Rc<Shard>, task: ExecTask) -> Result<()> {
     let mut outcomes = Vec::new();
     let mut retry: VecDeque<Ticket> = VecDeque::new();
     let mut failed_jobs = FailedJobs::default();
-    let mut idle = Backoff::default();
+    // While snapshots wait for their batches to become durable: how soon to look again.
+    let mut settling = Backoff::default();
     let mut first = 0;
     // Set when a destination shard stopped (the engine is going down): no more flushes.
     let mut closed = false;
@@ -195,8 +198,10 @@ pub async fn run(shard: Rc<Shard>, task: ExecTask) -> Result<()> {
                 closed = true;
                 break;
             }
-            if part.committer.is_due() || (part.finished && !part.end_snapshot) {
+            if (part.committer.is_due() && part.base != part.snapped) || (part.finished && !part.end_snapshot)
+            {
                 part.end_snapshot = part.finished;
+                part.snapped = part.base;
                 let candidate = snapshot(part);
                 part.committer
                     .snapshot_with(&mut part.emitter, part.failures.dead.as_mut(), candidate);
@@ -207,18 +212,39 @@ pub async fn run(shard: Rc<Shard>, task: ExecTask) -> Result<()> {
             break;
         }
         if progressed {
-            idle.reset();
+            settling.reset();
             continue;
         }
         // Nothing to do: wait for an answer, an append to a partition that was read to
-        // its end, or the pool's next deadline, at most the idle pause.
+        // its end, the stop or the stage's own next deadline.
         let mut listeners: Vec<_> = caught_up
             .iter()
             .map(|&i| parts[i].reader.input().on_append())
             .collect();
-        let until_due = pool
+        // The stage's own next deadline: the pool's (a timeout, a restart), a commit of
+        // where a partition moved, snapshots' batches becoming durable. With none of
+        // them no timer runs: an idle exec stage sleeps until a worker or an append.
+        let unsettled = parts.iter().any(|p| !p.committer.is_settled());
+        let mut until = pool
             .next_due()
-            .map_or(idle.pause(), |due| due.saturating_duration_since(Instant::now()));
+            .into_iter()
+            .chain(
+                parts
+                    .iter()
+                    .filter(|p| p.base != p.snapped)
+                    .map(|p| p.committer.due_at()),
+            )
+            .chain(unsettled.then(|| {
+                let pause = settling.pause();
+                settling.grow();
+                Instant::now() + pause
+            }))
+            .min();
+        if shard.shared.peers.is_some() {
+            // Who leads each input moves with the peers, which no append announces.
+            let recheck = Instant::now() + crate::runtime::reader::CLUSTER_RECHECK;
+            until = Some(until.map_or(recheck, |u| u.min(recheck)));
+        }
         let event = futures_lite::future::or(
             async { pool.events().recv_async().await.ok() },
             futures_lite::future::or(
@@ -234,7 +260,7 @@ pub async fn run(shard: Rc<Shard>, task: ExecTask) -> Result<()> {
                     .await
                 },
                 async {
-                    glommio::timer::sleep(idle.pause().min(until_due)).await;
+                    control.until_stopping_or(until).await;
                     None
                 },
             ),
@@ -243,7 +269,6 @@ pub async fn run(shard: Rc<Shard>, task: ExecTask) -> Result<()> {
         if let Some(event) = event {
             pool.handle(event, Instant::now(), &mut outcomes);
         }
-        idle.grow();
     }
     pool.stop().await;
     for part in &mut parts {
@@ -309,6 +334,7 @@ fn open_part(shard: &Rc<Shard>, spec: &DataflowSpec, stage_index: usize, task: S
         input_ended: finished,
         finished,
         end_snapshot: finished,
+        snapped: resume,
         failures,
         halted: false,
     })

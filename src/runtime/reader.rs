@@ -28,7 +28,7 @@ pub struct PartitionReader {
 /// In a cluster, how long an idle reader goes at most without looking again: who leads
 /// its partition moves with the peers' gossip and metadata, which no append announces.
 /// On one machine nothing but an append (or the stop) can give it work.
-const CLUSTER_RECHECK: Duration = Duration::from_millis(100);
+pub const CLUSTER_RECHECK: Duration = Duration::from_millis(100);
 
 impl PartitionReader {
     /// Reads `input` as `name` from `position` (the reader registered before the task

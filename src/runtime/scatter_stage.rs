@@ -100,7 +100,10 @@ pub async fn run(shard: Rc<Shard>, task: StageTask) -> Result<()> {
     let (answers_tx, answers_rx) = flume::bounded::<(u64, JobOutcome)>(WINDOW_MAX * targets.len().max(1));
     let mut window: VecDeque<Slot> = VecDeque::new();
     let mut copies_of: HashMap<u64, (u64, usize)> = HashMap::new();
-    let mut idle = Backoff::default();
+    // While snapshots wait for their batches to become durable: how soon to look again.
+    let mut settling = Backoff::default();
+    // Where the last snapshot stood: a commit is due only once the window moved on.
+    let mut snapped_base = base;
     let mut end_snapshot = finished;
     // Acks of the copies' writes are not waited on: a copy that cannot be written is a
     // branch that does not answer in time.
@@ -146,7 +149,7 @@ pub async fn run(shard: Rc<Shard>, task: StageTask) -> Result<()> {
         };
         if failures.disabled_at.is_some() {
             // Disabled: nothing more is scattered or written here until a restart.
-            idle.sleep().await;
+            control.until_stopping().await;
             continue;
         }
         let now = Instant::now();
@@ -312,21 +315,40 @@ pub async fn run(shard: Rc<Shard>, task: StageTask) -> Result<()> {
             break;
         }
         failed_jobs.answer(&shard).await;
-        if committer.is_due() || (finished && !end_snapshot) {
+        if (committer.is_due() && base != snapped_base) || (finished && !end_snapshot) {
             end_snapshot = finished;
+            snapped_base = base;
             let candidate = Progress::at(base, &ends_seen, finished);
             committer.snapshot_with(&mut emitter, failures.dead.as_mut(), candidate);
         }
         committer.complete(emitter.partitions())?;
         if progressed {
-            idle.reset();
+            settling.reset();
             continue;
         }
-        // Wait for an answer, an append (if the window has room), or the front's deadline.
-        let until_deadline = match window.front() {
-            Some(Slot::Scattered { deadline, .. }) => deadline.saturating_duration_since(Instant::now()),
-            _ => idle.pause(),
-        };
+        // Wait for an answer, an append (if the window has room), the stop, or the
+        // task's own next deadline: the front's, a commit of where the window moved, its
+        // snapshots' batches becoming durable. With none of them, no timer runs.
+        let mut until = [
+            match window.front() {
+                Some(Slot::Scattered { deadline, .. }) => Some(*deadline),
+                _ => None,
+            },
+            (base != snapped_base).then(|| committer.due_at()),
+            (!committer.is_settled()).then(|| {
+                let pause = settling.pause();
+                settling.grow();
+                Instant::now() + pause
+            }),
+        ]
+        .into_iter()
+        .flatten()
+        .min();
+        if shard.shared.peers.is_some() {
+            // Who leads the input moves with the peers, which no append announces.
+            let recheck = Instant::now() + crate::runtime::reader::CLUSTER_RECHECK;
+            until = Some(until.map_or(recheck, |u| u.min(recheck)));
+        }
         let input = reader.input();
         let mut listener =
             (window.len() < WINDOW_MAX && input.appends() == reader.seen()).then(|| input.on_append());
@@ -341,7 +363,7 @@ pub async fn run(shard: Rc<Shard>, task: StageTask) -> Result<()> {
                     .await
                 },
                 async {
-                    glommio::timer::sleep(idle.pause().min(until_deadline)).await;
+                    control.until_stopping_or(until).await;
                     None
                 },
             ),
@@ -350,7 +372,6 @@ pub async fn run(shard: Rc<Shard>, task: StageTask) -> Result<()> {
         if let Some((id, outcome)) = answer {
             file(&mut window, base, &mut copies_of, id, outcome);
         }
-        idle.grow();
     }
     // Copies still out are forgotten: their records were not written, so they are
     // scattered again by the next run.
