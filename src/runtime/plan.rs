@@ -553,7 +553,26 @@ fn skip_points(scanned: &[HashMap<String, Point>], producer: &str, next: u64) ->
 
 /// How long an idle shard spins before it sleeps in the kernel: a wake-up within it
 /// costs no syscall and no scheduler delay (the unbatched produce round trip).
+/// `FLOWD_SPIN_BEFORE_PARK_US` sets it for experiments (README, "Performance").
 const SPIN_BEFORE_PARK: Duration = Duration::from_micros(200);
+
+/// The spin before park: `FLOWD_SPIN_BEFORE_PARK_US` if set (microseconds), else
+/// [`SPIN_BEFORE_PARK`].
+fn spin_before_park() -> Result<Duration> {
+    match std::env::var("FLOWD_SPIN_BEFORE_PARK_US") {
+        Err(_) => Ok(SPIN_BEFORE_PARK),
+        Ok(text) => text
+            .trim()
+            .parse::<u64>()
+            .map(Duration::from_micros)
+            .map_err(|_| RuntimeError::Shard {
+                shard: 0,
+                reason: format!(
+                    "FLOWD_SPIN_BEFORE_PARK_US is \"{text}\"; give a whole number of microseconds (200 by default), or unset it"
+                ),
+            }),
+    }
+}
 
 pub type ShardHandle = glommio::ExecutorJoinHandle<Result<()>>;
 
@@ -583,11 +602,12 @@ pub fn allowed_cpus() -> Vec<usize> {
 pub fn spawn(plan: Plan, doors: Option<Arc<dyn Doors>>) -> Result<Vec<ShardHandle>> {
     let mut handles = Vec::new();
     let cpus = allowed_cpus();
+    let spin = spin_before_park()?;
     for (index, shard_plan) in plan.shards.into_iter().enumerate() {
         let shared = Arc::clone(&plan.shared);
         let doors = doors.clone();
         let handle = LocalExecutorBuilder::new(Placement::Fixed(cpus[index % cpus.len()]))
-            .spin_before_park(SPIN_BEFORE_PARK)
+            .spin_before_park(spin)
             .name(&format!("flowd-shard-{index}"))
             .spawn(move || async move { run_shard(index, shared, shard_plan, doors).await })
             .map_err(|e| RuntimeError::Shard {
