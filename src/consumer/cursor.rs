@@ -415,6 +415,23 @@ mod tests {
     }
 
     #[test]
+    fn a_claim_expires_its_timeout_after_it_was_made() {
+        let mut cursor = Cursor::new(max(3, OnMax::Disable), 0, 10, |_| None);
+        assert_eq!(cursor.expires_at_ms(), None, "no claim, nothing to expire");
+        assert!(cursor.claim(5, 1_000).is_some());
+        assert_eq!(cursor.expires_at_ms(), Some(1_050));
+        assert!(!cursor.expired(1_049));
+        assert!(cursor.expired(1_050));
+        let mut forever = Cursor::new(Options::default(), 0, 10, |_| None);
+        assert!(forever.claim(5, 1_000).is_some());
+        assert_eq!(
+            forever.expires_at_ms(),
+            None,
+            "no reclaim_timeout: it never expires"
+        );
+    }
+
+    #[test]
     fn claim_ack_reclaim_specifications() {
         use Step::*;
         let specs: Vec<(&str, Options, Vec<Step>)> = vec![

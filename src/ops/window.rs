@@ -344,12 +344,23 @@ mod tests {
     #[test]
     fn processing_time_closes_on_clock() {
         let mut w = Window::new(options(Aggregate::Count, None, Some(100), TimeKind::Processing));
+        assert_eq!(w.next_clock_ms(), None, "nothing open: no wake-up needed");
         assert!(feed(&mut w, &[(10, "a", ""), (20, "a", "")], false).is_empty());
+        // The stage sleeps until the open window's end, and no longer.
+        assert_eq!(w.next_clock_ms(), Some(100));
         let mut out = Vec::new();
         w.on_clock(99, &mut out);
         assert!(out.is_empty());
         w.on_clock(100, &mut out);
         assert_eq!(out[0].value, b"2");
+        assert_eq!(w.next_clock_ms(), None);
+    }
+
+    #[test]
+    fn record_time_needs_no_clock() {
+        let mut w = Window::new(options(Aggregate::Count, None, Some(100), TimeKind::Record));
+        feed(&mut w, &[(10, "a", "")], false);
+        assert_eq!(w.next_clock_ms(), None);
     }
 
     #[test]

@@ -116,3 +116,78 @@ fn after_traffic_the_shards_and_the_main_thread_sleep_until_something_happens() 
         }
     }
 }
+
+/// With no timer left to poll on, a stage sleeps until records come: a processing-time
+/// window must still close on the clock, with nothing more coming after its records.
+#[test]
+fn a_processing_time_window_closes_on_the_clock_with_nothing_more_coming() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("window.toml");
+    std::fs::write(
+        &file,
+        format!(
+            r#"
+[engine]
+data_dir = "{}"
+cores = 2
+# Commits come well before the window's end: the commit's wake-up cannot close it.
+commit_interval = "100ms"
+
+[ingest]
+tcp = "127.0.0.1:0"
+http = "127.0.0.1:0"
+
+[[topic]]
+name = "views"
+partitions = 1
+
+[[topic]]
+name = "counts"
+partitions = 1
+
+[[stage]]
+name = "per-second"
+from = "views"
+op = {{ count = {{ window = "3s", time = "processing" }} }}
+to = "counts"
+"#,
+            dir.path().join("data").display()
+        ),
+    )
+    .unwrap();
+    let server = Server::start(&file);
+    for key in ["a", "b", "a"] {
+        let (code, _, err) = run_cli(&["send", "--to", &server.tcp, "views", "--key", key], "view\n");
+        assert_eq!(code, 0, "{err}");
+    }
+    // Nothing more is sent: the window's end, 3 s at most from now, is the only
+    // thing that can make the stage write. The three views may straddle a window's end:
+    // each key's counts add up to its views either way.
+    let totals = || -> (u64, u64, String) {
+        let (code, out, err) = run_cli(&["tail", "--from", &server.tcp, "counts", "--json"], "");
+        assert_eq!(code, 0, "{err}");
+        let mut sums = (0, 0);
+        for line in out.lines() {
+            let record: serde_json::Value = serde_json::from_str(line).unwrap();
+            let n: u64 = record["value"].as_str().unwrap().parse().unwrap();
+            match record["key"].as_str() {
+                Some("a") => sums.0 += n,
+                Some("b") => sums.1 += n,
+                other => panic!("a count of key {other:?}: {line}"),
+            }
+        }
+        (sums.0, sums.1, out)
+    };
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let mut last = totals();
+    while (last.0, last.1) != (2, 1) && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(100));
+        last = totals();
+    }
+    assert_eq!(
+        (last.0, last.1),
+        (2, 1),
+        "the window did not close on the clock within 20 s; counts so far: {}",
+        last.2
+    );
+}
