@@ -24,8 +24,12 @@ pub const PROBE_PERIOD: Duration = Duration::from_millis(500);
 pub const PROBE_RTT: Duration = Duration::from_millis(200);
 /// How long a suspect has to refute before it is declared down.
 pub const SUSPECT_TO_DOWN: Duration = Duration::from_secs(2);
-/// How often a peer that knows no one announces itself to its seeds again.
+/// How often a peer that is not (or no longer) a member announces itself again, to its
+/// seeds and to every peer it knows.
 const SEED_RETRY: Duration = Duration::from_secs(1);
+/// The longest the membership thread sleeps with no timer of foca's pending (a member
+/// always has its probe timer: this is a backstop, not a poll).
+const NO_TIMER_WAKE: Duration = Duration::from_secs(60);
 
 /// The longest a dead peer stays listed as alive by the others, in a cluster of
 /// `members`: every other member probes it within `members - 1` periods, the probe
@@ -57,6 +61,14 @@ pub struct Membership {
     seeds: Vec<SocketAddr>,
     outgoing: GossipOut,
     view: Arc<ViewCell>,
+    /// Whether foca counts itself a member (its `Active` notification): false at the
+    /// start, once it sees no one alive (`Idle`), and after any change of identity
+    /// (its own `Rejoin` when declared down, a full disk, leaving). Foca then waits for
+    /// a message addressed to its new identity before it probes anyone; if every peer
+    /// took a new identity at once (all declared each other down in a partition, then
+    /// healed), each one's gossip goes to the others' old identities, is not heard, and
+    /// the cluster stays apart for good. So until then this peer announces itself.
+    joined: bool,
 }
 
 /// The gossip this peer sends: the queue the membership thread fills (`transport::
@@ -129,6 +141,7 @@ impl Membership {
             seeds: seeds.into_iter().filter(|s| *s != me.addr).collect(),
             outgoing,
             view,
+            joined: false,
         }
     }
 
@@ -137,19 +150,18 @@ impl Membership {
         let mut next_announce = Instant::now();
         loop {
             let now = Instant::now();
-            if self.foca.num_members() == 0 && now >= next_announce && !self.seeds.is_empty() {
-                for seed in self.seeds.clone() {
-                    let result = self.foca.announce(PeerId::seed(seed), &mut self.runtime);
-                    self.report(result);
-                }
+            if !self.joined && now >= next_announce {
+                self.announce();
                 next_announce = now + SEED_RETRY;
             }
             self.drain();
-            let wake = self
+            let mut wake = self
                 .timers
                 .peek()
-                .map_or(now + SEED_RETRY, |Reverse((at, _))| *at)
-                .min(next_announce.max(now + Duration::from_millis(10)));
+                .map_or(now + NO_TIMER_WAKE, |Reverse((at, _))| *at);
+            if !self.joined && self.has_anyone() {
+                wake = wake.min(next_announce);
+            }
             match inputs.recv_timeout(wake.saturating_duration_since(now)) {
                 Ok(Input::Data(data)) => {
                     let result = self.foca.handle_data(&data, &mut self.runtime);
@@ -158,6 +170,7 @@ impl Membership {
                 Ok(Input::Leaving(done)) => {
                     let leaving = self.foca.identity().leaving();
                     let result = self.foca.change_identity(leaving, &mut self.runtime);
+                    self.joined = false;
                     self.report(result);
                     self.drain();
                     let _ = done.send(());
@@ -166,6 +179,7 @@ impl Membership {
                     if self.foca.identity().full != full {
                         let renewed = self.foca.identity().with_full(full);
                         let result = self.foca.change_identity(renewed, &mut self.runtime);
+                        self.joined = false;
                         self.report(result);
                         self.drain();
                     }
@@ -192,6 +206,29 @@ impl Membership {
                 }
             }
         }
+    }
+
+    /// Announces this peer to its seeds and to every address it has known a member at
+    /// (alive or down): an announce is heard by whoever listens there, whatever
+    /// identity it holds now, and its answer, addressed to this peer's identity, makes
+    /// this peer a member again.
+    fn announce(&mut self) {
+        let me = self.foca.identity().addr;
+        let mut to: Vec<SocketAddr> = self.seeds.clone();
+        to.extend(self.foca.iter_membership_state().map(|m| m.id().addr));
+        to.sort();
+        to.dedup();
+        for addr in to.into_iter().filter(|a| *a != me) {
+            let result = self.foca.announce(PeerId::seed(addr), &mut self.runtime);
+            self.report(result);
+        }
+    }
+
+    /// Whether there is a seed or a peer known to announce to (a founder alone has none,
+    /// and sleeps until someone announces to it).
+    fn has_anyone(&self) -> bool {
+        let me = self.foca.identity().addr;
+        !self.seeds.is_empty() || self.foca.iter_membership_state().any(|m| m.id().addr != me)
     }
 
     fn report(&self, result: Result<(), foca::Error>) {
@@ -224,9 +261,23 @@ impl Membership {
                 // A leaving peer's old identity is declared down on purpose.
                 OwnedNotification::Defunct if self.foca.identity().leaving => {}
                 OwnedNotification::Defunct => {
-                    tracing::warn!("the others declared this peer down; rejoining as a new run")
+                    self.joined = false;
+                    tracing::warn!("the others declared this peer down and it cannot take a new identity")
                 }
-                _ => {}
+                OwnedNotification::Rejoin(id) => {
+                    self.joined = false;
+                    tracing::info!("the others declared this peer down; rejoining as a new run ({id:?})")
+                }
+                OwnedNotification::Idle => {
+                    self.joined = false;
+                    tracing::info!(
+                        "no other peer is alive in this peer's view; announcing itself to those it knew"
+                    )
+                }
+                OwnedNotification::Active => {
+                    self.joined = true;
+                    tracing::debug!("this peer is a member")
+                }
             }
         }
         let others = self
@@ -285,65 +336,107 @@ mod tests {
         None
     }
 
-    #[test]
-    fn three_members_find_each_other_through_one_seed_and_a_silent_one_is_down_within_the_bound() {
-        let ports = [7101u16, 7102, 7103];
-        let mut nodes: Vec<Node> = Vec::new();
-        let mut outgoing = Vec::new();
-        let mut runs = Vec::new();
-        for (i, port) in ports.iter().enumerate() {
-            let id = PeerId::new(addr(*port), 1, u64::from(*port));
-            let view = Arc::new(ViewCell::new(id));
-            let (out_tx, out_rx) = GossipOut::new(1024);
-            let (in_tx, in_rx) = flume::bounded(1024);
-            // Every member is seeded with the first only.
-            let seeds = if i == 0 { vec![] } else { vec![addr(ports[0])] };
-            let membership = Membership::new(id, seeds, out_tx, Arc::clone(&view));
-            runs.push(std::thread::spawn(move || membership.run(in_rx)));
-            outgoing.push(out_rx);
-            nodes.push(Node {
-                id,
-                view,
-                inputs: in_tx,
-                dead: Arc::new(AtomicBool::new(false)),
-            });
-        }
-        // The network: what a member sends reaches the member at that address, unless
-        // either end is cut off.
-        let senders: Vec<(SocketAddr, flume::Sender<Input>, Arc<AtomicBool>)> = nodes
-            .iter()
-            .map(|n| (n.id.addr, n.inputs.clone(), Arc::clone(&n.dead)))
-            .collect();
-        let stop = Arc::new(AtomicBool::new(false));
-        let mut network = Vec::new();
-        for (from, rx) in outgoing.into_iter().enumerate() {
-            let senders = senders.clone();
-            let stop = Arc::clone(&stop);
-            network.push(std::thread::spawn(move || {
-                while !stop.load(Ordering::Acquire) {
-                    let Ok((to, data)) = rx.recv_timeout(Duration::from_millis(50)) else {
-                        continue;
-                    };
-                    let (_, _, sender_dead) = &senders[from];
-                    if let Some((_, tx, dead)) = senders.iter().find(|(a, _, _)| *a == to)
-                        && !dead.load(Ordering::Acquire)
-                        && !sender_dead.load(Ordering::Acquire)
-                    {
-                        let _ = tx.send(Input::Data(data));
+    /// Members on threads of their own, and the network between them: what a member
+    /// sends reaches the member at that address unless either end is cut off.
+    struct Harness {
+        nodes: Vec<Node>,
+        stop: Arc<AtomicBool>,
+        threads: Vec<std::thread::JoinHandle<()>>,
+    }
+
+    impl Harness {
+        /// Members on `ports`, each seeded with the first only (which founds the cluster).
+        fn start(ports: &[u16]) -> Harness {
+            let mut nodes: Vec<Node> = Vec::new();
+            let mut outgoing = Vec::new();
+            let mut threads = Vec::new();
+            for (i, port) in ports.iter().enumerate() {
+                let id = PeerId::new(addr(*port), 1, u64::from(*port));
+                let view = Arc::new(ViewCell::new(id));
+                let (out_tx, out_rx) = GossipOut::new(1024);
+                let (in_tx, in_rx) = flume::bounded(1024);
+                let seeds = if i == 0 { vec![] } else { vec![addr(ports[0])] };
+                let membership = Membership::new(id, seeds, out_tx, Arc::clone(&view));
+                threads.push(std::thread::spawn(move || membership.run(in_rx)));
+                outgoing.push(out_rx);
+                nodes.push(Node {
+                    id,
+                    view,
+                    inputs: in_tx,
+                    dead: Arc::new(AtomicBool::new(false)),
+                });
+            }
+            let senders: Vec<(SocketAddr, flume::Sender<Input>, Arc<AtomicBool>)> = nodes
+                .iter()
+                .map(|n| (n.id.addr, n.inputs.clone(), Arc::clone(&n.dead)))
+                .collect();
+            let stop = Arc::new(AtomicBool::new(false));
+            for (from, rx) in outgoing.into_iter().enumerate() {
+                let senders = senders.clone();
+                let stop = Arc::clone(&stop);
+                threads.push(std::thread::spawn(move || {
+                    while !stop.load(Ordering::Acquire) {
+                        let Ok((to, data)) = rx.recv_timeout(Duration::from_millis(50)) else {
+                            continue;
+                        };
+                        let (_, _, sender_dead) = &senders[from];
+                        if let Some((_, tx, dead)) = senders.iter().find(|(a, _, _)| *a == to)
+                            && !dead.load(Ordering::Acquire)
+                            && !sender_dead.load(Ordering::Acquire)
+                        {
+                            let _ = tx.send(Input::Data(data));
+                        }
                     }
-                }
-            }));
+                }));
+            }
+            Harness { nodes, stop, threads }
         }
-        let alive = |node: &Node, others: &[&Node]| {
+
+        /// Whether `node` sees every one of `others` alive.
+        fn sees_alive(&self, node: usize, others: &[usize]) -> bool {
             others
                 .iter()
-                .all(|o| state_of(node, &o.id) == Some(PeerState::Alive))
-        };
-        let joined = within(Duration::from_secs(10), || {
-            alive(&nodes[0], &[&nodes[1], &nodes[2]])
-                && alive(&nodes[1], &[&nodes[0], &nodes[2]])
-                && alive(&nodes[2], &[&nodes[0], &nodes[1]])
-        });
+                .all(|o| state_of(&self.nodes[node], &self.nodes[*o].id) == Some(PeerState::Alive))
+        }
+
+        /// Whether every member sees every other one alive.
+        fn all_alive(&self) -> bool {
+            let all: Vec<usize> = (0..self.nodes.len()).collect();
+            all.iter().all(|n| {
+                let others: Vec<usize> = all.iter().copied().filter(|o| o != n).collect();
+                self.sees_alive(*n, &others)
+            })
+        }
+
+        /// What each member sees of the others, for a failure's message.
+        fn views(&self) -> String {
+            self.nodes
+                .iter()
+                .map(|n| {
+                    let view = n.view.get();
+                    format!("{:?} sees {:?}", view.me, view.others)
+                })
+                .collect::<Vec<_>>()
+                .join("\n")
+        }
+
+        fn finish(self) {
+            self.stop.store(true, Ordering::Release);
+            for node in &self.nodes {
+                let (done, _) = flume::bounded(1);
+                let _ = node.inputs.send(Input::Leave(done));
+            }
+            for thread in self.threads {
+                thread.join().unwrap();
+            }
+        }
+    }
+
+    #[test]
+    fn three_members_find_each_other_through_one_seed_and_a_silent_one_is_down_within_the_bound() {
+        let cluster = Harness::start(&[7101, 7102, 7103]);
+        let nodes = &cluster.nodes;
+        let joined = within(Duration::from_secs(10), || cluster.all_alive());
         assert!(joined.is_some(), "the members never all saw each other alive");
 
         // The third goes silent: the others declare it down within the bound (twice it:
@@ -362,18 +455,93 @@ mod tests {
             );
         }
         // The two left still see each other alive.
-        assert!(alive(&nodes[0], &[&nodes[1]]) && alive(&nodes[1], &[&nodes[0]]));
+        assert!(cluster.sees_alive(0, &[1]) && cluster.sees_alive(1, &[0]));
+        cluster.finish();
+    }
 
-        stop.store(true, Ordering::Release);
-        for node in &nodes {
-            let (done, _) = flume::bounded(1);
-            let _ = node.inputs.send(Input::Leave(done));
+    /// A member cut off long enough that it and the others declare each other down
+    /// comes back once the cut heals, even the founder, which has no seed to announce
+    /// to, and even when the others renew their identities at once (each then gossips to
+    /// the other's old identity, which is not heard: foca waits for a message addressed
+    /// to its new one before it probes again).
+    #[test]
+    fn after_a_cut_in_which_all_declared_each_other_down_the_members_find_each_other_again() {
+        for round in 0..2 {
+            let base = 7111 + round * 10;
+            let cluster = Harness::start(&[base, base + 1, base + 2]);
+            let nodes = &cluster.nodes;
+            assert!(
+                within(Duration::from_secs(10), || cluster.all_alive()).is_some(),
+                "the members never all saw each other alive:\n{}",
+                cluster.views()
+            );
+            // The founder is cut off until it sees the others down and they see it down.
+            nodes[0].dead.store(true, Ordering::Release);
+            let bound = detection_bound(3) * 2;
+            let apart = within(bound, || {
+                state_of(&nodes[0], &nodes[1].id) == Some(PeerState::Down)
+                    && state_of(&nodes[0], &nodes[2].id) == Some(PeerState::Down)
+                    && state_of(&nodes[1], &nodes[0].id) == Some(PeerState::Down)
+                    && state_of(&nodes[2], &nodes[0].id) == Some(PeerState::Down)
+            });
+            assert!(apart.is_some(), "the cut was never seen:\n{}", cluster.views());
+            nodes[0].dead.store(false, Ordering::Release);
+            let healed = within(bound * 2, || cluster.all_alive());
+            assert!(
+                healed.is_some(),
+                "round {round}: the members did not find each other again within {:?} of the heal:\n{}",
+                bound * 2,
+                cluster.views()
+            );
+            cluster.finish();
         }
-        for run in runs {
-            run.join().unwrap();
+    }
+
+    /// Every member takes a new identity at the same moment (as when all were declared
+    /// down by each other and renewed at once), with the network cut so that none hears
+    /// of the others' new ones: once it heals they still find each other.
+    #[test]
+    fn members_that_all_took_a_new_identity_at_once_find_each_other_again() {
+        let cluster = Harness::start(&[7131, 7132, 7133]);
+        let nodes = &cluster.nodes;
+        assert!(
+            within(Duration::from_secs(10), || cluster.all_alive()).is_some(),
+            "the members never all saw each other alive:\n{}",
+            cluster.views()
+        );
+        for node in nodes {
+            node.dead.store(true, Ordering::Release);
         }
-        for thread in network {
-            thread.join().unwrap();
+        for node in nodes {
+            node.inputs.send(Input::Full(true)).unwrap();
         }
+        let renewed = within(Duration::from_secs(5), || {
+            nodes.iter().all(|n| n.view.get().me.full)
+        });
+        assert!(renewed.is_some(), "the members did not take their new identities");
+        for node in nodes {
+            node.dead.store(false, Ordering::Release);
+        }
+        // Each one must see each other's new identity alive (not only the old one it
+        // still lists).
+        let current = |n: usize, o: usize| {
+            let now = nodes[o].view.get().me;
+            nodes[n]
+                .view
+                .get()
+                .others
+                .iter()
+                .any(|m| m.id == now && m.state == PeerState::Alive)
+        };
+        let bound = detection_bound(3) * 2;
+        let met = within(bound, || {
+            (0..3).all(|n| (0..3).filter(|o| *o != n).all(|o| current(n, o)))
+        });
+        assert!(
+            met.is_some(),
+            "the members did not find each other's new identities within {bound:?}:\n{}",
+            cluster.views()
+        );
+        cluster.finish();
     }
 }

@@ -146,7 +146,16 @@ impl Server {
             .stderr(Stdio::piped())
             .spawn()
             .unwrap();
-        let log = Log::read(child.stderr.take().unwrap());
+        // Echoed logs say which server spoke: its peer address, or its client one.
+        let args: Vec<String> = command
+            .get_args()
+            .map(|a| a.to_string_lossy().into_owned())
+            .collect();
+        let named = |flag: &str| args.iter().position(|a| a == flag).map(|i| args[i + 1].clone());
+        let tag = named("--peer-listen")
+            .or_else(|| named("--listen"))
+            .map_or_else(String::new, |name| format!("[{name}] "));
+        let log = Log::read_as(child.stderr.take().unwrap(), tag);
         let stdout = child.stdout.take().unwrap();
         let (tx, rx) = std::sync::mpsc::channel();
         std::thread::spawn(move || {

@@ -153,6 +153,12 @@ pub struct Log {
 
 impl Log {
     pub fn read(stderr: std::process::ChildStderr) -> Log {
+        Log::read_as(stderr, String::new())
+    }
+
+    /// The same, its echo (`FLOWD_TEST_LOGS`) with each line prefixed by `tag` (which
+    /// of several servers said it).
+    pub fn read_as(stderr: std::process::ChildStderr, tag: String) -> Log {
         let text = std::sync::Arc::new(std::sync::Mutex::new(String::new()));
         let shared = text.clone();
         let reader = std::thread::spawn(move || {
@@ -162,7 +168,7 @@ impl Log {
             for line in std::io::BufReader::new(stderr).lines() {
                 let Ok(line) = line else { return };
                 if echo {
-                    eprintln!("{line}");
+                    eprintln!("{tag}{line}");
                 }
                 let mut text = shared.lock().unwrap();
                 text.push_str(&line);
