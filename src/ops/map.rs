@@ -4,7 +4,7 @@
 //! fan it out), keeping key and timestamp. `filter` keeps the record unchanged when the
 //! expression's first output is true in jq's sense (anything but false and null).
 
-use crate::jq::{JqProgram, to_json, truthy};
+use crate::jq::JqProgram;
 use crate::ops::{Input, OpError, Operator, Output};
 
 pub struct Map {
@@ -20,9 +20,7 @@ impl Map {
 impl Operator for Map {
     fn on_record(&mut self, input: &Input<'_>, out: &mut Vec<Output>) -> Result<(), OpError> {
         let start = out.len();
-        let result = self.program.run(input.value, |v| {
-            let mut value = Vec::new();
-            to_json(v, &mut value);
+        let result = self.program.run_json(input.value, |value| {
             out.push(Output {
                 timestamp_ms: input.timestamp_ms,
                 key: input.key.map(<[u8]>::to_vec),
@@ -50,13 +48,7 @@ impl Filter {
 
 impl Operator for Filter {
     fn on_record(&mut self, input: &Input<'_>, out: &mut Vec<Output>) -> Result<(), OpError> {
-        let mut keep = None;
-        self.program
-            .run(input.value, |v| {
-                keep.get_or_insert(truthy(v));
-            })
-            .map_err(OpError)?;
-        if keep == Some(true) {
+        if self.program.test(input.value).map_err(OpError)? {
             out.push(Output {
                 timestamp_ms: input.timestamp_ms,
                 key: input.key.map(<[u8]>::to_vec),

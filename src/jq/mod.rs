@@ -1,4 +1,12 @@
-//! jq expressions (through the jaq crates): compiled once, run per JSON value.
+//! jq expressions: compiled once by jaq, run per JSON value. The common forms run on
+//! a fast path (`plan.rs`, `fast.rs`, over `tape.rs`'s borrowed view of the value's
+//! bytes) that gives up to jaq on anything it is not sure to do as jaq does.
+
+#[cfg(test)]
+mod differential;
+mod fast;
+mod plan;
+mod tape;
 
 use jaq_core::load::{Arena, File, Loader};
 use jaq_core::{Compiler, Ctx, Vars, data, unwrap_valr};
@@ -9,6 +17,8 @@ type Filter = jaq_core::Filter<data::JustLut<Val>>;
 /// A compiled jq program.
 pub struct JqProgram {
     filter: Filter,
+    /// The fast path's plan, when every form of the program has one.
+    plan: Option<plan::Expr>,
 }
 
 impl std::fmt::Debug for JqProgram {
@@ -41,7 +51,40 @@ impl JqProgram {
                 }
                 out.join("; ")
             })?;
-        Ok(JqProgram { filter })
+        Ok(JqProgram {
+            filter,
+            plan: plan::plan(code),
+        })
+    }
+
+    /// Runs the program on a JSON document, giving every output as JSON text, in order.
+    pub fn run_json(&self, json: &[u8], mut each: impl FnMut(Vec<u8>)) -> Result<(), String> {
+        if let Some(plan) = &self.plan
+            && let Ok(out) = fast::run(plan, json)
+        {
+            out.into_iter().for_each(each);
+            return Ok(());
+        }
+        self.run(json, |v| {
+            let mut out = Vec::new();
+            to_json(v, &mut out);
+            each(out);
+        })
+    }
+
+    /// Whether the program's first output on a JSON document is true in jq's sense
+    /// (false when it has none).
+    pub fn test(&self, json: &[u8]) -> Result<bool, String> {
+        if let Some(plan) = &self.plan
+            && let Ok(truth) = fast::truth(plan, json)
+        {
+            return Ok(truth == Some(true));
+        }
+        let mut first = None;
+        self.run(json, |v| {
+            first.get_or_insert(truthy(v));
+        })?;
+        Ok(first == Some(true))
     }
 
     /// Runs the program on a JSON document, calling `each` with every output in order.

@@ -1,0 +1,484 @@
+//! The fast path: a plan (`plan.rs`) evaluated over a borrowed view of the record's
+//! JSON (`tape.rs`), its output written straight as JSON text. Values the record holds
+//! stay slices of its bytes; an array or object passed through is copied as written.
+//!
+//! Whatever the fast path is not sure to do exactly as jaq does, it gives up on
+//! (`Bail`) and the record runs in jaq: errors of every kind (a key of a number, a
+//! division by zero, an integer overflow), strings whose escapes would need decoding
+//! to compare, measure or look up, arrays and objects compared or turned into text,
+//! numbers that are not finite. So its outputs are jaq's, or it has none of its own.
+
+use std::borrow::Cow;
+use std::cell::RefCell;
+use std::cmp::Ordering;
+use std::io::Write;
+
+use jaq_core::ops::{Cmp, Math};
+
+use super::plan::{Expr, Piece};
+use super::tape::{Kind, Node, Tape};
+
+/// The fast path gives up on this record: jaq runs it.
+#[derive(Debug, PartialEq, Eq)]
+pub struct Bail;
+
+type R<T> = Result<T, Bail>;
+
+thread_local! {
+    /// The nodes of the last record read on this thread, reused.
+    static NODES: RefCell<Vec<Node>> = const { RefCell::new(Vec::new()) };
+}
+
+/// Runs `plan` on the JSON document `json`: its output as JSON text, or `None` when
+/// it has none (`select` said no).
+pub fn run(plan: &Expr, json: &[u8]) -> R<Option<Vec<u8>>> {
+    with_tape(json, |tape| {
+        let eval = Eval { tape };
+        let Some(value) = eval.eval(plan, &eval.node(0))? else {
+            return Ok(None);
+        };
+        let mut out = Vec::with_capacity(json.len().min(256));
+        eval.write(&value, &mut out)?;
+        Ok(Some(out))
+    })
+}
+
+/// Whether `plan`'s output on `json` is true in jq's sense; `None` when it has none.
+pub fn truth(plan: &Expr, json: &[u8]) -> R<Option<bool>> {
+    with_tape(json, |tape| {
+        let eval = Eval { tape };
+        Ok(eval.eval(plan, &eval.node(0))?.map(|v| truthy(&v)))
+    })
+}
+
+fn with_tape<T>(json: &[u8], f: impl FnOnce(&Tape<'_>) -> R<T>) -> R<T> {
+    let nodes = NODES.with(|n| std::mem::take(&mut *n.borrow_mut()));
+    let tape = Tape::read(json, nodes).ok_or(Bail)?;
+    let result = f(&tape);
+    NODES.with(|n| *n.borrow_mut() = tape.nodes);
+    result
+}
+
+/// A value during evaluation. Strings hold their JSON-escaped text (`plain`: it has no
+/// escapes, so it is also the string's value).
+#[derive(Clone, Debug)]
+enum V<'t> {
+    Null,
+    Bool(bool),
+    Int(i64),
+    Float(f64),
+    Dec(Cow<'t, str>),
+    Str(Cow<'t, str>, bool),
+    /// An array or object of the record (a node of the tape).
+    Node(usize),
+    Arr(Vec<V<'t>>),
+    Obj(Vec<(Cow<'t, str>, V<'t>)>),
+}
+
+fn truthy(v: &V<'_>) -> bool {
+    !matches!(v, V::Null | V::Bool(false))
+}
+
+struct Eval<'t, 'a> {
+    tape: &'t Tape<'a>,
+}
+
+impl<'t> Eval<'t, '_> {
+    /// A node of the record as a value.
+    fn node(&self, i: usize) -> V<'t> {
+        let n = &self.tape.nodes[i];
+        match n.kind {
+            Kind::Null => V::Null,
+            Kind::True => V::Bool(true),
+            Kind::False => V::Bool(false),
+            Kind::Int => V::Int(n.int),
+            Kind::Dec => V::Dec(Cow::Borrowed(self.tape.text(i))),
+            Kind::Str => V::Str(Cow::Borrowed(self.tape.text(i)), n.plain),
+            Kind::Arr | Kind::Obj => V::Node(i),
+        }
+    }
+
+    fn eval(&self, e: &'t Expr, input: &V<'t>) -> R<Option<V<'t>>> {
+        Ok(Some(match e {
+            Expr::Id => input.clone(),
+            Expr::Null => V::Null,
+            Expr::Bool(b) => V::Bool(*b),
+            Expr::Int(i) => V::Int(*i),
+            Expr::Dec(d) => V::Dec(Cow::Borrowed(d)),
+            Expr::Str(s) => V::Str(Cow::Borrowed(s), !s.contains('\\')),
+            Expr::Interp(pieces) => {
+                let mut text = String::new();
+                for piece in pieces {
+                    match piece {
+                        Piece::Lit(s) => text.push_str(s),
+                        Piece::Expr(e) => match self.eval(e, input)? {
+                            None => return Ok(None),
+                            Some(V::Str(s, _)) => text.push_str(&s),
+                            Some(v) => self.scalar_text(&v, &mut text)?,
+                        },
+                    }
+                }
+                let plain = !text.contains('\\');
+                V::Str(Cow::Owned(text), plain)
+            }
+            Expr::Field(k) => match input {
+                V::Null => V::Null,
+                V::Node(i) if self.tape.nodes[*i].kind == Kind::Obj => {
+                    self.lookup(*i, k)?.map_or(V::Null, |v| self.node(v))
+                }
+                _ => return Err(Bail),
+            },
+            Expr::Index(base, key) => {
+                let Some(base) = self.eval(base, input)? else {
+                    return Ok(None);
+                };
+                let Some(key) = self.eval(key, input)? else {
+                    return Ok(None);
+                };
+                self.index(&base, &key)?
+            }
+            Expr::Arr(items) => {
+                let mut out = Vec::with_capacity(items.len());
+                for item in items {
+                    if let Some(v) = self.eval(item, input)? {
+                        out.push(v);
+                    }
+                }
+                V::Arr(out)
+            }
+            Expr::Obj(entries) => {
+                let mut out = Vec::with_capacity(entries.len());
+                for (k, v) in entries {
+                    let Some(key) = self.eval(k, input)? else {
+                        return Ok(None);
+                    };
+                    let V::Str(key, _) = key else { return Err(Bail) };
+                    let Some(value) = self.eval(v, input)? else {
+                        return Ok(None);
+                    };
+                    out.push((key, value));
+                }
+                V::Obj(out)
+            }
+            Expr::Neg(f) => match self.eval(f, input)? {
+                None => return Ok(None),
+                Some(V::Int(i)) => V::Int(i.checked_neg().ok_or(Bail)?),
+                Some(V::Float(x)) => V::Float(-x),
+                // jaq turns the sign of a decimal's text.
+                Some(V::Dec(d)) => V::Dec(Cow::Owned(match d.strip_prefix('-') {
+                    Some(pos) => pos.to_string(),
+                    None => format!("-{d}"),
+                })),
+                Some(_) => return Err(Bail),
+            },
+            Expr::Math(op, l, r) => {
+                let (Some(l), Some(r)) = (self.eval(l, input)?, self.eval(r, input)?) else {
+                    return Ok(None);
+                };
+                math(*op, l, r)?
+            }
+            Expr::Cmp(op, l, r) => {
+                let (Some(l), Some(r)) = (self.eval(l, input)?, self.eval(r, input)?) else {
+                    return Ok(None);
+                };
+                let ord = compare(&l, &r)?;
+                V::Bool(match op {
+                    Cmp::Eq => ord == Ordering::Equal,
+                    Cmp::Ne => ord != Ordering::Equal,
+                    Cmp::Lt => ord == Ordering::Less,
+                    Cmp::Le => ord != Ordering::Greater,
+                    Cmp::Gt => ord == Ordering::Greater,
+                    Cmp::Ge => ord != Ordering::Less,
+                })
+            }
+            Expr::And(l, r) => match self.eval(l, input)? {
+                None => return Ok(None),
+                Some(l) if !truthy(&l) => V::Bool(false),
+                Some(_) => match self.eval(r, input)? {
+                    None => return Ok(None),
+                    Some(r) => V::Bool(truthy(&r)),
+                },
+            },
+            Expr::Or(l, r) => match self.eval(l, input)? {
+                None => return Ok(None),
+                Some(l) if truthy(&l) => V::Bool(true),
+                Some(_) => match self.eval(r, input)? {
+                    None => return Ok(None),
+                    Some(r) => V::Bool(truthy(&r)),
+                },
+            },
+            Expr::Alt(l, r) => match self.eval(l, input)? {
+                Some(l) if truthy(&l) => l,
+                _ => return self.eval(r, input),
+            },
+            Expr::Pipe(l, r) => match self.eval(l, input)? {
+                None => return Ok(None),
+                Some(v) => return self.eval(r, &v),
+            },
+            Expr::Select(f) => match self.eval(f, input)? {
+                Some(c) if truthy(&c) => input.clone(),
+                _ => return Ok(None),
+            },
+            Expr::Not => V::Bool(!truthy(input)),
+            Expr::Length => self.length(input)?,
+            Expr::ToString => match input {
+                V::Str(..) => input.clone(),
+                v => {
+                    let mut text = String::new();
+                    self.scalar_text(v, &mut text)?;
+                    V::Str(Cow::Owned(text), true)
+                }
+            },
+            Expr::ToNumber => match input {
+                V::Int(_) | V::Float(_) | V::Dec(_) => input.clone(),
+                V::Str(s, true) => number(s)?,
+                _ => return Err(Bail),
+            },
+            Expr::Has(k) => {
+                let Some(key) = self.eval(k, input)? else {
+                    return Ok(None);
+                };
+                match (input, &key) {
+                    (V::Node(i), V::Str(k, true)) if self.tape.nodes[*i].kind == Kind::Obj => {
+                        V::Bool(self.lookup(*i, k)?.is_some())
+                    }
+                    _ => return Err(Bail),
+                }
+            }
+        }))
+    }
+
+    /// The last value under `key` in object node `obj` (jaq keeps the last of a
+    /// repeated key), if any.
+    fn lookup(&self, obj: usize, key: &str) -> R<Option<usize>> {
+        let mut found = None;
+        let mut children = self.tape.children(obj);
+        while let (Some(k), Some(v)) = (children.next(), children.next()) {
+            if !self.tape.nodes[k].plain {
+                return Err(Bail);
+            }
+            if self.tape.bytes(k) == key.as_bytes() {
+                found = Some(v);
+            }
+        }
+        Ok(found)
+    }
+
+    fn index(&self, base: &V<'t>, key: &V<'t>) -> R<V<'t>> {
+        match (base, key) {
+            (V::Null, V::Str(..) | V::Int(_)) => Ok(V::Null),
+            (V::Node(i), V::Str(k, true)) if self.tape.nodes[*i].kind == Kind::Obj => {
+                Ok(self.lookup(*i, k)?.map_or(V::Null, |v| self.node(v)))
+            }
+            (V::Node(i), V::Int(at)) if self.tape.nodes[*i].kind == Kind::Arr => {
+                let len = self.tape.nodes[*i].len as i64;
+                let at = if *at < 0 { len + at } else { *at };
+                if at < 0 || at >= len {
+                    return Ok(V::Null);
+                }
+                let element = self.tape.children(*i).nth(at as usize).ok_or(Bail)?;
+                Ok(self.node(element))
+            }
+            _ => Err(Bail),
+        }
+    }
+
+    fn length(&self, v: &V<'t>) -> R<V<'t>> {
+        Ok(match v {
+            V::Null => V::Int(0),
+            V::Int(i) => V::Int(i.checked_abs().ok_or(Bail)?),
+            V::Float(x) => V::Float(x.abs()),
+            V::Dec(d) => V::Float(d.parse::<f64>().map_err(|_| Bail)?.abs()),
+            V::Str(s, true) => V::Int(s.chars().count() as i64),
+            V::Node(i) => {
+                let node = &self.tape.nodes[*i];
+                if node.kind == Kind::Obj {
+                    // jaq counts a repeated key once.
+                    let keys: Vec<usize> = self.tape.children(*i).step_by(2).collect();
+                    if keys.len() > 64 || keys.iter().any(|k| !self.tape.nodes[*k].plain) {
+                        return Err(Bail);
+                    }
+                    for (n, a) in keys.iter().enumerate() {
+                        if keys[..n]
+                            .iter()
+                            .any(|b| self.tape.bytes(*a) == self.tape.bytes(*b))
+                        {
+                            return Err(Bail);
+                        }
+                    }
+                }
+                V::Int(node.len as i64)
+            }
+            V::Arr(items) => V::Int(items.len() as i64),
+            _ => return Err(Bail),
+        })
+    }
+
+    /// A value that is not a string as jq writes it into a string (`tostring`, `"\(.)"`).
+    fn scalar_text(&self, v: &V<'t>, text: &mut String) -> R<()> {
+        match v {
+            V::Null => text.push_str("null"),
+            V::Bool(b) => text.push_str(if *b { "true" } else { "false" }),
+            V::Int(i) => {
+                use std::fmt::Write;
+                let _ = write!(text, "{i}");
+            }
+            V::Float(x) => float(*x, text)?,
+            V::Dec(d) => text.push_str(d),
+            _ => return Err(Bail),
+        }
+        Ok(())
+    }
+
+    fn write(&self, v: &V<'t>, out: &mut Vec<u8>) -> R<()> {
+        match v {
+            V::Null => out.extend_from_slice(b"null"),
+            V::Bool(true) => out.extend_from_slice(b"true"),
+            V::Bool(false) => out.extend_from_slice(b"false"),
+            V::Int(i) => {
+                let _ = write!(out, "{i}");
+            }
+            V::Float(x) => {
+                if !x.is_finite() {
+                    return Err(Bail);
+                }
+                let _ = write!(out, "{}", jaq_json::Num::Float(*x));
+            }
+            V::Dec(d) => out.extend_from_slice(d.as_bytes()),
+            V::Str(s, _) => {
+                out.push(b'"');
+                out.extend_from_slice(s.as_bytes());
+                out.push(b'"');
+            }
+            V::Node(i) => out.extend_from_slice(self.tape.raw(*i)),
+            V::Arr(items) => {
+                out.push(b'[');
+                for (n, item) in items.iter().enumerate() {
+                    if n > 0 {
+                        out.push(b',');
+                    }
+                    self.write(item, out)?;
+                }
+                out.push(b']');
+            }
+            V::Obj(entries) => {
+                out.push(b'{');
+                for (n, (k, v)) in entries.iter().enumerate() {
+                    if n > 0 {
+                        out.push(b',');
+                    }
+                    out.push(b'"');
+                    out.extend_from_slice(k.as_bytes());
+                    out.extend_from_slice(b"\":");
+                    self.write(v, out)?;
+                }
+                out.push(b'}');
+            }
+        }
+        Ok(())
+    }
+}
+
+/// A float as jaq writes it (finite ones only: jaq's `NaN` and `Infinity` are not JSON).
+fn float(x: f64, text: &mut String) -> R<()> {
+    use std::fmt::Write;
+    if !x.is_finite() {
+        return Err(Bail);
+    }
+    let _ = write!(text, "{}", jaq_json::Num::Float(x));
+    Ok(())
+}
+
+/// A string that is a JSON number, as jaq reads one; anything else is left to jaq.
+fn number<'t>(s: &Cow<'t, str>) -> R<V<'t>> {
+    let tape = Tape::read(s.as_bytes(), Vec::new()).ok_or(Bail)?;
+    let node = tape.nodes[0];
+    match node.kind {
+        Kind::Int => Ok(V::Int(node.int)),
+        Kind::Dec => Ok(V::Dec(s.clone())),
+        _ => Err(Bail),
+    }
+}
+
+fn as_f64(v: &V<'_>) -> R<f64> {
+    match v {
+        V::Int(i) => Ok(*i as f64),
+        V::Float(x) => Ok(*x),
+        V::Dec(d) => d.parse().map_err(|_| Bail),
+        _ => Err(Bail),
+    }
+}
+
+fn is_num(v: &V<'_>) -> bool {
+    matches!(v, V::Int(_) | V::Float(_) | V::Dec(_))
+}
+
+fn math<'t>(op: Math, l: V<'t>, r: V<'t>) -> R<V<'t>> {
+    if let Math::Add = op {
+        match (&l, &r) {
+            (V::Null, _) => return Ok(r),
+            (_, V::Null) => return Ok(l),
+            (V::Str(a, pa), V::Str(b, pb)) => {
+                let plain = *pa && *pb;
+                return Ok(V::Str(Cow::Owned(format!("{a}{b}")), plain));
+            }
+            _ => {}
+        }
+    }
+    if !is_num(&l) || !is_num(&r) {
+        return Err(Bail);
+    }
+    let out = match (op, &l, &r) {
+        (Math::Add, V::Int(a), V::Int(b)) => V::Int(a.checked_add(*b).ok_or(Bail)?),
+        (Math::Sub, V::Int(a), V::Int(b)) => V::Int(a.checked_sub(*b).ok_or(Bail)?),
+        (Math::Mul, V::Int(a), V::Int(b)) => V::Int(a.checked_mul(*b).ok_or(Bail)?),
+        (Math::Rem, V::Int(a), V::Int(b)) if *b != 0 => V::Int(a.checked_rem(*b).unwrap_or(0)),
+        (Math::Rem, ..) => return Err(Bail),
+        (Math::Div, ..) => {
+            let (a, b) = (as_f64(&l)?, as_f64(&r)?);
+            if b == 0.0 {
+                return Err(Bail);
+            }
+            V::Float(a / b)
+        }
+        (Math::Add, ..) => V::Float(as_f64(&l)? + as_f64(&r)?),
+        (Math::Sub, ..) => V::Float(as_f64(&l)? - as_f64(&r)?),
+        (Math::Mul, ..) => V::Float(as_f64(&l)? * as_f64(&r)?),
+    };
+    match out {
+        V::Float(x) if !x.is_finite() => Err(Bail),
+        out => Ok(out),
+    }
+}
+
+/// jq's order: null, false, true, numbers, strings, arrays, objects.
+fn rank(v: &V<'_>) -> u8 {
+    match v {
+        V::Null => 0,
+        V::Bool(false) => 1,
+        V::Bool(true) => 2,
+        V::Int(_) | V::Float(_) | V::Dec(_) => 3,
+        V::Str(..) => 4,
+        V::Arr(_) => 5,
+        V::Obj(_) => 6,
+        // Which of the two a node is does not matter: comparing one bails below.
+        V::Node(_) => 5,
+    }
+}
+
+fn compare(l: &V<'_>, r: &V<'_>) -> R<Ordering> {
+    let (a, b) = (rank(l), rank(r));
+    if matches!(l, V::Node(_)) || matches!(r, V::Node(_)) || a >= 5 || b >= 5 {
+        return Err(Bail);
+    }
+    if a != b {
+        return Ok(a.cmp(&b));
+    }
+    match (l, r) {
+        (V::Int(x), V::Int(y)) => Ok(x.cmp(y)),
+        (V::Str(x, true), V::Str(y, true)) => Ok(x.as_bytes().cmp(y.as_bytes())),
+        (V::Str(..), V::Str(..)) => Err(Bail),
+        _ if a == 3 => as_f64(l)?.partial_cmp(&as_f64(r)?).ok_or(Bail),
+        _ => Ok(Ordering::Equal),
+    }
+}

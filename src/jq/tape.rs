@@ -1,0 +1,432 @@
+//! A borrowed view of one JSON document for the fast path (`fast.rs`): one strict pass
+//! over the bytes (RFC 8259, nothing more) lays its values out in document order as
+//! `Node`s that point into the bytes, so a path is a walk over a flat list and an
+//! untouched value is written out as the bytes it came as.
+//!
+//! Whatever this reader is not sure to read as jaq reads it, it gives up on (`None`),
+//! and the caller hands the document to jaq: invalid UTF-8, `\u` escapes of surrogates,
+//! integers beyond 64 bits, numbers beyond a float's range, `NaN` and other extensions
+//! jaq accepts, nesting deeper
+//! than `DEPTH_MAX`. A string keeps its escapes as written (`plain` says it has none).
+
+/// Nesting deeper than this is left to jaq.
+pub const DEPTH_MAX: usize = 128;
+
+/// The bytes inside a string that need a look: its end, an escape, control characters
+/// and the start of a character beyond ASCII.
+const LOOK: [bool; 256] = {
+    let mut look = [false; 256];
+    let mut b = 0;
+    while b < 256 {
+        look[b] = b == b'"' as usize || b == b'\\' as usize || b < 0x20 || b >= 0x80;
+        b += 1;
+    }
+    look
+};
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Kind {
+    Null,
+    True,
+    False,
+    /// An integer that fits 64 bits (`Node::int`).
+    Int,
+    /// Any other number, kept as its text (`start..end`), as jaq keeps it.
+    Dec,
+    /// A string: `start..end` is what lies between the quotes.
+    Str,
+    /// `start..end` spans the brackets; its elements follow it.
+    Arr,
+    /// `start..end` spans the braces; its keys and values follow it, key before value.
+    Obj,
+}
+
+#[derive(Clone, Copy, Debug)]
+pub struct Node {
+    pub kind: Kind,
+    /// A string without escapes (its text is its value).
+    pub plain: bool,
+    pub start: usize,
+    pub end: usize,
+    /// The node after this one and everything inside it.
+    pub next: usize,
+    /// How many elements (an array) or keys (an object) it holds.
+    pub len: usize,
+    pub int: i64,
+}
+
+/// A document's nodes; the first is the document itself.
+pub struct Tape<'a> {
+    pub src: &'a [u8],
+    pub nodes: Vec<Node>,
+}
+
+impl<'a> Tape<'a> {
+    /// Reads `src`, or `None` for anything this reader leaves to jaq (invalid JSON
+    /// included: jaq then says what is wrong with it).
+    pub fn read(src: &'a [u8], nodes: Vec<Node>) -> Option<Tape<'a>> {
+        let mut reader = Reader { src, at: 0, nodes };
+        reader.nodes.clear();
+        reader.ws();
+        reader.value(0)?;
+        reader.ws();
+        (reader.at == src.len()).then_some(Tape {
+            src,
+            nodes: reader.nodes,
+        })
+    }
+
+    /// The text of a node (a string's without its quotes).
+    pub fn text(&self, node: usize) -> &'a str {
+        let n = &self.nodes[node];
+        // The reader checked every string and number is UTF-8 (numbers are ASCII).
+        std::str::from_utf8(&self.src[n.start..n.end]).unwrap_or_default()
+    }
+
+    /// The bytes of a node's text (a string's without its quotes).
+    pub fn bytes(&self, node: usize) -> &'a [u8] {
+        let n = &self.nodes[node];
+        &self.src[n.start..n.end]
+    }
+
+    /// The bytes a node was written as (a string's with its quotes).
+    pub fn raw(&self, node: usize) -> &'a [u8] {
+        let n = &self.nodes[node];
+        match n.kind {
+            Kind::Str => &self.src[n.start - 1..n.end + 1],
+            Kind::Null => b"null",
+            Kind::True => b"true",
+            Kind::False => b"false",
+            _ => &self.src[n.start..n.end],
+        }
+    }
+
+    /// The children of an array or object node, in order (an object's alternate key,
+    /// value).
+    pub fn children(&self, node: usize) -> Children<'_, 'a> {
+        Children {
+            tape: self,
+            at: node + 1,
+            end: self.nodes[node].next,
+        }
+    }
+}
+
+pub struct Children<'t, 'a> {
+    tape: &'t Tape<'a>,
+    at: usize,
+    end: usize,
+}
+
+impl Iterator for Children<'_, '_> {
+    type Item = usize;
+
+    fn next(&mut self) -> Option<usize> {
+        (self.at < self.end).then(|| {
+            let this = self.at;
+            self.at = self.tape.nodes[this].next;
+            this
+        })
+    }
+}
+
+struct Reader<'a> {
+    src: &'a [u8],
+    at: usize,
+    nodes: Vec<Node>,
+}
+
+impl Reader<'_> {
+    fn ws(&mut self) {
+        while let Some(b' ' | b'\t' | b'\n' | b'\r') = self.src.get(self.at) {
+            self.at += 1;
+        }
+    }
+
+    fn push(&mut self, kind: Kind, start: usize, end: usize) -> usize {
+        let index = self.nodes.len();
+        self.nodes.push(Node {
+            kind,
+            plain: true,
+            start,
+            end,
+            next: index + 1,
+            len: 0,
+            int: 0,
+        });
+        index
+    }
+
+    fn literal(&mut self, word: &[u8], kind: Kind) -> Option<()> {
+        if self.src[self.at..].starts_with(word) {
+            let start = self.at;
+            self.at += word.len();
+            self.push(kind, start, self.at);
+            Some(())
+        } else {
+            None
+        }
+    }
+
+    fn value(&mut self, depth: usize) -> Option<()> {
+        if depth > DEPTH_MAX {
+            return None;
+        }
+        match *self.src.get(self.at)? {
+            b'n' => self.literal(b"null", Kind::Null),
+            b't' => self.literal(b"true", Kind::True),
+            b'f' => self.literal(b"false", Kind::False),
+            b'"' => self.string().map(|_| ()),
+            b'-' | b'0'..=b'9' => self.number(),
+            b'[' => self.array(depth),
+            b'{' => self.object(depth),
+            _ => None,
+        }
+    }
+
+    fn digits(&mut self) -> usize {
+        let start = self.at;
+        while let Some(b'0'..=b'9') = self.src.get(self.at) {
+            self.at += 1;
+        }
+        self.at - start
+    }
+
+    fn number(&mut self) -> Option<()> {
+        let start = self.at;
+        let negative = self.src[self.at] == b'-';
+        if negative {
+            self.at += 1;
+        }
+        let first = *self.src.get(self.at)?;
+        let whole_start = self.at;
+        let whole = self.digits();
+        if whole == 0 || (first == b'0' && whole > 1) {
+            return None;
+        }
+        let whole_end = self.at;
+        let mut int = true;
+        if self.src.get(self.at) == Some(&b'.') {
+            self.at += 1;
+            if self.digits() == 0 {
+                return None;
+            }
+            int = false;
+        }
+        if let Some(b'e' | b'E') = self.src.get(self.at) {
+            self.at += 1;
+            if let Some(b'+' | b'-') = self.src.get(self.at) {
+                self.at += 1;
+            }
+            if self.digits() == 0 {
+                return None;
+            }
+            int = false;
+        }
+        if int {
+            // Beyond 64 bits jaq keeps a big integer: left to it.
+            let mut value: i64 = 0;
+            for &d in &self.src[whole_start..whole_end] {
+                let d = i64::from(d - b'0');
+                value = value
+                    .checked_mul(10)?
+                    .checked_add(if negative { -d } else { d })?;
+            }
+            let node = self.push(Kind::Int, start, self.at);
+            self.nodes[node].int = value;
+        } else {
+            // One beyond a float's range (`1e400`) is left to jaq; without an exponent
+            // and under 300 digits a number is well inside it.
+            let text = &self.src[start..self.at];
+            if text.len() >= 300 || text.iter().any(|b| matches!(b, b'e' | b'E')) {
+                let text = std::str::from_utf8(text).ok()?;
+                text.parse::<f64>().ok().filter(|f| f.is_finite())?;
+            }
+            self.push(Kind::Dec, start, self.at);
+        }
+        Some(())
+    }
+
+    /// A string at the opening quote; its node's index.
+    fn string(&mut self) -> Option<usize> {
+        self.at += 1;
+        let start = self.at;
+        let mut plain = true;
+        let mut ascii = true;
+        loop {
+            // Most bytes are none of the four kinds that need a look.
+            let rest = self.src.get(self.at..)?;
+            self.at += rest.iter().position(|&b| LOOK[usize::from(b)])?;
+            let b = self.src[self.at];
+            match b {
+                b'"' => break,
+                b'\\' => {
+                    plain = false;
+                    self.at += 1;
+                    match *self.src.get(self.at)? {
+                        b'"' | b'\\' | b'/' | b'b' | b'f' | b'n' | b'r' | b't' => self.at += 1,
+                        b'u' => {
+                            let hex = self.src.get(self.at + 1..self.at + 5)?;
+                            let hex = std::str::from_utf8(hex).ok()?;
+                            let code = u16::from_str_radix(hex, 16).ok()?;
+                            if !hex.bytes().all(|c| c.is_ascii_hexdigit()) || (0xD800..0xE000).contains(&code)
+                            {
+                                return None;
+                            }
+                            self.at += 5;
+                        }
+                        _ => return None,
+                    }
+                }
+                0..=0x1f => return None,
+                0x80.. => {
+                    ascii = false;
+                    self.at += 1;
+                }
+                _ => self.at += 1,
+            }
+        }
+        if !ascii {
+            std::str::from_utf8(&self.src[start..self.at]).ok()?;
+        }
+        let node = self.push(Kind::Str, start, self.at);
+        self.nodes[node].plain = plain;
+        self.at += 1;
+        Some(node)
+    }
+
+    fn array(&mut self, depth: usize) -> Option<()> {
+        let node = self.push(Kind::Arr, self.at, 0);
+        self.at += 1;
+        self.ws();
+        let mut len = 0;
+        if self.src.get(self.at) == Some(&b']') {
+            self.at += 1;
+        } else {
+            loop {
+                self.value(depth + 1)?;
+                len += 1;
+                self.ws();
+                match *self.src.get(self.at)? {
+                    b',' => {
+                        self.at += 1;
+                        self.ws();
+                    }
+                    b']' => {
+                        self.at += 1;
+                        break;
+                    }
+                    _ => return None,
+                }
+            }
+        }
+        self.close(node, len);
+        Some(())
+    }
+
+    fn object(&mut self, depth: usize) -> Option<()> {
+        let node = self.push(Kind::Obj, self.at, 0);
+        self.at += 1;
+        self.ws();
+        let mut len = 0;
+        if self.src.get(self.at) == Some(&b'}') {
+            self.at += 1;
+        } else {
+            loop {
+                if self.src.get(self.at) != Some(&b'"') {
+                    return None;
+                }
+                self.string()?;
+                self.ws();
+                if self.src.get(self.at) != Some(&b':') {
+                    return None;
+                }
+                self.at += 1;
+                self.ws();
+                self.value(depth + 1)?;
+                len += 1;
+                self.ws();
+                match *self.src.get(self.at)? {
+                    b',' => {
+                        self.at += 1;
+                        self.ws();
+                    }
+                    b'}' => {
+                        self.at += 1;
+                        break;
+                    }
+                    _ => return None,
+                }
+            }
+        }
+        self.close(node, len);
+        Some(())
+    }
+
+    fn close(&mut self, node: usize, len: usize) {
+        let next = self.nodes.len();
+        let n = &mut self.nodes[node];
+        n.end = self.at;
+        n.next = next;
+        n.len = len;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn read(text: &str) -> Option<Tape<'_>> {
+        Tape::read(text.as_bytes(), Vec::new())
+    }
+
+    #[test]
+    fn an_object_is_laid_out_key_before_value_and_children_skip_whole_values() {
+        let tape = read(r#" {"a": [1, {"b": null}], "c\n": -2.5e3, "d": "x"} "#).unwrap();
+        let top: Vec<usize> = tape.children(0).collect();
+        assert_eq!(top.len(), 6);
+        assert_eq!(tape.text(top[0]), "a");
+        assert_eq!(tape.nodes[top[1]].kind, Kind::Arr);
+        assert_eq!(tape.nodes[top[1]].len, 2);
+        assert_eq!(tape.raw(top[1]), br#"[1, {"b": null}]"#);
+        assert!(!tape.nodes[top[2]].plain);
+        assert_eq!(tape.nodes[top[3]].kind, Kind::Dec);
+        assert_eq!(tape.text(top[3]), "-2.5e3");
+        assert_eq!(tape.raw(top[5]), br#""x""#);
+        assert_eq!(tape.nodes[0].len, 3);
+    }
+
+    #[test]
+    fn what_jaq_reads_otherwise_or_not_at_all_is_left_to_it() {
+        for text in [
+            "",
+            "01",
+            "1.",
+            "-",
+            "1e",
+            "[1,]",
+            "{\"a\" 1}",
+            "{a:1}",
+            "NaN",
+            "Infinity",
+            "+1",
+            "\"\\ud800\"",
+            "\"\\x41\"",
+            "\"a\u{1}\"",
+            "[1] 2",
+            "99999999999999999999",
+            "tru",
+            "{\"a\":1,}",
+            "b\"x\"",
+        ] {
+            assert!(read(text).is_none(), "{text:?} must be left to jaq");
+        }
+        let deep = "[".repeat(DEPTH_MAX + 2) + &"]".repeat(DEPTH_MAX + 2);
+        assert!(read(&deep).is_none());
+        assert!(Tape::read(b"\"\xff\"", Vec::new()).is_none());
+        assert_eq!(read("-0").unwrap().nodes[0].int, 0);
+        assert_eq!(read("9223372036854775807").unwrap().nodes[0].int, i64::MAX);
+        assert!(read("\"\\u00e9 \\ud83d\"").is_none());
+        assert!(read("\"é\\u00e9\"").is_some());
+    }
+}
