@@ -296,54 +296,42 @@ impl Reader<'_> {
     }
 
     fn array(&mut self, depth: usize) -> Option<()> {
-        let node = self.push(Kind::Arr, self.at, 0);
-        self.at += 1;
-        self.ws();
-        let mut len = 0;
-        if self.src.get(self.at) == Some(&b']') {
-            self.at += 1;
-        } else {
-            loop {
-                self.value(depth + 1)?;
-                len += 1;
-                self.ws();
-                match *self.src.get(self.at)? {
-                    b',' => {
-                        self.at += 1;
-                        self.ws();
-                    }
-                    b']' => {
-                        self.at += 1;
-                        break;
-                    }
-                    _ => return None,
-                }
-            }
-        }
-        self.close(node, len);
-        Some(())
+        self.sequence(Kind::Arr, b']', |r| r.value(depth + 1))
     }
 
     fn object(&mut self, depth: usize) -> Option<()> {
-        let node = self.push(Kind::Obj, self.at, 0);
+        self.sequence(Kind::Obj, b'}', |r| {
+            if r.src.get(r.at) != Some(&b'"') {
+                return None;
+            }
+            r.string()?;
+            r.ws();
+            if r.src.get(r.at) != Some(&b':') {
+                return None;
+            }
+            r.at += 1;
+            r.ws();
+            r.value(depth + 1)
+        })
+    }
+
+    /// An array or object at its opening bracket: `item`s (an element, or a key and its
+    /// value) separated by commas up to `closing`.
+    fn sequence(
+        &mut self,
+        kind: Kind,
+        closing: u8,
+        mut item: impl FnMut(&mut Self) -> Option<()>,
+    ) -> Option<()> {
+        let node = self.push(kind, self.at, 0);
         self.at += 1;
         self.ws();
         let mut len = 0;
-        if self.src.get(self.at) == Some(&b'}') {
+        if self.src.get(self.at) == Some(&closing) {
             self.at += 1;
         } else {
             loop {
-                if self.src.get(self.at) != Some(&b'"') {
-                    return None;
-                }
-                self.string()?;
-                self.ws();
-                if self.src.get(self.at) != Some(&b':') {
-                    return None;
-                }
-                self.at += 1;
-                self.ws();
-                self.value(depth + 1)?;
+                item(self)?;
                 len += 1;
                 self.ws();
                 match *self.src.get(self.at)? {
@@ -351,7 +339,7 @@ impl Reader<'_> {
                         self.at += 1;
                         self.ws();
                     }
-                    b'}' => {
+                    b if b == closing => {
                         self.at += 1;
                         break;
                     }
