@@ -24,6 +24,7 @@ impl Gen {
         self.0.random_range(0..100) < percent
     }
 
+    /// `i64::MIN` is left out: jaq's `length` of it overflows (a panic in a debug build).
     fn scalar(&mut self) -> String {
         self.pick(&[
             "null",
@@ -43,7 +44,7 @@ impl Gen {
             "2E-2",
             "0.1",
             "9223372036854775807",
-            "-9223372036854775808",
+            "-9223372036854775807",
             "99999999999999999999",
             "\"buy\"",
             "\"view\"",
