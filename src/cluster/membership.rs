@@ -159,7 +159,7 @@ impl Membership {
                 .timers
                 .peek()
                 .map_or(now + NO_TIMER_WAKE, |Reverse((at, _))| *at);
-            if !self.joined && self.has_anyone() {
+            if !self.joined && !self.announce_to().is_empty() {
                 wake = wake.min(next_announce);
             }
             match inputs.recv_timeout(wake.saturating_duration_since(now)) {
@@ -169,19 +169,13 @@ impl Membership {
                 }
                 Ok(Input::Leaving(done)) => {
                     let leaving = self.foca.identity().leaving();
-                    let result = self.foca.change_identity(leaving, &mut self.runtime);
-                    self.joined = false;
-                    self.report(result);
-                    self.drain();
+                    self.change_identity(leaving);
                     let _ = done.send(());
                 }
                 Ok(Input::Full(full)) => {
                     if self.foca.identity().full != full {
                         let renewed = self.foca.identity().with_full(full);
-                        let result = self.foca.change_identity(renewed, &mut self.runtime);
-                        self.joined = false;
-                        self.report(result);
-                        self.drain();
+                        self.change_identity(renewed);
                     }
                 }
                 Ok(Input::Leave(done)) => {
@@ -213,22 +207,31 @@ impl Membership {
     /// identity it holds now, and its answer, addressed to this peer's identity, makes
     /// this peer a member again.
     fn announce(&mut self) {
-        let me = self.foca.identity().addr;
-        let mut to: Vec<SocketAddr> = self.seeds.clone();
-        to.extend(self.foca.iter_membership_state().map(|m| m.id().addr));
-        to.sort();
-        to.dedup();
-        for addr in to.into_iter().filter(|a| *a != me) {
+        for addr in self.announce_to() {
             let result = self.foca.announce(PeerId::seed(addr), &mut self.runtime);
             self.report(result);
         }
     }
 
-    /// Whether there is a seed or a peer known to announce to (a founder alone has none,
-    /// and sleeps until someone announces to it).
-    fn has_anyone(&self) -> bool {
+    /// Its seeds and every other address it has known a member at (a founder alone has
+    /// none, and sleeps until someone announces to it).
+    fn announce_to(&self) -> Vec<SocketAddr> {
         let me = self.foca.identity().addr;
-        !self.seeds.is_empty() || self.foca.iter_membership_state().any(|m| m.id().addr != me)
+        let mut to: Vec<SocketAddr> = self.seeds.clone();
+        to.extend(self.foca.iter_membership_state().map(|m| m.id().addr));
+        to.sort();
+        to.dedup();
+        to.retain(|a| *a != me);
+        to
+    }
+
+    /// Takes a new identity (a full disk, leaving): foca waits for a message addressed
+    /// to it, so this peer announces itself again until it is a member.
+    fn change_identity(&mut self, id: PeerId) {
+        let result = self.foca.change_identity(id, &mut self.runtime);
+        self.joined = false;
+        self.report(result);
+        self.drain();
     }
 
     fn report(&self, result: Result<(), foca::Error>) {

@@ -121,13 +121,7 @@ impl<'t> Eval<'t, '_> {
                 let plain = !text.contains('\\');
                 V::Str(Cow::Owned(text), plain)
             }
-            Expr::Field(k) => match input {
-                V::Null => V::Null,
-                V::Node(i) if self.tape.nodes[*i].kind == Kind::Obj => {
-                    self.lookup(*i, k)?.map_or(V::Null, |v| self.node(v))
-                }
-                _ => return Err(Bail),
-            },
+            Expr::Field(k) => self.index(input, &V::Str(Cow::Borrowed(k), true))?,
             Expr::Index(base, key) => {
                 let Some(base) = self.eval(base, input)? else {
                     return Ok(None);
@@ -323,7 +317,10 @@ impl<'t> Eval<'t, '_> {
                 use std::fmt::Write;
                 let _ = write!(text, "{i}");
             }
-            V::Float(x) => float(*x, text)?,
+            V::Float(x) => {
+                use std::fmt::Write;
+                let _ = write!(text, "{}", finite(*x)?);
+            }
             V::Dec(d) => text.push_str(d),
             _ => return Err(Bail),
         }
@@ -339,10 +336,7 @@ impl<'t> Eval<'t, '_> {
                 let _ = write!(out, "{i}");
             }
             V::Float(x) => {
-                if !x.is_finite() {
-                    return Err(Bail);
-                }
-                let _ = write!(out, "{}", jaq_json::Num::Float(*x));
+                let _ = write!(out, "{}", finite(*x)?);
             }
             V::Dec(d) => out.extend_from_slice(d.as_bytes()),
             V::Str(s, _) => {
@@ -379,14 +373,14 @@ impl<'t> Eval<'t, '_> {
     }
 }
 
-/// A float as jaq writes it (finite ones only: jaq's `NaN` and `Infinity` are not JSON).
-fn float(x: f64, text: &mut String) -> R<()> {
-    use std::fmt::Write;
-    if !x.is_finite() {
-        return Err(Bail);
+/// A float to write as jaq writes it (its own formatter); finite ones only: jaq's
+/// `NaN` and `Infinity` are not JSON.
+fn finite(x: f64) -> R<jaq_json::Num> {
+    if x.is_finite() {
+        Ok(jaq_json::Num::Float(x))
+    } else {
+        Err(Bail)
     }
-    let _ = write!(text, "{}", jaq_json::Num::Float(x));
-    Ok(())
 }
 
 /// A string that is a JSON number, as jaq reads one; anything else is left to jaq.
