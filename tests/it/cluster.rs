@@ -373,14 +373,31 @@ pub(crate) fn three_events_peers(dir: &Path) -> [Server; 3] {
 }
 
 /// Waits until each of the `partitions` of every topic is served by exactly one of
-/// `servers` (none still being copied in, no replica set moving): reads through any of
-/// them then find them all.
+/// `servers` (none still being copied in, no replica set moving) and each of them serves
+/// what its own view gives it (a peer whose view just changed still serves what it is
+/// about to hand over, for up to one hand-over round): reads through any of them then
+/// find them all.
 pub(crate) fn wait_settled(servers: &[&Server], partitions: usize) {
     wait_until("every partition served", Duration::from_secs(30), || {
         let mut served: BTreeMap<(String, u64), usize> = BTreeMap::new();
         let mut topics: BTreeSet<String> = BTreeSet::new();
         for server in servers {
             let status = status(server);
+            let own = status["peers"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .find(|p| p["me"] == true)
+                .map_or(0, |p| p["partitions"].as_u64().unwrap() as usize);
+            let serves = ["topics", "internal_topics"]
+                .iter()
+                .flat_map(|list| status[*list].as_array().into_iter().flatten())
+                .flat_map(|t| t["partitions"].as_array().unwrap())
+                .filter(|p| p["standing"] == "serving")
+                .count();
+            if own != serves {
+                return false;
+            }
             for topic in status["topics"].as_array().unwrap() {
                 let name = topic["name"].as_str().unwrap().to_string();
                 for p in topic["partitions"].as_array().unwrap() {
@@ -444,6 +461,30 @@ pub(crate) fn wait_all_alive(servers: &[&Server]) {
             alive == addrs
         });
     }
+}
+
+/// Starts a peer (`start(name)`, the first of `names`) that joins `others` and holds
+/// some of their `partitions` once settled. With one copy, placement hashes the peers'
+/// addresses (ports the OS picks), so one time in 2^n it gives a newcomer none of n
+/// partitions: such a peer leaves and the next name comes in its place.
+pub(crate) fn joined_holding(
+    others: &[&Server],
+    partitions: usize,
+    names: &[&'static str],
+    start: impl Fn(&str) -> Server,
+) -> (Server, &'static str) {
+    for name in names {
+        let mut server = start(name);
+        let mut all = others.to_vec();
+        all.push(&server);
+        wait_all_alive(&all);
+        wait_settled(&all, partitions);
+        if holding(&server) > 0 {
+            return (server, name);
+        }
+        assert_eq!(server.terminate(Duration::from_secs(60)), Some(true));
+    }
+    panic!("none of {names:?} was given a partition: placement is not spreading them");
 }
 
 /// A producer thread: batches of 10 keyed records (`v0`, `v1`, ..., keys `kv0`, ...) to
@@ -638,10 +679,9 @@ fn a_stage_splits_each_line_once_while_its_input_partitions_move() {
     send(&first, front);
     // Lines split by the first peer move to the second with their partitions: it must
     // not split them again.
-    let mut second = peer(dir.path(), "b", "127.0.0.1:0", Some(&seed));
-    wait_all_alive(&[&first, &second]);
-    wait_settled(&[&first, &second], 4);
-    assert!(holding(&second) > 0, "partitions moved to the joining peer");
+    let (mut second, _) = joined_holding(&[&first], 4, &["b", "b2", "b3"], |name| {
+        peer(dir.path(), name, "127.0.0.1:0", Some(&seed))
+    });
     let words_now = |server: &Server| tail(server, "words").len();
     wait_until("the first half split", Duration::from_secs(30), || {
         words_now(&first) == front.len() * 3
@@ -677,7 +717,9 @@ fn a_peer_sigkilled_while_a_producer_writes_through_another_loses_no_acked_recor
     let dir = tempfile::tempdir().unwrap();
     let first = events_peer(dir.path(), "p1", None);
     let seed = first.peer.clone().unwrap();
-    let mut second = events_peer(dir.path(), "p2", Some(&seed));
+    let (mut second, second_name) = joined_holding(&[&first], 8, &["p2", "p2b", "p2c"], |name| {
+        events_peer(dir.path(), name, Some(&seed))
+    });
     // Replicated, a partition survives a peer only if a majority of its copies do:
     // three peers, three copies.
     let mut third = replicated().then(|| events_peer(dir.path(), "p3", Some(&seed)));
@@ -691,7 +733,7 @@ fn a_peer_sigkilled_while_a_producer_writes_through_another_loses_no_acked_recor
     let second_leads = serving(&second) > 0;
     let (victim, left, victim_name) = match third.as_mut() {
         Some(third) if !second_leads => (third, Some(&second), "p3"),
-        third => (&mut second, third.map(|t| &*t), "p2"),
+        third => (&mut second, third.map(|t| &*t), second_name),
     };
     assert!(
         serving(victim) > 0,
