@@ -205,16 +205,20 @@ impl Server {
     pub(crate) fn terminate(&mut self, limit: Duration) -> Option<bool> {
         // SAFETY: kill(2) on our own child's pid; no memory is touched.
         unsafe { libc::kill(self.child.id() as libc::pid_t, libc::SIGTERM) };
-        let status = crate::support::exit_within(&mut self.child, limit);
+        let status = self.exit_within(limit);
         if status.is_none() {
             self.kill9();
         }
         status.map(|s| s.success())
     }
 
-    /// Waits at most `limit` for the engine to exit on its own: its status, or `None`.
+    /// Waits at most `limit` for the engine to exit: its status, or `None`. Once it
+    /// exited, its log holds what it wrote last (the reader of its stderr may lag
+    /// behind the exit).
     pub(crate) fn exit_within(&mut self, limit: Duration) -> Option<std::process::ExitStatus> {
-        crate::support::exit_within(&mut self.child, limit)
+        let status = crate::support::exit_within(&mut self.child, limit)?;
+        self.log.wait_closed(Duration::from_secs(5));
+        Some(status)
     }
 
     pub(crate) fn kill9(&mut self) {

@@ -190,6 +190,20 @@ impl Log {
         false
     }
 
+    /// Waits at most `limit` for the process's stderr to close, so that `text` holds
+    /// the last lines it wrote before it exited; whether it closed (a worker it left
+    /// behind may hold it open).
+    pub fn wait_closed(&self, limit: Duration) -> bool {
+        let deadline = std::time::Instant::now() + limit;
+        while !self.reader.is_finished() {
+            if std::time::Instant::now() >= deadline {
+                return false;
+            }
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        true
+    }
+
     /// The log so far.
     pub fn text(&self) -> String {
         self.text.lock().unwrap().clone()
