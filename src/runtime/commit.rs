@@ -58,18 +58,40 @@ impl Committer {
     }
 
     /// Takes a snapshot: `candidate` is stored once what `emitter` sent so far is
-    /// durable. Call right after a flush.
-    pub fn snapshot(&mut self, emitter: &mut Emitter, candidate: Progress) {
-        self.snapshot_with(emitter, None, candidate);
+    /// durable. Call right after a flush. False if it was refused (`snapshot_with`).
+    #[must_use = "a refused snapshot is taken again once due, or the progress stays behind"]
+    pub fn snapshot(&mut self, emitter: &mut Emitter, candidate: Progress) -> bool {
+        self.snapshot_with(emitter, None, candidate)
+    }
+
+    /// The last snapshot of a stopping producer (`snapshot_with`): never refused, so
+    /// that what it did last is committed once its batches are durable (`settle`).
+    pub fn last_snapshot(&mut self, emitter: &mut Emitter, side: Option<&mut Emitter>, candidate: Progress) {
+        self.push(emitter, side, candidate);
     }
 
     /// A snapshot that also waits for what `side` sent so far. The side output's
     /// positions are not recorded: its records are not deduplicated on replay.
-    pub fn snapshot_with(&mut self, emitter: &mut Emitter, side: Option<&mut Emitter>, candidate: Progress) {
+    ///
+    /// False when `SNAPSHOTS_PENDING_MAX` snapshots wait already: the batches sent
+    /// since the last one join the next, and the caller takes one again once it is due
+    /// (what it did stays to be committed).
+    #[must_use = "a refused snapshot is taken again once due, or the progress stays behind"]
+    pub fn snapshot_with(
+        &mut self,
+        emitter: &mut Emitter,
+        side: Option<&mut Emitter>,
+        candidate: Progress,
+    ) -> bool {
         self.last = Instant::now();
         if self.pending.len() >= SNAPSHOTS_PENDING_MAX && !candidate.done {
-            return;
+            return false;
         }
+        self.push(emitter, side, candidate);
+        true
+    }
+
+    fn push(&mut self, emitter: &mut Emitter, side: Option<&mut Emitter>, candidate: Progress) {
         let generation = emitter.rotate();
         self.pending.push_back(Snapshot {
             candidate,
@@ -164,9 +186,9 @@ mod tests {
         let (mut emitter, rx) = emitter();
         let mut committer = Committer::new(path.clone(), Progress::default(), false, Duration::ZERO);
         let first = send(&mut emitter, &rx, 0);
-        committer.snapshot(&mut emitter, Progress::at(1, &Default::default(), false));
+        assert!(committer.snapshot(&mut emitter, Progress::at(1, &Default::default(), false)));
         let second = send(&mut emitter, &rx, 1);
-        committer.snapshot(&mut emitter, Progress::at(2, &Default::default(), false));
+        assert!(committer.snapshot(&mut emitter, Progress::at(2, &Default::default(), false)));
         committer.complete(1).unwrap();
         assert_eq!(stored(&path), None, "nothing is durable yet");
         // The second batch is durable before the first: its snapshot must wait.
@@ -199,17 +221,44 @@ mod tests {
         let mut batches = Vec::new();
         for n in 0..SNAPSHOTS_PENDING_MAX as u64 + 3 {
             batches.push(send(&mut emitter, &rx, n));
-            committer.snapshot(&mut emitter, Progress::at(n + 1, &Default::default(), false));
+            let taken = committer.snapshot(&mut emitter, Progress::at(n + 1, &Default::default(), false));
+            assert_eq!(
+                taken,
+                n < SNAPSHOTS_PENDING_MAX as u64,
+                "snapshot {n} behind a full queue"
+            );
         }
         // The final snapshot (done) is taken even with the queue full.
         batches.push(send(&mut emitter, &rx, 100));
-        committer.snapshot(&mut emitter, Progress::at(101, &Default::default(), true));
+        assert!(committer.snapshot(&mut emitter, Progress::at(101, &Default::default(), true)));
         for (i, batch) in batches.iter().enumerate() {
             batch.ack.durable(0, i as u64, i as u64 + 1);
         }
         committer.complete(1).unwrap();
         let progress = stored(&path).unwrap();
         assert!(progress.done && progress.next == 101, "{progress:?}");
+        assert_eq!(progress.output_ends.get(&0), Some(&(batches.len() as u64)));
+    }
+
+    #[test]
+    fn a_stopping_producers_last_snapshot_is_taken_behind_a_full_queue() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("p").join("s.json");
+        let (mut emitter, rx) = emitter();
+        let mut committer = Committer::new(path.clone(), Progress::default(), false, Duration::ZERO);
+        let mut batches = Vec::new();
+        for n in 0..SNAPSHOTS_PENDING_MAX as u64 {
+            batches.push(send(&mut emitter, &rx, n));
+            assert!(committer.snapshot(&mut emitter, Progress::at(n + 1, &Default::default(), false)));
+        }
+        batches.push(send(&mut emitter, &rx, 50));
+        committer.last_snapshot(&mut emitter, None, Progress::at(51, &Default::default(), false));
+        for (i, batch) in batches.iter().enumerate() {
+            batch.ack.durable(0, i as u64, i as u64 + 1);
+        }
+        futures_lite::future::block_on(committer.settle(1)).unwrap();
+        let progress = stored(&path).unwrap();
+        assert_eq!(progress.next, 51, "the last position is committed: {progress:?}");
         assert_eq!(progress.output_ends.get(&0), Some(&(batches.len() as u64)));
     }
 }

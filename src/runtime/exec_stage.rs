@@ -200,11 +200,15 @@ pub async fn run(shard: Rc<Shard>, task: ExecTask) -> Result<()> {
             }
             if (part.committer.is_due() && part.base != part.snapped) || (part.finished && !part.end_snapshot)
             {
-                part.end_snapshot = part.finished;
-                part.snapped = part.base;
                 let candidate = snapshot(part);
-                part.committer
-                    .snapshot_with(&mut part.emitter, part.failures.dead.as_mut(), candidate);
+                // Refused (too many wait for their batches), it is taken again once due.
+                if part
+                    .committer
+                    .snapshot_with(&mut part.emitter, part.failures.dead.as_mut(), candidate)
+                {
+                    part.end_snapshot = part.finished;
+                    part.snapped = part.base;
+                }
             }
             part.committer.complete(part.emitter.partitions())?;
         }
@@ -281,7 +285,7 @@ pub async fn run(shard: Rc<Shard>, task: ExecTask) -> Result<()> {
             if flushed && dead_flushed {
                 let candidate = snapshot(part);
                 part.committer
-                    .snapshot_with(&mut part.emitter, part.failures.dead.as_mut(), candidate);
+                    .last_snapshot(&mut part.emitter, part.failures.dead.as_mut(), candidate);
             }
             part.committer.settle(part.emitter.partitions()).await?;
         }

@@ -316,10 +316,12 @@ pub async fn run(shard: Rc<Shard>, task: StageTask) -> Result<()> {
         }
         failed_jobs.answer(&shard).await;
         if (committer.is_due() && base != snapped_base) || (finished && !end_snapshot) {
-            end_snapshot = finished;
-            snapped_base = base;
             let candidate = Progress::at(base, &ends_seen, finished);
-            committer.snapshot_with(&mut emitter, failures.dead.as_mut(), candidate);
+            // Refused (too many wait for their batches), it is taken again once due.
+            if committer.snapshot_with(&mut emitter, failures.dead.as_mut(), candidate) {
+                end_snapshot = finished;
+                snapped_base = base;
+            }
         }
         committer.complete(emitter.partitions())?;
         if progressed {
@@ -389,7 +391,7 @@ pub async fn run(shard: Rc<Shard>, task: StageTask) -> Result<()> {
         };
         if emitter.flush().await.is_ok() && dead_flushed {
             let candidate = Progress::at(base, &ends_seen, finished);
-            committer.snapshot_with(&mut emitter, failures.dead.as_mut(), candidate);
+            committer.last_snapshot(&mut emitter, failures.dead.as_mut(), candidate);
         }
         committer.settle(emitter.partitions()).await?;
     }

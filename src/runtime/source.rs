@@ -274,7 +274,9 @@ async fn read_file(
         reading.emitter.emit_end(end, now_ms());
         if reading.emitter.flush().await.is_ok() {
             let candidate = reading.candidate(end, None, true);
-            reading.committer.snapshot(&mut reading.emitter, candidate);
+            reading
+                .committer
+                .last_snapshot(&mut reading.emitter, None, candidate);
         }
     }
     Ok(())
@@ -299,7 +301,8 @@ async fn read_directory(shard: &Shard, reading: &mut Reading, name: &str, dir: &
                 current = Some(newer.clone());
                 start = 0;
                 let candidate = reading.candidate(0, Some(newer), false);
-                reading.committer.snapshot(&mut reading.emitter, candidate);
+                // Refused, the next commit due (the file's first lines) covers it.
+                let _ = reading.committer.snapshot(&mut reading.emitter, candidate);
             }
         }
     }
@@ -391,7 +394,9 @@ async fn read_lines(
     }
     if reading.emitter.flush().await.is_ok() {
         let candidate = reading.candidate(line_start, dir_file.map(str::to_owned), false);
-        reading.committer.snapshot(&mut reading.emitter, candidate);
+        reading
+            .committer
+            .last_snapshot(&mut reading.emitter, None, candidate);
     }
     Ok(None)
 }
@@ -399,7 +404,9 @@ async fn read_lines(
 fn commit_if_due(reading: &mut Reading, next: u64, dir_file: Option<&str>) -> Result<()> {
     if reading.committer.is_due() {
         let candidate = reading.candidate(next, dir_file.map(str::to_owned), false);
-        reading.committer.snapshot(&mut reading.emitter, candidate);
+        // Refused (too many wait for their batches), it is due again after the interval
+        // and the reader, still reading or following, comes back here.
+        let _ = reading.committer.snapshot(&mut reading.emitter, candidate);
     }
     Ok(())
 }

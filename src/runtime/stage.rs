@@ -229,8 +229,8 @@ pub async fn run(shard: Rc<Shard>, mut task: StageTask) -> Result<()> {
         failed_jobs.answer(&shard).await;
         if (dirty && committer.is_due()) || finished {
             let candidate = snapshot(&*op, position, &ends_seen, finished);
-            committer.snapshot_with(&mut emitter, failures.dead.as_mut(), candidate);
-            dirty = false;
+            // Refused (too many wait for their batches), it is taken again once due.
+            dirty = !committer.snapshot_with(&mut emitter, failures.dead.as_mut(), candidate);
         }
         committer.complete(emitter.partitions())?;
         if read > 0 {
@@ -260,7 +260,7 @@ pub async fn run(shard: Rc<Shard>, mut task: StageTask) -> Result<()> {
         };
         if emitter.flush().await.is_ok() && dead_flushed {
             let candidate = snapshot(&*op, position, &ends_seen, finished);
-            committer.snapshot_with(&mut emitter, failures.dead.as_mut(), candidate);
+            committer.last_snapshot(&mut emitter, failures.dead.as_mut(), candidate);
         }
         committer.settle(emitter.partitions()).await?;
     }
