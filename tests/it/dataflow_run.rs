@@ -28,7 +28,15 @@ pub(crate) fn wait(child: &mut Child, timeout: Duration) -> std::process::ExitSt
 
 /// `flowd run DATAFLOW`, started, its stderr as given.
 fn spawn_run(dataflow: &Path, stderr: Stdio) -> Child {
-    flowd().arg("run").arg(dataflow).stderr(stderr).spawn().unwrap()
+    spawn_run_env(dataflow, stderr, &[])
+}
+
+/// The same with `env` set (fail points).
+fn spawn_run_env(dataflow: &Path, stderr: Stdio, env: &[(&str, &str)]) -> Child {
+    let mut command = flowd();
+    command.arg("run").arg(dataflow).stderr(stderr);
+    command.envs(env.iter().copied());
+    command.spawn().unwrap()
 }
 
 pub(crate) fn signal(child: &Child, signal: i32) {
@@ -441,13 +449,11 @@ path = "{out}"
     // (timed from outside, a release build had read it all before the kill).
     let last = 600 + 200_000;
     write("d.log", 600..last);
-    let mut child = flowd()
-        .arg("run")
-        .arg(&dataflow)
-        .env("FAILPOINTS", "source-chunk=3*off->return")
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
+    let mut child = spawn_run_env(
+        &dataflow,
+        Stdio::null(),
+        &[("FAILPOINTS", "source-chunk=3*off->return")],
+    );
     let status = wait(&mut child, RUN_TIMEOUT);
     assert_eq!(
         std::os::unix::process::ExitStatusExt::signal(&status),

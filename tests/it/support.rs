@@ -194,14 +194,10 @@ impl Log {
     /// the last lines it wrote before it exited; whether it closed (a worker it left
     /// behind may hold it open).
     pub fn wait_closed(&self, limit: Duration) -> bool {
-        let deadline = std::time::Instant::now() + limit;
-        while !self.reader.is_finished() {
-            if std::time::Instant::now() >= deadline {
-                return false;
-            }
-            std::thread::sleep(Duration::from_millis(5));
-        }
-        true
+        poll(limit, Duration::from_millis(5), || {
+            self.reader.is_finished().then_some(())
+        })
+        .is_some()
     }
 
     /// The log so far.
