@@ -11,6 +11,7 @@ use clap::{Parser, Subcommand};
 mod bench;
 mod cert;
 mod check;
+mod consumer;
 mod drain;
 mod inspect;
 mod run;
@@ -138,6 +139,11 @@ enum Command {
     Cert {
         #[command(subcommand)]
         action: cert::CertAction,
+    },
+    /// Named consumers of a running engine: list, reset, skip, disable, resume, delete.
+    Consumer {
+        #[command(subcommand)]
+        action: consumer::ConsumerAction,
     },
     /// Manage the credentials file: tokens and what each may do.
     Token {
@@ -330,6 +336,7 @@ impl Cli {
         match self.command {
             Command::Cert { action } => cert::run(action),
             Command::Token { action } => token::run(action),
+            Command::Consumer { action } => consumer::run(action),
             Command::Inspect { data_dir, json } => inspect::run(&data_dir, json),
             Command::Check { dataflow } => check::run(&dataflow),
             Command::Send {

@@ -4,8 +4,8 @@
 use crate::client::{Client, ClientError, Result, unexpected};
 use crate::protocol::consumer::CursorInfo;
 use crate::protocol::consumer::{
-    AdminAction, AdminRequest, ClaimRequest, Claimed, ConsumerRef, Options, RangeRequest, RangeSpec,
-    ReclaimedReply,
+    AdminAction, AdminRequest, ClaimRequest, Claimed, ConsumerRef, Options, Position, RangeRequest,
+    RangeSpec, ReclaimedReply,
 };
 use crate::protocol::message::{Fetched, Response, encode_ack_commit};
 use crate::protocol::records::Run;
@@ -54,12 +54,18 @@ impl Client {
     /// Sets `group`'s committed offset on `partition` to `offset` (its next record),
     /// dropping its claim; the consumer is made with the default options if new.
     pub fn seek(&mut self, topic: &str, group: &str, partition: u32, offset: u64) -> Result<u64> {
+        self.reset(topic, group, partition, Position::Offset(offset))
+    }
+
+    /// Resets `group` on `partition` to `to` (earliest, latest, a time, past N records,
+    /// an offset) and returns the committed offset it landed on.
+    pub fn reset(&mut self, topic: &str, group: &str, partition: u32, to: Position) -> Result<u64> {
         let r = ConsumerRef {
             topic,
             group,
             partition,
         };
-        match self.call(&Request::Seek(r, offset))? {
+        match self.call(&Request::Seek(r, to))? {
             Response::Sought { offset, .. } => Ok(offset),
             other => Err(unexpected(&other)),
         }

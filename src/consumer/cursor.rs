@@ -20,6 +20,75 @@ pub enum Start {
     Time(i64),
 }
 
+/// Where a reset moves a consumer's committed offset (the next record it takes).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Position {
+    /// This offset (a Kafka group's commit): one past the end names no record, refused.
+    Offset(u64),
+    /// The oldest record the log holds.
+    Earliest,
+    /// The partition's next offset: everything held counts as consumed.
+    Latest,
+    /// The first record at or after this time (ms since the epoch); the end if none.
+    Time(i64),
+    /// This many records past the committed offset, at most to the end.
+    Skip(u64),
+}
+
+impl Position {
+    /// The wire's code (SEEK's optional `how` byte) and its value.
+    pub fn code(self) -> (u8, u64) {
+        match self {
+            Position::Offset(n) => (0, n),
+            Position::Earliest => (1, 0),
+            Position::Latest => (2, 0),
+            Position::Time(t) => (3, t as u64),
+            Position::Skip(n) => (4, n),
+        }
+    }
+
+    pub fn from_code(code: u8, value: u64) -> Option<Position> {
+        Some(match code {
+            0 => Position::Offset(value),
+            1 => Position::Earliest,
+            2 => Position::Latest,
+            3 => Position::Time(value as i64),
+            4 => Position::Skip(value),
+            _ => return None,
+        })
+    }
+}
+
+impl std::str::FromStr for Position {
+    type Err = String;
+
+    /// `earliest`, `latest`, an offset, or `@MS` (the first record at or after a time).
+    fn from_str(text: &str) -> Result<Position, String> {
+        match text {
+            "earliest" => Ok(Position::Earliest),
+            "latest" => Ok(Position::Latest),
+            t => match t.strip_prefix('@') {
+                Some(ms) => ms.parse().map(Position::Time),
+                None => t.parse().map(Position::Offset),
+            }
+            .map_err(|_| format!("\"{t}\" is not earliest, latest, an offset, or @MS (a time in ms)")),
+        }
+    }
+}
+
+impl std::fmt::Display for Position {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Position::Offset(n) => write!(f, "offset {n}"),
+            Position::Earliest => f.write_str("earliest"),
+            Position::Latest => f.write_str("latest"),
+            Position::Time(t) => write!(f, "time {t} ms"),
+            Position::Skip(n) => write!(f, "skip {n}"),
+        }
+    }
+}
+
 /// What happens to a claim reclaimed more than `max_reclaims` times.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
@@ -289,6 +358,35 @@ impl Cursor {
         Ok(())
     }
 
+    /// Resets the consumer to `to` in a log holding `start..end` (`at_time` finds the
+    /// first offset at or after a time) and returns the committed offset it lands on: a
+    /// pending claim is dropped (its records are delivered again unless skipped), reclaims
+    /// reset. An offset past `end` is refused, as in [`Cursor::seek`].
+    pub fn reset(
+        &mut self,
+        to: Position,
+        start: u64,
+        end: u64,
+        at_time: impl Fn(i64) -> Option<u64>,
+    ) -> Result<u64, ConsumerError> {
+        let offset = match to {
+            Position::Offset(n) if n > end => {
+                return Err(ConsumerError::Invalid(format!(
+                    "offset {n} is past the partition's end ({end}): reset to an offset of a record held, or to latest"
+                )));
+            }
+            // As a Kafka commit: kept as given; below `start`, the next claim counts
+            // what retention deleted as skipped.
+            Position::Offset(n) => n,
+            Position::Earliest => start,
+            Position::Latest => end,
+            Position::Time(t) => at_time(t).unwrap_or(end).clamp(start, end),
+            Position::Skip(n) => self.committed.max(start).saturating_add(n).min(end),
+        };
+        self.seek(offset, end)?;
+        Ok(offset)
+    }
+
     /// Stops the consumer; a pending claim goes back unacked (not counted as a reclaim).
     pub fn disable(&mut self, reason: &str) -> Result<(), ConsumerError> {
         if let State::Disabled(_) = self.state {
@@ -313,6 +411,61 @@ impl Cursor {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn positions_parse_and_bad_ones_say_what_is_allowed() {
+        assert_eq!("earliest".parse(), Ok(Position::Earliest));
+        assert_eq!("latest".parse(), Ok(Position::Latest));
+        assert_eq!("42".parse(), Ok(Position::Offset(42)));
+        assert_eq!("@1700000000000".parse(), Ok(Position::Time(1_700_000_000_000)));
+        assert!(
+            "soon"
+                .parse::<Position>()
+                .unwrap_err()
+                .contains("earliest, latest")
+        );
+        assert!("@x".parse::<Position>().is_err());
+        for p in [
+            Position::Offset(7),
+            Position::Earliest,
+            Position::Latest,
+            Position::Time(-3),
+            Position::Skip(9),
+        ] {
+            let (code, value) = p.code();
+            assert_eq!(Position::from_code(code, value), Some(p));
+        }
+        assert_eq!(Position::from_code(5, 0), None);
+    }
+
+    #[test]
+    fn a_reset_lands_where_it_says_and_drops_the_claim() {
+        // A log holding 10..50 whose records were written at time = offset * 100.
+        let at_time = |t: i64| (t <= 4900).then(|| (t.max(0) as u64).div_ceil(100).max(10));
+        let mut c = Cursor::new(Options::default(), 10, 50, at_time);
+        assert_eq!(c.claim(20, 0), Some(Range { from: 10, to: 20 }));
+        assert_eq!(c.reset(Position::Skip(5), 10, 50, at_time), Ok(15));
+        assert_eq!(c.claim, None, "a reset drops the pending claim");
+        assert_eq!(
+            c.reset(Position::Skip(100), 10, 50, at_time),
+            Ok(50),
+            "a skip stops at the end"
+        );
+        assert_eq!(c.reset(Position::Earliest, 10, 50, at_time), Ok(10));
+        assert_eq!(c.reset(Position::Latest, 10, 50, at_time), Ok(50));
+        assert_eq!(c.reset(Position::Time(2550), 10, 50, at_time), Ok(26));
+        assert_eq!(
+            c.reset(Position::Time(99_999), 10, 50, at_time),
+            Ok(50),
+            "no record that late: the end"
+        );
+        assert_eq!(c.reset(Position::Offset(30), 10, 50, at_time), Ok(30));
+        assert!(c.reset(Position::Offset(51), 10, 50, at_time).is_err());
+        assert_eq!(c.committed, 30, "a refused reset changes nothing");
+        // Below the start (retention deleted it), a skip counts from the start.
+        c.committed = 3;
+        assert_eq!(c.reset(Position::Skip(2), 10, 50, at_time), Ok(12));
+    }
 
     /// One step of a specification and what it must give.
     #[derive(Debug)]

@@ -7,5 +7,5 @@ pub mod cursor;
 pub mod error;
 pub mod journal;
 
-pub use cursor::{Cursor, OnMax, Options, Range, Start};
+pub use cursor::{Cursor, OnMax, Options, Position, Range, Start};
 pub use error::ConsumerError;

@@ -6,7 +6,7 @@ use serde::{Deserialize, Serialize};
 
 // What a claim's create options and a cursor's ranges are on the wire: the consumer
 // room's own types, re-exported so that clients need the protocol alone.
-pub use crate::consumer::cursor::{OnMax, Options, Range, Start};
+pub use crate::consumer::cursor::{OnMax, Options, Position, Range, Start};
 use crate::protocol::error::ProtocolError;
 use crate::protocol::frame::{Kind, begin_frame, finish_frame};
 use crate::protocol::records::{ANY_PARTITION, RecordsWriter, Run, decode_items, encode_runs};

@@ -2,7 +2,7 @@
 //! frame) and responses (decoded by clients into owned values), and their encoders.
 
 use crate::protocol::consumer::{
-    self, AdminRequest, ClaimRequest, Claimed, ConsumerRef, RangeRequest, ReclaimedReply,
+    self, AdminRequest, ClaimRequest, Claimed, ConsumerRef, Position, RangeRequest, ReclaimedReply,
 };
 use crate::protocol::error::{ErrorCode, ProtocolError};
 use crate::protocol::frame::{FrameHeader, Kind, begin_frame, finish_frame};
@@ -97,8 +97,9 @@ pub enum Request<'a> {
     /// An ack and a produce, committed as one.
     AckCommit(ConsumerRef<'a>, Vec<ProduceGroup<'a>>),
     ConsumerAdmin(AdminRequest<'a>),
-    /// A consumer's committed offset set to `offset`.
-    Seek(ConsumerRef<'a>, u64),
+    /// A consumer's committed offset set to an offset (a Kafka commit), or reset to
+    /// earliest, latest, a time or past N records.
+    Seek(ConsumerRef<'a>, Position),
     Range(RangeRequest<'a>),
     /// Records in a partition (`None`: in the whole topic).
     Length {
@@ -241,7 +242,19 @@ impl<'a> Request<'a> {
             Some(Kind::ConsumerAdmin) => Request::ConsumerAdmin(consumer::decode_admin(&mut c)?),
             Some(Kind::Seek) => {
                 let r = consumer::decode_ref(&mut c)?;
-                Request::Seek(r, c.u64("an offset")?)
+                let value = c.u64("an offset")?;
+                // The `how` byte is optional: absent, the value is an offset.
+                let how = if c.remaining() > 0 {
+                    c.u8("the reset kind")?
+                } else {
+                    0
+                };
+                let to = Position::from_code(how, value).ok_or_else(|| {
+                    ProtocolError::malformed(format!(
+                        "unknown reset kind {how} (0 offset, 1 earliest, 2 latest, 3 time, 4 skip)"
+                    ))
+                })?;
+                Request::Seek(r, to)
             }
             Some(Kind::Range) => Request::Range(consumer::decode_range(&mut c)?),
             Some(Kind::Length) => {
@@ -346,9 +359,13 @@ impl<'a> Request<'a> {
                 put_groups(out, groups);
             }
             Request::ConsumerAdmin(r) => consumer::put_admin(out, r),
-            Request::Seek(r, offset) => {
+            Request::Seek(r, to) => {
                 consumer::put_ref(out, r);
-                put_u64(out, *offset);
+                let (how, value) = to.code();
+                put_u64(out, value);
+                if how != 0 {
+                    out.push(how);
+                }
             }
             Request::Range(r) => consumer::put_range(out, r),
             Request::Length { topic, partition } => {
@@ -761,7 +778,23 @@ mod tests {
                     group: "g",
                     partition: 3,
                 },
-                u64::MAX - 1,
+                Position::Offset(u64::MAX - 1),
+            ),
+            Request::Seek(
+                ConsumerRef {
+                    topic: "t",
+                    group: "g",
+                    partition: 0,
+                },
+                Position::Time(-5),
+            ),
+            Request::Seek(
+                ConsumerRef {
+                    topic: "t",
+                    group: "g",
+                    partition: 1,
+                },
+                Position::Skip(7),
             ),
             Request::AckCommit(
                 ConsumerRef {

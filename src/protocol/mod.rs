@@ -109,11 +109,14 @@
 //!                + i64 value, u32 limit, u32 max bytes; answered with FETCHED
 //! 0x16 LENGTH    string topic, u32 partition (0xFFFF_FFFF: the whole topic)
 //! 0x96 LENGTH    u64 records held
-//! 0x17 SEEK      as ACK, then u64 offset: the consumer's committed offset becomes
-//!                `offset` (the next record it takes; the consumer is made with the
-//!                default options if new), its claim dropped and reclaims reset; an
-//!                offset past the partition's next offset is refused (invalid). Answered
-//!                once journaled and durable
+//! 0x17 SEEK      as ACK, then u64 value, then an optional u8 how (absent: 0). How 0:
+//!                the consumer's committed offset becomes `value` (the next record it
+//!                takes); 1 earliest (the oldest record held), 2 latest (the partition's
+//!                next offset), 3 the first record at or after time `value` (i64 ms; the
+//!                end if none), 4 `value` records past the committed offset (at most to
+//!                the end). The consumer is made with the default options if new, its
+//!                claim dropped and reclaims reset; an offset past the partition's next
+//!                offset is refused (invalid). Answered once journaled and durable
 //! 0x97 SOUGHT    u32 partition, u64 the committed offset now
 //! ```
 //! Kinds 0x18 to 0x2F are reserved and answered "unsupported".

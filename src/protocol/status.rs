@@ -248,6 +248,10 @@ pub struct PartitionStatus {
     pub segments: usize,
     pub bytes: u64,
     pub consumers: Vec<ConsumerStatus>,
+    /// The named consumers (claim, ack; `flowd tail --group`, Kafka groups) of this
+    /// partition.
+    #[serde(default)]
+    pub named: Vec<NamedConsumerStatus>,
     /// In a cluster: whether this peer serves the partition, or is still copying it in.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub standing: Option<Standing>,
@@ -265,6 +269,22 @@ pub struct ConsumerStatus {
     pub name: String,
     pub position: u64,
     pub lag: u64,
+}
+
+/// A named consumer's place in one partition, as the status shows it.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct NamedConsumerStatus {
+    pub group: String,
+    pub committed: u64,
+    /// Records held past the committed offset (from the partition's start at the least).
+    pub lag: u64,
+    /// The pending claim's records, if any.
+    pub claimed: u64,
+    pub reclaims: u32,
+    /// `active` or `disabled`.
+    pub state: String,
+    /// Records retention deleted before it acked them.
+    pub skipped: u64,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, Deserialize)]

@@ -10,7 +10,7 @@ use serde::Serialize;
 use crate::protocol::FetchFrom;
 use crate::protocol::message::begin_batches;
 use crate::protocol::records::RecordsWriter;
-use crate::protocol::status::{ConsumerStatus, PartitionStatus, ReplicaStatus};
+use crate::protocol::status::{ConsumerStatus, NamedConsumerStatus, PartitionStatus, ReplicaStatus};
 use crate::runtime::consumers::{self, OpResult, PartitionOp};
 use crate::runtime::error::EngineError;
 use crate::runtime::provenance::END_HEADER;
@@ -265,7 +265,27 @@ pub fn status(shard: &Shard) -> ShardStatus {
                     .map(|(name, position)| ConsumerStatus {
                         name,
                         position,
-                        lag: next.saturating_sub(position),
+                        // Never phantom after retention: only records held count.
+                        lag: next.saturating_sub(position.max(log.start_offset())),
+                    })
+                    .collect(),
+                named: shard
+                    .consumers
+                    .of_partition(p.topic, p.partition)
+                    .into_iter()
+                    .map(|(group, c)| NamedConsumerStatus {
+                        group,
+                        committed: c.committed,
+                        lag: log
+                            .committed_offset()
+                            .saturating_sub(c.committed.max(log.start_offset())),
+                        claimed: c.claim.map_or(0, |claim| claim.range.to - claim.range.from),
+                        reclaims: c.reclaims,
+                        state: match c.state {
+                            crate::consumer::cursor::State::Active => "active".into(),
+                            crate::consumer::cursor::State::Disabled(_) => "disabled".into(),
+                        },
+                        skipped: c.skipped,
                     })
                     .collect(),
                 standing: shard

@@ -705,8 +705,8 @@ async fn consumer_request(
             let (from, to) = consumer_api::ack(shard, relays, &r).await?;
             encode_acked(&mut out, id, r.partition, from, to);
         }
-        Request::Seek(r, offset) => {
-            consumer_api::seek(shard, relays, &r, offset).await?;
+        Request::Seek(r, to) => {
+            let offset = consumer_api::seek(shard, relays, &r, to).await?;
             encode_sought(&mut out, id, r.partition, offset);
         }
         Request::Reclaim(r) => {

@@ -8,7 +8,7 @@
 
 use std::rc::Rc;
 
-use crate::consumer::cursor::{OnMax, Options};
+use crate::consumer::cursor::{OnMax, Options, Position};
 use crate::consumer::error::ConsumerError;
 use crate::protocol::Request;
 use crate::protocol::consumer::CursorInfo;
@@ -247,20 +247,21 @@ pub async fn ack(
     }
 }
 
-/// Sets the committed offset of consumer `r.group` on one partition to `offset` (the
+/// Sets the committed offset of consumer `r.group` on one partition to `to` (the
 /// consumer made with the default options if it is new): a Kafka group's commit, or a
-/// reset; answered once journaled and durable, by the partition's leader.
+/// reset; answered once journaled and durable, by the partition's leader, with the
+/// committed offset it landed on.
 pub async fn seek(
     shard: &Rc<Shard>,
     relays: Option<&Relays>,
     r: &ConsumerRef<'_>,
-    offset: u64,
-) -> Result<(), ProtocolError> {
+    to: Position,
+) -> Result<u64, ProtocolError> {
     check_group(r.group)?;
     one_partition(r)?;
     let topic = topic_of(shard, r.topic, Some(r.partition))?;
-    match from_leader(shard, relays, &Request::Seek(r.clone(), offset), 0).await {
-        Some(Ok((_, Response::Sought { .. }))) => return Ok(()),
+    match from_leader(shard, relays, &Request::Seek(r.clone(), to), 0).await {
+        Some(Ok((_, Response::Sought { offset, .. }))) => return Ok(offset),
         Some(Ok(_)) => return Err(unexpected()),
         Some(Err(error)) => return Err(error),
         None => {}
@@ -269,10 +270,10 @@ pub async fn seek(
         topic,
         partition: r.partition,
         group: r.group.to_owned(),
-        offset,
+        to,
     };
     match on_owner(shard, r.partition, op).await? {
-        OpReply::Done => Ok(()),
+        OpReply::Sought(offset) => Ok(offset),
         _ => Err(unexpected()),
     }
 }

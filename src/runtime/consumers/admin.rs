@@ -51,7 +51,11 @@ pub(super) async fn admin(
         let Some(mut cursor) = consumers.get(t, p, &g) else {
             continue;
         };
-        let next = local(shard, t, p)?.log.borrow().committed_offset();
+        let (start, next) = {
+            let local = local(shard, t, p)?;
+            let log = local.log.borrow();
+            (log.start_offset(), log.committed_offset())
+        };
         let outcome = match action {
             AdminAction::List => Ok(false),
             AdminAction::Disable => cursor.disable("disabled by request").map(|()| true),
@@ -67,7 +71,7 @@ pub(super) async fn admin(
                 }
                 written.push(consumers.change(shard, t, p, entry).await?);
                 changed += 1;
-                cursors.push(info(&spec.topics[t].name, p, &g, &cursor, next));
+                cursors.push(info(&spec.topics[t].name, p, &g, &cursor, start, next));
                 continue;
             }
         };
@@ -80,7 +84,7 @@ pub(super) async fn admin(
             Ok(false) => {}
             Err(error) => refused.push(error),
         }
-        cursors.push(info(&spec.topics[t].name, p, &g, &cursor, next));
+        cursors.push(info(&spec.topics[t].name, p, &g, &cursor, start, next));
     }
     if action == AdminAction::Destroy
         && let (Some(t), Some(g)) = (topic, group)
@@ -88,6 +92,15 @@ pub(super) async fn admin(
         consumers.ensured.borrow_mut().remove(&(t, g.to_owned()));
     }
     consumers.all_durable(written).await?;
+    if changed > 0 {
+        // A person's change to consumers: the audit line.
+        tracing::info!(
+            topic = topic.map_or("*", |t| spec.topics[t].name.as_str()),
+            consumer = group.unwrap_or("*"),
+            "consumer {}: {changed} partition cursor(s) changed",
+            action.name()
+        );
+    }
     Ok(OpReply::Admin {
         cursors,
         changed,

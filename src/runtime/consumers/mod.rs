@@ -29,7 +29,7 @@ use std::cell::{Cell, RefCell};
 use std::collections::{BTreeMap, HashSet};
 use std::rc::Rc;
 
-use crate::consumer::cursor::{Cursor, Options, Range, Reclaimed, State, Why};
+use crate::consumer::cursor::{Cursor, Options, Position, Range, Reclaimed, State, Why};
 use crate::consumer::error::ConsumerError;
 use crate::consumer::journal::{Entry, write_snapshot};
 use crate::protocol::consumer::CursorInfo;
@@ -403,13 +403,13 @@ pub enum PartitionOp {
         id: String,
         parts: Vec<TxnPart>,
     },
-    /// Set the committed offset of `group` (made if it does not exist) to `offset`: a
-    /// Kafka group's commit.
+    /// Set the committed offset of `group` (made if it does not exist) to `to`: a
+    /// Kafka group's commit, or a reset (earliest, latest, a time, a skip).
     Seek {
         topic: usize,
         partition: u32,
         group: String,
-        offset: u64,
+        to: Position,
     },
     /// Create `group` with `options` on this shard's partitions of `topic` that lack it.
     Ensure {
@@ -462,6 +462,8 @@ pub enum OpReply {
     /// The range acked and, per part, the offsets its records got.
     Committed(Range, Vec<(u64, u64)>),
     Done,
+    /// A seek or reset done: the committed offset it landed on.
+    Sought(u64),
     Admin {
         cursors: Vec<CursorInfo>,
         changed: usize,
@@ -472,7 +474,17 @@ pub enum OpReply {
 
 pub type OpResult = Result<OpReply, EngineError>;
 
-fn info(topic: &str, partition: u32, group: &str, cursor: &Cursor, next_offset: u64) -> CursorInfo {
+/// A cursor as clients see it in a partition holding `start..next_offset`: its lag counts
+/// records held only (what retention deleted before it was acked is in `skipped` once
+/// claimed, never lag), so lag is never negative nor phantom.
+fn info(
+    topic: &str,
+    partition: u32,
+    group: &str,
+    cursor: &Cursor,
+    start: u64,
+    next_offset: u64,
+) -> CursorInfo {
     CursorInfo {
         topic: topic.to_owned(),
         partition,
@@ -489,10 +501,21 @@ fn info(topic: &str, partition: u32, group: &str, cursor: &Cursor, next_offset: 
             State::Active => None,
             State::Disabled(reason) => Some(reason.clone()),
         },
-        lag: next_offset.saturating_sub(cursor.committed),
+        lag: next_offset.saturating_sub(cursor.committed.max(start)),
         next_offset,
         skipped: cursor.skipped,
         options: cursor.options.clone(),
+    }
+}
+
+impl Consumers {
+    /// The named consumers of one partition and their cursors, for the status.
+    pub fn of_partition(&self, topic: usize, partition: u32) -> Vec<(String, Cursor)> {
+        self.cursors
+            .borrow()
+            .get(&(topic, partition))
+            .map(|groups| groups.iter().map(|(g, c)| (g.clone(), c.clone())).collect())
+            .unwrap_or_default()
     }
 }
 
@@ -578,21 +601,37 @@ pub async fn run(shard: &Rc<Shard>, op: PartitionOp) -> OpResult {
             topic,
             partition,
             group,
-            offset,
+            to,
         } => {
             follow::ready(shard, topic, partition).await?;
             let mut cursor = match consumers.get(topic, partition, &group) {
                 Some(cursor) => cursor,
                 None => new_cursor(shard, topic, partition, &Options::default())?,
             };
-            let end = local(shard, topic, partition)?.log.borrow().committed_offset();
-            cursor.seek(offset, end)?;
+            let before = cursor.committed;
+            let offset = {
+                let local = local(shard, topic, partition)?;
+                let log = local.log.borrow();
+                // Read committed: a reset lands among durable records only.
+                cursor.reset(to, log.start_offset(), log.committed_offset(), |t| {
+                    log.offset_at_time(t)
+                })?
+            };
             consumers.put(topic, partition, &group, cursor.clone());
             let written = consumers
                 .write_set(shard, topic, partition, &group, &cursor)
                 .await?;
             consumers.durable(written).await?;
-            Ok(OpReply::Done)
+            if !matches!(to, Position::Offset(_)) {
+                // A person's reset (a Kafka commit is the group's own work): the audit line.
+                tracing::info!(
+                    topic = %shard.shared.spec.topics[topic].name,
+                    partition,
+                    consumer = %group,
+                    "consumer reset to {to}: committed offset {before} -> {offset}"
+                );
+            }
+            Ok(OpReply::Sought(offset))
         }
         PartitionOp::Ensure {
             topic,

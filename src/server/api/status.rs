@@ -305,6 +305,7 @@ mod tests {
             segments: 1,
             bytes: 0,
             consumers: Vec::new(),
+            named: Vec::new(),
             standing: Some(Standing::Serving),
             replica: Some(ReplicaStatus {
                 role: role.into(),

@@ -9,6 +9,10 @@
 //!   `.../commit?partition=P&to=TOPIC` (body as `POST /topics/T`: an ack and a produce as one),
 //!   `.../disable`, `.../resume`; `DELETE /consumers/T/G`; `GET /consumers[?topic=T]`,
 //!   `GET /consumers/T/G`: the cursors as JSON.
+//! - `POST /consumers/T/G/reset?to=earliest|latest|OFFSET|@MS[&partition=P]` and
+//!   `POST /consumers/T/G/skip?count=N[&partition=P]`: an existing consumer moved (on
+//!   every partition it has, or on one); answers `[{"partition","from","to"}]`, the
+//!   committed offsets before and after.
 //! - `GET /topics/T/range?partition=P` with `from`/`after` (inclusive/exclusive start),
 //!   `to`/`before` (inclusive/exclusive end), `by=time`, `reverse=true`, `limit=N`;
 //!   `GET /topics/T/length[?partition=P]`.
@@ -24,7 +28,7 @@ use hyper::StatusCode;
 use super::reply::{
     Reply, error, json, offset_strings, parse_records, produce_group, protocol_error, query_param,
 };
-use crate::consumer::cursor::{OnMax, Options, Start};
+use crate::consumer::cursor::{OnMax, Options, Position, Start};
 use crate::protocol::consumer::{
     AdminAction, AdminRequest, Bound, ClaimRequest, ConsumerRef, RangeRequest, RangeSpec,
 };
@@ -53,7 +57,7 @@ fn partition(query: &str) -> Result<u32, Reply> {
 }
 
 /// A response frame decoded, or the error it carries as an HTTP error.
-fn decode(shard: &Shard, frame: &[u8]) -> Result<FrameResponse, Reply> {
+pub(super) fn decode(shard: &Shard, frame: &[u8]) -> Result<FrameResponse, Reply> {
     let decoded = parse_frame(frame, usize::MAX)
         .ok()
         .flatten()
@@ -70,23 +74,38 @@ fn decode(shard: &Shard, frame: &[u8]) -> Result<FrameResponse, Reply> {
     }
 }
 
-/// Records as `flowd tail --json` prints them, in one JSON array.
+/// Records as `flowd tail --json` prints them (client headers included), in one JSON
+/// array; a dead letter also has `dead_reason` and `dead_from` (`TOPIC/PARTITION/OFFSET`).
 pub fn records_json(
     topic: &str,
     partition: u32,
     records: &[(u64, crate::protocol::OwnedWireRecord)],
 ) -> serde_json::Value {
+    use crate::runtime::failure::{DEAD_FROM_HEADER, DEAD_REASON_HEADER};
     records
         .iter()
         .map(|(offset, r)| {
-            crate::protocol::json::record_json(
+            let mut json = crate::protocol::json::record_json(
                 topic,
                 partition,
                 *offset,
                 r.timestamp_ms.unwrap_or_default(),
                 r.key.as_deref(),
                 &r.value,
-            )
+            );
+            crate::protocol::json::put_headers(
+                &mut json,
+                r.headers.iter().map(|(n, v)| (n.as_str(), v.as_slice())),
+            );
+            for (header, field) in [
+                (DEAD_REASON_HEADER, "dead_reason"),
+                (DEAD_FROM_HEADER, "dead_from"),
+            ] {
+                if let Some((_, v)) = r.headers.iter().find(|(n, _)| n == header) {
+                    json[field] = String::from_utf8_lossy(v).into_owned().into();
+                }
+            }
+            json
         })
         .collect()
 }
@@ -265,12 +284,60 @@ async fn consumer_post_inner(
                 &serde_json::json!({"partition": p, "from": from, "to": to, "offsets": offsets}),
             ))
         }
+        "reset" | "skip" => {
+            let to = match action {
+                "skip" => Position::Skip(
+                    number(query, "count")?
+                        .ok_or_else(|| bad("say how many records to skip: ?count=N".into()))?,
+                ),
+                _ => query_param(query, "to")
+                    .unwrap_or_default()
+                    .parse()
+                    .map_err(|e: String| {
+                        bad(format!("reset to what? {e}: ?to=earliest, latest, OFFSET or @MS"))
+                    })?,
+            };
+            let only: Option<u32> = number(query, "partition")?;
+            let listed = consumer_api::admin(
+                shard,
+                Some(relays),
+                &AdminRequest {
+                    action: AdminAction::List,
+                    topic,
+                    group,
+                },
+            )
+            .await
+            .map_err(fail)?;
+            let mut moved = Vec::new();
+            for cursor in listed.iter().filter(|c| only.is_none_or(|p| p == c.partition)) {
+                let r = ConsumerRef {
+                    topic,
+                    group,
+                    partition: cursor.partition,
+                };
+                let offset = consumer_api::seek(shard, Some(relays), &r, to)
+                    .await
+                    .map_err(fail)?;
+                moved.push(serde_json::json!({"partition": cursor.partition, "from": cursor.committed, "to": offset}));
+            }
+            if moved.is_empty() {
+                return Err(error(
+                    StatusCode::NOT_FOUND,
+                    &format!(
+                        "topic \"{topic}\" has no consumer \"{group}\"{}: list them with GET /consumers?topic={topic}",
+                        only.map(|p| format!(" on partition {p}")).unwrap_or_default()
+                    ),
+                ));
+            }
+            Ok(json(StatusCode::OK, &serde_json::Value::Array(moved)))
+        }
         other => match admin_action(other) {
             Some(action) => Ok(consumer_admin(shard, relays, action, topic, group).await),
             None => Err(error(
                 StatusCode::NOT_FOUND,
                 &format!(
-                    "no consumer action \"{other}\"; use claim, ack, reclaim, commit, disable or resume"
+                    "no consumer action \"{other}\"; use claim, ack, reclaim, commit, reset, skip, disable or resume"
                 ),
             )),
         },

@@ -52,7 +52,7 @@ use super::errors;
 use super::group::{Due, Group, JoinAsk, Joined, Synced};
 use super::sasl::Who;
 use crate::auth::Need;
-use crate::protocol::consumer::{AdminAction, AdminRequest, ConsumerRef, CursorInfo};
+use crate::protocol::consumer::{AdminAction, AdminRequest, ConsumerRef, CursorInfo, Position};
 use crate::protocol::{ErrorCode, ProtocolError};
 use crate::runtime::shard::Shard;
 use crate::server::{api, consumer_api};
@@ -423,8 +423,8 @@ pub async fn offset_commit(
                         group: &group,
                         partition: p,
                     };
-                    match consumer_api::seek(shard, Some(&who.relays), &r, offset).await {
-                        Ok(()) => errors::NONE,
+                    match consumer_api::seek(shard, Some(&who.relays), &r, Position::Offset(offset)).await {
+                        Ok(_) => errors::NONE,
                         Err(error) => {
                             tracing::debug!(%group, topic = %name, partition = p, "Kafka commit refused: {}", error.message);
                             commit_code(&error)
