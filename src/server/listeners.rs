@@ -32,6 +32,8 @@ pub struct ShardSockets {
     pub tls: Option<std::sync::Arc<crate::tls::ServerTls>>,
     /// What the Kafka door's shards share: its consumer groups and idempotent producers.
     pub kafka_shared: Option<std::sync::Arc<crate::server::kafka::Shared>>,
+    /// The console's metric history, shared by every shard (with an HTTP door).
+    pub history: Option<std::sync::Arc<crate::server::history::History>>,
 }
 
 /// The addresses actually bound (ports resolved).
@@ -88,8 +90,10 @@ pub fn bind(ingest: &IngestSpec, shards: usize) -> Result<(Bound, Vec<ShardSocke
     if let Some(addr) = ingest.http {
         let (resolved, fds) = bind_all(addr, shards, "http")?;
         bound.http = Some(resolved);
+        let history = std::sync::Arc::new(crate::server::history::History::default());
         for (s, fd) in sockets.iter_mut().zip(fds) {
             s.http = Some(fd);
+            s.history = Some(std::sync::Arc::clone(&history));
         }
     }
     if let Some(addr) = ingest.kafka {

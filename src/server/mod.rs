@@ -7,7 +7,7 @@
 //! client: frames in, responses out, limits) and `http` (hyper) → `api` (what both
 //! offer) → the runtime; `relay` sends a request about a partition another peer leads
 //! to that peer's client listener. `metrics` and `page` render what `/metrics` and `/`
-//! show.
+//! show; `history` keeps the console's charts.
 
 pub mod admission;
 pub mod api;
@@ -15,6 +15,7 @@ pub mod connection;
 pub mod consumer_api;
 pub mod door;
 pub mod gate;
+pub mod history;
 pub mod http;
 pub mod kafka;
 pub mod listeners;
@@ -61,6 +62,8 @@ pub struct Front {
     pub peer_tls: Option<Arc<crate::tls::peer::PeerTls>>,
     /// What the Kafka door's shards share (groups, producers), when it is open.
     pub kafka_shared: Option<Arc<kafka::Shared>>,
+    /// The console's metric history (every shard's the same).
+    pub history: Arc<history::History>,
     /// The last `(time, records in, jobs in)` sample, for the rates.
     last_sample: RefCell<(Instant, u64, u64)>,
 }
@@ -285,8 +288,16 @@ fn serve(shard: &Rc<Shard>, sockets: ShardSockets) {
         tls: sockets.tls.clone(),
         peer_tls,
         kafka_shared: sockets.kafka_shared.clone(),
+        history: sockets.history.clone().unwrap_or_default(),
         last_sample: RefCell::new((Instant::now(), 0, 0)),
     });
+    if let Some(history) = sockets.history.clone().filter(|_| shard.index == 0) {
+        shard.tasks.spawn(history::sample_forever(
+            Rc::clone(shard),
+            Rc::clone(&front),
+            history,
+        ));
+    }
     if let Some(fd) = sockets.tcp {
         shard
             .tasks

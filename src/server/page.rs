@@ -1,7 +1,10 @@
-//! The status page at `GET /`: one self-contained HTML document a person reads in a
-//! browser (cores, listeners, topics, partitions, offsets, consumers and lag, rates; in a
-//! cluster every peer's, each partition from the peer leading it).
-//! It reloads itself every few seconds; no scripts, no external assets.
+//! The console at `GET /`: one self-contained HTML document (its style and script
+//! inline, nothing fetched from elsewhere). The overview is rendered here and reads
+//! without scripts (cores, listeners, topics, partitions, offsets, the stages' and named
+//! consumers' lag, rates; in a cluster every peer's, each partition from the peer
+//! leading it); `page.js` adds live charts (`GET /history`), refreshes the overview, and
+//! the topic (record browser, dead-letter replay) and consumer (reset, skip, disable,
+//! resume, delete) pages, each change confirmed in a dialog.
 
 use std::fmt::Write;
 
@@ -14,16 +17,82 @@ fn escape(s: &str) -> String {
         .replace('"', "&quot;")
 }
 
+const STYLE: &str = include_str!("page.css");
+const SCRIPT: &str = include_str!("page.js");
+
+/// Every named consumer: its lag, claims and state summed over the partitions, linked
+/// to its own page.
+fn named_consumers(html: &mut String, status: &Status) {
+    #[derive(Default)]
+    struct Sum {
+        partitions: usize,
+        lag: u64,
+        claimed: u64,
+        reclaims: u64,
+        disabled: usize,
+    }
+    let mut sums: std::collections::BTreeMap<(&str, &str), Sum> = Default::default();
+    for topic in &status.topics {
+        for p in &topic.partitions {
+            for c in &p.named {
+                let sum = sums.entry((&topic.name, &c.group)).or_default();
+                sum.partitions += 1;
+                sum.lag += c.lag;
+                sum.claimed += c.claimed;
+                sum.reclaims += u64::from(c.reclaims);
+                sum.disabled += usize::from(c.state != "active");
+            }
+        }
+    }
+    if sums.is_empty() {
+        return;
+    }
+    html.push_str(
+        "<h2>named consumers</h2><table id=\"named\"><tr><th class=\"l\">topic</th><th class=\"l\">consumer</th>\
+         <th>partitions</th><th>lag</th><th>claimed</th><th>reclaims</th><th class=\"l\">state</th></tr>",
+    );
+    for ((topic, group), sum) in sums {
+        let _ = write!(
+            html,
+            "<tr><td class=\"l\">{}</td><td class=\"l\"><a class=\"consumer\" href=\"#/consumer/{}/{}\">{}</a></td>\
+             <td>{}</td><td class=\"lag\">{}</td><td>{}</td><td>{}</td><td class=\"l\">{}</td></tr>",
+            escape(topic),
+            escape(&urlencoded(topic)),
+            escape(&urlencoded(group)),
+            escape(group),
+            sum.partitions,
+            sum.lag,
+            sum.claimed,
+            sum.reclaims,
+            match sum.disabled {
+                0 => "active".to_string(),
+                n => format!("disabled on {n} partitions"),
+            }
+        );
+    }
+    html.push_str("</table>");
+}
+
+/// A name as one path segment of a link.
+fn urlencoded(s: &str) -> String {
+    s.bytes()
+        .map(|b| match b {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => (b as char).to_string(),
+            b => format!("%{b:02X}"),
+        })
+        .collect()
+}
+
 pub fn render(status: &Status) -> String {
     let cluster = status.scope == Scope::Cluster;
     let mut html = String::new();
     let _ = write!(
         html,
-        "<!doctype html><html><head><meta charset=\"utf-8\"><meta http-equiv=\"refresh\" content=\"5\">\
-         <title>flowd status</title><style>body{{font-family:sans-serif;margin:2em}}\
-         table{{border-collapse:collapse;margin-bottom:1.5em}}td,th{{border:1px solid #ccc;padding:4px 8px;text-align:right}}\
-         th{{background:#f4f4f4}}td.l,th.l{{text-align:left}}</style></head><body>\
-         <h1>flowd {}</h1><p>up {:.0} s &middot; {} cores &middot; durability {} &middot; {}</p>\
+        "<!doctype html><html><head><meta charset=\"utf-8\"><noscript><meta http-equiv=\"refresh\" content=\"5\"></noscript>\
+         <title>flowd console</title><style>{STYLE}</style></head><body>\
+         <dialog id=\"ask\"><form method=\"dialog\"><p id=\"ask-message\"></p><p><input id=\"ask-input\" size=\"30\"></p>\
+         <button value=\"cancel\">cancel</button> <button id=\"ask-ok\" value=\"ok\">OK</button></form></dialog>\
+         <h1>flowd {}</h1><p id=\"said\"></p><section id=\"view\" hidden></section><main id=\"overview\"><div id=\"head\"><p>up {:.0} s &middot; {} cores &middot; durability {} &middot; {}</p>\
          <p>{}records in: {} ({:.0}/s) &middot; jobs: {} ({:.0}/s) &middot; bytes in: {} &middot; connections: {} &middot; jobs waiting: {} \
          &middot; produce-to-ack p50 {} &micro;s, p99 {} &micro;s</p>",
         escape(&status.version),
@@ -53,6 +122,7 @@ pub fn render(status: &Status) -> String {
             escape(&status.insecure.join(", "))
         );
     }
+    html.push_str("</div><section id=\"charts\"></section><div id=\"tables\">");
     if !status.peers.is_empty() {
         html.push_str(
             "<h2>peers</h2><table><tr><th class=\"l\">address</th><th class=\"l\">state</th><th>cores</th>\
@@ -92,8 +162,9 @@ pub fn render(status: &Status) -> String {
     for topic in &status.topics {
         let _ = write!(
             html,
-            "<h2>topic {}</h2><table><tr><th>partition</th>{}<th>shard</th><th>start</th><th>next</th>\
+            "<h2>topic <a class=\"topic\" href=\"#/topic/{}\">{}</a></h2><table><tr><th>partition</th>{}<th>shard</th><th>start</th><th>next</th>\
              <th>durable</th><th>segments</th><th>bytes</th><th class=\"l\">consumers (lag)</th></tr>",
+            escape(&topic.name),
             escape(&topic.name),
             if cluster {
                 "<th class=\"l\">from peer</th>"
@@ -136,6 +207,11 @@ pub fn render(status: &Status) -> String {
         let jobs: Vec<String> = status.jobs.iter().map(|j| escape(j)).collect();
         let _ = write!(html, "<p>jobs: {}</p>", jobs.join(", "));
     }
-    html.push_str("<p><a href=\"/status\">/status</a> (JSON) &middot; <a href=\"/metrics\">/metrics</a></p></body></html>");
+    named_consumers(&mut html, status);
+    let _ = write!(
+        html,
+        "<p><a href=\"/status\">/status</a> (JSON) &middot; <a href=\"/metrics\">/metrics</a> &middot; \
+         <a href=\"/history\">/history</a></p></div></main><script>{SCRIPT}</script></body></html>"
+    );
     html
 }

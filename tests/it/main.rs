@@ -13,6 +13,7 @@ mod cluster_sources;
 mod cluster_state;
 mod cluster_status;
 mod config_check;
+mod console;
 mod consumers;
 mod crash;
 mod dataflow_run;

@@ -29,6 +29,7 @@ use crate::server::{self, Front, api, page, relay};
 mod consumers;
 mod guard;
 mod io;
+mod replay;
 mod reply;
 
 use io::{HyperIo, Phase};
@@ -244,6 +245,14 @@ async fn route(
                 Err(reply) => reply,
             }
         }
+        (&Method::POST, ["topics", topic, "replay"]) => replay::replay(shard, relays, topic, &query).await,
+        (&Method::GET, ["history"]) => {
+            let prefixes: Vec<String> = query_param(&query, "series")
+                .map(|s| s.split(',').map(str::to_owned).collect())
+                .unwrap_or_default();
+            let prefixes: Vec<&str> = prefixes.iter().map(String::as_str).collect();
+            json(StatusCode::OK, &front.history.json(&prefixes))
+        }
         (&Method::GET, ["topics", topic]) => get_records(shard, topic, &query).await,
         (&Method::GET, ["topics", topic, what]) => {
             consumers::topic_read(shard, relays, topic, what, &query).await
@@ -379,7 +388,9 @@ fn needs_of<'a>(
     dead_letter: Option<&'a str>,
 ) -> Vec<Need<'a>> {
     match (method, segments) {
-        (&Method::GET, ["" | "status" | "metrics"]) => vec![Need::Status],
+        (&Method::GET, ["" | "status" | "metrics" | "history"]) => vec![Need::Status],
+        // What a dead letter goes back to is read from it: only an admin may.
+        (&Method::POST, ["topics", _, "replay"]) => vec![Need::Admin],
         (&Method::POST, ["topics", topic]) => vec![Need::Produce(topic)],
         (&Method::GET, ["topics", topic] | ["topics", topic, _]) => vec![Need::Consume(topic)],
         (&Method::GET, ["consumers", topic, group]) => vec![Need::Consume(topic), Need::Group(group)],
