@@ -112,6 +112,18 @@ fn issue20_retention_keeps_a_topic_under_its_bound_while_written_and_after() {
         "no log line says the consumer skipped: {}",
         server.log.text()
     );
+    // Set back before the start (as a Kafka group's commit may): its lag counts the
+    // records kept, never the deleted ones, in the cursor and in the status.
+    assert_eq!(client.seek("events", "slow", 0, 0).unwrap(), 0);
+    let info = client
+        .consumers(flowd::protocol::consumer::AdminAction::List, "events", "slow")
+        .unwrap();
+    assert_eq!((info[0].committed, info[0].lag), (0, RECORDS as u64 - start));
+    let status = client.status(false).unwrap();
+    let named = &status["topics"][0]["partitions"][0]["named"][0];
+    assert_eq!(named["group"], "slow", "{named}");
+    assert_eq!(named["lag"], RECORDS as u64 - start, "{named}");
+
     // The next claim starts at the start, and what it gets is the records kept.
     let claimed = client.claim("events", "slow", Some(0), 10_000, None).unwrap();
     assert_eq!((claimed.from, claimed.to), (start, RECORDS as u64));
