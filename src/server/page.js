@@ -25,7 +25,9 @@
     const w = 420, h = 140, pad = 34;
     const all = series.flatMap((s) => s[2]);
     const t1 = all.length ? Math.max(...all.map((p) => p[0])) : Date.now();
-    const t0 = t1 - 5 * 60 * 1000;
+    // The last 5 minutes, or since the first sample (a minute at the least).
+    const first = all.length ? Math.min(...all.map((p) => p[0])) : t1;
+    const t0 = Math.max(t1 - 5 * 60 * 1000, Math.min(first, t1 - 60 * 1000));
     const peak = Math.max(0, ...all.filter((p) => p[0] >= t0).map((p) => p[1]));
     const vmax = Math.max(1, peak);
     const x = (t) => pad + ((t - t0) / (t1 - t0 || 1)) * (w - pad - 6);
@@ -33,12 +35,14 @@
     let svg = `<svg viewBox="0 0 ${w} ${h}" width="${w}" height="${h}" role="img" aria-label="${esc(title)}">`;
     svg += `<line x1="${pad}" y1="${h - 18}" x2="${w - 6}" y2="${h - 18}" stroke="#bbb"/>`;
     svg += `<text x="2" y="14" font-size="10">${esc(fmt(vmax))}</text><text x="2" y="${h - 18}" font-size="10">0</text>`;
-    svg += `<text x="${pad}" y="${h - 4}" font-size="10">-5 min</text><text x="${w - 30}" y="${h - 4}" font-size="10">now</text>`;
+    svg += `<text x="${pad}" y="${h - 4}" font-size="10">-${Math.round((t1 - t0) / 1000)} s</text><text x="${w - 30}" y="${h - 4}" font-size="10">now</text>`;
     let legend = "";
     series.forEach((s, i) => {
       const pts = s[2].filter((p) => p[0] >= t0);
       const color = COLORS[i % COLORS.length];
-      if (pts.length) {
+      if (pts.length === 1) {
+        svg += `<circle cx="${x(pts[0][0]).toFixed(1)}" cy="${y(pts[0][1]).toFixed(1)}" r="2.5" fill="${color}"/>`;
+      } else if (pts.length) {
         svg += `<polyline fill="none" stroke="${color}" stroke-width="1.5" points="${pts.map((p) => x(p[0]).toFixed(1) + "," + y(p[1]).toFixed(1)).join(" ")}"/>`;
       }
       const last = pts.length ? pts[pts.length - 1][1] : 0;

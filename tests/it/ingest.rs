@@ -449,7 +449,9 @@ fn http_records_jobs_status_and_metrics() {
     let (status, page) = http(&server.http, "GET", "/", "");
     assert_eq!(status, 200);
     assert!(
-        page.starts_with("<!doctype html>") && page.contains("topic events") && page.contains("greeter"),
+        page.starts_with("<!doctype html>")
+            && page.contains("href=\"#/topic/events\">events</a>")
+            && page.contains("greeter"),
         "{page}"
     );
     let (status, metrics) = http(&server.http, "GET", "/metrics", "");

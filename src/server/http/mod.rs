@@ -202,11 +202,18 @@ async fn route(
                 .flat_map(|p| &p.consumers)
                 .map(|c| c.lag)
                 .sum();
-            let extra = [(
-                "flowd_consumer_lag_records",
-                "Records not yet read by the dataflow's stages and sinks, summed",
-                lag,
-            )];
+            let extra = [
+                (
+                    "flowd_consumer_lag_records",
+                    "Records not yet read by the dataflow's stages and sinks, summed",
+                    lag,
+                ),
+                (
+                    "flowd_console_history_bytes",
+                    "Bytes the console's metric history holds (bounded)",
+                    front.history.bytes() as u64,
+                ),
+            ];
             let mut body = shard.shared.metrics.render(&extra);
             let partitions: Vec<metrics::PartitionGauges<'_>> = status
                 .topics
