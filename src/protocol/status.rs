@@ -176,6 +176,31 @@ pub struct PeerStatus {
 pub struct TopicStatus {
     pub name: String,
     pub partitions: Vec<PartitionStatus>,
+    /// Its retention as the dataflow says it (`max_age 7d, max_bytes 1GiB`), or `none`.
+    #[serde(default)]
+    pub retention: String,
+}
+
+/// A retention policy as a person reads it.
+pub fn retention_text(max_age_ms: Option<u64>, max_bytes: Option<u64>) -> String {
+    let mut parts = Vec::new();
+    if let Some(ms) = max_age_ms {
+        parts.push(format!(
+            "max_age {}",
+            humantime::format_duration(std::time::Duration::from_millis(ms))
+        ));
+    }
+    if let Some(bytes) = max_bytes {
+        parts.push(format!(
+            "max_bytes {}",
+            bytesize::ByteSize::b(bytes).display().iec()
+        ));
+    }
+    if parts.is_empty() {
+        "none (kept until deleted)".into()
+    } else {
+        parts.join(", ")
+    }
 }
 
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]

@@ -63,6 +63,7 @@ pub async fn status(shard: &Rc<Shard>, started: Instant, listeners: &[String], r
         .map(|t| TopicStatus {
             name: t.name.clone(),
             partitions: Vec::new(),
+            retention: crate::protocol::status::retention_text(t.retention.max_age_ms, t.retention.max_bytes),
         })
         .collect();
     let jobs_waiting = shards.iter().map(|s| s.jobs_waiting).sum();
@@ -270,6 +271,7 @@ fn best_rows(
             TopicStatus {
                 name: topic.name.clone(),
                 partitions: best.into_values().map(|(row, _)| row).collect(),
+                retention: topic.retention.clone(),
             }
         })
         .collect()
@@ -333,6 +335,7 @@ mod tests {
             topics: vec![TopicStatus {
                 name: "t".into(),
                 partitions: rows.iter().map(row).collect(),
+                retention: String::new(),
             }],
             internal_topics: Vec::new(),
             jobs: Vec::new(),
