@@ -15,6 +15,7 @@ pub mod connection;
 pub mod consumer_api;
 pub mod door;
 pub mod gate;
+pub mod health;
 pub mod history;
 pub mod http;
 pub mod kafka;

@@ -9,7 +9,7 @@ use std::time::Duration;
 use serde_json::Value;
 
 use crate::cluster::{fruit_lines, one_at_a_time, one_copy, replicated, status, three_peers, wait_settled};
-use crate::ingest::{Server, run_cli};
+use crate::ingest::{Server, http, run_cli};
 use crate::support::wait_until;
 
 /// The cluster's status through `server` (`flowd status --json`, no `--local`).
@@ -91,6 +91,16 @@ fn the_status_through_any_peer_shows_the_whole_cluster() {
     let dir = tempfile::tempdir().unwrap();
     let mut servers = three_peers(dir.path());
     wait_settled(&servers.iter().collect::<Vec<_>>(), 4);
+    // Settled, every peer says it is ready for traffic (and why not, while it is not).
+    for server in &servers {
+        let mut last = String::new();
+        wait_until("every peer ready", Duration::from_secs(30), || {
+            let (code, body) = http(&server.http, "GET", "/readyz", "");
+            last = body;
+            code == 200
+        });
+        assert_eq!(last, r#"{"ready":true}"#);
+    }
     let (lines, _) = fruit_lines(900, &[]);
     let (code, _, err) = run_cli(
         &["send", "--to", &servers[1].tcp, "lines"],

@@ -454,6 +454,14 @@ fn http_records_jobs_status_and_metrics() {
             && page.contains("greeter"),
         "{page}"
     );
+    assert_eq!(
+        http(&server.http, "GET", "/healthz", ""),
+        (200, r#"{"ok":true}"#.to_owned())
+    );
+    assert_eq!(
+        http(&server.http, "GET", "/readyz", ""),
+        (200, r#"{"ready":true}"#.to_owned())
+    );
     let (status, metrics) = http(&server.http, "GET", "/metrics", "");
     assert_eq!(status, 200);
     let mut samples = std::collections::HashMap::new();

@@ -586,6 +586,7 @@ fn tokens_let_in_what_they_allow_and_nothing_else_over_tcp_and_http() {
         ("GET", "/status", true, true),
         ("GET", "/metrics", true, true),
         ("GET", "/", true, true),
+        ("GET", "/history", true, true),
         ("POST", "/topics/events", false, true),
         ("GET", "/topics/events", false, true),
         ("GET", "/topics/events/length", false, true),
@@ -599,6 +600,14 @@ fn tokens_let_in_what_they_allow_and_nothing_else_over_tcp_and_http() {
             false,
             false,
         ),
+        ("POST", "/consumers/events/g/skip?count=0", false, true),
+        (
+            "POST",
+            "/consumers/events/g/reset?to=latest&partition=9",
+            false,
+            true,
+        ),
+        ("POST", "/topics/events/replay?partition=0", false, false),
         ("POST", "/consumers/events/g/disable", false, false),
         ("GET", "/consumers", false, false),
         ("DELETE", "/consumers/events/g", false, false),
@@ -642,6 +651,17 @@ fn tokens_let_in_what_they_allow_and_nothing_else_over_tcp_and_http() {
                 ),
             }
         }
+    }
+    // Probes carry no token: health and readiness answer anyone, and say nothing else.
+    for path in ["/healthz", "/readyz"] {
+        let (status, body) = exchange(
+            &server.http,
+            "GET",
+            path,
+            &format!("Host: {}\r\n", server.http),
+            "",
+        );
+        assert_eq!(status, 200, "{path}: {body}");
     }
     // Only the narrow token's produce landed.
     assert_eq!(ops.length("events", None).unwrap(), before + 1);

@@ -160,6 +160,22 @@ async fn route(
         tracing::info!("HTTP {method} {path} refused: {}", refused.message);
         return error(refused.status, &refused.message);
     }
+    // Probes carry no credentials, and these answer nothing but health.
+    match (&method, segments.as_slice()) {
+        (&Method::GET, ["healthz"]) => return json(StatusCode::OK, &serde_json::json!({"ok": true})),
+        (&Method::GET, ["readyz"]) => {
+            let status = front.status(shard, true, &front.relays).await;
+            let why = crate::server::health::why_not_ready(&status, shard.shared.control.is_stopping());
+            return match why.is_empty() {
+                true => json(StatusCode::OK, &serde_json::json!({"ready": true})),
+                false => json(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    &serde_json::json!({"ready": false, "why": why}),
+                ),
+            };
+        }
+        _ => {}
+    }
     let (identity, relays) = match bearer(front, request.headers(), certified.as_deref()) {
         Ok(who) => who,
         Err(e) => {
