@@ -101,6 +101,15 @@ fn the_status_through_any_peer_shows_the_whole_cluster() {
         });
         assert_eq!(last, r#"{"ready":true}"#);
     }
+    // A replicated cluster's peers export the replica metrics the dashboard charts.
+    if crate::cluster::replicated() {
+        let (_, metrics) = http(&servers[0].http, "GET", "/metrics", "");
+        let missing = crate::deploy::missing(&metrics, "flowd_replica_");
+        assert!(
+            missing.is_empty(),
+            "the dashboard charts replica metrics flowd does not export: {missing:?}"
+        );
+    }
     let (lines, _) = fruit_lines(900, &[]);
     let (code, _, err) = run_cli(
         &["send", "--to", &servers[1].tcp, "lines"],

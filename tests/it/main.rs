@@ -17,6 +17,7 @@ mod console;
 mod consumers;
 mod crash;
 mod dataflow_run;
+mod deploy;
 mod exactly_once;
 mod examples;
 mod exec;
