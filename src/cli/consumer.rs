@@ -105,8 +105,13 @@ fn no_such(topic: &str, group: &str) -> CliError {
 }
 
 /// The admin request's answer; an unknown consumer said in the CLI's words (exit 2).
-fn admin(from: &str, action: AdminAction, topic: &str, group: &str) -> Result<Vec<CursorInfo>, CliError> {
-    match crate::cli::connect(from)?.consumers(action, topic, group) {
+fn admin(
+    client: &mut crate::client::Client,
+    action: AdminAction,
+    topic: &str,
+    group: &str,
+) -> Result<Vec<CursorInfo>, CliError> {
+    match client.consumers(action, topic, group) {
         Err(ClientError::Server {
             code: ErrorCode::UnknownConsumer,
             ..
@@ -124,7 +129,7 @@ fn reset(
     only: Option<u32>,
 ) -> Result<ExitCode, CliError> {
     let mut client = crate::cli::connect(from)?;
-    let cursors: Vec<CursorInfo> = admin(from, AdminAction::List, topic, group)?
+    let cursors: Vec<CursorInfo> = admin(&mut client, AdminAction::List, topic, group)?
         .into_iter()
         .filter(|c| only.is_none_or(|p| p == c.partition))
         .collect();
@@ -175,15 +180,30 @@ pub fn run(action: ConsumerAction) -> Result<ExitCode, CliError> {
             partition,
         } => reset(&from, &topic, &group, Position::Skip(count), partition),
         ConsumerAction::Disable { from, topic, group } => {
-            let cursors = admin(&from, AdminAction::Disable, &topic, &group)?;
+            let cursors = admin(
+                &mut crate::cli::connect(&from)?,
+                AdminAction::Disable,
+                &topic,
+                &group,
+            )?;
             changed(&cursors, &topic, &group, "disabled")
         }
         ConsumerAction::Resume { from, topic, group } => {
-            let cursors = admin(&from, AdminAction::Resume, &topic, &group)?;
+            let cursors = admin(
+                &mut crate::cli::connect(&from)?,
+                AdminAction::Resume,
+                &topic,
+                &group,
+            )?;
             changed(&cursors, &topic, &group, "resumed")
         }
         ConsumerAction::Delete { from, topic, group } => {
-            let cursors = admin(&from, AdminAction::Destroy, &topic, &group)?;
+            let cursors = admin(
+                &mut crate::cli::connect(&from)?,
+                AdminAction::Destroy,
+                &topic,
+                &group,
+            )?;
             changed(&cursors, &topic, &group, "deleted")
         }
     }

@@ -194,7 +194,9 @@ fn sample(status: &Status, metrics: &crate::metrics::Metrics, last: &mut Last) -
 }
 
 /// Samples this peer's status into `history` every [`INTERVAL`] until the engine stops
-/// (on shard 0; one sample costs a status gather, a few hundred microseconds).
+/// (on shard 0; one sample costs a status gather and two histogram merges, about 2 ms of
+/// CPU measured in a release build). It keeps the last two latency histograms (about
+/// 200 KB each) to tell each interval's percentiles.
 pub async fn sample_forever(
     shard: Rc<crate::runtime::shard::Shard>,
     front: Rc<super::Front>,

@@ -129,7 +129,10 @@ async fn replay_inner(shard: &Rc<Shard>, relays: &Relays, topic: &str, query: &s
     let mut at = from;
     let mut replayed = 0u64;
     let mut topics: BTreeMap<String, u64> = BTreeMap::new();
-    // Bounded: every step moves `at` forward by at least one record, or ends.
+    // Without `to`: up to the partition's end when the replay began, so dead letters
+    // that keep coming cannot keep it going.
+    let mut to = to;
+    // Bounded: every step moves `at` forward by at least one record towards `to`, or ends.
     loop {
         let count = match to {
             Some(to) if at >= to => break,
@@ -164,6 +167,7 @@ async fn replay_inner(shard: &Rc<Shard>, relays: &Relays, topic: &str, query: &s
         if claimed.partition.is_none() || claimed.to <= claimed.from {
             break;
         }
+        to = to.or(Some(claimed.next_offset));
         let step = copy_back(shard, relays, &r, &claimed.records, dest.as_deref()).await;
         match step {
             Ok(counts) => {
