@@ -98,6 +98,18 @@ fn changed(cursors: &[CursorInfo], topic: &str, group: &str, what: &str) -> Resu
     Ok(ExitCode::SUCCESS)
 }
 
+/// Disables, resumes or deletes `group` on `topic`, saying how many partitions changed.
+fn change(
+    from: &str,
+    topic: &str,
+    group: &str,
+    action: AdminAction,
+    done: &str,
+) -> Result<ExitCode, CliError> {
+    let cursors = admin(&mut crate::cli::connect(from)?, action, topic, group)?;
+    changed(&cursors, topic, group, done)
+}
+
 fn no_such(topic: &str, group: &str) -> CliError {
     CliError::Usage(format!(
         "topic \"{topic}\" has no consumer \"{group}\"; `flowd consumer list {topic}` lists them"
@@ -180,31 +192,13 @@ pub fn run(action: ConsumerAction) -> Result<ExitCode, CliError> {
             partition,
         } => reset(&from, &topic, &group, Position::Skip(count), partition),
         ConsumerAction::Disable { from, topic, group } => {
-            let cursors = admin(
-                &mut crate::cli::connect(&from)?,
-                AdminAction::Disable,
-                &topic,
-                &group,
-            )?;
-            changed(&cursors, &topic, &group, "disabled")
+            change(&from, &topic, &group, AdminAction::Disable, "disabled")
         }
         ConsumerAction::Resume { from, topic, group } => {
-            let cursors = admin(
-                &mut crate::cli::connect(&from)?,
-                AdminAction::Resume,
-                &topic,
-                &group,
-            )?;
-            changed(&cursors, &topic, &group, "resumed")
+            change(&from, &topic, &group, AdminAction::Resume, "resumed")
         }
         ConsumerAction::Delete { from, topic, group } => {
-            let cursors = admin(
-                &mut crate::cli::connect(&from)?,
-                AdminAction::Destroy,
-                &topic,
-                &group,
-            )?;
-            changed(&cursors, &topic, &group, "deleted")
+            change(&from, &topic, &group, AdminAction::Destroy, "deleted")
         }
     }
 }
