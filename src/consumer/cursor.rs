@@ -144,6 +144,16 @@ pub enum State {
     Disabled(String),
 }
 
+impl State {
+    /// `active` or `disabled`, as clients and the status show it.
+    pub fn name(&self) -> &'static str {
+        match self {
+            State::Active => "active",
+            State::Disabled(_) => "disabled",
+        }
+    }
+}
+
 /// Why a claim went back.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Why {
@@ -356,6 +366,13 @@ impl Cursor {
         self.claim = None;
         self.reclaims = 0;
         Ok(())
+    }
+
+    /// Records a log holding `start..end` has past the committed offset: never the ones
+    /// below `start` (retention deleted them; they are `skipped` once claimed), so lag is
+    /// never phantom.
+    pub fn lag(&self, start: u64, end: u64) -> u64 {
+        end.saturating_sub(self.committed.max(start))
     }
 
     /// Resets the consumer to `to` in a log holding `start..end` (`at_time` finds the

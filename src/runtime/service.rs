@@ -276,15 +276,10 @@ pub fn status(shard: &Shard) -> ShardStatus {
                     .map(|(group, c)| NamedConsumerStatus {
                         group,
                         committed: c.committed,
-                        lag: log
-                            .committed_offset()
-                            .saturating_sub(c.committed.max(log.start_offset())),
+                        lag: c.lag(log.start_offset(), log.committed_offset()),
                         claimed: c.claim.map_or(0, |claim| claim.range.to - claim.range.from),
                         reclaims: c.reclaims,
-                        state: match c.state {
-                            crate::consumer::cursor::State::Active => "active".into(),
-                            crate::consumer::cursor::State::Disabled(_) => "disabled".into(),
-                        },
+                        state: c.state.name().into(),
                         skipped: c.skipped,
                     })
                     .collect(),

@@ -30,32 +30,28 @@ pub fn reasons(stopping: bool, group_leader: Option<bool>, rows: &[Row<'_>]) -> 
     if group_leader == Some(false) {
         why.push("the cluster's metadata group has no leader this peer knows yet (joining)".to_owned());
     }
-    let claiming: Vec<String> = rows
-        .iter()
-        .filter(|r| r.standing == Some(Standing::Claiming))
-        .map(|r| format!("{}/{}", r.topic, r.partition))
-        .collect();
+    let claiming = places(rows, |r| r.standing == Some(Standing::Claiming));
     if !claiming.is_empty() {
-        why.push(format!(
-            "being copied in from their previous holder: {}",
-            claiming.join(", ")
-        ));
+        why.push(format!("being copied in from their previous holder: {claiming}"));
     }
-    let roleless: Vec<String> = rows
-        .iter()
-        .filter(|r| {
-            r.replica_role
-                .is_some_and(|role| role != "leader" && role != "follower")
-        })
-        .map(|r| format!("{}/{}", r.topic, r.partition))
-        .collect();
+    let roleless = places(rows, |r| {
+        r.replica_role
+            .is_some_and(|role| role != "leader" && role != "follower")
+    });
     if !roleless.is_empty() {
-        why.push(format!(
-            "replicas here neither lead nor follow yet: {}",
-            roleless.join(", ")
-        ));
+        why.push(format!("replicas here neither lead nor follow yet: {roleless}"));
     }
     why
+}
+
+/// `TOPIC/PARTITION, ...` of the rows `which` picks (empty: none).
+fn places(rows: &[Row<'_>], which: impl Fn(&Row<'_>) -> bool) -> String {
+    let picked: Vec<String> = rows
+        .iter()
+        .filter(|r| which(r))
+        .map(|r| format!("{}/{}", r.topic, r.partition))
+        .collect();
+    picked.join(", ")
 }
 
 /// Why this peer, whose own status is `status`, is not ready (empty: ready).

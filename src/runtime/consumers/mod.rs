@@ -474,9 +474,7 @@ pub enum OpReply {
 
 pub type OpResult = Result<OpReply, EngineError>;
 
-/// A cursor as clients see it in a partition holding `start..next_offset`: its lag counts
-/// records held only (what retention deleted before it was acked is in `skipped` once
-/// claimed, never lag), so lag is never negative nor phantom.
+/// A cursor as clients see it in a partition holding `start..next_offset`.
 fn info(
     topic: &str,
     partition: u32,
@@ -493,15 +491,12 @@ fn info(
         claimed: cursor.claim.map(|c| c.range),
         claimed_at_ms: cursor.claim.map(|c| c.at_ms),
         reclaims: cursor.reclaims,
-        state: match cursor.state {
-            State::Active => "active".into(),
-            State::Disabled(_) => "disabled".into(),
-        },
+        state: cursor.state.name().into(),
         disabled_reason: match &cursor.state {
             State::Active => None,
             State::Disabled(reason) => Some(reason.clone()),
         },
-        lag: next_offset.saturating_sub(cursor.committed.max(start)),
+        lag: cursor.lag(start, next_offset),
         next_offset,
         skipped: cursor.skipped,
         options: cursor.options.clone(),

@@ -42,7 +42,7 @@ fn bad(message: String) -> Reply {
     error(StatusCode::BAD_REQUEST, &message)
 }
 
-fn number<T: std::str::FromStr>(query: &str, name: &str) -> Result<Option<T>, Reply> {
+pub(super) fn number<T: std::str::FromStr>(query: &str, name: &str) -> Result<Option<T>, Reply> {
     match query_param(query, name) {
         None => Ok(None),
         Some(v) => v

@@ -20,6 +20,7 @@ use std::time::Duration;
 
 use hyper::StatusCode;
 
+use super::consumers::number;
 use super::reply::{Reply, error, json, produce_group, protocol_error, query_param};
 use crate::consumer::cursor::{OnMax, Options, Position, Start};
 use crate::protocol::consumer::{AdminAction, AdminRequest, ClaimRequest, ConsumerRef};
@@ -37,20 +38,6 @@ pub const REPLAY_GROUP: &str = "flowd-replay";
 const STEP_RECORDS: u64 = 256;
 /// A replay that died mid-step has its claim reclaimed after this.
 const CLAIM_TIMEOUT: Duration = Duration::from_secs(30);
-
-fn bad(status: StatusCode, message: String) -> Reply {
-    error(status, &message)
-}
-
-fn number(query: &str, name: &str) -> Result<Option<u64>, Reply> {
-    match query_param(query, name) {
-        None => Ok(None),
-        Some(v) => v
-            .parse()
-            .map(Some)
-            .map_err(|_| bad(StatusCode::BAD_REQUEST, format!("{name}={v} is not a number"))),
-    }
-}
 
 /// The topic a dead letter came from: `TOPIC/PARTITION/OFFSET` in its header.
 fn origin(record: &OwnedWireRecord) -> Option<String> {
@@ -70,11 +57,10 @@ pub async fn replay(shard: &Rc<Shard>, relays: &Relays, topic: &str, query: &str
 
 async fn replay_inner(shard: &Rc<Shard>, relays: &Relays, topic: &str, query: &str) -> Result<Reply, Reply> {
     let fail = |e: ProtocolError| protocol_error(shard, &e);
-    let partition = number(query, "partition")?
-        .and_then(|p| u32::try_from(p).ok())
-        .ok_or_else(|| bad(StatusCode::BAD_REQUEST, "name the partition: ?partition=P".into()))?;
-    let from = number(query, "from")?;
-    let to = number(query, "to")?;
+    let partition: u32 = number(query, "partition")?
+        .ok_or_else(|| error(StatusCode::BAD_REQUEST, "name the partition: ?partition=P"))?;
+    let from: Option<u64> = number(query, "from")?;
+    let to: Option<u64> = number(query, "to")?;
     let dest = query_param(query, "topic");
     let r = ConsumerRef {
         topic,
@@ -99,17 +85,17 @@ async fn replay_inner(shard: &Rc<Shard>, relays: &Relays, topic: &str, query: &s
     };
     let cursor = listed.iter().find(|c| c.partition == partition);
     if cursor.is_some_and(|c| c.claimed.is_some()) {
-        return Err(bad(
+        return Err(error(
             StatusCode::CONFLICT,
-            format!("a replay of {topic}/{partition} is in flight; try again once it is done"),
+            &format!("a replay of {topic}/{partition} is in flight; try again once it is done"),
         ));
     }
     let place = cursor.map_or(0, |c| c.committed);
     let from = from.unwrap_or(place);
     if from < place {
-        return Err(bad(
+        return Err(error(
             StatusCode::CONFLICT,
-            format!(
+            &format!(
                 "records of {topic}/{partition} before {place} were replayed or passed over already; to replay \
                  them again, reset the replay: POST /consumers/{topic}/{REPLAY_GROUP}/reset?to={from}&partition={partition}"
             ),
@@ -158,9 +144,9 @@ async fn replay_inner(shard: &Rc<Shard>, relays: &Relays, topic: &str, query: &s
         let claimed = match super::consumers::decode(shard, &frame)? {
             FrameResponse::Claimed(c) => c,
             _ => {
-                return Err(bad(
+                return Err(error(
                     StatusCode::INTERNAL_SERVER_ERROR,
-                    "a claim got another answer (a bug)".into(),
+                    "a claim got another answer (a bug)",
                 ));
             }
         };
@@ -213,9 +199,9 @@ async fn copy_back(
     let mut by_topic: BTreeMap<String, Vec<OwnedWireRecord>> = BTreeMap::new();
     for (offset, record) in records {
         let Some(to) = dest.map(str::to_owned).or_else(|| origin(record)) else {
-            return Err(bad(
+            return Err(error(
                 StatusCode::BAD_REQUEST,
-                format!(
+                &format!(
                     "record {}/{}/{offset} has no {DEAD_FROM_HEADER} header to say where it came from; \
                      name where it goes: &topic=TOPIC",
                     r.topic, r.partition
