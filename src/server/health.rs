@@ -1,5 +1,6 @@
 //! Health for probes and load balancers, answered without credentials (a kubelet has no
-//! token) and revealing nothing but readiness:
+//! token) and revealing only readiness and, when not ready, why (the partitions not
+//! ready yet named as TOPIC/PARTITION):
 //!
 //! - `GET /healthz`: 200 while the process serves HTTP (liveness).
 //! - `GET /readyz`: 200 `{"ready":true}` when this peer should get traffic, else 503
