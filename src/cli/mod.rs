@@ -101,18 +101,25 @@ enum Command {
         #[arg(long, value_name = "FILE")]
         tls_client_ca: Option<PathBuf>,
         /// Join a cluster: listen for peers on ADDR (the address the others reach this
-        /// peer at; gossip, forwarded records and fetches).
+        /// peer at, its identity; gossip, forwarded records and fetches). A HOST:PORT
+        /// name is looked up once at start (retried for a minute while it does not
+        /// resolve yet): on Kubernetes, the pod's own Service name.
         #[arg(long, value_name = "ADDR")]
-        peer_listen: Option<std::net::SocketAddr>,
-        /// Peers to join through (their --peer-listen addresses); any one reachable is
-        /// enough. Needs --peer-listen.
+        peer_listen: Option<String>,
+        /// Bind the peer listener here instead of --peer-listen (which stays the
+        /// address the others reach): "0.0.0.0:7946" behind a Service's address.
+        #[arg(long, value_name = "ADDR", requires = "peer_listen")]
+        peer_bind: Option<std::net::SocketAddr>,
+        /// Peers to join through (their --peer-listen addresses or HOST:PORT names);
+        /// any one reachable is enough; one naming this peer itself founds the
+        /// cluster. Needs --peer-listen.
         #[arg(
             long,
             value_name = "ADDR,ADDR",
             value_delimiter = ',',
             requires = "peer_listen"
         )]
-        seeds: Vec<std::net::SocketAddr>,
+        seeds: Vec<String>,
         /// Only peers with the same cluster id join each other.
         #[arg(long, value_name = "ID", default_value = crate::cluster::DEFAULT_CLUSTER_ID, requires = "peer_listen")]
         cluster_id: String,
@@ -387,6 +394,7 @@ impl Cli {
                 tls_key,
                 tls_client_ca,
                 peer_listen,
+                peer_bind,
                 seeds,
                 cluster_id,
                 replace_after,
@@ -407,8 +415,13 @@ impl Cli {
                 tls_cert,
                 tls_key,
                 tls_client_ca,
-                cluster: peer_listen.map(|listen| crate::cluster::ClusterOptions {
+                cluster: match peer_listen {
+                    Some(listen) => Some(run::peer_addresses(&listen, peer_bind, &seeds)?),
+                    None => None,
+                }
+                .map(|(listen, bind, seeds)| crate::cluster::ClusterOptions {
                     listen,
+                    bind,
                     seeds,
                     cluster_id,
                     replace_after,

@@ -4,6 +4,7 @@
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
+use std::time::{Duration, Instant};
 
 use crate::cli::CliError;
 use crate::cli::check::report;
@@ -105,7 +106,10 @@ pub fn run(args: RunArgs) -> Result<ExitCode, CliError> {
             });
             // Mutual TLS guards the peer port as TLS and credentials guard a door.
             if tls.is_none() {
-                crate::server::listeners::exposed("--peer-listen", options.listen, insecure)?;
+                match options.bind {
+                    Some(bind) => crate::server::listeners::exposed("--peer-bind", bind, insecure)?,
+                    None => crate::server::listeners::exposed("--peer-listen", options.listen, insecure)?,
+                };
             }
             if options.listen.ip().is_unspecified() {
                 return Err(CliError::Usage(format!(
@@ -175,6 +179,75 @@ pub fn run(args: RunArgs) -> Result<ExitCode, CliError> {
     Ok(ExitCode::SUCCESS)
 }
 
+/// How long a name in `--peer-listen` or `--seeds` may take to resolve: on Kubernetes a
+/// Service's name reaches the cluster's DNS a few seconds after the Service is made.
+const RESOLVE_PATIENCE: Duration = Duration::from_secs(60);
+
+/// `--peer-listen`, `--peer-bind` and `--seeds` as addresses: each HOST:PORT looked up
+/// (a name is retried until it resolves, for at most `RESOLVE_PATIENCE`).
+pub fn peer_addresses(
+    listen: &str,
+    bind: Option<SocketAddr>,
+    seeds: &[String],
+) -> Result<(SocketAddr, Option<SocketAddr>, Vec<SocketAddr>), CliError> {
+    let deadline = Instant::now() + RESOLVE_PATIENCE;
+    let listen = resolve("--peer-listen", listen, deadline)?;
+    if bind.is_some() && listen.port() == 0 {
+        return Err(CliError::Usage(format!(
+            "--peer-listen {listen} with --peer-bind needs the port the others reach this peer at, not 0"
+        )));
+    }
+    let seeds = seeds
+        .iter()
+        .map(|seed| resolve("--seeds", seed, deadline))
+        .collect::<Result<_, _>>()?;
+    Ok((listen, bind, seeds))
+}
+
+/// One HOST:PORT, retried while its name does not resolve, until `deadline`.
+fn resolve(flag: &str, text: &str, deadline: Instant) -> Result<SocketAddr, CliError> {
+    use std::net::ToSocketAddrs;
+    if let Ok(addr) = text.parse::<SocketAddr>() {
+        return Ok(addr);
+    }
+    if !text
+        .rsplit_once(':')
+        .is_some_and(|(host, port)| !host.is_empty() && port.parse::<u16>().is_ok())
+    {
+        return Err(CliError::Usage(format!(
+            "{flag} {text:?} is not HOST:PORT (an address such as 10.0.0.5:7946, or a name such as flowd-0.flowd.default.svc.cluster.local:7946)"
+        )));
+    }
+    let mut said = false;
+    loop {
+        let why = match text.to_socket_addrs() {
+            // IPv4 first: the others dial what this name gives.
+            Ok(addrs) => {
+                let addrs: Vec<SocketAddr> = addrs.collect();
+                match addrs.iter().find(|a| a.is_ipv4()).or(addrs.first()) {
+                    Some(addr) => return Ok(*addr),
+                    None => "no address".to_owned(),
+                }
+            }
+            Err(e) => e.to_string(),
+        };
+        if Instant::now() >= deadline {
+            return Err(CliError::Usage(format!(
+                "{flag} {text}: the name does not resolve ({why}) after {}s; check the name (on Kubernetes: the pod's Service exists), or give an IP address",
+                RESOLVE_PATIENCE.as_secs()
+            )));
+        }
+        if !said {
+            eprintln!(
+                "flowd: {flag} {text} does not resolve yet ({why}); trying again for up to {}s",
+                RESOLVE_PATIENCE.as_secs()
+            );
+            said = true;
+        }
+        std::thread::sleep(Duration::from_millis(500));
+    }
+}
+
 fn memory_root() -> &'static Path {
     let shm = Path::new("/dev/shm");
     if shm.is_dir() { shm } else { Path::new("/tmp") }
@@ -190,5 +263,32 @@ pub fn parse_cores(text: &str) -> Result<Cores, String> {
         _ => Err(format!(
             "\"{text}\" is not a core count; use a number from 1, or \"all\""
         )),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn peer_addresses_are_addresses_or_names_that_resolve() {
+        let now = Instant::now();
+        assert_eq!(
+            resolve("--seeds", "10.0.0.5:7946", now).unwrap(),
+            "10.0.0.5:7946".parse::<SocketAddr>().unwrap()
+        );
+        assert_eq!(resolve("--seeds", "localhost:7946", now).unwrap().port(), 7946);
+        let bad = resolve("--peer-listen", "flowd-0", now).unwrap_err().to_string();
+        assert!(bad.contains("is not HOST:PORT"), "{bad}");
+        // `.invalid` never resolves (RFC 2606); with the deadline past, no retry.
+        let gone = resolve("--seeds", "flowd-0.invalid:7946", now)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            gone.contains("does not resolve") && gone.contains("--seeds"),
+            "{gone}"
+        );
+        let zero = peer_addresses("10.0.0.5:0", Some("0.0.0.0:7946".parse().unwrap()), &[]);
+        assert!(zero.unwrap_err().to_string().contains("not 0"));
     }
 }

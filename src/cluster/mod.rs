@@ -40,7 +40,11 @@ pub const DEFAULT_CLUSTER_ID: &str = "flowd";
 /// How a peer joins: where it listens for peers, whom it asks first, which cluster.
 #[derive(Debug, Clone)]
 pub struct ClusterOptions {
+    /// The address the others reach this peer at: its identity.
     pub listen: SocketAddr,
+    /// Where the peer listener binds, if not at `listen` (`--peer-bind`): behind an
+    /// address that forwards to it, such as a Kubernetes Service's.
+    pub bind: Option<SocketAddr>,
     pub seeds: Vec<SocketAddr>,
     pub cluster_id: String,
     /// A peer down this long is replaced: its replicas are copied to live peers and its
@@ -89,14 +93,17 @@ impl Cluster {
     /// answered (the view fills in as they do).
     /// The group's state lives in `data_dir/cluster/raft`.
     pub fn start(options: &ClusterOptions, cores: usize, data_dir: &Path) -> Result<Cluster, ClusterError> {
-        let listener = TcpListener::bind(options.listen).map_err(|source| ClusterError::Listen {
-            addr: options.listen,
-            source,
-        })?;
-        let addr = listener.local_addr().map_err(|source| ClusterError::Listen {
-            addr: options.listen,
-            source,
-        })?;
+        let bind = options.bind.unwrap_or(options.listen);
+        let listener =
+            TcpListener::bind(bind).map_err(|source| ClusterError::Listen { addr: bind, source })?;
+        let bound = listener
+            .local_addr()
+            .map_err(|source| ClusterError::Listen { addr: bind, source })?;
+        // Behind a forwarding address the port the others reach is the one given.
+        let addr = match options.bind {
+            Some(_) => options.listen,
+            None => bound,
+        };
         let tls = match &options.tls {
             Some(files) => Some(Arc::new(
                 crate::tls::peer::PeerTls::load(files.clone(), &options.cluster_id, addr.ip())
