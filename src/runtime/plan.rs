@@ -596,10 +596,39 @@ pub fn allowed_cpus() -> Vec<usize> {
     (0..std::thread::available_parallelism().map_or(1, |n| n.get())).collect()
 }
 
+/// Whether this process may make an io_uring, which every shard runs on. A container's
+/// default seccomp profile (podman's, Docker's, containerd's `RuntimeDefault`) refuses
+/// it, and glommio would then panic in each shard's thread: this says why, and what to
+/// do, before any starts.
+fn io_uring_allowed() -> Result<()> {
+    // struct io_uring_params: 120 bytes, zeroed, for a ring of 4 entries.
+    let mut params = [0u8; 120];
+    // SAFETY: io_uring_setup reads and writes `params` (120 bytes) and returns a file
+    // descriptor, closed at once, or -1.
+    let fd = unsafe { libc::syscall(libc::SYS_io_uring_setup, 4u32, params.as_mut_ptr()) };
+    if fd < 0 {
+        let error = std::io::Error::last_os_error();
+        return Err(RuntimeError::Shard {
+            shard: 0,
+            reason: format!(
+                "io_uring is not allowed here ({error}); flowd's shards run on it. In a container, \
+                 allow io_uring_setup, io_uring_enter and io_uring_register in its seccomp profile \
+                 (podman or docker: --security-opt seccomp=unconfined; Kubernetes: \
+                 securityContext.seccompProfile.type Unconfined, as deploy/kubernetes does); on a host, \
+                 check the sysctl kernel.io_uring_disabled is 0"
+            ),
+        });
+    }
+    // SAFETY: `fd` is the ring's descriptor, this function's alone.
+    unsafe { libc::close(fd as libc::c_int) };
+    Ok(())
+}
+
 /// Starts one executor per planned shard, pinned to its core: shard `i` to the `i`-th
 /// CPU this process may use, so that peers started under `taskset` (or in containers
 /// with cpusets) on one machine each keep to their own CPUs rather than all to CPU 0.
 pub fn spawn(plan: Plan, doors: Option<Arc<dyn Doors>>) -> Result<Vec<ShardHandle>> {
+    io_uring_allowed()?;
     let mut handles = Vec::new();
     let cpus = allowed_cpus();
     let spin = spin_before_park()?;
