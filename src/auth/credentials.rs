@@ -90,8 +90,9 @@ impl Credentials {
             source,
         };
         let file = std::fs::File::open(path).map_err(read)?;
-        let mode = file.metadata().map_err(read)?.permissions().mode() & 0o7777;
-        if mode & 0o077 != 0 {
+        let meta = file.metadata().map_err(read)?;
+        let mode = meta.permissions().mode() & 0o7777;
+        if !crate::storage::io::secret_closed(&meta) {
             return Err(CredentialsError::Open {
                 path: path.to_path_buf(),
                 mode,

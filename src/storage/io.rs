@@ -185,6 +185,16 @@ pub fn create_private_dir(dir: &Path) -> io::Result<Option<u32>> {
     Ok(existed.then_some(mode))
 }
 
+/// Whether a file holding a secret (a private key, the credentials file) is closed to
+/// others: its owner's alone, or, owned by root, readable by its group too (0640 or
+/// less). A Kubernetes Secret mounted into a pod with an `fsGroup` is root's and 0440
+/// whatever its `defaultMode`; PostgreSQL allows its key files the same two ways.
+pub fn secret_closed(meta: &std::fs::Metadata) -> bool {
+    use std::os::unix::fs::{MetadataExt, PermissionsExt};
+    let mode = meta.permissions().mode() & 0o7777;
+    mode & 0o077 == 0 || (meta.uid() == 0 && mode & 0o037 == 0)
+}
+
 /// Creates `dir` and every missing parent, durably: each new directory's name is synced
 /// into its parent, so that nothing written under it can vanish with its name.
 pub fn create_dir_all(dir: &Path) -> io::Result<()> {
@@ -212,4 +222,30 @@ pub fn create_dir_all(dir: &Path) -> io::Result<()> {
         }
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use std::os::unix::fs::PermissionsExt;
+
+    /// Owner-only, or root's and group-readable (a Kubernetes Secret with an fsGroup);
+    /// nothing open to others, and nothing group-readable that is not root's.
+    #[test]
+    fn a_secret_is_its_owners_or_roots_and_its_groups() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("secret");
+        std::fs::write(&file, "x").unwrap();
+        let closed = |mode: u32, uid: u32| {
+            std::fs::set_permissions(&file, std::fs::Permissions::from_mode(mode)).unwrap();
+            std::os::unix::fs::chown(&file, Some(uid), None).unwrap();
+            super::secret_closed(&std::fs::metadata(&file).unwrap())
+        };
+        // Changing a file's owner takes root (the tests' machines run as root).
+        if unsafe { libc::geteuid() } != 0 {
+            return;
+        }
+        assert!(closed(0o600, 0) && closed(0o400, 65532) && closed(0o600, 65532));
+        assert!(closed(0o440, 0) && closed(0o640, 0));
+        assert!(!closed(0o440, 65532) && !closed(0o644, 0) && !closed(0o660, 0) && !closed(0o604, 65532));
+    }
 }

@@ -96,12 +96,9 @@ pub fn private_key(path: &Path) -> Result<PrivateKeyDer<'static>, TlsError> {
         path: path.to_owned(),
         reason,
     };
-    let mode = std::fs::metadata(path)
-        .map_err(|e| read(e.to_string()))?
-        .permissions()
-        .mode()
-        & 0o7777;
-    if mode & 0o077 != 0 {
+    let meta = std::fs::metadata(path).map_err(|e| read(e.to_string()))?;
+    let mode = meta.permissions().mode() & 0o7777;
+    if !crate::storage::io::secret_closed(&meta) {
         return Err(TlsError::OpenKey {
             path: path.to_owned(),
             mode,
