@@ -130,9 +130,11 @@ def main():
     parser.add_argument("pod", nargs="?")
     parser.add_argument("--namespace", default="default")
     parser.add_argument("--set", action="append", dest="sets")
+    parser.add_argument("--json", action="store_true", help="render: a JSON list of the objects")
     args = parser.parse_args()
     if args.command == "render":
-        sys.stdout.write(dump(render(merged(PLAIN, args.sets), namespace=args.namespace)))
+        docs = render(merged(PLAIN, args.sets), namespace=args.namespace)
+        sys.stdout.write(json.dumps(docs) if args.json else dump(docs))
     elif args.command == "write":
         with open(MANIFESTS, "w") as f:
             f.write(dump(render(PLAIN)))

@@ -28,6 +28,7 @@ mod idle;
 mod ingest;
 mod jobs;
 mod kafka;
+mod kubernetes;
 mod log;
 mod nemesis;
 mod outputs;

@@ -62,13 +62,13 @@ fn must(args: &[&str]) {
 }
 
 /// The namespaces, veths and bridge of one run, removed when dropped.
-struct Net {
+pub(crate) struct Net {
     tag: String,
     peers: usize,
 }
 
 impl Net {
-    fn new(peers: usize) -> Net {
+    pub(crate) fn new(peers: usize) -> Net {
         clear_leftovers();
         let tag = format!("{:x}", std::process::id());
         let net = Net { tag, peers };
@@ -112,11 +112,11 @@ impl Net {
         format!("fb{}", self.tag)
     }
 
-    fn ns(&self, i: usize) -> String {
+    pub(crate) fn ns(&self, i: usize) -> String {
         format!("fn{}-{i}", self.tag)
     }
 
-    fn ip(&self, i: usize) -> String {
+    pub(crate) fn ip(&self, i: usize) -> String {
         format!("10.77.0.{}", 10 + i)
     }
 

@@ -1,0 +1,398 @@
+//! The Kubernetes manifests run for real, without Kubernetes: three flowd processes,
+//! each in a network namespace of its own (a pod), started with exactly the arguments
+//! the StatefulSet gives pods flowd-0, flowd-1 and flowd-2 (`deploy/render.py pod`
+//! expands them as the kubelet does), their volumes' paths mapped to directories here.
+//! Each namespace's `/etc/hosts` (`ip netns exec` mounts `/etc/netns/NS/hosts`) names
+//! every pod's Service address, as the cluster's DNS would. They form one cluster; then
+//! a rolling restart, one pod at a time from the highest ordinal as Kubernetes does it
+//! (SIGTERM, the grace period, start, wait for `/readyz`), while a producer goes on
+//! through whichever pod answers (the client Service): every acked record is there
+//! once, at its acked partition and offset. Also: the chart renders, lints and
+//! validates, and its StatefulSet's addresses, probes and budget are the ones wanted.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use flowd::client::{Client, ClientError};
+use flowd::protocol::OwnedWireRecord;
+use serde_json::Value;
+
+use crate::cluster::one_at_a_time;
+use crate::ingest::{Server, http, run_cli};
+use crate::nemesis::Net;
+use crate::support::{run_bounded, wait_until};
+
+/// The namespace the pods run in, as far as their names go.
+const NAMESPACE: &str = "flowd-it";
+const PODS: usize = 3;
+
+fn render(args: &[&str]) -> std::process::Output {
+    let mut command = Command::new("python3");
+    command
+        .arg(concat!(env!("CARGO_MANIFEST_DIR"), "/deploy/render.py"))
+        .args(args);
+    let out = run_bounded(&mut command, b"");
+    assert!(
+        out.status.success(),
+        "deploy/render.py {}: {}{} (it needs: pip install helm-python-sdk==0.2.2 kubernetes-validate==1.37.0 pyyaml)",
+        args.join(" "),
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    out
+}
+
+/// What pod `name` of the rendered StatefulSet runs (`deploy/render.py pod`).
+fn pod_spec(name: &str, sets: &[&str]) -> Value {
+    let mut args = vec!["pod", name, "--namespace", NAMESPACE];
+    for set in sets {
+        args.extend(["--set", set]);
+    }
+    serde_json::from_slice(&render(&args).stdout).unwrap()
+}
+
+fn arg_after<'a>(spec: &'a Value, flag: &str) -> &'a str {
+    let args = spec["args"].as_array().unwrap();
+    let at = args
+        .iter()
+        .position(|a| a == flag)
+        .unwrap_or_else(|| panic!("no {flag} in {args:?}"));
+    args[at + 1].as_str().unwrap()
+}
+
+fn service(i: usize) -> String {
+    format!("flowd-{i}.{NAMESPACE}.svc.cluster.local")
+}
+
+#[test]
+fn the_chart_renders_lints_and_validates_and_its_pods_find_each_other_by_name() {
+    let out = render(&["check"]);
+    assert!(String::from_utf8_lossy(&out.stdout).starts_with("ok:"));
+    let spec = pod_spec("flowd-2", &[]);
+    // Each pod is reached at its own Service's name and binds every address; all seed
+    // from pod 0's.
+    assert_eq!(arg_after(&spec, "--peer-listen"), format!("{}:7946", service(2)));
+    assert_eq!(arg_after(&spec, "--peer-bind"), "0.0.0.0:7946");
+    assert_eq!(arg_after(&spec, "--seeds"), format!("{}:7946", service(0)));
+    assert_eq!(arg_after(&spec, "--cores"), "2", "the CPU limit");
+    assert_eq!(
+        arg_after(&spec, "--credentials"),
+        "/etc/flowd/credentials/credentials"
+    );
+    assert_eq!(
+        spec["probes"],
+        serde_json::json!({"liveness": "/healthz", "readiness": "/readyz"})
+    );
+    // The grace period outlasts the hand-over on SIGTERM.
+    assert!(spec["grace_seconds"].as_u64().unwrap() > 30 + 5);
+    let cores = pod_spec("flowd-0", &["resources.limits.cpu=1500m"]);
+    assert_eq!(arg_after(&cores, "--cores"), "2", "a CPU limit rounded up");
+    // The disruption budget keeps a majority.
+    for (replicas, min) in [(1, 1), (3, 2), (4, 3), (5, 3)] {
+        let out = render(&["render", "--json", "--set", &format!("replicas={replicas}")]);
+        let docs: Vec<Value> = serde_json::from_slice(&out.stdout).unwrap();
+        let pdb = docs.iter().find(|d| d["kind"] == "PodDisruptionBudget").unwrap();
+        assert_eq!(pdb["spec"]["minAvailable"], min, "{replicas} peers");
+        let services = docs.iter().filter(|d| d["kind"] == "Service").count();
+        assert_eq!(
+            services,
+            replicas + 2,
+            "one Service per pod, the headless and the client's"
+        );
+    }
+    // No credentials and not insecure: refused at render time, saying what to give.
+    let mut command = Command::new("python3");
+    command
+        .arg(concat!(env!("CARGO_MANIFEST_DIR"), "/deploy/render.py"))
+        .args(["render", "--set", "credentials.secret="]);
+    let out = run_bounded(&mut command, b"");
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("give credentials.secret"));
+}
+
+/// `/etc/netns/NS/hosts` for each pod: every pod's Service name at its address.
+struct Hosts(Vec<PathBuf>);
+
+impl Hosts {
+    fn write(net: &Net) -> Hosts {
+        let mut text = String::from("127.0.0.1 localhost\n");
+        for i in 0..PODS {
+            text.push_str(&format!("{} {}\n", net.ip(i), service(i)));
+        }
+        let dirs: Vec<PathBuf> = (0..PODS)
+            .map(|i| Path::new("/etc/netns").join(net.ns(i)))
+            .collect();
+        for dir in &dirs {
+            std::fs::create_dir_all(dir).unwrap();
+            std::fs::write(dir.join("hosts"), &text).unwrap();
+        }
+        Hosts(dirs)
+    }
+}
+
+impl Drop for Hosts {
+    fn drop(&mut self) {
+        for dir in &self.0 {
+            let _ = std::fs::remove_dir_all(dir);
+        }
+    }
+}
+
+/// Pod `i`: `flowd run` (the image's entry point) with the StatefulSet's arguments, in
+/// its namespace, each volume's mount path mapped to a directory of the test's.
+fn start_pod(net: &Net, dir: &Path, i: usize, spec: &Value) -> Server {
+    let volumes: Vec<(String, PathBuf)> = spec["mounts"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| m.as_str().unwrap().to_string())
+        .map(|mount| {
+            let local = match mount.as_str() {
+                "/data" => dir.join(format!("pod-{i}")),
+                "/etc/flowd/dataflow.toml" => dir.join("dataflow.toml"),
+                "/etc/flowd/credentials" => dir.join("credentials"),
+                "/tmp" => std::env::temp_dir(),
+                other => panic!("the StatefulSet mounts {other}, which this test does not know"),
+            };
+            (mount, local)
+        })
+        .collect();
+    let mut args = vec![
+        "netns".to_string(),
+        "exec".into(),
+        net.ns(i),
+        env!("CARGO_BIN_EXE_flowd").into(),
+        "run".into(),
+    ];
+    for arg in spec["args"].as_array().unwrap() {
+        let arg = arg.as_str().unwrap();
+        let mapped = volumes.iter().find_map(|(mount, local)| {
+            (arg == mount).then(|| local.display().to_string()).or_else(|| {
+                arg.strip_prefix(&format!("{mount}/"))
+                    .map(|rest| local.join(rest).display().to_string())
+            })
+        });
+        assert!(mapped.is_some() || !arg.starts_with('/'), "{arg} is on no volume");
+        args.push(mapped.unwrap_or_else(|| arg.to_string()));
+    }
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let mut pod = Server::start_program("ip", &args);
+    // It binds every address: it is reached at its own.
+    for door in [&mut pod.tcp, &mut pod.http] {
+        *door = door.replace("0.0.0.0", &net.ip(i));
+    }
+    pod
+}
+
+fn ready(pod: &Server) -> bool {
+    let addr = pod.http.parse().unwrap();
+    std::net::TcpStream::connect_timeout(&addr, Duration::from_secs(1)).is_ok()
+        && http(&pod.http, "GET", "/readyz", "").0 == 200
+}
+
+type Acked = Arc<Mutex<BTreeMap<String, (u32, u64)>>>;
+
+/// One record per request, to each partition in turn, through the first pod that
+/// answers (the client Service), until `stop`.
+fn producer(
+    doors: Vec<String>,
+    token: String,
+    partitions: u32,
+    stop: Arc<AtomicBool>,
+    acked: Acked,
+) -> std::thread::JoinHandle<u64> {
+    std::thread::spawn(move || {
+        let (mut client, mut door, mut failed) = (None, 0, 0);
+        for n in 0..10_000_000u64 {
+            if stop.load(Ordering::Acquire) {
+                break;
+            }
+            if client.is_none() {
+                door = (door + 1) % doors.len();
+                client = Client::connect_as(&doors[door], Some(&token)).ok();
+            }
+            let Some(c) = client.as_mut() else {
+                std::thread::sleep(Duration::from_millis(20));
+                continue;
+            };
+            let value = format!("r{n}");
+            let partition = (n % u64::from(partitions)) as u32;
+            let record = OwnedWireRecord {
+                timestamp_ms: None,
+                key: None,
+                value: value.clone().into_bytes(),
+                headers: Vec::new(),
+            };
+            match c.produce_batch("events", Some(partition), &[record]) {
+                Ok(offsets) => {
+                    acked.lock().unwrap().insert(value, offsets[0]);
+                }
+                Err(ClientError::Server { .. }) => {
+                    failed += 1;
+                    std::thread::sleep(Duration::from_millis(20));
+                }
+                Err(_) => {
+                    failed += 1;
+                    client = None;
+                }
+            }
+        }
+        failed
+    })
+}
+
+/// `(partition, offset) -> value` of every record, read through `pod`.
+fn read_all(pod: &Server, token: &str) -> Option<BTreeMap<(u32, u64), String>> {
+    let (code, out, _) = run_cli(
+        &["tail", "--from", &pod.tcp, "--token", token, "events", "--json"],
+        "",
+    );
+    (code == 0).then(|| {
+        out.lines()
+            .map(|line| {
+                let v: Value = serde_json::from_str(line).unwrap();
+                (
+                    (
+                        v["partition"].as_u64().unwrap() as u32,
+                        v["offset"].as_u64().unwrap(),
+                    ),
+                    v["value"].as_str().unwrap().to_string(),
+                )
+            })
+            .collect()
+    })
+}
+
+#[test]
+fn three_pods_with_the_statefulsets_arguments_form_one_cluster_and_restart_one_at_a_time_losing_no_acked_record()
+ {
+    let _serial = one_at_a_time();
+    let net = Net::new(PODS);
+    let _hosts = Hosts::write(&net);
+    let dir = tempfile::tempdir().unwrap();
+    let specs: Vec<Value> = (0..PODS).map(|i| pod_spec(&format!("flowd-{i}"), &[])).collect();
+    std::fs::write(
+        dir.path().join("dataflow.toml"),
+        specs[0]["dataflow"].as_str().unwrap(),
+    )
+    .unwrap();
+    let partitions: u32 = {
+        let text = specs[0]["dataflow"].as_str().unwrap();
+        let line = text.lines().find(|l| l.starts_with("partitions")).unwrap();
+        line.split('=').nth(1).unwrap().trim().parse().unwrap()
+    };
+    // The Secret's credentials file, with a token that may produce, read and see.
+    std::fs::create_dir(dir.path().join("credentials")).unwrap();
+    let file = dir.path().join("credentials/credentials").display().to_string();
+    let (code, out, err) = run_cli(
+        &[
+            "token",
+            "add",
+            "it",
+            "--allow",
+            "produce:*,consume:*,group:*,status",
+            "--credentials",
+            &file,
+        ],
+        "",
+    );
+    assert_eq!(code, 0, "{err}");
+    let token = out.split_whitespace().last().unwrap().to_string();
+
+    // podManagementPolicy: Parallel: all three at once.
+    let mut pods: Vec<Server> = (0..PODS)
+        .map(|i| start_pod(&net, dir.path(), i, &specs[i]))
+        .collect();
+    wait_until("every pod ready", Duration::from_secs(120), || {
+        pods.iter().all(ready)
+    });
+    // One cluster: each pod lists all three, at their Services' addresses, alive.
+    for pod in &pods {
+        let (code, out, err) = run_cli(
+            &[
+                "status", "--local", "--from", &pod.tcp, "--token", &token, "--json",
+            ],
+            "",
+        );
+        assert_eq!(code, 0, "{err}");
+        let status: Value = serde_json::from_str(&out).unwrap();
+        let mut alive: Vec<String> = status["peers"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|p| p["state"] == "alive")
+            .map(|p| p["addr"].as_str().unwrap().to_string())
+            .collect();
+        alive.sort();
+        let want: Vec<String> = (0..PODS).map(|i| format!("{}:7946", net.ip(i))).collect();
+        assert_eq!(alive, want, "{out}");
+    }
+
+    let stop = Arc::new(AtomicBool::new(false));
+    let acked: Acked = Arc::new(Mutex::new(BTreeMap::new()));
+    let doors: Vec<String> = pods.iter().map(|p| p.tcp.clone()).collect();
+    let producing = producer(
+        doors,
+        token.clone(),
+        partitions,
+        Arc::clone(&stop),
+        Arc::clone(&acked),
+    );
+    let count = || acked.lock().unwrap().len();
+    wait_until("the producer's first acks", Duration::from_secs(60), || {
+        count() >= 200
+    });
+    let grace = Duration::from_secs(specs[0]["grace_seconds"].as_u64().unwrap());
+    // A rolling update: the highest ordinal first, each pod ready before the next goes.
+    for i in (0..PODS).rev() {
+        let exit = pods[i].terminate(grace);
+        assert_eq!(
+            exit,
+            Some(true),
+            "flowd-{i} leaves within its grace period: {}",
+            pods[i].log.text()
+        );
+        pods[i] = start_pod(&net, dir.path(), i, &specs[i]);
+        wait_until(
+            &format!("flowd-{i} ready again"),
+            Duration::from_secs(120),
+            || ready(&pods[i]),
+        );
+        let before = count();
+        wait_until("acks go on", Duration::from_secs(60), || count() >= before + 100);
+    }
+    stop.store(true, Ordering::Release);
+    let failed = producing.join().unwrap();
+    let acked = acked.lock().unwrap().clone();
+
+    // Every acked record once, where it was acked, through every pod.
+    for pod in &pods {
+        let mut last = BTreeMap::new();
+        let whole = wait_until("every acked record readable", Duration::from_secs(60), || {
+            last = read_all(pod, &token).unwrap_or_default();
+            acked.values().all(|at| last.contains_key(at))
+        });
+        let mut seen: BTreeMap<&str, usize> = BTreeMap::new();
+        for value in last.values() {
+            *seen.entry(value.as_str()).or_default() += 1;
+        }
+        for (value, at) in &acked {
+            assert_eq!(
+                last.get(at),
+                Some(value),
+                "acked {value} at {at:?}, read through {}",
+                pod.tcp
+            );
+            assert_eq!(seen.get(value.as_str()), Some(&1), "{value} once");
+        }
+        eprintln!(
+            "kubernetes: {} acked records read through {} after {whole:?} ({failed} refused or lost connections while pods restarted)",
+            acked.len(),
+            pod.tcp
+        );
+    }
+}
