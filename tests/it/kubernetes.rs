@@ -17,13 +17,11 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use flowd::client::{Client, ClientError};
-use flowd::protocol::OwnedWireRecord;
 use serde_json::Value;
 
 use crate::cluster::one_at_a_time;
 use crate::ingest::{Server, http, run_cli};
-use crate::nemesis::Net;
+use crate::nemesis::{Acked, Doors, Net, producer_through};
 use crate::support::{run_bounded, wait_until};
 
 /// The namespace the pods run in, as far as their names go.
@@ -194,57 +192,6 @@ fn ready(pod: &Server) -> bool {
         && http(&pod.http, "GET", "/readyz", "").0 == 200
 }
 
-type Acked = Arc<Mutex<BTreeMap<String, (u32, u64)>>>;
-
-/// One record per request, to each partition in turn, through the first pod that
-/// answers (the client Service), until `stop`.
-fn producer(
-    doors: Vec<String>,
-    token: String,
-    partitions: u32,
-    stop: Arc<AtomicBool>,
-    acked: Acked,
-) -> std::thread::JoinHandle<u64> {
-    std::thread::spawn(move || {
-        let (mut client, mut door, mut failed) = (None, 0, 0);
-        for n in 0..10_000_000u64 {
-            if stop.load(Ordering::Acquire) {
-                break;
-            }
-            if client.is_none() {
-                door = (door + 1) % doors.len();
-                client = Client::connect_as(&doors[door], Some(&token)).ok();
-            }
-            let Some(c) = client.as_mut() else {
-                std::thread::sleep(Duration::from_millis(20));
-                continue;
-            };
-            let value = format!("r{n}");
-            let partition = (n % u64::from(partitions)) as u32;
-            let record = OwnedWireRecord {
-                timestamp_ms: None,
-                key: None,
-                value: value.clone().into_bytes(),
-                headers: Vec::new(),
-            };
-            match c.produce_batch("events", Some(partition), &[record]) {
-                Ok(offsets) => {
-                    acked.lock().unwrap().insert(value, offsets[0]);
-                }
-                Err(ClientError::Server { .. }) => {
-                    failed += 1;
-                    std::thread::sleep(Duration::from_millis(20));
-                }
-                Err(_) => {
-                    failed += 1;
-                    client = None;
-                }
-            }
-        }
-        failed
-    })
-}
-
 /// `(partition, offset) -> value` of every record, read through `pod`.
 fn read_all(pod: &Server, token: &str) -> Option<BTreeMap<(u32, u64), String>> {
     let (code, out, _) = run_cli(
@@ -334,14 +281,13 @@ fn three_pods_with_the_statefulsets_arguments_form_one_cluster_and_restart_one_a
 
     let stop = Arc::new(AtomicBool::new(false));
     let acked: Acked = Arc::new(Mutex::new(BTreeMap::new()));
-    let doors: Vec<String> = pods.iter().map(|p| p.tcp.clone()).collect();
-    let producing = producer(
-        doors,
-        token.clone(),
+    // Through whichever pod answers, as through the client Service.
+    let doors = Doors {
+        addrs: pods.iter().map(|p| p.tcp.clone()).collect(),
+        token: Some(token.clone()),
         partitions,
-        Arc::clone(&stop),
-        Arc::clone(&acked),
-    );
+    };
+    let producing = producer_through(doors, "r".into(), Arc::clone(&stop), Arc::clone(&acked));
     let count = || acked.lock().unwrap().len();
     wait_until("the producer's first acks", Duration::from_secs(60), || {
         count() >= 200

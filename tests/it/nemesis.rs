@@ -329,20 +329,43 @@ impl Rng {
     }
 }
 
-type Acked = Arc<Mutex<BTreeMap<String, (u32, u64)>>>;
+pub(crate) type Acked = Arc<Mutex<BTreeMap<String, (u32, u64)>>>;
 
 /// A producer through peer `i`: one record per request to a partition in turn, until
 /// `stop`; what was acked, where.
 fn producer(tcp: String, i: usize, stop: Arc<AtomicBool>, acked: Acked) -> std::thread::JoinHandle<u64> {
+    let doors = Doors {
+        addrs: vec![tcp],
+        token: None,
+        partitions: PARTITIONS,
+    };
+    producer_through(doors, format!("p{i}-"), stop, acked)
+}
+
+/// Where a producer sends: the first of `addrs` that answers, the next one after a
+/// lost connection (a client Service); with a token, if the peers ask for one.
+pub(crate) struct Doors {
+    pub(crate) addrs: Vec<String>,
+    pub(crate) token: Option<String>,
+    pub(crate) partitions: u32,
+}
+
+/// Records `{prefix}{n}`, one per request, to each partition of `events` in turn,
+/// until `stop`: what was acked, where; returns how many requests failed.
+pub(crate) fn producer_through(
+    doors: Doors,
+    prefix: String,
+    stop: Arc<AtomicBool>,
+    acked: Acked,
+) -> std::thread::JoinHandle<u64> {
     std::thread::spawn(move || {
-        let mut client = None;
-        let mut failed = 0;
+        let (mut client, mut door, mut failed) = (None, 0, 0);
         for n in 0..10_000_000u64 {
             if stop.load(Ordering::Acquire) {
                 break;
             }
-            let value = format!("p{i}-{n}");
-            let partition = (n % u64::from(PARTITIONS)) as u32;
+            let value = format!("{prefix}{n}");
+            let partition = (n % u64::from(doors.partitions)) as u32;
             let record = OwnedWireRecord {
                 timestamp_ms: None,
                 key: None,
@@ -350,7 +373,8 @@ fn producer(tcp: String, i: usize, stop: Arc<AtomicBool>, acked: Acked) -> std::
                 headers: Vec::new(),
             };
             if client.is_none() {
-                client = Client::connect(&tcp).ok();
+                door = (door + 1) % doors.addrs.len();
+                client = Client::connect_as(&doors.addrs[door], doors.token.as_deref()).ok();
             }
             let Some(c) = client.as_mut() else {
                 std::thread::sleep(Duration::from_millis(50));
