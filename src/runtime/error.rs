@@ -27,6 +27,10 @@ pub enum RuntimeError {
     Cores { requested: usize, available: usize },
     #[error("cannot start shard {shard}: {reason}")]
     Shard { shard: usize, reason: String },
+    #[error(
+        "shard {shard} panicked (its message is above); the engine stopped rather than run without its partitions"
+    )]
+    ShardPanicked { shard: usize },
     #[error("operator of stage \"{stage}\" cannot be built: {reason}")]
     Operator { stage: String, reason: String },
     #[error(

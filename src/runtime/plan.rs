@@ -596,6 +596,26 @@ pub fn allowed_cpus() -> Vec<usize> {
     (0..std::thread::available_parallelism().map_or(1, |n| n.get())).collect()
 }
 
+/// Held by a shard's thread (in its task, or in the closure that makes it): dropped while
+/// the thread panics, it stops the engine with the reason, so that the process exits
+/// saying so rather than go on serving without the shard's partitions (or hang, if
+/// the shard never started).
+struct PanicStops {
+    shard: usize,
+    shared: Arc<Shared>,
+}
+
+impl Drop for PanicStops {
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            self.shared
+                .control
+                .fail(RuntimeError::ShardPanicked { shard: self.shard });
+            self.shared.control.nudge();
+        }
+    }
+}
+
 /// Whether this process may make an io_uring, which every shard runs on. A container's
 /// default seccomp profile (podman's, Docker's, containerd's `RuntimeDefault`) refuses
 /// it, and glommio would then panic in each shard's thread: this says why, and what to
@@ -635,10 +655,17 @@ pub fn spawn(plan: Plan, doors: Option<Arc<dyn Doors>>) -> Result<Vec<ShardHandl
     for (index, shard_plan) in plan.shards.into_iter().enumerate() {
         let shared = Arc::clone(&plan.shared);
         let doors = doors.clone();
+        let loud = PanicStops {
+            shard: index,
+            shared: Arc::clone(&shared),
+        };
         let handle = LocalExecutorBuilder::new(Placement::Fixed(cpus[index % cpus.len()]))
             .spin_before_park(spin)
             .name(&format!("flowd-shard-{index}"))
-            .spawn(move || async move { run_shard(index, shared, shard_plan, doors).await })
+            .spawn(move || async move {
+                let _loud = loud;
+                run_shard(index, shared, shard_plan, doors).await
+            })
             .map_err(|e| RuntimeError::Shard {
                 shard: index,
                 reason: e.to_string(),
@@ -658,6 +685,7 @@ async fn run_shard(
         .partitions
         .into_iter()
         .map(|(t, p, log, max_lag)| LocalPartition::new(t, p, log, max_lag));
+    crate::storage::faults::panic_point("shard-panic", index);
     let journal = plan.journal.expect("every shard plan gets its journal");
     let shard = Rc::new(Shard::new(
         index,

@@ -18,6 +18,7 @@
 //! | `journal-txn-part`    | SIGKILL once the first of several parts is appended (the others perhaps not yet) |
 //! | `journal-txn-parts`   | SIGKILL once every part is appended, before the `applied` entry |
 //! | `kafka-idempotent-durable` | SIGKILL once an idempotent Kafka producer's batch is durable, before its answer |
+//! | `shard-panic`    | (`return(N)`) shard N panics as it starts                         |
 //! | `peer-produce`   | (`sleep(MS)`) the reader of a peer's data connection stalls before it queues a forwarded batch, as behind a full inbox |
 
 use std::io;
@@ -77,6 +78,17 @@ pub fn fdatasync_fails(path: &std::path::Path) -> bool {
     }
     let _ = path;
     false
+}
+
+/// Panics, as a bug would, if the fail point `name` is set to `return(N)` and `n` is N.
+pub fn panic_point(name: &str, n: usize) {
+    #[cfg(feature = "failpoints")]
+    {
+        if fail::eval(name, |arg| arg).is_some_and(|arg| arg.and_then(|a| a.parse().ok()) == Some(n)) {
+            panic!("fail point {name}: panicking in {n}");
+        }
+    }
+    let _ = (name, n);
 }
 
 /// Kills this process with SIGKILL, as a crash would, if the fail point `name` is set.

@@ -280,3 +280,23 @@ fn a_dead_letter_killed_at_each_step_of_its_transaction_is_applied_once_after_a_
         drop(server);
     }
 }
+
+/// A shard that panics stops the engine: `flowd run` exits non-zero, naming the shard,
+/// rather than serve on without that shard's partitions (or hang, when the shard never
+/// started: a container that refuses io_uring did that).
+#[test]
+fn a_shard_that_panics_stops_the_engine_saying_which() {
+    let dir = fast_tempdir();
+    let file = crate::ingest::dataflow(dir.path(), "group");
+    let out = crate::support::run_bounded(
+        crate::ingest::flowd()
+            .arg("run")
+            .arg(&file)
+            .args(["--cores", "2"])
+            .env("FAILPOINTS", "shard-panic=return(1)"),
+        b"",
+    );
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "{stderr}");
+    assert!(stderr.contains("shard 1 panicked"), "{stderr}");
+}
