@@ -111,8 +111,10 @@ enum Command {
         #[arg(long, value_name = "ADDR", requires = "peer_listen")]
         peer_bind: Option<std::net::SocketAddr>,
         /// Peers to join through (their --peer-listen addresses or HOST:PORT names);
-        /// any one reachable is enough; one naming this peer itself founds the
-        /// cluster. Needs --peer-listen.
+        /// any one reachable is enough. Only this peer itself: it founds the cluster
+        /// (on a data directory that holds none). This peer first of several: it founds
+        /// it unless a running cluster takes it in within 10 s (every pod of a
+        /// StatefulSet can list the same seeds). Needs --peer-listen.
         #[arg(
             long,
             value_name = "ADDR,ADDR",

@@ -34,6 +34,11 @@ use membership::{Input, Membership};
 use transport::{DataSlot, Dialer, Listener};
 pub use view::{PeerState, View, ViewCell};
 
+/// How long the first of several seeds waits to be taken into a running metadata group
+/// before it founds one: gossip finds it within seconds, and the group's leader then
+/// adds it within a members round.
+pub const FOUND_AFTER: Duration = Duration::from_secs(10);
+
 /// The cluster id peers use when none is given.
 pub const DEFAULT_CLUSTER_ID: &str = "flowd";
 
@@ -139,6 +144,11 @@ impl Cluster {
             storage,
             founder,
         )?);
+        // The first of several seeds (every pod lists the same, pod 0's first) founds
+        // the group only if no running one takes it in meanwhile.
+        if !founder && options.seeds.first() == Some(&addr) {
+            consensus.found_unless_joined(FOUND_AFTER);
+        }
         consensus.keep_members(Arc::clone(&view), options.replace_after);
         let membership = Membership::new(me, options.seeds.clone(), outgoing.clone(), Arc::clone(&view));
         spawn("membership", move || membership.run(inputs_rx))?;

@@ -72,10 +72,11 @@ fn the_chart_renders_lints_and_validates_and_its_pods_find_each_other_by_name() 
     assert!(String::from_utf8_lossy(&out.stdout).starts_with("ok:"));
     let spec = pod_spec("flowd-2", &[]);
     // Each pod is reached at its own Service's name and binds every address; all seed
-    // from pod 0's.
+    // from every pod's, pod 0's first (it founds the cluster).
     assert_eq!(arg_after(&spec, "--peer-listen"), format!("{}:7946", service(2)));
     assert_eq!(arg_after(&spec, "--peer-bind"), "0.0.0.0:7946");
-    assert_eq!(arg_after(&spec, "--seeds"), format!("{}:7946", service(0)));
+    let seeds: Vec<String> = (0..PODS).map(|i| format!("{}:7946", service(i))).collect();
+    assert_eq!(arg_after(&spec, "--seeds"), seeds.join(","));
     assert_eq!(arg_after(&spec, "--cores"), "2", "the CPU limit");
     assert_eq!(
         arg_after(&spec, "--credentials"),
@@ -314,6 +315,45 @@ fn three_pods_with_the_statefulsets_arguments_form_one_cluster_and_restart_one_a
     stop.store(true, Ordering::Release);
     let failed = producing.join().unwrap();
     let acked = acked.lock().unwrap().clone();
+
+    // Pod 0's volume lost: it comes back empty with the same arguments (its seeds name
+    // itself first) and the running cluster takes it in; it founds no second one.
+    assert_eq!(pods[0].terminate(grace), Some(true));
+    std::fs::remove_dir_all(dir.path().join("pod-0")).unwrap();
+    pods[0] = start_pod(&net, dir.path(), 0, &specs[0]);
+    wait_until(
+        "flowd-0 ready on an empty volume",
+        Duration::from_secs(120),
+        || ready(&pods[0]),
+    );
+    let group = |pod: &Server| {
+        let (_, out, _) = run_cli(
+            &[
+                "status", "--local", "--from", &pod.tcp, "--token", &token, "--json",
+            ],
+            "",
+        );
+        let status: Value = serde_json::from_str(&out).unwrap_or_default();
+        let mut voters: Vec<String> = status["metadata_group"]["voters"]
+            .as_array()
+            .map(|v| v.iter().map(|a| a.as_str().unwrap_or("").to_string()).collect())
+            .unwrap_or_default();
+        voters.sort();
+        (
+            status["metadata_group"]["leader"].as_str().map(str::to_string),
+            voters,
+        )
+    };
+    let mut groups = Vec::new();
+    let one = crate::support::poll(Duration::from_secs(60), Duration::from_millis(200), || {
+        groups = pods.iter().map(group).collect::<Vec<_>>();
+        (groups[0].0.is_some() && groups[0].1.len() == PODS && groups.iter().all(|g| *g == groups[0]))
+            .then_some(())
+    });
+    assert!(
+        one.is_some(),
+        "one metadata group of {PODS} voters, one leader: {groups:?}"
+    );
 
     // Every acked record once, where it was acked, through every pod.
     for pod in &pods {

@@ -52,6 +52,8 @@ pub struct Consensus {
     raft: Raft,
     runtime: tokio::runtime::Runtime,
     pub me: u64,
+    /// This peer's address, its node's in the group.
+    addr: SocketAddr,
     metadata: Arc<MetadataCell>,
 }
 
@@ -66,6 +68,19 @@ pub struct GroupStatus {
     pub learners: Vec<SocketAddr>,
     /// The last entry applied here.
     pub applied: u64,
+}
+
+/// Starts a new group with this peer its only voter, if it is a member of none yet.
+async fn found_unless_member(raft: &Raft, id: u64, me: SocketAddr) -> Result<(), String> {
+    if raft.is_initialized().await.map_err(|e| e.to_string())? {
+        return Ok(());
+    }
+    let members = BTreeMap::from([(id, BasicNode::new(me.to_string()))]);
+    raft.initialize(members)
+        .await
+        .map_err(|e| format!("cannot found the group: {e}"))?;
+    tracing::info!("founded the cluster's metadata group, {me} its first voter");
+    Ok(())
 }
 
 fn thread_error(source: std::io::Error) -> ClusterError {
@@ -111,23 +126,34 @@ impl Consensus {
             .block_on(Raft::new(id, Arc::new(config), network, store.clone(), store))
             .map_err(|e| ClusterError::Consensus(format!("cannot start this peer's member: {e}")))?;
         if found {
-            let initialized = runtime
-                .block_on(raft.is_initialized())
-                .map_err(|e| ClusterError::Consensus(e.to_string()))?;
-            if !initialized {
-                let members = BTreeMap::from([(id, BasicNode::new(me.to_string()))]);
-                runtime
-                    .block_on(raft.initialize(members))
-                    .map_err(|e| ClusterError::Consensus(format!("cannot found the group: {e}")))?;
-                tracing::info!("founded the cluster's metadata group, {me} its first voter");
-            }
+            runtime
+                .block_on(found_unless_member(&raft, id, me))
+                .map_err(ClusterError::Consensus)?;
         }
         Ok(Consensus {
             raft,
             runtime,
             me: id,
+            addr: me,
             metadata,
         })
+    }
+
+    /// Founds the group after `after`, unless this peer is a member of one by then: the
+    /// first of several seeds does this, so that on a new cluster it founds the group
+    /// the others join, and back on an empty data directory beside a running group
+    /// (a Kubernetes pod 0 whose volume was lost) it is taken in by that group's leader
+    /// (which adds every live peer as a learner within a members round) instead of
+    /// founding a second one.
+    pub fn found_unless_joined(&self, after: Duration) {
+        let (raft, id) = (self.raft.clone(), self.me);
+        let me = self.addr;
+        self.runtime.spawn(async move {
+            tokio::time::sleep(after).await;
+            if let Err(error) = found_unless_member(&raft, id, me).await {
+                tracing::error!("{error}");
+            }
+        });
     }
 
     /// Keeps the voters in step with the gossip view while this peer leads the group.
