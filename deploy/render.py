@@ -27,6 +27,11 @@ MANIFESTS = os.path.join(HERE, "kubernetes", "flowd.yaml")
 # from the Secret "flowd-credentials".
 PLAIN = {"credentials": {"secret": "flowd-credentials"}}
 KUBERNETES = "1.37.0"
+VARIANTS = [
+    ["tls.secret=flowd-tls", "ports.kafka=9092", "replicas=5", "storage.storageClassName=fast"],
+    ["credentials.secret=", "insecure=true", "serviceMonitor.enabled=false", "networkPolicy.enabled=false"],
+    ["serviceMonitor.bearerTokenSecret.name=flowd-metrics", "replicas=1"],
+]
 
 
 def merged(base, sets):
@@ -149,6 +154,10 @@ def main():
         problems += [f"helm lint: {e}" for e in lint.get("errors") or []]
         docs = render(PLAIN)
         problems += validate(docs)
+        # The other branches of the templates: TLS on the doors (HTTPS probes), the
+        # Kafka door, no credentials (insecure), no ServiceMonitor or NetworkPolicy.
+        for variant in VARIANTS:
+            problems += [f"with {variant}: {p}" for p in validate(render(merged(PLAIN, variant)))]
         with open(MANIFESTS) as f:
             committed = f.read()
         if committed != dump(docs):
