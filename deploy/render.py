@@ -14,6 +14,7 @@ pip install helm-python-sdk==0.2.2 kubernetes-validate==1.37.0 pyyaml
 """
 import argparse
 import json
+import math
 import os
 import re
 import sys
@@ -110,8 +111,9 @@ def pod(docs, name, namespace):
             field = source["fieldRef"]["fieldPath"]
             env[var["name"]] = {"metadata.name": name, "metadata.namespace": namespace}[field]
         elif "resourceFieldRef" in source:
+            # The kubelet rounds a CPU quantity up to the divisor (1): "1500m" and "1.5" are 2.
             cpu = str(limits["cpu"])
-            cores = -(-int(cpu[:-1]) // 1000) if cpu.endswith("m") else int(cpu)
+            cores = math.ceil(int(cpu[:-1]) / 1000) if cpu.endswith("m") else math.ceil(float(cpu))
             env[var["name"]] = str(cores)
         else:
             env[var["name"]] = var["value"]

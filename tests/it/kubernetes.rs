@@ -88,8 +88,14 @@ fn the_chart_renders_lints_and_validates_and_its_pods_find_each_other_by_name() 
     );
     // The grace period outlasts the hand-over on SIGTERM.
     assert!(spec["grace_seconds"].as_u64().unwrap() > 30 + 5);
-    let cores = pod_spec("flowd-0", &["resources.limits.cpu=1500m"]);
-    assert_eq!(arg_after(&cores, "--cores"), "2", "a CPU limit rounded up");
+    for limit in ["1500m", "1.5", "2"] {
+        let cores = pod_spec("flowd-0", &[&format!("resources.limits.cpu={limit}")]);
+        assert_eq!(
+            arg_after(&cores, "--cores"),
+            "2",
+            "a CPU limit of {limit}, rounded up"
+        );
+    }
     // The disruption budget keeps a majority.
     for (replicas, min) in [(1, 1), (3, 2), (4, 3), (5, 3)] {
         let out = render(&["render", "--json", "--set", &format!("replicas={replicas}")]);
@@ -160,13 +166,7 @@ fn start_pod(net: &Net, dir: &Path, i: usize, spec: &Value) -> Server {
             (mount, local)
         })
         .collect();
-    let mut args = vec![
-        "netns".to_string(),
-        "exec".into(),
-        net.ns(i),
-        env!("CARGO_BIN_EXE_flowd").into(),
-        "run".into(),
-    ];
+    let mut args = net.flowd_run(i);
     for arg in spec["args"].as_array().unwrap() {
         let arg = arg.as_str().unwrap();
         let mapped = volumes.iter().find_map(|(mount, local)| {

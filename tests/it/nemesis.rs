@@ -116,6 +116,14 @@ impl Net {
         format!("fn{}-{i}", self.tag)
     }
 
+    /// `ip` arguments that run `flowd run` in peer `i`'s namespace; its own follow.
+    pub(crate) fn flowd_run(&self, i: usize) -> Vec<String> {
+        let flowd = env!("CARGO_BIN_EXE_flowd");
+        ["netns", "exec", &self.ns(i), flowd, "run"]
+            .map(String::from)
+            .to_vec()
+    }
+
     pub(crate) fn ip(&self, i: usize) -> String {
         format!("10.77.0.{}", 10 + i)
     }
@@ -244,12 +252,8 @@ fn start_with(
     let ip = net.ip(i);
     let data = dir.join(format!("p{i}")).display().to_string();
     let (tcp, http, peer) = (format!("{ip}:7100"), format!("{ip}:7200"), format!("{ip}:7300"));
-    let mut args = vec![
-        "netns".to_string(),
-        "exec".into(),
-        net.ns(i),
-        env!("CARGO_BIN_EXE_flowd").into(),
-        "run".into(),
+    let mut args = net.flowd_run(i);
+    args.extend([
         dataflow(dir).display().to_string(),
         "--data-dir".into(),
         data,
@@ -264,7 +268,7 @@ fn start_with(
         "--insecure".into(),
         "--replace-after".into(),
         replace_after.into(),
-    ];
+    ]);
     if let Some(seed) = seed {
         args.extend(["--seeds".into(), format!("{}:7300", net.ip(seed))]);
     }
