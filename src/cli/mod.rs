@@ -417,28 +417,27 @@ impl Cli {
                 tls_cert,
                 tls_key,
                 tls_client_ca,
-                cluster: match peer_listen {
-                    Some(listen) => Some(run::peer_addresses(&listen, peer_bind, &seeds)?),
-                    None => None,
-                }
-                .map(|(listen, bind, seeds)| crate::cluster::ClusterOptions {
-                    listen,
-                    bind,
-                    seeds,
-                    cluster_id,
-                    replace_after,
-                    copy_rate,
-                    // Known once the listeners are bound (`run`).
-                    client: None,
-                    kafka: None,
-                    tls: match (peer_tls_cert, peer_tls_key, peer_tls_ca) {
-                        (Some(cert), Some(key), Some(ca)) => {
-                            Some(crate::tls::peer::PeerFiles { cert, key, ca })
-                        }
-                        // Else from [cluster] (`run`); clap wants all three or none.
-                        _ => None,
-                    },
-                }),
+                cluster: peer_listen
+                    .map(|listen| run::peer_addresses(&listen, peer_bind, &seeds))
+                    .transpose()?
+                    .map(|(listen, bind, seeds)| crate::cluster::ClusterOptions {
+                        listen,
+                        bind,
+                        seeds,
+                        cluster_id,
+                        replace_after,
+                        copy_rate,
+                        // Known once the listeners are bound (`run`).
+                        client: None,
+                        kafka: None,
+                        tls: match (peer_tls_cert, peer_tls_key, peer_tls_ca) {
+                            (Some(cert), Some(key), Some(ca)) => {
+                                Some(crate::tls::peer::PeerFiles { cert, key, ca })
+                            }
+                            // Else from [cluster] (`run`); clap wants all three or none.
+                            _ => None,
+                        },
+                    }),
             }),
         }
     }

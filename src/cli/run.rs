@@ -106,10 +106,11 @@ pub fn run(args: RunArgs) -> Result<ExitCode, CliError> {
             });
             // Mutual TLS guards the peer port as TLS and credentials guard a door.
             if tls.is_none() {
-                match options.bind {
-                    Some(bind) => crate::server::listeners::exposed("--peer-bind", bind, insecure)?,
-                    None => crate::server::listeners::exposed("--peer-listen", options.listen, insecure)?,
+                let (flag, bound) = match options.bind {
+                    Some(bind) => ("--peer-bind", bind),
+                    None => ("--peer-listen", options.listen),
                 };
+                crate::server::listeners::exposed(flag, bound, insecure)?;
             }
             if options.listen.ip().is_unspecified() {
                 return Err(CliError::Usage(format!(

@@ -611,7 +611,6 @@ impl Drop for PanicStops {
             self.shared
                 .control
                 .fail(RuntimeError::ShardPanicked { shard: self.shard });
-            self.shared.control.nudge();
         }
     }
 }
