@@ -93,12 +93,16 @@ fn index_of(servers: &[Server], addr: &str) -> usize {
     servers.iter().position(|s| peer_of(s) == addr).unwrap()
 }
 
-/// The index in `servers` of the peer that says it leads `partition`.
+/// The index in `servers` of the peer that says it leads `partition`, waiting (at most
+/// 30 s) while none does: just after the cluster settled, an election may still be
+/// moving the lead (the replica set stays).
 fn leader_index(servers: &[Server], partition: u64) -> usize {
-    servers
-        .iter()
-        .position(|s| replicas(s).get(&partition).is_some_and(|r| r.0 == "leader"))
-        .unwrap()
+    crate::support::poll(Duration::from_secs(30), Duration::from_millis(100), || {
+        servers
+            .iter()
+            .position(|s| replicas(s).get(&partition).is_some_and(|r| r.0 == "leader"))
+    })
+    .unwrap_or_else(|| panic!("no peer leads partition {partition} within 30 s"))
 }
 
 #[test]
