@@ -29,6 +29,7 @@ use crate::metrics::Metrics;
 use crate::server::api;
 use crate::tls::ServerTls;
 use crate::tls::peer::{PeerTls, RELAY_ALPN};
+use crate::tls::stream::TlsStream;
 
 /// A connection, in TLS or not, from the first byte it sent.
 pub struct Stream {
@@ -44,7 +45,7 @@ pub struct Stream {
 
 enum Inner {
     Plain(TcpStream),
-    Tls(Box<futures_rustls::server::TlsStream<ReadAhead<TcpStream>>>),
+    Tls(Box<TlsStream<TcpStream>>),
 }
 
 impl Stream {
@@ -192,24 +193,15 @@ impl Door {
         let deadline = Instant::now() + self.io_timeout;
         let left = || deadline.saturating_duration_since(Instant::now());
         let local = stream.local_addr().ok();
-        let ahead = ReadAhead {
-            buf: Vec::new(),
-            at: 0,
-            end: 0,
-            inner: stream,
+        let relaying = match &self.relays {
+            None => None,
+            Some(peers) => match api::within(left(), offers_relay(&stream)).await {
+                Some(Ok(true)) => Some(peers),
+                Some(Ok(false)) => None,
+                Some(Err(error)) => return self.failed(metrics, peer, &error),
+                None => return self.failed(metrics, peer, "not done in time"),
+            },
         };
-        let lazy = futures_rustls::LazyConfigAcceptor::new(rustls::server::Acceptor::default(), ahead);
-        let start = match api::within(left(), lazy).await {
-            Some(Ok(start)) => start,
-            Some(Err(error)) => return self.failed(metrics, peer, &error.to_string()),
-            None => return self.failed(metrics, peer, "not done in time"),
-        };
-        let relaying = self.relays.as_ref().filter(|_| {
-            start
-                .client_hello()
-                .alpn()
-                .is_some_and(|mut offered| offered.any(|p| p == RELAY_ALPN))
-        });
         let config = match (relaying, &self.tls) {
             (Some(peers), _) => peers.relay_server(),
             (None, Some(tls)) => tls.config(),
@@ -218,12 +210,13 @@ impl Door {
                 return None;
             }
         };
-        let stream = match api::within(left(), start.into_stream(config)).await {
+        let stream = match api::within(left(), TlsStream::accept(stream, config)).await {
             Some(Ok(stream)) => stream,
             Some(Err(error)) => return self.failed(metrics, peer, &error.to_string()),
             None => return self.failed(metrics, peer, "not done in time"),
         };
-        let chain = stream.get_ref().1.peer_certificates().unwrap_or_default();
+        let chain = stream.peer_certificates();
+        let chain = chain.as_slice();
         let mut relayer = None;
         if let Some(peers) = relaying {
             match peers.cluster_peer(chain) {
@@ -303,52 +296,38 @@ impl Door {
     }
 }
 
-/// A TLS connection's socket, read ahead: rustls asks for 4 KiB at a time, and a large
-/// frame would otherwise cost a read of the ring per 4 KiB.
-pub struct ReadAhead<S> {
-    /// Read and not yet given: `buf[at..end]`.
-    buf: Vec<u8>,
-    at: usize,
-    end: usize,
-    inner: S,
-}
+/// The largest ClientHello looked at before the handshake (one record's worth).
+const HELLO_MAX: usize = 5 + (16 << 10);
 
-/// What a TLS connection reads at once: two full records.
-const READ_AHEAD: usize = 32 << 10;
-
-impl<S: AsyncRead + Unpin> AsyncRead for ReadAhead<S> {
-    fn poll_read(mut self: Pin<&mut Self>, cx: &mut Context<'_>, out: &mut [u8]) -> Poll<io::Result<usize>> {
-        let this = &mut *self;
-        if this.at == this.end {
-            if out.len() >= READ_AHEAD {
-                return Pin::new(&mut this.inner).poll_read(cx, out);
-            }
-            if this.buf.len() < READ_AHEAD {
-                this.buf.resize(READ_AHEAD, 0);
-            }
-            match Pin::new(&mut this.inner).poll_read(cx, &mut this.buf) {
-                Poll::Ready(Ok(n)) => (this.at, this.end) = (0, n),
-                other => return other,
-            }
+/// Whether the ClientHello waiting on `stream` offers `RELAY_ALPN`, read by a peek so
+/// the handshake then reads it as if nothing had looked. Bound the wait from outside.
+async fn offers_relay(stream: &TcpStream) -> Result<bool, String> {
+    let mut hello = vec![0u8; 512];
+    loop {
+        let n = stream
+            .peek(&mut hello)
+            .await
+            .map_err(|e| format!("the ClientHello could not be read: {e}"))?;
+        if n == 0 {
+            return Err("closed before its ClientHello was whole".to_owned());
         }
-        let n = (this.end - this.at).min(out.len());
-        out[..n].copy_from_slice(&this.buf[this.at..this.at + n]);
-        this.at += n;
-        Poll::Ready(Ok(n))
-    }
-}
-
-impl<S: AsyncWrite + Unpin> AsyncWrite for ReadAhead<S> {
-    fn poll_write(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
-        Pin::new(&mut self.inner).poll_write(cx, buf)
-    }
-
-    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.inner).poll_flush(cx)
-    }
-
-    fn poll_close(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.inner).poll_close(cx)
+        let mut acceptor = rustls::server::Acceptor::default();
+        acceptor
+            .read_tls(&mut &hello[..n])
+            .map_err(|e| format!("the ClientHello could not be read: {e}"))?;
+        match acceptor.accept() {
+            Ok(Some(accepted)) => {
+                let offered = accepted.client_hello().alpn();
+                return Ok(offered.is_some_and(|mut offered| offered.any(|p| p == RELAY_ALPN)));
+            }
+            Err((error, _)) => return Err(error.to_string()),
+            Ok(None) if n == hello.len() && n < HELLO_MAX => hello.resize((n * 4).min(HELLO_MAX), 0),
+            Ok(None) if n == HELLO_MAX => {
+                return Err(format!("a ClientHello of more than {HELLO_MAX} bytes"));
+            }
+            // The rest is on its way (a peek would return the same bytes at once).
+            Ok(None) => glommio::timer::sleep(Duration::from_millis(1)).await,
+        }
     }
 }
 
@@ -356,12 +335,10 @@ impl AsyncRead for Stream {
     fn poll_read(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut [u8]) -> Poll<io::Result<usize>> {
         match &mut self.inner {
             Inner::Plain(s) => Pin::new(s).poll_read(cx, buf),
-            // A client gone without close_notify has simply gone: every frame and
-            // HTTP message says its own length, so nothing can be cut off unnoticed.
-            Inner::Tls(s) => match Pin::new(s.as_mut()).poll_read(cx, buf) {
-                Poll::Ready(Err(e)) if e.kind() == io::ErrorKind::UnexpectedEof => Poll::Ready(Ok(0)),
-                other => other,
-            },
+            // A client gone without close_notify has simply gone (a read of 0): every
+            // frame and HTTP message says its own length, so nothing can be cut off
+            // unnoticed.
+            Inner::Tls(s) => Pin::new(s.as_mut()).poll_read(cx, buf),
         }
     }
 }

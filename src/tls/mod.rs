@@ -7,6 +7,7 @@
 //! errors) → `server` (what a listener presents, swapped on reload; client
 //! certificates checked against a CA) → `client` (what a client trusts and presents) →
 //! `duplex` (one session over a blocking socket, read and written by two threads) →
+//! `stream` (a server's session over an async socket, opened and sealed in place) →
 //! `peer` (mutual TLS between the peers of one cluster) → `hangup` (SIGHUP reloads) →
 //! `make` (a CA and the certificates it signs, for `flowd cert`).
 
@@ -16,6 +17,7 @@ pub mod hangup;
 pub mod make;
 pub mod peer;
 pub mod server;
+pub mod stream;
 
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
