@@ -266,37 +266,10 @@ impl Write for Duplex {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::tls::make;
-    use crate::tls::{ClientTls, ServerTls, client::ClientFiles, server::ServerFiles};
-
-    fn pair(dir: &std::path::Path) -> (ServerTls, ClientTls) {
-        let (ca, _) = make::authority("test", 1).unwrap();
-        let leaf = make::issue(&ca.cert_pem, &ca.key_pem, "s", &["127.0.0.1".into()], None, 1).unwrap();
-        let write = |name: &str, text: &str| {
-            let path = dir.join(name);
-            make::write_new(&path, text, 0o600).unwrap();
-            path
-        };
-        let ca_path = write("ca.pem", &ca.cert_pem);
-        let server = ServerTls::load(ServerFiles {
-            cert: write("s.pem", &leaf.cert_pem),
-            key: write("s.key", &leaf.key_pem),
-            client_ca: None,
-            required: false,
-        })
-        .unwrap();
-        let client = ClientTls::load(&ClientFiles {
-            ca: Some(ca_path),
-            ..ClientFiles::default()
-        })
-        .unwrap();
-        (server, client)
-    }
-
     #[test]
     fn a_reader_and_a_writer_share_one_session_both_ways() {
         let dir = tempfile::tempdir().unwrap();
-        let (server, client) = pair(dir.path());
+        let (server, client) = crate::tls::test_pair(dir.path(), None);
         let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
         let addr = listener.local_addr().unwrap();
         let echo = std::thread::spawn(move || {

@@ -205,6 +205,38 @@ pub fn client_hello(first: &[u8]) -> Option<bool> {
     Some(true)
 }
 
+/// A CA made for one test, a server's TLS for 127.0.0.1 it signed and a client's
+/// trusting it, its files in `dir`. With `client_hosts` the server asks for (does not
+/// require) a client certificate of the CA, and the client presents one naming them.
+#[cfg(test)]
+pub(crate) fn test_pair(dir: &Path, client_hosts: Option<&[String]>) -> (ServerTls, ClientTls) {
+    let (ca, _) = make::authority("test", 1).unwrap();
+    let leaf = make::issue(&ca.cert_pem, &ca.key_pem, "s", &["127.0.0.1".into()], None, 1).unwrap();
+    let write = |name: &str, text: &str| {
+        let path = dir.join(name);
+        make::write_new(&path, text, 0o600).unwrap();
+        path
+    };
+    let ca_path = write("ca.pem", &ca.cert_pem);
+    let client =
+        client_hosts.map(|hosts| make::issue(&ca.cert_pem, &ca.key_pem, "c", hosts, None, 1).unwrap());
+    let server = ServerTls::load(server::ServerFiles {
+        cert: write("s.pem", &leaf.cert_pem),
+        key: write("s.key", &leaf.key_pem),
+        client_ca: client.as_ref().map(|_| ca_path.clone()),
+        required: false,
+    })
+    .unwrap();
+    let client = ClientTls::load(&client::ClientFiles {
+        ca: Some(ca_path),
+        cert: client.as_ref().map(|c| write("c.pem", &c.cert_pem)),
+        key: client.as_ref().map(|c| write("c.key", &c.key_pem)),
+        server_name: None,
+    })
+    .unwrap();
+    (server, client)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -378,51 +378,22 @@ impl<S: AsyncRead + AsyncWrite + Unpin> AsyncWrite for TlsStream<S> {
 #[cfg(test)]
 mod tests {
     use std::io::{Read, Write};
-    use std::path::Path;
 
     use futures_lite::{AsyncReadExt, AsyncWriteExt};
 
     use super::*;
-    use crate::tls::client::ClientFiles;
-    use crate::tls::server::ServerFiles;
-    use crate::tls::{ClientTls, ServerTls, make};
+    use crate::tls::{ClientTls, ServerTls};
 
-    /// A server's TLS (asking for, not requiring, a client certificate of the CA) and
-    /// a client's presenting one that names `client_hosts`.
-    fn pair(dir: &Path, client_hosts: &[String]) -> (ServerTls, ClientTls) {
-        let (ca, _) = make::authority("test", 1).unwrap();
-        let server = make::issue(&ca.cert_pem, &ca.key_pem, "s", &["127.0.0.1".into()], None, 1).unwrap();
-        let client = make::issue(&ca.cert_pem, &ca.key_pem, "c", client_hosts, None, 1).unwrap();
-        let write = |name: &str, text: &str| {
-            let path = dir.join(name);
-            make::write_new(&path, text, 0o600).unwrap();
-            path
-        };
-        let ca_path = write("ca.pem", &ca.cert_pem);
-        let server = ServerTls::load(ServerFiles {
-            cert: write("s.pem", &server.cert_pem),
-            key: write("s.key", &server.key_pem),
-            client_ca: Some(ca_path.clone()),
-            required: false,
-        })
-        .unwrap();
-        let client = ClientTls::load(&ClientFiles {
-            ca: Some(ca_path),
-            cert: Some(write("c.pem", &client.cert_pem)),
-            key: Some(write("c.key", &client.key_pem)),
-            server_name: None,
-        })
-        .unwrap();
-        (server, client)
-    }
-
-    /// Serves one connection on a glommio thread: shakes hands, answers the client
-    /// certificate's common name, then echoes what it reads (`chunk` bytes a read,
-    /// written at once) until the client closes; returns the bytes echoed.
-    fn echo_server(
+    /// Accepts one connection on a glommio thread, shakes hands as `server`, and
+    /// hands the stream to `serve`, whose answer the thread returns.
+    fn serve_one<F, Fut>(
         server: ServerTls,
-        chunk: usize,
-    ) -> (std::net::SocketAddr, std::thread::JoinHandle<usize>) {
+        serve: F,
+    ) -> (std::net::SocketAddr, std::thread::JoinHandle<usize>)
+    where
+        F: FnOnce(TlsStream<glommio::net::TcpStream>) -> Fut + Send + 'static,
+        Fut: std::future::Future<Output = usize> + 'static,
+    {
         let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
         let addr = listener.local_addr().unwrap();
         let config = server.config();
@@ -435,24 +406,7 @@ mod tests {
                         // SAFETY: the descriptor is the accepted socket's, given away here.
                         unsafe { glommio::net::TcpStream::from_raw_fd(socket.into_raw_fd()) }
                     };
-                    let mut tls = TlsStream::accept(socket, config).await.unwrap();
-                    let name = tls.peer_certificates().first().and_then(crate::tls::common_name);
-                    let name = name.unwrap_or_default();
-                    tls.write_all(format!("{:<8}", name).as_bytes()).await.unwrap();
-                    tls.flush().await.unwrap();
-                    let mut buf = vec![0u8; chunk];
-                    let mut echoed = 0;
-                    loop {
-                        let n = tls.read(&mut buf).await.unwrap();
-                        if n == 0 {
-                            break;
-                        }
-                        tls.write_all(&buf[..n]).await.unwrap();
-                        tls.flush().await.unwrap();
-                        echoed += n;
-                    }
-                    tls.close().await.unwrap();
-                    echoed
+                    serve(TlsStream::accept(socket, config).await.unwrap()).await
                 })
                 .unwrap()
                 .join()
@@ -461,17 +415,70 @@ mod tests {
         (addr, thread)
     }
 
-    fn client(
+    /// Serves one connection: answers the client certificate's common name, then
+    /// echoes what it reads (`chunk` bytes a read, written at once) until the client
+    /// closes; returns the bytes echoed.
+    fn echo_server(
+        server: ServerTls,
+        chunk: usize,
+    ) -> (std::net::SocketAddr, std::thread::JoinHandle<usize>) {
+        serve_one(server, move |mut tls| async move {
+            let name = tls.peer_certificates().first().and_then(crate::tls::common_name);
+            let name = name.unwrap_or_default();
+            tls.write_all(format!("{:<8}", name).as_bytes()).await.unwrap();
+            tls.flush().await.unwrap();
+            let mut buf = vec![0u8; chunk];
+            let mut echoed = 0;
+            loop {
+                let n = tls.read(&mut buf).await.unwrap();
+                if n == 0 {
+                    break;
+                }
+                tls.write_all(&buf[..n]).await.unwrap();
+                tls.flush().await.unwrap();
+                echoed += n;
+            }
+            tls.close().await.unwrap();
+            echoed
+        })
+    }
+
+    /// A client's socket to `addr` (reads wait 10 s at most) and its session.
+    fn connect(
         tls: &ClientTls,
         addr: std::net::SocketAddr,
-    ) -> rustls::StreamOwned<rustls::ClientConnection, std::net::TcpStream> {
+    ) -> (std::net::TcpStream, rustls::ClientConnection) {
         let socket = std::net::TcpStream::connect(addr).unwrap();
         socket
             .set_read_timeout(Some(std::time::Duration::from_secs(10)))
             .unwrap();
         let name = tls.server_name("127.0.0.1").unwrap();
-        let session = rustls::ClientConnection::new(tls.config(), name).unwrap();
+        (socket, rustls::ClientConnection::new(tls.config(), name).unwrap())
+    }
+
+    fn client(tls: &ClientTls, addr: std::net::SocketAddr) -> Client {
+        let (socket, session) = connect(tls, addr);
         rustls::StreamOwned::new(session, socket)
+    }
+
+    type Client = rustls::StreamOwned<rustls::ClientConnection, std::net::TcpStream>;
+
+    /// Writes `sent` and reads as many bytes back.
+    fn round_trip(stream: &mut Client, sent: &[u8]) -> Vec<u8> {
+        stream.write_all(sent).unwrap();
+        stream.flush().unwrap();
+        let mut back = vec![0u8; sent.len()];
+        stream.read_exact(&mut back).unwrap();
+        back
+    }
+
+    /// Says close_notify and reads to the end: what the server still said.
+    fn goodbye(stream: &mut Client) -> Vec<u8> {
+        stream.conn.send_close_notify();
+        stream.flush().unwrap();
+        let mut rest = Vec::new();
+        stream.read_to_end(&mut rest).unwrap();
+        rest
     }
 
     fn pattern(len: usize, seed: u32) -> Vec<u8> {
@@ -484,7 +491,7 @@ mod tests {
     fn bytes_go_both_ways_whole_through_reads_smaller_and_larger_than_a_record() {
         for chunk in [1000, 100 << 10] {
             let dir = tempfile::tempdir().unwrap();
-            let (server, tls) = pair(dir.path(), &["127.0.0.1".into()]);
+            let (server, tls) = crate::tls::test_pair(dir.path(), Some(&["127.0.0.1".into()]));
             let (addr, server) = echo_server(server, chunk);
             let mut stream = client(&tls, addr);
             let mut name = [0u8; 8];
@@ -494,17 +501,11 @@ mod tests {
             let mut got = Vec::new();
             for piece in 0..12 {
                 let sent = pattern(250_000, piece);
-                stream.write_all(&sent).unwrap();
-                stream.flush().unwrap();
-                let mut back = vec![0u8; sent.len()];
-                stream.read_exact(&mut back).unwrap();
+                let back = round_trip(&mut stream, &sent);
                 assert!(back == sent, "piece {piece} came back changed (reads of {chunk})");
                 got.extend_from_slice(&back);
             }
-            stream.conn.send_close_notify();
-            stream.flush().unwrap();
-            let mut rest = Vec::new();
-            stream.read_to_end(&mut rest).unwrap();
+            let rest = goodbye(&mut stream);
             assert!(rest.is_empty(), "the server said more: {} bytes", rest.len());
             assert_eq!(server.join().unwrap(), 12 * 250_000);
             assert_eq!(got.len(), 12 * 250_000);
@@ -514,55 +515,34 @@ mod tests {
     #[test]
     fn a_reading_half_and_a_writing_half_on_two_tasks_pass_20_mb_each_way_under_backpressure() {
         let dir = tempfile::tempdir().unwrap();
-        let (server, tls) = pair(dir.path(), &["127.0.0.1".into()]);
-        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-        let addr = listener.local_addr().unwrap();
-        let config = server.config();
+        let (server, tls) = crate::tls::test_pair(dir.path(), Some(&["127.0.0.1".into()]));
         // The server as a door's connection runs: one task reads, another writes what
         // it is handed, through a bounded queue.
-        let serving = std::thread::spawn(move || {
-            glommio::LocalExecutorBuilder::default()
-                .spawn(move || async move {
-                    let (socket, _) = listener.accept().unwrap();
-                    let socket = {
-                        use std::os::fd::{FromRawFd, IntoRawFd};
-                        // SAFETY: the descriptor is the accepted socket's, given away here.
-                        unsafe { glommio::net::TcpStream::from_raw_fd(socket.into_raw_fd()) }
-                    };
-                    let tls = TlsStream::accept(socket, config).await.unwrap();
-                    let (mut reader, mut writer) = futures_lite::io::split(tls);
-                    let (tx, rx) = glommio::channels::local_channel::new_bounded::<Vec<u8>>(4);
-                    let writing = glommio::spawn_local(async move {
-                        let mut echoed = 0;
-                        while let Some(chunk) = rx.recv().await {
-                            writer.write_all(&chunk).await.unwrap();
-                            writer.flush().await.unwrap();
-                            echoed += chunk.len();
-                        }
-                        writer.close().await.unwrap();
-                        echoed
-                    });
-                    let mut buf = vec![0u8; 40 << 10];
-                    loop {
-                        let n = reader.read(&mut buf).await.unwrap();
-                        if n == 0 {
-                            break;
-                        }
-                        tx.send(buf[..n].to_vec()).await.unwrap();
-                    }
-                    drop(tx);
-                    writing.await
-                })
-                .unwrap()
-                .join()
-                .unwrap()
+        let (addr, serving) = serve_one(server, |tls| async move {
+            let (mut reader, mut writer) = futures_lite::io::split(tls);
+            let (tx, rx) = glommio::channels::local_channel::new_bounded::<Vec<u8>>(4);
+            let writing = glommio::spawn_local(async move {
+                let mut echoed = 0;
+                while let Some(chunk) = rx.recv().await {
+                    writer.write_all(&chunk).await.unwrap();
+                    writer.flush().await.unwrap();
+                    echoed += chunk.len();
+                }
+                writer.close().await.unwrap();
+                echoed
+            });
+            let mut buf = vec![0u8; 40 << 10];
+            loop {
+                let n = reader.read(&mut buf).await.unwrap();
+                if n == 0 {
+                    break;
+                }
+                tx.send(buf[..n].to_vec()).await.unwrap();
+            }
+            drop(tx);
+            writing.await
         });
-        let socket = std::net::TcpStream::connect(addr).unwrap();
-        socket
-            .set_read_timeout(Some(std::time::Duration::from_secs(10)))
-            .unwrap();
-        let name = tls.server_name("127.0.0.1").unwrap();
-        let session = rustls::ClientConnection::new(tls.config(), name).unwrap();
+        let (socket, session) = connect(&tls, addr);
         let mut writer = crate::tls::duplex::Duplex::handshake(socket, session).unwrap();
         let mut reader = writer.try_clone().unwrap();
         // Far more than the sockets' buffers hold, written before anything is read: the
@@ -588,25 +568,19 @@ mod tests {
     #[test]
     fn a_key_update_the_client_asks_for_is_answered_before_the_next_record() {
         let dir = tempfile::tempdir().unwrap();
-        let (server, tls) = pair(dir.path(), &["127.0.0.1".into()]);
+        let (server, tls) = crate::tls::test_pair(dir.path(), Some(&["127.0.0.1".into()]));
         let (addr, server) = echo_server(server, 64 << 10);
         let mut stream = client(&tls, addr);
         let mut name = [0u8; 8];
         stream.read_exact(&mut name).unwrap();
         for round in 0..3 {
             let sent = pattern(100_000, round);
-            stream.write_all(&sent).unwrap();
-            stream.flush().unwrap();
-            let mut back = vec![0u8; sent.len()];
-            stream.read_exact(&mut back).unwrap();
+            let back = round_trip(&mut stream, &sent);
             assert!(back == sent, "round {round} came back changed");
             // New keys both ways: the server must answer with its own key update.
             stream.conn.refresh_traffic_keys().unwrap();
         }
-        stream.conn.send_close_notify();
-        stream.flush().unwrap();
-        let mut rest = Vec::new();
-        stream.read_to_end(&mut rest).unwrap();
+        assert!(goodbye(&mut stream).is_empty());
         assert_eq!(server.join().unwrap(), 300_000);
     }
 
@@ -615,21 +589,14 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         // About 40 KiB of names: the client's Certificate spans three records.
         let hosts: Vec<String> = (0..1500).map(|i| format!("host-{i:05}.example.test")).collect();
-        let (server, tls) = pair(dir.path(), &hosts);
+        let (server, tls) = crate::tls::test_pair(dir.path(), Some(&hosts));
         let (addr, server) = echo_server(server, 4096);
         let mut stream = client(&tls, addr);
         let mut name = [0u8; 8];
         stream.read_exact(&mut name).unwrap();
         assert_eq!(&name, b"c       ");
-        stream.write_all(b"hello").unwrap();
-        stream.flush().unwrap();
-        let mut back = [0u8; 5];
-        stream.read_exact(&mut back).unwrap();
-        assert_eq!(&back, b"hello");
-        stream.conn.send_close_notify();
-        stream.flush().unwrap();
-        let mut rest = Vec::new();
-        stream.read_to_end(&mut rest).unwrap();
+        assert_eq!(round_trip(&mut stream, b"hello"), b"hello");
+        assert!(goodbye(&mut stream).is_empty());
         assert_eq!(server.join().unwrap(), 5);
     }
 }
