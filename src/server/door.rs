@@ -216,7 +216,6 @@ impl Door {
             None => return self.failed(metrics, peer, "not done in time"),
         };
         let chain = stream.peer_certificates();
-        let chain = chain.as_slice();
         let mut relayer = None;
         if let Some(peers) = relaying {
             match peers.cluster_peer(chain) {

@@ -54,7 +54,7 @@ pub struct TlsStream<S> {
 /// What one step of the session asked for.
 enum Step {
     /// Plaintext was opened (into the caller's buffer or `opened`), or a handshake
-    /// message sealed or sent: step again.
+    /// message sealed into `outgoing`: step again.
     Again,
     /// Nothing more to do without more ciphertext.
     NeedsBytes,
@@ -91,16 +91,8 @@ impl<S: AsyncRead + AsyncWrite + Unpin> TlsStream<S> {
     }
 
     /// The certificates the client presented, leaf first.
-    pub fn peer_certificates(&self) -> Vec<rustls_pki_types::CertificateDer<'static>> {
-        self.session
-            .peer_certificates()
-            .map(|chain| chain.iter().map(|c| c.clone().into_owned()).collect())
-            .unwrap_or_default()
-    }
-
-    /// The socket underneath.
-    pub fn get_ref(&self) -> &S {
-        &self.socket
+    pub fn peer_certificates(&self) -> &[rustls_pki_types::CertificateDer<'static>] {
+        self.session.peer_certificates().unwrap_or_default()
     }
 
     fn poll_handshake(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
@@ -249,9 +241,10 @@ impl<S: AsyncRead + AsyncWrite + Unpin> TlsStream<S> {
         for _ in 0..64 {
             match self.step(None)? {
                 Step::Again => {}
-                Step::Writable | Step::NeedsBytes => return Ok(!self.session.is_handshaking()),
-                // The client closed its side; this side may still write.
-                Step::Closed => return Ok(!self.session.is_handshaking()),
+                // A client that closed its side may still be written to.
+                Step::Writable | Step::NeedsBytes | Step::Closed => {
+                    return Ok(!self.session.is_handshaking());
+                }
             }
         }
         Err(broken("the TLS session did not settle"))
