@@ -25,6 +25,7 @@ fuzz_target!(|bytes: &[u8]| {
     }
     let _ = data::decode_fetch(bytes);
     let _ = data::decode_acked(bytes);
+    let _ = data::decode_stale(bytes);
     let _ = data::decode_answer(bytes);
     let _ = data::decode_produce_again(bytes);
     let _ = data::decode_produce_led(bytes);

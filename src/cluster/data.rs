@@ -13,6 +13,7 @@
 //! PRODUCE_LED    u32 lead (the epoch of the input's lead the stage wrote it for),
 //!                u8 again (0 or 1), u64 from if again, then a PRODUCE body
 //! ACKED    u64 first offset, u64 next offset
+//! STALE    u32 latest (the epoch of the input's lead that writes the batch's outputs)
 //! ANSWER   u64 epoch, u32 shard, u64 job (the reply address's caller, see
 //!          runtime/reply.rs), u8 outcome, then
 //!            outcome 0 (answered): u8 has_key, (u32 key_len, key) if has_key,
@@ -164,6 +165,17 @@ pub fn encode_acked(first: u64, next: u64) -> Vec<u8> {
     Body::default().u64(first).u64(next).0
 }
 
+/// A STALE body: the PRODUCE_LED was not written, the input's lead in `latest` writes
+/// its outputs.
+pub fn encode_stale(latest: u32) -> Vec<u8> {
+    Body::default().u32(latest).0
+}
+
+/// The epoch of a STALE body.
+pub fn decode_stale(body: &[u8]) -> Result<u32, ClusterError> {
+    Fields(body).u32()
+}
+
 /// `(first offset, next offset)` of an ACKED body.
 pub fn decode_acked(body: &[u8]) -> Result<(u64, u64), ClusterError> {
     let mut fields = Fields(body);
@@ -280,6 +292,8 @@ mod tests {
             assert_eq!(decode_fetch(&encode_fetch(&fetch)).unwrap(), fetch);
         }
         assert_eq!(decode_acked(&encode_acked(4, 9)).unwrap(), (4, 9));
+        assert_eq!(decode_stale(&encode_stale(7)).unwrap(), 7);
+        assert!(decode_stale(&[7, 0]).is_err(), "a short STALE body");
         for outcome in [
             Ok((Some(&b"k"[..]), &b"v"[..])),
             Ok((None, &b""[..])),

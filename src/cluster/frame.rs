@@ -12,9 +12,13 @@
 //!          from offset `from` on with its last record's `flowd-src` (answered as PRODUCE)
 //! PRODUCE_LED body = lead:u32 again:u8 (from:u64 if again) then a PRODUCE body: a
 //!          stage's batch made while its peer led the stage's input in epoch `lead`
-//!          (refused as stale once a later lead's batch of its producer came, acked
-//!          as PRODUCE); with `again`, sent again as a PRODUCE_AGAIN is
+//!          (answered STALE once a later lead's batch of its producer came, or the
+//!          leader knows of a later lead of the input; else acked as PRODUCE); with
+//!          `again`, sent again as a PRODUCE_AGAIN is
 //! ACKED    body = first:u64 next:u64            the PRODUCE with this request id is durable
+//! STALE    body = latest:u32                    the PRODUCE_LED was not written: a lead of
+//!                                             its input in epoch `latest` writes its
+//!                                             outputs; its producer counts it unwritten
 //! FETCH    body = topic:str8 partition:u32 from:u8 offset:u64 max_records:u32 max_bytes:u32 wait_ms:u32
 //! FRAME    body = one whole client protocol frame (the owner's answer, passed through)
 //! REDIRECT body = message:str16               the PRODUCE was not written: the partition
@@ -85,6 +89,7 @@ pub enum Kind {
     Answer = 0x19,
     ProduceAgain = 0x1a,
     ProduceLed = 0x1b,
+    Stale = 0x1c,
     Raft = 0x20,
     RaftReply = 0x21,
     ReplicaFetch = 0x22,
@@ -111,6 +116,7 @@ impl Kind {
             0x19 => Kind::Answer,
             0x1a => Kind::ProduceAgain,
             0x1b => Kind::ProduceLed,
+            0x1c => Kind::Stale,
             0x20 => Kind::Raft,
             0x21 => Kind::RaftReply,
             0x22 => Kind::ReplicaFetch,

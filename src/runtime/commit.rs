@@ -1,5 +1,11 @@
 //! Progress commits: a snapshot of a producer's position is stored only once every batch
 //! it sent before the snapshot is durable.
+//!
+//! A batch its partition's leader refused as an earlier lead's (`stale.rs`) is settled
+//! but not written: no snapshot from its own on is stored, and none after it, until
+//! the producer leads again (`lead_again`). Its next lead replays from the progress
+//! stored before it and writes what the log lacks; stored past it, that progress would
+//! say the refused outputs were written, and a replay would skip them.
 
 use std::collections::VecDeque;
 use std::path::PathBuf;
@@ -30,6 +36,8 @@ pub struct Committer {
     last: Instant,
     stored: Progress,
     pending: VecDeque<Snapshot>,
+    /// A batch was refused as an earlier lead's: nothing is stored until `lead_again`.
+    fenced: bool,
 }
 
 impl Committer {
@@ -41,6 +49,7 @@ impl Committer {
             last: Instant::now(),
             stored,
             pending: VecDeque::new(),
+            fenced: false,
         }
     }
 
@@ -93,11 +102,27 @@ impl Committer {
 
     fn push(&mut self, emitter: &mut Emitter, side: Option<&mut Emitter>, candidate: Progress) {
         let generation = emitter.rotate();
+        let side = side.map(Emitter::rotate);
+        if self.fenced {
+            return;
+        }
         self.pending.push_back(Snapshot {
             candidate,
             generation,
-            side: side.map(Emitter::rotate),
+            side,
         });
+    }
+
+    /// Whether a batch was refused as an earlier lead's since the producer last took
+    /// its lead: nothing it does is stored until it leads again.
+    pub fn is_fenced(&self) -> bool {
+        self.fenced
+    }
+
+    /// The producer takes its input's lead (again), from the progress stored: snapshots
+    /// are stored again.
+    pub fn lead_again(&mut self) {
+        self.fenced = false;
     }
 
     /// Stores the newest snapshot whose batches are all durable.
@@ -109,6 +134,16 @@ impl Committer {
             .is_some_and(|s| s.generation.is_durable() && s.side.as_ref().is_none_or(|g| g.is_durable()))
         {
             let snapshot = self.pending.pop_front().expect("just checked");
+            if snapshot.generation.is_stale() || snapshot.side.as_ref().is_some_and(|g| g.is_stale()) {
+                tracing::info!(
+                    "a batch was refused as made for an earlier lead of its producer's input (a later lead writes its outputs): the progress in {} stays at input {} until this peer leads the input again",
+                    self.path.display(),
+                    self.stored.next
+                );
+                self.fenced = true;
+                self.pending.clear();
+                break;
+            }
             let mut candidate = snapshot.candidate;
             candidate.output_ends = self.stored.output_ends.clone();
             for q in 0..partitions {
@@ -210,6 +245,44 @@ mod tests {
         );
         assert!(committer.is_settled());
         assert_eq!(committer.stored(), &progress);
+    }
+
+    #[test]
+    fn no_progress_past_a_batch_refused_as_an_earlier_leads_is_stored_until_the_producer_leads_again() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("p").join("s.json");
+        let (mut emitter, rx) = emitter();
+        let mut committer = Committer::new(path.clone(), Progress::default(), false, Duration::ZERO);
+        let mut batches = Vec::new();
+        for n in 0..3 {
+            batches.push(send(&mut emitter, &rx, n));
+            assert!(committer.snapshot(&mut emitter, Progress::at(n + 1, &Default::default(), false)));
+        }
+        batches[0].ack.durable(0, 0, 1);
+        batches[1].ack.stale(7);
+        batches[2].ack.durable(0, 1, 2);
+        committer.complete(1).unwrap();
+        assert_eq!(
+            stored(&path).map(|p| p.next),
+            Some(1),
+            "stored up to the refused batch, not past it"
+        );
+        assert!(committer.is_fenced() && committer.is_settled());
+        // Fenced: what it does next is not stored, durable or not.
+        let fourth = send(&mut emitter, &rx, 3);
+        assert!(committer.snapshot(&mut emitter, Progress::at(4, &Default::default(), false)));
+        fourth.ack.durable(0, 2, 3);
+        futures_lite::future::block_on(committer.settle(1)).unwrap();
+        assert_eq!(stored(&path).map(|p| p.next), Some(1));
+        assert_eq!(committer.stored().next, 1, "a lead taken again replays from here");
+        // It leads again (from the progress stored): snapshots are stored again.
+        committer.lead_again();
+        let fifth = send(&mut emitter, &rx, 4);
+        assert!(committer.snapshot(&mut emitter, Progress::at(5, &Default::default(), false)));
+        fifth.ack.durable(0, 3, 4);
+        committer.complete(1).unwrap();
+        assert_eq!(stored(&path).map(|p| p.next), Some(5));
+        assert!(!committer.is_fenced());
     }
 
     #[test]

@@ -151,6 +151,13 @@ pub enum EngineError {
     /// A bug: the message says where.
     #[error("{0}")]
     Internal(String),
+    /// A stage's batch made for an earlier lead of its input than one the partition's
+    /// leader knows of (`stale.rs`): not written, the later lead writes its outputs.
+    /// Between peers it travels as a STALE frame, never to a client.
+    #[error(
+        "a batch made for an earlier lead of its producer's input than epoch {latest}: not written, that lead writes its outputs"
+    )]
+    StaleLead { latest: u32 },
 }
 
 impl EngineError {
@@ -169,9 +176,10 @@ impl EngineError {
     /// The protocol code of this error.
     pub fn code(&self) -> ErrorCode {
         match self {
-            EngineError::Stopping | EngineError::TakingOver { .. } | EngineError::Unavailable(_) => {
-                ErrorCode::Unavailable
-            }
+            EngineError::Stopping
+            | EngineError::TakingOver { .. }
+            | EngineError::Unavailable(_)
+            | EngineError::StaleLead { .. } => ErrorCode::Unavailable,
             EngineError::UnknownTopic(_) => ErrorCode::UnknownTopic,
             EngineError::UnknownPartition { .. } => ErrorCode::UnknownPartition,
             EngineError::TooLarge(_) => ErrorCode::TooLarge,

@@ -190,6 +190,26 @@ impl Ack {
         true
     }
 
+    /// The batch was not written: it was made for an earlier lead of its producer's
+    /// input than one its partition's leader knows of (`stale.rs`), whose lead writes
+    /// its outputs. Its producer must not count it as written (`Generation::stale`).
+    pub fn stale(&self, latest: u32) {
+        match self {
+            Ack::Generation(generation) => generation.stale(),
+            Ack::Peer(tx, request) => drop(tx.try_send((
+                *request,
+                Err(crate::runtime::error::EngineError::StaleLead { latest }),
+            ))),
+            Ack::Client(tx, _) => {
+                drop(tx.try_send(Err(crate::runtime::error::EngineError::StaleLead { latest })))
+            }
+            Ack::Watched(inner, settled) => {
+                inner.stale(latest);
+                settled.store(true, Ordering::Release);
+            }
+        }
+    }
+
     /// The batch was refused or cannot be made durable.
     pub fn failed(&self, error: crate::runtime::error::EngineError) {
         match self {
@@ -206,11 +226,14 @@ impl Ack {
 }
 
 /// The batches one producer sent between two progress snapshots. When `pending` is
-/// zero they are all durable, and `ends` says where each partition's last one ended.
+/// zero they are all settled, and `ends` says where each partition's last one ended;
+/// `stale` says one of them was not written (`Ack::stale`), so that no snapshot from
+/// this one on may be stored.
 #[derive(Debug)]
 pub struct Generation {
     pending: AtomicUsize,
     ends: Vec<AtomicU64>,
+    stale: std::sync::atomic::AtomicBool,
 }
 
 impl Generation {
@@ -218,6 +241,7 @@ impl Generation {
         Arc::new(Generation {
             pending: AtomicUsize::new(0),
             ends: (0..partitions).map(|_| AtomicU64::new(0)).collect(),
+            stale: std::sync::atomic::AtomicBool::new(false),
         })
     }
 
@@ -229,6 +253,18 @@ impl Generation {
     pub fn acked(&self, partition: u32, end: u64) {
         self.ends[partition as usize].fetch_max(end, Ordering::AcqRel);
         self.pending.fetch_sub(1, Ordering::AcqRel);
+    }
+
+    /// A batch of it was refused as an earlier lead's (`Ack::stale`): settled, not
+    /// written.
+    pub fn stale(&self) {
+        self.stale.store(true, Ordering::Release);
+        self.pending.fetch_sub(1, Ordering::AcqRel);
+    }
+
+    /// Whether a batch of it was refused as an earlier lead's.
+    pub fn is_stale(&self) -> bool {
+        self.stale.load(Ordering::Acquire)
     }
 
     /// Whether no batch of it waits for its ack.

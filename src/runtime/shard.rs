@@ -384,21 +384,30 @@ impl Shard {
             .and_then(|peers| peers.replication.unconfirmed(topic, partition))
     }
 
-    /// For a stage's batch (`Batch::lead`): where its ack goes (the log's end) if a later
-    /// lead's batch of its producer came before it, so that it is not written.
-    fn stale(&self, partition: &LocalPartition, batch: &Batch) -> Option<u64> {
+    /// For a stage's batch (`Batch::lead`): the later lead of its input that writes its
+    /// outputs, if a batch of that lead came before it or the metadata names that lead
+    /// (`stale.rs`), so that it is not written.
+    fn stale(&self, partition: &LocalPartition, batch: &Batch) -> Option<u32> {
         let epoch = batch.lead?;
         let stamp = batch.last_source()?;
         let (_, producer) = crate::runtime::provenance::decode(&stamp)?;
-        let latest = partition.leads.borrow_mut().admit(producer, epoch).err()?;
+        let current = self.shared.peers.as_ref().and_then(|peers| {
+            let (topic, partition) = crate::runtime::stale::input_of(producer)?;
+            let metadata = peers.cluster.consensus.metadata().get();
+            metadata.assignment(topic, partition).map(|a| a.epoch)
+        });
+        let latest = partition
+            .leads
+            .borrow_mut()
+            .admit(producer, epoch, current)
+            .err()?;
         self.shared.metrics.stale_lead_batches.add(1);
-        let end = partition.log.borrow().next_offset();
         tracing::info!(
-            "a batch of {producer} for partition {} of \"{}\" was made for its input's lead in epoch {epoch}, and a batch for the lead in epoch {latest} came before it: not written (that lead writes its outputs)",
+            "a batch of {producer} for partition {} of \"{}\" was made for its input's lead in epoch {epoch}, and its input is led in epoch {latest} by now: not written (that lead writes its outputs)",
             batch.partition,
             self.shared.spec.topics[partition.topic].name
         );
-        Some(end)
+        Some(latest)
     }
 
     /// For a batch that may be written already (`Batch::uncertain`): drops what the
@@ -522,15 +531,16 @@ impl Shard {
                     None => {}
                 }
             }
-            // A stage's batch made for a lead of its input that a later lead's batch
-            // followed: the later lead writes its outputs (`stale.rs`), so it is acked
-            // where the log ends, not written.
+            // A stage's batch made for a lead of its input that a later one followed:
+            // the later lead writes its outputs (`stale.rs`), so it is not written, and
+            // its producer is told so.
+            if let Some(latest) = self.stale(&partition, &batch) {
+                batch.ack.stale(latest);
+                continue;
+            }
             // Sent again (its first leader was lost, or a stage took its input's lead
             // over): only what the log does not hold yet is written.
-            if let Some(at) = self
-                .stale(&partition, &batch)
-                .or_else(|| self.already_written(&partition, &mut batch))
-            {
+            if let Some(at) = self.already_written(&partition, &mut batch) {
                 // Acked there, once that is durable (and held by a quorum).
                 self.acks.borrow_mut().push(PendingAck {
                     partition,

@@ -126,6 +126,7 @@ pub async fn run(shard: Rc<Shard>, task: SourceTask) -> Result<()> {
             break;
         }
         reading.committer.settle(partitions).await?;
+        reading.committer.lead_again();
         let stored = reading.committer.stored().clone();
         let Some((scanned, read_to)) = read_back(&shard, task.source, reading.peer, &stored).await else {
             break;

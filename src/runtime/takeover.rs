@@ -101,8 +101,9 @@ impl Resumed {
 }
 
 /// A stage taking the lead of `partition` of `topic`: what it sent before goes out and
-/// is settled (its committer stores what was acked, within its bounded wait), then what
-/// it wrote is read back from the progress stored. `None` if the engine stops first.
+/// is settled (its committer stores what was acked, within its bounded wait, up to a
+/// batch refused as an earlier lead's), then what it wrote is read back from the
+/// progress stored. `None` if the engine stops first.
 pub async fn take_over(
     shard: &Rc<Shard>,
     stage: usize,
@@ -115,6 +116,7 @@ pub async fn take_over(
         return Ok(None);
     }
     committer.settle(emitter.partitions()).await?;
+    committer.lead_again();
     let stored = committer.stored().clone();
     Ok(read_back(shard, stage, topic, partition, &stored)
         .await

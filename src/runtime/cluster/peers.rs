@@ -556,6 +556,13 @@ impl Link {
                     }
                 },
                 Kind::Redirect => self.reroute(batch),
+                Kind::Stale => match data::decode_stale(&frame.body) {
+                    Ok(latest) => batch.ack.stale(latest),
+                    Err(_) => {
+                        self.give_up(batch, "a malformed STALE frame");
+                        break "a malformed STALE frame".to_string();
+                    }
+                },
                 Kind::Error => {
                     let (code, message) = frame::read_error(&frame.body);
                     let code = ErrorCode::from_u16(code).unwrap_or(ErrorCode::Unavailable);

@@ -66,6 +66,9 @@ impl DataPlane for PeerService {
                         Ok((_, first, next)) => {
                             frame::framed(Kind::Acked, request, &data::encode_acked(first, next))
                         }
+                        Err(EngineError::StaleLead { latest }) => {
+                            frame::framed(Kind::Stale, request, &data::encode_stale(latest))
+                        }
                         Err(error) => error_frame(request, &error.into()),
                     };
                     let sent = acks_out.send(out);
