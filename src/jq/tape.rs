@@ -24,6 +24,30 @@ const LOOK: [bool; 256] = {
     look
 };
 
+/// The index of the first byte of `rest` that needs a look (`LOOK`), eight bytes at a
+/// time: in each word, a byte equal to `"` or `\`, below 0x20 or from 0x80 on. The
+/// usual tricks flag bytes above a word's first match spuriously too (a borrow runs
+/// up), never below it, so the lowest flag is exact.
+fn first_look(rest: &[u8]) -> Option<usize> {
+    const ONES: u64 = 0x0101_0101_0101_0101;
+    const HIGH: u64 = 0x8080_8080_8080_8080;
+    let zero_in = |v: u64| v.wrapping_sub(ONES) & !v & HIGH;
+    let mut words = rest.chunks_exact(8);
+    for (n, word) in words.by_ref().enumerate() {
+        let w = u64::from_le_bytes(word.try_into().expect("eight bytes"));
+        let flags = zero_in(w ^ (ONES * u64::from(b'"')))
+            | zero_in(w ^ (ONES * u64::from(b'\\')))
+            | (w.wrapping_sub(ONES * 0x20) & !w & HIGH)
+            | (w & HIGH);
+        if flags != 0 {
+            return Some(n * 8 + (flags.trailing_zeros() / 8) as usize);
+        }
+    }
+    let tail = words.remainder();
+    let at = rest.len() - tail.len();
+    tail.iter().position(|&b| LOOK[usize::from(b)]).map(|p| at + p)
+}
+
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Kind {
     Null,
@@ -256,7 +280,7 @@ impl Reader<'_> {
         loop {
             // Most bytes are none of the four kinds that need a look.
             let rest = self.src.get(self.at..)?;
-            self.at += rest.iter().position(|&b| LOOK[usize::from(b)])?;
+            self.at += first_look(rest)?;
             let b = self.src[self.at];
             match b {
                 b'"' => break,
@@ -382,6 +406,46 @@ mod tests {
         assert_eq!(tape.text(top[3]), "-2.5e3");
         assert_eq!(tape.raw(top[5]), br#""x""#);
         assert_eq!(tape.nodes[0].len, 3);
+    }
+
+    #[test]
+    fn the_word_at_a_time_scan_finds_the_first_byte_a_byte_at_a_time_scan_finds() {
+        let mut rng = 0x9e37_79b9_7f4a_7c15u64;
+        let mut next = || {
+            rng ^= rng << 13;
+            rng ^= rng >> 7;
+            rng ^= rng << 17;
+            rng
+        };
+        // Mostly plain bytes, each kind that needs a look now and then, at every length
+        // and alignment.
+        let pick = [
+            b'a', b'z', b' ', b'!', b'#', b'[', b']', b'~', 0x7f, b'"', b'\\', 0x1f, 0x00, 0x80, 0xff, 0x21,
+            0x5b, 0x5d,
+        ];
+        for _ in 0..200_000 {
+            let len = (next() % 40) as usize;
+            let bytes: Vec<u8> = (0..len)
+                .map(|_| match next() % 16 {
+                    0 => pick[(next() % pick.len() as u64) as usize],
+                    _ => b'a' + (next() % 26) as u8,
+                })
+                .collect();
+            let expected = bytes.iter().position(|&b| LOOK[usize::from(b)]);
+            assert_eq!(first_look(&bytes), expected, "{bytes:?}");
+        }
+        for b in 0..=255u8 {
+            let mut bytes = vec![b'a'; 17];
+            bytes[11] = b;
+            let expected = LOOK[usize::from(b)].then_some(11);
+            assert_eq!(first_look(&bytes), expected, "byte {b:#x}");
+            bytes[3] = b;
+            assert_eq!(
+                first_look(&bytes),
+                LOOK[usize::from(b)].then_some(3),
+                "byte {b:#x} twice"
+            );
+        }
     }
 
     #[test]
