@@ -198,6 +198,22 @@ mod tests {
         )
     }
 
+    /// A committer with nothing stored, its progress file's path (in a directory kept
+    /// while the first value lives), and an emitter whose batches it waits for.
+    fn fresh() -> (
+        tempfile::TempDir,
+        std::path::PathBuf,
+        Emitter,
+        flume::Receiver<Batch>,
+        Committer,
+    ) {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("p").join("s.json");
+        let (emitter, rx) = emitter();
+        let committer = Committer::new(path.clone(), Progress::default(), false, Duration::ZERO);
+        (dir, path, emitter, rx, committer)
+    }
+
     /// Emits one output for input `n`, flushes, and returns the batch sent.
     fn send(emitter: &mut Emitter, rx: &flume::Receiver<Batch>, n: u64) -> Batch {
         let output = Output {
@@ -216,10 +232,7 @@ mod tests {
 
     #[test]
     fn a_snapshot_is_stored_only_once_its_batches_are_durable_and_in_order() {
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("p").join("s.json");
-        let (mut emitter, rx) = emitter();
-        let mut committer = Committer::new(path.clone(), Progress::default(), false, Duration::ZERO);
+        let (_dir, path, mut emitter, rx, mut committer) = fresh();
         let first = send(&mut emitter, &rx, 0);
         assert!(committer.snapshot(&mut emitter, Progress::at(1, &Default::default(), false)));
         let second = send(&mut emitter, &rx, 1);
@@ -249,10 +262,7 @@ mod tests {
 
     #[test]
     fn no_progress_past_a_batch_refused_as_an_earlier_leads_is_stored_until_the_producer_leads_again() {
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("p").join("s.json");
-        let (mut emitter, rx) = emitter();
-        let mut committer = Committer::new(path.clone(), Progress::default(), false, Duration::ZERO);
+        let (_dir, path, mut emitter, rx, mut committer) = fresh();
         let mut batches = Vec::new();
         for n in 0..3 {
             batches.push(send(&mut emitter, &rx, n));
@@ -287,10 +297,7 @@ mod tests {
 
     #[test]
     fn snapshots_past_the_pending_bound_fold_into_the_next_and_the_last_one_always_counts() {
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("p").join("s.json");
-        let (mut emitter, rx) = emitter();
-        let mut committer = Committer::new(path.clone(), Progress::default(), false, Duration::ZERO);
+        let (_dir, path, mut emitter, rx, mut committer) = fresh();
         let mut batches = Vec::new();
         for n in 0..SNAPSHOTS_PENDING_MAX as u64 + 3 {
             batches.push(send(&mut emitter, &rx, n));
@@ -315,10 +322,7 @@ mod tests {
 
     #[test]
     fn a_stopping_producers_last_snapshot_is_taken_behind_a_full_queue() {
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("p").join("s.json");
-        let (mut emitter, rx) = emitter();
-        let mut committer = Committer::new(path.clone(), Progress::default(), false, Duration::ZERO);
+        let (_dir, path, mut emitter, rx, mut committer) = fresh();
         let mut batches = Vec::new();
         for n in 0..SNAPSHOTS_PENDING_MAX as u64 {
             batches.push(send(&mut emitter, &rx, n));
