@@ -150,22 +150,12 @@ impl<S: AsyncRead + AsyncWrite + Unpin> TlsStream<S> {
                 Step::Again
             }
             ConnectionState::EncodeTlsData(mut encode) => {
-                let at = self.outgoing.len();
-                let mut room = 4 << 10;
-                loop {
-                    self.outgoing.resize(at + room, 0);
-                    match encode.encode(&mut self.outgoing[at..]) {
-                        Ok(n) => {
-                            self.outgoing.truncate(at + n);
-                            break;
-                        }
-                        Err(EncodeError::InsufficientSize(need)) => room = need.required_size,
-                        Err(error) => {
-                            self.outgoing.truncate(at);
-                            return Err(broken(error));
-                        }
-                    }
-                }
+                append(&mut self.outgoing, 4 << 10, |room| {
+                    encode.encode(room).map_err(|error| match error {
+                        EncodeError::InsufficientSize(need) => Room::Needs(need.required_size),
+                        error => Room::Broken(broken(error)),
+                    })
+                })?;
                 Step::Again
             }
             ConnectionState::TransmitTlsData(transmit) => {
@@ -261,21 +251,48 @@ impl<S: AsyncRead + AsyncWrite + Unpin> TlsStream<S> {
         let ConnectionState::WriteTraffic(mut traffic) = state.map_err(broken)? else {
             return Err(broken("the TLS session is not ready to write"));
         };
-        let at = self.outgoing.len();
         // Each record of 16 KiB grows by its header, content type and tag (22 bytes).
-        let mut room = plain.len() + (plain.len() / (16 << 10) + 1) * 64;
-        loop {
-            self.outgoing.resize(at + room, 0);
-            match traffic.encrypt(plain, &mut self.outgoing[at..]) {
-                Ok(n) => {
-                    self.outgoing.truncate(at + n);
-                    return Ok(plain.len());
-                }
-                Err(EncryptError::InsufficientSize(need)) => room = need.required_size,
-                Err(error) => {
-                    self.outgoing.truncate(at);
-                    return Err(broken(error));
-                }
+        let room = plain.len() + (plain.len() / (16 << 10) + 1) * 64;
+        append(&mut self.outgoing, room, |room| {
+            traffic.encrypt(plain, room).map_err(encrypt_error)
+        })?;
+        Ok(plain.len())
+    }
+}
+
+/// Why `append`'s writer could not write into the room it was given.
+enum Room {
+    /// It needs this many bytes.
+    Needs(usize),
+    Broken(io::Error),
+}
+
+fn encrypt_error(error: EncryptError) -> Room {
+    match error {
+        EncryptError::InsufficientSize(need) => Room::Needs(need.required_size),
+        error => Room::Broken(broken(error)),
+    }
+}
+
+/// Appends to `outgoing` what `write` writes into the room it is handed: `room` bytes
+/// first, then as many as it says it needs. On an error nothing is appended.
+fn append(
+    outgoing: &mut Vec<u8>,
+    mut room: usize,
+    mut write: impl FnMut(&mut [u8]) -> Result<usize, Room>,
+) -> io::Result<()> {
+    let at = outgoing.len();
+    loop {
+        outgoing.resize(at + room, 0);
+        match write(&mut outgoing[at..]) {
+            Ok(n) => {
+                outgoing.truncate(at + n);
+                return Ok(());
+            }
+            Err(Room::Needs(needed)) => room = needed,
+            Err(Room::Broken(error)) => {
+                outgoing.truncate(at);
+                return Err(error);
             }
         }
     }
@@ -356,10 +373,10 @@ impl<S: AsyncRead + AsyncWrite + Unpin> AsyncWrite for TlsStream<S> {
                     .session
                     .process_tls_records(&mut this.incoming[this.start..this.filled]);
                 if let Ok(ConnectionState::WriteTraffic(mut traffic)) = state {
-                    let mut room = [0u8; 64];
-                    if let Ok(n) = traffic.queue_close_notify(&mut room) {
-                        this.outgoing.extend_from_slice(&room[..n]);
-                    }
+                    // A goodbye that cannot be sealed is left unsaid: the socket closes.
+                    let _ = append(&mut this.outgoing, 64, |room| {
+                        traffic.queue_close_notify(room).map_err(encrypt_error)
+                    });
                 }
             }
         }

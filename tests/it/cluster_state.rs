@@ -44,15 +44,15 @@ enum Outcome {
 /// (a whole changelog does not fit a CI log's excerpt).
 fn counts_up_by_one(key: &str, changes: &[u64]) {
     if let Some(at) = (0..changes.len()).find(|&i| changes[i] != i as u64 + 1) {
-        let around = &changes[at.saturating_sub(5)..(at + 6).min(changes.len())];
+        let (from, to) = (at.saturating_sub(5), (at + 6).min(changes.len()));
         panic!(
-            "{key}'s changelog does not count up by one, each count once: change {} of {} is {}, not {} (changes {} to {}: {around:?})",
+            "{key}'s changelog does not count up by one, each count once: change {} of {} is {}, not {} (changes {} to {to}: {:?})",
             at + 1,
             changes.len(),
             changes[at],
             at + 1,
-            at.saturating_sub(5) + 1,
-            (at + 6).min(changes.len())
+            from + 1,
+            &changes[from..to]
         );
     }
 }
