@@ -11,7 +11,6 @@
 use std::borrow::Cow;
 use std::cell::RefCell;
 use std::cmp::Ordering;
-use std::io::Write;
 
 use jaq_core::ops::{Cmp, Math};
 
@@ -313,14 +312,8 @@ impl<'t> Eval<'t, '_> {
         match v {
             V::Null => text.push_str("null"),
             V::Bool(b) => text.push_str(if *b { "true" } else { "false" }),
-            V::Int(i) => {
-                use std::fmt::Write;
-                let _ = write!(text, "{i}");
-            }
-            V::Float(x) => {
-                use std::fmt::Write;
-                let _ = write!(text, "{}", finite(*x)?);
-            }
+            V::Int(i) => text.push_str(itoa::Buffer::new().format(*i)),
+            V::Float(x) => text.push_str(float_text(*x, &mut ryu::Buffer::new())?),
             V::Dec(d) => text.push_str(d),
             _ => return Err(Bail),
         }
@@ -332,12 +325,8 @@ impl<'t> Eval<'t, '_> {
             V::Null => out.extend_from_slice(b"null"),
             V::Bool(true) => out.extend_from_slice(b"true"),
             V::Bool(false) => out.extend_from_slice(b"false"),
-            V::Int(i) => {
-                let _ = write!(out, "{i}");
-            }
-            V::Float(x) => {
-                let _ = write!(out, "{}", finite(*x)?);
-            }
+            V::Int(i) => out.extend_from_slice(itoa::Buffer::new().format(*i).as_bytes()),
+            V::Float(x) => out.extend_from_slice(float_text(*x, &mut ryu::Buffer::new())?.as_bytes()),
             V::Dec(d) => out.extend_from_slice(d.as_bytes()),
             V::Str(s, _) => {
                 out.push(b'"');
@@ -373,11 +362,12 @@ impl<'t> Eval<'t, '_> {
     }
 }
 
-/// A float to write as jaq writes it (its own formatter); finite ones only: jaq's
-/// `NaN` and `Infinity` are not JSON.
-fn finite(x: f64) -> R<jaq_json::Num> {
+/// A float as jaq writes it (`jaq_json::Num`'s `Display`: ryu's shortest form, written
+/// here straight, without the formatting machinery); finite ones only: jaq's `NaN` and
+/// `Infinity` are not JSON.
+fn float_text(x: f64, buffer: &mut ryu::Buffer) -> R<&str> {
     if x.is_finite() {
-        Ok(jaq_json::Num::Float(x))
+        Ok(buffer.format_finite(x))
     } else {
         Err(Bail)
     }
@@ -474,5 +464,54 @@ fn compare(l: &V<'_>, r: &V<'_>) -> R<Ordering> {
         (V::Str(..), V::Str(..)) => Err(Bail),
         _ if a == 3 => as_f64(l)?.partial_cmp(&as_f64(r)?).ok_or(Bail),
         _ => Ok(Ordering::Equal),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn numbers_are_written_as_jaq_writes_them() {
+        // Finite floats from every part of the range (random bit patterns, a seeded
+        // xorshift), the edges, and the ones jq programs make most: small halves.
+        let mut state = 0x9e37_79b9_7f4a_7c15_u64;
+        let mut floats: Vec<f64> = (0..200_000)
+            .map(|_| {
+                state ^= state << 13;
+                state ^= state >> 7;
+                state ^= state << 17;
+                f64::from_bits(state)
+            })
+            .filter(|x| x.is_finite())
+            .collect();
+        floats.extend((-2000..2000).map(|i| f64::from(i) * 0.5));
+        floats.extend([
+            0.0,
+            -0.0,
+            f64::MIN,
+            f64::MAX,
+            f64::MIN_POSITIVE,
+            5e-324,
+            1e21,
+            1e-7,
+        ]);
+        for x in floats {
+            let mut buffer = ryu::Buffer::new();
+            assert_eq!(
+                float_text(x, &mut buffer).ok(),
+                Some(jaq_json::Num::Float(x).to_string().as_str()),
+                "{x:e}"
+            );
+        }
+        for x in [f64::NAN, f64::INFINITY, f64::NEG_INFINITY] {
+            assert!(float_text(x, &mut ryu::Buffer::new()).is_err(), "{x}");
+        }
+        for i in [0, 1, -1, 42, i64::MIN, i64::MAX, 1_000_000_007] {
+            assert_eq!(
+                itoa::Buffer::new().format(i),
+                jaq_json::Num::Int(i as isize).to_string()
+            );
+        }
     }
 }
