@@ -275,7 +275,8 @@ fn encrypt_error(error: EncryptError) -> Room {
 }
 
 /// Appends to `outgoing` what `write` writes into the room it is handed: `room` bytes
-/// first, then as many as it says it needs. On an error nothing is appended.
+/// first, then as many as it says it needs. On an error nothing is appended; a writer
+/// that asks for no more than it was handed is an error too (the loop only grows).
 fn append(
     outgoing: &mut Vec<u8>,
     mut room: usize,
@@ -289,7 +290,13 @@ fn append(
                 outgoing.truncate(at + n);
                 return Ok(());
             }
-            Err(Room::Needs(needed)) => room = needed,
+            Err(Room::Needs(needed)) if needed > room => room = needed,
+            Err(Room::Needs(needed)) => {
+                outgoing.truncate(at);
+                return Err(broken(format!(
+                    "rustls asked for {needed} bytes of room with {room} given"
+                )));
+            }
             Err(Room::Broken(error)) => {
                 outgoing.truncate(at);
                 return Err(error);
@@ -393,6 +400,34 @@ mod tests {
 
     use super::*;
     use crate::tls::{ClientTls, ServerTls};
+
+    #[test]
+    fn append_grows_the_room_as_asked_and_refuses_a_writer_that_asks_for_no_more() {
+        let mut outgoing = b"kept".to_vec();
+        let mut offered = Vec::new();
+        append(&mut outgoing, 2, |room| {
+            offered.push(room.len());
+            if room.len() < 5 {
+                return Err(Room::Needs(5));
+            }
+            room[..3].copy_from_slice(b"new");
+            Ok(3)
+        })
+        .unwrap();
+        assert_eq!(
+            (outgoing.as_slice(), offered.as_slice()),
+            (&b"keptnew"[..], &[2, 5][..])
+        );
+        let mut asked = 0;
+        let error = append(&mut outgoing, 8, |room| {
+            asked += 1;
+            // Bounded even where the loop is not: a spinning append fails here.
+            assert!(asked < 100, "append asked {asked} times for the same room");
+            Err(Room::Needs(room.len()))
+        })
+        .unwrap_err();
+        assert_eq!((asked, outgoing.as_slice()), (1, &b"keptnew"[..]), "{error}");
+    }
 
     /// Accepts one connection on a glommio thread, shakes hands as `server`, and
     /// hands the stream to `serve`, whose answer the thread returns.
