@@ -30,6 +30,7 @@ PLAIN = {"credentials": {"secret": "flowd-credentials"}}
 KUBERNETES = "1.37.0"
 VARIANTS = [
     ["tls.secret=flowd-tls", "ports.kafka=9092", "replicas=5", "storage.storageClassName=fast"],
+    ["tls.secret=flowd-tls", "peerTls.secret=flowd-peer-tls"],
     ["credentials.secret=", "insecure=true", "serviceMonitor.enabled=false", "networkPolicy.enabled=false"],
     ["serviceMonitor.bearerTokenSecret.name=flowd-metrics", "replicas=1"],
 ]

@@ -33,11 +33,14 @@ pub enum CertAction {
         /// The directory holding the CA, where the files go.
         #[arg(long, value_name = "DIR")]
         dir: PathBuf,
-        /// IP addresses and DNS names clients reach the holder at (comma-separated).
+        /// IP addresses and DNS names clients reach the holder at (comma-separated); a
+        /// peer's: its peer address, or the name --peer-listen and the others' --seeds
+        /// give it, or a pattern such as *.NAMESPACE.svc.cluster.local.
         #[arg(long, value_name = "HOST,HOST", value_delimiter = ',')]
         host: Vec<String>,
         /// A peer's certificate for the cluster ID (its --cluster-id): peers admit only
-        /// peers whose certificate names their cluster, for the address they give.
+        /// peers whose certificate names their cluster, for the address they give (or the
+        /// name it was found by).
         #[arg(long, value_name = "ID")]
         cluster: Option<String>,
         /// Days the certificate stays valid.

@@ -420,10 +420,11 @@ impl Cli {
                 cluster: peer_listen
                     .map(|listen| run::peer_addresses(&listen, peer_bind, &seeds))
                     .transpose()?
-                    .map(|(listen, bind, seeds)| crate::cluster::ClusterOptions {
-                        listen,
-                        bind,
-                        seeds,
+                    .map(|peers| crate::cluster::ClusterOptions {
+                        listen: peers.listen,
+                        bind: peers.bind,
+                        seeds: peers.seeds,
+                        names: peers.names,
                         cluster_id,
                         replace_after,
                         copy_rate,

@@ -186,13 +186,30 @@ const RESOLVE_PATIENCE: Duration = Duration::from_secs(60);
 
 /// `--peer-listen`, `--peer-bind` and `--seeds` as addresses: each HOST:PORT looked up
 /// (a name is retried until it resolves, for at most `RESOLVE_PATIENCE`).
+pub struct PeerAddresses {
+    pub listen: SocketAddr,
+    pub bind: Option<SocketAddr>,
+    pub seeds: Vec<SocketAddr>,
+    /// The names among them and where each was found (a peer certificate may name one).
+    pub names: crate::tls::peer::PeerNames,
+}
+
 pub fn peer_addresses(
     listen: &str,
     bind: Option<SocketAddr>,
     seeds: &[String],
-) -> Result<(SocketAddr, Option<SocketAddr>, Vec<SocketAddr>), CliError> {
+) -> Result<PeerAddresses, CliError> {
     let deadline = Instant::now() + RESOLVE_PATIENCE;
-    let listen = resolve("--peer-listen", listen, deadline)?;
+    let mut names = crate::tls::peer::PeerNames::default();
+    let mut found = |text: &str, addr: SocketAddr| {
+        if let Some((host, _)) = text.rsplit_once(':')
+            && text.parse::<SocketAddr>().is_err()
+        {
+            names.add(host, addr.ip());
+        }
+        addr
+    };
+    let listen = found(listen, resolve("--peer-listen", listen, deadline)?);
     if bind.is_some() && listen.port() == 0 {
         return Err(CliError::Usage(format!(
             "--peer-listen {listen} with --peer-bind needs the port the others reach this peer at, not 0"
@@ -200,9 +217,14 @@ pub fn peer_addresses(
     }
     let seeds = seeds
         .iter()
-        .map(|seed| resolve("--seeds", seed, deadline))
-        .collect::<Result<_, _>>()?;
-    Ok((listen, bind, seeds))
+        .map(|seed| Ok(found(seed, resolve("--seeds", seed, deadline)?)))
+        .collect::<Result<_, CliError>>()?;
+    Ok(PeerAddresses {
+        listen,
+        bind,
+        seeds,
+        names,
+    })
 }
 
 /// One HOST:PORT, retried while its name does not resolve, until `deadline`.
@@ -290,6 +312,11 @@ mod tests {
             "{gone}"
         );
         let zero = peer_addresses("10.0.0.5:0", Some("0.0.0.0:7946".parse().unwrap()), &[]);
-        assert!(zero.unwrap_err().to_string().contains("not 0"));
+        assert!(zero.err().unwrap().to_string().contains("not 0"));
+        // Names are kept with where they were found; addresses are not names.
+        let named = peer_addresses("LocalHost:7946", None, &["10.0.0.5:7946".into()]).unwrap();
+        let mut expected = crate::tls::peer::PeerNames::default();
+        expected.add("localhost", named.listen.ip());
+        assert_eq!(named.names, expected);
     }
 }

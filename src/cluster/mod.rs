@@ -67,6 +67,9 @@ pub struct ClusterOptions {
     pub kafka: Option<SocketAddr>,
     /// Mutual TLS with the cluster's CA on the peer port (`--peer-tls-*`).
     pub tls: Option<crate::tls::peer::PeerFiles>,
+    /// The host names `listen` and `seeds` were given as, and where each was found: a
+    /// peer certificate naming one speaks for that address.
+    pub names: crate::tls::peer::PeerNames,
 }
 
 /// This peer's membership: running from `start` until `leave` or the process ends.
@@ -111,8 +114,13 @@ impl Cluster {
         };
         let tls = match &options.tls {
             Some(files) => Some(Arc::new(
-                crate::tls::peer::PeerTls::load(files.clone(), &options.cluster_id, addr.ip())
-                    .map_err(|e| ClusterError::Tls(e.to_string()))?,
+                crate::tls::peer::PeerTls::load(
+                    files.clone(),
+                    &options.cluster_id,
+                    addr.ip(),
+                    options.names.clone(),
+                )
+                .map_err(|e| ClusterError::Tls(e.to_string()))?,
             )),
             None => None,
         };

@@ -226,7 +226,7 @@ impl Listener {
     fn open(
         &self,
         socket: TcpStream,
-    ) -> Result<Option<(PeerStream, Option<crate::tls::Subject>)>, ClusterError> {
+    ) -> Result<Option<(PeerStream, Option<crate::tls::peer::Certified>)>, ClusterError> {
         let addr = socket.peer_addr()?;
         socket.set_read_timeout(Some(HANDSHAKE_TIMEOUT))?;
         let Some(tls_first) = opens_with_tls(&socket)? else {
@@ -255,7 +255,7 @@ impl Listener {
                 Err(ClusterError::Refused(message))
             }
             (Some(tls), true) => match tls.accept(socket) {
-                Ok((duplex, subject)) => Ok(Some((PeerStream::Tls(Box::new(duplex)), Some(subject)))),
+                Ok((duplex, certified)) => Ok(Some((PeerStream::Tls(Box::new(duplex)), Some(certified)))),
                 Err(error) => {
                     let reason = error.to_string();
                     let message = format!("refused a peer at {addr}: {reason}");
@@ -293,18 +293,19 @@ impl Listener {
             return Err(error);
         }
         // The address it gives must be its certificate's: a peer cannot speak for another.
-        if let Some(subject) = certified
-            && !subject.ips.contains(&from.ip())
+        if let (Some(certified), Some(tls)) = (&certified, &self.tls)
+            && !tls.speaks_for(certified, from.ip())
         {
+            let subject = &certified.subject;
+            let named = crate::tls::peer::named(subject);
             let message = format!(
-                "refused a peer that says it is {from}: its certificate ({}) is for {:?}; issue it one for the address it listens on (flowd cert issue NAME --cluster {} --host {})",
+                "refused a peer that says it is {from}: its certificate ({}) is for {named}, and none of those is (or was found at, when this peer started) {}; issue it one for the address or name it listens on (flowd cert issue NAME --cluster {} --host HOST)",
                 subject.name.as_deref().unwrap_or("no name"),
-                subject.ips,
+                from.ip(),
                 self.cluster,
-                from.ip()
             );
             self.refusals
-                .warn(from.ip(), &format!("{from} {:?}", subject.ips), &message);
+                .warn(from.ip(), &format!("{from} {named}"), &message);
             let _ = stream.write_all(&frame::error(0, 0, &message));
             return Err(ClusterError::Refused(message));
         }

@@ -151,6 +151,8 @@ pub struct Subject {
     pub organization: Option<String>,
     /// The IP addresses among its subject alternative names.
     pub ips: Vec<std::net::IpAddr>,
+    /// The host names among them (a pattern such as `*.flowd.svc` as written).
+    pub hosts: Vec<String>,
 }
 
 /// What the DER certificate `cert` says of its holder (checked against a CA before
@@ -162,9 +164,12 @@ pub fn subject(cert: &CertificateDer<'_>) -> Subject {
     let text = |attr: Option<&x509_parser::x509::AttributeTypeAndValue<'_>>| {
         attr.and_then(|a| a.as_str().ok()).map(str::to_owned)
     };
-    let mut ips = Vec::new();
+    let (mut ips, mut hosts) = (Vec::new(), Vec::new());
     if let Ok(Some(names)) = parsed.subject_alternative_name() {
         for name in &names.value.general_names {
+            if let x509_parser::extensions::GeneralName::DNSName(host) = name {
+                hosts.push((*host).to_owned());
+            }
             if let x509_parser::extensions::GeneralName::IPAddress(bytes) = name {
                 match bytes.len() {
                     4 => ips.push(std::net::IpAddr::from(
@@ -182,6 +187,7 @@ pub fn subject(cert: &CertificateDer<'_>) -> Subject {
         name: text(parsed.subject().iter_common_name().next()),
         organization: text(parsed.subject().iter_organization().next()),
         ips,
+        hosts,
     }
 }
 

@@ -7,6 +7,13 @@
 //! address a peer then gives must be one of its certificate's (`cluster::transport`).
 //! Reloaded on SIGHUP like a door's certificate.
 //!
+//! A certificate may name a peer by host name instead (`--host flowd-0.ns.svc.cluster.local`,
+//! or a pattern `*.ns.svc.cluster.local`): on Kubernetes a pod's Service has a name
+//! before anyone knows its address. Such a name speaks for the address it resolved to
+//! when this peer started, if it is one given for a peer here (`--peer-listen`,
+//! `--seeds`: `PeerNames`); whether a certificate names it is webpki's check, as for
+//! any server name.
+//!
 //! The same certificates carry relays: a peer that passes a client's request on to
 //! the peer leading its partition connects to that peer's client listener offering the
 //! ALPN protocol `flowd-relay/1` (`RELAY_ALPN`), and the listener, seeing it in the
@@ -18,8 +25,13 @@ use std::net::{IpAddr, TcpStream};
 use std::path::PathBuf;
 use std::sync::Arc;
 
-use rustls::{ClientConfig, ClientConnection, ServerConfig, ServerConnection};
-use rustls_pki_types::{CertificateDer, ServerName};
+use rustls::client::WebPkiServerVerifier;
+use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
+use rustls::{
+    CertificateError, ClientConfig, ClientConnection, DigitallySignedStruct, ServerConfig, ServerConnection,
+    SignatureScheme,
+};
+use rustls_pki_types::{CertificateDer, ServerName, UnixTime};
 
 use super::duplex::Duplex;
 use super::server::{ServerFiles, ServerTls};
@@ -34,6 +46,111 @@ pub struct PeerFiles {
     pub ca: PathBuf,
 }
 
+/// The host names given for peers (`--peer-listen`, `--seeds`), each with the address
+/// it resolved to when this peer started: a peer certificate naming one speaks for
+/// that address (`tls::peer`'s doc).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct PeerNames(Vec<(String, IpAddr)>);
+
+impl PeerNames {
+    /// `host` was found at `ip` (a name given twice is kept once).
+    pub fn add(&mut self, host: &str, ip: IpAddr) {
+        let host = host.trim_end_matches('.').to_ascii_lowercase();
+        if !self.0.iter().any(|(h, i)| *h == host && *i == ip) {
+            self.0.push((host, ip));
+        }
+    }
+
+    /// The names found at `ip`.
+    fn of(&self, ip: IpAddr) -> impl Iterator<Item = &str> {
+        self.0
+            .iter()
+            .filter(move |(_, at)| *at == ip)
+            .map(|(host, _)| host.as_str())
+    }
+}
+
+/// Whether the certificate `leaf` names `ip`, or a host name found at `ip`.
+fn speaks_for(names: &PeerNames, leaf: &CertificateDer<'_>, ip: IpAddr) -> bool {
+    let Ok(cert) = rustls::server::ParsedCertificate::try_from(leaf) else {
+        return false;
+    };
+    let names_it = |name: &ServerName<'_>| rustls::client::verify_server_name(&cert, name).is_ok();
+    names_it(&ServerName::IpAddress(ip.into()))
+        || names
+            .of(ip)
+            .any(|host| ServerName::try_from(host).is_ok_and(|name| names_it(&name)))
+}
+
+/// A peer's certificate, checked in the handshake: the cluster CA's, naming this cluster.
+#[derive(Debug)]
+pub struct Certified {
+    pub subject: Subject,
+    leaf: CertificateDer<'static>,
+}
+
+/// The dialing side's check of the peer it reached at an IP address: webpki's, for
+/// that address or, failing that, for a host name found at it (`PeerNames`).
+#[derive(Debug)]
+struct AddressOrName {
+    webpki: Arc<WebPkiServerVerifier>,
+    names: Arc<PeerNames>,
+}
+
+impl ServerCertVerifier for AddressOrName {
+    fn verify_server_cert(
+        &self,
+        end_entity: &CertificateDer<'_>,
+        intermediates: &[CertificateDer<'_>],
+        server_name: &ServerName<'_>,
+        ocsp: &[u8],
+        now: UnixTime,
+    ) -> Result<ServerCertVerified, rustls::Error> {
+        let verify = |name: &ServerName<'_>| {
+            self.webpki
+                .verify_server_cert(end_entity, intermediates, name, ocsp, now)
+        };
+        let first = verify(server_name);
+        let (
+            Err(rustls::Error::InvalidCertificate(
+                CertificateError::NotValidForName | CertificateError::NotValidForNameContext { .. },
+            )),
+            ServerName::IpAddress(ip),
+        ) = (&first, server_name)
+        else {
+            return first;
+        };
+        let ip = IpAddr::from(*ip);
+        self.names
+            .of(ip)
+            .filter_map(|host| ServerName::try_from(host).ok())
+            .find_map(|name| verify(&name).ok())
+            .map_or(first, Ok)
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        self.webpki.verify_tls12_signature(message, cert, dss)
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        self.webpki.verify_tls13_signature(message, cert, dss)
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
+        self.webpki.supported_verify_schemes()
+    }
+}
+
 /// The ALPN protocol a relaying peer offers a client listener (`tls::peer`'s doc).
 pub const RELAY_ALPN: &[u8] = b"flowd-relay/1";
 
@@ -43,6 +160,7 @@ pub struct PeerTls {
     cluster: String,
     /// The address this peer listens on, which its certificate names.
     me: IpAddr,
+    names: Arc<PeerNames>,
     files: PeerFiles,
     server: ServerTls,
     client: Arc<ClientConfig>,
@@ -53,9 +171,10 @@ pub struct PeerTls {
 
 impl PeerTls {
     /// Reads the files for a peer of `cluster` listening on `me`: its own certificate
-    /// must name both (the others check them).
-    pub fn load(files: PeerFiles, cluster: &str, me: IpAddr) -> Result<PeerTls, TlsError> {
-        check_own(&files, cluster, me)?;
+    /// must name both (the others check them), `me` by address or by a name in `names`.
+    pub fn load(files: PeerFiles, cluster: &str, me: IpAddr, names: PeerNames) -> Result<PeerTls, TlsError> {
+        let names = Arc::new(names);
+        check_own(&files, cluster, me, &names)?;
         let server = ServerTls::load(ServerFiles {
             cert: files.cert.clone(),
             key: files.key.clone(),
@@ -63,10 +182,17 @@ impl PeerTls {
             required: true,
         })?;
         let roots = super::roots(&files.ca, "cluster CA")?;
+        let webpki = WebPkiServerVerifier::builder_with_provider(Arc::new(roots), super::provider())
+            .build()
+            .map_err(|e| TlsError::Config(format!("the cluster CA {}: {e}", files.ca.display())))?;
         let client = ClientConfig::builder_with_provider(super::provider())
             .with_protocol_versions(&[&rustls::version::TLS13])
             .map_err(|e| TlsError::Config(e.to_string()))?
-            .with_root_certificates(roots)
+            .dangerous()
+            .with_custom_certificate_verifier(Arc::new(AddressOrName {
+                webpki,
+                names: Arc::clone(&names),
+            }))
             .with_client_cert_resolver(server.presented());
         let mut relay_server = (*server.config()).clone();
         relay_server.alpn_protocols = vec![RELAY_ALPN.to_vec()];
@@ -75,6 +201,7 @@ impl PeerTls {
         Ok(PeerTls {
             cluster: cluster.to_owned(),
             me,
+            names,
             files,
             server,
             client: Arc::new(client),
@@ -92,7 +219,8 @@ impl PeerTls {
 
     /// What a relaying peer connects to another's client listener with (an async
     /// stream's handshake, `futures_rustls`): its server name is the IP address of the
-    /// other's peer port, which the other's certificate names; then `cluster_peer`.
+    /// other's peer port, which the other's certificate names (or a name found there);
+    /// then `cluster_peer`.
     pub fn relay_client(&self) -> Arc<ClientConfig> {
         Arc::clone(&self.relay_client)
     }
@@ -124,22 +252,30 @@ impl PeerTls {
     /// handshake on, as server and as client. One for another cluster or address is
     /// refused, and the old one stays.
     pub fn reload(&self) -> Result<(), TlsError> {
-        check_own(&self.files, &self.cluster, self.me)?;
+        check_own(&self.files, &self.cluster, self.me, &self.names)?;
         self.server.reload()
     }
 
     /// Shakes hands with a peer that connected (within the socket's timeouts): its
     /// certificate must be the cluster CA's and name this cluster.
-    pub fn accept(&self, socket: TcpStream) -> Result<(Duplex, Subject), TlsError> {
+    pub fn accept(&self, socket: TcpStream) -> Result<(Duplex, Certified), TlsError> {
         let session =
             ServerConnection::new(self.server.config()).map_err(|e| TlsError::Config(e.to_string()))?;
         let duplex = Duplex::handshake(socket, session).map_err(|e| handshake("the connecting peer", e))?;
         let subject = self.of_cluster(&duplex)?;
-        Ok((duplex, subject))
+        let leaf = duplex.peer_certificates().swap_remove(0);
+        Ok((duplex, Certified { subject, leaf }))
+    }
+
+    /// Whether the peer that presented `certified` may say it listens at `ip`: its
+    /// certificate names `ip`, or a host name found at `ip` (`PeerNames`).
+    pub fn speaks_for(&self, certified: &Certified, ip: IpAddr) -> bool {
+        speaks_for(&self.names, &certified.leaf, ip)
     }
 
     /// Shakes hands with the peer listening at `ip` (within the socket's timeouts): its
-    /// certificate must be the cluster CA's, for `ip`, and name this cluster.
+    /// certificate must be the cluster CA's, for `ip` (or a name found at `ip`), and
+    /// name this cluster.
     pub fn dial(&self, socket: TcpStream, ip: IpAddr) -> Result<Duplex, TlsError> {
         let session = ClientConnection::new(Arc::clone(&self.client), ServerName::IpAddress(ip.into()))
             .map_err(|e| TlsError::Config(e.to_string()))?;
@@ -155,11 +291,12 @@ impl PeerTls {
     }
 }
 
-/// This peer's own certificate names its cluster and `me`.
-fn check_own(files: &PeerFiles, cluster: &str, me: IpAddr) -> Result<(), TlsError> {
+/// This peer's own certificate names its cluster and `me` (or a name found at `me`).
+fn check_own(files: &PeerFiles, cluster: &str, me: IpAddr, names: &PeerNames) -> Result<(), TlsError> {
     let chain = super::certificates(&files.cert, "peer certificate")?;
     let subject = super::subject(&chain[0]);
-    let fix = format!("flowd cert issue NAME --cluster {cluster} --host {me} makes one");
+    let host = names.of(me).next().map_or(me.to_string(), str::to_owned);
+    let fix = format!("flowd cert issue NAME --cluster {cluster} --host {host} makes one");
     if subject.organization.as_deref() != Some(cluster) {
         return Err(TlsError::Config(format!(
             "the peer certificate {} is for cluster {:?}, and this peer's cluster id is \"{cluster}\": {fix}",
@@ -167,14 +304,34 @@ fn check_own(files: &PeerFiles, cluster: &str, me: IpAddr) -> Result<(), TlsErro
             subject.organization.as_deref().unwrap_or("(none)")
         )));
     }
-    if !subject.ips.contains(&me) {
+    if !speaks_for(names, &chain[0], me) {
         return Err(TlsError::Config(format!(
-            "the peer certificate {} is for {:?}, not for {me}, the address the other peers reach this one at: {fix}",
+            "the peer certificate {} is for {}, not for {}, where the other peers reach this one: {fix}",
             files.cert.display(),
-            subject.ips
+            named(&subject),
+            names
+                .of(me)
+                .map(|host| format!("{host} ({me})"))
+                .next()
+                .unwrap_or(me.to_string())
         )));
     }
     Ok(())
+}
+
+/// The addresses and host names a certificate names, for a message.
+pub fn named(subject: &Subject) -> String {
+    let all: Vec<String> = subject
+        .ips
+        .iter()
+        .map(IpAddr::to_string)
+        .chain(subject.hosts.iter().cloned())
+        .collect();
+    if all.is_empty() {
+        "no address or host name".to_owned()
+    } else {
+        all.join(", ")
+    }
 }
 
 fn handshake(who: &str, error: std::io::Error) -> TlsError {
@@ -197,7 +354,18 @@ mod tests {
 
     /// A CA in `dir` and a peer certificate of it for `cluster` on 127.0.0.1.
     fn files(dir: &std::path::Path, ca: &make::Made, name: &str, cluster: Option<&str>) -> PeerFiles {
-        let leaf = make::issue(&ca.cert_pem, &ca.key_pem, name, &["127.0.0.1".into()], cluster, 1).unwrap();
+        files_for(dir, ca, name, cluster, "127.0.0.1")
+    }
+
+    /// As `files`, for the address or host name `host`.
+    fn files_for(
+        dir: &std::path::Path,
+        ca: &make::Made,
+        name: &str,
+        cluster: Option<&str>,
+        host: &str,
+    ) -> PeerFiles {
+        let leaf = make::issue(&ca.cert_pem, &ca.key_pem, name, &[host.into()], cluster, 1).unwrap();
         let write = |file: String, text: &str| {
             let path = dir.join(file);
             make::write_new(&path, text, 0o600).unwrap();
@@ -214,7 +382,7 @@ mod tests {
 
     /// Whether a peer with `dialer` gets through to one with `listener`; the error
     /// each side saw otherwise.
-    fn meet(listener: &PeerTls, dialer: &PeerTls) -> Result<Subject, (String, String)> {
+    fn meet(listener: &PeerTls, dialer: &PeerTls) -> Result<Certified, (String, String)> {
         let socket = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
         let addr = socket.local_addr().unwrap();
         std::thread::scope(|scope| {
@@ -230,7 +398,7 @@ mod tests {
             let dialed = dialer.dial(s, HERE).map(drop);
             let accepted = accepted.join().unwrap();
             match (accepted, dialed) {
-                (Ok((_, subject)), Ok(())) => Ok(subject),
+                (Ok((_, certified)), Ok(())) => Ok(certified),
                 (a, d) => Err((
                     a.err().map(|e| e.to_string()).unwrap_or_default(),
                     d.err().map(|e| e.to_string()).unwrap_or_default(),
@@ -244,22 +412,40 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let (ca, _) = make::authority("cluster", 1).unwrap();
         let (other_ca, _) = make::authority("other", 1).unwrap();
-        let a = PeerTls::load(files(dir.path(), &ca, "a", Some("blue")), "blue", HERE).unwrap();
-        let b = PeerTls::load(files(dir.path(), &ca, "b", Some("blue")), "blue", HERE).unwrap();
-        let subject = meet(&a, &b).unwrap();
+        let a = PeerTls::load(
+            files(dir.path(), &ca, "a", Some("blue")),
+            "blue",
+            HERE,
+            PeerNames::default(),
+        )
+        .unwrap();
+        let b = PeerTls::load(
+            files(dir.path(), &ca, "b", Some("blue")),
+            "blue",
+            HERE,
+            PeerNames::default(),
+        )
+        .unwrap();
+        let subject = meet(&a, &b).unwrap().subject;
         assert_eq!(subject.name.as_deref(), Some("b"));
         assert_eq!(subject.ips, vec![HERE]);
         // Another CA's certificate for the same cluster, trusting ours: each side
         // refuses it when it sees it.
         let mut forged = files(dir.path(), &other_ca, "s", Some("blue"));
         forged.ca = files(dir.path(), &ca, "t", Some("blue")).ca;
-        let stranger = PeerTls::load(forged, "blue", HERE).unwrap();
+        let stranger = PeerTls::load(forged, "blue", HERE, PeerNames::default()).unwrap();
         let (listener_saw, _) = meet(&a, &stranger).unwrap_err();
         assert!(listener_saw.contains("UnknownIssuer"), "{listener_saw}");
         let (_, dialer_saw) = meet(&stranger, &a).unwrap_err();
         assert!(dialer_saw.contains("UnknownIssuer"), "{dialer_saw}");
         // The right CA, another cluster: refused once its certificate is read.
-        let green = PeerTls::load(files(dir.path(), &ca, "g", Some("green")), "green", HERE).unwrap();
+        let green = PeerTls::load(
+            files(dir.path(), &ca, "g", Some("green")),
+            "green",
+            HERE,
+            PeerNames::default(),
+        )
+        .unwrap();
         let (listener_saw, dialer_saw) = meet(&a, &green).unwrap_err();
         assert!(
             listener_saw.contains("is for cluster \"green\""),
@@ -273,16 +459,100 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let (ca, _) = make::authority("cluster", 1).unwrap();
         let client_only = files(dir.path(), &ca, "c", None);
-        let error = PeerTls::load(client_only, "blue", HERE).unwrap_err().to_string();
-        assert!(error.contains("--cluster blue --host 127.0.0.1"), "{error}");
-        let error = PeerTls::load(files(dir.path(), &ca, "d", Some("blue")), "red", HERE)
+        let error = PeerTls::load(client_only, "blue", HERE, PeerNames::default())
             .unwrap_err()
             .to_string();
+        assert!(error.contains("--cluster blue --host 127.0.0.1"), "{error}");
+        let error = PeerTls::load(
+            files(dir.path(), &ca, "d", Some("blue")),
+            "red",
+            HERE,
+            PeerNames::default(),
+        )
+        .unwrap_err()
+        .to_string();
         assert!(error.contains("is for cluster \"blue\""), "{error}");
         let elsewhere = "10.1.2.3".parse().unwrap();
-        let error = PeerTls::load(files(dir.path(), &ca, "e", Some("blue")), "blue", elsewhere)
-            .unwrap_err()
-            .to_string();
+        let error = PeerTls::load(
+            files(dir.path(), &ca, "e", Some("blue")),
+            "blue",
+            elsewhere,
+            PeerNames::default(),
+        )
+        .unwrap_err()
+        .to_string();
         assert!(error.contains("not for 10.1.2.3"), "{error}");
+    }
+
+    #[test]
+    fn a_peer_certificate_may_name_the_host_name_its_address_was_found_by() {
+        let dir = tempfile::tempdir().unwrap();
+        let (ca, _) = make::authority("cluster", 1).unwrap();
+        let other: IpAddr = "127.0.0.2".parse().unwrap();
+        let mut names = PeerNames::default();
+        names.add("flowd-1.flowd.test", HERE);
+        names.add("FLOWD-2.flowd.test.", other);
+        // One peer's certificate names a pattern, the other's its own name only.
+        let a = PeerTls::load(
+            files_for(dir.path(), &ca, "a", Some("blue"), "*.flowd.test"),
+            "blue",
+            HERE,
+            names.clone(),
+        )
+        .unwrap();
+        let b = PeerTls::load(
+            files_for(dir.path(), &ca, "b", Some("blue"), "flowd-2.flowd.test"),
+            "blue",
+            other,
+            names.clone(),
+        )
+        .unwrap();
+        // b dials a at its address, which a's certificate names by the name found there.
+        let b_seen = meet(&a, &b).unwrap();
+        assert!(a.speaks_for(&b_seen, other));
+        // b's certificate does not speak for a's address, nor for one no name was found at.
+        assert!(!a.speaks_for(&b_seen, HERE));
+        assert!(!a.speaks_for(&b_seen, "127.0.0.3".parse().unwrap()));
+        // A peer that knows no name for a's address cannot take a's certificate for it.
+        let c = PeerTls::load(
+            files(dir.path(), &ca, "c", Some("blue")),
+            "blue",
+            HERE,
+            PeerNames::default(),
+        )
+        .unwrap();
+        let (_, dialer_saw) = meet(&a, &c).unwrap_err();
+        assert!(
+            dialer_saw.contains("not valid for name \"127.0.0.1\""),
+            "{dialer_saw}"
+        );
+        // Nor start with a certificate for a name not found at its own address.
+        let error = PeerTls::load(
+            files_for(dir.path(), &ca, "d", Some("blue"), "*.flowd.test"),
+            "blue",
+            HERE,
+            PeerNames::default(),
+        )
+        .err()
+        .unwrap()
+        .to_string();
+        assert!(
+            error.contains("is for *.flowd.test, not for 127.0.0.1"),
+            "{error}"
+        );
+        let error = PeerTls::load(
+            files_for(dir.path(), &ca, "e", Some("blue"), "flowd-9.flowd.test"),
+            "blue",
+            other,
+            names,
+        )
+        .err()
+        .unwrap()
+        .to_string();
+        assert!(
+            error.contains("not for flowd-2.flowd.test (127.0.0.2)")
+                && error.contains("--host flowd-2.flowd.test"),
+            "{error}"
+        );
     }
 }

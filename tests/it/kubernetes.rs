@@ -7,8 +7,10 @@
 //! a rolling restart, one pod at a time from the highest ordinal as Kubernetes does it
 //! (SIGTERM, the grace period, start, wait for `/readyz`), while a producer goes on
 //! through whichever pod answers (the client Service): every acked record is there
-//! once, at its acked partition and offset. Also: the chart renders, lints and
-//! validates, and its StatefulSet's addresses, probes and budget are the ones wanted.
+//! once, at its acked partition and offset. The pods speak mutual TLS to each other
+//! with one peer certificate naming their Services by a pattern (`peerTls`), as the
+//! chart's values tell how to make it. Also: the chart renders, lints and validates,
+//! and its StatefulSet's addresses, probes and budget are the ones wanted.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -27,6 +29,8 @@ use crate::support::{poll, run_bounded, wait_until};
 /// The namespace the pods run in, as far as their names go.
 const NAMESPACE: &str = "flowd-it";
 const PODS: usize = 3;
+/// The chart's values for mutual TLS between the pods.
+const PEER_TLS: &str = "peerTls.secret=flowd-peer-tls";
 
 fn render(args: &[&str]) -> std::process::Output {
     let mut command = Command::new("python3");
@@ -109,6 +113,27 @@ fn the_chart_renders_lints_and_validates_and_its_pods_find_each_other_by_name() 
             "one Service per pod, the headless and the client's"
         );
     }
+    // Without peer TLS the peer port binds every address in plaintext: --insecure says
+    // so. With it, and TLS and credentials on the doors, nothing is left open.
+    let flags = |spec: &Value| -> Vec<String> {
+        let args = spec["args"].as_array().unwrap();
+        args.iter().map(|a| a.as_str().unwrap().to_string()).collect()
+    };
+    assert!(flags(&spec).contains(&"--insecure".to_string()));
+    assert!(!flags(&spec).contains(&"--peer-tls-cert".to_string()));
+    let secured = pod_spec("flowd-1", &[PEER_TLS, "tls.secret=flowd-tls"]);
+    assert!(!flags(&secured).contains(&"--insecure".to_string()), "{secured}");
+    assert_eq!(
+        arg_after(&secured, "--peer-tls-cert"),
+        "/etc/flowd/peer-tls/tls.crt"
+    );
+    assert_eq!(
+        arg_after(&secured, "--peer-tls-key"),
+        "/etc/flowd/peer-tls/tls.key"
+    );
+    assert_eq!(arg_after(&secured, "--peer-tls-ca"), "/etc/flowd/peer-tls/ca.crt");
+    let doors_plain = pod_spec("flowd-1", &[PEER_TLS]);
+    assert!(flags(&doors_plain).contains(&"--insecure".to_string()));
     // No credentials and not insecure: refused at render time, saying what to give.
     let mut command = Command::new("python3");
     command
@@ -160,6 +185,7 @@ fn start_pod(net: &Net, dir: &Path, i: usize, spec: &Value) -> Server {
                 "/data" => dir.join(format!("pod-{i}")),
                 "/etc/flowd/dataflow.toml" => dir.join("dataflow.toml"),
                 "/etc/flowd/credentials" => dir.join("credentials"),
+                "/etc/flowd/peer-tls" => dir.join("peer-tls"),
                 "/tmp" => std::env::temp_dir(),
                 other => panic!("the StatefulSet mounts {other}, which this test does not know"),
             };
@@ -222,7 +248,9 @@ fn three_pods_with_the_statefulsets_arguments_form_one_cluster_and_restart_one_a
     let net = Net::new(PODS);
     let _hosts = Hosts::write(&net);
     let dir = tempfile::tempdir().unwrap();
-    let specs: Vec<Value> = (0..PODS).map(|i| pod_spec(&format!("flowd-{i}"), &[])).collect();
+    let specs: Vec<Value> = (0..PODS)
+        .map(|i| pod_spec(&format!("flowd-{i}"), &[PEER_TLS]))
+        .collect();
     std::fs::write(
         dir.path().join("dataflow.toml"),
         specs[0]["dataflow"].as_str().unwrap(),
@@ -250,6 +278,36 @@ fn three_pods_with_the_statefulsets_arguments_form_one_cluster_and_restart_one_a
     );
     assert_eq!(code, 0, "{err}");
     let token = out.split_whitespace().last().unwrap().to_string();
+    // The peer Secret as values.yaml says to make it: one certificate for every pod,
+    // naming their Services by a pattern (their addresses are not known beforehand).
+    let pki = dir.path().join("pki").display().to_string();
+    let pattern = format!("*.{NAMESPACE}.svc.cluster.local");
+    for args in [
+        vec!["cert", "ca", "--dir", &pki],
+        vec![
+            "cert",
+            "issue",
+            "peers",
+            "--dir",
+            &pki,
+            "--cluster",
+            "flowd",
+            "--host",
+            &pattern,
+        ],
+    ] {
+        let (code, _, err) = run_cli(&args, "");
+        assert_eq!(code, 0, "flowd {args:?}: {err}");
+    }
+    let secret = dir.path().join("peer-tls");
+    std::fs::create_dir(&secret).unwrap();
+    for (from, to) in [
+        ("ca.pem", "ca.crt"),
+        ("peers.pem", "tls.crt"),
+        ("peers.key", "tls.key"),
+    ] {
+        std::fs::copy(dir.path().join("pki").join(from), secret.join(to)).unwrap();
+    }
 
     // podManagementPolicy: Parallel: all three at once.
     let mut pods: Vec<Server> = (0..PODS)
@@ -291,6 +349,19 @@ fn three_pods_with_the_statefulsets_arguments_form_one_cluster_and_restart_one_a
             pod.tcp
         );
     }
+
+    // The peer port speaks TLS: a plaintext peer is told so and let in to nothing.
+    let mut plain = std::net::TcpStream::connect((net.ip(1).as_str(), 7946)).unwrap();
+    plain.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    use std::io::{Read, Write};
+    plain.write_all(b"HELLO, a plaintext stranger\n").unwrap();
+    let mut answer = Vec::new();
+    let _ = plain.read_to_end(&mut answer);
+    let answer = String::from_utf8_lossy(&answer);
+    assert!(
+        answer.contains("this peer's port speaks TLS"),
+        "a plaintext peer got: {answer:?}"
+    );
 
     let stop = Arc::new(AtomicBool::new(false));
     let acked: Acked = Arc::new(Mutex::new(BTreeMap::new()));

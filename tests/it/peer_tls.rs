@@ -17,7 +17,7 @@ use flowd::cluster::frame::{self, Kind};
 use flowd::cluster::handover::{self, CopyOrder};
 use flowd::cluster::transport::{Purpose, hello};
 use flowd::tls::duplex::Duplex;
-use flowd::tls::peer::{PeerFiles, PeerTls, RELAY_ALPN};
+use flowd::tls::peer::{PeerFiles, PeerNames, PeerTls, RELAY_ALPN};
 
 use crate::cluster::{events_dataflow, one_at_a_time, one_copy, served_by, start_file, tail, wait_all_alive};
 use crate::ingest::{PLAINTEXT_PEERS, run_cli};
@@ -44,7 +44,7 @@ fn issue(pki: &Path, name: &str, extra: &[&str]) -> (PathBuf, PathBuf) {
 
 /// A peer's TLS as a forger would use it: the files, for cluster "flowd", at `me`.
 fn peer_tls(cert: PathBuf, key: PathBuf, ca: PathBuf, me: IpAddr) -> PeerTls {
-    PeerTls::load(PeerFiles { cert, key, ca }, "flowd", me).unwrap()
+    PeerTls::load(PeerFiles { cert, key, ca }, "flowd", me, PeerNames::default()).unwrap()
 }
 
 fn socket(to: SocketAddr) -> TcpStream {
@@ -243,6 +243,7 @@ fn only_peers_with_a_certificate_of_the_cluster_get_in() {
         },
         "green",
         HERE,
+        PeerNames::default(),
     )
     .unwrap();
     assert_eq!(relay(door, green.relay_client()), Vec::<u8>::new());
@@ -292,7 +293,9 @@ fn only_peers_with_a_certificate_of_the_cluster_get_in() {
         "peer sent no certificates".to_owned(),
         "is for cluster none (not a peer certificate)".to_owned(),
         "UnknownIssuer".to_owned(),
-        format!("refused a peer that says it is {posing_as}: its certificate (elsewhere) is for [127.0.0.2]"),
+        format!(
+            "refused a peer that says it is {posing_as}: its certificate (elsewhere) is for 127.0.0.2, and none"
+        ),
         "refused a peer at 127.0.0.1:".to_owned(),
     ];
     let refusals: Vec<&str> = refusals.iter().map(String::as_str).collect();
