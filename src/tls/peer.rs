@@ -263,7 +263,10 @@ impl PeerTls {
             ServerConnection::new(self.server.config()).map_err(|e| TlsError::Config(e.to_string()))?;
         let duplex = Duplex::handshake(socket, session).map_err(|e| handshake("the connecting peer", e))?;
         let subject = self.of_cluster(&duplex)?;
-        let leaf = duplex.peer_certificates().swap_remove(0);
+        let leaf =
+            duplex.peer_certificates().into_iter().next().ok_or_else(|| {
+                TlsError::Handshake("the connecting peer presented no certificate".to_owned())
+            })?;
         Ok((duplex, Certified { subject, leaf }))
     }
 
