@@ -383,6 +383,11 @@ mod tests {
 
     const HERE: IpAddr = IpAddr::V4(std::net::Ipv4Addr::LOCALHOST);
 
+    /// A peer's TLS that knows no host names.
+    fn unnamed(files: PeerFiles, cluster: &str, me: IpAddr) -> Result<PeerTls, TlsError> {
+        PeerTls::load(files, cluster, me, PeerNames::default())
+    }
+
     /// Whether a peer with `dialer` gets through to one with `listener`; the error
     /// each side saw otherwise.
     fn meet(listener: &PeerTls, dialer: &PeerTls) -> Result<Certified, (String, String)> {
@@ -415,20 +420,8 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let (ca, _) = make::authority("cluster", 1).unwrap();
         let (other_ca, _) = make::authority("other", 1).unwrap();
-        let a = PeerTls::load(
-            files(dir.path(), &ca, "a", Some("blue")),
-            "blue",
-            HERE,
-            PeerNames::default(),
-        )
-        .unwrap();
-        let b = PeerTls::load(
-            files(dir.path(), &ca, "b", Some("blue")),
-            "blue",
-            HERE,
-            PeerNames::default(),
-        )
-        .unwrap();
+        let a = unnamed(files(dir.path(), &ca, "a", Some("blue")), "blue", HERE).unwrap();
+        let b = unnamed(files(dir.path(), &ca, "b", Some("blue")), "blue", HERE).unwrap();
         let subject = meet(&a, &b).unwrap().subject;
         assert_eq!(subject.name.as_deref(), Some("b"));
         assert_eq!(subject.ips, vec![HERE]);
@@ -436,19 +429,13 @@ mod tests {
         // refuses it when it sees it.
         let mut forged = files(dir.path(), &other_ca, "s", Some("blue"));
         forged.ca = files(dir.path(), &ca, "t", Some("blue")).ca;
-        let stranger = PeerTls::load(forged, "blue", HERE, PeerNames::default()).unwrap();
+        let stranger = unnamed(forged, "blue", HERE).unwrap();
         let (listener_saw, _) = meet(&a, &stranger).unwrap_err();
         assert!(listener_saw.contains("UnknownIssuer"), "{listener_saw}");
         let (_, dialer_saw) = meet(&stranger, &a).unwrap_err();
         assert!(dialer_saw.contains("UnknownIssuer"), "{dialer_saw}");
         // The right CA, another cluster: refused once its certificate is read.
-        let green = PeerTls::load(
-            files(dir.path(), &ca, "g", Some("green")),
-            "green",
-            HERE,
-            PeerNames::default(),
-        )
-        .unwrap();
+        let green = unnamed(files(dir.path(), &ca, "g", Some("green")), "green", HERE).unwrap();
         let (listener_saw, dialer_saw) = meet(&a, &green).unwrap_err();
         assert!(
             listener_saw.contains("is for cluster \"green\""),
@@ -462,28 +449,16 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let (ca, _) = make::authority("cluster", 1).unwrap();
         let client_only = files(dir.path(), &ca, "c", None);
-        let error = PeerTls::load(client_only, "blue", HERE, PeerNames::default())
+        let error = unnamed(client_only, "blue", HERE).unwrap_err().to_string();
+        assert!(error.contains("--cluster blue --host 127.0.0.1"), "{error}");
+        let error = unnamed(files(dir.path(), &ca, "d", Some("blue")), "red", HERE)
             .unwrap_err()
             .to_string();
-        assert!(error.contains("--cluster blue --host 127.0.0.1"), "{error}");
-        let error = PeerTls::load(
-            files(dir.path(), &ca, "d", Some("blue")),
-            "red",
-            HERE,
-            PeerNames::default(),
-        )
-        .unwrap_err()
-        .to_string();
         assert!(error.contains("is for cluster \"blue\""), "{error}");
         let elsewhere = "10.1.2.3".parse().unwrap();
-        let error = PeerTls::load(
-            files(dir.path(), &ca, "e", Some("blue")),
-            "blue",
-            elsewhere,
-            PeerNames::default(),
-        )
-        .unwrap_err()
-        .to_string();
+        let error = unnamed(files(dir.path(), &ca, "e", Some("blue")), "blue", elsewhere)
+            .unwrap_err()
+            .to_string();
         assert!(error.contains("not for 10.1.2.3"), "{error}");
     }
 
@@ -517,24 +492,17 @@ mod tests {
         assert!(!a.speaks_for(&b_seen, HERE));
         assert!(!a.speaks_for(&b_seen, "127.0.0.3".parse().unwrap()));
         // A peer that knows no name for a's address cannot take a's certificate for it.
-        let c = PeerTls::load(
-            files(dir.path(), &ca, "c", Some("blue")),
-            "blue",
-            HERE,
-            PeerNames::default(),
-        )
-        .unwrap();
+        let c = unnamed(files(dir.path(), &ca, "c", Some("blue")), "blue", HERE).unwrap();
         let (_, dialer_saw) = meet(&a, &c).unwrap_err();
         assert!(
             dialer_saw.contains("not valid for name \"127.0.0.1\""),
             "{dialer_saw}"
         );
         // Nor start with a certificate for a name not found at its own address.
-        let error = PeerTls::load(
+        let error = unnamed(
             files_for(dir.path(), &ca, "d", Some("blue"), "*.flowd.test"),
             "blue",
             HERE,
-            PeerNames::default(),
         )
         .err()
         .unwrap()
