@@ -184,8 +184,7 @@ pub fn run(args: RunArgs) -> Result<ExitCode, CliError> {
 /// Service's name reaches the cluster's DNS a few seconds after the Service is made.
 const RESOLVE_PATIENCE: Duration = Duration::from_secs(60);
 
-/// `--peer-listen`, `--peer-bind` and `--seeds` as addresses: each HOST:PORT looked up
-/// (a name is retried until it resolves, for at most `RESOLVE_PATIENCE`).
+/// Where this peer and its seeds are, as `peer_addresses` found them.
 pub struct PeerAddresses {
     pub listen: SocketAddr,
     pub bind: Option<SocketAddr>,
@@ -194,6 +193,8 @@ pub struct PeerAddresses {
     pub names: crate::tls::peer::PeerNames,
 }
 
+/// `--peer-listen`, `--peer-bind` and `--seeds` as addresses: each HOST:PORT looked up
+/// (a name is retried until it resolves, for at most `RESOLVE_PATIENCE`).
 pub fn peer_addresses(
     listen: &str,
     bind: Option<SocketAddr>,
