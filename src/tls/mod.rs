@@ -167,11 +167,10 @@ pub fn subject(cert: &CertificateDer<'_>) -> Subject {
     let (mut ips, mut hosts) = (Vec::new(), Vec::new());
     if let Ok(Some(names)) = parsed.subject_alternative_name() {
         for name in &names.value.general_names {
-            if let x509_parser::extensions::GeneralName::DNSName(host) = name {
-                hosts.push((*host).to_owned());
-            }
-            if let x509_parser::extensions::GeneralName::IPAddress(bytes) = name {
-                match bytes.len() {
+            use x509_parser::extensions::GeneralName;
+            match name {
+                GeneralName::DNSName(host) => hosts.push((*host).to_owned()),
+                GeneralName::IPAddress(bytes) => match bytes.len() {
                     4 => ips.push(std::net::IpAddr::from(
                         <[u8; 4]>::try_from(*bytes).expect("4 bytes"),
                     )),
@@ -179,7 +178,8 @@ pub fn subject(cert: &CertificateDer<'_>) -> Subject {
                         <[u8; 16]>::try_from(*bytes).expect("16 bytes"),
                     )),
                     _ => {}
-                }
+                },
+                _ => {}
             }
         }
     }

@@ -70,16 +70,23 @@ impl PeerNames {
     }
 }
 
+/// What the certificate `leaf` names of `ip`: the address itself, else the first host
+/// name found at `ip` that it names; `None` if neither. The one rule both sides keep
+/// (`speaks_for` on the listening side, `AddressOrName` on the dialing side).
+fn name_for(names: &PeerNames, leaf: &CertificateDer<'_>, ip: IpAddr) -> Option<ServerName<'static>> {
+    let cert = rustls::server::ParsedCertificate::try_from(leaf).ok()?;
+    std::iter::once(ServerName::IpAddress(ip.into()))
+        .chain(
+            names
+                .of(ip)
+                .filter_map(|host| ServerName::try_from(host.to_owned()).ok()),
+        )
+        .find(|name| rustls::client::verify_server_name(&cert, name).is_ok())
+}
+
 /// Whether the certificate `leaf` names `ip`, or a host name found at `ip`.
 fn speaks_for(names: &PeerNames, leaf: &CertificateDer<'_>, ip: IpAddr) -> bool {
-    let Ok(cert) = rustls::server::ParsedCertificate::try_from(leaf) else {
-        return false;
-    };
-    let names_it = |name: &ServerName<'_>| rustls::client::verify_server_name(&cert, name).is_ok();
-    names_it(&ServerName::IpAddress(ip.into()))
-        || names
-            .of(ip)
-            .any(|host| ServerName::try_from(host).is_ok_and(|name| names_it(&name)))
+    name_for(names, leaf, ip).is_some()
 }
 
 /// A peer's certificate, checked in the handshake: the cluster CA's, naming this cluster.
@@ -120,12 +127,11 @@ impl ServerCertVerifier for AddressOrName {
         else {
             return first;
         };
-        let ip = IpAddr::from(*ip);
-        self.names
-            .of(ip)
-            .filter_map(|host| ServerName::try_from(host).ok())
-            .find_map(|name| verify(&name).ok())
-            .map_or(first, Ok)
+        // The chain is checked again, for the name the certificate does carry.
+        match name_for(&self.names, end_entity, IpAddr::from(*ip)) {
+            Some(name) => verify(&name),
+            None => first,
+        }
     }
 
     fn verify_tls12_signature(
