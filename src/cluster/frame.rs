@@ -24,7 +24,10 @@
 //! REDIRECT body = message:str16               the PRODUCE was not written: the partition
 //!                                             moves; route it again
 //! CLAIM    body = count:u32 (topic:str8 partition:u32 phase:u8 end:u64){count}
-//!          phase 0 fences (stop writing it, say your end), 1 says the claimer is done
+//!          asked:u16 (peer:str8){asked}
+//!          phase 0 fences (stop writing it, say your end), 1 says the claimer is done;
+//!          `asked`: every peer the claimer asks ("ip:port"); a holder that sees another
+//!          alive answers not agreed
 //! CLAIMED  body = (agreed:u8 end:u64){count}    one per CLAIM entry, in order
 //! COPY     body = topic:str8 partition:u32 from:u64
 //! COPIED   body = first:u64 count:u32 records  (client record encoding, timestamps set)

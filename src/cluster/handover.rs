@@ -2,6 +2,8 @@
 //! that held it (CLAIM/CLAIMED: fence and say your end; COPY/COPIED: the records from
 //! an offset), byte by byte; sans-io encode and decode (layout in `frame.rs`).
 
+use std::net::SocketAddr;
+
 use crate::cluster::error::ClusterError;
 use crate::cluster::frame::{Body, Fields};
 
@@ -26,15 +28,32 @@ pub struct ClaimEntry {
     pub end: u64,
 }
 
-pub fn encode_claim(entries: &[ClaimEntry]) -> Vec<u8> {
+/// The most peers a CLAIM says it asks.
+pub const CLAIM_ASKED_MAX: usize = 4096;
+
+/// A CLAIM: its partitions, and every other peer the claimer asks along with the one
+/// it is sent to. A holder fences only for a claimer that asks every peer the holder
+/// sees alive: one that does not know them all yet would take a partition over from
+/// the copies it knows of, missing a longer one elsewhere.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Claim {
+    pub entries: Vec<ClaimEntry>,
+    pub asked: Vec<SocketAddr>,
+}
+
+pub fn encode_claim(entries: &[ClaimEntry], asked: &[SocketAddr]) -> Vec<u8> {
     let mut body = Body::default().u32(entries.len() as u32);
     for e in entries {
         body = body.str8(&e.topic).u32(e.partition).u8(e.phase as u8).u64(e.end);
     }
+    body = body.u16(asked.len().min(CLAIM_ASKED_MAX) as u16);
+    for peer in asked.iter().take(CLAIM_ASKED_MAX) {
+        body = body.str8(&peer.to_string());
+    }
     body.0
 }
 
-pub fn decode_claim(body: &[u8]) -> Result<Vec<ClaimEntry>, ClusterError> {
+pub fn decode_claim(body: &[u8]) -> Result<Claim, ClusterError> {
     let mut fields = Fields(body);
     let count = fields.u32()? as usize;
     if count > CLAIM_ENTRIES_MAX {
@@ -59,7 +78,23 @@ pub fn decode_claim(body: &[u8]) -> Result<Vec<ClaimEntry>, ClusterError> {
             end,
         });
     }
-    Ok(entries)
+    let count = fields.u16()? as usize;
+    if count > CLAIM_ASKED_MAX {
+        return Err(ClusterError::Frame(format!(
+            "a CLAIM asking {count} peers (at most {CLAIM_ASKED_MAX})"
+        )));
+    }
+    let mut asked = Vec::with_capacity(count);
+    for _ in 0..count {
+        let peer = fields.str8()?;
+        asked.push(peer.parse().map_err(|_| {
+            ClusterError::Frame(format!("a CLAIM names {peer:?} as a peer asked, not an address"))
+        })?);
+    }
+    if !fields.rest().is_empty() {
+        return Err(ClusterError::Frame("bytes after a CLAIM's peers".into()));
+    }
+    Ok(Claim { entries, asked })
 }
 
 /// The answers to a CLAIM, in its order: `Some(end)` where this peer agrees the
@@ -155,7 +190,20 @@ mod tests {
                 end: u64::MAX,
             },
         ];
-        assert_eq!(decode_claim(&encode_claim(&entries)).unwrap(), entries);
+        let asked: Vec<SocketAddr> = vec!["10.0.0.2:7946".parse().unwrap(), "[::1]:9".parse().unwrap()];
+        assert_eq!(
+            decode_claim(&encode_claim(&entries, &asked)).unwrap(),
+            Claim {
+                entries: entries.clone(),
+                asked
+            }
+        );
+        assert!(
+            decode_claim(&encode_claim(&entries, &[]))
+                .unwrap()
+                .asked
+                .is_empty()
+        );
         let answers = vec![Some(5), None, Some(0)];
         assert_eq!(decode_claimed(&encode_claimed(&answers), 3).unwrap(), answers);
         assert!(decode_claimed(&encode_claimed(&answers), 2).is_err());
@@ -184,16 +232,30 @@ mod tests {
     #[test]
     fn bad_claims_are_errors() {
         assert!(decode_claim(&(u32::MAX).to_le_bytes()).is_err());
-        let mut body = encode_claim(&[ClaimEntry {
+        let entry = ClaimEntry {
             topic: "t".into(),
             partition: 0,
             phase: Phase::Fence,
             end: 0,
-        }]);
+        };
+        let good = encode_claim(std::slice::from_ref(&entry), &["127.0.0.1:1".parse().unwrap()]);
+        assert!(decode_claim(&good).is_ok());
+        let mut body = good.clone();
         let phase_at = 4 + 2 + 4;
         body[phase_at] = 9;
         assert!(decode_claim(&body).is_err());
-        assert!(decode_claim(&body[..5]).is_err());
+        assert!(decode_claim(&good[..5]).is_err());
+        // Without its peers (the old layout), with a peer that is no address, or with
+        // bytes after them: refused, not read as "asked nobody".
+        let entries_end = 4 + 2 + 4 + 1 + 8;
+        assert!(decode_claim(&good[..entries_end]).is_err());
+        let mut bad = encode_claim(std::slice::from_ref(&entry), &[]);
+        bad[entries_end] = 1;
+        bad.extend_from_slice(&[3, b'a', b'b', b'c']);
+        assert!(decode_claim(&bad).is_err());
+        let mut trailing = good.clone();
+        trailing.push(0);
+        assert!(decode_claim(&trailing).is_err());
         assert!(decode_copy(&[1]).is_err());
     }
 }

@@ -77,8 +77,12 @@ pub struct Cluster {
     pub me: PeerId,
     pub cluster_id: String,
     /// Whether seeds were given: a peer that has some serves nothing until it has heard
-    /// from the cluster (or gave up waiting), so it never writes beside a live owner.
+    /// from the cluster (unless it founds it, `founds`), so it never writes beside a
+    /// live owner nor serves empty a partition whose records the cluster holds.
     pub seeded: bool,
+    /// The first of several seeds: it founds the cluster (the metadata group, and
+    /// serving alone) if no running one has taken it in within `FOUND_AFTER`.
+    pub founds: bool,
     /// See `ClusterOptions::replace_after`.
     pub replace_after: Duration,
     /// See `ClusterOptions::copy_rate`.
@@ -154,7 +158,8 @@ impl Cluster {
         )?);
         // The first of several seeds (every pod lists the same, pod 0's first) founds
         // the group only if no running one takes it in meanwhile.
-        if !founder && options.seeds.first() == Some(&addr) {
+        let founds = !founder && options.seeds.first() == Some(&addr);
+        if founds {
             consensus.found_unless_joined(FOUND_AFTER);
         }
         consensus.keep_members(Arc::clone(&view), options.replace_after);
@@ -180,6 +185,7 @@ impl Cluster {
             me,
             cluster_id: options.cluster_id.clone(),
             seeded: options.seeds.iter().any(|s| *s != addr),
+            founds,
             replace_after: options.replace_after,
             copy_rate: options.copy_rate,
             view,

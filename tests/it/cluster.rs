@@ -1139,3 +1139,104 @@ fn a_stalled_owner_slows_the_peer_that_forwards_to_it_and_no_batch_fails() {
         "every acked record at its owner"
     );
 }
+
+/// A peer given seeds serves nothing until it has heard from the cluster: one whose
+/// only seed is paused (SIGSTOP) past its patience does not take every partition alone
+/// and, once the seed is back, hide the records the seed holds behind empty copies.
+#[test]
+fn a_peer_that_cannot_reach_its_seed_serves_nothing_and_hides_no_record() {
+    let _serial = one_at_a_time();
+    one_copy();
+    let dir = tempfile::tempdir().unwrap();
+    let first = events_peer(dir.path(), "p1", None);
+    wait_until(
+        "the first peer serves all 8 partitions",
+        Duration::from_secs(30),
+        || served_by(&first, "events").len() == 8,
+    );
+    let lines: String = (0..400).map(|n| format!("k{n}\tv{n}\n")).collect();
+    let (code, out, err) = run_cli(&["send", "--to", &first.tcp, "events"], &lines);
+    assert_eq!(code, 0, "{err}");
+    assert_eq!(out.lines().count(), 400, "every record acked");
+
+    first.signal(libc::SIGSTOP);
+    let seed = first.peer.clone().unwrap();
+    let second = events_peer(dir.path(), "p2", Some(&seed));
+    let waited = second
+        .log
+        .wait_for(&["heard from none of its seeds"], Duration::from_secs(30));
+    let alone = served_by(&second, "events");
+    first.signal(libc::SIGCONT);
+    assert!(waited, "{}", second.log.text());
+    assert_eq!(alone, Vec::<u32>::new(), "served alone while its seed was paused");
+
+    wait_all_alive(&[&first, &second]);
+    wait_settled(&[&first, &second], 8);
+    for server in [&first, &second] {
+        let mut values: Vec<String> = tail(server, "events").into_iter().map(|(_, _, v)| v).collect();
+        values.sort();
+        let mut expected: Vec<String> = (0..400).map(|n| format!("v{n}")).collect();
+        expected.sort();
+        assert_eq!(
+            values, expected,
+            "every acked record once, through {}",
+            server.tcp
+        );
+    }
+}
+
+/// A holder fences a partition (stops writing it, says where its copy ends) only for a
+/// claimer that asks every peer the holder sees alive: a claimer whose view is behind
+/// (it has heard of some peers only) would otherwise take the partition over from the
+/// copies it knows of and serve it without a longer one held elsewhere. The CLAIM here
+/// is forged, from the third peer's address with a peer certificate of the cluster.
+#[test]
+fn a_holder_fences_only_for_a_claimer_that_asks_every_peer_it_sees() {
+    use flowd::cluster::frame::{self, Kind};
+    use flowd::cluster::handover::{self, ClaimEntry, Phase};
+    use std::net::SocketAddr;
+    let _serial = one_at_a_time();
+    one_copy();
+    let dir = tempfile::tempdir().unwrap();
+    let first = events_peer(dir.path(), "p1", None);
+    let seed = first.peer.clone().unwrap();
+    let second = events_peer(dir.path(), "p2", Some(&seed));
+    wait_all_alive(&[&first, &second]);
+    let (third, _) = joined_holding(&[&first, &second], 8, &["p3", "p4", "p5"], |name| {
+        events_peer(dir.path(), name, Some(&seed))
+    });
+    let partition = served_by(&third, "events")[0];
+    let addr = |s: &Server| -> SocketAddr { s.peer.clone().unwrap().parse().unwrap() };
+
+    let pki = crate::peer_tls::cluster_pki();
+    let (cert, key) = crate::peer_tls::issue(&pki, "claimer", &["--cluster", "flowd", "--host", "127.0.0.1"]);
+    let tls = crate::peer_tls::peer_tls(cert, key, pki.join("ca.pem"), crate::peer_tls::HERE);
+    let claim = |asked: &[SocketAddr]| -> Option<u64> {
+        let stream = crate::peer_tls::socket(addr(&first));
+        let mut stream = tls.dial(stream, crate::peer_tls::HERE).unwrap();
+        let mut out =
+            flowd::cluster::transport::hello("flowd", addr(&third), flowd::cluster::transport::Purpose::Data);
+        let entry = ClaimEntry {
+            topic: "events".into(),
+            partition,
+            phase: Phase::Fence,
+            end: 0,
+        };
+        frame::encode(&mut out, Kind::Claim, 1, &handover::encode_claim(&[entry], asked));
+        std::io::Write::write_all(&mut stream, &out).unwrap();
+        let answer = frame::read(&mut stream).unwrap().unwrap();
+        assert_eq!(answer.kind, Kind::Claimed);
+        handover::decode_claimed(&answer.body, 1).unwrap()[0]
+    };
+    // The partition is the third's in the first's view: a claim from it that asks
+    // the second too is agreed; one that does not know the second is not.
+    assert_eq!(
+        claim(&[]),
+        None,
+        "fenced for a claimer that did not ask the second peer"
+    );
+    assert!(
+        claim(&[addr(&second)]).is_some(),
+        "not fenced for a claimer that asked every peer"
+    );
+}

@@ -23,17 +23,17 @@ use crate::cluster::{events_dataflow, one_at_a_time, one_copy, served_by, start_
 use crate::ingest::{PLAINTEXT_PEERS, run_cli};
 use crate::support::{peer_tls_flags, wait_until};
 
-const HERE: IpAddr = IpAddr::V4(std::net::Ipv4Addr::LOCALHOST);
+pub(crate) const HERE: IpAddr = IpAddr::V4(std::net::Ipv4Addr::LOCALHOST);
 
 /// The directory of the tests' cluster CA (`support::peer_tls_flags`).
-fn cluster_pki() -> PathBuf {
+pub(crate) fn cluster_pki() -> PathBuf {
     let flags = peer_tls_flags("flowd", &["127.0.0.1"]);
     let ca = flags.iter().position(|f| f == "--peer-tls-ca").unwrap();
     Path::new(&flags[ca + 1]).parent().unwrap().to_owned()
 }
 
 /// `flowd cert issue NAME` in `pki` with `extra` flags: (cert, key).
-fn issue(pki: &Path, name: &str, extra: &[&str]) -> (PathBuf, PathBuf) {
+pub(crate) fn issue(pki: &Path, name: &str, extra: &[&str]) -> (PathBuf, PathBuf) {
     let pki_s = pki.display().to_string();
     let mut args = vec!["cert", "issue", name, "--dir", &pki_s];
     args.extend_from_slice(extra);
@@ -43,11 +43,11 @@ fn issue(pki: &Path, name: &str, extra: &[&str]) -> (PathBuf, PathBuf) {
 }
 
 /// A peer's TLS as a forger would use it: the files, for cluster "flowd", at `me`.
-fn peer_tls(cert: PathBuf, key: PathBuf, ca: PathBuf, me: IpAddr) -> PeerTls {
+pub(crate) fn peer_tls(cert: PathBuf, key: PathBuf, ca: PathBuf, me: IpAddr) -> PeerTls {
     PeerTls::load(PeerFiles { cert, key, ca }, "flowd", me, PeerNames::default()).unwrap()
 }
 
-fn socket(to: SocketAddr) -> TcpStream {
+pub(crate) fn socket(to: SocketAddr) -> TcpStream {
     let s = TcpStream::connect(to).unwrap();
     s.set_read_timeout(Some(Duration::from_secs(3))).unwrap();
     s.set_write_timeout(Some(Duration::from_secs(3))).unwrap();

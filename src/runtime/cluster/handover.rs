@@ -28,8 +28,10 @@ use crate::runtime::shard::Shared;
 
 /// How often the thread looks at the view and retries claims not agreed yet.
 const ROUND: Duration = Duration::from_millis(50);
-/// How long a peer given seeds waits to hear from the cluster before it serves alone.
+/// How long a peer given seeds waits to hear from the cluster before it says, loudly,
+/// that it still serves nothing (and again every `WAITING_SAID_EVERY`).
 const JOIN_PATIENCE: Duration = Duration::from_secs(5);
+const WAITING_SAID_EVERY: Duration = Duration::from_secs(60);
 /// How long one hand-over request may take (a copy is at most one batch).
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
 /// How long a leaving peer waits for the new owners to take its partitions.
@@ -39,7 +41,11 @@ pub const LEAVE_PATIENCE: Duration = Duration::from_secs(30);
 pub fn run(peers: Weak<Peers>) {
     let started = Instant::now();
     let mut links: Option<Requests> = None;
-    let mut said_waiting = false;
+    let mut heard = false;
+    let mut said_waiting: Option<Instant> = None;
+    if peers.upgrade().is_some_and(|p| p.cluster.seeded) {
+        tracing::info!("waiting to hear from a seed before serving any partition");
+    }
     loop {
         std::thread::sleep(ROUND);
         let Some(peers) = peers.upgrade() else {
@@ -52,11 +58,8 @@ pub fn run(peers: Weak<Peers>) {
             return;
         }
         let view = peers.cluster.view.get();
-        if peers.cluster.seeded && view.others.is_empty() && started.elapsed() < JOIN_PATIENCE {
-            if !said_waiting {
-                tracing::info!("waiting to hear from a seed before serving any partition");
-                said_waiting = true;
-            }
+        heard = heard || !view.others.is_empty();
+        if !heard && !may_serve_alone(&peers.cluster, started.elapsed(), &mut said_waiting) {
             continue;
         }
         let owners = peers.owners();
@@ -87,6 +90,37 @@ pub fn run(peers: Weak<Peers>) {
     }
 }
 
+/// Whether a peer that has heard from no other peer yet may serve partitions: one
+/// without seeds (or seeded only with itself) at once, the first of several seeds once
+/// it founds the cluster (`cluster::FOUND_AFTER`, as the metadata group), any other
+/// never. Serving alone, it would claim every partition from nobody and serve them
+/// empty: once its seeds answer, the records they hold for the partitions it keeps
+/// would be hidden behind its empty copies. So it waits, and says so.
+fn may_serve_alone(cluster: &crate::cluster::Cluster, waited: Duration, said: &mut Option<Instant>) -> bool {
+    if !cluster.seeded {
+        return true;
+    }
+    if cluster.founds && waited >= crate::cluster::FOUND_AFTER {
+        tracing::warn!(
+            "heard from none of its seeds in {} s: this peer, the first of its seeds, founds the cluster and serves every partition",
+            waited.as_secs()
+        );
+        return true;
+    }
+    let due = match said {
+        None => waited >= JOIN_PATIENCE,
+        Some(at) => at.elapsed() >= WAITING_SAID_EVERY,
+    };
+    if due {
+        tracing::warn!(
+            "heard from none of its seeds in {} s: it serves no partition until it has (alone it would serve empty the partitions whose records the cluster holds); check that a seed (--seeds) runs and that its peer port is reachable",
+            waited.as_secs()
+        );
+        *said = Some(Instant::now());
+    }
+    false
+}
+
 /// One round of claims: fence everywhere, copy where all agreed, serve, say so.
 fn claim(peers: &Peers, shared: &Shared, links: &mut Requests, claims: &[(usize, u32)]) {
     let view = peers.cluster.view.get();
@@ -109,7 +143,12 @@ fn claim(peers: &Peers, shared: &Shared, links: &mut Requests, claims: &[(usize,
             .collect();
         for &to in &targets {
             let answers = links
-                .request(to, Kind::Claim, &msg::encode_claim(&entries), Kind::Claimed)
+                .request(
+                    to,
+                    Kind::Claim,
+                    &msg::encode_claim(&entries, &targets),
+                    Kind::Claimed,
+                )
                 .and_then(|body| msg::decode_claimed(&body, entries.len()).map_err(|e| e.to_string()));
             match answers {
                 Ok(answers) => {
@@ -165,7 +204,12 @@ fn claim(peers: &Peers, shared: &Shared, links: &mut Requests, claims: &[(usize,
     // Best effort: a leaving peer that misses it waits out its patience.
     for chunk in done.chunks(msg::CLAIM_ENTRIES_MAX) {
         for &to in &targets {
-            let _ = links.request(to, Kind::Claim, &msg::encode_claim(chunk), Kind::Claimed);
+            let _ = links.request(
+                to,
+                Kind::Claim,
+                &msg::encode_claim(chunk, &targets),
+                Kind::Claimed,
+            );
         }
     }
 }

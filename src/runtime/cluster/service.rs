@@ -341,11 +341,27 @@ impl PeerService {
                 "not a peer of a cluster",
             ));
         };
-        let entries = handover::decode_claim(body).map_err(malformed)?;
-        let mut answers = Vec::with_capacity(entries.len());
-        for entry in entries {
+        let claim = handover::decode_claim(body).map_err(malformed)?;
+        // A claimer that does not ask a peer this one sees alive would take the
+        // partitions over from the copies it knows of, missing one held there (its view
+        // is behind: it joined, and has heard of some peers only): not agreed, it asks
+        // again once it knows them.
+        let view = peers.cluster.view.get();
+        let unasked = view
+            .reachable_others()
+            .map(|id| id.addr)
+            .find(|addr| *addr != from && !claim.asked.contains(addr));
+        if let Some(unasked) = unasked {
+            tracing::debug!(
+                "peer {from} claims partitions without asking peer {unasked}, which this peer sees alive: none fenced until it does"
+            );
+        }
+        let mut answers = Vec::with_capacity(claim.entries.len());
+        for entry in claim.entries {
             let topic = self.partition(&entry.topic, entry.partition)?;
-            if peers.owner(topic, entry.partition) != Some(from) {
+            if (entry.phase == Phase::Fence && unasked.is_some())
+                || peers.owner(topic, entry.partition) != Some(from)
+            {
                 answers.push(None);
                 continue;
             }
