@@ -113,8 +113,8 @@ enum Command {
         /// Peers to join through (their --peer-listen addresses or HOST:PORT names);
         /// any one reachable is enough. Only this peer itself: it founds the cluster
         /// (on a data directory that holds none). This peer first of several: it founds
-        /// it unless a running cluster takes it in within 10 s (every pod of a
-        /// StatefulSet can list the same seeds). Needs --peer-listen.
+        /// it once every other seed answers that it is a member of no cluster (every pod
+        /// of a StatefulSet can list the same seeds). Needs --peer-listen.
         #[arg(
             long,
             value_name = "ADDR,ADDR",

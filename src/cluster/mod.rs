@@ -34,10 +34,9 @@ use membership::{Input, Membership};
 use transport::{DataSlot, Dialer, Listener};
 pub use view::{PeerState, View, ViewCell};
 
-/// How long the first of several seeds waits to be taken into a running metadata group
-/// before it founds one: gossip finds it within seconds, and the group's leader then
-/// adds it within a members round.
-pub const FOUND_AFTER: Duration = Duration::from_secs(10);
+/// How long the first of several seeds goes without founding a cluster (some seed is a
+/// member of a group, or does not answer) before it says so.
+pub const NOT_FOUNDED_SAID_AFTER: Duration = Duration::from_secs(10);
 
 /// The cluster id peers use when none is given.
 pub const DEFAULT_CLUSTER_ID: &str = "flowd";
@@ -81,7 +80,7 @@ pub struct Cluster {
     /// live owner nor serves empty a partition whose records the cluster holds.
     pub seeded: bool,
     /// The first of several seeds: it founds the cluster (the metadata group, and
-    /// serving alone) if no running one has taken it in within `FOUND_AFTER`.
+    /// serving alone) once every other seed said it is a member of no group.
     pub founds: bool,
     /// See `ClusterOptions::replace_after`.
     pub replace_after: Duration,
@@ -157,10 +156,10 @@ impl Cluster {
             founder,
         )?);
         // The first of several seeds (every pod lists the same, pod 0's first) founds
-        // the group only if no running one takes it in meanwhile.
+        // the group only once every other seed says it is a member of none.
         let founds = !founder && options.seeds.first() == Some(&addr);
         if founds {
-            consensus.found_unless_joined(FOUND_AFTER);
+            consensus.found_when_no_seed_is_a_member(options.seeds.clone(), dialer.clone());
         }
         consensus.keep_members(Arc::clone(&view), options.replace_after);
         let membership = Membership::new(me, options.seeds.clone(), outgoing.clone(), Arc::clone(&view));

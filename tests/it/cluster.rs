@@ -1240,3 +1240,86 @@ fn a_holder_fences_only_for_a_claimer_that_asks_every_peer_it_sees() {
         "not fenced for a claimer that asked every peer"
     );
 }
+
+/// The first of several seeds founds a cluster only once every other seed answered that
+/// it is a member of no group (Redpanda's rule), not after a timer: back on an empty
+/// data directory while the others are paused (the group has no leader, and no seed
+/// answers) it founds no second group, and once they are back it is taken into theirs.
+#[test]
+fn a_first_seed_back_on_an_empty_directory_founds_no_second_group() {
+    let _serial = one_at_a_time();
+    let dir = tempfile::tempdir().unwrap();
+    // Three addresses known before any peer starts, as every peer lists them all.
+    let held: Vec<std::net::TcpListener> = (0..3)
+        .map(|_| std::net::TcpListener::bind("127.0.0.1:0").unwrap())
+        .collect();
+    let addrs: Vec<String> = held.iter().map(|l| l.local_addr().unwrap().to_string()).collect();
+    drop(held);
+    let seeds = addrs.join(",");
+    let file = events_dataflow(dir.path());
+    let start = |i: usize| {
+        start_file(
+            &file,
+            dir.path(),
+            &format!("s{i}"),
+            &["--peer-listen", &addrs[i], "--seeds", &seeds],
+        )
+    };
+    let mut peers: Vec<Server> = (0..3).map(start).collect();
+    let one_group = |peers: &[Server]| {
+        let groups: BTreeSet<(Option<String>, Vec<String>)> = peers
+            .iter()
+            .map(|p| {
+                let group = &status(p)["metadata_group"];
+                let mut voters: Vec<String> = group["voters"]
+                    .as_array()
+                    .unwrap()
+                    .iter()
+                    .map(|v| v.as_str().unwrap().to_owned())
+                    .collect();
+                voters.sort();
+                (group["leader"].as_str().map(str::to_owned), voters)
+            })
+            .collect();
+        let mut all = addrs.clone();
+        all.sort();
+        groups.len() == 1
+            && groups
+                .iter()
+                .all(|(leader, voters)| leader.is_some() && *voters == all)
+    };
+    wait_until(
+        "one group of three voters, one leader",
+        Duration::from_secs(60),
+        || one_group(&peers),
+    );
+
+    peers[0].kill9();
+    std::fs::remove_dir_all(dir.path().join("s0")).unwrap();
+    peers[1].signal(libc::SIGSTOP);
+    peers[2].signal(libc::SIGSTOP);
+    peers[0] = start(0);
+    let waited = peers[0]
+        .log
+        .wait_for(&["has not founded the cluster"], Duration::from_secs(30));
+    let group = status(&peers[0])["metadata_group"].clone();
+    let serving = served_by(&peers[0], "events");
+    peers[1].signal(libc::SIGCONT);
+    peers[2].signal(libc::SIGCONT);
+    assert!(waited, "{}", peers[0].log.text());
+    assert_eq!(
+        group["voters"],
+        serde_json::json!([]),
+        "a second group founded: {group}"
+    );
+    assert_eq!(
+        serving,
+        Vec::<u32>::new(),
+        "served alone while its seeds were paused"
+    );
+    wait_until(
+        "one group of three voters, one leader, the first seed in it",
+        Duration::from_secs(60),
+        || one_group(&peers),
+    );
+}

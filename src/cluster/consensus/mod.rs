@@ -28,7 +28,8 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::net::SocketAddr;
 use std::path::Path;
 use std::sync::Arc;
-use std::time::Duration;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
 
 use openraft::{BasicNode, ChangeMembers, ServerState};
 
@@ -55,6 +56,8 @@ pub struct Consensus {
     /// This peer's address, its node's in the group.
     addr: SocketAddr,
     metadata: Arc<MetadataCell>,
+    /// Set once this run founded a new group as the first of several seeds.
+    founded: Arc<AtomicBool>,
 }
 
 /// The group as this peer sees it, for `flowd status`.
@@ -70,18 +73,26 @@ pub struct GroupStatus {
     pub applied: u64,
 }
 
-/// Starts a new group with this peer its only voter, if it is a member of none yet.
-async fn found_unless_member(raft: &Raft, id: u64, me: SocketAddr) -> Result<(), String> {
+/// Starts a new group with this peer its only voter, if it is a member of none yet;
+/// whether it did.
+async fn found_unless_member(raft: &Raft, id: u64, me: SocketAddr) -> Result<bool, String> {
     if raft.is_initialized().await.map_err(|e| e.to_string())? {
-        return Ok(());
+        return Ok(false);
     }
     let members = BTreeMap::from([(id, BasicNode::new(me.to_string()))]);
     raft.initialize(members)
         .await
         .map_err(|e| format!("cannot found the group: {e}"))?;
     tracing::info!("founded the cluster's metadata group, {me} its first voter");
-    Ok(())
+    Ok(true)
 }
+
+/// How often the first of several seeds asks the others whether they are members.
+const FOUND_ROUND: Duration = Duration::from_secs(1);
+/// How long one of those questions may take.
+const MEMBER_QUESTION_TTL: Duration = Duration::from_secs(2);
+/// How often a first seed that has not founded says why.
+const NOT_FOUNDED_SAID_EVERY: Duration = Duration::from_secs(60);
 
 fn thread_error(source: std::io::Error) -> ClusterError {
     ClusterError::Thread {
@@ -136,24 +147,88 @@ impl Consensus {
             me: id,
             addr: me,
             metadata,
+            founded: Arc::new(AtomicBool::new(false)),
         })
     }
 
-    /// Founds the group after `after`, unless this peer is a member of one by then: the
-    /// first of several seeds does this, so that on a new cluster it founds the group
-    /// the others join, and back on an empty data directory beside a running group
-    /// (a Kubernetes pod 0 whose volume was lost) it is taken in by that group's leader
-    /// (which adds every live peer as a learner within a members round) instead of
-    /// founding a second one.
-    pub fn found_unless_joined(&self, after: Duration) {
+    /// Founds a new group once every other seed answered that it is a member of none,
+    /// unless this peer is a member of one by then (Redpanda's rule): the first of
+    /// several seeds does this. On a new cluster every seed answers "none" and it founds
+    /// the group the others join; back on an empty data directory beside a running
+    /// group (a Kubernetes pod 0 whose volume was lost) some seed answers "member", or
+    /// none answers while the group has no leader, and it waits to be taken in (the
+    /// group's leader adds every live peer as a learner within a members round) instead
+    /// of founding a second group. A seed that never answers keeps a new cluster from
+    /// forming: said in the log after `cluster::NOT_FOUNDED_SAID_AFTER`, then every
+    /// minute.
+    pub fn found_when_no_seed_is_a_member(
+        &self,
+        seeds: Vec<SocketAddr>,
+        dialer: crate::cluster::transport::Dialer,
+    ) {
         let (raft, id) = (self.raft.clone(), self.me);
         let me = self.addr;
+        let founded = Arc::clone(&self.founded);
+        let others: Vec<SocketAddr> = seeds.into_iter().filter(|s| *s != me).collect();
         self.runtime.spawn(async move {
-            tokio::time::sleep(after).await;
-            if let Err(error) = found_unless_member(&raft, id, me).await {
-                tracing::error!("{error}");
+            let started = Instant::now();
+            let mut said: Option<Instant> = None;
+            loop {
+                match raft.is_initialized().await {
+                    Ok(false) => {}
+                    Ok(true) => return,
+                    Err(error) => {
+                        tracing::error!("the metadata group: {error}");
+                        return;
+                    }
+                }
+                let (asked, dialer) = (others.clone(), dialer.clone());
+                let answers = tokio::task::spawn_blocking(move || {
+                    asked
+                        .into_iter()
+                        .map(|to| (to, network::is_member(&dialer, to, MEMBER_QUESTION_TTL)))
+                        .collect::<Vec<_>>()
+                })
+                .await
+                .unwrap_or_default();
+                let members: Vec<String> = answers
+                    .iter()
+                    .filter(|(_, a)| matches!(a, Ok(true)))
+                    .map(|(to, _)| to.to_string())
+                    .collect();
+                let silent: Vec<String> = answers
+                    .iter()
+                    .filter_map(|(to, a)| a.as_ref().err().map(|e| format!("{to} ({e})")))
+                    .collect();
+                if answers.len() == others.len() && members.is_empty() && silent.is_empty() {
+                    match found_unless_member(&raft, id, me).await {
+                        Ok(done) => founded.store(done, Ordering::Release),
+                        Err(error) => tracing::error!("{error}"),
+                    }
+                    return;
+                }
+                let due = match said {
+                    None => started.elapsed() >= crate::cluster::NOT_FOUNDED_SAID_AFTER,
+                    Some(at) => at.elapsed() >= NOT_FOUNDED_SAID_EVERY,
+                };
+                if due {
+                    tracing::warn!(
+                        "this peer, the first of its seeds, has not founded the cluster in {} s: it founds one only once every other seed answers that it is a member of none (members: {}; not answering: {}); a running group's leader takes it in instead",
+                        started.elapsed().as_secs(),
+                        if members.is_empty() { "none".into() } else { members.join(", ") },
+                        if silent.is_empty() { "none".into() } else { silent.join(", ") },
+                    );
+                    said = Some(Instant::now());
+                }
+                tokio::time::sleep(FOUND_ROUND).await;
             }
         });
+    }
+
+    /// Whether this run founded a new group as the first of several seeds (it then
+    /// serves alone what placement gives it, as a peer without seeds does).
+    pub fn founded_here(&self) -> bool {
+        self.founded.load(Ordering::Acquire)
     }
 
     /// Keeps the voters in step with the gossip view while this peer leads the group.

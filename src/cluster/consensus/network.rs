@@ -6,8 +6,11 @@
 //! RAFT        body = rpc:u8 target:u64 json
 //!                                         rpc 1 vote, 2 append entries, 3 install snapshot;
 //!                                         target: the node id (storage id) it is meant for;
-//!                                         json: openraft's request, as serde writes it
-//! RAFT_REPLY  body = json                 Result<response, RaftError> of that rpc
+//!                                         json: openraft's request, as serde writes it;
+//!                                         rpc 4: "are you a member of a group?" (target
+//!                                         and json ignored), asked by a founding seed
+//! RAFT_REPLY  body = json                 Result<response, RaftError> of that rpc; for
+//!                                         rpc 4 `true` or `false`
 //! ```
 //!
 //! Outgoing: one connection per target, made when first needed, dropped on any error
@@ -40,6 +43,7 @@ use crate::cluster::transport::{Dialer, Purpose};
 pub const RPC_VOTE: u8 = 1;
 pub const RPC_APPEND: u8 = 2;
 pub const RPC_SNAPSHOT: u8 = 3;
+pub const RPC_MEMBER: u8 = 4;
 
 /// Makes a connection per target.
 pub struct Network {
@@ -137,6 +141,21 @@ impl Connection {
     }
 }
 
+/// Whether the peer at `to` is a member of a metadata group (holds a group's state):
+/// asked by the first of several seeds before it founds one. Blocking, each step
+/// bounded by `ttl`.
+pub fn is_member(dialer: &Dialer, to: SocketAddr, ttl: Duration) -> std::io::Result<bool> {
+    let mut stream = dialer.connect(to, Purpose::Raft)?;
+    let mut body = vec![RPC_MEMBER];
+    body.extend_from_slice(&0u64.to_le_bytes());
+    let reply = exchange(&mut stream, &body, ttl)??;
+    serde_json::from_slice(&reply).map_err(|e| {
+        std::io::Error::other(format!(
+            "peer {to} answered whether it is a member with bytes that do not decode: {e}"
+        ))
+    })
+}
+
 /// Writes one RAFT frame and reads its reply frame: the reply's body, or an ERROR
 /// frame's message as `Ok(Err(..))` (the stream still good).
 fn exchange(
@@ -194,6 +213,10 @@ pub async fn answer(raft: &Raft, me: u64, body: &[u8]) -> Result<Vec<u8>, String
         .split_first_chunk::<8>()
         .ok_or("a raft message without its target")?;
     let target = u64::from_le_bytes(*target);
+    if rpc == RPC_MEMBER {
+        let member = raft.is_initialized().await.map_err(|e| e.to_string())?;
+        return Ok(serde_json::to_vec(&member).expect("a bool serializes"));
+    }
     if target != me {
         return Err(format!(
             "a raft message for member {target:016x}, and this peer is member {me:016x}: the member it was meant for \

@@ -41,7 +41,8 @@ pub const LEAVE_PATIENCE: Duration = Duration::from_secs(30);
 pub fn run(peers: Weak<Peers>) {
     let started = Instant::now();
     let mut links: Option<Requests> = None;
-    let mut heard = false;
+    // Once this peer heard from the cluster (or founded it), for the rest of its run.
+    let mut may_serve = false;
     let mut said_waiting: Option<Instant> = None;
     if peers.upgrade().is_some_and(|p| p.cluster.seeded) {
         tracing::info!("waiting to hear from a seed before serving any partition");
@@ -58,8 +59,10 @@ pub fn run(peers: Weak<Peers>) {
             return;
         }
         let view = peers.cluster.view.get();
-        heard = heard || !view.others.is_empty();
-        if !heard && !may_serve_alone(&peers.cluster, started.elapsed(), &mut said_waiting) {
+        may_serve = may_serve
+            || !view.others.is_empty()
+            || may_serve_alone(&peers.cluster, started.elapsed(), &mut said_waiting);
+        if !may_serve {
             continue;
         }
         let owners = peers.owners();
@@ -92,19 +95,16 @@ pub fn run(peers: Weak<Peers>) {
 
 /// Whether a peer that has heard from no other peer yet may serve partitions: one
 /// without seeds (or seeded only with itself) at once, the first of several seeds once
-/// it founds the cluster (`cluster::FOUND_AFTER`, as the metadata group), any other
-/// never. Serving alone, it would claim every partition from nobody and serve them
+/// it founded the cluster (every other seed said it is a member of no group: the
+/// metadata group's rule), any other never. Serving alone, it would claim every partition from nobody and serve them
 /// empty: once its seeds answer, the records they hold for the partitions it keeps
 /// would be hidden behind its empty copies. So it waits, and says so.
 fn may_serve_alone(cluster: &crate::cluster::Cluster, waited: Duration, said: &mut Option<Instant>) -> bool {
     if !cluster.seeded {
         return true;
     }
-    if cluster.founds && waited >= crate::cluster::FOUND_AFTER {
-        tracing::warn!(
-            "heard from none of its seeds in {} s: this peer, the first of its seeds, founds the cluster and serves every partition",
-            waited.as_secs()
-        );
+    if cluster.founds && cluster.consensus.founded_here() {
+        tracing::info!("this peer founded the cluster: it serves every partition until others join");
         return true;
     }
     let due = match said {
