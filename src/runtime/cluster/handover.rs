@@ -7,9 +7,13 @@
 //!
 //! Why fencing needs the holder's agreement: right after a change two views differ; a
 //! holder that still believes it owns the partition keeps taking writes, so the claimer
-//! waits (and asks again) until the holder's view moved too. Nothing is written twice
-//! or lost between the fence and the copy: a fenced holder routes every later batch on
+//! waits (and asks again) until the holder's view moved too. For the same reason a
+//! holder fences only for a claimer that asked every peer the holder sees alive: one
+//! whose view is behind would miss a longer copy. Nothing is written twice or lost
+//! between the fence and the copy: a fenced holder routes every later batch on
 //! (rerouter), and the new owner writes nothing but the copy until the copy is whole.
+//! A peer given seeds serves nothing before it has heard from the cluster (or founded
+//! it): alone, every claim would be agreed by nobody and served empty.
 
 use std::net::SocketAddr;
 use std::sync::{Arc, Weak};
@@ -96,9 +100,10 @@ pub fn run(peers: Weak<Peers>) {
 /// Whether a peer that has heard from no other peer yet may serve partitions: one
 /// without seeds (or seeded only with itself) at once, the first of several seeds once
 /// it founded the cluster (every other seed said it is a member of no group: the
-/// metadata group's rule), any other never. Serving alone, it would claim every partition from nobody and serve them
-/// empty: once its seeds answer, the records they hold for the partitions it keeps
-/// would be hidden behind its empty copies. So it waits, and says so.
+/// metadata group's rule), any other never. Serving alone, it would claim every
+/// partition from nobody and serve them empty: once its seeds answer, the records they
+/// hold for the partitions it keeps would be hidden behind its empty copies. So it
+/// waits, and says so.
 fn may_serve_alone(cluster: &crate::cluster::Cluster, waited: Duration, said: &mut Option<Instant>) -> bool {
     if !cluster.seeded {
         return true;
