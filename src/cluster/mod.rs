@@ -25,7 +25,7 @@ use std::net::{SocketAddr, TcpListener};
 use std::path::Path;
 use std::sync::atomic::AtomicUsize;
 use std::sync::{Arc, OnceLock};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 pub use consensus::Consensus;
 pub use error::ClusterError;
@@ -37,6 +37,38 @@ pub use view::{PeerState, View, ViewCell};
 /// How long the first of several seeds goes without founding a cluster (some seed is a
 /// member of a group, or does not answer) before it says so.
 pub const NOT_FOUNDED_SAID_AFTER: Duration = Duration::from_secs(10);
+/// How often a wait that goes on (for seeds, for founding) is said again.
+pub const WAITING_SAID_EVERY: Duration = Duration::from_secs(60);
+
+/// When to warn about a wait that goes on: once it has lasted `after`, then every
+/// `every`, so that a peer stuck waiting says why without filling its log.
+pub struct Reminder {
+    after: Duration,
+    every: Duration,
+    said: Option<Instant>,
+}
+
+impl Reminder {
+    pub fn new(after: Duration, every: Duration) -> Reminder {
+        Reminder {
+            after,
+            every,
+            said: None,
+        }
+    }
+
+    /// Whether to say it now, `waited` into the wait; if so, it counts as said.
+    pub fn due(&mut self, waited: Duration) -> bool {
+        let due = match self.said {
+            None => waited >= self.after,
+            Some(at) => at.elapsed() >= self.every,
+        };
+        if due {
+            self.said = Some(Instant::now());
+        }
+        due
+    }
+}
 
 /// The cluster id peers use when none is given.
 pub const DEFAULT_CLUSTER_ID: &str = "flowd";
@@ -76,12 +108,10 @@ pub struct Cluster {
     pub me: PeerId,
     pub cluster_id: String,
     /// Whether seeds were given: a peer that has some serves nothing until it has heard
-    /// from the cluster (unless it founds it, `founds`), so it never writes beside a
-    /// live owner nor serves empty a partition whose records the cluster holds.
+    /// from the cluster (unless it founded it: `Consensus::founded_here`), so it never
+    /// writes beside a live owner nor serves empty a partition whose records the
+    /// cluster holds.
     pub seeded: bool,
-    /// The first of several seeds: it founds the cluster (the metadata group, and
-    /// serving alone) once every other seed said it is a member of no group.
-    pub founds: bool,
     /// See `ClusterOptions::replace_after`.
     pub replace_after: Duration,
     /// See `ClusterOptions::copy_rate`.
@@ -157,8 +187,7 @@ impl Cluster {
         )?);
         // The first of several seeds (every pod lists the same, pod 0's first) founds
         // the group only once every other seed says it is a member of none.
-        let founds = !founder && options.seeds.first() == Some(&addr);
-        if founds {
+        if !founder && options.seeds.first() == Some(&addr) {
             consensus.found_when_no_seed_is_a_member(options.seeds.clone(), dialer.clone());
         }
         consensus.keep_members(Arc::clone(&view), options.replace_after);
@@ -184,7 +213,6 @@ impl Cluster {
             me,
             cluster_id: options.cluster_id.clone(),
             seeded: options.seeds.iter().any(|s| *s != addr),
-            founds,
             replace_after: options.replace_after,
             copy_rate: options.copy_rate,
             view,

@@ -91,8 +91,6 @@ async fn found_unless_member(raft: &Raft, id: u64, me: SocketAddr) -> Result<boo
 const FOUND_ROUND: Duration = Duration::from_secs(1);
 /// How long one of those questions may take.
 const MEMBER_QUESTION_TTL: Duration = Duration::from_secs(2);
-/// How often a first seed that has not founded says why.
-const NOT_FOUNDED_SAID_EVERY: Duration = Duration::from_secs(60);
 
 fn thread_error(source: std::io::Error) -> ClusterError {
     ClusterError::Thread {
@@ -172,7 +170,10 @@ impl Consensus {
         let others: Vec<SocketAddr> = seeds.into_iter().filter(|s| *s != me).collect();
         self.runtime.spawn(async move {
             let started = Instant::now();
-            let mut said: Option<Instant> = None;
+            let mut waiting = crate::cluster::Reminder::new(
+                crate::cluster::NOT_FOUNDED_SAID_AFTER,
+                crate::cluster::WAITING_SAID_EVERY,
+            );
             loop {
                 match raft.is_initialized().await {
                     Ok(false) => {}
@@ -191,34 +192,32 @@ impl Consensus {
                 })
                 .await
                 .unwrap_or_default();
-                let members: Vec<String> = answers
-                    .iter()
-                    .filter(|(_, a)| matches!(a, Ok(true)))
-                    .map(|(to, _)| to.to_string())
-                    .collect();
-                let silent: Vec<String> = answers
-                    .iter()
-                    .filter_map(|(to, a)| a.as_ref().err().map(|e| format!("{to} ({e})")))
-                    .collect();
-                if answers.len() == others.len() && members.is_empty() && silent.is_empty() {
+                // Every other seed answered, and each is a member of none.
+                let all_none =
+                    answers.len() == others.len() && answers.iter().all(|(_, a)| matches!(a, Ok(false)));
+                if all_none {
                     match found_unless_member(&raft, id, me).await {
                         Ok(done) => founded.store(done, Ordering::Release),
                         Err(error) => tracing::error!("{error}"),
                     }
                     return;
                 }
-                let due = match said {
-                    None => started.elapsed() >= crate::cluster::NOT_FOUNDED_SAID_AFTER,
-                    Some(at) => at.elapsed() >= NOT_FOUNDED_SAID_EVERY,
-                };
-                if due {
+                if waiting.due(started.elapsed()) {
+                    let members: Vec<String> = answers
+                        .iter()
+                        .filter(|(_, a)| matches!(a, Ok(true)))
+                        .map(|(to, _)| to.to_string())
+                        .collect();
+                    let silent: Vec<String> = answers
+                        .iter()
+                        .filter_map(|(to, a)| a.as_ref().err().map(|e| format!("{to} ({e})")))
+                        .collect();
                     tracing::warn!(
                         "this peer, the first of its seeds, has not founded the cluster in {} s: it founds one only once every other seed answers that it is a member of none (members: {}; not answering: {}); a running group's leader takes it in instead",
                         started.elapsed().as_secs(),
                         if members.is_empty() { "none".into() } else { members.join(", ") },
                         if silent.is_empty() { "none".into() } else { silent.join(", ") },
                     );
-                    said = Some(Instant::now());
                 }
                 tokio::time::sleep(FOUND_ROUND).await;
             }

@@ -22,6 +22,7 @@ use std::time::{Duration, Instant};
 use crate::cluster::frame::Kind;
 use crate::cluster::handover::{self as msg, ClaimEntry, CopyOrder, Phase};
 use crate::cluster::transport::Requests;
+use crate::cluster::{Reminder, WAITING_SAID_EVERY};
 use crate::protocol::status::Standing;
 use crate::protocol::wire::Cursor;
 use crate::runtime::cluster::peers::Peers;
@@ -33,9 +34,8 @@ use crate::runtime::shard::Shared;
 /// How often the thread looks at the view and retries claims not agreed yet.
 const ROUND: Duration = Duration::from_millis(50);
 /// How long a peer given seeds waits to hear from the cluster before it says, loudly,
-/// that it still serves nothing (and again every `WAITING_SAID_EVERY`).
+/// that it still serves nothing (and again every `cluster::WAITING_SAID_EVERY`).
 const JOIN_PATIENCE: Duration = Duration::from_secs(5);
-const WAITING_SAID_EVERY: Duration = Duration::from_secs(60);
 /// How long one hand-over request may take (a copy is at most one batch).
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
 /// How long a leaving peer waits for the new owners to take its partitions.
@@ -47,7 +47,7 @@ pub fn run(peers: Weak<Peers>) {
     let mut links: Option<Requests> = None;
     // Once this peer heard from the cluster (or founded it), for the rest of its run.
     let mut may_serve = false;
-    let mut said_waiting: Option<Instant> = None;
+    let mut waiting = Reminder::new(JOIN_PATIENCE, WAITING_SAID_EVERY);
     if peers.upgrade().is_some_and(|p| p.cluster.seeded) {
         tracing::info!("waiting to hear from a seed before serving any partition");
     }
@@ -65,7 +65,7 @@ pub fn run(peers: Weak<Peers>) {
         let view = peers.cluster.view.get();
         may_serve = may_serve
             || !view.others.is_empty()
-            || may_serve_alone(&peers.cluster, started.elapsed(), &mut said_waiting);
+            || may_serve_alone(&peers.cluster, started.elapsed(), &mut waiting);
         if !may_serve {
             continue;
         }
@@ -104,24 +104,19 @@ pub fn run(peers: Weak<Peers>) {
 /// partition from nobody and serve them empty: once its seeds answer, the records they
 /// hold for the partitions it keeps would be hidden behind its empty copies. So it
 /// waits, and says so.
-fn may_serve_alone(cluster: &crate::cluster::Cluster, waited: Duration, said: &mut Option<Instant>) -> bool {
+fn may_serve_alone(cluster: &crate::cluster::Cluster, waited: Duration, waiting: &mut Reminder) -> bool {
     if !cluster.seeded {
         return true;
     }
-    if cluster.founds && cluster.consensus.founded_here() {
+    if cluster.consensus.founded_here() {
         tracing::info!("this peer founded the cluster: it serves every partition until others join");
         return true;
     }
-    let due = match said {
-        None => waited >= JOIN_PATIENCE,
-        Some(at) => at.elapsed() >= WAITING_SAID_EVERY,
-    };
-    if due {
+    if waiting.due(waited) {
         tracing::warn!(
             "heard from none of its seeds in {} s: it serves no partition until it has (alone it would serve empty the partitions whose records the cluster holds); check that a seed (--seeds) runs and that its peer port is reachable",
             waited.as_secs()
         );
-        *said = Some(Instant::now());
     }
     false
 }
