@@ -10,6 +10,113 @@ use rand::{RngExt, SeedableRng};
 use serde_json::Value;
 
 use super::{JqProgram, fast, to_json};
+use serde::Deserialize;
+
+/// A deserializer that fails on a key given twice in one object.
+mod once {
+    use std::collections::HashSet;
+    use std::fmt;
+
+    use serde::de::{self, DeserializeSeed, Deserializer, MapAccess, SeqAccess, Visitor};
+
+    pub struct Keys<D>(pub D);
+
+    impl<'de, D: Deserializer<'de>> Deserializer<'de> for Keys<D> {
+        type Error = D::Error;
+
+        fn deserialize_any<V: Visitor<'de>>(self, visitor: V) -> Result<V::Value, D::Error> {
+            self.0.deserialize_any(Walk(visitor))
+        }
+
+        serde::forward_to_deserialize_any! {
+            bool i8 i16 i32 i64 i128 u8 u16 u32 u64 u128 f32 f64 char str string bytes
+            byte_buf option unit unit_struct newtype_struct seq tuple tuple_struct map
+            struct enum identifier ignored_any
+        }
+    }
+
+    /// Visits as `V` would, checking every nested value on the way.
+    struct Walk<V>(V);
+
+    impl<'de, V: Visitor<'de>> Visitor<'de> for Walk<V> {
+        type Value = V::Value;
+
+        fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+            f.write_str("JSON")
+        }
+        fn visit_bool<E: de::Error>(self, v: bool) -> Result<V::Value, E> {
+            self.0.visit_bool(v)
+        }
+        fn visit_i64<E: de::Error>(self, v: i64) -> Result<V::Value, E> {
+            self.0.visit_i64(v)
+        }
+        fn visit_u64<E: de::Error>(self, v: u64) -> Result<V::Value, E> {
+            self.0.visit_u64(v)
+        }
+        fn visit_f64<E: de::Error>(self, v: f64) -> Result<V::Value, E> {
+            self.0.visit_f64(v)
+        }
+        fn visit_str<E: de::Error>(self, v: &str) -> Result<V::Value, E> {
+            self.0.visit_str(v)
+        }
+        fn visit_unit<E: de::Error>(self) -> Result<V::Value, E> {
+            self.0.visit_unit()
+        }
+        fn visit_seq<A: SeqAccess<'de>>(self, seq: A) -> Result<V::Value, A::Error> {
+            self.0.visit_seq(Seq(seq))
+        }
+        fn visit_map<A: MapAccess<'de>>(self, map: A) -> Result<V::Value, A::Error> {
+            self.0.visit_map(Map(map, HashSet::new()))
+        }
+    }
+
+    struct Seq<A>(A);
+
+    impl<'de, A: SeqAccess<'de>> SeqAccess<'de> for Seq<A> {
+        type Error = A::Error;
+
+        fn next_element_seed<T: DeserializeSeed<'de>>(
+            &mut self,
+            seed: T,
+        ) -> Result<Option<T::Value>, A::Error> {
+            self.0.next_element_seed(Nested(seed))
+        }
+    }
+
+    struct Map<A>(A, HashSet<String>);
+
+    impl<'de, A: MapAccess<'de>> MapAccess<'de> for Map<A> {
+        type Error = A::Error;
+
+        fn next_key_seed<K: DeserializeSeed<'de>>(&mut self, seed: K) -> Result<Option<K::Value>, A::Error> {
+            let Some(key) = self.0.next_key::<String>()? else {
+                return Ok(None);
+            };
+            if !self.1.insert(key.clone()) {
+                return Err(de::Error::custom(format!(
+                    "the key {key:?} stands twice in one object"
+                )));
+            }
+            seed.deserialize(de::value::StringDeserializer::new(key))
+                .map(Some)
+        }
+
+        fn next_value_seed<T: DeserializeSeed<'de>>(&mut self, seed: T) -> Result<T::Value, A::Error> {
+            self.0.next_value_seed(Nested(seed))
+        }
+    }
+
+    /// A nested value, checked as the whole is.
+    struct Nested<T>(T);
+
+    impl<'de, T: DeserializeSeed<'de>> DeserializeSeed<'de> for Nested<T> {
+        type Value = T::Value;
+
+        fn deserialize<D: Deserializer<'de>>(self, d: D) -> Result<T::Value, D::Error> {
+            self.0.deserialize(Keys(d))
+        }
+    }
+}
 
 const FIELDS: &[&str] = &["a", "b", "kind", "user", "price", "qty", "s", "arr", "obj"];
 
@@ -167,8 +274,14 @@ impl Gen {
     }
 }
 
-/// A JSON text as a value to compare: numbers as floats, objects by key.
+/// A JSON text as a value to compare: numbers as floats, objects by key. A key that
+/// stands twice in one object fails: jaq never writes one, and serde_json would keep
+/// the last and hide it.
 fn normal(text: &[u8]) -> Value {
+    let mut de = serde_json::Deserializer::from_slice(text);
+    if let Err(e) = serde::de::IgnoredAny::deserialize(once::Keys(&mut de)) {
+        panic!("{e}: {}", String::from_utf8_lossy(text));
+    }
     fn walk(v: Value) -> Value {
         match v {
             Value::Number(n) => Value::from(n.as_f64().expect("a finite number")),

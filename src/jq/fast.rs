@@ -145,7 +145,12 @@ impl<'t> Eval<'t, '_> {
                     let Some(key) = self.eval(k, input)? else {
                         return Ok(None);
                     };
-                    let V::Str(key, _) = key else { return Err(Bail) };
+                    // Keys are compared as written when repeated ones are merged
+                    // (`write`): one with escapes goes to jaq unless it is alone.
+                    let V::Str(key, plain) = key else { return Err(Bail) };
+                    if !plain && entries.len() > 1 {
+                        return Err(Bail);
+                    }
                     let Some(value) = self.eval(v, input)? else {
                         return Ok(None);
                     };
@@ -287,24 +292,42 @@ impl<'t> Eval<'t, '_> {
                 let node = &self.tape.nodes[*i];
                 if node.kind == Kind::Obj {
                     // jaq counts a repeated key once.
-                    let keys: Vec<usize> = self.tape.children(*i).step_by(2).collect();
-                    if keys.len() > 64 || keys.iter().any(|k| !self.tape.nodes[*k].plain) {
-                        return Err(Bail);
-                    }
-                    for (n, a) in keys.iter().enumerate() {
-                        if keys[..n]
-                            .iter()
-                            .any(|b| self.tape.bytes(*a) == self.tape.bytes(*b))
-                        {
-                            return Err(Bail);
-                        }
-                    }
+                    self.keys_once(*i)?;
                 }
                 V::Int(node.len as i64)
             }
             V::Arr(items) => V::Int(items.len() as i64),
             _ => return Err(Bail),
         })
+    }
+
+    /// Gives up on an object of the record whose keys are not each there once, or not
+    /// each without escapes (so that the same key is the same bytes): jaq reads such an
+    /// object into one entry per key, which is not what the record says as written.
+    fn keys_once(&self, obj: usize) -> R<()> {
+        let tape = self.tape;
+        let keys = || tape.children(obj).step_by(2);
+        let len = tape.nodes[obj].len;
+        if len <= 1 {
+            return Ok(());
+        }
+        if keys().any(|k| !tape.nodes[k].plain) {
+            return Err(Bail);
+        }
+        if len <= 16 {
+            for (n, a) in keys().enumerate() {
+                if keys().take(n).any(|b| tape.bytes(a) == tape.bytes(b)) {
+                    return Err(Bail);
+                }
+            }
+        } else {
+            let mut sorted: Vec<&[u8]> = keys().map(|k| tape.bytes(k)).collect();
+            sorted.sort_unstable();
+            if sorted.windows(2).any(|w| w[0] == w[1]) {
+                return Err(Bail);
+            }
+        }
+        Ok(())
     }
 
     /// A value that is not a string as jq writes it into a string (`tostring`, `"\(.)"`).
@@ -333,7 +356,15 @@ impl<'t> Eval<'t, '_> {
                 out.extend_from_slice(s.as_bytes());
                 out.push(b'"');
             }
-            V::Node(i) => out.extend_from_slice(self.tape.raw(*i)),
+            V::Node(i) => {
+                // Written as it came, so every object in it must read as jaq reads it.
+                for n in *i..self.tape.nodes[*i].next {
+                    if self.tape.nodes[n].kind == Kind::Obj {
+                        self.keys_once(n)?;
+                    }
+                }
+                out.extend_from_slice(self.tape.raw(*i))
+            }
             V::Arr(items) => {
                 out.push(b'[');
                 for (n, item) in items.iter().enumerate() {
@@ -346,10 +377,22 @@ impl<'t> Eval<'t, '_> {
             }
             V::Obj(entries) => {
                 out.push(b'{');
-                for (n, (k, v)) in entries.iter().enumerate() {
-                    if n > 0 {
+                let mut first = true;
+                for (n, (k, _)) in entries.iter().enumerate() {
+                    // jaq keeps a repeated key where it first stood, with the last
+                    // value given to it (keys here are without escapes or alone).
+                    if entries[..n].iter().any(|(seen, _)| seen == k) {
+                        continue;
+                    }
+                    let v = entries[n..]
+                        .iter()
+                        .rev()
+                        .find_map(|(key, v)| (key == k).then_some(v))
+                        .expect("the entry itself");
+                    if !first {
                         out.push(b',');
                     }
+                    first = false;
                     out.push(b'"');
                     out.extend_from_slice(k.as_bytes());
                     out.extend_from_slice(b"\":");
@@ -470,6 +513,54 @@ fn compare(l: &V<'_>, r: &V<'_>) -> R<Ordering> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::jq::{JqProgram, plan, to_json};
+
+    fn jaq(code: &str, doc: &str) -> String {
+        let mut out = Vec::new();
+        JqProgram::compile(code)
+            .unwrap()
+            .run(doc.as_bytes(), |v| to_json(v, &mut out))
+            .unwrap();
+        String::from_utf8(out).unwrap()
+    }
+
+    fn fast(code: &str, doc: &str) -> R<String> {
+        let plan = plan::plan(code).unwrap_or_else(|| panic!("no plan for {code}"));
+        run(&plan, doc.as_bytes()).map(|out| String::from_utf8(out.expect(code)).unwrap())
+    }
+
+    #[test]
+    fn a_key_given_twice_is_one_entry_as_in_jaq_or_the_record_goes_to_jaq() {
+        let many = |repeat: bool| {
+            let mut keys: Vec<String> = (0..20).map(|i| format!("\"k{i}\":{i}")).collect();
+            if repeat {
+                keys.push("\"k7\":0".into());
+            }
+            format!("{{\"o\":{{{}}}}}", keys.join(","))
+        };
+        // Built objects: the first place, the last value, as jaq's.
+        for (code, doc) in [
+            ("{a: 1, b: 2, a: 3}", "null".to_string()),
+            ("{a, b, a: 5}", r#"{"a":1,"b":2}"#.to_string()),
+            (r#"{a: 1, "\u0061": 2, b: {c: 1, c: [2]}}"#, "null".to_string()),
+            (".", r#"{"a":{"x":1},"b":[{"y":2,"z":3}]}"#.to_string()),
+            (".o", many(false)),
+        ] {
+            assert_eq!(fast(code, &doc), Ok(jaq(code, &doc)), "{code} on {doc}");
+        }
+        // The record's own objects are written as they came: one with a repeated key, or
+        // with escaped keys that might be one, is left to jaq.
+        for (code, doc) in [
+            (".o", r#"{"o":{"x":1,"x":2}}"#.to_string()),
+            (".", r#"{"a":[{"y":2,"y":3}]}"#.to_string()),
+            ("select(.n > 0)", r#"{"n":1,"n":2}"#.to_string()),
+            (".", r#"{"ab":1,"a\u0062":2}"#.to_string()),
+            ("{(.k): 1, ab: 2}", r#"{"k":"a\u0062"}"#.to_string()),
+            (".o", many(true)),
+        ] {
+            assert_eq!(fast(code, &doc), Err(Bail), "{code} on {doc}");
+        }
+    }
 
     #[test]
     fn numbers_are_written_as_jaq_writes_them() {
