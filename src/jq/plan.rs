@@ -33,6 +33,9 @@ pub enum Expr {
     Arr(Vec<Expr>),
     /// `{k: v, ...}` (keys are expressions too).
     Obj(Vec<(Expr, Expr)>),
+    /// `{k: v, ...}` whose keys are fixed strings, each given once (escaped as in JSON):
+    /// the most common construction, written straight out.
+    Record(Vec<(String, Expr)>),
     Neg(Box<Expr>),
     Math(Math, Box<Expr>, Box<Expr>),
     Cmp(Cmp, Box<Expr>, Box<Expr>),
@@ -87,7 +90,7 @@ fn term_expr(term: &Term<&str>) -> Option<Expr> {
             commas(items, &mut out)?;
             Expr::Arr(out)
         }
-        Term::Obj(entries) => Expr::Obj(
+        Term::Obj(entries) => record(
             entries
                 .iter()
                 .map(|(k, v)| {
@@ -143,6 +146,25 @@ fn term_expr(term: &Term<&str>) -> Option<Expr> {
         }
         _ => return None,
     })
+}
+
+/// An object construction as a `Record` when its keys are fixed and each given once
+/// (the plan escapes a key one way only, so the same key is the same text).
+fn record(entries: Vec<(Expr, Expr)>) -> Expr {
+    let key = |k: &Expr| match k {
+        Expr::Str(k) => Some(k.clone()),
+        _ => None,
+    };
+    let keys: Vec<String> = entries.iter().filter_map(|(k, _)| key(k)).collect();
+    let once = keys.iter().enumerate().all(|(n, k)| !keys[..n].contains(k));
+    if keys.len() < entries.len() || !once {
+        return Expr::Obj(entries);
+    }
+    Expr::Record(
+        keys.into_iter()
+            .zip(entries.into_iter().map(|(_, v)| v))
+            .collect(),
+    )
 }
 
 /// `f, g, ...` inside an array's brackets.

@@ -65,18 +65,39 @@ pub enum Kind {
     Obj,
 }
 
+/// One value of the document, 24 bytes (documents are under 4 GiB: `Tape::read`).
 #[derive(Clone, Copy, Debug)]
 pub struct Node {
     pub kind: Kind,
     /// A string without escapes (its text is its value).
     pub plain: bool,
-    pub start: usize,
-    pub end: usize,
+    start: u32,
+    end: u32,
     /// The node after this one and everything inside it.
-    pub next: usize,
+    next: u32,
+    /// An integer's value; how many elements (an array) or keys (an object) it holds.
+    number: i64,
+}
+
+impl Node {
+    /// The node after this one and everything inside it.
+    pub fn next(&self) -> usize {
+        self.next as usize
+    }
+
     /// How many elements (an array) or keys (an object) it holds.
-    pub len: usize,
-    pub int: i64,
+    pub fn len(&self) -> usize {
+        self.number as usize
+    }
+
+    /// An integer's value.
+    pub fn int(&self) -> i64 {
+        self.number
+    }
+
+    fn span(&self) -> std::ops::Range<usize> {
+        self.start as usize..self.end as usize
+    }
 }
 
 /// A document's nodes; the first is the document itself.
@@ -89,6 +110,7 @@ impl<'a> Tape<'a> {
     /// Reads `src`, or `None` for anything this reader leaves to jaq (invalid JSON
     /// included: jaq then says what is wrong with it).
     pub fn read(src: &'a [u8], nodes: Vec<Node>) -> Option<Tape<'a>> {
+        u32::try_from(src.len()).ok()?;
         let mut reader = Reader { src, at: 0, nodes };
         reader.nodes.clear();
         reader.ws();
@@ -104,24 +126,23 @@ impl<'a> Tape<'a> {
     pub fn text(&self, node: usize) -> &'a str {
         let n = &self.nodes[node];
         // The reader checked every string and number is UTF-8 (numbers are ASCII).
-        std::str::from_utf8(&self.src[n.start..n.end]).unwrap_or_default()
+        std::str::from_utf8(&self.src[n.span()]).unwrap_or_default()
     }
 
     /// The bytes of a node's text (a string's without its quotes).
     pub fn bytes(&self, node: usize) -> &'a [u8] {
-        let n = &self.nodes[node];
-        &self.src[n.start..n.end]
+        &self.src[self.nodes[node].span()]
     }
 
     /// The bytes a node was written as (a string's with its quotes).
     pub fn raw(&self, node: usize) -> &'a [u8] {
         let n = &self.nodes[node];
         match n.kind {
-            Kind::Str => &self.src[n.start - 1..n.end + 1],
+            Kind::Str => &self.src[n.start as usize - 1..n.end as usize + 1],
             Kind::Null => b"null",
             Kind::True => b"true",
             Kind::False => b"false",
-            _ => &self.src[n.start..n.end],
+            _ => &self.src[n.span()],
         }
     }
 
@@ -131,7 +152,7 @@ impl<'a> Tape<'a> {
         Children {
             tape: self,
             at: node + 1,
-            end: self.nodes[node].next,
+            end: self.nodes[node].next(),
         }
     }
 }
@@ -148,7 +169,7 @@ impl Iterator for Children<'_, '_> {
     fn next(&mut self) -> Option<usize> {
         (self.at < self.end).then(|| {
             let this = self.at;
-            self.at = self.tape.nodes[this].next;
+            self.at = self.tape.nodes[this].next();
             this
         })
     }
@@ -169,14 +190,14 @@ impl Reader<'_> {
 
     fn push(&mut self, kind: Kind, start: usize, end: usize) -> usize {
         let index = self.nodes.len();
+        // The document is under 4 GiB (`Tape::read`), so are its node count and offsets.
         self.nodes.push(Node {
             kind,
             plain: true,
-            start,
-            end,
-            next: index + 1,
-            len: 0,
-            int: 0,
+            start: start as u32,
+            end: end as u32,
+            next: index as u32 + 1,
+            number: 0,
         });
         index
     }
@@ -257,7 +278,7 @@ impl Reader<'_> {
                     .checked_add(if negative { -d } else { d })?;
             }
             let node = self.push(Kind::Int, start, self.at);
-            self.nodes[node].int = value;
+            self.nodes[node].number = value;
         } else {
             // One beyond a float's range (`1e400`) is left to jaq; without an exponent
             // and under 300 digits a number is well inside it.
@@ -347,7 +368,7 @@ impl Reader<'_> {
         closing: u8,
         mut item: impl FnMut(&mut Self) -> Option<()>,
     ) -> Option<()> {
-        let node = self.push(kind, self.at, 0);
+        let node = self.push(kind, self.at, self.at);
         self.at += 1;
         self.ws();
         let mut len = 0;
@@ -378,9 +399,9 @@ impl Reader<'_> {
     fn close(&mut self, node: usize, len: usize) {
         let next = self.nodes.len();
         let n = &mut self.nodes[node];
-        n.end = self.at;
-        n.next = next;
-        n.len = len;
+        n.end = self.at as u32;
+        n.next = next as u32;
+        n.number = len as i64;
     }
 }
 
@@ -399,13 +420,13 @@ mod tests {
         assert_eq!(top.len(), 6);
         assert_eq!(tape.text(top[0]), "a");
         assert_eq!(tape.nodes[top[1]].kind, Kind::Arr);
-        assert_eq!(tape.nodes[top[1]].len, 2);
+        assert_eq!(tape.nodes[top[1]].len(), 2);
         assert_eq!(tape.raw(top[1]), br#"[1, {"b": null}]"#);
         assert!(!tape.nodes[top[2]].plain);
         assert_eq!(tape.nodes[top[3]].kind, Kind::Dec);
         assert_eq!(tape.text(top[3]), "-2.5e3");
         assert_eq!(tape.raw(top[5]), br#""x""#);
-        assert_eq!(tape.nodes[0].len, 3);
+        assert_eq!(tape.nodes[0].len(), 3);
     }
 
     #[test]
@@ -476,8 +497,8 @@ mod tests {
         let deep = "[".repeat(DEPTH_MAX + 2) + &"]".repeat(DEPTH_MAX + 2);
         assert!(read(&deep).is_none());
         assert!(Tape::read(b"\"\xff\"", Vec::new()).is_none());
-        assert_eq!(read("-0").unwrap().nodes[0].int, 0);
-        assert_eq!(read("9223372036854775807").unwrap().nodes[0].int, i64::MAX);
+        assert_eq!(read("-0").unwrap().nodes[0].int(), 0);
+        assert_eq!(read("9223372036854775807").unwrap().nodes[0].int(), i64::MAX);
         assert!(read("\"\\u00e9 \\ud83d\"").is_none());
         assert!(read("\"é\\u00e9\"").is_some());
     }
