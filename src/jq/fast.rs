@@ -253,12 +253,12 @@ impl<'t> Eval<'t, '_> {
     }
 
     /// Evaluates `e` and writes its output as JSON into `out`; `false` when it has
-    /// none (`out` then as it was). A record, a `select` and a pipe's last step are
+    /// none, and whatever was written then is to be dropped (an output is the whole
+    /// program's or nothing: `run`). A record, a `select` and a pipe's last step are
     /// written as they are evaluated, with no value built for them.
     fn emit(&self, e: &'t Expr, input: &V<'t>, out: &mut Vec<u8>) -> R<bool> {
         match e {
             Expr::Record(entries) => {
-                let start = out.len();
                 out.push(b'{');
                 for (n, (k, v)) in entries.iter().enumerate() {
                     if n > 0 {
@@ -268,7 +268,6 @@ impl<'t> Eval<'t, '_> {
                     out.extend_from_slice(k.as_bytes());
                     out.extend_from_slice(b"\":");
                     if !self.emit(v, input, out)? {
-                        out.truncate(start);
                         return Ok(false);
                     }
                 }
