@@ -244,11 +244,7 @@ pub async fn run(shard: Rc<Shard>, task: ExecTask) -> Result<()> {
                 Instant::now() + pause
             }))
             .min();
-        if shard.shared.peers.is_some() {
-            // Who leads each input moves with the peers, which no append announces.
-            let recheck = Instant::now() + crate::runtime::reader::CLUSTER_RECHECK;
-            until = Some(until.map_or(recheck, |u| u.min(recheck)));
-        }
+        until = crate::runtime::reader::recheck_in_cluster(&shard, until);
         let event = futures_lite::future::or(
             async { pool.events().recv_async().await.ok() },
             futures_lite::future::or(

@@ -30,6 +30,16 @@ pub struct PartitionReader {
 /// On one machine nothing but an append (or the stop) can give it work.
 pub const CLUSTER_RECHECK: Duration = Duration::from_millis(100);
 
+/// `until`, or sooner in a cluster: who leads a task's input moves with the peers, which
+/// no append announces, so a waiting task looks again every `CLUSTER_RECHECK`.
+pub fn recheck_in_cluster(shard: &Shard, until: Option<Instant>) -> Option<Instant> {
+    if shard.shared.peers.is_none() {
+        return until;
+    }
+    let recheck = Instant::now() + CLUSTER_RECHECK;
+    Some(until.map_or(recheck, |u| u.min(recheck)))
+}
+
 impl PartitionReader {
     /// Reads `input` as `name` from `position` (the reader registered before the task
     /// ran, if there is one: its position stands).
@@ -97,13 +107,7 @@ impl PartitionReader {
         if read > 0 {
             return;
         }
-        let until = match shard.shared.peers {
-            Some(_) => {
-                let recheck = Instant::now() + CLUSTER_RECHECK;
-                Some(until.map_or(recheck, |u| u.min(recheck)))
-            }
-            None => until,
-        };
+        let until = recheck_in_cluster(shard, until);
         crate::runtime::shard::until_append(&self.input, self.seen, &shard.shared.control, until).await;
     }
 

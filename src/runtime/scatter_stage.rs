@@ -346,11 +346,7 @@ pub async fn run(shard: Rc<Shard>, task: StageTask) -> Result<()> {
         .into_iter()
         .flatten()
         .min();
-        if shard.shared.peers.is_some() {
-            // Who leads the input moves with the peers, which no append announces.
-            let recheck = Instant::now() + crate::runtime::reader::CLUSTER_RECHECK;
-            until = Some(until.map_or(recheck, |u| u.min(recheck)));
-        }
+        until = crate::runtime::reader::recheck_in_cluster(&shard, until);
         let input = reader.input();
         let mut listener =
             (window.len() < WINDOW_MAX && input.appends() == reader.seen()).then(|| input.on_append());

@@ -255,10 +255,18 @@ impl Writer {
     }
 
     fn commit_if_due(&mut self) -> Result<()> {
-        if self.dirty && (self.progress.done || self.last_commit.elapsed() >= self.commit_interval) {
+        if self
+            .commit_due()
+            .is_some_and(|due| self.progress.done || Instant::now() >= due)
+        {
             self.commit()?;
         }
         Ok(())
+    }
+
+    /// When what was written is next to be committed; none while nothing is.
+    fn commit_due(&self) -> Option<Instant> {
+        self.dirty.then(|| self.last_commit + self.commit_interval)
     }
 
     /// Makes what was written durable (with `durable`), then stores the progress that
@@ -305,7 +313,7 @@ pub async fn write(shard: Rc<Shard>, task: WriterTask, receiver: flume::Receiver
             // Nothing waiting: sleep until a chunk comes, the stop, or the commit of
             // what was written is due (no timer while nothing is to commit).
             Err(flume::TryRecvError::Empty) => {
-                let due = writer.dirty.then(|| writer.last_commit + writer.commit_interval);
+                let due = writer.commit_due();
                 let woke = futures_lite::future::or(async { Some(receiver.recv_async().await) }, async {
                     control.until_stopping_or(due).await;
                     None
