@@ -79,6 +79,8 @@ pub struct Node {
     number: i64,
 }
 
+const _: () = assert!(std::mem::size_of::<Node>() == 24);
+
 impl Node {
     /// The node after this one and everything inside it.
     pub fn next(&self) -> usize {
@@ -110,7 +112,10 @@ impl<'a> Tape<'a> {
     /// Reads `src`, or `None` for anything this reader leaves to jaq (invalid JSON
     /// included: jaq then says what is wrong with it).
     pub fn read(src: &'a [u8], nodes: Vec<Node>) -> Option<Tape<'a>> {
-        u32::try_from(src.len()).ok()?;
+        // Offsets and node indices (at most one node per byte, and the one after) fit.
+        if src.len() >= u32::MAX as usize {
+            return None;
+        }
         let mut reader = Reader { src, at: 0, nodes };
         reader.nodes.clear();
         reader.ws();
