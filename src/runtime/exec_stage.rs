@@ -229,7 +229,7 @@ pub async fn run(shard: Rc<Shard>, task: ExecTask) -> Result<()> {
         // where a partition moved, snapshots' batches becoming durable. With none of
         // them no timer runs: an idle exec stage sleeps until a worker or an append.
         let unsettled = parts.iter().any(|p| !p.committer.is_settled());
-        let mut until = pool
+        let until = pool
             .next_due()
             .into_iter()
             .chain(
@@ -244,7 +244,7 @@ pub async fn run(shard: Rc<Shard>, task: ExecTask) -> Result<()> {
                 Instant::now() + pause
             }))
             .min();
-        until = crate::runtime::reader::recheck_in_cluster(&shard, until);
+        let until = crate::runtime::reader::recheck_in_cluster(&shard, until);
         let event = futures_lite::future::or(
             async { pool.events().recv_async().await.ok() },
             futures_lite::future::or(

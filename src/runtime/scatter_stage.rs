@@ -331,7 +331,7 @@ pub async fn run(shard: Rc<Shard>, task: StageTask) -> Result<()> {
         // Wait for an answer, an append (if the window has room), the stop, or the
         // task's own next deadline: the front's, a commit of where the window moved, its
         // snapshots' batches becoming durable. With none of them, no timer runs.
-        let mut until = [
+        let until = [
             match window.front() {
                 Some(Slot::Scattered { deadline, .. }) => Some(*deadline),
                 _ => None,
@@ -346,7 +346,7 @@ pub async fn run(shard: Rc<Shard>, task: StageTask) -> Result<()> {
         .into_iter()
         .flatten()
         .min();
-        until = crate::runtime::reader::recheck_in_cluster(&shard, until);
+        let until = crate::runtime::reader::recheck_in_cluster(&shard, until);
         let input = reader.input();
         let mut listener =
             (window.len() < WINDOW_MAX && input.appends() == reader.seen()).then(|| input.on_append());
