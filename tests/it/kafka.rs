@@ -144,6 +144,8 @@ fn kcat_round_trips_records_with_keys_headers_and_timestamps_and_tail_shows_the_
             "origin=kcat",
             "-H",
             "n=1",
+            "-H",
+            "origin=again",
         ],
         input.as_bytes(),
     );
@@ -155,7 +157,10 @@ fn kcat_round_trips_records_with_keys_headers_and_timestamps_and_tail_shows_the_
     for ((partition, _), (key, value, headers, time)) in &seen {
         assert!(*partition < 4);
         assert_eq!(value, &format!("v{}", &key[1..]), "the value sent with {key}");
-        assert_eq!(headers, "origin=kcat,n=1");
+        assert_eq!(
+            headers, "origin=kcat,n=1,origin=again",
+            "a name given twice stays twice"
+        );
         assert!(
             (before..=after).contains(time),
             "{key}'s time {time} is the producer's"
@@ -454,6 +459,175 @@ fn sasl_plain(stream: &mut std::net::TcpStream, name: &str, token: &str) -> i16 
 /// A produce of one record to `events` partition 0: the partition's error code.
 fn produce_one(stream: &mut std::net::TcpStream) -> Option<i16> {
     produce_raw(stream, "events", 0, None).map(|(code, _)| code)
+}
+
+/// Kafka's varint (zigzag) of `n`, appended.
+fn varint(out: &mut Vec<u8>, n: i64) {
+    let mut z = ((n << 1) ^ (n >> 63)) as u64;
+    while z >= 0x80 {
+        out.push((z as u8) | 0x80);
+        z >>= 7;
+    }
+    out.push(z as u8);
+}
+
+/// One record in a batch's record section: `value`, no key, the `headers` given
+/// (`header_count` says how many it claims), offset delta `delta`.
+fn raw_record(delta: i64, value: &[u8], headers: &[(&str, &str)], header_count: i64) -> Vec<u8> {
+    let mut body = vec![0u8]; // attributes
+    varint(&mut body, 0); // timestamp delta
+    varint(&mut body, delta);
+    varint(&mut body, -1); // no key
+    varint(&mut body, value.len() as i64);
+    body.extend_from_slice(value);
+    varint(&mut body, header_count);
+    for (name, value) in headers {
+        varint(&mut body, name.len() as i64);
+        body.extend_from_slice(name.as_bytes());
+        varint(&mut body, value.len() as i64);
+        body.extend_from_slice(value.as_bytes());
+    }
+    let mut record = Vec::new();
+    varint(&mut record, body.len() as i64);
+    record.extend_from_slice(&body);
+    record
+}
+
+/// A record batch (format 2) around a record section as written (compressed as
+/// `attributes` say), claiming `count` records, its CRC right: what a client could send.
+fn raw_batch(records: &[u8], count: i32, attributes: i16) -> bytes::Bytes {
+    let mut after_crc = Vec::new();
+    after_crc.extend_from_slice(&attributes.to_be_bytes());
+    after_crc.extend_from_slice(&(count - 1).to_be_bytes()); // last offset delta
+    after_crc.extend_from_slice(&now_ms().to_be_bytes()); // base timestamp
+    after_crc.extend_from_slice(&now_ms().to_be_bytes()); // max timestamp
+    after_crc.extend_from_slice(&(-1i64).to_be_bytes()); // producer id
+    after_crc.extend_from_slice(&(-1i16).to_be_bytes()); // producer epoch
+    after_crc.extend_from_slice(&(-1i32).to_be_bytes()); // base sequence
+    after_crc.extend_from_slice(&count.to_be_bytes());
+    after_crc.extend_from_slice(records);
+    let mut batch = Vec::new();
+    batch.extend_from_slice(&0i64.to_be_bytes()); // base offset
+    batch.extend_from_slice(&((after_crc.len() + 9) as i32).to_be_bytes());
+    batch.extend_from_slice(&(-1i32).to_be_bytes()); // partition leader epoch
+    batch.push(2); // magic
+    batch.extend_from_slice(&crc32c::crc32c(&after_crc).to_be_bytes());
+    batch.extend_from_slice(&after_crc);
+    bytes::Bytes::from(batch)
+}
+
+/// The most memory `pid` has held, in MiB (`VmHWM`).
+fn peak_rss_mib(pid: u32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    let line = status.lines().find(|l| l.starts_with("VmHWM:")).unwrap();
+    line.split_whitespace().nth(1).unwrap().parse::<u64>().unwrap() / 1024
+}
+
+/// A produce of `batches` to `events` partition 0: the partition's error code and message.
+fn produce_batches(stream: &mut std::net::TcpStream, batches: bytes::Bytes) -> Option<(i16, String)> {
+    use kafka_protocol::messages::produce_request::{PartitionProduceData, TopicProduceData};
+    use kafka_protocol::messages::{ProduceRequest, ProduceResponse};
+    let mut partition = PartitionProduceData::default();
+    partition.index = 0;
+    partition.records = Some(batches);
+    let mut topic = TopicProduceData::default();
+    topic.name = StrBytes::from_static_str("events").into();
+    topic.partition_data = vec![partition];
+    let mut produce = ProduceRequest::default();
+    produce.acks = -1;
+    produce.timeout_ms = 10_000;
+    produce.topic_data = vec![topic];
+    let mut answer = request(stream, ApiKey::Produce, 8, &produce)?;
+    let response = ProduceResponse::decode(&mut answer, 8).unwrap();
+    let partition = &response.responses[0].partition_responses[0];
+    let message = partition
+        .error_message
+        .as_ref()
+        .map(|m| m.to_string())
+        .unwrap_or_default();
+    Some((partition.error_code, message))
+}
+
+#[test]
+fn hostile_record_batches_are_refused_before_they_cost_memory_and_repeated_headers_are_kept() {
+    use kafka_protocol::compression::{Compressor, Gzip};
+    let dir = tempfile::tempdir().unwrap();
+    // Requests, and a partition's records in one decompressed, up to 1 MiB.
+    let ingest = "kafka = \"127.0.0.1:0\"\nmax_frame_bytes = 1048576";
+    let file = listening_dataflow(dir.path(), "kafka", "group", ingest, TOPIC);
+    let server = Server::start(&file);
+    let kafka = server.kafka.clone().unwrap();
+    let mut stream = std::net::TcpStream::connect(&kafka).unwrap();
+    stream.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
+    let one = raw_record(0, b"raw", &[], 0);
+
+    // A batch of one record claiming 2^31 - 1 (a decoder that reserves what a batch
+    // claims asks for hundreds of GiB and the process aborts).
+    let (code, said) = produce_batches(&mut stream, raw_batch(&one, i32::MAX, 0)).expect("answered");
+    assert_eq!(code, 2, "CORRUPT_MESSAGE: {said}");
+    assert!(said.contains("2147483647 records"), "{said}");
+
+    // A record claiming 2^31 - 1 headers.
+    let many = raw_record(0, b"raw", &[], i64::from(i32::MAX));
+    let (code, said) = produce_batches(&mut stream, raw_batch(&many, 1, 0)).expect("answered");
+    assert_eq!(code, 2, "CORRUPT_MESSAGE: {said}");
+    assert!(said.contains("2147483647 headers"), "{said}");
+
+    // 64 MiB of zeros in a gzip batch of some 64 KiB: over ingest.max_frame_bytes once
+    // decompressed.
+    let bomb = raw_record(0, &vec![0u8; 64 << 20], &[], 0);
+    let mut gzipped = BytesMut::new();
+    Gzip::compress(&mut gzipped, |raw: &mut BytesMut| {
+        raw.put_slice(&bomb);
+        Ok(())
+    })
+    .unwrap();
+    assert!(gzipped.len() < 1 << 20);
+    let peak_before = peak_rss_mib(server.pid());
+    let (code, said) = produce_batches(&mut stream, raw_batch(&gzipped, 1, 1)).expect("answered");
+    assert_eq!(code, 10, "MESSAGE_TOO_LARGE: {said}");
+    assert!(said.contains("ingest.max_frame_bytes"), "{said}");
+    // Decompression stopped at the limit: the 64 MiB were never held (a few times the
+    // limit may be, as the buffer grows).
+    let grew = peak_rss_mib(server.pid()) - peak_before;
+    assert!(
+        grew < 32,
+        "the server's peak memory grew by {grew} MiB for the gzip batch"
+    );
+
+    // Raw snappy whose header claims 4 GiB - 1, in a batch of a few bytes.
+    let snappy = [0xff, 0xff, 0xff, 0xff, 0x0f, 0, 0, 0];
+    let (code, said) = produce_batches(&mut stream, raw_batch(&snappy, 1, 2)).expect("answered");
+    assert_eq!(code, 10, "MESSAGE_TOO_LARGE: {said}");
+
+    // Bytes after the records a batch claims, and a record longer than its batch.
+    let mut trailing = one.clone();
+    trailing.extend_from_slice(&[1, 2, 3]);
+    let (code, said) = produce_batches(&mut stream, raw_batch(&trailing, 1, 0)).expect("answered");
+    assert_eq!(code, 2, "CORRUPT_MESSAGE: {said}");
+    let (code, said) =
+        produce_batches(&mut stream, raw_batch(&one[..one.len() - 1], 1, 0)).expect("answered");
+    assert_eq!(code, 2, "CORRUPT_MESSAGE: {said}");
+
+    // Nothing of the above was stored; a record with a header given twice is stored
+    // with both, in order, as Kafka's headers are a list (KIP-82).
+    let twice = raw_record(0, b"twice", &[("h", "1"), ("other", "x"), ("h", "2")], 3);
+    let (code, said) = produce_batches(&mut stream, raw_batch(&twice, 1, 0)).expect("answered");
+    assert_eq!(code, 0, "{said}");
+    let seen = tail(&server);
+    let values: Vec<(&str, &str)> = seen.values().map(|r| (r.1.as_str(), r.2.as_str())).collect();
+    assert_eq!(
+        values,
+        [("twice", "h=1,other=x,h=2")],
+        "only the last record was stored"
+    );
+    let read = consume(&kafka);
+    let values: Vec<(&str, &str)> = read.values().map(|r| (r.1.as_str(), r.2.as_str())).collect();
+    assert_eq!(
+        values,
+        [("twice", "h=1,other=x,h=2")],
+        "a Kafka consumer reads both headers"
+    );
 }
 
 /// A produce of one record to partition `index` of `topic`, as the idempotent producer

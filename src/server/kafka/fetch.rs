@@ -244,7 +244,7 @@ fn partition_data(
                 return data;
             }
             match records::to_kafka(&fetched.records) {
-                Ok(bytes) => data.records = Some(bytes),
+                Ok(bytes) => data.records = Some(bytes.into()),
                 Err(error) => {
                     tracing::warn!(partition, "Kafka fetch: records not encoded: {error}");
                     data.error_code = errors::UNKNOWN_SERVER_ERROR;

@@ -19,11 +19,13 @@
 //! (consumer groups; commits as named consumers' SEEK) → `topics` → `sasl` (who the
 //! client is) → `errors` (flowd's refusals as Kafka's error codes).
 
+mod batch;
 mod brokers;
 mod errors;
 mod fetch;
 mod group;
 mod groups;
+mod inflate;
 mod metadata;
 mod produce;
 mod producers;
@@ -336,7 +338,15 @@ async fn take(
         }
         ApiKey::Produce => {
             let request = ProduceRequest::decode(&mut bytes, version).map_err(|e| bad(&e))?;
-            let sent = produce::send_all(shard, &shared(front)?, request, who, front.io_timeout).await;
+            let sent = produce::send_all(
+                shard,
+                &shared(front)?,
+                request,
+                who,
+                front.io_timeout,
+                front.max_frame_bytes,
+            )
+            .await;
             let shard = Rc::clone(shard);
             later(Box::pin(async move {
                 match sent.answer(&shard).await {

@@ -57,6 +57,7 @@ pub async fn send_all(
     request: ProduceRequest,
     who: &Who,
     wait: Duration,
+    limit: usize,
 ) -> Sent {
     let acks = request.acks;
     let mut pending = Vec::new();
@@ -73,7 +74,7 @@ pub async fn send_all(
                     format!("acks={acks} (use 0, 1 or -1)"),
                 ))
             } else {
-                send(shard, shared, &name, index, partition.records, wait).await
+                send(shard, shared, &name, index, partition.records, wait, limit).await
             };
             pending.push((name.clone(), index, outcome));
         }
@@ -162,7 +163,8 @@ fn leader_term(shard: &Shard, topic: usize, partition: u32) -> Result<u64, Refus
 }
 
 /// One partition's batches sent to its owner as one atomic batch (an idempotent
-/// producer's once its sequences allow, waiting at most `wait` for the batch before it).
+/// producer's once its sequences allow, waiting at most `wait` for the batch before it),
+/// if its records come to at most `limit` bytes decompressed (`records::from_kafka`).
 async fn send(
     shard: &Rc<Shard>,
     shared: &Shared,
@@ -170,6 +172,7 @@ async fn send(
     index: i32,
     batches: Option<bytes::Bytes>,
     wait: Duration,
+    limit: usize,
 ) -> Result<Landing, Refused> {
     let Ok(partition) = u32::try_from(index) else {
         return Err(refused(
@@ -180,7 +183,7 @@ async fn send(
     let Some(batches) = batches else {
         return Err(refused(errors::INVALID_REQUEST, "a partition's records are null"));
     };
-    let encoded = records::from_kafka(batches)?;
+    let encoded = records::from_kafka(&batches, limit)?;
     let records = encoded
         .records()
         .map_err(|e| refused(errors::CORRUPT_MESSAGE, e.message))?;

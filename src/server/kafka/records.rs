@@ -1,21 +1,23 @@
 //! Kafka records to flowd's and back, one to one: key to key, value to value, each
-//! header to a header, the record's time to its timestamp.
+//! header to a header (a name given twice stays twice, in order, as Kafka's headers are
+//! a list), the record's time to its timestamp.
 //!
-//! Two things a flowd record cannot say are refused or said here: a Kafka record whose
-//! value is null (a tombstone) is stored with an empty value, and a flowd record read by
-//! a Kafka client carries its headers by name (the codec keeps one value per name, so a
-//! record with two headers of one name shows the last). An idempotent producer's batches
-//! come with their producer id, epoch and sequence numbers (`Idempotent`, checked in
-//! `producers.rs`); transactional batches are refused. flowd's engine headers
-//! (`flowd-...`) are not shown to Kafka clients.
+//! What a flowd record cannot say is said here: a Kafka record whose value is null (a
+//! tombstone) is stored with an empty value, and so is a header whose value is null. An
+//! idempotent producer's batches come with their producer id, epoch and sequence
+//! numbers (`Idempotent`, checked in `producers.rs`); transactional batches are refused.
+//! flowd's engine headers (`flowd-...`) are not shown to Kafka clients.
+//!
+//! One partition's records in a produce request, decompressed, take at most `limit`
+//! bytes (the door passes `ingest.max_frame_bytes`, what one request of flowd's own
+//! protocol carries), and so do they once in flowd's encoding: the batch they make is
+//! one atomic append, as a frame's is.
 
-use bytes::{Bytes, BytesMut};
-use kafka_protocol::protocol::StrBytes;
-use kafka_protocol::records::{
-    Compression, NO_PARTITION_LEADER_EPOCH, NO_PRODUCER_EPOCH, NO_PRODUCER_ID, NO_SEQUENCE, Record,
-    RecordBatchDecoder, RecordBatchEncoder, RecordEncodeOptions, TimestampType,
-};
+use kafka_protocol::records::{NO_PRODUCER_ID, RecordBatchDecoder};
 
+use super::batch;
+use super::errors::{CORRUPT_MESSAGE, INVALID_RECORD, MESSAGE_TOO_LARGE, UNSUPPORTED_FOR_MESSAGE_FORMAT};
+use super::inflate::{self, Failed};
 use crate::protocol::wire::{Cursor, WireRecord, encode_record};
 use crate::protocol::{OwnedWireRecord, ProtocolError};
 
@@ -68,42 +70,68 @@ impl From<ProtocolError> for Refused {
     }
 }
 
+fn too_large(limit: usize) -> Refused {
+    refused(
+        MESSAGE_TOO_LARGE,
+        format!(
+            "a partition's records in one produce request come to over {limit} bytes once decompressed \
+             (ingest.max_frame_bytes): send smaller batches, or raise ingest.max_frame_bytes"
+        ),
+    )
+}
+
 /// The records of a produce request's `records` field (record batches of format 2,
-/// compressed or not), in flowd's wire encoding.
-pub fn from_kafka(mut batches: Bytes) -> Result<Encoded, Refused> {
-    use super::errors::{CORRUPT_MESSAGE, INVALID_RECORD, UNSUPPORTED_FOR_MESSAGE_FORMAT};
-    let sets = RecordBatchDecoder::decode_all(&mut batches)
-        .map_err(|e| refused(CORRUPT_MESSAGE, format!("the record batches do not decode: {e}")))?;
+/// compressed or not), in flowd's wire encoding, if within `limit` bytes (decompressed,
+/// and encoded).
+pub fn from_kafka(batches: &[u8], limit: usize) -> Result<Encoded, Refused> {
+    let corrupt = |e: String| refused(CORRUPT_MESSAGE, format!("the record batches do not decode: {e}"));
     let mut out = Encoded::default();
-    for set in sets {
-        if set.version != 2 {
+    let mut left = limit;
+    let mut rest = batches;
+    while !rest.is_empty() {
+        if let Some(&magic) = rest.get(batch::MAGIC_AT)
+            && magic != 2
+        {
             return Err(refused(
                 UNSUPPORTED_FOR_MESSAGE_FORMAT,
-                format!(
-                    "record format {} (this door takes record batches, format 2)",
-                    set.version
-                ),
+                format!("record format {magic} (this door takes record batches, format 2)"),
             ));
         }
-        for record in set.records {
-            if record.transactional || record.control {
-                return Err(refused(
-                    INVALID_RECORD,
-                    "transactions are not served by flowd's Kafka door",
-                ));
-            }
-            let producer = (record.producer_id != NO_PRODUCER_ID).then_some(Idempotent {
-                producer_id: record.producer_id,
-                epoch: record.producer_epoch,
-                first: record.sequence,
-                last: record.sequence,
+        let (one, after) = batch::split(rest).map_err(corrupt)?;
+        rest = after;
+        // The crate reads the header and checks the CRC.
+        let info = RecordBatchDecoder::decode_batch_info(&mut &one[..])
+            .map_err(|e| corrupt(e.to_string()))?
+            .pop()
+            .ok_or_else(|| corrupt("a batch with no header".into()))?;
+        if info.transactional || info.control {
+            return Err(refused(
+                INVALID_RECORD,
+                "transactions are not served by flowd's Kafka door",
+            ));
+        }
+        let section =
+            inflate::inflate(&one[batch::RECORDS_AT..], info.compression, left).map_err(|e| match e {
+                Failed::Over => too_large(limit),
+                Failed::Corrupt(e) => corrupt(e),
+            })?;
+        left = left.checked_sub(section.len()).ok_or_else(|| too_large(limit))?;
+        for record in batch::read(&section, info.record_count, info.min_timestamp).map_err(corrupt)? {
+            let producer = (info.producer_id != NO_PRODUCER_ID).then(|| {
+                let sequence = sequence_after(info.base_sequence, record.delta);
+                Idempotent {
+                    producer_id: info.producer_id,
+                    epoch: info.producer_epoch,
+                    first: sequence,
+                    last: sequence,
+                }
             });
             match (&mut out.idempotent, producer) {
                 (None, None) => {}
                 (None, Some(first)) if out.count == 0 => out.idempotent = Some(first),
                 (Some(seen), Some(next))
                     if (seen.producer_id, seen.epoch) == (next.producer_id, next.epoch)
-                        && next.first == seen.last.wrapping_add(1) & i32::MAX =>
+                        && next.first == sequence_after(seen.last, 1) =>
                 {
                     seen.last = next.first;
                 }
@@ -122,62 +150,67 @@ pub fn from_kafka(mut batches: Bytes) -> Result<Encoded, Refused> {
                 if name.len() > usize::from(u16::MAX) {
                     return Err(refused(INVALID_RECORD, "a header's name is over 65535 bytes"));
                 }
-                headers.push((name.as_str(), value.as_deref().unwrap_or_default()));
+                headers.push((name, value.unwrap_or_default()));
             }
             let timestamp = (record.timestamp >= 0).then_some(record.timestamp);
-            let value = record.value.as_deref().unwrap_or_default();
-            encode_record(&mut out.bytes, timestamp, record.key.as_deref(), value, &headers);
+            let value = record.value.unwrap_or_default();
+            encode_record(&mut out.bytes, timestamp, record.key, value, &headers);
             out.count += 1;
+            if out.bytes.len() > limit {
+                return Err(too_large(limit));
+            }
         }
     }
     Ok(out)
 }
 
+/// The sequence number `delta` after `sequence`, wrapping from `i32::MAX` to 0 as
+/// Kafka's do.
+fn sequence_after(sequence: i32, delta: i32) -> i32 {
+    ((i64::from(sequence) + i64::from(delta)) % (i64::from(i32::MAX) + 1)) as i32
+}
+
 /// Fetched records as one record batch (format 2, uncompressed), offsets kept.
-pub fn to_kafka(items: &[(u64, OwnedWireRecord)]) -> Result<Bytes, String> {
-    if items.is_empty() {
-        return Ok(Bytes::new());
-    }
-    let records: Vec<Record> = items
-        .iter()
-        .map(|(offset, record)| Record {
-            transactional: false,
-            control: false,
-            delete_horizon: false,
-            partition_leader_epoch: NO_PARTITION_LEADER_EPOCH,
-            producer_id: NO_PRODUCER_ID,
-            producer_epoch: NO_PRODUCER_EPOCH,
-            timestamp_type: TimestampType::Creation,
-            offset: *offset as i64,
-            sequence: NO_SEQUENCE,
-            timestamp: record.timestamp_ms.unwrap_or(-1),
-            key: record.key.as_ref().map(|k| Bytes::copy_from_slice(k)),
-            value: Some(Bytes::copy_from_slice(&record.value)),
-            headers: record
-                .headers
-                .iter()
-                .filter(|(name, _)| !name.starts_with(crate::protocol::wire::RESERVED_HEADER_PREFIX))
-                .map(|(name, value)| {
-                    (
-                        StrBytes::from_string(name.clone()),
-                        Some(Bytes::copy_from_slice(value)),
-                    )
-                })
-                .collect(),
-        })
-        .collect();
-    let mut buf = BytesMut::new();
-    let options = RecordEncodeOptions {
-        version: 2,
-        compression: Compression::None,
+pub fn to_kafka(items: &[(u64, OwnedWireRecord)]) -> Result<Vec<u8>, String> {
+    let Some((base, _)) = items.first() else {
+        return Ok(Vec::new());
     };
-    RecordBatchEncoder::encode(&mut buf, &records, &options).map_err(|e| e.to_string())?;
-    Ok(buf.freeze())
+    let base = i64::try_from(*base).map_err(|_| format!("offset {base} is past Kafka's"))?;
+    let records = items
+        .iter()
+        .map(|(offset, record)| {
+            let delta = i32::try_from(offset - base as u64)
+                .map_err(|_| format!("offsets {base} and {offset} in one batch"))?;
+            Ok(batch::Record {
+                delta,
+                timestamp: record.timestamp_ms.unwrap_or(-1),
+                key: record.key.as_deref(),
+                value: Some(&record.value),
+                headers: record
+                    .headers
+                    .iter()
+                    .filter(|(name, _)| !name.starts_with(crate::protocol::wire::RESERVED_HEADER_PREFIX))
+                    .map(|(name, value)| (name.as_str(), Some(value.as_slice())))
+                    .collect(),
+            })
+        })
+        .collect::<Result<Vec<_>, String>>()?;
+    let mut out = Vec::new();
+    batch::write(&mut out, base, &records);
+    Ok(out)
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use bytes::{Bytes, BytesMut};
+    use kafka_protocol::protocol::StrBytes;
+    use kafka_protocol::records::{
+        Compression, NO_PARTITION_LEADER_EPOCH, NO_PRODUCER_EPOCH, NO_SEQUENCE, Record, RecordBatchEncoder,
+        RecordEncodeOptions, TimestampType,
+    };
+
+    const LIMIT: usize = 1 << 20;
 
     fn kafka_record(offset: i64, key: &str, value: Option<&str>, producer_id: i64) -> Record {
         Record {
@@ -229,7 +262,7 @@ mod tests {
             let sent: Vec<Record> = (0..5)
                 .map(|i| kafka_record(i, &format!("k{i}"), Some(&format!("v{i}")), NO_PRODUCER_ID))
                 .collect();
-            let encoded = from_kafka(batch(&sent, compression)).unwrap();
+            let encoded = from_kafka(&batch(&sent, compression), LIMIT).unwrap();
             assert_eq!(encoded.count, 5, "{compression:?}");
             let records = encoded.records().unwrap();
             let items: Vec<(u64, OwnedWireRecord)> = records
@@ -243,7 +276,7 @@ mod tests {
                 assert_eq!(r.timestamp_ms, Some(1_700_000_000_000 + i as i64));
                 assert_eq!(r.headers, vec![("h".to_owned(), b"v".to_vec())]);
             }
-            let mut back = to_kafka(&items).unwrap();
+            let mut back = Bytes::from(to_kafka(&items).unwrap());
             let decoded = RecordBatchDecoder::decode_all(&mut back).unwrap();
             let decoded: Vec<Record> = decoded.into_iter().flat_map(|s| s.records).collect();
             assert_eq!(decoded.len(), 5);
@@ -259,17 +292,17 @@ mod tests {
 
     #[test]
     fn a_tombstone_is_stored_empty_an_idempotent_batch_says_its_sequences_and_damaged_batches_are_refused() {
-        let encoded = from_kafka(batch(
-            &[kafka_record(0, "k", None, NO_PRODUCER_ID)],
-            Compression::None,
-        ))
+        let encoded = from_kafka(
+            &batch(&[kafka_record(0, "k", None, NO_PRODUCER_ID)], Compression::None),
+            LIMIT,
+        )
         .unwrap();
         assert_eq!(encoded.records().unwrap()[0].value, b"");
         let records = [
             kafka_record(0, "k", Some("v"), 7),
             kafka_record(1, "k", Some("w"), 7),
         ];
-        let idempotent = from_kafka(batch(&records, Compression::None)).unwrap();
+        let idempotent = from_kafka(&batch(&records, Compression::None), LIMIT).unwrap();
         assert_eq!(
             idempotent.idempotent,
             Some(Idempotent {
@@ -283,7 +316,7 @@ mod tests {
             kafka_record(0, "k", Some("v"), 7),
             kafka_record(1, "k", Some("w"), 8),
         ];
-        let mixed = from_kafka(batch(&mixed, Compression::None));
+        let mixed = from_kafka(&batch(&mixed, Compression::None), LIMIT);
         assert_eq!(mixed.unwrap_err().code, super::super::errors::INVALID_RECORD);
         let mut damaged = batch(
             &[kafka_record(0, "k", Some("v"), NO_PRODUCER_ID)],
@@ -292,7 +325,91 @@ mod tests {
         .to_vec();
         let last = damaged.len() - 1;
         damaged[last] ^= 0xff;
-        let damaged = from_kafka(Bytes::from(damaged));
+        let damaged = from_kafka(&damaged, LIMIT);
         assert_eq!(damaged.unwrap_err().code, super::super::errors::CORRUPT_MESSAGE);
+    }
+
+    #[test]
+    fn a_partitions_records_past_the_limit_are_refused_decompressed_or_encoded() {
+        let records: Vec<Record> = (0..50)
+            .map(|i| kafka_record(i, "k", Some(&"v".repeat(1000)), NO_PRODUCER_ID))
+            .collect();
+        let gzipped = batch(&records, Compression::Gzip);
+        let encoded = from_kafka(&gzipped, LIMIT).unwrap();
+        assert_eq!(encoded.count, 50);
+        let need = encoded.bytes.len();
+        assert!(gzipped.len() < need / 4, "it compresses well");
+        assert_eq!(from_kafka(&gzipped, need).unwrap().count, 50);
+        for limit in [need - 1, need / 2, gzipped.len()] {
+            let refused = from_kafka(&gzipped, limit).unwrap_err();
+            assert_eq!(refused.code, MESSAGE_TOO_LARGE, "limit {limit}");
+            assert!(
+                refused.message.contains("ingest.max_frame_bytes"),
+                "{}",
+                refused.message
+            );
+        }
+        // Two batches count together.
+        let mut two = gzipped.to_vec();
+        two.extend_from_slice(&gzipped);
+        assert_eq!(from_kafka(&two, 2 * need).unwrap().count, 100);
+        assert_eq!(
+            from_kafka(&two, 2 * need - 1).unwrap_err().code,
+            MESSAGE_TOO_LARGE
+        );
+    }
+
+    #[test]
+    fn a_header_given_twice_is_kept_twice_and_sequences_wrap_to_zero_within_a_batch() {
+        let mut out = Vec::new();
+        let value = b"v";
+        let written: Vec<batch::Record> = (0..2)
+            .map(|i| batch::Record {
+                delta: i,
+                timestamp: 1_700_000_000_000,
+                key: None,
+                value: Some(value),
+                headers: vec![("h", Some(b"1")), ("x", None), ("h", Some(b"2"))],
+            })
+            .collect();
+        batch::write(&mut out, 0, &written);
+        let plain = from_kafka(&out, LIMIT).unwrap();
+        assert_eq!(plain.idempotent, None);
+        for record in plain.records().unwrap() {
+            assert_eq!(record.headers, [("h", &b"1"[..]), ("x", b""), ("h", b"2")]);
+        }
+        // The same batch from producer 7, epoch 3, its base sequence i32::MAX.
+        out[43..51].copy_from_slice(&7i64.to_be_bytes());
+        out[51..53].copy_from_slice(&3i16.to_be_bytes());
+        out[53..57].copy_from_slice(&i32::MAX.to_be_bytes());
+        let crc = crc32c::crc32c(&out[21..]);
+        out[17..21].copy_from_slice(&crc.to_be_bytes());
+        let idempotent = from_kafka(&out, LIMIT).unwrap().idempotent;
+        assert_eq!(
+            idempotent,
+            Some(Idempotent {
+                producer_id: 7,
+                epoch: 3,
+                first: i32::MAX,
+                last: 0
+            })
+        );
+        // What a fetch gives a Kafka client keeps both too.
+        let items: Vec<(u64, OwnedWireRecord)> = plain
+            .records()
+            .unwrap()
+            .iter()
+            .enumerate()
+            .map(|(i, r)| (7 + i as u64, r.to_owned()))
+            .collect();
+        let fetched = to_kafka(&items).unwrap();
+        let (one, rest) = batch::split(&fetched).unwrap();
+        assert!(rest.is_empty(), "one batch for all the records");
+        let back = batch::read(&one[batch::RECORDS_AT..], 2, 1_700_000_000_000).unwrap();
+        assert_eq!(
+            back[1].headers,
+            [("h", Some(&b"1"[..])), ("x", Some(b"")), ("h", Some(b"2"))]
+        );
+        assert_eq!(back[1].delta, 1);
     }
 }
