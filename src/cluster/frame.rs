@@ -3,7 +3,10 @@
 //! ```text
 //! frame  = len:u32 kind:u8 request:u64 body     (little endian; len counts kind..body,
 //!                                               at most `frame_limit()`)
-//! HELLO    body = cluster:str8 from:str8        first frame of every connection
+//! HELLO    body = cluster:str8 from:str8 purpose:u8 protocol:u16
+//!                                               first frame of every connection; `protocol`
+//!                                               is `PROTOCOL` (a HELLO without it is from
+//!                                               a flowd before the field, and refused)
 //! GOSSIP   body = foca's message bytes          (request 0)
 //! PRODUCE  body = topic:str8 partition:u32 count:u32 stamp_ms:i64 records
 //!          records in the client protocol's record encoding, engine headers allowed
@@ -38,12 +41,19 @@
 //! str8 = len:u8 utf8, str16 = len:u16 utf8
 //! ```
 //!
-//! A connection that does not open with a HELLO naming this cluster is closed: two
-//! clusters sharing a network never merge by accident.
+//! A connection that does not open with a HELLO naming this cluster and this protocol
+//! is closed, after an ERROR saying why: two clusters sharing a network never merge by
+//! accident, and a peer of another flowd build, whose frames may mean other things,
+//! never reads or writes this one's partitions.
 
 use std::sync::atomic::{AtomicUsize, Ordering};
 
 use crate::cluster::error::ClusterError;
+
+/// The peer protocol's version, in every HELLO: raised whenever a frame's layout or
+/// meaning changes, so peers that would read each other's frames differently refuse
+/// each other instead (a cluster is upgraded by restarting every peer on the new build).
+pub const PROTOCOL: u16 = 1;
 
 /// The least limit on a peer frame: gossip, consensus, claims, and batches of topics
 /// whose segments are smaller.

@@ -78,11 +78,13 @@ pub fn hello(cluster: &str, me: SocketAddr, purpose: Purpose) -> Vec<u8> {
         .str8(cluster)
         .str8(&me.to_string())
         .u8(purpose as u8)
+        .u16(frame::PROTOCOL)
         .0;
     frame::framed(Kind::Hello, 0, &body)
 }
 
-/// What a HELLO says: the cluster id, the sender's peer address, and the purpose byte.
+/// What a HELLO says: the cluster id, the sender's peer address, and the purpose byte,
+/// once its protocol is this build's (else an error naming both).
 pub fn decode_hello(body: &[u8]) -> Result<(&str, SocketAddr, u8), ClusterError> {
     let mut fields = Fields(body);
     let cluster = fields.str8()?;
@@ -91,6 +93,20 @@ pub fn decode_hello(body: &[u8]) -> Result<(&str, SocketAddr, u8), ClusterError>
         .parse()
         .map_err(|_| ClusterError::Frame("a HELLO whose sender is not an address".into()))?;
     let purpose = fields.u8()?;
+    let protocol = match fields.0 {
+        [] => None,
+        _ => Some(fields.u16()?),
+    };
+    if protocol != Some(frame::PROTOCOL) {
+        let theirs = protocol.map_or(
+            "a peer protocol from before versions (a flowd of 2026-12-03 or older)".to_owned(),
+            |v| format!("peer protocol {v}"),
+        );
+        return Err(ClusterError::Refused(format!(
+            "refused the peer at {from}: it speaks {theirs}, this peer speaks peer protocol {}; every peer of a cluster runs the same flowd build (restart them all on one)",
+            frame::PROTOCOL
+        )));
+    }
     Ok((cluster, from, purpose))
 }
 
@@ -270,6 +286,7 @@ impl Listener {
         socket.set_write_timeout(Some(PEER_IO_TIMEOUT))?;
         socket.set_nodelay(true)?;
         keep_alive(&socket)?;
+        let ip = socket.peer_addr()?.ip();
         let Some((mut stream, certified)) = self.open(socket)? else {
             return Ok(());
         };
@@ -282,7 +299,15 @@ impl Listener {
                 "a peer connection must open with HELLO".into(),
             ));
         }
-        let (cluster, from, purpose) = decode_hello(&first.body)?;
+        let (cluster, from, purpose) = match decode_hello(&first.body) {
+            Ok(hello) => hello,
+            Err(ClusterError::Refused(message)) => {
+                self.refusals.warn(ip, "peer protocol", &message);
+                let _ = stream.write_all(&frame::error(0, 0, &message));
+                return Err(ClusterError::Refused(message));
+            }
+            Err(error) => return Err(error),
+        };
         if cluster != self.cluster {
             let error = ClusterError::OtherCluster {
                 ours: self.cluster.clone(),

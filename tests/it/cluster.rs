@@ -1241,6 +1241,96 @@ fn a_holder_fences_only_for_a_claimer_that_asks_every_peer_it_sees() {
     );
 }
 
+/// A HELLO of another peer protocol (a build from before versions, or a later one) is
+/// answered with an ERROR naming both protocols and nothing after it is served; the
+/// current HELLO is. Peers that would read each other's frames differently never do.
+#[test]
+fn a_peer_of_another_protocol_is_told_so_and_served_nothing() {
+    use flowd::cluster::data::{self, Fetch};
+    use flowd::cluster::frame::{self, Body, Kind};
+    use flowd::cluster::transport::{Purpose, hello};
+    use std::io::Write;
+    let _serial = one_at_a_time();
+    let dir = tempfile::tempdir().unwrap();
+    let server = events_peer(dir.path(), "p1", None);
+    let peer: std::net::SocketAddr = server.peer.clone().unwrap().parse().unwrap();
+    let from: std::net::SocketAddr = "127.0.0.1:9".parse().unwrap();
+    let fetch = data::encode_fetch(&Fetch {
+        topic: "events",
+        partition: 0,
+        from: flowd::protocol::FetchFrom::Offset(0),
+        max_records: 10,
+        max_bytes: 1 << 20,
+        wait_ms: 0,
+    });
+    // A peer certificate of the cluster for 127.0.0.1, as a peer of another build has.
+    let pki = crate::peer_tls::cluster_pki();
+    let (cert, key) = crate::peer_tls::issue(
+        &pki,
+        "other-build",
+        &["--cluster", "flowd", "--host", "127.0.0.1"],
+    );
+    let tls = crate::peer_tls::peer_tls(cert, key, pki.join("ca.pem"), crate::peer_tls::HERE);
+    // The kinds answered to `hello` then a FETCH, and the first ERROR's message.
+    let ask = |hello: Vec<u8>| -> (Vec<Kind>, String) {
+        let mut stream = tls
+            .dial(crate::peer_tls::socket(peer), crate::peer_tls::HERE)
+            .unwrap();
+        let mut out = hello;
+        frame::encode(&mut out, Kind::Fetch, 7, &fetch);
+        stream.write_all(&out).unwrap();
+        let mut kinds = Vec::new();
+        let mut said = String::new();
+        while kinds.len() < 2 {
+            match frame::read(&mut stream) {
+                Ok(Some(f)) => {
+                    if f.kind == Kind::Error && said.is_empty() {
+                        let mut fields = frame::Fields(&f.body);
+                        fields.u16().unwrap();
+                        said = fields.str16().unwrap().to_owned();
+                    }
+                    kinds.push(f.kind);
+                }
+                Ok(None) | Err(_) => break,
+            }
+        }
+        (kinds, said)
+    };
+    let unversioned = Body::default()
+        .str8("flowd")
+        .str8(&from.to_string())
+        .u8(Purpose::Data as u8);
+    let (kinds, said) = ask(frame::framed(Kind::Hello, 0, &unversioned.0));
+    assert_eq!(kinds, [Kind::Error], "refused, the FETCH unanswered");
+    assert!(said.contains("a peer protocol from before versions"), "{said}");
+    assert!(
+        said.contains(&format!("this peer speaks peer protocol {}", frame::PROTOCOL)),
+        "{said}"
+    );
+    let later = Body::default()
+        .str8("flowd")
+        .str8(&from.to_string())
+        .u8(Purpose::Data as u8)
+        .u16(frame::PROTOCOL + 1);
+    let (kinds, said) = ask(frame::framed(Kind::Hello, 0, &later.0));
+    assert_eq!(kinds, [Kind::Error]);
+    assert!(
+        said.contains(&format!("it speaks peer protocol {}", frame::PROTOCOL + 1)),
+        "{said}"
+    );
+    assert!(
+        server.log.wait_for(
+            &["refused the peer at 127.0.0.1:9", "restart them all on one"],
+            Duration::from_secs(10)
+        ),
+        "the refusal is in the log"
+    );
+    // (A peer just started may still answer that it takes the partition over.)
+    wait_until("the current protocol is served", Duration::from_secs(30), || {
+        ask(hello("flowd", from, Purpose::Data)).0 == [Kind::Frame]
+    });
+}
+
 /// The first of several seeds founds a cluster only once every other seed answered that
 /// it is a member of no group (Redpanda's rule), not after a timer: back on an empty
 /// data directory while the others are paused (the group has no leader, and no seed
