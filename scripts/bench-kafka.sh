@@ -12,7 +12,9 @@
 # input parsing; built here from librdkafka-dev) is the native row. A second table says
 # how much CPU each side spent per million records (the client's user+sys by
 # /usr/bin/time, flowd's from /proc), which shows who limits the rate on this machine.
-# Usage: [ROUNDS=3] [RECORDS=1000000] [SIZE=100] scripts/bench-kafka.sh
+# FLOWD=PATH runs that flowd binary instead of this tree's release build (to set two
+# builds side by side).
+# Usage: [ROUNDS=3] [RECORDS=1000000] [SIZE=100] [FLOWD=PATH] scripts/bench-kafka.sh
 set -euo pipefail
 cd "$(dirname "$0")/.."
 rounds="${ROUNDS:-3}"
@@ -30,8 +32,12 @@ command -v kcat >/dev/null 2>&1 || {
   (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq kcat) >/dev/null 2>&1 \
     || { echo "could not install kcat (apt-get install kcat)" >&2; exit 1; }
 }
-cargo build --release --quiet
-flowd=$(pwd)/target/release/flowd
+if [ -n "${FLOWD:-}" ]; then
+  flowd=$(realpath "$FLOWD")
+else
+  cargo build --release --quiet
+  flowd=$(pwd)/target/release/flowd
+fi
 
 work=$(mktemp -d /var/tmp/flowd-kafka.XXXXXX)
 pid=""

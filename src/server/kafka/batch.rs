@@ -89,10 +89,11 @@ pub fn split(batches: &[u8]) -> Result<(&[u8], &[u8]), String> {
     Ok(batches.split_at(end))
 }
 
-/// The `count` records of a decompressed record section, each read within the bytes it
-/// says it has: a count, length or header count the bytes cannot hold, a record whose
-/// fields end before or after its length, or bytes after the last record, are errors.
-pub fn read(section: &[u8], count: i32, base_timestamp: i64) -> Result<Vec<Record<'_>>, String> {
+/// The `count` records of a decompressed record section, read one at a time (so a
+/// caller that stops early holds no more than it took), each within the bytes it says it
+/// has: a count, length or header count the bytes cannot hold, a record whose fields end
+/// before or after its length, or bytes after the last record, are errors.
+pub fn read(section: &[u8], count: i32, base_timestamp: i64) -> Result<Records<'_>, String> {
     let fits = section.len() / RECORD_BYTES_MIN;
     let count = usize::try_from(count)
         .ok()
@@ -103,21 +104,49 @@ pub fn read(section: &[u8], count: i32, base_timestamp: i64) -> Result<Vec<Recor
                 section.len()
             )
         })?;
-    let mut c = Reader { bytes: section };
-    let mut records = Vec::with_capacity(count);
-    for index in 0..count {
-        let record = c
-            .record(base_timestamp)
-            .map_err(|e| format!("record {index} of the batch: {e}"))?;
-        records.push(record);
+    Ok(Records {
+        reader: Reader { bytes: section },
+        count,
+        index: 0,
+        base_timestamp,
+        done: false,
+    })
+}
+
+/// A record section's records, in order; after an error, nothing more.
+pub struct Records<'a> {
+    reader: Reader<'a>,
+    count: usize,
+    index: usize,
+    base_timestamp: i64,
+    done: bool,
+}
+
+impl<'a> Iterator for Records<'a> {
+    type Item = Result<Record<'a>, String>;
+
+    fn next(&mut self) -> Option<Self::Item> {
+        if self.done {
+            return None;
+        }
+        if self.index == self.count {
+            self.done = true;
+            let left = self.reader.bytes.len();
+            return (left > 0).then(|| {
+                Err(format!(
+                    "{left} bytes after the {} records the batch claims",
+                    self.count
+                ))
+            });
+        }
+        let record = self
+            .reader
+            .record(self.base_timestamp)
+            .map_err(|e| format!("record {} of the batch: {e}", self.index));
+        self.index += 1;
+        self.done = record.is_err();
+        Some(record)
     }
-    if !c.bytes.is_empty() {
-        return Err(format!(
-            "{} bytes after the {count} records the batch claims",
-            c.bytes.len()
-        ));
-    }
-    Ok(records)
 }
 
 struct Reader<'a> {
@@ -338,6 +367,11 @@ mod tests {
             .collect()
     }
 
+    /// Every record of a section, or the first error.
+    fn all(section: &[u8], count: i32, base_timestamp: i64) -> Result<Vec<Record<'_>>, String> {
+        read(section, count, base_timestamp)?.collect()
+    }
+
     #[test]
     fn what_is_written_reads_back_here_and_in_kafka_protocols_reader_and_the_reverse() {
         let records = sample();
@@ -348,7 +382,7 @@ mod tests {
         let info = RecordBatchDecoder::decode_batch_info(&mut &batch[..]).unwrap();
         assert_eq!(info.len(), 1, "the crate checks the header and the CRC");
         assert_eq!(info[0].min_offset, 500);
-        let back = read(&batch[RECORDS_AT..], info[0].record_count, info[0].min_timestamp).unwrap();
+        let back = all(&batch[RECORDS_AT..], info[0].record_count, info[0].min_timestamp).unwrap();
         assert_eq!(back, records, "a header name given twice stays twice, in order");
 
         // The crate reads what was written, repeated names aside (its map keeps one).
@@ -375,7 +409,7 @@ mod tests {
         RecordBatchEncoder::encode(&mut buf, &as_crate(&unique, 9), &options).unwrap();
         let info = RecordBatchDecoder::decode_batch_info(&mut &buf[..]).unwrap();
         assert_eq!(info.len(), 1);
-        let back = read(&buf[RECORDS_AT..], info[0].record_count, info[0].min_timestamp).unwrap();
+        let back = all(&buf[RECORDS_AT..], info[0].record_count, info[0].min_timestamp).unwrap();
         assert_eq!(back, unique);
     }
 
@@ -384,13 +418,13 @@ mod tests {
         let mut out = Vec::new();
         write(&mut out, 0, &sample()[1..3]);
         let section = &out[RECORDS_AT..];
-        assert_eq!(read(section, 2, 0).unwrap().len(), 2);
-        let e = read(section, i32::MAX, 0).unwrap_err();
+        assert_eq!(all(section, 2, 0).unwrap().len(), 2);
+        let e = all(section, i32::MAX, 0).unwrap_err();
         assert!(e.contains("claims 2147483647 records"), "{e}");
-        assert!(read(section, -1, 0).unwrap_err().contains("claims -1 records"));
-        let e = read(section, 1, 0).unwrap_err();
+        assert!(all(section, -1, 0).unwrap_err().contains("claims -1 records"));
+        let e = all(section, 1, 0).unwrap_err();
         assert!(e.contains("bytes after the 1 records"), "{e}");
-        let e = read(&section[..section.len() - 1], 2, 0).unwrap_err();
+        let e = all(&section[..section.len() - 1], 2, 0).unwrap_err();
         assert!(e.contains("record 1 of the batch"), "{e}");
 
         // A record claiming 2^31 - 1 headers; one whose fields end before its length;
@@ -403,20 +437,20 @@ mod tests {
         };
         let mut many = vec![0, 0, 0, 1, 1];
         put_varlong(&mut many, i64::from(i32::MAX));
-        let e = read(&record(&many), 1, 0).unwrap_err();
+        let e = all(&record(&many), 1, 0).unwrap_err();
         assert!(e.contains("2147483647 headers claimed in 0 bytes"), "{e}");
-        let e = read(&record(&[0, 0, 0, 1, 1, 0, 9]), 1, 0).unwrap_err();
+        let e = all(&record(&[0, 0, 0, 1, 1, 0, 9]), 1, 0).unwrap_err();
         assert!(e.contains("1 bytes after its fields"), "{e}");
-        let e = read(
+        let e = all(
             &record(&[0, 0, 0xff, 0xff, 0xff, 0xff, 0xff, 0x01, 1, 1, 0]),
             1,
             0,
         )
         .unwrap_err();
         assert!(e.contains("its offset delta: a varint of over 5 bytes"), "{e}");
-        let e = read(&record(&[0, 0, 0, 1, 1, 2, 2, 0xff, 1]), 1, 0).unwrap_err();
+        let e = all(&record(&[0, 0, 0, 1, 1, 2, 2, 0xff, 1]), 1, 0).unwrap_err();
         assert!(e.contains("not UTF-8"), "{e}");
-        let e = read(&record(&[0, 0, 0, 1, 1, 2, 1, 1]), 1, 0).unwrap_err();
+        let e = all(&record(&[0, 0, 0, 1, 1, 2, 1, 1]), 1, 0).unwrap_err();
         assert!(e.contains("a header's name is null"), "{e}");
 
         // A batch's length that its header cannot hold, or past the request's end.

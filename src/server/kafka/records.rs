@@ -117,6 +117,7 @@ pub fn from_kafka(batches: &[u8], limit: usize) -> Result<Encoded, Refused> {
             })?;
         left = left.checked_sub(section.len()).ok_or_else(|| too_large(limit))?;
         for record in batch::read(&section, info.record_count, info.min_timestamp).map_err(corrupt)? {
+            let record = record.map_err(corrupt)?;
             let producer = (info.producer_id != NO_PRODUCER_ID).then(|| {
                 let sequence = sequence_after(info.base_sequence, record.delta);
                 Idempotent {
@@ -405,7 +406,10 @@ mod tests {
         let fetched = to_kafka(&items).unwrap();
         let (one, rest) = batch::split(&fetched).unwrap();
         assert!(rest.is_empty(), "one batch for all the records");
-        let back = batch::read(&one[batch::RECORDS_AT..], 2, 1_700_000_000_000).unwrap();
+        let back: Vec<batch::Record> = batch::read(&one[batch::RECORDS_AT..], 2, 1_700_000_000_000)
+            .unwrap()
+            .collect::<Result<_, _>>()
+            .unwrap();
         assert_eq!(
             back[1].headers,
             [("h", Some(&b"1"[..])), ("x", Some(b"")), ("h", Some(b"2"))]
