@@ -523,23 +523,34 @@ fn peak_rss_mib(pid: u32) -> u64 {
     line.split_whitespace().nth(1).unwrap().parse::<u64>().unwrap() / 1024
 }
 
-/// A produce of `batches` to `events` partition 0: the partition's error code and message.
-fn produce_batches(stream: &mut std::net::TcpStream, batches: bytes::Bytes) -> Option<(i16, String)> {
+/// A produce (version 8, acks -1) of `batches` to partition `index` of `topic`: the
+/// partition's answer.
+fn produce_to(
+    stream: &mut std::net::TcpStream,
+    topic: &'static str,
+    index: i32,
+    batches: bytes::Bytes,
+) -> Option<kafka_protocol::messages::produce_response::PartitionProduceResponse> {
     use kafka_protocol::messages::produce_request::{PartitionProduceData, TopicProduceData};
     use kafka_protocol::messages::{ProduceRequest, ProduceResponse};
     let mut partition = PartitionProduceData::default();
-    partition.index = 0;
+    partition.index = index;
     partition.records = Some(batches);
-    let mut topic = TopicProduceData::default();
-    topic.name = StrBytes::from_static_str("events").into();
-    topic.partition_data = vec![partition];
+    let mut topic_data = TopicProduceData::default();
+    topic_data.name = StrBytes::from_static_str(topic).into();
+    topic_data.partition_data = vec![partition];
     let mut produce = ProduceRequest::default();
     produce.acks = -1;
     produce.timeout_ms = 10_000;
-    produce.topic_data = vec![topic];
+    produce.topic_data = vec![topic_data];
     let mut answer = request(stream, ApiKey::Produce, 8, &produce)?;
-    let response = ProduceResponse::decode(&mut answer, 8).unwrap();
-    let partition = &response.responses[0].partition_responses[0];
+    let mut response = ProduceResponse::decode(&mut answer, 8).unwrap();
+    Some(response.responses.remove(0).partition_responses.remove(0))
+}
+
+/// A produce of `batches` to `events` partition 0: the partition's error code and message.
+fn produce_batches(stream: &mut std::net::TcpStream, batches: bytes::Bytes) -> Option<(i16, String)> {
+    let partition = produce_to(stream, "events", 0, batches)?;
     let message = partition
         .error_message
         .as_ref()
@@ -614,20 +625,14 @@ fn hostile_record_batches_are_refused_before_they_cost_memory_and_repeated_heade
     let twice = raw_record(0, b"twice", &[("h", "1"), ("other", "x"), ("h", "2")], 3);
     let (code, said) = produce_batches(&mut stream, raw_batch(&twice, 1, 0)).expect("answered");
     assert_eq!(code, 0, "{said}");
-    let seen = tail(&server);
-    let values: Vec<(&str, &str)> = seen.values().map(|r| (r.1.as_str(), r.2.as_str())).collect();
-    assert_eq!(
-        values,
-        [("twice", "h=1,other=x,h=2")],
-        "only the last record was stored"
-    );
-    let read = consume(&kafka);
-    let values: Vec<(&str, &str)> = read.values().map(|r| (r.1.as_str(), r.2.as_str())).collect();
-    assert_eq!(
-        values,
-        [("twice", "h=1,other=x,h=2")],
-        "a Kafka consumer reads both headers"
-    );
+    // Only the last record was stored; flowd tail and a Kafka consumer both see it whole.
+    for (seen, who) in [
+        (tail(&server), "flowd tail"),
+        (consume(&kafka), "a Kafka consumer"),
+    ] {
+        let values: Vec<(&str, &str)> = seen.values().map(|r| (r.1.as_str(), r.2.as_str())).collect();
+        assert_eq!(values, [("twice", "h=1,other=x,h=2")], "{who}");
+    }
 }
 
 /// A produce of one record to partition `index` of `topic`, as the idempotent producer
@@ -638,8 +643,6 @@ fn produce_raw(
     index: i32,
     producer: Option<(i64, i16, i32)>,
 ) -> Option<(i16, i64)> {
-    use kafka_protocol::messages::produce_request::{PartitionProduceData, TopicProduceData};
-    use kafka_protocol::messages::{ProduceRequest, ProduceResponse};
     use kafka_protocol::records::*;
     let (producer_id, producer_epoch, sequence) =
         producer.unwrap_or((NO_PRODUCER_ID, NO_PRODUCER_EPOCH, NO_SEQUENCE));
@@ -664,20 +667,7 @@ fn produce_raw(
         compression: Compression::None,
     };
     RecordBatchEncoder::encode(&mut records, [&record], &options).unwrap();
-    let mut partition = PartitionProduceData::default();
-    partition.index = index;
-    partition.records = Some(records.freeze());
-    let topic_name = topic;
-    let mut topic = TopicProduceData::default();
-    topic.name = StrBytes::from_static_str(topic_name).into();
-    topic.partition_data = vec![partition];
-    let mut produce = ProduceRequest::default();
-    produce.acks = -1;
-    produce.timeout_ms = 10_000;
-    produce.topic_data = vec![topic];
-    let mut answer = request(stream, ApiKey::Produce, 7, &produce)?;
-    let response = ProduceResponse::decode(&mut answer, 7).unwrap();
-    let partition = &response.responses[0].partition_responses[0];
+    let partition = produce_to(stream, topic, index, records.freeze())?;
     Some((partition.error_code, partition.base_offset))
 }
 
