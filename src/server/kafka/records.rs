@@ -416,4 +416,91 @@ mod tests {
         );
         assert_eq!(back[1].delta, 1);
     }
+
+    /// A batch a client could send: records with keys, values and repeated headers, in
+    /// one batch compressed as `compression` (index into Kafka's five).
+    fn sample_batch(compression: usize) -> Vec<u8> {
+        let written: Vec<batch::Record> = (0..12)
+            .map(|i| batch::Record {
+                delta: i,
+                timestamp: 1_700_000_000_000 + i64::from(i),
+                key: (i % 3 != 0).then_some(&b"key"[..]),
+                value: (i % 5 != 0).then_some(&b"a value"[..]),
+                headers: vec![("h", Some(b"1")), ("x", None), ("h", Some(b"2"))],
+            })
+            .collect();
+        let mut plain = Vec::new();
+        batch::write(&mut plain, 0, &written);
+        if compression == 0 {
+            return plain;
+        }
+        use kafka_protocol::compression::{Compressor, Gzip, Lz4, Snappy, Zstd};
+        let section = plain[batch::RECORDS_AT..].to_vec();
+        let fill = |buf: &mut BytesMut| {
+            bytes::BufMut::put_slice(buf, &section);
+            Ok(())
+        };
+        let mut packed = BytesMut::new();
+        match compression {
+            1 => Gzip::compress(&mut packed, fill),
+            2 => Snappy::compress(&mut packed, fill),
+            3 => Lz4::compress(&mut packed, fill),
+            _ => Zstd::compress(&mut packed, fill),
+        }
+        .unwrap();
+        let mut out = plain[..batch::RECORDS_AT].to_vec();
+        out[21..23].copy_from_slice(&(compression as i16).to_be_bytes());
+        out.extend_from_slice(&packed);
+        seal(&mut out);
+        out
+    }
+
+    /// A batch's length and CRC made right for what it now holds.
+    fn seal(batch: &mut [u8]) {
+        let length = (batch.len() - 12) as i32;
+        batch[8..12].copy_from_slice(&length.to_be_bytes());
+        let crc = crc32c::crc32c(&batch[21..]);
+        batch[17..21].copy_from_slice(&crc.to_be_bytes());
+    }
+
+    #[test]
+    fn every_compression_of_the_sample_reads_back_whole() {
+        for compression in 0..5 {
+            let encoded = from_kafka(&sample_batch(compression), LIMIT).unwrap();
+            assert_eq!(encoded.count, 12, "compression {compression}");
+            let records = encoded.records().unwrap();
+            assert_eq!(records[4].headers, [("h", &b"1"[..]), ("x", b""), ("h", b"2")]);
+        }
+    }
+
+    proptest::proptest! {
+        #![proptest_config(proptest::prelude::ProptestConfig::with_cases(2000))]
+        /// Any damage to a batch past its CRC, with the CRC and length made right again
+        /// (so it reaches the decompressor and the record reader, as a hostile client's
+        /// would), is refused or read within the limit: never a panic, never more.
+        #[test]
+        fn a_damaged_batch_with_its_crc_made_right_is_refused_or_read_within_the_limit(
+            compression in 0usize..5,
+            edits in proptest::collection::vec((proptest::prelude::any::<usize>(), proptest::prelude::any::<u8>(), 0u8..3), 1..6),
+        ) {
+            let mut bytes = sample_batch(compression);
+            for (at, byte, how) in edits {
+                let at = batch::RECORDS_AT - 40 + at % (bytes.len() - batch::RECORDS_AT + 40);
+                match how {
+                    0 => bytes[at] = byte,
+                    1 => bytes.insert(at, byte),
+                    _ if bytes.len() > batch::RECORDS_AT + 1 => {
+                        bytes.remove(at.min(bytes.len() - 1));
+                    }
+                    _ => {}
+                }
+            }
+            seal(&mut bytes);
+            let limit = 600;
+            if let Ok(encoded) = from_kafka(&bytes, limit) {
+                proptest::prop_assert!(encoded.bytes.len() <= limit);
+                proptest::prop_assert_eq!(encoded.records().unwrap().len(), encoded.count);
+            }
+        }
+    }
 }
