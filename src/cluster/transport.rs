@@ -99,7 +99,7 @@ pub fn decode_hello(body: &[u8]) -> Result<(&str, SocketAddr, u8), ClusterError>
     };
     if protocol != Some(frame::PROTOCOL) {
         let theirs = protocol.map_or(
-            "a peer protocol from before versions (a flowd of 2026-12-03 or older)".to_owned(),
+            "no peer protocol version (a flowd from before versions, 2026-12-04)".to_owned(),
             |v| format!("peer protocol {v}"),
         );
         return Err(ClusterError::Refused(format!(

@@ -1302,7 +1302,7 @@ fn a_peer_of_another_protocol_is_told_so_and_served_nothing() {
         .u8(Purpose::Data as u8);
     let (kinds, said) = ask(frame::framed(Kind::Hello, 0, &unversioned.0));
     assert_eq!(kinds, [Kind::Error], "refused, the FETCH unanswered");
-    assert!(said.contains("a peer protocol from before versions"), "{said}");
+    assert!(said.contains("it speaks no peer protocol version"), "{said}");
     assert!(
         said.contains(&format!("this peer speaks peer protocol {}", frame::PROTOCOL)),
         "{said}"

@@ -3,7 +3,9 @@
 //! are the records `flowd tail`, stages and named consumers see, and the reverse.
 //!
 //! Kafka's messages come from the `kafka-protocol` crate, generated from Kafka's own
-//! schemas; this door only maps them onto the engine. A connection is served one request
+//! schemas; this door only maps them onto the engine, except for the records inside a
+//! record batch, which it reads and writes itself (`batch`, `inflate`: the crate keeps
+//! headers in a map and trusts the counts a batch claims). A connection is served one request
 //! at a time, in order, so its answers go out in the order asked (what Kafka promises per
 //! connection). Each request is bounded like a binary frame: at most
 //! `ingest.max_frame_bytes`, whole within `io_timeout` of its first byte (large ones take
@@ -15,7 +17,9 @@
 //! Codemap: `versions` (what is served; ApiVersions) → `brokers` (this door alone, or
 //! every peer's; leaders and coordinators) → `metadata` → `produce` (batches in, durable
 //! acks out) and `producers` (idempotence) → `fetch` (Fetch with long polls,
-//! ListOffsets) → `records` (Kafka records to flowd's and back) → `group` and `groups`
+//! ListOffsets) → `records` (Kafka records to flowd's and back) over `batch` (a batch's
+//! records, every count checked first) and `inflate` (decompression within a limit) →
+//! `group` and `groups`
 //! (consumer groups; commits as named consumers' SEEK) → `topics` → `sasl` (who the
 //! client is) → `errors` (flowd's refusals as Kafka's error codes).
 

@@ -74,7 +74,7 @@ fn too_large(limit: usize) -> Refused {
     refused(
         MESSAGE_TOO_LARGE,
         format!(
-            "a partition's records in one produce request come to over {limit} bytes once decompressed \
+            "a partition's records in one produce request come to over {limit} bytes, decompressed \
              (ingest.max_frame_bytes): send smaller batches, or raise ingest.max_frame_bytes"
         ),
     )
@@ -180,8 +180,10 @@ pub fn to_kafka(items: &[(u64, OwnedWireRecord)]) -> Result<Vec<u8>, String> {
     let records = items
         .iter()
         .map(|(offset, record)| {
-            let delta = i32::try_from(offset - base as u64)
-                .map_err(|_| format!("offsets {base} and {offset} in one batch"))?;
+            let delta = offset
+                .checked_sub(base as u64)
+                .and_then(|d| i32::try_from(d).ok())
+                .ok_or_else(|| format!("offsets {base} and {offset} in one batch"))?;
             Ok(batch::Record {
                 delta,
                 timestamp: record.timestamp_ms.unwrap_or(-1),
