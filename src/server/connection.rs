@@ -518,7 +518,7 @@ async fn dispatch(
         return Ok(());
     }
     let produced = match &request {
-        Request::Produce(groups) => Some(api::produce(shard, groups, None).await),
+        Request::Produce(groups) => Some(api::produce(shard, groups, api::Engine::default()).await),
         Request::ProduceBatch {
             topic,
             partition,

@@ -322,7 +322,7 @@ pub async fn ack_commit(
         Some(Err(error)) => return Err(error),
         None => {}
     }
-    let split = split(shard, groups)?;
+    let split = split(shard, groups, &[])?;
     let stamp_ms = now_ms();
     let mut parts = Vec::with_capacity(split.parts.len());
     let mut partitions = Vec::with_capacity(split.parts.len());

@@ -23,6 +23,11 @@ Debian's python3-confluent-kafka, run by /usr/bin/python3.
                                 `events`; a member of group `kpg` reads and commits them, then
                                 a second member reads none. Prints what each step saw.
 
+  values BROKER                 kafka-python reads every partition of `events` from the start
+                                and prints `KEY VALUE` for each record whose key starts `t-`,
+                                VALUE as Python writes it (None for a null value, b'' for an
+                                empty one).
+
 Every loop is bounded: the script gives up after LIMIT_S seconds.
 """
 
@@ -208,6 +213,24 @@ def kafka_python(broker):
     return 0
 
 
+def values(broker):
+    from kafka import KafkaConsumer, TopicPartition
+
+    consumer = KafkaConsumer(
+        bootstrap_servers=broker,
+        auto_offset_reset="earliest",
+        enable_auto_commit=False,
+        consumer_timeout_ms=4000,
+    )
+    consumer.assign([TopicPartition("events", p) for p in range(4)])
+    consumer.seek_to_beginning()
+    for m in consumer:
+        if m.key is not None and m.key.startswith(b"t-"):
+            say("%s %r" % (m.key.decode(), m.value))
+    consumer.close()
+    return 0
+
+
 if __name__ == "__main__":
     mode = sys.argv[1]
     if mode == "group":
@@ -216,6 +239,8 @@ if __name__ == "__main__":
         sys.exit(produce(*sys.argv[2:4]))
     if mode == "kafka-python":
         sys.exit(kafka_python(sys.argv[2]))
+    if mode == "values":
+        sys.exit(values(sys.argv[2]))
     if mode == "bench":
         sys.exit(bench(*sys.argv[2:6]))
     sys.exit("unknown mode " + mode)

@@ -46,7 +46,9 @@ pub struct Split {
 
 /// Checks the records against the dataflow and the engine's rules and sorts them into
 /// one part per partition, keeping where each record went.
-pub fn split(shard: &Shard, groups: &[ProduceGroup<'_>]) -> Result<Split, ProtocolError> {
+/// `engine`: the engine headers (`flowd-...`) the door itself put on records, let through;
+/// any other is refused.
+pub fn split(shard: &Shard, groups: &[ProduceGroup<'_>], engine: &[&str]) -> Result<Split, ProtocolError> {
     let spec = &shard.shared.spec;
     let mut parts: Vec<Part> = Vec::new();
     let mut layout: Layout = Vec::with_capacity(groups.len());
@@ -63,7 +65,7 @@ pub fn split(shard: &Shard, groups: &[ProduceGroup<'_>]) -> Result<Split, Protoc
         let spread = shard.next_spread(partitions);
         let mut runs: Vec<(usize, usize, u32)> = Vec::new();
         for (n, record) in group.records.iter().enumerate() {
-            check_headers(record)?;
+            check_headers(record, engine)?;
             let frame_bytes = check_size(group.topic, &bounds, n, record)?;
             let partition = match (group.partition, record.key) {
                 (Some(p), _) => p,
@@ -236,13 +238,21 @@ pub async fn produce_batch(
     })
 }
 
+/// What a door adds of the engine's own to the records it sends (clients may send no
+/// engine header, `flowd-...`): `mark` goes on each batch's last record, and the names in
+/// `set` are engine headers the door itself put on records (let through, not refused).
+#[derive(Debug, Default, Clone, Copy)]
+pub struct Engine<'a> {
+    pub mark: Option<(&'a str, &'a [u8])>,
+    pub set: &'a [&'a str],
+}
+
 /// Checks the records against the dataflow and the engine's rules, then sends them to
-/// their partitions' shards (waiting while those are full). `mark`, an engine header
-/// (`flowd-...`, which clients may not send), goes on each batch's last record.
+/// their partitions' shards (waiting while those are full), with `engine`'s headers.
 pub async fn produce(
     shard: &Rc<Shard>,
     groups: &[ProduceGroup<'_>],
-    mark: Option<(&str, &[u8])>,
+    engine: Engine<'_>,
 ) -> Result<PendingProduce, ProtocolError> {
     let started = Instant::now();
     let Split {
@@ -250,8 +260,8 @@ pub async fn produce(
         layout,
         records_in,
         bytes_in,
-    } = split(shard, groups)?;
-    if let Some((name, value)) = mark {
+    } = split(shard, groups, engine.set)?;
+    if let Some((name, value)) = engine.mark {
         for part in &mut parts {
             crate::protocol::wire::add_header_to_last(&mut part.bytes, part.count, name, value)?;
         }
@@ -283,8 +293,14 @@ pub async fn produce(
     })
 }
 
-fn check_headers(record: &WireRecord<'_>) -> Result<(), ProtocolError> {
-    check_header_names(record.headers.iter().map(|(name, _)| *name))
+fn check_headers(record: &WireRecord<'_>, engine: &[&str]) -> Result<(), ProtocolError> {
+    check_header_names(
+        record
+            .headers
+            .iter()
+            .map(|(name, _)| *name)
+            .filter(|name| !engine.contains(name)),
+    )
 }
 
 fn check_header_names<'a>(mut names: impl Iterator<Item = &'a str>) -> Result<(), ProtocolError> {

@@ -506,7 +506,7 @@ async fn post_records(shard: &Rc<Shard>, topic: &str, body: &[u8]) -> Reply {
     };
     let mut encoded = Vec::new();
     let group = produce_group(topic, &records, &mut encoded);
-    let outcome = match api::produce(shard, std::slice::from_ref(&group), None).await {
+    let outcome = match api::produce(shard, std::slice::from_ref(&group), api::Engine::default()).await {
         Ok(pending) => pending.wait(shard).await,
         Err(e) => Err(e),
     };

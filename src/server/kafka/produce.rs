@@ -143,6 +143,15 @@ impl Sent {
     }
 }
 
+/// The engine's part of a Kafka batch: `mark` on its last record, and the null-value
+/// header the door puts on tombstones (`records::NULL_VALUE_HEADER`).
+fn engine<'a>(mark: Option<(&'a str, &'a [u8])>) -> api::Engine<'a> {
+    api::Engine {
+        mark,
+        set: &[records::NULL_VALUE_HEADER],
+    }
+}
+
 /// The term here (`Ownership::term`; 0 on one machine) of `partition` (one the topic
 /// has), if this peer leads it. An idempotent producer's sequences are checked by the leader's door alone (as
 /// Kafka's leader checks them), so a batch sent to another peer is refused with
@@ -193,7 +202,7 @@ async fn send(
         records,
     };
     let Some(batch) = encoded.idempotent else {
-        let pending = api::produce(shard, &[group], None).await?;
+        let pending = api::produce(shard, &[group], engine(None)).await?;
         return Ok(Landing::Sent(pending, None));
     };
     let spec = &shard.shared.spec;
@@ -229,7 +238,7 @@ async fn send(
                 let sent = api::produce(
                     shard,
                     &[group],
-                    Some((producers::PRODUCER_HEADER, mark.as_bytes())),
+                    engine(Some((producers::PRODUCER_HEADER, mark.as_bytes()))),
                 )
                 .await;
                 return match sent {

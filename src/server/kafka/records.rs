@@ -3,7 +3,9 @@
 //! a list), the record's time to its timestamp.
 //!
 //! What a flowd record cannot say is said here: a Kafka record whose value is null (a
-//! tombstone) is stored with an empty value, and so is a header whose value is null. An
+//! tombstone) is stored with an empty value and the engine header `flowd-null`, and
+//! given back to Kafka clients as null (flowd's own readers see the empty value); a
+//! header whose value is null is stored empty. An
 //! idempotent producer's batches come with their producer id, epoch and sequence
 //! numbers (`Idempotent`, checked in `producers.rs`); transactional batches are refused.
 //! flowd's engine headers (`flowd-...`) are not shown to Kafka clients.
@@ -18,7 +20,7 @@ use kafka_protocol::records::{NO_PRODUCER_ID, RecordBatchDecoder};
 use super::batch;
 use super::errors::{CORRUPT_MESSAGE, INVALID_RECORD, MESSAGE_TOO_LARGE, UNSUPPORTED_FOR_MESSAGE_FORMAT};
 use super::inflate::{self, Failed};
-use crate::protocol::wire::{Cursor, WireRecord, encode_record};
+use crate::protocol::wire::{Cursor, RESERVED_HEADER_PREFIX, WireRecord, encode_record};
 use crate::protocol::{OwnedWireRecord, ProtocolError};
 
 /// One partition's records of a produce request in flowd's wire encoding, one after
@@ -69,6 +71,10 @@ impl From<ProtocolError> for Refused {
         refused(super::errors::code(&error), error.message)
     }
 }
+
+/// The engine header on a record whose Kafka value was null (a tombstone): its stored
+/// value is empty, and a Kafka client reads it back null.
+pub const NULL_VALUE_HEADER: &str = "flowd-null";
 
 fn too_large(limit: usize) -> Refused {
     refused(
@@ -143,7 +149,7 @@ pub fn from_kafka(batches: &[u8], limit: usize) -> Result<Encoded, Refused> {
                     ));
                 }
             }
-            if record.headers.len() > usize::from(u16::MAX) {
+            if record.headers.len() + usize::from(record.value.is_none()) > usize::from(u16::MAX) {
                 return Err(refused(INVALID_RECORD, "a record has over 65535 headers"));
             }
             let mut headers: Vec<(&str, &[u8])> = Vec::with_capacity(record.headers.len());
@@ -151,7 +157,20 @@ pub fn from_kafka(batches: &[u8], limit: usize) -> Result<Encoded, Refused> {
                 if name.len() > usize::from(u16::MAX) {
                     return Err(refused(INVALID_RECORD, "a header's name is over 65535 bytes"));
                 }
+                // The door lets its own engine header through (`NULL_VALUE_HEADER`), so a
+                // client's must stop here.
+                if name.starts_with(RESERVED_HEADER_PREFIX) {
+                    return Err(refused(
+                        INVALID_RECORD,
+                        format!(
+                            "header \"{name}\" is reserved for the engine (names starting \"{RESERVED_HEADER_PREFIX}\"); rename it"
+                        ),
+                    ));
+                }
                 headers.push((name, value.unwrap_or_default()));
+            }
+            if record.value.is_none() {
+                headers.push((NULL_VALUE_HEADER, b""));
             }
             let timestamp = (record.timestamp >= 0).then_some(record.timestamp);
             let value = record.value.unwrap_or_default();
@@ -184,15 +203,16 @@ pub fn to_kafka(items: &[(u64, OwnedWireRecord)]) -> Result<Vec<u8>, String> {
                 .checked_sub(base as u64)
                 .and_then(|d| i32::try_from(d).ok())
                 .ok_or_else(|| format!("offsets {base} and {offset} in one batch"))?;
+            let tombstone = record.headers.iter().any(|(name, _)| name == NULL_VALUE_HEADER);
             Ok(batch::Record {
                 delta,
                 timestamp: record.timestamp_ms.unwrap_or(-1),
                 key: record.key.as_deref(),
-                value: Some(&record.value),
+                value: (!tombstone).then_some(&record.value[..]),
                 headers: record
                     .headers
                     .iter()
-                    .filter(|(name, _)| !name.starts_with(crate::protocol::wire::RESERVED_HEADER_PREFIX))
+                    .filter(|(name, _)| !name.starts_with(RESERVED_HEADER_PREFIX))
                     .map(|(name, value)| (name.as_str(), Some(value.as_slice())))
                     .collect(),
             })
@@ -300,7 +320,43 @@ mod tests {
             LIMIT,
         )
         .unwrap();
-        assert_eq!(encoded.records().unwrap()[0].value, b"");
+        let stored = &encoded.records().unwrap()[0];
+        assert_eq!(stored.value, b"");
+        assert_eq!(stored.headers, [("h", &b"v"[..]), (NULL_VALUE_HEADER, b"")]);
+        // A Kafka client reads it back null, without the engine's header; an empty value
+        // stays empty.
+        let empty = from_kafka(
+            &batch(
+                &[kafka_record(0, "k", Some(""), NO_PRODUCER_ID)],
+                Compression::None,
+            ),
+            LIMIT,
+        )
+        .unwrap();
+        let items = [
+            (0, stored.to_owned()),
+            (1, empty.records().unwrap()[0].to_owned()),
+        ];
+        let fetched = to_kafka(&items).unwrap();
+        let back: Vec<batch::Record> = batch::read(&fetched[batch::RECORDS_AT..], 2, 0)
+            .unwrap()
+            .collect::<Result<_, _>>()
+            .unwrap();
+        assert_eq!(back[0].value, None);
+        assert_eq!(back[0].headers, [("h", Some(&b"v"[..]))]);
+        assert_eq!(back[1].value, Some(&b""[..]));
+        // A client cannot send the engine's header (or any `flowd-` one) itself.
+        let mut forged = kafka_record(0, "k", Some("v"), NO_PRODUCER_ID);
+        forged
+            .headers
+            .insert(StrBytes::from_static_str(NULL_VALUE_HEADER), None);
+        let refused = from_kafka(&batch(&[forged], Compression::None), LIMIT).unwrap_err();
+        assert_eq!(refused.code, INVALID_RECORD);
+        assert!(
+            refused.message.contains("reserved for the engine"),
+            "{}",
+            refused.message
+        );
         let records = [
             kafka_record(0, "k", Some("v"), 7),
             kafka_record(1, "k", Some("w"), 7),
