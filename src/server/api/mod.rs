@@ -17,7 +17,8 @@ pub mod status;
 pub use fetch::{fetch, parse_from};
 pub use jobs::{JOB_TIMEOUT_MAX, job};
 pub use produce::{
-    Engine, Layout, Part, PendingProduce, Split, client_topic, produce, produce_batch, runs, split, too_large,
+    Engine, Layout, Part, PendingProduce, Split, check_header_names, client_topic, produce, produce_batch,
+    runs, split, too_large,
 };
 pub use state::{state, state_partition};
 pub use status::metadata;

@@ -303,7 +303,8 @@ fn check_headers(record: &WireRecord<'_>, engine: &[&str]) -> Result<(), Protoco
     )
 }
 
-fn check_header_names<'a>(mut names: impl Iterator<Item = &'a str>) -> Result<(), ProtocolError> {
+/// Refuses an engine header (`flowd-...`) among a client's header `names`.
+pub fn check_header_names<'a>(mut names: impl Iterator<Item = &'a str>) -> Result<(), ProtocolError> {
     match names.find(|name| name.starts_with(RESERVED_HEADER_PREFIX)) {
         Some(name) => Err(ProtocolError::new(
             ErrorCode::Invalid,

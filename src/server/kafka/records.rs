@@ -22,6 +22,7 @@ use super::errors::{CORRUPT_MESSAGE, INVALID_RECORD, MESSAGE_TOO_LARGE, UNSUPPOR
 use super::inflate::{self, Failed};
 use crate::protocol::wire::{Cursor, RESERVED_HEADER_PREFIX, WireRecord, encode_record};
 use crate::protocol::{OwnedWireRecord, ProtocolError};
+use crate::server::api;
 
 /// One partition's records of a produce request in flowd's wire encoding, one after
 /// another (what `WireRecord::raw` borrows).
@@ -152,20 +153,13 @@ pub fn from_kafka(batches: &[u8], limit: usize) -> Result<Encoded, Refused> {
             if record.headers.len() + usize::from(record.value.is_none()) > usize::from(u16::MAX) {
                 return Err(refused(INVALID_RECORD, "a record has over 65535 headers"));
             }
+            // The door lets its own engine header through (`NULL_VALUE_HEADER`), so a
+            // client's must stop here, with the engine's own check.
+            api::check_header_names(record.headers.iter().map(|(name, _)| *name))?;
             let mut headers: Vec<(&str, &[u8])> = Vec::with_capacity(record.headers.len());
             for (name, value) in &record.headers {
                 if name.len() > usize::from(u16::MAX) {
                     return Err(refused(INVALID_RECORD, "a header's name is over 65535 bytes"));
-                }
-                // The door lets its own engine header through (`NULL_VALUE_HEADER`), so a
-                // client's must stop here.
-                if name.starts_with(RESERVED_HEADER_PREFIX) {
-                    return Err(refused(
-                        INVALID_RECORD,
-                        format!(
-                            "header \"{name}\" is reserved for the engine (names starting \"{RESERVED_HEADER_PREFIX}\"); rename it"
-                        ),
-                    ));
                 }
                 headers.push((name, value.unwrap_or_default()));
             }
