@@ -276,9 +276,7 @@ fn normalize(v: &serde_json::Value) -> String {
 
 /// Resident memory of a process, in KiB.
 fn rss_kib(pid: u32) -> Option<u64> {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
-    let line = status.lines().find(|l| l.starts_with("VmRSS:"))?;
-    line.split_whitespace().nth(1)?.parse().ok()
+    crate::support::proc_status_kib(pid, "VmRSS")
 }
 
 /// The bound this test holds `flowd run` to while its input is far faster than its

@@ -536,9 +536,7 @@ fn raw_batch(records: &[u8], count: i32, attributes: i16) -> bytes::Bytes {
 
 /// The most memory `pid` has held, in MiB (`VmHWM`).
 fn peak_rss_mib(pid: u32) -> u64 {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
-    let line = status.lines().find(|l| l.starts_with("VmHWM:")).unwrap();
-    line.split_whitespace().nth(1).unwrap().parse::<u64>().unwrap() / 1024
+    crate::support::proc_status_kib(pid, "VmHWM").expect("the server runs") / 1024
 }
 
 /// A produce (version 8, acks -1) of `batches` to partition `index` of `topic`: the

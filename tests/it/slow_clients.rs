@@ -26,9 +26,7 @@ fn dataflow(dir: &Path, ingest: &str) -> PathBuf {
 }
 
 fn rss_mib(pid: u32) -> u64 {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
-    let line = status.lines().find(|l| l.starts_with("VmRSS:")).unwrap();
-    line.split_whitespace().nth(1).unwrap().parse::<u64>().unwrap() / 1024
+    crate::support::proc_status_kib(pid, "VmRSS").expect("the server runs") / 1024
 }
 
 /// Writes as much of `bytes` as the socket takes now; returns how much.

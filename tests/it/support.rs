@@ -464,3 +464,13 @@ pub(crate) fn peer_tls_flags(cluster: &str, hosts: &[&str]) -> Vec<String> {
     made.insert(key, flags.clone());
     flags
 }
+
+/// A `kB` field of `/proc/PID/status` (`VmRSS`, `VmHWM`, ...), in KiB; `None` once the
+/// process is gone.
+pub fn proc_status_kib(pid: u32, field: &str) -> Option<u64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    let line = status
+        .lines()
+        .find(|l| l.strip_prefix(field).is_some_and(|r| r.starts_with(':')))?;
+    line.split_whitespace().nth(1)?.parse().ok()
+}
