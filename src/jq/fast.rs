@@ -14,8 +14,8 @@ use std::cmp::Ordering;
 
 use jaq_core::ops::{Cmp, Math};
 
-use super::plan::{Expr, Piece};
-use super::tape::{Kind, Node, Tape};
+use super::plan::{Expr, Piece, Plan};
+use super::tape::{Kind, Node, Tape, same};
 
 /// The fast path gives up on this record: jaq runs it.
 #[derive(Debug, PartialEq, Eq)]
@@ -30,28 +30,31 @@ thread_local! {
 
 /// Runs `plan` on the JSON document `json`: its output as JSON text, or `None` when
 /// it has none (`select` said no).
-pub fn run(plan: &Expr, json: &[u8]) -> R<Option<Vec<u8>>> {
-    with_tape(json, |tape| {
+pub fn run(plan: &Plan, json: &[u8]) -> R<Option<Vec<u8>>> {
+    with_tape(json, plan, |tape| {
         let eval = Eval { tape };
         let mut out = Vec::with_capacity(json.len().min(256));
-        Ok(eval.emit(plan, &eval.node(0), &mut out)?.then_some(out))
+        Ok(eval.emit(&plan.expr, &eval.input(), &mut out)?.then_some(out))
     })
 }
 
 /// Whether `plan`'s output on `json` is true in jq's sense; `None` when it has none.
-pub fn truth(plan: &Expr, json: &[u8]) -> R<Option<bool>> {
-    with_tape(json, |tape| {
+pub fn truth(plan: &Plan, json: &[u8]) -> R<Option<bool>> {
+    with_tape(json, plan, |tape| {
         let eval = Eval { tape };
-        Ok(eval.eval(plan, &eval.node(0))?.map(|v| truthy(&v)))
+        Ok(eval.eval(&plan.expr, &eval.input())?.map(|v| truthy(&v)))
     })
 }
 
-fn with_tape<T>(json: &[u8], f: impl FnOnce(&Tape<'_>) -> R<T>) -> R<T> {
-    let nodes = NODES.with(|n| std::mem::take(&mut *n.borrow_mut()));
-    let tape = Tape::read(json, nodes).ok_or(Bail)?;
-    let result = f(&tape);
-    NODES.with(|n| *n.borrow_mut() = tape.nodes);
-    result
+/// Reads `json` (only the values under `plan`'s fields of a top-level object, when it
+/// has them) and runs `f` over it.
+fn with_tape<T>(json: &[u8], plan: &Plan, f: impl FnOnce(&Tape<'_>) -> R<T>) -> R<T> {
+    NODES.with(|nodes| {
+        // Nothing `f` does reads another record on this thread (`number` has its own).
+        let mut nodes = nodes.borrow_mut();
+        let tape = Tape::read_fields(json, &mut nodes, plan.fields.as_deref()).ok_or(Bail)?;
+        f(&tape)
+    })
 }
 
 /// A value during evaluation. Strings hold their JSON-escaped text (`plain`: it has no
@@ -66,6 +69,9 @@ enum V<'t> {
     Str(Cow<'t, str>, bool),
     /// An array or object of the record (a node of the tape).
     Node(usize),
+    /// The record's top-level object read for a projection: only its keys read for
+    /// may be looked up (`Tape::read_fields`), nothing else done with it.
+    Root,
     Arr(Vec<V<'t>>),
     Obj(Vec<(Cow<'t, str>, V<'t>)>),
 }
@@ -79,6 +85,15 @@ struct Eval<'t, 'a> {
 }
 
 impl<'t> Eval<'t, '_> {
+    /// The record as the program's input.
+    fn input(&self) -> V<'t> {
+        if self.tape.projected() {
+            V::Root
+        } else {
+            self.node(0)
+        }
+    }
+
     /// A node of the record as a value.
     fn node(&self, i: usize) -> V<'t> {
         let n = &self.tape.nodes[i];
@@ -93,14 +108,47 @@ impl<'t> Eval<'t, '_> {
         }
     }
 
+    /// The output of `e` on `input`, if any: the forms most records run through here,
+    /// the rest in `eval_more` (kept apart, so that these stay small and quick).
     fn eval(&self, e: &'t Expr, input: &V<'t>) -> R<Option<V<'t>>> {
         Ok(Some(match e {
+            Expr::Field(k) => self.get(input, k)?,
+            Expr::Str(s) => V::Str(Cow::Borrowed(s), !s.contains('\\')),
+            Expr::Int(i) => V::Int(*i),
+            Expr::Math(op, l, r) => {
+                let (Some(l), Some(r)) = (self.eval(l, input)?, self.eval(r, input)?) else {
+                    return Ok(None);
+                };
+                math(*op, l, r)?
+            }
+            Expr::Cmp(op, l, r) => {
+                let (Some(l), Some(r)) = (self.eval(l, input)?, self.eval(r, input)?) else {
+                    return Ok(None);
+                };
+                let ord = compare(&l, &r)?;
+                V::Bool(match op {
+                    Cmp::Eq => ord == Ordering::Equal,
+                    Cmp::Ne => ord != Ordering::Equal,
+                    Cmp::Lt => ord == Ordering::Less,
+                    Cmp::Le => ord != Ordering::Greater,
+                    Cmp::Gt => ord == Ordering::Greater,
+                    Cmp::Ge => ord != Ordering::Less,
+                })
+            }
+            _ => return self.eval_more(e, input),
+        }))
+    }
+
+    #[inline(never)]
+    fn eval_more(&self, e: &'t Expr, input: &V<'t>) -> R<Option<V<'t>>> {
+        Ok(Some(match e {
+            Expr::Field(_) | Expr::Str(_) | Expr::Int(_) | Expr::Math(..) | Expr::Cmp(..) => {
+                return self.eval(e, input);
+            }
             Expr::Id => input.clone(),
             Expr::Null => V::Null,
             Expr::Bool(b) => V::Bool(*b),
-            Expr::Int(i) => V::Int(*i),
             Expr::Dec(d) => V::Dec(Cow::Borrowed(d)),
-            Expr::Str(s) => V::Str(Cow::Borrowed(s), !s.contains('\\')),
             Expr::Interp(pieces) => {
                 let mut text = String::new();
                 for piece in pieces {
@@ -116,7 +164,6 @@ impl<'t> Eval<'t, '_> {
                 let plain = !text.contains('\\');
                 V::Str(Cow::Owned(text), plain)
             }
-            Expr::Field(k) => self.index(input, &V::Str(Cow::Borrowed(k), true))?,
             Expr::Index(base, key) => {
                 let Some(base) = self.eval(base, input)? else {
                     return Ok(None);
@@ -175,26 +222,6 @@ impl<'t> Eval<'t, '_> {
                 })),
                 Some(_) => return Err(Bail),
             },
-            Expr::Math(op, l, r) => {
-                let (Some(l), Some(r)) = (self.eval(l, input)?, self.eval(r, input)?) else {
-                    return Ok(None);
-                };
-                math(*op, l, r)?
-            }
-            Expr::Cmp(op, l, r) => {
-                let (Some(l), Some(r)) = (self.eval(l, input)?, self.eval(r, input)?) else {
-                    return Ok(None);
-                };
-                let ord = compare(&l, &r)?;
-                V::Bool(match op {
-                    Cmp::Eq => ord == Ordering::Equal,
-                    Cmp::Ne => ord != Ordering::Equal,
-                    Cmp::Lt => ord == Ordering::Less,
-                    Cmp::Le => ord != Ordering::Greater,
-                    Cmp::Gt => ord == Ordering::Greater,
-                    Cmp::Ge => ord != Ordering::Less,
-                })
-            }
             Expr::And(l, r) => match self.eval(l, input)? {
                 None => return Ok(None),
                 Some(l) if !truthy(&l) => V::Bool(false),
@@ -246,6 +273,7 @@ impl<'t> Eval<'t, '_> {
                     (V::Node(i), V::Str(k, true)) if self.tape.nodes[*i].kind == Kind::Obj => {
                         V::Bool(self.lookup(*i, k)?.is_some())
                     }
+                    (V::Root, V::Str(k, true)) => V::Bool(self.field(k)?.is_some()),
                     _ => return Err(Bail),
                 }
             }
@@ -305,12 +333,26 @@ impl<'t> Eval<'t, '_> {
         Ok(found)
     }
 
+    /// The value under `key` in the projected top-level object, if any.
+    fn field(&self, key: &str) -> R<Option<usize>> {
+        self.tape.field(key.as_bytes()).map_err(|()| Bail)
+    }
+
+    /// `.k` of `base`, for a key without escapes.
+    fn get(&self, base: &V<'t>, k: &str) -> R<V<'t>> {
+        let at = match base {
+            V::Null => return Ok(V::Null),
+            V::Root => self.field(k)?,
+            V::Node(i) if self.tape.nodes[*i].kind == Kind::Obj => self.lookup(*i, k)?,
+            _ => return Err(Bail),
+        };
+        Ok(at.map_or(V::Null, |v| self.node(v)))
+    }
+
     fn index(&self, base: &V<'t>, key: &V<'t>) -> R<V<'t>> {
         match (base, key) {
+            (_, V::Str(k, true)) => self.get(base, k),
             (V::Null, V::Str(..) | V::Int(_)) => Ok(V::Null),
-            (V::Node(i), V::Str(k, true)) if self.tape.nodes[*i].kind == Kind::Obj => {
-                Ok(self.lookup(*i, k)?.map_or(V::Null, |v| self.node(v)))
-            }
             (V::Node(i), V::Int(at)) if self.tape.nodes[*i].kind == Kind::Arr => {
                 let len = self.tape.nodes[*i].len() as i64;
                 let at = if *at < 0 { len + at } else { *at };
@@ -399,6 +441,8 @@ impl<'t> Eval<'t, '_> {
                 out.extend_from_slice(s.as_bytes());
                 out.push(b'"');
             }
+            // Its nodes are not all there.
+            V::Root => return Err(Bail),
             V::Node(i) => {
                 // Written as it came, so every object in it must read as jaq reads it.
                 for n in *i..self.tape.nodes[*i].next() {
@@ -448,12 +492,6 @@ impl<'t> Eval<'t, '_> {
     }
 }
 
-/// Whether two keys are the same bytes: keys are short, so a loop the compiler keeps
-/// inline beats a call to `memcmp` (5% of a map's time went there).
-fn same(a: &[u8], b: &[u8]) -> bool {
-    a.len() == b.len() && a.iter().zip(b).all(|(x, y)| x == y)
-}
-
 /// A float as jaq writes it (`jaq_json::Num`'s `Display`: ryu's shortest form, written
 /// here straight, without the formatting machinery); finite ones only: jaq's `NaN` and
 /// `Infinity` are not JSON.
@@ -467,7 +505,8 @@ fn float_text(x: f64, buffer: &mut ryu::Buffer) -> R<&str> {
 
 /// A string that is a JSON number, as jaq reads one; anything else is left to jaq.
 fn number<'t>(s: &Cow<'t, str>) -> R<V<'t>> {
-    let tape = Tape::read(s.as_bytes(), Vec::new()).ok_or(Bail)?;
+    let mut nodes = Vec::new();
+    let tape = Tape::read(s.as_bytes(), &mut nodes).ok_or(Bail)?;
     let node = tape.nodes[0];
     match node.kind {
         Kind::Int => Ok(V::Int(node.int())),
@@ -539,12 +578,13 @@ fn rank(v: &V<'_>) -> u8 {
         V::Obj(_) => 6,
         // Which of the two a node is does not matter: comparing one bails below.
         V::Node(_) => 5,
+        V::Root => 6,
     }
 }
 
 fn compare(l: &V<'_>, r: &V<'_>) -> R<Ordering> {
     let (a, b) = (rank(l), rank(r));
-    if matches!(l, V::Node(_)) || matches!(r, V::Node(_)) || a >= 5 || b >= 5 {
+    if matches!(l, V::Node(_) | V::Root) || matches!(r, V::Node(_) | V::Root) || a >= 5 || b >= 5 {
         return Err(Bail);
     }
     if a != b {

@@ -18,7 +18,7 @@ type Filter = jaq_core::Filter<data::JustLut<Val>>;
 pub struct JqProgram {
     filter: Filter,
     /// The fast path's plan, when every form of the program has one.
-    plan: Option<plan::Expr>,
+    plan: Option<plan::Plan>,
 }
 
 impl std::fmt::Debug for JqProgram {

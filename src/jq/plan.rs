@@ -12,6 +12,8 @@ use jaq_core::load::parse::{BinaryOp, Term};
 use jaq_core::ops::{Cmp, Math};
 use jaq_core::path::{Opt, Part};
 
+use super::tape::FIELDS_MAX;
+
 #[derive(Clone, Debug)]
 pub enum Expr {
     /// `.`
@@ -57,11 +59,106 @@ pub enum Piece {
     Expr(Expr),
 }
 
+/// A program's plan.
+#[derive(Clone, Debug)]
+pub struct Plan {
+    pub expr: Expr,
+    /// The keys the program reads off its input when it reads nothing else of it (its
+    /// input used only as `.k` and `has("k")`, at most `FIELDS_MAX` keys): then only
+    /// the values under them need laying out (`Tape::read_fields`).
+    pub fields: Option<Vec<String>>,
+}
+
 /// The plan of `code`, if every part of it is one the fast path evaluates.
-pub fn plan(code: &str) -> Option<Expr> {
+pub fn plan(code: &str) -> Option<Plan> {
     // A module header (`import`, `include`) does not read as a term: left to jaq.
     let term = jaq_core::load::parse(code, |p| p.term())?;
-    expr(&term)
+    let expr = expr(&term)?;
+    let mut fields = Vec::new();
+    let fields = reads(&expr, true, &mut fields)
+        .filter(|()| fields.len() <= FIELDS_MAX)
+        .map(|()| fields);
+    Some(Plan { expr, fields })
+}
+
+/// Collects into `fields` the keys `e` reads off the program's input (`input`: `e`'s
+/// input is the program's); `None` when it reads that input in any other way, or
+/// gives it as its output (whoever takes it may read it whole).
+fn reads(e: &Expr, input: bool, fields: &mut Vec<String>) -> Option<()> {
+    let field = |k: &String, fields: &mut Vec<String>| {
+        if input && !fields.contains(k) {
+            fields.push(k.clone());
+        }
+    };
+    match e {
+        Expr::Field(k) => field(k, fields),
+        Expr::Has(k) => match &**k {
+            Expr::Str(k) if !k.contains('\\') => field(k, fields),
+            _ if !input => reads(k, input, fields)?,
+            _ => return None,
+        },
+        Expr::Id | Expr::Not | Expr::Length | Expr::ToString | Expr::ToNumber => {
+            return (!input).then_some(());
+        }
+        Expr::Select(f) => {
+            reads(f, input, fields)?;
+            return (!input).then_some(());
+        }
+        Expr::Pipe(l, r) => {
+            // What the left side gives is only the right side's input.
+            match &**l {
+                Expr::Id => {}
+                Expr::Select(f) => reads(f, input, fields)?,
+                l => reads(l, input, fields)?,
+            }
+            return reads(r, input && gives_input(l), fields);
+        }
+        Expr::Null | Expr::Bool(_) | Expr::Int(_) | Expr::Dec(_) | Expr::Str(_) => {}
+        Expr::Interp(pieces) => {
+            for piece in pieces {
+                if let Piece::Expr(e) = piece {
+                    reads(e, input, fields)?;
+                }
+            }
+        }
+        Expr::Arr(items) => {
+            for e in items {
+                reads(e, input, fields)?;
+            }
+        }
+        Expr::Obj(entries) => {
+            for (k, v) in entries {
+                reads(k, input, fields)?;
+                reads(v, input, fields)?;
+            }
+        }
+        Expr::Record(entries) => {
+            for (_, v) in entries {
+                reads(v, input, fields)?;
+            }
+        }
+        Expr::Neg(f) => reads(f, input, fields)?,
+        Expr::Index(l, r)
+        | Expr::Math(_, l, r)
+        | Expr::Cmp(_, l, r)
+        | Expr::And(l, r)
+        | Expr::Or(l, r)
+        | Expr::Alt(l, r) => {
+            reads(l, input, fields)?;
+            reads(r, input, fields)?;
+        }
+    }
+    Some(())
+}
+
+/// Whether `e` may give its own input as its output.
+fn gives_input(e: &Expr) -> bool {
+    match e {
+        Expr::Id | Expr::Select(_) => true,
+        Expr::Alt(l, r) => gives_input(l) || gives_input(r),
+        Expr::Pipe(l, r) => gives_input(l) && gives_input(r),
+        _ => false,
+    }
 }
 
 fn expr(term: &Term<&str>) -> Option<Expr> {
@@ -232,6 +329,34 @@ pub fn escape(text: &str, out: &mut String) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_plan_reading_only_keys_of_its_input_names_them_and_any_other_reads_whole() {
+        let fields = |code: &str| plan(code).expect("a plan").fields;
+        let some = |keys: &[&str]| Some(keys.iter().map(|k| k.to_string()).collect::<Vec<_>>());
+        assert_eq!(fields(".kind == \"buy\""), some(&["kind"]));
+        assert_eq!(
+            fields("select(.kind == \"buy\") | {user, total: (.price * .qty)}"),
+            some(&["kind", "user", "price", "qty"])
+        );
+        assert_eq!(fields("has(\"a\") and (.b.c | length) > .a"), some(&["a", "b"]));
+        assert_eq!(fields(". | .[\"a\"]"), some(&["a"]));
+        assert_eq!(fields("{a: 1} | ."), some(&[]));
+        assert_eq!(fields("\"\\(.a)-\\(.b)\""), some(&["a", "b"]));
+        for code in [
+            ".",
+            "select(.a)",
+            "length",
+            ".[0]",
+            ".a // .",
+            "has(.k)",
+            "(.a | not) or not",
+            "{x: .}",
+            ".a + .b + .c + .d + .e + .f + .g + .h + .i",
+        ] {
+            assert_eq!(fields(code), None, "{code} reads its input whole");
+        }
+    }
 
     #[test]
     fn the_common_forms_have_a_plan_and_the_rest_has_none() {
