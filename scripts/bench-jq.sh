@@ -18,6 +18,7 @@ cleanup() {
 trap cleanup EXIT
 cargo build --release --quiet --bin flowd --manifest-path "$root/Cargo.toml"
 client="$root/target/release/flowd"
+source "$root/scripts/start-flowd.sh"
 # The bench's values are {"t":MICROS,"n":SEQ,"p":"aaa..."}: the filter keeps three in
 # four (n % 4 != 3), the map reshapes them as purchases.toml does its purchases.
 cat >"$work/jq.toml" <<TOML
@@ -56,13 +57,8 @@ expect=$(( records - records / 4 ))
 # Starts engine $1 on a fresh data dir and drives it with this build's client.
 run() {
     rm -rf "$work/data"
-    "$1" run "$work/jq.toml" > "$work/out" 2> "$work/err" &
-    pid=$!
-    for _ in $(seq 100); do
-        grep -q '^listening http' "$work/out" 2>/dev/null && break
-        sleep 0.1
-    done
-    tcp=$(awk '/^listening tcp/ {print $3}' "$work/out")
+    start_flowd "$1" "$work/jq.toml" "$work"
+    tcp=$(listen_addr "$work" tcp)
     [ -n "$tcp" ] || { echo "$1 did not start: $(cat "$work/err")" >&2; exit 1; }
     "$client" bench pipeline --to "$tcp" --topic bench --output bench-out --records "$records" \
         --expect "$expect" --durability none --json | python3 -c '
@@ -75,7 +71,10 @@ print("%.0f %s %s" % (r["records_per_sec"], l["p50"], l["p99"]))'
     pid=""
 }
 echo "binary records/s p50_us p99_us ($records inputs, $expect outputs)"
-echo "this $(run "$root/target/release/flowd")"
+# Not in $(...): the engine's pid must stay this shell's, for the cleanup on exit.
+printf 'this '
+run "$root/target/release/flowd"
 if [ -n "$other" ]; then
-    echo "other $(run "$other")"
+    printf 'other '
+    run "$other"
 fi

@@ -62,14 +62,10 @@ kafka = "127.0.0.1:0"
 name = "events"
 partitions = 4
 TOML
-"$flowd" run "$work/kafka.toml" > "$work/out" 2> "$work/err" &
-pid=$!
-for _ in $(seq 100); do
-  grep -q '^listening http' "$work/out" 2>/dev/null && break
-  sleep 0.1
-done
-tcp=$(awk '/^listening tcp/ {print $3}' "$work/out")
-kafka=$(awk '/^listening kafka/ {print $3}' "$work/out")
+source scripts/start-flowd.sh
+start_flowd "$flowd" "$work/kafka.toml" "$work"
+tcp=$(listen_addr "$work" tcp)
+kafka=$(listen_addr "$work" kafka)
 [ -n "$tcp" ] && [ -n "$kafka" ] || { echo "flowd did not start: $(cat "$work/err")" >&2; exit 1; }
 
 # One line per record: a SIZE-byte value (kcat -P takes a line as a record's value).
