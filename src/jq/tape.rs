@@ -382,14 +382,16 @@ impl Reader<'_> {
 
     /// A string at the opening quote.
     fn string(&mut self) -> Option<()> {
-        let (start, end, plain) = self.scan_string()?;
+        let start = self.at + 1;
+        let (end, plain) = self.scan_string()?;
         self.push(Kind::Str, start, end, plain, 0);
         Some(())
     }
 
-    /// Checks a string at the opening quote and goes past it: the span between its
-    /// quotes, and whether it is without escapes.
-    fn scan_string(&mut self) -> Option<(usize, usize, bool)> {
+    /// Checks a string at the opening quote and goes past it: where its closing quote
+    /// stands, and whether it is without escapes. (Two words, so the answer comes back
+    /// in registers: the caller knows where the string starts.)
+    fn scan_string(&mut self) -> Option<(usize, bool)> {
         self.at += 1;
         let start = self.at;
         // Most strings (keys above all) end within their first eight bytes with nothing
@@ -399,7 +401,7 @@ impl Reader<'_> {
             let first = (flags.trailing_zeros() / 8) as usize;
             if flags != 0 && word[first] == b'"' {
                 self.at = start + first + 1;
-                return Some((start, start + first, true));
+                return Some((start + first, true));
             }
         }
         let mut plain = true;
@@ -442,7 +444,7 @@ impl Reader<'_> {
         }
         let end = self.at;
         self.at += 1;
-        Some((start, end, plain))
+        Some((end, plain))
     }
 
     fn array(&mut self, depth: usize) -> Option<()> {
@@ -468,14 +470,15 @@ impl Reader<'_> {
         if self.src.get(self.at) != Some(&b'"') {
             return None;
         }
-        let span = self.scan_string()?;
+        let start = self.at + 1;
+        let (end, plain) = self.scan_string()?;
         self.ws();
         if self.src.get(self.at) != Some(&b':') {
             return None;
         }
         self.at += 1;
         self.ws();
-        Some(span)
+        Some((start, end, plain))
     }
 
     /// The top-level object at its opening brace, for a projection: its node, and the
