@@ -531,7 +531,7 @@ fn short_float(x: f64, out: &mut Vec<u8>) -> bool {
     let a = x.abs();
     for (places, &p) in SCALES.iter().enumerate() {
         let scaled = a * p;
-        if !(scaled < SCALED_MAX) {
+        if scaled >= SCALED_MAX {
             return false;
         }
         // The nearest integer, without a call to `round` (a candidate only: the
