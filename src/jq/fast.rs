@@ -513,17 +513,18 @@ fn write_float(x: f64, out: &mut Vec<u8>) -> R<()> {
 /// The powers of ten `short_float` tries.
 const SCALES: [f64; 7] = [1.0, 1e1, 1e2, 1e3, 1e4, 1e5, 1e6];
 
-/// A scaled float below this is more than four of its units from the next integer
-/// that is not the nearest: at most one decimal of that scale rounds to it.
+/// While `|x| * p` stays below this, `x`'s unit in the last place times `p` is under a
+/// quarter, so at most one decimal of `p`'s places rounds to `x`, and it is the integer
+/// nearest `|x| * p` over `p`.
 const SCALED_MAX: f64 = (1u64 << 50) as f64;
 
 /// Writes a finite `x` that is the double nearest some decimal of at most six places as
 /// ryu writes it, and says so; writes nothing and says `false` otherwise.
 ///
-/// At each scale `p` from 1 up, `n`, the integer nearest `|x| * p`, is the only integer that could be
-/// the decimal's digits (`SCALED_MAX`), and `n / p`, an IEEE division of two exact
-/// numbers, is the double nearest `n / p`: if it is `|x|`, that decimal reads back as
-/// `x`. The first scale to find one gives the shortest such decimal (one with fewer
+/// At each scale `p` from 1 up, `n`, the integer nearest `|x| * p`, is the only integer
+/// that could be the decimal's digits (`SCALED_MAX`), and `n / p`, an IEEE division of
+/// two exact numbers, is the double nearest `n / p`: if it is `|x|`, that decimal reads
+/// back as `x`. The first scale to find one gives the shortest such decimal (one with fewer
 /// places would have been found at its own, smaller scale, so its digits never end in
 /// a zero after the point), which is ryu's answer; ryu's plain notation (`0.0001` and
 /// up, below 10^16) is the only one written here.
