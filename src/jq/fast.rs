@@ -524,10 +524,10 @@ const SCALED_MAX: f64 = (1u64 << 50) as f64;
 /// At each scale `p` from 1 up, `n`, the integer nearest `|x| * p`, is the only integer
 /// that could be the decimal's digits (`SCALED_MAX`), and `n / p`, an IEEE division of
 /// two exact numbers, is the double nearest `n / p`: if it is `|x|`, that decimal reads
-/// back as `x`. The first scale to find one gives the shortest such decimal (one with fewer
-/// places would have been found at its own, smaller scale, so its digits never end in
-/// a zero after the point), which is ryu's answer; ryu's plain notation (`0.0001` and
-/// up, below 10^16) is the only one written here.
+/// back as `x`. The first scale to find one gives the shortest such decimal (one with
+/// fewer places would have been found at its own, smaller scale, so its digits never
+/// end in a zero after the point), which is ryu's answer; ryu's plain notation
+/// (`0.0001` and up, below 10^16) is the only one written here.
 fn short_float(x: f64, out: &mut Vec<u8>) -> bool {
     let a = x.abs();
     for (places, &p) in SCALES.iter().enumerate() {
