@@ -10,7 +10,9 @@
 //! - `lag:TOPIC/NAME` each stage's and named consumer's lag, summed over partitions.
 //!
 //! While nothing moves and nobody asks for the charts, samples come ever more seldom
-//! (every [`IDLE_INTERVAL_MAX`] at the most), so an idle engine stays asleep.
+//! (every [`IDLE_INTERVAL_MAX`] at the most), so an idle engine stays asleep. A look at
+//! the charts (from any shard) wakes a wait already under way: the next sample comes
+//! [`INTERVAL`] after the last one, or at once if that has passed.
 //!
 //! Bounded: [`POINTS`] samples per series (10 minutes at full pace) and at most [`SERIES_MAX`]
 //! series; a series beyond that is not kept and counted in `series_refused` (shown by
@@ -42,6 +44,9 @@ pub struct History {
     inner: Mutex<Rings>,
     /// When the charts were last asked for (ms since the epoch).
     watched_ms: std::sync::atomic::AtomicI64,
+    /// Told at each look at the charts, so a sampler in its idle backoff wakes (from
+    /// whichever shard served the look: glommio takes foreign wake-ups).
+    looked: event_listener::Event,
 }
 
 #[derive(Debug, Default)]
@@ -101,6 +106,7 @@ impl History {
             crate::storage::layout::now_ms(),
             std::sync::atomic::Ordering::Relaxed,
         );
+        self.looked.notify(usize::MAX);
         let rings = self.inner.lock().expect("history lock");
         let series: serde_json::Map<String, serde_json::Value> = rings
             .series
@@ -212,10 +218,16 @@ pub async fn sample_forever(
         produce: metrics.produce_latency.merged(),
         job: metrics.job_latency.merged(),
     };
+    let control = &shard.shared.control;
     let mut wait = INTERVAL;
+    let mut sampled_at = std::time::Instant::now();
     let mut before: Vec<(String, f64)> = Vec::new();
-    while !shard.shared.control.is_stopping() {
-        glommio::timer::sleep(wait).await;
+    loop {
+        until_due(&history, control, sampled_at, &mut wait).await;
+        if control.is_stopping() {
+            return;
+        }
+        sampled_at = std::time::Instant::now();
         let status = front.status(&shard, true, &front.relays).await;
         let values = sample(&status, &metrics, &mut last);
         // Idle means idle: while nothing moves and nobody watches, samples come ever
@@ -233,6 +245,41 @@ pub async fn sample_forever(
         };
         before.clone_from(&values);
         history.push(crate::storage::layout::now_ms(), values);
+    }
+}
+
+/// Returns when the next sample is due, `wait` after the last one (`sampled_at`), or at
+/// the engine's stop. While the sampler backs off (`wait` above [`INTERVAL`]), a look at
+/// the charts sets `wait` back to [`INTERVAL`], also during a wait already under way, so
+/// a console opened after an idle spell shows the present within one interval. Looks
+/// never bring samples closer than [`INTERVAL`] apart, however many come.
+async fn until_due(
+    history: &History,
+    control: &crate::runtime::shard::Control,
+    sampled_at: std::time::Instant,
+    wait: &mut Duration,
+) {
+    // Bounded: each turn either returns or sleeps until a look, the stop or the due
+    // time; a look ends the backoff, after which no look is listened for.
+    loop {
+        let watched = || history.watched_within(crate::storage::layout::now_ms(), 30_000);
+        if *wait > INTERVAL && watched() {
+            *wait = INTERVAL;
+        }
+        let due = sampled_at + *wait;
+        if control.is_stopping() || std::time::Instant::now() >= due {
+            return;
+        }
+        if *wait > INTERVAL {
+            let looked = history.looked.listen();
+            // A look between the check above and listening is seen here.
+            if watched() {
+                continue;
+            }
+            futures_lite::future::or(looked, control.until_stopping_or(Some(due))).await;
+        } else {
+            control.until_stopping_or(Some(due)).await;
+        }
     }
 }
 
@@ -256,6 +303,63 @@ mod tests {
         assert_eq!(json["series"].as_object().unwrap().len(), SERIES_MAX - 1);
         assert_eq!(json["series_refused"], 6);
         assert!(history.bytes() <= SERIES_MAX * (POINTS * 16 + 64));
+    }
+
+    /// Runs `until_due` on a glommio executor with `looks` made from another thread at
+    /// the given delays; gives how long it took and the wait it left.
+    fn time_until_due(since_last: Duration, wait: Duration, looks: &[Duration]) -> (Duration, Duration) {
+        let history = std::sync::Arc::new(History::default());
+        let looking = {
+            let (history, looks) = (std::sync::Arc::clone(&history), looks.to_vec());
+            std::thread::spawn(move || {
+                for delay in looks {
+                    std::thread::sleep(delay);
+                    history.json(&[]);
+                }
+            })
+        };
+        let result = glommio::LocalExecutorBuilder::default()
+            .spawn(move || async move {
+                let control = crate::runtime::shard::Control::default();
+                let start = std::time::Instant::now();
+                let mut wait = wait;
+                until_due(&history, &control, start - since_last, &mut wait).await;
+                (start.elapsed(), wait)
+            })
+            .unwrap()
+            .join()
+            .unwrap();
+        looking.join().unwrap();
+        result
+    }
+
+    #[test]
+    fn a_look_at_the_charts_ends_an_idle_backoff_under_way_but_never_samples_faster() {
+        // In the longest backoff, 3 s after the last sample, a look comes after 200 ms:
+        // the next sample is due at once (without the wake it would come 13 s later).
+        let (took, wait) = time_until_due(
+            Duration::from_secs(3),
+            IDLE_INTERVAL_MAX,
+            &[Duration::from_millis(200)],
+        );
+        assert_eq!(wait, INTERVAL);
+        assert!(
+            took < Duration::from_secs(8),
+            "the look woke the sampler after {took:?}"
+        );
+        // Nobody looks: the backoff is kept to its end.
+        let (took, wait) = time_until_due(
+            IDLE_INTERVAL_MAX - Duration::from_millis(500),
+            IDLE_INTERVAL_MAX,
+            &[],
+        );
+        assert_eq!(wait, IDLE_INTERVAL_MAX);
+        assert!(took >= Duration::from_millis(400), "{took:?}");
+        // At full pace, looks (however many) do not bring the sample closer than INTERVAL.
+        let looks = [Duration::from_millis(100); 5];
+        let (took, wait) = time_until_due(Duration::ZERO, INTERVAL, &looks);
+        assert_eq!(wait, INTERVAL);
+        assert!(took >= INTERVAL - Duration::from_millis(50), "{took:?}");
     }
 
     #[test]
