@@ -96,7 +96,7 @@ impl<'t> Eval<'t, '_> {
 
     /// A node of the record as a value.
     fn node(&self, i: usize) -> V<'t> {
-        let n = &self.tape.nodes[i];
+        let n = &self.tape.nodes()[i];
         match n.kind {
             Kind::Null => V::Null,
             Kind::True => V::Bool(true),
@@ -270,7 +270,7 @@ impl<'t> Eval<'t, '_> {
                     return Ok(None);
                 };
                 match (input, &key) {
-                    (V::Node(i), V::Str(k, true)) if self.tape.nodes[*i].kind == Kind::Obj => {
+                    (V::Node(i), V::Str(k, true)) if self.tape.nodes()[*i].kind == Kind::Obj => {
                         V::Bool(self.lookup(*i, k)?.is_some())
                     }
                     (V::Root, V::Str(k, true)) => V::Bool(self.field(k)?.is_some()),
@@ -323,7 +323,7 @@ impl<'t> Eval<'t, '_> {
         let mut found = None;
         let mut children = self.tape.children(obj);
         while let (Some(k), Some(v)) = (children.next(), children.next()) {
-            if !self.tape.nodes[k].plain {
+            if !self.tape.nodes()[k].plain {
                 return Err(Bail);
             }
             if same(self.tape.bytes(k), key.as_bytes()) {
@@ -343,7 +343,7 @@ impl<'t> Eval<'t, '_> {
         let at = match base {
             V::Null => return Ok(V::Null),
             V::Root => self.field(k)?,
-            V::Node(i) if self.tape.nodes[*i].kind == Kind::Obj => self.lookup(*i, k)?,
+            V::Node(i) if self.tape.nodes()[*i].kind == Kind::Obj => self.lookup(*i, k)?,
             _ => return Err(Bail),
         };
         Ok(at.map_or(V::Null, |v| self.node(v)))
@@ -353,8 +353,8 @@ impl<'t> Eval<'t, '_> {
         match (base, key) {
             (_, V::Str(k, true)) => self.get(base, k),
             (V::Null, V::Str(..) | V::Int(_)) => Ok(V::Null),
-            (V::Node(i), V::Int(at)) if self.tape.nodes[*i].kind == Kind::Arr => {
-                let len = self.tape.nodes[*i].len() as i64;
+            (V::Node(i), V::Int(at)) if self.tape.nodes()[*i].kind == Kind::Arr => {
+                let len = self.tape.nodes()[*i].len() as i64;
                 let at = if *at < 0 { len + at } else { *at };
                 if at < 0 || at >= len {
                     return Ok(V::Null);
@@ -374,7 +374,7 @@ impl<'t> Eval<'t, '_> {
             V::Dec(d) => V::Float(d.parse::<f64>().map_err(|_| Bail)?.abs()),
             V::Str(s, true) => V::Int(s.chars().count() as i64),
             V::Node(i) => {
-                let node = &self.tape.nodes[*i];
+                let node = &self.tape.nodes()[*i];
                 if node.kind == Kind::Obj {
                     // jaq counts a repeated key once.
                     self.keys_once(*i)?;
@@ -392,11 +392,11 @@ impl<'t> Eval<'t, '_> {
     fn keys_once(&self, obj: usize) -> R<()> {
         let tape = self.tape;
         let keys = || tape.children(obj).step_by(2);
-        let len = tape.nodes[obj].len();
+        let len = tape.nodes()[obj].len();
         if len <= 1 {
             return Ok(());
         }
-        if keys().any(|k| !tape.nodes[k].plain) {
+        if keys().any(|k| !tape.nodes()[k].plain) {
             return Err(Bail);
         }
         if len <= 16 {
@@ -449,8 +449,8 @@ impl<'t> Eval<'t, '_> {
             V::Root => return Err(Bail),
             V::Node(i) => {
                 // Written as it came, so every object in it must read as jaq reads it.
-                for n in *i..self.tape.nodes[*i].next() {
-                    if self.tape.nodes[n].kind == Kind::Obj {
+                for n in *i..self.tape.nodes()[*i].next() {
+                    if self.tape.nodes()[n].kind == Kind::Obj {
                         self.keys_once(n)?;
                     }
                 }
@@ -574,7 +574,7 @@ fn short_float(x: f64, out: &mut Vec<u8>) -> bool {
 fn number<'t>(s: &Cow<'t, str>) -> R<V<'t>> {
     let mut nodes = Vec::new();
     let tape = Tape::read(s.as_bytes(), &mut nodes).ok_or(Bail)?;
-    let node = tape.nodes[0];
+    let node = tape.nodes()[0];
     match node.kind {
         Kind::Int => Ok(V::Int(node.int())),
         Kind::Dec => Ok(V::Dec(s.clone())),

@@ -121,8 +121,9 @@ impl Node {
 /// else in it was checked as strictly but laid out nowhere, so the object itself must
 /// not be walked or written (`projected`), only asked for those keys (`field`).
 pub struct Tape<'a> {
-    pub src: &'a [u8],
-    pub nodes: &'a [Node],
+    /// Private, as `text` relies on them being what the reader accepted and laid out.
+    src: &'a [u8],
+    nodes: &'a [Node],
     fields: &'a [String],
     /// The node of the last value under each of `fields` (`ABSENT`: none).
     found: [u32; FIELDS_MAX],
@@ -181,6 +182,11 @@ impl<'a> Tape<'a> {
         })
     }
 
+    /// The document's nodes, in document order.
+    pub fn nodes(&self) -> &'a [Node] {
+        self.nodes
+    }
+
     /// Whether the top-level object was read for a projection: only `field` may be
     /// asked of it.
     pub fn projected(&self) -> bool {
@@ -201,9 +207,13 @@ impl<'a> Tape<'a> {
 
     /// The text of a node (a string's without its quotes).
     pub fn text(&self, node: usize) -> &'a str {
-        let n = &self.nodes[node];
-        // The reader checked every string and number is UTF-8 (numbers are ASCII).
-        std::str::from_utf8(&self.src[n.span()]).unwrap_or_default()
+        let bytes = &self.src[self.nodes[node].span()];
+        debug_assert!(std::str::from_utf8(bytes).is_ok());
+        // SAFETY: a tape exists only over a whole document its reader accepted, and
+        // every byte the reader accepts is ASCII or inside a string it checked is UTF-8
+        // (`scan_string`); a span starts and ends at ASCII (a quote, a bracket, a digit,
+        // a literal), so it never splits a character.
+        unsafe { std::str::from_utf8_unchecked(bytes) }
     }
 
     /// The bytes of a node's text (a string's without its quotes).
