@@ -34,16 +34,42 @@ const LOOK: [bool; 256] = {
 /// time: in each word, a byte equal to `"` or `\`, below 0x20 or from 0x80 on. The
 /// usual tricks flag bytes above a word's first match spuriously too (a borrow runs
 /// up), never below it, so the lowest flag is exact.
+///
+/// On x86_64, sixteen bytes at a time first (SSE2, part of every x86_64): there a
+/// signed compare below 0x20 flags the control characters and every byte from 0x80 on.
 fn first_look(rest: &[u8]) -> Option<usize> {
-    let mut words = rest.chunks_exact(8);
-    for (n, word) in words.by_ref().enumerate() {
-        let flags = look_flags(word.try_into().expect("eight bytes"));
-        if flags != 0 {
-            return Some(n * 8 + (flags.trailing_zeros() / 8) as usize);
+    let mut at = 0;
+    #[cfg(target_arch = "x86_64")]
+    {
+        use std::arch::x86_64::{
+            __m128i, _mm_cmpeq_epi8, _mm_cmplt_epi8, _mm_loadu_si128, _mm_movemask_epi8, _mm_or_si128,
+            _mm_set1_epi8,
+        };
+        while let Some(chunk) = rest.get(at..at + 16) {
+            // SAFETY: SSE2 is part of every x86_64 target, and `chunk` is sixteen
+            // readable bytes (the load needs no alignment).
+            let flags = unsafe {
+                let v = _mm_loadu_si128(chunk.as_ptr().cast::<__m128i>());
+                let quote = _mm_cmpeq_epi8(v, _mm_set1_epi8(b'"' as i8));
+                let escape = _mm_cmpeq_epi8(v, _mm_set1_epi8(b'\\' as i8));
+                let below = _mm_cmplt_epi8(v, _mm_set1_epi8(0x20));
+                _mm_movemask_epi8(_mm_or_si128(_mm_or_si128(quote, escape), below)) as u32
+            };
+            if flags != 0 {
+                return Some(at + flags.trailing_zeros() as usize);
+            }
+            at += 16;
         }
     }
+    let mut words = rest[at..].chunks_exact(8);
+    for word in words.by_ref() {
+        let flags = look_flags(word.try_into().expect("eight bytes"));
+        if flags != 0 {
+            return Some(at + (flags.trailing_zeros() / 8) as usize);
+        }
+        at += 8;
+    }
     let tail = words.remainder();
-    let at = rest.len() - tail.len();
     tail.iter().position(|&b| LOOK[usize::from(b)]).map(|p| at + p)
 }
 
