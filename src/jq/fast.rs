@@ -1,6 +1,6 @@
 //! The fast path: a plan (`plan.rs`) evaluated over a borrowed view of the record's
 //! JSON (`tape.rs`), its output written straight as JSON text. Values the record holds
-//! stay slices of its bytes; an array or object passed through is copied as written.
+//! stay nodes of its tape; an array or object passed through is copied as written.
 //!
 //! Whatever the fast path is not sure to do exactly as jaq does, it gives up on
 //! (`Bail`) and the record runs in jaq: errors of every kind (a key of a number, a
@@ -8,11 +8,11 @@
 //! to compare, measure or look up, arrays and objects compared or turned into text,
 //! numbers that are not finite. So its outputs are jaq's, or it has none of its own.
 
-use std::borrow::Cow;
-use std::cell::RefCell;
+use std::cell::{OnceCell, RefCell};
 use std::cmp::Ordering;
 
 use jaq_core::ops::{Cmp, Math};
+use typed_arena::Arena;
 
 use super::plan::{Expr, Piece, Plan};
 use super::tape::{Kind, Node, Tape, same};
@@ -32,17 +32,19 @@ thread_local! {
 /// it has none (`select` said no).
 pub fn run(plan: &Plan, json: &[u8]) -> R<Option<Vec<u8>>> {
     with_tape(json, plan, |tape| {
-        let eval = Eval { tape };
+        let made = Made::default();
+        let eval = Eval { tape, made: &made };
         let mut out = Vec::with_capacity(json.len().min(256));
-        Ok(eval.emit(&plan.expr, &eval.input(), &mut out)?.then_some(out))
+        Ok(eval.emit(&plan.expr, eval.input(), &mut out)?.then_some(out))
     })
 }
 
 /// Whether `plan`'s output on `json` is true in jq's sense; `None` when it has none.
 pub fn truth(plan: &Plan, json: &[u8]) -> R<Option<bool>> {
     with_tape(json, plan, |tape| {
-        let eval = Eval { tape };
-        Ok(eval.eval(&plan.expr, &eval.input())?.map(|v| truthy(&v)))
+        let made = Made::default();
+        let eval = Eval { tape, made: &made };
+        Ok(eval.eval(&plan.expr, eval.input())?.map(truthy))
     })
 }
 
@@ -57,31 +59,81 @@ fn with_tape<T>(json: &[u8], plan: &Plan, f: impl FnOnce(&Tape<'_>) -> R<T>) -> 
     })
 }
 
-/// A value during evaluation. Strings hold their JSON-escaped text (`plain`: it has no
-/// escapes, so it is also the string's value).
-#[derive(Clone, Debug)]
+/// A value during evaluation: two words and `Copy`, so that it goes to and comes back
+/// from calls in registers and is never dropped. What the record holds is a node of its
+/// tape; what the program holds, or evaluation makes, is borrowed from the plan or from
+/// `Made`. Strings are their JSON-escaped text (`plain`: it has no escapes, so it is
+/// also the string's value).
+#[derive(Clone, Copy, Debug)]
 enum V<'t> {
     Null,
     Bool(bool),
     Int(i64),
     Float(f64),
-    Dec(Cow<'t, str>),
-    Str(Cow<'t, str>, bool),
+    /// A number that is not a 64-bit integer, as written: the text of a node of the
+    /// record (a number, or a string `tonumber` read).
+    Dec(usize),
+    /// Such a number of the program's, or made (`-`).
+    DecMade(&'t String),
+    /// A string of the record (a node; its `plain` says whether it has escapes).
+    Str(usize),
+    /// A string of the program's, or made (interpolation, `+`, `tostring`), and
+    /// whether it is plain.
+    Made(&'t String, bool),
     /// An array or object of the record (a node of the tape).
     Node(usize),
     /// The record's top-level object read for a projection: only its keys read for
     /// may be looked up (`Tape::read_fields`), nothing else done with it.
     Root,
-    Arr(Vec<V<'t>>),
-    Obj(Vec<(Cow<'t, str>, V<'t>)>),
+    Arr(&'t Vec<V<'t>>),
+    Obj(&'t Vec<(&'t str, V<'t>)>),
 }
 
-fn truthy(v: &V<'_>) -> bool {
+// Two words, and so is what `eval` gives back (the niches of its tag hold `None` and
+// `Bail`).
+const _: () = assert!(std::mem::size_of::<V<'static>>() == 16);
+const _: () = assert!(std::mem::size_of::<R<Option<V<'static>>>>() == 16);
+
+/// What evaluating one record makes that neither the record nor the program holds,
+/// kept until the record is done (each arena is made on its first use: most records
+/// make nothing).
+#[derive(Default)]
+struct Made<'t> {
+    strings: OnceCell<Arena<String>>,
+    arrays: OnceCell<Arena<Vec<V<'t>>>>,
+    objects: OnceCell<Arena<Vec<(&'t str, V<'t>)>>>,
+}
+
+/// Values made per arena chunk at first (they grow as needed).
+const MADE_FIRST: usize = 8;
+
+fn truthy(v: V<'_>) -> bool {
     !matches!(v, V::Null | V::Bool(false))
+}
+
+fn is_num(v: V<'_>) -> bool {
+    matches!(v, V::Int(_) | V::Float(_) | V::Dec(_) | V::DecMade(_))
+}
+
+/// jq's order: null, false, true, numbers, strings, arrays, objects.
+fn rank(v: V<'_>) -> u8 {
+    match v {
+        V::Null => 0,
+        V::Bool(false) => 1,
+        V::Bool(true) => 2,
+        V::Int(_) | V::Float(_) | V::Dec(_) | V::DecMade(_) => 3,
+        V::Str(_) | V::Made(..) => 4,
+        V::Arr(_) => 5,
+        V::Obj(_) => 6,
+        // Which of the two a node is does not matter: comparing one bails below.
+        V::Node(_) => 5,
+        V::Root => 6,
+    }
 }
 
 struct Eval<'t, 'a> {
     tape: &'t Tape<'a>,
+    made: &'t Made<'t>,
 }
 
 impl<'t> Eval<'t, '_> {
@@ -102,30 +154,54 @@ impl<'t> Eval<'t, '_> {
             Kind::True => V::Bool(true),
             Kind::False => V::Bool(false),
             Kind::Int => V::Int(n.int()),
-            Kind::Dec => V::Dec(Cow::Borrowed(self.tape.text(i))),
-            Kind::Str => V::Str(Cow::Borrowed(self.tape.text(i)), n.plain),
+            Kind::Dec => V::Dec(i),
+            Kind::Str => V::Str(i),
             Kind::Arr | Kind::Obj => V::Node(i),
+        }
+    }
+
+    /// A string made during evaluation.
+    fn string(&self, text: String, plain: bool) -> V<'t> {
+        let strings = self.made.strings.get_or_init(|| Arena::with_capacity(MADE_FIRST));
+        V::Made(strings.alloc(text), plain)
+    }
+
+    /// A string's text and whether it is plain; `None` for anything else.
+    fn str(&self, v: V<'t>) -> Option<(&'t str, bool)> {
+        match v {
+            V::Str(i) => Some((self.tape.text(i), self.tape.nodes()[i].plain)),
+            V::Made(s, plain) => Some((s.as_str(), plain)),
+            _ => None,
+        }
+    }
+
+    /// A decimal's text; `None` for anything else.
+    fn dec(&self, v: V<'t>) -> Option<&'t str> {
+        match v {
+            V::Dec(i) => Some(self.tape.text(i)),
+            V::DecMade(d) => Some(d.as_str()),
+            _ => None,
         }
     }
 
     /// The output of `e` on `input`, if any: the forms most records run through here,
     /// the rest in `eval_more` (kept apart, so that these stay small and quick).
-    fn eval(&self, e: &'t Expr, input: &V<'t>) -> R<Option<V<'t>>> {
+    fn eval(&self, e: &'t Expr, input: V<'t>) -> R<Option<V<'t>>> {
         Ok(Some(match e {
             Expr::Field(k) => self.get(input, k)?,
-            Expr::Str(s) => V::Str(Cow::Borrowed(s), !s.contains('\\')),
+            Expr::Str(s) => V::Made(s, !s.contains('\\')),
             Expr::Int(i) => V::Int(*i),
             Expr::Math(op, l, r) => {
                 let (Some(l), Some(r)) = (self.eval(l, input)?, self.eval(r, input)?) else {
                     return Ok(None);
                 };
-                math(*op, l, r)?
+                self.math(*op, l, r)?
             }
             Expr::Cmp(op, l, r) => {
                 let (Some(l), Some(r)) = (self.eval(l, input)?, self.eval(r, input)?) else {
                     return Ok(None);
                 };
-                let ord = compare(&l, &r)?;
+                let ord = self.compare(l, r)?;
                 V::Bool(match op {
                     Cmp::Eq => ord == Ordering::Equal,
                     Cmp::Ne => ord != Ordering::Equal,
@@ -140,15 +216,15 @@ impl<'t> Eval<'t, '_> {
     }
 
     #[inline(never)]
-    fn eval_more(&self, e: &'t Expr, input: &V<'t>) -> R<Option<V<'t>>> {
+    fn eval_more(&self, e: &'t Expr, input: V<'t>) -> R<Option<V<'t>>> {
         Ok(Some(match e {
             Expr::Field(_) | Expr::Str(_) | Expr::Int(_) | Expr::Math(..) | Expr::Cmp(..) => {
                 return self.eval(e, input);
             }
-            Expr::Id => input.clone(),
+            Expr::Id => input,
             Expr::Null => V::Null,
             Expr::Bool(b) => V::Bool(*b),
-            Expr::Dec(d) => V::Dec(Cow::Borrowed(d)),
+            Expr::Dec(d) => V::DecMade(d),
             Expr::Interp(pieces) => {
                 let mut text = String::new();
                 for piece in pieces {
@@ -156,13 +232,15 @@ impl<'t> Eval<'t, '_> {
                         Piece::Lit(s) => text.push_str(s),
                         Piece::Expr(e) => match self.eval(e, input)? {
                             None => return Ok(None),
-                            Some(V::Str(s, _)) => text.push_str(&s),
-                            Some(v) => self.scalar_text(&v, &mut text)?,
+                            Some(v) => match self.str(v) {
+                                Some((s, _)) => text.push_str(s),
+                                None => self.scalar_text(v, &mut text)?,
+                            },
                         },
                     }
                 }
                 let plain = !text.contains('\\');
-                V::Str(Cow::Owned(text), plain)
+                self.string(text, plain)
             }
             Expr::Index(base, key) => {
                 let Some(base) = self.eval(base, input)? else {
@@ -171,7 +249,7 @@ impl<'t> Eval<'t, '_> {
                 let Some(key) = self.eval(key, input)? else {
                     return Ok(None);
                 };
-                self.index(&base, &key)?
+                self.index(base, key)?
             }
             Expr::Arr(items) => {
                 let mut out = Vec::with_capacity(items.len());
@@ -180,7 +258,8 @@ impl<'t> Eval<'t, '_> {
                         out.push(v);
                     }
                 }
-                V::Arr(out)
+                let arrays = self.made.arrays.get_or_init(|| Arena::with_capacity(MADE_FIRST));
+                V::Arr(arrays.alloc(out))
             }
             Expr::Obj(entries) => {
                 let mut out = Vec::with_capacity(entries.len());
@@ -190,7 +269,9 @@ impl<'t> Eval<'t, '_> {
                     };
                     // Keys are compared as written when repeated ones are merged
                     // (`write`): one with escapes goes to jaq unless it is alone.
-                    let V::Str(key, plain) = key else { return Err(Bail) };
+                    let Some((key, plain)) = self.str(key) else {
+                        return Err(Bail);
+                    };
                     if !plain && entries.len() > 1 {
                         return Err(Bail);
                     }
@@ -199,7 +280,7 @@ impl<'t> Eval<'t, '_> {
                     };
                     out.push((key, value));
                 }
-                V::Obj(out)
+                self.object(out)
             }
             Expr::Record(entries) => {
                 let mut out = Vec::with_capacity(entries.len());
@@ -207,84 +288,96 @@ impl<'t> Eval<'t, '_> {
                     let Some(value) = self.eval(v, input)? else {
                         return Ok(None);
                     };
-                    out.push((Cow::Borrowed(k.as_str()), value));
+                    out.push((k.as_str(), value));
                 }
-                V::Obj(out)
+                self.object(out)
             }
             Expr::Neg(f) => match self.eval(f, input)? {
                 None => return Ok(None),
                 Some(V::Int(i)) => V::Int(i.checked_neg().ok_or(Bail)?),
                 Some(V::Float(x)) => V::Float(-x),
                 // jaq turns the sign of a decimal's text.
-                Some(V::Dec(d)) => V::Dec(Cow::Owned(match d.strip_prefix('-') {
-                    Some(pos) => pos.to_string(),
-                    None => format!("-{d}"),
-                })),
-                Some(_) => return Err(Bail),
+                Some(v) => {
+                    let d = self.dec(v).ok_or(Bail)?;
+                    let text = match d.strip_prefix('-') {
+                        Some(pos) => pos.to_string(),
+                        None => format!("-{d}"),
+                    };
+                    let strings = self.made.strings.get_or_init(|| Arena::with_capacity(MADE_FIRST));
+                    V::DecMade(strings.alloc(text))
+                }
             },
             Expr::And(l, r) => match self.eval(l, input)? {
                 None => return Ok(None),
-                Some(l) if !truthy(&l) => V::Bool(false),
+                Some(l) if !truthy(l) => V::Bool(false),
                 Some(_) => match self.eval(r, input)? {
                     None => return Ok(None),
-                    Some(r) => V::Bool(truthy(&r)),
+                    Some(r) => V::Bool(truthy(r)),
                 },
             },
             Expr::Or(l, r) => match self.eval(l, input)? {
                 None => return Ok(None),
-                Some(l) if truthy(&l) => V::Bool(true),
+                Some(l) if truthy(l) => V::Bool(true),
                 Some(_) => match self.eval(r, input)? {
                     None => return Ok(None),
-                    Some(r) => V::Bool(truthy(&r)),
+                    Some(r) => V::Bool(truthy(r)),
                 },
             },
             Expr::Alt(l, r) => match self.eval(l, input)? {
-                Some(l) if truthy(&l) => l,
+                Some(l) if truthy(l) => l,
                 _ => return self.eval(r, input),
             },
             Expr::Pipe(l, r) => match self.eval(l, input)? {
                 None => return Ok(None),
-                Some(v) => return self.eval(r, &v),
+                Some(v) => return self.eval(r, v),
             },
             Expr::Select(f) => match self.eval(f, input)? {
-                Some(c) if truthy(&c) => input.clone(),
+                Some(c) if truthy(c) => input,
                 _ => return Ok(None),
             },
             Expr::Not => V::Bool(!truthy(input)),
             Expr::Length => self.length(input)?,
             Expr::ToString => match input {
-                V::Str(..) => input.clone(),
+                V::Str(_) | V::Made(..) => input,
                 v => {
                     let mut text = String::new();
                     self.scalar_text(v, &mut text)?;
-                    V::Str(Cow::Owned(text), true)
+                    self.string(text, true)
                 }
             },
             Expr::ToNumber => match input {
-                V::Int(_) | V::Float(_) | V::Dec(_) => input.clone(),
-                V::Str(s, true) => number(s)?,
-                _ => return Err(Bail),
+                V::Int(_) | V::Float(_) | V::Dec(_) | V::DecMade(_) => input,
+                v => match self.str(v) {
+                    Some((s, true)) => self.number(s, v)?,
+                    _ => return Err(Bail),
+                },
             },
             Expr::Has(k) => {
                 let Some(key) = self.eval(k, input)? else {
                     return Ok(None);
                 };
-                match (input, &key) {
-                    (V::Node(i), V::Str(k, true)) if self.tape.nodes()[*i].kind == Kind::Obj => {
-                        V::Bool(self.lookup(*i, k)?.is_some())
+                match (input, self.str(key)) {
+                    (V::Node(i), Some((k, true))) if self.tape.nodes()[i].kind == Kind::Obj => {
+                        V::Bool(self.lookup(i, k)?.is_some())
                     }
-                    (V::Root, V::Str(k, true)) => V::Bool(self.field(k)?.is_some()),
+                    (V::Root, Some((k, true))) => V::Bool(self.field(k)?.is_some()),
                     _ => return Err(Bail),
                 }
             }
         }))
     }
 
+    /// An object made during evaluation.
+    fn object(&self, entries: Vec<(&'t str, V<'t>)>) -> V<'t> {
+        let objects = self.made.objects.get_or_init(|| Arena::with_capacity(MADE_FIRST));
+        V::Obj(objects.alloc(entries))
+    }
+
     /// Evaluates `e` and writes its output as JSON into `out`; `false` when it has
     /// none, and whatever was written then is to be dropped (an output is the whole
     /// program's or nothing: `run`). A record, a `select` and a pipe's last step are
     /// written as they are evaluated, with no value built for them.
-    fn emit(&self, e: &'t Expr, input: &V<'t>, out: &mut Vec<u8>) -> R<bool> {
+    fn emit(&self, e: &'t Expr, input: V<'t>, out: &mut Vec<u8>) -> R<bool> {
         match e {
             Expr::Record(entries) => {
                 out.push(b'{');
@@ -304,15 +397,15 @@ impl<'t> Eval<'t, '_> {
             }
             Expr::Pipe(l, r) => match self.eval(l, input)? {
                 None => Ok(false),
-                Some(v) => self.emit(r, &v, out),
+                Some(v) => self.emit(r, v, out),
             },
             Expr::Select(f) => match self.eval(f, input)? {
-                Some(c) if truthy(&c) => self.write(input, out).map(|()| true),
+                Some(c) if truthy(c) => self.write(input, out).map(|()| true),
                 _ => Ok(false),
             },
             _ => match self.eval(e, input)? {
                 None => Ok(false),
-                Some(v) => self.write(&v, out).map(|()| true),
+                Some(v) => self.write(v, out).map(|()| true),
             },
         }
     }
@@ -339,45 +432,57 @@ impl<'t> Eval<'t, '_> {
     }
 
     /// `.k` of `base`, for a key without escapes.
-    fn get(&self, base: &V<'t>, k: &str) -> R<V<'t>> {
+    fn get(&self, base: V<'t>, k: &str) -> R<V<'t>> {
         let at = match base {
             V::Null => return Ok(V::Null),
             V::Root => self.field(k)?,
-            V::Node(i) if self.tape.nodes()[*i].kind == Kind::Obj => self.lookup(*i, k)?,
+            V::Node(i) if self.tape.nodes()[i].kind == Kind::Obj => self.lookup(i, k)?,
             _ => return Err(Bail),
         };
         Ok(at.map_or(V::Null, |v| self.node(v)))
     }
 
-    fn index(&self, base: &V<'t>, key: &V<'t>) -> R<V<'t>> {
+    fn index(&self, base: V<'t>, key: V<'t>) -> R<V<'t>> {
+        if let Some((k, plain)) = self.str(key) {
+            return match base {
+                _ if plain => self.get(base, k),
+                V::Null => Ok(V::Null),
+                _ => Err(Bail),
+            };
+        }
         match (base, key) {
-            (_, V::Str(k, true)) => self.get(base, k),
-            (V::Null, V::Str(..) | V::Int(_)) => Ok(V::Null),
-            (V::Node(i), V::Int(at)) if self.tape.nodes()[*i].kind == Kind::Arr => {
-                let len = self.tape.nodes()[*i].len() as i64;
-                let at = if *at < 0 { len + at } else { *at };
+            (V::Null, V::Int(_)) => Ok(V::Null),
+            (V::Node(i), V::Int(at)) if self.tape.nodes()[i].kind == Kind::Arr => {
+                let len = self.tape.nodes()[i].len() as i64;
+                let at = if at < 0 { len + at } else { at };
                 if at < 0 || at >= len {
                     return Ok(V::Null);
                 }
-                let element = self.tape.children(*i).nth(at as usize).ok_or(Bail)?;
+                let element = self.tape.children(i).nth(at as usize).ok_or(Bail)?;
                 Ok(self.node(element))
             }
             _ => Err(Bail),
         }
     }
 
-    fn length(&self, v: &V<'t>) -> R<V<'t>> {
+    fn length(&self, v: V<'t>) -> R<V<'t>> {
         Ok(match v {
             V::Null => V::Int(0),
             V::Int(i) => V::Int(i.checked_abs().ok_or(Bail)?),
             V::Float(x) => V::Float(x.abs()),
-            V::Dec(d) => V::Float(d.parse::<f64>().map_err(|_| Bail)?.abs()),
-            V::Str(s, true) => V::Int(s.chars().count() as i64),
+            V::Dec(_) | V::DecMade(_) => {
+                let d = self.dec(v).ok_or(Bail)?;
+                V::Float(d.parse::<f64>().map_err(|_| Bail)?.abs())
+            }
+            V::Str(_) | V::Made(..) => match self.str(v) {
+                Some((s, true)) => V::Int(s.chars().count() as i64),
+                _ => return Err(Bail),
+            },
             V::Node(i) => {
-                let node = &self.tape.nodes()[*i];
+                let node = &self.tape.nodes()[i];
                 if node.kind == Kind::Obj {
                     // jaq counts a repeated key once.
-                    self.keys_once(*i)?;
+                    self.keys_once(i)?;
                 }
                 V::Int(node.len() as i64)
             }
@@ -416,31 +521,37 @@ impl<'t> Eval<'t, '_> {
     }
 
     /// A value that is not a string as jq writes it into a string (`tostring`, `"\(.)"`).
-    fn scalar_text(&self, v: &V<'t>, text: &mut String) -> R<()> {
+    fn scalar_text(&self, v: V<'t>, text: &mut String) -> R<()> {
         match v {
             V::Null => text.push_str("null"),
-            V::Bool(b) => text.push_str(if *b { "true" } else { "false" }),
-            V::Int(i) => text.push_str(itoa::Buffer::new().format(*i)),
+            V::Bool(b) => text.push_str(if b { "true" } else { "false" }),
+            V::Int(i) => text.push_str(itoa::Buffer::new().format(i)),
             V::Float(x) => {
                 let mut written = Vec::new();
-                write_float(*x, &mut written)?;
+                write_float(x, &mut written)?;
                 text.push_str(std::str::from_utf8(&written).map_err(|_| Bail)?);
             }
-            V::Dec(d) => text.push_str(d),
+            V::Dec(_) | V::DecMade(_) => text.push_str(self.dec(v).ok_or(Bail)?),
             _ => return Err(Bail),
         }
         Ok(())
     }
 
-    fn write(&self, v: &V<'t>, out: &mut Vec<u8>) -> R<()> {
+    fn write(&self, v: V<'t>, out: &mut Vec<u8>) -> R<()> {
         match v {
             V::Null => out.extend_from_slice(b"null"),
             V::Bool(true) => out.extend_from_slice(b"true"),
             V::Bool(false) => out.extend_from_slice(b"false"),
-            V::Int(i) => out.extend_from_slice(itoa::Buffer::new().format(*i).as_bytes()),
-            V::Float(x) => write_float(*x, out)?,
-            V::Dec(d) => out.extend_from_slice(d.as_bytes()),
-            V::Str(s, _) => {
+            V::Int(i) => out.extend_from_slice(itoa::Buffer::new().format(i).as_bytes()),
+            V::Float(x) => write_float(x, out)?,
+            V::Dec(i) => out.extend_from_slice(self.tape.bytes(i)),
+            V::DecMade(d) => out.extend_from_slice(d.as_bytes()),
+            V::Str(i) => {
+                out.push(b'"');
+                out.extend_from_slice(self.tape.bytes(i));
+                out.push(b'"');
+            }
+            V::Made(s, _) => {
                 out.push(b'"');
                 out.extend_from_slice(s.as_bytes());
                 out.push(b'"');
@@ -449,12 +560,12 @@ impl<'t> Eval<'t, '_> {
             V::Root => return Err(Bail),
             V::Node(i) => {
                 // Written as it came, so every object in it must read as jaq reads it.
-                for n in *i..self.tape.nodes()[*i].next() {
+                for n in i..self.tape.nodes()[i].next() {
                     if self.tape.nodes()[n].kind == Kind::Obj {
                         self.keys_once(n)?;
                     }
                 }
-                out.extend_from_slice(self.tape.raw(*i))
+                out.extend_from_slice(self.tape.raw(i))
             }
             V::Arr(items) => {
                 out.push(b'[');
@@ -462,7 +573,7 @@ impl<'t> Eval<'t, '_> {
                     if n > 0 {
                         out.push(b',');
                     }
-                    self.write(item, out)?;
+                    self.write(*item, out)?;
                 }
                 out.push(b']');
             }
@@ -478,7 +589,7 @@ impl<'t> Eval<'t, '_> {
                     let v = entries[n..]
                         .iter()
                         .rev()
-                        .find_map(|(key, v)| (key == k).then_some(v))
+                        .find_map(|(key, v)| (key == k).then_some(*v))
                         .expect("the entry itself");
                     if !first {
                         out.push(b',');
@@ -493,6 +604,86 @@ impl<'t> Eval<'t, '_> {
             }
         }
         Ok(())
+    }
+
+    /// A string that is a JSON number (`s`, the text of the string value `v`), as jaq
+    /// reads one; anything else is left to jaq.
+    fn number(&self, s: &str, v: V<'t>) -> R<V<'t>> {
+        let mut nodes = Vec::new();
+        let tape = Tape::read(s.as_bytes(), &mut nodes).ok_or(Bail)?;
+        let node = tape.nodes()[0];
+        match (node.kind, v) {
+            (Kind::Int, _) => Ok(V::Int(node.int())),
+            // The string's text is the number's.
+            (Kind::Dec, V::Str(i)) => Ok(V::Dec(i)),
+            (Kind::Dec, V::Made(m, _)) => Ok(V::DecMade(m)),
+            _ => Err(Bail),
+        }
+    }
+
+    fn as_f64(&self, v: V<'t>) -> R<f64> {
+        match v {
+            V::Int(i) => Ok(i as f64),
+            V::Float(x) => Ok(x),
+            V::Dec(_) | V::DecMade(_) => self.dec(v).ok_or(Bail)?.parse().map_err(|_| Bail),
+            _ => Err(Bail),
+        }
+    }
+
+    fn math(&self, op: Math, l: V<'t>, r: V<'t>) -> R<V<'t>> {
+        if let Math::Add = op {
+            match (l, r) {
+                (V::Null, _) => return Ok(r),
+                (_, V::Null) => return Ok(l),
+                _ => {}
+            }
+            if let (Some((a, pa)), Some((b, pb))) = (self.str(l), self.str(r)) {
+                return Ok(self.string(format!("{a}{b}"), pa && pb));
+            }
+        }
+        if !is_num(l) || !is_num(r) {
+            return Err(Bail);
+        }
+        let out = match (op, l, r) {
+            (Math::Add, V::Int(a), V::Int(b)) => V::Int(a.checked_add(b).ok_or(Bail)?),
+            (Math::Sub, V::Int(a), V::Int(b)) => V::Int(a.checked_sub(b).ok_or(Bail)?),
+            (Math::Mul, V::Int(a), V::Int(b)) => V::Int(a.checked_mul(b).ok_or(Bail)?),
+            (Math::Rem, V::Int(a), V::Int(b)) if b != 0 => V::Int(a.checked_rem(b).unwrap_or(0)),
+            (Math::Rem, ..) => return Err(Bail),
+            (Math::Div, ..) => {
+                let (a, b) = (self.as_f64(l)?, self.as_f64(r)?);
+                if b == 0.0 {
+                    return Err(Bail);
+                }
+                V::Float(a / b)
+            }
+            (Math::Add, ..) => V::Float(self.as_f64(l)? + self.as_f64(r)?),
+            (Math::Sub, ..) => V::Float(self.as_f64(l)? - self.as_f64(r)?),
+            (Math::Mul, ..) => V::Float(self.as_f64(l)? * self.as_f64(r)?),
+        };
+        match out {
+            V::Float(x) if !x.is_finite() => Err(Bail),
+            out => Ok(out),
+        }
+    }
+
+    fn compare(&self, l: V<'t>, r: V<'t>) -> R<Ordering> {
+        let (a, b) = (rank(l), rank(r));
+        if matches!(l, V::Node(_) | V::Root) || matches!(r, V::Node(_) | V::Root) || a >= 5 || b >= 5 {
+            return Err(Bail);
+        }
+        if a != b {
+            return Ok(a.cmp(&b));
+        }
+        match (l, r) {
+            (V::Int(x), V::Int(y)) => Ok(x.cmp(&y)),
+            _ if a == 4 => match (self.str(l), self.str(r)) {
+                (Some((x, true)), Some((y, true))) => Ok(x.as_bytes().cmp(y.as_bytes())),
+                _ => Err(Bail),
+            },
+            _ if a == 3 => self.as_f64(l)?.partial_cmp(&self.as_f64(r)?).ok_or(Bail),
+            _ => Ok(Ordering::Equal),
+        }
     }
 }
 
@@ -568,102 +759,6 @@ fn short_float(x: f64, out: &mut Vec<u8>) -> bool {
         return true;
     }
     false
-}
-
-/// A string that is a JSON number, as jaq reads one; anything else is left to jaq.
-fn number<'t>(s: &Cow<'t, str>) -> R<V<'t>> {
-    let mut nodes = Vec::new();
-    let tape = Tape::read(s.as_bytes(), &mut nodes).ok_or(Bail)?;
-    let node = tape.nodes()[0];
-    match node.kind {
-        Kind::Int => Ok(V::Int(node.int())),
-        Kind::Dec => Ok(V::Dec(s.clone())),
-        _ => Err(Bail),
-    }
-}
-
-fn as_f64(v: &V<'_>) -> R<f64> {
-    match v {
-        V::Int(i) => Ok(*i as f64),
-        V::Float(x) => Ok(*x),
-        V::Dec(d) => d.parse().map_err(|_| Bail),
-        _ => Err(Bail),
-    }
-}
-
-fn is_num(v: &V<'_>) -> bool {
-    matches!(v, V::Int(_) | V::Float(_) | V::Dec(_))
-}
-
-fn math<'t>(op: Math, l: V<'t>, r: V<'t>) -> R<V<'t>> {
-    if let Math::Add = op {
-        match (&l, &r) {
-            (V::Null, _) => return Ok(r),
-            (_, V::Null) => return Ok(l),
-            (V::Str(a, pa), V::Str(b, pb)) => {
-                let plain = *pa && *pb;
-                return Ok(V::Str(Cow::Owned(format!("{a}{b}")), plain));
-            }
-            _ => {}
-        }
-    }
-    if !is_num(&l) || !is_num(&r) {
-        return Err(Bail);
-    }
-    let out = match (op, &l, &r) {
-        (Math::Add, V::Int(a), V::Int(b)) => V::Int(a.checked_add(*b).ok_or(Bail)?),
-        (Math::Sub, V::Int(a), V::Int(b)) => V::Int(a.checked_sub(*b).ok_or(Bail)?),
-        (Math::Mul, V::Int(a), V::Int(b)) => V::Int(a.checked_mul(*b).ok_or(Bail)?),
-        (Math::Rem, V::Int(a), V::Int(b)) if *b != 0 => V::Int(a.checked_rem(*b).unwrap_or(0)),
-        (Math::Rem, ..) => return Err(Bail),
-        (Math::Div, ..) => {
-            let (a, b) = (as_f64(&l)?, as_f64(&r)?);
-            if b == 0.0 {
-                return Err(Bail);
-            }
-            V::Float(a / b)
-        }
-        (Math::Add, ..) => V::Float(as_f64(&l)? + as_f64(&r)?),
-        (Math::Sub, ..) => V::Float(as_f64(&l)? - as_f64(&r)?),
-        (Math::Mul, ..) => V::Float(as_f64(&l)? * as_f64(&r)?),
-    };
-    match out {
-        V::Float(x) if !x.is_finite() => Err(Bail),
-        out => Ok(out),
-    }
-}
-
-/// jq's order: null, false, true, numbers, strings, arrays, objects.
-fn rank(v: &V<'_>) -> u8 {
-    match v {
-        V::Null => 0,
-        V::Bool(false) => 1,
-        V::Bool(true) => 2,
-        V::Int(_) | V::Float(_) | V::Dec(_) => 3,
-        V::Str(..) => 4,
-        V::Arr(_) => 5,
-        V::Obj(_) => 6,
-        // Which of the two a node is does not matter: comparing one bails below.
-        V::Node(_) => 5,
-        V::Root => 6,
-    }
-}
-
-fn compare(l: &V<'_>, r: &V<'_>) -> R<Ordering> {
-    let (a, b) = (rank(l), rank(r));
-    if matches!(l, V::Node(_) | V::Root) || matches!(r, V::Node(_) | V::Root) || a >= 5 || b >= 5 {
-        return Err(Bail);
-    }
-    if a != b {
-        return Ok(a.cmp(&b));
-    }
-    match (l, r) {
-        (V::Int(x), V::Int(y)) => Ok(x.cmp(y)),
-        (V::Str(x, true), V::Str(y, true)) => Ok(x.as_bytes().cmp(y.as_bytes())),
-        (V::Str(..), V::Str(..)) => Err(Bail),
-        _ if a == 3 => as_f64(l)?.partial_cmp(&as_f64(r)?).ok_or(Bail),
-        _ => Ok(Ordering::Equal),
-    }
 }
 
 #[cfg(test)]
