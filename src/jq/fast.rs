@@ -226,19 +226,12 @@ impl<'t> Eval<'t, '_> {
             Expr::Bool(b) => V::Bool(*b),
             Expr::Dec(d) => V::DecMade(d),
             Expr::Interp(pieces) => {
-                let mut text = String::new();
-                for piece in pieces {
-                    match piece {
-                        Piece::Lit(s) => text.push_str(s),
-                        Piece::Expr(e) => match self.eval(e, input)? {
-                            None => return Ok(None),
-                            Some(v) => match self.str(v) {
-                                Some((s, _)) => text.push_str(s),
-                                None => self.scalar_text(v, &mut text)?,
-                            },
-                        },
-                    }
+                let mut text = Vec::new();
+                if !self.interp(pieces, input, &mut text)? {
+                    return Ok(None);
                 }
+                // Every piece is text, so this never fails.
+                let text = String::from_utf8(text).map_err(|_| Bail)?;
                 let plain = !text.contains('\\');
                 self.string(text, plain)
             }
@@ -340,9 +333,9 @@ impl<'t> Eval<'t, '_> {
             Expr::ToString => match input {
                 V::Str(_) | V::Made(..) => input,
                 v => {
-                    let mut text = String::new();
+                    let mut text = Vec::new();
                     self.scalar_text(v, &mut text)?;
-                    self.string(text, true)
+                    self.string(String::from_utf8(text).map_err(|_| Bail)?, true)
                 }
             },
             Expr::ToNumber => match input {
@@ -375,8 +368,8 @@ impl<'t> Eval<'t, '_> {
 
     /// Evaluates `e` and writes its output as JSON into `out`; `false` when it has
     /// none, and whatever was written then is to be dropped (an output is the whole
-    /// program's or nothing: `run`). A record, a `select` and a pipe's last step are
-    /// written as they are evaluated, with no value built for them.
+    /// program's or nothing: `run`). A record, a string interpolation, a `select` and a
+    /// pipe's last step are written as they are evaluated, with no value built for them.
     fn emit(&self, e: &'t Expr, input: V<'t>, out: &mut Vec<u8>) -> R<bool> {
         match e {
             Expr::Record(entries) => {
@@ -399,6 +392,14 @@ impl<'t> Eval<'t, '_> {
                 None => Ok(false),
                 Some(v) => self.emit(r, v, out),
             },
+            Expr::Interp(pieces) => {
+                out.push(b'"');
+                if !self.interp(pieces, input, out)? {
+                    return Ok(false);
+                }
+                out.push(b'"');
+                Ok(true)
+            }
             Expr::Select(f) => match self.eval(f, input)? {
                 Some(c) if truthy(c) => self.write(input, out).map(|()| true),
                 _ => Ok(false),
@@ -520,18 +521,32 @@ impl<'t> Eval<'t, '_> {
         Ok(())
     }
 
-    /// A value that is not a string as jq writes it into a string (`tostring`, `"\(.)"`).
-    fn scalar_text(&self, v: V<'t>, text: &mut String) -> R<()> {
-        match v {
-            V::Null => text.push_str("null"),
-            V::Bool(b) => text.push_str(if b { "true" } else { "false" }),
-            V::Int(i) => text.push_str(itoa::Buffer::new().format(i)),
-            V::Float(x) => {
-                let mut written = Vec::new();
-                write_float(x, &mut written)?;
-                text.push_str(std::str::from_utf8(&written).map_err(|_| Bail)?);
+    /// Writes the text of a string interpolation (JSON-escaped, without its quotes) into
+    /// `out`; `false` when a piece has no output (then nothing written counts).
+    fn interp(&self, pieces: &'t [Piece], input: V<'t>, out: &mut Vec<u8>) -> R<bool> {
+        for piece in pieces {
+            match piece {
+                Piece::Lit(s) => out.extend_from_slice(s.as_bytes()),
+                Piece::Expr(e) => match self.eval(e, input)? {
+                    None => return Ok(false),
+                    Some(v) => match self.str(v) {
+                        Some((s, _)) => out.extend_from_slice(s.as_bytes()),
+                        None => self.scalar_text(v, out)?,
+                    },
+                },
             }
-            V::Dec(_) | V::DecMade(_) => text.push_str(self.dec(v).ok_or(Bail)?),
+        }
+        Ok(true)
+    }
+
+    /// A value that is not a string as jq writes it into a string (`tostring`, `"\(.)"`).
+    fn scalar_text(&self, v: V<'t>, out: &mut Vec<u8>) -> R<()> {
+        match v {
+            V::Null => out.extend_from_slice(b"null"),
+            V::Bool(b) => out.extend_from_slice(if b { b"true" } else { b"false" }),
+            V::Int(i) => out.extend_from_slice(itoa::Buffer::new().format(i).as_bytes()),
+            V::Float(x) => write_float(x, out)?,
+            V::Dec(_) | V::DecMade(_) => out.extend_from_slice(self.dec(v).ok_or(Bail)?.as_bytes()),
             _ => return Err(Bail),
         }
         Ok(())
