@@ -195,9 +195,15 @@ impl Server {
     }
 
     /// Sends `signal` to the engine, which must still run (the kill must land).
+    /// Sends `signal`. A SIGSTOP returns only once every thread of the process has
+    /// stopped: the kernel stops the others only when one thread takes the signal, and
+    /// until then they run on, so a test that acts "while it is paused" must wait.
     pub(crate) fn signal(&self, signal: i32) {
         // SAFETY: kill(2) on our own child's pid; no memory is touched.
         assert_eq!(unsafe { libc::kill(self.child.id() as libc::pid_t, signal) }, 0);
+        if signal == libc::SIGSTOP {
+            wait_stopped(self.child.id());
+        }
     }
 
     /// SIGTERM, then waits (at most `limit`) for the exit: `Some(success)`, or `None`
@@ -953,5 +959,36 @@ fn records_acked_over_tcp_survive_sigkill() {
                 "{durability}: acked record {p}:{o} ({value}) is missing after SIGKILL"
             );
         }
+    }
+}
+
+/// Waits (at most 10 s, else panics) until every thread of process `pid` is stopped.
+/// io_uring's kernel workers (`iou-*`) take no signals and run no code of the process,
+/// so they are not waited for.
+pub(crate) fn wait_stopped(pid: u32) {
+    let stopped = || -> bool {
+        let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) else {
+            return false;
+        };
+        tasks.flatten().all(|task| {
+            let comm = std::fs::read_to_string(task.path().join("comm")).unwrap_or_default();
+            // A thread gone meanwhile runs nothing either.
+            let Ok(stat) = std::fs::read_to_string(task.path().join("stat")) else {
+                return true;
+            };
+            comm.starts_with("iou-")
+                || stat
+                    .rfind(')')
+                    .is_some_and(|end| stat[end + 1..].trim_start().starts_with(['T', 't']))
+        })
+    };
+    let deadline = Instant::now() + Duration::from_secs(10);
+    // Bounded by the deadline.
+    while !stopped() {
+        assert!(
+            Instant::now() < deadline,
+            "process {pid} had not stopped 10 s after SIGSTOP"
+        );
+        std::thread::sleep(Duration::from_millis(1));
     }
 }
