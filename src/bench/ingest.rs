@@ -20,6 +20,8 @@ pub struct IngestOptions {
     /// Records per second over all connections; `None`: as fast as acks come back.
     pub rate: Option<f64>,
     pub produce: ProduceKind,
+    /// Closed loop: how long to spin for each ack before sleeping (`load::Plan::spin`).
+    pub spin: Option<std::time::Duration>,
 }
 
 /// How the records travel.
@@ -128,6 +130,7 @@ pub fn fill(target: &Target, records: u64, size: usize) -> Result<Measured, Benc
         inflight: 32,
         rate: None,
         produce: ProduceKind::Batch,
+        spin: None,
     };
     ingest(target, &options, false)
 }
@@ -148,6 +151,7 @@ pub fn ingest(target: &Target, o: &IngestOptions, progress: bool) -> Result<Meas
         requests: o.requests(),
         inflight: o.inflight.max(1),
         rate: o.rate.map(|r| r / o.batch.max(1) as f64),
+        spin: o.spin,
     };
     let warmup = Plan {
         requests: warmup_requests(plan.requests, o.batch),

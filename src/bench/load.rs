@@ -38,6 +38,9 @@ pub struct Plan {
     pub inflight: usize,
     /// Requests per second over all connections; `None` is closed loop.
     pub rate: Option<f64>,
+    /// Closed loop: spin this long for each answer before sleeping in `read`
+    /// (`Client::spin_until_readable`); `None` sleeps at once.
+    pub spin: Option<Duration>,
 }
 
 /// What a run measured.
@@ -137,6 +140,9 @@ fn closed_loop(
             client.send_raw(&frame)?;
             inflight.push_back((next, Instant::now()));
             next += 1;
+        }
+        if let Some(spin) = plan.spin {
+            client.spin_until_readable(spin)?;
         }
         let (id, response) = client.recv()?;
         let at = inflight

@@ -160,6 +160,7 @@ pub fn pipeline(target: &Target, o: &PipelineOptions, progress: bool) -> Result<
         requests,
         inflight: 32,
         rate: None,
+        spin: None,
     };
 
     // Warm-up: a first part of the run goes all the way through, not measured.

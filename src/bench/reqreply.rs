@@ -85,6 +85,7 @@ pub fn reqreply(target: &Target, o: &ReqreplyOptions, progress: bool) -> Result<
         // the schedule asks for, up to a bound that keeps memory fixed.
         inflight: if o.rate.is_some() { 4096 } else { 1 },
         rate: o.rate,
+        spin: None,
     };
     let warmup = Plan {
         requests: warmup_requests(plan.requests, 1),

@@ -31,6 +31,11 @@ pub enum Scenario {
         /// came) or `records` (the PRODUCE request, re-encoded by the server).
         #[arg(long, value_enum, default_value = "batch")]
         produce: bench::ProduceKind,
+        /// Closed loop: spin up to this many microseconds for each ack before sleeping
+        /// in read, so a round trip does not pay the client's wake-up (costs a core;
+        /// best with the client and the engine on CPUs of their own). Default: 0.
+        #[arg(long, default_value_t = 0, value_name = "MICROS")]
+        spin_us: u64,
         #[command(flatten)]
         common: Common,
     },
@@ -256,6 +261,7 @@ pub fn run(scenario: Scenario) -> Result<ExitCode, CliError> {
             inflight,
             rate,
             produce,
+            spin_us,
             common,
         } => {
             let target = target(&common, load.durability, Stages::None)?;
@@ -267,12 +273,13 @@ pub fn run(scenario: Scenario) -> Result<ExitCode, CliError> {
                 inflight: inflight.unwrap_or(if load.batch <= 1 { 1 } else { 32 }).max(1),
                 rate,
                 produce,
+                spin: (spin_us > 0 && rate.is_none()).then(|| std::time::Duration::from_micros(spin_us)),
             };
             let measured = bench::ingest(&target, &options, true)?;
             let config = serde_json::json!({
                 "size": load.size, "batch": options.batch, "durability": common.to.is_none().then(|| load.durability.to_string()),
                 "connections": options.connections, "inflight": options.inflight, "rate": rate,
-                "produce": produce, "to": common.to, "topic": target.topic,
+                "produce": produce, "to": common.to, "topic": target.topic, "spin_us": spin_us,
                 "latency": latency_basis("per request, sent to durable ack", rate),
             });
             (bench::report("ingest", &measured, load.size, config), common.json)
