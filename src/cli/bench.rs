@@ -33,7 +33,8 @@ pub enum Scenario {
         produce: bench::ProduceKind,
         /// Closed loop: spin up to this many microseconds for each ack before sleeping
         /// in read, so a round trip does not pay the client's wake-up (costs a core;
-        /// best with the client and the engine on CPUs of their own). Default: 0.
+        /// best with the client and the engine on CPUs of their own). Closed loop only:
+        /// ignored with --rate. Default: 0.
         #[arg(long, default_value_t = 0, value_name = "MICROS")]
         spin_us: u64,
         #[command(flatten)]
@@ -279,7 +280,7 @@ pub fn run(scenario: Scenario) -> Result<ExitCode, CliError> {
             let config = serde_json::json!({
                 "size": load.size, "batch": options.batch, "durability": common.to.is_none().then(|| load.durability.to_string()),
                 "connections": options.connections, "inflight": options.inflight, "rate": rate,
-                "produce": produce, "to": common.to, "topic": target.topic, "spin_us": spin_us,
+                "produce": produce, "to": common.to, "topic": target.topic, "spin_us": options.spin.map_or(0, |d| d.as_micros() as u64),
                 "latency": latency_basis("per request, sent to durable ack", rate),
             });
             (bench::report("ingest", &measured, load.size, config), common.json)
