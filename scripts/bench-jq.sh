@@ -9,16 +9,10 @@ set -euo pipefail
 root=$(cd "$(dirname "$0")/.." && pwd)
 records="${1:-400000}"
 other="${2:-}"
-work=$(mktemp -d /var/tmp/flowd-jq.XXXXXX)
-pid=""
-cleanup() {
-    [ -n "$pid" ] && kill "$pid" 2>/dev/null && wait "$pid" 2>/dev/null
-    rm -rf "$work"
-}
-trap cleanup EXIT
+source "$root/scripts/start-flowd.sh"
+flowd_work jq
 cargo build --release --quiet --bin flowd --manifest-path "$root/Cargo.toml"
 client="$root/target/release/flowd"
-source "$root/scripts/start-flowd.sh"
 # The bench's values are {"t":MICROS,"n":SEQ,"p":"aaa..."}: the filter keeps three in
 # four (n % 4 != 3), the map reshapes them as purchases.toml does its purchases.
 cat >"$work/jq.toml" <<TOML

@@ -39,13 +39,8 @@ else
   flowd=$(pwd)/target/release/flowd
 fi
 
-work=$(mktemp -d /var/tmp/flowd-kafka.XXXXXX)
-pid=""
-cleanup() {
-  [ -n "$pid" ] && kill "$pid" 2>/dev/null && wait "$pid" 2>/dev/null
-  rm -rf "$work"
-}
-trap cleanup EXIT
+source scripts/start-flowd.sh
+flowd_work kafka
 cc -O2 -Wall -Wextra -o "$work/kafka-load" tools/kafka-load/kafka_load.c -lrdkafka
 
 cat > "$work/kafka.toml" <<TOML
@@ -62,7 +57,6 @@ kafka = "127.0.0.1:0"
 name = "events"
 partitions = 4
 TOML
-source scripts/start-flowd.sh
 start_flowd "$flowd" "$work/kafka.toml" "$work"
 tcp=$(listen_addr "$work" tcp)
 kafka=$(listen_addr "$work" kafka)

@@ -12,16 +12,10 @@ records=${1:-200000}
 rounds=${2:-3}
 spin=${3:-1000}
 [ "$(nproc)" -ge 2 ] || { echo "needs two CPUs: one for the engine, one for the client" >&2; exit 1; }
-work=$(mktemp -d /var/tmp/flowd-tail.XXXXXX)
-pid=""
-cleanup() {
-    [ -n "$pid" ] && kill "$pid" 2>/dev/null && wait "$pid" 2>/dev/null
-    rm -rf "$work"
-}
-trap cleanup EXIT
+source "$root/scripts/start-flowd.sh"
+flowd_work tail
 cargo build --release --quiet --bin flowd --manifest-path "$root/Cargo.toml"
 bin="$root/target/release/flowd"
-source "$root/scripts/start-flowd.sh"
 cat >"$work/tail.toml" <<TOML
 [engine]
 data_dir = "$work/data"

@@ -1,7 +1,20 @@
 # Sourced by the bench scripts: starts `flowd run` on a dataflow and waits until it
 # listens (its doors print `listening KIND ADDR`, http last).
+#   flowd_work NAME                  sets $work, a fresh directory, and $pid (none yet):
+#                                    on exit the engine $pid is stopped, $work removed
 #   start_flowd FLOWD DATAFLOW DIR   sets $pid; DIR/out and DIR/err take its output
 #   listen_addr DIR KIND             the address it listens on for KIND (tcp, http, kafka)
+flowd_work() {
+    work=$(mktemp -d "/var/tmp/flowd-$1.XXXXXX")
+    pid=""
+    trap flowd_work_cleanup EXIT
+}
+
+flowd_work_cleanup() {
+    [ -n "$pid" ] && kill "$pid" 2>/dev/null && wait "$pid" 2>/dev/null
+    rm -rf "$work"
+}
+
 start_flowd() {
     "$1" run "$2" > "$3/out" 2> "$3/err" &
     pid=$!
