@@ -162,8 +162,13 @@ impl<'t> Eval<'t, '_> {
 
     /// A string made during evaluation.
     fn string(&self, text: String, plain: bool) -> V<'t> {
+        V::Made(self.text(text), plain)
+    }
+
+    /// Text made during evaluation (a string's, a decimal's), kept for the record.
+    fn text(&self, text: String) -> &'t String {
         let strings = self.made.strings.get_or_init(|| Arena::with_capacity(MADE_FIRST));
-        V::Made(strings.alloc(text), plain)
+        strings.alloc(text)
     }
 
     /// A string's text and whether it is plain; `None` for anything else.
@@ -296,8 +301,7 @@ impl<'t> Eval<'t, '_> {
                         Some(pos) => pos.to_string(),
                         None => format!("-{d}"),
                     };
-                    let strings = self.made.strings.get_or_init(|| Arena::with_capacity(MADE_FIRST));
-                    V::DecMade(strings.alloc(text))
+                    V::DecMade(self.text(text))
                 }
             },
             Expr::And(l, r) => match self.eval(l, input)? {

@@ -37,6 +37,8 @@ pub const POINTS: usize = 300;
 pub const SERIES_MAX: usize = 1024;
 /// The longest wait between samples while nothing moves and nobody looks.
 pub const IDLE_INTERVAL_MAX: Duration = Duration::from_secs(16);
+/// How long a look at the charts keeps samples at full pace.
+const WATCHED_FOR: Duration = Duration::from_secs(30);
 
 /// Every series' ring, shared by the shards (shard 0 writes, any door reads).
 #[derive(Debug, Default)]
@@ -94,13 +96,16 @@ impl History {
             .retain(|_, ring| ring.back().is_some_and(|(t, _)| *t > oldest));
     }
 
-    fn watched_within(&self, now_ms: i64, within_ms: i64) -> bool {
-        now_ms - self.watched_ms.load(std::sync::atomic::Ordering::Relaxed) < within_ms
+    /// Whether the charts were asked for within the last [`WATCHED_FOR`].
+    fn watched(&self) -> bool {
+        let since =
+            crate::storage::layout::now_ms() - self.watched_ms.load(std::sync::atomic::Ordering::Relaxed);
+        since < WATCHED_FOR.as_millis() as i64
     }
 
     /// `{"interval_ms", "series": {NAME: [[MS, VALUE], ...]}, "series_refused"}`; only the
     /// series whose name starts with one of `prefixes` (all when empty). Asking counts as
-    /// watching: samples come every [`INTERVAL`] for the next 30 s.
+    /// watching: samples come every [`INTERVAL`] for the next [`WATCHED_FOR`].
     pub fn json(&self, prefixes: &[&str]) -> serde_json::Value {
         self.watched_ms.store(
             crate::storage::layout::now_ms(),
@@ -237,7 +242,7 @@ pub async fn sample_forever(
             && values
                 .iter()
                 .all(|(name, v)| *v == 0.0 || name.starts_with("lag:"));
-        let watched = history.watched_within(crate::storage::layout::now_ms(), 30_000);
+        let watched = history.watched();
         wait = if quiet && !watched {
             (wait * 2).min(IDLE_INTERVAL_MAX)
         } else {
@@ -262,8 +267,7 @@ async fn until_due(
     // Bounded: each turn either returns or sleeps until a look, the stop or the due
     // time; a look ends the backoff, after which no look is listened for.
     loop {
-        let watched = || history.watched_within(crate::storage::layout::now_ms(), 30_000);
-        if *wait > INTERVAL && watched() {
+        if *wait > INTERVAL && history.watched() {
             *wait = INTERVAL;
         }
         let due = sampled_at + *wait;
@@ -273,7 +277,7 @@ async fn until_due(
         if *wait > INTERVAL {
             let looked = history.looked.listen();
             // A look between the check above and listening is seen here.
-            if watched() {
+            if history.watched() {
                 continue;
             }
             futures_lite::future::or(looked, control.until_stopping_or(Some(due))).await;
