@@ -363,6 +363,69 @@ fn requests_the_door_does_not_serve_get_kafkas_answer_or_a_closed_connection_and
     );
 }
 
+/// The array counts a client claims are checked against the bytes that came before any
+/// room is made (vendor/kafka-protocol/PATCHES.md). Under a 16 GiB limit on the address
+/// space, where the room 2^31 - 1 claimed topics ask for cannot be had and the
+/// allocator's failure would abort the process, each such request closes its connection
+/// with a log line naming the count, and the door goes on serving.
+#[test]
+fn array_counts_a_client_claims_cost_no_memory_before_their_elements_come() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = listening_dataflow(dir.path(), "kafka", "group", "kafka = \"127.0.0.1:0\"", TOPIC);
+    let server = Server::start_program(
+        "prlimit",
+        &[
+            "--as=17179869184",
+            "--",
+            env!("CARGO_BIN_EXE_flowd"),
+            "run",
+            file.to_str().unwrap(),
+        ],
+    );
+    let kafka = server.kafka.clone().expect("a Kafka door");
+    // Metadata v1 counts its topics in an i32, v9 in a varint (the count plus one): each
+    // claims the most its count can say, and no topic follows.
+    let cases: [(i16, &[u8], &str); 2] = [
+        (
+            1,
+            &[0x7f, 0xff, 0xff, 0xff],
+            "Array length 2147483647 is more than the 0 bytes left",
+        ),
+        (
+            9,
+            &[0xff, 0xff, 0xff, 0xff, 0x0f],
+            "Compact array length 4294967294 is more than the 0 bytes left",
+        ),
+    ];
+    for (version, count, said) in cases {
+        let mut stream = std::net::TcpStream::connect(&kafka).unwrap();
+        stream.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+        let mut header = RequestHeader::default();
+        header.request_api_key = ApiKey::Metadata as i16;
+        header.request_api_version = version;
+        header.correlation_id = 3;
+        header.client_id = Some(StrBytes::from_static_str("test"));
+        let mut body = BytesMut::new();
+        header
+            .encode(&mut body, ApiKey::Metadata.request_header_version(version))
+            .unwrap();
+        body.put_slice(count);
+        send(&mut stream, &body);
+        assert!(receive(&mut stream).is_none(), "v{version}: closed");
+        assert!(
+            server.log.wait_for(
+                &["Kafka connection closed", "Metadata", said],
+                Duration::from_secs(10)
+            ),
+            "v{version}: {}",
+            server.log.text()
+        );
+    }
+    // The same process still serves.
+    let listed = kcat(&["-L", "-b", &kafka, "-t", "events"], b"");
+    assert!(listed.contains("topic \"events\" with 4 partitions"), "{listed}");
+}
+
 fn send(stream: &mut std::net::TcpStream, body: &[u8]) {
     let mut frame = (body.len() as i32).to_be_bytes().to_vec();
     frame.extend_from_slice(body);
