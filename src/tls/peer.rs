@@ -9,10 +9,12 @@
 //!
 //! A certificate may name a peer by host name instead (`--host flowd-0.ns.svc.cluster.local`,
 //! or a pattern `*.ns.svc.cluster.local`): on Kubernetes a pod's Service has a name
-//! before anyone knows its address. Such a name speaks for the address it resolved to
-//! when this peer started, if it is one given for a peer here (`--peer-listen`,
-//! `--seeds`: `PeerNames`); whether a certificate names it is webpki's check, as for
-//! any server name.
+//! before anyone knows its address. Such a name speaks for the address it was last found
+//! at, if it is one given for a peer here (`--peer-listen`, `--seeds`: `PeerNames`);
+//! whether a certificate names it is webpki's check, as for any server name. A pod that
+//! restarts comes back at another address: a certificate that names none of the names
+//! found at the address it came from has the names looked up again, off the caller's
+//! thread (`LiveNames`), so the peer's next try, a moment later, is taken.
 //!
 //! The same certificates carry relays: a peer that passes a client's request on to
 //! the peer leading its partition connects to that peer's client listener offering the
@@ -23,7 +25,9 @@
 
 use std::net::{IpAddr, TcpStream};
 use std::path::PathBuf;
-use std::sync::Arc;
+use std::sync::mpsc::{Receiver, SyncSender};
+use std::sync::{Arc, Mutex, RwLock, Weak};
+use std::time::Duration;
 
 use rustls::client::WebPkiServerVerifier;
 use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
@@ -68,6 +72,138 @@ impl PeerNames {
             .filter(move |(_, at)| *at == ip)
             .map(|(host, _)| host.as_str())
     }
+
+    /// Each name once.
+    fn hosts(&self) -> Vec<String> {
+        let mut hosts: Vec<String> = self.0.iter().map(|(host, _)| host.clone()).collect();
+        hosts.sort();
+        hosts.dedup();
+        hosts
+    }
+
+    /// `host` is now found at `ips` (and nowhere else): where it was before, if that
+    /// changed.
+    fn moved(&mut self, host: &str, ips: &[IpAddr]) -> Option<Vec<IpAddr>> {
+        let before: Vec<IpAddr> = self
+            .0
+            .iter()
+            .filter(|(h, _)| h == host)
+            .map(|(_, ip)| *ip)
+            .collect();
+        if before.len() == ips.len() && ips.iter().all(|ip| before.contains(ip)) {
+            return None;
+        }
+        self.0.retain(|(h, _)| h != host);
+        for ip in ips {
+            self.add(host, *ip);
+        }
+        Some(before)
+    }
+}
+
+/// What looks a host name up: its addresses, or none if it is not found.
+pub type Resolve = Arc<dyn Fn(&str) -> Vec<IpAddr> + Send + Sync>;
+
+/// The system's resolver (`getaddrinfo`, so `/etc/hosts` and DNS).
+pub fn system_resolver() -> Resolve {
+    Arc::new(|host: &str| {
+        use std::net::ToSocketAddrs;
+        (host, 0)
+            .to_socket_addrs()
+            .map(|found| found.map(|addr| addr.ip()).collect())
+            .unwrap_or_default()
+    })
+}
+
+/// The least time between two lookups of the names: a peer redialing in a loop, or one
+/// that is simply not named here, costs the resolver one lookup a second at most.
+const LOOK_AGAIN_EVERY: Duration = Duration::from_secs(1);
+
+/// The peers' names as last found, looked up again on request by a thread of their own
+/// (the lookup blocks, and checks run on shards too), never more than once every
+/// `LOOK_AGAIN_EVERY`; requests while one is due are one request. The thread waits on
+/// a channel (no timer), and ends when the names are dropped.
+struct LiveNames {
+    now: RwLock<PeerNames>,
+    /// Wakes the thread; `None` when there is no name to look up.
+    again: Mutex<Option<SyncSender<()>>>,
+}
+
+impl std::fmt::Debug for LiveNames {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_tuple("LiveNames").field(&*self.now()).finish()
+    }
+}
+
+impl LiveNames {
+    fn start(names: PeerNames, resolve: Resolve) -> Arc<LiveNames> {
+        let hosts = !names.0.is_empty();
+        let live = Arc::new(LiveNames {
+            now: RwLock::new(names),
+            again: Mutex::new(None),
+        });
+        if hosts {
+            let (wake, woken) = std::sync::mpsc::sync_channel(1);
+            let weak = Arc::downgrade(&live);
+            let started = std::thread::Builder::new()
+                .name("flowd-peer-names".into())
+                .spawn(move || look_up_when_asked(weak, woken, resolve));
+            match started {
+                Ok(_) => *live.again.lock().unwrap_or_else(|e| e.into_inner()) = Some(wake),
+                Err(e) => tracing::warn!(
+                    "peer names will not be looked up again (a peer that comes back at another address is refused until this one restarts): no thread: {e}"
+                ),
+            }
+        }
+        live
+    }
+
+    fn now(&self) -> std::sync::RwLockReadGuard<'_, PeerNames> {
+        self.now.read().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Asks for the names to be looked up again; returns at once.
+    fn look_again(&self) {
+        if let Some(wake) = &*self.again.lock().unwrap_or_else(|e| e.into_inner()) {
+            // Full: a lookup is asked for already. Disconnected cannot be while the
+            // names live: the thread ends only with them.
+            let _ = wake.try_send(());
+        }
+    }
+
+    /// What `leaf` names of `ip` (`name_for`), the names looked up again if nothing.
+    fn name_for(&self, leaf: &CertificateDer<'_>, ip: IpAddr) -> Option<ServerName<'static>> {
+        let name = name_for(&self.now(), leaf, ip);
+        if name.is_none() {
+            self.look_again();
+        }
+        name
+    }
+}
+
+/// The thread of `LiveNames`: one lookup of every name per request, then a pause.
+fn look_up_when_asked(names: Weak<LiveNames>, woken: Receiver<()>, resolve: Resolve) {
+    while woken.recv().is_ok() {
+        let Some(live) = names.upgrade() else { return };
+        let hosts = live.now().hosts();
+        for host in hosts {
+            let ips = resolve(&host);
+            // A name not found now (a pod between two lives) keeps where it was.
+            if ips.is_empty() {
+                continue;
+            }
+            let moved = live
+                .now
+                .write()
+                .unwrap_or_else(|e| e.into_inner())
+                .moved(&host, &ips);
+            if let Some(before) = moved {
+                tracing::info!("the peer name {host} is now found at {ips:?} (was {before:?})");
+            }
+        }
+        drop(live);
+        std::thread::sleep(LOOK_AGAIN_EVERY);
+    }
 }
 
 /// What the certificate `leaf` names of `ip`: the address itself, else the first host
@@ -101,7 +237,7 @@ pub struct Certified {
 #[derive(Debug)]
 struct AddressOrName {
     webpki: Arc<WebPkiServerVerifier>,
-    names: Arc<PeerNames>,
+    names: Arc<LiveNames>,
 }
 
 impl ServerCertVerifier for AddressOrName {
@@ -128,7 +264,7 @@ impl ServerCertVerifier for AddressOrName {
             return first;
         };
         // The chain is checked again, for the name the certificate does carry.
-        match name_for(&self.names, end_entity, IpAddr::from(*ip)) {
+        match self.names.name_for(end_entity, IpAddr::from(*ip)) {
             Some(name) => verify(&name),
             None => first,
         }
@@ -166,7 +302,7 @@ pub struct PeerTls {
     cluster: String,
     /// The address this peer listens on, which its certificate names.
     me: IpAddr,
-    names: Arc<PeerNames>,
+    names: Arc<LiveNames>,
     files: PeerFiles,
     server: ServerTls,
     client: Arc<ClientConfig>,
@@ -179,8 +315,19 @@ impl PeerTls {
     /// Reads the files for a peer of `cluster` listening on `me`: its own certificate
     /// must name both (the others check them), `me` by address or by a name in `names`.
     pub fn load(files: PeerFiles, cluster: &str, me: IpAddr, names: PeerNames) -> Result<PeerTls, TlsError> {
-        let names = Arc::new(names);
+        PeerTls::load_resolving(files, cluster, me, names, system_resolver())
+    }
+
+    /// `load`, with the names looked up again by `resolve`.
+    pub fn load_resolving(
+        files: PeerFiles,
+        cluster: &str,
+        me: IpAddr,
+        names: PeerNames,
+        resolve: Resolve,
+    ) -> Result<PeerTls, TlsError> {
         check_own(&files, cluster, me, &names)?;
+        let names = LiveNames::start(names, resolve);
         let server = ServerTls::load(ServerFiles {
             cert: files.cert.clone(),
             key: files.key.clone(),
@@ -258,7 +405,7 @@ impl PeerTls {
     /// handshake on, as server and as client. One for another cluster or address is
     /// refused, and the old one stays.
     pub fn reload(&self) -> Result<(), TlsError> {
-        check_own(&self.files, &self.cluster, self.me, &self.names)?;
+        check_own(&self.files, &self.cluster, self.me, &self.names.now())?;
         self.server.reload()
     }
 
@@ -277,9 +424,10 @@ impl PeerTls {
     }
 
     /// Whether the peer that presented `certified` may say it listens at `ip`: its
-    /// certificate names `ip`, or a host name found at `ip` (`PeerNames`).
+    /// certificate names `ip`, or a host name last found at `ip` (`PeerNames`). If not,
+    /// the names are looked up again for the next time (`LiveNames`).
     pub fn speaks_for(&self, certified: &Certified, ip: IpAddr) -> bool {
-        speaks_for(&self.names, &certified.leaf, ip)
+        self.names.name_for(&certified.leaf, ip).is_some()
     }
 
     /// Shakes hands with the peer listening at `ip` (within the socket's timeouts): its
@@ -531,5 +679,86 @@ mod tests {
                 && error.contains("--host flowd-2.flowd.test"),
             "{error}"
         );
+    }
+
+    #[test]
+    fn a_peer_whose_name_moved_to_another_address_is_taken_there_once_looked_up_again() {
+        let dir = tempfile::tempdir().unwrap();
+        let (ca, _) = make::authority("cluster", 1).unwrap();
+        let (first, then): (IpAddr, IpAddr) = ("127.0.0.2".parse().unwrap(), "127.0.0.3".parse().unwrap());
+        // The resolver the test moves names in, counting its lookups.
+        let dns = Arc::new(Mutex::new(std::collections::HashMap::from([
+            ("flowd-1.flowd.test".to_owned(), vec![HERE]),
+            ("flowd-2.flowd.test".to_owned(), vec![first]),
+        ])));
+        let lookups = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let resolve: Resolve = {
+            let (dns, lookups) = (Arc::clone(&dns), Arc::clone(&lookups));
+            Arc::new(move |host: &str| {
+                lookups.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                dns.lock().unwrap().get(host).cloned().unwrap_or_default()
+            })
+        };
+        let mut names = PeerNames::default();
+        names.add("flowd-1.flowd.test", HERE);
+        names.add("flowd-2.flowd.test", first);
+        let load = |name: &str, host: &str, me: IpAddr| {
+            PeerTls::load_resolving(
+                files_for(dir.path(), &ca, name, Some("blue"), host),
+                "blue",
+                me,
+                names.clone(),
+                Arc::clone(&resolve),
+            )
+            .unwrap()
+        };
+        let a = load("a", "flowd-1.flowd.test", HERE);
+        let b = load("b", "flowd-2.flowd.test", first);
+        let b_seen = meet(&a, &b).unwrap();
+        assert!(a.speaks_for(&b_seen, first));
+        assert_eq!(
+            lookups.load(std::sync::atomic::Ordering::SeqCst),
+            0,
+            "no lookup while all is found"
+        );
+        // b's pod comes back at another address. The first word from there is refused
+        // and has the names looked up again; a try a moment later is taken, and the
+        // old address no longer speaks for b.
+        dns.lock()
+            .unwrap()
+            .insert("flowd-2.flowd.test".to_owned(), vec![then]);
+        assert!(!a.speaks_for(&b_seen, then));
+        let taken = (0..500).any(|_| {
+            std::thread::sleep(Duration::from_millis(10));
+            a.speaks_for(&b_seen, then)
+        });
+        assert!(taken, "b was never taken at its new address");
+        assert!(
+            !a.speaks_for(&b_seen, first),
+            "b's old address still speaks for it"
+        );
+        // A name not found for a while (a pod between two lives) stays where it was.
+        dns.lock().unwrap().remove("flowd-2.flowd.test");
+        let before = lookups.load(std::sync::atomic::Ordering::SeqCst);
+        assert!(!a.speaks_for(&b_seen, HERE));
+        let looked = (0..500).any(|_| {
+            std::thread::sleep(Duration::from_millis(10));
+            lookups.load(std::sync::atomic::Ordering::SeqCst) >= before + 2
+        });
+        assert!(looked, "the names were not looked up again");
+        assert!(
+            a.speaks_for(&b_seen, then),
+            "b's name was forgotten while not found"
+        );
+        // Asking in a loop costs one lookup of each name a second at most.
+        let before = lookups.load(std::sync::atomic::Ordering::SeqCst);
+        let start = std::time::Instant::now();
+        for _ in 0..1000 {
+            assert!(!a.speaks_for(&b_seen, "127.0.0.9".parse().unwrap()));
+        }
+        std::thread::sleep(LOOK_AGAIN_EVERY / 2);
+        let seconds = start.elapsed().as_secs() as usize + 1;
+        let asked = lookups.load(std::sync::atomic::Ordering::SeqCst) - before;
+        assert!(asked <= 2 * (seconds + 1), "{asked} lookups in {seconds} s");
     }
 }
