@@ -188,11 +188,11 @@ impl Write for MaybeTls {
 /// opening side copies it out of such a buffer to where the stream has come to in the
 /// reader's (`tls::stream` into a frame's buffer, page-aligned too). So a record whose
 /// plaintext starts `s` bytes past a page copies at distance `5 - s` on one side and `s`
-/// on the other: slow for `s` within 4 KiB - 10 to 15. A client's write buffer starts on
-/// a page, and so would every 16 KiB record after it; sealing the first few bytes alone
-/// moves every later record's start to `LEAD_TO` past a page, where both distances are
-/// safe. One more record of at most 48 bytes per write of 4 KiB or more; measured in
-/// docs/decisions.md.
+/// on the other: slow for `s` from 10 bytes under a page to 15 past it. A client's write
+/// buffer starts on a page, and so would every 16 KiB record after it; sealing the first
+/// few bytes alone moves every later record's start to `LEAD_TO` past a page, where both
+/// distances are safe. One more record of at most 42 bytes per write of 4 KiB or more;
+/// measured in docs/decisions.md.
 pub(super) fn lead_in(plain: &[u8]) -> usize {
     /// glibc takes `rep movsb` from a few KiB up (where depends on the CPU); a shorter
     /// write's copy is short either way, and a record of its own a larger share of it.

@@ -252,8 +252,8 @@ impl<S: AsyncRead + AsyncWrite + Unpin> TlsStream<S> {
             return Err(broken("the TLS session is not ready to write"));
         };
         // The first bytes alone when the records would start where copies are slow
-        // (`duplex::lead_in`).
-        // What was sealed is written, so a failure after the lead says the lead only.
+        // (`duplex::lead_in`). What is sealed is written: a failure after the lead says
+        // the lead only.
         let lead = super::duplex::lead_in(plain);
         let mut sealed = 0;
         for part in [&plain[..lead], &plain[lead..]] {
