@@ -324,7 +324,7 @@ impl Listener {
             let subject = &certified.subject;
             let named = crate::tls::peer::named(subject);
             let message = format!(
-                "refused a peer that says it is {from}: its certificate ({}) is for {named}, and none of those is (or was found at, when this peer started) {}; issue it one for the address or name it listens on (flowd cert issue NAME --cluster {} --host HOST)",
+                "refused a peer that says it is {from}: its certificate ({}) is for {named}, and none of those is (or was last found at) {} (the names are looked up again: a peer that moved is taken on its next try); issue it one for the address or name it listens on (flowd cert issue NAME --cluster {} --host HOST)",
                 subject.name.as_deref().unwrap_or("no name"),
                 from.ip(),
                 self.cluster,

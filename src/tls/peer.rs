@@ -51,8 +51,8 @@ pub struct PeerFiles {
 }
 
 /// The host names given for peers (`--peer-listen`, `--seeds`), each with the address
-/// it resolved to when this peer started: a peer certificate naming one speaks for
-/// that address (`tls::peer`'s doc).
+/// it was last found at: a peer certificate naming one speaks for that address
+/// (`tls::peer`'s doc; `LiveNames` looks them up again).
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct PeerNames(Vec<(String, IpAddr)>);
 

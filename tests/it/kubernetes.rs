@@ -10,7 +10,8 @@
 //! once, at its acked partition and offset. The pods speak mutual TLS to each other
 //! with one peer certificate naming their Services by a pattern (`peerTls`), as the
 //! chart's values tell how to make it. Also: the chart renders, lints and validates,
-//! and its StatefulSet's addresses, probes and budget are the ones wanted.
+//! and its StatefulSet's addresses, probes and budget are the ones wanted; and a pod
+//! back at another address under its Service name (a headless Service) is taken in.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -149,11 +150,17 @@ struct Hosts(Vec<PathBuf>);
 
 impl Hosts {
     fn write(net: &Net) -> Hosts {
+        Hosts::placed(net, &[0, 1, 2], PODS)
+    }
+
+    /// Pod `i`'s Service name at namespace `places[i]`'s address, in the `/etc/hosts` of
+    /// each of the first `namespaces` namespaces.
+    fn placed(net: &Net, places: &[usize; PODS], namespaces: usize) -> Hosts {
         let mut text = String::from("127.0.0.1 localhost\n");
-        for i in 0..PODS {
-            text.push_str(&format!("{} {}\n", net.ip(i), service(i)));
+        for (i, place) in places.iter().enumerate() {
+            text.push_str(&format!("{} {}\n", net.ip(*place), service(i)));
         }
-        let dirs: Vec<PathBuf> = (0..PODS)
+        let dirs: Vec<PathBuf> = (0..namespaces)
             .map(|i| Path::new("/etc/netns").join(net.ns(i)))
             .collect();
         for dir in &dirs {
@@ -175,6 +182,11 @@ impl Drop for Hosts {
 /// Pod `i`: `flowd run` (the image's entry point) with the StatefulSet's arguments, in
 /// its namespace, each volume's mount path mapped to a directory of the test's.
 fn start_pod(net: &Net, dir: &Path, i: usize, spec: &Value) -> Server {
+    start_pod_in(net, dir, i, i, spec)
+}
+
+/// Pod `i` as `start_pod` starts it, with its volumes, in namespace `place`.
+fn start_pod_in(net: &Net, dir: &Path, i: usize, place: usize, spec: &Value) -> Server {
     let volumes: Vec<(String, PathBuf)> = spec["mounts"]
         .as_array()
         .unwrap()
@@ -192,7 +204,7 @@ fn start_pod(net: &Net, dir: &Path, i: usize, spec: &Value) -> Server {
             (mount, local)
         })
         .collect();
-    let mut args = net.flowd_run(i);
+    let mut args = net.flowd_run(place);
     for arg in spec["args"].as_array().unwrap() {
         let arg = arg.as_str().unwrap();
         let mapped = volumes.iter().find_map(|(mount, local)| {
@@ -208,7 +220,7 @@ fn start_pod(net: &Net, dir: &Path, i: usize, spec: &Value) -> Server {
     let mut pod = Server::start_program("ip", &args);
     // It binds every address: it is reached at its own.
     for door in [&mut pod.tcp, &mut pod.http] {
-        *door = door.replace("0.0.0.0", &net.ip(i));
+        *door = door.replace("0.0.0.0", &net.ip(place));
     }
     pod
 }
@@ -241,29 +253,28 @@ fn read_all(pod: &Server, token: &str) -> Option<BTreeMap<(u32, u64), String>> {
     })
 }
 
-#[test]
-fn three_pods_with_the_statefulsets_arguments_form_one_cluster_and_restart_one_at_a_time_losing_no_acked_record()
- {
-    let _serial = one_at_a_time();
-    let net = Net::new(PODS);
-    let _hosts = Hosts::write(&net);
-    let dir = tempfile::tempdir().unwrap();
+/// What the pods of a test run with: their specs as rendered, a token that may produce,
+/// read and see, and the topic's partitions; the dataflow, the credentials and the peer
+/// Secret written in `dir`.
+struct Setup {
+    specs: Vec<Value>,
+    token: String,
+    partitions: u32,
+}
+
+fn set_up(dir: &Path) -> Setup {
     let specs: Vec<Value> = (0..PODS)
         .map(|i| pod_spec(&format!("flowd-{i}"), &[PEER_TLS]))
         .collect();
-    std::fs::write(
-        dir.path().join("dataflow.toml"),
-        specs[0]["dataflow"].as_str().unwrap(),
-    )
-    .unwrap();
+    std::fs::write(dir.join("dataflow.toml"), specs[0]["dataflow"].as_str().unwrap()).unwrap();
     let partitions: u32 = {
         let text = specs[0]["dataflow"].as_str().unwrap();
         let line = text.lines().find(|l| l.starts_with("partitions")).unwrap();
         line.split('=').nth(1).unwrap().trim().parse().unwrap()
     };
     // The Secret's credentials file, with a token that may produce, read and see.
-    std::fs::create_dir(dir.path().join("credentials")).unwrap();
-    let file = dir.path().join("credentials/credentials").display().to_string();
+    std::fs::create_dir(dir.join("credentials")).unwrap();
+    let file = dir.join("credentials/credentials").display().to_string();
     let (code, out, err) = run_cli(
         &[
             "token",
@@ -280,7 +291,7 @@ fn three_pods_with_the_statefulsets_arguments_form_one_cluster_and_restart_one_a
     let token = out.split_whitespace().last().unwrap().to_string();
     // The peer Secret as values.yaml says to make it: one certificate for every pod,
     // naming their Services by a pattern (their addresses are not known beforehand).
-    let pki = dir.path().join("pki").display().to_string();
+    let pki = dir.join("pki").display().to_string();
     let pattern = format!("*.{NAMESPACE}.svc.cluster.local");
     for args in [
         vec!["cert", "ca", "--dir", &pki],
@@ -299,34 +310,31 @@ fn three_pods_with_the_statefulsets_arguments_form_one_cluster_and_restart_one_a
         let (code, _, err) = run_cli(&args, "");
         assert_eq!(code, 0, "flowd {args:?}: {err}");
     }
-    let secret = dir.path().join("peer-tls");
+    let secret = dir.join("peer-tls");
     std::fs::create_dir(&secret).unwrap();
     for (from, to) in [
         ("ca.pem", "ca.crt"),
         ("peers.pem", "tls.crt"),
         ("peers.key", "tls.key"),
     ] {
-        std::fs::copy(dir.path().join("pki").join(from), secret.join(to)).unwrap();
+        std::fs::copy(dir.join("pki").join(from), secret.join(to)).unwrap();
     }
 
-    // podManagementPolicy: Parallel: all three at once.
-    let mut pods: Vec<Server> = (0..PODS)
-        .map(|i| start_pod(&net, dir.path(), i, &specs[i]))
-        .collect();
-    wait_until("every pod ready", Duration::from_secs(120), || {
-        pods.iter().all(ready)
-    });
-    // One cluster: each pod lists all three, at their Services' addresses, alive. Ready
-    // does not wait for that (a pod serves once its own partitions are placed), and on a
-    // loaded machine gossip may suspect a peer for a moment while all start at once: so
-    // each pod's view must come to it, within a bound.
-    let want: Vec<String> = (0..PODS).map(|i| format!("{}:7946", net.ip(i))).collect();
-    for pod in &pods {
+    Setup {
+        specs,
+        token,
+        partitions,
+    }
+}
+
+/// Each pod lists exactly `want` (peer addresses, sorted) alive, within 60 s.
+fn all_see_alive(pods: &[Server], token: &str, want: &[String]) {
+    for pod in pods {
         let mut seen = Value::Null;
         let converged = poll(Duration::from_secs(60), Duration::from_millis(200), || {
             let (code, out, err) = run_cli(
                 &[
-                    "status", "--local", "--from", &pod.tcp, "--token", &token, "--json",
+                    "status", "--local", "--from", &pod.tcp, "--token", token, "--json",
                 ],
                 "",
             );
@@ -349,6 +357,33 @@ fn three_pods_with_the_statefulsets_arguments_form_one_cluster_and_restart_one_a
             pod.tcp
         );
     }
+}
+
+#[test]
+fn three_pods_with_the_statefulsets_arguments_form_one_cluster_and_restart_one_at_a_time_losing_no_acked_record()
+ {
+    let _serial = one_at_a_time();
+    let net = Net::new(PODS);
+    let _hosts = Hosts::write(&net);
+    let dir = tempfile::tempdir().unwrap();
+    let Setup {
+        specs,
+        token,
+        partitions,
+    } = set_up(dir.path());
+    // podManagementPolicy: Parallel: all three at once.
+    let mut pods: Vec<Server> = (0..PODS)
+        .map(|i| start_pod(&net, dir.path(), i, &specs[i]))
+        .collect();
+    wait_until("every pod ready", Duration::from_secs(120), || {
+        pods.iter().all(ready)
+    });
+    // One cluster: each pod lists all three, at their Services' addresses, alive. Ready
+    // does not wait for that (a pod serves once its own partitions are placed), and on a
+    // loaded machine gossip may suspect a peer for a moment while all start at once: so
+    // each pod's view must come to it, within a bound.
+    let want: Vec<String> = (0..PODS).map(|i| format!("{}:7946", net.ip(i))).collect();
+    all_see_alive(&pods, &token, &want);
 
     // The peer port speaks TLS: a plaintext peer is told so and let in to nothing.
     let mut plain = std::net::TcpStream::connect((net.ip(1).as_str(), 7946)).unwrap();
@@ -464,4 +499,49 @@ fn three_pods_with_the_statefulsets_arguments_form_one_cluster_and_restart_one_a
             pod.tcp
         );
     }
+}
+
+/// A pod back at another address under its Service name (a headless Service, where the
+/// name is the pod's own address) is taken in by the pods that found the name elsewhere
+/// when they started: its certificate names only the pattern of the Services' names,
+/// so they look the names up again (`tls::peer`). It comes back with its volume.
+#[test]
+fn a_pod_back_at_another_address_under_its_name_is_taken_in_again() {
+    let _serial = one_at_a_time();
+    // A fourth namespace: where flowd-2 comes back.
+    let net = Net::new(PODS + 1);
+    let _hosts = Hosts::placed(&net, &[0, 1, 2], PODS + 1);
+    let dir = tempfile::tempdir().unwrap();
+    let Setup { specs, token, .. } = set_up(dir.path());
+    let mut pods: Vec<Server> = (0..PODS)
+        .map(|i| start_pod(&net, dir.path(), i, &specs[i]))
+        .collect();
+    wait_until("every pod ready", Duration::from_secs(120), || {
+        pods.iter().all(ready)
+    });
+    let at = |places: [usize; PODS]| -> Vec<String> {
+        let mut want: Vec<String> = places.iter().map(|p| format!("{}:7946", net.ip(*p))).collect();
+        want.sort();
+        want
+    };
+    all_see_alive(&pods, &token, &at([0, 1, 2]));
+    let grace = Duration::from_secs(specs[0]["grace_seconds"].as_u64().unwrap());
+    assert_eq!(pods[2].terminate(grace), Some(true));
+    // Written over in place: each running pod's /etc/hosts is a bind mount of its file.
+    let _moved = Hosts::placed(&net, &[0, 1, 3], PODS + 1);
+    pods[2] = start_pod_in(&net, dir.path(), 2, 3, &specs[2]);
+    wait_until(
+        "flowd-2 ready at its new address",
+        Duration::from_secs(120),
+        || ready(&pods[2]),
+    );
+    all_see_alive(&pods, &token, &at([0, 1, 3]));
+    assert!(
+        pods[0].log.wait_for(
+            &["the peer name flowd-2.", "is now found at"],
+            Duration::from_secs(10)
+        ),
+        "{}",
+        pods[0].log.text()
+    );
 }
