@@ -207,6 +207,33 @@ pub(super) fn lead_in(plain: &[u8]) -> usize {
     (LEAD_TO + 4096 - past_page) % 4096
 }
 
+/// Seals `plain` through `seal` (which says how much of what it was given it sealed):
+/// its lead (`lead_in`) first as a record of its own, then the rest. What is sealed is
+/// written, so a failure or a short seal after the lead says how much went, not an error.
+pub(super) fn seal_leading(
+    plain: &[u8],
+    mut seal: impl FnMut(&[u8]) -> io::Result<usize>,
+) -> io::Result<usize> {
+    let lead = lead_in(plain);
+    let mut sealed = 0;
+    for part in [&plain[..lead], &plain[lead..]] {
+        if part.is_empty() {
+            continue;
+        }
+        match seal(part) {
+            Ok(n) => {
+                sealed += n;
+                if n < part.len() {
+                    break;
+                }
+            }
+            Err(_) if sealed > 0 => break,
+            Err(error) => return Err(error),
+        }
+    }
+    Ok(sealed)
+}
+
 fn lock(session: &Mutex<Connection>) -> MutexGuard<'_, Connection> {
     session.lock().unwrap_or_else(|e| e.into_inner())
 }
@@ -275,17 +302,7 @@ impl Write for Duplex {
         let buf = &buf[..buf.len().min(SEAL_CHUNK)];
         let n = {
             let mut session = lock(&self.session);
-            // A failure after the lead says the lead only: it is sealed, so written.
-            let lead = lead_in(buf);
-            let mut n = 0;
-            if lead > 0 {
-                n = session.writer().write(&buf[..lead])?;
-            }
-            match session.writer().write(&buf[n..]) {
-                Ok(rest) => n += rest,
-                Err(_) if n > 0 => {}
-                Err(error) => return Err(error),
-            }
+            let n = seal_leading(buf, |part| session.writer().write(part))?;
             while session.wants_write() {
                 session.write_tls(&mut self.sealed)?;
             }

@@ -26,7 +26,7 @@
 use std::net::{IpAddr, TcpStream};
 use std::path::PathBuf;
 use std::sync::mpsc::{Receiver, SyncSender};
-use std::sync::{Arc, Mutex, RwLock, Weak};
+use std::sync::{Arc, RwLock, Weak};
 use std::time::Duration;
 
 use rustls::client::WebPkiServerVerifier;
@@ -126,7 +126,7 @@ const LOOK_AGAIN_EVERY: Duration = Duration::from_secs(1);
 struct LiveNames {
     now: RwLock<PeerNames>,
     /// Wakes the thread; `None` when there is no name to look up.
-    again: Mutex<Option<SyncSender<()>>>,
+    again: Option<SyncSender<()>>,
 }
 
 impl std::fmt::Debug for LiveNames {
@@ -137,25 +137,29 @@ impl std::fmt::Debug for LiveNames {
 
 impl LiveNames {
     fn start(names: PeerNames, resolve: Resolve) -> Arc<LiveNames> {
-        let hosts = !names.0.is_empty();
-        let live = Arc::new(LiveNames {
-            now: RwLock::new(names),
-            again: Mutex::new(None),
-        });
-        if hosts {
-            let (wake, woken) = std::sync::mpsc::sync_channel(1);
-            let weak = Arc::downgrade(&live);
-            let started = std::thread::Builder::new()
-                .name("flowd-peer-names".into())
-                .spawn(move || look_up_when_asked(weak, woken, resolve));
-            match started {
-                Ok(_) => *live.again.lock().unwrap_or_else(|e| e.into_inner()) = Some(wake),
-                Err(e) => tracing::warn!(
-                    "peer names will not be looked up again (a peer that comes back at another address is refused until this one restarts): no thread: {e}"
-                ),
+        // The thread upgrades `weak` only once woken, which only the names made here do.
+        Arc::new_cyclic(|weak: &Weak<LiveNames>| {
+            let again = (!names.0.is_empty())
+                .then(|| {
+                    let (wake, woken) = std::sync::mpsc::sync_channel(1);
+                    let weak = weak.clone();
+                    std::thread::Builder::new()
+                        .name("flowd-peer-names".into())
+                        .spawn(move || look_up_when_asked(weak, woken, resolve))
+                        .map(|_| wake)
+                        .map_err(|e| {
+                            tracing::warn!(
+                                "peer names will not be looked up again (a peer that comes back at another address is refused until this one restarts): no thread: {e}"
+                            )
+                        })
+                        .ok()
+                })
+                .flatten();
+            LiveNames {
+                now: RwLock::new(names),
+                again,
             }
-        }
-        live
+        })
     }
 
     fn now(&self) -> std::sync::RwLockReadGuard<'_, PeerNames> {
@@ -164,7 +168,7 @@ impl LiveNames {
 
     /// Asks for the names to be looked up again; returns at once.
     fn look_again(&self) {
-        if let Some(wake) = &*self.again.lock().unwrap_or_else(|e| e.into_inner()) {
+        if let Some(wake) = &self.again {
             // Full: a lookup is asked for already. Disconnected cannot be while the
             // names live: the thread ends only with them.
             let _ = wake.try_send(());
@@ -506,6 +510,8 @@ fn handshake(who: &str, error: std::io::Error) -> TlsError {
 
 #[cfg(test)]
 mod tests {
+    use std::sync::Mutex;
+
     use super::*;
     use crate::tls::make;
 

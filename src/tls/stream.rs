@@ -252,26 +252,15 @@ impl<S: AsyncRead + AsyncWrite + Unpin> TlsStream<S> {
             return Err(broken("the TLS session is not ready to write"));
         };
         // The first bytes alone when the records would start where copies are slow
-        // (`duplex::lead_in`). What is sealed is written: a failure after the lead says
-        // the lead only.
-        let lead = super::duplex::lead_in(plain);
-        let mut sealed = 0;
-        for part in [&plain[..lead], &plain[lead..]] {
-            if part.is_empty() {
-                continue;
-            }
+        // (`duplex::lead_in`).
+        super::duplex::seal_leading(plain, |part| {
             // Each record of 16 KiB grows by its header, content type and tag (22 bytes).
             let room = part.len() + (part.len() / (16 << 10) + 1) * 64;
-            let done = append(&mut self.outgoing, room, |room| {
+            append(&mut self.outgoing, room, |room| {
                 traffic.encrypt(part, room).map_err(encrypt_error)
-            });
-            match done {
-                Ok(()) => sealed += part.len(),
-                Err(_) if sealed > 0 => break,
-                Err(error) => return Err(error),
-            }
-        }
-        Ok(sealed)
+            })
+            .map(|()| part.len())
+        })
     }
 }
 
