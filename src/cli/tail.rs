@@ -6,7 +6,7 @@
 
 use std::io::Write;
 use std::process::ExitCode;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use crate::cli::CliError;
 use crate::client::{Client, ClientError};
@@ -19,6 +19,10 @@ use crate::protocol::{ErrorCode, FetchFrom, OwnedWireRecord};
 const FETCH_RECORDS: u32 = 1000;
 /// How long a follower waits between rounds that found nothing.
 const FOLLOW_IDLE: Duration = Duration::from_millis(50);
+/// How long a fetch or claim answered "unavailable" (a partition being copied in to the
+/// peer asked, a leader being chosen) is asked again before tail gives up with that
+/// answer. Such an answer did nothing, so asking again cannot print a record twice.
+const UNAVAILABLE_PATIENCE: Duration = Duration::from_secs(30);
 
 pub struct TailArgs {
     pub from: String,
@@ -53,7 +57,9 @@ pub fn run(args: TailArgs) -> Result<ExitCode, CliError> {
     // Per partition: the next offset to fetch, and (without --follow) where to stop.
     let mut positions: Vec<(u64, Option<u64>)> = Vec::new();
     for p in 0..partitions {
-        let first = client.fetch(&args.topic, p, start, FETCH_RECORDS, 0)?;
+        let first = patiently(UNAVAILABLE_PATIENCE, || {
+            client.fetch(&args.topic, p, start, FETCH_RECORDS, 0)
+        })?;
         let next = print(&mut out, &args, p, &first.records, first_position(&first, start))?;
         positions.push((next, (!args.follow).then_some(first.next_offset)));
     }
@@ -65,7 +71,10 @@ pub fn run(args: TailArgs) -> Result<ExitCode, CliError> {
                 continue;
             }
             all_done = false;
-            let fetched = client.fetch(&args.topic, p as u32, FetchFrom::Offset(*next), FETCH_RECORDS, 0)?;
+            let from = FetchFrom::Offset(*next);
+            let fetched = patiently(UNAVAILABLE_PATIENCE, || {
+                client.fetch(&args.topic, p as u32, from, FETCH_RECORDS, 0)
+            })?;
             got_any |= !fetched.records.is_empty();
             *next = print(&mut out, &args, p as u32, &fetched.records, *next)?;
             if fetched.records.is_empty() && end.is_some() {
@@ -101,15 +110,16 @@ fn as_consumer(client: &mut Client, args: &TailArgs, group: &str) -> Result<Exit
     };
     let mut out = std::io::BufWriter::new(std::io::stdout().lock());
     loop {
-        let claimed = client
-            .claim(&args.topic, group, None, FETCH_RECORDS, Some(create.clone()))
-            .map_err(|e| match e {
-                ClientError::Server {
-                    code: ErrorCode::UnknownTopic,
-                    message,
-                } => CliError::Usage(message),
-                other => other.into(),
-            })?;
+        let claimed = patiently(UNAVAILABLE_PATIENCE, || {
+            client.claim(&args.topic, group, None, FETCH_RECORDS, Some(create.clone()))
+        })
+        .map_err(|e| match e {
+            ClientError::Server {
+                code: ErrorCode::UnknownTopic,
+                message,
+            } => CliError::Usage(message),
+            other => other.into(),
+        })?;
         let Some(partition) = claimed.partition else {
             if !args.follow {
                 break;
@@ -125,6 +135,28 @@ fn as_consumer(client: &mut Client, args: &TailArgs, group: &str) -> Result<Exit
     }
     out.flush().map_err(CliError::Output)?;
     Ok(ExitCode::SUCCESS)
+}
+
+/// `call` again while it is answered `Unavailable`, backing off from 50 ms to 1 s, for
+/// at most `patience`; then its last answer, whatever it is.
+fn patiently<T>(
+    patience: Duration,
+    mut call: impl FnMut() -> Result<T, ClientError>,
+) -> Result<T, ClientError> {
+    let deadline = Instant::now() + patience;
+    let mut pause = Duration::from_millis(50);
+    loop {
+        match call() {
+            Err(ClientError::Server {
+                code: ErrorCode::Unavailable,
+                ..
+            }) if Instant::now() + pause < deadline => {
+                std::thread::sleep(pause);
+                pause = (pause * 2).min(Duration::from_secs(1));
+            }
+            answer => return answer,
+        }
+    }
 }
 
 fn first_position(fetched: &Fetched, start: FetchFrom) -> u64 {
@@ -173,4 +205,65 @@ fn print(
         position = offset + 1;
     }
     Ok(position)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn unavailable() -> ClientError {
+        ClientError::Server {
+            code: ErrorCode::Unavailable,
+            message: "partition 0 of \"t\" moves to this peer and is being copied in; retry in a moment"
+                .into(),
+        }
+    }
+
+    #[test]
+    fn an_unavailable_answer_is_asked_again_and_any_other_is_returned_at_once() {
+        let mut calls = 0;
+        let answer = patiently(Duration::from_secs(10), || {
+            calls += 1;
+            if calls < 3 { Err(unavailable()) } else { Ok(calls) }
+        });
+        assert_eq!(answer.unwrap(), 3);
+
+        let mut calls = 0;
+        let answer: Result<(), _> = patiently(Duration::from_secs(10), || {
+            calls += 1;
+            Err(ClientError::Server {
+                code: ErrorCode::UnknownTopic,
+                message: "no topic".into(),
+            })
+        });
+        assert!(matches!(
+            answer,
+            Err(ClientError::Server {
+                code: ErrorCode::UnknownTopic,
+                ..
+            })
+        ));
+        assert_eq!(calls, 1, "a lasting error is not asked again");
+    }
+
+    #[test]
+    fn an_answer_unavailable_for_longer_than_the_patience_is_returned() {
+        let mut calls = 0;
+        let started = Instant::now();
+        let answer: Result<(), _> = patiently(Duration::from_millis(300), || {
+            calls += 1;
+            Err(unavailable())
+        });
+        assert!(matches!(
+            answer,
+            Err(ClientError::Server {
+                code: ErrorCode::Unavailable,
+                ..
+            })
+        ));
+        // 50 + 100 ms of pauses fit in 300 ms, the next 200 ms would not: three asks, or
+        // two if this machine stalled a pause past the deadline.
+        assert!((2..=3).contains(&calls), "{calls} asks");
+        assert!(started.elapsed() < Duration::from_secs(5));
+    }
 }
