@@ -65,9 +65,17 @@ pub enum TlsError {
     Handshake(String),
 }
 
-/// The one crypto provider: ring, TLS 1.3's suites.
+/// The one crypto provider: ring, TLS 1.3's suites, AES-128-GCM first.
 pub(crate) fn provider() -> Arc<CryptoProvider> {
-    Arc::new(rustls::crypto::ring::default_provider())
+    use rustls::crypto::ring::cipher_suite;
+    Arc::new(CryptoProvider {
+        cipher_suites: vec![
+            cipher_suite::TLS13_AES_128_GCM_SHA256,
+            cipher_suite::TLS13_AES_256_GCM_SHA384,
+            cipher_suite::TLS13_CHACHA20_POLY1305_SHA256,
+        ],
+        ..rustls::crypto::ring::default_provider()
+    })
 }
 
 /// Every certificate in the PEM file at `path` (a chain: the leaf first).

@@ -546,6 +546,9 @@ mod tests {
             let mut name = [0u8; 8];
             stream.read_exact(&mut name).unwrap();
             assert_eq!(&name, b"c       ");
+            // flowd's own clients ask for the cheaper AES first (`tls::provider`).
+            let suite = stream.conn.negotiated_cipher_suite().unwrap().suite();
+            assert_eq!(suite, rustls::CipherSuite::TLS13_AES_128_GCM_SHA256);
             // Written in pieces the echo must reassemble, read back while written.
             let mut got = Vec::new();
             for piece in 0..12 {
