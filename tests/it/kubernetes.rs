@@ -328,19 +328,23 @@ fn set_up(dir: &Path) -> Setup {
 }
 
 /// Each pod lists exactly `want` (peer addresses, sorted) alive, within 60 s.
+/// `flowd status --local --json` of `pod`.
+fn local_status(pod: &Server, token: &str) -> Value {
+    let (code, out, err) = run_cli(
+        &[
+            "status", "--local", "--from", &pod.tcp, "--token", token, "--json",
+        ],
+        "",
+    );
+    assert_eq!(code, 0, "{err}");
+    serde_json::from_str(&out).unwrap()
+}
+
 fn all_see_alive(pods: &[Server], token: &str, want: &[String]) {
     for pod in pods {
         let mut seen = Value::Null;
         let converged = poll(Duration::from_secs(60), Duration::from_millis(200), || {
-            let (code, out, err) = run_cli(
-                &[
-                    "status", "--local", "--from", &pod.tcp, "--token", token, "--json",
-                ],
-                "",
-            );
-            assert_eq!(code, 0, "{err}");
-            let status: Value = serde_json::from_str(&out).unwrap();
-            seen = status["peers"].clone();
+            seen = local_status(pod, token)["peers"].clone();
             let mut alive: Vec<String> = seen
                 .as_array()
                 .unwrap()
@@ -543,5 +547,36 @@ fn a_pod_back_at_another_address_under_its_name_is_taken_in_again() {
         ),
         "{}",
         pods[0].log.text()
+    );
+    // The metadata group follows: every pod names the voters where they are now, the
+    // moved one too (it has the entry that says so), and all have applied as far.
+    let mut groups = Vec::new();
+    let followed = poll(Duration::from_secs(60), Duration::from_millis(200), || {
+        groups = pods
+            .iter()
+            .map(|p| local_status(p, &token)["metadata_group"].clone())
+            .collect();
+        let voters = |g: &Value| -> Vec<String> {
+            let mut v: Vec<String> = g["voters"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|a| a.as_str().unwrap().to_string())
+                .collect();
+            v.sort();
+            v
+        };
+        let applied: Vec<u64> = groups.iter().map(|g| g["applied"].as_u64().unwrap()).collect();
+        (groups.iter().all(|g| voters(g) == at([0, 1, 3])) && applied.iter().all(|a| *a == applied[0]))
+            .then_some(())
+    });
+    assert!(
+        followed.is_some(),
+        "the metadata group does not follow flowd-2 to its new address within 60 s: {groups:#?}"
+    );
+    assert!(
+        pods.iter()
+            .any(|p| p.log.text().contains("back at another address")),
+        "the leader logs the move"
     );
 }

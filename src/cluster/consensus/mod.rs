@@ -365,6 +365,34 @@ async fn keep_members_once(raft: &Raft, cell: &ViewCell, replace_after: Duration
             tracing::info!("{} joined the metadata group as a learner", peer.addr);
         }
     }
+    // A member back at another address on its own data directory (a pod rescheduled
+    // behind its Service name with its volume): the group records where it is now, or
+    // its leader would go on sending to the old address and the member would apply
+    // nothing new. Only a member found at one address, and not still at the old one
+    // (two peers on copies of one directory are left as they are). openraft warns that
+    // an address given to the wrong member could elect two leaders; here a message
+    // reaching a peer of another storage id is refused (`network.rs`), so it cannot.
+    let moved: BTreeMap<u64, BasicNode> = staying
+        .iter()
+        .filter(|peer| staying.iter().filter(|p| p.storage == peer.storage).count() == 1)
+        .filter_map(|peer| {
+            let old: SocketAddr = membership.get_node(&peer.storage)?.addr.parse().ok()?;
+            let still_there = view.member(old).is_some_and(|at| at.storage == peer.storage);
+            (old != peer.addr && !still_there).then(|| (peer.storage, BasicNode::new(peer.addr.to_string())))
+        })
+        .collect();
+    if !moved.is_empty() {
+        let addrs: Vec<&str> = moved.values().map(|node| node.addr.as_str()).collect();
+        raft.change_membership(ChangeMembers::SetNodes(moved.clone()), false)
+            .await
+            .map_err(|e| format!("recording {} at their new addresses: {e}", addrs.join(", ")))?;
+        tracing::info!(
+            "the metadata group records {} member(s) back at another address: now {}",
+            moved.len(),
+            addrs.join(", ")
+        );
+        return Ok(());
+    }
     let voters: BTreeSet<u64> = membership.voter_ids().collect();
     // A voter gone for good is swapped for a live peer that is no voter, one for one, in
     // one change (it leaves the group altogether); with no such peer it stays a voter.
