@@ -57,6 +57,11 @@ pub struct Batch {
     /// epoch: the output partition's leader refuses it once a later lead's batch of
     /// the same producer came (`stale.rs`).
     pub lead: Option<u32>,
+    /// Written on this peer or not at all: a batch whose door checked it as the
+    /// partition's leader (a Kafka idempotent producer's sequences). Refused because the
+    /// partition moves, it fails instead of going on to the new leader, whose door never
+    /// checked it (its producer sends it again there, after asking Metadata).
+    pub here_only: bool,
 }
 
 impl Batch {
@@ -70,6 +75,7 @@ impl Batch {
             replica: None,
             uncertain: None,
             lead: None,
+            here_only: false,
         }
     }
 }
@@ -92,6 +98,20 @@ pub enum Payload {
 }
 
 impl Batch {
+    /// A batch refused, unwritten, because its partition moves: itself, to be routed to
+    /// the partition's next owner, or `None` if it had to be written here (`here_only`),
+    /// when it has been failed, saying it was not written.
+    pub fn to_route_again(self, topic: &str) -> Option<Batch> {
+        if !self.here_only {
+            return Some(self);
+        }
+        self.ack.failed(crate::runtime::error::EngineError::Unavailable(format!(
+            "partition {} of \"{topic}\" moved away from this peer before the batch was written; it was not written: send it to the partition's leader now",
+            self.partition
+        )));
+        None
+    }
+
     /// The `flowd-src` header of the batch's last record: the producer and how far its
     /// outputs in this partition are once the batch is written (`provenance`).
     pub fn last_source(&self) -> Option<Vec<u8>> {
@@ -441,4 +461,48 @@ fn with_parts<R>(parts: Parts<'_>, f: impl FnOnce(&[Record<'_>]) -> R) -> R {
         })
         .collect();
     f(&records)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::runtime::error::EngineError;
+
+    fn client_batch(here_only: bool) -> (Batch, flume::Receiver<ClientAck>) {
+        let (tx, rx) = flume::bounded(1);
+        let mut batch = Batch::new(
+            3,
+            Payload::Wire {
+                bytes: Vec::new(),
+                count: 0,
+                stamp_ms: 0,
+            },
+            Ack::Client(tx, 0),
+        );
+        batch.here_only = here_only;
+        (batch, rx)
+    }
+
+    #[test]
+    fn a_batch_checked_by_this_peer_as_leader_fails_where_another_is_routed_on() {
+        let (batch, answer) = client_batch(false);
+        assert!(
+            batch.to_route_again("events").is_some(),
+            "an ordinary batch goes on"
+        );
+        assert!(answer.try_recv().is_err(), "and is not answered yet");
+
+        let (batch, answer) = client_batch(true);
+        assert!(
+            batch.to_route_again("events").is_none(),
+            "a here-only batch stops here"
+        );
+        match answer.try_recv() {
+            Ok(Err(EngineError::Unavailable(message))) => {
+                assert!(message.contains("it was not written"), "{message}");
+                assert!(message.contains("partition 3 of \"events\""), "{message}");
+            }
+            other => panic!("expected the batch failed as not written, got {other:?}"),
+        }
+    }
 }

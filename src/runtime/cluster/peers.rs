@@ -169,7 +169,11 @@ impl Peers {
     }
 
     /// Hands a batch refused because its partition moves to the rerouter (from a shard).
+    /// A batch that must be written here or not at all fails instead: it was not written.
     pub async fn refuse(&self, topic: usize, batch: Batch) {
+        let Some(batch) = batch.to_route_again(self.topic_name(topic)) else {
+            return;
+        };
         self.rerouting.fetch_add(1, Ordering::AcqRel);
         if let Err(flume::SendError((_, batch))) = self.refused.send_async((topic, batch)).await {
             self.rerouting.fetch_sub(1, Ordering::AcqRel);

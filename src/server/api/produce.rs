@@ -245,6 +245,9 @@ pub async fn produce_batch(
 pub struct Engine<'a> {
     pub mark: Option<(&'a str, &'a [u8])>,
     pub set: &'a [&'a str],
+    /// Written on this peer or not at all (`Batch::here_only`): a partition another
+    /// peer owns is refused, never sent on.
+    pub here_only: bool,
 }
 
 /// Checks the records against the dataflow and the engine's rules, then sends them to
@@ -270,8 +273,18 @@ pub async fn produce(
     let shared = &shard.shared;
     let part_ids: Vec<(usize, u32)> = parts.iter().map(|p| (p.topic, p.partition)).collect();
     let stamp_ms = now_ms();
+    if engine.here_only
+        && let Some((part, owner)) = parts
+            .iter()
+            .find_map(|p| Some((p, shared.mesh.route_of(p.topic, p.partition)?)))
+    {
+        return Err(ProtocolError::from(EngineError::Unavailable(format!(
+            "partition {} of \"{}\" is now led by the peer {owner}; nothing was written: send it there",
+            part.partition, shared.spec.topics[part.topic].name
+        ))));
+    }
     for (number, part) in parts.into_iter().enumerate() {
-        let batch = Batch::new(
+        let mut batch = Batch::new(
             part.partition,
             Payload::Wire {
                 bytes: part.bytes,
@@ -280,7 +293,14 @@ pub async fn produce(
             },
             Ack::Client(tx.clone(), number),
         );
-        shared.mesh.send(part.topic, batch).await?;
+        if engine.here_only {
+            // To this peer's own shard; should the partition move before it is
+            // written there, the shard fails it (`Peers::refuse`).
+            batch.here_only = true;
+            shared.mesh.send_to(part.topic, batch, None).await?;
+        } else {
+            shared.mesh.send(part.topic, batch).await?;
+        }
     }
     shared.metrics.produce_requests.add(1);
     shared.metrics.records_in.add(records_in);

@@ -144,11 +144,14 @@ impl Sent {
 }
 
 /// The engine's part of a Kafka batch: `mark` on its last record, and the null-value
-/// header the door puts on tombstones (`records::NULL_VALUE_HEADER`).
+/// header the door puts on tombstones (`records::NULL_VALUE_HEADER`). A marked batch
+/// (an idempotent producer's) is written on this peer or not at all: its sequences were
+/// checked here as the partition's leader, and the leader after a move checks its own.
 fn engine<'a>(mark: Option<(&'a str, &'a [u8])>) -> api::Engine<'a> {
     api::Engine {
         mark,
         set: &[records::NULL_VALUE_HEADER],
+        here_only: mark.is_some(),
     }
 }
 
