@@ -129,6 +129,11 @@ enum Command {
         /// and its vote in the metadata group goes to one ("5m", "90s").
         #[arg(long, value_name = "DURATION", default_value = "5m", value_parser = humantime::parse_duration, requires = "peer_listen")]
         replace_after: std::time::Duration,
+        /// How long a replicated partition may be led by another replica than its
+        /// preferred one (the first placement chose, as after that peer restarted)
+        /// before the lead goes back to it, which must hold every acked record ("5m").
+        #[arg(long, value_name = "DURATION", default_value = "5m", value_parser = humantime::parse_duration, requires = "peer_listen")]
+        rebalance_after: std::time::Duration,
         /// Bytes per second a leader sends to new replicas while they copy a log, over
         /// all its partitions ("20MiB"); copies that acks wait for are never slowed.
         #[arg(long, value_name = "BYTES", default_value = "20MiB", value_parser = parse_rate, requires = "peer_listen")]
@@ -400,6 +405,7 @@ impl Cli {
                 seeds,
                 cluster_id,
                 replace_after,
+                rebalance_after,
                 copy_rate,
                 peer_tls_cert,
                 peer_tls_key,
@@ -427,6 +433,7 @@ impl Cli {
                         names: peers.names,
                         cluster_id,
                         replace_after,
+                        rebalance_after,
                         copy_rate,
                         // Known once the listeners are bound (`run`).
                         client: None,

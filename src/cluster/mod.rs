@@ -87,6 +87,9 @@ pub struct ClusterOptions {
     /// vote in the metadata group goes to one (a peer back on a new data directory is
     /// replaced at once).
     pub replace_after: Duration,
+    /// A partition led by another replica than its preferred one this long is led by
+    /// the preferred one again (`runtime::cluster::controller`).
+    pub rebalance_after: Duration,
     /// Bytes per second a leader sends, over all its partitions, to peers that copy a
     /// log without being counted yet (new replicas): producers keep their latency.
     pub copy_rate: u64,
@@ -114,6 +117,8 @@ pub struct Cluster {
     pub seeded: bool,
     /// See `ClusterOptions::replace_after`.
     pub replace_after: Duration,
+    /// See `ClusterOptions::rebalance_after`.
+    pub rebalance_after: Duration,
     /// See `ClusterOptions::copy_rate`.
     pub copy_rate: u64,
     pub view: Arc<ViewCell>,
@@ -214,6 +219,7 @@ impl Cluster {
             cluster_id: options.cluster_id.clone(),
             seeded: options.seeds.iter().any(|s| *s != addr),
             replace_after: options.replace_after,
+            rebalance_after: options.rebalance_after,
             copy_rate: options.copy_rate,
             view,
             consensus,

@@ -88,12 +88,10 @@ fn healing_peers(dir: &std::path::Path, names: &[&str], grace: &str) -> Vec<Serv
     servers
 }
 
-/// The replica set placement keeps `partition` of "events" on once every one of
-/// `servers` is live and `leader` leads it: the first three of rendezvous over them all,
-/// with the leader in place of the third if it is not among them (a move never takes the
-/// set away from a leader that stays, `runtime::cluster::controller`).
-fn placed(servers: &[&Server], partition: u64, leader: &str) -> Vec<String> {
-    let live: Vec<flowd::cluster::PeerId> = servers
+/// Each of `servers` as placement sees it: its peer address and its cores (rendezvous
+/// hashes nothing else).
+fn peer_ids(servers: &[&Server]) -> Vec<flowd::cluster::PeerId> {
+    servers
         .iter()
         .map(|s| {
             let cores = status(s)["peers"]
@@ -105,7 +103,15 @@ fn placed(servers: &[&Server], partition: u64, leader: &str) -> Vec<String> {
                 .unwrap();
             flowd::cluster::PeerId::new(peer_of(s).parse().unwrap(), cores as usize, 0)
         })
-        .collect();
+        .collect()
+}
+
+/// The replica set placement keeps `partition` of "events" on once every one of
+/// `servers` is live and `leader` leads it: the first three of rendezvous over them all,
+/// with the leader in place of the third if it is not among them (a move never takes the
+/// set away from a leader that stays, `runtime::cluster::controller`).
+fn placed(servers: &[&Server], partition: u64, leader: &str) -> Vec<String> {
+    let live = peer_ids(servers);
     let mut set: Vec<String> = flowd::cluster::rendezvous::replica_set(&live, "events", partition as u32, 3)
         .iter()
         .map(|id| id.addr.to_string())
@@ -856,4 +862,102 @@ fn a_leader_whose_disk_fills_up_hands_over_its_leadership_serves_reads_and_takes
         ends.iter().all(|e| *e == ends[0])
     });
     each_acked_once(&all, &acked, refused.len());
+}
+
+/// `partition -> leader` for each partition exactly one of `servers` says it leads.
+fn leaders(servers: &[&Server]) -> BTreeMap<u64, String> {
+    let mut led: BTreeMap<u64, Vec<String>> = BTreeMap::new();
+    for s in servers {
+        for (p, (role, ..)) in replicas(s) {
+            if role == "leader" {
+                led.entry(p).or_default().push(peer_of(s));
+            }
+        }
+    }
+    led.into_iter()
+        .filter(|(_, l)| l.len() == 1)
+        .map(|(p, mut l)| (p, l.pop().unwrap()))
+        .collect()
+}
+
+#[test]
+fn a_restarted_peer_is_given_back_the_leads_placement_gave_it_losing_no_acked_record() {
+    let _serial = one_at_a_time();
+    let dir = tempfile::tempdir().unwrap();
+    let flags = ["--replace-after", "10m", "--rebalance-after", "2s"];
+    let mut servers: Vec<Server> = Vec::new();
+    for name in ["p1", "p2", "p3"] {
+        let seed = servers.first().map(peer_of);
+        servers.push(replicated_peer_of(
+            dir.path(),
+            name,
+            "127.0.0.1:0",
+            seed.as_deref(),
+            "64KiB",
+            &flags,
+        ));
+    }
+    // Three replicas of three peers: each set holds them all, and each partition's
+    // preferred leader is the first of rendezvous over the three.
+    let all: Vec<&Server> = servers.iter().collect();
+    wait_until(
+        "every partition led with three replicas",
+        Duration::from_secs(60),
+        || settled(&all, 3),
+    );
+    let ids = peer_ids(&all);
+    let first_of = |p: u64| {
+        flowd::cluster::rendezvous::replica_set(&ids, "events", p as u32, 1)[0]
+            .addr
+            .to_string()
+    };
+    let preferred: BTreeMap<u64, String> = (0..8u64).map(|p| (p, first_of(p))).collect();
+    wait_until(
+        "every partition led by its preferred replica",
+        Duration::from_secs(60),
+        || leaders(&all) == preferred,
+    );
+    drop(all);
+    // The peer preferred by the most partitions dies and comes back under a producer.
+    let victim = (0..3)
+        .max_by_key(|&i| preferred.values().filter(|m| **m == peer_of(&servers[i])).count())
+        .unwrap();
+    let its = preferred
+        .values()
+        .filter(|m| **m == peer_of(&servers[victim]))
+        .count();
+    assert!(its >= 1, "some peer is preferred by a partition");
+    let through = (victim + 1) % 3;
+    let producer = Producing::start(&servers[through].tcp);
+    let seen = producer.goes_on(0);
+    let addr = peer_of(&servers[victim]);
+    servers[victim].kill9();
+    let rest: Vec<&Server> = (0..3).filter(|&i| i != victim).map(|i| &servers[i]).collect();
+    wait_led_by(&rest);
+    let seen = producer.goes_on(seen);
+    let seed = peer_of(&servers[through]);
+    servers[victim] = replicated_peer_of(
+        dir.path(),
+        ["p1", "p2", "p3"][victim],
+        &addr,
+        Some(&seed),
+        "64KiB",
+        &flags,
+    );
+    let all: Vec<&Server> = servers.iter().collect();
+    // Back, it follows every partition first; then the leads placement gave it come
+    // back to it, each once it holds every acked record.
+    let mut last = BTreeMap::new();
+    let back = crate::support::poll(Duration::from_secs(90), Duration::from_millis(200), || {
+        last = leaders(&all);
+        (last == preferred).then_some(())
+    });
+    assert!(
+        back.is_some(),
+        "the restarted peer {addr} leads its {its} partitions again: leaders {last:?}, preferred {preferred:?}"
+    );
+    producer.goes_on(seen);
+    let (acked, failed) = producer.finish();
+    each_acked_once(&all, &acked, failed.len());
+    eprintln!("{} records acked, {} batches refused", acked.len(), failed.len());
 }

@@ -22,6 +22,14 @@
 //!   election or a quorum, and is replaced at once, by itself if placement still puts
 //!   the partition there (it copies the log as a learner first).
 //!
+//! - a partition led by another replica than its preferred one (the first of its set
+//!   by rendezvous, the one that led it first) for `--rebalance-after`, while every
+//!   replica holds its copy and the preferred one is live, not leaving, has room and
+//!   holds every acked record, is led by it again: an election at the next epoch that
+//!   chooses it only if, fenced, it still holds every acked record (the leader's
+//!   high-water mark). A peer back from a restart so takes its share of the writes
+//!   back, as Kafka's preferred leader election does.
+//!
 //! Why: a batch is acked once a majority holds it in copies of the leader's view, so
 //! one of any majority holds it in a copy of that view or a later one; copies of one
 //! view are prefixes of its leader's log, so the longest of the latest view holds every
@@ -71,6 +79,10 @@ pub fn run(peers: Weak<Peers>) {
     let mut draining: std::collections::HashMap<(usize, u32), std::time::Instant> =
         std::collections::HashMap::new();
     let mut room_looked = std::time::Instant::now();
+    // Partitions led by another replica than their preferred one: since when, in which
+    // epoch (a new epoch starts the wait again).
+    let mut unbalanced: std::collections::HashMap<(usize, u32), (u32, std::time::Instant)> =
+        std::collections::HashMap::new();
     loop {
         std::thread::sleep(ROUND);
         let Some(peers) = peers.upgrade() else { return };
@@ -115,8 +127,10 @@ pub fn run(peers: Weak<Peers>) {
         let links = links.get_or_insert_with(|| Requests::new(&peers.cluster.dialer, REQUEST_TIMEOUT));
         let live = view.placement();
         let replication = &peers.replication;
-        // One set change a round: each costs its partition an epoch.
+        // One set change and one lead given back a round: each costs its partition an
+        // epoch.
         let mut moved = false;
+        let mut rebalanced = false;
         for (t, topic) in replication.topics().iter().enumerate() {
             let (name, replicas) = (&topic.name, topic.replicas);
             if replicas <= 1 {
@@ -175,9 +189,34 @@ pub fn run(peers: Weak<Peers>) {
                             }
                         }
                         draining.remove(&(t, p));
+                        let mut prefer = None;
                         let to = if open.is_none() && serves {
                             match next_move(&health, &live, name, p, replicas, a) {
-                                Move::Stay => continue,
+                                Move::Stay => {
+                                    let Some(preferred) = preferred_lead(&health, name, p, a) else {
+                                        unbalanced.remove(&(t, p));
+                                        continue;
+                                    };
+                                    let since = unbalanced
+                                        .entry((t, p))
+                                        .or_insert((a.epoch, std::time::Instant::now()));
+                                    if since.0 != a.epoch {
+                                        *since = (a.epoch, std::time::Instant::now());
+                                    }
+                                    if rebalanced
+                                        || since.1.elapsed() < peers.cluster.rebalance_after
+                                        || !holds_every_acked(&at, links, a, preferred)
+                                    {
+                                        continue;
+                                    }
+                                    rebalanced = true;
+                                    unbalanced.remove(&(t, p));
+                                    tracing::info!(
+                                        "partition {p} of \"{name}\": its lead goes back to {preferred}, its preferred replica"
+                                    );
+                                    prefer = Some(preferred);
+                                    None
+                                }
                                 Move::Learn(learners) => {
                                     propose(
                                         consensus,
@@ -224,7 +263,7 @@ pub fn run(peers: Weak<Peers>) {
                                 }
                             }
                         };
-                        match elect(&at, links, a, epoch, to.as_deref()) {
+                        match elect(&at, links, a, epoch, to.as_deref(), prefer) {
                             Ok(command) => command,
                             Err(why) => {
                                 tracing::debug!("partition {p} of \"{name}\": no new leader yet: {why}");
@@ -424,6 +463,35 @@ fn next_move(health: &Health, live: &[PeerId], name: &str, p: u32, wanted: u32, 
     Move::To(target)
 }
 
+/// The replica that should lead the partition and does not: the first of its set by
+/// rendezvous (as placement first chose it), if every replica holds its copy here and
+/// that one is live, not leaving and has room.
+fn preferred_lead(health: &Health, name: &str, p: u32, a: &Assignment) -> Option<SocketAddr> {
+    if !a.learners.is_empty() {
+        return None;
+    }
+    let members: Vec<PeerId> = a
+        .replicas
+        .iter()
+        .map(|r| match health.standing(a, *r) {
+            Standing::Holds => health.view.member(*r),
+            _ => None,
+        })
+        .collect::<Option<_>>()?;
+    let first = *rendezvous::replica_set(&members, name, p, 1).first()?;
+    (first.addr != a.leader && !first.leaving && !first.full).then_some(first.addr)
+}
+
+/// Whether `member`'s copy, looked at in the current epoch, holds every record the
+/// leader acked (a copy of its view, up to its high-water mark).
+fn holds_every_acked(at: &Partition, links: &mut Requests, a: &Assignment, member: SocketAddr) -> bool {
+    let Ok(leader) = at.fence(links, a.leader, a.epoch) else {
+        return false;
+    };
+    at.fence(links, member, a.epoch)
+        .is_ok_and(|f| f.view == a.epoch && f.end >= leader.hwm)
+}
+
 /// One partition as the group's leader reaches its members' replicas.
 struct Partition<'a> {
     shared: &'a crate::runtime::shard::Shared,
@@ -464,14 +532,16 @@ fn caught_up(at: &Partition, links: &mut Requests, a: &Assignment) -> bool {
 }
 
 /// Fences a majority of the partition's replicas with the next epoch and chooses the
-/// longest copy among them; with `to`, fences every member old and new and makes `to`
-/// the replica set if enough of it hold every acked record (else the set stays).
+/// longest copy among them (`prefer`, if it holds every acked record); with `to`,
+/// fences every member old and new and makes `to` the replica set if enough of it hold
+/// every acked record (else the set stays).
 fn elect(
     at: &Partition,
     links: &mut Requests,
     a: &Assignment,
     epoch: u32,
     to: Option<&[SocketAddr]>,
+    prefer: Option<SocketAddr>,
 ) -> Result<Command, String> {
     let (view, name, partition) = (at.view, at.name, at.partition);
     let majority = a.replicas.len() / 2 + 1;
@@ -500,13 +570,14 @@ fn elect(
         }
         None => {
             // A leaving leader keeps serving until the others are fenced, if they make
-            // a majority without it.
+            // a majority without it. A lead given back fences the leader too: its answer
+            // says what was acked.
             let others: Vec<PeerId> = reachable
                 .iter()
                 .copied()
                 .filter(|id| id.addr != a.leader)
                 .collect();
-            if others.len() >= majority {
+            if prefer.is_none() && others.len() >= majority {
                 others
             } else {
                 reachable.clone()
@@ -606,6 +677,22 @@ fn elect(
             .min_by_key(|(f, id)| (std::cmp::Reverse(f.end), id.leaving, id.addr))
     {
         chosen = *other;
+    }
+    // A lead given back goes to the preferred replica if, fenced, it holds every acked
+    // record (sure when the leader answered, as for a full disk above); else it stays
+    // with the leader, whose log holds its whole view.
+    if let Some(prefer) = prefer
+        && let Some((leader, leader_id)) = of_replicas.iter().find(|(_, id)| id.addr == a.leader)
+        && leader.view == a.epoch
+    {
+        let preferred = of_replicas
+            .iter()
+            .find(|(f, id)| id.addr == prefer && !id.full && f.view == a.epoch && f.end >= leader.hwm);
+        match preferred {
+            Some((_, id)) => chosen = *id,
+            None if !leader_id.full => chosen = *leader_id,
+            None => {}
+        }
     }
     // The set stays; a replica recorded before storage ids gets the one it answered from.
     let mut storage = a.storage.clone();
