@@ -203,10 +203,13 @@ pub fn run(peers: Weak<Peers>) {
                                     if since.0 != a.epoch {
                                         *since = (a.epoch, std::time::Instant::now());
                                     }
-                                    if rebalanced
-                                        || since.1.elapsed() < peers.cluster.rebalance_after
-                                        || !holds_every_acked(&at, links, a, preferred)
-                                    {
+                                    if rebalanced || since.1.elapsed() < peers.cluster.rebalance_after {
+                                        continue;
+                                    }
+                                    // Looked at once a wait: a copy that lags (or a peer
+                                    // slow to answer) is not asked every round.
+                                    if !holds_every_acked(&at, links, a, preferred) {
+                                        since.1 = std::time::Instant::now();
                                         continue;
                                     }
                                     rebalanced = true;
