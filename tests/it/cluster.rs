@@ -1361,13 +1361,7 @@ fn a_first_seed_back_on_an_empty_directory_founds_no_second_group() {
             .iter()
             .map(|p| {
                 let group = &status(p)["metadata_group"];
-                let mut voters: Vec<String> = group["voters"]
-                    .as_array()
-                    .unwrap()
-                    .iter()
-                    .map(|v| v.as_str().unwrap().to_owned())
-                    .collect();
-                voters.sort();
+                let voters = crate::replication::group_voters(group);
                 (group["leader"].as_str().map(str::to_owned), voters)
             })
             .collect();

@@ -556,19 +556,12 @@ fn a_pod_back_at_another_address_under_its_name_is_taken_in_again() {
             .iter()
             .map(|p| local_status(p, &token)["metadata_group"].clone())
             .collect();
-        let voters = |g: &Value| -> Vec<String> {
-            let mut v: Vec<String> = g["voters"]
-                .as_array()
-                .unwrap()
-                .iter()
-                .map(|a| a.as_str().unwrap().to_string())
-                .collect();
-            v.sort();
-            v
-        };
         let applied: Vec<u64> = groups.iter().map(|g| g["applied"].as_u64().unwrap()).collect();
-        (groups.iter().all(|g| voters(g) == at([0, 1, 3])) && applied.iter().all(|a| *a == applied[0]))
-            .then_some(())
+        (groups
+            .iter()
+            .all(|g| crate::replication::group_voters(g) == at([0, 1, 3]))
+            && applied.iter().all(|a| *a == applied[0]))
+        .then_some(())
     });
     assert!(
         followed.is_some(),

@@ -22,7 +22,12 @@ fn leader_of(server: &Server) -> Option<String> {
 }
 
 pub(crate) fn voters(server: &Server) -> Vec<String> {
-    let mut voters: Vec<String> = group(server)["voters"]
+    group_voters(&group(server))
+}
+
+/// The voters a status's `metadata_group` names, sorted.
+pub(crate) fn group_voters(group: &Value) -> Vec<String> {
+    let mut voters: Vec<String> = group["voters"]
         .as_array()
         .unwrap()
         .iter()
