@@ -7,7 +7,8 @@
 //! its now stale copies), a peer back at once on an empty data directory, a peer back
 //! with a bit flipped in a segment or a sealed segment cut in half, and a peer whose
 //! partitions' disk (a tmpfs each) is left almost no room. Faults held longer than
-//! `--replace-after` (6 s here) replace the peer too. A fault that destroys a copy
+//! `--replace-after` (6 s here) replace the peer too. Leads go back to their preferred
+//! replicas after 3 s (`--rebalance-after`), so those elections run amid the faults. A fault that destroys a copy
 //! waits until the cluster is at full strength (bounded: not healing fails the run).
 //! At the end every
 //! fault is healed and a checker reads every partition through every peer: every acked
@@ -232,22 +233,28 @@ fn dataflow(dir: &std::path::Path) -> std::path::PathBuf {
 
 /// How long the nemesis's peers wait for a peer that is down before they replace it.
 const REPLACE_AFTER: &str = "6s";
+/// How long a partition is led by another replica than its preferred one before the
+/// nemesis's peers give the lead back: short, so that leads move back between faults
+/// and under them.
+const REBALANCE_AFTER: &str = "3s";
 /// The size of each peer's partitions' disk (a tmpfs) while it is not being filled.
 const DISK: &str = "4G";
 
 /// Peer `i`, in its namespace, seeded with peer 0 (peer 0 founds the cluster).
 fn start(net: &Net, dir: &std::path::Path, i: usize) -> Server {
-    start_with(net, dir, i, (i != 0).then_some(0), "5m")
+    start_with(net, dir, i, (i != 0).then_some(0), "5m", "5m")
 }
 
 /// Peer `i`, seeded with peer `seed` (none: it founds the cluster, or rejoins the one
-/// its data directory says), replacing peers down for `replace_after`.
+/// its data directory says), replacing peers down for `replace_after` and giving leads
+/// back to preferred replicas after `rebalance_after`.
 fn start_with(
     net: &Net,
     dir: &std::path::Path,
     i: usize,
     seed: Option<usize>,
     replace_after: &str,
+    rebalance_after: &str,
 ) -> Server {
     let ip = net.ip(i);
     let data = dir.join(format!("p{i}")).display().to_string();
@@ -268,6 +275,8 @@ fn start_with(
         "--insecure".into(),
         "--replace-after".into(),
         replace_after.into(),
+        "--rebalance-after".into(),
+        rebalance_after.into(),
     ]);
     if let Some(seed) = seed {
         args.extend(["--seeds".into(), format!("{}:7300", net.ip(seed))]);
@@ -558,7 +567,8 @@ fn run_nemesis(peers: usize, seconds: u64, seed: u64) {
         .map(|i| Tmpfs::mount(&dir.path().join(format!("p{i}")).join("topics"), DISK))
         .collect();
     let mut servers: Vec<Server> = Vec::new();
-    let start = |i: usize, seed: Option<usize>| start_with(&net, dir.path(), i, seed, REPLACE_AFTER);
+    let start =
+        |i: usize, seed: Option<usize>| start_with(&net, dir.path(), i, seed, REPLACE_AFTER, REBALANCE_AFTER);
     for i in 0..peers {
         servers.push(start(i, (i != 0).then_some(0)));
         if i == 0 {
@@ -785,7 +795,16 @@ fn run_nemesis(peers: usize, seconds: u64, seed: u64) {
             report()
         );
     }
-    eprintln!("nemesis: {}", report());
+    // Only the peers' last runs' logs are still here: a lower bound.
+    let given_back: usize = servers
+        .iter()
+        .map(|s| s.log.text().matches("its lead goes back").count())
+        .sum();
+    eprintln!(
+        "nemesis: {}
+nemesis: leads given back to their preferred replicas (in the last runs' logs): {given_back}",
+        report()
+    );
 }
 
 #[test]
