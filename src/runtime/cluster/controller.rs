@@ -208,7 +208,7 @@ pub fn run(peers: Weak<Peers>) {
                                     }
                                     // Looked at once a wait: a copy that lags (or a peer
                                     // slow to answer) is not asked every round.
-                                    if !holds_every_acked(&at, links, a, preferred) {
+                                    if !hold_every_acked(&at, links, a, &[preferred]) {
                                         since.1 = std::time::Instant::now();
                                         continue;
                                     }
@@ -235,7 +235,7 @@ pub fn run(peers: Weak<Peers>) {
                                     continue;
                                 }
                                 Move::To(set) => {
-                                    if moved || !caught_up(&at, links, a) {
+                                    if moved || !hold_every_acked(&at, links, a, &a.learners) {
                                         continue;
                                     }
                                     moved = true;
@@ -485,16 +485,6 @@ fn preferred_lead(health: &Health, name: &str, p: u32, a: &Assignment) -> Option
     (first.addr != a.leader && !first.leaving && !first.full).then_some(first.addr)
 }
 
-/// Whether `member`'s copy, looked at in the current epoch, holds every record the
-/// leader acked (a copy of its view, up to its high-water mark).
-fn holds_every_acked(at: &Partition, links: &mut Requests, a: &Assignment, member: SocketAddr) -> bool {
-    let Ok(leader) = at.fence(links, a.leader, a.epoch) else {
-        return false;
-    };
-    at.fence(links, member, a.epoch)
-        .is_ok_and(|f| f.view == a.epoch && f.end >= leader.hwm)
-}
-
 /// One partition as the group's leader reaches its members' replicas.
 struct Partition<'a> {
     shared: &'a crate::runtime::shard::Shared,
@@ -522,14 +512,15 @@ impl Partition<'_> {
     }
 }
 
-/// Whether every learner holds a copy of the current epoch's log up to its leader's
-/// high-water mark: a set change now would not wait on them.
-fn caught_up(at: &Partition, links: &mut Requests, a: &Assignment) -> bool {
+/// Whether each of `members`, looked at in the current epoch, holds a copy of its log
+/// up to the leader's high-water mark (every record it acked): learners a set change
+/// would then not wait on, or a preferred replica that may take the lead.
+fn hold_every_acked(at: &Partition, links: &mut Requests, a: &Assignment, members: &[SocketAddr]) -> bool {
     let Ok(leader) = at.fence(links, a.leader, a.epoch) else {
         return false;
     };
-    a.learners.iter().all(|l| {
-        at.fence(links, *l, a.epoch)
+    members.iter().all(|m| {
+        at.fence(links, *m, a.epoch)
             .is_ok_and(|f| f.view == a.epoch && f.end >= leader.hwm)
     })
 }
