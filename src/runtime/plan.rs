@@ -552,7 +552,10 @@ fn skip_points(scanned: &[HashMap<String, Point>], producer: &str, next: u64) ->
 }
 
 /// How long an idle shard spins before it sleeps in the kernel: a wake-up within it
-/// costs no syscall and no scheduler delay (the unbatched produce round trip).
+/// costs no syscall and no scheduler delay (the unbatched produce round trip). While it
+/// spins it yields its CPU to any other thread ready to run there (flowd's patch of
+/// glommio, `vendor/glommio/PATCHES.md`), so the spin costs a client, another shard or
+/// the sync thread on the same CPU nothing.
 /// `FLOWD_SPIN_BEFORE_PARK_US` sets it for experiments (README, "Performance").
 const SPIN_BEFORE_PARK: Duration = Duration::from_micros(200);
 

@@ -1501,6 +1501,10 @@ impl LocalExecutor {
                                     .expect("Failed to park! This is actually pretty bad!");
                                 break;
                             }
+                            // flowd: a spinning executor gives its CPU to any other
+                            // thread ready to run on it (a client, another shard, the
+                            // sync thread) instead of holding it for the whole spin.
+                            std::thread::yield_now();
                         }
                         // reset the timer for deduct spin loop time
                         pre_time = Instant::now();
