@@ -249,7 +249,9 @@ impl Client {
             if n != 0 || std::time::Instant::now() >= until {
                 return Ok(());
             }
-            std::hint::spin_loop();
+            // The CPU goes to any thread ready to run on it (the engine's shard, when
+            // client and engine share CPUs), so the spin never holds up the answer.
+            std::thread::yield_now();
         }
     }
 
