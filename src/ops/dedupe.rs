@@ -4,7 +4,7 @@
 use std::collections::{HashSet, VecDeque};
 
 use crate::config::Part;
-use crate::ops::{Checkpoint, Input, OpError, Operator, Output};
+use crate::ops::{Carry, Checkpoint, Input, OpError, Operator, Output};
 
 pub struct Dedupe {
     by: Part,
@@ -55,6 +55,11 @@ impl Operator for Dedupe {
             state_start: self.order.front().map(|(_, offset)| *offset),
             watermark_ms: i64::MIN,
         }
+    }
+
+    /// A record seen first goes on as it came.
+    fn carries(&self) -> Carry {
+        Carry::HeadersAndNull
     }
 }
 

@@ -5,7 +5,7 @@
 
 use crate::config::{Part, Selector};
 use crate::jq::{JqProgram, to_bytes};
-use crate::ops::{Input, OpError, Operator, Output};
+use crate::ops::{Carry, Input, OpError, Operator, Output};
 
 pub struct KeyBy {
     selector: Compiled,
@@ -39,6 +39,11 @@ impl Operator for KeyBy {
             value: input.value.to_vec(),
         });
         Ok(())
+    }
+
+    /// The record goes on as it came, with a key.
+    fn carries(&self) -> Carry {
+        Carry::HeadersAndNull
     }
 }
 

@@ -5,7 +5,7 @@
 //! expression's first output is true in jq's sense (anything but false and null).
 
 use crate::jq::JqProgram;
-use crate::ops::{Input, OpError, Operator, Output};
+use crate::ops::{Carry, Input, OpError, Operator, Output};
 
 pub struct Map {
     program: JqProgram,
@@ -34,6 +34,11 @@ impl Operator for Map {
         }
         Ok(())
     }
+
+    /// Each output is made from its input: it carries the client's headers.
+    fn carries(&self) -> Carry {
+        Carry::Headers
+    }
 }
 
 pub struct Filter {
@@ -56,6 +61,11 @@ impl Operator for Filter {
             });
         }
         Ok(())
+    }
+
+    /// A kept record goes on as it came.
+    fn carries(&self) -> Carry {
+        Carry::HeadersAndNull
     }
 }
 

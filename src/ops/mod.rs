@@ -14,6 +14,7 @@ pub mod window;
 
 use crate::config::{OpSpec, WindowSpec};
 use crate::jq;
+use crate::protocol::wire::{NULL_VALUE_HEADER, RESERVED_HEADER_PREFIX};
 
 /// One input record, borrowed from the log.
 #[derive(Debug, Clone, Copy)]
@@ -75,6 +76,39 @@ pub trait Operator {
     /// Called once before any record: the inputs below `offset` were handled before a
     /// restart, and come again only to rebuild the operator's state.
     fn replaying_until(&mut self, _offset: u64) {}
+
+    /// Which of an input's headers the outputs `on_record` makes of it carry.
+    fn carries(&self) -> Carry {
+        Carry::Nothing
+    }
+}
+
+/// Which of an input record's headers its outputs carry. Only a client's own headers and
+/// the null mark ever go on: the engine's (provenance, reply address, end marker, a dead
+/// letter's reason) belong to the record where they were written.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Carry {
+    /// None: an output stands for many inputs (a window, a key's state).
+    Nothing,
+    /// The client's headers: an output made from its input (`map`, `split_words`).
+    Headers,
+    /// Those and the null mark (`flowd-null`, a Kafka tombstone's): the input's own
+    /// value passed on (`filter`, `key_by`, `dedupe`, a dead letter).
+    HeadersAndNull,
+}
+
+impl Carry {
+    /// The headers of `headers` an output carries.
+    pub fn select<'h>(
+        self,
+        headers: impl Iterator<Item = (&'h str, &'h [u8])>,
+    ) -> impl Iterator<Item = (&'h str, &'h [u8])> {
+        headers.filter(move |(name, _)| match self {
+            Carry::Nothing => false,
+            Carry::Headers => !name.starts_with(RESERVED_HEADER_PREFIX),
+            Carry::HeadersAndNull => !name.starts_with(RESERVED_HEADER_PREFIX) || *name == NULL_VALUE_HEADER,
+        })
+    }
 }
 
 /// Builds the operator a stage runs. The spec was validated, so jq compiles.
@@ -124,4 +158,27 @@ fn window_of(spec: &WindowSpec) -> Result<window::WindowOptions, OpError> {
         time: spec.time,
         lateness_ms: spec.lateness.as_millis() as i64,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_output_carries_the_clients_headers_and_the_null_mark_only_where_its_value_is_the_inputs() {
+        let headers: [(&str, &[u8]); 5] = [
+            ("trace", b"t1"),
+            ("flowd-null", b""),
+            ("flowd-src", b"7 p"),
+            ("flowd-reply", b"r"),
+            ("trace", b"t2"),
+        ];
+        let carried = |carry: Carry| carry.select(headers.iter().copied()).collect::<Vec<_>>();
+        assert_eq!(carried(Carry::Nothing), []);
+        assert_eq!(carried(Carry::Headers), [("trace", &b"t1"[..]), ("trace", b"t2")]);
+        assert_eq!(
+            carried(Carry::HeadersAndNull),
+            [("trace", &b"t1"[..]), ("flowd-null", b""), ("trace", b"t2")]
+        );
+    }
 }

@@ -3,7 +3,7 @@
 //! A word is a run of ASCII letters and digits or of non-ASCII bytes (so UTF-8 words stay
 //! whole); ASCII letters are lowercased. Everything else separates words.
 
-use crate::ops::{Input, OpError, Operator, Output};
+use crate::ops::{Carry, Input, OpError, Operator, Output};
 
 pub struct SplitWords;
 
@@ -18,6 +18,11 @@ impl Operator for SplitWords {
             });
         }
         Ok(())
+    }
+
+    /// Each word is made from its line: it carries the client's headers.
+    fn carries(&self) -> Carry {
+        Carry::Headers
     }
 }
 

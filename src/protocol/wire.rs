@@ -13,6 +13,9 @@ pub const RESERVED_HEADER_PREFIX: &str = "flowd-";
 /// The header of an end-of-input marker: engine bookkeeping in a topic, which a reader
 /// of stored batches skips (a FETCHED never holds one).
 pub const END_MARKER_HEADER: &str = "flowd-end";
+/// The engine header on a record whose value is null rather than empty (a Kafka
+/// tombstone): its stored value is empty, and a Kafka client reads it back null.
+pub const NULL_VALUE_HEADER: &str = "flowd-null";
 
 /// A record as it travels, borrowed from a frame body.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -170,10 +170,10 @@ mod tests {
     fn record(value: &str, own: Option<Point>, last: Option<Point>) -> OwnedRecord {
         let mut headers = Vec::new();
         if let Some(own) = own {
-            headers.push((REPLAY_HEADER, provenance::encode_point(own)));
+            headers.push((REPLAY_HEADER.into(), provenance::encode_point(own)));
         }
         if let Some(last) = last {
-            headers.push((SOURCE_HEADER, provenance::encode("p", last)));
+            headers.push((SOURCE_HEADER.into(), provenance::encode("p", last)));
         }
         OwnedRecord {
             timestamp_ms: 1,

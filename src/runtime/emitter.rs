@@ -19,7 +19,7 @@ use crate::ops::{OpError, Output};
 use crate::protocol::routing::partition_of_bytes;
 use crate::runtime::bounds::{self, Bounds, RECORD_HINT, TooLarge};
 use crate::runtime::error::Result;
-use crate::runtime::mesh::{Ack, Batch, Generation, Mesh, OwnedRecord, Payload};
+use crate::runtime::mesh::{Ack, Batch, Generation, HeaderName, Mesh, OwnedRecord, Payload};
 use crate::runtime::placement::spread_partition;
 use crate::runtime::provenance::{self, END_HEADER, Point, REPLAY_HEADER, SOURCE_HEADER};
 use crate::runtime::reply::REPLY_HEADER;
@@ -97,8 +97,9 @@ pub struct Emitter {
     /// The reply address of the job the current input belongs to, copied onto every
     /// output so that a `reply` stage downstream can answer it.
     reply: Option<Vec<u8>>,
-    /// Headers copied onto every output from here on (a dead letter's reason and origin).
-    headers: Vec<(&'static str, Vec<u8>)>,
+    /// Headers copied onto every output from here on: a dead letter's reason and
+    /// origin, the headers a stage's input carries to its outputs.
+    headers: Vec<(HeaderName, Vec<u8>)>,
     /// Records this producer wrote (not counting replayed ones it dropped).
     pub records_out: u64,
 }
@@ -205,8 +206,16 @@ impl Emitter {
     }
 
     /// Sets headers copied onto the outputs that come next (empty: none).
-    pub fn set_headers(&mut self, headers: Vec<(&'static str, Vec<u8>)>) {
+    pub fn set_headers(&mut self, headers: Vec<(HeaderName, Vec<u8>)>) {
         self.headers = headers;
+    }
+
+    /// Copies `headers` (an input's, those its outputs carry) onto the outputs that come
+    /// next, in place of the ones set before; none: nothing is copied.
+    pub fn carry<'h>(&mut self, headers: impl Iterator<Item = (&'h str, &'h [u8])>) {
+        self.headers.clear();
+        self.headers
+            .extend(headers.map(|(name, value)| (HeaderName::Owned(name.to_owned()), value.to_vec())));
     }
 
     /// Switches to another producer id (a directory source moving to its next file).
@@ -228,7 +237,7 @@ impl Emitter {
     /// an input is written whole or not at all.
     pub fn check(&self, output: &Output) -> Result<u64, TooLarge> {
         let reply = self.reply.as_deref().map(|r| (REPLY_HEADER, r));
-        let extra = self.headers.iter().map(|(n, v)| (*n, v.as_slice()));
+        let extra = self.headers.iter().map(|(n, v)| (n.as_ref(), v.as_slice()));
         let frame = bounds::stored_record_bytes(
             output.key.as_deref(),
             &output.value,
@@ -296,7 +305,7 @@ impl Emitter {
                 timestamp_ms,
                 key: None,
                 value: Vec::new(),
-                headers: vec![(END_HEADER, self.producer.as_bytes().to_vec())],
+                headers: vec![(END_HEADER.into(), self.producer.as_bytes().to_vec())],
             };
             let frame = bounds::stored_record_bytes(None, &[], [(END_HEADER, self.producer.as_bytes())]);
             self.buffer(q, (produced_by, u32::MAX - 1), frame, marker);
@@ -324,7 +333,7 @@ impl Emitter {
             };
             record
                 .headers
-                .push((REPLAY_HEADER, provenance::encode_point(own)));
+                .push((REPLAY_HEADER.into(), provenance::encode_point(own)));
             frame += stamp;
         }
         let buffer = &mut self.buffers[q as usize];
@@ -385,7 +394,7 @@ impl Emitter {
             .last_mut()
             .expect("batches are never empty")
             .headers
-            .push((SOURCE_HEADER, stamp));
+            .push((SOURCE_HEADER.into(), stamp));
         self.records_out += records.len() as u64;
         self.generation.sent();
         let mut batch = Batch::new(
@@ -453,9 +462,9 @@ impl Emitter {
 #[derive(Debug, Clone, Copy)]
 pub struct Closed;
 
-fn to_record(output: Output, reply: Option<&[u8]>, extra: &[(&'static str, Vec<u8>)]) -> OwnedRecord {
-    let mut headers: Vec<(&'static str, Vec<u8>)> = reply
-        .map(|r| vec![(REPLY_HEADER, r.to_vec())])
+fn to_record(output: Output, reply: Option<&[u8]>, extra: &[(HeaderName, Vec<u8>)]) -> OwnedRecord {
+    let mut headers: Vec<(HeaderName, Vec<u8>)> = reply
+        .map(|r| vec![(REPLY_HEADER.into(), r.to_vec())])
         .unwrap_or_default();
     headers.extend(extra.iter().cloned());
     OwnedRecord {

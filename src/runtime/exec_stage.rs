@@ -643,6 +643,7 @@ fn fail_record(part: &mut Part, offset: u64, timestamp_ms: i64, why: &str) -> Ve
         timestamp_ms,
         key: view.key(),
         value: view.value(),
+        headers: view.headers().collect(),
     };
     part.failures.fail(&failed, why)
 }

@@ -10,10 +10,11 @@ use std::sync::atomic::Ordering;
 
 use crate::config::{ErrorPolicy, OnFailure, Route};
 use crate::metrics::Metrics;
-use crate::ops::Output;
+use crate::ops::{Carry, Output};
 use crate::runtime::bounds::dead_reason;
 use crate::runtime::emitter::Emitter;
 use crate::runtime::error::Result;
+use crate::runtime::mesh::HeaderName;
 use crate::runtime::provenance::dead_letter_producer;
 use crate::runtime::shard::Shard;
 use crate::runtime::stage::operator_error;
@@ -60,6 +61,8 @@ pub struct FailedInput<'a> {
     pub timestamp_ms: i64,
     pub key: Option<&'a [u8]>,
     pub value: &'a [u8],
+    /// All of its headers; its dead letter carries the client's and the null mark.
+    pub headers: Vec<(&'a str, &'a [u8])>,
 }
 
 /// What `Failures::fail` did with a record.
@@ -161,13 +164,21 @@ impl Failures {
             .as_mut()
             .expect("a dead-lettering stage has a dead-letter writer");
         dead.set_reply(None);
-        dead.set_headers(vec![
-            (DEAD_REASON_HEADER, dead_reason(why).into_bytes()),
-            (
-                DEAD_FROM_HEADER,
-                format!("{}/{}", self.place, input.offset).into_bytes(),
-            ),
-        ]);
+        let carried = Carry::HeadersAndNull
+            .select(input.headers.iter().copied())
+            .map(|(name, value)| (HeaderName::Owned(name.to_owned()), value.to_vec()));
+        dead.set_headers(
+            [
+                (DEAD_REASON_HEADER.into(), dead_reason(why).into_bytes()),
+                (
+                    DEAD_FROM_HEADER.into(),
+                    format!("{}/{}", self.place, input.offset).into_bytes(),
+                ),
+            ]
+            .into_iter()
+            .chain(carried)
+            .collect(),
+        );
         let output = Output {
             timestamp_ms: input.timestamp_ms,
             key: input.key.map(<[u8]>::to_vec),

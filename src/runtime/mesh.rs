@@ -15,13 +15,17 @@ use crate::storage::{Header, Record};
 /// Batches a channel holds before its senders wait.
 pub const CHANNEL_BATCHES_MAX: usize = 16;
 
+/// A header's name on a record on its way: the engine's own are `&'static str`, a
+/// client's (carried from a stage's input to its outputs) are owned.
+pub type HeaderName = std::borrow::Cow<'static, str>;
+
 /// A record on its way to its partition.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct OwnedRecord {
     pub timestamp_ms: i64,
     pub key: Option<Vec<u8>>,
     pub value: Vec<u8>,
-    pub headers: Vec<(&'static str, Vec<u8>)>,
+    pub headers: Vec<(HeaderName, Vec<u8>)>,
 }
 
 impl OwnedRecord {

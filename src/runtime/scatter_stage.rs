@@ -286,6 +286,7 @@ pub async fn run(shard: Rc<Shard>, task: StageTask) -> Result<()> {
                                         timestamp_ms,
                                         key: view.key(),
                                         value: view.value(),
+                                        headers: view.headers().collect(),
                                     },
                                     &why,
                                 ),

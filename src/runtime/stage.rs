@@ -11,7 +11,7 @@ use std::rc::Rc;
 use crate::config::OpSpec;
 use crate::jq::JqProgram;
 use crate::ops::state::States;
-use crate::ops::{self, Checkpoint, Input, Output};
+use crate::ops::{self, Carry, Checkpoint, Input, Output};
 use crate::runtime::bounds::Bounds;
 use crate::runtime::commit::Committer;
 use crate::runtime::emitter::Emitter;
@@ -143,6 +143,8 @@ pub async fn run(shard: Rc<Shard>, mut task: StageTask) -> Result<()> {
         let now = now_ms();
         let round_started = std::time::Instant::now();
         let mut read = 0;
+        // The headers of an input its outputs carry (none, for a window or a state).
+        let carry = op.carries();
         position = reader.start(&shard, position);
         {
             let log = reader.log();
@@ -154,6 +156,7 @@ pub async fn run(shard: Rc<Shard>, mut task: StageTask) -> Result<()> {
                     ends_seen.insert(ended.to_owned(), offset);
                     if task.expected_ends.iter().all(|p| ends_seen.contains_key(p)) {
                         emitter.set_reply(None);
+                        emitter.carry(std::iter::empty());
                         op.on_end(&mut out);
                         emit_all(&mut emitter, offset, &mut out, &mut failures);
                         emitter.emit_end(offset, view.timestamp_ms());
@@ -170,6 +173,9 @@ pub async fn run(shard: Rc<Shard>, mut task: StageTask) -> Result<()> {
                     .find(|(name, _)| *name == REPLY_HEADER)
                     .map(|(_, value)| value);
                 emitter.set_reply(reply);
+                if carry != Carry::Nothing {
+                    emitter.carry(carry.select(view.headers()));
+                }
                 let record = Input {
                     offset,
                     timestamp_ms: view.timestamp_ms(),
@@ -198,6 +204,7 @@ pub async fn run(shard: Rc<Shard>, mut task: StageTask) -> Result<()> {
                         timestamp_ms: view.timestamp_ms(),
                         key: view.key(),
                         value: view.value(),
+                        headers: view.headers().collect(),
                     };
                     if failures.fail(&failed, &why) == Verdict::Disabled {
                         position = offset;
@@ -216,6 +223,7 @@ pub async fn run(shard: Rc<Shard>, mut task: StageTask) -> Result<()> {
         }
         reader.publish(position);
         emitter.set_reply(None);
+        emitter.carry(std::iter::empty());
         dirty |= read > 0;
         if failures.disabled_at.is_none() {
             op.on_clock(now, &mut out);

@@ -468,10 +468,14 @@ fn a_stage_reads_what_a_kafka_producer_wrote_and_a_kafka_consumer_reads_what_it_
     let input: String = (0..n)
         .map(|i| format!("u{i}:{{\"item\":\"i{i}\",\"amount\":{}}}\n", i % 200))
         .collect();
-    kcat(&["-P", "-b", &kafka, "-t", "purchases", "-K:"], input.as_bytes());
+    // Every purchase with a header, which the stage passes on with the record.
+    kcat(
+        &["-P", "-b", &kafka, "-t", "purchases", "-K:", "-H", "shop=north"],
+        input.as_bytes(),
+    );
     // Amounts 101..=199 pass: 99 of every 200.
     let expected = n / 200 * 99;
-    let read = || read_topic(&kafka, "big-purchases", "%k\t%s\n", &[]);
+    let read = || read_topic(&kafka, "big-purchases", "%k\t%h\t%s\n", &[]);
     wait_until(
         "the stage's outputs reach the Kafka consumer",
         Duration::from_secs(30),
@@ -480,7 +484,12 @@ fn a_stage_reads_what_a_kafka_producer_wrote_and_a_kafka_consumer_reads_what_it_
     let lines = read();
     let mut keys = std::collections::HashSet::new();
     for line in lines.lines() {
-        let (key, value) = line.split_once('\t').unwrap();
+        let (key, rest) = line.split_once('\t').unwrap();
+        let (headers, value) = rest.split_once('\t').unwrap();
+        assert_eq!(
+            headers, "shop=north",
+            "the record's header passes the stage: {line}"
+        );
         let v: serde_json::Value = serde_json::from_str(value).unwrap();
         let amount = v["amount"].as_u64().unwrap();
         assert!(amount > 100, "{line}");

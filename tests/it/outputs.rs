@@ -252,3 +252,129 @@ fn issue20_a_record_as_large_as_a_client_may_send_passes_a_pass_through_stage() 
     assert_eq!(passed.len(), taken, "every record the door took passed the stage");
     assert!(passed.iter().any(|(v, _)| v.len() == lo), "the largest one too");
 }
+
+/// The headers of `record` a client gave (the engine's own, `flowd-*`, left out).
+fn client_headers(headers: &[(String, Vec<u8>)]) -> Vec<(String, String)> {
+    headers
+        .iter()
+        .filter(|(n, _)| !n.starts_with("flowd-"))
+        .map(|(n, v)| (n.clone(), String::from_utf8_lossy(v).into_owned()))
+        .collect()
+}
+
+#[test]
+fn a_records_headers_go_on_through_filter_and_map_and_onto_its_dead_letter_but_not_onto_a_windows_counts() {
+    let dir = fast_tempdir();
+    let rest = r#"
+[[topic]]
+name = "src"
+partitions = 1
+
+[[topic]]
+name = "kept"
+partitions = 1
+
+[[topic]]
+name = "shaped"
+partitions = 1
+
+[[topic]]
+name = "dead"
+partitions = 1
+
+[[topic]]
+name = "tallies"
+partitions = 1
+
+[[stage]]
+name = "keep"
+from = "src"
+op = { filter = ".i != 5" }
+to = "kept"
+
+[[stage]]
+name = "shape"
+from = "kept"
+op = { map = 'if .bad then error("a bad input") else {i, twice: (.i * 2)} end' }
+to = "shaped"
+on_error = { then = "dead_letter", dead_letter = "dead" }
+
+[[stage]]
+name = "tally"
+from = "src"
+op = { count = { window = "1s", time = "record" } }
+to = "tallies"
+"#;
+    let file = listening_dataflow(dir.path(), "headers", "group", "", rest);
+    let server = Server::start(&file);
+    let mut client = Client::connect(&server.tcp).unwrap();
+    // Inputs 0..=6, a second apart in record time, each with its own trace; 3 is bad.
+    for i in 0..=6i64 {
+        let value = if i == 3 {
+            format!("{{\"i\":{i},\"bad\":true}}")
+        } else {
+            format!("{{\"i\":{i}}}")
+        };
+        let record = OwnedWireRecord {
+            timestamp_ms: Some(1_000 * i),
+            key: None,
+            value: value.into_bytes(),
+            headers: vec![
+                ("trace".into(), format!("t{i}").into_bytes()),
+                ("tenant".into(), b"acme".to_vec()),
+            ],
+        };
+        client.produce("src", &[record]).unwrap();
+    }
+    let traced = |i: u64| {
+        vec![
+            ("trace".to_owned(), format!("t{i}")),
+            ("tenant".to_owned(), "acme".to_owned()),
+        ]
+    };
+    let by_number = |records: &[Read]| -> BTreeMap<u64, Vec<(String, String)>> {
+        records
+            .iter()
+            .map(|(value, headers)| {
+                let v: serde_json::Value = serde_json::from_slice(value).unwrap();
+                (v["i"].as_u64().unwrap(), client_headers(headers))
+            })
+            .collect()
+    };
+    let kept = read_all(&mut client, "kept", 1, 6);
+    let want: BTreeMap<u64, _> = [0, 1, 2, 3, 4, 6].into_iter().map(|i| (i, traced(i))).collect();
+    assert_eq!(kept.len(), 6, "the filter keeps all but input 5");
+    assert_eq!(by_number(&kept), want, "a kept record keeps its headers");
+    let shaped = read_all(&mut client, "shaped", 1, 5);
+    let want: BTreeMap<u64, _> = [0, 1, 2, 4, 6].into_iter().map(|i| (i, traced(i))).collect();
+    assert_eq!(shaped.len(), 5, "the map writes all but the bad input");
+    assert_eq!(
+        by_number(&shaped),
+        want,
+        "a map's output carries its input's headers"
+    );
+    let dead = read_all(&mut client, "dead", 1, 1);
+    assert_eq!(dead.len(), 1, "the bad input is dead-lettered");
+    assert_eq!(
+        by_number(&dead),
+        BTreeMap::from([(3, traced(3))]),
+        "with its headers"
+    );
+    assert!(
+        dead[0].1.iter().any(|(n, _)| n == "flowd-dead-reason"),
+        "and the reason: {:?}",
+        dead[0].1
+    );
+    // Windows [0,1s) .. [5s,6s) close as input 6 comes: one count each, made of one input
+    // and carrying none of its headers.
+    let tallies = read_all(&mut client, "tallies", 1, 6);
+    assert_eq!(tallies.len(), 6, "a count per closed window");
+    for (value, headers) in &tallies {
+        assert_eq!(
+            client_headers(headers),
+            Vec::<(String, String)>::new(),
+            "a window's count carries no input's headers: {}",
+            String::from_utf8_lossy(value)
+        );
+    }
+}

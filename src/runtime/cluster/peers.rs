@@ -685,7 +685,11 @@ fn encode_produce(out: &mut Vec<u8>, request: u64, topic: &str, batch: &Batch) {
         Payload::Owned(records) => {
             let mut body = data::produce_head(topic, batch.partition, records.len() as u32, 0);
             for r in records {
-                let headers: Vec<(&str, &[u8])> = r.headers.iter().map(|(n, v)| (*n, v.as_slice())).collect();
+                let headers: Vec<(&str, &[u8])> = r
+                    .headers
+                    .iter()
+                    .map(|(n, v)| (n.as_ref(), v.as_slice()))
+                    .collect();
                 encode_record(
                     &mut body.0,
                     Some(r.timestamp_ms),

@@ -8,8 +8,9 @@ use std::sync::atomic::Ordering;
 
 use crate::consumer::cursor::{Cursor, Range};
 use crate::consumer::journal::{Entry, PartRef, TXN_HEADER};
+use crate::ops::Carry;
 use crate::protocol::routing::partition_of_bytes;
-use crate::protocol::wire::{RESERVED_HEADER_PREFIX, encode_record};
+use crate::protocol::wire::encode_record;
 use crate::runtime::bounds::{Bounds, RECORD_HINT, TooLarge, dead_reason, stored_record_bytes};
 use crate::runtime::error::EngineError;
 use crate::runtime::failure::{DEAD_FROM_HEADER, DEAD_REASON_HEADER};
@@ -69,10 +70,9 @@ pub(super) fn dead_letters(
             continue;
         }
         let whence = format!("{name}/{partition}/{}", view.offset());
-        let mut headers: Vec<(&str, &[u8])> = original
-            .into_iter()
-            .filter(|(n, _)| !n.starts_with(RESERVED_HEADER_PREFIX))
-            .collect();
+        // The record as it came: its client's headers and its null mark, as a stage's
+        // dead letter carries them (`Carry::HeadersAndNull`).
+        let mut headers: Vec<(&str, &[u8])> = Carry::HeadersAndNull.select(original.into_iter()).collect();
         headers.push((DEAD_REASON_HEADER, reason.as_bytes()));
         headers.push((DEAD_FROM_HEADER, whence.as_bytes()));
         let frame = stored_record_bytes(view.key(), view.value(), headers.iter().copied());

@@ -75,7 +75,7 @@ impl From<ProtocolError> for Refused {
 
 /// The engine header on a record whose Kafka value was null (a tombstone): its stored
 /// value is empty, and a Kafka client reads it back null.
-pub const NULL_VALUE_HEADER: &str = "flowd-null";
+pub use crate::protocol::wire::NULL_VALUE_HEADER;
 
 fn too_large(limit: usize) -> Refused {
     refused(
