@@ -103,11 +103,16 @@ impl Carry {
         self,
         headers: impl Iterator<Item = (&'h str, &'h [u8])>,
     ) -> impl Iterator<Item = (&'h str, &'h [u8])> {
-        headers.filter(move |(name, _)| match self {
+        headers.filter(move |(name, _)| self.keeps(name))
+    }
+
+    /// Whether an output carries its input's header `name`.
+    pub fn keeps(self, name: &str) -> bool {
+        match self {
             Carry::Nothing => false,
             Carry::Headers => !name.starts_with(RESERVED_HEADER_PREFIX),
-            Carry::HeadersAndNull => !name.starts_with(RESERVED_HEADER_PREFIX) || *name == NULL_VALUE_HEADER,
-        })
+            Carry::HeadersAndNull => !name.starts_with(RESERVED_HEADER_PREFIX) || name == NULL_VALUE_HEADER,
+        }
     }
 }
 

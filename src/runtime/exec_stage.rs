@@ -18,7 +18,7 @@ use std::time::Instant;
 use crate::config::{DataflowSpec, ErrorPolicy, ExecSpec, OnFailure, OpSpec};
 use crate::exec::pool::{Outcome, Pool};
 use crate::exec::{AnswerRecord, OutKey};
-use crate::ops::Output;
+use crate::ops::{Carry, Output};
 use crate::runtime::commit::Committer;
 use crate::runtime::emitter::Emitter;
 use crate::runtime::error::Result;
@@ -59,10 +59,15 @@ enum State {
     Failed(String),
 }
 
+/// A header of an input its outputs carry: name, value.
+type CarriedHeader = (Box<str>, Box<[u8]>);
+
 struct Slot {
     timestamp_ms: i64,
     key: Option<Box<[u8]>>,
     reply: Option<Box<[u8]>>,
+    /// The client's headers, which its outputs carry (`Carry::Headers`, as `map`'s do).
+    headers: Box<[CarriedHeader]>,
     state: State,
 }
 
@@ -435,13 +440,21 @@ fn read(
             break;
         };
         let is_end = matches!(state, State::End(_));
+        // One pass over the headers: the reply address, and those its outputs carry.
+        let mut reply = None;
+        let mut carried = Vec::new();
+        for (name, value) in view.headers() {
+            if name == REPLY_HEADER {
+                reply = Some(Box::from(value));
+            } else if Carry::Headers.keeps(name) {
+                carried.push((Box::from(name), Box::from(value)));
+            }
+        }
         part.window.push_back(Slot {
             timestamp_ms: view.timestamp_ms(),
             key: view.key().map(Box::from),
-            reply: view
-                .headers()
-                .find(|(name, _)| *name == REPLY_HEADER)
-                .map(|(_, value)| Box::from(value)),
+            reply,
+            headers: carried.into_boxed_slice(),
             state,
         });
         part.next_read = offset + 1;
@@ -589,6 +602,7 @@ fn write_answered(shard: &Shard, part: &mut Part, failed_jobs: &mut FailedJobs) 
                 part.ends_seen.insert(producer, offset);
                 if part.expected_ends.iter().all(|p| part.ends_seen.contains_key(p)) {
                     part.emitter.set_reply(None);
+                    part.emitter.carry(std::iter::empty());
                     part.emitter.emit_end(offset, slot.timestamp_ms);
                     if let Some(dead) = &mut part.failures.dead {
                         dead.emit_end(offset, slot.timestamp_ms);
@@ -609,6 +623,8 @@ fn answer_outputs(
     records: Vec<AnswerRecord>,
 ) -> std::result::Result<Vec<Output>, String> {
     part.emitter.set_reply(slot.reply.as_deref());
+    part.emitter
+        .carry(slot.headers.iter().map(|(name, value)| (&**name, &**value)));
     let outputs: Vec<Output> = records
         .into_iter()
         .map(|record| Output {

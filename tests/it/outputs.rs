@@ -263,7 +263,8 @@ fn client_headers(headers: &[(String, Vec<u8>)]) -> Vec<(String, String)> {
 }
 
 #[test]
-fn a_records_headers_go_on_through_filter_and_map_and_onto_its_dead_letter_but_not_onto_a_windows_counts() {
+fn a_records_headers_go_on_through_filter_map_and_exec_and_onto_its_dead_letter_but_not_onto_a_windows_counts()
+ {
     let dir = fast_tempdir();
     let rest = r#"
 [[topic]]
@@ -304,8 +305,17 @@ name = "tally"
 from = "src"
 op = { count = { window = "1s", time = "record" } }
 to = "tallies"
+
+[[topic]]
+name = "echoed"
+partitions = 1
 "#;
-    let file = listening_dataflow(dir.path(), "headers", "group", "", rest);
+    // flowd's own echo worker answers each record with itself.
+    let echo = format!(
+        "[[stage]]\nname = \"echo\"\nfrom = \"kept\"\nop = {{ exec = {{ command = [{:?}, \"bench\", \"echo-worker\", \"--protocol\", \"json\"] }} }}\nto = \"echoed\"\n",
+        env!("CARGO_BIN_EXE_flowd")
+    );
+    let file = listening_dataflow(dir.path(), "headers", "group", "", &format!("{rest}{echo}"));
     let server = Server::start(&file);
     let mut client = Client::connect(&server.tcp).unwrap();
     // Inputs 0..=6, a second apart in record time, each with its own trace; 3 is bad.
@@ -352,6 +362,14 @@ to = "tallies"
         by_number(&shaped),
         want,
         "a map's output carries its input's headers"
+    );
+    let echoed = read_all(&mut client, "echoed", 1, 6);
+    assert_eq!(echoed.len(), 6, "the worker answers every kept record");
+    let want: BTreeMap<u64, _> = [0, 1, 2, 3, 4, 6].into_iter().map(|i| (i, traced(i))).collect();
+    assert_eq!(
+        by_number(&echoed),
+        want,
+        "a worker's answer carries its input's headers"
     );
     let dead = read_all(&mut client, "dead", 1, 1);
     assert_eq!(dead.len(), 1, "the bad input is dead-lettered");
