@@ -445,7 +445,7 @@ fn read(
         let mut carried = Vec::new();
         for (name, value) in view.headers() {
             if name == REPLY_HEADER {
-                reply = Some(Box::from(value));
+                reply = reply.or_else(|| Some(Box::from(value)));
             } else if Carry::Headers.keeps(name) {
                 carried.push((Box::from(name), Box::from(value)));
             }
