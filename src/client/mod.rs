@@ -227,7 +227,8 @@ impl Client {
     /// Spins, without sleeping, for at most `spin` until an answer has begun to arrive
     /// (bytes in the socket or already buffered), and reads nothing: a closed-loop
     /// client that will not pay a thread's wake-up per round trip calls it before
-    /// `recv` (`flowd bench ingest --spin-us`). It costs a core while it spins. Over TLS
+    /// `recv` (`flowd bench ingest --spin-us`). It costs a core while it spins, though
+    /// it gives the CPU to any thread ready to run there (`sched_yield`). Over TLS
     /// an answer already deciphered but not yet read is not seen: it spins to its bound.
     pub fn spin_until_readable(&mut self, spin: Duration) -> Result<()> {
         use std::os::fd::AsRawFd;
