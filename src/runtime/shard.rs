@@ -273,6 +273,113 @@ struct PendingAck {
     /// while this peer leads (that epoch, or a later one still holding the batch),
     /// until the deadline.
     quorum: Option<(Arc<ReplicaState>, u32, std::time::Instant)>,
+    /// An engine producer's batch (a stage's, a source's: this peer's, or one a peer
+    /// routed here), whose batches to a partition must land in send order.
+    engine: bool,
+    /// This peer's engine producer's batch to a replicated partition, kept until a
+    /// quorum holds it: if it cannot be acked here (its leadership moved first, or no
+    /// quorum came in time), it goes to the partition's next leader marked uncertain,
+    /// as a link sends on a batch lost with its peer (`peers.rs`). Its producer hears
+    /// of it only as acked there (or stale), never as lost.
+    again: Option<Again>,
+}
+
+/// What a batch kept for sending again needs besides its ack and partition.
+struct Again {
+    topic: usize,
+    /// Its records whole: a replayed batch's front its log held was not appended, yet
+    /// the next leader may hold less.
+    records: Payload,
+    lead: Option<u32>,
+    uncertain: Option<u64>,
+    refused: Option<std::time::Instant>,
+}
+
+impl Again {
+    /// The batch to send on to the partition's next leader, marked uncertain from
+    /// `first`, where it was written here (a replica holding it holds it at the same
+    /// offsets).
+    fn batch(self, partition: u32, first: u64, ack: Ack) -> (usize, Batch) {
+        let mut batch = Batch::new(partition, self.records, ack);
+        batch.lead = self.lead;
+        batch.uncertain = Some(self.uncertain.map_or(first, |from| from.min(first)));
+        batch.refused = self.refused;
+        (self.topic, batch)
+    }
+}
+
+/// What the acker found of a batch waiting for its ack.
+enum Look {
+    Wait,
+    Acked,
+    /// It cannot be acked here: why.
+    Unsure(&'static str),
+    /// Its log failed.
+    Failed(StorageError),
+}
+
+fn look(pending: &PendingAck, me: Option<std::net::SocketAddr>, now: Instant) -> Look {
+    if let (Some((state, epoch, deadline)), Some(me)) = (&pending.quorum, me) {
+        let hwm = crate::runtime::cluster::leader::refresh_hwm(me, state, &pending.partition);
+        let ours = ours(pending, state, *epoch);
+        return if ours == Some(false) {
+            Look::Unsure("its leadership moved to another peer before a quorum of replicas held it")
+        } else if ours == Some(true) && hwm >= pending.end {
+            Look::Acked
+        } else if now >= *deadline {
+            Look::Unsure("a quorum of its replicas did not hold it in time")
+        } else {
+            Look::Wait
+        };
+    }
+    let log = pending.partition.log.borrow();
+    if let Err(error) = log.health() {
+        return Look::Failed(error);
+    }
+    if log.durable_offset() >= pending.end {
+        Look::Acked
+    } else {
+        Look::Wait
+    }
+}
+
+/// Whether a batch written here in `epoch` is still this peer's to ack: it leads that
+/// epoch, or leads a later one (a set change, which fences and elects it again) and
+/// its log still holds the batch as written then (only this peer wrote batches of
+/// that epoch). Following the leader of a later epoch, its copy a prefix of that
+/// leader's log (its view says so), it acks once that leader's high-water mark passed
+/// the batch, still held as written. `None`: not known yet (fenced and not chosen
+/// again, or following a leader whose view it has not yet).
+fn ours(pending: &PendingAck, state: &ReplicaState, epoch: u32) -> Option<bool> {
+    let still_held = || {
+        let (held, until) = pending.partition.log.borrow_mut().epoch_end(epoch);
+        held == epoch && until >= pending.end
+    };
+    match state.leads() {
+        Some(now) if now == epoch => Some(true),
+        Some(now) if now > epoch => Some(still_held()),
+        Some(_) => Some(false),
+        None if state.is_follower() && state.epoch() > epoch => {
+            if !still_held() {
+                Some(false)
+            } else if state.is_viewed() {
+                Some(true)
+            } else {
+                None
+            }
+        }
+        None if state.is_follower() => Some(false),
+        None => None,
+    }
+}
+
+/// A copy of an engine producer's records, kept whole before a replay's front is
+/// dropped: only this peer's producers' records (`Payload::Owned`) are kept.
+fn whole_copy(payload: &Payload) -> Option<Payload> {
+    match payload {
+        Payload::Owned(records) => Some(Payload::Owned(records.clone())),
+        _ => None,
+    }
 }
 
 /// Storage errors a client's batch causes (too big), as opposed to the disk failing.
@@ -538,16 +645,34 @@ impl Shard {
                 batch.ack.stale(latest);
                 continue;
             }
+            // An engine producer's batch to a replicated partition is kept until a
+            // quorum holds it (`PendingAck::again`); whole, if a replay trims it below.
+            let engine = batch.ack.is_engine() || batch.lead.is_some() || batch.uncertain.is_some();
+            let keep = quorum.is_some() && batch.ack.is_engine();
+            let whole = if keep && crate::runtime::already::is_replayed(&batch) {
+                whole_copy(&batch.records)
+            } else {
+                None
+            };
             // Sent again (its first leader was lost, or a stage took its input's lead
             // over): only what the log does not hold yet is written.
             if let Some(at) = self.already_written(&partition, &mut batch) {
                 // Acked there, once that is durable (and held by a quorum).
+                let again = keep.then(|| Again {
+                    topic,
+                    records: whole.unwrap_or(batch.records),
+                    lead: batch.lead,
+                    uncertain: batch.uncertain,
+                    refused: batch.refused,
+                });
                 self.acks.borrow_mut().push(PendingAck {
                     partition,
                     first: at,
                     end: at,
                     ack: batch.ack,
                     quorum,
+                    engine,
+                    again,
                 });
                 let _ = self.ack_waiting.0.try_send(());
                 continue;
@@ -578,12 +703,21 @@ impl Shard {
                     // A replicated batch waits for its quorum in every mode, a group
                     // commit's for the syncer; otherwise written is durable.
                     if quorum.is_some() || self.shared.spec.engine.durability == Durability::Group {
+                        let again = keep.then(|| Again {
+                            topic,
+                            records: whole.unwrap_or(batch.records),
+                            lead: batch.lead,
+                            uncertain: batch.uncertain,
+                            refused: batch.refused,
+                        });
                         self.acks.borrow_mut().push(PendingAck {
                             partition,
                             first: receipt.first_offset,
                             end: receipt.next_offset,
                             ack: batch.ack,
                             quorum,
+                            engine,
+                            again,
                         });
                         // Full means the acker is already told.
                         let _ = self.ack_waiting.0.try_send(());
@@ -642,79 +776,44 @@ impl Shard {
     /// partition's readers, who see durable records only.
     pub async fn run_acker(self: Rc<Self>) {
         loop {
-            let mut failed = None;
-            let mut durable: Vec<Rc<LocalPartition>> = Vec::new();
             let me = self.shared.peers.as_ref().map(|p| p.replication.me.addr);
             let now = std::time::Instant::now();
-            self.acks.borrow_mut().retain(|pending| {
-                if let (Some((state, epoch, deadline)), Some(me)) = (&pending.quorum, me) {
-                    let hwm = crate::runtime::cluster::leader::refresh_hwm(me, state, &pending.partition);
-                    // Still this peer's to ack: it leads the epoch the batch was written
-                    // in, or leads a later one (a set change, which fences and elects it
-                    // again) and its log still holds the batch as written then (only
-                    // this peer wrote batches of that epoch). Fenced and not yet chosen
-                    // again, it waits (bounded by the deadline).
-                    // Following the leader of a later epoch, its copy a prefix of that
-                    // leader's log (its view says so), it acks once that leader's
-                    // high-water mark passed the batch, still held as written.
-                    let still_held = || {
-                        let (held, until) = pending.partition.log.borrow_mut().epoch_end(*epoch);
-                        held == *epoch && until >= pending.end
-                    };
-                    let ours = match state.leads() {
-                        Some(now) if now == *epoch => Some(true),
-                        Some(now) if now > *epoch => Some(still_held()),
-                        Some(_) => Some(false),
-                        None if state.is_follower() && state.epoch() > *epoch => {
-                            if !still_held() {
-                                Some(false)
-                            } else if state.is_viewed() {
-                                Some(true)
-                            } else {
-                                None
-                            }
-                        }
-                        None if state.is_follower() => Some(false),
-                        None => None,
-                    };
-                    let failed_because = if ours == Some(false) {
-                        Some("its leadership moved to another peer before a quorum of replicas held it")
-                    } else if ours == Some(true) && hwm >= pending.end {
+            let pending_acks = std::mem::take(&mut *self.acks.borrow_mut());
+            let mut waiting = Vec::with_capacity(pending_acks.len());
+            let mut durable: Vec<Rc<LocalPartition>> = Vec::new();
+            // Batches kept to go to their partition's next leader, in the order written.
+            let mut again = Vec::new();
+            let mut failed = None;
+            for pending in pending_acks {
+                match look(&pending, me, now) {
+                    Look::Wait => waiting.push(pending),
+                    Look::Acked => {
                         pending
                             .ack
                             .durable(pending.partition.partition, pending.first, pending.end);
-                        return false;
-                    } else if now >= *deadline {
-                        Some("a quorum of its replicas did not hold it in time")
-                    } else {
-                        return true;
-                    };
-                    if let Some(why) = failed_because {
+                        if pending.quorum.is_none()
+                            && !durable.iter().any(|p| Rc::ptr_eq(p, &pending.partition))
+                        {
+                            durable.push(Rc::clone(&pending.partition));
+                        }
+                    }
+                    Look::Unsure(why) => {
                         self.shared.metrics.quorum_failures.add(1);
-                        pending.ack.failed(EngineError::Unavailable(format!(
-                            "a batch for partition {}: {why}; it may or may not have been written",
-                            pending.partition.partition
-                        )));
+                        self.unsure(pending, why, &mut again);
                     }
-                    return false;
-                }
-                let log = pending.partition.log.borrow();
-                if let Err(error) = log.health() {
-                    pending.ack.failed(EngineError::Unavailable(error.to_string()));
-                    failed = Some(error);
-                    return false;
-                }
-                if log.durable_offset() >= pending.end {
-                    pending
-                        .ack
-                        .durable(pending.partition.partition, pending.first, pending.end);
-                    if !durable.iter().any(|p| Rc::ptr_eq(p, &pending.partition)) {
-                        durable.push(Rc::clone(&pending.partition));
+                    Look::Failed(error) => {
+                        pending.ack.failed(EngineError::Unavailable(error.to_string()));
+                        failed = Some(error);
                     }
-                    return false;
                 }
-                true
-            });
+            }
+            // Acks pushed meanwhile (none: nothing above waits) go after those kept.
+            {
+                let mut acks = self.acks.borrow_mut();
+                waiting.append(&mut acks);
+                *acks = waiting;
+            }
+            self.send_again(again);
             for partition in durable {
                 partition.note_append();
             }
@@ -732,6 +831,89 @@ impl Shard {
                 glommio::timer::sleep(ACK_POLL).await;
             }
         }
+    }
+
+    /// A batch that cannot be acked here (`why`): a kept one goes to its partition's
+    /// next leader (pushed onto `again`); any other's producer is told it may or may
+    /// not have been written (a peer's engine producer then sends it on itself).
+    fn unsure(&self, pending: PendingAck, why: &str, again: &mut Vec<(usize, Batch)>) {
+        let PendingAck {
+            partition: local,
+            first,
+            ack,
+            again: kept,
+            ..
+        } = pending;
+        let partition = local.partition;
+        let topic = &self.shared.spec.topics[local.topic].name;
+        match kept {
+            Some(kept) => {
+                tracing::info!(
+                    "a batch for partition {partition} of \"{topic}\" goes to its next leader, written there only if it is not yet: {why}"
+                );
+                again.push(kept.batch(partition, first, ack));
+            }
+            None => ack.failed(EngineError::Unavailable(format!(
+                "a batch for partition {partition}: {why}; it may or may not have been written"
+            ))),
+        }
+    }
+
+    /// Hands kept batches to the rerouter in their order, at once: a batch of their
+    /// producer this shard takes after this goes behind them. (With the rerouter's
+    /// queue full, the rest wait for room in a task of their own, still in order.)
+    fn send_again(self: &Rc<Self>, again: Vec<(usize, Batch)>) {
+        let Some(peers) = self.shared.peers.clone() else {
+            return;
+        };
+        let mut again = again.into_iter();
+        while let Some((topic, batch)) = again.next() {
+            if let Some(batch) = peers.refuse_now(topic, batch) {
+                let rest: Vec<(usize, Batch)> = std::iter::once((topic, batch)).chain(again).collect();
+                tracing::warn!(
+                    "{} batches to send on to their partitions' next leaders wait for room in the rerouter's queue",
+                    rest.len()
+                );
+                self.tasks.spawn(async move {
+                    for (topic, batch) in rest {
+                        peers.refuse(topic, batch).await;
+                    }
+                });
+                return;
+            }
+        }
+    }
+
+    /// The role of `partition` of `topic` here changed (`replica::set_role`): every
+    /// batch of an engine producer there that this peer cannot ack now is settled at
+    /// once, before this shard takes another batch, so that the producer's next batch
+    /// cannot land at the partition's leader before it: a kept one goes to the next
+    /// leader marked uncertain, a peer's producer is told to send its one on.
+    pub fn role_changed(self: &Rc<Self>, topic: usize, partition: u32) {
+        let mut again = Vec::new();
+        let moved: Vec<PendingAck> = {
+            let mut acks = self.acks.borrow_mut();
+            let (moved, kept) = std::mem::take(&mut *acks).into_iter().partition(|pending| {
+                pending.engine
+                    && pending.partition.topic == topic
+                    && pending.partition.partition == partition
+                    && pending
+                        .quorum
+                        .as_ref()
+                        .is_some_and(|(state, epoch, _)| ours(pending, state, *epoch) != Some(true))
+            });
+            *acks = kept;
+            moved
+        };
+        for pending in moved {
+            self.shared.metrics.quorum_failures.add(1);
+            self.unsure(
+                pending,
+                "its leadership moved before a quorum of replicas held it",
+                &mut again,
+            );
+        }
+        self.send_again(again);
     }
 
     /// How busy this shard has been since it started. Call on the shard's own thread.

@@ -20,6 +20,8 @@
 //! | `kafka-idempotent-durable` | SIGKILL once an idempotent Kafka producer's batch is durable, before its answer |
 //! | `shard-panic`    | (`return(N)`) shard N panics as it starts                         |
 //! | `peer-produce`   | (`sleep(MS)`) the reader of a peer's data connection stalls before it queues a forwarded batch, as behind a full inbox |
+//! | `peer-produce-led` | (`sleep(MS)`) the same, for a stage's batch (one made for a lead of its input) |
+//! | `replica-append-TOPIC` | (`sleep(MS)`) a follower of a partition of TOPIC stalls before it appends the batches a fetch brought, as a slow replica would |
 
 use std::io;
 use std::sync::Arc;

@@ -403,7 +403,93 @@ pub(crate) fn a_leaving_leaders_late_stage_batch_is_not_written_after_its_succes
     );
 }
 
+/// A stage's batch written on the peer that runs the stage and leads the output
+/// partition, which no quorum holds within `QUORUM_TIMEOUT` (its follower stalls 12 s
+/// before it appends): the batch goes to the partition's leader again, marked
+/// uncertain, found written there and acked once the follower holds it. The stage's
+/// progress is stored past it, and the record is written once. (Its ack was dropped
+/// before: the stage never stored progress again.)
+pub(crate) fn a_stage_batch_no_quorum_held_in_time_is_sent_again_and_written_once() {
+    let _serial = one_at_a_time();
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("copy.toml");
+    std::fs::write(
+        &file,
+        "[engine]\ndurability = \"group\"\n\n[ingest]\ntcp = \"127.0.0.1:0\"\n\n[cluster]\nreplicas = 2\n\n\
+         [[topic]]\nname = \"in\"\npartitions = 4\n\n[[topic]]\nname = \"out\"\npartitions = 4\n\n\
+         [[stage]]\nname = \"copy\"\nfrom = \"in\"\nop = { filter = \"true\" }\nto = \"out\"\nroute = { shard_by = \"key\" }\n",
+    )
+    .unwrap();
+    let stall = [("FAILPOINTS", "replica-append-out=1*sleep(12000)")];
+    let first = start_file_env(&file, dir.path(), "p1", &["--peer-listen", "127.0.0.1:0"], &stall);
+    let seed = first.peer.clone().unwrap();
+    let servers = [
+        first,
+        start_file_env(
+            &file,
+            dir.path(),
+            "p2",
+            &["--peer-listen", "127.0.0.1:0", "--seeds", &seed],
+            &stall,
+        ),
+    ];
+    let all: Vec<&Server> = servers.iter().collect();
+    wait_all_alive(&all);
+    wait_settled(&all, 4);
+    // A peer leading an input partition and an output partition: a key routed there.
+    let (at, partition, key) = (0..2)
+        .find_map(|i| {
+            let ins = served_by(&servers[i], "in");
+            let outs = served_by(&servers[i], "out");
+            let key = (0..1000)
+                .map(|k| format!("k{k}"))
+                .find(|k| outs.contains(&flowd::protocol::routing::partition_of_bytes(k.as_bytes(), 4)))?;
+            ins.first().map(|p| (i, *p, key))
+        })
+        .expect("a peer leads a partition of each topic");
+    let mut client = flowd::client::Client::connect(&servers[at].tcp).unwrap();
+    let mut record = crate::replication::record("1");
+    record.key = Some(key.into_bytes());
+    client.produce_batch("in", Some(partition), &[record]).unwrap();
+    let progress = dir
+        .path()
+        .join(format!("p{}", at + 1))
+        .join("progress")
+        .join("copy")
+        .join(format!("in-{partition}.json"));
+    let stored_next = || {
+        std::fs::read(&progress)
+            .ok()
+            .and_then(|bytes| serde_json::from_slice::<serde_json::Value>(&bytes).ok())
+            .and_then(|p| p["next"].as_u64())
+            .unwrap_or(0)
+    };
+    wait_until(
+        "the stage stored its progress past the record",
+        Duration::from_secs(30),
+        || stored_next() >= 1,
+    );
+    assert!(
+        servers[at].log.wait_for(
+            &["goes to its next leader, written there only if it is not yet: a quorum of its replicas did not hold it in time"],
+            Duration::from_secs(30)
+        ),
+        "the stage's batch went to its leader again: {}",
+        servers[at].log.text()
+    );
+    let copies: Vec<String> = tail(&servers[at], "out")
+        .into_iter()
+        .map(|(_, _, value)| value)
+        .collect();
+    assert_eq!(copies, ["1"], "the record is written once");
+}
+
 mod replicated {
+    #[test]
+    fn a_stage_batch_no_quorum_held_in_time_is_sent_again_and_written_once() {
+        super::a_stage_batch_no_quorum_held_in_time_is_sent_again_and_written_once();
+    }
+
     #[test]
     fn a_leaving_leaders_late_stage_batch_is_not_written_after_its_successors() {
         super::a_leaving_leaders_late_stage_batch_is_not_written_after_its_successors();

@@ -152,14 +152,21 @@ impl Server {
             .map(|a| a.to_string_lossy().into_owned())
             .collect();
         let named = |flag: &str| args.iter().position(|a| a == flag).map(|i| args[i + 1].clone());
+        // An address the kernel picks (`:0`) says nothing: its pid then, and the
+        // addresses it prints on stdout are echoed under the same tag.
         let tag = named("--peer-listen")
             .or_else(|| named("--listen"))
-            .map_or_else(String::new, |name| format!("[{name}] "));
-        let log = Log::read_as(child.stderr.take().unwrap(), tag);
+            .filter(|name| !name.ends_with(":0"))
+            .map_or_else(|| format!("[pid {}] ", child.id()), |name| format!("[{name}] "));
+        let echo = std::env::var_os("FLOWD_TEST_LOGS").is_some();
+        let log = Log::read_as(child.stderr.take().unwrap(), tag.clone());
         let stdout = child.stdout.take().unwrap();
         let (tx, rx) = std::sync::mpsc::channel();
         std::thread::spawn(move || {
             for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+                if echo && line.starts_with("listening ") {
+                    eprintln!("{tag}{line}");
+                }
                 let _ = tx.send(line);
             }
         });

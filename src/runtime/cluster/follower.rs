@@ -221,6 +221,8 @@ fn append(
     let Some(last) = batches.len().checked_sub(1) else {
         return Ok(());
     };
+    #[cfg(feature = "failpoints")]
+    crate::storage::faults::stall_point(&format!("replica-append-{}", shared.spec.topics[topic].name));
     let inbox = &shared.mesh.inboxes[topic][owner(partition, shared.shards)];
     let (tx, rx) = flume::bounded(batches.len());
     for (i, bytes) in batches.iter().enumerate() {

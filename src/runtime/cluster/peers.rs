@@ -181,6 +181,24 @@ impl Peers {
         }
     }
 
+    /// `refuse` without waiting: the batch back if the rerouter's queue is full.
+    pub fn refuse_now(&self, topic: usize, batch: Batch) -> Option<Batch> {
+        let batch = batch.to_route_again(self.topic_name(topic))?;
+        self.rerouting.fetch_add(1, Ordering::AcqRel);
+        match self.refused.try_send((topic, batch)) {
+            Ok(()) => None,
+            Err(flume::TrySendError::Full((_, batch))) => {
+                self.rerouting.fetch_sub(1, Ordering::AcqRel);
+                Some(batch)
+            }
+            Err(flume::TrySendError::Disconnected((_, batch))) => {
+                self.rerouting.fetch_sub(1, Ordering::AcqRel);
+                batch.ack.failed(EngineError::Stopping);
+                None
+            }
+        }
+    }
+
     /// Batches this peer routes on and has no answer for yet: held by the rerouter,
     /// queued on a link or sent and not acked. A leaving peer waits for zero, so that
     /// no batch it took is left without an answer when it goes.

@@ -713,6 +713,8 @@ fn set_role(shard: &Rc<Shard>, replication: &Replication, topic: usize, partitio
     drop(quorum);
     drop(log);
     local.woken();
+    // Before this shard takes another batch for the partition.
+    shard.role_changed(topic, partition);
 }
 
 /// Keeps this peer's roles in step with the metadata, and a fetcher running for each
