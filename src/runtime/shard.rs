@@ -308,6 +308,23 @@ impl Again {
     }
 }
 
+/// The longest a batch waits for this peer's role as the leader the metadata names it.
+const ROLE_WAIT: Duration = Duration::from_millis(500);
+
+/// Whether the metadata applied here names this peer the leader of `partition` of
+/// `topic` in an epoch its role here has not reached yet.
+fn named_leader(
+    peers: &crate::runtime::cluster::peers::Peers,
+    state: &ReplicaState,
+    topic: usize,
+    partition: u32,
+) -> bool {
+    let metadata = peers.cluster.consensus.metadata().get();
+    metadata
+        .assignment(peers.topic_name(topic), partition)
+        .is_some_and(|a| a.leader == peers.replication.me.addr && a.epoch > state.epoch())
+}
+
 /// What the acker found of a batch waiting for its ack.
 enum Look {
     Wait,
@@ -572,6 +589,22 @@ impl Shard {
                 && peers.replication.is_replicated(topic)
             {
                 let state = Arc::clone(peers.replication.state(topic, batch.partition));
+                // The metadata applied here names this peer the partition's leader in a
+                // later epoch than its role here (the watch sets the role within a
+                // round): the batch waits for the role rather than go round through the
+                // rerouter, where its producer's next batch, coming once the role is
+                // set, would overtake it.
+                if batch.replica.is_none() && state.leads().is_none() {
+                    let deadline = Instant::now() + ROLE_WAIT;
+                    while state.leads().is_none()
+                        && !peers.ownership.is_leaving()
+                        && named_leader(peers, &state, topic, batch.partition)
+                        && Instant::now() < deadline
+                        && !self.shared.control.is_stopping()
+                    {
+                        glommio::timer::sleep(Duration::from_millis(1)).await;
+                    }
+                }
                 match (batch.replica, state.leads()) {
                     (Some(epoch), _) => {
                         if !state.follows(epoch) {
