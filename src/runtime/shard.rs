@@ -312,7 +312,8 @@ impl Again {
 const ROLE_WAIT: Duration = Duration::from_millis(500);
 
 /// Whether the metadata applied here names this peer the leader of `partition` of
-/// `topic` in an epoch its role here has not reached yet.
+/// `topic` in an epoch its role here has not reached yet (and no fence promised a
+/// later one: the role then stays none until that election ends).
 fn named_leader(
     peers: &crate::runtime::cluster::peers::Peers,
     state: &ReplicaState,
@@ -322,7 +323,9 @@ fn named_leader(
     let metadata = peers.cluster.consensus.metadata().get();
     metadata
         .assignment(peers.topic_name(topic), partition)
-        .is_some_and(|a| a.leader == peers.replication.me.addr && a.epoch > state.epoch())
+        .is_some_and(|a| {
+            a.leader == peers.replication.me.addr && a.epoch > state.epoch() && a.epoch >= state.promised()
+        })
 }
 
 /// What the acker found of a batch waiting for its ack.

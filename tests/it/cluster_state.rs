@@ -45,12 +45,20 @@ enum Outcome {
 fn counts_up_by_one(key: &str, changes: &[u64]) {
     if let Some(at) = (0..changes.len()).find(|&i| changes[i] != i as u64 + 1) {
         let (from, to) = (at.saturating_sub(5), (at + 6).min(changes.len()));
+        // Whether the count due there was lost, or written out of order.
+        let due = at as u64 + 1;
+        let fate = match changes.iter().skip(at).position(|&c| c == due) {
+            Some(later) => format!(
+                "{due} comes later, as change {}: written out of order",
+                at + later + 1
+            ),
+            None => format!("{due} is not in it: lost"),
+        };
         panic!(
-            "{key}'s changelog does not count up by one, each count once: change {} of {} is {}, not {} (changes {} to {to}: {:?})",
+            "{key}'s changelog does not count up by one, each count once: change {} of {} is {}, not {due}; {fate} (changes {} to {to}: {:?})",
             at + 1,
             changes.len(),
             changes[at],
-            at + 1,
             from + 1,
             &changes[from..to]
         );

@@ -127,6 +127,11 @@ impl ReplicaState {
         self.role.load(Ordering::Acquire) == FOLLOWER
     }
 
+    /// The highest epoch it promised in a fence.
+    pub fn promised(&self) -> u32 {
+        self.promised.load(Ordering::Acquire)
+    }
+
     /// The epoch this peer leads or follows under (or did last).
     pub fn epoch(&self) -> u32 {
         self.epoch.load(Ordering::Acquire)
