@@ -296,6 +296,19 @@ struct Again {
 }
 
 impl Again {
+    /// `batch`'s ack, and what sending it again needs if it is to be kept (`whole`:
+    /// its records before a replay's front was dropped).
+    fn keep(keep: bool, topic: usize, whole: Option<Payload>, batch: Batch) -> (Ack, Option<Again>) {
+        let again = keep.then(|| Again {
+            topic,
+            records: whole.unwrap_or(batch.records),
+            lead: batch.lead,
+            uncertain: batch.uncertain,
+            refused: batch.refused,
+        });
+        (batch.ack, again)
+    }
+
     /// The batch to send on to the partition's next leader, marked uncertain from
     /// `first`, where it was written here (a replica holding it holds it at the same
     /// offsets).
@@ -694,18 +707,12 @@ impl Shard {
             // over): only what the log does not hold yet is written.
             if let Some(at) = self.already_written(&partition, &mut batch) {
                 // Acked there, once that is durable (and held by a quorum).
-                let again = keep.then(|| Again {
-                    topic,
-                    records: whole.unwrap_or(batch.records),
-                    lead: batch.lead,
-                    uncertain: batch.uncertain,
-                    refused: batch.refused,
-                });
+                let (ack, again) = Again::keep(keep, topic, whole, batch);
                 self.acks.borrow_mut().push(PendingAck {
                     partition,
                     first: at,
                     end: at,
-                    ack: batch.ack,
+                    ack,
                     quorum,
                     engine,
                     again,
@@ -739,18 +746,12 @@ impl Shard {
                     // A replicated batch waits for its quorum in every mode, a group
                     // commit's for the syncer; otherwise written is durable.
                     if quorum.is_some() || self.shared.spec.engine.durability == Durability::Group {
-                        let again = keep.then(|| Again {
-                            topic,
-                            records: whole.unwrap_or(batch.records),
-                            lead: batch.lead,
-                            uncertain: batch.uncertain,
-                            refused: batch.refused,
-                        });
+                        let (ack, again) = Again::keep(keep, topic, whole, batch);
                         self.acks.borrow_mut().push(PendingAck {
                             partition,
                             first: receipt.first_offset,
                             end: receipt.next_offset,
-                            ack: batch.ack,
+                            ack,
                             quorum,
                             engine,
                             again,
