@@ -7,6 +7,7 @@
 //! `emitter` (routing and batching), `provenance` and `progress`/`commit` (exactly-once
 //! restarts).
 
+mod acks;
 pub mod already;
 pub mod bounds;
 pub mod cluster;

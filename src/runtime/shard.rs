@@ -13,12 +13,13 @@ use std::time::{Duration, Instant};
 use crate::config::DataflowSpec;
 use crate::metrics::Metrics;
 use crate::protocol::status::Standing;
+use crate::runtime::acks::{Again, Look, PendingAck, look, ours, whole_copy};
 use crate::runtime::cluster::replica::ReplicaState;
 use crate::runtime::consumers::Consumers;
 use crate::runtime::error::EngineError;
 use crate::runtime::error::{Result, RuntimeError};
 use crate::runtime::journal_recovery::ShardJournal;
-use crate::runtime::mesh::{Ack, Batch, Mesh, Payload, with_payload};
+use crate::runtime::mesh::{Batch, Mesh, Payload, with_payload};
 use crate::runtime::service::{JobOutcome, ShardRequest};
 use crate::runtime::sink::SinkChunk;
 use crate::storage::{Durability, PartitionLog, StorageError};
@@ -264,63 +265,6 @@ impl LocalPartition {
     }
 }
 
-struct PendingAck {
-    partition: Rc<LocalPartition>,
-    first: u64,
-    end: u64,
-    ack: Ack,
-    /// A replicated partition's batch waits for its quorum (the high-water mark) too,
-    /// while this peer leads (that epoch, or a later one still holding the batch),
-    /// until the deadline.
-    quorum: Option<(Arc<ReplicaState>, u32, std::time::Instant)>,
-    /// An engine producer's batch (a stage's, a source's: this peer's, or one a peer
-    /// routed here), whose batches to a partition must land in send order.
-    engine: bool,
-    /// This peer's engine producer's batch to a replicated partition, kept until a
-    /// quorum holds it: if it cannot be acked here (its leadership moved first, or no
-    /// quorum came in time), it goes to the partition's next leader marked uncertain,
-    /// as a link sends on a batch lost with its peer (`peers.rs`). Its producer hears
-    /// of it only as acked there (or stale), never as lost.
-    again: Option<Again>,
-}
-
-/// What a batch kept for sending again needs besides its ack and partition.
-struct Again {
-    topic: usize,
-    /// Its records whole: a replayed batch's front its log held was not appended, yet
-    /// the next leader may hold less.
-    records: Payload,
-    lead: Option<u32>,
-    uncertain: Option<u64>,
-    refused: Option<std::time::Instant>,
-}
-
-impl Again {
-    /// `batch`'s ack, and what sending it again needs if it is to be kept (`whole`:
-    /// its records before a replay's front was dropped).
-    fn keep(keep: bool, topic: usize, whole: Option<Payload>, batch: Batch) -> (Ack, Option<Again>) {
-        let again = keep.then(|| Again {
-            topic,
-            records: whole.unwrap_or(batch.records),
-            lead: batch.lead,
-            uncertain: batch.uncertain,
-            refused: batch.refused,
-        });
-        (batch.ack, again)
-    }
-
-    /// The batch to send on to the partition's next leader, marked uncertain from
-    /// `first`, where it was written here (a replica holding it holds it at the same
-    /// offsets).
-    fn batch(self, partition: u32, first: u64, ack: Ack) -> (usize, Batch) {
-        let mut batch = Batch::new(partition, self.records, ack);
-        batch.lead = self.lead;
-        batch.uncertain = Some(self.uncertain.map_or(first, |from| from.min(first)));
-        batch.refused = self.refused;
-        (self.topic, batch)
-    }
-}
-
 /// The longest a batch waits for this peer's role as the leader the metadata names it.
 const ROLE_WAIT: Duration = Duration::from_millis(500);
 
@@ -339,80 +283,6 @@ fn named_leader(
         .is_some_and(|a| {
             a.leader == peers.replication.me.addr && a.epoch > state.epoch() && a.epoch >= state.promised()
         })
-}
-
-/// What the acker found of a batch waiting for its ack.
-enum Look {
-    Wait,
-    Acked,
-    /// It cannot be acked here: why.
-    Unsure(&'static str),
-    /// Its log failed.
-    Failed(StorageError),
-}
-
-fn look(pending: &PendingAck, me: Option<std::net::SocketAddr>, now: Instant) -> Look {
-    if let (Some((state, epoch, deadline)), Some(me)) = (&pending.quorum, me) {
-        let hwm = crate::runtime::cluster::leader::refresh_hwm(me, state, &pending.partition);
-        let ours = ours(pending, state, *epoch);
-        return if ours == Some(false) {
-            Look::Unsure("its leadership moved to another peer before a quorum of replicas held it")
-        } else if ours == Some(true) && hwm >= pending.end {
-            Look::Acked
-        } else if now >= *deadline {
-            Look::Unsure("a quorum of its replicas did not hold it in time")
-        } else {
-            Look::Wait
-        };
-    }
-    let log = pending.partition.log.borrow();
-    if let Err(error) = log.health() {
-        return Look::Failed(error);
-    }
-    if log.durable_offset() >= pending.end {
-        Look::Acked
-    } else {
-        Look::Wait
-    }
-}
-
-/// Whether a batch written here in `epoch` is still this peer's to ack: it leads that
-/// epoch, or leads a later one (a set change, which fences and elects it again) and
-/// its log still holds the batch as written then (only this peer wrote batches of
-/// that epoch). Following the leader of a later epoch, its copy a prefix of that
-/// leader's log (its view says so), it acks once that leader's high-water mark passed
-/// the batch, still held as written. `None`: not known yet (fenced and not chosen
-/// again, or following a leader whose view it has not yet).
-fn ours(pending: &PendingAck, state: &ReplicaState, epoch: u32) -> Option<bool> {
-    let still_held = || {
-        let (held, until) = pending.partition.log.borrow_mut().epoch_end(epoch);
-        held == epoch && until >= pending.end
-    };
-    match state.leads() {
-        Some(now) if now == epoch => Some(true),
-        Some(now) if now > epoch => Some(still_held()),
-        Some(_) => Some(false),
-        None if state.is_follower() && state.epoch() > epoch => {
-            if !still_held() {
-                Some(false)
-            } else if state.is_viewed() {
-                Some(true)
-            } else {
-                None
-            }
-        }
-        None if state.is_follower() => Some(false),
-        None => None,
-    }
-}
-
-/// A copy of an engine producer's records, kept whole before a replay's front is
-/// dropped: only this peer's producers' records (`Payload::Owned`) are kept.
-fn whole_copy(payload: &Payload) -> Option<Payload> {
-    match payload {
-        Payload::Owned(records) => Some(Payload::Owned(records.clone())),
-        _ => None,
-    }
 }
 
 /// Storage errors a client's batch causes (too big), as opposed to the disk failing.
