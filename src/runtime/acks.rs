@@ -24,8 +24,9 @@ pub(crate) struct PendingAck {
     /// while this peer leads (that epoch, or a later one still holding the batch),
     /// until the deadline.
     pub(crate) quorum: Option<(Arc<ReplicaState>, u32, std::time::Instant)>,
-    /// An engine producer's batch (a stage's, a source's: this peer's, or one a peer
-    /// routed here), whose batches to a partition must land in send order.
+    /// An engine producer's batch, whose batches to a partition must land in send
+    /// order: this peer's stage's or source's, a peer's stage's (it says its lead), or
+    /// any a peer sends again. (A peer's source's batch says neither: not marked.)
     pub(crate) engine: bool,
     /// This peer's engine producer's batch to a replicated partition, kept until a
     /// quorum holds it: if it cannot be acked here (its leadership moved first, or no
