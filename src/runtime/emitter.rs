@@ -215,7 +215,7 @@ impl Emitter {
     pub fn carry<'h>(&mut self, headers: impl Iterator<Item = (&'h str, &'h [u8])>) {
         self.headers.clear();
         self.headers
-            .extend(headers.map(|(name, value)| (HeaderName::Owned(name.to_owned()), value.to_vec())));
+            .extend(headers.map(crate::runtime::mesh::owned_header));
     }
 
     /// Switches to another producer id (a directory source moving to its next file).

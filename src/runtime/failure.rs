@@ -14,7 +14,7 @@ use crate::ops::{Carry, Output};
 use crate::runtime::bounds::dead_reason;
 use crate::runtime::emitter::Emitter;
 use crate::runtime::error::Result;
-use crate::runtime::mesh::HeaderName;
+use crate::runtime::mesh::owned_header;
 use crate::runtime::provenance::dead_letter_producer;
 use crate::runtime::shard::Shard;
 use crate::runtime::stage::operator_error;
@@ -166,7 +166,7 @@ impl Failures {
         dead.set_reply(None);
         let carried = Carry::HeadersAndNull
             .select(input.headers.iter().copied())
-            .map(|(name, value)| (HeaderName::Owned(name.to_owned()), value.to_vec()));
+            .map(owned_header);
         dead.set_headers(
             [
                 (DEAD_REASON_HEADER.into(), dead_reason(why).into_bytes()),

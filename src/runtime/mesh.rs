@@ -19,6 +19,11 @@ pub const CHANNEL_BATCHES_MAX: usize = 16;
 /// client's (carried from a stage's input to its outputs) are owned.
 pub type HeaderName = std::borrow::Cow<'static, str>;
 
+/// A header borrowed from a stored record (a client's, carried on), owned to go on.
+pub fn owned_header((name, value): (&str, &[u8])) -> (HeaderName, Vec<u8>) {
+    (HeaderName::Owned(name.to_owned()), value.to_vec())
+}
+
 /// A record on its way to its partition.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct OwnedRecord {

@@ -158,7 +158,7 @@ impl Server {
             .or_else(|| named("--listen"))
             .filter(|name| !name.ends_with(":0"))
             .map_or_else(|| format!("[pid {}] ", child.id()), |name| format!("[{name}] "));
-        let echo = std::env::var_os("FLOWD_TEST_LOGS").is_some();
+        let echo = crate::support::echo_logs();
         let log = Log::read_as(child.stderr.take().unwrap(), tag.clone());
         let stdout = child.stdout.take().unwrap();
         let (tx, rx) = std::sync::mpsc::channel();

@@ -145,6 +145,11 @@ pub fn assert_log_is_expected_prefix(log: &PartitionLog) -> u64 {
     count
 }
 
+/// Whether the servers' logs are echoed (`FLOWD_TEST_LOGS=1`, with `--nocapture`).
+pub fn echo_logs() -> bool {
+    std::env::var_os("FLOWD_TEST_LOGS").is_some()
+}
+
 /// flowd's stderr, read on a thread as it comes.
 pub struct Log {
     text: std::sync::Arc<std::sync::Mutex<String>>,
@@ -163,8 +168,7 @@ impl Log {
         let shared = text.clone();
         let reader = std::thread::spawn(move || {
             use std::io::BufRead;
-            // FLOWD_TEST_LOGS=1 shows the servers' logs too (with --nocapture).
-            let echo = std::env::var_os("FLOWD_TEST_LOGS").is_some();
+            let echo = echo_logs();
             for line in std::io::BufReader::new(stderr).lines() {
                 let Ok(line) = line else { return };
                 if echo {
