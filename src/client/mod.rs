@@ -108,7 +108,9 @@ impl Client {
         let resolved: Vec<SocketAddr> = addr.to_socket_addrs().map_err(connect_error)?.collect();
         let mut last = std::io::Error::new(std::io::ErrorKind::NotFound, "the address resolves to nothing");
         for candidate in resolved {
-            match TcpStream::connect_timeout(&candidate, options.connect_timeout) {
+            match TcpStream::connect_timeout(&candidate, options.connect_timeout)
+                .and_then(|stream| crate::net::check(&stream).map(|()| stream))
+            {
                 Ok(stream) => {
                     let _ = stream.set_nodelay(true);
                     // The handshake, if any, within the connect timeout.

@@ -124,6 +124,7 @@ impl Dialer {
     /// certificate of the cluster's CA for its address) and says hello.
     pub fn connect(&self, to: SocketAddr, purpose: Purpose) -> std::io::Result<PeerStream> {
         let socket = TcpStream::connect_timeout(&to, PEER_IO_TIMEOUT)?;
+        crate::net::check(&socket)?;
         socket.set_nodelay(true)?;
         keep_alive(&socket)?;
         socket.set_write_timeout(Some(PEER_IO_TIMEOUT))?;

@@ -456,6 +456,13 @@ async fn run_link(
         Some(Err(error)) => return link.fail(&format!("cannot connect: {error}")),
         None => return link.fail(&no_time()),
     };
+    let ends = match (stream.local_addr(), stream.peer_addr()) {
+        (Ok(local), Ok(peer)) => crate::net::not_itself(local, peer).map_err(|e| e.to_string()),
+        (Err(error), _) | (_, Err(error)) => Err(error.to_string()),
+    };
+    if let Err(error) = ends {
+        return link.fail(&format!("cannot connect: {error}"));
+    }
     let _ = stream.set_nodelay(true);
     let Some(tls) = tls else {
         return carry(stream, queued, link).await;

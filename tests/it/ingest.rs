@@ -177,7 +177,17 @@ impl Server {
         let deadline = Instant::now() + Duration::from_secs(30);
         while tcp.is_none() || http.is_none() {
             let left = deadline.saturating_duration_since(Instant::now());
-            let line = rx.recv_timeout(left).expect("flowd run prints its listeners");
+            let line = rx.recv_timeout(left).unwrap_or_else(|error| {
+                // Why it did not start (an address in use, a bad flag) is in its log.
+                // Killed if it still runs: nothing else would.
+                let _ = child.kill();
+                let _ = child.wait();
+                log.wait_closed(Duration::from_secs(5));
+                panic!(
+                    "flowd run prints its listeners: {error}; its log:\n{}",
+                    log.text()
+                )
+            });
             if let Some(a) = line.strip_prefix("listening tcp ") {
                 tcp = Some(a.to_owned());
             }

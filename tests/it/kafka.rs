@@ -1116,11 +1116,7 @@ fn a_consumer_group_splits_the_partitions_and_hands_them_over_at_the_committed_o
 fn an_idempotent_producer_through_a_sigkill_stores_every_delivered_record_exactly_once() {
     let dir = tempfile::tempdir().unwrap();
     // A port of our own, so that the engine comes back where the producer looks for it.
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
+    let port = crate::support::port_for_restarts();
     let file = listening_dataflow(
         dir.path(),
         "kafka",

@@ -145,6 +145,35 @@ pub fn assert_log_is_expected_prefix(log: &PartitionLog) -> u64 {
     count
 }
 
+/// A free loopback port below the kernel's range for the ports of outgoing connections
+/// (`net.ipv4.ip_local_port_range`), for a server a test restarts on the same port
+/// while a client it does not control (kafka-python, librdkafka) keeps dialing it: a
+/// port in that range can be taken by such a client's connection meeting itself, and
+/// the server then cannot bind it (flowd's own dialers close such a connection,
+/// `flowd::net`).
+pub fn port_for_restarts() -> u16 {
+    let range = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range").unwrap_or_default();
+    let low: u16 = range
+        .split_whitespace()
+        .next()
+        .and_then(|p| p.parse().ok())
+        .unwrap_or(32768);
+    assert!(
+        low > 12_000,
+        "the kernel's range starts at {low}: no room below it"
+    );
+    let span = u32::from(low) - 10_000;
+    // Tests run in parallel: each starts from its own place, by pid and time.
+    let seed = std::process::id() ^ std::time::UNIX_EPOCH.elapsed().unwrap().subsec_nanos();
+    for step in 0..span {
+        let port = 10_000 + ((seed.wrapping_mul(2_654_435_761) % span + step * 7_919) % span) as u16;
+        if std::net::TcpListener::bind(("127.0.0.1", port)).is_ok() {
+            return port;
+        }
+    }
+    panic!("no free port between 10000 and {low}");
+}
+
 /// Whether the servers' logs are echoed (`FLOWD_TEST_LOGS=1`, with `--nocapture`).
 pub fn echo_logs() -> bool {
     std::env::var_os("FLOWD_TEST_LOGS").is_some()
