@@ -14,7 +14,7 @@ pub mod window;
 
 use crate::config::{OpSpec, WindowSpec};
 use crate::jq;
-use crate::protocol::wire::{NULL_VALUE_HEADER, RESERVED_HEADER_PREFIX};
+use crate::protocol::wire::{RESERVED_HEADER_PREFIX, goes_with_value};
 
 /// One input record, borrowed from the log.
 #[derive(Debug, Clone, Copy)]
@@ -111,7 +111,7 @@ impl Carry {
         match self {
             Carry::Nothing => false,
             Carry::Headers => !name.starts_with(RESERVED_HEADER_PREFIX),
-            Carry::HeadersAndNull => !name.starts_with(RESERVED_HEADER_PREFIX) || name == NULL_VALUE_HEADER,
+            Carry::HeadersAndNull => goes_with_value(name),
         }
     }
 }

@@ -17,6 +17,14 @@ pub const END_MARKER_HEADER: &str = "flowd-end";
 /// tombstone): its stored value is empty, and a Kafka client reads it back null.
 pub const NULL_VALUE_HEADER: &str = "flowd-null";
 
+/// Whether header `name` goes on with a record's own value when the engine writes that
+/// value elsewhere (a filter's output, a dead letter, a dead letter's replay): every
+/// client header and the null mark (a tombstone stays one); none of the engine's other
+/// headers, which belong to the record where they were written.
+pub fn goes_with_value(name: &str) -> bool {
+    !name.starts_with(RESERVED_HEADER_PREFIX) || name == NULL_VALUE_HEADER
+}
+
 /// A record as it travels, borrowed from a frame body.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct WireRecord<'a> {

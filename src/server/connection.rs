@@ -35,6 +35,7 @@ use crate::protocol::frame::FLAG_RELAYED;
 use crate::protocol::message::{
     encode_answer, encode_error, encode_metadata, encode_produced, encode_status,
 };
+use crate::protocol::wire::NULL_VALUE_HEADER;
 use crate::protocol::{ErrorCode, ProtocolError, RawFrame, Request, parse_frame};
 use crate::runtime::service::{FETCH_BYTES_MAX, FetchOrder};
 use crate::runtime::shard::Shard;
@@ -667,12 +668,18 @@ async fn dispatch(
             // until they first wait, so a pipelined ack settles before the next claim.
             let (header, body) = (frame.header, frame.body.to_vec());
             let (shard, relays, out) = (Rc::clone(shard), session.relays.clone(), out.clone());
+            // A peer relaying in mutual TLS may write the null mark (a dead letter's
+            // replay of a tombstone, asked of another peer); a client none.
+            let engine: &[&str] = match session.relayer {
+                Some(_) => &[NULL_VALUE_HEADER],
+                None => &[],
+            };
             let tasks = Rc::clone(&shard.tasks);
             tasks.spawn(async move {
                 // A request relayed here is served here: never relayed on.
                 let relays = (header.flags & FLAG_RELAYED == 0).then_some(&relays);
                 let bytes = match Request::decode(&header, &body) {
-                    Ok(request) => consumer_request(&shard, relays, request, id).await,
+                    Ok(request) => consumer_request(&shard, relays, request, id, engine).await,
                     Err(error) => Err(error),
                 };
                 let bytes = bytes.unwrap_or_else(|error| {
@@ -691,11 +698,13 @@ async fn dispatch(
 /// The response frame to a consumer request or a range/length read; what another peer
 /// leads is asked of it through `relays` (a claim of any partition, a whole topic's
 /// length: a request about one partition came here relayed, or is relayed whole).
+/// `engine`: the engine headers an ack-and-commit's records may carry.
 async fn consumer_request(
     shard: &Rc<Shard>,
     relays: Option<&relay::Relays>,
     request: Request<'_>,
     id: u64,
+    engine: &[&str],
 ) -> Result<Vec<u8>, ProtocolError> {
     let mut out = Vec::new();
     match request {
@@ -721,7 +730,7 @@ async fn consumer_request(
             encode_reclaimed(&mut out, id, &reply);
         }
         Request::AckCommit(r, groups) => {
-            let ((from, to), runs) = consumer_api::ack_commit(shard, relays, &r, &groups).await?;
+            let ((from, to), runs) = consumer_api::ack_commit(shard, relays, &r, &groups, engine).await?;
             encode_committed(&mut out, id, r.partition, from, to, &runs);
         }
         Request::ConsumerAdmin(r) => {

@@ -305,12 +305,15 @@ pub async fn reclaim(
 }
 
 /// Acks a claim and produces records as one transaction: the acked range, and the
-/// offsets of the records produced (as a produce reports them).
+/// offsets of the records produced (as a produce reports them). `engine`: the engine
+/// headers the records may carry (the null mark of a dead letter's replay), none for
+/// a client.
 pub async fn ack_commit(
     shard: &Rc<Shard>,
     relays: Option<&Relays>,
     r: &ConsumerRef<'_>,
     groups: &[ProduceGroup<'_>],
+    engine: &[&str],
 ) -> Result<((u64, u64), Vec<Vec<Run>>), ProtocolError> {
     check_group(r.group)?;
     one_partition(r)?;
@@ -322,7 +325,7 @@ pub async fn ack_commit(
         Some(Err(error)) => return Err(error),
         None => {}
     }
-    let split = split(shard, groups, &[])?;
+    let split = split(shard, groups, engine)?;
     let stamp_ms = now_ms();
     let mut parts = Vec::with_capacity(split.parts.len());
     let mut partitions = Vec::with_capacity(split.parts.len());

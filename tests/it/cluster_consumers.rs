@@ -231,3 +231,83 @@ fn a_named_consumer_through_alternating_peers_acks_each_record_once_while_a_lead
         &errors[..errors.len().min(5)]
     );
 }
+
+/// A dead letter replayed through a peer that does not lead the dead-letter partition
+/// (the claim and the ack-and-commit relayed to its leader, in mutual TLS) lands in its
+/// topic once, and a tombstone stays one: the null mark is taken from a relaying peer.
+#[test]
+fn a_tombstone_dead_lettered_and_replayed_through_another_peer_is_a_tombstone_again() {
+    let _serial = one_at_a_time();
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("kafka-cluster.toml");
+    std::fs::write(
+        &file,
+        "[engine]\ndurability = \"group\"\n\n[ingest]\ntcp = \"127.0.0.1:0\"\nkafka = \"127.0.0.1:0\"\n\n\
+         [[topic]]\nname = \"events\"\npartitions = 4\n\n[[topic]]\nname = \"dead\"\npartitions = 4\n",
+    )
+    .unwrap();
+    let first = start_file(&file, dir.path(), "k1", &["--peer-listen", "127.0.0.1:0"]);
+    let seed = first.peer.clone().unwrap();
+    let second = start_file(
+        &file,
+        dir.path(),
+        "k2",
+        &["--peer-listen", "127.0.0.1:0", "--seeds", &seed],
+    );
+    let servers = [first, second];
+    let all: Vec<&Server> = servers.iter().collect();
+    wait_all_alive(&all);
+    wait_settled(&all, 4);
+    let kafka = servers[0].kafka.clone().unwrap();
+    crate::kafka::kcat(
+        &["-P", "-b", &kafka, "-t", "events", "-p", "0", "-K:", "-Z"],
+        b"t-null:\n",
+    );
+    let post = |server: &Server, path: &str| {
+        let (status, body) = crate::ingest::http(&server.http, "POST", path, "{}");
+        assert_eq!(status, 200, "{path}: {body}");
+        serde_json::from_str::<serde_json::Value>(&body).unwrap()
+    };
+    let claimed = post(
+        &servers[1],
+        "/consumers/events/doomed/claim?partition=0&count=1&create=earliest&max_reclaims=0&then=dead_letter&dead_letter=dead",
+    );
+    assert_eq!(
+        (claimed["from"].as_u64(), claimed["to"].as_u64()),
+        (Some(0), Some(1)),
+        "{claimed}"
+    );
+    let reclaimed = post(&servers[1], "/consumers/events/doomed/reclaim?partition=0");
+    assert_eq!(reclaimed["outcome"], "dead_letter", "{reclaimed}");
+    // The dead letter's partition, and the peer that does not lead it.
+    let length = |p: u32| {
+        let (status, body) = crate::ingest::http(
+            &servers[0].http,
+            "GET",
+            &format!("/topics/dead/range?partition={p}"),
+            "",
+        );
+        assert_eq!(status, 200, "{body}");
+        serde_json::from_str::<serde_json::Value>(&body)
+            .unwrap()
+            .as_array()
+            .unwrap()
+            .len()
+    };
+    let held: Vec<u32> = (0..4).filter(|p| length(*p) > 0).collect();
+    assert_eq!(held.len(), 1, "one dead letter, in one partition: {held:?}");
+    let p = held[0];
+    let away = if served_by(&servers[0], "dead").contains(&p) {
+        1
+    } else {
+        0
+    };
+    assert!(!served_by(&servers[away], "dead").contains(&p));
+    let replayed = post(&servers[away], &format!("/topics/dead/replay?partition={p}"));
+    assert_eq!(replayed["topics"], serde_json::json!({"events": 1}), "{replayed}");
+    assert_eq!(
+        crate::kafka::values_read(&kafka),
+        ["t-null None", "t-null None"],
+        "the tombstone, then its replay"
+    );
+}

@@ -30,7 +30,7 @@ fn kafka_server(dir: &Path) -> Server {
 }
 
 /// kcat with `args`, `stdin` fed, bounded in time; its stdout, after checking it ended well.
-fn kcat(args: &[&str], stdin: &[u8]) -> String {
+pub(crate) fn kcat(args: &[&str], stdin: &[u8]) -> String {
     assert!(
         Command::new("kcat").arg("-V").output().is_ok(),
         "these tests need kcat: apt-get install kcat"
@@ -193,17 +193,70 @@ fn kcat_round_trips_records_with_keys_headers_and_timestamps_and_tail_shows_the_
     let (code, _, err) = run_cli(&["send", "--to", &server.tcp, "events"], "t-empty\t\n");
     assert_eq!(code, 0, "{err}");
     // (kcat prints both as NULL; kafka-python tells None from b''.)
+    let mut values = values_read(&kafka);
+    values.sort();
+    assert_eq!(values, ["t-empty b''", "t-null None"]);
+}
+
+/// A tombstone that becomes a dead letter, replayed to its topic from the console, is a
+/// tombstone again: a Kafka client reads its value null, not empty.
+#[test]
+fn a_tombstone_dead_lettered_and_replayed_is_read_back_null() {
+    let dir = tempfile::tempdir().unwrap();
+    let dead = "[[topic]]\nname = \"dead\"\npartitions = 1\n";
+    let file = listening_dataflow(
+        dir.path(),
+        "kafka",
+        "group",
+        "kafka = \"127.0.0.1:0\"",
+        &format!("{TOPIC}\n{dead}"),
+    );
+    let server = Server::start(&file);
+    let kafka = server.kafka.clone().unwrap();
+    kcat(
+        &["-P", "-b", &kafka, "-t", "events", "-p", "0", "-K:", "-Z"],
+        b"t-null:\n",
+    );
+    let post = |path: &str| {
+        let (status, body) = crate::ingest::http(&server.http, "POST", path, "{}");
+        assert_eq!(status, 200, "{path}: {body}");
+        serde_json::from_str::<serde_json::Value>(&body).unwrap()
+    };
+    // A consumer that may not give a claim back: its reclaim dead-letters the record.
+    let claimed = post(
+        "/consumers/events/doomed/claim?partition=0&count=1&create=earliest&max_reclaims=0&then=dead_letter&dead_letter=dead",
+    );
+    assert_eq!(
+        (claimed["from"].as_u64(), claimed["to"].as_u64()),
+        (Some(0), Some(1)),
+        "{claimed}"
+    );
+    let reclaimed = post("/consumers/events/doomed/reclaim?partition=0");
+    assert_eq!(reclaimed["outcome"], "dead_letter", "{reclaimed}");
+    let replayed = post("/topics/dead/replay?partition=0");
+    assert_eq!(replayed["topics"], serde_json::json!({"events": 1}), "{replayed}");
+    assert_eq!(
+        values_read(&kafka),
+        ["t-null None", "t-null None"],
+        "the tombstone, then its replay"
+    );
+}
+
+/// What kafka-python reads of `events` (partitions 0 to 3) through `kafka`: `KEY VALUE`
+/// of each record whose key starts `t-`, VALUE `None` for a null value and `b''` for an
+/// empty one, in the order read.
+pub(crate) fn values_read(kafka: &str) -> Vec<String> {
     let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/it/kafka_clients.py");
     let output = run_bounded(
         Command::new("/usr/bin/python3")
             .arg(script)
-            .args(["values", &kafka]),
+            .args(["values", kafka]),
         b"",
     );
-    let read = String::from_utf8_lossy(&output.stdout);
-    let mut values: Vec<&str> = read.lines().collect();
-    values.sort();
-    assert_eq!(values, ["t-empty b''", "t-null None"], "{read}");
+    String::from_utf8_lossy(&output.stdout)
+        .lines()
+        .map(str::to_owned)
+        .collect()
 }
 
 #[test]

@@ -275,7 +275,7 @@ async fn consumer_post_inner(
                 partition: p,
             };
             let ((from, to), runs) =
-                consumer_api::ack_commit(shard, Some(relays), &r, std::slice::from_ref(&group_records))
+                consumer_api::ack_commit(shard, Some(relays), &r, std::slice::from_ref(&group_records), &[])
                     .await
                     .map_err(fail)?;
             let offsets = offset_strings(&runs);

@@ -1,7 +1,8 @@
 //! Dead letters replayed: `POST /topics/T/replay?partition=P[&from=A][&to=B][&topic=DEST]`
 //! copies the records `A..B` of a dead-letter topic's partition (from the replay's place
 //! to the partition's end by default) back to the topic each came from (its
-//! `flowd-dead-from` header), or to DEST, without the engine's headers.
+//! `flowd-dead-from` header), or to DEST, without the engine's headers (but the null mark
+//! of a tombstone, which stays one).
 //!
 //! Once each: the replay is the named consumer [`REPLAY_GROUP`] of the dead-letter topic,
 //! and each step is one claim and one ack-and-commit (the copies and the ack as one
@@ -25,7 +26,7 @@ use super::reply::{Reply, error, json, produce_group, protocol_error, query_para
 use crate::consumer::cursor::{OnMax, Options, Position, Start};
 use crate::protocol::consumer::{AdminAction, AdminRequest, ClaimRequest, ConsumerRef};
 use crate::protocol::message::Response as FrameResponse;
-use crate::protocol::wire::RESERVED_HEADER_PREFIX;
+use crate::protocol::wire::{NULL_VALUE_HEADER, goes_with_value};
 use crate::protocol::{ErrorCode, OwnedWireRecord, ProtocolError};
 use crate::runtime::failure::DEAD_FROM_HEADER;
 use crate::runtime::shard::Shard;
@@ -209,8 +210,8 @@ async fn copy_back(
             ));
         };
         let mut copy = record.clone();
-        copy.headers
-            .retain(|(n, _)| !n.starts_with(RESERVED_HEADER_PREFIX));
+        // A tombstone replayed is one again: the null mark goes on with the value.
+        copy.headers.retain(|(n, _)| goes_with_value(n));
         by_topic.entry(to).or_default().push(copy);
     }
     let mut encoded: Vec<Vec<u8>> = by_topic.keys().map(|_| Vec::new()).collect();
@@ -219,7 +220,7 @@ async fn copy_back(
         .zip(encoded.iter_mut())
         .map(|((t, records), buf)| produce_group(t, records, buf))
         .collect();
-    consumer_api::ack_commit(shard, Some(relays), r, &groups)
+    consumer_api::ack_commit(shard, Some(relays), r, &groups, &[NULL_VALUE_HEADER])
         .await
         .map_err(|e| protocol_error(shard, &e))?;
     Ok(by_topic.into_iter().map(|(t, rs)| (t, rs.len() as u64)).collect())
