@@ -18,7 +18,7 @@ use std::time::{Duration, Instant};
 
 use crate::config::{OpSpec, Partial};
 use crate::ops::merge::Merger;
-use crate::ops::{OpError, Output};
+use crate::ops::{Carry, OpError, Output};
 use crate::protocol::routing::partition_of_bytes;
 use crate::runtime::commit::Committer;
 use crate::runtime::error::Result;
@@ -42,6 +42,9 @@ enum Slot {
         timestamp_ms: i64,
         key: Option<Vec<u8>>,
         reply: Option<Vec<u8>>,
+        /// The input's client headers: every copy and the merged output carry them
+        /// (`Carry::Headers`, as `map`'s outputs do).
+        headers: Vec<(String, Vec<u8>)>,
         ids: Vec<u64>,
         answers: Vec<Option<JobOutcome>>,
         deadline: Instant,
@@ -178,6 +181,7 @@ pub async fn run(shard: Rc<Shard>, task: StageTask) -> Result<()> {
                     continue;
                 }
                 let mut ids = Vec::with_capacity(targets.len());
+                let headers: Vec<(&str, &[u8])> = Carry::Headers.select(view.headers()).collect();
                 for (copy, &(topic, partition)) in targets.iter().enumerate() {
                     let partitions = spec.topics[topic].partitions;
                     let partition = partition.unwrap_or_else(|| match view.key() {
@@ -192,7 +196,7 @@ pub async fn run(shard: Rc<Shard>, task: StageTask) -> Result<()> {
                     let ack = Ack::Client(ack_tx.clone(), 0);
                     copies.push((
                         topic,
-                        job_batch(partition, view.key(), view.value(), &[], &address, ack),
+                        job_batch(partition, view.key(), view.value(), &headers, &address, ack),
                     ));
                 }
                 window.push_back(Slot::Scattered {
@@ -202,6 +206,10 @@ pub async fn run(shard: Rc<Shard>, task: StageTask) -> Result<()> {
                         .headers()
                         .find(|(name, _)| *name == REPLY_HEADER)
                         .map(|(_, value)| value.to_vec()),
+                    headers: headers
+                        .iter()
+                        .map(|(name, value)| ((*name).to_owned(), value.to_vec()))
+                        .collect(),
                     answers: vec![None; ids.len()],
                     ids,
                     deadline: now + scatter.timeout,
@@ -235,6 +243,7 @@ pub async fn run(shard: Rc<Shard>, task: StageTask) -> Result<()> {
                     ends_seen.insert(producer, offset);
                     if !expected_ends.is_empty() && expected_ends.iter().all(|p| ends_seen.contains_key(p)) {
                         emitter.set_reply(None);
+                        emitter.carry(std::iter::empty());
                         emitter.emit_end(offset, timestamp_ms);
                         if let Some(dead) = &mut failures.dead {
                             dead.emit_end(offset, timestamp_ms);
@@ -247,6 +256,7 @@ pub async fn run(shard: Rc<Shard>, task: StageTask) -> Result<()> {
                     timestamp_ms,
                     key,
                     reply,
+                    headers,
                     ids,
                     answers,
                     ..
@@ -256,6 +266,11 @@ pub async fn run(shard: Rc<Shard>, task: StageTask) -> Result<()> {
                         copies_of.remove(id);
                     }
                     emitter.set_reply(reply.as_deref());
+                    emitter.carry(
+                        headers
+                            .iter()
+                            .map(|(name, value)| (name.as_str(), value.as_slice())),
+                    );
                     let merged =
                         gather(&merger, &answers, scatter.partial, scatter.timeout).and_then(|value| {
                             let output = Output {

@@ -263,7 +263,7 @@ fn client_headers(headers: &[(String, Vec<u8>)]) -> Vec<(String, String)> {
 }
 
 #[test]
-fn a_records_headers_go_on_through_filter_map_and_exec_and_onto_its_dead_letter_but_not_onto_a_windows_counts()
+fn a_records_headers_go_on_through_filter_map_exec_and_scatter_gather_and_onto_its_dead_letter_but_not_onto_a_windows_counts()
  {
     let dir = fast_tempdir();
     let rest = r#"
@@ -309,6 +309,35 @@ to = "tallies"
 [[topic]]
 name = "echoed"
 partitions = 1
+
+[[topic]]
+name = "asked"
+partitions = 1
+
+[[topic]]
+name = "answers"
+partitions = 1
+
+[[topic]]
+name = "gathered"
+partitions = 1
+
+[[stage]]
+name = "fan"
+from = "kept"
+op = { scatter_gather = { branches = ["asked"], merge = { jq = ".[0]" }, timeout = "20s" } }
+to = "gathered"
+
+[[stage]]
+name = "branch"
+from = "asked"
+op = { map = "{i}" }
+to = "answers"
+
+[[stage]]
+name = "answer-branch"
+from = "answers"
+op = "reply"
 "#;
     // flowd's own echo worker answers each record with itself.
     let echo = format!(
@@ -374,6 +403,19 @@ partitions = 1
         by_number(&echoed),
         each(&kept_numbers),
         "a worker's answer carries its input's headers"
+    );
+    let answers = read_all(&mut client, "answers", 1, 6);
+    assert_eq!(
+        by_number(&answers),
+        each(&kept_numbers),
+        "a scatter-gather's copy carries its input's headers to the branch"
+    );
+    let gathered = read_all(&mut client, "gathered", 1, 6);
+    assert_eq!(gathered.len(), 6, "one merged answer per kept record");
+    assert_eq!(
+        by_number(&gathered),
+        each(&kept_numbers),
+        "a scatter-gather's merged answer carries its input's headers"
     );
     let dead = read_all(&mut client, "dead", 1, 1);
     assert_eq!(dead.len(), 1, "the bad input is dead-lettered");
