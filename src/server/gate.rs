@@ -3,7 +3,8 @@
 //! Without a credentials file (`[ingest] credentials`, `--credentials`) the gate is
 //! open and every request passes (the listeners then bind loopback only, unless
 //! `insecure`). With one, it is closed: a TCP client proves who it is with AUTH before
-//! anything else, an HTTP request with `Authorization: Bearer TOKEN`, and each request
+//! anything else, an HTTP request with `Authorization: Bearer TOKEN` (or the console's
+//! session cookie, `http::login`), and each request
 //! needs the permissions `needs` names: deny by default, even with an empty file.
 //!
 //! A client certificate verified against `[ingest] tls_client_ca` proves the credential
@@ -27,6 +28,8 @@ use crate::protocol::{ErrorCode, ProtocolError, Request};
 pub struct Gate {
     /// `None`: open.
     file: Option<Watched>,
+    /// The console's logins (`http::login`): each holds the token it was opened with.
+    pub sessions: crate::server::sessions::Sessions,
 }
 
 #[derive(Debug)]
@@ -75,6 +78,7 @@ impl Gate {
                 path: path.to_path_buf(),
                 loaded: Mutex::new((before, Arc::new(credentials))),
             }),
+            sessions: Default::default(),
         })
     }
 

@@ -23,6 +23,7 @@ pub mod listeners;
 pub mod outgoing;
 pub mod page;
 pub mod relay;
+pub mod sessions;
 
 use std::cell::RefCell;
 use std::rc::Rc;

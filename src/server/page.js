@@ -222,5 +222,12 @@
   }
 
   window.addEventListener("hashchange", route);
+  const logout = $("#logout");
+  if (logout) {
+    logout.onclick = async () => {
+      await api("POST", "/logout").catch(() => {});
+      location.reload();
+    };
+  }
   route();
 })();

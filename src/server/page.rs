@@ -83,7 +83,9 @@ fn urlencoded(s: &str) -> String {
         .collect()
 }
 
-pub fn render(status: &Status) -> String {
+/// The console for `status`; `session`: the name a browser logged in as (then a log-out
+/// button), `None` where no login was needed or a token or certificate was given.
+pub fn render(status: &Status, session: Option<&str>) -> String {
     let cluster = status.scope == Scope::Cluster;
     let mut html = String::new();
     let _ = write!(
@@ -92,10 +94,14 @@ pub fn render(status: &Status) -> String {
          <title>flowd console</title><style>{STYLE}</style></head><body>\
          <dialog id=\"ask\"><form method=\"dialog\"><p id=\"ask-message\"></p><p><input id=\"ask-input\" size=\"30\"></p>\
          <button value=\"cancel\">cancel</button> <button id=\"ask-ok\" value=\"ok\">OK</button></form></dialog>\
-         <h1>flowd {}</h1><p id=\"said\"></p><section id=\"view\" hidden></section><main id=\"overview\"><div id=\"head\"><p>up {:.0} s &middot; {} cores &middot; durability {} &middot; {}</p>\
+         <h1>flowd {}</h1>{}<p id=\"said\"></p><section id=\"view\" hidden></section><main id=\"overview\"><div id=\"head\"><p>up {:.0} s &middot; {} cores &middot; durability {} &middot; {}</p>\
          <p>{}records in: {} ({:.0}/s) &middot; jobs: {} ({:.0}/s) &middot; bytes in: {} &middot; connections: {} &middot; jobs waiting: {} \
          &middot; produce-to-ack p50 {} &micro;s, p99 {} &micro;s</p>",
         escape(&status.version),
+        session.map_or(String::new(), |name| format!(
+            "<p id=\"who\">logged in as {} <button id=\"logout\">log out</button></p>",
+            escape(name)
+        )),
         status.uptime_secs,
         status.cores,
         escape(&status.durability),

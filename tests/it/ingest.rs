@@ -372,6 +372,18 @@ pub(crate) fn http(addr: &str, method: &str, path: &str, body: &str) -> (u16, St
 /// One HTTP/1.1 exchange with exactly `headers` (each `Name: value\r\n`) on a fresh
 /// connection: `(status, body)`.
 pub(crate) fn http_with(addr: &str, method: &str, path: &str, headers: &str, body: &str) -> (u16, String) {
+    let (status, _, body) = http_exchange(addr, method, path, headers, body);
+    (status, body)
+}
+
+/// As `http_with`, with the response's head too: `(status, head, body)`.
+pub(crate) fn http_exchange(
+    addr: &str,
+    method: &str,
+    path: &str,
+    headers: &str,
+    body: &str,
+) -> (u16, String, String) {
     let mut stream = TcpStream::connect(addr).unwrap();
     stream.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
     let request = format!(
@@ -383,7 +395,7 @@ pub(crate) fn http_with(addr: &str, method: &str, path: &str, headers: &str, bod
     stream.read_to_string(&mut response).unwrap();
     let (head, body) = response.split_once("\r\n\r\n").expect("a whole response");
     let status = head.split_whitespace().nth(1).unwrap().parse().unwrap();
-    (status, body.to_owned())
+    (status, head.to_owned(), body.to_owned())
 }
 
 #[test]

@@ -1,6 +1,7 @@
 //! Who may use the doors: a web page open in a browser on the server's machine changes
 //! nothing through the HTTP door; listeners bind only loopback unless told `insecure`;
-//! with credentials, each request kind needs its token and permission, through any peer.
+//! with credentials, each request kind needs its token and permission, through any peer,
+//! and the console lets a browser in by a login whose session serves as its token would.
 
 use std::io::Read;
 use std::net::TcpStream;
@@ -814,4 +815,126 @@ fn in_a_cluster_a_request_goes_on_to_its_leader_with_the_clients_own_token() {
         ),
         "{error:?}"
     );
+}
+
+/// The console on a server with credentials: a browser without them gets a page that
+/// asks for a token; `POST /login` with a good token sets a session cookie (HttpOnly,
+/// SameSite=Strict) that then serves as the token would, its permissions and no more;
+/// a wrong token, a forged or ended session, a session whose token was removed from the
+/// credentials file, and a login sent as a cross-site form get nothing.
+#[test]
+fn the_console_asks_for_a_token_and_its_session_serves_as_the_token_would() {
+    let dir = tempfile::tempdir().unwrap();
+    let credentials = dir.path().join("credentials");
+    let watcher = token_add(&credentials, "watcher", "status");
+    let ops = token_add(&credentials, "ops", "admin,status");
+    let server = Server::start(&guarded_dataflow(dir.path(), &credentials));
+    let addr = server.http.clone();
+    let send = |method: &str, path: &str, headers: &str, body: &str| {
+        crate::ingest::http_exchange(&addr, method, path, &format!("Host: {addr}\r\n{headers}"), body)
+    };
+    let json = "Content-Type: application/json\r\n";
+    let session_of = |head: &str| -> String {
+        let line = head
+            .lines()
+            .find(|l| l.to_ascii_lowercase().starts_with("set-cookie: flowd_session="))
+            .unwrap_or_else(|| panic!("a session cookie: {head}"));
+        assert!(
+            line.contains("HttpOnly") && line.contains("SameSite=Strict") && line.contains("Path=/"),
+            "{line}"
+        );
+        let value = line
+            .split_once('=')
+            .unwrap()
+            .1
+            .split(';')
+            .next()
+            .unwrap()
+            .to_owned();
+        assert_eq!(value.len(), 64, "{line}");
+        value
+    };
+
+    // Nothing given: the console's place asks for a token; the API answers JSON.
+    let (status, head, body) = send("GET", "/", "", "");
+    assert_eq!(status, 401, "{body}");
+    assert!(
+        head.to_ascii_lowercase().contains("content-type: text/html"),
+        "{head}"
+    );
+    assert!(
+        body.contains("type=\"password\"") && body.contains("/login"),
+        "{body}"
+    );
+    assert!(
+        !body.contains("records in"),
+        "the page shows nothing of the server: {body}"
+    );
+    let (status, _, body) = send("GET", "/status", "", "");
+    assert_eq!(status, 401, "{body}");
+    assert!(body.starts_with('{'), "{body}");
+
+    // A wrong token, and a login as a cross-site form would send it: no session.
+    let (status, head, body) = send("POST", "/login", json, r#"{"token":"flowd_nope"}"#);
+    assert_eq!(status, 401, "{body}");
+    assert!(!head.to_ascii_lowercase().contains("set-cookie"), "{head}");
+    let form = "Content-Type: application/x-www-form-urlencoded\r\n";
+    let (status, head, _) = send("POST", "/login", form, &format!("token={watcher}"));
+    assert_ne!(status, 200);
+    assert!(!head.to_ascii_lowercase().contains("set-cookie"), "{head}");
+
+    // The watcher's session: the console and the status, nothing its token lacks.
+    let (status, head, body) = send("POST", "/login", json, &format!(r#"{{"token":"{watcher}"}}"#));
+    assert_eq!(status, 200, "{body}");
+    assert!(body.contains("\"watcher\""), "{body}");
+    let watching = session_of(&head);
+    let cookie = |id: &str| format!("Cookie: theme=dark; flowd_session={id}\r\n");
+    let (status, _, body) = send("GET", "/", &cookie(&watching), "");
+    assert_eq!(status, 200, "{body}");
+    assert!(
+        body.contains("records in") && body.contains("logged in as watcher"),
+        "{body}"
+    );
+    let (status, _, body) = send("GET", "/status", &cookie(&watching), "");
+    assert_eq!(status, 200, "{body}");
+    let disable = "/consumers/events/g/disable?partition=0";
+    let (status, _, body) = send("POST", disable, &format!("{json}{}", cookie(&watching)), "{}");
+    assert_eq!(status, 403, "the watcher may not disable a consumer: {body}");
+    // A forged session id gets the login page, not the console.
+    let (status, _, body) = send("GET", "/", &cookie(&"0".repeat(64)), "");
+    assert_eq!(status, 401, "{body}");
+
+    // The ops session may what its token may: the refusal is about the consumer, not
+    // the permission.
+    let (status, head, _) = send("POST", "/login", json, &format!(r#"{{"token":"{ops}"}}"#));
+    assert_eq!(status, 200);
+    let operating = session_of(&head);
+    let (status, _, body) = send("POST", disable, &format!("{json}{}", cookie(&operating)), "{}");
+    assert_ne!(status, 403, "{body}");
+    assert_ne!(status, 401, "{body}");
+
+    // Logged out, the session is over.
+    let (status, head, body) = send("POST", "/logout", &format!("{json}{}", cookie(&operating)), "{}");
+    assert_eq!(status, 200, "{body}");
+    assert!(body.contains("\"ended\":true"), "{body}");
+    assert!(head.contains("Max-Age=0"), "{head}");
+    let (status, _, body) = send("GET", "/status", &cookie(&operating), "");
+    assert_eq!(status, 401, "{body}");
+
+    // The watcher's token removed from the file: its session ends with it.
+    let kept: String = std::fs::read_to_string(&credentials)
+        .unwrap()
+        .lines()
+        .filter(|l| !l.contains("watcher"))
+        .map(|l| format!("{l}\n"))
+        .collect();
+    std::fs::write(&credentials, kept).unwrap();
+    crate::support::wait_until(
+        "the removed token's session ends",
+        Duration::from_secs(10),
+        || send("GET", "/status", &cookie(&watching), "").0 == 401,
+    );
+    let (status, _, body) = send("GET", "/", &cookie(&watching), "");
+    assert_eq!(status, 401);
+    assert!(body.contains("session ended"), "{body}");
 }

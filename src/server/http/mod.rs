@@ -3,7 +3,8 @@
 //! (the status page) and `GET /metrics` (Prometheus text). A contract (DESIGN.md 5).
 //! Codemap: this file (accepting, the watchdog, routing, records) → `consumers`
 //! (consumers and range reads) → `reply` (the answers and request shapes both share) →
-//! `io` (hyper over a glommio stream); `guard` refuses what a browser page could forge.
+//! `io` (hyper over a glommio stream); `guard` refuses what a browser page could forge;
+//! `login` lets a browser in on a server with credentials (a session cookie).
 
 use crate::server::door::Stream;
 use std::cell::Cell;
@@ -29,6 +30,7 @@ use crate::server::{self, Front, api, page, relay};
 mod consumers;
 mod guard;
 mod io;
+mod login;
 mod replay;
 mod reply;
 
@@ -176,8 +178,23 @@ async fn route(
         }
         _ => {}
     }
+    match (&method, segments.as_slice()) {
+        (&Method::POST, ["login"]) => return login::log_in(front, shard, request).await,
+        (&Method::POST, ["logout"]) => return login::log_out(front, request.headers()),
+        _ => {}
+    }
     let (identity, relays) = match bearer(front, request.headers(), certified.as_deref()) {
         Ok(who) => who,
+        // A browser asking for the console is asked to log in.
+        Err(e) if method == Method::GET && segments.as_slice() == [""] => {
+            shard.shared.metrics.auth_refused.add(1);
+            let why = match login::session_id(request.headers()) {
+                Some(_) => "Your session ended: log in again.",
+                None if request.headers().contains_key(hyper::header::AUTHORIZATION) => &e.message,
+                None => "",
+            };
+            return login::page(why);
+        }
         Err(e) => {
             shard.shared.metrics.auth_refused.add(1);
             let mut reply = protocol_error(shard, &e);
@@ -199,7 +216,16 @@ async fn route(
     match (&method, segments.as_slice()) {
         (&Method::GET, [""]) => {
             let status = front.status(shard, local_asked(&query), relays).await;
-            text(StatusCode::OK, "text/html; charset=utf-8", page::render(&status))
+            // Logged in to the console: who, and a way out.
+            let session = login::session_id(request.headers())
+                .is_some()
+                .then(|| identity.as_ref().map(|i| i.name.as_str()))
+                .flatten();
+            text(
+                StatusCode::OK,
+                "text/html; charset=utf-8",
+                page::render(&status, session),
+            )
         }
         (&Method::GET, ["status"]) => {
             let status = front.status(shard, local_asked(&query), relays).await;
@@ -387,12 +413,20 @@ fn bearer(
         let relays = front.relays.as_client(Some(&identity.name), None);
         return Ok((Some(identity), relays));
     }
-    let token = headers
-        .get(hyper::header::AUTHORIZATION)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.strip_prefix("Bearer ").or_else(|| v.strip_prefix("bearer ")))
-        .map(str::trim)
-        .ok_or_else(crate::server::gate::unauthenticated)?;
+    // Then the console's session, whose token is checked as a bearer token is.
+    let session = match headers.contains_key(hyper::header::AUTHORIZATION) {
+        true => None,
+        false => login::session_id(headers).and_then(|id| front.gate.sessions.token(id, Instant::now())),
+    };
+    let token = match &session {
+        Some(token) => token.as_str(),
+        None => headers
+            .get(hyper::header::AUTHORIZATION)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.strip_prefix("Bearer ").or_else(|| v.strip_prefix("bearer ")))
+            .map(str::trim)
+            .ok_or_else(crate::server::gate::unauthenticated)?,
+    };
     let identity = front.gate.identify(token).ok_or_else(|| {
         ProtocolError::new(
             crate::protocol::ErrorCode::Unauthenticated,
