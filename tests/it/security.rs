@@ -902,6 +902,16 @@ fn the_console_asks_for_a_token_and_its_session_serves_as_the_token_would() {
     );
     let (status, _, body) = send("GET", "/status", &cookie(&watching), "");
     assert_eq!(status, 200, "{body}");
+    // One whose token may not see the console is told so, and may log in as another.
+    let blind = token_add(&credentials, "blind", "produce:events");
+    let (status, head, _) = send("POST", "/login", json, &format!(r#"{{"token":"{blind}"}}"#));
+    assert_eq!(status, 200);
+    let (status, _, body) = send("GET", "/", &cookie(&session_of(&head)), "");
+    assert_eq!(status, 403, "{body}");
+    assert!(
+        body.contains("needs the permission status") && body.contains("/login"),
+        "{body}"
+    );
     let disable = "/consumers/events/g/disable?partition=0";
     let (status, _, body) = send("POST", disable, &format!("{json}{}", cookie(&watching)), "{}");
     assert_eq!(status, 403, "the watcher may not disable a consumer: {body}");

@@ -94,9 +94,10 @@ pub fn log_out(front: &Front, headers: &HeaderMap) -> Reply {
     reply
 }
 
-/// What `GET /` answers a browser that has not logged in: 401 and a page that asks for
-/// a token, sends it to `/login` and loads the console again.
-pub fn page(why: &str) -> Reply {
+/// What `GET /` answers a browser that has not logged in (401), or whose credential may
+/// not see the console (403): a page that says `why`, asks for a token, sends it to
+/// `/login` and loads the console again.
+pub fn page(status: StatusCode, why: &str) -> Reply {
     let why = why
         .replace('&', "&amp;")
         .replace('<', "&lt;")
@@ -123,7 +124,7 @@ document.getElementById("login").onsubmit = async (e) => {{
 }};
 </script></body></html>"#
     );
-    let mut reply = super::reply::text(StatusCode::UNAUTHORIZED, "text/html; charset=utf-8", html);
+    let mut reply = super::reply::text(status, "text/html; charset=utf-8", html);
     reply.headers_mut().insert(
         hyper::header::WWW_AUTHENTICATE,
         hyper::header::HeaderValue::from_static("Bearer realm=\"flowd\""),

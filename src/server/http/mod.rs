@@ -193,7 +193,7 @@ async fn route(
                 None if request.headers().contains_key(hyper::header::AUTHORIZATION) => &e.message,
                 None => "",
             };
-            return login::page(why);
+            return login::page(StatusCode::UNAUTHORIZED, why);
         }
         Err(e) => {
             shard.shared.metrics.auth_refused.add(1);
@@ -210,6 +210,10 @@ async fn route(
     let needs = needs_of(&method, &segments, to.as_deref(), dead_letter.as_deref());
     if let Err(e) = front.gate.allow(identity.as_deref(), &needs) {
         shard.shared.metrics.auth_refused.add(1);
+        // A browser logged in as one who may not see the console may log in as another.
+        if method == Method::GET && segments.as_slice() == [""] {
+            return login::page(StatusCode::FORBIDDEN, &e.message);
+        }
         return protocol_error(shard, &e);
     }
     let relays = &relays;
