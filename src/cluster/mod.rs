@@ -140,8 +140,8 @@ impl Cluster {
     /// The group's state lives in `data_dir/cluster/raft`.
     pub fn start(options: &ClusterOptions, cores: usize, data_dir: &Path) -> Result<Cluster, ClusterError> {
         let bind = options.bind.unwrap_or(options.listen);
-        let listener =
-            TcpListener::bind(bind).map_err(|source| ClusterError::Listen { addr: bind, source })?;
+        let listener = crate::net::bind_waiting(bind, || TcpListener::bind(bind))
+            .map_err(|source| ClusterError::Listen { addr: bind, source })?;
         let bound = listener
             .local_addr()
             .map_err(|source| ClusterError::Listen { addr: bind, source })?;

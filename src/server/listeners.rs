@@ -165,7 +165,7 @@ fn bind_all(addr: SocketAddr, shards: usize, what: &str) -> Result<(SocketAddr, 
     // SO_REUSEPORT would let a second flowd (same user) share the port silently and
     // take half its connections. A plain bind first fails if anyone holds the port.
     if addr.port() != 0 {
-        drop(std::net::TcpListener::bind(addr).map_err(fail)?);
+        drop(crate::net::bind_waiting(addr, || std::net::TcpListener::bind(addr)).map_err(fail)?);
     }
     let mut resolved = addr;
     let mut fds = Vec::with_capacity(shards);
