@@ -239,11 +239,6 @@ pub(crate) fn judge(check: &SegmentCheck, name_base_offset: u64, role: Role) -> 
             return Ok(Verdict::Abandoned);
         }
         Err(_) if role == Role::Last && check.file_len == 0 => return Ok(Verdict::Abandoned),
-        // The newest file, shorter than a header: its header write was torn by a power
-        // cut, its name made durable by another file's directory sync meanwhile. Its
-        // creation never completed, so nothing was ever appended to it (a segment takes
-        // appends only once its header and name are synced), and it holds no frame.
-        Err(HeaderDefect::Truncated) if role == Role::Last => return Ok(Verdict::Abandoned),
         Err(defect) => return Err(corrupt(defect.to_string())),
     };
     if header.base_offset != name_base_offset {
@@ -539,25 +534,6 @@ mod tests {
         assert!(check.header.is_err());
         assert_eq!(judge(&check, 0, Role::Last).unwrap(), Verdict::Abandoned);
         // The same damage to an older segment is corruption.
-        assert!(judge(&check, 0, Role::Closed { next_base_offset: 0 }).is_err());
-    }
-
-    /// A power cut tore the header's write (seven of its eight sectors reached the disk)
-    /// while another file's directory sync made the name durable: the newest file is
-    /// shorter than a header, holds nothing, and goes; an older one so is corruption.
-    #[test]
-    fn a_last_segment_shorter_than_its_header_is_abandoned() {
-        let dir = tempfile::tempdir().unwrap();
-        let path = segment(dir.path(), 0);
-        std::fs::OpenOptions::new()
-            .write(true)
-            .open(&path)
-            .unwrap()
-            .set_len(SEGMENT_HEADER_BYTES - 512)
-            .unwrap();
-        let check = check(&path);
-        assert_eq!(check.header, Err(HeaderDefect::Truncated));
-        assert_eq!(judge(&check, 0, Role::Last).unwrap(), Verdict::Abandoned);
         assert!(judge(&check, 0, Role::Closed { next_base_offset: 0 }).is_err());
     }
 }

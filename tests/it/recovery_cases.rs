@@ -139,23 +139,3 @@ fn a_last_segment_whose_creation_never_finished_is_removed() {
     let log = PartitionLog::open(dir.path(), small_options(Durability::Group)).unwrap();
     assert_eq!(assert_log_is_expected_prefix(&log), next + 10);
 }
-
-#[test]
-fn a_last_segment_whose_header_write_was_torn_is_removed() {
-    // A power cut that kept seven of the header's eight sectors, while another file's
-    // directory sync made the new name durable (the powercut suite found it in a
-    // consumer journal): the newest file is shorter than a header.
-    let dir = three_segments();
-    let next = PartitionLog::open(dir.path(), small_options(Durability::Group))
-        .unwrap()
-        .next_offset();
-    let torn = dir.path().join(format!("{next:020}.seg"));
-    std::fs::write(&torn, vec![0u8; 3584]).unwrap();
-    let mut log = PartitionLog::open(dir.path(), small_options(Durability::Group)).unwrap();
-    assert_eq!(log.recovery().abandoned_segment.as_deref(), Some(torn.as_path()));
-    assert_eq!(log.next_offset(), next);
-    fill(&mut log, next..next + 10);
-    log.close().unwrap();
-    let log = PartitionLog::open(dir.path(), small_options(Durability::Group)).unwrap();
-    assert_eq!(assert_log_is_expected_prefix(&log), next + 10);
-}
