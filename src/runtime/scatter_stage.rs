@@ -23,7 +23,7 @@ use crate::protocol::routing::partition_of_bytes;
 use crate::runtime::commit::Committer;
 use crate::runtime::error::Result;
 use crate::runtime::failure::{FailedInput, Failures, Verdict};
-use crate::runtime::mesh::{Ack, Batch};
+use crate::runtime::mesh::{Ack, Batch, HeaderName, owned_header};
 use crate::runtime::progress::Progress;
 use crate::runtime::provenance::end_marker;
 use crate::runtime::reader::PartitionReader;
@@ -44,7 +44,7 @@ enum Slot {
         reply: Option<Vec<u8>>,
         /// The input's client headers: every copy and the merged output carry them
         /// (`Carry::Headers`, as `map`'s outputs do).
-        headers: Vec<(String, Vec<u8>)>,
+        headers: Vec<(HeaderName, Vec<u8>)>,
         ids: Vec<u64>,
         answers: Vec<Option<JobOutcome>>,
         deadline: Instant,
@@ -206,10 +206,7 @@ pub async fn run(shard: Rc<Shard>, task: StageTask) -> Result<()> {
                         .headers()
                         .find(|(name, _)| *name == REPLY_HEADER)
                         .map(|(_, value)| value.to_vec()),
-                    headers: headers
-                        .iter()
-                        .map(|(name, value)| ((*name).to_owned(), value.to_vec()))
-                        .collect(),
+                    headers: headers.iter().copied().map(owned_header).collect(),
                     answers: vec![None; ids.len()],
                     ids,
                     deadline: now + scatter.timeout,
@@ -266,11 +263,7 @@ pub async fn run(shard: Rc<Shard>, task: StageTask) -> Result<()> {
                         copies_of.remove(id);
                     }
                     emitter.set_reply(reply.as_deref());
-                    emitter.carry(
-                        headers
-                            .iter()
-                            .map(|(name, value)| (name.as_str(), value.as_slice())),
-                    );
+                    emitter.set_headers(headers);
                     let merged =
                         gather(&merger, &answers, scatter.partial, scatter.timeout).and_then(|value| {
                             let output = Output {

@@ -10,7 +10,7 @@ use std::fmt::Write;
 
 use crate::protocol::status::{Scope, Status};
 
-fn escape(s: &str) -> String {
+pub fn escape(s: &str) -> String {
     s.replace('&', "&amp;")
         .replace('<', "&lt;")
         .replace('>', "&gt;")

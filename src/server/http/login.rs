@@ -98,10 +98,7 @@ pub fn log_out(front: &Front, headers: &HeaderMap) -> Reply {
 /// not see the console (403): a page that says `why`, asks for a token, sends it to
 /// `/login` and loads the console again.
 pub fn page(status: StatusCode, why: &str) -> Reply {
-    let why = why
-        .replace('&', "&amp;")
-        .replace('<', "&lt;")
-        .replace('>', "&gt;");
+    let why = crate::server::page::escape(why);
     let html = format!(
         r#"<!doctype html><html><head><meta charset="utf-8"><title>flowd: log in</title>
 <meta name="viewport" content="width=device-width">

@@ -183,10 +183,12 @@ async fn route(
         (&Method::POST, ["logout"]) => return login::log_out(front, request.headers()),
         _ => {}
     }
+    // The console's place: a browser refused there is asked to log in.
+    let console = method == Method::GET && segments.as_slice() == [""];
     let (identity, relays) = match bearer(front, request.headers(), certified.as_deref()) {
         Ok(who) => who,
         // A browser asking for the console is asked to log in.
-        Err(e) if method == Method::GET && segments.as_slice() == [""] => {
+        Err(e) if console => {
             shard.shared.metrics.auth_refused.add(1);
             let why = match login::session_id(request.headers()) {
                 Some(_) => "Your session ended: log in again.",
@@ -211,7 +213,7 @@ async fn route(
     if let Err(e) = front.gate.allow(identity.as_deref(), &needs) {
         shard.shared.metrics.auth_refused.add(1);
         // A browser logged in as one who may not see the console may log in as another.
-        if method == Method::GET && segments.as_slice() == [""] {
+        if console {
             return login::page(StatusCode::FORBIDDEN, &e.message);
         }
         return protocol_error(shard, &e);
