@@ -53,6 +53,15 @@ fn write_table(out: &mut impl Write, report: &InspectReport) -> std::io::Result<
         for s in &p.segments {
             write_segment(out, &p.topic, p.partition, s)?;
         }
+        for file in &p.unfinished {
+            let name = Path::new(file)
+                .file_name()
+                .map_or(file.clone(), |n| n.to_string_lossy().into_owned());
+            writeln!(
+                out,
+                "  {name:<26} making never finished: holds no record; removed on next open"
+            )?;
+        }
     }
     for s in &report.set_aside {
         writeln!(
@@ -100,7 +109,6 @@ fn write_segment(
         SegmentStatus::TornTail { at_byte, reason, .. } => {
             format!("torn tail at byte {at_byte} ({reason}); cut on next open")
         }
-        SegmentStatus::Abandoned => "never completed; removed on next open".into(),
         SegmentStatus::Corrupt {
             offset,
             position,

@@ -46,6 +46,9 @@ pub struct PartitionReport {
     /// Bytes on disk per record (headers of batches included), when there are records.
     pub bytes_per_record: Option<f64>,
     pub segments: Vec<SegmentReport>,
+    /// Segment files whose making never finished (`.creating`: a crash before the header
+    /// was synced); they hold no record and the next open removes them.
+    pub unfinished: Vec<String>,
 }
 
 #[derive(Debug, Serialize)]
@@ -81,8 +84,6 @@ pub enum SegmentStatus {
         dropped_frames: u64,
         reason: String,
     },
-    /// A last segment whose creation never finished; the next open removes it.
-    Abandoned,
     Corrupt {
         offset: Option<u64>,
         position: Option<u64>,
@@ -166,6 +167,10 @@ pub fn inspect_partition(
         data_bytes,
         bytes_per_record: (records > 0).then(|| data_bytes as f64 / records as f64),
         segments,
+        unfinished: layout::list_creating_segments(&location.dir)?
+            .iter()
+            .map(|path| path.display().to_string())
+            .collect(),
     })
 }
 
@@ -198,7 +203,6 @@ fn inspect_segment(path: &Path, base: u64, role: Role, index_interval_bytes: u32
     }
     report.status = match recovery::judge(&check, base, role) {
         Ok(Verdict::Clean) => SegmentStatus::Ok,
-        Ok(Verdict::Abandoned) => SegmentStatus::Abandoned,
         Ok(Verdict::TornTail {
             data_end,
             stop,

@@ -10,6 +10,7 @@
 
 use std::fs::{File, OpenOptions};
 use std::io::{self, Write};
+use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::FileExt;
 use std::os::unix::io::AsRawFd;
 use std::path::Path;
@@ -124,6 +125,42 @@ pub fn sync_dir(dir: &Path) -> io::Result<()> {
 
 pub fn rename(from: &Path, to: &Path) -> io::Result<()> {
     std::fs::rename(from, to)?;
+    powercut::note(to, || Op::Rename {
+        from: from.to_path_buf(),
+        to: to.to_path_buf(),
+    });
+    Ok(())
+}
+
+/// Renames `from` to `to`, which must not exist: never replaces a file (`EEXIST`).
+pub fn rename_new(from: &Path, to: &Path) -> io::Result<()> {
+    let c_path = |p: &Path| {
+        std::ffi::CString::new(p.as_os_str().as_bytes())
+            .map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "a path with a NUL byte"))
+    };
+    let (c_from, c_to) = (c_path(from)?, c_path(to)?);
+    // SAFETY: plain syscall on two NUL-terminated paths that outlive it.
+    let rc = unsafe {
+        libc::renameat2(
+            libc::AT_FDCWD,
+            c_from.as_ptr(),
+            libc::AT_FDCWD,
+            c_to.as_ptr(),
+            libc::RENAME_NOREPLACE,
+        )
+    };
+    if rc != 0 {
+        let error = io::Error::last_os_error();
+        if error.raw_os_error() != Some(libc::EINVAL) {
+            return Err(error);
+        }
+        // A file system without RENAME_NOREPLACE: look, then rename. The partition lock
+        // keeps every other writer out of the directory between the two.
+        if to.symlink_metadata().is_ok() {
+            return Err(io::Error::from_raw_os_error(libc::EEXIST));
+        }
+        std::fs::rename(from, to)?;
+    }
     powercut::note(to, || Op::Rename {
         from: from.to_path_buf(),
         to: to.to_path_buf(),

@@ -2,6 +2,10 @@
 //!
 //! ```text
 //! DATA_DIR/topics/<topic>/<partition>/00000000000000000000.seg   (base offset, 20 digits)
+//!                                    /00000000000000000042.seg.creating
+//!                                                                  (a segment being made:
+//!                                                                  renamed to its .seg name
+//!                                                                  once its header is synced)
 //!                                    /.lock                       (flock: one owner)
 //! DATA_DIR/topics/<topic>/<partition>.damaged-<unix ms>/         (a damaged partition
 //!                                    /WHY                          directory set aside,
@@ -16,6 +20,7 @@ use std::time::{SystemTime, UNIX_EPOCH};
 use crate::storage::error::{Result, StorageError};
 
 const SEGMENT_SUFFIX: &str = ".seg";
+const CREATING_SUFFIX: &str = ".creating";
 const LOCK_FILE: &str = ".lock";
 const TOPICS_DIR: &str = "topics";
 const DAMAGED_MARK: &str = ".damaged-";
@@ -25,6 +30,12 @@ pub fn segment_file_name(base_offset: u64) -> String {
     format!("{base_offset:020}{SEGMENT_SUFFIX}")
 }
 
+/// The name a segment is made under, before its header is synced and it takes its
+/// real name.
+pub fn creating_segment_file_name(base_offset: u64) -> String {
+    format!("{}{CREATING_SUFFIX}", segment_file_name(base_offset))
+}
+
 /// The base offset a segment file name stands for, or `None` for any other file.
 pub fn parse_segment_file_name(name: &str) -> Option<u64> {
     let digits = name.strip_suffix(SEGMENT_SUFFIX)?;
@@ -32,6 +43,25 @@ pub fn parse_segment_file_name(name: &str) -> Option<u64> {
         return None;
     }
     digits.parse().ok()
+}
+
+/// Segments whose making never finished (a crash before the rename to their real name),
+/// sorted: they hold no record.
+pub fn list_creating_segments(dir: &Path) -> Result<Vec<PathBuf>> {
+    let mut found = Vec::new();
+    for entry in fs::read_dir(dir).map_err(StorageError::io("list partition directory", dir))? {
+        let entry = entry.map_err(StorageError::io("list partition directory", dir))?;
+        let name = entry.file_name();
+        let creating = name
+            .to_str()
+            .and_then(|n| n.strip_suffix(CREATING_SUFFIX))
+            .and_then(parse_segment_file_name);
+        if creating.is_some() {
+            found.push(entry.path());
+        }
+    }
+    found.sort();
+    Ok(found)
 }
 
 pub fn partition_dir(data_dir: &Path, topic: &str, partition: u32) -> PathBuf {

@@ -124,8 +124,8 @@ pub struct RecoveryReport {
     pub records: u64,
     /// The last segment's torn tail that was cut, if any.
     pub torn_tail: Option<TornTail>,
-    /// A last segment whose creation never completed, removed.
-    pub abandoned_segment: Option<PathBuf>,
+    /// Segment files whose making never finished (`.creating`), removed.
+    pub unfinished_segments: Vec<PathBuf>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -916,9 +916,12 @@ impl PartitionLog {
 
 /// Opens every segment file of `dir` in order, judging and mending as recovery says.
 fn recover_segments(dir: &Path, options: &LogOptions) -> Result<(Vec<Segment>, RecoveryReport)> {
+    let mut report = RecoveryReport {
+        unfinished_segments: recovery::remove_unfinished(dir)?,
+        ..RecoveryReport::default()
+    };
     let files = layout::list_segments(dir)?;
     let mut segments: Vec<Segment> = Vec::with_capacity(files.len());
-    let mut report = RecoveryReport::default();
     for (i, (base, path)) in files.iter().enumerate() {
         let role = match files.get(i + 1) {
             Some((next_base_offset, _)) => Role::Closed {
@@ -944,14 +947,8 @@ fn recover_segments(dir: &Path, options: &LogOptions) -> Result<(Vec<Segment>, R
             .map_err(StorageError::io("open segment", path))?;
         let check = recovery::check_segment(path, &file, options.index_interval_bytes)?;
         let verdict = recovery::judge(&check, *base, role)?;
-        let header = match (verdict, check.header) {
-            (Verdict::Abandoned, _) => {
-                recovery::remove_abandoned(path)?;
-                report.abandoned_segment = Some(path.clone());
-                continue;
-            }
-            (_, Ok(header)) => header,
-            (_, Err(_)) => unreachable!("judge passes only segments with a valid header"),
+        let Ok(header) = check.header else {
+            unreachable!("judge passes only segments with a valid header")
         };
         if let Verdict::TornTail {
             data_end,

@@ -11,10 +11,13 @@
 //! - In the last segment, frames past the synced point may be torn by a crash: recovery
 //!   keeps every valid frame up to the end of the last complete atomic batch and cuts the
 //!   rest, zeroing it so that no stale frame can ever line up with a later append.
-//! - A last segment whose header never reached the disk held no acked record (the header
-//!   is synced before the first append): it is removed.
+//! - A segment file whose making never finished (`<name>.creating`: a crash before its
+//!   header was synced and it took its real name) held no record: it is removed. A real
+//!   name always comes with a whole, synced header, so a segment whose header is missing,
+//!   short or zeroed is damaged, even the newest: refused, never dropped (it may have
+//!   held acked records).
 //!
-//! Scanning and judging are pure; only `repair_tail`, `remove_abandoned` and
+//! Scanning and judging are pure; only `repair_tail`, `remove_unfinished` and
 //! `remove_after_torn` write.
 
 use std::fs::File;
@@ -222,8 +225,6 @@ pub enum Verdict {
         stop: Option<ScanStop>,
         incomplete_batch_frames: u64,
     },
-    /// A last segment whose header never reached the disk: it held nothing, and goes.
-    Abandoned,
 }
 
 /// Decides whether a checked segment is sound, torn at the tail, or corrupt.
@@ -235,10 +236,6 @@ pub(crate) fn judge(check: &SegmentCheck, name_base_offset: u64, role: Role) -> 
     };
     let header = match check.header {
         Ok(header) => header,
-        Err(HeaderDefect::Zeroed) if role == Role::Last && !holds_frames(check) => {
-            return Ok(Verdict::Abandoned);
-        }
-        Err(_) if role == Role::Last && check.file_len == 0 => return Ok(Verdict::Abandoned),
         Err(defect) => return Err(corrupt(defect.to_string())),
     };
     if header.base_offset != name_base_offset {
@@ -322,19 +319,6 @@ pub(crate) fn judge(check: &SegmentCheck, name_base_offset: u64, role: Role) -> 
     }
 }
 
-/// Whether a segment whose header is zero nevertheless has a frame where the first one
-/// would be (then the header was destroyed, not never written).
-fn holds_frames(check: &SegmentCheck) -> bool {
-    let Ok(file) = File::open(&check.path) else {
-        return true;
-    };
-    let mut first = [0u8; FRAME_HEADER_BYTES];
-    match file.read_exact_at(&mut first, SEGMENT_HEADER_BYTES) {
-        Ok(()) => first.iter().any(|b| *b != 0),
-        Err(_) => false,
-    }
-}
-
 /// Turns a sound check into the segment's recovered state.
 pub(crate) fn recovered(check: SegmentCheck) -> Recovered {
     let scan = check.scan.expect("a sound segment was scanned");
@@ -356,13 +340,16 @@ pub(crate) fn repair_tail(path: &Path, file: &File, data_end: u64, capacity: u64
     io::sync_data(file, path).map_err(StorageError::io("sync repaired segment", path))
 }
 
-/// Removes a last segment whose creation never completed.
-pub(crate) fn remove_abandoned(path: &Path) -> Result<()> {
-    io::remove_file(path).map_err(StorageError::io("remove abandoned segment", path))?;
-    layout::sync_dir(
-        path.parent()
-            .expect("segment files live in a partition directory"),
-    )
+/// Removes the segment files in `dir` whose making never finished, and says which.
+pub(crate) fn remove_unfinished(dir: &Path) -> Result<Vec<PathBuf>> {
+    let unfinished = layout::list_creating_segments(dir)?;
+    for path in &unfinished {
+        io::remove_file(path).map_err(StorageError::io("remove an unfinished segment", path))?;
+    }
+    if !unfinished.is_empty() {
+        layout::sync_dir(dir)?;
+    }
+    Ok(unfinished)
 }
 
 /// Removes the segments after an unsealed, torn older segment, after checking that none
@@ -524,7 +511,7 @@ mod tests {
     }
 
     #[test]
-    fn a_last_segment_whose_header_never_reached_the_disk_is_abandoned() {
+    fn a_segment_whose_header_is_gone_is_corruption_even_the_newest() {
         let dir = tempfile::tempdir().unwrap();
         let path = segment(dir.path(), 0);
         let file = std::fs::OpenOptions::new().write(true).open(&path).unwrap();
@@ -532,8 +519,20 @@ mod tests {
             .unwrap();
         let check = check(&path);
         assert!(check.header.is_err());
-        assert_eq!(judge(&check, 0, Role::Last).unwrap(), Verdict::Abandoned);
-        // The same damage to an older segment is corruption.
+        // A segment takes its real name only once its header is synced: a zeroed one was
+        // damaged after, and may have held acked records.
+        let error = judge(&check, 0, Role::Last).unwrap_err();
+        assert!(
+            error.to_string().contains("the segment header is all zeros"),
+            "{error}"
+        );
         assert!(judge(&check, 0, Role::Closed { next_base_offset: 0 }).is_err());
+        let file = std::fs::OpenOptions::new().write(true).open(&path).unwrap();
+        file.set_len(0).unwrap();
+        let error = judge(&self::check(&path), 0, Role::Last).unwrap_err();
+        assert!(
+            error.to_string().contains("shorter than a segment header"),
+            "{error}"
+        );
     }
 }

@@ -175,31 +175,36 @@ fn no_space(dir: &Path, error: std::io::Error) -> Result<StorageError, std::io::
 impl Segment {
     /// Creates the segment file for `base_offset` in `dir`, durably: header and
     /// preallocation are on disk and the directory knows the name before it returns.
+    ///
+    /// The file is made as `<name>.creating` and takes its real name only once its header
+    /// is synced, so a segment's real name always comes with a whole header: a crash
+    /// midway leaves a `.creating` file (opening removes it) or nothing, never a real name
+    /// on a torn header, which would look just like a damaged segment. (Another file's
+    /// directory sync can make a new name durable before this one syncs its own.)
     pub fn create(dir: &Path, base_offset: u64, capacity: u64, index_interval_bytes: u32) -> Result<Segment> {
         let path = dir.join(layout::segment_file_name(base_offset));
-        let file = io::create_new(&path)
-            .map_err(|e| no_space(dir, e).unwrap_or_else(|e| StorageError::io("create segment", &path)(e)))?;
-        if let Err(error) = io::preallocate(&file, &path, 0, capacity) {
-            // Nothing of it is in use yet: gone, the name is free for the next try (a
-            // crash first leaves a file without a header, which opening removes).
-            drop(file);
-            let _ = io::remove_file(&path);
-            return Err(
-                no_space(dir, error).unwrap_or_else(|e| StorageError::io("preallocate segment", &path)(e))
-            );
-        }
+        let creating = dir.join(layout::creating_segment_file_name(base_offset));
+        let file = io::create_new(&creating).map_err(|e| {
+            no_space(dir, e).unwrap_or_else(|e| StorageError::io("create segment", &creating)(e))
+        })?;
         let header = SegmentHeader {
             format_version: FORMAT_VERSION,
             base_offset,
             capacity,
             created_ms: layout::now_ms(),
         };
-        let mut page = vec![0u8; SEGMENT_HEADER_BYTES as usize];
-        header.encode(&mut page);
-        io::write_at(&file, &path, 0, &page).map_err(StorageError::io("write segment header", &path))?;
-        // fsync the file and then the directory: a new segment's name is not durable until
-        // its directory is, and no record may be acked in a segment that could vanish.
-        io::sync_data(&file, &path).map_err(StorageError::io("sync new segment", &path))?;
+        let made = Segment::write_header(dir, &creating, &file, &header).and_then(|()| {
+            io::rename_new(&creating, &path).map_err(StorageError::io("name new segment", &path))
+        });
+        if let Err(error) = made {
+            // Nothing of it is in use yet: gone, the name is free for the next try (should
+            // this fail too, the next open removes it).
+            drop(file);
+            let _ = io::remove_file(&creating);
+            return Err(error);
+        }
+        // A new segment's name is not durable until its directory is, and no record may
+        // be acked in a segment that could vanish.
         layout::sync_dir(dir)?;
         let recovered = Recovered {
             point: SyncPoint {
@@ -212,6 +217,17 @@ impl Segment {
             marker: None,
         };
         Segment::map(path, file, header, recovered, Access::Append)
+    }
+
+    /// Preallocates a new segment file and writes and syncs its header.
+    fn write_header(dir: &Path, path: &Path, file: &File, header: &SegmentHeader) -> Result<()> {
+        io::preallocate(file, path, 0, header.capacity).map_err(|error| {
+            no_space(dir, error).unwrap_or_else(|e| StorageError::io("preallocate segment", path)(e))
+        })?;
+        let mut page = vec![0u8; SEGMENT_HEADER_BYTES as usize];
+        header.encode(&mut page);
+        io::write_at(file, path, 0, &page).map_err(StorageError::io("write segment header", path))?;
+        io::sync_data(file, path).map_err(StorageError::io("sync new segment", path))
     }
 
     /// Where the next frame goes and what the segment holds up to there: the starting
@@ -591,6 +607,19 @@ mod tests {
         assert_eq!(segment.room(), 64 * 1024 - SEGMENT_HEADER_BYTES);
         assert_eq!(newest_marker(&segment), None);
         assert!(dir.path().join(layout::segment_file_name(42)).exists());
+        assert!(layout::list_creating_segments(dir.path()).unwrap().is_empty());
+    }
+
+    #[test]
+    fn a_segment_is_never_made_over_one_of_the_same_name() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join(layout::segment_file_name(7));
+        std::fs::write(&path, b"an existing segment").unwrap();
+        let error = Segment::create(dir.path(), 7, 64 * 1024, 512).err().unwrap();
+        assert!(error.to_string().contains("name new segment"), "{error}");
+        assert_eq!(std::fs::read(&path).unwrap(), b"an existing segment");
+        // The half-made one is gone, so a later try is not stopped by it.
+        assert!(layout::list_creating_segments(dir.path()).unwrap().is_empty());
     }
 
     #[test]

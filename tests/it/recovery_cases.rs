@@ -121,21 +121,130 @@ fn a_missing_middle_segment_is_corruption() {
 }
 
 #[test]
-fn a_last_segment_whose_creation_never_finished_is_removed() {
-    // A crash between creating the next segment and syncing its header leaves a file of
-    // zeros where the next segment starts.
+fn a_segment_whose_making_never_finished_is_removed() {
+    // A crash before a new segment's header was synced and it took its real name leaves
+    // a `.creating` file: all zeros, or a header torn midway.
     let dir = three_segments();
     let next = PartitionLog::open(dir.path(), small_options(Durability::Group))
         .unwrap()
         .next_offset();
-    let blank = dir.path().join(format!("{next:020}.seg"));
+    let blank = dir.path().join(format!("{next:020}.seg.creating"));
     std::fs::write(&blank, vec![0u8; 64 * 1024]).unwrap();
+    let torn = dir.path().join(format!("{:020}.seg.creating", next + 1));
+    std::fs::write(&torn, b"FLOWDSEG").unwrap();
     let mut log = PartitionLog::open(dir.path(), small_options(Durability::Group)).unwrap();
-    assert_eq!(log.recovery().abandoned_segment.as_deref(), Some(blank.as_path()));
+    assert_eq!(
+        log.recovery().unfinished_segments,
+        vec![blank.clone(), torn.clone()]
+    );
+    assert!(!blank.exists() && !torn.exists());
     assert_eq!(log.next_offset(), next);
     assert_log_is_expected_prefix(&log);
     fill(&mut log, next..next + 10);
     log.close().unwrap();
     let log = PartitionLog::open(dir.path(), small_options(Durability::Group)).unwrap();
     assert_eq!(assert_log_is_expected_prefix(&log), next + 10);
+    assert!(log.recovery().unfinished_segments.is_empty());
+}
+
+#[test]
+fn a_power_cut_at_any_step_of_rolling_to_new_segments_opens_with_every_synced_record() {
+    // A roll makes a segment in steps (file, size, header, sync, name, directory sync):
+    // whatever part of them a power cut keeps, the log opens, and no record synced
+    // before the cut is gone. A real name on a torn header would be refused here.
+    let root = fast_tempdir();
+    let data = root.path().join("recorded");
+    let recording = flowd::storage::powercut::Recording::start(&data);
+    let mut log = PartitionLog::open(&data, small_options(Durability::None)).unwrap();
+    let mut synced_at = Vec::new();
+    let mut next = 0;
+    while log.segments().len() < 4 {
+        fill(&mut log, next..next + 25);
+        next += 25;
+        log.sync().unwrap();
+        synced_at.push((next, recording.len()));
+    }
+    drop(log);
+    let total = recording.len();
+    let trace = recording.finish();
+    let mut opened = 0;
+    for crash_at in 0..=total {
+        for seed in 0..6u64 {
+            let into = root.path().join(format!("cut-{crash_at}-{seed}"));
+            trace.cut(crash_at, seed * 7919 + crash_at as u64, &into).unwrap();
+            if !into.exists() {
+                continue; // the cut came before the directory itself was made
+            }
+            let log = PartitionLog::open(&into, small_options(Durability::None)).unwrap_or_else(|e| {
+                panic!("a power cut after {crash_at} of {total} operations, seed {seed}: {e}")
+            });
+            let kept = assert_log_is_expected_prefix(&log);
+            let synced = synced_at
+                .iter()
+                .filter(|(_, at)| *at <= crash_at)
+                .map(|(records, _)| *records)
+                .max()
+                .unwrap_or(0);
+            assert!(
+                kept >= synced,
+                "a cut after {crash_at}: kept {kept} of {synced} synced records"
+            );
+            opened += 1;
+            drop(log);
+            std::fs::remove_dir_all(&into).unwrap();
+        }
+    }
+    assert!(opened > total, "the cuts were opened ({opened})");
+}
+
+#[test]
+fn a_newest_segment_without_a_whole_header_is_refused_not_dropped() {
+    // A segment takes its real name only once its header is synced: the newest one cut
+    // short or zeroed was damaged later, and may have held acked records.
+    type Damage = fn(&Path);
+    let damages: [(&str, Damage); 3] = [
+        ("emptied", |path| {
+            OpenOptions::new()
+                .write(true)
+                .open(path)
+                .unwrap()
+                .set_len(0)
+                .unwrap();
+        }),
+        ("cut inside its header", |path| {
+            let file = OpenOptions::new().write(true).open(path).unwrap();
+            file.set_len(SEGMENT_HEADER_BYTES - 512).unwrap();
+        }),
+        ("header zeroed", |path| {
+            let file = OpenOptions::new().write(true).open(path).unwrap();
+            file.write_all_at(&vec![0u8; SEGMENT_HEADER_BYTES as usize], 0)
+                .unwrap();
+        }),
+    ];
+    for (what, damage) in damages {
+        let dir = three_segments();
+        let files = segment_files(dir.path());
+        let newest = files.last().unwrap();
+        let held = PartitionLog::open(dir.path(), small_options(Durability::Group))
+            .unwrap()
+            .segments()
+            .last()
+            .map(|s| s.next_offset - s.base_offset)
+            .unwrap();
+        assert!(held > 0, "{what}: the newest segment holds records");
+        damage(newest);
+        let error = PartitionLog::open(dir.path(), small_options(Durability::Group))
+            .err()
+            .unwrap_or_else(|| panic!("{what}: a newest segment without its header opened"));
+        assert!(error.is_corruption(), "{what}: {error}");
+        let name = newest.file_name().unwrap().to_str().unwrap();
+        assert!(
+            error.to_string().contains(name),
+            "{what}: the error names the file: {error}"
+        );
+        assert!(
+            newest.exists(),
+            "{what}: the damaged segment is kept for the operator"
+        );
+    }
 }
