@@ -66,6 +66,30 @@ fn inspect_reports_a_clean_data_dir() {
 }
 
 #[test]
+fn inspect_lists_a_segment_whose_making_never_finished_and_leaves_it() {
+    let data = fast_tempdir();
+    make_data_dir(data.path());
+    let unfinished = partition_dir(data.path(), "orders", 1).join("00000000000000000700.seg.creating");
+    std::fs::write(&unfinished, vec![0u8; 1024]).unwrap();
+    let output = inspect(data.path(), false);
+    let stdout = String::from_utf8(output.stdout).unwrap();
+    assert!(
+        output.status.success(),
+        "it holds nothing, so nothing is corrupt: {stdout}"
+    );
+    assert!(
+        stdout.contains(
+            "00000000000000000700.seg.creating making never finished: holds no record; removed on next open"
+        ),
+        "{stdout}"
+    );
+    let report: serde_json::Value = serde_json::from_slice(&inspect(data.path(), true).stdout).unwrap();
+    let listed = report["partitions"][2]["unfinished"].as_array().unwrap();
+    assert_eq!(listed.len(), 1, "{report}");
+    assert!(unfinished.exists(), "inspection never writes");
+}
+
+#[test]
 fn inspect_names_the_partition_segment_and_offset_of_a_corrupt_byte() {
     let data = fast_tempdir();
     make_data_dir(data.path());
