@@ -503,42 +503,26 @@ impl PartitionLog {
     /// one is made first: when it cannot be (a full disk), the log is as it was, still
     /// appendable (a batch that fits the active segment, or any once space is freed).
     fn roll(&mut self, batch_bytes: u64) -> Result<()> {
-        let (base, empty, old_capacity) = {
+        let (base, empty) = {
             let active = self.active();
-            (active.next_offset(), active.is_empty(), active.capacity())
+            (active.next_offset(), active.is_empty())
         };
         if empty {
             // An empty segment too small for the batch (made with a smaller
-            // segment_bytes): replaced rather than sealed, as its name is taken; if the
-            // bigger one cannot be made, an empty one as before takes its place.
-            let path = self.active().path().to_path_buf();
-            self.segments.pop();
-            io::remove_file(&path).map_err(StorageError::io("remove empty segment", &path))?;
-            let made = Segment::create(
-                &self.dir,
-                base,
+            // segment_bytes): a bigger one takes its place and its name in one rename, so
+            // a crash leaves one or the other, never no segment (which would lose the
+            // log's start offset). If it cannot be made, the log is as it was.
+            let segment = Segment::create_in_place_of(
+                self.active(),
                 self.options.segment_bytes,
                 self.options.index_interval_bytes,
-            );
-            return match made {
-                Ok(segment) => {
-                    self.segments.push(segment);
-                    Ok(())
-                }
-                Err(error) => {
-                    match Segment::create(&self.dir, base, old_capacity, self.options.index_interval_bytes) {
-                        Ok(segment) => self.segments.push(segment),
-                        Err(_) => {
-                            return Err(self.fail(
-                                "making a segment in place of an empty one",
-                                &path,
-                                std::io::Error::other(error.to_string()),
-                            ));
-                        }
-                    }
-                    Err(error)
-                }
-            };
+            )?;
+            let active = self
+                .segments
+                .last_mut()
+                .expect("a log always has an active segment");
+            *active = segment;
+            return Ok(());
         }
         let segment = Segment::create(
             &self.dir,

@@ -153,6 +153,15 @@ pub(crate) struct Segment {
     sealed: bool,
 }
 
+/// How a new segment takes its name.
+#[derive(Clone, Copy)]
+enum Naming {
+    /// A name no file has: one there is an error, never replaced.
+    New,
+    /// The name of the empty segment it replaces.
+    Replace,
+}
+
 /// The recovered state of a segment's frames, from `recovery::scan`.
 pub(crate) struct Recovered {
     pub point: SyncPoint,
@@ -182,6 +191,34 @@ impl Segment {
     /// on a torn header, which would look just like a damaged segment. (Another file's
     /// directory sync can make a new name durable before this one syncs its own.)
     pub fn create(dir: &Path, base_offset: u64, capacity: u64, index_interval_bytes: u32) -> Result<Segment> {
+        Segment::make(dir, base_offset, capacity, index_interval_bytes, Naming::New)
+    }
+
+    /// Makes a segment of `capacity` in place of the empty segment `old`, taking its name
+    /// in one rename: a crash leaves the old one or the new one, never neither (which
+    /// would lose the log's start offset). On an error `old` is as it was.
+    pub fn create_in_place_of(old: &Segment, capacity: u64, index_interval_bytes: u32) -> Result<Segment> {
+        assert!(old.is_empty(), "only an empty segment is replaced");
+        let dir = old
+            .path()
+            .parent()
+            .expect("a segment lives in a partition directory");
+        Segment::make(
+            dir,
+            old.base_offset(),
+            capacity,
+            index_interval_bytes,
+            Naming::Replace,
+        )
+    }
+
+    fn make(
+        dir: &Path,
+        base_offset: u64,
+        capacity: u64,
+        index_interval_bytes: u32,
+        naming: Naming,
+    ) -> Result<Segment> {
         let path = dir.join(layout::segment_file_name(base_offset));
         let creating = dir.join(layout::creating_segment_file_name(base_offset));
         let file = io::create_new(&creating).map_err(|e| {
@@ -194,7 +231,11 @@ impl Segment {
             created_ms: layout::now_ms(),
         };
         let made = Segment::write_header(dir, &creating, &file, &header).and_then(|()| {
-            io::rename_new(&creating, &path).map_err(StorageError::io("name new segment", &path))
+            match naming {
+                Naming::New => io::rename_new(&creating, &path),
+                Naming::Replace => io::rename(&creating, &path),
+            }
+            .map_err(StorageError::io("name new segment", &path))
         });
         if let Err(error) = made {
             // Nothing of it is in use yet: gone, the name is free for the next try (should
@@ -379,11 +420,6 @@ impl Segment {
     }
 
     /// Bytes left for frames.
-    /// The bytes the segment file was made to hold.
-    pub fn capacity(&self) -> u64 {
-        self.header.capacity
-    }
-
     pub fn room(&self) -> u64 {
         if self.is_appendable() {
             self.header.capacity - self.data_end

@@ -6,7 +6,7 @@ use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 
 use flowd::storage::format::{MARKER_SLOT_BYTES, MARKER_SLOT_POSITIONS, SEGMENT_HEADER_BYTES};
-use flowd::storage::{Durability, PartitionLog};
+use flowd::storage::{Durability, LogOptions, PartitionLog, Record};
 
 use crate::support::{assert_log_is_expected_prefix, fast_tempdir, fill, small_options};
 
@@ -195,6 +195,62 @@ fn a_power_cut_at_any_step_of_rolling_to_new_segments_opens_with_every_synced_re
         }
     }
     assert!(opened > total, "the cuts were opened ({opened})");
+}
+
+#[test]
+fn an_empty_segment_too_small_for_a_batch_is_replaced_in_one_step_keeping_the_logs_start() {
+    // A log whose one segment is empty and starts at 1000 (a copy started again there),
+    // reopened with bigger segments, takes a batch its old segment has no room for: a
+    // bigger segment takes the empty one's place. At no power cut may the log lose its
+    // start and begin again at 0 (its offsets would be handed out twice).
+    let root = fast_tempdir();
+    let data = root.path().join("recorded");
+    let recording = flowd::storage::powercut::Recording::start(&data);
+    let mut log = PartitionLog::open(&data, small_options(Durability::Every)).unwrap();
+    fill(&mut log, 0..100);
+    log.restart_at(1000).unwrap();
+    log.close().unwrap();
+    let bigger = LogOptions {
+        segment_bytes: 1 << 20,
+        ..small_options(Durability::Every)
+    };
+    let value = vec![7u8; 15 * 1024];
+    let batch: Vec<Record> = (0..5).map(|_| Record::new(1, &value)).collect();
+    let reopened_at = recording.len();
+    let mut log = PartitionLog::open(&data, bigger.clone()).unwrap();
+    assert_eq!((log.start_offset(), log.next_offset()), (1000, 1000));
+    log.append(&batch).unwrap();
+    let appended_at = recording.len();
+    let segments = log.segments();
+    assert_eq!(segments.len(), 1, "the empty segment was replaced, not sealed");
+    assert_eq!((segments[0].base_offset, segments[0].next_offset), (1000, 1005));
+    drop(log);
+    let total = recording.len();
+    let trace = recording.finish();
+    for crash_at in reopened_at..=total {
+        for seed in 0..6u64 {
+            let into = root.path().join(format!("cut-{crash_at}-{seed}"));
+            trace.cut(crash_at, seed * 7919 + crash_at as u64, &into).unwrap();
+            let log = PartitionLog::open(&into, bigger.clone())
+                .unwrap_or_else(|e| panic!("a power cut after {crash_at} of {total} operations: {e}"));
+            assert_eq!(
+                log.start_offset(),
+                1000,
+                "a cut after {crash_at}: the log lost its start"
+            );
+            let next = log.next_offset();
+            assert!(
+                next == 1000 || next == 1005,
+                "a cut after {crash_at}: the log ends at {next}"
+            );
+            assert!(
+                crash_at < appended_at || next == 1005,
+                "a cut after {crash_at}: the acked batch is gone"
+            );
+            drop(log);
+            std::fs::remove_dir_all(&into).unwrap();
+        }
+    }
 }
 
 #[test]
