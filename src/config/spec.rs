@@ -421,6 +421,10 @@ pub enum Selector {
 pub enum Route {
     /// Round robin.
     Spread,
+    /// To the partition numbered as the input's (modulo the output's partitions): a
+    /// stage's work stays on the core that read it, and a partition's order is kept.
+    /// A stage's default when its output has as many partitions as each of its inputs.
+    Forward,
     /// By a hash of the selected bytes, so equal selections meet in one partition.
     ShardBy(Selector),
     /// Every partition gets a copy.

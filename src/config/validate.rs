@@ -118,6 +118,18 @@ struct Validator<'d, 't> {
     unresolved: bool,
 }
 
+/// A stage's route when it names none: forward where its output has as many partitions
+/// as each of its inputs (each input partition's outputs stay on its core, in its
+/// order), spread otherwise (forwarding would leave output partitions empty, or pile
+/// several inputs' partitions into one).
+fn default_route(from: &[usize], to: Option<usize>, topics: &[TopicSpec]) -> Route {
+    let partitions = |t: usize| topics.get(t).map(|t| t.partitions);
+    match to.and_then(partitions) {
+        Some(out) if !from.is_empty() && from.iter().all(|&t| partitions(t) == Some(out)) => Route::Forward,
+        _ => Route::Spread,
+    }
+}
+
 impl Validator<'_, '_> {
     fn dataflow(&mut self, path: &Path, raw: RawDataflow) -> DataflowSpec {
         let engine = self.engine(raw.engine.as_ref().map(Spanned::get_ref));
@@ -147,7 +159,7 @@ impl Validator<'_, '_> {
         let stages: Vec<StageSpec> = raw
             .stages
             .iter()
-            .map(|s| self.stage(s.get_ref(), &names))
+            .map(|s| self.stage(s.get_ref(), &names, &topics))
             .collect();
         let sinks = raw.sinks.iter().map(|s| self.sink(s.get_ref(), &names)).collect();
         if !self.unresolved {
@@ -579,12 +591,12 @@ impl Validator<'_, '_> {
             kind,
             timestamp: raw.timestamp.as_ref().map(|t| t.get_ref().clone()),
             to: self.topic_ref(&raw.to, &key("to"), topics),
-            route: self.route(raw.route.as_ref(), &key("route")),
+            route: self.source_route(raw.route.as_ref(), &key("route")),
             per_peer: raw.per_peer.as_ref().is_some_and(|p| *p.get_ref()),
         }
     }
 
-    fn stage(&mut self, raw: &RawStage, topics: &[&str]) -> StageSpec {
+    fn stage(&mut self, raw: &RawStage, topics: &[&str], specs: &[TopicSpec]) -> StageSpec {
         self.name(&raw.name, "stage");
         let key = |k: &str| format!("stage \"{}\".{k}", raw.name.get_ref());
         let from_names = raw.from.get_ref().names();
@@ -637,7 +649,10 @@ impl Validator<'_, '_> {
             }
             Some(policy) => self.on_error(policy, &key("on_error"), topics, is_exec),
         };
-        let mut route = self.route(raw.route.as_ref(), &key("route"));
+        let mut route = match raw.route.as_ref() {
+            Some(raw) => self.route(Some(raw), &key("route")),
+            None => default_route(&from, to, specs),
+        };
         if matches!(op, OpSpec::State { .. }) {
             route = self.state_route(raw, route, &from, &key("route"));
         }
@@ -914,10 +929,26 @@ impl Validator<'_, '_> {
         }
     }
 
+    /// A source reads no partition, so it has nothing to forward from.
+    fn source_route(&mut self, raw: Option<&Spanned<toml::Value>>, key: &str) -> Route {
+        let route = self.route(raw, key);
+        if let (Route::Forward, Some(raw)) = (&route, raw) {
+            self.error(
+                raw.span(),
+                key,
+                "a source reads no partition to forward from".into(),
+                "route = \"spread\" (the default) or { shard_by = \"key\" }".into(),
+            );
+            return Route::Spread;
+        }
+        route
+    }
+
     fn route(&mut self, raw: Option<&Spanned<toml::Value>>, key: &str) -> Route {
         let Some(raw) = raw else { return Route::Spread };
         match raw.get_ref() {
             toml::Value::String(s) if s == "spread" => Route::Spread,
+            toml::Value::String(s) if s == "forward" => Route::Forward,
             toml::Value::String(s) if s == "broadcast" => Route::Broadcast,
             toml::Value::Table(t) => {
                 match t.get("shard_by") {
@@ -933,8 +964,8 @@ impl Validator<'_, '_> {
             }
             other => {
                 let hint = match other.as_str() {
-                    Some(s) => suggest(s, &["spread", "broadcast"]),
-                    None => "route = \"spread\", \"broadcast\" or { shard_by = \"key\" }".into(),
+                    Some(s) => suggest(s, &["spread", "forward", "broadcast"]),
+                    None => "route = \"spread\", \"forward\", \"broadcast\" or { shard_by = \"key\" }".into(),
                 };
                 self.error(raw.span(), key, format!("unknown route {other}"), hint);
                 Route::Spread

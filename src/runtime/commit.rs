@@ -193,7 +193,7 @@ mod tests {
         let (mesh, mut receivers) = mesh::build(2, 1);
         let (_, rx) = receivers[0].remove(1);
         (
-            Emitter::new("p".into(), 1, &spec, &Route::Spread, &mesh).unwrap(),
+            Emitter::new("p".into(), 1, &spec, &Route::Spread, None, &mesh).unwrap(),
             rx,
         )
     }

@@ -32,6 +32,8 @@ pub const BATCH_BYTES_MAX: usize = 1 << 20;
 
 enum Router {
     Spread,
+    /// Every output to this partition.
+    Forward(u32),
     Broadcast,
     Part(Part),
     Jq(JqProgram),
@@ -105,20 +107,31 @@ pub struct Emitter {
 }
 
 impl Emitter {
+    /// The write side of `producer` into `topic`; `from_partition` is the input partition
+    /// a stage's producer reads (`None` for a source), which `Route::Forward` needs.
     pub fn new(
         producer: String,
         topic: usize,
         spec: &crate::config::DataflowSpec,
         route: &Route,
+        from_partition: Option<u32>,
         mesh: &Mesh,
     ) -> Result<Emitter, OpError> {
+        let topic_spec = &spec.topics[topic];
         let router = match route {
             Route::Spread => Router::Spread,
+            Route::Forward => match from_partition {
+                Some(p) => Router::Forward(p % topic_spec.partitions),
+                None => {
+                    return Err(OpError(
+                        "route \"forward\" needs an input partition: a source has none".into(),
+                    ));
+                }
+            },
             Route::Broadcast => Router::Broadcast,
             Route::ShardBy(Selector::Part(part)) => Router::Part(*part),
             Route::ShardBy(Selector::Jq(code)) => Router::Jq(JqProgram::compile(code).map_err(OpError)?),
         };
-        let topic_spec = &spec.topics[topic];
         let partitions = topic_spec.partitions;
         let n = partitions as usize;
         Ok(Emitter {
@@ -276,6 +289,7 @@ impl Emitter {
                 let q = spread_partition(produced_by, index as usize, self.partitions);
                 self.push(q, produced_by, index, frame, output);
             }
+            Router::Forward(q) => self.push(*q, produced_by, index, frame, output),
             Router::Part(part) => {
                 let bytes = match part {
                     Part::Key => output.key.as_deref().unwrap_or_default(),
@@ -519,7 +533,7 @@ mod tests {
     fn emitter(spec: &crate::config::DataflowSpec) -> (Emitter, flume::Receiver<Batch>) {
         let (mesh, mut receivers) = mesh::build(2, 1);
         let (_, rx) = receivers[0].remove(1);
-        let emitter = Emitter::new("p".into(), 1, spec, &Route::Spread, &mesh).unwrap();
+        let emitter = Emitter::new("p".into(), 1, spec, &Route::Spread, None, &mesh).unwrap();
         (emitter, rx)
     }
 

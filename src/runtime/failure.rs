@@ -107,6 +107,7 @@ impl Failures {
                     topic,
                     spec,
                     &Route::Spread,
+                    None,
                     &shard.shared.mesh,
                 )
                 .map_err(|e| operator_error(&stage_spec.name, e))?,

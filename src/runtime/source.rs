@@ -75,13 +75,18 @@ pub async fn run(shard: Rc<Shard>, task: SourceTask) -> Result<()> {
     let spec = &shard.shared.spec;
     let source = &spec.sources[task.source];
     let partitions = spec.topics[source.to].partitions;
-    let emitter =
-        Emitter::new(String::new(), source.to, spec, &source.route, &shard.shared.mesh).map_err(|e| {
-            RuntimeError::Operator {
-                stage: source.name.clone(),
-                reason: e.0,
-            }
-        })?;
+    let emitter = Emitter::new(
+        String::new(),
+        source.to,
+        spec,
+        &source.route,
+        None,
+        &shard.shared.mesh,
+    )
+    .map_err(|e| RuntimeError::Operator {
+        stage: source.name.clone(),
+        reason: e.0,
+    })?;
     let path = progress::path(&shard.shared.data_dir, &source.name, "source");
     let done = task.progress.done;
     let committer = Committer::new(

@@ -346,8 +346,15 @@ pub fn open_output(shard: &Shard, task: &StageTask) -> Result<StageOutput> {
     let topic_name = &spec.topics[task.topic].name;
     let producer = stage_producer(&stage.name, topic_name, task.partition);
     let to = stage.to.expect("validation requires `to`");
-    let mut emitter = Emitter::new(producer.clone(), to, spec, &stage.route, &shard.shared.mesh)
-        .map_err(|e| operator_error(&stage.name, e))?;
+    let mut emitter = Emitter::new(
+        producer.clone(),
+        to,
+        spec,
+        &stage.route,
+        Some(task.partition),
+        &shard.shared.mesh,
+    )
+    .map_err(|e| operator_error(&stage.name, e))?;
     emitter.set_skip(task.skip.clone());
     let progress_path = progress::path(
         &shard.shared.data_dir,

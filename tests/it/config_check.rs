@@ -52,7 +52,7 @@ fn the_base_file_is_valid() {
 #[test]
 fn broken_files_get_precise_errors() {
     // (what is broken, the file, the expected error lines: position, key, message, hint)
-    let cases: &[(&str, String, &[&str])] = &[
+    let mut cases: Vec<(&str, String, &[&str])> = vec![
         (
             "bad TOML",
             "[[topic]\nname = \"a\"\n".into(),
@@ -276,8 +276,18 @@ fn broken_files_get_precise_errors() {
             ],
         ),
     ];
+    cases.push((
+        "a source forwarding (it reads no partition)",
+        format!("{BASE}\n[[source]]\nname = \"feed\"\ntype = \"file\"\npath = \"Cargo.toml\"\nto = \"lines\"\nroute = \"forward\"\n"),
+        &["source \"feed\".route: a source reads no partition to forward from | route = \"spread\""],
+    ));
+    cases.push((
+        "a route misspelt",
+        BASE.replace("to = \"words\"", "to = \"words\"\nroute = \"foward\""),
+        &["stage \"split\".route: unknown route \"foward\" | did you mean \"forward\"?"],
+    ));
     for (what, text, expected) in cases {
-        let got = errors(text);
+        let got = errors(&text);
         assert_eq!(got.len(), expected.len(), "{what}: got {got:#?}");
         for (line, fragment) in got.iter().zip(expected.iter()) {
             assert!(
@@ -286,6 +296,43 @@ fn broken_files_get_precise_errors() {
             );
         }
     }
+}
+
+#[test]
+fn a_stage_forwards_by_default_where_its_output_has_as_many_partitions_as_its_inputs() {
+    use flowd::config::{Part, Route, Selector};
+    let with = |lines: u32, words: u32, route: &str| {
+        let text = BASE
+            .replace(
+                "name = \"lines\"",
+                &format!("name = \"lines\"\npartitions = {lines}"),
+            )
+            .replace(
+                "name = \"words\"",
+                &format!("name = \"words\"\npartitions = {words}"),
+            )
+            .replace("to = \"words\"", &format!("to = \"words\"\n{route}"));
+        config::parse(Path::new("flow.toml"), &text).unwrap().stages[0]
+            .route
+            .clone()
+    };
+    assert_eq!(with(4, 4, ""), Route::Forward, "as many partitions: forward");
+    assert_eq!(
+        with(4, 8, ""),
+        Route::Spread,
+        "more output partitions: spread over them"
+    );
+    assert_eq!(with(8, 4, ""), Route::Spread, "fewer output partitions: spread");
+    assert_eq!(
+        with(4, 4, "route = \"spread\""),
+        Route::Spread,
+        "a route given is kept"
+    );
+    assert_eq!(with(4, 8, "route = \"forward\""), Route::Forward);
+    assert_eq!(
+        with(4, 4, "route = { shard_by = \"key\" }"),
+        Route::ShardBy(Selector::Part(Part::Key))
+    );
 }
 
 #[test]

@@ -253,6 +253,55 @@ fn issue20_a_record_as_large_as_a_client_may_send_passes_a_pass_through_stage() 
     assert!(passed.iter().any(|(v, _)| v.len() == lo), "the largest one too");
 }
 
+/// The `i` of each record in partition `p` of `topic`, in offset order, read until
+/// `count` arrived (bounded).
+fn numbers_in_partition(client: &mut Client, topic: &str, p: u32, count: usize) -> Vec<u64> {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let mut numbers = Vec::new();
+    let mut from = 0;
+    while numbers.len() < count && Instant::now() < deadline {
+        let fetched = client.fetch(topic, p, FetchFrom::Offset(from), 1000, 0).unwrap();
+        if fetched.records.is_empty() {
+            crate::support::pace(Duration::from_millis(20));
+        }
+        for (offset, r) in &fetched.records {
+            from = offset + 1;
+            let v: serde_json::Value = serde_json::from_slice(&r.value).unwrap();
+            numbers.push(v["i"].as_u64().unwrap());
+        }
+    }
+    numbers
+}
+
+#[test]
+fn a_stage_writes_each_input_partitions_outputs_to_its_own_partition_in_order() {
+    // "in" and "out" have two partitions each and the stage names no route: forward.
+    let dir = fast_tempdir();
+    let file = dataflow(dir.path(), "");
+    let server = Server::start(&file);
+    let mut client = Client::connect(&server.tcp).unwrap();
+    let mut sent: [Vec<u64>; 2] = [Vec::new(), Vec::new()];
+    for i in 0..300u64 {
+        let value = format!("{{\"i\":{i},\"pad\":\"x\"}}");
+        let taken = client.produce("in", &[OwnedWireRecord::value(value)]).unwrap();
+        sent[taken[0].0 as usize].push(i);
+    }
+    assert!(
+        sent.iter().all(|s| s.len() > 50),
+        "the door spreads its records: {sent:?}"
+    );
+    for p in 0..2u32 {
+        let out = numbers_in_partition(&mut client, "out", p, sent[p as usize].len());
+        assert_eq!(
+            out, sent[p as usize],
+            "partition {p} of the output holds its input partition's records, each once, in order"
+        );
+    }
+    // Nothing more arrives past them.
+    let total = read_all(&mut client, "out", 2, 300).len();
+    assert_eq!(total, 300);
+}
+
 /// The headers of `record` a client gave (the engine's own, `flowd-*`, left out).
 fn client_headers(headers: &[(String, Vec<u8>)]) -> Vec<(String, String)> {
     headers
