@@ -147,6 +147,38 @@ fn a_segment_whose_making_never_finished_is_removed() {
     assert!(log.recovery().unfinished_segments.is_empty());
 }
 
+/// Every disk a power cut could leave, from `from` of the trace's operations on, a few
+/// page and name choices each, opened with `options` and handed to `check` with the
+/// cut's position; each must open. Returns how many were opened (a cut before the
+/// directory itself was made leaves nothing to open).
+fn open_every_cut(
+    root: &Path,
+    trace: &flowd::storage::powercut::Trace,
+    from: usize,
+    options: &LogOptions,
+    check: impl Fn(&PartitionLog, usize),
+) -> usize {
+    let total = trace.ops.len();
+    let mut opened = 0;
+    for crash_at in from..=total {
+        for seed in 0..6u64 {
+            let into = root.join(format!("cut-{crash_at}-{seed}"));
+            trace.cut(crash_at, seed * 7919 + crash_at as u64, &into).unwrap();
+            if !into.exists() {
+                continue;
+            }
+            let log = PartitionLog::open(&into, options.clone()).unwrap_or_else(|e| {
+                panic!("a power cut after {crash_at} of {total} operations, seed {seed}: {e}")
+            });
+            check(&log, crash_at);
+            opened += 1;
+            drop(log);
+            std::fs::remove_dir_all(&into).unwrap();
+        }
+    }
+    opened
+}
+
 #[test]
 fn a_power_cut_at_any_step_of_rolling_to_new_segments_opens_with_every_synced_record() {
     // A roll makes a segment in steps (file, size, header, sync, name, directory sync):
@@ -165,20 +197,15 @@ fn a_power_cut_at_any_step_of_rolling_to_new_segments_opens_with_every_synced_re
         synced_at.push((next, recording.len()));
     }
     drop(log);
-    let total = recording.len();
     let trace = recording.finish();
-    let mut opened = 0;
-    for crash_at in 0..=total {
-        for seed in 0..6u64 {
-            let into = root.path().join(format!("cut-{crash_at}-{seed}"));
-            trace.cut(crash_at, seed * 7919 + crash_at as u64, &into).unwrap();
-            if !into.exists() {
-                continue; // the cut came before the directory itself was made
-            }
-            let log = PartitionLog::open(&into, small_options(Durability::None)).unwrap_or_else(|e| {
-                panic!("a power cut after {crash_at} of {total} operations, seed {seed}: {e}")
-            });
-            let kept = assert_log_is_expected_prefix(&log);
+    let total = trace.ops.len();
+    let opened = open_every_cut(
+        root.path(),
+        &trace,
+        0,
+        &small_options(Durability::None),
+        |log, crash_at| {
+            let kept = assert_log_is_expected_prefix(log);
             let synced = synced_at
                 .iter()
                 .filter(|(_, at)| *at <= crash_at)
@@ -189,11 +216,8 @@ fn a_power_cut_at_any_step_of_rolling_to_new_segments_opens_with_every_synced_re
                 kept >= synced,
                 "a cut after {crash_at}: kept {kept} of {synced} synced records"
             );
-            opened += 1;
-            drop(log);
-            std::fs::remove_dir_all(&into).unwrap();
-        }
-    }
+        },
+    );
     assert!(opened > total, "the cuts were opened ({opened})");
 }
 
@@ -225,32 +249,27 @@ fn an_empty_segment_too_small_for_a_batch_is_replaced_in_one_step_keeping_the_lo
     assert_eq!(segments.len(), 1, "the empty segment was replaced, not sealed");
     assert_eq!((segments[0].base_offset, segments[0].next_offset), (1000, 1005));
     drop(log);
-    let total = recording.len();
     let trace = recording.finish();
-    for crash_at in reopened_at..=total {
-        for seed in 0..6u64 {
-            let into = root.path().join(format!("cut-{crash_at}-{seed}"));
-            trace.cut(crash_at, seed * 7919 + crash_at as u64, &into).unwrap();
-            let log = PartitionLog::open(&into, bigger.clone())
-                .unwrap_or_else(|e| panic!("a power cut after {crash_at} of {total} operations: {e}"));
-            assert_eq!(
-                log.start_offset(),
-                1000,
-                "a cut after {crash_at}: the log lost its start"
-            );
-            let next = log.next_offset();
-            assert!(
-                next == 1000 || next == 1005,
-                "a cut after {crash_at}: the log ends at {next}"
-            );
-            assert!(
-                crash_at < appended_at || next == 1005,
-                "a cut after {crash_at}: the acked batch is gone"
-            );
-            drop(log);
-            std::fs::remove_dir_all(&into).unwrap();
-        }
-    }
+    let opened = open_every_cut(root.path(), &trace, reopened_at, &bigger, |log, crash_at| {
+        assert_eq!(
+            log.start_offset(),
+            1000,
+            "a cut after {crash_at}: the log lost its start"
+        );
+        let next = log.next_offset();
+        assert!(
+            next == 1000 || next == 1005,
+            "a cut after {crash_at}: the log ends at {next}"
+        );
+        assert!(
+            crash_at < appended_at || next == 1005,
+            "a cut after {crash_at}: the acked batch is gone"
+        );
+    });
+    assert!(
+        opened > trace.ops.len() - reopened_at,
+        "every cut was opened ({opened})"
+    );
 }
 
 #[test]
