@@ -13,6 +13,7 @@
 //! | point            | what `return` does                                              |
 //! |------------------|-----------------------------------------------------------------|
 //! | `fdatasync`      | the fdatasync of a segment file fails with EIO (`return(TEXT)`: only of a file whose path contains TEXT) |
+//! | `dir-fsync`      | the fsync of a partition directory fails with EIO (`return(TEXT)`: only of one whose path contains TEXT) |
 //! | `journal-txn-written` | SIGKILL once a transaction's journal entry is written, before it is durable |
 //! | `journal-txn-durable` | SIGKILL once the entry is durable, before any part is appended |
 //! | `journal-txn-part`    | SIGKILL once the first of several parts is appended (the others perhaps not yet) |
@@ -79,6 +80,18 @@ pub fn fdatasync_fails(path: &std::path::Path) -> bool {
         }
     }
     let _ = path;
+    false
+}
+
+/// Whether the fail point `dir-fsync` says this fsync of the directory `dir` fails.
+pub fn dir_fsync_fails(dir: &std::path::Path) -> bool {
+    #[cfg(feature = "failpoints")]
+    {
+        if let Some(only) = fail::eval("dir-fsync", |arg| arg) {
+            return only.is_none_or(|text| dir.to_string_lossy().contains(&text));
+        }
+    }
+    let _ = dir;
     false
 }
 

@@ -151,10 +151,10 @@ pub fn rename_new(from: &Path, to: &Path) -> io::Result<()> {
     };
     if rc != 0 {
         let error = io::Error::last_os_error();
-        if error.raw_os_error() != Some(libc::EINVAL) {
+        if !matches!(error.raw_os_error(), Some(libc::EINVAL | libc::ENOSYS)) {
             return Err(error);
         }
-        // A file system without RENAME_NOREPLACE: look, then rename. The partition lock
+        // A file system (or kernel) without RENAME_NOREPLACE: look, then rename. The partition lock
         // keeps every other writer out of the directory between the two.
         if to.symlink_metadata().is_ok() {
             return Err(io::Error::from_raw_os_error(libc::EEXIST));

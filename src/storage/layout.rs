@@ -221,6 +221,13 @@ fn sorted_dirs(dir: &Path) -> Result<Vec<PathBuf>> {
 
 /// fsync a directory, making the names created or removed in it durable.
 pub fn sync_dir(dir: &Path) -> Result<()> {
+    if crate::storage::faults::dir_fsync_fails(dir) {
+        return Err(StorageError::Io {
+            action: "sync directory",
+            path: dir.to_path_buf(),
+            source: std::io::Error::from_raw_os_error(libc::EIO),
+        });
+    }
     crate::storage::io::sync_dir(dir).map_err(StorageError::io("sync directory", dir))
 }
 

@@ -306,6 +306,18 @@ impl PartitionLog {
         self.poisoned_error(cause)
     }
 
+    /// A segment not made: its error when nothing changed; once its name was given (the
+    /// directory sync after failed), what the directory holds is unknown, perhaps the
+    /// new file in place of the active segment: poisoned, nothing more is written.
+    fn unmade(&self, unmade: segment::Unmade) -> StorageError {
+        if !unmade.named {
+            return unmade.error;
+        }
+        let cause = format!("making a segment after naming it failed: {}", unmade.error);
+        self.tracker.poison(cause.clone());
+        self.poisoned_error(cause)
+    }
+
     fn poisoned_error(&self, cause: String) -> StorageError {
         StorageError::Poisoned {
             dir: self.dir.clone(),
@@ -516,7 +528,8 @@ impl PartitionLog {
                 self.active(),
                 self.options.segment_bytes,
                 self.options.index_interval_bytes,
-            )?;
+            )
+            .map_err(|unmade| self.unmade(unmade))?;
             let active = self
                 .segments
                 .last_mut()
@@ -529,7 +542,8 @@ impl PartitionLog {
             base,
             self.options.segment_bytes,
             self.options.index_interval_bytes,
-        )?;
+        )
+        .map_err(|unmade| self.unmade(unmade))?;
         debug_assert!(batch_bytes <= segment.room());
         let active = self
             .segments
@@ -735,7 +749,9 @@ impl PartitionLog {
                     .map_err(StorageError::io("remove a segment before the new start", path))?;
             }
             layout::sync_dir(dir)?;
-            Segment::create(dir, offset, options.segment_bytes, options.index_interval_bytes).map(drop)
+            Segment::create(dir, offset, options.segment_bytes, options.index_interval_bytes)
+                .map(drop)
+                .map_err(StorageError::from)
         })
     }
 
@@ -986,4 +1002,75 @@ fn recover_segments(dir: &Path, options: &LogOptions) -> Result<(Vec<Segment>, R
     }
     report.segments = segments.len();
     Ok((segments, report))
+}
+
+#[cfg(all(test, feature = "failpoints"))]
+mod tests {
+    use super::*;
+    use crate::storage::Record;
+
+    fn options(segment_bytes: u64) -> LogOptions {
+        LogOptions {
+            segment_bytes,
+            durability: Durability::Every,
+            max_record_bytes: 16 * 1024,
+            unsynced_bytes_max: 256 * 1024,
+            ..LogOptions::default()
+        }
+    }
+
+    /// Appends 10 KB records one at a time until one fails (bounded); that error.
+    fn append_until_refused(log: &mut PartitionLog) -> StorageError {
+        let value = vec![7u8; 10 * 1024];
+        for _ in 0..100 {
+            if let Err(error) = log.append(&[Record::new(1, &value)]) {
+                return error;
+            }
+        }
+        panic!("100 records of 10 KB went into 64 KiB segments without a roll");
+    }
+
+    #[test]
+    fn a_segment_named_but_not_made_durable_poisons_its_log() {
+        // Only the directory sync after the rename fails: the directory may hold the
+        // new segment (for a replaced empty one, in its place), so nothing more may be
+        // written to the log, whose active segment it may no longer name.
+        let root = tempfile::tempdir().unwrap();
+        let marker = root.path().file_name().unwrap().to_str().unwrap().to_owned();
+        let rolled = root.path().join("rolled");
+        let replaced = root.path().join("replaced");
+        let mut log = PartitionLog::open(&rolled, options(64 * 1024)).unwrap();
+        PartitionLog::open(&replaced, options(64 * 1024))
+            .unwrap()
+            .close()
+            .unwrap();
+        let mut bigger = PartitionLog::open(&replaced, options(1 << 20)).unwrap();
+        fail::cfg("dir-fsync", &format!("return({marker})")).unwrap();
+        let roll = append_until_refused(&mut log);
+        // An empty 64 KiB segment, a batch of five 15 KB records: replaced, not sealed.
+        let value = vec![7u8; 15 * 1024];
+        let batch: Vec<Record> = (0..5).map(|_| Record::new(1, &value)).collect();
+        let replace = bigger.append(&batch).unwrap_err();
+        fail::remove("dir-fsync");
+        for (what, error, log) in [
+            ("a roll", roll, &mut log),
+            ("a replacement", replace, &mut bigger),
+        ] {
+            assert!(matches!(error, StorageError::Poisoned { .. }), "{what}: {error}");
+            assert!(error.to_string().contains("after naming it"), "{what}: {error}");
+            let again = log.append(&[Record::new(1, b"later")]).unwrap_err();
+            assert!(matches!(again, StorageError::Poisoned { .. }), "{what}: {again}");
+        }
+        drop((log, bigger));
+        // Reopened, each holds what it acked, and takes appends again.
+        let log = PartitionLog::open(&rolled, options(64 * 1024)).unwrap();
+        assert!(
+            log.next_offset() >= 5,
+            "the acked records are there: {}",
+            log.next_offset()
+        );
+        let mut bigger = PartitionLog::open(&replaced, options(1 << 20)).unwrap();
+        assert_eq!(bigger.next_offset(), 0);
+        bigger.append(&batch).unwrap();
+    }
 }

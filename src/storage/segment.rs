@@ -153,6 +153,22 @@ pub(crate) struct Segment {
     sealed: bool,
 }
 
+/// A segment that could not be made. `named`: it had its real name already (only the
+/// directory sync or the mapping after failed), so the directory may hold it, in place
+/// of the segment it replaced too: its log must take no more writes (it is poisoned, as
+/// after a failed fdatasync). Otherwise nothing changed.
+#[derive(Debug)]
+pub(crate) struct Unmade {
+    pub error: StorageError,
+    pub named: bool,
+}
+
+impl From<Unmade> for StorageError {
+    fn from(unmade: Unmade) -> StorageError {
+        unmade.error
+    }
+}
+
 /// How a new segment takes its name.
 #[derive(Clone, Copy)]
 enum Naming {
@@ -190,14 +206,23 @@ impl Segment {
     /// midway leaves a `.creating` file (opening removes it) or nothing, never a real name
     /// on a torn header, which would look just like a damaged segment. (Another file's
     /// directory sync can make a new name durable before this one syncs its own.)
-    pub fn create(dir: &Path, base_offset: u64, capacity: u64, index_interval_bytes: u32) -> Result<Segment> {
+    pub fn create(
+        dir: &Path,
+        base_offset: u64,
+        capacity: u64,
+        index_interval_bytes: u32,
+    ) -> Result<Segment, Unmade> {
         Segment::make(dir, base_offset, capacity, index_interval_bytes, Naming::New)
     }
 
     /// Makes a segment of `capacity` in place of the empty segment `old`, taking its name
     /// in one rename: a crash leaves the old one or the new one, never neither (which
     /// would lose the log's start offset). On an error `old` is as it was.
-    pub fn create_in_place_of(old: &Segment, capacity: u64, index_interval_bytes: u32) -> Result<Segment> {
+    pub fn create_in_place_of(
+        old: &Segment,
+        capacity: u64,
+        index_interval_bytes: u32,
+    ) -> Result<Segment, Unmade> {
         assert!(old.is_empty(), "only an empty segment is replaced");
         let dir = old
             .path()
@@ -218,12 +243,15 @@ impl Segment {
         capacity: u64,
         index_interval_bytes: u32,
         naming: Naming,
-    ) -> Result<Segment> {
+    ) -> Result<Segment, Unmade> {
+        let unmade = |error| Unmade { error, named: false };
         let path = dir.join(layout::segment_file_name(base_offset));
         let creating = dir.join(layout::creating_segment_file_name(base_offset));
-        let file = io::create_new(&creating).map_err(|e| {
-            no_space(dir, e).unwrap_or_else(|e| StorageError::io("create segment", &creating)(e))
-        })?;
+        let file = io::create_new(&creating)
+            .map_err(|e| {
+                no_space(dir, e).unwrap_or_else(|e| StorageError::io("create segment", &creating)(e))
+            })
+            .map_err(unmade)?;
         let header = SegmentHeader {
             format_version: FORMAT_VERSION,
             base_offset,
@@ -242,11 +270,12 @@ impl Segment {
             // this fail too, the next open removes it).
             drop(file);
             let _ = io::remove_file(&creating);
-            return Err(error);
+            return Err(unmade(error));
         }
+        let named = |error| Unmade { error, named: true };
         // A new segment's name is not durable until its directory is, and no record may
         // be acked in a segment that could vanish.
-        layout::sync_dir(dir)?;
+        layout::sync_dir(dir).map_err(named)?;
         let recovered = Recovered {
             point: SyncPoint {
                 data_end: SEGMENT_HEADER_BYTES,
@@ -257,7 +286,7 @@ impl Segment {
             index: SparseIndex::new(index_interval_bytes),
             marker: None,
         };
-        Segment::map(path, file, header, recovered, Access::Append)
+        Segment::map(path, file, header, recovered, Access::Append).map_err(named)
     }
 
     /// Preallocates a new segment file and writes and syncs its header.
@@ -651,7 +680,9 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join(layout::segment_file_name(7));
         std::fs::write(&path, b"an existing segment").unwrap();
-        let error = Segment::create(dir.path(), 7, 64 * 1024, 512).err().unwrap();
+        let unmade = Segment::create(dir.path(), 7, 64 * 1024, 512).err().unwrap();
+        assert!(!unmade.named, "nothing was named");
+        let error = unmade.error;
         assert!(error.to_string().contains("name new segment"), "{error}");
         assert_eq!(std::fs::read(&path).unwrap(), b"an existing segment");
         // The half-made one is gone, so a later try is not stopped by it.
