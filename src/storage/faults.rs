@@ -52,7 +52,7 @@ impl SyncFaults {
                 return Err(io::Error::from_raw_os_error(libc::EIO));
             }
         }
-        if fdatasync_fails(path) {
+        if sync_fails("fdatasync", path) {
             return Err(io::Error::from_raw_os_error(libc::EIO));
         }
         FSYNCS.fetch_add(1, Ordering::Relaxed);
@@ -71,27 +71,16 @@ pub const JOURNAL_TXN_POINTS: [&str; 4] = [
     "journal-txn-parts",
 ];
 
-/// Whether the fail point `fdatasync` says this fdatasync of `path` fails.
-pub fn fdatasync_fails(path: &std::path::Path) -> bool {
+/// Whether the fail point `point` (`fdatasync`, `dir-fsync`) says this sync of `path`
+/// fails: set to `return` for every path, `return(TEXT)` for those containing TEXT.
+pub fn sync_fails(point: &str, path: &std::path::Path) -> bool {
     #[cfg(feature = "failpoints")]
     {
-        if let Some(only) = fail::eval("fdatasync", |arg| arg) {
+        if let Some(only) = fail::eval(point, |arg| arg) {
             return only.is_none_or(|text| path.to_string_lossy().contains(&text));
         }
     }
-    let _ = path;
-    false
-}
-
-/// Whether the fail point `dir-fsync` says this fsync of the directory `dir` fails.
-pub fn dir_fsync_fails(dir: &std::path::Path) -> bool {
-    #[cfg(feature = "failpoints")]
-    {
-        if let Some(only) = fail::eval("dir-fsync", |arg| arg) {
-            return only.is_none_or(|text| dir.to_string_lossy().contains(&text));
-        }
-    }
-    let _ = dir;
+    let _ = (point, path);
     false
 }
 

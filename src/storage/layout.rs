@@ -221,7 +221,7 @@ fn sorted_dirs(dir: &Path) -> Result<Vec<PathBuf>> {
 
 /// fsync a directory, making the names created or removed in it durable.
 pub fn sync_dir(dir: &Path) -> Result<()> {
-    if crate::storage::faults::dir_fsync_fails(dir) {
+    if crate::storage::faults::sync_fails("dir-fsync", dir) {
         return Err(StorageError::Io {
             action: "sync directory",
             path: dir.to_path_buf(),
