@@ -38,7 +38,8 @@ pub fn consume(
 
 /// Claims and acks `records` records from the start of the topic in batches of `batch`
 /// over one connection, as a new consumer: per partition one claim in flight, and each
-/// ack sent with the next claim.
+/// ack sent with the next claim. Claims in flight never ask for more than is left to
+/// read, so exactly `records` are read when the topic holds that many or more.
 fn claim_and_ack(
     target: &Target,
     partitions: u32,
@@ -53,33 +54,41 @@ fn claim_and_ack(
         std::process::id(),
         crate::storage::layout::now_ms()
     );
-    let claim = |client: &mut Client, p: u32| {
+    let claim = |client: &mut Client, p: u32, count: u32| {
         client.send(&Request::Claim(ClaimRequest {
             topic: &target.topic,
             group: &group,
             partition: Some(p),
-            count: batch,
+            count,
             max_bytes: 1 << 20,
             create: Some(Options::default()),
         }))
     };
     let mut h = histogram();
-    // Per request id: (partition, claim sent at).
-    let mut claims: HashMap<u64, (u32, Instant)> = HashMap::new();
+    // Per request id: (partition, records asked for, claim sent at).
+    let mut claims: HashMap<u64, (u32, u32, Instant)> = HashMap::new();
     let mut acks: HashMap<u64, Instant> = HashMap::new();
+    let mut consumed = 0u64;
+    // What the next claim asks for: a batch, or what is left that no claim in flight asks.
+    let next_count = |consumed: u64, claims: &HashMap<u64, (u32, u32, Instant)>| {
+        let asked: u64 = claims.values().map(|c| u64::from(c.1)).sum();
+        records.saturating_sub(consumed + asked).min(u64::from(batch)) as u32
+    };
     let started = Instant::now();
     for p in 0..partitions {
-        let id = claim(&mut client, p)?;
-        claims.insert(id, (p, Instant::now()));
+        let count = next_count(consumed, &claims);
+        if count > 0 {
+            let id = claim(&mut client, p, count)?;
+            claims.insert(id, (p, count, Instant::now()));
+        }
     }
     client.flush()?;
-    let mut consumed = 0u64;
     let mut empty = vec![false; partitions as usize];
     while !(claims.is_empty() && acks.is_empty()) {
         let (id, response) = client.recv()?;
         match server_error(response)? {
             Response::Claimed(c) => {
-                let (p, t0) = claims
+                let (p, _, t0) = claims
                     .remove(&id)
                     .ok_or_else(|| BenchError::Run(format!("unknown claim {id}")))?;
                 if c.partition.is_none() {
@@ -94,9 +103,10 @@ fn claim_and_ack(
                     partition: p,
                 }))?;
                 acks.insert(ack, t0);
-                if consumed < records {
-                    let id = claim(&mut client, p)?;
-                    claims.insert(id, (p, Instant::now()));
+                let count = next_count(consumed, &claims);
+                if count > 0 {
+                    let id = claim(&mut client, p, count)?;
+                    claims.insert(id, (p, count, Instant::now()));
                 }
                 client.flush()?;
             }
