@@ -119,6 +119,8 @@ pub struct Metrics {
     pub produce_latency: Latency,
     /// Job taken to its answer.
     pub job_latency: Latency,
+    /// When counting began: every counter was 0 then.
+    pub since: std::time::Instant,
 }
 
 impl Metrics {
@@ -159,6 +161,7 @@ impl Metrics {
             errors: Default::default(),
             produce_latency: Latency::new(shards),
             job_latency: Latency::new(shards),
+            since: std::time::Instant::now(),
         }
     }
 

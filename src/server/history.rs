@@ -27,7 +27,7 @@ use std::time::Duration;
 
 use hdrhistogram::Histogram;
 
-use crate::protocol::status::Status;
+use crate::protocol::status::TopicStatus;
 
 /// How often a sample is taken.
 pub const INTERVAL: Duration = Duration::from_secs(2);
@@ -67,6 +67,23 @@ struct Last {
     topics: HashMap<String, u64>,
     produce: Histogram<u64>,
     job: Histogram<u64>,
+}
+
+impl Last {
+    /// The first interval begins where the counters do, at the engine's start from zero,
+    /// not when the sampler first runs: shard 0 may get to it only after other shards
+    /// took a load, which would otherwise fall before the first interval and never show.
+    fn from_start(metrics: &crate::metrics::Metrics) -> Last {
+        Last {
+            at: metrics.since,
+            records_in: 0,
+            records_out: 0,
+            jobs: 0,
+            topics: HashMap::new(),
+            produce: Histogram::new_from(&metrics.produce_latency.merged()),
+            job: Histogram::new_from(&metrics.job_latency.merged()),
+        }
+    }
 }
 
 impl History {
@@ -154,7 +171,13 @@ fn window_quantiles(now: &Histogram<u64>, before: &Histogram<u64>) -> (f64, f64)
     )
 }
 
-fn sample(status: &Status, metrics: &crate::metrics::Metrics, last: &mut Last) -> Vec<(String, f64)> {
+/// One sample of the counters in `metrics` and of `statuses` (a status's topics, the
+/// engine's own included), as rates and levels since `last`, which it then becomes.
+fn sample<'a>(
+    statuses: impl Iterator<Item = &'a TopicStatus>,
+    metrics: &crate::metrics::Metrics,
+    last: &mut Last,
+) -> Vec<(String, f64)> {
     let now = std::time::Instant::now();
     let secs = now.duration_since(last.at).as_secs_f64().max(0.001);
     let rate = |now: u64, before: u64| now.saturating_sub(before) as f64 / secs;
@@ -176,7 +199,7 @@ fn sample(status: &Status, metrics: &crate::metrics::Metrics, last: &mut Last) -
     ];
     let mut topics = HashMap::new();
     let mut lags: BTreeMap<String, u64> = BTreeMap::new();
-    for topic in status.topics.iter().chain(&status.internal_topics) {
+    for topic in statuses {
         let next: u64 = topic.partitions.iter().map(|p| p.next_offset).sum();
         if let Some(before) = last.topics.get(&topic.name) {
             values.push((format!("in:{}", topic.name), rate(next, *before)));
@@ -214,15 +237,7 @@ pub async fn sample_forever(
     history: std::sync::Arc<History>,
 ) {
     let metrics = std::sync::Arc::clone(&shard.shared.metrics);
-    let mut last = Last {
-        at: std::time::Instant::now(),
-        records_in: metrics.records_in.get(),
-        records_out: metrics.records_fetched.get() + metrics.records_claimed.get(),
-        jobs: metrics.jobs.get(),
-        topics: HashMap::new(),
-        produce: metrics.produce_latency.merged(),
-        job: metrics.job_latency.merged(),
-    };
+    let mut last = Last::from_start(&metrics);
     let control = &shard.shared.control;
     let mut wait = INTERVAL;
     let mut sampled_at = std::time::Instant::now();
@@ -234,7 +249,11 @@ pub async fn sample_forever(
         }
         sampled_at = std::time::Instant::now();
         let status = front.status(&shard, true, &front.relays).await;
-        let values = sample(&status, &metrics, &mut last);
+        let values = sample(
+            status.topics.iter().chain(&status.internal_topics),
+            &metrics,
+            &mut last,
+        );
         // Idle means idle: while nothing moves and nobody watches, samples come ever
         // more seldom (up to IDLE_INTERVAL_MAX); any change, or a look at the charts,
         // brings them back to every INTERVAL.
@@ -290,6 +309,29 @@ async fn until_due(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_load_taken_before_the_sampler_first_runs_shows_in_its_first_sample() {
+        let metrics = crate::metrics::Metrics::new(1);
+        metrics.records_in.add(1000);
+        metrics.jobs.add(10);
+        metrics.produce_latency.record(0, Duration::from_micros(250));
+        let mut last = Last::from_start(&metrics);
+        let values: BTreeMap<String, f64> = sample(std::iter::empty(), &metrics, &mut last)
+            .into_iter()
+            .collect();
+        assert!(values["in"] > 0.0, "{values:?}");
+        assert!(values["jobs"] > 0.0, "{values:?}");
+        assert!(values["produce_p50_us"] > 0.0, "{values:?}");
+        let values: BTreeMap<String, f64> = sample(std::iter::empty(), &metrics, &mut last)
+            .into_iter()
+            .collect();
+        assert_eq!(
+            (values["in"], values["produce_p50_us"]),
+            (0.0, 0.0),
+            "counted once"
+        );
+    }
 
     #[test]
     fn rings_are_bounded_in_points_and_series_and_say_what_they_refused() {
