@@ -329,21 +329,82 @@ fn a_peer_back_on_an_empty_data_directory_is_not_counted_until_it_copied_its_rep
 }
 
 /// `batches` batches of 20 records of about 100 bytes to each of partitions 0 and 1
-/// through `server`, each acked: the values by partition, in offset order.
-fn fill_partitions_0_and_1(server: &Server, batches: usize) -> BTreeMap<u32, Vec<String>> {
-    let mut client = Client::connect(&server.tcp).unwrap();
+/// through the first of `servers` (every peer of the cluster), each acked once: the
+/// values by partition, in offset order.
+fn fill_partitions_0_and_1(servers: &[&Server], batches: usize) -> BTreeMap<u32, Vec<String>> {
+    let mut client = Client::connect(&servers[0].tcp).unwrap();
     let mut acked: BTreeMap<u32, Vec<String>> = BTreeMap::new();
     for batch in 0..batches {
         for partition in [0u32, 1] {
             let values: Vec<String> = (0..20)
                 .map(|i| format!("p{partition}-{batch}-{i}-{}", "x".repeat(80)))
                 .collect();
-            let records: Vec<_> = values.iter().map(|v| record(v)).collect();
-            client.produce_batch("events", Some(partition), &records).unwrap();
-            acked.entry(partition).or_default().extend(values);
+            let values_so_far = acked.entry(partition).or_default();
+            let end = values_so_far.len() as u64;
+            produce_once(servers, &mut client, partition, end, &values);
+            values_so_far.extend(values);
         }
     }
     acked
+}
+
+/// Writes `values` as one batch to `partition` of "events", which ends at `end` (this is
+/// its only producer), exactly once. A refused batch may or may not have been written
+/// (its leadership moved before a quorum held it, say, as a loaded machine can make
+/// happen): the partition's copies are waited on until they agree on where it ends, and
+/// that says whether the batch is in (it ends past the batch) or is sent again (it ends
+/// where it did). Never more than five tries.
+fn produce_once(servers: &[&Server], client: &mut Client, partition: u32, end: u64, values: &[String]) {
+    let records: Vec<_> = values.iter().map(|v| record(v)).collect();
+    let mut refusals = Vec::new();
+    while refusals.len() < 5 {
+        match client.produce_batch("events", Some(partition), &records) {
+            Ok(offsets) => {
+                assert_eq!(
+                    offsets[0].1, end,
+                    "partition {partition}: the batch lands where it ends"
+                );
+                return;
+            }
+            Err(error) => refusals.push(error.to_string()),
+        }
+        let mut agreed = None;
+        wait_until(
+            "the partition's copies agree on where it ends, under one leader",
+            Duration::from_secs(60),
+            || {
+                agreed = agreed_end(servers, partition);
+                agreed.is_some()
+            },
+        );
+        match agreed {
+            Some(now) if now == end + values.len() as u64 => return,
+            Some(now) if now == end => {}
+            now => panic!(
+                "partition {partition} ends at {now:?}, neither {end} nor past the batch: {refusals:?}"
+            ),
+        }
+        *client = Client::connect(&servers[0].tcp).unwrap();
+    }
+    panic!("partition {partition}: a batch refused five times: {refusals:?}");
+}
+
+/// Where `partition` ends when its three copies agree on it under one leader, each
+/// holding it all and the leader's high-water mark there (a leader chosen later holds
+/// it too).
+fn agreed_end(servers: &[&Server], partition: u32) -> Option<u64> {
+    let copies: Vec<_> = servers
+        .iter()
+        .filter_map(|s| replicas(s).remove(&u64::from(partition)))
+        .filter(|(role, ..)| role == "leader" || role == "follower")
+        .collect();
+    let leaders = copies.iter().filter(|(role, ..)| role == "leader").count();
+    let (_, epoch, next, hwm) = copies.first()?.clone();
+    (copies.len() == 3
+        && leaders == 1
+        && hwm == next
+        && copies.iter().all(|c| c.1 == epoch && c.2 == next && c.3 == hwm))
+    .then_some(next)
 }
 
 /// The partitions' first offsets in `peer`'s data directory (the name of each first
@@ -386,7 +447,7 @@ fn a_copy_made_after_retention_deleted_the_leaders_oldest_segments_starts_where_
     wait_led(&[&first, &second, &third]);
 
     // About 800 KB in each of partitions 0 and 1: retention keeps about 192 KiB of them.
-    let acked = fill_partitions_0_and_1(&first, 400);
+    let acked = fill_partitions_0_and_1(&[&first, &second, &third], 400);
     let all = [&first, &second, &third];
     wait_until(
         "every copy holds every record and retention deleted the oldest segments everywhere",
@@ -473,7 +534,7 @@ fn a_leader_gone_past_the_grace_while_another_copy_is_damaged_leads_again_when_i
     fn every(servers: &[Server]) -> Vec<&Server> {
         servers.iter().collect()
     }
-    let acked: Vec<String> = fill_partitions_0_and_1(&servers[0], 100)
+    let acked: Vec<String> = fill_partitions_0_and_1(&every(&servers), 100)
         .into_values()
         .flatten()
         .collect();
@@ -555,7 +616,7 @@ fn a_flipped_bit_and_a_truncated_segment_on_one_replica_are_repaired_from_the_ot
     wait_led(&[&first, &second, &third]);
 
     // Enough records that partitions 0 and 1 fill several 64 KiB segments everywhere.
-    let acked: Vec<String> = fill_partitions_0_and_1(&first, 200)
+    let acked: Vec<String> = fill_partitions_0_and_1(&[&first, &second, &third], 200)
         .into_values()
         .flatten()
         .collect();
