@@ -154,8 +154,8 @@ pub fn rename_new(from: &Path, to: &Path) -> io::Result<()> {
         if !matches!(error.raw_os_error(), Some(libc::EINVAL | libc::ENOSYS)) {
             return Err(error);
         }
-        // A file system (or kernel) without RENAME_NOREPLACE: look, then rename. The partition lock
-        // keeps every other writer out of the directory between the two.
+        // A file system (or kernel) without RENAME_NOREPLACE: look, then rename. The
+        // partition lock keeps every other writer out of the directory between the two.
         if to.symlink_metadata().is_ok() {
             return Err(io::Error::from_raw_os_error(libc::EEXIST));
         }

@@ -88,25 +88,30 @@ type Read = (Vec<u8>, Vec<(String, Vec<u8>)>);
 fn read_all(client: &mut Client, topic: &str, partitions: u32, count: usize) -> Vec<Read> {
     let deadline = Instant::now() + Duration::from_secs(30);
     loop {
-        let mut all = Vec::new();
-        for p in 0..partitions {
-            let mut from = 0;
-            loop {
-                let fetched = client.fetch(topic, p, FetchFrom::Offset(from), 1000, 0).unwrap();
-                if fetched.records.is_empty() {
-                    break;
-                }
-                for (offset, r) in &fetched.records {
-                    from = offset + 1;
-                    let headers = r.headers.iter().map(|(n, v)| (n.clone(), v.clone())).collect();
-                    all.push((r.value.clone(), headers));
-                }
-            }
-        }
+        let all: Vec<Read> = (0..partitions)
+            .flat_map(|p| read_partition(client, topic, p))
+            .collect();
         if all.len() >= count || Instant::now() > deadline {
             return all;
         }
         crate::support::pace(Duration::from_millis(50));
+    }
+}
+
+/// Every record partition `p` of `topic` holds now, in offset order.
+fn read_partition(client: &mut Client, topic: &str, p: u32) -> Vec<Read> {
+    let mut records = Vec::new();
+    let mut from = 0;
+    loop {
+        let fetched = client.fetch(topic, p, FetchFrom::Offset(from), 1000, 0).unwrap();
+        if fetched.records.is_empty() {
+            return records;
+        }
+        for (offset, r) in &fetched.records {
+            from = offset + 1;
+            let headers = r.headers.iter().map(|(n, v)| (n.clone(), v.clone())).collect();
+            records.push((r.value.clone(), headers));
+        }
     }
 }
 
@@ -257,20 +262,19 @@ fn issue20_a_record_as_large_as_a_client_may_send_passes_a_pass_through_stage() 
 /// `count` arrived (bounded).
 fn numbers_in_partition(client: &mut Client, topic: &str, p: u32, count: usize) -> Vec<u64> {
     let deadline = Instant::now() + Duration::from_secs(30);
-    let mut numbers = Vec::new();
-    let mut from = 0;
-    while numbers.len() < count && Instant::now() < deadline {
-        let fetched = client.fetch(topic, p, FetchFrom::Offset(from), 1000, 0).unwrap();
-        if fetched.records.is_empty() {
-            crate::support::pace(Duration::from_millis(20));
+    loop {
+        let records = read_partition(client, topic, p);
+        if records.len() >= count || Instant::now() > deadline {
+            return records
+                .iter()
+                .map(|(value, _)| {
+                    let v: serde_json::Value = serde_json::from_slice(value).unwrap();
+                    v["i"].as_u64().unwrap()
+                })
+                .collect();
         }
-        for (offset, r) in &fetched.records {
-            from = offset + 1;
-            let v: serde_json::Value = serde_json::from_slice(&r.value).unwrap();
-            numbers.push(v["i"].as_u64().unwrap());
-        }
+        crate::support::pace(Duration::from_millis(20));
     }
-    numbers
 }
 
 #[test]
