@@ -434,6 +434,7 @@ pub async fn fetch_local(shard: &Shard, order: &FetchOrder) -> FetchAnswer {
         &mut writer,
         &mut out,
         log.read_committed(position),
+        log.committed_offset().saturating_sub(position),
         order.max_records,
         order.max_bytes,
     );
@@ -516,12 +517,15 @@ fn push_frames(writer: &mut RecordsWriter, out: &mut Vec<u8>, frames: &mut Vec<R
 
 /// Pushes `views` into `writer`, skipping end-of-input markers (engine bookkeeping),
 /// until `max_records` are written or they take `max_bytes` (each clamped to the fetch
-/// limits; at least one record goes). Returns the offset after the last record read,
-/// markers included.
+/// limits; at least one record goes). `available` is how many records `views` can hold
+/// at most (the log's bound): with the first record's size it sizes `out` once, so a
+/// claim of a thousand records does not grow the frame a dozen times, copying it each
+/// time. Returns the offset after the last record read, markers included.
 pub fn copy_records<'a>(
     writer: &mut RecordsWriter,
     out: &mut Vec<u8>,
     views: impl IntoIterator<Item = RecordView<'a>>,
+    available: u64,
     max_records: u32,
     max_bytes: u32,
 ) -> Option<u64> {
@@ -538,6 +542,7 @@ pub fn copy_records<'a>(
         if headers.iter().any(|(name, _)| *name == END_HEADER) {
             continue;
         }
+        let before = out.len();
         writer.push(
             out,
             view.offset(),
@@ -546,6 +551,41 @@ pub fn copy_records<'a>(
             view.value(),
             &headers,
         );
+        if writer.count() == 1 {
+            out.reserve(room_for_the_rest(
+                out.len() - before,
+                available,
+                max_records,
+                max_bytes,
+            ));
+        }
     }
     read_to
+}
+
+/// Bytes to reserve after a first record of `first` bytes: as many more of its size as
+/// `available` and `max_records` allow, never more than `max_bytes` (the frame's bound;
+/// records of other sizes grow it as usual).
+fn room_for_the_rest(first: usize, available: u64, max_records: u32, max_bytes: usize) -> usize {
+    let rest = available.min(u64::from(max_records)).saturating_sub(1);
+    usize::try_from(rest).map_or(max_bytes, |rest| first.saturating_mul(rest).min(max_bytes))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::room_for_the_rest;
+
+    #[test]
+    fn a_frame_is_sized_for_the_records_the_log_holds_and_never_past_its_byte_bound() {
+        // A thousand asked, five held: room for four more of the first's size.
+        assert_eq!(room_for_the_rest(110, 5, 1000, 1 << 20), 440);
+        // Ten thousand held, a thousand asked: room for 999 more.
+        assert_eq!(room_for_the_rest(110, 10_000, 1000, 1 << 20), 109_890);
+        // Large records: never more than the frame's byte bound.
+        assert_eq!(room_for_the_rest(100_000, 1000, 1000, 1 << 20), 1 << 20);
+        assert_eq!(room_for_the_rest(usize::MAX / 2, u64::MAX, 10_000, 4096), 4096);
+        // Only the first record there, or none: nothing more.
+        assert_eq!(room_for_the_rest(110, 1, 1000, 1 << 20), 0);
+        assert_eq!(room_for_the_rest(110, 0, 1000, 1 << 20), 0);
+    }
 }

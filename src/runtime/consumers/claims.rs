@@ -86,7 +86,14 @@ pub(super) async fn claim(
         let mut writer = begin_claimed(&mut out, request_id);
         let mut range = None;
         if let Some(from) = from
-            && let Some(to) = copy_records(&mut writer, &mut out, log.read_committed(from), count, max_bytes)
+            && let Some(to) = copy_records(
+                &mut writer,
+                &mut out,
+                log.read_committed(from),
+                log.committed_offset().saturating_sub(from),
+                count,
+                max_bytes,
+            )
         {
             if writer.count() == 0 {
                 // Only engine markers: nothing for the client, and nothing to hold back.

@@ -41,6 +41,7 @@ pub(super) fn read_range(log: &PartitionLog, spec: &RangeSpec, request_id: u64) 
             &mut writer,
             &mut out,
             log.read_range(lo, hi),
+            hi - lo,
             spec.limit,
             spec.max_bytes,
         );
@@ -54,7 +55,8 @@ pub(super) fn read_range(log: &PartitionLog, spec: &RangeSpec, request_id: u64) 
             .take(limit as usize)
             .collect();
         views.reverse();
-        copy_records(&mut writer, &mut out, views, limit, spec.max_bytes);
+        let available = views.len() as u64;
+        copy_records(&mut writer, &mut out, views, available, limit, spec.max_bytes);
     }
     let taken = writer.count();
     writer.finish(&mut out);
