@@ -59,6 +59,25 @@ struct Buffer {
     last: (u64, u32),
     /// Batches sealed because the next output did not fit, with their provenance point.
     sealed: VecDeque<(Vec<OwnedRecord>, Point)>,
+    /// Records in the last batch handed on: the next one is sized for as many when its
+    /// first record comes, rather than grown from nothing, copied at each doubling.
+    hint: usize,
+}
+
+impl Buffer {
+    /// The records so far, handed on; the buffer starts again empty, unallocated.
+    fn take(&mut self) -> Vec<OwnedRecord> {
+        self.frame_bytes = 0;
+        self.hint = self.records.len();
+        std::mem::take(&mut self.records)
+    }
+
+    fn push(&mut self, record: OwnedRecord) {
+        if self.records.capacity() == 0 {
+            self.records.reserve(self.hint);
+        }
+        self.records.push(record);
+    }
 }
 
 pub struct Emitter {
@@ -363,13 +382,12 @@ impl Emitter {
             } else {
                 Point::whole(input + 1)
             };
-            let records = std::mem::take(&mut buffer.records);
+            let records = buffer.take();
             buffer.sealed.push_back((records, point));
-            buffer.frame_bytes = 0;
         }
         buffer.frame_bytes += frame;
         buffer.last = at;
-        buffer.records.push(record);
+        buffer.push(record);
     }
 
     /// Whether a flush is due; checked between inputs, never inside one.
@@ -391,8 +409,7 @@ impl Emitter {
             if self.buffers[q].records.is_empty() {
                 continue;
             }
-            let records = std::mem::take(&mut self.buffers[q].records);
-            self.buffers[q].frame_bytes = 0;
+            let records = self.buffers[q].take();
             let point = Point::whole(self.buffers[q].last.0 + 1);
             self.send(q as u32, records, point).await?;
         }
