@@ -9,8 +9,8 @@ use serde::{Deserialize, Serialize};
 pub use crate::consumer::cursor::{OnMax, Options, Position, Range, Start};
 use crate::protocol::error::ProtocolError;
 use crate::protocol::frame::{Kind, begin_frame, finish_frame};
-use crate::protocol::records::{ANY_PARTITION, RecordsWriter, Run, decode_items, encode_runs};
-use crate::protocol::wire::{Cursor, OwnedWireRecord, put_bytes, put_str, put_u32, put_u64};
+use crate::protocol::records::{ANY_PARTITION, RecordsWriter, Run, encode_runs, for_each_item};
+use crate::protocol::wire::{Cursor, OwnedWireRecord, WireRecord, put_bytes, put_str, put_u32, put_u64};
 
 /// Names one consumer's place in one partition.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -313,17 +313,28 @@ pub fn encode_nothing_claimed(out: &mut Vec<u8>, request_id: u64, next_offset: u
 }
 
 pub fn decode_claimed(c: &mut Cursor<'_>) -> Result<Claimed, ProtocolError> {
+    let mut records = Vec::new();
+    let mut claimed = decode_claimed_each(c, |offset, record| records.push((offset, record.to_owned())))?;
+    claimed.records = records;
+    Ok(claimed)
+}
+
+/// CLAIMED with its records handed to `each` as they lie in the body; `records` is empty.
+pub fn decode_claimed_each<'a>(
+    c: &mut Cursor<'a>,
+    each: impl FnMut(u64, WireRecord<'a>),
+) -> Result<Claimed, ProtocolError> {
     let partition = c.u32("a partition")?;
     let from = c.u64("the claim start")?;
     let to = c.u64("the claim end")?;
     let next_offset = c.u64("the next offset")?;
-    let records = decode_items(c)?;
+    for_each_item(c, each)?;
     Ok(Claimed {
         partition: (partition != ANY_PARTITION).then_some(partition),
         from,
         to,
         next_offset,
-        records,
+        records: Vec::new(),
     })
 }
 

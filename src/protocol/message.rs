@@ -6,7 +6,7 @@ use crate::protocol::consumer::{
 };
 use crate::protocol::error::{ErrorCode, ProtocolError};
 use crate::protocol::frame::{FrameHeader, Kind, begin_frame, finish_frame};
-use crate::protocol::records::{ANY_PARTITION, RecordsWriter, Run, decode_items, decode_runs, encode_runs};
+use crate::protocol::records::{ANY_PARTITION, RecordsWriter, Run, decode_runs, encode_runs, for_each_item};
 use crate::protocol::wire::{
     Cursor, END_MARKER_HEADER, OwnedWireRecord, WireRecord, encode_record, put_bytes, put_str, put_u16,
     put_u32, put_u64,
@@ -610,17 +610,37 @@ pub enum Response {
 
 impl Response {
     pub fn decode(header: &FrameHeader, body: &[u8]) -> Result<Response, ProtocolError> {
+        let mut records = Vec::new();
+        let mut response = Response::decode_each(header, body, |offset, record| {
+            records.push((offset, record.to_owned()));
+        })?;
+        match &mut response {
+            Response::Fetched(fetched) if fetched.records.is_empty() => fetched.records = records,
+            Response::Claimed(claimed) => claimed.records = records,
+            _ => {}
+        }
+        Ok(response)
+    }
+
+    /// As `decode`, but the records of FETCHED and CLAIMED are handed to `each` as they
+    /// lie in `body` (checked, not copied) and left out of the response. BATCHES, whose
+    /// records are stored batches, comes back whole.
+    pub fn decode_each<'a>(
+        header: &FrameHeader,
+        body: &'a [u8],
+        each: impl FnMut(u64, WireRecord<'a>),
+    ) -> Result<Response, ProtocolError> {
         let mut c = Cursor::new(body);
         let response = match Kind::from_u8(header.kind) {
             Some(Kind::Produced) => Response::Produced(decode_runs(&mut c)?),
             Some(Kind::Fetched) => {
                 let start_offset = c.u64("the start offset")?;
                 let next_offset = c.u64("the next offset")?;
-                let records = decode_items(&mut c)?;
+                for_each_item(&mut c, each)?;
                 Response::Fetched(Fetched {
                     start_offset,
                     next_offset,
-                    records,
+                    records: Vec::new(),
                 })
             }
             Some(Kind::Batches) => {
@@ -661,7 +681,7 @@ impl Response {
             }
             Some(Kind::Answer) => Response::Answer(c.record()?.to_owned()),
             Some(Kind::StatusReply) => Response::Status(c.bytes("the status document")?.to_vec()),
-            Some(Kind::Claimed) => Response::Claimed(consumer::decode_claimed(&mut c)?),
+            Some(Kind::Claimed) => Response::Claimed(consumer::decode_claimed_each(&mut c, each)?),
             Some(Kind::Acked) => Response::Acked {
                 partition: c.u32("a partition")?,
                 from: c.u64("the range start")?,
@@ -716,6 +736,65 @@ mod tests {
     fn decode_response(bytes: &[u8]) -> Response {
         let frame = parse_frame(bytes, 1 << 20).unwrap().expect("whole frame");
         Response::decode(&frame.header, frame.body).unwrap()
+    }
+
+    #[test]
+    fn records_handed_in_place_are_the_records_decoded_whole_and_the_rest_is_the_same() {
+        let mut out = Vec::new();
+        let mut w = RecordsWriter::fetched(&mut out, 4, 2, 9);
+        w.push(&mut out, 3, 5, Some(b"k"), b"first", &[("h", b"1")]);
+        w.push(&mut out, 4, 6, None, b"second", &[]);
+        w.finish(&mut out);
+        let mut w = crate::protocol::consumer::begin_claimed(&mut out, 5);
+        w.push(&mut out, 7, 8, None, b"claimed", &[]);
+        w.push(&mut out, 8, 9, Some(b"k2"), b"", &[("a", b""), ("b", b"2")]);
+        crate::protocol::consumer::finish_claimed(w, &mut out, Some(1), 7, 9, 12);
+        crate::protocol::consumer::encode_acked(&mut out, 6, 1, 7, 9);
+        let mut handed = Vec::new();
+        let mut at = 0;
+        while let Some(frame) = parse_frame(&out[at..], 1 << 20).unwrap() {
+            at += frame.len;
+            let mut each = Vec::new();
+            let rest = Response::decode_each(&frame.header, frame.body, |offset, record| {
+                each.push((offset, record.to_owned()));
+            })
+            .unwrap();
+            // Decoded whole, the same answer holds the same records.
+            let (whole, expected) = match Response::decode(&frame.header, frame.body).unwrap() {
+                Response::Fetched(f) => (
+                    f.records.clone(),
+                    Response::Fetched(Fetched {
+                        records: Vec::new(),
+                        ..f
+                    }),
+                ),
+                Response::Claimed(c) => (
+                    c.records.clone(),
+                    Response::Claimed(crate::protocol::consumer::Claimed {
+                        records: Vec::new(),
+                        ..c
+                    }),
+                ),
+                other => (Vec::new(), other),
+            };
+            assert_eq!(each, whole);
+            assert_eq!(rest, expected);
+            handed.extend(
+                each.into_iter()
+                    .map(|(offset, r)| (offset, r.key, r.value, r.headers.len())),
+            );
+        }
+        assert_eq!(at, out.len());
+        let k = |k: &[u8]| Some(k.to_vec());
+        assert_eq!(
+            handed,
+            vec![
+                (3, k(b"k"), b"first".to_vec(), 1),
+                (4, None, b"second".to_vec(), 0),
+                (7, None, b"claimed".to_vec(), 0),
+                (8, k(b"k2"), Vec::new(), 2),
+            ]
+        );
     }
 
     #[test]

@@ -4,7 +4,9 @@
 
 use crate::protocol::error::ProtocolError;
 use crate::protocol::frame::{Kind, begin_frame, finish_frame};
-use crate::protocol::wire::{Cursor, OwnedWireRecord, encode_record, put_bytes, put_u16, put_u32, put_u64};
+use crate::protocol::wire::{
+    Cursor, OwnedWireRecord, WireRecord, encode_record, put_bytes, put_u16, put_u32, put_u64,
+};
 
 /// Partition value meaning "the server picks".
 pub const ANY_PARTITION: u32 = u32::MAX;
@@ -53,17 +55,27 @@ pub fn decode_runs(c: &mut Cursor<'_>) -> Result<Vec<Vec<Run>>, ProtocolError> {
 
 /// The `(offset, record)` items `RecordsWriter` writes, after their count.
 pub fn decode_items(c: &mut Cursor<'_>) -> Result<Vec<(u64, OwnedWireRecord)>, ProtocolError> {
+    let mut records = Vec::new();
+    for_each_item(c, |offset, record| records.push((offset, record.to_owned())))?;
+    Ok(records)
+}
+
+/// The items as `decode_items` reads them, each handed to `each` as it lies in the body
+/// (checked, not copied).
+pub fn for_each_item<'a>(
+    c: &mut Cursor<'a>,
+    mut each: impl FnMut(u64, WireRecord<'a>),
+) -> Result<(), ProtocolError> {
     let n = c.u32("the record count")? as usize;
-    // An item takes at least 15 bytes: a lying count fails before it allocates.
+    // An item takes at least 15 bytes: a lying count fails before anything is read.
     if n.saturating_mul(15) > c.remaining() {
         return Err(ProtocolError::malformed("a record count over the body"));
     }
-    let mut records = Vec::with_capacity(n);
     for _ in 0..n {
         let offset = c.u64("an offset")?;
-        records.push((offset, c.record()?.to_owned()));
+        each(offset, c.record()?);
     }
-    Ok(records)
+    Ok(())
 }
 
 /// `(partition, offset)` of every record, in input order, from a produce's runs.
