@@ -15,6 +15,9 @@ use crate::protocol::{
     ErrorCode, FetchFrom, FetchRequest, JobRequest, OwnedWireRecord, Request, WireRecord, parse_frame,
 };
 
+/// The largest buffer a client keeps between answers read whole (a claim or fetch of
+/// the server's largest, 1 MiB, fits).
+const RESPONSE_KEPT_MAX: usize = 4 << 20;
 /// The largest response a client accepts.
 const RESPONSE_BYTES_MAX: usize = 1 << 30;
 
@@ -282,8 +285,16 @@ impl Client {
                 .map_err(|e| ClientError::Protocol(e.message))?;
             Ok((parsed.header.request_id, response))
         });
-        self.response = frame;
+        self.keep_response(frame);
         result
+    }
+
+    /// Keeps a frame's buffer for the next read, unless an answer far larger than most
+    /// grew it: then it goes, so a client does not hold that memory for its life.
+    fn keep_response(&mut self, frame: Vec<u8>) {
+        if frame.capacity() <= RESPONSE_KEPT_MAX {
+            self.response = frame;
+        }
     }
 
     /// The connection as two halves, for a writer and a reader on different threads
@@ -414,7 +425,7 @@ impl Client {
         self.flush()?;
         let mut frame = std::mem::take(&mut self.response);
         let result = self.batched(id, &mut frame, f);
-        self.response = frame;
+        self.keep_response(frame);
         result
     }
 
