@@ -312,13 +312,6 @@ pub fn encode_nothing_claimed(out: &mut Vec<u8>, request_id: u64, next_offset: u
     finish_claimed(writer, out, None, 0, 0, next_offset);
 }
 
-pub fn decode_claimed(c: &mut Cursor<'_>) -> Result<Claimed, ProtocolError> {
-    let mut records = Vec::new();
-    let mut claimed = decode_claimed_each(c, |offset, record| records.push((offset, record.to_owned())))?;
-    claimed.records = records;
-    Ok(claimed)
-}
-
 /// CLAIMED with its records handed to `each` as they lie in the body; `records` is empty.
 pub fn decode_claimed_each<'a>(
     c: &mut Cursor<'a>,

@@ -4,9 +4,7 @@
 
 use crate::protocol::error::ProtocolError;
 use crate::protocol::frame::{Kind, begin_frame, finish_frame};
-use crate::protocol::wire::{
-    Cursor, OwnedWireRecord, WireRecord, encode_record, put_bytes, put_u16, put_u32, put_u64,
-};
+use crate::protocol::wire::{Cursor, WireRecord, encode_record, put_bytes, put_u16, put_u32, put_u64};
 
 /// Partition value meaning "the server picks".
 pub const ANY_PARTITION: u32 = u32::MAX;
@@ -53,15 +51,8 @@ pub fn decode_runs(c: &mut Cursor<'_>) -> Result<Vec<Vec<Run>>, ProtocolError> {
     Ok(all)
 }
 
-/// The `(offset, record)` items `RecordsWriter` writes, after their count.
-pub fn decode_items(c: &mut Cursor<'_>) -> Result<Vec<(u64, OwnedWireRecord)>, ProtocolError> {
-    let mut records = Vec::new();
-    for_each_item(c, |offset, record| records.push((offset, record.to_owned())))?;
-    Ok(records)
-}
-
-/// The items as `decode_items` reads them, each handed to `each` as it lies in the body
-/// (checked, not copied).
+/// The `(offset, record)` items `RecordsWriter` writes, after their count, each handed
+/// to `each` as it lies in the body (checked, not copied).
 pub fn for_each_item<'a>(
     c: &mut Cursor<'a>,
     mut each: impl FnMut(u64, WireRecord<'a>),
