@@ -20,7 +20,7 @@ use crate::bench::progress::Progress;
 use crate::bench::target::Endpoint;
 use crate::bench::{BenchError, Target, histogram, warmup_requests};
 use crate::protocol::message::{Response, encode_produce};
-use crate::protocol::{FetchFrom, OwnedWireRecord};
+use crate::protocol::{FetchFrom, FetchRequest, OwnedWireRecord};
 
 /// An output topic that stays this long without a new record ends the run with an error.
 const STALL: Duration = Duration::from_secs(30);
@@ -345,8 +345,34 @@ fn read_partition(
     let mut h = histogram();
     let mut last = Instant::now();
     while seen.load(Ordering::Relaxed) < expect && !stop.load(Ordering::Relaxed) {
-        let fetched = client.fetch(topic, partition, FetchFrom::Offset(offset), 10_000, 50)?;
-        if fetched.records.is_empty() {
+        let request = FetchRequest::new(topic, partition, FetchFrom::Offset(offset), 10_000, 50);
+        // Each record is read where it lies in the answer (checked, not copied): the
+        // client shares the machine with the engine it measures.
+        let mut arrived = None;
+        let mut n = 0u64;
+        let mut next = offset;
+        let mut unexpected = Ok(());
+        client.fetch_each(&request, |at, record| {
+            // The clock is read once per answer, when it has come.
+            let &mut (_, now_us) = arrived.get_or_insert_with(|| {
+                let now = Instant::now();
+                (now, now.duration_since(epoch).as_micros() as u64)
+            });
+            if let Some(t) = sent_micros(record.value) {
+                h.saturating_record(now_us.saturating_sub(t).max(1));
+            }
+            if let Some(check) = check
+                && unexpected.is_ok()
+            {
+                unexpected = check.note(sequence(record.value));
+            }
+            n += 1;
+            // (The answer's `next_offset` is the partition's end, not where this read
+            // stopped.)
+            next = at + 1;
+        })?;
+        unexpected?;
+        let Some((now, _)) = arrived else {
             if last.elapsed() > STALL && seen.load(Ordering::Relaxed) < expect {
                 return Err(BenchError::Run(format!(
                     "the output topic \"{topic}\" got {} of the {expect} records expected and then \
@@ -357,21 +383,9 @@ fn read_partition(
                 )));
             }
             continue;
-        }
-        let now = Instant::now();
-        let now_us = now.duration_since(epoch).as_micros() as u64;
-        for (_, record) in &fetched.records {
-            if let Some(t) = sent_micros(&record.value) {
-                h.saturating_record(now_us.saturating_sub(t).max(1));
-            }
-            if let Some(check) = check {
-                check.note(sequence(&record.value))?;
-            }
-        }
-        // (`next_offset` is the partition's end, not where this read stopped.)
-        offset = fetched.records.last().map_or(offset, |(o, _)| o + 1);
+        };
+        offset = next;
         last = now;
-        let n = fetched.records.len() as u64;
         bar.set(seen.fetch_add(n, Ordering::Relaxed) + n);
     }
     Ok((h, last))

@@ -12,7 +12,8 @@ use self::transport::{ReadSide, WriteSide};
 use crate::protocol::message::{Fetched, Metadata, Response, encode_produce, encode_produce_batch};
 use crate::protocol::records::record_offsets;
 use crate::protocol::{
-    ErrorCode, FetchFrom, FetchRequest, JobRequest, OwnedWireRecord, Request, WireRecord, parse_frame,
+    ErrorCode, FetchFrom, FetchRequest, FrameHeader, JobRequest, OwnedWireRecord, ProtocolError, Request,
+    WireRecord, parse_frame,
 };
 
 /// The largest buffer a client keeps between answers read whole (a claim or fetch of
@@ -92,8 +93,8 @@ pub struct Client {
     writer: BufWriter<WriteSide>,
     next_id: u64,
     frame: Vec<u8>,
-    /// The last response read whole, kept for its capacity (`fetch_batches_each`,
-    /// `recv_each`).
+    /// The last response's frame, kept for its capacity: an answer is read into memory
+    /// already touched, not into fresh pages the kernel zeroes for each one.
     response: Vec<u8>,
     options: ClientOptions,
 }
@@ -265,7 +266,14 @@ impl Client {
     /// The next response: `(request id, response)`.
     pub fn recv(&mut self) -> Result<(u64, Response)> {
         self.flush()?;
-        read_response(&mut self.reader, &self.addr, self.options.read_timeout)
+        let timeout = self.options.read_timeout;
+        read_kept(
+            &mut self.reader,
+            &self.addr,
+            timeout,
+            &mut self.response,
+            Response::decode,
+        )
     }
 
     /// As `recv`, but the records of a CLAIMED or FETCHED answer are handed to `each` as
@@ -273,28 +281,14 @@ impl Client {
     /// response: the way to consume fast. Other answers come back whole.
     pub fn recv_each(&mut self, each: impl FnMut(u64, WireRecord<'_>)) -> Result<(u64, Response)> {
         self.flush()?;
-        let mut frame = std::mem::take(&mut self.response);
-        let result = read_frame(
+        let timeout = self.options.read_timeout;
+        read_kept(
             &mut self.reader,
             &self.addr,
-            self.options.read_timeout,
-            &mut frame,
+            timeout,
+            &mut self.response,
+            |header, body| Response::decode_each(header, body, each),
         )
-        .and_then(|parsed| {
-            let response = Response::decode_each(&parsed.header, parsed.body, each)
-                .map_err(|e| ClientError::Protocol(e.message))?;
-            Ok((parsed.header.request_id, response))
-        });
-        self.keep_response(frame);
-        result
-    }
-
-    /// Keeps a frame's buffer for the next read, unless an answer far larger than most
-    /// grew it: then it goes, so a client does not hold that memory for its life.
-    fn keep_response(&mut self, frame: Vec<u8>) {
-        if frame.capacity() <= RESPONSE_KEPT_MAX {
-            self.response = frame;
-        }
     }
 
     /// The connection as two halves, for a writer and a reader on different threads
@@ -312,6 +306,7 @@ impl Client {
                 addr: self.addr,
                 reader: self.reader,
                 read_timeout: self.options.read_timeout,
+                response: self.response,
             },
         ))
     }
@@ -325,17 +320,23 @@ impl Client {
     /// The response to request `id`, the only one in flight; an ERROR as an error.
     pub(crate) fn answer(&mut self, id: u64) -> Result<Response> {
         let (got, response) = self.recv()?;
-        // Id 0 is the connection's own: an error the server sends before it closes
-        // (tls_required, unauthenticated, overloaded).
-        if got == 0 && matches!(response, Response::Error { .. }) {
-            return server_error(response);
+        answer_to(id, got, response)
+    }
+
+    /// As `fetch`, but each record is handed to `each` as it lies in the answer (checked,
+    /// not copied one by one) and the `Fetched` returned holds none: the way to read a
+    /// partition fast.
+    pub fn fetch_each(
+        &mut self,
+        request: &FetchRequest<'_>,
+        each: impl FnMut(u64, WireRecord<'_>),
+    ) -> Result<Fetched> {
+        let id = self.send(&Request::Fetch(request.clone()))?;
+        let (got, response) = self.recv_each(each)?;
+        match answer_to(id, got, response)? {
+            Response::Fetched(f) => Ok(f),
+            other => Err(unexpected(&other)),
         }
-        if got != id {
-            return Err(ClientError::Protocol(format!(
-                "a response to request {got}, expected {id}"
-            )));
-        }
-        server_error(response)
     }
 
     /// Proves who this client is with `token` (AUTH): the credential's name. On a server
@@ -425,7 +426,7 @@ impl Client {
         self.flush()?;
         let mut frame = std::mem::take(&mut self.response);
         let result = self.batched(id, &mut frame, f);
-        self.keep_response(frame);
+        keep(&mut self.response, frame);
         result
     }
 
@@ -565,12 +566,21 @@ pub struct ClientReader {
     addr: String,
     reader: BufReader<ReadSide>,
     read_timeout: Duration,
+    /// As `Client::response`.
+    response: Vec<u8>,
 }
 
 impl ClientReader {
     /// The next response: `(request id, response)`.
     pub fn recv(&mut self) -> Result<(u64, Response)> {
-        read_response(&mut self.reader, &self.addr, self.read_timeout)
+        let timeout = self.read_timeout;
+        read_kept(
+            &mut self.reader,
+            &self.addr,
+            timeout,
+            &mut self.response,
+            Response::decode,
+        )
     }
 }
 
@@ -595,13 +605,30 @@ fn read_error(addr: &str, waited: Duration, error: std::io::Error) -> ClientErro
     }
 }
 
-/// Reads and decodes one response frame, waiting at most `waited` for each part of it.
-fn read_response(reader: &mut BufReader<ReadSide>, addr: &str, waited: Duration) -> Result<(u64, Response)> {
-    let mut frame = Vec::new();
-    let parsed = read_frame(reader, addr, waited, &mut frame)?;
-    let response =
-        Response::decode(&parsed.header, parsed.body).map_err(|e| ClientError::Protocol(e.message))?;
-    Ok((parsed.header.request_id, response))
+/// Reads one response frame into the buffer kept in `kept`, waiting at most `waited` for
+/// each part of it, and decodes it with `decode`: `(request id, decoded)`.
+fn read_kept<T>(
+    reader: &mut BufReader<ReadSide>,
+    addr: &str,
+    waited: Duration,
+    kept: &mut Vec<u8>,
+    decode: impl FnOnce(&FrameHeader, &[u8]) -> std::result::Result<T, ProtocolError>,
+) -> Result<(u64, T)> {
+    let mut frame = std::mem::take(kept);
+    let result = read_frame(reader, addr, waited, &mut frame).and_then(|parsed| {
+        let decoded = decode(&parsed.header, parsed.body).map_err(|e| ClientError::Protocol(e.message))?;
+        Ok((parsed.header.request_id, decoded))
+    });
+    keep(kept, frame);
+    result
+}
+
+/// Keeps a frame's buffer in `kept` for the next read, unless an answer far larger than
+/// most grew it: then it goes, so a client does not hold that memory for its life.
+fn keep(kept: &mut Vec<u8>, frame: Vec<u8>) {
+    if frame.capacity() <= RESPONSE_KEPT_MAX {
+        *kept = frame;
+    }
 }
 
 /// Reads one whole response frame into `frame`.
@@ -628,6 +655,22 @@ fn read_frame<'a>(
     parse_frame(frame, RESPONSE_BYTES_MAX)
         .map_err(|e| ClientError::Protocol(e.message))?
         .ok_or_else(|| ClientError::Protocol("a short frame".into()))
+}
+
+/// Response `got` as the answer to request `id`, the only one in flight; an ERROR as an
+/// error.
+fn answer_to(id: u64, got: u64, response: Response) -> Result<Response> {
+    // Id 0 is the connection's own: an error the server sends before it closes
+    // (tls_required, unauthenticated, overloaded).
+    if got == 0 && matches!(response, Response::Error { .. }) {
+        return server_error(response);
+    }
+    if got != id {
+        return Err(ClientError::Protocol(format!(
+            "a response to request {got}, expected {id}"
+        )));
+    }
+    server_error(response)
 }
 
 /// An ERROR response as `ClientError::Server`; anything else as it is.
@@ -680,6 +723,109 @@ mod tests {
         );
         drop(client);
         silent.join().unwrap();
+    }
+
+    /// Answers request `id` with a FETCHED of `count` records from `first`, each value
+    /// `value_bytes` long and telling its offset.
+    fn fetched_frame(id: u64, first: u64, count: u64, value_bytes: usize) -> Vec<u8> {
+        let mut out = Vec::new();
+        let mut w = crate::protocol::records::RecordsWriter::fetched(&mut out, id, 0, first + count);
+        for offset in first..first + count {
+            let mut value = format!("value {offset} ").into_bytes();
+            value.resize(value_bytes.max(value.len()), b'.');
+            w.push(
+                &mut out,
+                offset,
+                offset as i64,
+                Some(b"k"),
+                &value,
+                &[("h", b"v")],
+            );
+        }
+        w.finish(&mut out);
+        out
+    }
+
+    #[test]
+    fn answers_read_into_the_kept_buffer_and_records_read_in_place_are_each_answer_exactly() {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = listener.local_addr().unwrap().to_string();
+        // A large answer, then smaller ones read into the buffer it left, then an error.
+        let answers = vec![
+            fetched_frame(1, 0, 3000, 1000),
+            fetched_frame(2, 3000, 2, 10),
+            fetched_frame(3, 3002, 3, 10),
+            {
+                let mut out = Vec::new();
+                crate::protocol::message::encode_error(
+                    &mut out,
+                    4,
+                    ErrorCode::UnknownTopic,
+                    "no topic \"t\"",
+                );
+                out
+            },
+        ];
+        let server = std::thread::spawn(move || {
+            let (mut stream, _) = listener.accept().unwrap();
+            for answer in answers {
+                let mut prefix = [0u8; 4];
+                stream.read_exact(&mut prefix).unwrap();
+                let mut request = vec![0u8; u32::from_le_bytes(prefix) as usize];
+                stream.read_exact(&mut request).unwrap();
+                stream.write_all(&answer).unwrap();
+            }
+            let mut sink = [0u8; 64];
+            while matches!(stream.read(&mut sink), Ok(n) if n > 0) {}
+        });
+        let expected = |offset: u64, value_bytes: usize| {
+            let mut value = format!("value {offset} ").into_bytes();
+            value.resize(value_bytes.max(value.len()), b'.');
+            value
+        };
+        let mut client = Client::connect(&addr).unwrap();
+        let first = client.fetch("t", 0, FetchFrom::Earliest, 3000, 0).unwrap();
+        assert_eq!(first.records.len(), 3000);
+        for (i, (offset, record)) in first.records.iter().enumerate() {
+            assert_eq!(*offset, i as u64);
+            assert_eq!(record.value, expected(*offset, 1000));
+        }
+        let second = client.fetch("t", 0, FetchFrom::Offset(3000), 3000, 0).unwrap();
+        let offsets: Vec<u64> = second.records.iter().map(|(o, _)| *o).collect();
+        assert_eq!(offsets, [3000, 3001]);
+        assert_eq!(second.records[1].1.value, expected(3001, 10));
+        assert_eq!(second.next_offset, 3002);
+        let mut handed = Vec::new();
+        let request = FetchRequest::new("t", 0, FetchFrom::Offset(3002), 3000, 0);
+        let third = client
+            .fetch_each(&request, |offset, record| {
+                handed.push((offset, record.value.to_vec(), record.key.map(<[u8]>::to_vec)))
+            })
+            .unwrap();
+        assert_eq!(
+            handed,
+            (3002..3005)
+                .map(|o| (o, expected(o, 10), Some(b"k".to_vec())))
+                .collect::<Vec<_>>()
+        );
+        assert!(third.records.is_empty());
+        assert_eq!(third.next_offset, 3005);
+        // An ERROR answer is the server's error, not an empty read.
+        let error = client
+            .fetch_each(&request, |_, _| panic!("no record"))
+            .unwrap_err();
+        assert!(
+            matches!(
+                &error,
+                ClientError::Server {
+                    code: ErrorCode::UnknownTopic,
+                    ..
+                }
+            ),
+            "{error}"
+        );
+        drop(client);
+        server.join().unwrap();
     }
 
     #[test]
