@@ -265,30 +265,25 @@ impl Client {
 
     /// The next response: `(request id, response)`.
     pub fn recv(&mut self) -> Result<(u64, Response)> {
-        self.flush()?;
-        let timeout = self.options.read_timeout;
-        read_kept(
-            &mut self.reader,
-            &self.addr,
-            timeout,
-            &mut self.response,
-            Response::decode,
-        )
+        self.read_with(Response::decode)
     }
 
     /// As `recv`, but the records of a CLAIMED or FETCHED answer are handed to `each` as
     /// they lie in the frame read (checked, not copied one by one) and left out of the
     /// response: the way to consume fast. Other answers come back whole.
     pub fn recv_each(&mut self, each: impl FnMut(u64, WireRecord<'_>)) -> Result<(u64, Response)> {
+        self.read_with(|header, body| Response::decode_each(header, body, each))
+    }
+
+    /// Flushes what is queued, then reads the next answer into the kept buffer and
+    /// decodes it with `decode`.
+    fn read_with<T>(
+        &mut self,
+        decode: impl FnOnce(&FrameHeader, &[u8]) -> std::result::Result<T, ProtocolError>,
+    ) -> Result<(u64, T)> {
         self.flush()?;
         let timeout = self.options.read_timeout;
-        read_kept(
-            &mut self.reader,
-            &self.addr,
-            timeout,
-            &mut self.response,
-            |header, body| Response::decode_each(header, body, each),
-        )
+        read_kept(&mut self.reader, &self.addr, timeout, &mut self.response, decode)
     }
 
     /// The connection as two halves, for a writer and a reader on different threads
