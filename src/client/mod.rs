@@ -720,14 +720,19 @@ mod tests {
         silent.join().unwrap();
     }
 
-    /// Answers request `id` with a FETCHED of `count` records from `first`, each value
-    /// `value_bytes` long and telling its offset.
+    /// A value `value_bytes` long (or just long enough) that tells its offset.
+    fn value_of(offset: u64, value_bytes: usize) -> Vec<u8> {
+        let mut value = format!("value {offset} ").into_bytes();
+        value.resize(value_bytes.max(value.len()), b'.');
+        value
+    }
+
+    /// Answers request `id` with a FETCHED of `count` records from `first`.
     fn fetched_frame(id: u64, first: u64, count: u64, value_bytes: usize) -> Vec<u8> {
         let mut out = Vec::new();
         let mut w = crate::protocol::records::RecordsWriter::fetched(&mut out, id, 0, first + count);
         for offset in first..first + count {
-            let mut value = format!("value {offset} ").into_bytes();
-            value.resize(value_bytes.max(value.len()), b'.');
+            let value = value_of(offset, value_bytes);
             w.push(
                 &mut out,
                 offset,
@@ -773,22 +778,17 @@ mod tests {
             let mut sink = [0u8; 64];
             while matches!(stream.read(&mut sink), Ok(n) if n > 0) {}
         });
-        let expected = |offset: u64, value_bytes: usize| {
-            let mut value = format!("value {offset} ").into_bytes();
-            value.resize(value_bytes.max(value.len()), b'.');
-            value
-        };
         let mut client = Client::connect(&addr).unwrap();
         let first = client.fetch("t", 0, FetchFrom::Earliest, 3000, 0).unwrap();
         assert_eq!(first.records.len(), 3000);
         for (i, (offset, record)) in first.records.iter().enumerate() {
             assert_eq!(*offset, i as u64);
-            assert_eq!(record.value, expected(*offset, 1000));
+            assert_eq!(record.value, value_of(*offset, 1000));
         }
         let second = client.fetch("t", 0, FetchFrom::Offset(3000), 3000, 0).unwrap();
         let offsets: Vec<u64> = second.records.iter().map(|(o, _)| *o).collect();
         assert_eq!(offsets, [3000, 3001]);
-        assert_eq!(second.records[1].1.value, expected(3001, 10));
+        assert_eq!(second.records[1].1.value, value_of(3001, 10));
         assert_eq!(second.next_offset, 3002);
         let mut handed = Vec::new();
         let request = FetchRequest::new("t", 0, FetchFrom::Offset(3002), 3000, 0);
@@ -800,7 +800,7 @@ mod tests {
         assert_eq!(
             handed,
             (3002..3005)
-                .map(|o| (o, expected(o, 10), Some(b"k".to_vec())))
+                .map(|o| (o, value_of(o, 10), Some(b"k".to_vec())))
                 .collect::<Vec<_>>()
         );
         assert!(third.records.is_empty());
