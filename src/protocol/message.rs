@@ -615,7 +615,7 @@ impl Response {
             records.push((offset, record.to_owned()));
         })?;
         match &mut response {
-            Response::Fetched(fetched) if fetched.records.is_empty() => fetched.records = records,
+            Response::Fetched(fetched) => fetched.records = records,
             Response::Claimed(claimed) => claimed.records = records,
             _ => {}
         }
