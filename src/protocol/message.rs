@@ -615,7 +615,8 @@ impl Response {
             records.push((offset, record.to_owned()));
         })?;
         match &mut response {
-            Response::Fetched(fetched) => fetched.records = records,
+            // A BATCHES answer decodes as a FETCHED that holds its records already.
+            Response::Fetched(fetched) if fetched.records.is_empty() => fetched.records = records,
             Response::Claimed(claimed) => claimed.records = records,
             _ => {}
         }
