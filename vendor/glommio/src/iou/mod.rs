@@ -92,6 +92,10 @@ bitflags::bitflags! {
         const CQSIZE    = 1 << 3;
         const CLAMP     = 1 << 4;
         const ATTACH_WQ = 1 << 5;
+        /// flowd: completions are posted when the task next enters the kernel (a
+        /// syscall, an interrupt's return to user space), without an IPI to a task
+        /// that is running (Linux 5.19).
+        const COOP_TASKRUN = 1 << 8;
     }
 }
 

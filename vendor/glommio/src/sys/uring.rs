@@ -904,7 +904,19 @@ impl SleepableRing {
     ) -> io::Result<Self> {
         assert!(*IO_URING_RECENT_ENOUGH);
         Ok(SleepableRing {
-            ring: iou::IoUring::new(size as _)?,
+            // flowd: a completion on a ring of a running executor (a socket's poll,
+            // woken by a packet another CPU delivers) no longer sends that CPU an IPI
+            // from inside the waker's wakeup: on a VM the IPI is an exit, taken while
+            // the waker holds the socket's lock that the woken executor's recv then
+            // waits for. The executor takes its completions at its next syscall (its
+            // spin yields through one every turn) or interrupt; a sleeping executor is
+            // woken as before. Kernels before 5.19 refuse the flag: set up without it.
+            ring: iou::IoUring::new_with_flags(
+                size as _,
+                iou::SetupFlags::COOP_TASKRUN,
+                iou::SetupFeatures::empty(),
+            )
+            .or_else(|_| iou::IoUring::new(size as _))?,
             size,
             submission_queue: UringQueueState::with_capacity(size * 4),
             name,
