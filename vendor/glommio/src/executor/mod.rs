@@ -1321,19 +1321,22 @@ impl LocalExecutor {
     }
 
     fn run_task_queues(&self) -> bool {
-        let mut ran = false;
         loop {
             self.reactor.sys.install_eventfd();
             if self.need_preempt() {
-                break;
+                // flowd: preempted, even before any queue ran (a timer or an eventfd
+                // write completed on the latency ring since the last poll), answers that
+                // there is work. Upstream answered false when nothing had run yet, which
+                // sent the executor to spin and park with tasks still ready; the
+                // completion that preempted it wakes none of them, so it slept until
+                // some unrelated event came. Now it polls (taking that completion) and
+                // runs them.
+                return true;
             }
             if !self.run_one_task_queue() {
                 return false;
-            } else {
-                ran = true;
             }
         }
-        ran
     }
 
     fn run_one_task_queue(&self) -> bool {

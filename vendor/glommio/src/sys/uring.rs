@@ -1010,6 +1010,15 @@ impl SleepableRing {
         timer_source
     }
 
+    /// flowd: how many completions the kernel has posted to this ring, wrapping (its
+    /// completion queue's tail).
+    fn completion_tail(&self) -> u32 {
+        let tail = self.ring.raw().cq.ktail as *const std::sync::atomic::AtomicU32;
+        // SAFETY: the kernel's tail of this ring's mapped completion queue, valid as long
+        // as the ring is, and written by the kernel only atomically.
+        unsafe { (*tail).load(std::sync::atomic::Ordering::Acquire) }
+    }
+
     fn install_eventfd(&mut self, eventfd_src: &Source) -> bool {
         if let Some(mut sqe) = self.ring.sq().prepare_sqe() {
             // Now must wait on the `eventfd` in case someone wants to wake us up.
@@ -1234,7 +1243,12 @@ pub(crate) struct Reactor {
     poll_ring: RefCell<PollRing>,
 
     latency_preemption_timeout_src: Cell<Option<Source>>,
+    // flowd: when the latency ring's preempt timer (not a sleeper's user timer) fires;
+    // `None` while none is armed.
+    latency_preemption_deadline: Cell<Option<Instant>>,
     throughput_preemption_timeout_src: Cell<Option<Source>>,
+    // flowd: the main ring's completion tail when the throughput timer was armed.
+    throughput_preemption_tail: Cell<u32>,
 
     link_fd: RawFd,
 
@@ -1365,7 +1379,9 @@ impl Reactor {
             latency_ring: RefCell::new(latency_ring),
             poll_ring: RefCell::new(poll_ring),
             latency_preemption_timeout_src: Cell::new(None),
+            latency_preemption_deadline: Cell::new(None),
             throughput_preemption_timeout_src: Cell::new(None),
+            throughput_preemption_tail: Cell::new(0),
             blocking_thread,
             link_fd,
             notifier,
@@ -1832,16 +1848,50 @@ impl Reactor {
         //
         // But if we will sleep, there might be a timer registered that needs
         // to be removed otherwise we'll wake up when it expires.
-        drop(self.latency_preemption_timeout_src.take());
+        //
+        // flowd: a poll that will not sleep keeps the preempt timer it armed before
+        // while that timer has not fired and fires no later than a new one would
+        // (upstream cancels and re-arms it on every turn: a cancel and a timeout
+        // submitted, a timer reprogrammed). A task queue's quantum can only get
+        // shorter. The kept timer can fire between this poll and the run of the task
+        // queues: `run_task_queues` then answers that there is work (see there).
+        let keep_latency = match (preempt_timer(), self.latency_preemption_deadline.get()) {
+            (Some(preempt), Some(deadline)) => {
+                deadline <= Instant::now() + preempt
+                    && Self::pending(&self.latency_preemption_timeout_src)
+            }
+            _ => false,
+        };
+        if !keep_latency {
+            drop(self.latency_preemption_timeout_src.take());
+            self.latency_preemption_deadline.set(None);
+        }
 
         // Schedule the throughput-based timeout immediately: it won't matter if we end
         // up sleeping.
-        self.throughput_preemption_timeout_src.replace(Some(
-            main_ring.prepare_throughput_preemption_timer(
-                self.ring_depth() as u32,
-                self.eventfd_src.raw(),
-            ),
-        ));
+        //
+        // flowd: a poll that will not sleep keeps the throughput timer (armed to fire
+        // after `ring_depth` main ring completions) while it has not fired and fewer
+        // than half of those have come since it was armed. Upstream cancels and re-arms
+        // it on every turn of the executor's loop: a cancel, a timeout and a write
+        // submitted, and a timer reprogrammed (on a VM, an exit), per turn. Kept, it still
+        // fires on a burst no later than upstream's, and never on a trickle spread over
+        // many turns (its linked eventfd write then runs on an io-wq worker thread, which
+        // takes the executor's CPU). A poll that may sleep re-arms it as upstream does.
+        let main_tail = main_ring.completion_tail();
+        let keep_throughput = preempt_timer().is_some()
+            && main_tail.wrapping_sub(self.throughput_preemption_tail.get())
+                < self.ring_depth() as u32 / 2
+            && Self::pending(&self.throughput_preemption_timeout_src);
+        if !keep_throughput {
+            self.throughput_preemption_tail.set(main_tail);
+            self.throughput_preemption_timeout_src.replace(Some(
+                main_ring.prepare_throughput_preemption_timer(
+                    self.ring_depth() as u32,
+                    self.eventfd_src.raw(),
+                ),
+            ));
+        }
 
         // This will only dispatch if we run out of sqes. Which means until
         // flush_rings! nothing is really send to the kernel...
@@ -1892,8 +1942,12 @@ impl Reactor {
         }
 
         if let Some(preempt) = preempt_timer() {
-            self.latency_preemption_timeout_src
-                .set(Some(lat_ring.prepare_latency_preemption_timer(preempt)));
+            if !keep_latency {
+                self.latency_preemption_timeout_src
+                    .set(Some(lat_ring.prepare_latency_preemption_timer(preempt)));
+                self.latency_preemption_deadline
+                    .set(Some(Instant::now() + preempt));
+            }
             flush_rings!(lat_ring, main_ring)?;
         }
 
@@ -1905,6 +1959,14 @@ impl Reactor {
         // need_preempt() should be false at this point. As soon as the next event
         // in the preempt ring completes, though, then it will be true.
         Ok(should_sleep)
+    }
+
+    /// flowd: whether the timer in `slot` is armed and has not fired.
+    fn pending(slot: &Cell<Option<Source>>) -> bool {
+        let source = slot.take();
+        let pending = source.as_ref().is_some_and(|source| source.result().is_none());
+        slot.set(source);
+        pending
     }
 
     pub(crate) fn flush_syscall_thread(&self) -> usize {
