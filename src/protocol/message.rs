@@ -740,6 +740,77 @@ mod tests {
     }
 
     #[test]
+    fn a_batches_answer_decodes_whole_as_a_fetched_holding_each_record_from_the_offset_wanted() {
+        use crate::protocol::{Header, Record, encode_batch};
+        let trace = [Header {
+            name: "trace",
+            value: b"t1",
+        }];
+        let record = |timestamp_ms, key, value, headers| Record {
+            timestamp_ms,
+            key,
+            value,
+            headers,
+        };
+        // Two stored batches: offsets 10 and 11, then 12. The fetch wanted 11 on.
+        let mut first = Vec::new();
+        encode_batch(
+            &[
+                record(21, Some(&b"a"[..]), &b"before"[..], &[][..]),
+                record(22, None, &b"two"[..], &trace[..]),
+            ],
+            10,
+            false,
+            &mut first,
+        );
+        let mut second = Vec::new();
+        encode_batch(
+            &[record(23, Some(&b"c"[..]), &b""[..], &[][..])],
+            12,
+            false,
+            &mut second,
+        );
+        let mut out = Vec::new();
+        let mut w = begin_batches(&mut out, 7, 5, 13, 11);
+        w.push_bytes(&mut out, &first);
+        w.push_bytes(&mut out, &second);
+        w.finish(&mut out);
+
+        let frame = parse_frame(&out, 1 << 20).unwrap().expect("whole frame");
+        assert_eq!(frame.header.request_id, 7);
+        let Response::Fetched(fetched) = Response::decode(&frame.header, frame.body).unwrap() else {
+            panic!("a BATCHES answer decodes as FETCHED");
+        };
+        assert_eq!((fetched.start_offset, fetched.next_offset), (5, 13));
+        let owned = |timestamp_ms, key: Option<&[u8]>, value: &[u8], headers: Vec<(String, Vec<u8>)>| {
+            OwnedWireRecord {
+                timestamp_ms: Some(timestamp_ms),
+                key: key.map(<[u8]>::to_vec),
+                value: value.to_vec(),
+                headers,
+            }
+        };
+        assert_eq!(
+            fetched.records,
+            vec![
+                (
+                    11,
+                    owned(22, None, b"two", vec![("trace".into(), b"t1".to_vec())])
+                ),
+                (12, owned(23, Some(b"c"), b"", vec![])),
+            ]
+        );
+        // `decode_each` hands none of them out: they come back in the response.
+        let mut handed = 0;
+        let Response::Fetched(whole) =
+            Response::decode_each(&frame.header, frame.body, |_, _| handed += 1).unwrap()
+        else {
+            panic!("a BATCHES answer decodes as FETCHED");
+        };
+        assert_eq!((handed, whole.records), (0, fetched.records));
+    }
+
+    #[test]
     fn records_handed_in_place_are_the_records_decoded_whole_and_the_rest_is_the_same() {
         let mut out = Vec::new();
         let mut w = RecordsWriter::fetched(&mut out, 4, 2, 9);
