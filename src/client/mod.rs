@@ -265,22 +265,19 @@ impl Client {
 
     /// The next response: `(request id, response)`.
     pub fn recv(&mut self) -> Result<(u64, Response)> {
-        self.read_with(Response::decode)
+        self.read_with(|header, body| decoded(Response::decode(header, body)))
     }
 
     /// As `recv`, but the records of a CLAIMED or FETCHED answer are handed to `each` as
     /// they lie in the frame read (checked, not copied one by one) and left out of the
     /// response: the way to consume fast. Other answers come back whole.
     pub fn recv_each(&mut self, each: impl FnMut(u64, WireRecord<'_>)) -> Result<(u64, Response)> {
-        self.read_with(|header, body| Response::decode_each(header, body, each))
+        self.read_with(|header, body| decoded(Response::decode_each(header, body, each)))
     }
 
     /// Flushes what is queued, then reads the next answer into the kept buffer and
     /// decodes it with `decode`.
-    fn read_with<T>(
-        &mut self,
-        decode: impl FnOnce(&FrameHeader, &[u8]) -> std::result::Result<T, ProtocolError>,
-    ) -> Result<(u64, T)> {
+    fn read_with<T>(&mut self, decode: impl FnOnce(&FrameHeader, &[u8]) -> Result<T>) -> Result<(u64, T)> {
         self.flush()?;
         let timeout = self.options.read_timeout;
         read_kept(&mut self.reader, &self.addr, timeout, &mut self.response, decode)
@@ -418,59 +415,8 @@ impl Client {
         f: impl FnMut(crate::protocol::RecordView<'_>),
     ) -> Result<(u64, u64)> {
         let id = self.send(&Request::FetchBatches(request.clone()))?;
-        self.flush()?;
-        let mut frame = std::mem::take(&mut self.response);
-        let result = self.batched(id, &mut frame, f);
-        keep(&mut self.response, frame);
-        result
-    }
-
-    fn batched(
-        &mut self,
-        id: u64,
-        frame: &mut Vec<u8>,
-        f: impl FnMut(crate::protocol::RecordView<'_>),
-    ) -> Result<(u64, u64)> {
-        let parsed = read_frame(&mut self.reader, &self.addr, self.options.read_timeout, frame)?;
-        if parsed.header.request_id != id {
-            return Err(ClientError::Protocol(format!(
-                "a response to request {}, expected {id}",
-                parsed.header.request_id
-            )));
-        }
-        if parsed.header.kind != crate::protocol::Kind::Batches as u8 {
-            // An error, or a FETCHED from a peer serving the partition: decoded whole.
-            let response = server_error(
-                Response::decode(&parsed.header, parsed.body)
-                    .map_err(|e| ClientError::Protocol(e.message))?,
-            )?;
-            let Response::Fetched(fetched) = response else {
-                return Err(unexpected(&response));
-            };
-            let mut f = f;
-            for (offset, r) in &fetched.records {
-                let headers: Vec<crate::protocol::Header<'_>> = r
-                    .headers
-                    .iter()
-                    .map(|(name, value)| crate::protocol::Header { name, value })
-                    .collect();
-                let record = crate::protocol::Record {
-                    timestamp_ms: r.timestamp_ms.unwrap_or(0),
-                    key: r.key.as_deref(),
-                    value: &r.value,
-                    headers: &headers,
-                };
-                let mut bytes = Vec::new();
-                crate::protocol::encode_batch(std::slice::from_ref(&record), *offset, false, &mut bytes);
-                let batch = crate::protocol::CheckedBatch::check(&bytes)
-                    .map_err(|e| ClientError::Protocol(e.to_string()))?;
-                batch.records().for_each(&mut f);
-            }
-            return Ok((fetched.start_offset, fetched.next_offset));
-        }
-        let mut cursor = crate::protocol::wire::Cursor::new(parsed.body);
-        crate::protocol::message::for_each_batched_record(&mut cursor, f)
-            .map_err(|e| ClientError::Protocol(e.message))
+        let (_, ends) = self.read_with(|header, body| batched(id, header, body, f))?;
+        Ok(ends)
     }
 
     /// Produces records to one topic and waits for the durable ack: `(partition, offset)`
@@ -574,7 +520,7 @@ impl ClientReader {
             &self.addr,
             timeout,
             &mut self.response,
-            Response::decode,
+            |header, body| decoded(Response::decode(header, body)),
         )
     }
 }
@@ -607,13 +553,11 @@ fn read_kept<T>(
     addr: &str,
     waited: Duration,
     kept: &mut Vec<u8>,
-    decode: impl FnOnce(&FrameHeader, &[u8]) -> std::result::Result<T, ProtocolError>,
+    decode: impl FnOnce(&FrameHeader, &[u8]) -> Result<T>,
 ) -> Result<(u64, T)> {
     let mut frame = std::mem::take(kept);
-    let result = read_frame(reader, addr, waited, &mut frame).and_then(|parsed| {
-        let decoded = decode(&parsed.header, parsed.body).map_err(|e| ClientError::Protocol(e.message))?;
-        Ok((parsed.header.request_id, decoded))
-    });
+    let result = read_frame(reader, addr, waited, &mut frame)
+        .and_then(|parsed| Ok((parsed.header.request_id, decode(&parsed.header, parsed.body)?)));
     keep(kept, frame);
     result
 }
@@ -650,6 +594,56 @@ fn read_frame<'a>(
     parse_frame(frame, RESPONSE_BYTES_MAX)
         .map_err(|e| ClientError::Protocol(e.message))?
         .ok_or_else(|| ClientError::Protocol("a short frame".into()))
+}
+
+/// A FETCH_BATCHES answer to request `id`: each record handed to `f` as a zero-copy view,
+/// the partition's ends returned.
+fn batched(
+    id: u64,
+    header: &FrameHeader,
+    body: &[u8],
+    f: impl FnMut(crate::protocol::RecordView<'_>),
+) -> Result<(u64, u64)> {
+    if header.request_id != id {
+        return Err(ClientError::Protocol(format!(
+            "a response to request {}, expected {id}",
+            header.request_id
+        )));
+    }
+    if header.kind != crate::protocol::Kind::Batches as u8 {
+        // An error, or a FETCHED from a peer serving the partition: decoded whole.
+        let response = server_error(decoded(Response::decode(header, body))?)?;
+        let Response::Fetched(fetched) = response else {
+            return Err(unexpected(&response));
+        };
+        let mut f = f;
+        for (offset, r) in &fetched.records {
+            let headers: Vec<crate::protocol::Header<'_>> = r
+                .headers
+                .iter()
+                .map(|(name, value)| crate::protocol::Header { name, value })
+                .collect();
+            let record = crate::protocol::Record {
+                timestamp_ms: r.timestamp_ms.unwrap_or(0),
+                key: r.key.as_deref(),
+                value: &r.value,
+                headers: &headers,
+            };
+            let mut bytes = Vec::new();
+            crate::protocol::encode_batch(std::slice::from_ref(&record), *offset, false, &mut bytes);
+            let batch = crate::protocol::CheckedBatch::check(&bytes)
+                .map_err(|e| ClientError::Protocol(e.to_string()))?;
+            batch.records().for_each(&mut f);
+        }
+        return Ok((fetched.start_offset, fetched.next_offset));
+    }
+    let mut cursor = crate::protocol::wire::Cursor::new(body);
+    decoded(crate::protocol::message::for_each_batched_record(&mut cursor, f))
+}
+
+/// A decoding error as the client's.
+fn decoded<T>(decoded: std::result::Result<T, ProtocolError>) -> Result<T> {
+    decoded.map_err(|e| ClientError::Protocol(e.message))
 }
 
 /// Response `got` as the answer to request `id`, the only one in flight; an ERROR as an
