@@ -604,7 +604,10 @@ fn batched(
     body: &[u8],
     f: impl FnMut(crate::protocol::RecordView<'_>),
 ) -> Result<(u64, u64)> {
-    if header.request_id != id {
+    // Id 0 is the connection's own, as in `answer_to`: an ERROR the server sends before
+    // it closes, decoded below.
+    let connections_own = header.request_id == 0 && header.kind == crate::protocol::Kind::Error as u8;
+    if header.request_id != id && !connections_own {
         return Err(ClientError::Protocol(format!(
             "a response to request {}, expected {id}",
             header.request_id
@@ -810,6 +813,46 @@ mod tests {
                     code: ErrorCode::UnknownTopic,
                     ..
                 }
+            ),
+            "{error}"
+        );
+        drop(client);
+        server.join().unwrap();
+    }
+
+    #[test]
+    fn a_batched_fetch_answered_by_the_connections_own_error_is_that_error() {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = listener.local_addr().unwrap().to_string();
+        // The server refuses the connection as a full engine does: one ERROR of id 0,
+        // sent whatever was asked, then it closes.
+        let server = std::thread::spawn(move || {
+            let (mut stream, _) = listener.accept().unwrap();
+            let mut prefix = [0u8; 4];
+            stream.read_exact(&mut prefix).unwrap();
+            let mut request = vec![0u8; u32::from_le_bytes(prefix) as usize];
+            stream.read_exact(&mut request).unwrap();
+            let mut out = Vec::new();
+            crate::protocol::message::encode_error(
+                &mut out,
+                0,
+                ErrorCode::Overloaded,
+                "this engine serves 2 connections already: retry later",
+            );
+            stream.write_all(&out).unwrap();
+        });
+        let mut client = Client::connect(&addr).unwrap();
+        let request = FetchRequest::new("t", 0, FetchFrom::Earliest, 10, 0);
+        let error = client
+            .fetch_batches_each(&request, |_| panic!("no record"))
+            .unwrap_err();
+        assert!(
+            matches!(
+                &error,
+                ClientError::Server {
+                    code: ErrorCode::Overloaded,
+                    message,
+                } if message.contains("retry later")
             ),
             "{error}"
         );
