@@ -60,6 +60,9 @@ pub fn run(args: TailArgs) -> Result<ExitCode, CliError> {
         let first = patiently(UNAVAILABLE_PATIENCE, || {
             client.fetch(&args.topic, p, start, FETCH_RECORDS, 0)
         })?;
+        if let FetchFrom::Offset(wanted) = start {
+            deleted_before_read(&args.topic, p, wanted, &first);
+        }
         let next = print(&mut out, &args, p, &first.records, first_position(&first, start))?;
         positions.push((next, (!args.follow).then_some(first.next_offset)));
     }
@@ -75,6 +78,7 @@ pub fn run(args: TailArgs) -> Result<ExitCode, CliError> {
             let fetched = patiently(UNAVAILABLE_PATIENCE, || {
                 client.fetch(&args.topic, p as u32, from, FETCH_RECORDS, 0)
             })?;
+            deleted_before_read(&args.topic, p as u32, *next, &fetched);
             got_any |= !fetched.records.is_empty();
             *next = print(&mut out, &args, p as u32, &fetched.records, *next)?;
             if fetched.records.is_empty() && end.is_some() {
@@ -156,6 +160,18 @@ fn patiently<T>(
             }
             answer => return answer,
         }
+    }
+}
+
+/// Says on stderr when retention deleted records of `partition` from `wanted` on before
+/// tail read them: the answer starts at the partition's start, and tail goes on there,
+/// never past a gap unsaid.
+fn deleted_before_read(topic: &str, partition: u32, wanted: u64, fetched: &Fetched) {
+    if fetched.start_offset > wanted {
+        eprintln!(
+            "flowd tail: records {wanted}..{start} of partition {partition} of \"{topic}\" were deleted by retention before tail read them; it goes on at {start}",
+            start = fetched.start_offset
+        );
     }
 }
 

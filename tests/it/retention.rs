@@ -128,6 +128,23 @@ fn issue20_retention_keeps_a_topic_under_its_bound_while_written_and_after() {
     let claimed = client.claim("events", "slow", Some(0), 10_000, None).unwrap();
     assert_eq!((claimed.from, claimed.to), (start, RECORDS as u64));
 
+    // `flowd tail --offset 0` prints the records kept, each once, and says on stderr
+    // which were deleted before it read them.
+    let (code, out, err) = run_cli(&["tail", "--from", &server.tcp, "events", "--offset", "0"], "");
+    assert_eq!(code, 0, "{err}");
+    let offsets: Vec<u64> = out
+        .lines()
+        .map(|line| {
+            let (at, _) = line.split_once('\t').expect("partition:offset, a tab");
+            at.strip_prefix("0:").expect("partition 0").parse().unwrap()
+        })
+        .collect();
+    assert_eq!(offsets, (start..RECORDS as u64).collect::<Vec<_>>());
+    let said = format!(
+        "records 0..{start} of partition 0 of \"events\" were deleted by retention before tail read them; it goes on at {start}"
+    );
+    assert!(err.contains(&said), "tail did not say what it missed: {err:?}");
+
     // flowd inspect, offline, agrees.
     drop(server);
     let (code, out, err) = run_cli(
