@@ -61,7 +61,7 @@ pub fn run(args: TailArgs) -> Result<ExitCode, CliError> {
             client.fetch(&args.topic, p, start, FETCH_RECORDS, 0)
         })?;
         if let FetchFrom::Offset(wanted) = start {
-            deleted_before_read(&args.topic, p, wanted, &first);
+            past_deleted(&args.topic, p, wanted, &first);
         }
         let next = print(&mut out, &args, p, &first.records, first_position(&first, start))?;
         positions.push((next, (!args.follow).then_some(first.next_offset)));
@@ -78,7 +78,7 @@ pub fn run(args: TailArgs) -> Result<ExitCode, CliError> {
             let fetched = patiently(UNAVAILABLE_PATIENCE, || {
                 client.fetch(&args.topic, p as u32, from, FETCH_RECORDS, 0)
             })?;
-            deleted_before_read(&args.topic, p as u32, *next, &fetched);
+            *next = past_deleted(&args.topic, p as u32, *next, &fetched);
             got_any |= !fetched.records.is_empty();
             *next = print(&mut out, &args, p as u32, &fetched.records, *next)?;
             if fetched.records.is_empty() && end.is_some() {
@@ -163,16 +163,18 @@ fn patiently<T>(
     }
 }
 
-/// Says on stderr when retention deleted records of `partition` from `wanted` on before
-/// tail read them: the answer starts at the partition's start, and tail goes on there,
-/// never past a gap unsaid.
-fn deleted_before_read(topic: &str, partition: u32, wanted: u64, fetched: &Fetched) {
-    if fetched.start_offset > wanted {
-        eprintln!(
-            "flowd tail: records {wanted}..{start} of partition {partition} of \"{topic}\" were deleted by retention before tail read them; it goes on at {start}",
-            start = fetched.start_offset
-        );
+/// Where tail goes on in `partition` after a fetch from `wanted`: at the partition's
+/// start if retention deleted records from `wanted` on before tail read them, said once
+/// on stderr (never a gap passed unsaid, nor said again while nothing comes after it).
+fn past_deleted(topic: &str, partition: u32, wanted: u64, fetched: &Fetched) -> u64 {
+    if fetched.start_offset <= wanted {
+        return wanted;
     }
+    eprintln!(
+        "flowd tail: records {wanted}..{start} of partition {partition} of \"{topic}\" were deleted by retention before tail read them; it goes on at {start}",
+        start = fetched.start_offset
+    );
+    fetched.start_offset
 }
 
 fn first_position(fetched: &Fetched, start: FetchFrom) -> u64 {
@@ -281,5 +283,25 @@ mod tests {
         // two if this machine stalled a pause past the deadline.
         assert!((2..=3).contains(&calls), "{calls} asks");
         assert!(started.elapsed() < Duration::from_secs(5));
+    }
+
+    #[test]
+    fn a_gap_retention_left_moves_tail_to_the_start_once() {
+        // Everything below 4200 deleted, the active segment empty: the answer holds no
+        // record, and tail must not ask from 10 again (and say it again) every round.
+        let empty_after_retention = Fetched {
+            start_offset: 4200,
+            next_offset: 4200,
+            records: Vec::new(),
+        };
+        assert_eq!(past_deleted("t", 0, 10, &empty_after_retention), 4200);
+        assert_eq!(past_deleted("t", 0, 4200, &empty_after_retention), 4200);
+        // No gap: where it was.
+        let kept = Fetched {
+            start_offset: 0,
+            next_offset: 4200,
+            records: Vec::new(),
+        };
+        assert_eq!(past_deleted("t", 0, 10, &kept), 10);
     }
 }
