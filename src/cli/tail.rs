@@ -4,6 +4,7 @@
 //! named consumer: each batch is claimed, printed, then acked, so a second run goes on
 //! where the first stopped.
 
+use std::collections::HashMap;
 use std::io::Write;
 use std::process::ExitCode;
 use std::time::{Duration, Instant};
@@ -11,6 +12,7 @@ use std::time::{Duration, Instant};
 use crate::cli::CliError;
 use crate::client::{Client, ClientError};
 use crate::consumer::cursor::{Options, Start};
+use crate::protocol::consumer::AdminAction;
 use crate::protocol::json::record_json;
 use crate::protocol::message::Fetched;
 use crate::protocol::{ErrorCode, FetchFrom, OwnedWireRecord};
@@ -113,17 +115,12 @@ fn as_consumer(client: &mut Client, args: &TailArgs, group: &str) -> Result<Exit
         ..Options::default()
     };
     let mut out = std::io::BufWriter::new(std::io::stdout().lock());
+    let mut stands = group_stands(client, &args.topic, group).map_err(usage)?;
     loop {
         let claimed = patiently(UNAVAILABLE_PATIENCE, || {
             client.claim(&args.topic, group, None, FETCH_RECORDS, Some(create.clone()))
         })
-        .map_err(|e| match e {
-            ClientError::Server {
-                code: ErrorCode::UnknownTopic,
-                message,
-            } => CliError::Usage(message),
-            other => other.into(),
-        })?;
+        .map_err(usage)?;
         let Some(partition) = claimed.partition else {
             if !args.follow {
                 break;
@@ -132,13 +129,64 @@ fn as_consumer(client: &mut Client, args: &TailArgs, group: &str) -> Result<Exit
             std::thread::sleep(FOLLOW_IDLE);
             continue;
         };
+        if let Some(&(committed, skipped)) = stands.get(&partition)
+            && claimed.from > committed
+        {
+            // The claim starts past where the group stood: retention deleted what lay
+            // between (counted by the server at the claim), or another reader acked it.
+            stands = group_stands(client, &args.topic, group)?;
+            let now = stands.get(&partition).map_or(skipped, |s| s.1);
+            if now > skipped {
+                eprintln!(
+                    "flowd tail: retention deleted {} records of partition {partition} of \"{}\" before group \"{group}\" acked them; it goes on at {}",
+                    now - skipped,
+                    args.topic,
+                    claimed.from
+                );
+            }
+        }
         print(&mut out, args, partition, &claimed.records, 0)?;
         // Printed (and flushed) before acked: a crash re-prints, never skips.
         out.flush().map_err(CliError::Output)?;
-        client.ack(&args.topic, group, partition)?;
+        let (_, to) = client.ack(&args.topic, group, partition)?;
+        stands.entry(partition).or_insert((to, 0)).0 = to;
     }
     out.flush().map_err(CliError::Output)?;
     Ok(ExitCode::SUCCESS)
+}
+
+/// Where `group` stands on each partition of `topic` it has read: `(committed,
+/// skipped)`, skipped being what retention deleted before the group acked it.
+fn group_stands(
+    client: &mut Client,
+    topic: &str,
+    group: &str,
+) -> Result<HashMap<u32, (u64, u64)>, ClientError> {
+    let cursors = match patiently(UNAVAILABLE_PATIENCE, || {
+        client.consumers(AdminAction::List, topic, group)
+    }) {
+        // A group its first claim makes: it stands nowhere yet.
+        Err(ClientError::Server {
+            code: ErrorCode::UnknownConsumer,
+            ..
+        }) => Vec::new(),
+        other => other?,
+    };
+    Ok(cursors
+        .into_iter()
+        .map(|c| (c.partition, (c.committed, c.skipped)))
+        .collect())
+}
+
+/// An unknown topic as a usage error (the user named it); anything else as it is.
+fn usage(error: ClientError) -> CliError {
+    match error {
+        ClientError::Server {
+            code: ErrorCode::UnknownTopic,
+            message,
+        } => CliError::Usage(message),
+        other => other.into(),
+    }
 }
 
 /// `call` again while it is answered `Unavailable`, backing off from 50 ms to 1 s, for

@@ -46,6 +46,16 @@ fn segment_files(dir: &Path) -> usize {
         .count()
 }
 
+/// The offsets `flowd tail` printed (`0:OFFSET<TAB>...` lines of partition 0), in order.
+fn printed_offsets(out: &str) -> Vec<u64> {
+    out.lines()
+        .map(|line| {
+            let (at, _) = line.split_once('\t').expect("partition:offset, a tab");
+            at.strip_prefix("0:").expect("partition 0").parse().unwrap()
+        })
+        .collect()
+}
+
 #[test]
 fn issue20_retention_keeps_a_topic_under_its_bound_while_written_and_after() {
     let dir = fast_tempdir();
@@ -132,18 +142,25 @@ fn issue20_retention_keeps_a_topic_under_its_bound_while_written_and_after() {
     // which were deleted before it read them.
     let (code, out, err) = run_cli(&["tail", "--from", &server.tcp, "events", "--offset", "0"], "");
     assert_eq!(code, 0, "{err}");
-    let offsets: Vec<u64> = out
-        .lines()
-        .map(|line| {
-            let (at, _) = line.split_once('\t').expect("partition:offset, a tab");
-            at.strip_prefix("0:").expect("partition 0").parse().unwrap()
-        })
-        .collect();
-    assert_eq!(offsets, (start..RECORDS as u64).collect::<Vec<_>>());
+    assert_eq!(printed_offsets(&out), (start..RECORDS as u64).collect::<Vec<_>>());
     let said = format!(
         "records 0..{start} of partition 0 of \"events\" were deleted by retention before tail read them; it goes on at {start}"
     );
     assert!(err.contains(&said), "tail did not say what it missed: {err:?}");
+
+    // `flowd tail --group` for a group set back to 0 (as a Kafka group's commit may):
+    // the records kept, each once, and what retention deleted before the group acked it.
+    assert_eq!(client.seek("events", "late", 0, 0).unwrap(), 0);
+    let (code, out, err) = run_cli(&["tail", "--from", &server.tcp, "events", "--group", "late"], "");
+    assert_eq!(code, 0, "{err}");
+    assert_eq!(printed_offsets(&out), (start..RECORDS as u64).collect::<Vec<_>>());
+    let said = format!(
+        "retention deleted {start} records of partition 0 of \"events\" before group \"late\" acked them; it goes on at {start}"
+    );
+    assert!(
+        err.contains(&said),
+        "tail --group did not say what it missed: {err:?}"
+    );
 
     // flowd inspect, offline, agrees.
     drop(server);
