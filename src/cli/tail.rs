@@ -62,10 +62,8 @@ pub fn run(args: TailArgs) -> Result<ExitCode, CliError> {
         let first = patiently(UNAVAILABLE_PATIENCE, || {
             client.fetch(&args.topic, p, start, FETCH_RECORDS, 0)
         })?;
-        if let FetchFrom::Offset(wanted) = start {
-            past_deleted(&args.topic, p, wanted, &first);
-        }
-        let next = print(&mut out, &args, p, &first.records, first_position(&first, start))?;
+        let next = first_position(&args.topic, p, &first, start);
+        let next = print(&mut out, &args, p, &first.records, next)?;
         positions.push((next, (!args.follow).then_some(first.next_offset)));
     }
     loop {
@@ -225,9 +223,10 @@ fn past_deleted(topic: &str, partition: u32, wanted: u64, fetched: &Fetched) -> 
     fetched.start_offset
 }
 
-fn first_position(fetched: &Fetched, start: FetchFrom) -> u64 {
+/// Where tail starts in `partition` after its first fetch from `start`.
+fn first_position(topic: &str, partition: u32, fetched: &Fetched, start: FetchFrom) -> u64 {
     match start {
-        FetchFrom::Offset(o) => o.max(fetched.start_offset),
+        FetchFrom::Offset(o) => past_deleted(topic, partition, o, fetched),
         FetchFrom::Latest => fetched.next_offset,
         _ => fetched.start_offset,
     }

@@ -604,18 +604,10 @@ fn batched(
     body: &[u8],
     f: impl FnMut(crate::protocol::RecordView<'_>),
 ) -> Result<(u64, u64)> {
-    // Id 0 is the connection's own, as in `answer_to`: an ERROR the server sends before
-    // it closes, decoded below.
-    let connections_own = header.request_id == 0 && header.kind == crate::protocol::Kind::Error as u8;
-    if header.request_id != id && !connections_own {
-        return Err(ClientError::Protocol(format!(
-            "a response to request {}, expected {id}",
-            header.request_id
-        )));
-    }
     if header.kind != crate::protocol::Kind::Batches as u8 {
-        // An error, or a FETCHED from a peer serving the partition: decoded whole.
-        let response = server_error(decoded(Response::decode(header, body))?)?;
+        // An error (the request's, or the connection's own), or a FETCHED from a peer
+        // serving the partition: decoded whole, and answered as any other request.
+        let response = answer_to(id, header.request_id, decoded(Response::decode(header, body))?)?;
         let Response::Fetched(fetched) = response else {
             return Err(unexpected(&response));
         };
@@ -640,6 +632,9 @@ fn batched(
         }
         return Ok((fetched.start_offset, fetched.next_offset));
     }
+    if header.request_id != id {
+        return Err(not_the_answer(header.request_id, id));
+    }
     let mut cursor = crate::protocol::wire::Cursor::new(body);
     decoded(crate::protocol::message::for_each_batched_record(&mut cursor, f))
 }
@@ -658,11 +653,14 @@ fn answer_to(id: u64, got: u64, response: Response) -> Result<Response> {
         return server_error(response);
     }
     if got != id {
-        return Err(ClientError::Protocol(format!(
-            "a response to request {got}, expected {id}"
-        )));
+        return Err(not_the_answer(got, id));
     }
     server_error(response)
+}
+
+/// A response to request `got` where the answer to `id` was awaited.
+fn not_the_answer(got: u64, id: u64) -> ClientError {
+    ClientError::Protocol(format!("a response to request {got}, expected {id}"))
 }
 
 /// An ERROR response as `ClientError::Server`; anything else as it is.
@@ -743,10 +741,28 @@ mod tests {
         out
     }
 
-    #[test]
-    fn answers_read_into_the_kept_buffer_and_records_read_in_place_are_each_answer_exactly() {
+    /// A server on a loopback port that answers each request read with the next of
+    /// `answers`, then reads until the client closes: its address, and the thread.
+    fn answering(answers: Vec<Vec<u8>>) -> (String, std::thread::JoinHandle<()>) {
         let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
         let addr = listener.local_addr().unwrap().to_string();
+        let server = std::thread::spawn(move || {
+            let (mut stream, _) = listener.accept().unwrap();
+            for answer in answers {
+                let mut prefix = [0u8; 4];
+                stream.read_exact(&mut prefix).unwrap();
+                let mut request = vec![0u8; u32::from_le_bytes(prefix) as usize];
+                stream.read_exact(&mut request).unwrap();
+                stream.write_all(&answer).unwrap();
+            }
+            let mut sink = [0u8; 64];
+            while matches!(stream.read(&mut sink), Ok(n) if n > 0) {}
+        });
+        (addr, server)
+    }
+
+    #[test]
+    fn answers_read_into_the_kept_buffer_and_records_read_in_place_are_each_answer_exactly() {
         // A large answer, then smaller ones read into the buffer it left, then an error.
         let answers = vec![
             fetched_frame(1, 0, 3000, 1000),
@@ -763,18 +779,7 @@ mod tests {
                 out
             },
         ];
-        let server = std::thread::spawn(move || {
-            let (mut stream, _) = listener.accept().unwrap();
-            for answer in answers {
-                let mut prefix = [0u8; 4];
-                stream.read_exact(&mut prefix).unwrap();
-                let mut request = vec![0u8; u32::from_le_bytes(prefix) as usize];
-                stream.read_exact(&mut request).unwrap();
-                stream.write_all(&answer).unwrap();
-            }
-            let mut sink = [0u8; 64];
-            while matches!(stream.read(&mut sink), Ok(n) if n > 0) {}
-        });
+        let (addr, server) = answering(answers);
         let mut client = Client::connect(&addr).unwrap();
         let first = client.fetch("t", 0, FetchFrom::Earliest, 3000, 0).unwrap();
         assert_eq!(first.records.len(), 3000);
@@ -822,25 +827,16 @@ mod tests {
 
     #[test]
     fn a_batched_fetch_answered_by_the_connections_own_error_is_that_error() {
-        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-        let addr = listener.local_addr().unwrap().to_string();
         // The server refuses the connection as a full engine does: one ERROR of id 0,
-        // sent whatever was asked, then it closes.
-        let server = std::thread::spawn(move || {
-            let (mut stream, _) = listener.accept().unwrap();
-            let mut prefix = [0u8; 4];
-            stream.read_exact(&mut prefix).unwrap();
-            let mut request = vec![0u8; u32::from_le_bytes(prefix) as usize];
-            stream.read_exact(&mut request).unwrap();
-            let mut out = Vec::new();
-            crate::protocol::message::encode_error(
-                &mut out,
-                0,
-                ErrorCode::Overloaded,
-                "this engine serves 2 connections already: retry later",
-            );
-            stream.write_all(&out).unwrap();
-        });
+        // sent whatever was asked.
+        let mut refusal = Vec::new();
+        crate::protocol::message::encode_error(
+            &mut refusal,
+            0,
+            ErrorCode::Overloaded,
+            "this engine serves 2 connections already: retry later",
+        );
+        let (addr, server) = answering(vec![refusal]);
         let mut client = Client::connect(&addr).unwrap();
         let request = FetchRequest::new("t", 0, FetchFrom::Earliest, 10, 0);
         let error = client
