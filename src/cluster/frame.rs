@@ -53,7 +53,7 @@ use crate::cluster::error::ClusterError;
 /// The peer protocol's version, in every HELLO: raised whenever a frame's layout or
 /// meaning changes, so peers that would read each other's frames differently refuse
 /// each other instead (a cluster is upgraded by restarting every peer on the new build).
-pub const PROTOCOL: u16 = 1;
+pub const PROTOCOL: u16 = 2;
 
 /// The least limit on a peer frame: gossip, consensus, claims, and batches of topics
 /// whose segments are smaller.

@@ -344,7 +344,7 @@ impl Listener {
                         frame.kind
                     )));
                 }
-                let reply = match self.consensus.answer(&frame.body) {
+                let reply = match self.consensus.answer(from, &frame.body) {
                     Ok(body) => frame::framed(Kind::RaftReply, frame.request, &body),
                     Err(message) => frame::error(frame.request, 0, &message),
                 };

@@ -59,6 +59,10 @@ pub enum RuntimeError {
     /// The doors' TLS files do not read or do not fit (the message says what to do).
     #[error("ingest TLS: {0}")]
     Tls(String),
+    /// This peer founded a metadata group alone while a running one counts it as a
+    /// member (the message says what to do).
+    #[error("{0}")]
+    StrayGroup(String),
     #[error(
         "lost peer {peer} while it held batches this engine's stages wrote to it ({reason}); \
          restart this peer once that one is back (without replication, its partitions are away with it)"

@@ -1022,3 +1022,65 @@ fn a_restarted_peer_is_given_back_the_leads_placement_gave_it_losing_no_acked_re
     each_acked_once(&all, &acked, failed.len());
     eprintln!("{} records acked, {} batches refused", acked.len(), failed.len());
 }
+
+/// The peer that founded the cluster (started without seeds) back on an empty data
+/// directory, without seeds again: it founds a group of its own, and the running group,
+/// which counts its address as a member, reaches it. It must not serve beside that
+/// group (its partitions empty, the cluster's records hidden behind them), nor take in
+/// that group's log as its own (openraft stopped on the first such message): it stops,
+/// saying how to start it. Started so, it is taken in and the cluster heals.
+#[test]
+fn a_founder_back_on_an_empty_data_directory_without_seeds_stops_instead_of_founding_a_second_cluster() {
+    let _serial = one_at_a_time();
+    let dir = tempfile::tempdir().unwrap();
+    let mut servers: Vec<Server> = Vec::new();
+    for name in ["p1", "p2", "p3"] {
+        let seed = servers.first().map(peer_of);
+        servers.push(replicated_peer_of(
+            dir.path(),
+            name,
+            "127.0.0.1:0",
+            seed.as_deref(),
+            "64KiB",
+            &[],
+        ));
+    }
+    wait_until(
+        "every partition led with three replicas",
+        Duration::from_secs(60),
+        || settled(&servers.iter().collect::<Vec<_>>(), 3),
+    );
+    let (leader, partition) = crate::replication::some_leader(&servers);
+    let acked = fifty_acked(&servers[leader], partition);
+
+    let founder = peer_of(&servers[0]);
+    servers[0].kill9();
+    std::fs::remove_dir_all(dir.path().join("p1")).unwrap();
+    servers[0] = replicated_peer_of(dir.path(), "p1", &founder, None, "64KiB", &[]);
+    let status = servers[0].exit_within(Duration::from_secs(60));
+    let log = servers[0].log.text();
+    assert!(
+        status.is_some_and(|s| !s.success()),
+        "the founder back on an empty data directory stops with an error: {status:?}\n{log}"
+    );
+    assert!(
+        log.contains("founded a metadata group of its own") && log.contains("start it with --seeds"),
+        "it says why and what to do:\n{log}"
+    );
+    assert!(!log.contains("panicked"), "{log}");
+    let rest: Vec<&Server> = servers[1..].iter().collect();
+    each_acked_once(&rest, &acked, 0);
+
+    // Started as it says, on an emptied data directory with a seed: taken in, it holds
+    // its copies again.
+    std::fs::remove_dir_all(dir.path().join("p1")).unwrap();
+    let seed = peer_of(&servers[1]);
+    servers[0] = replicated_peer_of(dir.path(), "p1", &founder, Some(&seed), "64KiB", &[]);
+    let all: Vec<&Server> = servers.iter().collect();
+    wait_until(
+        "every partition led with three replicas, the founder among them again",
+        Duration::from_secs(120),
+        || settled(&all, 3),
+    );
+    each_acked_once(&all, &acked, 0);
+}

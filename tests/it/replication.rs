@@ -208,7 +208,7 @@ fn three_replicated_of(dir: &std::path::Path, segment_bytes: &str) -> [Server; 3
 }
 
 /// A peer that leads a partition, and the partition.
-fn some_leader(servers: &[Server]) -> (usize, u32) {
+pub(crate) fn some_leader(servers: &[Server]) -> (usize, u32) {
     (0..servers.len())
         .find_map(|i| {
             replicas(&servers[i])

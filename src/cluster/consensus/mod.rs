@@ -19,16 +19,24 @@
 //! another data directory, or that stays down for `--replace-after`, is swapped for a
 //! live peer that is no voter (with none free it stays: taking it out alone would only
 //! shrink the group).
+//!
+//! A group has an id, its founder's storage id, carried by every message: two groups
+//! never mix. A peer that founded a group of its own, alone, while a running group
+//! counts its address as a member (it came back on an empty data directory without
+//! seeds) learns so from that group's first message and stops (`Consensus::on_stray`),
+//! saying how to start it as a member instead; a member of a larger group refuses a
+//! stray's messages and says so.
 
 pub mod network;
 pub mod store;
 pub mod types;
 
+use std::collections::HashMap;
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::SocketAddr;
 use std::path::Path;
-use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
 use openraft::{BasicNode, ChangeMembers, ServerState};
@@ -58,7 +66,15 @@ pub struct Consensus {
     metadata: Arc<MetadataCell>,
     /// Set once this run founded a new group as the first of several seeds.
     founded: Arc<AtomicBool>,
+    store: store::Store,
+    /// What the engine does once this peer learns it is a stray (`on_stray`).
+    stray: OnceLock<Box<dyn Fn(String) + Send + Sync>>,
+    /// When each other group's refusal was last said, so that it is said once a minute.
+    refusals_said: Mutex<HashMap<u64, Instant>>,
 }
+
+/// How often a member says that it refuses another group's messages.
+const OTHER_GROUP_SAID_EVERY: Duration = Duration::from_secs(60);
 
 /// The group as this peer sees it, for `flowd status`.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -75,8 +91,21 @@ pub struct GroupStatus {
 
 /// Starts a new group with this peer its only voter, if it is a member of none yet;
 /// whether it did.
-async fn found_unless_member(raft: &Raft, id: u64, me: SocketAddr) -> Result<bool, String> {
+async fn found_unless_member(
+    raft: &Raft,
+    store: &store::Store,
+    id: u64,
+    me: SocketAddr,
+) -> Result<bool, String> {
     if raft.is_initialized().await.map_err(|e| e.to_string())? {
+        return Ok(false);
+    }
+    // The group's id is its founder's storage id, recorded before the group exists; a
+    // member that joined another group in between founds none.
+    let group = store
+        .join_group(id)
+        .map_err(|e| format!("cannot record the group this peer founds: {e}"))?;
+    if group != id {
         return Ok(false);
     }
     let members = BTreeMap::from([(id, BasicNode::new(me.to_string()))]);
@@ -130,13 +159,22 @@ impl Consensus {
         .validate()
         .map_err(|e| ClusterError::Consensus(format!("the consensus settings: {e}")))?;
         let id = storage;
-        let network = network::Network { dialer };
+        let network = network::Network {
+            dialer,
+            store: store.clone(),
+        };
         let raft = runtime
-            .block_on(Raft::new(id, Arc::new(config), network, store.clone(), store))
+            .block_on(Raft::new(
+                id,
+                Arc::new(config),
+                network,
+                store.clone(),
+                store.clone(),
+            ))
             .map_err(|e| ClusterError::Consensus(format!("cannot start this peer's member: {e}")))?;
         if found {
             runtime
-                .block_on(found_unless_member(&raft, id, me))
+                .block_on(found_unless_member(&raft, &store, id, me))
                 .map_err(ClusterError::Consensus)?;
         }
         Ok(Consensus {
@@ -146,6 +184,9 @@ impl Consensus {
             addr: me,
             metadata,
             founded: Arc::new(AtomicBool::new(false)),
+            store,
+            stray: OnceLock::new(),
+            refusals_said: Mutex::new(HashMap::new()),
         })
     }
 
@@ -165,6 +206,7 @@ impl Consensus {
         dialer: crate::cluster::transport::Dialer,
     ) {
         let (raft, id) = (self.raft.clone(), self.me);
+        let store = self.store.clone();
         let me = self.addr;
         let founded = Arc::clone(&self.founded);
         let others: Vec<SocketAddr> = seeds.into_iter().filter(|s| *s != me).collect();
@@ -196,7 +238,7 @@ impl Consensus {
                 let all_none =
                     answers.len() == others.len() && answers.iter().all(|(_, a)| matches!(a, Ok(false)));
                 if all_none {
-                    match found_unless_member(&raft, id, me).await {
+                    match found_unless_member(&raft, &store, id, me).await {
                         Ok(done) => founded.store(done, Ordering::Release),
                         Err(error) => tracing::error!("{error}"),
                     }
@@ -301,13 +343,72 @@ impl Consensus {
         })
     }
 
-    /// Answers a RAFT frame from another peer (on that connection's thread).
-    pub fn answer(&self, body: &[u8]) -> Result<Vec<u8>, String> {
-        let raft = self.raft.clone();
+    /// Answers a RAFT frame from the peer at `from` (on that connection's thread).
+    pub fn answer(&self, from: SocketAddr, body: &[u8]) -> Result<Vec<u8>, String> {
+        let (raft, store) = (self.raft.clone(), self.store.clone());
         let body = body.to_vec();
         let me = self.me;
-        self.runtime
-            .block_on(async move { network::answer(&raft, me, &body).await })
+        let answered = self
+            .runtime
+            .block_on(async move { network::answer(&raft, me, &store, &body).await });
+        match answered {
+            Ok(reply) => Ok(reply),
+            Err(network::Refused::Other(message)) => Err(message),
+            Err(network::Refused::OtherGroup { theirs, ours }) => Err(self.other_group(from, theirs, ours)),
+        }
+    }
+
+    /// A message of group `theirs` from `from` reached this member of `ours`. A peer
+    /// whose group has no voter but itself is the stray: it founded that group alone
+    /// while `theirs`, which counts this peer's address as a member, runs. It stops (a
+    /// group of one cannot be merged into another, and serving on would hide that
+    /// group's records behind empty copies). Any other member refuses and says so.
+    fn other_group(&self, from: SocketAddr, theirs: u64, ours: u64) -> String {
+        let voters: Vec<u64> = self
+            .raft
+            .metrics()
+            .borrow()
+            .membership_config
+            .membership()
+            .voter_ids()
+            .collect();
+        if voters == [self.me] {
+            let message = format!(
+                "this peer ({}) founded a metadata group of its own (group {ours:016x}, no voter but itself), and \
+                 {from}, a peer of a running group (group {theirs:016x}) that counts this peer's address as a member, \
+                 reached it: this peer was started on an empty data directory without seeds while the cluster it \
+                 belonged to ran. It stops rather than serve empty copies of that cluster's partitions. Empty its \
+                 data directory (set aside first whatever was written to it since it started: the cluster does not \
+                 have it) and start it with --seeds {from}: the cluster takes it in and copies its partitions back",
+                self.addr
+            );
+            tracing::error!("{message}");
+            if let Some(stop) = self.stray.get() {
+                stop(message.clone());
+            }
+            return message;
+        }
+        let message = format!(
+            "refused a consensus message from {from}: it is of metadata group {theirs:016x}, and this peer of \
+             group {ours:016x}; two groups never mix. A peer founds a group of its own when it starts without seeds \
+             on an empty data directory: start it with --seeds naming a peer of this cluster"
+        );
+        let now = Instant::now();
+        let mut said = self.refusals_said.lock().unwrap_or_else(|e| e.into_inner());
+        said.retain(|_, at| now.duration_since(*at) < OTHER_GROUP_SAID_EVERY);
+        if !said.contains_key(&theirs) && said.len() < 64 {
+            said.insert(theirs, now);
+            tracing::warn!("{message}");
+        } else {
+            tracing::debug!("{message}");
+        }
+        message
+    }
+
+    /// Sets what the engine does when this peer learns it is a stray (`other_group`):
+    /// stop, with the message given. Set once.
+    pub fn on_stray(&self, stop: impl Fn(String) + Send + Sync + 'static) {
+        let _ = self.stray.set(Box::new(stop));
     }
 
     /// Stops this peer's member (a leaving peer, or the process ending).

@@ -3,12 +3,14 @@
 //! RAFT_REPLY frame.
 //!
 //! ```text
-//! RAFT        body = rpc:u8 target:u64 json
+//! RAFT        body = rpc:u8 target:u64 group:u64 json
 //!                                         rpc 1 vote, 2 append entries, 3 install snapshot;
 //!                                         target: the node id (storage id) it is meant for;
+//!                                         group: the sender's group (its founder's storage
+//!                                         id; 0 for a member from before groups had one);
 //!                                         json: openraft's request, as serde writes it;
-//!                                         rpc 4: "are you a member of a group?" (target
-//!                                         and json ignored), asked by a founding seed
+//!                                         rpc 4: "are you a member of a group?" (target,
+//!                                         group and json ignored), asked by a founding seed
 //! RAFT_REPLY  body = json                 Result<response, RaftError> of that rpc; for
 //!                                         rpc 4 `true` or `false`
 //! ```
@@ -18,9 +20,13 @@
 //! connection is a blocking peer stream (the same, with the same TLS, as every other
 //! peer connection), driven from tokio's blocking pool with socket timeouts of that
 //! time to live.
-//! Incoming: a message for another node id than this peer's is refused: the member it
-//! was meant for ran on a data directory this peer no longer has (its vote and log are
-//! gone), and answering in its name could elect a leader twice in one term.
+//! Incoming: a message of another group than this member's is refused: two groups
+//! never mix (openraft takes every log it is sent for its own group's, and a second
+//! group's first entries collide with this one's: it stops). A member of no group yet
+//! joins the group of the first message meant for it. A message for another node id
+//! than this peer's is refused: the member it was meant for ran on a data directory
+//! this peer no longer has (its vote and log are gone), and answering in its name could
+//! elect a leader twice in one term.
 
 use std::net::SocketAddr;
 use std::time::Duration;
@@ -35,6 +41,7 @@ use openraft::raft::{
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 
+use crate::cluster::consensus::store::Store;
 use crate::cluster::consensus::types::{Raft, TypeConfig};
 use crate::cluster::frame::{self, Kind};
 use crate::cluster::stream::PeerStream;
@@ -48,6 +55,8 @@ pub const RPC_MEMBER: u8 = 4;
 /// Makes a connection per target.
 pub struct Network {
     pub dialer: Dialer,
+    /// Whose group this member's messages say they are of.
+    pub store: Store,
 }
 
 impl RaftNetworkFactory<TypeConfig> for Network {
@@ -58,6 +67,7 @@ impl RaftNetworkFactory<TypeConfig> for Network {
             target,
             to: node.addr.parse().ok(),
             dialer: self.dialer.clone(),
+            store: self.store.clone(),
             stream: None,
         }
     }
@@ -67,6 +77,7 @@ pub struct Connection {
     target: u64,
     to: Option<SocketAddr>,
     dialer: Dialer,
+    store: Store,
     /// Taken while a call uses it; put back once it answered.
     stream: Option<PeerStream>,
 }
@@ -94,6 +105,7 @@ impl Connection {
         };
         let mut body = vec![rpc];
         body.extend_from_slice(&self.target.to_le_bytes());
+        body.extend_from_slice(&self.store.group().unwrap_or(0).to_le_bytes());
         serde_json::to_writer(&mut body, request).expect("a raft request serializes");
         let exchanged = tokio::time::timeout(ttl, self.exchange(to, body, ttl)).await;
         let reply = match exchanged {
@@ -147,6 +159,7 @@ impl Connection {
 pub fn is_member(dialer: &Dialer, to: SocketAddr, ttl: Duration) -> std::io::Result<bool> {
     let mut stream = dialer.connect(to, Purpose::Raft)?;
     let mut body = vec![RPC_MEMBER];
+    body.extend_from_slice(&0u64.to_le_bytes());
     body.extend_from_slice(&0u64.to_le_bytes());
     let reply = exchange(&mut stream, &body, ttl)??;
     serde_json::from_slice(&reply).map_err(|e| {
@@ -206,27 +219,61 @@ impl RaftNetwork<TypeConfig> for Connection {
     }
 }
 
-/// Answers one RAFT frame's body: the reply body, or why the request did not decode.
-pub async fn answer(raft: &Raft, me: u64, body: &[u8]) -> Result<Vec<u8>, String> {
-    let (&rpc, rest) = body.split_first().ok_or("an empty raft message")?;
-    let (target, json) = rest
+/// Why a RAFT frame was not answered.
+#[derive(Debug)]
+pub enum Refused {
+    /// The sender is a member of group `theirs`, this peer of `ours`.
+    OtherGroup { theirs: u64, ours: u64 },
+    /// Anything else, said.
+    Other(String),
+}
+
+/// Answers one RAFT frame's body: the reply body, or why it was refused.
+pub async fn answer(raft: &Raft, me: u64, store: &Store, body: &[u8]) -> Result<Vec<u8>, Refused> {
+    let (&rpc, rest) = body
+        .split_first()
+        .ok_or_else(|| Refused::Other("an empty raft message".into()))?;
+    let (target, rest) = rest
         .split_first_chunk::<8>()
-        .ok_or("a raft message without its target")?;
-    let target = u64::from_le_bytes(*target);
+        .ok_or_else(|| Refused::Other("a raft message without its target".into()))?;
+    let (group, json) = rest
+        .split_first_chunk::<8>()
+        .ok_or_else(|| Refused::Other("a raft message without its group".into()))?;
+    let (target, group) = (u64::from_le_bytes(*target), u64::from_le_bytes(*group));
     if rpc == RPC_MEMBER {
-        let member = raft.is_initialized().await.map_err(|e| e.to_string())?;
+        let member = raft
+            .is_initialized()
+            .await
+            .map_err(|e| Refused::Other(e.to_string()))?;
         return Ok(serde_json::to_vec(&member).expect("a bool serializes"));
     }
+    // A sender from before groups had an id (0) cannot be told apart: taken as before.
+    if group != 0
+        && let Some(ours) = store.group()
+        && ours != group
+    {
+        return Err(Refused::OtherGroup { theirs: group, ours });
+    }
     if target != me {
-        return Err(format!(
+        return Err(Refused::Other(format!(
             "a raft message for member {target:016x}, and this peer is member {me:016x}: the member it was meant for \
              ran on a data directory this peer no longer has; this peer takes part as a new member once the group adds it"
-        ));
+        )));
+    }
+    if group != 0 {
+        // Joined (written and synced) before anything of the group is taken; a member
+        // that joined another in between is refused as above.
+        let ours = store
+            .join_group(group)
+            .map_err(|e| Refused::Other(format!("cannot record the group this peer joins: {e}")))?;
+        if ours != group {
+            return Err(Refused::OtherGroup { theirs: group, ours });
+        }
     }
     fn reply<T: Serialize>(value: &T) -> Vec<u8> {
         serde_json::to_vec(value).expect("a raft reply serializes")
     }
-    let bad = |e: serde_json::Error| format!("a raft message that does not decode: {e}");
+    let bad = |e: serde_json::Error| Refused::Other(format!("a raft message that does not decode: {e}"));
     Ok(match rpc {
         RPC_VOTE => reply(&raft.vote(serde_json::from_slice(json).map_err(bad)?).await),
         RPC_APPEND => reply(
@@ -239,6 +286,6 @@ pub async fn answer(raft: &Raft, me: u64, body: &[u8]) -> Result<Vec<u8>, String
                 .install_snapshot(serde_json::from_slice(json).map_err(bad)?)
                 .await,
         ),
-        other => return Err(format!("unknown raft message kind {other}")),
+        other => return Err(Refused::Other(format!("unknown raft message kind {other}"))),
     })
 }

@@ -10,6 +10,9 @@
 //! body      = JSON of an Op: {"Vote":..} | {"Committed":..} | {"Append":[entries]}
 //!             | {"Truncate":index} (entries from index on are gone)
 //!             | {"Purge":log_id} (entries up to it are gone)
+//!             | {"Group":id} (the group this member belongs to: its founder's
+//!               storage id; written once, before founding or before the first
+//!               message of a group is taken; a log from before 2026-12-05 has none)
 //! snapshot  = len:u32 crc:u32 JSON{meta, metadata}   written to snapshot.tmp, synced,
 //!                                                  renamed, directory synced
 //! ```
@@ -48,6 +51,7 @@ enum Op {
     Append(Vec<Entry>),
     Truncate(u64),
     Purge(LogId),
+    Group(u64),
 }
 
 #[derive(Serialize, Deserialize)]
@@ -89,6 +93,8 @@ struct LogFile {
 
 struct Inner {
     log: LogFile,
+    /// The group this member belongs to (`Op::Group`).
+    group: Option<u64>,
     vote: Option<Vote>,
     committed: Option<LogId>,
     purged: Option<LogId>,
@@ -106,6 +112,9 @@ struct Inner {
 pub struct Store {
     inner: Arc<Mutex<Inner>>,
     cell: Arc<MetadataCell>,
+    /// `Inner::group` (0: none), read by every message sent without waiting for a
+    /// write of the log in progress.
+    group: Arc<AtomicU64>,
 }
 
 fn io_error(what: &str, path: &Path, e: std::io::Error) -> std::io::Error {
@@ -189,6 +198,7 @@ impl Store {
         let mut vote: Option<Vote> = None;
         let mut committed: Option<LogId> = None;
         let mut purged: Option<LogId> = None;
+        let mut group: Option<u64> = None;
         let mut entries: BTreeMap<u64, Entry> = BTreeMap::new();
         for body in &bodies {
             let op: Op = serde_json::from_slice(body)
@@ -208,6 +218,7 @@ impl Store {
                     purged = Some(log_id);
                     entries = entries.split_off(&(log_id.index + 1));
                 }
+                Op::Group(id) => group = Some(id),
             }
         }
         let file = std::fs::OpenOptions::new()
@@ -248,6 +259,7 @@ impl Store {
                     len: sound as u64,
                     records: bodies.len() as u64,
                 },
+                group,
                 vote,
                 committed,
                 purged,
@@ -259,12 +271,31 @@ impl Store {
                 snapshots_built: 0,
             })),
             cell,
+            group: Arc::new(AtomicU64::new(group.unwrap_or(0))),
         })
     }
 
     /// The metadata as applied on this peer.
     pub fn metadata(&self) -> Arc<MetadataCell> {
         Arc::clone(&self.cell)
+    }
+
+    /// The group this member belongs to, if it knows.
+    pub fn group(&self) -> Option<u64> {
+        Some(self.group.load(Ordering::Acquire)).filter(|g| *g != 0)
+    }
+
+    /// Makes this member one of group `id` unless it belongs to one already (written
+    /// and synced before it returns); returns the group it belongs to now.
+    pub fn join_group(&self, id: u64) -> std::io::Result<u64> {
+        let mut inner = self.lock();
+        if let Some(group) = inner.group {
+            return Ok(group);
+        }
+        inner.write(&Op::Group(id))?;
+        inner.group = Some(id);
+        self.group.store(id, Ordering::Release);
+        Ok(id)
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, Inner> {
@@ -292,6 +323,9 @@ impl Inner {
     fn rewrite(&mut self) -> std::io::Result<()> {
         let mut bytes = Vec::new();
         let mut ops = Vec::new();
+        if let Some(group) = self.group {
+            ops.push(Op::Group(group));
+        }
         if let Some(vote) = self.vote {
             ops.push(Op::Vote(vote));
         }
@@ -535,5 +569,22 @@ mod tests {
         let mut zeros = bytes[..whole - 3].to_vec();
         zeros.extend_from_slice(&[0; 16]);
         assert_eq!(records(&zeros).unwrap().0.len(), 1);
+    }
+
+    #[test]
+    fn the_group_a_member_joined_is_kept_once_and_survives_reopening_and_rewriting() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        assert_eq!(store.group(), None);
+        assert_eq!(store.join_group(7).unwrap(), 7);
+        // A second group is not taken: the first one stays.
+        assert_eq!(store.join_group(9).unwrap(), 7);
+        drop(store);
+        let store = Store::open(dir.path()).unwrap();
+        assert_eq!(store.group(), Some(7));
+        // The log rewritten whole keeps it.
+        store.lock().rewrite().unwrap();
+        drop(store);
+        assert_eq!(Store::open(dir.path()).unwrap().group(), Some(7));
     }
 }

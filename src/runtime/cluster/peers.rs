@@ -124,6 +124,13 @@ impl Peers {
     /// the engine through `shared`.
     pub fn attach(self: &Arc<Self>, shared: &Arc<Shared>) -> Result<(), RuntimeError> {
         let _ = self.shared.set(Arc::downgrade(shared));
+        // A stray (a group founded alone beside a running one) stops the engine.
+        let stopping = Arc::downgrade(shared);
+        self.cluster.consensus.on_stray(move |message| {
+            if let Some(shared) = stopping.upgrade() {
+                shared.control.fail(RuntimeError::StrayGroup(message));
+            }
+        });
         let thread = |e: std::io::Error| RuntimeError::Shard {
             shard: 0,
             reason: format!("cannot start a cluster thread: {e}"),
