@@ -941,23 +941,30 @@ fn leaders(servers: &[&Server]) -> BTreeMap<u64, String> {
         .collect()
 }
 
+/// Three peers of the replicated dataflow with `flags`, started one at a time: p1
+/// founds the cluster, the others are seeded with it.
+fn three_started_one_at_a_time(dir: &std::path::Path, flags: &[&str]) -> Vec<Server> {
+    let mut servers: Vec<Server> = Vec::new();
+    for name in ["p1", "p2", "p3"] {
+        let seed = servers.first().map(peer_of);
+        servers.push(replicated_peer_of(
+            dir,
+            name,
+            "127.0.0.1:0",
+            seed.as_deref(),
+            "64KiB",
+            flags,
+        ));
+    }
+    servers
+}
+
 #[test]
 fn a_restarted_peer_is_given_back_the_leads_placement_gave_it_losing_no_acked_record() {
     let _serial = one_at_a_time();
     let dir = tempfile::tempdir().unwrap();
     let flags = ["--replace-after", "10m", "--rebalance-after", "2s"];
-    let mut servers: Vec<Server> = Vec::new();
-    for name in ["p1", "p2", "p3"] {
-        let seed = servers.first().map(peer_of);
-        servers.push(replicated_peer_of(
-            dir.path(),
-            name,
-            "127.0.0.1:0",
-            seed.as_deref(),
-            "64KiB",
-            &flags,
-        ));
-    }
+    let mut servers = three_started_one_at_a_time(dir.path(), &flags);
     // Three replicas of three peers: each set holds them all, and each partition's
     // preferred leader is the first of rendezvous over the three.
     let all: Vec<&Server> = servers.iter().collect();
@@ -1033,18 +1040,7 @@ fn a_restarted_peer_is_given_back_the_leads_placement_gave_it_losing_no_acked_re
 fn a_founder_back_on_an_empty_data_directory_without_seeds_stops_instead_of_founding_a_second_cluster() {
     let _serial = one_at_a_time();
     let dir = tempfile::tempdir().unwrap();
-    let mut servers: Vec<Server> = Vec::new();
-    for name in ["p1", "p2", "p3"] {
-        let seed = servers.first().map(peer_of);
-        servers.push(replicated_peer_of(
-            dir.path(),
-            name,
-            "127.0.0.1:0",
-            seed.as_deref(),
-            "64KiB",
-            &[],
-        ));
-    }
+    let mut servers = three_started_one_at_a_time(dir.path(), &[]);
     wait_until(
         "every partition led with three replicas",
         Duration::from_secs(60),
