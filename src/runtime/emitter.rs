@@ -455,17 +455,17 @@ impl Emitter {
     /// its owner (provenance and the replay's trimming rely on it): the first batch to
     /// a new owner waits until every batch sent before is acked. Those in flight to the
     /// old owner are acked there, or lost with it and sent on to the new one
-    /// (`Batch::uncertain`), or the engine stops. On one machine the route never changes.
-    /// The route, for the batch to take.
+    /// (`Batch::uncertain`), or the engine stops. So does a batch sent while one to `q`
+    /// goes round the rerouter (refused while its partition was taken over, on the
+    /// same route): sent straight, it would be written before that one. On one machine
+    /// neither happens. The route, for the batch to take.
     async fn keep_order(&mut self, q: u32) -> Option<std::net::SocketAddr> {
         let route = self.mesh.route_of(self.topic, q);
         let last = &mut self.routes[q as usize];
-        if *last == Some(route) {
-            return route;
-        }
-        let changed = last.is_some();
+        let changed = last.is_some_and(|last| last != route);
         *last = Some(route);
-        if changed {
+        let behind_rerouted = self.sent.iter().any(|g| !g.is_durable() && g.was_rerouted(q));
+        if changed || behind_rerouted {
             while self.sent.iter().any(|g| !g.is_durable()) {
                 glommio::timer::sleep(std::time::Duration::from_micros(200)).await;
             }
@@ -582,6 +582,40 @@ mod tests {
         }
         futures_lite::future::block_on(replay.flush()).unwrap();
         assert_eq!(sent(&rx), vec![(b"d".to_vec(), Point::whole(9))]);
+    }
+
+    #[test]
+    fn a_batch_sent_while_an_earlier_one_goes_round_the_rerouter_waits_until_that_one_is_written() {
+        let order = glommio::LocalExecutorBuilder::default()
+            .spawn(|| async {
+                let spec = spec("64MiB");
+                let (mut e, rx) = emitter(&spec);
+                e.emit(1, 0, output(10, b'a')).unwrap();
+                e.flush().await.unwrap();
+                let first = rx.try_recv().expect("the first batch is sent at once");
+                // Refused where its partition was being taken over, on the same route:
+                // it goes round the rerouter.
+                let first = first.to_route_again("out").expect("it may be written elsewhere");
+                e.emit(2, 0, output(10, b'b')).unwrap();
+                let flushing = glommio::spawn_local(async move { e.flush().await.map(|()| e) });
+                let mut seen = Vec::new();
+                for _ in 0..20 {
+                    glommio::timer::sleep(std::time::Duration::from_millis(5)).await;
+                    seen.extend(sent(&rx));
+                }
+                assert_eq!(
+                    seen,
+                    vec![],
+                    "nothing goes before the batch in the rerouter is written"
+                );
+                first.ack.durable(0, 0, 1);
+                let _e = flushing.await.unwrap();
+                sent(&rx)
+            })
+            .unwrap()
+            .join()
+            .unwrap();
+        assert_eq!(order, vec![(b"b".to_vec(), Point::whole(3))]);
     }
 
     #[test]

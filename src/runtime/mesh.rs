@@ -112,6 +112,7 @@ impl Batch {
     /// when it has been failed, saying it was not written.
     pub fn to_route_again(self, topic: &str) -> Option<Batch> {
         if !self.here_only {
+            self.rerouted();
             return Some(self);
         }
         self.ack.failed(crate::runtime::error::EngineError::Unavailable(format!(
@@ -119,6 +120,15 @@ impl Batch {
             self.partition
         )));
         None
+    }
+
+    /// Tells the engine producer that sent it, if one did, that it goes round the
+    /// rerouter: its next batches to the partition wait until it is settled
+    /// (`Emitter::keep_order`), so that none overtakes it there.
+    pub fn rerouted(&self) {
+        if let Some(generation) = self.ack.generation() {
+            generation.rerouted[self.partition as usize].store(true, Ordering::Release);
+        }
     }
 
     /// The `flowd-src` header of the batch's last record: the producer and how far its
@@ -263,6 +273,8 @@ pub struct Generation {
     pending: AtomicUsize,
     ends: Vec<AtomicU64>,
     stale: std::sync::atomic::AtomicBool,
+    /// Per partition: a batch of it went round the rerouter (`Batch::rerouted`).
+    rerouted: Vec<std::sync::atomic::AtomicBool>,
 }
 
 impl Generation {
@@ -271,6 +283,9 @@ impl Generation {
             pending: AtomicUsize::new(0),
             ends: (0..partitions).map(|_| AtomicU64::new(0)).collect(),
             stale: std::sync::atomic::AtomicBool::new(false),
+            rerouted: (0..partitions)
+                .map(|_| std::sync::atomic::AtomicBool::new(false))
+                .collect(),
         })
     }
 
@@ -294,6 +309,11 @@ impl Generation {
     /// Whether a batch of it was refused as an earlier lead's.
     pub fn is_stale(&self) -> bool {
         self.stale.load(Ordering::Acquire)
+    }
+
+    /// Whether a batch of it to `partition` went round the rerouter.
+    pub fn was_rerouted(&self, partition: u32) -> bool {
+        self.rerouted[partition as usize].load(Ordering::Acquire)
     }
 
     /// Whether no batch of it waits for its ack.

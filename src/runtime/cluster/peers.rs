@@ -631,6 +631,7 @@ impl Link {
     }
 
     fn reroute(&self, batch: Batch) {
+        batch.rerouted();
         self.rerouting.fetch_add(1, Ordering::AcqRel);
         if let Err(flume::SendError((_, batch))) = self.refused.send((self.topic_index, batch)) {
             self.rerouting.fetch_sub(1, Ordering::AcqRel);
