@@ -363,16 +363,10 @@ impl Consensus {
     /// while `theirs`, which counts this peer's address as a member, runs. It stops (a
     /// group of one cannot be merged into another, and serving on would hide that
     /// group's records behind empty copies). Any other member refuses and says so.
+    /// The voters are the committed ones: a stray proposes the peers it sees as voters
+    /// of its own group too, a change they refuse and that never commits.
     fn other_group(&self, from: SocketAddr, theirs: u64, ours: u64) -> String {
-        let voters: Vec<u64> = self
-            .raft
-            .metrics()
-            .borrow()
-            .membership_config
-            .membership()
-            .voter_ids()
-            .collect();
-        if voters == [self.me] {
+        if self.store.applied_voters() == [self.me] {
             let message = format!(
                 "this peer ({}) founded a metadata group of its own (group {ours:016x}, no voter but itself), and \
                  {from}, a peer of a running group (group {theirs:016x}) that counts this peer's address as a member, \

@@ -298,6 +298,12 @@ impl Store {
         Ok(id)
     }
 
+    /// The voters of the last membership applied here: committed, unlike openraft's
+    /// metrics, which show a change proposed and not yet agreed.
+    pub fn applied_voters(&self) -> Vec<u64> {
+        self.lock().membership.membership().voter_ids().collect()
+    }
+
     fn lock(&self) -> std::sync::MutexGuard<'_, Inner> {
         self.inner.lock().unwrap_or_else(|e| e.into_inner())
     }
