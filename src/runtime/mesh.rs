@@ -112,7 +112,6 @@ impl Batch {
     /// when it has been failed, saying it was not written.
     pub fn to_route_again(self, topic: &str) -> Option<Batch> {
         if !self.here_only {
-            self.rerouted();
             return Some(self);
         }
         self.ack.failed(crate::runtime::error::EngineError::Unavailable(format!(
@@ -123,8 +122,9 @@ impl Batch {
     }
 
     /// Tells the engine producer that sent it, if one did, that it goes round the
-    /// rerouter: its next batches to the partition wait until it is settled
-    /// (`Emitter::keep_order`), so that none overtakes it there.
+    /// rerouter (`reroute::Queue` marks every batch it takes): its next batches to the
+    /// partition wait until it is settled (`Emitter::keep_order`), so that none
+    /// overtakes it there.
     pub fn rerouted(&self) {
         if let Some(generation) = self.ack.generation() {
             generation.rerouted[self.partition as usize].store(true, Ordering::Release);

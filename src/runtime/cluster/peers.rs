@@ -13,7 +13,7 @@
 use std::collections::HashMap;
 use std::io::Write;
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::AtomicUsize;
 use std::sync::{Arc, Condvar, Mutex, OnceLock, RwLock, Weak};
 use std::time::Duration;
 
@@ -62,11 +62,10 @@ pub struct Peers {
     shared: OnceLock<Weak<Shared>>,
     /// Where each partition stands here: served, being taken over, or away.
     pub ownership: Ownership,
-    /// Batches refused because their partition moves, for the rerouter.
-    refused: flume::Sender<(usize, Batch)>,
-    refused_rx: Mutex<Option<flume::Receiver<(usize, Batch)>>>,
-    /// Batches handed to the rerouter and not sent on yet.
-    pub rerouting: Arc<AtomicUsize>,
+    /// Batches refused because their partition moves, for the rerouter (which counts
+    /// them until it sent them on).
+    pub reroute: reroute::Queue,
+    reroute_rx: Mutex<Option<flume::Receiver<(usize, Batch)>>>,
     /// Batches other peers sent here, queued on a shard and not yet answered: a leaving
     /// peer waits for none, so that no sender is left without an answer.
     pub answering: AtomicUsize,
@@ -102,7 +101,7 @@ impl Peers {
             &replication,
             &topics,
         );
-        let (refused, refused_rx) = flume::bounded(reroute::REROUTE_QUEUE);
+        let (reroute, reroute_rx) = reroute::Queue::new();
         Ok(Peers {
             cluster,
             ownership: Ownership::new(topics.iter().map(|(_, n)| *n)),
@@ -111,9 +110,8 @@ impl Peers {
             links: Mutex::new(HashMap::new()),
             fetchers: Mutex::new(HashMap::new()),
             shared: OnceLock::new(),
-            refused,
-            refused_rx: Mutex::new(Some(refused_rx)),
-            rerouting: Arc::new(AtomicUsize::new(0)),
+            reroute,
+            reroute_rx: Mutex::new(Some(reroute_rx)),
             answering: AtomicUsize::new(0),
             answerers,
             replication,
@@ -135,7 +133,7 @@ impl Peers {
             shard: 0,
             reason: format!("cannot start a cluster thread: {e}"),
         };
-        if let Some(refused) = self.refused_rx.lock().unwrap_or_else(|e| e.into_inner()).take() {
+        if let Some(refused) = self.reroute_rx.lock().unwrap_or_else(|e| e.into_inner()).take() {
             let peers = Arc::downgrade(self);
             std::thread::Builder::new()
                 .name("flowd-reroute".into())
@@ -178,32 +176,15 @@ impl Peers {
     /// Hands a batch refused because its partition moves to the rerouter (from a shard).
     /// A batch that must be written here or not at all fails instead: it was not written.
     pub async fn refuse(&self, topic: usize, batch: Batch) {
-        let Some(batch) = batch.to_route_again(self.topic_name(topic)) else {
-            return;
-        };
-        self.rerouting.fetch_add(1, Ordering::AcqRel);
-        if let Err(flume::SendError((_, batch))) = self.refused.send_async((topic, batch)).await {
-            self.rerouting.fetch_sub(1, Ordering::AcqRel);
-            batch.ack.failed(EngineError::Stopping);
+        if let Some(batch) = batch.to_route_again(self.topic_name(topic)) {
+            self.reroute.send(topic, batch).await;
         }
     }
 
     /// `refuse` without waiting: the batch back if the rerouter's queue is full.
     pub fn refuse_now(&self, topic: usize, batch: Batch) -> Option<Batch> {
         let batch = batch.to_route_again(self.topic_name(topic))?;
-        self.rerouting.fetch_add(1, Ordering::AcqRel);
-        match self.refused.try_send((topic, batch)) {
-            Ok(()) => None,
-            Err(flume::TrySendError::Full((_, batch))) => {
-                self.rerouting.fetch_sub(1, Ordering::AcqRel);
-                Some(batch)
-            }
-            Err(flume::TrySendError::Disconnected((_, batch))) => {
-                self.rerouting.fetch_sub(1, Ordering::AcqRel);
-                batch.ack.failed(EngineError::Stopping);
-                None
-            }
-        }
+        self.reroute.try_send(topic, batch)
     }
 
     /// Batches this peer routes on and has no answer for yet: held by the rerouter,
@@ -211,7 +192,7 @@ impl Peers {
     /// no batch it took is left without an answer when it goes.
     pub fn unsettled(&self) -> usize {
         let links = self.links.lock().unwrap_or_else(|e| e.into_inner());
-        self.rerouting.load(Ordering::Acquire)
+        self.reroute.held()
             + links
                 .values()
                 .map(|(tx, link)| tx.len() + link.lock().batches.len())
@@ -322,9 +303,8 @@ impl Peers {
             pending: Mutex::new(Pending::default()),
             room: Condvar::new(),
             shared: self.shared.get().cloned(),
-            refused: self.refused.clone(),
+            reroute: self.reroute.clone(),
             topic_index: topic,
-            rerouting: Arc::clone(&self.rerouting),
             replicated: self.replication.is_replicated(topic),
         });
         let running = Arc::clone(&link);
@@ -385,10 +365,8 @@ struct Link {
     room: Condvar,
     shared: Option<Weak<Shared>>,
     /// The rerouter, for batches the owner redirects or that never left.
-    refused: flume::Sender<(usize, Batch)>,
+    reroute: reroute::Queue,
     topic_index: usize,
-    /// The peers' count of batches with the rerouter.
-    rerouting: Arc<AtomicUsize>,
     /// Whether the topic is replicated: an engine producer's batch lost with its leader
     /// goes to the next one (`lost`).
     replicated: bool,
@@ -631,12 +609,7 @@ impl Link {
     }
 
     fn reroute(&self, batch: Batch) {
-        batch.rerouted();
-        self.rerouting.fetch_add(1, Ordering::AcqRel);
-        if let Err(flume::SendError((_, batch))) = self.refused.send((self.topic_index, batch)) {
-            self.rerouting.fetch_sub(1, Ordering::AcqRel);
-            batch.ack.failed(EngineError::Stopping);
-        }
+        self.reroute.send_blocking(self.topic_index, batch);
     }
 
     fn take(&self, request: u64) -> Option<Batch> {

@@ -9,10 +9,12 @@
 //! is acked or failed (its ack is watched), or came back refused again, and then goes
 //! first. So batches routed again land in the order they came, and a producer's
 //! batches to a partition stay in send order (the provenance rule) even when the new
-//! owner refuses one while it takes the partition over.
+//! owner refuses one while it takes the partition over: every batch that goes in is
+//! marked (`Batch::rerouted`), and its producer's next batches to the partition wait
+//! until it is settled (`Emitter::keep_order`) instead of going straight past it.
 
 use std::collections::{HashMap, HashSet, VecDeque};
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Weak};
 use std::time::{Duration, Instant};
 
@@ -22,7 +24,7 @@ use crate::runtime::error::RuntimeError;
 use crate::runtime::mesh::Batch;
 
 /// Refused batches queued for the rerouter before the refusing side waits.
-pub const REROUTE_QUEUE: usize = 1024;
+const REROUTE_QUEUE: usize = 1024;
 /// Batches the rerouter holds while no owner takes them.
 const HELD_MAX: usize = 4096;
 /// The pause before a refused batch is sent again.
@@ -34,6 +36,80 @@ struct Held {
     topic: usize,
     batch: Batch,
     due: Instant,
+}
+
+/// The way into the rerouter, for the shards' refusals and the links alike: its queue,
+/// and how many batches it holds (queued or held; a leaving peer waits for none,
+/// `Peers::unsettled`). Every batch that goes in is marked `Batch::rerouted`.
+#[derive(Clone)]
+pub struct Queue {
+    tx: flume::Sender<(usize, Batch)>,
+    held: Arc<AtomicUsize>,
+}
+
+impl Queue {
+    /// The queue, and its receiving end for `run`.
+    pub fn new() -> (Queue, flume::Receiver<(usize, Batch)>) {
+        let (tx, rx) = flume::bounded(REROUTE_QUEUE);
+        let queue = Queue {
+            tx,
+            held: Arc::new(AtomicUsize::new(0)),
+        };
+        (queue, rx)
+    }
+
+    /// Hands `batch` (of topic `topic`) in, waiting while the queue is full. With the
+    /// rerouter gone (the engine stopping) the batch fails.
+    pub async fn send(&self, topic: usize, batch: Batch) {
+        self.count_in(&batch);
+        if let Err(flume::SendError((_, batch))) = self.tx.send_async((topic, batch)).await {
+            self.stopping(batch);
+        }
+    }
+
+    /// `send` from a thread that may block.
+    pub fn send_blocking(&self, topic: usize, batch: Batch) {
+        self.count_in(&batch);
+        if let Err(flume::SendError((_, batch))) = self.tx.send((topic, batch)) {
+            self.stopping(batch);
+        }
+    }
+
+    /// `send` without waiting: the batch back if the queue is full.
+    pub fn try_send(&self, topic: usize, batch: Batch) -> Option<Batch> {
+        self.count_in(&batch);
+        match self.tx.try_send((topic, batch)) {
+            Ok(()) => None,
+            Err(flume::TrySendError::Full((_, batch))) => {
+                self.left();
+                Some(batch)
+            }
+            Err(flume::TrySendError::Disconnected((_, batch))) => {
+                self.stopping(batch);
+                None
+            }
+        }
+    }
+
+    /// Batches queued for the rerouter or held by it.
+    pub fn held(&self) -> usize {
+        self.held.load(Ordering::Acquire)
+    }
+
+    fn count_in(&self, batch: &Batch) {
+        batch.rerouted();
+        self.held.fetch_add(1, Ordering::AcqRel);
+    }
+
+    /// One batch is no longer with the rerouter (sent on, failed, or given back).
+    fn left(&self) {
+        self.held.fetch_sub(1, Ordering::AcqRel);
+    }
+
+    fn stopping(&self, batch: Batch) {
+        self.left();
+        batch.ack.failed(EngineError::Stopping);
+    }
 }
 
 /// Runs until the engine's peers are gone.
@@ -110,7 +186,7 @@ fn send_due(
             continue;
         }
         if batch.refused.is_some_and(|at| now.duration_since(at) >= PATIENCE) {
-            peers.rerouting.fetch_sub(1, Ordering::AcqRel);
+            peers.reroute.left();
             give_up(peers, topic, batch);
             continue;
         }
@@ -127,7 +203,7 @@ fn send_due(
         let settled = batch.ack.watch();
         match sender.try_send(batch) {
             Ok(()) => {
-                peers.rerouting.fetch_sub(1, Ordering::AcqRel);
+                peers.reroute.left();
                 on_its_way.insert(key, settled);
                 waiting.insert(key);
             }
@@ -136,10 +212,7 @@ fn send_due(
                 waiting.insert(key);
                 kept.push_back(Held { topic, batch, due });
             }
-            Err(flume::TrySendError::Disconnected(batch)) => {
-                peers.rerouting.fetch_sub(1, Ordering::AcqRel);
-                batch.ack.failed(EngineError::Stopping);
-            }
+            Err(flume::TrySendError::Disconnected(batch)) => peers.reroute.stopping(batch),
         }
     }
     *held = kept;
