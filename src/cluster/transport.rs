@@ -165,20 +165,35 @@ fn opens_with_tls(socket: &TcpStream) -> std::io::Result<Option<bool>> {
     }
 }
 
-/// Logs refused connections, each reason once per address in `REFUSAL_LOG_EVERY` (the
-/// rest at debug level): loud about a misconfigured peer, without flooding the log.
-#[derive(Default)]
+/// Logs refusals of peers, each reason once per address in `REFUSAL_LOG_EVERY` (or as
+/// often as made with `every`; the rest at debug level): loud about a misconfigured
+/// peer, without flooding the log.
 pub struct Refusals {
     last: Mutex<HashMap<(IpAddr, String), Instant>>,
+    every: Duration,
+}
+
+impl Default for Refusals {
+    fn default() -> Refusals {
+        Refusals::every(REFUSAL_LOG_EVERY)
+    }
 }
 
 impl Refusals {
+    /// Says each reason once per address in `every`.
+    pub fn every(every: Duration) -> Refusals {
+        Refusals {
+            last: Mutex::new(HashMap::new()),
+            every,
+        }
+    }
+
     /// `reason` names the refusal without the connection's port.
-    fn warn(&self, from: IpAddr, reason: &str, message: &str) {
+    pub fn warn(&self, from: IpAddr, reason: &str, message: &str) {
         let now = Instant::now();
         let mut last = self.last.lock().unwrap_or_else(|e| e.into_inner());
         if last.len() > PEER_CONNECTIONS_MAX {
-            last.retain(|_, at| now.duration_since(*at) < REFUSAL_LOG_EVERY);
+            last.retain(|_, at| now.duration_since(*at) < self.every);
             if last.len() > PEER_CONNECTIONS_MAX {
                 // A flood from many addresses: forget them all rather than grow.
                 last.clear();
@@ -187,7 +202,7 @@ impl Refusals {
         let key = (from, reason.to_owned());
         let due = last
             .get(&key)
-            .is_none_or(|at| now.duration_since(*at) >= REFUSAL_LOG_EVERY);
+            .is_none_or(|at| now.duration_since(*at) >= self.every);
         if due {
             last.insert(key, now);
             tracing::warn!("{message}");

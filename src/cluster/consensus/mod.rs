@@ -31,12 +31,11 @@ pub mod network;
 pub mod store;
 pub mod types;
 
-use std::collections::HashMap;
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::SocketAddr;
 use std::path::Path;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex, OnceLock};
+use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 
 use openraft::{BasicNode, ChangeMembers, ServerState};
@@ -69,8 +68,8 @@ pub struct Consensus {
     store: store::Store,
     /// What the engine does once this peer learns it is a stray (`on_stray`).
     stray: OnceLock<Box<dyn Fn(String) + Send + Sync>>,
-    /// When each other group's refusal was last said, so that it is said once a minute.
-    refusals_said: Mutex<HashMap<u64, Instant>>,
+    /// Refusals of other groups' messages, each said once a minute per peer and group.
+    refusals: crate::cluster::transport::Refusals,
 }
 
 /// How often a member says that it refuses another group's messages.
@@ -186,7 +185,7 @@ impl Consensus {
             founded: Arc::new(AtomicBool::new(false)),
             store,
             stray: OnceLock::new(),
-            refusals_said: Mutex::new(HashMap::new()),
+            refusals: crate::cluster::transport::Refusals::every(OTHER_GROUP_SAID_EVERY),
         })
     }
 
@@ -387,15 +386,8 @@ impl Consensus {
              group {ours:016x}; two groups never mix. A peer founds a group of its own when it starts without seeds \
              on an empty data directory: start it with --seeds naming a peer of this cluster"
         );
-        let now = Instant::now();
-        let mut said = self.refusals_said.lock().unwrap_or_else(|e| e.into_inner());
-        said.retain(|_, at| now.duration_since(*at) < OTHER_GROUP_SAID_EVERY);
-        if !said.contains_key(&theirs) && said.len() < 64 {
-            said.insert(theirs, now);
-            tracing::warn!("{message}");
-        } else {
-            tracing::debug!("{message}");
-        }
+        self.refusals
+            .warn(from.ip(), &format!("metadata group {theirs:016x}"), &message);
         message
     }
 

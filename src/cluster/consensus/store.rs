@@ -93,8 +93,9 @@ struct LogFile {
 
 struct Inner {
     log: LogFile,
-    /// The group this member belongs to (`Op::Group`).
-    group: Option<u64>,
+    /// The group this member belongs to (`Op::Group`; 0: none), shared with `Store`,
+    /// whose readers take it without the lock.
+    group: Arc<AtomicU64>,
     vote: Option<Vote>,
     committed: Option<LogId>,
     purged: Option<LogId>,
@@ -112,8 +113,8 @@ struct Inner {
 pub struct Store {
     inner: Arc<Mutex<Inner>>,
     cell: Arc<MetadataCell>,
-    /// `Inner::group` (0: none), read by every message sent without waiting for a
-    /// write of the log in progress.
+    /// `Inner::group`, read by every message sent without waiting for a write of the
+    /// log in progress.
     group: Arc<AtomicU64>,
 }
 
@@ -248,6 +249,7 @@ impl Store {
             }
             None => (None, StoredMembership::default(), Metadata::default(), None),
         };
+        let group = Arc::new(AtomicU64::new(group.unwrap_or(0)));
         let cell = Arc::new(MetadataCell::default());
         cell.set(metadata.clone());
         Ok(Store {
@@ -259,7 +261,7 @@ impl Store {
                     len: sound as u64,
                     records: bodies.len() as u64,
                 },
-                group,
+                group: Arc::clone(&group),
                 vote,
                 committed,
                 purged,
@@ -271,7 +273,7 @@ impl Store {
                 snapshots_built: 0,
             })),
             cell,
-            group: Arc::new(AtomicU64::new(group.unwrap_or(0))),
+            group,
         })
     }
 
@@ -289,11 +291,10 @@ impl Store {
     /// and synced before it returns); returns the group it belongs to now.
     pub fn join_group(&self, id: u64) -> std::io::Result<u64> {
         let mut inner = self.lock();
-        if let Some(group) = inner.group {
+        if let Some(group) = self.group() {
             return Ok(group);
         }
         inner.write(&Op::Group(id))?;
-        inner.group = Some(id);
         self.group.store(id, Ordering::Release);
         Ok(id)
     }
@@ -329,8 +330,9 @@ impl Inner {
     fn rewrite(&mut self) -> std::io::Result<()> {
         let mut bytes = Vec::new();
         let mut ops = Vec::new();
-        if let Some(group) = self.group {
-            ops.push(Op::Group(group));
+        match self.group.load(Ordering::Acquire) {
+            0 => {}
+            group => ops.push(Op::Group(group)),
         }
         if let Some(vote) = self.vote {
             ops.push(Op::Vote(vote));
