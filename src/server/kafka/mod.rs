@@ -14,7 +14,8 @@
 //! is logged with what it was and the connection closed; ApiVersions tells clients what
 //! is served, so the clients named above never send one.
 //!
-//! Codemap: `versions` (what is served; ApiVersions) → `brokers` (this door alone, or
+//! Codemap: `versions` (what is served; ApiVersions) → `request` (a request's bytes
+//! decoded: head, then body) → `brokers` (this door alone, or
 //! every peer's; leaders and coordinators) → `metadata` → `produce` (batches in, durable
 //! acks out) and `producers` (idempotence) → `fetch` (Fetch with long polls,
 //! ListOffsets) → `records` (Kafka records to flowd's and back) over `batch` (a batch's
@@ -33,7 +34,8 @@ mod inflate;
 mod metadata;
 mod produce;
 mod producers;
-mod records;
+pub mod records;
+pub mod request;
 mod sasl;
 mod topics;
 mod versions;
@@ -52,18 +54,14 @@ use std::time::Instant;
 
 use bytes::{BufMut, Bytes, BytesMut};
 use futures_lite::{AsyncReadExt, AsyncWriteExt};
-use kafka_protocol::messages::{
-    ApiKey, ApiVersionsRequest, CreateTopicsRequest, DeleteTopicsRequest, FetchRequest,
-    FindCoordinatorRequest, HeartbeatRequest, InitProducerIdRequest, JoinGroupRequest, LeaveGroupRequest,
-    ListOffsetsRequest, MetadataRequest, OffsetCommitRequest, OffsetFetchRequest, ProduceRequest,
-    RequestHeader, ResponseHeader, SaslAuthenticateRequest, SaslHandshakeRequest, SyncGroupRequest,
-};
-use kafka_protocol::protocol::{Decodable, Encodable};
+use kafka_protocol::messages::{ApiKey, ResponseHeader};
+use kafka_protocol::protocol::Encodable;
 
 use crate::runtime::shard::Shard;
 use crate::server::admission::{Charge, FREE_BYTES, Refusal};
 use crate::server::door::{self, Stream};
 use crate::server::{Front, api};
+use request::Body;
 
 /// Accepts Kafka clients on this shard's socket until the engine stops.
 pub async fn accept_loop(shard: Rc<Shard>, front: Rc<Front>, fd: RawFd) {
@@ -260,30 +258,23 @@ async fn read_request(
 async fn take(
     shard: &Rc<Shard>,
     front: &Rc<Front>,
-    mut bytes: Bytes,
+    bytes: Bytes,
     who: &mut sasl::Who,
     exchange: &mut sasl::Exchange,
 ) -> Result<(Answer, Option<String>), String> {
-    let raw_key = i16::from_be_bytes([bytes[0], bytes[1]]);
-    let version = i16::from_be_bytes([bytes[2], bytes[3]]);
-    let correlation = i32::from_be_bytes([bytes[4], bytes[5], bytes[6], bytes[7]]);
-    let Ok(key) = ApiKey::try_from(raw_key) else {
-        return Err(format!("API key {raw_key} is none of Kafka's"));
-    };
-    if !versions::serves(key, version) {
-        if key == ApiKey::ApiVersions {
+    let (head, bytes) = match request::open(bytes)? {
+        request::Opened::Served(head, bytes) => (head, bytes),
+        request::Opened::VersionsUnserved { version, correlation } => {
             // Answered in version 0, which every client reads, with the versions served.
-            return encode(key, 0, correlation, &versions::answer(version))
+            return encode(ApiKey::ApiVersions, 0, correlation, &versions::answer(version))
                 .map(|b| (Answer::Ready(Some((b, None))), None));
         }
-        return Err(format!(
-            "{key:?} version {version} is not served (served: {})",
-            served_list()
-        ));
-    }
-    let bad = |e: &dyn std::fmt::Display| format!("a {key:?} v{version} request that does not decode: {e}");
-    let _header =
-        RequestHeader::decode(&mut bytes, key.request_header_version(version)).map_err(|e| bad(&e))?;
+    };
+    let request::Head {
+        key,
+        version,
+        correlation,
+    } = head;
     if !who.proved()
         && !matches!(
             key,
@@ -298,25 +289,14 @@ async fn take(
     let ready = |body: Result<Vec<u8>, String>| body.map(|b| Answer::Ready(Some((b, None))));
     let later = |task| Ok(Answer::Later(glommio::spawn_local(task).detach()));
     let mut close = None;
-    let answer = match key {
-        ApiKey::SaslHandshake if version == 0 => {
-            return Err(
-                "a SaslHandshake of version 0 (SASL's bytes unframed after it) is not served: \
-                        SaslAuthenticate is (clients from Kafka 1.0 on use it)"
-                    .into(),
-            );
-        }
-        ApiKey::SaslHandshake => {
-            let request = SaslHandshakeRequest::decode(&mut bytes, version).map_err(|e| bad(&e))?;
-            ready(encode(
-                key,
-                version,
-                correlation,
-                &sasl::handshake(&request, exchange),
-            ))
-        }
-        ApiKey::SaslAuthenticate => {
-            let request = SaslAuthenticateRequest::decode(&mut bytes, version).map_err(|e| bad(&e))?;
+    let answer = match request::body(head, bytes)? {
+        Body::SaslHandshake(request) => ready(encode(
+            key,
+            version,
+            correlation,
+            &sasl::handshake(&request, exchange),
+        )),
+        Body::SaslAuthenticate(request) => {
             let (answer, proved) = sasl::authenticate(&request, exchange, who);
             if !proved {
                 close = Some(format!(
@@ -326,12 +306,8 @@ async fn take(
             }
             ready(encode(key, version, correlation, &answer))
         }
-        ApiKey::ApiVersions => {
-            ApiVersionsRequest::decode(&mut bytes, version).map_err(|e| bad(&e))?;
-            ready(encode(key, version, correlation, &versions::answer(version)))
-        }
-        ApiKey::Metadata => {
-            let request = MetadataRequest::decode(&mut bytes, version).map_err(|e| bad(&e))?;
+        Body::ApiVersions => ready(encode(key, version, correlation, &versions::answer(version))),
+        Body::Metadata(request) => {
             let cluster_id = shard
                 .shared
                 .peers
@@ -340,8 +316,7 @@ async fn take(
             let answer = metadata::answer(shard, &request, version, &who.brokers(), cluster_id);
             ready(encode(key, version, correlation, &answer))
         }
-        ApiKey::Produce => {
-            let request = ProduceRequest::decode(&mut bytes, version).map_err(|e| bad(&e))?;
+        Body::Produce(request) => {
             let sent = produce::send_all(
                 shard,
                 &shared(front)?,
@@ -359,8 +334,7 @@ async fn take(
                 }
             }) as Later)
         }
-        ApiKey::Fetch => {
-            let request = FetchRequest::decode(&mut bytes, version).map_err(|e| bad(&e))?;
+        Body::Fetch(request) => {
             let (shard, front, who) = (Rc::clone(shard), Rc::clone(front), who.clone());
             later(Box::pin(async move {
                 // The response's room, taken from the shard's budget before it is read
@@ -385,85 +359,69 @@ async fn take(
                 encode(key, version, correlation, &answer).map(|b| Some((b, Some(charge))))
             }) as Later)
         }
-        ApiKey::ListOffsets => {
-            let request = ListOffsetsRequest::decode(&mut bytes, version).map_err(|e| bad(&e))?;
+        Body::ListOffsets(request) => {
             let (shard, who) = (Rc::clone(shard), who.clone());
             later(Box::pin(async move {
                 let answer = fetch::list_offsets(&shard, &request, &who).await;
                 encode(key, version, correlation, &answer).map(|b| Some((b, None)))
             }) as Later)
         }
-        ApiKey::CreateTopics => {
-            let request = CreateTopicsRequest::decode(&mut bytes, version).map_err(|e| bad(&e))?;
-            ready(encode(
-                key,
-                version,
-                correlation,
-                &topics::create(&shard.shared.spec, &request),
-            ))
-        }
-        ApiKey::DeleteTopics => {
-            let request = DeleteTopicsRequest::decode(&mut bytes, version).map_err(|e| bad(&e))?;
+        Body::CreateTopics(request) => ready(encode(
+            key,
+            version,
+            correlation,
+            &topics::create(&shard.shared.spec, &request),
+        )),
+        Body::DeleteTopics(request) => {
             let answer = topics::delete(&shard.shared.spec, &request, version);
             ready(encode(key, version, correlation, &answer))
         }
-        ApiKey::InitProducerId => {
-            let request = InitProducerIdRequest::decode(&mut bytes, version).map_err(|e| bad(&e))?;
+        Body::InitProducerId(request) => {
             let answer = shared(front)?.producers.init(&request);
             ready(encode(key, version, correlation, &answer))
         }
-        ApiKey::FindCoordinator => {
-            let request = FindCoordinatorRequest::decode(&mut bytes, version).map_err(|e| bad(&e))?;
-            ready(encode(
-                key,
-                version,
-                correlation,
-                &groups::find_coordinator(&request, version, &who.brokers()),
-            ))
-        }
-        ApiKey::JoinGroup => {
-            let request = JoinGroupRequest::decode(&mut bytes, version).map_err(|e| bad(&e))?;
+        Body::FindCoordinator(request) => ready(encode(
+            key,
+            version,
+            correlation,
+            &groups::find_coordinator(&request, version, &who.brokers()),
+        )),
+        Body::JoinGroup(request) => {
             let (groups, who) = (shared(front)?, who.clone());
             later(Box::pin(async move {
                 let answer = groups::join(&groups.groups, request, version, &who).await;
                 encode(key, version, correlation, &answer).map(|b| Some((b, None)))
             }) as Later)
         }
-        ApiKey::SyncGroup => {
-            let request = SyncGroupRequest::decode(&mut bytes, version).map_err(|e| bad(&e))?;
+        Body::SyncGroup(request) => {
             let (groups, who) = (shared(front)?, who.clone());
             later(Box::pin(async move {
                 let answer = groups::sync(&groups.groups, request, &who).await;
                 encode(key, version, correlation, &answer).map(|b| Some((b, None)))
             }) as Later)
         }
-        ApiKey::Heartbeat => {
-            let request = HeartbeatRequest::decode(&mut bytes, version).map_err(|e| bad(&e))?;
+        Body::Heartbeat(request) => {
             let answer = groups::heartbeat(&shared(front)?.groups, &request, who);
             ready(encode(key, version, correlation, &answer))
         }
-        ApiKey::LeaveGroup => {
-            let request = LeaveGroupRequest::decode(&mut bytes, version).map_err(|e| bad(&e))?;
+        Body::LeaveGroup(request) => {
             let answer = groups::leave(&shared(front)?.groups, &request, version, who);
             ready(encode(key, version, correlation, &answer))
         }
-        ApiKey::OffsetCommit => {
-            let request = OffsetCommitRequest::decode(&mut bytes, version).map_err(|e| bad(&e))?;
+        Body::OffsetCommit(request) => {
             let (shard, groups, who) = (Rc::clone(shard), shared(front)?, who.clone());
             later(Box::pin(async move {
                 let answer = groups::offset_commit(&shard, &groups.groups, request, &who).await;
                 encode(key, version, correlation, &answer).map(|b| Some((b, None)))
             }) as Later)
         }
-        ApiKey::OffsetFetch => {
-            let request = OffsetFetchRequest::decode(&mut bytes, version).map_err(|e| bad(&e))?;
+        Body::OffsetFetch(request) => {
             let (shard, who) = (Rc::clone(shard), who.clone());
             later(Box::pin(async move {
                 let answer = groups::offset_fetch(&shard, request, version, &who).await;
                 encode(key, version, correlation, &answer).map(|b| Some((b, None)))
             }) as Later)
         }
-        other => Err(format!("{other:?} is listed as served but has no answer")),
     }?;
     Ok((answer, close))
 }
@@ -493,12 +451,4 @@ fn encode<R: Encodable>(key: ApiKey, version: i16, correlation: i32, body: &R) -
     let len = i32::try_from(buf.len() - 4).map_err(|_| format!("a {key:?} response over 2 GiB"))?;
     buf[..4].copy_from_slice(&len.to_be_bytes());
     Ok(buf.to_vec())
-}
-
-fn served_list() -> String {
-    versions::SERVED
-        .iter()
-        .map(|(key, min, max)| format!("{key:?} {min}-{max}"))
-        .collect::<Vec<_>>()
-        .join(", ")
 }
