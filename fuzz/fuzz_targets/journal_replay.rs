@@ -18,5 +18,8 @@ fuzz_target!(|bytes: &[u8]| {
         rest = &rest[len..];
     }
     let mut state = Replayed::default();
-    let _ = replay_values(records.iter().enumerate().map(|(i, r)| (i as u64, *r)), &mut state);
+    let _ = replay_values(
+        records.iter().enumerate().map(|(i, r)| (i as u64, *r)),
+        &mut state,
+    );
 });

@@ -35,10 +35,9 @@ mod replay;
 mod reply;
 
 use io::{HyperIo, Phase};
-use reply::{
-    Reply, error, json, offset_strings, parse_records, percent_decode, produce_group, protocol_error,
-    query_param, text,
-};
+use reply::{Reply, error, json, offset_strings, percent_decode, produce_group, protocol_error, text};
+// Also what the HTTP fuzz target drives (fuzz/fuzz_targets/http_bodies.rs).
+pub use reply::{parse_records, query_param};
 
 /// Records one `GET /topics/T` returns unless `limit` says otherwise.
 const DEFAULT_LIMIT: u32 = 100;
