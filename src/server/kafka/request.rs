@@ -150,7 +150,7 @@ fn undecoded(key: ApiKey, version: i16, e: &dyn std::fmt::Display) -> String {
 }
 
 /// The APIs and versions served, for an error message.
-pub fn served_list() -> String {
+fn served_list() -> String {
     versions::SERVED
         .iter()
         .map(|(key, min, max)| format!("{key:?} {min}-{max}"))
