@@ -356,10 +356,16 @@ fn events_dataflow_of(dir: &Path, partitions: u32, segment_bytes: &str) -> PathB
 }
 
 pub(crate) fn events_peer(dir: &Path, name: &str, seed: Option<&str>) -> Server {
+    events_peer_with(dir, name, seed, &[])
+}
+
+/// `events_peer` with `flags` besides.
+pub(crate) fn events_peer_with(dir: &Path, name: &str, seed: Option<&str>, flags: &[&str]) -> Server {
     let mut extra = vec!["--peer-listen", "127.0.0.1:0"];
     if let Some(seed) = seed {
         extra.extend(["--seeds", seed]);
     }
+    extra.extend(flags);
     start_file(&events_dataflow(dir), dir, name, &extra)
 }
 
@@ -719,27 +725,43 @@ fn a_peer_sigkilled_while_a_producer_writes_through_another_loses_no_acked_recor
     use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 
     let dir = tempfile::tempdir().unwrap();
-    let first = events_peer(dir.path(), "p1", None);
+    // Replicated, leads stay where the sets began (often all on the first peer, alone
+    // when it started) until `--rebalance-after` hands them to their preferred replicas.
+    let flags: &[&str] = if replicated() {
+        &["--rebalance-after", "1s"]
+    } else {
+        &[]
+    };
+    let peer = |name: &str, seed: Option<&str>| events_peer_with(dir.path(), name, seed, flags);
+    let first = peer("p1", None);
     let seed = first.peer.clone().unwrap();
     // With one copy the second must own some of the eight; replicated, it and the third
     // join together, and the one of them that leads some is the victim.
     let (mut second, second_name) = if replicated() {
-        (events_peer(dir.path(), "p2", Some(&seed)), "p2")
+        (peer("p2", Some(&seed)), "p2")
     } else {
         joined_holding(&[&first], 8, &["p2", "p2b", "p2c"], |name| {
-            events_peer(dir.path(), name, Some(&seed))
+            peer(name, Some(&seed))
         })
     };
     // Replicated, a partition survives a peer only if a majority of its copies do:
     // three peers, three copies.
-    let mut third = replicated().then(|| events_peer(dir.path(), "p3", Some(&seed)));
+    let mut third = replicated().then(|| peer("p3", Some(&seed)));
     let mut all = vec![&first, &second];
     all.extend(third.as_ref());
     wait_all_alive(&all);
     wait_settled(&all, 8);
     // The kill must hit a peer that owns (leads) partitions: the second, or else the
-    // third (replicated, leaders stay where the sets began while the others join, so
-    // one of them may lead none).
+    // third. Rendezvous over three peers prefers the first for all eight partitions
+    // once in 3^8, so a lead reaches one of the others when the rebalance runs.
+    if let Some(third) = third.as_ref() {
+        wait_until(
+            "a lead moves to a peer besides the producer's",
+            Duration::from_secs(60),
+            || serving(&second) + serving(third) > 0,
+        );
+        wait_settled(&all, 8);
+    }
     let second_leads = serving(&second) > 0;
     let (victim, left, victim_name) = match third.as_mut() {
         Some(third) if !second_leads => (third, Some(&second), "p3"),
