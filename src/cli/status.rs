@@ -145,7 +145,7 @@ pub fn run(from: &str, json: bool, local: bool) -> Result<ExitCode, CliError> {
                 p.durable_offset,
                 consumers.join(", "),
                 crate::protocol::status::note(p.standing),
-                crate::protocol::status::replica_note(p.replica.as_ref())
+                crate::protocol::status::partition_notes(p)
             )?;
         }
     }

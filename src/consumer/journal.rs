@@ -152,10 +152,10 @@ pub fn parse(value: &[u8]) -> Result<Entry, String> {
 /// Reads a journal from its start. A record that does not parse is a bug or a damaged
 /// file below the synced point (which the log refuses on open), so it is an error.
 pub fn replay(log: &PartitionLog, into: &mut Replayed) -> Result<(), String> {
-    replay_values(
-        log.read(log.start_offset()).map(|v| (v.offset(), v.value())),
-        into,
-    )
+    let mut records = log.read(log.start_offset());
+    replay_values(records.by_ref().map(|v| (v.offset(), v.value())), into)?;
+    // A journal read in part would put cursors back and forget transactions.
+    records.end().map_err(|damage| damage.to_string())
 }
 
 /// Replays journal records given as `(offset, value)`: the journal's reading, apart from

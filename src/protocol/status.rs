@@ -287,6 +287,10 @@ pub struct PartitionStatus {
     /// its owner when it is not replicated; another holder of it while none serves it).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub peer: Option<String>,
+    /// A read of this peer's copy met a batch that no longer matches its CRCs: what it
+    /// said (reads stop before it until a restart; see `StorageError::DamagedOnRead`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub unreadable: Option<String>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -337,6 +341,15 @@ pub fn note(standing: Option<Standing>) -> &'static str {
 /// What a replicated partition's row says after its consumers: this peer's role, the
 /// epoch, the leader, the replicas and the high-water mark, and loudly when fewer
 /// replicas are alive than a write needs. Empty for an unreplicated partition.
+/// A partition row's notes: its replication (`replica_note`), and damage a read met.
+pub fn partition_notes(p: &PartitionStatus) -> String {
+    let unreadable = p
+        .unreadable
+        .as_ref()
+        .map_or(String::new(), |why| format!("  [UNREADABLE: {why}]"));
+    format!("{}{unreadable}", replica_note(p.replica.as_ref()))
+}
+
 pub fn replica_note(replica: Option<&ReplicaStatus>) -> String {
     let Some(r) = replica else {
         return String::new();

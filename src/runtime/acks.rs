@@ -122,7 +122,7 @@ pub(crate) fn look(pending: &PendingAck, me: Option<std::net::SocketAddr>, now: 
 /// again, or following a leader whose view it has not yet).
 pub(crate) fn ours(pending: &PendingAck, state: &ReplicaState, epoch: u32) -> Option<bool> {
     let still_held = || {
-        let (held, until) = pending.partition.log.borrow_mut().epoch_end(epoch);
+        let (held, until) = pending.partition.log.borrow().epoch_end(epoch);
         held == epoch && until >= pending.end
     };
     match state.leads() {

@@ -202,6 +202,14 @@ impl EngineError {
     }
 }
 
+/// The storage refused what a request needs of it (a read that met a damaged batch):
+/// the partition cannot serve it now, and the message says what to do.
+impl From<crate::storage::StorageError> for EngineError {
+    fn from(error: crate::storage::StorageError) -> EngineError {
+        EngineError::Unavailable(error.to_string())
+    }
+}
+
 impl From<EngineError> for ProtocolError {
     fn from(error: EngineError) -> ProtocolError {
         ProtocolError::new(error.code(), error.to_string())

@@ -486,12 +486,14 @@ fn assign_retries(
         }
         let input = Rc::clone(part.reader.input());
         let log = input.log.borrow();
-        let view = log.read(offset).next().filter(|v| v.offset() == offset);
-        let Some(view) = view else {
-            // Retention deleted it while it waited: nothing is left to retry.
+        let Some(view) = log.get(offset) else {
+            // Retention deleted it while it waited (or it cannot be read): nothing is
+            // left to retry.
             retry.pop_front();
-            part.failures
-                .skip(offset, "deleted by retention before it could be retried");
+            part.failures.skip(
+                offset,
+                &format!("it could not be retried: {}", log.why_not_held(offset)),
+            );
             part.window[(offset - part.base) as usize].state = State::Empty;
             any = true;
             continue;
@@ -647,10 +649,13 @@ fn answer_outputs(
 fn fail_record(part: &mut Part, offset: u64, timestamp_ms: i64, why: &str) -> Verdict {
     let input = Rc::clone(part.reader.input());
     let log = input.log.borrow();
-    let Some(view) = log.read(offset).next().filter(|v| v.offset() == offset) else {
+    let Some(view) = log.get(offset) else {
         part.failures.skip(
             offset,
-            &format!("{why}; and retention deleted it before it could be dead-lettered"),
+            &format!(
+                "{why}; and it could not be dead-lettered: {}",
+                log.why_not_held(offset)
+            ),
         );
         return Verdict::Skipped;
     };

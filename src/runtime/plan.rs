@@ -181,7 +181,7 @@ pub fn plan(mut spec: DataflowSpec, cluster: Option<Arc<Cluster>>) -> Result<Pla
         let to = stage_spec.to.expect("validated");
         for &topic in &stage_spec.from {
             let mut states = match &stage_spec.op {
-                OpSpec::State { .. } => states_by_partition(&logs[to], spec.topics[topic].partitions),
+                OpSpec::State { .. } => states_by_partition(&logs[to], spec.topics[topic].partitions)?,
                 _ => HashMap::new(),
             };
             for p in 0..spec.topics[topic].partitions {
@@ -514,16 +514,18 @@ fn scan_outputs(
         .collect()
 }
 
+/// Each key's last state, as a changelog holds it.
+type KeyStates = HashMap<Vec<u8>, Vec<u8>>;
+
 /// The states a `state` stage's changelog (`changelog`, its output topic) holds, per
 /// input partition (of `partitions`) owning each key: the last change of every key,
-/// found in one pass.
-fn states_by_partition(
-    changelog: &[PartitionLog],
-    partitions: u32,
-) -> HashMap<u32, HashMap<Vec<u8>, Vec<u8>>> {
-    let mut states: HashMap<u32, HashMap<Vec<u8>, Vec<u8>>> = HashMap::new();
+/// found in one pass. A changelog read that meets damage is an error: state rebuilt
+/// from part of it would lose what the rest held.
+fn states_by_partition(changelog: &[PartitionLog], partitions: u32) -> Result<HashMap<u32, KeyStates>> {
+    let mut states: HashMap<u32, KeyStates> = HashMap::new();
     for log in changelog {
-        for view in log.read(0) {
+        let mut changes = log.read(0);
+        for view in changes.by_ref() {
             if provenance::end_marker(&view).is_some() {
                 continue;
             }
@@ -534,8 +536,9 @@ fn states_by_partition(
                     .insert(key.to_vec(), view.value().to_vec());
             }
         }
+        changes.end()?;
     }
-    states
+    Ok(states)
 }
 
 fn skip_points(scanned: &[HashMap<String, Point>], producer: &str, next: u64) -> Vec<Point> {

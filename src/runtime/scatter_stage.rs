@@ -287,7 +287,7 @@ pub async fn run(shard: Rc<Shard>, task: StageTask) -> Result<()> {
                                 format!("stage \"{}\": {why}", stage.name),
                             );
                             let log = reader.log();
-                            let verdict = match log.read(offset).next().filter(|v| v.offset() == offset) {
+                            let verdict = match log.get(offset) {
                                 Some(view) => failures.fail(
                                     &FailedInput {
                                         offset,
@@ -299,8 +299,13 @@ pub async fn run(shard: Rc<Shard>, task: StageTask) -> Result<()> {
                                     &why,
                                 ),
                                 None => {
-                                    failures
-                                        .skip(offset, &format!("{why}; and retention deleted it meanwhile"));
+                                    failures.skip(
+                                        offset,
+                                        &format!(
+                                            "{why}; and it could not be dead-lettered: {}",
+                                            log.why_not_held(offset)
+                                        ),
+                                    );
                                     Verdict::Skipped
                                 }
                             };

@@ -217,7 +217,8 @@ fn copy(shard: &Shard, topic: usize, partition: u32, from: u64) -> Result<Copied
     let mut on_disk = 0u64;
     let mut bytes = Vec::new();
     let mut count = 0u32;
-    for view in log.read_committed(from) {
+    let mut records = log.read_committed(from);
+    for view in records.by_ref() {
         let headers: Vec<(&str, &[u8])> = view.headers().collect();
         let frame =
             crate::runtime::bounds::stored_record_bytes(view.key(), view.value(), headers.iter().copied());
@@ -238,6 +239,7 @@ fn copy(shard: &Shard, topic: usize, partition: u32, from: u64) -> Result<Copied
         );
         count += 1;
     }
+    refuse_damage(count > 0, records.end())?;
     Ok((from, count, bytes))
 }
 
@@ -314,6 +316,7 @@ pub fn status(shard: &Shard) -> ShardStatus {
                         }
                     }),
                 peer: None,
+                unreadable: log.damage().map(str::to_owned),
             }
         })
         .collect();
@@ -390,7 +393,7 @@ pub async fn fetch_local(shard: &Shard, order: &FetchOrder) -> FetchAnswer {
             FetchFrom::Offset(o) => o.max(log.start_offset()),
             FetchFrom::Earliest => log.start_offset(),
             FetchFrom::Latest => log.committed_offset(),
-            FetchFrom::Time(t) => log.offset_at_time(t).unwrap_or(log.committed_offset()),
+            FetchFrom::Time(t) => log.offset_at_time(t)?.unwrap_or(log.committed_offset()),
         }
     };
     loop {
@@ -414,13 +417,15 @@ pub async fn fetch_local(shard: &Shard, order: &FetchOrder) -> FetchAnswer {
             log.committed_offset(),
             position,
         );
+        let mut batches = log.read_committed_batches(position);
         copy_batches(
             &mut writer,
             &mut out,
-            log.read_committed_batches(position),
+            batches.by_ref(),
             order.max_records,
             order.max_bytes,
         );
+        refuse_damage(writer.count() > 0, batches.end())?;
         writer.finish(&mut out);
         return Ok(out);
     }
@@ -430,16 +435,29 @@ pub async fn fetch_local(shard: &Shard, order: &FetchOrder) -> FetchAnswer {
         log.start_offset(),
         log.committed_offset(),
     );
-    copy_records(
+    let mut records = log.read_committed(position);
+    let read_to = copy_records(
         &mut writer,
         &mut out,
-        log.read_committed(position),
+        records.by_ref(),
         log.committed_offset().saturating_sub(position),
         order.max_records,
         order.max_bytes,
     );
+    refuse_damage(read_to.is_some(), records.end())?;
     writer.finish(&mut out);
     Ok(out)
+}
+
+/// A read that met damage (`storage::reader`) before it gave anything is refused with
+/// it, which says what to do; one that gave records first answers with them, and the
+/// next read, which starts at the damage, is refused. Never a short answer that looks
+/// like the end of the partition.
+pub fn refuse_damage(gave: bool, end: Result<(), crate::storage::StorageError>) -> Result<(), EngineError> {
+    match end {
+        Err(damage) if !gave => Err(damage.into()),
+        _ => Ok(()),
+    }
 }
 
 /// Pushes stored batches into `writer` as they are (a run of format-1 records is made one

@@ -204,7 +204,7 @@ pub fn render(status: &Status, session: Option<&str>) -> String {
                 p.bytes,
                 consumers.join(", "),
                 crate::protocol::status::note(p.standing),
-                escape(&crate::protocol::status::replica_note(p.replica.as_ref()))
+                escape(&crate::protocol::status::partition_notes(p))
             );
         }
         html.push_str("</table>");

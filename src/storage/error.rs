@@ -35,6 +35,24 @@ pub enum StorageError {
     CorruptSegment { path: PathBuf, reason: String },
 
     #[error(
+        "damaged segment {}: the batch at byte {position}, holding records from offset {offset}, \
+         is no longer what was written and checked there ({reason}): the disk, or something \
+         writing to the file, changed it since. Reads of this partition stop before it until \
+         flowd restarts: \
+         restarted, a replicated partition's copy is set aside and copied again from its \
+         replicas; one with a single copy refuses to start, naming the segment (`flowd inspect` \
+         shows it), to be restored from a backup",
+        path.display()
+    )]
+    DamagedOnRead {
+        path: PathBuf,
+        /// The first offset the damaged batch holds.
+        offset: u64,
+        position: u64,
+        reason: String,
+    },
+
+    #[error(
         "partition {} is poisoned: an fsync failed ({cause}), so what reached the disk is \
          unknown and nothing more is acknowledged. Check the disk (dmesg, free space), then \
          restart flowd: recovery keeps every record that did reach it",
@@ -112,7 +130,9 @@ impl StorageError {
     pub fn is_corruption(&self) -> bool {
         matches!(
             self,
-            StorageError::CorruptFrame { .. } | StorageError::CorruptSegment { .. }
+            StorageError::CorruptFrame { .. }
+                | StorageError::CorruptSegment { .. }
+                | StorageError::DamagedOnRead { .. }
         )
     }
 }

@@ -435,6 +435,16 @@ pub fn check_frame(bytes: &[u8], expected_offset: u64) -> Result<FrameHeader, Fr
     Ok(header)
 }
 
+/// Checks the frame at the start of `bytes` again, whatever record it holds (its CRC
+/// covers its offset): what a read does before it trusts a frame checked before.
+pub fn recheck_frame(bytes: &[u8]) -> Result<FrameHeader, FrameDefect> {
+    let offset = match bytes.len() >= FRAME_HEADER_BYTES {
+        true => FrameHeader::read_trusted(bytes).offset,
+        false => 0,
+    };
+    check_frame(bytes, offset)
+}
+
 /// The decoded header of one batch (format 2).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct BatchHeader {
@@ -548,6 +558,38 @@ pub fn check_batch(bytes: &[u8], expected_offset: u64) -> Result<BatchHeader, Fr
         return Err(FrameDefect::BadReserved);
     }
     Ok(header)
+}
+
+/// Checks the header of the batch at the start of `bytes` again (its own CRC, which
+/// covers its base offset, record count and length), not its body: what a read that
+/// walks past a batch needs of it.
+pub fn recheck_batch_header(bytes: &[u8]) -> Result<BatchHeader, FrameDefect> {
+    if bytes.len() < BATCH_HEADER_BYTES {
+        return Err(FrameDefect::Truncated);
+    }
+    if crc32c::crc32c(&bytes[4..BATCH_HEADER_BYTES]) != u32_at(bytes, 0) {
+        return Err(FrameDefect::BadCrc);
+    }
+    let header = BatchHeader::read_trusted(bytes);
+    if header.batch_len < MIN_BATCH_BYTES || header.record_count == 0 {
+        return Err(FrameDefect::BadLength);
+    }
+    if header.batch_bytes() > bytes.len() {
+        return Err(FrameDefect::Truncated);
+    }
+    Ok(header)
+}
+
+/// Checks the batch at the start of `bytes` again, whatever records it holds (its
+/// header's CRC covers its base offset): what a read does before it trusts a batch
+/// checked before. The body's archive is not checked again: its CRC is the one of a
+/// body that was.
+pub fn recheck_batch(bytes: &[u8]) -> Result<BatchHeader, FrameDefect> {
+    let base_offset = match bytes.len() >= BATCH_HEADER_BYTES {
+        true => BatchHeader::read_trusted(bytes).base_offset,
+        false => 0,
+    };
+    check_batch(bytes, base_offset)
 }
 
 #[cfg(test)]

@@ -16,14 +16,14 @@ use crate::storage::faults::SyncFaults;
 use crate::storage::format::{BatchHeader, FORMAT_VERSION, SEGMENT_HEADER_BYTES};
 use crate::storage::io;
 use crate::storage::layout::{self, DirLock};
-use crate::storage::reader::{Batches, Records};
+use crate::storage::reader::{self, Batches, DamageNote, Records};
 use crate::storage::record::{
     BATCH_OVERHEAD_BYTES, HEADER_NAME_BYTES_MAX, RECORD_HEADERS_MAX, Record, RecordView, Stored,
     header_bytes_bound, stored_bytes_bound,
 };
 use crate::storage::recovery::{self, Role, ScanStop, Verdict};
 use crate::storage::retention::{self, RetentionPolicy, SegmentFacts};
-use crate::storage::segment::{self, Access, Segment, SyncPoint};
+use crate::storage::segment::{self, Access, Cursor, Segment, SyncPoint};
 use crate::storage::sync::{Durability, Seal, SyncTracker, Written};
 use crate::storage::writer::{self, BatchWriter};
 
@@ -173,12 +173,14 @@ pub struct PartitionLog {
     /// `None` once released: another process may open the partition then.
     lock: Option<DirLock>,
     /// `(leader epoch, first offset)` of each run of batches written under one epoch,
-    /// oldest first: built from the batches' headers when first asked for, then kept.
-    epochs: Option<Vec<(u32, u64)>>,
+    /// oldest first: read from the batches when the log opens, then kept.
+    epochs: Vec<(u32, u64)>,
     /// On a replicated partition: how far its replicas agree (the high-water mark);
     /// readers see no further, durable or not. `None`: unreplicated, readers see what
     /// is durable.
     commit_limit: Option<u64>,
+    /// The first damage a read met (`damage`): kept until the log is opened again.
+    damage: DamageNote,
 }
 
 impl PartitionLog {
@@ -225,7 +227,7 @@ impl PartitionLog {
             options.sync_faults.clone(),
             &dir.display().to_string(),
         );
-        Ok(PartitionLog {
+        let mut log = PartitionLog {
             dir: dir.to_path_buf(),
             options,
             segments,
@@ -234,9 +236,14 @@ impl PartitionLog {
             bytes_total: 0,
             recovery,
             lock: Some(lock),
-            epochs: None,
+            epochs: Vec::new(),
             commit_limit: None,
-        })
+            damage: DamageNote::new(),
+        };
+        // Read once now, over batches recovery has just checked: a replica's divergence
+        // and an ack's fate rest on every run, so none may be missed by a later read.
+        log.epochs = log.read_epochs()?;
+        Ok(log)
     }
 
     pub fn dir(&self) -> &Path {
@@ -375,28 +382,32 @@ impl PartitionLog {
     }
 
     /// `(leader epoch, first offset)` of each run of batches written under one epoch.
-    pub fn epochs(&mut self) -> &[(u32, u64)] {
-        if self.epochs.is_none() {
-            let mut epochs: Vec<(u32, u64)> = Vec::new();
-            for stored in self.read_batches(0, u64::MAX) {
-                let (epoch, first) = match stored {
-                    Stored::Batch {
-                        bytes, base_offset, ..
-                    } => (BatchHeader::read_trusted(bytes).leader_epoch, base_offset),
-                    // A format-1 record: written before epochs existed.
-                    Stored::Frame(view) => (0, view.offset()),
-                };
-                if epochs.last().is_none_or(|last| last.0 != epoch) {
-                    epochs.push((epoch, first));
-                }
+    pub fn epochs(&self) -> &[(u32, u64)] {
+        &self.epochs
+    }
+
+    /// The runs of epochs, read from every batch (each checked as it is read).
+    fn read_epochs(&self) -> Result<Vec<(u32, u64)>> {
+        let mut epochs: Vec<(u32, u64)> = Vec::new();
+        let mut batches = self.read_batches(0, u64::MAX);
+        for stored in batches.by_ref() {
+            let (epoch, first) = match stored {
+                Stored::Batch {
+                    bytes, base_offset, ..
+                } => (BatchHeader::read_trusted(bytes).leader_epoch, base_offset),
+                // A format-1 record: written before epochs existed.
+                Stored::Frame(view) => (0, view.offset()),
+            };
+            if epochs.last().is_none_or(|last| last.0 != epoch) {
+                epochs.push((epoch, first));
             }
-            self.epochs = Some(epochs);
         }
-        self.epochs.as_deref().expect("just built")
+        batches.end()?;
+        Ok(epochs)
     }
 
     /// The epoch of the last batch (0 for an empty log or one never replicated).
-    pub fn last_epoch(&mut self) -> u32 {
+    pub fn last_epoch(&self) -> u32 {
         self.epochs().last().map_or(0, |e| e.0)
     }
 
@@ -404,7 +415,7 @@ impl PartitionLog {
     /// OffsetsForLeaderEpoch): the largest epoch it holds that is at most `epoch`, and
     /// the offset where the next epoch begins (or the log's end). A replica whose copy
     /// goes past that offset diverged there and cuts its copy back to it.
-    pub fn epoch_end(&mut self, epoch: u32) -> (u32, u64) {
+    pub fn epoch_end(&self, epoch: u32) -> (u32, u64) {
         let next_offset = self.next_offset();
         let epochs = self.epochs();
         match epochs.iter().rposition(|e| e.0 <= epoch) {
@@ -414,10 +425,8 @@ impl PartitionLog {
     }
 
     fn note_epoch(&mut self, epoch: u32, first: u64) {
-        if let Some(epochs) = &mut self.epochs
-            && epochs.last().is_none_or(|last| last.0 != epoch)
-        {
-            epochs.push((epoch, first));
+        if self.epochs.last().is_none_or(|last| last.0 != epoch) {
+            self.epochs.push((epoch, first));
         }
     }
 
@@ -674,15 +683,19 @@ impl PartitionLog {
         }
         let index = self.segment_index_of(offset);
         let segment = &self.segments[index];
-        let at = segment.position_of(offset);
+        let at = segment.position_of(offset, false)?;
         if at.index != 0 {
             return Err(fail("it falls inside a batch".into()));
         }
-        let max_timestamp_ms = self
-            .read_range(segment.base_offset(), offset)
+        let mut before = self.read_range(segment.base_offset(), offset);
+        let max_timestamp_ms = before
+            .by_ref()
             .map(|r| r.timestamp_ms())
             .max()
             .unwrap_or(i64::MIN);
+        if let Some(damage) = before.damage() {
+            return Err(fail(damage.to_string()));
+        }
         let point = SyncPoint {
             data_end: at.position as u64,
             next_offset: offset,
@@ -778,8 +791,10 @@ impl PartitionLog {
             return Records::empty();
         }
         let segment = self.segment_index_of(from);
-        let position = self.segments[segment].position_of(from);
-        Records::new(&self.segments, segment, position, until_offset)
+        match self.segments[segment].position_of(from, true) {
+            Ok(at) => Records::new(&self.segments, segment, at, from, until_offset, &self.damage),
+            Err(damage) => Records::damaged(damage, &self.damage),
+        }
     }
 
     /// The stored batches holding the records from `from_offset` (or the start) to the
@@ -798,11 +813,13 @@ impl PartitionLog {
             return Batches::empty();
         }
         let segment = self.segment_index_of(from);
-        let at = self.segments[segment].position_of(from);
-        Batches::new(&self.segments, segment, at, until)
+        match self.segments[segment].position_of(from, false) {
+            Ok(at) => Batches::new(&self.segments, segment, at, from, until, &self.damage),
+            Err(damage) => Batches::damaged(damage, &self.damage),
+        }
     }
 
-    /// The record at `offset`, if the log holds it.
+    /// The record at `offset`, if the log holds it and it can be read.
     pub fn get(&self, offset: u64) -> Option<RecordView<'_>> {
         if offset < self.start_offset() {
             return None;
@@ -810,24 +827,54 @@ impl PartitionLog {
         self.read_range(offset, offset + 1).next()
     }
 
-    /// The offset of the first record whose timestamp is at or after `timestamp_ms`.
-    pub fn offset_at_time(&self, timestamp_ms: i64) -> Option<u64> {
-        // A linear pass over segments (retention keeps them to hundreds), then an
-        // index search and a walk of at most one index interval.
-        self.segments
-            .iter()
-            .find_map(|s| s.position_at_time(timestamp_ms))
-            .map(|(_, offset)| offset)
+    /// Why `get(offset)` gave nothing: retention deleted the record, a read met damage
+    /// at or before it (`damage`), or it is not written yet.
+    pub fn why_not_held(&self, offset: u64) -> String {
+        match self.damage() {
+            _ if offset < self.start_offset() => "retention deleted it".into(),
+            Some(damage) if offset < self.next_offset() => format!("it cannot be read: {damage}"),
+            _ => format!("the log ends at offset {}", self.next_offset()),
+        }
+    }
+
+    /// The offset of the first record whose timestamp is at or after `timestamp_ms`,
+    /// if one is; an error if a batch on the way failed its check (`damage`).
+    pub fn offset_at_time(&self, timestamp_ms: i64) -> Result<Option<u64>> {
+        self.place_at_time(timestamp_ms)
+            .map(|found| found.map(|(_, _, offset)| offset))
     }
 
     /// Records from the first one with a timestamp at or after `timestamp_ms`.
     pub fn read_from_time(&self, timestamp_ms: i64) -> Records<'_> {
+        match self.place_at_time(timestamp_ms) {
+            Ok(Some((segment, at, offset))) => {
+                Records::new(&self.segments, segment, at, offset, u64::MAX, &self.damage)
+            }
+            Ok(None) => Records::empty(),
+            Err(damage) => Records::damaged(damage, &self.damage),
+        }
+    }
+
+    /// Segment, place and offset of the first record with a timestamp at or after
+    /// `timestamp_ms`: a linear pass over segments (retention keeps them to hundreds),
+    /// then an index search and a walk of at most one index interval.
+    fn place_at_time(&self, timestamp_ms: i64) -> Result<Option<(usize, Cursor, u64)>> {
         for (i, segment) in self.segments.iter().enumerate() {
-            if let Some((position, _)) = segment.position_at_time(timestamp_ms) {
-                return Records::new(&self.segments, i, position, u64::MAX);
+            let found = segment
+                .position_at_time(timestamp_ms)
+                .inspect_err(|damage| reader::note_damage(&self.damage, damage))?;
+            if let Some((at, offset)) = found {
+                return Ok(Some((i, at, offset)));
             }
         }
-        Records::empty()
+        Ok(None)
+    }
+
+    /// What the first read that met damage said, if one did since the log was opened:
+    /// a batch below the end no longer matches its CRCs, and reads stop before it
+    /// (`StorageError::DamagedOnRead` says what to do).
+    pub fn damage(&self) -> Option<&str> {
+        self.damage.get().map(String::as_str)
     }
 
     /// Index of the segment holding `offset`, which must be in the log.
@@ -903,13 +950,12 @@ impl PartitionLog {
     /// deleted (which it could not cut back to).
     fn forget_epochs_before_start(&mut self) {
         let (start, next) = (self.start_offset(), self.next_offset());
-        if let Some(epochs) = &mut self.epochs {
-            let first_kept = epochs.iter().rposition(|e| e.1 <= start).unwrap_or(0);
-            epochs.drain(..first_kept);
-            match epochs.first_mut() {
-                Some(first) if start < next => first.1 = first.1.max(start),
-                _ => epochs.clear(),
-            }
+        let epochs = &mut self.epochs;
+        let first_kept = epochs.iter().rposition(|e| e.1 <= start).unwrap_or(0);
+        epochs.drain(..first_kept);
+        match epochs.first_mut() {
+            Some(first) if start < next => first.1 = first.1.max(start),
+            _ => epochs.clear(),
         }
     }
 }

@@ -300,3 +300,85 @@ fn a_shard_that_panics_stops_the_engine_saying_which() {
     assert!(!out.status.success(), "{stderr}");
     assert!(stderr.contains("shard 1 panicked"), "{stderr}");
 }
+
+/// A batch of a running engine's log changed on disk after it was acked (bit rot, or
+/// another program writing to the segment): no reader is handed a byte of it or told the
+/// partition ends there. A fetch and a named consumer's claim give the records before it,
+/// then are refused with the error that names the segment and what to do; a fetch of
+/// stored batches hands it on as it lies, and the client refuses it by its CRC; `flowd
+/// status` shows the partition UNREADABLE; the engine serves on.
+#[test]
+fn a_batch_damaged_on_disk_while_the_engine_runs_is_refused_to_every_reader_never_served() {
+    let dir = fast_tempdir();
+    let topics = "[[topic]]\nname = \"in\"\npartitions = 1\n";
+    let file = listening_dataflow(dir.path(), "damage", "every", "", topics);
+    let mut server = Server::start_env(&file, &[], &[]);
+    let mut client = Client::connect(&server.tcp).unwrap();
+    for first in [0u64, 10, 20] {
+        let records: Vec<OwnedWireRecord> = (first..first + BATCH)
+            .map(|n| OwnedWireRecord::value(format!("record-{n:0>4}")))
+            .collect();
+        client.produce("in", &records).unwrap();
+    }
+    assert_eq!(values(&mut client, "in", 0).len(), 30);
+    // One bit of record 15's value, in the segment the engine has mapped.
+    let partition = dir.path().join("data/topics/in/0");
+    let segment = std::fs::read_dir(&partition)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .find(|p| p.extension().is_some_and(|e| e == "seg"))
+        .expect("a segment file");
+    let bytes = std::fs::read(&segment).unwrap();
+    let at = bytes.windows(11).position(|w| w == b"record-0015").unwrap() + 10;
+    crate::support::flip_bits(&segment, at, 0x01);
+
+    let refused = |result: Result<(), flowd::client::ClientError>, what: &str| {
+        let said = result.expect_err(what).to_string();
+        assert!(
+            said.contains("damaged segment")
+                && said.contains(&segment.display().to_string())
+                && said.contains("holding records from offset 10")
+                && said.contains("restarts"),
+            "{what}: {said}"
+        );
+    };
+    // A fetch from the start: the first batch, then (from the damage on) refused.
+    let first = client.fetch("in", 0, FetchFrom::Offset(0), 1000, 0).unwrap();
+    let offsets: Vec<u64> = first.records.iter().map(|(o, _)| *o).collect();
+    assert_eq!(offsets, (0..10).collect::<Vec<_>>());
+    for from in [10, 15] {
+        refused(
+            client.fetch("in", 0, FetchFrom::Offset(from), 1000, 0).map(drop),
+            &format!("a fetch from {from}"),
+        );
+    }
+    // Stored batches go as they lie: the client refuses the damaged one by its CRC.
+    let said = client
+        .fetch_batches("in", 0, FetchFrom::Offset(10), 1000, 0)
+        .map(drop)
+        .expect_err("a fetch of batches from 10")
+        .to_string();
+    assert!(said.contains("fails a CRC check"), "{said}");
+    // A named consumer: its first claim is the first batch; acked, the next is refused.
+    let claimed = client
+        .claim("in", "g", Some(0), 1000, Some(Options::default()))
+        .unwrap();
+    assert_eq!(claimed.records.len(), 10);
+    client.ack("in", "g", 0).unwrap();
+    refused(
+        client.claim("in", "g", Some(0), 1000, None).map(drop),
+        "the next claim",
+    );
+    // The status says so; the engine serves on.
+    let status = client.status(true).unwrap();
+    let unreadable = status["topics"][0]["partitions"][0]["unreadable"]
+        .as_str()
+        .unwrap_or_default()
+        .to_string();
+    assert!(unreadable.contains("damaged segment"), "{status}");
+    let (code, text, err) = crate::ingest::run_cli(&["status", "--from", &server.tcp], "");
+    assert_eq!(code, 0, "{err}");
+    assert!(text.contains("UNREADABLE: damaged segment"), "{text}");
+    client.produce("in", &[OwnedWireRecord::value("after")]).unwrap();
+    assert_eq!(server.terminate(Duration::from_secs(30)), Some(true));
+}

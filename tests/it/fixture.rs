@@ -87,7 +87,7 @@ fn format_v1_fixture_reads_back_exactly() {
     assert_eq!(log.get(123).unwrap().offset(), 123);
     let t = expected(321).timestamp_ms;
     let first_at_t = (0..RECORDS).find(|&o| expected(o).timestamp_ms >= t).unwrap();
-    assert_eq!(log.offset_at_time(t), Some(first_at_t));
+    assert_eq!(log.offset_at_time(t).unwrap(), Some(first_at_t));
     // The old format's last segment takes no appends: it is sealed on disk on open
     // (inspected while the log is open, as inspect takes no lock; a later open would
     // seal a closed segment left unsealed anyway).

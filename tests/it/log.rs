@@ -36,7 +36,7 @@ fn appended_batches_read_back_identical(
         assert_eq!(assert_log_is_expected_prefix(&log), next);
         let t = expected(777).timestamp_ms;
         let first_at_t = (0..next).find(|&o| expected(o).timestamp_ms >= t).unwrap();
-        assert_eq!(log.offset_at_time(t), Some(first_at_t));
+        assert_eq!(log.offset_at_time(t).unwrap(), Some(first_at_t));
         log.close().unwrap();
 
         let log = PartitionLog::open(&path, small_options(durability)).unwrap();
@@ -128,7 +128,7 @@ fn seek_by_time_finds_the_first_record_at_or_after_it() {
         highest + 1,
     ] {
         let want = timestamps.iter().position(|ts| *ts >= t).map(|i| i as u64);
-        assert_eq!(log.offset_at_time(t), want, "t = {t}");
+        assert_eq!(log.offset_at_time(t).unwrap(), want, "t = {t}");
         let first = log.read_from_time(t).next().map(|v| v.offset());
         assert_eq!(first, want, "read_from_time({t})");
     }
@@ -448,7 +448,7 @@ mod seek_props {
             }
             for t in probes {
                 let want = timestamps.iter().position(|ts| *ts >= t).map(|i| i as u64);
-                prop_assert_eq!(log.offset_at_time(t), want, "time {}", t);
+                prop_assert_eq!(log.offset_at_time(t).unwrap(), want, "time {}", t);
             }
             let len = timestamps.len() as u64;
             for from in [0, len / 3, len / 2, len - 1] {
@@ -459,5 +459,123 @@ mod seek_props {
                 prop_assert_eq!(log.read(from).count() as u64, len - from);
             }
         }
+    }
+}
+
+/// A batch changed on disk after it was written and checked (a disk's bit rot, or
+/// another program writing to the segment under the open log's mapping): no read hands
+/// out a byte of it. A read stops before it and says where, with what to do; the log
+/// notes it once; a read from inside it, of one record of it, of whole batches or by
+/// time is refused; a read that only walks past its (intact) header to later records
+/// gives them; and the reopened log refuses the segment, naming the batch, as recovery
+/// always did.
+#[test]
+fn a_batch_damaged_after_it_was_checked_is_never_read_and_every_read_of_it_says_so() {
+    let dir = fast_tempdir();
+    let path = dir.path().join("damaged");
+    // One index entry for all three batches: a read from offset 20 walks past the
+    // second batch's header.
+    let options = LogOptions {
+        index_interval_bytes: 32 * 1024,
+        ..small_options(Durability::Every)
+    };
+    let mut log = PartitionLog::open(&path, options.clone()).unwrap();
+    for first in [0u64, 10, 20] {
+        append_expected(&mut log, first..first + 10);
+    }
+    assert_eq!(log.segments().len(), 1);
+    let segment = log.segments()[0].path.clone();
+    // One bit of record 11's key (in the body of the batch of offsets 10 to 19).
+    let bytes = std::fs::read(&segment).unwrap();
+    crate::support::flip_bits(
+        &segment,
+        bytes.windows(6).position(|w| w == b"key-11").unwrap(),
+        0x01,
+    );
+
+    let damaged_at = |end: Result<(), StorageError>| match end {
+        Err(StorageError::DamagedOnRead {
+            offset, path, reason, ..
+        }) => {
+            assert_eq!(path, segment);
+            assert!(reason.contains("CRC"), "{reason}");
+            offset
+        }
+        other => panic!("a read into the damaged batch must say so: {other:?}"),
+    };
+    // From the start: the first batch, then the damage, at the second batch's first offset.
+    let mut records = log.read(0);
+    let read: Vec<u64> = records.by_ref().map(|v| v.offset()).collect();
+    assert_eq!(read, (0..10).collect::<Vec<_>>());
+    assert_eq!(damaged_at(records.end()), 10);
+    let note = log.damage().expect("the log notes the damage").to_string();
+    assert!(
+        note.contains(&segment.display().to_string()) && note.contains("restarts"),
+        "it names the segment and what to do: {note}"
+    );
+    // From inside it: nothing, and why.
+    for from in [10, 11, 19] {
+        let mut records = log.read(from);
+        assert_eq!(records.next().map(|v| v.offset()), None, "from {from}");
+        assert_eq!(damaged_at(records.end()), 10);
+    }
+    assert!(log.get(12).is_none());
+    assert!(
+        log.why_not_held(12).contains("cannot be read"),
+        "{}",
+        log.why_not_held(12)
+    );
+    assert!(log.why_not_held(30).contains("ends at offset 30"));
+    // Whole batches go by their headers, which are whole: all three, the second one's
+    // body for its reader (a replica, a FETCH_BATCHES client) to refuse by its CRC.
+    let mut batches = log.read_batches(0, u64::MAX);
+    let bodies: Vec<bool> = batches
+        .by_ref()
+        .map(|stored| match stored {
+            flowd::storage::Stored::Batch {
+                bytes, base_offset, ..
+            } => {
+                // Format 2: the body's CRC32C (bytes 48..batch_len) in bytes 44..48.
+                assert!(base_offset % 10 == 0);
+                crc32c::crc32c(&bytes[48..]) == u32::from_le_bytes(bytes[44..48].try_into().unwrap())
+            }
+            flowd::storage::Stored::Frame(_) => panic!("format 2 writes batches"),
+        })
+        .collect();
+    assert_eq!(bodies, [true, false, true]);
+    assert!(batches.end().is_ok());
+    // By time: found in the first batch, or, past every time in it, refused (the
+    // search would read the damaged batch's records next).
+    assert_eq!(log.offset_at_time(expected(0).timestamp_ms).unwrap(), Some(0));
+    let later = (0..10).map(|o| expected(o).timestamp_ms).max().unwrap() + 1;
+    assert!(log.offset_at_time(later).is_err());
+    assert_eq!(log.read_from_time(later).next().map(|v| v.offset()), None);
+    // Past it: its header is whole, so a read walks past it to the third batch.
+    let mut records = log.read(20);
+    let read: Vec<u64> = records.by_ref().map(|v| v.offset()).collect();
+    assert_eq!(read, (20..30).collect::<Vec<_>>());
+    assert!(records.end().is_ok());
+    assert_eq!(log.damage(), Some(note.as_str()), "the first damage stays noted");
+
+    // A header damaged too (the third batch's record count): its length and offsets can
+    // no longer be trusted, so nothing walks past or into it, whole batches included.
+    use flowd::storage::format::{BatchHeader, SEGMENT_HEADER_BYTES};
+    let mut third = SEGMENT_HEADER_BYTES as usize;
+    while BatchHeader::read_trusted(&bytes[third..]).base_offset != 20 {
+        third += BatchHeader::read_trusted(&bytes[third..]).batch_bytes();
+    }
+    crate::support::flip_bits(&segment, third + 32, 0x04);
+    let mut records = log.read(20);
+    assert_eq!(records.next().map(|v| v.offset()), None);
+    assert_eq!(damaged_at(records.end()), 20);
+    let mut batches = log.read_batches(0, u64::MAX);
+    assert_eq!(batches.by_ref().count(), 2);
+    assert_eq!(damaged_at(batches.end()), 20);
+    log.close().unwrap();
+
+    // Opened again, recovery finds it below the synced point, as before.
+    match PartitionLog::open(&path, options) {
+        Err(StorageError::CorruptFrame { offset, .. }) => assert_eq!(offset, 10),
+        other => panic!("recovery refuses the damaged segment: {:?}", other.err()),
     }
 }

@@ -71,7 +71,7 @@ fn a_replica_holds_the_leaders_batches_at_the_same_offsets_with_their_epochs() {
     assert_eq!(leader.epoch_end(9), (4, 400));
     replica.close().unwrap();
     // The epochs are in the batches: a reopened copy finds them again.
-    let mut replica = PartitionLog::open(&path, small_options(Durability::Group)).unwrap();
+    let replica = PartitionLog::open(&path, small_options(Durability::Group)).unwrap();
     assert_eq!(replica.epochs(), [(1, 0), (4, 50)]);
     assert_eq!(replica.last_epoch(), 4);
 }
@@ -249,8 +249,7 @@ fn a_copy_that_ends_before_its_leaders_log_begins_starts_again_where_it_begins()
     }
     // What the leader knew of its epochs after retention is what it finds when reopened.
     leader.close().unwrap();
-    let mut leader =
-        PartitionLog::open(&dir.path().join("leader"), small_options(Durability::Group)).unwrap();
+    let leader = PartitionLog::open(&dir.path().join("leader"), small_options(Durability::Group)).unwrap();
     assert_eq!(leader.epochs(), [(2, start)]);
 }
 

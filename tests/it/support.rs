@@ -507,3 +507,17 @@ pub fn proc_status_kib(pid: u32, field: &str) -> Option<u64> {
         .find(|l| l.strip_prefix(field).is_some_and(|r| r.starts_with(':')))?;
     line.split_whitespace().nth(1)?.parse().ok()
 }
+
+/// Flips the bits of `mask` in the byte at `at` of the file at `path`, in place (through
+/// the page cache, so a process that maps the file sees it at once, as after bit rot).
+pub fn flip_bits(path: &Path, at: usize, mask: u8) {
+    use std::os::unix::fs::FileExt;
+    let file = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(path)
+        .unwrap();
+    let mut byte = [0u8];
+    file.read_exact_at(&mut byte, at as u64).unwrap();
+    file.write_all_at(&[byte[0] ^ mask], at as u64).unwrap();
+}

@@ -94,7 +94,7 @@ pub(super) async fn serve_fetch(
     {
         // The follower's copy equals this one up to its offset only if this log holds its
         // last epoch and that epoch goes at least as far here (KIP-101's check).
-        let (epoch, end) = local.log.borrow_mut().epoch_end(fetch.last_epoch);
+        let (epoch, end) = local.log.borrow().epoch_end(fetch.last_epoch);
         if epoch != fetch.last_epoch || end < fetch.offset {
             return frame::framed(
                 Kind::ReplicaData,
@@ -153,7 +153,8 @@ pub(super) async fn serve_fetch(
             state.start.load(Ordering::Acquire),
         );
         // `sent`: batches in the answer so far (each earlier turn added one).
-        for (sent, stored) in log.read_batches(fetch.offset, u64::MAX).enumerate() {
+        let mut batches = log.read_batches(fetch.offset, u64::MAX);
+        for (sent, stored) in batches.by_ref().enumerate() {
             let Stored::Batch {
                 bytes, base_offset, ..
             } = stored
@@ -188,6 +189,13 @@ pub(super) async fn serve_fetch(
                 break;
             }
             wire::push_batch(&mut out, count_at, bytes);
+        }
+        // A damaged batch next (`storage::reader`): with nothing sent, an error the
+        // follower waits after, as above.
+        if out.len() == count_at + 4
+            && let Err(damage) = batches.end()
+        {
+            return frame::error(request, 0, &damage.to_string());
         }
         (out, count_at)
     };

@@ -560,7 +560,7 @@ pub async fn handle(shard: &Rc<Shard>, request: ReplicaRequest) {
             reply,
         } => {
             let position = {
-                let mut log = shard.partition(topic, partition).log.borrow_mut();
+                let log = shard.partition(topic, partition).log.borrow();
                 (log.next_offset(), log.last_epoch(), log.durable_offset())
             };
             let _ = reply.send_async(position).await;

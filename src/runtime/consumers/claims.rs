@@ -6,7 +6,7 @@ use std::rc::Rc;
 use crate::consumer::cursor::{Cursor, Options, Outcome, Reclaimed, State, Why};
 use crate::protocol::consumer::{begin_claimed, finish_claimed};
 use crate::runtime::error::EngineError;
-use crate::runtime::service::copy_records;
+use crate::runtime::service::{copy_records, refuse_damage};
 use crate::runtime::shard::Shard;
 use crate::storage::layout::now_ms;
 
@@ -39,12 +39,16 @@ pub(super) fn new_cursor(
     }
     let local = local(shard, topic, partition)?;
     let log = local.log.borrow();
+    let at_time = match options.start {
+        crate::consumer::cursor::Start::Time(t) => log.offset_at_time(t)?,
+        _ => None,
+    };
     // Read committed: a consumer sees, and starts among, durable records only.
     Ok(Cursor::new(
         options.clone(),
         log.start_offset(),
         log.committed_offset(),
-        |t| log.offset_at_time(t),
+        |_| at_time,
     ))
 }
 
@@ -85,16 +89,23 @@ pub(super) async fn claim(
         let mut out = Vec::new();
         let mut writer = begin_claimed(&mut out, request_id);
         let mut range = None;
-        if let Some(from) = from
-            && let Some(to) = copy_records(
-                &mut writer,
-                &mut out,
-                log.read_committed(from),
-                log.committed_offset().saturating_sub(from),
-                count,
-                max_bytes,
-            )
-        {
+        let read_to = match from {
+            Some(from) => {
+                let mut records = log.read_committed(from);
+                let read_to = copy_records(
+                    &mut writer,
+                    &mut out,
+                    records.by_ref(),
+                    log.committed_offset().saturating_sub(from),
+                    count,
+                    max_bytes,
+                );
+                refuse_damage(read_to.is_some(), records.end())?;
+                read_to
+            }
+            None => None,
+        };
+        if let Some(to) = read_to {
             if writer.count() == 0 {
                 // Only engine markers: nothing for the client, and nothing to hold back.
                 cursor.committed = to;

@@ -607,10 +607,12 @@ pub async fn run(shard: &Rc<Shard>, op: PartitionOp) -> OpResult {
             let offset = {
                 let local = local(shard, topic, partition)?;
                 let log = local.log.borrow();
+                let at_time = match to {
+                    Position::Time(t) => log.offset_at_time(t)?,
+                    _ => None,
+                };
                 // Read committed: a reset lands among durable records only.
-                cursor.reset(to, log.start_offset(), log.committed_offset(), |t| {
-                    log.offset_at_time(t)
-                })?
+                cursor.reset(to, log.start_offset(), log.committed_offset(), |_| at_time)?
             };
             consumers.put(topic, partition, &group, cursor.clone());
             let written = consumers
@@ -663,7 +665,7 @@ pub async fn run(shard: &Rc<Shard>, op: PartitionOp) -> OpResult {
                 return Err(error);
             }
             let log = local.log.borrow();
-            let (frame, records) = read_range(&log, &spec, request_id);
+            let (frame, records) = read_range(&log, &spec, request_id)?;
             Ok(OpReply::Frame { frame, records })
         }
         PartitionOp::Length { topic, partition } => {

@@ -64,7 +64,8 @@ pub(super) fn dead_letters(
     let log = local.log.borrow();
     let mut parts: Vec<(TxnPart, u64)> = Vec::new();
     let name = &spec.topics[topic].name;
-    for view in log.read_range(range.from, range.to) {
+    let mut records = log.read_range(range.from, range.to);
+    for view in records.by_ref() {
         let original: Vec<(&str, &[u8])> = view.headers().collect();
         if original.iter().any(|(n, _)| *n == END_HEADER) {
             continue;
@@ -122,6 +123,8 @@ pub(super) fn dead_letters(
         );
         part.count += 1;
     }
+    // Every claimed record goes to the dead-letter topic, or none and the ack is refused.
+    records.end()?;
     Ok(parts.into_iter().map(|(part, _)| part).collect())
 }
 

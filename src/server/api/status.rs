@@ -324,6 +324,7 @@ mod tests {
                 damaged: None,
             }),
             peer: None,
+            unreadable: None,
         };
         Status {
             version: "0".into(),
