@@ -435,25 +435,38 @@ pub async fn fetch_local(shard: &Shard, order: &FetchOrder) -> FetchAnswer {
         log.start_offset(),
         log.committed_offset(),
     );
-    let mut records = log.read_committed(position);
-    let read_to = copy_records(
+    copy_read(
         &mut writer,
         &mut out,
-        records.by_ref(),
+        log.read_committed(position),
         log.committed_offset().saturating_sub(position),
         order.max_records,
         order.max_bytes,
-    );
-    refuse_damage(read_to.is_some(), records.end())?;
+    )?;
     writer.finish(&mut out);
     Ok(out)
+}
+
+/// `copy_records` over a read of the log, refused if the read met damage before it gave
+/// a record (`refuse_damage`).
+pub fn copy_read(
+    writer: &mut RecordsWriter,
+    out: &mut Vec<u8>,
+    mut records: crate::storage::Records<'_>,
+    available: u64,
+    max_records: u32,
+    max_bytes: u32,
+) -> Result<Option<u64>, EngineError> {
+    let read_to = copy_records(writer, out, records.by_ref(), available, max_records, max_bytes);
+    refuse_damage(read_to.is_some(), records.end())?;
+    Ok(read_to)
 }
 
 /// A read that met damage (`storage::reader`) before it gave anything is refused with
 /// it, which says what to do; one that gave records first answers with them, and the
 /// next read, which starts at the damage, is refused. Never a short answer that looks
 /// like the end of the partition.
-pub fn refuse_damage(gave: bool, end: Result<(), crate::storage::StorageError>) -> Result<(), EngineError> {
+fn refuse_damage(gave: bool, end: Result<(), crate::storage::StorageError>) -> Result<(), EngineError> {
     match end {
         Err(damage) if !gave => Err(damage.into()),
         _ => Ok(()),

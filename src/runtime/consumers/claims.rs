@@ -6,7 +6,7 @@ use std::rc::Rc;
 use crate::consumer::cursor::{Cursor, Options, Outcome, Reclaimed, State, Why};
 use crate::protocol::consumer::{begin_claimed, finish_claimed};
 use crate::runtime::error::EngineError;
-use crate::runtime::service::{copy_records, refuse_damage};
+use crate::runtime::service::copy_read;
 use crate::runtime::shard::Shard;
 use crate::storage::layout::now_ms;
 
@@ -90,19 +90,14 @@ pub(super) async fn claim(
         let mut writer = begin_claimed(&mut out, request_id);
         let mut range = None;
         let read_to = match from {
-            Some(from) => {
-                let mut records = log.read_committed(from);
-                let read_to = copy_records(
-                    &mut writer,
-                    &mut out,
-                    records.by_ref(),
-                    log.committed_offset().saturating_sub(from),
-                    count,
-                    max_bytes,
-                );
-                refuse_damage(read_to.is_some(), records.end())?;
-                read_to
-            }
+            Some(from) => copy_read(
+                &mut writer,
+                &mut out,
+                log.read_committed(from),
+                log.committed_offset().saturating_sub(from),
+                count,
+                max_bytes,
+            )?,
             None => None,
         };
         if let Some(to) = read_to {

@@ -5,7 +5,7 @@ use crate::protocol::consumer::{Bound, RangeSpec};
 use crate::protocol::records::RecordsWriter;
 use crate::runtime::error::EngineError;
 use crate::runtime::provenance::END_HEADER;
-use crate::runtime::service::{FETCH_RECORDS_MAX, copy_records, refuse_damage};
+use crate::runtime::service::{FETCH_RECORDS_MAX, copy_read, copy_records};
 use crate::storage::{PartitionLog, StorageError};
 
 /// Offsets `lo..hi` of a range read: offsets as given, or times turned into offsets.
@@ -42,16 +42,14 @@ pub(super) fn read_range(
     let mut out = Vec::new();
     let mut writer = RecordsWriter::fetched(&mut out, request_id, log.start_offset(), log.committed_offset());
     if lo < hi && !spec.reverse {
-        let mut records = log.read_range(lo, hi);
-        let read_to = copy_records(
+        copy_read(
             &mut writer,
             &mut out,
-            records.by_ref(),
+            log.read_range(lo, hi),
             hi - lo,
             spec.limit,
             spec.max_bytes,
-        );
-        refuse_damage(read_to.is_some(), records.end())?;
+        )?;
     } else if lo < hi {
         // Offsets are dense: the newest `limit` records start at `hi - limit` (end
         // markers, skipped, may make it fewer).
