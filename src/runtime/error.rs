@@ -59,6 +59,19 @@ pub enum RuntimeError {
     /// The doors' TLS files do not read or do not fit (the message says what to do).
     #[error("ingest TLS: {0}")]
     Tls(String),
+    /// A read met damage in this peer's copy of a replicated partition
+    /// (`runtime/cluster/damage.rs`).
+    #[error(
+        "partition {partition} of \"{topic}\" is damaged on this peer's disk ({damage}); this peer stops so that \
+         its {others} other replicas, whose copies are whole, lead it and serve every acked record. Start it \
+         again: it sets the damaged files aside and copies the partition again from them"
+    )]
+    DamagedCopy {
+        topic: String,
+        partition: u32,
+        damage: String,
+        others: usize,
+    },
     /// This peer founded a metadata group alone while a running one counts it as a
     /// member (the message says what to do).
     #[error("{0}")]

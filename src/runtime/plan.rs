@@ -686,10 +686,10 @@ async fn run_shard(
     plan: ShardPlan,
     doors: Option<Arc<dyn Doors>>,
 ) -> Result<()> {
-    let partitions = plan
-        .partitions
-        .into_iter()
-        .map(|(t, p, log, max_lag)| LocalPartition::new(t, p, log, max_lag));
+    let partitions = plan.partitions.into_iter().map(|(t, p, mut log, max_lag)| {
+        crate::runtime::cluster::damage::stop_on_damage(&shared, t, p, &mut log);
+        LocalPartition::new(t, p, log, max_lag)
+    });
     crate::storage::faults::panic_point("shard-panic", index);
     let journal = plan.journal.expect("every shard plan gets its journal");
     let shard = Rc::new(Shard::new(

@@ -238,7 +238,7 @@ impl PartitionLog {
             lock: Some(lock),
             epochs: Vec::new(),
             commit_limit: None,
-            damage: DamageNote::new(),
+            damage: DamageNote::default(),
         };
         // Read once now, over batches recovery has just checked: a replica's divergence
         // and an ack's fate rest on every run, so none may be missed by a later read.
@@ -874,7 +874,14 @@ impl PartitionLog {
     /// a batch below the end no longer matches its CRCs, and reads stop before it
     /// (`StorageError::DamagedOnRead` says what to do).
     pub fn damage(&self) -> Option<&str> {
-        self.damage.get().map(String::as_str)
+        self.damage.get()
+    }
+
+    /// Has `tell` called, once, with the message of the first damage a read of this log
+    /// meets (on the reading thread, after the log said it): what the owner does about
+    /// it (a replicated copy's peer stops, so that whole copies lead).
+    pub fn on_damage(&mut self, tell: impl Fn(&str) + Send + Sync + 'static) {
+        self.damage.tell(Box::new(tell));
     }
 
     /// Index of the segment holding `offset`, which must be in the log.

@@ -17,15 +17,41 @@ use crate::storage::error::StorageError;
 use crate::storage::record::{RecordView, Stored};
 use crate::storage::segment::{Cursor, Segment};
 
-/// Where a log notes the first damage any of its reads met: its message.
-pub type DamageNote = OnceLock<String>;
+/// Where a log notes the first damage any of its reads met (its message), and whom it
+/// tells then (`PartitionLog::on_damage`).
+#[derive(Default)]
+pub struct DamageNote {
+    first: OnceLock<String>,
+    tell: Option<Tell>,
+}
 
-/// Notes `damage` in `note` if it is the first the log met, saying it in the log then.
+/// What a log calls with its first damage's message.
+pub type Tell = Box<dyn Fn(&str) + Send + Sync>;
+
+impl DamageNote {
+    /// The first damage's message, if a read met one.
+    pub fn get(&self) -> Option<&str> {
+        self.first.get().map(String::as_str)
+    }
+
+    /// Has `tell` called with the message of the first damage, once.
+    pub fn tell(&mut self, tell: Tell) {
+        self.tell = Some(tell);
+    }
+}
+
+/// Notes `damage` in `note` if it is the first the log met, saying it in the log then
+/// and telling whom the note tells.
 pub(crate) fn note_damage(note: &DamageNote, damage: &StorageError) {
-    note.get_or_init(|| {
+    let mut first = false;
+    let said = note.first.get_or_init(|| {
         tracing::error!("{damage}");
+        first = true;
         damage.to_string()
     });
+    if first && let Some(tell) = &note.tell {
+        tell(said);
+    }
 }
 
 /// What a read of a range knows of where it is, and of damage it met.

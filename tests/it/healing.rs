@@ -693,6 +693,91 @@ fn a_flipped_bit_and_a_truncated_segment_on_one_replica_are_repaired_from_the_ot
     each_acked_once(&[&second, &third], &acked, 0);
 }
 
+#[test]
+fn a_leader_whose_copy_is_damaged_while_it_runs_stops_and_its_replicas_serve_every_acked_record() {
+    let _serial = one_at_a_time();
+    let dir = tempfile::tempdir().unwrap();
+    let grace = "5m";
+    let mut servers = healing_peers(dir.path(), &["p1", "p2", "p3"], grace);
+    let acked: Vec<String> = fill_partitions_0_and_1(&servers.iter().collect::<Vec<_>>(), 200)
+        .into_values()
+        .flatten()
+        .collect();
+    wait_until("every copy holds every record", Duration::from_secs(30), || {
+        servers.iter().all(|s| {
+            let r = replicas(s);
+            r[&0].2 == 4000 && r[&1].2 == 4000
+        })
+    });
+
+    // One bit of record 25 of partition 0 (its second batch), in the first segment of
+    // the leader's copy, which the running engine has mapped and checked long ago.
+    let leader = leader_index(&servers, 0);
+    let name = format!("p{}", leader + 1);
+    let segment = dir
+        .path()
+        .join(&name)
+        .join("topics/events/0/00000000000000000000.seg");
+    let bytes = std::fs::read(&segment).unwrap();
+    let at = bytes.windows(7).position(|w| w == b"p0-1-5-").unwrap() + 10;
+    crate::support::flip_bits(&segment, at, 0x04);
+
+    // A read of it is refused, never served, and the leader stops, saying why: its
+    // replicas hold the batch whole.
+    let mut client = Client::connect(&servers[leader].tcp).unwrap();
+    let read = client.fetch("events", 0, flowd::protocol::FetchFrom::Offset(25), 1000, 0);
+    assert!(read.is_err(), "a read of the damaged batch answered {read:?}");
+    let status = servers[leader]
+        .exit_within(Duration::from_secs(30))
+        .expect("the leader with the damaged copy stops");
+    assert!(!status.success(), "it stops as a failure: {status:?}");
+    let log = servers[leader].log.text();
+    assert!(
+        log.contains("partition 0 of \"events\" is damaged on this peer's disk")
+            && log.contains(&segment.display().to_string())
+            && log.contains("its 2 other replicas, whose copies are whole, lead it"),
+        "{log}"
+    );
+
+    // The others lead every partition and serve every acked record, each once.
+    let left: Vec<&Server> = (0..3).filter(|i| *i != leader).map(|i| &servers[i]).collect();
+    wait_led_by(&left);
+    readable(&left, &acked);
+    each_acked_once(&left, &acked, 0);
+
+    // Started again, it sets the damaged copy aside and copies it again from them.
+    let seed = peer_of(left[0]);
+    let addr = peer_of(&servers[leader]);
+    servers[leader] = healing_peer(dir.path(), &name, &addr, Some(&seed), grace);
+    let aside: Vec<String> = std::fs::read_dir(dir.path().join(&name).join("topics/events"))
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .filter(|n| n.starts_with("0.damaged-"))
+        .collect();
+    assert_eq!(
+        aside.len(),
+        1,
+        "partition 0's damaged files are set aside: {aside:?}"
+    );
+    let all: Vec<&Server> = servers.iter().collect();
+    wait_until(
+        "the damaged copy is whole again and every partition led with its replicas",
+        Duration::from_secs(60),
+        || damaged(all[leader]).is_empty() && settled(&all, 3),
+    );
+    wait_until(
+        "the copied copy ends where the others do",
+        Duration::from_secs(30),
+        || {
+            all.iter().all(|s| {
+                let r = replicas(s);
+                r[&0].2 == 4000 && r[&1].2 == 4000
+            })
+        },
+    );
+    each_acked_once(&all, &acked, 0);
+}
+
 /// The copy rate of a replacement and what it does to a producer's latency: 3 peers
 /// with about 200 MB, one killed for good, a fourth copies its share. Run by
 /// `scripts/heal-bench.sh` (release build); `FLOWD_HEAL_BENCH_RATE` sets `--copy-rate`.

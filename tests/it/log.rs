@@ -480,6 +480,10 @@ fn a_batch_damaged_after_it_was_checked_is_never_read_and_every_read_of_it_says_
         ..small_options(Durability::Every)
     };
     let mut log = PartitionLog::open(&path, options.clone()).unwrap();
+    // Whom the log tells of its first damage (a cluster's runtime stops its peer).
+    let told = std::sync::Arc::new(std::sync::Mutex::new(Vec::<String>::new()));
+    let tell = std::sync::Arc::clone(&told);
+    log.on_damage(move |damage| tell.lock().unwrap().push(damage.to_string()));
     for first in [0u64, 10, 20] {
         append_expected(&mut log, first..first + 10);
     }
@@ -556,6 +560,11 @@ fn a_batch_damaged_after_it_was_checked_is_never_read_and_every_read_of_it_says_
     assert_eq!(read, (20..30).collect::<Vec<_>>());
     assert!(records.end().is_ok());
     assert_eq!(log.damage(), Some(note.as_str()), "the first damage stays noted");
+    assert_eq!(
+        *told.lock().unwrap(),
+        [note.clone()],
+        "told once, of the first damage"
+    );
 
     // A header damaged too (the third batch's record count): its length and offsets can
     // no longer be trusted, so nothing walks past or into it, whole batches included.
@@ -571,6 +580,7 @@ fn a_batch_damaged_after_it_was_checked_is_never_read_and_every_read_of_it_says_
     let mut batches = log.read_batches(0, u64::MAX);
     assert_eq!(batches.by_ref().count(), 2);
     assert_eq!(damaged_at(batches.end()), 20);
+    assert_eq!(told.lock().unwrap().len(), 1, "later damage is not told again");
     log.close().unwrap();
 
     // Opened again, recovery finds it below the synced point, as before.

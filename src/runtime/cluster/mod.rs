@@ -16,6 +16,7 @@
 pub mod answers;
 pub mod controller;
 pub mod copy_pace;
+pub mod damage;
 pub mod follower;
 pub mod handover;
 pub mod leader;
