@@ -605,7 +605,10 @@ pub fn allowed_cpus() -> Vec<usize> {
 /// Held by a shard's thread (in its task, or in the closure that makes it): dropped while
 /// the thread panics, it stops the engine with the reason, so that the process exits
 /// saying so rather than go on serving without the shard's partitions (or hang, if
-/// the shard never started).
+/// the shard never started). A panic in one of the shard's tasks unwinds its executor
+/// without always dropping the task that holds it (glommio leaves tasks it still
+/// counts references to), so the shard's thread also names its engine to the panic
+/// hook (`stop_on_panic`), which runs at the panic itself.
 struct PanicStops {
     shard: usize,
     shared: Arc<Shared>,
@@ -619,6 +622,34 @@ impl Drop for PanicStops {
                 .fail(RuntimeError::ShardPanicked { shard: self.shard });
         }
     }
+}
+
+thread_local! {
+    /// On a shard's thread: its index and its engine, for the panic hook.
+    static SHARD_OF: std::cell::RefCell<Option<(usize, std::sync::Weak<Shared>)>> =
+        const { std::cell::RefCell::new(None) };
+}
+
+/// Has a panic on this thread (a shard's) stop the engine, saying which shard, at the
+/// panic: the process-wide hook (installed once, after the one before it, which still
+/// prints the message) looks for the shard this thread runs.
+fn stop_on_panic(shard: usize, shared: &Arc<Shared>) {
+    static HOOK: std::sync::Once = std::sync::Once::new();
+    HOOK.call_once(|| {
+        let before = std::panic::take_hook();
+        std::panic::set_hook(Box::new(move |info| {
+            before(info);
+            let _ = SHARD_OF.try_with(|of| {
+                if let Ok(of) = of.try_borrow()
+                    && let Some((shard, shared)) = of.as_ref()
+                    && let Some(shared) = shared.upgrade()
+                {
+                    shared.control.fail(RuntimeError::ShardPanicked { shard: *shard });
+                }
+            });
+        }));
+    });
+    SHARD_OF.with(|of| *of.borrow_mut() = Some((shard, Arc::downgrade(shared))));
 }
 
 /// Whether this process may make an io_uring, which every shard runs on. A container's
@@ -669,6 +700,7 @@ pub fn spawn(plan: Plan, doors: Option<Arc<dyn Doors>>) -> Result<Vec<ShardHandl
             .name(&format!("flowd-shard-{index}"))
             .spawn(move || async move {
                 let _loud = loud;
+                stop_on_panic(index, &shared);
                 run_shard(index, shared, shard_plan, doors).await
             })
             .map_err(|e| RuntimeError::Shard {

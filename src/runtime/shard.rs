@@ -692,6 +692,7 @@ impl Shard {
             let mut again = Vec::new();
             let mut failed = None;
             for pending in pending_acks {
+                crate::storage::faults::panic_point("acker-panic", self.index);
                 match look(&pending, me, now) {
                     Look::Wait => waiting.push(pending),
                     Look::Acked => {

@@ -687,6 +687,15 @@ impl PartitionLog {
         if at.index != 0 {
             return Err(fail("it falls inside a batch".into()));
         }
+        // The log is opened again below, and recovery checks every batch it keeps: one
+        // damaged since it was checked, in an earlier segment too, would fail that open
+        // with the log already let go. So what stays is read first: damage refuses the
+        // cut, leaves the log as it was, and is noted (and told) as any read's is.
+        let mut earlier = self.read_range(self.start_offset(), segment.base_offset());
+        earlier.by_ref().for_each(drop);
+        if let Some(damage) = earlier.damage() {
+            return Err(fail(damage.to_string()));
+        }
         let mut before = self.read_range(segment.base_offset(), offset);
         let max_timestamp_ms = before
             .by_ref()
@@ -719,8 +728,9 @@ impl PartitionLog {
     }
 
     /// Lets go of the log's files, has `change` change them, and opens the log again, so
-    /// that recovery checks what is left; its leader epoch and commit limit stay. The
-    /// log must not be used if this fails.
+    /// that recovery checks what is left; its leader epoch, commit limit and whom it
+    /// tells of damage stay. The log must not be used if this fails; damage found by
+    /// the open is told, as a read's is.
     fn reopen_after(&mut self, change: impl FnOnce(&Path, &LogOptions) -> Result<()>) -> Result<()> {
         let (dir, options, epoch, limit) = (
             self.dir.clone(),
@@ -730,9 +740,15 @@ impl PartitionLog {
         );
         self.release()?;
         change(&dir, &options)?;
-        *self = PartitionLog::open(&dir, options)?;
-        self.writer.leader_epoch = epoch;
-        self.commit_limit = limit;
+        let mut log = PartitionLog::open(&dir, options).inspect_err(|error| {
+            if error.is_corruption() {
+                reader::note_damage(&self.damage, error);
+            }
+        })?;
+        log.writer.leader_epoch = epoch;
+        log.commit_limit = limit;
+        log.damage.carry_on(&mut self.damage);
+        *self = log;
         Ok(())
     }
 

@@ -38,6 +38,11 @@ impl DamageNote {
     pub fn tell(&mut self, tell: Tell) {
         self.tell = Some(tell);
     }
+
+    /// Takes over whom `before` (the note of the log this one replaces) tells.
+    pub(crate) fn carry_on(&mut self, before: &mut DamageNote) {
+        self.tell = before.tell.take();
+    }
 }
 
 /// Notes `damage` in `note` if it is the first the log met, saying it in the log then

@@ -301,6 +301,36 @@ fn a_shard_that_panics_stops_the_engine_saying_which() {
     assert!(stderr.contains("shard 1 panicked"), "{stderr}");
 }
 
+/// A panic in a task of a running shard, with clients connected, stops the engine too,
+/// saying which shard: its executor unwinds without always dropping the task that would
+/// say so, and the process once served on without the shard, its clients hanging.
+#[test]
+fn a_shard_task_that_panics_while_serving_stops_the_engine_saying_which() {
+    let dir = fast_tempdir();
+    let file = crate::ingest::dataflow(dir.path(), "group");
+    let mut server = Server::start_env(
+        &file,
+        &["--cores", "1"],
+        &[("FAILPOINTS", "acker-panic=return(0)")],
+    );
+    // One connection that only waits, one that produces: the shard's acker panics at
+    // the first batch it looks at.
+    let idle = Client::connect(&server.tcp).unwrap();
+    let mut client = Client::connect(&server.tcp).unwrap();
+    let produced = client.produce("events", &[OwnedWireRecord::value("one")]);
+    assert!(produced.is_err(), "the batch was acked: {produced:?}");
+    let status = server
+        .exit_within(Duration::from_secs(30))
+        .expect("the engine stops after its shard panicked");
+    assert!(!status.success());
+    let log = server.log.text();
+    assert!(
+        log.contains("fail point acker-panic") && log.contains("shard 0 panicked"),
+        "{log}"
+    );
+    drop(idle);
+}
+
 /// A batch of a running engine's log changed on disk after it was acked (bit rot, or
 /// another program writing to the segment): no reader is handed a byte of it or told the
 /// partition ends there. A fetch and a named consumer's claim give the records before it,

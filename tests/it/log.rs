@@ -469,6 +469,59 @@ mod seek_props {
 /// time is refused; a read that only walks past its (intact) header to later records
 /// gives them; and the reopened log refuses the segment, naming the batch, as recovery
 /// always did.
+/// A cut back (what a replica does where its copy diverged from its leader's) over a
+/// log damaged since it was checked: the log is opened again after a cut, and recovery
+/// would refuse it with the log already let go, so the cut is refused first, the log
+/// left as it was (appends and reads before the damage go on) and the damage told. A
+/// log that was cut back still tells of damage its reads meet later.
+#[test]
+fn a_cut_back_over_damage_is_refused_leaving_the_log_whole_and_a_cut_log_still_tells_of_damage() {
+    let dir = fast_tempdir();
+    let told = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let open = |name: &str| {
+        let mut log = PartitionLog::open(&dir.path().join(name), small_options(Durability::Every)).unwrap();
+        let tell = std::sync::Arc::clone(&told);
+        log.on_damage(move |_| {
+            tell.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        });
+        for first in (0..1200).step_by(10) {
+            append_expected(&mut log, first..first + 10);
+        }
+        assert!(log.segments().len() >= 3, "{}", log.segments().len());
+        log
+    };
+    let flip_key_11 = |log: &PartitionLog| {
+        let segment = log.segments()[0].path.clone();
+        let bytes = std::fs::read(&segment).unwrap();
+        crate::support::flip_bits(
+            &segment,
+            bytes.windows(6).position(|w| w == b"key-11").unwrap(),
+            0x01,
+        );
+    };
+    let told_so_far = || told.load(std::sync::atomic::Ordering::SeqCst);
+
+    // Damage in the first segment, a cut in the last: refused, nothing changed.
+    let mut log = open("damaged");
+    flip_key_11(&log);
+    let refused = log.truncate(1100).expect_err("a cut over a damaged log");
+    assert!(refused.to_string().contains("damaged segment"), "{refused}");
+    assert_eq!(told_so_far(), 1);
+    assert_eq!(log.next_offset(), 1200);
+    append_expected(&mut log, 1200..1210);
+    let read: Vec<u64> = log.read(20).map(|v| v.offset()).collect();
+    assert_eq!(read, (20..1210).collect::<Vec<_>>());
+    drop(log);
+
+    // Cut back whole, then damaged: a read of it is told as before the cut.
+    let mut log = open("cut");
+    log.truncate(1100).unwrap();
+    assert_eq!(log.next_offset(), 1100);
+    flip_key_11(&log);
+    assert_eq!(log.read(0).count(), 10);
+    assert_eq!(told_so_far(), 2, "the cut log tells of damage too");
+}
+
 #[test]
 fn a_batch_damaged_after_it_was_checked_is_never_read_and_every_read_of_it_says_so() {
     let dir = fast_tempdir();
@@ -562,7 +615,7 @@ fn a_batch_damaged_after_it_was_checked_is_never_read_and_every_read_of_it_says_
     assert_eq!(log.damage(), Some(note.as_str()), "the first damage stays noted");
     assert_eq!(
         *told.lock().unwrap(),
-        [note.clone()],
+        std::slice::from_ref(&note),
         "told once, of the first damage"
     );
 

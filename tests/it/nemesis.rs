@@ -5,8 +5,10 @@
 //! isolated, a minority cut from the majority, one-way drops), a peer killed for longer
 //! than `--replace-after` (its replicas and vote move to the others; it comes back with
 //! its now stale copies), a peer back at once on an empty data directory, a peer back
-//! with a bit flipped in a segment or a sealed segment cut in half, and a peer whose
-//! partitions' disk (a tmpfs each) is left almost no room. Faults held longer than
+//! with a bit flipped in a segment or a sealed segment cut in half, a leader whose
+//! sealed segment has a bit flipped while it runs (the next read of it stops the peer;
+//! it is started again), and a peer whose partitions' disk (a tmpfs each) is left
+//! almost no room. Faults held longer than
 //! `--replace-after` (6 s here) replace the peer too. Leads go back to their preferred
 //! replicas after 3 s (`--rebalance-after`), so those elections run amid the faults. A fault that destroys a copy
 //! waits until the cluster is at full strength (bounded: not healing fails the run).
@@ -31,7 +33,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use flowd::client::{Client, ClientError};
-use flowd::protocol::OwnedWireRecord;
+use flowd::protocol::{FetchFrom, OwnedWireRecord};
 use serde_json::Value;
 
 use crate::cluster::one_at_a_time;
@@ -493,6 +495,97 @@ enum Fault {
     /// Its partitions' disk (a tmpfs) left with room for about one more segment, then
     /// grown back: it refuses writes, hands its leaderships over, and goes on.
     DiskFull,
+    /// While it runs, a bit flipped in a sealed segment of a partition it leads, which is
+    /// then read through it: it refuses the read and stops (its replicas lead), and is
+    /// started again, setting the copy aside and copying it again.
+    Rot,
+}
+
+/// The partitions `server` leads, as its own status says.
+fn led(server: &Server) -> Vec<u32> {
+    let (code, out, _) = run_cli(&["status", "--local", "--from", &server.tcp, "--json"], "");
+    if code != 0 {
+        return Vec::new();
+    }
+    let status: Value = serde_json::from_str(&out).unwrap_or_default();
+    status["topics"][0]["partitions"]
+        .as_array()
+        .map(|ps| {
+            ps.iter()
+                .filter(|p| p["replica"]["role"] == "leader")
+                .filter_map(|p| p["partition"].as_u64())
+                .map(|p| p as u32)
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+/// Flips a bit in a sealed segment of a partition `server` (whose data directory is
+/// `data`) leads, while it runs, then reads that segment's records through it: says
+/// what it did, and whether it damaged anything.
+fn rot(server: &Server, data: &std::path::Path, rng: &mut Rng) -> (String, bool) {
+    let leads = led(server);
+    if leads.is_empty() {
+        return ("it leads no partition: nothing damaged".into(), false);
+    }
+    let partition = leads[rng.below(leads.len() as u64) as usize];
+    let dir = data.join("topics").join("events").join(partition.to_string());
+    let mut segments: Vec<std::path::PathBuf> = std::fs::read_dir(&dir)
+        .map(|entries| {
+            entries
+                .filter_map(|e| e.ok().map(|e| e.path()))
+                .filter(|p| p.extension().is_some_and(|x| x == "seg"))
+                .collect()
+        })
+        .unwrap_or_default();
+    segments.sort();
+    if segments.len() < 2 {
+        return (
+            format!("partition {partition} has no sealed segment yet: nothing damaged"),
+            false,
+        );
+    }
+    let k = rng.below(segments.len() as u64 - 1) as usize;
+    let base =
+        |path: &std::path::Path| -> u64 { path.file_stem().unwrap().to_str().unwrap().parse().unwrap() };
+    let (path, first, next) = (&segments[k], base(&segments[k]), base(&segments[k + 1]));
+    let Ok(bytes) = std::fs::read(path) else {
+        return ("a segment could not be read: nothing damaged".into(), false);
+    };
+    let end = bytes.iter().rposition(|b| *b != 0).unwrap_or(0) as u64;
+    if end <= 8192 {
+        return (
+            format!("{} holds no batch: nothing damaged", path.display()),
+            false,
+        );
+    }
+    let at = 8192 + rng.below(end - 8192);
+    crate::support::flip_bits(path, at as usize, 1 << rng.below(8));
+    // Its records, read through the peer that leads them (bounded: a segment holds
+    // fewer than 64 reads' worth).
+    let mut refused = None;
+    if let Ok(mut client) = Client::connect(&server.tcp) {
+        let mut offset = first;
+        for _ in 0..64 {
+            if offset >= next {
+                break;
+            }
+            match client.fetch("events", partition, FetchFrom::Offset(offset), 1000, 0) {
+                Ok(read) if read.records.is_empty() => break,
+                Ok(read) => offset = read.records.last().unwrap().0 + 1,
+                Err(error) => {
+                    refused = Some(error.to_string());
+                    break;
+                }
+            }
+        }
+    }
+    let said = format!(
+        "a bit flipped at byte {at} of {} (partition {partition}, offsets {first} to {next}); a read of it {}",
+        path.display(),
+        refused.map_or_else(|| "was not refused".to_string(), |e| format!("refused: {e}"))
+    );
+    (said, true)
 }
 
 /// Empties a peer's data directory, its partitions' tmpfs (a mount point) included.
@@ -588,6 +681,8 @@ fn run_nemesis(peers: usize, seconds: u64, seed: u64) {
     let mut rng = Rng(seed);
     let mut history: Vec<String> = Vec::new();
     let mut counts: BTreeMap<Fault, u64> = BTreeMap::new();
+    // Rot faults whose peer stopped by itself at the damage.
+    let mut self_stops = 0u64;
     let started = Instant::now();
     let faults = [
         Fault::Kill,
@@ -599,6 +694,7 @@ fn run_nemesis(peers: usize, seconds: u64, seed: u64) {
         Fault::Wipe,
         Fault::Corrupt,
         Fault::DiskFull,
+        Fault::Rot,
     ];
     while started.elapsed() < Duration::from_secs(seconds) {
         let fault = faults[rng.below(faults.len() as u64) as usize];
@@ -608,7 +704,7 @@ fn run_nemesis(peers: usize, seconds: u64, seed: u64) {
         // destroyed before the first is whole again can leave fewer whole copies than a
         // quorum, which no system rebuilds without losing what only the lost copies
         // held. Waiting for that is part of the check (bounded).
-        if matches!(fault, Fault::Wipe | Fault::Corrupt) {
+        if matches!(fault, Fault::Wipe | Fault::Corrupt | Fault::Rot) {
             let waited = Instant::now();
             while !whole(&servers) {
                 if waited.elapsed() > Duration::from_secs(120) {
@@ -659,6 +755,30 @@ fn run_nemesis(peers: usize, seconds: u64, seed: u64) {
                 hold = Duration::from_millis(500);
                 servers[victim].kill9();
                 what = corrupt(&dir.path().join(format!("p{victim}")), &mut rng);
+                std::thread::sleep(hold);
+                servers[victim] = start(victim, Some((victim + 1) % peers));
+            }
+            Fault::Rot => {
+                hold = Duration::from_millis(500);
+                let (said, damaged) = rot(&servers[victim], &dir.path().join(format!("p{victim}")), &mut rng);
+                // A leader that read the damage stops by itself; one that did not (its
+                // lead moved before the read) holds it unread, so it is killed: its
+                // recovery finds it either way.
+                let stopped = damaged && servers[victim].exit_within(Duration::from_secs(20)).is_some();
+                if stopped {
+                    let log = servers[victim].log.text();
+                    assert!(
+                        log.contains("is damaged on this peer's disk") && log.contains("this peer stops"),
+                        "peer {victim} stopped after a bit flipped in its copy, but not for it; seed {seed}: {said}\n{log}"
+                    );
+                    self_stops += 1;
+                } else {
+                    servers[victim].kill9();
+                }
+                what = format!(
+                    "{said}; {}",
+                    if stopped { "it stopped by itself" } else { "killed" }
+                );
                 std::thread::sleep(hold);
                 servers[victim] = start(victim, Some((victim + 1) % peers));
             }
@@ -724,7 +844,8 @@ fn run_nemesis(peers: usize, seconds: u64, seed: u64) {
     let acked = acked.lock().unwrap().clone();
     let report = || {
         format!(
-            "seed {seed}, {peers} peers, {seconds} s: {} acked, {failed} refused; faults {counts:?}\nhistory:\n{}",
+            "seed {seed}, {peers} peers, {seconds} s: {} acked, {failed} refused; faults {counts:?} \
+             ({self_stops} rotted leaders stopped by themselves)\nhistory:\n{}",
             acked.len(),
             history.join("\n")
         )
