@@ -632,7 +632,8 @@ thread_local! {
 
 /// Has a panic on this thread (a shard's) stop the engine, saying which shard, at the
 /// panic: the process-wide hook (installed once, after the one before it, which still
-/// prints the message) looks for the shard this thread runs.
+/// prints the message) looks for the shard this thread runs. A panic caught on a
+/// shard's thread would stop it too; nothing there catches one (a bug is fail-stop).
 fn stop_on_panic(shard: usize, shared: &Arc<Shared>) {
     static HOOK: std::sync::Once = std::sync::Once::new();
     HOOK.call_once(|| {

@@ -604,6 +604,17 @@ fn damaged(server: &Server) -> BTreeMap<u64, String> {
     out
 }
 
+/// Waits (30 s at most) until every copy of partitions 0 and 1 on `servers` ends at
+/// 4,000 records (`fill_partitions_0_and_1` with 200 batches).
+fn hold_4000_in_0_and_1(servers: &[&Server], what: &str) {
+    wait_until(what, Duration::from_secs(30), || {
+        servers.iter().all(|s| {
+            let r = replicas(s);
+            r[&0].2 == 4000 && r[&1].2 == 4000
+        })
+    });
+}
+
 #[test]
 fn a_flipped_bit_and_a_truncated_segment_on_one_replica_are_repaired_from_the_others() {
     let _serial = one_at_a_time();
@@ -620,13 +631,7 @@ fn a_flipped_bit_and_a_truncated_segment_on_one_replica_are_repaired_from_the_ot
         .into_values()
         .flatten()
         .collect();
-    let copies = [&first, &second, &third];
-    wait_until("every copy holds every record", Duration::from_secs(30), || {
-        copies.iter().all(|s| {
-            let r = replicas(s);
-            r[&0].2 == 4000 && r[&1].2 == 4000
-        })
-    });
+    hold_4000_in_0_and_1(&[&first, &second, &third], "every copy holds every record");
 
     // The third peer stops; on its disk a bit flips in partition 0's first segment, and
     // partition 1's first segment loses its second half. Both are sealed: synced long
@@ -672,16 +677,7 @@ fn a_flipped_bit_and_a_truncated_segment_on_one_replica_are_repaired_from_the_ot
             && repaired.iter().any(|l| l.contains("partition 1")),
         "{out}"
     );
-    wait_until(
-        "the repaired copy ends where the others do",
-        Duration::from_secs(30),
-        || {
-            all.iter().all(|s| {
-                let r = replicas(s);
-                r[&0].2 == 4000 && r[&1].2 == 4000
-            })
-        },
-    );
+    hold_4000_in_0_and_1(&all, "the repaired copy ends where the others do");
     each_acked_once(&all, &acked, 0);
 
     // Counted again: with the repaired copy and one other, every acked record survives
@@ -703,12 +699,10 @@ fn a_leader_whose_copy_is_damaged_while_it_runs_stops_and_its_replicas_serve_eve
         .into_values()
         .flatten()
         .collect();
-    wait_until("every copy holds every record", Duration::from_secs(30), || {
-        servers.iter().all(|s| {
-            let r = replicas(s);
-            r[&0].2 == 4000 && r[&1].2 == 4000
-        })
-    });
+    hold_4000_in_0_and_1(
+        &servers.iter().collect::<Vec<_>>(),
+        "every copy holds every record",
+    );
 
     // One bit of record 25 of partition 0 (its second batch), in the first segment of
     // the leader's copy, which the running engine has mapped and checked long ago.
@@ -765,16 +759,7 @@ fn a_leader_whose_copy_is_damaged_while_it_runs_stops_and_its_replicas_serve_eve
         Duration::from_secs(60),
         || damaged(all[leader]).is_empty() && settled(&all, 3),
     );
-    wait_until(
-        "the copied copy ends where the others do",
-        Duration::from_secs(30),
-        || {
-            all.iter().all(|s| {
-                let r = replicas(s);
-                r[&0].2 == 4000 && r[&1].2 == 4000
-            })
-        },
-    );
+    hold_4000_in_0_and_1(&all, "the copied copy ends where the others do");
     each_acked_once(&all, &acked, 0);
 }
 

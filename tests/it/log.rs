@@ -469,6 +469,17 @@ mod seek_props {
 /// time is refused; a read that only walks past its (intact) header to later records
 /// gives them; and the reopened log refuses the segment, naming the batch, as recovery
 /// always did.
+/// Flips one bit of record 11's key (in the body of the batch of offsets 10 to 19) in
+/// `segment`, under whatever has it open.
+fn flip_key_11(segment: &std::path::Path) {
+    let bytes = std::fs::read(segment).unwrap();
+    crate::support::flip_bits(
+        segment,
+        bytes.windows(6).position(|w| w == b"key-11").unwrap(),
+        0x01,
+    );
+}
+
 /// A cut back (what a replica does where its copy diverged from its leader's) over a
 /// log damaged since it was checked: the log is opened again after a cut, and recovery
 /// would refuse it with the log already let go, so the cut is refused first, the log
@@ -490,20 +501,11 @@ fn a_cut_back_over_damage_is_refused_leaving_the_log_whole_and_a_cut_log_still_t
         assert!(log.segments().len() >= 3, "{}", log.segments().len());
         log
     };
-    let flip_key_11 = |log: &PartitionLog| {
-        let segment = log.segments()[0].path.clone();
-        let bytes = std::fs::read(&segment).unwrap();
-        crate::support::flip_bits(
-            &segment,
-            bytes.windows(6).position(|w| w == b"key-11").unwrap(),
-            0x01,
-        );
-    };
     let told_so_far = || told.load(std::sync::atomic::Ordering::SeqCst);
 
     // Damage in the first segment, a cut in the last: refused, nothing changed.
     let mut log = open("damaged");
-    flip_key_11(&log);
+    flip_key_11(&log.segments()[0].path);
     let refused = log.truncate(1100).expect_err("a cut over a damaged log");
     assert!(refused.to_string().contains("damaged segment"), "{refused}");
     assert_eq!(told_so_far(), 1);
@@ -517,7 +519,7 @@ fn a_cut_back_over_damage_is_refused_leaving_the_log_whole_and_a_cut_log_still_t
     let mut log = open("cut");
     log.truncate(1100).unwrap();
     assert_eq!(log.next_offset(), 1100);
-    flip_key_11(&log);
+    flip_key_11(&log.segments()[0].path);
     assert_eq!(log.read(0).count(), 10);
     assert_eq!(told_so_far(), 2, "the cut log tells of damage too");
 }
@@ -542,13 +544,8 @@ fn a_batch_damaged_after_it_was_checked_is_never_read_and_every_read_of_it_says_
     }
     assert_eq!(log.segments().len(), 1);
     let segment = log.segments()[0].path.clone();
-    // One bit of record 11's key (in the body of the batch of offsets 10 to 19).
     let bytes = std::fs::read(&segment).unwrap();
-    crate::support::flip_bits(
-        &segment,
-        bytes.windows(6).position(|w| w == b"key-11").unwrap(),
-        0x01,
-    );
+    flip_key_11(&segment);
 
     let damaged_at = |end: Result<(), StorageError>| match end {
         Err(StorageError::DamagedOnRead {

@@ -314,8 +314,9 @@ fn read_or_why(server: &Server) -> Result<Vec<(u32, u64, String)>, String> {
         .collect())
 }
 
-/// Each partition's leader epoch as `server` sees it (empty if it does not answer).
-fn epochs(server: &Server) -> Vec<u64> {
+/// The partitions of "events" as `server`'s own status says them (empty if it does
+/// not answer).
+fn local_partitions(server: &Server) -> Vec<Value> {
     let (code, out, _) = run_cli(&["status", "--local", "--from", &server.tcp, "--json"], "");
     if code != 0 {
         return Vec::new();
@@ -323,12 +324,16 @@ fn epochs(server: &Server) -> Vec<u64> {
     let status: Value = serde_json::from_str(&out).unwrap_or_default();
     status["topics"][0]["partitions"]
         .as_array()
-        .map(|ps| {
-            ps.iter()
-                .map(|p| p["replica"]["epoch"].as_u64().unwrap_or(0))
-                .collect()
-        })
+        .cloned()
         .unwrap_or_default()
+}
+
+/// Each partition's leader epoch as `server` sees it (empty if it does not answer).
+fn epochs(server: &Server) -> Vec<u64> {
+    local_partitions(server)
+        .iter()
+        .map(|p| p["replica"]["epoch"].as_u64().unwrap_or(0))
+        .collect()
 }
 
 /// splitmix64: the run's choices, from its seed.
@@ -503,21 +508,28 @@ enum Fault {
 
 /// The partitions `server` leads, as its own status says.
 fn led(server: &Server) -> Vec<u32> {
-    let (code, out, _) = run_cli(&["status", "--local", "--from", &server.tcp, "--json"], "");
-    if code != 0 {
-        return Vec::new();
-    }
-    let status: Value = serde_json::from_str(&out).unwrap_or_default();
-    status["topics"][0]["partitions"]
-        .as_array()
-        .map(|ps| {
-            ps.iter()
-                .filter(|p| p["replica"]["role"] == "leader")
-                .filter_map(|p| p["partition"].as_u64())
-                .map(|p| p as u32)
+    local_partitions(server)
+        .iter()
+        .filter(|p| p["replica"]["role"] == "leader")
+        .filter_map(|p| p["partition"].as_u64())
+        .map(|p| p as u32)
+        .collect()
+}
+
+/// The segment files of partition `partition` in `data` (a peer's data directory),
+/// oldest first; the last is the active one.
+fn segments_of(data: &std::path::Path, partition: u64) -> Vec<std::path::PathBuf> {
+    let dir = data.join("topics").join("events").join(partition.to_string());
+    let mut segments: Vec<std::path::PathBuf> = std::fs::read_dir(&dir)
+        .map(|entries| {
+            entries
+                .filter_map(|e| e.ok().map(|e| e.path()))
+                .filter(|p| p.extension().is_some_and(|x| x == "seg"))
                 .collect()
         })
-        .unwrap_or_default()
+        .unwrap_or_default();
+    segments.sort();
+    segments
 }
 
 /// Flips a bit in a sealed segment of a partition `server` (whose data directory is
@@ -529,16 +541,7 @@ fn rot(server: &Server, data: &std::path::Path, rng: &mut Rng) -> (String, bool)
         return ("it leads no partition: nothing damaged".into(), false);
     }
     let partition = leads[rng.below(leads.len() as u64) as usize];
-    let dir = data.join("topics").join("events").join(partition.to_string());
-    let mut segments: Vec<std::path::PathBuf> = std::fs::read_dir(&dir)
-        .map(|entries| {
-            entries
-                .filter_map(|e| e.ok().map(|e| e.path()))
-                .filter(|p| p.extension().is_some_and(|x| x == "seg"))
-                .collect()
-        })
-        .unwrap_or_default();
-    segments.sort();
+    let segments = segments_of(data, partition.into());
     if segments.len() < 2 {
         return (
             format!("partition {partition} has no sealed segment yet: nothing damaged"),
@@ -608,16 +611,7 @@ fn wipe(data: &std::path::Path) {
 /// says what it did.
 fn corrupt(data: &std::path::Path, rng: &mut Rng) -> String {
     let partition = rng.below(u64::from(PARTITIONS));
-    let dir = data.join("topics").join("events").join(partition.to_string());
-    let mut segments: Vec<std::path::PathBuf> = std::fs::read_dir(&dir)
-        .map(|entries| {
-            entries
-                .filter_map(|e| e.ok().map(|e| e.path()))
-                .filter(|p| p.extension().is_some_and(|x| x == "seg"))
-                .collect()
-        })
-        .unwrap_or_default();
-    segments.sort();
+    let mut segments = segments_of(data, partition);
     let Some(active) = segments.pop() else {
         return format!("partition {partition} has no segment yet: nothing damaged");
     };
