@@ -154,14 +154,17 @@
     }
     const named = {};
     t.partitions.forEach((p) => (p.named || []).forEach((c) => (named[c.group] = (named[c.group] || 0) + c.lag)));
-    const rows = t.partitions.map((p) => `<tr><td>${p.partition}</td><td>${p.start_offset}</td><td>${p.next_offset}</td><td>${p.durable_offset}</td><td>${p.segments}</td><td>${p.bytes}</td></tr>`).join("");
+    // What `flowd status` says beside a partition that cannot be read whole here.
+    const trouble = (p) => p.unreadable ? `UNREADABLE: ${p.unreadable}` : (p.replica && p.replica.damaged ? `DAMAGED COPY being copied again, not counted until whole: ${p.replica.damaged}` : "");
+    const rows = t.partitions.map((p) => `<tr><td>${p.partition}</td><td>${p.start_offset}</td><td>${p.next_offset}</td><td>${p.durable_offset}</td><td>${p.segments}</td><td>${p.bytes}</td>` +
+      (trouble(p) ? `<td class="l warn">${esc(trouble(p))}</td>` : `<td></td>`) + `</tr>`).join("");
     const consumers = Object.keys(named).map((g) => `<li><a class="consumer" href="#/consumer/${enc(topic)}/${enc(g)}">${esc(g)}</a> (lag ${named[g]})</li>`).join("");
     const options = t.partitions.map((p) => `<option>${p.partition}</option>`).join("");
     const history = await api("GET", "/history?series=" + enc(`in:${topic}`) + "," + enc(`lag:${topic}/`));
     const lags = Object.keys(history.series).filter((n) => n.startsWith("lag:")).slice(0, 6);
     $("#view").innerHTML = `<p><a href="#">&larr; overview</a></p><h2>topic ${esc(topic)}</h2>` +
       `<p>retention: ${esc(t.retention || "-")}</p>` +
-      `<table><tr><th>partition</th><th>start</th><th>next</th><th>durable</th><th>segments</th><th>bytes</th></tr>${rows}</table>` +
+      `<table><tr><th>partition</th><th>start</th><th>next</th><th>durable</th><th>segments</th><th>bytes</th><th class="l">state</th></tr>${rows}</table>` +
       `<div class="charts">` + chart("records appended per second", "/s", [[`in:${topic}`, "in", history.series[`in:${topic}`] || []]]) +
       chart("lag of its readers", "records", lags.map((n) => [n, n.slice(5 + topic.length), history.series[n]])) + `</div>` +
       (consumers ? `<h3>named consumers</h3><ul>${consumers}</ul>` : "") +

@@ -657,4 +657,24 @@ fn the_console_in_headless_chromium_shows_the_load_and_lag_resets_a_consumer_and
         |v| v.as_u64().is_some_and(|n| n > 1),
     );
     browser.screenshot(shots, "topic.png");
+
+    // The first batch of partition 0 changed on disk, and a read met it: the topic page
+    // says so beside the partition, as `flowd status` does.
+    let segment = dir.path().join("data/topics/events/0/00000000000000000000.seg");
+    crate::support::flip_bits(&segment, 8192 + 100, 0x10);
+    let mut client = flowd::client::Client::connect(&server.tcp).unwrap();
+    let read = client.fetch("events", 0, flowd::protocol::FetchFrom::Offset(0), 10, 0);
+    assert!(read.is_err(), "{read:?}");
+    browser.go(&format!("{base}#/"));
+    browser.go(&format!("{base}#/topic/events"));
+    let row = browser.until(
+        "partition 0 shown unreadable",
+        "const rows = [...document.querySelectorAll('table tr')].filter(r => r.cells[0] && r.cells[0].textContent === '0'); \
+         return rows.length ? rows[0].textContent : ''",
+        |v| v.as_str().is_some_and(|t| t.contains("UNREADABLE: damaged segment")),
+    );
+    assert!(
+        row.as_str().unwrap().contains("holding records from offset 0"),
+        "{row}"
+    );
 }
