@@ -46,6 +46,11 @@ pub enum ErrorCode {
     /// The port speaks TLS and the client did not: sent in plaintext, as the only frame,
     /// and the connection is closed.
     TlsRequired = 23,
+    /// A read met a batch that no longer matches its CRCs on disk (the message names
+    /// the segment, the byte and the first offset it held): refused, never served,
+    /// until the engine restarts (in a cluster the peer with the damaged copy stops,
+    /// and a whole copy serves it through any peer).
+    Damaged = 24,
 }
 
 impl ErrorCode {
@@ -75,6 +80,7 @@ impl ErrorCode {
             21 => Unauthenticated,
             22 => Forbidden,
             23 => TlsRequired,
+            24 => Damaged,
             _ => return None,
         })
     }
@@ -106,6 +112,7 @@ impl ErrorCode {
             Unauthenticated => "unauthenticated",
             Forbidden => "forbidden",
             TlsRequired => "tls_required",
+            Damaged => "damaged",
         }
     }
 

@@ -163,6 +163,10 @@ pub enum EngineError {
     /// A well-formed request the engine does not allow.
     #[error("{0}")]
     Invalid(String),
+    /// A read met a batch changed on disk since it was checked (the message names it
+    /// and says what to do).
+    #[error("{0}")]
+    Damaged(String),
     #[error(transparent)]
     Consumer(#[from] ConsumerError),
     /// A bug: the message says where.
@@ -203,6 +207,7 @@ impl EngineError {
             EngineError::Overloaded(_) => ErrorCode::Overloaded,
             EngineError::Unsupported(_) => ErrorCode::Unsupported,
             EngineError::Invalid(_) => ErrorCode::Invalid,
+            EngineError::Damaged(_) => ErrorCode::Damaged,
             EngineError::Internal(_) => ErrorCode::Internal,
             EngineError::Consumer(error) => match error {
                 ConsumerError::Unknown { .. } => ErrorCode::UnknownConsumer,
@@ -215,11 +220,15 @@ impl EngineError {
     }
 }
 
-/// The storage refused what a request needs of it (a read that met a damaged batch):
-/// the partition cannot serve it now, and the message says what to do.
+/// The storage refused what a request needs of it: a read that met a damaged batch
+/// (`Damaged`), or anything else the partition cannot do now (`Unavailable`); the
+/// message says what to do.
 impl From<crate::storage::StorageError> for EngineError {
     fn from(error: crate::storage::StorageError) -> EngineError {
-        EngineError::Unavailable(error.to_string())
+        match error {
+            crate::storage::StorageError::DamagedOnRead { .. } => EngineError::Damaged(error.to_string()),
+            other => EngineError::Unavailable(other.to_string()),
+        }
     }
 }
 
@@ -236,6 +245,7 @@ impl From<ProtocolError> for EngineError {
         let message = error.message;
         match error.code {
             ErrorCode::Unavailable => EngineError::Unavailable(message),
+            ErrorCode::Damaged => EngineError::Damaged(message),
             ErrorCode::TooLarge => EngineError::TooLarge(message),
             ErrorCode::Overloaded => EngineError::Overloaded(message),
             ErrorCode::Unsupported => EngineError::Unsupported(message),

@@ -192,9 +192,12 @@ pub async fn claim(
             {
                 refusal = Some(error)
             }
-            // One partition's leader out of reach (moving, down) holds back no other
-            // partition's records; said if no partition could be asked.
-            Err(error) if error.code == ErrorCode::Unavailable => unavailable = Some(error),
+            // One partition's leader out of reach (moving, down), or its log damaged,
+            // holds back no other partition's records; said if no partition could be
+            // asked.
+            Err(error) if matches!(error.code, ErrorCode::Unavailable | ErrorCode::Damaged) => {
+                unavailable = Some(error)
+            }
             Err(error) => return Err(error),
         }
     }

@@ -363,7 +363,18 @@ fn a_batch_damaged_on_disk_while_the_engine_runs_is_refused_to_every_reader_neve
     crate::support::flip_bits(&segment, at, 0x01);
 
     let refused = |result: Result<(), flowd::client::ClientError>, what: &str| {
-        let said = result.expect_err(what).to_string();
+        let error = result.expect_err(what);
+        assert!(
+            matches!(
+                error,
+                ClientError::Server {
+                    code: flowd::protocol::ErrorCode::Damaged,
+                    ..
+                }
+            ),
+            "{what}: {error:?}"
+        );
+        let said = error.to_string();
         assert!(
             said.contains("damaged segment")
                 && said.contains(&segment.display().to_string())

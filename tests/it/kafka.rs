@@ -13,8 +13,11 @@ use std::path::Path;
 use std::process::Command;
 use std::time::Duration;
 
+/// Kafka's error code for a failed log directory (`Errors.java`).
+const KAFKA_STORAGE_ERROR: i16 = 56;
+
 use bytes::{BufMut, BytesMut};
-use kafka_protocol::messages::{ApiKey, ApiVersionsResponse, RequestHeader, ResponseHeader};
+use kafka_protocol::messages::{ApiKey, ApiVersionsResponse, BrokerId, RequestHeader, ResponseHeader};
 use kafka_protocol::protocol::{Decodable, Encodable, StrBytes};
 
 use crate::ingest::{Server, run_cli};
@@ -778,6 +781,68 @@ fn hostile_record_batches_are_refused_before_they_cost_memory_and_repeated_heade
 
 /// A produce of one record to partition `index` of `topic`, as the idempotent producer
 /// `(id, epoch, sequence)` if given: the partition's error code and base offset.
+/// A Fetch (v11) of `events` partition `partition` from `offset`: its error code and
+/// how many bytes of records came.
+fn fetch_raw(stream: &mut std::net::TcpStream, partition: i32, offset: i64) -> (i16, usize) {
+    use kafka_protocol::messages::fetch_request::{FetchPartition, FetchTopic};
+    use kafka_protocol::messages::{FetchRequest, FetchResponse};
+    let mut asked = FetchPartition::default();
+    asked.partition = partition;
+    asked.fetch_offset = offset;
+    asked.partition_max_bytes = 1 << 20;
+    let mut topic = FetchTopic::default();
+    topic.topic = StrBytes::from_static_str("events").into();
+    topic.partitions = vec![asked];
+    let mut fetch = FetchRequest::default();
+    fetch.replica_id = BrokerId(-1);
+    fetch.max_wait_ms = 0;
+    fetch.min_bytes = 1;
+    fetch.max_bytes = 1 << 20;
+    fetch.topics = vec![topic];
+    let mut answer = request(stream, ApiKey::Fetch, 11, &fetch).expect("a fetch is answered");
+    let mut response = FetchResponse::decode(&mut answer, 11).unwrap();
+    let data = response.responses.remove(0).partitions.remove(0);
+    (data.error_code, data.records.map_or(0, |r| r.len()))
+}
+
+/// A batch changed on disk under the running engine: a Kafka fetch of its partition is
+/// answered KAFKA_STORAGE_ERROR (56), as Kafka answers for a failed log directory,
+/// never with records past the damage nor as an empty partition; the partition's
+/// records before it and the other partitions serve on.
+#[test]
+fn a_fetch_of_a_damaged_partition_is_answered_kafka_storage_error() {
+    let dir = crate::support::fast_tempdir();
+    let server = kafka_server(dir.path());
+    let mut stream = std::net::TcpStream::connect(server.kafka.as_ref().unwrap()).unwrap();
+    stream.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    for (partition, expected) in [(0, 0), (0, 1), (0, 2), (1, 0)] {
+        assert_eq!(
+            produce_raw(&mut stream, "events", partition, None),
+            Some((0, expected))
+        );
+    }
+    assert_eq!(fetch_raw(&mut stream, 0, 1).0, 0);
+    // One bit of the second batch's record (its value, "raw"), in the mapped segment.
+    let segment = dir.path().join("data/topics/events/0/00000000000000000000.seg");
+    let bytes = std::fs::read(&segment).unwrap();
+    let second = bytes
+        .windows(3)
+        .enumerate()
+        .filter(|(_, w)| *w == b"raw")
+        .nth(1)
+        .unwrap()
+        .0;
+    crate::support::flip_bits(&segment, second, 0x01);
+
+    assert_eq!(fetch_raw(&mut stream, 0, 1), (KAFKA_STORAGE_ERROR, 0));
+    let (code, before) = fetch_raw(&mut stream, 0, 0);
+    assert_eq!(code, 0);
+    assert!(before > 0, "the record before the damage is served");
+    let (code, other) = fetch_raw(&mut stream, 1, 0);
+    assert_eq!(code, 0);
+    assert!(other > 0, "another partition serves on");
+}
+
 fn produce_raw(
     stream: &mut std::net::TcpStream,
     topic: &'static str,

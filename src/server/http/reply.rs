@@ -49,7 +49,9 @@ pub fn protocol_error(shard: &Shard, e: &ProtocolError) -> Reply {
         ErrorCode::TooLarge | ErrorCode::FrameTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
         ErrorCode::Timeout => StatusCode::GATEWAY_TIMEOUT,
         ErrorCode::JobFailed => StatusCode::UNPROCESSABLE_ENTITY,
-        ErrorCode::Unavailable | ErrorCode::Overloaded => StatusCode::SERVICE_UNAVAILABLE,
+        ErrorCode::Unavailable | ErrorCode::Overloaded | ErrorCode::Damaged => {
+            StatusCode::SERVICE_UNAVAILABLE
+        }
         ErrorCode::Unsupported => StatusCode::NOT_IMPLEMENTED,
         ErrorCode::Internal => StatusCode::INTERNAL_SERVER_ERROR,
         ErrorCode::Unauthenticated => StatusCode::UNAUTHORIZED,

@@ -38,6 +38,7 @@ pub const POLICY_VIOLATION: i16 = 44;
 pub const TOPIC_DELETION_DISABLED: i16 = 73;
 pub const GROUP_MAX_SIZE_REACHED: i16 = 81;
 pub const INVALID_RECORD: i16 = 87;
+pub const KAFKA_STORAGE_ERROR: i16 = 56;
 
 /// The Kafka error code for what the engine refused.
 pub fn code(error: &ProtocolError) -> i16 {
@@ -49,6 +50,10 @@ pub fn code(error: &ProtocolError) -> i16 {
         // Retriable for a Kafka client: it asks again (a partition moving, a new leader
         // not caught up, a shard over its budget).
         ErrorCode::Unavailable | ErrorCode::Overloaded => LEADER_NOT_AVAILABLE,
+        // A batch damaged on this broker's disk, as Kafka says of a failed log
+        // directory: retriable (a client refreshes its metadata; in a cluster the
+        // damaged copy's peer stops and a whole copy leads).
+        ErrorCode::Damaged => KAFKA_STORAGE_ERROR,
         ErrorCode::Forbidden | ErrorCode::Unauthenticated => TOPIC_AUTHORIZATION_FAILED,
         ErrorCode::Unsupported | ErrorCode::BadVersion | ErrorCode::UnknownKind => UNSUPPORTED_VERSION,
         _ => UNKNOWN_SERVER_ERROR,
@@ -64,6 +69,7 @@ mod tests {
         let e = |code| ProtocolError::new(code, "x");
         assert_eq!(code(&e(ErrorCode::Unavailable)), LEADER_NOT_AVAILABLE);
         assert_eq!(code(&e(ErrorCode::Overloaded)), LEADER_NOT_AVAILABLE);
+        assert_eq!(code(&e(ErrorCode::Damaged)), KAFKA_STORAGE_ERROR);
         assert_eq!(code(&e(ErrorCode::UnknownTopic)), UNKNOWN_TOPIC_OR_PARTITION);
         assert_eq!(code(&e(ErrorCode::TooLarge)), MESSAGE_TOO_LARGE);
         assert_eq!(code(&e(ErrorCode::Invalid)), INVALID_RECORD);
