@@ -689,20 +689,18 @@ impl PartitionLog {
         }
         // The log is opened again below, and recovery checks every batch it keeps: one
         // damaged since it was checked, in an earlier segment too, would fail that open
-        // with the log already let go. So what stays is read first: damage refuses the
-        // cut, leaves the log as it was, and is noted (and told) as any read's is.
-        let mut earlier = self.read_range(self.start_offset(), segment.base_offset());
-        earlier.by_ref().for_each(drop);
-        if let Some(damage) = earlier.damage() {
-            return Err(fail(damage.to_string()));
-        }
-        let mut before = self.read_range(segment.base_offset(), offset);
-        let max_timestamp_ms = before
+        // with the log already let go. So all that stays is read first (the cut
+        // segment's records giving its newest time): damage refuses the cut, leaves the
+        // log as it was, and is noted (and told) as any read's is.
+        let base = segment.base_offset();
+        let mut kept = self.read_range(self.start_offset(), offset);
+        let max_timestamp_ms = kept
             .by_ref()
+            .filter(|r| r.offset() >= base)
             .map(|r| r.timestamp_ms())
             .max()
             .unwrap_or(i64::MIN);
-        if let Some(damage) = before.damage() {
+        if let Some(damage) = kept.damage() {
             return Err(fail(damage.to_string()));
         }
         let point = SyncPoint {
