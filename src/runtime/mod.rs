@@ -26,6 +26,7 @@ pub mod provenance;
 pub mod reader;
 pub mod reply;
 pub mod retention;
+pub mod room;
 pub mod scatter_stage;
 pub mod service;
 pub mod shard;

@@ -460,7 +460,9 @@ impl Shard {
 
     /// Appends every batch sent to this shard for `topic`, in arrival order.
     pub async fn run_inbox(self: Rc<Self>, topic: usize, receiver: flume::Receiver<Batch>) {
-        while let Ok(mut batch) = receiver.recv_async().await {
+        // Engine producers' batches a full disk refused, tried again until there is room.
+        let mut room = crate::runtime::room::RoomWait::default();
+        while let Some(mut batch) = room.next(&receiver, &self.shared.control).await {
             let partition = Rc::clone(self.partition(topic, batch.partition));
             let mut idle = Backoff::default();
             // Backpressure: hold the batch (and so the channel, and so its senders) while
@@ -659,6 +661,12 @@ impl Shard {
                     {
                         tracing::error!("{error}; leadership moves to peers with room");
                         peers.cluster.set_full(true);
+                    }
+                    // An engine producer's batch cannot be told: dropped, its later
+                    // outputs would cover it on a replay (`room.rs`). It waits for room.
+                    if batch.ack.is_engine() {
+                        room.hold(batch, &error.to_string(), &self.shared.spec.topics[topic].name);
+                        continue;
                     }
                     batch.ack.failed(EngineError::Unavailable(error.to_string()));
                 }

@@ -495,3 +495,130 @@ op = "reply"
         );
     }
 }
+
+/// The value of `/metrics` line `name` of `server`.
+fn metric(server: &Server, name: &str) -> u64 {
+    let (_, text) = http(&server.http, "GET", "/metrics", "");
+    text.lines()
+        .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.parse().ok())
+        .unwrap_or_else(|| panic!("no {name} in {text}"))
+}
+
+/// Checks that `out` holds the stage's copy of every record of `in`, each once, in order.
+fn each_copied_once(client: &mut Client, when: &str) -> usize {
+    let inputs = read_partition(client, "in", 0);
+    let copies = read_all(client, "out", 1, inputs.len());
+    let want: Vec<String> = inputs
+        .iter()
+        .map(|(v, _)| {
+            let v = String::from_utf8_lossy(v);
+            let inner = v.trim_matches('"');
+            format!("\"{inner}|{inner}\"")
+        })
+        .collect();
+    let got: Vec<String> = copies
+        .iter()
+        .map(|(v, _)| String::from_utf8_lossy(v).into_owned())
+        .collect();
+    if got != want {
+        let missing = want.iter().filter(|w| !got.contains(w)).count();
+        let first_missing = want.iter().position(|w| !got.contains(w));
+        panic!(
+            "{when}: {} inputs, {} copies: {missing} inputs never copied (the first at input offset {first_missing:?}), {} copies in all",
+            want.len(),
+            got.len(),
+            got.len()
+        );
+    }
+    want.len()
+}
+
+#[test]
+fn a_stage_whose_output_meets_a_full_disk_waits_for_room_and_writes_every_output_once() {
+    let dir = fast_tempdir();
+    let rest = r#"
+[[topic]]
+name = "in"
+partitions = 1
+segment_bytes = "64KiB"
+
+[[topic]]
+name = "out"
+partitions = 1
+segment_bytes = "64KiB"
+
+[[stage]]
+name = "twice"
+from = "in"
+op = { map = '. + "|" + .' }
+to = "out"
+"#;
+    let file = listening_dataflow(dir.path(), "full", "group", "", rest);
+    // The partitions on a disk of their own, small: the inputs fill it, and the stage's
+    // outputs, twice their size, meet it full.
+    let disk = crate::support::Tmpfs::mount(&dir.path().join("data").join("topics"), "2M");
+    let server = Server::start(&file);
+    let mut client = Client::connect(&server.tcp).unwrap();
+    let mut sent = 0u64;
+    let mut refusals = 0u64;
+    for _ in 0..2_000 {
+        let records: Vec<OwnedWireRecord> = (sent..sent + 10)
+            .map(|n| OwnedWireRecord::value(format!("\"{n:0>300}\"")))
+            .collect();
+        match client.produce("in", &records) {
+            Ok(_) => sent += 10,
+            Err(error) => {
+                assert!(error.to_string().contains("is full"), "{error}");
+                refusals += 1;
+                break;
+            }
+        }
+    }
+    assert_eq!(refusals, 1, "the disk never filled up ({sent} records acked)");
+    // The stage's outputs met the full disk too (the refusals counted are the client's
+    // one and the stage's), and are not all there.
+    crate::support::wait_until(
+        "the stage's batch refused for the full disk",
+        Duration::from_secs(30),
+        || metric(&server, "flowd_no_space_refusals_total") > refusals,
+    );
+    let copied = read_partition(&mut client, "out", 0).len();
+    assert!(
+        (copied as u64) < sent,
+        "every one of the {sent} inputs was copied before the disk was full: the stage never met it"
+    );
+
+    // Room again: every input is copied, once, in order.
+    disk.resize("64M");
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while read_partition(&mut client, "out", 0).len() < sent as usize && Instant::now() < deadline {
+        crate::support::pace(Duration::from_millis(50));
+    }
+    assert_eq!(
+        each_copied_once(&mut client, "room again"),
+        sent as usize,
+        "the inputs"
+    );
+    assert!(
+        server.log.text().contains("waits for room"),
+        "the wait is said in the log: {}",
+        server.log.text()
+    );
+
+    // And across a restart (its replay starts at the stored progress): still once each.
+    drop(client);
+    drop(server);
+    let server = Server::start(&file);
+    let mut client = Client::connect(&server.tcp).unwrap();
+    client
+        .produce("in", &[OwnedWireRecord::value("\"after\"")])
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while read_partition(&mut client, "out", 0).len() <= sent as usize && Instant::now() < deadline {
+        crate::support::pace(Duration::from_millis(50));
+    }
+    assert_eq!(
+        each_copied_once(&mut client, "after a restart"),
+        sent as usize + 1
+    );
+}
