@@ -220,17 +220,32 @@ impl Drop for Net {
     }
 }
 
+/// The nemesis's dataflow: the producers' topic `events` and a stage that writes each of
+/// its records, `"c-" + .`, to `copies` (so that a stage's outputs go through every fault
+/// too).
 fn dataflow(dir: &std::path::Path) -> std::path::PathBuf {
     let file = dir.join("nemesis.toml");
     std::fs::write(
         &file,
         format!(
             "[engine]\ndurability = \"group\"\ncores = 1\n\n[ingest]\ntcp = \"127.0.0.1:0\"\n\n[cluster]\nreplicas = 3\n\n\
-             [[topic]]\nname = \"events\"\npartitions = {PARTITIONS}\nsegment_bytes = \"256KiB\"\n"
+             [[topic]]\nname = \"events\"\npartitions = {PARTITIONS}\nsegment_bytes = \"256KiB\"\n\n\
+             [[topic]]\nname = \"copies\"\npartitions = {PARTITIONS}\nsegment_bytes = \"256KiB\"\n\n\
+             [[stage]]\nname = \"copy\"\nfrom = \"events\"\nop = {{ map = '\"c-\" + .' }}\nto = \"copies\"\n"
         ),
     )
     .unwrap();
     file
+}
+
+/// What the stage writes for a record of `events` whose value is `value` (a JSON string).
+fn copy_of(value: &str) -> String {
+    format!("\"c-{}", value.strip_prefix('"').unwrap_or(value))
+}
+
+/// `value` as the JSON string the nemesis's records carry (the stage reads JSON).
+fn quoted(value: &str) -> String {
+    format!("\"{value}\"")
 }
 
 /// How long the nemesis's peers wait for a peer that is down before they replace it.
@@ -289,15 +304,15 @@ fn start_with(
     Server::start_program("ip", &args)
 }
 
-/// `(partition, offset, value)` of every record, through `server`; `None` while some
-/// partition has no leader that answers.
+/// `(partition, offset, value)` of every record of `events`, through `server`; `None`
+/// while some partition has no leader that answers.
 fn read_all(server: &Server) -> Option<Vec<(u32, u64, String)>> {
-    read_or_why(server).ok()
+    read_or_why(server, "events").ok()
 }
 
-/// What `flowd tail` through `server` reads, or what it said when it could not.
-fn read_or_why(server: &Server) -> Result<Vec<(u32, u64, String)>, String> {
-    let (code, out, err) = run_cli(&["tail", "--from", &server.tcp, "events", "--json"], "");
+/// What `flowd tail` of `topic` through `server` reads, or what it said when it could not.
+fn read_or_why(server: &Server, topic: &str) -> Result<Vec<(u32, u64, String)>, String> {
+    let (code, out, err) = run_cli(&["tail", "--from", &server.tcp, topic, "--json"], "");
     if code != 0 {
         return Err(format!("exit {code}: {}", err.trim()));
     }
@@ -322,10 +337,18 @@ fn local_partitions(server: &Server) -> Vec<Value> {
         return Vec::new();
     }
     let status: Value = serde_json::from_str(&out).unwrap_or_default();
-    status["topics"][0]["partitions"]
+    events_of(&status)["partitions"]
         .as_array()
         .cloned()
         .unwrap_or_default()
+}
+
+/// The topic `events` in a peer's status (null if it lists none).
+fn events_of(status: &Value) -> &Value {
+    status["topics"]
+        .as_array()
+        .and_then(|topics| topics.iter().find(|t| t["name"] == "events"))
+        .unwrap_or(&Value::Null)
 }
 
 /// Each partition's leader epoch as `server` sees it (empty if it does not answer).
@@ -370,7 +393,7 @@ pub(crate) struct Doors {
     pub(crate) partitions: u32,
 }
 
-/// Records `{prefix}{n}`, one per request, to each partition of `events` in turn,
+/// Records `"{prefix}{n}"` (JSON strings), one per request, to each partition of `events` in turn,
 /// until `stop`: what was acked, where; returns how many requests failed.
 pub(crate) fn producer_through(
     doors: Doors,
@@ -384,7 +407,7 @@ pub(crate) fn producer_through(
             if stop.load(Ordering::Acquire) {
                 break;
             }
-            let value = format!("{prefix}{n}");
+            let value = quoted(&format!("{prefix}{n}"));
             let partition = (n % u64::from(doors.partitions)) as u32;
             let record = OwnedWireRecord {
                 timestamp_ms: None,
@@ -445,15 +468,22 @@ fn whole(servers: &[Server]) -> bool {
             && status["metadata_group"]["voters"]
                 .as_array()
                 .is_some_and(|v| v.len() == voters)
-            && status["topics"][0]["partitions"].as_array().is_some_and(|ps| {
-                ps.iter().all(|p| {
-                    listed.insert(p["partition"].as_u64());
-                    p["replica"]["absent"].as_array().is_some_and(|a| a.is_empty())
-                        && p["replica"]["damaged"].is_null()
+            && status["topics"].as_array().is_some_and(|topics| {
+                let ours = |t: &&Value| t["name"] == "events" || t["name"] == "copies";
+                topics.iter().filter(ours).all(|topic| {
+                    topic["partitions"].as_array().is_some_and(|ps| {
+                        ps.iter().all(|p| {
+                            listed.insert((topic["name"].to_string(), p["partition"].as_u64()));
+                            p["replica"]["absent"].as_array().is_some_and(|a| a.is_empty())
+                                && p["replica"]["damaged"].is_null()
+                        })
+                    })
                 })
             })
     });
-    each && (0..u64::from(PARTITIONS)).all(|p| listed.contains(&Some(p)))
+    each && ["\"events\"", "\"copies\""]
+        .iter()
+        .all(|t| (0..u64::from(PARTITIONS)).all(|p| listed.contains(&(t.to_string(), Some(p)))))
 }
 
 /// Waits (at most 60 s) until a read through every peer answers every partition; if
@@ -461,8 +491,10 @@ fn whole(servers: &[Server]) -> bool {
 fn settle(servers: &[Server], when: &str) {
     let started = Instant::now();
     loop {
-        let answers: Vec<Result<usize, String>> =
-            servers.iter().map(|s| read_or_why(s).map(|r| r.len())).collect();
+        let answers: Vec<Result<usize, String>> = servers
+            .iter()
+            .map(|s| read_or_why(s, "events").map(|r| r.len()))
+            .collect();
         if answers.iter().all(Result::is_ok) {
             return;
         }
@@ -917,16 +949,99 @@ fn run_nemesis(peers: usize, seconds: u64, seed: u64) {
             report()
         );
     }
+    // The stage's outputs: every record of `events` (acked or not: the stage copies what
+    // the log holds) is in `copies` exactly once, nothing else is, and every peer serves
+    // the same copies.
+    let mut copied = Vec::new();
+    for (i, server) in servers.iter().enumerate() {
+        let mut copies = stage_copies(server, &reads[0], &format!("peer {i}"), &report);
+        copies.sort();
+        copied.push(copies);
+    }
+    for (i, copies) in copied.iter().enumerate().skip(1) {
+        assert!(
+            copies == &copied[0],
+            "peer {i} serves other copies than peer 0\n{}",
+            report()
+        );
+    }
     // Only the peers' last runs' logs are still here: a lower bound.
     let given_back: usize = servers
         .iter()
         .map(|s| s.log.text().matches("its lead goes back").count())
         .sum();
     eprintln!(
-        "nemesis: {}
+        "nemesis: {} (and {} copies by the stage, each record once)
 nemesis: leads given back to their preferred replicas (in the last runs' logs): {given_back}",
+        report(),
+        copied[0].len()
+    );
+}
+
+/// The stage's copies read through `server` once it has copied every record of `events`
+/// (it may still be catching up after the heal: at most 120 s); panics if a record is
+/// copied twice, was never copied, or a copy is of no record.
+fn stage_copies(
+    server: &Server,
+    events: &[(u32, u64, String)],
+    through: &str,
+    report: &dyn Fn() -> String,
+) -> Vec<(u32, u64, String)> {
+    let started = Instant::now();
+    let (copies, why) = loop {
+        let read = read_or_why(server, "copies");
+        match read {
+            Ok(copies) if copies.len() >= events.len() => break (copies, String::new()),
+            Ok(copies) if started.elapsed() > Duration::from_secs(120) => {
+                break (copies, "120 s after the heal".to_string());
+            }
+            Err(why) if started.elapsed() > Duration::from_secs(120) => {
+                panic!(
+                    "copies do not read through {through} 120 s after the heal: {why}\n{}",
+                    report()
+                )
+            }
+            _ => std::thread::sleep(Duration::from_millis(500)),
+        }
+    };
+    let mut times: BTreeMap<&str, usize> = BTreeMap::new();
+    for (_, _, copy) in &copies {
+        *times.entry(copy.as_str()).or_default() += 1;
+    }
+    let expected: std::collections::BTreeSet<String> = events.iter().map(|(_, _, v)| copy_of(v)).collect();
+    let twice: Vec<_> = times.iter().filter(|(_, n)| **n > 1).collect();
+    let stray: Vec<_> = times.keys().filter(|c| !expected.contains(**c)).collect();
+    // The records never copied, as runs of offsets per partition of `events`.
+    let mut missing = 0;
+    let mut runs: Vec<(u32, u64, u64)> = Vec::new();
+    for (p, o, v) in events {
+        if times.contains_key(copy_of(v).as_str()) {
+            continue;
+        }
+        missing += 1;
+        match runs.last_mut() {
+            Some((q, _, end)) if q == p && *end + 1 == *o => *end = *o,
+            _ => runs.push((*p, *o, *o)),
+        }
+    }
+    assert!(
+        twice.is_empty() && missing == 0 && stray.is_empty(),
+        "the stage's copies through {through}{}: {} of {} records copied more than once (first {:?}), \
+         {missing} never copied (partition, first and last offset of each run: {:?}), {} copies of no record (first {:?})\n{}",
+        if why.is_empty() {
+            String::new()
+        } else {
+            format!(" ({why})")
+        },
+        twice.len(),
+        events.len(),
+        twice.first(),
+        &runs[..runs.len().min(20)],
+        stray.len(),
+        stray.first(),
         report()
     );
+    copies
 }
 
 #[test]
@@ -946,7 +1061,7 @@ fn leader_of_partition_0(net: &Net, server: &Server) -> Option<usize> {
         return None;
     }
     let status: Value = serde_json::from_str(&out).ok()?;
-    let leader = status["topics"][0]["partitions"][0]["replica"]["leader"]
+    let leader = events_of(&status)["partitions"][0]["replica"]["leader"]
         .as_str()?
         .to_string();
     (0..net.peers).find(|i| leader == format!("{}:7300", net.ip(*i)))
@@ -959,14 +1074,15 @@ fn own_end_of_partition_0(server: &Server) -> Option<u64> {
         return None;
     }
     let status: Value = serde_json::from_str(&out).ok()?;
-    status["topics"][0]["partitions"][0]["durable_offset"].as_u64()
+    events_of(&status)["partitions"][0]["durable_offset"].as_u64()
 }
 
+/// A record whose value is `value` as a JSON string.
 fn one(value: &str) -> OwnedWireRecord {
     OwnedWireRecord {
         timestamp_ms: None,
         key: None,
-        value: value.as_bytes().to_vec(),
+        value: quoted(value).into_bytes(),
         headers: Vec::new(),
     }
 }
@@ -991,7 +1107,7 @@ fn a_leader_cut_off_acks_nothing_the_majority_goes_on_and_the_cut_off_writes_are
     });
     let cut_off = leader.unwrap();
     let majority: Vec<usize> = (0..3).filter(|i| *i != cut_off).collect();
-    let mut acked = vec!["before".to_string()];
+    let mut acked = vec![quoted("before")];
     Client::connect(&servers[cut_off].tcp)
         .unwrap()
         .produce_batch("events", Some(0), &[one("before")])
@@ -1021,7 +1137,7 @@ fn a_leader_cut_off_acks_nothing_the_majority_goes_on_and_the_cut_off_writes_are
         match client.produce_batch("events", Some(0), &[one(&value)]) {
             Ok(_) => {
                 first_ack.get_or_insert_with(|| cut_at.elapsed());
-                acked.push(value);
+                acked.push(quoted(&value));
                 if acked.len() > 20 {
                     break;
                 }
@@ -1085,7 +1201,7 @@ fn a_leader_cut_off_acks_nothing_the_majority_goes_on_and_the_cut_off_writes_are
             .map(|(_, _, v)| v.clone())
             .collect();
         assert!(
-            !values.iter().any(|v| v == "cut off"),
+            !values.contains(&quoted("cut off")),
             "the cut-off leader's unacked write is still served through peer {i}: {values:?}"
         );
         for value in &acked {
