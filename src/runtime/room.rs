@@ -55,11 +55,13 @@ impl RoomWait {
     /// acked, their producers' progress stays before them: a restart replays them).
     pub async fn next(&mut self, receiver: &flume::Receiver<Batch>, control: &Control) -> Option<Batch> {
         if std::mem::take(&mut self.tried) {
-            // The one tried last did not come back: there is room again.
+            // The one tried last did not come back: it was written (or sent on).
             self.pause = PAUSE_MIN;
             self.due = Instant::now();
             if self.waiting.is_empty() {
-                tracing::info!("room on the disk again: every batch that waited for it is written");
+                tracing::info!(
+                    "the batches that waited for room on the disk are written (or sent on to their partitions' next leaders)"
+                );
             }
         }
         loop {

@@ -458,7 +458,9 @@ impl Shard {
         }
     }
 
-    /// Appends every batch sent to this shard for `topic`, in arrival order.
+    /// Appends every batch sent to this shard for `topic`, in arrival order; an engine
+    /// producer's batch a full disk refused waits for room, and the engine batches that
+    /// come after it wait behind it (`room.rs`).
     pub async fn run_inbox(self: Rc<Self>, topic: usize, receiver: flume::Receiver<Batch>) {
         // Engine producers' batches a full disk refused, tried again until there is room.
         let mut room = crate::runtime::room::RoomWait::default();
