@@ -468,8 +468,12 @@ impl Shard {
             let partition = Rc::clone(self.partition(topic, batch.partition));
             let mut idle = Backoff::default();
             // Backpressure: hold the batch (and so the channel, and so its senders) while
-            // the slowest reader of this partition is too far behind.
-            while !partition.has_room() && !self.shared.control.is_stopping() {
+            // the slowest reader of this partition is too far behind. Not a follower's
+            // copy: its readers read where the partition is led (a stage follows its
+            // input's lead), and the leader holds its producers back by its own readers;
+            // held here, a follower would stop copying `max_lag` records past where its
+            // idle stage last read, and the leader's writes would find no quorum.
+            while batch.replica.is_none() && !partition.has_room() && !self.shared.control.is_stopping() {
                 idle.sleep().await;
             }
             // A replicated partition takes producers' batches while this peer leads it,

@@ -1429,3 +1429,61 @@ fn a_first_seed_back_on_an_empty_directory_founds_no_second_group() {
         || one_group(&peers),
     );
 }
+
+/// How far `server`'s own copy of partition 0 of `topic` is durable.
+fn own_end(server: &Server, topic: &str) -> Option<u64> {
+    status(server)["topics"]
+        .as_array()?
+        .iter()
+        .find(|t| t["name"] == topic)?["partitions"][0]["durable_offset"]
+        .as_u64()
+}
+
+#[test]
+fn a_followers_copy_is_never_held_back_by_a_stage_that_reads_its_input_on_the_leader() {
+    use flowd::client::Client;
+    use flowd::protocol::OwnedWireRecord;
+    let _serial = one_at_a_time();
+    let dir = tempfile::tempdir().unwrap();
+    // `events` holds its writers at most 50 records past its slowest reader: the stage,
+    // which reads it on its leader only.
+    let file = dir.path().join("lagged.toml");
+    std::fs::write(
+        &file,
+        "[engine]\ndurability = \"group\"\n\n[ingest]\ntcp = \"127.0.0.1:0\"\n\n\
+         [[topic]]\nname = \"events\"\npartitions = 1\nmax_lag = 50\n\n\
+         [[topic]]\nname = \"copies\"\npartitions = 1\n\n\
+         [[stage]]\nname = \"copy\"\nfrom = \"events\"\nop = { map = '.' }\nto = \"copies\"\n",
+    )
+    .unwrap();
+    let peer = |name: &str, seed: Option<&str>| {
+        let mut extra = vec!["--peer-listen", "127.0.0.1:0"];
+        extra.extend(seed.map(|s| ["--seeds", s]).into_iter().flatten());
+        start_file(&file, dir.path(), name, &extra)
+    };
+    let first = peer("p1", None);
+    let seed = first.peer.clone().unwrap();
+    let second = peer("p2", Some(&seed));
+    let third = peer("p3", Some(&seed));
+    let all = [&first, &second, &third];
+    wait_settled(&all, 1);
+    // Ten times the lag, in batches of ten: each is acked, so a quorum of copies took it.
+    let mut client = Client::connect(&first.tcp).unwrap();
+    for b in 0..50u64 {
+        let records: Vec<OwnedWireRecord> = (0..10)
+            .map(|i| OwnedWireRecord::value((b * 10 + i).to_string()))
+            .collect();
+        if let Err(error) = client.produce_batch("events", Some(0), &records) {
+            let ends: Vec<Option<u64>> = all.iter().map(|s| own_end(s, "events")).collect();
+            panic!("batch {b} of 50 refused ({error}); the copies of events end at {ends:?}");
+        }
+    }
+    wait_until(
+        "every copy of events holds the 500",
+        Duration::from_secs(30),
+        || all.iter().all(|s| own_end(s, "events") == Some(500)),
+    );
+    wait_until("the stage copied the 500", Duration::from_secs(30), || {
+        tail(&first, "copies").len() == 500
+    });
+}
