@@ -17,7 +17,6 @@ use std::collections::VecDeque;
 use std::time::{Duration, Instant};
 
 use crate::runtime::mesh::Batch;
-use crate::runtime::shard::Control;
 
 /// Batches waiting at most; past it the inbox takes nothing new until the first is
 /// written (its senders wait on the channel).
@@ -51,9 +50,13 @@ impl Default for RoomWait {
 impl RoomWait {
     /// The next batch to append: the first waiting one when its pause is over, else the
     /// next to come on `receiver` (an engine producer's goes behind those waiting).
-    /// `None` once the channel is closed, or the engine stops while batches wait (not
+    /// `None` once the channel is closed, or `stopping` while batches wait (not
     /// acked, their producers' progress stays before them: a restart replays them).
-    pub async fn next(&mut self, receiver: &flume::Receiver<Batch>, control: &Control) -> Option<Batch> {
+    pub async fn next(
+        &mut self,
+        receiver: &flume::Receiver<Batch>,
+        stopping: impl Fn() -> bool,
+    ) -> Option<Batch> {
         if std::mem::take(&mut self.tried) {
             // The one tried last did not come back: it was written (or sent on).
             self.pause = PAUSE_MIN;
@@ -68,7 +71,7 @@ impl RoomWait {
             if self.waiting.is_empty() {
                 return receiver.recv_async().await.ok();
             }
-            if control.is_stopping() {
+            if stopping() {
                 return None;
             }
             let now = Instant::now();

@@ -464,7 +464,7 @@ impl Shard {
     pub async fn run_inbox(self: Rc<Self>, topic: usize, receiver: flume::Receiver<Batch>) {
         // Engine producers' batches a full disk refused, tried again until there is room.
         let mut room = crate::runtime::room::RoomWait::default();
-        while let Some(mut batch) = room.next(&receiver, &self.shared.control).await {
+        while let Some(mut batch) = room.next(&receiver, || self.shared.control.is_stopping()).await {
             let partition = Rc::clone(self.partition(topic, batch.partition));
             let mut idle = Backoff::default();
             // Backpressure: hold the batch (and so the channel, and so its senders) while
