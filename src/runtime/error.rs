@@ -84,16 +84,6 @@ pub enum RuntimeError {
         peer: std::net::SocketAddr,
         reason: String,
     },
-    #[error(
-        "no peer took partition {partition} of \"{topic}\" within {waited_s} s (it was moving, or its leader had \
-         too few replicas alive for a write: the cluster is changing, split, or a peer holding it is unreachable); \
-         restart this peer once the cluster settles"
-    )]
-    NoOwner {
-        topic: String,
-        partition: u32,
-        waited_s: u64,
-    },
     #[error("{0}")]
     Cluster(#[from] crate::cluster::ClusterError),
     #[error("a clustered dataflow cannot have {what} \"{name}\": {why}")]

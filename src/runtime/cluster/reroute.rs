@@ -20,7 +20,6 @@ use std::time::{Duration, Instant};
 
 use crate::runtime::cluster::peers::Peers;
 use crate::runtime::error::EngineError;
-use crate::runtime::error::RuntimeError;
 use crate::runtime::mesh::Batch;
 
 /// Refused batches queued for the rerouter before the refusing side waits.
@@ -29,7 +28,8 @@ const REROUTE_QUEUE: usize = 1024;
 const HELD_MAX: usize = 4096;
 /// The pause before a refused batch is sent again.
 const PAUSE: Duration = Duration::from_millis(20);
-/// How long a batch may wait for an owner before it fails.
+/// How long a client's batch may wait for an owner before it fails (an engine
+/// producer's waits on, said this often).
 pub const PATIENCE: Duration = Duration::from_secs(30);
 
 struct Held {
@@ -186,9 +186,22 @@ fn send_due(
             continue;
         }
         if batch.refused.is_some_and(|at| now.duration_since(at) >= PATIENCE) {
-            peers.reroute.left();
-            give_up(peers, topic, batch);
-            continue;
+            if !batch.ack.is_engine() {
+                peers.reroute.left();
+                give_up(peers, topic, batch);
+                continue;
+            }
+            // An engine producer's batch waits on, said every `PATIENCE`: stopping the
+            // peer would take its other partitions away too, while the cluster is
+            // already short (a partition of it cut off, a quorum down), and restarted
+            // it would write the batch again all the same.
+            tracing::warn!(
+                "no peer has taken a stage's or source's batch for partition {} of \"{}\" for {} s (it is moving, or its leader has too few replicas alive for a write: the cluster is changing, split, or a peer holding it is unreachable); it waits on and is written once one does",
+                batch.partition,
+                peers.topic_name(topic),
+                PATIENCE.as_secs()
+            );
+            batch.refused = Some(now);
         }
         let Some(sender) = peers.route_now(topic, batch.partition) else {
             // Placed here but still being taken over: wait.
@@ -218,22 +231,15 @@ fn send_due(
     *held = kept;
 }
 
+/// A client's batch no peer took within `PATIENCE`: its client is told it was not written.
 fn give_up(peers: &Peers, topic: usize, batch: Batch) {
     let (name, partition) = (peers.topic_name(topic), batch.partition);
-    let error = RuntimeError::NoOwner {
-        topic: name.to_string(),
-        partition,
-        waited_s: PATIENCE.as_secs(),
-    };
-    tracing::warn!("{error}");
-    if batch.ack.is_engine()
-        && let Some(shared) = peers.shared()
-    {
-        shared.control.fail(error);
-        return;
-    }
+    tracing::warn!(
+        "no peer took a client's batch for partition {partition} of \"{name}\" within {} s (it was moving, or its leader had too few replicas alive for a write: the cluster is changing, split, or a peer holding it is unreachable); its client is told it was not written",
+        PATIENCE.as_secs()
+    );
     batch.ack.failed(EngineError::Unavailable(format!(
-            "partition {partition} of \"{name}\" is moving between peers and no peer took it within {} s; the records were not written, retry",
-            PATIENCE.as_secs()
-        )));
+        "partition {partition} of \"{name}\" is moving between peers and no peer took it within {} s; the records were not written, retry",
+        PATIENCE.as_secs()
+    )));
 }
