@@ -1,8 +1,8 @@
 //! Batches refused because their partition moves between peers (or its leader lacks a
 //! quorum), and engine batches lost with their leader, are routed again: in the order
 //! they came, after a short pause (the view may not have changed here yet), to
-//! whichever peer owns the partition then, until one takes them or the patience runs
-//! out. A refused batch was not written, so sending it again writes it once; a lost
+//! whichever peer owns the partition then, until one takes them (a client's, until the
+//! patience runs out: an engine producer's waits on). A refused batch was not written, so sending it again writes it once; a lost
 //! one goes marked uncertain (`already.rs`).
 //!
 //! One batch per partition is on its way at a time: the next goes only once the last
