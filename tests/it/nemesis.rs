@@ -15,7 +15,8 @@
 //! At the end every
 //! fault is healed and a checker reads every partition through every peer: every acked
 //! record is there exactly once, in its acked partition and offset, offsets are dense,
-//! and every peer serves the same records.
+//! and every peer serves the same records; and a stage that copies every record of
+//! `events` to `copies` through all of it has written each record's copy exactly once.
 //!
 //! Beside it, one fault by hand: a leader cut off by nftables acks nothing, the
 //! majority side elects a leader and goes on, and after the heal the old leader's
