@@ -524,9 +524,8 @@ fn each_copied_once(client: &mut Client, when: &str) -> usize {
         let missing = want.iter().filter(|w| !got.contains(w)).count();
         let first_missing = want.iter().position(|w| !got.contains(w));
         panic!(
-            "{when}: {} inputs, {} copies: {missing} inputs never copied (the first at input offset {first_missing:?}), {} copies in all",
+            "{when}: {} inputs, {} copies: {missing} inputs never copied (the first at input offset {first_missing:?})",
             want.len(),
-            got.len(),
             got.len()
         );
     }
