@@ -369,6 +369,14 @@ pub(crate) fn http(addr: &str, method: &str, path: &str, body: &str) -> (u16, St
     http_with(addr, method, path, &headers, body)
 }
 
+/// The value of the `/metrics` line `name` of `server` (its HTTP door, in plain HTTP).
+pub(crate) fn metric(server: &Server, name: &str) -> f64 {
+    let (_, text) = http(&server.http, "GET", "/metrics", "");
+    text.lines()
+        .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.parse().ok())
+        .unwrap_or_else(|| panic!("no {name} in {text}"))
+}
+
 /// One HTTP/1.1 exchange with exactly `headers` (each `Name: value\r\n`) on a fresh
 /// connection: `(status, body)`.
 pub(crate) fn http_with(addr: &str, method: &str, path: &str, headers: &str, body: &str) -> (u16, String) {

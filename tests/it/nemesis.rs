@@ -943,13 +943,7 @@ fn run_nemesis(peers: usize, seconds: u64, seed: u64) {
         sorted.sort();
         reads.push(sorted);
     }
-    for (i, read) in reads.iter().enumerate().skip(1) {
-        assert!(
-            read == &reads[0],
-            "peer {i} serves other records than peer 0\n{}",
-            report()
-        );
-    }
+    same_through_every_peer(&reads, "records", &report);
     // The stage's outputs: every record of `events` (acked or not: the stage copies what
     // the log holds) is in `copies` exactly once, nothing else is, and every peer serves
     // the same copies.
@@ -959,13 +953,7 @@ fn run_nemesis(peers: usize, seconds: u64, seed: u64) {
         copies.sort();
         copied.push(copies);
     }
-    for (i, copies) in copied.iter().enumerate().skip(1) {
-        assert!(
-            copies == &copied[0],
-            "peer {i} serves other copies than peer 0\n{}",
-            report()
-        );
-    }
+    same_through_every_peer(&copied, "copies", &report);
     // Only the peers' last runs' logs are still here: a lower bound.
     let given_back: usize = servers
         .iter()
@@ -977,6 +965,17 @@ nemesis: leads given back to their preferred replicas (in the last runs' logs): 
         report(),
         copied[0].len()
     );
+}
+
+/// Panics unless every peer's read (sorted) is peer 0's: `what` they are, for the report.
+fn same_through_every_peer(reads: &[Vec<(u32, u64, String)>], what: &str, report: &dyn Fn() -> String) {
+    for (i, read) in reads.iter().enumerate().skip(1) {
+        assert!(
+            read == &reads[0],
+            "peer {i} serves other {what} than peer 0\n{}",
+            report()
+        );
+    }
 }
 
 /// The stage's copies read through `server` once it has copied every record of `events`

@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 use flowd::client::Client;
 use flowd::protocol::{FetchFrom, OwnedWireRecord};
 
-use crate::ingest::{Server, http};
+use crate::ingest::{Server, http, metric};
 use crate::support::{fast_tempdir, listening_dataflow, stays};
 
 fn dataflow(dir: &Path, on_error: &str) -> PathBuf {
@@ -496,14 +496,6 @@ op = "reply"
     }
 }
 
-/// The value of `/metrics` line `name` of `server`.
-fn metric(server: &Server, name: &str) -> u64 {
-    let (_, text) = http(&server.http, "GET", "/metrics", "");
-    text.lines()
-        .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.parse().ok())
-        .unwrap_or_else(|| panic!("no {name} in {text}"))
-}
-
 /// Checks that `out` holds the stage's copy of every record of `in`, each once, in order.
 fn each_copied_once(client: &mut Client, when: &str) -> usize {
     let inputs = read_partition(client, "in", 0);
@@ -579,7 +571,7 @@ to = "out"
     crate::support::wait_until(
         "the stage's batch refused for the full disk",
         Duration::from_secs(30),
-        || metric(&server, "flowd_no_space_refusals_total") > refusals,
+        || metric(&server, "flowd_no_space_refusals_total") > refusals as f64,
     );
     let copied = read_partition(&mut client, "out", 0).len();
     assert!(

@@ -7,7 +7,7 @@ use std::io::Read;
 use std::net::TcpStream;
 use std::time::Duration;
 
-use crate::ingest::{Server, http, http_with as exchange};
+use crate::ingest::{Server, http, http_with as exchange, metric};
 
 fn dataflow(dir: &std::path::Path) -> std::path::PathBuf {
     let path = dir.join("guarded.toml");
@@ -61,13 +61,6 @@ fn stored(server: &Server, topic: &str) -> u64 {
         .iter()
         .map(|p| p["next_offset"].as_u64().unwrap())
         .sum()
-}
-
-fn metric(server: &Server, name: &str) -> f64 {
-    let (_, text) = http(&server.http, "GET", "/metrics", "");
-    text.lines()
-        .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.parse().ok())
-        .unwrap_or_else(|| panic!("no {name} in {text}"))
 }
 
 #[test]
