@@ -20,7 +20,7 @@ use crate::runtime::mesh::Batch;
 
 /// Batches waiting at most; past it the inbox takes nothing new until the first is
 /// written (its senders wait on the channel).
-pub const WAITING_MAX: usize = 64;
+const WAITING_MAX: usize = 64;
 /// The first pause before a refused batch is tried again, doubling up to the longest.
 const PAUSE_MIN: Duration = Duration::from_millis(10);
 const PAUSE_MAX: Duration = Duration::from_secs(1);

@@ -2,8 +2,8 @@
 //! quorum), and engine batches lost with their leader, are routed again: in the order
 //! they came, after a short pause (the view may not have changed here yet), to
 //! whichever peer owns the partition then, until one takes them (a client's, until the
-//! patience runs out: an engine producer's waits on). A refused batch was not written, so sending it again writes it once; a lost
-//! one goes marked uncertain (`already.rs`).
+//! patience runs out: an engine producer's waits on). A refused batch was not written,
+//! so sending it again writes it once; a lost one goes marked uncertain (`already.rs`).
 //!
 //! One batch per partition is on its way at a time: the next goes only once the last
 //! is acked or failed (its ack is watched), or came back refused again, and then goes
@@ -31,6 +31,8 @@ const PAUSE: Duration = Duration::from_millis(20);
 /// How long a client's batch may wait for an owner before it fails (an engine
 /// producer's waits on, said this often).
 pub const PATIENCE: Duration = Duration::from_secs(30);
+/// Why a batch may find no peer to take it, for the log.
+const WHY_NO_OWNER: &str = "it is moving, or its leader has too few replicas alive for a write: the cluster is changing, split, or a peer holding it is unreachable";
 
 struct Held {
     topic: usize,
@@ -196,7 +198,7 @@ fn send_due(
             // already short (a partition of it cut off, a quorum down), and restarted
             // it would write the batch again all the same.
             tracing::warn!(
-                "no peer has taken a stage's or source's batch for partition {} of \"{}\" for {} s (it is moving, or its leader has too few replicas alive for a write: the cluster is changing, split, or a peer holding it is unreachable); it waits on and is written once one does",
+                "no peer has taken a stage's or source's batch for partition {} of \"{}\" for {} s ({WHY_NO_OWNER}); it waits on and is written once one does",
                 batch.partition,
                 peers.topic_name(topic),
                 PATIENCE.as_secs()
@@ -235,7 +237,7 @@ fn send_due(
 fn give_up(peers: &Peers, topic: usize, batch: Batch) {
     let (name, partition) = (peers.topic_name(topic), batch.partition);
     tracing::warn!(
-        "no peer took a client's batch for partition {partition} of \"{name}\" within {} s (it was moving, or its leader had too few replicas alive for a write: the cluster is changing, split, or a peer holding it is unreachable); its client is told it was not written",
+        "no peer took a client's batch for partition {partition} of \"{name}\" within {} s ({WHY_NO_OWNER}); its client is told it was not written",
         PATIENCE.as_secs()
     );
     batch.ack.failed(EngineError::Unavailable(format!(
