@@ -102,6 +102,9 @@ pub struct Metrics {
     pub stale_lead_batches: Counter,
     /// Writes refused because the disk was full (no new segment could be made).
     pub no_space_refusals: Counter,
+    /// Producers' batches held back (once each) while their partition's slowest reader
+    /// was `max_lag` records behind.
+    pub lag_waits: Counter,
     /// Leader batches whose quorum did not come in time, or whose leadership moved first.
     pub quorum_failures: Counter,
     /// Stage inputs skipped under `on_error` (or outputs no input could carry).
@@ -152,6 +155,7 @@ impl Metrics {
             quorum_refusals: Counter::default(),
             stale_lead_batches: Counter::default(),
             no_space_refusals: Counter::default(),
+            lag_waits: Counter::default(),
             quorum_failures: Counter::default(),
             stage_records_failed: Counter::default(),
             dead_letters: Counter::default(),
@@ -289,6 +293,11 @@ impl Metrics {
                 "flowd_no_space_refusals_total",
                 "Writes refused because the disk was full (no new segment could be made)",
                 self.no_space_refusals.get(),
+            ),
+            (
+                "flowd_lag_waits_total",
+                "Producers' batches held back because their partition's slowest reader was max_lag records behind",
+                self.lag_waits.get(),
             ),
             (
                 "flowd_quorum_failures_total",

@@ -458,6 +458,43 @@ impl Shard {
         }
     }
 
+    /// Backpressure: holds `batch` (and so the inbox, and so its senders) while the
+    /// slowest reader of `partition` is more than `max_lag` records behind, for as long
+    /// as this peer writes the partition as its producers' writer (`writes_here`). Where
+    /// it does not, its readers do not read here (a stage follows its input's lead), so
+    /// they may lag for ever: a follower's copy held by them would stop `max_lag` records
+    /// past where its idle stage last read (the leader's writes then find no quorum), and
+    /// a producer's batch that came to a peer that does not lead the partition (or that
+    /// stopped leading it while the batch waited) would never go on to its leader, and
+    /// every copy queued behind it in the inbox would wait with it.
+    async fn wait_for_room(&self, topic: usize, partition: &LocalPartition, batch: &Batch) {
+        let mut idle = Backoff::default();
+        let mut counted = false;
+        while !partition.has_room() && self.writes_here(topic, batch) && !self.shared.control.is_stopping() {
+            if !std::mem::replace(&mut counted, true) {
+                self.shared.metrics.lag_waits.add(1);
+            }
+            idle.sleep().await;
+        }
+    }
+
+    /// Whether `batch` would be written here as a producer's write: always on one
+    /// machine; in a cluster, while this peer leads the partition (replicated) or serves
+    /// it (one copy). Never a follower's copy, nor a copy into a partition taken over.
+    fn writes_here(&self, topic: usize, batch: &Batch) -> bool {
+        if batch.replica.is_some() || batch.copy_at.is_some() {
+            return false;
+        }
+        let Some(peers) = &self.shared.peers else {
+            return true;
+        };
+        if peers.replication.is_replicated(topic) {
+            peers.replication.state(topic, batch.partition).leads().is_some()
+        } else {
+            peers.ownership.serving(topic, batch.partition)
+        }
+    }
+
     /// Appends every batch sent to this shard for `topic`, in arrival order; an engine
     /// producer's batch a full disk refused waits for room, and the engine batches that
     /// come after it wait behind it (`room.rs`).
@@ -466,16 +503,7 @@ impl Shard {
         let mut room = crate::runtime::room::RoomWait::default();
         while let Some(mut batch) = room.next(&receiver, || self.shared.control.is_stopping()).await {
             let partition = Rc::clone(self.partition(topic, batch.partition));
-            let mut idle = Backoff::default();
-            // Backpressure: hold the batch (and so the channel, and so its senders) while
-            // the slowest reader of this partition is too far behind. Not a follower's
-            // copy: its readers read where the partition is led (a stage follows its
-            // input's lead), and the leader holds its producers back by its own readers;
-            // held here, a follower would stop copying `max_lag` records past where its
-            // idle stage last read, and the leader's writes would find no quorum.
-            while batch.replica.is_none() && !partition.has_room() && !self.shared.control.is_stopping() {
-                idle.sleep().await;
-            }
+            self.wait_for_room(topic, &partition, &batch).await;
             // A replicated partition takes producers' batches while this peer leads it,
             // with a quorum of its replicas alive, and its leader's batches while it follows.
             let mut quorum = None;
@@ -498,6 +526,8 @@ impl Shard {
                     {
                         glommio::timer::sleep(Duration::from_millis(1)).await;
                     }
+                    // Led here now: its readers hold it back as any batch it writes.
+                    self.wait_for_room(topic, &partition, &batch).await;
                 }
                 match (batch.replica, state.leads()) {
                     (Some(epoch), _) => {

@@ -1487,3 +1487,113 @@ fn a_followers_copy_is_never_held_back_by_a_stage_that_reads_its_input_on_the_le
         tail(&first, "copies").len() == 500
     });
 }
+
+/// Which of `servers` leads partition 0 of `topic`, as the first of them that answers
+/// says (its own view of the metadata).
+fn leader_index(servers: &[&Server], topic: &str) -> Option<usize> {
+    let status = servers.iter().find_map(|s| {
+        let (code, out, _) = run_cli(&["status", "--local", "--from", &s.tcp, "--json"], "");
+        (code == 0)
+            .then(|| serde_json::from_str::<Value>(&out).ok())
+            .flatten()
+    })?;
+    let leader = status["topics"]
+        .as_array()?
+        .iter()
+        .find(|t| t["name"] == topic)?["partitions"][0]["replica"]["leader"]
+        .as_str()?
+        .to_string();
+    servers
+        .iter()
+        .position(|s| s.peer.as_deref() == Some(leader.as_str()))
+}
+
+#[test]
+fn a_batch_held_back_by_its_leaders_readers_goes_on_to_the_next_leader_when_the_lead_moves() {
+    use flowd::client::Client;
+    use flowd::protocol::OwnedWireRecord;
+    let _serial = one_at_a_time();
+    let dir = tempfile::tempdir().unwrap();
+    // `events` holds its writers at most 20 records past its slowest reader: a stage whose
+    // worker, on each peer, answers nothing while that peer's file `hold-NAME` exists.
+    let hold = |name: &str| dir.path().join(format!("hold-{name}"));
+    let worker = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/it/workers/flaky.py");
+    let file = dir.path().join("held.toml");
+    std::fs::write(
+        &file,
+        format!(
+            "[engine]\ndurability = \"group\"\n\n[ingest]\ntcp = \"127.0.0.1:0\"\n\n\
+             [[topic]]\nname = \"events\"\npartitions = 1\nmax_lag = 20\n\n\
+             [[topic]]\nname = \"doubled\"\npartitions = 1\n\n\
+             [[stage]]\nname = \"double\"\nfrom = \"events\"\nto = \"doubled\"\n\
+             op = {{ exec = {{ command = [\"python3\", \"{}\", \"--hold-while\", \"$FLOWD_HOLD\"], timeout = \"600s\" }} }}\n",
+            worker.display(),
+        ),
+    )
+    .unwrap();
+    let names = ["p1", "p2", "p3"];
+    for name in names {
+        std::fs::write(hold(name), "").unwrap();
+    }
+    let peer = |name: &str, seed: Option<&str>| {
+        let mut extra = vec!["--peer-listen", "127.0.0.1:0"];
+        extra.extend(seed.map(|s| ["--seeds", s]).into_iter().flatten());
+        let held = hold(name).display().to_string();
+        start_file_env(&file, dir.path(), name, &extra, &[("FLOWD_HOLD", held.as_str())])
+    };
+    let first = peer(names[0], None);
+    let seed = first.peer.clone().unwrap();
+    let second = peer(names[1], Some(&seed));
+    let third = peer(names[2], Some(&seed));
+    let servers = [first, second, third];
+    let all: Vec<&Server> = servers.iter().collect();
+    wait_settled(&all, 1);
+    let numbers = |from: u64| -> Vec<OwnedWireRecord> {
+        (from..from + 10)
+            .map(|n| OwnedWireRecord::value(n.to_string()))
+            .collect()
+    };
+    // Twenty acked: the stage's reader, at 0, is now max_lag behind on the leader.
+    let leader = leader_index(&all, "events").expect("a leader of events");
+    let mut client = Client::connect(&servers[leader].tcp).unwrap();
+    client.produce_batch("events", Some(0), &numbers(0)).unwrap();
+    client.produce_batch("events", Some(0), &numbers(10)).unwrap();
+    // The third batch waits at the leader for its reader.
+    client
+        .send_produce_batch("events", Some(0), &numbers(20))
+        .unwrap();
+    client.flush().unwrap();
+    wait_until("the third batch held back", Duration::from_secs(30), || {
+        crate::ingest::metric(&servers[leader], "flowd_lag_waits_total") == 1.0
+    });
+    // The leader pauses past failure detection: another replica leads, and the old one
+    // comes back as its follower, its stage (held still) reading nothing there.
+    servers[leader].signal(libc::SIGSTOP);
+    let others: Vec<&Server> = (0..3).filter(|&i| i != leader).map(|i| &servers[i]).collect();
+    wait_until("another replica leads", Duration::from_secs(60), || {
+        leader_index(&others, "events").is_some_and(|i| others[i].peer != servers[leader].peer)
+    });
+    servers[leader].signal(libc::SIGCONT);
+    // The other peers' workers answer: the new leader's stage reads. The held batch no
+    // longer waits for the old leader's reader: it goes on to the new leader and is
+    // acked, and every copy, the old leader's too (its inbox not held by the batch),
+    // holds the thirty records.
+    for (i, name) in names.iter().enumerate() {
+        if i != leader {
+            std::fs::remove_file(hold(name)).unwrap();
+        }
+    }
+    client.set_read_timeout(Duration::from_secs(30)).unwrap();
+    match client.recv() {
+        Ok((_, flowd::protocol::message::Response::Produced(_))) => {}
+        other => panic!("the held batch: {other:?}"),
+    }
+    wait_until(
+        "every copy of events holds the thirty",
+        Duration::from_secs(60),
+        || all.iter().all(|s| own_end(s, "events") == Some(30)),
+    );
+    wait_until("the stage doubled the thirty", Duration::from_secs(60), || {
+        tail(all[0], "doubled").len() == 30
+    });
+}

@@ -10,6 +10,8 @@ Every count below is per process, so a restarted worker starts over:
   --torn-every N     write half an answer line and exit as the N-th answer
   --key pid|where    key each output by the worker's pid, or by where it runs:
                      $FLOWD_TEST@<working directory name>@$FLOWD_WORKER
+  --hold-while PATH  answer nothing while the file PATH exists (10 minutes at most);
+                     $VARIABLES in PATH are expanded (each peer's worker its own file)
 """
 import argparse
 import json
@@ -22,6 +24,7 @@ for flag in ["crash-every", "hang-every", "garbage-every", "unknown-every", "hug
     parser.add_argument("--" + flag, type=int, default=0)
 parser.add_argument("--refuse", type=int, action="append", default=[])
 parser.add_argument("--key", choices=["pid", "where"])
+parser.add_argument("--hold-while")
 args = parser.parse_args()
 
 
@@ -33,6 +36,9 @@ out = sys.stdout
 answered = 0
 for line in sys.stdin:
     request = json.loads(line)
+    held_until = time.monotonic() + 600
+    while args.hold_while and os.path.exists(os.path.expandvars(args.hold_while)) and time.monotonic() < held_until:
+        time.sleep(0.02)
     if every(args.crash_every, answered) and answered > 0:
         os._exit(1)
     if every(args.hang_every, answered) and answered > 0:
