@@ -1490,7 +1490,7 @@ fn a_followers_copy_is_never_held_back_by_a_stage_that_reads_its_input_on_the_le
 
 /// Which of `servers` leads partition 0 of `topic`, as the first of them that answers
 /// says (its own view of the metadata).
-fn leader_index(servers: &[&Server], topic: &str) -> Option<usize> {
+fn partition_0_leader(servers: &[&Server], topic: &str) -> Option<usize> {
     let status = servers.iter().find_map(|s| {
         let (code, out, _) = run_cli(&["status", "--local", "--from", &s.tcp, "--json"], "");
         (code == 0)
@@ -1554,7 +1554,7 @@ fn a_batch_held_back_by_its_leaders_readers_goes_on_to_the_next_leader_when_the_
             .collect()
     };
     // Twenty acked: the stage's reader, at 0, is now max_lag behind on the leader.
-    let leader = leader_index(&all, "events").expect("a leader of events");
+    let leader = partition_0_leader(&all, "events").expect("a leader of events");
     let mut client = Client::connect(&servers[leader].tcp).unwrap();
     client.produce_batch("events", Some(0), &numbers(0)).unwrap();
     client.produce_batch("events", Some(0), &numbers(10)).unwrap();
@@ -1571,7 +1571,7 @@ fn a_batch_held_back_by_its_leaders_readers_goes_on_to_the_next_leader_when_the_
     servers[leader].signal(libc::SIGSTOP);
     let others: Vec<&Server> = (0..3).filter(|&i| i != leader).map(|i| &servers[i]).collect();
     wait_until("another replica leads", Duration::from_secs(60), || {
-        leader_index(&others, "events").is_some_and(|i| others[i].peer != servers[leader].peer)
+        partition_0_leader(&others, "events").is_some_and(|i| others[i].peer != servers[leader].peer)
     });
     servers[leader].signal(libc::SIGCONT);
     // The other peers' workers answer: the new leader's stage reads. The held batch no
