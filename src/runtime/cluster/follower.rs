@@ -28,16 +28,35 @@ const RETRY: Duration = Duration::from_millis(100);
 /// following it in that epoch, or the engine stops.
 pub(super) fn follow(peers: Weak<Peers>, topic: usize, partition: u32, epoch: u32, leader: SocketAddr) {
     let mut links: Option<Requests> = None;
-    // The shard takes the role a moment after `watch` asked it to.
+    // The shard takes the role a moment after `watch` asked it to; a busy shard may take
+    // longer. The loop ends once the shard took it, or once the metadata (or a promise)
+    // moved past this epoch (`watch` then started the next role's own loop): never while
+    // this role stands untaken, or the copy would stop here with nothing said.
     let started = std::time::Instant::now();
+    let mut said = false;
     loop {
         let Some(strong) = peers.upgrade() else { return };
         let state = strong.replication.state(topic, partition);
         if state.follows(epoch) {
             break;
         }
-        if started.elapsed() > Duration::from_secs(5) || state.promised.load(Ordering::Acquire) > epoch {
+        let named = strong
+            .cluster
+            .consensus
+            .metadata()
+            .get()
+            .assignment(strong.topic_name(topic), partition)
+            .is_some_and(|a| a.epoch == epoch && a.leader == leader);
+        let stopping = strong.shared().is_none_or(|s| s.control.is_stopping());
+        if !named || stopping || state.promised.load(Ordering::Acquire) > epoch {
             return;
+        }
+        if !said && started.elapsed() > Duration::from_secs(5) {
+            tracing::warn!(
+                "partition {partition} of \"{}\": this peer's shard has not taken its role as the follower of {leader} in epoch {epoch} after 5 s; the copy waits for it",
+                strong.topic_name(topic)
+            );
+            said = true;
         }
         drop(strong);
         std::thread::sleep(Duration::from_millis(5));
