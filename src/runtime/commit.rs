@@ -191,7 +191,7 @@ mod tests {
                     [[stage]]\nname = \"s\"\nfrom = \"in\"\nop = { map = \".\" }\nto = \"out\"\n";
         let spec = crate::config::parse(std::path::Path::new("t.toml"), text).expect("valid");
         let (mesh, mut receivers) = mesh::build(2, 1);
-        let (_, rx) = receivers[0].remove(1);
+        let (_, rx, _) = receivers[0].remove(1);
         (
             Emitter::new("p".into(), 1, &spec, &Route::Spread, None, &mesh).unwrap(),
             rx,

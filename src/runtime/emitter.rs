@@ -549,7 +549,7 @@ mod tests {
 
     fn emitter(spec: &crate::config::DataflowSpec) -> (Emitter, flume::Receiver<Batch>) {
         let (mesh, mut receivers) = mesh::build(2, 1);
-        let (_, rx) = receivers[0].remove(1);
+        let (_, rx, _) = receivers[0].remove(1);
         let emitter = Emitter::new("p".into(), 1, spec, &Route::Spread, None, &mesh).unwrap();
         (emitter, rx)
     }

@@ -340,6 +340,10 @@ pub trait RemoteRoute: Send + Sync {
 pub struct Mesh {
     /// `inboxes[topic][shard]`.
     pub inboxes: Vec<Vec<flume::Sender<Batch>>>,
+    /// `copies[topic][shard]`: a follower's copies of its leaders' batches, in a lane of
+    /// their own beside the inbox, so that a producer's batch held there for its
+    /// partition's readers never holds them (`Shard::wait_for_room`).
+    pub copies: Vec<Vec<flume::Sender<Batch>>>,
     /// In a cluster: the partitions other peers own.
     pub remote: Option<Arc<dyn RemoteRoute>>,
 }
@@ -393,23 +397,27 @@ impl Mesh {
     }
 }
 
-/// A fresh mesh, and per shard the receivers it serves: `(topic, receiver)`.
-/// The channels one shard receives on: `(topic, receiver)`.
-pub type Inboxes = Vec<(usize, flume::Receiver<Batch>)>;
+/// The channels one shard receives on: `(topic, inbox, copies)`.
+pub type Inboxes = Vec<(usize, flume::Receiver<Batch>, flume::Receiver<Batch>)>;
 
+/// A fresh mesh, and per shard the receivers it serves.
 pub fn build(topics: usize, shards: usize) -> (Mesh, Vec<Inboxes>) {
     let mut inboxes = vec![Vec::with_capacity(shards); topics];
+    let mut copies = vec![Vec::with_capacity(shards); topics];
     let mut receivers: Vec<Vec<_>> = (0..shards).map(|_| Vec::new()).collect();
-    for (topic, senders) in inboxes.iter_mut().enumerate() {
+    for (topic, (senders, copy_senders)) in inboxes.iter_mut().zip(copies.iter_mut()).enumerate() {
         for shard_receivers in receivers.iter_mut() {
             let (tx, rx) = flume::bounded(CHANNEL_BATCHES_MAX);
+            let (copy_tx, copy_rx) = flume::bounded(CHANNEL_BATCHES_MAX);
             senders.push(tx);
-            shard_receivers.push((topic, rx));
+            copy_senders.push(copy_tx);
+            shard_receivers.push((topic, rx, copy_rx));
         }
     }
     (
         Mesh {
             inboxes,
+            copies,
             remote: None,
         },
         receivers,

@@ -19,7 +19,7 @@ use crate::runtime::cluster::service::PeerService;
 use crate::runtime::error::{Result, RuntimeError};
 use crate::runtime::exec_stage::ExecTask;
 use crate::runtime::journal_recovery::{self, ShardJournal};
-use crate::runtime::mesh::{self, Batch};
+use crate::runtime::mesh;
 use crate::runtime::progress::{self, Progress};
 use crate::runtime::provenance::{self, Point, source_producer, stage_producer};
 use crate::runtime::reply::{self, ReplyTask};
@@ -36,7 +36,7 @@ use crate::storage::{LogOptions, PartitionLog, layout};
 pub struct ShardPlan {
     /// (topic, partition, log, max_lag) of every partition the shard owns.
     partitions: Vec<(usize, u32, PartitionLog, u64)>,
-    inboxes: Vec<(usize, flume::Receiver<Batch>)>,
+    inboxes: mesh::Inboxes,
     stages: Vec<StageTask>,
     sources: Vec<SourceTask>,
     forwarders: Vec<ForwarderTask>,
@@ -765,8 +765,8 @@ async fn run_shard(
     let tasks = Rc::clone(&shard.tasks);
     tasks.spawn(consumers::run_sweeper(Rc::clone(&shard)));
     tasks.spawn(crate::runtime::retention::run(Rc::clone(&shard)));
-    for (topic, receiver) in plan.inboxes {
-        tasks.spawn(Rc::clone(&shard).run_inbox(topic, receiver));
+    for (topic, receiver, copies) in plan.inboxes {
+        tasks.spawn(Rc::clone(&shard).run_inbox(topic, receiver, copies));
     }
     if let Some(requests) = plan.service {
         tasks.spawn(service::run(Rc::clone(&shard), requests));

@@ -265,6 +265,15 @@ impl LocalPartition {
     }
 }
 
+/// The next of a follower's copies in `copies`; never, once that lane is closed (the
+/// engine stops: the other lane ends the inbox).
+async fn next_copy(copies: &flume::Receiver<Batch>) -> Batch {
+    match copies.recv_async().await {
+        Ok(copy) => copy,
+        Err(_) => std::future::pending().await,
+    }
+}
+
 /// The longest a batch waits for this peer's role as the leader the metadata names it.
 const ROLE_WAIT: Duration = Duration::from_millis(500);
 
@@ -467,15 +476,35 @@ impl Shard {
     /// a producer's batch that came to a peer that does not lead the partition (or that
     /// stopped leading it while the batch waited) would never go on to its leader, and
     /// every copy queued behind it in the inbox would wait with it.
-    async fn wait_for_room(&self, topic: usize, partition: &LocalPartition, batch: &Batch) {
+    /// Meanwhile the follower's copies of the topic's other partitions on this core go
+    /// on (`copies`, served as they come): held behind it, they would leave those
+    /// partitions' leaders without a quorum. False once the engine must stop.
+    async fn wait_for_room(
+        self: &Rc<Self>,
+        topic: usize,
+        partition: &LocalPartition,
+        batch: &Batch,
+        room: &mut crate::runtime::room::RoomWait,
+        copies: &flume::Receiver<Batch>,
+    ) -> bool {
         let mut idle = Backoff::default();
         let mut counted = false;
         while !partition.has_room() && self.writes_here(topic, batch) && !self.shared.control.is_stopping() {
             if !std::mem::replace(&mut counted, true) {
                 self.shared.metrics.lag_waits.add(1);
             }
-            idle.sleep().await;
+            let pause = async {
+                idle.sleep().await;
+                None
+            };
+            let copy = async { Some(next_copy(copies).await) };
+            if let Some(copy) = futures_lite::future::or(copy, pause).await
+                && !Box::pin(self.serve(topic, copy, room, copies)).await
+            {
+                return false;
+            }
         }
+        true
     }
 
     /// Whether `batch` would be written here as a producer's write: always on one
@@ -495,232 +524,266 @@ impl Shard {
         }
     }
 
-    /// Appends every batch sent to this shard for `topic`, in arrival order; an engine
-    /// producer's batch a full disk refused waits for room, and the engine batches that
-    /// come after it wait behind it (`room.rs`).
-    pub async fn run_inbox(self: Rc<Self>, topic: usize, receiver: flume::Receiver<Batch>) {
+    /// Appends every batch sent to this shard for `topic`: a follower's copies (their
+    /// own lane, first: its leader's quorum waits for them) and the rest in arrival
+    /// order; an engine producer's batch a full disk refused waits for room, and the
+    /// engine batches that come after it wait behind it (`room.rs`).
+    pub async fn run_inbox(
+        self: Rc<Self>,
+        topic: usize,
+        receiver: flume::Receiver<Batch>,
+        copies: flume::Receiver<Batch>,
+    ) {
         // Engine producers' batches a full disk refused, tried again until there is room.
         let mut room = crate::runtime::room::RoomWait::default();
-        while let Some(mut batch) = room.next(&receiver, || self.shared.control.is_stopping()).await {
-            let partition = Rc::clone(self.partition(topic, batch.partition));
-            self.wait_for_room(topic, &partition, &batch).await;
-            // A replicated partition takes producers' batches while this peer leads it,
-            // with a quorum of its replicas alive, and its leader's batches while it follows.
-            let mut quorum = None;
-            if let Some(peers) = &self.shared.peers
-                && peers.replication.is_replicated(topic)
-            {
-                let state = Arc::clone(peers.replication.state(topic, batch.partition));
-                // The metadata applied here names this peer the partition's leader in a
-                // later epoch than its role here (the watch sets the role within a
-                // round): the batch waits for the role rather than go round through the
-                // rerouter, where its producer's next batch, coming once the role is
-                // set, would overtake it.
-                if batch.replica.is_none() && state.leads().is_none() {
-                    let deadline = Instant::now() + ROLE_WAIT;
-                    while state.leads().is_none()
-                        && !peers.ownership.is_leaving()
-                        && named_leader(peers, &state, topic, batch.partition)
-                        && Instant::now() < deadline
-                        && !self.shared.control.is_stopping()
-                    {
-                        glommio::timer::sleep(Duration::from_millis(1)).await;
-                    }
-                    // Led here now: its readers hold it back as any batch it writes.
-                    self.wait_for_room(topic, &partition, &batch).await;
-                }
-                match (batch.replica, state.leads()) {
-                    (Some(epoch), _) => {
-                        if !state.follows(epoch) {
-                            batch.ack.failed(EngineError::Unavailable(format!(
-                                "this peer no longer follows partition {} in epoch {epoch}",
-                                batch.partition
-                            )));
-                            continue;
-                        }
-                    }
-                    // Not led here, or led by a peer that leaves: the batch is not
-                    // written, and goes to whichever peer leads next (a leaving leader
-                    // takes nothing new, so that its leadership moves with nothing in
-                    // flight).
-                    (None, None) => {
-                        peers.refuse(topic, batch).await;
-                        continue;
-                    }
-                    (None, Some(_)) if peers.ownership.is_leaving() => {
-                        peers.refuse(topic, batch).await;
-                        continue;
-                    }
-                    (None, Some(epoch)) => {
-                        let (alive, needed) = crate::runtime::cluster::replica::replicas_alive(peers, &state);
-                        if alive < needed {
-                            self.shared.metrics.quorum_refusals.add(1);
-                            if batch.ack.is_engine() {
-                                // An engine producer's batch waits for the quorum (routed
-                                // again until it lands, or the engine stops, loudly):
-                                // failing it would lose it unseen.
-                                peers.refuse(topic, batch).await;
-                                continue;
-                            }
-                            batch.ack.failed(EngineError::Unavailable(format!(
-                                "partition {} of \"{}\" has {alive} of its replicas alive and a write needs {needed}: refused rather than acked below its quorum; retry once its peers are back",
-                                batch.partition, self.shared.spec.topics[topic].name
-                            )));
-                            continue;
-                        }
-                        quorum = Some((
-                            state,
-                            epoch,
-                            std::time::Instant::now() + crate::runtime::cluster::leader::QUORUM_TIMEOUT,
-                        ));
-                    }
-                }
-            } else if let Some(peers) = &self.shared.peers {
-                // In a cluster, only a partition served here is written (and copies into
-                // one being taken over); the check and the append have no wait between
-                // them, so a fence (on this thread) falls between two appends.
-                let standing = peers.ownership.standing(topic, batch.partition);
-                match batch.copy_at {
-                    Some(at) => {
-                        let end = partition.log.borrow().next_offset();
-                        if standing != Standing::Claiming || end != at {
-                            batch.ack.failed(EngineError::Unavailable(format!("a copy for offset {at} no longer fits (the partition ends at {end}, {standing:?} here)")));
-                            continue;
-                        }
-                    }
-                    None if standing != Standing::Serving => {
-                        peers.refuse(topic, batch).await;
-                        continue;
-                    }
-                    None => {}
-                }
-            }
-            // A stage's batch made for a lead of its input that a later one followed:
-            // the later lead writes its outputs (`stale.rs`), so it is not written, and
-            // its producer is told so.
-            if let Some(latest) = self.stale(&partition, &batch) {
-                batch.ack.stale(latest);
-                continue;
-            }
-            // An engine producer's batch to a replicated partition is kept until a
-            // quorum holds it (`PendingAck::again`); whole, if a replay trims it below.
-            let engine = batch.ack.is_engine() || batch.lead.is_some() || batch.uncertain.is_some();
-            let keep = quorum.is_some() && batch.ack.is_engine();
-            let whole = if keep && crate::runtime::already::is_replayed(&batch) {
-                whole_copy(&batch.records)
-            } else {
-                None
-            };
-            // Sent again (its first leader was lost, or a stage took its input's lead
-            // over): only what the log does not hold yet is written.
-            if let Some(at) = self.already_written(&partition, &mut batch) {
-                // Acked there, once that is durable (and held by a quorum).
-                let (ack, again) = Again::keep(keep, topic, whole, batch);
-                self.acks.borrow_mut().push(PendingAck {
-                    partition,
-                    first: at,
-                    end: at,
-                    ack,
-                    quorum,
-                    engine,
-                    again,
-                });
-                let _ = self.ack_waiting.0.try_send(());
-                continue;
-            }
-            let segments_before = partition.log.borrow().segment_count();
-            let appended = {
-                let mut log = partition.log.borrow_mut();
-                match &mut batch.records {
-                    Payload::Batch(checked) if batch.replica.is_some() => Some(log.append_replica(checked)),
-                    Payload::Batch(checked) => Some(log.append_checked(checked)),
-                    other => with_payload(other, |records| log.append(records)),
+        loop {
+            let next = match copies.try_recv() {
+                Ok(copy) => Some(copy),
+                Err(_) => {
+                    let copy = async { Some(next_copy(&copies).await) };
+                    let other = room.next(&receiver, || self.shared.control.is_stopping());
+                    futures_lite::future::or(copy, other).await
                 }
             };
-            // A roll is when a size bound can be passed: apply retention at once.
-            if partition.log.borrow().segment_count() > segments_before
-                && crate::runtime::retention::is_bounded(&self, &partition)
-            {
-                crate::runtime::retention::apply(&self, &partition);
-            }
-            match appended {
-                Some(Ok(receipt)) => {
-                    if batch.copy_at.is_some() {
-                        partition.note_copied(receipt.first_offset, receipt.next_offset);
-                    }
-                    partition.note_append();
-                    self.shared.ends[topic][batch.partition as usize]
-                        .store(receipt.next_offset, Ordering::Release);
-                    // A replicated batch waits for its quorum in every mode, a group
-                    // commit's for the syncer; otherwise written is durable.
-                    if quorum.is_some() || self.shared.spec.engine.durability == Durability::Group {
-                        let (ack, again) = Again::keep(keep, topic, whole, batch);
-                        self.acks.borrow_mut().push(PendingAck {
-                            partition,
-                            first: receipt.first_offset,
-                            end: receipt.next_offset,
-                            ack,
-                            quorum,
-                            engine,
-                            again,
-                        });
-                        // Full means the acker is already told.
-                        let _ = self.ack_waiting.0.try_send(());
-                    } else {
-                        batch
-                            .ack
-                            .durable(batch.partition, receipt.first_offset, receipt.next_offset)
-                    }
-                }
-                // A client's batch over a storage limit: its sender is told, nothing else.
-                Some(Err(error)) if is_client_error(&error) && !batch.ack.is_engine() => {
-                    batch.ack.failed(EngineError::TooLarge(error.to_string()))
-                }
-                // An engine producer's batch is sized to fit before it is sent (`bounds`):
-                // one refused is a bug, and it must not pass unnoticed.
-                Some(Err(error)) if is_client_error(&error) => {
-                    let topic = &self.shared.spec.topics[topic].name;
-                    self.shared.control.fail(RuntimeError::Refused {
-                        topic: topic.clone(),
-                        partition: batch.partition,
-                        reason: error.to_string(),
-                    });
-                    return;
-                }
-                // A full disk: this batch is refused, the log is as it was, and the
-                // engine goes on (reads, other partitions); in a cluster the peer says
-                // so, and what it leads moves to a copy that can take writes.
-                Some(Err(error)) if error.is_no_space() => {
-                    self.shared.metrics.no_space_refusals.add(1);
-                    if let Some(peers) = &self.shared.peers
-                        && !peers.cluster.view.get().me.full
-                    {
-                        tracing::error!("{error}; leadership moves to peers with room");
-                        peers.cluster.set_full(true);
-                    }
-                    // An engine producer's batch cannot be told: dropped, its later
-                    // outputs would cover it on a replay (`room.rs`). It waits for room.
-                    if batch.ack.is_engine() {
-                        room.hold(batch, &error.to_string(), &self.shared.spec.topics[topic].name);
-                        continue;
-                    }
-                    batch.ack.failed(EngineError::Unavailable(error.to_string()));
-                }
-                // A follower's batch that does not continue its copy (one before it in
-                // the same fetch was refused): nothing is written; it fetches again.
-                Some(Err(error @ crate::storage::StorageError::ReplicaGap { .. })) => {
-                    batch.ack.failed(EngineError::Unavailable(error.to_string()));
-                }
-                Some(Err(error)) => {
-                    batch.ack.failed(EngineError::Unavailable(error.to_string()));
-                    self.shared.control.fail(error.into());
-                    return;
-                }
-                None => batch.ack.failed(EngineError::Internal(
-                    "a validated batch no longer decodes (a bug); it was not written".into(),
-                )),
+            let Some(batch) = next else { return };
+            if !self.serve(topic, batch, &mut room, &copies).await {
+                return;
             }
         }
+    }
+
+    /// Appends one batch of `topic` (or sends it on, or fails it, as the partition's role
+    /// here says); false once the engine must stop.
+    async fn serve(
+        self: &Rc<Self>,
+        topic: usize,
+        mut batch: Batch,
+        room: &mut crate::runtime::room::RoomWait,
+        copies: &flume::Receiver<Batch>,
+    ) -> bool {
+        let partition = Rc::clone(self.partition(topic, batch.partition));
+        if !self.wait_for_room(topic, &partition, &batch, room, copies).await {
+            return false;
+        }
+        // A replicated partition takes producers' batches while this peer leads it,
+        // with a quorum of its replicas alive, and its leader's batches while it follows.
+        let mut quorum = None;
+        if let Some(peers) = &self.shared.peers
+            && peers.replication.is_replicated(topic)
+        {
+            let state = Arc::clone(peers.replication.state(topic, batch.partition));
+            // The metadata applied here names this peer the partition's leader in a
+            // later epoch than its role here (the watch sets the role within a
+            // round): the batch waits for the role rather than go round through the
+            // rerouter, where its producer's next batch, coming once the role is
+            // set, would overtake it.
+            if batch.replica.is_none() && state.leads().is_none() {
+                let deadline = Instant::now() + ROLE_WAIT;
+                while state.leads().is_none()
+                    && !peers.ownership.is_leaving()
+                    && named_leader(peers, &state, topic, batch.partition)
+                    && Instant::now() < deadline
+                    && !self.shared.control.is_stopping()
+                {
+                    glommio::timer::sleep(Duration::from_millis(1)).await;
+                }
+                // Led here now: its readers hold it back as any batch it writes.
+                if !self.wait_for_room(topic, &partition, &batch, room, copies).await {
+                    return false;
+                }
+            }
+            match (batch.replica, state.leads()) {
+                (Some(epoch), _) => {
+                    if !state.follows(epoch) {
+                        batch.ack.failed(EngineError::Unavailable(format!(
+                            "this peer no longer follows partition {} in epoch {epoch}",
+                            batch.partition
+                        )));
+                        return true;
+                    }
+                }
+                // Not led here, or led by a peer that leaves: the batch is not
+                // written, and goes to whichever peer leads next (a leaving leader
+                // takes nothing new, so that its leadership moves with nothing in
+                // flight).
+                (None, None) => {
+                    peers.refuse(topic, batch).await;
+                    return true;
+                }
+                (None, Some(_)) if peers.ownership.is_leaving() => {
+                    peers.refuse(topic, batch).await;
+                    return true;
+                }
+                (None, Some(epoch)) => {
+                    let (alive, needed) = crate::runtime::cluster::replica::replicas_alive(peers, &state);
+                    if alive < needed {
+                        self.shared.metrics.quorum_refusals.add(1);
+                        if batch.ack.is_engine() {
+                            // An engine producer's batch waits for the quorum (routed
+                            // again until it lands, or the engine stops, loudly):
+                            // failing it would lose it unseen.
+                            peers.refuse(topic, batch).await;
+                            return true;
+                        }
+                        batch.ack.failed(EngineError::Unavailable(format!(
+                            "partition {} of \"{}\" has {alive} of its replicas alive and a write needs {needed}: refused rather than acked below its quorum; retry once its peers are back",
+                            batch.partition, self.shared.spec.topics[topic].name
+                        )));
+                        return true;
+                    }
+                    quorum = Some((
+                        state,
+                        epoch,
+                        std::time::Instant::now() + crate::runtime::cluster::leader::QUORUM_TIMEOUT,
+                    ));
+                }
+            }
+        } else if let Some(peers) = &self.shared.peers {
+            // In a cluster, only a partition served here is written (and copies into
+            // one being taken over); the check and the append have no wait between
+            // them, so a fence (on this thread) falls between two appends.
+            let standing = peers.ownership.standing(topic, batch.partition);
+            match batch.copy_at {
+                Some(at) => {
+                    let end = partition.log.borrow().next_offset();
+                    if standing != Standing::Claiming || end != at {
+                        batch.ack.failed(EngineError::Unavailable(format!("a copy for offset {at} no longer fits (the partition ends at {end}, {standing:?} here)")));
+                        return true;
+                    }
+                }
+                None if standing != Standing::Serving => {
+                    peers.refuse(topic, batch).await;
+                    return true;
+                }
+                None => {}
+            }
+        }
+        // A stage's batch made for a lead of its input that a later one followed:
+        // the later lead writes its outputs (`stale.rs`), so it is not written, and
+        // its producer is told so.
+        if let Some(latest) = self.stale(&partition, &batch) {
+            batch.ack.stale(latest);
+            return true;
+        }
+        // An engine producer's batch to a replicated partition is kept until a
+        // quorum holds it (`PendingAck::again`); whole, if a replay trims it below.
+        let engine = batch.ack.is_engine() || batch.lead.is_some() || batch.uncertain.is_some();
+        let keep = quorum.is_some() && batch.ack.is_engine();
+        let whole = if keep && crate::runtime::already::is_replayed(&batch) {
+            whole_copy(&batch.records)
+        } else {
+            None
+        };
+        // Sent again (its first leader was lost, or a stage took its input's lead
+        // over): only what the log does not hold yet is written.
+        if let Some(at) = self.already_written(&partition, &mut batch) {
+            // Acked there, once that is durable (and held by a quorum).
+            let (ack, again) = Again::keep(keep, topic, whole, batch);
+            self.acks.borrow_mut().push(PendingAck {
+                partition,
+                first: at,
+                end: at,
+                ack,
+                quorum,
+                engine,
+                again,
+            });
+            let _ = self.ack_waiting.0.try_send(());
+            return true;
+        }
+        let segments_before = partition.log.borrow().segment_count();
+        let appended = {
+            let mut log = partition.log.borrow_mut();
+            match &mut batch.records {
+                Payload::Batch(checked) if batch.replica.is_some() => Some(log.append_replica(checked)),
+                Payload::Batch(checked) => Some(log.append_checked(checked)),
+                other => with_payload(other, |records| log.append(records)),
+            }
+        };
+        // A roll is when a size bound can be passed: apply retention at once.
+        if partition.log.borrow().segment_count() > segments_before
+            && crate::runtime::retention::is_bounded(self, &partition)
+        {
+            crate::runtime::retention::apply(self, &partition);
+        }
+        match appended {
+            Some(Ok(receipt)) => {
+                if batch.copy_at.is_some() {
+                    partition.note_copied(receipt.first_offset, receipt.next_offset);
+                }
+                partition.note_append();
+                self.shared.ends[topic][batch.partition as usize]
+                    .store(receipt.next_offset, Ordering::Release);
+                // A replicated batch waits for its quorum in every mode, a group
+                // commit's for the syncer; otherwise written is durable.
+                if quorum.is_some() || self.shared.spec.engine.durability == Durability::Group {
+                    let (ack, again) = Again::keep(keep, topic, whole, batch);
+                    self.acks.borrow_mut().push(PendingAck {
+                        partition,
+                        first: receipt.first_offset,
+                        end: receipt.next_offset,
+                        ack,
+                        quorum,
+                        engine,
+                        again,
+                    });
+                    // Full means the acker is already told.
+                    let _ = self.ack_waiting.0.try_send(());
+                } else {
+                    batch
+                        .ack
+                        .durable(batch.partition, receipt.first_offset, receipt.next_offset)
+                }
+            }
+            // A client's batch over a storage limit: its sender is told, nothing else.
+            Some(Err(error)) if is_client_error(&error) && !batch.ack.is_engine() => {
+                batch.ack.failed(EngineError::TooLarge(error.to_string()))
+            }
+            // An engine producer's batch is sized to fit before it is sent (`bounds`):
+            // one refused is a bug, and it must not pass unnoticed.
+            Some(Err(error)) if is_client_error(&error) => {
+                let topic = &self.shared.spec.topics[topic].name;
+                self.shared.control.fail(RuntimeError::Refused {
+                    topic: topic.clone(),
+                    partition: batch.partition,
+                    reason: error.to_string(),
+                });
+                return false;
+            }
+            // A full disk: this batch is refused, the log is as it was, and the
+            // engine goes on (reads, other partitions); in a cluster the peer says
+            // so, and what it leads moves to a copy that can take writes.
+            Some(Err(error)) if error.is_no_space() => {
+                self.shared.metrics.no_space_refusals.add(1);
+                if let Some(peers) = &self.shared.peers
+                    && !peers.cluster.view.get().me.full
+                {
+                    tracing::error!("{error}; leadership moves to peers with room");
+                    peers.cluster.set_full(true);
+                }
+                // An engine producer's batch cannot be told: dropped, its later
+                // outputs would cover it on a replay (`room.rs`). It waits for room.
+                if batch.ack.is_engine() {
+                    room.hold(batch, &error.to_string(), &self.shared.spec.topics[topic].name);
+                    return true;
+                }
+                batch.ack.failed(EngineError::Unavailable(error.to_string()));
+            }
+            // A follower's batch that does not continue its copy (one before it in
+            // the same fetch was refused): nothing is written; it fetches again.
+            Some(Err(error @ crate::storage::StorageError::ReplicaGap { .. })) => {
+                batch.ack.failed(EngineError::Unavailable(error.to_string()));
+            }
+            Some(Err(error)) => {
+                batch.ack.failed(EngineError::Unavailable(error.to_string()));
+                self.shared.control.fail(error.into());
+                return false;
+            }
+            None => batch.ack.failed(EngineError::Internal(
+                "a validated batch no longer decodes (a bug); it was not written".into(),
+            )),
+        }
+        true
     }
 
     /// Acks batches once the group-commit syncer has made them durable, and tells the

@@ -1597,3 +1597,116 @@ fn a_batch_held_back_by_its_leaders_readers_goes_on_to_the_next_leader_when_the_
         tail(all[0], "doubled").len() == 30
     });
 }
+
+/// Each partition of `topic` in `server`'s own status: (its leader, its own copy's durable
+/// end).
+fn partitions_here(server: &Server, topic: &str) -> Vec<(String, u64)> {
+    status(server)["topics"]
+        .as_array()
+        .and_then(|topics| topics.iter().find(|t| t["name"] == topic))
+        .and_then(|t| t["partitions"].as_array())
+        .map(|parts| {
+            parts
+                .iter()
+                .map(|p| {
+                    (
+                        p["replica"]["leader"].as_str().unwrap_or("").to_string(),
+                        p["durable_offset"].as_u64().unwrap_or(0),
+                    )
+                })
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+#[test]
+fn a_batch_held_back_by_its_partitions_readers_holds_no_follower_copy_of_another_partition() {
+    use flowd::client::Client;
+    use flowd::protocol::OwnedWireRecord;
+    let _serial = one_at_a_time();
+    let dir = tempfile::tempdir().unwrap();
+    // Two peers of one core each, every partition on both (a write needs both copies),
+    // `events` holding its writers at most 20 records past a stage whose worker answers
+    // nothing while `hold` exists.
+    let hold = dir.path().join("hold");
+    std::fs::write(&hold, "").unwrap();
+    let worker = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/it/workers/flaky.py");
+    let file = dir.path().join("held.toml");
+    std::fs::write(
+        &file,
+        format!(
+            "[engine]\ndurability = \"group\"\ncores = 1\n\n[ingest]\ntcp = \"127.0.0.1:0\"\n\n\
+             [cluster]\nreplicas = 2\n\n\
+             [[topic]]\nname = \"events\"\npartitions = 12\nmax_lag = 20\n\n\
+             [[topic]]\nname = \"doubled\"\npartitions = 12\n\n\
+             [[stage]]\nname = \"double\"\nfrom = \"events\"\nto = \"doubled\"\n\
+             op = {{ exec = {{ command = [\"python3\", \"{}\", \"--hold-while\", \"{}\"], timeout = \"600s\" }} }}\n",
+            worker.display(),
+            hold.display(),
+        ),
+    )
+    .unwrap();
+    let peer = |name: &str, seed: Option<&str>| {
+        let mut extra = vec!["--peer-listen", "127.0.0.1:0", "--rebalance-after", "1s"];
+        extra.extend(seed.map(|s| ["--seeds", s]).into_iter().flatten());
+        start_file(&file, dir.path(), name, &extra)
+    };
+    let first = peer("p1", None);
+    let seed = first.peer.clone().unwrap();
+    let second = peer("p2", Some(&seed));
+    let servers = [first, second];
+    wait_settled(&servers.iter().collect::<Vec<_>>(), 12);
+    // Leads go to their preferred replicas: each peer leads some of the twelve (but for
+    // one time in about 2,000).
+    let addrs: Vec<String> = servers.iter().map(|s| s.peer.clone().unwrap()).collect();
+    let mut leaders = Vec::new();
+    wait_until("each peer leads a partition", Duration::from_secs(60), || {
+        leaders = partitions_here(&servers[0], "events")
+            .into_iter()
+            .map(|(leader, _)| leader)
+            .collect();
+        addrs.iter().all(|a| leaders.contains(a))
+    });
+    let held = leaders.iter().position(|l| *l == addrs[0]).unwrap() as u32;
+    let other = leaders.iter().position(|l| *l == addrs[1]).unwrap() as u32;
+    let numbers = |from: u64, n: u64| -> Vec<OwnedWireRecord> {
+        (from..from + n)
+            .map(|v| OwnedWireRecord::value(v.to_string()))
+            .collect()
+    };
+    // Twenty to the first peer's partition: its stage's reader is max_lag behind there,
+    // and the next batch waits in that peer's inbox.
+    let mut client = Client::connect(&servers[0].tcp).unwrap();
+    client.set_read_timeout(Duration::from_secs(30)).unwrap();
+    client
+        .produce_batch("events", Some(held), &numbers(0, 20))
+        .unwrap();
+    let mut waiting = Client::connect(&servers[0].tcp).unwrap();
+    waiting.set_read_timeout(Duration::from_secs(30)).unwrap();
+    waiting
+        .send_produce_batch("events", Some(held), &numbers(20, 10))
+        .unwrap();
+    waiting.flush().unwrap();
+    wait_until("the batch held back", Duration::from_secs(30), || {
+        crate::ingest::metric(&servers[0], "flowd_lag_waits_total") == 1.0
+    });
+    // A write to the second peer's partition, far from its max_lag, needs the first
+    // peer's copy: it must not wait behind the held batch.
+    if let Err(error) = client.produce_batch("events", Some(other), &numbers(0, 5)) {
+        panic!(
+            "the write to partition {other}, led by the second peer, failed while partition {held} held a batch on the first: {error}"
+        );
+    }
+    // The worker answers: the held batch is acked, and both copies hold every record.
+    std::fs::remove_file(&hold).unwrap();
+    match waiting.recv() {
+        Ok((_, flowd::protocol::message::Response::Produced(_))) => {}
+        other => panic!("the held batch: {other:?}"),
+    }
+    wait_until("both copies hold every record", Duration::from_secs(30), || {
+        servers.iter().all(|s| {
+            let ends = partitions_here(s, "events");
+            ends.len() == 12 && ends[held as usize].1 == 30 && ends[other as usize].1 == 5
+        })
+    });
+}

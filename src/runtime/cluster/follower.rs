@@ -228,7 +228,7 @@ fn change_copy(
     true
 }
 
-/// Appends a leader's batches through the owner shard's inbox and waits until the last
+/// Appends a leader's batches through the owner shard's copy lane and waits until the last
 /// is durable (the next fetch says so).
 fn append(
     shared: &crate::runtime::shard::Shared,
@@ -242,7 +242,8 @@ fn append(
     };
     #[cfg(feature = "failpoints")]
     crate::storage::faults::stall_point(&format!("replica-append-{}", shared.spec.topics[topic].name));
-    let inbox = &shared.mesh.inboxes[topic][owner(partition, shared.shards)];
+    // Their own lane: never behind a producer's batch held for its readers.
+    let inbox = &shared.mesh.copies[topic][owner(partition, shared.shards)];
     let (tx, rx) = flume::bounded(batches.len());
     for (i, bytes) in batches.iter().enumerate() {
         let checked = CheckedBatch::check(bytes).map_err(|e| format!("a replicated batch: {e}"))?;
